@@ -1,0 +1,294 @@
+//! `govbox model ...`: run a model file or folder directly, without the daemon.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use govbox_drivers::Backend;
+use govbox_drivers::cpu::CpuBackend;
+use govbox_engine::chat::ChatMessage;
+use govbox_engine::sampler::SamplingParams;
+use govbox_engine::{Engine, EngineOptions, Event, GenerateRequest, Prompt};
+
+/// Where the model is and how to run it.
+#[derive(Args, Debug)]
+pub struct ModelArgs {
+    /// A .gguf file, a HuggingFace model folder, or a sentence-transformers folder.
+    #[arg(long)]
+    model: PathBuf,
+    /// CPU worker threads (0: one per core).
+    #[arg(long, default_value_t = 0, env = "GOVBOX_THREADS")]
+    threads: usize,
+    /// Tokens the KV cache holds.
+    #[arg(long, default_value_t = 4096)]
+    kv_tokens: usize,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ModelCommand {
+    /// Generate text, streamed to stdout.
+    Generate {
+        #[command(flatten)]
+        m: ModelArgs,
+        /// The prompt (with --chat, the user's message).
+        #[arg(long)]
+        prompt: String,
+        /// Render the prompt with the model's chat template as one user message.
+        #[arg(long)]
+        chat: bool,
+        /// System message for --chat.
+        #[arg(long, requires = "chat")]
+        system: Option<String>,
+        /// Most new tokens.
+        #[arg(long, default_value_t = 256)]
+        max_tokens: usize,
+        /// Sampling temperature (0: greedy).
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        /// Nucleus sampling mass.
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        /// Keep only the k most likely tokens (0: off).
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        /// Drop tokens below this share of the top token's probability.
+        #[arg(long, default_value_t = 0.0)]
+        min_p: f32,
+        /// Repetition penalty (1: off).
+        #[arg(long, default_value_t = 1.0)]
+        repetition_penalty: f32,
+        /// Seed for reproducible sampling.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Stop string (repeatable).
+        #[arg(long)]
+        stop: Vec<String>,
+        /// Print timing to stderr.
+        #[arg(long)]
+        stats: bool,
+    },
+    /// Write the logits after every position of a token sequence to a safetensors file.
+    Logits {
+        #[command(flatten)]
+        m: ModelArgs,
+        /// Comma-separated token ids.
+        #[arg(long, value_delimiter = ',', required = true)]
+        ids: Vec<u32>,
+        /// Output file (one float32 tensor `logits` of shape [len(ids), vocab]).
+        #[arg(long)]
+        out: PathBuf,
+        /// Feed all tokens in one batch instead of one at a time through the KV cache.
+        #[arg(long)]
+        prefill: bool,
+    },
+    /// Print the architecture, shapes, weight types, parameter count and context length.
+    Info {
+        #[command(flatten)]
+        m: ModelArgs,
+    },
+    /// Print sentence embeddings of the texts as a JSON array of vectors.
+    Embed {
+        #[command(flatten)]
+        m: ModelArgs,
+        /// Text to embed (repeatable).
+        #[arg(long, required = true)]
+        text: Vec<String>,
+    },
+    /// Measure prefill and decode speed (tokens/s), like llama-bench's pp and tg tests.
+    Bench {
+        #[command(flatten)]
+        m: ModelArgs,
+        /// Prompt tokens to prefill (0: skip).
+        #[arg(short = 'p', long, default_value_t = 512)]
+        prompt_tokens: usize,
+        /// Tokens to generate (0: skip).
+        #[arg(short = 'n', long, default_value_t = 128)]
+        gen_tokens: usize,
+        /// Repetitions; the best and mean are reported.
+        #[arg(short = 'r', long, default_value_t = 3)]
+        reps: usize,
+    },
+}
+
+fn load(m: &ModelArgs) -> Result<(Arc<Engine>, Arc<dyn Backend>)> {
+    let backend: Arc<dyn Backend> = Arc::new(CpuBackend::new(m.threads)?);
+    let opts = EngineOptions { kv_tokens: m.kv_tokens };
+    let engine =
+        Engine::load(&m.model, backend.clone(), &opts).with_context(|| format!("loading {}", m.model.display()))?;
+    Ok((Arc::new(engine), backend))
+}
+
+/// Runs one `govbox model` command.
+pub fn run(cmd: ModelCommand) -> Result<()> {
+    match cmd {
+        ModelCommand::Generate {
+            m,
+            prompt,
+            chat,
+            system,
+            max_tokens,
+            temperature,
+            top_p,
+            top_k,
+            min_p,
+            repetition_penalty,
+            seed,
+            stop,
+            stats,
+        } => {
+            let (engine, _) = load(&m)?;
+            let prompt = if chat {
+                let mut msgs = Vec::new();
+                if let Some(s) = system {
+                    msgs.push(ChatMessage { role: "system".into(), content: s });
+                }
+                msgs.push(ChatMessage { role: "user".into(), content: prompt });
+                Prompt::Chat(msgs)
+            } else {
+                Prompt::Text(prompt)
+            };
+            let req = GenerateRequest {
+                prompt,
+                max_tokens,
+                sampling: SamplingParams {
+                    temperature,
+                    top_p,
+                    top_k,
+                    min_p,
+                    repetition_penalty,
+                    seed,
+                    ..Default::default()
+                },
+                stop,
+                ignore_eos: false,
+            };
+            let start = Instant::now();
+            let mut out = std::io::stdout().lock();
+            let mut first: Option<f64> = None;
+            let usage = engine.generate(&req, &mut |e| {
+                if let Event::Text(t) = e {
+                    first.get_or_insert_with(|| start.elapsed().as_secs_f64());
+                    return out.write_all(t.as_bytes()).and_then(|_| out.flush()).is_ok();
+                }
+                true
+            })?;
+            writeln!(out)?;
+            if stats {
+                let total = start.elapsed().as_secs_f64();
+                eprintln!(
+                    "prompt {} tokens, generated {} tokens in {total:.2}s (first text after {:.2}s, {:.1} tokens/s)",
+                    usage.prompt_tokens,
+                    usage.completion_tokens,
+                    first.unwrap_or(total),
+                    usage.completion_tokens as f64 / total
+                );
+            }
+            Ok(())
+        }
+        ModelCommand::Logits { m, ids, out, prefill } => {
+            let (engine, _) = load(&m)?;
+            let vocab = engine.decoder_model().context("logits need a decoder model")?.config().vocab_size;
+            let logits = engine.logits(&ids, prefill)?;
+            write_logits(&out, &logits, ids.len(), vocab)
+        }
+        ModelCommand::Info { m } => info(&m),
+        ModelCommand::Embed { m, text } => {
+            let (engine, _) = load(&m)?;
+            let texts: Vec<&str> = text.iter().map(String::as_str).collect();
+            let e = engine.embed(&texts)?;
+            println!("{}", serde_json::to_string(&e.vectors)?);
+            Ok(())
+        }
+        ModelCommand::Bench { m, prompt_tokens, gen_tokens, reps } => bench(&m, prompt_tokens, gen_tokens, reps),
+    }
+}
+
+fn write_logits(out: &Path, logits: &[f32], rows: usize, vocab: usize) -> Result<()> {
+    if logits.len() != rows * vocab {
+        bail!("internal: {} logits for {rows} x {vocab}", logits.len());
+    }
+    let bytes: Vec<u8> = logits.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![rows, vocab], &bytes)?;
+    safetensors::serialize_to_file([("logits", view)], None, out)
+        .with_context(|| format!("writing {}", out.display()))?;
+    Ok(())
+}
+
+fn info(m: &ModelArgs) -> Result<()> {
+    let (engine, backend) = load(m)?;
+    println!("model:        {}", m.model.display());
+    println!("format:       {}", engine.format());
+    if let Some(d) = engine.decoder_model() {
+        let c = d.config();
+        println!("architecture: {}", c.arch.hf_name());
+        println!("layers:       {}", c.n_layers);
+        println!("hidden:       {}", c.hidden_size);
+        println!("mlp:          {}", c.intermediate_size);
+        println!("heads:        {} query, {} kv, head_dim {}", c.n_heads, c.n_kv_heads, c.head_dim);
+        println!("vocab:        {}", c.vocab_size);
+        println!("context:      {}", c.max_position_embeddings);
+        println!("rope theta:   {}", c.rope_theta);
+        println!("tied embed:   {}", c.tie_word_embeddings);
+        println!("qkv bias:     {}", c.attention_bias);
+        let mix: Vec<String> = d.weight_dtypes().iter().map(|(t, n)| format!("{t} x{n}")).collect();
+        println!("weights:      {} ({:.1} MiB)", mix.join(", "), d.weight_bytes() as f64 / (1 << 20) as f64);
+        println!("parameters:   {:.1} M", d.parameter_count() as f64 / 1e6);
+    } else if let Some(e) = engine.embedding_model() {
+        println!("architecture: BertModel (sentence embeddings)");
+        println!("dimension:    {}", e.dim());
+        println!("max tokens:   {}", e.max_seq_length());
+    }
+    let i = backend.info();
+    println!("backend:      {:?} ({}, {} threads, simd {})", i.kind, i.name, i.threads, backend.caps().simd);
+    Ok(())
+}
+
+fn bench(m: &ModelArgs, pp: usize, tg: usize, reps: usize) -> Result<()> {
+    let (engine, backend) = load(m)?;
+    let vocab = engine.decoder_model().context("bench needs a decoder model")?.config().vocab_size as u32;
+    // Deterministic pseudo-random token ids, away from the special tokens at the start.
+    let mut x = 0x9e37_79b9u32;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        100 + x % (vocab - 100).max(1)
+    };
+    let mut results = serde_json::Map::new();
+    let reps = reps.max(1);
+    if pp > 0 {
+        let ids: Vec<u32> = (0..pp).map(|_| next()).collect();
+        let mut times = Vec::new();
+        for _ in 0..reps {
+            let req = GenerateRequest { ignore_eos: true, ..GenerateRequest::new(Prompt::Tokens(ids.clone()), 1) };
+            let t = Instant::now();
+            engine.generate(&req, &mut |_| true)?;
+            times.push(t.elapsed().as_secs_f64());
+        }
+        results.insert("pp".into(), rate(pp, &times));
+    }
+    if tg > 0 {
+        let mut times = Vec::new();
+        for _ in 0..reps {
+            let req = GenerateRequest { ignore_eos: true, ..GenerateRequest::new(Prompt::Tokens(vec![next()]), tg) };
+            let t = Instant::now();
+            engine.generate(&req, &mut |_| true)?;
+            times.push(t.elapsed().as_secs_f64());
+        }
+        results.insert("tg".into(), rate(tg, &times));
+    }
+    results.insert("threads".into(), backend.info().threads.into());
+    results.insert("simd".into(), backend.caps().simd.into());
+    results.insert("model".into(), m.model.display().to_string().into());
+    println!("{}", serde_json::Value::Object(results));
+    Ok(())
+}
+
+fn rate(tokens: usize, times: &[f64]) -> serde_json::Value {
+    let best = times.iter().copied().fold(f64::INFINITY, f64::min);
+    let mean = times.iter().sum::<f64>() / times.len() as f64;
+    serde_json::json!({ "tokens": tokens, "best_tps": tokens as f64 / best, "mean_tps": tokens as f64 / mean })
+}

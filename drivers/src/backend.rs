@@ -1,0 +1,215 @@
+//! The narrow, object-safe accelerator interface.
+//!
+//! The engine expresses a model as a sequence of these coarse ops; each backend implements them
+//! on its own memory. Activations are always `f32` tensors of shape `[rows, cols]`; weights may be
+//! any [`DType`]. Every op returns a fresh tensor, except the KV-cache write inside
+//! [`Backend::attention`].
+
+use std::any::Any;
+use std::fmt;
+
+use crate::{DType, HostBytes, Result, Tensor};
+
+/// What kind of device a backend drives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeviceKind {
+    /// The host CPU.
+    Cpu,
+    /// An NVIDIA GPU through CUDA.
+    Cuda,
+    /// A Huawei Ascend NPU through CANN.
+    Ascend,
+}
+
+/// Static and live facts about a device.
+#[derive(Clone, Debug)]
+pub struct DeviceInfo {
+    /// Device kind.
+    pub kind: DeviceKind,
+    /// Human-readable device name (for the CPU, the processor's model name).
+    pub name: String,
+    /// Worker threads (CPU) or compute units.
+    pub threads: usize,
+    /// Bytes of device memory in use by this backend's allocations, when known.
+    pub memory_used: Option<u64>,
+    /// Total device memory, when known.
+    pub memory_total: Option<u64>,
+    /// True when the backend is a simulator rather than real hardware.
+    pub simulated: bool,
+}
+
+/// Optional capabilities.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Caps {
+    /// Weight dtypes that [`Backend::matmul`] accepts without conversion at upload.
+    pub native_quantized_matmul: bool,
+    /// The CPU SIMD level in use ("avx512", "avx2", "neon", "scalar"), or empty for devices.
+    pub simd: &'static str,
+}
+
+/// How rotary position embedding pairs up the values of a head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// HF's `rotate_half`: value `i` pairs with value `i + head_dim / 2` (GGML's NeoX mode).
+    Half,
+    /// Adjacent pairs `(2i, 2i + 1)` (GGML's normal mode, used with llama.cpp's permuted llama
+    /// Q/K weights).
+    Interleaved,
+}
+
+/// Rotary position embedding parameters.
+#[derive(Clone, Debug)]
+pub struct Rope<'a> {
+    /// Heads in each row of the input.
+    pub n_heads: usize,
+    /// Dimension of one head; `inv_freq.len() * 2` of it is rotated.
+    pub head_dim: usize,
+    /// Inverse frequencies, one per rotated pair (any scaling already applied by the engine).
+    pub inv_freq: &'a [f32],
+    /// Pairing layout.
+    pub style: RopeStyle,
+    /// Position of each row.
+    pub positions: &'a [u32],
+}
+
+/// Shape of a paged KV cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvSpec {
+    /// Decoder layers.
+    pub n_layers: usize,
+    /// KV heads per layer.
+    pub n_kv_heads: usize,
+    /// Dimension of one head.
+    pub head_dim: usize,
+    /// Tokens per block.
+    pub block_size: usize,
+    /// Blocks in the pool.
+    pub n_blocks: usize,
+}
+
+impl KvSpec {
+    /// Bytes the pool takes at `f32` (both K and V, all layers).
+    pub fn bytes_f32(&self) -> usize {
+        2 * self.n_layers * self.n_blocks * self.block_size * self.n_kv_heads * self.head_dim * 4
+    }
+}
+
+/// A backend-owned pool of KV blocks. The engine owns the block tables; the pool owns the data.
+pub trait KvCache: Send + fmt::Debug {
+    /// The pool's shape.
+    fn spec(&self) -> KvSpec;
+    /// Copies block `src` to block `dst` in every layer (copy-on-write of shared prefixes).
+    fn copy_block(&mut self, src: u32, dst: u32) -> Result<()>;
+    /// For the owning backend to downcast.
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+/// One sequence's part of a batched attention call.
+#[derive(Clone, Copy, Debug)]
+pub struct SeqAttn<'a> {
+    /// The blocks holding this sequence's positions, in order.
+    pub block_table: &'a [u32],
+    /// Positions already in the cache (the new rows start at this position).
+    pub start_pos: usize,
+    /// New rows of this sequence in the batch.
+    pub n_new: usize,
+}
+
+/// A batched causal attention over a paged KV cache.
+///
+/// The rows of `q`, `k` and `v` are the new tokens of each sequence in turn.
+#[derive(Clone, Copy, Debug)]
+pub struct PagedAttn<'a> {
+    /// Layer index into the cache.
+    pub layer: usize,
+    /// Query heads.
+    pub n_heads: usize,
+    /// KV heads (divides `n_heads`; grouped-query attention when smaller).
+    pub n_kv_heads: usize,
+    /// Dimension of one head.
+    pub head_dim: usize,
+    /// Score scale, normally `1 / sqrt(head_dim)`.
+    pub scale: f32,
+    /// The sequences.
+    pub seqs: &'a [SeqAttn<'a>],
+}
+
+/// Bidirectional (encoder) attention over a padded batch.
+#[derive(Clone, Copy, Debug)]
+pub struct DenseAttn<'a> {
+    /// Sequences in the batch.
+    pub batch: usize,
+    /// Padded length of every sequence; rows are `batch * seq_len`.
+    pub seq_len: usize,
+    /// Heads.
+    pub n_heads: usize,
+    /// Dimension of one head.
+    pub head_dim: usize,
+    /// Score scale, normally `1 / sqrt(head_dim)`.
+    pub scale: f32,
+    /// `[batch * seq_len]`: true for real tokens, false for padding (padding keys get no weight).
+    pub key_mask: &'a [bool],
+}
+
+/// The accelerator interface. Object-safe: the daemon picks a backend at run time.
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// Device facts, including live memory use.
+    fn info(&self) -> DeviceInfo;
+    /// Optional capabilities.
+    fn caps(&self) -> Caps;
+
+    /// Makes a tensor of `dtype` and `shape` from host bytes. The CPU backend keeps a reference
+    /// to `data` rather than copying it when its alignment allows.
+    fn upload(&self, data: HostBytes, dtype: DType, shape: &[usize]) -> Result<Tensor>;
+    /// Makes an `f32` tensor from host values.
+    fn upload_f32(&self, data: &[f32], shape: &[usize]) -> Result<Tensor>;
+    /// Copies an `f32` tensor back to the host.
+    fn download_f32(&self, t: &Tensor) -> Result<Vec<f32>>;
+
+    /// `x [m, k] · wᵀ` for `w [n, k]` of any weight dtype: `[m, n]`.
+    fn matmul(&self, x: &Tensor, w: &Tensor) -> Result<Tensor>;
+    /// RMSNorm over the last dimension, times `weight`.
+    fn rms_norm(&self, x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor>;
+    /// LayerNorm over the last dimension, with `weight` and `bias`.
+    fn layer_norm(&self, x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor>;
+    /// Rotary position embedding of each row.
+    fn rope(&self, x: &Tensor, rope: &Rope<'_>) -> Result<Tensor>;
+    /// Softmax over the last dimension.
+    fn softmax(&self, x: &Tensor) -> Result<Tensor>;
+    /// `silu(gate) * up`.
+    fn swiglu(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor>;
+    /// Exact (erf) GELU.
+    fn gelu(&self, x: &Tensor) -> Result<Tensor>;
+    /// `a + b`; `b` may be one row, broadcast over `a`'s rows.
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
+    /// `a * b`; `b` may be one row, broadcast over `a`'s rows.
+    fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
+    /// `a * s`.
+    fn scale(&self, a: &Tensor, s: f32) -> Result<Tensor>;
+    /// Rows of `table [vocab, dim]` (any weight dtype) for `ids`: `[ids.len(), dim]` in `f32`.
+    fn embedding(&self, table: &Tensor, ids: &[u32]) -> Result<Tensor>;
+    /// Selects rows of an `f32` tensor.
+    fn gather_rows(&self, x: &Tensor, rows: &[usize]) -> Result<Tensor>;
+
+    /// Allocates a paged KV pool.
+    fn new_kv_cache(&self, spec: KvSpec) -> Result<Box<dyn KvCache>>;
+    /// Writes `k` and `v` (`[rows, n_kv_heads * head_dim]`, roped) into the cache at each
+    /// sequence's new positions, then computes causal attention of `q` (`[rows, n_heads *
+    /// head_dim]`, roped) over each sequence's cached positions: `[rows, n_heads * head_dim]`.
+    fn attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        cache: &mut dyn KvCache,
+        spec: &PagedAttn<'_>,
+    ) -> Result<Tensor>;
+    /// Bidirectional attention over a padded batch (encoders).
+    fn attention_dense(&self, q: &Tensor, k: &Tensor, v: &Tensor, spec: &DenseAttn<'_>) -> Result<Tensor>;
+
+    /// Index of the largest value of each row.
+    fn argmax(&self, x: &Tensor) -> Result<Vec<u32>>;
+    /// Waits until queued work is done.
+    fn synchronize(&self) -> Result<()>;
+}

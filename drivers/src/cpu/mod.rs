@@ -1,0 +1,333 @@
+//! The pure-Rust CPU backend: rayon for threads, runtime-selected SIMD for the weight kernels.
+
+mod attention;
+mod matmul;
+mod norm;
+
+use std::any::Any;
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use crate::{
+    Backend, Buffer, Caps, DType, DenseAttn, DeviceInfo, DeviceKind, DriverError, HostBytes, KvCache, KvSpec,
+    PagedAttn, Result, Rope, Tensor,
+};
+
+pub use attention::CpuKvCache;
+
+/// Storage of a CPU tensor.
+#[derive(Debug)]
+pub(crate) enum CpuData {
+    /// Owned `f32` values (activations, converted weights).
+    F32(Vec<f32>),
+    /// Bytes of any dtype kept where they are (a memory-mapped model file).
+    Host(HostBytes),
+}
+
+#[derive(Debug)]
+pub(crate) struct CpuBuffer {
+    pub(crate) data: CpuData,
+}
+
+impl Buffer for CpuBuffer {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn size_bytes(&self) -> usize {
+        match &self.data {
+            CpuData::F32(v) => v.len() * 4,
+            CpuData::Host(h) => h.len(),
+        }
+    }
+}
+
+/// The CPU backend. Each instance owns a rayon pool of `threads` workers, so the engine's
+/// compute never competes with the daemon's async runtime for the same threads.
+#[derive(Debug)]
+pub struct CpuBackend {
+    pool: rayon::ThreadPool,
+    threads: usize,
+    name: String,
+}
+
+impl CpuBackend {
+    /// A backend with `threads` workers (0 means one per available core).
+    pub fn new(threads: usize) -> Result<Self> {
+        let threads = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("govbox-cpu-{i}"))
+            .build()
+            .map_err(|e| DriverError::Unavailable { backend: "cpu", reason: e.to_string() })?;
+        Ok(Self { pool, threads, name: cpu_model_name() })
+    }
+
+    fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(f)
+    }
+}
+
+fn cpu_model_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+fn mem_total() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let l = s.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = l.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+pub(crate) fn cpu_buf<'a>(t: &'a Tensor, op: &'static str) -> Result<&'a CpuBuffer> {
+    t.buffer().as_any().downcast_ref::<CpuBuffer>().ok_or(DriverError::ForeignTensor { op })
+}
+
+/// The values of an `f32` activation tensor, or of any weight tensor de-quantised to `f32`.
+pub(crate) fn f32_values<'a>(t: &'a Tensor, op: &'static str) -> Result<Cow<'a, [f32]>> {
+    let b = cpu_buf(t, op)?;
+    match &b.data {
+        CpuData::F32(v) => Ok(Cow::Borrowed(v.as_slice())),
+        CpuData::Host(h) => {
+            let dt = t.dtype();
+            if dt == DType::F32
+                && let Ok(s) = bytemuck::try_cast_slice::<u8, f32>(h.as_slice())
+            {
+                return Ok(Cow::Borrowed(s));
+            }
+            if matches!(dt, DType::U32 | DType::I64) {
+                return Err(DriverError::DType { op, dtype: dt });
+            }
+            let mut out = vec![0f32; t.elem_count()];
+            let k = t.last_dim();
+            let rb = dt.row_bytes(k).ok_or(DriverError::DType { op, dtype: dt })?;
+            for (o, r) in out.chunks_exact_mut(k.max(1)).zip(h.as_slice().chunks_exact(rb.max(1))) {
+                crate::quant::dequantize_row(dt, r, o);
+            }
+            Ok(Cow::Owned(out))
+        }
+    }
+}
+
+pub(crate) fn new_f32(v: Vec<f32>, shape: Vec<usize>) -> Tensor {
+    Tensor::from_buffer(Arc::new(CpuBuffer { data: CpuData::F32(v) }), DType::F32, shape)
+}
+
+fn check_f32(t: &Tensor, op: &'static str) -> Result<()> {
+    if t.dtype() != DType::F32 {
+        return Err(DriverError::DType { op, dtype: t.dtype() });
+    }
+    Ok(())
+}
+
+/// Applies `f` elementwise to `a` and `b`, where `b` is either the same shape or one row.
+fn binary(a: &Tensor, b: &Tensor, op: &'static str, f: impl Fn(f32, f32) -> f32 + Sync) -> Result<Tensor> {
+    check_f32(a, op)?;
+    let av = f32_values(a, op)?;
+    let bv = f32_values(b, op)?;
+    let n = a.last_dim();
+    let out: Vec<f32> = if bv.len() == av.len() {
+        av.par_iter().zip(bv.par_iter()).map(|(&x, &y)| f(x, y)).collect()
+    } else if bv.len() == n && n > 0 {
+        let mut out = av.to_vec();
+        out.par_chunks_mut(n).for_each(|row| row.iter_mut().zip(bv.iter()).for_each(|(x, &y)| *x = f(*x, y)));
+        out
+    } else {
+        return Err(DriverError::Shape {
+            op,
+            detail: format!("{:?} and {:?} neither match nor broadcast by row", a.shape(), b.shape()),
+        });
+    };
+    Ok(new_f32(out, a.shape().to_vec()))
+}
+
+impl Backend for CpuBackend {
+    fn info(&self) -> DeviceInfo {
+        DeviceInfo {
+            kind: DeviceKind::Cpu,
+            name: self.name.clone(),
+            threads: self.threads,
+            memory_used: None,
+            memory_total: mem_total(),
+            simulated: false,
+        }
+    }
+
+    fn caps(&self) -> Caps {
+        Caps { native_quantized_matmul: true, simd: crate::quant::simd_level() }
+    }
+
+    fn upload(&self, data: HostBytes, dtype: DType, shape: &[usize]) -> Result<Tensor> {
+        let count: Option<usize> = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        let last = shape.last().copied().unwrap_or(1);
+        let expected = count.and_then(|c| {
+            if last == 0 {
+                return Some(0);
+            }
+            dtype.row_bytes(last).and_then(|rb| rb.checked_mul(c / last))
+        });
+        let expected = expected.ok_or_else(|| DriverError::Shape {
+            op: "upload",
+            detail: format!("{dtype} rows of {last} values are not whole blocks of {}", dtype.block_len()),
+        })?;
+        if expected != data.len() {
+            return Err(DriverError::UploadSize { dtype, shape: shape.to_vec(), expected, got: data.len() });
+        }
+        // f32 data that is not 4-byte aligned in the file is copied once so kernels can read it
+        // as &[f32]; everything else is kept where it is.
+        let buf = if dtype == DType::F32 && bytemuck::try_cast_slice::<u8, f32>(data.as_slice()).is_err() {
+            let v: Vec<f32> =
+                data.as_slice().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            CpuBuffer { data: CpuData::F32(v) }
+        } else {
+            CpuBuffer { data: CpuData::Host(data) }
+        };
+        Ok(Tensor::from_buffer(Arc::new(buf), dtype, shape.to_vec()))
+    }
+
+    fn upload_f32(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
+        if shape.iter().product::<usize>() != data.len() {
+            return Err(DriverError::UploadSize {
+                dtype: DType::F32,
+                shape: shape.to_vec(),
+                expected: shape.iter().product::<usize>() * 4,
+                got: data.len() * 4,
+            });
+        }
+        Ok(new_f32(data.to_vec(), shape.to_vec()))
+    }
+
+    fn download_f32(&self, t: &Tensor) -> Result<Vec<f32>> {
+        check_f32(t, "download_f32")?;
+        Ok(f32_values(t, "download_f32")?.into_owned())
+    }
+
+    fn matmul(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        self.run(|| matmul::matmul(x, w))
+    }
+
+    fn rms_norm(&self, x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
+        self.run(|| norm::rms_norm(x, weight, eps))
+    }
+
+    fn layer_norm(&self, x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
+        self.run(|| norm::layer_norm(x, weight, bias, eps))
+    }
+
+    fn rope(&self, x: &Tensor, rope: &Rope<'_>) -> Result<Tensor> {
+        self.run(|| norm::rope(x, rope))
+    }
+
+    fn softmax(&self, x: &Tensor) -> Result<Tensor> {
+        self.run(|| norm::softmax(x))
+    }
+
+    fn swiglu(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+        self.run(|| binary(gate, up, "swiglu", |g, u| g / (1.0 + (-g).exp()) * u))
+    }
+
+    fn gelu(&self, x: &Tensor) -> Result<Tensor> {
+        check_f32(x, "gelu")?;
+        let v = f32_values(x, "gelu")?;
+        let out = self.run(|| v.par_iter().map(|&a| norm::gelu_erf(a)).collect());
+        Ok(new_f32(out, x.shape().to_vec()))
+    }
+
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        self.run(|| binary(a, b, "add", |x, y| x + y))
+    }
+
+    fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        self.run(|| binary(a, b, "mul", |x, y| x * y))
+    }
+
+    fn scale(&self, a: &Tensor, s: f32) -> Result<Tensor> {
+        check_f32(a, "scale")?;
+        let v = f32_values(a, "scale")?;
+        Ok(new_f32(v.iter().map(|&x| x * s).collect(), a.shape().to_vec()))
+    }
+
+    fn embedding(&self, table: &Tensor, ids: &[u32]) -> Result<Tensor> {
+        let vocab = table.rows();
+        let dim = table.last_dim();
+        let dt = table.dtype();
+        let rb = dt.row_bytes(dim).ok_or(DriverError::DType { op: "embedding", dtype: dt })?;
+        let mut out = vec![0f32; ids.len() * dim];
+        let b = cpu_buf(table, "embedding")?;
+        for (o, &id) in out.chunks_exact_mut(dim.max(1)).zip(ids) {
+            if id as usize >= vocab {
+                return Err(DriverError::TokenOutOfRange { id, vocab });
+            }
+            let i = id as usize;
+            match &b.data {
+                CpuData::F32(v) => o.copy_from_slice(&v[i * dim..(i + 1) * dim]),
+                CpuData::Host(h) => crate::quant::dequantize_row(dt, &h.as_slice()[i * rb..(i + 1) * rb], o),
+            }
+        }
+        Ok(new_f32(out, vec![ids.len(), dim]))
+    }
+
+    fn gather_rows(&self, x: &Tensor, rows: &[usize]) -> Result<Tensor> {
+        check_f32(x, "gather_rows")?;
+        let v = f32_values(x, "gather_rows")?;
+        let n = x.last_dim();
+        let total = x.rows();
+        let mut out = Vec::with_capacity(rows.len() * n);
+        for &r in rows {
+            if r >= total {
+                return Err(DriverError::Shape { op: "gather_rows", detail: format!("row {r} of {total}") });
+            }
+            out.extend_from_slice(&v[r * n..(r + 1) * n]);
+        }
+        Ok(new_f32(out, vec![rows.len(), n]))
+    }
+
+    fn new_kv_cache(&self, spec: KvSpec) -> Result<Box<dyn KvCache>> {
+        Ok(Box::new(CpuKvCache::new(spec)?))
+    }
+
+    fn attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        cache: &mut dyn KvCache,
+        spec: &PagedAttn<'_>,
+    ) -> Result<Tensor> {
+        self.run(|| attention::paged(q, k, v, cache, spec))
+    }
+
+    fn attention_dense(&self, q: &Tensor, k: &Tensor, v: &Tensor, spec: &DenseAttn<'_>) -> Result<Tensor> {
+        self.run(|| attention::dense(q, k, v, spec))
+    }
+
+    fn argmax(&self, x: &Tensor) -> Result<Vec<u32>> {
+        check_f32(x, "argmax")?;
+        let v = f32_values(x, "argmax")?;
+        let n = x.last_dim().max(1);
+        Ok(v.chunks_exact(n)
+            .map(|row| {
+                let mut best = 0usize;
+                for (i, &a) in row.iter().enumerate() {
+                    if a > row[best] {
+                        best = i;
+                    }
+                }
+                best as u32
+            })
+            .collect())
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,171 @@
+//! Row-wise ops: normalisation, rotary embedding, softmax, GELU.
+
+use rayon::prelude::*;
+
+use super::{check_f32, f32_values, new_f32};
+use crate::{DriverError, Result, Rope, RopeStyle, Tensor};
+
+fn row_weight(w: &Tensor, n: usize, op: &'static str) -> Result<Vec<f32>> {
+    let v = f32_values(w, op)?;
+    if v.len() != n {
+        return Err(DriverError::Shape { op, detail: format!("weight of {} values for rows of {n}", v.len()) });
+    }
+    Ok(v.into_owned())
+}
+
+pub(super) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
+    check_f32(x, "rms_norm")?;
+    let n = x.last_dim();
+    let w = row_weight(weight, n, "rms_norm")?;
+    let mut out = f32_values(x, "rms_norm")?.into_owned();
+    out.par_chunks_mut(n.max(1)).for_each(|row| {
+        let ss: f64 = row.iter().map(|&a| (a as f64) * (a as f64)).sum();
+        let inv = 1.0 / ((ss / n as f64) as f32 + eps).sqrt();
+        row.iter_mut().zip(&w).for_each(|(a, &g)| *a = *a * inv * g);
+    });
+    Ok(new_f32(out, x.shape().to_vec()))
+}
+
+pub(super) fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
+    check_f32(x, "layer_norm")?;
+    let n = x.last_dim();
+    let w = row_weight(weight, n, "layer_norm")?;
+    let b = row_weight(bias, n, "layer_norm")?;
+    let mut out = f32_values(x, "layer_norm")?.into_owned();
+    out.par_chunks_mut(n.max(1)).for_each(|row| {
+        let mean = row.iter().map(|&a| a as f64).sum::<f64>() / n as f64;
+        let var = row.iter().map(|&a| (a as f64 - mean).powi(2)).sum::<f64>() / n as f64;
+        let inv = 1.0 / (var + eps as f64).sqrt();
+        for ((a, &g), &c) in row.iter_mut().zip(&w).zip(&b) {
+            *a = (((*a as f64 - mean) * inv) as f32) * g + c;
+        }
+    });
+    Ok(new_f32(out, x.shape().to_vec()))
+}
+
+pub(super) fn rope(x: &Tensor, r: &Rope<'_>) -> Result<Tensor> {
+    check_f32(x, "rope")?;
+    let width = r.n_heads * r.head_dim;
+    let half = r.inv_freq.len();
+    if x.last_dim() != width || half * 2 > r.head_dim || r.positions.len() != x.rows() {
+        return Err(DriverError::Shape {
+            op: "rope",
+            detail: format!(
+                "input {:?}, {} heads of {}, {} frequencies, {} positions",
+                x.shape(),
+                r.n_heads,
+                r.head_dim,
+                half,
+                r.positions.len()
+            ),
+        });
+    }
+    let mut out = f32_values(x, "rope")?.into_owned();
+    out.par_chunks_mut(width.max(1)).zip(r.positions.par_iter()).for_each(|(row, &pos)| {
+        let (cos, sin): (Vec<f32>, Vec<f32>) = r
+            .inv_freq
+            .iter()
+            .map(|&f| {
+                let a = pos as f32 * f;
+                (a.cos(), a.sin())
+            })
+            .unzip();
+        for head in row.chunks_exact_mut(r.head_dim) {
+            for i in 0..half {
+                let (a, b) = match r.style {
+                    RopeStyle::Half => (i, i + half),
+                    RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                };
+                let (x0, x1) = (head[a], head[b]);
+                head[a] = x0 * cos[i] - x1 * sin[i];
+                head[b] = x1 * cos[i] + x0 * sin[i];
+            }
+        }
+    });
+    Ok(new_f32(out, x.shape().to_vec()))
+}
+
+pub(super) fn softmax(x: &Tensor) -> Result<Tensor> {
+    check_f32(x, "softmax")?;
+    let n = x.last_dim();
+    let mut out = f32_values(x, "softmax")?.into_owned();
+    out.par_chunks_mut(n.max(1)).for_each(softmax_in_place);
+    Ok(new_f32(out, x.shape().to_vec()))
+}
+
+/// Numerically stable softmax of one row.
+pub(crate) fn softmax_in_place(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for a in row.iter_mut() {
+        *a = (*a - max).exp();
+        sum += *a;
+    }
+    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|a| *a *= inv);
+}
+
+/// Exact GELU, `x/2 · (1 + erf(x/√2))`, as PyTorch's default `gelu`.
+pub(crate) fn gelu_erf(x: f32) -> f32 {
+    let x = x as f64;
+    (0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2))) as f32
+}
+
+/// erf to about 1e-15 absolute: the Maclaurin series near zero, a continued fraction of erfc
+/// further out (W. J. Cody's split points, our own coefficients-free formulation).
+fn erf(x: f64) -> f64 {
+    let ax = x.abs();
+    let r = if ax < 2.5 {
+        // erf(x) = 2/√π Σ (-1)^n x^(2n+1) / (n! (2n+1))
+        let x2 = ax * ax;
+        let mut term = ax;
+        let mut sum = ax;
+        let mut n = 0.0;
+        loop {
+            n += 1.0;
+            term *= -x2 / n;
+            let add = term / (2.0 * n + 1.0);
+            sum += add;
+            if add.abs() < 1e-17 * sum.abs() {
+                break;
+            }
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    } else if ax > 6.0 {
+        1.0
+    } else {
+        // erfc(x) = exp(-x²)/√π · 1/(x + 1/2/(x + 1/(x + 3/2/(x + 2/(x + ...))))), evaluated
+        // backwards from a fixed depth.
+        let mut f = ax;
+        for k in (1..60).rev() {
+            f = ax + (k as f64 / 2.0) / f;
+        }
+        1.0 - (-ax * ax).exp() / std::f64::consts::PI.sqrt() / f
+    };
+    if x < 0.0 { -r } else { r }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn erf_matches_known_values() {
+        // Values from the Abramowitz & Stegun tables.
+        for (x, e) in
+            [(0.0, 0.0), (0.5, 0.520_499_877_8), (1.0, 0.842_700_792_9), (2.0, 0.995_322_265_0), (3.0, 0.999_977_909_5)]
+        {
+            assert!((erf(x) - e).abs() < 1e-9, "erf({x}) = {} not {e}", erf(x));
+            assert!((erf(-x) + e).abs() < 1e-9);
+        }
+        assert!((erf(2.49) - erf(2.51)).abs() < 1e-3);
+    }
+
+    #[test]
+    fn softmax_sums_to_one() {
+        let mut r = [1.0f32, 2.0, 3.0, -1000.0];
+        softmax_in_place(&mut r);
+        assert!((r.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(r[3] == 0.0 && r[2] > r[1]);
+    }
+}

@@ -1,0 +1,68 @@
+//! Errors of the drivers crate.
+
+use crate::DType;
+
+/// Why a backend operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DriverError {
+    /// The inputs of an op have shapes it cannot combine.
+    #[error("{op}: shape mismatch: {detail}")]
+    Shape {
+        /// The op.
+        op: &'static str,
+        /// What did not fit.
+        detail: String,
+    },
+    /// The op does not support this dtype.
+    #[error("{op}: unsupported dtype {dtype}")]
+    DType {
+        /// The op.
+        op: &'static str,
+        /// The dtype.
+        dtype: DType,
+    },
+    /// Uploaded data does not have the size that its dtype and shape need.
+    #[error("upload: {dtype} tensor of shape {shape:?} needs {expected} bytes, got {got}")]
+    UploadSize {
+        /// Declared dtype.
+        dtype: DType,
+        /// Declared shape.
+        shape: Vec<usize>,
+        /// Bytes the dtype and shape need.
+        expected: usize,
+        /// Bytes given.
+        got: usize,
+    },
+    /// A tensor from another backend was passed in.
+    #[error("{op}: tensor belongs to another backend")]
+    ForeignTensor {
+        /// The op.
+        op: &'static str,
+    },
+    /// A KV-cache access outside the cache.
+    #[error("kv cache: {0}")]
+    KvCache(String),
+    /// A token id outside the embedding table.
+    #[error("embedding: token id {id} is outside the vocabulary of {vocab}")]
+    TokenOutOfRange {
+        /// The id.
+        id: u32,
+        /// Vocabulary size.
+        vocab: usize,
+    },
+    /// The backend was not compiled in.
+    #[error("{0} support was not compiled into this build")]
+    NotCompiled(&'static str),
+    /// The backend's runtime library or device is absent.
+    #[error("{backend} is not available: {reason}")]
+    Unavailable {
+        /// The backend.
+        backend: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Result alias for driver operations.
+pub type Result<T> = std::result::Result<T, DriverError>;

@@ -1,0 +1,175 @@
+//! Weight formats: de-quantisation, quantisation and dot products against `f32` activations.
+//!
+//! The formats are GGUF's (llama.cpp's `ggml_type`), byte for byte: see [`DType`] for the list
+//! and the block sizes. Every format has a scalar reference in `scalar` and `kquants`; on
+//! x86-64 the AVX2/FMA/F16C kernels in `x86` (and AVX-512 ones for the 4- and 5-bit formats)
+//! are chosen at run time when the CPU has those features. They de-quantise bitwise as the
+//! reference and agree with its dot products within float rounding.
+//!
+//! Precision contract: a dot product is computed as if the row were first de-quantised to `f32`
+//! and then multiplied with the `f32` activations, accumulating in `f32`. Unlike llama.cpp, the
+//! activations are never quantised; only the order of the additions (and fused multiply-adds)
+//! differs from the naive loop.
+//!
+//! `U32` and `I64` are not weight formats. Passing them here is a programming error: debug
+//! builds panic on a `debug_assert!`, release builds return zeros (or `0.0`) so that a bug can
+//! never read out of bounds. [`quantize_row`] returns an error for them instead.
+
+mod kquants;
+mod quantize;
+mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use std::sync::OnceLock;
+
+use crate::DType;
+
+pub use quantize::quantize_row;
+
+/// How many activation vectors one pass of [`vec_dot_multi`] handles with the weight row's
+/// blocks held in registers. Larger batches make several passes over the row (it is in L1).
+const MULTI_CHUNK: usize = 4;
+
+/// The kernel family picked for this CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Level {
+    /// Portable Rust, auto-vectorised at best.
+    Scalar,
+    /// x86-64 with AVX2, FMA and F16C.
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    /// x86-64 with AVX-512F/BW/VL besides AVX2, FMA and F16C.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+/// Detects the best kernel family once and remembers it.
+fn level() -> Level {
+    static LEVEL: OnceLock<Level> = OnceLock::new();
+    *LEVEL.get_or_init(detect)
+}
+
+fn detect() -> Level {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx2") && has!("fma") && has!("f16c") {
+            if has!("avx512f") && has!("avx512bw") && has!("avx512vl") {
+                return Level::Avx512;
+            }
+            return Level::Avx2;
+        }
+    }
+    Level::Scalar
+}
+
+/// The SIMD level chosen at run time: `"avx512"`, `"avx2"`, `"neon"` or `"scalar"`.
+///
+/// `"avx512"` means AVX-512 kernels for the 4- and 5-bit formats and AVX2 ones for the rest.
+/// There are no NEON kernels yet: other targets report `"scalar"` (auto-vectorised Rust).
+pub fn simd_level() -> &'static str {
+    match level() {
+        Level::Scalar => "scalar",
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 => "avx2",
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 => "avx512",
+    }
+}
+
+/// Whether `dtype` is a format these kernels handle (everything but `U32` and `I64`).
+fn is_weight_format(dtype: DType) -> bool {
+    !matches!(dtype, DType::U32 | DType::I64)
+}
+
+/// Panics unless `bytes` holds exactly `n` values of `dtype`: the kernels rely on it.
+fn check_row(op: &str, dtype: DType, bytes: usize, n: usize) {
+    let expected = dtype.row_bytes(n);
+    assert!(expected == Some(bytes), "quant::{op}: {n} values of {dtype} need {expected:?} bytes, got {bytes}");
+}
+
+/// De-quantises one row of `dst.len()` values stored as `dtype` in `src`.
+///
+/// The caller guarantees `src.len() == dtype.row_bytes(dst.len())`; the function panics
+/// otherwise. The result is exactly what gguf-py's `gguf.quants.dequantize` computes (same
+/// `f32` operations, no fused multiply-add). `U32`/`I64` are not weight formats: see the
+/// module documentation.
+pub fn dequantize_row(dtype: DType, src: &[u8], dst: &mut [f32]) {
+    if !is_weight_format(dtype) {
+        debug_assert!(false, "quant::dequantize_row: {dtype} is not a weight format");
+        dst.fill(0.0);
+        return;
+    }
+    check_row("dequantize_row", dtype, src.len(), dst.len());
+    match level() {
+        Level::Scalar => scalar::dequantize_row(dtype, src, dst),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `level()` reports `Avx2` or `Avx512` only after detecting AVX2, FMA and
+        // F16C, and `Avx512` only after detecting AVX-512F/BW/VL too.
+        l @ (Level::Avx2 | Level::Avx512) => unsafe { x86::dequantize_row(l == Level::Avx512, dtype, src, dst) },
+    }
+}
+
+/// Dot product of one row stored as `dtype` with `x` (`x.len()` values).
+///
+/// The caller guarantees `row.len() == dtype.row_bytes(x.len())`; the function panics
+/// otherwise. `U32`/`I64` give `0.0`: see the module documentation.
+pub fn vec_dot(dtype: DType, row: &[u8], x: &[f32]) -> f32 {
+    if !is_weight_format(dtype) {
+        debug_assert!(false, "quant::vec_dot: {dtype} is not a weight format");
+        return 0.0;
+    }
+    check_row("vec_dot", dtype, row.len(), x.len());
+    let [r] = dot_n(dtype, row, [x]);
+    r
+}
+
+/// Computes `out[j] = vec_dot(dtype, row, xs[j])` for several activation vectors at once,
+/// reading the weight row once (for small-batch decode). `xs` are rows of a row-major
+/// `[m, k]` slice, where `m = out.len()`.
+///
+/// The results are bitwise equal to [`vec_dot`]'s. Panics unless `xs.len() == m * k` and
+/// `row.len() == dtype.row_bytes(k)`. `U32`/`I64` give zeros: see the module documentation.
+pub fn vec_dot_multi(dtype: DType, row: &[u8], xs: &[f32], k: usize, out: &mut [f32]) {
+    if !is_weight_format(dtype) {
+        debug_assert!(false, "quant::vec_dot_multi: {dtype} is not a weight format");
+        out.fill(0.0);
+        return;
+    }
+    check_row("vec_dot_multi", dtype, row.len(), k);
+    assert!(
+        xs.len() == out.len() * k,
+        "quant::vec_dot_multi: {} activation values are not {} rows of {k}",
+        xs.len(),
+        out.len()
+    );
+    if k == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let mut rows = xs.chunks_exact(k);
+    for o in out.chunks_mut(MULTI_CHUNK) {
+        // `rows` yields exactly `out.len()` slices, so each `next()` below succeeds.
+        let mut next = || rows.next().unwrap_or(&[]);
+        match o {
+            [a, b, c, d] => [*a, *b, *c, *d] = dot_n(dtype, row, [next(), next(), next(), next()]),
+            [a, b, c] => [*a, *b, *c] = dot_n(dtype, row, [next(), next(), next()]),
+            [a, b] => [*a, *b] = dot_n(dtype, row, [next(), next()]),
+            [a] => [*a] = dot_n(dtype, row, [next()]),
+            _ => {}
+        }
+    }
+}
+
+/// Dots one row with `M` activation vectors, each `row`'s length in values (checked by the
+/// callers), with the kernels of this CPU.
+fn dot_n<const M: usize>(dtype: DType, row: &[u8], xs: [&[f32]; M]) -> [f32; M] {
+    match level() {
+        Level::Scalar => scalar::dot(dtype, row, xs),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `level()` reports `Avx2` or `Avx512` only after detecting AVX2, FMA and
+        // F16C, and `Avx512` only after detecting AVX-512F/BW/VL too.
+        l @ (Level::Avx2 | Level::Avx512) => unsafe { x86::dot(l == Level::Avx512, dtype, row, xs) },
+    }
+}

@@ -1,0 +1,182 @@
+//! Property tests: the AVX2 kernels against the scalar reference on random rows.
+
+#![allow(clippy::unwrap_used)]
+
+use half::{bf16, f16};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::DType;
+use crate::quant::scalar;
+
+const FORMATS: [DType; 11] = [
+    DType::F32,
+    DType::F16,
+    DType::BF16,
+    DType::Q8_0,
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q5_0,
+    DType::Q5_1,
+    DType::Q4K,
+    DType::Q5K,
+    DType::Q6K,
+];
+
+/// The kernel sets this CPU can run: AVX2 (`false`) and AVX-512 (`true`).
+fn levels() -> Vec<bool> {
+    let mut l = Vec::new();
+    if have_avx2() {
+        l.push(false);
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+        {
+            l.push(true);
+        } else {
+            eprintln!("skipping the AVX-512 kernels: this CPU lacks AVX-512F/BW/VL");
+        }
+    }
+    l
+}
+
+/// The SIMD dot kernel, after checking the features.
+fn simd_dot<const M: usize>(avx512: bool, dtype: DType, row: &[u8], xs: [&[f32]; M]) -> [f32; M] {
+    assert!(levels().contains(&avx512));
+    // SAFETY: the features were detected just above.
+    unsafe { super::dot(avx512, dtype, row, xs) }
+}
+
+/// The SIMD de-quantisation kernel, after checking the features.
+fn simd_dequant(avx512: bool, dtype: DType, row: &[u8], out: &mut [f32]) {
+    assert!(levels().contains(&avx512));
+    // SAFETY: the features were detected just above.
+    unsafe { super::dequantize_row(avx512, dtype, row, out) }
+}
+
+fn have_avx2() -> bool {
+    let ok = std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c");
+    if !ok {
+        eprintln!("skipping: this CPU lacks AVX2/FMA/F16C");
+    }
+    ok
+}
+
+/// A random `f16` scale: mostly ±0.01..0.1, sometimes subnormal or zero.
+fn random_scale(rng: &mut StdRng) -> [u8; 2] {
+    let bits = match rng.random_range(0..20) {
+        0 => 0,
+        1 => rng.random_range(1..0x400),
+        _ => {
+            let v = rng.random_range(0.01f32..0.1);
+            f16::from_f32(if rng.random() { v } else { -v }).to_bits()
+        }
+    };
+    bits.to_le_bytes()
+}
+
+/// Byte offsets of the `f16` scale fields of each block format.
+fn scale_offsets(dtype: DType) -> &'static [usize] {
+    match dtype {
+        DType::Q8_0 | DType::Q4_0 | DType::Q5_0 => &[0],
+        DType::Q4_1 | DType::Q5_1 | DType::Q4K | DType::Q5K => &[0, 2],
+        DType::Q6K => &[208],
+        _ => &[],
+    }
+}
+
+/// A random row of `n` values of `dtype`: random bytes with finite scales, or random floats.
+fn random_row(dtype: DType, n: usize, rng: &mut StdRng) -> Vec<u8> {
+    match dtype {
+        DType::F32 => (0..n).flat_map(|_| rng.random_range(-2f32..2.0).to_le_bytes()).collect(),
+        DType::F16 => (0..n).flat_map(|_| f16::from_f32(rng.random_range(-2f32..2.0)).to_le_bytes()).collect(),
+        DType::BF16 => (0..n).flat_map(|_| bf16::from_f32(rng.random_range(-2f32..2.0)).to_le_bytes()).collect(),
+        _ => {
+            let bytes = dtype.row_bytes(n).unwrap();
+            let mut row: Vec<u8> = (0..bytes).map(|_| rng.random()).collect();
+            for block in row.chunks_exact_mut(dtype.block_bytes()) {
+                for &off in scale_offsets(dtype) {
+                    block[off..off + 2].copy_from_slice(&random_scale(rng));
+                }
+            }
+            row
+        }
+    }
+}
+
+fn random_x(n: usize, rng: &mut StdRng) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1f32..1.0)).collect()
+}
+
+/// Row lengths to try: whole blocks, more than one scale chunk, and float tails.
+fn lengths(dtype: DType) -> Vec<usize> {
+    let bl = dtype.block_len();
+    if bl == 1 { vec![0, 1, 7, 31, 32, 33, 100, 256, 1000] } else { [1, 2, 3, 8, 9, 17].map(|b| b * bl).to_vec() }
+}
+
+#[test]
+fn dequantize_matches_scalar_bitwise() {
+    let mut rng = StdRng::seed_from_u64(1);
+    for (avx512, dtype) in levels().into_iter().flat_map(|l| FORMATS.map(|f| (l, f))) {
+        for n in lengths(dtype) {
+            for _ in 0..5 {
+                let row = random_row(dtype, n, &mut rng);
+                let mut want = vec![0f32; n];
+                let mut got = vec![1f32; n];
+                scalar::dequantize_row(dtype, &row, &mut want);
+                simd_dequant(avx512, dtype, &row, &mut got);
+                for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+                    assert_eq!(w.to_bits(), g.to_bits(), "{dtype} avx512={avx512} n={n} value {i}: {w} vs {g}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn dot_matches_scalar() {
+    let mut rng = StdRng::seed_from_u64(2);
+    for (avx512, dtype) in levels().into_iter().flat_map(|l| FORMATS.map(|f| (l, f))) {
+        for n in lengths(dtype) {
+            for _ in 0..5 {
+                let row = random_row(dtype, n, &mut rng);
+                let x = random_x(n, &mut rng);
+                let mut w = vec![0f32; n];
+                scalar::dequantize_row(dtype, &row, &mut w);
+                let scale: f32 = w.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum();
+                let [want] = scalar::dot(dtype, &row, [&x]);
+                let [got] = simd_dot(avx512, dtype, &row, [&x]);
+                assert!(
+                    (want - got).abs() <= 1e-5 * scale.max(f32::MIN_POSITIVE),
+                    "{dtype} avx512={avx512} n={n}: scalar {want} vs simd {got} (Σ|w·x| = {scale})"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn multi_equals_single_bitwise() {
+    let mut rng = StdRng::seed_from_u64(3);
+    for (l, dtype) in levels().into_iter().flat_map(|l| FORMATS.map(|f| (l, f))) {
+        for n in lengths(dtype) {
+            let row = random_row(dtype, n, &mut rng);
+            let xs: Vec<Vec<f32>> = (0..4).map(|_| random_x(n, &mut rng)).collect();
+            let single: Vec<f32> = xs.iter().map(|x| simd_dot(l, dtype, &row, [x])[0]).collect();
+            let four = simd_dot(l, dtype, &row, [&xs[0], &xs[1], &xs[2], &xs[3]]);
+            let three = simd_dot(l, dtype, &row, [&xs[1], &xs[2], &xs[3]]);
+            let two = simd_dot(l, dtype, &row, [&xs[2], &xs[3]]);
+            for j in 0..4 {
+                assert_eq!(four[j].to_bits(), single[j].to_bits(), "{dtype} n={n} M=4 vector {j}");
+            }
+            for j in 0..3 {
+                assert_eq!(three[j].to_bits(), single[j + 1].to_bits(), "{dtype} n={n} M=3");
+            }
+            for j in 0..2 {
+                assert_eq!(two[j].to_bits(), single[j + 2].to_bits(), "{dtype} n={n} M=2");
+            }
+        }
+    }
+}

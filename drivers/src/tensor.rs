@@ -1,0 +1,120 @@
+//! Tensors: a backend-owned buffer plus a dtype and a shape.
+
+use std::any::Any;
+use std::fmt;
+use std::sync::Arc;
+
+use crate::DType;
+
+/// Bytes on the host that a backend may keep a reference to instead of copying.
+///
+/// Weights are memory-mapped by the engine; the CPU backend keeps a `HostBytes` pointing into the
+/// mapping, so loading a model costs no copy. Accelerator backends copy them to the device.
+#[derive(Clone)]
+pub struct HostBytes {
+    owner: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    start: usize,
+    len: usize,
+}
+
+impl HostBytes {
+    /// A view of `owner[start..start + len]`. Returns `None` when the range is out of bounds.
+    pub fn new(owner: Arc<dyn AsRef<[u8]> + Send + Sync>, start: usize, len: usize) -> Option<Self> {
+        let end = start.checked_add(len)?;
+        if end > (*owner).as_ref().len() {
+            return None;
+        }
+        Some(Self { owner, start, len })
+    }
+
+    /// Owned bytes.
+    pub fn from_vec(v: Vec<u8>) -> Self {
+        let len = v.len();
+        Self { owner: Arc::new(v), start: 0, len }
+    }
+
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        &(*self.owner).as_ref()[self.start..self.start + self.len]
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl fmt::Debug for HostBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HostBytes({} bytes)", self.len)
+    }
+}
+
+/// Device memory owned by one backend. Backends downcast through [`Buffer::as_any`].
+pub trait Buffer: Send + Sync + fmt::Debug {
+    /// For the owning backend to downcast.
+    fn as_any(&self) -> &dyn Any;
+    /// Size in bytes.
+    fn size_bytes(&self) -> usize;
+}
+
+/// A tensor: shared ownership of a backend buffer, a dtype and a row-major shape.
+///
+/// Cloning is cheap (the buffer is reference-counted). Tensors are immutable once made: every op
+/// returns a new tensor, except the KV-cache writes, which go through [`crate::KvCache`].
+#[derive(Clone, Debug)]
+pub struct Tensor {
+    buf: Arc<dyn Buffer>,
+    dtype: DType,
+    shape: Vec<usize>,
+}
+
+impl Tensor {
+    /// Wraps a backend buffer. Backends call this; the engine does not.
+    pub fn from_buffer(buf: Arc<dyn Buffer>, dtype: DType, shape: Vec<usize>) -> Self {
+        Self { buf, dtype, shape }
+    }
+
+    /// The buffer, for the owning backend to downcast.
+    pub fn buffer(&self) -> &dyn Buffer {
+        self.buf.as_ref()
+    }
+
+    /// Storage type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Row-major shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Number of elements.
+    pub fn elem_count(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// The last dimension (1 for a scalar).
+    pub fn last_dim(&self) -> usize {
+        self.shape.last().copied().unwrap_or(1)
+    }
+
+    /// Number of rows when seen as a 2-D `[rows, last_dim]` matrix.
+    pub fn rows(&self) -> usize {
+        self.elem_count().checked_div(self.last_dim()).unwrap_or(0)
+    }
+
+    /// The same buffer seen with another shape of equal element count.
+    pub fn reshape(&self, shape: &[usize]) -> Option<Tensor> {
+        if shape.iter().product::<usize>() != self.elem_count() {
+            return None;
+        }
+        Some(Self { buf: self.buf.clone(), dtype: self.dtype, shape: shape.to_vec() })
+    }
+}

@@ -1,0 +1,453 @@
+//! The engine's public face: load a model, generate text as a stream of events, compute logits,
+//! embed texts.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+
+use govbox_drivers::{Backend, KvCache, KvSpec};
+
+use crate::chat::ChatMessage;
+use crate::config::DecoderConfig;
+use crate::gguf::parse_gguf;
+use crate::kv::{BLOCK_SIZE, BlockAllocator};
+use crate::models::decoder::{DecoderModel, LogitsFor, SeqInput};
+use crate::sampler::{Sampler, SamplingParams};
+use crate::tokenizer::Tokenizer;
+use crate::weights::WeightMap;
+use crate::{EngineError, MappedFile, Result};
+
+/// Tokens fed through the model per forward pass while prefilling a long prompt.
+const PREFILL_CHUNK: usize = 512;
+
+/// Engine settings.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// Tokens the KV pool holds across all live sequences. 4096 covers one full-context request
+    /// of the small models the box ships with, at a memory cost shown by `govbox model info`.
+    pub kv_tokens: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self { kv_tokens: 4096 }
+    }
+}
+
+/// What to generate from.
+#[derive(Clone, Debug)]
+pub enum Prompt {
+    /// Plain text, tokenised as is (BOS added when the tokenizer asks for it).
+    Text(String),
+    /// A conversation, rendered by the model's chat template with a generation prompt.
+    Chat(Vec<ChatMessage>),
+    /// Token ids, used as given.
+    Tokens(Vec<u32>),
+}
+
+/// One generation request.
+#[derive(Clone, Debug)]
+pub struct GenerateRequest {
+    /// The prompt.
+    pub prompt: Prompt,
+    /// Most new tokens; generation stops with [`FinishReason::Length`] there.
+    pub max_tokens: usize,
+    /// Sampling settings.
+    pub sampling: SamplingParams,
+    /// Stop strings: the output is cut before the first one, which is not included.
+    pub stop: Vec<String>,
+    /// Keep going past EOS (benchmarks and reference comparisons).
+    pub ignore_eos: bool,
+}
+
+impl GenerateRequest {
+    /// A greedy request for `max_tokens` tokens.
+    pub fn new(prompt: Prompt, max_tokens: usize) -> Self {
+        Self { prompt, max_tokens, sampling: SamplingParams::default(), stop: vec![], ignore_eos: false }
+    }
+}
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// EOS or a stop string.
+    Stop,
+    /// `max_tokens` or the context window.
+    Length,
+}
+
+impl FinishReason {
+    /// The OpenAI name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+/// Token counts of a request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Generated tokens.
+    pub completion_tokens: usize,
+}
+
+/// What a generation stream carries.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// New text: always whole UTF-8 characters, never part of a stop string.
+    Text(String),
+    /// The end, with the reason and token counts.
+    Done {
+        /// Why it ended.
+        finish_reason: FinishReason,
+        /// Token counts.
+        usage: Usage,
+    },
+    /// Generation failed part-way.
+    Error(String),
+}
+
+struct KvState {
+    cache: Box<dyn KvCache>,
+    alloc: BlockAllocator,
+}
+
+enum Kind {
+    Decoder { model: Box<DecoderModel>, kv: Mutex<KvState>, tokenizer: Box<Tokenizer> },
+    Encoder(Box<crate::embed::EmbeddingModel>),
+}
+
+/// A loaded model, ready to serve requests from many threads.
+pub struct Engine {
+    kind: Kind,
+    path: PathBuf,
+    format: &'static str,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("path", &self.path).field("format", &self.format).finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Loads a model: a `.gguf` file, a HF decoder folder, or a sentence-transformers folder.
+    pub fn load(path: &Path, backend: Arc<dyn Backend>, opts: &EngineOptions) -> Result<Self> {
+        if path.is_file() {
+            return Self::load_gguf(path, backend, opts);
+        }
+        if !path.is_dir() {
+            return Err(EngineError::Io {
+                path: path.into(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such model file or folder"),
+            });
+        }
+        if crate::embed::EmbeddingModel::is_embedding_dir(path) {
+            let model = crate::embed::EmbeddingModel::load(path, backend)?;
+            return Ok(Self { kind: Kind::Encoder(Box::new(model)), path: path.into(), format: "safetensors" });
+        }
+        let cfg = DecoderConfig::from_hf_dir(path)?;
+        let weights = WeightMap::from_hf_dir(path)?;
+        let tokenizer = Tokenizer::from_hf_dir(path)?;
+        let model = DecoderModel::from_hf(cfg, &weights, backend)?;
+        Self::decoder(model, tokenizer, path, "safetensors", opts)
+    }
+
+    fn load_gguf(path: &Path, backend: Arc<dyn Backend>, opts: &EngineOptions) -> Result<Self> {
+        let file = MappedFile::open(path)?;
+        let g = parse_gguf(file.bytes())
+            .map_err(|e| EngineError::Format { file: file.name().to_string(), detail: e.to_string() })?;
+        let cfg = DecoderConfig::from_gguf(&g, file.name())?;
+        let tokenizer = Tokenizer::from_gguf(&g)?;
+        let model = DecoderModel::from_gguf(cfg, &g, &file, backend)?;
+        Self::decoder(model, tokenizer, path, "gguf", opts)
+    }
+
+    fn decoder(
+        model: DecoderModel,
+        tokenizer: Tokenizer,
+        path: &Path,
+        format: &'static str,
+        opts: &EngineOptions,
+    ) -> Result<Self> {
+        let c = model.config();
+        let n_blocks = opts.kv_tokens.max(BLOCK_SIZE).div_ceil(BLOCK_SIZE);
+        let spec = KvSpec {
+            n_layers: c.n_layers,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+            block_size: BLOCK_SIZE,
+            n_blocks,
+        };
+        let cache = model.backend().new_kv_cache(spec)?;
+        let kv = Mutex::new(KvState { cache, alloc: BlockAllocator::new(n_blocks) });
+        Ok(Self {
+            kind: Kind::Decoder { model: Box::new(model), kv, tokenizer: Box::new(tokenizer) },
+            path: path.into(),
+            format,
+        })
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        match &self.kind {
+            Kind::Decoder { tokenizer, .. } => tokenizer,
+            Kind::Encoder(m) => m.tokenizer(),
+        }
+    }
+
+    /// The decoder, when this is one.
+    pub fn decoder_model(&self) -> Option<&DecoderModel> {
+        match &self.kind {
+            Kind::Decoder { model, .. } => Some(model),
+            Kind::Encoder(_) => None,
+        }
+    }
+
+    /// The embedding model, when this is one.
+    pub fn embedding_model(&self) -> Option<&crate::embed::EmbeddingModel> {
+        match &self.kind {
+            Kind::Encoder(m) => Some(m),
+            Kind::Decoder { .. } => None,
+        }
+    }
+
+    /// `"gguf"` or `"safetensors"`.
+    pub fn format(&self) -> &'static str {
+        self.format
+    }
+
+    fn decoder_parts(&self) -> Result<(&DecoderModel, &Mutex<KvState>)> {
+        match &self.kind {
+            Kind::Decoder { model, kv, .. } => Ok((model, kv)),
+            Kind::Encoder(_) => Err(EngineError::Request("this is an embedding model; it cannot generate".into())),
+        }
+    }
+
+    /// Token ids of a prompt, as generation would feed them.
+    pub fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>> {
+        let (text, from_template) = match prompt {
+            Prompt::Tokens(t) => return Ok(t.clone()),
+            Prompt::Text(t) => (t.clone(), false),
+            Prompt::Chat(msgs) => {
+                let tpl = self
+                    .tokenizer()
+                    .chat_template()
+                    .ok_or_else(|| EngineError::Template("the model has no chat_template".into()))?;
+                (tpl.render(msgs, true)?, true)
+            }
+        };
+        let mut ids = self.tokenizer().encode(&text)?;
+        // A chat template writes its own BOS when the model wants one.
+        if !from_template
+            && self.tokenizer().add_bos()
+            && let Some(b) = self.tokenizer().bos_id()
+        {
+            ids.insert(0, b);
+        }
+        Ok(ids)
+    }
+
+    fn lock(kv: &Mutex<KvState>) -> std::sync::MutexGuard<'_, KvState> {
+        // A panic while holding the lock cannot leave the allocator inconsistent (every update
+        // is a single push/pop), so a poisoned lock is still usable.
+        kv.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Logits after every position of `ids` (`[ids.len(), vocab]` flattened). Tokens go one at a
+    /// time through the KV cache, or all in one pass with `prefill`.
+    pub fn logits(&self, ids: &[u32], prefill: bool) -> Result<Vec<f32>> {
+        let (model, kv) = self.decoder_parts()?;
+        let mut st = Self::lock(kv);
+        let mut table = Vec::new();
+        let st = &mut *st;
+        st.alloc.reserve(&mut table, ids.len())?;
+        let r = (|| {
+            if prefill {
+                let s = SeqInput { tokens: ids, start_pos: 0, block_table: &table };
+                return model.forward(&[s], st.cache.as_mut(), LogitsFor::All);
+            }
+            let mut out = Vec::new();
+            for (i, t) in ids.iter().enumerate() {
+                let s = SeqInput { tokens: std::slice::from_ref(t), start_pos: i, block_table: &table };
+                out.extend(model.forward(&[s], st.cache.as_mut(), LogitsFor::All)?);
+            }
+            Ok(out)
+        })();
+        st.alloc.release(&mut table);
+        r
+    }
+
+    /// Generates for `req`, calling `on_event` with each event; `on_event` returns false to
+    /// cancel (the client went away), which frees the request's KV blocks at once.
+    pub fn generate(&self, req: &GenerateRequest, on_event: &mut dyn FnMut(Event) -> bool) -> Result<Usage> {
+        let (model, kv) = self.decoder_parts()?;
+        let prompt = self.prompt_ids(&req.prompt)?;
+        if prompt.is_empty() {
+            return Err(EngineError::Request("the prompt is empty".into()));
+        }
+        let ctx = model.config().max_position_embeddings;
+        if prompt.len() >= ctx {
+            return Err(EngineError::Request(format!(
+                "the prompt has {} tokens; the model's context is {ctx}",
+                prompt.len()
+            )));
+        }
+        let budget = req.max_tokens.min(ctx - prompt.len());
+        let mut seq = Sequence { kv, table: Vec::new() };
+        let mut sampler = Sampler::new(req.sampling.clone(), &prompt);
+        let mut decoder = self.tokenizer().incremental();
+        let mut stops = StopMatcher::new(&req.stop);
+        let eos = model.config().eos_token_ids.iter().chain(self.tokenizer().eos_ids()).copied().collect::<Vec<_>>();
+        let mut usage = Usage { prompt_tokens: prompt.len(), completion_tokens: 0 };
+
+        let mut logits = Vec::new();
+        for (ci, chunk) in prompt.chunks(PREFILL_CHUNK).enumerate() {
+            logits = seq.step(model, chunk, ci * PREFILL_CHUNK)?;
+        }
+        let mut pos = prompt.len();
+        let finish = loop {
+            if usage.completion_tokens >= budget {
+                break FinishReason::Length;
+            }
+            let id = sampler.sample(&logits);
+            sampler.accept(id);
+            usage.completion_tokens += 1;
+            if !req.ignore_eos && eos.contains(&id) {
+                break FinishReason::Stop;
+            }
+            let piece = decoder.push(id)?;
+            let (emit, hit) = stops.push(&piece);
+            if !emit.is_empty() && !on_event(Event::Text(emit)) {
+                return Ok(usage);
+            }
+            if hit {
+                break FinishReason::Stop;
+            }
+            if usage.completion_tokens >= budget {
+                break FinishReason::Length;
+            }
+            logits = seq.step(model, &[id], pos)?;
+            pos += 1;
+        };
+        if finish == FinishReason::Length {
+            let rest = decoder.finish()?;
+            let (emit, _) = stops.push(&rest);
+            let tail = emit + &stops.flush();
+            if !tail.is_empty() && !on_event(Event::Text(tail)) {
+                return Ok(usage);
+            }
+        }
+        on_event(Event::Done { finish_reason: finish, usage });
+        Ok(usage)
+    }
+
+    /// Starts generation on its own thread and returns the event stream. Dropping the receiver
+    /// cancels the generation.
+    pub fn submit(self: &Arc<Self>, req: GenerateRequest) -> mpsc::Receiver<Event> {
+        let (tx, rx) = mpsc::sync_channel(64);
+        let me = self.clone();
+        std::thread::spawn(move || {
+            let r = me.generate(&req, &mut |e| tx.send(e).is_ok());
+            if let Err(e) = r {
+                let _ = tx.send(Event::Error(e.to_string()));
+            }
+        });
+        rx
+    }
+
+    /// Sentence embeddings of `texts`, with each text's token count.
+    pub fn embed(&self, texts: &[&str]) -> Result<crate::embed::Embeddings> {
+        match &self.kind {
+            Kind::Encoder(m) => m.embed(texts),
+            Kind::Decoder { .. } => Err(EngineError::Request("this is a chat model; it does not embed".into())),
+        }
+    }
+}
+
+/// A sequence's KV blocks, returned to the pool when it ends however it ends.
+struct Sequence<'a> {
+    kv: &'a Mutex<KvState>,
+    table: Vec<u32>,
+}
+
+impl Sequence<'_> {
+    fn step(&mut self, model: &DecoderModel, tokens: &[u32], start_pos: usize) -> Result<Vec<f32>> {
+        let mut st = Engine::lock(self.kv);
+        let st = &mut *st;
+        st.alloc.reserve(&mut self.table, start_pos + tokens.len())?;
+        let s = SeqInput { tokens, start_pos, block_table: &self.table };
+        model.forward(&[s], st.cache.as_mut(), LogitsFor::Last)
+    }
+}
+
+impl Drop for Sequence<'_> {
+    fn drop(&mut self) {
+        Engine::lock(self.kv).alloc.release(&mut self.table);
+    }
+}
+
+/// Holds back text that might be the start of a stop string, and cuts at the first full one.
+#[derive(Debug)]
+pub struct StopMatcher {
+    stops: Vec<String>,
+    pending: String,
+}
+
+impl StopMatcher {
+    /// A matcher for `stops` (empty strings are ignored).
+    pub fn new(stops: &[String]) -> Self {
+        Self { stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(), pending: String::new() }
+    }
+
+    /// Adds generated text; returns the text safe to emit and whether a stop string was hit
+    /// (everything from the stop string on is dropped).
+    pub fn push(&mut self, text: &str) -> (String, bool) {
+        self.pending.push_str(text);
+        if let Some(cut) = self.stops.iter().filter_map(|s| self.pending.find(s.as_str())).min() {
+            let out = self.pending[..cut].to_string();
+            self.pending.clear();
+            return (out, true);
+        }
+        // Keep the longest tail that is a proper prefix of some stop string.
+        let mut keep = 0;
+        for s in &self.stops {
+            for (i, _) in self.pending.char_indices() {
+                let tail = &self.pending[i..];
+                if s.starts_with(tail) {
+                    keep = keep.max(tail.len());
+                    break;
+                }
+            }
+        }
+        let split = self.pending.len() - keep;
+        let out = self.pending[..split].to_string();
+        self.pending.drain(..split);
+        (out, false)
+    }
+
+    /// Whatever is still held back (at the end of generation).
+    pub fn flush(&mut self) -> String {
+        std::mem::take(&mut self.pending)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_matcher_cuts_exactly_and_holds_back_prefixes() {
+        let mut m = StopMatcher::new(&["END".into(), "\n\n".into()]);
+        assert_eq!(m.push("hello E"), ("hello ".into(), false));
+        assert_eq!(m.push("N"), (String::new(), false));
+        assert_eq!(m.push("Xs"), ("ENXs".into(), false));
+        assert_eq!(m.push(" fin\n"), (" fin".into(), false));
+        assert_eq!(m.push("\nmore"), (String::new(), true));
+        let mut m = StopMatcher::new(&["是".into()]);
+        assert_eq!(m.push("这是一"), ("这".into(), true));
+    }
+}

@@ -1,0 +1,95 @@
+//! Errors of the engine.
+
+use std::path::PathBuf;
+
+use govbox_drivers::DriverError;
+
+/// Why loading a model or running a request failed.
+///
+/// Messages name the file and, where there is one, the tensor: an operator reading
+/// `model.safetensors: tensor 'model.norm.weight': shape [63] but the config needs [64]` knows
+/// what is wrong without a debugger.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// Reading a file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A model file is malformed.
+    #[error("{file}: {detail}")]
+    Format {
+        /// The file.
+        file: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// One tensor of a model file is malformed or does not fit the model.
+    #[error("{file}: tensor '{tensor}': {detail}")]
+    Tensor {
+        /// The file.
+        file: String,
+        /// The tensor's name.
+        tensor: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A tensor that the architecture needs is not in the model files.
+    #[error("{file}: missing tensor '{tensor}'")]
+    MissingTensor {
+        /// The file (or index) searched.
+        file: String,
+        /// The tensor's name.
+        tensor: String,
+    },
+    /// The model's architecture is not one govbox implements.
+    #[error(
+        "unknown architecture '{0}' (supported: LlamaForCausalLM, Qwen2ForCausalLM, BertModel; GGUF: llama, qwen2)"
+    )]
+    UnknownArchitecture(String),
+    /// The model configuration is invalid.
+    #[error("{file}: {detail}")]
+    Config {
+        /// The configuration file.
+        file: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// Building or running the tokenizer failed.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// Rendering the chat template failed.
+    #[error("chat template: {0}")]
+    Template(String),
+    /// A request cannot be served as asked.
+    #[error("request: {0}")]
+    Request(String),
+    /// The backend failed.
+    #[error("backend: {0}")]
+    Driver(#[from] DriverError),
+}
+
+impl EngineError {
+    /// A stable short code for metrics and the audit log.
+    pub fn code(&self) -> &'static str {
+        match self {
+            EngineError::Io { .. } => "io",
+            EngineError::Format { .. } => "bad_format",
+            EngineError::Tensor { .. } => "bad_tensor",
+            EngineError::MissingTensor { .. } => "missing_tensor",
+            EngineError::UnknownArchitecture(_) => "unknown_architecture",
+            EngineError::Config { .. } => "bad_config",
+            EngineError::Tokenizer(_) => "tokenizer",
+            EngineError::Template(_) => "chat_template",
+            EngineError::Request(_) => "bad_request",
+            EngineError::Driver(_) => "backend",
+        }
+    }
+}
+
+/// Result alias for the engine.
+pub type Result<T> = std::result::Result<T, EngineError>;

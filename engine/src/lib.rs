@@ -1,0 +1,28 @@
+//! govbox-engine: loads models and runs them on a [`govbox_drivers::Backend`].
+//!
+//! It reads HuggingFace folders (safetensors, `config.json`, `tokenizer.json`) and GGUF files,
+//! memory-mapping weights rather than copying them. Every header reader caps its sizes and checks
+//! every offset against the file, so a malformed or hostile model file gives an [`EngineError`]
+//! naming the file and tensor, never a panic. The engine trusts the files it is given to be what
+//! the operator chose (signature checks happen before, in the images crate); it does not trust
+//! them to be well formed.
+#![deny(unsafe_code)]
+
+pub mod chat;
+mod error;
+pub mod gguf;
+#[allow(unsafe_code)]
+mod mmap;
+pub mod tokenizer;
+pub mod weights;
+
+pub use error::{EngineError, Result};
+pub use mmap::MappedFile;
+pub mod config;
+pub mod embed;
+mod engine;
+pub mod kv;
+pub mod models;
+pub mod sampler;
+
+pub use engine::{Engine, EngineOptions, Event, FinishReason, GenerateRequest, Prompt, StopMatcher, Usage};

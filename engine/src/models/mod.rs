@@ -1,0 +1,4 @@
+//! Model architectures, written against the [`govbox_drivers::Backend`] ops.
+
+pub mod bert;
+pub mod decoder;

@@ -1,0 +1,72 @@
+//! Shared helpers for the engine's integration tests.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use govbox_drivers::Backend;
+use govbox_drivers::cpu::CpuBackend;
+use govbox_engine::{Engine, EngineOptions};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+pub fn fixture(rel: &str) -> PathBuf {
+    repo().join("tests/fixtures").join(rel)
+}
+
+pub fn backend() -> Arc<dyn Backend> {
+    Arc::new(CpuBackend::new(2).unwrap())
+}
+
+pub fn load(path: &std::path::Path) -> Engine {
+    Engine::load(path, backend(), &EngineOptions::default()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+pub fn json(rel: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture(rel)).unwrap()).unwrap()
+}
+
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+/// Every tensor of a safetensors file as (shape, f32 values).
+pub fn load_tensors(rel: &str) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
+    let bytes = std::fs::read(fixture(rel)).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let v = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            (name, (view.shape().to_vec(), v))
+        })
+        .collect()
+}
+
+pub fn max_abs(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+pub fn argmax_rows(v: &[f32], vocab: usize) -> Vec<u32> {
+    v.chunks_exact(vocab).map(govbox_engine::sampler::argmax).collect()
+}
+
+/// The real SmolLM2 GGUF, fetched by scripts/fetch-models.sh. `None` only when the caller
+/// explicitly opted out with GOVBOX_SKIP_REAL_MODELS=1; otherwise a missing file fails the test.
+pub fn smollm2() -> Option<PathBuf> {
+    let p = std::env::var_os("GOVBOX_SMOLLM2_GGUF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    if p.exists() {
+        return Some(p);
+    }
+    if std::env::var("GOVBOX_SKIP_REAL_MODELS").as_deref() == Ok("1") {
+        eprintln!("SKIPPED: {} is absent and GOVBOX_SKIP_REAL_MODELS=1", p.display());
+        return None;
+    }
+    panic!("{} is missing: run scripts/fetch-models.sh smollm2 (or set GOVBOX_SKIP_REAL_MODELS=1)", p.display());
+}

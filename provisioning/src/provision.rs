@@ -1,0 +1,286 @@
+//! First boot: lay out the state folder and create the box's identity, CA and trust root.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use time::{Duration, OffsetDateTime};
+
+use crate::clients::ClientStore;
+use crate::error::{ProvisionError, Result};
+use crate::fsio::{self, Overwrite, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, PUBLIC_FILE_MODE};
+use crate::keys::{PublicKey, SigningKey};
+use crate::paths::StatePaths;
+use crate::tls::{self, BoxCa, CertInfo, ServerName};
+use crate::trust::{Role, ThresholdSpec, TrustKeySpec, TrustRoot};
+
+/// The provisioned root lasts 10 years. On an offline box a new root arrives only by hand, signed
+/// by the current root keys; an early expiry would stop all package verification at once.
+pub const ROOT_VALIDITY_DAYS: i64 = 10 * 365;
+
+/// What `govbox provision` was asked to do.
+#[derive(Debug, Clone)]
+pub struct ProvisionOptions {
+    /// The state folder.
+    pub state_dir: PathBuf,
+    /// The box's host name; when `None`, the kernel's host name.
+    pub hostname: Option<String>,
+    /// Extra names (IP addresses or DNS names) for the server certificate, in addition to
+    /// 127.0.0.1, ::1, localhost and the host name.
+    pub extra_sans: Vec<String>,
+    /// The public keys to trust, with their roles.
+    pub trust_keys: Vec<TrustKeySpec>,
+    /// Per-role thresholds; a role not listed gets 1.
+    pub thresholds: Vec<ThresholdSpec>,
+    /// Replace an existing identity, CA and trust root.
+    pub force: bool,
+}
+
+/// One file written by [`provision`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrittenFile {
+    /// Where.
+    pub path: PathBuf,
+    /// Its mode.
+    pub mode: u32,
+}
+
+/// What [`provision`] made.
+#[derive(Debug, Clone)]
+pub struct ProvisionReport {
+    /// The state layout.
+    pub paths: StatePaths,
+    /// The host name used.
+    pub hostname: String,
+    /// The device identity key.
+    pub device_key: PublicKey,
+    /// The audit checkpoint key.
+    pub audit_key: PublicKey,
+    /// The CA certificate.
+    pub ca: CertInfo,
+    /// The server certificate.
+    pub server: CertInfo,
+    /// The trust root written.
+    pub trust: TrustRoot,
+    /// Every file written, in order.
+    pub files: Vec<WrittenFile>,
+    /// Whether an earlier provisioning was replaced (`force`).
+    pub replaced: bool,
+}
+
+/// Provisions the state folder.
+///
+/// Every input is checked, and every key and certificate made in memory, before the first file is
+/// written, so bad input changes nothing. `identity/device.key` marks a provisioned box: it is
+/// written last, so an interrupted run can be repeated, and its presence makes a second run fail
+/// with [`ProvisionError::AlreadyProvisioned`] unless `force` is set.
+pub fn provision(opts: &ProvisionOptions) -> Result<ProvisionReport> {
+    let paths = StatePaths::new(&opts.state_dir);
+    let already = paths.device_key().symlink_metadata().is_ok();
+    if already && !opts.force {
+        return Err(ProvisionError::AlreadyProvisioned {
+            state: paths.root().to_path_buf(),
+            marker: paths.device_key(),
+        });
+    }
+
+    // 1. Check the input.
+    let hostname = match &opts.hostname {
+        Some(h) => h.parse::<ServerName>()?,
+        None => system_hostname()?,
+    };
+    if matches!(hostname, ServerName::Ip(_)) {
+        return Err(ProvisionError::InvalidServerName {
+            name: hostname.to_string(),
+            reason: "the host name must be a DNS name; give IP addresses with --san".to_string(),
+        });
+    }
+    let mut names = tls::default_server_names(&hostname);
+    for san in &opts.extra_sans {
+        let name: ServerName = san.parse()?;
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    let now = OffsetDateTime::now_utc();
+    let mut assignments = Vec::with_capacity(opts.trust_keys.len());
+    for spec in &opts.trust_keys {
+        assignments.push((spec.roles.clone(), PublicKey::load_pem(&spec.path)?));
+    }
+    let trust = TrustRoot::build(&assignments, &opts.thresholds, now + Duration::days(ROOT_VALIDITY_DAYS))?;
+
+    // 2. A running govboxd holds the store's lock; replacing its identity under it would leave it
+    //    serving with keys that no longer exist on disk. Holding the lock until we finish also
+    //    keeps it from starting half-way through.
+    let _store = if paths.db().exists() { Some(ClientStore::open(paths.root())?) } else { None };
+
+    // 3. Make everything in memory.
+    let device = SigningKey::generate()?;
+    let audit = SigningKey::generate()?;
+    let hmac_secret = fsio::random_bytes::<32>("the audit HMAC secret")?;
+    let ca_name = format!("govbox CA {}", &device.public_key().keyid()[..16]);
+    let ca = BoxCa::generate(&ca_name, now)?;
+    let server = ca.issue_server(&hostname, &names, now)?;
+
+    // 4. Write it out; the marker last.
+    fsio::ensure_dir_keep_mode(paths.root(), PRIVATE_DIR_MODE)?;
+    for dir in paths.all_dirs() {
+        fsio::ensure_dir(&dir, PRIVATE_DIR_MODE)?;
+    }
+    let mut files = Vec::new();
+    let mut put = |path: PathBuf, bytes: &[u8], mode: u32, what: &str, overwrite: Overwrite| -> Result<()> {
+        fsio::write_file(&path, bytes, mode, overwrite, what)?;
+        files.push(WrittenFile { path, mode });
+        Ok(())
+    };
+    let r = Overwrite::Replace;
+    put(paths.audit_hmac_key(), &hmac_secret, PRIVATE_FILE_MODE, "audit HMAC secret", r)?;
+    put(paths.audit_key(), audit.to_pkcs8_pem().as_bytes(), PRIVATE_FILE_MODE, "audit private key", r)?;
+    put(paths.audit_pub(), audit.public_key().to_spki_pem().as_bytes(), PUBLIC_FILE_MODE, "audit public key", r)?;
+    put(paths.ca_key(), ca.key_pem.as_bytes(), PRIVATE_FILE_MODE, "CA private key", r)?;
+    put(paths.ca_cert(), ca.cert_pem.as_bytes(), PUBLIC_FILE_MODE, "CA certificate", r)?;
+    put(paths.server_key(), server.key_pem.as_bytes(), PRIVATE_FILE_MODE, "server private key", r)?;
+    put(paths.server_cert(), server.cert_pem.as_bytes(), PUBLIC_FILE_MODE, "server certificate", r)?;
+    put(paths.root_json(), trust.to_canonical_json().as_bytes(), PUBLIC_FILE_MODE, "trust root", r)?;
+    let device_pub = device.public_key().to_spki_pem();
+    put(paths.device_pub(), device_pub.as_bytes(), PUBLIC_FILE_MODE, "device public key", r)?;
+    // Without force, refuse atomically: a concurrent provision that won the race keeps its identity.
+    let marker_mode = if opts.force { Overwrite::Replace } else { Overwrite::Refuse };
+    put(paths.device_key(), device.to_pkcs8_pem().as_bytes(), PRIVATE_FILE_MODE, "device private key", marker_mode)?;
+
+    Ok(ProvisionReport {
+        hostname: hostname.to_string(),
+        device_key: device.public_key(),
+        audit_key: audit.public_key(),
+        ca: ca.info,
+        server: server.info,
+        trust,
+        files,
+        replaced: already,
+        paths,
+    })
+}
+
+/// The kernel's host name, which must be a valid DNS name.
+fn system_hostname() -> Result<ServerName> {
+    let path = Path::new("/proc/sys/kernel/hostname");
+    let raw = fs::read_to_string(path).map_err(|e| ProvisionError::io("reading the host name from", path, e))?;
+    raw.trim().parse::<ServerName>().map_err(|e| ProvisionError::InvalidServerName {
+        name: raw.trim().to_string(),
+        reason: format!("the system host name is not a usable DNS name ({e}); pass --hostname"),
+    })
+}
+
+/// The box's public identity: everything an auditor or a client may know about it.
+#[derive(Debug, Clone)]
+pub struct PublicIdentity {
+    /// The state layout it was read from.
+    pub paths: StatePaths,
+    /// The device identity key; its key id is the device id.
+    pub device_key: PublicKey,
+    /// The audit checkpoint key.
+    pub audit_key: PublicKey,
+    /// The CA certificate.
+    pub ca: CertInfo,
+    /// The server certificate.
+    pub server: CertInfo,
+    /// The trust policy.
+    pub trust: TrustRoot,
+}
+
+impl PublicIdentity {
+    /// The device id: the device key's key id.
+    pub fn device_id(&self) -> String {
+        self.device_key.keyid()
+    }
+}
+
+/// Reads the public identity of a provisioned state folder. Reads no private key.
+pub fn load_public_identity(state: impl AsRef<Path>) -> Result<PublicIdentity> {
+    let paths = StatePaths::new(state.as_ref());
+    tls::require_provisioned(&paths)?;
+    Ok(PublicIdentity {
+        device_key: PublicKey::load_pem(paths.device_pub())?,
+        audit_key: PublicKey::load_pem(paths.audit_pub())?,
+        ca: CertInfo::load(&paths.ca_cert())?,
+        server: CertInfo::load(&paths.server_cert())?,
+        trust: TrustRoot::load(&paths.root_json())?,
+        paths,
+    })
+}
+
+/// A one-line summary of a role: `2 of 3 keys: <id>, <id>, <id>`.
+pub fn describe_role(trust: &TrustRoot, role: Role) -> String {
+    let rk = trust.role(role);
+    format!("threshold {} of {}: {}", rk.threshold, rk.keyids.len(), rk.keyids.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn options(dir: &Path, vendor: &Path) -> ProvisionOptions {
+        ProvisionOptions {
+            state_dir: dir.join("state"),
+            hostname: Some("box.example".into()),
+            extra_sans: vec!["10.1.2.3".into()],
+            trust_keys: vec![TrustKeySpec { roles: Role::ALL.to_vec(), path: vendor.to_path_buf() }],
+            thresholds: vec![],
+            force: false,
+        }
+    }
+
+    fn vendor_key(dir: &Path) -> PathBuf {
+        let p = dir.join("vendor.pub");
+        SigningKey::generate().unwrap().public_key().write_pem(&p, Overwrite::Refuse).unwrap();
+        p
+    }
+
+    #[test]
+    fn provision_then_show_then_refuse_second_run() {
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = options(tmp.path(), &vendor_key(tmp.path()));
+        let report = provision(&opts).unwrap();
+        assert!(!report.replaced);
+        assert_eq!(report.server.sans, ["127.0.0.1", "::1", "localhost", "box.example", "10.1.2.3"]);
+        for f in &report.files {
+            let mode = fs::metadata(&f.path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, f.mode, "{}", f.path.display());
+        }
+        assert_eq!(fs::read(report.paths.audit_hmac_key()).unwrap().len(), 32);
+
+        let id = load_public_identity(&opts.state_dir).unwrap();
+        assert_eq!(id.device_key, report.device_key);
+        assert_eq!(id.ca.sha256, report.ca.sha256);
+        assert_eq!(id.trust, report.trust);
+        let tls = tls::load_server_tls(&opts.state_dir).unwrap();
+        assert!(tls.cert_chain_pem.matches("BEGIN CERTIFICATE").count() == 2);
+
+        let before = fs::read(report.paths.device_key()).unwrap();
+        let err = provision(&opts).unwrap_err();
+        assert!(matches!(err, ProvisionError::AlreadyProvisioned { .. }), "{err}");
+        assert_eq!(fs::read(report.paths.device_key()).unwrap(), before);
+
+        let forced = provision(&ProvisionOptions { force: true, ..opts }).unwrap();
+        assert!(forced.replaced);
+        assert_ne!(forced.device_key, report.device_key);
+    }
+
+    #[test]
+    fn bad_input_writes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let vendor = vendor_key(tmp.path());
+        let mut opts = options(tmp.path(), &vendor);
+        opts.thresholds = vec![ThresholdSpec { role: Role::Models, threshold: 2 }];
+        assert!(provision(&opts).is_err());
+        opts.thresholds.clear();
+        opts.extra_sans = vec!["bad_name".into()];
+        assert!(provision(&opts).is_err());
+        opts.extra_sans.clear();
+        opts.trust_keys[0].path = tmp.path().join("missing.pub");
+        let err = provision(&opts).unwrap_err();
+        assert!(err.to_string().contains("missing.pub"), "{err}");
+        assert!(!opts.state_dir.exists());
+    }
+}

