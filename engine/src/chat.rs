@@ -15,6 +15,9 @@ use minijinja::{Environment, Error, ErrorKind, context};
 
 use crate::{EngineError, Result};
 
+/// Instructions one render may execute (minijinja's fuel).
+pub const TEMPLATE_FUEL: u64 = 5_000_000;
+
 /// Largest template source accepted, in bytes. Real templates are at most tens of KiB.
 pub const MAX_TEMPLATE_LEN: usize = 256 << 10;
 
@@ -71,6 +74,10 @@ impl ChatTemplate {
         // drops a single trailing newline by default, as minijinja does.
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        // A template comes from a model file, so it is outside data: cap the work one render may
+        // do, so that a hostile template cannot spin a request thread forever. Real chat templates
+        // use a few thousand units for long conversations.
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_keep_trailing_newline(false);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);

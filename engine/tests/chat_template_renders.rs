@@ -112,3 +112,15 @@ fn bad_templates_are_refused_with_a_reason() {
     let t = ChatTemplate::new("{{ messages[0].content.no_such_method() }}", "", "").unwrap();
     assert!(t.render(&msgs(&[("user", "x")]), false).is_err());
 }
+
+#[test]
+fn a_runaway_template_is_stopped_by_its_fuel_limit() {
+    let t = govbox_engine::chat::ChatTemplate::new(
+        "{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}",
+        "",
+        "",
+    )
+    .unwrap();
+    let e = t.render(&[], true).unwrap_err().to_string();
+    assert!(e.contains("fuel"), "{e}");
+}

@@ -119,7 +119,7 @@ impl BertConfig {
                     as f32,
             },
         };
-        if cfg.hidden_size % cfg.n_heads != 0 {
+        if !cfg.hidden_size.is_multiple_of(cfg.n_heads) {
             return Err(err(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 cfg.hidden_size, cfg.n_heads
