@@ -109,11 +109,7 @@ pub fn ensure_dir_keep_mode(dir: &Path, mode: u32) -> Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
-    DirBuilder::new()
-        .recursive(true)
-        .mode(mode)
-        .create(dir)
-        .map_err(|e| ProvisionError::io("creating folder", dir, e))
+    DirBuilder::new().recursive(true).mode(mode).create(dir).map_err(|e| ProvisionError::io("creating folder", dir, e))
 }
 
 /// Reads a whole file, refusing one larger than `limit` bytes.
@@ -128,7 +124,12 @@ pub fn read_capped(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>> {
     // `take` also caps a file that grows while it is read.
     f.take(limit + 1).read_to_end(&mut buf).map_err(|e| ProvisionError::io(&action, path, e))?;
     if buf.len() as u64 > limit {
-        return Err(ProvisionError::TooLarge { what: what.to_string(), path: path.to_path_buf(), size: buf.len() as u64, limit });
+        return Err(ProvisionError::TooLarge {
+            what: what.to_string(),
+            path: path.to_path_buf(),
+            size: buf.len() as u64,
+            limit,
+        });
     }
     Ok(buf)
 }

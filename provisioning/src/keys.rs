@@ -37,11 +37,8 @@ pub(crate) fn pem_encode(tag: &str, der: &[u8]) -> String {
 
 /// Parses exactly one PEM block with the expected tag.
 fn pem_decode(text: &str, tag: &str, what: &str, origin: &str) -> Result<Vec<u8>> {
-    let invalid = |reason: String| ProvisionError::InvalidKey {
-        what: what.to_string(),
-        origin: origin.to_string(),
-        reason,
-    };
+    let invalid =
+        |reason: String| ProvisionError::InvalidKey { what: what.to_string(), origin: origin.to_string(), reason };
     let blocks = pem::parse_many(text).map_err(|e| invalid(format!("not valid PEM: {e}")))?;
     match blocks.as_slice() {
         [one] if one.tag() == tag => Ok(one.contents().to_vec()),

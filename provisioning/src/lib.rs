@@ -39,7 +39,7 @@ pub use fsio::{Overwrite, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, PUBLIC_FILE_MODE}
 pub use keys::{PublicKey, SigningKey};
 pub use paths::{DEFAULT_STATE_DIR, StatePaths};
 pub use provision::{
-    PublicIdentity, ProvisionOptions, ProvisionReport, ROOT_VALIDITY_DAYS, WrittenFile, describe_role,
+    ProvisionOptions, ProvisionReport, PublicIdentity, ROOT_VALIDITY_DAYS, WrittenFile, describe_role,
     load_public_identity, provision,
 };
 pub use tls::{CA_VALIDITY_DAYS, CertInfo, IssuedCert, SERVER_VALIDITY_DAYS, ServerName, ServerTls, load_server_tls};

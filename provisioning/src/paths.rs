@@ -55,14 +55,7 @@ impl StatePaths {
     }
     /// All six folders of the layout, in creation order.
     pub fn all_dirs(&self) -> [PathBuf; 6] {
-        [
-            self.identity_dir(),
-            self.tls_dir(),
-            self.trust_dir(),
-            self.models_dir(),
-            self.audit_dir(),
-            self.state_dir(),
-        ]
+        [self.identity_dir(), self.tls_dir(), self.trust_dir(), self.models_dir(), self.audit_dir(), self.state_dir()]
     }
 
     /// The device identity private key; its presence marks a provisioned box.

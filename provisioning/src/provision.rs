@@ -111,7 +111,7 @@ pub fn provision(opts: &ProvisionOptions) -> Result<ProvisionReport> {
     // 2. A running govboxd holds the store's lock; replacing its identity under it would leave it
     //    serving with keys that no longer exist on disk. Holding the lock until we finish also
     //    keeps it from starting half-way through.
-    let _store = if paths.db().exists() { Some(ClientStore::open(paths.root())?) } else { None };
+    let _store = if paths.db().exists() { Some(ClientStore::open_at(paths.clone())?) } else { None };
 
     // 3. Make everything in memory.
     let device = SigningKey::generate()?;
@@ -265,6 +265,19 @@ mod tests {
         let forced = provision(&ProvisionOptions { force: true, ..opts }).unwrap();
         assert!(forced.replaced);
         assert_ne!(forced.device_key, report.device_key);
+    }
+
+    #[test]
+    fn force_is_refused_while_the_daemon_holds_the_store() {
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = options(tmp.path(), &vendor_key(tmp.path()));
+        let first = provision(&opts).unwrap();
+        let daemon = ClientStore::open(&opts.state_dir).unwrap();
+        let err = provision(&ProvisionOptions { force: true, ..opts.clone() }).unwrap_err();
+        assert!(matches!(err, ProvisionError::StoreLocked { .. }), "{err}");
+        assert_eq!(load_public_identity(&opts.state_dir).unwrap().device_key, first.device_key);
+        drop(daemon);
+        assert!(provision(&ProvisionOptions { force: true, ..opts }).unwrap().replaced);
     }
 
     #[test]

@@ -48,7 +48,8 @@ impl FromStr for ServerName {
         if let Ok(ip) = IpAddr::from_str(s) {
             return Ok(ServerName::Ip(ip));
         }
-        let invalid = |reason: &str| ProvisionError::InvalidServerName { name: s.to_string(), reason: reason.to_string() };
+        let invalid =
+            |reason: &str| ProvisionError::InvalidServerName { name: s.to_string(), reason: reason.to_string() };
         let name = s.strip_suffix('.').unwrap_or(s).to_ascii_lowercase();
         if name.is_empty() || name.len() > 253 {
             return Err(invalid("a DNS name has 1 to 253 characters"));
@@ -203,12 +204,16 @@ pub(crate) struct BoxCa {
 impl BoxCa {
     /// Generates a new self-signed CA.
     pub(crate) fn generate(common_name: &str, now: OffsetDateTime) -> Result<Self> {
-        let fail = |e: rcgen::Error| ProvisionError::CertificateIssue { what: "the box's CA".to_string(), reason: e.to_string() };
+        let fail = |e: rcgen::Error| ProvisionError::CertificateIssue {
+            what: "the box's CA".to_string(),
+            reason: e.to_string(),
+        };
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(fail)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = dn(common_name);
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         params.not_before = now - BACKDATE;
         params.not_after = now + Duration::days(CA_VALIDITY_DAYS);
         params.serial_number = Some(serial("the box's CA")?);
@@ -236,7 +241,12 @@ impl BoxCa {
     }
 
     /// Issues the HTTPS server certificate.
-    pub(crate) fn issue_server(&self, hostname: &ServerName, names: &[ServerName], now: OffsetDateTime) -> Result<IssuedCert> {
+    pub(crate) fn issue_server(
+        &self,
+        hostname: &ServerName,
+        names: &[ServerName],
+        now: OffsetDateTime,
+    ) -> Result<IssuedCert> {
         let what = "the server certificate";
         let mut params = CertificateParams::default();
         params.distinguished_name = dn(&hostname.to_string());
@@ -254,7 +264,10 @@ impl BoxCa {
         if not_after > self.not_after()? {
             return Err(ProvisionError::CertificateIssue {
                 what,
-                reason: format!("{days} days would outlive the box's CA, which expires at Unix time {}", self.info.not_after),
+                reason: format!(
+                    "{days} days would outlive the box's CA, which expires at Unix time {}",
+                    self.info.not_after
+                ),
             });
         }
         let mut params = CertificateParams::default();

@@ -91,7 +91,9 @@ impl FromStr for TrustKeySpec {
         // (`./keys/a.pub`, `/srv/x:y.pub`) is a path, so a typo in a role name is an error rather
         // than a search for a file called `model:a.pub`.
         let (roles, path) = match spec.split_once(':') {
-            Some((prefix, rest)) if !prefix.is_empty() && prefix.bytes().all(|b| b.is_ascii_lowercase() || b == b',') => {
+            Some((prefix, rest))
+                if !prefix.is_empty() && prefix.bytes().all(|b| b.is_ascii_lowercase() || b == b',') =>
+            {
                 let mut roles = Vec::new();
                 for name in prefix.split(',') {
                     let role = Role::parse(name)
@@ -126,8 +128,8 @@ impl FromStr for ThresholdSpec {
     fn from_str(spec: &str) -> Result<Self> {
         let invalid = |reason: String| ProvisionError::InvalidThreshold { spec: spec.to_string(), reason };
         let (role, n) = spec.split_once(':').ok_or_else(|| invalid("expected ROLE:N, e.g. models:2".to_string()))?;
-        let role =
-            Role::parse(role).ok_or_else(|| invalid(format!("unknown role '{role}'; expected root, models or updates")))?;
+        let role = Role::parse(role)
+            .ok_or_else(|| invalid(format!("unknown role '{role}'; expected root, models or updates")))?;
         let threshold: u32 = n.parse().map_err(|_| invalid(format!("'{n}' is not a whole number")))?;
         if threshold == 0 {
             return Err(invalid("a threshold of 0 would accept unsigned content; the minimum is 1".to_string()));
@@ -170,7 +172,11 @@ impl TrustRoot {
     ///
     /// Every role needs at least one key; a role's threshold defaults to 1 and may not exceed
     /// the number of distinct keys in the role (a key given twice counts once).
-    pub fn build(assignments: &[(Vec<Role>, PublicKey)], thresholds: &[ThresholdSpec], expires: OffsetDateTime) -> Result<Self> {
+    pub fn build(
+        assignments: &[(Vec<Role>, PublicKey)],
+        thresholds: &[ThresholdSpec],
+        expires: OffsetDateTime,
+    ) -> Result<Self> {
         let mut keys = BTreeMap::new();
         let mut members: BTreeMap<Role, BTreeSet<String>> = BTreeMap::new();
         for (roles, key) in assignments {
@@ -487,10 +493,13 @@ mod tests {
     fn canonical_json_round_trips_and_is_stable() {
         let (a, b, c) = (key(), key(), key());
         let assignments = vec![(vec![Role::Root], a), (vec![Role::Models], b), (vec![Role::Updates, Role::Models], c)];
-        let root = TrustRoot::build(&assignments, &[ThresholdSpec { role: Role::Models, threshold: 2 }], expiry()).unwrap();
+        let root =
+            TrustRoot::build(&assignments, &[ThresholdSpec { role: Role::Models, threshold: 2 }], expiry()).unwrap();
         let text = root.to_canonical_json();
         assert!(!text.contains(' ') && !text.contains('\n'));
-        assert!(text.starts_with(r#"{"signatures":[],"signed":{"_type":"root","expires":"2033-05-18T03:33:20Z","keys":{"#));
+        assert!(
+            text.starts_with(r#"{"signatures":[],"signed":{"_type":"root","expires":"2033-05-18T03:33:20Z","keys":{"#)
+        );
         let back = TrustRoot::parse(text.as_bytes(), "test").unwrap();
         assert_eq!(back, root);
         assert_eq!(back.to_canonical_json(), text);

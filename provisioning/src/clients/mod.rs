@@ -20,8 +20,8 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use time::OffsetDateTime;
 
 pub use self::name::ClientName;
-pub use self::token::{BearerToken, MAX_TOKEN_LEN, TOKEN_PREFIX, token_sha256_hex};
 use self::token::ConstantTimeEq;
+pub use self::token::{BearerToken, MAX_TOKEN_LEN, TOKEN_PREFIX, token_sha256_hex};
 use crate::error::{ProvisionError, Result};
 use crate::fsio::{self, Overwrite, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, PUBLIC_FILE_MODE};
 use crate::paths::StatePaths;
@@ -111,13 +111,21 @@ impl ClientStore {
     pub fn open(state_dir: impl AsRef<Path>) -> Result<Self> {
         let paths = StatePaths::new(state_dir.as_ref());
         tls::require_provisioned(&paths)?;
+        Self::open_at(paths)
+    }
+
+    /// Opens the store without checking that the box is provisioned: provisioning itself uses
+    /// this to hold the lock while it (re)writes the identity.
+    pub(crate) fn open_at(paths: StatePaths) -> Result<Self> {
         fsio::ensure_dir(&paths.state_dir(), PRIVATE_DIR_MODE)?;
         let db_path = paths.db();
         let db = sled::Config::new().path(&db_path).open().map_err(|e| match e {
             sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
                 ProvisionError::StoreLocked { path: db_path.clone() }
             }
-            source => ProvisionError::Store { action: "opening the state store".to_string(), path: db_path.clone(), source },
+            source => {
+                ProvisionError::Store { action: "opening the state store".to_string(), path: db_path.clone(), source }
+            }
         })?;
         let store_err = |source| ProvisionError::Store {
             action: "opening the clients tree".to_string(),
@@ -152,7 +160,7 @@ impl ClientStore {
             revoked: false,
             created: now.unix_timestamp(),
         };
-        let value = encode(&record)?;
+        let value = encode(&record, &self.paths.db())?;
         let fp = cert.info.sha256_hex();
         self.transact(&format!("adding client '{name}'"), |clients, certs| {
             // Checked again inside the transaction: a concurrent add of the same name loses here.
@@ -194,7 +202,7 @@ impl ClientStore {
             };
             let mut record = decode_at(&v, &path).or_else(abort)?;
             record.revoked = true;
-            clients.insert(name.as_bytes(), encode(&record).or_else(abort)?)?;
+            clients.insert(name.as_bytes(), encode(&record, &path).or_else(abort)?)?;
             Ok(record)
         })
     }
@@ -228,7 +236,7 @@ impl ClientStore {
             }
             record.cert_sha256 = Some(fp.clone());
             record.cert_not_after = cert.info.not_after;
-            clients.insert(name.as_bytes(), encode(&record).or_else(abort)?)?;
+            clients.insert(name.as_bytes(), encode(&record, &path).or_else(abort)?)?;
             certs.insert(fp.as_bytes(), name.as_bytes())?;
             Ok(record)
         })?;
@@ -301,10 +309,10 @@ fn abort<T>(e: ProvisionError) -> Result<T, ConflictableTransactionError<Provisi
     Err(ConflictableTransactionError::Abort(e))
 }
 
-fn encode(record: &ClientRecord) -> Result<Vec<u8>> {
+fn encode(record: &ClientRecord, path: &Path) -> Result<Vec<u8>> {
     serde_json::to_vec(record).map_err(|e| ProvisionError::CorruptRecord {
         what: format!("client '{}'", record.name),
-        path: Default::default(),
+        path: path.to_path_buf(),
         reason: format!("encoding failed: {e}"),
     })
 }
@@ -318,7 +326,8 @@ fn decode_at(bytes: &[u8], path: &Path) -> Result<ClientRecord> {
 }
 
 fn check_limits(name: &str, rpm: Option<u32>, tokens_per_day: Option<u64>, days: u32) -> Result<()> {
-    let invalid = |reason: &str| Err(ProvisionError::InvalidClientSetting { name: name.to_string(), reason: reason.to_string() });
+    let invalid =
+        |reason: &str| Err(ProvisionError::InvalidClientSetting { name: name.to_string(), reason: reason.to_string() });
     if rpm == Some(0) {
         return invalid("a rate of 0 requests per minute would refuse every request; omit it for no limit");
     }
@@ -333,11 +342,7 @@ fn check_limits(name: &str, rpm: Option<u32>, tokens_per_day: Option<u64>, days:
 
 /// Writes a client's certificate bundle into `dir` (created with mode 0700 if missing):
 /// `NAME.crt` (0644), `NAME.key` (0600) and `ca.crt` (0644). Returns the three paths.
-pub fn write_client_bundle(
-    dir: &Path,
-    issued: &IssuedClient,
-    overwrite: Overwrite,
-) -> Result<[std::path::PathBuf; 3]> {
+pub fn write_client_bundle(dir: &Path, issued: &IssuedClient, overwrite: Overwrite) -> Result<[std::path::PathBuf; 3]> {
     let name = &issued.record.name;
     if !dir.exists() {
         fsio::ensure_dir(dir, PRIVATE_DIR_MODE)?;

@@ -18,7 +18,8 @@ impl ClientName {
 
     /// Checks a name.
     pub fn parse(name: &str) -> Result<Self> {
-        let invalid = |reason: &str| ProvisionError::InvalidClientName { name: name.to_string(), reason: reason.to_string() };
+        let invalid =
+            |reason: &str| ProvisionError::InvalidClientName { name: name.to_string(), reason: reason.to_string() };
         let bytes = name.as_bytes();
         let Some(&first) = bytes.first() else {
             return Err(invalid("the name is empty"));
