@@ -5,7 +5,8 @@
 # checks that both sides produced the same vectors.
 #
 # usage: bench/embed-bench.sh [MODEL_DIR]        (default: .cache/models/minilm)
-# env:   BENCH_THREADS (2), BENCH_ROUNDS (3), BENCH_SINGLE (64), BENCH_SENTENCES (256)
+# env:   BENCH_THREADS (2), BENCH_ROUNDS (3), BENCH_SINGLE (64), BENCH_SENTENCES (256),
+#        BENCH_REPEAT (3: alternating runs of each side; the best of each metric is reported)
 #        TORCH_VENV: an existing venv whose torch to reuse (default bench/work/llama/venv, if it
 #        has torch), so that the first run need not download PyTorch again.
 set -euo pipefail
@@ -46,11 +47,17 @@ echo "== building the govbox bench (release)" >&2
 
 args=(--model "$model" --sentences "$work/sentences.json" --threads "$threads" --batch 32
       --rounds "$rounds" --single "$single")
-echo "== govbox, $threads threads" >&2
-"${CARGO_TARGET_DIR:-$root/target}/release/examples/embed_bench" "${args[@]}" > "$work/govbox.json"
-echo "== sentence-transformers, $threads threads" >&2
-"$venv/bin/python" "$root/bench/embeddings.py" st "${args[@]}" > "$work/st.json"
+# Alternate the two sides so that a busy spell on a shared machine hits both; report the best.
+repeat=${BENCH_REPEAT:-3}
+gfiles=() sfiles=()
+for i in $(seq 1 "$repeat"); do
+  echo "== run $i/$repeat: govbox, $threads threads" >&2
+  "${CARGO_TARGET_DIR:-$root/target}/release/examples/embed_bench" "${args[@]}" > "$work/govbox.$i.json"
+  echo "== run $i/$repeat: sentence-transformers, $threads threads" >&2
+  "$venv/bin/python" "$root/bench/embeddings.py" st "${args[@]}" > "$work/st.$i.json" 2> "$work/st.$i.log"
+  gfiles+=("$work/govbox.$i.json") sfiles+=("$work/st.$i.json")
+done
 
 echo
 echo "model: $model"
-python3 "$root/bench/embeddings.py" report "$work/govbox.json" "$work/st.json"
+python3 "$root/bench/embeddings.py" report --govbox "${gfiles[@]}" --st "${sfiles[@]}"

@@ -79,6 +79,15 @@ fn small_m(x: &[f32], w: &[u8], dt: DType, rb: usize, m: usize, n: usize, k: usi
 }
 
 fn gemm_path(x: &[f32], w: &[u8], dt: DType, rb: usize, m: usize, n: usize, k: usize) -> Vec<f32> {
+    if dt == DType::F32
+        && let Ok(wf) = bytemuck::try_cast_slice::<u8, f32>(w)
+    {
+        // Plain f32 weights need no conversion: one GEMM over the whole output, parallelised by
+        // the gemm crate itself inside our pool.
+        let mut out = vec![0f32; m * n];
+        gemm_whole(&mut out, x, wf, m, n, k);
+        return out;
+    }
     // Result computed transposed, as [n, m] = W · xᵀ, so each panel writes a contiguous slice.
     let mut t = vec![0f32; n * m];
     t.par_chunks_mut(PANEL * m).enumerate().for_each_init(Vec::new, |panel, (pi, tc)| {
@@ -115,6 +124,38 @@ fn gemm_path(x: &[f32], w: &[u8], dt: DType, rb: usize, m: usize, n: usize, k: u
         }
     }
     out
+}
+
+/// `out [m, n] = x [m, k] · wᵀ` for `w [n, k]`, parallel over the current rayon pool.
+fn gemm_whole(out: &mut [f32], x: &[f32], w: &[f32], m: usize, n: usize, k: usize) {
+    assert!(out.len() >= m * n && x.len() >= m * k && w.len() >= n * k, "gemm_whole: buffer sizes");
+    // SAFETY: the assertion proves every index the strides form is in bounds: out is m×n
+    // row-major (row stride n, column stride 1), x is m×k row-major, and wᵀ is read as k×n with
+    // row stride 1 and column stride k from w's n×k row-major storage. `out` is exclusively
+    // borrowed; read_dst=false means its old contents are never read.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        );
+    }
 }
 
 /// `dst [rows, m] = a [rows, k] · bᵀ` for `b [m, k]`, single-threaded (the caller parallelises).

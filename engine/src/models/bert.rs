@@ -560,7 +560,7 @@ mod tests {
 
     #[test]
     fn forward_matches_a_direct_transcription_batched_or_not() {
-        let c = BertConfig::from_json(&config_json(), "config.json").unwrap();
+        let c = tiny_config();
         let backend: Arc<dyn Backend> = Arc::new(CpuBackend::new(2).unwrap());
         for prefix in ["", "bert."] {
             let w = tiny_weights(&c, prefix);
@@ -582,22 +582,22 @@ mod tests {
 
     #[test]
     fn forward_refuses_empty_and_overlong_inputs_and_bad_ids() {
-        let c = BertConfig::from_json(&config_json(), "config.json").unwrap();
+        let c = tiny_config();
         let backend: Arc<dyn Backend> = Arc::new(CpuBackend::new(1).unwrap());
-        let m = BertModel::load(c, &tiny_weights(&c_default(), ""), backend).unwrap();
+        let m = BertModel::load(c.clone(), &tiny_weights(&c, ""), backend).unwrap();
         assert!(m.forward(&[&[1, 2], &[]]).unwrap_err().to_string().contains("input 1 has 0 tokens"));
         assert!(m.forward(&[&[1; 17]]).unwrap_err().to_string().contains("1 to 16"));
         assert!(m.forward(&[&[1, 20]]).is_err());
         assert!(m.forward(&[]).unwrap().is_empty());
     }
 
-    fn c_default() -> BertConfig {
+    fn tiny_config() -> BertConfig {
         BertConfig::from_json(&config_json(), "config.json").unwrap()
     }
 
     #[test]
     fn load_names_a_missing_or_misshapen_tensor() {
-        let c = c_default();
+        let c = tiny_config();
         let backend: Arc<dyn Backend> = Arc::new(CpuBackend::new(1).unwrap());
         let mut wide = c.clone();
         wide.intermediate_size = 16;
