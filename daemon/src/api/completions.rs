@@ -1,0 +1,159 @@
+//! `POST /v1/completions`: plain text in, its continuation out, whole or streamed.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::response::Response;
+use govbox_engine::{FinishReason, Prompt, Usage};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::api::error::ApiError;
+use crate::api::generate::{self, Accepted, SamplingFields, unix_now, usage_json};
+use crate::api::stream::ChunkMaker;
+use crate::api::{Call, body, json};
+use crate::auth;
+use crate::state::{AppState, ModelKind};
+
+/// `prompt`: a string, or a list holding exactly one string.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum PromptSpec {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// The request body; unknown fields are ignored, meaning-changing ones refused.
+#[derive(Debug, Deserialize)]
+struct CompletionRequest {
+    model: String,
+    prompt: PromptSpec,
+    #[serde(flatten)]
+    sampling: SamplingFields,
+    #[serde(default)]
+    echo: bool,
+    suffix: Option<String>,
+    best_of: Option<u32>,
+    logprobs: Option<u32>,
+}
+
+fn prompt(req: &CompletionRequest) -> Result<String, ApiError> {
+    if req.echo || req.suffix.is_some() || req.logprobs.is_some() || req.best_of.is_some_and(|b| b != 1) {
+        return Err(ApiError::invalid("echo", "echo, suffix, logprobs and best_of are not supported"));
+    }
+    match &req.prompt {
+        PromptSpec::One(s) => Ok(s.clone()),
+        PromptSpec::Many(v) if v.len() == 1 => Ok(v[0].clone()),
+        PromptSpec::Many(_) => Err(ApiError::invalid("prompt", "send one prompt per request")),
+    }
+}
+
+/// The handler.
+pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
+    let call = Call::new(&state, req);
+    let client = call.client(&state)?;
+    let req: CompletionRequest = body::read_json(&call.headers, call.body, &state.config.limits).await?;
+    let model = state.model(&req.model)?;
+    call.record.set_model(&model.name);
+    if model.kind != ModelKind::Chat {
+        return Err(ApiError::WrongModelKind {
+            model: model.name.clone(),
+            is: "an embedding model",
+            endpoint: "/v1/completions",
+            needs: "a text generation model",
+        });
+    }
+    auth::authorise(&state, &client, &model)?;
+    let text = prompt(&req)?;
+    let request = req.sampling.to_request(Prompt::Text(text), state.config.serving.default_max_tokens)?;
+    let acc = Accepted {
+        model: model.clone(),
+        request,
+        client: client.name.clone(),
+        record: call.record.clone(),
+        prompt_param: "prompt",
+    };
+    let started = generate::start(&state, acc).await?;
+    let id = format!("cmpl-{}", call.record.id.trim_start_matches("req-"));
+    let created = unix_now();
+    if req.sampling.stream {
+        let maker = Chunks { id, created, model: model.name.clone(), include_usage: req.sampling.include_usage() };
+        return Ok(generate::stream_response(started, maker));
+    }
+    let done = generate::collect(started).await?;
+    Ok(json(json!({
+        "id": id,
+        "object": "text_completion",
+        "created": created,
+        "model": model.name,
+        "system_fingerprint": null,
+        "choices": [{
+            "index": 0,
+            "text": done.text,
+            "logprobs": null,
+            "finish_reason": done.finish_reason.as_str(),
+        }],
+        "usage": usage_json(done.usage),
+    })))
+}
+
+/// The chunks of a streamed completion.
+struct Chunks {
+    id: String,
+    created: i64,
+    model: String,
+    include_usage: bool,
+}
+
+impl Chunks {
+    fn chunk(&self, choices: Value) -> Value {
+        let mut v = json!({
+            "id": self.id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": null,
+            "choices": choices,
+        });
+        if self.include_usage {
+            v["usage"] = Value::Null;
+        }
+        v
+    }
+}
+
+impl ChunkMaker for Chunks {
+    fn opening(&mut self) -> Option<Value> {
+        None
+    }
+
+    fn text(&mut self, text: &str) -> Value {
+        self.chunk(json!([{"index": 0, "text": text, "logprobs": null, "finish_reason": null}]))
+    }
+
+    fn finish(&mut self, reason: FinishReason) -> Value {
+        self.chunk(json!([{"index": 0, "text": "", "logprobs": null, "finish_reason": reason.as_str()}]))
+    }
+
+    fn usage(&mut self, usage: Usage) -> Option<Value> {
+        self.include_usage.then(|| {
+            let mut v = self.chunk(json!([]));
+            v["usage"] = usage_json(usage);
+            v
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_prompt_per_request() {
+        let parse = |v: Value| body::parse_json::<CompletionRequest>(v.to_string().as_bytes()).unwrap();
+        assert_eq!(prompt(&parse(json!({"model": "m", "prompt": "hi"}))).unwrap(), "hi");
+        assert_eq!(prompt(&parse(json!({"model": "m", "prompt": ["hi"]}))).unwrap(), "hi");
+        assert_eq!(prompt(&parse(json!({"model": "m", "prompt": ["a", "b"]}))).unwrap_err().param(), Some("prompt"));
+        assert!(prompt(&parse(json!({"model": "m", "prompt": "a", "echo": true}))).is_err());
+    }
+}

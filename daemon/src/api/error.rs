@@ -1,0 +1,326 @@
+//! Every way an HTTP request can fail, and the one place where a failure becomes a status code
+//! and OpenAI's error JSON: `{"error": {"message", "type", "param", "code"}}`.
+//!
+//! Messages are written here, from typed fields, so that no message can carry a request body:
+//! serde's own errors quote their input and are never passed through.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use govbox_engine::EngineError;
+
+/// Why a request was refused or failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// The body is not JSON, or not JSON of the expected shape. Only the position is kept.
+    #[error("the request body is not {what} (at line {line}, column {column})")]
+    MalformedJson {
+        /// "valid JSON" or "the JSON this endpoint expects".
+        what: &'static str,
+        /// 1-based line of the problem.
+        line: usize,
+        /// 1-based column of the problem.
+        column: usize,
+    },
+    /// A field has a value that this endpoint refuses.
+    #[error("{message}")]
+    InvalidParam {
+        /// The field.
+        param: &'static str,
+        /// Why, in words that do not repeat the value.
+        message: String,
+    },
+    /// The body is larger than `limits.max_body_bytes`.
+    #[error("the request body is larger than the {limit} bytes this server accepts")]
+    BodyTooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// The body did not arrive within `limits.body_timeout_secs`.
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
+    /// The body could not be read to its end (the client closed the connection, or bad chunking).
+    #[error("the request body could not be read to its end")]
+    BodyIncomplete,
+    /// No client certificate and no bearer token.
+    #[error("no credentials: present a client certificate of this box's CA or an 'Authorization: Bearer' token")]
+    MissingCredentials,
+    /// A bearer token that no active client holds, or tokens are not accepted here.
+    #[error("invalid bearer token, or the client is revoked")]
+    InvalidToken,
+    /// A certificate of the box's CA that is not (or no longer) any active client's.
+    #[error("the client certificate is revoked, renewed or expired")]
+    CertificateNotAuthorised,
+    /// The model exists but this client may not use it.
+    #[error("client '{client}' may not use model '{model}'")]
+    ModelNotAllowed {
+        /// The client.
+        client: String,
+        /// The model.
+        model: String,
+    },
+    /// No model of that name is served.
+    #[error("model '{model}' does not exist")]
+    ModelNotFound {
+        /// The requested name (a configured-name syntax was checked before it is echoed).
+        model: String,
+    },
+    /// The model cannot do what this endpoint asks (chat on an embedding model, ...).
+    #[error("model '{model}' is {is}; {endpoint} needs {needs}")]
+    WrongModelKind {
+        /// The model.
+        model: String,
+        /// What the model is.
+        is: &'static str,
+        /// The endpoint.
+        endpoint: &'static str,
+        /// What the endpoint needs.
+        needs: &'static str,
+    },
+    /// Over the client's requests per minute.
+    #[error("rate limit of {rpm} requests per minute reached; retry in {retry_after} s")]
+    RateLimited {
+        /// The limit.
+        rpm: u32,
+        /// Seconds until a request will be accepted.
+        retry_after: u64,
+    },
+    /// The client's daily token budget is spent.
+    #[error("daily budget of {budget} tokens is spent; it renews at 00:00 UTC, in {retry_after} s")]
+    BudgetExhausted {
+        /// The budget.
+        budget: u64,
+        /// Seconds until midnight UTC.
+        retry_after: u64,
+    },
+    /// Every slot is busy and the queue is full.
+    #[error("the server is busy: {queued} requests are already waiting; retry shortly")]
+    QueueFull {
+        /// Requests waiting.
+        queued: usize,
+    },
+    /// The models are still loading.
+    #[error("the models are still loading")]
+    NotReady,
+    /// SIGTERM arrived; running answers finish, new ones are refused.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// The request's deadline passed.
+    #[error("the answer did not finish within the {secs} s request deadline")]
+    DeadlineExceeded {
+        /// The deadline.
+        secs: u64,
+    },
+    /// The engine refused or failed the request.
+    #[error("{0}")]
+    Engine(#[from] EngineError),
+    /// No route.
+    #[error("no such endpoint")]
+    RouteNotFound,
+    /// A route with another method.
+    #[error("method not allowed on this endpoint")]
+    MethodNotAllowed,
+    /// A bug or an unexpected failure inside the daemon.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        use ApiError::*;
+        match self {
+            MalformedJson { .. } | InvalidParam { .. } | WrongModelKind { .. } | BodyIncomplete => StatusCode::BAD_REQUEST,
+            BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            MissingCredentials | InvalidToken | CertificateNotAuthorised => StatusCode::UNAUTHORIZED,
+            ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
+            ModelNotFound { .. } | RouteNotFound => StatusCode::NOT_FOUND,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            RateLimited { .. } | BudgetExhausted { .. } => StatusCode::TOO_MANY_REQUESTS,
+            QueueFull { .. } | NotReady | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Engine(e) => match e {
+                EngineError::Request(m) if m.contains("KV cache is full") => StatusCode::SERVICE_UNAVAILABLE,
+                EngineError::Request(_) | EngineError::Template(_) | EngineError::Tokenizer(_) => {
+                    StatusCode::BAD_REQUEST
+                }
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// OpenAI's `type`.
+    pub fn error_type(&self) -> &'static str {
+        match self.status() {
+            StatusCode::UNAUTHORIZED => "authentication_error",
+            StatusCode::FORBIDDEN => "permission_error",
+            StatusCode::TOO_MANY_REQUESTS => match self {
+                ApiError::BudgetExhausted { .. } => "tokens",
+                _ => "requests",
+            },
+            s if s.is_server_error() => "server_error",
+            _ => "invalid_request_error",
+        }
+    }
+
+    /// A stable short code: OpenAI's `code`, a log field and an audit field.
+    pub fn code(&self) -> &'static str {
+        use ApiError::*;
+        match self {
+            MalformedJson { .. } => "invalid_json",
+            InvalidParam { .. } => "invalid_value",
+            BodyTooLarge { .. } => "body_too_large",
+            BodyTimeout => "body_timeout",
+            BodyIncomplete => "body_incomplete",
+            MissingCredentials => "missing_credentials",
+            InvalidToken => "invalid_api_key",
+            CertificateNotAuthorised => "invalid_client_certificate",
+            ModelNotAllowed { .. } => "model_not_allowed",
+            ModelNotFound { .. } => "model_not_found",
+            WrongModelKind { .. } => "wrong_model_kind",
+            RateLimited { .. } => "rate_limit_exceeded",
+            BudgetExhausted { .. } => "token_budget_exceeded",
+            QueueFull { .. } => "server_overloaded",
+            NotReady => "not_ready",
+            ShuttingDown => "shutting_down",
+            DeadlineExceeded { .. } => "deadline_exceeded",
+            Engine(e) => match self.status() {
+                StatusCode::SERVICE_UNAVAILABLE => "kv_cache_full",
+                _ => e.code(),
+            },
+            RouteNotFound => "unknown_url",
+            MethodNotAllowed => "method_not_allowed",
+            Internal(_) => "internal_error",
+        }
+    }
+
+    /// OpenAI's `param`: the request field at fault, when there is one.
+    pub fn param(&self) -> Option<&'static str> {
+        match self {
+            ApiError::InvalidParam { param, .. } => Some(param),
+            ApiError::ModelNotFound { .. } | ApiError::ModelNotAllowed { .. } | ApiError::WrongModelKind { .. } => {
+                Some("model")
+            }
+            _ => None,
+        }
+    }
+
+    /// Seconds for a `Retry-After` header, where waiting helps.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::RateLimited { retry_after, .. } | ApiError::BudgetExhausted { retry_after, .. } => {
+                Some((*retry_after).max(1))
+            }
+            ApiError::QueueFull { .. } | ApiError::NotReady => Some(1),
+            _ => None,
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({
+            "error": {
+                "message": self.to_string(),
+                "type": self.error_type(),
+                "param": self.param(),
+                "code": self.code(),
+            }
+        })
+    }
+
+    /// A shorthand for [`ApiError::InvalidParam`].
+    pub fn invalid(param: &'static str, message: impl Into<String>) -> Self {
+        ApiError::InvalidParam { param, message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status(), axum::Json(self.body())).into_response();
+        if let Some(secs) = self.retry_after() {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.status() == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"govbox\""));
+        }
+        // Tell the log line (written when the response ends) why the request failed.
+        resp.extensions_mut().insert(ErrorCode(self.code()));
+        resp
+    }
+}
+
+/// The failure's code, carried to the request log line.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
+/// Maps a serde_json failure to [`ApiError::MalformedJson`], keeping only its position: serde's
+/// message quotes the input (`invalid type: string "..."`), and the input may be a prompt.
+pub fn from_json_error(e: &serde_json::Error) -> ApiError {
+    let what = match e.classify() {
+        serde_json::error::Category::Data => "the JSON this endpoint expects",
+        _ => "valid JSON",
+    };
+    ApiError::MalformedJson { what, line: e.line(), column: e.column() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_error_shape_is_openais() {
+        let e = ApiError::ModelNotFound { model: "x".into() };
+        let b = e.body();
+        assert_eq!(e.status(), 404);
+        assert_eq!(b["error"]["type"], "invalid_request_error");
+        assert_eq!(b["error"]["code"], "model_not_found");
+        assert_eq!(b["error"]["param"], "model");
+        assert_eq!(b["error"]["message"], "model 'x' does not exist");
+        assert_eq!(b["error"].as_object().unwrap().len(), 4);
+        let r = ApiError::RateLimited { rpm: 2, retry_after: 30 }.into_response();
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()["retry-after"], "30");
+    }
+
+    #[test]
+    fn json_errors_never_quote_the_input() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct T {
+            n: u32,
+        }
+        let secret = "SECRET-PROMPT-TEXT";
+        // A wrong type and an unknown variant make serde quote the input; a syntax error does not.
+        let bodies = [format!("{{\"n\": \"{secret}\"}}"), format!("{{\"n\": 1, \"{secret}\": 1"), secret.to_string()];
+        let e = serde_json::from_str::<T>(&bodies[0]).unwrap_err();
+        assert!(e.to_string().contains(secret), "serde quotes input, which is why its message is dropped: {e}");
+        for body in &bodies {
+            let e = serde_json::from_str::<T>(body).unwrap_err();
+            let api = from_json_error(&e);
+            assert!(!api.to_string().contains("SECRET"), "{api}");
+            assert!(!api.body().to_string().contains("SECRET"));
+            assert_eq!(api.status(), 400);
+        }
+    }
+
+    #[test]
+    fn every_status_has_a_type_and_code() {
+        let all = [
+            ApiError::BodyTooLarge { limit: 1 },
+            ApiError::MissingCredentials,
+            ApiError::InvalidToken,
+            ApiError::CertificateNotAuthorised,
+            ApiError::QueueFull { queued: 3 },
+            ApiError::DeadlineExceeded { secs: 1 },
+            ApiError::Engine(EngineError::Request("KV cache is full: x".into())),
+            ApiError::Engine(EngineError::Request("the prompt is empty".into())),
+        ];
+        let want = [413, 401, 401, 401, 503, 504, 503, 400];
+        for (e, s) in all.iter().zip(want) {
+            assert_eq!(e.status(), s, "{e:?}");
+            assert!(!e.code().is_empty());
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! `GET /healthz` (the process answers) and `GET /readyz` (the models are loaded and the daemon
+//! is not shutting down). Neither needs credentials: load balancers and monitoring call them.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::Response;
+use serde_json::json;
+
+use crate::api::error::ApiError;
+use crate::api::json;
+use crate::state::AppState;
+
+/// 200 whenever the process can answer.
+pub async fn healthz() -> Response {
+    json(json!({"status": "ok"}))
+}
+
+/// 200 once every configured model is loaded; 503 before that and once shutdown begins.
+pub async fn readyz(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let models = state.models()?;
+    Ok(json(json!({"status": "ready", "models": models.len()})))
+}

@@ -1,0 +1,27 @@
+//! `GET /metrics`: Prometheus metrics in the OpenMetrics text format.
+//!
+//! No credentials are needed (scrapers rarely hold client certificates); the metrics carry no
+//! client names, prompts or other request content, only route templates, statuses and counts.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::state::AppState;
+
+/// The exposition.
+pub async fn handle(State(state): State<Arc<AppState>>) -> Response {
+    if let Some(g) = &state.metrics.accelerator_memory
+        && let Some(used) = state.backend.info().memory_used
+    {
+        g.set(used);
+    }
+    let mut resp = state.metrics.render().into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    resp
+}

@@ -1,0 +1,63 @@
+//! Who is calling, and what they may do.
+//!
+//! Every request looks its client up in the store again, so a revocation (which the admin socket
+//! writes to the same store) refuses the very next request; nothing is cached.
+//!
+//! A connection that presented a client certificate is that certificate's client: the TLS layer
+//! has already checked that the box's CA issued it, and the store says whether it is still the
+//! current, unrevoked, unexpired certificate of an active client. Otherwise, unless `tls.mtls` is
+//! `required`, an `Authorization: Bearer` token names the client.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::http::HeaderMap;
+use axum::http::header::AUTHORIZATION;
+use govbox_provisioning::ClientRecord;
+
+use crate::api::error::ApiError;
+use crate::config::MtlsMode;
+use crate::state::{AppState, LoadedModel};
+
+/// What the TLS layer learnt about a connection; every request on it carries a copy.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// SHA-256 of the verified client certificate, when one was presented.
+    pub cert_sha256: Option<[u8; 32]>,
+}
+
+/// Identifies the client of a request.
+pub fn authenticate(state: &AppState, conn: Option<&ConnInfo>, headers: &HeaderMap) -> Result<ClientRecord, ApiError> {
+    if let Some(fp) = conn.and_then(|c| c.cert_sha256.as_ref()) {
+        return state.store.find_by_cert_fingerprint(fp).ok_or(ApiError::CertificateNotAuthorised);
+    }
+    let Some(value) = headers.get(AUTHORIZATION) else {
+        return Err(ApiError::MissingCredentials);
+    };
+    if state.config.tls.mtls == MtlsMode::Required {
+        return Err(ApiError::MissingCredentials);
+    }
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .ok_or(ApiError::InvalidToken)?;
+    state.store.find_by_token(token).ok_or(ApiError::InvalidToken)
+}
+
+/// Checks that `client` may use `model`, and takes the request from its rate and budget.
+pub fn authorise(state: &AppState, client: &ClientRecord, model: &LoadedModel) -> Result<(), ApiError> {
+    if !may_use(client, &model.name) {
+        return Err(ApiError::ModelNotAllowed { client: client.name.clone(), model: model.name.clone() });
+    }
+    state.quotas.take_request(client, Instant::now())?;
+    state.quotas.check_budget(client)
+}
+
+/// Whether the client's model list allows `model` (an empty list allows every model).
+pub fn may_use(client: &ClientRecord, model: &str) -> bool {
+    client.models.is_empty() || client.models.iter().any(|m| m == model)
+}

@@ -1,0 +1,148 @@
+//! The bridge between the engine's blocking generation loop and the async HTTP side.
+//!
+//! A generation runs [`Engine::generate`] on a blocking thread; its event callback forwards each
+//! event into a bounded tokio channel. The callback answers "stop" when the channel's receiver is
+//! gone (the HTTP response was dropped because the client disconnected), when a send cannot
+//! complete before the deadline (a client that stopped reading), or when the deadline has passed.
+//! The engine then stops at that token and frees the request's KV blocks. The engine slot, and
+//! with it the `govbox_active_generations` gauge, is released only when the blocking thread
+//! returns, that is when generation has really stopped.
+
+use std::sync::Arc;
+
+use govbox_engine::{Engine, Event, FinishReason, GenerateRequest, Usage};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::admission::Slot;
+use crate::api::error::ApiError;
+use crate::api::record::RequestRecord;
+use crate::quota::Quotas;
+use crate::state::AppState;
+
+/// What the HTTP side receives.
+#[derive(Debug)]
+pub enum GenEvent {
+    /// New text.
+    Text(String),
+    /// The end.
+    Done {
+        /// Why.
+        finish_reason: FinishReason,
+        /// Token counts.
+        usage: Usage,
+    },
+    /// The generation failed or ran out of time; nothing follows.
+    Failed(ApiError),
+}
+
+/// One generation to run.
+pub struct Job {
+    /// The model.
+    pub engine: Arc<Engine>,
+    /// The request, with its prompt already as token ids.
+    pub request: GenerateRequest,
+    /// Prompt length, for accounting.
+    pub prompt_tokens: usize,
+    /// The client to charge.
+    pub client: String,
+    /// When the answer must be complete.
+    pub deadline: Instant,
+    /// The deadline in seconds, for the message.
+    pub deadline_secs: u64,
+    /// The engine slot, released when generation stops.
+    pub slot: Slot,
+    /// The request's record.
+    pub record: Arc<RequestRecord>,
+}
+
+/// Starts `job` and returns its events.
+pub fn start(state: Arc<AppState>, job: Job) -> mpsc::Receiver<GenEvent> {
+    let (tx, rx) = mpsc::channel(32);
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || run(&state, job, &tx, &handle));
+    rx
+}
+
+fn charge(state: &AppState, quotas: &Quotas, job: &Job, usage: Usage) {
+    state.metrics.tokens_generated.inc_by(usage.completion_tokens as u64);
+    state.metrics.prompt_tokens.inc_by(usage.prompt_tokens as u64);
+    quotas.charge(&job.client, (usage.prompt_tokens + usage.completion_tokens) as u64);
+    job.record.set_tokens(usage.prompt_tokens, Some(usage.completion_tokens));
+}
+
+fn run(state: &AppState, job: Job, tx: &mpsc::Sender<GenEvent>, rt: &tokio::runtime::Handle) {
+    #[derive(PartialEq)]
+    enum Stop {
+        No,
+        ClientGone,
+        Deadline,
+    }
+    let mut stop = Stop::No;
+    let mut charged = false;
+    let mut first_text = true;
+    // Sends with the deadline as the limit: a client that stops reading cannot hold the slot.
+    let send = |ev: GenEvent| -> Result<(), Stop> {
+        match rt.block_on(tokio::time::timeout_at(job.deadline, tx.send(ev))) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Stop::ClientGone),
+            Err(_) => Err(Stop::Deadline),
+        }
+    };
+    let result = job.engine.generate(&job.request, &mut |event| {
+        if Instant::now() >= job.deadline {
+            stop = Stop::Deadline;
+            return false;
+        }
+        let ev = match event {
+            Event::Text(t) => {
+                if first_text {
+                    first_text = false;
+                    state.metrics.time_to_first_token.observe(job.record.start.elapsed().as_secs_f64());
+                }
+                GenEvent::Text(t)
+            }
+            Event::Done { finish_reason, usage } => {
+                // Charged before the answer ends, so the client's next request sees the spend.
+                charge(state, &state.quotas, &job, usage);
+                charged = true;
+                GenEvent::Done { finish_reason, usage }
+            }
+            // `generate` reports failures through its result, not as an event.
+            Event::Error(_) => return false,
+        };
+        match send(ev) {
+            Ok(()) => true,
+            Err(s) => {
+                stop = s;
+                false
+            }
+        }
+    });
+    match result {
+        Ok(usage) => {
+            if !charged {
+                charge(state, &state.quotas, &job, usage);
+            }
+            match stop {
+                Stop::No => {}
+                Stop::ClientGone => {
+                    state.metrics.cancelled.inc();
+                    job.record.set_outcome("cancelled");
+                }
+                Stop::Deadline => {
+                    state.metrics.cancelled.inc();
+                    job.record.set_outcome("deadline");
+                    let _ = tx.try_send(GenEvent::Failed(ApiError::DeadlineExceeded { secs: job.deadline_secs }));
+                }
+            }
+        }
+        Err(e) => {
+            job.record.set_tokens(job.prompt_tokens, None);
+            job.record.set_outcome(e.code());
+            let _ = tx.try_send(GenEvent::Failed(ApiError::Engine(e)));
+        }
+    }
+    // The slot is released here, after generation has stopped.
+    drop(job);
+}

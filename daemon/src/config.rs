@@ -1,0 +1,406 @@
+//! `govbox.toml`: the daemon's settings.
+//!
+//! Every setting has a default, written once on the `Default` impl of its section with the reason
+//! for it; `dist/govbox.toml` shows the same defaults to the operator. Unknown keys are an error
+//! when the file's `config_version` is one this daemon knows, and only a warning when the file
+//! comes from a newer govbox, so that a rollback to an older daemon can always start.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The `config_version` this daemon writes and fully understands.
+pub const CONFIG_VERSION: u32 = 1;
+/// Config files are a few kilobytes; anything much larger is not a config file.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is larger than any config file should be.
+    #[error("config file {}: {size} bytes is larger than the 1 MiB a config file may have", path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+    },
+    /// The file is not valid TOML, or a value has the wrong type, or a key is unknown.
+    #[error("config file {}: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the TOML parser reported (it quotes the config file, never a request).
+        message: String,
+    },
+    /// A value is out of its allowed range.
+    #[error("config file {}: {key}: {reason}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The setting.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The format version of this file.
+    pub config_version: u32,
+    /// Address and port of the HTTPS listener.
+    pub listen: SocketAddr,
+    /// Worker threads of the CPU backend; 0 means one per core.
+    pub threads: usize,
+    /// `error`, `warn`, `info`, `debug` or `trace`; each `-v` on the command line raises it.
+    pub log_level: String,
+    /// The admin socket; empty means `STATE/admin.sock`.
+    pub admin_socket: PathBuf,
+    /// TLS and client authentication.
+    pub tls: TlsConfig,
+    /// Connection and request limits.
+    pub limits: Limits,
+    /// How requests are queued and run.
+    pub serving: Serving,
+    /// The models to serve.
+    pub models: Vec<ModelEntry>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            config_version: CONFIG_VERSION,
+            // Every interface, port 8443: intranet applications reach the box by its address, and
+            // 8443 needs no privilege to bind.
+            listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            // All cores: the box exists to run models.
+            threads: 0,
+            // Operational messages only; request lines carry no content at any level.
+            log_level: "info".into(),
+            admin_socket: PathBuf::new(),
+            tls: TlsConfig::default(),
+            limits: Limits::default(),
+            serving: Serving::default(),
+            // No model until one is configured: the daemon still serves /healthz and the admin socket.
+            models: Vec::new(),
+        }
+    }
+}
+
+/// How clients must authenticate at the TLS layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MtlsMode {
+    /// Every connection must present a client certificate of the box's CA; tokens are refused.
+    Required,
+    /// A client certificate of the box's CA, or a bearer token.
+    Optional,
+    /// No client certificates are asked for; bearer tokens only.
+    Off,
+}
+
+/// `[tls]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// `required`, `optional` or `off`.
+    pub mtls: MtlsMode,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        // Optional: most OpenAI SDKs make bearer tokens easy and client certificates hard, and
+        // agency IT decides per client which one to issue.
+        TlsConfig { mtls: MtlsMode::Optional }
+    }
+}
+
+/// `[limits]`: protection against clients that send too much or too slowly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request body, in bytes; larger gives 413.
+    pub max_body_bytes: usize,
+    /// Seconds a client has to finish the TLS handshake and to send a request's headers.
+    pub header_timeout_secs: u64,
+    /// Seconds a client has to send a request's body.
+    pub body_timeout_secs: u64,
+    /// Seconds a connection may sit with no traffic before it is closed.
+    pub idle_timeout_secs: u64,
+    /// Open connections at most; further connections are closed at once.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            // 1 MiB holds a long conversation or a large embedding batch; more is a mistake or an attack.
+            max_body_bytes: 1 << 20,
+            // 10 s is ample on an intranet and short enough that slow-header clients cannot pile up.
+            header_timeout_secs: 10,
+            // 30 s moves a full 1 MiB body at 35 kB/s.
+            body_timeout_secs: 30,
+            // 60 s keeps SDK connection pools useful without holding sockets forever.
+            idle_timeout_secs: 60,
+            // 512 connections: far above what the accelerators can serve, far below the fd limit.
+            max_connections: 512,
+        }
+    }
+}
+
+/// `[serving]`: admission, deadlines and shutdown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Serving {
+    /// Requests that run on the engine at once (generation and embedding).
+    pub max_concurrent: usize,
+    /// Requests that may wait for a free slot; more give 503.
+    pub queue_depth: usize,
+    /// Seconds from the request's arrival to the end of its answer; longer gives 504 (or ends a stream with an error).
+    pub request_deadline_secs: u64,
+    /// `max_tokens` when a request gives none.
+    pub default_max_tokens: usize,
+    /// Tokens the KV cache of each chat model holds across all running requests.
+    pub kv_tokens: usize,
+    /// Seconds that SIGTERM waits for running answers to finish before the daemon exits.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for Serving {
+    fn default() -> Self {
+        Serving {
+            // 4 interleaved requests keep the device busy while each one still streams steadily.
+            max_concurrent: 4,
+            // 64 waiting requests are several minutes of work on a CPU; beyond that, fail fast.
+            queue_depth: 64,
+            // 300 s bounds the longest answer a CPU box should attempt.
+            request_deadline_secs: 300,
+            // 1024 tokens answer almost every question without letting a forgotten limit run long.
+            default_max_tokens: 1024,
+            // 8192 tokens: two full 4k-context requests, or several short ones, per chat model.
+            kv_tokens: 8192,
+            // 30 s finishes a typical streamed answer and stays under systemd's 90 s stop timeout.
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+/// `[[models]]`: one model to serve.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    /// The name clients ask for in `model`.
+    pub name: String,
+    /// A `.gguf` file, a HuggingFace decoder folder or a sentence-transformers folder; relative
+    /// paths are taken from the config file's folder.
+    pub path: PathBuf,
+}
+
+impl Config {
+    /// Reads and checks a config file; returns it with warnings about ignored keys (see
+    /// [`Config::parse`]), to be logged once logging is set up.
+    pub fn load(path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
+        let read_err = |source| ConfigError::Read { path: path.to_path_buf(), source };
+        let size = std::fs::metadata(path).map_err(read_err)?.len();
+        if size > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge { path: path.to_path_buf(), size });
+        }
+        let text = std::fs::read_to_string(path).map_err(read_err)?;
+        let (mut config, warnings) = Config::parse(&text, path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for m in &mut config.models {
+            if m.path.is_relative() {
+                m.path = base.join(&m.path);
+            }
+        }
+        Ok((config, warnings))
+    }
+
+    /// Parses config text; returns the config and warnings about keys ignored because the file
+    /// comes from a newer govbox. `path` is used in messages only.
+    pub fn parse(text: &str, path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
+        let parse_err = |e: toml::de::Error| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() };
+        let mut table: toml::Table = toml::from_str(text).map_err(parse_err)?;
+        let version = match table.get("config_version") {
+            None => CONFIG_VERSION,
+            Some(toml::Value::Integer(v)) if *v >= 1 => u32::try_from(*v).unwrap_or(u32::MAX),
+            Some(_) => {
+                return Err(ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    key: "config_version".into(),
+                    reason: "must be a positive integer".into(),
+                });
+            }
+        };
+        let mut warnings = Vec::new();
+        if version > CONFIG_VERSION {
+            warnings.push(format!(
+                "config file {}: config_version {version} is newer than this govboxd knows ({CONFIG_VERSION}); \
+                 settings it does not know are ignored",
+                path.display()
+            ));
+            prune_unknown(&mut table, &known_keys(), "", &mut warnings, path);
+            table.insert("config_version".into(), toml::Value::Integer(CONFIG_VERSION.into()));
+        }
+        let config: Config = table.try_into().map_err(parse_err)?;
+        config.check(path)?;
+        Ok((config, warnings))
+    }
+
+    fn check(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: &str| {
+            Err(ConfigError::Invalid { path: path.to_path_buf(), key: key.into(), reason: reason.into() })
+        };
+        if crate::logging::parse_level(&self.log_level).is_none() {
+            return invalid("log_level", "must be one of error, warn, info, debug, trace");
+        }
+        let l = &self.limits;
+        let s = &self.serving;
+        for (key, v) in [
+            ("limits.max_body_bytes", l.max_body_bytes as u64),
+            ("limits.header_timeout_secs", l.header_timeout_secs),
+            ("limits.body_timeout_secs", l.body_timeout_secs),
+            ("limits.idle_timeout_secs", l.idle_timeout_secs),
+            ("limits.max_connections", l.max_connections as u64),
+            ("serving.max_concurrent", s.max_concurrent as u64),
+            ("serving.request_deadline_secs", s.request_deadline_secs),
+            ("serving.default_max_tokens", s.default_max_tokens as u64),
+            ("serving.kv_tokens", s.kv_tokens as u64),
+        ] {
+            if v == 0 {
+                return invalid(key, "must be at least 1");
+            }
+        }
+        // tokio's semaphore holds at most usize::MAX >> 3 permits; any real limit is far below.
+        if l.max_connections > 1 << 20 || s.max_concurrent > 1 << 20 {
+            return invalid("limits", "max_connections and max_concurrent must be at most 1048576");
+        }
+        let mut seen = std::collections::HashSet::new();
+        for m in &self.models {
+            if !crate::state::is_model_name(&m.name) {
+                return invalid("models.name", "1 to 128 characters of A-Z, a-z, 0-9, '.', '_', '-', ':' or '/'");
+            }
+            if !seen.insert(m.name.as_str()) {
+                return invalid("models.name", &format!("model '{}' is configured twice", m.name));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The keys this version knows, as a table shaped like the config: a table for each section and,
+/// for `models`, a one-element array holding the keys of one entry.
+fn known_keys() -> toml::Table {
+    let mut t = toml::Table::try_from(Config::default()).unwrap_or_default();
+    let entry = ModelEntry { name: String::new(), path: PathBuf::new() };
+    let entry = toml::Table::try_from(entry).unwrap_or_default();
+    t.insert("models".into(), toml::Value::Array(vec![toml::Value::Table(entry)]));
+    t
+}
+
+fn prune_unknown(table: &mut toml::Table, known: &toml::Table, prefix: &str, warnings: &mut Vec<String>, path: &Path) {
+    table.retain(|k, _| {
+        let keep = known.contains_key(k);
+        if !keep {
+            warnings.push(format!("config file {}: ignoring unknown setting '{prefix}{k}'", path.display()));
+        }
+        keep
+    });
+    for (k, v) in table.iter_mut() {
+        let name = format!("{prefix}{k}.");
+        match (v, known.get(k)) {
+            (toml::Value::Table(t), Some(toml::Value::Table(kt))) => prune_unknown(t, kt, &name, warnings, path),
+            (toml::Value::Array(items), Some(toml::Value::Array(kitems))) => {
+                if let Some(toml::Value::Table(kt)) = kitems.first() {
+                    for item in items.iter_mut() {
+                        if let toml::Value::Table(t) = item {
+                            prune_unknown(t, kt, &name, warnings, path);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<(Config, Vec<String>), ConfigError> {
+        Config::parse(text, Path::new("govbox.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_the_defaults() {
+        let (c, w) = parse("").unwrap();
+        assert_eq!(c, Config::default());
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn the_shipped_config_is_the_defaults() {
+        let text = include_str!("../../dist/govbox.toml");
+        let (c, w) = parse(text).unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(c, Config::default(), "dist/govbox.toml must show exactly the built-in defaults");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_in_this_version() {
+        let e = parse("config_version = 1\nlisten = \"127.0.0.1:1\"\nlisen = 3\n").unwrap_err();
+        assert!(e.to_string().contains("lisen"), "{e}");
+        let e = parse("[limits]\nmax_body = 3\n").unwrap_err();
+        assert!(e.to_string().contains("max_body"), "{e}");
+        let e = parse("[[models]]\nname = \"a\"\npath = \"x\"\nsha = 1\n").unwrap_err();
+        assert!(e.to_string().contains("sha"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_of_a_newer_version_are_warnings() {
+        let text = "config_version = 2\nfuture = true\n[limits]\nmax_body_bytes = 5\nnew_limit = 1\n\
+                    [[models]]\nname = \"m\"\npath = \"p\"\nsigned = true\n[newsection]\nx = 1\n";
+        let (c, w) = parse(text).unwrap();
+        assert_eq!(c.limits.max_body_bytes, 5);
+        assert_eq!(c.models[0].name, "m");
+        let all = w.join("\n");
+        for k in ["'future'", "'limits.new_limit'", "'models.signed'", "'newsection'", "newer"] {
+            assert!(all.contains(k), "{k} missing from {all}");
+        }
+    }
+
+    #[test]
+    fn values_are_checked() {
+        assert!(parse("[tls]\nmtls = \"sometimes\"\n").is_err());
+        assert!(parse("[serving]\nmax_concurrent = 0\n").unwrap_err().to_string().contains("max_concurrent"));
+        assert!(parse("log_level = \"loud\"\n").unwrap_err().to_string().contains("log_level"));
+        let dup = "[[models]]\nname = \"a\"\npath = \"x\"\n[[models]]\nname = \"a\"\npath = \"y\"\n";
+        assert!(parse(dup).unwrap_err().to_string().contains("twice"));
+        assert!(parse("config_version = 0\n").is_err());
+        let (c, _) = parse("[tls]\nmtls = \"required\"\n").unwrap();
+        assert_eq!(c.tls.mtls, MtlsMode::Required);
+    }
+
+    #[test]
+    fn relative_model_paths_are_taken_from_the_config_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("govbox.toml");
+        std::fs::write(&file, "[[models]]\nname = \"a\"\npath = \"m/a.gguf\"\n").unwrap();
+        let (c, _) = Config::load(&file).unwrap();
+        assert_eq!(c.models[0].path, dir.path().join("m/a.gguf"));
+    }
+}

@@ -1,0 +1,293 @@
+//! The daemon's life: start-up in a fixed order, serving, reload on SIGHUP, drain on SIGTERM.
+//!
+//! Start-up order: config, state folder, logging, backend, client store (sled's lock makes this
+//! the only writer), token-budget store, TLS, HTTPS listener, admin socket, then the models on
+//! the blocking pool while `/healthz` already answers and `/readyz` says 503. `READY=1` goes to
+//! systemd once the listener is bound and every model is loaded.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+use govbox_drivers::Backend;
+use govbox_drivers::cpu::CpuBackend;
+use govbox_provisioning::{ClientStore, ProvisionError, StatePaths, load_server_tls};
+use sd_notify::NotifyState;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, watch};
+
+use crate::admission::Admission;
+use crate::config::{Config, ConfigError};
+use crate::metrics::Metrics;
+use crate::quota::{QuotaError, Quotas};
+use crate::state::{AppState, ModelLoadError, load_model};
+use crate::tls::TlsSetupError;
+use crate::{admin, api, logging, server, systemd, tls};
+
+/// How long the runtime waits for blocking tasks (a generation noticing its client is gone) at exit.
+const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(5);
+
+/// The command line, as the daemon needs it.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The state folder.
+    pub state: PathBuf,
+    /// The config file; `None` means the built-in defaults.
+    pub config: Option<PathBuf>,
+    /// `-v` count.
+    pub verbose: u8,
+}
+
+/// Why the daemon could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DaemonError {
+    /// The config file is unreadable or invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The state folder is missing or not a folder.
+    #[error("state folder {}: {reason}", path.display())]
+    StateDir {
+        /// The folder.
+        path: PathBuf,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The provisioned state could not be used (not provisioned, store locked, bad TLS files).
+    #[error(transparent)]
+    Provision(#[from] ProvisionError),
+    /// The token-budget store could not be opened.
+    #[error(transparent)]
+    Quota(#[from] QuotaError),
+    /// The TLS settings could not be built.
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+    /// The CPU backend could not start.
+    #[error("starting the CPU backend: {0}")]
+    Backend(govbox_drivers::DriverError),
+    /// The HTTPS port could not be bound.
+    #[error("binding the HTTPS listener on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The admin socket could not be created.
+    #[error("creating the admin socket {}: {source}", path.display())]
+    AdminSocket {
+        /// The socket path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A configured model could not be loaded.
+    #[error(transparent)]
+    Model(#[from] ModelLoadError),
+    /// The async runtime or a signal handler could not be set up.
+    #[error("setting up {what}: {source}")]
+    Runtime {
+        /// What.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+impl DaemonError {
+    /// The process exit status: 2 for what the operator must fix in the command line, the config
+    /// or the state folder, 1 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            DaemonError::Config(_) | DaemonError::StateDir { .. } => 2,
+            DaemonError::Provision(ProvisionError::NotProvisioned { .. }) => 2,
+            _ => 1,
+        }
+    }
+}
+
+fn check_state_dir(path: &Path) -> Result<(), DaemonError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(DaemonError::StateDir { path: path.into(), reason: "is not a folder" }),
+        Err(_) => Err(DaemonError::StateDir {
+            path: path.into(),
+            reason: "does not exist or cannot be read; run `govbox provision --state DIR` first",
+        }),
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT (`Ok`) or a fatal error.
+pub fn run(opts: Options) -> Result<(), DaemonError> {
+    let (config, warnings) = match &opts.config {
+        Some(p) => Config::load(p)?,
+        None => (Config::default(), vec![]),
+    };
+    check_state_dir(&opts.state)?;
+    let base = logging::parse_level(&config.log_level).unwrap_or(log::LevelFilter::Info);
+    let sink = logging::init(logging::raise(base, opts.verbose));
+    log::info!("govboxd {} starting; logging to {sink}", env!("CARGO_PKG_VERSION"));
+    match &opts.config {
+        Some(p) => log::info!("config: {}", p.display()),
+        None => log::info!("no --config given: using the built-in defaults"),
+    }
+    for w in warnings {
+        log::warn!("{w}");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("govboxd-rt")
+        .build()
+        .map_err(|source| DaemonError::Runtime { what: "the async runtime", source })?;
+    let result = rt.block_on(daemon(opts, config));
+    rt.shutdown_timeout(RUNTIME_SHUTDOWN);
+    result
+}
+
+async fn daemon(opts: Options, config: Config) -> Result<(), DaemonError> {
+    let backend: Arc<dyn Backend> = Arc::new(CpuBackend::new(config.threads).map_err(DaemonError::Backend)?);
+    let info = backend.info();
+    log::info!("backend: {:?} '{}', {} threads", info.kind, info.name, info.threads);
+    let store = ClientStore::open(&opts.state)?;
+    let quotas = Quotas::open(&StatePaths::new(&opts.state).state_dir().join("quota"))?;
+    let tls_config = tls::server_config(&load_server_tls(&opts.state)?, config.tls.mtls)?;
+    let listener =
+        TcpListener::bind(config.listen).await.map_err(|source| DaemonError::Bind { addr: config.listen, source })?;
+    let listen = listener.local_addr().map_err(|source| DaemonError::Bind { addr: config.listen, source })?;
+    let (shutdown, _) = watch::channel(false);
+    let state = Arc::new(AppState {
+        admission: Admission::new(config.serving.max_concurrent, config.serving.queue_depth),
+        metrics: Arc::new(Metrics::new(info.memory_used.is_some())),
+        config,
+        config_path: opts.config.clone(),
+        state_dir: opts.state.clone(),
+        store,
+        quotas,
+        models: OnceLock::new(),
+        backend,
+        tls: RwLock::new(Arc::new(tls_config)),
+        listen,
+        shutdown,
+        started: Instant::now(),
+    });
+    let admin_path = state.admin_socket();
+    let admin_listener =
+        admin::bind(&admin_path).map_err(|source| DaemonError::AdminSocket { path: admin_path.clone(), source })?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|source| DaemonError::Runtime { what: "SIGHUP", source })?;
+    let mut term = signal(SignalKind::terminate()).map_err(|source| DaemonError::Runtime { what: "SIGTERM", source })?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|source| DaemonError::Runtime { what: "SIGINT", source })?;
+
+    tokio::spawn(admin::serve(admin_listener, state.clone()));
+    let server = tokio::spawn(server::serve(listener, state.clone(), api::router(state.clone())));
+    tokio::spawn(systemd::watchdog(state.clone()));
+    log::info!(
+        "listening on https://{listen} (mtls {:?}); admin socket {}",
+        state.config.tls.mtls,
+        admin_path.display()
+    );
+    let (fatal_tx, mut fatal_rx) = mpsc::channel(1);
+    tokio::spawn(load_models(state.clone(), fatal_tx));
+
+    let result = loop {
+        tokio::select! {
+            _ = term.recv() => {
+                log::info!("SIGTERM: stopping");
+                break Ok(());
+            }
+            _ = int.recv() => {
+                log::info!("SIGINT: stopping");
+                break Ok(());
+            }
+            _ = hup.recv() => reload(&state, &opts),
+            Some(e) = fatal_rx.recv() => break Err(e),
+        }
+    };
+    systemd::notify(&[NotifyState::Stopping]);
+    systemd::status("stopping: finishing running answers");
+    state.admission.close();
+    let _ = state.shutdown.send(true);
+    let _ = server.await;
+    state.quotas.flush();
+    let _ = std::fs::remove_file(&admin_path);
+    systemd::status("stopped");
+    result
+}
+
+async fn load_models(state: Arc<AppState>, fatal: mpsc::Sender<DaemonError>) {
+    let n = state.config.models.len();
+    systemd::status(&format!("loading {n} models"));
+    let mut loaded = Vec::with_capacity(n);
+    for entry in state.config.models.clone() {
+        let backend = state.backend.clone();
+        let kv = state.config.serving.kv_tokens;
+        let t = Instant::now();
+        match tokio::task::spawn_blocking(move || load_model(&entry, backend, kv)).await {
+            Ok(Ok(m)) => {
+                log::info!(
+                    "loaded model '{}' ({}, {}) from {} in {:.1} s",
+                    m.name,
+                    m.kind.as_str(),
+                    m.engine.format(),
+                    m.path.display(),
+                    t.elapsed().as_secs_f64()
+                );
+                loaded.push(Arc::new(m));
+            }
+            Ok(Err(e)) => {
+                let _ = fatal.send(e.into()).await;
+                return;
+            }
+            Err(e) => {
+                let source = std::io::Error::other(e.to_string());
+                let _ = fatal.send(DaemonError::Runtime { what: "the model loading task", source }).await;
+                return;
+            }
+        }
+    }
+    let _ = state.models.set(loaded);
+    systemd::notify(&[NotifyState::Ready]);
+    systemd::status(&format!("ready: serving {n} models on https://{}", state.listen));
+}
+
+/// SIGHUP: re-read `log_level`, the TLS certificate and the client store.
+fn reload(state: &AppState, opts: &Options) {
+    log::info!("SIGHUP: reloading");
+    if let Some(path) = &state.config_path {
+        match Config::load(path) {
+            Ok((new, warnings)) => {
+                for w in warnings {
+                    log::warn!("{w}");
+                }
+                if let Some(level) = logging::parse_level(&new.log_level) {
+                    logging::set_level(logging::raise(level, opts.verbose));
+                    log::info!("log level is now {}", new.log_level);
+                }
+                let mut rest = new.clone();
+                rest.log_level = state.config.log_level.clone();
+                if rest != state.config {
+                    log::warn!("settings other than log_level changed in {}; restart govboxd to apply them", path.display());
+                }
+            }
+            Err(e) => log::error!("SIGHUP: {e}; keeping the running configuration"),
+        }
+    }
+    match load_server_tls(&state.state_dir).map_err(DaemonError::from).and_then(|m| {
+        tls::server_config(&m, state.config.tls.mtls).map_err(DaemonError::from)
+    }) {
+        Ok(c) => {
+            *state.tls.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(c);
+            log::info!("reloaded the TLS certificate and CA for new connections");
+        }
+        Err(e) => log::error!("SIGHUP: {e}; keeping the running TLS settings"),
+    }
+    match state.store.list() {
+        Ok(clients) => {
+            let revoked = clients.iter().filter(|c| c.revoked).count();
+            log::info!("client store re-read: {} clients, {revoked} revoked", clients.len());
+        }
+        Err(e) => log::error!("SIGHUP: reading the client store: {e}"),
+    }
+    systemd::status(&format!("ready: serving on https://{} (reloaded)", state.listen));
+}

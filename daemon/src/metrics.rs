@@ -1,0 +1,164 @@
+//! The daemon's Prometheus metrics. Names carry the `govbox_` prefix; labels never carry a client
+//! name, a prompt or anything else that a request chose, only the route template and the status.
+//!
+//! Not exported yet, because nothing measures them yet: `govbox_kv_cache_usage_ratio` (the engine
+//! does not expose its KV block allocator), `govbox_audit_entries_total` (the audit crate is not
+//! built yet). `govbox_accelerator_memory_used_bytes` is exported only when the backend reports its
+//! memory use; the CPU backend does not.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of the per-request series: the route template and the HTTP status.
+pub type EndpointStatus = [(&'static str, String); 2];
+
+/// All metrics of the daemon.
+pub struct Metrics {
+    registry: Registry,
+    /// `govbox_requests_total{endpoint,status}`.
+    pub requests: Family<EndpointStatus, Counter>,
+    /// `govbox_request_duration_seconds{endpoint}`: arrival to the last byte of the answer.
+    pub request_duration: Family<[(&'static str, String); 1], Histogram>,
+    /// `govbox_time_to_first_token_seconds`: arrival to the first generated text.
+    pub time_to_first_token: Histogram,
+    /// `govbox_tokens_generated_total`.
+    pub tokens_generated: Counter,
+    /// `govbox_prompt_tokens_total`.
+    pub prompt_tokens: Counter,
+    /// `govbox_active_generations`: requests running on the engine now.
+    pub active: Gauge,
+    /// `govbox_queued_requests`: requests waiting for a slot.
+    pub queued: Gauge,
+    /// `govbox_generations_cancelled_total`: generations stopped because the client went away or the deadline passed.
+    pub cancelled: Counter,
+    /// `govbox_connections_open`.
+    pub connections: Gauge,
+    /// `govbox_connections_refused_total`: closed at once because `max_connections` were open.
+    pub connections_refused: Counter,
+    /// `govbox_tls_handshake_failures_total`.
+    pub handshake_failures: Counter,
+    /// `govbox_accelerator_memory_used_bytes`, when the backend reports it.
+    pub accelerator_memory: Option<Gauge<u64, AtomicU64>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn duration_histogram() -> Histogram {
+    // 5 ms to about 5.6 minutes: an embedding of one sentence up to the longest allowed answer.
+    Histogram::new(exponential_buckets(0.005, 2.0, 17))
+}
+
+impl Metrics {
+    /// Registers every metric. `accelerator_memory` says whether the backend reports memory use.
+    pub fn new(accelerator_memory: bool) -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<EndpointStatus, Counter>::default();
+        registry.register("govbox_requests", "HTTP requests by route and status", requests.clone());
+        let request_duration =
+            Family::<[(&'static str, String); 1], Histogram>::new_with_constructor(duration_histogram as fn() -> _);
+        registry.register(
+            "govbox_request_duration_seconds",
+            "Time from a request's arrival to the last byte of its answer",
+            request_duration.clone(),
+        );
+        let time_to_first_token = duration_histogram();
+        registry.register(
+            "govbox_time_to_first_token_seconds",
+            "Time from a generation request's arrival to its first text",
+            time_to_first_token.clone(),
+        );
+        let tokens_generated = Counter::default();
+        registry.register("govbox_tokens_generated", "Tokens generated", tokens_generated.clone());
+        let prompt_tokens = Counter::default();
+        registry.register("govbox_prompt_tokens", "Prompt and embedding input tokens processed", prompt_tokens.clone());
+        let active = Gauge::default();
+        registry.register("govbox_active_generations", "Requests running on the engine", active.clone());
+        let queued = Gauge::default();
+        registry.register("govbox_queued_requests", "Requests waiting for an engine slot", queued.clone());
+        let cancelled = Counter::default();
+        registry.register(
+            "govbox_generations_cancelled",
+            "Generations stopped early because the client disconnected or the deadline passed",
+            cancelled.clone(),
+        );
+        let connections = Gauge::default();
+        registry.register("govbox_connections_open", "Open HTTPS connections", connections.clone());
+        let connections_refused = Counter::default();
+        registry.register(
+            "govbox_connections_refused",
+            "Connections closed at once because limits.max_connections were open",
+            connections_refused.clone(),
+        );
+        let handshake_failures = Counter::default();
+        registry.register("govbox_tls_handshake_failures", "Failed or timed-out TLS handshakes", handshake_failures.clone());
+        let accelerator_memory = accelerator_memory.then(|| {
+            let g = Gauge::<u64, AtomicU64>::default();
+            registry.register("govbox_accelerator_memory_used_bytes", "Accelerator memory in use", g.clone());
+            g
+        });
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            time_to_first_token,
+            tokens_generated,
+            prompt_tokens,
+            active,
+            queued,
+            cancelled,
+            connections,
+            connections_refused,
+            handshake_failures,
+            accelerator_memory,
+        }
+    }
+
+    /// Counts one finished request.
+    pub fn record_request(&self, endpoint: &'static str, status: u16, seconds: f64) {
+        self.requests.get_or_create(&[("endpoint", endpoint.to_string()), ("status", status.to_string())]).inc();
+        self.request_duration.get_or_create(&[("endpoint", endpoint.to_string())]).observe(seconds);
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_the_documented_ones() {
+        let m = Metrics::new(false);
+        m.record_request("/v1/models", 200, 0.01);
+        m.tokens_generated.inc_by(3);
+        m.time_to_first_token.observe(0.2);
+        let text = m.render();
+        for name in [
+            "govbox_requests_total{endpoint=\"/v1/models\",status=\"200\"} 1",
+            "govbox_request_duration_seconds_bucket{",
+            "govbox_time_to_first_token_seconds_count 1",
+            "govbox_tokens_generated_total 3",
+            "govbox_active_generations 0",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+        assert!(!text.contains("govbox_accelerator_memory_used_bytes"));
+        assert!(Metrics::new(true).render().contains("govbox_accelerator_memory_used_bytes"));
+    }
+}

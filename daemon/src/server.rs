@@ -1,0 +1,245 @@
+//! The HTTPS listener: accepting connections within `limits.max_connections`, the TLS handshake
+//! within `limits.header_timeout_secs`, HTTP/1.1 with a header-read timeout, an idle timeout, and
+//! a graceful drain on shutdown.
+//!
+//! A connection is closed when it has been silent for `limits.idle_timeout_secs` with no request
+//! in flight; with a request in flight it is closed only if it makes no progress for longer than
+//! the request deadline plus the idle timeout (a client that stopped reading its answer).
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use crate::auth::ConnInfo;
+use crate::state::AppState;
+use crate::tls;
+
+/// Accepts connections until shutdown, then waits up to `serving.shutdown_grace_secs` for the
+/// open ones to finish their answers.
+pub async fn serve(listener: TcpListener, state: Arc<AppState>, router: Router) {
+    let max = state.config.limits.max_connections;
+    let conns = Arc::new(Semaphore::new(max));
+    let mut shutdown = state.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    let Ok(permit) = conns.clone().try_acquire_owned() else {
+                        state.metrics.connections_refused.inc();
+                        log::debug!("refused a connection from {}: {max} connections are open", peer.ip());
+                        continue;
+                    };
+                    tokio::spawn(connection(tcp, peer, permit, state.clone(), router.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly rather than spin.
+                    log::warn!("accepting a connection failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    let open = max - conns.available_permits();
+    let grace = Duration::from_secs(state.config.serving.shutdown_grace_secs);
+    log::info!("stopped accepting connections; waiting up to {} s for {open} open connections", grace.as_secs());
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    match tokio::time::timeout(grace, conns.acquire_many(all)).await {
+        Ok(_) => log::info!("all connections closed"),
+        Err(_) => log::warn!(
+            "{} connections still open after the {} s grace period; closing them",
+            max - conns.available_permits(),
+            grace.as_secs()
+        ),
+    }
+}
+
+/// Milliseconds since `base` of the last byte read or written.
+struct Activity {
+    base: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_ms.store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+    fn quiet_for(&self) -> Duration {
+        let now = self.base.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// An IO stream that notes when bytes move.
+struct Tracked<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, data);
+        if let Poll::Ready(Ok(n)) = r
+            && n > 0
+        {
+            self.activity.touch();
+        }
+        r
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Counts a request as in flight until its response body is gone.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn new(n: Arc<AtomicUsize>) -> Self {
+        n.fetch_add(1, Ordering::SeqCst);
+        InFlight(n)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+struct Guarded {
+    inner: Body,
+    _in_flight: InFlight,
+}
+
+impl http_body::Body for Guarded {
+    type Data = Bytes;
+    type Error = axum::Error;
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+struct OpenConnection(Arc<AppState>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.metrics.connections.dec();
+    }
+}
+
+async fn connection(tcp: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit, state: Arc<AppState>, router: Router) {
+    let _permit = permit;
+    state.metrics.connections.inc();
+    let _open = OpenConnection(state.clone());
+    let _ = tcp.set_nodelay(true);
+    let limits = &state.config.limits;
+    let header_timeout = Duration::from_secs(limits.header_timeout_secs);
+    let acceptor = TlsAcceptor::from(state.tls_config());
+    let stream = match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            state.metrics.handshake_failures.inc();
+            log::info!("TLS handshake with {} failed: {e}", peer.ip());
+            return;
+        }
+        Err(_) => {
+            state.metrics.handshake_failures.inc();
+            log::info!("TLS handshake with {} timed out", peer.ip());
+            return;
+        }
+    };
+    let cert_sha256 = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(tls::fingerprint);
+    let info = ConnInfo { peer, cert_sha256 };
+    let activity = Arc::new(Activity { base: Instant::now(), last_ms: AtomicU64::new(0) });
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let io = TokioIo::new(Tracked { inner: stream, activity: activity.clone() });
+    let counter = in_flight.clone();
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(info.clone());
+        let guard = InFlight::new(counter.clone());
+        let router = router.clone();
+        async move {
+            let resp = router.oneshot(req.map(Body::new)).await?;
+            Ok::<_, std::convert::Infallible>(resp.map(|b| Body::new(Guarded { inner: b, _in_flight: guard })))
+        }
+    });
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(header_timeout).max_headers(100);
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+
+    let idle = Duration::from_secs(limits.idle_timeout_secs);
+    let stuck = Duration::from_secs(state.config.serving.request_deadline_secs) + idle;
+    let mut tick = tokio::time::interval((idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5)));
+    let mut shutdown = state.shutdown.subscribe();
+    let mut closing = *shutdown.borrow();
+    if closing {
+        conn.as_mut().graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    log::debug!("connection from {}: {e}", peer.ip());
+                }
+                break;
+            }
+            _ = shutdown.changed(), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = tick.tick() => {
+                let quiet = activity.quiet_for();
+                let busy = in_flight.load(Ordering::SeqCst) > 0;
+                if !busy && quiet >= idle {
+                    if closing {
+                        break;
+                    }
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                } else if busy && quiet >= stuck {
+                    log::info!("closing a connection from {} that made no progress for {} s", peer.ip(), quiet.as_secs());
+                    break;
+                }
+            }
+        }
+    }
+}

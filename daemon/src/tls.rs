@@ -1,0 +1,129 @@
+//! The HTTPS server's TLS settings, built from the provisioned state with rustls and the ring
+//! provider.
+//!
+//! Only TLS 1.3 and TLS 1.2, only ECDHE key exchange (X25519, P-256, P-384), only AEAD ciphers
+//! (AES-GCM and ChaCha20-Poly1305). Client certificates are verified against the box's own CA
+//! and nothing else; whether one is required follows `tls.mtls`. Which client a verified
+//! certificate belongs to is decided per request, by its SHA-256 fingerprint, in `auth`.
+
+use std::sync::Arc;
+
+use govbox_provisioning::ServerTls;
+use rustls::crypto::{CryptoProvider, ring};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::MtlsMode;
+
+/// Why the TLS settings could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsSetupError {
+    /// A PEM file of the state folder does not parse.
+    #[error("TLS setup: {what}: {reason}")]
+    Pem {
+        /// Which file.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// rustls refused the material or the settings.
+    #[error("TLS setup: {what}: {source}")]
+    Rustls {
+        /// What was being built.
+        what: &'static str,
+        /// rustls's error.
+        source: rustls::Error,
+    },
+}
+
+/// The ring provider, cut down to ECDHE with AEAD suites.
+pub fn provider() -> CryptoProvider {
+    use ring::cipher_suite::*;
+    use ring::kx_group::*;
+    CryptoProvider {
+        cipher_suites: vec![
+            TLS13_AES_256_GCM_SHA384,
+            TLS13_AES_128_GCM_SHA256,
+            TLS13_CHACHA20_POLY1305_SHA256,
+            TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+            TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+            TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        ],
+        kx_groups: vec![X25519, SECP256R1, SECP384R1],
+        ..ring::default_provider()
+    }
+}
+
+fn certs(pem: &str, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsSetupError::Pem { what, reason: e.to_string() })?;
+    if certs.is_empty() {
+        return Err(TlsSetupError::Pem { what, reason: "no CERTIFICATE block".into() });
+    }
+    Ok(certs)
+}
+
+/// The server configuration for `material` and `mtls`.
+pub fn server_config(material: &ServerTls, mtls: MtlsMode) -> Result<ServerConfig, TlsSetupError> {
+    let provider = Arc::new(provider());
+    let chain = certs(&material.cert_chain_pem, "server certificate (tls/server.crt)")?;
+    let key = PrivateKeyDer::from_pem_slice(material.key_pem.as_bytes())
+        .map_err(|e| TlsSetupError::Pem { what: "server key (tls/server.key)", reason: e.to_string() })?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|source| TlsSetupError::Rustls { what: "protocol versions", source })?;
+    let verifier: Arc<dyn ClientCertVerifier> = match mtls {
+        MtlsMode::Off => WebPkiClientVerifier::no_client_auth(),
+        MtlsMode::Required | MtlsMode::Optional => {
+            let mut roots = RootCertStore::empty();
+            for ca in certs(&material.ca_pem, "CA certificate (tls/ca.crt)")? {
+                roots.add(ca).map_err(|source| TlsSetupError::Rustls { what: "CA certificate", source })?;
+            }
+            let b = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let b = if mtls == MtlsMode::Optional { b.allow_unauthenticated() } else { b };
+            b.build().map_err(|e| TlsSetupError::Rustls {
+                what: "client certificate verifier",
+                source: rustls::Error::General(e.to_string()),
+            })?
+        }
+    };
+    let mut config = builder
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|source| TlsSetupError::Rustls { what: "server certificate and key", source })?;
+    // HTTP/1.1 only: every OpenAI SDK speaks it, and it keeps one code path to harden.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// SHA-256 of a certificate's DER: how the client store names certificates.
+pub fn fingerprint(cert: &CertificateDer<'_>) -> [u8; 32] {
+    let d = ::ring::digest::digest(&::ring::digest::SHA256, cert.as_ref());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_ecdhe_aead_suites_are_offered() {
+        let p = provider();
+        for s in &p.cipher_suites {
+            let name = format!("{:?}", s.suite());
+            let ok = name.starts_with("TLS13_") || name.starts_with("TLS_ECDHE_");
+            assert!(ok && (name.contains("GCM") || name.contains("CHACHA20_POLY1305")), "{name}");
+        }
+        assert_eq!(p.cipher_suites.len(), 9);
+    }
+}
