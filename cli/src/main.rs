@@ -3,10 +3,12 @@
 //! A thin clap front over the library crates. Each command group lives in its own module.
 #![forbid(unsafe_code)]
 
+mod admin;
 mod client;
 mod keys;
 mod model;
 mod provision;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,6 +22,9 @@ struct Cli {
     /// State folder (production: /var/lib/govbox).
     #[arg(long, global = true, env = "GOVBOX_STATE")]
     state: Option<PathBuf>,
+    /// govboxd's admin socket [default: STATE/admin.sock with --state, else /run/govbox/admin.sock].
+    #[arg(long, global = true, env = "GOVBOX_ADMIN_SOCKET", value_name = "PATH")]
+    admin_socket: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -33,21 +38,26 @@ enum Command {
     Keygen(keys::KeygenArgs),
     /// First boot: create the box's identity, CA, server certificate and trust root (or --show them).
     Provision(provision::ProvisionArgs),
-    /// Manage the intranet applications allowed to call the box (govboxd must be stopped).
+    /// Manage the intranet applications allowed to call the box (through govboxd when it runs).
     #[command(subcommand)]
     Client(client::ClientCommand),
+    /// Show the running govboxd's state (exit code 3 when it is not running).
+    Status(status::StatusArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let socket = admin::socket_path(cli.admin_socket.as_deref(), cli.state.as_deref());
+    let done = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
     let r = match cli.command {
-        Command::Model(c) => model::run(c),
-        Command::Keygen(a) => keys::run(a),
-        Command::Provision(a) => provision::run(cli.state.as_deref(), a),
-        Command::Client(c) => client::run(cli.state.as_deref(), c),
+        Command::Model(c) => done(model::run(c)),
+        Command::Keygen(a) => done(keys::run(a)),
+        Command::Provision(a) => done(provision::run(cli.state.as_deref(), a)),
+        Command::Client(c) => done(client::run(cli.state.as_deref(), &socket, c)),
+        Command::Status(a) => status::run(&socket, a),
     };
     match r {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

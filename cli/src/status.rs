@@ -1,0 +1,170 @@
+//! `govbox status`: what the running govboxd says about itself, over its admin socket.
+//!
+//! Exit codes follow the LSB `status` convention: 0 when the daemon answers, 3 when it is not
+//! running (no socket, or nobody listening on it), 1 for any other failure.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Args;
+use serde_json::{Value, json};
+
+use crate::admin::AdminClient;
+
+/// Exit code when govboxd is not running (LSB).
+const NOT_RUNNING: u8 = 3;
+
+/// Arguments of `govbox status`.
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Print the daemon's answer as JSON instead.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `govbox status`.
+pub fn run(socket: &Path, args: StatusArgs) -> Result<ExitCode> {
+    let mut conn = match AdminClient::connect(socket) {
+        Ok(c) => c,
+        Err(e) if e.is_not_running() => {
+            eprintln!("govboxd is not running (no answer on {}): {}", socket.display(), e.reason());
+            return Ok(ExitCode::from(NOT_RUNNING));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let status = conn.request(&json!({"cmd": "status"}))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    // The client count is a second request on the same connection; the status stands without it.
+    let clients = conn.request(&json!({"cmd": "client_list"})).ok();
+    print!("{}", render(&status, clients.as_ref()));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The human form of a `status` answer (and, if it came, a `client_list` answer).
+fn render(s: &Value, clients: Option<&Value>) -> String {
+    let str_of = |v: &Value| v.as_str().map(str::to_string).unwrap_or_else(|| "?".to_string());
+    let state = if s["shutting_down"].as_bool() == Some(true) {
+        "shutting down"
+    } else if s["ready"].as_bool() == Some(true) {
+        "ready"
+    } else {
+        "starting (models loading)"
+    };
+    let mut out = String::new();
+    let mut row = |k: &str, v: String| {
+        let _ = writeln!(out, "  {k:<13} {v}");
+    };
+    let head = format!("govboxd {}: {state}\n", str_of(&s["version"]));
+    row("uptime", s["uptime_secs"].as_u64().map_or_else(|| "?".to_string(), duration));
+    row("listen", str_of(&s["listen"]));
+
+    let b = &s["backend"];
+    let mut backend = format!("{} ({})", str_of(&b["kind"]), str_of(&b["name"]));
+    if let Some(t) = b["threads"].as_u64() {
+        let _ = write!(backend, ", {t} threads");
+    }
+    if b["simulated"].as_bool() == Some(true) {
+        backend.push_str(", simulated");
+    }
+    row("backend", backend);
+    match (b["memory_used"].as_u64(), b["memory_total"].as_u64()) {
+        (Some(u), Some(t)) => row("memory", format!("{} used of {}", bytes(u), bytes(t))),
+        (Some(u), None) => row("memory", format!("{} used", bytes(u))),
+        (None, Some(t)) => row("memory", format!("{} total", bytes(t))),
+        (None, None) => {}
+    }
+
+    let loaded: Vec<&Value> = s["models"].as_array().map(|a| a.iter().collect()).unwrap_or_default();
+    if loaded.is_empty() {
+        row("models", "none loaded".to_string());
+    }
+    for (i, m) in loaded.iter().enumerate() {
+        let line =
+            format!("{} ({}, {}) {}", str_of(&m["name"]), str_of(&m["kind"]), str_of(&m["format"]), str_of(&m["path"]));
+        row(if i == 0 { "models" } else { "" }, line);
+    }
+    let loaded_names: Vec<&str> = loaded.iter().filter_map(|m| m["name"].as_str()).collect();
+    let pending: Vec<&str> = s["configured_models"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).filter(|n| !loaded_names.contains(n)).collect())
+        .unwrap_or_default();
+    if !pending.is_empty() {
+        row("not loaded", pending.join(", "));
+    }
+
+    let num = |k: &str| s[k].as_u64().map_or_else(|| "?".to_string(), |n| n.to_string());
+    row(
+        "requests",
+        format!(
+            "{} generating, {} queued, {} open connections",
+            num("active_generations"),
+            num("queued_requests"),
+            num("open_connections")
+        ),
+    );
+    if let Some(list) = clients.and_then(|c| c["clients"].as_array()) {
+        let revoked = list.iter().filter(|c| c["revoked"].as_bool() == Some(true)).count();
+        row("clients", format!("{} ({} active, {revoked} revoked)", list.len(), list.len() - revoked));
+    }
+    head + &out
+}
+
+fn duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    if d > 0 { format!("{d}d {h:02}h {m:02}m {s:02}s") } else { format!("{h:02}h {m:02}m {s:02}s") }
+}
+
+fn bytes(n: u64) -> String {
+    const GIB: f64 = (1u64 << 30) as f64;
+    const MIB: f64 = (1u64 << 20) as f64;
+    #[allow(clippy::cast_precision_loss)] // a display value; two decimals are all that is shown
+    let f = n as f64;
+    if f >= GIB { format!("{:.2} GiB", f / GIB) } else { format!("{:.1} MiB", f / MIB) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_ready_daemon_with_models_and_clients() {
+        let s = json!({
+            "version": "0.1.0", "uptime_secs": 3725, "ready": true, "shutting_down": false,
+            "listen": "127.0.0.1:8443", "configured_models": ["tiny-qwen2", "minilm", "late"],
+            "models": [
+                {"name": "tiny-qwen2", "kind": "chat", "format": "safetensors", "path": "/m/q"},
+                {"name": "minilm", "kind": "embedding", "format": "safetensors", "path": "/m/e"},
+            ],
+            "backend": {"kind": "cpu", "name": "x86_64", "threads": 2, "simulated": false,
+                        "memory_used": null, "memory_total": 17179869184u64},
+            "active_generations": 1, "queued_requests": 0, "open_connections": 3,
+        });
+        let clients = json!({"clients": [{"revoked": false}, {"revoked": true}]});
+        let out = render(&s, Some(&clients));
+        assert!(out.starts_with("govboxd 0.1.0: ready\n"), "{out}");
+        for want in [
+            "uptime        01h 02m 05s",
+            "backend       cpu (x86_64), 2 threads",
+            "memory        16.00 GiB total",
+            "models        tiny-qwen2 (chat, safetensors) /m/q",
+            "              minilm (embedding, safetensors) /m/e",
+            "not loaded    late",
+            "requests      1 generating, 0 queued, 3 open connections",
+            "clients       2 (1 active, 1 revoked)",
+        ] {
+            assert!(out.contains(want), "missing {want:?} in\n{out}");
+        }
+    }
+
+    #[test]
+    fn renders_starting_daemon() {
+        let out = render(&json!({"ready": false, "models": []}), None);
+        assert!(out.contains(": starting (models loading)") && out.contains("none loaded"), "{out}");
+        assert!(!out.contains("clients"), "{out}");
+    }
+}
