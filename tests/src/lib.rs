@@ -22,7 +22,11 @@ pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(Path::parent).unwrap();
     let p = dir.join(name);
-    assert!(p.exists(), "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        p.display()
+    );
     p
 }
 
@@ -135,7 +139,8 @@ impl TestBox {
 
 /// The real MiniLM folder, fetched by scripts/fetch-models.sh.
 pub fn minilm() -> PathBuf {
-    let p = std::env::var_os("GOVBOX_MINILM_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join(".cache/models/minilm"));
+    let p =
+        std::env::var_os("GOVBOX_MINILM_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join(".cache/models/minilm"));
     assert!(p.join("modules.json").exists(), "{} is missing: run scripts/fetch-models.sh minilm", p.display());
     p
 }
@@ -164,8 +169,13 @@ impl Drop for Daemon {
 
 /// The Python interpreter with the `openai` package (a venv that scripts/test.sh makes).
 pub fn python_with_openai() -> PathBuf {
-    let p = std::env::var_os("GOVBOX_E2E_PYTHON").map(PathBuf::from).unwrap_or_else(|| repo().join(".venv-e2e/bin/python"));
+    let p =
+        std::env::var_os("GOVBOX_E2E_PYTHON").map(PathBuf::from).unwrap_or_else(|| repo().join(".venv-e2e/bin/python"));
     let ok = Command::new(&p).args(["-c", "import openai"]).output().map(|o| o.status.success()).unwrap_or(false);
-    assert!(ok, "{} cannot import openai: run scripts/test.sh (it makes .venv-e2e) or set GOVBOX_E2E_PYTHON", p.display());
+    assert!(
+        ok,
+        "{} cannot import openai: run scripts/test.sh (it makes .venv-e2e) or set GOVBOX_E2E_PYTHON",
+        p.display()
+    );
     p
 }

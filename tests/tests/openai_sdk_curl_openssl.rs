@@ -65,7 +65,15 @@ fn curl_with_token_and_certificate_and_error_shapes() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(v["usage"]["completion_tokens"].as_u64().unwrap() <= 4, "{v}");
     // No credentials: 401 in OpenAI's error shape.
-    let o = b.curl(&["-w", "\n%{http_code}", "-H", "Content-Type: application/json", "-d", body, &b.url("/v1/chat/completions")]);
+    let o = b.curl(&[
+        "-w",
+        "\n%{http_code}",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        body,
+        &b.url("/v1/chat/completions"),
+    ]);
     let text = String::from_utf8_lossy(&o.stdout);
     let (json, code) = text.rsplit_once('\n').unwrap();
     assert_eq!(code, "401", "{text}");
