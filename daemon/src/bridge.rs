@@ -72,7 +72,6 @@ fn charge(state: &AppState, quotas: &Quotas, job: &Job, usage: Usage) {
 }
 
 fn run(state: &AppState, job: Job, tx: &mpsc::Sender<GenEvent>, rt: &tokio::runtime::Handle) {
-    #[derive(PartialEq)]
     enum Stop {
         No,
         ClientGone,

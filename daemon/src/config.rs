@@ -90,6 +90,8 @@ impl Default for Config {
             threads: 0,
             // Operational messages only; request lines carry no content at any level.
             log_level: "info".into(),
+            // Beside the state it administers, so that `--state DIR` alone finds it (tests, demo);
+            // the packaged config moves it to /run/govbox, where the CLI looks by default.
             admin_socket: PathBuf::new(),
             tls: TlsConfig::default(),
             limits: Limits::default(),
@@ -353,10 +355,13 @@ mod tests {
     }
 
     #[test]
-    fn the_shipped_config_is_the_defaults() {
+    fn the_shipped_config_is_the_defaults_but_the_admin_socket() {
         let text = include_str!("../../dist/govbox.toml");
-        let (c, w) = parse(text).unwrap();
+        let (mut c, w) = parse(text).unwrap();
         assert!(w.is_empty(), "{w:?}");
+        // The one production setting: the socket where the CLI looks by default.
+        assert_eq!(c.admin_socket, PathBuf::from("/run/govbox/admin.sock"));
+        c.admin_socket = PathBuf::new();
         assert_eq!(c, Config::default(), "dist/govbox.toml must show exactly the built-in defaults");
     }
 

@@ -26,6 +26,8 @@ use crate::state::{AppState, ModelLoadError, load_model};
 use crate::tls::TlsSetupError;
 use crate::{admin, api, logging, server, systemd, tls};
 
+/// How long start-up waits for another process to let go of the client store.
+const STORE_LOCK_WAIT: Duration = Duration::from_secs(5);
 /// How long the runtime waits for blocking tasks (a generation noticing its client is gone) at exit.
 const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(5);
 
@@ -150,7 +152,7 @@ async fn daemon(opts: Options, config: Config) -> Result<(), DaemonError> {
     let backend: Arc<dyn Backend> = Arc::new(CpuBackend::new(config.threads).map_err(DaemonError::Backend)?);
     let info = backend.info();
     log::info!("backend: {:?} '{}', {} threads", info.kind, info.name, info.threads);
-    let store = ClientStore::open(&opts.state)?;
+    let store = open_store(&opts.state).await?;
     let quotas = Quotas::open(&StatePaths::new(&opts.state).state_dir().join("quota"))?;
     let tls_config = tls::server_config(&load_server_tls(&opts.state)?, config.tls.mtls)?;
     let listener =
@@ -176,7 +178,8 @@ async fn daemon(opts: Options, config: Config) -> Result<(), DaemonError> {
     let admin_listener =
         admin::bind(&admin_path).map_err(|source| DaemonError::AdminSocket { path: admin_path.clone(), source })?;
     let mut hup = signal(SignalKind::hangup()).map_err(|source| DaemonError::Runtime { what: "SIGHUP", source })?;
-    let mut term = signal(SignalKind::terminate()).map_err(|source| DaemonError::Runtime { what: "SIGTERM", source })?;
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|source| DaemonError::Runtime { what: "SIGTERM", source })?;
     let mut int = signal(SignalKind::interrupt()).map_err(|source| DaemonError::Runtime { what: "SIGINT", source })?;
 
     tokio::spawn(admin::serve(admin_listener, state.clone()));
@@ -213,6 +216,20 @@ async fn daemon(opts: Options, config: Config) -> Result<(), DaemonError> {
     let _ = std::fs::remove_file(&admin_path);
     systemd::status("stopped");
     result
+}
+
+/// Opens the client store, waiting a few seconds if a `govbox` command that just finished still
+/// holds sled's lock (sled lets go of it shortly after the last handle is dropped).
+async fn open_store(state: &Path) -> Result<ClientStore, DaemonError> {
+    let deadline = Instant::now() + STORE_LOCK_WAIT;
+    loop {
+        match ClientStore::open(state) {
+            Err(ProvisionError::StoreLocked { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            r => return Ok(r?),
+        }
+    }
 }
 
 async fn load_models(state: Arc<AppState>, fatal: mpsc::Sender<DaemonError>) {
@@ -267,15 +284,19 @@ fn reload(state: &AppState, opts: &Options) {
                 let mut rest = new.clone();
                 rest.log_level = state.config.log_level.clone();
                 if rest != state.config {
-                    log::warn!("settings other than log_level changed in {}; restart govboxd to apply them", path.display());
+                    log::warn!(
+                        "settings other than log_level changed in {}; restart govboxd to apply them",
+                        path.display()
+                    );
                 }
             }
             Err(e) => log::error!("SIGHUP: {e}; keeping the running configuration"),
         }
     }
-    match load_server_tls(&state.state_dir).map_err(DaemonError::from).and_then(|m| {
-        tls::server_config(&m, state.config.tls.mtls).map_err(DaemonError::from)
-    }) {
+    match load_server_tls(&state.state_dir)
+        .map_err(DaemonError::from)
+        .and_then(|m| tls::server_config(&m, state.config.tls.mtls).map_err(DaemonError::from))
+    {
         Ok(c) => {
             *state.tls.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(c);
             log::info!("reloaded the TLS certificate and CA for new connections");

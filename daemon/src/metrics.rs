@@ -100,7 +100,11 @@ impl Metrics {
             connections_refused.clone(),
         );
         let handshake_failures = Counter::default();
-        registry.register("govbox_tls_handshake_failures", "Failed or timed-out TLS handshakes", handshake_failures.clone());
+        registry.register(
+            "govbox_tls_handshake_failures",
+            "Failed or timed-out TLS handshakes",
+            handshake_failures.clone(),
+        );
         let accelerator_memory = accelerator_memory.then(|| {
             let g = Gauge::<u64, AtomicU64>::default();
             registry.register("govbox_accelerator_memory_used_bytes", "Accelerator memory in use", g.clone());

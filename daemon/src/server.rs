@@ -165,7 +165,13 @@ impl Drop for OpenConnection {
     }
 }
 
-async fn connection(tcp: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit, state: Arc<AppState>, router: Router) {
+async fn connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    state: Arc<AppState>,
+    router: Router,
+) {
     let _permit = permit;
     state.metrics.connections.inc();
     let _open = OpenConnection(state.clone());
@@ -177,12 +183,12 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePerm
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             state.metrics.handshake_failures.inc();
-            log::info!("TLS handshake with {} failed: {e}", peer.ip());
+            log::debug!("TLS handshake with {} failed: {e}", peer.ip());
             return;
         }
         Err(_) => {
             state.metrics.handshake_failures.inc();
-            log::info!("TLS handshake with {} timed out", peer.ip());
+            log::debug!("TLS handshake with {} timed out", peer.ip());
             return;
         }
     };

@@ -67,7 +67,11 @@ pub enum ModelLoadError {
 }
 
 /// Loads one configured model (blocking: run it off the async runtime).
-pub fn load_model(entry: &ModelEntry, backend: Arc<dyn Backend>, kv_tokens: usize) -> Result<LoadedModel, ModelLoadError> {
+pub fn load_model(
+    entry: &ModelEntry,
+    backend: Arc<dyn Backend>,
+    kv_tokens: usize,
+) -> Result<LoadedModel, ModelLoadError> {
     let engine = Engine::load(&entry.path, backend, &EngineOptions { kv_tokens })
         .map_err(|source| ModelLoadError::Engine { name: entry.name.clone(), path: entry.path.clone(), source })?;
     let kind = if engine.embedding_model().is_some() { ModelKind::Embedding } else { ModelKind::Chat };
@@ -112,7 +116,10 @@ pub struct AppState {
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState").field("state_dir", &self.state_dir).field("listen", &self.listen).finish_non_exhaustive()
+        f.debug_struct("AppState")
+            .field("state_dir", &self.state_dir)
+            .field("listen", &self.listen)
+            .finish_non_exhaustive()
     }
 }
 
@@ -152,14 +159,49 @@ impl AppState {
 
 /// `admin_socket` from the config, or `STATE/admin.sock`.
 pub fn admin_socket_path(config: &Config, state_dir: &Path) -> PathBuf {
-    if config.admin_socket.as_os_str().is_empty() {
-        state_dir.join("admin.sock")
-    } else {
-        config.admin_socket.clone()
-    }
+    if config.admin_socket.as_os_str().is_empty() { state_dir.join("admin.sock") } else { config.admin_socket.clone() }
 }
 
 /// The shape of a configured model name.
 pub fn is_model_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 128 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-:/".contains(&b))
+}
+
+/// A shared state over a freshly provisioned temporary folder, with no model loaded.
+#[cfg(test)]
+pub(crate) fn test_state() -> (tempfile::TempDir, Arc<AppState>) {
+    use govbox_provisioning::{Overwrite, ProvisionOptions, Role, SigningKey, TrustKeySpec, provision};
+    let tmp = tempfile::tempdir().unwrap();
+    let vendor = tmp.path().join("vendor.pub");
+    SigningKey::generate().unwrap().public_key().write_pem(&vendor, Overwrite::Refuse).unwrap();
+    let dir = tmp.path().join("state");
+    provision(&ProvisionOptions {
+        state_dir: dir.clone(),
+        hostname: Some("box".into()),
+        extra_sans: vec![],
+        trust_keys: vec![TrustKeySpec { roles: Role::ALL.to_vec(), path: vendor }],
+        thresholds: vec![],
+        force: false,
+    })
+    .unwrap();
+    let config = Config::default();
+    let material = govbox_provisioning::load_server_tls(&dir).unwrap();
+    let tls = crate::tls::server_config(&material, config.tls.mtls).unwrap();
+    let backend: Arc<dyn Backend> = Arc::new(govbox_drivers::cpu::CpuBackend::new(1).unwrap());
+    let state = AppState {
+        admission: Admission::new(1, 1),
+        metrics: Arc::new(Metrics::new(false)),
+        store: ClientStore::open(&dir).unwrap(),
+        quotas: Quotas::open(&dir.join("state/quota")).unwrap(),
+        config,
+        config_path: None,
+        state_dir: dir,
+        models: OnceLock::new(),
+        backend,
+        tls: RwLock::new(Arc::new(tls)),
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        shutdown: watch::channel(false).0,
+        started: Instant::now(),
+    };
+    (tmp, Arc::new(state))
 }

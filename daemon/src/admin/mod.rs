@@ -2,8 +2,9 @@
 //!
 //! # Protocol
 //!
-//! A Unix stream socket at `admin_socket` (default `STATE/admin.sock`), mode 0660: whoever may
-//! open it is an administrator. Each request is one JSON object on one line; each answer is one
+//! A Unix stream socket at `admin_socket` (default `STATE/admin.sock`; the packaged config puts
+//! it at `/run/govbox/admin.sock`), mode 0660, group `govbox-admin` when that group exists and the
+//! daemon is a member: whoever may open it is an administrator. Each request is one JSON object on one line; each answer is one
 //! JSON object on one line, in order. A connection may send several requests. Lines longer than
 //! 64 KiB, or a connection silent for 60 s, end the connection.
 //!
@@ -61,6 +62,8 @@ const MAX_LINE: usize = 64 << 10;
 const IDLE: Duration = Duration::from_secs(60);
 /// The socket's mode: owner and group read and write.
 pub const SOCKET_MODE: u32 = 0o660;
+/// The group whose members may use the socket, when it exists (`dist/sysusers.d/govbox.conf`).
+pub const ADMIN_GROUP: &str = "govbox-admin";
 
 /// Binds the socket, replacing a stale one (the caller holds the state store's lock, so no other
 /// daemon of this state folder can be using it), and sets its mode to 0660.
@@ -75,7 +78,22 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
     }
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))?;
+    give_to_admin_group(path);
     Ok(listener)
+}
+
+/// Hands the socket to [`ADMIN_GROUP`] when that group exists. The daemon can only do this when
+/// it is a member (the unit's `SupplementaryGroups=`); otherwise the socket keeps the daemon's own
+/// group, which is safe, and the log says why the CLI may be refused.
+fn give_to_admin_group(path: &Path) {
+    match nix::unistd::Group::from_name(ADMIN_GROUP) {
+        Ok(Some(g)) => match nix::unistd::chown(path, None, Some(g.gid)) {
+            Ok(()) => log::info!("admin socket {} belongs to group {ADMIN_GROUP}", path.display()),
+            Err(e) => log::warn!("admin socket {}: cannot hand it to group {ADMIN_GROUP}: {e}", path.display()),
+        },
+        Ok(None) => log::debug!("group {ADMIN_GROUP} does not exist; the admin socket keeps the daemon's group"),
+        Err(e) => log::warn!("looking up group {ADMIN_GROUP}: {e}"),
+    }
 }
 
 /// Serves the socket until the daemon stops.

@@ -255,7 +255,12 @@ mod tests {
         assert_eq!(g.sampling.seed, Some(u64::MAX));
         let r = parse(json!({"model": "m", "messages": [], "stop": ["a", "b"], "temperature": 3})).unwrap();
         assert_eq!(r.sampling.to_request(Prompt::Text("x".into()), 16).unwrap_err().param(), Some("temperature"));
-        assert!(parse(json!({"model": "m", "messages": [], "tools": [{}]})).map(|r| refuse_unsupported(&r)).unwrap().is_err());
+        assert!(
+            parse(json!({"model": "m", "messages": [], "tools": [{}]}))
+                .map(|r| refuse_unsupported(&r))
+                .unwrap()
+                .is_err()
+        );
         assert!(parse(json!({"model": "m", "messages": [], "stop": 5})).is_err());
     }
 }

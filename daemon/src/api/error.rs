@@ -130,7 +130,9 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         use ApiError::*;
         match self {
-            MalformedJson { .. } | InvalidParam { .. } | WrongModelKind { .. } | BodyIncomplete => StatusCode::BAD_REQUEST,
+            MalformedJson { .. } | InvalidParam { .. } | WrongModelKind { .. } | BodyIncomplete => {
+                StatusCode::BAD_REQUEST
+            }
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             MissingCredentials | InvalidToken | CertificateNotAuthorised => StatusCode::UNAUTHORIZED,

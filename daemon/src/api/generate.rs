@@ -174,6 +174,16 @@ pub async fn start(state: &Arc<AppState>, acc: Accepted) -> Result<Started, ApiE
     }
     let prompt_tokens = ids.len();
     record.set_tokens(prompt_tokens, None);
+    // Sizes and settings only: the prompt and the stop strings are content.
+    log::debug!(
+        "request {}: model {} prompt_tokens={prompt_tokens} max_tokens={} temperature={} top_p={} stops={}",
+        record.id,
+        model.name,
+        request.max_tokens,
+        request.sampling.temperature,
+        request.sampling.top_p,
+        request.stop.len()
+    );
     request.prompt = Prompt::Tokens(ids);
     let slot = state.admission.admit(&state.metrics, deadline, secs).await?;
     let job = Job {

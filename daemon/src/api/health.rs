@@ -21,3 +21,25 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Result<Response, ApiE
     let models = state.models()?;
     Ok(json(json!({"status": "ready", "models": models.len()})))
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::response::IntoResponse;
+
+    use super::*;
+    use crate::state::test_state;
+
+    #[tokio::test]
+    async fn ready_only_between_loading_and_shutdown() {
+        let (_tmp, state) = test_state();
+        assert_eq!(healthz().await.status(), 200);
+        let r = readyz(State(state.clone())).await.into_response();
+        assert_eq!(r.status(), 503, "not ready while the models load");
+        assert_eq!(r.headers()["retry-after"], "1");
+        state.models.set(Vec::new()).unwrap();
+        assert_eq!(readyz(State(state.clone())).await.into_response().status(), 200);
+        state.admission.close();
+        assert_eq!(readyz(State(state.clone())).await.into_response().status(), 503, "not ready while stopping");
+        assert_eq!(healthz().await.status(), 200);
+    }
+}

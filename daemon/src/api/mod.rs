@@ -113,6 +113,13 @@ async fn track(
     let endpoint = matched.and_then(|m| paths.iter().copied().find(|p| *p == m)).unwrap_or("unmatched");
     let peer = req.extensions().get::<ConnInfo>().map(|c| c.peer);
     let record = Arc::new(RequestRecord::new(endpoint, peer, state.metrics.clone()));
+    // A method is any token the client likes; only the two the API uses are named.
+    let method = match *req.method() {
+        axum::http::Method::GET => "GET",
+        axum::http::Method::POST => "POST",
+        _ => "other",
+    };
+    log::debug!("request {} started: {method} {endpoint}", record.id);
     req.extensions_mut().insert(record.clone());
     let resp = next.run(req).await;
     let code = resp.extensions().get::<ErrorCode>().map(|c| c.0);

@@ -103,7 +103,11 @@ impl Box_ {
 
     /// Adds a client through the library (the daemon must not be running).
     pub fn add_client(&self, name: &str, models: &[&str], rpm: Option<u32>, tokens_per_day: Option<u64>) -> Creds {
-        let store = ClientStore::open(&self.state).unwrap();
+        // sled releases its lock shortly after the previous handle is dropped, not at once.
+        let store = wait_for(10, "the client store's lock", || match ClientStore::open(&self.state) {
+            Err(govbox_provisioning::ProvisionError::StoreLocked { .. }) => None,
+            r => Some(r.unwrap()),
+        });
         let issued = store
             .add(NewClient {
                 name: name.parse().unwrap(),
@@ -210,9 +214,13 @@ impl Daemon {
     }
 
     pub async fn wait_ready(&self) {
+        self.wait_ready_with(&Creds::none()).await
+    }
+
+    pub async fn wait_ready_with(&self, creds: &Creds) {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            if let Ok(r) = self.get(&Creds::none(), "/readyz").await
+            if let Ok(r) = self.get(creds, "/readyz").await
                 && r.status == 200
             {
                 return;
@@ -227,11 +235,25 @@ impl Daemon {
     }
 
     /// Opens a TLS connection and an HTTP/1.1 sender on it.
-    pub async fn connect(
+    pub async fn connect(&self, creds: &Creds) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String> {
+        Ok(connect_to(self.addr, &self.ca_pem, creds.cert.as_ref()).await?.0)
+    }
+
+    /// Sends a POST on a fresh connection; returns the response with its body unread and the
+    /// connection's task, which the caller may abort to drop the connection.
+    pub async fn post_streaming(
         &self,
         creds: &Creds,
-    ) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String> {
-        connect_to(self.addr, &self.ca_pem, creds.cert.as_ref()).await
+        path: &str,
+        body: &Value,
+    ) -> (hyper::Response<Incoming>, tokio::task::JoinHandle<()>) {
+        let (mut sender, conn) = connect_to(self.addr, &self.ca_pem, creds.cert.as_ref()).await.unwrap();
+        let mut req = hyper::Request::builder().method("POST").uri(path).header("host", "localhost");
+        if let Some(t) = &creds.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req.body(Full::new(Bytes::from(body.to_string()))).unwrap();
+        (sender.send_request(req).await.unwrap(), conn)
     }
 
     pub async fn send(&self, creds: &Creds, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<Resp, String> {
@@ -365,11 +387,22 @@ pub fn client_config(ca_pem: &str, cert: Option<&(String, String)>) -> rustls::C
     }
 }
 
+/// A bare TLS connection to the daemon, for tests that write HTTP by hand.
+pub async fn raw_tls(
+    addr: SocketAddr,
+    ca_pem: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let config = client_config(ca_pem, None);
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await
+}
+
 pub async fn connect_to(
     addr: SocketAddr,
     ca_pem: &str,
     cert: Option<&(String, String)>,
-) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String> {
+) -> Result<(hyper::client::conn::http1::SendRequest<Full<Bytes>>, tokio::task::JoinHandle<()>), String> {
     let config = client_config(ca_pem, cert);
     let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
@@ -377,15 +410,20 @@ pub async fn connect_to(
     let tls = connector.connect(name, tcp).await.map_err(|e| format!("TLS: {e}"))?;
     let (sender, conn) =
         hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| format!("HTTP: {e}"))?;
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let _ = conn.await;
     });
-    Ok(sender)
+    Ok((sender, task))
 }
 
 /// Reads an SSE body to its end; returns the `data:` payloads.
 pub async fn sse_events(resp: hyper::Response<Incoming>) -> Vec<String> {
     let body = resp.into_body().collect().await.unwrap().to_bytes();
+    parse_sse(&body)
+}
+
+/// The `data:` payloads of an SSE body.
+pub fn parse_sse(body: &[u8]) -> Vec<String> {
     let text = String::from_utf8(body.to_vec()).unwrap();
     text.split("\n\n").filter_map(|e| e.strip_prefix("data: ").map(str::to_string)).collect()
 }
