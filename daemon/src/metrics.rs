@@ -43,6 +43,8 @@ pub struct Metrics {
     pub connections_refused: Counter,
     /// `govbox_tls_handshake_failures_total`.
     pub handshake_failures: Counter,
+    /// `govbox_kv_cache_usage_ratio{model}`: share of each chat model's KV blocks in use.
+    pub kv_cache_usage: Family<[(&'static str, String); 1], Gauge<f64, AtomicU64>>,
     /// `govbox_accelerator_memory_used_bytes`, when the backend reports it.
     pub accelerator_memory: Option<Gauge<u64, AtomicU64>>,
 }
@@ -105,6 +107,12 @@ impl Metrics {
             "Failed or timed-out TLS handshakes",
             handshake_failures.clone(),
         );
+        let kv_cache_usage = Family::<[(&'static str, String); 1], Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "govbox_kv_cache_usage_ratio",
+            "Share of a chat model's KV-cache blocks in use",
+            kv_cache_usage.clone(),
+        );
         let accelerator_memory = accelerator_memory.then(|| {
             let g = Gauge::<u64, AtomicU64>::default();
             registry.register("govbox_accelerator_memory_used_bytes", "Accelerator memory in use", g.clone());
@@ -123,6 +131,7 @@ impl Metrics {
             connections,
             connections_refused,
             handshake_failures,
+            kv_cache_usage,
             accelerator_memory,
         }
     }

@@ -254,6 +254,8 @@ async fn errors_have_openais_shape_and_status() {
     assert_eq!(d.get(&Creds::none(), "/readyz").await.unwrap().json()["status"], "ready");
     let m = d.get(&Creds::none(), "/metrics").await.unwrap();
     assert!(m.headers["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
+    // Every generation above has finished, so the chat model's KV blocks are all free again.
+    assert!(m.text().contains("govbox_kv_cache_usage_ratio{model=\"tiny\"} 0.0"), "{}", m.text());
     let ok = d
         .post(
             &c,

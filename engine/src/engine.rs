@@ -215,6 +215,17 @@ impl Engine {
         }
     }
 
+    /// KV-cache blocks in use and in all, for a decoder (`None` for an embedding model).
+    pub fn kv_usage(&self) -> Option<(usize, usize)> {
+        match &self.kind {
+            Kind::Decoder { kv, .. } => {
+                let st = Self::lock(kv);
+                Some((st.alloc.total_blocks() - st.alloc.free_blocks(), st.alloc.total_blocks()))
+            }
+            Kind::Encoder(_) => None,
+        }
+    }
+
     /// `"gguf"` or `"safetensors"`.
     pub fn format(&self) -> &'static str {
         self.format

@@ -18,6 +18,13 @@ pub async fn handle(State(state): State<Arc<AppState>>) -> Response {
     {
         g.set(used);
     }
+    for m in state.models.get().map(Vec::as_slice).unwrap_or_default() {
+        if let Some((used, total)) = m.engine.kv_usage()
+            && total > 0
+        {
+            state.metrics.kv_cache_usage.get_or_create(&[("model", m.name.clone())]).set(used as f64 / total as f64);
+        }
+    }
     let mut resp = state.metrics.render().into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
