@@ -10,9 +10,9 @@
 //! JSON object: calls, seconds, throughput (calls per second), latency percentiles in
 //! milliseconds, and the process's CPU time over the timed span (all threads).
 
+use std::collections::VecDeque;
 use std::error::Error;
 use std::path::PathBuf;
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
