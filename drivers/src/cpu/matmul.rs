@@ -14,6 +14,10 @@ use crate::{DType, DriverError, Result, Tensor};
 
 /// Below this many activation rows the row-by-row kernel wins over de-quantise + GEMM.
 const SMALL_M: usize = 8;
+/// From this many activation rows on, f32 weights go through one whole-matrix GEMM that the gemm
+/// crate parallelises itself; below it, panels parallelised by us do better (measured on MiniLM:
+/// a 24-row sentence and a 760-row batch).
+const WHOLE_GEMM_M: usize = 128;
 /// Weight rows per de-quantised panel on the GEMM path.
 const PANEL: usize = 64;
 
@@ -80,6 +84,7 @@ fn small_m(x: &[f32], w: &[u8], dt: DType, rb: usize, m: usize, n: usize, k: usi
 
 fn gemm_path(x: &[f32], w: &[u8], dt: DType, rb: usize, m: usize, n: usize, k: usize) -> Vec<f32> {
     if dt == DType::F32
+        && m >= WHOLE_GEMM_M
         && let Ok(wf) = bytemuck::try_cast_slice::<u8, f32>(w)
     {
         // Plain f32 weights need no conversion: one GEMM over the whole output, parallelised by
