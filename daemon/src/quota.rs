@@ -181,7 +181,18 @@ mod tests {
             assert!(matches!(q.check_budget(&c), Err(ApiError::BudgetExhausted { budget: 10, .. })));
             q.flush();
         }
-        let q = Quotas::open(&dir.path().join("q")).unwrap();
+        // sled's flusher thread lets go of the file lock a moment after the handle is dropped:
+        // poll the reopen with a deadline rather than assume it is immediate.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let q = loop {
+            match Quotas::open(&dir.path().join("q")) {
+                Ok(q) => break q,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("reopening the quota store: {e}"),
+            }
+        };
         assert_eq!(q.used_today("app"), 14);
         assert!(q.check_budget(&client(None, None)).is_ok());
     }
