@@ -28,6 +28,8 @@ use crate::paths::StatePaths;
 use crate::tls::{self, BoxCa, IssuedCert};
 
 const CLIENTS_TREE: &str = "clients";
+/// How long opening the store waits for a lock that another opener is just releasing.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 const CERTS_TREE: &str = "client_certs";
 /// Client certificates last a year unless asked otherwise.
 pub const DEFAULT_CERT_DAYS: u32 = 365;
@@ -119,14 +121,28 @@ impl ClientStore {
     pub(crate) fn open_at(paths: StatePaths) -> Result<Self> {
         fsio::ensure_dir(&paths.state_dir(), PRIVATE_DIR_MODE)?;
         let db_path = paths.db();
-        let db = sled::Config::new().path(&db_path).open().map_err(|e| match e {
-            sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
-                ProvisionError::StoreLocked { path: db_path.clone() }
+        // sled releases its file lock from a background thread a moment after the last handle of
+        // a previous opener (another process that just exited, or this one) goes away, so a lock
+        // held only briefly is waited for, up to LOCK_WAIT, before it is reported.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match sled::Config::new().path(&db_path).open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(ref io)) if io.to_string().contains("could not acquire lock") => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(ProvisionError::StoreLocked { path: db_path.clone() });
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(source) => {
+                    return Err(ProvisionError::Store {
+                        action: "opening the state store".to_string(),
+                        path: db_path.clone(),
+                        source,
+                    });
+                }
             }
-            source => {
-                ProvisionError::Store { action: "opening the state store".to_string(), path: db_path.clone(), source }
-            }
-        })?;
+        };
         let store_err = |source| ProvisionError::Store {
             action: "opening the clients tree".to_string(),
             path: db_path.clone(),
