@@ -1,0 +1,110 @@
+//! Shared helpers of the audit crate's integration tests.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use govbox_audit::{AuditKeys, AuditLog, AuditOptions, Event};
+use govbox_provisioning::{PublicKey, SigningKey};
+use serde_json::Value;
+
+/// A log in a temporary folder, with a key that can be loaded again.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub pem: String,
+    pub device: PublicKey,
+}
+
+impl Fixture {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            pem: SigningKey::generate().unwrap().to_pkcs8_pem(),
+            device: SigningKey::generate().unwrap().public_key(),
+        }
+    }
+
+    /// Another fixture with the same keys (a forked log).
+    pub fn same_keys(&self) -> Self {
+        Self { dir: tempfile::tempdir().unwrap(), pem: self.pem.clone(), device: self.device }
+    }
+
+    pub fn keys(&self) -> AuditKeys {
+        let mut k = AuditKeys::new(SigningKey::from_pkcs8_pem(&self.pem, "test").unwrap(), [42; 32]);
+        k.device_key = Some(self.device);
+        k
+    }
+
+    pub fn public(&self) -> PublicKey {
+        SigningKey::from_pkcs8_pem(&self.pem, "test").unwrap().public_key()
+    }
+
+    pub fn audit_dir(&self) -> PathBuf {
+        self.dir.path().join("audit")
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.audit_dir().join("db")
+    }
+
+    pub fn open(&self) -> AuditLog {
+        self.open_with(AuditOptions::default())
+    }
+
+    /// Opens the log, waiting briefly for the previous handle's lock to go.
+    pub fn open_with(&self, opts: AuditOptions) -> AuditLog {
+        AuditLog::open(self.audit_dir(), self.keys(), opts).unwrap()
+    }
+}
+
+/// An inference request entry for request `i`.
+pub fn request(i: u64) -> Event {
+    Event::InferenceRequest {
+        request_id: format!("req-{i}"),
+        client: format!("client-{}", i % 3),
+        model: "qwen2-7b".into(),
+        model_digest: "ab".repeat(32),
+        prompt_hmac: format!("{i:064x}"),
+        endpoint: "/v1/chat/completions".into(),
+    }
+}
+
+/// Appends `n` requests, returning their seqs.
+pub fn fill(log: &AuditLog, n: u64) -> Vec<u64> {
+    let start = log.tree_size();
+    (start..start + n).map(|i| log.append_blocking(request(i)).unwrap()).collect()
+}
+
+/// Opens the sled store directly (the log must be closed and dropped), waiting for sled's lock.
+pub fn open_sled(path: &Path) -> sled::Db {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match sled::open(path) {
+            Ok(db) => return db,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("opening {}: {e}", path.display()),
+        }
+    }
+}
+
+/// Changes an export with `f`, on its JSON.
+pub fn edit_export(bytes: &[u8], f: impl FnOnce(&mut Value)) -> Vec<u8> {
+    let mut v: Value = serde_json::from_slice(bytes).unwrap();
+    f(&mut v);
+    serde_json::to_vec_pretty(&v).unwrap()
+}
+
+/// The failing checks' details.
+pub fn failures(report: &govbox_audit::VerifyReport) -> Vec<String> {
+    report.checks.iter().filter(|c| !c.ok).map(|c| format!("{}: {}", c.name, c.detail)).collect()
+}
+
+/// Asserts that the report failed and that some failing check's detail contains `needle`.
+pub fn assert_fails_with(report: &govbox_audit::VerifyReport, needle: &str) {
+    let f = failures(report);
+    assert!(!report.ok, "expected a failure naming '{needle}', report passed: {report:#?}");
+    assert!(f.iter().any(|d| d.contains(needle)), "no failure names '{needle}': {f:#?}");
+}
