@@ -1,2 +1,53 @@
-//! govbox signed container: model packages (.gbx) and update bundles (.gbu): build, sign, verify, extract, trust policy, model store
+//! `govbox-images`: the signed container for model packages (`.gbx`) and update bundles
+//! (`.gbu`): build, sign, verify, extract into the content-addressed model store, and rotate the
+//! trust root.
+//!
+//! A package is a POSIX ustar archive, read and written by our own [`tar`] module: member 1 is
+//! `govbox-manifest.json` (canonical JSON listing every payload file's size and SHA-256),
+//! member 2 is `govbox-manifest.sig` (Ed25519 signatures over the exact manifest bytes), and the
+//! payload files follow in manifest order. Nothing else may be present.
+//!
+//! **What it trusts:** the provisioned trust root (`trust/root.json`) that the caller passes in,
+//! and nothing in a package until the signatures over its manifest meet that root's threshold
+//! for the package's role. Every read is capped, and every name checked, before it is used.
+//!
+//! **What it guarantees:** [`verify_reader`] reads nothing of the payload before the signatures
+//! pass, then reads each byte once, hashing as it streams; any mismatch, missing, extra,
+//! duplicated, linked or oddly named member is an error naming the member and the reason.
+//! [`ModelStore::import`] extracts only into a staging folder and moves it into the store with
+//! one rename after everything matched and was fsynced; on any failure the staging folder is
+//! removed and the store and its registry are unchanged.
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod build;
+pub mod corpus;
+mod error;
+mod fsutil;
+mod manifest;
+mod path;
+mod registry;
+mod root;
+mod selftest;
+mod signature;
+mod staging;
+mod store;
+mod stream;
+pub mod tar;
+mod verify;
+mod version;
+
+pub use build::{Built, ModelMeta, PackageBuilder};
+pub use error::{PackageError, Result};
+pub use manifest::{
+    FORMAT, FileEntry, MANIFEST_LIMIT, Manifest, ModelInfo, ModelKind, PackageKind, SIGNATURES_LIMIT, UpdateInfo,
+    check_name,
+};
+pub use path::{MANIFEST_NAME, MAX_PATH_LEN, PackagePath, SIGNATURES_NAME};
+pub use registry::{ModelRecord, VersionRecord};
+pub use root::{accept_new_root, accept_new_root_at, install_root, sign_root};
+pub use selftest::{ChatSelfTest, EmbeddingSelfTest, SelfTest, SelfTestMismatch, SelfTestOutput, SelfTestReport};
+pub use signature::{ALG_ED25519, Policy, Signature, SignatureCheck, SignatureFile, check_signatures};
+pub use store::{ActiveModel, ImportOptions, Imported, ModelStore, Recovered, Reverified};
+pub use verify::{CHUNK, PackageHead, Verified, file_label, read_head, verify_file, verify_reader};
+pub use version::Version;

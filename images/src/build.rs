@@ -1,0 +1,287 @@
+//! [`PackageBuilder`]: makes a signed package from a model folder, a `.gguf` file, or an update
+//! payload, in constant memory.
+//!
+//! Pass 1 hashes the files (in parallel across files). Pass 2 writes the archive, hashing each
+//! file again as it is copied, so that a file that changed between the passes fails the build
+//! instead of producing a package that would fail verification.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use govbox_provisioning::SigningKey;
+use ring::digest::{Context, SHA256};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::error::{PackageError, Result};
+use crate::fsutil::{self, AtomicFile};
+use crate::manifest::{FORMAT, FileEntry, Manifest, ModelInfo, ModelKind, PackageKind, UpdateInfo, check_name};
+use crate::path::PackagePath;
+use crate::selftest::SelfTest;
+use crate::signature::{SignatureFile, hex};
+use crate::tar::{TarWriter, header_block};
+use crate::version::Version;
+
+/// Copy size of pass 2.
+const COPY_CHUNK: usize = 4 << 20;
+
+/// What the vendor says about a model (the builder adds `load` and the self-test).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelMeta {
+    /// Chat or embedding.
+    pub kind: ModelKind,
+    /// e.g. `qwen2`.
+    pub architecture: String,
+    /// In tokens.
+    pub context_length: u64,
+    /// e.g. `bf16`, `q8_0`.
+    pub dtype: String,
+}
+
+#[derive(Debug, Clone)]
+struct Source {
+    path: PackagePath,
+    file: PathBuf,
+    size: u64,
+    sha256: Option<String>,
+}
+
+/// Builds one package; see the module documentation.
+#[derive(Debug, Clone)]
+pub struct PackageBuilder {
+    name: String,
+    version: Version,
+    created: OffsetDateTime,
+    sources: Vec<Source>,
+    model: Option<ModelInfo>,
+    update: Option<UpdateInfo>,
+}
+
+/// A package written by [`PackageBuilder::write`].
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// Hex SHA-256 of the manifest bytes.
+    pub digest: String,
+    /// Archive size in bytes.
+    pub archive_bytes: u64,
+}
+
+impl PackageBuilder {
+    /// A model package from a model folder (every regular file under it, recursively, sorted;
+    /// hidden files and folders, whose names start with `.`, are left out) or a single `.gguf`
+    /// file. Symbolic links to files are followed, as Hugging Face snapshot folders consist of
+    /// them; links to folders are refused.
+    pub fn model(name: &str, version: &str, source: &Path, meta: ModelMeta) -> Result<Self> {
+        let mut b = Self::new(name, version, source)?;
+        let load = if source.is_dir() {
+            ".".to_string()
+        } else if source.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+            b.sources[0].path.to_string()
+        } else {
+            return Err(b.err(format!("{} is neither a model folder nor a .gguf file", source.display())));
+        };
+        let ModelMeta { kind, architecture, context_length, dtype } = meta;
+        b.model = Some(ModelInfo { kind, architecture, context_length, dtype, load, selftest: None });
+        Ok(b)
+    }
+
+    /// An update bundle from a payload folder or file.
+    pub fn update(name: &str, version: &str, source: &Path, info: UpdateInfo) -> Result<Self> {
+        let mut b = Self::new(name, version, source)?;
+        b.update = Some(info);
+        Ok(b)
+    }
+
+    fn new(name: &str, version: &str, source: &Path) -> Result<Self> {
+        let label = format!("{name} {version}");
+        let err = |reason: String| PackageError::Build { package: label.clone(), reason };
+        check_name(name).map_err(err)?;
+        let version = Version::parse(version).map_err(err)?;
+        let mut sources = Vec::new();
+        let meta = fs::metadata(source).map_err(|e| PackageError::io("reading model source", source, e))?;
+        if meta.is_dir() {
+            collect_dir(source, "", &mut sources).map_err(err)?;
+        } else if meta.is_file() {
+            let name = source.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let path = PackagePath::new(name).map_err(|e| err(format!("{}: {e}", source.display())))?;
+            sources.push(Source { path, file: source.to_path_buf(), size: meta.len(), sha256: None });
+        } else {
+            return Err(err(format!("{} is not a regular file or folder", source.display())));
+        }
+        if sources.is_empty() {
+            return Err(err(format!("{} holds no files", source.display())));
+        }
+        sources.sort_by(|a, b| a.path.cmp(&b.path));
+        let created = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        Ok(Self { name: name.to_string(), version, created, sources, model: None, update: None })
+    }
+
+    fn err(&self, reason: String) -> PackageError {
+        PackageError::Build { package: format!("{} {}", self.name, self.version), reason }
+    }
+
+    /// Records a self-test (model packages only).
+    pub fn with_selftest(mut self, test: SelfTest) -> Self {
+        if let Some(m) = &mut self.model {
+            m.selftest = Some(test);
+        }
+        self
+    }
+
+    /// Sets the `created` time (default: now).
+    pub fn with_created(mut self, t: OffsetDateTime) -> Self {
+        self.created = t;
+        self
+    }
+
+    /// What the engine will load, relative to the payload folder (model packages).
+    pub fn load_path(&self) -> Option<&str> {
+        self.model.as_ref().map(|m| m.load.as_str())
+    }
+
+    /// The payload files: package path, source file, size.
+    pub fn files(&self) -> impl Iterator<Item = (&PackagePath, &Path, u64)> {
+        self.sources.iter().map(|s| (&s.path, s.file.as_path(), s.size))
+    }
+
+    /// Payload bytes in all.
+    pub fn payload_bytes(&self) -> u64 {
+        self.sources.iter().map(|s| s.size).sum()
+    }
+
+    /// Pass 1: hashes every file, in parallel across files.
+    pub fn hash(&mut self, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
+        let paths: Vec<PathBuf> = self.sources.iter().map(|s| s.file.clone()).collect();
+        let results = fsutil::hash_files(&paths, self.payload_bytes(), fsutil::hash_threads(), progress);
+        for (s, r) in self.sources.iter_mut().zip(results) {
+            let (size, digest) = r.map_err(|e| PackageError::io("hashing", &s.file, e))?;
+            s.size = size;
+            s.sha256 = Some(digest);
+        }
+        Ok(())
+    }
+
+    /// The manifest (after [`PackageBuilder::hash`]), validated as verification will.
+    pub fn manifest(&self) -> Result<Manifest> {
+        let mut files = Vec::with_capacity(self.sources.len());
+        for s in &self.sources {
+            let sha256 = s.sha256.clone().ok_or_else(|| self.err("the files are not hashed yet".into()))?;
+            files.push(FileEntry { path: s.path.clone(), size: s.size, sha256 });
+        }
+        let m = Manifest {
+            format: FORMAT.into(),
+            kind: if self.model.is_some() { PackageKind::Model } else { PackageKind::Update },
+            name: self.name.clone(),
+            version: self.version.clone(),
+            created: self.created.format(&Rfc3339).map_err(|e| self.err(e.to_string()))?,
+            files,
+            model: self.model.clone(),
+            update: self.update.clone(),
+        };
+        m.validate()?;
+        Ok(m)
+    }
+
+    /// Pass 2: writes the package signed by `keys` to `out` atomically (temporary file, fsync,
+    /// rename). Hashes first if [`PackageBuilder::hash`] was not called.
+    pub fn write(&mut self, out: &Path, keys: &[&SigningKey], progress: &mut dyn FnMut(u64, u64)) -> Result<Built> {
+        if self.sources.iter().any(|s| s.sha256.is_none()) {
+            self.hash(&mut |_, _| {})?;
+        }
+        let mut file = AtomicFile::create(out, 0o644)?;
+        let tmp = file.tmp_path().to_path_buf();
+        let mut w = BufWriter::with_capacity(COPY_CHUNK, file.file()?);
+        let built = self.write_to(&mut w, keys, progress)?;
+        w.flush().map_err(|e| PackageError::io("writing package", &tmp, e))?;
+        drop(w);
+        file.commit()?;
+        Ok(built)
+    }
+
+    /// Pass 2 into any writer (after [`PackageBuilder::hash`]).
+    pub fn write_to<W: Write>(&self, w: W, keys: &[&SigningKey], progress: &mut dyn FnMut(u64, u64)) -> Result<Built> {
+        if keys.is_empty() {
+            return Err(self.err("a package needs at least one signing key".into()));
+        }
+        let manifest = self.manifest()?;
+        let manifest_bytes = manifest.to_canonical_bytes()?;
+        let sigs = SignatureFile::sign(&manifest_bytes, keys).to_bytes();
+        let archive_bytes = self.write_members(w, &manifest_bytes, &sigs, progress)?;
+        let digest = hex(ring::digest::digest(&SHA256, &manifest_bytes).as_ref());
+        Ok(Built { manifest, digest, archive_bytes })
+    }
+
+    /// Writes the archive with the given first two members (the corpus passes altered ones).
+    pub(crate) fn write_members<W: Write>(
+        &self,
+        w: W,
+        manifest_bytes: &[u8],
+        sig_bytes: &[u8],
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<u64> {
+        let werr = |e: io::Error| PackageError::io("writing package", "output", e);
+        let mut tar = TarWriter::new(w);
+        tar.append(crate::path::MANIFEST_NAME, manifest_bytes).map_err(werr)?;
+        tar.append(crate::path::SIGNATURES_NAME, sig_bytes).map_err(werr)?;
+        let total = self.payload_bytes();
+        let mut done = 0;
+        let mut buf = vec![0u8; COPY_CHUNK];
+        progress(0, total);
+        for s in &self.sources {
+            tar.begin(s.path.as_str(), s.size).map_err(werr)?;
+            let mut f = File::open(&s.file).map_err(|e| PackageError::io("reading", &s.file, e))?;
+            let mut ctx = Context::new(&SHA256);
+            let mut left = s.size;
+            while left > 0 {
+                let want = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
+                let n = f.read(&mut buf[..want]).map_err(|e| PackageError::io("reading", &s.file, e))?;
+                if n == 0 {
+                    return Err(self.err(format!("{} shrank while the package was built", s.file.display())));
+                }
+                ctx.update(&buf[..n]);
+                tar.write_data(&buf[..n]).map_err(werr)?;
+                left -= n as u64;
+                done += n as u64;
+                progress(done, total);
+            }
+            let grew = f.read(&mut buf[..1]).map_err(|e| PackageError::io("reading", &s.file, e))? != 0;
+            if grew || s.sha256.as_deref() != Some(hex(ctx.finish().as_ref()).as_str()) {
+                return Err(self.err(format!("{} changed while the package was built", s.file.display())));
+            }
+        }
+        let written = tar.written() + 1024;
+        tar.finish().map_err(werr)?;
+        Ok(written)
+    }
+}
+
+fn collect_dir(dir: &Path, prefix: &str, out: &mut Vec<Source>) -> std::result::Result<(), String> {
+    let rd = fs::read_dir(dir).map_err(|e| format!("reading folder {}: {e}", dir.display()))?;
+    for entry in rd {
+        let entry = entry.map_err(|e| format!("reading folder {}: {e}", dir.display()))?;
+        let file = entry.path();
+        let name = entry.file_name();
+        let name = name.to_str().ok_or_else(|| format!("{}: the name is not valid UTF-8", file.display()))?;
+        if name.starts_with('.') {
+            continue;
+        }
+        let rel = if prefix.is_empty() { name.to_string() } else { format!("{prefix}/{name}") };
+        let lmeta = fs::symlink_metadata(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let meta = fs::metadata(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        if meta.is_dir() && lmeta.file_type().is_symlink() {
+            return Err(format!("{}: links to folders are not followed; copy the folder instead", file.display()));
+        } else if meta.is_dir() {
+            collect_dir(&file, &rel, out)?;
+        } else if meta.is_file() {
+            let path = PackagePath::new(&rel).map_err(|e| format!("{}: {e}", file.display()))?;
+            header_block(rel.as_bytes(), meta.len(), b'0').map_err(|e| format!("{}: {e}", file.display()))?;
+            out.push(Source { path, file, size: meta.len(), sha256: None });
+        } else {
+            return Err(format!("{}: not a regular file; a package holds regular files only", file.display()));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,333 @@
+//! Member 1, `govbox-manifest.json`: what the package is and the size and SHA-256 of every
+//! payload file, in canonical JSON so that its bytes are what the signatures cover.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use govbox_provisioning::{TrustRoot, to_canonical_json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::error::{PackageError, Result};
+use crate::path::PackagePath;
+use crate::selftest::SelfTest;
+use crate::version::Version;
+
+/// The only `format` this version reads and writes.
+pub const FORMAT: &str = "govbox/1";
+/// The manifest's cap: a million files' entries would not reach it.
+pub const MANIFEST_LIMIT: u64 = 1 << 20;
+/// The signature file's cap: hundreds of signatures fit.
+pub const SIGNATURES_LIMIT: u64 = 64 << 10;
+
+/// What a package carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PackageKind {
+    /// A model package (`.gbx`), signed by the `models` role.
+    Model,
+    /// An update bundle (`.gbu`), signed by the `updates` role.
+    Update,
+}
+
+impl fmt::Display for PackageKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PackageKind::Model => "model",
+            PackageKind::Update => "update",
+        })
+    }
+}
+
+/// What a model is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    /// A decoder that chats and completes.
+    Chat,
+    /// A sentence-embedding model.
+    Embedding,
+}
+
+/// One payload file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    /// Where it goes under the payload folder.
+    pub path: PackagePath,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Lower-case hex SHA-256 of its bytes.
+    pub sha256: String,
+}
+
+/// The model section of a model package.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelInfo {
+    /// Chat or embedding.
+    pub kind: ModelKind,
+    /// The architecture, e.g. `qwen2` or `bert`.
+    pub architecture: String,
+    /// The context length in tokens.
+    pub context_length: u64,
+    /// The weights' type or quantisation, e.g. `bf16` or `q8_0`.
+    pub dtype: String,
+    /// What the engine loads, relative to the payload folder: `.` (the folder) or one file.
+    pub load: String,
+    /// Recorded outputs to check after import.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selftest: Option<SelfTest>,
+}
+
+/// The update section of an update bundle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateInfo {
+    /// Monotonic: a box refuses a bundle below its stored security version.
+    pub security_version: u64,
+    /// A new `root.json` document to rotate to, when the update carries one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<Value>,
+}
+
+/// A parsed, validated manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// Model package or update bundle.
+    pub kind: PackageKind,
+    /// The package name: `[A-Za-z0-9][A-Za-z0-9._-]{0,127}`.
+    pub name: String,
+    /// Its semantic version.
+    pub version: Version,
+    /// When it was built, RFC 3339.
+    pub created: String,
+    /// The payload files, in archive order.
+    pub files: Vec<FileEntry>,
+    /// Present exactly when `kind` is `model`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelInfo>,
+    /// Present exactly when `kind` is `update`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<UpdateInfo>,
+}
+
+/// Checks a package name.
+pub fn check_name(name: &str) -> std::result::Result<(), String> {
+    let ok = name.len() <= 128
+        && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok { Ok(()) } else { Err(format!("the name '{name}' must match [A-Za-z0-9][A-Za-z0-9._-]{{0,127}}")) }
+}
+
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+impl Manifest {
+    /// `name version`, how errors and logs name the package.
+    pub fn label(&self) -> String {
+        format!("{} {}", self.name, self.version)
+    }
+
+    /// The payload bytes in all.
+    pub fn payload_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.size).fold(0, u64::saturating_add)
+    }
+
+    /// `created` as a time.
+    pub fn created_time(&self) -> Option<OffsetDateTime> {
+        OffsetDateTime::parse(&self.created, &Rfc3339).ok()
+    }
+
+    /// Parses and validates manifest bytes; `label` names the package in errors until the
+    /// manifest's own name is known.
+    ///
+    /// The `format` is checked before the schema, so that a newer format says so rather than
+    /// failing on a field this version does not know. The bytes must be exactly the canonical
+    /// JSON of what they parse to, so that one manifest has one byte form (and one digest).
+    pub fn parse(bytes: &[u8], label: &str) -> Result<Manifest> {
+        let invalid = |reason: String| PackageError::InvalidManifest { package: label.to_string(), reason };
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| invalid(format!("not JSON: {e}")))?;
+        match value.get("format") {
+            Some(Value::String(f)) if f == FORMAT => {}
+            Some(Value::String(f)) => {
+                return Err(PackageError::UnknownFormat { package: label.to_string(), format: f.clone() });
+            }
+            _ => return Err(invalid("no \"format\" string; not a govbox manifest".into())),
+        }
+        let manifest: Manifest = serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
+        let label = manifest.label();
+        manifest.validate()?;
+        if manifest.to_canonical_bytes()? != bytes {
+            return Err(PackageError::InvalidManifest {
+                package: label,
+                reason: "not in canonical JSON form (sorted keys, no whitespace)".into(),
+            });
+        }
+        Ok(manifest)
+    }
+
+    /// The canonical JSON bytes that are signed.
+    pub fn to_canonical_bytes(&self) -> Result<Vec<u8>> {
+        let value = serde_json::to_value(self)
+            .map_err(|e| PackageError::InvalidManifest { package: self.label(), reason: e.to_string() })?;
+        Ok(to_canonical_json(&value).into_bytes())
+    }
+
+    /// Checks everything the schema cannot: names, times, digests, paths, sections.
+    pub fn validate(&self) -> Result<()> {
+        let package = self.label();
+        let invalid = |reason: String| PackageError::InvalidManifest { package: package.clone(), reason };
+        if self.format != FORMAT {
+            return Err(PackageError::UnknownFormat { package: package.clone(), format: self.format.clone() });
+        }
+        check_name(&self.name).map_err(invalid)?;
+        if self.created_time().is_none() {
+            return Err(invalid(format!("created '{}' is not an RFC 3339 time", self.created)));
+        }
+        let mut paths = BTreeSet::new();
+        let mut total: u64 = 0;
+        for f in &self.files {
+            if !paths.insert(f.path.as_str()) {
+                return Err(PackageError::DuplicateMember { package, member: f.path.to_string() });
+            }
+            if !is_sha256_hex(&f.sha256) {
+                return Err(invalid(format!("file '{}': sha256 must be 64 lower-case hex digits", f.path)));
+            }
+            total = total.checked_add(f.size).ok_or_else(|| invalid("the file sizes overflow".into()))?;
+        }
+        // A path may not be both a file and a folder ('a' and 'a/b'): one could not be extracted.
+        for f in &self.files {
+            if let Some(dir) = f.path.ancestors().find(|a| paths.contains(a)) {
+                return Err(PackageError::InvalidPath {
+                    package,
+                    member: f.path.to_string(),
+                    reason: format!("'{dir}' is listed as a file and is also a folder above this one"),
+                });
+            }
+        }
+        match (self.kind, &self.model, &self.update) {
+            (PackageKind::Model, Some(m), None) => self.validate_model(m).map_err(invalid),
+            (PackageKind::Update, None, Some(u)) => Self::validate_update(u).map_err(invalid),
+            (kind, _, _) => Err(invalid(format!("a '{kind}' package has exactly one section, \"{kind}\""))),
+        }
+    }
+
+    fn validate_model(&self, m: &ModelInfo) -> std::result::Result<(), String> {
+        if m.architecture.is_empty() || m.dtype.is_empty() {
+            return Err("model.architecture and model.dtype must not be empty".into());
+        }
+        if m.load != "." && !self.files.iter().any(|f| f.path.as_str() == m.load) {
+            return Err(format!("model.load '{}' is neither '.' nor a listed file", m.load));
+        }
+        if let Some(t) = &m.selftest {
+            match (m.kind, t) {
+                (ModelKind::Chat, SelfTest::Chat(_)) | (ModelKind::Embedding, SelfTest::Embedding(_)) => {}
+                _ => return Err("model.selftest does not match model.kind".into()),
+            }
+            t.validate().map_err(|e| format!("model.selftest: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn validate_update(u: &UpdateInfo) -> std::result::Result<(), String> {
+        if let Some(root) = &u.root {
+            let bytes = to_canonical_json(root);
+            TrustRoot::parse(bytes.as_bytes(), "update.root").map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn sample() -> Manifest {
+        Manifest {
+            format: FORMAT.into(),
+            kind: PackageKind::Model,
+            name: "tiny".into(),
+            version: Version::parse("1.0.0").unwrap(),
+            created: "2026-01-02T03:04:05Z".into(),
+            files: vec![FileEntry {
+                path: PackagePath::new("a/model.gguf").unwrap(),
+                size: 3,
+                sha256: "ab".repeat(32),
+            }],
+            model: Some(ModelInfo {
+                kind: ModelKind::Chat,
+                architecture: "qwen2".into(),
+                context_length: 4096,
+                dtype: "q8_0".into(),
+                load: "a/model.gguf".into(),
+                selftest: Some(SelfTest::record_chat(vec![1, 2], &[0.1, 0.7, 0.3], 2, 1e-3)),
+            }),
+            update: None,
+        }
+    }
+
+    fn reparse(v: &Value) -> Result<Manifest> {
+        Manifest::parse(to_canonical_json(v).as_bytes(), "t.gbx")
+    }
+
+    #[test]
+    fn round_trips_through_canonical_bytes() {
+        let m = sample();
+        let bytes = m.to_canonical_bytes().unwrap();
+        assert!(bytes.starts_with(br#"{"created":"2026-01-02T03:04:05Z","files":[{"path":"a/model.gguf""#));
+        assert_eq!(Manifest::parse(&bytes, "t").unwrap(), m);
+        // Whitespace or another key order is refused.
+        let pretty = serde_json::to_vec_pretty(&m).unwrap();
+        let e = Manifest::parse(&pretty, "t").unwrap_err();
+        assert!(e.to_string().contains("canonical"), "{e}");
+    }
+
+    #[test]
+    fn unknown_format_and_unknown_fields_are_refused() {
+        let mut v = serde_json::to_value(sample()).unwrap();
+        v["format"] = "govbox/2".into();
+        v["newfield"] = 1.into();
+        let e = reparse(&v).unwrap_err();
+        assert_eq!(e.code(), "unknown_format", "{e}");
+        assert!(e.to_string().contains("unknown format 'govbox/2'"), "{e}");
+        let mut v = serde_json::to_value(sample()).unwrap();
+        v["model"]["extra"] = 1.into();
+        assert!(reparse(&v).unwrap_err().to_string().contains("unknown field `extra`"));
+    }
+
+    #[test]
+    fn validation_catches_bad_content() {
+        type Edit = Box<dyn Fn(&mut Value)>;
+        let cases: Vec<(&str, Edit)> = vec![
+            ("invalid_manifest", Box::new(|v| v["version"] = "1.0".into())),
+            ("invalid_manifest", Box::new(|v| v["created"] = "yesterday".into())),
+            ("invalid_manifest", Box::new(|v| v["name"] = "../x".into())),
+            ("invalid_manifest", Box::new(|v| v["files"][0]["path"] = "../x".into())),
+            ("invalid_manifest", Box::new(|v| v["files"][0]["sha256"] = "AB".repeat(32).into())),
+            ("invalid_manifest", Box::new(|v| v["model"]["load"] = "other".into())),
+            ("invalid_manifest", Box::new(|v| v["kind"] = "update".into())),
+            ("invalid_manifest", Box::new(|v| v["model"]["kind"] = "embedding".into())),
+            ("duplicate_member", Box::new(|v| v["files"][1] = v["files"][0].clone())),
+            (
+                "invalid_path",
+                Box::new(|v| v["files"][1] = serde_json::json!({"path":"a","size":0,"sha256":"00".repeat(32)})),
+            ),
+        ];
+        for (code, edit) in cases {
+            let mut v = serde_json::to_value(sample()).unwrap();
+            let second = serde_json::json!({"path":"b","size":1,"sha256":"cd".repeat(32)});
+            v["files"].as_array_mut().unwrap().push(second);
+            edit(&mut v);
+            let e = reparse(&v).unwrap_err();
+            assert_eq!(e.code(), code, "{e}");
+        }
+    }
+}

@@ -1,0 +1,442 @@
+//! [`ModelStore`]: the content-addressed model store under `STATE/models/`.
+//!
+//! ```text
+//! models/.lock                        flock'd while the registry or the folders change
+//! models/registry.json                names, versions, active version, rollback history
+//! models/sha256-<manifest digest>/    govbox-manifest.json  govbox-manifest.sig  payload/...
+//! models/.staging-<random>/           an import in progress (or one that crashed)
+//! ```
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use govbox_provisioning::{Role, StatePaths, TrustRoot};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::error::{PackageError, Result};
+use crate::fsutil::{self, read_capped, write_atomic};
+use crate::manifest::{MANIFEST_LIMIT, Manifest, SIGNATURES_LIMIT};
+use crate::path::{MANIFEST_NAME, SIGNATURES_NAME};
+use crate::registry::{ModelRecord, Registry, VersionRecord};
+use crate::signature::{Policy, SignatureFile, check_signatures, hex};
+use crate::staging::{OWNER_FILE, PAYLOAD_DIR, STAGING_PREFIX, StagingSink};
+use crate::verify::{file_label, verify_into};
+
+const LOCK_FILE: &str = ".lock";
+const REGISTRY_FILE: &str = "registry.json";
+const PACKAGE_PREFIX: &str = "sha256-";
+
+/// How to import.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportOptions {
+    /// Make the imported version the active one. Off by default, so that importing never
+    /// changes what is served, except that the first version of a name always becomes active
+    /// (there is nothing else to serve).
+    pub activate: bool,
+}
+
+/// A completed import.
+#[derive(Debug, Clone)]
+pub struct Imported {
+    /// Model name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// Hex SHA-256 of the manifest.
+    pub digest: String,
+    /// Payload bytes.
+    pub size: u64,
+    /// What the engine loads.
+    pub load_path: PathBuf,
+    /// The manifest.
+    pub manifest: Manifest,
+    /// Archive bytes read.
+    pub bytes: u64,
+    /// Seconds spent.
+    pub secs: f64,
+    /// Whether this import made it the active version.
+    pub activated: bool,
+    /// Whether the same package was already in the store (nothing changed then).
+    pub already_present: bool,
+    /// Key ids whose signatures counted.
+    pub signers: Vec<String>,
+}
+
+/// The active version of a model, ready to load.
+#[derive(Debug, Clone)]
+pub struct ActiveModel {
+    /// Model name.
+    pub name: String,
+    /// Active version.
+    pub version: String,
+    /// Hex SHA-256 of its manifest.
+    pub digest: String,
+    /// The file or folder the engine loads.
+    pub load_path: PathBuf,
+    /// Its manifest.
+    pub manifest: Manifest,
+}
+
+/// A stored package checked again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reverified {
+    /// Its digest.
+    pub digest: String,
+    /// Key ids whose signatures counted.
+    pub signers: Vec<String>,
+    /// Payload files hashed (0 without `full_payload`).
+    pub files_checked: usize,
+    /// Payload bytes hashed.
+    pub bytes_hashed: u64,
+}
+
+/// What [`ModelStore::recover`] cleaned up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Staging folders of imports that did not finish.
+    pub staging_removed: Vec<PathBuf>,
+    /// Package folders that no registry entry names.
+    pub orphans_removed: Vec<PathBuf>,
+}
+
+/// The model store; see the module documentation.
+#[derive(Debug, Clone)]
+pub struct ModelStore {
+    dir: PathBuf,
+}
+
+/// The store lock, released on drop.
+struct Lock(#[allow(dead_code)] File);
+
+impl ModelStore {
+    /// The store at `STATE/models`, created if missing.
+    pub fn open(paths: &StatePaths) -> Result<Self> {
+        Self::open_dir(&paths.models_dir())
+    }
+
+    /// The store in `dir`, created (mode 0700) if missing, with its lock file.
+    pub fn open_dir(dir: &Path) -> Result<Self> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| PackageError::io("creating", dir, e))?;
+        let store = Self { dir: dir.to_path_buf() };
+        drop(store.lock()?);
+        Ok(store)
+    }
+
+    /// The store folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The folder of the package with manifest digest `digest`.
+    pub fn package_dir(&self, digest: &str) -> PathBuf {
+        self.dir.join(format!("{PACKAGE_PREFIX}{digest}"))
+    }
+
+    fn lock(&self) -> Result<Lock> {
+        let path = self.dir.join(LOCK_FILE);
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| PackageError::io("opening store lock", &path, e))?;
+        f.lock().map_err(|e| PackageError::io("locking", &path, e))?;
+        Ok(Lock(f))
+    }
+
+    fn registry(&self) -> Result<Registry> {
+        let path = self.dir.join(REGISTRY_FILE);
+        match fs::symlink_metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Registry::default()),
+            _ => Registry::parse(&read_capped(&path, 16 << 20, "model registry")?, &path),
+        }
+    }
+
+    fn save(&self, reg: &Registry) -> Result<()> {
+        write_atomic(&self.dir.join(REGISTRY_FILE), &reg.to_bytes(), 0o644)
+    }
+
+    /// Runs `f` on the registry under the lock and saves it if `f` succeeds.
+    fn mutate<T>(&self, f: impl FnOnce(&mut Registry) -> Result<T>) -> Result<T> {
+        let _lock = self.lock()?;
+        let mut reg = self.registry()?;
+        let out = f(&mut reg)?;
+        self.save(&reg)?;
+        Ok(out)
+    }
+
+    fn load_path(&self, digest: &str, manifest: &Manifest) -> PathBuf {
+        let payload = self.package_dir(digest).join(PAYLOAD_DIR);
+        match manifest.model.as_ref().map(|m| m.load.as_str()) {
+            Some(".") | None => payload,
+            Some(p) => payload.join(p),
+        }
+    }
+
+    /// Imports the package file at `path`; see [`ModelStore::import`].
+    pub fn import_file(
+        &self,
+        path: &Path,
+        root: &TrustRoot,
+        opts: &ImportOptions,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Imported> {
+        let file = File::open(path).map_err(|e| PackageError::io("opening package", path, e))?;
+        self.import(file, &file_label(path), root, opts, progress)
+    }
+
+    /// Verifies a model package against the `models` role of `root` and adds it to the store.
+    ///
+    /// The signatures are checked before any payload byte is read; the payload is hashed while
+    /// it is extracted into a staging folder, whose files and folders are fsynced and which is
+    /// then renamed to `sha256-<digest>` under the store lock. On any failure the staging folder
+    /// is removed and the store and registry are unchanged. The same package imported again is
+    /// a no-op; the same name and version with another digest is refused.
+    pub fn import<R: Read + Send>(
+        &self,
+        reader: R,
+        label: &str,
+        root: &TrustRoot,
+        opts: &ImportOptions,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Imported> {
+        // Fail fast, before extracting, on a name and version taken by other content; checked
+        // again under the lock below.
+        let precheck = |m: &Manifest, bytes: &[u8]| {
+            let digest = hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+            conflict(&self.registry()?, m, &digest)
+        };
+        let mut sink = StagingSink::new(&self.dir, &precheck);
+        let verified = verify_into(reader, label, &Policy::Trust(root, Role::Models), &mut sink, progress)?;
+        sink.sync_dirs()?;
+        let staging = sink.staging.take();
+        let head = &verified.head;
+        let m = &head.manifest;
+
+        let _lock = self.lock()?;
+        let mut reg = self.registry()?;
+        conflict(&reg, m, &head.digest)?;
+        let target = self.package_dir(&head.digest);
+        let already_present = target.exists();
+        if let Some(staging) = staging
+            && !already_present
+        {
+            staging.commit_to(&target)?;
+        }
+        let mut activated = false;
+        if reg.by_digest(&head.digest).is_none() {
+            let imported = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
+            let rec = VersionRecord {
+                version: m.version.to_string(),
+                digest: head.digest.clone(),
+                size: m.payload_bytes(),
+                imported,
+            };
+            activated = reg.add(&m.name, rec, opts.activate);
+            if let Err(e) = self.save(&reg) {
+                if !already_present {
+                    let _ = fs::remove_dir_all(&target);
+                }
+                return Err(e);
+            }
+        }
+        Ok(Imported {
+            name: m.name.clone(),
+            version: m.version.to_string(),
+            digest: head.digest.clone(),
+            size: verified.payload_bytes,
+            load_path: self.load_path(&head.digest, m),
+            manifest: m.clone(),
+            bytes: verified.archive_bytes,
+            secs: verified.secs,
+            activated,
+            already_present,
+            signers: verified.signature_check.signers.clone(),
+        })
+    }
+
+    /// Every model name with its versions, active version and history.
+    pub fn list(&self) -> Result<Vec<ModelRecord>> {
+        Ok(self.registry()?.models)
+    }
+
+    /// Activates `version` of `name`, or its highest version when `None`; returns the version.
+    pub fn activate(&self, name: &str, version: Option<&str>) -> Result<String> {
+        self.mutate(|r| r.activate(name, version))
+    }
+
+    /// Returns `name` to its previous active version; an error when there is none.
+    pub fn rollback(&self, name: &str) -> Result<String> {
+        self.mutate(|r| r.rollback(name))
+    }
+
+    /// Removes a version that is not active, and its folder.
+    pub fn remove(&self, name: &str, version: &str) -> Result<()> {
+        let rec = self.mutate(|r| r.remove(name, version))?;
+        self.delete_package(&rec.digest)
+    }
+
+    /// Undoes an import (a self-test failed right after it): removes the version stored under
+    /// `digest` and its folder; if the import activated it, the previously active version (if
+    /// any) is active again. The store is then as it was before the import.
+    pub fn discard(&self, digest: &str) -> Result<()> {
+        let rec = self.mutate(|r| r.discard(digest))?;
+        self.delete_package(&rec.digest)
+    }
+
+    fn delete_package(&self, digest: &str) -> Result<()> {
+        let dir = self.package_dir(digest);
+        fs::remove_dir_all(&dir).map_err(|e| PackageError::io("removing", &dir, e))?;
+        fsutil::sync_dir(&self.dir)
+    }
+
+    fn read_manifest(&self, digest: &str) -> Result<(Manifest, Vec<u8>)> {
+        let path = self.package_dir(digest).join(MANIFEST_NAME);
+        let bytes = read_capped(&path, MANIFEST_LIMIT, "stored manifest")?;
+        if hex(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref()) != digest {
+            return Err(PackageError::CorruptStore {
+                path,
+                reason: "the manifest's SHA-256 is not the folder's digest".into(),
+            });
+        }
+        Ok((Manifest::parse(&bytes, &format!("{PACKAGE_PREFIX}{digest}"))?, bytes))
+    }
+
+    /// The active version of every model, with what the engine should load.
+    pub fn active_models(&self) -> Result<Vec<ActiveModel>> {
+        let reg = self.registry()?;
+        let mut out = Vec::new();
+        for m in &reg.models {
+            let Some(active) = &m.active else { continue };
+            let Some(v) = m.versions.iter().find(|v| &v.version == active) else { continue };
+            let (manifest, _) = self.read_manifest(&v.digest)?;
+            out.push(ActiveModel {
+                name: m.name.clone(),
+                version: active.clone(),
+                digest: v.digest.clone(),
+                load_path: self.load_path(&v.digest, &manifest),
+                manifest,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Checks a stored package again: its manifest digest and signatures (against `root`'s
+    /// `models` role) always; with `full_payload`, every payload file's size and SHA-256 too (in
+    /// parallel across files), and that the payload folder holds nothing else.
+    pub fn reverify(
+        &self,
+        digest: &str,
+        root: &TrustRoot,
+        full_payload: bool,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Reverified> {
+        let (manifest, bytes) = self.read_manifest(digest)?;
+        let package = manifest.label();
+        let sig_path = self.package_dir(digest).join(SIGNATURES_NAME);
+        let sigs = SignatureFile::parse(&read_capped(&sig_path, SIGNATURES_LIMIT, "stored signatures")?, &package)?;
+        let policy = Policy::Trust(root, Role::Models);
+        let check = check_signatures(&bytes, &sigs, &policy, OffsetDateTime::now_utc(), &package)?;
+        let mut out = Reverified { digest: digest.into(), signers: check.signers, files_checked: 0, bytes_hashed: 0 };
+        if !full_payload {
+            return Ok(out);
+        }
+        let payload = self.package_dir(digest).join(PAYLOAD_DIR);
+        let files: Vec<PathBuf> = manifest.files.iter().map(|f| payload.join(f.path.as_str())).collect();
+        let results = fsutil::hash_files(&files, manifest.payload_bytes(), fsutil::hash_threads(), progress);
+        for (entry, r) in manifest.files.iter().zip(results) {
+            let member = entry.path.to_string();
+            let (size, sha) = r.map_err(|e| PackageError::MissingMember {
+                package: package.clone(),
+                member: member.clone(),
+                found: format!("cannot read the stored file: {e}"),
+            })?;
+            if size != entry.size {
+                return Err(PackageError::SizeMismatch { package, member, expected: entry.size, actual: size });
+            }
+            if sha != entry.sha256 {
+                return Err(PackageError::DigestMismatch {
+                    package,
+                    member,
+                    expected: entry.sha256.clone(),
+                    actual: sha,
+                });
+            }
+            out.files_checked += 1;
+            out.bytes_hashed += size;
+        }
+        let listed: BTreeSet<String> = manifest.files.iter().map(|f| f.path.to_string()).collect();
+        if let Some(extra) = walk_files(&payload, "")?.into_iter().find(|p| !listed.contains(p)) {
+            return Err(PackageError::UnexpectedMember { package, member: extra });
+        }
+        Ok(out)
+    }
+
+    /// Removes what interrupted operations left: staging folders whose importer is gone, and
+    /// package folders no registry entry names. Safe while other processes import.
+    pub fn recover(&self) -> Result<Recovered> {
+        let _lock = self.lock()?;
+        let reg = self.registry()?;
+        let mut out = Recovered::default();
+        let entries = fs::read_dir(&self.dir).map_err(|e| PackageError::io("listing", &self.dir, e))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            if name.starts_with(STAGING_PREFIX) {
+                // A live importer holds its owner file locked; it also removes that file only
+                // under the store lock, which we hold.
+                let live = File::open(path.join(OWNER_FILE)).is_ok_and(|f| f.try_lock().is_err());
+                if !live && fs::remove_dir_all(&path).is_ok() {
+                    out.staging_removed.push(path);
+                }
+            } else if let Some(digest) = name.strip_prefix(PACKAGE_PREFIX) {
+                if reg.by_digest(digest).is_none() && fs::remove_dir_all(&path).is_ok() {
+                    out.orphans_removed.push(path);
+                }
+            } else if name.starts_with(&format!(".{REGISTRY_FILE}.")) && name.ends_with(".tmp") {
+                let _ = fs::remove_file(&path);
+            }
+        }
+        fsutil::sync_dir(&self.dir)?;
+        Ok(out)
+    }
+}
+
+/// The same name and version may not be stored with two different digests.
+fn conflict(reg: &Registry, m: &Manifest, digest: &str) -> Result<()> {
+    let version = m.version.to_string();
+    match reg.get(&m.name).and_then(|r| r.versions.iter().find(|v| v.version == version)) {
+        Some(v) if v.digest != digest => Err(PackageError::VersionConflict {
+            name: m.name.clone(),
+            version,
+            existing: v.digest.clone(),
+            new: digest.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Every regular file under `dir`, as `/`-joined relative paths.
+fn walk_files(dir: &Path, prefix: &str) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| PackageError::io("listing", dir, e))? {
+        let entry = entry.map_err(|e| PackageError::io("listing", dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(walk_files(&entry.path(), &rel)?);
+        } else {
+            out.push(rel);
+        }
+    }
+    Ok(out)
+}
