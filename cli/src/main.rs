@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod audit;
 mod client;
 mod keys;
 mod model;
@@ -43,6 +44,9 @@ enum Command {
     Client(client::ClientCommand),
     /// Show the running govboxd's state (exit code 3 when it is not running).
     Status(status::StatusArgs),
+    /// Export the audit log (through govboxd when it runs), tail it, or verify an export offline.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +59,7 @@ fn main() -> ExitCode {
         Command::Provision(a) => done(provision::run(cli.state.as_deref(), a)),
         Command::Client(c) => done(client::run(cli.state.as_deref(), &socket, c)),
         Command::Status(a) => status::run(&socket, a),
+        Command::Audit(c) => audit::run(cli.state.as_deref(), &socket, c),
     };
     match r {
         Ok(code) => code,

@@ -1,0 +1,114 @@
+//! Durable audit appends per second with 1, 8 and 64 concurrent writers, against the
+//! single-writer ceiling of a plain sled `insert` + `flush` loop on the same disk.
+//!
+//! `cargo run --release -p govbox-audit --example append_bench -- DIR [SECONDS]`
+//! (`bench/audit-append.sh` runs it on a real-disk folder).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use govbox_audit::{AuditKeys, AuditLog, AuditOptions, Event};
+use govbox_provisioning::SigningKey;
+
+fn event(i: u64) -> Event {
+    Event::InferenceRequest {
+        request_id: format!("chatcmpl-{i:016x}"),
+        client: "hr-portal".into(),
+        model: "qwen2-7b-instruct".into(),
+        model_digest: "5f".repeat(32),
+        prompt_hmac: format!("{:064x}", u128::from(i) * 0x9e37_79b9_7f4a_7c15),
+        endpoint: "/v1/chat/completions".into(),
+    }
+}
+
+/// Appends from `writers` threads for `secs`; returns durable entries per second.
+fn log_rate(dir: &Path, writers: u64, secs: Duration) -> f64 {
+    let keys = AuditKeys::new(SigningKey::generate().unwrap(), [9; 32]);
+    let log = AuditLog::open(dir.join(format!("log-{writers}")), keys, AuditOptions::default()).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let threads: Vec<_> = (0..writers)
+        .map(|t| {
+            let (log, stop) = (log.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    log.append_blocking(event(t << 32 | n)).unwrap();
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    std::thread::sleep(secs);
+    stop.store(true, Ordering::Relaxed);
+    let total: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    let rate = total as f64 / start.elapsed().as_secs_f64();
+    assert!(log.verify_store().unwrap().ok);
+    log.close().unwrap();
+    rate
+}
+
+/// The ceiling one writer can reach without group commit: insert one entry, flush, repeat.
+fn sled_rate(dir: &Path, secs: Duration) -> f64 {
+    let db = sled::open(dir.join("plain-sled")).unwrap();
+    let tree = db.open_tree("entries").unwrap();
+    let bytes = serde_json::to_vec(&event(0)).unwrap();
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < secs {
+        tree.insert(n.to_be_bytes(), bytes.as_slice()).unwrap();
+        db.flush().unwrap();
+        n += 1;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// The same, but as the writer stores an entry: entry and leaf in one two-tree transaction.
+fn sled_tx_rate(dir: &Path, secs: Duration) -> f64 {
+    use sled::Transactional;
+    let db = sled::open(dir.join("plain-sled-tx")).unwrap();
+    let (entries, leaves) = (db.open_tree("entries").unwrap(), db.open_tree("leaves").unwrap());
+    let bytes = serde_json::to_vec(&event(0)).unwrap();
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < secs {
+        (&entries, &leaves)
+            .transaction(|(e, l)| {
+                e.insert(&n.to_be_bytes(), bytes.as_slice())?;
+                l.insert(&n.to_be_bytes(), &[7u8; 32])?;
+                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .unwrap();
+        db.flush().unwrap();
+        n += 1;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let base = args.next().unwrap_or_else(|| "target/audit-bench".into());
+    let secs = Duration::from_secs_f64(args.next().map_or(3.0, |s| s.parse().expect("SECONDS is a number")));
+    std::fs::create_dir_all(&base).unwrap();
+    let dir = tempfile::tempdir_in(&base).unwrap();
+
+    let plain = sled_rate(dir.path(), secs);
+    println!("{:<34} {:>12}  {:>8}", "run", "entries/s", "vs sled");
+    println!("{:<34} {:>12.0}  {:>8.2}", "sled insert+flush, 1 writer", plain, 1.0);
+    let tx = sled_tx_rate(dir.path(), secs);
+    println!("{:<34} {:>12.0}  {:>8.2}", "sled 2-tree txn+flush, 1 writer", tx, tx / plain);
+    let mut rates = Vec::new();
+    for writers in [1, 8, 64] {
+        let r = log_rate(dir.path(), writers, secs);
+        println!("{:<34} {:>12.0}  {:>8.2}", format!("audit append_blocking, {writers} writers"), r, r / plain);
+        rates.push(r);
+    }
+    println!("group-commit gain (64 writers vs 1): {:.1}x", rates[2] / rates[0]);
+    let target = 5000.0;
+    let verdict = if rates[2] >= target { "meets" } else { "MISSES" };
+    println!("64 writers: {:.0} durable entries/s, {verdict} the {target:.0}/s target", rates[2]);
+}

@@ -1,0 +1,337 @@
+//! `govbox audit`: verify exports offline; export, tail and look up HMACs on the box.
+//!
+//! `verify` never needs the box: it reads the export file (and the previous one, and a pinned
+//! audit key) and nothing else. `export`, `tail` and `hmac` go through govboxd's admin socket
+//! while it runs (it holds the store's lock); when the socket does not answer, they open
+//! `STATE/audit` directly.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, anyhow, bail};
+use base64::Engine as _;
+use clap::{Args, Subcommand};
+use govbox_audit::{
+    AuditError, AuditLog, AuditOptions, Event, ExportRange, HmacKey, MAX_EXPORT_BYTES, VerifyReport, read_hmac_secret,
+    verify_export,
+};
+use govbox_provisioning::{PublicKey, StatePaths};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::admin::{AdminClient, AdminError};
+use crate::provision::state_dir;
+
+/// Longest text `govbox audit hmac` reads: a prompt far beyond any model's context.
+const MAX_HMAC_TEXT: u64 = 64 << 20;
+
+/// `govbox audit ...`
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Verify an export offline: range, count, gaps, and PASS/FAIL for every hash and signature.
+    Verify(VerifyArgs),
+    /// Export a range of the log to one file, for an auditor.
+    Export(ExportArgs),
+    /// Show the newest entries (metadata and keyed hashes only; the log holds no content).
+    Tail {
+        /// How many entries.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        n: usize,
+        /// Print one JSON object per line instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The HMAC under the box's audit secret of a text, to find its prompt_hmac in an export.
+    Hmac {
+        /// The exact text (a prompt or a response).
+        #[arg(long, conflicts_with = "stdin", required_unless_present = "stdin")]
+        text: Option<String>,
+        /// Read the exact text from standard input instead.
+        #[arg(long)]
+        stdin: bool,
+    },
+}
+
+/// Arguments of `govbox audit verify`.
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// The export file.
+    file: PathBuf,
+    /// The previous export: this one must continue it (detects a rewritten or truncated log).
+    #[arg(long, value_name = "FILE")]
+    previous: Option<PathBuf>,
+    /// The box's audit public key (audit.pub, PEM), pinned: the export must be signed by it.
+    #[arg(long, value_name = "PEM")]
+    device_key: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `govbox audit export`.
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// The first entry at or after this time (RFC 3339).
+    #[arg(long, value_name = "RFC3339", conflicts_with = "from")]
+    since: Option<String>,
+    /// The first seq [default: the oldest entry still kept].
+    #[arg(long, value_name = "SEQ")]
+    from: Option<u64>,
+    /// The last seq, inclusive [default: the newest].
+    #[arg(long, value_name = "SEQ")]
+    to: Option<u64>,
+    /// The file to write.
+    #[arg(short = 'o', long, value_name = "FILE")]
+    output: PathBuf,
+    /// Replace FILE if it exists (an earlier export is what the next one is verified against).
+    #[arg(long)]
+    force: bool,
+}
+
+/// Runs `govbox audit ...`.
+pub fn run(state: Option<&Path>, socket: &Path, cmd: AuditCommand) -> Result<ExitCode> {
+    let state = state_dir(state);
+    if let AuditCommand::Verify(args) = cmd {
+        return verify(&args);
+    }
+    if let AuditCommand::Export(args) = &cmd
+        && args.output.symlink_metadata().is_ok()
+        && !args.force
+    {
+        bail!("refusing to overwrite {}: the file already exists (use --force)", args.output.display());
+    }
+    match AdminClient::connect(socket) {
+        Ok(conn) => online(conn, cmd),
+        Err(e) if !e.is_unreachable() => Err(e.into()),
+        Err(unreachable) => offline(&state, cmd).map_err(|e| {
+            if e.chain().any(|c| matches!(c.downcast_ref::<AuditError>(), Some(AuditError::Locked { .. }))) {
+                anyhow!(
+                    "the audit store is locked by a running govboxd, but its admin socket {} does not answer: {}",
+                    socket.display(),
+                    unreachable.reason()
+                )
+            } else if matches!(unreachable, AdminError::PermissionDenied { .. }) {
+                anyhow!("{unreachable}; working on the state folder directly failed too: {e:#}")
+            } else {
+                e
+            }
+        }),
+    }?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_capped(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>> {
+    let file = fs::File::open(path).with_context(|| format!("opening {what} {}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes).with_context(|| format!("reading {what} {}", path.display()))?;
+    if bytes.len() as u64 > limit {
+        bail!("reading {what} {}: larger than the {limit}-byte limit", path.display());
+    }
+    Ok(bytes)
+}
+
+fn verify(args: &VerifyArgs) -> Result<ExitCode> {
+    let export = read_capped(&args.file, MAX_EXPORT_BYTES, "the export")?;
+    let previous =
+        args.previous.as_deref().map(|p| read_capped(p, MAX_EXPORT_BYTES, "the previous export")).transpose()?;
+    let pinned = args.device_key.as_deref().map(PublicKey::load_pem).transpose()?;
+    let report = verify_export(&export, previous.as_deref(), pinned.as_ref())
+        .with_context(|| format!("verifying {}", args.file.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render_report(&args.file, &report));
+    }
+    Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// The human form of a verification report.
+fn render_report(file: &Path, r: &VerifyReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "export     {}", file.display());
+    let _ = writeln!(out, "range      seq {}..={} ({} entries), tree size {}", r.from, r.to, r.count, r.tree_size);
+    let _ = writeln!(out, "audit key  {}", r.audit_keyid);
+    let _ = writeln!(out, "device     {}", r.device_keyid.as_deref().unwrap_or("not named in the export"));
+    let gaps = if r.gaps.is_empty() {
+        "none".to_string()
+    } else {
+        r.gaps
+            .iter()
+            .map(|(a, b)| if a == b { a.to_string() } else { format!("{a}..={b}") })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let _ = writeln!(out, "gaps       {gaps}");
+    for c in &r.checks {
+        let _ = writeln!(out, "{}  {:<16} {}", if c.ok { "PASS" } else { "FAIL" }, c.name, c.detail);
+    }
+    let failed = r.checks.iter().filter(|c| !c.ok).count();
+    if r.ok {
+        let _ = writeln!(out, "result     PASS ({} checks)", r.checks.len());
+    } else {
+        let _ = writeln!(out, "result     FAIL ({failed} of {} checks failed)", r.checks.len());
+    }
+    out
+}
+
+fn hmac_text(text: Option<String>, stdin: bool) -> Result<Vec<u8>> {
+    match (text, stdin) {
+        (Some(t), _) => Ok(t.into_bytes()),
+        (None, _) => {
+            let mut bytes = Vec::new();
+            std::io::stdin().take(MAX_HMAC_TEXT + 1).read_to_end(&mut bytes).context("reading standard input")?;
+            if bytes.len() as u64 > MAX_HMAC_TEXT {
+                bail!("the text on standard input is larger than {} MiB", MAX_HMAC_TEXT >> 20);
+            }
+            Ok(bytes)
+        }
+    }
+}
+
+fn range_of(args: &ExportArgs) -> Result<ExportRange> {
+    let since = args
+        .since
+        .as_deref()
+        .map(|s| OffsetDateTime::parse(s, &Rfc3339).map_err(|e| anyhow!("--since '{s}' is not an RFC 3339 time: {e}")))
+        .transpose()?;
+    Ok(ExportRange { from_seq: args.from, since, to_seq: args.to })
+}
+
+/// Writes the export next to its final name, then renames it into place.
+fn write_export(args: &ExportArgs, bytes: &[u8]) -> Result<()> {
+    let report = verify_export(bytes, None, None).context("checking the export just made")?;
+    let tmp = args.output.with_extension("partial");
+    let mut f = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes).and_then(|()| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, &args.output).with_context(|| format!("renaming {} into place", tmp.display()))?;
+    println!(
+        "exported seq {}..={} ({} entries), tree size {}, to {}",
+        report.from,
+        report.to,
+        report.count,
+        report.tree_size,
+        args.output.display()
+    );
+    if !report.ok {
+        bail!("the export does not verify: run `govbox audit verify {}` for details", args.output.display());
+    }
+    Ok(())
+}
+
+fn print_entries(entries: &[Value], json: bool) {
+    for e in entries {
+        if json {
+            println!("{e}");
+            continue;
+        }
+        let s = |k: &str| e[k].as_str().map_or_else(|| e[k].to_string(), str::to_string);
+        let rest: Vec<String> = e
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| !matches!(k.as_str(), "seq" | "time" | "kind"))
+            .map(|(k, v)| format!("{k}={}", v.as_str().map_or_else(|| v.to_string(), str::to_string)))
+            .collect();
+        println!("{:>8}  {}  {:<21} {}", s("seq"), s("time"), s("kind"), rest.join(" "));
+    }
+}
+
+/// Through the running daemon's admin socket.
+fn online(mut conn: AdminClient, cmd: AuditCommand) -> Result<()> {
+    let bad = |conn: &AdminClient, reason: String| AdminError::BadAnswer { path: conn.path().to_path_buf(), reason };
+    match cmd {
+        AuditCommand::Verify(_) => unreachable!("verify is offline"),
+        AuditCommand::Export(args) => {
+            let range = range_of(&args)?;
+            let answer = conn.request(&json!({
+                "cmd": "audit_export",
+                "from": range.from_seq,
+                "since": args.since,
+                "to": range.to_seq,
+            }))?;
+            let b64 = answer["export_b64"].as_str().ok_or_else(|| bad(&conn, "audit_export: no export_b64".into()))?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|e| bad(&conn, format!("audit_export: export_b64 is not base64: {e}")))?;
+            write_export(&args, &bytes)
+        }
+        AuditCommand::Tail { n, json } => {
+            let answer = conn.request(&json!({"cmd": "audit_tail", "n": n}))?;
+            let entries = answer["entries"].as_array().ok_or_else(|| bad(&conn, "audit_tail: no entries".into()))?;
+            print_entries(entries, json);
+            Ok(())
+        }
+        AuditCommand::Hmac { text, stdin } => {
+            let bytes = hmac_text(text, stdin)?;
+            let text = String::from_utf8(bytes).map_err(|_| anyhow!("the admin socket takes UTF-8 text only"))?;
+            let answer = conn.request(&json!({"cmd": "audit_hmac", "text": text}))?;
+            let hmac = answer["hmac"].as_str().ok_or_else(|| bad(&conn, "audit_hmac: no hmac".into()))?;
+            println!("{hmac}");
+            Ok(())
+        }
+    }
+}
+
+/// The state folder directly: govboxd is stopped (else the store is locked).
+fn offline(state: &Path, cmd: AuditCommand) -> Result<()> {
+    let paths = StatePaths::new(state);
+    match cmd {
+        AuditCommand::Verify(_) => unreachable!("verify is offline"),
+        AuditCommand::Export(args) => {
+            let range = range_of(&args)?;
+            let log = AuditLog::open_state(&paths, AuditOptions::default())?;
+            let bytes = log.export(range)?;
+            log.close()?;
+            write_export(&args, &bytes)
+        }
+        AuditCommand::Tail { n, json } => {
+            let log = AuditLog::open_state(&paths, AuditOptions::default())?;
+            let entries = log.tail(n)?.iter().map(serde_json::to_value).collect::<Result<Vec<_>, _>>()?;
+            log.close()?;
+            print_entries(&entries, json);
+            Ok(())
+        }
+        AuditCommand::Hmac { text, stdin } => {
+            let bytes = hmac_text(text, stdin)?;
+            let hmac = HmacKey::new(&read_hmac_secret(&paths.audit_hmac_key())?).hmac(&bytes);
+            // The query is an administrative action: it is recorded, as govboxd records its own.
+            let uid = fs::metadata("/proc/self").map(|m| m.uid()).context("reading this process's uid")?;
+            let log = AuditLog::open_state(&paths, AuditOptions::default())?;
+            log.append_blocking(Event::Admin {
+                actor: format!("uid {uid}"),
+                action: "audit_hmac_query".into(),
+                subject: hmac.clone(),
+            })?;
+            log.close()?;
+            println!("{hmac}");
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use govbox_audit::AuditKeys;
+    use govbox_provisioning::SigningKey;
+
+    use super::*;
+
+    #[test]
+    fn report_lists_range_gaps_and_each_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = AuditKeys::new(SigningKey::generate().unwrap(), [1; 32]);
+        let log = AuditLog::open(dir.path(), keys, AuditOptions::default()).unwrap();
+        log.append_blocking(Event::ConfigReload).unwrap();
+        let r = verify_export(&log.export(ExportRange::default()).unwrap(), None, None).unwrap();
+        let text = render_report(Path::new("x.json"), &r);
+        assert!(text.contains("range      seq 0..=0 (1 entries), tree size 1"), "{text}");
+        assert!(text.contains("gaps       none"), "{text}");
+        assert!(text.contains("PASS  root"), "{text}");
+        assert!(text.ends_with(&format!("result     PASS ({} checks)\n", r.checks.len())), "{text}");
+    }
+}
