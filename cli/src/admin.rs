@@ -21,8 +21,8 @@ use serde_json::Value;
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/govbox/admin.sock";
 /// The group whose members may open the socket.
 pub const ADMIN_GROUP: &str = "govbox-admin";
-/// Longest answer line accepted. A `client_list` of thousands of clients stays far below it.
-const MAX_ANSWER: u64 = 16 << 20;
+/// Longest answer line accepted: an audit export (at most 2 GiB, base64) is the largest answer.
+const MAX_ANSWER: u64 = 3 << 30;
 /// How long to wait for an answer: `client_add` signs a certificate and flushes the store.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a request line may take to be written.
@@ -164,6 +164,12 @@ impl AdminClient {
         stream.set_write_timeout(Some(WRITE_TIMEOUT)).map_err(|e| io_err("setting the write timeout", e))?;
         let writer = stream.try_clone().map_err(|e| io_err("cloning the connection", e))?;
         Ok(Self { path: path_buf, reader: BufReader::new(stream), writer })
+    }
+
+    /// Waits up to `limit` for each answer (the default is 30 s; imports take longer).
+    pub fn set_read_timeout(&mut self, limit: Duration) {
+        // Only fails for a zero duration, which callers never pass.
+        let _ = self.reader.get_ref().set_read_timeout(Some(limit));
     }
 
     /// The socket this client is connected to.

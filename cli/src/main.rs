@@ -8,8 +8,11 @@ mod audit;
 mod client;
 mod keys;
 mod model;
+mod package;
 mod provision;
 mod status;
+mod store;
+mod trust;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,7 +35,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run, inspect and measure models directly (no daemon needed).
+    /// The box's signed models (import, list, activate, rollback, remove), and running model files directly.
     #[command(subcommand)]
     Model(model::ModelCommand),
     /// Make an Ed25519 signing key pair (vendors: for signing model packages and update bundles).
@@ -47,6 +50,12 @@ enum Command {
     /// Export the audit log (through govboxd when it runs), tail it, or verify an export offline.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Build, inspect and verify signed model packages (offline).
+    #[command(subcommand)]
+    Package(package::PackageCommand),
+    /// Show, sign and rotate the trust root (offline).
+    #[command(subcommand)]
+    Trust(trust::TrustCommand),
 }
 
 fn main() -> ExitCode {
@@ -54,12 +63,14 @@ fn main() -> ExitCode {
     let socket = admin::socket_path(cli.admin_socket.as_deref(), cli.state.as_deref());
     let done = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
     let r = match cli.command {
-        Command::Model(c) => done(model::run(c)),
+        Command::Model(c) => done(model::run(cli.state.as_deref(), &socket, c)),
         Command::Keygen(a) => done(keys::run(a)),
         Command::Provision(a) => done(provision::run(cli.state.as_deref(), a)),
         Command::Client(c) => done(client::run(cli.state.as_deref(), &socket, c)),
         Command::Status(a) => status::run(&socket, a),
         Command::Audit(c) => audit::run(cli.state.as_deref(), &socket, c),
+        Command::Package(c) => done(package::run(cli.state.as_deref(), c)),
+        Command::Trust(c) => done(trust::run(cli.state.as_deref(), c)),
     };
     match r {
         Ok(code) => code,

@@ -1,4 +1,5 @@
-//! `govbox model ...`: run a model file or folder directly, without the daemon.
+//! `govbox model ...`: the box's signed model store (see [`crate::store`]), and running a model
+//! file or folder directly, without the daemon.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -29,6 +30,8 @@ pub struct ModelArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum ModelCommand {
+    #[command(flatten)]
+    Store(crate::store::StoreCommand),
     /// Generate text, streamed to stdout.
     Generate {
         #[command(flatten)]
@@ -122,8 +125,9 @@ fn load(m: &ModelArgs) -> Result<(Arc<Engine>, Arc<dyn Backend>)> {
 }
 
 /// Runs one `govbox model` command.
-pub fn run(cmd: ModelCommand) -> Result<()> {
+pub fn run(state: Option<&Path>, socket: &Path, cmd: ModelCommand) -> Result<()> {
     match cmd {
+        ModelCommand::Store(c) => crate::store::run(state, socket, c),
         ModelCommand::Generate {
             m,
             prompt,

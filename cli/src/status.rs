@@ -79,13 +79,21 @@ fn render(s: &Value, clients: Option<&Value>) -> String {
         (None, None) => {}
     }
 
+    if s["insecure_dev_models"].as_bool() == Some(true) {
+        row("WARNING", "--insecure-dev-models: unsigned model folders are served".to_string());
+    }
     let loaded: Vec<&Value> = s["models"].as_array().map(|a| a.iter().collect()).unwrap_or_default();
     if loaded.is_empty() {
         row("models", "none loaded".to_string());
     }
     for (i, m) in loaded.iter().enumerate() {
-        let line =
-            format!("{} ({}, {}) {}", str_of(&m["name"]), str_of(&m["kind"]), str_of(&m["format"]), str_of(&m["path"]));
+        let origin = match m["digest"].as_str() {
+            Some(d) if d.starts_with("sha256-") => {
+                format!("{} {}", str_of(&m["version"]), d.get(..19).unwrap_or(d))
+            }
+            _ => format!("UNSIGNED {}", str_of(&m["path"])),
+        };
+        let line = format!("{} ({}, {}) {origin}", str_of(&m["name"]), str_of(&m["kind"]), str_of(&m["format"]));
         row(if i == 0 { "models" } else { "" }, line);
     }
     let loaded_names: Vec<&str> = loaded.iter().filter_map(|m| m["name"].as_str()).collect();
@@ -137,12 +145,15 @@ mod tests {
             "version": "0.1.0", "uptime_secs": 3725, "ready": true, "shutting_down": false,
             "listen": "127.0.0.1:8443", "configured_models": ["tiny-qwen2", "minilm", "late"],
             "models": [
-                {"name": "tiny-qwen2", "kind": "chat", "format": "safetensors", "path": "/m/q"},
-                {"name": "minilm", "kind": "embedding", "format": "safetensors", "path": "/m/e"},
+                {"name": "tiny-qwen2", "kind": "chat", "format": "safetensors", "path": "/m/q",
+                 "version": "1.2.0", "digest": "sha256-0123456789abcdef0123"},
+                {"name": "minilm", "kind": "embedding", "format": "safetensors", "path": "/m/e",
+                 "version": "dev", "digest": "unsigned-dev-folder"},
             ],
             "backend": {"kind": "cpu", "name": "x86_64", "threads": 2, "simulated": false,
                         "memory_used": null, "memory_total": 17179869184u64},
             "active_generations": 1, "queued_requests": 0, "open_connections": 3,
+            "insecure_dev_models": true,
         });
         let clients = json!({"clients": [{"revoked": false}, {"revoked": true}]});
         let out = render(&s, Some(&clients));
@@ -151,8 +162,9 @@ mod tests {
             "uptime        01h 02m 05s",
             "backend       cpu (x86_64), 2 threads",
             "memory        16.00 GiB total",
-            "models        tiny-qwen2 (chat, safetensors) /m/q",
-            "              minilm (embedding, safetensors) /m/e",
+            "models        tiny-qwen2 (chat, safetensors) 1.2.0 sha256-0123456789ab",
+            "              minilm (embedding, safetensors) UNSIGNED /m/e",
+            "WARNING       --insecure-dev-models",
             "not loaded    late",
             "requests      1 generating, 0 queued, 3 open connections",
             "clients       2 (1 active, 1 revoked)",

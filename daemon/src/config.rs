@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// The `config_version` this daemon writes and fully understands.
-pub const CONFIG_VERSION: u32 = 1;
+pub const CONFIG_VERSION: u32 = 2;
 /// Config files are a few kilobytes; anything much larger is not a config file.
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
@@ -75,8 +75,36 @@ pub struct Config {
     pub limits: Limits,
     /// How requests are queued and run.
     pub serving: Serving,
-    /// The models to serve.
+    /// Re-hash every installed package's payload at start-up (signatures are always re-checked).
+    pub verify_payload_on_start: bool,
+    /// The audit log.
+    pub audit: AuditConfig,
+    /// Unsigned model folders, served only under `--insecure-dev-models` (development).
     pub models: Vec<ModelEntry>,
+}
+
+/// `[audit]`: checkpoints and retention of the tamper-evident audit log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// A signed tree head after this many entries.
+    pub checkpoint_every: u64,
+    /// A signed tree head after this many seconds with new entries.
+    pub checkpoint_interval_secs: u64,
+    /// Days that entries are kept (exported entries only, unless a prune is forced).
+    pub retention_days: u32,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            // 1000 entries or 60 s: a lost tail is small, and signing stays far below 1 % of the work.
+            checkpoint_every: 1000,
+            checkpoint_interval_secs: 60,
+            // 180 days: China's six-month minimum for network logs (网络安全法 第二十一条).
+            retention_days: 180,
+        }
+    }
 }
 
 impl Default for Config {
@@ -96,6 +124,9 @@ impl Default for Config {
             tls: TlsConfig::default(),
             limits: Limits::default(),
             serving: Serving::default(),
+            // Re-hash at start: a changed byte on disk is found before it is served.
+            verify_payload_on_start: true,
+            audit: AuditConfig::default(),
             // No model until one is configured: the daemon still serves /healthz and the admin socket.
             models: Vec::new(),
         }
@@ -281,6 +312,9 @@ impl Config {
             ("serving.request_deadline_secs", s.request_deadline_secs),
             ("serving.default_max_tokens", s.default_max_tokens as u64),
             ("serving.kv_tokens", s.kv_tokens as u64),
+            ("audit.checkpoint_every", self.audit.checkpoint_every),
+            ("audit.checkpoint_interval_secs", self.audit.checkpoint_interval_secs),
+            ("audit.retention_days", u64::from(self.audit.retention_days)),
         ] {
             if v == 0 {
                 return invalid(key, "must be at least 1");
@@ -377,7 +411,7 @@ mod tests {
 
     #[test]
     fn unknown_keys_of_a_newer_version_are_warnings() {
-        let text = "config_version = 2\nfuture = true\n[limits]\nmax_body_bytes = 5\nnew_limit = 1\n\
+        let text = "config_version = 3\nfuture = true\n[limits]\nmax_body_bytes = 5\nnew_limit = 1\n\
                     [[models]]\nname = \"m\"\npath = \"p\"\nsigned = true\n[newsection]\nx = 1\n";
         let (c, w) = parse(text).unwrap();
         assert_eq!(c.limits.max_body_bytes, 5);

@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use govbox_drivers::Backend;
@@ -21,10 +21,12 @@ use tokio::sync::{mpsc, watch};
 use crate::admission::Admission;
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
+use crate::packages::Packages;
 use crate::quota::{QuotaError, Quotas};
-use crate::state::{AppState, ModelLoadError, load_model};
+use crate::state::{AppState, ModelLoadError, ModelSource, ModelTable, load_model};
 use crate::tls::TlsSetupError;
-use crate::{admin, api, logging, server, systemd, tls};
+use crate::{admin, api, auditing, logging, server, systemd, tls};
+use govbox_audit::{Event, LifecycleAction};
 
 /// How long start-up waits for another process to let go of the client store.
 const STORE_LOCK_WAIT: Duration = Duration::from_secs(5);
@@ -40,6 +42,8 @@ pub struct Options {
     pub config: Option<PathBuf>,
     /// `-v` count.
     pub verbose: u8,
+    /// Serve the config's unsigned `[[models]]` folders too (development only).
+    pub insecure_dev_models: bool,
 }
 
 /// Why the daemon could not start or had to stop.
@@ -85,9 +89,25 @@ pub enum DaemonError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// `[[models]]` folders are configured but `--insecure-dev-models` was not given.
+    #[error(
+        "the config names {count} unsigned model folder(s) in [[models]]; govboxd serves only imported, \
+         signed packages (`govbox model import`). Remove [[models]], or start with --insecure-dev-models \
+         for development"
+    )]
+    DevModelsRefused {
+        /// How many are configured.
+        count: usize,
+    },
     /// A configured model could not be loaded.
     #[error(transparent)]
     Model(#[from] ModelLoadError),
+    /// The audit log could not be opened: govboxd does not serve without it.
+    #[error("opening the audit log: {0}")]
+    Audit(#[from] govbox_audit::AuditError),
+    /// The model store could not be opened.
+    #[error("opening the model store: {0}")]
+    Packages(#[from] crate::packages::ServeError),
     /// The async runtime or a signal handler could not be set up.
     #[error("setting up {what}: {source}")]
     Runtime {
@@ -103,7 +123,7 @@ impl DaemonError {
     /// or the state folder, 1 for everything else.
     pub fn exit_code(&self) -> u8 {
         match self {
-            DaemonError::Config(_) | DaemonError::StateDir { .. } => 2,
+            DaemonError::Config(_) | DaemonError::StateDir { .. } | DaemonError::DevModelsRefused { .. } => 2,
             DaemonError::Provision(ProvisionError::NotProvisioned { .. }) => 2,
             _ => 1,
         }
@@ -128,6 +148,9 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         None => (Config::default(), vec![]),
     };
     check_state_dir(&opts.state)?;
+    if !config.models.is_empty() && !opts.insecure_dev_models {
+        return Err(DaemonError::DevModelsRefused { count: config.models.len() });
+    }
     let base = logging::parse_level(&config.log_level).unwrap_or(log::LevelFilter::Info);
     let sink = logging::init(logging::raise(base, opts.verbose));
     log::info!("govboxd {} starting; logging to {sink}", env!("CARGO_PKG_VERSION"));
@@ -137,6 +160,12 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     }
     for w in warnings {
         log::warn!("{w}");
+    }
+    if opts.insecure_dev_models {
+        log::warn!(
+            "--insecure-dev-models: serving {} unsigned model folder(s) from the config; never use this in production",
+            config.models.len()
+        );
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -153,6 +182,8 @@ async fn daemon(opts: Options, config: Config) -> Result<(), DaemonError> {
     let info = backend.info();
     log::info!("backend: {:?} '{}', {} threads", info.kind, info.name, info.threads);
     let store = open_store(&opts.state).await?;
+    let packages = Packages::open(&opts.state)?;
+    let audit = auditing::open(&opts.state, &config.audit)?;
     let quotas = Quotas::open(&StatePaths::new(&opts.state).state_dir().join("quota"))?;
     let tls_config = tls::server_config(&load_server_tls(&opts.state)?, config.tls.mtls)?;
     let listener =
@@ -167,7 +198,10 @@ async fn daemon(opts: Options, config: Config) -> Result<(), DaemonError> {
         state_dir: opts.state.clone(),
         store,
         quotas,
-        models: OnceLock::new(),
+        models: ModelTable::default(),
+        insecure_dev_models: opts.insecure_dev_models,
+        packages,
+        audit,
         backend,
         tls: RwLock::new(Arc::new(tls_config)),
         listen,
@@ -182,6 +216,7 @@ async fn daemon(opts: Options, config: Config) -> Result<(), DaemonError> {
         signal(SignalKind::terminate()).map_err(|source| DaemonError::Runtime { what: "SIGTERM", source })?;
     let mut int = signal(SignalKind::interrupt()).map_err(|source| DaemonError::Runtime { what: "SIGINT", source })?;
 
+    auditing::record(&state.audit, &state.metrics, auditing::lifecycle(LifecycleAction::Start)).await;
     tokio::spawn(admin::serve(admin_listener, state.clone()));
     let server = tokio::spawn(server::serve(listener, state.clone(), api::router(state.clone())));
     tokio::spawn(systemd::watchdog(state.clone()));
@@ -213,6 +248,13 @@ async fn daemon(opts: Options, config: Config) -> Result<(), DaemonError> {
     let _ = state.shutdown.send(true);
     let _ = server.await;
     state.quotas.flush();
+    auditing::record(&state.audit, &state.metrics, auditing::lifecycle(LifecycleAction::Stop)).await;
+    let audit = state.audit.clone();
+    match tokio::task::spawn_blocking(move || audit.close()).await {
+        Ok(Ok(head)) => log::info!("audit log closed with a signed tree head at size {}", head.tree_size),
+        Ok(Err(e)) => log::error!("audit: closing the log: {e}"),
+        Err(e) => log::error!("audit: closing the log: {e}"),
+    }
     let _ = std::fs::remove_file(&admin_path);
     systemd::status("stopped");
     result
@@ -232,38 +274,77 @@ async fn open_store(state: &Path) -> Result<ClientStore, DaemonError> {
     }
 }
 
+/// Loads the active version of every imported package (checked again first), then, under
+/// `--insecure-dev-models`, the config's unsigned folders. A package that fails its checks is
+/// logged and left out; a dev folder that does not load stops the daemon, as before packages.
 async fn load_models(state: Arc<AppState>, fatal: mpsc::Sender<DaemonError>) {
-    let n = state.config.models.len();
-    systemd::status(&format!("loading {n} models"));
-    let mut loaded = Vec::with_capacity(n);
-    for entry in state.config.models.clone() {
-        let backend = state.backend.clone();
-        let kv = state.config.serving.kv_tokens;
-        let t = Instant::now();
-        match tokio::task::spawn_blocking(move || load_model(&entry, backend, kv)).await {
-            Ok(Ok(m)) => {
+    systemd::status("verifying and loading the installed model packages");
+    let full = state.config.verify_payload_on_start;
+    let st = state.clone();
+    let packaged = match tokio::task::spawn_blocking(move || st.packages.load_active(&st, full)).await {
+        Ok(r) => r,
+        Err(e) => {
+            let source = std::io::Error::other(e.to_string());
+            let _ = fatal.send(DaemonError::Runtime { what: "the model loading task", source }).await;
+            return;
+        }
+    };
+    let mut loaded = Vec::new();
+    for r in packaged {
+        match r {
+            Ok(m) => {
                 log::info!(
-                    "loaded model '{}' ({}, {}) from {} in {:.1} s",
+                    "loaded model '{}' {} ({}, {}) from {}",
                     m.name,
+                    m.source.version(),
                     m.kind.as_str(),
                     m.engine.format(),
-                    m.path.display(),
-                    t.elapsed().as_secs_f64()
+                    m.path.display()
                 );
                 loaded.push(Arc::new(m));
             }
-            Ok(Err(e)) => {
-                let _ = fatal.send(e.into()).await;
-                return;
-            }
-            Err(e) => {
-                let source = std::io::Error::other(e.to_string());
-                let _ = fatal.send(DaemonError::Runtime { what: "the model loading task", source }).await;
-                return;
+            Err(b) => {
+                let (what, e) = *b;
+                log::error!("not serving {what}: {e}");
             }
         }
     }
-    let _ = state.models.set(loaded);
+    if state.insecure_dev_models {
+        for entry in state.config.models.clone() {
+            if loaded.iter().any(|m| m.name == entry.name) {
+                log::warn!("[[models]] '{}' is ignored: a signed package of that name is installed", entry.name);
+                continue;
+            }
+            let backend = state.backend.clone();
+            let kv = state.config.serving.kv_tokens;
+            let t = Instant::now();
+            let job = move || load_model(&entry, ModelSource::DevFolder, backend, kv);
+            match tokio::task::spawn_blocking(job).await {
+                Ok(Ok(m)) => {
+                    log::warn!(
+                        "loaded UNSIGNED dev model '{}' ({}, {}) from {} in {:.1} s (--insecure-dev-models)",
+                        m.name,
+                        m.kind.as_str(),
+                        m.engine.format(),
+                        m.path.display(),
+                        t.elapsed().as_secs_f64()
+                    );
+                    loaded.push(Arc::new(m));
+                }
+                Ok(Err(e)) => {
+                    let _ = fatal.send(e.into()).await;
+                    return;
+                }
+                Err(e) => {
+                    let source = std::io::Error::other(e.to_string());
+                    let _ = fatal.send(DaemonError::Runtime { what: "the model loading task", source }).await;
+                    return;
+                }
+            }
+        }
+    }
+    let n = loaded.len();
+    state.models.set(loaded);
     systemd::notify(&[NotifyState::Ready]);
     systemd::status(&format!("ready: serving {n} models on https://{}", state.listen));
 }
@@ -271,6 +352,8 @@ async fn load_models(state: Arc<AppState>, fatal: mpsc::Sender<DaemonError>) {
 /// SIGHUP: re-read `log_level`, the TLS certificate and the client store.
 fn reload(state: &AppState, opts: &Options) {
     log::info!("SIGHUP: reloading");
+    let (audit, metrics) = (state.audit.clone(), state.metrics.clone());
+    tokio::spawn(async move { auditing::record(&audit, &metrics, Event::ConfigReload).await });
     if let Some(path) = &state.config_path {
         match Config::load(path) {
             Ok((new, warnings)) => {

@@ -7,7 +7,8 @@
 //! engine, and owns no model math, no crypto formats and no client-store logic.
 //!
 //! **What it trusts:** the state folder that provisioning wrote (the box's CA, the server key and
-//! the client store), the config file, and the model files the config names. It trusts nothing a
+//! the client store), the config file, and the trust root, through which it accepts only signed
+//! model packages (unsigned config folders only under `--insecure-dev-models`). It trusts nothing a
 //! network peer sends: every request is authenticated (a client certificate of the box's CA, or a
 //! bearer token), authorised per model, rate- and budget-limited, and bounded in size and time.
 //!
@@ -22,12 +23,14 @@
 pub mod admin;
 pub mod admission;
 pub mod api;
+pub mod auditing;
 pub mod auth;
 pub mod bridge;
 pub mod config;
 pub mod daemon;
 pub mod logging;
 pub mod metrics;
+pub mod packages;
 pub mod quota;
 pub mod server;
 pub mod state;

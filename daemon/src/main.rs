@@ -19,6 +19,10 @@ struct Args {
     /// The config file (TOML); without it, the built-in defaults apply.
     #[arg(long, value_name = "FILE", env = "GOVBOX_CONFIG")]
     config: Option<PathBuf>,
+    /// Also serve the config's unsigned `[[models]]` folders (development only: logged as a warning
+    /// at every start and shown in /readyz and `govbox status`).
+    #[arg(long)]
+    insecure_dev_models: bool,
     /// More log detail (-v debug, -vv trace); never request content.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -27,7 +31,12 @@ struct Args {
 fn main() -> ExitCode {
     // clap exits with status 2 on a usage error, like a bad config does below.
     let args = Args::parse();
-    match run(Options { state: args.state, config: args.config, verbose: args.verbose }) {
+    match run(Options {
+        state: args.state,
+        config: args.config,
+        verbose: args.verbose,
+        insecure_dev_models: args.insecure_dev_models,
+    }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Also to stderr, which the logger may not be set up to reach yet.

@@ -1,10 +1,8 @@
 //! The daemon's Prometheus metrics. Names carry the `govbox_` prefix; labels never carry a client
 //! name, a prompt or anything else that a request chose, only the route template and the status.
 //!
-//! Not exported yet, because nothing measures them yet: `govbox_kv_cache_usage_ratio` (the engine
-//! does not expose its KV block allocator), `govbox_audit_entries_total` (the audit crate is not
-//! built yet). `govbox_accelerator_memory_used_bytes` is exported only when the backend reports its
-//! memory use; the CPU backend does not.
+//! `govbox_accelerator_memory_used_bytes` is exported only when the backend reports its memory
+//! use; the CPU backend does not.
 
 use std::sync::atomic::AtomicU64;
 
@@ -47,6 +45,11 @@ pub struct Metrics {
     pub kv_cache_usage: Family<[(&'static str, String); 1], Gauge<f64, AtomicU64>>,
     /// `govbox_accelerator_memory_used_bytes`, when the backend reports it.
     pub accelerator_memory: Option<Gauge<u64, AtomicU64>>,
+    /// `govbox_audit_entries_total`: entries made durable in the audit log.
+    pub audit_entries: Counter,
+    /// `govbox_audit_failures_total`: audit appends that failed (the request got 503, or its
+    /// stream ended with an error event).
+    pub audit_failures: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -118,6 +121,14 @@ impl Metrics {
             registry.register("govbox_accelerator_memory_used_bytes", "Accelerator memory in use", g.clone());
             g
         });
+        let audit_entries = Counter::default();
+        registry.register("govbox_audit_entries", "Entries made durable in the audit log", audit_entries.clone());
+        let audit_failures = Counter::default();
+        registry.register(
+            "govbox_audit_failures",
+            "Audit appends that failed; the request was refused with 503 or its stream ended with an error",
+            audit_failures.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -133,6 +144,8 @@ impl Metrics {
             handshake_failures,
             kv_cache_usage,
             accelerator_memory,
+            audit_entries,
+            audit_failures,
         }
     }
 
@@ -168,6 +181,7 @@ mod tests {
             "govbox_time_to_first_token_seconds_count 1",
             "govbox_tokens_generated_total 3",
             "govbox_active_generations 0",
+            "govbox_audit_failures_total 0",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

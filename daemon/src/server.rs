@@ -184,6 +184,8 @@ async fn connection(
         Ok(Err(e)) => {
             state.metrics.handshake_failures.inc();
             log::debug!("TLS handshake with {} failed: {e}", peer.ip());
+            // A refused client certificate ends here: an authentication failure (aggregated).
+            state.audit.record_auth_failure(peer.ip(), "tls_handshake_failed");
             return;
         }
         Err(_) => {

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use govbox_drivers::Backend;
@@ -48,6 +48,84 @@ pub struct LoadedModel {
     pub path: PathBuf,
     /// When it was loaded, Unix seconds (OpenAI's `created`).
     pub created: i64,
+    /// Where the model came from: a verified package, or a dev folder.
+    pub source: ModelSource,
+}
+
+/// Where a served model came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// An imported, signature-checked package of the model store.
+    Package {
+        /// Its version.
+        version: String,
+        /// The SHA-256 of its signed manifest (`sha256-<hex>`), which names it in the store.
+        digest: String,
+    },
+    /// A `[[models]]` folder of the config, served only under `--insecure-dev-models`.
+    DevFolder,
+}
+
+impl ModelSource {
+    /// The version, or `dev` for a dev folder.
+    pub fn version(&self) -> &str {
+        match self {
+            ModelSource::Package { version, .. } => version,
+            ModelSource::DevFolder => "dev",
+        }
+    }
+
+    /// The package digest, or `unsigned-dev-folder`.
+    pub fn digest(&self) -> &str {
+        match self {
+            ModelSource::Package { digest, .. } => digest,
+            ModelSource::DevFolder => "unsigned-dev-folder",
+        }
+    }
+}
+
+/// The served models. Unset until start-up has loaded them; then each entry can be replaced
+/// while requests run: a request holds an `Arc` of the model it started on and finishes on it.
+#[derive(Debug, Default)]
+pub struct ModelTable {
+    inner: RwLock<Option<Arc<Vec<Arc<LoadedModel>>>>>,
+}
+
+impl ModelTable {
+    /// The current set, or `None` while start-up still loads it.
+    pub fn get(&self) -> Option<Arc<Vec<Arc<LoadedModel>>>> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Sets the whole set (start-up).
+    pub fn set(&self, models: Vec<Arc<LoadedModel>>) {
+        *self.inner.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(models));
+    }
+
+    /// Puts `model` in place of the one with its name (or adds it); returns the one it replaced.
+    pub fn replace(&self, model: Arc<LoadedModel>) -> Option<Arc<LoadedModel>> {
+        let mut guard = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        let mut list: Vec<Arc<LoadedModel>> = guard.as_deref().cloned().unwrap_or_default();
+        let old = match list.iter().position(|m| m.name == model.name) {
+            Some(i) => Some(std::mem::replace(&mut list[i], model)),
+            None => {
+                list.push(model);
+                None
+            }
+        };
+        *guard = Some(Arc::new(list));
+        old
+    }
+
+    /// Takes the model called `name` out of service; returns it.
+    pub fn remove(&self, name: &str) -> Option<Arc<LoadedModel>> {
+        let mut guard = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        let mut list: Vec<Arc<LoadedModel>> = guard.as_deref().cloned().unwrap_or_default();
+        let i = list.iter().position(|m| m.name == name)?;
+        let old = list.remove(i);
+        *guard = Some(Arc::new(list));
+        Some(old)
+    }
 }
 
 /// Why a model could not be loaded.
@@ -66,9 +144,10 @@ pub enum ModelLoadError {
     },
 }
 
-/// Loads one configured model (blocking: run it off the async runtime).
+/// Loads one model (blocking: run it off the async runtime).
 pub fn load_model(
     entry: &ModelEntry,
+    source: ModelSource,
     backend: Arc<dyn Backend>,
     kv_tokens: usize,
 ) -> Result<LoadedModel, ModelLoadError> {
@@ -81,6 +160,7 @@ pub fn load_model(
         kind,
         path: entry.path.clone(),
         created: time::OffsetDateTime::now_utc().unix_timestamp(),
+        source,
     })
 }
 
@@ -100,8 +180,14 @@ pub struct AppState {
     pub admission: Admission,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// The loaded models; unset until every configured model has loaded.
-    pub models: OnceLock<Vec<Arc<LoadedModel>>>,
+    /// The served models; unset until start-up has loaded them.
+    pub models: ModelTable,
+    /// Whether `--insecure-dev-models` let unsigned `[[models]]` folders be served.
+    pub insecure_dev_models: bool,
+    /// The signed model packages.
+    pub packages: crate::packages::Packages,
+    /// The tamper-evident audit log (govboxd holds its lock while it runs).
+    pub audit: govbox_audit::AuditLog,
     /// The backend the models run on.
     pub backend: Arc<dyn Backend>,
     /// TLS settings for new connections; replaced on SIGHUP.
@@ -129,12 +215,12 @@ impl AppState {
         self.models.get().is_some() && !self.admission.is_closed()
     }
 
-    /// The loaded models, or 503 while they load.
-    pub fn models(&self) -> Result<&[Arc<LoadedModel>], ApiError> {
+    /// The served models, or 503 while they load.
+    pub fn models(&self) -> Result<Arc<Vec<Arc<LoadedModel>>>, ApiError> {
         if self.admission.is_closed() {
             return Err(ApiError::ShuttingDown);
         }
-        self.models.get().map(Vec::as_slice).ok_or(ApiError::NotReady)
+        self.models.get().ok_or(ApiError::NotReady)
     }
 
     /// The model called `name`.
@@ -188,6 +274,8 @@ pub(crate) fn test_state() -> (tempfile::TempDir, Arc<AppState>) {
     let material = govbox_provisioning::load_server_tls(&dir).unwrap();
     let tls = crate::tls::server_config(&material, config.tls.mtls).unwrap();
     let backend: Arc<dyn Backend> = Arc::new(govbox_drivers::cpu::CpuBackend::new(1).unwrap());
+    let packages = crate::packages::Packages::open(&dir).unwrap();
+    let audit = crate::auditing::open(&dir, &crate::config::AuditConfig::default()).unwrap();
     let state = AppState {
         admission: Admission::new(1, 1),
         metrics: Arc::new(Metrics::new(false)),
@@ -196,7 +284,10 @@ pub(crate) fn test_state() -> (tempfile::TempDir, Arc<AppState>) {
         config,
         config_path: None,
         state_dir: dir,
-        models: OnceLock::new(),
+        models: ModelTable::default(),
+        insecure_dev_models: false,
+        packages,
+        audit,
         backend,
         tls: RwLock::new(Arc::new(tls)),
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),

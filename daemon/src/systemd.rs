@@ -46,7 +46,7 @@ pub async fn watchdog(state: Arc<AppState>) {
 }
 
 async fn engine_answers(state: &AppState, limit: Duration) -> bool {
-    let Some(model) = state.models.get().and_then(|m| m.first()).cloned() else {
+    let Some(model) = state.models.get().and_then(|m| m.first().cloned()) else {
         return true;
     };
     let check = tokio::task::spawn_blocking(move || model.engine.tokenizer().encode("watchdog").is_ok());

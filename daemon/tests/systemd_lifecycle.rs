@@ -8,7 +8,7 @@
 mod common;
 
 use std::os::unix::net::UnixDatagram;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Box_, Daemon, govboxd, parse_sse, signal, tiny_qwen2, wait_for};
@@ -141,4 +141,15 @@ fn bad_config_or_state_exits_2_with_a_clear_message() {
 
     let (code, err) = run_to_exit(&["--state".as_ref(), state, "--no-such-flag".as_ref()]);
     assert_eq!(code, Some(2), "{err}");
+
+    // Unsigned model folders are refused unless the development flag is given.
+    std::fs::write(&cfg, "[[models]]\nname = \"m\"\npath = \"somewhere\"\n").unwrap();
+    let plain = Command::new(env!("CARGO_BIN_EXE_govboxd"))
+        .args(["--state".as_ref(), state, "--config".as_ref(), cfg.as_os_str()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&plain.stderr);
+    assert_eq!(plain.status.code(), Some(2), "{err}");
+    assert!(err.contains("--insecure-dev-models") && err.contains("govbox model import"), "{err}");
 }

@@ -292,6 +292,13 @@ impl Engine {
         r
     }
 
+    /// Logits after the last of `ids` (one pass, like a prefill): what a package self-test checks.
+    pub fn last_logits(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        let all = self.logits(ids, true)?;
+        let vocab = all.len() / ids.len().max(1);
+        Ok(all[all.len() - vocab..].to_vec())
+    }
+
     /// Generates for `req`, calling `on_event` with each event; `on_event` returns false to
     /// cancel (the client went away), which frees the request's KV blocks at once.
     pub fn generate(&self, req: &GenerateRequest, on_event: &mut dyn FnMut(Event) -> bool) -> Result<Usage> {

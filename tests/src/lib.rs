@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub use govbox_images::corpus::CorpusKeys;
+use govbox_provisioning::Overwrite;
+
 /// The repository root.
 pub fn repo() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
@@ -51,6 +54,8 @@ pub struct TestBox {
     pub port: u16,
     /// The config file.
     pub config: PathBuf,
+    /// The vendor keys the trust root names (see [`TestBox::provisioned`]).
+    pub keys: CorpusKeys,
 }
 
 /// A free TCP port on 127.0.0.1.
@@ -60,39 +65,91 @@ pub fn free_port() -> u16 {
 
 impl TestBox {
     /// Provisions a box in a fresh temporary folder, adds client `app` with a certificate and a
-    /// token, and writes a config serving the tiny Qwen2 chat model and the real MiniLM.
+    /// token, builds signed packages of the tiny Qwen2 chat model (with a self-test) and the real
+    /// MiniLM, and imports them: govboxd serves them with no `[[models]]` in its config.
+    ///
+    /// The trust root is the one the bad-package corpus assumes ([`CorpusKeys::trust_root`]'s
+    /// roles): `models` needs 2 of the two vendor keys, the third key holds `root` and `updates`.
     pub fn new(tag: &str) -> Self {
+        let b = Self::provisioned(tag);
+        let qwen = b.build_package(&repo().join("tests/fixtures/tiny-qwen2"), "tiny-qwen2", "1.0.0", true);
+        b.import(&qwen);
+        let minilm = b.build_package(&minilm(), "minilm", "1.0.0", false);
+        b.import(&minilm);
+        b
+    }
+
+    /// A provisioned box with its client and keys, but no model imported.
+    pub fn provisioned(tag: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("govbox-e2e-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(dir.join("keys")).unwrap();
         let state = dir.join("state");
-        let key = dir.join("vendor.key");
-        let o = Command::new(bin("govbox"))
-            .args(["keygen", "--out"])
-            .arg(&key)
-            .arg("--pub")
-            .arg(dir.join("vendor.pub"))
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "keygen: {}", String::from_utf8_lossy(&o.stderr));
-        govbox(&state, &["provision", "--trust-key", dir.join("vendor.pub").to_str().unwrap()]);
+        let keys = CorpusKeys::generate().unwrap();
+        let k = |n: &str| dir.join("keys").join(n);
+        for (name, key) in [("models0", &keys.models[0]), ("models1", &keys.models[1]), ("updates", &keys.updates)] {
+            key.write_pem(&k(&format!("{name}.key")), Overwrite::Refuse).unwrap();
+            key.public_key().write_pem(&k(&format!("{name}.pub")), Overwrite::Refuse).unwrap();
+        }
+        let spec = |roles: &str, n: &str| format!("{roles}:{}", k(n).display());
+        govbox(
+            &state,
+            &[
+                "provision",
+                "--trust-key",
+                &spec("models", "models0.pub"),
+                "--trust-key",
+                &spec("models", "models1.pub"),
+                "--trust-key",
+                &spec("root,updates", "updates.pub"),
+                "--threshold",
+                "models:2",
+            ],
+        );
         let certs = dir.join("certs");
         let out = govbox(&state, &["client", "add", "app", "--token", "--cert-out", certs.to_str().unwrap()]);
         let token = out.lines().find(|l| l.trim_start().starts_with("gbx_")).expect("token line").trim().to_string();
         let port = free_port();
-        let minilm = minilm();
         let config = dir.join("govbox.toml");
         std::fs::write(
             &config,
-            format!(
-                "config_version = 1\nlisten = \"127.0.0.1:{port}\"\nthreads = 2\nlog_level = \"trace\"\n\n\
-                 [[models]]\nname = \"tiny-qwen2\"\npath = \"{}\"\n\n[[models]]\nname = \"minilm\"\npath = \"{}\"\n",
-                repo().join("tests/fixtures/tiny-qwen2").display(),
-                minilm.display()
-            ),
+            format!("config_version = 2\nlisten = \"127.0.0.1:{port}\"\nthreads = 2\nlog_level = \"trace\"\n"),
         )
         .unwrap();
-        Self { dir, state, certs, token, port, config }
+        Self { dir, state, certs, token, port, config, keys }
+    }
+
+    /// Builds `NAME-VERSION.gbx` from `model`, signed by both `models` keys.
+    pub fn build_package(&self, model: &Path, name: &str, version: &str, selftest: bool) -> PathBuf {
+        let out = self.dir.join(format!("{name}-{version}.gbx"));
+        let keys = self.dir.join("keys");
+        let mut args = vec![
+            "package".to_string(),
+            "build".into(),
+            "--model".into(),
+            model.display().to_string(),
+            "--name".into(),
+            name.into(),
+            "--version".into(),
+            version.into(),
+            "--sign".into(),
+            keys.join("models0.key").display().to_string(),
+            "--sign".into(),
+            keys.join("models1.key").display().to_string(),
+            "-o".into(),
+            out.display().to_string(),
+        ];
+        if selftest {
+            args.push("--selftest".into());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        govbox(&self.state, &args);
+        out
+    }
+
+    /// `govbox model import FILE` (through govboxd when it runs, else offline).
+    pub fn import(&self, package: &Path) -> String {
+        govbox(&self.state, &["model", "import", package.to_str().unwrap()])
     }
 
     /// Starts govboxd and waits (polling, with a deadline) until /readyz answers 200.

@@ -41,7 +41,7 @@
 //! Revocation takes effect on the next HTTPS request: the HTTPS side reads the same store for
 //! every request. Every command is logged with the caller's uid; secrets never are.
 
-mod protocol;
+pub(crate) mod protocol;
 
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -54,6 +54,7 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::auditing;
 use crate::state::AppState;
 
 /// Longest request line.
@@ -138,13 +139,23 @@ async fn connection(stream: UnixStream, state: Arc<AppState>) {
                 let cmd = req.name();
                 let subject = req.subject().unwrap_or("-").to_string();
                 let st = state.clone();
-                let result = tokio::task::spawn_blocking(move || protocol::execute(&st, req)).await;
+                let (who, what) = (uid.clone(), subject.clone());
+                let result = tokio::task::spawn_blocking(move || {
+                    let r = protocol::execute(&st, req, &who);
+                    if let Ok(v) = &r {
+                        for ev in auditing::admin_events(cmd, &what, &who, v) {
+                            auditing::record_blocking(&st.audit, &st.metrics, ev);
+                        }
+                    }
+                    r
+                })
+                .await;
                 let result = result.unwrap_or_else(|e| {
                     Err(AdminFailure { code: "internal_error", message: format!("admin task failed: {e}") })
                 });
                 match result {
                     Ok(v) => {
-                        if cmd != "status" && cmd != "client_list" {
+                        if !matches!(cmd, "status" | "client_list" | "model_list" | "audit_tail") {
                             log::info!("admin: {cmd} '{subject}' by uid {uid}: done");
                         }
                         json!({"ok": true, "result": v})

@@ -6,6 +6,10 @@ use govbox_provisioning::{ClientName, ClientRecord, DEFAULT_CERT_DAYS, IssuedCli
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use base64::Engine as _;
+use govbox_audit::{AuditError, Event, ExportRange};
+
+use crate::packages::Switch;
 use crate::state::AppState;
 
 /// One request line.
@@ -45,6 +49,54 @@ pub enum AdminRequest {
         /// Certificate validity in days (default 365).
         cert_days: Option<u32>,
     },
+    /// Verify and import a model package file that govboxd can read.
+    ModelImport {
+        /// The package file (absolute).
+        path: String,
+        /// Make it the active version (the first version of a name always is).
+        #[serde(default)]
+        activate: bool,
+    },
+    /// Every stored model version.
+    ModelList,
+    /// Serve another version of a model.
+    ModelActivate {
+        /// The model name.
+        name: String,
+        /// The version; absent means the highest.
+        version: Option<String>,
+    },
+    /// Serve the previously active version again.
+    ModelRollback {
+        /// The model name.
+        name: String,
+    },
+    /// Remove a version that is not active.
+    ModelRemove {
+        /// The model name.
+        name: String,
+        /// The version.
+        version: String,
+    },
+    /// Export a range of the audit log as one signed file (base64 in the answer).
+    AuditExport {
+        /// The first seq.
+        from: Option<u64>,
+        /// The first entry at or after this RFC 3339 time (when `from` is absent).
+        since: Option<String>,
+        /// The last seq (inclusive).
+        to: Option<u64>,
+    },
+    /// The newest entries (metadata only: the log holds no content).
+    AuditTail {
+        /// How many.
+        n: Option<usize>,
+    },
+    /// The HMAC of a text under the box's audit secret, to match a prompt hash (itself audited).
+    AuditHmac {
+        /// The text.
+        text: String,
+    },
 }
 
 impl AdminRequest {
@@ -56,6 +108,14 @@ impl AdminRequest {
             AdminRequest::ClientList => "client_list",
             AdminRequest::ClientRevoke { .. } => "client_revoke",
             AdminRequest::ClientRenew { .. } => "client_renew",
+            AdminRequest::ModelImport { .. } => "model_import",
+            AdminRequest::ModelList => "model_list",
+            AdminRequest::ModelActivate { .. } => "model_activate",
+            AdminRequest::ModelRollback { .. } => "model_rollback",
+            AdminRequest::ModelRemove { .. } => "model_remove",
+            AdminRequest::AuditExport { .. } => "audit_export",
+            AdminRequest::AuditTail { .. } => "audit_tail",
+            AdminRequest::AuditHmac { .. } => "audit_hmac",
         }
     }
 
@@ -64,7 +124,10 @@ impl AdminRequest {
         match self {
             AdminRequest::ClientAdd { name, .. }
             | AdminRequest::ClientRevoke { name }
-            | AdminRequest::ClientRenew { name, .. } => Some(name),
+            | AdminRequest::ClientRenew { name, .. }
+            | AdminRequest::ModelActivate { name, .. }
+            | AdminRequest::ModelRollback { name }
+            | AdminRequest::ModelRemove { name, .. } => Some(name),
             _ => None,
         }
     }
@@ -77,6 +140,12 @@ pub struct AdminFailure {
     pub code: &'static str,
     /// What went wrong, in words.
     pub message: String,
+}
+
+impl From<AuditError> for AdminFailure {
+    fn from(e: AuditError) -> Self {
+        AdminFailure { code: e.code(), message: e.to_string() }
+    }
 }
 
 impl From<ProvisionError> for AdminFailure {
@@ -100,7 +169,7 @@ fn client_json(r: &ClientRecord) -> Value {
 }
 
 /// Runs one command (blocking: store writes flush to disk and certificates are signed).
-pub fn execute(state: &Arc<AppState>, req: AdminRequest) -> Result<Value, AdminFailure> {
+pub fn execute(state: &Arc<AppState>, req: AdminRequest, uid: &str) -> Result<Value, AdminFailure> {
     let store = &state.store;
     match req {
         AdminRequest::Status => Ok(status(state)),
@@ -124,6 +193,49 @@ pub fn execute(state: &Arc<AppState>, req: AdminRequest) -> Result<Value, AdminF
         AdminRequest::ClientRenew { name, cert_days } => {
             Ok(issued_json(store.renew(&name, cert_days.unwrap_or(DEFAULT_CERT_DAYS))?))
         }
+        AdminRequest::ModelImport { path, activate } => {
+            let path = std::path::PathBuf::from(path);
+            if !path.is_absolute() {
+                return Err(AdminFailure {
+                    code: "invalid_request",
+                    message: "the package path must be absolute".into(),
+                });
+            }
+            Ok(state.packages.import(state, &path, activate)?)
+        }
+        AdminRequest::ModelList => Ok(state.packages.list(state)?),
+        AdminRequest::ModelActivate { name, version } => {
+            Ok(state.packages.switch(state, &name, Switch::Activate(version.as_deref()))?)
+        }
+        AdminRequest::ModelRollback { name } => Ok(state.packages.switch(state, &name, Switch::Rollback)?),
+        AdminRequest::ModelRemove { name, version } => Ok(state.packages.remove(&name, &version)?),
+        AdminRequest::AuditExport { from, since, to } => {
+            let since = match since {
+                None => None,
+                Some(s) => Some(govbox_audit::parse_time(&s).ok_or_else(|| AdminFailure {
+                    code: "invalid_request",
+                    message: format!("since: '{s}' is not an RFC 3339 time"),
+                })?),
+            };
+            let bytes = state.audit.export(ExportRange { from_seq: from, since, to_seq: to })?;
+            Ok(json!({"export_b64": base64::engine::general_purpose::STANDARD.encode(bytes)}))
+        }
+        AdminRequest::AuditTail { n } => {
+            let entries = state.audit.tail(n.unwrap_or(20))?;
+            Ok(json!({"entries": entries}))
+        }
+        AdminRequest::AuditHmac { text } => {
+            // The query is recorded first: an auditor's question is itself an audited action,
+            // and no hash is given out unless that record is durable.
+            let ev = Event::Admin {
+                actor: format!("admin-socket uid {uid}"),
+                action: "audit_hmac_query".into(),
+                subject: String::new(),
+            };
+            state.audit.append_blocking(ev)?;
+            state.metrics.audit_entries.inc();
+            Ok(json!({"hmac": state.audit.hmac(text.as_bytes())}))
+        }
     }
 }
 
@@ -140,6 +252,8 @@ fn status(state: &AppState) -> Value {
                         "kind": m.kind.as_str(),
                         "format": m.engine.format(),
                         "path": m.path.display().to_string(),
+                        "version": m.source.version(),
+                        "digest": m.source.digest(),
                     })
                 })
                 .collect()
@@ -152,6 +266,7 @@ fn status(state: &AppState) -> Value {
         "shutting_down": state.admission.is_closed(),
         "listen": state.listen.to_string(),
         "configured_models": state.config.models.iter().map(|m| m.name.clone()).collect::<Vec<_>>(),
+        "insecure_dev_models": state.insecure_dev_models,
         "models": models,
         "backend": {
             "kind": format!("{:?}", info.kind).to_lowercase(),

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use crate::api::error::ApiError;
 use crate::api::generate::{self, Accepted, SamplingFields, unix_now, usage_json};
 use crate::api::stream::ChunkMaker;
-use crate::api::{Call, body, json};
+use crate::api::{Call, audit_request, body, json};
 use crate::auth;
 use crate::state::{AppState, ModelKind};
 
@@ -138,7 +138,9 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
     auth::authorise(&state, &client, &model)?;
     refuse_unsupported(&req)?;
     let msgs = messages(&req)?;
-    let request = req.sampling.to_request(Prompt::Chat(msgs), state.config.serving.default_max_tokens)?;
+    let request = req.sampling.to_request(Prompt::Chat(msgs.clone()), state.config.serving.default_max_tokens)?;
+    let prompt = serde_json::to_vec(&msgs).map_err(|e| ApiError::Internal(format!("encoding the prompt: {e}")))?;
+    audit_request(&state, &call.record, &client.name, &model, &prompt).await?;
     let acc = Accepted {
         model: model.clone(),
         request,

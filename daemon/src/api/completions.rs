@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::api::error::ApiError;
 use crate::api::generate::{self, Accepted, SamplingFields, unix_now, usage_json};
 use crate::api::stream::ChunkMaker;
-use crate::api::{Call, body, json};
+use crate::api::{Call, audit_request, body, json};
 use crate::auth;
 use crate::state::{AppState, ModelKind};
 
@@ -65,7 +65,8 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
     }
     auth::authorise(&state, &client, &model)?;
     let text = prompt(&req)?;
-    let request = req.sampling.to_request(Prompt::Text(text), state.config.serving.default_max_tokens)?;
+    let request = req.sampling.to_request(Prompt::Text(text.clone()), state.config.serving.default_max_tokens)?;
+    audit_request(&state, &call.record, &client.name, &model, text.as_bytes()).await?;
     let acc = Accepted {
         model: model.clone(),
         request,

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::api::error::ApiError;
-use crate::api::{Call, body, json};
+use crate::api::{Call, audit_request, body, json};
 use crate::auth;
 use crate::state::{AppState, ModelKind};
 
@@ -90,6 +90,11 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
     }
     let encoding = req.encoding_format;
     let texts = inputs(req)?;
+    let prompt = match texts.as_slice() {
+        [one] => one.as_bytes().to_vec(),
+        many => serde_json::to_vec(many).map_err(|e| ApiError::Internal(format!("encoding the input: {e}")))?,
+    };
+    audit_request(&state, &call.record, &client.name, &model, &prompt).await?;
 
     let secs = state.config.serving.request_deadline_secs;
     let deadline = Instant::from_std(call.record.start) + Duration::from_secs(secs);

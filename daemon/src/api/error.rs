@@ -105,6 +105,9 @@ pub enum ApiError {
     /// SIGTERM arrived; running answers finish, new ones are refused.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The audit log could not make the request's entry durable, so the request is not served.
+    #[error("the audit log is unavailable, so the request cannot be served; retry shortly")]
+    AuditUnavailable,
     /// The request's deadline passed.
     #[error("the answer did not finish within the {secs} s request deadline")]
     DeadlineExceeded {
@@ -140,7 +143,7 @@ impl ApiError {
             ModelNotFound { .. } | RouteNotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             RateLimited { .. } | BudgetExhausted { .. } => StatusCode::TOO_MANY_REQUESTS,
-            QueueFull { .. } | NotReady | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            QueueFull { .. } | NotReady | ShuttingDown | AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
             Engine(e) => match e {
                 EngineError::Request(m) if m.contains("KV cache is full") => StatusCode::SERVICE_UNAVAILABLE,
@@ -187,6 +190,7 @@ impl ApiError {
             QueueFull { .. } => "server_overloaded",
             NotReady => "not_ready",
             ShuttingDown => "shutting_down",
+            AuditUnavailable => "audit_unavailable",
             DeadlineExceeded { .. } => "deadline_exceeded",
             Engine(e) => match self.status() {
                 StatusCode::SERVICE_UNAVAILABLE => "kv_cache_full",
@@ -215,7 +219,7 @@ impl ApiError {
             ApiError::RateLimited { retry_after, .. } | ApiError::BudgetExhausted { retry_after, .. } => {
                 Some((*retry_after).max(1))
             }
-            ApiError::QueueFull { .. } | ApiError::NotReady => Some(1),
+            ApiError::QueueFull { .. } | ApiError::NotReady | ApiError::AuditUnavailable => Some(1),
             _ => None,
         }
     }

@@ -19,7 +19,12 @@ pub async fn healthz() -> Response {
 /// 200 once every configured model is loaded; 503 before that and once shutdown begins.
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let models = state.models()?;
-    Ok(json(json!({"status": "ready", "models": models.len()})))
+    let mut body = json!({"status": "ready", "models": models.len()});
+    if state.insecure_dev_models {
+        body["insecure_dev_models"] = json!(true);
+        body["warning"] = json!("unsigned model folders are served (--insecure-dev-models)");
+    }
+    Ok(json(body))
 }
 
 #[cfg(test)]
@@ -36,7 +41,7 @@ mod tests {
         let r = readyz(State(state.clone())).await.into_response();
         assert_eq!(r.status(), 503, "not ready while the models load");
         assert_eq!(r.headers()["retry-after"], "1");
-        state.models.set(Vec::new()).unwrap();
+        state.models.set(Vec::new());
         assert_eq!(readyz(State(state.clone())).await.into_response().status(), 200);
         state.admission.close();
         assert_eq!(readyz(State(state.clone())).await.into_response().status(), 503, "not ready while stopping");

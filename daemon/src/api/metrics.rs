@@ -18,7 +18,7 @@ pub async fn handle(State(state): State<Arc<AppState>>) -> Response {
     {
         g.set(used);
     }
-    for m in state.models.get().map(Vec::as_slice).unwrap_or_default() {
+    for m in state.models.get().iter().flat_map(|v| v.iter()) {
         if let Some((used, total)) = m.engine.kv_usage()
             && total > 0
         {

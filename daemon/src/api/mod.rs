@@ -30,7 +30,7 @@ use govbox_provisioning::ClientRecord;
 use self::error::{ApiError, ErrorCode};
 use self::record::{RequestRecord, TrackedBody};
 use crate::auth::{self, ConnInfo};
-use crate::state::AppState;
+use crate::state::{AppState, LoadedModel};
 
 /// The two methods the API uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -128,7 +128,8 @@ async fn track(
     if let Ok(v) = HeaderValue::from_str(&record.id) {
         parts.headers.insert("x-request-id", v);
     }
-    Response::from_parts(parts, Body::new(TrackedBody::new(body, record)))
+    let sse = parts.headers.get(axum::http::header::CONTENT_TYPE).is_some_and(|v| v == "text/event-stream");
+    Response::from_parts(parts, Body::new(TrackedBody::new(body, record, sse)))
 }
 
 /// What a handler gets from the request before it reads the body.
@@ -160,14 +161,55 @@ impl Call {
         let r = auth::authenticate(state, self.conn.as_ref(), &self.headers);
         match &r {
             Ok(c) => self.record.set_client(&c.name),
-            Err(e) => log::info!(
-                "authentication failed: request {} peer={} reason={}",
-                self.record.id,
-                self.conn.as_ref().map_or_else(|| "-".into(), |c| c.peer.ip().to_string()),
-                e.code()
-            ),
+            Err(e) => {
+                log::info!(
+                    "authentication failed: request {} peer={} reason={}",
+                    self.record.id,
+                    self.conn.as_ref().map_or_else(|| "-".into(), |c| c.peer.ip().to_string()),
+                    e.code()
+                );
+                if let Some(c) = &self.conn {
+                    state.audit.record_auth_failure(c.peer.ip(), e.code());
+                }
+            }
         }
         r
+    }
+}
+
+/// Makes the request entry durable (client, model and package digest, the prompt's HMAC)
+/// before anything of the answer is produced; 503 `audit_unavailable` when it cannot be.
+pub async fn audit_request(
+    state: &AppState,
+    record: &Arc<RequestRecord>,
+    client: &str,
+    model: &LoadedModel,
+    prompt: &[u8],
+) -> Result<(), ApiError> {
+    let event = govbox_audit::Event::InferenceRequest {
+        request_id: record.id.clone(),
+        client: client.to_string(),
+        model: model.name.clone(),
+        model_digest: model.source.digest().trim_start_matches("sha256-").to_string(),
+        prompt_hmac: state.audit.hmac(prompt),
+        endpoint: record.endpoint.to_string(),
+    };
+    match state.audit.append(event).await {
+        Ok(_) => {
+            state.metrics.audit_entries.inc();
+            record.set_audit(crate::auditing::OpenRequest {
+                log: state.audit.clone(),
+                request_id: record.id.clone(),
+                client: client.to_string(),
+                model: model.name.clone(),
+            });
+            Ok(())
+        }
+        Err(e) => {
+            state.metrics.audit_failures.inc();
+            log::error!("audit: request {}: the request entry failed, refusing with 503: {e}", record.id);
+            Err(ApiError::AuditUnavailable)
+        }
     }
 }
 

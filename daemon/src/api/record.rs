@@ -13,8 +13,10 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
+use govbox_audit::{Event, HmacStream};
 use http_body::{Frame, SizeHint};
 
+use crate::auditing::OpenRequest;
 use crate::metrics::Metrics;
 
 #[derive(Debug, Default)]
@@ -41,13 +43,22 @@ pub struct RequestRecord {
     peer: Option<SocketAddr>,
     metrics: Arc<Metrics>,
     fields: Mutex<Fields>,
+    audit: Mutex<Option<OpenRequest>>,
 }
 
 impl RequestRecord {
     /// A record for a request that has just arrived.
     pub fn new(endpoint: &'static str, peer: Option<SocketAddr>, metrics: Arc<Metrics>) -> Self {
         let id = format!("req-{:016x}", rand::random::<u64>());
-        RequestRecord { id, endpoint, start: Instant::now(), peer, metrics, fields: Mutex::default() }
+        RequestRecord {
+            id,
+            endpoint,
+            start: Instant::now(),
+            peer,
+            metrics,
+            fields: Mutex::default(),
+            audit: Mutex::default(),
+        }
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut Fields) -> R) -> R {
@@ -83,6 +94,38 @@ impl RequestRecord {
             f.completion_tokens = completion;
         });
     }
+    /// The request entry is durable; the completion entry is owed when the body ends.
+    pub fn set_audit(&self, open: OpenRequest) {
+        *self.audit.lock().unwrap_or_else(|p| p.into_inner()) = Some(open);
+    }
+
+    /// Takes the owed completion entry (once).
+    pub fn take_audit(&self) -> Option<OpenRequest> {
+        self.audit.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// The completion entry of `open`, from what the record knows now.
+    fn completion(&self, open: &OpenRequest, response_hmac: String, cut_short: bool) -> Event {
+        self.with(|f| {
+            let status = match (f.outcome, f.error) {
+                (Some(o), _) => o.to_string(),
+                (None, Some(code)) => format!("error:{code}"),
+                (None, None) if cut_short => "cancelled".to_string(),
+                (None, None) => "ok".to_string(),
+            };
+            Event::InferenceCompletion {
+                request_id: open.request_id.clone(),
+                client: open.client.clone(),
+                model: open.model.clone(),
+                response_hmac,
+                prompt_tokens: f.prompt_tokens.unwrap_or(0) as u64,
+                completion_tokens: f.completion_tokens.unwrap_or(0) as u64,
+                status,
+                latency_ms: u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX),
+            }
+        })
+    }
+
     fn finish(&self) {
         self.with(|f| {
             f.finished.get_or_insert_with(Instant::now);
@@ -120,17 +163,56 @@ impl Drop for RequestRecord {
     }
 }
 
-/// A response body that keeps the request's record alive until the body ends or is dropped.
+type Append = Pin<Box<dyn Future<Output = govbox_audit::Result<u64>> + Send>>;
+
+/// The completion entry a body still owes.
+struct Owed {
+    open: OpenRequest,
+    hmac: HmacStream,
+}
+
+/// A response body that keeps the request's record alive until the body ends or is dropped, and
+/// writes the request's audit completion entry before it releases the last frame.
 pub struct TrackedBody {
     inner: Body,
     record: Option<Arc<RequestRecord>>,
+    owed: Option<Owed>,
+    /// The completion entry being made durable, and the frame held back until it is.
+    appending: Option<(Append, Option<Frame<Bytes>>)>,
+    /// An SSE stream: a failed completion entry ends it with an error event instead of its last frame.
+    sse: bool,
+    ended: bool,
 }
 
 impl TrackedBody {
-    /// Wraps `inner`.
-    pub fn new(inner: Body, record: Arc<RequestRecord>) -> Self {
-        TrackedBody { inner, record: Some(record) }
+    /// Wraps `inner`; `sse` says whether it is an event stream.
+    pub fn new(inner: Body, record: Arc<RequestRecord>, sse: bool) -> Self {
+        let owed = record.take_audit().map(|open| Owed { hmac: open.response_hmac(), open });
+        TrackedBody { inner, record: Some(record), owed, appending: None, sse, ended: false }
     }
+
+    /// Starts the completion entry; `last` is released once it is durable.
+    fn start_append(&mut self, last: Option<Frame<Bytes>>) -> bool {
+        let (Some(owed), Some(rec)) = (self.owed.take(), &self.record) else {
+            return false;
+        };
+        let event = rec.completion(&owed.open, owed.hmac.finish(), false);
+        let log = owed.open.log.clone();
+        self.appending = Some((Box::pin(async move { log.append(event).await }), last));
+        true
+    }
+
+    fn end(&mut self) {
+        self.ended = true;
+        if let Some(rec) = self.record.take() {
+            rec.finish();
+        }
+    }
+}
+
+fn audit_error_event() -> Bytes {
+    let e = crate::api::error::ApiError::AuditUnavailable;
+    Bytes::from(format!("data: {}\n\n", e.body()))
 }
 
 impl http_body::Body for TrackedBody {
@@ -138,20 +220,87 @@ impl http_body::Body for TrackedBody {
     type Error = axum::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let r = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = r
-            && let Some(rec) = self.record.take()
-        {
-            rec.finish();
+        loop {
+            if let Some((fut, _)) = &mut self.appending {
+                let r = std::task::ready!(fut.as_mut().poll(cx));
+                let last = self.appending.take().and_then(|(_, f)| f);
+                let metrics = self.record.as_ref().map(|r| r.metrics.clone());
+                match r {
+                    Ok(_) => {
+                        if let Some(m) = &metrics {
+                            m.audit_entries.inc();
+                        }
+                    }
+                    Err(e) => {
+                        if let Some(m) = &metrics {
+                            m.audit_failures.inc();
+                        }
+                        let id = self.record.as_ref().map_or("-", |r| r.id.as_str()).to_string();
+                        log::error!("audit: the completion entry of request {id} failed: {e}");
+                        if self.sse {
+                            // The answer is already partly sent: end it with an error event, and
+                            // without [DONE], so the client cannot take it for complete.
+                            self.end();
+                            return Poll::Ready(Some(Ok(Frame::data(audit_error_event()))));
+                        }
+                    }
+                }
+                match last {
+                    Some(f) => {
+                        self.end();
+                        return Poll::Ready(Some(Ok(f)));
+                    }
+                    None => {
+                        self.end();
+                        return Poll::Ready(None);
+                    }
+                }
+            }
+            if self.ended {
+                return Poll::Ready(None);
+            }
+            match std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    if let (Some(owed), Some(d)) = (&mut self.owed, frame.data_ref()) {
+                        owed.hmac.update(d);
+                    }
+                    if self.owed.is_some() && self.inner.is_end_stream() {
+                        self.start_append(Some(frame));
+                        continue;
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => {
+                    if self.start_append(None) {
+                        continue;
+                    }
+                    self.end();
+                    return Poll::Ready(None);
+                }
+            }
         }
-        r
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.ended || (self.appending.is_none() && self.owed.is_none() && self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        if self.sse { SizeHint::default() } else { self.inner.size_hint() }
+    }
+}
+
+impl Drop for TrackedBody {
+    /// The client went away before the end: the completion entry still gets written, as cut short.
+    fn drop(&mut self) {
+        if let (Some(owed), Some(rec)) = (self.owed.take(), &self.record)
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let event = rec.completion(&owed.open, owed.hmac.finish(), true);
+            let log = owed.open.log.clone();
+            let metrics = rec.metrics.clone();
+            rt.spawn(async move { crate::auditing::record(&log, &metrics, event).await });
+        }
     }
 }

@@ -103,4 +103,10 @@ impl<M: ChunkMaker> http_body::Body for SseBody<M> {
             }
         }
     }
+
+    /// True once the last event has been handed out, so that the audit layer sees `[DONE]` as
+    /// the last frame and can make the completion entry durable before releasing it.
+    fn is_end_stream(&self) -> bool {
+        self.done && self.ready.is_empty()
+    }
 }

@@ -144,8 +144,12 @@ pub struct Daemon {
     pub output: Arc<Mutex<Vec<String>>>,
 }
 
+/// govboxd serving the test config's unsigned `[[models]]` folders (the package path is tested
+/// in the e2e crate).
 pub fn govboxd() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_govboxd"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_govboxd"));
+    cmd.arg("--insecure-dev-models");
+    cmd
 }
 
 /// Collects a child's stdout and stderr lines.

@@ -1,0 +1,251 @@
+//! `govbox model import|list|activate|rollback|remove`: the box's signed model store.
+//!
+//! While govboxd runs, each command goes through its admin socket, so that activation swaps the
+//! served model at once. When the socket does not answer, the command works on `STATE/models`
+//! directly (the store has its own lock); an offline import runs the package's self-test on the
+//! CPU backend before the version can be served.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Subcommand;
+use govbox_drivers::cpu::CpuBackend;
+use govbox_engine::{Engine, EngineOptions};
+use govbox_images::{ImportOptions, ModelRecord, ModelStore, SelfTest, SelfTestOutput};
+use govbox_provisioning::{StatePaths, TrustRoot};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+
+use crate::admin::AdminClient;
+use crate::provision::state_dir;
+
+/// An import of tens of GB through the daemon may take minutes.
+const IMPORT_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// The store commands (variants of `govbox model`).
+#[derive(Subcommand, Debug)]
+pub enum StoreCommand {
+    /// Verify a signed model package (.gbx) and add it to the box (through govboxd when it runs).
+    Import {
+        /// The package file.
+        file: PathBuf,
+        /// Serve it at once (the first version of a model always is).
+        #[arg(long)]
+        activate: bool,
+    },
+    /// The imported models: name, version, digest, size and which version is active.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve NAME at VERSION (or its highest version), with no restart.
+    Activate {
+        /// NAME or NAME@VERSION.
+        spec: String,
+    },
+    /// Serve the previously active version of NAME again.
+    Rollback {
+        /// The model name.
+        name: String,
+    },
+    /// Remove NAME@VERSION from the box (never the active version).
+    Remove {
+        /// NAME@VERSION.
+        spec: String,
+    },
+}
+
+fn split_spec(spec: &str) -> (&str, Option<&str>) {
+    match spec.split_once('@') {
+        Some((n, v)) => (n, Some(v)),
+        None => (spec, None),
+    }
+}
+
+/// Runs a store command.
+pub fn run(state: Option<&Path>, socket: &Path, cmd: StoreCommand) -> Result<()> {
+    let state = state_dir(state);
+    let request = match &cmd {
+        StoreCommand::Import { file, activate } => {
+            let abs = std::path::absolute(file).with_context(|| format!("resolving {}", file.display()))?;
+            json!({"cmd": "model_import", "path": abs.to_string_lossy(), "activate": activate})
+        }
+        StoreCommand::List { .. } => json!({"cmd": "model_list"}),
+        StoreCommand::Activate { spec } => {
+            let (name, version) = split_spec(spec);
+            json!({"cmd": "model_activate", "name": name, "version": version})
+        }
+        StoreCommand::Rollback { name } => json!({"cmd": "model_rollback", "name": name}),
+        StoreCommand::Remove { spec } => {
+            let (name, version) = split_spec(spec);
+            let version = version.ok_or_else(|| anyhow!("give the version to remove as NAME@VERSION"))?;
+            json!({"cmd": "model_remove", "name": name, "version": version})
+        }
+    };
+    let answer = match AdminClient::connect(socket) {
+        Ok(mut conn) => {
+            let spinner = matches!(cmd, StoreCommand::Import { .. }).then(|| {
+                conn.set_read_timeout(IMPORT_TIMEOUT);
+                let s = ProgressBar::new_spinner();
+                s.set_message("govboxd is verifying and importing the package");
+                s.enable_steady_tick(Duration::from_millis(120));
+                s
+            });
+            let r = conn.request(&request);
+            if let Some(s) = spinner {
+                s.finish_and_clear();
+            }
+            r?
+        }
+        Err(e) if !e.is_unreachable() => return Err(e.into()),
+        Err(_) => offline(&state, &cmd)?,
+    };
+    print_answer(&cmd, &answer);
+    Ok(())
+}
+
+fn print_answer(cmd: &StoreCommand, a: &Value) {
+    let s = |v: &Value| v.as_str().unwrap_or("?").to_string();
+    match cmd {
+        StoreCommand::Import { .. } => {
+            println!(
+                "imported {} {} ({}), {:.1} MB verified at {:.0} MB/s{}",
+                s(&a["name"]),
+                s(&a["version"]),
+                s(&a["digest"]),
+                a["size"].as_f64().unwrap_or(0.0) / 1e6,
+                a["mb_per_s"].as_f64().unwrap_or(0.0),
+                if a["active"].as_bool() == Some(true) { "; now active" } else { "; not active" }
+            );
+            if a["selftest"]["passed"].as_bool() == Some(true) {
+                println!(
+                    "self-test passed: {} values, largest difference {:.2e}",
+                    a["selftest"]["checked"],
+                    a["selftest"]["max_abs_diff"].as_f64().unwrap_or(0.0)
+                );
+            }
+        }
+        StoreCommand::List { json: true } => println!("{}", serde_json::to_string_pretty(a).unwrap_or_default()),
+        StoreCommand::List { json: false } => print_list(a),
+        StoreCommand::Activate { .. } | StoreCommand::Rollback { .. } => {
+            println!("{}: now {} ({})", s(&a["name"]), s(&a["version"]), s(&a["digest"]));
+        }
+        StoreCommand::Remove { .. } => println!("removed {}@{}", s(&a["name"]), s(&a["version"])),
+    }
+}
+
+fn print_list(a: &Value) {
+    let models = a["models"].as_array().cloned().unwrap_or_default();
+    if models.is_empty() {
+        println!("no models imported; import a signed package with `govbox model import FILE.gbx`");
+        return;
+    }
+    println!("{:<28} {:<12} {:<20} {:>10}  ACTIVE", "NAME", "VERSION", "DIGEST", "SIZE");
+    for m in &models {
+        let active = m["active"].as_str();
+        for v in m["versions"].as_array().into_iter().flatten() {
+            let version = v["version"].as_str().unwrap_or("?");
+            let digest = v["digest"].as_str().unwrap_or("?");
+            println!(
+                "{:<28} {:<12} sha256-{:<13} {:>9.1}M  {}",
+                m["name"].as_str().unwrap_or("?"),
+                version,
+                digest.get(..12).unwrap_or(digest),
+                v["size"].as_f64().unwrap_or(0.0) / 1e6,
+                if active == Some(version) { "*" } else { "" }
+            );
+        }
+    }
+}
+
+fn records_json(records: &[ModelRecord]) -> Value {
+    json!({"models": records})
+}
+
+fn offline(state: &Path, cmd: &StoreCommand) -> Result<Value> {
+    let paths = StatePaths::new(state);
+    if !paths.root_json().exists() {
+        bail!(
+            "{} is not a provisioned state folder (no trust/root.json); run `govbox provision` first",
+            state.display()
+        );
+    }
+    let store = ModelStore::open(&paths)?;
+    match cmd {
+        StoreCommand::Import { file, activate } => import_offline(&store, &paths, file, *activate),
+        StoreCommand::List { .. } => Ok(records_json(&store.list()?)),
+        StoreCommand::Activate { spec } => {
+            let (name, version) = split_spec(spec);
+            let v = store.activate(name, version)?;
+            Ok(activated(&store, name, &v)?)
+        }
+        StoreCommand::Rollback { name } => {
+            let v = store.rollback(name)?;
+            Ok(activated(&store, name, &v)?)
+        }
+        StoreCommand::Remove { spec } => {
+            let (name, version) = split_spec(spec);
+            let version = version.ok_or_else(|| anyhow!("give the version to remove as NAME@VERSION"))?;
+            store.remove(name, version)?;
+            Ok(json!({"name": name, "version": version}))
+        }
+    }
+}
+
+fn activated(store: &ModelStore, name: &str, version: &str) -> Result<Value> {
+    let digest = store.active_models()?.into_iter().find(|a| a.name == name).map(|a| a.digest).unwrap_or_default();
+    Ok(json!({"name": name, "version": version, "digest": format!("sha256-{digest}")}))
+}
+
+fn import_offline(store: &ModelStore, paths: &StatePaths, file: &Path, activate: bool) -> Result<Value> {
+    let root = TrustRoot::load(&paths.root_json())?;
+    let total = std::fs::metadata(file).with_context(|| format!("reading {}", file.display()))?.len();
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message("verifying and importing");
+    let t = Instant::now();
+    let imported = store.import_file(file, &root, &ImportOptions { activate }, &mut |done, _| bar.set_position(done));
+    bar.finish_and_clear();
+    let imported = imported?;
+    let secs = t.elapsed().as_secs_f64();
+    let mut selftest = Value::Null;
+    if let Some(test) = imported.manifest.model.as_ref().and_then(|m| m.selftest.as_ref()) {
+        match check_selftest(&imported.load_path, test) {
+            Ok(v) => selftest = v,
+            Err(e) => {
+                store.discard(&imported.digest).context("undoing the import after the failed self-test")?;
+                bail!(
+                    "package '{} {}': self-test failed on the CPU backend: {e:#}; the version was not activated and was removed from the store",
+                    imported.name,
+                    imported.version
+                );
+            }
+        }
+    }
+    let active =
+        store.list()?.iter().any(|m| m.name == imported.name && m.active.as_deref() == Some(&imported.version));
+    Ok(json!({
+        "name": imported.name, "version": imported.version, "digest": format!("sha256-{}", imported.digest),
+        "size": imported.size, "active": active, "secs": secs,
+        "mb_per_s": imported.size as f64 / 1e6 / secs.max(1e-9), "selftest": selftest,
+    }))
+}
+
+fn check_selftest(load_path: &Path, test: &SelfTest) -> Result<Value> {
+    let backend = Arc::new(CpuBackend::new(0)?);
+    let engine = Engine::load(load_path, backend, &EngineOptions { kv_tokens: 1024 })?;
+    let report = match test {
+        SelfTest::Chat(c) => test.compare(&SelfTestOutput::Logits(&engine.last_logits(&c.token_ids)?)),
+        SelfTest::Embedding(e) => {
+            let texts: Vec<&str> = e.texts.iter().map(String::as_str).collect();
+            test.compare(&SelfTestOutput::Embeddings(&engine.embed(&texts)?.vectors))
+        }
+    }?;
+    Ok(json!({"passed": true, "checked": report.checked, "max_abs_diff": report.max_abs_diff}))
+}

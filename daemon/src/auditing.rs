@@ -1,0 +1,123 @@
+//! What govboxd records in the audit log, and when. The log itself (Merkle tree, group commit,
+//! checkpoints, exports) is the audit crate's; this module decides which events are entries and
+//! makes inference requests fail closed.
+//!
+//! An inference request makes two entries. The request entry (client, model and package digest,
+//! HMAC of the prompt) is durable before any byte of the answer is produced: if it cannot be
+//! written, the request gets 503 `audit_unavailable`. The completion entry (HMAC of the exact
+//! response bytes, token counts, status, latency) is written when the body ends, before its last
+//! frame is released, so a client that saw a complete answer has its completion entry on disk.
+//!
+//! Prompt hashes, so that an auditor can reproduce them with `govbox audit hmac`:
+//! - chat: the JSON array `[{"role":"...","content":"..."}]` of the messages as the model sees them
+//!   (roles `developer` and `system` both as `system`; text parts joined), compact, keys in that order;
+//! - completions: the prompt text;
+//! - embeddings: the input text, or the JSON array of the texts when there are several.
+
+use std::path::Path;
+
+use govbox_audit::{AuditError, AuditLog, AuditOptions, Event, HmacStream, LifecycleAction, PackageAction};
+use govbox_provisioning::StatePaths;
+use serde_json::Value;
+
+use crate::config::AuditConfig;
+use crate::metrics::Metrics;
+
+/// Opens the state folder's audit log with the configured checkpoints and retention.
+pub fn open(state_dir: &Path, cfg: &AuditConfig) -> Result<AuditLog, AuditError> {
+    let opts = AuditOptions {
+        checkpoint_every: cfg.checkpoint_every,
+        checkpoint_interval: std::time::Duration::from_secs(cfg.checkpoint_interval_secs),
+        retention_days: cfg.retention_days,
+    };
+    AuditLog::open_state(&StatePaths::new(state_dir), opts)
+}
+
+/// The start or stop entry.
+pub fn lifecycle(action: LifecycleAction) -> Event {
+    Event::Lifecycle { action, version: env!("CARGO_PKG_VERSION").to_string() }
+}
+
+/// Appends from blocking code; a failure is counted and logged, since the action it records has
+/// already happened.
+pub fn record_blocking(log: &AuditLog, metrics: &Metrics, event: Event) {
+    let kind = event.kind();
+    match log.append_blocking(event) {
+        Ok(_) => {
+            metrics.audit_entries.inc();
+        }
+        Err(e) => {
+            metrics.audit_failures.inc();
+            log::error!("audit: appending a {kind} entry failed: {e}");
+        }
+    }
+}
+
+/// Appends from async code, as [`record_blocking`].
+pub async fn record(log: &AuditLog, metrics: &Metrics, event: Event) {
+    let kind = event.kind();
+    match log.append(event).await {
+        Ok(_) => {
+            metrics.audit_entries.inc();
+        }
+        Err(e) => {
+            metrics.audit_failures.inc();
+            log::error!("audit: appending a {kind} entry failed: {e}");
+        }
+    }
+}
+
+/// The entries an admin command makes once it has succeeded, from its answer.
+pub fn admin_events(cmd: &str, subject: &str, uid: &str, result: &Value) -> Vec<Event> {
+    let s = |k: &str| result[k].as_str().unwrap_or("").to_string();
+    let package = |action| Event::Package {
+        action,
+        name: s("name"),
+        version: s("version"),
+        digest: s("digest").trim_start_matches("sha256-").to_string(),
+    };
+    match cmd {
+        "model_import" => {
+            let mut v = vec![package(PackageAction::Imported)];
+            if result["active"].as_bool() == Some(true) {
+                v.push(package(PackageAction::Activated));
+            }
+            v
+        }
+        "model_activate" => vec![package(PackageAction::Activated)],
+        "model_rollback" => vec![package(PackageAction::RolledBack)],
+        "model_remove" => vec![Event::Package {
+            action: PackageAction::Removed,
+            name: s("name"),
+            version: s("version"),
+            digest: String::new(),
+        }],
+        "client_add" | "client_revoke" | "client_renew" => vec![Event::Admin {
+            actor: format!("admin-socket uid {uid}"),
+            action: cmd.to_string(),
+            subject: subject.to_string(),
+        }],
+        _ => vec![],
+    }
+}
+
+/// The open half of an inference request's audit record: the request entry is durable, the
+/// completion entry is still to come.
+#[derive(Debug)]
+pub struct OpenRequest {
+    /// The log.
+    pub log: AuditLog,
+    /// The request id.
+    pub request_id: String,
+    /// The client.
+    pub client: String,
+    /// The model name.
+    pub model: String,
+}
+
+impl OpenRequest {
+    /// The running HMAC of the response bytes.
+    pub fn response_hmac(&self) -> HmacStream {
+        self.log.hmac_context()
+    }
+}

@@ -1,0 +1,346 @@
+//! Serving signed model packages: re-verifying them at start-up, loading the active versions, and
+//! the admin socket's model commands (import, list, activate, rollback, remove).
+//!
+//! The package format, its checks and the store are the images crate's; this module only decides
+//! when to call them, runs the self-test on the daemon's own backend, and swaps engines in the
+//! [`crate::state::ModelTable`]. A swap replaces one `Arc`: requests that already hold the old
+//! model finish on it, new requests get the new one.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use govbox_engine::Engine;
+use govbox_images::{ActiveModel, ImportOptions, ModelStore, PackageError, SelfTest, SelfTestOutput, SelfTestReport};
+use govbox_provisioning::{StatePaths, TrustRoot};
+use sd_notify::NotifyState;
+use serde_json::{Value, json};
+
+use crate::admin::protocol::AdminFailure;
+use crate::config::ModelEntry;
+use crate::state::{AppState, LoadedModel, ModelLoadError, ModelSource, load_model};
+use crate::systemd;
+
+/// How much more start-up time each `EXTEND_TIMEOUT_USEC=` asks systemd for while hashing.
+const EXTEND: Duration = Duration::from_secs(30);
+/// How often, at most, hashing progress goes to `STATUS=`.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// A package left out at start-up: what it is, and why.
+pub type NotServed = Box<(String, ServeError)>;
+
+/// The daemon's handle on the model store. One model command runs at a time.
+#[derive(Debug)]
+pub struct Packages {
+    store: ModelStore,
+    paths: StatePaths,
+    busy: Mutex<()>,
+}
+
+/// Why a package could not be served.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The store or the package refused.
+    #[error(transparent)]
+    Package(#[from] PackageError),
+    /// The trust root could not be read.
+    #[error("reading the trust root: {0}")]
+    Trust(#[from] govbox_provisioning::ProvisionError),
+    /// The engine could not load the verified files.
+    #[error(transparent)]
+    Load(#[from] ModelLoadError),
+    /// The self-test ran and its numbers differ.
+    #[error(
+        "package '{package}': self-test failed on the {backend} backend: {reason}; the version was not activated and was removed from the store"
+    )]
+    SelfTest {
+        /// `name version`.
+        package: String,
+        /// The backend it ran on.
+        backend: String,
+        /// The mismatch, with the difference.
+        reason: String,
+    },
+}
+
+impl ServeError {
+    /// A stable short code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ServeError::Package(e) => e.code(),
+            ServeError::Trust(e) => e.code(),
+            ServeError::Load(_) => "model_load_failed",
+            ServeError::SelfTest { .. } => "selftest_mismatch",
+        }
+    }
+}
+
+impl From<ServeError> for AdminFailure {
+    fn from(e: ServeError) -> Self {
+        AdminFailure { code: e.code(), message: e.to_string() }
+    }
+}
+
+/// Runs a package's self-test on `engine`.
+pub fn run_selftest(engine: &Engine, test: &SelfTest) -> Result<SelfTestReport, String> {
+    match test {
+        SelfTest::Chat(c) => {
+            let logits = engine.last_logits(&c.token_ids).map_err(|e| format!("running the model: {e}"))?;
+            test.compare(&SelfTestOutput::Logits(&logits)).map_err(|m| m.to_string())
+        }
+        SelfTest::Embedding(e) => {
+            let texts: Vec<&str> = e.texts.iter().map(String::as_str).collect();
+            let out = engine.embed(&texts).map_err(|e| format!("running the model: {e}"))?;
+            test.compare(&SelfTestOutput::Embeddings(&out.vectors)).map_err(|m| m.to_string())
+        }
+    }
+}
+
+impl Packages {
+    /// Opens the store at `STATE/models` and removes what interrupted imports left.
+    pub fn open(state_dir: &Path) -> Result<Self, ServeError> {
+        let paths = StatePaths::new(state_dir);
+        let store = ModelStore::open(&paths)?;
+        let rec = store.recover()?;
+        for p in rec.staging_removed.iter().chain(&rec.orphans_removed) {
+            log::warn!("model store: removed {} left by an interrupted import", p.display());
+        }
+        Ok(Packages { store, paths, busy: Mutex::new(()) })
+    }
+
+    fn trust(&self) -> Result<TrustRoot, ServeError> {
+        Ok(TrustRoot::load(&self.paths.root_json())?)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.busy.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Start-up: checks every active package again (signatures always; payload hashes too with
+    /// `full_payload`), telling systemd how far hashing has got, then loads each. A package that
+    /// fails its checks is not served; the others are.
+    pub fn load_active(&self, state: &AppState, full_payload: bool) -> Vec<Result<LoadedModel, NotServed>> {
+        let _busy = self.lock();
+        let active = match self.store.active_models() {
+            Ok(a) => a,
+            Err(e) => return vec![Err(Box::new(("model store".into(), e.into())))],
+        };
+        let trust = match self.trust() {
+            Ok(t) => t,
+            Err(e) => return vec![Err(Box::new(("trust root".into(), e)))],
+        };
+        active
+            .into_iter()
+            .map(|a| {
+                let label = format!("{} {}", a.name, a.version);
+                self.check_and_load(state, &a, &trust, full_payload).map_err(|e| Box::new((label, e)))
+            })
+            .collect()
+    }
+
+    fn check_and_load(
+        &self,
+        state: &AppState,
+        a: &ActiveModel,
+        trust: &TrustRoot,
+        full_payload: bool,
+    ) -> Result<LoadedModel, ServeError> {
+        let what = if full_payload { "signatures and payload" } else { "signatures" };
+        systemd::status(&format!("verifying {what} of model '{}' {}", a.name, a.version));
+        let t = Instant::now();
+        let mut last = Instant::now();
+        let mut progress = |done: u64, total: u64| {
+            if last.elapsed() >= PROGRESS_EVERY {
+                last = Instant::now();
+                let pct = (done * 100).checked_div(total).unwrap_or(100);
+                systemd::notify(&[
+                    NotifyState::ExtendTimeoutUsec(u32::try_from(EXTEND.as_micros()).unwrap_or(u32::MAX)),
+                    NotifyState::Status(&format!("verifying model '{}' {}: {pct}% hashed", a.name, a.version)),
+                ]);
+            }
+        };
+        let r = self.store.reverify(&a.digest, trust, full_payload, &mut progress)?;
+        let secs = t.elapsed().as_secs_f64();
+        log::info!(
+            "model '{}' {} sha256-{}: signed by {} key(s); {} files, {:.1} MB hashed in {secs:.1} s",
+            a.name,
+            a.version,
+            short(&a.digest),
+            r.signers.len(),
+            r.files_checked,
+            r.bytes_hashed as f64 / 1e6
+        );
+        load(state, a)
+    }
+
+    /// `model_import`: verifies and stores a package, runs its self-test on this backend, and
+    /// serves it if it became the active version.
+    pub fn import(&self, state: &Arc<AppState>, path: &Path, activate: bool) -> Result<Value, ServeError> {
+        let _busy = self.lock();
+        let trust = self.trust()?;
+        let t = Instant::now();
+        let imported = self.store.import_file(path, &trust, &ImportOptions { activate }, &mut |_, _| {})?;
+        let secs = t.elapsed().as_secs_f64();
+        let active_now = self.is_active(&imported.name, &imported.version)?;
+        let selftest = imported.manifest.model.as_ref().and_then(|m| m.selftest.clone());
+        // The self-test and the swap need the engine; load it once for both.
+        let needs_engine = selftest.is_some() || active_now;
+        let loaded = if needs_engine {
+            let a = ActiveModel {
+                name: imported.name.clone(),
+                version: imported.version.clone(),
+                digest: imported.digest.clone(),
+                load_path: imported.load_path.clone(),
+                manifest: imported.manifest.clone(),
+            };
+            match load(state, &a) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    self.discard(&imported.digest);
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
+        let mut selftest_json = Value::Null;
+        if let (Some(test), Some(m)) = (&selftest, &loaded) {
+            match run_selftest(&m.engine, test) {
+                Ok(rep) => {
+                    log::info!(
+                        "model '{}' {}: self-test passed ({} values, largest difference {:.2e})",
+                        imported.name,
+                        imported.version,
+                        rep.checked,
+                        rep.max_abs_diff
+                    );
+                    selftest_json = json!({"passed": true, "checked": rep.checked, "max_abs_diff": rep.max_abs_diff});
+                }
+                Err(reason) => {
+                    self.discard(&imported.digest);
+                    return Err(ServeError::SelfTest {
+                        package: format!("{} {}", imported.name, imported.version),
+                        backend: state.backend.info().name,
+                        reason,
+                    });
+                }
+            }
+        }
+        if active_now && let Some(m) = loaded {
+            swap_in(state, m);
+        }
+        Ok(json!({
+            "name": imported.name,
+            "version": imported.version,
+            "digest": format!("sha256-{}", imported.digest),
+            "size": imported.size,
+            "active": active_now,
+            "secs": secs,
+            "mb_per_s": imported.size as f64 / 1e6 / secs.max(1e-9),
+            "selftest": selftest_json,
+        }))
+    }
+
+    fn discard(&self, digest: &str) {
+        if let Err(e) = self.store.discard(digest) {
+            log::error!("model store: undoing the import of sha256-{}: {e}", short(digest));
+        }
+    }
+
+    fn is_active(&self, name: &str, version: &str) -> Result<bool, ServeError> {
+        Ok(self.store.list()?.iter().any(|m| m.name == name && m.active.as_deref() == Some(version)))
+    }
+
+    fn active(&self, name: &str) -> Result<ActiveModel, ServeError> {
+        self.store.active_models()?.into_iter().find(|a| a.name == name).ok_or_else(|| {
+            ServeError::Package(PackageError::NotFound {
+                action: format!("serving model '{name}'"),
+                what: "an active version".into(),
+            })
+        })
+    }
+
+    /// `model_list`: every stored version, with which one is active and which one is served.
+    pub fn list(&self, state: &AppState) -> Result<Value, ServeError> {
+        let served = state.models.get();
+        let models: Vec<Value> = self
+            .store
+            .list()?
+            .iter()
+            .map(|m| {
+                let serving = served
+                    .as_ref()
+                    .and_then(|s| s.iter().find(|l| l.name == m.name).map(|l| l.source.version().to_string()));
+                json!({"name": m.name, "active": m.active, "serving": serving, "history": m.history,
+                       "versions": m.versions})
+            })
+            .collect();
+        Ok(json!({"models": models}))
+    }
+
+    /// `model_activate` and `model_rollback`: loads the chosen version first, so that a version
+    /// that does not load never becomes active, then records it and swaps it in.
+    pub fn switch(&self, state: &Arc<AppState>, name: &str, target: Switch<'_>) -> Result<Value, ServeError> {
+        let _busy = self.lock();
+        let before = self.store.list()?.into_iter().find(|m| m.name == name).and_then(|m| m.active);
+        let version = match target {
+            Switch::Activate(v) => self.store.activate(name, v)?,
+            Switch::Rollback => self.store.rollback(name)?,
+        };
+        let a = self.active(name)?;
+        match load(state, &a) {
+            Ok(m) => {
+                swap_in(state, m);
+                Ok(
+                    json!({"name": name, "version": version, "previous": before, "digest": format!("sha256-{}", a.digest)}),
+                )
+            }
+            Err(e) => {
+                if let Some(b) = &before
+                    && let Err(e2) = self.store.activate(name, Some(b))
+                {
+                    log::error!("model '{name}': restoring version {b} as active after a failed load: {e2}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// `model_remove`: removes a version that is not active.
+    pub fn remove(&self, name: &str, version: &str) -> Result<Value, ServeError> {
+        let _busy = self.lock();
+        self.store.remove(name, version)?;
+        Ok(json!({"name": name, "version": version, "removed": true}))
+    }
+}
+
+/// Which version [`Packages::switch`] goes to.
+#[derive(Debug, Clone, Copy)]
+pub enum Switch<'a> {
+    /// This version, or the highest one.
+    Activate(Option<&'a str>),
+    /// The previously active one.
+    Rollback,
+}
+
+fn short(digest: &str) -> &str {
+    digest.get(..12).unwrap_or(digest)
+}
+
+fn load(state: &AppState, a: &ActiveModel) -> Result<LoadedModel, ServeError> {
+    let entry = ModelEntry { name: a.name.clone(), path: a.load_path.clone() };
+    let source = ModelSource::Package { version: a.version.clone(), digest: format!("sha256-{}", a.digest) };
+    Ok(load_model(&entry, source, state.backend.clone(), state.config.serving.kv_tokens)?)
+}
+
+fn swap_in(state: &AppState, m: LoadedModel) {
+    let (name, version) = (m.name.clone(), m.source.version().to_string());
+    match state.models.replace(Arc::new(m)) {
+        Some(old) => log::info!(
+            "model '{name}': now serving version {version} (was {}); running requests finish on the old one",
+            old.source.version()
+        ),
+        None => log::info!("model '{name}': now serving version {version}"),
+    }
+}

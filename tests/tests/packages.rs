@@ -1,0 +1,163 @@
+//! Signed model packages against a real govboxd: every package of the bad corpus is refused through
+//! the admin socket with an error naming the member, leaves no staging folder and no change in the
+//! store, and the daemon goes on serving; activation and rollback under streaming load fail no
+//! request; the active version cannot be removed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use govbox_e2e::{TestBox, bin, govbox, repo};
+use govbox_images::corpus::{GOOD, write_corpus};
+
+/// Every file under the model store with its bytes' SHA-256 (the store and its registry).
+fn snapshot(models: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![models.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(models).unwrap().display().to_string();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p);
+                out.insert(rel, "dir".into());
+            } else if rel != ".lock" {
+                let bytes = std::fs::read(&p).unwrap();
+                out.insert(rel, format!("{:?}", ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref()));
+            }
+        }
+    }
+    out
+}
+
+fn chat(b: &TestBox, stream: bool) -> (String, String) {
+    let body = format!(
+        r#"{{"model": "tiny-qwen2", "messages": [{{"role": "user", "content": "hello"}}], "max_tokens": 4, "stream": {stream}}}"#
+    );
+    let o = b.curl(&[
+        "-w",
+        "\n%{http_code}",
+        "-H",
+        &format!("Authorization: Bearer {}", b.token),
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        &body,
+        &b.url("/v1/chat/completions"),
+    ]);
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
+    (code.to_string(), body.to_string())
+}
+
+#[test]
+fn bad_packages_are_refused_by_a_running_daemon_and_change_nothing() {
+    let b = TestBox::new("badpkg");
+    let d = b.start();
+    let corpus_dir = b.dir.join("corpus");
+    std::fs::create_dir_all(&corpus_dir).unwrap();
+    let cases = write_corpus(&corpus_dir, &b.keys, &repo().join("tests/fixtures/tiny-qwen2")).unwrap();
+    assert!(cases.len() >= 21, "the corpus has {} cases", cases.len());
+    let models = b.state.join("models");
+    let mut refused = 0;
+    for case in cases.iter().filter(|c| c.expect_code != GOOD) {
+        let before = snapshot(&models);
+        let o = Command::new(bin("govbox"))
+            .arg("--state")
+            .arg(&b.state)
+            .args(["model", "import"])
+            .arg(&case.file)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{}: imported, but must be refused", case.name);
+        assert!(
+            err.contains(&case.expect_in_message),
+            "{}: the error must contain {:?}; it was: {err}",
+            case.name,
+            case.expect_in_message
+        );
+        let staging: Vec<_> = std::fs::read_dir(&models)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".staging"))
+            .collect();
+        assert!(staging.is_empty(), "{}: a staging folder was left: {staging:?}", case.name);
+        assert_eq!(snapshot(&models), before, "{}: the store changed", case.name);
+        let (code, body) = chat(&b, false);
+        assert_eq!(code, "200", "{}: the daemon stopped serving: {body}\n{}", case.name, d.log_text());
+        refused += 1;
+    }
+    eprintln!("refused {refused} bad packages through the running daemon; it served after each");
+    // The good package of the corpus imports (as another version of tiny-qwen2's name space).
+    let good = cases.iter().find(|c| c.expect_code == GOOD).unwrap();
+    govbox(&b.state, &["model", "import", good.file.to_str().unwrap()]);
+}
+
+#[test]
+fn activation_and_rollback_under_streaming_load_fail_no_request() {
+    let b = TestBox::new("activate");
+    let v2 = b.build_package(&repo().join("tests/fixtures/tiny-qwen2"), "tiny-qwen2", "1.1.0", false);
+    let _d = b.start();
+    let out = b.import(&v2);
+    assert!(out.contains("not active"), "{out}");
+
+    let b = Arc::new(b);
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..3)
+        .map(|_| {
+            let (b, stop, done) = (b.clone(), stop.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut failures = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let (code, body) = chat(&b, true);
+                    if code != "200" || !body.contains("data: [DONE]") {
+                        failures.push(format!("{code}: {body}"));
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                failures
+            })
+        })
+        .collect();
+    let wait_for_more = |n: usize| {
+        let target = done.load(Ordering::Relaxed) + n;
+        while done.load(Ordering::Relaxed) < target {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    };
+    wait_for_more(3);
+    let out = govbox(&b.state, &["model", "activate", "tiny-qwen2@1.1.0"]);
+    assert!(out.contains("now 1.1.0"), "{out}");
+    wait_for_more(3);
+    let out = govbox(&b.state, &["model", "rollback", "tiny-qwen2"]);
+    assert!(out.contains("now 1.0.0"), "{out}");
+    wait_for_more(3);
+    let out = govbox(&b.state, &["model", "activate", "tiny-qwen2"]);
+    assert!(out.contains("now 1.1.0"), "highest version: {out}");
+    wait_for_more(3);
+    stop.store(true, Ordering::Relaxed);
+    let failures: Vec<String> = workers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+    assert!(failures.is_empty(), "requests failed during activation: {failures:?}");
+    eprintln!("{} streamed requests across 3 switches, none failed", done.load(Ordering::Relaxed));
+
+    let status = govbox(&b.state, &["status"]);
+    assert!(status.contains("tiny-qwen2 (chat, safetensors) 1.1.0 sha256-"), "{status}");
+    let list = govbox(&b.state, &["model", "list"]);
+    assert!(list.contains("1.0.0") && list.contains("1.1.0"), "{list}");
+    let o = Command::new(bin("govbox"))
+        .arg("--state")
+        .arg(&b.state)
+        .args(["model", "remove", "tiny-qwen2@1.1.0"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("active version"), "{}", String::from_utf8_lossy(&o.stderr));
+    govbox(&b.state, &["model", "remove", "tiny-qwen2@1.0.0"]);
+    let list = govbox(&b.state, &["model", "list"]);
+    assert!(!list.lines().any(|l| l.starts_with("tiny-qwen2 ") && l.contains(" 1.0.0 ")), "{list}");
+}
