@@ -30,7 +30,7 @@ pub enum AuditError {
     },
 
     /// A sled operation outside the append path failed.
-    #[error("{action} in the audit store {}: {source}", path.display())]
+    #[error("audit store {}: {action}: {source}", path.display())]
     Store {
         /// What was being done.
         action: String,

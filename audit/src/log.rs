@@ -238,6 +238,7 @@ impl AuditLog {
     }
 
     /// Writes pending auth tallies, then makes, stores and returns a fresh signed tree head.
+    /// Blocking, like [`AuditLog::append_blocking`].
     pub fn checkpoint(&self) -> Result<SignedTreeHead> {
         let (tx, rx) = oneshot::channel();
         self.send(Msg::Checkpoint(tx))?;
@@ -246,6 +247,7 @@ impl AuditLog {
 
     /// Clean shutdown: writes pending auth tallies, makes a final checkpoint if the tree grew,
     /// and stops the writer. Later appends fail with [`AuditError::Closed`]. Returns the last head.
+    /// Blocking. Dropping the last handle does the same.
     pub fn close(&self) -> Result<SignedTreeHead> {
         let (tx, rx) = oneshot::channel();
         self.send(Msg::Close(tx))?;

@@ -160,7 +160,10 @@ impl Writer {
         let (events, replies): (Vec<Event>, Vec<_>) = batch.into_iter().unzip();
         let start = self.frontier.size();
         let result = self.write_batch(events);
-        let failed = result.as_ref().err().map(ToString::to_string);
+        let failed = result.as_ref().err().map(|e| match e {
+            AuditError::Unavailable { reason } => reason.clone(),
+            other => other.to_string(),
+        });
         if failed.is_some() {
             let n = replies.iter().filter(|r| r.is_some()).count() as u64;
             self.shared.failures.fetch_add(n, Ordering::Relaxed);
