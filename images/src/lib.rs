@@ -51,3 +51,7 @@ pub use signature::{ALG_ED25519, Policy, Signature, SignatureCheck, SignatureFil
 pub use store::{ActiveModel, ImportOptions, Imported, ModelStore, Recovered, Reverified};
 pub use verify::{CHUNK, PackageHead, Verified, file_label, read_head, verify_file, verify_reader};
 pub use version::Version;
+
+/// The key and trust-root types this crate's API takes, so that callers need not name the
+/// provisioning crate.
+pub use govbox_provisioning::{PublicKey, Role, SigningKey, TrustRoot};

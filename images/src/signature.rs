@@ -167,7 +167,10 @@ pub fn check_signatures(
     if valid.len() >= threshold as usize {
         return Ok(SignatureCheck { signers: valid.into_iter().collect(), threshold, policy: what });
     }
-    let mut detail = format!("signed by {} of threshold {threshold} keys of {what}", valid.len());
+    let mut detail = match policy {
+        Policy::Trust(..) => format!("signed by {} of threshold {threshold} keys of {what}", valid.len()),
+        Policy::Key(_) => format!("not signed by the given {what}"),
+    };
     let list = |set: Vec<String>| set.join(", ");
     if !other_role.is_empty() {
         detail += &format!("; keys of other roles do not count: {}", list(other_role.iter().cloned().collect()));

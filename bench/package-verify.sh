@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Package verification and import speed against `openssl dgst -sha256` and `cp` on the same data.
+#
+#   bench/package-verify.sh [--size-mb N] [--files N] [--dir DIR] [--keep]
+#
+# Builds a package of N MB of random payload (default 2048 MB in 4 files) in DIR (default
+# target/package-bench, i.e. on the repository's disk), then with a warm page cache runs, twice
+# each and keeping the best:
+#   govbox package verify            vs  openssl dgst -sha256 over the payload files
+#   govbox model import (offline)    vs  cp -r of the payload folder (and cp -r + sync)
+# and reports the speed ratios and the bytes each process read (rchar from /proc/PID/io, taken
+# when the process has exited but is not yet reaped). The target is verify >= 0.9x openssl,
+# reading the archive once.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+size_mb=2048
+files=4
+dir=target/package-bench
+keep=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --size-mb) size_mb=$2; shift 2 ;;
+        --files) files=$2; shift 2 ;;
+        --dir) dir=$2; shift 2 ;;
+        --keep) keep=1; shift ;;
+        *) echo "usage: $0 [--size-mb N] [--files N] [--dir DIR] [--keep]" >&2; exit 2 ;;
+    esac
+done
+
+need=$(( size_mb * 3 + 256 ))
+avail=$(df -Pm "$(dirname "$dir")" | awk 'NR==2 {print $4}')
+if [ "$avail" -lt "$need" ]; then
+    echo "error: $dir needs about $need MB free (payload, package, store), $avail MB available; use --size-mb" >&2
+    exit 2
+fi
+
+cargo build --quiet --release -p govbox-cli -p govbox-images --examples --bins
+G=$PWD/target/release/govbox
+rm -rf "$dir"
+mkdir -p "$dir/payload"
+[ "$keep" = 1 ] || trap 'rm -rf "$dir"' EXIT
+
+per=$(( size_mb * 1024 * 1024 / files ))
+echo "payload: $files x $(( per / 1024 / 1024 )) MB random in $dir ($(df -h --output=fstype "$dir" | tail -1 | tr -d ' '))"
+for i in $(seq 1 "$files"); do
+    # AES-CTR keystream: incompressible and much faster than /dev/urandom.
+    # (openssl dies of SIGPIPE when head has enough, hence no pipefail here.)
+    (set +o pipefail; openssl enc -aes-128-ctr -nosalt -pass pass:govbox-bench-$i -pbkdf2 </dev/zero 2>/dev/null |
+        head -c "$per" >"$dir/payload/part-$i.bin")
+done
+
+"$G" keygen --out "$dir/k0.key" >/dev/null
+"$G" keygen --out "$dir/k1.key" >/dev/null
+"$G" keygen --out "$dir/root.key" >/dev/null
+"$G" provision --state "$dir/state" --hostname bench.local --trust-key "models:$dir/k0.pub" \
+    --trust-key "models:$dir/k1.pub" --trust-key "root,updates:$dir/root.pub" --threshold models:2 >/dev/null
+# calc EXPR DECIMALS
+calc() { awk "BEGIN { printf \"%.$2f\", $1 }"; }
+start=$(date +%s.%N)
+"$G" package build --model "$dir/payload" --name bench --version 1.0.0 --kind chat --architecture random \
+    --context-length 1 --dtype bytes --sign "$dir/k0.key" --sign "$dir/k1.key" -o "$dir/bench.gbx" >/dev/null
+echo "build: $(calc "$(date +%s.%N) - $start" 1) s for $(stat -c %s "$dir/bench.gbx") bytes"
+
+# run LABEL CMD...: best wall time of two runs, and rchar/read_bytes of the best one.
+run() {
+    python3 - "$@" <<'EOF'
+import os, subprocess, sys, time
+label, cmd = sys.argv[1], sys.argv[2:]
+best = None
+for _ in range(2):
+    if label.startswith("import"):
+        subprocess.run(["sh", "-c", 'rm -rf "$0"/models "$0"/copy; sync', os.environ["BENCH_STATE"]], check=True)
+    t = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOWAIT)
+    dt = time.perf_counter() - t
+    io = dict(l.split(": ") for l in open(f"/proc/{p.pid}/io").read().split("\n") if l)
+    if p.wait() != 0:
+        sys.exit(f"{label}: {cmd} failed")
+    if best is None or dt < best[0]:
+        best = (dt, int(io["rchar"]), int(io["read_bytes"]))
+print(f"{best[0]:.3f} {best[1]} {best[2]}")
+EOF
+}
+
+payload_bytes=$(( per * files ))
+cat "$dir/bench.gbx" "$dir"/payload/* >/dev/null   # warm the page cache
+export BENCH_STATE="$dir/state"
+read -r v_s v_r v_d < <(run verify "$G" --state "$dir/state" package verify "$dir/bench.gbx")
+read -r o_s o_r o_d < <(run openssl openssl dgst -sha256 "$dir"/payload/*)
+if "$G" model import --help >/dev/null 2>&1; then
+    import_cmd=("$G" --state "$dir/state" model import "$dir/bench.gbx")
+else
+    import_cmd=("$PWD/target/release/examples/import_package" "$dir/state" "$dir/bench.gbx")
+fi
+read -r i_s i_r _ < <(run import "${import_cmd[@]}")
+read -r c_s _ _ < <(run import-cp cp -r "$dir/payload" "$dir/state/copy")
+read -r cs_s _ _ < <(run import-cp-sync sh -c "cp -r '$dir/payload' '$dir/state/copy' && sync -f '$dir/state'")
+
+mbs() { calc "$1 / 1000000 / $2" 0; }
+printf '%-34s %8s %10s %16s %14s\n' "" "seconds" "MB/s" "rchar (bytes)" "disk reads"
+printf '%-34s %8.3f %10s %16s %14s\n' "govbox package verify" "$v_s" "$(mbs "$payload_bytes" "$v_s")" "$v_r" "$v_d"
+printf '%-34s %8.3f %10s %16s %14s\n' "openssl dgst -sha256 (payload)" "$o_s" "$(mbs "$payload_bytes" "$o_s")" "$o_r" "$o_d"
+printf '%-34s %8.3f %10s %16s\n' "govbox model import (${import_cmd[0]##*/})" "$i_s" "$(mbs "$payload_bytes" "$i_s")" "$i_r"
+printf '%-34s %8.3f %10s\n' "cp -r payload" "$c_s" "$(mbs "$payload_bytes" "$c_s")"
+printf '%-34s %8.3f %10s\n' "cp -r payload + sync" "$cs_s" "$(mbs "$payload_bytes" "$cs_s")"
+echo "archive $(stat -c %s "$dir/bench.gbx") bytes; payload $payload_bytes bytes"
+echo "verify speed / openssl speed: $(calc "$o_s / $v_s" 2)  (target >= 0.90)"
+echo "verify rchar / archive size:  $(calc "$v_r / $(stat -c %s "$dir/bench.gbx")" 3)  (1.000 = read once)"
+echo "import time / cp time:        $(calc "$i_s / $c_s" 2) (cp+sync: $(calc "$i_s / $cs_s" 2))"
