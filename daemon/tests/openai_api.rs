@@ -251,7 +251,10 @@ async fn errors_have_openais_shape_and_status() {
 
     // Health, readiness and the metrics of all the above.
     assert_eq!(d.get(&Creds::none(), "/healthz").await.unwrap().status, 200);
-    assert_eq!(d.get(&Creds::none(), "/readyz").await.unwrap().json()["status"], "ready");
+    let ready = d.get(&Creds::none(), "/readyz").await.unwrap().json();
+    assert_eq!(ready["status"], "ready");
+    // These tests serve unsigned config folders, and readiness says so.
+    assert_eq!(ready["insecure_dev_models"], true, "{ready}");
     let m = d.get(&Creds::none(), "/metrics").await.unwrap();
     assert!(m.headers["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
     // Every generation above has finished, so the chat model's KV blocks are all free again.

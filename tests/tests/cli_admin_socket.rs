@@ -32,6 +32,7 @@ fn client_commands_go_through_the_running_daemon_and_work_offline_once_it_stops(
     assert!(out.contains("clients       1 (1 active, 0 revoked)"), "{out}");
     let v: serde_json::Value = serde_json::from_str(&govbox(&b.state, &["status", "--json"])).unwrap();
     assert_eq!(v["ready"], true, "{v}");
+    assert_eq!(v["insecure_dev_models"], false, "signed packages only: {v}");
     let names: Vec<&str> = v["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["minilm", "tiny-qwen2"], "served from the model store, in name order: {v}");
 
