@@ -36,6 +36,7 @@ mod stream;
 pub mod tar;
 mod verify;
 mod version;
+mod writer;
 
 pub use build::{Built, ModelMeta, PackageBuilder};
 pub use error::{PackageError, Result};

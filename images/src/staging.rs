@@ -12,6 +12,7 @@ use crate::fsutil::{random_hex, sync_dir};
 use crate::manifest::{FileEntry, Manifest};
 use crate::path::{MANIFEST_NAME, SIGNATURES_NAME};
 use crate::verify::MemberSink;
+use crate::writer::FileWriter;
 
 /// Staging folder names start with this.
 pub(crate) const STAGING_PREFIX: &str = ".staging-";
@@ -73,6 +74,9 @@ impl Drop for Staging {
     }
 }
 
+/// Buffers in flight to the writer thread.
+const WRITE_BUFFERS: usize = 4;
+
 /// Writes verified members into a staging folder that it creates once the signatures passed.
 pub(crate) struct StagingSink<'a> {
     models_dir: &'a Path,
@@ -80,12 +84,12 @@ pub(crate) struct StagingSink<'a> {
     precheck: &'a dyn Fn(&Manifest, &[u8]) -> Result<()>,
     pub(crate) staging: Option<Staging>,
     dirs: BTreeSet<PathBuf>,
-    current: Option<(File, PathBuf)>,
+    writer: Option<FileWriter>,
 }
 
 impl<'a> StagingSink<'a> {
     pub(crate) fn new(models_dir: &'a Path, precheck: &'a dyn Fn(&Manifest, &[u8]) -> Result<()>) -> Self {
-        Self { models_dir, precheck, staging: None, dirs: BTreeSet::new(), current: None }
+        Self { models_dir, precheck, staging: None, dirs: BTreeSet::new(), writer: None }
     }
 
     fn root(&self) -> Result<&Path> {
@@ -95,8 +99,21 @@ impl<'a> StagingSink<'a> {
             .ok_or_else(|| PackageError::io("staging", self.models_dir, std::io::Error::other("no staging folder yet")))
     }
 
-    /// fsyncs every folder created, deepest first, then the staging folder.
-    pub(crate) fn sync_dirs(&self) -> Result<()> {
+    fn writer(&mut self) -> Result<&mut FileWriter> {
+        let dir = self.models_dir;
+        self.writer.as_mut().ok_or_else(|| PackageError::io("staging", dir, std::io::Error::other("no writer")))
+    }
+
+    /// Waits for every file to be written and fsynced, then fsyncs every folder created,
+    /// deepest first, and the staging folder.
+    pub(crate) fn finish(&mut self) -> Result<()> {
+        if let Some(w) = self.writer.take() {
+            w.finish()?;
+        }
+        self.sync_dirs()
+    }
+
+    fn sync_dirs(&self) -> Result<()> {
         for d in self.dirs.iter().rev() {
             sync_dir(d)?;
         }
@@ -125,6 +142,7 @@ impl MemberSink for StagingSink<'_> {
         fs::DirBuilder::new().mode(0o755).create(&payload).map_err(|e| PackageError::io("creating", &payload, e))?;
         self.dirs.insert(payload);
         self.staging = Some(staging);
+        self.writer = Some(FileWriter::spawn(WRITE_BUFFERS, crate::verify::CHUNK));
         Ok(())
     }
 
@@ -137,27 +155,22 @@ impl MemberSink for StagingSink<'_> {
             }
         }
         let path = payload.join(entry.path.as_str());
-        let f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&path)
-            .map_err(|e| PackageError::io("creating", &path, e))?;
-        self.current = Some((f, path));
-        Ok(())
+        self.writer()?.create(path)
     }
 
     fn data(&mut self, chunk: &[u8]) -> Result<()> {
-        if let Some((f, path)) = &mut self.current {
-            f.write_all(chunk).map_err(|e| PackageError::io("writing", path.as_path(), e))?;
-        }
-        Ok(())
+        self.writer()?.write(chunk)
     }
 
     fn end(&mut self, _: &FileEntry) -> Result<()> {
-        if let Some((f, path)) = self.current.take() {
-            f.sync_all().map_err(|e| PackageError::io("syncing", &path, e))?;
-        }
-        Ok(())
+        self.writer()?.close()
+    }
+}
+
+impl Drop for StagingSink<'_> {
+    fn drop(&mut self) {
+        // The writer thread stops before the staging folder (if uncommitted) is removed.
+        drop(self.writer.take());
+        drop(self.staging.take());
     }
 }

@@ -217,7 +217,7 @@ impl ModelStore {
         };
         let mut sink = StagingSink::new(&self.dir, &precheck);
         let verified = verify_into(reader, label, &Policy::Trust(root, Role::Models), &mut sink, progress)?;
-        sink.sync_dirs()?;
+        sink.finish()?;
         let staging = sink.staging.take();
         let head = &verified.head;
         let m = &head.manifest;
