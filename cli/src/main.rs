@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod attest;
 mod audit;
 mod client;
 mod keys;
@@ -56,6 +57,8 @@ enum Command {
     /// Show, sign and rotate the trust root (offline).
     #[command(subcommand)]
     Trust(trust::TrustCommand),
+    /// Get a signed attestation report from govboxd (--nonce HEX -o FILE), or `verify` one offline.
+    Attest(attest::AttestArgs),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
         Command::Audit(c) => audit::run(cli.state.as_deref(), &socket, c),
         Command::Package(c) => done(package::run(cli.state.as_deref(), c)),
         Command::Trust(c) => done(trust::run(cli.state.as_deref(), c)),
+        Command::Attest(a) => attest::run(&socket, a),
     };
     match r {
         Ok(code) => code,

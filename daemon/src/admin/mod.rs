@@ -17,6 +17,7 @@
 //! {"cmd":"client_list"}
 //! {"cmd":"client_revoke","name":"hr-portal"}
 //! {"cmd":"client_renew","name":"hr-portal","cert_days":365}
+//! {"cmd":"attest","nonce":"<16 to 64 bytes, hex>"}
 //! ```
 //!
 //! Answers:
@@ -34,6 +35,8 @@
 //!   `ca_pem` and `token` (the bearer token, only from `client_add` with `"token":true`, else
 //!   null). These secrets exist only in this answer: the CLI writes them to files.
 //! - `client_list` gives `clients`, the stored records; `client_revoke` gives `client`.
+//! - `attest` gives a signed `govbox-attestation/1` report (see `govbox-attestation`), after
+//!   recording the request in the audit log.
 //!
 //! Error codes are those of `govbox-provisioning` (`client_exists`, `client_not_found`,
 //! `invalid_client_name`, ...) plus `bad_request` for a line that is not a valid request.
@@ -41,6 +44,7 @@
 //! Revocation takes effect on the next HTTPS request: the HTTPS side reads the same store for
 //! every request. Every command is logged with the caller's uid; secrets never are.
 
+mod attest;
 pub(crate) mod protocol;
 
 use std::io;

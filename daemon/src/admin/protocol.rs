@@ -97,6 +97,11 @@ pub enum AdminRequest {
         /// The text.
         text: String,
     },
+    /// A signed attestation report for the verifier's nonce (itself audited).
+    Attest {
+        /// 16 to 64 bytes, hex.
+        nonce: String,
+    },
 }
 
 impl AdminRequest {
@@ -116,6 +121,7 @@ impl AdminRequest {
             AdminRequest::AuditExport { .. } => "audit_export",
             AdminRequest::AuditTail { .. } => "audit_tail",
             AdminRequest::AuditHmac { .. } => "audit_hmac",
+            AdminRequest::Attest { .. } => "attest",
         }
     }
 
@@ -236,6 +242,7 @@ pub fn execute(state: &Arc<AppState>, req: AdminRequest, uid: &str) -> Result<Va
             state.metrics.audit_entries.inc();
             Ok(json!({"hmac": state.audit.hmac(text.as_bytes())}))
         }
+        AdminRequest::Attest { nonce } => super::attest::attest(state, &nonce),
     }
 }
 

@@ -1,0 +1,74 @@
+//! `govbox-attestation`: a signed statement of what a govbox appliance is running, and its
+//! offline verification.
+//!
+//! A verifier picks a fresh random nonce; `govbox attest --nonce HEX -o report.json` asks the
+//! running govboxd for a report, and `govbox attest verify report.json --nonce HEX ...` checks it
+//! anywhere, with no network and no daemon.
+//!
+//! **What it trusts:** when making a report, the daemon's own view of itself (`/proc/self/exe`,
+//! its config file, the trust root, the models it serves, the audit log's head) and the device
+//! identity key in `STATE/identity/device.key`. When verifying, nothing in the report: the
+//! signature is checked against the key the report carries, and that key is only worth something
+//! once pinned (`--device-key`), just as the nonce, the binary and the model digests are only worth
+//! something once compared with what the verifier expects.
+//!
+//! **What it guarantees:** a report that passes verification with a pinned device key and the
+//! verifier's nonce was signed by that device after the nonce was chosen, and every byte of its
+//! body is covered by the signature; any change to the body fails the `signature` check.
+//!
+//! # Format (`govbox-attestation/1`)
+//!
+//! The file is one JSON object:
+//!
+//! ```text
+//! {
+//!   "report": {
+//!     "format": "govbox-attestation/1",
+//!     "nonce": "<the verifier's nonce: 16 to 64 bytes, lower-case hex>",
+//!     "time": "<RFC 3339 UTC>",
+//!     "device": { "keyid": "<hex SHA-256 of the raw 32-byte Ed25519 key>",
+//!                 "public_key": "<SPKI PEM>" },
+//!     "measurements": {
+//!       "binary_sha256": "<hex SHA-256 of the running govboxd, read from /proc/self/exe>",
+//!       "config_sha256": "<hex SHA-256 of the config file's bytes, or \"none\">",
+//!       "trust_root_sha256": "<hex SHA-256 of STATE/trust/root.json's bytes>",
+//!       "models": [ { "name": "...", "version": "...",
+//!                     "digest": "sha256-<hex of the signed manifest> | unsigned-dev-folder" } ],
+//!       "boot_id": "<from /proc/sys/kernel/random/boot_id>"
+//!     },
+//!     "audit_head": { "tree_size": N, "root_hash": "...", "time": "...", "keyid": "...",
+//!                     "signature": "..." },
+//!     "backend": { "kind": "cpu", "name": "...", "simulated": false },
+//!     "insecure_dev_models": false,
+//!     "tpm": null,
+//!     "tpm_status": "<why there is no quote, or \"quoted\">"
+//!   },
+//!   "keyid": "<the device key id again>",
+//!   "signature": "<Ed25519 signature, 128 lower-case hex digits>"
+//! }
+//! ```
+//!
+//! The signature is pure Ed25519 (RFC 8032) by the device key over the canonical JSON
+//! (`govbox_provisioning::to_canonical_json`: sorted keys, no whitespace) of the `report` value
+//! exactly as it appears in the file. The `format` field inside the signed body separates these
+//! signatures from every other use of the device key. The audit head is the audit log's own
+//! signed checkpoint (see `govbox-audit`), checkable with the audit public key.
+//!
+//! When a TPM 2.0 is present and this crate is built with the `tpm` feature, `tpm` holds a quote
+//! over PCRs 0–7 with the same nonce as qualifying data; without the feature, [`tpm::quote`]
+//! returns [`AttestError::TpmNotCompiled`] and the report says so in `tpm_status`.
+#![deny(unsafe_code)]
+#![deny(missing_docs)]
+
+mod digest;
+mod error;
+mod measure;
+mod report;
+pub mod tpm;
+mod verify;
+
+pub use digest::{Nonce, sha256_bytes, sha256_file, to_hex};
+pub use error::AttestError;
+pub use measure::{BOOT_ID_PATH, Measurements, MeasurementsBuilder, ModelMeasurement, SELF_EXE};
+pub use report::{BackendMeasurement, DeviceIdentity, FORMAT, MAX_REPORT_BYTES, ReportBody, SignedReport, sign_report};
+pub use verify::{Check, Expectations, Outcome, Verification, verify_report, verify_report_bytes};

@@ -1,0 +1,141 @@
+//! The report body, and signing it with the device key.
+
+use govbox_audit::SignedTreeHead;
+use govbox_provisioning::{PublicKey, SigningKey, to_canonical_json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::digest::to_hex;
+use crate::{AttestError, Measurements, Nonce};
+
+/// The format tag; it is inside the signed body, so a signature over a report can never be
+/// mistaken for the device key's signature over anything else.
+pub const FORMAT: &str = "govbox-attestation/1";
+/// The largest report file a verifier reads (a report is a few KiB).
+pub const MAX_REPORT_BYTES: u64 = 1 << 20;
+
+/// The device that signs the report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceIdentity {
+    /// Hex SHA-256 of the raw 32-byte Ed25519 public key.
+    pub keyid: String,
+    /// The public key, SPKI PEM.
+    pub public_key: String,
+}
+
+/// The compute backend in use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendMeasurement {
+    /// `cpu`, `cuda`, ...
+    pub kind: String,
+    /// The device's name.
+    pub name: String,
+    /// Whether it is a simulation of an accelerator (tests only).
+    pub simulated: bool,
+}
+
+/// What the device signs (see the crate documentation for the JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ReportBody {
+    /// [`FORMAT`].
+    pub format: String,
+    /// The verifier's nonce, lower-case hex.
+    pub nonce: String,
+    /// When the report was made, RFC 3339 UTC.
+    pub time: String,
+    /// The signing device.
+    pub device: DeviceIdentity,
+    /// What the box runs.
+    pub measurements: Measurements,
+    /// The audit log's signed head when the report was made.
+    pub audit_head: SignedTreeHead,
+    /// The compute backend.
+    pub backend: BackendMeasurement,
+    /// Whether unsigned dev model folders may be served.
+    pub insecure_dev_models: bool,
+    /// The TPM quote, or null.
+    pub tpm: Option<Value>,
+    /// `quoted`, or why there is no quote.
+    pub tpm_status: String,
+}
+
+impl ReportBody {
+    /// A body made now, with no TPM quote (see [`ReportBody::with_tpm`]).
+    pub fn new(
+        nonce: &Nonce,
+        device: &PublicKey,
+        measurements: Measurements,
+        audit_head: SignedTreeHead,
+        backend: BackendMeasurement,
+        insecure_dev_models: bool,
+    ) -> Self {
+        let now = time::OffsetDateTime::now_utc();
+        let time = now.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| now.to_string());
+        Self {
+            format: FORMAT.to_string(),
+            nonce: nonce.as_hex().to_string(),
+            time,
+            device: DeviceIdentity { keyid: device.keyid(), public_key: device.to_spki_pem() },
+            measurements,
+            audit_head,
+            backend,
+            insecure_dev_models,
+            tpm: None,
+            tpm_status: "not requested".to_string(),
+        }
+    }
+
+    /// Records the outcome of [`crate::tpm::quote`]: the quote, or the reason there is none.
+    pub fn with_tpm(mut self, quote: Result<Value, AttestError>) -> Self {
+        match quote {
+            Ok(q) => {
+                self.tpm = Some(q);
+                self.tpm_status = "quoted".to_string();
+            }
+            Err(e) => {
+                self.tpm = None;
+                self.tpm_status = e.to_string();
+            }
+        }
+        self
+    }
+
+    /// The bytes the signature covers: the canonical JSON of the body.
+    pub fn signed_bytes(&self) -> Result<Vec<u8>, AttestError> {
+        Ok(to_canonical_json(&serde_json::to_value(self)?).into_bytes())
+    }
+}
+
+/// A report as written to a file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedReport {
+    /// The signed body.
+    pub report: ReportBody,
+    /// The device key id (the same as `report.device.keyid`).
+    pub keyid: String,
+    /// Ed25519 over [`ReportBody::signed_bytes`], lower-case hex.
+    pub signature: String,
+}
+
+impl SignedReport {
+    /// Pretty JSON with a final newline, for a file.
+    pub fn to_json_pretty(&self) -> Result<String, AttestError> {
+        let mut s = serde_json::to_string_pretty(self)?;
+        s.push('\n');
+        Ok(s)
+    }
+}
+
+/// Signs `body` with the device key. The body's `device` is set from `key`, so that the report
+/// always names the key that signed it.
+pub fn sign_report(key: &SigningKey, mut body: ReportBody) -> Result<SignedReport, AttestError> {
+    let public = key.public_key();
+    body.device = DeviceIdentity { keyid: public.keyid(), public_key: public.to_spki_pem() };
+    let signature = to_hex(&key.sign(&body.signed_bytes()?));
+    Ok(SignedReport { keyid: public.keyid(), signature, report: body })
+}

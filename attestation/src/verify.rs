@@ -1,0 +1,382 @@
+//! Offline verification: one named check per property, each PASS, FAIL or SKIP.
+//!
+//! The order follows what each check relies on: the document must be a `govbox-attestation/1`
+//! report before anything in it is read; the signature makes every other field the device's own
+//! statement; the pinned device key makes that device the expected one; the nonce makes the
+//! statement fresh; only then do the measurements mean something.
+
+use std::fmt;
+use std::io::Read;
+use std::path::Path;
+
+use govbox_provisioning::{PublicKey, to_canonical_json};
+use serde_json::Value;
+
+use crate::{AttestError, FORMAT, MAX_REPORT_BYTES, Nonce, SignedReport};
+
+/// What the verifier expects; `None` or empty means "not checked" (the check is SKIPped).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Expectations {
+    /// The nonce the verifier chose.
+    pub nonce: Nonce,
+    /// The device key the verifier trusts.
+    pub device_key: Option<PublicKey>,
+    /// The expected govboxd SHA-256 (hex, with or without `sha256-`).
+    pub binary_sha256: Option<String>,
+    /// Expected models: name and digest (hex, with or without `sha256-`).
+    pub models: Vec<(String, String)>,
+    /// The audit public key, to check the embedded audit head's signature.
+    pub audit_key: Option<PublicKey>,
+    /// Accept a box that may serve unsigned dev model folders.
+    pub allow_dev_models: bool,
+}
+
+impl Expectations {
+    /// Expects `nonce` and nothing else.
+    pub fn new(nonce: Nonce) -> Self {
+        Self {
+            nonce,
+            device_key: None,
+            binary_sha256: None,
+            models: Vec::new(),
+            audit_key: None,
+            allow_dev_models: false,
+        }
+    }
+}
+
+/// A check's result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// It holds.
+    Pass,
+    /// It does not: the report must not be relied on.
+    Fail,
+    /// Not checked (nothing to compare with); says so rather than passing silently.
+    Skip,
+}
+
+/// One named check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// Its name (`format`, `signature`, `nonce`, `model tiny-qwen2`, ...).
+    pub name: String,
+    /// The result.
+    pub outcome: Outcome,
+    /// Why, in words.
+    pub detail: String,
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tag = match self.outcome {
+            Outcome::Pass => "PASS",
+            Outcome::Fail => "FAIL",
+            Outcome::Skip => "SKIP",
+        };
+        write!(f, "{tag} {}: {}", self.name, self.detail)
+    }
+}
+
+/// Every check of one report, and the report when it could be read.
+#[derive(Debug, Clone)]
+pub struct Verification {
+    /// The checks, in order.
+    pub checks: Vec<Check>,
+    /// The report, when it is a well-formed `govbox-attestation/1` document.
+    pub report: Option<SignedReport>,
+}
+
+impl Verification {
+    /// True when no check failed.
+    pub fn passed(&self) -> bool {
+        !self.checks.iter().any(|c| c.outcome == Outcome::Fail)
+    }
+
+    /// The check named `name`, if it ran.
+    pub fn check(&self, name: &str) -> Option<&Check> {
+        self.checks.iter().find(|c| c.name == name)
+    }
+
+    fn push(&mut self, name: impl Into<String>, outcome: Outcome, detail: impl Into<String>) {
+        self.checks.push(Check { name: name.into(), outcome, detail: detail.into() });
+    }
+}
+
+/// Reads a report file (at most [`MAX_REPORT_BYTES`]) and verifies it.
+pub fn verify_report(path: &Path, expect: &Expectations) -> Result<Verification, AttestError> {
+    let read_err = |source| AttestError::Read { path: path.to_path_buf(), source };
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_REPORT_BYTES + 1).read_to_end(&mut bytes).map_err(read_err)?;
+    if bytes.len() as u64 > MAX_REPORT_BYTES {
+        return Err(AttestError::TooLarge { path: path.to_path_buf(), limit: MAX_REPORT_BYTES });
+    }
+    Ok(verify_report_bytes(&bytes, expect))
+}
+
+/// Verifies a report held in memory.
+pub fn verify_report_bytes(bytes: &[u8], expect: &Expectations) -> Verification {
+    let mut v = Verification { checks: Vec::new(), report: None };
+    let Some((body, report)) = check_format(&mut v, bytes) else {
+        return v;
+    };
+    let device = check_keyid(&mut v, &report);
+    let signed = check_signature(&mut v, &body, &report, device.as_ref());
+    check_device_key(&mut v, device.as_ref(), signed, expect.device_key.as_ref());
+    check_nonce(&mut v, &report, &expect.nonce);
+    check_binary(&mut v, &report, expect.binary_sha256.as_deref());
+    for (name, digest) in &expect.models {
+        check_model(&mut v, &report, name, digest);
+    }
+    check_signed_models_only(&mut v, &report, expect.allow_dev_models);
+    check_audit_head(&mut v, &report, expect.audit_key.as_ref());
+    check_tpm(&mut v, &report);
+    v.report = Some(report);
+    v
+}
+
+/// Rule: the document is a JSON object `{report, keyid, signature}` whose `report.format` is
+/// `govbox-attestation/1` and which has exactly the fields of that format.
+fn check_format(v: &mut Verification, bytes: &[u8]) -> Option<(Value, SignedReport)> {
+    const NAME: &str = "format";
+    let value: Value = match serde_json::from_slice(bytes) {
+        Ok(x) => x,
+        Err(e) => {
+            v.push(NAME, Outcome::Fail, format!("not JSON: {e}"));
+            return None;
+        }
+    };
+    let format = value.get("report").and_then(|r| r.get("format")).and_then(Value::as_str);
+    if format != Some(FORMAT) {
+        v.push(NAME, Outcome::Fail, format!("report.format is {format:?}, not \"{FORMAT}\""));
+        return None;
+    }
+    let report: SignedReport = match serde_json::from_value(value.clone()) {
+        Ok(r) => r,
+        Err(e) => {
+            v.push(NAME, Outcome::Fail, format!("not a well-formed {FORMAT} report: {e}"));
+            return None;
+        }
+    };
+    v.push(NAME, Outcome::Pass, FORMAT);
+    Some((value["report"].clone(), report))
+}
+
+/// Rule: the key id (both the outer one and `report.device.keyid`) is the SHA-256 of the raw
+/// public key that `report.device.public_key` holds.
+fn check_keyid(v: &mut Verification, report: &SignedReport) -> Option<PublicKey> {
+    const NAME: &str = "keyid";
+    let key = match PublicKey::from_spki_pem(&report.report.device.public_key) {
+        Ok(k) => k,
+        Err(e) => {
+            v.push(NAME, Outcome::Fail, format!("the embedded device key is not an Ed25519 SPKI PEM: {e}"));
+            return None;
+        }
+    };
+    let id = key.keyid();
+    if report.report.device.keyid != id || report.keyid != id {
+        v.push(
+            NAME,
+            Outcome::Fail,
+            format!(
+                "the embedded key's id is {id}, but the report names {} (device) and {} (signature)",
+                report.report.device.keyid, report.keyid
+            ),
+        );
+    } else {
+        v.push(NAME, Outcome::Pass, format!("{id} is the embedded device key's id"));
+    }
+    Some(key)
+}
+
+/// Rule: `signature` is an Ed25519 signature by the embedded key over the canonical JSON of the
+/// `report` value exactly as the file holds it. Returns whether it does.
+fn check_signature(v: &mut Verification, body: &Value, report: &SignedReport, key: Option<&PublicKey>) -> bool {
+    const NAME: &str = "signature";
+    let Some(key) = key else {
+        v.push(NAME, Outcome::Fail, "no usable device key in the report to check it with");
+        return false;
+    };
+    let Some(sig) = from_hex_64(&report.signature) else {
+        v.push(NAME, Outcome::Fail, "not 128 lower-case hex digits");
+        return false;
+    };
+    match key.verify(to_canonical_json(body).as_bytes(), &sig) {
+        Ok(()) => {
+            v.push(NAME, Outcome::Pass, "Ed25519 by the embedded device key over the whole report body");
+            true
+        }
+        Err(_) => {
+            v.push(
+                NAME,
+                Outcome::Fail,
+                "does not verify: the report body was changed after signing, or another key signed it",
+            );
+            false
+        }
+    }
+}
+
+/// Rule: when the verifier pins a device key, the report is validly signed by that key.
+fn check_device_key(v: &mut Verification, key: Option<&PublicKey>, signed: bool, pinned: Option<&PublicKey>) {
+    const NAME: &str = "device-key";
+    match (pinned, key) {
+        (Some(p), Some(k)) if !signed && p.as_bytes() == k.as_bytes() => v.push(
+            NAME,
+            Outcome::Fail,
+            format!("the report names the pinned key {}, but its signature does not verify", p.keyid()),
+        ),
+        (None, _) => v.push(
+            NAME,
+            Outcome::Skip,
+            "no --device-key given: the report only proves that it was signed by the key it carries",
+        ),
+        (Some(p), Some(k)) if p.as_bytes() == k.as_bytes() => {
+            v.push(NAME, Outcome::Pass, format!("signed by the pinned device key {}", p.keyid()))
+        }
+        (Some(p), Some(k)) => v.push(
+            NAME,
+            Outcome::Fail,
+            format!("the report is signed by device key {}, not by the pinned key {}", k.keyid(), p.keyid()),
+        ),
+        (Some(p), None) => {
+            v.push(NAME, Outcome::Fail, format!("the report carries no usable key; expected {}", p.keyid()))
+        }
+    }
+}
+
+/// Rule: the report answers the verifier's own nonce (a replayed report answers another one).
+fn check_nonce(v: &mut Verification, report: &SignedReport, nonce: &Nonce) {
+    const NAME: &str = "nonce";
+    if report.report.nonce == nonce.as_hex() {
+        v.push(NAME, Outcome::Pass, format!("the report answers nonce {}", nonce.as_hex()));
+    } else {
+        v.push(
+            NAME,
+            Outcome::Fail,
+            format!("report nonce {} differs from the expected {}", report.report.nonce, nonce.as_hex()),
+        );
+    }
+}
+
+/// A digest as lower-case hex without the `sha256-` prefix.
+fn bare_digest(d: &str) -> String {
+    d.trim().strip_prefix("sha256-").unwrap_or(d.trim()).to_ascii_lowercase()
+}
+
+/// Rule: the running govboxd is the binary the verifier expects.
+fn check_binary(v: &mut Verification, report: &SignedReport, expected: Option<&str>) {
+    const NAME: &str = "binary";
+    let got = &report.report.measurements.binary_sha256;
+    match expected {
+        None => v.push(NAME, Outcome::Skip, format!("govboxd sha256 {got}; no --expect-binary given")),
+        Some(e) if bare_digest(e) == *got => v.push(NAME, Outcome::Pass, format!("govboxd sha256 {got}")),
+        Some(e) => {
+            v.push(NAME, Outcome::Fail, format!("govboxd sha256 {got} differs from the expected {}", bare_digest(e)))
+        }
+    }
+}
+
+/// Rule: model `name` is served, from the package with the expected digest.
+fn check_model(v: &mut Verification, report: &SignedReport, name: &str, digest: &str) {
+    let check = format!("model {name}");
+    let want = bare_digest(digest);
+    match report.report.measurements.models.iter().find(|m| m.name == name) {
+        None => v.push(check, Outcome::Fail, format!("model {name} is not served by the box")),
+        Some(m) if bare_digest(&m.digest) == want => {
+            v.push(check, Outcome::Pass, format!("{name} {} is package {}", m.version, m.digest))
+        }
+        Some(m) => v.push(
+            check,
+            Outcome::Fail,
+            format!("{name} {} is package {}, not the expected sha256-{want}", m.version, m.digest),
+        ),
+    }
+}
+
+/// Rule: unless the verifier accepts them, the box serves signed packages only.
+fn check_signed_models_only(v: &mut Verification, report: &SignedReport, allow: bool) {
+    const NAME: &str = "signed-models-only";
+    let r = &report.report;
+    let dev: Vec<&str> =
+        r.measurements.models.iter().filter(|m| m.digest == "unsigned-dev-folder").map(|m| m.name.as_str()).collect();
+    if !r.insecure_dev_models && dev.is_empty() {
+        v.push(NAME, Outcome::Pass, format!("{} model(s), all from signed packages", r.measurements.models.len()));
+    } else if allow {
+        v.push(NAME, Outcome::Skip, "the box may serve unsigned dev folders (accepted by --allow-dev-models)");
+    } else {
+        v.push(
+            NAME,
+            Outcome::Fail,
+            format!("the box runs with --insecure-dev-models (unsigned folders served: {dev:?})"),
+        );
+    }
+}
+
+/// Rule: the embedded audit head is a well-formed checkpoint, and with the audit key its
+/// signature verifies.
+fn check_audit_head(v: &mut Verification, report: &SignedReport, audit_key: Option<&PublicKey>) {
+    const NAME: &str = "audit-head";
+    let head = &report.report.audit_head;
+    let size = head.tree_size;
+    match audit_key {
+        Some(k) => match head.verify(k) {
+            Ok(()) => v.push(
+                NAME,
+                Outcome::Pass,
+                format!("tree_size {size}, root {}, signed by the audit key", head.root_hash),
+            ),
+            Err(e) => v.push(NAME, Outcome::Fail, format!("tree_size {size}: {e}")),
+        },
+        None => {
+            let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+            if hex(&head.root_hash, 64) && hex(&head.keyid, 64) && hex(&head.signature, 128) {
+                v.push(
+                    NAME,
+                    Outcome::Pass,
+                    format!(
+                        "present (tree_size {size}, root {}), signature not checked without --audit-key",
+                        head.root_hash
+                    ),
+                );
+            } else {
+                v.push(
+                    NAME,
+                    Outcome::Fail,
+                    format!(
+                        "tree_size {size}: root_hash, keyid or signature is not lower-case hex of the right length"
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// The TPM quote: this build cannot check one, and says so rather than passing it.
+fn check_tpm(v: &mut Verification, report: &SignedReport) {
+    const NAME: &str = "tpm";
+    match &report.report.tpm {
+        None => v.push(NAME, Outcome::Skip, format!("no quote ({})", report.report.tpm_status)),
+        Some(_) => v.push(NAME, Outcome::Skip, "a quote is present; this build of govbox cannot check TPM quotes"),
+    }
+}
+
+fn from_hex_64(s: &str) -> Option<[u8; 64]> {
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let s = s.as_bytes();
+    if s.len() != 128 {
+        return None;
+    }
+    let mut out = [0u8; 64];
+    for (i, pair) in s.chunks_exact(2).enumerate() {
+        out[i] = (digit(pair[0])? << 4) | digit(pair[1])?;
+    }
+    Some(out)
+}

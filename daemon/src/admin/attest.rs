@@ -1,0 +1,62 @@
+//! `attest`: a signed attestation report of what this daemon runs, for the verifier's nonce.
+//!
+//! The daemon only fills in what it alone knows (its own binary, its config path, the models it
+//! serves, the audit head, the backend); the format, hashing and signing are
+//! `govbox-attestation`'s. Each report is itself recorded in the audit log before it is given
+//! out, so that who asked the box to vouch for itself, and when, is on the record.
+
+use std::path::Path;
+
+use govbox_attestation::{
+    AttestError, BOOT_ID_PATH, BackendMeasurement, Measurements, Nonce, ReportBody, SELF_EXE, sign_report,
+};
+use govbox_audit::Event;
+use govbox_provisioning::{SigningKey, StatePaths};
+use serde_json::Value;
+
+use super::AdminFailure;
+use crate::state::AppState;
+
+impl From<AttestError> for AdminFailure {
+    fn from(e: AttestError) -> Self {
+        AdminFailure { code: e.code(), message: e.to_string() }
+    }
+}
+
+/// Makes and signs a report for `nonce_hex` (16 to 64 bytes of hex).
+pub fn attest(state: &AppState, nonce_hex: &str) -> Result<Value, AdminFailure> {
+    let nonce = Nonce::parse(nonce_hex)?;
+    let paths = StatePaths::new(&state.state_dir);
+    let key = SigningKey::load_pem(paths.device_key())?;
+
+    let mut measurements = Measurements::builder()
+        .binary(Path::new(SELF_EXE))?
+        .config(state.config_path.as_deref())?
+        .trust_root(&paths.root_json())?
+        .boot_id(Path::new(BOOT_ID_PATH))?;
+    if let Some(models) = state.models.get() {
+        for m in models.iter() {
+            measurements = measurements.model(&m.name, m.source.version(), m.source.digest());
+        }
+    }
+    let measurements = measurements.build()?;
+
+    // Record the request first: no report leaves the box unless its record is durable. The head
+    // taken afterwards then covers this very entry.
+    state
+        .audit
+        .append_blocking(Event::Policy { detail: format!("attestation report for nonce {}", nonce.as_hex()) })?;
+    state.metrics.audit_entries.inc();
+    let head = state.audit.checkpoint()?;
+
+    let info = state.backend.info();
+    let backend = BackendMeasurement {
+        kind: format!("{:?}", info.kind).to_lowercase(),
+        name: info.name,
+        simulated: info.simulated,
+    };
+    let body = ReportBody::new(&nonce, &key.public_key(), measurements, head, backend, state.insecure_dev_models)
+        .with_tpm(govbox_attestation::tpm::quote(&nonce));
+    let signed = sign_report(&key, body)?;
+    Ok(serde_json::to_value(&signed).map_err(AttestError::from)?)
+}
