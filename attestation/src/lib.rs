@@ -57,7 +57,7 @@
 //! When a TPM 2.0 is present and this crate is built with the `tpm` feature, `tpm` holds a quote
 //! over PCRs 0–7 with the same nonce as qualifying data; without the feature, [`tpm::quote`]
 //! returns [`AttestError::TpmNotCompiled`] and the report says so in `tpm_status`.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 mod digest;

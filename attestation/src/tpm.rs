@@ -4,6 +4,14 @@
 //! the boot chain. It needs libtss2 (through the `tss-esapi` crate), so it sits behind the `tpm`
 //! cargo feature, off by default: a CPU-only build compiles this stub, which reports plainly
 //! whether a TPM is there and that this build cannot quote with it.
+//!
+//! Status: not implemented yet. On the Debian 12 build machine `apt-get install libtss2-dev`
+//! fails (`libcurl4-openssl-dev : Depends: libcurl4 (= 7.88.1-10+deb12u14) but
+//! 7.88.1-10+deb12u15 is to be installed`), so tss-esapi cannot be built here. swtpm and
+//! tpm2-tools do work (a `tpm2_quote` over `sha256:0-7,23` with a nonce verifies with
+//! `openssl dgst -verify`), which is the path to test this against once the library installs.
+//! A quote also needs an attestation key the verifier can anchor (EK certificate and credential
+//! activation, or an AK certified at provisioning); a transient AK would prove nothing.
 
 use crate::{AttestError, Nonce};
 
