@@ -54,9 +54,11 @@
 //! signatures from every other use of the device key. The audit head is the audit log's own
 //! signed checkpoint (see `govbox-audit`), checkable with the audit public key.
 //!
-//! When a TPM 2.0 is present and this crate is built with the `tpm` feature, `tpm` holds a quote
-//! over PCRs 0–7 with the same nonce as qualifying data; without the feature, [`tpm::quote`]
-//! returns [`AttestError::TpmNotCompiled`] and the report says so in `tpm_status`.
+//! `tpm` is reserved for a TPM 2.0 quote over PCRs 0–7 with the same nonce as qualifying data,
+//! behind the `tpm` cargo feature, which is not implemented yet (see [`tpm`]). Today `tpm` is
+//! always null and `tpm_status` says why: no TPM ([`AttestError::TpmAbsent`]), or a TPM that this
+//! build cannot use ([`AttestError::TpmNotCompiled`]). Both are under the signature, and the
+//! verifier prints them as `SKIP tpm`, never as a pass.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
