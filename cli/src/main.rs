@@ -14,6 +14,7 @@ mod provision;
 mod status;
 mod store;
 mod trust;
+mod update;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,6 +60,9 @@ enum Command {
     Trust(trust::TrustCommand),
     /// Get a signed attestation report from govboxd (--nonce HEX -o FILE), or `verify` one offline.
     Attest(attest::AttestArgs),
+    /// Build signed update bundles; apply, inspect and roll back govbox updates (A/B slots).
+    #[command(subcommand)]
+    Update(update::UpdateCommand),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +79,7 @@ fn main() -> ExitCode {
         Command::Package(c) => done(package::run(cli.state.as_deref(), c)),
         Command::Trust(c) => done(trust::run(cli.state.as_deref(), c)),
         Command::Attest(a) => attest::run(&socket, a),
+        Command::Update(c) => done(update::run(cli.state.as_deref(), &socket, c)),
     };
     match r {
         Ok(code) => code,

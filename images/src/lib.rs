@@ -34,6 +34,7 @@ mod staging;
 mod store;
 mod stream;
 pub mod tar;
+pub mod update;
 mod verify;
 mod version;
 mod writer;

@@ -102,6 +102,13 @@ pub enum AdminRequest {
         /// 16 to 64 bytes, hex.
         nonce: String,
     },
+    /// Record one step of `govbox update apply` (run as root beside the daemon) in the audit log.
+    UpdateEvent {
+        /// The step, e.g. `staged`, `switched`, `committed`, `reverted`.
+        step: String,
+        /// Versions, slots, reasons.
+        detail: String,
+    },
 }
 
 impl AdminRequest {
@@ -122,6 +129,7 @@ impl AdminRequest {
             AdminRequest::AuditTail { .. } => "audit_tail",
             AdminRequest::AuditHmac { .. } => "audit_hmac",
             AdminRequest::Attest { .. } => "attest",
+            AdminRequest::UpdateEvent { .. } => "update_event",
         }
     }
 
@@ -243,6 +251,11 @@ pub fn execute(state: &Arc<AppState>, req: AdminRequest, uid: &str) -> Result<Va
             Ok(json!({"hmac": state.audit.hmac(text.as_bytes())}))
         }
         AdminRequest::Attest { nonce } => super::attest::attest(state, &nonce),
+        AdminRequest::UpdateEvent { step, detail } => {
+            state.audit.append_blocking(Event::Update { step, detail })?;
+            state.metrics.audit_entries.inc();
+            Ok(json!({"recorded": true}))
+        }
     }
 }
 

@@ -1,0 +1,444 @@
+//! `govbox update ...`: build signed update bundles (vendors), and apply, inspect, roll back
+//! and boot-check them on the box (agency IT, as root, or the unit's `ExecStartPre`/`Post`).
+//!
+//! The state machine lives in `govbox_images::update`; this module is its host: it restarts
+//! govboxd (`systemctl restart` under systemd, else `--restart-cmd`), waits until govboxd's
+//! admin socket reports ready (the predicate `/readyz` answers with), and records every step as
+//! an audit `update` entry, through the admin socket while govboxd runs and directly in the
+//! state folder while it does not.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use govbox_audit::{AuditLog, AuditOptions, Event};
+use govbox_images::update::{
+    self, BootAction, BundleSpec, FaultPoint, InstallRoot, UpdateError, UpdateHost, UpdateStatus,
+};
+use govbox_provisioning::{SigningKey, StatePaths, TrustRoot};
+use serde_json::json;
+
+use crate::admin::AdminClient;
+use crate::provision::state_dir;
+
+/// The production install folder.
+const DEFAULT_ROOT: &str = "/opt/govbox";
+/// Set to a fault point's name, makes `apply` abort there (the power-loss tests).
+const FAULT_ENV: &str = "GOVBOX_UPDATE_FAULT";
+
+/// `govbox update ...`.
+#[derive(Subcommand, Debug)]
+pub enum UpdateCommand {
+    /// Build and sign an update bundle (.gbu) from a govboxd and a govbox binary (vendors).
+    #[command(disable_version_flag = true)]
+    Build(BuildArgs),
+    /// Verify a bundle, stage it into the inactive slot, switch, restart govboxd, and commit once
+    /// it is ready, or revert (run as root).
+    Apply(ApplyArgs),
+    /// Both slots, their versions, which is current, the trial state and the security version.
+    Status(StatusArgs),
+    /// Go back to the other slot (refused below the stored security version) and restart.
+    Rollback(RestartArgs),
+    /// Before govboxd starts (ExecStartPre=+): finish an interrupted switch, count the starts of
+    /// an unconfirmed update, and revert it after too many.
+    BootCheck(RootArg),
+    /// After govboxd reported ready (ExecStartPost=+): commit an update whose apply was interrupted.
+    BootOk(RootArg),
+}
+
+/// `--root`.
+#[derive(Args, Debug)]
+pub struct RootArg {
+    /// The install folder holding `current` and `slots/`.
+    #[arg(long, env = "GOVBOX_ROOT", default_value = DEFAULT_ROOT)]
+    root: PathBuf,
+}
+
+/// `govbox update build`.
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    /// The release's semantic version.
+    #[arg(long)]
+    version: String,
+    /// Its security version: boxes refuse bundles below the one they store.
+    #[arg(long)]
+    security_version: u64,
+    /// The govboxd binary.
+    #[arg(long)]
+    daemon: PathBuf,
+    /// The govbox binary.
+    #[arg(long)]
+    cli: PathBuf,
+    /// A folder to ship as dist/ (unit files, default config).
+    #[arg(long)]
+    dist: Option<PathBuf>,
+    /// A new signed root.json to rotate to when the update is committed.
+    #[arg(long = "root", value_name = "NEW_ROOT_JSON")]
+    new_root: Option<PathBuf>,
+    /// A signing key (PEM) of the `updates` role; repeat to meet its threshold.
+    #[arg(long = "sign", value_name = "KEY", required = true)]
+    sign: Vec<PathBuf>,
+    /// The bundle to write.
+    #[arg(short = 'o', long = "output")]
+    out: PathBuf,
+}
+
+/// How to restart govboxd and how long to wait for it.
+#[derive(Args, Debug)]
+pub struct RestartArgs {
+    #[command(flatten)]
+    root: RootArg,
+    /// Restart with this shell command instead of `systemctl restart govboxd` (required when
+    /// not under systemd). It runs with GOVBOX_ROOT set and must return once govboxd runs
+    /// `ROOT/current/govboxd`.
+    #[arg(long, value_name = "CMD")]
+    restart_cmd: Option<String>,
+    /// Seconds to wait for govboxd to report ready before the update is reverted.
+    #[arg(long, default_value_t = 120)]
+    ready_timeout: u64,
+    /// The systemd unit.
+    #[arg(long, default_value = "govboxd")]
+    service: String,
+}
+
+/// `govbox update apply`.
+#[derive(Args, Debug)]
+pub struct ApplyArgs {
+    /// The bundle (.gbu).
+    file: PathBuf,
+    #[command(flatten)]
+    restart: RestartArgs,
+}
+
+/// `govbox update status`.
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    root: RootArg,
+    /// Re-hash each slot against its signed manifest.
+    #[arg(long)]
+    verify: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `govbox update ...`.
+pub fn run(state: Option<&Path>, socket: &Path, cmd: UpdateCommand) -> Result<()> {
+    let state = state_dir(state);
+    let paths = StatePaths::new(&state);
+    match cmd {
+        UpdateCommand::Build(a) => build(a),
+        UpdateCommand::Apply(a) => {
+            let root = InstallRoot::new(&a.restart.root.root);
+            let mut host = Host::new(socket, &state, Some(&a.restart))?;
+            let r = update::apply(&root, &paths, &a.file, &mut host);
+            host.finish();
+            let applied = r.map_err(flat)?;
+            println!(
+                "committed    {} in slot {} (security version {}{})",
+                applied.version,
+                applied.slot,
+                applied.security_version,
+                if applied.root_rotated { ", trust root rotated" } else { "" }
+            );
+            Ok(())
+        }
+        UpdateCommand::Status(a) => {
+            let root = InstallRoot::new(&a.root.root);
+            let trust = TrustRoot::load(&paths.root_json()).ok();
+            let s = update::status(&root, trust.as_ref(), a.verify).map_err(flat)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print_status(&s);
+            }
+            Ok(())
+        }
+        UpdateCommand::Rollback(a) => {
+            let root = InstallRoot::new(&a.root.root);
+            let trust = TrustRoot::load(&paths.root_json())?;
+            let mut host = Host::new(socket, &state, Some(&a))?;
+            let r = update::rollback(&root, &trust, &mut host);
+            host.finish();
+            let meta = r.map_err(flat)?;
+            println!("rolled back  to {} (security version {})", meta.version, meta.security_version);
+            Ok(())
+        }
+        UpdateCommand::BootCheck(a) => {
+            let root = InstallRoot::new(&a.root);
+            let trust = TrustRoot::load(&paths.root_json()).ok();
+            let mut host = Host::new(socket, &state, None)?;
+            let r = update::boot_check(&root, trust.as_ref(), &mut host);
+            host.finish();
+            print_boot(&r.map_err(flat)?);
+            Ok(())
+        }
+        UpdateCommand::BootOk(a) => {
+            let root = InstallRoot::new(&a.root);
+            let mut host = Host::new(socket, &state, None)?;
+            let r = update::boot_ok(&root, &paths, &mut host);
+            host.finish();
+            print_boot(&r.map_err(flat)?);
+            Ok(())
+        }
+    }
+}
+
+/// The error with its stable code, e.g. `... (security_version_too_low)`.
+fn flat(e: UpdateError) -> anyhow::Error {
+    anyhow::anyhow!("{e} ({})", e.code())
+}
+
+fn build(a: BuildArgs) -> Result<()> {
+    let keys: Vec<SigningKey> = a
+        .sign
+        .iter()
+        .map(|p| SigningKey::load_pem(p).with_context(|| format!("loading {}", p.display())))
+        .collect::<Result<_>>()?;
+    let new_root = a
+        .new_root
+        .as_ref()
+        .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
+        .transpose()?;
+    let spec = BundleSpec {
+        version: a.version,
+        security_version: a.security_version,
+        daemon: a.daemon,
+        cli: a.cli,
+        dist: a.dist,
+        new_root,
+    };
+    let refs: Vec<&SigningKey> = keys.iter().collect();
+    let built = update::build_bundle(&spec, &refs, &a.out).map_err(flat)?;
+    println!(
+        "built        {} ({} {}, security version {}, {} files)",
+        a.out.display(),
+        built.manifest.name,
+        built.manifest.version,
+        spec.security_version,
+        built.manifest.files.len()
+    );
+    println!("digest       sha256:{}", built.digest);
+    Ok(())
+}
+
+fn print_status(s: &UpdateStatus) {
+    println!("install folder   {}", s.root);
+    println!("current          {}", s.current.map_or("(none)".to_string(), |c| format!("slot {c}")));
+    println!("security version {}", s.security_version);
+    match &s.state {
+        Some(st) => println!(
+            "state            {:?} (slot {}, previous {}, boot count {}, since {})",
+            st.phase,
+            st.current,
+            st.previous.map_or("-".to_string(), |p| p.to_string()),
+            st.boot_count,
+            st.since
+        ),
+        None => println!("state            (no update applied yet)"),
+    }
+    for slot in &s.slots {
+        let mark = if slot.current { "*" } else { " " };
+        match &slot.meta {
+            Some(m) => println!(
+                "{mark} slot {}         {} (security version {}, digest {}, staged {}){}",
+                slot.slot,
+                m.version,
+                m.security_version,
+                m.digest,
+                m.staged,
+                slot.problem.as_ref().map_or(String::new(), |p| format!(" PROBLEM: {p}"))
+            ),
+            None => println!("{mark} slot {}         (empty)", slot.slot),
+        }
+    }
+}
+
+fn print_boot(a: &BootAction) {
+    match a {
+        BootAction::ApplyRunning => println!("boot-check   an update apply is running; it decides"),
+        BootAction::Nothing => println!("boot-check   nothing to do"),
+        BootAction::Counted { boot_count } => println!("boot-check   unconfirmed update, start {boot_count}"),
+        BootAction::Committed => println!("boot-check   update committed"),
+        BootAction::Reverted { reason } => println!("boot-check   reverted: {reason}"),
+        BootAction::Repaired { reason } => println!("boot-check   repaired: {reason}"),
+        other => println!("boot-check   {other:?}"),
+    }
+}
+
+/// How govboxd is restarted.
+#[derive(Debug)]
+enum Restart {
+    /// `systemctl restart UNIT`, and `systemctl is-active UNIT` while waiting.
+    Systemd(String),
+    /// `sh -c CMD`.
+    Command(String, PathBuf),
+    /// boot-check and boot-ok never restart.
+    Never,
+}
+
+/// [`UpdateHost`] for the command line.
+struct Host {
+    socket: PathBuf,
+    state: PathBuf,
+    restart: Restart,
+    ready_timeout: Duration,
+    pending: Vec<(String, String)>,
+    last_error: Option<String>,
+}
+
+impl Host {
+    fn new(socket: &Path, state: &Path, restart: Option<&RestartArgs>) -> Result<Self> {
+        let (how, ready_timeout) = match restart {
+            None => (Restart::Never, Duration::ZERO),
+            Some(a) => {
+                let how = match &a.restart_cmd {
+                    Some(cmd) => Restart::Command(cmd.clone(), a.root.root.clone()),
+                    // sd_booted(): the system runs systemd.
+                    None if Path::new("/run/systemd/system").is_dir() => Restart::Systemd(a.service.clone()),
+                    None => bail!("not running under systemd: pass --restart-cmd to say how govboxd is restarted"),
+                };
+                (how, Duration::from_secs(a.ready_timeout))
+            }
+        };
+        Ok(Self {
+            socket: socket.to_path_buf(),
+            state: state.to_path_buf(),
+            restart: how,
+            ready_timeout,
+            pending: Vec::new(),
+            last_error: None,
+        })
+    }
+
+    fn append(&self, step: &str, detail: &str) -> Result<()> {
+        match AdminClient::connect(&self.socket) {
+            Ok(mut c) => {
+                c.request(&json!({"cmd": "update_event", "step": step, "detail": detail}))?;
+                Ok(())
+            }
+            Err(e) if e.is_unreachable() => {
+                let log = AuditLog::open_state(&StatePaths::new(&self.state), AuditOptions::default())?;
+                log.append_blocking(Event::Update { step: step.to_string(), detail: detail.to_string() })?;
+                log.close()?;
+                restore_owner(&self.state.join("audit"), &self.state);
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn flush(&mut self) {
+        while let Some((step, detail)) = self.pending.first().cloned() {
+            match self.append(&step, &detail) {
+                Ok(()) => {
+                    self.pending.remove(0);
+                }
+                Err(e) => {
+                    self.last_error = Some(format!("{e:#}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Writes what could not be recorded yet (govboxd may still be starting), with a deadline.
+    fn finish(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        self.flush();
+        while !self.pending.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+            self.flush();
+        }
+        for (step, detail) in &self.pending {
+            eprintln!(
+                "warning: audit entry 'update {step}: {detail}' could not be recorded: {}",
+                self.last_error.as_deref().unwrap_or("?")
+            );
+        }
+    }
+
+    fn ready_now(&self) -> std::result::Result<(), String> {
+        if let Restart::Systemd(unit) = &self.restart {
+            let active = Command::new("systemctl").args(["is-active", "--quiet", unit]).status();
+            if !active.map(|s| s.success()).unwrap_or(false) {
+                return Err(format!("systemd does not report {unit} active"));
+            }
+        }
+        let mut c = AdminClient::connect(&self.socket).map_err(|e| e.to_string())?;
+        let status = c.request(&json!({"cmd": "status"})).map_err(|e| e.to_string())?;
+        if status.get("ready").and_then(serde_json::Value::as_bool) == Some(true) {
+            Ok(())
+        } else {
+            Err("govboxd answers but is not ready".into())
+        }
+    }
+}
+
+/// Run as root (boot-check, apply), an offline append may create files in the audit store that
+/// the unprivileged govboxd could then not open; gives anything under `dir` not owned by the
+/// owner of `state` back to it. Best effort: without privilege, nothing differs to fix.
+fn restore_owner(dir: &Path, state: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(owner) = std::fs::metadata(state) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let p = e.path();
+        let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
+        if (m.uid() != owner.uid() || m.gid() != owner.gid())
+            && let Err(err) = std::os::unix::fs::lchown(&p, Some(owner.uid()), Some(owner.gid()))
+        {
+            eprintln!("warning: giving {} back to uid {}: {err}", p.display(), owner.uid());
+        }
+        if m.is_dir() {
+            restore_owner(&p, state);
+        }
+    }
+}
+
+impl UpdateHost for Host {
+    fn record(&mut self, step: &str, detail: &str) {
+        println!("update       {step}: {detail}");
+        self.pending.push((step.to_string(), detail.to_string()));
+        self.flush();
+    }
+
+    fn restart(&mut self) -> std::result::Result<(), String> {
+        let status = match &self.restart {
+            Restart::Never => return Ok(()),
+            Restart::Systemd(unit) => Command::new("systemctl").args(["restart", unit]).status(),
+            Restart::Command(cmd, root) => Command::new("sh").args(["-c", cmd]).env("GOVBOX_ROOT", root).status(),
+        };
+        match status {
+            Ok(s) if s.success() => Ok(()),
+            Ok(s) => Err(format!("the restart command failed ({s})")),
+            Err(e) => Err(format!("the restart command could not run: {e}")),
+        }
+    }
+
+    fn wait_ready(&mut self) -> std::result::Result<(), String> {
+        let deadline = Instant::now() + self.ready_timeout;
+        loop {
+            let r = self.ready_now();
+            if r.is_ok() {
+                // Entries held back while govboxd started go in now, through it.
+                self.flush();
+                return r;
+            }
+            if Instant::now() >= deadline {
+                return r.map_err(|e| format!("not ready within {} s: {e}", self.ready_timeout.as_secs()));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn fault(&mut self, point: FaultPoint) {
+        if std::env::var(FAULT_ENV).is_ok_and(|v| v == point.as_str()) {
+            eprintln!("{FAULT_ENV}={}: aborting here", point.as_str());
+            std::process::abort();
+        }
+    }
+}
