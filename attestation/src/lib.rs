@@ -71,6 +71,6 @@ mod verify;
 
 pub use digest::{Nonce, sha256_bytes, sha256_file, to_hex};
 pub use error::AttestError;
-pub use measure::{BOOT_ID_PATH, Measurements, MeasurementsBuilder, ModelMeasurement, SELF_EXE};
+pub use measure::{BOOT_ID_PATH, Measurements, MeasurementsBuilder, ModelMeasurement, NO_CONFIG, SELF_EXE};
 pub use report::{BackendMeasurement, DeviceIdentity, FORMAT, MAX_REPORT_BYTES, ReportBody, SignedReport, sign_report};
 pub use verify::{Check, Expectations, Outcome, Verification, verify_report, verify_report_bytes};
