@@ -252,6 +252,8 @@ pub fn execute(state: &Arc<AppState>, req: AdminRequest, uid: &str) -> Result<Va
         }
         AdminRequest::Attest { nonce } => super::attest::attest(state, &nonce),
         AdminRequest::UpdateEvent { step, detail } => {
+            // The entry names who reported the step: any member of the admin group may.
+            let detail = format!("{detail} [admin-socket uid {uid}]");
             state.audit.append_blocking(Event::Update { step, detail })?;
             state.metrics.audit_entries.inc();
             Ok(json!({"recorded": true}))
