@@ -378,3 +378,49 @@ fn hash_file(path: &Path, buf: &mut [u8]) -> io::Result<(u64, String)> {
     }
     Ok((size, hex(ctx.finish().as_ref())))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn switch_replaces_the_link_and_a_foreign_link_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = InstallRoot::new(dir.path().join("opt"));
+        let lock = root.lock().unwrap();
+        assert_eq!(root.current().unwrap(), None);
+        let mut calls = 0;
+        root.switch_current(Slot::B, &mut || calls += 1).unwrap();
+        root.switch_current(Slot::A, &mut || calls += 1).unwrap();
+        assert_eq!((root.current().unwrap(), calls), (Some(Slot::A), 2));
+        assert_eq!(fs::read_link(root.current_link()).unwrap(), Path::new("slots/a"));
+        root.clean_leftovers(&lock).unwrap();
+        assert_eq!(fs::read_dir(root.path()).unwrap().count(), 3, "current, slots, .update.lock, nothing else");
+
+        fs::remove_file(root.current_link()).unwrap();
+        std::os::unix::fs::symlink("/usr/bin", root.current_link()).unwrap();
+        let e = root.current().unwrap_err();
+        assert_eq!(e.code(), "corrupt_update_state", "{e}");
+        assert!(matches!(root.lock(), Err(UpdateError::Busy { .. })));
+    }
+
+    #[test]
+    fn state_and_security_version_round_trip_and_refuse_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = InstallRoot::new(dir.path());
+        let s = UpdateState {
+            phase: Phase::Trial,
+            current: Slot::B,
+            previous: Some(Slot::A),
+            boot_count: 2,
+            since: now_rfc3339(),
+        };
+        root.write_state(&s).unwrap();
+        assert_eq!(root.state().unwrap(), Some(s));
+        assert!(fs::read_to_string(root.state_file()).unwrap().contains("\"phase\": \"trial\""));
+        fs::write(root.security_version_file(), "seven").unwrap();
+        assert_eq!(root.security_version().unwrap_err().code(), "corrupt_update_state");
+        assert_eq!(Slot::A.other(), Slot::B);
+    }
+}
