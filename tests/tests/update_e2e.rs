@@ -197,4 +197,8 @@ fn apply_revert_config_across_versions_and_rollback() {
     assert_eq!((s["current"].as_str(), s["security_version"].as_u64()), (Some("b"), Some(5)));
     assert!(ready(&b));
     assert!(update_steps(&b).iter().any(|(s, _)| s == "rollback_refused"));
+
+    // The bundles and slots hold four copies of govboxd: do not leave them in /tmp.
+    drop(_stop);
+    let _ = std::fs::remove_dir_all(&b.dir);
 }
