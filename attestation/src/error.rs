@@ -52,6 +52,9 @@ pub enum AttestError {
     /// No TPM is present or configured.
     #[error("no TPM: {0}")]
     TpmAbsent(String),
+    /// The TPM is there, but the quote failed (the step and libtss2's error).
+    #[error("TPM quote failed: {0}")]
+    Tpm(String),
 }
 
 impl AttestError {
@@ -66,6 +69,7 @@ impl AttestError {
             Self::Serialize(_) => "serialize",
             Self::TpmNotCompiled => "tpm_not_compiled",
             Self::TpmAbsent(_) => "tpm_absent",
+            Self::Tpm(_) => "tpm_failed",
         }
     }
 }

@@ -54,11 +54,16 @@
 //! signatures from every other use of the device key. The audit head is the audit log's own
 //! signed checkpoint (see `govbox-audit`), checkable with the audit public key.
 //!
-//! `tpm` is reserved for a TPM 2.0 quote over PCRs 0–7 with the same nonce as qualifying data,
-//! behind the `tpm` cargo feature, which is not implemented yet (see [`tpm`]). Today `tpm` is
-//! always null and `tpm_status` says why: no TPM ([`AttestError::TpmAbsent`]), or a TPM that this
-//! build cannot use ([`AttestError::TpmNotCompiled`]). Both are under the signature, and the
-//! verifier prints them as `SKIP tpm`, never as a pass.
+//! `tpm` is a TPM 2.0 quote ([`tpm::TpmQuote`]) over PCRs `sha256:0-7` and PCR 23, which govbox
+//! extends with the digest of `measurements`, with the same nonce as qualifying data. Making one
+//! needs the `tpm` cargo feature (libtss2 through tss-esapi) and a TPM: `GOVBOX_TPM_TCTI` (e.g.
+//! `swtpm:host=127.0.0.1,port=2321`) or `/dev/tpmrm0`. Without a quote `tpm` is null and
+//! `tpm_status` says why: no TPM ([`AttestError::TpmAbsent`]), a TPM that this build cannot use
+//! ([`AttestError::TpmNotCompiled`]), or the TPM's error ([`AttestError::Tpm`]); both fields are
+//! under the signature, and the verifier prints a missing quote as `SKIP tpm`, never as a pass.
+//! Checking a quote is pure Rust and in every build (`tpm-signature`, `tpm-attest`, `tpm-nonce`,
+//! `tpm-pcr-digest`, `tpm-measurements`). The attestation key has no EK certificate chain: it is
+//! only as trustworthy as the report signature that carries it (see [`tpm`]).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 

@@ -89,7 +89,16 @@ impl ReportBody {
         }
     }
 
-    /// Records the outcome of [`crate::tpm::quote`]: the quote, or the reason there is none.
+    /// Asks the TPM, if there is one, for a quote over this body's nonce and measurements
+    /// ([`crate::tpm::quote_for_report`]) and records the outcome with [`ReportBody::with_tpm`].
+    /// A TPM error becomes `tpm_status`; it never fails the report.
+    pub fn with_tpm_quote(self) -> Self {
+        let quote =
+            Nonce::parse(&self.nonce).and_then(|nonce| crate::tpm::quote_for_report(&nonce, &self.measurements));
+        self.with_tpm(quote)
+    }
+
+    /// Records the outcome of a TPM quote: the quote, or the reason there is none.
     pub fn with_tpm(mut self, quote: Result<Value, AttestError>) -> Self {
         match quote {
             Ok(q) => {

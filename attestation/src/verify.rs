@@ -12,6 +12,7 @@ use std::path::Path;
 use govbox_provisioning::{PublicKey, to_canonical_json};
 use serde_json::Value;
 
+use crate::tpm::{QUOTE_FORMAT, TpmQuote, verify_quote};
 use crate::{AttestError, FORMAT, MAX_REPORT_BYTES, Nonce, SignedReport};
 
 /// What the verifier expects; `None` or empty means "not checked" (the check is SKIPped).
@@ -133,7 +134,7 @@ pub fn verify_report_bytes(bytes: &[u8], expect: &Expectations) -> Verification 
     }
     check_signed_models_only(&mut v, &report, expect.allow_dev_models);
     check_audit_head(&mut v, &report, expect.audit_key.as_ref());
-    check_tpm(&mut v, &report);
+    check_tpm(&mut v, &report, &expect.nonce);
     v.report = Some(report);
     v
 }
@@ -355,13 +356,32 @@ fn check_audit_head(v: &mut Verification, report: &SignedReport, audit_key: Opti
     }
 }
 
-/// The TPM quote: this build cannot check one, and says so rather than passing it.
-fn check_tpm(v: &mut Verification, report: &SignedReport) {
+/// Rule: a report without a quote says why (SKIP); a report with one carries a well-formed
+/// [`TpmQuote`] whose own checks ([`crate::tpm::verify_quote`]) all hold, for the verifier's nonce
+/// and the report's measurements.
+fn check_tpm(v: &mut Verification, report: &SignedReport, nonce: &Nonce) {
     const NAME: &str = "tpm";
-    match &report.report.tpm {
-        None => v.push(NAME, Outcome::Skip, format!("no quote ({})", report.report.tpm_status)),
-        Some(_) => v.push(NAME, Outcome::Skip, "a quote is present; this build of govbox cannot check TPM quotes"),
+    let Some(value) = &report.report.tpm else {
+        v.push(NAME, Outcome::Skip, format!("no quote ({})", report.report.tpm_status));
+        return;
+    };
+    let quote: TpmQuote = match serde_json::from_value(value.clone()) {
+        Ok(q) => q,
+        Err(e) => {
+            v.push(NAME, Outcome::Fail, format!("the tpm field is not a {QUOTE_FORMAT} quote: {e}"));
+            return;
+        }
+    };
+    if quote.format != QUOTE_FORMAT {
+        v.push(NAME, Outcome::Fail, format!("tpm.format is '{}', not '{QUOTE_FORMAT}'", quote.format));
+        return;
     }
+    if report.report.tpm_status != "quoted" {
+        v.push(NAME, Outcome::Fail, format!("a quote with tpm_status '{}'", report.report.tpm_status));
+        return;
+    }
+    v.push(NAME, Outcome::Pass, format!("a {QUOTE_FORMAT} quote from TCTI {}", quote.tcti));
+    v.checks.extend(verify_quote(&quote, &nonce.to_bytes(), Some(&report.report.measurements)));
 }
 
 fn from_hex_64(s: &str) -> Option<[u8; 64]> {

@@ -56,7 +56,7 @@ pub fn attest(state: &AppState, nonce_hex: &str) -> Result<Value, AdminFailure> 
         simulated: info.simulated,
     };
     let body = ReportBody::new(&nonce, &key.public_key(), measurements, head, backend, state.insecure_dev_models)
-        .with_tpm(govbox_attestation::tpm::quote(&nonce));
+        .with_tpm_quote();
     let signed = sign_report(&key, body)?;
     Ok(serde_json::to_value(&signed).map_err(AttestError::from)?)
 }
