@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Package verification and import speed against `openssl dgst -sha256` and `cp` on the same data.
 #
-#   bench/package-verify.sh [--size-mb N] [--files N] [--dir DIR] [--keep]
+#   bench/package-verify.sh [--size-mb N] [--files N] [--runs N] [--dir DIR] [--keep]
 #
 # Builds a package of N MB of random payload (default 2048 MB in 4 files) in DIR (default
-# target/package-bench, i.e. on the repository's disk), then with a warm page cache runs, twice
-# each and keeping the best:
+# target/package-bench, i.e. on the repository's disk), then with a warm page cache runs each
+# command --runs times (default 2), keeping the best:
 #   govbox package verify            vs  openssl dgst -sha256 over the payload files
 #   govbox model import (offline)    vs  cp -r of the payload folder (and cp -r + sync)
 # and reports the speed ratios and the bytes each process read (rchar from /proc/PID/io, taken
@@ -18,13 +18,15 @@ size_mb=2048
 files=4
 dir=target/package-bench
 keep=0
+runs=2
 while [ $# -gt 0 ]; do
     case "$1" in
         --size-mb) size_mb=$2; shift 2 ;;
         --files) files=$2; shift 2 ;;
+        --runs) runs=$2; shift 2 ;;
         --dir) dir=$2; shift 2 ;;
         --keep) keep=1; shift ;;
-        *) echo "usage: $0 [--size-mb N] [--files N] [--dir DIR] [--keep]" >&2; exit 2 ;;
+        *) echo "usage: $0 [--size-mb N] [--files N] [--runs N] [--dir DIR] [--keep]" >&2; exit 2 ;;
     esac
 done
 
@@ -62,47 +64,32 @@ start=$(date +%s.%N)
     --context-length 1 --dtype bytes --sign "$dir/k0.key" --sign "$dir/k1.key" -o "$dir/bench.gbx" >/dev/null
 echo "build: $(calc "$(date +%s.%N) - $start" 1) s for $(stat -c %s "$dir/bench.gbx") bytes"
 
-# run LABEL CMD...: best wall time of two runs, and rchar/read_bytes of the best one.
-run() {
-    python3 - "$@" <<'EOF'
-import os, subprocess, sys, time
-label, cmd = sys.argv[1], sys.argv[2:]
-best = None
-for _ in range(2):
-    if label.startswith("import"):
-        subprocess.run(["sh", "-c", 'rm -rf "$0"/models "$0"/copy; sync', os.environ["BENCH_STATE"]], check=True)
-    t = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOWAIT)
-    dt = time.perf_counter() - t
-    io = dict(l.split(": ") for l in open(f"/proc/{p.pid}/io").read().split("\n") if l)
-    if p.wait() != 0:
-        sys.exit(f"{label}: {cmd} failed")
-    if best is None or dt < best[0]:
-        best = (dt, int(io["rchar"]), int(io["read_bytes"]))
-print(f"{best[0]:.3f} {best[1]} {best[2]}")
-EOF
-}
-
 payload_bytes=$(( per * files ))
 cat "$dir/bench.gbx" "$dir"/payload/* >/dev/null   # warm the page cache
-export BENCH_STATE="$dir/state"
-read -r v_s v_r v_d < <(run verify "$G" --state "$dir/state" package verify "$dir/bench.gbx")
-read -r o_s o_r o_d < <(run openssl openssl dgst -sha256 "$dir"/payload/*)
 if "$G" model import --help >/dev/null 2>&1; then
-    import_cmd=("$G" --state "$dir/state" model import "$dir/bench.gbx")
+    import_cmd="exec '$G' --state '$dir/state' model import '$dir/bench.gbx'" import_name="govbox model import"
 else
-    import_cmd=("$PWD/target/release/examples/import_package" "$dir/state" "$dir/bench.gbx")
+    import_cmd="exec '$PWD/target/release/examples/import_package' '$dir/state' '$dir/bench.gbx'"
+    import_name="import (images example)"
 fi
-read -r i_s i_r _ < <(run import "${import_cmd[@]}")
-read -r c_s _ _ < <(run import-cp cp -r "$dir/payload" "$dir/state/copy")
-read -r cs_s _ _ < <(run import-cp-sync sh -c "cp -r '$dir/payload' '$dir/state/copy' && sync -f '$dir/state'")
+reset="rm -rf '$dir/state/models' '$dir/state/copy'; sync"
+declare -A t r d
+while read -r label secs rchar disk; do
+    t[$label]=$secs r[$label]=$rchar d[$label]=$disk
+done < <(python3 bench/measure_io.py "$runs" \
+    "verify||exec '$G' --state '$dir/state' package verify '$dir/bench.gbx'" \
+    "openssl||exec openssl dgst -sha256 $dir/payload/*" \
+    "import|$reset|$import_cmd" \
+    "cp|$reset|exec cp -r '$dir/payload' '$dir/state/copy'" \
+    "cpsync|$reset|cp -r '$dir/payload' '$dir/state/copy' && sync -f '$dir/state'")
+v_s=${t[verify]} v_r=${r[verify]} v_d=${d[verify]} o_s=${t[openssl]} o_r=${r[openssl]} o_d=${d[openssl]}
+i_s=${t[import]} i_r=${r[import]} c_s=${t[cp]} cs_s=${t[cpsync]}
 
 mbs() { calc "$1 / 1000000 / $2" 0; }
 printf '%-34s %8s %10s %16s %14s\n' "" "seconds" "MB/s" "rchar (bytes)" "disk reads"
 printf '%-34s %8.3f %10s %16s %14s\n' "govbox package verify" "$v_s" "$(mbs "$payload_bytes" "$v_s")" "$v_r" "$v_d"
 printf '%-34s %8.3f %10s %16s %14s\n' "openssl dgst -sha256 (payload)" "$o_s" "$(mbs "$payload_bytes" "$o_s")" "$o_r" "$o_d"
-printf '%-34s %8.3f %10s %16s\n' "govbox model import (${import_cmd[0]##*/})" "$i_s" "$(mbs "$payload_bytes" "$i_s")" "$i_r"
+printf '%-34s %8.3f %10s %16s\n' "$import_name" "$i_s" "$(mbs "$payload_bytes" "$i_s")" "$i_r"
 printf '%-34s %8.3f %10s\n' "cp -r payload" "$c_s" "$(mbs "$payload_bytes" "$c_s")"
 printf '%-34s %8.3f %10s\n' "cp -r payload + sync" "$cs_s" "$(mbs "$payload_bytes" "$cs_s")"
 echo "archive $(stat -c %s "$dir/bench.gbx") bytes; payload $payload_bytes bytes"

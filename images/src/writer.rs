@@ -1,5 +1,9 @@
 //! A background thread that writes and fsyncs extracted files, so that writing a member
 //! overlaps hashing it: import then costs about what the slower of the two costs.
+//!
+//! A closed file is not fsynced at once but kept open until [`FileWriter::finish`] (up to
+//! [`MAX_UNSYNCED`] of them), so that the kernel writes it back while the next file is written,
+//! instead of the pipeline stalling on every fsync.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -9,6 +13,9 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
 use crate::error::{PackageError, Result};
+
+/// Closed files kept open for their final fsync; beyond this the oldest is synced at once.
+const MAX_UNSYNCED: usize = 64;
 
 enum Job {
     Create(PathBuf),
@@ -34,6 +41,8 @@ impl FileWriter {
         }
         let handle = std::thread::spawn(move || {
             let mut current: Option<(File, PathBuf)> = None;
+            let mut unsynced: std::collections::VecDeque<(File, PathBuf)> = Default::default();
+            let sync = |(f, path): (File, PathBuf)| f.sync_all().map_err(|e| PackageError::io("syncing", &path, e));
             for job in rx {
                 match job {
                     Job::Create(path) => {
@@ -52,13 +61,14 @@ impl FileWriter {
                         let _ = free_tx.try_send(buf);
                     }
                     Job::Close => {
-                        if let Some((f, path)) = current.take() {
-                            f.sync_all().map_err(|e| PackageError::io("syncing", &path, e))?;
+                        unsynced.extend(current.take());
+                        if unsynced.len() > MAX_UNSYNCED {
+                            unsynced.pop_front().map(sync).transpose()?;
                         }
                     }
                 }
             }
-            Ok(())
+            unsynced.into_iter().try_for_each(sync)
         });
         Self { jobs: Some(jobs), free, handle: Some(handle) }
     }
@@ -92,12 +102,12 @@ impl FileWriter {
         self.send(Job::Data(buf))
     }
 
-    /// fsyncs and closes the current file.
+    /// Closes the current file (it is fsynced by [`FileWriter::finish`] at the latest).
     pub(crate) fn close(&mut self) -> Result<()> {
         self.send(Job::Close)
     }
 
-    /// Waits until everything queued is written and synced.
+    /// Waits until everything queued is written and every file is fsynced.
     pub(crate) fn finish(mut self) -> Result<()> {
         self.jobs = None;
         match self.handle.take().map(JoinHandle::join) {
