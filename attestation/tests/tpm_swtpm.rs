@@ -214,3 +214,70 @@ fn a_report_built_against_swtpm_carries_a_quote_that_verifies() {
     assert_eq!(v.check("nonce").unwrap().outcome, Outcome::Fail);
     assert_eq!(v.check("tpm-nonce").unwrap().outcome, Outcome::Fail);
 }
+
+/// The report builder's own path (`GOVBOX_TPM_TCTI` → detect → quote → `tpm_status`), run in a
+/// child test process so that the variable is set for that process alone.
+#[test]
+fn the_report_builder_quotes_when_the_tcti_variable_is_set() {
+    let swtpm = match start_swtpm() {
+        Ok(s) => s,
+        Err(why) => {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+    };
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new(exe)
+        .args(["--ignored", "--exact", "report_builder_child", "--nocapture", "--test-threads=1"])
+        .env(tpm::TCTI_ENV, swtpm.tcti())
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("1 passed"), "{text}");
+
+    // A TCTI that reaches nothing: the report still comes out, and says why it has no quote.
+    drop(swtpm);
+    let port = free_port_pair().unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "report_builder_child_unreachable", "--nocapture", "--test-threads=1"])
+        .env(tpm::TCTI_ENV, format!("swtpm:host=127.0.0.1,port={port}"))
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("1 passed"), "{text}");
+}
+
+fn child_report() -> (Nonce, govbox_attestation::SignedReport) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate().unwrap();
+    let nonce = Nonce::parse(&govbox_attestation::to_hex(&random_nonce())).unwrap();
+    let head = SignedTreeHead::sign(&key, 1, &[1; 32], "2026-01-01T00:00:00.000Z".into());
+    let backend = BackendMeasurement { kind: "cpu".into(), name: "cpu".into(), simulated: false };
+    let body =
+        ReportBody::new(&nonce, &key.public_key(), measurements(dir.path()), head, backend, false).with_tpm_quote();
+    (nonce, sign_report(&key, body).unwrap())
+}
+
+#[test]
+#[ignore = "run by the_report_builder_quotes_when_the_tcti_variable_is_set, with a swtpm TCTI"]
+fn report_builder_child() {
+    let (nonce, report) = child_report();
+    assert_eq!(report.report.tpm_status, "quoted");
+    let v = verify_report_bytes(report.to_json_pretty().unwrap().as_bytes(), &Expectations::new(nonce));
+    assert!(v.passed(), "{:?}", v.checks);
+    for name in CHECKS {
+        assert_eq!(v.check(name).unwrap().outcome, Outcome::Pass, "{name}: {:?}", v.checks);
+    }
+}
+
+#[test]
+#[ignore = "run by the_report_builder_quotes_when_the_tcti_variable_is_set, with an unreachable TCTI"]
+fn report_builder_child_unreachable() {
+    let (nonce, report) = child_report();
+    eprintln!("tpm_status: {}", report.report.tpm_status);
+    assert!(report.report.tpm.is_none());
+    assert!(report.report.tpm_status.starts_with("TPM quote failed: opening TPM"), "{}", report.report.tpm_status);
+    let v = verify_report_bytes(report.to_json_pretty().unwrap().as_bytes(), &Expectations::new(nonce));
+    assert!(v.passed(), "{:?}", v.checks);
+    assert_eq!(v.check("tpm").unwrap().outcome, Outcome::Skip, "{:?}", v.checks);
+}
