@@ -208,6 +208,18 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Bidirectional attention over a padded batch (encoders).
     fn attention_dense(&self, q: &Tensor, k: &Tensor, v: &Tensor, spec: &DenseAttn<'_>) -> Result<Tensor>;
 
+    /// `x · wᵀ + b` for a bias row `b [n]`, then exact GELU when `gelu`: the same values as
+    /// `matmul`, `add` and `gelu` in turn. Backends may fuse them; this default does not.
+    fn linear(&self, x: &Tensor, w: &Tensor, b: &Tensor, gelu: bool) -> Result<Tensor> {
+        let y = self.add(&self.matmul(x, w)?, b)?;
+        if gelu { self.gelu(&y) } else { Ok(y) }
+    }
+    /// LayerNorm of `a + b` (same shapes): the same values as `add`, then `layer_norm`.
+    /// Backends may fuse them; this default does not.
+    fn add_layer_norm(&self, a: &Tensor, b: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
+        self.layer_norm(&self.add(a, b)?, weight, bias, eps)
+    }
+
     /// Index of the largest value of each row.
     fn argmax(&self, x: &Tensor) -> Result<Vec<u32>>;
     /// Waits until queued work is done.

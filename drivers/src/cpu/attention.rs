@@ -6,6 +6,7 @@ use std::any::Any;
 use rayon::prelude::*;
 
 use super::norm::softmax_in_place;
+use super::simd::{self, simd_kernel};
 use super::{check_f32, f32_values, new_f32};
 use crate::{DenseAttn, DriverError, KvCache, KvSpec, PagedAttn, Result, Tensor};
 
@@ -185,29 +186,104 @@ pub(super) fn dense(q: &Tensor, k: &Tensor, v: &Tensor, a: &DenseAttn<'_>) -> Re
         (f32_values(q, "attention_dense")?, f32_values(k, "attention_dense")?, f32_values(v, "attention_dense")?);
     let w = nh * hd;
     let mut out = vec![0f32; b * l * w];
-    out.par_chunks_mut(hd).enumerate().for_each_init(Vec::new, |scores, (idx, o)| {
-        let (row, h) = (idx / nh, idx % nh);
-        let seq = row / l;
-        let qh = &qv[row * w + h * hd..row * w + (h + 1) * hd];
-        scores.clear();
-        for j in 0..l {
-            let key = seq * l + j;
-            scores.push(if a.key_mask[key] {
-                dot(qh, &kv[key * w + h * hd..key * w + (h + 1) * hd]) * a.scale
-            } else {
-                f32::NEG_INFINITY
-            });
+    if b * l * w == 0 {
+        return Ok(new_f32(out, shape.to_vec()));
+    }
+    let seq = l * w;
+    let job = |scratch: &mut Vec<f32>, (s, o): (usize, &mut [f32])| {
+        let rows = s * seq..(s + 1) * seq;
+        let mask = &a.key_mask[s * l..(s + 1) * l];
+        dense_seq(&qv[rows.clone()], &kv[rows.clone()], &vv[rows], mask, nh, hd, a.scale, o, scratch);
+    };
+    if b == 1 {
+        job(&mut Vec::new(), (0, &mut out));
+    } else {
+        out.par_chunks_mut(seq).enumerate().for_each_init(Vec::new, job);
+    }
+    Ok(new_f32(out, shape.to_vec()))
+}
+
+simd_kernel! {
+    /// Attention of one sequence, all heads: `q`, `k`, `v` and `out` are its `[l, nh * hd]`
+    /// rows. Keys with a false `mask` get no weight, and the rows of padding queries are left
+    /// at zero (nothing reads them).
+    #[allow(clippy::too_many_arguments)]
+    fn dense_seq(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        mask: &[bool],
+        nh: usize,
+        hd: usize,
+        scale: f32,
+        out: &mut [f32],
+        scratch: &mut Vec<f32>,
+    ) {
+        let w = nh * hd;
+        let keys: Vec<usize> = (0..mask.len()).filter(|&j| mask[j]).collect();
+        let nk = keys.len();
+        if nk == 0 {
+            return;
         }
-        if scores.iter().all(|s| *s == f32::NEG_INFINITY) {
-            return; // an all-padding row: its output is never read
-        }
-        softmax_in_place(scores);
-        for (j, &p) in scores.iter().enumerate() {
-            if p != 0.0 {
-                let key = seq * l + j;
-                o.iter_mut().zip(&vv[key * w + h * hd..key * w + (h + 1) * hd]).for_each(|(a, &b)| *a += p * b);
+        // The head's keys transposed, [hd, nkp] with nk rounded up to whole SIMD vectors (the
+        // extra columns stay zero), so that one query's scores are a sum over d of q[d] times a
+        // contiguous row; then the scores.
+        let nkp = nk.div_ceil(16) * 16;
+        scratch.clear();
+        scratch.resize(hd * nkp + nkp, 0.0);
+        let (kt, scores) = scratch.split_at_mut(hd * nkp);
+        for h in 0..nh {
+            let col = h * hd..(h + 1) * hd;
+            for (jj, &j) in keys.iter().enumerate() {
+                for (d, &x) in k[j * w..][col.clone()].iter().enumerate() {
+                    kt[d * nkp + jj] = x;
+                }
+            }
+            for (i, &real) in mask.iter().enumerate() {
+                if !real {
+                    continue;
+                }
+                let qrow = &q[i * w..][col.clone()];
+                let nc = nkp / 16;
+                let (kc, _) = kt.as_chunks::<16>();
+                let (sc, _) = scores.as_chunks_mut::<16>();
+                for (c, sc) in sc.iter_mut().enumerate() {
+                    let mut acc = [0f32; 16];
+                    for (d, &qd) in qrow.iter().enumerate() {
+                        let kk = &kc[d * nc + c];
+                        for t in 0..16 {
+                            acc[t] = qd.mul_add(kk[t], acc[t]);
+                        }
+                    }
+                    *sc = acc.map(|a| a * scale);
+                }
+                let scores = &mut scores[..nk];
+                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                for s in scores.iter_mut() {
+                    *s = simd::exp(*s - max);
+                }
+                let inv = 1.0 / simd::sum(scores);
+                let o = &mut out[i * w..][col.clone()];
+                if hd.is_multiple_of(16) {
+                    for (c, oc) in o.as_chunks_mut::<16>().0.iter_mut().enumerate() {
+                        let mut acc = [0f32; 16];
+                        for (&p, &j) in scores.iter().zip(&keys) {
+                            let vc = &v[j * w + h * hd + c * 16..][..16];
+                            for t in 0..16 {
+                                acc[t] = p.mul_add(vc[t], acc[t]);
+                            }
+                        }
+                        *oc = acc.map(|a| a * inv);
+                    }
+                } else {
+                    for (&p, &j) in scores.iter().zip(&keys) {
+                        for (a, &b) in o.iter_mut().zip(&v[j * w..][col.clone()]) {
+                            *a = p.mul_add(b, *a);
+                        }
+                    }
+                    o.iter_mut().for_each(|a| *a *= inv);
+                }
             }
         }
-    });
-    Ok(new_f32(out, shape.to_vec()))
+    }
 }

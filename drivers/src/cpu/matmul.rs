@@ -9,6 +9,8 @@
 
 use rayon::prelude::*;
 
+use super::norm::{for_row_blocks, gelu_erf};
+use super::simd::simd_kernel;
 use super::{CpuData, check_f32, cpu_buf, f32_values, new_f32};
 use crate::{DType, DriverError, Result, Tensor};
 
@@ -22,6 +24,12 @@ const WHOLE_GEMM_M: usize = 128;
 const PANEL: usize = 64;
 
 pub(super) fn matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    linear(x, w, None, false)
+}
+
+/// `x · wᵀ`, plus the bias row `bias` and then GELU when asked, without extra passes where the
+/// GEMM can start from the bias.
+pub(super) fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, gelu: bool) -> Result<Tensor> {
     check_f32(x, "matmul")?;
     let k = x.last_dim();
     let m = x.rows();
@@ -47,12 +55,211 @@ pub(super) fn matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     if let Some(l) = out_shape.last_mut() {
         *l = n;
     }
+    let bias = match bias {
+        Some(b) => {
+            let bv = f32_values(b, "linear")?;
+            if bv.len() != n {
+                return Err(DriverError::Shape {
+                    op: "linear",
+                    detail: format!("bias {:?} for a weight {:?}", b.shape(), w.shape()),
+                });
+            }
+            Some(bv)
+        }
+        None => None,
+    };
     if m == 0 || n == 0 {
         return Ok(new_f32(vec![0.0; m * n], out_shape));
     }
-    let out =
-        if m <= SMALL_M { small_m(&xv, wbytes, dt, rb, m, n, k) } else { gemm_path(&xv, wbytes, dt, rb, m, n, k) };
+    let bias = bias.as_deref();
+    let whole =
+        if dt == DType::F32 && m >= WHOLE_GEMM_M { bytemuck::try_cast_slice::<u8, f32>(wbytes).ok() } else { None };
+    let mut out = if let Some(wf) = whole {
+        // Plain f32 weights need no conversion: one GEMM over the whole output, parallelised by
+        // the gemm crate itself inside our pool, starting from the bias.
+        let out = gemm_whole(&xv, wf, bias, m, n, k);
+        if gelu {
+            let mut out = out;
+            for_row_blocks(&mut out, n, |rows| bias_gelu(rows, None, true));
+            return Ok(new_f32(out, out_shape));
+        }
+        out
+    } else if dt == DType::F32
+        && m > SMALL_M
+        && m <= DOT_TILES_MAX_M
+        && k.is_multiple_of(16)
+        && let Ok(wf) = bytemuck::try_cast_slice::<u8, f32>(wbytes)
+        && super::simd::avx512()
+    {
+        small_m_f32(&xv, wf, m, n, k)
+    } else if m <= SMALL_M {
+        small_m(&xv, wbytes, dt, rb, m, n, k)
+    } else {
+        gemm_path(&xv, wbytes, dt, rb, m, n, k)
+    };
+    if whole.is_none() && (bias.is_some() || gelu) {
+        for_row_blocks(&mut out, n, |rows| bias_gelu(rows, bias, gelu));
+    }
     Ok(new_f32(out, out_shape))
+}
+
+simd_kernel! {
+    /// Adds `bias` (when given) to every row of `rows` and applies GELU (when asked), in place.
+    fn bias_gelu(rows: &mut [f32], bias: Option<&[f32]>, gelu: bool) {
+        match (bias, gelu) {
+            (Some(b), false) => {
+                for r in rows.chunks_exact_mut(b.len()) {
+                    r.iter_mut().zip(b).for_each(|(x, &y)| *x += y);
+                }
+            }
+            (Some(b), true) => {
+                for r in rows.chunks_exact_mut(b.len()) {
+                    r.iter_mut().zip(b).for_each(|(x, &y)| *x = gelu_erf(*x + y));
+                }
+            }
+            (None, true) => rows.iter_mut().for_each(|x| *x = gelu_erf(*x)),
+            (None, false) => {}
+        }
+    }
+}
+
+/// Up to this many activation rows, f32 weights whose rows are whole SIMD vectors go through
+/// [`dot_tiles`] (no packing) instead of the gemm crate.
+const DOT_TILES_MAX_M: usize = 96;
+
+/// `x [m, k] · wᵀ` for f32 `w [n, k]` with `k` a multiple of 16, as tiles of dot products: the
+/// weight rows are used as stored, so nothing is packed (which dominates the gemm crate's time
+/// for a few dozen rows). Parallel over blocks of weight rows.
+fn small_m_f32(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+    // Transposed result [n, m]: each block of weight rows writes a contiguous slice.
+    let mut t = vec![0f32; n * m];
+    let threads = rayon::current_num_threads();
+    let rows = (n / (threads * 4)).clamp(8, 256).next_multiple_of(4);
+    if threads == 1 || n * m * k < 1 << 18 {
+        dot_tiles(x, w, m, k, &mut t);
+    } else {
+        t.par_chunks_mut(rows * m).enumerate().for_each(|(ci, tc)| {
+            let r0 = ci * rows;
+            let nr = tc.len() / m;
+            dot_tiles(x, &w[r0 * k..(r0 + nr) * k], m, k, tc);
+        });
+    }
+    let mut out = vec![0f32; m * n];
+    for (j, col) in t.chunks_exact(m).enumerate() {
+        for (i, &v) in col.iter().enumerate() {
+            out[i * n + j] = v;
+        }
+    }
+    out
+}
+
+/// `t [rows, m] = w [rows, k] · xᵀ` for `x [m, k]`, `k` a multiple of 16.
+fn dot_tiles(x: &[f32], w: &[f32], m: usize, k: usize, t: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::avx512() {
+        // SAFETY: the CPU has AVX-512F (checked at run time); the function checks its slices.
+        unsafe { dot_tiles_avx512(x, w, m, k, t) };
+        return;
+    }
+    for (j, wr) in w.chunks_exact(k).enumerate() {
+        for (i, xr) in x.chunks_exact(k).take(m).enumerate() {
+            t[j * m + i] = xr.iter().zip(wr).map(|(a, b)| a * b).sum();
+        }
+    }
+}
+
+/// [`dot_tiles`] with AVX-512: tiles of 4 weight rows by 4 activation rows in 16 vector
+/// accumulators, reduced once at the end.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn dot_tiles_avx512(x: &[f32], w: &[f32], m: usize, k: usize, t: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let rows = w.len() / k.max(1);
+    assert!(k.is_multiple_of(16) && x.len() >= m * k && t.len() >= rows * m, "dot_tiles: buffer sizes");
+    let (xp, wp) = (x.as_ptr(), w.as_ptr());
+    // Tile of A activation rows from i0 by B weight rows from j0.
+    let tile = |i0: usize, j0: usize, a_n: usize, b_n: usize, t: &mut [f32]| {
+        let mut acc = [_mm512_setzero_ps(); 16];
+        let mut c = 0;
+        while c < k {
+            // SAFETY: i0 + a < m and j0 + b < rows (the callers' loop bounds) and c + 16 <= k,
+            // so every 16-value load lies inside x (m·k values) or w (rows·k values).
+            unsafe {
+                let wv: [__m512; 4] = std::array::from_fn(|b| {
+                    if b < b_n { _mm512_loadu_ps(wp.add((j0 + b) * k + c)) } else { _mm512_setzero_ps() }
+                });
+                for a in 0..a_n {
+                    let xv = _mm512_loadu_ps(xp.add((i0 + a) * k + c));
+                    for b in 0..4 {
+                        acc[a * 4 + b] = _mm512_fmadd_ps(xv, wv[b], acc[a * 4 + b]);
+                    }
+                }
+            }
+            c += 16;
+        }
+        for a in 0..a_n {
+            for b in 0..b_n {
+                t[(j0 + b) * m + i0 + a] = _mm512_reduce_add_ps(acc[a * 4 + b]);
+            }
+        }
+    };
+    let mut j0 = 0;
+    while j0 < rows {
+        let b_n = (rows - j0).min(4);
+        let mut i0 = 0;
+        while i0 + 4 <= m {
+            if b_n == 4 {
+                // SAFETY: i0 + 4 <= m and j0 + 4 <= rows here, x and w were checked above, and
+                // k is a multiple of 16.
+                unsafe { full_tile(xp, wp, i0, j0, m, k, t) };
+            } else {
+                tile(i0, j0, 4, b_n, t);
+            }
+            i0 += 4;
+        }
+        if i0 < m {
+            tile(i0, j0, m - i0, b_n, t);
+        }
+        j0 += 4;
+    }
+}
+
+/// The common 4×4 tile of [`dot_tiles_avx512`], with constant bounds so the accumulators stay
+/// in registers.
+///
+/// # Safety
+/// `xp` must point to at least `(i0 + 4) · k` readable values, `wp` to at least `(j0 + 4) · k`,
+/// `k` must be a multiple of 16, and `t` must hold `(j0 + 4) · m` values with `i0 + 4 <= m`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn full_tile(xp: *const f32, wp: *const f32, i0: usize, j0: usize, m: usize, k: usize, t: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_setzero_ps(); 16];
+    let mut c = 0;
+    while c < k {
+        // SAFETY: by the function's contract rows i0..i0 + 4 of x and j0..j0 + 4 of w are
+        // readable, and c + 16 <= k since k is a multiple of 16.
+        unsafe {
+            let w0 = _mm512_loadu_ps(wp.add(j0 * k + c));
+            let w1 = _mm512_loadu_ps(wp.add((j0 + 1) * k + c));
+            let w2 = _mm512_loadu_ps(wp.add((j0 + 2) * k + c));
+            let w3 = _mm512_loadu_ps(wp.add((j0 + 3) * k + c));
+            for a in 0..4 {
+                let xv = _mm512_loadu_ps(xp.add((i0 + a) * k + c));
+                acc[a * 4] = _mm512_fmadd_ps(xv, w0, acc[a * 4]);
+                acc[a * 4 + 1] = _mm512_fmadd_ps(xv, w1, acc[a * 4 + 1]);
+                acc[a * 4 + 2] = _mm512_fmadd_ps(xv, w2, acc[a * 4 + 2]);
+                acc[a * 4 + 3] = _mm512_fmadd_ps(xv, w3, acc[a * 4 + 3]);
+            }
+        }
+        c += 16;
+    }
+    for a in 0..4 {
+        for b in 0..4 {
+            t[(j0 + b) * m + i0 + a] = _mm512_reduce_add_ps(acc[a * 4 + b]);
+        }
+    }
 }
 
 fn small_m(x: &[f32], w: &[u8], dt: DType, rb: usize, m: usize, n: usize, k: usize) -> Vec<f32> {
@@ -83,16 +290,6 @@ fn small_m(x: &[f32], w: &[u8], dt: DType, rb: usize, m: usize, n: usize, k: usi
 }
 
 fn gemm_path(x: &[f32], w: &[u8], dt: DType, rb: usize, m: usize, n: usize, k: usize) -> Vec<f32> {
-    if dt == DType::F32
-        && m >= WHOLE_GEMM_M
-        && let Ok(wf) = bytemuck::try_cast_slice::<u8, f32>(w)
-    {
-        // Plain f32 weights need no conversion: one GEMM over the whole output, parallelised by
-        // the gemm crate itself inside our pool.
-        let mut out = vec![0f32; m * n];
-        gemm_whole(&mut out, x, wf, m, n, k);
-        return out;
-    }
     // Result computed transposed, as [n, m] = W · xᵀ, so each panel writes a contiguous slice.
     let mut t = vec![0f32; n * m];
     t.par_chunks_mut(PANEL * m).enumerate().for_each_init(Vec::new, |panel, (pi, tc)| {
@@ -131,13 +328,18 @@ fn gemm_path(x: &[f32], w: &[u8], dt: DType, rb: usize, m: usize, n: usize, k: u
     out
 }
 
-/// `out [m, n] = x [m, k] · wᵀ` for `w [n, k]`, parallel over the current rayon pool.
-fn gemm_whole(out: &mut [f32], x: &[f32], w: &[f32], m: usize, n: usize, k: usize) {
-    assert!(out.len() >= m * n && x.len() >= m * k && w.len() >= n * k, "gemm_whole: buffer sizes");
+/// `x [m, k] · wᵀ (+ bias)` for `w [n, k]`: `[m, n]`, parallel over the current rayon pool.
+fn gemm_whole(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, n: usize, k: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(m * n);
+    match bias {
+        Some(b) => (0..m).for_each(|_| out.extend_from_slice(b)),
+        None => out.resize(m * n, 0.0),
+    }
+    assert!(out.len() == m * n && x.len() >= m * k && w.len() >= n * k, "gemm_whole: buffer sizes");
     // SAFETY: the assertion proves every index the strides form is in bounds: out is m×n
     // row-major (row stride n, column stride 1), x is m×k row-major, and wᵀ is read as k×n with
     // row stride 1 and column stride k from w's n×k row-major storage. `out` is exclusively
-    // borrowed; read_dst=false means its old contents are never read.
+    // borrowed and initialised; with read_dst it is the bias the products are added to.
     unsafe {
         gemm::gemm(
             m,
@@ -146,14 +348,14 @@ fn gemm_whole(out: &mut [f32], x: &[f32], w: &[f32], m: usize, n: usize, k: usiz
             out.as_mut_ptr(),
             1,
             n as isize,
-            false,
+            bias.is_some(),
             x.as_ptr(),
             1,
             k as isize,
             w.as_ptr(),
             k as isize,
             1,
-            0.0,
+            1.0,
             1.0,
             false,
             false,
@@ -161,6 +363,7 @@ fn gemm_whole(out: &mut [f32], x: &[f32], w: &[f32], m: usize, n: usize, k: usiz
             gemm::Parallelism::Rayon(rayon::current_num_threads()),
         );
     }
+    out
 }
 
 /// `dst [rows, m] = a [rows, k] · bᵀ` for `b [m, k]`, single-threaded (the caller parallelises).
@@ -212,7 +415,7 @@ mod tests {
 
     #[test]
     fn both_paths_match_naive_f32() {
-        for &(m, n, k) in &[(1, 70, 64), (3, 33, 32), (9, 130, 96), (40, 65, 64)] {
+        for &(m, n, k) in &[(1, 70, 64), (3, 33, 32), (9, 130, 96), (40, 65, 64), (7, 1030, 48), (24, 387, 384)] {
             let x: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 7.0).collect();
             let w: Vec<f32> = (0..n * k).map(|i| ((i * 5 % 11) as f32 - 5.0) / 9.0).collect();
             let wb: &[u8] = bytemuck::cast_slice(&w);
@@ -220,6 +423,12 @@ mod tests {
             let e = naive(&x, &w, m, n, k);
             let a = small_m(&x, wb, DType::F32, rb, m, n, k);
             let b = gemm_path(&x, wb, DType::F32, rb, m, n, k);
+            if k % 16 == 0 {
+                let c = small_m_f32(&x, &w, m, n, k);
+                for i in 0..m * n {
+                    assert!((c[i] - e[i]).abs() < 1e-4, "dot tiles ({m},{n},{k}) at {i}");
+                }
+            }
             for i in 0..m * n {
                 assert!((a[i] - e[i]).abs() < 1e-4 && (b[i] - e[i]).abs() < 1e-4, "({m},{n},{k}) at {i}");
             }

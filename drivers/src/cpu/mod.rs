@@ -3,6 +3,7 @@
 mod attention;
 mod matmul;
 mod norm;
+mod simd;
 
 use std::any::Any;
 use std::borrow::Cow;
@@ -150,6 +151,40 @@ fn binary(a: &Tensor, b: &Tensor, op: &'static str, f: impl Fn(f32, f32) -> f32 
     Ok(new_f32(out, a.shape().to_vec()))
 }
 
+/// `a + b`, where `b` is either the same shape or one row (a bias).
+fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    check_f32(a, "add")?;
+    let bv = f32_values(b, "add")?;
+    let n = a.last_dim();
+    let mut out = f32_values(a, "add")?.into_owned();
+    if bv.len() == out.len() {
+        if out.len() < norm::PAR_MIN_VALUES {
+            norm::add_in_place(&mut out, &bv);
+        } else {
+            out.par_chunks_mut(norm::PAR_MIN_VALUES / 4)
+                .zip(bv.par_chunks(norm::PAR_MIN_VALUES / 4))
+                .for_each(|(o, b)| norm::add_in_place(o, b));
+        }
+    } else if bv.len() == n && n > 0 {
+        norm::for_row_blocks(&mut out, n, |rows| add_row_in_place(rows, &bv));
+    } else {
+        return Err(DriverError::Shape {
+            op: "add",
+            detail: format!("{:?} and {:?} neither match nor broadcast by row", a.shape(), b.shape()),
+        });
+    }
+    Ok(new_f32(out, a.shape().to_vec()))
+}
+
+simd::simd_kernel! {
+    /// Adds `row` to every `row.len()`-value row of `a`.
+    fn add_row_in_place(a: &mut [f32], row: &[f32]) {
+        for r in a.chunks_exact_mut(row.len()) {
+            r.iter_mut().zip(row).for_each(|(x, &y)| *x += y);
+        }
+    }
+}
+
 impl Backend for CpuBackend {
     fn info(&self) -> DeviceInfo {
         DeviceInfo {
@@ -238,12 +273,13 @@ impl Backend for CpuBackend {
     fn gelu(&self, x: &Tensor) -> Result<Tensor> {
         check_f32(x, "gelu")?;
         let v = f32_values(x, "gelu")?;
-        let out = self.run(|| v.par_iter().map(|&a| norm::gelu_erf(a)).collect());
+        let mut out = v.into_owned();
+        self.run(|| norm::for_row_blocks(&mut out, 1, norm::gelu_in_place));
         Ok(new_f32(out, x.shape().to_vec()))
     }
 
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        self.run(|| binary(a, b, "add", |x, y| x + y))
+        self.run(|| add(a, b))
     }
 
     fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -308,6 +344,14 @@ impl Backend for CpuBackend {
 
     fn attention_dense(&self, q: &Tensor, k: &Tensor, v: &Tensor, spec: &DenseAttn<'_>) -> Result<Tensor> {
         self.run(|| attention::dense(q, k, v, spec))
+    }
+
+    fn linear(&self, x: &Tensor, w: &Tensor, b: &Tensor, gelu: bool) -> Result<Tensor> {
+        self.run(|| matmul::linear(x, w, Some(b), gelu))
+    }
+
+    fn add_layer_norm(&self, a: &Tensor, b: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
+        self.run(|| norm::add_layer_norm(a, b, weight, bias, eps))
     }
 
     fn argmax(&self, x: &Tensor) -> Result<Vec<u32>> {

@@ -288,8 +288,8 @@ impl BertModel {
 
         // Embeddings, summed in the order transformers sums them: (word + type) + position.
         let x = be.add(&be.embedding(&self.word, &ids)?, &self.token_type0)?;
-        let x = be.add(&x, &be.embedding(&self.position, &positions)?)?;
-        let mut x = be.layer_norm(&x, &self.emb_norm.w, &self.emb_norm.b, self.cfg.layer_norm_eps)?;
+        let pos = be.embedding(&self.position, &positions)?;
+        let mut x = be.add_layer_norm(&x, &pos, &self.emb_norm.w, &self.emb_norm.b, self.cfg.layer_norm_eps)?;
         for layer in &self.layers {
             x = self.layer(layer, &x, &layout)?;
         }
@@ -299,7 +299,7 @@ impl BertModel {
 
     fn linear(&self, x: &Tensor, l: &Linear) -> Result<Tensor> {
         let be = self.backend.as_ref();
-        Ok(be.add(&be.matmul(x, &l.w)?, &l.b)?)
+        Ok(be.linear(x, &l.w, &l.b, false)?)
     }
 
     /// One post-LayerNorm encoder block on packed rows.
@@ -322,11 +322,9 @@ impl BertModel {
             let ctx = be.attention_dense(&pad(&q)?, &pad(&k)?, &pad(&v)?, &spec)?;
             be.gather_rows(&ctx, &layout.to_packed)?
         };
-        let a = be.add(&self.linear(&ctx, &l.attn_out)?, x)?;
-        let a = be.layer_norm(&a, &l.attn_norm.w, &l.attn_norm.b, eps)?;
-        let f = be.gelu(&self.linear(&a, &l.intermediate)?)?;
-        let f = be.add(&self.linear(&f, &l.output)?, &a)?;
-        Ok(be.layer_norm(&f, &l.out_norm.w, &l.out_norm.b, eps)?)
+        let a = be.add_layer_norm(&self.linear(&ctx, &l.attn_out)?, x, &l.attn_norm.w, &l.attn_norm.b, eps)?;
+        let f = be.linear(&a, &l.intermediate.w, &l.intermediate.b, true)?;
+        Ok(be.add_layer_norm(&self.linear(&f, &l.output)?, &a, &l.out_norm.w, &l.out_norm.b, eps)?)
     }
 }
 
