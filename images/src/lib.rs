@@ -17,6 +17,19 @@
 //! [`ModelStore::import`] extracts only into a staging folder and moves it into the store with
 //! one rename after everything matched and was fsynced; on any failure the staging folder is
 //! removed and the store and its registry are unchanged.
+//!
+//! **Format decisions** (ARCHITECTURE.md left these open):
+//! - Signatures are lower-case hex, like the signatures of `root.json`; `alg` is `ed25519` only.
+//! - The manifest must be exactly the canonical JSON of what it parses to (sorted keys, no
+//!   whitespace), so one manifest has one byte form and one digest; `format` is checked before
+//!   the schema, so a newer format is reported as such.
+//! - A package's digest is the SHA-256 of its manifest bytes; the store keeps it in
+//!   `models/sha256-<digest>/`.
+//! - Member sizes of 8 GiB and more use the base-256 size field (GNU tar, libarchive and Go
+//!   read it); names up to 255 bytes use the ustar `prefix` field. Only zero padding up to one
+//!   10 KiB tar record may follow the end-of-archive marker.
+//! - A trust policy binds kinds to roles: `models` signs model packages, `updates` update
+//!   bundles. An expired trust root accepts nothing.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
