@@ -7,6 +7,9 @@
 # usage: bench/embed-bench.sh [MODEL_DIR]        (default: .cache/models/minilm)
 # env:   BENCH_THREADS (2), BENCH_ROUNDS (3), BENCH_SINGLE (64), BENCH_SENTENCES (256),
 #        BENCH_REPEAT (3: alternating runs of each side; the best of each metric is reported)
+#        On a shared, busy machine PyTorch's OpenMP threads lose far more than rayon's when the
+#        cores are oversubscribed, so the 2-thread ratios then flatter govbox; compare with
+#        BENCH_THREADS=1 too.
 #        TORCH_VENV: an existing venv whose torch to reuse (default bench/work/llama/venv, if it
 #        has torch), so that the first run need not download PyTorch again.
 set -euo pipefail
