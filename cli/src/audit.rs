@@ -54,6 +54,37 @@ pub enum AuditCommand {
         #[arg(long)]
         stdin: bool,
     },
+    /// Remove old entries: by default those past `audit.retention_days` that an export already
+    /// holds (govboxd also does this hourly). Leaf hashes and signed heads are always kept.
+    Prune {
+        /// Remove entries from before this RFC 3339 time instead of the retention cut-off.
+        #[arg(long)]
+        before: Option<String>,
+        /// Also remove entries no export holds yet (recorded as a policy entry).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn prune_cutoff(before: Option<&str>, retention_days: u32) -> Result<time::OffsetDateTime> {
+    match before {
+        Some(t) => govbox_audit::parse_time(t).ok_or_else(|| anyhow!("--before: '{t}' is not an RFC 3339 time")),
+        None => Ok(time::OffsetDateTime::now_utc() - time::Duration::days(i64::from(retention_days))),
+    }
+}
+
+fn print_prune(r: &serde_json::Value) {
+    println!(
+        "pruned {} entries; entries before seq {} are gone{}{}",
+        r["removed"],
+        r["pruned_before"],
+        if r["held_by_export"].as_bool() == Some(true) {
+            "; older entries that no export holds were kept (export first, or --force)"
+        } else {
+            ""
+        },
+        if r["forced"].as_bool() == Some(true) { "; the forced prune is recorded in the log" } else { "" }
+    );
 }
 
 /// Arguments of `govbox audit verify`.
@@ -274,6 +305,11 @@ fn online(mut conn: AdminClient, cmd: AuditCommand) -> Result<()> {
             println!("{hmac}");
             Ok(())
         }
+        AuditCommand::Prune { before, force } => {
+            let answer = conn.request(&json!({"cmd": "audit_prune", "before": before, "force": force}))?;
+            print_prune(&answer);
+            Ok(())
+        }
     }
 }
 
@@ -309,6 +345,24 @@ fn offline(state: &Path, cmd: AuditCommand) -> Result<()> {
             })?;
             log.close()?;
             println!("{hmac}");
+            Ok(())
+        }
+        AuditCommand::Prune { before, force } => {
+            let opts = AuditOptions::default();
+            let cutoff = prune_cutoff(before.as_deref(), opts.retention_days)?;
+            let log = AuditLog::open_state(&paths, opts)?;
+            let r = log.prune(cutoff, force)?;
+            if force {
+                // Who forced it, after the log's own policy entry with the counts.
+                let uid = fs::metadata("/proc/self").map(|m| m.uid()).context("reading this process's uid")?;
+                log.append_blocking(Event::Admin {
+                    actor: format!("uid {uid}"),
+                    action: "forced_prune".into(),
+                    subject: govbox_audit::format_time(cutoff),
+                })?;
+            }
+            log.close()?;
+            print_prune(&serde_json::to_value(&r)?);
             Ok(())
         }
     }

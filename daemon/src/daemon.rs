@@ -220,6 +220,7 @@ async fn daemon(opts: Options, config: Config) -> Result<(), DaemonError> {
     tokio::spawn(admin::serve(admin_listener, state.clone()));
     let server = tokio::spawn(server::serve(listener, state.clone(), api::router(state.clone())));
     tokio::spawn(systemd::watchdog(state.clone()));
+    tokio::spawn(retention(state.clone()));
     log::info!(
         "listening on https://{listen} (mtls {:?}); admin socket {}",
         state.config.tls.mtls,
@@ -347,6 +348,24 @@ async fn load_models(state: Arc<AppState>, fatal: mpsc::Sender<DaemonError>) {
     state.models.set(loaded);
     systemd::notify(&[NotifyState::Ready]);
     systemd::status(&format!("ready: serving {n} models on https://{}", state.listen));
+}
+
+/// Applies `audit.retention_days` at start and then hourly: removes entries past the period that
+/// an export already holds (never others; see `govbox audit prune --force`).
+async fn retention(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let audit = state.audit.clone();
+        match tokio::task::spawn_blocking(move || audit.prune_expired()).await {
+            Ok(Ok(r)) if r.removed > 0 => {
+                log::info!("audit retention: removed {} entries (now from seq {})", r.removed, r.pruned_before)
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => log::error!("audit retention: {e}"),
+            Err(e) => log::error!("audit retention task: {e}"),
+        }
+    }
 }
 
 /// SIGHUP: re-read `log_level`, the TLS certificate and the client store.

@@ -273,4 +273,30 @@ fn no_prompt_reaches_the_audit_store_or_export_as_text_or_bare_sha256() {
     assert!(entries.iter().any(|e| e["kind"] == "inference_request" && e["prompt_hmac"] == hmac), "{hmac}");
     assert!(entries.iter().any(|e| e["kind"] == "admin" && e["action"] == "audit_hmac_query"));
     eprintln!("checked {} audit files and the export: no plaintext, no bare SHA-256 of the prompt", files.len());
+
+    // Retention: an ordinary prune keeps everything younger than the retention period; a forced
+    // one removes the entries and records itself, and a later export still verifies against the
+    // earlier one.
+    let out = govbox(&b.state, &["audit", "prune", "--before", "2100-01-01T00:00:00Z"]);
+    assert!(out.starts_with("pruned 0 "), "entries younger than 180 days stay: {out}");
+    let out = govbox(&b.state, &["audit", "prune", "--before", "2100-01-01T00:00:00Z", "--force"]);
+    assert!(out.starts_with("pruned ") && !out.starts_with("pruned 0 ") && out.contains("recorded"), "{out}");
+    let later = b.dir.join("later.json");
+    govbox(&b.state, &["audit", "export", "-o", later.to_str().unwrap()]);
+    let o = Command::new(bin("govbox"))
+        .args(["audit", "verify"])
+        .arg(&later)
+        .arg("--previous")
+        .arg(b.dir.join("content.json"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "after pruning:\n{}", String::from_utf8_lossy(&o.stdout));
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&later).unwrap()).unwrap();
+    let kinds: Vec<String> = doc["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| serde_json::from_str::<serde_json::Value>(e["entry"].as_str().unwrap()).unwrap()["kind"].to_string())
+        .collect();
+    assert!(kinds.iter().any(|k| k == "\"policy\"") && kinds.iter().any(|k| k == "\"admin\""), "{kinds:?}");
 }

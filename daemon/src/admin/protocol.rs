@@ -97,6 +97,14 @@ pub enum AdminRequest {
         /// The text.
         text: String,
     },
+    /// Remove old entries (see `govbox audit prune`).
+    AuditPrune {
+        /// An RFC 3339 cut-off; absent means the retention period.
+        before: Option<String>,
+        /// Also remove entries that no export holds yet.
+        #[serde(default)]
+        force: bool,
+    },
     /// A signed attestation report for the verifier's nonce (itself audited).
     Attest {
         /// 16 to 64 bytes, hex.
@@ -128,6 +136,7 @@ impl AdminRequest {
             AdminRequest::AuditExport { .. } => "audit_export",
             AdminRequest::AuditTail { .. } => "audit_tail",
             AdminRequest::AuditHmac { .. } => "audit_hmac",
+            AdminRequest::AuditPrune { .. } => "audit_prune",
             AdminRequest::Attest { .. } => "attest",
             AdminRequest::UpdateEvent { .. } => "update_event",
         }
@@ -237,6 +246,26 @@ pub fn execute(state: &Arc<AppState>, req: AdminRequest, uid: &str) -> Result<Va
         AdminRequest::AuditTail { n } => {
             let entries = state.audit.tail(n.unwrap_or(20))?;
             Ok(json!({"entries": entries}))
+        }
+        AdminRequest::AuditPrune { before, force } => {
+            let days = i64::from(state.config.audit.retention_days);
+            let cutoff = match before {
+                None => time::OffsetDateTime::now_utc() - time::Duration::days(days),
+                Some(s) => govbox_audit::parse_time(&s).ok_or_else(|| AdminFailure {
+                    code: "invalid_request",
+                    message: format!("before: '{s}' is not an RFC 3339 time"),
+                })?,
+            };
+            let report = state.audit.prune(cutoff, force)?;
+            if force {
+                // Who forced it, after the log's own policy entry with the counts.
+                state.audit.append_blocking(Event::Admin {
+                    actor: format!("admin-socket uid {uid}"),
+                    action: "forced_prune".into(),
+                    subject: govbox_audit::format_time(cutoff),
+                })?;
+            }
+            Ok(serde_json::to_value(report).unwrap_or_default())
         }
         AdminRequest::AuditHmac { text } => {
             // The query is recorded first: an auditor's question is itself an audited action,
