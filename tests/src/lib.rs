@@ -194,6 +194,16 @@ impl TestBox {
     }
 }
 
+impl Drop for TestBox {
+    /// Removes the box's folder (two model packages and their imported copies, some 200 MB) when
+    /// the test passed; a failed test leaves it for inspection.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
 /// The real MiniLM folder, fetched by scripts/fetch-models.sh.
 pub fn minilm() -> PathBuf {
     let p =

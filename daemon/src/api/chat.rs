@@ -12,7 +12,7 @@ use serde::de::IgnoredAny;
 use serde_json::{Value, json};
 
 use crate::api::error::ApiError;
-use crate::api::generate::{self, Accepted, SamplingFields, unix_now, usage_json};
+use crate::api::generate::{self, Accepted, ChunkHead, SamplingFields, unix_now, usage_json};
 use crate::api::stream::ChunkMaker;
 use crate::api::{Call, audit_request, body, json};
 use crate::auth;
@@ -152,7 +152,13 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
     let id = format!("chatcmpl-{}", call.record.id.trim_start_matches("req-"));
     let created = unix_now();
     if req.sampling.stream {
-        let maker = Chunks { id, created, model: model.name.clone(), include_usage: req.sampling.include_usage() };
+        let maker = Chunks(ChunkHead {
+            id,
+            object: "chat.completion.chunk",
+            created,
+            model: model.name.clone(),
+            include_usage: req.sampling.include_usage(),
+        });
         return Ok(generate::stream_response(started, maker));
     }
     let done = generate::collect(started).await?;
@@ -173,51 +179,25 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
 }
 
 /// The chunks of a streamed chat answer.
-struct Chunks {
-    id: String,
-    created: i64,
-    model: String,
-    include_usage: bool,
-}
-
-impl Chunks {
-    fn chunk(&self, choices: Value) -> Value {
-        let mut v = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": null,
-            "choices": choices,
-        });
-        if self.include_usage {
-            v["usage"] = Value::Null;
-        }
-        v
-    }
-}
+struct Chunks(ChunkHead);
 
 impl ChunkMaker for Chunks {
     fn opening(&mut self) -> Option<Value> {
-        Some(self.chunk(json!([{
+        Some(self.0.chunk(json!([{
             "index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null
         }])))
     }
 
     fn text(&mut self, text: &str) -> Value {
-        self.chunk(json!([{"index": 0, "delta": {"content": text}, "logprobs": null, "finish_reason": null}]))
+        self.0.chunk(json!([{"index": 0, "delta": {"content": text}, "logprobs": null, "finish_reason": null}]))
     }
 
     fn finish(&mut self, reason: FinishReason) -> Value {
-        self.chunk(json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": reason.as_str()}]))
+        self.0.chunk(json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": reason.as_str()}]))
     }
 
     fn usage(&mut self, usage: Usage) -> Option<Value> {
-        self.include_usage.then(|| {
-            let mut v = self.chunk(json!([]));
-            v["usage"] = usage_json(usage);
-            v
-        })
+        self.0.usage(usage)
     }
 }
 

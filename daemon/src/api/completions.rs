@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::api::error::ApiError;
-use crate::api::generate::{self, Accepted, SamplingFields, unix_now, usage_json};
+use crate::api::generate::{self, Accepted, ChunkHead, SamplingFields, unix_now, usage_json};
 use crate::api::stream::ChunkMaker;
 use crate::api::{Call, audit_request, body, json};
 use crate::auth;
@@ -78,7 +78,13 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
     let id = format!("cmpl-{}", call.record.id.trim_start_matches("req-"));
     let created = unix_now();
     if req.sampling.stream {
-        let maker = Chunks { id, created, model: model.name.clone(), include_usage: req.sampling.include_usage() };
+        let maker = Chunks(ChunkHead {
+            id,
+            object: "text_completion",
+            created,
+            model: model.name.clone(),
+            include_usage: req.sampling.include_usage(),
+        });
         return Ok(generate::stream_response(started, maker));
     }
     let done = generate::collect(started).await?;
@@ -99,29 +105,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
 }
 
 /// The chunks of a streamed completion.
-struct Chunks {
-    id: String,
-    created: i64,
-    model: String,
-    include_usage: bool,
-}
-
-impl Chunks {
-    fn chunk(&self, choices: Value) -> Value {
-        let mut v = json!({
-            "id": self.id,
-            "object": "text_completion",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": null,
-            "choices": choices,
-        });
-        if self.include_usage {
-            v["usage"] = Value::Null;
-        }
-        v
-    }
-}
+struct Chunks(ChunkHead);
 
 impl ChunkMaker for Chunks {
     fn opening(&mut self) -> Option<Value> {
@@ -129,19 +113,15 @@ impl ChunkMaker for Chunks {
     }
 
     fn text(&mut self, text: &str) -> Value {
-        self.chunk(json!([{"index": 0, "text": text, "logprobs": null, "finish_reason": null}]))
+        self.0.chunk(json!([{"index": 0, "text": text, "logprobs": null, "finish_reason": null}]))
     }
 
     fn finish(&mut self, reason: FinishReason) -> Value {
-        self.chunk(json!([{"index": 0, "text": "", "logprobs": null, "finish_reason": reason.as_str()}]))
+        self.0.chunk(json!([{"index": 0, "text": "", "logprobs": null, "finish_reason": reason.as_str()}]))
     }
 
     fn usage(&mut self, usage: Usage) -> Option<Value> {
-        self.include_usage.then(|| {
-            let mut v = self.chunk(json!([]));
-            v["usage"] = usage_json(usage);
-            v
-        })
+        self.0.usage(usage)
     }
 }
 

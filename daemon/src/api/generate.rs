@@ -244,6 +244,48 @@ pub fn stream_response(started: Started, maker: impl ChunkMaker) -> Response {
     resp
 }
 
+/// What every chunk of one streamed answer repeats: id, object, creation time and model, and
+/// whether the stream ends with a usage chunk.
+pub struct ChunkHead {
+    /// `chatcmpl-...` or `cmpl-...`.
+    pub id: String,
+    /// `chat.completion.chunk` or `text_completion`.
+    pub object: &'static str,
+    /// Unix seconds.
+    pub created: i64,
+    /// The model name.
+    pub model: String,
+    /// `stream_options.include_usage`.
+    pub include_usage: bool,
+}
+
+impl ChunkHead {
+    /// A chunk carrying `choices` (and `"usage": null` when usage is asked for, as OpenAI sends).
+    pub fn chunk(&self, choices: serde_json::Value) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "id": self.id,
+            "object": self.object,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": null,
+            "choices": choices,
+        });
+        if self.include_usage {
+            v["usage"] = serde_json::Value::Null;
+        }
+        v
+    }
+
+    /// The closing usage chunk, when asked for.
+    pub fn usage(&self, usage: Usage) -> Option<serde_json::Value> {
+        self.include_usage.then(|| {
+            let mut v = self.chunk(serde_json::json!([]));
+            v["usage"] = usage_json(usage);
+            v
+        })
+    }
+}
+
 /// `usage` as OpenAI writes it.
 pub fn usage_json(u: Usage) -> serde_json::Value {
     serde_json::json!({
