@@ -37,6 +37,13 @@ pub struct DeviceInfo {
     pub memory_total: Option<u64>,
     /// True when the backend is a simulator rather than real hardware.
     pub simulated: bool,
+    /// Device temperature in degrees Celsius, where the runtime reports it.
+    pub temperature_c: Option<f32>,
+    /// Device health as the vendor runtime words it ("ok", "warning", ...), where it reports it.
+    pub health: Option<String>,
+    /// Facts an operator should know about how models run here, such as weight formats that
+    /// are de-quantised at upload.
+    pub notes: Vec<String>,
 }
 
 /// Optional capabilities.

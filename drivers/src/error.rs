@@ -54,6 +54,18 @@ pub enum DriverError {
     /// The backend was not compiled in.
     #[error("{0} support was not compiled into this build")]
     NotCompiled(&'static str),
+    /// A vendor runtime call failed (CUDA driver/cuBLAS/NVRTC, AscendCL/aclnn).
+    #[error("{backend}: {call} failed (code {code}): {message}")]
+    Device {
+        /// The backend ("cuda", "ascend").
+        backend: &'static str,
+        /// The runtime call that failed.
+        call: String,
+        /// The runtime's error code (0 when it has none).
+        code: i64,
+        /// The runtime's message, or ours when it gives none.
+        message: String,
+    },
     /// The backend's runtime library or device is absent.
     #[error("{backend} is not available: {reason}")]
     Unavailable {

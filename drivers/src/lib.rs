@@ -8,13 +8,19 @@
 //! undefined behaviour. `unsafe` is confined to this crate (SIMD intrinsics and FFI), and every
 //! block carries a `SAFETY` comment.
 
+#[cfg(feature = "ascend")]
+pub mod ascend;
 mod backend;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod device;
 mod dtype;
 mod error;
 pub mod quant;
 mod tensor;
 
+pub use device::{DeviceSpec, Opened, Probe};
 pub use backend::{
     Backend, Caps, DenseAttn, DeviceInfo, DeviceKind, KvCache, KvSpec, PagedAttn, Rope, RopeStyle, SeqAttn,
 };

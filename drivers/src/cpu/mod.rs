@@ -194,6 +194,9 @@ impl Backend for CpuBackend {
             memory_used: None,
             memory_total: mem_total(),
             simulated: false,
+            temperature_c: None,
+            health: None,
+            notes: Vec::new(),
         }
     }
 
