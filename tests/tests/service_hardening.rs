@@ -42,6 +42,7 @@ const REQUIRED: &[(&str, &str)] = &[
     ("SystemCallFilter", "@system-service"),
     ("SystemCallFilter", "~@privileged @resources"),
     ("SystemCallFilter", "@chown"),
+    ("SystemCallFilter", "seccomp landlock_create_ruleset landlock_add_rule landlock_restrict_self"),
     ("CapabilityBoundingSet", ""),
     ("AmbientCapabilities", ""),
     ("UMask", "0077"),
