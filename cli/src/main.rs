@@ -7,6 +7,7 @@ mod admin;
 mod attest;
 mod audit;
 mod client;
+mod doctor;
 mod keys;
 mod model;
 mod package;
@@ -60,6 +61,9 @@ enum Command {
     Trust(trust::TrustCommand),
     /// Get a signed attestation report from govboxd (--nonce HEX -o FILE), or `verify` one offline.
     Attest(attest::AttestArgs),
+    /// Check the box: state modes and owners, certificates, trust root, disk, daemon, egress, identity
+    /// (exit 1 when a check fails).
+    Doctor(doctor::DoctorArgs),
     /// Build signed update bundles; apply, inspect and roll back govbox updates (A/B slots).
     #[command(subcommand)]
     Update(update::UpdateCommand),
@@ -79,6 +83,7 @@ fn main() -> ExitCode {
         Command::Package(c) => done(package::run(cli.state.as_deref(), c)),
         Command::Trust(c) => done(trust::run(cli.state.as_deref(), c)),
         Command::Attest(a) => attest::run(&socket, a),
+        Command::Doctor(a) => doctor::run(cli.state.as_deref(), &socket, a),
         Command::Update(c) => done(update::run(cli.state.as_deref(), &socket, c)),
     };
     match r {
