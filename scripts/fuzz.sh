@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Coverage-guided fuzzing of every cargo-fuzz target in fuzz/, each for SECONDS (default 60).
+#   scripts/fuzz.sh [SECONDS] [TARGET...]
+# Needs cargo-fuzz (`cargo install cargo-fuzz --locked`). cargo-fuzz uses nightly-only flags
+# (-Zsanitizer=address); on a stable toolchain this script sets RUSTC_BOOTSTRAP=1 for it.
+# Each target starts from the committed seeds (fuzz/seeds/TARGET, made by
+# fuzz/seeds/make_seeds.py) and grows its own working corpus in fuzz/corpus/TARGET (not
+# committed). Zero crashes, leaks, timeouts or out-of-memory are required: any of them fails the
+# script, and libFuzzer leaves the input in fuzz/artifacts/TARGET/ (reproduce with
+# `RUSTC_BOOTSTRAP=1 cargo fuzz run -O TARGET fuzz/artifacts/TARGET/<file>`); make it a
+# regression test in the owning crate.
+# Prints one line per target (inputs tried, corpus size, result) and a total.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+secs=${1:-60}
+shift || true
+case "$secs" in '' | *[!0-9]*) echo "scripts/fuzz.sh: SECONDS must be a whole number, not '$secs'" >&2; exit 2 ;; esac
+all=(package_manifest package_tar audit_export gguf_header safetensors_header update_bundle chat_template)
+targets=("$@")
+if [ $# -eq 0 ]; then targets=("${all[@]}"); fi
+
+command -v cargo-fuzz >/dev/null || { echo "scripts/fuzz.sh: cargo-fuzz is missing: cargo install cargo-fuzz --locked" >&2; exit 2; }
+export RUSTC_BOOTSTRAP=1
+
+# Largest input per target: the seeds fit, and the fuzzer does not waste time on huge inputs.
+max_len() {
+  case "$1" in
+    gguf_header) echo 262144 ;;
+    package_tar | update_bundle) echo 32768 ;;
+    audit_export) echo 65536 ;;
+    chat_template) echo 4096 ;;
+    *) echo 16384 ;;
+  esac
+}
+
+echo "== building the fuzz targets (cargo fuzz build -O, AddressSanitizer)"
+t0=$(date +%s)
+(cd fuzz && cargo fuzz build -O)
+echo "   built in $(($(date +%s) - t0)) s"
+
+mkdir -p target/fuzz-logs
+failed=0
+total=0
+printf '%-20s %8s %12s %8s %s\n' target seconds inputs corpus result
+for t in "${targets[@]}"; do
+  mkdir -p "fuzz/corpus/$t" "fuzz/seeds/$t" "fuzz/artifacts/$t"
+  log="target/fuzz-logs/$t.log"
+  rc=0
+  (cd fuzz && cargo fuzz run -O "$t" "corpus/$t" "seeds/$t" -- \
+    -max_total_time="$secs" -max_len="$(max_len "$t")" -rss_limit_mb=2048 -malloc_limit_mb=2048 \
+    -timeout=20 -print_final_stats=1 -artifact_prefix="artifacts/$t/") >"$log" 2>&1 || rc=$?
+  runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
+  corpus=$(find "fuzz/corpus/$t" -type f | wc -l)
+  if [ "$rc" -eq 0 ]; then
+    result=ok
+  else
+    result="FAILED (exit $rc; see $log and fuzz/artifacts/$t/)"
+    failed=$((failed + 1))
+    grep -E 'ERROR: libFuzzer|SUMMARY|panicked at|==ERROR' "$log" | head -5 | sed 's/^/    /' || true
+  fi
+  total=$((total + ${runs:-0}))
+  printf '%-20s %8s %12s %8s %s\n' "$t" "$secs" "${runs:-?}" "$corpus" "$result"
+done
+echo "fuzz: ${#targets[@]} targets, $total inputs tried, $failed crashed"
+[ "$failed" -eq 0 ]
