@@ -1,0 +1,283 @@
+//! The device KV cache and the attention ops over it.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+
+use super::{CudaBackend, drv, elementwise_cfg, kernels, to_i32};
+use crate::{DType, DenseAttn, DriverError, KvCache, KvSpec, PagedAttn, Result, Tensor};
+
+/// A paged KV pool in device memory: K and V each one allocation of
+/// `[n_layers, n_blocks, block_size, n_kv_heads, head_dim]` f32 values, the CPU cache's layout
+/// per layer.
+pub struct CudaKvCache {
+    spec: KvSpec,
+    k: CudaSlice<u8>,
+    v: CudaSlice<u8>,
+    stream: Arc<CudaStream>,
+    copy: CudaFunction,
+    counter: Arc<AtomicU64>,
+    /// The device's ordinal, so that a cache is never used by another device's backend.
+    ordinal: usize,
+}
+
+impl std::fmt::Debug for CudaKvCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaKvCache").field("spec", &self.spec).field("device", &self.ordinal).finish()
+    }
+}
+
+impl CudaKvCache {
+    pub(super) fn new(be: &CudaBackend, spec: KvSpec) -> Result<Self> {
+        if spec.block_size == 0 {
+            return Err(DriverError::KvCache("block size 0".into()));
+        }
+        let slots = spec.n_blocks.checked_mul(spec.block_size);
+        let per_layer = slots
+            .and_then(|a| a.checked_mul(spec.n_kv_heads))
+            .and_then(|a| a.checked_mul(spec.head_dim))
+            .and_then(|a| a.checked_mul(spec.n_layers))
+            .and_then(|a| a.checked_mul(4))
+            .ok_or_else(|| DriverError::KvCache(format!("{spec:?} overflows")))?;
+        // Slot numbers travel to the kernels as u32.
+        if slots.is_none_or(|s| s > u32::MAX as usize) {
+            return Err(DriverError::KvCache(format!("{spec:?}: more than 2^32 token slots")));
+        }
+        let mut k = be.alloc(per_layer)?;
+        let mut v = be.alloc(per_layer)?;
+        be.stream.memset_zeros(&mut k).map_err(drv("cuMemsetD8Async"))?;
+        be.stream.memset_zeros(&mut v).map_err(drv("cuMemsetD8Async"))?;
+        be.used.fetch_add((k.len() + v.len()) as u64, Ordering::Relaxed);
+        Ok(Self {
+            spec,
+            k,
+            v,
+            stream: be.stream.clone(),
+            copy: be.func("kv_copy_block")?.clone(),
+            counter: be.used.clone(),
+            ordinal: be.ctx.ordinal(),
+        })
+    }
+
+    fn block_len(&self) -> usize {
+        self.spec.block_size * self.spec.n_kv_heads * self.spec.head_dim
+    }
+}
+
+impl Drop for CudaKvCache {
+    fn drop(&mut self) {
+        self.counter.fetch_sub((self.k.len() + self.v.len()) as u64, Ordering::Relaxed);
+    }
+}
+
+impl KvCache for CudaKvCache {
+    fn spec(&self) -> KvSpec {
+        self.spec
+    }
+
+    fn copy_block(&mut self, src: u32, dst: u32) -> Result<()> {
+        super::guard("copy_block", || {
+            let (s, d) = (src as usize, dst as usize);
+            if s >= self.spec.n_blocks || d >= self.spec.n_blocks {
+                return Err(DriverError::KvCache(format!("copy_block {s} -> {d} of {} blocks", self.spec.n_blocks)));
+            }
+            let bl = self.block_len();
+            let total = self.spec.n_layers * bl;
+            if total == 0 || s == d {
+                return Ok(());
+            }
+            self.stream.context().bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
+            let layers = to_i32(self.spec.n_layers, "copy_block", "layers")?;
+            let per_layer = (self.spec.n_blocks * bl) as i64;
+            let (bl, s, d) = (bl as i64, s as i64, d as i64);
+            let mut b = self.stream.launch_builder(&self.copy);
+            b.arg(&mut self.k).arg(&mut self.v).arg(&layers).arg(&per_layer).arg(&bl).arg(&s).arg(&d);
+            // SAFETY: src and dst are blocks of the pool (checked above); the kernel touches
+            // n_layers * block_len values of each, inside the allocations.
+            unsafe { b.launch(elementwise_cfg(total)) }.map_err(drv("cuLaunchKernel(kv_copy_block)"))?;
+            Ok(())
+        })
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+fn to_u32(v: usize, what: &str) -> Result<u32> {
+    u32::try_from(v).map_err(|_| DriverError::KvCache(format!("{what} {v} exceeds 2^32")))
+}
+
+pub(super) fn paged(
+    be: &CudaBackend,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cache: &mut dyn KvCache,
+    a: &PagedAttn<'_>,
+) -> Result<Tensor> {
+    let (qb, kb, vb) = (be.f32_buf(q, "attention")?, be.f32_buf(k, "attention")?, be.f32_buf(v, "attention")?);
+    let cache = cache
+        .as_any_mut()
+        .downcast_mut::<CudaKvCache>()
+        .ok_or(DriverError::ForeignTensor { op: "attention (kv cache)" })?;
+    if cache.ordinal != be.ctx.ordinal() {
+        return Err(DriverError::ForeignTensor { op: "attention (kv cache of another device)" });
+    }
+    let spec = cache.spec;
+    let (hd, nh, nkv) = (a.head_dim, a.n_heads, a.n_kv_heads);
+    let rows: usize = a.seqs.iter().map(|s| s.n_new).sum();
+    if spec.head_dim != hd
+        || spec.n_kv_heads != nkv
+        || nkv == 0
+        || nh % nkv != 0
+        || a.layer >= spec.n_layers
+        || q.shape() != [rows, nh * hd]
+        || k.shape() != [rows, nkv * hd]
+        || v.shape() != [rows, nkv * hd]
+    {
+        return Err(DriverError::Shape {
+            op: "attention",
+            detail: format!(
+                "q {:?} k {:?} v {:?} for {rows} rows, {nh} heads, {nkv} kv heads of {hd}, layer {}, cache {spec:?}",
+                q.shape(),
+                k.shape(),
+                v.shape(),
+                a.layer
+            ),
+        });
+    }
+    if hd > kernels::ATT_MAX_HEAD_DIM {
+        return Err(DriverError::Shape {
+            op: "attention",
+            detail: format!("head_dim {hd}: the CUDA kernels take at most {}", kernels::ATT_MAX_HEAD_DIM),
+        });
+    }
+    if rows == 0 || hd == 0 || nh == 0 {
+        return be.empty_f32(vec![rows, nh * hd]);
+    }
+    // Every position a row reads or writes must have a block of the pool: checked here, so
+    // that the kernels index nothing outside the cache.
+    let bs = spec.block_size;
+    let mut slots = Vec::with_capacity(rows);
+    let mut tables: Vec<u32> = Vec::new();
+    let mut row_table = Vec::with_capacity(rows);
+    let mut row_pos = Vec::with_capacity(rows);
+    for s in a.seqs {
+        if s.n_new == 0 {
+            continue;
+        }
+        let last = s.start_pos + s.n_new - 1;
+        let needed = last / bs + 1;
+        if s.block_table.len() < needed {
+            let pos = s.block_table.len() * bs;
+            return Err(DriverError::KvCache(format!("position {pos} has no block")));
+        }
+        let table = &s.block_table[..needed];
+        if let Some(&b) = table.iter().find(|&&b| b as usize >= spec.n_blocks) {
+            return Err(DriverError::KvCache(format!("block {b} of {}", spec.n_blocks)));
+        }
+        let off = to_u32(tables.len(), "block table offset")?;
+        tables.extend_from_slice(table);
+        for i in 0..s.n_new {
+            let pos = s.start_pos + i;
+            slots.push(to_u32(table[pos / bs] as usize * bs + pos % bs, "slot")?);
+            row_table.push(off);
+            row_pos.push(to_u32(pos, "position")?);
+        }
+    }
+    let width = nkv * hd;
+    let layer_off = (a.layer * spec.n_blocks * bs) as i64;
+    // 1. The new keys and values.
+    let slots_d = be.htod_u32(&slots)?;
+    {
+        let (r, w) = (rows as i64, to_i32(width, "attention", "kv width")?);
+        let f = be.func("kv_write")?;
+        let mut l = be.stream.launch_builder(f);
+        l.arg(&mut cache.k).arg(&mut cache.v).arg(kb).arg(vb).arg(&slots_d).arg(&r).arg(&w).arg(&layer_off);
+        // SAFETY: k and v hold rows * width f32 values; every slot is below n_blocks *
+        // block_size (checked above), so writes stay inside layer `layer` of the pool.
+        unsafe { l.launch(elementwise_cfg(rows * width)) }.map_err(drv("cuLaunchKernel(kv_write)"))?;
+    }
+    // 2. Attention of every (row, head).
+    let tables_d = be.htod_u32(&tables)?;
+    let row_table_d = be.htod_u32(&row_table)?;
+    let row_pos_d = be.htod_u32(&row_pos)?;
+    let mut out = be.alloc(rows * nh * hd * 4)?;
+    let grid = u32::try_from(rows * nh)
+        .ok()
+        .filter(|&g| g < i32::MAX as u32)
+        .ok_or_else(|| DriverError::Shape { op: "attention", detail: format!("{rows} rows x {nh} heads") })?;
+    let (nhi, nkvi, hdi, bsi) = (
+        to_i32(nh, "attention", "heads")?,
+        to_i32(nkv, "attention", "kv heads")?,
+        hd as i32,
+        to_i32(bs, "attention", "block size")?,
+    );
+    let f = be.func("paged_attention")?;
+    let mut l = be.stream.launch_builder(f);
+    l.arg(qb)
+        .arg(&cache.k)
+        .arg(&cache.v)
+        .arg(&mut out)
+        .arg(&tables_d)
+        .arg(&row_table_d)
+        .arg(&row_pos_d)
+        .arg(&nhi)
+        .arg(&nkvi)
+        .arg(&hdi)
+        .arg(&bsi)
+        .arg(&layer_off)
+        .arg(&a.scale);
+    let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (kernels::ATT_THREADS, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: q and out hold rows * nh * hd f32 values; each row's table covers positions
+    // 0 ..= row_pos (checked above) with blocks of the pool; hd <= 256 as the kernel needs.
+    unsafe { l.launch(cfg) }.map_err(drv("cuLaunchKernel(paged_attention)"))?;
+    Ok(be.wrap(out, rows * nh * hd * 4, DType::F32, vec![rows, nh * hd]))
+}
+
+pub(super) fn dense(be: &CudaBackend, q: &Tensor, k: &Tensor, v: &Tensor, a: &DenseAttn<'_>) -> Result<Tensor> {
+    let op = "attention_dense";
+    let (qb, kb, vb) = (be.f32_buf(q, op)?, be.f32_buf(k, op)?, be.f32_buf(v, op)?);
+    let (b, l, nh, hd) = (a.batch, a.seq_len, a.n_heads, a.head_dim);
+    let shape = [b * l, nh * hd];
+    if q.shape() != shape || k.shape() != shape || v.shape() != shape || a.key_mask.len() != b * l {
+        return Err(DriverError::Shape {
+            op,
+            detail: format!(
+                "q {:?} k {:?} v {:?} mask {} for batch {b} x {l}, {nh} heads of {hd}",
+                q.shape(),
+                k.shape(),
+                v.shape(),
+                a.key_mask.len()
+            ),
+        });
+    }
+    if hd > kernels::ATT_MAX_HEAD_DIM {
+        return Err(DriverError::Shape {
+            op,
+            detail: format!("head_dim {hd}: the CUDA kernels take at most {}", kernels::ATT_MAX_HEAD_DIM),
+        });
+    }
+    if b * l * nh * hd == 0 {
+        return be.empty_f32(shape.to_vec());
+    }
+    let mask: Vec<u8> = a.key_mask.iter().map(|&m| u8::from(m)).collect();
+    let mask_d = be.htod(&mask)?;
+    let mut out = be.alloc(b * l * nh * hd * 4)?;
+    let grid = u32::try_from(b * l * nh)
+        .ok()
+        .filter(|&g| g < i32::MAX as u32)
+        .ok_or_else(|| DriverError::Shape { op, detail: format!("{} rows x {nh} heads", b * l) })?;
+    let (li, nhi, hdi) = (to_i32(l, op, "seq_len")?, to_i32(nh, op, "heads")?, hd as i32);
+    let f = be.func("dense_attention")?;
+    let mut lb = be.stream.launch_builder(f);
+    lb.arg(qb).arg(kb).arg(vb).arg(&mut out).arg(&mask_d).arg(&li).arg(&nhi).arg(&hdi).arg(&a.scale);
+    let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (kernels::ATT_THREADS, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: q, k, v and out hold b * l * nh * hd f32 values, the mask b * l bytes; keys are
+    // read only within the query's own sequence; hd <= 256 as the kernel needs.
+    unsafe { lb.launch(cfg) }.map_err(drv("cuLaunchKernel(dense_attention)"))?;
+    Ok(be.wrap(out, b * l * nh * hd * 4, DType::F32, shape.to_vec()))
+}
