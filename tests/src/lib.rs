@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 pub use govbox_images::corpus::CorpusKeys;
 use govbox_provisioning::Overwrite;
 
+pub mod load;
+
 /// The repository root.
 pub fn repo() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
@@ -22,9 +24,11 @@ pub fn repo() -> PathBuf {
 /// A workspace binary (`govbox`, `govboxd`), built by `cargo build --workspace --bins`.
 pub fn bin(name: &str) -> PathBuf {
     // Integration tests run from target/<profile>/deps; the binaries sit one level up.
+    // A binary of this crate (govbox-reliability) sits beside them.
     let exe = std::env::current_exe().unwrap();
+    let beside = exe.parent().unwrap().join(name);
     let dir = exe.parent().and_then(Path::parent).unwrap();
-    let p = dir.join(name);
+    let p = if beside.exists() { beside } else { dir.join(name) };
     assert!(
         p.exists(),
         "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",

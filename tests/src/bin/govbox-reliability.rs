@@ -1,0 +1,249 @@
+//! `govbox-reliability`: the load and abuse part of the reliability campaign against a real
+//! govboxd (run by `scripts/reliability.sh`; see tests/RELIABILITY.md).
+//!
+//! Provisions a temporary box with the tiny Qwen2 chat model and MiniLM, starts govboxd on a
+//! loopback port, then: holds `--connections` TLS connections open; soaks the box with mixed
+//! chat, streamed chat and embeddings from `--workers` clients for `--soak-secs`; runs the abuse
+//! checks; optionally runs `--exec CMD` while the daemon is up (with `GOVBOX_URL`, `GOVBOX_CA`,
+//! `GOVBOX_TOKEN`, `GOVBOX_CERT`, `GOVBOX_KEY` set); stops the daemon, exports and verifies the
+//! audit log, and looks up every answered request in it. Prints a summary table, writes it as
+//! JSON to `--json FILE`, and exits 1 when any figure is out of bounds.
+//!
+//! The open-file limit must allow the connections (`ulimit -n 8192`; the script raises it).
+#![forbid(unsafe_code)]
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use govbox_e2e::TestBox;
+use govbox_e2e::load::{self, Check, Target};
+
+struct Args {
+    connections: usize,
+    hold_secs: u64,
+    soak_secs: u64,
+    workers: usize,
+    bad_certs: usize,
+    slowloris: usize,
+    exec: Option<String>,
+    json: Option<PathBuf>,
+    max_rss_growth_pct: f64,
+}
+
+const USAGE: &str = "usage: govbox-reliability [--quick] [--connections N] [--hold-secs S] [--soak-secs S] \
+[--workers N] [--bad-certs N] [--slowloris N] [--max-rss-growth PCT] [--exec CMD] [--json FILE]";
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        connections: 1000,
+        hold_secs: 30,
+        soak_secs: 600,
+        workers: 32,
+        bad_certs: 10_000,
+        slowloris: 200,
+        exec: None,
+        json: None,
+        max_rss_growth_pct: 5.0,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let mut val = || it.next().ok_or_else(|| format!("{k} needs a value\n{USAGE}"));
+        let num = |v: String| v.parse::<u64>().map_err(|_| format!("{k}: '{v}' is not a whole number\n{USAGE}"));
+        match k.as_str() {
+            "--quick" => {
+                a.soak_secs = 60;
+                a.hold_secs = 15;
+                a.bad_certs = 1000;
+            }
+            "--connections" => a.connections = num(val()?)? as usize,
+            "--hold-secs" => a.hold_secs = num(val()?)?,
+            "--soak-secs" => a.soak_secs = num(val()?)?,
+            "--workers" => a.workers = num(val()?)? as usize,
+            "--bad-certs" => a.bad_certs = num(val()?)? as usize,
+            "--slowloris" => a.slowloris = num(val()?)? as usize,
+            "--max-rss-growth" => {
+                let v = val()?;
+                a.max_rss_growth_pct = v.parse().map_err(|_| format!("--max-rss-growth: '{v}' is not a number"))?
+            }
+            "--exec" => a.exec = Some(val()?),
+            "--json" => a.json = Some(PathBuf::from(val()?)),
+            "-h" | "--help" => return Err(USAGE.to_string()),
+            _ => return Err(format!("unknown argument '{k}'\n{USAGE}")),
+        }
+    }
+    Ok(a)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tokio runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(campaign(&args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("govbox-reliability: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+const HEADER_TIMEOUT: u64 = 5;
+const MAX_BODY: usize = 1 << 20;
+
+async fn campaign(args: &Args) -> Result<bool, String> {
+    let t_all = Instant::now();
+    eprintln!("== provisioning a box (tiny-qwen2, minilm)");
+    let b = TestBox::new("reliability");
+    // Saturation: more clients than max_concurrent + queue_depth, so that admission says 503.
+    std::fs::write(
+        &b.config,
+        format!(
+            "config_version = 2\nlisten = \"127.0.0.1:{}\"\nthreads = 2\nlog_level = \"warn\"\n\
+             [limits]\nmax_connections = {}\nheader_timeout_secs = {HEADER_TIMEOUT}\nmax_body_bytes = {MAX_BODY}\n\
+             [serving]\nmax_concurrent = 4\nqueue_depth = 16\n",
+            b.port,
+            args.connections + 64
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut d = b.start();
+    let pid = d.child.id();
+    let t = Target::of(&b)?;
+    let ca = std::fs::read_to_string(b.certs.join("ca.crt")).map_err(|e| e.to_string())?;
+
+    eprintln!("== holding {} TLS connections for {} s", args.connections, args.hold_secs);
+    let hold = load::hold(&t, args.connections, args.hold_secs, Duration::from_secs(10)).await;
+    eprintln!("   {hold:?}");
+
+    eprintln!("== soak: {} clients, mixed chat/stream/embeddings, {} s", args.workers, args.soak_secs);
+    let warmup = Duration::from_secs((args.soak_secs / 6).clamp(10, 60));
+    let soak = load::soak(&t, args.workers, args.soak_secs, warmup, pid).await;
+    eprintln!(
+        "   requests={} statuses={:?} transport_errors={} bad_bodies={} rss {:?} -> {:?} KiB; errors {:?}",
+        soak.requests,
+        soak.by_status,
+        soak.transport_errors,
+        soak.bad_bodies,
+        soak.rss_warm_kib,
+        soak.rss_end_kib,
+        soak.errors
+    );
+
+    eprintln!("== abuse");
+    let checks: Vec<Check> = vec![
+        load::slowloris(&t, args.slowloris, Duration::from_secs(HEADER_TIMEOUT)).await,
+        load::oversized_headers(&t).await,
+        load::oversized_body(&t, MAX_BODY).await,
+        load::bad_certificates(&t, &ca, args.bad_certs).await,
+        load::invalid_utf8(&t).await,
+        load::nested_json(&t, 100_000).await,
+        load::huge_max_tokens(&t, 4096).await,
+    ];
+    for c in &checks {
+        eprintln!("   {} {}: {} (expected {})", if c.ok { "ok  " } else { "FAIL" }, c.name, c.got, c.expected);
+    }
+
+    let mut exec_ok = true;
+    if let Some(cmd) = &args.exec {
+        eprintln!("== exec: {cmd}");
+        let st = std::process::Command::new("bash")
+            .args(["-c", cmd])
+            .env("GOVBOX_URL", b.url(""))
+            .env("GOVBOX_CA", b.certs.join("ca.crt"))
+            .env("GOVBOX_CERT", b.certs.join("app.crt"))
+            .env("GOVBOX_KEY", b.certs.join("app.key"))
+            .env("GOVBOX_TOKEN", &b.token)
+            .status()
+            .map_err(|e| format!("running --exec: {e}"))?;
+        exec_ok = st.success();
+        eprintln!("   exec exit: {st}");
+    }
+    let ready_end = t.readyz().await;
+    let rss_final = load::rss_kib(pid);
+    let crashed = d.child.try_wait().map_err(|e| e.to_string())?;
+    drop(d);
+
+    eprintln!("== audit export and verify (offline)");
+    let export = b.dir.join("audit-export.json");
+    let (verified, entries, ids, verify_out) = load::audit_export_verify(&b.state, &export)?;
+    let audited: HashSet<&str> = ids.iter().map(String::as_str).collect();
+    let lost = soak.request_ids.iter().filter(|id| !audited.contains(id.as_str())).count();
+    eprintln!("   {verify_out}");
+
+    let growth = soak.rss_growth_pct();
+    let faults: u64 = checks.iter().map(|c| c.faults).sum();
+    let rows = [
+        ("connections held", format!("{}/{} ({} s)", hold.held, hold.wanted, args.hold_secs)),
+        ("requests served (soak)", format!("{} in {} s, {} clients", soak.requests, args.soak_secs, args.workers)),
+        ("statuses (soak)", format!("{:?}", soak.by_status)),
+        ("5xx other than 503", soak.unexpected_5xx().to_string()),
+        ("transport errors / bad bodies", format!("{} / {}", soak.transport_errors, soak.bad_bodies)),
+        (
+            "RSS after warm-up -> end",
+            format!(
+                "{:?} -> {:?} KiB ({}), {:?} KiB after abuse",
+                soak.rss_warm_kib,
+                soak.rss_end_kib,
+                growth.map_or("n/a".into(), |g| format!("{g:+.2} %")),
+                rss_final
+            ),
+        ),
+        (
+            "faults injected",
+            format!("{faults} ({} checks, {} passed)", checks.len(), checks.iter().filter(|c| c.ok).count()),
+        ),
+        ("audit entries / verify", format!("{entries} / {}", if verified { "passed" } else { "FAILED" })),
+        ("lost audit entries", format!("{lost} of {} answered requests", soak.request_ids.len())),
+        ("daemon alive at end", format!("{} (/readyz {ready_end:?})", crashed.is_none())),
+        ("wall time", format!("{:.0} s", t_all.elapsed().as_secs_f64())),
+    ];
+    println!("\n| figure | value |\n|---|---|");
+    for (k, v) in &rows {
+        println!("| {k} | {v} |");
+    }
+    let pass = hold.held == hold.wanted
+        && soak.unexpected_5xx() == 0
+        && soak.bad_bodies == 0
+        && soak.by_status.get(&200).copied().unwrap_or(0) > 0
+        && growth.is_some_and(|g| g < args.max_rss_growth_pct)
+        && checks.iter().all(|c| c.ok)
+        && verified
+        && lost == 0
+        && crashed.is_none()
+        && ready_end == Ok(200)
+        && exec_ok;
+    if let Some(path) = &args.json {
+        let v = serde_json::json!({
+            "pass": pass,
+            "rows": rows.iter().map(|(k, v)| serde_json::json!([k, v])).collect::<Vec<_>>(),
+            "checks": checks.iter().map(|c| serde_json::json!({"name": c.name, "faults": c.faults,
+                "expected": c.expected, "got": c.got, "ok": c.ok})).collect::<Vec<_>>(),
+            "hold_errors": hold.errors, "soak_errors": soak.errors,
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&v).map_err(|e| e.to_string())?)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    println!("\nresult: {}", if pass { "PASS" } else { "FAIL" });
+    if pass {
+        // A passing run leaves nothing behind; a failing one keeps the box for inspection.
+        drop(b);
+    } else {
+        eprintln!("box kept for inspection: {}", b.dir.display());
+        std::mem::forget(b);
+    }
+    Ok(pass)
+}
