@@ -14,6 +14,7 @@ mod package;
 mod provision;
 mod status;
 mod store;
+mod tls;
 mod trust;
 mod update;
 
@@ -64,6 +65,9 @@ enum Command {
     /// Check the box: state modes and owners, certificates, trust root, disk, daemon, egress, identity
     /// (exit 1 when a check fails).
     Doctor(doctor::DoctorArgs),
+    /// Renew the HTTPS server certificate (same CA, new key); a running govboxd serves it with no restart.
+    #[command(subcommand)]
+    Tls(tls::TlsCommand),
     /// Build signed update bundles; apply, inspect and roll back govbox updates (A/B slots).
     #[command(subcommand)]
     Update(update::UpdateCommand),
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
         Command::Trust(c) => done(trust::run(cli.state.as_deref(), c)),
         Command::Attest(a) => attest::run(&socket, a),
         Command::Doctor(a) => doctor::run(cli.state.as_deref(), &socket, a),
+        Command::Tls(c) => done(tls::run(cli.state.as_deref(), &socket, c)),
         Command::Update(c) => done(update::run(cli.state.as_deref(), &socket, c)),
     };
     match r {

@@ -62,6 +62,10 @@ fn render(s: &Value, clients: Option<&Value>) -> String {
     let head = format!("govboxd {}: {state}\n", str_of(&s["version"]));
     row("uptime", s["uptime_secs"].as_u64().map_or_else(|| "?".to_string(), duration));
     row("listen", str_of(&s["listen"]));
+    if let Some(cert) = crate::tls::status_row(&s["tls_certificate"], time::OffsetDateTime::now_utc().unix_timestamp())
+    {
+        row("certificate", cert);
+    }
 
     let b = &s["backend"];
     let mut backend = format!("{} ({})", str_of(&b["kind"]), str_of(&b["name"]));

@@ -92,6 +92,17 @@ pub fn admin_events(cmd: &str, subject: &str, uid: &str, result: &Value) -> Vec<
             version: s("version"),
             digest: String::new(),
         }],
+        "tls_reload" => vec![Event::Admin {
+            actor: format!("admin-socket uid {uid}"),
+            action: cmd.to_string(),
+            subject: format!(
+                "server certificate serial {} expires {} (was serial {} expiring {})",
+                result["new"]["serial"].as_str().unwrap_or("?"),
+                result["new"]["expires"].as_str().unwrap_or("?"),
+                result["old"]["serial"].as_str().unwrap_or("?"),
+                result["old"]["expires"].as_str().unwrap_or("?"),
+            ),
+        }],
         "client_add" | "client_revoke" | "client_renew" => vec![Event::Admin {
             actor: format!("admin-socket uid {uid}"),
             action: cmd.to_string(),

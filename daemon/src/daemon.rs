@@ -185,7 +185,9 @@ async fn daemon(opts: Options, config: Config) -> Result<(), DaemonError> {
     let packages = Packages::open(&opts.state)?;
     let audit = auditing::open(&opts.state, &config.audit)?;
     let quotas = Quotas::open(&StatePaths::new(&opts.state).state_dir().join("quota"))?;
-    let tls_config = tls::server_config(&load_server_tls(&opts.state)?, config.tls.mtls)?;
+    let material = load_server_tls(&opts.state)?;
+    let server_cert = Arc::new(tls::ServerCert::load(&material)?);
+    let tls_config = tls::server_config_with(&material, config.tls.mtls, server_cert.clone())?;
     let listener =
         TcpListener::bind(config.listen).await.map_err(|source| DaemonError::Bind { addr: config.listen, source })?;
     let listen = listener.local_addr().map_err(|source| DaemonError::Bind { addr: config.listen, source })?;
@@ -204,6 +206,7 @@ async fn daemon(opts: Options, config: Config) -> Result<(), DaemonError> {
         audit,
         backend,
         tls: RwLock::new(Arc::new(tls_config)),
+        server_cert,
         listen,
         shutdown,
         started: Instant::now(),
@@ -395,14 +398,19 @@ fn reload(state: &AppState, opts: &Options) {
             Err(e) => log::error!("SIGHUP: {e}; keeping the running configuration"),
         }
     }
-    match load_server_tls(&state.state_dir)
-        .map_err(DaemonError::from)
-        .and_then(|m| tls::server_config(&m, state.config.tls.mtls).map_err(DaemonError::from))
-    {
-        Ok(c) => {
+    let fresh = load_server_tls(&state.state_dir).map_err(|e| e.to_string()).and_then(|m| {
+        let c =
+            tls::server_config_with(&m, state.config.tls.mtls, state.server_cert.clone()).map_err(|e| e.to_string())?;
+        let (_, now) = state.server_cert.replace(&m).map_err(|e| e.to_string())?;
+        Ok((c, now))
+    });
+    match fresh {
+        Ok((c, now)) => {
             *state.tls.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(c);
-            log::info!("reloaded the TLS certificate and CA for new connections");
-        }
+            log::info!(
+                "reloaded the TLS certificate (serial {}, expires {}) and CA for new connections",
+                now.serial,
+                now.expires
         Err(e) => log::error!("SIGHUP: {e}; keeping the running TLS settings"),
     }
     match state.store.list() {

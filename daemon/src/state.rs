@@ -192,6 +192,8 @@ pub struct AppState {
     pub backend: Arc<dyn Backend>,
     /// TLS settings for new connections; replaced on SIGHUP.
     pub tls: RwLock<Arc<rustls::ServerConfig>>,
+    /// The server certificate new handshakes get; `tls_reload` and SIGHUP swap it.
+    pub server_cert: Arc<crate::tls::ServerCert>,
     /// The bound HTTPS address.
     pub listen: SocketAddr,
     /// Set to true once shutdown begins.
@@ -272,7 +274,8 @@ pub(crate) fn test_state() -> (tempfile::TempDir, Arc<AppState>) {
     .unwrap();
     let config = Config::default();
     let material = govbox_provisioning::load_server_tls(&dir).unwrap();
-    let tls = crate::tls::server_config(&material, config.tls.mtls).unwrap();
+    let server_cert = Arc::new(crate::tls::ServerCert::load(&material).unwrap());
+    let tls = crate::tls::server_config_with(&material, config.tls.mtls, server_cert.clone()).unwrap();
     let backend: Arc<dyn Backend> = Arc::new(govbox_drivers::cpu::CpuBackend::new(1).unwrap());
     let packages = crate::packages::Packages::open(&dir).unwrap();
     let audit = crate::auditing::open(&dir, &crate::config::AuditConfig::default()).unwrap();
@@ -290,6 +293,7 @@ pub(crate) fn test_state() -> (tempfile::TempDir, Arc<AppState>) {
         audit,
         backend,
         tls: RwLock::new(Arc::new(tls)),
+        server_cert,
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         shutdown: watch::channel(false).0,
         started: Instant::now(),

@@ -6,15 +6,18 @@
 //! and nothing else; whether one is required follows `tls.mtls`. Which client a verified
 //! certificate belongs to is decided per request, by its SHA-256 fingerprint, in `auth`.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use govbox_provisioning::ServerTls;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::ServerCertVerifier;
 use rustls::crypto::{CryptoProvider, ring};
-use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 use crate::config::MtlsMode;
 
@@ -71,12 +74,102 @@ fn certs(pem: &str, what: &'static str) -> Result<Vec<CertificateDer<'static>>, 
     Ok(certs)
 }
 
-/// The server configuration for `material` and `mtls`.
-pub fn server_config(material: &ServerTls, mtls: MtlsMode) -> Result<ServerConfig, TlsSetupError> {
-    let provider = Arc::new(provider());
-    let chain = certs(&material.cert_chain_pem, "server certificate (tls/server.crt)")?;
+/// What the served certificate says about itself (`status`, `tls_reload`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ServedCert {
+    /// The serial number, lower-case hex.
+    pub serial: String,
+    /// End of validity, Unix seconds.
+    pub not_after: i64,
+    /// End of validity, RFC 3339.
+    pub expires: String,
+    /// SHA-256 of the certificate's DER, lower-case hex.
+    pub sha256: String,
+}
+
+/// The server certificate and key that new handshakes get. `tls_reload` swaps them: a handshake
+/// takes the current pair once, so connections already open keep theirs, and the listener, its
+/// settings and the TLS session cache stay as they are.
+#[derive(Debug)]
+pub struct ServerCert {
+    current: RwLock<(Arc<CertifiedKey>, ServedCert)>,
+}
+
+impl ServerCert {
+    /// The pair of `material`, checked: the key matches the certificate and the certificate chains
+    /// to the box's CA (the one in `material`) for the first name it carries.
+    pub fn load(material: &ServerTls) -> Result<Self, TlsSetupError> {
+        Ok(ServerCert { current: RwLock::new(certified(material)?) })
+    }
+
+    /// Serves `material` to new handshakes from now on; on an error the current pair stays.
+    /// Returns what was served before and what is served now.
+    pub fn replace(&self, material: &ServerTls) -> Result<(ServedCert, ServedCert), TlsSetupError> {
+        let next = certified(material)?;
+        let now = next.1.clone();
+        let old = std::mem::replace(&mut *self.current.write().unwrap_or_else(|p| p.into_inner()), next);
+        Ok((old.1, now))
+    }
+
+    /// What is being served.
+    pub fn served(&self) -> ServedCert {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).1.clone()
+    }
+}
+
+impl ResolvesServerCert for ServerCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.read().unwrap_or_else(|p| p.into_inner()).0.clone())
+    }
+}
+
+fn certified(material: &ServerTls) -> Result<(Arc<CertifiedKey>, ServedCert), TlsSetupError> {
+    let what = "server certificate (tls/server.crt)";
+    let chain = certs(&material.cert_chain_pem, what)?;
     let key = PrivateKeyDer::from_pem_slice(material.key_pem.as_bytes())
         .map_err(|e| TlsSetupError::Pem { what: "server key (tls/server.key)", reason: e.to_string() })?;
+    let provider = Arc::new(provider());
+    let ck = CertifiedKey::from_der(chain.clone(), key, &provider)
+        .map_err(|source| TlsSetupError::Rustls { what: "server certificate and key", source })?;
+    let info = govbox_provisioning::ServerCertSummary::from_der(chain[0].as_ref(), "tls/server.crt")
+        .map_err(|e| TlsSetupError::Pem { what, reason: e.to_string() })?;
+    // A certificate that does not chain to the CA the clients hold would break every one of them.
+    let mut roots = RootCertStore::empty();
+    for ca in certs(&material.ca_pem, "CA certificate (tls/ca.crt)")? {
+        roots.add(ca).map_err(|source| TlsSetupError::Rustls { what: "CA certificate", source })?;
+    }
+    let name = info.sans.first().cloned().unwrap_or_default();
+    let server_name = ServerName::try_from(name.clone()).map_err(|e| TlsSetupError::Pem {
+        what,
+        reason: format!("its first subjectAltName '{name}' is not a usable server name: {e}"),
+    })?;
+    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider).build().map_err(|e| {
+        TlsSetupError::Rustls { what: "server certificate check", source: rustls::Error::General(e.to_string()) }
+    })?;
+    verifier.verify_server_cert(&chain[0], &chain[1..], &server_name, &[], UnixTime::now()).map_err(|source| {
+        TlsSetupError::Rustls { what: "server certificate against the box's CA (tls/ca.crt)", source }
+    })?;
+    let served = ServedCert {
+        serial: info.serial.clone(),
+        not_after: info.not_after,
+        expires: info.not_after_rfc3339(),
+        sha256: info.sha256,
+    };
+    Ok((Arc::new(ck), served))
+}
+
+/// The server configuration for `material` and `mtls`, with its own certificate resolver.
+pub fn server_config(material: &ServerTls, mtls: MtlsMode) -> Result<ServerConfig, TlsSetupError> {
+    server_config_with(material, mtls, Arc::new(ServerCert::load(material)?))
+}
+
+/// The server configuration for `material`'s CA and `mtls`, serving `cert`'s current pair.
+pub fn server_config_with(
+    material: &ServerTls,
+    mtls: MtlsMode,
+    cert: Arc<ServerCert>,
+) -> Result<ServerConfig, TlsSetupError> {
+    let provider = Arc::new(provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|source| TlsSetupError::Rustls { what: "protocol versions", source })?;
@@ -95,10 +188,7 @@ pub fn server_config(material: &ServerTls, mtls: MtlsMode) -> Result<ServerConfi
             })?
         }
     };
-    let mut config = builder
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|source| TlsSetupError::Rustls { what: "server certificate and key", source })?;
+    let mut config = builder.with_client_cert_verifier(verifier).with_cert_resolver(cert);
     // HTTP/1.1 only: every OpenAI SDK speaks it, and it keeps one code path to harden.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)

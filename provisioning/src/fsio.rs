@@ -7,7 +7,7 @@
 
 use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::io::{ErrorKind, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use ring::rand::{SecureRandom, SystemRandom};
@@ -32,6 +32,19 @@ pub enum Overwrite {
 
 /// Writes `bytes` to `path` with `mode`, atomically; see the module documentation.
 pub fn write_file(path: &Path, bytes: &[u8], mode: u32, overwrite: Overwrite, what: &str) -> Result<()> {
+    write_file_owned(path, bytes, mode, overwrite, None, what)
+}
+
+/// As [`write_file`], and the new file belongs to `owner` (uid, gid) before it appears under its
+/// name: `govbox tls renew` run as root keeps the files readable by the govbox user that owns them.
+pub fn write_file_owned(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    overwrite: Overwrite,
+    owner: Option<(u32, u32)>,
+    what: &str,
+) -> Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -42,7 +55,7 @@ pub fn write_file(path: &Path, bytes: &[u8], mode: u32, overwrite: Overwrite, wh
     }
     let suffix = hex(&random_bytes::<8>("a temporary file name")?);
     let tmp = dir.join(format!(".{file_name}.{suffix}.tmp"));
-    let result = write_tmp(&tmp, bytes, mode, what).and_then(|()| publish(&tmp, path, overwrite, what));
+    let result = write_tmp(&tmp, bytes, mode, owner, what).and_then(|()| publish(&tmp, path, overwrite, what));
     // The temporary name is gone after a successful rename; after a link, or any failure, remove it.
     let _ = fs::remove_file(&tmp);
     result?;
@@ -50,7 +63,7 @@ pub fn write_file(path: &Path, bytes: &[u8], mode: u32, overwrite: Overwrite, wh
     Ok(())
 }
 
-fn write_tmp(tmp: &Path, bytes: &[u8], mode: u32, what: &str) -> Result<()> {
+fn write_tmp(tmp: &Path, bytes: &[u8], mode: u32, owner: Option<(u32, u32)>, what: &str) -> Result<()> {
     let action = format!("writing {what} to temporary file");
     let mut f = OpenOptions::new()
         .write(true)
@@ -60,6 +73,12 @@ fn write_tmp(tmp: &Path, bytes: &[u8], mode: u32, what: &str) -> Result<()> {
         .map_err(|e| ProvisionError::io(&action, tmp, e))?;
     // The umask may have cleared bits of `mode` (e.g. 0644 under umask 077); set it exactly.
     f.set_permissions(Permissions::from_mode(mode)).map_err(|e| ProvisionError::io(&action, tmp, e))?;
+    if let Some((uid, gid)) = owner {
+        let meta = f.metadata().map_err(|e| ProvisionError::io(&action, tmp, e))?;
+        if (meta.uid(), meta.gid()) != (uid, gid) {
+            std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(|e| ProvisionError::io(&action, tmp, e))?;
+        }
+    }
     f.write_all(bytes).map_err(|e| ProvisionError::io(&action, tmp, e))?;
     f.sync_all().map_err(|e| ProvisionError::io(&action, tmp, e))
 }

@@ -26,6 +26,7 @@ mod fsio;
 mod keys;
 mod paths;
 mod provision;
+mod renew;
 mod tls;
 mod trust;
 
@@ -42,5 +43,6 @@ pub use provision::{
     ProvisionOptions, ProvisionReport, PublicIdentity, ROOT_VALIDITY_DAYS, WrittenFile, describe_role,
     load_public_identity, provision,
 };
+pub use renew::{MAX_RENEW_DAYS, RenewReport, ServerCertSummary, load_server_cert, renew_server_cert, rfc3339};
 pub use tls::{CA_VALIDITY_DAYS, CertInfo, IssuedCert, SERVER_VALIDITY_DAYS, ServerName, ServerTls, load_server_tls};
 pub use trust::{Role, RoleKeys, RootSignature, ThresholdSpec, TrustKeySpec, TrustRoot};

@@ -30,7 +30,7 @@ pub const SERVER_VALIDITY_DAYS: i64 = 10 * 365;
 /// the box's does not reject a certificate that was just issued.
 const BACKDATE: Duration = Duration::hours(1);
 /// Certificate and TLS key PEM files are a few kilobytes.
-const PEM_FILE_LIMIT: u64 = 64 * 1024;
+pub(crate) const PEM_FILE_LIMIT: u64 = 64 * 1024;
 
 /// A name the server certificate is valid for: an IP address or a DNS name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -79,7 +79,7 @@ impl fmt::Display for ServerName {
 }
 
 impl ServerName {
-    fn to_san(&self) -> Result<SanType> {
+    pub(crate) fn to_san(&self) -> Result<SanType> {
         Ok(match self {
             ServerName::Ip(ip) => SanType::IpAddress(*ip),
             ServerName::Dns(d) => SanType::DnsName(d.as_str().try_into().map_err(|e: rcgen::Error| {
@@ -277,7 +277,7 @@ impl BoxCa {
         self.issue_leaf(params, now, not_after, &what)
     }
 
-    fn issue_leaf(
+    pub(crate) fn issue_leaf(
         &self,
         mut params: CertificateParams,
         now: OffsetDateTime,
@@ -297,7 +297,7 @@ impl BoxCa {
         Ok(IssuedCert { cert_pem: cert.pem(), key_pem: key.serialize_pem(), info })
     }
 
-    fn not_after(&self) -> Result<OffsetDateTime> {
+    pub(crate) fn not_after(&self) -> Result<OffsetDateTime> {
         OffsetDateTime::from_unix_timestamp(self.info.not_after).map_err(|e| ProvisionError::InvalidCertificate {
             origin: "the box's CA".to_string(),
             reason: format!("notAfter is out of range: {e}"),
@@ -305,7 +305,7 @@ impl BoxCa {
     }
 }
 
-fn dn(common_name: &str) -> DistinguishedName {
+pub(crate) fn dn(common_name: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "govbox appliance");
     dn.push(DnType::CommonName, common_name);

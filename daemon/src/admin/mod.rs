@@ -18,6 +18,7 @@
 //! {"cmd":"client_revoke","name":"hr-portal"}
 //! {"cmd":"client_renew","name":"hr-portal","cert_days":365}
 //! {"cmd":"attest","nonce":"<16 to 64 bytes, hex>"}
+//! {"cmd":"tls_reload"}
 //! ```
 //!
 //! Answers:
@@ -30,11 +31,16 @@
 //! - `status` gives `version`, `uptime_secs`, `ready`, `shutting_down`, `listen`,
 //!   `configured_models`, `models` (`name`, `kind`, `format`, `path` of each loaded model),
 //!   `backend` (`kind`, `name`, `threads`, `simulated`, `memory_used`, `memory_total`),
-//!   `active_generations`, `queued_requests` and `open_connections`.
+//!   `active_generations`, `queued_requests`, `open_connections` and `tls_certificate` (the served
+//!   server certificate: `serial`, `not_after`, `expires`, `sha256`).
 //! - `client_add` and `client_renew` give `client` (the stored record), `cert_pem`, `key_pem`,
 //!   `ca_pem` and `token` (the bearer token, only from `client_add` with `"token":true`, else
 //!   null). These secrets exist only in this answer: the CLI writes them to files.
 //! - `client_list` gives `clients`, the stored records; `client_revoke` gives `client`.
+//! - `tls_reload` serves the certificate and key now in `STATE/tls/` to new handshakes (open
+//!   connections keep theirs) and gives `old` and `new` (`serial`, `not_after`, `expires`,
+//!   `sha256`); the swap is an audit entry. A pair that does not match, or a certificate that does
+//!   not chain to the box's CA, is refused (`tls_invalid`) and the old one stays.
 //! - `attest` gives a signed `govbox-attestation/1` report (see `govbox-attestation`), after
 //!   recording the request in the audit log.
 //!

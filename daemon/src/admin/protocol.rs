@@ -110,7 +110,10 @@ pub enum AdminRequest {
         /// 16 to 64 bytes, hex.
         nonce: String,
     },
-    /// Record one step of `govbox update apply` (run as root beside the daemon) in the audit log.
+    /// Serve the server certificate and key now in `tls/` to new handshakes (after `govbox tls
+    /// renew`); open connections and the listener are not touched.
+    TlsReload,
+    /// Record one step of `govbox update apply` (run as root beside the daemon) in the audit log. (run as root beside the daemon) in the audit log.
     UpdateEvent {
         /// The step, e.g. `staged`, `switched`, `committed`, `reverted`.
         step: String,
@@ -139,6 +142,7 @@ impl AdminRequest {
             AdminRequest::AuditPrune { .. } => "audit_prune",
             AdminRequest::Attest { .. } => "attest",
             AdminRequest::UpdateEvent { .. } => "update_event",
+            AdminRequest::TlsReload => "tls_reload",
         }
     }
 
@@ -280,6 +284,20 @@ pub fn execute(state: &Arc<AppState>, req: AdminRequest, uid: &str) -> Result<Va
             Ok(json!({"hmac": state.audit.hmac(text.as_bytes())}))
         }
         AdminRequest::Attest { nonce } => super::attest::attest(state, &nonce),
+        AdminRequest::TlsReload => {
+            let material = govbox_provisioning::load_server_tls(&state.state_dir)?;
+            let (old, new) = state.server_cert.replace(&material).map_err(|e| AdminFailure {
+                code: "tls_invalid",
+                message: format!("{e}; govboxd keeps serving the previous certificate"),
+            })?;
+            log::info!(
+                "tls_reload: new connections get the server certificate serial {} (expires {}); it was serial {}",
+                new.serial,
+                new.expires,
+                old.serial
+            );
+            Ok(json!({"old": old, "new": new}))
+        }
         AdminRequest::UpdateEvent { step, detail } => {
             // The entry names who reported the step: any member of the admin group may.
             let detail = format!("{detail} [admin-socket uid {uid}]");
@@ -330,5 +348,6 @@ fn status(state: &AppState) -> Value {
         "active_generations": state.metrics.active.get(),
         "queued_requests": state.metrics.queued.get(),
         "open_connections": state.metrics.connections.get(),
+        "tls_certificate": state.server_cert.served(),
     })
 }
