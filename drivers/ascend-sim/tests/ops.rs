@@ -461,3 +461,48 @@ fn every_op_asks_for_a_non_zero_workspace() {
         assert!(ws >= 512);
     }
 }
+
+#[test]
+fn matmul_with_one_dimensional_operands() {
+    init();
+    let v = upload(&[1.0f32, 2.0]);
+    let m = upload(&[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]); // [2,3]
+    let o3 = zeros::<f32>(3);
+    let (tv, tm, to3) = (tensor(&v, &[2]), tensor(&m, &[2, 3]), tensor(&o3, &[3]));
+    // [2] @ [2,3] -> [3]
+    assert_eq!(run!(aclnnMatmul, aclnnMatmulGetWorkspaceSize(tv, tm, to3, 0)), 0, "{}", msg());
+    assert_eq!(download::<f32>(&o3), vec![9.0, 12.0, 15.0]);
+    // [3,2] (m transposed) @ [2] -> [3]
+    let tmt = view(&m, &[3, 2], &[1, 3], 0);
+    assert_eq!(run!(aclnnMatmul, aclnnMatmulGetWorkspaceSize(tmt, tv, to3, 0)), 0, "{}", msg());
+    assert_eq!(download::<f32>(&o3), vec![9.0, 12.0, 15.0]);
+    // A wrong output shape is refused.
+    let to_bad = tensor(&o3, &[1, 3]);
+    let mut ws = 0u64;
+    let mut ex = std::ptr::null_mut();
+    // SAFETY: live handles; writable outputs.
+    let r = unsafe { aclnnMatmulGetWorkspaceSize(tv, tm, to_bad, 0, &mut ws, &mut ex) };
+    assert_eq!(r, codes::ACLNN_ERR_PARAM_INVALID);
+    assert!(msg().contains("out is [1,3] but must be [3]"));
+}
+
+#[test]
+fn rope_on_a_partial_strided_view_leaves_the_rest() {
+    init();
+    // Two heads of 4; only the first 2 values of each head rotate (half mode, D = 2).
+    let x = upload(&[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]);
+    let o = upload(&[0.0f32, 0.0, -1.0, -1.0, 0.0, 0.0, -1.0, -1.0]);
+    let c = upload(&[0.0f32, 0.0]);
+    let s = upload(&[1.0f32, 1.0]);
+    let tx = view(&x, &[1, 2, 2], &[8, 4, 1], 0);
+    let to = view(&o, &[1, 2, 2], &[8, 4, 1], 0);
+    let (tc, ts) = (tensor(&c, &[1, 1, 2]), tensor(&s, &[1, 1, 2]));
+    assert_eq!(
+        run!(aclnnRotaryPositionEmbedding, aclnnRotaryPositionEmbeddingGetWorkspaceSize(tx, tc, ts, 0, to)),
+        0,
+        "{}",
+        msg()
+    );
+    // cos 0, sin 1: [a, b] -> [-b, a]
+    assert_eq!(download::<f32>(&o), vec![-2.0, 1.0, -1.0, -1.0, -6.0, 5.0, -1.0, -1.0]);
+}
