@@ -26,6 +26,10 @@ pub struct ModelArgs {
     /// Tokens the KV cache holds.
     #[arg(long, default_value_t = 4096)]
     kv_tokens: usize,
+    /// Device to run on: auto (Ascend, then CUDA, then the CPU), cpu, cuda:N or ascend:N. A
+    /// named accelerator that cannot be opened is an error, never a silent fall-back.
+    #[arg(long, default_value = "auto", env = "GOVBOX_DEVICE")]
+    device: govbox_drivers::DeviceSpec,
 }
 
 #[derive(Subcommand, Debug)]
@@ -117,7 +121,13 @@ pub enum ModelCommand {
 }
 
 fn load(m: &ModelArgs) -> Result<(Arc<Engine>, Arc<dyn Backend>)> {
-    let backend: Arc<dyn Backend> = Arc::new(CpuBackend::new(m.threads)?);
+    let backend: Arc<dyn Backend> = if m.device == govbox_drivers::DeviceSpec::Cpu {
+        Arc::new(CpuBackend::new(m.threads)?)
+    } else {
+        govbox_drivers::device::open(m.device, m.threads)
+            .with_context(|| format!("opening device {} (--device)", m.device))?
+            .backend
+    };
     let opts = EngineOptions { kv_tokens: m.kv_tokens };
     let engine =
         Engine::load(&m.model, backend.clone(), &opts).with_context(|| format!("loading {}", m.model.display()))?;
@@ -284,8 +294,14 @@ fn bench(m: &ModelArgs, pp: usize, tg: usize, reps: usize) -> Result<()> {
         }
         results.insert("tg".into(), rate(tg, &times));
     }
-    results.insert("threads".into(), backend.info().threads.into());
+    let info = backend.info();
+    results.insert("device".into(), govbox_drivers::device::kind_name(info.kind).into());
+    results.insert("device_name".into(), info.name.into());
+    results.insert("threads".into(), info.threads.into());
     results.insert("simd".into(), backend.caps().simd.into());
+    if !info.notes.is_empty() {
+        results.insert("notes".into(), info.notes.into());
+    }
     results.insert("model".into(), m.model.display().to_string().into());
     println!("{}", serde_json::Value::Object(results));
     Ok(())
