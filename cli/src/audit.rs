@@ -54,6 +54,15 @@ pub enum AuditCommand {
         #[arg(long)]
         stdin: bool,
     },
+    /// Show a request's stored prompt and response ([retention] store_content; through govboxd
+    /// only, and each read is recorded in the audit log).
+    Content {
+        /// The request id (the x-request-id header, `req-` and 16 hex digits).
+        request_id: String,
+        /// Print govboxd's answer as JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove old entries: by default those past `audit.retention_days` that an export already
     /// holds (govboxd also does this hourly). Leaf hashes and signed heads are always kept.
     Prune {
@@ -129,6 +138,9 @@ pub fn run(state: Option<&Path>, socket: &Path, cmd: AuditCommand) -> Result<Exi
     if let AuditCommand::Verify(args) = cmd {
         return verify(&args);
     }
+    if let AuditCommand::Content { request_id, json } = &cmd {
+        return content(socket, request_id, *json);
+    }
     if let AuditCommand::Export(args) = &cmd
         && args.output.symlink_metadata().is_ok()
         && !args.force
@@ -152,6 +164,38 @@ pub fn run(state: Option<&Path>, socket: &Path, cmd: AuditCommand) -> Result<Exi
             }
         }),
     }?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `govbox audit content`: only govboxd holds the content key's store open and records the read.
+fn content(socket: &Path, request_id: &str, as_json: bool) -> Result<ExitCode> {
+    let mut conn = AdminClient::connect(socket)
+        .map_err(|e| anyhow!("{e}; stored content is read only through a running govboxd, which records every read"))?;
+    let v = conn.request(&json!({"cmd": "content_read", "request_id": request_id}))?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("request  {request_id}  (this read is recorded in the audit log)");
+    for kind in ["prompt", "response"] {
+        let p = &v[kind];
+        if p.is_null() {
+            println!("--- {kind}: not stored");
+            continue;
+        }
+        let check = if p["hmac_matches"].as_bool() == Some(true) {
+            "matches the audit log's HMAC"
+        } else {
+            "DOES NOT match the audit log's HMAC"
+        };
+        let cut = if p["truncated"].as_bool() == Some(true) { ", truncated" } else { "" };
+        println!("--- {kind} (stored {}, {check}{cut})", p["stored"].as_str().unwrap_or("?"));
+        match (p["text"].as_str(), p["base64"].as_str()) {
+            (Some(t), _) => println!("{t}"),
+            (None, Some(b)) => println!("(not UTF-8; base64) {b}"),
+            _ => println!("(empty)"),
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -276,7 +320,7 @@ fn print_entries(entries: &[Value], json: bool) {
 fn online(mut conn: AdminClient, cmd: AuditCommand) -> Result<()> {
     let bad = |conn: &AdminClient, reason: String| AdminError::BadAnswer { path: conn.path().to_path_buf(), reason };
     match cmd {
-        AuditCommand::Verify(_) => unreachable!("verify is offline"),
+        AuditCommand::Verify(_) | AuditCommand::Content { .. } => unreachable!("verify and content are handled in run"),
         AuditCommand::Export(args) => {
             let range = range_of(&args)?;
             let answer = conn.request(&json!({
@@ -317,7 +361,7 @@ fn online(mut conn: AdminClient, cmd: AuditCommand) -> Result<()> {
 fn offline(state: &Path, cmd: AuditCommand) -> Result<()> {
     let paths = StatePaths::new(state);
     match cmd {
-        AuditCommand::Verify(_) => unreachable!("verify is offline"),
+        AuditCommand::Verify(_) | AuditCommand::Content { .. } => unreachable!("verify and content are handled in run"),
         AuditCommand::Export(args) => {
             let range = range_of(&args)?;
             let log = AuditLog::open_state(&paths, AuditOptions::default())?;

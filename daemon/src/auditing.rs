@@ -124,6 +124,8 @@ pub struct OpenRequest {
     pub client: String,
     /// The model name.
     pub model: String,
+    /// Where the response is kept, sealed, when `retention.store_content` is on.
+    pub content: Option<crate::content::ContentStore>,
 }
 
 impl OpenRequest {

@@ -79,6 +79,8 @@ pub struct Config {
     pub verify_payload_on_start: bool,
     /// The audit log.
     pub audit: AuditConfig,
+    /// Optional encrypted retention of request content.
+    pub retention: RetentionConfig,
     /// Unsigned model folders, served only under `--insecure-dev-models` (development).
     pub models: Vec<ModelEntry>,
 }
@@ -93,6 +95,23 @@ pub struct AuditConfig {
     pub checkpoint_interval_secs: u64,
     /// Days that entries are kept (exported entries only, unless a prune is forced).
     pub retention_days: u32,
+}
+
+/// `[retention]`: optional encrypted retention of prompts and responses (see `crate::content`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Keep each request's prompt and response, AES-256-GCM sealed under the device's content key.
+    pub store_content: bool,
+    /// Days that stored content is kept.
+    pub content_days: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        // Off: content is kept only where a policy asks for it, and then for 30 days.
+        RetentionConfig { store_content: false, content_days: 30 }
+    }
 }
 
 impl Default for AuditConfig {
@@ -127,6 +146,7 @@ impl Default for Config {
             // Re-hash at start: a changed byte on disk is found before it is served.
             verify_payload_on_start: true,
             audit: AuditConfig::default(),
+            retention: RetentionConfig::default(),
             // No model until one is configured: the daemon still serves /healthz and the admin socket.
             models: Vec::new(),
         }
@@ -315,6 +335,7 @@ impl Config {
             ("audit.checkpoint_every", self.audit.checkpoint_every),
             ("audit.checkpoint_interval_secs", self.audit.checkpoint_interval_secs),
             ("audit.retention_days", u64::from(self.audit.retention_days)),
+            ("retention.content_days", u64::from(self.retention.content_days)),
         ] {
             if v == 0 {
                 return invalid(key, "must be at least 1");

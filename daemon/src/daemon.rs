@@ -105,6 +105,9 @@ pub enum DaemonError {
     /// The audit log could not be opened: govboxd does not serve without it.
     #[error("opening the audit log: {0}")]
     Audit(#[from] govbox_audit::AuditError),
+    /// The encrypted content store (`[retention]`) could not be opened.
+    #[error(transparent)]
+    Content(#[from] crate::content::ContentError),
     /// The model store could not be opened.
     #[error("opening the model store: {0}")]
     Packages(#[from] crate::packages::ServeError),
@@ -185,6 +188,18 @@ async fn daemon(opts: Options, config: Config) -> Result<(), DaemonError> {
     let packages = Packages::open(&opts.state)?;
     let audit = auditing::open(&opts.state, &config.audit)?;
     let quotas = Quotas::open(&StatePaths::new(&opts.state).state_dir().join("quota"))?;
+    let content = crate::content::ContentStore::open(&opts.state, config.retention.store_content)?;
+    if content.is_some() {
+        log::info!(
+            "content retention: {} (kept {} days, sealed under identity/content.key)",
+            if config.retention.store_content {
+                "storing prompts and responses"
+            } else {
+                "off; expiring earlier records"
+            },
+            config.retention.content_days
+        );
+    }
     let material = load_server_tls(&opts.state)?;
     let server_cert = Arc::new(tls::ServerCert::load(&material)?);
     let tls_config = tls::server_config_with(&material, config.tls.mtls, server_cert.clone())?;
@@ -207,6 +222,7 @@ async fn daemon(opts: Options, config: Config) -> Result<(), DaemonError> {
         backend,
         tls: RwLock::new(Arc::new(tls_config)),
         server_cert,
+        content,
         listen,
         shutdown,
         started: Instant::now(),
@@ -367,6 +383,15 @@ async fn retention(state: Arc<AppState>) {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => log::error!("audit retention: {e}"),
             Err(e) => log::error!("audit retention task: {e}"),
+        }
+        if let Some(content) = state.content.clone() {
+            let days = state.config.retention.content_days;
+            match tokio::task::spawn_blocking(move || content.prune_expired(days)).await {
+                Ok(Ok(n)) if n > 0 => log::info!("content retention: deleted {n} records older than {days} days"),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => log::error!("{e}"),
+                Err(e) => log::error!("content retention task: {e}"),
+            }
         }
     }
 }

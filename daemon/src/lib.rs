@@ -27,6 +27,7 @@ pub mod auditing;
 pub mod auth;
 pub mod bridge;
 pub mod config;
+pub mod content;
 pub mod daemon;
 pub mod logging;
 pub mod metrics;

@@ -194,6 +194,9 @@ pub struct AppState {
     pub tls: RwLock<Arc<rustls::ServerConfig>>,
     /// The server certificate new handshakes get; `tls_reload` and SIGHUP swap it.
     pub server_cert: Arc<crate::tls::ServerCert>,
+    /// The encrypted content store: open when `retention.store_content` is on or content was
+    /// stored before.
+    pub content: Option<crate::content::ContentStore>,
     /// The bound HTTPS address.
     pub listen: SocketAddr,
     /// Set to true once shutdown begins.
@@ -294,6 +297,7 @@ pub(crate) fn test_state() -> (tempfile::TempDir, Arc<AppState>) {
         backend,
         tls: RwLock::new(Arc::new(tls)),
         server_cert,
+        content: None,
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         shutdown: watch::channel(false).0,
         started: Instant::now(),

@@ -19,6 +19,7 @@
 //! {"cmd":"client_renew","name":"hr-portal","cert_days":365}
 //! {"cmd":"attest","nonce":"<16 to 64 bytes, hex>"}
 //! {"cmd":"tls_reload"}
+//! {"cmd":"content_read","request_id":"req-0123456789abcdef"}
 //! ```
 //!
 //! Answers:
@@ -41,6 +42,10 @@
 //!   connections keep theirs) and gives `old` and `new` (`serial`, `not_after`, `expires`,
 //!   `sha256`); the swap is an audit entry. A pair that does not match, or a certificate that does
 //!   not chain to the box's CA, is refused (`tls_invalid`) and the old one stays.
+//! - `content_read` records the read in the audit log (who, which request id) and then gives the
+//!   request's stored `prompt` and `response` (`text`, or `base64` when not UTF-8, `audit_hmac`,
+//!   `hmac_matches`, `truncated`, `stored`; null when absent); `content_not_stored` when retention
+//!   never stored anything, `content_not_found` for an unknown or expired id.
 //! - `attest` gives a signed `govbox-attestation/1` report (see `govbox-attestation`), after
 //!   recording the request in the audit log.
 //!

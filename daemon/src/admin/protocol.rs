@@ -113,7 +113,13 @@ pub enum AdminRequest {
     /// Serve the server certificate and key now in `tls/` to new handshakes (after `govbox tls
     /// renew`); open connections and the listener are not touched.
     TlsReload,
-    /// Record one step of `govbox update apply` (run as root beside the daemon) in the audit log. (run as root beside the daemon) in the audit log.
+    /// The stored prompt and response of a request (`[retention] store_content`); the read is
+    /// recorded in the audit log first, and fails if it cannot be.
+    ContentRead {
+        /// The request id (`req-` and 16 hex digits, as in `x-request-id`).
+        request_id: String,
+    },
+    /// Record one step of `govbox update apply` (run as root beside the daemon) in the audit log. (run as root beside the daemon) in the audit log. (run as root beside the daemon) in the audit log.
     UpdateEvent {
         /// The step, e.g. `staged`, `switched`, `committed`, `reverted`.
         step: String,
@@ -143,6 +149,7 @@ impl AdminRequest {
             AdminRequest::Attest { .. } => "attest",
             AdminRequest::UpdateEvent { .. } => "update_event",
             AdminRequest::TlsReload => "tls_reload",
+            AdminRequest::ContentRead { .. } => "content_read",
         }
     }
 
@@ -284,6 +291,7 @@ pub fn execute(state: &Arc<AppState>, req: AdminRequest, uid: &str) -> Result<Va
             Ok(json!({"hmac": state.audit.hmac(text.as_bytes())}))
         }
         AdminRequest::Attest { nonce } => super::attest::attest(state, &nonce),
+        AdminRequest::ContentRead { request_id } => content_read(state, &request_id, uid),
         AdminRequest::TlsReload => {
             let material = govbox_provisioning::load_server_tls(&state.state_dir)?;
             let (old, new) = state.server_cert.replace(&material).map_err(|e| AdminFailure {
@@ -306,6 +314,66 @@ pub fn execute(state: &Arc<AppState>, req: AdminRequest, uid: &str) -> Result<Va
             Ok(json!({"recorded": true}))
         }
     }
+}
+
+/// `content_read`: audit the read, then open the request's sealed prompt and response.
+fn content_read(state: &AppState, request_id: &str, uid: &str) -> Result<Value, AdminFailure> {
+    use crate::content::{ContentError, Kind, is_request_id};
+    if !is_request_id(request_id) {
+        return Err(AdminFailure {
+            code: "invalid_request",
+            message: "request_id must be 'req-' and 16 lower-case hex digits, as in the x-request-id header".into(),
+        });
+    }
+    // Recorded before anything is decrypted: a read that cannot be audited does not happen.
+    state.audit.append_blocking(Event::Admin {
+        actor: format!("admin-socket uid {uid}"),
+        action: "content_read".into(),
+        subject: request_id.to_string(),
+    })?;
+    state.metrics.audit_entries.inc();
+    let Some(store) = &state.content else {
+        return Err(AdminFailure {
+            code: "content_not_stored",
+            message: "this box stores no content ([retention] store_content = false, and nothing was stored \
+                      before)"
+                .into(),
+        });
+    };
+    let fail = |e: ContentError| AdminFailure { code: "content_unreadable", message: e.to_string() };
+    let prompt = store.get(request_id, Kind::Prompt).map_err(fail)?;
+    let response = store.get(request_id, Kind::Response).map_err(fail)?;
+    if prompt.is_none() && response.is_none() {
+        return Err(AdminFailure {
+            code: "content_not_found",
+            message: format!(
+                "no stored content for {request_id}: it was made while store_content was off, is older than \
+                 content_days ({}), or the id is unknown",
+                state.config.retention.content_days
+            ),
+        });
+    }
+    let part = |o: Option<crate::content::Opened>| match o {
+        None => Value::Null,
+        Some(o) => {
+            let matches = state.audit.hmac(&o.plaintext) == o.hash;
+            let (text, b64) = match String::from_utf8(o.plaintext) {
+                Ok(t) => (Some(t), None),
+                Err(e) => (None, Some(base64::engine::general_purpose::STANDARD.encode(e.into_bytes()))),
+            };
+            json!({
+                "text": text,
+                "base64": b64,
+                "audit_hmac": o.hash,
+                "hmac_matches": matches,
+                "truncated": o.truncated,
+                "stored": govbox_audit::format_time(
+                    time::OffsetDateTime::from_unix_timestamp(o.created).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+                ),
+            })
+        }
+    };
+    Ok(json!({"request_id": request_id, "prompt": part(prompt), "response": part(response)}))
 }
 
 fn status(state: &AppState) -> Value {

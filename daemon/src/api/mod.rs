@@ -186,12 +186,22 @@ pub async fn audit_request(
     model: &LoadedModel,
     prompt: &[u8],
 ) -> Result<(), ApiError> {
+    let prompt_hmac = state.audit.hmac(prompt);
+    // Retention on: the sealed prompt is stored before its audit entry, and removed again if the
+    // entry cannot be written, so that every stored prompt has its entry.
+    let content = if state.config.retention.store_content { state.content.clone() } else { None };
+    if let Some(store) = &content
+        && let Err(e) = store.put(&record.id, crate::content::Kind::Prompt, &prompt_hmac, prompt, false)
+    {
+        log::error!("request {}: storing the sealed prompt failed, refusing with 503: {e}", record.id);
+        return Err(ApiError::AuditUnavailable);
+    }
     let event = govbox_audit::Event::InferenceRequest {
         request_id: record.id.clone(),
         client: client.to_string(),
         model: model.name.clone(),
         model_digest: model.source.digest().trim_start_matches("sha256-").to_string(),
-        prompt_hmac: state.audit.hmac(prompt),
+        prompt_hmac,
         endpoint: record.endpoint.to_string(),
     };
     match state.audit.append(event).await {
@@ -202,10 +212,14 @@ pub async fn audit_request(
                 request_id: record.id.clone(),
                 client: client.to_string(),
                 model: model.name.clone(),
+                content,
             });
             Ok(())
         }
         Err(e) => {
+            if let Some(store) = &content {
+                store.remove(&record.id, crate::content::Kind::Prompt);
+            }
             state.metrics.audit_failures.inc();
             log::error!("audit: request {}: the request entry failed, refusing with 503: {e}", record.id);
             Err(ApiError::AuditUnavailable)

@@ -169,6 +169,70 @@ type Append = Pin<Box<dyn Future<Output = govbox_audit::Result<u64>> + Send>>;
 struct Owed {
     open: OpenRequest,
     hmac: HmacStream,
+    /// The response bytes sent so far, when retention keeps content.
+    kept: Option<Vec<u8>>,
+    /// Whether `kept` stopped at [`crate::content::MAX_KEPT_RESPONSE`].
+    truncated: bool,
+}
+
+impl Owed {
+    fn new(open: OpenRequest) -> Self {
+        let kept = open.content.as_ref().map(|_| Vec::new());
+        Owed { hmac: open.response_hmac(), open, kept, truncated: false }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        self.hmac.update(data);
+        if let Some(buf) = &mut self.kept {
+            let room = crate::content::MAX_KEPT_RESPONSE.saturating_sub(buf.len());
+            if data.len() > room {
+                self.truncated = true;
+            }
+            buf.extend_from_slice(&data[..data.len().min(room)]);
+        }
+    }
+
+    /// The response hash, and what to seal under it once the completion entry is durable.
+    fn finish(mut self) -> (String, OpenRequest, Option<KeptResponse>) {
+        let hash = self.hmac.finish();
+        let kept = match (self.open.content.clone(), self.kept.take()) {
+            (Some(store), Some(bytes)) => Some(KeptResponse {
+                store,
+                request_id: self.open.request_id.clone(),
+                hash: hash.clone(),
+                bytes,
+                truncated: self.truncated,
+            }),
+            _ => None,
+        };
+        (hash, self.open, kept)
+    }
+}
+
+/// A response to seal into the content store.
+struct KeptResponse {
+    store: crate::content::ContentStore,
+    request_id: String,
+    hash: String,
+    bytes: Vec<u8>,
+    truncated: bool,
+}
+
+impl KeptResponse {
+    /// Seals and stores it off the async workers (the store flushes to disk). Failures are logged
+    /// by request id only: the answer is already with the client.
+    async fn store(self) {
+        let id = self.request_id.clone();
+        let job = move || {
+            let k = self;
+            k.store.put(&k.request_id, crate::content::Kind::Response, &k.hash, &k.bytes, k.truncated)
+        };
+        match tokio::task::spawn_blocking(job).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => log::error!("request {id}: storing the sealed response failed: {e}"),
+            Err(e) => log::error!("request {id}: the content task failed: {e}"),
+        }
+    }
 }
 
 /// A response body that keeps the request's record alive until the body ends or is dropped, and
@@ -187,7 +251,7 @@ pub struct TrackedBody {
 impl TrackedBody {
     /// Wraps `inner`; `sse` says whether it is an event stream.
     pub fn new(inner: Body, record: Arc<RequestRecord>, sse: bool) -> Self {
-        let owed = record.take_audit().map(|open| Owed { hmac: open.response_hmac(), open });
+        let owed = record.take_audit().map(Owed::new);
         TrackedBody { inner, record: Some(record), owed, appending: None, sse, ended: false }
     }
 
@@ -196,9 +260,17 @@ impl TrackedBody {
         let (Some(owed), Some(rec)) = (self.owed.take(), &self.record) else {
             return false;
         };
-        let event = rec.completion(&owed.open, owed.hmac.finish(), false);
-        let log = owed.open.log.clone();
-        self.appending = Some((Box::pin(async move { log.append(event).await }), last));
+        let (hash, open, kept) = owed.finish();
+        let event = rec.completion(&open, hash, false);
+        let log = open.log.clone();
+        let append = async move {
+            let r = log.append(event).await;
+            if let (Ok(_), Some(k)) = (&r, kept) {
+                k.store().await;
+            }
+            r
+        };
+        self.appending = Some((Box::pin(append), last));
         true
     }
 
@@ -262,7 +334,7 @@ impl http_body::Body for TrackedBody {
             match std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
                 Some(Ok(frame)) => {
                     if let (Some(owed), Some(d)) = (&mut self.owed, frame.data_ref()) {
-                        owed.hmac.update(d);
+                        owed.update(d);
                     }
                     if self.owed.is_some() && self.inner.is_end_stream() {
                         self.start_append(Some(frame));
@@ -297,10 +369,17 @@ impl Drop for TrackedBody {
         if let (Some(owed), Some(rec)) = (self.owed.take(), &self.record)
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
-            let event = rec.completion(&owed.open, owed.hmac.finish(), true);
-            let log = owed.open.log.clone();
+            let (hash, open, kept) = owed.finish();
+            let event = rec.completion(&open, hash, true);
+            let log = open.log.clone();
             let metrics = rec.metrics.clone();
-            rt.spawn(async move { crate::auditing::record(&log, &metrics, event).await });
+            rt.spawn(async move {
+                crate::auditing::record(&log, &metrics, event).await;
+                // What the client received before it went away.
+                if let Some(k) = kept {
+                    k.store().await;
+                }
+            });
         }
     }
 }
