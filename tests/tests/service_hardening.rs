@@ -169,3 +169,15 @@ fn systemd_analyze_verify_accepts_the_unit() {
     // Unknown keys and bad values are only warnings (exit 0): any output is a failure.
     assert!(o.status.success() && err.trim().is_empty(), "systemd-analyze verify:\n{err}");
 }
+
+#[test]
+fn debian_drop_in_changes_only_paths() {
+    // The .deb's drop-in may move the binaries and clear the A/B hooks, but never loosen the sandbox.
+    let text = fs::read_to_string(repo().join("dist/debian/govboxd.service.d/debian.conf")).unwrap();
+    let allowed = ["Documentation", "ExecStart", "ExecStartPre", "ExecStartPost", "ReadOnlyPaths"];
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with('[')) {
+        let key = line.split_once('=').map_or(line, |(k, _)| k.trim());
+        assert!(allowed.contains(&key), "debian.conf sets {key}: only {allowed:?} may differ from the unit");
+    }
+    assert!(text.contains("\nExecStart=/usr/sbin/govboxd --state /var/lib/govbox --config /etc/govbox/govbox.toml\n"));
+}
