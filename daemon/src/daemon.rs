@@ -436,6 +436,8 @@ fn reload(state: &AppState, opts: &Options) {
                 "reloaded the TLS certificate (serial {}, expires {}) and CA for new connections",
                 now.serial,
                 now.expires
+            );
+        }
         Err(e) => log::error!("SIGHUP: {e}; keeping the running TLS settings"),
     }
     match state.store.list() {
