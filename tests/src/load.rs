@@ -338,7 +338,7 @@ pub async fn soak(t: &Target, workers: usize, secs: u64, warmup: Duration, pid: 
                             r.request_ids.extend(a.request_id);
                         } else if a.status == 503 || a.status == 429 {
                             // Admission said no: back off a little, as a client should.
-                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            tokio::time::sleep(Duration::from_millis(250)).await;
                         }
                     }
                     Err(e) => {

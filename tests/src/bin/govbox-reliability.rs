@@ -125,8 +125,11 @@ async fn campaign(args: &Args) -> Result<bool, String> {
     let t = Target::of(&b)?;
     let ca = std::fs::read_to_string(b.certs.join("ca.crt")).map_err(|e| e.to_string())?;
 
+    // A keep-alive connection left quiet for header_timeout_secs is closed by the daemon (hyper's
+    // header read timeout also runs while it waits for the next request), so each held
+    // connection sends a request every half header timeout.
     eprintln!("== holding {} TLS connections for {} s", args.connections, args.hold_secs);
-    let hold = load::hold(&t, args.connections, args.hold_secs, Duration::from_secs(10)).await;
+    let hold = load::hold(&t, args.connections, args.hold_secs, Duration::from_millis(HEADER_TIMEOUT * 500)).await;
     eprintln!("   {hold:?}");
 
     eprintln!("== soak: {} clients, mixed chat/stream/embeddings, {} s", args.workers, args.soak_secs);
