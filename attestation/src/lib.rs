@@ -41,7 +41,10 @@
 //!     "backend": { "kind": "cpu", "name": "...", "simulated": false },
 //!     "insecure_dev_models": false,
 //!     "tpm": null,
-//!     "tpm_status": "<why there is no quote, or \"quoted\">"
+//!     "tpm_status": "<why there is no quote, or \"quoted\">",
+//!     "egress": { "mechanism": "landlock | seccomp | off", "abi": 7,
+//!                 "connect": "denied | allowed", "bind_ports": [8443],
+//!                 "other_inet": "denied | allowed" }
 //!   },
 //!   "keyid": "<the device key id again>",
 //!   "signature": "<Ed25519 signature, 128 lower-case hex digits>"
@@ -64,6 +67,18 @@
 //! Checking a quote is pure Rust and in every build (`tpm-signature`, `tpm-attest`, `tpm-nonce`,
 //! `tpm-pcr-digest`, `tpm-measurements`). The attestation key has no EK certificate chain: it is
 //! only as trustworthy as the report signature that carries it (see [`tpm`]).
+//!
+//! `egress` (absent in reports of a govboxd that predates it; the signature covers it like every
+//! other field) states what the running govboxd can no longer do on the network, as set up at its
+//! start (`[sandbox] egress`): `mechanism` is `landlock` (a Landlock ruleset, `abi` being the
+//! kernel's Landlock ABI version, plus a seccomp filter for non-TCP internet sockets), `seccomp`
+//! (a seccomp filter refusing every new `AF_INET`/`AF_INET6` socket; `abi` null) or `off`;
+//! `connect` says whether outbound TCP connections are `denied`; `bind_ports` lists the only TCP
+//! ports it may bind (null: any); `other_inet` covers UDP, raw and other internet sockets. The
+//! verifier's `egress` check fails for a report whose box may open connections (unless
+//! `--allow-egress`) and skips a report without the field. The kernel refuses blocked calls
+//! silently with an error code to the caller: the report states what is refused, and govbox does
+//! not claim to see, count or audit attempts.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -77,5 +92,8 @@ mod verify;
 pub use digest::{Nonce, sha256_bytes, sha256_file, to_hex};
 pub use error::AttestError;
 pub use measure::{BOOT_ID_PATH, Measurements, MeasurementsBuilder, ModelMeasurement, NO_CONFIG, SELF_EXE};
-pub use report::{BackendMeasurement, DeviceIdentity, FORMAT, MAX_REPORT_BYTES, ReportBody, SignedReport, sign_report};
+pub use report::{
+    BackendMeasurement, DeviceIdentity, EgressMeasurement, FORMAT, MAX_REPORT_BYTES, ReportBody, SignedReport,
+    sign_report,
+};
 pub use verify::{Check, Expectations, Outcome, Verification, verify_report, verify_report_bytes};

@@ -36,6 +36,60 @@ pub struct BackendMeasurement {
     pub simulated: bool,
 }
 
+/// What the running govboxd can no longer do on the network (its egress lockdown), as the kernel
+/// enforces it. The kernel refuses blocked calls silently, with an error code to the caller:
+/// these facts say what is refused, never that anything was attempted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressMeasurement {
+    /// `landlock`, `seccomp` or `off`.
+    pub mechanism: String,
+    /// The kernel's Landlock ABI version with `landlock`, else null.
+    pub abi: Option<u32>,
+    /// Outbound TCP connections (IPv4 and IPv6): `denied` or `allowed`.
+    pub connect: String,
+    /// The only TCP ports the process may bind (the HTTPS listener's); null means any.
+    pub bind_ports: Option<Vec<u16>>,
+    /// New UDP, raw and other non-TCP `AF_INET`/`AF_INET6` sockets: `denied` or `allowed`.
+    pub other_inet: String,
+}
+
+impl EgressMeasurement {
+    /// No lockdown (`[sandbox] egress = "off"`).
+    pub fn off() -> Self {
+        Self {
+            mechanism: "off".into(),
+            abi: None,
+            connect: "allowed".into(),
+            bind_ports: None,
+            other_inet: "allowed".into(),
+        }
+    }
+
+    /// Whether outbound connections are refused (TCP and every other internet socket).
+    pub fn denies_egress(&self) -> bool {
+        self.mechanism != "off" && self.connect == "denied" && self.other_inet == "denied"
+    }
+
+    /// One line for logs and the verifier, e.g. `landlock ABI 7: TCP connect denied, bind allowed
+    /// only on port 8443; other internet sockets denied`.
+    pub fn summary(&self) -> String {
+        let mech = match self.abi {
+            Some(abi) => format!("{} ABI {abi}", self.mechanism),
+            None => self.mechanism.clone(),
+        };
+        let bind = match &self.bind_ports {
+            None => "bind allowed on any port".to_string(),
+            Some(p) if p.is_empty() => "no bind allowed".to_string(),
+            Some(p) => {
+                let ports: Vec<String> = p.iter().map(u16::to_string).collect();
+                format!("bind allowed only on port {}", ports.join(", "))
+            }
+        };
+        format!("{mech}: TCP connect {}, {bind}; other internet sockets {}", self.connect, self.other_inet)
+    }
+}
+
 /// What the device signs (see the crate documentation for the JSON).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -61,6 +115,9 @@ pub struct ReportBody {
     pub tpm: Option<Value>,
     /// `quoted`, or why there is no quote.
     pub tpm_status: String,
+    /// The egress lockdown in force; absent in reports of a govboxd that predates it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<EgressMeasurement>,
 }
 
 impl ReportBody {
@@ -86,7 +143,14 @@ impl ReportBody {
             insecure_dev_models,
             tpm: None,
             tpm_status: "not requested".to_string(),
+            egress: None,
         }
+    }
+
+    /// Records the egress lockdown that the daemon put in force.
+    pub fn with_egress(mut self, egress: EgressMeasurement) -> Self {
+        self.egress = Some(egress);
+        self
     }
 
     /// Asks the TPM, if there is one, for a quote over this body's nonce and measurements

@@ -31,6 +31,8 @@ pub struct Expectations {
     pub audit_key: Option<PublicKey>,
     /// Accept a box that may serve unsigned dev model folders.
     pub allow_dev_models: bool,
+    /// Accept a box whose egress lockdown is off.
+    pub allow_egress: bool,
 }
 
 impl Expectations {
@@ -43,6 +45,7 @@ impl Expectations {
             models: Vec::new(),
             audit_key: None,
             allow_dev_models: false,
+            allow_egress: false,
         }
     }
 }
@@ -135,6 +138,7 @@ pub fn verify_report_bytes(bytes: &[u8], expect: &Expectations) -> Verification 
     check_signed_models_only(&mut v, &report, expect.allow_dev_models);
     check_audit_head(&mut v, &report, expect.audit_key.as_ref());
     check_tpm(&mut v, &report, &expect.nonce);
+    check_egress(&mut v, &report, expect.allow_egress);
     v.report = Some(report);
     v
 }
@@ -382,6 +386,19 @@ fn check_tpm(v: &mut Verification, report: &SignedReport, nonce: &Nonce) {
     }
     v.push(NAME, Outcome::Pass, format!("a {QUOTE_FORMAT} quote from TCTI {}", quote.tcti));
     v.checks.extend(verify_quote(&quote, &nonce.to_bytes(), Some(&report.report.measurements)));
+}
+
+/// Rule: unless the verifier accepts it, the box states that it cannot open outbound connections
+/// (TCP connect and every other internet socket refused by the kernel). A report without the
+/// `egress` field comes from a govboxd that predates the lockdown: SKIP, never a pass.
+fn check_egress(v: &mut Verification, report: &SignedReport, allow: bool) {
+    const NAME: &str = "egress";
+    match &report.report.egress {
+        None => v.push(NAME, Outcome::Skip, "the report does not say (made by a govboxd without egress lockdown)"),
+        Some(e) if e.denies_egress() => v.push(NAME, Outcome::Pass, e.summary()),
+        Some(e) if allow => v.push(NAME, Outcome::Skip, format!("{} (accepted by --allow-egress)", e.summary())),
+        Some(e) => v.push(NAME, Outcome::Fail, format!("the box may open outbound connections: {}", e.summary())),
+    }
 }
 
 fn from_hex_64(s: &str) -> Option<[u8; 64]> {

@@ -4,7 +4,7 @@
 //! ```text
 //! govbox attest --nonce HEX -o report.json
 //! govbox attest verify report.json --nonce HEX [--device-key PEM] [--expect-binary SHA256]
-//!     [--expect-model NAME@DIGEST]... [--audit-key PEM] [--allow-dev-models]
+//!     [--expect-model NAME@DIGEST]... [--audit-key PEM] [--allow-dev-models] [--allow-egress]
 //! ```
 //!
 //! The report's format is documented in `govbox-attestation`. Verification prints one
@@ -66,6 +66,9 @@ pub struct VerifyArgs {
     /// Accept a box that runs with --insecure-dev-models.
     #[arg(long)]
     allow_dev_models: bool,
+    /// Accept a box whose egress lockdown is off (`[sandbox] egress = "off"`).
+    #[arg(long)]
+    allow_egress: bool,
 }
 
 /// Runs `govbox attest`.
@@ -93,7 +96,11 @@ fn report(socket: &Path, nonce: &str, output: Option<&Path>) -> Result<()> {
     let mut text = serde_json::to_string_pretty(&result)?;
     text.push('\n');
     // A report this client cannot verify against its own nonce is not worth writing.
-    let check = verify_report_bytes(text.as_bytes(), &Expectations::new(nonce.clone()));
+    let mut expect = Expectations::new(nonce.clone());
+    // Whether a box may open connections is the verifier's policy (`attest verify`), not a defect
+    // of the report: the report states it either way.
+    expect.allow_egress = true;
+    let check = verify_report_bytes(text.as_bytes(), &expect);
     if let Some(f) = check.checks.iter().find(|c| c.outcome == Outcome::Fail) {
         bail!("govboxd answered with a report that does not verify: {f}");
     }
@@ -127,6 +134,7 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode> {
     expect.audit_key = args.audit_key.as_deref().map(|p| load_key(p, "audit key")).transpose()?;
     expect.binary_sha256 = args.expect_binary.clone();
     expect.allow_dev_models = args.allow_dev_models;
+    expect.allow_egress = args.allow_egress;
     for spec in &args.expect_model {
         let (name, digest) = spec
             .split_once('@')

@@ -86,6 +86,11 @@ fn render(s: &Value, clients: Option<&Value>) -> String {
     if s["insecure_dev_models"].as_bool() == Some(true) {
         row("WARNING", "--insecure-dev-models: unsigned model folders are served".to_string());
     }
+    // Absent from a govboxd that predates the egress lockdown: then no row.
+    if let Ok(e) = serde_json::from_value::<govbox_attestation::EgressMeasurement>(s["egress"].clone()) {
+        let state = if e.denies_egress() { "locked" } else { "OFF, outbound connections possible" };
+        row("egress", format!("{state} ({})", e.summary()));
+    }
     let loaded: Vec<&Value> = s["models"].as_array().map(|a| a.iter().collect()).unwrap_or_default();
     if loaded.is_empty() {
         row("models", "none loaded".to_string());
@@ -175,6 +180,22 @@ mod tests {
         ] {
             assert!(out.contains(want), "missing {want:?} in\n{out}");
         }
+    }
+
+    #[test]
+    fn renders_the_egress_lockdown() {
+        let locked = json!({"ready": true, "models": [], "egress": {"mechanism": "landlock", "abi": 7,
+            "connect": "denied", "bind_ports": [8443], "other_inet": "denied"}});
+        let out = render(&locked, None);
+        let want = "egress        locked (landlock ABI 7: TCP connect denied, bind allowed only on port 8443; \
+                    other internet sockets denied)";
+        assert!(out.contains(want), "missing {want:?} in\n{out}");
+        let off = json!({"ready": true, "models": [], "egress": {"mechanism": "off", "abi": null,
+            "connect": "allowed", "bind_ports": null, "other_inet": "allowed"}});
+        let out = render(&off, None);
+        assert!(out.contains("egress        OFF, outbound connections possible (off: TCP connect allowed"), "{out}");
+        let old = render(&json!({"ready": true, "models": []}), None);
+        assert!(!old.contains("egress"), "no row for a daemon that does not report it: {old}");
     }
 
     #[test]

@@ -79,6 +79,8 @@ pub struct Config {
     pub verify_payload_on_start: bool,
     /// The audit log.
     pub audit: AuditConfig,
+    /// What govboxd gives up at start-up (the egress lockdown).
+    pub sandbox: crate::sandbox::SandboxConfig,
     /// Optional encrypted retention of request content.
     pub retention: RetentionConfig,
     /// Unsigned model folders, served only under `--insecure-dev-models` (development).
@@ -146,6 +148,8 @@ impl Default for Config {
             // Re-hash at start: a changed byte on disk is found before it is served.
             verify_payload_on_start: true,
             audit: AuditConfig::default(),
+            // The reasons are on SandboxConfig's Default impl.
+            sandbox: crate::sandbox::SandboxConfig::default(),
             retention: RetentionConfig::default(),
             // No model until one is configured: the daemon still serves /healthz and the admin socket.
             models: Vec::new(),

@@ -1,7 +1,8 @@
 //! The daemon's life: start-up in a fixed order, serving, reload on SIGHUP, drain on SIGTERM.
 //!
-//! Start-up order: config, state folder, logging, backend, client store (sled's lock makes this
-//! the only writer), token-budget store, TLS, HTTPS listener, admin socket, then the models on
+//! Start-up order: config, state folder, logging, HTTPS listener and egress lockdown (while the
+//! process has one thread), backend, client store (sled's lock makes this
+//! the only writer), token-budget store, TLS, admin socket, then the models on
 //! the blocking pool while `/healthz` already answers and `/readyz` says 503. `READY=1` goes to
 //! systemd once the listener is bound and every model is loaded.
 
@@ -25,7 +26,7 @@ use crate::packages::Packages;
 use crate::quota::{QuotaError, Quotas};
 use crate::state::{AppState, ModelLoadError, ModelSource, ModelTable, load_model};
 use crate::tls::TlsSetupError;
-use crate::{admin, api, auditing, logging, server, systemd, tls};
+use crate::{admin, api, auditing, logging, sandbox, server, systemd, tls};
 use govbox_audit::{Event, LifecycleAction};
 
 /// How long start-up waits for another process to let go of the client store.
@@ -81,6 +82,9 @@ pub enum DaemonError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The egress lockdown configured in `[sandbox]` could not be applied.
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
     /// The admin socket could not be created.
     #[error("creating the admin socket {}: {source}", path.display())]
     AdminSocket {
@@ -170,17 +174,22 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
             config.models.len()
         );
     }
+    // The HTTPS port is bound and the egress lockdown applied here, while this is the only thread:
+    // every thread made later (runtime, device, engine pools) inherits it (see `sandbox`).
+    let listener =
+        sandbox::bind_listener(config.listen).map_err(|source| DaemonError::Bind { addr: config.listen, source })?;
+    sandbox::lock_down(config.sandbox.egress, &listener)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("govboxd-rt")
         .build()
         .map_err(|source| DaemonError::Runtime { what: "the async runtime", source })?;
-    let result = rt.block_on(daemon(opts, config));
+    let result = rt.block_on(daemon(opts, config, listener));
     rt.shutdown_timeout(RUNTIME_SHUTDOWN);
     result
 }
 
-async fn daemon(opts: Options, config: Config) -> Result<(), DaemonError> {
+async fn daemon(opts: Options, config: Config, listener: std::net::TcpListener) -> Result<(), DaemonError> {
     let backend: Arc<dyn Backend> = Arc::new(CpuBackend::new(config.threads).map_err(DaemonError::Backend)?);
     let info = backend.info();
     log::info!("backend: {:?} '{}', {} threads", info.kind, info.name, info.threads);
@@ -204,7 +213,7 @@ async fn daemon(opts: Options, config: Config) -> Result<(), DaemonError> {
     let server_cert = Arc::new(tls::ServerCert::load(&material)?);
     let tls_config = tls::server_config_with(&material, config.tls.mtls, server_cert.clone())?;
     let listener =
-        TcpListener::bind(config.listen).await.map_err(|source| DaemonError::Bind { addr: config.listen, source })?;
+        TcpListener::from_std(listener).map_err(|source| DaemonError::Bind { addr: config.listen, source })?;
     let listen = listener.local_addr().map_err(|source| DaemonError::Bind { addr: config.listen, source })?;
     let (shutdown, _) = watch::channel(false);
     let state = Arc::new(AppState {

@@ -33,6 +33,7 @@ pub mod logging;
 pub mod metrics;
 pub mod packages;
 pub mod quota;
+pub mod sandbox;
 pub mod server;
 pub mod state;
 pub mod systemd;

@@ -1,7 +1,7 @@
 //! `attest`: a signed attestation report of what this daemon runs, for the verifier's nonce.
 //!
 //! The daemon only fills in what it alone knows (its own binary, its config path, the models it
-//! serves, the audit head, the backend); the format, hashing and signing are
+//! serves, the audit head, the backend, the egress lockdown); the format, hashing and signing are
 //! `govbox-attestation`'s. Each report is itself recorded in the audit log before it is given
 //! out, so that who asked the box to vouch for itself, and when, is on the record.
 
@@ -55,8 +55,11 @@ pub fn attest(state: &AppState, nonce_hex: &str) -> Result<Value, AdminFailure> 
         name: info.name,
         simulated: info.simulated,
     };
-    let body = ReportBody::new(&nonce, &key.public_key(), measurements, head, backend, state.insecure_dev_models)
+    let mut body = ReportBody::new(&nonce, &key.public_key(), measurements, head, backend, state.insecure_dev_models)
         .with_tpm_quote();
+    if let Some(egress) = crate::sandbox::current() {
+        body = body.with_egress(egress.clone());
+    }
     let signed = sign_report(&key, body)?;
     Ok(serde_json::to_value(&signed).map_err(AttestError::from)?)
 }

@@ -18,6 +18,7 @@
 //! {"cmd":"client_revoke","name":"hr-portal"}
 //! {"cmd":"client_renew","name":"hr-portal","cert_days":365}
 //! {"cmd":"attest","nonce":"<16 to 64 bytes, hex>"}
+//! {"cmd":"debug_egress_probe","addr":"127.0.0.1:9"}   (debug builds only: tests)
 //! {"cmd":"tls_reload"}
 //! {"cmd":"content_read","request_id":"req-0123456789abcdef"}
 //! ```
@@ -33,7 +34,9 @@
 //!   `configured_models`, `models` (`name`, `kind`, `format`, `path` of each loaded model),
 //!   `backend` (`kind`, `name`, `threads`, `simulated`, `memory_used`, `memory_total`),
 //!   `active_generations`, `queued_requests`, `open_connections` and `tls_certificate` (the served
-//!   server certificate: `serial`, `not_after`, `expires`, `sha256`).
+//!   server certificate: `serial`, `not_after`, `expires`, `sha256`), and `egress` (the egress
+//!   lockdown in force: `mechanism`, `abi`, `connect`, `bind_ports`, `other_inet`; see
+//!   `crate::sandbox`).
 //! - `client_add` and `client_renew` give `client` (the stored record), `cert_pem`, `key_pem`,
 //!   `ca_pem` and `token` (the bearer token, only from `client_add` with `"token":true`, else
 //!   null). These secrets exist only in this answer: the CLI writes them to files.
@@ -46,6 +49,9 @@
 //!   request's stored `prompt` and `response` (`text`, or `base64` when not UTF-8, `audit_hmac`,
 //!   `hmac_matches`, `truncated`, `stored`; null when absent); `content_not_stored` when retention
 //!   never stored anything, `content_not_found` for an unknown or expired id.
+//! - `debug_egress_probe` exists only in builds with debug assertions (the e2e tests' binaries,
+//!   never release builds or packages): it tries a TCP connect to `addr` from a tokio worker, a new
+//!   std thread and a new rayon thread, and a UDP datagram, and gives each outcome and errno.
 //! - `attest` gives a signed `govbox-attestation/1` report (see `govbox-attestation`), after
 //!   recording the request in the audit log.
 //!

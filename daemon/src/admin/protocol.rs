@@ -126,6 +126,13 @@ pub enum AdminRequest {
         /// Versions, slots, reasons.
         detail: String,
     },
+    /// Test builds only: try TCP connects to `addr` from inside the process (see
+    /// `crate::sandbox::probe`).
+    #[cfg(debug_assertions)]
+    DebugEgressProbe {
+        /// `IP:PORT`.
+        addr: String,
+    },
 }
 
 impl AdminRequest {
@@ -148,6 +155,8 @@ impl AdminRequest {
             AdminRequest::AuditPrune { .. } => "audit_prune",
             AdminRequest::Attest { .. } => "attest",
             AdminRequest::UpdateEvent { .. } => "update_event",
+            #[cfg(debug_assertions)]
+            AdminRequest::DebugEgressProbe { .. } => "debug_egress_probe",
             AdminRequest::TlsReload => "tls_reload",
             AdminRequest::ContentRead { .. } => "content_read",
         }
@@ -313,6 +322,8 @@ pub fn execute(state: &Arc<AppState>, req: AdminRequest, uid: &str) -> Result<Va
             state.metrics.audit_entries.inc();
             Ok(json!({"recorded": true}))
         }
+        #[cfg(debug_assertions)]
+        AdminRequest::DebugEgressProbe { addr } => crate::sandbox::probe(&addr),
     }
 }
 
@@ -416,6 +427,7 @@ fn status(state: &AppState) -> Value {
         "active_generations": state.metrics.active.get(),
         "queued_requests": state.metrics.queued.get(),
         "open_connections": state.metrics.connections.get(),
+        "egress": crate::sandbox::status_json(),
         "tls_certificate": state.server_cert.served(),
     })
 }
