@@ -6,6 +6,11 @@
 Real files are cut down where large (a GGUF header without most of its data, a safetensors
 header with a few data bytes) and joined by small hand-made valid files, so that each target
 starts from inputs that reach deep into its parser. Standard library only.
+
+audit_export's seeds are not made here: they are two real exports of one govboxd run
+(`govbox audit export` through `govbox-reliability --exec`, with GOVBOX_STATE), the first byte 0
+for "export alone" and 1 for "export, then the previous export", both halves padded with spaces
+to the same length so that the target's split falls between them.
 """
 import io
 import json

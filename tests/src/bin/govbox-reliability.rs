@@ -5,7 +5,7 @@
 //! loopback port, then: holds `--connections` TLS connections open; soaks the box with mixed
 //! chat, streamed chat and embeddings from `--workers` clients for `--soak-secs`; runs the abuse
 //! checks; optionally runs `--exec CMD` while the daemon is up (with `GOVBOX_URL`, `GOVBOX_CA`,
-//! `GOVBOX_TOKEN`, `GOVBOX_CERT`, `GOVBOX_KEY` set); stops the daemon, exports and verifies the
+//! `GOVBOX_TOKEN`, `GOVBOX_CERT`, `GOVBOX_KEY`, `GOVBOX_STATE` set); stops the daemon, exports and verifies the
 //! audit log, and looks up every answered request in it. Prints a summary table, writes it as
 //! JSON to `--json FILE`, and exits 1 when any figure is out of bounds.
 //!
@@ -170,6 +170,7 @@ async fn campaign(args: &Args) -> Result<bool, String> {
             .env("GOVBOX_CERT", b.certs.join("app.crt"))
             .env("GOVBOX_KEY", b.certs.join("app.key"))
             .env("GOVBOX_TOKEN", &b.token)
+            .env("GOVBOX_STATE", &b.state)
             .status()
             .map_err(|e| format!("running --exec: {e}"))?;
         exec_ok = st.success();
