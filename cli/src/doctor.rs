@@ -215,9 +215,16 @@ fn folders(paths: &StatePaths, owner: u32) -> Check {
     verdict("state folder", Level::Fail, problems, fix, || format!("{} folders 0700, owner uid {owner}", dirs.len()))
 }
 
-/// The five secrets: regular files, mode 0600 (nothing for group or others), the state's owner.
+/// The five secrets of provisioning, and the content key when govboxd has made one: regular files,
+/// mode 0600 (nothing for group or others), the state's owner.
 fn private_keys(paths: &StatePaths, owner: u32) -> Check {
-    let keys = [paths.device_key(), paths.audit_key(), paths.audit_hmac_key(), paths.ca_key(), paths.server_key()];
+    let mut keys =
+        vec![paths.device_key(), paths.audit_key(), paths.audit_hmac_key(), paths.ca_key(), paths.server_key()];
+    // [retention] store_content: made on first use (daemon/src/content.rs).
+    let content = paths.identity_dir().join("content.key");
+    if content.symlink_metadata().is_ok() {
+        keys.push(content);
+    }
     let mut problems = Vec::new();
     let mut fix = Vec::new();
     for k in &keys {
@@ -681,6 +688,15 @@ mod tests {
         assert!(text.contains("FAIL  private keys"), "{text}");
 
         fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(find(&collect(&state, &socket, now), "private keys").level, Level::Ok);
+
+        // The content key, once govboxd made one, is held to the same rule.
+        let content = StatePaths::new(&state).identity_dir().join("content.key");
+        fs::write(&content, [0u8; 32]).unwrap();
+        fs::set_permissions(&content, fs::Permissions::from_mode(0o640)).unwrap();
+        let c = find(&collect(&state, &socket, now), "private keys").clone();
+        assert!(c.level == Level::Fail && c.message.contains("identity/content.key is mode 0640"), "{c:?}");
+        fs::set_permissions(&content, fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(find(&collect(&state, &socket, now), "private keys").level, Level::Ok);
 
         let dir = StatePaths::new(&state).identity_dir();
