@@ -207,6 +207,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn replace_swaps_the_served_pair_and_refuses_a_bad_one() {
+        let (_tmp, state) = crate::state::test_state();
+        let before = state.server_cert.served();
+        let old_material = govbox_provisioning::load_server_tls(&state.state_dir).unwrap();
+        let renewed = govbox_provisioning::renew_server_cert(&state.state_dir, 30).unwrap();
+        assert_eq!(renewed.old.serial, before.serial);
+        let material = govbox_provisioning::load_server_tls(&state.state_dir).unwrap();
+        let (old, new) = state.server_cert.replace(&material).unwrap();
+        assert_eq!((old.serial.as_str(), new.serial.as_str()), (before.serial.as_str(), renewed.new.serial.as_str()));
+        assert_eq!(state.server_cert.served(), new);
+        // The new certificate with the old key: refused, and the served pair stays.
+        let mismatched = ServerTls { key_pem: old_material.key_pem.clone(), ..material.clone() };
+        let e = state.server_cert.replace(&mismatched).unwrap_err();
+        assert!(e.to_string().contains("server certificate and key"), "{e}");
+        // A pair that does not chain to the CA the clients hold: refused too.
+        let foreign = ServerTls {
+            ca_pem: old_material
+                .cert_chain_pem
+                .split_inclusive("-----END CERTIFICATE-----\n")
+                .next()
+                .unwrap()
+                .to_string(),
+            ..material.clone()
+        };
+        assert!(state.server_cert.replace(&foreign).is_err());
+        assert_eq!(state.server_cert.served(), new);
+    }
+
+    #[test]
     fn only_ecdhe_aead_suites_are_offered() {
         let p = provider();
         for s in &p.cipher_suites {
