@@ -24,7 +24,7 @@ fi
 
 budget=${GPU_CHECK_BUDGET_S:-465}
 carry=gpu-carry
-bin=$carry/bin
+bin=$(mktemp -d /tmp/govbox-gpu-bin.XXXXXX)
 declare -a summary=()
 failed=0
 
@@ -58,11 +58,16 @@ step() {
 }
 
 echo "== gpu-check at $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname)"
-if [[ ! -d $bin ]]; then
-  echo "no $bin: run scripts/gpu-pack.sh on a machine with Rust and carry gpu-carry/ here" >&2
+if [[ ! -f $carry/MANIFEST ]]; then
+  echo "no $carry/MANIFEST: run scripts/gpu-pack.sh on a machine with Rust and carry gpu-carry/ here" >&2
   exit 1
 fi
 cat "$carry/MANIFEST"
+for f in "$carry"/bin/*; do
+  name=$(basename "$f" .gz)
+  if [[ $f == *.gz ]]; then gzip -dc "$f" >"$bin/$name"; else cp "$f" "$bin/$name"; fi
+  chmod +x "$bin/$name"
+done
 
 echo
 echo "== GPU"
@@ -144,7 +149,7 @@ else
   summary+=("FAIL  benchmark model not written")
   failed=1
 fi
-rm -rf "$model_dir" "$model_dir.log"
+rm -rf "$model_dir" "$model_dir.log" "$bin"
 
 echo
 echo "== summary (${SECONDS}s)"

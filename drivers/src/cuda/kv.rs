@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 
 use super::{CudaBackend, drv, elementwise_cfg, kernels, to_i32};
-use crate::{DType, DenseAttn, DriverError, KvCache, KvSpec, PagedAttn, Result, Tensor};
+use crate::{DType, DenseAttn, DriverError, KvCache, KvSpec, PagedAttn, Result, SeqAttn, Tensor};
 
 /// A paged KV pool in device memory: K and V each one allocation of
 /// `[n_layers, n_blocks, block_size, n_kv_heads, head_dim]` f32 values, the CPU cache's layout
@@ -35,7 +35,7 @@ impl CudaKvCache {
             return Err(DriverError::KvCache("block size 0".into()));
         }
         let slots = spec.n_blocks.checked_mul(spec.block_size);
-        let per_layer = slots
+        let bytes = slots
             .and_then(|a| a.checked_mul(spec.n_kv_heads))
             .and_then(|a| a.checked_mul(spec.head_dim))
             .and_then(|a| a.checked_mul(spec.n_layers))
@@ -45,8 +45,8 @@ impl CudaKvCache {
         if slots.is_none_or(|s| s > u32::MAX as usize) {
             return Err(DriverError::KvCache(format!("{spec:?}: more than 2^32 token slots")));
         }
-        let mut k = be.alloc(per_layer)?;
-        let mut v = be.alloc(per_layer)?;
+        let mut k = be.alloc(bytes)?;
+        let mut v = be.alloc(bytes)?;
         be.stream.memset_zeros(&mut k).map_err(drv("cuMemsetD8Async"))?;
         be.stream.memset_zeros(&mut v).map_err(drv("cuMemsetD8Async"))?;
         be.used.fetch_add((k.len() + v.len()) as u64, Ordering::Relaxed);
@@ -106,6 +106,54 @@ impl KvCache for CudaKvCache {
     }
 }
 
+/// Where each new row goes and what it reads, for the kernels: the slot of each new row, the
+/// used prefix of every sequence's block table (concatenated), and for each row the offset of
+/// its table in that array and its position.
+#[derive(Debug, PartialEq, Eq)]
+struct Plan {
+    slots: Vec<u32>,
+    tables: Vec<u32>,
+    row_table: Vec<u32>,
+    row_pos: Vec<u32>,
+}
+
+/// Checks that every position a row reads or writes has a block of the pool, so that the
+/// kernels index nothing outside the cache, and lays out what they need.
+fn plan(seqs: &[SeqAttn<'_>], spec: KvSpec) -> Result<Plan> {
+    let bs = spec.block_size;
+    let rows: usize = seqs.iter().map(|s| s.n_new).sum();
+    let mut p = Plan {
+        slots: Vec::with_capacity(rows),
+        tables: Vec::new(),
+        row_table: Vec::with_capacity(rows),
+        row_pos: Vec::with_capacity(rows),
+    };
+    for s in seqs {
+        if s.n_new == 0 {
+            continue;
+        }
+        let last = s.start_pos + s.n_new - 1;
+        let needed = last / bs + 1;
+        if s.block_table.len() < needed {
+            let pos = s.block_table.len() * bs;
+            return Err(DriverError::KvCache(format!("position {pos} has no block")));
+        }
+        let table = &s.block_table[..needed];
+        if let Some(&b) = table.iter().find(|&&b| b as usize >= spec.n_blocks) {
+            return Err(DriverError::KvCache(format!("block {b} of {}", spec.n_blocks)));
+        }
+        let off = to_u32(p.tables.len(), "block table offset")?;
+        p.tables.extend_from_slice(table);
+        for i in 0..s.n_new {
+            let pos = s.start_pos + i;
+            p.slots.push(to_u32(table[pos / bs] as usize * bs + pos % bs, "slot")?);
+            p.row_table.push(off);
+            p.row_pos.push(to_u32(pos, "position")?);
+        }
+    }
+    Ok(p)
+}
+
 fn to_u32(v: usize, what: &str) -> Result<u32> {
     u32::try_from(v).map_err(|_| DriverError::KvCache(format!("{what} {v} exceeds 2^32")))
 }
@@ -158,36 +206,8 @@ pub(super) fn paged(
     if rows == 0 || hd == 0 || nh == 0 {
         return be.empty_f32(vec![rows, nh * hd]);
     }
-    // Every position a row reads or writes must have a block of the pool: checked here, so
-    // that the kernels index nothing outside the cache.
     let bs = spec.block_size;
-    let mut slots = Vec::with_capacity(rows);
-    let mut tables: Vec<u32> = Vec::new();
-    let mut row_table = Vec::with_capacity(rows);
-    let mut row_pos = Vec::with_capacity(rows);
-    for s in a.seqs {
-        if s.n_new == 0 {
-            continue;
-        }
-        let last = s.start_pos + s.n_new - 1;
-        let needed = last / bs + 1;
-        if s.block_table.len() < needed {
-            let pos = s.block_table.len() * bs;
-            return Err(DriverError::KvCache(format!("position {pos} has no block")));
-        }
-        let table = &s.block_table[..needed];
-        if let Some(&b) = table.iter().find(|&&b| b as usize >= spec.n_blocks) {
-            return Err(DriverError::KvCache(format!("block {b} of {}", spec.n_blocks)));
-        }
-        let off = to_u32(tables.len(), "block table offset")?;
-        tables.extend_from_slice(table);
-        for i in 0..s.n_new {
-            let pos = s.start_pos + i;
-            slots.push(to_u32(table[pos / bs] as usize * bs + pos % bs, "slot")?);
-            row_table.push(off);
-            row_pos.push(to_u32(pos, "position")?);
-        }
-    }
+    let Plan { slots, tables, row_table, row_pos } = plan(a.seqs, spec)?;
     let width = nkv * hd;
     let layer_off = (a.layer * spec.n_blocks * bs) as i64;
     // 1. The new keys and values.
@@ -280,4 +300,39 @@ pub(super) fn dense(be: &CudaBackend, q: &Tensor, k: &Tensor, v: &Tensor, a: &De
     // read only within the query's own sequence; hd <= 256 as the kernel needs.
     unsafe { lb.launch(cfg) }.map_err(drv("cuLaunchKernel(dense_attention)"))?;
     Ok(be.wrap(out, b * l * nh * hd * 4, DType::F32, shape.to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: KvSpec = KvSpec { n_layers: 1, n_kv_heads: 1, head_dim: 4, block_size: 4, n_blocks: 10 };
+
+    #[test]
+    fn plan_lays_out_slots_tables_and_positions() {
+        let (a, b) = ([3u32, 7, 1, 9], [5u32, 2]);
+        let seqs = [
+            SeqAttn { block_table: &a, start_pos: 3, n_new: 3 },
+            SeqAttn { block_table: &b, start_pos: 0, n_new: 0 },
+            SeqAttn { block_table: &b, start_pos: 4, n_new: 1 },
+        ];
+        let p = plan(&seqs, SPEC).unwrap();
+        // Sequence a: positions 3, 4, 5 are block 3 slot 3, block 7 slots 0 and 1; it reads
+        // blocks 3 and 7 only. Sequence b: position 4 is block 2 slot 0.
+        assert_eq!(p.slots, [15, 28, 29, 8]);
+        assert_eq!(p.tables, [3, 7, 5, 2]);
+        assert_eq!(p.row_table, [0, 0, 0, 2]);
+        assert_eq!(p.row_pos, [3, 4, 5, 4]);
+    }
+
+    #[test]
+    fn plan_rejects_positions_without_blocks_and_blocks_outside_the_pool() {
+        let short = [SeqAttn { block_table: &[1], start_pos: 3, n_new: 2 }];
+        assert!(matches!(plan(&short, SPEC), Err(DriverError::KvCache(m)) if m == "position 4 has no block"));
+        let outside = [SeqAttn { block_table: &[1, 10], start_pos: 4, n_new: 1 }];
+        assert!(matches!(plan(&outside, SPEC), Err(DriverError::KvCache(m)) if m == "block 10 of 10"));
+        // A bad block after the used prefix is never read, as on the CPU.
+        let unused = [SeqAttn { block_table: &[1, 99], start_pos: 0, n_new: 2 }];
+        assert_eq!(plan(&unused, SPEC).unwrap().tables, [1]);
+    }
 }
