@@ -183,6 +183,33 @@ pub fn probe() -> Probe {
     }
 }
 
+/// Lets the device's default memory pool keep freed memory instead of returning it to the
+/// driver at every synchronisation (its default), so that the per-op allocations of decode are
+/// served from the pool. Best effort: a failure only costs speed.
+fn keep_pool_memory(ctx: &CudaContext) {
+    let mut pool: cudarc::driver::sys::CUmemoryPool = std::ptr::null_mut();
+    // SAFETY: `pool` is a valid out-pointer; the device handle comes from a live context.
+    let r = unsafe { cudarc::driver::sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) }.result();
+    if r.is_err() || pool.is_null() {
+        log::debug!("cuda: no default memory pool ({r:?})");
+        return;
+    }
+    let mut threshold: u64 = u64::MAX;
+    // SAFETY: the release threshold attribute takes a pointer to a cuuint64_t, which
+    // `threshold` is, alive for the call.
+    let r = unsafe {
+        cudarc::driver::sys::cuMemPoolSetAttribute(
+            pool,
+            cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold as *mut u64).cast(),
+        )
+    }
+    .result();
+    if let Err(e) = r {
+        log::debug!("cuda: memory pool release threshold not set: {e:?}");
+    }
+}
+
 /// Device memory of one tensor.
 #[derive(Debug)]
 pub(crate) struct CudaBuffer {
@@ -209,6 +236,21 @@ impl Drop for CudaBuffer {
             _ => 0,
         };
         self.counter.fetch_sub((self.data.len() + extra) as u64, Ordering::Relaxed);
+    }
+}
+
+/// An f32 operand: a tensor's own memory, or its converted copy.
+enum Operand<'a> {
+    Own(&'a CudaSlice<u8>),
+    Converted(Arc<CudaSlice<u8>>),
+}
+
+impl AsRef<CudaSlice<u8>> for Operand<'_> {
+    fn as_ref(&self) -> &CudaSlice<u8> {
+        match self {
+            Operand::Own(s) => s,
+            Operand::Converted(s) => s,
+        }
     }
 }
 
@@ -293,6 +335,9 @@ impl CudaBackend {
         // order uses across streams) are not needed; nothing is allocated before this call.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
+        if ctx.has_async_alloc() {
+            keep_pool_memory(&ctx);
+        }
         let name = ctx.name().unwrap_or_else(|_| format!("CUDA device {ordinal}"));
         let (major, minor) = ctx.compute_capability().map_err(drv("cuDeviceGetAttribute"))?;
         let sms = ctx
@@ -382,10 +427,13 @@ impl CudaBackend {
     }
 
     /// The values of any weight tensor as f32 on the device: the tensor itself when it is
-    /// f32, else a converted copy kept with it.
-    fn as_f32(&self, t: &Tensor, op: &'static str) -> Result<Arc<CudaSlice<u8>>> {
+    /// f32, else a converted copy made on first use and kept with it.
+    fn as_f32<'a>(&self, t: &'a Tensor, op: &'static str) -> Result<Operand<'a>> {
         let b = self.buf(t, op)?;
         let code = dtype_code(t.dtype()).ok_or(DriverError::DType { op, dtype: t.dtype() })?;
+        if code == 0 {
+            return Ok(Operand::Own(&b.data));
+        }
         let mut slot = b.f32_copy.lock().map_err(|_| DriverError::Device {
             backend: BACKEND,
             call: op.into(),
@@ -393,24 +441,14 @@ impl CudaBackend {
             message: "a previous conversion panicked".into(),
         })?;
         if let Some(c) = slot.as_ref() {
-            return Ok(c.clone());
+            return Ok(Operand::Converted(c.clone()));
         }
-        let n = t.elem_count();
-        let k = t.last_dim();
-        let mut out = self.alloc(n * 4)?;
-        if code == 0 {
-            if n > 0 {
-                self.stream
-                    .memcpy_dtod(&b.data.slice(0..n * 4), &mut out.slice_mut(0..n * 4))
-                    .map_err(drv("cuMemcpyDtoDAsync"))?;
-            }
-        } else if n > 0 {
-            self.dequant(&b.data, code, &mut out, 0, t.rows(), k)?;
-        }
+        let mut out = self.alloc(t.elem_count() * 4)?;
+        self.dequant(&b.data, code, &mut out, 0, t.rows(), t.last_dim())?;
         b.counter.fetch_add(out.len() as u64, Ordering::Relaxed);
         let out = Arc::new(out);
         *slot = Some(out.clone());
-        Ok(out)
+        Ok(Operand::Converted(out))
     }
 
     /// De-quantises rows `row0 .. row0 + nrows` of a weight with `k` values per row into `out`.
@@ -549,7 +587,7 @@ impl CudaBackend {
     }
 
     /// A row-weight operand of `n` values as f32 on the device.
-    fn row_operand(&self, w: &Tensor, n: usize, op: &'static str) -> Result<Arc<CudaSlice<u8>>> {
+    fn row_operand<'a>(&self, w: &'a Tensor, n: usize, op: &'static str) -> Result<Operand<'a>> {
         if w.elem_count() != n {
             return Err(DriverError::Shape {
                 op,
