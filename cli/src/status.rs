@@ -68,19 +68,44 @@ fn render(s: &Value, clients: Option<&Value>) -> String {
     }
 
     let b = &s["backend"];
-    let mut backend = format!("{} ({})", str_of(&b["kind"]), str_of(&b["name"]));
+    let mut backend = match b["device"].as_str() {
+        Some(d) if d != "cpu" => format!("{} {d} ({})", str_of(&b["kind"]), str_of(&b["name"])),
+        _ => format!("{} ({})", str_of(&b["kind"]), str_of(&b["name"])),
+    };
     if let Some(t) = b["threads"].as_u64() {
         let _ = write!(backend, ", {t} threads");
     }
-    if b["simulated"].as_bool() == Some(true) {
-        backend.push_str(", simulated");
+    if let Some(r) = b["requested"].as_str() {
+        let _ = write!(backend, ", device = \"{r}\"");
     }
     row("backend", backend);
+    if b["simulated"].as_bool() == Some(true) {
+        row("SIMULATED", "the device is govbox's simulator, not real hardware (tests only)".to_string());
+    }
+    match (b["temperature_c"].as_f64(), b["health"].as_str()) {
+        (Some(t), Some(h)) => row("health", format!("{h}, {t:.0} °C")),
+        (Some(t), None) => row("health", format!("{t:.0} °C")),
+        (None, Some(h)) => row("health", h.to_string()),
+        (None, None) => {}
+    }
+    for (i, note) in b["notes"].as_array().into_iter().flatten().filter_map(Value::as_str).enumerate() {
+        row(if i == 0 { "device notes" } else { "" }, note.to_string());
+    }
     match (b["memory_used"].as_u64(), b["memory_total"].as_u64()) {
         (Some(u), Some(t)) => row("memory", format!("{} used of {}", bytes(u), bytes(t))),
         (Some(u), None) => row("memory", format!("{} used", bytes(u))),
         (None, Some(t)) => row("memory", format!("{} total", bytes(t))),
         (None, None) => {}
+    }
+    for p in s["accelerators"].as_array().into_iter().flatten() {
+        let kind = str_of(&p["kind"]);
+        let line = if p["present"].as_bool() == Some(true) {
+            let sim = if p["simulated"].as_bool() == Some(true) { " SIMULATED" } else { "" };
+            format!("present{sim}, {} device(s) ({})", p["devices"].as_u64().unwrap_or(0), str_of(&p["detail"]))
+        } else {
+            format!("absent ({})", str_of(&p["detail"]))
+        };
+        row(&kind, line);
     }
 
     if s["insecure_dev_models"].as_bool() == Some(true) {
@@ -159,8 +184,14 @@ mod tests {
                 {"name": "minilm", "kind": "embedding", "format": "safetensors", "path": "/m/e",
                  "version": "dev", "digest": "unsigned-dev-folder"},
             ],
-            "backend": {"kind": "cpu", "name": "x86_64", "threads": 2, "simulated": false,
-                        "memory_used": null, "memory_total": 17179869184u64},
+            "backend": {"kind": "cpu", "device": "cpu", "requested": "auto", "name": "x86_64", "threads": 2,
+                        "simulated": false, "memory_used": null, "memory_total": 17179869184u64, "notes": []},
+            "accelerators": [
+                {"kind": "ascend", "compiled": true, "present": false, "devices": 0, "simulated": false,
+                 "detail": "libascendcl.so: cannot open shared object file"},
+                {"kind": "cuda", "compiled": false, "present": false, "devices": 0, "simulated": false,
+                 "detail": "not compiled in (cargo feature `cuda`)"},
+            ],
             "active_generations": 1, "queued_requests": 0, "open_connections": 3,
             "insecure_dev_models": true,
         });
@@ -169,7 +200,9 @@ mod tests {
         assert!(out.starts_with("govboxd 0.1.0: ready\n"), "{out}");
         for want in [
             "uptime        01h 02m 05s",
-            "backend       cpu (x86_64), 2 threads",
+            "backend       cpu (x86_64), 2 threads, device = \"auto\"",
+            "ascend        absent (libascendcl.so: cannot open shared object file)",
+            "cuda          absent (not compiled in (cargo feature `cuda`))",
             "memory        16.00 GiB total",
             "models        tiny-qwen2 (chat, safetensors) 1.2.0 sha256-0123456789ab",
             "              minilm (embedding, safetensors) UNSIGNED /m/e",
@@ -177,6 +210,27 @@ mod tests {
             "not loaded    late",
             "requests      1 generating, 0 queued, 3 open connections",
             "clients       2 (1 active, 1 revoked)",
+        ] {
+            assert!(out.contains(want), "missing {want:?} in\n{out}");
+        }
+    }
+
+    #[test]
+    fn renders_a_simulated_accelerator_plainly() {
+        let s = json!({"ready": true, "models": [],
+            "backend": {"kind": "ascend", "device": "ascend:0", "requested": "auto", "name": "Ascend910B-sim (simulated)",
+                        "threads": 1, "simulated": true, "memory_used": 1048576u64, "memory_total": 68719476736u64,
+                        "temperature_c": 45.0, "health": "ok", "notes": ["Q4_1 weights de-quantised to F32 at upload"]},
+            "accelerators": [{"kind": "ascend", "compiled": true, "present": true, "devices": 1, "simulated": true,
+                              "detail": "govbox ascend-sim"}]});
+        let out = render(&s, None);
+        for want in [
+            "backend       ascend ascend:0 (Ascend910B-sim (simulated)), 1 threads, device = \"auto\"",
+            "SIMULATED     the device is govbox's simulator",
+            "health        ok, 45 °C",
+            "device notes  Q4_1 weights de-quantised to F32 at upload",
+            "ascend        present SIMULATED, 1 device(s) (govbox ascend-sim)",
+            "memory        1.0 MiB used of 64.00 GiB",
         ] {
             assert!(out.contains(want), "missing {want:?} in\n{out}");
         }

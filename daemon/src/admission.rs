@@ -99,7 +99,10 @@ mod tests {
 
     #[tokio::test]
     async fn slots_queue_and_close() {
-        let m = Arc::new(Metrics::new(false));
+        let m = Arc::new(Metrics::new(
+            &govbox_drivers::Backend::info(&govbox_drivers::cpu::CpuBackend::new(1).unwrap()),
+            &[],
+        ));
         let a = Admission::new(1, 1);
         let far = Instant::now() + Duration::from_secs(60);
         let first = a.admit(&m, far, 60).await.unwrap();

@@ -63,6 +63,9 @@ pub struct Config {
     pub config_version: u32,
     /// Address and port of the HTTPS listener.
     pub listen: SocketAddr,
+    /// Which device runs the models: `auto` (Ascend, then CUDA, then the CPU), `cpu`, `cuda:N`
+    /// or `ascend:N`.
+    pub device: String,
     /// Worker threads of the CPU backend; 0 means one per core.
     pub threads: usize,
     /// `error`, `warn`, `info`, `debug` or `trace`; each `-v` on the command line raises it.
@@ -79,10 +82,10 @@ pub struct Config {
     pub verify_payload_on_start: bool,
     /// The audit log.
     pub audit: AuditConfig,
-    /// What govboxd gives up at start-up (the egress lockdown).
-    pub sandbox: crate::sandbox::SandboxConfig,
     /// Optional encrypted retention of request content.
     pub retention: RetentionConfig,
+    /// What govboxd gives up at start-up (the egress lockdown).
+    pub sandbox: crate::sandbox::SandboxConfig,
     /// Unsigned model folders, served only under `--insecure-dev-models` (development).
     pub models: Vec<ModelEntry>,
 }
@@ -135,6 +138,9 @@ impl Default for Config {
             // Every interface, port 8443: intranet applications reach the box by its address, and
             // 8443 needs no privilege to bind.
             listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            // The accelerator when there is one: the box is sold with one, and the CPU still works
+            // when its driver is missing.
+            device: "auto".into(),
             // All cores: the box exists to run models.
             threads: 0,
             // Operational messages only; request lines carry no content at any level.
@@ -148,9 +154,9 @@ impl Default for Config {
             // Re-hash at start: a changed byte on disk is found before it is served.
             verify_payload_on_start: true,
             audit: AuditConfig::default(),
+            retention: RetentionConfig::default(),
             // The reasons are on SandboxConfig's Default impl.
             sandbox: crate::sandbox::SandboxConfig::default(),
-            retention: RetentionConfig::default(),
             // No model until one is configured: the daemon still serves /healthz and the admin socket.
             models: Vec::new(),
         }
@@ -323,6 +329,9 @@ impl Config {
         };
         if crate::logging::parse_level(&self.log_level).is_none() {
             return invalid("log_level", "must be one of error, warn, info, debug, trace");
+        }
+        if let Err(e) = self.device.parse::<govbox_drivers::DeviceSpec>() {
+            return invalid("device", &e.to_string());
         }
         let l = &self.limits;
         let s = &self.serving;

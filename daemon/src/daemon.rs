@@ -11,8 +11,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use govbox_drivers::Backend;
-use govbox_drivers::cpu::CpuBackend;
 use govbox_provisioning::{ClientStore, ProvisionError, StatePaths, load_server_tls};
 use sd_notify::NotifyState;
 use tokio::net::TcpListener;
@@ -71,8 +69,8 @@ pub enum DaemonError {
     /// The TLS settings could not be built.
     #[error(transparent)]
     Tls(#[from] TlsSetupError),
-    /// The CPU backend could not start.
-    #[error("starting the CPU backend: {0}")]
+    /// The configured device could not be opened.
+    #[error("opening the device: {0}")]
     Backend(govbox_drivers::DriverError),
     /// The HTTPS port could not be bound.
     #[error("binding the HTTPS listener on {addr}: {source}")]
@@ -131,6 +129,8 @@ impl DaemonError {
     pub fn exit_code(&self) -> u8 {
         match self {
             DaemonError::Config(_) | DaemonError::StateDir { .. } | DaemonError::DevModelsRefused { .. } => 2,
+            // A named device that is absent: restarting will not make it appear.
+            DaemonError::Backend(_) => 2,
             DaemonError::Provision(ProvisionError::NotProvisioned { .. }) => 2,
             _ => 1,
         }
@@ -190,9 +190,8 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
 }
 
 async fn daemon(opts: Options, config: Config, listener: std::net::TcpListener) -> Result<(), DaemonError> {
-    let backend: Arc<dyn Backend> = Arc::new(CpuBackend::new(config.threads).map_err(DaemonError::Backend)?);
+    let (backend, device) = crate::device::open(&config.device, config.threads).map_err(DaemonError::Backend)?;
     let info = backend.info();
-    log::info!("backend: {:?} '{}', {} threads", info.kind, info.name, info.threads);
     let store = open_store(&opts.state).await?;
     let packages = Packages::open(&opts.state)?;
     let audit = auditing::open(&opts.state, &config.audit)?;
@@ -218,7 +217,8 @@ async fn daemon(opts: Options, config: Config, listener: std::net::TcpListener) 
     let (shutdown, _) = watch::channel(false);
     let state = Arc::new(AppState {
         admission: Admission::new(config.serving.max_concurrent, config.serving.queue_depth),
-        metrics: Arc::new(Metrics::new(info.memory_used.is_some())),
+        metrics: Arc::new(Metrics::new(&info, &device.probes)),
+        device,
         config,
         config_path: opts.config.clone(),
         state_dir: opts.state.clone(),

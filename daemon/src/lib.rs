@@ -29,6 +29,7 @@ pub mod bridge;
 pub mod config;
 pub mod content;
 pub mod daemon;
+pub mod device;
 pub mod logging;
 pub mod metrics;
 pub mod packages;

@@ -1,8 +1,11 @@
 //! The daemon's Prometheus metrics. Names carry the `govbox_` prefix; labels never carry a client
 //! name, a prompt or anything else that a request chose, only the route template and the status.
 //!
-//! `govbox_accelerator_memory_used_bytes` is exported only when the backend reports its memory
-//! use; the CPU backend does not.
+//! `govbox_device_info{kind,device,name,simulated}` (always 1) names the backend, and
+//! `govbox_accelerator_present{kind}` says which accelerators probing found.
+//! `govbox_accelerator_memory_used_bytes`, `..._total_bytes` and
+//! `govbox_accelerator_temperature_celsius` are exported only when the backend reports them; the
+//! CPU backend does not.
 
 use std::sync::atomic::AtomicU64;
 
@@ -12,6 +15,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use govbox_drivers::device::kind_name;
+use govbox_drivers::{DeviceInfo, Probe};
 
 /// Labels of the per-request series: the route template and the HTTP status.
 pub type EndpointStatus = [(&'static str, String); 2];
@@ -45,6 +51,10 @@ pub struct Metrics {
     pub kv_cache_usage: Family<[(&'static str, String); 1], Gauge<f64, AtomicU64>>,
     /// `govbox_accelerator_memory_used_bytes`, when the backend reports it.
     pub accelerator_memory: Option<Gauge<u64, AtomicU64>>,
+    /// `govbox_accelerator_memory_total_bytes`, when the backend reports it.
+    pub accelerator_memory_total: Option<Gauge<u64, AtomicU64>>,
+    /// `govbox_accelerator_temperature_celsius`, when the backend reports it.
+    pub accelerator_temperature: Option<Gauge<f64, AtomicU64>>,
     /// `govbox_audit_entries_total`: entries made durable in the audit log.
     pub audit_entries: Counter,
     /// `govbox_audit_failures_total`: audit appends that failed (the request got 503, or its
@@ -64,9 +74,28 @@ fn duration_histogram() -> Histogram {
 }
 
 impl Metrics {
-    /// Registers every metric. `accelerator_memory` says whether the backend reports memory use.
-    pub fn new(accelerator_memory: bool) -> Self {
+    /// Registers every metric. The device series follow what `info` reports and what `probes`
+    /// found.
+    pub fn new(info: &DeviceInfo, probes: &[Probe]) -> Self {
         let mut registry = Registry::default();
+        let device_info = Family::<[(&'static str, String); 3], Gauge>::default();
+        device_info
+            .get_or_create(&[
+                ("kind", kind_name(info.kind).to_string()),
+                ("name", info.name.clone()),
+                ("simulated", info.simulated.to_string()),
+            ])
+            .set(1);
+        registry.register("govbox_device_info", "The device the models run on (always 1)", device_info);
+        let present = Family::<[(&'static str, String); 1], Gauge>::default();
+        for p in probes {
+            present.get_or_create(&[("kind", kind_name(p.kind).to_string())]).set(i64::from(p.present));
+        }
+        registry.register(
+            "govbox_accelerator_present",
+            "Whether probing found this accelerator (1) or not (0)",
+            present,
+        );
         let requests = Family::<EndpointStatus, Counter>::default();
         registry.register("govbox_requests", "HTTP requests by route and status", requests.clone());
         let request_duration =
@@ -116,7 +145,19 @@ impl Metrics {
             "Share of a chat model's KV-cache blocks in use",
             kv_cache_usage.clone(),
         );
-        let accelerator_memory = accelerator_memory.then(|| {
+        let accelerator_memory_total = info.memory_total.filter(|_| info.memory_used.is_some()).map(|total| {
+            let g = Gauge::<u64, AtomicU64>::default();
+            g.set(total);
+            registry.register("govbox_accelerator_memory_total_bytes", "Accelerator memory in all", g.clone());
+            g
+        });
+        let accelerator_temperature = info.temperature_c.map(|t| {
+            let g = Gauge::<f64, AtomicU64>::default();
+            g.set(f64::from(t));
+            registry.register("govbox_accelerator_temperature_celsius", "Accelerator temperature", g.clone());
+            g
+        });
+        let accelerator_memory = info.memory_used.is_some().then(|| {
             let g = Gauge::<u64, AtomicU64>::default();
             registry.register("govbox_accelerator_memory_used_bytes", "Accelerator memory in use", g.clone());
             g
@@ -144,6 +185,8 @@ impl Metrics {
             handshake_failures,
             kv_cache_usage,
             accelerator_memory,
+            accelerator_memory_total,
+            accelerator_temperature,
             audit_entries,
             audit_failures,
         }
@@ -170,7 +213,8 @@ mod tests {
 
     #[test]
     fn names_are_the_documented_ones() {
-        let m = Metrics::new(false);
+        let cpu = govbox_drivers::cpu::CpuBackend::new(1).unwrap();
+        let m = Metrics::new(&govbox_drivers::Backend::info(&cpu), &govbox_drivers::device::probe_all());
         m.record_request("/v1/models", 200, 0.01);
         m.tokens_generated.inc_by(3);
         m.time_to_first_token.observe(0.2);
@@ -186,6 +230,17 @@ mod tests {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }
         assert!(!text.contains("govbox_accelerator_memory_used_bytes"));
-        assert!(Metrics::new(true).render().contains("govbox_accelerator_memory_used_bytes"));
+        assert!(text.contains("govbox_device_info{kind=\"cpu\""), "{text}");
+        assert!(text.contains("govbox_accelerator_present{kind=\"cuda\"}"), "{text}");
+        let mut npu = govbox_drivers::Backend::info(&cpu);
+        (npu.memory_used, npu.memory_total, npu.temperature_c) = (Some(1 << 30), Some(64 << 30), Some(45.0));
+        let text = Metrics::new(&npu, &[]).render();
+        for name in [
+            "govbox_accelerator_memory_used_bytes",
+            "govbox_accelerator_memory_total_bytes 68719476736",
+            "govbox_accelerator_temperature_celsius 45",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
     }
 }

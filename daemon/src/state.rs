@@ -190,6 +190,8 @@ pub struct AppState {
     pub audit: govbox_audit::AuditLog,
     /// The backend the models run on.
     pub backend: Arc<dyn Backend>,
+    /// The `device` setting, the device chosen and what probing found.
+    pub device: crate::device::DeviceReport,
     /// TLS settings for new connections; replaced on SIGHUP.
     pub tls: RwLock<Arc<rustls::ServerConfig>>,
     /// The server certificate new handshakes get; `tls_reload` and SIGHUP swap it.
@@ -284,7 +286,8 @@ pub(crate) fn test_state() -> (tempfile::TempDir, Arc<AppState>) {
     let audit = crate::auditing::open(&dir, &crate::config::AuditConfig::default()).unwrap();
     let state = AppState {
         admission: Admission::new(1, 1),
-        metrics: Arc::new(Metrics::new(false)),
+        metrics: Arc::new(Metrics::new(&backend.info(), &[])),
+        device: crate::device::DeviceReport::cpu_only(),
         store: ClientStore::open(&dir).unwrap(),
         quotas: Quotas::open(&dir.join("state/quota")).unwrap(),
         config,

@@ -45,13 +45,13 @@
 //!   connections keep theirs) and gives `old` and `new` (`serial`, `not_after`, `expires`,
 //!   `sha256`); the swap is an audit entry. A pair that does not match, or a certificate that does
 //!   not chain to the box's CA, is refused (`tls_invalid`) and the old one stays.
+//! - `debug_egress_probe` exists only in builds with debug assertions (the e2e tests' binaries,
+//!   never release builds or packages): it tries a TCP connect to `addr` from a tokio worker, a new
+//!   std thread and a new rayon thread, and a UDP datagram, and gives each outcome and errno.
 //! - `content_read` records the read in the audit log (who, which request id) and then gives the
 //!   request's stored `prompt` and `response` (`text`, or `base64` when not UTF-8, `audit_hmac`,
 //!   `hmac_matches`, `truncated`, `stored`; null when absent); `content_not_stored` when retention
 //!   never stored anything, `content_not_found` for an unknown or expired id.
-//! - `debug_egress_probe` exists only in builds with debug assertions (the e2e tests' binaries,
-//!   never release builds or packages): it tries a TCP connect to `addr` from a tokio worker, a new
-//!   std thread and a new rayon thread, and a UDP datagram, and gives each outcome and errno.
 //! - `attest` gives a signed `govbox-attestation/1` report (see `govbox-attestation`), after
 //!   recording the request in the audit log.
 //!

@@ -119,7 +119,7 @@ pub enum AdminRequest {
         /// The request id (`req-` and 16 hex digits, as in `x-request-id`).
         request_id: String,
     },
-    /// Record one step of `govbox update apply` (run as root beside the daemon) in the audit log. (run as root beside the daemon) in the audit log. (run as root beside the daemon) in the audit log.
+    /// Record one step of `govbox update apply` (run as root beside the daemon) in the audit log.
     UpdateEvent {
         /// The step, e.g. `staged`, `switched`, `committed`, `reverted`.
         step: String,
@@ -155,10 +155,10 @@ impl AdminRequest {
             AdminRequest::AuditPrune { .. } => "audit_prune",
             AdminRequest::Attest { .. } => "attest",
             AdminRequest::UpdateEvent { .. } => "update_event",
-            #[cfg(debug_assertions)]
-            AdminRequest::DebugEgressProbe { .. } => "debug_egress_probe",
             AdminRequest::TlsReload => "tls_reload",
             AdminRequest::ContentRead { .. } => "content_read",
+            #[cfg(debug_assertions)]
+            AdminRequest::DebugEgressProbe { .. } => "debug_egress_probe",
         }
     }
 
@@ -416,18 +416,12 @@ fn status(state: &AppState) -> Value {
         "configured_models": state.config.models.iter().map(|m| m.name.clone()).collect::<Vec<_>>(),
         "insecure_dev_models": state.insecure_dev_models,
         "models": models,
-        "backend": {
-            "kind": format!("{:?}", info.kind).to_lowercase(),
-            "name": info.name,
-            "threads": info.threads,
-            "simulated": info.simulated,
-            "memory_used": info.memory_used,
-            "memory_total": info.memory_total,
-        },
+        "backend": crate::device::backend_json(&info, &state.device),
+        "accelerators": crate::device::probes_json(&state.device),
         "active_generations": state.metrics.active.get(),
         "queued_requests": state.metrics.queued.get(),
         "open_connections": state.metrics.connections.get(),
-        "egress": crate::sandbox::status_json(),
         "tls_certificate": state.server_cert.served(),
+        "egress": crate::sandbox::status_json(),
     })
 }

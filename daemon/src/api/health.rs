@@ -19,7 +19,21 @@ pub async fn healthz() -> Response {
 /// 200 once every configured model is loaded; 503 before that and once shutdown begins.
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let models = state.models()?;
-    let mut body = json!({"status": "ready", "models": models.len()});
+    let info = state.backend.info();
+    let mut body = json!({
+        "status": "ready",
+        "models": models.len(),
+        "backend": {
+            "kind": govbox_drivers::device::kind_name(info.kind),
+            "device": state.device.chosen.to_string(),
+            "name": info.name,
+            "simulated": info.simulated,
+            "memory_used": info.memory_used,
+            "memory_total": info.memory_total,
+            "temperature_c": info.temperature_c,
+            "health": info.health,
+        },
+    });
     if state.insecure_dev_models {
         body["insecure_dev_models"] = json!(true);
         body["warning"] = json!("unsigned model folders are served (--insecure-dev-models)");

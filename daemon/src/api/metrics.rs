@@ -13,10 +13,16 @@ use crate::state::AppState;
 
 /// The exposition.
 pub async fn handle(State(state): State<Arc<AppState>>) -> Response {
+    let info = state.backend.info();
     if let Some(g) = &state.metrics.accelerator_memory
-        && let Some(used) = state.backend.info().memory_used
+        && let Some(used) = info.memory_used
     {
         g.set(used);
+    }
+    if let Some(g) = &state.metrics.accelerator_temperature
+        && let Some(t) = info.temperature_c
+    {
+        g.set(f64::from(t));
     }
     for m in state.models.get().iter().flat_map(|v| v.iter()) {
         if let Some((used, total)) = m.engine.kv_usage()

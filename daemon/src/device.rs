@@ -1,0 +1,117 @@
+//! The device govboxd runs its models on: the `device` setting, what probing found, and how both
+//! are reported (`govbox status`, `/readyz`, `/metrics`, the logs).
+
+use govbox_drivers::device::{self, Opened, kind_name};
+use govbox_drivers::{Backend, DeviceInfo, DeviceSpec, DriverError, Probe};
+use serde_json::{Value, json};
+
+/// What was asked for, what was chosen, and every accelerator probe.
+#[derive(Debug, Clone)]
+pub struct DeviceReport {
+    /// The `device` setting.
+    pub requested: DeviceSpec,
+    /// The device in use (never `auto`).
+    pub chosen: DeviceSpec,
+    /// Ascend and CUDA probes, in `auto`'s order.
+    pub probes: Vec<Probe>,
+}
+
+impl DeviceReport {
+    /// A report for a CPU backend made without probing (tests, tools).
+    pub fn cpu_only() -> Self {
+        Self { requested: DeviceSpec::Cpu, chosen: DeviceSpec::Cpu, probes: Vec::new() }
+    }
+}
+
+/// Opens the configured device, logging every probe and the choice.
+pub fn open(setting: &str, threads: usize) -> Result<(std::sync::Arc<dyn Backend>, DeviceReport), DriverError> {
+    // The config check has parsed this already; a bad value here is a programming error that
+    // must still not start a daemon on a device nobody asked for.
+    let requested: DeviceSpec = setting
+        .parse()
+        .map_err(|e: device::ParseDeviceError| DriverError::Unavailable { backend: "device", reason: e.to_string() })?;
+    let Opened { backend, requested, chosen, probes } = device::open(requested, threads)?;
+    for p in &probes {
+        log::info!("device probe: {}", p.summary());
+    }
+    let info = backend.info();
+    log::info!("{}", describe(&info, requested, chosen));
+    for note in &info.notes {
+        log::info!("device note: {note}");
+    }
+    if info.simulated {
+        log::warn!("the device is a SIMULATOR ({}): for tests only, not real hardware", info.name);
+    }
+    Ok((backend, DeviceReport { requested, chosen, probes }))
+}
+
+fn describe(info: &DeviceInfo, requested: DeviceSpec, chosen: DeviceSpec) -> String {
+    let mem = match (info.memory_used, info.memory_total) {
+        (Some(u), Some(t)) => format!(", memory {} of {} MiB used", u >> 20, t >> 20),
+        (None, Some(t)) => format!(", {} MiB memory", t >> 20),
+        _ => String::new(),
+    };
+    format!(
+        "device: {chosen} (device = \"{requested}\"): {} '{}'{}, {} threads{mem}",
+        kind_name(info.kind),
+        info.name,
+        if info.simulated { " [SIMULATED]" } else { "" },
+        info.threads
+    )
+}
+
+/// The backend's facts as JSON, for `status` and `/readyz`.
+pub fn backend_json(info: &DeviceInfo, report: &DeviceReport) -> Value {
+    json!({
+        "kind": kind_name(info.kind),
+        "device": report.chosen.to_string(),
+        "requested": report.requested.to_string(),
+        "name": info.name,
+        "threads": info.threads,
+        "simulated": info.simulated,
+        "memory_used": info.memory_used,
+        "memory_total": info.memory_total,
+        "temperature_c": info.temperature_c,
+        "health": info.health,
+        "notes": info.notes,
+    })
+}
+
+/// Every accelerator probe as JSON.
+pub fn probes_json(report: &DeviceReport) -> Value {
+    Value::Array(
+        report
+            .probes
+            .iter()
+            .map(|p| {
+                json!({
+                    "kind": kind_name(p.kind),
+                    "compiled": p.compiled,
+                    "present": p.present,
+                    "devices": p.devices,
+                    "simulated": p.simulated,
+                    "detail": p.detail,
+                })
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_reports_its_facts_and_every_probe() {
+        let (backend, report) = open("cpu", 1).unwrap();
+        let j = backend_json(&backend.info(), &report);
+        assert_eq!(j["kind"], "cpu");
+        assert_eq!(j["device"], "cpu");
+        assert_eq!(j["simulated"], false);
+        assert_eq!(probes_json(&report).as_array().unwrap().len(), 2, "Ascend and CUDA are always listed");
+        let (_, auto) = open("auto", 1).unwrap();
+        assert_eq!(auto.requested, DeviceSpec::Auto);
+        assert_ne!(auto.chosen, DeviceSpec::Auto);
+        assert!(open("gpu", 1).is_err());
+    }
+}
