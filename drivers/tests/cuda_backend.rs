@@ -256,9 +256,9 @@ fn paged_attention_and_copy_block_match_cpu() {
         let mut gk = g.new_kv_cache(spec).unwrap();
         let mut ck = c.new_kv_cache(spec).unwrap();
         // Sequence A uses blocks 3, 7, 1, 9; sequence B shares A's first block through a copy
-        // into block 5 and goes on in 12, 2.
+        // into block 5 and goes on in 12, 2, 14.
         let table_a = [3u32, 7, 1, 9];
-        let table_b = [5u32, 12, 2];
+        let table_b = [5u32, 12, 2, 14];
         let mut step = |seqs: &[SeqAttn<'_>],
                         layer: usize,
                         gk: &mut Box<dyn govbox_drivers::KvCache>,
