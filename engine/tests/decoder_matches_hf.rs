@@ -6,12 +6,17 @@
 mod common;
 use common::*;
 
+use std::sync::Arc;
+
+use govbox_drivers::Backend;
 use govbox_engine::{GenerateRequest, Prompt};
 
+/// Every backend computes these in f32 (the Ascend backend up-casts any F16/BF16 weights at
+/// upload), so one tolerance holds for all.
 const TOL: f32 = 1e-4;
 
-fn check_exact(model_path: &std::path::Path, name: &str) {
-    let engine = load(model_path);
+fn check_exact(backend: Arc<dyn Backend>, model_path: &std::path::Path, name: &str) {
+    let engine = load_on(model_path, backend);
     let exp = json(&format!("{name}/expected.json"));
     let refs = load_tensors(&format!("{name}/expected_logits.safetensors"));
     let vocab = engine.decoder_model().unwrap().config().vocab_size;
@@ -27,29 +32,25 @@ fn check_exact(model_path: &std::path::Path, name: &str) {
     }
 }
 
-#[test]
-fn tiny_qwen2_safetensors_logits_match_hf() {
-    check_exact(&fixture("tiny-qwen2"), "tiny-qwen2");
-}
+test_device!(tiny_qwen2_safetensors_logits_match_hf, |b| check_exact(b, &fixture("tiny-qwen2"), "tiny-qwen2"));
 
-#[test]
-fn tiny_llama_safetensors_logits_match_hf() {
-    check_exact(&fixture("tiny-llama"), "tiny-llama");
-}
+test_device!(tiny_llama_safetensors_logits_match_hf, |b| check_exact(b, &fixture("tiny-llama"), "tiny-llama"));
 
-#[test]
-fn tiny_qwen2_f32_gguf_logits_match_hf() {
-    check_exact(&fixture("gguf/tiny-qwen2-f32.gguf"), "tiny-qwen2");
-}
+test_device!(tiny_qwen2_f32_gguf_logits_match_hf, |b| check_exact(
+    b,
+    &fixture("gguf/tiny-qwen2-f32.gguf"),
+    "tiny-qwen2"
+));
 
-#[test]
-fn tiny_llama_f32_gguf_logits_match_hf() {
-    // llama.cpp's converter permutes llama's Q/K rows; this passing shows the RoPE layout is right.
-    check_exact(&fixture("gguf/tiny-llama-f32.gguf"), "tiny-llama");
-}
+// llama.cpp's converter permutes llama's Q/K rows; this passing shows the RoPE layout is right.
+test_device!(tiny_llama_f32_gguf_logits_match_hf, |b| check_exact(
+    b,
+    &fixture("gguf/tiny-llama-f32.gguf"),
+    "tiny-llama"
+));
 
-fn check_greedy(name: &str) {
-    let engine = load(&fixture(name));
+fn check_greedy(backend: Arc<dyn Backend>, name: &str) {
+    let engine = load_on(&fixture(name), backend);
     let exp = json(&format!("{name}/expected.json"));
     for (i, case) in exp["cases"].as_array().unwrap().iter().enumerate() {
         let want = ids(&case["greedy_new_ids"]);
@@ -77,20 +78,14 @@ fn check_greedy(name: &str) {
     }
 }
 
-#[test]
-fn tiny_qwen2_greedy_generation_matches_hf() {
-    check_greedy("tiny-qwen2");
-}
+test_device!(tiny_qwen2_greedy_generation_matches_hf, |b| check_greedy(b, "tiny-qwen2"));
 
-#[test]
-fn tiny_llama_greedy_generation_matches_hf() {
-    check_greedy("tiny-llama");
-}
+test_device!(tiny_llama_greedy_generation_matches_hf, |b| check_greedy(b, "tiny-llama"));
 
 /// Q8_0: per case our error against the exact answer is at most 1.25x llama.cpp's, and our
 /// argmax agreement, summed over the cases, is at least llama.cpp's minus 2 % of the positions.
-fn check_q8(name: &str) {
-    let engine = load(&fixture(&format!("gguf/{name}-q8_0.gguf")));
+fn check_q8(backend: Arc<dyn Backend>, name: &str) {
+    let engine = load_on(&fixture(&format!("gguf/{name}-q8_0.gguf")), backend);
     let exp = json(&format!("{name}/expected.json"));
     let exact = load_tensors(&format!("{name}/expected_logits.safetensors"));
     let lcpp = load_tensors(&format!("gguf/{name}-q8_0.llamacpp_logits.safetensors"));
@@ -116,12 +111,6 @@ fn check_q8(name: &str) {
     assert!(ours_agree as f64 >= theirs_agree as f64 - 0.02 * positions as f64);
 }
 
-#[test]
-fn tiny_qwen2_q8_0_gguf_is_at_least_as_accurate_as_llama_cpp() {
-    check_q8("tiny-qwen2");
-}
+test_device!(tiny_qwen2_q8_0_gguf_is_at_least_as_accurate_as_llama_cpp, |b| check_q8(b, "tiny-qwen2"));
 
-#[test]
-fn tiny_llama_q8_0_gguf_is_at_least_as_accurate_as_llama_cpp() {
-    check_q8("tiny-llama");
-}
+test_device!(tiny_llama_q8_0_gguf_is_at_least_as_accurate_as_llama_cpp, |b| check_q8(b, "tiny-llama"));

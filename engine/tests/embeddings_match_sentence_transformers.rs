@@ -10,8 +10,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use govbox_drivers::Backend;
-use govbox_drivers::cpu::CpuBackend;
 use govbox_engine::embed::{EmbeddingModel, PoolingMode};
+
+mod common;
+use common::test_device;
 
 /// Smallest acceptable cosine similarity to the reference vector.
 const MIN_COSINE: f64 = 0.99999;
@@ -77,15 +79,17 @@ fn max_abs(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
-fn load(dir: &std::path::Path) -> EmbeddingModel {
-    let backend: Arc<dyn Backend> = Arc::new(CpuBackend::new(2).unwrap());
+fn load(dir: &std::path::Path, backend: Arc<dyn Backend>) -> EmbeddingModel {
     EmbeddingModel::load(dir, backend).unwrap()
 }
 
-#[test]
-fn embeddings_match_sentence_transformers() {
+// Every backend computes in f32 (the Ascend backend up-casts F16/BF16 weights at upload), so
+// the tolerances above hold on all of them.
+test_device!(embeddings_match_sentence_transformers, check);
+
+fn check(backend: Arc<dyn Backend>) {
     let Some(dir) = minilm_dir() else { return };
-    let model = load(&dir);
+    let model = load(&dir, backend);
     assert_eq!((model.dim(), model.max_seq_length()), (384, 256));
     assert_eq!(model.pooling(), PoolingMode::Mean);
     assert!(model.normalizes(), "modules.json names a Normalize module");
@@ -132,9 +136,10 @@ fn embeddings_match_sentence_transformers() {
     }
 }
 
-#[test]
-fn an_empty_request_gives_no_vectors() {
+test_device!(an_empty_request_gives_no_vectors, empty);
+
+fn empty(backend: Arc<dyn Backend>) {
     let Some(dir) = minilm_dir() else { return };
-    let e = load(&dir).embed(&[]).unwrap();
+    let e = load(&dir, backend).embed(&[]).unwrap();
     assert!(e.vectors.is_empty() && e.token_counts.is_empty());
 }

@@ -5,6 +5,9 @@
 mod common;
 use common::*;
 
+use std::sync::Arc;
+
+use govbox_drivers::Backend;
 use govbox_engine::sampler::SamplingParams;
 use govbox_engine::{Engine, Event, FinishReason, GenerateRequest, Prompt};
 
@@ -34,9 +37,10 @@ fn sampled(seed: u64) -> GenerateRequest {
     }
 }
 
-#[test]
-fn same_seed_same_output_other_seed_other_output() {
-    let engine = load(&fixture("tiny-qwen2"));
+test_device!(same_seed_same_output_other_seed_other_output, same_seed);
+
+fn same_seed(backend: Arc<dyn Backend>) {
+    let engine = load_on(&fixture("tiny-qwen2"), backend);
     let a = run(&engine, &sampled(42)).0;
     let b = run(&engine, &sampled(42)).0;
     let c = run(&engine, &sampled(43)).0;
@@ -44,9 +48,10 @@ fn same_seed_same_output_other_seed_other_output() {
     assert_ne!(a, c, "40 sampled tokens at temperature 1 should differ between seeds");
 }
 
-#[test]
-fn stop_string_cuts_exactly() {
-    let engine = load(&fixture("tiny-llama"));
+test_device!(stop_string_cuts_exactly, stop_string);
+
+fn stop_string(backend: Arc<dyn Backend>) {
+    let engine = load_on(&fixture("tiny-llama"), backend);
     let base = sampled(7);
     let (full, _, fin) = run(&engine, &base);
     assert_eq!(fin, Some(FinishReason::Length));
@@ -61,9 +66,10 @@ fn stop_string_cuts_exactly() {
     assert!(chunks.iter().all(|c| !c.contains(&stop)));
 }
 
-#[test]
-fn streamed_chinese_equals_one_shot_decode() {
-    let engine = load(&fixture("tiny-qwen2"));
+test_device!(streamed_chinese_equals_one_shot_decode, streamed_chinese);
+
+fn streamed_chinese(backend: Arc<dyn Backend>) {
+    let engine = load_on(&fixture("tiny-qwen2"), backend);
     let exp = json("tiny-qwen2/expected.json");
     let mut checked = 0;
     for case in exp["cases"].as_array().unwrap() {

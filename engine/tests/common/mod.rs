@@ -9,6 +9,10 @@ use govbox_drivers::Backend;
 use govbox_drivers::cpu::CpuBackend;
 use govbox_engine::{Engine, EngineOptions};
 
+pub mod devices;
+#[allow(unused_imports)]
+pub(crate) use devices::test_device;
+
 pub fn repo() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
@@ -22,7 +26,12 @@ pub fn backend() -> Arc<dyn Backend> {
 }
 
 pub fn load(path: &std::path::Path) -> Engine {
-    Engine::load(path, backend(), &EngineOptions::default()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    load_on(path, backend())
+}
+
+/// Loads a model onto `backend`.
+pub fn load_on(path: &std::path::Path, backend: Arc<dyn Backend>) -> Engine {
+    Engine::load(path, backend, &EngineOptions::default()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 pub fn json(rel: &str) -> serde_json::Value {
