@@ -12,11 +12,15 @@ pub fn sim_lib() -> PathBuf {
     }
     let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    for dir in ["debug", "debug/deps", "release", "release/deps"] {
-        let p = target.join(dir).join("libgovbox_ascend_sim.so");
-        if p.exists() {
-            return p;
-        }
+    // The newest build wins: the dev-dependency rebuilds debug/deps on every test build, while a
+    // `cargo build -p govbox-ascend-sim` copy in debug/ may be older.
+    let newest = ["debug", "debug/deps", "release", "release/deps"]
+        .iter()
+        .map(|d| target.join(d).join("libgovbox_ascend_sim.so"))
+        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .max();
+    if let Some((_, p)) = newest {
+        return p;
     }
     panic!("the Ascend simulator was not found: build the simulator: cargo build -p govbox-ascend-sim");
 }
