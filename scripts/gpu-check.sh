@@ -9,8 +9,9 @@
 # 3. the engine's correctness suite on CUDA (the `cuda` variants of test_device!, one thread);
 #    tests that need the real downloaded models (.cache/models, not carried) are skipped;
 # 4. a decode benchmark through the CLI on a random-weight model of Qwen2.5-0.5B's shapes
-#    (bench/make_bench_model.py, BF16), tokens/s. There is no quantise-at-load option in the
-#    engine (EngineOptions has only kv_tokens), so there is no Q8_0 run.
+#    (bench/make_bench_model.py), tokens/s: BF16 safetensors as written, and Q8_0 when
+#    gpu-carry/llama-convert (llama.cpp's converter) is there to write a Q8_0 GGUF of it. The
+#    engine has no quantise-at-load option (EngineOptions has only kv_tokens), hence the file.
 # Every step runs under `timeout`, from a budget that keeps the whole script within 8 minutes.
 # Output goes to stdout and, when $OUT is set, to $OUT/gpu-check.log. Exit status: 0 when every
 # step passed, 1 otherwise. GOVBOX_REQUIRE_CUDA=1 makes a test fail, not skip, without a device.
@@ -116,10 +117,19 @@ export GOVBOX_REQUIRE_CUDA=1
 export GOVBOX_SKIP_REAL_MODELS=1
 export RUST_BACKTRACE=1
 
-# The benchmark model is made on the CPU while the GPU tests run.
+# The benchmark models are made on the CPU while the GPU tests run.
 model_dir=$(mktemp -d /tmp/govbox-bench-model.XXXXXX)
-(timeout 200 python3 bench/make_bench_model.py "$model_dir" --shape qwen2.5-0.5b --dtype bfloat16 \
-  --tokenizer tests/fixtures/tiny-qwen2 >"$model_dir.log" 2>&1; echo "rc=$?" >>"$model_dir.log") &
+q8=$model_dir.q8_0.gguf
+(
+  timeout 200 python3 bench/make_bench_model.py "$model_dir" --shape qwen2.5-0.5b --dtype bfloat16 \
+    --tokenizer tests/fixtures/tiny-qwen2 && echo "bf16 rc=0"
+  if [[ -f $carry/llama-convert/convert_hf_to_gguf.py ]]; then
+    PYTHONPATH="$carry/llama-convert/gguf-py:$carry/llama-convert" timeout 150 python3 \
+      "$carry/llama-convert/convert_hf_to_gguf.py" "$model_dir" --outtype q8_0 --outfile "$q8" 2>&1 | grep -v Writing: |
+      tail -3
+    [[ -f $q8 ]] && echo "q8_0 rc=0"
+  fi
+) >"$model_dir.log" 2>&1 &
 maker=$!
 
 step "drivers unit tests (probe, open, NVRTC compile)" 45 "$bin/drivers-govbox_drivers" cuda:: --test-threads 4
@@ -139,17 +149,23 @@ while kill -0 "$maker" 2>/dev/null && ((waited < left)); do
   waited=$((waited + 2))
 done
 cat "$model_dir.log"
-if [[ -f $model_dir/config.json ]] && grep -q '^rc=0' "$model_dir.log"; then
+if grep -q '^bf16 rc=0' "$model_dir.log"; then
   summary+=("PASS  benchmark model written")
-  step "decode benchmark, BF16 weights, cuda:0 (govbox model bench -p 128 -n 128 -r 2)" 120 \
+  step "decode benchmark, BF16 weights, cuda:0 (govbox model bench -p 128 -n 128 -r 2)" 90 \
     "$bin/govbox" model bench --model "$model_dir" --device cuda:0 --kv-tokens 1024 -p 128 -n 128 -r 2
-  echo "(no Q8_0 run: the engine has no quantise-at-load option)"
+  if grep -q '^q8_0 rc=0' "$model_dir.log"; then
+    step "decode benchmark, Q8_0 weights (GGUF), cuda:0 (govbox model bench -p 128 -n 128 -r 2)" 90 \
+      "$bin/govbox" model bench --model "$q8" --device cuda:0 --kv-tokens 1024 -p 128 -n 128 -r 2
+  else
+    echo "(no Q8_0 run: no Q8_0 GGUF was written; see the log above)"
+    summary+=("SKIP  Q8_0 benchmark (no converter or conversion failed)")
+  fi
 else
   kill "$maker" 2>/dev/null
   summary+=("FAIL  benchmark model not written")
   failed=1
 fi
-rm -rf "$model_dir" "$model_dir.log" "$bin"
+rm -rf "$model_dir" "$model_dir.log" "$q8" "$bin"
 
 echo
 echo "== summary (${SECONDS}s)"

@@ -54,6 +54,19 @@ echo "== govbox CLI (release, --features cuda)"
 cargo build --release -p govbox-cli --features cuda --bin govbox
 cp target/release/govbox "$out/bin/govbox"
 
+# llama.cpp's HF -> GGUF converter (pure Python; fetched by bench/get-llama-cpp.sh into the
+# gitignored bench/work), so that gpu-check.sh can also benchmark Q8_0 weights. Optional.
+lc=bench/work/llama/llama.cpp
+if [[ -f $lc/convert_hf_to_gguf.py && -d $lc/gguf-py ]]; then
+  mkdir -p "$out/llama-convert"
+  cp -r "$lc/convert_hf_to_gguf.py" "$lc/gguf-py" "$out/llama-convert/"
+  [[ -d $lc/conversion ]] && cp -r "$lc/conversion" "$out/llama-convert/"
+  find "$out/llama-convert" -name __pycache__ -prune -exec rm -rf {} +
+  echo "llama.cpp converter: $(git -C "$lc" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+else
+  echo "no $lc/convert_hf_to_gguf.py (bench/get-llama-cpp.sh fetches it): gpu-check.sh will skip Q8_0"
+fi
+
 strip --strip-debug "$out"/bin/* 2>/dev/null || objcopy --strip-debug "$out"/bin/*
 ls -l "$out/bin"
 # Stripped, they still come to about 66 MiB: gzip (which every machine has) brings them to a
