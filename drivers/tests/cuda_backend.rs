@@ -362,7 +362,12 @@ fn dense_attention_matches_cpu_with_padding() {
 fn info_reports_the_device_and_tracks_memory() {
     let Some(g) = cuda() else { return };
     let before = g.info();
+    eprintln!("cuda:0 info: {before:?}");
     assert!(!before.name.is_empty());
+    // NVML (the driver's libnvidia-ml) gives the temperature where it loads.
+    if let Some(t) = before.temperature_c {
+        assert!((0.0..=120.0).contains(&t), "{t} °C");
+    }
     assert!(before.memory_total.unwrap() > 0);
     let t = g.upload_f32(&vec![1.0; 1 << 20], &[1024, 1024]).unwrap();
     let during = g.info().memory_used.unwrap();

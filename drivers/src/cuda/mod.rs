@@ -24,6 +24,7 @@
 
 mod kernels;
 mod kv;
+mod nvml;
 
 use std::any::Any;
 use std::collections::{BTreeSet, HashMap};
@@ -210,6 +211,17 @@ fn keep_pool_memory(ctx: &CudaContext) {
     }
 }
 
+/// The device's PCI bus id ("0000:3b:00.0"), which NVML knows it by.
+fn pci_bus_id(ctx: &CudaContext) -> Option<String> {
+    let mut buf = [0 as std::ffi::c_char; 32];
+    // SAFETY: `buf` has room for the 32 bytes we say it has; the driver NUL-terminates.
+    let r = unsafe { cudarc::driver::sys::cuDeviceGetPCIBusId(buf.as_mut_ptr(), buf.len() as i32, ctx.cu_device()) };
+    r.result().ok()?;
+    // SAFETY: the driver wrote a NUL-terminated string into `buf` (checked above).
+    let s = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    s.to_str().ok().map(str::to_owned)
+}
+
 /// Device memory of one tensor.
 #[derive(Debug)]
 pub(crate) struct CudaBuffer {
@@ -294,6 +306,8 @@ pub struct CudaBackend {
     memory_total: Option<u64>,
     used: Arc<AtomicU64>,
     notes: Mutex<BTreeSet<String>>,
+    /// NVML for this device, when the driver's libnvidia-ml loads (temperature).
+    nvml: Option<nvml::Nvml>,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -366,6 +380,7 @@ impl CudaBackend {
             funcs.insert(n, module.load_function(n).map_err(drv("cuModuleGetFunction"))?);
         }
         let blas = CudaBlas::new(stream.clone()).map_err(blas_err("cublasCreate"))?;
+        let nvml = pci_bus_id(&ctx).and_then(|id| nvml::Nvml::open(&id));
         Ok(Self {
             ctx,
             stream,
@@ -376,6 +391,7 @@ impl CudaBackend {
             memory_total,
             used: Arc::new(AtomicU64::new(0)),
             notes: Mutex::new(BTreeSet::new()),
+            nvml,
         })
     }
 
@@ -710,7 +726,7 @@ impl Backend for CudaBackend {
             memory_used: Some(self.used.load(Ordering::Relaxed)),
             memory_total: self.memory_total,
             simulated: false,
-            temperature_c: None,
+            temperature_c: self.nvml.as_ref().and_then(nvml::Nvml::temperature_c),
             health: None,
             notes: self.notes.lock().map(|n| n.iter().cloned().collect()).unwrap_or_default(),
         }
