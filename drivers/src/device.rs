@@ -9,7 +9,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use crate::cpu::CpuBackend;
-use crate::{Backend, DeviceKind, DriverError, Result};
+use crate::{Backend, DeviceKind, Result};
 
 /// Which device the operator asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -207,7 +207,7 @@ fn open_cuda(ordinal: u32) -> Result<Arc<dyn Backend>> {
     #[cfg(not(feature = "cuda"))]
     {
         let _ = ordinal;
-        Err(DriverError::NotCompiled("CUDA"))
+        Err(crate::DriverError::NotCompiled("CUDA"))
     }
 }
 
@@ -219,7 +219,7 @@ fn open_ascend(device: u32) -> Result<Arc<dyn Backend>> {
     #[cfg(not(feature = "ascend"))]
     {
         let _ = device;
-        Err(DriverError::NotCompiled("Ascend"))
+        Err(crate::DriverError::NotCompiled("Ascend"))
     }
 }
 

@@ -158,9 +158,15 @@ impl TestBox {
 
     /// Starts govboxd and waits (polling, with a deadline) until /readyz answers 200.
     pub fn start(&self) -> Daemon {
+        self.start_with_env(&[])
+    }
+
+    /// [`TestBox::start`] with extra environment variables for govboxd.
+    pub fn start_with_env(&self, env: &[(&str, &str)]) -> Daemon {
         let log = self.dir.join(format!("govboxd-{}.log", self.port));
         let f = std::fs::File::create(&log).unwrap();
         let child = Command::new(bin("govboxd"))
+            .envs(env.iter().copied())
             .arg("--state")
             .arg(&self.state)
             .arg("--config")
