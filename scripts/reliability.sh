@@ -54,7 +54,7 @@ started=$(date -u +%Y-%m-%dT%H:%MZ)
 echo "== a-c: load, abuse and schemathesis (${examples} examples) against a real govboxd"
 load_rc=0
 target/debug/govbox-reliability "${load_args[@]}" --exec "scripts/schemathesis.sh $examples > $out/schemathesis.log 2>&1" \
-  --json "$out/load.json" 2> >(grep -v '^20[0-9][0-9]-' >"$out/load.log") | tee "$out/load-table.md" || load_rc=$?
+  --json "$out/load.json" 2> >(grep --line-buffered -v '^20[0-9][0-9]-' >"$out/load.log") | tee "$out/load-table.md" || load_rc=$?
 [ "$load_rc" -eq 0 ] || status=1
 st_line=$(grep -E '^Test cases:' -A1 "$out/schemathesis.log" | tail -1 | sed 's/^ *//' || true)
 st_result=$(grep -E '^=+ .* in [0-9.]+s =+$' "$out/schemathesis.log" | tail -1 | tr -d '=' | sed 's/^ *//;s/ *$//' || true)

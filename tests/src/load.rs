@@ -360,8 +360,16 @@ pub async fn soak(t: &Target, workers: usize, secs: u64, warmup: Duration, pid: 
     stop.store(true, Ordering::Relaxed);
     let mut total = SoakReport { rss_warm_kib, ..Default::default() };
     for task in tasks {
-        match task.await {
-            Ok(r) => {
+        // A worker finishes its request in flight; one that does not within a minute is a hang,
+        // reported as a transport error rather than waited for.
+        let abort = task.abort_handle();
+        match tokio::time::timeout(Duration::from_secs(60), task).await {
+            Err(_) => {
+                abort.abort();
+                total.transport_errors += 1;
+                total.errors.push("a soak worker did not finish within 60 s of the end".into());
+            }
+            Ok(Ok(r)) => {
                 total.requests += r.requests;
                 for (s, n) in r.by_status {
                     *total.by_status.entry(s).or_default() += n;
@@ -375,7 +383,7 @@ pub async fn soak(t: &Target, workers: usize, secs: u64, warmup: Duration, pid: 
                     }
                 }
             }
-            Err(e) => total.errors.push(format!("worker: {e}")),
+            Ok(Err(e)) => total.errors.push(format!("worker: {e}")),
         }
     }
     total.rss_end_kib = rss_kib(pid);
@@ -395,6 +403,31 @@ pub struct Check {
     pub got: String,
     /// Whether that matches, and `/readyz` answered 200 afterwards.
     pub ok: bool,
+}
+
+/// Runs one abuse check with an upper bound on its duration: a check that has not finished after
+/// `limit` fails with "timed out" instead of hanging the campaign.
+pub async fn bounded(name: &str, limit: Duration, check: impl std::future::Future<Output = Check>) -> Check {
+    let t0 = Instant::now();
+    let c = match tokio::time::timeout(limit, check).await {
+        Ok(c) => c,
+        Err(_) => Check {
+            name: name.into(),
+            faults: 0,
+            expected: "to finish".into(),
+            got: format!("timed out after {limit:?}"),
+            ok: false,
+        },
+    };
+    eprintln!(
+        "   {} {} ({:.1?}): {} (expected {})",
+        if c.ok { "ok  " } else { "FAIL" },
+        c.name,
+        t0.elapsed(),
+        c.got,
+        c.expected
+    );
+    c
 }
 
 /// Runs `f` and then checks the daemon is still ready.
