@@ -402,13 +402,28 @@ fn run_matmul(a: &View, b: &View, out: &View) -> SimResult<()> {
     for bi in 0..nb {
         let a2 = a.reshaped(vec![m, k], a.strides[r - 2..].to_vec(), batch_offset(a, batch, bi));
         let b2 = b.reshaped(vec![k, n], b.strides[r - 2..].to_vec(), batch_offset(b, batch, bi));
-        let av = a2.gather_f32();
+        // Dense f32 operands are read in place; others are gathered (and converted) first. The
+        // output is written only after the product is complete, so in-place reads never see it.
+        let a_owned;
+        let av = match a2.as_f32_slice() {
+            Some(s) => s,
+            None => {
+                a_owned = a2.gather_f32();
+                &a_owned
+            }
+        };
         let part = if b2.strides[0] < b2.strides[1] && k > 1 && n > 1 {
-            // Column-major weight (e.g. a transposed view): gather it as [n, k] and use dot products.
-            let bt = b2.reshaped(vec![n, k], vec![b2.strides[1], b2.strides[0]], b2.offset).gather_f32();
-            matmul_nt(&av, &bt, m, k, n)
+            // Column-major weight (e.g. a transposed view): read it as [n, k] and use dot products.
+            let bt2 = b2.reshaped(vec![n, k], vec![b2.strides[1], b2.strides[0]], b2.offset);
+            match bt2.as_f32_slice() {
+                Some(bt) => matmul_nt(av, bt, m, k, n),
+                None => matmul_nt(av, &bt2.gather_f32(), m, k, n),
+            }
         } else {
-            matmul_nn(&av, &b2.gather_f32(), m, k, n)
+            match b2.as_f32_slice() {
+                Some(bv) => matmul_nn(av, bv, m, k, n),
+                None => matmul_nn(av, &b2.gather_f32(), m, k, n),
+            }
         };
         c[bi * m * n..(bi + 1) * m * n].copy_from_slice(&part);
     }
@@ -532,12 +547,15 @@ pub(crate) fn matmul_nt(a: &[f32], bt: &[f32], m: usize, k: usize, n: usize) -> 
     })
 }
 
+/// Dot product with 32 independent f32 partial sums (so the loop vectorises and is not bound by
+/// the latency of one accumulator chain).
 fn dot(x: &[f32], y: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
+    const L: usize = 32;
+    let mut acc = [0f32; L];
+    let (xc, yc) = (x.chunks_exact(L), y.chunks_exact(L));
     let (xr, yr) = (xc.remainder(), yc.remainder());
     for (a, b) in xc.zip(yc) {
-        for l in 0..8 {
+        for l in 0..L {
             acc[l] += a[l] * b[l];
         }
     }
