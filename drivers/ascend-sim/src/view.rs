@@ -222,9 +222,19 @@ impl View {
     pub(crate) fn gather_f64(&self) -> Vec<f64> {
         let mut out = vec![0f64; self.numel()];
         let (p, dt, es) = (self.ptr(), self.dtype, self.dtype.size());
-        for_each_offset(&self.dims, &self.strides, self.offset, |i, o| {
-            // SAFETY: View invariant: every element offset lies in a live allocation.
-            out[i] = unsafe { dt.load_f64(p.add(o * es)) };
+        for_each_run(&self.dims, &self.strides, self.offset, |i, o, len, s| {
+            let dst = &mut out[i..i + len];
+            if dt == DType::F32 {
+                for (j, v) in dst.iter_mut().enumerate() {
+                    // SAFETY: View invariant: every element offset lies in a live allocation.
+                    *v = f64::from(unsafe { p.add((o + j * s) * es).cast::<f32>().read_unaligned() });
+                }
+                return;
+            }
+            for (j, v) in dst.iter_mut().enumerate() {
+                // SAFETY: View invariant: every element offset lies in a live allocation.
+                *v = unsafe { dt.load_f64(p.add((o + j * s) * es)) };
+            }
         });
         out
     }
