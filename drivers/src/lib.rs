@@ -20,10 +20,10 @@ mod error;
 pub mod quant;
 mod tensor;
 
-pub use device::{DeviceSpec, Opened, Probe};
 pub use backend::{
     Backend, Caps, DenseAttn, DeviceInfo, DeviceKind, KvCache, KvSpec, PagedAttn, Rope, RopeStyle, SeqAttn,
 };
+pub use device::{DeviceSpec, Opened, Probe};
 pub use dtype::DType;
 pub use error::{DriverError, Result};
 pub use tensor::{Buffer, HostBytes, Tensor};
