@@ -5,6 +5,13 @@
 //! A connection is closed when it has been silent for `limits.idle_timeout_secs` with no request
 //! in flight; with a request in flight it is closed only if it makes no progress for longer than
 //! the request deadline plus the idle timeout (a client that stopped reading its answer).
+//!
+//! The header timeout counts from the first byte of a request's head, not from the end of the
+//! previous request: hyper's own `header_read_timeout` starts as soon as a keep-alive connection
+//! waits for its next request, which would close quiet keep-alive connections after
+//! `header_timeout_secs` instead of `idle_timeout_secs`. So the timer is ours: the read side
+//! notes when a head starts arriving on a connection with nothing in flight, the service clears
+//! it when the head is complete, and the connection's watchdog closes one that trickles.
 
 use std::io;
 use std::net::SocketAddr;
@@ -75,11 +82,37 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, router: Router) 
 struct Activity {
     base: Instant,
     last_ms: AtomicU64,
+    /// 1 + the millisecond at which the head of the next request began to arrive; 0 when no
+    /// head is partly read.
+    head_started_ms: AtomicU64,
+    /// Requests whose head was read and whose answer is not finished.
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl Activity {
+    fn now_ms(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64
+    }
     fn touch(&self) {
-        self.last_ms.store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+    /// Bytes arrived: with no request in flight they begin the next request's head.
+    fn read_some(&self) {
+        self.touch();
+        if self.in_flight.load(Ordering::SeqCst) == 0 {
+            let _ = self.head_started_ms.compare_exchange(0, self.now_ms() + 1, Ordering::SeqCst, Ordering::SeqCst);
+        }
+    }
+    /// A whole head was read.
+    fn head_done(&self) {
+        self.head_started_ms.store(0, Ordering::SeqCst);
+    }
+    /// How long the current head has been arriving, if one is.
+    fn head_pending_for(&self) -> Option<Duration> {
+        match self.head_started_ms.load(Ordering::SeqCst) {
+            0 => None,
+            t => Some(Duration::from_millis(self.now_ms().saturating_sub(t - 1))),
+        }
     }
     fn quiet_for(&self) -> Duration {
         let now = self.base.elapsed().as_millis() as u64;
@@ -98,7 +131,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.activity.touch();
+            self.activity.read_some();
         }
         r
     }
@@ -196,13 +229,20 @@ async fn connection(
     };
     let cert_sha256 = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(tls::fingerprint);
     let info = ConnInfo { peer, cert_sha256 };
-    let activity = Arc::new(Activity { base: Instant::now(), last_ms: AtomicU64::new(0) });
     let in_flight = Arc::new(AtomicUsize::new(0));
+    let activity = Arc::new(Activity {
+        base: Instant::now(),
+        last_ms: AtomicU64::new(0),
+        head_started_ms: AtomicU64::new(0),
+        in_flight: in_flight.clone(),
+    });
     let io = TokioIo::new(Tracked { inner: stream, activity: activity.clone() });
     let counter = in_flight.clone();
+    let heads = activity.clone();
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(info.clone());
         let guard = InFlight::new(counter.clone());
+        heads.head_done();
         let router = router.clone();
         async move {
             let resp = router.oneshot(req.map(Body::new)).await?;
@@ -210,13 +250,15 @@ async fn connection(
         }
     });
     let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(header_timeout).max_headers(100);
+    // No hyper header_read_timeout: see the module docs; the watchdog below enforces it.
+    builder.timer(TokioTimer::new()).max_headers(100);
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
 
     let idle = Duration::from_secs(limits.idle_timeout_secs);
     let stuck = Duration::from_secs(state.config.serving.request_deadline_secs) + idle;
-    let mut tick = tokio::time::interval((idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5)));
+    let mut tick =
+        tokio::time::interval((idle.min(header_timeout) / 4).clamp(Duration::from_millis(100), Duration::from_secs(5)));
     let mut shutdown = state.shutdown.subscribe();
     let mut closing = *shutdown.borrow();
     if closing {
@@ -237,6 +279,10 @@ async fn connection(
             _ = tick.tick() => {
                 let quiet = activity.quiet_for();
                 let busy = in_flight.load(Ordering::SeqCst) > 0;
+                if !busy && activity.head_pending_for().is_some_and(|t| t >= header_timeout) {
+                    log::debug!("closing a connection from {} whose request head took over {} s", peer.ip(), header_timeout.as_secs());
+                    break;
+                }
                 if !busy && quiet >= idle {
                     if closing {
                         break;

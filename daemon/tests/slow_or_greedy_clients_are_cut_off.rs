@@ -86,3 +86,25 @@ async fn connections_over_the_limit_are_closed() {
     }
     assert!(d.metric("govbox_connections_refused_total ").await.unwrap() >= 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_keep_alive_connection_lasts_the_idle_timeout_not_the_header_timeout() {
+    let b = Box_::provision();
+    let limits = "[limits]\nheader_timeout_secs = 1\nbody_timeout_secs = 1\nidle_timeout_secs = 4\n";
+    let d = Daemon::ready(&b, &b.config(&[("tiny", &tiny_qwen2())], limits)).await;
+    let (mut sender, conn) = connect_to(d.addr, &d.ca_pem, None).await.unwrap();
+    let get = || hyper::Request::get("/healthz").header("host", "localhost").body(Default::default()).unwrap();
+    let conn = tokio::spawn(conn);
+    assert_eq!(sender.send_request(get()).await.unwrap().status(), 200);
+    // Quiet for twice the header timeout: the connection must still serve.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(!conn.is_finished(), "closed after the header timeout although only idle");
+    assert_eq!(sender.send_request(get()).await.unwrap().status(), 200);
+    let t = Instant::now();
+    tokio::time::timeout(Duration::from_secs(15), conn).await.expect("idle connection left open").unwrap().unwrap();
+    assert!(
+        t.elapsed() >= Duration::from_secs(3),
+        "closed {:?} after the last request; idle timeout is 4 s",
+        t.elapsed()
+    );
+}
