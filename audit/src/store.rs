@@ -28,8 +28,11 @@ const META_PRUNED_BEFORE: &[u8] = b"pruned_before";
 /// How long opening waits for a lock that a previous opener (this process's own previous handle,
 /// after an I/O error) is just releasing: sled drops its file lock from a background thread.
 const LOCK_WAIT: Duration = Duration::from_secs(2);
-/// sled's page cache; the log is written sequentially and read rarely, so a small one suffices.
-const CACHE_BYTES: u64 = 64 << 20;
+/// sled's page cache (sled's default is 1 GiB). The log is written sequentially and read rarely
+/// (export, verify, the latest checkpoint), so a small cache suffices; govboxd appends ~100
+/// entries a second at saturation (503s are audited too), which would fill a larger one and look
+/// like a leak (tests/RELIABILITY.md, caches).
+const CACHE_BYTES: u64 = 16 << 20;
 
 /// The store key of a seq or a tree size.
 pub(crate) fn key(n: u64) -> [u8; 8] {

@@ -28,6 +28,10 @@ pub const KEY_LEN: usize = 32;
 /// The most response bytes kept per request; beyond this the record is marked truncated.
 pub const MAX_KEPT_RESPONSE: usize = 16 << 20;
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+/// sled's page cache for the content store (sled's default is 1 GiB). Records are written once
+/// and read back rarely (admin `content_read`, hourly expiry), so a small cache suffices and keeps
+/// govboxd's memory bounded however much content is retained (tests/RELIABILITY.md, caches).
+const CONTENT_CACHE_BYTES: u64 = 8 << 20;
 
 /// Why content could not be stored, read or expired.
 #[derive(Debug, thiserror::Error)]
@@ -236,7 +240,7 @@ impl ContentStore {
         fs::create_dir_all(dir).map_err(io("creating", dir))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io("setting the mode of", dir))?;
         let store = |source| ContentError::Store { path: dir.to_path_buf(), source };
-        let db = sled::Config::new().path(dir).open().map_err(store)?;
+        let db = sled::Config::new().path(dir).cache_capacity(CONTENT_CACHE_BYTES).open().map_err(store)?;
         let records = db.open_tree("records").map_err(store)?;
         let by_time = db.open_tree("by_time").map_err(store)?;
         let unbound = UnboundKey::new(&AES_256_GCM, raw)

@@ -35,6 +35,12 @@ struct Bucket {
     updated: Instant,
 }
 
+/// sled's page cache for the budget store (sled's default is 1 GiB). It holds one small counter per
+/// client with a token budget and day (`DATE/client`), updated once per request, so 8 MiB caches
+/// the days in use on any real box; a fixed cap keeps govboxd's memory bounded (tests/RELIABILITY.md,
+/// caches).
+const QUOTA_CACHE_BYTES: u64 = 8 << 20;
+
 /// Rate buckets and the daily budget store.
 #[derive(Debug)]
 pub struct Quotas {
@@ -47,6 +53,7 @@ impl Quotas {
     pub fn open(db_dir: &Path) -> Result<Self, QuotaError> {
         let db = sled::Config::new()
             .path(db_dir)
+            .cache_capacity(QUOTA_CACHE_BYTES)
             .open()
             .map_err(|source| QuotaError::Open { path: db_dir.to_path_buf(), source })?;
         Ok(Quotas { buckets: Mutex::new(HashMap::new()), db })

@@ -30,6 +30,10 @@ use crate::tls::{self, BoxCa, IssuedCert};
 const CLIENTS_TREE: &str = "clients";
 /// How long opening the store waits for a lock that another opener is just releasing.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// sled's page cache for the client registry (sled's default is 1 GiB): a few records per client,
+/// read at every authentication by govboxd, so 8 MiB caches it whole on any real box while keeping
+/// the daemon's memory bounded (tests/RELIABILITY.md, caches).
+const CACHE_BYTES: u64 = 8 << 20;
 const CERTS_TREE: &str = "client_certs";
 /// Client certificates last a year unless asked otherwise.
 pub const DEFAULT_CERT_DAYS: u32 = 365;
@@ -126,7 +130,7 @@ impl ClientStore {
         // held only briefly is waited for, up to LOCK_WAIT, before it is reported.
         let deadline = std::time::Instant::now() + LOCK_WAIT;
         let db = loop {
-            match sled::Config::new().path(&db_path).open() {
+            match sled::Config::new().path(&db_path).cache_capacity(CACHE_BYTES).open() {
                 Ok(db) => break db,
                 Err(sled::Error::Io(ref io)) if io.to_string().contains("could not acquire lock") => {
                     if std::time::Instant::now() >= deadline {
