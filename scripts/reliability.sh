@@ -4,7 +4,8 @@
 # against a real govboxd on a loopback port, with the tiny Qwen2 chat model and MiniLM:
 #  a. load: 1,000 TLS connections held open, then a 10-minute soak (--quick: 60 s) of mixed chat,
 #     streamed chat and embeddings at saturation; no 5xx but admission's 503, RSS growth after
-#     warm-up under 5 %, the audit export verifies and holds every answered request;
+#     warm-up (the first fifth of the soak, at most 120 s; RSS sampled every 10 s) under 5 %, the
+#     audit export verifies and holds every answered request;
 #  b. abuse: slowloris, oversized headers and bodies, 10,000 (--quick: 1,000) handshakes with a
 #     foreign client certificate, invalid UTF-8, 100k-deep JSON, huge max_tokens, each with its
 #     documented status and /readyz 200 afterwards;
@@ -25,7 +26,7 @@ while [ $# -gt 0 ]; do
     --no-fuzz) fuzz=0 ;;
     --fuzz-secs) fuzz_secs=${2:?--fuzz-secs needs a number}; shift ;;
     --examples) examples=${2:?--examples needs a number}; shift ;;
-    -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "scripts/reliability.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift

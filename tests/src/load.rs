@@ -148,8 +148,18 @@ pub async fn send(
 
 /// Linux's resident set size of process `pid`, in KiB (`VmRSS` of `/proc/PID/status`).
 pub fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// The anonymous part of [`rss_kib`] (`RssAnon`: heap, stacks), in KiB: RSS less file-backed
+/// pages such as memory-mapped model weights, which are touched lazily and are not a leak.
+pub fn rss_anon_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "RssAnon:")
+}
+
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()
+    s.lines().find_map(|l| l.strip_prefix(field))?.split_whitespace().next()?.parse().ok()
 }
 
 /// What [`hold`] saw.
@@ -232,10 +242,15 @@ pub struct SoakReport {
     pub bad_bodies: u64,
     /// `x-request-id` of every answered inference request (2xx), to look for in the audit log.
     pub request_ids: Vec<String>,
-    /// RSS in KiB when warm-up ended, and at the end.
+    /// RSS in KiB when warm-up ended: the baseline growth is measured from.
     pub rss_warm_kib: Option<u64>,
-    /// RSS in KiB at the end.
+    /// RSS in KiB at the end, after the workers stopped.
     pub rss_end_kib: Option<u64>,
+    /// `RssAnon` in KiB when warm-up ended and at the end (see [`rss_anon_kib`]).
+    pub rss_anon_kib: (Option<u64>, Option<u64>),
+    /// RSS samples during the soak: (seconds since the soak started, KiB), every
+    /// [`RSS_SAMPLE_EVERY`], at the end of warm-up and at the end.
+    pub rss_series: Vec<(u64, u64)>,
     /// The first few errors, for the report.
     pub errors: Vec<String>,
 }
@@ -246,10 +261,20 @@ impl SoakReport {
         self.by_status.iter().filter(|(s, _)| **s >= 500 && **s != 503).map(|(_, n)| n).sum()
     }
 
-    /// RSS growth after warm-up, in percent.
+    /// RSS growth after warm-up (end against the baseline), in percent.
     pub fn rss_growth_pct(&self) -> Option<f64> {
         let (w, e) = (self.rss_warm_kib?, self.rss_end_kib?);
         Some((e as f64 - w as f64) * 100.0 / w as f64)
+    }
+
+    /// The highest RSS sampled after warm-up, in KiB.
+    pub fn rss_max_after_warmup_kib(&self, warmup: Duration) -> Option<u64> {
+        self.rss_series.iter().filter(|(s, _)| *s >= warmup.as_secs()).map(|(_, k)| *k).max()
+    }
+
+    /// The RSS series as `t=SECS:KIB` pairs, for logs and the report.
+    pub fn rss_series_text(&self) -> String {
+        self.rss_series.iter().map(|(s, k)| format!("{s}s:{k}")).collect::<Vec<_>>().join(" ")
     }
 }
 
@@ -293,9 +318,15 @@ fn body_ok(a: &Answer, stream: bool) -> bool {
     v["choices"].is_array() || v["data"].is_array()
 }
 
+/// How often [`soak`] samples the daemon's RSS.
+pub const RSS_SAMPLE_EVERY: Duration = Duration::from_secs(10);
+
 /// Runs `workers` clients (half with the client certificate, half with the bearer token), each
 /// on a keep-alive connection, sending mixed chat, streamed chat and embeddings back to back for
-/// `secs`. RSS of `pid` is sampled when `warmup` has passed and at the end.
+/// `secs`. The first `warmup` of the soak is warm-up (same load: allocator pools, sled caches,
+/// connection buffers reach their working size); RSS of `pid` is sampled every
+/// [`RSS_SAMPLE_EVERY`], and the sample when `warmup` ends is the baseline (`rss_warm_kib`) that
+/// the end sample (`rss_end_kib`) is compared with.
 pub async fn soak(t: &Target, workers: usize, secs: u64, warmup: Duration, pid: u32) -> SoakReport {
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
@@ -354,11 +385,36 @@ pub async fn soak(t: &Target, workers: usize, secs: u64, warmup: Duration, pid: 
         }));
     }
     let t0 = Instant::now();
-    tokio::time::sleep(warmup.min(Duration::from_secs(secs))).await;
-    let rss_warm_kib = rss_kib(pid);
-    tokio::time::sleep(Duration::from_secs(secs).saturating_sub(t0.elapsed())).await;
+    let (total_d, warmup) = (Duration::from_secs(secs), warmup.min(Duration::from_secs(secs)));
+    let mut rss_series = Vec::new();
+    let (mut rss_warm_kib, mut rss_anon_warm) = (None, None);
+    let mut next_sample = Duration::ZERO;
+    loop {
+        let now = t0.elapsed();
+        if now >= total_d {
+            break;
+        }
+        let warm_due = rss_warm_kib.is_none() && now >= warmup;
+        if now >= next_sample || warm_due {
+            if let Some(k) = rss_kib(pid) {
+                rss_series.push((now.as_secs_f64().round() as u64, k));
+                if warm_due {
+                    rss_warm_kib = Some(k);
+                    rss_anon_warm = rss_anon_kib(pid);
+                }
+            }
+            while next_sample <= now {
+                next_sample += RSS_SAMPLE_EVERY;
+            }
+        }
+        let mut wake = next_sample.min(total_d);
+        if rss_warm_kib.is_none() && warmup > now {
+            wake = wake.min(warmup);
+        }
+        tokio::time::sleep(wake.saturating_sub(t0.elapsed())).await;
+    }
     stop.store(true, Ordering::Relaxed);
-    let mut total = SoakReport { rss_warm_kib, ..Default::default() };
+    let mut total = SoakReport { rss_warm_kib, rss_anon_kib: (rss_anon_warm, None), ..Default::default() };
     for task in tasks {
         // A worker finishes its request in flight; one that does not within a minute is a hang,
         // reported as a transport error rather than waited for.
@@ -387,6 +443,14 @@ pub async fn soak(t: &Target, workers: usize, secs: u64, warmup: Duration, pid: 
         }
     }
     total.rss_end_kib = rss_kib(pid);
+    total.rss_anon_kib.1 = rss_anon_kib(pid);
+    // A soak whose warm-up is its whole length has no later baseline: the end is compared with
+    // the last sample taken before the workers stopped.
+    if total.rss_warm_kib.is_none() {
+        total.rss_warm_kib = rss_series.last().map(|(_, k)| *k);
+    }
+    rss_series.extend(total.rss_end_kib.map(|k| (t0.elapsed().as_secs_f64().round() as u64, k)));
+    total.rss_series = rss_series;
     total
 }
 

@@ -24,6 +24,7 @@ struct Args {
     connections: usize,
     hold_secs: u64,
     soak_secs: u64,
+    warmup_secs: Option<u64>,
     workers: usize,
     bad_certs: usize,
     slowloris: usize,
@@ -33,13 +34,14 @@ struct Args {
 }
 
 const USAGE: &str = "usage: govbox-reliability [--quick] [--connections N] [--hold-secs S] [--soak-secs S] \
-[--workers N] [--bad-certs N] [--slowloris N] [--max-rss-growth PCT] [--exec CMD] [--json FILE]";
+[--warmup-secs S] [--workers N] [--bad-certs N] [--slowloris N] [--max-rss-growth PCT] [--exec CMD] [--json FILE]";
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
         connections: 1000,
         hold_secs: 30,
         soak_secs: 600,
+        warmup_secs: None,
         workers: 32,
         bad_certs: 10_000,
         slowloris: 200,
@@ -60,6 +62,7 @@ fn parse_args() -> Result<Args, String> {
             "--connections" => a.connections = num(val()?)? as usize,
             "--hold-secs" => a.hold_secs = num(val()?)?,
             "--soak-secs" => a.soak_secs = num(val()?)?,
+            "--warmup-secs" => a.warmup_secs = Some(num(val()?)?),
             "--workers" => a.workers = num(val()?)? as usize,
             "--bad-certs" => a.bad_certs = num(val()?)? as usize,
             "--slowloris" => a.slowloris = num(val()?)? as usize,
@@ -120,7 +123,8 @@ async fn campaign(args: &Args) -> Result<bool, String> {
         ),
     )
     .map_err(|e| e.to_string())?;
-    let mut d = b.start();
+    // As dist/govboxd.service runs it: two glibc malloc arenas (see the unit's comment).
+    let mut d = b.start_with_env(&[("MALLOC_ARENA_MAX", "2")]);
     let pid = d.child.id();
     let t = Target::of(&b)?;
     let ca = std::fs::read_to_string(b.certs.join("ca.crt")).map_err(|e| e.to_string())?;
@@ -133,18 +137,24 @@ async fn campaign(args: &Args) -> Result<bool, String> {
     eprintln!("   {hold:?}");
 
     eprintln!("== soak: {} clients, mixed chat/stream/embeddings, {} s", args.workers, args.soak_secs);
-    let warmup = Duration::from_secs((args.soak_secs / 6).clamp(10, 60));
+    // Warm-up is the first part of the soak, under the same load; the baseline is RSS at its end.
+    // Default: a fifth of the soak, at most 120 s (600 s soak: 120 s warm-up, 480 s measured).
+    let warmup = Duration::from_secs(args.warmup_secs.unwrap_or((args.soak_secs / 5).min(120)).min(args.soak_secs));
+    eprintln!("   warm-up {} s, then RSS is measured against its end", warmup.as_secs());
     let soak = load::soak(&t, args.workers, args.soak_secs, warmup, pid).await;
+    let rss_max = soak.rss_max_after_warmup_kib(warmup);
     eprintln!(
-        "   requests={} statuses={:?} transport_errors={} bad_bodies={} rss {:?} -> {:?} KiB; errors {:?}",
+        "   requests={} statuses={:?} transport_errors={} bad_bodies={} rss baseline {:?} -> end {:?} KiB (max after warm-up {:?}); errors {:?}",
         soak.requests,
         soak.by_status,
         soak.transport_errors,
         soak.bad_bodies,
         soak.rss_warm_kib,
         soak.rss_end_kib,
+        rss_max,
         soak.errors
     );
+    eprintln!("   rss series (s since soak start: KiB): {}", soak.rss_series_text());
 
     eprintln!("== abuse");
     let m = Duration::from_secs(600);
@@ -197,13 +207,23 @@ async fn campaign(args: &Args) -> Result<bool, String> {
         (
             "RSS after warm-up -> end",
             format!(
-                "{:?} -> {:?} KiB ({}), {:?} KiB after abuse",
+                "{:?} -> {:?} KiB ({}; warm-up {} s; max after warm-up {:?} KiB), {:?} KiB after abuse",
                 soak.rss_warm_kib,
                 soak.rss_end_kib,
                 growth.map_or("n/a".into(), |g| format!("{g:+.2} %")),
+                warmup.as_secs(),
+                rss_max,
                 rss_final
             ),
         ),
+        (
+            "RssAnon after warm-up -> end",
+            format!(
+                "{:?} -> {:?} KiB (heap and stacks; RSS less file-backed pages)",
+                soak.rss_anon_kib.0, soak.rss_anon_kib.1
+            ),
+        ),
+        ("RSS series (s: KiB, every 10 s)", soak.rss_series_text()),
         (
             "faults injected",
             format!("{faults} ({} checks, {} passed)", checks.len(), checks.iter().filter(|c| c.ok).count()),
