@@ -28,11 +28,12 @@ const META_PRUNED_BEFORE: &[u8] = b"pruned_before";
 /// How long opening waits for a lock that a previous opener (this process's own previous handle,
 /// after an I/O error) is just releasing: sled drops its file lock from a background thread.
 const LOCK_WAIT: Duration = Duration::from_secs(2);
-/// sled's page cache (sled's default is 1 GiB). The log is written sequentially and read rarely
-/// (export, verify, the latest checkpoint), so a small cache suffices; govboxd appends ~100
-/// entries a second at saturation (503s are audited too), which would fill a larger one and look
-/// like a leak (tests/RELIABILITY.md, caches).
-const CACHE_BYTES: u64 = 16 << 20;
+/// sled's page cache (sled's default is 1 GiB). The log is appended to sequentially (only the
+/// rightmost pages are hot) and read rarely (export, verify, the latest checkpoint), so a small
+/// cache suffices. At saturation govboxd appends ~100 entries a second (503s are audited too): a
+/// 16 MiB cache was still filling 7 minutes into the reliability soak (+10 MiB of heap after
+/// warm-up, read as growth), a 4 MiB one was full within the warm-up (tests/RELIABILITY.md).
+const CACHE_BYTES: u64 = 4 << 20;
 
 /// The store key of a seq or a tree size.
 pub(crate) fn key(n: u64) -> [u8; 8] {
