@@ -31,7 +31,7 @@ const LOCK_WAIT: Duration = Duration::from_secs(2);
 /// sled's page cache (sled's default is 1 GiB). The log is appended to sequentially (only the
 /// rightmost pages are hot) and read rarely (export, verify, the latest checkpoint), so a small
 /// cache suffices. At saturation govboxd appends ~100 entries a second (503s are audited too): a
-/// 16 MiB cache was still filling 7 minutes into the reliability soak (+10 MiB of heap after
+/// 16 MiB cache was still filling 10 minutes into the reliability soak (+14 MB of heap after
 /// warm-up, read as growth), a 4 MiB one was full within the warm-up (tests/RELIABILITY.md).
 const CACHE_BYTES: u64 = 4 << 20;
 
