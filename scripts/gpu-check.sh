@@ -26,6 +26,9 @@ fi
 budget=${GPU_CHECK_BUDGET_S:-465}
 carry=gpu-carry
 bin=$(mktemp -d /tmp/govbox-gpu-bin.XXXXXX)
+model_dir=
+# Temporary binaries and models go even when the script stops early (timeout, error, Ctrl-C).
+trap 'rm -rf "$bin" ${model_dir:+"$model_dir" "$model_dir.log" "$model_dir.q8_0.gguf"}' EXIT
 declare -a summary=()
 failed=0
 
