@@ -266,11 +266,15 @@ fn small_m(x: &[f32], w: &[u8], dt: DType, rb: usize, m: usize, n: usize, k: usi
     // Output computed transposed, [n, m], so that each weight row's results are contiguous.
     let mut t = vec![0f32; n * m];
     let chunk_rows = (n / (rayon::current_num_threads() * 8)).clamp(16, 512);
+    // The quantised formats dot with 8-bit activations, quantised once here for all rows.
+    let acts = (crate::quant::int8_supported(dt) && k.is_multiple_of(32)).then(|| crate::quant::Q8Acts::quantize(x, k));
     t.par_chunks_mut(chunk_rows * m).enumerate().for_each(|(ci, tc)| {
         let r0 = ci * chunk_rows;
         for (j, o) in tc.chunks_exact_mut(m).enumerate() {
             let row = &w[(r0 + j) * rb..(r0 + j + 1) * rb];
-            if m == 1 {
+            if let Some(a) = &acts {
+                crate::quant::vec_dot_q8(dt, row, a, o);
+            } else if m == 1 {
                 o[0] = crate::quant::vec_dot(dt, row, x);
             } else {
                 crate::quant::vec_dot_multi(dt, row, x, k, o);

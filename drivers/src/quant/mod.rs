@@ -15,6 +15,7 @@
 //! builds panic on a `debug_assert!`, release builds return zeros (or `0.0`) so that a bug can
 //! never read out of bounds. [`quantize_row`] returns an error for them instead.
 
+mod int8;
 mod kquants;
 mod quantize;
 mod scalar;
@@ -25,6 +26,7 @@ use std::sync::OnceLock;
 
 use crate::DType;
 
+pub use int8::{Q8Acts, supports as int8_supported};
 pub use quantize::quantize_row;
 
 /// How many activation vectors one pass of [`vec_dot_multi`] handles with the weight row's
@@ -171,5 +173,65 @@ fn dot_n<const M: usize>(dtype: DType, row: &[u8], xs: [&[f32]; M]) -> [f32; M] 
         // SAFETY: `level()` reports `Avx2` or `Avx512` only after detecting AVX2, FMA and
         // F16C, and `Avx512` only after detecting AVX-512F/BW/VL too.
         l @ (Level::Avx2 | Level::Avx512) => unsafe { x86::dot(l == Level::Avx512, dtype, row, xs) },
+    }
+}
+
+/// Which 8-bit-activation kernels this CPU runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Int8Level {
+    /// The portable reference.
+    Scalar,
+    /// AVX2 `vpmaddubsw`/`vpmaddwd`.
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    /// AVX-512 VNNI `vpdpbusd` (on 256-bit registers).
+    #[cfg(target_arch = "x86_64")]
+    Vnni,
+}
+
+fn int8_level() -> Int8Level {
+    static LEVEL: OnceLock<Int8Level> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") && has!("f16c") {
+                if has!("avx512vnni") && has!("avx512vl") {
+                    return Int8Level::Vnni;
+                }
+                return Int8Level::Avx2;
+            }
+        }
+        Int8Level::Scalar
+    })
+}
+
+/// `out[i] =` the dot product of `row` (stored as `dtype`) with activation row `i` of `acts`,
+/// for the formats of [`int8_supported`], with integer multiply-adds.
+///
+/// Panics unless `row.len() == dtype.row_bytes(acts.row_len())` and `out.len() ==
+/// acts.rows()`. Formats without an 8-bit kernel give zeros (a programming error: debug
+/// builds panic).
+pub fn vec_dot_q8(dtype: DType, row: &[u8], acts: &Q8Acts, out: &mut [f32]) {
+    if !int8_supported(dtype) {
+        debug_assert!(false, "quant::vec_dot_q8: {dtype} has no 8-bit-activation kernel");
+        out.fill(0.0);
+        return;
+    }
+    check_row("vec_dot_q8", dtype, row.len(), acts.row_len());
+    assert!(out.len() == acts.rows(), "quant::vec_dot_q8: {} outputs for {} activation rows", out.len(), acts.rows());
+    let level = int8_level();
+    for (i, o) in out.iter_mut().enumerate() {
+        let a = acts.row(i);
+        *o = match level {
+            Int8Level::Scalar => int8::dot_ref(dtype, row, a),
+            // SAFETY: `int8_level()` reports `Vnni` only after detecting AVX2, FMA, F16C,
+            // AVX-512 VNNI and AVX-512VL, the features of these kernels.
+            #[cfg(target_arch = "x86_64")]
+            Int8Level::Vnni => unsafe { x86::int8::vnni::dot(dtype, row, a) }.unwrap_or(0.0),
+            // SAFETY: `int8_level()` reports `Avx2` only after detecting AVX2, FMA and F16C.
+            #[cfg(target_arch = "x86_64")]
+            Int8Level::Avx2 => unsafe { x86::int8::avx2::dot(dtype, row, a) }.unwrap_or(0.0),
+        };
     }
 }

@@ -18,6 +18,7 @@
 //! faster than memory with AVX2; Q6_K has no AVX-512 kernel yet.
 
 mod avx512;
+pub(super) mod int8;
 mod kquants;
 mod simple;
 

@@ -180,3 +180,95 @@ fn multi_equals_single_bitwise() {
         }
     }
 }
+
+/// The formats with 8-bit-activation kernels.
+const INT8_FORMATS: [DType; 8] =
+    [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q4K, DType::Q5K, DType::Q6K];
+
+/// The 8-bit-activation kernel builds this CPU can run, by name.
+fn int8_builds() -> Vec<&'static str> {
+    let mut b = Vec::new();
+    if have_avx2() {
+        b.push("avx2");
+        if std::arch::is_x86_feature_detected!("avx512vnni") && std::arch::is_x86_feature_detected!("avx512vl") {
+            b.push("vnni");
+        } else {
+            eprintln!("skipping the VNNI kernels: this CPU lacks AVX-512 VNNI/VL");
+        }
+    }
+    b
+}
+
+fn int8_dot(build: &str, dtype: DType, row: &[u8], a: crate::quant::int8::ActRow<'_>) -> f32 {
+    assert!(int8_builds().contains(&build));
+    // SAFETY: the features of `build` were detected just above.
+    let r = unsafe {
+        match build {
+            "vnni" => super::int8::vnni::dot(dtype, row, a),
+            _ => super::int8::avx2::dot(dtype, row, a),
+        }
+    };
+    r.unwrap()
+}
+
+/// Σ|w·x| of the de-quantised row with the de-quantised activations: the scale of the rounding.
+fn int8_magnitude(dtype: DType, row: &[u8], x: &[f32]) -> f32 {
+    let mut w = vec![0f32; x.len()];
+    scalar::dequantize_row(dtype, row, &mut w);
+    w.iter().zip(x).map(|(a, b)| (a * b).abs()).sum()
+}
+
+#[test]
+fn int8_kernels_match_reference() {
+    let mut rng = StdRng::seed_from_u64(4);
+    for build in int8_builds() {
+        for dtype in INT8_FORMATS {
+            for n in lengths(dtype) {
+                for _ in 0..5 {
+                    let row = random_row(dtype, n, &mut rng);
+                    let mut x = random_x(n, &mut rng);
+                    // Some all-zero and some large activation blocks.
+                    x[..32].fill(0.0);
+                    if n > 64 {
+                        x[32..64].iter_mut().for_each(|v| *v *= 300.0);
+                    }
+                    let acts = crate::quant::Q8Acts::quantize(&x, n);
+                    let want = crate::quant::int8::dot_ref(dtype, &row, acts.row(0));
+                    let got = int8_dot(build, dtype, &row, acts.row(0));
+                    let scale = int8_magnitude(dtype, &row, &x);
+                    assert!(
+                        (want - got).abs() <= 1e-5 * scale.max(f32::MIN_POSITIVE),
+                        "{dtype} {build} n={n}: reference {want} vs kernel {got} (Σ|w·x| = {scale})"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn int8_reference_is_within_quantization_error() {
+    let mut rng = StdRng::seed_from_u64(5);
+    for dtype in INT8_FORMATS {
+        for n in lengths(dtype) {
+            let row = random_row(dtype, n, &mut rng);
+            let x = random_x(n, &mut rng);
+            let acts = crate::quant::Q8Acts::quantize(&x, n);
+            let mut w = vec![0f32; n];
+            scalar::dequantize_row(dtype, &row, &mut w);
+            let exact: f64 = w.iter().zip(&x).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+            // Each activation moves by at most half a step of its block.
+            let mut bound = 0f64;
+            for (wb, xb) in w.chunks_exact(32).zip(x.chunks_exact(32)) {
+                let step = f64::from(xb.iter().fold(0f32, |m, v| m.max(v.abs()))) / 127.0;
+                bound += wb.iter().map(|&v| f64::from(v).abs()).sum::<f64>() * step * 0.5;
+            }
+            let scale: f64 = w.iter().zip(&x).map(|(&a, &b)| f64::from((a * b).abs())).sum();
+            let got = f64::from(crate::quant::int8::dot_ref(dtype, &row, acts.row(0)));
+            assert!(
+                (got - exact).abs() <= bound * 1.001 + 1e-5 * scale,
+                "{dtype} n={n}: 8-bit {got} vs exact {exact} (bound {bound})"
+            );
+        }
+    }
+}
