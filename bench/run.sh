@@ -96,6 +96,7 @@ mapfile -t models < <("$here/make-models.sh" "$work")
 [ "${#models[@]}" = 4 ] || die "bench/make-models.sh gave ${#models[@]} paths, expected 4"
 f16=${models[0]}; q8=${models[1]}; q4km=${models[2]}; smol=${models[3]}
 
+t_build=$(date +%s)
 if [ "$build" = 1 ]; then
   log "building govbox and govboxd (cargo build --release)"
   (cd "$repo" && cargo build --release -q -p govbox-cli -p govbox-daemon) || die "cargo build failed"
@@ -119,7 +120,7 @@ log "machine facts"
   echo "\"kernel\": \"$(uname -r)\","
   echo "\"govbox_commit\": \"$(cd "$repo" && git rev-parse --short HEAD)$(cd "$repo" && git diff --quiet HEAD -- engine drivers daemon cli || echo '+uncommitted changes')\","
   echo "\"llama_cpp\": $("$bin/llama-server" --version 2>&1 | grep -m1 -i version | "$py" -c 'import json,sys; print(json.dumps(sys.stdin.read().strip()))'),"
-  echo "\"nice\": $nice_n,"
+  echo "\"nice\": $nice_n, \"build_s\": $(( $(date +%s) - t_build )),"
   echo "\"threads\": $threads, \"quick\": $([ "$quick" = 1 ] && echo true || echo false), \"reps\": $reps,"
   echo "\"stream_tokens\": $stream_tokens, \"kv_tokens\": $kv_tokens, \"prefix_tokens\": $prefix_tokens,"
   echo "\"load_start\": \"$load_start\""

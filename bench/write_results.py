@@ -65,13 +65,21 @@ def main():
           f"{m['stream_tokens']}-token streams, fewer triad passes). It checks that the harness works end to end; "
           "its figures are indicative only. The full run is `bench/run.sh` without `--quick`.")
         w("")
+    loads = [float(m["load_start"].split()[0]), float(end["load_end"].split()[0])]
+    if max(loads) > 1.0:
+        w(f"> **The machine was busy during this run** (1-minute load average {loads[0]:.2f} at the start, "
+          f"{loads[1]:.2f} at the end, on {m['cores']} cores). Competing work slows llama.cpp, whose thread "
+          "pool spins and waits for every thread at each step, far more than govbox, so the govbox / llama.cpp "
+          "ratios below overstate govbox. Only a run on an idle machine gives valid ratios.")
+        w("")
     w(f"Written by `bench/run.sh{' --quick' if quick else ''}` (bench/write_results.py) from the raw JSON in "
       "`bench/work/run/`. Every figure below was measured in that run.")
     w("")
     w("## Machine and run")
     w("")
     w(f"- CPU: {m['cpu']}, {m['cores']} cores, L3 {m['l3']}, {m['mem_gib']} GiB memory, Linux {m['kernel']}")
-    w(f"- Date (UTC): {m['date_utc']}; whole run {end['elapsed_s'] // 60} min {end['elapsed_s'] % 60} s")
+    build = f" (of which {m['build_s']} s cargo build)" if m.get("build_s") else ""
+    w(f"- Date (UTC): {m['date_utc']}; whole run {end['elapsed_s'] // 60} min {end['elapsed_s'] % 60} s{build}")
     w(f"- govbox commit {m['govbox_commit']}; llama.cpp {m['llama_cpp']} (built from the llama-cpp-python "
       "sdist by bench/get-llama-cpp.sh, GGML_NATIVE=ON)")
     w(f"- Threads: {m['threads']} on both sides; repetitions: {m['reps']}"
