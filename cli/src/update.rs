@@ -27,6 +27,10 @@ use crate::provision::state_dir;
 const DEFAULT_ROOT: &str = "/opt/govbox";
 /// Set to a fault point's name, makes `apply` abort there (the power-loss tests).
 const FAULT_ENV: &str = "GOVBOX_UPDATE_FAULT";
+/// dpkg's database; `GOVBOX_DPKG_ADMINDIR` points elsewhere (tests, `dpkg --root` installs).
+const DPKG_ADMINDIR: &str = "/var/lib/dpkg";
+/// The Debian package's name (cli/Cargo.toml, `[package.metadata.deb]`).
+const DEB_PACKAGE: &str = "govbox";
 
 /// `govbox update ...`.
 #[derive(Subcommand, Debug)]
@@ -95,6 +99,10 @@ pub struct RestartArgs {
     /// `ROOT/current/govboxd`.
     #[arg(long, value_name = "CMD")]
     restart_cmd: Option<String>,
+    /// Switch A/B slots even though dpkg lists the `govbox` package as installed (a box that
+    /// runs both a .deb and an A/B install folder on purpose).
+    #[arg(long)]
+    allow_dpkg: bool,
     /// Seconds to wait for govboxd to report ready before the update is reverted.
     #[arg(long, default_value_t = 120)]
     ready_timeout: u64,
@@ -132,6 +140,7 @@ pub fn run(state: Option<&Path>, socket: &Path, cmd: UpdateCommand) -> Result<()
     match cmd {
         UpdateCommand::Build(a) => build(a),
         UpdateCommand::Apply(a) => {
+            refuse_on_dpkg_box(&a.restart, "apply")?;
             let root = InstallRoot::new(&a.restart.root.root);
             let mut host = Host::new(socket, &state, Some(&a.restart))?;
             let r = update::apply(&root, &paths, &a.file, &mut host);
@@ -158,6 +167,7 @@ pub fn run(state: Option<&Path>, socket: &Path, cmd: UpdateCommand) -> Result<()
             Ok(())
         }
         UpdateCommand::Rollback(a) => {
+            refuse_on_dpkg_box(&a, "rollback")?;
             let root = InstallRoot::new(&a.root.root);
             let trust = TrustRoot::load(&paths.root_json())?;
             let mut host = Host::new(socket, &state, Some(&a))?;
@@ -185,6 +195,32 @@ pub fn run(state: Option<&Path>, socket: &Path, cmd: UpdateCommand) -> Result<()
             Ok(())
         }
     }
+}
+
+/// A box installed from the Debian package runs the binaries dpkg put in /usr (the package's
+/// unit drop-in points ExecStart there and clears the A/B hooks), so switching slots in the
+/// install folder would report success and change nothing that runs. Refuse, and say how such a
+/// box is updated, before anything is verified, staged or restarted.
+fn refuse_on_dpkg_box(args: &RestartArgs, what: &str) -> Result<()> {
+    let admindir = std::env::var_os("GOVBOX_DPKG_ADMINDIR").map(PathBuf::from);
+    match dpkg_record(admindir.as_deref().unwrap_or(Path::new(DPKG_ADMINDIR))) {
+        Some(list) if !args.allow_dpkg => bail!(
+            "this box was installed from the Debian package (dpkg lists {DEB_PACKAGE} in {}), and its govboxd \
+             runs from /usr/sbin, not from the A/B slots under {}: `govbox update {what}` would change nothing \
+             that runs. Update it as a Debian package instead, from the agency's offline mirror \
+             (apt-get install {DEB_PACKAGE}) or with `dpkg -i govbox_<version>_amd64.deb`; pass --allow-dpkg \
+             only if this box also runs an A/B install folder on purpose",
+            list.display(),
+            args.root.root.display()
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// dpkg's file list of the installed package under `admindir`, when there is one.
+fn dpkg_record(admindir: &Path) -> Option<PathBuf> {
+    let list = admindir.join("info").join(format!("{DEB_PACKAGE}.list"));
+    list.is_file().then_some(list)
 }
 
 /// The error with its stable code, e.g. `... (security_version_too_low)`.
@@ -440,5 +476,21 @@ impl UpdateHost for Host {
             eprintln!("{FAULT_ENV}={}: aborting here", point.as_str());
             std::process::abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dpkg_record_is_found_only_for_the_govbox_package() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(dpkg_record(dir.path()), None);
+        std::fs::create_dir(dir.path().join("info")).unwrap();
+        std::fs::write(dir.path().join("info/govbox-other.list"), "/usr/bin/x\n").unwrap();
+        assert_eq!(dpkg_record(dir.path()), None);
+        std::fs::write(dir.path().join("info/govbox.list"), "/usr/sbin/govboxd\n").unwrap();
+        assert_eq!(dpkg_record(dir.path()), Some(dir.path().join("info/govbox.list")));
     }
 }

@@ -186,7 +186,28 @@ fn deb_builds_installs_and_removes_into_a_scratch_root() {
         eprintln!("systemd-analyze checks skipped: no systemd unit library on this machine");
     }
 
-    // 4. Remove keeps the conffile; purge removes it but keeps the state folder (keys, audit log).
+    // 4. The installed govbox refuses A/B updates and rollbacks on a dpkg-installed box, before
+    //    it reads the bundle (which does not exist here) or touches the install folder.
+    let ab_root = scratch.0.join("opt-govbox");
+    for args in [&["update", "apply", "/nonexistent/bundle.gbu"][..], &["update", "rollback"][..]] {
+        let o = Command::new(root.join("usr/bin/govbox"))
+            .arg("--state")
+            .arg(root.join("var/lib/govbox"))
+            .args(args)
+            .arg("--root")
+            .arg(&ab_root)
+            .arg("--restart-cmd")
+            .arg("false")
+            .env("GOVBOX_DPKG_ADMINDIR", &admin)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "govbox {args:?}: {err}");
+        assert!(err.contains("installed from the Debian package") && err.contains("dpkg -i"), "{err}");
+        assert!(!ab_root.exists(), "govbox {args:?} created {}", ab_root.display());
+    }
+
+    // 5. Remove keeps the conffile; purge removes it but keeps the state folder (keys, audit log).
     fs::write(root.join("var/lib/govbox/marker"), "keys live here").unwrap();
     dpkg(&["-r", "govbox"]);
     assert!(!root.join("usr/sbin/govboxd").exists());
