@@ -2,28 +2,29 @@
 //! embed texts.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 
-use govbox_drivers::{Backend, KvCache, KvSpec};
+use govbox_drivers::{Backend, KvSpec};
 
 use crate::chat::ChatMessage;
 use crate::config::DecoderConfig;
 use crate::gguf::parse_gguf;
-use crate::kv::{BLOCK_SIZE, BlockAllocator};
+use crate::kv::{BLOCK_SIZE, BlockAllocator, KvStats};
 use crate::models::decoder::{DecoderModel, LogitsFor, SeqInput};
-use crate::sampler::{Sampler, SamplingParams};
+use crate::sampler::SamplingParams;
+use crate::scheduler::{Job, KvState, Msg, Scheduler, lock};
 use crate::tokenizer::Tokenizer;
 use crate::weights::WeightMap;
 use crate::{EngineError, MappedFile, Result};
-
-/// Tokens fed through the model per forward pass while prefilling a long prompt.
-const PREFILL_CHUNK: usize = 512;
 
 /// Engine settings.
 #[derive(Clone, Debug)]
 pub struct EngineOptions {
     /// Tokens the KV pool holds across all live sequences. 4096 covers one full-context request
     /// of the small models the box ships with, at a memory cost shown by `govbox model info`.
+    /// This is also the prefix cache's cap: blocks of ended sequences stay cached in whatever
+    /// part of the pool running sequences do not use, and are evicted least recently used first.
     pub kv_tokens: usize,
 }
 
@@ -110,13 +111,14 @@ pub enum Event {
     Error(String),
 }
 
-struct KvState {
-    cache: Box<dyn KvCache>,
-    alloc: BlockAllocator,
-}
-
 enum Kind {
-    Decoder { model: Box<DecoderModel>, kv: Mutex<KvState>, tokenizer: Box<Tokenizer> },
+    Decoder {
+        model: Arc<DecoderModel>,
+        kv: Arc<Mutex<KvState>>,
+        tokenizer: Box<Tokenizer>,
+        eos: Vec<u32>,
+        scheduler: Scheduler,
+    },
     Encoder(Box<crate::embed::EmbeddingModel>),
 }
 
@@ -183,9 +185,14 @@ impl Engine {
             n_blocks,
         };
         let cache = model.backend().new_kv_cache(spec)?;
-        let kv = Mutex::new(KvState { cache, alloc: BlockAllocator::new(n_blocks) });
+        let kv = Arc::new(Mutex::new(KvState { cache, alloc: BlockAllocator::new(n_blocks) }));
+        let mut eos: Vec<u32> = c.eos_token_ids.iter().chain(tokenizer.eos_ids()).copied().collect();
+        eos.sort_unstable();
+        eos.dedup();
+        let model = Arc::new(model);
+        let scheduler = Scheduler::start(model.clone(), kv.clone(), eos.clone())?;
         Ok(Self {
-            kind: Kind::Decoder { model: Box::new(model), kv, tokenizer: Box::new(tokenizer) },
+            kind: Kind::Decoder { model, kv, tokenizer: Box::new(tokenizer), eos, scheduler },
             path: path.into(),
             format,
         })
@@ -219,9 +226,18 @@ impl Engine {
     pub fn kv_usage(&self) -> Option<(usize, usize)> {
         match &self.kind {
             Kind::Decoder { kv, .. } => {
-                let st = Self::lock(kv);
-                Some((st.alloc.total_blocks() - st.alloc.free_blocks(), st.alloc.total_blocks()))
+                let st = lock(kv);
+                Some((st.alloc.used_blocks(), st.alloc.total_blocks()))
             }
+            Kind::Encoder(_) => None,
+        }
+    }
+
+    /// The KV pool's and the prefix cache's counters, for a decoder (`None` for an embedding
+    /// model). Cached blocks are not "used": they are reusable prefixes, evicted on demand.
+    pub fn kv_stats(&self) -> Option<KvStats> {
+        match &self.kind {
+            Kind::Decoder { kv, .. } => Some(lock(kv).alloc.stats()),
             Kind::Encoder(_) => None,
         }
     }
@@ -233,7 +249,7 @@ impl Engine {
 
     fn decoder_parts(&self) -> Result<(&DecoderModel, &Mutex<KvState>)> {
         match &self.kind {
-            Kind::Decoder { model, kv, .. } => Ok((model, kv)),
+            Kind::Decoder { model, kv, .. } => Ok((model.as_ref(), kv.as_ref())),
             Kind::Encoder(_) => Err(EngineError::Request("this is an embedding model; it cannot generate".into())),
         }
     }
@@ -262,17 +278,11 @@ impl Engine {
         Ok(ids)
     }
 
-    fn lock(kv: &Mutex<KvState>) -> std::sync::MutexGuard<'_, KvState> {
-        // A panic while holding the lock cannot leave the allocator inconsistent (every update
-        // is a single push/pop), so a poisoned lock is still usable.
-        kv.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Logits after every position of `ids` (`[ids.len(), vocab]` flattened). Tokens go one at a
     /// time through the KV cache, or all in one pass with `prefill`.
     pub fn logits(&self, ids: &[u32], prefill: bool) -> Result<Vec<f32>> {
         let (model, kv) = self.decoder_parts()?;
-        let mut st = Self::lock(kv);
+        let mut st = lock(kv);
         let mut table = Vec::new();
         let st = &mut *st;
         st.alloc.reserve(&mut table, ids.len())?;
@@ -301,38 +311,70 @@ impl Engine {
 
     /// Generates for `req`, calling `on_event` with each event; `on_event` returns false to
     /// cancel (the client went away), which frees the request's KV blocks at once.
+    ///
+    /// The request joins the decoder's scheduler (continuous batching with every other running
+    /// request, see `scheduler.rs`); this call blocks until it ends and runs `on_event` on the
+    /// caller's thread. When `generate` returns, and before `Event::Done` is sent, the request's
+    /// KV blocks are released (its full blocks stay in the prefix cache). A prompt the whole KV
+    /// pool cannot hold is refused; one that only has to wait for blocks waits in the queue.
+    /// When the pool cannot grow a request that is running alone, it ends with
+    /// [`FinishReason::Length`].
     pub fn generate(&self, req: &GenerateRequest, on_event: &mut dyn FnMut(Event) -> bool) -> Result<Usage> {
-        let (model, kv) = self.decoder_parts()?;
+        let Kind::Decoder { model, kv, eos, scheduler, .. } = &self.kind else {
+            return Err(EngineError::Request("this is an embedding model; it cannot generate".into()));
+        };
         let prompt = self.prompt_ids(&req.prompt)?;
         if prompt.is_empty() {
             return Err(EngineError::Request("the prompt is empty".into()));
         }
-        let ctx = model.config().max_position_embeddings;
+        let c = model.config();
+        let ctx = c.max_position_embeddings;
         if prompt.len() >= ctx {
             return Err(EngineError::Request(format!(
                 "the prompt has {} tokens; the model's context is {ctx}",
                 prompt.len()
             )));
         }
+        // Checked here so that a bad id fails its own request, not a batch of others.
+        if let Some(&id) = prompt.iter().find(|&&id| id as usize >= c.vocab_size) {
+            return Err(EngineError::Request(format!(
+                "prompt token id {id} is outside the model's vocabulary of {}",
+                c.vocab_size
+            )));
+        }
+        let total = lock(kv).alloc.total_blocks();
+        if prompt.len().div_ceil(BLOCK_SIZE) > total {
+            return Err(EngineError::Request(format!(
+                "KV cache is full: the prompt's {} tokens need more than the whole pool of {} tokens \
+                 (raise kv_tokens)",
+                prompt.len(),
+                total * BLOCK_SIZE
+            )));
+        }
         let budget = req.max_tokens.min(ctx - prompt.len());
-        let mut seq = Sequence { kv, table: Vec::new() };
-        let mut sampler = Sampler::new(req.sampling.clone(), &prompt);
         let mut decoder = self.tokenizer().incremental();
         let mut stops = StopMatcher::new(&req.stop);
-        let eos = model.config().eos_token_ids.iter().chain(self.tokenizer().eos_ids()).copied().collect::<Vec<_>>();
         let mut usage = Usage { prompt_tokens: prompt.len(), completion_tokens: 0 };
 
-        let mut logits = Vec::new();
-        for (ci, chunk) in prompt.chunks(PREFILL_CHUNK).enumerate() {
-            logits = seq.step(model, chunk, ci * PREFILL_CHUNK)?;
-        }
-        let mut pos = prompt.len();
+        let (tx, rx) = mpsc::channel();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let job = Job {
+            prompt,
+            budget,
+            sampling: req.sampling.clone(),
+            ignore_eos: req.ignore_eos,
+            cancel: cancel.clone(),
+            tx,
+        };
+        scheduler.submit(job)?;
+        let mut ticket = Ticket { rx, cancel, released: false };
         let finish = loop {
             if usage.completion_tokens >= budget {
                 break FinishReason::Length;
             }
-            let id = sampler.sample(&logits);
-            sampler.accept(id);
+            let Some(id) = ticket.next()? else {
+                break FinishReason::Length; // the KV pool could not hold it any longer
+            };
             usage.completion_tokens += 1;
             if !req.ignore_eos && eos.contains(&id) {
                 break FinishReason::Stop;
@@ -340,17 +382,13 @@ impl Engine {
             let piece = decoder.push(id)?;
             let (emit, hit) = stops.push(&piece);
             if !emit.is_empty() && !on_event(Event::Text(emit)) {
-                return Ok(usage);
+                return Ok(usage); // dropping the ticket frees the blocks
             }
             if hit {
                 break FinishReason::Stop;
             }
-            if usage.completion_tokens >= budget {
-                break FinishReason::Length;
-            }
-            logits = seq.step(model, &[id], pos)?;
-            pos += 1;
         };
+        ticket.close();
         if finish == FinishReason::Length {
             let rest = decoder.finish()?;
             let (emit, _) = stops.push(&rest);
@@ -386,25 +424,56 @@ impl Engine {
     }
 }
 
-/// A sequence's KV blocks, returned to the pool when it ends however it ends.
-struct Sequence<'a> {
-    kv: &'a Mutex<KvState>,
-    table: Vec<u32>,
+/// A queued or running request's side of the scheduler channel. Closing it (or dropping it,
+/// however `generate` ends) cancels the sequence and waits until its blocks are released.
+struct Ticket {
+    rx: mpsc::Receiver<Msg>,
+    cancel: Arc<AtomicBool>,
+    released: bool,
 }
 
-impl Sequence<'_> {
-    fn step(&mut self, model: &DecoderModel, tokens: &[u32], start_pos: usize) -> Result<Vec<f32>> {
-        let mut st = Engine::lock(self.kv);
-        let st = &mut *st;
-        st.alloc.reserve(&mut self.table, start_pos + tokens.len())?;
-        let s = SeqInput { tokens, start_pos, block_table: &self.table };
-        model.forward(&[s], st.cache.as_mut(), LogitsFor::Last)
+impl Ticket {
+    /// The next token, or `None` when the scheduler ended the sequence (the pool is full).
+    fn next(&mut self) -> Result<Option<u32>> {
+        if self.released {
+            return Ok(None);
+        }
+        match self.rx.recv() {
+            Ok(Msg::Token(id)) => Ok(Some(id)),
+            Ok(Msg::Released { pool_full }) => {
+                self.released = true;
+                if pool_full {
+                    Ok(None)
+                } else {
+                    Err(EngineError::Request("the scheduler ended the request early".into()))
+                }
+            }
+            Ok(Msg::Error(e)) => {
+                self.released = true;
+                Err(e)
+            }
+            Err(_) => {
+                self.released = true;
+                Err(EngineError::Request("the engine's scheduler stopped".into()))
+            }
+        }
+    }
+
+    /// Cancels the sequence (a no-op when it has ended) and waits until its blocks are freed.
+    fn close(&mut self) {
+        if self.released {
+            return;
+        }
+        self.cancel.store(true, Ordering::Relaxed);
+        // Tokens sampled after the cancel are dropped; anything else means the blocks are freed.
+        while let Ok(Msg::Token(_)) = self.rx.recv() {}
+        self.released = true;
     }
 }
 
-impl Drop for Sequence<'_> {
+impl Drop for Ticket {
     fn drop(&mut self) {
-        Engine::lock(self.kv).alloc.release(&mut self.table);
+        self.close();
     }
 }
 

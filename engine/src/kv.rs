@@ -1,55 +1,308 @@
-//! Allocation of KV-cache blocks to sequences. The backend owns the block data; this owns which
-//! sequence uses which block.
+//! Allocation of KV-cache blocks to sequences, and the prefix cache. The backend owns the block
+//! data; this owns which sequence uses which block.
+//!
+//! Every block is in exactly one of three states:
+//! * free: holds nothing reusable (refcount 0, not in the prefix index);
+//! * cached: holds a full block of a prompt or output whose sequence ended (refcount 0, in the
+//!   prefix index, evictable in least-recently-used order);
+//! * in use: held by one or more sequences (refcount > 0). A full block registered in the index
+//!   may be shared by several sequences; nobody writes into a registered block again.
+//!
+//! A full block is keyed by a chain hash: the hash of the previous block's key and this block's
+//! token ids, so one key stands for the whole prefix up to that block. The entry also keeps the
+//! block's tokens and its parent key, which a lookup checks, so a false match needs a 64-bit
+//! collision of the parent chain as well as identical tokens.
+//!
+//! The prefix cache has no size of its own: it is whatever part of the KV pool
+//! ([`crate::EngineOptions::kv_tokens`]) running sequences are not using. Allocation takes free
+//! blocks first and then evicts the least recently used cached block.
+
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
 
 use crate::{EngineError, Result};
 
 /// Tokens per KV block.
 pub const BLOCK_SIZE: usize = 16;
 
-/// A free list over a fixed pool of blocks.
+/// The key of a full block: the hash of `parent` (the previous block's key, `None` for the first
+/// block) and the block's token ids.
+pub fn chain_hash(parent: Option<u64>, tokens: &[u32]) -> u64 {
+    // SipHash with fixed keys: the same tokens give the same key in every process.
+    let mut h = std::hash::DefaultHasher::new();
+    parent.hash(&mut h);
+    tokens.hash(&mut h);
+    h.finish()
+}
+
+/// Counters of the KV pool and the prefix cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KvStats {
+    /// Tokens per block.
+    pub block_size: usize,
+    /// Blocks in the pool (`EngineOptions::kv_tokens` / block size, rounded up).
+    pub blocks_total: usize,
+    /// Blocks held by running sequences.
+    pub blocks_used: usize,
+    /// Blocks holding reusable prefixes of ended sequences (evictable).
+    pub blocks_cached: usize,
+    /// Blocks holding nothing.
+    pub blocks_free: usize,
+    /// Sequences admitted (each looks its prompt up in the prefix cache once).
+    pub prefix_queries: u64,
+    /// Sequences that reused at least one cached block.
+    pub prefix_hits: u64,
+    /// Prompt tokens whose KV came from the cache instead of being computed.
+    pub tokens_reused: u64,
+    /// Cached blocks evicted to make room.
+    pub evictions: u64,
+    /// Forward passes the scheduler has run.
+    pub steps: u64,
+    /// Most sequences one forward pass has carried.
+    pub peak_batch: usize,
+    /// Running sequences preempted because the pool ran out of blocks (recomputed later).
+    pub preemptions: u64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    key: u64,
+    parent: Option<u64>,
+    tokens: [u32; BLOCK_SIZE],
+}
+
+/// A fixed pool of blocks with reference counts and a prefix index.
 #[derive(Debug)]
 pub struct BlockAllocator {
+    refs: Vec<u32>,
+    entry: Vec<Option<Entry>>,
+    last_use: Vec<u64>,
     free: Vec<u32>,
-    total: usize,
+    /// Cached blocks (refcount 0, registered) by (last use, block).
+    lru: BTreeSet<(u64, u32)>,
+    index: HashMap<u64, u32>,
+    tick: u64,
+    stats: KvStats,
 }
 
 impl BlockAllocator {
     /// A pool of `n` blocks, all free.
     pub fn new(n: usize) -> Self {
-        Self { free: (0..n as u32).rev().collect(), total: n }
+        Self {
+            refs: vec![0; n],
+            entry: (0..n).map(|_| None).collect(),
+            last_use: vec![0; n],
+            free: (0..n as u32).rev().collect(),
+            lru: BTreeSet::new(),
+            index: HashMap::new(),
+            tick: 0,
+            stats: KvStats { block_size: BLOCK_SIZE, blocks_total: n, ..Default::default() },
+        }
     }
 
-    /// Blocks not in use.
+    /// Blocks holding nothing.
     pub fn free_blocks(&self) -> usize {
         self.free.len()
     }
 
-    /// All blocks.
-    pub fn total_blocks(&self) -> usize {
-        self.total
+    /// Cached blocks that no sequence holds (evictable).
+    pub fn cached_blocks(&self) -> usize {
+        self.lru.len()
     }
 
-    /// Grows `table` until it covers `tokens` positions.
+    /// Blocks an allocation can take: free plus evictable.
+    pub fn available(&self) -> usize {
+        self.free.len() + self.lru.len()
+    }
+
+    /// Blocks held by sequences.
+    pub fn used_blocks(&self) -> usize {
+        self.refs.len() - self.available()
+    }
+
+    /// All blocks.
+    pub fn total_blocks(&self) -> usize {
+        self.refs.len()
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> KvStats {
+        KvStats {
+            blocks_used: self.used_blocks(),
+            blocks_cached: self.cached_blocks(),
+            blocks_free: self.free_blocks(),
+            ..self.stats
+        }
+    }
+
+    /// Records one admitted sequence that reused `blocks` cached blocks.
+    pub fn note_lookup(&mut self, blocks: usize) {
+        self.stats.prefix_queries += 1;
+        if blocks > 0 {
+            self.stats.prefix_hits += 1;
+            self.stats.tokens_reused += (blocks * BLOCK_SIZE) as u64;
+        }
+    }
+
+    /// Records one forward pass over `rows` sequences.
+    pub fn note_step(&mut self, rows: usize) {
+        self.stats.steps += 1;
+        self.stats.peak_batch = self.stats.peak_batch.max(rows);
+    }
+
+    /// Records one preempted sequence.
+    pub fn note_preemption(&mut self) {
+        self.stats.preemptions += 1;
+    }
+
+    fn touch(&mut self, b: u32) {
+        self.tick += 1;
+        self.last_use[b as usize] = self.tick;
+    }
+
+    /// Takes one block (refcount 1): a free one, else the least recently used cached one.
+    pub fn allocate(&mut self) -> Option<u32> {
+        let b = match self.free.pop() {
+            Some(b) => b,
+            None => {
+                let (_, b) = self.lru.pop_first()?;
+                if let Some(e) = self.entry[b as usize].take()
+                    && self.index.get(&e.key) == Some(&b)
+                {
+                    self.index.remove(&e.key);
+                }
+                self.stats.evictions += 1;
+                b
+            }
+        };
+        self.refs[b as usize] = 1;
+        self.touch(b);
+        Some(b)
+    }
+
+    /// Grows `table` with new blocks until it covers `tokens` positions; takes nothing when the
+    /// pool cannot cover them.
     pub fn reserve(&mut self, table: &mut Vec<u32>, tokens: usize) -> Result<()> {
         let need = tokens.div_ceil(BLOCK_SIZE);
-        if need > table.len() && need - table.len() > self.free.len() {
+        if need > table.len() && need - table.len() > self.available() {
             return Err(EngineError::Request(format!(
-                "KV cache is full: {tokens} tokens need {} more blocks, {} free",
+                "KV cache is full: {tokens} tokens need {} more blocks, {} available",
                 need - table.len(),
-                self.free.len()
+                self.available()
             )));
         }
         while table.len() < need {
-            if let Some(b) = self.free.pop() {
-                table.push(b);
+            match self.allocate() {
+                Some(b) => table.push(b),
+                None => break,
             }
         }
         Ok(())
     }
 
-    /// Returns a sequence's blocks to the pool.
+    /// The longest chain of cached full blocks that starts `tokens`, at most `max_blocks` long.
+    /// Each returned block is held (refcount + 1); the keys come with them.
+    pub fn lookup(&mut self, tokens: &[u32], max_blocks: usize) -> (Vec<u32>, Vec<u64>) {
+        let (mut blocks, mut keys) = (Vec::new(), Vec::new());
+        let mut parent = None;
+        for chunk in tokens.chunks_exact(BLOCK_SIZE).take(max_blocks) {
+            let key = chain_hash(parent, chunk);
+            let Some(&b) = self.index.get(&key) else { break };
+            let ok = self.entry[b as usize].as_ref().is_some_and(|e| e.parent == parent && e.tokens[..] == *chunk);
+            if !ok {
+                break;
+            }
+            if self.refs[b as usize] == 0 {
+                self.lru.remove(&(self.last_use[b as usize], b));
+            }
+            self.refs[b as usize] += 1;
+            self.touch(b);
+            blocks.push(b);
+            keys.push(key);
+            parent = Some(key);
+        }
+        (blocks, keys)
+    }
+
+    /// Registers held block `b`, now full of `tokens` (exactly [`BLOCK_SIZE`]) following the
+    /// prefix keyed `parent`, in the prefix index, and returns its key. When another block
+    /// already holds the same prefix, `b` stays unregistered (it is freed when released).
+    pub fn register(&mut self, b: u32, parent: Option<u64>, tokens: &[u32]) -> u64 {
+        let key = chain_hash(parent, tokens);
+        let i = b as usize;
+        if tokens.len() == BLOCK_SIZE
+            && self.refs.get(i).is_some_and(|&r| r > 0)
+            && self.entry[i].is_none()
+            && !self.index.contains_key(&key)
+        {
+            let mut t = [0; BLOCK_SIZE];
+            t.copy_from_slice(tokens);
+            self.entry[i] = Some(Entry { key, parent, tokens: t });
+            self.index.insert(key, b);
+        }
+        key
+    }
+
+    /// Drops a sequence's hold on its blocks: blocks nobody holds become cached (registered
+    /// ones) or free.
     pub fn release(&mut self, table: &mut Vec<u32>) {
-        self.free.append(table);
+        for b in table.drain(..) {
+            let i = b as usize;
+            if self.refs[i] == 0 {
+                continue; // not held: a caller bug, but never corrupt the pool over it
+            }
+            self.refs[i] -= 1;
+            if self.refs[i] == 0 {
+                if self.entry[i].is_some() {
+                    self.touch(b);
+                    self.lru.insert((self.last_use[i], b));
+                } else {
+                    self.free.push(b);
+                }
+            }
+        }
+    }
+
+    /// Checks the pool's invariants (every block in exactly one state, the index and the LRU
+    /// agreeing with the entries); tests call it.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let n = self.refs.len();
+        let mut seen = vec![0u8; n];
+        for &b in &self.free {
+            let i = b as usize;
+            if self.refs[i] != 0 || self.entry[i].is_some() {
+                return Err(format!("free block {b} is held or registered"));
+            }
+            seen[i] += 1;
+        }
+        for &(t, b) in &self.lru {
+            let i = b as usize;
+            if self.refs[i] != 0 || self.entry[i].is_none() || self.last_use[i] != t {
+                return Err(format!("cached block {b} is held, unregistered or has a stale time"));
+            }
+            seen[i] += 1;
+        }
+        for (i, (s, &r)) in seen.iter_mut().zip(&self.refs).enumerate() {
+            *s += u8::from(r > 0);
+            if *s != 1 {
+                return Err(format!("block {i} is in {s} states"));
+            }
+        }
+        for (&k, &b) in &self.index {
+            if self.entry[b as usize].as_ref().map(|e| e.key) != Some(k) {
+                return Err(format!("index key {k:x} points at block {b}, which holds another key"));
+            }
+        }
+        let registered = self.entry.iter().filter(|e| e.is_some()).count();
+        if registered != self.index.len() {
+            return Err(format!("{registered} registered blocks but {} index keys", self.index.len()));
+        }
+        Ok(())
+    }
+
+    /// Sequences holding block `b` (tests).
+    pub fn refcount(&self, b: u32) -> u32 {
+        self.refs.get(b as usize).copied().unwrap_or(0)
     }
 }
 
@@ -67,5 +320,41 @@ mod tests {
         assert_eq!(t.len(), 2, "a failed reserve takes nothing");
         a.release(&mut t);
         assert_eq!(a.free_blocks(), 4);
+        a.check().unwrap();
+    }
+
+    #[test]
+    fn registered_blocks_are_shared_cached_and_evicted_lru() {
+        let mut a = BlockAllocator::new(3);
+        let toks: Vec<u32> = (0..48).collect();
+        let mut t = Vec::new();
+        a.reserve(&mut t, 48).unwrap();
+        let k0 = a.register(t[0], None, &toks[..16]);
+        let k1 = a.register(t[1], Some(k0), &toks[16..32]);
+        // Another sequence with the same first 32 tokens shares both blocks.
+        let (b, keys) = a.lookup(&toks, 2);
+        assert_eq!((b.as_slice(), keys.as_slice()), (&t[..2], &[k0, k1][..]));
+        assert_eq!(a.refcount(t[0]), 2);
+        // A different second block matches only the first.
+        let mut other = toks.clone();
+        other[20] = 999;
+        let (b2, _) = a.lookup(&other, 2);
+        assert_eq!(b2, vec![t[0]]);
+        let mut b = b;
+        let mut b2 = b2;
+        a.release(&mut b);
+        a.release(&mut b2);
+        let first = t.clone();
+        a.release(&mut t);
+        assert_eq!((a.free_blocks(), a.cached_blocks()), (1, 2));
+        a.check().unwrap();
+        // Allocation takes the free block, then evicts the least recently used cached one.
+        let x = a.allocate().unwrap();
+        assert_eq!(x, first[2]);
+        let y = a.allocate().unwrap();
+        assert_eq!(y, first[0], "block 0 was released before block 1");
+        assert_eq!(a.lookup(&toks, 2).0, Vec::<u32>::new(), "the chain's first block is gone");
+        assert_eq!(a.stats().evictions, 1);
+        a.check().unwrap();
     }
 }

@@ -24,5 +24,7 @@ mod engine;
 pub mod kv;
 pub mod models;
 pub mod sampler;
+mod scheduler;
 
 pub use engine::{Engine, EngineOptions, Event, FinishReason, GenerateRequest, Prompt, StopMatcher, Usage};
+pub use kv::KvStats;
