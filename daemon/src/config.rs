@@ -236,7 +236,8 @@ pub struct Serving {
     pub request_deadline_secs: u64,
     /// `max_tokens` when a request gives none.
     pub default_max_tokens: usize,
-    /// Tokens the KV cache of each chat model holds across all running requests.
+    /// Tokens the KV cache of each chat model holds across all running requests. This is also
+    /// the prefix cache's cap: blocks of ended requests stay reusable until new ones need them.
     pub kv_tokens: usize,
     /// Seconds that SIGTERM waits for running answers to finish before the daemon exits.
     pub shutdown_grace_secs: u64,
@@ -245,8 +246,9 @@ pub struct Serving {
 impl Default for Serving {
     fn default() -> Self {
         Serving {
-            // 4 interleaved requests keep the device busy while each one still streams steadily.
-            max_concurrent: 4,
+            // 8 requests decode together: the engine batches every running sequence into one
+            // forward pass per token, so the weights are read once per step for all of them.
+            max_concurrent: 8,
             // 64 waiting requests are several minutes of work on a CPU; beyond that, fail fast.
             queue_depth: 64,
             // 300 s bounds the longest answer a CPU box should attempt.

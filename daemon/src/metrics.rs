@@ -49,6 +49,14 @@ pub struct Metrics {
     pub handshake_failures: Counter,
     /// `govbox_kv_cache_usage_ratio{model}`: share of each chat model's KV blocks in use.
     pub kv_cache_usage: Family<[(&'static str, String); 1], Gauge<f64, AtomicU64>>,
+    /// `govbox_kv_cache_blocks{model,state}`: KV blocks running, cached (prefix cache) or free.
+    pub kv_cache_blocks: Family<[(&'static str, String); 2], Gauge>,
+    /// `govbox_prefix_cache_hits{model}`: requests that reused cached prompt blocks.
+    pub prefix_cache_hits: Family<[(&'static str, String); 1], Counter>,
+    /// `govbox_prefix_cache_reused_tokens{model}`: prompt tokens taken from the prefix cache.
+    pub prefix_cache_reused_tokens: Family<[(&'static str, String); 1], Counter>,
+    /// `govbox_batch_peak_sequences{model}`: most sequences one forward pass has carried.
+    pub batch_peak: Family<[(&'static str, String); 1], Gauge>,
     /// `govbox_accelerator_memory_used_bytes`, when the backend reports it.
     pub accelerator_memory: Option<Gauge<u64, AtomicU64>>,
     /// `govbox_accelerator_memory_total_bytes`, when the backend reports it.
@@ -145,6 +153,30 @@ impl Metrics {
             "Share of a chat model's KV-cache blocks in use",
             kv_cache_usage.clone(),
         );
+        let kv_cache_blocks = Family::<[(&'static str, String); 2], Gauge>::default();
+        registry.register(
+            "govbox_kv_cache_blocks",
+            "A chat model's KV-cache blocks by state: running (held by requests), cached (reusable prompt prefixes), free",
+            kv_cache_blocks.clone(),
+        );
+        let prefix_cache_hits = Family::<[(&'static str, String); 1], Counter>::default();
+        registry.register(
+            "govbox_prefix_cache_hits",
+            "Requests whose prompt reused cached KV blocks",
+            prefix_cache_hits.clone(),
+        );
+        let prefix_cache_reused_tokens = Family::<[(&'static str, String); 1], Counter>::default();
+        registry.register(
+            "govbox_prefix_cache_reused_tokens",
+            "Prompt tokens whose KV came from the prefix cache instead of being computed",
+            prefix_cache_reused_tokens.clone(),
+        );
+        let batch_peak = Family::<[(&'static str, String); 1], Gauge>::default();
+        registry.register(
+            "govbox_batch_peak_sequences",
+            "Most sequences one decoder forward pass has carried (continuous batching)",
+            batch_peak.clone(),
+        );
         let accelerator_memory_total = info.memory_total.filter(|_| info.memory_used.is_some()).map(|total| {
             let g = Gauge::<u64, AtomicU64>::default();
             g.set(total);
@@ -184,6 +216,10 @@ impl Metrics {
             connections_refused,
             handshake_failures,
             kv_cache_usage,
+            kv_cache_blocks,
+            prefix_cache_hits,
+            prefix_cache_reused_tokens,
+            batch_peak,
             accelerator_memory,
             accelerator_memory_total,
             accelerator_temperature,

@@ -259,6 +259,12 @@ async fn errors_have_openais_shape_and_status() {
     assert!(m.headers["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
     // Every generation above has finished, so the chat model's KV blocks are all free again.
     assert!(m.text().contains("govbox_kv_cache_usage_ratio{model=\"tiny\"} 0.0"), "{}", m.text());
+    assert!(m.text().contains("govbox_kv_cache_blocks{model=\"tiny\",state=\"running\"} 0\n"), "{}", m.text());
+    for name in
+        ["govbox_prefix_cache_hits_total", "govbox_prefix_cache_reused_tokens_total", "govbox_batch_peak_sequences"]
+    {
+        assert!(m.text().contains(&format!("{name}{{model=\"tiny\"}} ")), "{name} missing:\n{}", m.text());
+    }
     let ok = d
         .post(
             &c,

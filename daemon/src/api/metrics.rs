@@ -30,6 +30,19 @@ pub async fn handle(State(state): State<Arc<AppState>>) -> Response {
         {
             state.metrics.kv_cache_usage.get_or_create(&[("model", m.name.clone())]).set(used as f64 / total as f64);
         }
+        if let Some(kv) = m.engine.kv_stats() {
+            let mt = &state.metrics;
+            for (st, n) in [("running", kv.blocks_used), ("cached", kv.blocks_cached), ("free", kv.blocks_free)] {
+                mt.kv_cache_blocks.get_or_create(&[("model", m.name.clone()), ("state", st.into())]).set(n as i64);
+            }
+            let model = [("model", m.name.clone())];
+            // The engine's figures are cumulative; the counters catch up by the difference.
+            let hits = mt.prefix_cache_hits.get_or_create(&model);
+            hits.inc_by(kv.prefix_hits.saturating_sub(hits.get()));
+            let reused = mt.prefix_cache_reused_tokens.get_or_create(&model);
+            reused.inc_by(kv.tokens_reused.saturating_sub(reused.get()));
+            mt.batch_peak.get_or_create(&model).set(kv.peak_batch as i64);
+        }
     }
     let mut resp = state.metrics.render().into_response();
     resp.headers_mut().insert(
