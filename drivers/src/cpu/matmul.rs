@@ -272,6 +272,9 @@ fn small_m(x: &[f32], w: &[u8], dt: DType, rb: usize, m: usize, n: usize, k: usi
         let r0 = ci * chunk_rows;
         for (j, o) in tc.chunks_exact_mut(m).enumerate() {
             let row = &w[(r0 + j) * rb..(r0 + j + 1) * rb];
+            if let Some(ahead) = w.get((r0 + j + 2) * rb..(r0 + j + 3) * rb) {
+                crate::quant::prefetch(ahead);
+            }
             if let Some(a) = &acts {
                 crate::quant::vec_dot_q8(dt, row, a, o);
             } else if m == 1 {

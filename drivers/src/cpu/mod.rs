@@ -1,5 +1,6 @@
 //! The pure-Rust CPU backend: rayon for threads, runtime-selected SIMD for the weight kernels.
 
+mod affinity;
 mod attention;
 mod matmul;
 mod norm;
@@ -57,11 +58,17 @@ impl CpuBackend {
     /// A backend with `threads` workers (0 means one per available core).
     pub fn new(threads: usize) -> Result<Self> {
         let threads = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("govbox-cpu-{i}"))
-            .build()
-            .map_err(|e| DriverError::Unavailable { backend: "cpu", reason: e.to_string() })?;
+        let mut builder =
+            rayon::ThreadPoolBuilder::new().num_threads(threads).thread_name(|i| format!("govbox-cpu-{i}"));
+        // One worker per core when the affinity mask has enough of them (see `affinity`).
+        if let Some(cores) = affinity::plan(threads) {
+            builder = builder.start_handler(move |i| {
+                if let Some(&c) = cores.get(i) {
+                    affinity::pin_current(c);
+                }
+            });
+        }
+        let pool = builder.build().map_err(|e| DriverError::Unavailable { backend: "cpu", reason: e.to_string() })?;
         Ok(Self { pool, threads, name: cpu_model_name() })
     }
 
