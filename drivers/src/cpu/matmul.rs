@@ -6,6 +6,10 @@
 //!   in their stored (quantised) form is what matters.
 //! - many rows (prefill): weight rows are de-quantised a panel at a time into a per-thread f32
 //!   buffer and multiplied with the `gemm` crate, in parallel over panels.
+//!
+//! The quantised formats with 8-bit-activation kernels (`quant::int8_supported`) take the first
+//! path for any number of rows: the activations are quantised once per call and each weight
+//! row is dotted with every activation row while it is in L1.
 
 use rayon::prelude::*;
 
@@ -92,7 +96,9 @@ pub(super) fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, gelu: bool) 
         && super::simd::avx512()
     {
         small_m_f32(&xv, wf, m, n, k)
-    } else if m <= SMALL_M {
+    } else if m <= SMALL_M || (crate::quant::int8_supported(dt) && k.is_multiple_of(32)) {
+        // The quantised formats always take the 8-bit-activation path, so that a row's result
+        // does not depend on how many rows come with it (prefill and decode agree exactly).
         small_m(&xv, wbytes, dt, rb, m, n, k)
     } else {
         gemm_path(&xv, wbytes, dt, rb, m, n, k)

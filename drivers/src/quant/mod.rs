@@ -6,10 +6,15 @@
 //! are chosen at run time when the CPU has those features. They de-quantise bitwise as the
 //! reference and agree with its dot products within float rounding.
 //!
-//! Precision contract: a dot product is computed as if the row were first de-quantised to `f32`
-//! and then multiplied with the `f32` activations, accumulating in `f32`. Unlike llama.cpp, the
-//! activations are never quantised; only the order of the additions (and fused multiply-adds)
-//! differs from the naive loop.
+//! Precision contract: [`vec_dot`] and [`vec_dot_multi`] compute as if the row were first
+//! de-quantised to `f32` and then multiplied with the `f32` activations, accumulating in `f32`;
+//! only the order of the additions (and fused multiply-adds) differs from the naive loop.
+//! The CPU backend's matmul, however, uses [`vec_dot_q8`] for the formats of
+//! [`int8_supported`] (Q8_0, Q4_0/1, Q5_0/1, Q4_K, Q5_K, Q6_K), like llama.cpp: the
+//! activations are quantised to 8 bits once per matmul (blocks of 32 with an `f32` scale,
+//! see `int8`), the integer products are summed exactly per block and the scales applied in
+//! `f32`. Each activation then carries a rounding error of up to half its block's step
+//! (`max|x| / 254`).
 //!
 //! `U32` and `I64` are not weight formats. Passing them here is a programming error: debug
 //! builds panic on a `debug_assert!`, release builds return zeros (or `0.0`) so that a bug can
