@@ -8,7 +8,9 @@
 #   models   bench/make-models.sh: random weights of Qwen2.5-0.5B's shapes as F16, Q8_0 and
 #            Q4_K_M (llama-quantize), and the real SmolLM2-135M-Instruct Q4_1;
 #   memory   a STREAM-like triad (bench/triad.c, gcc -O3 -march=native -fopenmp), best of N;
-#   speed    decode tg128 and prefill pp512: `govbox model bench` against `llama-bench`;
+#   speed    decode tg128 and prefill pp512: `govbox model bench` against `llama-bench` (govbox's
+#            prefill repetitions run as separate processes: its prefix cache would otherwise serve
+#            the repeated prompt of the second and later repetitions);
 #   serving  govboxd (HTTPS, bearer token, a signed package of the Q8_0 file imported into a
 #            fresh state folder) against `llama-server -np 8 --cont-batching` (HTTP), both on
 #            loopback with the same KV budget: 1 and 8 concurrent streams of 128 tokens
@@ -16,9 +18,11 @@
 #            the one before it, and govboxd's peak VmRSS while serving;
 #   roofline Q8_0 decode tokens/s as a share of (triad bandwidth / weight bytes read per token).
 # The servers run one after the other, never together, and are stopped on any exit.
-# --quick (~3-4 minutes): one repetition, Q8_0 and SmolLM2 only for speed, 64-token streams,
-# fewer triad passes. Everything is built and kept under bench/work (git-ignored); this run's raw
-# JSON is in bench/work/run/. The full run takes ~15-20 minutes on 2 cores.
+# --quick: one repetition, Q8_0 and SmolLM2 only for speed, 64-token streams, fewer triad passes.
+# Everything is built and kept under bench/work (git-ignored); this run's raw JSON is in
+# bench/work/run/. Measured on the 2-core dev machine at a load average of 5-9 (other builds):
+# full 37 min, --quick 6-10 min, both without the cargo build; an idle machine should need well
+# under half of that, as llama.cpp's figures were 3-10x lower under that load.
 # Other load on the machine distorts every figure (llama.cpp's spinning thread pool far more than
 # govbox): the report records the load average, and the script warns when it is above 0.5 at the
 # start. --nice -10 runs every measured process (both sides, the triad, the client) at a higher
@@ -80,11 +84,6 @@ t_start=$(date +%s)
 mkdir -p "$work"
 rm -rf "$run"
 mkdir -p "$run"
-load_start=$(cut -d' ' -f1-3 /proc/loadavg)
-if awk -v l="${load_start%% *}" 'BEGIN { exit !(l > 0.5) }'; then
-  echo "run.sh: WARNING: load average is $load_start; other work on the machine distorts the figures" >&2
-fi
-
 log "llama.cpp tools (bench/get-llama-cpp.sh)"
 "$here/get-llama-cpp.sh" "$work/llama" >/dev/null
 bin=$work/llama/llama.cpp/build/bin
@@ -104,8 +103,14 @@ fi
 for b in govbox govboxd; do
   [ -x "$repo/target/release/$b" ] || die "$repo/target/release/$b is missing; run without --no-build"
   # A copy, so that a rebuild in the checkout during the run cannot swap the binary under it.
-  mkdir -p "$work/bin"; cp "$repo/target/release/$b" "$work/bin/$b"
+  mkdir -p "$work/bin"; cp "$repo/target/release/$b" "$work/bin/$b.new"; mv -f "$work/bin/$b.new" "$work/bin/$b"
 done
+
+# The load when the measurements start (after any build).
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+if awk -v l="${load_start%% *}" 'BEGIN { exit !(l > 0.5) }'; then
+  echo "run.sh: WARNING: load average is $load_start; other work on the machine distorts the figures" >&2
+fi
 govbox=$work/bin/govbox
 govboxd=$work/bin/govboxd
 
@@ -149,10 +154,27 @@ for m in "${speed_models[@]}"; do
   log "$name: llama-bench -t $threads -p 512 -n 128 -r $reps"
   "${nice_cmd[@]}" "$bin/llama-bench" -m "$m" -t "$threads" -p 512 -n 128 -r "$reps" -o json > "$run/llama-bench-$name.json" \
       2> "$run/llama-bench-$name.log" || die "llama-bench failed on $m; see $run/llama-bench-$name.log"
-  log "$name: govbox model bench --device cpu --threads $threads -p 512 -n 128 -r $reps --kv-tokens 1024"
-  "${nice_cmd[@]}" "$govbox" model bench --model "$m" --device cpu --threads "$threads" -p 512 -n 128 -r "$reps" --kv-tokens 1024 \
-      > "$run/govbox-bench-$name.json" 2> "$run/govbox-bench-$name.log" ||
-      die "govbox model bench failed on $m; see $run/govbox-bench-$name.log"
+  # Decode: one process, R repetitions. Prefill: R processes of one repetition each, because the
+  # engine's prefix cache would serve a repeated prompt within one process from the cache.
+  log "$name: govbox model bench --device cpu --threads $threads -p 0 -n 128 -r $reps, then $reps x -p 512 -n 0 -r 1"
+  gb_log=$run/govbox-bench-$name.log
+  "${nice_cmd[@]}" "$govbox" model bench --model "$m" --device cpu --threads "$threads" -p 0 -n 128 -r "$reps" \
+      --kv-tokens 1024 > "$run/govbox-tg-$name.json" 2> "$gb_log" || die "govbox model bench failed on $m; see $gb_log"
+  : > "$run/govbox-pp-$name.jsonl"
+  for _ in $(seq 1 "$reps"); do
+    "${nice_cmd[@]}" "$govbox" model bench --model "$m" --device cpu --threads "$threads" -p 512 -n 0 -r 1 \
+        --kv-tokens 1024 >> "$run/govbox-pp-$name.jsonl" 2>> "$gb_log" || die "govbox model bench failed on $m; see $gb_log"
+  done
+  "$py" - "$run/govbox-tg-$name.json" "$run/govbox-pp-$name.jsonl" > "$run/govbox-bench-$name.json" <<'PY'
+import json, sys
+tg = json.load(open(sys.argv[1]))
+runs = [json.loads(l) for l in open(sys.argv[2]) if l.strip()]
+times = [r["pp"]["tokens"] / r["pp"]["best_tps"] for r in runs]
+n = runs[0]["pp"]["tokens"]
+tg["pp"] = {"tokens": n, "best_tps": n / min(times), "mean_tps": n / (sum(times) / len(times)),
+            "processes": len(runs)}
+print(json.dumps(tg))
+PY
   "$py" - "$name" "$run/llama-bench-$name.json" "$run/govbox-bench-$name.json" >> "$run/speed.jsonl" <<'PY'
 import json, sys
 name, lb, gb = sys.argv[1], json.load(open(sys.argv[2])), json.load(open(sys.argv[3]))

@@ -94,7 +94,9 @@ def main():
     w(f"OMP_NUM_THREADS={m['threads']} bench/work/bin/triad {triad['mib_per_array']} {triad['passes']}"
       "   # gcc -O3 -march=native -fopenmp bench/triad.c")
     w(f"llama-bench -m M -t {m['threads']} -p 512 -n 128 -r {m['reps']} -o json")
-    w(f"govbox model bench --model M --device cpu --threads {m['threads']} -p 512 -n 128 -r {m['reps']} --kv-tokens 1024")
+    w(f"govbox model bench --model M --device cpu --threads {m['threads']} -p 0 -n 128 -r {m['reps']} --kv-tokens 1024")
+    w(f"govbox model bench --model M --device cpu --threads {m['threads']} -p 512 -n 0 -r 1 --kv-tokens 1024"
+      f"   # {m['reps']} separate processes: within one, the prefix cache would serve the repeated prompt")
     w(f"llama-server -m Q8_0 -t {m['threads']} -np 8 --cont-batching -kvu -c {m['kv_tokens']} --host 127.0.0.1")
     w(f"govboxd (device = 'cpu', threads = {m['threads']}, [serving] max_concurrent = 8, kv_tokens = {m['kv_tokens']}; "
       "signed package of the same Q8_0 file, HTTPS + bearer token)")
