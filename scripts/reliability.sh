@@ -14,7 +14,7 @@
 #  d. coverage-guided fuzzing: scripts/fuzz.sh, 600 s per target (--quick: 60; --fuzz-secs N);
 #  e. egress: tests/tests/egress.rs, when it exists.
 # Prints a summary table; --record also writes it to the figures section of tests/RELIABILITY.md.
-# Exits non-zero if any part failed. Logs: target/reliability/.
+# Exits non-zero if any part failed. Logs: target/reliability/ (under $CARGO_TARGET_DIR when set).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,7 +37,8 @@ else
   fuzz_secs=${fuzz_secs:-600} examples=${examples:-200} load_args=()
 fi
 
-out=target/reliability
+target=${CARGO_TARGET_DIR:-target}
+out=$target/reliability
 mkdir -p "$out"
 # 1,000 client sockets here and 1,000 in govboxd (which inherits this limit), plus files.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -54,7 +55,7 @@ status=0
 started=$(date -u +%Y-%m-%dT%H:%MZ)
 echo "== a-c: load, abuse and schemathesis (${examples} examples) against a real govboxd"
 load_rc=0
-target/debug/govbox-reliability "${load_args[@]}" --exec "scripts/schemathesis.sh $examples > $out/schemathesis.log 2>&1" \
+"$target/debug/govbox-reliability" "${load_args[@]}" --exec "scripts/schemathesis.sh $examples > $out/schemathesis.log 2>&1" \
   --json "$out/load.json" 2> >(grep --line-buffered -v '^20[0-9][0-9]-' >"$out/load.log") | tee "$out/load-table.md" || load_rc=$?
 [ "$load_rc" -eq 0 ] || status=1
 st_line=$(grep -E '^Test cases:' -A1 "$out/schemathesis.log" | tail -1 | sed 's/^ *//' || true)

@@ -274,9 +274,11 @@ fn bench(m: &ModelArgs, pp: usize, tg: usize, reps: usize) -> Result<()> {
     let mut results = serde_json::Map::new();
     let reps = reps.max(1);
     if pp > 0 {
-        let ids: Vec<u32> = (0..pp).map(|_| next()).collect();
         let mut times = Vec::new();
         for _ in 0..reps {
+            // A fresh prompt each repetition: a repeated one would be answered from the engine's
+            // prefix cache and measure a lookup, not a prefill.
+            let ids: Vec<u32> = (0..pp).map(|_| next()).collect();
             let req = GenerateRequest { ignore_eos: true, ..GenerateRequest::new(Prompt::Tokens(ids.clone()), 1) };
             let t = Instant::now();
             engine.generate(&req, &mut |_| true)?;

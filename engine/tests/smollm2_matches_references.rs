@@ -23,6 +23,7 @@ fn check(backend: Arc<dyn Backend>) {
     let vocab = engine.decoder_model().unwrap().config().vocab_size;
     assert_eq!(vocab, 49152);
     let (mut ours, mut theirs, mut positions) = (0usize, 0usize, 0usize);
+    let mut errors = Vec::new();
     for (i, case) in exp["cases"].as_array().unwrap().iter().enumerate() {
         let ids = ids(&case["input_ids"]);
         let logits = engine.logits(&ids, true).unwrap();
@@ -36,8 +37,18 @@ fn check(backend: Arc<dyn Backend>) {
         let (_, lc2) = &refs[&format!("case{i}.llamacpp_last2")];
         let (e_ours, e_lc) = (max_abs(last2, hf2), max_abs(lc2, hf2));
         eprintln!("case {i}: last-2 max abs error ours {e_ours:.5}, llama.cpp {e_lc:.5}");
-        assert!(e_ours <= 1.25 * e_lc, "case {i}: our error {e_ours} > 1.25 x llama.cpp's {e_lc}");
+        // Per case only a loose bar (2x): the CPU backend quantises activations to 8 bits per
+        // 32-value block, as llama.cpp does, but rounds its own way, so one position's largest
+        // error moves either way by tens of percent (ours is below llama.cpp's in half the cases).
+        // The tight bar is on the mean over all cases, below.
+        assert!(e_ours <= 2.0 * e_lc, "case {i}: our error {e_ours} > 2 x llama.cpp's {e_lc}");
+        errors.push((e_ours, e_lc));
     }
+    let n = errors.len() as f32;
+    let (mean_ours, mean_lc) =
+        (errors.iter().map(|e| e.0).sum::<f32>() / n, errors.iter().map(|e| e.1).sum::<f32>() / n);
+    eprintln!("mean last-2 max abs error: ours {mean_ours:.5}, llama.cpp {mean_lc:.5}");
+    assert!(mean_ours <= 1.1 * mean_lc, "mean error {mean_ours} > 1.1 x llama.cpp's {mean_lc}");
     eprintln!("argmax agreement with hf: ours {ours}/{positions}, llama.cpp {theirs}/{positions}");
     assert!(ours as f64 >= theirs as f64 - 0.02 * positions as f64);
     eprintln!(
