@@ -654,30 +654,43 @@ pub async fn bad_certificates(t: &Target, ca_pem: &str, n: usize) -> Check {
         let tls = TlsConnector::from(Arc::new(client_config(ca_pem, Some(&bad))?));
         let refused = Arc::new(AtomicU64::new(0));
         let served = Arc::new(AtomicU64::new(0));
+        // Attempts still pending after 30 s, by the step they were in: a stall is reported with
+        // where it happened instead of holding the whole check until its bound.
+        let stalled = Arc::new(std::sync::Mutex::new(BTreeMap::<&'static str, u64>::new()));
         let gate = Arc::new(tokio::sync::Semaphore::new(16));
         let mut tasks = Vec::new();
         for _ in 0..n {
-            let (tls, addr, refused, served, gate) =
-                (tls.clone(), t.addr, refused.clone(), served.clone(), gate.clone());
+            let (tls, addr, refused, served, gate, stalled) =
+                (tls.clone(), t.addr, refused.clone(), served.clone(), gate.clone(), stalled.clone());
             tasks.push(tokio::spawn(async move {
                 let Ok(_p) = gate.acquire().await else { return };
+                let step = std::sync::Mutex::new("tcp connect");
+                let at = |s: &'static str| *step.lock().unwrap_or_else(|e| e.into_inner()) = s;
                 let attempt = async {
                     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
                     let name = ServerName::try_from("localhost").map_err(|e| e.to_string())?;
                     // TLS 1.3: the client finishes first; the server's refusal arrives with the
                     // first read, so a request must fail for the refusal to count.
+                    at("tls handshake");
                     let tls = tls.connect(name, tcp).await.map_err(|e| e.to_string())?;
+                    at("http handshake");
                     let (mut s, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(tls))
                         .await
                         .map_err(|e| e.to_string())?;
                     tokio::spawn(async move {
                         let _ = conn.await;
                     });
+                    at("request");
                     send(&mut s, "GET", "/v1/models", None, None).await
                 };
-                match attempt.await {
-                    Ok(_) => served.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => refused.fetch_add(1, Ordering::Relaxed),
+                match tokio::time::timeout(Duration::from_secs(30), attempt).await {
+                    Ok(Ok(_)) => served.fetch_add(1, Ordering::Relaxed),
+                    Ok(Err(_)) => refused.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => {
+                        let s = *step.lock().unwrap_or_else(|e| e.into_inner());
+                        *stalled.lock().unwrap_or_else(|e| e.into_inner()).entry(s).or_default() += 1;
+                        0
+                    }
                 };
             }));
         }
@@ -685,7 +698,8 @@ pub async fn bad_certificates(t: &Target, ca_pem: &str, n: usize) -> Check {
             let _ = task.await;
         }
         let (r, s) = (refused.load(Ordering::Relaxed), served.load(Ordering::Relaxed));
-        Ok((s == 0 && r == n as u64, format!("{r}/{n} refused, {s} answered")))
+        let stalled = stalled.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Ok((s == 0 && r == n as u64, format!("{r}/{n} refused, {s} answered, stalled over 30 s: {stalled:?}")))
     };
     let got = run.await;
     checked(t, "bad_client_certificates", n as u64, "every handshake refused", got).await
