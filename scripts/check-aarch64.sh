@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Cross-builds govbox-drivers for aarch64-unknown-linux-gnu and runs its `quant` unit tests (the
-# NEON kernels against the scalar references) UNDER QEMU USER-MODE EMULATION, on an x86 host:
+# NEON kernels against the scalar references) and tests/quant_matches_gguf_py.rs UNDER QEMU
+# USER-MODE EMULATION, on an x86 host:
 #   scripts/check-aarch64.sh              # tests under `-cpu max` and `-cpu cortex-a53`
 #   scripts/check-aarch64.sh --clippy     # also clippy --all-targets -D warnings for aarch64
 #   CPUS="max" scripts/check-aarch64.sh   # only the listed qemu CPU models
@@ -34,8 +35,10 @@ target=aarch64-unknown-linux-gnu
 if [ "$clippy" = 1 ]; then
   cargo clippy -p govbox-drivers --target "$target" --all-targets -- -D warnings
 fi
-cargo test -p govbox-drivers --target "$target" --lib --no-run
+cargo test -p govbox-drivers --target "$target" --lib --test quant_matches_gguf_py --no-run
 for cpu in ${CPUS:-max cortex-a53}; do
   echo "=== govbox-drivers quant tests for aarch64 under qemu user-mode emulation, -cpu $cpu ==="
   QEMU_CPU=$cpu cargo test -p govbox-drivers --target "$target" --lib quant -- "$@"
+  # The public quant API against gguf-py's fixtures (through whichever kernels quant/mod.rs picks).
+  QEMU_CPU=$cpu cargo test -p govbox-drivers --target "$target" --test quant_matches_gguf_py -- "$@"
 done

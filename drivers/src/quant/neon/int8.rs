@@ -137,13 +137,13 @@ macro_rules! int8_kernels {
                 for (sb, b) in row.as_chunks::<B>().0.iter().enumerate() {
                     let (d, dmin) = f16_pair(b);
                     let (sc, mn) = unpack_scales_mins(&b[4..16]);
-                    k45_ints(b, q5, |j, w| {
+                    for (j, w) in k45_ints(b, q5).into_iter().enumerate() {
                         let ai = 8 * sb + j;
                         let (sc, m) = (f32::from((sc >> (8 * j)) as u8), f32::from((mn >> (8 * j)) as u8));
                         let p = vcvtq_f32_s32(block(w, &a.qs[ai]));
                         acc[j & 1] = vfmaq_n_f32(acc[j & 1], p, d * sc * a.d[ai]);
                         mins += dmin * m * a.s[ai];
-                    });
+                    }
                 }
                 vaddvq_f32(vaddq_f32(acc[0], acc[1])) - mins
             }
@@ -156,7 +156,7 @@ macro_rules! int8_kernels {
                 let mut acc = [vdupq_n_f32(0.0); 2];
                 for (sb, b) in row.as_chunks::<210>().0.iter().enumerate() {
                     let d = super::super::f16x4_to_f32([u16::from_le_bytes([b[208], b[209]]), 0, 0, 0])[0];
-                    q6_ints(b, |g, w| {
+                    for (g, w) in q6_ints(b).into_iter().enumerate() {
                         let ai = 8 * sb + g;
                         let x = load_x(&a.qs[ai]);
                         let zero = vdupq_n_s32(0);
@@ -165,7 +165,7 @@ macro_rules! int8_kernels {
                         // At most 2 · 4 · 32 · 127 · 128 in magnitude: exact in `i32` and `f32`.
                         let p = vmlaq_n_s32(vmulq_n_s32(p0, s0), p1, s1);
                         acc[g & 1] = vfmaq_n_f32(acc[g & 1], vcvtq_f32_s32(p), d * a.d[ai]);
-                    });
+                    }
                 }
                 vaddvq_f32(vaddq_f32(acc[0], acc[1]))
             }

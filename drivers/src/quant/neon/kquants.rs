@@ -64,14 +64,19 @@ fn k4_scales(b: &[u8]) -> ([f32; 8], [f32; 8]) {
     (scale_bytes(sc, d), scale_bytes(mn, dmin))
 }
 
-/// Calls `f(j, q)` with the unsigned integers `q` (0..32) of each sub-block `j` of a Q4_K
-/// (`q5 == false`) or Q5_K super-block, values 0..16 and 16..32 of the sub-block.
+/// The unsigned integers (0..32) of the eight sub-blocks of a Q4_K (`q5 == false`) or Q5_K
+/// super-block, each as values 0..16 and 16..32.
 ///
 /// Bytes `qs[32c..32c + 32]` hold sub-block `2c` in their low nibbles and `2c + 1` in their high
 /// nibbles; for Q5_K, bit `j` of `qh[i]` is the fifth bit of value `i` of sub-block `j`.
+///
+/// Returning all eight (rather than calling back per sub-block) keeps the kernels' loops free
+/// of calls: the compiler would not inline a large callback and would keep the accumulators in
+/// memory across it.
 #[inline]
 #[target_feature(enable = "neon")]
-pub(super) fn k45_ints(b: &[u8], q5: bool, mut f: impl FnMut(usize, [int8x16_t; 2])) {
+pub(super) fn k45_ints(b: &[u8], q5: bool) -> [[int8x16_t; 2]; 8] {
+    let mut out = [[vdupq_n_s8(0); 2]; 8];
     let (qs, mut qh) = if q5 {
         (&b[48..176], [load_u8x16(&b[16..]), load_u8x16(&b[32..])])
     } else {
@@ -89,20 +94,22 @@ pub(super) fn k45_ints(b: &[u8], q5: bool, mut f: impl FnMut(usize, [int8x16_t; 
             }
             qh = qh.map(|h| vshrq_n_u8::<2>(h));
         }
-        f(2 * c, lo.map(|v| vreinterpretq_s8_u8(v)));
-        f(2 * c + 1, hi.map(|v| vreinterpretq_s8_u8(v)));
+        out[2 * c] = lo.map(|v| vreinterpretq_s8_u8(v));
+        out[2 * c + 1] = hi.map(|v| vreinterpretq_s8_u8(v));
     }
+    out
 }
 
-/// Calls `f(g, q)` with the signed integers `q - 32` of each sub-block `g` of a Q6_K
-/// super-block (`-32..32`), values 0..16 and 16..32 of the sub-block.
+/// The signed integers `q - 32` (`-32..32`) of the eight sub-blocks of a Q6_K super-block,
+/// each as values 0..16 and 16..32.
 ///
 /// Sub-block `4h + t` (half `h`, quarter `t`) takes its low four bits from
 /// `ql[64h + 32 (t & 1)..][..32]` (low nibbles for `t < 2`, high ones otherwise) and its top two
 /// bits from bits `2t..2t + 2` of `qh[32h..][..32]`.
 #[inline]
 #[target_feature(enable = "neon")]
-pub(super) fn q6_ints(b: &[u8], mut f: impl FnMut(usize, [int8x16_t; 2])) {
+pub(super) fn q6_ints(b: &[u8]) -> [[int8x16_t; 2]; 8] {
+    let mut out = [[vdupq_n_s8(0); 2]; 8];
     let (m4, three, off) = (vdupq_n_u8(15), vdupq_n_u8(3), vdupq_n_s8(32));
     for h in 0..2 {
         let ql = [0, 16, 32, 48].map(|o| load_u8x16(&b[64 * h + o..]));
@@ -114,10 +121,11 @@ pub(super) fn q6_ints(b: &[u8], mut f: impl FnMut(usize, [int8x16_t; 2])) {
                 let top = vshlq_n_u8::<4>(vandq_u8(qh[i], three));
                 vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(low, top)), off)
             });
-            f(4 * h + t, q);
+            out[4 * h + t] = q;
             qh = qh.map(|h| vshrq_n_u8::<2>(h));
         }
     }
+    out
 }
 
 /// The sixteen scales `d · sc` of a Q6_K super-block (`i8 scales[16]` at 192, `f16 d` at 208).
@@ -151,11 +159,11 @@ fn dot_k45<const B: usize, const M: usize>(row: &[u8], xs: [&[f32]; M], q5: bool
     let mut acc = [vdupq_n_f32(0.0); M];
     for (i, b) in row.as_chunks::<B>().0.iter().enumerate() {
         let (scales, mins) = k4_scales(b);
-        k45_ints(b, q5, |j, q| {
+        for (j, q) in k45_ints(b, q5).into_iter().enumerate() {
             let neg_min = vdupq_n_f32(-mins[j]);
             let w = ints_to_group(q).map(|q| vfmaq_n_f32(neg_min, q, scales[j]));
             add_group(&mut acc, &w, &xg, GROUPS * i + j);
-        });
+        }
     }
     acc.map(|a| hsum(a))
 }
@@ -167,10 +175,10 @@ fn dequant_k45<const B: usize>(src: &[u8], dst: &mut [f32], q5: bool) {
     for (b, o) in src.as_chunks::<B>().0.iter().zip(dst.as_chunks_mut::<QK_K>().0) {
         let (out, _) = o.as_chunks_mut::<G>();
         let (scales, mins) = k4_scales(b);
-        k45_ints(b, q5, |j, q| {
+        for (j, (q, o)) in k45_ints(b, q5).into_iter().zip(out).enumerate() {
             let min = vdupq_n_f32(mins[j]);
-            store_group(&mut out[j], &ints_to_group(q).map(|q| vsubq_f32(vmulq_n_f32(q, scales[j]), min)));
-        });
+            store_group(o, &ints_to_group(q).map(|q| vsubq_f32(vmulq_n_f32(q, scales[j]), min)));
+        }
     }
 }
 
@@ -196,7 +204,9 @@ pub(super) fn dot_q6_k<const M: usize>(row: &[u8], xs: [&[f32]; M]) -> [f32; M] 
     let mut acc = [vdupq_n_f32(0.0); M];
     for (i, b) in row.as_chunks::<210>().0.iter().enumerate() {
         let scales = q6_scales(b);
-        q6_ints(b, |g, q| add_group(&mut acc, &q6_weights(q, &scales, g), &xg, GROUPS * i + g));
+        for (g, q) in q6_ints(b).into_iter().enumerate() {
+            add_group(&mut acc, &q6_weights(q, &scales, g), &xg, GROUPS * i + g);
+        }
     }
     acc.map(|a| hsum(a))
 }
@@ -219,6 +229,8 @@ pub(super) fn dequant_q6_k(src: &[u8], dst: &mut [f32]) {
     for (b, o) in src.as_chunks::<210>().0.iter().zip(dst.as_chunks_mut::<QK_K>().0) {
         let (out, _) = o.as_chunks_mut::<G>();
         let scales = q6_scales(b);
-        q6_ints(b, |g, q| store_group(&mut out[g], &q6_weights(q, &scales, g)));
+        for (g, (q, o)) in q6_ints(b).into_iter().zip(out).enumerate() {
+            store_group(o, &q6_weights(q, &scales, g));
+        }
     }
 }
