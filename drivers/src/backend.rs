@@ -227,6 +227,14 @@ pub trait Backend: Send + Sync + fmt::Debug {
         self.layer_norm(&self.add(a, b)?, weight, bias, eps)
     }
 
+    /// Runs `f`, which calls this backend's operations, as one unit of work. The CPU backend
+    /// runs it on one of its own worker threads, so that each operation's parallel loop starts
+    /// from inside the pool instead of waking the workers from outside (a futex round trip per
+    /// operation, most of a small model's decode step). The default just calls `f`.
+    fn run_within(&self, f: &mut (dyn FnMut() + Send)) {
+        f()
+    }
+
     /// Index of the largest value of each row.
     fn argmax(&self, x: &Tensor) -> Result<Vec<u32>>;
     /// Waits until queued work is done.

@@ -211,6 +211,10 @@ impl Backend for CpuBackend {
         Caps { native_quantized_matmul: true, simd: crate::quant::simd_level() }
     }
 
+    fn run_within(&self, f: &mut (dyn FnMut() + Send)) {
+        self.pool.install(f)
+    }
+
     fn upload(&self, data: HostBytes, dtype: DType, shape: &[usize]) -> Result<Tensor> {
         let count: Option<usize> = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         let last = shape.last().copied().unwrap_or(1);

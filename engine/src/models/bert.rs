@@ -264,6 +264,12 @@ impl BertModel {
     /// Every sequence must hold between 1 and `max_position_embeddings` tokens, each below
     /// `vocab_size`.
     pub fn forward(&self, seqs: &[&[u32]]) -> Result<EncoderOutput> {
+        let mut out = None;
+        self.backend.run_within(&mut || out = Some(self.forward_inner(seqs)));
+        out.unwrap_or_else(|| Err(EngineError::Request("the backend did not run the encoder".into())))
+    }
+
+    fn forward_inner(&self, seqs: &[&[u32]]) -> Result<EncoderOutput> {
         let h = self.cfg.hidden_size;
         let mut offsets = Vec::with_capacity(seqs.len() + 1);
         offsets.push(0);

@@ -241,6 +241,12 @@ impl DecoderModel {
     /// Runs new tokens of one or more sequences through the model, writing their keys and values
     /// into `cache`, and returns logits (`[rows, vocab]` flattened) for the rows `which` selects.
     pub fn forward(&self, batch: &[SeqInput<'_>], cache: &mut dyn KvCache, which: LogitsFor) -> Result<Vec<f32>> {
+        let mut out = None;
+        self.backend.run_within(&mut || out = Some(self.forward_inner(batch, &mut *cache, which)));
+        out.unwrap_or_else(|| Err(EngineError::Request("the backend did not run the forward pass".into())))
+    }
+
+    fn forward_inner(&self, batch: &[SeqInput<'_>], cache: &mut dyn KvCache, which: LogitsFor) -> Result<Vec<f32>> {
         let b = self.backend.as_ref();
         let c = &self.cfg;
         let mut ids = Vec::new();
