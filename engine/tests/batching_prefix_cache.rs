@@ -98,12 +98,12 @@ fn batched_equals_solo(path: &Path, backend: Arc<dyn Backend>) {
 }
 
 /// SmolLM2 is quantised (Q4_1). The CPU matmul dots quantised weights with 8-bit-quantised
-/// activations when a pass has at most 8 rows, and de-quantises the weights for an f32 GEMM above
-/// that (drivers/src/cpu/matmul.rs), so a pass that mixes a prefill chunk with decodes, or has
-/// more than 8 rows, computes slightly different logits than the same sequence alone, and greedy
-/// choices between near-equal tokens can flip. Checked here: a decode pass of 8 sequences is
-/// bit-identical to each alone; a mixed pass stays within a tolerance; batched generation runs
-/// every request to its full length (the outputs are printed with how many equal the solo ones).
+/// activations, row by row in the same order whatever the pass holds (drivers/src/cpu/matmul.rs),
+/// so a decode row's logits do not depend on what shares its pass. Checked here: a decode pass
+/// of 8 sequences is bit-identical to each alone; a pass that adds a prefill chunk stays within a
+/// tolerance (other kernels, such as attention over a prefill chunk, are free to order their sums
+/// differently); batched generation runs every request to its full length (the outputs are
+/// printed with how many equal the solo ones).
 #[test]
 fn batched_greedy_equals_solo_smollm2() {
     let Some(path) = smollm2() else { return };

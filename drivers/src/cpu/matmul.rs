@@ -8,8 +8,9 @@
 //!   buffer and multiplied with the `gemm` crate, in parallel over panels.
 //!
 //! The quantised formats with 8-bit-activation kernels (`quant::int8_supported`) take the first
-//! path for any number of rows: the activations are quantised once per call and each weight
-//! row is dotted with every activation row while it is in L1.
+//! path for any number of rows: the activations are quantised once per call, and
+//! `quant::matmul_q8` works through each chunk of weight rows in tiles of four weight rows by
+//! up to four activation rows (with AVX-512 VNNI), decoding each weight block once per tile.
 
 use rayon::prelude::*;
 
@@ -276,14 +277,17 @@ fn small_m(x: &[f32], w: &[u8], dt: DType, rb: usize, m: usize, n: usize, k: usi
     let acts = (crate::quant::int8_supported(dt) && k.is_multiple_of(32)).then(|| crate::quant::Q8Acts::quantize(x, k));
     t.par_chunks_mut(chunk_rows * m).enumerate().for_each(|(ci, tc)| {
         let r0 = ci * chunk_rows;
+        if let Some(a) = &acts {
+            let rows = tc.len() / m;
+            crate::quant::matmul_q8(dt, &w[r0 * rb..(r0 + rows) * rb], a, tc);
+            return;
+        }
         for (j, o) in tc.chunks_exact_mut(m).enumerate() {
             let row = &w[(r0 + j) * rb..(r0 + j + 1) * rb];
             if let Some(ahead) = w.get((r0 + j + 2) * rb..(r0 + j + 3) * rb) {
                 crate::quant::prefetch(ahead);
             }
-            if let Some(a) = &acts {
-                crate::quant::vec_dot_q8(dt, row, a, o);
-            } else if m == 1 {
+            if m == 1 {
                 o[0] = crate::quant::vec_dot(dt, row, x);
             } else {
                 crate::quant::vec_dot_multi(dt, row, x, k, o);

@@ -4,7 +4,8 @@
 //! and the block sizes. Every format has a scalar reference in `scalar` and `kquants`; on
 //! x86-64 the AVX2/FMA/F16C kernels in `x86` (and AVX-512 ones for the 4- and 5-bit formats)
 //! are chosen at run time when the CPU has those features. They de-quantise bitwise as the
-//! reference and agree with its dot products within float rounding.
+//! reference and agree with its dot products within float rounding. On aarch64 the NEON
+//! kernels in `neon` are chosen the same way.
 //!
 //! Precision contract: [`vec_dot`] and [`vec_dot_multi`] compute as if the row were first
 //! de-quantised to `f32` and then multiplied with the `f32` activations, accumulating in `f32`;
@@ -22,6 +23,8 @@
 
 mod int8;
 mod kquants;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 mod quantize;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
@@ -49,6 +52,9 @@ enum Level {
     /// x86-64 with AVX-512F/BW/VL besides AVX2, FMA and F16C.
     #[cfg(target_arch = "x86_64")]
     Avx512,
+    /// aarch64 with NEON (Advanced SIMD).
+    #[cfg(target_arch = "aarch64")]
+    Neon,
 }
 
 /// Detects the best kernel family once and remembers it.
@@ -68,13 +74,17 @@ fn detect() -> Level {
             return Level::Avx2;
         }
     }
+    #[cfg(target_arch = "aarch64")]
+    if std::arch::is_aarch64_feature_detected!("neon") {
+        return Level::Neon;
+    }
     Level::Scalar
 }
 
 /// The SIMD level chosen at run time: `"avx512"`, `"avx2"`, `"neon"` or `"scalar"`.
 ///
 /// `"avx512"` means AVX-512 kernels for the 4- and 5-bit formats and AVX2 ones for the rest.
-/// There are no NEON kernels yet: other targets report `"scalar"` (auto-vectorised Rust).
+/// Targets other than x86-64 and aarch64 report `"scalar"` (auto-vectorised Rust).
 pub fn simd_level() -> &'static str {
     match level() {
         Level::Scalar => "scalar",
@@ -82,6 +92,8 @@ pub fn simd_level() -> &'static str {
         Level::Avx2 => "avx2",
         #[cfg(target_arch = "x86_64")]
         Level::Avx512 => "avx512",
+        #[cfg(target_arch = "aarch64")]
+        Level::Neon => "neon",
     }
 }
 
@@ -115,6 +127,9 @@ pub fn dequantize_row(dtype: DType, src: &[u8], dst: &mut [f32]) {
         // SAFETY: `level()` reports `Avx2` or `Avx512` only after detecting AVX2, FMA and
         // F16C, and `Avx512` only after detecting AVX-512F/BW/VL too.
         l @ (Level::Avx2 | Level::Avx512) => unsafe { x86::dequantize_row(l == Level::Avx512, dtype, src, dst) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: `level()` reports `Neon` only after detecting NEON.
+        Level::Neon => unsafe { neon::dequantize_row(dtype, src, dst) },
     }
 }
 
@@ -178,6 +193,9 @@ fn dot_n<const M: usize>(dtype: DType, row: &[u8], xs: [&[f32]; M]) -> [f32; M] 
         // SAFETY: `level()` reports `Avx2` or `Avx512` only after detecting AVX2, FMA and
         // F16C, and `Avx512` only after detecting AVX-512F/BW/VL too.
         l @ (Level::Avx2 | Level::Avx512) => unsafe { x86::dot(l == Level::Avx512, dtype, row, xs) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: `level()` reports `Neon` only after detecting NEON.
+        Level::Neon => unsafe { neon::dot(dtype, row, xs) },
     }
 }
 
@@ -192,6 +210,12 @@ enum Int8Level {
     /// AVX-512 VNNI `vpdpbusd` (on 256-bit registers).
     #[cfg(target_arch = "x86_64")]
     Vnni,
+    /// aarch64 NEON with the dotprod extension's `sdot`.
+    #[cfg(target_arch = "aarch64")]
+    NeonDot,
+    /// aarch64 NEON `smull`/`sadalp` (ARMv8.0 cores without dotprod).
+    #[cfg(target_arch = "aarch64")]
+    Neon,
 }
 
 fn int8_level() -> Int8Level {
@@ -205,6 +229,13 @@ fn int8_level() -> Int8Level {
                     return Int8Level::Vnni;
                 }
                 return Int8Level::Avx2;
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            use std::arch::is_aarch64_feature_detected as has;
+            if has!("neon") {
+                return if has!("dotprod") { Int8Level::NeonDot } else { Int8Level::Neon };
             }
         }
         Int8Level::Scalar
@@ -237,8 +268,61 @@ pub fn vec_dot_q8(dtype: DType, row: &[u8], acts: &Q8Acts, out: &mut [f32]) {
             // SAFETY: `int8_level()` reports `Avx2` only after detecting AVX2, FMA and F16C.
             #[cfg(target_arch = "x86_64")]
             Int8Level::Avx2 => unsafe { x86::int8::avx2::dot(dtype, row, a) }.unwrap_or(0.0),
+            // SAFETY: `int8_level()` reports `NeonDot` only after detecting NEON and dotprod.
+            #[cfg(target_arch = "aarch64")]
+            Int8Level::NeonDot => unsafe { neon::int8::dotprod::dot(dtype, row, a) }.unwrap_or(0.0),
+            // SAFETY: `int8_level()` reports `Neon` only after detecting NEON.
+            #[cfg(target_arch = "aarch64")]
+            Int8Level::Neon => unsafe { neon::int8::plain::dot(dtype, row, a) }.unwrap_or(0.0),
         };
     }
+}
+
+/// `out[j · m + i] =` weight row `j` of `w` (whole rows of `dtype`, as many values as each row
+/// of `acts`) dotted with activation row `i` of `acts` (`m` rows): the transposed product, for
+/// the formats of [`int8_supported`].
+///
+/// With AVX-512 VNNI the rows go through tiles of four weight rows by up to four activation rows
+/// (`x86::tile`), decoding each weight block once for all of them; elsewhere each row goes
+/// through [`vec_dot_q8`]. Either way a result depends only on its own weight row and
+/// activation row, so it is the same whatever other rows come with them.
+///
+/// Panics unless `w` holds whole rows and `out.len()` is their count times `acts.rows()`.
+pub fn matmul_q8(dtype: DType, w: &[u8], acts: &Q8Acts, out: &mut [f32]) {
+    let (k, m) = (acts.row_len(), acts.rows());
+    let rb = dtype.row_bytes(k).unwrap_or(0);
+    assert!(
+        rb > 0 && w.len().is_multiple_of(rb) && out.len() == w.len() / rb * m,
+        "quant::matmul_q8: {} bytes of {dtype} rows of {k} values against {m} activation rows, {} outputs",
+        w.len(),
+        out.len()
+    );
+    #[cfg(target_arch = "x86_64")]
+    if tile_level() {
+        let rows: Vec<_> = (0..m).map(|i| acts.row(i)).collect();
+        // SAFETY: `tile_level()` holds only after detecting AVX-512F/BW/VL/DQ/VNNI, AVX2, FMA
+        // and F16C, the features of the tile kernels.
+        if unsafe { x86::tile::rows(dtype, w, rb, &rows, out) } {
+            return;
+        }
+    }
+    for (j, o) in out.chunks_exact_mut(m.max(1)).enumerate() {
+        let row = &w[j * rb..(j + 1) * rb];
+        if let Some(ahead) = w.get((j + 2) * rb..(j + 3) * rb) {
+            prefetch(ahead);
+        }
+        vec_dot_q8(dtype, row, acts, o);
+    }
+}
+
+/// Whether this CPU runs the tile kernels of [`matmul_q8`].
+#[cfg(target_arch = "x86_64")]
+fn tile_level() -> bool {
+    static TILE: OnceLock<bool> = OnceLock::new();
+    *TILE.get_or_init(|| {
+        use std::arch::is_x86_feature_detected as has;
+        int8_level() == Int8Level::Vnni && has!("avx512f") && has!("avx512bw") && has!("avx512dq")
+    })
 }
 
 /// Asks the CPU to start loading `bytes` into its caches (one request per 64-byte line), so
@@ -252,6 +336,14 @@ pub fn prefetch(bytes: &[u8]) {
         // faults and reads nothing into the program (the pointer is in bounds anyway).
         unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.as_ptr().cast()) };
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "aarch64")]
+    for line in bytes.chunks(64) {
+        // SAFETY: PRFM is only a hint: it never faults and loads nothing into the program (the
+        // pointer is in bounds anyway); it touches no flags and no stack.
+        unsafe {
+            std::arch::asm!("prfm pldl1keep, [{p}]", p = in(reg) line.as_ptr(), options(nostack, preserves_flags, readonly))
+        };
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     let _ = bytes;
 }

@@ -18,10 +18,6 @@
 //! reorder the additions. The `M` activation vectors of [`dot`] are handled in the same pass
 //! over the weights, and each vector's sum is formed exactly as for `M = 1`.
 
-// The parent's dispatch (`Level::Neon`, `Int8Level::NeonDot`/`Neon`) is wired separately; until
-// then nothing outside the tests calls these kernels. Remove this allowance with that change.
-#![allow(dead_code)]
-
 pub(super) mod int8;
 mod kquants;
 mod simple;

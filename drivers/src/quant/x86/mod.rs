@@ -21,6 +21,7 @@ mod avx512;
 pub(super) mod int8;
 mod kquants;
 mod simple;
+pub(super) mod tile;
 
 use std::arch::x86_64::*;
 

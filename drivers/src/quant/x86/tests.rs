@@ -272,3 +272,63 @@ fn int8_reference_is_within_quantization_error() {
         }
     }
 }
+
+fn have_tile() -> bool {
+    let ok = have_avx2()
+        && ["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vnni"].iter().all(|f| match *f {
+            "avx512f" => std::arch::is_x86_feature_detected!("avx512f"),
+            "avx512bw" => std::arch::is_x86_feature_detected!("avx512bw"),
+            "avx512vl" => std::arch::is_x86_feature_detected!("avx512vl"),
+            "avx512dq" => std::arch::is_x86_feature_detected!("avx512dq"),
+            _ => std::arch::is_x86_feature_detected!("avx512vnni"),
+        });
+    if !ok {
+        eprintln!("skipping the tile kernels: this CPU lacks AVX-512F/BW/VL/DQ/VNNI");
+    }
+    ok
+}
+
+/// The tile kernel of every format against the reference, for tiles cut every way (weight rows
+/// not a multiple of 4, 1 to 9 activation rows, odd block counts), and each result equal
+/// bitwise to the same row computed alone.
+#[test]
+fn tile_kernels_match_reference_and_do_not_depend_on_the_batch() {
+    if !have_tile() {
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(6);
+    for dtype in INT8_FORMATS {
+        for k in lengths(dtype) {
+            let rb = dtype.row_bytes(k).unwrap();
+            for &(n, m) in &[(1, 1), (3, 2), (4, 4), (5, 9), (9, 3), (6, 7)] {
+                let w: Vec<u8> = (0..n).flat_map(|_| random_row(dtype, k, &mut rng)).collect();
+                let mut x = random_x(m * k, &mut rng);
+                x[..32].fill(0.0);
+                if k > 64 {
+                    x[32..64].iter_mut().for_each(|v| *v *= 300.0);
+                }
+                let acts = crate::quant::Q8Acts::quantize(&x, k);
+                let rows: Vec<_> = (0..m).map(|i| acts.row(i)).collect();
+                let mut out = vec![f32::NAN; n * m];
+                // SAFETY: the features were detected by `have_tile`.
+                assert!(unsafe { super::tile::rows(dtype, &w, rb, &rows, &mut out) });
+                for j in 0..n {
+                    let row = &w[j * rb..(j + 1) * rb];
+                    for i in 0..m {
+                        let want = crate::quant::int8::dot_ref(dtype, row, acts.row(i));
+                        let got = out[j * m + i];
+                        let scale = int8_magnitude(dtype, row, &x[i * k..(i + 1) * k]);
+                        assert!(
+                            (want - got).abs() <= 1e-5 * scale.max(f32::MIN_POSITIVE),
+                            "{dtype} k={k} n={n} m={m} row {j} act {i}: reference {want} vs tile {got}"
+                        );
+                        let mut alone = [f32::NAN];
+                        // SAFETY: as above.
+                        assert!(unsafe { super::tile::rows(dtype, row, rb, &rows[i..=i], &mut alone) });
+                        assert_eq!(alone[0].to_bits(), got.to_bits(), "{dtype} k={k}: row {j} act {i} alone");
+                    }
+                }
+            }
+        }
+    }
+}
