@@ -151,13 +151,7 @@ fn small_m_f32(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
             dot_tiles(x, &w[r0 * k..(r0 + nr) * k], m, k, tc);
         });
     }
-    let mut out = vec![0f32; m * n];
-    for (j, col) in t.chunks_exact(m).enumerate() {
-        for (i, &v) in col.iter().enumerate() {
-            out[i * n + j] = v;
-        }
-    }
-    out
+    transpose(&t, n, m)
 }
 
 /// `t [rows, m] = w [rows, k] · xᵀ` for `x [m, k]`, `k` a multiple of 16.
@@ -297,10 +291,20 @@ fn small_m(x: &[f32], w: &[u8], dt: DType, rb: usize, m: usize, n: usize, k: usi
     if m == 1 {
         return t;
     }
+    transpose(&t, n, m)
+}
+
+/// `[m, n]` from the row-major `[n, m]` slice `t`, in tiles that stay in cache.
+fn transpose(t: &[f32], n: usize, m: usize) -> Vec<f32> {
+    const T: usize = 32;
     let mut out = vec![0f32; m * n];
-    for j in 0..n {
-        for i in 0..m {
-            out[i * n + j] = t[j * m + i];
+    for j0 in (0..n).step_by(T) {
+        for i0 in (0..m).step_by(T) {
+            for j in j0..(j0 + T).min(n) {
+                for i in i0..(i0 + T).min(m) {
+                    out[i * n + j] = t[j * m + i];
+                }
+            }
         }
     }
     out
@@ -330,19 +334,7 @@ fn gemm_path(x: &[f32], w: &[u8], dt: DType, rb: usize, m: usize, n: usize, k: u
         };
         gemm_nt(tc, wf, x, rows, m, k);
     });
-    let mut out = vec![0f32; m * n];
-    // Transpose [n, m] -> [m, n] in cache-friendly tiles.
-    const T: usize = 32;
-    for j0 in (0..n).step_by(T) {
-        for i0 in (0..m).step_by(T) {
-            for j in j0..(j0 + T).min(n) {
-                for i in i0..(i0 + T).min(m) {
-                    out[i * n + j] = t[j * m + i];
-                }
-            }
-        }
-    }
-    out
+    transpose(&t, n, m)
 }
 
 /// `x [m, k] · wᵀ (+ bias)` for `w [n, k]`: `[m, n]`, parallel over the current rayon pool.

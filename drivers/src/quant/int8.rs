@@ -50,7 +50,29 @@ impl Q8Acts {
         );
         let blocks = xs.len() / QK;
         let mut a = Self { k, qs: vec![[0; QK]; blocks], d: vec![0.0; blocks], s: vec![0.0; blocks] };
-        for (((x, q), d), s) in xs.chunks_exact(QK).zip(&mut a.qs).zip(&mut a.d).zip(&mut a.s) {
+        #[cfg(target_arch = "x86_64")]
+        if super::tile_level() {
+            // SAFETY: `tile_level()` holds only after detecting the features of the tile module.
+            unsafe { super::x86::tile::quantize(xs, &mut a.qs, &mut a.d, &mut a.s) };
+            return a;
+        }
+        a.fill_ref(xs);
+        a
+    }
+
+    /// [`Q8Acts::quantize`] in portable Rust: the reference the SIMD version equals bitwise.
+    #[cfg(test)]
+    pub(super) fn quantize_ref(xs: &[f32], k: usize) -> Self {
+        assert!(k > 0 && k.is_multiple_of(QK) && xs.len().is_multiple_of(k), "quant::Q8Acts::quantize_ref: bad rows");
+        let blocks = xs.len() / QK;
+        let mut a = Self { k, qs: vec![[0; QK]; blocks], d: vec![0.0; blocks], s: vec![0.0; blocks] };
+        a.fill_ref(xs);
+        a
+    }
+
+    /// Quantises `xs` (as many values as `self` has blocks times 32) into `self`.
+    fn fill_ref(&mut self, xs: &[f32]) {
+        for (((x, q), d), s) in xs.chunks_exact(QK).zip(&mut self.qs).zip(&mut self.d).zip(&mut self.s) {
             let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
             let scale = amax / 127.0;
             let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
@@ -62,7 +84,12 @@ impl Q8Acts {
             *d = scale;
             *s = scale * sum as f32;
         }
-        a
+    }
+
+    /// The quantised blocks, their scales and their sums, for tests that compare two of them.
+    #[cfg(test)]
+    pub(super) fn parts(&self) -> (&[[i8; QK]], &[f32], &[f32]) {
+        (&self.qs, &self.d, &self.s)
     }
 
     /// How many rows there are.

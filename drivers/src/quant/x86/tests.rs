@@ -332,3 +332,30 @@ fn tile_kernels_match_reference_and_do_not_depend_on_the_batch() {
         }
     }
 }
+
+/// The AVX-512 activation quantisation equals the portable one bitwise, ties included.
+#[test]
+fn simd_quantization_equals_reference_bitwise() {
+    if !have_tile() {
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(8);
+    for k in [32, 64, 96, 896] {
+        let mut xs = random_x(5 * k, &mut rng);
+        // Exact halves after scaling (block max 127 gives scale 1): ties must round away from 0.
+        xs[..32].iter_mut().enumerate().for_each(|(i, v)| *v = (i as f32 - 16.0) + 0.5);
+        xs[0] = 127.0;
+        xs[32..64].fill(0.0);
+        if k > 64 {
+            xs[64..96].iter_mut().for_each(|v| *v *= 1e-30);
+        }
+        let a = crate::quant::Q8Acts::quantize(&xs, k);
+        let b = crate::quant::Q8Acts::quantize_ref(&xs, k);
+        let ((qa, da, sa), (qb, db, sb)) = (a.parts(), b.parts());
+        assert_eq!(qa, qb, "k={k}: quantised values");
+        assert!(da.iter().zip(db).all(|(x, y)| x.to_bits() == y.to_bits()), "k={k}: scales");
+        assert!(sa.iter().zip(sb).all(|(x, y)| x.to_bits() == y.to_bits()), "k={k}: sums");
+        assert_eq!(qa[0][1], -15, "k={k}: -14.5 rounds to -15");
+        assert_eq!(qa[0][17], 2, "k={k}: 1.5 rounds to 2");
+    }
+}

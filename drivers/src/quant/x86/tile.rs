@@ -422,3 +422,45 @@ fn tile<const F: u8, const N: usize>(
         }
     }
 }
+
+/// Quantises `xs` to 8 bits in blocks of 32 (`qs`, scales `d`, sums `s`), bitwise as
+/// `Q8Acts::quantize_ref`: the same `f32` operations, with round-half-away-from-zero done as
+/// truncation plus a step where the (exact) remainder is at least one half.
+///
+/// # Safety
+///
+/// The CPU must support the features of this module. `xs` must hold 32 values per block of
+/// `qs`, `d` and `s` (checked: a mismatch panics).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,avx2,fma,f16c")]
+pub(in crate::quant) fn quantize(xs: &[f32], qs: &mut [[i8; QK]], d: &mut [f32], s: &mut [f32]) {
+    assert!(xs.len() == qs.len() * QK && d.len() == qs.len() && s.len() == qs.len(), "quant::tile::quantize: sizes");
+    let half = _mm512_set1_ps(0.5);
+    let one = _mm512_set1_ps(1.0);
+    let lim = _mm512_set1_ps(127.0);
+    for (((x, q), d), s) in xs.as_chunks::<QK>().0.iter().zip(qs.iter_mut()).zip(d.iter_mut()).zip(s.iter_mut()) {
+        // SAFETY: `x` is 32 readable `f32`; no alignment needed.
+        let v = unsafe { [_mm512_loadu_ps(x.as_ptr()), _mm512_loadu_ps(x.as_ptr().add(16))] };
+        let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v[0]), _mm512_abs_ps(v[1])));
+        let scale = amax / 127.0;
+        let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+        let mut sum = _mm512_setzero_si512();
+        for (h, v) in v.into_iter().enumerate() {
+            let y = _mm512_mul_ps(v, _mm512_set1_ps(inv));
+            let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(y);
+            let frac = _mm512_abs_ps(_mm512_sub_ps(y, t));
+            let step = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(frac, half);
+            // ±1 with the sign of y where the remainder is at least one half.
+            let sign = _mm512_or_ps(_mm512_and_ps(y, _mm512_set1_ps(-0.0)), one);
+            let r = _mm512_mask_add_ps(t, step, t, sign);
+            let r = _mm512_min_ps(_mm512_max_ps(r, _mm512_sub_ps(_mm512_setzero_ps(), lim)), lim);
+            let qi = _mm512_cvtps_epi32(r);
+            sum = _mm512_add_epi32(sum, qi);
+            let b = _mm512_cvtepi32_epi8(qi);
+            let dst = &mut q[16 * h..16 * h + 16];
+            // SAFETY: `dst` is 16 writable bytes; no alignment needed.
+            unsafe { _mm_storeu_si128(dst.as_mut_ptr().cast(), b) };
+        }
+        *d = scale;
+        *s = scale * _mm512_reduce_add_epi32(sum) as f32;
+    }
+}
