@@ -117,7 +117,7 @@ fn rows_f<const F: u8>(dtype: DType, w: &[u8], rb: usize, acts: &[ActRow<'_>], o
                 let r = j0 + j.min(nr - 1);
                 &w[r * rb..(r + 1) * rb]
             });
-            for (j, row) in rows.iter().enumerate().filter(|_| matches!(F, Q4K | Q5K | Q6K)) {
+            for (j, row) in rows.iter().enumerate().filter(|_| matches!(F, Q4_1 | Q5_1 | Q4K | Q5K | Q6K)) {
                 prepare::<F>(row, &mut dwh[j * hs..(j + 1) * hs], &mut coef[j * nb..(j + 1) * nb]);
             }
             for (q, quad) in group.chunks(A).enumerate() {
@@ -153,6 +153,26 @@ fn h(b: &[u8], off: usize) -> f32 {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,avx2,fma,f16c")]
 fn prepare<const F: u8>(row: &[u8], dwh: &mut [f32], coef: &mut [f32]) {
+    if matches!(F, Q4_1 | Q5_1) {
+        // Only the minimums: the scales are read inline.
+        let bb = if F == Q4_1 { 20 } else { 24 };
+        let nb = row.len() / bb;
+        assert!(coef.len() >= nb, "quant::tile::prepare: table too short");
+        for b0 in (0..nb).step_by(16) {
+            let cnt = (nb - b0).min(16);
+            let mut bits = [0u16; 16];
+            for (l, blk) in row[b0 * bb..].chunks_exact(bb).take(cnt).enumerate() {
+                bits[l] = u16::from_le_bytes([blk[2], blk[3]]);
+            }
+            // SAFETY: `bits` is 16 readable `u16`.
+            let v = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(bits.as_ptr().cast()) });
+            let mut f = [0f32; 16];
+            // SAFETY: `f` is 16 writable `f32`.
+            unsafe { _mm512_storeu_ps(f.as_mut_ptr(), v) };
+            coef[b0..b0 + cnt].copy_from_slice(&f[..cnt]);
+        }
+        return;
+    }
     if F == Q6K {
         for (sb, blk) in row.chunks_exact(210).enumerate() {
             let d = h(blk, 208);
@@ -353,7 +373,6 @@ fn tile<const F: u8, const N: usize>(
     let zero = _mm512_setzero_si512();
     // The simple formats read their scales inline; the K formats from `dwh`.
     let simple = matches!(F, Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1);
-    let min = matches!(F, Q4_1 | Q5_1);
     // The constant added to every stored value: `Σ (u - c)·x = Σ u·x - Σ c·x`.
     let shift = match F {
         Q8_0 => Some(_mm512_set1_epi8(-128)),
@@ -385,39 +404,27 @@ fn tile<const F: u8, const N: usize>(
         // function.
         let mut u = [zero; R];
         let mut dw = [_mm512_setzero_ps(); R];
-        let mut mw = [_mm512_setzero_ps(); R];
         for j in 0..R {
             u[j] = pair::<F>(rows[j], b, two);
             dw[j] = if simple { scale_pair!(rows[j], bb, 0, b, two) } else { wscale(&dwh[j * hs..(j + 1) * hs], b) };
-            if min {
-                mw[j] = scale_pair!(rows[j], bb, 2, b, two);
-            }
         }
         for (i, a) in acts.iter().enumerate() {
             let (x, dx) = act(a, b, two);
             let xc = shift.map_or(zero, |c| _mm512_dpbusd_epi32(zero, c, x));
-            // Q4_1/Q5_1: the block minimum times the activations' sums, lane by lane.
-            let xs = if min {
-                _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, _mm512_set1_epi8(1), x))
-            } else {
-                _mm512_setzero_ps()
-            };
             for j in 0..R {
                 let mut p = _mm512_dpbusd_epi32(zero, u[j], x);
                 if shift.is_some() {
                     p = _mm512_sub_epi32(p, xc);
                 }
                 acc[j][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dw[j], dx), acc[j][i]);
-                if min {
-                    acc[j][i] = _mm512_fmadd_ps(xs, _mm512_mul_ps(mw[j], dx), acc[j][i]);
-                }
             }
         }
         b += 2;
     }
     for j in 0..R {
         for (i, a) in acts.iter().enumerate() {
-            let off = if !matches!(F, Q4K | Q5K) { 0.0 } else { offsets(&coef[j * nb..(j + 1) * nb], a.s) };
+            let off =
+                if !matches!(F, Q4_1 | Q5_1 | Q4K | Q5K) { 0.0 } else { offsets(&coef[j * nb..(j + 1) * nb], a.s) };
             res[j][i] = _mm512_reduce_add_ps(acc[j][i]) + off;
         }
     }
