@@ -5,7 +5,6 @@ use std::any::Any;
 
 use rayon::prelude::*;
 
-use super::norm::softmax_in_place;
 use super::simd::{self, simd_kernel};
 use super::{check_f32, f32_values, new_f32};
 use crate::{DenseAttn, DriverError, KvCache, KvSpec, PagedAttn, Result, Tensor};
@@ -67,7 +66,7 @@ impl KvCache for CpuKvCache {
 
 /// Dot product with 16 independent accumulators, so that the compiler can keep them in SIMD
 /// registers (a single running sum forces a sequential chain of adds).
-#[inline]
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
@@ -147,21 +146,38 @@ pub(super) fn paged(q: &Tensor, k: &Tensor, v: &Tensor, cache: &mut dyn KvCache,
     let mut out = vec![0f32; rows * nh * hd];
     out.par_chunks_mut(hd).enumerate().for_each_init(Vec::new, |scores, (idx, o)| {
         let (r, h) = (idx / nh, idx % nh);
-        let kvh = h / group;
         let qh = &qv[(r * nh + h) * hd..(r * nh + h + 1) * hd];
-        let slots = &jobs[r];
-        scores.clear();
-        scores.extend(slots.iter().map(|&s| {
-            let kh = &kl[(s * nkv + kvh) * hd..(s * nkv + kvh + 1) * hd];
-            dot(qh, kh) * a.scale
-        }));
-        softmax_in_place(scores);
-        for (&s, &p) in slots.iter().zip(scores.iter()) {
-            let vh = &vl[(s * nkv + kvh) * hd..(s * nkv + kvh + 1) * hd];
-            o.iter_mut().zip(vh).for_each(|(a, &b)| *a += p * b);
-        }
+        let head = KvHead { k: kl, v: vl, stride: nkv * hd, off: (h / group) * hd };
+        attend(qh, &jobs[r], head, a.scale, scores, o);
     });
     Ok(new_f32(out, vec![rows, nh * hd]))
+}
+
+/// One KV head of one layer's cache: slot `s`'s key is `k[s · stride + off..][..head_dim]`.
+#[derive(Clone, Copy)]
+struct KvHead<'a> {
+    k: &'a [f32],
+    v: &'a [f32],
+    stride: usize,
+    off: usize,
+}
+
+simd_kernel! {
+    /// One query row `qh` of one head against the cached positions `slots` of its KV head:
+    /// `o = softmax(scale · q·K) · V`, using `scores` as scratch.
+    fn attend(qh: &[f32], slots: &[usize], head: KvHead<'_>, scale: f32, scores: &mut Vec<f32>, o: &mut [f32]) {
+        let hd = qh.len();
+        let at = |s: usize| s * head.stride + head.off..s * head.stride + head.off + hd;
+        scores.clear();
+        scores.extend(slots.iter().map(|&s| dot(qh, &head.k[at(s)]) * scale));
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        scores.iter_mut().for_each(|x| *x = simd::exp(*x - max));
+        let inv = 1.0 / simd::sum(scores);
+        for (&s, &p) in slots.iter().zip(scores.iter()) {
+            let p = p * inv;
+            o.iter_mut().zip(&head.v[at(s)]).for_each(|(a, &b)| *a += p * b);
+        }
+    }
 }
 
 pub(super) fn dense(q: &Tensor, k: &Tensor, v: &Tensor, a: &DenseAttn<'_>) -> Result<Tensor> {
