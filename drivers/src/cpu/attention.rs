@@ -70,7 +70,10 @@ impl KvCache for CpuKvCache {
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    let mut tail = 0f32;
+    for (x, y) in ac.remainder().iter().zip(bc.remainder()) {
+        tail += x * y;
+    }
     for (x, y) in ac.zip(bc) {
         for i in 0..16 {
             acc[i] += x[i] * y[i];
@@ -166,16 +169,27 @@ simd_kernel! {
     /// One query row `qh` of one head against the cached positions `slots` of its KV head:
     /// `o = softmax(scale · q·K) · V`, using `scores` as scratch.
     fn attend(qh: &[f32], slots: &[usize], head: KvHead<'_>, scale: f32, scores: &mut Vec<f32>, o: &mut [f32]) {
+        // Plain loops, no closures: a closure would not be inlined into the AVX-512 copy.
         let hd = qh.len();
-        let at = |s: usize| s * head.stride + head.off..s * head.stride + head.off + hd;
         scores.clear();
-        scores.extend(slots.iter().map(|&s| dot(qh, &head.k[at(s)]) * scale));
-        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        scores.iter_mut().for_each(|x| *x = simd::exp(*x - max));
+        for &s in slots {
+            let b = s * head.stride + head.off;
+            scores.push(dot(qh, &head.k[b..b + hd]) * scale);
+        }
+        let mut max = f32::NEG_INFINITY;
+        for &x in scores.iter() {
+            max = max.max(x);
+        }
+        for x in scores.iter_mut() {
+            *x = simd::exp(*x - max);
+        }
         let inv = 1.0 / simd::sum(scores);
         for (&s, &p) in slots.iter().zip(scores.iter()) {
             let p = p * inv;
-            o.iter_mut().zip(&head.v[at(s)]).for_each(|(a, &b)| *a += p * b);
+            let b = s * head.stride + head.off;
+            for (a, &v) in o.iter_mut().zip(&head.v[b..b + hd]) {
+                *a += p * v;
+            }
         }
     }
 }
