@@ -61,7 +61,7 @@ impl Q8Acts {
     }
 
     /// [`Q8Acts::quantize`] in portable Rust: the reference the SIMD version equals bitwise.
-    #[cfg(test)]
+    #[cfg(all(test, target_arch = "x86_64"))]
     pub(super) fn quantize_ref(xs: &[f32], k: usize) -> Self {
         assert!(k > 0 && k.is_multiple_of(QK) && xs.len().is_multiple_of(k), "quant::Q8Acts::quantize_ref: bad rows");
         let blocks = xs.len() / QK;
@@ -87,7 +87,7 @@ impl Q8Acts {
     }
 
     /// The quantised blocks, their scales and their sums, for tests that compare two of them.
-    #[cfg(test)]
+    #[cfg(all(test, target_arch = "x86_64"))]
     pub(super) fn parts(&self) -> (&[[i8; QK]], &[f32], &[f32]) {
         (&self.qs, &self.d, &self.s)
     }
