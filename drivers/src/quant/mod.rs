@@ -28,6 +28,8 @@ mod kquants;
 mod neon;
 mod quantize;
 mod scalar;
+#[cfg(test)]
+mod testutil;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 

@@ -2,26 +2,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-use half::{bf16, f16};
+use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 
 use crate::DType;
 use crate::quant::scalar;
-
-const FORMATS: [DType; 11] = [
-    DType::F32,
-    DType::F16,
-    DType::BF16,
-    DType::Q8_0,
-    DType::Q4_0,
-    DType::Q4_1,
-    DType::Q5_0,
-    DType::Q5_1,
-    DType::Q4K,
-    DType::Q5K,
-    DType::Q6K,
-];
+use crate::quant::testutil::{FORMATS, INT8_FORMATS, magnitude, random_row, random_x};
 
 /// The kernel sets this CPU can run: AVX2 (`false`) and AVX-512 (`true`).
 fn levels() -> Vec<bool> {
@@ -62,52 +48,6 @@ fn have_avx2() -> bool {
         eprintln!("skipping: this CPU lacks AVX2/FMA/F16C");
     }
     ok
-}
-
-/// A random `f16` scale: mostly ±0.01..0.1, sometimes subnormal or zero.
-fn random_scale(rng: &mut StdRng) -> [u8; 2] {
-    let bits = match rng.random_range(0..20) {
-        0 => 0,
-        1 => rng.random_range(1..0x400),
-        _ => {
-            let v = rng.random_range(0.01f32..0.1);
-            f16::from_f32(if rng.random() { v } else { -v }).to_bits()
-        }
-    };
-    bits.to_le_bytes()
-}
-
-/// Byte offsets of the `f16` scale fields of each block format.
-fn scale_offsets(dtype: DType) -> &'static [usize] {
-    match dtype {
-        DType::Q8_0 | DType::Q4_0 | DType::Q5_0 => &[0],
-        DType::Q4_1 | DType::Q5_1 | DType::Q4K | DType::Q5K => &[0, 2],
-        DType::Q6K => &[208],
-        _ => &[],
-    }
-}
-
-/// A random row of `n` values of `dtype`: random bytes with finite scales, or random floats.
-fn random_row(dtype: DType, n: usize, rng: &mut StdRng) -> Vec<u8> {
-    match dtype {
-        DType::F32 => (0..n).flat_map(|_| rng.random_range(-2f32..2.0).to_le_bytes()).collect(),
-        DType::F16 => (0..n).flat_map(|_| f16::from_f32(rng.random_range(-2f32..2.0)).to_le_bytes()).collect(),
-        DType::BF16 => (0..n).flat_map(|_| bf16::from_f32(rng.random_range(-2f32..2.0)).to_le_bytes()).collect(),
-        _ => {
-            let bytes = dtype.row_bytes(n).unwrap();
-            let mut row: Vec<u8> = (0..bytes).map(|_| rng.random()).collect();
-            for block in row.chunks_exact_mut(dtype.block_bytes()) {
-                for &off in scale_offsets(dtype) {
-                    block[off..off + 2].copy_from_slice(&random_scale(rng));
-                }
-            }
-            row
-        }
-    }
-}
-
-fn random_x(n: usize, rng: &mut StdRng) -> Vec<f32> {
-    (0..n).map(|_| rng.random_range(-1f32..1.0)).collect()
 }
 
 /// Row lengths to try: whole blocks, more than one scale chunk, and float tails.
@@ -182,9 +122,6 @@ fn multi_equals_single_bitwise() {
 }
 
 /// The formats with 8-bit-activation kernels.
-const INT8_FORMATS: [DType; 8] =
-    [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q4K, DType::Q5K, DType::Q6K];
-
 /// The 8-bit-activation kernel builds this CPU can run, by name.
 fn int8_builds() -> Vec<&'static str> {
     let mut b = Vec::new();
@@ -211,13 +148,6 @@ fn int8_dot(build: &str, dtype: DType, row: &[u8], a: crate::quant::int8::ActRow
     r.unwrap()
 }
 
-/// Σ|w·x| of the de-quantised row with the de-quantised activations: the scale of the rounding.
-fn int8_magnitude(dtype: DType, row: &[u8], x: &[f32]) -> f32 {
-    let mut w = vec![0f32; x.len()];
-    scalar::dequantize_row(dtype, row, &mut w);
-    w.iter().zip(x).map(|(a, b)| (a * b).abs()).sum()
-}
-
 #[test]
 fn int8_kernels_match_reference() {
     let mut rng = StdRng::seed_from_u64(4);
@@ -235,7 +165,7 @@ fn int8_kernels_match_reference() {
                     let acts = crate::quant::Q8Acts::quantize(&x, n);
                     let want = crate::quant::int8::dot_ref(dtype, &row, acts.row(0));
                     let got = int8_dot(build, dtype, &row, acts.row(0));
-                    let scale = int8_magnitude(dtype, &row, &x);
+                    let scale = magnitude(dtype, &row, &x);
                     assert!(
                         (want - got).abs() <= 1e-5 * scale.max(f32::MIN_POSITIVE),
                         "{dtype} {build} n={n}: reference {want} vs kernel {got} (Σ|w·x| = {scale})"
@@ -317,7 +247,7 @@ fn tile_kernels_match_reference_and_do_not_depend_on_the_batch() {
                     for i in 0..m {
                         let want = crate::quant::int8::dot_ref(dtype, row, acts.row(i));
                         let got = out[j * m + i];
-                        let scale = int8_magnitude(dtype, row, &x[i * k..(i + 1) * k]);
+                        let scale = magnitude(dtype, row, &x[i * k..(i + 1) * k]);
                         assert!(
                             (want - got).abs() <= 1e-5 * scale.max(f32::MIN_POSITIVE),
                             "{dtype} k={k} n={n} m={m} row {j} act {i}: reference {want} vs tile {got}"
