@@ -105,7 +105,13 @@ fn check_q8(backend: Arc<dyn Backend>, name: &str) {
         positions += ids.len();
         // The KV-cache path agrees with the batch path.
         let inc = engine.logits(&ids, false).unwrap();
-        assert!(max_abs(&inc, &ours) <= TOL, "{name} case {i}: incremental vs prefill");
+        // The prefill pass goes through the panel kernel (x86 with AVX-512 VNNI), whose float
+        // sums run in another order than the decode kernel's: a last-bit difference that lands
+        // an activation on the other side of an 8-bit rounding step moves some logits by up to
+        // about 1 % of the largest (0.025 of 3.5 seen). A KV-cache fault moves them far more.
+        let scale = ours.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let d = max_abs(&inc, &ours);
+        assert!(d <= TOL.max(0.02 * scale), "{name} case {i}: incremental vs prefill differ by {d} (scale {scale})");
     }
     eprintln!("{name}: argmax agreement ours {ours_agree}/{positions}, llama.cpp {theirs_agree}/{positions}");
     assert!(ours_agree as f64 >= theirs_agree as f64 - 0.02 * positions as f64);

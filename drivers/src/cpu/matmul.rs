@@ -10,7 +10,9 @@
 //! The quantised formats with 8-bit-activation kernels (`quant::int8_supported`) take the first
 //! path for any number of rows: the activations are quantised once per call, and
 //! `quant::matmul_q8` works through each chunk of weight rows in tiles of four weight rows by
-//! up to four activation rows (with AVX-512 VNNI), decoding each weight block once per tile.
+//! up to four activation rows (with AVX-512 VNNI), decoding each weight block once per tile;
+//! from `quant::PANEL_MIN_M` rows on (prefill) it re-lays each chunk out in panels of 32 rows
+//! instead, so chunks are then whole panels.
 
 use rayon::prelude::*;
 
@@ -98,8 +100,10 @@ pub(super) fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, gelu: bool) 
     {
         small_m_f32(&xv, wf, m, n, k)
     } else if m <= SMALL_M || (crate::quant::int8_supported(dt) && k.is_multiple_of(32)) {
-        // The quantised formats always take the 8-bit-activation path, so that a row's result
-        // does not depend on how many rows come with it (prefill and decode agree exactly).
+        // The quantised formats always take the 8-bit-activation path, so that a decode row's
+        // result does not depend on how many other decode rows come with it (a batch of up to
+        // `quant::PANEL_MIN_M - 1` rows equals each row alone bitwise; prefill passes agree
+        // within rounding).
         small_m(&xv, wbytes, dt, rb, m, n, k)
     } else {
         gemm_path(&xv, wbytes, dt, rb, m, n, k)
@@ -266,7 +270,11 @@ unsafe fn full_tile(xp: *const f32, wp: *const f32, i0: usize, j0: usize, m: usi
 fn small_m(x: &[f32], w: &[u8], dt: DType, rb: usize, m: usize, n: usize, k: usize) -> Vec<f32> {
     // Output computed transposed, [n, m], so that each weight row's results are contiguous.
     let mut t = vec![0f32; n * m];
-    let chunk_rows = (n / (rayon::current_num_threads() * 8)).clamp(16, 512);
+    let mut chunk_rows = (n / (rayon::current_num_threads() * 8)).clamp(16, 512);
+    if m >= crate::quant::PANEL_MIN_M {
+        // Whole panels for the prefill kernel.
+        chunk_rows = chunk_rows.next_multiple_of(crate::quant::PANEL_ROWS);
+    }
     // The quantised formats dot with 8-bit activations, quantised once here for all rows.
     let acts = (crate::quant::int8_supported(dt) && k.is_multiple_of(32)).then(|| crate::quant::Q8Acts::quantize(x, k));
     t.par_chunks_mut(chunk_rows * m).enumerate().for_each(|(ci, tc)| {

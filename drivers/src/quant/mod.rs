@@ -288,7 +288,10 @@ pub fn vec_dot_q8(dtype: DType, row: &[u8], acts: &Q8Acts, out: &mut [f32]) {
 /// With AVX-512 VNNI the rows go through tiles of four weight rows by up to four activation rows
 /// (`x86::tile`), decoding each weight block once for all of them; elsewhere each row goes
 /// through [`vec_dot_q8`]. Either way a result depends only on its own weight row and
-/// activation row, so it is the same whatever other rows come with them.
+/// activation row, so it is the same whatever other rows come with them, as long as there are
+/// fewer than [`PANEL_MIN_M`] activation rows. From that many on (prefill), AVX-512 VNNI
+/// re-lays the weights out in panels of 32 rows (`x86::panel`), whose sums run in another order:
+/// the results then agree with the tile kernel's within rounding, not bitwise.
 ///
 /// Panics unless `w` holds whole rows and `out.len()` is their count times `acts.rows()`.
 pub fn matmul_q8(dtype: DType, w: &[u8], acts: &Q8Acts, out: &mut [f32]) {
@@ -304,7 +307,11 @@ pub fn matmul_q8(dtype: DType, w: &[u8], acts: &Q8Acts, out: &mut [f32]) {
     if tile_level() {
         let rows: Vec<_> = (0..m).map(|i| acts.row(i)).collect();
         // SAFETY: `tile_level()` holds only after detecting AVX-512F/BW/VL/DQ/VNNI, AVX2, FMA
-        // and F16C, the features of the tile kernels.
+        // and F16C, the features of the tile and panel kernels.
+        if m >= PANEL_MIN_M && unsafe { x86::panel::rows(dtype, w, rb, &rows, out) } {
+            return;
+        }
+        // SAFETY: as above.
         if unsafe { x86::tile::rows(dtype, w, rb, &rows, out) } {
             return;
         }
@@ -317,6 +324,13 @@ pub fn matmul_q8(dtype: DType, w: &[u8], acts: &Q8Acts, out: &mut [f32]) {
         vec_dot_q8(dtype, row, acts, o);
     }
 }
+
+/// From this many activation rows on, [`matmul_q8`] may take the panel kernel (see there): a
+/// caller that wants whole panels gives it chunks of weight rows that are multiples of
+/// [`PANEL_ROWS`]. (Only x86-64 has a panel kernel; elsewhere the chunking is harmless.)
+pub const PANEL_MIN_M: usize = 32;
+/// Weight rows per panel of the panel kernel.
+pub const PANEL_ROWS: usize = 32;
 
 /// Whether this CPU runs the tile kernels of [`matmul_q8`].
 #[cfg(target_arch = "x86_64")]

@@ -17,9 +17,28 @@
 //! times faster than AVX2, Q4_1 and Q4_K about 1.4 times. F32, F16, BF16 and Q8_0 are already
 //! faster than memory with AVX2; Q6_K has no AVX-512 kernel yet.
 
+/// Calls `$func::<F>($args)` for the tile format code `$f` (`tile::code`): the one place that
+/// turns the code into the const parameter of a kernel. A macro so that `tile` and `panel`
+/// both use it (defined before them, it is in their scope).
+macro_rules! by_format {
+    ($f:expr, $func:ident($($args:expr),*)) => {
+        match $f {
+            $crate::quant::x86::tile::Q8_0 => $func::<{ $crate::quant::x86::tile::Q8_0 }>($($args),*),
+            $crate::quant::x86::tile::Q4_0 => $func::<{ $crate::quant::x86::tile::Q4_0 }>($($args),*),
+            $crate::quant::x86::tile::Q4_1 => $func::<{ $crate::quant::x86::tile::Q4_1 }>($($args),*),
+            $crate::quant::x86::tile::Q5_0 => $func::<{ $crate::quant::x86::tile::Q5_0 }>($($args),*),
+            $crate::quant::x86::tile::Q5_1 => $func::<{ $crate::quant::x86::tile::Q5_1 }>($($args),*),
+            $crate::quant::x86::tile::Q4K => $func::<{ $crate::quant::x86::tile::Q4K }>($($args),*),
+            $crate::quant::x86::tile::Q5K => $func::<{ $crate::quant::x86::tile::Q5K }>($($args),*),
+            _ => $func::<{ $crate::quant::x86::tile::Q6K }>($($args),*),
+        }
+    };
+}
+
 mod avx512;
 pub(super) mod int8;
 mod kquants;
+pub(super) mod panel;
 mod simple;
 pub(super) mod tile;
 

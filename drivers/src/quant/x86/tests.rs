@@ -218,19 +218,26 @@ fn have_tile() -> bool {
     ok
 }
 
-/// The tile kernel of every format against the reference, for tiles cut every way (weight rows
-/// not a multiple of 4, 1 to 9 activation rows, odd block counts), and each result equal
-/// bitwise to the same row computed alone.
-#[test]
-fn tile_kernels_match_reference_and_do_not_depend_on_the_batch() {
-    if !have_tile() {
-        return;
-    }
-    let mut rng = StdRng::seed_from_u64(6);
+/// A matmul kernel of `x86` (`tile::rows` or `panel::rows`).
+type MatmulKernel = unsafe fn(DType, &[u8], usize, &[crate::quant::int8::ActRow<'_>], &mut [f32]) -> bool;
+
+/// Runs `kernel` on random rows of every 8-bit-activation format, `n` weight rows by `m`
+/// activation rows for each shape, and checks each result against the reference; with `alone`,
+/// also that each result equals, bitwise, the same pair computed alone. Returns the formats the
+/// kernel declined.
+fn check_matmul_kernel(
+    name: &str,
+    kernel: MatmulKernel,
+    shapes: &[(usize, usize)],
+    seed: u64,
+    alone: bool,
+) -> Vec<DType> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut declined = Vec::new();
     for dtype in INT8_FORMATS {
         for k in lengths(dtype) {
             let rb = dtype.row_bytes(k).unwrap();
-            for &(n, m) in &[(1, 1), (3, 2), (4, 4), (5, 9), (9, 3), (6, 7)] {
+            for &(n, m) in shapes {
                 let w: Vec<u8> = (0..n).flat_map(|_| random_row(dtype, k, &mut rng)).collect();
                 let mut x = random_x(m * k, &mut rng);
                 x[..32].fill(0.0);
@@ -240,8 +247,11 @@ fn tile_kernels_match_reference_and_do_not_depend_on_the_batch() {
                 let acts = crate::quant::Q8Acts::quantize(&x, k);
                 let rows: Vec<_> = (0..m).map(|i| acts.row(i)).collect();
                 let mut out = vec![f32::NAN; n * m];
-                // SAFETY: the features were detected by `have_tile`.
-                assert!(unsafe { super::tile::rows(dtype, &w, rb, &rows, &mut out) });
+                // SAFETY: the callers detect the features first (`have_tile`).
+                if !unsafe { kernel(dtype, &w, rb, &rows, &mut out) } {
+                    declined.push(dtype);
+                    continue;
+                }
                 for j in 0..n {
                     let row = &w[j * rb..(j + 1) * rb];
                     for i in 0..m {
@@ -250,17 +260,47 @@ fn tile_kernels_match_reference_and_do_not_depend_on_the_batch() {
                         let scale = magnitude(dtype, row, &x[i * k..(i + 1) * k]);
                         assert!(
                             (want - got).abs() <= 1e-5 * scale.max(f32::MIN_POSITIVE),
-                            "{dtype} k={k} n={n} m={m} row {j} act {i}: reference {want} vs tile {got}"
+                            "{dtype} k={k} n={n} m={m} row {j} act {i}: reference {want} vs {name} {got}"
                         );
-                        let mut alone = [f32::NAN];
-                        // SAFETY: as above.
-                        assert!(unsafe { super::tile::rows(dtype, row, rb, &rows[i..=i], &mut alone) });
-                        assert_eq!(alone[0].to_bits(), got.to_bits(), "{dtype} k={k}: row {j} act {i} alone");
+                        if alone {
+                            let mut one = [f32::NAN];
+                            // SAFETY: as above.
+                            assert!(unsafe { kernel(dtype, row, rb, &rows[i..=i], &mut one) });
+                            assert_eq!(one[0].to_bits(), got.to_bits(), "{dtype} k={k}: row {j} act {i} alone");
+                        }
                     }
                 }
             }
         }
     }
+    declined.dedup();
+    declined
+}
+
+/// The tile kernel of every format against the reference, for tiles cut every way (weight rows
+/// not a multiple of 4, 1 to 9 activation rows, odd block counts), and each result equal
+/// bitwise to the same row computed alone.
+#[test]
+fn tile_kernels_match_reference_and_do_not_depend_on_the_batch() {
+    if !have_tile() {
+        return;
+    }
+    let shapes = [(1, 1), (3, 2), (4, 4), (5, 9), (9, 3), (6, 7)];
+    let declined = check_matmul_kernel("tile", super::tile::rows, &shapes, 6, true);
+    assert!(declined.is_empty(), "the tile kernel declined {declined:?}");
+}
+
+/// The panel kernel of every format it takes (all but Q6_K) against the reference, for panels
+/// cut every way (weight rows not a multiple of 32, activation rows not a multiple of 4, odd
+/// block counts).
+#[test]
+fn panel_kernels_match_reference() {
+    if !have_tile() {
+        return;
+    }
+    let shapes = [(1, 1), (33, 5), (32, 4), (70, 9), (5, 34)];
+    let declined = check_matmul_kernel("panel", super::panel::rows, &shapes, 7, false);
+    assert_eq!(declined, [DType::Q6K], "only Q6_K stays with the tile kernel");
 }
 
 /// The AVX-512 activation quantisation equals the portable one bitwise, ties included.

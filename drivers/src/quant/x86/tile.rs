@@ -20,7 +20,8 @@
 //! more than the integer subtraction it saves.
 //!
 //! A row's result depends only on that row and its activations, never on how many rows share
-//! its tile, so prefill and decode give bit-identical results.
+//! its tile, so a batch of decode rows gives each row's result bitwise. (Passes of many rows
+//! go through `panel` instead.)
 
 use std::arch::x86_64::*;
 
@@ -36,17 +37,17 @@ const A: usize = 4;
 /// 8-bit values stay in L2 (64 rows of 4,864 values are 311 KB).
 const ACT_GROUP: usize = 64;
 
-const Q8_0: u8 = 0;
-const Q4_0: u8 = 1;
-const Q4_1: u8 = 2;
-const Q5_0: u8 = 3;
-const Q5_1: u8 = 4;
-const Q4K: u8 = 5;
-const Q5K: u8 = 6;
-const Q6K: u8 = 7;
+pub(super) const Q8_0: u8 = 0;
+pub(super) const Q4_0: u8 = 1;
+pub(super) const Q4_1: u8 = 2;
+pub(super) const Q5_0: u8 = 3;
+pub(super) const Q5_1: u8 = 4;
+pub(super) const Q4K: u8 = 5;
+pub(super) const Q5K: u8 = 6;
+pub(super) const Q6K: u8 = 7;
 
 /// The format code of `dtype` for [`rows`], or `None` where there is no tile kernel.
-fn code(dtype: DType) -> Option<u8> {
+pub(super) fn code(dtype: DType) -> Option<u8> {
     Some(match dtype {
         DType::Q8_0 => Q8_0,
         DType::Q4_0 => Q4_0,
@@ -71,37 +72,13 @@ fn code(dtype: DType) -> Option<u8> {
 pub(in crate::quant) unsafe fn rows(dtype: DType, w: &[u8], rb: usize, acts: &[ActRow<'_>], out: &mut [f32]) -> bool {
     let Some(f) = code(dtype) else { return false };
     // SAFETY: the caller guarantees the features these functions enable.
-    unsafe {
-        match f {
-            Q8_0 => rows_f::<Q8_0>(dtype, w, rb, acts, out),
-            Q4_0 => rows_f::<Q4_0>(dtype, w, rb, acts, out),
-            Q4_1 => rows_f::<Q4_1>(dtype, w, rb, acts, out),
-            Q5_0 => rows_f::<Q5_0>(dtype, w, rb, acts, out),
-            Q5_1 => rows_f::<Q5_1>(dtype, w, rb, acts, out),
-            Q4K => rows_f::<Q4K>(dtype, w, rb, acts, out),
-            Q5K => rows_f::<Q5K>(dtype, w, rb, acts, out),
-            _ => rows_f::<Q6K>(dtype, w, rb, acts, out),
-        }
-    }
+    unsafe { by_format!(f, rows_f(dtype, w, rb, acts, out)) };
     true
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,avx2,fma,f16c")]
 fn rows_f<const F: u8>(dtype: DType, w: &[u8], rb: usize, acts: &[ActRow<'_>], out: &mut [f32]) {
-    let m = acts.len();
-    let nb = acts.first().map_or(0, |a| a.qs.len());
-    assert!(
-        dtype.row_bytes(nb * QK) == Some(rb)
-            && rb > 0
-            && w.len().is_multiple_of(rb)
-            && out.len() == w.len() / rb * m
-            && acts.iter().all(|a| a.qs.len() == nb && a.d.len() == nb && a.s.len() == nb),
-        "quant::tile: {} weight bytes in rows of {rb} ({dtype}) against {m} activation rows of {} values, {} outputs",
-        w.len(),
-        nb * QK,
-        out.len()
-    );
-    let n = w.len() / rb;
+    let (n, m, nb) = sizes("tile", dtype, w, rb, acts, out);
     if n == 0 || m == 0 {
         return;
     }
@@ -141,10 +118,37 @@ fn rows_f<const F: u8>(dtype: DType, w: &[u8], rb: usize, acts: &[ActRow<'_>], o
     }
 }
 
+/// Checks the sizes of a `rows` call (`kernel` names it in the panic): `w` whole rows of `rb`
+/// bytes of `dtype`, each as many values as every activation row, and `out` one value per
+/// pair. Returns the weight rows, activation rows and blocks per row.
+pub(super) fn sizes(
+    kernel: &str,
+    dtype: DType,
+    w: &[u8],
+    rb: usize,
+    acts: &[ActRow<'_>],
+    out: &[f32],
+) -> (usize, usize, usize) {
+    let m = acts.len();
+    let nb = acts.first().map_or(0, |a| a.qs.len());
+    assert!(
+        dtype.row_bytes(nb * QK) == Some(rb)
+            && rb > 0
+            && w.len().is_multiple_of(rb)
+            && out.len() == w.len() / rb * m
+            && acts.iter().all(|a| a.qs.len() == nb && a.d.len() == nb && a.s.len() == nb),
+        "quant::{kernel}: {} weight bytes in rows of {rb} ({dtype}) against {m} activation rows of {} values, {} outputs",
+        w.len(),
+        nb * QK,
+        out.len()
+    );
+    (w.len() / rb, m, nb)
+}
+
 /// The `f16` at `b[off..off + 2]` as `f32`, with F16C.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,avx2,fma,f16c")]
-fn h(b: &[u8], off: usize) -> f32 {
+pub(super) fn h(b: &[u8], off: usize) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(u16::from_le_bytes([b[off], b[off + 1]])))))
 }
 
@@ -154,7 +158,7 @@ fn h(b: &[u8], off: usize) -> f32 {
 /// sums. (The simple formats read their one or two scales per block inline.)
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,avx2,fma,f16c")]
-fn prepare<const F: u8>(row: &[u8], dwh: &mut [f32], coef: &mut [f32]) {
+pub(super) fn prepare<const F: u8>(row: &[u8], dwh: &mut [f32], coef: &mut [f32]) {
     if matches!(F, Q4_1 | Q5_1) {
         // Only the minimums: the scales are read inline.
         let bb = if F == Q4_1 { 20 } else { 24 };
@@ -233,7 +237,7 @@ fn join(lo: __m256i, hi: __m256i) -> __m512i {
 /// unsigned bytes in value order.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,avx2,fma,f16c")]
-fn pair<const F: u8>(row: &[u8], b: usize, two: bool) -> __m512i {
+pub(super) fn pair<const F: u8>(row: &[u8], b: usize, two: bool) -> __m512i {
     let low4 = _mm512_set1_epi8(15);
     // The 16 nibble bytes of two simple blocks as [lows b, highs b, lows b+1, highs b+1].
     let nibbles = |bb: usize, qs: usize| {
