@@ -5,7 +5,8 @@
 //!   parallel over weight rows. Decode is bound by memory bandwidth, so reading the weights once
 //!   in their stored (quantised) form is what matters.
 //! - many rows (prefill): weight rows are de-quantised a panel at a time into a per-thread f32
-//!   buffer and multiplied with the `gemm` crate, in parallel over panels.
+//!   buffer and multiplied, in parallel over panels: with AVX-512 by `cpu::panel` (activations
+//!   read in place, nothing packed), elsewhere with the `gemm` crate.
 //!
 //! The quantised formats with 8-bit-activation kernels (`quant::int8_supported`) take the first
 //! path for any number of rows: the activations are quantised once per call, and
@@ -302,19 +303,26 @@ fn small_m(x: &[f32], w: &[u8], dt: DType, rb: usize, m: usize, n: usize, k: usi
     transpose(&t, n, m)
 }
 
-/// `[m, n]` from the row-major `[n, m]` slice `t`, in tiles that stay in cache.
+/// `[m, n]` from the row-major `[n, m]` slice `t`, in tiles that stay in cache, in parallel
+/// over blocks of output rows.
 fn transpose(t: &[f32], n: usize, m: usize) -> Vec<f32> {
     const T: usize = 32;
     let mut out = vec![0f32; m * n];
-    for j0 in (0..n).step_by(T) {
-        for i0 in (0..m).step_by(T) {
+    if n == 0 {
+        return out;
+    }
+    out.par_chunks_mut(T * n).enumerate().for_each(|(bi, block)| {
+        let i0 = bi * T;
+        let rows = block.len() / n;
+        for j0 in (0..n).step_by(T) {
             for j in j0..(j0 + T).min(n) {
-                for i in i0..(i0 + T).min(m) {
-                    out[i * n + j] = t[j * m + i];
+                let src = &t[j * m + i0..j * m + i0 + rows];
+                for (r, &v) in src.iter().enumerate() {
+                    block[r * n + j] = v;
                 }
             }
         }
-    }
+    });
     out
 }
 
@@ -324,6 +332,9 @@ fn gemm_path(x: &[f32], w: &[u8], dt: DType, rb: usize, m: usize, n: usize, k: u
     t.par_chunks_mut(PANEL * m).enumerate().for_each_init(Vec::new, |panel, (pi, tc)| {
         let r0 = pi * PANEL;
         let rows = tc.len() / m;
+        if super::panel::product(x, &w[r0 * rb..(r0 + rows) * rb], dt, m, k, tc, panel) {
+            return;
+        }
         let wf: &[f32] = if dt == DType::F32 {
             match bytemuck::try_cast_slice::<u8, f32>(&w[r0 * rb..(r0 + rows) * rb]) {
                 Ok(s) => s,
@@ -428,6 +439,29 @@ mod tests {
             }
         }
         o
+    }
+
+    /// The many-row path for F16 and BF16 weights (the panel kernel with AVX-512) against the
+    /// naive product of the de-quantised weights, for panels and micro-tiles cut every way.
+    #[test]
+    fn many_row_path_matches_naive_f16_bf16() {
+        for &(m, n, k) in &[(9, 33, 32), (40, 65, 64), (17, 100, 48), (64, 31, 7)] {
+            let x: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 7.0).collect();
+            let w: Vec<f32> = (0..n * k).map(|i| ((i * 5 % 11) as f32 - 5.0) / 9.0).collect();
+            for dt in [DType::F16, DType::BF16] {
+                let wb: Vec<u8> = match dt {
+                    DType::F16 => w.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
+                    _ => w.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
+                };
+                let mut wd = vec![0f32; n * k];
+                crate::quant::dequantize_row(dt, &wb, &mut wd);
+                let e = naive(&x, &wd, m, n, k);
+                let got = gemm_path(&x, &wb, dt, k * 2, m, n, k);
+                for i in 0..m * n {
+                    assert!((got[i] - e[i]).abs() < 1e-4, "{dt} ({m},{n},{k}) at {i}: {} vs {}", got[i], e[i]);
+                }
+            }
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@ mod affinity;
 mod attention;
 mod matmul;
 mod norm;
+mod panel;
 mod simd;
 
 use std::any::Any;
