@@ -403,12 +403,16 @@ fn tile<const F: u8, const N: usize>(
         _ => 24,
     };
     let mut acc = [[_mm512_setzero_ps(); N]; R];
+    // Bytes per block, rounded down (Q6_K's 210 bytes hold 8 blocks): where to prefetch, by a
+    // running sum rather than a division per step.
+    let step = 2 * (rb / nb.max(1));
+    let mut ahead_off = R * rb;
     let mut b = 0;
     while b < nb {
         let two = b + 1 < nb;
         if pf {
             for row in rows {
-                let ahead = row.as_ptr().wrapping_add(R * rb + b * rb / nb);
+                let ahead = row.as_ptr().wrapping_add(ahead_off);
                 // A prefetch is only a hint: it never faults, so an address past the weights
                 // (from the last tile) is harmless.
                 _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
@@ -434,6 +438,7 @@ fn tile<const F: u8, const N: usize>(
             }
         }
         b += 2;
+        ahead_off += step;
     }
     for j in 0..R {
         for (i, a) in acts.iter().enumerate() {
