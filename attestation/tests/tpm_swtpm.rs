@@ -80,7 +80,15 @@ fn start_swtpm() -> Result<Swtpm, String> {
                 break;
             }
             if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Ok(Swtpm { child, port, _state: state });
+                // Tests run in parallel, each with its own swtpm: a port pair can overlap
+                // another's, and then that one answers here while ours fails to bind and exits
+                // (a CI run quoted against another test's control port this way). Ours must
+                // still be running a moment later to own the port.
+                std::thread::sleep(Duration::from_millis(300));
+                if child.try_wait().map_err(|e| e.to_string())?.is_none() {
+                    return Ok(Swtpm { child, port, _state: state });
+                }
+                continue;
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
