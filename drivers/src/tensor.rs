@@ -15,6 +15,8 @@ pub struct HostBytes {
     owner: Arc<dyn AsRef<[u8]> + Send + Sync>,
     start: usize,
     len: usize,
+    /// Whether `owner` is a read-only private mapping of a file (see [`HostBytes::file_mapping`]).
+    file_backed: bool,
 }
 
 impl HostBytes {
@@ -24,13 +26,58 @@ impl HostBytes {
         if end > (*owner).as_ref().len() {
             return None;
         }
-        Some(Self { owner, start, len })
+        Some(Self { owner, start, len, file_backed: false })
+    }
+
+    /// As [`HostBytes::new`], for a view of a file mapping: [`HostBytes::release_pages`] may
+    /// then drop its pages from memory.
+    ///
+    /// # Safety
+    ///
+    /// `owner` must be a read-only, private memory mapping of a file that nothing modifies while
+    /// it is mapped, so that a page dropped from memory reads back from the file with the same
+    /// bytes the next time it is touched.
+    pub unsafe fn file_mapping(owner: Arc<dyn AsRef<[u8]> + Send + Sync>, start: usize, len: usize) -> Option<Self> {
+        Self::new(owner, start, len).map(|h| Self { file_backed: true, ..h })
     }
 
     /// Owned bytes.
     pub fn from_vec(v: Vec<u8>) -> Self {
         let len = v.len();
-        Self { owner: Arc::new(v), start: 0, len }
+        Self { owner: Arc::new(v), start: 0, len, file_backed: false }
+    }
+
+    /// Tells the kernel these bytes will not be read soon. For a view of a file mapping the
+    /// whole pages inside it leave the process's memory (they read back from the file, unchanged,
+    /// if touched again); for any other owner this does nothing. A backend that has copied the
+    /// bytes into a layout of its own calls it, so that the copy does not count twice.
+    pub fn release_pages(&self) {
+        self.release_pages_in(0..self.len);
+    }
+
+    /// [`HostBytes::release_pages`] for the bytes `range` of this view only (clamped to it).
+    pub fn release_pages_in(&self, range: std::ops::Range<usize>) {
+        let end = range.end.min(self.len);
+        let start = range.start.min(end);
+        #[cfg(unix)]
+        if self.file_backed {
+            // SAFETY: sysconf has no preconditions.
+            let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(0);
+            let p = self.as_slice()[start..end].as_ptr() as usize;
+            if page == 0 {
+                return;
+            }
+            let first = p.next_multiple_of(page);
+            let end = (p + (end - start)) / page * page;
+            if end > first {
+                // SAFETY: `[first, end)` is whole pages inside `range` of this view of the mapping. By the
+                // contract of `file_mapping` the mapping is private, read-only and its file is
+                // not modified, so MADV_DONTNEED only drops pages that read back with the same
+                // bytes: no reference into the mapping sees a change. A failure leaves the
+                // pages where they are, which is harmless.
+                unsafe { libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_DONTNEED) };
+            }
+        }
     }
 
     /// The bytes.

@@ -45,7 +45,9 @@ impl MappedFile {
 
     /// A zero-copy view of `len` bytes at `start`, or `None` when out of bounds.
     pub fn slice(&self, start: usize, len: usize) -> Option<HostBytes> {
-        HostBytes::new(self.map.clone(), start, len)
+        // SAFETY: the mapping is read-only and private, and its file is not modified while it is
+        // mapped (see `open`), which is `file_mapping`'s contract.
+        unsafe { HostBytes::file_mapping(self.map.clone(), start, len) }
     }
 }
 

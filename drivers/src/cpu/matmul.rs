@@ -8,8 +8,13 @@
 //!   buffer and multiplied, in parallel over panels: with AVX-512 by `cpu::panel` (activations
 //!   read in place, nothing packed), elsewhere with the `gemm` crate.
 //!
-//! The quantised formats with 8-bit-activation kernels (`quant::int8_supported`) take the first
-//! path for any number of rows: the activations are quantised once per call, and
+//! Weights of the simple quantised formats (Q8_0, Q4_0/1, Q5_0/1) are packed once at upload
+//! where the CPU has AVX-512 VNNI (`quant::packed`): they go through `packed_path` for any
+//! number of rows, 32 weight rows per panel, and a row's result is the same whatever else
+//! shares its pass.
+//!
+//! The other quantised formats with 8-bit-activation kernels (`quant::int8_supported`) take the
+//! first path for any number of rows: the activations are quantised once per call, and
 //! `quant::matmul_q8` works through each chunk of weight rows in tiles of four weight rows by
 //! up to four activation rows (with AVX-512 VNNI), decoding each weight block once per tile;
 //! from `quant::PANEL_MIN_M` rows on (prefill) it re-lays each chunk out in panels of 32 rows
@@ -57,6 +62,7 @@ pub(super) fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, gelu: bool) 
     let (wbytes, dt): (&[u8], DType) = match &wb.data {
         CpuData::Host(h) => (h.as_slice(), dt),
         CpuData::F32(v) => (bytemuck::cast_slice(v.as_slice()), DType::F32),
+        CpuData::Packed(_) => (&[], dt),
     };
     let rb = dt.row_bytes(k).ok_or(DriverError::DType { op: "matmul", dtype: dt })?;
     let mut out_shape = x.shape().to_vec();
@@ -82,7 +88,9 @@ pub(super) fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, gelu: bool) 
     let bias = bias.as_deref();
     let whole =
         if dt == DType::F32 && m >= WHOLE_GEMM_M { bytemuck::try_cast_slice::<u8, f32>(wbytes).ok() } else { None };
-    let mut out = if let Some(wf) = whole {
+    let mut out = if let CpuData::Packed(p) = &wb.data {
+        packed_path(&xv, p, m)
+    } else if let Some(wf) = whole {
         // Plain f32 weights need no conversion: one GEMM over the whole output, parallelised by
         // the gemm crate itself inside our pool, starting from the bias.
         let out = gemm_whole(&xv, wf, bias, m, n, k);
@@ -266,6 +274,25 @@ unsafe fn full_tile(xp: *const f32, wp: *const f32, i0: usize, j0: usize, m: usi
             t[(j0 + b) * m + i0 + a] = _mm512_reduce_add_ps(acc[a * 4 + b]);
         }
     }
+}
+
+/// `x · wᵀ` for a packed weight (`quant::packed`), any number of rows: the activations are
+/// quantised once, and the panels are shared out between the threads.
+fn packed_path(x: &[f32], w: &crate::quant::PackedWeights, m: usize) -> Vec<f32> {
+    let (n, k) = (w.rows(), w.row_len());
+    let acts = crate::quant::Q8Acts::quantize(x, k);
+    let mut t = vec![0f32; n * m];
+    let chunk_panels = (n / (rayon::current_num_threads() * 8)).clamp(16, 512).div_ceil(crate::quant::PACK_ROWS);
+    let rows = chunk_panels * crate::quant::PACK_ROWS;
+    t.par_chunks_mut(rows * m).enumerate().for_each(|(ci, tc)| {
+        let p0 = ci * chunk_panels;
+        let p1 = (p0 + chunk_panels).min(w.panels());
+        crate::quant::matmul_packed(w, p0..p1, &acts, tc);
+    });
+    if m == 1 {
+        return t;
+    }
+    transpose(&t, n, m)
 }
 
 fn small_m(x: &[f32], w: &[u8], dt: DType, rb: usize, m: usize, n: usize, k: usize) -> Vec<f32> {
@@ -459,6 +486,41 @@ mod tests {
                 let got = gemm_path(&x, &wb, dt, k * 2, m, n, k);
                 for i in 0..m * n {
                     assert!((got[i] - e[i]).abs() < 1e-4, "{dt} ({m},{n},{k}) at {i}: {} vs {}", got[i], e[i]);
+                }
+            }
+        }
+    }
+
+    /// Packed weights (where this CPU packs them) against the stored ones through the
+    /// row-by-row path, for several panels and chunks, and each activation row of a batch equal
+    /// bitwise to the same row alone; embedding rows de-quantise as stored.
+    #[test]
+    fn packed_path_matches_stored_and_each_row_alone() {
+        let (n, k) = (200, 96);
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 5 % 11) as f32 - 5.0) / 9.0).collect();
+        for dt in [DType::Q8_0, DType::Q4_1, DType::Q5_0] {
+            let mut wb = Vec::new();
+            crate::quant::quantize_row(dt, &w, &mut wb).unwrap();
+            let Some(p) = crate::quant::PackedWeights::pack(dt, &wb, n, k) else {
+                eprintln!("skipping {dt}: this CPU has no packed kernel");
+                continue;
+            };
+            let mut row = vec![0f32; k];
+            let mut want = vec![0f32; k];
+            p.dequantize_row(n - 1, &mut row);
+            crate::quant::dequantize_row(dt, &wb[(n - 1) * wb.len() / n..], &mut want);
+            assert_eq!(row, want, "{dt}: last row de-quantised");
+            let rb = wb.len() / n;
+            for m in [1, 5, 40] {
+                let x: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 7.0).collect();
+                let got = packed_path(&x, &p, m);
+                let stored = small_m(&x, &wb, dt, rb, m, n, k);
+                for (i, (a, b)) in got.iter().zip(&stored).enumerate() {
+                    assert!((a - b).abs() < 1e-3 * b.abs().max(1.0), "{dt} m={m} at {i}: packed {a} vs stored {b}");
+                }
+                for r in [0, m / 2, m - 1] {
+                    let alone = packed_path(&x[r * k..(r + 1) * k], &p, 1);
+                    assert_eq!(alone, got[r * n..(r + 1) * n], "{dt} m={m}: row {r} alone");
                 }
             }
         }

@@ -27,6 +27,9 @@ pub(crate) enum CpuData {
     F32(Vec<f32>),
     /// Bytes of any dtype kept where they are (a memory-mapped model file).
     Host(HostBytes),
+    /// A 2-D weight of a simple quantised format re-laid out for the packed kernel
+    /// (`quant::packed`), where this CPU runs it.
+    Packed(crate::quant::PackedWeights),
 }
 
 #[derive(Debug)]
@@ -42,6 +45,7 @@ impl Buffer for CpuBuffer {
         match &self.data {
             CpuData::F32(v) => v.len() * 4,
             CpuData::Host(h) => h.len(),
+            CpuData::Packed(p) => p.size_bytes(),
         }
     }
 }
@@ -106,6 +110,14 @@ pub(crate) fn f32_values<'a>(t: &'a Tensor, op: &'static str) -> Result<Cow<'a, 
     let b = cpu_buf(t, op)?;
     match &b.data {
         CpuData::F32(v) => Ok(Cow::Borrowed(v.as_slice())),
+        CpuData::Packed(p) => {
+            let k = p.row_len();
+            let mut out = vec![0f32; p.rows() * k];
+            for (r, o) in out.chunks_exact_mut(k.max(1)).enumerate() {
+                p.dequantize_row(r, o);
+            }
+            Ok(Cow::Owned(out))
+        }
         CpuData::Host(h) => {
             let dt = t.dtype();
             if dt == DType::F32
@@ -232,9 +244,21 @@ impl Backend for CpuBackend {
         if expected != data.len() {
             return Err(DriverError::UploadSize { dtype, shape: shape.to_vec(), expected, got: data.len() });
         }
-        // f32 data that is not 4-byte aligned in the file is copied once so kernels can read it
-        // as &[f32]; everything else is kept where it is.
-        let buf = if dtype == DType::F32 && bytemuck::try_cast_slice::<u8, f32>(data.as_slice()).is_err() {
+        // The weight matrices of the simple quantised formats are re-laid out once for the packed
+        // kernel, where this CPU has one; the file's pages are then given back (they are not
+        // read again). f32 data that is not 4-byte aligned in the file is copied once so kernels
+        // can read it as &[f32]; everything else is kept where it is.
+        let packed = match shape {
+            [n, k] if crate::quant::packable(dtype) => {
+                let release = |r| data.release_pages_in(r);
+                self.run(|| crate::quant::PackedWeights::pack_releasing(dtype, data.as_slice(), *n, *k, release))
+            }
+            _ => None,
+        };
+        let buf = if let Some(p) = packed {
+            data.release_pages();
+            CpuBuffer { data: CpuData::Packed(p) }
+        } else if dtype == DType::F32 && bytemuck::try_cast_slice::<u8, f32>(data.as_slice()).is_err() {
             let v: Vec<f32> =
                 data.as_slice().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
             CpuBuffer { data: CpuData::F32(v) }
@@ -322,6 +346,7 @@ impl Backend for CpuBackend {
             match &b.data {
                 CpuData::F32(v) => o.copy_from_slice(&v[i * dim..(i + 1) * dim]),
                 CpuData::Host(h) => crate::quant::dequantize_row(dt, &h.as_slice()[i * rb..(i + 1) * rb], o),
+                CpuData::Packed(p) => p.dequantize_row(i, o),
             }
         }
         Ok(new_f32(out, vec![ids.len(), dim]))

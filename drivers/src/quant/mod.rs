@@ -10,7 +10,8 @@
 //! Precision contract: [`vec_dot`] and [`vec_dot_multi`] compute as if the row were first
 //! de-quantised to `f32` and then multiplied with the `f32` activations, accumulating in `f32`;
 //! only the order of the additions (and fused multiply-adds) differs from the naive loop.
-//! The CPU backend's matmul, however, uses [`matmul_q8`] (tiles of weight rows by activation
+//! The CPU backend's matmul, however, uses [`matmul_packed`] (weights re-laid out at load, with
+//! AVX-512 VNNI, for Q8_0, Q4_0/1 and Q5_0/1) or [`matmul_q8`] (tiles of weight rows by activation
 //! rows with AVX-512 VNNI, else [`vec_dot_q8`] row by row) for the formats of
 //! [`int8_supported`] (Q8_0, Q4_0/1, Q5_0/1, Q4_K, Q5_K, Q6_K), like llama.cpp: the
 //! activations are quantised to 8 bits once per matmul (blocks of 32 with an `f32` scale,
@@ -26,6 +27,7 @@ mod int8;
 mod kquants;
 #[cfg(target_arch = "aarch64")]
 mod neon;
+mod packed;
 mod quantize;
 mod scalar;
 #[cfg(test)]
@@ -38,6 +40,7 @@ use std::sync::OnceLock;
 use crate::DType;
 
 pub use int8::{Q8Acts, supports as int8_supported};
+pub use packed::{PACK_ROWS, PackedWeights, matmul_packed, packable};
 pub use quantize::quantize_row;
 
 /// How many activation vectors one pass of [`vec_dot_multi`] handles with the weight row's

@@ -35,9 +35,48 @@ macro_rules! by_format {
     };
 }
 
+/// The panel kernels' loop over activation rows (`panel`, `packed`): for each group of up to 4
+/// rows, `$call` with `$quad` bound to the group as an array (its length picks the micro-kernel)
+/// and `$res` to a zeroed `[[f32; 32]; 4]` it fills as `res[i][j]` (activation `i`, panel row
+/// `j`); then the first `$nr` panel rows of `$res` go to `$out[(j0 + j) · m + i]`.
+macro_rules! by_quads {
+    ($acts:expr, $out:expr, $m:expr, $j0:expr, $nr:expr, |$quad:ident, $res:ident| $call:expr) => {
+        for (q, group) in $acts.chunks(4).enumerate() {
+            let mut $res = [[0f32; 32]; 4];
+            match group {
+                [a] => {
+                    let $quad = [*a];
+                    $call
+                }
+                [a, b] => {
+                    let $quad = [*a, *b];
+                    $call
+                }
+                [a, b, c] => {
+                    let $quad = [*a, *b, *c];
+                    $call
+                }
+                [a, b, c, d] => {
+                    let $quad = [*a, *b, *c, *d];
+                    $call
+                }
+                _ => {}
+            }
+            let i0 = q * 4;
+            for j in 0..$nr {
+                let o = &mut $out[($j0 + j) * $m + i0..($j0 + j) * $m + i0 + group.len()];
+                for (i, v) in o.iter_mut().enumerate() {
+                    *v = $res[i][j];
+                }
+            }
+        }
+    };
+}
+
 mod avx512;
 pub(super) mod int8;
 mod kquants;
+pub(super) mod packed;
 pub(super) mod panel;
 mod simple;
 pub(super) mod tile;

@@ -75,23 +75,7 @@ fn rows_f<const F: u8>(dtype: DType, w: &[u8], rb: usize, acts: &[ActRow<'_>], o
             let r = j0 + j.min(nr - 1);
             lay_out::<F>(&w[r * rb..(r + 1) * rb], j, nb, &mut p, &mut dwh, &mut coef);
         }
-        for (q, quad) in acts.chunks(A).enumerate() {
-            let mut res = [[0f32; ROWS]; A];
-            match quad {
-                [a] => micro::<1>(&p, nb, [*a], &mut res),
-                [a, b] => micro::<2>(&p, nb, [*a, *b], &mut res),
-                [a, b, c] => micro::<3>(&p, nb, [*a, *b, *c], &mut res),
-                [a, b, c, d] => micro::<4>(&p, nb, [*a, *b, *c, *d], &mut res),
-                _ => {}
-            }
-            let i0 = q * A;
-            for j in 0..nr {
-                let o = &mut out[(j0 + j) * m + i0..(j0 + j) * m + i0 + quad.len()];
-                for (i, v) in o.iter_mut().enumerate() {
-                    *v = res[i][j];
-                }
-            }
-        }
+        by_quads!(acts, out, m, j0, nr, |quad, res| micro(&p, nb, quad, &mut res));
     }
 }
 

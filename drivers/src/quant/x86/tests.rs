@@ -290,6 +290,38 @@ fn tile_kernels_match_reference_and_do_not_depend_on_the_batch() {
     assert!(declined.is_empty(), "the tile kernel declined {declined:?}");
 }
 
+/// The packed kernel in the signature of `check_matmul_kernel`: packs `w` (declining the
+/// formats `PackedWeights` does not take) and runs the kernel on every panel.
+///
+/// # Safety
+/// As `packed::rows`.
+unsafe fn packed_kernel(
+    dtype: DType,
+    w: &[u8],
+    rb: usize,
+    acts: &[crate::quant::int8::ActRow<'_>],
+    out: &mut [f32],
+) -> bool {
+    let (n, nb) = (w.len() / rb, acts[0].qs.len());
+    let Some(p) = crate::quant::PackedWeights::pack(dtype, w, n, nb * 32) else { return false };
+    // SAFETY: as the caller guarantees.
+    unsafe { super::packed::rows(dtype, &p.bytes, nb, n, acts, out) };
+    true
+}
+
+/// The packed kernel of every simple format against the reference, for panels cut every way
+/// (weight rows not a multiple of 32, 1 to 9 activation rows, odd block counts), and each
+/// result equal bitwise to the same row computed alone: decode and prefill rows agree.
+#[test]
+fn packed_kernels_match_reference_and_do_not_depend_on_the_batch() {
+    if !have_tile() {
+        return;
+    }
+    let shapes = [(1, 1), (33, 5), (32, 4), (70, 9), (5, 2), (3, 3)];
+    let declined = check_matmul_kernel("packed", packed_kernel, &shapes, 8, true);
+    assert_eq!(declined, [DType::Q4K, DType::Q5K, DType::Q6K], "the K formats stay with the tile kernel");
+}
+
 /// The panel kernel of every format it takes (all but Q6_K) against the reference, for panels
 /// cut every way (weight rows not a multiple of 32, activation rows not a multiple of 4, odd
 /// block counts).

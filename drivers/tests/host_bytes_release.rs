@@ -1,0 +1,67 @@
+//! `HostBytes::release_pages`: a view of a file mapping gives its pages back (the process's
+//! resident size for that mapping drops) and still reads the same bytes; a view of owned
+//! memory is left alone.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
+use std::sync::Arc;
+
+use govbox_drivers::HostBytes;
+
+/// The `Rss` of the mapping that starts at `addr`, from `/proc/self/smaps`, in KiB.
+fn mapping_rss_kib(addr: usize) -> Option<u64> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+    let mut inside = false;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        // A mapping's header starts with its address range; its fields start with `Name:`.
+        if !first.ends_with(':')
+            && let Some((lo, _)) = first.split_once('-')
+        {
+            inside = usize::from_str_radix(lo, 16) == Ok(addr);
+            continue;
+        }
+        if inside && let Some(v) = line.strip_prefix("Rss:") {
+            return v.trim().trim_end_matches("kB").trim().parse().ok();
+        }
+    }
+    None
+}
+
+#[test]
+fn a_file_mapping_gives_its_pages_back_and_keeps_its_bytes() {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    let bytes: Vec<u8> = (0..8u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    f.write_all(&bytes).unwrap();
+    f.flush().unwrap();
+    // SAFETY: a private read-only mapping of a temporary file that nothing else writes.
+    let map = unsafe { memmap2::MmapOptions::new().populate().map(f.as_file()) }.unwrap();
+    let addr = map.as_ptr() as usize;
+    let map: Arc<dyn AsRef<[u8]> + Send + Sync> = Arc::new(map);
+    // SAFETY: as above: the mapping is private and read-only, and its file is not modified.
+    let view = unsafe { HostBytes::file_mapping(map.clone(), 4096, bytes.len() - 8192) }.unwrap();
+    let Some(before) = mapping_rss_kib(addr) else {
+        eprintln!("skipping: /proc/self/smaps has no entry for the mapping");
+        return;
+    };
+    assert!(before >= 8 * 1024 - 64, "MAP_POPULATE should fault the whole file in: {before} KiB");
+    view.release_pages_in(0..view.len() / 2);
+    let half = mapping_rss_kib(addr).unwrap();
+    view.release_pages();
+    let after = mapping_rss_kib(addr).unwrap();
+    eprintln!("mapping RSS: {before} KiB, after releasing half of the view {half} KiB, all of it {after} KiB");
+    assert!(half < before - 3 * 1024 && half > before - 5 * 1024, "half: {before} -> {half} KiB");
+    assert!(after <= 8, "the first and last page lie outside the view, little else may stay: {after} KiB");
+    // The bytes read back from the file, unchanged.
+    assert!(view.as_slice() == &bytes[4096..bytes.len() - 4096]);
+    assert!(mapping_rss_kib(addr).unwrap() >= 8 * 1024 - 64);
+}
+
+#[test]
+fn owned_bytes_are_left_alone() {
+    let bytes: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8 + 1).collect();
+    let view = HostBytes::from_vec(bytes.clone());
+    view.release_pages();
+    assert!(view.as_slice() == bytes.as_slice(), "releasing owned memory must not change (zero) it");
+}
