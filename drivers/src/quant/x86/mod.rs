@@ -36,13 +36,14 @@ macro_rules! by_format {
 }
 
 /// The panel kernels' loop over activation rows (`panel`, `packed`): for each group of up to 4
-/// rows, `$call` with `$quad` bound to the group as an array (its length picks the micro-kernel)
-/// and `$res` to a zeroed `[[f32; 32]; 4]` it fills as `res[i][j]` (activation `i`, panel row
-/// `j`); then the first `$nr` panel rows of `$res` go to `$out[(j0 + j) · m + i]`.
+/// rows, `$call` with `$quad` bound to the group as an array (its length picks the micro-kernel),
+/// `$res` to a zeroed `[[f32; 32]; 4]` it fills as `res[i][j]` (activation `i`, panel row `j`)
+/// and `$first` to whether this is the first group (the one that reads the panel first); then the first `$nr` panel rows of `$res` go to `$out[(j0 + j) · m + i]`.
 macro_rules! by_quads {
-    ($acts:expr, $out:expr, $m:expr, $j0:expr, $nr:expr, |$quad:ident, $res:ident| $call:expr) => {
+    ($acts:expr, $out:expr, $m:expr, $j0:expr, $nr:expr, |$quad:ident, $res:ident, $first:ident| $call:expr) => {
         for (q, group) in $acts.chunks(4).enumerate() {
             let mut $res = [[0f32; 32]; 4];
+            let $first = q == 0;
             match group {
                 [a] => {
                     let $quad = [*a];

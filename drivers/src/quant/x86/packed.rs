@@ -23,6 +23,8 @@ use crate::quant::int8::ActRow;
 const ROWS: usize = crate::quant::packed::PACK_ROWS;
 /// Activation rows per micro-tile (at most).
 const A: usize = 4;
+/// Records ahead that the kernel prefetches.
+const PF_RECORDS: usize = 4;
 
 /// Record bytes and the offsets of the fifth bits, scales and minimums (`quant::packed`).
 const fn record(f: u8) -> (usize, usize, usize, usize) {
@@ -83,7 +85,7 @@ fn rows_f<const F: u8>(w: &[u8], nb: usize, n: usize, acts: &[ActRow<'_>], out: 
             break;
         }
         let nr = (n - j0).min(ROWS);
-        by_quads!(acts, out, m, j0, nr, |quad, res| micro::<F, _>(panel, nb, quad, &mut res));
+        by_quads!(acts, out, m, j0, nr, |quad, res, first| micro::<F, _>(panel, nb, quad, &mut res, first));
     }
 }
 
@@ -115,10 +117,16 @@ unsafe fn step<const F: u8>(rec: *const u8, t: usize) -> (__m512i, __m512i) {
 }
 
 /// The 32 rows of `panel` (`nb` records) against the `N` activation rows `acts`, into
-/// `res[i][j]`.
+/// `res[i][j]`; with `prefetch`, the records ahead are asked for as these are read.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,avx2,fma,f16c")]
-fn micro<const F: u8, const N: usize>(panel: &[u8], nb: usize, acts: [ActRow<'_>; N], res: &mut [[f32; ROWS]; A]) {
+fn micro<const F: u8, const N: usize>(
+    panel: &[u8],
+    nb: usize,
+    acts: [ActRow<'_>; N],
+    res: &mut [[f32; ROWS]; A],
+    prefetch: bool,
+) {
     let (size, _, doff, moff) = record(F);
     assert!(
         panel.len() >= nb * size && acts.iter().all(|a| a.qs.len() >= nb && a.d.len() >= nb && a.s.len() >= nb),
@@ -136,6 +144,15 @@ fn micro<const F: u8, const N: usize>(panel: &[u8], nb: usize, acts: [ActRow<'_>
             let rec = base.add(b * size);
             let mut s = [[[zero; 2]; N]; 2];
             for t in 0..8 {
+                // The first pass over a panel reads it from memory: lines of the record
+                // PF_RECORDS ahead, an eighth per step. A prefetch is a hint that never faults,
+                // so an address past the panel (from its last records) is harmless.
+                if prefetch {
+                    let ahead = rec.wrapping_add(PF_RECORDS * size);
+                    for l in (t * size.div_ceil(64)) / 8..((t + 1) * size.div_ceil(64)) / 8 {
+                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * l).cast());
+                    }
+                }
                 let (w0, w1) = step::<F>(rec, t);
                 let e = if split { t & 1 } else { 0 };
                 for i in 0..N {

@@ -75,7 +75,7 @@ fn rows_f<const F: u8>(dtype: DType, w: &[u8], rb: usize, acts: &[ActRow<'_>], o
             let r = j0 + j.min(nr - 1);
             lay_out::<F>(&w[r * rb..(r + 1) * rb], j, nb, &mut p, &mut dwh, &mut coef);
         }
-        by_quads!(acts, out, m, j0, nr, |quad, res| micro(&p, nb, quad, &mut res));
+        by_quads!(acts, out, m, j0, nr, |quad, res, _first| micro(&p, nb, quad, &mut res));
     }
 }
 
