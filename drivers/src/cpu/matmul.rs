@@ -353,13 +353,62 @@ fn transpose(t: &[f32], n: usize, m: usize) -> Vec<f32> {
     out
 }
 
+/// Columns `c0..c1` of a row-major `[m, n]` output, for one thread to write while other threads
+/// write other columns of the same output ([`OutCols::split`]).
+pub(super) struct OutCols<'a> {
+    ptr: *mut f32,
+    m: usize,
+    n: usize,
+    c0: usize,
+    c1: usize,
+    _out: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: an `OutCols` writes only inside its own columns (checked in `write`), and the values
+// `split` makes from one exclusive borrow have disjoint columns, so moving one to another thread
+// can never let two threads write the same element, nor anyone read while they write.
+unsafe impl Send for OutCols<'_> {}
+
+impl<'a> OutCols<'a> {
+    /// `out` (`[m, n]`) cut into ranges of `width` columns (the last may be narrower).
+    pub(super) fn split(out: &'a mut [f32], m: usize, n: usize, width: usize) -> Vec<Self> {
+        assert!(out.len() == m * n && width > 0, "OutCols::split: {} values for [{m}, {n}]", out.len());
+        let ptr = out.as_mut_ptr();
+        (0..n)
+            .step_by(width)
+            .map(|c0| OutCols { ptr, m, n, c0, c1: (c0 + width).min(n), _out: std::marker::PhantomData })
+            .collect()
+    }
+
+    /// The number of columns.
+    pub(super) fn width(&self) -> usize {
+        self.c1 - self.c0
+    }
+
+    /// Writes `vals` to row `i`, from column `j` of this range on. Panics when that runs outside
+    /// the range.
+    pub(super) fn write(&mut self, i: usize, j: usize, vals: &[f32]) {
+        assert!(
+            i < self.m && j + vals.len() <= self.width(),
+            "OutCols::write: row {i}, columns {j}..{} of {}",
+            j + vals.len(),
+            self.width()
+        );
+        // SAFETY: row `i < m` and columns `c0 + j..c0 + j + len <= c1 <= n` lie inside the
+        // `[m, n]` output this range was split from, in columns no other range has; `&mut self`
+        // keeps this range to one writer at a time.
+        unsafe { std::ptr::copy_nonoverlapping(vals.as_ptr(), self.ptr.add(i * self.n + self.c0 + j), vals.len()) };
+    }
+}
+
 fn gemm_path(x: &[f32], w: &[u8], dt: DType, rb: usize, m: usize, n: usize, k: usize) -> Vec<f32> {
-    // Result computed transposed, as [n, m] = W · xᵀ, so each panel writes a contiguous slice.
-    let mut t = vec![0f32; n * m];
-    t.par_chunks_mut(PANEL * m).enumerate().for_each_init(Vec::new, |panel, (pi, tc)| {
+    // Each panel of weight rows writes its own columns of the [m, n] result.
+    let mut out = vec![0f32; m * n];
+    let cols = OutCols::split(&mut out, m, n, PANEL);
+    cols.into_par_iter().enumerate().for_each_init(Vec::new, |panel, (pi, mut oc)| {
         let r0 = pi * PANEL;
-        let rows = tc.len() / m;
-        if super::panel::product(x, &w[r0 * rb..(r0 + rows) * rb], dt, m, k, tc, panel) {
+        let rows = oc.width();
+        if super::panel::product(x, &w[r0 * rb..(r0 + rows) * rb], dt, m, k, &mut oc, panel) {
             return;
         }
         let wf: &[f32] = if dt == DType::F32 {
@@ -378,9 +427,18 @@ fn gemm_path(x: &[f32], w: &[u8], dt: DType, rb: usize, m: usize, n: usize, k: u
             }
             panel
         };
-        gemm_nt(tc, wf, x, rows, m, k);
+        // Computed as [rows, m] = W · xᵀ, then written out by columns.
+        let mut tc = vec![0f32; rows * m];
+        gemm_nt(&mut tc, wf, x, rows, m, k);
+        let mut col = vec![0f32; rows];
+        for i in 0..m {
+            for (j, c) in col.iter_mut().enumerate() {
+                *c = tc[j * m + i];
+            }
+            oc.write(i, 0, &col);
+        }
     });
-    transpose(&t, n, m)
+    out
 }
 
 /// `x [m, k] · wᵀ (+ bias)` for `w [n, k]`: `[m, n]`, parallel over the current rayon pool.
