@@ -9,7 +9,9 @@ use crate::DType;
 /// Bytes on the host that a backend may keep a reference to instead of copying.
 ///
 /// Weights are memory-mapped by the engine; the CPU backend keeps a `HostBytes` pointing into the
-/// mapping, so loading a model costs no copy. Accelerator backends copy them to the device.
+/// mapping, so loading a model costs no copy, except for the weight matrices it re-lays out for
+/// its packed kernel (`quant::PackedWeights`), whose file pages it then gives back
+/// ([`HostBytes::release_pages`]). Accelerator backends copy them to the device.
 #[derive(Clone)]
 pub struct HostBytes {
     owner: Arc<dyn AsRef<[u8]> + Send + Sync>,
