@@ -6,7 +6,9 @@
 //! methods (`.strip()`, `.items()`, ...) from minijinja-contrib, and with the helpers that
 //! transformers adds: `raise_exception(msg)`, `strftime_now(fmt)` and a `tojson` filter that
 //! writes JSON as Python's `json.dumps` does. Templates come from the model files, which the
-//! operator chose; they are still capped in size, and minijinja cannot reach the host.
+//! operator chose; they are still treated as outside data: capped in size, in the work a render
+//! may do (fuel) and in what it may write, refused if they multiply (`*`, `**`), and minijinja
+//! cannot reach the host.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -20,6 +22,11 @@ pub const TEMPLATE_FUEL: u64 = 5_000_000;
 
 /// Largest template source accepted, in bytes. Real templates are at most tens of KiB.
 pub const MAX_TEMPLATE_LEN: usize = 256 << 10;
+
+/// Largest rendered prompt, in bytes. A conversation arrives in a request body of at most a few
+/// MiB; a template that writes far more than that is multiplying something (`seq * n` makes a
+/// sequence of any length lazily, and printing it costs no fuel), so the render stops there.
+pub const MAX_RENDER_BYTES: usize = 16 << 20;
 
 /// The name the template is registered under; it appears in minijinja's error locations.
 const TEMPLATE_NAME: &str = "chat_template";
@@ -69,6 +76,12 @@ impl ChatTemplate {
                 source.len()
             )));
         }
+        if let Some(at) = multiplication(source) {
+            return Err(EngineError::Template(format!(
+                "template uses '*' (at byte {at}); govbox refuses multiplication and powers in chat \
+                 templates, since `sequence * n` builds output of any size at no cost in fuel"
+            )));
+        }
         let mut env = Environment::new();
         // transformers: ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True); jinja2
         // drops a single trailing newline by default, as minijinja does.
@@ -92,13 +105,89 @@ impl ChatTemplate {
     /// assistant's reply (`<|im_start|>assistant\n` in ChatML).
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
         let tmpl = self.env.get_template(TEMPLATE_NAME).map_err(|e| EngineError::Template(e.to_string()))?;
-        tmpl.render(context! {
-            messages => Value::from_serialize(messages),
-            add_generation_prompt => add_generation_prompt,
-            bos_token => self.bos_token.as_str(),
-            eos_token => self.eos_token.as_str(),
-        })
-        .map_err(|e| EngineError::Template(format!("rendering failed: {e}")))
+        let mut out = Capped { buf: Vec::new(), full: false };
+        let rendered = tmpl.render_captured_to(
+            context! {
+                messages => Value::from_serialize(messages),
+                add_generation_prompt => add_generation_prompt,
+                bos_token => self.bos_token.as_str(),
+                eos_token => self.eos_token.as_str(),
+            },
+            &mut out,
+        );
+        if out.full {
+            return Err(EngineError::Template(format!(
+                "rendering failed: the prompt would be over {MAX_RENDER_BYTES} bytes"
+            )));
+        }
+        rendered.map_err(|e| EngineError::Template(format!("rendering failed: {e}")))?;
+        String::from_utf8(out.buf).map_err(|e| EngineError::Template(format!("rendering failed: {e}")))
+    }
+}
+
+/// The byte offset of the first `*` operator inside a `{{ }}` or `{% %}` tag of `source`, if
+/// any: text outside tags, comments, `{% raw %}` blocks and string literals inside tags are
+/// skipped. Real chat templates do not multiply; a hostile one can make `[x] * 10**9` and then
+/// print or `join` it, which minijinja does lazily and without charging fuel.
+fn multiplication(source: &str) -> Option<usize> {
+    let b = source.as_bytes();
+    let mut i = 0;
+    while i + 1 < b.len() {
+        let open = (b[i], b[i + 1]);
+        i += 2;
+        let close = match open {
+            (b'{', b'{') => b'}',
+            (b'{', b'%') => b'%',
+            (b'{', b'#') => {
+                i = source[i..].find("#}").map_or(b.len(), |e| i + e + 2);
+                continue;
+            }
+            _ => {
+                i -= 1;
+                continue;
+            }
+        };
+        let tag_start = i;
+        let mut quote = None;
+        while i < b.len() {
+            match (quote, b[i]) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), b'\\') => i += 1,
+                (Some(_), _) => {}
+                (None, c @ (b'\'' | b'"')) => quote = Some(c),
+                (None, b'*') => return Some(i),
+                (None, c) if c == close && b.get(i + 1) == Some(&b'}') => break,
+                _ => {}
+            }
+            i += 1;
+        }
+        i += 2;
+        // `{% raw %}` ... `{% endraw %}` is text.
+        if close == b'%' && source[tag_start..(i - 2).min(b.len())].trim().trim_matches('-').trim() == "raw" {
+            i = source[i.min(b.len())..].find("endraw").map_or(b.len(), |e| i + e);
+        }
+    }
+    None
+}
+
+/// The render's output, refusing to grow past [`MAX_RENDER_BYTES`].
+struct Capped {
+    buf: Vec<u8>,
+    full: bool,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + data.len() > MAX_RENDER_BYTES {
+            self.full = true;
+            return Err(std::io::Error::other("the rendered prompt is too large"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -418,5 +507,38 @@ mod tests {
         assert!(ChatTemplate::new(&big, "", "").unwrap_err().to_string().contains("limit"));
         let e = ChatTemplate::new("{% for m in messages %}", "", "").unwrap_err().to_string();
         assert!(e.contains("does not compile"), "{e}");
+    }
+
+    /// A template that prints a sequence repeated a hundred million times (found by the
+    /// `chat_template` fuzz target: printing costs no fuel) stops at the output cap, at once and
+    /// with a clear error, and a template just under the cap still renders.
+    #[test]
+    fn templates_that_multiply_are_refused_and_output_is_capped() {
+        for hostile in [
+            "{{9999*9999*messages }}1099}}999",
+            "{{ ([1] * 99999999) | join }}",
+            "{% set x = messages * 2 %}{{ x }}",
+            "{{ 2 ** 10 }}",
+            "{%- if true -%}{{ 'a' }}{{ 3*4 }}{%- endif %}",
+        ] {
+            let e = ChatTemplate::new(hostile, "", "").unwrap_err().to_string();
+            assert!(e.contains("refuses multiplication"), "{hostile}: {e}");
+        }
+        // A `*` in text, comments, raw blocks and string literals is not an operator.
+        for fine in [
+            "* bullet {{ 'a*b' }} {# 2 * 3 #} {% raw %}{{ 2 * 3 }}{% endraw %} {{ \"*\" ~ 'it\\'s*' }} **bold**",
+            "{% for m in messages %}{{ m.content }}{% endfor %}",
+        ] {
+            let t = ChatTemplate::new(fine, "", "").unwrap_or_else(|e| panic!("{fine}: {e}"));
+            t.render(&[ChatMessage::new("user", "hi")], false).unwrap();
+        }
+        // Output stops at the cap.
+        let t = ChatTemplate::new(&format!("{{{{ '{}' }}}}", "x".repeat(100)), "", "").unwrap();
+        assert_eq!(t.render(&[], false).unwrap().len(), 100);
+        let long = ChatMessage::new("user", "y".repeat(MAX_RENDER_BYTES / 2 + 1));
+        let t = ChatTemplate::new("{% for m in messages %}{{ m.content }}{% endfor %}", "", "").unwrap();
+        assert!(t.render(std::slice::from_ref(&long), false).is_ok());
+        let e = t.render(&[long.clone(), long], false).unwrap_err().to_string();
+        assert!(e.contains("over 16777216 bytes"), "{e}");
     }
 }

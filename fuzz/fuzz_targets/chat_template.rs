@@ -1,5 +1,7 @@
 //! Chat templates render attacker-controlled conversations: never a panic, and a render always
-//! ends (minijinja's fuel, `TEMPLATE_FUEL`, bounds the work). The first byte picks the mode:
+//! ends soon: minijinja's fuel (`TEMPLATE_FUEL`) bounds the instructions, `MAX_RENDER_BYTES` the
+//! output, and templates with a `*` operator are refused (a sequence repeated by `*` prints
+//! without using fuel; seed `multiplied_sequence` took 29 s before). The first byte picks the mode:
 //! - even: the input is a conversation (messages separated by NUL; each message's first byte
 //!   picks its role, the rest is its content, lossily UTF-8) rendered through the real ChatML
 //!   template of `tests/fixtures/tiny-qwen2` and through a Llama-2 style template;
