@@ -573,13 +573,22 @@ pub async fn slowloris(t: &Target, n: usize, header_timeout: Duration) -> Check 
 
 /// Writes raw request bytes on a fresh TLS connection and reads the answer's status.
 async fn raw_status(t: &Target, head: &[u8], body: &[u8]) -> Result<Option<u16>, String> {
+    raw_answer(t, head, body).await.map(|(status, _)| status)
+}
+
+/// [`raw_status`], also saying whether the server closed the connection before it had taken
+/// every byte of `head` (a server may refuse an oversized header that way; the answer it sent
+/// first can then be lost to the reset).
+async fn raw_answer(t: &Target, head: &[u8], body: &[u8]) -> Result<(Option<u16>, bool), String> {
     let mut s = t.tls_stream(false).await?;
-    s.write_all(head).await.map_err(|e| e.to_string())?;
+    let cut_short = s.write_all(head).await.is_err();
     // The server may answer and close before the body is sent: that is fine.
-    let _ = s.write_all(body).await;
+    if !cut_short {
+        let _ = s.write_all(body).await;
+    }
     let _ = s.flush().await;
     let (out, _) = read_until_closed(&mut s, Duration::from_secs(30)).await;
-    Ok(status_of(&out))
+    Ok((status_of(&out), cut_short))
 }
 
 /// Headers over the limits (more than 100 headers; one header of 512 KiB): 431 each.
@@ -591,14 +600,17 @@ pub async fn oversized_headers(t: &Target) -> Check {
     many.push_str("\r\n");
     let big = format!("GET /v1/models HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n", "a".repeat(512 << 10));
     let a = raw_status(t, many.as_bytes(), b"").await;
-    let b = raw_status(t, big.as_bytes(), b"").await;
-    let ok = matches!(a, Ok(Some(431))) && matches!(b, Ok(Some(431)));
+    // The 512 KiB header is refused either with 431 or by the server closing the connection
+    // while the client is still sending it (431 first, then the reset may drop it); what must
+    // not happen is an answer other than 431.
+    let b = raw_answer(t, big.as_bytes(), b"").await;
+    let ok = matches!(a, Ok(Some(431))) && matches!(b, Ok((Some(431), _)) | Ok((None, true)));
     checked(
         t,
         "oversized_headers",
         2,
-        "431 for 150 headers and for a 512 KiB header",
-        Ok((ok, format!("{a:?}, {b:?}"))),
+        "431 for 150 headers; 431, or the connection closed mid-header, for a 512 KiB header",
+        Ok((ok, format!("{a:?}, {b:?} (status, closed before the header was sent)"))),
     )
     .await
 }
