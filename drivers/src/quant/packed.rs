@@ -55,15 +55,18 @@ impl std::fmt::Debug for PackedWeights {
     }
 }
 
-/// Byte offsets within a record: fifth bits, scales, minimums, and the record's size.
-struct Layout {
-    hb: usize,
-    d: usize,
-    m: usize,
-    size: usize,
+/// Byte offsets within a record: fifth bits, scales, minimums, and the record's size. The one
+/// description of the layout, used by the packing here and by the kernel (`x86::packed`).
+#[derive(Clone, Copy)]
+pub(super) struct Layout {
+    pub(super) hb: usize,
+    pub(super) d: usize,
+    pub(super) m: usize,
+    pub(super) size: usize,
 }
 
-fn layout(dtype: DType) -> Option<Layout> {
+/// The record layout of `dtype`, or `None` for a format that is not packed.
+pub(super) const fn layout(dtype: DType) -> Option<Layout> {
     Some(match dtype {
         DType::Q8_0 => Layout { hb: 0, d: 1024, m: 0, size: 1088 },
         DType::Q4_0 => Layout { hb: 0, d: 512, m: 0, size: 576 },

@@ -18,6 +18,7 @@ use std::arch::x86_64::*;
 use super::tile::{Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
 use crate::DType;
 use crate::quant::int8::ActRow;
+use crate::quant::packed::{Layout, layout};
 
 /// Weight rows per panel.
 const ROWS: usize = crate::quant::packed::PACK_ROWS;
@@ -26,14 +27,18 @@ const A: usize = 4;
 /// Records ahead that the kernel prefetches.
 const PF_RECORDS: usize = 4;
 
-/// Record bytes and the offsets of the fifth bits, scales and minimums (`quant::packed`).
-const fn record(f: u8) -> (usize, usize, usize, usize) {
-    match f {
-        Q8_0 => (1088, 0, 1024, 0),
-        Q4_0 => (576, 0, 512, 0),
-        Q4_1 => (640, 0, 512, 576),
-        Q5_0 => (704, 512, 640, 0),
-        _ => (768, 512, 640, 704),
+/// The record layout (`quant::packed::layout`) of the format with tile code `f`.
+const fn record(f: u8) -> Layout {
+    let dtype = match f {
+        Q8_0 => DType::Q8_0,
+        Q4_0 => DType::Q4_0,
+        Q4_1 => DType::Q4_1,
+        Q5_0 => DType::Q5_0,
+        _ => DType::Q5_1,
+    };
+    match layout(dtype) {
+        Some(l) => l,
+        None => panic!("quant::packed: every format code here has a layout"),
     }
 }
 
@@ -45,22 +50,15 @@ const fn record(f: u8) -> (usize, usize, usize, usize) {
 /// The CPU must support AVX-512F/BW/VL/DQ/VNNI, AVX2, FMA and F16C. Sizes are checked here
 /// (a mismatch panics), so they are not a safety condition.
 pub(in crate::quant) unsafe fn rows(dtype: DType, w: &[u8], nb: usize, n: usize, acts: &[ActRow<'_>], out: &mut [f32]) {
-    let f = match dtype {
-        DType::Q8_0 => Q8_0,
-        DType::Q4_0 => Q4_0,
-        DType::Q4_1 => Q4_1,
-        DType::Q5_0 => Q5_0,
-        DType::Q5_1 => Q5_1,
-        _ => panic!("quant::packed: {dtype} is not a packed format"),
-    };
     // SAFETY: the caller guarantees the features these functions enable.
     unsafe {
-        match f {
-            Q8_0 => rows_f::<Q8_0>(w, nb, n, acts, out),
-            Q4_0 => rows_f::<Q4_0>(w, nb, n, acts, out),
-            Q4_1 => rows_f::<Q4_1>(w, nb, n, acts, out),
-            Q5_0 => rows_f::<Q5_0>(w, nb, n, acts, out),
-            _ => rows_f::<Q5_1>(w, nb, n, acts, out),
+        match dtype {
+            DType::Q8_0 => rows_f::<Q8_0>(w, nb, n, acts, out),
+            DType::Q4_0 => rows_f::<Q4_0>(w, nb, n, acts, out),
+            DType::Q4_1 => rows_f::<Q4_1>(w, nb, n, acts, out),
+            DType::Q5_0 => rows_f::<Q5_0>(w, nb, n, acts, out),
+            DType::Q5_1 => rows_f::<Q5_1>(w, nb, n, acts, out),
+            _ => panic!("quant::packed: {dtype} is not a packed format"),
         }
     }
 }
@@ -68,7 +66,7 @@ pub(in crate::quant) unsafe fn rows(dtype: DType, w: &[u8], nb: usize, n: usize,
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,avx2,fma,f16c")]
 fn rows_f<const F: u8>(w: &[u8], nb: usize, n: usize, acts: &[ActRow<'_>], out: &mut [f32]) {
     let m = acts.len();
-    let pb = nb * record(F).0;
+    let pb = nb * record(F).size;
     assert!(
         pb > 0
             && w.len().is_multiple_of(pb)
@@ -106,7 +104,7 @@ unsafe fn step<const F: u8>(rec: *const u8, t: usize) -> (__m512i, __m512i) {
         let w0 = _mm512_and_si512(p, low4);
         let w1 = _mm512_and_si512(_mm512_srli_epi16::<4>(p), low4);
         if matches!(F, Q5_0 | Q5_1) {
-            let hb = rec.add(record(F).1 + t * 16);
+            let hb = rec.add(record(F).hb + t * 16);
             let k0 = hb.cast::<u64>().read_unaligned();
             let k1 = hb.add(8).cast::<u64>().read_unaligned();
             let sixteen = _mm512_set1_epi8(16);
@@ -127,7 +125,7 @@ fn micro<const F: u8, const N: usize>(
     res: &mut [[f32; ROWS]; A],
     prefetch: bool,
 ) {
-    let (size, _, doff, moff) = record(F);
+    let Layout { size, d: doff, m: moff, .. } = record(F);
     assert!(
         panel.len() >= nb * size && acts.iter().all(|a| a.qs.len() >= nb && a.d.len() >= nb && a.s.len() >= nb),
         "quant::packed::micro: sizes"
