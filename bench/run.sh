@@ -266,7 +266,8 @@ kv_tokens = $kv_tokens
 request_deadline_secs = 900
 TOML
 log "govboxd (threads $threads, max_concurrent 8, kv_tokens $kv_tokens) on https://127.0.0.1:$port"
-"${nice_cmd[@]}" "$govboxd" --state "$state" --config "$state/govbox.toml" > "$run/govboxd.log" 2>&1 &
+# MALLOC_ARENA_MAX=2 as dist/govboxd.service sets it: the bench measures the RSS the appliance runs with.
+MALLOC_ARENA_MAX=2 "${nice_cmd[@]}" "$govboxd" --state "$state" --config "$state/govbox.toml" > "$run/govboxd.log" 2>&1 &
 server_pid=$!
 wait_ready "https://127.0.0.1:$port/readyz" "$run/govboxd.log" --cacert "$state/tls/ca.crt"
 grep -m1 VmRSS "/proc/$server_pid/status" | awk '{ print "{\"idle_rss_kb\": " $2 "}" }' > "$run/govboxd-idle.json"

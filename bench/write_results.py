@@ -99,7 +99,7 @@ def main():
       f"   # {m['reps']} separate processes: within one, the prefix cache would serve the repeated prompt")
     w(f"llama-server -m Q8_0 -t {m['threads']} -np 8 --cont-batching -kvu -c {m['kv_tokens']} --host 127.0.0.1")
     w(f"govboxd (device = 'cpu', threads = {m['threads']}, [serving] max_concurrent = 8, kv_tokens = {m['kv_tokens']}; "
-      "signed package of the same Q8_0 file, HTTPS + bearer token)")
+      "signed package of the same Q8_0 file, HTTPS + bearer token; MALLOC_ARENA_MAX=2 as dist/govboxd.service sets)")
     w(f"bench/serve_client.py streams -c 1|8 -n {m['stream_tokens']}   and   "
       f"bench/serve_client.py prefix --prefix-tokens {m['prefix_tokens']}")
     w("```")
