@@ -178,6 +178,7 @@ pub fn run(state: Option<&Path>, socket: &Path, cmd: ModelCommand) -> Result<()>
                 },
                 stop,
                 ignore_eos: false,
+                deadline: None,
             };
             let start = Instant::now();
             let mut out = std::io::stdout().lock();

@@ -4,13 +4,15 @@
 //! event into a bounded tokio channel. The callback answers "stop" when the channel's receiver is
 //! gone (the HTTP response was dropped because the client disconnected), when a send cannot
 //! complete before the deadline (a client that stopped reading), or when the deadline has passed.
-//! The engine then stops at that token and frees the request's KV blocks. The engine slot, and
+//! The engine then stops at that token and frees the request's KV blocks. The deadline also goes
+//! to the engine with the request, so a request that waits without tokens (queued for KV blocks,
+//! or behind other requests' prefill) is cancelled when it passes too. The engine slot, and
 //! with it the `govbox_active_generations` gauge, is released only when the blocking thread
 //! returns, that is when generation has really stopped.
 
 use std::sync::Arc;
 
-use govbox_engine::{Engine, Event, FinishReason, GenerateRequest, Usage};
+use govbox_engine::{Engine, EngineError, Event, FinishReason, GenerateRequest, Usage};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -71,7 +73,8 @@ fn charge(state: &AppState, quotas: &Quotas, job: &Job, usage: Usage) {
     job.record.set_tokens(usage.prompt_tokens, Some(usage.completion_tokens));
 }
 
-fn run(state: &AppState, job: Job, tx: &mpsc::Sender<GenEvent>, rt: &tokio::runtime::Handle) {
+fn run(state: &AppState, mut job: Job, tx: &mpsc::Sender<GenEvent>, rt: &tokio::runtime::Handle) {
+    job.request.deadline = Some(job.deadline.into_std());
     enum Stop {
         No,
         ClientGone,
@@ -135,6 +138,12 @@ fn run(state: &AppState, job: Job, tx: &mpsc::Sender<GenEvent>, rt: &tokio::runt
                     let _ = tx.try_send(GenEvent::Failed(ApiError::DeadlineExceeded { secs: job.deadline_secs }));
                 }
             }
+        }
+        Err(EngineError::Deadline { prompt_tokens, completion_tokens }) => {
+            charge(state, &state.quotas, &job, Usage { prompt_tokens, completion_tokens });
+            state.metrics.cancelled.inc();
+            job.record.set_outcome("deadline");
+            let _ = tx.try_send(GenEvent::Failed(ApiError::DeadlineExceeded { secs: job.deadline_secs }));
         }
         Err(e) => {
             job.record.set_tokens(job.prompt_tokens, None);

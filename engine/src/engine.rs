@@ -58,12 +58,24 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     /// Keep going past EOS (benchmarks and reference comparisons).
     pub ignore_eos: bool,
+    /// When the answer must be complete. The deadline is checked while the request waits for
+    /// its next token (in the scheduler's queue for KV blocks, or behind a long prefill), not
+    /// only when a token arrives: once it passes, the request is cancelled, its blocks are freed
+    /// and [`generate`](Engine::generate) returns [`EngineError::Deadline`]. `None`: no limit.
+    pub deadline: Option<std::time::Instant>,
 }
 
 impl GenerateRequest {
     /// A greedy request for `max_tokens` tokens.
     pub fn new(prompt: Prompt, max_tokens: usize) -> Self {
-        Self { prompt, max_tokens, sampling: SamplingParams::default(), stop: vec![], ignore_eos: false }
+        Self {
+            prompt,
+            max_tokens,
+            sampling: SamplingParams::default(),
+            stop: vec![],
+            ignore_eos: false,
+            deadline: None,
+        }
     }
 }
 
@@ -372,7 +384,18 @@ impl Engine {
             if usage.completion_tokens >= budget {
                 break FinishReason::Length;
             }
-            let Some(id) = ticket.next()? else {
+            let next = match ticket.next(req.deadline) {
+                Ok(n) => n,
+                Err(EngineError::Deadline { .. }) => {
+                    ticket.close(); // frees the blocks before the caller hears of it
+                    return Err(EngineError::Deadline {
+                        prompt_tokens: usage.prompt_tokens,
+                        completion_tokens: usage.completion_tokens,
+                    });
+                }
+                Err(e) => return Err(e),
+            };
+            let Some(id) = next else {
                 break FinishReason::Length; // the KV pool could not hold it any longer
             };
             usage.completion_tokens += 1;
@@ -434,11 +457,27 @@ struct Ticket {
 
 impl Ticket {
     /// The next token, or `None` when the scheduler ended the sequence (the pool is full).
-    fn next(&mut self) -> Result<Option<u32>> {
+    /// Waits at most until `deadline`, then fails with [`EngineError::Deadline`] (counts zero:
+    /// the caller knows them) and leaves the sequence to [`close`](Self::close).
+    fn next(&mut self, deadline: Option<std::time::Instant>) -> Result<Option<u32>> {
         if self.released {
             return Ok(None);
         }
-        match self.rx.recv() {
+        // Checked first: tokens the caller has not taken yet must not carry it past the deadline.
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            return Err(EngineError::Deadline { prompt_tokens: 0, completion_tokens: 0 });
+        }
+        let msg = match deadline {
+            None => self.rx.recv().map_err(|_| ()),
+            Some(d) => match self.rx.recv_timeout(d.saturating_duration_since(std::time::Instant::now())) {
+                Ok(m) => Ok(m),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    return Err(EngineError::Deadline { prompt_tokens: 0, completion_tokens: 0 });
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => Err(()),
+            },
+        };
+        match msg {
             Ok(Msg::Token(id)) => Ok(Some(id)),
             Ok(Msg::Released { pool_full }) => {
                 self.released = true;
@@ -525,6 +564,31 @@ impl StopMatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ticket_stops_waiting_at_its_deadline() {
+        use std::time::{Duration, Instant};
+        let (tx, rx) = mpsc::channel();
+        let mut t = Ticket { rx, cancel: Arc::new(AtomicBool::new(false)), released: false };
+        // Nothing arrives for 2 s (a request queued for KV blocks): the wait ends at the deadline.
+        let late = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(2));
+            let _ = tx.send(Msg::Token(7));
+            let _ = tx.send(Msg::Token(8));
+        });
+        let start = Instant::now();
+        let r = t.next(Some(start + Duration::from_millis(50)));
+        assert!(matches!(r, Err(EngineError::Deadline { .. })), "{r:?}");
+        assert!(start.elapsed() < Duration::from_secs(1), "{:?}", start.elapsed());
+        late.join().unwrap_or_else(|_| panic!("sender thread"));
+        // A token already waiting does not carry the request past a deadline that has passed.
+        let r = t.next(Some(Instant::now()));
+        assert!(matches!(r, Err(EngineError::Deadline { .. })), "{r:?}");
+        assert!(matches!(t.next(None), Ok(Some(7))));
+        // Closing takes the rest and ends when the scheduler side has let go.
+        t.close();
+        assert!(t.cancel.load(Ordering::Relaxed) && t.released);
+    }
 
     #[test]
     fn stop_matcher_cuts_exactly_and_holds_back_prefixes() {

@@ -71,6 +71,15 @@ pub enum EngineError {
     /// The backend failed.
     #[error("backend: {0}")]
     Driver(#[from] DriverError),
+    /// The request's deadline passed while it waited for its next token; it was cancelled and
+    /// its KV blocks freed.
+    #[error("the request's deadline passed while it waited for its next token ({completion_tokens} generated)")]
+    Deadline {
+        /// Prompt tokens.
+        prompt_tokens: usize,
+        /// Tokens generated before the deadline.
+        completion_tokens: usize,
+    },
 }
 
 impl EngineError {
@@ -87,6 +96,7 @@ impl EngineError {
             EngineError::Template(_) => "chat_template",
             EngineError::Request(_) => "bad_request",
             EngineError::Driver(_) => "backend",
+            EngineError::Deadline { .. } => "deadline",
         }
     }
 }

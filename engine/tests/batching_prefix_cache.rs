@@ -1,7 +1,7 @@
 //! Continuous batching and the prefix cache: batched greedy outputs equal solo ones, prefixes
 //! are reused without changing outputs, a tiny pool evicts, queues and preempts without leaking
-//! blocks, cancelling frees blocks at once, and the block allocator keeps its invariants under
-//! random use.
+//! blocks, cancelling (or a passed deadline) frees blocks at once, and the block allocator keeps
+//! its invariants under random use.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod common;
@@ -274,13 +274,24 @@ fn preemption_under_pressure_keeps_outputs() {
 
 test_device!(cancel_mid_stream_frees_blocks_at_once, cancel);
 
-fn cancel(backend: Arc<dyn Backend>) {
+/// A tiny-qwen2 engine on which `f` runs while another greedy stream runs beside it: that
+/// stream's output must be its solo one, and no blocks may be held afterwards.
+fn beside_another_stream(backend: Arc<dyn Backend>, f: impl FnOnce(&Engine)) -> Engine {
     let path = fixture("tiny-qwen2");
     let engine = with_kv(&path, backend.clone(), 4096);
     let long = greedy(ids_from(3, 30), 60);
     let want_long = run(&with_kv(&path, backend, 4096), &long);
     std::thread::scope(|s| {
         let other = s.spawn(|| run(&engine, &long));
+        f(&engine);
+        assert_eq!(other.join().unwrap(), want_long, "the other stream must be unaffected");
+    });
+    assert_no_blocks_held(&engine);
+    engine
+}
+
+fn cancel(backend: Arc<dyn Backend>) {
+    let engine = beside_another_stream(backend, |engine| {
         let mut events = 0;
         let usage = engine
             .generate(&greedy(ids_from(4, 40), 200), &mut |e| {
@@ -291,9 +302,7 @@ fn cancel(backend: Arc<dyn Backend>) {
             .unwrap();
         assert_eq!(events, 3);
         assert!(usage.completion_tokens < 200);
-        assert_eq!(other.join().unwrap(), want_long, "the other stream must be unaffected");
     });
-    assert_no_blocks_held(&engine);
     // Alone: the blocks are back (free or cached) as soon as generate returns.
     let mut n = 0;
     engine
@@ -302,6 +311,43 @@ fn cancel(backend: Arc<dyn Backend>) {
             n < 2
         })
         .unwrap();
+    assert_no_blocks_held(&engine);
+}
+
+test_device!(a_passed_deadline_cancels_and_frees_blocks, deadline);
+
+fn deadline(backend: Arc<dyn Backend>) {
+    use govbox_engine::EngineError;
+    use std::time::{Duration, Instant};
+    let engine = beside_another_stream(backend, |engine| {
+        // Already passed when it is submitted: no token is waited for, nothing is sent.
+        let late = GenerateRequest { deadline: Some(Instant::now()), ..greedy(ids_from(4, 40), 200) };
+        let mut events = 0;
+        let e = engine
+            .generate(&late, &mut |_| {
+                events += 1;
+                true
+            })
+            .unwrap_err();
+        assert!(matches!(e, EngineError::Deadline { prompt_tokens: 40, completion_tokens: 0 }), "{e:?}");
+        assert_eq!((events, e.code()), (0, "deadline"));
+    });
+    // Passing while the caller holds its first text: the tokens the scheduler made meanwhile
+    // do not carry the request on, and its blocks are freed before generate returns.
+    let soon =
+        GenerateRequest { deadline: Some(Instant::now() + Duration::from_millis(200)), ..greedy(ids_from(6, 70), 500) };
+    let mut events = 0;
+    let e = engine
+        .generate(&soon, &mut |ev| {
+            assert!(matches!(ev, Event::Text(_)), "{ev:?}");
+            events += 1;
+            std::thread::sleep(Duration::from_millis(400));
+            true
+        })
+        .unwrap_err();
+    let EngineError::Deadline { prompt_tokens: 70, completion_tokens } = e else { panic!("{e:?}") };
+    assert!((1..500).contains(&completion_tokens), "{completion_tokens}");
+    assert_eq!(events, 1);
     assert_no_blocks_held(&engine);
 }
 

@@ -146,6 +146,7 @@ impl ApiError {
             QueueFull { .. } | NotReady | ShuttingDown | AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
             Engine(e) => match e {
+                EngineError::Deadline { .. } => StatusCode::GATEWAY_TIMEOUT,
                 EngineError::Request(m) if m.contains("KV cache is full") => StatusCode::SERVICE_UNAVAILABLE,
                 EngineError::Request(_) | EngineError::Template(_) | EngineError::Tokenizer(_) => {
                     StatusCode::BAD_REQUEST

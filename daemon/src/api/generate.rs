@@ -117,7 +117,8 @@ impl SamplingFields {
             seed: self.seed.map(|s| s as u64),
             ..SamplingParams::default()
         };
-        Ok(GenerateRequest { prompt, max_tokens, sampling, stop, ignore_eos: false })
+        // The bridge sets the deadline when it starts the generation.
+        Ok(GenerateRequest { prompt, max_tokens, sampling, stop, ignore_eos: false, deadline: None })
     }
 
     /// Whether the streamed answer ends with a usage chunk.
