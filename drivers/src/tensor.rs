@@ -43,6 +43,11 @@ impl HostBytes {
         Self::new(owner, start, len).map(|h| Self { file_backed: true, ..h })
     }
 
+    /// Whether this is a view of a file mapping ([`HostBytes::file_mapping`]).
+    pub fn is_file_backed(&self) -> bool {
+        self.file_backed
+    }
+
     /// Owned bytes.
     pub fn from_vec(v: Vec<u8>) -> Self {
         let len = v.len();

@@ -65,3 +65,39 @@ fn owned_bytes_are_left_alone() {
     view.release_pages();
     assert!(view.as_slice() == bytes.as_slice(), "releasing owned memory must not change (zero) it");
 }
+
+#[test]
+fn a_small_tensor_of_a_file_mapping_is_read_from_a_copy() {
+    use govbox_drivers::cpu::CpuBackend;
+    use govbox_drivers::{Backend, DType};
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    let values: Vec<f32> = (0..2u32 << 20).map(|i| i as f32 * 0.5).collect();
+    f.write_all(bytemuck::cast_slice(&values)).unwrap();
+    f.flush().unwrap();
+    // SAFETY: a private read-only mapping of a temporary file that nothing else writes.
+    let map = unsafe { memmap2::MmapOptions::new().map(f.as_file()) }.unwrap();
+    let addr = map.as_ptr() as usize;
+    let map: Arc<dyn AsRef<[u8]> + Send + Sync> = Arc::new(map);
+    // SAFETY: as above.
+    let whole = |start, len| unsafe { HostBytes::file_mapping(map.clone(), start, len) }.unwrap();
+    // A norm-sized tensor (1024 values) in the middle of the file, and a large one (4 MiB).
+    let (small_at, large_at) = (3 << 20, 4 << 20);
+    let cpu = CpuBackend::new(1).unwrap();
+    let small = cpu.upload(whole(small_at, 4096), DType::F32, &[1024]).unwrap();
+    let large = cpu.upload(whole(large_at, 4 << 20), DType::F32, &[1 << 20]).unwrap();
+    whole(0, values.len() * 4).release_pages();
+    let Some(before) = mapping_rss_kib(addr) else {
+        eprintln!("skipping: /proc/self/smaps has no entry for the mapping");
+        return;
+    };
+    // Reading the small tensor touches no page of the file; the large one is read in place.
+    assert_eq!(cpu.download_f32(&small).unwrap(), values[small_at / 4..small_at / 4 + 1024]);
+    let after_small = mapping_rss_kib(addr).unwrap();
+    assert_eq!(cpu.download_f32(&large).unwrap(), values[large_at / 4..large_at / 4 + (1 << 20)]);
+    let after_large = mapping_rss_kib(addr).unwrap();
+    eprintln!(
+        "mapping RSS: {before} KiB released, {after_small} after the small tensor, {after_large} after the large"
+    );
+    assert_eq!(after_small, before, "the small tensor was read from the file mapping");
+    assert!(after_large >= before + 4 * 1024 - 64, "the large tensor is expected in place: {after_large} KiB");
+}
