@@ -334,14 +334,15 @@ fn deadline(backend: Arc<dyn Backend>) {
     });
     // Passing while the caller holds its first text: the tokens the scheduler made meanwhile
     // do not carry the request on, and its blocks are freed before generate returns.
-    let soon =
-        GenerateRequest { deadline: Some(Instant::now() + Duration::from_millis(200)), ..greedy(ids_from(6, 70), 500) };
+    // The deadline leaves 2 s for the first token, even on a loaded machine.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let soon = GenerateRequest { deadline: Some(deadline), ..greedy(ids_from(6, 70), 500) };
     let mut events = 0;
     let e = engine
         .generate(&soon, &mut |ev| {
             assert!(matches!(ev, Event::Text(_)), "{ev:?}");
             events += 1;
-            std::thread::sleep(Duration::from_millis(400));
+            std::thread::sleep(deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(50));
             true
         })
         .unwrap_err();
