@@ -1,6 +1,7 @@
 //! The pure-Rust CPU backend: rayon for threads, runtime-selected SIMD for the weight kernels.
 
 mod affinity;
+mod allocator;
 mod attention;
 mod matmul;
 mod norm;
@@ -66,6 +67,7 @@ pub struct CpuBackend {
 impl CpuBackend {
     /// A backend with `threads` workers (0 means one per available core).
     pub fn new(threads: usize) -> Result<Self> {
+        allocator::tune();
         let threads = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
         let mut builder =
             rayon::ThreadPoolBuilder::new().num_threads(threads).thread_name(|i| format!("govbox-cpu-{i}"));
