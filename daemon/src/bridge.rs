@@ -121,6 +121,14 @@ fn run(state: &AppState, mut job: Job, tx: &mpsc::Sender<GenEvent>, rt: &tokio::
             }
         }
     });
+    // The engine's own deadline (a request that waited without tokens) ends like the callback's.
+    let result = match result {
+        Err(EngineError::Deadline { prompt_tokens, completion_tokens }) => {
+            stop = Stop::Deadline;
+            Ok(Usage { prompt_tokens, completion_tokens })
+        }
+        r => r,
+    };
     match result {
         Ok(usage) => {
             if !charged {
@@ -138,12 +146,6 @@ fn run(state: &AppState, mut job: Job, tx: &mpsc::Sender<GenEvent>, rt: &tokio::
                     let _ = tx.try_send(GenEvent::Failed(ApiError::DeadlineExceeded { secs: job.deadline_secs }));
                 }
             }
-        }
-        Err(EngineError::Deadline { prompt_tokens, completion_tokens }) => {
-            charge(state, &state.quotas, &job, Usage { prompt_tokens, completion_tokens });
-            state.metrics.cancelled.inc();
-            job.record.set_outcome("deadline");
-            let _ = tx.try_send(GenEvent::Failed(ApiError::DeadlineExceeded { secs: job.deadline_secs }));
         }
         Err(e) => {
             job.record.set_tokens(job.prompt_tokens, None);

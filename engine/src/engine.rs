@@ -384,16 +384,15 @@ impl Engine {
             if usage.completion_tokens >= budget {
                 break FinishReason::Length;
             }
+            // On any error the ticket is dropped on return, which frees the blocks first.
             let next = match ticket.next(req.deadline) {
-                Ok(n) => n,
                 Err(EngineError::Deadline { .. }) => {
-                    ticket.close(); // frees the blocks before the caller hears of it
                     return Err(EngineError::Deadline {
                         prompt_tokens: usage.prompt_tokens,
                         completion_tokens: usage.completion_tokens,
                     });
                 }
-                Err(e) => return Err(e),
+                r => r?,
             };
             let Some(id) = next else {
                 break FinishReason::Length; // the KV pool could not hold it any longer
@@ -463,17 +462,15 @@ impl Ticket {
         if self.released {
             return Ok(None);
         }
-        // Checked first: tokens the caller has not taken yet must not carry it past the deadline.
-        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
-            return Err(EngineError::Deadline { prompt_tokens: 0, completion_tokens: 0 });
-        }
-        let msg = match deadline {
+        let passed = Err(EngineError::Deadline { prompt_tokens: 0, completion_tokens: 0 });
+        let msg = match deadline.map(|d| d.saturating_duration_since(std::time::Instant::now())) {
             None => self.rx.recv().map_err(|_| ()),
-            Some(d) => match self.rx.recv_timeout(d.saturating_duration_since(std::time::Instant::now())) {
+            // Checked before taking anything: tokens the caller has not taken yet must not carry
+            // it past the deadline.
+            Some(left) if left.is_zero() => return passed,
+            Some(left) => match self.rx.recv_timeout(left) {
                 Ok(m) => Ok(m),
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    return Err(EngineError::Deadline { prompt_tokens: 0, completion_tokens: 0 });
-                }
+                Err(mpsc::RecvTimeoutError::Timeout) => return passed,
                 Err(mpsc::RecvTimeoutError::Disconnected) => Err(()),
             },
         };
