@@ -94,8 +94,60 @@ fn main() -> ExitCode {
     match r {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The error and its causes on one line, `outer: inner: …`, leaving out a cause whose text the
+/// line already holds: many library errors print their source in their own message
+/// (`#[error("reading {path}: {0}")]`) and also return it from `source()`, which made
+/// `No such file or directory (os error 2): No such file or directory (os error 2)`.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_text;
+
+    /// Like a thiserror `#[error("reading …: {0}")]` variant with `#[source]`.
+    #[derive(Debug)]
+    struct Wraps(std::io::Error);
+    impl std::fmt::Display for Wraps {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "reading trust/root.json: {}", self.0)
+        }
+    }
+    impl std::error::Error for Wraps {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let io_text = io.to_string();
+        let e = anyhow::Error::new(Wraps(io)).context("provisioning /tmp/s");
+        assert_eq!(error_text(&e), format!("provisioning /tmp/s: reading trust/root.json: {io_text}"));
+    }
+
+    #[test]
+    fn causes_not_in_the_message_are_kept_in_order() {
+        let e = anyhow::anyhow!("member 'a.bin': sha256 mismatch").context("package 'p 1.0'").context("importing");
+        assert_eq!(error_text(&e), "importing: package 'p 1.0': member 'a.bin': sha256 mismatch");
     }
 }
