@@ -69,6 +69,10 @@ pub struct AddArgs {
     /// Validity of the certificate, in days.
     #[arg(long, default_value_t = DEFAULT_CERT_DAYS)]
     days: u32,
+    /// Let its completions prompts write control tokens (`<|im_start|>`) as text, for an
+    /// application that builds raw prompts itself. Off: such text stays plain text.
+    #[arg(long)]
+    allow_special_tokens: bool,
 }
 
 /// Runs `govbox client ...`: through the daemon at `socket` when it answers, else offline.
@@ -131,6 +135,7 @@ fn offline(state: &Path, cmd: ClientCommand) -> Result<()> {
                 tokens_per_day: args.tokens_per_day,
                 cert_days: args.days,
                 with_token: args.token,
+                allow_special_tokens: args.allow_special_tokens,
             })?;
             let token = issued.token.as_ref().map(|t| t.expose().to_string());
             finish_add(&name, &dir, &issued, token.as_deref())
@@ -162,6 +167,7 @@ fn online(mut conn: AdminClient, cmd: ClientCommand) -> Result<()> {
                 "tokens_per_day": args.tokens_per_day,
                 "cert_days": args.days,
                 "token": args.token,
+                "allow_special_tokens": args.allow_special_tokens,
             }))?;
             let (issued, token) = issued_from_answer(&conn, answer)?;
             finish_add(&name, &dir, &issued, token.as_deref())

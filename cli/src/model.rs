@@ -12,7 +12,7 @@ use govbox_drivers::Backend;
 use govbox_drivers::cpu::CpuBackend;
 use govbox_engine::chat::ChatMessage;
 use govbox_engine::sampler::SamplingParams;
-use govbox_engine::{Engine, EngineOptions, Event, GenerateRequest, Prompt};
+use govbox_engine::{Engine, EngineOptions, Event, GenerateRequest, PrefixCache, Prompt};
 
 /// Where the model is and how to run it.
 #[derive(Args, Debug)]
@@ -162,7 +162,9 @@ pub fn run(state: Option<&Path>, socket: &Path, cmd: ModelCommand) -> Result<()>
                 msgs.push(ChatMessage { role: "user".into(), content: prompt });
                 Prompt::Chat(msgs)
             } else {
-                Prompt::Text(prompt)
+                // The operator's own raw prompt: special-token strings are control tokens, as in
+                // llama.cpp's CLI (chat messages above stay text whoever wrote them).
+                Prompt::TextWithSpecialTokens(prompt)
             };
             let req = GenerateRequest {
                 prompt,
@@ -179,6 +181,7 @@ pub fn run(state: Option<&Path>, socket: &Path, cmd: ModelCommand) -> Result<()>
                 stop,
                 ignore_eos: false,
                 deadline: None,
+                prefix_cache: PrefixCache::Off,
             };
             let start = Instant::now();
             let mut out = std::io::stdout().lock();

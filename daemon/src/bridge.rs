@@ -125,7 +125,7 @@ fn run(state: &AppState, mut job: Job, tx: &mpsc::Sender<GenEvent>, rt: &tokio::
     let result = match result {
         Err(EngineError::Deadline { prompt_tokens, completion_tokens }) => {
             stop = Stop::Deadline;
-            Ok(Usage { prompt_tokens, completion_tokens })
+            Ok(Usage { prompt_tokens, completion_tokens, ..Usage::default() })
         }
         r => r,
     };

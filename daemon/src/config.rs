@@ -241,6 +241,22 @@ pub struct Serving {
     pub kv_tokens: usize,
     /// Seconds that SIGTERM waits for running answers to finish before the daemon exits.
     pub shutdown_grace_secs: u64,
+    /// Who may reuse whose cached prompt prefixes: `per_client`, `shared` or `off`.
+    pub prefix_cache: PrefixCacheMode,
+}
+
+/// `[serving] prefix_cache`: which requests share cached prompt prefixes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrefixCacheMode {
+    /// Each client reuses only its own prefixes: another client's reuse (its
+    /// `cached_tokens`, its time to first token) says nothing about what this one sent.
+    PerClient,
+    /// Every client reuses every prefix: the most reuse, but a client can learn, block by
+    /// block, whether another has sent a prompt that starts as its guess does.
+    Shared,
+    /// Nothing is reused.
+    Off,
 }
 
 impl Default for Serving {
@@ -259,6 +275,9 @@ impl Default for Serving {
             kv_tokens: 8192,
             // 30 s finishes a typical streamed answer and stays under systemd's 90 s stop timeout.
             shutdown_grace_secs: 30,
+            // Per client: clients of one box are separate applications, and a shared cache lets
+            // one probe another's prompts; a client's own system prompt is still reused.
+            prefix_cache: PrefixCacheMode::PerClient,
         }
     }
 }
@@ -468,6 +487,9 @@ mod tests {
         assert!(parse("config_version = 0\n").is_err());
         let (c, _) = parse("[tls]\nmtls = \"required\"\n").unwrap();
         assert_eq!(c.tls.mtls, MtlsMode::Required);
+        let (c, _) = parse("[serving]\nprefix_cache = \"shared\"\n").unwrap();
+        assert_eq!(c.serving.prefix_cache, PrefixCacheMode::Shared);
+        assert!(parse("[serving]\nprefix_cache = \"global\"\n").unwrap_err().to_string().contains("per_client"));
     }
 
     #[test]

@@ -155,6 +155,7 @@ mod tests {
             token_sha256: None,
             revoked: false,
             created: 0,
+            allow_special_tokens: false,
         }
     }
 

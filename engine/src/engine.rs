@@ -10,7 +10,7 @@ use govbox_drivers::{Backend, KvSpec};
 use crate::chat::ChatMessage;
 use crate::config::DecoderConfig;
 use crate::gguf::parse_gguf;
-use crate::kv::{BLOCK_SIZE, BlockAllocator, KvStats};
+use crate::kv::{BLOCK_SIZE, BlockAllocator, KvStats, PrefixCache};
 use crate::models::decoder::{DecoderModel, LogitsFor, SeqInput};
 use crate::sampler::SamplingParams;
 use crate::scheduler::{Job, KvState, Msg, Scheduler, lock};
@@ -37,9 +37,15 @@ impl Default for EngineOptions {
 /// What to generate from.
 #[derive(Clone, Debug)]
 pub enum Prompt {
-    /// Plain text, tokenised as is (BOS added when the tokenizer asks for it).
+    /// Plain text (BOS added when the tokenizer asks for it). Special-token strings in it
+    /// (`<|im_start|>`) are text, never control tokens.
     Text(String),
-    /// A conversation, rendered by the model's chat template with a generation prompt.
+    /// Text in which special-token strings become their control tokens, as a raw prompt for a
+    /// base model needs (BOS added as for [`Prompt::Text`]). For callers trusted to write them.
+    TextWithSpecialTokens(String),
+    /// A conversation, rendered by the model's chat template with a generation prompt. Only
+    /// the template's own markers become control tokens; the messages' text is always text
+    /// (see `control.rs`).
     Chat(Vec<ChatMessage>),
     /// Token ids, used as given.
     Tokens(Vec<u32>),
@@ -63,6 +69,8 @@ pub struct GenerateRequest {
     /// only when a token arrives: once it passes, the request is cancelled, its blocks are freed
     /// and [`generate`](Engine::generate) returns [`EngineError::Deadline`]. `None`: no limit.
     pub deadline: Option<std::time::Instant>,
+    /// Which cached prefixes this request may reuse, and who may reuse its blocks.
+    pub prefix_cache: PrefixCache,
 }
 
 impl GenerateRequest {
@@ -75,6 +83,7 @@ impl GenerateRequest {
             stop: vec![],
             ignore_eos: false,
             deadline: None,
+            prefix_cache: PrefixCache::Shared,
         }
     }
 }
@@ -105,6 +114,9 @@ pub struct Usage {
     pub prompt_tokens: usize,
     /// Generated tokens.
     pub completion_tokens: usize,
+    /// Prompt tokens whose KV came from the prefix cache (counted at the request's first
+    /// admission; always a multiple of the block size, and less than `prompt_tokens`).
+    pub cached_tokens: usize,
 }
 
 /// What a generation stream carries.
@@ -268,22 +280,16 @@ impl Engine {
 
     /// Token ids of a prompt, as generation would feed them.
     pub fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>> {
-        let (text, from_template) = match prompt {
+        let tok = self.tokenizer();
+        let mut ids = match prompt {
             Prompt::Tokens(t) => return Ok(t.clone()),
-            Prompt::Text(t) => (t.clone(), false),
-            Prompt::Chat(msgs) => {
-                let tpl = self
-                    .tokenizer()
-                    .chat_template()
-                    .ok_or_else(|| EngineError::Template("the model has no chat_template".into()))?;
-                (tpl.render(msgs, true)?, true)
-            }
+            // A chat template writes its own BOS when the model wants one.
+            Prompt::Chat(msgs) => return crate::control::chat_ids(tok, msgs),
+            Prompt::Text(t) => tok.encode_plain(t)?,
+            Prompt::TextWithSpecialTokens(t) => tok.encode(t)?,
         };
-        let mut ids = self.tokenizer().encode(&text)?;
-        // A chat template writes its own BOS when the model wants one.
-        if !from_template
-            && self.tokenizer().add_bos()
-            && let Some(b) = self.tokenizer().bos_id()
+        if tok.add_bos()
+            && let Some(b) = tok.bos_id()
         {
             ids.insert(0, b);
         }
@@ -366,7 +372,7 @@ impl Engine {
         let budget = req.max_tokens.min(ctx - prompt.len());
         let mut decoder = self.tokenizer().incremental();
         let mut stops = StopMatcher::new(&req.stop);
-        let mut usage = Usage { prompt_tokens: prompt.len(), completion_tokens: 0 };
+        let mut usage = Usage { prompt_tokens: prompt.len(), ..Usage::default() };
 
         let (tx, rx) = mpsc::channel();
         let cancel = Arc::new(AtomicBool::new(false));
@@ -375,11 +381,12 @@ impl Engine {
             budget,
             sampling: req.sampling.clone(),
             ignore_eos: req.ignore_eos,
+            cache_root: req.prefix_cache.root(),
             cancel: cancel.clone(),
             tx,
         };
         scheduler.submit(job)?;
-        let mut ticket = Ticket { rx, cancel, released: false };
+        let mut ticket = Ticket { rx, cancel, released: false, cached: None };
         let finish = loop {
             if usage.completion_tokens >= budget {
                 break FinishReason::Length;
@@ -394,6 +401,7 @@ impl Engine {
                 }
                 r => r?,
             };
+            usage.cached_tokens = ticket.cached.unwrap_or(0);
             let Some(id) = next else {
                 break FinishReason::Length; // the KV pool could not hold it any longer
             };
@@ -452,6 +460,8 @@ struct Ticket {
     rx: mpsc::Receiver<Msg>,
     cancel: Arc<AtomicBool>,
     released: bool,
+    /// Prompt tokens taken from the prefix cache at the first admission.
+    cached: Option<usize>,
 }
 
 impl Ticket {
@@ -462,36 +472,43 @@ impl Ticket {
         if self.released {
             return Ok(None);
         }
-        let passed = Err(EngineError::Deadline { prompt_tokens: 0, completion_tokens: 0 });
-        let msg = match deadline.map(|d| d.saturating_duration_since(std::time::Instant::now())) {
-            None => self.rx.recv().map_err(|_| ()),
-            // Checked before taking anything: tokens the caller has not taken yet must not carry
-            // it past the deadline.
-            Some(left) if left.is_zero() => return passed,
-            Some(left) => match self.rx.recv_timeout(left) {
-                Ok(m) => Ok(m),
-                Err(mpsc::RecvTimeoutError::Timeout) => return passed,
-                Err(mpsc::RecvTimeoutError::Disconnected) => Err(()),
-            },
-        };
-        match msg {
-            Ok(Msg::Token(id)) => Ok(Some(id)),
-            Ok(Msg::Released { pool_full }) => {
-                self.released = true;
-                if pool_full {
-                    Ok(None)
-                } else {
-                    Err(EngineError::Request("the scheduler ended the request early".into()))
+        loop {
+            let passed = Err(EngineError::Deadline { prompt_tokens: 0, completion_tokens: 0 });
+            let msg = match deadline.map(|d| d.saturating_duration_since(std::time::Instant::now())) {
+                None => self.rx.recv().map_err(|_| ()),
+                // Checked before taking anything: tokens the caller has not taken yet must not
+                // carry it past the deadline.
+                Some(left) if left.is_zero() => return passed,
+                Some(left) => match self.rx.recv_timeout(left) {
+                    Ok(m) => Ok(m),
+                    Err(mpsc::RecvTimeoutError::Timeout) => return passed,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => Err(()),
+                },
+            };
+            return match msg {
+                Ok(Msg::Admitted { cached }) => {
+                    // Not a token: note it (the first admission counts) and wait on.
+                    self.cached.get_or_insert(cached);
+                    continue;
                 }
-            }
-            Ok(Msg::Error(e)) => {
-                self.released = true;
-                Err(e)
-            }
-            Err(_) => {
-                self.released = true;
-                Err(EngineError::Request("the engine's scheduler stopped".into()))
-            }
+                Ok(Msg::Token(id)) => Ok(Some(id)),
+                Ok(Msg::Released { pool_full }) => {
+                    self.released = true;
+                    if pool_full {
+                        Ok(None)
+                    } else {
+                        Err(EngineError::Request("the scheduler ended the request early".into()))
+                    }
+                }
+                Ok(Msg::Error(e)) => {
+                    self.released = true;
+                    Err(e)
+                }
+                Err(_) => {
+                    self.released = true;
+                    Err(EngineError::Request("the engine's scheduler stopped".into()))
+                }
+            };
         }
     }
 
@@ -502,7 +519,7 @@ impl Ticket {
         }
         self.cancel.store(true, Ordering::Relaxed);
         // Tokens sampled after the cancel are dropped; anything else means the blocks are freed.
-        while let Ok(Msg::Token(_)) = self.rx.recv() {}
+        while let Ok(Msg::Token(_) | Msg::Admitted { .. }) = self.rx.recv() {}
         self.released = true;
     }
 }
@@ -566,7 +583,7 @@ mod tests {
     fn a_ticket_stops_waiting_at_its_deadline() {
         use std::time::{Duration, Instant};
         let (tx, rx) = mpsc::channel();
-        let mut t = Ticket { rx, cancel: Arc::new(AtomicBool::new(false)), released: false };
+        let mut t = Ticket { rx, cancel: Arc::new(AtomicBool::new(false)), released: false, cached: None };
         // Nothing arrives for 2 s (a request queued for KV blocks): the wait ends at the deadline.
         let late = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_secs(2));

@@ -13,6 +13,11 @@
 //! block's tokens and its parent key, which a lookup checks, so a false match needs a 64-bit
 //! collision of the parent chain as well as identical tokens.
 //!
+//! The first block's parent is the sequence's scope root ([`PrefixCache::root`]): `None` for
+//! the shared scope, the hash of a namespace (the daemon's client identity) otherwise. So two
+//! namespaces never share a chain: a prompt can only reuse blocks that a request of its own
+//! namespace computed, and how much it reuses says nothing about other namespaces' prompts.
+//!
 //! The prefix cache has no size of its own: it is whatever part of the KV pool
 //! ([`crate::EngineOptions::kv_tokens`]) running sequences are not using. Allocation takes free
 //! blocks first and then evicts the least recently used cached block.
@@ -33,6 +38,37 @@ pub fn chain_hash(parent: Option<u64>, tokens: &[u32]) -> u64 {
     parent.hash(&mut h);
     tokens.hash(&mut h);
     h.finish()
+}
+
+/// Which cached prefixes a request may reuse, and whether its own full blocks stay cached.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub enum PrefixCache {
+    /// One scope for every request that says `Shared`: the most reuse, and the engine's
+    /// default, since the engine alone does not know who its callers are.
+    #[default]
+    Shared,
+    /// Only requests with the same namespace (an opaque identity chosen by the caller) reuse
+    /// each other's blocks: the namespace is mixed into the first block's key.
+    Namespace(String),
+    /// Nothing is reused and nothing is kept for reuse: blocks are freed when the request ends.
+    Off,
+}
+
+impl PrefixCache {
+    /// The parent key of the first block in this scope (`None` for the shared scope), or no
+    /// scope at all when the cache is off.
+    pub fn root(&self) -> Option<Option<u64>> {
+        match self {
+            PrefixCache::Shared => Some(None),
+            PrefixCache::Namespace(ns) => {
+                let mut h = std::hash::DefaultHasher::new();
+                "govbox prefix-cache namespace".hash(&mut h);
+                ns.hash(&mut h);
+                Some(Some(h.finish()))
+            }
+            PrefixCache::Off => None,
+        }
+    }
 }
 
 /// Counters of the KV pool and the prefix cache.
@@ -200,11 +236,12 @@ impl BlockAllocator {
         Ok(())
     }
 
-    /// The longest chain of cached full blocks that starts `tokens`, at most `max_blocks` long.
-    /// Each returned block is held (refcount + 1); the keys come with them.
-    pub fn lookup(&mut self, tokens: &[u32], max_blocks: usize) -> (Vec<u32>, Vec<u64>) {
+    /// The longest chain of cached full blocks that starts `tokens` in the scope whose first
+    /// block has parent `root` (see [`PrefixCache::root`]), at most `max_blocks` long. Each
+    /// returned block is held (refcount + 1); the keys come with them.
+    pub fn lookup(&mut self, root: Option<u64>, tokens: &[u32], max_blocks: usize) -> (Vec<u32>, Vec<u64>) {
         let (mut blocks, mut keys) = (Vec::new(), Vec::new());
-        let mut parent = None;
+        let mut parent = root;
         for chunk in tokens.chunks_exact(BLOCK_SIZE).take(max_blocks) {
             let key = chain_hash(parent, chunk);
             let Some(&b) = self.index.get(&key) else { break };
@@ -332,13 +369,13 @@ mod tests {
         let k0 = a.register(t[0], None, &toks[..16]);
         let k1 = a.register(t[1], Some(k0), &toks[16..32]);
         // Another sequence with the same first 32 tokens shares both blocks.
-        let (b, keys) = a.lookup(&toks, 2);
+        let (b, keys) = a.lookup(None, &toks, 2);
         assert_eq!((b.as_slice(), keys.as_slice()), (&t[..2], &[k0, k1][..]));
         assert_eq!(a.refcount(t[0]), 2);
         // A different second block matches only the first.
         let mut other = toks.clone();
         other[20] = 999;
-        let (b2, _) = a.lookup(&other, 2);
+        let (b2, _) = a.lookup(None, &other, 2);
         assert_eq!(b2, vec![t[0]]);
         let mut b = b;
         let mut b2 = b2;
@@ -353,8 +390,32 @@ mod tests {
         assert_eq!(x, first[2]);
         let y = a.allocate().unwrap();
         assert_eq!(y, first[0], "block 0 was released before block 1");
-        assert_eq!(a.lookup(&toks, 2).0, Vec::<u32>::new(), "the chain's first block is gone");
+        assert_eq!(a.lookup(None, &toks, 2).0, Vec::<u32>::new(), "the chain's first block is gone");
         assert_eq!(a.stats().evictions, 1);
+        a.check().unwrap();
+    }
+
+    #[test]
+    fn a_namespace_only_finds_its_own_chains() {
+        let mut a = BlockAllocator::new(4);
+        let toks: Vec<u32> = (0..32).collect();
+        let mine = PrefixCache::Namespace("client-a".into()).root().unwrap();
+        let theirs = PrefixCache::Namespace("client-b".into()).root().unwrap();
+        let shared = PrefixCache::Shared.root().unwrap();
+        assert!(mine.is_some() && mine != theirs && shared.is_none());
+        assert_eq!(PrefixCache::Off.root(), None);
+        let mut t = Vec::new();
+        a.reserve(&mut t, 32).unwrap();
+        let k0 = a.register(t[0], mine, &toks[..16]);
+        a.register(t[1], Some(k0), &toks[16..]);
+        for other in [theirs, shared] {
+            let (b, _) = a.lookup(other, &toks, 2);
+            assert!(b.is_empty(), "another scope found {b:?}");
+        }
+        let (mut b, _) = a.lookup(mine, &toks, 2);
+        assert_eq!(b, t);
+        a.release(&mut b);
+        a.release(&mut t);
         a.check().unwrap();
     }
 }

@@ -19,6 +19,7 @@ pub mod weights;
 pub use error::{EngineError, Result};
 pub use mmap::MappedFile;
 pub mod config;
+mod control;
 pub mod embed;
 mod engine;
 pub mod kv;
@@ -27,4 +28,4 @@ pub mod sampler;
 mod scheduler;
 
 pub use engine::{Engine, EngineOptions, Event, FinishReason, GenerateRequest, Prompt, StopMatcher, Usage};
-pub use kv::KvStats;
+pub use kv::{KvStats, PrefixCache};

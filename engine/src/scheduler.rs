@@ -5,7 +5,8 @@
 //! A step:
 //! 1. takes new requests from the channel, drops cancelled sequences (freeing their blocks);
 //! 2. admits waiting sequences in FIFO order while the pool can hold their prompts: each looks
-//!    its prompt up in the prefix cache, holds the cached blocks it found and allocates the rest.
+//!    its prompt up in the prefix cache (in its own scope, see `kv.rs`; not at all when its
+//!    cache is off), holds the cached blocks it found and allocates the rest.
 //!    A sequence that does not fit waits at the head of the queue (later ones wait behind it);
 //! 3. gives each decoding sequence the block its next token needs. When the pool has none
 //!    (nothing free, nothing cached), the newest running sequence is preempted: its blocks are
@@ -16,7 +17,7 @@
 //! 4. runs one forward pass over every decoding sequence (one token each) and at most
 //!    `PREFILL_CHUNK` prompt tokens of prefilling sequences, so a long prompt delays the running
 //!    streams by one chunk per step, not by the whole prompt;
-//! 5. registers newly filled blocks in the prefix cache, samples each finished row with the
+//! 5. registers newly filled blocks in the prefix cache (unless the sequence's cache is off), samples each finished row with the
 //!    sequence's own sampler and sends the token to the waiting `generate` call.
 //!
 //! Sampling depends only on a sequence's own logits and sampler, never on its batch neighbours.
@@ -53,6 +54,9 @@ pub(crate) fn lock(kv: &Mutex<KvState>) -> MutexGuard<'_, KvState> {
 
 /// What the scheduler tells a waiting `generate` call.
 pub(crate) enum Msg {
+    /// The sequence was admitted with `cached` prompt tokens taken from the prefix cache (sent
+    /// again after a preemption, when it is readmitted).
+    Admitted { cached: usize },
     /// The next sampled token.
     Token(u32),
     /// The sequence has ended and its blocks are released. `pool_full`: the scheduler ended it
@@ -69,6 +73,9 @@ pub(crate) struct Job {
     pub(crate) budget: usize,
     pub(crate) sampling: SamplingParams,
     pub(crate) ignore_eos: bool,
+    /// The prefix-cache scope: `Some(root)`, the parent key of the first block
+    /// ([`crate::kv::PrefixCache::root`]); `None`, the cache is off for this sequence.
+    pub(crate) cache_root: Option<Option<u64>>,
     /// Set by the caller to end the sequence (client gone, stop string hit).
     pub(crate) cancel: Arc<AtomicBool>,
     pub(crate) tx: mpsc::Sender<Msg>,
@@ -237,11 +244,13 @@ impl Loop {
                 }
             };
             s.computed = b;
-            while (s.keys.len() + 1) * BLOCK_SIZE <= s.computed {
+            while let Some(root) = s.job.cache_root
+                && (s.keys.len() + 1) * BLOCK_SIZE <= s.computed
+            {
                 let bi = s.keys.len();
                 let key = st.alloc.register(
                     s.table[bi],
-                    s.keys.last().copied(),
+                    s.keys.last().copied().or(root),
                     &s.tokens[bi * BLOCK_SIZE..(bi + 1) * BLOCK_SIZE],
                 );
                 s.keys.push(key);
@@ -277,7 +286,10 @@ impl Loop {
             }
             let len = s.tokens.len();
             // The last token is always computed (its logits are needed), so never in a shared block.
-            let (mut shared, keys) = alloc.lookup(&s.tokens, (len - 1) / BLOCK_SIZE);
+            let (mut shared, keys) = match s.job.cache_root {
+                Some(root) => alloc.lookup(root, &s.tokens, (len - 1) / BLOCK_SIZE),
+                None => (Vec::new(), Vec::new()),
+            };
             let need = len.div_ceil(BLOCK_SIZE) - shared.len();
             // Leave each running sequence room for one more block.
             if need + self.running.len() > alloc.available() {
@@ -294,6 +306,8 @@ impl Loop {
             }
             alloc.note_lookup(shared.len());
             s.computed = shared.len() * BLOCK_SIZE;
+            // A caller that has gone set its cancel flag on the way out: step 1 ends it next time.
+            let _ = s.job.tx.send(Msg::Admitted { cached: s.computed });
             s.table = shared;
             s.keys = keys;
             if alloc.reserve(&mut s.table, len).is_err() {

@@ -1,14 +1,17 @@
 //! Tokenizers: text to token ids and back, from a HuggingFace folder or from GGUF metadata.
 //!
 //! Both sources end up as a HuggingFace `tokenizers` pipeline, so a model gives the same ids
-//! whichever way it was shipped. Special tokens written in the text (`<|im_start|>`) are parsed
-//! to their ids, as llama.cpp and transformers do when rendering chat prompts. The
+//! whichever way it was shipped. [`Tokenizer::encode`] parses special tokens written in the text
+//! (`<|im_start|>`) to their control ids, as llama.cpp and transformers do when rendering chat
+//! prompts; [`Tokenizer::encode_plain`] keeps them as text, for what callers write (see
+//! `control.rs`). The
 //! [`IncrementalDecoder`] turns a stream of generated ids into text without ever emitting half a
 //! UTF-8 character.
 
 use std::collections::HashSet;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::OnceLock;
 
 use tokenizers::decoders::DecoderWrapper;
 use tokenizers::models::bpe::{BPE, Vocab};
@@ -20,6 +23,7 @@ use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
 use crate::chat::{ChatTemplate, MAX_TEMPLATE_LEN};
+use crate::control::SpecialStrings;
 use crate::gguf::GgufFile;
 use crate::weights::read_small;
 use crate::{EngineError, Result};
@@ -50,6 +54,10 @@ mod token_type {
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     special_ids: HashSet<u32>,
+    specials: SpecialStrings,
+    /// `inner` with special-token matching off, made when first needed (a clone of the whole
+    /// vocabulary).
+    plain: OnceLock<tokenizers::Tokenizer>,
     eos_ids: Vec<u32>,
     bos_id: Option<u32>,
     add_bos: bool,
@@ -128,9 +136,13 @@ impl Tokenizer {
             .map(|s| ChatTemplate::new(&s, bos_token.as_deref().unwrap_or(""), eos_token.as_deref().unwrap_or("")))
             .transpose()?;
 
-        let special_ids =
-            inner.get_added_tokens_decoder().into_iter().filter(|(_, t)| t.special).map(|(id, _)| id).collect();
-        Ok(Self { inner, special_ids, eos_ids, bos_id, add_bos, chat_template })
+        let special: Vec<(u32, String)> = inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special)
+            .map(|(id, t)| (id, t.content))
+            .collect();
+        Ok(Self::assemble(inner, special, eos_ids, bos_id, add_bos, chat_template))
     }
 
     /// Builds the tokenizer that a GGUF file's metadata describes.
@@ -231,8 +243,25 @@ impl Tokenizer {
             .map(|s| ChatTemplate::new(s, token_str(bos_id), token_str(eos_ids.first().copied())))
             .transpose()?;
 
-        let special_ids = added.iter().filter(|t| t.special).filter_map(|t| inner.token_to_id(&t.content)).collect();
-        Ok(Self { inner, special_ids, eos_ids, bos_id, add_bos, chat_template })
+        let special: Vec<(u32, String)> = added
+            .iter()
+            .filter(|t| t.special)
+            .filter_map(|t| Some((inner.token_to_id(&t.content)?, t.content.clone())))
+            .collect();
+        Ok(Self::assemble(inner, special, eos_ids, bos_id, add_bos, chat_template))
+    }
+
+    fn assemble(
+        inner: tokenizers::Tokenizer,
+        special: Vec<(u32, String)>,
+        eos_ids: Vec<u32>,
+        bos_id: Option<u32>,
+        add_bos: bool,
+        chat_template: Option<ChatTemplate>,
+    ) -> Self {
+        let special_ids = special.iter().map(|(id, _)| *id).collect();
+        let specials = SpecialStrings::new(special.into_iter().map(|(_, s)| s).collect());
+        Self { inner, special_ids, specials, plain: OnceLock::new(), eos_ids, bos_id, add_bos, chat_template }
     }
 
     /// Token ids of `text`, with no BOS or EOS added. Special tokens written in the text are
@@ -240,6 +269,54 @@ impl Tokenizer {
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self.inner.encode_fast(text, false).map_err(tok_err("encoding failed"))?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// Token ids of `text`, with no BOS or EOS added. Special-token strings in the text are
+    /// text: they never become control ids. Text without any gives what [`encode`](Self::encode)
+    /// gives.
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        if !self.specials.any_in(text) {
+            return self.encode(text);
+        }
+        let plain = self.plain.get_or_init(|| {
+            let mut t = self.inner.clone();
+            t.set_encode_special_tokens(true);
+            t
+        });
+        let enc = plain.encode_fast(text, false).map_err(tok_err("encoding failed"))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Token ids of `text`, split where [`encode`](Self::encode) finds control tokens: those
+    /// stay, and the text between them becomes `fix(text)` encoded with
+    /// [`encode_plain`](Self::encode_plain).
+    pub(crate) fn encode_between_specials(&self, text: &str, fix: impl Fn(&str) -> String) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, false).map_err(tok_err("encoding failed"))?;
+        let mut out = Vec::with_capacity(enc.len());
+        let mut at = 0;
+        let gap = |out: &mut Vec<u32>, from: usize, to: usize| -> Result<()> {
+            let piece = text.get(from..to).ok_or_else(|| {
+                EngineError::Tokenizer(format!("a control token's offsets {from}..{to} split the text"))
+            })?;
+            if !piece.is_empty() {
+                out.extend(self.encode_plain(&fix(piece))?);
+            }
+            Ok(())
+        };
+        for (&id, &(start, end)) in enc.get_ids().iter().zip(enc.get_offsets()) {
+            if self.special_ids.contains(&id) {
+                gap(&mut out, at, start)?;
+                out.push(id);
+                at = end;
+            }
+        }
+        gap(&mut out, at, text.len())?;
+        Ok(out)
+    }
+
+    /// The special-token strings of the vocabulary.
+    pub(crate) fn special_strings(&self) -> &SpecialStrings {
+        &self.specials
     }
 
     /// The text of `ids`; with `skip_special`, special tokens (EOS, `<|im_start|>`) are left out.

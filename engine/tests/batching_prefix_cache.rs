@@ -376,7 +376,7 @@ fn allocator_keeps_invariants_under_random_use() {
                     let i = rng.random_range(0..tokens.len());
                     tokens[i] = 5000 + step; // diverge somewhere
                 }
-                let (mut shared, keys) = a.lookup(&tokens, (tokens.len() - 1) / BLOCK_SIZE);
+                let (mut shared, keys) = a.lookup(None, &tokens, (tokens.len() - 1) / BLOCK_SIZE);
                 for (bi, &b) in shared.iter().enumerate() {
                     let want = &tokens[bi * BLOCK_SIZE..(bi + 1) * BLOCK_SIZE];
                     assert_eq!(content[b as usize].as_deref(), Some(want), "a shared block holds other tokens");

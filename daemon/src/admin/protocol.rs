@@ -34,6 +34,9 @@ pub enum AdminRequest {
         /// Also issue a bearer token.
         #[serde(default)]
         token: bool,
+        /// Its completions prompts may write control tokens.
+        #[serde(default)]
+        allow_special_tokens: bool,
     },
     /// All clients.
     ClientList,
@@ -216,7 +219,7 @@ pub fn execute(state: &Arc<AppState>, req: AdminRequest, uid: &str) -> Result<Va
     let store = &state.store;
     match req {
         AdminRequest::Status => Ok(status(state)),
-        AdminRequest::ClientAdd { name, models, rpm, tokens_per_day, cert_days, token } => {
+        AdminRequest::ClientAdd { name, models, rpm, tokens_per_day, cert_days, token, allow_special_tokens } => {
             let name = ClientName::parse(&name)?;
             let new = NewClient {
                 name,
@@ -225,6 +228,7 @@ pub fn execute(state: &Arc<AppState>, req: AdminRequest, uid: &str) -> Result<Va
                 tokens_per_day,
                 cert_days: cert_days.unwrap_or(DEFAULT_CERT_DAYS),
                 with_token: token,
+                allow_special_tokens,
             };
             Ok(issued_json(store.add(new)?))
         }

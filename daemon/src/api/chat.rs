@@ -147,6 +147,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
         client: client.name.clone(),
         record: call.record.clone(),
         prompt_param: "messages",
+        prefix_cache: generate::prefix_cache_for(state.config.serving.prefix_cache, &client),
     };
     let started = generate::start(&state, acc).await?;
     let id = format!("chatcmpl-{}", call.record.id.trim_start_matches("req-"));

@@ -65,7 +65,13 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
     }
     auth::authorise(&state, &client, &model)?;
     let text = prompt(&req)?;
-    let request = req.sampling.to_request(Prompt::Text(text.clone()), state.config.serving.default_max_tokens)?;
+    // Special-token strings are text unless the client was added with --allow-special-tokens.
+    let engine_prompt = if client.allow_special_tokens {
+        Prompt::TextWithSpecialTokens(text.clone())
+    } else {
+        Prompt::Text(text.clone())
+    };
+    let request = req.sampling.to_request(engine_prompt, state.config.serving.default_max_tokens)?;
     audit_request(&state, &call.record, &client.name, &model, text.as_bytes()).await?;
     let acc = Accepted {
         model: model.clone(),
@@ -73,6 +79,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
         client: client.name.clone(),
         record: call.record.clone(),
         prompt_param: "prompt",
+        prefix_cache: generate::prefix_cache_for(state.config.serving.prefix_cache, &client),
     };
     let started = generate::start(&state, acc).await?;
     let id = format!("cmpl-{}", call.record.id.trim_start_matches("req-"));

@@ -8,7 +8,8 @@ use axum::body::Body;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use govbox_engine::sampler::SamplingParams;
-use govbox_engine::{FinishReason, GenerateRequest, Prompt, Usage};
+use govbox_engine::{FinishReason, GenerateRequest, PrefixCache, Prompt, Usage};
+use govbox_provisioning::ClientRecord;
 use serde::Deserialize;
 use tokio::time::Instant;
 
@@ -16,6 +17,7 @@ use crate::api::error::ApiError;
 use crate::api::record::RequestRecord;
 use crate::api::stream::{ChunkMaker, SseBody};
 use crate::bridge::{self, GenEvent, Job};
+use crate::config::PrefixCacheMode;
 use crate::state::{AppState, LoadedModel};
 
 /// OpenAI allows at most four stop sequences.
@@ -117,8 +119,16 @@ impl SamplingFields {
             seed: self.seed.map(|s| s as u64),
             ..SamplingParams::default()
         };
-        // The bridge sets the deadline when it starts the generation.
-        Ok(GenerateRequest { prompt, max_tokens, sampling, stop, ignore_eos: false, deadline: None })
+        // The bridge sets the deadline when it starts the generation; `start` the cache scope.
+        Ok(GenerateRequest {
+            prompt,
+            max_tokens,
+            sampling,
+            stop,
+            ignore_eos: false,
+            deadline: None,
+            prefix_cache: PrefixCache::Off,
+        })
     }
 
     /// Whether the streamed answer ends with a usage chunk.
@@ -139,6 +149,20 @@ pub struct Accepted {
     pub record: Arc<RequestRecord>,
     /// The request field that holds the prompt (`messages` or `prompt`), for error messages.
     pub prompt_param: &'static str,
+    /// The prefix-cache scope, from [`prefix_cache_for`].
+    pub prefix_cache: PrefixCache,
+}
+
+/// The prefix-cache scope of `client`'s requests under `[serving] prefix_cache`. A client is
+/// its name and when it was added, so a later client of the same name starts afresh.
+pub fn prefix_cache_for(mode: PrefixCacheMode, client: &ClientRecord) -> PrefixCache {
+    match mode {
+        PrefixCacheMode::PerClient => {
+            PrefixCache::Namespace(format!("client {} added {}", client.name, client.created))
+        }
+        PrefixCacheMode::Shared => PrefixCache::Shared,
+        PrefixCacheMode::Off => PrefixCache::Off,
+    }
 }
 
 /// The first events of a generation: the text up to the first chunk, and whatever ended it.
@@ -154,7 +178,8 @@ pub struct Started {
 /// Tokenises the prompt, waits for an engine slot and starts generating; returns once the first
 /// event is there, so that a failure before any text still gets its own HTTP status.
 pub async fn start(state: &Arc<AppState>, acc: Accepted) -> Result<Started, ApiError> {
-    let Accepted { model, mut request, client, record, prompt_param } = acc;
+    let Accepted { model, mut request, client, record, prompt_param, prefix_cache } = acc;
+    request.prefix_cache = prefix_cache;
     let secs = state.config.serving.request_deadline_secs;
     let deadline = Instant::from_std(record.start) + Duration::from_secs(secs);
     // Tokenising (and rendering the chat template) is CPU work: off the async threads.
@@ -287,12 +312,14 @@ impl ChunkHead {
     }
 }
 
-/// `usage` as OpenAI writes it.
+/// `usage` as OpenAI writes it. `cached_tokens` counts only the caller's own reuse (or every
+/// client's, under `prefix_cache = "shared"`).
 pub fn usage_json(u: Usage) -> serde_json::Value {
     serde_json::json!({
         "prompt_tokens": u.prompt_tokens,
         "completion_tokens": u.completion_tokens,
         "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
     })
 }
 

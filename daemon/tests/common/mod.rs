@@ -116,6 +116,7 @@ impl Box_ {
                 tokens_per_day,
                 cert_days: 30,
                 with_token: true,
+                allow_special_tokens: false,
             })
             .unwrap();
         creds_of(&issued)

@@ -62,6 +62,10 @@ pub struct ClientRecord {
     pub revoked: bool,
     /// When the client was added, Unix seconds.
     pub created: i64,
+    /// Its completions prompts may write control tokens (`<|im_start|>`) as text; otherwise
+    /// such text is plain text. Chat messages are plain text whatever this says.
+    #[serde(default)]
+    pub allow_special_tokens: bool,
 }
 
 /// A request to add a client.
@@ -79,6 +83,8 @@ pub struct NewClient {
     pub cert_days: u32,
     /// Also make a bearer token.
     pub with_token: bool,
+    /// See [`ClientRecord::allow_special_tokens`].
+    pub allow_special_tokens: bool,
 }
 
 /// What [`ClientStore::add`] and [`ClientStore::renew`] hand back: the stored record, and the
@@ -179,6 +185,7 @@ impl ClientStore {
             token_sha256: token.as_ref().map(BearerToken::sha256_hex),
             revoked: false,
             created: now.unix_timestamp(),
+            allow_special_tokens: new.allow_special_tokens,
         };
         let value = encode(&record, &self.paths.db())?;
         let fp = cert.info.sha256_hex();
@@ -416,6 +423,7 @@ mod tests {
             tokens_per_day: None,
             cert_days: 30,
             with_token,
+            allow_special_tokens: false,
         }
     }
 
