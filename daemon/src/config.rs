@@ -241,6 +241,8 @@ pub struct Serving {
     pub kv_tokens: usize,
     /// Seconds that SIGTERM waits for running answers to finish before the daemon exits.
     pub shutdown_grace_secs: u64,
+    /// Requests per minute of a client added without `--rpm`; 0 means no limit.
+    pub default_client_rpm: u32,
 }
 
 impl Default for Serving {
@@ -259,6 +261,9 @@ impl Default for Serving {
             kv_tokens: 8192,
             // 30 s finishes a typical streamed answer and stays under systemd's 90 s stop timeout.
             shutdown_grace_secs: 30,
+            // 600 a minute (10 a second) is far more than an application with people behind it
+            // sends, and stops one client's runaway loop from taking the box from the others.
+            default_client_rpm: 600,
         }
     }
 }
