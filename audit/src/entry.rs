@@ -56,7 +56,8 @@ pub enum Event {
         model: String,
         /// The SHA-256 of the active model package's manifest.
         model_digest: String,
-        /// HMAC-SHA256 of the prompt under the box's audit secret, lower-case hex.
+        /// HMAC-SHA256 of the prompt under the box's audit secret, keyed per client (see
+        /// [`crate::HmacKey::client_hmac`]), lower-case hex.
         prompt_hmac: String,
         /// The endpoint, e.g. `/v1/chat/completions`.
         endpoint: String,
@@ -69,7 +70,8 @@ pub enum Event {
         client: String,
         /// The model that answered.
         model: String,
-        /// HMAC-SHA256 of the response under the box's audit secret, lower-case hex.
+        /// HMAC-SHA256 of the response under the box's audit secret, keyed per client like
+        /// `prompt_hmac`, lower-case hex.
         response_hmac: String,
         /// Prompt tokens.
         prompt_tokens: u64,
@@ -90,6 +92,30 @@ pub enum Event {
         /// How many failures.
         count: u64,
         /// The reasons seen, comma-separated.
+        reason: String,
+    },
+    /// Requests of one authenticated client refused within one minute before their
+    /// `inference_request` entry (400, 403, 404, 413, 429, ...), counted the way auth failures
+    /// are, so that a flood cannot fill the disk.
+    RequestRefused {
+        /// The client's name, or `other` for clients beyond the aggregation cap.
+        client: String,
+        /// The minute, RFC 3339 UTC (`2025-01-02T03:04:00.000Z`).
+        minute: String,
+        /// How many requests.
+        count: u64,
+        /// The refusals seen, as `STATUS code` (`403 model_not_allowed`), comma-separated.
+        reason: String,
+    },
+    /// A model package import was refused (a signature, a key, a member or the model itself).
+    PackageRefused {
+        /// Who: `admin-socket uid N` or `uid N` (the CLI on the state folder).
+        actor: String,
+        /// The package file as given.
+        file: String,
+        /// The error's short code, e.g. `untrusted_key`, `digest_mismatch`.
+        code: String,
+        /// The error message (it names the package and member when they are known).
         reason: String,
     },
     /// An administrative action.
@@ -142,6 +168,8 @@ impl Event {
             Self::InferenceRequest { .. } => "inference_request",
             Self::InferenceCompletion { .. } => "inference_completion",
             Self::AuthFailure { .. } => "auth_failure",
+            Self::RequestRefused { .. } => "request_refused",
+            Self::PackageRefused { .. } => "package_refused",
             Self::Admin { .. } => "admin",
             Self::Package { .. } => "package",
             Self::ConfigReload => "config_reload",
@@ -161,6 +189,8 @@ impl Event {
                 vec![request_id, client, model, response_hmac, status]
             }
             Self::AuthFailure { source, minute, reason, .. } => vec![source, minute, reason],
+            Self::RequestRefused { client, minute, reason, .. } => vec![client, minute, reason],
+            Self::PackageRefused { actor, file, code, reason } => vec![actor, file, code, reason],
             Self::Admin { actor, action, subject } => vec![actor, action, subject],
             Self::Package { name, version, digest, .. } => vec![name, version, digest],
             Self::ConfigReload => vec![],

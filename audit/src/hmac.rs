@@ -3,6 +3,17 @@
 //! A bare SHA-256 of a short prompt could be brute-forced by anyone holding an export; the keyed
 //! hash can only be recomputed on the box (the admin socket's `audit_hmac` command), so an
 //! auditor can ask "was this exact text sent?" without the log ever holding the text.
+//!
+//! Prompts and responses are keyed per client ([`HmacKey::client_hmac`]): the same text sent by
+//! two clients has two unrelated hashes, so whoever reads the log cannot link clients by what
+//! they asked. The HMAC is over an unambiguous encoding of the client and the text:
+//!
+//! ```text
+//! "govbox-client-hmac/1" 0x00 ‖ length of the client name, 4 bytes big-endian ‖ client name (UTF-8) ‖ text
+//! ```
+//!
+//! The length prefix means no (client, text) pair can be read as another; an auditor proves a
+//! text with `govbox audit hmac --client NAME --text ...`.
 
 use ring::hmac;
 
@@ -27,7 +38,17 @@ impl HmacKey {
     pub fn stream(&self) -> HmacStream {
         HmacStream(hmac::Context::with_key(&self.0))
     }
+
+    /// The HMAC of `text` sent by or to `client` (see the module documentation), lower-case hex.
+    pub fn client_hmac(&self, client: &str, text: &[u8]) -> String {
+        let mut s = self.stream().for_client(client);
+        s.update(text);
+        s.finish()
+    }
 }
+
+/// What precedes the client name in a per-client HMAC's message.
+const CLIENT_HMAC_CONTEXT: &[u8] = b"govbox-client-hmac/1\0";
 
 impl std::fmt::Debug for HmacKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -42,6 +63,18 @@ impl HmacStream {
     /// Adds the next piece.
     pub fn update(&mut self, bytes: &[u8]) {
         self.0.update(bytes);
+    }
+
+    /// Starts the message of a per-client HMAC for `client` (see the module documentation); the
+    /// text follows with [`HmacStream::update`]. Call it first, on a fresh stream.
+    pub fn for_client(mut self, client: &str) -> Self {
+        // Client names are at most 63 bytes (ClientName); a longer one would still be encoded
+        // exactly, as its length fits 4 bytes for anything a process can hold in a String here.
+        let len = u32::try_from(client.len()).unwrap_or(u32::MAX);
+        self.update(CLIENT_HMAC_CONTEXT);
+        self.update(&len.to_be_bytes());
+        self.update(client.as_bytes());
+        self
     }
 
     /// The HMAC of everything added, lower-case hex.
@@ -73,5 +106,24 @@ mod tests {
         s.update(b"what do ya ");
         s.update(b"want for nothing?");
         assert_eq!(s.finish(), want);
+    }
+
+    #[test]
+    fn client_hmacs_differ_per_client_and_match_the_documented_message() {
+        let k = HmacKey::new(&[9; 32]);
+        let a = k.client_hmac("hr-portal", b"what is my balance?");
+        assert_ne!(a, k.client_hmac("hotline", b"what is my balance?"), "two clients, one text");
+        assert_ne!(a, k.hmac(b"what is my balance?"), "keyed per client, not bare");
+        // The length prefix keeps ("ab", "c...") and ("a", "bc...") apart.
+        assert_ne!(k.client_hmac("ab", b"c"), k.client_hmac("a", b"bc"));
+        let mut msg = b"govbox-client-hmac/1\0".to_vec();
+        msg.extend_from_slice(&9u32.to_be_bytes());
+        msg.extend_from_slice(b"hr-portal");
+        msg.extend_from_slice(b"what is my balance?");
+        assert_eq!(a, k.hmac(&msg));
+        let mut s = k.stream().for_client("hr-portal");
+        s.update(b"what is my ");
+        s.update(b"balance?");
+        assert_eq!(s.finish(), a);
     }
 }

@@ -45,7 +45,8 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
-    /// The HMAC under the box's audit secret of a text, to find its prompt_hmac in an export.
+    /// The HMAC under the box's audit secret of a text, to find its prompt_hmac (or
+    /// response_hmac) in an export. Hashes are keyed per client: name the client.
     Hmac {
         /// The exact text (a prompt or a response).
         #[arg(long, conflicts_with = "stdin", required_unless_present = "stdin")]
@@ -53,6 +54,11 @@ pub enum AuditCommand {
         /// Read the exact text from standard input instead.
         #[arg(long)]
         stdin: bool,
+        /// The client that sent the prompt (or received the response), as in the entry's
+        /// `client` field. Without it, the bare HMAC that entries written before per-client
+        /// keying hold.
+        #[arg(long, value_name = "NAME")]
+        client: Option<String>,
     },
     /// Show a request's stored prompt and response ([retention] store_content; through govboxd
     /// only, and each read is recorded in the audit log).
@@ -316,6 +322,12 @@ fn print_entries(entries: &[Value], json: bool) {
     }
 }
 
+/// Who a command on the state folder is, in audit entries: `uid N`.
+pub(crate) fn local_actor() -> Result<String> {
+    let uid = fs::metadata("/proc/self").map(|m| m.uid()).context("reading this process's uid")?;
+    Ok(format!("uid {uid}"))
+}
+
 /// Through the running daemon's admin socket.
 fn online(mut conn: AdminClient, cmd: AuditCommand) -> Result<()> {
     let bad = |conn: &AdminClient, reason: String| AdminError::BadAnswer { path: conn.path().to_path_buf(), reason };
@@ -341,10 +353,14 @@ fn online(mut conn: AdminClient, cmd: AuditCommand) -> Result<()> {
             print_entries(entries, json);
             Ok(())
         }
-        AuditCommand::Hmac { text, stdin } => {
+        AuditCommand::Hmac { text, stdin, client } => {
             let bytes = hmac_text(text, stdin)?;
             let text = String::from_utf8(bytes).map_err(|_| anyhow!("the admin socket takes UTF-8 text only"))?;
-            let answer = conn.request(&json!({"cmd": "audit_hmac", "text": text}))?;
+            let mut req = json!({"cmd": "audit_hmac", "text": text});
+            if let Some(c) = client {
+                req["client"] = json!(c);
+            }
+            let answer = conn.request(&req)?;
             let hmac = answer["hmac"].as_str().ok_or_else(|| bad(&conn, "audit_hmac: no hmac".into()))?;
             println!("{hmac}");
             Ok(())
@@ -365,6 +381,15 @@ fn offline(state: &Path, cmd: AuditCommand) -> Result<()> {
         AuditCommand::Export(args) => {
             let range = range_of(&args)?;
             let log = AuditLog::open_state(&paths, AuditOptions::default())?;
+            // The export is itself recorded, before it is made, so that it holds its own record.
+            let show = |v: Option<u64>, none: &str| v.map_or_else(|| none.to_string(), |n| n.to_string());
+            let subject = format!(
+                "from seq {} to seq {}{}",
+                show(args.from, "oldest"),
+                show(args.to, "newest"),
+                args.since.as_deref().map(|t| format!(", since {t}")).unwrap_or_default()
+            );
+            log.append_blocking(Event::Admin { actor: local_actor()?, action: "audit_export".into(), subject })?;
             let bytes = log.export(range)?;
             log.close()?;
             write_export(&args, &bytes)
@@ -376,14 +401,17 @@ fn offline(state: &Path, cmd: AuditCommand) -> Result<()> {
             print_entries(&entries, json);
             Ok(())
         }
-        AuditCommand::Hmac { text, stdin } => {
+        AuditCommand::Hmac { text, stdin, client } => {
             let bytes = hmac_text(text, stdin)?;
-            let hmac = HmacKey::new(&read_hmac_secret(&paths.audit_hmac_key())?).hmac(&bytes);
+            let key = HmacKey::new(&read_hmac_secret(&paths.audit_hmac_key())?);
+            let hmac = match &client {
+                Some(c) => key.client_hmac(c, &bytes),
+                None => key.hmac(&bytes),
+            };
             // The query is an administrative action: it is recorded, as govboxd records its own.
-            let uid = fs::metadata("/proc/self").map(|m| m.uid()).context("reading this process's uid")?;
             let log = AuditLog::open_state(&paths, AuditOptions::default())?;
             log.append_blocking(Event::Admin {
-                actor: format!("uid {uid}"),
+                actor: local_actor()?,
                 action: "audit_hmac_query".into(),
                 subject: hmac.clone(),
             })?;
@@ -398,9 +426,8 @@ fn offline(state: &Path, cmd: AuditCommand) -> Result<()> {
             let r = log.prune(cutoff, force)?;
             if force {
                 // Who forced it, after the log's own policy entry with the counts.
-                let uid = fs::metadata("/proc/self").map(|m| m.uid()).context("reading this process's uid")?;
                 log.append_blocking(Event::Admin {
-                    actor: format!("uid {uid}"),
+                    actor: local_actor()?,
                     action: "forced_prune".into(),
                     subject: govbox_audit::format_time(cutoff),
                 })?;

@@ -54,12 +54,16 @@ pub struct AddArgs {
     /// The models it may use, comma-separated [default: all].
     #[arg(long, value_delimiter = ',')]
     models: Vec<String>,
-    /// Requests per minute [default: no limit].
+    /// Requests per minute [default: govboxd's [serving] default_client_rpm].
     #[arg(long)]
     rpm: Option<u32>,
     /// Tokens per day [default: no limit].
     #[arg(long)]
     tokens_per_day: Option<u64>,
+    /// Requests running at once [default: none of its own; freed slots go first to clients below
+    /// their fair share, half of [serving] max_concurrent].
+    #[arg(long)]
+    max_concurrent: Option<u32>,
     /// Folder for NAME.crt, NAME.key and ca.crt [default: ./NAME].
     #[arg(long, value_name = "DIR")]
     cert_out: Option<PathBuf>,
@@ -133,6 +137,7 @@ fn offline(state: &Path, cmd: ClientCommand) -> Result<()> {
                 models: args.models,
                 rpm: args.rpm,
                 tokens_per_day: args.tokens_per_day,
+                max_concurrent: args.max_concurrent,
                 cert_days: args.days,
                 with_token: args.token,
                 allow_special_tokens: args.allow_special_tokens,
@@ -165,6 +170,7 @@ fn online(mut conn: AdminClient, cmd: ClientCommand) -> Result<()> {
                 "models": args.models,
                 "rpm": args.rpm,
                 "tokens_per_day": args.tokens_per_day,
+                "max_concurrent": args.max_concurrent,
                 "cert_days": args.days,
                 "token": args.token,
                 "allow_special_tokens": args.allow_special_tokens,
@@ -274,7 +280,7 @@ fn print_list(clients: &[ClientRecord], json: bool) -> Result<()> {
             "{:<24} {:<20} {:>6} {:>12} {:<5} {:<7} {:<20} {}",
             c.name,
             models,
-            or_any(c.rpm.map(|v| v.to_string())),
+            c.rpm.map_or_else(|| "default".to_string(), |v| v.to_string()),
             or_any(c.tokens_per_day.map(|v| v.to_string())),
             if c.token_sha256.is_some() { "yes" } else { "no" },
             if c.revoked { "yes" } else { "no" },

@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Subcommand;
+use govbox_audit::{AuditLog, AuditOptions, Event};
 use govbox_drivers::cpu::CpuBackend;
 use govbox_engine::{Engine, EngineOptions};
-use govbox_images::{ImportOptions, ModelRecord, ModelStore, SelfTest, SelfTestOutput};
+use govbox_images::{ImportOptions, ModelRecord, ModelStore, PackageError, SelfTest, SelfTestOutput};
 use govbox_provisioning::{StatePaths, TrustRoot};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
@@ -175,7 +176,13 @@ fn offline(state: &Path, cmd: &StoreCommand) -> Result<Value> {
     }
     let store = ModelStore::open(&paths)?;
     match cmd {
-        StoreCommand::Import { file, activate } => import_offline(&store, &paths, file, *activate),
+        StoreCommand::Import { file, activate } => {
+            let r = import_offline(&store, &paths, file, *activate);
+            if let Err(e) = &r {
+                record_refusal(&paths, file, e);
+            }
+            r
+        }
         StoreCommand::List { .. } => Ok(records_json(&store.list()?)),
         StoreCommand::Activate { spec } => {
             let (name, version) = split_spec(spec);
@@ -192,6 +199,34 @@ fn offline(state: &Path, cmd: &StoreCommand) -> Result<Value> {
             store.remove(name, version)?;
             Ok(json!({"name": name, "version": version}))
         }
+    }
+}
+
+/// Records a refused import in the audit log, as govboxd records one refused through its socket.
+/// The import has failed either way: a record that cannot be written is reported beside it.
+fn record_refusal(paths: &StatePaths, file: &Path, e: &anyhow::Error) {
+    // The codes govboxd gives the same refusals.
+    let code = e
+        .chain()
+        .find_map(|c| {
+            c.downcast_ref::<PackageError>()
+                .map(PackageError::code)
+                .or_else(|| c.downcast_ref::<govbox_engine::EngineError>().map(|_| "model_load_failed"))
+        })
+        .unwrap_or("refused");
+    let record = || -> Result<()> {
+        let log = AuditLog::open_state(paths, AuditOptions::default())?;
+        log.append_blocking(Event::PackageRefused {
+            actor: crate::audit::local_actor()?,
+            file: file.display().to_string(),
+            code: code.to_string(),
+            reason: format!("{e:#}"),
+        })?;
+        log.close()?;
+        Ok(())
+    };
+    if let Err(a) = record() {
+        eprintln!("warning: the refused import could not be recorded in the audit log: {a:#}");
     }
 }
 
@@ -214,9 +249,21 @@ fn import_offline(store: &ModelStore, paths: &StatePaths, file: &Path, activate:
     bar.finish_and_clear();
     let imported = imported?;
     let secs = t.elapsed().as_secs_f64();
+    // Loaded here as govboxd loads it, so that a model it could not serve (an architecture it does
+    // not implement, a missing tensor) is refused now rather than at its next start.
+    let engine = match load_cpu(&imported.load_path) {
+        Ok(e) => e,
+        Err(e) => {
+            store.discard(&imported.digest).context("undoing the import of a model that does not load")?;
+            return Err(e.context(format!(
+                "package '{} {}': the model cannot be loaded; the version was removed from the store",
+                imported.name, imported.version
+            )));
+        }
+    };
     let mut selftest = Value::Null;
     if let Some(test) = imported.manifest.model.as_ref().and_then(|m| m.selftest.as_ref()) {
-        match check_selftest(&imported.load_path, test) {
+        match check_selftest(&engine, test) {
             Ok(v) => selftest = v,
             Err(e) => {
                 store.discard(&imported.digest).context("undoing the import after the failed self-test")?;
@@ -237,9 +284,12 @@ fn import_offline(store: &ModelStore, paths: &StatePaths, file: &Path, activate:
     }))
 }
 
-fn check_selftest(load_path: &Path, test: &SelfTest) -> Result<Value> {
+fn load_cpu(load_path: &Path) -> Result<Engine> {
     let backend = Arc::new(CpuBackend::new(0)?);
-    let engine = Engine::load(load_path, backend, &EngineOptions { kv_tokens: 1024 })?;
+    Ok(Engine::load(load_path, backend, &EngineOptions { kv_tokens: 1024 })?)
+}
+
+fn check_selftest(engine: &Engine, test: &SelfTest) -> Result<Value> {
     let report = match test {
         SelfTest::Chat(c) => test.compare(&SelfTestOutput::Logits(&engine.last_logits(&c.token_ids)?)),
         SelfTest::Embedding(e) => {

@@ -59,10 +59,11 @@ fn offline_export_tail_hmac_and_verify() {
     let paths = provisioned(cwd);
     append(&paths, 10);
 
+    // The export records itself first (seq 10), so it holds its own record.
     let out = ok(cwd, &["--state", "s", "audit", "export", "-o", "e1.json"]);
-    assert!(out.contains("exported seq 0..=9 (10 entries), tree size 10, to e1.json"), "{out}");
+    assert!(out.contains("exported seq 0..=10 (11 entries), tree size 11, to e1.json"), "{out}");
     let out = ok(cwd, &["audit", "verify", "e1.json", "--device-key", "s/identity/audit.pub"]);
-    assert!(out.contains("range      seq 0..=9 (10 entries), tree size 10"), "{out}");
+    assert!(out.contains("range      seq 0..=10 (11 entries), tree size 11"), "{out}");
     assert!(out.contains("PASS  pinned key") && out.trim_end().ends_with("checks)"), "{out}");
     assert!(out.contains("result     PASS"), "{out}");
 
@@ -74,21 +75,22 @@ fn offline_export_tail_hmac_and_verify() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 3, "{out}");
     assert!(
-        lines[2].trim_start().starts_with("9  ") && lines[2].contains("admin") && lines[2].contains("subject=app-9"),
+        lines[1].trim_start().starts_with("9  ") && lines[1].contains("admin") && lines[1].contains("subject=app-9"),
         "{out}"
     );
+    assert!(lines[2].trim_start().starts_with("10  ") && lines[2].contains("action=audit_export"), "{out}");
 
     let hmac = ok(cwd, &["--state", "s", "audit", "hmac", "--text", "what is the budget?"]);
     let want = HmacKey::new(&read_hmac_secret(&paths.audit_hmac_key()).unwrap()).hmac(b"what is the budget?");
     assert_eq!(hmac.trim(), want);
     let out = ok(cwd, &["--state", "s", "audit", "tail", "-n", "1", "--json"]);
     let last: Value = serde_json::from_str(out.trim()).unwrap();
-    assert_eq!((last["seq"].as_u64(), last["action"].as_str()), (Some(10), Some("audit_hmac_query")));
+    assert_eq!((last["seq"].as_u64(), last["action"].as_str()), (Some(11), Some("audit_hmac_query")));
     assert_eq!(last["subject"].as_str(), Some(want.as_str()));
 
     append(&paths, 5);
     let out = ok(cwd, &["--state", "s", "audit", "export", "--from", "11", "-o", "e2.json"]);
-    assert!(out.contains("exported seq 11..=15"), "{out}");
+    assert!(out.contains("exported seq 11..=17"), "{out}");
     let out = ok(cwd, &["audit", "verify", "e2.json", "--previous", "e1.json"]);
     assert!(out.contains("PASS  previous export"), "{out}");
 
@@ -104,6 +106,17 @@ fn offline_export_tail_hmac_and_verify() {
     let out = govbox(cwd, &["audit", "verify", "vendor.pub"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a valid export"));
+
+    // Prompt hashes are keyed per client: --client gives the hash that client's entries hold.
+    let key = HmacKey::new(&read_hmac_secret(&paths.audit_hmac_key()).unwrap());
+    let text = "what is the budget?";
+    let hr = ok(cwd, &["--state", "s", "audit", "hmac", "--client", "hr-portal", "--text", text]);
+    assert_eq!(hr.trim(), key.client_hmac("hr-portal", text.as_bytes()));
+    let hotline = ok(cwd, &["--state", "s", "audit", "hmac", "--client", "hotline", "--text", text]);
+    assert_ne!(hr.trim(), hotline.trim());
+    let out = ok(cwd, &["--state", "s", "audit", "tail", "-n", "1", "--json"]);
+    let last: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!((last["action"].as_str(), last["subject"].as_str()), (Some("audit_hmac_query"), Some(hotline.trim())));
 }
 
 /// Answers one connection's requests with `answer(request)`, returning the requests.
@@ -166,4 +179,8 @@ fn through_the_admin_socket_when_govboxd_runs() {
     let t = serve(&cwd.join("s/admin.sock"), |_| serde_json::json!({"hmac": "cd".repeat(32)}));
     assert_eq!(ok(cwd, &["--state", "s", "audit", "hmac", "--text", "hi"]).trim(), "cd".repeat(32));
     assert_eq!(t.join().unwrap()[0], serde_json::json!({"cmd": "audit_hmac", "text": "hi"}));
+    std::fs::remove_file(cwd.join("s/admin.sock")).unwrap();
+    let t = serve(&cwd.join("s/admin.sock"), |_| serde_json::json!({"hmac": "ef".repeat(32)}));
+    assert_eq!(ok(cwd, &["--state", "s", "audit", "hmac", "--client", "app", "--text", "hi"]).trim(), "ef".repeat(32));
+    assert_eq!(t.join().unwrap()[0], serde_json::json!({"cmd": "audit_hmac", "text": "hi", "client": "app"}));
 }

@@ -8,7 +8,9 @@
 //! response bytes, token counts, status, latency) is written when the body ends, before its last
 //! frame is released, so a client that saw a complete answer has its completion entry on disk.
 //!
-//! Prompt hashes, so that an auditor can reproduce them with `govbox audit hmac`:
+//! Prompt and response hashes are keyed per client (`govbox_audit::HmacKey::client_hmac`), so
+//! that the same text from two clients cannot be linked. Prompt hashes, so that an auditor can
+//! reproduce them with `govbox audit hmac --client NAME`:
 //! - chat: the JSON array `[{"role":"...","content":"..."}]` of the messages as the model sees them
 //!   (roles `developer` and `system` both as `system`; text parts joined), compact, keys in that order;
 //! - completions: the prompt text;
@@ -86,12 +88,7 @@ pub fn admin_events(cmd: &str, subject: &str, uid: &str, result: &Value) -> Vec<
         }
         "model_activate" => vec![package(PackageAction::Activated)],
         "model_rollback" => vec![package(PackageAction::RolledBack)],
-        "model_remove" => vec![Event::Package {
-            action: PackageAction::Removed,
-            name: s("name"),
-            version: s("version"),
-            digest: String::new(),
-        }],
+        "model_remove" => vec![package(PackageAction::Removed)],
         "tls_reload" => vec![Event::Admin {
             actor: format!("admin-socket uid {uid}"),
             action: cmd.to_string(),
@@ -129,8 +126,15 @@ pub struct OpenRequest {
 }
 
 impl OpenRequest {
-    /// The running HMAC of the response bytes.
+    /// The running HMAC of the response bytes, keyed for the request's client.
     pub fn response_hmac(&self) -> HmacStream {
-        self.log.hmac_context()
+        self.log.hmac_context().for_client(&self.client)
     }
+}
+
+/// The HMAC of `text` sent by or to `client`, as the request's audit entries hold it.
+pub fn client_hmac(log: &AuditLog, client: &str, text: &[u8]) -> String {
+    let mut s = log.hmac_context().for_client(client);
+    s.update(text);
+    s.finish()
 }

@@ -53,7 +53,7 @@ pub fn authorise(state: &AppState, client: &ClientRecord, model: &LoadedModel) -
     if !may_use(client, &model.name) {
         return Err(ApiError::ModelNotAllowed { client: client.name.clone(), model: model.name.clone() });
     }
-    state.quotas.take_request(client, Instant::now())?;
+    state.quotas.take_request(client, state.config.serving.default_client_rpm, Instant::now())?;
     state.quotas.check_budget(client)
 }
 

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use crate::admission::Slot;
 use crate::api::error::ApiError;
 use crate::api::record::RequestRecord;
-use crate::quota::Quotas;
+use crate::quota::Reservation;
 use crate::state::AppState;
 
 /// What the HTTP side receives.
@@ -46,8 +46,8 @@ pub struct Job {
     pub request: GenerateRequest,
     /// Prompt length, for accounting.
     pub prompt_tokens: usize,
-    /// The client to charge.
-    pub client: String,
+    /// The tokens reserved against the client's budget; settled with what the answer used.
+    pub budget: Option<Reservation>,
     /// When the answer must be complete.
     pub deadline: Instant,
     /// The deadline in seconds, for the message.
@@ -66,11 +66,14 @@ pub fn start(state: Arc<AppState>, job: Job) -> mpsc::Receiver<GenEvent> {
     rx
 }
 
-fn charge(state: &AppState, quotas: &Quotas, job: &Job, usage: Usage) {
+/// Counts what the answer used, and settles its budget reservation with it (once).
+fn charge(state: &AppState, budget: &mut Option<Reservation>, record: &RequestRecord, usage: Usage) {
     state.metrics.tokens_generated.inc_by(usage.completion_tokens as u64);
     state.metrics.prompt_tokens.inc_by(usage.prompt_tokens as u64);
-    quotas.charge(&job.client, (usage.prompt_tokens + usage.completion_tokens) as u64);
-    job.record.set_tokens(usage.prompt_tokens, Some(usage.completion_tokens));
+    if let Some(b) = budget.take() {
+        b.settle((usage.prompt_tokens + usage.completion_tokens) as u64);
+    }
+    record.set_tokens(usage.prompt_tokens, Some(usage.completion_tokens));
 }
 
 fn run(state: &AppState, mut job: Job, tx: &mpsc::Sender<GenEvent>, rt: &tokio::runtime::Handle) {
@@ -106,7 +109,7 @@ fn run(state: &AppState, mut job: Job, tx: &mpsc::Sender<GenEvent>, rt: &tokio::
             }
             Event::Done { finish_reason, usage } => {
                 // Charged before the answer ends, so the client's next request sees the spend.
-                charge(state, &state.quotas, &job, usage);
+                charge(state, &mut job.budget, &job.record, usage);
                 charged = true;
                 GenEvent::Done { finish_reason, usage }
             }
@@ -132,7 +135,7 @@ fn run(state: &AppState, mut job: Job, tx: &mpsc::Sender<GenEvent>, rt: &tokio::
     match result {
         Ok(usage) => {
             if !charged {
-                charge(state, &state.quotas, &job, usage);
+                charge(state, &mut job.budget, &job.record, usage);
             }
             match stop {
                 Stop::No => {}
@@ -153,6 +156,7 @@ fn run(state: &AppState, mut job: Job, tx: &mpsc::Sender<GenEvent>, rt: &tokio::
             let _ = tx.try_send(GenEvent::Failed(ApiError::Engine(e)));
         }
     }
-    // The slot is released here, after generation has stopped.
+    // The slot is released here, after generation has stopped; an engine failure used nothing
+    // that is counted, so an unsettled reservation goes back whole.
     drop(job);
 }

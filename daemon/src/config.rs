@@ -243,6 +243,8 @@ pub struct Serving {
     pub shutdown_grace_secs: u64,
     /// Who may reuse whose cached prompt prefixes: `per_client`, `shared` or `off`.
     pub prefix_cache: PrefixCacheMode,
+    /// Requests per minute of a client added without `--rpm`; 0 means no limit.
+    pub default_client_rpm: u32,
 }
 
 /// `[serving] prefix_cache`: which requests share cached prompt prefixes.
@@ -278,6 +280,9 @@ impl Default for Serving {
             // Per client: clients of one box are separate applications, and a shared cache lets
             // one probe another's prompts; a client's own system prompt is still reused.
             prefix_cache: PrefixCacheMode::PerClient,
+            // 600 a minute (10 a second) is far more than an application with people behind it
+            // sends, and stops one client's runaway loop from taking the box from the others.
+            default_client_rpm: 600,
         }
     }
 }

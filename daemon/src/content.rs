@@ -110,6 +110,10 @@ struct Sealed {
     hash: String,
     /// Whether the plaintext was cut at [`MAX_KEPT_RESPONSE`].
     truncated: bool,
+    /// The client whose request it is (the audit hash is keyed per client); absent in records
+    /// of older govbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    client: Option<String>,
     /// The 96-bit nonce, base64.
     nonce: String,
     /// Ciphertext and tag, base64.
@@ -123,6 +127,8 @@ pub struct Opened {
     pub created: i64,
     /// The audit entry's content hash it is bound to.
     pub hash: String,
+    /// The client whose request it is, when recorded.
+    pub client: Option<String>,
     /// Whether it was cut at [`MAX_KEPT_RESPONSE`].
     pub truncated: bool,
     /// The plaintext.
@@ -263,6 +269,7 @@ impl ContentStore {
         &self,
         request_id: &str,
         kind: Kind,
+        client: &str,
         hash: &str,
         plaintext: &[u8],
         truncated: bool,
@@ -278,8 +285,14 @@ impl ContentStore {
                 &mut buf,
             )
             .map_err(|_| ContentError::Rng)?;
-        let rec =
-            Sealed { created, hash: hash.to_string(), truncated, nonce: B64.encode(nonce), sealed: B64.encode(&buf) };
+        let rec = Sealed {
+            created,
+            hash: hash.to_string(),
+            truncated,
+            client: Some(client.to_string()),
+            nonce: B64.encode(nonce),
+            sealed: B64.encode(&buf),
+        };
         let key = record_key(request_id, kind);
         let value = serde_json::to_vec(&rec).unwrap_or_default();
         self.records.insert(key.as_bytes(), value).map_err(self.store_err())?;
@@ -313,7 +326,13 @@ impl ContentStore {
             .key
             .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad(request_id, kind, &rec.hash)), &mut buf)
             .map_err(|_| ContentError::Decrypt { key: key.clone() })?;
-        Ok(Some(Opened { created: rec.created, hash: rec.hash, truncated: rec.truncated, plaintext: plain.to_vec() }))
+        Ok(Some(Opened {
+            created: rec.created,
+            hash: rec.hash,
+            client: rec.client,
+            truncated: rec.truncated,
+            plaintext: plain.to_vec(),
+        }))
     }
 
     /// Deletes every record stored before `cutoff` (Unix seconds); returns how many.
@@ -377,14 +396,14 @@ mod tests {
     #[test]
     fn sealed_records_open_and_hold_no_plaintext() {
         let (tmp, s) = store();
-        s.put(ID, Kind::Prompt, "aa11", b"the secret prompt", false).unwrap();
-        s.put(ID, Kind::Response, "bb22", b"the secret answer", true).unwrap();
+        s.put(ID, Kind::Prompt, "app", "aa11", b"the secret prompt", false).unwrap();
+        s.put(ID, Kind::Response, "app", "bb22", b"the secret answer", true).unwrap();
         let p = s.get(ID, Kind::Prompt).unwrap().unwrap();
         assert_eq!((p.plaintext.as_slice(), p.hash.as_str(), p.truncated), (&b"the secret prompt"[..], "aa11", false));
         assert!(s.get(ID, Kind::Response).unwrap().unwrap().truncated);
         assert!(s.get("req-ffffffffffffffff", Kind::Prompt).unwrap().is_none());
         // Two seals of the same text differ (fresh nonce).
-        s.put("req-1111111111111111", Kind::Prompt, "aa11", b"the secret prompt", false).unwrap();
+        s.put("req-1111111111111111", Kind::Prompt, "app", "aa11", b"the secret prompt", false).unwrap();
         assert_ne!(s.raw(ID, Kind::Prompt).sealed, s.raw("req-1111111111111111", Kind::Prompt).sealed);
         let key = key_path(tmp.path());
         assert_eq!(fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
@@ -398,7 +417,7 @@ mod tests {
     #[test]
     fn tampered_ciphertext_or_additional_data_does_not_decrypt() {
         let (_tmp, s) = store();
-        s.put(ID, Kind::Prompt, "aa11", b"the secret prompt", false).unwrap();
+        s.put(ID, Kind::Prompt, "app", "aa11", b"the secret prompt", false).unwrap();
         let good = s.raw(ID, Kind::Prompt);
         // A flipped ciphertext bit.
         let mut bad = good.clone();
@@ -427,7 +446,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("content");
         let s = ContentStore::open_with_key(&dir, &[7u8; KEY_LEN]).unwrap();
-        s.put(ID, Kind::Response, "cc", b"answer", false).unwrap();
+        s.put(ID, Kind::Response, "app", "cc", b"answer", false).unwrap();
         drop(s);
         let other = ContentStore::open_with_key(&dir, &[8u8; KEY_LEN]).unwrap();
         assert!(matches!(other.get(ID, Kind::Response), Err(ContentError::Decrypt { .. })));
@@ -439,7 +458,7 @@ mod tests {
     #[test]
     fn expiry_deletes_old_records_only() {
         let (_tmp, s) = store();
-        s.put(ID, Kind::Prompt, "aa", b"old", false).unwrap();
+        s.put(ID, Kind::Prompt, "app", "aa", b"old", false).unwrap();
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         assert_eq!(s.prune_before(now - 10).unwrap(), 0, "a fresh record stays");
         assert_eq!(s.prune_expired(30).unwrap(), 0);

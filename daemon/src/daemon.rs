@@ -224,6 +224,7 @@ async fn daemon(opts: Options, config: Config, listener: std::net::TcpListener) 
         state_dir: opts.state.clone(),
         store,
         quotas,
+        refusals: Default::default(),
         models: ModelTable::default(),
         insecure_dev_models: opts.insecure_dev_models,
         packages,
@@ -249,6 +250,7 @@ async fn daemon(opts: Options, config: Config, listener: std::net::TcpListener) 
     let server = tokio::spawn(server::serve(listener, state.clone(), api::router(state.clone())));
     tokio::spawn(systemd::watchdog(state.clone()));
     tokio::spawn(retention(state.clone()));
+    tokio::spawn(crate::refusals::Refusals::flush_every_minute(state.clone()));
     log::info!(
         "listening on https://{listen} (mtls {:?}); admin socket {}",
         state.config.tls.mtls,
@@ -277,6 +279,8 @@ async fn daemon(opts: Options, config: Config, listener: std::net::TcpListener) 
     let _ = state.shutdown.send(true);
     let _ = server.await;
     state.quotas.flush();
+    let st = state.clone();
+    let _ = tokio::task::spawn_blocking(move || st.refusals.flush_blocking(&st.audit, &st.metrics, true)).await;
     auditing::record(&state.audit, &state.metrics, auditing::lifecycle(LifecycleAction::Stop)).await;
     let audit = state.audit.clone();
     match tokio::task::spawn_blocking(move || audit.close()).await {

@@ -34,6 +34,7 @@ pub mod logging;
 pub mod metrics;
 pub mod packages;
 pub mod quota;
+pub mod refusals;
 pub mod sandbox;
 pub mod server;
 pub mod state;

@@ -310,8 +310,8 @@ impl Packages {
     /// `model_remove`: removes a version that is not active.
     pub fn remove(&self, name: &str, version: &str) -> Result<Value, ServeError> {
         let _busy = self.lock();
-        self.store.remove(name, version)?;
-        Ok(json!({"name": name, "version": version, "removed": true}))
+        let digest = self.store.remove(name, version)?;
+        Ok(json!({"name": name, "version": version, "removed": true, "digest": format!("sha256-{digest}")}))
     }
 }
 

@@ -1,9 +1,14 @@
-//! Per-client limits: requests per minute (a token bucket in memory) and tokens per UTC day
-//! (counted in sled at `STATE/state/quota`, so that a restart does not hand out a fresh budget).
+//! Per-client limits: requests per minute (a token bucket in memory; clients without a rate of
+//! their own get `[serving] default_client_rpm`) and tokens per UTC day (counted in sled at
+//! `STATE/state/quota`, so that a restart does not hand out a fresh budget).
 //!
-//! The budget is checked before a request starts and charged when it ends, with what it really
-//! used, so the last request of a day may take a client a little over its budget; it never
-//! starts a request once the budget is spent.
+//! The budget is never overspent, however many requests run at once: before a request is admitted
+//! to the engine, the most it can use (prompt plus `max_tokens`, bounded by the context) is
+//! reserved, in one atomic update of the day's count that refuses the request when the
+//! reservation does not fit. When the answer ends (finished, cancelled, failed or timed out) the
+//! [`Reservation`] is settled: the part it did not use goes back. A request that never reaches the
+//! engine gives the whole reservation back. A crash keeps what was reserved charged: the count
+//! errs towards the client having used more, never less.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -59,9 +64,10 @@ impl Quotas {
         Ok(Quotas { buckets: Mutex::new(HashMap::new()), db })
     }
 
-    /// Takes one request from the client's bucket, or says how long to wait.
-    pub fn take_request(&self, client: &ClientRecord, now: Instant) -> Result<(), ApiError> {
-        let Some(rpm) = client.rpm.filter(|&r| r > 0) else {
+    /// Takes one request from the client's bucket (`default_rpm` when the client has no rate of
+    /// its own; 0 means none), or says how long to wait.
+    pub fn take_request(&self, client: &ClientRecord, default_rpm: u32, now: Instant) -> Result<(), ApiError> {
+        let Some(rpm) = client.rpm.or(Some(default_rpm)).filter(|&r| r > 0) else {
             return Ok(());
         };
         // A panic while holding the lock cannot leave a bucket half-updated, so poison is harmless.
@@ -101,7 +107,8 @@ impl Quotas {
         }
     }
 
-    /// Refuses the request when today's budget is spent.
+    /// Refuses the request when today's budget is spent (a cheap early check; [`Quotas::reserve`]
+    /// is what keeps the budget).
     pub fn check_budget(&self, client: &ClientRecord) -> Result<(), ApiError> {
         let Some(budget) = client.tokens_per_day else {
             return Ok(());
@@ -110,23 +117,43 @@ impl Quotas {
         if self.used_on(&client.name, now) < budget {
             return Ok(());
         }
-        let midnight = now.date().next_day().map(|d| d.midnight().assume_utc());
-        let retry_after = midnight.map_or(86_400, |m| (m - now).whole_seconds().max(1) as u64);
-        Err(ApiError::BudgetExhausted { budget, retry_after })
+        Err(ApiError::BudgetExhausted { budget, retry_after: until_midnight(now) })
     }
 
-    /// Adds `tokens` to the client's count for today.
-    pub fn charge(&self, client: &str, tokens: u64) {
-        if tokens == 0 {
-            return;
-        }
-        let key = Self::key(client, time::OffsetDateTime::now_utc());
-        let r = self.db.update_and_fetch(key, |old| {
-            let prev = old.and_then(|v| v.try_into().ok()).map_or(0, u64::from_be_bytes);
-            Some(prev.saturating_add(tokens).to_be_bytes().to_vec())
+    /// Reserves `tokens` (the most the request can use) against the client's budget for today, or
+    /// refuses the request when they do not fit in what is left. Without a budget nothing is
+    /// reserved, and [`Reservation::settle`] counts what was used.
+    pub fn reserve(&self, client: &ClientRecord, tokens: u64) -> Result<Reservation, ApiError> {
+        let now = time::OffsetDateTime::now_utc();
+        let key = Self::key(&client.name, now);
+        let mut reservation =
+            Reservation { db: self.db.clone(), key, client: client.name.clone(), reserved: 0, settled: false };
+        let Some(budget) = client.tokens_per_day else {
+            return Ok(reservation);
+        };
+        let mut before = 0;
+        let r = self.db.fetch_and_update(&reservation.key, |old| {
+            before = decode(old);
+            match before.checked_add(tokens).filter(|&n| n <= budget) {
+                Some(n) => Some(n.to_be_bytes().to_vec()),
+                None => old.map(<[u8]>::to_vec),
+            }
         });
-        if let Err(e) = r {
-            log::error!("token budget store: charging client '{client}' failed: {e}");
+        let retry_after = until_midnight(now);
+        match r {
+            Ok(_) if before.saturating_add(tokens) <= budget => {
+                reservation.reserved = tokens;
+                Ok(reservation)
+            }
+            Ok(_) if before < budget => {
+                Err(ApiError::BudgetTooSmall { budget, left: budget - before, wanted: tokens, retry_after })
+            }
+            Ok(_) => Err(ApiError::BudgetExhausted { budget, retry_after }),
+            Err(e) => {
+                // Fail closed: a count that cannot be read or written is a spent budget.
+                log::error!("token budget store: reserving for client '{}' failed: {e}", client.name);
+                Err(ApiError::BudgetExhausted { budget, retry_after })
+            }
         }
     }
 
@@ -134,6 +161,57 @@ impl Quotas {
     pub fn flush(&self) {
         if let Err(e) = self.db.flush() {
             log::error!("token budget store: flush failed: {e}");
+        }
+    }
+}
+
+fn decode(v: Option<&[u8]>) -> u64 {
+    v.and_then(|v| v.try_into().ok()).map_or(0, u64::from_be_bytes)
+}
+
+fn until_midnight(now: time::OffsetDateTime) -> u64 {
+    let midnight = now.date().next_day().map(|d| d.midnight().assume_utc());
+    midnight.map_or(86_400, |m| (m - now).whole_seconds().max(1) as u64)
+}
+
+/// Adds `delta` (a charge, or a refund when negative) to the count under `key`, never below 0.
+fn add(db: &sled::Db, key: &[u8], client: &str, delta: i128) {
+    if delta == 0 {
+        return;
+    }
+    let r = db.update_and_fetch(key, |old| {
+        let n = (i128::from(decode(old)) + delta).clamp(0, i128::from(u64::MAX)) as u64;
+        Some(n.to_be_bytes().to_vec())
+    });
+    if let Err(e) = r {
+        log::error!("token budget store: updating client '{client}' failed: {e}");
+    }
+}
+
+/// Tokens reserved for one request on the day it was admitted. Dropped unsettled (the request
+/// never ran), it gives them all back.
+#[derive(Debug)]
+pub struct Reservation {
+    db: sled::Db,
+    key: Vec<u8>,
+    client: String,
+    reserved: u64,
+    settled: bool,
+}
+
+impl Reservation {
+    /// The request is over and used `used` tokens: what was reserved beyond that goes back (on
+    /// the day it was reserved, even after midnight).
+    pub fn settle(mut self, used: u64) {
+        self.settled = true;
+        add(&self.db, &self.key, &self.client, i128::from(used) - i128::from(self.reserved));
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.settled {
+            add(&self.db, &self.key, &self.client, -i128::from(self.reserved));
         }
     }
 }
@@ -150,6 +228,7 @@ mod tests {
             models: vec![],
             rpm,
             tokens_per_day: budget,
+            max_concurrent: None,
             cert_sha256: None,
             cert_not_after: 0,
             token_sha256: None,
@@ -160,33 +239,61 @@ mod tests {
     }
 
     #[test]
-    fn rate_bucket_refills_over_the_minute() {
+    fn rate_bucket_refills_over_the_minute_and_the_default_applies() {
         let dir = tempfile::tempdir().unwrap();
         let q = Quotas::open(&dir.path().join("q")).unwrap();
         let c = client(Some(2), None);
         let t0 = Instant::now();
-        q.take_request(&c, t0).unwrap();
-        q.take_request(&c, t0).unwrap();
-        match q.take_request(&c, t0) {
+        q.take_request(&c, 0, t0).unwrap();
+        q.take_request(&c, 0, t0).unwrap();
+        match q.take_request(&c, 0, t0) {
             Err(ApiError::RateLimited { rpm: 2, retry_after }) => assert_eq!(retry_after, 30),
             other => panic!("{other:?}"),
         }
-        q.take_request(&c, t0 + Duration::from_secs(31)).unwrap();
-        q.take_request(&client(None, None), t0).unwrap();
+        q.take_request(&c, 0, t0 + Duration::from_secs(31)).unwrap();
+        // No rate of its own: the box's default, and none when that is 0.
+        let mut other = client(None, None);
+        other.name = "other".into();
+        q.take_request(&other, 1, t0).unwrap();
+        assert!(matches!(q.take_request(&other, 1, t0), Err(ApiError::RateLimited { rpm: 1, .. })));
+        other.name = "free".into();
+        for _ in 0..100 {
+            q.take_request(&other, 0, t0).unwrap();
+        }
     }
 
     #[test]
-    fn budget_is_counted_and_survives_reopening() {
+    fn reservations_never_let_the_budget_be_overspent_and_refund_the_unused_part() {
         let dir = tempfile::tempdir().unwrap();
-        let c = client(None, Some(10));
+        let q = Quotas::open(&dir.path().join("q")).unwrap();
+        let c = client(None, Some(50));
+        // 16 at once, each able to use 30: only one fits.
+        let held: Vec<_> = (0..16).map(|_| q.reserve(&c, 30)).collect();
+        let ok: Vec<_> = held.into_iter().filter_map(Result::ok).collect();
+        assert_eq!((ok.len(), q.used_today("app")), (1, 30));
+        match q.reserve(&c, 30) {
+            Err(ApiError::BudgetTooSmall { budget: 50, left: 20, wanted: 30, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        // It used 12 of its 30: 18 come back.
+        ok.into_iter().for_each(|r| r.settle(12));
+        assert_eq!(q.used_today("app"), 12);
+        // One that never ran gives everything back.
+        drop(q.reserve(&c, 38).unwrap());
+        assert_eq!(q.used_today("app"), 12);
+        q.reserve(&c, 38).unwrap().settle(38);
+        assert!(matches!(q.reserve(&c, 1), Err(ApiError::BudgetExhausted { budget: 50, .. })));
+        assert!(matches!(q.check_budget(&c), Err(ApiError::BudgetExhausted { .. })));
+    }
+
+    #[test]
+    fn use_is_counted_without_a_budget_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
         {
             let q = Quotas::open(&dir.path().join("q")).unwrap();
-            q.check_budget(&c).unwrap();
-            q.charge("app", 7);
-            q.check_budget(&c).unwrap();
-            q.charge("app", 7);
+            q.reserve(&client(None, None), 0).unwrap().settle(14);
             assert_eq!(q.used_today("app"), 14);
-            assert!(matches!(q.check_budget(&c), Err(ApiError::BudgetExhausted { budget: 10, .. })));
+            assert!(matches!(q.check_budget(&client(None, Some(10))), Err(ApiError::BudgetExhausted { .. })));
             q.flush();
         }
         // sled's flusher thread lets go of the file lock a moment after the handle is dropped:

@@ -176,6 +176,8 @@ pub struct AppState {
     pub store: ClientStore,
     /// Rate and budget accounting.
     pub quotas: Quotas,
+    /// Requests refused before their audit entry, counted until written.
+    pub refusals: crate::refusals::Refusals,
     /// Engine slots and queue.
     pub admission: Admission,
     /// Metrics.
@@ -290,6 +292,7 @@ pub(crate) fn test_state() -> (tempfile::TempDir, Arc<AppState>) {
         device: crate::device::DeviceReport::cpu_only(),
         store: ClientStore::open(&dir).unwrap(),
         quotas: Quotas::open(&dir.join("state/quota")).unwrap(),
+        refusals: Default::default(),
         config,
         config_path: None,
         state_dir: dir,

@@ -128,7 +128,7 @@ async fn models_rate_and_budget_are_enforced_per_client() {
     let b = Box_::provision();
     let other = b.add_client("other-only", &["other"], None, None);
     let slow = b.add_client("slow", &[], Some(2), None);
-    let frugal = b.add_client("frugal", &["tiny"], None, Some(5));
+    let frugal = b.add_client("frugal", &["tiny"], None, Some(40));
     let d = Daemon::ready(&b, &b.config(&[("tiny", &tiny_qwen2())], "")).await;
 
     // A model the client may not use: 403; and it does not see it in the list.
@@ -152,12 +152,16 @@ async fn models_rate_and_budget_are_enforced_per_client() {
     let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=30).contains(&retry), "{retry}");
 
-    // A 5-token daily budget: the first request spends it, the next is refused until midnight UTC.
+    // A 40-token daily budget: a request that fits is answered; one whose prompt and max_tokens
+    // exceed what is left is refused until midnight UTC, saying how to make it fit.
     let first = d.post(&frugal.token_only(), "/v1/chat/completions", &chat()).await;
     assert_eq!(first.status, 200);
-    assert!(first.json()["usage"]["total_tokens"].as_u64().unwrap() >= 5);
-    let r = d.post(&frugal.cert_only(), "/v1/chat/completions", &chat()).await;
+    assert!(first.json()["usage"]["total_tokens"].as_u64().unwrap() < 40);
+    let mut big = chat();
+    big["max_tokens"] = json!(40);
+    let r = d.post(&frugal.cert_only(), "/v1/chat/completions", &big).await;
     assert_eq!((r.status, r.error_code().as_str()), (429, "token_budget_exceeded"));
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("lower max_tokens"), "{}", r.text());
     let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=86_400).contains(&retry));
 }

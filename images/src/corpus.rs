@@ -309,6 +309,35 @@ pub fn write_corpus(dir: &Path, keys: &CorpusKeys, model_dir: &Path) -> Result<V
     Ok(cases)
 }
 
+/// Writes `mamba-1.0.0.gbx` into `dir`: a package that verifies (signed by both `models` keys)
+/// but holds a model govbox does not implement (`model_dir`'s files with `config.json` naming
+/// `MambaForCausalLM`), so that importing it must fail when the model is loaded. Not part of
+/// [`write_corpus`]: verification alone accepts it.
+pub fn write_unsupported_architecture(dir: &Path, keys: &CorpusKeys, model_dir: &Path) -> Result<PathBuf> {
+    let model = dir.join("mamba");
+    fs::create_dir_all(&model).map_err(|e| PackageError::io("creating", &model, e))?;
+    for e in fs::read_dir(model_dir).map_err(|e| PackageError::io("reading", model_dir, e))?.flatten() {
+        let to = model.join(e.file_name());
+        fs::copy(e.path(), &to).map_err(|err| PackageError::io("copying", &to, err))?;
+    }
+    let cfg_path = model.join("config.json");
+    let mut cfg: Value = fs::read(&cfg_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_else(|| Value::Object(Default::default()));
+    cfg["architectures"] = serde_json::json!(["MambaForCausalLM"]);
+    cfg["model_type"] = serde_json::json!("mamba");
+    fs::write(&cfg_path, cfg.to_string()).map_err(|e| PackageError::io("writing", &cfg_path, e))?;
+    let meta = ModelMeta { architecture: "mamba".into(), ..meta_of(model_dir) };
+    let out = dir.join("mamba-1.0.0.gbx");
+    PackageBuilder::model("mamba", "1.0.0", &model, meta)?.write(
+        &out,
+        &[&keys.models[0], &keys.models[1]],
+        &mut |_, _| {},
+    )?;
+    Ok(out)
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }

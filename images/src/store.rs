@@ -280,10 +280,11 @@ impl ModelStore {
         self.mutate(|r| r.rollback(name))
     }
 
-    /// Removes a version that is not active, and its folder.
-    pub fn remove(&self, name: &str, version: &str) -> Result<()> {
+    /// Removes a version that is not active, and its folder; returns its digest.
+    pub fn remove(&self, name: &str, version: &str) -> Result<String> {
         let rec = self.mutate(|r| r.remove(name, version))?;
-        self.delete_package(&rec.digest)
+        self.delete_package(&rec.digest)?;
+        Ok(rec.digest)
     }
 
     /// Undoes an import (a self-test failed right after it): removes the version stored under

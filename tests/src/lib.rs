@@ -111,7 +111,11 @@ impl TestBox {
             ],
         );
         let certs = dir.join("certs");
-        let out = govbox(&state, &["client", "add", "app", "--token", "--cert-out", certs.to_str().unwrap()]);
+        // The load tests drive one client far beyond [serving] default_client_rpm on purpose.
+        let out = govbox(
+            &state,
+            &["client", "add", "app", "--token", "--rpm", "100000000", "--cert-out", certs.to_str().unwrap()],
+        );
         let token = out.lines().find(|l| l.trim_start().starts_with("gbx_")).expect("token line").trim().to_string();
         let port = free_port();
         let config = dir.join("govbox.toml");

@@ -240,7 +240,7 @@ fn no_prompt_reaches_the_audit_store_or_export_as_text_or_bare_sha256() {
     let d = b.start();
     assert!(request(&b, false, marker).complete);
     assert!(request(&b, true, marker).complete);
-    let hmac = govbox(&b.state, &["audit", "hmac", "--text", marker]);
+    let hmac = govbox(&b.state, &["audit", "hmac", "--client", "app", "--text", marker]);
     assert!(!d.log_text().contains(marker), "the daemon's log (at trace level) holds the prompt");
     drop(d);
     let (file, entries) = export_and_verify(&b, "content.json");
@@ -267,8 +267,8 @@ fn no_prompt_reaches_the_audit_store_or_export_as_text_or_bare_sha256() {
             );
         }
     }
-    // The embeddings request's prompt hash is the HMAC of its one input, which the box computes
-    // on request (an audited action).
+    // The embeddings request's prompt hash is the HMAC of its one input keyed for its client,
+    // which the box computes on request (an audited action).
     let hmac = hmac.trim();
     assert!(entries.iter().any(|e| e["kind"] == "inference_request" && e["prompt_hmac"] == hmac), "{hmac}");
     assert!(entries.iter().any(|e| e["kind"] == "admin" && e["action"] == "audit_hmac_query"));

@@ -13,7 +13,7 @@
 //! ```text
 //! {"cmd":"status"}
 //! {"cmd":"client_add","name":"hr-portal","models":["qwen2"],"rpm":60,"tokens_per_day":100000,
-//!  "cert_days":365,"token":true}
+//!  "max_concurrent":2,"cert_days":365,"token":true}
 //! {"cmd":"client_list"}
 //! {"cmd":"client_revoke","name":"hr-portal"}
 //! {"cmd":"client_renew","name":"hr-portal","cert_days":365}
@@ -52,6 +52,10 @@
 //!   request's stored `prompt` and `response` (`text`, or `base64` when not UTF-8, `audit_hmac`,
 //!   `hmac_matches`, `truncated`, `stored`; null when absent); `content_not_stored` when retention
 //!   never stored anything, `content_not_found` for an unknown or expired id.
+//! - `audit_export` first writes the pending `request_refused` tallies and an `admin` entry
+//!   recording the export, so the export holds both; `audit_hmac` takes an optional `client`
+//!   (prompt and response hashes are keyed per client) and is recorded too. A `model_import` that
+//!   is refused leaves a `package_refused` entry.
 //! - `attest` gives a signed `govbox-attestation/1` report (see `govbox-attestation`), after
 //!   recording the request in the audit log.
 //!

@@ -29,6 +29,8 @@ pub enum AdminRequest {
         rpm: Option<u32>,
         /// Tokens per day; absent means no limit.
         tokens_per_day: Option<u64>,
+        /// Requests running at once; absent means none of its own (fair share while others wait).
+        max_concurrent: Option<u32>,
         /// Certificate validity in days (default 365).
         cert_days: Option<u32>,
         /// Also issue a bearer token.
@@ -99,6 +101,9 @@ pub enum AdminRequest {
     AuditHmac {
         /// The text.
         text: String,
+        /// The client that sent (or received) it: prompt and response hashes are keyed per client.
+        /// Absent: the bare HMAC, as entries of govbox before per-client keying hold it.
+        client: Option<String>,
     },
     /// Remove old entries (see `govbox audit prune`).
     AuditPrune {
@@ -219,13 +224,14 @@ pub fn execute(state: &Arc<AppState>, req: AdminRequest, uid: &str) -> Result<Va
     let store = &state.store;
     match req {
         AdminRequest::Status => Ok(status(state)),
-        AdminRequest::ClientAdd { name, models, rpm, tokens_per_day, cert_days, token, allow_special_tokens } => {
+        AdminRequest::ClientAdd { name, models, rpm, tokens_per_day, max_concurrent, cert_days, token, allow_special_tokens } => {
             let name = ClientName::parse(&name)?;
             let new = NewClient {
                 name,
                 models,
                 rpm,
                 tokens_per_day,
+                max_concurrent,
                 cert_days: cert_days.unwrap_or(DEFAULT_CERT_DAYS),
                 with_token: token,
                 allow_special_tokens,
@@ -248,7 +254,21 @@ pub fn execute(state: &Arc<AppState>, req: AdminRequest, uid: &str) -> Result<Va
                     message: "the package path must be absolute".into(),
                 });
             }
-            Ok(state.packages.import(state, &path, activate)?)
+            let r = state.packages.import(state, &path, activate);
+            if let Err(e) = &r {
+                let file = path.display().to_string();
+                crate::auditing::record_blocking(
+                    &state.audit,
+                    &state.metrics,
+                    Event::PackageRefused {
+                        actor: format!("admin-socket uid {uid}"),
+                        file,
+                        code: e.code().to_string(),
+                        reason: e.to_string(),
+                    },
+                );
+            }
+            Ok(r?)
         }
         AdminRequest::ModelList => Ok(state.packages.list(state)?),
         AdminRequest::ModelActivate { name, version } => {
@@ -264,6 +284,19 @@ pub fn execute(state: &Arc<AppState>, req: AdminRequest, uid: &str) -> Result<Va
                     message: format!("since: '{s}' is not an RFC 3339 time"),
                 })?),
             };
+            // Everything refused until now is in the export, and so is the export itself: it is
+            // recorded first, and fails if that record cannot be made.
+            state.refusals.flush_blocking(&state.audit, &state.metrics, true);
+            let show = |v: Option<u64>, none: &str| v.map_or_else(|| none.to_string(), |n| n.to_string());
+            let subject = format!(
+                "from seq {} to seq {}{}",
+                show(from, "oldest"),
+                show(to, "newest"),
+                since.map(|t| format!(", since {}", govbox_audit::format_time(t))).unwrap_or_default()
+            );
+            let ev = Event::Admin { actor: format!("admin-socket uid {uid}"), action: "audit_export".into(), subject };
+            state.audit.append_blocking(ev)?;
+            state.metrics.audit_entries.inc();
             let bytes = state.audit.export(ExportRange { from_seq: from, since, to_seq: to })?;
             Ok(json!({"export_b64": base64::engine::general_purpose::STANDARD.encode(bytes)}))
         }
@@ -291,17 +324,21 @@ pub fn execute(state: &Arc<AppState>, req: AdminRequest, uid: &str) -> Result<Va
             }
             Ok(serde_json::to_value(report).unwrap_or_default())
         }
-        AdminRequest::AuditHmac { text } => {
+        AdminRequest::AuditHmac { text, client } => {
             // The query is recorded first: an auditor's question is itself an audited action,
             // and no hash is given out unless that record is durable.
             let ev = Event::Admin {
                 actor: format!("admin-socket uid {uid}"),
                 action: "audit_hmac_query".into(),
-                subject: String::new(),
+                subject: client.as_deref().map(|c| format!("client {c}")).unwrap_or_default(),
             };
             state.audit.append_blocking(ev)?;
             state.metrics.audit_entries.inc();
-            Ok(json!({"hmac": state.audit.hmac(text.as_bytes())}))
+            let hmac = match &client {
+                Some(c) => crate::auditing::client_hmac(&state.audit, c, text.as_bytes()),
+                None => state.audit.hmac(text.as_bytes()),
+            };
+            Ok(json!({"hmac": hmac}))
         }
         AdminRequest::Attest { nonce } => super::attest::attest(state, &nonce),
         AdminRequest::ContentRead { request_id } => content_read(state, &request_id, uid),
@@ -371,7 +408,10 @@ fn content_read(state: &AppState, request_id: &str, uid: &str) -> Result<Value, 
     let part = |o: Option<crate::content::Opened>| match o {
         None => Value::Null,
         Some(o) => {
-            let matches = state.audit.hmac(&o.plaintext) == o.hash;
+            let matches = match &o.client {
+                Some(c) => crate::auditing::client_hmac(&state.audit, c, &o.plaintext) == o.hash,
+                None => state.audit.hmac(&o.plaintext) == o.hash,
+            };
             let (text, b64) = match String::from_utf8(o.plaintext) {
                 Ok(t) => (Some(t), None),
                 Err(e) => (None, Some(base64::engine::general_purpose::STANDARD.encode(e.into_bytes()))),

@@ -76,7 +76,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
     let acc = Accepted {
         model: model.clone(),
         request,
-        client: client.name.clone(),
+        client: client.clone(),
         record: call.record.clone(),
         prompt_param: "prompt",
         prefix_cache: generate::prefix_cache_for(state.config.serving.prefix_cache, &client),

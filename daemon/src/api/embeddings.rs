@@ -98,7 +98,11 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
 
     let secs = state.config.serving.request_deadline_secs;
     let deadline = Instant::from_std(call.record.start) + Duration::from_secs(secs);
-    let slot = state.admission.admit(&state.metrics, deadline, secs).await?;
+    // An input's tokens are unknown until the encoder has run: reserve one per byte, plus the
+    // markers the tokenizer adds, which bounds them; the rest goes back below.
+    let most: usize = texts.iter().map(|t| t.len() + 4).sum();
+    let budget = state.quotas.reserve(&client, most as u64)?;
+    let slot = state.admission.admit(&crate::admission::Asker::of(&client), &state.metrics, deadline, secs).await?;
     let engine = model.engine.clone();
     // The slot moves into the blocking task: it is freed when the encoder has finished, even if
     // the deadline gave up on it first.
@@ -115,7 +119,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
     };
     let tokens: usize = emb.token_counts.iter().sum();
     state.metrics.prompt_tokens.inc_by(tokens as u64);
-    state.quotas.charge(&client.name, tokens as u64);
+    budget.settle(tokens as u64);
     call.record.set_tokens(tokens, None);
     let data: Vec<Value> = emb
         .vectors

@@ -93,6 +93,22 @@ pub enum ApiError {
         /// Seconds until midnight UTC.
         retry_after: u64,
     },
+    /// The request could use more tokens (prompt plus `max_tokens`) than the client has left today.
+    #[error(
+        "this request may use up to {wanted} tokens (its prompt and max_tokens), but only {left} of the \
+         daily budget of {budget} tokens are left (requests still running hold a part of it until they \
+         end); lower max_tokens, or retry when the budget renews at 00:00 UTC, in {retry_after} s"
+    )]
+    BudgetTooSmall {
+        /// The budget.
+        budget: u64,
+        /// Tokens neither used nor reserved today.
+        left: u64,
+        /// What the request would reserve.
+        wanted: u64,
+        /// Seconds until midnight UTC.
+        retry_after: u64,
+    },
     /// Every slot is busy and the queue is full.
     #[error("the server is busy: {queued} requests are already waiting; retry shortly")]
     QueueFull {
@@ -142,7 +158,7 @@ impl ApiError {
             ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
             ModelNotFound { .. } | RouteNotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            RateLimited { .. } | BudgetExhausted { .. } => StatusCode::TOO_MANY_REQUESTS,
+            RateLimited { .. } | BudgetExhausted { .. } | BudgetTooSmall { .. } => StatusCode::TOO_MANY_REQUESTS,
             QueueFull { .. } | NotReady | ShuttingDown | AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
             Engine(e) => match e {
@@ -163,7 +179,7 @@ impl ApiError {
             StatusCode::UNAUTHORIZED => "authentication_error",
             StatusCode::FORBIDDEN => "permission_error",
             StatusCode::TOO_MANY_REQUESTS => match self {
-                ApiError::BudgetExhausted { .. } => "tokens",
+                ApiError::BudgetExhausted { .. } | ApiError::BudgetTooSmall { .. } => "tokens",
                 _ => "requests",
             },
             s if s.is_server_error() => "server_error",
@@ -187,7 +203,7 @@ impl ApiError {
             ModelNotFound { .. } => "model_not_found",
             WrongModelKind { .. } => "wrong_model_kind",
             RateLimited { .. } => "rate_limit_exceeded",
-            BudgetExhausted { .. } => "token_budget_exceeded",
+            BudgetExhausted { .. } | BudgetTooSmall { .. } => "token_budget_exceeded",
             QueueFull { .. } => "server_overloaded",
             NotReady => "not_ready",
             ShuttingDown => "shutting_down",
@@ -217,9 +233,9 @@ impl ApiError {
     /// Seconds for a `Retry-After` header, where waiting helps.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            ApiError::RateLimited { retry_after, .. } | ApiError::BudgetExhausted { retry_after, .. } => {
-                Some((*retry_after).max(1))
-            }
+            ApiError::RateLimited { retry_after, .. }
+            | ApiError::BudgetExhausted { retry_after, .. }
+            | ApiError::BudgetTooSmall { retry_after, .. } => Some((*retry_after).max(1)),
             ApiError::QueueFull { .. } | ApiError::NotReady | ApiError::AuditUnavailable => Some(1),
             _ => None,
         }

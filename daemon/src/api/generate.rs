@@ -13,6 +13,9 @@ use govbox_provisioning::ClientRecord;
 use serde::Deserialize;
 use tokio::time::Instant;
 
+use govbox_provisioning::ClientRecord;
+
+use crate::admission::Asker;
 use crate::api::error::ApiError;
 use crate::api::record::RequestRecord;
 use crate::api::stream::{ChunkMaker, SseBody};
@@ -144,7 +147,7 @@ pub struct Accepted {
     /// The engine request (its prompt not yet tokenised).
     pub request: GenerateRequest,
     /// The client.
-    pub client: String,
+    pub client: ClientRecord,
     /// The request's record.
     pub record: Arc<RequestRecord>,
     /// The request field that holds the prompt (`messages` or `prompt`), for error messages.
@@ -211,12 +214,16 @@ pub async fn start(state: &Arc<AppState>, acc: Accepted) -> Result<Started, ApiE
         request.stop.len()
     );
     request.prompt = Prompt::Tokens(ids);
-    let slot = state.admission.admit(&state.metrics, deadline, secs).await?;
+    // The most it can use: the prompt and max_tokens, which the context bounds. Reserved before
+    // it waits for a slot; given back whole if it never gets one.
+    let most = prompt_tokens + request.max_tokens.min(ctx - prompt_tokens);
+    let budget = state.quotas.reserve(&client, most as u64)?;
+    let slot = state.admission.admit(&Asker::of(&client), &state.metrics, deadline, secs).await?;
     let job = Job {
         engine: model.engine.clone(),
         request,
         prompt_tokens,
-        client,
+        budget: Some(budget),
         deadline,
         deadline_secs: secs,
         slot,

@@ -123,7 +123,18 @@ async fn track(
     req.extensions_mut().insert(record.clone());
     let resp = next.run(req).await;
     let code = resp.extensions().get::<ErrorCode>().map(|c| c.0);
-    record.set_status(resp.status().as_u16(), code);
+    let status = resp.status().as_u16();
+    record.set_status(status, code);
+    // Refused before its request entry: counted for the audit log, per client and minute. (An
+    // unauthenticated one is an auth failure, recorded by source; one that cannot be audited at
+    // all is not a refusal the log could hold.)
+    if status >= 400
+        && code != Some("audit_unavailable")
+        && !record.has_audit()
+        && let Some(client) = record.client()
+    {
+        state.refusals.record(&client, status, code.unwrap_or("-"));
+    }
     let (mut parts, body) = resp.into_parts();
     if let Ok(v) = HeaderValue::from_str(&record.id) {
         parts.headers.insert("x-request-id", v);
@@ -186,12 +197,12 @@ pub async fn audit_request(
     model: &LoadedModel,
     prompt: &[u8],
 ) -> Result<(), ApiError> {
-    let prompt_hmac = state.audit.hmac(prompt);
+    let prompt_hmac = crate::auditing::client_hmac(&state.audit, client, prompt);
     // Retention on: the sealed prompt is stored before its audit entry, and removed again if the
     // entry cannot be written, so that every stored prompt has its entry.
     let content = if state.config.retention.store_content { state.content.clone() } else { None };
     if let Some(store) = &content
-        && let Err(e) = store.put(&record.id, crate::content::Kind::Prompt, &prompt_hmac, prompt, false)
+        && let Err(e) = store.put(&record.id, crate::content::Kind::Prompt, client, &prompt_hmac, prompt, false)
     {
         log::error!("request {}: storing the sealed prompt failed, refusing with 503: {e}", record.id);
         return Err(ApiError::AuditUnavailable);

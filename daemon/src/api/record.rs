@@ -94,6 +94,16 @@ impl RequestRecord {
             f.completion_tokens = completion;
         });
     }
+    /// The authenticated client, once known.
+    pub fn client(&self) -> Option<String> {
+        self.with(|f| f.client.clone())
+    }
+
+    /// Whether the request entry was written (its completion entry then records how it ended).
+    pub fn has_audit(&self) -> bool {
+        self.audit.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
     /// The request entry is durable; the completion entry is owed when the body ends.
     pub fn set_audit(&self, open: OpenRequest) {
         *self.audit.lock().unwrap_or_else(|p| p.into_inner()) = Some(open);
@@ -199,6 +209,7 @@ impl Owed {
             (Some(store), Some(bytes)) => Some(KeptResponse {
                 store,
                 request_id: self.open.request_id.clone(),
+                client: self.open.client.clone(),
                 hash: hash.clone(),
                 bytes,
                 truncated: self.truncated,
@@ -213,6 +224,7 @@ impl Owed {
 struct KeptResponse {
     store: crate::content::ContentStore,
     request_id: String,
+    client: String,
     hash: String,
     bytes: Vec<u8>,
     truncated: bool,
@@ -225,7 +237,7 @@ impl KeptResponse {
         let id = self.request_id.clone();
         let job = move || {
             let k = self;
-            k.store.put(&k.request_id, crate::content::Kind::Response, &k.hash, &k.bytes, k.truncated)
+            k.store.put(&k.request_id, crate::content::Kind::Response, &k.client, &k.hash, &k.bytes, k.truncated)
         };
         match tokio::task::spawn_blocking(job).await {
             Ok(Ok(())) => {}

@@ -114,6 +114,7 @@ impl Box_ {
                 models: models.iter().map(|m| m.to_string()).collect(),
                 rpm,
                 tokens_per_day,
+                max_concurrent: None,
                 cert_days: 30,
                 with_token: true,
                 allow_special_tokens: false,

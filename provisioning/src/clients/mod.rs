@@ -48,10 +48,14 @@ pub struct ClientRecord {
     pub name: String,
     /// The models it may use; empty means every model.
     pub models: Vec<String>,
-    /// Requests per minute; `None` means no limit.
+    /// Requests per minute; `None` means govboxd's `[serving] default_client_rpm`.
     pub rpm: Option<u32>,
     /// Tokens per day; `None` means no limit.
     pub tokens_per_day: Option<u64>,
+    /// Requests running at once at most; `None` means no limit of its own (govboxd still hands
+    /// freed slots to clients below their fair share first). Absent in records of older govbox.
+    #[serde(default)]
+    pub max_concurrent: Option<u32>,
     /// SHA-256 (hex) of the DER of its current client certificate.
     pub cert_sha256: Option<String>,
     /// When that certificate expires, Unix seconds.
@@ -75,10 +79,12 @@ pub struct NewClient {
     pub name: ClientName,
     /// The models it may use; empty means every model.
     pub models: Vec<String>,
-    /// Requests per minute, at least 1; `None` means no limit.
+    /// Requests per minute, at least 1; `None` means govboxd's `[serving] default_client_rpm`.
     pub rpm: Option<u32>,
     /// Tokens per day, at least 1; `None` means no limit.
     pub tokens_per_day: Option<u64>,
+    /// Requests running at once, at least 1; `None` means no limit of its own.
+    pub max_concurrent: Option<u32>,
     /// Validity of its certificate in days.
     pub cert_days: u32,
     /// Also make a bearer token.
@@ -168,6 +174,13 @@ impl ClientStore {
         let name = new.name.as_str().to_string();
         let models = name::check_models(&name, &new.models)?;
         check_limits(&name, new.rpm, new.tokens_per_day, new.cert_days)?;
+        if new.max_concurrent == Some(0) {
+            return Err(ProvisionError::InvalidClientSetting {
+                name,
+                reason: "a limit of 0 concurrent requests would refuse every request; omit it for the fair share"
+                    .into(),
+            });
+        }
         if self.get(&name)?.is_some() {
             return Err(ProvisionError::ClientExists { name });
         }
@@ -180,6 +193,7 @@ impl ClientStore {
             models,
             rpm: new.rpm,
             tokens_per_day: new.tokens_per_day,
+            max_concurrent: new.max_concurrent,
             cert_sha256: Some(cert.info.sha256_hex()),
             cert_not_after: cert.info.not_after,
             token_sha256: token.as_ref().map(BearerToken::sha256_hex),
@@ -356,7 +370,7 @@ fn check_limits(name: &str, rpm: Option<u32>, tokens_per_day: Option<u64>, days:
     let invalid =
         |reason: &str| Err(ProvisionError::InvalidClientSetting { name: name.to_string(), reason: reason.to_string() });
     if rpm == Some(0) {
-        return invalid("a rate of 0 requests per minute would refuse every request; omit it for no limit");
+        return invalid("a rate of 0 requests per minute would refuse every request; omit it for the box's default");
     }
     if tokens_per_day == Some(0) {
         return invalid("a budget of 0 tokens per day would refuse every request; omit it for no limit");
@@ -421,6 +435,7 @@ mod tests {
             models: vec!["qwen2".into()],
             rpm: Some(60),
             tokens_per_day: None,
+            max_concurrent: None,
             cert_days: 30,
             with_token,
             allow_special_tokens: false,
