@@ -122,7 +122,8 @@ impl SamplingFields {
             seed: self.seed.map(|s| s as u64),
             ..SamplingParams::default()
         };
-        // The bridge sets the deadline when it starts the generation; `start` the cache scope.
+        // The bridge sets the deadline when it starts the generation, and `start` the cache scope
+        // (from `Accepted`); until then the request reuses nothing.
         Ok(GenerateRequest {
             prompt,
             max_tokens,
