@@ -224,7 +224,16 @@ pub fn execute(state: &Arc<AppState>, req: AdminRequest, uid: &str) -> Result<Va
     let store = &state.store;
     match req {
         AdminRequest::Status => Ok(status(state)),
-        AdminRequest::ClientAdd { name, models, rpm, tokens_per_day, max_concurrent, cert_days, token, allow_special_tokens } => {
+        AdminRequest::ClientAdd {
+            name,
+            models,
+            rpm,
+            tokens_per_day,
+            max_concurrent,
+            cert_days,
+            token,
+            allow_special_tokens,
+        } => {
             let name = ClientName::parse(&name)?;
             let new = NewClient {
                 name,

@@ -13,8 +13,6 @@ use govbox_provisioning::ClientRecord;
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use govbox_provisioning::ClientRecord;
-
 use crate::admission::Asker;
 use crate::api::error::ApiError;
 use crate::api::record::RequestRecord;
