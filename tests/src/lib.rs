@@ -188,6 +188,20 @@ impl TestBox {
         }
     }
 
+    /// One request on govboxd's admin socket (`STATE/admin.sock`); returns the answer's `result`
+    /// (panics on an error answer).
+    pub fn admin(&self, req: &serde_json::Value) -> serde_json::Value {
+        use std::io::{BufRead, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(self.state.join("admin.sock")).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        writeln!(s, "{req}").unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(s).read_line(&mut line).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["ok"], true, "{req} failed: {v}");
+        v["result"].clone()
+    }
+
     /// `https://127.0.0.1:PORT{path}`.
     pub fn url(&self, path: &str) -> String {
         format!("https://127.0.0.1:{}{path}", self.port)
