@@ -150,3 +150,26 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_only_the_audit_section_of_govboxds_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("govbox.toml");
+        let config = "listen = \"0.0.0.0:8443\"\n[sandbox]\negress = \"auto\"\n[audit]\ncheckpoint_every = 7\n\
+                      checkpoint_interval_secs = 2\nwitness = \"tcp://10.0.0.5:6514\"\nsocket = \"/run/x.sock\"\n";
+        std::fs::write(&p, config).unwrap();
+        let o = options(&p).unwrap();
+        assert_eq!((o.checkpoint_every, o.checkpoint_interval, o.retention_days), (7, Duration::from_secs(2), 180));
+        assert_eq!(o.witness.unwrap().to_string(), "tcp://10.0.0.5:6514");
+
+        std::fs::write(&p, "[audit]\nwitness = \"tcp://logs.example:514\"\n").unwrap();
+        let e = options(&p).unwrap_err();
+        assert!(e.contains("audit.witness") && e.contains("govbox.toml"), "{e}");
+        std::fs::write(&p, "[audit]\ncheckpoint_every = 0\n").unwrap();
+        assert!(options(&p).unwrap_err().contains("audit.checkpoint_every"));
+    }
+}
