@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use govbox_e2e::{TestBox, bin, govbox};
+use govbox_e2e::{TestBox, bin, govbox, syslog_receiver};
 
 /// One request as the client saw it.
 #[derive(Debug, Clone)]
@@ -311,6 +311,8 @@ fn start_auditd(b: &TestBox, socket: &Path) -> std::process::Child {
         .arg(b.state.join("identity"))
         .arg("--socket")
         .arg(socket)
+        .arg("--config")
+        .arg(&b.config)
         .stderr(log)
         .spawn()
         .unwrap();
@@ -327,12 +329,27 @@ fn with_a_separate_writer_requests_fail_closed_while_it_is_down_and_resume_when_
     use std::io::Write;
     let b = TestBox::new("audit-auditd");
     let socket = b.dir.join("audit.sock");
+    let witness = b.dir.join("witness.log");
+    let port = syslog_receiver(witness.clone());
     let mut f = std::fs::OpenOptions::new().append(true).open(&b.config).unwrap();
-    writeln!(f, "\n[audit]\nsocket = \"{}\"", socket.display()).unwrap();
+    let audit = format!("socket = \"{}\"\nwitness = \"tcp://127.0.0.1:{port}\"", socket.display());
+    writeln!(f, "\n[audit]\n{audit}\ncheckpoint_interval_secs = 1").unwrap();
     let mut auditd = start_auditd(&b, &socket);
     let d = b.start();
     let before = request(&b, false, "through the separate writer");
     assert!(before.complete, "{before:?}; log:\n{}", d.log_text());
+    // The writer, reading [audit] of the same config, sends its heads to the witness; govboxd
+    // reports the writer's witness status.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&witness).unwrap_or_default().contains("[govbox-sth@32473 ") {
+        assert!(Instant::now() < deadline, "govbox-auditd sent no head to the witness");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !govbox(&b.state, &["status"]).contains(&format!("tcp://127.0.0.1:{port}: up to date")) {
+        assert!(Instant::now() < deadline, "govbox status shows no up-to-date witness");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // The store (and its lock) is the writer's: a direct open, past govboxd's admin socket, is
     // refused, while the same command through govboxd is answered by the writer.

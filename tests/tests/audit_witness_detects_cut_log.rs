@@ -12,39 +12,15 @@
 //! connects to every other port (under Landlock).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use govbox_e2e::{Daemon, TestBox, bin, govbox};
+use govbox_e2e::{Daemon, TestBox, bin, govbox, syslog_receiver};
 use serde_json::{Value, json};
 
-/// A syslog receiver: accepts connections and appends every byte to `file`.
-fn receiver(file: PathBuf) -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for conn in l.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let file = file.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = conn.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&file).unwrap();
-                    f.write_all(&buf[..n]).unwrap();
-                }
-            });
-        }
-    });
-    port
-}
-
-/// The number of entries in the log (the next seq), from `govbox audit tail`.
 /// `govbox client add NAME`, its certificate written into the box's folder.
 fn add_client(b: &TestBox, name: &str) {
     let out = b.dir.join(format!("client-{name}"));
@@ -119,7 +95,7 @@ fn copy_dir(from: &Path, to: &Path) {
 fn entries_cut_after_their_head_reached_the_witness_fail_verification() {
     let b = TestBox::provisioned("audit-witness");
     let witness = b.dir.join("witness.log");
-    let port = receiver(witness.clone());
+    let port = syslog_receiver(witness.clone());
     let mut f = std::fs::OpenOptions::new().append(true).open(&b.config).unwrap();
     writeln!(f, "\n[audit]\nwitness = \"tcp://127.0.0.1:{port}\"\ncheckpoint_interval_secs = 1").unwrap();
 
