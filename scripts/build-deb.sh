@@ -18,7 +18,7 @@ dir=${CARGO_TARGET_DIR:-}
 [ -n "$dir" ] || dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 out=$dir/$([ "$profile" = dev ] && echo debug || echo "$profile")
 if [ -z "${NO_BUILD:-}" ]; then
-  cargo build --profile "$profile" -p govbox-cli -p govbox-daemon --bins --quiet
+  cargo build --profile "$profile" -p govbox-cli -p govbox-daemon -p govbox-audit --bins --quiet
 fi
 "$out/govbox" --help >"$out/govbox.help.txt"
 "$out/govboxd" --help >"$out/govboxd.help.txt"

@@ -29,7 +29,12 @@
 //!   [`AuditLog::verify_store`], naming the seq. Removing the newest entries together with
 //!   their leaves, checkpoints and export record is not visible in one export alone; it is
 //!   detected by verifying the next export against the previous one, whose head it no longer
-//!   extends. Keep the previous export.
+//!   extends. Keep the previous export. With a [`witness`] every signed head also goes to the
+//!   agency's syslog server as it is made, and [`verify_export_with_witness`] fails an export
+//!   that does not extend the largest head the server holds: the newest entries can then be cut
+//!   only until their head is sent.
+//! - In production the writer is its own process, `govbox-auditd` ([`remote`]): govboxd appends
+//!   through its socket ([`AuditHandle`]) and has no operation that removes an entry.
 //! - The log never holds a prompt or a completion, only their HMAC-SHA256 under the audit
 //!   secret ([`AuditLog::hmac`]).
 //!
@@ -41,22 +46,27 @@ mod auth;
 mod entry;
 mod error;
 pub mod export;
+mod handle;
 mod hmac;
 mod log;
 pub mod merkle;
+pub mod remote;
 mod retention;
 mod sth;
 mod store;
 mod verify;
 mod verify_store;
+pub mod witness;
 mod writer;
 
 pub use auth::{MAX_AUTH_SOURCES, OTHER_SOURCE};
 pub use entry::{Entry, Event, LifecycleAction, MAX_FIELD_BYTES, PackageAction, format_time, parse_time};
 pub use error::{AuditError, Result};
 pub use export::{EXPORT_FORMAT, ExportRange};
+pub use handle::AuditHandle;
 pub use hmac::{HmacKey, HmacStream};
 pub use log::{AuditKeys, AuditLog, AuditOptions, MAX_TAIL, read_hmac_secret};
 pub use retention::PruneReport;
 pub use sth::{STH_CONTEXT, SignedTreeHead};
-pub use verify::{Check, MAX_EXPORT_BYTES, VerifyReport, verify_export};
+pub use verify::{Check, MAX_EXPORT_BYTES, VerifyReport, verify_export, verify_export_with_witness};
+pub use witness::{WitnessAddr, WitnessStatus};

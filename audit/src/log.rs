@@ -18,6 +18,7 @@ use crate::error::{AuditError, Result};
 use crate::hmac::{HmacKey, HmacStream};
 use crate::sth::SignedTreeHead;
 use crate::store::Store;
+use crate::witness::{Witness, WitnessAddr, WitnessStatus};
 use crate::writer::{Msg, Writer};
 
 /// Most entries [`AuditLog::tail`] returns.
@@ -82,11 +83,19 @@ pub struct AuditOptions {
     /// [`AuditLog::prune_expired`] removes entries older than this. Default 180 days, the usual
     /// retention for access logs of government systems.
     pub retention_days: u32,
+    /// Where every signed tree head is also sent ([`crate::witness`]). Default none: the
+    /// agency's log server is site-specific.
+    pub witness: Option<WitnessAddr>,
 }
 
 impl Default for AuditOptions {
     fn default() -> Self {
-        Self { checkpoint_every: 1000, checkpoint_interval: Duration::from_secs(60), retention_days: 180 }
+        Self {
+            checkpoint_every: 1000,
+            checkpoint_interval: Duration::from_secs(60),
+            retention_days: 180,
+            witness: None,
+        }
     }
 }
 
@@ -106,6 +115,8 @@ pub(crate) struct Shared {
     pub auth: Mutex<AuthAggregator>,
     /// Serializes export and prune, which both read and write `meta`.
     pub export_lock: Mutex<()>,
+    /// The witness's spool and sender, when one is configured.
+    pub witness: Option<Witness>,
     #[cfg(test)]
     pub fail_flushes: std::sync::atomic::AtomicU32,
 }
@@ -133,6 +144,9 @@ impl Drop for Inner {
         self.tx.write().unwrap_or_else(PoisonError::into_inner).take();
         if let Some(t) = self.thread.lock().unwrap_or_else(PoisonError::into_inner).take() {
             let _ = t.join();
+        }
+        if let Some(w) = &self.shared.witness {
+            w.finish();
         }
     }
 }
@@ -172,6 +186,12 @@ impl AuditLog {
         let db_path = dir.join("db");
         let store = Arc::new(Store::open(&db_path)?);
         let recovered = store.recover()?;
+        let witness = opts.witness.map(|addr| Witness::start(addr, &dir.join("witness"))).transpose()?;
+        if let (Some(w), Some(head)) = (&witness, &recovered.last_checkpoint) {
+            // A crash between saving a checkpoint and spooling it would otherwise lose that head;
+            // sending the latest one again at every start costs one message.
+            w.enqueue(head);
+        }
         let public = keys.signing.public_key();
         let shared = Arc::new(Shared {
             store: RwLock::new(Some(store.clone())),
@@ -185,6 +205,7 @@ impl AuditLog {
             failures: AtomicU64::new(0),
             auth: Mutex::new(AuthAggregator::default()),
             export_lock: Mutex::new(()),
+            witness,
             #[cfg(test)]
             fail_flushes: std::sync::atomic::AtomicU32::new(0),
         });
@@ -223,9 +244,14 @@ impl AuditLog {
 
     /// Appends an entry; resolves once it is durable, with its seq.
     pub async fn append(&self, event: Event) -> Result<u64> {
+        self.submit(event)?.await.map_err(|_| AuditError::unavailable("the audit writer stopped"))?
+    }
+
+    /// Hands an entry to the writer without waiting; the receiver gets its seq once it is durable.
+    pub fn submit(&self, event: Event) -> Result<oneshot::Receiver<Result<u64>>> {
         let (tx, rx) = oneshot::channel();
         self.send(Msg::Append(event, tx))?;
-        rx.await.map_err(|_| AuditError::unavailable("the audit writer stopped"))?
+        Ok(rx)
     }
 
     /// Counts a failed authentication from `source`. Failures are tallied in memory per source
@@ -256,7 +282,15 @@ impl AuditLog {
         if let Some(t) = self.inner.thread.lock().unwrap_or_else(PoisonError::into_inner).take() {
             let _ = t.join();
         }
+        if let Some(w) = &self.inner.shared.witness {
+            w.finish();
+        }
         head?
+    }
+
+    /// How the witness is doing, when one is configured.
+    pub fn witness_status(&self) -> Option<WitnessStatus> {
+        self.inner.shared.witness.as_ref().map(Witness::status)
     }
 
     /// HMAC-SHA256 of `bytes` under the box's audit secret, lower-case hex.

@@ -6,7 +6,7 @@
 
 use std::sync::PoisonError;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 
 use crate::entry::{Event, format_time};
@@ -19,7 +19,7 @@ use crate::store::key;
 const PRUNE_CHUNK: usize = 10_000;
 
 /// What a prune did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct PruneReport {
     /// Entries removed.

@@ -14,6 +14,7 @@ use crate::error::{AuditError, Result};
 use crate::export::{EXPORT_FORMAT, ExportDoc};
 use crate::merkle::{Frontier, Hash, leaf_hash, verify_consistency};
 use crate::sth::{SignedTreeHead, from_hex};
+use crate::witness::{WitnessRecord, parse_witness_file};
 
 /// Largest export accepted, in bytes (2 GiB).
 pub const MAX_EXPORT_BYTES: u64 = 2 << 30;
@@ -108,7 +109,28 @@ pub fn verify_export(
     previous_export: Option<&[u8]>,
     pinned_key: Option<&PublicKey>,
 ) -> Result<VerifyReport> {
+    verify(bytes, previous_export, pinned_key, None)
+}
+
+/// [`verify_export`], and also that the export extends every head of its audit key that the
+/// witness file holds (see [`crate::witness`]).
+pub fn verify_export_with_witness(
+    bytes: &[u8],
+    previous_export: Option<&[u8]>,
+    pinned_key: Option<&PublicKey>,
+    witness_file: &[u8],
+) -> Result<VerifyReport> {
+    verify(bytes, previous_export, pinned_key, Some(witness_file))
+}
+
+fn verify(
+    bytes: &[u8],
+    previous_export: Option<&[u8]>,
+    pinned_key: Option<&PublicKey>,
+    witness_file: Option<&[u8]>,
+) -> Result<VerifyReport> {
     let doc = parse(bytes, "export")?;
+    let witnessed = witness_file.map(parse_witness_file).transpose()?;
     let previous = previous_export.map(|b| parse(b, "previous export")).transpose()?;
     let mut checks = Checks::default();
 
@@ -119,6 +141,9 @@ pub fn verify_export(
     check_consistency(&doc, &mut checks);
     if let Some(prev) = &previous {
         check_previous_export(&doc, prev, &key, &mut checks);
+    }
+    if let Some(records) = &witnessed {
+        check_witness(&doc, records, &key, &mut checks);
     }
 
     let (checks, ok) = checks.finish();
@@ -359,4 +384,99 @@ fn check_previous_export(doc: &ExportDoc, prev: &ExportDoc, key: &PublicKey, che
         ),
     };
     checks.add("previous export", ok, detail);
+}
+
+/// "The export extends every head of its audit key that the witness holds": the largest such
+/// head is no larger than the export's head, and each one within the exported range has the root
+/// recomputed at its size. Heads of other keys (other boxes logging to the same server) are
+/// skipped; a head of this key whose signature fails, or a `govbox-sth` record that does not
+/// parse, fails the check, as a witness file must not be quietly half read.
+fn check_witness(doc: &ExportDoc, records: &[WitnessRecord], key: &PublicKey, checks: &mut Checks) {
+    let mut heads = Vec::new();
+    let mut others = 0;
+    for r in records {
+        match r {
+            WitnessRecord::Malformed(why) => checks.add("witness", false, format!("a witness record: {why}")),
+            WitnessRecord::Head(h) if h.keyid != key.keyid() => others += 1,
+            WitnessRecord::Head(h) => match h.verify(key) {
+                Ok(()) => heads.push(h),
+                Err(e) => checks.add("witness", false, format!("witnessed head (size {}): {e}", h.tree_size)),
+            },
+        }
+    }
+    heads.sort_by_key(|h| h.tree_size);
+    let Some(largest) = heads.last() else {
+        let detail = format!("the witness file holds no head of audit key {} ({others} of other keys)", key.keyid());
+        checks.add("witness", false, detail);
+        return;
+    };
+    if largest.tree_size > doc.head.tree_size {
+        checks.add(
+            "witness",
+            false,
+            format!(
+                "the witness holds a head of size {} (made {}), but this export's log has only {} entries: entries were removed",
+                largest.tree_size, largest.time, doc.head.tree_size
+            ),
+        );
+        return;
+    }
+    // Roots at each witnessed size inside the range, recomputed from the left frontier and leaves.
+    let nodes: Option<Vec<Hash>> = doc.left_frontier.iter().map(|h| from_hex(h)).collect();
+    let Some(mut f) = nodes.and_then(|n| Frontier::from_parts(doc.from, n)) else {
+        checks.add("witness", false, "the export's left frontier is malformed".to_string());
+        return;
+    };
+    let mut in_range = heads.iter().filter(|h| h.tree_size >= doc.from).peekable();
+    let mut mismatches = Vec::new();
+    let mut checked = 0;
+    let mut compare = |f: &Frontier, h: &SignedTreeHead| {
+        checked += 1;
+        if h.root() != Some(f.root()) {
+            mismatches.push(h.tree_size);
+        }
+    };
+    while let Some(h) = in_range.next_if(|h| h.tree_size == f.size()) {
+        compare(&f, h);
+    }
+    for e in &doc.entries {
+        f.push(from_hex(&e.leaf).unwrap_or([0; 32]));
+        while let Some(h) = in_range.next_if(|h| h.tree_size == f.size()) {
+            compare(&f, h);
+        }
+    }
+    if !mismatches.is_empty() {
+        let sizes: Vec<String> = mismatches.iter().map(u64::to_string).collect();
+        checks.add(
+            "witness",
+            false,
+            format!(
+                "the export's log differs from the witnessed heads of size {}: the log was rewritten",
+                sizes.join(", ")
+            ),
+        );
+        return;
+    }
+    let anchored = largest.tree_size >= doc.from
+        || doc.previous.as_ref().is_some_and(|p| p.tree_size == largest.tree_size && p.root_hash == largest.root_hash);
+    let (ok, detail) = if !anchored {
+        (
+            false,
+            format!(
+                "the largest witnessed head (size {}) is before this export's first seq {}: export from seq {} or earlier to check it",
+                largest.tree_size,
+                doc.from,
+                largest.tree_size.saturating_sub(1)
+            ),
+        )
+    } else {
+        (
+            true,
+            format!(
+                "this export extends the largest witnessed head (size {}, made {}); {checked} witnessed heads in range match, {others} of other keys skipped",
+                largest.tree_size, largest.time
+            ),
+        )
+    };
+    checks.add("witness", ok, detail);
 }

@@ -263,6 +263,9 @@ impl Writer {
             self.unhealthy = true;
             return Err(AuditError::unavailable(format!("saving checkpoint {}: {e}", head.tree_size)));
         }
+        if let Some(w) = &self.shared.witness {
+            w.enqueue(&head);
+        }
         self.last_checkpoint = Some(head.clone());
         self.last_checkpoint_at = Instant::now();
         Ok(head)

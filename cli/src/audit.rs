@@ -16,7 +16,7 @@ use base64::Engine as _;
 use clap::{Args, Subcommand};
 use govbox_audit::{
     AuditError, AuditLog, AuditOptions, Event, ExportRange, HmacKey, MAX_EXPORT_BYTES, VerifyReport, read_hmac_secret,
-    verify_export,
+    verify_export, verify_export_with_witness,
 };
 use govbox_provisioning::{PublicKey, StatePaths};
 use serde_json::{Value, json};
@@ -113,6 +113,10 @@ pub struct VerifyArgs {
     /// The box's audit public key (audit.pub, PEM), pinned: the export must be signed by it.
     #[arg(long, value_name = "PEM")]
     device_key: Option<PathBuf>,
+    /// The signed tree heads the agency's log server received (`[audit] witness`), as it wrote
+    /// them: the export must extend the largest of them (detects entries cut after it was sent).
+    #[arg(long, value_name = "FILE")]
+    witness: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -220,8 +224,16 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode> {
     let previous =
         args.previous.as_deref().map(|p| read_capped(p, MAX_EXPORT_BYTES, "the previous export")).transpose()?;
     let pinned = args.device_key.as_deref().map(PublicKey::load_pem).transpose()?;
-    let report = verify_export(&export, previous.as_deref(), pinned.as_ref())
-        .with_context(|| format!("verifying {}", args.file.display()))?;
+    let witness = args
+        .witness
+        .as_deref()
+        .map(|p| read_capped(p, govbox_audit::witness::MAX_WITNESS_FILE_BYTES, "the witness file"))
+        .transpose()?;
+    let report = match &witness {
+        None => verify_export(&export, previous.as_deref(), pinned.as_ref()),
+        Some(w) => verify_export_with_witness(&export, previous.as_deref(), pinned.as_ref(), w),
+    }
+    .with_context(|| format!("verifying {}", args.file.display()))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

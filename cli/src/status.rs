@@ -113,8 +113,30 @@ fn render(s: &Value, clients: Option<&Value>) -> String {
     }
     // Absent from a govboxd that predates the egress lockdown: then no row.
     if let Ok(e) = serde_json::from_value::<govbox_attestation::EgressMeasurement>(s["egress"].clone()) {
-        let state = if e.denies_egress() { "locked" } else { "OFF, outbound connections possible" };
+        let state = if e.denies_egress() {
+            "locked"
+        } else if e.mechanism != "off" && e.other_inet == "denied" {
+            "locked but for the audit witness"
+        } else {
+            "OFF, outbound connections possible"
+        };
         row("egress", format!("{state} ({})", e.summary()));
+    }
+    // Absent without a witness, and from a govboxd that predates it.
+    let w = &s["audit_witness"];
+    if !w.is_null() {
+        let mut line = match w["pending"].as_u64() {
+            Some(0) => format!("{}: up to date", str_of(&w["address"])),
+            Some(n) => format!("{}: BEHIND, {n} signed head(s) waiting", str_of(&w["address"])),
+            None => str_of(&w["address"]).to_string(),
+        };
+        if let Some(size) = w["last_sent_size"].as_u64() {
+            let _ = write!(line, "; last sent tree size {size}");
+        }
+        if let Some(e) = w["last_error"].as_str() {
+            let _ = write!(line, "; last error: {e}");
+        }
+        row("audit witness", line);
     }
     let loaded: Vec<&Value> = s["models"].as_array().map(|a| a.iter().collect()).unwrap_or_default();
     if loaded.is_empty() {
@@ -234,6 +256,25 @@ mod tests {
         ] {
             assert!(out.contains(want), "missing {want:?} in\n{out}");
         }
+    }
+
+    #[test]
+    fn renders_a_witness_that_is_behind() {
+        let s = json!({"ready": true, "models": [],
+            "egress": {"mechanism": "landlock", "abi": 7, "connect": "allowed only to port 6514 (audit witness 10.0.0.5:6514)",
+                       "bind_ports": [8443], "other_inet": "denied"},
+            "audit_witness": {"address": "tcp://10.0.0.5:6514", "pending": 2, "last_sent_size": 1000,
+                              "last_error": "connecting: Connection refused (os error 111)"}});
+        let out = render(&s, None);
+        for want in [
+            "egress        locked but for the audit witness (landlock ABI 7: TCP connect allowed only to port 6514",
+            "audit witness tcp://10.0.0.5:6514: BEHIND, 2 signed head(s) waiting; last sent tree size 1000; \
+             last error: connecting: Connection refused (os error 111)",
+        ] {
+            assert!(out.contains(want), "missing {want:?} in\n{out}");
+        }
+        let none = render(&json!({"ready": true, "models": []}), None);
+        assert!(!none.contains("audit witness"), "{none}");
     }
 
     #[test]

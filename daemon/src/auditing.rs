@@ -18,19 +18,44 @@
 
 use std::path::Path;
 
-use govbox_audit::{AuditError, AuditLog, AuditOptions, Event, HmacStream, LifecycleAction, PackageAction};
+use govbox_audit::{
+    AuditError, AuditHandle, AuditLog, AuditOptions, Event, HmacStream, LifecycleAction, PackageAction,
+    read_hmac_secret,
+};
 use govbox_provisioning::StatePaths;
 use serde_json::Value;
 
 use crate::config::AuditConfig;
 use crate::metrics::Metrics;
 
-/// Opens the state folder's audit log with the configured checkpoints and retention.
-pub fn open(state_dir: &Path, cfg: &AuditConfig) -> Result<AuditLog, AuditError> {
+/// How long govboxd waits at start for govbox-auditd's socket to answer (both units start together).
+const AUDITD_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The audit log: govbox-auditd's when `[audit] socket` is set (waiting for it to answer), else
+/// the state folder's, opened in this process.
+pub fn open(state_dir: &Path, cfg: &AuditConfig) -> Result<AuditHandle, AuditError> {
+    if cfg.socket.as_os_str().is_empty() {
+        return open_in_process(state_dir, cfg).map(AuditHandle::InProcess);
+    }
+    let secret = read_hmac_secret(&StatePaths::new(state_dir).audit_hmac_key())?;
+    let deadline = std::time::Instant::now() + AUDITD_WAIT;
+    loop {
+        match AuditHandle::connect(&cfg.socket, &secret) {
+            Ok(h) => return Ok(h),
+            Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    }
+}
+
+/// The single-process mode: the writer runs inside govboxd (tests and the demo).
+fn open_in_process(state_dir: &Path, cfg: &AuditConfig) -> Result<AuditLog, AuditError> {
     let opts = AuditOptions {
         checkpoint_every: cfg.checkpoint_every,
         checkpoint_interval: std::time::Duration::from_secs(cfg.checkpoint_interval_secs),
         retention_days: cfg.retention_days,
+        // Checked when the config was read.
+        witness: cfg.witness_addr().ok().flatten(),
     };
     AuditLog::open_state(&StatePaths::new(state_dir), opts)
 }
@@ -42,7 +67,7 @@ pub fn lifecycle(action: LifecycleAction) -> Event {
 
 /// Appends from blocking code; a failure is counted and logged, since the action it records has
 /// already happened.
-pub fn record_blocking(log: &AuditLog, metrics: &Metrics, event: Event) {
+pub fn record_blocking(log: &AuditHandle, metrics: &Metrics, event: Event) {
     let kind = event.kind();
     match log.append_blocking(event) {
         Ok(_) => {
@@ -56,7 +81,7 @@ pub fn record_blocking(log: &AuditLog, metrics: &Metrics, event: Event) {
 }
 
 /// Appends from async code, as [`record_blocking`].
-pub async fn record(log: &AuditLog, metrics: &Metrics, event: Event) {
+pub async fn record(log: &AuditHandle, metrics: &Metrics, event: Event) {
     let kind = event.kind();
     match log.append(event).await {
         Ok(_) => {
@@ -114,7 +139,7 @@ pub fn admin_events(cmd: &str, subject: &str, uid: &str, result: &Value) -> Vec<
 #[derive(Debug)]
 pub struct OpenRequest {
     /// The log.
-    pub log: AuditLog,
+    pub log: AuditHandle,
     /// The request id.
     pub request_id: String,
     /// The client.

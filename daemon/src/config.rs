@@ -100,6 +100,12 @@ pub struct AuditConfig {
     pub checkpoint_interval_secs: u64,
     /// Days that entries are kept (exported entries only, unless a prune is forced).
     pub retention_days: u32,
+    /// Where every signed tree head is also sent, as RFC 5424 syslog over TCP:
+    /// `tcp://IP:PORT`, or empty for none (see `govbox_audit::witness`).
+    pub witness: String,
+    /// govbox-auditd's socket: govboxd appends there and holds neither the store nor the audit
+    /// key. Empty: the single-process mode, where govboxd opens `STATE/audit` itself (tests, demo).
+    pub socket: PathBuf,
 }
 
 /// `[retention]`: optional encrypted retention of prompts and responses (see `crate::content`).
@@ -119,6 +125,13 @@ impl Default for RetentionConfig {
     }
 }
 
+impl AuditConfig {
+    /// The parsed `witness`, `None` when it is empty.
+    pub fn witness_addr(&self) -> Result<Option<govbox_audit::WitnessAddr>, String> {
+        (!self.witness.is_empty()).then(|| self.witness.parse()).transpose()
+    }
+}
+
 impl Default for AuditConfig {
     fn default() -> Self {
         AuditConfig {
@@ -127,6 +140,12 @@ impl Default for AuditConfig {
             checkpoint_interval_secs: 60,
             // 180 days: China's six-month minimum for network logs (网络安全法 第二十一条).
             retention_days: 180,
+            // None: the agency's log server is site-specific. Without one, the newest entries
+            // can be cut with file access alone until the next export (audit/README.md).
+            witness: String::new(),
+            // The single-process mode, so that `--state DIR` alone runs (tests, demo); the
+            // packaged config names govbox-auditd's socket.
+            socket: PathBuf::new(),
         }
     }
 }
@@ -380,6 +399,9 @@ impl Config {
                 return invalid(key, "must be at least 1");
             }
         }
+        if let Err(e) = self.audit.witness_addr() {
+            return invalid("audit.witness", &e);
+        }
         // tokio's semaphore holds at most usize::MAX >> 3 permits; any real limit is far below.
         if l.max_connections > 1 << 20 || s.max_concurrent > 1 << 20 {
             return invalid("limits", "max_connections and max_concurrent must be at most 1048576");
@@ -456,6 +478,8 @@ mod tests {
         // The one production setting: the socket where the CLI looks by default.
         assert_eq!(c.admin_socket, PathBuf::from("/run/govbox/admin.sock"));
         c.admin_socket = PathBuf::new();
+        assert_eq!(c.audit.socket, PathBuf::from("/run/govbox-audit/audit.sock"));
+        c.audit.socket = PathBuf::new();
         assert_eq!(c, Config::default(), "dist/govbox.toml must show exactly the built-in defaults");
     }
 

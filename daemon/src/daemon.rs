@@ -178,7 +178,10 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     // every thread made later (runtime, device, engine pools) inherits it (see `sandbox`).
     let listener =
         sandbox::bind_listener(config.listen).map_err(|source| DaemonError::Bind { addr: config.listen, source })?;
-    sandbox::lock_down(config.sandbox.egress, &listener)?;
+    // The witness is the writer's to reach: govboxd's own only in the single-process mode.
+    let in_process = config.audit.socket.as_os_str().is_empty();
+    let witness = config.audit.witness_addr().ok().flatten().filter(|_| in_process).map(|w| w.0);
+    sandbox::lock_down(config.sandbox.egress, &listener, witness)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("govboxd-rt")
@@ -194,7 +197,11 @@ async fn daemon(opts: Options, config: Config, listener: std::net::TcpListener) 
     let info = backend.info();
     let store = open_store(&opts.state).await?;
     let packages = Packages::open(&opts.state)?;
-    let audit = auditing::open(&opts.state, &config.audit)?;
+    // Connecting to govbox-auditd waits on answers with blocking calls: not on a runtime thread.
+    let (state_dir, audit_cfg) = (opts.state.clone(), config.audit.clone());
+    let audit = tokio::task::spawn_blocking(move || auditing::open(&state_dir, &audit_cfg))
+        .await
+        .map_err(|e| DaemonError::Runtime { what: "opening the audit log", source: std::io::Error::other(e) })??;
     let quotas = Quotas::open(&StatePaths::new(&opts.state).state_dir().join("quota"))?;
     let content = crate::content::ContentStore::open(&opts.state, config.retention.store_content)?;
     if content.is_some() {

@@ -68,6 +68,8 @@ pub struct Metrics {
     /// `govbox_audit_failures_total`: audit appends that failed (the request got 503, or its
     /// stream ended with an error event).
     pub audit_failures: Counter,
+    /// `govbox_audit_witness_pending`: signed tree heads not yet sent to the witness (0 without one).
+    pub audit_witness_pending: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -202,6 +204,12 @@ impl Metrics {
             "Audit appends that failed; the request was refused with 503 or its stream ended with an error",
             audit_failures.clone(),
         );
+        let audit_witness_pending = Gauge::default();
+        registry.register(
+            "govbox_audit_witness_pending",
+            "Signed tree heads waiting to be sent to the audit witness",
+            audit_witness_pending.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -225,6 +233,7 @@ impl Metrics {
             accelerator_temperature,
             audit_entries,
             audit_failures,
+            audit_witness_pending,
         }
     }
 
@@ -262,6 +271,7 @@ mod tests {
             "govbox_tokens_generated_total 3",
             "govbox_active_generations 0",
             "govbox_audit_failures_total 0",
+            "govbox_audit_witness_pending 0",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

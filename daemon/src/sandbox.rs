@@ -18,6 +18,13 @@
 //!   other system calls are allowed; Unix sockets (journald, systemd notify, the admin socket) work.
 //! - `off`: nothing is restricted; govboxd logs a warning at every start.
 //!
+//! With an audit witness (`[audit] witness = "tcp://IP:PORT"`) one outbound connection is
+//! needed. Landlock then also allows `connect()` to that TCP port (Landlock rules name ports, not
+//! addresses: any host on that port), and every other connect stays refused. The seccomp filter
+//! cannot see a connect's address or port, so with `seccomp` new TCP sockets are then allowed
+//! (as with Landlock, UDP and other internet sockets stay refused) and the report says `connect`
+//! `allowed`. The report's `connect` names the witness port either way.
+//!
 //! Only the network is restricted: the filesystem is untouched (govboxd writes its state folder).
 //! Sockets that exist keep working: the HTTPS listener accepts as before, and Unix sockets are
 //! never restricted. A TPM reached over TCP (a `swtpm:host=...,port=...` TCTI, used in tests) is
@@ -109,9 +116,13 @@ pub fn status_json() -> serde_json::Value {
 }
 
 /// Takes away outbound network access as `mode` says, allowing TCP binds only on `listener`'s
-/// port. Call while the process has one thread (see the module documentation). Logs what is in
-/// force and returns it.
-pub fn lock_down(mode: EgressMode, listener: &TcpListener) -> Result<EgressMeasurement, SandboxError> {
+/// port, and connects only to the audit witness's port when there is one. Call while the process
+/// has one thread (see the module documentation). Logs what is in force and returns it.
+pub fn lock_down(
+    mode: EgressMode,
+    listener: &TcpListener,
+    witness: Option<SocketAddr>,
+) -> Result<EgressMeasurement, SandboxError> {
     let port = listener.local_addr().map_err(|e| SandboxError::Seccomp(format!("the listener's port: {e}")))?.port();
     let m = match mode {
         EgressMode::Off => {
@@ -120,13 +131,13 @@ pub fn lock_down(mode: EgressMode, listener: &TcpListener) -> Result<EgressMeasu
             );
             EgressMeasurement::off()
         }
-        EgressMode::Seccomp => seccomp_only(port)?,
-        EgressMode::Landlock => landlock(port)?,
-        EgressMode::Auto => match landlock(port) {
+        EgressMode::Seccomp => seccomp_only(port, witness)?,
+        EgressMode::Landlock => landlock(port, witness)?,
+        EgressMode::Auto => match landlock(port, witness) {
             Ok(m) => m,
             Err(SandboxError::Landlock(why)) => {
                 log::warn!("egress lockdown: Landlock is not usable ({why}); using the seccomp filter instead");
-                seccomp_only(port)?
+                seccomp_only(port, witness)?
             }
             Err(e) => return Err(e),
         },
@@ -143,8 +154,18 @@ fn thread_count() -> Result<usize, String> {
     Ok(std::fs::read_dir("/proc/self/task").map_err(|e| format!("reading /proc/self/task: {e}"))?.count())
 }
 
-/// Landlock for TCP (bind on `port` only, no connect), then the narrowed seccomp filter.
-fn landlock(port: u16) -> Result<EgressMeasurement, SandboxError> {
+/// The report's `connect`: `denied`, or which connects remain for the witness.
+fn connect_fact(witness: Option<SocketAddr>, only_port: bool) -> String {
+    match witness {
+        None => "denied".into(),
+        Some(w) if only_port => format!("allowed only to port {} (audit witness {w})", w.port()),
+        Some(w) => format!("allowed (audit witness {w}; seccomp cannot narrow it)"),
+    }
+}
+
+/// Landlock for TCP (bind on `port` only, connect only to the witness's port), then the narrowed
+/// seccomp filter.
+fn landlock(port: u16, witness: Option<SocketAddr>) -> Result<EgressMeasurement, SandboxError> {
     use landlock::{
         ABI, Access, AccessNet, CompatLevel, Compatible, LandlockStatus, NetPort, Ruleset, RulesetAttr,
         RulesetCreatedAttr, RulesetStatus,
@@ -169,6 +190,8 @@ fn landlock(port: u16) -> Result<EgressMeasurement, SandboxError> {
         .map_err(|e| err(&e))?
         .add_rule(NetPort::new(port, AccessNet::BindTcp))
         .map_err(|e| err(&e))?
+        .add_rules(witness.map(|w| Ok::<_, landlock::RulesetError>(NetPort::new(w.port(), AccessNet::ConnectTcp))))
+        .map_err(|e| err(&e))?
         .restrict_self()
         .map_err(|e| err(&e))?;
     if status.ruleset != RulesetStatus::FullyEnforced {
@@ -183,7 +206,7 @@ fn landlock(port: u16) -> Result<EgressMeasurement, SandboxError> {
     Ok(EgressMeasurement {
         mechanism: "landlock".into(),
         abi: Some(abi),
-        connect: "denied".into(),
+        connect: connect_fact(witness, true),
         bind_ports: Some(vec![port]),
         other_inet: "denied".into(),
     })
@@ -198,14 +221,14 @@ fn abi_number(abi: landlock::ABI) -> u32 {
         .map_or(0, |i| i as u32 + 1)
 }
 
-fn seccomp_only(port: u16) -> Result<EgressMeasurement, SandboxError> {
-    install_seccomp(SeccompScope::AllInet)?;
+fn seccomp_only(port: u16, witness: Option<SocketAddr>) -> Result<EgressMeasurement, SandboxError> {
+    install_seccomp(if witness.is_some() { SeccompScope::NonTcpInet } else { SeccompScope::AllInet })?;
     // Sockets that exist (the HTTPS listener on `port`) keep working; no new one can be made, so
     // nothing else can be bound either.
     Ok(EgressMeasurement {
         mechanism: "seccomp".into(),
         abi: None,
-        connect: "denied".into(),
+        connect: connect_fact(witness, false),
         bind_ports: Some(vec![port]),
         other_inet: "denied".into(),
     })

@@ -189,7 +189,7 @@ pub struct AppState {
     /// The signed model packages.
     pub packages: crate::packages::Packages,
     /// The tamper-evident audit log (govboxd holds its lock while it runs).
-    pub audit: govbox_audit::AuditLog,
+    pub audit: govbox_audit::AuditHandle,
     /// The backend the models run on.
     pub backend: Arc<dyn Backend>,
     /// The `device` setting, the device chosen and what probing found.

@@ -192,6 +192,20 @@ impl TestBox {
         }
     }
 
+    /// One request on govboxd's admin socket (`STATE/admin.sock`); returns the answer's `result`
+    /// (panics on an error answer).
+    pub fn admin(&self, req: &serde_json::Value) -> serde_json::Value {
+        use std::io::{BufRead, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(self.state.join("admin.sock")).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        writeln!(s, "{req}").unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(s).read_line(&mut line).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["ok"], true, "{req} failed: {v}");
+        v["result"].clone()
+    }
+
     /// `https://127.0.0.1:PORT{path}`.
     pub fn url(&self, path: &str) -> String {
         format!("https://127.0.0.1:{}{path}", self.port)
@@ -218,6 +232,32 @@ impl Drop for TestBox {
     }
 }
 
+/// A syslog receiver on loopback (the audit witness of the tests): accepts connections and
+/// appends every byte to `file`, as a log server keeping the frames would. Returns its port.
+pub fn syslog_receiver(file: PathBuf) -> u16 {
+    use std::io::{Read, Write};
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let file = file.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&file).unwrap();
+                    f.write_all(&buf[..n]).unwrap();
+                }
+            });
+        }
+    });
+    port
+}
+
+/// The number of entries in the log (the next seq), from `govbox audit tail`.
 /// The real MiniLM folder, fetched by scripts/fetch-models.sh.
 pub fn minilm() -> PathBuf {
     let p =

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use govbox_e2e::{TestBox, bin, govbox};
+use govbox_e2e::{TestBox, bin, govbox, syslog_receiver};
 
 /// One request as the client saw it.
 #[derive(Debug, Clone)]
@@ -299,4 +299,95 @@ fn no_prompt_reaches_the_audit_store_or_export_as_text_or_bare_sha256() {
         .map(|e| serde_json::from_str::<serde_json::Value>(e["entry"].as_str().unwrap()).unwrap()["kind"].to_string())
         .collect();
     assert!(kinds.iter().any(|k| k == "\"policy\"") && kinds.iter().any(|k| k == "\"admin\""), "{kinds:?}");
+}
+
+/// govbox-auditd (issue 19), started as its own process with the state folder's keys.
+fn start_auditd(b: &TestBox, socket: &Path) -> std::process::Child {
+    let log = std::fs::File::create(b.dir.join("auditd.log")).unwrap();
+    let child = Command::new(bin("govbox-auditd"))
+        .arg("--audit-dir")
+        .arg(b.state.join("audit"))
+        .arg("--keys")
+        .arg(b.state.join("identity"))
+        .arg("--socket")
+        .arg(socket)
+        .arg("--config")
+        .arg(&b.config)
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(socket).is_err() {
+        assert!(Instant::now() < deadline, "govbox-auditd did not listen in 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+#[test]
+fn with_a_separate_writer_requests_fail_closed_while_it_is_down_and_resume_when_it_returns() {
+    use std::io::Write;
+    let b = TestBox::new("audit-auditd");
+    let socket = b.dir.join("audit.sock");
+    let witness = b.dir.join("witness.log");
+    let port = syslog_receiver(witness.clone());
+    let mut f = std::fs::OpenOptions::new().append(true).open(&b.config).unwrap();
+    let audit = format!("socket = \"{}\"\nwitness = \"tcp://127.0.0.1:{port}\"", socket.display());
+    writeln!(f, "\n[audit]\n{audit}\ncheckpoint_interval_secs = 1").unwrap();
+    let mut auditd = start_auditd(&b, &socket);
+    let d = b.start();
+    let before = request(&b, false, "through the separate writer");
+    assert!(before.complete, "{before:?}; log:\n{}", d.log_text());
+    // The writer, reading [audit] of the same config, sends its heads to the witness; govboxd
+    // reports the writer's witness status.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&witness).unwrap_or_default().contains("[govbox-sth@32473 ") {
+        assert!(Instant::now() < deadline, "govbox-auditd sent no head to the witness");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !govbox(&b.state, &["status"]).contains(&format!("tcp://127.0.0.1:{port}: up to date")) {
+        assert!(Instant::now() < deadline, "govbox status shows no up-to-date witness");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The store (and its lock) is the writer's: a direct open, past govboxd's admin socket, is
+    // refused, while the same command through govboxd is answered by the writer.
+    let nowhere = b.dir.join("no-admin.sock");
+    let o = Command::new(bin("govbox"))
+        .arg("--state")
+        .arg(&b.state)
+        .arg("--admin-socket")
+        .arg(&nowhere)
+        .args(["audit", "tail"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("locked"), "the store must be govbox-auditd's: {err}");
+    assert!(govbox(&b.state, &["audit", "tail"]).contains("inference_request"));
+
+    auditd.kill().unwrap(); // SIGKILL
+    auditd.wait().unwrap();
+    let refused = request(&b, true, "while the writer is down");
+    assert_eq!(refused.status, Some(503), "{refused:?}; log:\n{}", d.log_text());
+
+    let mut auditd = start_auditd(&b, &socket);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let after = loop {
+        let s = request(&b, false, "after the writer returned");
+        if s.complete {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "serving did not resume; log:\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    drop(d);
+    auditd.kill().unwrap();
+    auditd.wait().unwrap();
+    let (_, entries) = export_and_verify(&b, "auditd.json");
+    let requests = ids_of(&entries, "inference_request");
+    for s in [&before, &after] {
+        assert!(requests.contains(s.request_id.as_ref().unwrap()), "{s:?} has no request entry");
+    }
+    assert!(!requests.contains(refused.request_id.as_ref().unwrap()), "the refused request has an entry");
 }

@@ -10,9 +10,8 @@
 //!   `connect()` at all; the probe afterwards shows that the watch does see such attempts.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::TcpListener;
-use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,14 +25,7 @@ const EPERM: i64 = 1;
 
 /// One admin request over the socket; returns the answer's `result` (panics on an error answer).
 fn admin(b: &TestBox, req: Value) -> Value {
-    let mut s = UnixStream::connect(b.state.join("admin.sock")).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    writeln!(s, "{req}").unwrap();
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).unwrap();
-    let v: Value = serde_json::from_str(&line).unwrap();
-    assert_eq!(v["ok"], true, "{req} failed: {v}");
-    v["result"].clone()
+    b.admin(&req)
 }
 
 fn set_egress(b: &TestBox, mode: &str) {

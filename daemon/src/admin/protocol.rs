@@ -476,5 +476,6 @@ fn status(state: &AppState) -> Value {
         "open_connections": state.metrics.connections.get(),
         "tls_certificate": state.server_cert.served(),
         "egress": crate::sandbox::status_json(),
+        "audit_witness": state.audit.witness_status(),
     })
 }

@@ -34,6 +34,10 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Result<Response, ApiE
             "health": info.health,
         },
     });
+    if let Some(w) = state.audit.witness_status() {
+        // Reported, not a reason to stop serving: the heads wait in the spool until it answers.
+        body["audit_witness"] = json!({"behind": w.pending > 0, "status": w});
+    }
     if state.insecure_dev_models {
         body["insecure_dev_models"] = json!(true);
         body["warning"] = json!("unsigned model folders are served (--insecure-dev-models)");

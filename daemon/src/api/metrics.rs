@@ -44,6 +44,9 @@ pub async fn handle(State(state): State<Arc<AppState>>) -> Response {
             mt.batch_peak.get_or_create(&model).set(kv.peak_batch as i64);
         }
     }
+    if let Some(w) = state.audit.witness_status() {
+        state.metrics.audit_witness_pending.set(w.pending as i64);
+    }
     let mut resp = state.metrics.render().into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
