@@ -70,7 +70,7 @@ mkdir -p "$state/vendor"
 chmod 700 "$state" "$state/vendor"
 "$govbox" keygen --out "$state/vendor/bench.key" --pub "$state/vendor/bench.pub" >/dev/null
 "$govbox" --state "$state" provision --hostname govbox-bench --trust-key "$state/vendor/bench.pub" >/dev/null
-token=$("$govbox" --state "$state" client add bench --token --cert-out "$state/clients/bench" \
+token=$("$govbox" --state "$state" client add bench --models all --scope inference,metrics --token --cert-out "$state/clients/bench" \
   | grep -o 'gbx_[A-Za-z0-9_-]*' | head -n1)
 [ -n "$token" ] || { echo "no bearer token from 'govbox client add'" >&2; exit 1; }
 

@@ -148,6 +148,7 @@ mod tests {
         ClientRecord {
             name: "app".into(),
             models: vec![],
+            scopes: vec![govbox_provisioning::Scope::Inference],
             rpm,
             tokens_per_day: budget,
             cert_sha256: None,

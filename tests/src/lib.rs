@@ -44,7 +44,7 @@ pub fn govbox(state: &Path, args: &[&str]) -> String {
     String::from_utf8(o.stdout).unwrap()
 }
 
-/// A provisioned temporary box with one client.
+/// A provisioned temporary box with one client, `app`: every model, and `/metrics`.
 pub struct TestBox {
     /// Scratch folder holding everything.
     pub dir: PathBuf,
@@ -111,7 +111,22 @@ impl TestBox {
             ],
         );
         let certs = dir.join("certs");
-        let out = govbox(&state, &["client", "add", "app", "--token", "--cert-out", certs.to_str().unwrap()]);
+        // `app` may also read /metrics (the tests scrape it with the same token).
+        let out = govbox(
+            &state,
+            &[
+                "client",
+                "add",
+                "app",
+                "--models",
+                "all",
+                "--scope",
+                "inference,metrics",
+                "--token",
+                "--cert-out",
+                certs.to_str().unwrap(),
+            ],
+        );
         let token = out.lines().find(|l| l.trim_start().starts_with("gbx_")).expect("token line").trim().to_string();
         let port = free_port();
         let config = dir.join("govbox.toml");
