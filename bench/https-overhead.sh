@@ -81,6 +81,10 @@ listen = "127.0.0.1:$port"
 threads = $threads
 log_level = "warn"
 
+# wrk's 32 connections and the /metrics scrapes all come from 127.0.0.1.
+[limits]
+max_connections_per_address = 64
+
 [serving]
 max_concurrent = $max_concurrent
 queue_depth = 64
