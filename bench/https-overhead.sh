@@ -71,7 +71,7 @@ chmod 700 "$state" "$state/vendor"
 "$govbox" keygen --out "$state/vendor/bench.key" --pub "$state/vendor/bench.pub" >/dev/null
 "$govbox" --state "$state" provision --hostname govbox-bench --trust-key "$state/vendor/bench.pub" >/dev/null
 # --rpm: the bench measures throughput, far above [serving] default_client_rpm.
-token=$("$govbox" --state "$state" client add bench --token --rpm 100000000 --cert-out "$state/clients/bench" \
+token=$("$govbox" --state "$state" client add bench --models all --scope inference,metrics --token --rpm 100000000 --cert-out "$state/clients/bench" \
   | grep -o 'gbx_[A-Za-z0-9_-]*' | head -n1)
 [ -n "$token" ] || { echo "no bearer token from 'govbox client add'" >&2; exit 1; }
 
@@ -81,6 +81,10 @@ config_version = 1
 listen = "127.0.0.1:$port"
 threads = $threads
 log_level = "warn"
+
+# wrk's 32 connections and the /metrics scrapes all come from 127.0.0.1.
+[limits]
+max_connections_per_address = 64
 
 [serving]
 max_concurrent = $max_concurrent

@@ -248,7 +248,7 @@ chmod 700 "$state" "$state/vendor"
   "$govbox" --state "$state" model import "$work/bench-q8.gbx"
 } > "$run/govboxd-provision.log" 2>&1 || { tail -20 "$run/govboxd-provision.log" >&2; die "provisioning govboxd failed (log: $run/govboxd-provision.log)"; }
 rm -f "$work/bench-q8.gbx"
-token=$("$govbox" --state "$state" client add bench --token --rpm 100000000 --cert-out "$state/clients/bench" |
+token=$("$govbox" --state "$state" client add bench --models all --token --rpm 100000000 --cert-out "$state/clients/bench" |
   grep -o 'gbx_[A-Za-z0-9_-]*' | head -n1) || true
 [ -n "$token" ] || die "no bearer token from 'govbox client add'"
 port=$(free_port)

@@ -64,7 +64,7 @@ done
 
 if [ ! -f "$state/clients/demo/demo.crt" ]; then
   echo "== adding the demo client (certificate and bearer token)"
-  "$govbox" --state "$state" client add demo --token --cert-out "$state/clients/demo" | tee "$state/clients-demo.txt"
+  "$govbox" --state "$state" client add demo --models all --token --cert-out "$state/clients/demo" | tee "$state/clients-demo.txt"
   grep -o 'gbx_[A-Za-z0-9_-]*' "$state/clients-demo.txt" > "$state/clients/demo/token"
   chmod 600 "$state/clients/demo/token"
   rm -f "$state/clients-demo.txt"

@@ -3,12 +3,16 @@
 //!
 //! ```text
 //! govbox attest --nonce HEX -o report.json
-//! govbox attest verify report.json --nonce HEX [--device-key PEM] [--expect-binary SHA256]
-//!     [--expect-model NAME@DIGEST]... [--audit-key PEM] [--allow-dev-models] [--allow-egress]
+//! govbox attest verify report.json --nonce HEX (--device-key PEM | --insecure-embedded-key)
+//!     [--expect-binary SHA256] [--expect-model NAME@DIGEST]... [--audit-key PEM]
+//!     [--allow-dev-models] [--allow-egress]
 //! ```
 //!
 //! The report's format is documented in `govbox-attestation`. Verification prints one
-//! `PASS`/`FAIL`/`SKIP` line per named check and exits 1 when any check fails.
+//! `PASS`/`FAIL`/`SKIP` line per named check and exits 1 when any check fails. A report only
+//! proves something against a device key the verifier already trusts: without `--device-key`
+//! anyone with a fresh key could have made it, so the verdict is FAIL unless the caller asks for
+//! `--insecure-embedded-key`, and then it says so.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -16,7 +20,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
-use govbox_attestation::{Expectations, Nonce, Outcome, verify_report, verify_report_bytes};
+use govbox_attestation::{Check, Expectations, Nonce, Outcome, verify_report, verify_report_bytes};
 use govbox_provisioning::PublicKey;
 use serde_json::json;
 
@@ -54,6 +58,9 @@ pub struct VerifyArgs {
     /// The device public key to trust (`STATE/identity/device.pub` of the box, taken at install).
     #[arg(long, value_name = "PEM")]
     device_key: Option<PathBuf>,
+    /// Trust whatever key the report carries (it then proves nothing about which box made it).
+    #[arg(long, conflicts_with = "device_key")]
+    insecure_embedded_key: bool,
     /// The expected SHA-256 of govboxd (hex, with or without `sha256-`).
     #[arg(long, value_name = "SHA256")]
     expect_binary: Option<String>,
@@ -142,16 +149,38 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode> {
             .ok_or_else(|| anyhow!("--expect-model '{spec}': expected NAME@DIGEST"))?;
         expect.models.push((name.to_string(), digest.to_string()));
     }
-    let v = verify_report(&args.report, &expect)?;
+    let mut v = verify_report(&args.report, &expect)?;
+    let warning = if args.device_key.is_none() { unpinned(&mut v.checks, args.insecure_embedded_key) } else { None };
     for c in &v.checks {
         println!("{c}");
     }
     let failed: Vec<&str> = v.checks.iter().filter(|c| c.outcome == Outcome::Fail).map(|c| c.name.as_str()).collect();
+    if let Some(w) = warning {
+        println!("WARNING: {w}");
+    }
     if failed.is_empty() {
         println!("attestation report {} verified", args.report.display());
         Ok(ExitCode::SUCCESS)
     } else {
         println!("attestation report {} FAILED: {}", args.report.display(), failed.join(", "));
         Ok(ExitCode::FAILURE)
+    }
+}
+
+/// With no device key pinned, the report only proves it was signed by the key it carries, which
+/// anyone can make: the `device-key` check FAILs, unless the caller chose `--insecure-embedded-key`,
+/// and then the verdict carries the returned warning.
+fn unpinned(checks: &mut [Check], insecure: bool) -> Option<String> {
+    let check = checks.iter_mut().find(|c| c.name == "device-key")?;
+    if insecure {
+        check.detail = "none pinned: trusted the key the report carries (--insecure-embedded-key)".into();
+        Some("no device key pinned (--insecure-embedded-key): any box, or anyone with a fresh key, could have made this report".into())
+    } else {
+        check.outcome = Outcome::Fail;
+        check.detail = "no device key pinned, so a report signed by any fresh key would pass: give --device-key \
+                        (the box's identity/device.pub, taken at install), or --insecure-embedded-key to trust the \
+                        key the report carries"
+            .into();
+        None
     }
 }

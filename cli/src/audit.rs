@@ -117,6 +117,9 @@ pub struct VerifyArgs {
     /// them: the export must extend the largest of them (detects entries cut after it was sent).
     #[arg(long, value_name = "FILE")]
     witness: Option<PathBuf>,
+    /// Trust whatever audit key the export carries (it then proves nothing about which box wrote it).
+    #[arg(long, conflicts_with = "device_key")]
+    insecure_embedded_key: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -229,21 +232,45 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode> {
         .as_deref()
         .map(|p| read_capped(p, govbox_audit::witness::MAX_WITNESS_FILE_BYTES, "the witness file"))
         .transpose()?;
-    let report = match &witness {
+    let mut report = match &witness {
         None => verify_export(&export, previous.as_deref(), pinned.as_ref()),
         Some(w) => verify_export_with_witness(&export, previous.as_deref(), pinned.as_ref(), w),
     }
     .with_context(|| format!("verifying {}", args.file.display()))?;
+    let warning = if pinned.is_none() { unpinned(&mut report, args.insecure_embedded_key) } else { None };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut doc = serde_json::to_value(&report)?;
+        doc["warning"] = json!(warning);
+        println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
-        print!("{}", render_report(&args.file, &report));
+        print!("{}", render_report(&args.file, &report, warning.as_deref()));
     }
     Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-/// The human form of a verification report.
-fn render_report(file: &Path, r: &VerifyReport) -> String {
+/// With no audit key pinned, an export only proves it was signed by the key it carries, which
+/// anyone can make: a failing `pinned key` check is added, unless the caller chose
+/// `--insecure-embedded-key`, and then the verdict carries the returned warning.
+fn unpinned(report: &mut VerifyReport, insecure: bool) -> Option<String> {
+    if insecure {
+        return Some(format!(
+            "no audit key pinned (--insecure-embedded-key): trusted the key the export carries ({}); anyone with a fresh key could have written it",
+            report.audit_keyid
+        ));
+    }
+    report.checks.push(govbox_audit::Check {
+        name: "pinned key".into(),
+        ok: false,
+        detail: "none given, so an export signed by any fresh key would pass: give --device-key (the box's \
+                 identity/audit.pub, taken at install), or --insecure-embedded-key to trust the key the export carries"
+            .into(),
+    });
+    report.ok = false;
+    None
+}
+
+/// The human form of a verification report; a warning goes right above the verdict line.
+fn render_report(file: &Path, r: &VerifyReport, warning: Option<&str>) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let _ = writeln!(out, "export     {}", file.display());
@@ -264,6 +291,9 @@ fn render_report(file: &Path, r: &VerifyReport) -> String {
         let _ = writeln!(out, "{}  {:<16} {}", if c.ok { "PASS" } else { "FAIL" }, c.name, c.detail);
     }
     let failed = r.checks.iter().filter(|c| !c.ok).count();
+    if let Some(w) = warning {
+        let _ = writeln!(out, "WARNING    {w}");
+    }
     if r.ok {
         let _ = writeln!(out, "result     PASS ({} checks)", r.checks.len());
     } else {
@@ -458,17 +488,38 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn report_lists_range_gaps_and_each_check() {
+    /// The export of a fresh log holding one entry.
+    fn one_entry_export() -> Vec<u8> {
         let dir = tempfile::tempdir().unwrap();
         let keys = AuditKeys::new(SigningKey::generate().unwrap(), [1; 32]);
         let log = AuditLog::open(dir.path(), keys, AuditOptions::default()).unwrap();
         log.append_blocking(Event::ConfigReload).unwrap();
-        let r = verify_export(&log.export(ExportRange::default()).unwrap(), None, None).unwrap();
-        let text = render_report(Path::new("x.json"), &r);
+        log.export(ExportRange::default()).unwrap()
+    }
+
+    #[test]
+    fn report_lists_range_gaps_and_each_check() {
+        let r = verify_export(&one_entry_export(), None, None).unwrap();
+        let text = render_report(Path::new("x.json"), &r, None);
         assert!(text.contains("range      seq 0..=0 (1 entries), tree size 1"), "{text}");
         assert!(text.contains("gaps       none"), "{text}");
         assert!(text.contains("PASS  root"), "{text}");
         assert!(text.ends_with(&format!("result     PASS ({} checks)\n", r.checks.len())), "{text}");
+    }
+
+    #[test]
+    fn an_unpinned_export_fails_unless_the_embedded_key_is_trusted_with_a_warning() {
+        let export = one_entry_export();
+        let mut r = verify_export(&export, None, None).unwrap();
+        assert_eq!(unpinned(&mut r, false), None);
+        let text = render_report(Path::new("x.json"), &r, None);
+        assert!(!r.ok && text.contains("FAIL  pinned key       none given"), "{text}");
+        assert!(text.ends_with(&format!("result     FAIL (1 of {} checks failed)\n", r.checks.len())), "{text}");
+
+        let mut r = verify_export(&export, None, None).unwrap();
+        let warning = unpinned(&mut r, true);
+        let text = render_report(Path::new("x.json"), &r, warning.as_deref());
+        assert!(r.ok && text.contains("\nWARNING    no audit key pinned (--insecure-embedded-key)"), "{text}");
+        assert!(text.ends_with("checks)\n") && text.contains("result     PASS"), "{text}");
     }
 }

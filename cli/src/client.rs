@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
+use govbox_images::ModelStore;
 use govbox_provisioning::{
     CertInfo, ClientName, ClientRecord, ClientStore, DEFAULT_CERT_DAYS, IssuedCert, IssuedClient, NewClient, Overwrite,
-    ProvisionError, write_client_bundle,
+    ProvisionError, Scope, StatePaths, check_known_models, write_client_bundle,
 };
 use serde_json::{Value, json};
 
@@ -51,9 +52,13 @@ pub enum ClientCommand {
 pub struct AddArgs {
     /// The client's name: [a-z0-9][a-z0-9._-]{0,62}.
     name: String,
-    /// The models it may use, comma-separated [default: all].
+    /// The models it may use, comma-separated, or `all` for every present and future model.
+    /// Required for an inference client.
     #[arg(long, value_delimiter = ',')]
     models: Vec<String>,
+    /// What it may call, comma-separated: `inference` (the OpenAI API), `metrics` (/metrics).
+    #[arg(long = "scope", value_delimiter = ',', default_value = "inference")]
+    scopes: Vec<Scope>,
     /// Requests per minute [default: govboxd's [serving] default_client_rpm].
     #[arg(long)]
     rpm: Option<u32>,
@@ -132,9 +137,28 @@ fn offline(state: &Path, cmd: ClientCommand) -> Result<()> {
         ClientCommand::Add(args) => {
             let name = ClientName::parse(&args.name)?;
             let dir = bundle_dir(&name, args.cert_out.as_deref());
+            // The model store is the box's list of models while govboxd is stopped (no folder yet:
+            // nothing imported; not created here, so that a refused add changes nothing).
+            let paths = StatePaths::new(state);
+            let stored = match paths.models_dir().is_dir() {
+                true => ModelStore::open(&paths).and_then(|s| s.list()),
+                false => Ok(Vec::new()),
+            };
+            match stored {
+                Ok(stored) => {
+                    let mut known: Vec<String> = stored.into_iter().map(|m| m.name).collect();
+                    known.sort();
+                    check_known_models(name.as_str(), &args.models, &known)?;
+                    if known.is_empty() && !args.models.is_empty() {
+                        eprintln!("note: no model is imported yet, so the model names were not checked");
+                    }
+                }
+                Err(e) => eprintln!("note: the model names were not checked: the model store cannot be read: {e}"),
+            }
             let issued = ClientStore::open(state)?.add(NewClient {
                 name: name.clone(),
                 models: args.models,
+                scopes: args.scopes,
                 rpm: args.rpm,
                 tokens_per_day: args.tokens_per_day,
                 max_concurrent: args.max_concurrent,
@@ -168,6 +192,7 @@ fn online(mut conn: AdminClient, cmd: ClientCommand) -> Result<()> {
                 "cmd": "client_add",
                 "name": name.as_str(),
                 "models": args.models,
+                "scopes": args.scopes,
                 "rpm": args.rpm,
                 "tokens_per_day": args.tokens_per_day,
                 "max_concurrent": args.max_concurrent,
@@ -256,6 +281,7 @@ fn print_issued(record: &ClientRecord, files: &[PathBuf; 3]) {
     println!("  certificate   {}", crt.display());
     println!("  private key   {} (mode 0600)", key.display());
     println!("  box CA        {}", ca.display());
+    println!("  scopes        {}", scopes_text(record));
     println!("  cert sha256   {}", record.cert_sha256.as_deref().unwrap_or("-"));
     println!("  expires       {}", format_unix(record.cert_not_after));
 }
@@ -270,23 +296,38 @@ fn print_list(clients: &[ClientRecord], json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<24} {:<20} {:>6} {:>12} {:<5} {:<7} {:<20} CERT SHA256",
-        "NAME", "MODELS", "RPM", "TOKENS/DAY", "TOKEN", "REVOKED", "CERT EXPIRES"
+        "{:<24} {:<20} {:<17} {:>6} {:>12} {:<5} {:<7} {:<29} CERT SHA256",
+        "NAME", "MODELS", "SCOPES", "RPM", "TOKENS/DAY", "TOKEN", "REVOKED", "CERT EXPIRES"
     );
     let or_any = |v: Option<String>| v.unwrap_or_else(|| "-".to_string());
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
     for c in clients {
-        let models = if c.models.is_empty() { "(all)".to_string() } else { c.models.join(",") };
+        let models = match (c.has_scope(Scope::Inference), c.models.is_empty()) {
+            (false, _) => "-".to_string(),
+            (true, true) => "(all)".to_string(),
+            (true, false) => c.models.join(","),
+        };
+        // An expired certificate is refused (401) until `govbox client renew`.
+        let expires = match c.cert_expired(now) {
+            true => format!("{} EXPIRED", format_unix(c.cert_not_after)),
+            false => format_unix(c.cert_not_after),
+        };
         println!(
-            "{:<24} {:<20} {:>6} {:>12} {:<5} {:<7} {:<20} {}",
+            "{:<24} {:<20} {:<17} {:>6} {:>12} {:<5} {:<7} {:<29} {}",
             c.name,
             models,
+            scopes_text(c),
             c.rpm.map_or_else(|| "default".to_string(), |v| v.to_string()),
             or_any(c.tokens_per_day.map(|v| v.to_string())),
             if c.token_sha256.is_some() { "yes" } else { "no" },
             if c.revoked { "yes" } else { "no" },
-            format_unix(c.cert_not_after),
+            expires,
             c.cert_sha256.as_deref().unwrap_or("-"),
         );
     }
     Ok(())
+}
+
+fn scopes_text(c: &ClientRecord) -> String {
+    c.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")
 }

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
-use govbox_provisioning::{CertInfo, DEFAULT_STATE_DIR, Role, StatePaths, TrustRoot};
+use govbox_provisioning::{CertInfo, ClientRecord, ClientStore, DEFAULT_STATE_DIR, Role, StatePaths, TrustRoot};
 use serde::Serialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -124,6 +124,10 @@ pub fn collect(state: &Path, socket: &Path, now: OffsetDateTime) -> Vec<Check> {
     }
     checks.push(admin_socket(socket));
     let status = daemon(socket, &mut checks);
+    checks.push(match clients(state, socket) {
+        Ok(list) => client_certificates(&list, now),
+        Err(why) => Check::new("client certificates", Level::Skip, why, None),
+    });
     checks.push(egress(status.as_ref()));
     checks.push(process(socket, status.as_ref()));
     checks
@@ -548,6 +552,49 @@ fn daemon(socket: &Path, checks: &mut Vec<Check>) -> Option<Value> {
     }
 }
 
+/// The clients: from the running govboxd (which holds the store's lock), else from the store.
+fn clients(state: &Path, socket: &Path) -> Result<Vec<ClientRecord>, String> {
+    if let Ok(mut answer) = AdminClient::connect(socket).and_then(|mut c| c.request(&json!({"cmd": "client_list"}))) {
+        return serde_json::from_value(answer["clients"].take()).map_err(|e| format!("govboxd's client list: {e}"));
+    }
+    ClientStore::open(state).and_then(|s| s.list()).map_err(|e| format!("the client store cannot be read: {e}"))
+}
+
+/// The certificates of the clients that are not revoked: an expired one is refused (401) until
+/// renewed, so that application is down; one expiring within [`CERT_WARN_DAYS`] soon will be.
+pub fn client_certificates(clients: &[ClientRecord], now: OffsetDateTime) -> Check {
+    let name = "client certificates";
+    let mut expired = Vec::new();
+    let mut expiring = Vec::new();
+    for c in clients.iter().filter(|c| !c.revoked) {
+        let left = days_left(c.cert_not_after, now);
+        if c.cert_expired(now.unix_timestamp()) {
+            expired.push(c.name.as_str());
+        } else if left < CERT_WARN_DAYS {
+            expiring.push(format!("{} ({left} days)", c.name));
+        }
+    }
+    let renew = "govbox client renew NAME --cert-out DIR, and install the new files on that application \
+                 (or govbox client revoke NAME if it is retired)";
+    let active = clients.iter().filter(|c| !c.revoked).count();
+    if !expired.is_empty() {
+        let mut msg = format!("expired, refused until renewed: {}", expired.join(", "));
+        if !expiring.is_empty() {
+            msg.push_str(&format!("; expiring within {CERT_WARN_DAYS} days: {}", expiring.join(", ")));
+        }
+        Check::new(name, Level::Fail, msg, Some(renew.into()))
+    } else if !expiring.is_empty() {
+        Check::new(
+            name,
+            Level::Warn,
+            format!("expiring within {CERT_WARN_DAYS} days: {}", expiring.join(", ")),
+            Some(renew.into()),
+        )
+    } else {
+        Check::ok(name, format!("{active} active clients, none expiring within {CERT_WARN_DAYS} days"))
+    }
+}
+
 /// The egress lockdown that govboxd reports in its `status` (`egress`).
 pub fn egress(status: Option<&Value>) -> Check {
     let name = "egress lockdown";
@@ -722,6 +769,36 @@ mod tests {
         fs::copy(StatePaths::new(&other).server_cert(), paths.server_cert()).unwrap();
         let c = &certificates(&paths, OffsetDateTime::now_utc())[1];
         assert_eq!(c.level, Level::Fail, "{c:?}");
+    }
+
+    #[test]
+    fn expired_and_expiring_client_certificates_are_named() {
+        let at = |t: i64| OffsetDateTime::from_unix_timestamp(t).unwrap();
+        let client = |name: &str, not_after: i64, revoked: bool| ClientRecord {
+            name: name.into(),
+            models: vec![],
+            scopes: vec![govbox_provisioning::Scope::Inference],
+            rpm: None,
+            tokens_per_day: None,
+            max_concurrent: None,
+            cert_sha256: None,
+            cert_not_after: not_after,
+            token_sha256: None,
+            revoked,
+            created: 0,
+            allow_special_tokens: false,
+        };
+        let now = 1_000 * 86_400;
+        let fine = client("fine", now + 100 * 86_400, false);
+        let soon = client("soon", now + 5 * 86_400, false);
+        let gone = client("gone", now - 1, false);
+        let revoked = client("old", now - 1, true);
+        assert_eq!(client_certificates(&[fine.clone(), revoked.clone()], at(now)).level, Level::Ok);
+        let c = client_certificates(&[fine.clone(), soon.clone()], at(now));
+        assert!(c.level == Level::Warn && c.message.contains("soon (5 days)"), "{c:?}");
+        let c = client_certificates(&[fine, soon, gone, revoked], at(now));
+        assert!(c.level == Level::Fail && c.message.starts_with("expired, refused until renewed: gone;"), "{c:?}");
+        assert!(c.hint.as_deref().unwrap().contains("govbox client renew"), "{c:?}");
     }
 
     #[test]

@@ -41,12 +41,13 @@ pub fn run(socket: &Path, args: StatusArgs) -> Result<ExitCode> {
     }
     // The client count is a second request on the same connection; the status stands without it.
     let clients = conn.request(&json!({"cmd": "client_list"})).ok();
-    print!("{}", render(&status, clients.as_ref()));
+    print!("{}", render(&status, clients.as_ref(), time::OffsetDateTime::now_utc().unix_timestamp()));
     Ok(ExitCode::SUCCESS)
 }
 
-/// The human form of a `status` answer (and, if it came, a `client_list` answer).
-fn render(s: &Value, clients: Option<&Value>) -> String {
+/// The human form of a `status` answer (and, if it came, a `client_list` answer), at `now`
+/// (Unix seconds: a client whose certificate has expired is not counted as active).
+fn render(s: &Value, clients: Option<&Value>, now: i64) -> String {
     let str_of = |v: &Value| v.as_str().map(str::to_string).unwrap_or_else(|| "?".to_string());
     let state = if s["shutting_down"].as_bool() == Some(true) {
         "shutting down"
@@ -173,7 +174,18 @@ fn render(s: &Value, clients: Option<&Value>) -> String {
     );
     if let Some(list) = clients.and_then(|c| c["clients"].as_array()) {
         let revoked = list.iter().filter(|c| c["revoked"].as_bool() == Some(true)).count();
-        row("clients", format!("{} ({} active, {revoked} revoked)", list.len(), list.len() - revoked));
+        let expired = list
+            .iter()
+            .filter(|c| c["revoked"].as_bool() != Some(true) && c["cert_not_after"].as_i64().is_some_and(|t| t <= now))
+            .count();
+        row(
+            "clients",
+            format!(
+                "{} ({} active, {expired} with an expired certificate, {revoked} revoked)",
+                list.len(),
+                list.len() - revoked - expired
+            ),
+        );
     }
     head + &out
 }
@@ -217,8 +229,12 @@ mod tests {
             "active_generations": 1, "queued_requests": 0, "open_connections": 3,
             "insecure_dev_models": true,
         });
-        let clients = json!({"clients": [{"revoked": false}, {"revoked": true}]});
-        let out = render(&s, Some(&clients));
+        let clients = json!({"clients": [
+            {"revoked": false, "cert_not_after": 2000},
+            {"revoked": true, "cert_not_after": 2000},
+            {"revoked": false, "cert_not_after": 1000},
+        ]});
+        let out = render(&s, Some(&clients), 1500);
         assert!(out.starts_with("govboxd 0.1.0: ready\n"), "{out}");
         for want in [
             "uptime        01h 02m 05s",
@@ -231,7 +247,7 @@ mod tests {
             "WARNING       --insecure-dev-models",
             "not loaded    late",
             "requests      1 generating, 0 queued, 3 open connections",
-            "clients       2 (1 active, 1 revoked)",
+            "clients       3 (1 active, 1 with an expired certificate, 1 revoked)",
         ] {
             assert!(out.contains(want), "missing {want:?} in\n{out}");
         }
@@ -245,7 +261,7 @@ mod tests {
                         "temperature_c": 45.0, "health": "ok", "notes": ["Q4_1 weights de-quantised to F32 at upload"]},
             "accelerators": [{"kind": "ascend", "compiled": true, "present": true, "devices": 1, "simulated": true,
                               "detail": "govbox ascend-sim"}]});
-        let out = render(&s, None);
+        let out = render(&s, None, 0);
         for want in [
             "backend       ascend ascend:0 (Ascend910B-sim (simulated)), 1 threads, device = \"auto\"",
             "SIMULATED     the device is govbox's simulator",
@@ -265,7 +281,7 @@ mod tests {
                        "bind_ports": [8443], "other_inet": "denied"},
             "audit_witness": {"address": "tcp://10.0.0.5:6514", "pending": 2, "last_sent_size": 1000,
                               "last_error": "connecting: Connection refused (os error 111)"}});
-        let out = render(&s, None);
+        let out = render(&s, None, 0);
         for want in [
             "egress        locked but for the audit witness (landlock ABI 7: TCP connect allowed only to port 6514",
             "audit witness tcp://10.0.0.5:6514: BEHIND, 2 signed head(s) waiting; last sent tree size 1000; \
@@ -273,7 +289,7 @@ mod tests {
         ] {
             assert!(out.contains(want), "missing {want:?} in\n{out}");
         }
-        let none = render(&json!({"ready": true, "models": []}), None);
+        let none = render(&json!({"ready": true, "models": []}), None, 0);
         assert!(!none.contains("audit witness"), "{none}");
     }
 
@@ -281,21 +297,21 @@ mod tests {
     fn renders_the_egress_lockdown() {
         let locked = json!({"ready": true, "models": [], "egress": {"mechanism": "landlock", "abi": 7,
             "connect": "denied", "bind_ports": [8443], "other_inet": "denied"}});
-        let out = render(&locked, None);
+        let out = render(&locked, None, 0);
         let want = "egress        locked (landlock ABI 7: TCP connect denied, bind allowed only on port 8443; \
                     other internet sockets denied)";
         assert!(out.contains(want), "missing {want:?} in\n{out}");
         let off = json!({"ready": true, "models": [], "egress": {"mechanism": "off", "abi": null,
             "connect": "allowed", "bind_ports": null, "other_inet": "allowed"}});
-        let out = render(&off, None);
+        let out = render(&off, None, 0);
         assert!(out.contains("egress        OFF, outbound connections possible (off: TCP connect allowed"), "{out}");
-        let old = render(&json!({"ready": true, "models": []}), None);
+        let old = render(&json!({"ready": true, "models": []}), None, 0);
         assert!(!old.contains("egress"), "no row for a daemon that does not report it: {old}");
     }
 
     #[test]
     fn renders_starting_daemon() {
-        let out = render(&json!({"ready": false, "models": []}), None);
+        let out = render(&json!({"ready": false, "models": []}), None, 0);
         assert!(out.contains(": starting (models loading)") && out.contains("none loaded"), "{out}");
         assert!(!out.contains("clients"), "{out}");
     }

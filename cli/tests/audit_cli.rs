@@ -91,13 +91,21 @@ fn offline_export_tail_hmac_and_verify() {
     append(&paths, 5);
     let out = ok(cwd, &["--state", "s", "audit", "export", "--from", "11", "-o", "e2.json"]);
     assert!(out.contains("exported seq 11..=17"), "{out}");
-    let out = ok(cwd, &["audit", "verify", "e2.json", "--previous", "e1.json"]);
+    let out = ok(cwd, &["audit", "verify", "e2.json", "--previous", "e1.json", "--device-key", "s/identity/audit.pub"]);
     assert!(out.contains("PASS  previous export"), "{out}");
+    // Nothing pinned: FAIL, saying why; trusting the embedded key passes with a warning.
+    let out = govbox(cwd, &["audit", "verify", "e2.json", "--previous", "e1.json"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("FAIL  pinned key") && stdout.contains("none given, so an export signed by any fresh key"));
+    let out = ok(cwd, &["audit", "verify", "e2.json", "--insecure-embedded-key"]);
+    assert!(out.contains("WARNING    no audit key pinned") && out.contains("result     PASS"), "{out}");
 
     // A tampered export fails, names the seq, and exits non-zero.
     let text = std::fs::read_to_string(cwd.join("e2.json")).unwrap();
     std::fs::write(cwd.join("bad.json"), text.replace("app-3", "app-X")).unwrap();
-    let out = govbox(cwd, &["audit", "verify", "bad.json", "--previous", "e1.json"]);
+    let out =
+        govbox(cwd, &["audit", "verify", "bad.json", "--previous", "e1.json", "--device-key", "s/identity/audit.pub"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{stdout}");
     assert!(stdout.contains("FAIL  entry") && stdout.contains(": entry hash mismatch"), "{stdout}");

@@ -354,8 +354,23 @@ fn clients_are_issued_listed_renewed_and_revoked() {
 
     let err = govbox_err(cwd, &[&state[..], &["renew", "hr-portal"]].concat());
     assert!(err.contains("revoked"), "{err}");
-    let err = govbox_err(cwd, &[&state[..], &["add", "hr-portal", "--cert-out", "again"]].concat());
-    assert!(err.contains("already exists"), "{err}");
+    let err = govbox_err(cwd, &[&state[..], &["add", "hr-portal", "--models", "all", "--cert-out", "again"]].concat());
+    assert!(err.contains("a revoked client had this name, and a name is never reused"), "{err}");
+    // Which models a client may use is always a choice: none given is refused, `all` is explicit.
+    let err = govbox_err(cwd, &[&state[..], &["add", "vague", "--cert-out", "vague"]].concat());
+    assert!(err.contains("choose the models it may use: --models NAME[,NAME...], or --models all"), "{err}");
+    assert!(!cwd.join("vague").exists(), "a refused add writes nothing");
+    client(&["add", "scraper", "--scope", "metrics", "--cert-out", "scraper"]);
+    client(&["add", "everything", "--models", "all", "--cert-out", "everything", "--days", "30"]);
+    // An expired certificate is marked in the list (made through the library: the CLI issues
+    // certificates valid from now).
+    let store = ClientStore::open(cwd.join("s")).unwrap();
+    store.renew_at("everything", 1, time::OffsetDateTime::now_utc() - time::Duration::days(3)).unwrap();
+    drop(store);
+    let list = client(&["list"]);
+    let row = |name: &str| list.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{list}")).to_string();
+    assert!(row("everything ").contains("(all)") && row("everything ").contains(" EXPIRED "), "{list}");
+    assert!(row("scraper ").contains(" metrics ") && !row("scraper ").contains("EXPIRED"), "{list}");
     for bad in ["Bad-Name", "../evil", "a b", "_x", ""] {
         let err = govbox_err(cwd, &[&state[..], &["add", bad]].concat());
         assert!(err.contains("checking client name"), "{bad:?}: {err}");

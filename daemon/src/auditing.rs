@@ -158,7 +158,7 @@ impl OpenRequest {
 }
 
 /// The HMAC of `text` sent by or to `client`, as the request's audit entries hold it.
-pub fn client_hmac(log: &AuditLog, client: &str, text: &[u8]) -> String {
+pub fn client_hmac(log: &AuditHandle, client: &str, text: &[u8]) -> String {
     let mut s = log.hmac_context().for_client(client);
     s.update(text);
     s.finish()

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
-use govbox_provisioning::ClientRecord;
+use govbox_provisioning::{ClientRecord, Scope};
 
 use crate::api::error::ApiError;
 use crate::config::MtlsMode;
@@ -57,7 +57,22 @@ pub fn authorise(state: &AppState, client: &ClientRecord, model: &LoadedModel) -
     state.quotas.check_budget(client)
 }
 
-/// Whether the client's model list allows `model` (an empty list allows every model).
+/// Whether the client is an inference client whose model list allows `model` (an empty list,
+/// chosen as `--models all`, allows every model).
 pub fn may_use(client: &ClientRecord, model: &str) -> bool {
-    client.models.is_empty() || client.models.iter().any(|m| m == model)
+    client.has_scope(Scope::Inference) && (client.models.is_empty() || client.models.iter().any(|m| m == model))
+}
+
+/// Whether the caller may read what is behind `scope`.
+pub fn require_scope(client: &ClientRecord, scope: Scope) -> Result<(), ApiError> {
+    match client.has_scope(scope) {
+        true => Ok(()),
+        false => Err(ApiError::ScopeNotGranted { client: client.name.clone(), scope: scope.as_str() }),
+    }
+}
+
+/// Whether the request carries any credential (a client certificate or an `Authorization`
+/// header): endpoints open to anyone say more to a caller that does.
+pub fn presents_credentials(conn: Option<&ConnInfo>, headers: &HeaderMap) -> bool {
+    conn.is_some_and(|c| c.cert_sha256.is_some()) || headers.contains_key(AUTHORIZATION)
 }

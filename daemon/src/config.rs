@@ -216,7 +216,8 @@ impl Default for TlsConfig {
 pub struct Limits {
     /// Largest request body, in bytes; larger gives 413.
     pub max_body_bytes: usize,
-    /// Seconds a client has to finish the TLS handshake and to send a request's headers.
+    /// Seconds a client has to finish the TLS handshake and to send a request's headers (a new
+    /// connection's first request must begin within it too).
     pub header_timeout_secs: u64,
     /// Seconds a client has to send a request's body.
     pub body_timeout_secs: u64,
@@ -224,6 +225,8 @@ pub struct Limits {
     pub idle_timeout_secs: u64,
     /// Open connections at most; further connections are closed at once.
     pub max_connections: usize,
+    /// Open connections from one IP address at most; further ones from it are closed at once.
+    pub max_connections_per_address: usize,
 }
 
 impl Default for Limits {
@@ -239,6 +242,10 @@ impl Default for Limits {
             idle_timeout_secs: 60,
             // 512 connections: far above what the accelerators can serve, far below the fd limit.
             max_connections: 512,
+            // 32: one application server's SDK pool (one request per HTTP/1.1 connection) already
+            // has four times the engine's default 8 slots; at 512 in all, filling the box takes
+            // 16 addresses, so one host holding idle connections cannot lock the others out.
+            max_connections_per_address: 32,
         }
     }
 }
@@ -386,6 +393,7 @@ impl Config {
             ("limits.body_timeout_secs", l.body_timeout_secs),
             ("limits.idle_timeout_secs", l.idle_timeout_secs),
             ("limits.max_connections", l.max_connections as u64),
+            ("limits.max_connections_per_address", l.max_connections_per_address as u64),
             ("serving.max_concurrent", s.max_concurrent as u64),
             ("serving.request_deadline_secs", s.request_deadline_secs),
             ("serving.default_max_tokens", s.default_max_tokens as u64),

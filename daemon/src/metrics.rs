@@ -43,7 +43,8 @@ pub struct Metrics {
     pub cancelled: Counter,
     /// `govbox_connections_open`.
     pub connections: Gauge,
-    /// `govbox_connections_refused_total`: closed at once because `max_connections` were open.
+    /// `govbox_connections_refused_total`: closed at once because `max_connections` were open
+    /// (or `max_connections_per_address` from the peer's address).
     pub connections_refused: Counter,
     /// `govbox_tls_handshake_failures_total`.
     pub handshake_failures: Counter,
@@ -140,7 +141,7 @@ impl Metrics {
         let connections_refused = Counter::default();
         registry.register(
             "govbox_connections_refused",
-            "Connections closed at once because limits.max_connections were open",
+            "Connections closed at once because limits.max_connections (or max_connections_per_address) were open",
             connections_refused.clone(),
         );
         let handshake_failures = Counter::default();

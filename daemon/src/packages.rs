@@ -261,6 +261,11 @@ impl Packages {
         })
     }
 
+    /// The names of the stored models.
+    pub fn names(&self) -> Result<Vec<String>, ServeError> {
+        Ok(self.store.list()?.into_iter().map(|m| m.name).collect())
+    }
+
     /// `model_list`: every stored version, with which one is active and which one is served.
     pub fn list(&self, state: &AppState) -> Result<Value, ServeError> {
         let served = state.models.get();

@@ -226,6 +226,7 @@ mod tests {
         ClientRecord {
             name: "app".into(),
             models: vec![],
+            scopes: vec![govbox_provisioning::Scope::Inference],
             rpm,
             tokens_per_day: budget,
             max_concurrent: None,

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
 
-use govbox_audit::{AuditLog, Event, format_time};
+use govbox_audit::{AuditHandle, Event, format_time};
 use time::OffsetDateTime;
 
 use crate::metrics::Metrics;
@@ -86,7 +86,7 @@ impl Refusals {
 
     /// Writes the tallies of ended minutes (all of them when `all`). Blocking: from the admin
     /// socket's blocking tasks and at shutdown.
-    pub fn flush_blocking(&self, log: &AuditLog, metrics: &Metrics, all: bool) {
+    pub fn flush_blocking(&self, log: &AuditHandle, metrics: &Metrics, all: bool) {
         let before = (!all).then(|| minute_of(OffsetDateTime::now_utc()));
         for ev in self.drain(before) {
             match log.append_blocking(ev.clone()) {

@@ -1,6 +1,7 @@
-//! The HTTPS listener: accepting connections within `limits.max_connections`, the TLS handshake
-//! within `limits.header_timeout_secs`, HTTP/1.1 with a header-read timeout, an idle timeout, and
-//! a graceful drain on shutdown.
+//! The HTTPS listener: accepting connections within `limits.max_connections` and, from any one
+//! IP address, `limits.max_connections_per_address`; the TLS handshake within
+//! `limits.header_timeout_secs`; HTTP/1.1 with a header-read timeout, an idle timeout, and a
+//! graceful drain on shutdown.
 //!
 //! A connection is closed when it has been silent for `limits.idle_timeout_secs` with no request
 //! in flight; with a request in flight it is closed only if it makes no progress for longer than
@@ -11,13 +12,21 @@
 //! waits for its next request, which would close quiet keep-alive connections after
 //! `header_timeout_secs` instead of `idle_timeout_secs`. So the timer is ours: the read side
 //! notes when a head starts arriving on a connection with nothing in flight, the service clears
-//! it when the head is complete, and the connection's watchdog closes one that trickles.
+//! it when the head is complete, and the connection's watchdog closes one that trickles. A new
+//! connection must begin its first request within `header_timeout_secs` of the handshake, so a
+//! peer that completes handshakes and then says nothing holds each slot only that long.
+//!
+//! hyper's `header_read_timeout` is set explicitly (left unset, hyper applies its own 30 s, which
+//! closed quiet keep-alive connections at 30 s whatever `idle_timeout_secs` said): to
+//! `idle_timeout_secs + header_timeout_secs`, the longest a head may take by the rules above, so
+//! it is a backstop that never cuts a connection those rules allow.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -42,17 +51,27 @@ use crate::tls;
 pub async fn serve(listener: TcpListener, state: Arc<AppState>, router: Router) {
     let max = state.config.limits.max_connections;
     let conns = Arc::new(Semaphore::new(max));
+    let per_address = PerAddress::new(state.config.limits.max_connections_per_address);
     let mut shutdown = state.shutdown.subscribe();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
+                    let Some(slot) = per_address.take(peer.ip()) else {
+                        state.metrics.connections_refused.inc();
+                        log::debug!(
+                            "refused a connection from {}: it has {} connections open",
+                            peer.ip(),
+                            per_address.limit
+                        );
+                        continue;
+                    };
                     let Ok(permit) = conns.clone().try_acquire_owned() else {
                         state.metrics.connections_refused.inc();
                         log::debug!("refused a connection from {}: {max} connections are open", peer.ip());
                         continue;
                     };
-                    tokio::spawn(connection(tcp, peer, permit, state.clone(), router.clone()));
+                    tokio::spawn(connection(tcp, peer, (permit, slot), state.clone(), router.clone()));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off briefly rather than spin.
@@ -78,6 +97,49 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, router: Router) 
     }
 }
 
+/// Open connections per peer address (IPv4-mapped IPv6 counted as the IPv4 address).
+struct PerAddress {
+    limit: usize,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// One open connection of an address; dropping it frees the slot.
+struct AddressSlot {
+    ip: IpAddr,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl PerAddress {
+    fn new(limit: usize) -> Self {
+        PerAddress { limit, open: Arc::default() }
+    }
+
+    /// A slot for one more connection from `ip`, or `None` when it has `limit` open.
+    fn take(&self, ip: IpAddr) -> Option<AddressSlot> {
+        let ip = ip.to_canonical();
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot { ip, open: self.open.clone() })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            // Forget idle addresses, so the map holds only addresses with open connections.
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Milliseconds since `base` of the last byte read or written.
 struct Activity {
     base: Instant,
@@ -87,6 +149,8 @@ struct Activity {
     head_started_ms: AtomicU64,
     /// Requests whose head was read and whose answer is not finished.
     in_flight: Arc<AtomicUsize>,
+    /// Whether any request head was read on this connection.
+    any_head: AtomicBool,
 }
 
 impl Activity {
@@ -106,6 +170,11 @@ impl Activity {
     /// A whole head was read.
     fn head_done(&self) {
         self.head_started_ms.store(0, Ordering::SeqCst);
+        self.any_head.store(true, Ordering::SeqCst);
+    }
+    /// How long the connection has waited for its first request, if none came yet.
+    fn first_head_pending_for(&self) -> Option<Duration> {
+        (!self.any_head.load(Ordering::SeqCst)).then(|| self.base.elapsed())
     }
     /// How long the current head has been arriving, if one is.
     fn head_pending_for(&self) -> Option<Duration> {
@@ -201,11 +270,11 @@ impl Drop for OpenConnection {
 async fn connection(
     tcp: TcpStream,
     peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
+    permits: (OwnedSemaphorePermit, AddressSlot),
     state: Arc<AppState>,
     router: Router,
 ) {
-    let _permit = permit;
+    let _permits = permits;
     state.metrics.connections.inc();
     let _open = OpenConnection(state.clone());
     let _ = tcp.set_nodelay(true);
@@ -235,6 +304,7 @@ async fn connection(
         last_ms: AtomicU64::new(0),
         head_started_ms: AtomicU64::new(0),
         in_flight: in_flight.clone(),
+        any_head: AtomicBool::new(false),
     });
     let io = TokioIo::new(Tracked { inner: stream, activity: activity.clone() });
     let counter = in_flight.clone();
@@ -249,13 +319,13 @@ async fn connection(
             Ok::<_, std::convert::Infallible>(resp.map(|b| Body::new(Guarded { inner: b, _in_flight: guard })))
         }
     });
+    let idle = Duration::from_secs(limits.idle_timeout_secs);
     let mut builder = http1::Builder::new();
-    // No hyper header_read_timeout: see the module docs; the watchdog below enforces it.
-    builder.timer(TokioTimer::new()).max_headers(100);
+    // A backstop only: the watchdog below enforces the header timeout (see the module docs).
+    builder.timer(TokioTimer::new()).header_read_timeout(idle + header_timeout).max_headers(100);
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
 
-    let idle = Duration::from_secs(limits.idle_timeout_secs);
     let stuck = Duration::from_secs(state.config.serving.request_deadline_secs) + idle;
     let mut tick =
         tokio::time::interval((idle.min(header_timeout) / 4).clamp(Duration::from_millis(100), Duration::from_secs(5)));
@@ -279,7 +349,8 @@ async fn connection(
             _ = tick.tick() => {
                 let quiet = activity.quiet_for();
                 let busy = in_flight.load(Ordering::SeqCst) > 0;
-                if !busy && activity.head_pending_for().is_some_and(|t| t >= header_timeout) {
+                let pending = activity.head_pending_for().or_else(|| activity.first_head_pending_for());
+                if !busy && pending.is_some_and(|t| t >= header_timeout) {
                     log::debug!("closing a connection from {} whose request head took over {} s", peer.ip(), header_timeout.as_secs());
                     break;
                 }

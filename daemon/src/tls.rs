@@ -5,6 +5,12 @@
 //! (AES-GCM and ChaCha20-Poly1305). Client certificates are verified against the box's own CA
 //! and nothing else; whether one is required follows `tls.mtls`. Which client a verified
 //! certificate belongs to is decided per request, by its SHA-256 fingerprint, in `auth`.
+//!
+//! One exception to webpki's verdict, and only one: a client certificate past its own notAfter
+//! completes the handshake when its whole chain verifies at that moment. Its requests are then
+//! refused by `auth` with a 401 in OpenAI's error shape, which a client can read, instead of a
+//! `certificate expired` alert that SDKs report as an opaque connection error. A certificate of
+//! another CA, a bad signature, or an intermediate past its own notAfter still fail the handshake.
 
 use std::sync::{Arc, RwLock};
 
@@ -12,10 +18,12 @@ use govbox_provisioning::ServerTls;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::ServerCertVerifier;
 use rustls::crypto::{CryptoProvider, ring};
-use rustls::server::danger::ClientCertVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
@@ -182,16 +190,80 @@ pub fn server_config_with(
             }
             let b = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
             let b = if mtls == MtlsMode::Optional { b.allow_unauthenticated() } else { b };
-            b.build().map_err(|e| TlsSetupError::Rustls {
+            let inner = b.build().map_err(|e| TlsSetupError::Rustls {
                 what: "client certificate verifier",
                 source: rustls::Error::General(e.to_string()),
-            })?
+            })?;
+            Arc::new(ExpiryAnsweredInHttp { inner })
         }
     };
     let mut config = builder.with_client_cert_verifier(verifier).with_cert_resolver(cert);
     // HTTP/1.1 only: every OpenAI SDK speaks it, and it keeps one code path to harden.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// webpki's client certificate verifier, except for an end-entity certificate past its own
+/// notAfter (see the module docs): that one is verified again, chain and all, at its notAfter.
+#[derive(Debug)]
+struct ExpiryAnsweredInHttp {
+    inner: Arc<dyn ClientCertVerifier>,
+}
+
+impl ClientCertVerifier for ExpiryAnsweredInHttp {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verdict = self.inner.verify_client_cert(end_entity, intermediates, now);
+        let Err(rustls::Error::InvalidCertificate(CertificateError::ExpiredContext { not_after, .. })) = &verdict
+        else {
+            return verdict;
+        };
+        // Only the client's own expiry: an expired intermediate (another notAfter) keeps webpki's verdict.
+        let own = govbox_provisioning::CertInfo::from_der(end_entity.as_ref(), "client certificate").ok();
+        if own.is_some_and(|c| u64::try_from(c.not_after).ok() == Some(not_after.as_secs())) {
+            self.inner.verify_client_cert(end_entity, intermediates, *not_after)
+        } else {
+            verdict
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// SHA-256 of a certificate's DER: how the client store names certificates.

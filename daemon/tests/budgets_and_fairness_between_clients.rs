@@ -54,6 +54,7 @@ async fn a_flooding_client_cannot_make_another_fail() {
     // The flood's own rate is unlimited, so that only admission stands between it and the box.
     let flood = b.add_client("flood", &[], Some(100_000_000), None);
     let hr = b.add_client("hr", &[], None, None);
+    let prom = b.add_metrics_client("prometheus");
     let config = b.config(&[("tiny", &tiny_qwen2())], "[serving]\nmax_concurrent = 2\nqueue_depth = 4\n");
     let d = Arc::new(Daemon::ready(&b, &config).await);
     let long = json!({"model": "tiny", "max_tokens": 500, "temperature": 1, "seed": 7,
@@ -82,7 +83,7 @@ async fn a_flooding_client_cannot_make_another_fail() {
         })
         .collect();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while d.metric("govbox_queued_requests").await != Some(4.0) || flood_503.load(Ordering::Relaxed) == 0 {
+    while d.metric(&prom, "govbox_queued_requests").await != Some(4.0) || flood_503.load(Ordering::Relaxed) == 0 {
         assert!(Instant::now() < deadline, "the flood never filled the queue: {}", d.logs());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -92,6 +92,15 @@ async fn revocation_and_renewal_through_the_admin_socket_apply_at_once() {
     assert_eq!((again["ok"].clone(), again["error"]["code"].clone()), (json!(false), json!("client_exists")));
     let list = d.admin(&json!({"cmd": "client_list"}));
     assert_eq!(list["result"]["clients"].as_array().unwrap().len(), 2);
+    // No choice of models is refused, and so is a model the box does not have, by name.
+    let none = d.admin(&json!({"cmd": "client_add", "name": "vague"}));
+    assert_eq!(none["error"]["code"], "invalid_client_setting", "{none}");
+    assert!(none["error"]["message"].as_str().unwrap().contains("--models all"), "{none}");
+    let typo = d.admin(&json!({"cmd": "client_add", "name": "typo", "models": ["tiny", "nosuch"]}));
+    assert_eq!(typo["error"]["code"], "invalid_client_setting", "{typo}");
+    assert!(typo["error"]["message"].as_str().unwrap().contains("model 'nosuch' is not on this box"), "{typo}");
+    let all = d.admin(&json!({"cmd": "client_add", "name": "everything", "models": ["all"]}));
+    assert_eq!(all["result"]["client"]["models"], json!([]), "{all}");
     let bad = d.admin(&json!({"cmd": "rm -rf"}));
     assert_eq!(bad["error"]["code"], "bad_request");
 
@@ -121,6 +130,10 @@ async fn revocation_and_renewal_through_the_admin_socket_apply_at_once() {
     assert_eq!(r.status, 401);
     // The other client is untouched.
     assert_eq!(d.post(&portal.token_only(), "/v1/chat/completions", &chat()).await.status, 200);
+    // A revoked name is never given to a new client, and the refusal says why.
+    let reuse = d.admin(&json!({"cmd": "client_add", "name": "app", "models": ["all"]}));
+    assert_eq!(reuse["error"]["code"], "client_name_retired", "{reuse}");
+    assert!(reuse["error"]["message"].as_str().unwrap().contains("a revoked client had this name"), "{reuse}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,7 +150,11 @@ async fn models_rate_and_budget_are_enforced_per_client() {
     assert_eq!(r.json()["error"]["type"], "permission_error");
     let v = d.get(&other.token_only(), "/v1/models").await.unwrap().json();
     assert_eq!(v["data"].as_array().unwrap().len(), 0);
-    assert_eq!(d.get(&other.token_only(), "/v1/models/tiny").await.unwrap().status, 403);
+    // Nor may it learn that the model exists: the same 404 as for a model that does not.
+    let hidden = d.get(&other.token_only(), "/v1/models/tiny").await.unwrap();
+    let missing = d.get(&other.token_only(), "/v1/models/nosuch").await.unwrap();
+    assert_eq!((hidden.status, missing.status), (404, 404));
+    assert_eq!(hidden.text().replace("tiny", "M"), missing.text().replace("nosuch", "M"));
 
     // Two requests per minute: the third is refused with a Retry-After.
     assert_eq!(d.post(&slow.token_only(), "/v1/chat/completions", &chat()).await.status, 200);

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Box_, Daemon, tiny_qwen2};
+use common::{Box_, Creds, Daemon, tiny_qwen2};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
@@ -17,10 +17,10 @@ fn long(stream: bool) -> Value {
     json!({"model": "tiny", "prompt": "hello", "max_tokens": 4000, "temperature": 0, "stream": stream})
 }
 
-async fn poll_metric(d: &Daemon, name: &str, ok: impl Fn(f64) -> bool, secs: u64) -> f64 {
+async fn poll_metric(d: &Daemon, prom: &Creds, name: &str, ok: impl Fn(f64) -> bool, secs: u64) -> f64 {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
-        let v = d.metric(name).await.unwrap_or(f64::NAN);
+        let v = d.metric(prom, name).await.unwrap_or(f64::NAN);
         if ok(v) {
             return v;
         }
@@ -33,6 +33,7 @@ async fn poll_metric(d: &Daemon, name: &str, ok: impl Fn(f64) -> bool, secs: u64
 async fn a_client_that_disconnects_cancels_its_generation() {
     let b = Box_::provision();
     let app = b.add_client("app", &[], None, None);
+    let prom = b.add_metrics_client("prometheus");
     let d = Daemon::ready(&b, &b.config(&[("tiny", &tiny_qwen2())], "")).await;
 
     let (resp, conn) = d.post_streaming(&app.token_only(), "/v1/completions", &long(true)).await;
@@ -40,15 +41,15 @@ async fn a_client_that_disconnects_cancels_its_generation() {
     let mut body = resp.into_body();
     let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
     assert!(first.starts_with(b"data: {"));
-    poll_metric(&d, "govbox_active_generations ", |v| v == 1.0, 10).await;
+    poll_metric(&d, &prom, "govbox_active_generations ", |v| v == 1.0, 10).await;
     // The client goes away: the connection is dropped mid-stream.
     drop(body);
     conn.abort();
     let _ = conn.await;
 
-    poll_metric(&d, "govbox_active_generations ", |v| v == 0.0, 10).await;
-    poll_metric(&d, "govbox_generations_cancelled_total ", |v| v == 1.0, 10).await;
-    let generated = d.metric("govbox_tokens_generated_total ").await.unwrap();
+    poll_metric(&d, &prom, "govbox_active_generations ", |v| v == 0.0, 10).await;
+    poll_metric(&d, &prom, "govbox_generations_cancelled_total ", |v| v == 1.0, 10).await;
+    let generated = d.metric(&prom, "govbox_tokens_generated_total ").await.unwrap();
     assert!(generated < 2000.0, "the generation ran on after the client left: {generated} tokens");
     // The cancelled request's log line says so, with its token counts and no content.
     let logs = d.logs();
@@ -60,6 +61,7 @@ async fn a_client_that_disconnects_cancels_its_generation() {
 async fn the_request_deadline_ends_a_generation() {
     let b = Box_::provision();
     let app = b.add_client("app", &[], None, None);
+    let prom = b.add_metrics_client("prometheus");
     let d = Daemon::ready(&b, &b.config(&[("tiny", &tiny_qwen2())], "[serving]\nrequest_deadline_secs = 1\n")).await;
 
     let t = Instant::now();
@@ -73,26 +75,27 @@ async fn the_request_deadline_ends_a_generation() {
     let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
     assert_eq!(last["error"]["code"], "deadline_exceeded", "{last}");
     assert!(!events.iter().any(|e| e == "[DONE]"), "a cut-off stream must not end with [DONE]");
-    poll_metric(&d, "govbox_active_generations ", |v| v == 0.0, 10).await;
+    poll_metric(&d, &prom, "govbox_active_generations ", |v| v == 0.0, 10).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_is_refused_with_503() {
     let b = Box_::provision();
     let app = b.add_client("app", &[], None, None);
+    let prom = b.add_metrics_client("prometheus");
     let extra = "[serving]\nmax_concurrent = 1\nqueue_depth = 0\n";
     let d = Daemon::ready(&b, &b.config(&[("tiny", &tiny_qwen2())], extra)).await;
 
     let (resp, conn) = d.post_streaming(&app.token_only(), "/v1/completions", &long(true)).await;
     assert_eq!(resp.status(), 200);
-    poll_metric(&d, "govbox_active_generations ", |v| v == 1.0, 10).await;
+    poll_metric(&d, &prom, "govbox_active_generations ", |v| v == 1.0, 10).await;
     let r =
         d.post(&app.token_only(), "/v1/completions", &json!({"model": "tiny", "prompt": "x", "max_tokens": 1})).await;
     assert_eq!((r.status, r.error_code().as_str()), (503, "server_overloaded"));
     assert!(r.headers.contains_key("retry-after"));
     drop(resp);
     conn.abort();
-    poll_metric(&d, "govbox_active_generations ", |v| v == 0.0, 10).await;
+    poll_metric(&d, &prom, "govbox_active_generations ", |v| v == 0.0, 10).await;
     let r =
         d.post(&app.token_only(), "/v1/completions", &json!({"model": "tiny", "prompt": "x", "max_tokens": 1})).await;
     assert_eq!(r.status, 200);

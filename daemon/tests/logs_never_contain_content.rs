@@ -78,7 +78,7 @@ async fn no_request_content_in_logs_at_trace_level() {
     assert_eq!(r.status, 401);
 
     // Secrets handed out by the admin socket.
-    let added = d.admin(&json!({"cmd": "client_add", "name": "secretive", "token": true}));
+    let added = d.admin(&json!({"cmd": "client_add", "name": "secretive", "models": ["all"], "token": true}));
     let token = added["result"]["token"].as_str().unwrap().to_string();
     assert_eq!(d.get(&Creds::token(&token), "/v1/models").await.unwrap().status, 200);
 

@@ -253,13 +253,15 @@ async fn errors_have_openais_shape_and_status() {
         .await;
     assert_eq!(r.status, 400);
 
-    // Health, readiness and the metrics of all the above.
+    // Health, readiness and the metrics of all the above (read by a scraper added online).
     assert_eq!(d.get(&Creds::none(), "/healthz").await.unwrap().status, 200);
-    let ready = d.get(&Creds::none(), "/readyz").await.unwrap().json();
+    let ready = d.get(&c, "/readyz").await.unwrap().json();
     assert_eq!(ready["status"], "ready");
     // These tests serve unsigned config folders, and readiness says so.
     assert_eq!(ready["insecure_dev_models"], true, "{ready}");
-    let m = d.get(&Creds::none(), "/metrics").await.unwrap();
+    let added = d.admin(&json!({"cmd": "client_add", "name": "prometheus", "scopes": ["metrics"], "token": true}));
+    let prom = Creds::token(added["result"]["token"].as_str().unwrap_or_else(|| panic!("{added}")));
+    let m = d.get(&prom, "/metrics").await.unwrap();
     assert!(m.headers["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
     // Every generation above has finished, so the chat model's KV blocks are all free again.
     assert!(m.text().contains("govbox_kv_cache_usage_ratio{model=\"tiny\"} 0.0"), "{}", m.text());
@@ -278,12 +280,12 @@ async fn errors_have_openais_shape_and_status() {
         .await;
     assert_eq!(ok.status, 200);
     let counted = |prefix: &'static str, want: f64| {
-        let d = &d;
+        let (d, prom) = (&d, &prom);
         async move {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
             loop {
                 // Records are written when the response body is released: poll briefly.
-                if d.metric(prefix).await.is_some_and(|v| v >= want) {
+                if d.metric(prom, prefix).await.is_some_and(|v| v >= want) {
                     return;
                 }
                 assert!(std::time::Instant::now() < deadline, "{prefix} never reached {want}");

@@ -73,6 +73,7 @@ async fn slow_clients_are_timed_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_limit_are_closed() {
     let b = Box_::provision();
+    let prom = b.add_metrics_client("prometheus");
     let d = Daemon::ready(&b, &b.config(&[("tiny", &tiny_qwen2())], "[limits]\nmax_connections = 2\n")).await;
     let a = connect_to(d.addr, &d.ca_pem, None).await.unwrap();
     let c = connect_to(d.addr, &d.ca_pem, None).await.unwrap();
@@ -84,7 +85,7 @@ async fn connections_over_the_limit_are_closed() {
         assert!(Instant::now() < deadline, "no connection was served after the others closed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(d.metric("govbox_connections_refused_total ").await.unwrap() >= 1.0);
+    assert!(d.metric(&prom, "govbox_connections_refused_total ").await.unwrap() >= 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,4 +108,16 @@ async fn a_quiet_keep_alive_connection_lasts_the_idle_timeout_not_the_header_tim
         "closed {:?} after the last request; idle timeout is 4 s",
         t.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_sends_a_request_is_closed_after_the_header_timeout() {
+    let b = Box_::provision();
+    let limits = "[limits]\nheader_timeout_secs = 1\nidle_timeout_secs = 30\n";
+    let d = Daemon::ready(&b, &b.config(&[("tiny", &tiny_qwen2())], limits)).await;
+    // A completed handshake, then silence: the first request's head must start within the
+    // header timeout, not the idle timeout (nor hyper's own 30 s).
+    let mut tls = raw_tls(d.addr, &d.ca_pem).await.unwrap();
+    let (_, took) = read_until_closed(&mut tls, Duration::from_secs(10)).await;
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "{took:?}");
 }

@@ -178,6 +178,16 @@ pub enum ProvisionError {
         name: String,
     },
 
+    /// A revoked client had this name; names are never reused.
+    #[error(
+        "adding client '{name}': a revoked client had this name, and a name is never reused (every audit \
+         entry that names a client must name one client only); choose another name"
+    )]
+    ClientNameRetired {
+        /// The client.
+        name: String,
+    },
+
     /// No client has this name.
     #[error("{action} client '{name}': no such client")]
     ClientNotFound {
@@ -252,6 +262,7 @@ impl ProvisionError {
             Self::InvalidClientName { .. } => "invalid_client_name",
             Self::InvalidClientSetting { .. } => "invalid_client_setting",
             Self::ClientExists { .. } => "client_exists",
+            Self::ClientNameRetired { .. } => "client_name_retired",
             Self::ClientNotFound { .. } => "client_not_found",
             Self::ClientRevoked { .. } => "client_revoked",
             Self::StoreLocked { .. } => "store_locked",

@@ -32,8 +32,8 @@ mod trust;
 
 pub use canonical::to_canonical_json;
 pub use clients::{
-    BearerToken, ClientName, ClientRecord, ClientStore, DEFAULT_CERT_DAYS, IssuedClient, MAX_TOKEN_LEN, NewClient,
-    TOKEN_PREFIX, token_sha256_hex, write_client_bundle,
+    ALL_MODELS, BearerToken, ClientName, ClientRecord, ClientStore, DEFAULT_CERT_DAYS, IssuedClient, MAX_TOKEN_LEN,
+    NewClient, Scope, TOKEN_PREFIX, check_known_models, token_sha256_hex, write_client_bundle,
 };
 pub use error::{ProvisionError, Result};
 pub use fsio::{Overwrite, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, PUBLIC_FILE_MODE};

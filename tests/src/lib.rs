@@ -44,7 +44,7 @@ pub fn govbox(state: &Path, args: &[&str]) -> String {
     String::from_utf8(o.stdout).unwrap()
 }
 
-/// A provisioned temporary box with one client.
+/// A provisioned temporary box with one client, `app`: every model, and `/metrics`.
 pub struct TestBox {
     /// Scratch folder holding everything.
     pub dir: PathBuf,
@@ -111,10 +111,24 @@ impl TestBox {
             ],
         );
         let certs = dir.join("certs");
-        // The load tests drive one client far beyond [serving] default_client_rpm on purpose.
+        // `app` may also read /metrics (the tests scrape it with the same token); the load tests
+        // drive it far beyond [serving] default_client_rpm on purpose.
         let out = govbox(
             &state,
-            &["client", "add", "app", "--token", "--rpm", "100000000", "--cert-out", certs.to_str().unwrap()],
+            &[
+                "client",
+                "add",
+                "app",
+                "--models",
+                "all",
+                "--scope",
+                "inference,metrics",
+                "--token",
+                "--rpm",
+                "100000000",
+                "--cert-out",
+                certs.to_str().unwrap(),
+            ],
         );
         let token = out.lines().find(|l| l.trim_start().starts_with("gbx_")).expect("token line").trim().to_string();
         let port = free_port();

@@ -779,6 +779,8 @@ pub fn audit_export_verify(state: &Path, out: &Path) -> Result<(bool, usize, Vec
     let v = std::process::Command::new(crate::bin("govbox"))
         .args(["audit", "verify"])
         .arg(out)
+        .arg("--device-key")
+        .arg(state.join("identity/audit.pub"))
         .output()
         .map_err(|e| e.to_string())?;
     let text = format!("{}{}", String::from_utf8_lossy(&v.stdout), String::from_utf8_lossy(&v.stderr));

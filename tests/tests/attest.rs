@@ -137,6 +137,16 @@ fn a_report_from_the_running_daemon_verifies_offline_and_each_mismatch_names_its
     args[3] = other_pub.to_str().unwrap();
     assert_fails_at(&b.state, &report, &args, "device-key");
 
+    // Nothing pinned: the report would pass for any key, so the verdict is FAIL and says why,
+    // unless the caller explicitly trusts the embedded key, and then the verdict warns.
+    let unpinned: Vec<&str> = good.iter().enumerate().filter(|(i, _)| !(2..=3).contains(i)).map(|(_, a)| *a).collect();
+    let out = assert_fails_at(&b.state, &report, &unpinned, "device-key");
+    assert!(out.contains("no device key pinned") && out.contains("FAILED: device-key"), "{out}");
+    let mut args = unpinned.clone();
+    args.push("--insecure-embedded-key");
+    let (ok, out) = verify(&b.state, &report, &args);
+    assert!(ok && out.lines().any(|l| l.starts_with("WARNING: no device key pinned")), "{out}");
+
     // Another binary.
     let other_binary = "ab".repeat(32);
     let mut args = good.clone();

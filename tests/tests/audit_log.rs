@@ -65,9 +65,21 @@ fn request(b: &TestBox, stream: bool, marker: &str) -> Seen {
 fn export_and_verify(b: &TestBox, name: &str) -> (PathBuf, Vec<serde_json::Value>) {
     let file = b.dir.join(name);
     govbox(&b.state, &["audit", "export", "-o", file.to_str().unwrap()]);
-    let o = Command::new(bin("govbox")).args(["audit", "verify"]).arg(&file).output().unwrap();
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "audit verify failed:\n{out}\n{}", String::from_utf8_lossy(&o.stderr));
+    let verify = |extra: &[&std::ffi::OsStr]| {
+        let o = Command::new(bin("govbox")).args(["audit", "verify"]).arg(&file).args(extra).output().unwrap();
+        (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+    };
+    let (ok, out) = verify(&["--device-key".as_ref(), b.state.join("identity/audit.pub").as_os_str()]);
+    assert!(ok, "audit verify failed:\n{out}");
+    // With nothing pinned, a log signed by any fresh key would verify: FAIL, saying why, unless
+    // the caller explicitly trusts the embedded key, and then the verdict warns.
+    let (ok, out) = verify(&[]);
+    assert!(
+        !ok && out.contains("FAIL  pinned key") && out.contains("none given") && out.contains("result     FAIL"),
+        "{out}"
+    );
+    let (ok, out) = verify(&["--insecure-embedded-key".as_ref()]);
+    assert!(ok && out.contains("WARNING    no audit key pinned") && out.contains("result     PASS"), "{out}");
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     let entries = doc["entries"]
         .as_array()
@@ -197,7 +209,7 @@ fn a_full_disk_refuses_requests_with_503_and_serving_resumes_when_space_returns(
         }
     }
     assert!(refused.len() >= 5, "a full audit disk must refuse requests; log:\n{}", d.log_text());
-    let metrics = b.curl(&[&b.url("/metrics")]);
+    let metrics = b.curl(&["-H", &format!("Authorization: Bearer {}", b.token), &b.url("/metrics")]);
     let metrics = String::from_utf8_lossy(&metrics.stdout);
     let failures: f64 = metrics
         .lines()
@@ -288,6 +300,8 @@ fn no_prompt_reaches_the_audit_store_or_export_as_text_or_bare_sha256() {
         .arg(&later)
         .arg("--previous")
         .arg(b.dir.join("content.json"))
+        .arg("--device-key")
+        .arg(b.state.join("identity/audit.pub"))
         .output()
         .unwrap();
     assert!(o.status.success(), "after pruning:\n{}", String::from_utf8_lossy(&o.stdout));

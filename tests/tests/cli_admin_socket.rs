@@ -29,7 +29,7 @@ fn client_commands_go_through_the_running_daemon_and_work_offline_once_it_stops(
     let out = govbox(&b.state, &["status"]);
     assert!(out.lines().next().unwrap().ends_with(": ready"), "{out}");
     assert!(out.contains("tiny-qwen2") && out.contains("minilm"), "{out}");
-    assert!(out.contains("clients       1 (1 active, 0 revoked)"), "{out}");
+    assert!(out.contains("clients       1 (1 active, 0 with an expired certificate, 0 revoked)"), "{out}");
     let v: serde_json::Value = serde_json::from_str(&govbox(&b.state, &["status", "--json"])).unwrap();
     assert_eq!(v["ready"], true, "{v}");
     assert_eq!(v["insecure_dev_models"], false, "signed packages only: {v}");
@@ -38,7 +38,24 @@ fn client_commands_go_through_the_running_daemon_and_work_offline_once_it_stops(
 
     // Add: the daemon holds the store's lock, so this can only have gone through the socket.
     let certs2 = b.dir.join("certs2");
-    let out = govbox(&b.state, &["client", "add", "app2", "--token", "--cert-out", certs2.to_str().unwrap()]);
+    let refused = b.dir.join("refused");
+    let add = |name: &str, models: Option<&str>| {
+        let mut args = vec!["client", "add", name, "--cert-out", refused.to_str().unwrap()];
+        if let Some(m) = models {
+            args.extend(["--models", m]);
+        }
+        let o = govbox_raw(&b.state, &args);
+        assert!(!o.status.success(), "client add {name} {models:?} was accepted");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    // A model the box does not have, or no choice at all, is refused (here through the daemon).
+    let err = add("typo", Some("tiny-qwen2,nosuch"));
+    assert!(err.contains("model 'nosuch' is not on this box (known: minilm, tiny-qwen2)"), "{err}");
+    assert!(add("vague", None).contains("--models all"));
+    let out = govbox(
+        &b.state,
+        &["client", "add", "app2", "--models", "tiny-qwen2", "--token", "--cert-out", certs2.to_str().unwrap()],
+    );
     assert!(out.starts_with("added client 'app2'\n"), "{out}");
     let token = out.lines().find(|l| l.starts_with("gbx_")).expect("token line").to_string();
     for f in ["app2.crt", "app2.key", "ca.crt"] {
@@ -95,4 +112,9 @@ fn client_commands_go_through_the_running_daemon_and_work_offline_once_it_stops(
     assert!(row.contains(" yes     "), "{row}");
     let out = govbox(&b.state, &["client", "renew", "app", "--cert-out", b.dir.join("certs3").to_str().unwrap()]);
     assert!(out.starts_with("renewed client 'app'"), "offline write works: {out}");
+    // Offline, the model store is the list of models; a revoked name is not given out again.
+    let err = add("typo", Some("nosuch"));
+    assert!(err.contains("model 'nosuch' is not on this box (known: minilm, tiny-qwen2)"), "{err}");
+    let err = add("app2", Some("all"));
+    assert!(err.contains("a revoked client had this name, and a name is never reused"), "{err}");
 }

@@ -15,7 +15,8 @@ fn status(b: &TestBox) -> Value {
 }
 
 fn readyz(b: &TestBox) -> Value {
-    let o = b.curl(&[&b.url("/readyz")]);
+    // The details of readiness are for authenticated clients.
+    let o = b.curl(&["-H", &format!("Authorization: Bearer {}", b.token), &b.url("/readyz")]);
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
 }
 
@@ -61,7 +62,8 @@ fn auto_without_vendor_libraries_runs_on_the_cpu_and_reports_both_absent() {
     let text = govbox(&b.state, &["status"]);
     assert!(text.contains("ascend        absent (") && text.contains("cuda          absent ("), "{text}");
     assert_eq!(readyz(&b)["backend"]["kind"], "cpu");
-    let metrics = String::from_utf8(b.curl(&[&b.url("/metrics")]).stdout).unwrap();
+    let auth = format!("Authorization: Bearer {}", b.token);
+    let metrics = String::from_utf8(b.curl(&["-H", &auth, &b.url("/metrics")]).stdout).unwrap();
     for line in [
         "govbox_accelerator_present{kind=\"ascend\"} 0",
         "govbox_accelerator_present{kind=\"cuda\"} 0",

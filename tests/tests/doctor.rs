@@ -37,6 +37,10 @@ fn doctor_checks_a_running_box_and_catches_a_readable_key() {
     let daemon = check(&v, "govboxd");
     assert_eq!(daemon["level"], "OK", "{v:#}");
     assert!(daemon["message"].as_str().unwrap().contains("ready"), "{daemon}");
+    // The client certificates, read through the running daemon: `app`'s is fresh.
+    let clients = check(&v, "client certificates");
+    assert_eq!(clients["level"], "OK", "{clients}");
+    assert!(clients["message"].as_str().unwrap().starts_with("1 active clients"), "{clients}");
     // The egress lockdown is reported (or "unknown" by a govboxd without it), never a failure.
     assert_ne!(check(&v, "egress lockdown")["level"], "FAIL", "{v:#}");
     // The process behind the socket is the one this test started. Under root (CI) the check
@@ -65,4 +69,5 @@ fn doctor_checks_a_running_box_and_catches_a_readable_key() {
     let (_, v) = doctor(&b);
     assert_eq!(check(&v, "govboxd")["level"], "WARN", "{v:#}");
     assert_eq!(check(&v, "service identity")["level"], "SKIP", "{v:#}");
+    assert_eq!(check(&v, "client certificates")["level"], "OK", "read from the store offline: {v:#}");
 }

@@ -59,7 +59,9 @@ fn attest_and_verify(b: &TestBox, extra: &[&str]) -> (Value, bool, String) {
     let nonce = random_nonce();
     let report = b.dir.join(format!("report-{nonce}.json"));
     govbox(&b.state, &["attest", "--nonce", &nonce, "-o", report.to_str().unwrap()]);
+    let device_pub = b.state.join("identity/device.pub");
     let mut args = vec!["attest", "verify", report.to_str().unwrap(), "--nonce", &nonce];
+    args.extend_from_slice(&["--device-key", device_pub.to_str().unwrap()]);
     args.extend_from_slice(extra);
     let o = Command::new(bin("govbox")).arg("--state").arg(&b.state).args(&args).output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));

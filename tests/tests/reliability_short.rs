@@ -21,7 +21,7 @@ fn connections_load_and_abuse_leave_the_daemon_healthy_and_the_audit_log_whole()
         &b.config,
         format!(
             "config_version = 2\nlisten = \"127.0.0.1:{}\"\nthreads = 2\nlog_level = \"info\"\n\
-             [limits]\nmax_connections = 300\nheader_timeout_secs = {HEADER_TIMEOUT}\nmax_body_bytes = {MAX_BODY}\n\
+             [limits]\nmax_connections = 300\nmax_connections_per_address = 300\nheader_timeout_secs = {HEADER_TIMEOUT}\nmax_body_bytes = {MAX_BODY}\n\
              [serving]\nmax_concurrent = 2\nqueue_depth = 4\n",
             b.port
         ),

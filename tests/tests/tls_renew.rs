@@ -106,7 +106,13 @@ fn run_raw(b: &TestBox, args: &[&str]) -> std::process::Output {
 fn audit_entries(b: &TestBox, name: &str) -> Vec<serde_json::Value> {
     let file = b.dir.join(name);
     govbox(&b.state, &["audit", "export", "-o", file.to_str().unwrap()]);
-    let o = Command::new(bin("govbox")).args(["audit", "verify"]).arg(&file).output().unwrap();
+    let o = Command::new(bin("govbox"))
+        .args(["audit", "verify"])
+        .arg(&file)
+        .arg("--device-key")
+        .arg(b.state.join("identity/audit.pub"))
+        .output()
+        .unwrap();
     assert!(o.status.success(), "audit verify failed:\n{}", String::from_utf8_lossy(&o.stdout));
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     doc["entries"]

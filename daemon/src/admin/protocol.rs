@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use govbox_provisioning::{ClientName, ClientRecord, DEFAULT_CERT_DAYS, IssuedClient, NewClient, ProvisionError};
+use govbox_provisioning::{
+    ClientName, ClientRecord, DEFAULT_CERT_DAYS, IssuedClient, NewClient, ProvisionError, Scope, check_known_models,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -22,9 +24,12 @@ pub enum AdminRequest {
     ClientAdd {
         /// Its name.
         name: String,
-        /// Models it may use; empty or absent means all.
+        /// Models it may use, or `["all"]`; required with the inference scope.
         #[serde(default)]
         models: Vec<String>,
+        /// What it may call (`inference`, `metrics`); absent means inference.
+        #[serde(default = "inference_scope")]
+        scopes: Vec<Scope>,
         /// Requests per minute; absent means no limit.
         rpm: Option<u32>,
         /// Tokens per day; absent means no limit.
@@ -205,6 +210,10 @@ impl From<ProvisionError> for AdminFailure {
     }
 }
 
+fn inference_scope() -> Vec<Scope> {
+    vec![Scope::Inference]
+}
+
 fn issued_json(i: IssuedClient) -> Value {
     json!({
         "client": i.record,
@@ -227,6 +236,7 @@ pub fn execute(state: &Arc<AppState>, req: AdminRequest, uid: &str) -> Result<Va
         AdminRequest::ClientAdd {
             name,
             models,
+            scopes,
             rpm,
             tokens_per_day,
             max_concurrent,
@@ -235,9 +245,16 @@ pub fn execute(state: &Arc<AppState>, req: AdminRequest, uid: &str) -> Result<Va
             allow_special_tokens,
         } => {
             let name = ClientName::parse(&name)?;
+            // What the box knows: the stored packages and whatever it serves (dev folders too).
+            let mut known = state.packages.names()?;
+            known.extend(state.models.get().iter().flat_map(|v| v.iter()).map(|m| m.name.clone()));
+            known.sort();
+            known.dedup();
+            check_known_models(name.as_str(), &models, &known)?;
             let new = NewClient {
                 name,
                 models,
+                scopes,
                 rpm,
                 tokens_per_day,
                 max_concurrent,

@@ -59,6 +59,14 @@ pub enum ApiError {
         /// The model.
         model: String,
     },
+    /// The client lacks the scope this endpoint needs (`/metrics` needs `metrics`).
+    #[error("client '{client}' does not hold the '{scope}' scope this endpoint needs")]
+    ScopeNotGranted {
+        /// The client.
+        client: String,
+        /// The scope.
+        scope: &'static str,
+    },
     /// No model of that name is served.
     #[error("model '{model}' does not exist")]
     ModelNotFound {
@@ -155,7 +163,7 @@ impl ApiError {
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             MissingCredentials | InvalidToken | CertificateNotAuthorised => StatusCode::UNAUTHORIZED,
-            ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
+            ModelNotAllowed { .. } | ScopeNotGranted { .. } => StatusCode::FORBIDDEN,
             ModelNotFound { .. } | RouteNotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             RateLimited { .. } | BudgetExhausted { .. } | BudgetTooSmall { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -200,6 +208,7 @@ impl ApiError {
             InvalidToken => "invalid_api_key",
             CertificateNotAuthorised => "invalid_client_certificate",
             ModelNotAllowed { .. } => "model_not_allowed",
+            ScopeNotGranted { .. } => "scope_not_granted",
             ModelNotFound { .. } => "model_not_found",
             WrongModelKind { .. } => "wrong_model_kind",
             RateLimited { .. } => "rate_limit_exceeded",

@@ -1,18 +1,26 @@
 //! `GET /metrics`: Prometheus metrics in the OpenMetrics text format.
 //!
-//! No credentials are needed (scrapers rarely hold client certificates); the metrics carry no
-//! client names, prompts or other request content, only route templates, statuses and counts.
+//! The caller must be a client with the `metrics` scope (`govbox client add prometheus --scope
+//! metrics`), by certificate or token: model names, traffic counts, the device and its memory are
+//! not for anyone who can reach the port. The metrics carry no client names, prompts or other
+//! request content, only route templates, statuses and counts.
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use govbox_provisioning::Scope;
 
+use crate::api::Call;
+use crate::api::error::ApiError;
+use crate::auth;
 use crate::state::AppState;
 
-/// The exposition.
-pub async fn handle(State(state): State<Arc<AppState>>) -> Response {
+/// The exposition, for a `metrics` client.
+pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
+    let call = Call::new(&state, req);
+    auth::require_scope(&call.client(&state)?, Scope::Metrics)?;
     let info = state.backend.info();
     if let Some(g) = &state.metrics.accelerator_memory
         && let Some(used) = info.memory_used
@@ -52,5 +60,5 @@ pub async fn handle(State(state): State<Arc<AppState>>) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
-    resp
+    Ok(resp)
 }

@@ -24,7 +24,8 @@ pub async fn list(State(state): State<Arc<AppState>>, req: Request) -> Result<Re
     Ok(json(json!({"object": "list", "data": data})))
 }
 
-/// One model, if it is served and the client may use it.
+/// One model, if it is served and the client may use it. A model it may not use answers the same
+/// 404 as one that does not exist, so a client cannot learn which models others are served.
 pub async fn retrieve(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
@@ -33,9 +34,9 @@ pub async fn retrieve(
     let call = Call::new(&state, req);
     let client = call.client(&state)?;
     let model = state.model(&name)?;
-    call.record.set_model(&model.name);
     if !auth::may_use(&client, &model.name) {
-        return Err(ApiError::ModelNotAllowed { client: client.name, model: model.name.clone() });
+        return Err(ApiError::ModelNotFound { model: name });
     }
+    call.record.set_model(&model.name);
     Ok(json(model_json(&model)))
 }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use govbox_provisioning::{
-    ClientStore, IssuedClient, NewClient, Overwrite, ProvisionOptions, Role, SigningKey, TrustKeySpec, provision,
+    ClientStore, IssuedClient, NewClient, Overwrite, ProvisionOptions, Role, Scope, SigningKey, TrustKeySpec, provision,
 };
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
@@ -101,8 +101,26 @@ impl Box_ {
         Box_ { tmp, state, ca_pem }
     }
 
-    /// Adds a client through the library (the daemon must not be running).
+    /// Adds an inference client through the library (the daemon must not be running); no models
+    /// means `all`.
     pub fn add_client(&self, name: &str, models: &[&str], rpm: Option<u32>, tokens_per_day: Option<u64>) -> Creds {
+        let models = if models.is_empty() { &["all"][..] } else { models };
+        self.add_scoped(name, models, &[Scope::Inference], rpm, tokens_per_day)
+    }
+
+    /// Adds a client that may read `/metrics` only (the daemon must not be running).
+    pub fn add_metrics_client(&self, name: &str) -> Creds {
+        self.add_scoped(name, &[], &[Scope::Metrics], None, None)
+    }
+
+    fn add_scoped(
+        &self,
+        name: &str,
+        models: &[&str],
+        scopes: &[Scope],
+        rpm: Option<u32>,
+        tokens_per_day: Option<u64>,
+    ) -> Creds {
         // sled releases its lock shortly after the previous handle is dropped, not at once.
         let store = wait_for(10, "the client store's lock", || match ClientStore::open(&self.state) {
             Err(govbox_provisioning::ProvisionError::StoreLocked { .. }) => None,
@@ -112,6 +130,7 @@ impl Box_ {
             .add(NewClient {
                 name: name.parse().unwrap(),
                 models: models.iter().map(|m| m.to_string()).collect(),
+                scopes: scopes.to_vec(),
                 rpm,
                 tokens_per_day,
                 max_concurrent: None,
@@ -303,9 +322,10 @@ impl Daemon {
         admin_call(&self.admin, req)
     }
 
-    /// A metric's value from `/metrics` (the first sample line starting with `prefix`).
-    pub async fn metric(&self, prefix: &str) -> Option<f64> {
-        let r = self.get(&Creds::none(), "/metrics").await.ok()?;
+    /// A metric's value from `/metrics`, read with `creds` (a client with the `metrics` scope):
+    /// the first sample line starting with `prefix`.
+    pub async fn metric(&self, creds: &Creds, prefix: &str) -> Option<f64> {
+        let r = self.get(creds, "/metrics").await.ok()?;
         let text = String::from_utf8(r.body).ok()?;
         text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
     }

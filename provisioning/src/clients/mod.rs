@@ -19,7 +19,7 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use time::OffsetDateTime;
 
-pub use self::name::ClientName;
+pub use self::name::{ClientName, check_known_models};
 use self::token::ConstantTimeEq;
 pub use self::token::{BearerToken, MAX_TOKEN_LEN, TOKEN_PREFIX, token_sha256_hex};
 use crate::error::{ProvisionError, Result};
@@ -35,6 +35,8 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// the daemon's memory bounded (tests/RELIABILITY.md, caches).
 const CACHE_BYTES: u64 = 8 << 20;
 const CERTS_TREE: &str = "client_certs";
+/// The `--models` value that grants every present and future model.
+pub const ALL_MODELS: &str = "all";
 /// Client certificates last a year unless asked otherwise.
 pub const DEFAULT_CERT_DAYS: u32 = 365;
 
@@ -46,8 +48,11 @@ pub const DEFAULT_CERT_DAYS: u32 = 365;
 pub struct ClientRecord {
     /// The client's name.
     pub name: String,
-    /// The models it may use; empty means every model.
+    /// The models it may use; empty means every model (chosen as `--models all`).
     pub models: Vec<String>,
+    /// What it may call; records from before scopes existed are inference clients.
+    #[serde(default = "Scope::inference_only")]
+    pub scopes: Vec<Scope>,
     /// Requests per minute; `None` means govboxd's `[serving] default_client_rpm`.
     pub rpm: Option<u32>,
     /// Tokens per day; `None` means no limit.
@@ -72,13 +77,67 @@ pub struct ClientRecord {
     pub allow_special_tokens: bool,
 }
 
+impl ClientRecord {
+    /// Whether the client holds `scope`.
+    pub fn has_scope(&self, scope: Scope) -> bool {
+        self.scopes.contains(&scope)
+    }
+
+    /// Whether its current certificate has expired at `now` (Unix seconds). Its token, if any,
+    /// still works: only the certificate needs renewing.
+    pub fn cert_expired(&self, now: i64) -> bool {
+        self.cert_not_after <= now
+    }
+}
+
+/// What a client may call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Scope {
+    /// The OpenAI API (`/v1/...`), on the models the client is allowed.
+    Inference,
+    /// `/metrics` (a Prometheus scraper): traffic counts, model names, device memory.
+    Metrics,
+}
+
+impl Scope {
+    /// Every scope, in the order `--scope` lists them.
+    pub const ALL: [Scope; 2] = [Scope::Inference, Scope::Metrics];
+
+    /// Its name in the CLI and the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Inference => "inference",
+            Scope::Metrics => "metrics",
+        }
+    }
+
+    fn inference_only() -> Vec<Scope> {
+        vec![Scope::Inference]
+    }
+}
+
+impl std::str::FromStr for Scope {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Scope::ALL
+            .into_iter()
+            .find(|x| x.as_str() == s)
+            .ok_or_else(|| format!("unknown scope '{s}': expected {}", Scope::ALL.map(Scope::as_str).join(" or ")))
+    }
+}
+
 /// A request to add a client.
 #[derive(Debug, Clone)]
 pub struct NewClient {
     /// Its name.
     pub name: ClientName,
-    /// The models it may use; empty means every model.
+    /// The models it may use, required for the `inference` scope: names, or exactly
+    /// [`ALL_MODELS`] for every present and future model.
     pub models: Vec<String>,
+    /// What it may call; at least one.
+    pub scopes: Vec<Scope>,
     /// Requests per minute, at least 1; `None` means govboxd's `[serving] default_client_rpm`.
     pub rpm: Option<u32>,
     /// Tokens per day, at least 1; `None` means no limit.
@@ -172,8 +231,9 @@ impl ClientStore {
     /// Adds a client and issues its certificate (and token, if asked).
     pub fn add(&self, new: NewClient) -> Result<IssuedClient> {
         let name = new.name.as_str().to_string();
-        let models = name::check_models(&name, &new.models)?;
-        check_limits(&name, new.rpm, new.tokens_per_day, new.cert_days)?;
+        if let Some(existing) = self.get(&name)? {
+            return Err(name_taken(existing));
+        }
         if new.max_concurrent == Some(0) {
             return Err(ProvisionError::InvalidClientSetting {
                 name,
@@ -181,9 +241,9 @@ impl ClientStore {
                     .into(),
             });
         }
-        if self.get(&name)?.is_some() {
-            return Err(ProvisionError::ClientExists { name });
-        }
+        let scopes = name::check_scopes(&name, &new.scopes)?;
+        let models = name::check_models(&name, &new.models, scopes.contains(&Scope::Inference))?;
+        check_limits(&name, new.rpm, new.tokens_per_day, new.cert_days)?;
         let ca = BoxCa::load(&self.paths)?;
         let now = OffsetDateTime::now_utc();
         let cert = ca.issue_client(&name, new.cert_days, now)?;
@@ -191,6 +251,7 @@ impl ClientStore {
         let record = ClientRecord {
             name: name.clone(),
             models,
+            scopes,
             rpm: new.rpm,
             tokens_per_day: new.tokens_per_day,
             max_concurrent: new.max_concurrent,
@@ -201,12 +262,13 @@ impl ClientStore {
             created: now.unix_timestamp(),
             allow_special_tokens: new.allow_special_tokens,
         };
-        let value = encode(&record, &self.paths.db())?;
+        let path = self.paths.db();
+        let value = encode(&record, &path)?;
         let fp = cert.info.sha256_hex();
         self.transact(&format!("adding client '{name}'"), |clients, certs| {
             // Checked again inside the transaction: a concurrent add of the same name loses here.
-            if clients.get(name.as_bytes())?.is_some() {
-                return abort(ProvisionError::ClientExists { name: name.clone() });
+            if let Some(v) = clients.get(name.as_bytes())? {
+                return abort(name_taken(decode_at(&v, &path).or_else(abort)?));
             }
             clients.insert(name.as_bytes(), value.as_slice())?;
             certs.insert(fp.as_bytes(), name.as_bytes())?;
@@ -251,6 +313,12 @@ impl ClientStore {
     /// Issues a new certificate for a client; the old certificate's fingerprint is no longer accepted.
     /// The token, if any, stays as it is.
     pub fn renew(&self, name: &str, cert_days: u32) -> Result<IssuedClient> {
+        self.renew_at(name, cert_days, OffsetDateTime::now_utc())
+    }
+
+    /// [`ClientStore::renew`] with a certificate valid from `now` instead of the present moment
+    /// (tests use a past moment to hold an expired certificate).
+    pub fn renew_at(&self, name: &str, cert_days: u32, now: OffsetDateTime) -> Result<IssuedClient> {
         let name = ClientName::parse(name)?.to_string();
         check_limits(&name, None, None, cert_days)?;
         let Some(current) = self.get(&name)? else {
@@ -260,7 +328,7 @@ impl ClientStore {
             return Err(ProvisionError::ClientRevoked { action: "renewing".into(), name });
         }
         let ca = BoxCa::load(&self.paths)?;
-        let cert = ca.issue_client(&name, cert_days, OffsetDateTime::now_utc())?;
+        let cert = ca.issue_client(&name, cert_days, now)?;
         let fp = cert.info.sha256_hex();
         let path = self.paths.db();
         let record = self.transact(&format!("renewing client '{name}'"), |clients, certs| {
@@ -343,6 +411,16 @@ impl ClientStore {
 
     fn store_err(&self, action: &str, source: sled::Error) -> ProvisionError {
         ProvisionError::Store { action: action.to_string(), path: self.paths.db(), source }
+    }
+}
+
+/// Why a name cannot be added again: it is in use, or it was revoked. A revoked name is never
+/// reused, so that every audit entry that names a client names one client only.
+fn name_taken(existing: ClientRecord) -> ProvisionError {
+    if existing.revoked {
+        ProvisionError::ClientNameRetired { name: existing.name }
+    } else {
+        ProvisionError::ClientExists { name: existing.name }
     }
 }
 
@@ -433,6 +511,7 @@ mod tests {
         NewClient {
             name: name.parse().unwrap(),
             models: vec!["qwen2".into()],
+            scopes: vec![Scope::Inference],
             rpm: Some(60),
             tokens_per_day: None,
             max_concurrent: None,
@@ -469,6 +548,9 @@ mod tests {
         assert!(store.find_by_cert_fingerprint(&renewed.cert.info.sha256).is_none());
         assert!(matches!(store.renew("app", 10), Err(ProvisionError::ClientRevoked { .. })));
         assert!(matches!(store.revoke("nobody"), Err(ProvisionError::ClientNotFound { .. })));
+        let again = store.add(new_client("app", false)).unwrap_err();
+        assert!(matches!(again, ProvisionError::ClientNameRetired { .. }), "{again}");
+        assert!(again.to_string().contains("a revoked client had this name"), "{again}");
         assert!(matches!(store.get("Bad Name"), Err(ProvisionError::InvalidClientName { .. })));
         assert_eq!(store.list().unwrap().len(), 1);
     }

@@ -112,14 +112,15 @@ async fn campaign(args: &Args) -> Result<bool, String> {
     eprintln!("== provisioning a box (tiny-qwen2, minilm)");
     let b = TestBox::new("reliability");
     // Saturation: more clients than max_concurrent + queue_depth, so that admission says 503.
+    // Every client is on 127.0.0.1, so the per-address limit is the whole limit here.
     std::fs::write(
         &b.config,
         format!(
             "config_version = 2\nlisten = \"127.0.0.1:{}\"\nthreads = 2\nlog_level = \"warn\"\n\
-             [limits]\nmax_connections = {}\nheader_timeout_secs = {HEADER_TIMEOUT}\nmax_body_bytes = {MAX_BODY}\n\
+             [limits]\nmax_connections = {max}\nmax_connections_per_address = {max}\nheader_timeout_secs = {HEADER_TIMEOUT}\nmax_body_bytes = {MAX_BODY}\n\
              [serving]\nmax_concurrent = 4\nqueue_depth = 16\n",
             b.port,
-            args.connections + 64
+            max = args.connections + 64
         ),
     )
     .map_err(|e| e.to_string())?;
