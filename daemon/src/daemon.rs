@@ -43,6 +43,8 @@ pub struct Options {
     pub verbose: u8,
     /// Serve the config's unsigned `[[models]]` folders too (development only).
     pub insecure_dev_models: bool,
+    /// The A/B install folder whose update journal is imported at start (`/opt/govbox`).
+    pub install_root: PathBuf,
 }
 
 /// Why the daemon could not start or had to stop.
@@ -169,6 +171,9 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         log::warn!("{w}");
     }
     if opts.insecure_dev_models {
+        // A developer may rewrite these files while they are served: a mapping of a file that
+        // shrinks would kill govboxd with SIGBUS, so every model file is copied into memory.
+        govbox_engine::copy_model_files(true);
         log::warn!(
             "--insecure-dev-models: serving {} unsigned model folder(s) from the config; never use this in production",
             config.models.len()
@@ -195,6 +200,12 @@ async fn daemon(opts: Options, config: Config, listener: std::net::TcpListener) 
     let store = open_store(&opts.state).await?;
     let packages = Packages::open(&opts.state)?;
     let audit = auditing::open(&opts.state, &config.audit)?;
+    // Before anything else is recorded: update steps root made while govboxd did not answer.
+    match crate::update_journal::import(&opts.install_root, &opts.state, &audit).await {
+        Ok(0) => {}
+        Ok(n) => log::info!("imported {n} update step(s) from {}'s update journal", opts.install_root.display()),
+        Err(e) => log::warn!("{e}; trying again at the next start"),
+    }
     let quotas = Quotas::open(&StatePaths::new(&opts.state).state_dir().join("quota"))?;
     let content = crate::content::ContentStore::open(&opts.state, config.retention.store_content)?;
     if content.is_some() {

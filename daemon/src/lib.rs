@@ -39,5 +39,6 @@ pub mod server;
 pub mod state;
 pub mod systemd;
 pub mod tls;
+pub mod update_journal;
 
 pub use daemon::{DaemonError, Options, run};
