@@ -198,6 +198,14 @@ async fn daemon(opts: Options, config: Config, listener: std::net::TcpListener) 
     let (backend, device) = crate::device::open(&config.device, config.threads).map_err(DaemonError::Backend)?;
     let info = backend.info();
     let store = open_store(&opts.state).await?;
+    // A trust root rotated by an update reaches the `models` role here (root never writes STATE).
+    match crate::trust_sync::adopt_rotated_root(&opts.install_root, &opts.state) {
+        Ok(crate::trust_sync::Adopted::Rotated(from, to)) => {
+            log::info!("trust root: version {from} -> {to}, from the update trust anchor")
+        }
+        Ok(crate::trust_sync::Adopted::Nothing) => {}
+        Err(e) => log::warn!("trust root: the update trust anchor was not adopted: {e}"),
+    }
     let packages = Packages::open(&opts.state)?;
     let audit = auditing::open(&opts.state, &config.audit)?;
     // Before anything else is recorded: update steps root made while govboxd did not answer.
