@@ -89,7 +89,7 @@ fn main() -> ExitCode {
         Command::Attest(a) => attest::run(&socket, a),
         Command::Doctor(a) => doctor::run(cli.state.as_deref(), &socket, a),
         Command::Tls(c) => done(tls::run(cli.state.as_deref(), &socket, c)),
-        Command::Update(c) => done(update::run(cli.state.as_deref(), &socket, c)),
+        Command::Update(c) => done(update::run(&socket, c)),
     };
     match r {
         Ok(code) => code,

@@ -6,6 +6,10 @@
 //! serve them to new handshakes (`tls_reload`); open connections keep the old certificate until they
 //! close. govboxd records the swap in the audit log. When govboxd is not running, the renewal is
 //! recorded in the audit log here and govboxd serves the new files when it starts.
+//!
+//! Run as root on a state folder that another account owns (the `govbox` service account, which
+//! could have turned `tls/` or `audit/` into a link to `/etc`), it first becomes that account
+//! (groups, gid, uid), so every path it opens there is opened with the service account's rights.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -44,6 +48,7 @@ pub struct RenewArgs {
 pub fn run(state: Option<&Path>, socket: &Path, cmd: TlsCommand) -> Result<()> {
     let TlsCommand::Renew(args) = cmd;
     let state = state_dir(state);
+    become_state_owner(&state)?;
     if !(1..=MAX_RENEW_DAYS).contains(&args.days) {
         bail!("--days must be 1 to {MAX_RENEW_DAYS}, not {}", args.days);
     }
@@ -106,6 +111,21 @@ pub fn run(state: Option<&Path>, socket: &Path, cmd: TlsCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// As root, takes the identity of the state folder's owner when that is another account; see the
+/// module documentation. Nothing to do for its owner, or for root's own state folder.
+fn become_state_owner(state: &Path) -> Result<()> {
+    use nix::unistd::{Gid, Uid, setgid, setgroups, setuid};
+    let meta = fs::metadata(state).with_context(|| format!("reading the state folder {}", state.display()))?;
+    if !Uid::effective().is_root() || meta.uid() == 0 {
+        return Ok(());
+    }
+    let (uid, gid) = (Uid::from_raw(meta.uid()), Gid::from_raw(meta.gid()));
+    setgroups(&[gid])
+        .and_then(|()| setgid(gid))
+        .and_then(|()| setuid(uid))
+        .with_context(|| format!("becoming uid {uid}, the owner of {}, before touching it", state.display()))
 }
 
 fn subject(old: &ServerCertSummary, new: &ServerCertSummary) -> String {

@@ -4,8 +4,13 @@
 //! The state machine lives in `govbox_images::update`; this module is its host: it restarts
 //! govboxd (`systemctl restart` under systemd, else `--restart-cmd`), waits until govboxd's
 //! admin socket reports ready (the predicate `/readyz` answers with), and records every step as
-//! an audit `update` entry, through the admin socket while govboxd runs and directly in the
-//! state folder while it does not.
+//! an audit `update` entry: through the admin socket while govboxd answers, else in the
+//! root-owned update journal (`ROOT/update-journal.jsonl`) that govboxd imports at its next start.
+//!
+//! These commands run as root and never open, walk or chown anything in the service's state
+//! folder (which the `govbox` account could have turned into a link to `/etc`): bundles are
+//! checked against the root-owned update trust anchor (`ROOT/trust/root.json`), and the one read
+//! of a service-owned file, `update init --from`, follows no symlink.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,15 +18,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use govbox_audit::{AuditLog, AuditOptions, Event};
 use govbox_images::update::{
     self, BootAction, BundleSpec, FaultPoint, InstallRoot, UpdateError, UpdateHost, UpdateStatus,
 };
-use govbox_provisioning::{SigningKey, StatePaths, TrustRoot};
+use govbox_provisioning::SigningKey;
 use serde_json::json;
 
 use crate::admin::AdminClient;
-use crate::provision::state_dir;
 
 /// The production install folder.
 const DEFAULT_ROOT: &str = "/opt/govbox";
@@ -50,6 +53,20 @@ pub enum UpdateCommand {
     BootCheck(RootArg),
     /// After govboxd reported ready (ExecStartPost=+): commit an update whose apply was interrupted.
     BootOk(RootArg),
+    /// Install the update trust anchor (ROOT/trust/root.json) once, from the provisioned trust
+    /// root (run as root, after `govbox provision`).
+    Init(InitArgs),
+}
+
+/// `govbox update init`.
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    #[command(flatten)]
+    root: RootArg,
+    /// The trust root to install, e.g. /var/lib/govbox/trust/root.json (read without following
+    /// any symlink).
+    #[arg(long, value_name = "ROOT_JSON")]
+    from: PathBuf,
 }
 
 /// `--root`.
@@ -133,19 +150,16 @@ pub struct StatusArgs {
     json: bool,
 }
 
-/// Runs `govbox update ...`.
-pub fn run(state: Option<&Path>, socket: &Path, cmd: UpdateCommand) -> Result<()> {
-    let state = state_dir(state);
-    let paths = StatePaths::new(&state);
+/// Runs `govbox update ...`. The state folder is not used: see the module documentation.
+pub fn run(socket: &Path, cmd: UpdateCommand) -> Result<()> {
     match cmd {
         UpdateCommand::Build(a) => build(a),
+        UpdateCommand::Init(a) => init(&a),
         UpdateCommand::Apply(a) => {
             refuse_on_dpkg_box(&a.restart, "apply")?;
             let root = InstallRoot::new(&a.restart.root.root);
-            let mut host = Host::new(socket, &state, Some(&a.restart))?;
-            let r = update::apply(&root, &paths, &a.file, &mut host);
-            host.finish();
-            let applied = r.map_err(flat)?;
+            let mut host = Host::new(socket, &root, Some(&a.restart))?;
+            let applied = update::apply(&root, &a.file, &mut host).map_err(flat)?;
             println!(
                 "committed    {} in slot {} (security version {}{})",
                 applied.version,
@@ -157,7 +171,7 @@ pub fn run(state: Option<&Path>, socket: &Path, cmd: UpdateCommand) -> Result<()
         }
         UpdateCommand::Status(a) => {
             let root = InstallRoot::new(&a.root.root);
-            let trust = TrustRoot::load(&paths.root_json()).ok();
+            let trust = root.anchor().ok();
             let s = update::status(&root, trust.as_ref(), a.verify).map_err(flat)?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
@@ -169,32 +183,46 @@ pub fn run(state: Option<&Path>, socket: &Path, cmd: UpdateCommand) -> Result<()
         UpdateCommand::Rollback(a) => {
             refuse_on_dpkg_box(&a, "rollback")?;
             let root = InstallRoot::new(&a.root.root);
-            let trust = TrustRoot::load(&paths.root_json())?;
-            let mut host = Host::new(socket, &state, Some(&a))?;
-            let r = update::rollback(&root, &trust, &mut host);
-            host.finish();
-            let meta = r.map_err(flat)?;
+            let trust = root.anchor().map_err(flat)?;
+            let mut host = Host::new(socket, &root, Some(&a))?;
+            let meta = update::rollback(&root, &trust, &mut host).map_err(flat)?;
             println!("rolled back  to {} (security version {})", meta.version, meta.security_version);
             Ok(())
         }
         UpdateCommand::BootCheck(a) => {
             let root = InstallRoot::new(&a.root);
-            let trust = TrustRoot::load(&paths.root_json()).ok();
-            let mut host = Host::new(socket, &state, None)?;
-            let r = update::boot_check(&root, trust.as_ref(), &mut host);
-            host.finish();
-            print_boot(&r.map_err(flat)?);
+            let trust = root.anchor().ok();
+            let mut host = Host::new(socket, &root, None)?;
+            print_boot(&update::boot_check(&root, trust.as_ref(), &mut host).map_err(flat)?);
             Ok(())
         }
         UpdateCommand::BootOk(a) => {
             let root = InstallRoot::new(&a.root);
-            let mut host = Host::new(socket, &state, None)?;
-            let r = update::boot_ok(&root, &paths, &mut host);
-            host.finish();
-            print_boot(&r.map_err(flat)?);
+            let mut host = Host::new(socket, &root, None)?;
+            print_boot(&update::boot_ok(&root, &mut host).map_err(flat)?);
             Ok(())
         }
     }
+}
+
+/// `govbox update init`: the operator accepts the provisioned trust root as the update trust
+/// anchor. The file is the service account's, so it is read without following links, and must
+/// be writable by its owner only.
+fn init(a: &InitArgs) -> Result<()> {
+    let root = InstallRoot::new(&a.root.root);
+    let (bytes, owner) = govbox_provisioning::read_unfollowed(&a.from, 1 << 20, "the trust root to install")?;
+    let anchor = root.init_anchor(&bytes, &a.from.display().to_string()).map_err(flat)?;
+    println!(
+        "installed    {} (version {}, from {}, owned by uid {owner})",
+        root.anchor_file().display(),
+        anchor.version(),
+        a.from.display()
+    );
+    for role in govbox_provisioning::Role::ALL {
+        let r = anchor.role(role);
+        println!("  role {:<8} threshold {} of {} key(s)", role.as_str(), r.threshold, r.keyids.len());
+    }
+    Ok(())
 }
 
 /// A box installed from the Debian package runs the binaries dpkg put in /usr (the package's
@@ -319,15 +347,13 @@ enum Restart {
 /// [`UpdateHost`] for the command line.
 struct Host {
     socket: PathBuf,
-    state: PathBuf,
+    root: InstallRoot,
     restart: Restart,
     ready_timeout: Duration,
-    pending: Vec<(String, String)>,
-    last_error: Option<String>,
 }
 
 impl Host {
-    fn new(socket: &Path, state: &Path, restart: Option<&RestartArgs>) -> Result<Self> {
+    fn new(socket: &Path, root: &InstallRoot, restart: Option<&RestartArgs>) -> Result<Self> {
         let (how, ready_timeout) = match restart {
             None => (Restart::Never, Duration::ZERO),
             Some(a) => {
@@ -340,60 +366,21 @@ impl Host {
                 (how, Duration::from_secs(a.ready_timeout))
             }
         };
-        Ok(Self {
-            socket: socket.to_path_buf(),
-            state: state.to_path_buf(),
-            restart: how,
-            ready_timeout,
-            pending: Vec::new(),
-            last_error: None,
-        })
+        Ok(Self { socket: socket.to_path_buf(), root: root.clone(), restart: how, ready_timeout })
     }
 
-    fn append(&self, step: &str, detail: &str) -> Result<()> {
-        match AdminClient::connect(&self.socket) {
-            Ok(mut c) => {
-                c.request(&json!({"cmd": "update_event", "step": step, "detail": detail}))?;
-                Ok(())
-            }
-            Err(e) if e.is_unreachable() => {
-                let log = AuditLog::open_state(&StatePaths::new(&self.state), AuditOptions::default())?;
-                log.append_blocking(Event::Update { step: step.to_string(), detail: detail.to_string() })?;
-                log.close()?;
-                restore_owner(&self.state.join("audit"), &self.state);
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    fn flush(&mut self) {
-        while let Some((step, detail)) = self.pending.first().cloned() {
-            match self.append(&step, &detail) {
-                Ok(()) => {
-                    self.pending.remove(0);
-                }
-                Err(e) => {
-                    self.last_error = Some(format!("{e:#}"));
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Writes what could not be recorded yet (govboxd may still be starting), with a deadline.
-    fn finish(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        self.flush();
-        while !self.pending.is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(200));
-            self.flush();
-        }
-        for (step, detail) in &self.pending {
-            eprintln!(
-                "warning: audit entry 'update {step}: {detail}' could not be recorded: {}",
-                self.last_error.as_deref().unwrap_or("?")
-            );
+    /// Through govboxd when it answers; else, and when it answers with a failure, into the
+    /// update journal, so that the step is recorded once and not lost.
+    fn append(&self, step: &str, detail: &str) -> std::result::Result<&'static str, String> {
+        let online = AdminClient::connect(&self.socket).map_err(|e| e.to_string()).and_then(|mut c| {
+            c.request(&json!({"cmd": "update_event", "step": step, "detail": detail})).map_err(|e| e.to_string())
+        });
+        match online {
+            Ok(_) => Ok("audit log"),
+            Err(why) => match self.root.journal_append(step, detail) {
+                Ok(_) => Ok("update journal"),
+                Err(e) => Err(format!("govboxd: {why}; update journal: {e}")),
+            },
         }
     }
 
@@ -414,32 +401,12 @@ impl Host {
     }
 }
 
-/// Run as root (boot-check, apply), an offline append may create files in the audit store that
-/// the unprivileged govboxd could then not open; gives anything under `dir` not owned by the
-/// owner of `state` back to it. Best effort: without privilege, nothing differs to fix.
-fn restore_owner(dir: &Path, state: &Path) {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(owner) = std::fs::metadata(state) else { return };
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for e in entries.flatten() {
-        let p = e.path();
-        let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
-        if (m.uid() != owner.uid() || m.gid() != owner.gid())
-            && let Err(err) = std::os::unix::fs::lchown(&p, Some(owner.uid()), Some(owner.gid()))
-        {
-            eprintln!("warning: giving {} back to uid {}: {err}", p.display(), owner.uid());
-        }
-        if m.is_dir() {
-            restore_owner(&p, state);
-        }
-    }
-}
-
 impl UpdateHost for Host {
     fn record(&mut self, step: &str, detail: &str) {
         println!("update       {step}: {detail}");
-        self.pending.push((step.to_string(), detail.to_string()));
-        self.flush();
+        if let Err(e) = self.append(step, detail) {
+            eprintln!("warning: audit entry 'update {step}: {detail}' could not be recorded: {e}");
+        }
     }
 
     fn restart(&mut self) -> std::result::Result<(), String> {
@@ -460,8 +427,6 @@ impl UpdateHost for Host {
         loop {
             let r = self.ready_now();
             if r.is_ok() {
-                // Entries held back while govboxd started go in now, through it.
-                self.flush();
                 return r;
             }
             if Instant::now() >= deadline {

@@ -2,7 +2,8 @@
 //! build, refuse, and a real `apply` process aborted at each step (as a power loss would stop
 //! it), after which `boot-check` and `status` find `current` on a complete slot that verifies
 //! against its signed manifest, and the stored security version has not fallen. The steps are
-//! in the audit log (written directly in the state folder, since no govboxd runs here).
+//! in the install folder's update journal (no govboxd answers here; root never writes the state
+//! folder), for govboxd to import at its next start.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::os::unix::process::ExitStatusExt;
@@ -62,6 +63,11 @@ fn setup(cwd: &Path) {
             "models:models.pub",
         ],
     );
+    let out = ok(cwd, &["update", "init", "--root", "opt", "--from", "s/trust/root.json"]);
+    assert!(out.contains("version 1") && out.contains("role updates  threshold 1 of 1"), "{out}");
+    // Once only: afterwards the anchor changes only by a signed rotation.
+    let e = fails(cwd, &["update", "init", "--root", "opt", "--from", "s/trust/root.json"]);
+    assert!(e.contains("already installed") && e.contains("(trust_anchor_invalid)"), "{e}");
 }
 
 fn build(cwd: &Path, version: &str, sv: u64, key: &str) -> String {
@@ -177,13 +183,13 @@ fn apply_killed_at_every_step_leaves_a_complete_current_slot() {
     assert_ne!(s["current"], before, "the orphaned trial was reverted first, then v3 was tried and reverted");
     assert_eq!(s["security_version"].as_u64(), Some(stored));
 
-    let tail = ok(cwd, &["audit", "tail", "-n", "200", "--json"]);
-    let steps: Vec<String> = tail
+    let journal = std::fs::read_to_string(cwd.join("opt/update-journal.jsonl")).unwrap();
+    let steps: Vec<String> = journal
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|e| e["kind"] == "update")
         .map(|e| e["step"].as_str().unwrap_or_default().to_string())
         .collect();
+    assert_eq!(std::fs::read_dir(cwd.join("s/audit")).unwrap().count(), 0, "root wrote the service's audit store");
     for step in ["staged", "switched", "committed", "trial_boot", "repaired", "reverted"] {
         assert!(steps.iter().any(|s| s == step), "no '{step}' update entry in {steps:?}");
     }

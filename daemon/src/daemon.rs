@@ -43,6 +43,8 @@ pub struct Options {
     pub verbose: u8,
     /// Serve the config's unsigned `[[models]]` folders too (development only).
     pub insecure_dev_models: bool,
+    /// The A/B install folder whose update journal is imported at start (`/opt/govbox`).
+    pub install_root: PathBuf,
 }
 
 /// Why the daemon could not start or had to stop.
@@ -169,6 +171,9 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         log::warn!("{w}");
     }
     if opts.insecure_dev_models {
+        // A developer may rewrite these files while they are served: a mapping of a file that
+        // shrinks would kill govboxd with SIGBUS, so every model file is copied into memory.
+        govbox_engine::copy_model_files(true);
         log::warn!(
             "--insecure-dev-models: serving {} unsigned model folder(s) from the config; never use this in production",
             config.models.len()
@@ -196,12 +201,26 @@ async fn daemon(opts: Options, config: Config, listener: std::net::TcpListener) 
     let (backend, device) = crate::device::open(&config.device, config.threads).map_err(DaemonError::Backend)?;
     let info = backend.info();
     let store = open_store(&opts.state).await?;
+    // A trust root rotated by an update reaches the `models` role here (root never writes STATE).
+    match crate::trust_sync::adopt_rotated_root(&opts.install_root, &opts.state) {
+        Ok(crate::trust_sync::Adopted::Rotated(from, to)) => {
+            log::info!("trust root: version {from} -> {to}, from the update trust anchor")
+        }
+        Ok(crate::trust_sync::Adopted::Nothing) => {}
+        Err(e) => log::warn!("trust root: the update trust anchor was not adopted: {e}"),
+    }
     let packages = Packages::open(&opts.state)?;
     // Connecting to govbox-auditd waits on answers with blocking calls: not on a runtime thread.
     let (state_dir, audit_cfg) = (opts.state.clone(), config.audit.clone());
     let audit = tokio::task::spawn_blocking(move || auditing::open(&state_dir, &audit_cfg))
         .await
         .map_err(|e| DaemonError::Runtime { what: "opening the audit log", source: std::io::Error::other(e) })??;
+    // Before anything else is recorded: update steps root made while govboxd did not answer.
+    match crate::update_journal::import(&opts.install_root, &opts.state, &audit).await {
+        Ok(0) => {}
+        Ok(n) => log::info!("imported {n} update step(s) from {}'s update journal", opts.install_root.display()),
+        Err(e) => log::warn!("{e}; trying again at the next start"),
+    }
     let quotas = Quotas::open(&StatePaths::new(&opts.state).state_dir().join("quota"))?;
     let content = crate::content::ContentStore::open(&opts.state, config.retention.store_content)?;
     if content.is_some() {

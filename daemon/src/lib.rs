@@ -40,5 +40,7 @@ pub mod server;
 pub mod state;
 pub mod systemd;
 pub mod tls;
+pub mod trust_sync;
+pub mod update_journal;
 
 pub use daemon::{DaemonError, Options, run};

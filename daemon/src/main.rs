@@ -23,6 +23,10 @@ struct Args {
     /// at every start and shown in /readyz and `govbox status`).
     #[arg(long)]
     insecure_dev_models: bool,
+    /// The A/B install folder: govboxd imports the steps `govbox update` recorded in its update
+    /// journal (ROOT/update-journal.jsonl) into the audit log at start.
+    #[arg(long, value_name = "DIR", env = "GOVBOX_ROOT", default_value = "/opt/govbox")]
+    install_root: PathBuf,
     /// More log detail (-v debug, -vv trace); never request content.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -36,6 +40,7 @@ fn main() -> ExitCode {
         config: args.config,
         verbose: args.verbose,
         insecure_dev_models: args.insecure_dev_models,
+        install_root: args.install_root,
     }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -26,8 +26,11 @@
 //! `allowed`. The report's `connect` names the witness port either way.
 //!
 //! Only the network is restricted: the filesystem is untouched (govboxd writes its state folder).
-//! Sockets that exist keep working: the HTTPS listener accepts as before, and Unix sockets are
-//! never restricted. A TPM reached over TCP (a `swtpm:host=...,port=...` TCTI, used in tests) is
+//! Sockets that exist keep working: the HTTPS listener accepts as before. Unix sockets are not
+//! this setting's: sockets with a path are limited by the unit's mount namespace (an empty
+//! read-only `/run` with only what govboxd needs bound back, `dist/govboxd.service`), and
+//! abstract ones are scoped to govboxd's own Landlock domain where the kernel can (ABI 6 or
+//! newer; `scope_abstract_unix`). A TPM reached over TCP (a `swtpm:host=...,port=...` TCTI, used in tests) is
 //! refused like any other connection; the appliance's `/dev/tpmrm0` is a device, not a socket.
 //! Limits: a seccomp filter cannot see through the x32 system-call ABI on kernels that enable it,
 //! and `egress = "seccomp"` cannot tell a TCP connect from any other use of a new socket.
@@ -144,6 +147,7 @@ pub fn lock_down(
     };
     if m.mechanism != "off" {
         log::info!("egress lockdown: {}", m.summary());
+        log::info!("abstract unix sockets: {}", scope_abstract_unix());
     }
     let _ = CURRENT.set(m.clone());
     Ok(m)
@@ -210,6 +214,41 @@ fn landlock(port: u16, witness: Option<SocketAddr>) -> Result<EgressMeasurement,
         bind_ports: Some(vec![port]),
         other_inet: "denied".into(),
     })
+}
+
+/// Unix sockets with a path are limited by the unit's mount namespace (an empty read-only `/run`
+/// with only govboxd's own folder, journald's and systemd's notify sockets bound back; see
+/// `dist/govboxd.service`). Abstract sockets have no path, so no mount hides them: where the
+/// kernel's Landlock ABI is 6 or newer, govboxd scopes them to its own Landlock domain, so it can
+/// connect only to abstract sockets it made itself (it uses none). Best effort, and said in the
+/// log: an older kernel, more than one thread, or an abstract notify socket leaves them reachable.
+fn scope_abstract_unix() -> String {
+    if std::env::var_os("NOTIFY_SOCKET").is_some_and(|s| s.as_encoded_bytes().starts_with(b"@")) {
+        return "reachable (systemd's notify socket is itself abstract)".into();
+    }
+    match thread_count() {
+        Ok(1) => {}
+        Ok(n) => return format!("reachable (the process already has {n} threads)"),
+        Err(e) => return format!("reachable ({e})"),
+    }
+    match restrict_abstract_unix() {
+        Ok(true) => "scoped to govboxd's own (Landlock ABI 6 or newer)".into(),
+        Ok(false) => "reachable (the kernel's Landlock cannot scope them: ABI below 6)".into(),
+        Err(e) => format!("reachable (Landlock: {e})"),
+    }
+}
+
+/// Restricts the calling thread (and the threads it makes later) to abstract sockets of its own
+/// Landlock domain; `Ok(false)` when the kernel cannot.
+fn restrict_abstract_unix() -> Result<bool, String> {
+    use landlock::{CompatLevel, Compatible, Ruleset, RulesetAttr, RulesetStatus, Scope};
+    let status = Ruleset::default()
+        .set_compatibility(CompatLevel::BestEffort)
+        .scope(Scope::AbstractUnixSocket)
+        .and_then(|r| r.create())
+        .and_then(|r| r.restrict_self())
+        .map_err(|e| e.to_string())?;
+    Ok(status.ruleset == RulesetStatus::FullyEnforced)
 }
 
 /// The ABI's number (the crate's enum has no conversion to one).
@@ -366,6 +405,26 @@ pub fn probe(addr: &str) -> Result<serde_json::Value, crate::admin::AdminFailure
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_scoped_thread_cannot_reach_an_abstract_socket_made_outside_it() {
+        use std::os::linux::net::SocketAddrExt;
+        use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+        let name = format!("govbox-test-{}", std::process::id());
+        let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let _listener = UnixListener::bind_addr(&addr).unwrap();
+        assert!(UnixStream::connect_addr(&addr).is_ok(), "reachable before");
+        let outcome = std::thread::spawn(move || match super::restrict_abstract_unix() {
+            Ok(true) => Some(UnixStream::connect_addr(&addr).map(|_| ()).map_err(|e| e.raw_os_error())),
+            _ => None,
+        })
+        .join()
+        .unwrap();
+        match outcome {
+            Some(r) => assert_eq!(r, Err(Some(1)), "EPERM from the scoped thread"),
+            None => eprintln!("skipped: this kernel's Landlock cannot scope abstract sockets"),
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -17,7 +17,7 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use error::{EngineError, Result};
-pub use mmap::MappedFile;
+pub use mmap::{MappedFile, copy_model_files};
 pub mod config;
 mod control;
 pub mod embed;

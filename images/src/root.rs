@@ -21,7 +21,7 @@ fn unhex64(s: &str) -> Option<Vec<u8>> {
 }
 
 /// The distinct keys of `signer`'s `root` role whose signatures over `new`'s signed part verify.
-fn root_signers(signer: &TrustRoot, new: &TrustRoot) -> BTreeSet<String> {
+pub(crate) fn root_signers(signer: &TrustRoot, new: &TrustRoot) -> BTreeSet<String> {
     let msg = new.signed_canonical_json();
     let keys: Vec<PublicKey> = signer.role_public_keys(Role::Root);
     new.signatures()

@@ -10,12 +10,12 @@ use update_support::{Fixture, TestHost};
 #[test]
 fn lower_security_version_is_refused_and_current_is_untouched() {
     let f = Fixture::new();
-    apply(&f.root, &f.paths, &f.bundle("1.0.0", 5), &mut TestHost::ready()).unwrap();
+    apply(&f.root, &f.bundle("1.0.0", 5), &mut TestHost::ready()).unwrap();
     assert_eq!(f.current(), Some(Slot::A));
     assert_eq!(f.root.security_version().unwrap(), 5);
 
     let mut host = TestHost::ready();
-    let e = apply(&f.root, &f.paths, &f.bundle("2.0.0", 4), &mut host).unwrap_err();
+    let e = apply(&f.root, &f.bundle("2.0.0", 4), &mut host).unwrap_err();
     assert_eq!(e.code(), "security_version_too_low", "{e}");
     assert!(e.to_string().contains("security_version 4 is below the box's stored security version 5"), "{e}");
     assert!(host.has_step("refused"));
@@ -25,15 +25,15 @@ fn lower_security_version_is_refused_and_current_is_untouched() {
     f.assert_no_leftovers();
     assert_eq!(f.root.security_version().unwrap(), 5);
     // An equal security version is allowed (a re-release without a security fix).
-    apply(&f.root, &f.paths, &f.bundle("1.0.1", 5), &mut TestHost::ready()).unwrap();
+    apply(&f.root, &f.bundle("1.0.1", 5), &mut TestHost::ready()).unwrap();
     assert_eq!(f.current(), Some(Slot::B));
 }
 
 #[test]
 fn rollback_refuses_a_slot_below_the_stored_security_version() {
     let f = Fixture::new();
-    apply(&f.root, &f.paths, &f.bundle("1.0.0", 1), &mut TestHost::ready()).unwrap();
-    apply(&f.root, &f.paths, &f.bundle("2.0.0", 2), &mut TestHost::ready()).unwrap();
+    apply(&f.root, &f.bundle("1.0.0", 1), &mut TestHost::ready()).unwrap();
+    apply(&f.root, &f.bundle("2.0.0", 2), &mut TestHost::ready()).unwrap();
     assert_eq!((f.current(), f.root.security_version().unwrap()), (Some(Slot::B), 2));
 
     let mut host = TestHost::ready();
@@ -45,7 +45,7 @@ fn rollback_refuses_a_slot_below_the_stored_security_version() {
     assert_eq!(f.current(), Some(Slot::B));
 
     // Same security version: the rollback is allowed, and the stored version does not fall.
-    apply(&f.root, &f.paths, &f.bundle("2.0.1", 2), &mut TestHost::ready()).unwrap();
+    apply(&f.root, &f.bundle("2.0.1", 2), &mut TestHost::ready()).unwrap();
     assert_eq!(f.current(), Some(Slot::A));
     let mut host = TestHost::ready();
     let meta = rollback(&f.root, &f.trust(), &mut host).unwrap();

@@ -18,7 +18,7 @@ use update_support::{Fixture, TestHost};
 fn refused(f: &Fixture, bundle: &std::path::Path, code: &str) -> String {
     let before = (f.current(), f.root.security_version().unwrap(), f.root.state().unwrap());
     let mut host = TestHost::ready();
-    let e = apply(&f.root, &f.paths, bundle, &mut host).unwrap_err();
+    let e = apply(&f.root, bundle, &mut host).unwrap_err();
     assert_eq!(e.code(), code, "{e}");
     assert_eq!((f.current(), f.root.security_version().unwrap(), f.root.state().unwrap()), before);
     assert_eq!(host.restarts, 0);
@@ -30,7 +30,7 @@ fn refused(f: &Fixture, bundle: &std::path::Path, code: &str) -> String {
 #[test]
 fn wrong_role_unknown_key_tampered_and_model_kind_are_refused() {
     let f = Fixture::new();
-    apply(&f.root, &f.paths, &f.bundle("1.0.0", 1), &mut TestHost::ready()).unwrap();
+    apply(&f.root, &f.bundle("1.0.0", 1), &mut TestHost::ready()).unwrap();
     let active = fs::read_to_string(f.root.slot_dir(Slot::A).join("slot.json")).unwrap();
 
     // Signed by both `models` keys: they meet the models threshold, but hold no `updates` role.
@@ -90,7 +90,7 @@ fn below_the_updates_threshold_is_refused() {
     let twice = f.bundle_by("1.0.1", 1, "true", &[&f.keys.updates, &f.keys.updates]);
     refused(&f, &twice, "below_threshold");
     let two = f.bundle_by("1.0.2", 1, "true", &[&f.keys.updates, &f.keys.unknown]);
-    apply(&f.root, &f.paths, &two, &mut TestHost::ready()).unwrap();
+    apply(&f.root, &two, &mut TestHost::ready()).unwrap();
     assert_eq!(f.current(), Some(Slot::A));
 }
 
@@ -127,11 +127,52 @@ fn a_new_root_in_a_bundle_is_installed_on_commit_only_when_properly_signed() {
     let signed = sign_root(&unsigned, &[&f.keys.updates]).unwrap();
     let good = bundle_with_root(&f, "1.0.1", signed);
     // Until the update is committed the old root stays: a reverted update rotates nothing.
-    let e = apply(&f.root, &f.paths, &good, &mut TestHost::never_ready()).unwrap_err();
+    let e = apply(&f.root, &good, &mut TestHost::never_ready()).unwrap_err();
     assert_eq!(e.code(), "update_reverted");
     assert_eq!(f.trust().version(), current.version());
-    let applied = apply(&f.root, &f.paths, &good, &mut TestHost::ready()).unwrap();
+    let applied = apply(&f.root, &good, &mut TestHost::ready()).unwrap();
     assert!(applied.root_rotated);
     assert_eq!(f.trust().version(), current.version() + 1);
+    // The rotation lands in the root-owned anchor; the service's copy is not written by root.
+    assert_eq!(TrustRoot::load(&f.paths.root_json()).unwrap().version(), current.version());
     let _ = InstallRoot::new(f.root.path());
+}
+
+#[test]
+fn a_root_the_service_account_wrote_decides_nothing() {
+    let f = Fixture::new();
+    apply(&f.root, &f.bundle("1.0.0", 1), &mut TestHost::ready()).unwrap();
+    // The service account names its own key for every role in STATE/trust/root.json.
+    let attacker = &f.keys.unknown;
+    let a = [(vec![Role::Root, Role::Models, Role::Updates], attacker.public_key())];
+    let forged = TrustRoot::build(&a, &[], OffsetDateTime::now_utc() + Duration::days(30)).unwrap();
+    fs::write(f.paths.root_json(), forged.to_canonical_json()).unwrap();
+    let evil = f.bundle_by("6.6.6", 99, "true", &[attacker]);
+    refused(&f, &evil, "below_threshold");
+    assert_eq!(f.root.security_version().unwrap(), 1);
+}
+
+#[test]
+fn the_anchor_needs_its_own_signatures_and_never_goes_back() {
+    let f = Fixture::new();
+    let v1 = f.trust().to_canonical_json();
+    let mut v: serde_json::Value = serde_json::from_str(&v1).unwrap();
+    v["signed"]["version"] = 2.into();
+    let v2_unsigned = to_canonical_json(&v).into_bytes();
+    // A version 2 without its own root threshold is no anchor, even written by root.
+    fs::write(f.root.anchor_file(), &v2_unsigned).unwrap();
+    let e = f.root.anchor().unwrap_err();
+    assert_eq!(e.code(), "trust_anchor_invalid", "{e}");
+    // A properly rotated version 2, then the old version 1 put back: refused.
+    let v2 = sign_root(&v2_unsigned, &[&f.keys.updates]).unwrap();
+    let bundle = bundle_with_root(&f, "1.0.0", v2);
+    fs::write(f.root.anchor_file(), &v1).unwrap();
+    apply(&f.root, &bundle, &mut TestHost::ready()).unwrap();
+    assert_eq!(f.trust().version(), 2);
+    fs::write(f.root.anchor_file(), &v1).unwrap();
+    let e = f.root.anchor().unwrap_err();
+    assert!(e.to_string().contains("below version 2"), "{e}");
+    // And `init` installs only once.
+    let e = f.root.init_anchor(v1.as_bytes(), "again").unwrap_err();
+    assert_eq!(e.code(), "trust_anchor_invalid", "{e}");
 }

@@ -13,9 +13,9 @@ use update_support::{Fixture, TestHost};
 #[test]
 fn apply_reverts_a_version_that_is_not_ready() {
     let f = Fixture::new();
-    apply(&f.root, &f.paths, &f.bundle("1.0.0", 1), &mut TestHost::ready()).unwrap();
+    apply(&f.root, &f.bundle("1.0.0", 1), &mut TestHost::ready()).unwrap();
     let mut host = TestHost::never_ready();
-    let e = apply(&f.root, &f.paths, &f.bundle("2.0.0", 2), &mut host).unwrap_err();
+    let e = apply(&f.root, &f.bundle("2.0.0", 2), &mut host).unwrap_err();
     assert_eq!(e.code(), "update_reverted", "{e}");
     assert_eq!(f.current(), Some(Slot::A));
     assert_eq!(host.restarts, 2, "restarted on the new slot, then on the old one");
@@ -32,14 +32,14 @@ fn apply_reverts_a_version_that_is_not_ready() {
 fn die_during_trial(f: &Fixture, version: &str, sv: u64) {
     let mut host = TestHost { fault: Some(FaultPoint::DuringTrial), ..TestHost::ready() };
     let bundle = f.bundle(version, sv);
-    assert!(catch_unwind(AssertUnwindSafe(|| apply(&f.root, &f.paths, &bundle, &mut host))).is_err());
+    assert!(catch_unwind(AssertUnwindSafe(|| apply(&f.root, &bundle, &mut host))).is_err());
     assert_eq!(f.root.state().unwrap().unwrap().phase, Phase::Trial);
 }
 
 #[test]
 fn boot_check_reverts_a_crash_loop_after_the_limit() {
     let f = Fixture::new();
-    apply(&f.root, &f.paths, &f.bundle("1.0.0", 1), &mut TestHost::ready()).unwrap();
+    apply(&f.root, &f.bundle("1.0.0", 1), &mut TestHost::ready()).unwrap();
     die_during_trial(&f, "2.0.0", 2);
     assert_eq!(f.current(), Some(Slot::B));
     let trust = f.trust();
@@ -63,7 +63,7 @@ fn boot_check_reverts_a_crash_loop_after_the_limit() {
 #[test]
 fn boot_ok_commits_a_trial_whose_apply_died() {
     let f = Fixture::new();
-    apply(&f.root, &f.paths, &f.bundle("1.0.0", 1), &mut TestHost::ready()).unwrap();
+    apply(&f.root, &f.bundle("1.0.0", 1), &mut TestHost::ready()).unwrap();
     die_during_trial(&f, "2.0.0", 3);
     let trust = f.trust();
     assert_eq!(
@@ -71,7 +71,7 @@ fn boot_ok_commits_a_trial_whose_apply_died() {
         BootAction::Counted { boot_count: 1 }
     );
     let mut host = TestHost::ready();
-    assert_eq!(boot_ok(&f.root, &f.paths, &mut host).unwrap(), BootAction::Committed);
+    assert_eq!(boot_ok(&f.root, &mut host).unwrap(), BootAction::Committed);
     assert!(host.has_step("committed"));
     assert_eq!((f.current(), f.root.security_version().unwrap()), (Some(Slot::B), 3));
     assert_eq!(f.root.state().unwrap().unwrap().phase, Phase::Committed);
@@ -81,10 +81,10 @@ fn boot_ok_commits_a_trial_whose_apply_died() {
 #[test]
 fn boot_check_stays_out_of_a_running_apply() {
     let f = Fixture::new();
-    apply(&f.root, &f.paths, &f.bundle("1.0.0", 1), &mut TestHost::ready()).unwrap();
+    apply(&f.root, &f.bundle("1.0.0", 1), &mut TestHost::ready()).unwrap();
     let _lock = f.root.lock().unwrap();
     assert_eq!(boot_check(&f.root, None, &mut TestHost::ready()).unwrap(), BootAction::ApplyRunning);
-    assert_eq!(boot_ok(&f.root, &f.paths, &mut TestHost::ready()).unwrap(), BootAction::ApplyRunning);
-    let e = apply(&f.root, &f.paths, &f.bundle("2.0.0", 1), &mut TestHost::ready()).unwrap_err();
+    assert_eq!(boot_ok(&f.root, &mut TestHost::ready()).unwrap(), BootAction::ApplyRunning);
+    let e = apply(&f.root, &f.bundle("2.0.0", 1), &mut TestHost::ready()).unwrap_err();
     assert_eq!(e.code(), "update_busy");
 }

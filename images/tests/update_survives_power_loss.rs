@@ -15,11 +15,11 @@ fn every_fault_point_leaves_a_complete_verified_current_slot() {
     let points = [FaultPoint::AfterStage, FaultPoint::MidSwitch, FaultPoint::AfterSwitch, FaultPoint::DuringTrial];
     for point in points {
         let f = Fixture::new();
-        apply(&f.root, &f.paths, &f.bundle("1.0.0", 1), &mut TestHost::ready()).unwrap();
+        apply(&f.root, &f.bundle("1.0.0", 1), &mut TestHost::ready()).unwrap();
         let trust = f.trust();
         let mut host = TestHost { fault: Some(point), ..TestHost::ready() };
         let bundle = f.bundle("2.0.0", 2);
-        assert!(catch_unwind(AssertUnwindSafe(|| apply(&f.root, &f.paths, &bundle, &mut host))).is_err());
+        assert!(catch_unwind(AssertUnwindSafe(|| apply(&f.root, &bundle, &mut host))).is_err());
 
         let expect_new = matches!(point, FaultPoint::AfterSwitch | FaultPoint::DuringTrial);
         let cur = f.current().unwrap();
@@ -42,7 +42,7 @@ fn every_fault_point_leaves_a_complete_verified_current_slot() {
         assert_eq!(s.security_version, 1);
 
         // The box can be updated again; an unconfirmed trial is reverted first.
-        apply(&f.root, &f.paths, &f.bundle("3.0.0", 3), &mut TestHost::ready()).unwrap();
+        apply(&f.root, &f.bundle("3.0.0", 3), &mut TestHost::ready()).unwrap();
         let cur = f.current().unwrap();
         assert!(f.slot_file(cur, "bin/govboxd").contains("govboxd 3.0.0"), "{point:?}");
         assert_eq!(f.root.security_version().unwrap(), 3);
@@ -53,10 +53,10 @@ fn every_fault_point_leaves_a_complete_verified_current_slot() {
 #[test]
 fn a_damaged_trial_slot_is_reverted_at_boot() {
     let f = Fixture::new();
-    apply(&f.root, &f.paths, &f.bundle("1.0.0", 1), &mut TestHost::ready()).unwrap();
+    apply(&f.root, &f.bundle("1.0.0", 1), &mut TestHost::ready()).unwrap();
     let mut host = TestHost { fault: Some(FaultPoint::AfterSwitch), ..TestHost::ready() };
     let bundle = f.bundle("2.0.0", 2);
-    assert!(catch_unwind(AssertUnwindSafe(|| apply(&f.root, &f.paths, &bundle, &mut host))).is_err());
+    assert!(catch_unwind(AssertUnwindSafe(|| apply(&f.root, &bundle, &mut host))).is_err());
     std::fs::write(f.root.slot_dir(Slot::B).join("payload/bin/govbox"), "#!/bin/sh\necho evil\n").unwrap();
     let r = boot_check(&f.root, Some(&f.trust()), &mut TestHost::ready()).unwrap();
     assert!(format!("{r:?}").contains("does not verify"), "{r:?}");

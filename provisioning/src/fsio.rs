@@ -133,8 +133,13 @@ pub fn ensure_dir_keep_mode(dir: &Path, mode: u32) -> Result<()> {
 
 /// Reads a whole file, refusing one larger than `limit` bytes.
 pub fn read_capped(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>> {
+    let f = File::open(path).map_err(|e| ProvisionError::io(format!("reading {what}"), path, e))?;
+    read_open_capped(f, path, limit, what)
+}
+
+/// Reads the whole of the open file `f` (named `path` in errors), refusing more than `limit` bytes.
+fn read_open_capped(f: File, path: &Path, limit: u64, what: &str) -> Result<Vec<u8>> {
     let action = format!("reading {what}");
-    let f = File::open(path).map_err(|e| ProvisionError::io(&action, path, e))?;
     let size = f.metadata().map_err(|e| ProvisionError::io(&action, path, e))?.len();
     if size > limit {
         return Err(ProvisionError::TooLarge { what: what.to_string(), path: path.to_path_buf(), size, limit });
@@ -151,6 +156,46 @@ pub fn read_capped(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>> {
         });
     }
     Ok(buf)
+}
+
+/// Reads a whole file that another account owns (the service's state folder, read by root)
+/// without following any symlink on the way: each component of the absolute path is opened with
+/// `O_NOFOLLOW` from the one before it (`openat`), so a link planted anywhere in the path fails
+/// with `ELOOP` instead of leading root elsewhere. (The same guarantee as `openat2`'s
+/// `RESOLVE_NO_SYMLINKS`, on kernels before 5.6 too.) The file must be a regular file that only
+/// its owner may write; returns its bytes and its owner's uid for the caller to check.
+pub fn read_unfollowed(path: &Path, limit: u64, what: &str) -> Result<(Vec<u8>, u32)> {
+    use nix::fcntl::{OFlag, openat};
+    use nix::sys::stat::Mode;
+    use std::path::Component;
+    let action = format!("reading {what} without following links");
+    let err = |e: std::io::Error| ProvisionError::io(&action, path, e);
+    let abs = std::path::absolute(path).map_err(err)?;
+    let mut dir: std::os::fd::OwnedFd = File::open("/").map_err(err)?.into();
+    let mut comps: Vec<_> = abs.components().filter(|c| !matches!(c, Component::RootDir | Component::CurDir)).collect();
+    let Some(Component::Normal(leaf)) = comps.pop() else {
+        return Err(err(std::io::Error::new(ErrorKind::InvalidInput, "not a file path")));
+    };
+    let nofollow = OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    for c in comps {
+        let Component::Normal(name) = c else {
+            return Err(err(std::io::Error::new(ErrorKind::InvalidInput, "'..' is not allowed in the path")));
+        };
+        dir = openat(&dir, name, nofollow | OFlag::O_DIRECTORY | OFlag::O_RDONLY, Mode::empty())
+            .map_err(|e| err(e.into()))?;
+    }
+    let fd =
+        openat(&dir, leaf, nofollow | OFlag::O_RDONLY | OFlag::O_NONBLOCK, Mode::empty()).map_err(|e| err(e.into()))?;
+    let f = File::from(fd);
+    let meta = f.metadata().map_err(err)?;
+    if !meta.is_file() {
+        return Err(err(std::io::Error::new(ErrorKind::InvalidInput, "not a regular file")));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(err(std::io::Error::new(ErrorKind::PermissionDenied, "writable by other accounts than its owner")));
+    }
+    let buf = read_open_capped(f, path, limit, what)?;
+    Ok((buf, meta.uid()))
 }
 
 /// Reads a whole UTF-8 text file, refusing one larger than `limit` bytes.
@@ -237,6 +282,24 @@ mod tests {
         assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, PUBLIC_FILE_MODE);
         // No temporary files are left behind.
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn read_unfollowed_refuses_a_link_anywhere_in_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("real/trust")).unwrap();
+        fs::write(dir.path().join("real/trust/root.json"), b"{}").unwrap();
+        let (bytes, _) = read_unfollowed(&dir.path().join("real/trust/root.json"), 10, "x").unwrap();
+        assert_eq!(bytes, b"{}");
+        std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("state")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("real/trust/root.json"), dir.path().join("real/link.json")).unwrap();
+        for p in ["state/trust/root.json", "real/link.json", "real/../real/trust/root.json"] {
+            assert!(read_unfollowed(&dir.path().join(p), 10, "x").is_err(), "{p}");
+        }
+        assert!(matches!(
+            read_unfollowed(&dir.path().join("real/trust/root.json"), 1, "x"),
+            Err(ProvisionError::TooLarge { .. })
+        ));
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub use clients::{
     NewClient, Scope, TOKEN_PREFIX, check_known_models, token_sha256_hex, write_client_bundle,
 };
 pub use error::{ProvisionError, Result};
-pub use fsio::{Overwrite, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, PUBLIC_FILE_MODE};
+pub use fsio::{Overwrite, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, PUBLIC_FILE_MODE, read_unfollowed, write_file};
 pub use keys::{PublicKey, SigningKey};
 pub use paths::{DEFAULT_STATE_DIR, StatePaths};
 pub use provision::{

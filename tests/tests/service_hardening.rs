@@ -46,6 +46,10 @@ const REQUIRED: &[(&str, &str)] = &[
     ("CapabilityBoundingSet", ""),
     ("AmbientCapabilities", ""),
     ("UMask", "0077"),
+    // Unix sockets by path: only govboxd's own folder, govbox-auditd's, journald's and systemd's.
+    ("TemporaryFileSystem", "/run:ro"),
+    ("BindPaths", "/run/govbox /run/govbox-audit"),
+    ("BindReadOnlyPaths", "/run/systemd/journal/socket /run/systemd/notify"),
 ];
 
 fn unit_path() -> PathBuf {
@@ -171,6 +175,23 @@ fn systemd_analyze_verify_accepts_the_unit() {
     fs::remove_dir_all(&dir).unwrap();
     // Unknown keys and bad values are only warnings (exit 0): any output is a failure.
     assert!(o.status.success() && err.trim().is_empty(), "systemd-analyze verify:\n{err}");
+}
+
+#[test]
+fn update_hooks_use_the_configured_admin_socket_and_never_the_state_folder() {
+    let unit = fs::read_to_string(unit_path()).unwrap();
+    let config = fs::read_to_string(repo().join("dist/govbox.toml")).unwrap();
+    let socket = config
+        .lines()
+        .find_map(|l| l.strip_prefix("admin_socket = \""))
+        .and_then(|v| v.strip_suffix('"'))
+        .expect("dist/govbox.toml sets admin_socket");
+    for (key, value) in service_directives(&unit) {
+        if key == "ExecStartPre" || key == "ExecStartPost" {
+            assert!(value.contains(&format!(" --admin-socket {socket} update ")), "{key}={value}");
+            assert!(!value.contains("--state"), "{key}: root's update hooks never open the state folder: {value}");
+        }
+    }
 }
 
 #[test]

@@ -1,7 +1,9 @@
 //! `govbox update` end to end, with the real govboxd running from the install folder's slots:
-//! first install, an automatic revert of a version that never becomes ready (recorded in the
-//! audit log through the running daemon), config across versions with a rollback, and a
-//! rollback refused below the stored security version.
+//! first install (its steps taken before any govboxd ran go through the root-owned update
+//! journal, which the first govboxd imports into its audit log), an automatic revert of a
+//! version that never becomes ready (recorded in the audit log through the running daemon),
+//! config across versions with a rollback, and a rollback refused below the stored security
+//! version.
 //!
 //! What is simulated, honestly:
 //! - systemd: `--restart-cmd` runs a small script that stops the govboxd it started last and
@@ -131,7 +133,9 @@ fn apply_revert_config_across_versions_and_rollback() {
     let status =
         || -> Value { serde_json::from_str(&ok(&b, &["update", "status", "--root", &root_s, "--json"])).unwrap() };
 
-    // 1. First install: the real govboxd, from slot a.
+    // 1. First install: the update trust anchor, then the real govboxd, from slot a.
+    let from = b.state.join("trust/root.json").display().to_string();
+    ok(&b, &["update", "init", "--root", &root_s, "--from", &from]);
     let v1 = build(&b, "1.0.0", 1, &bin("govboxd"));
     let o = apply(&v1);
     assert!(o.status.success(), "{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
@@ -158,6 +162,9 @@ fn apply_revert_config_across_versions_and_rollback() {
     for step in ["staged", "switched", "committed", "reverted"] {
         assert!(names.contains(&step), "no '{step}' update entry: {steps:?}");
     }
+    let (_, staged) = steps.iter().find(|(s, _)| s == "staged").unwrap();
+    assert!(staged.contains("version 1.0.0") && staged.contains("[update journal "), "{staged}");
+    assert_eq!(steps.iter().filter(|(s, d)| s == "staged" && d.contains("version 1.0.0")).count(), 1);
     let (_, detail) = steps.iter().find(|(s, _)| s == "reverted").unwrap();
     assert!(detail.contains("2.0.0") && detail.contains("back on slot a"), "{detail}");
 

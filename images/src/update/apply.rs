@@ -15,7 +15,7 @@ use std::fs::{self, File};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use govbox_provisioning::{Role, StatePaths, TrustRoot, to_canonical_json};
+use govbox_provisioning::{Role, TrustRoot, to_canonical_json};
 use serde::Serialize;
 
 use super::bundle::{CLI_PATH, DAEMON_PATH};
@@ -216,8 +216,9 @@ fn precheck(m: &Manifest, stored: u64, trust: &TrustRoot) -> Result<()> {
 }
 
 /// Step 7: the new root (if the slot's bundle carries one) and the security version take
-/// effect, and the trial ends.
-fn commit(root: &InstallRoot, paths: &StatePaths, slot: Slot, previous: Option<Slot>) -> Result<(SlotMeta, bool)> {
+/// effect, and the trial ends. The new root replaces the root-owned update trust anchor only if
+/// the current anchor's `root` threshold signed it (checked again here: the slot is on disk).
+fn commit(root: &InstallRoot, slot: Slot, previous: Option<Slot>) -> Result<(SlotMeta, bool)> {
     let meta = root
         .slot_meta(slot)?
         .ok_or_else(|| UpdateError::SlotInvalid { slot: slot.to_string(), reason: "missing (no slot.json)".into() })?;
@@ -228,9 +229,10 @@ fn commit(root: &InstallRoot, paths: &StatePaths, slot: Slot, previous: Option<S
     if let Some(new_root) = manifest.update.as_ref().and_then(|u| u.root.as_ref()) {
         let new_bytes = to_canonical_json(new_root);
         let new_version = TrustRoot::parse(new_bytes.as_bytes(), "update.root")?.version();
+        let anchor = root.anchor()?;
         // Already installed when an earlier commit of this slot was interrupted.
-        if new_version > TrustRoot::load(&paths.root_json())?.version() {
-            crate::root::install_root(paths, new_bytes.as_bytes())?;
+        if new_version > anchor.version() {
+            root.rotate_anchor(&anchor, new_bytes.as_bytes())?;
             rotated = true;
         }
     }
@@ -246,8 +248,9 @@ fn revert_to(root: &InstallRoot, to: Slot, failed: Slot) -> Result<()> {
 }
 
 /// `govbox update apply`: every step, recorded through `host`. An unconfirmed trial left by an
-/// earlier apply that died is reverted first.
-pub fn apply(root: &InstallRoot, paths: &StatePaths, bundle: &Path, host: &mut dyn UpdateHost) -> Result<Applied> {
+/// earlier apply that died is reverted first. Bundles are checked against the install folder's
+/// update trust anchor ([`InstallRoot::anchor`]), never against a file of the service's.
+pub fn apply(root: &InstallRoot, bundle: &Path, host: &mut dyn UpdateHost) -> Result<Applied> {
     let lock = root.lock()?;
     root.clean_leftovers(&lock)?;
     if let Some(s) = root.state()?
@@ -257,8 +260,14 @@ pub fn apply(root: &InstallRoot, paths: &StatePaths, bundle: &Path, host: &mut d
         revert_to(root, prev, s.current)?;
         host.record("reverted", &format!("slot {}: an unconfirmed trial was found; back on slot {prev}", s.current));
     }
-    // Step 1: the trust root's `updates` threshold.
-    let trust = TrustRoot::load(&paths.root_json())?;
+    // Step 1: the update trust anchor's `updates` threshold.
+    let trust = match root.anchor() {
+        Ok(t) => t,
+        Err(e) => {
+            host.record("refused", &format!("{}: {} ({})", file_label(bundle), e, e.code()));
+            return Err(e);
+        }
+    };
     let label = file_label(bundle);
     let previous = root.current()?;
     let staged = match stage(root, &lock, bundle, &trust) {
@@ -290,7 +299,7 @@ pub fn apply(root: &InstallRoot, paths: &StatePaths, bundle: &Path, host: &mut d
     });
     match ready {
         Ok(()) => {
-            let (meta, root_rotated) = commit(root, paths, slot, previous)?;
+            let (meta, root_rotated) = commit(root, slot, previous)?;
             let sv = root.security_version()?;
             let rot = if root_rotated { "; trust root rotated" } else { "" };
             host.record("committed", &format!("slot {slot} ({version}), security_version {sv}{rot}"));
@@ -364,7 +373,7 @@ pub fn boot_check(root: &InstallRoot, trust: Option<&TrustRoot>, host: &mut dyn 
 
 /// `govbox update boot-ok` (`ExecStartPost=+`, after READY=1): commits a trial whose apply is
 /// gone (a power loss during the trial), now that its daemon reported ready.
-pub fn boot_ok(root: &InstallRoot, paths: &StatePaths, host: &mut dyn UpdateHost) -> Result<BootAction> {
+pub fn boot_ok(root: &InstallRoot, host: &mut dyn UpdateHost) -> Result<BootAction> {
     let lock = match root.lock() {
         Ok(l) => l,
         Err(UpdateError::Busy { .. }) => return Ok(BootAction::ApplyRunning),
@@ -373,7 +382,7 @@ pub fn boot_ok(root: &InstallRoot, paths: &StatePaths, host: &mut dyn UpdateHost
     root.clean_leftovers(&lock)?;
     match (root.state()?, root.current()?) {
         (Some(s), Some(link)) if s.phase == Phase::Trial && link == s.current => {
-            let (meta, _) = commit(root, paths, link, s.previous)?;
+            let (meta, _) = commit(root, link, s.previous)?;
             host.record("committed", &format!("slot {link} ({}) confirmed ready at start", meta.version));
             Ok(BootAction::Committed)
         }

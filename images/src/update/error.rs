@@ -105,6 +105,25 @@ pub enum UpdateError {
         reason: String,
     },
 
+    /// The install folder has no update trust anchor yet.
+    #[error(
+        "{}: no update trust anchor ({}); install it once, as root: govbox update init --root {} --from STATE/trust/root.json",
+        root.display(), root.join("trust/root.json").display(), root.display()
+    )]
+    NoTrustAnchor {
+        /// The install folder.
+        root: PathBuf,
+    },
+
+    /// The update trust anchor is refused (its own signatures, a version below the highest seen).
+    #[error("update trust anchor {}: {reason}", path.display())]
+    TrustAnchor {
+        /// The anchor file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+
     /// The new version did not become ready and the previous one was put back.
     #[error("update to {version} reverted: {reason}")]
     Reverted {
@@ -130,6 +149,8 @@ impl UpdateError {
             UpdateError::NoPreviousSlot { .. } => "no_previous_slot",
             UpdateError::Restart { .. } => "restart_failed",
             UpdateError::Reverted { .. } => "update_reverted",
+            UpdateError::NoTrustAnchor { .. } => "no_trust_anchor",
+            UpdateError::TrustAnchor { .. } => "trust_anchor_invalid",
         }
     }
 

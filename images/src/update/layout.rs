@@ -246,15 +246,7 @@ impl InstallRoot {
 
     /// The stored security version; 0 before the first commit.
     pub fn security_version(&self) -> Result<u64> {
-        let path = self.security_version_file();
-        match fs::read_to_string(&path) {
-            Ok(s) => s.trim().parse().map_err(|_| UpdateError::CorruptState {
-                path: path.clone(),
-                reason: format!("'{}' is not a security version", s.trim()),
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
-            Err(e) => Err(UpdateError::io("reading", &path, e)),
-        }
+        read_counter(&self.security_version_file(), "a security version")
     }
 
     /// Raises the stored security version to `to` (durably); a lower `to` changes nothing.
@@ -361,6 +353,18 @@ impl InstallRoot {
         };
         remove_dirs(&self.slots_dir(), &[crate::staging::STAGING_PREFIX, ".old-"])?;
         remove_dirs(&self.root, &[".current.tmp-"])
+    }
+}
+
+/// A file holding one decimal number that only rises; 0 when it does not exist yet.
+pub(crate) fn read_counter(path: &Path, what: &str) -> Result<u64> {
+    match fs::read_to_string(path) {
+        Ok(s) => s.trim().parse().map_err(|_| UpdateError::CorruptState {
+            path: path.to_path_buf(),
+            reason: format!("'{}' is not {what}", s.trim()),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(UpdateError::io("reading", path, e)),
     }
 }
 

@@ -1,4 +1,5 @@
-//! Shared fixtures for the `update_*` tests: a state folder with a trust root, an install folder,
+//! Shared fixtures for the `update_*` tests: a state folder with a trust root, an install folder
+//! whose update trust anchor was installed from it,
 //! bundles with stand-in binaries, and a scripted [`UpdateHost`].
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
@@ -32,11 +33,14 @@ impl Fixture {
         fs::create_dir_all(paths.root_json().parent().unwrap()).unwrap();
         fs::write(paths.root_json(), trust.to_canonical_json()).unwrap();
         let root = InstallRoot::new(dir.path().join("opt"));
+        // What `govbox update init --from STATE/trust/root.json` does once, as root.
+        root.init_anchor(trust.to_canonical_json().as_bytes(), "test root").unwrap();
         Self { dir, root, paths, keys }
     }
 
+    /// The install folder's update trust anchor.
     pub fn trust(&self) -> TrustRoot {
-        TrustRoot::load(&self.paths.root_json()).unwrap()
+        self.root.anchor().unwrap()
     }
 
     /// A bundle whose govboxd is the text `daemon`, signed by `keys`.
