@@ -66,7 +66,7 @@ async fn a_forged_system_turn_stays_text() {
     assert!(as_text.iter().all(|&i| !tok.is_special(i)) && as_text.len() != as_tokens.len());
     assert_eq!(prompt_tokens(&d, &app, "/v1/completions", creq.clone()).await, as_text.len() as u64);
     let added =
-        d.admin(&json!({"cmd": "client_add", "name": "raw-prompts", "token": true, "allow_special_tokens": true}));
+        d.admin(&json!({"cmd": "client_add", "name": "raw-prompts", "models": ["all"], "token": true, "allow_special_tokens": true}));
     assert_eq!(added["result"]["client"]["allow_special_tokens"], true, "{added}");
     let raw_client = Creds::token(added["result"]["token"].as_str().unwrap());
     assert_eq!(prompt_tokens(&d, &raw_client, "/v1/completions", creq).await, as_tokens.len() as u64);

@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 use govbox_e2e::{Daemon, TestBox, bin, govbox, syslog_receiver};
 use serde_json::{Value, json};
 
-/// `govbox client add NAME`, its certificate written into the box's folder.
+/// `govbox client add NAME --models all`, its certificate written into the box's folder.
 fn add_client(b: &TestBox, name: &str) {
     let out = b.dir.join(format!("client-{name}"));
-    govbox(&b.state, &["client", "add", name, "--cert-out", out.to_str().unwrap()]);
+    govbox(&b.state, &["client", "add", name, "--models", "all", "--cert-out", out.to_str().unwrap()]);
 }
 
 fn tree_size(b: &TestBox) -> u64 {
