@@ -424,11 +424,11 @@ fn offline(state: &Path, cmd: AuditCommand) -> Result<()> {
             let range = range_of(&args)?;
             let log = AuditLog::open_state(&paths, AuditOptions::default())?;
             // The export is itself recorded, before it is made, so that it holds its own record.
-            let show = |v: Option<u64>, none: &str| v.map_or_else(|| none.to_string(), |n| n.to_string());
+            let show = |v: Option<u64>, none: &str| v.map_or_else(|| none.to_string(), |n| format!("seq {n}"));
             let subject = format!(
-                "from seq {} to seq {}{}",
-                show(args.from, "oldest"),
-                show(args.to, "newest"),
+                "from {} to {}{}",
+                show(args.from, "the oldest entry"),
+                show(args.to, "the newest"),
                 args.since.as_deref().map(|t| format!(", since {t}")).unwrap_or_default()
             );
             log.append_blocking(Event::Admin { actor: local_actor()?, action: "audit_export".into(), subject })?;

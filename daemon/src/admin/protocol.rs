@@ -313,11 +313,11 @@ pub fn execute(state: &Arc<AppState>, req: AdminRequest, uid: &str) -> Result<Va
             // Everything refused until now is in the export, and so is the export itself: it is
             // recorded first, and fails if that record cannot be made.
             state.refusals.flush_blocking(&state.audit, &state.metrics, true);
-            let show = |v: Option<u64>, none: &str| v.map_or_else(|| none.to_string(), |n| n.to_string());
+            let show = |v: Option<u64>, none: &str| v.map_or_else(|| none.to_string(), |n| format!("seq {n}"));
             let subject = format!(
-                "from seq {} to seq {}{}",
-                show(from, "oldest"),
-                show(to, "newest"),
+                "from {} to {}{}",
+                show(from, "the oldest entry"),
+                show(to, "the newest"),
                 since.map(|t| format!(", since {}", govbox_audit::format_time(t))).unwrap_or_default()
             );
             let ev = Event::Admin { actor: format!("admin-socket uid {uid}"), action: "audit_export".into(), subject };
