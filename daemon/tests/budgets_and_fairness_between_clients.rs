@@ -104,9 +104,11 @@ async fn a_flooding_client_cannot_make_another_fail() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_limit_on_concurrency_holds_with_free_slots() {
     let b = Box_::provision();
+    let prom = b.add_metrics_client("prometheus");
     let d = Arc::new(Daemon::ready(&b, &b.config(&[("tiny", &tiny_qwen2())], "")).await);
-    // Added through the admin socket, as `govbox client add batch --max-concurrent 1` does.
-    let added = d.admin(&json!({"cmd": "client_add", "name": "batch", "token": true, "max_concurrent": 1}));
+    // Added through the admin socket, as `govbox client add batch --models all --max-concurrent 1` does.
+    let added =
+        d.admin(&json!({"cmd": "client_add", "name": "batch", "models": ["all"], "token": true, "max_concurrent": 1}));
     assert_eq!(added["result"]["client"]["max_concurrent"], 1, "{added}");
     let creds = common::Creds::token(added["result"]["token"].as_str().unwrap());
     let long = json!({"model": "tiny", "max_tokens": 500, "temperature": 1, "seed": 3,
@@ -119,11 +121,11 @@ async fn a_client_limit_on_concurrency_holds_with_free_slots() {
         .collect();
     // Eight slots are free, yet one request runs and two wait.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while d.metric("govbox_queued_requests").await != Some(2.0) {
+    while d.metric(&prom, "govbox_queued_requests").await != Some(2.0) {
         assert!(Instant::now() < deadline, "two requests never waited: {}", d.logs());
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(d.metric("govbox_active_generations").await, Some(1.0));
+    assert_eq!(d.metric(&prom, "govbox_active_generations").await, Some(1.0));
     for t in tasks {
         assert_eq!(t.await.unwrap(), 200);
     }

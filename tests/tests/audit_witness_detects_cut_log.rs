@@ -59,9 +59,11 @@ fn export(b: &TestBox, name: &str) -> PathBuf {
 }
 
 /// `govbox audit verify EXPORT --previous PREVIOUS [--witness FILE]`.
-fn verify(export: &Path, previous: &Path, witness: Option<&Path>) -> (bool, String) {
+/// `govbox audit verify`, pinned to the box's audit key as an auditor does (taken at install).
+fn verify(b: &TestBox, export: &Path, previous: &Path, witness: Option<&Path>) -> (bool, String) {
     let mut cmd = Command::new(bin("govbox"));
     cmd.args(["audit", "verify"]).arg(export).arg("--previous").arg(previous);
+    cmd.arg("--device-key").arg(b.state.join("identity/audit.pub"));
     if let Some(w) = witness {
         cmd.arg("--witness").arg(w);
     }
@@ -114,11 +116,11 @@ fn entries_cut_after_their_head_reached_the_witness_fail_verification() {
     assert!(size > first_size + 1, "{size} vs {first_size}");
     wait_for_witnessed(&witness, size);
 
-    // Status and readiness report the witness as up to date.
+    // Status and readiness (its details are for authenticated clients) report the witness as up to date.
     let status = b.admin(&json!({"cmd": "status"}));
     assert_eq!(status["audit_witness"]["pending"], 0, "{status}");
     assert_eq!(status["audit_witness"]["address"], format!("tcp://127.0.0.1:{port}"));
-    let ready = b.curl(&[&b.url("/readyz")]);
+    let ready = b.curl(&["-H", &format!("Authorization: Bearer {}", b.token), &b.url("/readyz")]);
     let ready: Value = serde_json::from_slice(&ready.stdout).unwrap();
     assert_eq!(ready["audit_witness"]["behind"], false, "{ready}");
 
@@ -147,9 +149,9 @@ fn entries_cut_after_their_head_reached_the_witness_fail_verification() {
     let mut d = b.start();
     let second = export(&b, "second.json");
     stop(&mut d);
-    let (ok, out) = verify(&second, &first, None);
+    let (ok, out) = verify(&b, &second, &first, None);
     assert!(ok, "the cut is invisible to an export checked only against the previous one:\n{out}");
-    let (ok, out) = verify(&second, &first, Some(&witnessed));
+    let (ok, out) = verify(&b, &second, &first, Some(&witnessed));
     assert!(!ok, "verify --witness passed a log cut after its head was witnessed:\n{out}");
     assert!(out.contains("FAIL  witness"), "{out}");
 
@@ -159,7 +161,7 @@ fn entries_cut_after_their_head_reached_the_witness_fail_verification() {
     let d = b.start();
     let third = export(&b, "third.json");
     drop(d);
-    let (ok, out) = verify(&third, &first, Some(&witnessed));
+    let (ok, out) = verify(&b, &third, &first, Some(&witnessed));
     assert!(ok, "the untouched log fails verify --witness:\n{out}");
     assert!(out.contains("PASS  witness") && out.contains("extends the largest witnessed head"), "{out}");
 }
