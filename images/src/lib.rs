@@ -18,7 +18,7 @@
 //! one rename after everything matched and was fsynced; on any failure the staging folder is
 //! removed and the store and its registry are unchanged.
 //!
-//! **Format decisions** (ARCHITECTURE.md left these open):
+//! **Format decisions** (the design plan left these open; `docs/ARCHITECTURE.md` lists the formats):
 //! - Signatures are lower-case hex, like the signatures of `root.json`; `alg` is `ed25519` only.
 //! - The manifest must be exactly the canonical JSON of what it parses to (sorted keys, no
 //!   whitespace), so one manifest has one byte form and one digest; `format` is checked before
