@@ -151,6 +151,7 @@ impl Drop for RequestRecord {
         let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
         let num = |v: Option<usize>| v.map_or_else(|| "-".into(), |n| n.to_string());
         let peer = self.peer.map_or_else(|| "-".into(), |p| p.ip().to_string());
+        let outcome = f.outcome.unwrap_or_else(|| default_outcome(f.status));
         let line = format!(
             "request {} peer={peer} client={} model={} endpoint={} status={} error={} outcome={} \
              prompt_tokens={} completion_tokens={} latency_ms={:.1}",
@@ -160,17 +161,28 @@ impl Drop for RequestRecord {
             self.endpoint,
             f.status,
             f.error.unwrap_or("-"),
-            f.outcome.unwrap_or("ok"),
+            outcome,
             num(f.prompt_tokens),
             num(f.completion_tokens),
             secs * 1000.0
         );
-        if f.status >= 500 {
+        if warrants_warning(self.endpoint, f.status, f.error) {
             log::warn!("{line}");
         } else {
             log::info!("{line}");
         }
     }
+}
+
+/// The log line's outcome when the handler set none: `ok` only for an answer that succeeded.
+fn default_outcome(status: u16) -> &'static str {
+    if status < 400 { "ok" } else { "-" }
+}
+
+/// Server errors are warnings, except `/readyz` saying "not ready" while the models load: that is
+/// the answer a start-up poll expects, and the demo's and systemd's polls filled the log with it.
+fn warrants_warning(endpoint: &str, status: u16, error: Option<&str>) -> bool {
+    status >= 500 && !(endpoint == "/readyz" && error == Some("not_ready"))
 }
 
 type Append = Pin<Box<dyn Future<Output = govbox_audit::Result<u64>> + Send>>;
@@ -393,5 +405,21 @@ impl Drop for TrackedBody {
                 }
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod log_level_tests {
+    use super::{default_outcome, warrants_warning};
+
+    #[test]
+    fn readiness_polls_during_start_are_not_warnings_and_errors_are_not_ok() {
+        assert!(!warrants_warning("/readyz", 503, Some("not_ready")));
+        assert!(warrants_warning("/readyz", 503, Some("shutting_down")));
+        assert!(warrants_warning("/v1/chat/completions", 503, Some("audit_unavailable")));
+        assert!(!warrants_warning("/v1/chat/completions", 429, Some("rate_limited")));
+        assert_eq!(default_outcome(200), "ok");
+        assert_eq!(default_outcome(503), "-");
+        assert_eq!(default_outcome(401), "-");
     }
 }
