@@ -316,8 +316,11 @@ fn certificates(paths: &StatePaths, now: OffsetDateTime) -> Vec<Check> {
             return out;
         }
     };
-    let renew = "issue a new server certificate before then (`govbox provision --force` re-creates the box's \
-                 identity; clients must then trust the new CA)";
+    // The server certificate is renewed under the same CA: clients keep trusting it.
+    let renew = "govbox tls renew (same CA, new key; a running govboxd serves it with no restart)";
+    // Only an expired CA needs a new identity, which every client must then trust anew.
+    let new_ca = "the box CA itself must be re-created: `govbox provision --force` makes a new identity and CA, \
+                  and every client must then trust the new CA";
     let expires = time::OffsetDateTime::from_unix_timestamp(server.not_after)
         .ok()
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
@@ -342,7 +345,7 @@ fn certificates(paths: &StatePaths, now: OffsetDateTime) -> Vec<Check> {
             "certificate chain",
             Level::Fail,
             format!("signed by the box CA '{}', but the CA has expired", ca.subject),
-            Some(renew.into()),
+            Some(new_ca.into()),
         ),
         Ok(()) => Check::ok("certificate chain", format!("signed by the box CA '{}'", ca.subject)),
         Err(why) => Check::new(
@@ -761,6 +764,11 @@ mod tests {
         let level = |now| certificates(&paths, now)[0].level;
         assert_eq!(level(at(server.not_after - 10 * 86_400)), Level::Warn);
         assert_eq!(level(at(server.not_after + 1)), Level::Fail);
+        // Renewing the server certificate keeps the identity: never advise `provision --force` for it.
+        for when in [server.not_after - 10 * 86_400, server.not_after + 1] {
+            let hint = certificates(&paths, at(when))[0].hint.clone().unwrap();
+            assert!(hint.starts_with("govbox tls renew") && !hint.contains("--force"), "{hint}");
+        }
         assert_eq!(level(at(server.not_before - 86_400)), Level::Fail);
 
         // A server certificate of another box's CA does not chain to this CA.
