@@ -75,7 +75,7 @@ pub enum DaemonError {
     #[error("opening the device: {0}")]
     Backend(govbox_drivers::DriverError),
     /// The HTTPS port could not be bound.
-    #[error("binding the HTTPS listener on {addr}: {source}")]
+    #[error("binding the HTTPS listener on {addr}: {source}{}", bind_hint(source))]
     Bind {
         /// The address.
         addr: SocketAddr,
@@ -86,7 +86,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Sandbox(#[from] crate::sandbox::SandboxError),
     /// The admin socket could not be created.
-    #[error("creating the admin socket {}: {source}", path.display())]
+    #[error("creating the admin socket {}: {source}{}", path.display(), socket_hint(path, source))]
     AdminSocket {
         /// The socket path.
         path: PathBuf,
@@ -123,6 +123,35 @@ pub enum DaemonError {
         /// The OS error.
         source: std::io::Error,
     },
+}
+
+/// What to do about a port that cannot be bound, for the errors an operator meets.
+fn bind_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            " (another process listens there, perhaps a second govboxd: `ss -ltnp` names it; stop it or \
+             change `listen` in the config)"
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            " (ports below 1024 need CAP_NET_BIND_SERVICE; the unit gives none: use a port from 1024 up)"
+        }
+        _ => "",
+    }
+}
+
+/// What to do about an admin socket that cannot be created: a production config names
+/// `/run/govbox`, which only systemd's `RuntimeDirectory=` creates.
+fn socket_hint(path: &std::path::Path, e: &std::io::Error) -> String {
+    let folder = path.parent().map(|p| p.display().to_string()).unwrap_or_default();
+    match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => format!(
+            " (the folder {folder} must exist and be writable by govboxd's user; under systemd the unit's \
+             RuntimeDirectory= makes /run/govbox; outside systemd set `admin_socket` in the config to a \
+             path of your own, or leave it out to use STATE/admin.sock)"
+        ),
+        std::io::ErrorKind::AddrInUse => " (another govboxd may be running on this state folder)".to_string(),
+        _ => String::new(),
+    }
 }
 
 impl DaemonError {
@@ -487,4 +516,24 @@ fn reload(state: &AppState, opts: &Options) {
         Err(e) => log::error!("SIGHUP: reading the client store: {e}"),
     }
     systemd::status(&format!("ready: serving on https://{} (reloaded)", state.listen));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DaemonError;
+
+    #[test]
+    fn a_port_in_use_and_a_missing_socket_folder_say_what_to_do() {
+        // A real second bind of the same port, as a second govboxd would try.
+        let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let addr = first.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let source = std::net::TcpListener::bind(addr).map(drop).unwrap_err();
+        let text = DaemonError::Bind { addr, source }.to_string();
+        assert!(text.contains(&addr.to_string()) && text.contains("`ss -ltnp`") && text.contains("`listen`"), "{text}");
+
+        let path = std::path::PathBuf::from("/nonexistent-govbox-run/admin.sock");
+        let source = std::os::unix::net::UnixListener::bind(&path).map(drop).unwrap_err();
+        let text = DaemonError::AdminSocket { path, source }.to_string();
+        assert!(text.contains("/nonexistent-govbox-run must exist") && text.contains("admin_socket"), "{text}");
+    }
 }
