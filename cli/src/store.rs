@@ -139,27 +139,32 @@ fn print_answer(cmd: &StoreCommand, a: &Value) {
 }
 
 fn print_list(a: &Value) {
+    print!("{}", render_list(a));
+}
+
+/// The table of `model list`. The digest is printed whole: it is what `govbox attest verify
+/// --expect-model NAME@DIGEST` and an auditor compare, and a shortened one cannot be pasted there.
+fn render_list(a: &Value) -> String {
     let models = a["models"].as_array().cloned().unwrap_or_default();
     if models.is_empty() {
-        println!("no models imported; import a signed package with `govbox model import FILE.gbx`");
-        return;
+        return "no models imported; import a signed package with `govbox model import FILE.gbx`\n".to_string();
     }
-    println!("{:<28} {:<12} {:<20} {:>10}  ACTIVE", "NAME", "VERSION", "DIGEST", "SIZE");
+    let mut out = format!("{:<28} {:<12} {:>10}  {:<6} DIGEST\n", "NAME", "VERSION", "SIZE", "ACTIVE");
     for m in &models {
         let active = m["active"].as_str();
         for v in m["versions"].as_array().into_iter().flatten() {
             let version = v["version"].as_str().unwrap_or("?");
-            let digest = v["digest"].as_str().unwrap_or("?");
-            println!(
-                "{:<28} {:<12} sha256-{:<13} {:>9.1}M  {}",
+            out.push_str(&format!(
+                "{:<28} {:<12} {:>9.1}M  {:<6} sha256-{}\n",
                 m["name"].as_str().unwrap_or("?"),
                 version,
-                digest.get(..12).unwrap_or(digest),
                 v["size"].as_f64().unwrap_or(0.0) / 1e6,
-                if active == Some(version) { "*" } else { "" }
-            );
+                if active == Some(version) { "*" } else { "" },
+                v["digest"].as_str().unwrap_or("?"),
+            ));
         }
     }
+    out
 }
 
 fn records_json(records: &[ModelRecord]) -> Value {
@@ -298,4 +303,20 @@ fn check_selftest(engine: &Engine, test: &SelfTest) -> Result<Value> {
         }
     }?;
     Ok(json!({"passed": true, "checked": report.checked, "max_abs_diff": report.max_abs_diff}))
+}
+
+#[cfg(test)]
+mod list_tests {
+    use super::render_list;
+
+    #[test]
+    fn the_list_shows_the_whole_digest_that_attest_verify_takes() {
+        let digest = "88389fb3ee537870bd789e5a6739c6b24cbc0a76306a4c7391a4fb2131271f84";
+        let list = serde_json::json!({"models": [{"name": "smollm2", "active": "1.0.0",
+            "versions": [{"version": "1.0.0", "digest": digest, "size": 98_362_432.0}]}]});
+        let text = render_list(&list);
+        let row = text.lines().nth(1).unwrap_or_default();
+        assert!(row.starts_with("smollm2 ") && row.contains(" 1.0.0 ") && row.contains(" * "), "{text}");
+        assert!(row.ends_with(&format!("sha256-{digest}")), "{text}");
+    }
 }
