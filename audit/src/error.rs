@@ -89,6 +89,10 @@ pub enum AuditError {
         /// The limit.
         limit: u64,
     },
+
+    /// A setting that cannot be used (the message names it and says why).
+    #[error("{0}")]
+    Config(String),
 }
 
 impl AuditError {
@@ -105,6 +109,7 @@ impl AuditError {
             Self::Range { .. } => "audit_bad_range",
             Self::MalformedExport { .. } => "audit_export_malformed",
             Self::TooLarge { .. } => "audit_export_too_large",
+            Self::Config(_) => "audit_config",
         }
     }
 

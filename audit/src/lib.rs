@@ -57,6 +57,7 @@ mod store;
 mod verify;
 mod verify_store;
 pub mod witness;
+mod witness_tls;
 mod writer;
 
 pub use auth::{MAX_AUTH_SOURCES, OTHER_SOURCE};
@@ -69,4 +70,4 @@ pub use log::{AuditKeys, AuditLog, AuditOptions, MAX_TAIL, read_hmac_secret};
 pub use retention::PruneReport;
 pub use sth::{STH_CONTEXT, SignedTreeHead};
 pub use verify::{Check, MAX_EXPORT_BYTES, VerifyReport, verify_export, verify_export_with_witness};
-pub use witness::{WitnessAddr, WitnessStatus};
+pub use witness::{WitnessAddr, WitnessStatus, WitnessTls, WitnessTransport};

@@ -18,7 +18,7 @@ use crate::error::{AuditError, Result};
 use crate::hmac::{HmacKey, HmacStream};
 use crate::sth::SignedTreeHead;
 use crate::store::Store;
-use crate::witness::{Witness, WitnessAddr, WitnessStatus};
+use crate::witness::{Witness, WitnessAddr, WitnessStatus, WitnessTls};
 use crate::writer::{Msg, Writer};
 
 /// Most entries [`AuditLog::tail`] returns.
@@ -86,6 +86,8 @@ pub struct AuditOptions {
     /// Where every signed tree head is also sent ([`crate::witness`]). Default none: the
     /// agency's log server is site-specific.
     pub witness: Option<WitnessAddr>,
+    /// The CA and name a `tls://` witness must prove (`witness_ca`, `witness_server_name`).
+    pub witness_tls: WitnessTls,
 }
 
 impl Default for AuditOptions {
@@ -95,6 +97,7 @@ impl Default for AuditOptions {
             checkpoint_interval: Duration::from_secs(60),
             retention_days: 180,
             witness: None,
+            witness_tls: WitnessTls::default(),
         }
     }
 }
@@ -186,7 +189,8 @@ impl AuditLog {
         let db_path = dir.join("db");
         let store = Arc::new(Store::open(&db_path)?);
         let recovered = store.recover()?;
-        let witness = opts.witness.map(|addr| Witness::start(addr, &dir.join("witness"))).transpose()?;
+        let witness =
+            opts.witness.map(|addr| Witness::start(addr, &opts.witness_tls, &dir.join("witness"))).transpose()?;
         if let (Some(w), Some(head)) = (&witness, &recovered.last_checkpoint) {
             // A crash between saving a checkpoint and spooling it would otherwise lose that head;
             // sending the latest one again at every start costs one message.

@@ -6,7 +6,10 @@
 //!
 //! **Wire format.** Each head is one RFC 5424 syslog message sent over TCP with octet-counting
 //! framing (RFC 6587 §3.4.1: `MSG-LEN SP SYSLOG-MSG`), which rsyslog (`imtcp`), syslog-ng
-//! (`network(transport(tcp))` with `flags(syslog-protocol)`) and SIEMs accept:
+//! (`network(transport(tcp))` with `flags(syslog-protocol)`) and SIEMs accept. With `tls://` the
+//! same frames go inside TLS (RFC 5425, which uses that framing too; rsyslog `imtcp` with
+//! `StreamDriver.Mode="1"`, syslog-ng `transport(tls)`), and the receiver's certificate must chain
+//! to the CA named by `witness_ca` ([`crate::witness_tls`]):
 //!
 //! ```text
 //! <110>1 2026-12-05T01:23:45.678Z HOST govbox-audit 1234 sth [govbox-sth@32473 tree_size="30"
@@ -40,6 +43,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{AuditError, Result};
 use crate::sth::SignedTreeHead;
+pub use crate::witness_tls::WitnessTls;
 
 /// The structured-data id of a head: `govbox-sth@` and the documentation PEN of RFC 5612.
 pub const SD_ID: &str = "govbox-sth@32473";
@@ -56,40 +60,62 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// How long closing the log waits for the spool to empty.
 const FINAL_SEND: Duration = Duration::from_secs(3);
 
-/// Where heads go: `tcp://IP:PORT` (`[audit] witness`).
+/// Where heads go: `tcp://IP:PORT` or `tls://IP:PORT` (`[audit] witness`).
 ///
 /// An IP address, never a host name: the egress lockdown leaves no DNS, and a name resolved at
-/// each connect would let whoever answers DNS choose the witness.
+/// each connect would let whoever answers DNS choose the witness. (With TLS the certificate may
+/// still carry a name: `witness_server_name`.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WitnessAddr(pub SocketAddr);
+pub struct WitnessAddr {
+    /// The receiver's IP address and port.
+    pub addr: SocketAddr,
+    /// Plain TCP or TLS.
+    pub transport: WitnessTransport,
+}
+
+/// How the frames travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WitnessTransport {
+    /// Plain TCP (RFC 6587).
+    Tcp,
+    /// TLS (RFC 5425), the receiver authenticated by `witness_ca`.
+    Tls,
+}
 
 impl FromStr for WitnessAddr {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        if s.starts_with("tls://") {
-            return Err(format!("'{s}': tls:// is not supported by this build; use tcp://IP:PORT"));
-        }
-        let rest = s.strip_prefix("tcp://").ok_or_else(|| format!("'{s}' is not tcp://IP:PORT"))?;
+        let (transport, rest) = if let Some(rest) = s.strip_prefix("tcp://") {
+            (WitnessTransport::Tcp, rest)
+        } else if let Some(rest) = s.strip_prefix("tls://") {
+            (WitnessTransport::Tls, rest)
+        } else {
+            return Err(format!("'{s}' is not tcp://IP:PORT or tls://IP:PORT"));
+        };
         let addr: SocketAddr = rest
             .parse()
             .map_err(|e| format!("'{s}': '{rest}' is not IP:PORT (an IP address, not a host name): {e}"))?;
         if addr.port() == 0 {
             return Err(format!("'{s}': port 0"));
         }
-        Ok(Self(addr))
+        Ok(Self { addr, transport })
     }
 }
 
 impl std::fmt::Display for WitnessAddr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "tcp://{}", self.0)
+        let scheme = match self.transport {
+            WitnessTransport::Tcp => "tcp",
+            WitnessTransport::Tls => "tls",
+        };
+        write!(f, "{scheme}://{}", self.addr)
     }
 }
 
 /// How the witness is doing, for `/readyz`, `govbox status` and the metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WitnessStatus {
-    /// `tcp://IP:PORT`.
+    /// `tcp://IP:PORT` or `tls://IP:PORT`.
     pub address: String,
     /// Heads waiting in the spool: more than zero means the witness is behind.
     pub pending: u64,
@@ -217,8 +243,10 @@ pub(crate) struct Witness {
 }
 
 impl Witness {
-    /// Opens (creating) the spool `spool` and starts sending what it holds to `addr`.
-    pub fn start(addr: WitnessAddr, spool: &Path) -> Result<Self> {
+    /// Opens (creating) the spool `spool` and starts sending what it holds to `addr`; with
+    /// `tls://`, `tls` names the CA and the name that the receiver's certificate must carry.
+    pub fn start(addr: WitnessAddr, tls: &WitnessTls, spool: &Path) -> Result<Self> {
+        let tls = crate::witness_tls::Connector::new(addr, tls)?;
         {
             use std::os::unix::fs::DirBuilderExt;
             std::fs::DirBuilder::new().recursive(true).mode(0o700).create(spool).map_err(|source| AuditError::Io {
@@ -235,7 +263,7 @@ impl Witness {
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
         });
-        let sender = Sender { addr, spool: spool.to_path_buf(), state: state.clone(), conn: None };
+        let sender = Sender { addr, tls, spool: spool.to_path_buf(), state: state.clone(), conn: None };
         let thread =
             std::thread::Builder::new().name("audit-witness".into()).spawn(move || sender.run()).map_err(|source| {
                 AuditError::Io { action: "starting the witness sender".into(), path: spool.into(), source }
@@ -303,9 +331,34 @@ fn spooled(spool: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 struct Sender {
     addr: WitnessAddr,
+    /// Set for `tls://`.
+    tls: Option<crate::witness_tls::Connector>,
     spool: PathBuf,
     state: Arc<State>,
-    conn: Option<TcpStream>,
+    conn: Option<Conn>,
+}
+
+/// An open connection to the witness.
+enum Conn {
+    Tcp(TcpStream),
+    Tls(Box<crate::witness_tls::TlsConn>),
+}
+
+impl Conn {
+    fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Conn::Tcp(c) => c.write_all(bytes),
+            Conn::Tls(c) => c.send(bytes),
+        }
+    }
+
+    /// True when the receiver has closed the connection.
+    fn closed(&mut self) -> bool {
+        match self {
+            Conn::Tcp(c) => peer_closed(c),
+            Conn::Tls(c) => c.closed(),
+        }
+    }
 }
 
 impl Sender {
@@ -355,7 +408,7 @@ impl Sender {
             if let Err(e) = read {
                 return Err(format!("reading {}: {e}", path.display()));
             }
-            self.connected()?.write_all(&bytes).map_err(|e| format!("sending: {e}"))?;
+            self.connected()?.send(&bytes).map_err(|e| format!("sending: {e}"))?;
             let _ = std::fs::remove_file(path);
             let size = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse().ok());
             self.set(|s| {
@@ -368,16 +421,21 @@ impl Sender {
     }
 
     /// The connection, opened anew if there is none or the receiver closed it.
-    fn connected(&mut self) -> std::result::Result<&mut TcpStream, String> {
-        if let Some(c) = &self.conn
-            && !peer_closed(c)
+    fn connected(&mut self) -> std::result::Result<&mut Conn, String> {
+        if let Some(c) = &mut self.conn
+            && !c.closed()
         {
             // Checked just above; the borrow checker cannot carry it over.
             return self.conn.as_mut().ok_or_else(|| "no connection".to_string());
         }
-        let c = TcpStream::connect_timeout(&self.addr.0, CONNECT_TIMEOUT).map_err(|e| format!("connecting: {e}"))?;
+        self.conn = None;
+        let c = TcpStream::connect_timeout(&self.addr.addr, CONNECT_TIMEOUT).map_err(|e| format!("connecting: {e}"))?;
         c.set_write_timeout(Some(WRITE_TIMEOUT)).map_err(|e| format!("connecting: {e}"))?;
-        Ok(self.conn.insert(c))
+        let conn = match &self.tls {
+            None => Conn::Tcp(c),
+            Some(tls) => Conn::Tls(Box::new(tls.handshake(c, CONNECT_TIMEOUT)?)),
+        };
+        Ok(self.conn.insert(conn))
     }
 }
 
@@ -411,11 +469,17 @@ mod tests {
 
     #[test]
     fn addresses() {
-        assert_eq!("tcp://127.0.0.1:6514".parse::<WitnessAddr>().unwrap().0, "127.0.0.1:6514".parse().unwrap());
+        assert_eq!("tcp://127.0.0.1:6514".parse::<WitnessAddr>().unwrap().addr, "127.0.0.1:6514".parse().unwrap());
+        let tls = "tls://10.0.0.5:6514".parse::<WitnessAddr>().unwrap();
+        assert_eq!((tls.transport, tls.to_string().as_str()), (WitnessTransport::Tls, "tls://10.0.0.5:6514"));
         assert_eq!("tcp://[::1]:514".parse::<WitnessAddr>().unwrap().to_string(), "tcp://[::1]:514");
-        for bad in
-            ["udp://1.2.3.4:514", "tcp://logs.example:514", "tcp://1.2.3.4", "tls://1.2.3.4:6514", "tcp://1.2.3.4:0"]
-        {
+        for bad in [
+            "udp://1.2.3.4:514",
+            "tcp://logs.example:514",
+            "tcp://1.2.3.4",
+            "tls://logs.example:6514",
+            "tcp://1.2.3.4:0",
+        ] {
             assert!(bad.parse::<WitnessAddr>().is_err(), "{bad}");
         }
     }

@@ -56,6 +56,7 @@ fn open_in_process(state_dir: &Path, cfg: &AuditConfig) -> Result<AuditLog, Audi
         retention_days: cfg.retention_days,
         // Checked when the config was read.
         witness: cfg.witness_addr().ok().flatten(),
+        witness_tls: cfg.witness_tls(),
     };
     AuditLog::open_state(&StatePaths::new(state_dir), opts)
 }

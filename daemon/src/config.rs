@@ -100,9 +100,13 @@ pub struct AuditConfig {
     pub checkpoint_interval_secs: u64,
     /// Days that entries are kept (exported entries only, unless a prune is forced).
     pub retention_days: u32,
-    /// Where every signed tree head is also sent, as RFC 5424 syslog over TCP:
-    /// `tcp://IP:PORT`, or empty for none (see `govbox_audit::witness`).
+    /// Where every signed tree head is also sent, as RFC 5424 syslog over TCP or TLS:
+    /// `tcp://IP:PORT`, `tls://IP:PORT`, or empty for none (see `govbox_audit::witness`).
     pub witness: String,
+    /// With `tls://`: PEM file of the CA the log server's certificate must chain to.
+    pub witness_ca: PathBuf,
+    /// With `tls://`: the DNS name in the log server's certificate; empty: its IP address.
+    pub witness_server_name: String,
     /// govbox-auditd's socket: govboxd appends there and holds neither the store nor the audit
     /// key. Empty: the single-process mode, where govboxd opens `STATE/audit` itself (tests, demo).
     pub socket: PathBuf,
@@ -126,6 +130,14 @@ impl Default for RetentionConfig {
 }
 
 impl AuditConfig {
+    /// The TLS settings of the witness.
+    pub fn witness_tls(&self) -> govbox_audit::WitnessTls {
+        govbox_audit::WitnessTls {
+            ca: (!self.witness_ca.as_os_str().is_empty()).then(|| self.witness_ca.clone()),
+            server_name: (!self.witness_server_name.is_empty()).then(|| self.witness_server_name.clone()),
+        }
+    }
+
     /// The parsed `witness`, `None` when it is empty.
     pub fn witness_addr(&self) -> Result<Option<govbox_audit::WitnessAddr>, String> {
         (!self.witness.is_empty()).then(|| self.witness.parse()).transpose()
@@ -143,6 +155,8 @@ impl Default for AuditConfig {
             // None: the agency's log server is site-specific. Without one, the newest entries
             // can be cut with file access alone until the next export (audit/README.md).
             witness: String::new(),
+            witness_ca: PathBuf::new(),
+            witness_server_name: String::new(),
             // The single-process mode, so that `--state DIR` alone runs (tests, demo); the
             // packaged config names govbox-auditd's socket.
             socket: PathBuf::new(),
@@ -407,8 +421,18 @@ impl Config {
                 return invalid(key, "must be at least 1");
             }
         }
-        if let Err(e) = self.audit.witness_addr() {
-            return invalid("audit.witness", &e);
+        match (self.audit.witness_addr(), self.audit.witness_ca.as_os_str().is_empty()) {
+            (Err(e), _) => return invalid("audit.witness", &e),
+            (Ok(Some(w)), true) if w.transport == govbox_audit::WitnessTransport::Tls => {
+                return invalid(
+                    "audit.witness_ca",
+                    "a tls:// witness needs the PEM file of the CA that issued the log server's certificate",
+                );
+            }
+            (Ok(w), false) if w.is_none_or(|w| w.transport == govbox_audit::WitnessTransport::Tcp) => {
+                return invalid("audit.witness_ca", "is set, but the witness is not tls:// (use tls://IP:PORT)");
+            }
+            _ => {}
         }
         // tokio's semaphore holds at most usize::MAX >> 3 permits; any real limit is far below.
         if l.max_connections > 1 << 20 || s.max_concurrent > 1 << 20 {
@@ -522,6 +546,12 @@ mod tests {
         let dup = "[[models]]\nname = \"a\"\npath = \"x\"\n[[models]]\nname = \"a\"\npath = \"y\"\n";
         assert!(parse(dup).unwrap_err().to_string().contains("twice"));
         assert!(parse("config_version = 0\n").is_err());
+        let tls_no_ca = parse("[audit]\nwitness = \"tls://10.0.0.5:6514\"\n").unwrap_err().to_string();
+        assert!(tls_no_ca.contains("audit.witness_ca"), "{tls_no_ca}");
+        let ca_tcp = "[audit]\nwitness = \"tcp://10.0.0.5:6514\"\nwitness_ca = \"/etc/govbox/ca.pem\"\n";
+        assert!(parse(ca_tcp).unwrap_err().to_string().contains("not tls://"));
+        let tls = "[audit]\nwitness = \"tls://10.0.0.5:6514\"\nwitness_ca = \"/etc/govbox/ca.pem\"\n";
+        assert_eq!(parse(tls).unwrap().0.audit.witness_tls().ca, Some(PathBuf::from("/etc/govbox/ca.pem")));
         let (c, _) = parse("[tls]\nmtls = \"required\"\n").unwrap();
         assert_eq!(c.tls.mtls, MtlsMode::Required);
         let (c, _) = parse("[serving]\nprefix_cache = \"shared\"\n").unwrap();

@@ -214,7 +214,7 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         sandbox::bind_listener(config.listen).map_err(|source| DaemonError::Bind { addr: config.listen, source })?;
     // The witness is the writer's to reach: govboxd's own only in the single-process mode.
     let in_process = config.audit.socket.as_os_str().is_empty();
-    let witness = config.audit.witness_addr().ok().flatten().filter(|_| in_process).map(|w| w.0);
+    let witness = config.audit.witness_addr().ok().flatten().filter(|_| in_process).map(|w| w.addr);
     sandbox::lock_down(config.sandbox.egress, &listener, witness)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

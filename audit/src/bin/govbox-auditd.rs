@@ -94,6 +94,16 @@ fn options(path: &Path) -> Result<AuditOptions, String> {
         }
         Some(_) => return Err(err(&"audit.witness: must be a string")),
     }
+    let text = |key: &str| -> Result<Option<String>, String> {
+        match audit.get(key) {
+            None => Ok(None),
+            Some(toml::Value::String(s)) if s.is_empty() => Ok(None),
+            Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(err(&format!("audit.{key}: must be a string"))),
+        }
+    };
+    opts.witness_tls.ca = text("witness_ca")?.map(PathBuf::from);
+    opts.witness_tls.server_name = text("witness_server_name")?;
     Ok(opts)
 }
 
