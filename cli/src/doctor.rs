@@ -219,11 +219,14 @@ fn folders(paths: &StatePaths, owner: u32) -> Check {
     verdict("state folder", Level::Fail, problems, fix, || format!("{} folders 0700, owner uid {owner}", dirs.len()))
 }
 
-/// The five secrets of provisioning, and the content key when govboxd has made one: regular files,
-/// mode 0600 (nothing for group or others), the state's owner.
+/// The secrets of provisioning (the audit key only where provisioning made it, not with
+/// `--audit-pub`), and the content key when govboxd has made one: regular files, mode 0600
+/// (nothing for group or others), the state's owner.
 fn private_keys(paths: &StatePaths, owner: u32) -> Check {
-    let mut keys =
-        vec![paths.device_key(), paths.audit_key(), paths.audit_hmac_key(), paths.ca_key(), paths.server_key()];
+    let mut keys = vec![paths.device_key(), paths.audit_hmac_key(), paths.ca_key(), paths.server_key()];
+    if paths.audit_key().symlink_metadata().is_ok() {
+        keys.insert(1, paths.audit_key());
+    }
     // [retention] store_content: made on first use (daemon/src/content.rs).
     let content = paths.identity_dir().join("content.key");
     if content.symlink_metadata().is_ok() {
@@ -702,6 +705,7 @@ mod tests {
             trust_keys: vec![TrustKeySpec { roles: Role::ALL.to_vec(), path: vendor }],
             thresholds: vec![],
             force: false,
+            audit_pub: None,
         })
         .unwrap();
         state

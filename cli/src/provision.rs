@@ -34,6 +34,12 @@ pub struct ProvisionArgs {
     /// Replace an existing identity, CA and trust root. Client certificates from the old CA stop working.
     #[arg(long)]
     force: bool,
+    /// The public key of an audit key that root made for govbox-auditd
+    /// (`govbox keygen --out /etc/govbox/audit/audit.key`): the box names it and its private half
+    /// never enters the state folder, so the service account cannot sign audit heads. Without it
+    /// the audit key is made into identity/audit.key (the single-process mode: tests, the demo).
+    #[arg(long, value_name = "PUB")]
+    audit_pub: Option<PathBuf>,
 }
 
 /// The state folder: `--state DIR`, or the production one.
@@ -54,12 +60,16 @@ pub fn run(state: Option<&Path>, args: ProvisionArgs) -> Result<()> {
         trust_keys: args.trust_key,
         thresholds: args.threshold,
         force: args.force,
+        audit_pub: args.audit_pub,
     })?;
     println!("provisioned {}", report.paths.root().display());
     println!("  host name      {}", report.hostname);
     println!("  server names   {}", report.server.sans.join(", "));
     println!("  device key id  {}", report.device_key.keyid());
     println!("  audit key id   {}", report.audit_key.keyid());
+    if !report.audit_key_held_here {
+        println!("                 (its private key is govbox-auditd's, not in {})", report.paths.root().display());
+    }
     println!("  CA sha256      {}", report.ca.sha256_hex());
     println!("  server sha256  {}", report.server.sha256_hex());
     print_trust("  ", &report.trust);

@@ -277,6 +277,7 @@ pub(crate) fn test_state() -> (tempfile::TempDir, Arc<AppState>) {
         trust_keys: vec![TrustKeySpec { roles: Role::ALL.to_vec(), path: vendor }],
         thresholds: vec![],
         force: false,
+        audit_pub: None,
     })
     .unwrap();
     let config = Config::default();

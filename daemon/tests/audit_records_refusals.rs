@@ -114,6 +114,7 @@ fn corpus_box(keys: &CorpusKeys) -> Box_ {
         trust_keys,
         thresholds: vec![ThresholdSpec { role: Role::Models, threshold: 2 }],
         force: false,
+        audit_pub: None,
     })
     .unwrap();
     let ca_pem = std::fs::read_to_string(state.join("tls/ca.crt")).unwrap();

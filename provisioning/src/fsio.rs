@@ -112,6 +112,20 @@ fn sync_dir(dir: &Path) {
     }
 }
 
+/// Removes `path` (a file or a link, never followed) if it exists; `what` names it in errors.
+pub fn remove_if_exists(path: &Path, what: &str) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => {
+            if let Some(dir) = path.parent() {
+                sync_dir(dir);
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ProvisionError::io(format!("removing {what}"), path, e)),
+    }
+}
+
 /// Creates `dir` (and missing parents) and sets its mode to exactly `mode`.
 pub fn ensure_dir(dir: &Path, mode: u32) -> Result<()> {
     DirBuilder::new()

@@ -33,6 +33,26 @@ pub struct ProvisionOptions {
     pub thresholds: Vec<ThresholdSpec>,
     /// Replace an existing identity, CA and trust root.
     pub force: bool,
+    /// The public half of an audit key made elsewhere (by root, for `govbox-auditd`): the box
+    /// names it, and its private half never enters the state folder, so the service account can
+    /// neither read it nor sign heads of its own. `None` generates the audit key here, into
+    /// `identity/audit.key` (the single-process mode: tests, the demo).
+    pub audit_pub: Option<PathBuf>,
+}
+
+/// The audit key of a provisioning: made here, or only its public half given.
+enum AuditKey {
+    Made(SigningKey),
+    Given(PublicKey),
+}
+
+impl AuditKey {
+    fn public_key(&self) -> PublicKey {
+        match self {
+            AuditKey::Made(k) => k.public_key(),
+            AuditKey::Given(p) => *p,
+        }
+    }
 }
 
 /// One file written by [`provision`].
@@ -55,6 +75,8 @@ pub struct ProvisionReport {
     pub device_key: PublicKey,
     /// The audit checkpoint key.
     pub audit_key: PublicKey,
+    /// Whether its private half was written to `identity/audit.key` (not with `audit_pub`).
+    pub audit_key_held_here: bool,
     /// The CA certificate.
     pub ca: CertInfo,
     /// The server certificate.
@@ -115,7 +137,11 @@ pub fn provision(opts: &ProvisionOptions) -> Result<ProvisionReport> {
 
     // 3. Make everything in memory.
     let device = SigningKey::generate()?;
-    let audit = SigningKey::generate()?;
+    // The audit key: given (its private half stays with govbox-auditd), or made here.
+    let audit = match &opts.audit_pub {
+        Some(path) => AuditKey::Given(PublicKey::load_pem(path)?),
+        None => AuditKey::Made(SigningKey::generate()?),
+    };
     let hmac_secret = fsio::random_bytes::<32>("the audit HMAC secret")?;
     let ca_name = format!("govbox CA {}", &device.public_key().keyid()[..16]);
     let ca = BoxCa::generate(&ca_name, now)?;
@@ -134,7 +160,13 @@ pub fn provision(opts: &ProvisionOptions) -> Result<ProvisionReport> {
     };
     let r = Overwrite::Replace;
     put(paths.audit_hmac_key(), &hmac_secret, PRIVATE_FILE_MODE, "audit HMAC secret", r)?;
-    put(paths.audit_key(), audit.to_pkcs8_pem().as_bytes(), PRIVATE_FILE_MODE, "audit private key", r)?;
+    match &audit {
+        AuditKey::Made(key) => {
+            put(paths.audit_key(), key.to_pkcs8_pem().as_bytes(), PRIVATE_FILE_MODE, "audit private key", r)?
+        }
+        // A key of an earlier provisioning would sign heads the box no longer names.
+        AuditKey::Given(_) => fsio::remove_if_exists(&paths.audit_key(), "the earlier audit private key")?,
+    }
     put(paths.audit_pub(), audit.public_key().to_spki_pem().as_bytes(), PUBLIC_FILE_MODE, "audit public key", r)?;
     put(paths.ca_key(), ca.key_pem.as_bytes(), PRIVATE_FILE_MODE, "CA private key", r)?;
     put(paths.ca_cert(), ca.cert_pem.as_bytes(), PUBLIC_FILE_MODE, "CA certificate", r)?;
@@ -151,6 +183,7 @@ pub fn provision(opts: &ProvisionOptions) -> Result<ProvisionReport> {
         hostname: hostname.to_string(),
         device_key: device.public_key(),
         audit_key: audit.public_key(),
+        audit_key_held_here: matches!(audit, AuditKey::Made(_)),
         ca: ca.info,
         server: server.info,
         trust,
@@ -228,6 +261,7 @@ mod tests {
             trust_keys: vec![TrustKeySpec { roles: Role::ALL.to_vec(), path: vendor.to_path_buf() }],
             thresholds: vec![],
             force: false,
+            audit_pub: None,
         }
     }
 
@@ -265,6 +299,48 @@ mod tests {
         let forced = provision(&ProvisionOptions { force: true, ..opts }).unwrap();
         assert!(forced.replaced);
         assert_ne!(forced.device_key, report.device_key);
+    }
+
+    #[test]
+    fn a_given_audit_key_never_enters_the_state_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let vendor = dir.path().join("vendor.pub");
+        SigningKey::generate().unwrap().public_key().write_pem(&vendor, Overwrite::Refuse).unwrap();
+        // First the old way: the audit key is made into identity/.
+        let opts = options(dir.path(), &vendor);
+        let made = provision(&opts).unwrap();
+        assert!(made.audit_key_held_here && made.paths.audit_key().exists());
+        // Root made a key for govbox-auditd; provisioning with its public half removes the one
+        // made before and never writes a private audit key.
+        let root_key = SigningKey::generate().unwrap();
+        let audit_pub = dir.path().join("audit.pub");
+        root_key.public_key().write_pem(&audit_pub, Overwrite::Refuse).unwrap();
+        let given =
+            provision(&ProvisionOptions { force: true, audit_pub: Some(audit_pub.clone()), ..opts.clone() }).unwrap();
+        assert!(!given.audit_key_held_here);
+        assert_eq!(given.audit_key, root_key.public_key());
+        assert!(!given.paths.audit_key().exists(), "identity/audit.key is still there");
+        assert_eq!(PublicKey::load_pem(given.paths.audit_pub()).unwrap(), root_key.public_key());
+        assert!(given.files.iter().all(|f| f.path != given.paths.audit_key()));
+        // The private key itself is nowhere under the state folder.
+        let pem = root_key.to_pkcs8_pem();
+        for entry in walk(given.paths.root()) {
+            let bytes = std::fs::read(&entry).unwrap_or_default();
+            assert!(!String::from_utf8_lossy(&bytes).contains(pem.trim()), "{} holds the audit key", entry.display());
+        }
+        // A file that is not a public key is named in the error.
+        std::fs::write(&audit_pub, "junk").unwrap();
+        let e = provision(&ProvisionOptions { force: true, audit_pub: Some(audit_pub.clone()), ..opts }).unwrap_err();
+        assert!(e.to_string().contains(&audit_pub.display().to_string()), "{e}");
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
+        }
+        out
     }
 
     #[test]

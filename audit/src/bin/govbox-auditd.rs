@@ -26,6 +26,29 @@ const USAGE: &str =
 /// `--keys DIR` holds these (under systemd: `$CREDENTIALS_DIRECTORY`, from `LoadCredential=`).
 const KEY_FILES: [&str; 3] = ["audit.key", "audit-hmac.key", "device.pub"];
 
+/// Optional in `--keys DIR`: the audit public key the box's identity names
+/// (`identity/audit.pub`). When present, the signing key must be its private half.
+const NAMED_KEY_FILE: &str = "audit.pub";
+
+/// Refuses to sign with a key the box does not name: every head would then fail verification,
+/// which an auditor would find only at the next export.
+fn check_named_key(signing: &SigningKey, named: &Path) -> Result<(), String> {
+    if !named.exists() {
+        return Ok(());
+    }
+    let named_key = PublicKey::load_pem(named).map_err(|e| e.to_string())?;
+    if named_key != signing.public_key() {
+        return Err(format!(
+            "the audit key (key id {}) is not the one the box's identity names in {} (key id {}): \
+             provision with --audit-pub naming this key's public half, or give govbox-auditd the right key",
+            signing.public_key().keyid(),
+            named.display(),
+            named_key.keyid()
+        ));
+    }
+    Ok(())
+}
+
 struct Args {
     audit_dir: PathBuf,
     keys: PathBuf,
@@ -121,8 +144,10 @@ fn run() -> Result<(), String> {
         uids.push(user.uid.as_raw());
     }
     let [key, hmac, device] = KEY_FILES.map(|f| args.keys.join(f));
+    let signing = SigningKey::load_pem(&key).map_err(|e| e.to_string())?;
+    check_named_key(&signing, &args.keys.join(NAMED_KEY_FILE))?;
     let keys = AuditKeys {
-        signing: SigningKey::load_pem(&key).map_err(|e| e.to_string())?,
+        signing,
         hmac_secret: read_hmac_secret(&hmac).map_err(|e| e.to_string())?,
         device_key: Some(PublicKey::load_pem(&device).map_err(|e| e.to_string())?),
     };
@@ -164,6 +189,22 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use govbox_provisioning::Overwrite;
+
+    #[test]
+    fn signs_only_with_the_key_the_box_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let named = dir.path().join("audit.pub");
+        let key = SigningKey::generate().unwrap();
+        // No audit.pub given: nothing to compare with (the tests' own setups).
+        check_named_key(&key, &named).unwrap();
+        key.public_key().write_pem(&named, Overwrite::Refuse).unwrap();
+        check_named_key(&key, &named).unwrap();
+        let other = SigningKey::generate().unwrap();
+        let e = check_named_key(&other, &named).unwrap_err();
+        assert!(e.contains(&other.public_key().keyid()) && e.contains(&key.public_key().keyid()), "{e}");
+        assert!(e.contains("--audit-pub"), "{e}");
+    }
 
     #[test]
     fn reads_only_the_audit_section_of_govboxds_config() {

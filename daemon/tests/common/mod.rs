@@ -95,6 +95,7 @@ impl Box_ {
             trust_keys: vec![TrustKeySpec { roles: Role::ALL.to_vec(), path: vendor }],
             thresholds: vec![],
             force: false,
+            audit_pub: None,
         })
         .unwrap();
         let ca_pem = std::fs::read_to_string(state.join("tls/ca.crt")).unwrap();

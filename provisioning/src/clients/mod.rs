@@ -502,6 +502,7 @@ mod tests {
             trust_keys: vec![TrustKeySpec { roles: Role::ALL.to_vec(), path: vendor }],
             thresholds: vec![],
             force: false,
+            audit_pub: None,
         })
         .unwrap();
         tmp
