@@ -120,3 +120,35 @@ fn check_q8(backend: Arc<dyn Backend>, name: &str) {
 test_device!(tiny_qwen2_q8_0_gguf_is_at_least_as_accurate_as_llama_cpp, |b| check_q8(b, "tiny-qwen2"));
 
 test_device!(tiny_llama_q8_0_gguf_is_at_least_as_accurate_as_llama_cpp, |b| check_q8(b, "tiny-llama"));
+
+// The newer families (issue 23): fixtures from shared/tools/make_arch_fixtures.py (HF 5.25, f32).
+test_device!(tiny_qwen3_safetensors_logits_match_hf, |b| check_exact(b, &fixture("tiny-qwen3"), "tiny-qwen3"));
+
+test_device!(tiny_qwen3_greedy_generation_matches_hf, |b| check_greedy(b, "tiny-qwen3"));
+
+test_device!(tiny_glm4_safetensors_logits_match_hf, |b| check_exact(b, &fixture("tiny-glm4"), "tiny-glm4"));
+
+test_device!(tiny_glm4_greedy_generation_matches_hf, |b| check_greedy(b, "tiny-glm4"));
+
+// Sliding window of 8 on two of three layers; the 268-token case crosses it many times.
+test_device!(tiny_gemma3_safetensors_logits_match_hf, |b| check_exact(b, &fixture("tiny-gemma3"), "tiny-gemma3"));
+
+test_device!(tiny_gemma3_greedy_generation_matches_hf, |b| check_greedy(b, "tiny-gemma3"));
+
+test_device!(tiny_qwen3_moe_safetensors_logits_match_hf, |b| check_exact(
+    b,
+    &fixture("tiny-qwen3-moe"),
+    "tiny-qwen3-moe"
+));
+
+test_device!(tiny_qwen3_moe_greedy_generation_matches_hf, |b| check_greedy(b, "tiny-qwen3-moe"));
+
+// MLA (q/kv LoRA, interleaved RoPE split) with the latent in the KV cache, a dense first layer,
+// then MoE with a shared expert, grouped top-k and sigmoid scores with a correction bias.
+test_device!(tiny_deepseek_v3_safetensors_logits_match_hf, |b| check_exact(
+    b,
+    &fixture("tiny-deepseek-v3"),
+    "tiny-deepseek-v3"
+));
+
+test_device!(tiny_deepseek_v3_greedy_generation_matches_hf, |b| check_greedy(b, "tiny-deepseek-v3"));
