@@ -134,6 +134,10 @@ impl DecoderConfig {
 
     /// Parses a `config.json` value.
     pub fn from_hf_json(v: &Value, file: &str) -> Result<Self> {
+        // A multimodal checkpoint's language model: its text_config (vision towers ignored).
+        if let Some(text) = FamilyConfig::text_config_of(v, file) {
+            return Self::from_hf_json(&text, file);
+        }
         let err = |detail: String| EngineError::Config { file: file.into(), detail };
         let arch_name = v
             .get("architectures")

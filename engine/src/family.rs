@@ -224,6 +224,44 @@ impl FamilyConfig {
         Ok(f)
     }
 
+    /// For a multimodal checkpoint whose language model govbox runs (`Gemma3ForConditionalGeneration`):
+    /// its `text_config` as a text model's config, with the defaults transformers' config class
+    /// fills in for the keys the published configs leave out, and the top-level token ids. The
+    /// vision tower is not used; that is logged.
+    pub fn text_config_of(v: &Value, file: &str) -> Option<Value> {
+        let arch = v.get("architectures").and_then(|a| a.get(0)).and_then(|a| a.as_str())?;
+        if arch != "Gemma3ForConditionalGeneration" {
+            return None;
+        }
+        let mut text = v.get("text_config").and_then(|t| t.as_object()).cloned().unwrap_or_default();
+        // Gemma3TextConfig's defaults for the keys the published checkpoints omit.
+        let defaults = serde_json::json!({
+            "vocab_size": 262208,
+            "num_attention_heads": 8,
+            "num_key_value_heads": 4,
+            "head_dim": 256,
+            "query_pre_attn_scalar": 256,
+            "rms_norm_eps": 1e-6,
+            "rope_theta": 1000000.0,
+            "rope_local_base_freq": 10000.0,
+            "sliding_window": 4096,
+            "sliding_window_pattern": 6,
+            "max_position_embeddings": 131072,
+            "tie_word_embeddings": true,
+        });
+        for (k, d) in defaults.as_object().into_iter().flatten() {
+            text.entry(k.clone()).or_insert_with(|| d.clone());
+        }
+        for k in ["eos_token_id", "bos_token_id"] {
+            if let Some(x) = v.get(k).filter(|_| !text.contains_key(k)) {
+                text.insert(k.into(), x.clone());
+            }
+        }
+        text.insert("architectures".into(), serde_json::json!(["Gemma3ForCausalLM"]));
+        log::info!("{file}: {arch}: running its language model; the vision tower is not used");
+        Some(Value::Object(text))
+    }
+
     /// The global layers' RoPE base for `arch`, where the family keeps it somewhere other than
     /// `rope_theta` (Gemma 3 in transformers 5.x).
     pub fn global_rope_theta(v: &Value, arch: DecoderArch) -> Option<f32> {

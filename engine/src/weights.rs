@@ -147,6 +147,11 @@ fn safetensors_dtype(dtype: &str) -> Option<DType> {
 }
 
 impl WeightMap {
+    /// What the tensors were loaded from, for messages.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
     /// An empty map for tensors from `source`.
     pub fn new(source: impl Into<String>) -> Self {
         Self { source: source.into(), ..Default::default() }

@@ -95,7 +95,14 @@ impl DecoderModel {
     pub fn from_hf(cfg: DecoderConfig, weights: &WeightMap, backend: Arc<dyn Backend>) -> Result<Self> {
         // GLM-4 rotates adjacent pairs; the others use rotate-half.
         let style = if cfg.arch == DecoderArch::Glm4 { RopeStyle::Interleaved } else { RopeStyle::Half };
-        let names = Names { gguf: false, arch: cfg.arch };
+        let prefix = Names::HF_PREFIXES
+            .into_iter()
+            .find(|p| weights.contains(&format!("{p}embed_tokens.weight")))
+            .unwrap_or(Names::HF_PREFIXES[0]);
+        if prefix != Names::HF_PREFIXES[0] {
+            log::info!("{}: using the language model under '{prefix}'; other towers are ignored", weights.source());
+        }
+        let names = Names { gguf: false, arch: cfg.arch, prefix };
         Self::build(cfg, weights, backend, names, style)
     }
 
@@ -122,7 +129,7 @@ impl DecoderModel {
             DecoderArch::Llama | DecoderArch::Glm4 => RopeStyle::Interleaved,
             _ => RopeStyle::Half,
         };
-        let names = Names { gguf: true, arch: cfg.arch };
+        let names = Names { gguf: true, arch: cfg.arch, prefix: "" };
         Self::build(cfg, &weights, backend, names, style)
     }
 
@@ -141,7 +148,7 @@ impl DecoderModel {
         let norm_w = |name: &str, n: usize| {
             if plus_one { w.upload_mapped(b, name, &[n], |x| 1.0 + x) } else { w.upload(b, name, &[n]) }
         };
-        let embed = w.upload(b, names.embed(), &[cfg.vocab_size, h])?;
+        let embed = w.upload(b, &names.embed(), &[cfg.vocab_size, h])?;
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
             let n = |p: Part, s: &str| format!("{}.{s}", names.layer(i, p));
@@ -193,7 +200,7 @@ impl DecoderModel {
                 sliding: fam.sliding_layers.get(i).copied().unwrap_or(false),
             });
         }
-        let norm = norm_w(names.norm(), h)?;
+        let norm = norm_w(&names.norm(), h)?;
         let lm_head = if cfg.tie_word_embeddings && !w.contains(names.lm_head()) {
             embed.clone()
         } else {

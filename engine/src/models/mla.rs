@@ -59,7 +59,7 @@ impl Mla {
         h: usize,
         nh: usize,
     ) -> Result<Self> {
-        let pre = |p: &str| format!("model.layers.{i}.self_attn.{p}");
+        let pre = |p: &str| names.hf_layer(i, &format!("self_attn.{p}"));
         let (rank, nope, rope, vh) = (cfg.kv_lora_rank, cfg.qk_nope, cfg.qk_rope, cfg.v_head);
         let qk = nope + rope;
         let (q_a, q_b) = match cfg.q_lora_rank {

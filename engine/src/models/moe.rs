@@ -52,7 +52,7 @@ impl MoeBlock {
             let name = if names.gguf {
                 format!("blk.{i}.exp_probs_b.bias")
             } else {
-                format!("model.layers.{i}.mlp.gate.e_score_correction_bias")
+                names.hf_layer(i, "mlp.gate.e_score_correction_bias")
             };
             Some(w.read_f32(&name, &[ne])?)
         } else {
@@ -64,7 +64,7 @@ impl MoeBlock {
                 if names.gguf {
                     format!("blk.{i}.ffn_{part}_shexp.weight")
                 } else {
-                    format!("model.layers.{i}.mlp.shared_experts.{part}_proj.weight")
+                    names.hf_layer(i, &format!("mlp.shared_experts.{part}_proj.weight"))
                 }
             };
             Some(Expert {

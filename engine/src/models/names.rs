@@ -32,15 +32,27 @@ pub(crate) enum Part {
 pub(crate) struct Names {
     pub gguf: bool,
     pub arch: DecoderArch,
+    /// HF: what precedes `layers.`, `embed_tokens` and `norm` (`model.`, or the language model's
+    /// part of a multimodal checkpoint).
+    pub prefix: &'static str,
 }
 
 impl Names {
-    pub fn embed(self) -> &'static str {
-        if self.gguf { "token_embd.weight" } else { "model.embed_tokens.weight" }
+    /// HF multimodal checkpoints keep the text model under one of these (transformers 5.x saves
+    /// the first, the published Gemma 3 checkpoints use the second).
+    pub const HF_PREFIXES: [&'static str; 3] = ["model.", "model.language_model.", "language_model.model."];
+
+    pub fn embed(self) -> String {
+        if self.gguf { "token_embd.weight".into() } else { format!("{}embed_tokens.weight", self.prefix) }
     }
 
-    pub fn norm(self) -> &'static str {
-        if self.gguf { "output_norm.weight" } else { "model.norm.weight" }
+    pub fn norm(self) -> String {
+        if self.gguf { "output_norm.weight".into() } else { format!("{}norm.weight", self.prefix) }
+    }
+
+    /// HF: `rest` of layer `i` (`self_attn.q_proj.weight`, ...).
+    pub fn hf_layer(self, i: usize, rest: &str) -> String {
+        format!("{}layers.{i}.{rest}", self.prefix)
     }
 
     pub fn lm_head(self) -> &'static str {
@@ -89,7 +101,7 @@ impl Names {
             Part::GateUp => "mlp.gate_up_proj",
             Part::Router => "mlp.gate",
         };
-        format!("model.layers.{i}.{p}")
+        self.hf_layer(i, p)
     }
 
     /// Expert `e`'s projection (`Gate`, `Up` or `Down`) of layer `i`, HF naming; GGUF stacks the
@@ -100,7 +112,7 @@ impl Names {
             Part::Up => "up_proj",
             _ => "down_proj",
         };
-        format!("model.layers.{i}.mlp.experts.{e}.{p}.weight")
+        self.hf_layer(i, &format!("mlp.experts.{e}.{p}.weight"))
     }
 
     /// GGUF's stacked expert tensor of layer `i` for `part`.
