@@ -185,11 +185,11 @@ impl DecoderConfig {
             .map(|x| x as f32)
             .or_else(|| FamilyConfig::global_rope_theta(v, arch))
             .unwrap_or(10_000.0);
-        // Gemma 3 keeps its (per layer type) scaling in the family part.
+        // Gemma 3 (per layer type) and DeepSeek (YaRN) scaling are read in the family part.
         let scaling = rope
             .filter(|r| r.get("rope_type").is_some())
             .or_else(|| v.get("rope_scaling"))
-            .filter(|_| arch != DecoderArch::Gemma3);
+            .filter(|_| !matches!(arch, DecoderArch::Gemma3 | DecoderArch::DeepseekV3));
         let rope_scaling = match scaling.filter(|s| !s.is_null()) {
             None => None,
             Some(s) => {

@@ -65,6 +65,96 @@ pub struct FamilyConfig {
     pub moe: Option<MoeConfig>,
     /// Multi-head latent attention (DeepSeek-V3).
     pub mla: Option<MlaConfig>,
+    /// YaRN RoPE scaling (DeepSeek-V3/R1).
+    pub yarn: Option<Yarn>,
+}
+
+/// YaRN RoPE scaling parameters (`rope_type: yarn`), as transformers computes them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Yarn {
+    /// Context extension factor.
+    pub factor: f64,
+    /// Pre-training context (`original_max_position_embeddings`).
+    pub original_max: f64,
+    /// Rotations bounding the ramp (`beta_fast`, `beta_slow`).
+    pub beta_fast: f64,
+    /// See `beta_fast`.
+    pub beta_slow: f64,
+    /// Factor on cos and sin (`attention_factor`, else from `mscale` / `mscale_all_dim`).
+    pub attention_factor: f64,
+    /// `mscale_all_dim`: MLA also multiplies its softmax scale by `mscale(factor, this)²`.
+    pub mscale_all_dim: f64,
+    /// Whether the ramp bounds are rounded outward (`truncate`).
+    pub truncate: bool,
+}
+
+fn yarn_mscale(scale: f64, m: f64) -> f64 {
+    if scale <= 1.0 { 1.0 } else { 0.1 * m * scale.ln() + 1.0 }
+}
+
+impl Yarn {
+    fn from_json(s: &Value, err: &dyn Fn(String) -> EngineError) -> Result<Self> {
+        let f = |k: &str| s.get(k).and_then(|x| x.as_f64());
+        let factor = f("factor").ok_or_else(|| err("YaRN scaling without factor".into()))?;
+        let original_max = f("original_max_position_embeddings")
+            .ok_or_else(|| err("YaRN scaling without original_max_position_embeddings".into()))?;
+        if !(factor.is_finite() && factor > 0.0 && original_max >= 1.0) {
+            return Err(err(format!("YaRN factor {factor}, original context {original_max}")));
+        }
+        let (mscale, mscale_all_dim) = (f("mscale").unwrap_or(0.0), f("mscale_all_dim").unwrap_or(0.0));
+        let attention_factor = match f("attention_factor") {
+            Some(a) => a,
+            None if mscale != 0.0 && mscale_all_dim != 0.0 => {
+                yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all_dim)
+            }
+            None => yarn_mscale(factor, 1.0),
+        };
+        Ok(Self {
+            factor,
+            original_max,
+            beta_fast: f("beta_fast").filter(|&b| b != 0.0).unwrap_or(32.0),
+            beta_slow: f("beta_slow").filter(|&b| b != 0.0).unwrap_or(1.0),
+            attention_factor,
+            mscale_all_dim,
+            truncate: s.get("truncate").and_then(|x| x.as_bool()).unwrap_or(true),
+        })
+    }
+
+    /// Inverse frequencies over `dim` rotary values with base `theta`: interpolated (divided by
+    /// the factor) for long wavelengths, extrapolated (unchanged) for short ones, a linear ramp
+    /// between.
+    pub fn inv_freq(&self, theta: f32, dim: usize) -> Vec<f32> {
+        let base = f64::from(theta);
+        let d = dim as f64;
+        let corr = |rot: f64| d * (self.original_max / (rot * 2.0 * std::f64::consts::PI)).ln() / (2.0 * base.ln());
+        let (mut low, mut high) = (corr(self.beta_fast), corr(self.beta_slow));
+        if self.truncate {
+            (low, high) = (low.floor(), high.ceil());
+        }
+        let (low, mut high) = (low.max(0.0), high.min(d - 1.0));
+        if low == high {
+            high += 0.001;
+        }
+        (0..dim / 2)
+            .map(|i| {
+                // torch computes these in f32.
+                let pos = base.powf((2 * i) as f64 / d) as f32;
+                let (extra, inter) = (1.0 / pos, 1.0 / (self.factor as f32 * pos));
+                let ramp = (((i as f64 - low) / (high - low)).clamp(0.0, 1.0)) as f32;
+                let keep = 1.0 - ramp;
+                inter * (1.0 - keep) + extra * keep
+            })
+            .collect()
+    }
+
+    /// The factor MLA's softmax scale gets (`mscale(factor, mscale_all_dim)²`, 1 without it).
+    pub fn softmax_scale_factor(&self) -> f32 {
+        if self.mscale_all_dim == 0.0 {
+            return 1.0;
+        }
+        let m = yarn_mscale(self.factor, self.mscale_all_dim);
+        (m * m) as f32
+    }
 }
 
 /// Multi-head latent attention's shape (DeepSeek-V2/V3).
@@ -127,6 +217,14 @@ impl FamilyConfig {
                 }
                 f.rotary_dim = Some(mla.qk_rope);
                 f.mla = Some(mla);
+                let scaling = rope.filter(|r| r.get("rope_type").is_some()).or_else(|| v.get("rope_scaling"));
+                if let Some(s) = scaling.filter(|s| !s.is_null()) {
+                    match s.get("rope_type").or_else(|| s.get("type")).and_then(|t| t.as_str()).unwrap_or("default") {
+                        "default" => {}
+                        "yarn" => f.yarn = Some(Yarn::from_json(s, &err)?),
+                        other => return Err(err(format!("RoPE scaling type '{other}' is not supported for DeepSeek"))),
+                    }
+                }
                 let mut moe = moe_from_hf(v, n_layers, file)?;
                 let first_dense = int("first_k_dense_replace").unwrap_or(0);
                 moe.sparse_layers = (0..n_layers).map(|i| i >= first_dense).collect();

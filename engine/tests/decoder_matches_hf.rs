@@ -152,3 +152,18 @@ test_device!(tiny_deepseek_v3_safetensors_logits_match_hf, |b| check_exact(
 ));
 
 test_device!(tiny_deepseek_v3_greedy_generation_matches_hf, |b| check_greedy(b, "tiny-deepseek-v3"));
+
+/// tiny-deepseek-v3's weights with YaRN RoPE scaling (as the published V3/R1 configs have):
+/// interpolated and extrapolated frequencies with a ramp, the cos/sin factor and MLA's mscale².
+fn deepseek_yarn_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("govbox-deepseek-yarn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let base = fixture("tiny-deepseek-v3");
+    for f in ["model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+        std::fs::copy(base.join(f), dir.join(f)).unwrap();
+    }
+    std::fs::copy(fixture("tiny-deepseek-v3-yarn/config.json"), dir.join("config.json")).unwrap();
+    dir
+}
+
+test_device!(tiny_deepseek_v3_yarn_logits_match_hf, |b| check_exact(b, &deepseek_yarn_dir(), "tiny-deepseek-v3-yarn"));

@@ -211,7 +211,9 @@ impl DecoderModel {
             *mix.entry(t.dtype.name().to_string()).or_default() += 1;
         }
         let rotary = fam.rotary_dim.unwrap_or(hd);
-        let inv_freq = if rotary == hd && fam.rope_linear_factor.is_none() {
+        let inv_freq = if let Some(y) = &fam.yarn {
+            y.inv_freq(cfg.rope_theta, rotary)
+        } else if rotary == hd && fam.rope_linear_factor.is_none() {
             cfg.inv_freq()
         } else {
             FamilyConfig::inv_freq(cfg.rope_theta, rotary, fam.rope_linear_factor)
@@ -323,15 +325,20 @@ impl DecoderModel {
             let freqs = if l.sliding { &self.local_inv_freq } else { &self.inv_freq };
             let mut o = match &l.attn {
                 Attn::Mla(mla) => {
+                    let m = fam.mla.as_ref().ok_or_else(|| shape_err("mla"))?;
+                    let yarn = fam.yarn.as_ref();
                     let step = MlaStep {
                         layer: li,
                         n_heads: c.n_heads,
                         eps,
                         inv_freq: freqs,
+                        rope_factor: yarn.map_or(1.0, |y| y.attention_factor as f32),
+                        softmax_scale: yarn.map_or(1.0, |y| y.softmax_scale_factor())
+                            / ((m.qk_nope + m.qk_rope) as f32).sqrt(),
                         positions: &positions,
                         seqs: &seqs,
                     };
-                    mla.forward(b, fam.mla.as_ref().ok_or_else(|| shape_err("mla"))?, &hn, cache, &step)?
+                    mla.forward(b, m, &hn, cache, &step)?
                 }
                 Attn::Mha(a) => {
                     let mut q = b.matmul(&hn, &a.wq)?;

@@ -39,6 +39,10 @@ pub(crate) struct MlaStep<'a> {
     pub n_heads: usize,
     pub eps: f32,
     pub inv_freq: &'a [f32],
+    /// YaRN's factor on cos and sin (1 without YaRN).
+    pub rope_factor: f32,
+    /// Softmax scale: `(nope + rope)^-0.5`, times YaRN's `mscale²`.
+    pub softmax_scale: f32,
     pub positions: &'a [u32],
     pub seqs: &'a [SeqAttn<'a>],
 }
@@ -118,8 +122,11 @@ impl Mla {
             None => b.matmul(x, &self.q_b)?,
         };
         let style = if cfg.rope_interleave { RopeStyle::Interleaved } else { RopeStyle::Half };
-        let rope_of = |t: &Tensor| {
-            b.rope(t, &Rope { n_heads: 1, head_dim: rope, inv_freq: s.inv_freq, style, positions: s.positions })
+        let rope_of = |t: &Tensor| -> Result<Tensor> {
+            let r =
+                b.rope(t, &Rope { n_heads: 1, head_dim: rope, inv_freq: s.inv_freq, style, positions: s.positions })?;
+            // RoPE is linear in cos and sin, so YaRN's factor on them is a factor on the result.
+            Ok(if s.rope_factor == 1.0 { r } else { b.scale(&r, s.rope_factor)? })
         };
         let latent = b.rms_norm(&b.matmul(x, &self.kv_a_latent)?, &self.kv_a_norm, s.eps)?;
         let k_pe = rope_of(&b.matmul(x, &self.kv_a_rope)?)?;
@@ -136,7 +143,7 @@ impl Mla {
             n_heads: nh,
             n_kv_heads: 1,
             head_dim: rope + rank,
-            scale: 1.0 / (qk as f32).sqrt(),
+            scale: s.softmax_scale,
             seqs: s.seqs,
         };
         let att = b.attention(&q_lat, &kv, &kv, cache, &spec)?;
