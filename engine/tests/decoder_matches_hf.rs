@@ -167,3 +167,12 @@ fn deepseek_yarn_dir() -> std::path::PathBuf {
 }
 
 test_device!(tiny_deepseek_v3_yarn_logits_match_hf, |b| check_exact(b, &deepseek_yarn_dir(), "tiny-deepseek-v3-yarn"));
+
+// norm_topk_prob off, 3 of 8 experts, decoder_sparse_step 2 and a dense layer in mlp_only_layers.
+test_device!(tiny_qwen3_moe_mixed_layers_logits_match_hf, |b| check_exact(
+    b,
+    &fixture("tiny-qwen3-moe-mixed"),
+    "tiny-qwen3-moe-mixed"
+));
+
+test_device!(tiny_qwen3_moe_mixed_layers_greedy_generation_matches_hf, |b| check_greedy(b, "tiny-qwen3-moe-mixed"));
