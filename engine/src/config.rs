@@ -247,6 +247,8 @@ impl DecoderConfig {
         let arch = match arch_name {
             "llama" => DecoderArch::Llama,
             "qwen2" => DecoderArch::Qwen2,
+            "qwen3" => DecoderArch::Qwen3,
+            "qwen3moe" => DecoderArch::Qwen3Moe,
             other => return Err(EngineError::UnknownArchitecture(other.into())),
         };
         let key = |k: &str| format!("{arch_name}.{k}");
@@ -270,7 +272,10 @@ impl DecoderConfig {
             arch,
             vocab_size,
             hidden_size,
-            intermediate_size: int("feed_forward_length")?,
+            intermediate_size: int("feed_forward_length").or_else(|e| {
+                // A MoE file whose every layer is sparse may leave the dense width out.
+                g.get_usize(&key("expert_feed_forward_length")).filter(|_| arch == DecoderArch::Qwen3Moe).ok_or(e)
+            })?,
             n_layers: int("block_count")?,
             n_heads,
             n_kv_heads,
@@ -283,7 +288,7 @@ impl DecoderConfig {
             attention_bias: g.tensor("blk.0.attn_q.bias").is_some(),
             eos_token_ids: g.get_usize("tokenizer.ggml.eos_token_id").map(|x| vec![x as u32]).unwrap_or_default(),
             bos_token_id: g.get_usize("tokenizer.ggml.bos_token_id").map(|x| x as u32),
-            family: FamilyConfig::default(),
+            family: FamilyConfig::from_gguf(g, arch, arch_name, int("block_count")?, file)?,
         };
         cfg.validate(file)?;
         Ok(cfg)

@@ -5,6 +5,7 @@
 use serde_json::Value;
 
 use crate::config::DecoderArch;
+use crate::gguf::GgufFile;
 use crate::{EngineError, Result};
 
 /// How router logits become expert scores.
@@ -42,6 +43,25 @@ pub struct MoeConfig {
     pub norm_topk_prob: bool,
     /// Per layer: whether its MLP is a MoE block (else a dense MLP of `intermediate_size`).
     pub sparse_layers: Vec<bool>,
+}
+
+impl MoeConfig {
+    /// Softmax routing over ungrouped experts without bias, scaling or shared experts (Qwen).
+    pub fn softmax(n_experts: usize, top_k: usize, expert_ff: usize, norm: bool, sparse_layers: Vec<bool>) -> Self {
+        MoeConfig {
+            scoring: MoeScoring::Softmax,
+            n_group: 1,
+            topk_group: 1,
+            score_bias: false,
+            routed_scaling: 1.0,
+            shared_ff: 0,
+            n_experts,
+            top_k,
+            expert_ff,
+            norm_topk_prob: norm,
+            sparse_layers,
+        }
+    }
 }
 
 /// Family-specific parts of a decoder's configuration. The default is the Llama shape.
@@ -322,6 +342,35 @@ impl FamilyConfig {
         Ok(f)
     }
 
+    /// Reads the family parts from GGUF metadata (`{arch_name}.*` keys) the way llama.cpp's
+    /// converter writes them: Qwen3 has q/k norms; a Qwen3-MoE layer is sparse when it has a
+    /// router (`blk.N.ffn_gate_inp.weight`), and its top-k weights are renormalised unless
+    /// `{arch}.expert_weights_norm` says otherwise (llama.cpp always renormalises them).
+    pub fn from_gguf(g: &GgufFile, arch: DecoderArch, arch_name: &str, n_layers: usize, file: &str) -> Result<Self> {
+        let err = |detail: String| EngineError::Config { file: file.into(), detail };
+        let key = |k: &str| format!("{arch_name}.{k}");
+        let mut f = FamilyConfig::default();
+        match arch {
+            DecoderArch::Qwen3 => f.qk_norm = true,
+            DecoderArch::Qwen3Moe => {
+                f.qk_norm = true;
+                let int = |k: &str| g.get_usize(&key(k)).ok_or_else(|| err(format!("missing metadata {}", key(k))));
+                let (n_experts, top_k, expert_ff) =
+                    (int("expert_count")?, int("expert_used_count")?, int("expert_feed_forward_length")?);
+                if n_experts == 0 || n_experts > 4096 || top_k == 0 || top_k > n_experts || expert_ff == 0 {
+                    return Err(err(format!(
+                        "{n_experts} experts, {top_k} per token, {expert_ff} wide is out of range"
+                    )));
+                }
+                let sparse = (0..n_layers).map(|i| g.tensor(&format!("blk.{i}.ffn_gate_inp.weight")).is_some());
+                let norm = g.get_bool(&key("expert_weights_norm")).unwrap_or(true);
+                f.moe = Some(MoeConfig::softmax(n_experts, top_k, expert_ff, norm, sparse.collect()));
+            }
+            _ => {}
+        }
+        Ok(f)
+    }
+
     /// For a multimodal checkpoint whose language model govbox runs (`Gemma3ForConditionalGeneration`):
     /// its `text_config` as a text model's config, with the defaults transformers' config class
     /// fills in for the keys the published configs leave out, and the top-level token ids. The
@@ -400,17 +449,6 @@ fn moe_from_hf(v: &Value, n_layers: usize, file: &str) -> Result<MoeConfig> {
         .map(|a| a.iter().filter_map(|x| x.as_u64().map(|x| x as usize)).collect())
         .unwrap_or_default();
     let sparse_layers = (0..n_layers).map(|i| !dense.contains(&i) && step > 0 && (i + 1) % step == 0).collect();
-    Ok(MoeConfig {
-        scoring: MoeScoring::Softmax,
-        n_group: 1,
-        topk_group: 1,
-        score_bias: false,
-        routed_scaling: 1.0,
-        shared_ff: 0,
-        n_experts,
-        top_k,
-        expert_ff,
-        norm_topk_prob: v.get("norm_topk_prob").and_then(|x| x.as_bool()).unwrap_or(false),
-        sparse_layers,
-    })
+    let norm = v.get("norm_topk_prob").and_then(|x| x.as_bool()).unwrap_or(false);
+    Ok(MoeConfig::softmax(n_experts, top_k, expert_ff, norm, sparse_layers))
 }

@@ -184,19 +184,7 @@ mod tests {
     use crate::family::{MoeConfig, MoeScoring};
 
     fn cfg(norm: bool) -> MoeConfig {
-        MoeConfig {
-            scoring: MoeScoring::Softmax,
-            n_group: 1,
-            topk_group: 1,
-            score_bias: false,
-            routed_scaling: 1.0,
-            shared_ff: 0,
-            n_experts: 4,
-            top_k: 2,
-            expert_ff: 1,
-            norm_topk_prob: norm,
-            sparse_layers: vec![true],
-        }
+        MoeConfig::softmax(4, 2, 1, norm, vec![true])
     }
 
     #[test]
