@@ -227,6 +227,85 @@ pub trait Backend: Send + Sync + fmt::Debug {
         self.layer_norm(&self.add(a, b)?, weight, bias, eps)
     }
 
+    /// `gelu_tanh(gate) * up`, with the tanh approximation of GELU (PyTorch's
+    /// `gelu(approximate="tanh")`, Gemma's GeGLU). This default computes it on the host between a
+    /// download and an upload, so that every backend has it; backends may do it on the device.
+    fn geglu_tanh(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+        if gate.shape() != up.shape() {
+            return Err(crate::DriverError::Shape {
+                op: "geglu_tanh",
+                detail: format!("gate {:?} and up {:?}", gate.shape(), up.shape()),
+            });
+        }
+        let (g, u) = (self.download_f32(gate)?, self.download_f32(up)?);
+        let out: Vec<f32> = g.iter().zip(&u).map(|(&g, &u)| gelu_tanh(g) * u).collect();
+        self.upload_f32(&out, gate.shape())
+    }
+
+    /// Columns `start..start + len` of each row of an `f32` tensor: `[rows, len]`. This default
+    /// goes through the host; backends may copy on the device.
+    fn slice_cols(&self, x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+        let (rows, n) = (x.rows(), x.last_dim());
+        if start.checked_add(len).is_none_or(|e| e > n) {
+            return Err(crate::DriverError::Shape {
+                op: "slice_cols",
+                detail: format!("columns {start}..{} of {:?}", start.saturating_add(len), x.shape()),
+            });
+        }
+        let v = self.download_f32(x)?;
+        let out: Vec<f32> =
+            v.chunks_exact(n.max(1)).take(rows).flat_map(|r| r[start..start + len].iter().copied()).collect();
+        self.upload_f32(&out, &[rows, len])
+    }
+
+    /// The `f32` tensors `parts` (same rows) side by side: `[rows, sum of their columns]`. This
+    /// default goes through the host; backends may copy on the device.
+    fn concat_cols(&self, parts: &[&Tensor]) -> Result<Tensor> {
+        let rows = parts.first().map_or(0, |t| t.rows());
+        if parts.iter().any(|t| t.rows() != rows) {
+            let shapes: Vec<_> = parts.iter().map(|t| t.shape().to_vec()).collect();
+            return Err(crate::DriverError::Shape {
+                op: "concat_cols",
+                detail: format!("row counts differ: {shapes:?}"),
+            });
+        }
+        let width: usize = parts.iter().map(|t| t.last_dim()).sum();
+        let host = parts.iter().map(|t| self.download_f32(t)).collect::<Result<Vec<_>>>()?;
+        let mut out = Vec::with_capacity(rows * width);
+        for r in 0..rows {
+            for (t, v) in parts.iter().zip(&host) {
+                let n = t.last_dim();
+                out.extend_from_slice(&v[r * n..(r + 1) * n]);
+            }
+        }
+        self.upload_f32(&out, &[rows, width])
+    }
+
+    /// [`Backend::attention`] where each query row sees only the last `window` positions of its
+    /// sequence, itself included (sliding-window layers). Backends that cannot restrict the keys
+    /// answer [`crate::DriverError::Unsupported`].
+    fn attention_windowed(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        cache: &mut dyn KvCache,
+        spec: &PagedAttn<'_>,
+        window: usize,
+    ) -> Result<Tensor> {
+        let _ = (q, k, v, cache, spec, window);
+        Err(crate::DriverError::Unsupported { op: "sliding-window attention", backend: self.backend_name() })
+    }
+
+    /// A short name of this backend for messages ("cpu", "ascend", "cuda").
+    fn backend_name(&self) -> &'static str {
+        match self.info().kind {
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Cuda => "cuda",
+            DeviceKind::Ascend => "ascend",
+        }
+    }
+
     /// Runs `f`, which calls this backend's operations, as one unit of work. The CPU backend
     /// runs it on one of its own worker threads, so that each operation's parallel loop starts
     /// from inside the pool instead of waking the workers from outside (a futex round trip per
@@ -239,4 +318,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn argmax(&self, x: &Tensor) -> Result<Vec<u32>>;
     /// Waits until queued work is done.
     fn synchronize(&self) -> Result<()>;
+}
+
+/// GELU with the tanh approximation, `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`, computed
+/// in `f64` and rounded once.
+pub fn gelu_tanh(x: f32) -> f32 {
+    let x = f64::from(x);
+    let c = (2.0 / std::f64::consts::PI).sqrt();
+    (0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh())) as f32
 }

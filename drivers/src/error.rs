@@ -51,6 +51,14 @@ pub enum DriverError {
         /// Vocabulary size.
         vocab: usize,
     },
+    /// An optional operation this backend does not implement.
+    #[error("{op} is not implemented on the {backend} backend")]
+    Unsupported {
+        /// The operation.
+        op: &'static str,
+        /// The backend.
+        backend: &'static str,
+    },
     /// The backend was not compiled in.
     #[error("{0} support was not compiled into this build")]
     NotCompiled(&'static str),

@@ -43,6 +43,16 @@ impl HostBytes {
         Self::new(owner, start, len).map(|h| Self { file_backed: true, ..h })
     }
 
+    /// The bytes `start..start + len` of this view, sharing its owner (and its file mapping,
+    /// if any). Returns `None` when the range is out of bounds.
+    pub fn slice(&self, start: usize, len: usize) -> Option<Self> {
+        let end = start.checked_add(len)?;
+        if end > self.len {
+            return None;
+        }
+        Some(Self { owner: self.owner.clone(), start: self.start + start, len, file_backed: self.file_backed })
+    }
+
     /// Whether this is a view of a file mapping ([`HostBytes::file_mapping`]).
     pub fn is_file_backed(&self) -> bool {
         self.file_backed

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use crate::family::FamilyConfig;
 use crate::gguf::GgufFile;
 use crate::weights::read_small;
 use crate::{EngineError, Result};
@@ -17,6 +18,16 @@ pub enum DecoderArch {
     Llama,
     /// `Qwen2ForCausalLM` / GGUF `qwen2` (q/k/v biases).
     Qwen2,
+    /// `Qwen3ForCausalLM`: Qwen2 without biases, with per-head q/k RMSNorm.
+    Qwen3,
+    /// `Qwen3MoeForCausalLM`: Qwen3 attention with mixture-of-experts MLPs.
+    Qwen3Moe,
+    /// `Glm4ForCausalLM`: partial interleaved rotary, norms after attention and MLP, fused gate/up.
+    Glm4,
+    /// `Gemma3ForCausalLM` (text): GeGLU, (1 + w) norms, q/k norms, sliding-window layers.
+    Gemma3,
+    /// `DeepseekV3ForCausalLM` (also R1): multi-head latent attention and MoE with shared experts.
+    DeepseekV3,
 }
 
 impl DecoderArch {
@@ -25,6 +36,11 @@ impl DecoderArch {
         match self {
             DecoderArch::Llama => "LlamaForCausalLM",
             DecoderArch::Qwen2 => "Qwen2ForCausalLM",
+            DecoderArch::Qwen3 => "Qwen3ForCausalLM",
+            DecoderArch::Qwen3Moe => "Qwen3MoeForCausalLM",
+            DecoderArch::Glm4 => "Glm4ForCausalLM",
+            DecoderArch::Gemma3 => "Gemma3ForCausalLM",
+            DecoderArch::DeepseekV3 => "DeepseekV3ForCausalLM",
         }
     }
 }
@@ -77,6 +93,8 @@ pub struct DecoderConfig {
     pub eos_token_ids: Vec<u32>,
     /// Beginning-of-sequence token id.
     pub bos_token_id: Option<u32>,
+    /// What the family adds to the Llama shape.
+    pub family: FamilyConfig,
 }
 
 fn ids_of(v: Option<&Value>) -> Vec<u32> {
@@ -116,6 +134,10 @@ impl DecoderConfig {
 
     /// Parses a `config.json` value.
     pub fn from_hf_json(v: &Value, file: &str) -> Result<Self> {
+        // A multimodal checkpoint's language model: its text_config (vision towers ignored).
+        if let Some(text) = FamilyConfig::text_config_of(v, file) {
+            return Self::from_hf_json(&text, file);
+        }
         let err = |detail: String| EngineError::Config { file: file.into(), detail };
         let arch_name = v
             .get("architectures")
@@ -125,6 +147,11 @@ impl DecoderConfig {
         let arch = match arch_name {
             "LlamaForCausalLM" => DecoderArch::Llama,
             "Qwen2ForCausalLM" => DecoderArch::Qwen2,
+            "Qwen3ForCausalLM" => DecoderArch::Qwen3,
+            "Qwen3MoeForCausalLM" => DecoderArch::Qwen3Moe,
+            "Glm4ForCausalLM" => DecoderArch::Glm4,
+            "Gemma3ForCausalLM" => DecoderArch::Gemma3,
+            "DeepseekV3ForCausalLM" => DecoderArch::DeepseekV3,
             other => return Err(EngineError::UnknownArchitecture(other.into())),
         };
         let int = |k: &str| -> Result<usize> {
@@ -155,8 +182,14 @@ impl DecoderConfig {
             .and_then(|r| r.get("rope_theta"))
             .or_else(|| v.get("rope_theta"))
             .and_then(|x| x.as_f64())
-            .unwrap_or(10_000.0) as f32;
-        let scaling = rope.filter(|r| r.get("rope_type").is_some()).or_else(|| v.get("rope_scaling"));
+            .map(|x| x as f32)
+            .or_else(|| FamilyConfig::global_rope_theta(v, arch))
+            .unwrap_or(10_000.0);
+        // Gemma 3 (per layer type) and DeepSeek (YaRN) scaling are read in the family part.
+        let scaling = rope
+            .filter(|r| r.get("rope_type").is_some())
+            .or_else(|| v.get("rope_scaling"))
+            .filter(|_| !matches!(arch, DecoderArch::Gemma3 | DecoderArch::DeepseekV3));
         let rope_scaling = match scaling.filter(|s| !s.is_null()) {
             None => None,
             Some(s) => {
@@ -195,9 +228,13 @@ impl DecoderConfig {
             rope_scaling,
             max_position_embeddings: v.get("max_position_embeddings").and_then(|x| x.as_u64()).unwrap_or(4096) as usize,
             tie_word_embeddings: v.get("tie_word_embeddings").and_then(|x| x.as_bool()).unwrap_or(false),
-            attention_bias: v.get("attention_bias").and_then(|x| x.as_bool()).unwrap_or(arch == DecoderArch::Qwen2),
+            attention_bias: v
+                .get("attention_bias")
+                .and_then(|x| x.as_bool())
+                .unwrap_or(matches!(arch, DecoderArch::Qwen2 | DecoderArch::Glm4)),
             eos_token_ids: ids_of(v.get("eos_token_id")),
             bos_token_id: ids_of(v.get("bos_token_id")).first().copied(),
+            family: FamilyConfig::from_hf_json(v, arch, int("num_hidden_layers")?, head_dim, file)?,
         };
         cfg.validate(file)?;
         Ok(cfg)
@@ -210,6 +247,8 @@ impl DecoderConfig {
         let arch = match arch_name {
             "llama" => DecoderArch::Llama,
             "qwen2" => DecoderArch::Qwen2,
+            "qwen3" => DecoderArch::Qwen3,
+            "qwen3moe" => DecoderArch::Qwen3Moe,
             other => return Err(EngineError::UnknownArchitecture(other.into())),
         };
         let key = |k: &str| format!("{arch_name}.{k}");
@@ -233,7 +272,10 @@ impl DecoderConfig {
             arch,
             vocab_size,
             hidden_size,
-            intermediate_size: int("feed_forward_length")?,
+            intermediate_size: int("feed_forward_length").or_else(|e| {
+                // A MoE file whose every layer is sparse may leave the dense width out.
+                g.get_usize(&key("expert_feed_forward_length")).filter(|_| arch == DecoderArch::Qwen3Moe).ok_or(e)
+            })?,
             n_layers: int("block_count")?,
             n_heads,
             n_kv_heads,
@@ -246,6 +288,7 @@ impl DecoderConfig {
             attention_bias: g.tensor("blk.0.attn_q.bias").is_some(),
             eos_token_ids: g.get_usize("tokenizer.ggml.eos_token_id").map(|x| vec![x as u32]).unwrap_or_default(),
             bos_token_id: g.get_usize("tokenizer.ggml.bos_token_id").map(|x| x as u32),
+            family: FamilyConfig::from_gguf(g, arch, arch_name, int("block_count")?, file)?,
         };
         cfg.validate(file)?;
         Ok(cfg)

@@ -201,13 +201,8 @@ impl Engine {
     ) -> Result<Self> {
         let c = model.config();
         let n_blocks = opts.kv_tokens.max(BLOCK_SIZE).div_ceil(BLOCK_SIZE);
-        let spec = KvSpec {
-            n_layers: c.n_layers,
-            n_kv_heads: c.n_kv_heads,
-            head_dim: c.head_dim,
-            block_size: BLOCK_SIZE,
-            n_blocks,
-        };
+        let (n_kv_heads, head_dim) = model.kv_layout();
+        let spec = KvSpec { n_layers: c.n_layers, n_kv_heads, head_dim, block_size: BLOCK_SIZE, n_blocks };
         let cache = model.backend().new_kv_cache(spec)?;
         let kv = Arc::new(Mutex::new(KvState { cache, alloc: BlockAllocator::new(n_blocks) }));
         let mut eos: Vec<u32> = c.eos_token_ids.iter().chain(tokenizer.eos_ids()).copied().collect();

@@ -22,6 +22,7 @@ pub mod config;
 mod control;
 pub mod embed;
 mod engine;
+pub mod family;
 pub mod kv;
 pub mod models;
 pub mod sampler;

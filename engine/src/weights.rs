@@ -147,6 +147,11 @@ fn safetensors_dtype(dtype: &str) -> Option<DType> {
 }
 
 impl WeightMap {
+    /// What the tensors were loaded from, for messages.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
     /// An empty map for tensors from `source`.
     pub fn new(source: impl Into<String>) -> Self {
         Self { source: source.into(), ..Default::default() }
@@ -301,6 +306,61 @@ impl WeightMap {
             tensor: name.into(),
             detail: e.to_string(),
         })
+    }
+
+    /// Uploads entry `index` along the first dimension of a tensor of shape `[parts, rest..]`
+    /// (`parts` stacked experts, or the halves of a fused projection seen as `[2, rows, cols]`),
+    /// as a tensor of shape `rest`, without copying on backends that keep host bytes.
+    pub fn upload_part(&self, backend: &dyn Backend, name: &str, full: &[usize], index: usize) -> Result<Tensor> {
+        let t = self.get(name)?;
+        let bad = |detail: String| EngineError::Tensor { file: t.file.clone(), tensor: name.into(), detail };
+        if t.shape.iter().product::<usize>() != full.iter().product::<usize>() || full.len() < 2 {
+            return Err(bad(format!("shape {:?} but the model config needs {full:?}", t.shape)));
+        }
+        let rest = &full[1..];
+        let row = t.dtype.row_bytes(full[full.len() - 1]).ok_or_else(|| bad(format!("{} rows", t.dtype.name())))?;
+        let part = row * rest[..rest.len() - 1].iter().product::<usize>();
+        if index >= full[0] || part * full[0] != t.data.len() {
+            return Err(bad(format!("part {index} of {full:?} does not fit its {} bytes", t.data.len())));
+        }
+        let data = t.data.slice(index * part, part).ok_or_else(|| bad("part outside the data".into()))?;
+        backend.upload(data, t.dtype, rest).map_err(|e| bad(e.to_string()))
+    }
+
+    /// Uploads a small tensor of exactly `shape` as `f32` after applying `f` to each value on the
+    /// host (Gemma's `(1 + w)` norm weights).
+    pub fn upload_mapped(
+        &self,
+        backend: &dyn Backend,
+        name: &str,
+        shape: &[usize],
+        f: impl Fn(f32) -> f32,
+    ) -> Result<Tensor> {
+        let v: Vec<f32> = self.read_f32(name, shape)?.into_iter().map(f).collect();
+        backend.upload_f32(&v, shape).map_err(|e| EngineError::Tensor {
+            file: self.get(name).map(|t| t.file.clone()).unwrap_or_default(),
+            tensor: name.into(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// The values of a tensor of exactly `shape` (any weight dtype), as `f32` on the host, for
+    /// the few weights the loader re-arranges.
+    pub fn read_f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let t = self.get_shaped(name, shape)?;
+        let bad = |detail: String| EngineError::Tensor { file: t.file.clone(), tensor: name.into(), detail };
+        let n = shape.iter().product::<usize>();
+        let cols = shape.last().copied().unwrap_or(1).max(1);
+        let row = t
+            .dtype
+            .row_bytes(cols)
+            .filter(|r| r * (n / cols) == t.data.len() && !matches!(t.dtype, DType::U32 | DType::I64));
+        let row = row.ok_or_else(|| bad(format!("{} data of {} bytes for {shape:?}", t.dtype.name(), t.data.len())))?;
+        let mut v = vec![0f32; n];
+        for (src, dst) in t.data.as_slice().chunks_exact(row).zip(v.chunks_exact_mut(cols)) {
+            govbox_drivers::quant::dequantize_row(t.dtype, src, dst);
+        }
+        Ok(v)
     }
 
     /// Total bytes of all usable tensors.

@@ -81,6 +81,10 @@ fn eight_requests() -> Vec<GenerateRequest> {
 
 test_device!(batched_greedy_equals_solo_tiny_qwen2, |b| batched_equals_solo(&fixture("tiny-qwen2"), b));
 test_device!(batched_greedy_equals_solo_tiny_llama, |b| batched_equals_solo(&fixture("tiny-llama"), b));
+// Sliding-window layers, MoE routing and the MLA latent cache under batching.
+test_device!(batched_greedy_equals_solo_tiny_gemma3, |b| batched_equals_solo(&fixture("tiny-gemma3"), b));
+test_device!(batched_greedy_equals_solo_tiny_qwen3_moe, |b| batched_equals_solo(&fixture("tiny-qwen3-moe"), b));
+test_device!(batched_greedy_equals_solo_tiny_deepseek_v3, |b| batched_equals_solo(&fixture("tiny-deepseek-v3"), b));
 
 fn batched_equals_solo(path: &Path, backend: Arc<dyn Backend>) {
     let reqs = eight_requests();

@@ -120,3 +120,59 @@ fn check_q8(backend: Arc<dyn Backend>, name: &str) {
 test_device!(tiny_qwen2_q8_0_gguf_is_at_least_as_accurate_as_llama_cpp, |b| check_q8(b, "tiny-qwen2"));
 
 test_device!(tiny_llama_q8_0_gguf_is_at_least_as_accurate_as_llama_cpp, |b| check_q8(b, "tiny-llama"));
+
+// The newer families (issue 23): fixtures from shared/tools/make_arch_fixtures.py (HF 5.25, f32).
+test_device!(tiny_qwen3_safetensors_logits_match_hf, |b| check_exact(b, &fixture("tiny-qwen3"), "tiny-qwen3"));
+
+test_device!(tiny_qwen3_greedy_generation_matches_hf, |b| check_greedy(b, "tiny-qwen3"));
+
+test_device!(tiny_glm4_safetensors_logits_match_hf, |b| check_exact(b, &fixture("tiny-glm4"), "tiny-glm4"));
+
+test_device!(tiny_glm4_greedy_generation_matches_hf, |b| check_greedy(b, "tiny-glm4"));
+
+// Sliding window of 8 on two of three layers; the 268-token case crosses it many times.
+test_device!(tiny_gemma3_safetensors_logits_match_hf, |b| check_exact(b, &fixture("tiny-gemma3"), "tiny-gemma3"));
+
+test_device!(tiny_gemma3_greedy_generation_matches_hf, |b| check_greedy(b, "tiny-gemma3"));
+
+test_device!(tiny_qwen3_moe_safetensors_logits_match_hf, |b| check_exact(
+    b,
+    &fixture("tiny-qwen3-moe"),
+    "tiny-qwen3-moe"
+));
+
+test_device!(tiny_qwen3_moe_greedy_generation_matches_hf, |b| check_greedy(b, "tiny-qwen3-moe"));
+
+// MLA (q/kv LoRA, interleaved RoPE split) with the latent in the KV cache, a dense first layer,
+// then MoE with a shared expert, grouped top-k and sigmoid scores with a correction bias.
+test_device!(tiny_deepseek_v3_safetensors_logits_match_hf, |b| check_exact(
+    b,
+    &fixture("tiny-deepseek-v3"),
+    "tiny-deepseek-v3"
+));
+
+test_device!(tiny_deepseek_v3_greedy_generation_matches_hf, |b| check_greedy(b, "tiny-deepseek-v3"));
+
+/// tiny-deepseek-v3's weights with YaRN RoPE scaling (as the published V3/R1 configs have):
+/// interpolated and extrapolated frequencies with a ramp, the cos/sin factor and MLA's mscale².
+fn deepseek_yarn_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("govbox-deepseek-yarn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let base = fixture("tiny-deepseek-v3");
+    for f in ["model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+        std::fs::copy(base.join(f), dir.join(f)).unwrap();
+    }
+    std::fs::copy(fixture("tiny-deepseek-v3-yarn/config.json"), dir.join("config.json")).unwrap();
+    dir
+}
+
+test_device!(tiny_deepseek_v3_yarn_logits_match_hf, |b| check_exact(b, &deepseek_yarn_dir(), "tiny-deepseek-v3-yarn"));
+
+// norm_topk_prob off, 3 of 8 experts, decoder_sparse_step 2 and a dense layer in mlp_only_layers.
+test_device!(tiny_qwen3_moe_mixed_layers_logits_match_hf, |b| check_exact(
+    b,
+    &fixture("tiny-qwen3-moe-mixed"),
+    "tiny-qwen3-moe-mixed"
+));
+
+test_device!(tiny_qwen3_moe_mixed_layers_greedy_generation_matches_hf, |b| check_greedy(b, "tiny-qwen3-moe-mixed"));

@@ -114,4 +114,9 @@ put("chat_template", "template_loop", b"\1" + b"{% for m in messages %}{{ m.role
 put("chat_template", "template_methods", b"\3" + b"{{ bos_token }}{% for m in messages %}{{ m['content'].strip()"
     b".upper() }}{{ raise_exception('no') if m.role == 'tool' }}{% endfor %}{{ strftime_now('%Y-%m-%d') }}\0"
     + convo((1, " padded "), (3, "t")))
+# --- decoder_config ----------------------------------------------------------------------------
+for fam in sorted(os.listdir(FIX)):
+    if fam.startswith("tiny-") and os.path.isfile(os.path.join(FIX, fam, "config.json")):
+        put("decoder_config", fam + ".json", read(fam, "config.json"))
+
 print("seeds written under", OUT)

@@ -360,7 +360,19 @@ impl Backend for AscendBackend {
         cache: &mut dyn KvCache,
         spec: &PagedAttn<'_>,
     ) -> Result<Tensor> {
-        ops::paged_attention(&self.dev, q, k, v, cache, spec).map(|m| self.new_f32(m, q.shape().to_vec()))
+        ops::paged_attention(&self.dev, q, k, v, cache, spec, None).map(|m| self.new_f32(m, q.shape().to_vec()))
+    }
+
+    fn attention_windowed(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        cache: &mut dyn KvCache,
+        spec: &PagedAttn<'_>,
+        window: usize,
+    ) -> Result<Tensor> {
+        ops::paged_attention(&self.dev, q, k, v, cache, spec, Some(window)).map(|m| self.new_f32(m, q.shape().to_vec()))
     }
 
     fn attention_dense(&self, q: &Tensor, k: &Tensor, v: &Tensor, spec: &DenseAttn<'_>) -> Result<Tensor> {

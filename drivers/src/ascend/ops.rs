@@ -460,6 +460,7 @@ pub(super) fn paged_attention(
     v: &Tensor,
     cache: &mut dyn KvCache,
     a: &PagedAttn<'_>,
+    window: Option<usize>,
 ) -> Result<DevMem> {
     let (qm, km, vm) = (check_f32(q, "attention")?, check_f32(k, "attention")?, check_f32(v, "attention")?);
     let cache = cache
@@ -515,7 +516,11 @@ pub(super) fn paged_attention(
         if n == 0 {
             continue;
         }
-        let total = s.start_pos + n;
+        let end = s.start_pos + n;
+        // With a window, the first row sees positions from `lo` on and later rows fewer (the
+        // mask below); without one every row starts at 0.
+        let lo = window.map_or(0, |w| (s.start_pos + 1).saturating_sub(w.max(1)));
+        let total = end - lo;
         // 1. Write the new rows, one copy per run of consecutive slots.
         {
             let mut l = dev.launch()?;
@@ -533,7 +538,7 @@ pub(super) fn paged_attention(
             }
         }
         // 2. Gather this sequence's keys and values [total, w].
-        let idx = upload_i64(dev, slots.iter().copied())?;
+        let idx = upload_i64(dev, slots[lo..].iter().copied())?;
         let (kc, vc) = (dev.alloc(total * w * 4)?, dev.alloc(total * w * 4)?);
         let scores = dev.alloc(nh * n * total * 4)?;
         let scaled = dev.alloc(nh * n * total * 4)?;
@@ -542,8 +547,11 @@ pub(super) fn paged_attention(
         let mask = if n > 1 {
             let mut m = vec![0f32; n * total];
             for i in 0..n {
-                for j in s.start_pos + i + 1..total {
-                    m[i * total + j] = MASKED;
+                let p = s.start_pos + i;
+                for j in lo..end {
+                    if j > p || window.is_some_and(|w| p - j >= w.max(1)) {
+                        m[i * total + (j - lo)] = MASKED;
+                    }
                 }
             }
             Some(upload_f32(dev, &m)?)

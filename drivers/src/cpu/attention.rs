@@ -83,6 +83,19 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 pub(super) fn paged(q: &Tensor, k: &Tensor, v: &Tensor, cache: &mut dyn KvCache, a: &PagedAttn<'_>) -> Result<Tensor> {
+    paged_windowed(q, k, v, cache, a, None)
+}
+
+/// [`paged`] where each row attends only to the last `window` positions (itself included) when
+/// `window` is set.
+pub(super) fn paged_windowed(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cache: &mut dyn KvCache,
+    a: &PagedAttn<'_>,
+    window: Option<usize>,
+) -> Result<Tensor> {
     for t in [q, k, v] {
         check_f32(t, "attention")?;
     }
@@ -151,7 +164,7 @@ pub(super) fn paged(q: &Tensor, k: &Tensor, v: &Tensor, cache: &mut dyn KvCache,
         .seqs
         .par_iter()
         .zip(&slots_of)
-        .map(|(s, slots)| (s.n_new >= TRANSPOSE_ROWS).then(|| KeysT::new(kl, slots, nkv, hd)))
+        .map(|(s, slots)| (s.n_new >= TRANSPOSE_ROWS && window.is_none()).then(|| KeysT::new(kl, slots, nkv, hd)))
         .collect();
     let qv = f32_values(q, "attention")?;
     let group = nh / nkv;
@@ -161,7 +174,8 @@ pub(super) fn paged(q: &Tensor, k: &Tensor, v: &Tensor, cache: &mut dyn KvCache,
         let (si, n) = jobs[r];
         let qh = &qv[(r * nh + h) * hd..(r * nh + h + 1) * hd];
         let head = KvHead { k: kl, v: vl, stride: nkv * hd, off: (h / group) * hd };
-        let slots = &slots_of[si][..n];
+        let first = window.map_or(0, |w| n.saturating_sub(w.max(1)));
+        let slots = &slots_of[si][first..n];
         match &keys_t[si] {
             Some(kt) => attend_t(qh, kt.head(h / group), kt.len, slots, head, a.scale, scores, o),
             None => attend(qh, slots, head, a.scale, scores, o),

@@ -395,6 +395,18 @@ impl Backend for CpuBackend {
         self.run(|| attention::paged(q, k, v, cache, spec))
     }
 
+    fn attention_windowed(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        cache: &mut dyn KvCache,
+        spec: &PagedAttn<'_>,
+        window: usize,
+    ) -> Result<Tensor> {
+        self.run(|| attention::paged_windowed(q, k, v, cache, spec, Some(window)))
+    }
+
     fn attention_dense(&self, q: &Tensor, k: &Tensor, v: &Tensor, spec: &DenseAttn<'_>) -> Result<Tensor> {
         self.run(|| attention::dense(q, k, v, spec))
     }

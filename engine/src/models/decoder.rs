@@ -1,17 +1,26 @@
-//! Llama and Qwen2 decoders (GQA/MQA, explicit head_dim, tied or untied embeddings, q/k/v bias),
-//! from HF safetensors or GGUF.
+//! Decoder-only transformers: Llama, Qwen2, Qwen3, Qwen3-MoE, GLM-4 and Gemma 3 (text) (GQA/MQA,
+//! explicit head_dim, tied or untied embeddings, q/k/v bias, q/k norms, partial rotary, post
+//! norms, sliding-window layers, MoE MLPs), from HF safetensors or GGUF.
 
 use std::sync::Arc;
 
 use govbox_drivers::{Backend, KvCache, PagedAttn, Rope, RopeStyle, SeqAttn, Tensor};
 
+use super::mla::{Mla, MlaStep};
+use super::moe::MoeBlock;
+use super::names::{Names, Part};
 use crate::config::{DecoderArch, DecoderConfig};
+use crate::family::FamilyConfig;
 use crate::gguf::GgufFile;
 use crate::weights::{WeightInfo, WeightMap};
 use crate::{EngineError, MappedFile, Result};
 
-struct Layer {
-    attn_norm: Tensor,
+fn shape_err(what: &str) -> EngineError {
+    EngineError::Request(format!("{what}: the rows do not split into heads"))
+}
+
+/// Multi-head (grouped-query) attention weights.
+struct Mha {
     wq: Tensor,
     wk: Tensor,
     wv: Tensor,
@@ -19,70 +28,29 @@ struct Layer {
     bk: Option<Tensor>,
     bv: Option<Tensor>,
     wo: Tensor,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+}
+
+enum Attn {
+    Mha(Box<Mha>),
+    Mla(Box<Mla>),
+}
+
+struct Layer {
+    attn_norm: Tensor,
+    attn: Attn,
+    post_attn_norm: Option<Tensor>,
     ffn_norm: Tensor,
-    w_gate: Tensor,
-    w_up: Tensor,
-    w_down: Tensor,
+    mlp: Mlp,
+    post_ffn_norm: Option<Tensor>,
+    /// A sliding-window (local) layer.
+    sliding: bool,
 }
 
-/// Where each tensor lives in the two naming schemes.
-#[derive(Clone, Copy)]
-enum Names {
-    Hf,
-    Gguf,
-}
-
-impl Names {
-    fn embed(self) -> &'static str {
-        match self {
-            Names::Hf => "model.embed_tokens.weight",
-            Names::Gguf => "token_embd.weight",
-        }
-    }
-    fn norm(self) -> &'static str {
-        match self {
-            Names::Hf => "model.norm.weight",
-            Names::Gguf => "output_norm.weight",
-        }
-    }
-    fn lm_head(self) -> &'static str {
-        match self {
-            Names::Hf => "lm_head.weight",
-            Names::Gguf => "output.weight",
-        }
-    }
-    fn layer(self, i: usize, part: &str) -> String {
-        match self {
-            Names::Hf => {
-                let p = match part {
-                    "attn_norm" => "input_layernorm",
-                    "q" => "self_attn.q_proj",
-                    "k" => "self_attn.k_proj",
-                    "v" => "self_attn.v_proj",
-                    "o" => "self_attn.o_proj",
-                    "ffn_norm" => "post_attention_layernorm",
-                    "gate" => "mlp.gate_proj",
-                    "up" => "mlp.up_proj",
-                    _ => "mlp.down_proj",
-                };
-                format!("model.layers.{i}.{p}")
-            }
-            Names::Gguf => {
-                let p = match part {
-                    "attn_norm" => "attn_norm",
-                    "q" => "attn_q",
-                    "k" => "attn_k",
-                    "v" => "attn_v",
-                    "o" => "attn_output",
-                    "ffn_norm" => "ffn_norm",
-                    "gate" => "ffn_gate",
-                    "up" => "ffn_up",
-                    _ => "ffn_down",
-                };
-                format!("blk.{i}.{p}")
-            }
-        }
-    }
+enum Mlp {
+    Dense { gate: Tensor, up: Tensor, down: Tensor },
+    Moe(Box<MoeBlock>),
 }
 
 /// A loaded decoder-only transformer.
@@ -94,7 +62,10 @@ pub struct DecoderModel {
     norm: Tensor,
     lm_head: Tensor,
     inv_freq: Vec<f32>,
+    /// RoPE frequencies of the sliding-window layers, when their base differs.
+    local_inv_freq: Vec<f32>,
     rope_style: RopeStyle,
+    parameters: usize,
     weight_bytes: usize,
     weight_dtypes: Vec<(String, usize)>,
 }
@@ -122,7 +93,17 @@ pub enum LogitsFor {
 impl DecoderModel {
     /// Loads a HF folder's `config.json` and safetensors.
     pub fn from_hf(cfg: DecoderConfig, weights: &WeightMap, backend: Arc<dyn Backend>) -> Result<Self> {
-        Self::build(cfg, weights, backend, Names::Hf, RopeStyle::Half)
+        // GLM-4 rotates adjacent pairs; the others use rotate-half.
+        let style = if cfg.arch == DecoderArch::Glm4 { RopeStyle::Interleaved } else { RopeStyle::Half };
+        let prefix = Names::HF_PREFIXES
+            .into_iter()
+            .find(|p| weights.contains(&format!("{p}embed_tokens.weight")))
+            .unwrap_or(Names::HF_PREFIXES[0]);
+        if prefix != Names::HF_PREFIXES[0] {
+            log::info!("{}: using the language model under '{prefix}'; other towers are ignored", weights.source());
+        }
+        let names = Names { gguf: false, arch: cfg.arch, prefix };
+        Self::build(cfg, weights, backend, names, style)
     }
 
     /// Loads a GGUF file's tensors (already parsed from `file`).
@@ -145,10 +126,11 @@ impl DecoderModel {
         // adjacent-pair ("normal") RoPE gives HF's rotate-half result; qwen2 is not permuted and
         // uses the NeoX (half) layout. Using the matching layout keeps the weights zero-copy.
         let style = match cfg.arch {
-            DecoderArch::Llama => RopeStyle::Interleaved,
-            DecoderArch::Qwen2 => RopeStyle::Half,
+            DecoderArch::Llama | DecoderArch::Glm4 => RopeStyle::Interleaved,
+            _ => RopeStyle::Half,
         };
-        Self::build(cfg, &weights, backend, Names::Gguf, style)
+        let names = Names { gguf: true, arch: cfg.arch, prefix: "" };
+        Self::build(cfg, &weights, backend, names, style)
     }
 
     fn build(
@@ -160,29 +142,65 @@ impl DecoderModel {
     ) -> Result<Self> {
         let b = backend.as_ref();
         let (h, hd, nh, nkv, ff) = (cfg.hidden_size, cfg.head_dim, cfg.n_heads, cfg.n_kv_heads, cfg.intermediate_size);
-        let embed = w.upload(b, names.embed(), &[cfg.vocab_size, h])?;
+        let fam = &cfg.family;
+        // HF Gemma norms multiply by (1 + w); llama.cpp's converter has already added the 1.
+        let plus_one = cfg.arch == DecoderArch::Gemma3 && !names.gguf;
+        let norm_w = |name: &str, n: usize| {
+            if plus_one { w.upload_mapped(b, name, &[n], |x| 1.0 + x) } else { w.upload(b, name, &[n]) }
+        };
+        let embed = w.upload(b, &names.embed(), &[cfg.vocab_size, h])?;
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
-            let n = |p: &str, s: &str| format!("{}.{s}", names.layer(i, p));
-            let bias = |p: &str, rows: usize| -> Result<Option<Tensor>> {
+            let n = |p: Part, s: &str| format!("{}.{s}", names.layer(i, p));
+            let bias = |p: Part, rows: usize| -> Result<Option<Tensor>> {
                 if cfg.attention_bias { w.upload(b, &n(p, "bias"), &[rows]).map(Some) } else { Ok(None) }
             };
+            let opt_norm = |on: bool, p: Part, size: usize| -> Result<Option<Tensor>> {
+                if on { norm_w(&n(p, "weight"), size).map(Some) } else { Ok(None) }
+            };
+            let post_norms = matches!(cfg.arch, DecoderArch::Glm4 | DecoderArch::Gemma3);
+            let sparse = fam.moe.as_ref().filter(|m| m.sparse_layers.get(i).copied().unwrap_or(false));
+            let mlp = match sparse {
+                Some(m) => Mlp::Moe(Box::new(MoeBlock::load(w, b, names, i, m, h)?)),
+                None if cfg.arch == DecoderArch::Glm4 => {
+                    let fused = n(Part::GateUp, "weight");
+                    Mlp::Dense {
+                        gate: w.upload_part(b, &fused, &[2, ff, h], 0)?,
+                        up: w.upload_part(b, &fused, &[2, ff, h], 1)?,
+                        down: w.upload(b, &n(Part::Down, "weight"), &[h, ff])?,
+                    }
+                }
+                None => Mlp::Dense {
+                    gate: w.upload(b, &n(Part::Gate, "weight"), &[ff, h])?,
+                    up: w.upload(b, &n(Part::Up, "weight"), &[ff, h])?,
+                    down: w.upload(b, &n(Part::Down, "weight"), &[h, ff])?,
+                },
+            };
+            let attn = match &fam.mla {
+                Some(m) => Attn::Mla(Box::new(Mla::load(w, b, names, i, m, h, nh)?)),
+                None => Attn::Mha(Box::new(Mha {
+                    wq: w.upload(b, &n(Part::Q, "weight"), &[nh * hd, h])?,
+                    wk: w.upload(b, &n(Part::K, "weight"), &[nkv * hd, h])?,
+                    wv: w.upload(b, &n(Part::V, "weight"), &[nkv * hd, h])?,
+                    bq: bias(Part::Q, nh * hd)?,
+                    bk: bias(Part::K, nkv * hd)?,
+                    bv: bias(Part::V, nkv * hd)?,
+                    wo: w.upload(b, &n(Part::O, "weight"), &[h, nh * hd])?,
+                    q_norm: opt_norm(fam.qk_norm, Part::QNorm, hd)?,
+                    k_norm: opt_norm(fam.qk_norm, Part::KNorm, hd)?,
+                })),
+            };
             layers.push(Layer {
-                attn_norm: w.upload(b, &n("attn_norm", "weight"), &[h])?,
-                wq: w.upload(b, &n("q", "weight"), &[nh * hd, h])?,
-                wk: w.upload(b, &n("k", "weight"), &[nkv * hd, h])?,
-                wv: w.upload(b, &n("v", "weight"), &[nkv * hd, h])?,
-                bq: bias("q", nh * hd)?,
-                bk: bias("k", nkv * hd)?,
-                bv: bias("v", nkv * hd)?,
-                wo: w.upload(b, &n("o", "weight"), &[h, nh * hd])?,
-                ffn_norm: w.upload(b, &n("ffn_norm", "weight"), &[h])?,
-                w_gate: w.upload(b, &n("gate", "weight"), &[ff, h])?,
-                w_up: w.upload(b, &n("up", "weight"), &[ff, h])?,
-                w_down: w.upload(b, &n("down", "weight"), &[h, ff])?,
+                attn_norm: norm_w(&n(Part::AttnNorm, "weight"), h)?,
+                attn,
+                post_attn_norm: opt_norm(post_norms, Part::PostAttnNorm, h)?,
+                ffn_norm: norm_w(&n(Part::FfnNorm, "weight"), h)?,
+                mlp,
+                post_ffn_norm: opt_norm(post_norms, Part::PostFfnNorm, h)?,
+                sliding: fam.sliding_layers.get(i).copied().unwrap_or(false),
             });
         }
-        let norm = w.upload(b, names.norm(), &[h])?;
+        let norm = norm_w(&names.norm(), h)?;
         let lm_head = if cfg.tie_word_embeddings && !w.contains(names.lm_head()) {
             embed.clone()
         } else {
@@ -192,8 +210,22 @@ impl DecoderModel {
         for (_, t) in w.iter() {
             *mix.entry(t.dtype.name().to_string()).or_default() += 1;
         }
+        let rotary = fam.rotary_dim.unwrap_or(hd);
+        let inv_freq = if let Some(y) = &fam.yarn {
+            y.inv_freq(cfg.rope_theta, rotary)
+        } else if rotary == hd && fam.rope_linear_factor.is_none() {
+            cfg.inv_freq()
+        } else {
+            FamilyConfig::inv_freq(cfg.rope_theta, rotary, fam.rope_linear_factor)
+        };
+        let local_inv_freq = match fam.local_rope_theta {
+            Some(t) => FamilyConfig::inv_freq(t, rotary, None),
+            None => inv_freq.clone(),
+        };
         Ok(Self {
-            inv_freq: cfg.inv_freq(),
+            inv_freq,
+            local_inv_freq,
+            parameters: w.iter().map(|(_, t)| t.shape.iter().product::<usize>()).sum(),
             weight_bytes: w.total_bytes(),
             weight_dtypes: mix.into_iter().collect(),
             cfg,
@@ -211,6 +243,15 @@ impl DecoderModel {
         &self.cfg
     }
 
+    /// KV heads and values per head that the KV cache needs: the attention heads' for GQA, one
+    /// "head" of `qk_rope + kv_lora_rank` (the compressed latent) for MLA.
+    pub fn kv_layout(&self) -> (usize, usize) {
+        match &self.cfg.family.mla {
+            Some(m) => (1, Mla::cache_width(m)),
+            None => (self.cfg.n_kv_heads, self.cfg.head_dim),
+        }
+    }
+
     /// The backend the weights live on.
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend
@@ -226,16 +267,9 @@ impl DecoderModel {
         &self.weight_dtypes
     }
 
-    /// Parameter count (embedding counted once when tied).
+    /// Parameter count: the elements of the model's tensors (a tied embedding counted once).
     pub fn parameter_count(&self) -> usize {
-        let c = &self.cfg;
-        let (h, hd) = (c.hidden_size, c.head_dim);
-        let attn = h * c.n_heads * hd * 2 + h * c.n_kv_heads * hd * 2;
-        let bias = if c.attention_bias { (c.n_heads + 2 * c.n_kv_heads) * hd } else { 0 };
-        let mlp = 3 * h * c.intermediate_size;
-        let per_layer = attn + bias + mlp + 2 * h;
-        let head = if c.tie_word_embeddings { 0 } else { c.vocab_size * h };
-        c.vocab_size * h + c.n_layers * per_layer + h + head
+        self.parameters
     }
 
     /// Runs new tokens of one or more sequences through the model, writing their keys and values
@@ -271,40 +305,88 @@ impl DecoderModel {
             .iter()
             .map(|s| SeqAttn { block_table: s.block_table, start_pos: s.start_pos, n_new: s.tokens.len() })
             .collect();
-        let rope_q = Rope {
-            n_heads: c.n_heads,
-            head_dim: c.head_dim,
-            inv_freq: &self.inv_freq,
-            style: self.rope_style,
-            positions: &positions,
+        let (head_dim, style) = (c.head_dim, self.rope_style);
+        let rope = |n_heads, inv_freq| Rope { n_heads, head_dim, inv_freq, style, positions: &positions };
+        let fam = &c.family;
+        let scale = fam.query_pre_attn_scalar.map_or(1.0 / (c.head_dim as f32).sqrt(), |s| 1.0 / s.sqrt());
+        let rows = ids.len();
+        let eps = c.rms_norm_eps;
+        // Per-head RMSNorm: the rows of `t` seen as `[rows * heads, head_dim]`.
+        let head_norm = |t: &Tensor, wt: &Tensor, heads: usize| -> Result<Tensor> {
+            let per_head = t.reshape(&[rows * heads, c.head_dim]).ok_or_else(|| shape_err("q/k norm"))?;
+            b.rms_norm(&per_head, wt, eps)?.reshape(&[rows, heads * c.head_dim]).ok_or_else(|| shape_err("q/k norm"))
         };
-        let rope_k = Rope { n_heads: c.n_kv_heads, ..rope_q.clone() };
         let mut x = b.embedding(&self.embed, &ids)?;
+        if c.arch == DecoderArch::Gemma3 {
+            x = b.scale(&x, (c.hidden_size as f32).sqrt())?;
+        }
         for (li, l) in self.layers.iter().enumerate() {
-            let hn = b.rms_norm(&x, &l.attn_norm, c.rms_norm_eps)?;
-            let mut q = b.matmul(&hn, &l.wq)?;
-            let mut k = b.matmul(&hn, &l.wk)?;
-            let mut v = b.matmul(&hn, &l.wv)?;
-            if let (Some(bq), Some(bk), Some(bv)) = (&l.bq, &l.bk, &l.bv) {
-                q = b.add(&q, bq)?;
-                k = b.add(&k, bk)?;
-                v = b.add(&v, bv)?;
-            }
-            let q = b.rope(&q, &rope_q)?;
-            let k = b.rope(&k, &rope_k)?;
-            let spec = PagedAttn {
-                layer: li,
-                n_heads: c.n_heads,
-                n_kv_heads: c.n_kv_heads,
-                head_dim: c.head_dim,
-                scale: 1.0 / (c.head_dim as f32).sqrt(),
-                seqs: &seqs,
+            let hn = b.rms_norm(&x, &l.attn_norm, eps)?;
+            let freqs = if l.sliding { &self.local_inv_freq } else { &self.inv_freq };
+            let mut o = match &l.attn {
+                Attn::Mla(mla) => {
+                    let m = fam.mla.as_ref().ok_or_else(|| shape_err("mla"))?;
+                    let yarn = fam.yarn.as_ref();
+                    let step = MlaStep {
+                        layer: li,
+                        n_heads: c.n_heads,
+                        eps,
+                        inv_freq: freqs,
+                        rope_factor: yarn.map_or(1.0, |y| y.attention_factor as f32),
+                        softmax_scale: yarn.map_or(1.0, |y| y.softmax_scale_factor())
+                            / ((m.qk_nope + m.qk_rope) as f32).sqrt(),
+                        positions: &positions,
+                        seqs: &seqs,
+                    };
+                    mla.forward(b, m, &hn, cache, &step)?
+                }
+                Attn::Mha(a) => {
+                    let mut q = b.matmul(&hn, &a.wq)?;
+                    let mut k = b.matmul(&hn, &a.wk)?;
+                    let mut v = b.matmul(&hn, &a.wv)?;
+                    if let (Some(bq), Some(bk), Some(bv)) = (&a.bq, &a.bk, &a.bv) {
+                        q = b.add(&q, bq)?;
+                        k = b.add(&k, bk)?;
+                        v = b.add(&v, bv)?;
+                    }
+                    if let (Some(qn), Some(kn)) = (&a.q_norm, &a.k_norm) {
+                        q = head_norm(&q, qn, c.n_heads)?;
+                        k = head_norm(&k, kn, c.n_kv_heads)?;
+                    }
+                    let q = b.rope(&q, &rope(c.n_heads, freqs))?;
+                    let k = b.rope(&k, &rope(c.n_kv_heads, freqs))?;
+                    let spec = PagedAttn {
+                        layer: li,
+                        n_heads: c.n_heads,
+                        n_kv_heads: c.n_kv_heads,
+                        head_dim: c.head_dim,
+                        scale,
+                        seqs: &seqs,
+                    };
+                    let att = match fam.sliding_window.filter(|_| l.sliding) {
+                        Some(window) => b.attention_windowed(&q, &k, &v, cache, &spec, window)?,
+                        None => b.attention(&q, &k, &v, cache, &spec)?,
+                    };
+                    b.matmul(&att, &a.wo)?
+                }
             };
-            let att = b.attention(&q, &k, &v, cache, &spec)?;
-            x = b.add(&x, &b.matmul(&att, &l.wo)?)?;
-            let hn = b.rms_norm(&x, &l.ffn_norm, c.rms_norm_eps)?;
-            let act = b.swiglu(&b.matmul(&hn, &l.w_gate)?, &b.matmul(&hn, &l.w_up)?)?;
-            x = b.add(&x, &b.matmul(&act, &l.w_down)?)?;
+            if let Some(pn) = &l.post_attn_norm {
+                o = b.rms_norm(&o, pn, eps)?;
+            }
+            x = b.add(&x, &o)?;
+            let hn = b.rms_norm(&x, &l.ffn_norm, eps)?;
+            let mut m = match &l.mlp {
+                Mlp::Dense { gate, up, down } => {
+                    let (g, u) = (b.matmul(&hn, gate)?, b.matmul(&hn, up)?);
+                    let act = if c.arch == DecoderArch::Gemma3 { b.geglu_tanh(&g, &u)? } else { b.swiglu(&g, &u)? };
+                    b.matmul(&act, down)?
+                }
+                Mlp::Moe(moe) => moe.forward(b, &hn)?,
+            };
+            if let Some(pn) = &l.post_ffn_norm {
+                m = b.rms_norm(&m, pn, eps)?;
+            }
+            x = b.add(&x, &m)?;
         }
         if which == LogitsFor::Last {
             x = b.gather_rows(&x, &last_rows)?;

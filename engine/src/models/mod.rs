@@ -2,3 +2,6 @@
 
 pub mod bert;
 pub mod decoder;
+mod mla;
+mod moe;
+mod names;

@@ -1,0 +1,454 @@
+//! What the newer decoder families add to the Llama shape: per-head q/k norms (Qwen3, Gemma 3),
+//! partial rotary (GLM-4), sliding-window layers with their own RoPE base (Gemma 3) and
+//! mixture-of-experts MLPs (Qwen3-MoE), read from `config.json`.
+
+use serde_json::Value;
+
+use crate::config::DecoderArch;
+use crate::gguf::GgufFile;
+use crate::{EngineError, Result};
+
+/// How router logits become expert scores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MoeScoring {
+    /// Softmax over all experts (Qwen3-MoE).
+    Softmax,
+    /// Sigmoid of each logit (DeepSeek-V3).
+    Sigmoid,
+}
+
+/// A mixture-of-experts MLP's shape and routing rule.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MoeConfig {
+    /// Score function.
+    pub scoring: MoeScoring,
+    /// Expert groups (`n_group`); the experts of the best `topk_group` groups compete.
+    pub n_group: usize,
+    /// Groups kept per token (`topk_group`).
+    pub topk_group: usize,
+    /// Whether a per-expert bias (`e_score_correction_bias`) is added to the scores for choosing
+    /// (not for weighting).
+    pub score_bias: bool,
+    /// Factor on the routing weights (`routed_scaling_factor`).
+    pub routed_scaling: f32,
+    /// Hidden width of the shared experts run on every token (0: none).
+    pub shared_ff: usize,
+    /// Routed experts per MoE layer.
+    pub n_experts: usize,
+    /// Experts each token goes to.
+    pub top_k: usize,
+    /// Hidden width of one expert.
+    pub expert_ff: usize,
+    /// Whether the top-k routing weights are renormalised to sum to 1.
+    pub norm_topk_prob: bool,
+    /// Per layer: whether its MLP is a MoE block (else a dense MLP of `intermediate_size`).
+    pub sparse_layers: Vec<bool>,
+}
+
+impl MoeConfig {
+    /// Softmax routing over ungrouped experts without bias, scaling or shared experts (Qwen).
+    pub fn softmax(n_experts: usize, top_k: usize, expert_ff: usize, norm: bool, sparse_layers: Vec<bool>) -> Self {
+        MoeConfig {
+            scoring: MoeScoring::Softmax,
+            n_group: 1,
+            topk_group: 1,
+            score_bias: false,
+            routed_scaling: 1.0,
+            shared_ff: 0,
+            n_experts,
+            top_k,
+            expert_ff,
+            norm_topk_prob: norm,
+            sparse_layers,
+        }
+    }
+}
+
+/// Family-specific parts of a decoder's configuration. The default is the Llama shape.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FamilyConfig {
+    /// RMSNorm of each query and key head before RoPE (`q_norm`, `k_norm`).
+    pub qk_norm: bool,
+    /// Values of each head that rotate (`partial_rotary_factor` × head_dim); `None`: all.
+    pub rotary_dim: Option<usize>,
+    /// Sliding window of the local layers, in positions (the query's own included).
+    pub sliding_window: Option<usize>,
+    /// Per layer: whether it is a sliding-window (local) layer.
+    pub sliding_layers: Vec<bool>,
+    /// RoPE base of the sliding-window layers.
+    pub local_rope_theta: Option<f32>,
+    /// Linear RoPE scaling factor of the global layers (`rope_type: linear`).
+    pub rope_linear_factor: Option<f32>,
+    /// Attention scores are scaled by `query_pre_attn_scalar^-0.5` instead of `head_dim^-0.5`.
+    pub query_pre_attn_scalar: Option<f32>,
+    /// Mixture-of-experts MLPs.
+    pub moe: Option<MoeConfig>,
+    /// Multi-head latent attention (DeepSeek-V3).
+    pub mla: Option<MlaConfig>,
+    /// YaRN RoPE scaling (DeepSeek-V3/R1).
+    pub yarn: Option<Yarn>,
+}
+
+/// YaRN RoPE scaling parameters (`rope_type: yarn`), as transformers computes them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Yarn {
+    /// Context extension factor.
+    pub factor: f64,
+    /// Pre-training context (`original_max_position_embeddings`).
+    pub original_max: f64,
+    /// Rotations bounding the ramp (`beta_fast`, `beta_slow`).
+    pub beta_fast: f64,
+    /// See `beta_fast`.
+    pub beta_slow: f64,
+    /// Factor on cos and sin (`attention_factor`, else from `mscale` / `mscale_all_dim`).
+    pub attention_factor: f64,
+    /// `mscale_all_dim`: MLA also multiplies its softmax scale by `mscale(factor, this)²`.
+    pub mscale_all_dim: f64,
+    /// Whether the ramp bounds are rounded outward (`truncate`).
+    pub truncate: bool,
+}
+
+fn yarn_mscale(scale: f64, m: f64) -> f64 {
+    if scale <= 1.0 { 1.0 } else { 0.1 * m * scale.ln() + 1.0 }
+}
+
+impl Yarn {
+    fn from_json(s: &Value, err: &dyn Fn(String) -> EngineError) -> Result<Self> {
+        let f = |k: &str| s.get(k).and_then(|x| x.as_f64());
+        let factor = f("factor").ok_or_else(|| err("YaRN scaling without factor".into()))?;
+        let original_max = f("original_max_position_embeddings")
+            .ok_or_else(|| err("YaRN scaling without original_max_position_embeddings".into()))?;
+        if !(factor.is_finite() && factor > 0.0 && original_max >= 1.0) {
+            return Err(err(format!("YaRN factor {factor}, original context {original_max}")));
+        }
+        let (mscale, mscale_all_dim) = (f("mscale").unwrap_or(0.0), f("mscale_all_dim").unwrap_or(0.0));
+        let attention_factor = match f("attention_factor") {
+            Some(a) => a,
+            None if mscale != 0.0 && mscale_all_dim != 0.0 => {
+                yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all_dim)
+            }
+            None => yarn_mscale(factor, 1.0),
+        };
+        Ok(Self {
+            factor,
+            original_max,
+            beta_fast: f("beta_fast").filter(|&b| b != 0.0).unwrap_or(32.0),
+            beta_slow: f("beta_slow").filter(|&b| b != 0.0).unwrap_or(1.0),
+            attention_factor,
+            mscale_all_dim,
+            truncate: s.get("truncate").and_then(|x| x.as_bool()).unwrap_or(true),
+        })
+    }
+
+    /// Inverse frequencies over `dim` rotary values with base `theta`: interpolated (divided by
+    /// the factor) for long wavelengths, extrapolated (unchanged) for short ones, a linear ramp
+    /// between.
+    pub fn inv_freq(&self, theta: f32, dim: usize) -> Vec<f32> {
+        let base = f64::from(theta);
+        let d = dim as f64;
+        let corr = |rot: f64| d * (self.original_max / (rot * 2.0 * std::f64::consts::PI)).ln() / (2.0 * base.ln());
+        let (mut low, mut high) = (corr(self.beta_fast), corr(self.beta_slow));
+        if self.truncate {
+            (low, high) = (low.floor(), high.ceil());
+        }
+        let (low, mut high) = (low.max(0.0), high.min(d - 1.0));
+        if low == high {
+            high += 0.001;
+        }
+        (0..dim / 2)
+            .map(|i| {
+                // torch computes these in f32.
+                let pos = base.powf((2 * i) as f64 / d) as f32;
+                let (extra, inter) = (1.0 / pos, 1.0 / (self.factor as f32 * pos));
+                let ramp = (((i as f64 - low) / (high - low)).clamp(0.0, 1.0)) as f32;
+                let keep = 1.0 - ramp;
+                inter * (1.0 - keep) + extra * keep
+            })
+            .collect()
+    }
+
+    /// The factor MLA's softmax scale gets (`mscale(factor, mscale_all_dim)²`, 1 without it).
+    pub fn softmax_scale_factor(&self) -> f32 {
+        if self.mscale_all_dim == 0.0 {
+            return 1.0;
+        }
+        let m = yarn_mscale(self.factor, self.mscale_all_dim);
+        (m * m) as f32
+    }
+}
+
+/// Multi-head latent attention's shape (DeepSeek-V2/V3).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MlaConfig {
+    /// Rank of the query compression (`None`: a plain `q_proj`).
+    pub q_lora_rank: Option<usize>,
+    /// Rank of the shared key/value latent, what the KV cache holds per token.
+    pub kv_lora_rank: usize,
+    /// Per-head query/key values without position (`qk_nope_head_dim`).
+    pub qk_nope: usize,
+    /// Per-head query/key values with RoPE (`qk_rope_head_dim`), shared by all heads for keys.
+    pub qk_rope: usize,
+    /// Per-head value width (`v_head_dim`).
+    pub v_head: usize,
+    /// RoPE on adjacent pairs (`rope_interleave`) rather than halves.
+    pub rope_interleave: bool,
+}
+
+fn f32_of(v: Option<&Value>) -> Option<f32> {
+    v.and_then(|x| x.as_f64()).map(|x| x as f32)
+}
+
+impl FamilyConfig {
+    /// Reads the family parts of a HF `config.json` for `arch` with `n_layers` layers and heads of
+    /// `head_dim`.
+    pub fn from_hf_json(v: &Value, arch: DecoderArch, n_layers: usize, head_dim: usize, file: &str) -> Result<Self> {
+        let err = |detail: String| EngineError::Config { file: file.into(), detail };
+        let rope = v.get("rope_parameters");
+        let mut f = FamilyConfig::default();
+        match arch {
+            DecoderArch::Llama | DecoderArch::Qwen2 => {}
+            DecoderArch::Qwen3 => f.qk_norm = true,
+            DecoderArch::Qwen3Moe => {
+                f.qk_norm = true;
+                f.moe = Some(moe_from_hf(v, n_layers, file)?);
+            }
+            DecoderArch::DeepseekV3 => {
+                let int = |k: &str| v.get(k).and_then(|x| x.as_u64()).map(|x| x as usize);
+                let need = |k: &str| {
+                    int(k)
+                        .filter(|&x| x > 0 && x <= 1 << 16)
+                        .ok_or_else(|| err(format!("missing or out-of-range \"{k}\"")))
+                };
+                let mla = MlaConfig {
+                    q_lora_rank: int("q_lora_rank").filter(|&x| x > 0),
+                    kv_lora_rank: need("kv_lora_rank")?,
+                    qk_nope: need("qk_nope_head_dim")?,
+                    qk_rope: need("qk_rope_head_dim")?,
+                    v_head: need("v_head_dim")?,
+                    rope_interleave: v.get("rope_interleave").and_then(|x| x.as_bool()).unwrap_or(true),
+                };
+                if !mla.qk_rope.is_multiple_of(2) {
+                    return Err(err(format!("qk_rope_head_dim {} is odd; RoPE needs pairs", mla.qk_rope)));
+                }
+                if v.get("num_nextn_predict_layers").and_then(|x| x.as_u64()).unwrap_or(0) > 0 {
+                    log::info!(
+                        "{file}: the multi-token-prediction layers are not used; decoding is one token at a time"
+                    );
+                }
+                f.rotary_dim = Some(mla.qk_rope);
+                f.mla = Some(mla);
+                let scaling = rope.filter(|r| r.get("rope_type").is_some()).or_else(|| v.get("rope_scaling"));
+                if let Some(s) = scaling.filter(|s| !s.is_null()) {
+                    match s.get("rope_type").or_else(|| s.get("type")).and_then(|t| t.as_str()).unwrap_or("default") {
+                        "default" => {}
+                        "yarn" => f.yarn = Some(Yarn::from_json(s, &err)?),
+                        other => return Err(err(format!("RoPE scaling type '{other}' is not supported for DeepSeek"))),
+                    }
+                }
+                let mut moe = moe_from_hf(v, n_layers, file)?;
+                let first_dense = int("first_k_dense_replace").unwrap_or(0);
+                moe.sparse_layers = (0..n_layers).map(|i| i >= first_dense).collect();
+                moe.scoring = match v.get("scoring_func").and_then(|x| x.as_str()).unwrap_or("sigmoid") {
+                    "sigmoid" => MoeScoring::Sigmoid,
+                    "softmax" => MoeScoring::Softmax,
+                    other => return Err(err(format!("scoring_func '{other}' is not supported"))),
+                };
+                moe.n_group = int("n_group").unwrap_or(1).max(1);
+                moe.topk_group = int("topk_group").unwrap_or(1).max(1);
+                if moe.n_experts % moe.n_group != 0 || moe.topk_group > moe.n_group {
+                    return Err(err(format!(
+                        "{} experts in {} groups, {} kept",
+                        moe.n_experts, moe.n_group, moe.topk_group
+                    )));
+                }
+                moe.score_bias = moe.scoring == MoeScoring::Sigmoid;
+                moe.routed_scaling = f32_of(v.get("routed_scaling_factor")).unwrap_or(1.0);
+                moe.shared_ff = int("n_shared_experts").unwrap_or(0) * moe.expert_ff;
+                f.moe = Some(moe);
+            }
+            DecoderArch::Glm4 => {
+                let factor = f32_of(rope.and_then(|r| r.get("partial_rotary_factor")))
+                    .or_else(|| f32_of(v.get("partial_rotary_factor")))
+                    .unwrap_or(1.0);
+                let dim = (head_dim as f32 * factor).round() as usize;
+                if !(factor > 0.0 && factor <= 1.0) || dim == 0 || !dim.is_multiple_of(2) {
+                    return Err(err(format!("partial_rotary_factor {factor} gives {dim} rotary values of {head_dim}")));
+                }
+                f.rotary_dim = (dim != head_dim).then_some(dim);
+            }
+            DecoderArch::Gemma3 => {
+                for k in ["attn_logit_softcapping", "final_logit_softcapping"] {
+                    if v.get(k).is_some_and(|x| !x.is_null()) {
+                        return Err(err(format!("\"{k}\" is set; Gemma 3 soft-capping is not supported")));
+                    }
+                }
+                f.qk_norm = true;
+                f.query_pre_attn_scalar = f32_of(v.get("query_pre_attn_scalar"));
+                let window = v.get("sliding_window").and_then(|x| x.as_u64()).map(|x| x as usize);
+                f.sliding_window = window.filter(|&w| w > 0);
+                f.sliding_layers = match v.get("layer_types").and_then(|x| x.as_array()) {
+                    Some(types) => {
+                        if types.len() != n_layers {
+                            return Err(err(format!("{} layer_types for {n_layers} layers", types.len())));
+                        }
+                        types
+                            .iter()
+                            .map(|t| match t.as_str() {
+                                Some("sliding_attention") => Ok(true),
+                                Some("full_attention") => Ok(false),
+                                _ => {
+                                    Err(err(format!("layer type {t} is neither sliding_attention nor full_attention")))
+                                }
+                            })
+                            .collect::<Result<_>>()?
+                    }
+                    None => {
+                        let p = v
+                            .get("sliding_window_pattern")
+                            .or_else(|| v.get("_sliding_window_pattern"))
+                            .and_then(|x| x.as_u64())
+                            .unwrap_or(6)
+                            .max(1) as usize;
+                        (0..n_layers).map(|i| (i + 1) % p != 0).collect()
+                    }
+                };
+                if f.sliding_layers.iter().any(|&s| s) && f.sliding_window.is_none() {
+                    return Err(err("sliding-window layers but no \"sliding_window\"".into()));
+                }
+                // transformers 5.x: rope_parameters per layer type; 4.x: rope_local_base_freq and
+                // a top-level rope_scaling for the global layers.
+                let local = rope.and_then(|r| r.get("sliding_attention"));
+                f.local_rope_theta = f32_of(local.and_then(|r| r.get("rope_theta")))
+                    .or_else(|| f32_of(v.get("rope_local_base_freq")))
+                    .or(Some(10_000.0));
+                let global_scaling = rope
+                    .and_then(|r| r.get("full_attention"))
+                    .or_else(|| v.get("rope_scaling"))
+                    .filter(|s| !s.is_null());
+                if let Some(s) = global_scaling {
+                    match s.get("rope_type").or_else(|| s.get("type")).and_then(|t| t.as_str()).unwrap_or("default") {
+                        "default" => {}
+                        "linear" => {
+                            f.rope_linear_factor = Some(
+                                f32_of(s.get("factor"))
+                                    .ok_or_else(|| err("linear RoPE scaling without factor".into()))?,
+                            )
+                        }
+                        other => return Err(err(format!("RoPE scaling type '{other}' is not supported for Gemma 3"))),
+                    }
+                }
+            }
+        }
+        Ok(f)
+    }
+
+    /// Reads the family parts from GGUF metadata (`{arch_name}.*` keys) the way llama.cpp's
+    /// converter writes them: Qwen3 has q/k norms; a Qwen3-MoE layer is sparse when it has a
+    /// router (`blk.N.ffn_gate_inp.weight`), and its top-k weights are renormalised unless
+    /// `{arch}.expert_weights_norm` says otherwise (llama.cpp always renormalises them).
+    pub fn from_gguf(g: &GgufFile, arch: DecoderArch, arch_name: &str, n_layers: usize, file: &str) -> Result<Self> {
+        let err = |detail: String| EngineError::Config { file: file.into(), detail };
+        let key = |k: &str| format!("{arch_name}.{k}");
+        let mut f = FamilyConfig::default();
+        match arch {
+            DecoderArch::Qwen3 => f.qk_norm = true,
+            DecoderArch::Qwen3Moe => {
+                f.qk_norm = true;
+                let int = |k: &str| g.get_usize(&key(k)).ok_or_else(|| err(format!("missing metadata {}", key(k))));
+                let (n_experts, top_k, expert_ff) =
+                    (int("expert_count")?, int("expert_used_count")?, int("expert_feed_forward_length")?);
+                if n_experts == 0 || n_experts > 4096 || top_k == 0 || top_k > n_experts || expert_ff == 0 {
+                    return Err(err(format!(
+                        "{n_experts} experts, {top_k} per token, {expert_ff} wide is out of range"
+                    )));
+                }
+                let sparse = (0..n_layers).map(|i| g.tensor(&format!("blk.{i}.ffn_gate_inp.weight")).is_some());
+                let norm = g.get_bool(&key("expert_weights_norm")).unwrap_or(true);
+                f.moe = Some(MoeConfig::softmax(n_experts, top_k, expert_ff, norm, sparse.collect()));
+            }
+            _ => {}
+        }
+        Ok(f)
+    }
+
+    /// For a multimodal checkpoint whose language model govbox runs (`Gemma3ForConditionalGeneration`):
+    /// its `text_config` as a text model's config, with the defaults transformers' config class
+    /// fills in for the keys the published configs leave out, and the top-level token ids. The
+    /// vision tower is not used; that is logged.
+    pub fn text_config_of(v: &Value, file: &str) -> Option<Value> {
+        let arch = v.get("architectures").and_then(|a| a.get(0)).and_then(|a| a.as_str())?;
+        if arch != "Gemma3ForConditionalGeneration" {
+            return None;
+        }
+        let mut text = v.get("text_config").and_then(|t| t.as_object()).cloned().unwrap_or_default();
+        // Gemma3TextConfig's defaults for the keys the published checkpoints omit.
+        let defaults = serde_json::json!({
+            "vocab_size": 262208,
+            "num_attention_heads": 8,
+            "num_key_value_heads": 4,
+            "head_dim": 256,
+            "query_pre_attn_scalar": 256,
+            "rms_norm_eps": 1e-6,
+            "rope_theta": 1000000.0,
+            "rope_local_base_freq": 10000.0,
+            "sliding_window": 4096,
+            "sliding_window_pattern": 6,
+            "max_position_embeddings": 131072,
+            "tie_word_embeddings": true,
+        });
+        for (k, d) in defaults.as_object().into_iter().flatten() {
+            text.entry(k.clone()).or_insert_with(|| d.clone());
+        }
+        for k in ["eos_token_id", "bos_token_id"] {
+            if let Some(x) = v.get(k).filter(|_| !text.contains_key(k)) {
+                text.insert(k.into(), x.clone());
+            }
+        }
+        text.insert("architectures".into(), serde_json::json!(["Gemma3ForCausalLM"]));
+        log::info!("{file}: {arch}: running its language model; the vision tower is not used");
+        Some(Value::Object(text))
+    }
+
+    /// The global layers' RoPE base for `arch`, where the family keeps it somewhere other than
+    /// `rope_theta` (Gemma 3 in transformers 5.x).
+    pub fn global_rope_theta(v: &Value, arch: DecoderArch) -> Option<f32> {
+        match arch {
+            DecoderArch::Gemma3 => {
+                f32_of(v.get("rope_parameters").and_then(|r| r.get("full_attention")).and_then(|r| r.get("rope_theta")))
+            }
+            _ => None,
+        }
+    }
+
+    /// RoPE inverse frequencies for a base `theta` over `rotary_dim` values, divided by the
+    /// linear factor when there is one.
+    pub fn inv_freq(theta: f32, rotary_dim: usize, linear: Option<f32>) -> Vec<f32> {
+        let l = f64::from(linear.unwrap_or(1.0));
+        (0..rotary_dim / 2)
+            .map(|i| (1.0 / f64::from(theta).powf((2 * i) as f64 / rotary_dim as f64) / l) as f32)
+            .collect()
+    }
+}
+
+fn moe_from_hf(v: &Value, n_layers: usize, file: &str) -> Result<MoeConfig> {
+    let err = |detail: String| EngineError::Config { file: file.into(), detail };
+    let int = |k: &str| v.get(k).and_then(|x| x.as_u64()).map(|x| x as usize);
+    let n_experts = int("num_experts")
+        .or_else(|| int("num_local_experts"))
+        .or_else(|| int("n_routed_experts"))
+        .ok_or_else(|| err("missing \"num_experts\"".into()))?;
+    let top_k = int("num_experts_per_tok").ok_or_else(|| err("missing \"num_experts_per_tok\"".into()))?;
+    let expert_ff = int("moe_intermediate_size").ok_or_else(|| err("missing \"moe_intermediate_size\"".into()))?;
+    if n_experts == 0 || n_experts > 4096 || top_k == 0 || top_k > n_experts || expert_ff == 0 || expert_ff > 1 << 20 {
+        return Err(err(format!("{n_experts} experts, {top_k} per token, {expert_ff} wide is out of range")));
+    }
+    let step = int("decoder_sparse_step").unwrap_or(1);
+    let dense: Vec<usize> = v
+        .get("mlp_only_layers")
+        .and_then(|x| x.as_array())
+        .map(|a| a.iter().filter_map(|x| x.as_u64().map(|x| x as usize)).collect())
+        .unwrap_or_default();
+    let sparse_layers = (0..n_layers).map(|i| !dense.contains(&i) && step > 0 && (i + 1) % step == 0).collect();
+    let norm = v.get("norm_topk_prob").and_then(|x| x.as_bool()).unwrap_or(false);
+    Ok(MoeConfig::softmax(n_experts, top_k, expert_ff, norm, sparse_layers))
+}
