@@ -12,7 +12,8 @@
 //! the writer's group commit sees every waiting append of every connection in one batch.
 //!
 //! **Who may connect.** The server reads the peer's uid from the kernel (`SO_PEERCRED`) and
-//! serves only its own uid and the uids it was told to allow (govboxd's); others are closed
+//! serves only its own uid, root (agency IT: `govbox audit export` while govboxd is stopped; root
+//! could read the store anyway) and the uids it was told to allow (govboxd's); others are closed
 //! at once without an answer.
 
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
@@ -181,7 +182,7 @@ impl From<RemoteError> for AuditError {
 /// in `allowed_uids` are closed at once.
 pub fn serve(log: AuditLog, listener: UnixListener, allowed_uids: Vec<u32>) -> Result<()> {
     let own = nix::unistd::getuid().as_raw();
-    let allowed: Arc<Vec<u32>> = Arc::new(allowed_uids.into_iter().chain([own]).collect());
+    let allowed: Arc<Vec<u32>> = Arc::new(allowed_uids.into_iter().chain([own, 0]).collect());
     for conn in listener.incoming() {
         let conn = conn.map_err(|source| AuditError::Io {
             action: "accepting a connection on the audit socket".into(),

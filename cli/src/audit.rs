@@ -15,8 +15,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine as _;
 use clap::{Args, Subcommand};
 use govbox_audit::{
-    AuditError, AuditLog, AuditOptions, Event, ExportRange, HmacKey, MAX_EXPORT_BYTES, VerifyReport, read_hmac_secret,
-    verify_export, verify_export_with_witness,
+    AuditError, AuditHandle, AuditLog, AuditOptions, Event, ExportRange, HmacKey, MAX_EXPORT_BYTES, VerifyReport,
+    read_hmac_secret, verify_export, verify_export_with_witness,
 };
 use govbox_provisioning::{PublicKey, StatePaths};
 use serde_json::{Value, json};
@@ -146,7 +146,13 @@ pub struct ExportArgs {
 }
 
 /// Runs `govbox audit ...`.
-pub fn run(state: Option<&Path>, socket: &Path, cmd: AuditCommand) -> Result<ExitCode> {
+pub fn run(state: Option<&Path>, socket: &Path, audit_socket: Option<&Path>, cmd: AuditCommand) -> Result<ExitCode> {
+    // Where the audit store is when govboxd does not answer: govbox-auditd's (production), or
+    // the state folder's own (`--state`: tests, the demo, a box without govbox-auditd).
+    let auditd = audit_socket.map(Path::to_path_buf).or_else(|| {
+        let default = Path::new(DEFAULT_AUDIT_SOCKET);
+        (state.is_none() && default.exists()).then(|| default.to_path_buf())
+    });
     let state = state_dir(state);
     if let AuditCommand::Verify(args) = cmd {
         return verify(&args);
@@ -163,7 +169,7 @@ pub fn run(state: Option<&Path>, socket: &Path, cmd: AuditCommand) -> Result<Exi
     match AdminClient::connect(socket) {
         Ok(conn) => online(conn, cmd),
         Err(e) if !e.is_unreachable() => Err(e.into()),
-        Err(unreachable) => offline(&state, cmd).map_err(|e| {
+        Err(unreachable) => offline(&state, auditd.as_deref(), cmd).map_err(|e| {
             if e.chain().any(|c| matches!(c.downcast_ref::<AuditError>(), Some(AuditError::Locked { .. }))) {
                 anyhow!(
                     "the audit store is locked by a running govboxd, but its admin socket {} does not answer: {}",
@@ -415,14 +421,30 @@ fn online(mut conn: AdminClient, cmd: AuditCommand) -> Result<()> {
     }
 }
 
-/// The state folder directly: govboxd is stopped (else the store is locked).
-fn offline(state: &Path, cmd: AuditCommand) -> Result<()> {
+/// govbox-auditd's socket in the packaged setup (`dist/govbox-auditd.service`).
+const DEFAULT_AUDIT_SOCKET: &str = "/run/govbox-audit/audit.sock";
+
+/// The audit log without govboxd: through govbox-auditd's socket when there is one, else the
+/// state folder's store directly (govboxd is stopped, else the store is locked).
+fn open_log(paths: &StatePaths, auditd: Option<&Path>, opts: AuditOptions) -> Result<AuditHandle> {
+    Ok(match auditd {
+        Some(sock) => {
+            let secret = read_hmac_secret(&paths.audit_hmac_key())?;
+            AuditHandle::connect(sock, &secret)
+                .with_context(|| format!("govboxd does not answer; reaching govbox-auditd at {}", sock.display()))?
+        }
+        None => AuditHandle::InProcess(AuditLog::open_state(paths, opts)?),
+    })
+}
+
+/// Without govboxd: govbox-auditd's socket, or the state folder directly.
+fn offline(state: &Path, auditd: Option<&Path>, cmd: AuditCommand) -> Result<()> {
     let paths = StatePaths::new(state);
     match cmd {
         AuditCommand::Verify(_) | AuditCommand::Content { .. } => unreachable!("verify and content are handled in run"),
         AuditCommand::Export(args) => {
             let range = range_of(&args)?;
-            let log = AuditLog::open_state(&paths, AuditOptions::default())?;
+            let log = open_log(&paths, auditd, AuditOptions::default())?;
             // The export is itself recorded, before it is made, so that it holds its own record.
             let show = |v: Option<u64>, none: &str| v.map_or_else(|| none.to_string(), |n| format!("seq {n}"));
             let subject = format!(
@@ -437,7 +459,7 @@ fn offline(state: &Path, cmd: AuditCommand) -> Result<()> {
             write_export(&args, &bytes)
         }
         AuditCommand::Tail { n, json } => {
-            let log = AuditLog::open_state(&paths, AuditOptions::default())?;
+            let log = open_log(&paths, auditd, AuditOptions::default())?;
             let entries = log.tail(n)?.iter().map(serde_json::to_value).collect::<Result<Vec<_>, _>>()?;
             log.close()?;
             print_entries(&entries, json);
@@ -451,7 +473,7 @@ fn offline(state: &Path, cmd: AuditCommand) -> Result<()> {
                 None => key.hmac(&bytes),
             };
             // The query is an administrative action: it is recorded, as govboxd records its own.
-            let log = AuditLog::open_state(&paths, AuditOptions::default())?;
+            let log = open_log(&paths, auditd, AuditOptions::default())?;
             log.append_blocking(Event::Admin {
                 actor: local_actor()?,
                 action: "audit_hmac_query".into(),
@@ -464,7 +486,7 @@ fn offline(state: &Path, cmd: AuditCommand) -> Result<()> {
         AuditCommand::Prune { before, force } => {
             let opts = AuditOptions::default();
             let cutoff = prune_cutoff(before.as_deref(), opts.retention_days)?;
-            let log = AuditLog::open_state(&paths, opts)?;
+            let log = open_log(&paths, auditd, opts)?;
             let r = log.prune(cutoff, force)?;
             if force {
                 // Who forced it, after the log's own policy entry with the counts.

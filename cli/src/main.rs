@@ -33,6 +33,11 @@ struct Cli {
     /// govboxd's admin socket [default: STATE/admin.sock with --state, else /run/govbox/admin.sock].
     #[arg(long, global = true, env = "GOVBOX_ADMIN_SOCKET", value_name = "PATH")]
     admin_socket: Option<PathBuf>,
+    /// govbox-auditd's socket, used by `govbox audit` when govboxd does not answer [default:
+    /// /run/govbox-audit/audit.sock when it exists and --state is not given; with --state, the
+    /// state folder's own audit store].
+    #[arg(long, global = true, env = "GOVBOX_AUDIT_SOCKET", value_name = "PATH")]
+    audit_socket: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -83,7 +88,7 @@ fn main() -> ExitCode {
         Command::Provision(a) => done(provision::run(cli.state.as_deref(), a)),
         Command::Client(c) => done(client::run(cli.state.as_deref(), &socket, c)),
         Command::Status(a) => status::run(&socket, a),
-        Command::Audit(c) => audit::run(cli.state.as_deref(), &socket, c),
+        Command::Audit(c) => audit::run(cli.state.as_deref(), &socket, cli.audit_socket.as_deref(), c),
         Command::Package(c) => done(package::run(cli.state.as_deref(), c)),
         Command::Trust(c) => done(trust::run(cli.state.as_deref(), c)),
         Command::Attest(a) => attest::run(&socket, a),

@@ -12,6 +12,16 @@ use std::time::{Duration, Instant};
 
 use govbox_e2e::{bin, govbox};
 
+/// Kills govbox-auditd however the test ends (it holds the test's output pipe open).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap().flatten() {
@@ -63,19 +73,38 @@ fn the_audit_key_never_enters_the_state_folder_and_auditd_signs_only_with_the_na
     // govbox-auditd with root's key serves.
     let socket = dir.join("audit.sock");
     let creds = credentials(&dir, &root.join("audit.key"), &state);
-    let mut child = Command::new(bin("govbox-auditd"))
-        .args(["--audit-dir", &s(&dir.join("audit")), "--keys", &s(&creds), "--socket", &s(&socket)])
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Killed(
+        Command::new(bin("govbox-auditd"))
+            .args(["--audit-dir", &s(&dir.join("audit")), "--keys", &s(&creds), "--socket", &s(&socket)])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        assert!(child.try_wait().unwrap().is_none(), "govbox-auditd exited with the named key");
+        assert!(child.0.try_wait().unwrap().is_none(), "govbox-auditd exited with the named key");
         assert!(Instant::now() < deadline, "govbox-auditd did not listen in 30 s");
         std::thread::sleep(Duration::from_millis(20));
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    // govboxd is not running: `govbox audit` reaches the store through govbox-auditd (the state
+    // folder has none), and the export, signed with root's key, verifies against the identity.
+    let export = dir.join("export.json");
+    let via = |args: &[&str]| {
+        let mut all = vec!["--admin-socket", "/nonexistent/admin.sock", "--audit-socket", socket.to_str().unwrap()];
+        all.extend_from_slice(args);
+        govbox(&state, &all)
+    };
+    via(&["audit", "export", "-o", &s(&export)]);
+    let tail = via(&["audit", "tail", "-n", "5"]);
+    assert!(tail.contains("audit_export"), "{tail}");
+    assert!(!state.join("audit/db").exists(), "the CLI opened a store in the state folder");
+    let verified = Command::new(bin("govbox"))
+        .args(["audit", "verify", &s(&export), "--device-key", &s(&root.join("audit.pub"))])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&verified.stdout);
+    assert!(verified.status.success() && report.contains("PASS"), "{report}");
+    drop(child);
 
     // With a key the identity does not name (one the service account made itself), it refuses.
     govbox(&state, &["keygen", "--out", &s(&dir.join("forged.key"))]);
