@@ -1,10 +1,12 @@
-//! Property: govbox's XLM-RoBERTa embedder and cross-encoder reranker give what HF transformers
-//! gives for the same models: the same token ids (Chinese, English and mixed text, single inputs
-//! and query–document pairs), sentence vectors and relevance logits within 1e-4, batched or
-//! not; inputs over the model's limit are refused unless truncation is asked for.
+//! Property: govbox's XLM-RoBERTa and BERT (Chinese WordPiece) embedders and cross-encoder
+//! rerankers give what HF transformers gives for the same models: the same token ids (Chinese,
+//! English and mixed text, single inputs and query–document pairs, with BERT's segment ids),
+//! sentence vectors and relevance logits within 1e-4, batched or not; inputs over the model's
+//! limit are refused unless truncation is asked for.
 //!
-//! The references are `tests/fixtures/retrieval/*/expected.json`, made by
-//! `tests/fixtures/retrieval/make_retrieval_fixtures.py` with transformers (float32).
+//! The references are `tests/fixtures/retrieval/*/expected.json`, made with transformers
+//! (float32) by `tests/fixtures/retrieval/make_retrieval_fixtures.py` (XLM-RoBERTa) and
+//! `make_bert_zh_fixtures.py` (BERT).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::sync::Arc;
