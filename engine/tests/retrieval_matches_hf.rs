@@ -178,3 +178,33 @@ fn the_engine_tells_rerankers_from_embedders() {
     assert!(emb.rerank_model().is_none() && emb.embedding_model().is_some());
     assert!(emb.rerank("q", &["d"], false).unwrap_err().to_string().contains("not a reranker"));
 }
+
+#[test]
+fn dimensions_are_given_only_where_the_model_was_trained_for_them() {
+    // The fixture embedder, declared as trained for 16 and 32 dimensions.
+    let dir = std::env::temp_dir().join(format!("govbox-matryoshka-{}", std::process::id()));
+    let src = fixture("retrieval/tiny-xlmr-embedder");
+    std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
+    for f in ["model.safetensors", "tokenizer.json", "tokenizer_config.json", "modules.json", "1_Pooling/config.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let mut cfg = json("retrieval/tiny-xlmr-embedder/config.json");
+    cfg["matryoshka_dimensions"] = serde_json::json!([32, 16, 64]);
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    let model = EmbeddingModel::load(&dir, common::backend()).unwrap();
+    assert_eq!(model.matryoshka_dimensions(), [16, 32]);
+    let text = [EmbedInput::Text("居住证怎么办理？")];
+    let full = model.embed_inputs(&text, EmbedOptions::default()).unwrap().vectors.remove(0);
+    let short = model.embed_inputs(&text, EmbedOptions { truncate: false, dimensions: Some(16) }).unwrap();
+    // The first 16 values, normalised again (the model normalises its vectors).
+    let norm = full[..16].iter().map(|x| x * x).sum::<f32>().sqrt();
+    let want: Vec<f32> = full[..16].iter().map(|x| x / norm).collect();
+    assert!(max_abs(&short.vectors[0], &want) <= 1e-6);
+    let e = model.embed_inputs(&text, EmbedOptions { truncate: false, dimensions: Some(24) }).unwrap_err();
+    assert!(e.to_string().contains("24 dimensions are not available: the model was trained for 16, 32, 64"), "{e}");
+    cfg["matryoshka_dimensions"] = serde_json::json!([16, 999]);
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    let e = EmbeddingModel::load(&dir, common::backend()).unwrap_err().to_string();
+    assert!(e.contains("matryoshka_dimensions") && e.contains("hidden_size 64"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
