@@ -11,6 +11,8 @@ use clap::{Args, Subcommand};
 use govbox_drivers::Backend;
 use govbox_drivers::cpu::CpuBackend;
 use govbox_engine::chat::ChatMessage;
+use govbox_engine::embed::{EmbedInput, EmbedOptions};
+use govbox_engine::rerank::sigmoid;
 use govbox_engine::sampler::SamplingParams;
 use govbox_engine::{Engine, EngineOptions, Event, GenerateRequest, PrefixCache, Prompt};
 
@@ -103,6 +105,24 @@ pub enum ModelCommand {
         /// Text to embed (repeatable).
         #[arg(long, required = true)]
         text: Vec<String>,
+        /// Cut texts longer than the model takes instead of refusing them.
+        #[arg(long)]
+        truncate: bool,
+    },
+    /// Score documents against a query with a cross-encoder reranker; prints a JSON array of
+    /// `{index, logit, score}` (score = sigmoid(logit)), in document order.
+    Rerank {
+        #[command(flatten)]
+        m: ModelArgs,
+        /// The query.
+        #[arg(long)]
+        query: String,
+        /// A document (repeatable).
+        #[arg(long = "doc", required = true)]
+        docs: Vec<String>,
+        /// Refuse pairs longer than the model takes instead of cutting them.
+        #[arg(long)]
+        no_truncate: bool,
     },
     /// Measure prefill and decode speed (tokens/s), like llama-bench's pp and tg tests.
     Bench {
@@ -213,11 +233,24 @@ pub fn run(state: Option<&Path>, socket: &Path, cmd: ModelCommand) -> Result<()>
             write_logits(&out, &logits, ids.len(), vocab)
         }
         ModelCommand::Info { m } => info(&m),
-        ModelCommand::Embed { m, text } => {
+        ModelCommand::Embed { m, text, truncate } => {
             let (engine, _) = load(&m)?;
-            let texts: Vec<&str> = text.iter().map(String::as_str).collect();
-            let e = engine.embed(&texts)?;
+            let inputs: Vec<EmbedInput<'_>> = text.iter().map(|t| EmbedInput::Text(t)).collect();
+            let e = engine.embed_inputs(&inputs, EmbedOptions { truncate, dimensions: None })?;
             println!("{}", serde_json::to_string(&e.vectors)?);
+            Ok(())
+        }
+        ModelCommand::Rerank { m, query, docs, no_truncate } => {
+            let (engine, _) = load(&m)?;
+            let refs: Vec<&str> = docs.iter().map(String::as_str).collect();
+            let s = engine.rerank(&query, &refs, !no_truncate)?;
+            let rows: Vec<serde_json::Value> = s
+                .logits
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| serde_json::json!({"index": i, "logit": l, "score": sigmoid(l)}))
+                .collect();
+            println!("{}", serde_json::to_string(&rows)?);
             Ok(())
         }
         ModelCommand::Bench { m, prompt_tokens, gen_tokens, reps } => bench(&m, prompt_tokens, gen_tokens, reps),
@@ -255,9 +288,12 @@ fn info(m: &ModelArgs) -> Result<()> {
         println!("weights:      {} ({:.1} MiB)", mix.join(", "), d.weight_bytes() as f64 / (1 << 20) as f64);
         println!("parameters:   {:.1} M", d.parameter_count() as f64 / 1e6);
     } else if let Some(e) = engine.embedding_model() {
-        println!("architecture: BertModel (sentence embeddings)");
+        println!("architecture: {:?} encoder (sentence embeddings, {} pooling)", e.family(), e.pooling().name());
         println!("dimension:    {}", e.dim());
         println!("max tokens:   {}", e.max_seq_length());
+    } else if let Some(r) = engine.rerank_model() {
+        println!("architecture: {} (cross-encoder reranker)", r.config().architecture);
+        println!("max tokens:   {} per query-document pair", r.max_tokens());
     }
     let i = backend.info();
     println!("backend:      {:?} ({}, {} threads, simd {})", i.kind, i.name, i.threads, backend.caps().simd);

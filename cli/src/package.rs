@@ -11,13 +11,14 @@ use govbox_drivers::Backend;
 use govbox_drivers::cpu::CpuBackend;
 use govbox_engine::embed::EmbeddingModel;
 use govbox_engine::gguf::parse_gguf;
+use govbox_engine::rerank::RerankModel;
 use govbox_engine::{Engine, EngineOptions, MappedFile};
 use govbox_images::{ModelKind, ModelMeta, PackageBuilder, Policy, SelfTest, SelfTestOutput, read_head, verify_file};
 use govbox_provisioning::{PublicKey, Role, SigningKey, StatePaths, TrustRoot};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
-/// Texts embedded by an embedding model's self-test.
+/// Texts embedded by an embedding model's self-test (a reranker's scores both against the second).
 const SELFTEST_TEXTS: [&str; 2] = ["govbox self-test: the quick brown fox", "政府模型一体机自检"];
 /// Embedding values recorded per text.
 const SELFTEST_VALUES: usize = 16;
@@ -33,6 +34,8 @@ pub enum KindArg {
     Chat,
     /// A sentence-embedding model.
     Embedding,
+    /// A cross-encoder reranker.
+    Rerank,
 }
 
 /// The trust role a package is checked against.
@@ -161,6 +164,7 @@ fn build(a: BuildArgs) -> Result<()> {
         meta.kind = match k {
             KindArg::Chat => ModelKind::Chat,
             KindArg::Embedding => ModelKind::Embedding,
+            KindArg::Rerank => ModelKind::Rerank,
         };
     }
     meta.architecture = a.architecture.unwrap_or(meta.architecture);
@@ -206,6 +210,7 @@ fn kind_name(k: ModelKind) -> &'static str {
     match k {
         ModelKind::Chat => "chat",
         ModelKind::Embedding => "embedding",
+        ModelKind::Rerank => "rerank",
     }
 }
 
@@ -221,6 +226,7 @@ fn describe_selftest(t: &SelfTest) -> String {
         SelfTest::Embedding(e) => {
             format!("{} texts, {} values each, tolerance {}", e.texts.len(), SELFTEST_VALUES, e.tolerance)
         }
+        SelfTest::Rerank(r) => format!("1 query, {} document logits, tolerance {}", r.logits.len(), r.tolerance),
     }
 }
 
@@ -232,7 +238,13 @@ fn read_json(path: &Path) -> Value {
 fn detect(model: &Path) -> Result<ModelMeta> {
     if model.is_dir() {
         let cfg = read_json(&model.join("config.json"));
-        let kind = if EmbeddingModel::is_embedding_dir(model) { ModelKind::Embedding } else { ModelKind::Chat };
+        let kind = if RerankModel::is_rerank_dir(model) {
+            ModelKind::Rerank
+        } else if EmbeddingModel::is_embedding_dir(model) {
+            ModelKind::Embedding
+        } else {
+            ModelKind::Chat
+        };
         return Ok(ModelMeta {
             kind,
             architecture: cfg["model_type"].as_str().unwrap_or("unknown").to_string(),
@@ -274,6 +286,12 @@ fn record_selftest(model: &Path, kind: ModelKind, threads: usize, tolerance: f32
             let emb = engine.embed(&SELFTEST_TEXTS)?;
             let texts = SELFTEST_TEXTS.iter().map(|s| s.to_string()).collect();
             Ok(SelfTest::record_embedding(texts, &emb.vectors, SELFTEST_VALUES, tolerance))
+        }
+        ModelKind::Rerank => {
+            let (query, docs) = (SELFTEST_TEXTS[1], &SELFTEST_TEXTS[..]);
+            let s = engine.rerank(query, docs, true)?;
+            let docs = docs.iter().map(|s| s.to_string()).collect();
+            Ok(SelfTest::record_rerank(query.to_string(), docs, s.logits, tolerance))
         }
     }
 }

@@ -301,6 +301,10 @@ fn check_selftest(engine: &Engine, test: &SelfTest) -> Result<Value> {
             let texts: Vec<&str> = e.texts.iter().map(String::as_str).collect();
             test.compare(&SelfTestOutput::Embeddings(&engine.embed(&texts)?.vectors))
         }
+        SelfTest::Rerank(r) => {
+            let docs: Vec<&str> = r.documents.iter().map(String::as_str).collect();
+            test.compare(&SelfTestOutput::RerankLogits(&engine.rerank(&r.query, &docs, true)?.logits))
+        }
     }?;
     Ok(json!({"passed": true, "checked": report.checked, "max_abs_diff": report.max_abs_diff}))
 }

@@ -94,6 +94,11 @@ pub fn run_selftest(engine: &Engine, test: &SelfTest) -> Result<SelfTestReport, 
             let out = engine.embed(&texts).map_err(|e| format!("running the model: {e}"))?;
             test.compare(&SelfTestOutput::Embeddings(&out.vectors)).map_err(|m| m.to_string())
         }
+        SelfTest::Rerank(r) => {
+            let docs: Vec<&str> = r.documents.iter().map(String::as_str).collect();
+            let out = engine.rerank(&r.query, &docs, true).map_err(|e| format!("running the model: {e}"))?;
+            test.compare(&SelfTestOutput::RerankLogits(&out.logits)).map_err(|m| m.to_string())
+        }
     }
 }
 

@@ -23,6 +23,8 @@ pub enum ModelKind {
     Chat,
     /// A sentence encoder: embeddings.
     Embedding,
+    /// A cross-encoder: reranking.
+    Rerank,
 }
 
 impl ModelKind {
@@ -31,6 +33,7 @@ impl ModelKind {
         match self {
             ModelKind::Chat => "chat",
             ModelKind::Embedding => "embedding",
+            ModelKind::Rerank => "rerank",
         }
     }
 }
@@ -153,7 +156,13 @@ pub fn load_model(
 ) -> Result<LoadedModel, ModelLoadError> {
     let engine = Engine::load(&entry.path, backend, &EngineOptions { kv_tokens })
         .map_err(|source| ModelLoadError::Engine { name: entry.name.clone(), path: entry.path.clone(), source })?;
-    let kind = if engine.embedding_model().is_some() { ModelKind::Embedding } else { ModelKind::Chat };
+    let kind = if engine.embedding_model().is_some() {
+        ModelKind::Embedding
+    } else if engine.rerank_model().is_some() {
+        ModelKind::Rerank
+    } else {
+        ModelKind::Chat
+    };
     Ok(LoadedModel {
         name: entry.name.clone(),
         engine: Arc::new(engine),

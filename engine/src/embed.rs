@@ -9,8 +9,13 @@
 //! - the encoder folder holds `config.json`, `model.safetensors` and `tokenizer.json`.
 //!
 //! Every file is read with a size cap, and every module path must stay inside the model folder.
-//! MiniLM-style models (mean pooling, then normalisation) and BGE-style models (CLS pooling) both
-//! load this way.
+//! MiniLM-style models (mean pooling, then normalisation), BGE-style models (CLS pooling) and
+//! bge-m3 (XLM-RoBERTa, CLS pooling) all load this way.
+//!
+//! An input longer than the model's limit is an error unless the caller asks for truncation
+//! ([`EmbedOptions::truncate`]); [`EmbeddingModel::embed`] truncates, as sentence-transformers
+//! does. A model whose `config.json` lists `matryoshka_dimensions` (it was trained so that a
+//! prefix of its vector is itself an embedding) gives those shorter vectors on request.
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -18,7 +23,7 @@ use std::sync::Arc;
 use govbox_drivers::Backend;
 use serde_json::Value;
 
-use crate::models::bert::{BertConfig, BertModel};
+use crate::models::bert::{BertConfig, BertModel, EncoderFamily};
 use crate::weights::{WeightMap, read_small};
 use crate::{EngineError, Result};
 
@@ -29,11 +34,6 @@ const MAX_SMALL_JSON: u64 = 64 << 10;
 const MAX_TOKENIZER_JSON: u64 = 64 << 20;
 /// Most modules a pipeline may list (real ones list two to four).
 const MAX_MODULES: usize = 16;
-/// Most sequences run through the encoder at once.
-const MAX_BATCH_SEQS: usize = 64;
-/// Most rows of the padded `[batch, longest]` attention layout in one encoder call. Batches are
-/// formed from length-sorted inputs, so this rarely splits inputs of similar length.
-const MAX_BATCH_PADDED_TOKENS: usize = 16 << 10;
 
 const TRANSFORMER: &str = "sentence_transformers.models.Transformer";
 const POOLING: &str = "sentence_transformers.models.Pooling";
@@ -49,6 +49,8 @@ pub enum PoolingMode {
     Cls,
     /// The elementwise maximum over the tokens (`pooling_mode_max_tokens`).
     Max,
+    /// The last token's vector (`pooling_mode_lasttoken`; decoder embedders).
+    LastToken,
 }
 
 impl PoolingMode {
@@ -58,6 +60,7 @@ impl PoolingMode {
             PoolingMode::Mean => "mean",
             PoolingMode::Cls => "cls",
             PoolingMode::Max => "max",
+            PoolingMode::LastToken => "lasttoken",
         }
     }
 
@@ -67,6 +70,7 @@ impl PoolingMode {
         let Some(first) = it.next() else { return vec![0.0; dim] };
         match self {
             PoolingMode::Cls => first.to_vec(),
+            PoolingMode::LastToken => rows.chunks_exact(dim.max(1)).last().unwrap_or(first).to_vec(),
             PoolingMode::Mean => {
                 let mut acc = first.to_vec();
                 let mut n = 1usize;
@@ -93,6 +97,66 @@ impl PoolingMode {
 pub fn l2_normalize(v: &mut [f32]) {
     let norm = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt().max(1e-12);
     v.iter_mut().for_each(|x| *x = (f64::from(*x) / norm) as f32);
+}
+
+/// One input to embed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EmbedInput<'a> {
+    /// Text, tokenised with the model's tokenizer.
+    Text(&'a str),
+    /// Token ids of the model's vocabulary, without special tokens: the model's own markers
+    /// (`[CLS] … [SEP]`, `<s> … </s>`) are put around them as around a text's.
+    Tokens(&'a [u32]),
+}
+
+/// What the caller chose for a batch of inputs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EmbedOptions {
+    /// Cut inputs longer than [`EmbeddingModel::max_seq_length`] to it (keeping the closing
+    /// marker) instead of refusing them.
+    pub truncate: bool,
+    /// Width of the vectors, for a model trained for shorter ones; `None` for the full width.
+    pub dimensions: Option<usize>,
+}
+
+/// Why a batch of inputs cannot be embedded as asked: the caller's fault, not the model's.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EmbedInputError {
+    /// An input is longer than the model takes and truncation was not asked for.
+    #[error("input {index} has {tokens} tokens, over the model's limit of {limit}; shorten it or set truncate")]
+    TooLong {
+        /// The input's position in the batch.
+        index: usize,
+        /// Its tokens, special tokens included.
+        tokens: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A token id is outside the vocabulary.
+    #[error("input {index}: token id {id} is outside the vocabulary of {vocab}")]
+    BadToken {
+        /// The input's position.
+        index: usize,
+        /// The id.
+        id: u32,
+        /// Vocabulary size.
+        vocab: usize,
+    },
+    /// An input has no tokens.
+    #[error("input {index} produced no tokens")]
+    Empty {
+        /// The input's position.
+        index: usize,
+    },
+    /// The model was not trained for the asked width.
+    #[error("{asked} dimensions are not available: {allowed}")]
+    Dimensions {
+        /// What was asked.
+        asked: usize,
+        /// What the model offers, in words.
+        allowed: String,
+    },
 }
 
 /// Sentence vectors of a batch of texts, in input order.
@@ -147,6 +211,7 @@ impl PoolingConfig {
                 "mean_tokens" => "mean",
                 "cls_token" => "cls",
                 "max_tokens" => "max",
+                "lasttoken" => "lasttoken",
                 _ => continue,
             };
             *m = canonical.to_string();
@@ -159,15 +224,16 @@ impl PoolingConfig {
                 "mean" => PoolingMode::Mean,
                 "cls" => PoolingMode::Cls,
                 "max" => PoolingMode::Max,
+                "lasttoken" => PoolingMode::LastToken,
                 other => {
                     return Err(err(format!(
-                        "unknown or unsupported pooling mode '{other}' (supported: mean, cls, max)"
+                        "unknown or unsupported pooling mode '{other}' (supported: mean, cls, max, lasttoken)"
                     )));
                 }
             },
             many => {
                 return Err(err(format!(
-                    "pooling modes {} are enabled together; govbox supports exactly one of mean, cls, max",
+                    "pooling modes {} are enabled together; govbox supports exactly one of mean, cls, max, lasttoken",
                     many.join(", ")
                 )));
             }
@@ -259,6 +325,8 @@ pub struct EmbeddingModel {
     normalize: bool,
     lowercase: bool,
     max_seq_length: usize,
+    /// Shorter widths the model was trained for (`matryoshka_dimensions`), ascending.
+    matryoshka: Vec<usize>,
 }
 
 impl std::fmt::Debug for EmbeddingModel {
@@ -274,14 +342,16 @@ impl std::fmt::Debug for EmbeddingModel {
 
 impl EmbeddingModel {
     /// Whether `dir` looks like an embedding model: it has `modules.json`, or its `config.json`
-    /// names `BertModel` as its first architecture. (A BERT folder without `modules.json` is
-    /// claimed so that [`EmbeddingModel::load`] can say what is missing.)
+    /// names a bare encoder (`BertModel`, `XLMRobertaModel`) as its first architecture. (An
+    /// encoder folder without `modules.json` is claimed so that [`EmbeddingModel::load`] can say
+    /// what is missing.)
     pub fn is_embedding_dir(dir: &Path) -> bool {
         if dir.join("modules.json").is_file() {
             return true;
         }
-        read_json(&dir.join("config.json"), 1 << 20)
-            .is_ok_and(|v| v.get("architectures").and_then(|a| a.get(0)).and_then(Value::as_str) == Some("BertModel"))
+        read_json(&dir.join("config.json"), 1 << 20).is_ok_and(|v| {
+            matches!(BertConfig::architecture_of(&v), Some("BertModel" | "XLMRobertaModel" | "RobertaModel"))
+        })
     }
 
     /// Loads a sentence-transformers folder onto `backend`.
@@ -299,6 +369,16 @@ impl EmbeddingModel {
         }
         let pooling = PoolingConfig::from_json(&read_json(&pipeline.pooling_file, MAX_SMALL_JSON)?, &pooling_name)?;
         let cfg = BertConfig::from_hf_dir(&pipeline.encoder_dir)?;
+        if cfg.num_labels.is_some() {
+            return Err(EngineError::Config {
+                file: pipeline.encoder_dir.join("config.json").display().to_string(),
+                detail: format!(
+                    "{} is a classifier (a cross-encoder reranker), not an embedding encoder",
+                    cfg.architecture
+                ),
+            });
+        }
+        let matryoshka = read_matryoshka(&pipeline.encoder_dir.join("config.json"), cfg.hidden_size)?;
         if pooling.word_embedding_dimension != cfg.hidden_size {
             return Err(EngineError::Config {
                 file: pooling_name,
@@ -311,7 +391,7 @@ impl EmbeddingModel {
             });
         }
         let (max_seq_length, lowercase) = read_sentence_bert_config(&pipeline.encoder_dir, dir, &cfg)?;
-        let encoder = load_hf_tokenizer(&pipeline.encoder_dir.join("tokenizer.json"), max_seq_length)?;
+        let encoder = load_hf_tokenizer(&pipeline.encoder_dir.join("tokenizer.json"))?;
         let tokenizer = crate::tokenizer::Tokenizer::from_hf_dir(&pipeline.encoder_dir)?;
         let weights = WeightMap::from_hf_dir(&pipeline.encoder_dir)?;
         let bert = BertModel::load(cfg, &weights, backend)?;
@@ -323,7 +403,18 @@ impl EmbeddingModel {
             normalize: pipeline.normalize,
             lowercase,
             max_seq_length,
+            matryoshka,
         })
+    }
+
+    /// The shorter widths the model was trained for, ascending (empty: only [`dim`](Self::dim)).
+    pub fn matryoshka_dimensions(&self) -> &[usize] {
+        &self.matryoshka
+    }
+
+    /// The encoder family (BERT or XLM-RoBERTa).
+    pub fn family(&self) -> EncoderFamily {
+        self.bert.config().family
     }
 
     /// The model's tokenizer (for token counting by callers).
@@ -351,53 +442,164 @@ impl EmbeddingModel {
         self.normalize
     }
 
-    /// The encoder input for `text`: `[CLS] … [SEP]` token ids, truncated to
-    /// [`EmbeddingModel::max_seq_length`].
+    /// The encoder input for `text`: `[CLS] … [SEP]` (or `<s> … </s>`) token ids, truncated
+    /// to [`EmbeddingModel::max_seq_length`].
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let lowered;
-        let text = if self.lowercase {
-            lowered = text.to_lowercase();
-            lowered.as_str()
-        } else {
-            text
-        };
-        let enc = self.encoder.encode(text, true).map_err(|e| EngineError::Tokenizer(e.to_string()))?;
-        Ok(enc.get_ids().to_vec())
+        let mut ids = self.encode_whole(EmbedInput::Text(text))?;
+        truncate_keeping_last(&mut ids, self.max_seq_length);
+        Ok(ids)
     }
 
-    /// Embeds `texts`. Inputs are grouped by length into batches internally; each vector equals
-    /// the one the text gets alone, up to float rounding.
-    pub fn embed(&self, texts: &[&str]) -> Result<Embeddings> {
-        let ids: Vec<Vec<u32>> = texts.iter().map(|t| self.encode(t)).collect::<Result<_>>()?;
-        if let Some(i) = ids.iter().position(Vec::is_empty) {
-            return Err(EngineError::Request(format!("input {i} produced no tokens")));
-        }
-        // Longest first, so that each batch holds inputs of similar length and the padded
-        // attention layout wastes little.
-        let mut order: Vec<usize> = (0..texts.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(ids[i].len()));
-        let dim = self.dim();
-        let mut vectors = vec![Vec::new(); texts.len()];
-        let mut start = 0;
-        while start < order.len() {
-            // The first input of a batch is its longest.
-            let longest = ids[order[start]].len();
-            let cap = (MAX_BATCH_PADDED_TOKENS / longest).clamp(1, MAX_BATCH_SEQS);
-            let batch = &order[start..(start + cap).min(order.len())];
-            let seqs: Vec<&[u32]> = batch.iter().map(|&i| ids[i].as_slice()).collect();
-            let out = self.bert.forward(&seqs)?;
-            for (j, &i) in batch.iter().enumerate() {
-                let rows = out.sequence(j).ok_or_else(|| EngineError::Request(format!("encoder lost input {i}")))?;
-                let mut v = self.pooling.pool(rows, dim);
-                if self.normalize {
-                    l2_normalize(&mut v);
-                }
-                vectors[i] = v;
+    /// The encoder input for one input, with the model's markers and without truncation.
+    pub fn encode_whole(&self, input: EmbedInput<'_>) -> Result<Vec<u32>> {
+        let enc = match input {
+            EmbedInput::Text(text) => {
+                let lowered;
+                let text = if self.lowercase {
+                    lowered = text.to_lowercase();
+                    lowered.as_str()
+                } else {
+                    text
+                };
+                self.encoder.encode(text, true)
             }
-            start += batch.len();
+            EmbedInput::Tokens(ids) => {
+                let n = ids.len();
+                let raw = tokenizers::Encoding::new(
+                    ids.to_vec(),
+                    vec![0; n],
+                    vec![String::new(); n],
+                    vec![None; n],
+                    vec![(0, 0); n],
+                    vec![0; n],
+                    vec![1; n],
+                    Vec::new(),
+                    Default::default(),
+                );
+                self.encoder.post_process(raw, None, true)
+            }
+        };
+        Ok(enc.map_err(|e| EngineError::Tokenizer(e.to_string()))?.get_ids().to_vec())
+    }
+
+    /// Embeds `texts`, truncating long ones as sentence-transformers does. Inputs are grouped by
+    /// length into batches internally; each vector equals the one the text gets alone, up to
+    /// float rounding.
+    pub fn embed(&self, texts: &[&str]) -> Result<Embeddings> {
+        let inputs: Vec<EmbedInput<'_>> = texts.iter().map(|t| EmbedInput::Text(t)).collect();
+        self.embed_inputs(&inputs, EmbedOptions { truncate: true, dimensions: None })
+    }
+
+    /// Checks a batch against the model (lengths, token ids, width) and returns the encoder
+    /// inputs; the caller's mistakes come back as [`EmbedInputError`] inside
+    /// [`EngineError::Input`].
+    pub fn prepare(&self, inputs: &[EmbedInput<'_>], opts: EmbedOptions) -> Result<Vec<Vec<u32>>> {
+        if let Some(asked) = opts.dimensions {
+            self.check_dimensions(asked)?;
         }
+        let vocab = self.bert.config().vocab_size;
+        let mut all = Vec::with_capacity(inputs.len());
+        for (index, input) in inputs.iter().enumerate() {
+            if let EmbedInput::Tokens(ids) = input
+                && let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab)
+            {
+                return Err(EmbedInputError::BadToken { index, id, vocab }.into());
+            }
+            let mut ids = self.encode_whole(*input)?;
+            if ids.is_empty() {
+                return Err(EmbedInputError::Empty { index }.into());
+            }
+            if ids.len() > self.max_seq_length {
+                if !opts.truncate {
+                    let e = EmbedInputError::TooLong { index, tokens: ids.len(), limit: self.max_seq_length };
+                    return Err(e.into());
+                }
+                truncate_keeping_last(&mut ids, self.max_seq_length);
+            }
+            all.push(ids);
+        }
+        Ok(all)
+    }
+
+    /// Whether the model can give vectors of `asked` dimensions (its own width, or one it was
+    /// trained for); the error says which it can.
+    pub fn check_dimensions(&self, asked: usize) -> Result<()> {
+        if asked == self.dim() || self.matryoshka.contains(&asked) {
+            return Ok(());
+        }
+        let allowed = if self.matryoshka.is_empty() {
+            format!("the model gives only {} (it was not trained for shorter vectors)", self.dim())
+        } else {
+            let list: Vec<String> = self.matryoshka.iter().chain([&self.dim()]).map(usize::to_string).collect();
+            format!("the model was trained for {}", list.join(", "))
+        };
+        Err(EmbedInputError::Dimensions { asked, allowed }.into())
+    }
+
+    /// Embeds a batch as `opts` asks (see [`prepare`](Self::prepare)).
+    pub fn embed_inputs(&self, inputs: &[EmbedInput<'_>], opts: EmbedOptions) -> Result<Embeddings> {
+        let ids = self.prepare(inputs, opts)?;
+        let mut out = self.embed_ids(&ids)?;
+        if let Some(d) = opts.dimensions.filter(|&d| d < self.dim()) {
+            for v in &mut out.vectors {
+                v.truncate(d);
+                if self.normalize {
+                    l2_normalize(v);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Embeds encoder inputs made by [`prepare`](Self::prepare).
+    fn embed_ids(&self, ids: &[Vec<u32>]) -> Result<Embeddings> {
+        if let Some(index) = ids.iter().position(Vec::is_empty) {
+            return Err(EmbedInputError::Empty { index }.into());
+        }
+        let dim = self.dim();
+        let mut vectors = vec![Vec::new(); ids.len()];
+        self.bert.forward_batched(ids, None, &mut |i, rows| {
+            let mut v = self.pooling.pool(rows, dim);
+            if self.normalize {
+                l2_normalize(&mut v);
+            }
+            vectors[i] = v;
+            Ok(())
+        })?;
         Ok(Embeddings { vectors, token_counts: ids.iter().map(Vec::len).collect() })
     }
+}
+
+/// Cuts `ids` to `max` tokens, keeping the last one (the closing marker), as the tokenizer's
+/// own truncation does for single inputs.
+fn truncate_keeping_last(ids: &mut Vec<u32>, max: usize) {
+    if ids.len() > max && max >= 1 {
+        let last = ids[ids.len() - 1];
+        ids.truncate(max - 1);
+        ids.push(last);
+    }
+}
+
+/// `matryoshka_dimensions` from the encoder's `config.json`: the shorter widths the model was
+/// trained for (each between 1 and `hidden`), ascending.
+fn read_matryoshka(config: &Path, hidden: usize) -> Result<Vec<usize>> {
+    let v = read_json(config, 1 << 20)?;
+    let Some(list) = v.get("matryoshka_dimensions") else { return Ok(Vec::new()) };
+    let err = || EngineError::Config {
+        file: config.display().to_string(),
+        detail: format!("matryoshka_dimensions {list} must be a list of widths between 1 and hidden_size {hidden}"),
+    };
+    let mut dims: Vec<usize> = list
+        .as_array()
+        .ok_or_else(err)?
+        .iter()
+        .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()).filter(|d| (1..=hidden).contains(d)))
+        .collect::<Option<_>>()
+        .ok_or_else(err)?;
+    dims.sort_unstable();
+    dims.dedup();
+    dims.retain(|&d| d < hidden);
+    Ok(dims)
 }
 
 /// `max_seq_length` and `do_lower_case` from `sentence_bert_config.json`, looked for in the
@@ -406,22 +608,19 @@ impl EmbeddingModel {
 fn read_sentence_bert_config(encoder_dir: &Path, dir: &Path, cfg: &BertConfig) -> Result<(usize, bool)> {
     let Some(path) = [encoder_dir, dir].iter().map(|d| d.join("sentence_bert_config.json")).find(|p| p.is_file())
     else {
-        return Ok((cfg.max_position_embeddings, false));
+        return Ok((cfg.max_tokens(), false));
     };
     let file = path.display().to_string();
     let v = read_json(&path, MAX_SMALL_JSON)?;
     let err = |detail: String| EngineError::Config { file: file.clone(), detail };
     let max = match v.get("max_seq_length") {
-        None | Some(Value::Null) => cfg.max_position_embeddings,
+        None | Some(Value::Null) => cfg.max_tokens(),
         Some(m) => m
             .as_u64()
             .and_then(|m| usize::try_from(m).ok())
-            .filter(|&m| (2..=cfg.max_position_embeddings).contains(&m))
+            .filter(|&m| (2..=cfg.max_tokens()).contains(&m))
             .ok_or_else(|| {
-                err(format!(
-                    "max_seq_length {m} must be between 2 and the encoder's max_position_embeddings {}",
-                    cfg.max_position_embeddings
-                ))
+                err(format!("max_seq_length {m} must be between 2 and the encoder's {} positions", cfg.max_tokens()))
             })?,
     };
     let lower = match v.get("do_lower_case") {
@@ -431,15 +630,15 @@ fn read_sentence_bert_config(encoder_dir: &Path, dir: &Path, cfg: &BertConfig) -
     Ok((max, lower))
 }
 
-/// The HF tokenizer in `path`, set to truncate at `max_len` tokens and never pad (the folder's own
-/// settings, such as MiniLM's fixed padding to 128, are for training and are replaced).
-fn load_hf_tokenizer(path: &Path, max_len: usize) -> Result<tokenizers::Tokenizer> {
+/// The HF tokenizer in `path`, set never to truncate nor pad (the folder's own settings, such as
+/// MiniLM's fixed padding to 128, are for training and are replaced; truncation is the caller's
+/// choice, made in [`EmbeddingModel::prepare`]).
+pub(crate) fn load_hf_tokenizer(path: &Path) -> Result<tokenizers::Tokenizer> {
     let text = read_small(path, MAX_TOKENIZER_JSON)?;
     let mut tok: tokenizers::Tokenizer =
         text.parse().map_err(|e| EngineError::Tokenizer(format!("{}: {e}", path.display())))?;
     tok.with_padding(None);
-    let trunc = tokenizers::TruncationParams { max_length: max_len, ..Default::default() };
-    tok.with_truncation(Some(trunc)).map_err(|e| EngineError::Tokenizer(format!("{}: {e}", path.display())))?;
+    tok.with_truncation(None).map_err(|e| EngineError::Tokenizer(format!("{}: {e}", path.display())))?;
     Ok(tok)
 }
 

@@ -143,7 +143,13 @@ enum Kind {
         eos: Vec<u32>,
         scheduler: Scheduler,
     },
-    Encoder(Box<crate::embed::EmbeddingModel>),
+    Encoder(EncoderModel),
+}
+
+/// The two kinds of encoder model: both run a BERT-family encoder once per input.
+enum EncoderModel {
+    Embedding(Box<crate::embed::EmbeddingModel>),
+    Reranker(Box<crate::rerank::RerankModel>),
 }
 
 /// A loaded model, ready to serve requests from many threads.
@@ -171,9 +177,15 @@ impl Engine {
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such model file or folder"),
             });
         }
-        if crate::embed::EmbeddingModel::is_embedding_dir(path) {
-            let model = crate::embed::EmbeddingModel::load(path, backend)?;
-            return Ok(Self { kind: Kind::Encoder(Box::new(model)), path: path.into(), format: "safetensors" });
+        let encoder = if crate::rerank::RerankModel::is_rerank_dir(path) {
+            Some(EncoderModel::Reranker(Box::new(crate::rerank::RerankModel::load(path, backend.clone())?)))
+        } else if crate::embed::EmbeddingModel::is_embedding_dir(path) {
+            Some(EncoderModel::Embedding(Box::new(crate::embed::EmbeddingModel::load(path, backend.clone())?)))
+        } else {
+            None
+        };
+        if let Some(m) = encoder {
+            return Ok(Self { kind: Kind::Encoder(m), path: path.into(), format: "safetensors" });
         }
         let cfg = DecoderConfig::from_hf_dir(path)?;
         let weights = WeightMap::from_hf_dir(path)?;
@@ -221,7 +233,10 @@ impl Engine {
     pub fn tokenizer(&self) -> &Tokenizer {
         match &self.kind {
             Kind::Decoder { tokenizer, .. } => tokenizer,
-            Kind::Encoder(m) => m.tokenizer(),
+            Kind::Encoder(m) => match m {
+                EncoderModel::Embedding(e) => e.tokenizer(),
+                EncoderModel::Reranker(r) => r.tokenizer(),
+            },
         }
     }
 
@@ -236,7 +251,21 @@ impl Engine {
     /// The embedding model, when this is one.
     pub fn embedding_model(&self) -> Option<&crate::embed::EmbeddingModel> {
         match &self.kind {
-            Kind::Encoder(m) => Some(m),
+            Kind::Encoder(m) => match m {
+                EncoderModel::Embedding(e) => Some(e),
+                EncoderModel::Reranker(_) => None,
+            },
+            Kind::Decoder { .. } => None,
+        }
+    }
+
+    /// The cross-encoder reranker, when this is one.
+    pub fn rerank_model(&self) -> Option<&crate::rerank::RerankModel> {
+        match &self.kind {
+            Kind::Encoder(m) => match m {
+                EncoderModel::Reranker(r) => Some(r),
+                EncoderModel::Embedding(_) => None,
+            },
             Kind::Decoder { .. } => None,
         }
     }
@@ -442,10 +471,28 @@ impl Engine {
 
     /// Sentence embeddings of `texts`, with each text's token count.
     pub fn embed(&self, texts: &[&str]) -> Result<crate::embed::Embeddings> {
-        match &self.kind {
-            Kind::Encoder(m) => m.embed(texts),
-            Kind::Decoder { .. } => Err(EngineError::Request("this is a chat model; it does not embed".into())),
-        }
+        self.embedder()?.embed(texts)
+    }
+
+    /// Sentence embeddings of `inputs` (texts or token ids) as `opts` asks.
+    pub fn embed_inputs(
+        &self,
+        inputs: &[crate::embed::EmbedInput<'_>],
+        opts: crate::embed::EmbedOptions,
+    ) -> Result<crate::embed::Embeddings> {
+        self.embedder()?.embed_inputs(inputs, opts)
+    }
+
+    fn embedder(&self) -> Result<&crate::embed::EmbeddingModel> {
+        self.embedding_model()
+            .ok_or_else(|| EngineError::Request("this is not an embedding model; it does not embed".into()))
+    }
+
+    /// Relevance logits of `documents` to `query`, from a cross-encoder reranker.
+    pub fn rerank(&self, query: &str, documents: &[&str], truncate: bool) -> Result<crate::rerank::RerankScores> {
+        self.rerank_model()
+            .ok_or_else(|| EngineError::Request("this is not a reranker; it does not score documents".into()))?
+            .score(query, documents, truncate)
     }
 }
 

@@ -68,6 +68,10 @@ pub enum EngineError {
     /// A request cannot be served as asked.
     #[error("request: {0}")]
     Request(String),
+    /// An embedding or reranking input does not fit the model (too long, an unknown token id, a
+    /// width the model was not trained for): the caller's to fix.
+    #[error("{0}")]
+    Input(#[from] crate::embed::EmbedInputError),
     /// The backend failed.
     #[error("backend: {0}")]
     Driver(#[from] DriverError),
@@ -95,6 +99,7 @@ impl EngineError {
             EngineError::Tokenizer(_) => "tokenizer",
             EngineError::Template(_) => "chat_template",
             EngineError::Request(_) => "bad_request",
+            EngineError::Input(_) => "invalid_input",
             EngineError::Driver(_) => "backend",
             EngineError::Deadline { .. } => "deadline",
         }

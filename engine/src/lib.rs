@@ -25,6 +25,7 @@ mod engine;
 pub mod family;
 pub mod kv;
 pub mod models;
+pub mod rerank;
 pub mod sampler;
 mod scheduler;
 

@@ -49,6 +49,8 @@ pub enum ModelKind {
     Chat,
     /// A sentence-embedding model.
     Embedding,
+    /// A cross-encoder that scores query–document pairs.
+    Rerank,
 }
 
 /// One payload file.
@@ -228,7 +230,9 @@ impl Manifest {
         }
         if let Some(t) = &m.selftest {
             match (m.kind, t) {
-                (ModelKind::Chat, SelfTest::Chat(_)) | (ModelKind::Embedding, SelfTest::Embedding(_)) => {}
+                (ModelKind::Chat, SelfTest::Chat(_))
+                | (ModelKind::Embedding, SelfTest::Embedding(_))
+                | (ModelKind::Rerank, SelfTest::Rerank(_)) => {}
                 _ => return Err("model.selftest does not match model.kind".into()),
             }
             t.validate().map_err(|e| format!("model.selftest: {e}"))?;

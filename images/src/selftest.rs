@@ -14,6 +14,8 @@ pub enum SelfTest {
     Chat(ChatSelfTest),
     /// For embedding models: the first values of each text's embedding.
     Embedding(EmbeddingSelfTest),
+    /// For rerankers: each document's relevance logit for the query.
+    Rerank(RerankSelfTest),
 }
 
 /// `{"token_ids":[..],"top_k":[[id, logit]..],"tolerance":t}`.
@@ -40,6 +42,20 @@ pub struct EmbeddingSelfTest {
     pub tolerance: f32,
 }
 
+/// `{"query":q,"documents":[..],"logits":[..],"tolerance":t}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RerankSelfTest {
+    /// The query.
+    pub query: String,
+    /// The documents scored against it.
+    pub documents: Vec<String>,
+    /// Each document's logit, in document order.
+    pub logits: Vec<f32>,
+    /// Allowed difference, relative to `max(1, |expected|)`.
+    pub tolerance: f32,
+}
+
 /// What the engine computed for a self-test.
 #[derive(Debug, Clone, Copy)]
 pub enum SelfTestOutput<'a> {
@@ -47,6 +63,8 @@ pub enum SelfTestOutput<'a> {
     Logits(&'a [f32]),
     /// The embeddings of `texts`, one vector per text.
     Embeddings(&'a [Vec<f32>]),
+    /// The relevance logits of `documents`, one per document.
+    RerankLogits(&'a [f32]),
 }
 
 /// A passed self-test.
@@ -125,6 +143,11 @@ impl SelfTest {
         SelfTest::Embedding(EmbeddingSelfTest { texts, values, tolerance })
     }
 
+    /// Records a reranker self-test.
+    pub fn record_rerank(query: String, documents: Vec<String>, logits: Vec<f32>, tolerance: f32) -> SelfTest {
+        SelfTest::Rerank(RerankSelfTest { query, documents, logits, tolerance })
+    }
+
     /// Compares the engine's output with the recording.
     ///
     /// A chat test checks each recorded logit and that no token's logit rose above the recorded
@@ -164,6 +187,14 @@ impl SelfTest {
                 }
                 Ok(SelfTestReport { checked: c.checked, max_abs_diff: c.max_abs_diff })
             }
+            (SelfTest::Rerank(t), SelfTestOutput::RerankLogits(logits)) => {
+                let mut c = Comparer { tolerance: t.tolerance, checked: 0, max_abs_diff: 0.0 };
+                for (i, &expected) in t.logits.iter().enumerate() {
+                    c.check(|| format!("logit of document {i}"), expected, logits.get(i).copied())?;
+                }
+                Ok(SelfTestReport { checked: c.checked, max_abs_diff: c.max_abs_diff })
+            }
+            (SelfTest::Rerank(_), _) => Err(kind_mismatch("rerank logits")),
             (SelfTest::Chat(_), _) => Err(kind_mismatch("logits")),
             (SelfTest::Embedding(_), _) => Err(kind_mismatch("embeddings")),
         }
@@ -183,6 +214,12 @@ impl SelfTest {
                     return Err("an embedding self-test needs one non-empty row of values per text".into());
                 }
                 (t.tolerance, t.values.iter().flatten().all(|v| v.is_finite()))
+            }
+            SelfTest::Rerank(t) => {
+                if t.query.is_empty() || t.documents.is_empty() || t.documents.len() != t.logits.len() {
+                    return Err("a rerank self-test needs a query and one logit per document".into());
+                }
+                (t.tolerance, t.logits.iter().all(|v| v.is_finite()))
             }
         };
         if !(tolerance.is_finite() && tolerance >= 0.0) {
@@ -217,6 +254,21 @@ mod tests {
         assert!(t.compare(&SelfTestOutput::Logits(&[0.5, 3.0])).is_err());
         assert!(t.compare(&SelfTestOutput::Logits(&[0.5, f32::NAN, -1.0, 2.0])).is_err());
         assert!(t.compare(&SelfTestOutput::Embeddings(&[])).is_err());
+    }
+
+    #[test]
+    fn rerank_compares_each_logit_and_serde_picks_the_variant() {
+        let t = SelfTest::record_rerank("q".into(), vec!["a".into(), "b".into()], vec![1.5, -2.0], 1e-3);
+        let json = serde_json::to_string(&t).unwrap();
+        assert_eq!(serde_json::from_str::<SelfTest>(&json).unwrap(), t);
+        assert!(t.validate().is_ok());
+        assert_eq!(t.compare(&SelfTestOutput::RerankLogits(&[1.5005, -2.0])).unwrap().checked, 2);
+        let m = t.compare(&SelfTestOutput::RerankLogits(&[1.5, -2.5])).unwrap_err();
+        assert!(m.at.contains("document 1"), "{m}");
+        assert!(t.compare(&SelfTestOutput::RerankLogits(&[1.5])).is_err());
+        assert!(t.compare(&SelfTestOutput::Embeddings(&[])).is_err());
+        let bad = SelfTest::record_rerank("q".into(), vec!["a".into()], vec![], 1e-3);
+        assert!(bad.validate().unwrap_err().contains("one logit per document"));
     }
 
     #[test]

@@ -1,30 +1,62 @@
-//! `POST /v1/embeddings`: sentence vectors of one or more texts, as float lists or as base64 of
-//! little-endian `f32`s.
+//! `POST /v1/embeddings`: sentence vectors of one or more texts (or token-id lists), as float
+//! lists or as base64 of little-endian `f32`s.
+//!
+//! An input longer than the model takes is refused, naming the input and the limit, unless the
+//! request sets `truncate: true`. `dimensions` gives shorter vectors from a model trained for
+//! them (its `config.json` lists `matryoshka_dimensions`); any other width is refused.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::response::Response;
 use base64::Engine as _;
+use govbox_engine::EngineError;
+use govbox_engine::embed::{EmbedInput, EmbedOptions};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::time::Instant;
 
 use crate::api::error::ApiError;
-use crate::api::{Call, audit_request, body, json};
+use crate::api::{Call, audit_request, body, encoder, json};
 use crate::auth;
 use crate::state::{AppState, ModelKind};
 
 /// OpenAI's limit on inputs per request.
 const MAX_INPUTS: usize = 2048;
 
-/// `input`: one string or a list of strings (token-id inputs are not supported).
+/// `input`: one string, a list of strings, one list of token ids, or a list of them (OpenAI's
+/// four forms).
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum Input {
     One(String),
     Many(Vec<String>),
+    Tokens(Vec<u32>),
+    ManyTokens(Vec<Vec<u32>>),
+}
+
+/// One input, owned (it moves to the encoder's thread).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(untagged)]
+enum Owned {
+    Text(String),
+    Tokens(Vec<u32>),
+}
+
+impl Owned {
+    fn as_input(&self) -> EmbedInput<'_> {
+        match self {
+            Owned::Text(t) => EmbedInput::Text(t),
+            Owned::Tokens(t) => EmbedInput::Tokens(t),
+        }
+    }
+
+    /// An upper bound of the tokens it can become (one per byte or id, plus markers).
+    fn most_tokens(&self) -> usize {
+        match self {
+            Owned::Text(t) => t.len() + 4,
+            Owned::Tokens(t) => t.len() + 4,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, Default, PartialEq, Eq, Clone, Copy)]
@@ -43,23 +75,31 @@ struct EmbeddingRequest {
     #[serde(default)]
     encoding_format: Encoding,
     dimensions: Option<usize>,
+    /// Cut inputs longer than the model takes instead of refusing them.
+    #[serde(default)]
+    truncate: bool,
     /// Accepted and never logged.
     #[allow(dead_code)]
     user: Option<String>,
 }
 
-fn inputs(req: EmbeddingRequest) -> Result<Vec<String>, ApiError> {
-    let texts = match req.input {
-        Input::One(s) => vec![s],
-        Input::Many(v) => v,
+fn inputs(input: Input) -> Result<Vec<Owned>, ApiError> {
+    let all: Vec<Owned> = match input {
+        Input::One(s) => vec![Owned::Text(s)],
+        Input::Many(v) => v.into_iter().map(Owned::Text).collect(),
+        Input::Tokens(t) => vec![Owned::Tokens(t)],
+        Input::ManyTokens(v) => v.into_iter().map(Owned::Tokens).collect(),
     };
-    if texts.is_empty() || texts.len() > MAX_INPUTS {
-        return Err(ApiError::invalid("input", "input must hold 1 to 2048 texts"));
+    if all.is_empty() || all.len() > MAX_INPUTS {
+        return Err(ApiError::invalid("input", "input must hold 1 to 2048 texts or token lists"));
     }
-    if texts.iter().any(String::is_empty) {
-        return Err(ApiError::invalid("input", "input texts may not be empty"));
+    if let Some(i) = all.iter().position(|o| matches!(o, Owned::Text(t) if t.is_empty())) {
+        return Err(ApiError::invalid("input", format!("input[{i}] is empty")));
     }
-    Ok(texts)
+    if let Some(i) = all.iter().position(|o| matches!(o, Owned::Tokens(t) if t.is_empty())) {
+        return Err(ApiError::invalid("input", format!("input[{i}] is an empty token list")));
+    }
+    Ok(all)
 }
 
 /// `f32`s as base64 of their little-endian bytes, as OpenAI's `encoding_format: "base64"`.
@@ -75,53 +115,50 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
     let req: EmbeddingRequest = body::read_json(&call.headers, call.body, &state.config.limits).await?;
     let model = state.model(&req.model)?;
     call.record.set_model(&model.name);
-    let Some(dim) = model.engine.embedding_model().map(|m| m.dim()) else {
+    let Some(embedder) = model.engine.embedding_model() else {
         return Err(ApiError::WrongModelKind {
             model: model.name.clone(),
-            is: "a chat model",
+            is: if model.kind == ModelKind::Rerank { "a reranker" } else { "a chat model" },
             endpoint: "/v1/embeddings",
             needs: "an embedding model",
         });
     };
     debug_assert_eq!(model.kind, ModelKind::Embedding);
     auth::authorise(&state, &client, &model)?;
-    if req.dimensions.is_some_and(|d| d != dim) {
-        return Err(ApiError::invalid("dimensions", format!("model '{}' only gives {dim} dimensions", model.name)));
+    if let Some(d) = req.dimensions {
+        match embedder.check_dimensions(d) {
+            Ok(()) => {}
+            Err(EngineError::Input(e)) => return Err(encoder::input_error("input", &e)),
+            Err(e) => return Err(e.into()),
+        }
     }
     let encoding = req.encoding_format;
-    let texts = inputs(req)?;
-    let prompt = match texts.as_slice() {
-        [one] => one.as_bytes().to_vec(),
+    let opts = EmbedOptions { truncate: req.truncate, dimensions: req.dimensions };
+    let all = inputs(req.input)?;
+    let prompt = match all.as_slice() {
+        [Owned::Text(one)] => one.as_bytes().to_vec(),
         many => serde_json::to_vec(many).map_err(|e| ApiError::Internal(format!("encoding the input: {e}")))?,
     };
     audit_request(&state, &call.record, &client.name, &model, &prompt).await?;
 
-    let secs = state.config.serving.request_deadline_secs;
-    let deadline = Instant::from_std(call.record.start) + Duration::from_secs(secs);
-    // An input's tokens are unknown until the encoder has run: reserve one per byte, plus the
-    // markers the tokenizer adds, which bounds them; the rest goes back below.
-    let most: usize = texts.iter().map(|t| t.len() + 4).sum();
-    let budget = state.quotas.reserve(&client, most as u64)?;
-    let slot = state.admission.admit(&crate::admission::Asker::of(&client), &state.metrics, deadline, secs).await?;
+    let most: usize = all.iter().map(Owned::most_tokens).sum();
     let engine = model.engine.clone();
-    // The slot moves into the blocking task: it is freed when the encoder has finished, even if
-    // the deadline gave up on it first.
-    let task = tokio::task::spawn_blocking(move || {
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let r = engine.embed(&refs);
-        drop(slot);
-        r
-    });
-    let emb = match tokio::time::timeout_at(deadline, task).await {
-        Ok(Ok(r)) => r?,
-        Ok(Err(e)) => return Err(ApiError::Internal(format!("embedding task: {e}"))),
-        Err(_) => return Err(ApiError::DeadlineExceeded { secs }),
-    };
-    let tokens: usize = emb.token_counts.iter().sum();
-    state.metrics.prompt_tokens.inc_by(tokens as u64);
-    budget.settle(tokens as u64);
-    call.record.set_tokens(tokens, None);
-    let data: Vec<Value> = emb
+    let ran = encoder::run(
+        &state,
+        &call.record,
+        &client,
+        most,
+        "input",
+        move || {
+            let refs: Vec<EmbedInput<'_>> = all.iter().map(Owned::as_input).collect();
+            engine.embed_inputs(&refs, opts)
+        },
+        |e| e.token_counts.iter().sum(),
+    )
+    .await?;
+    let tokens = ran.tokens;
+    let data: Vec<Value> = ran
+        .out
         .vectors
         .iter()
         .enumerate()
@@ -152,15 +189,31 @@ mod tests {
         assert_eq!(base64_f32(&[]), "");
     }
 
+    fn parse(v: Value) -> EmbeddingRequest {
+        body::parse_json::<EmbeddingRequest>(v.to_string().as_bytes()).unwrap()
+    }
+
+    fn refused(v: Value) -> String {
+        match inputs(parse(v).input).unwrap_err() {
+            ApiError::InvalidParam { param: "input", message } => message,
+            other => panic!("{other}"),
+        }
+    }
+
     #[test]
-    fn inputs_are_checked() {
-        let parse = |v: Value| body::parse_json::<EmbeddingRequest>(v.to_string().as_bytes()).unwrap();
-        assert_eq!(inputs(parse(json!({"model": "m", "input": "a"}))).unwrap(), vec!["a"]);
-        assert_eq!(inputs(parse(json!({"model": "m", "input": ["a", "b"]}))).unwrap().len(), 2);
-        assert!(inputs(parse(json!({"model": "m", "input": []}))).is_err());
-        assert!(inputs(parse(json!({"model": "m", "input": [""]}))).is_err());
-        assert!(body::parse_json::<EmbeddingRequest>(br#"{"model":"m","input":[1,2]}"#).is_err());
-        let r = parse(json!({"model": "m", "input": "a", "encoding_format": "base64"}));
-        assert_eq!(r.encoding_format, Encoding::Base64);
+    fn inputs_take_openais_four_forms_and_are_checked() {
+        let one = |v: Value| inputs(parse(v).input).unwrap();
+        assert_eq!(one(json!({"model": "m", "input": "a"})), vec![Owned::Text("a".into())]);
+        assert_eq!(one(json!({"model": "m", "input": ["a", "b"]})).len(), 2);
+        assert_eq!(one(json!({"model": "m", "input": [1, 2]})), vec![Owned::Tokens(vec![1, 2])]);
+        let many = one(json!({"model": "m", "input": [[1, 2], [3]]}));
+        assert_eq!(many, vec![Owned::Tokens(vec![1, 2]), Owned::Tokens(vec![3])]);
+        assert!(refused(json!({"model": "m", "input": []})).contains("1 to 2048"));
+        assert_eq!(refused(json!({"model": "m", "input": ["a", ""]})), "input[1] is empty");
+        assert_eq!(refused(json!({"model": "m", "input": [[1], []]})), "input[1] is an empty token list");
+        assert!(body::parse_json::<EmbeddingRequest>(br#"{"model":"m","input":[-1]}"#).is_err());
+        let r = parse(json!({"model": "m", "input": "a", "encoding_format": "base64", "truncate": true}));
+        assert_eq!((r.encoding_format, r.truncate), (Encoding::Base64, true));
+        assert!(!parse(json!({"model": "m", "input": "a"})).truncate, "truncation is never the default");
     }
 }

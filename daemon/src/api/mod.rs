@@ -7,12 +7,14 @@ pub mod body;
 pub mod chat;
 pub mod completions;
 pub mod embeddings;
+pub mod encoder;
 pub mod error;
 pub mod generate;
 pub mod health;
 pub mod metrics;
 pub mod models;
 pub mod record;
+pub mod rerank;
 pub mod stream;
 
 use std::sync::Arc;
@@ -78,6 +80,8 @@ pub fn routes() -> Vec<Route> {
         route(Verb::Post, "/v1/chat/completions", chat::handle),
         route(Verb::Post, "/v1/completions", completions::handle),
         route(Verb::Post, "/v1/embeddings", embeddings::handle),
+        route(Verb::Post, "/v1/rerank", rerank::handle),
+        route(Verb::Post, "/rerank", rerank::handle),
         route(Verb::Get, "/v1/models", models::list),
         route(Verb::Get, "/v1/models/{model}", models::retrieve),
         route(Verb::Get, "/healthz", health::healthz),

@@ -1,5 +1,7 @@
-//! BERT encoders (`BertModel`): the transformer behind sentence-transformers embedding models
-//! such as all-MiniLM-L6-v2 and the BGE family.
+//! BERT-family encoders (`BertModel`, `XLMRobertaModel`): the transformer behind
+//! sentence-transformers embedding models such as all-MiniLM-L6-v2, the BGE family and bge-m3,
+//! and behind cross-encoder rerankers. The two families differ only in where positions start
+//! (see [`BertConfig::position_offset`]) and in the prefix of task-head weights.
 //!
 //! The forward pass keeps a batch *packed*: the rows of every sequence follow each other with no
 //! padding, so the matmuls, norms and GELU only ever see real tokens. Only attention needs the
@@ -7,132 +9,19 @@
 //! op and the result is gathered back. A sequence therefore costs the same work whatever the
 //! lengths of its batch-mates, and its result does not depend on them beyond float rounding.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use govbox_drivers::{Backend, DenseAttn, Tensor};
-use serde_json::Value;
 
-use crate::weights::{WeightMap, read_small};
+pub use super::bert_config::{BertConfig, EncoderFamily};
+use crate::weights::WeightMap;
 use crate::{EngineError, Result};
 
-/// Largest `config.json` read. Real BERT configs are about 1 KiB.
-const MAX_CONFIG_BYTES: u64 = 1 << 20;
-/// Sanity caps on the shape a config may declare, far above any real BERT (BERT-large is 1024
-/// wide, 24 layers, 16 heads, 4096 intermediate), so that a hostile config cannot make the
-/// loader compute absurd sizes.
-const MAX_HIDDEN: usize = 1 << 16;
-const MAX_LAYERS: usize = 1024;
-const MAX_INTERMEDIATE: usize = 1 << 18;
-const MAX_POSITIONS: usize = 1 << 20;
-const MAX_VOCAB: usize = 1 << 24;
-const MAX_TYPE_VOCAB: usize = 1 << 10;
-
-/// The shape of a BERT encoder, from `config.json`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct BertConfig {
-    /// Rows of the word embedding table.
-    pub vocab_size: usize,
-    /// Model width.
-    pub hidden_size: usize,
-    /// Encoder layers.
-    pub n_layers: usize,
-    /// Attention heads.
-    pub n_heads: usize,
-    /// Feed-forward width.
-    pub intermediate_size: usize,
-    /// Rows of the position embedding table: the longest input the model can take.
-    pub max_position_embeddings: usize,
-    /// Rows of the token-type embedding table.
-    pub type_vocab_size: usize,
-    /// LayerNorm epsilon.
-    pub layer_norm_eps: f32,
-}
-
-impl BertConfig {
-    /// Reads `dir/config.json`.
-    pub fn from_hf_dir(dir: &Path) -> Result<Self> {
-        let path = dir.join("config.json");
-        let file = path.display().to_string();
-        let text = read_small(&path, MAX_CONFIG_BYTES)?;
-        let v: Value = serde_json::from_str(&text)
-            .map_err(|e| EngineError::Config { file: file.clone(), detail: format!("not valid JSON: {e}") })?;
-        Self::from_json(&v, &file)
-    }
-
-    /// Parses a `config.json` object; `file` names it in errors.
-    ///
-    /// Fields that transformers' `BertConfig` defaults (`layer_norm_eps`, `type_vocab_size`,
-    /// `hidden_act`, `position_embedding_type`) take the same defaults here; the sizes must be
-    /// present.
-    pub fn from_json(v: &Value, file: &str) -> Result<Self> {
-        let err = |detail: String| EngineError::Config { file: file.to_string(), detail };
-        let size = |key: &str, max: usize| -> Result<usize> {
-            let n = v
-                .get(key)
-                .ok_or_else(|| err(format!("'{key}' is missing")))?
-                .as_u64()
-                .ok_or_else(|| err(format!("'{key}' is not a non-negative integer")))?;
-            match usize::try_from(n) {
-                Ok(n) if (1..=max).contains(&n) => Ok(n),
-                _ => Err(err(format!("'{key}' is {n}; it must be between 1 and {max}"))),
-            }
-        };
-        if let Some(arch) = v.get("architectures").and_then(|a| a.as_array()).and_then(|a| a.first()) {
-            let arch = arch.as_str().unwrap_or("?");
-            if arch != "BertModel" {
-                return Err(err(format!("architecture '{arch}' is not BertModel")));
-            }
-        }
-        let act = v.get("hidden_act").map_or(Some("gelu"), |a| a.as_str());
-        if act != Some("gelu") {
-            return Err(err(format!(
-                "hidden_act {} is not supported: BERT encoders need \"gelu\" (the exact erf form)",
-                v.get("hidden_act").map_or_else(String::new, |a| a.to_string())
-            )));
-        }
-        let pos = v.get("position_embedding_type").map_or(Some("absolute"), |a| a.as_str());
-        if pos != Some("absolute") {
-            return Err(err(format!(
-                "position_embedding_type {} is not supported (only \"absolute\")",
-                v.get("position_embedding_type").map_or_else(String::new, |a| a.to_string())
-            )));
-        }
-        let cfg = Self {
-            vocab_size: size("vocab_size", MAX_VOCAB)?,
-            hidden_size: size("hidden_size", MAX_HIDDEN)?,
-            n_layers: size("num_hidden_layers", MAX_LAYERS)?,
-            n_heads: size("num_attention_heads", MAX_HIDDEN)?,
-            intermediate_size: size("intermediate_size", MAX_INTERMEDIATE)?,
-            max_position_embeddings: size("max_position_embeddings", MAX_POSITIONS)?,
-            type_vocab_size: if v.get("type_vocab_size").is_some() {
-                size("type_vocab_size", MAX_TYPE_VOCAB)?
-            } else {
-                2
-            },
-            layer_norm_eps: match v.get("layer_norm_eps") {
-                None => 1e-12,
-                Some(e) => e
-                    .as_f64()
-                    .filter(|e| e.is_finite() && *e > 0.0 && *e < 1.0)
-                    .ok_or_else(|| err(format!("layer_norm_eps {e} is not a small positive number")))?
-                    as f32,
-            },
-        };
-        if !cfg.hidden_size.is_multiple_of(cfg.n_heads) {
-            return Err(err(format!(
-                "hidden_size {} is not a multiple of num_attention_heads {}",
-                cfg.hidden_size, cfg.n_heads
-            )));
-        }
-        Ok(cfg)
-    }
-
-    /// Width of one attention head.
-    pub fn head_dim(&self) -> usize {
-        self.hidden_size / self.n_heads
-    }
-}
+/// Most sequences run through the encoder at once.
+const MAX_BATCH_SEQS: usize = 64;
+/// Most rows of the padded `[batch, longest]` attention layout in one encoder call. Batches are
+/// formed from length-sorted inputs, so this rarely splits inputs of similar length.
+const MAX_BATCH_PADDED_TOKENS: usize = 16 << 10;
 
 /// A linear layer: weight `[out, in]` and bias `[out]`.
 struct Linear {
@@ -192,7 +81,10 @@ pub struct BertModel {
     backend: Arc<dyn Backend>,
     word: Tensor,
     position: Tensor,
-    /// The token-type-0 embedding row, `[1, hidden]`: every input is a single segment.
+    /// The whole token-type table, for inputs with a second segment (BERT cross-encoders).
+    token_types: Tensor,
+    /// The token-type-0 embedding row, `[1, hidden]`, added to every row of single-segment
+    /// inputs (and of every XLM-RoBERTa input, whose one type row is this one).
     token_type0: Tensor,
     emb_norm: Norm,
     layers: Vec<Layer>,
@@ -205,14 +97,16 @@ impl std::fmt::Debug for BertModel {
 }
 
 impl BertModel {
-    /// Builds the model from `weights`, named as HF's `BertModel` saves them, with or without
-    /// the `bert.` prefix that task-head checkpoints carry. Pooler and task-head tensors, and the
-    /// unused I64 `embeddings.position_ids` buffer, are ignored.
+    /// Builds the model from `weights`, named as HF's `BertModel` / `XLMRobertaModel` save
+    /// them, with or without the `bert.` / `roberta.` prefix that task-head checkpoints carry.
+    /// Pooler and task-head tensors, and the unused I64 `embeddings.position_ids` buffer, are
+    /// ignored.
     pub fn load(cfg: BertConfig, weights: &WeightMap, backend: Arc<dyn Backend>) -> Result<Self> {
+        let task_prefix = cfg.family.weight_prefix();
         let prefix = if weights.contains("embeddings.word_embeddings.weight") {
             ""
-        } else if weights.contains("bert.embeddings.word_embeddings.weight") {
-            "bert."
+        } else if weights.contains(&format!("{task_prefix}embeddings.word_embeddings.weight")) {
+            task_prefix
         } else {
             // Neither: report the unprefixed name, the one sentence-transformers folders use.
             ""
@@ -245,7 +139,7 @@ impl BertModel {
                 out_norm: norm(&format!("{l}.output.LayerNorm"))?,
             });
         }
-        Ok(Self { cfg, backend, word, position, token_type0, emb_norm, layers })
+        Ok(Self { cfg, backend, word, position, token_types, token_type0, emb_norm, layers })
     }
 
     /// The model's shape.
@@ -261,39 +155,98 @@ impl BertModel {
     /// Runs the encoder over a batch of token sequences (special tokens already added) and
     /// returns the last hidden state of every token.
     ///
-    /// Every sequence must hold between 1 and `max_position_embeddings` tokens, each below
-    /// `vocab_size`.
+    /// Every sequence must hold between 1 and [`BertConfig::max_tokens`] tokens, each below
+    /// `vocab_size`. Every token has type 0.
     pub fn forward(&self, seqs: &[&[u32]]) -> Result<EncoderOutput> {
+        self.forward_typed(seqs, None)
+    }
+
+    /// As [`forward`](Self::forward), with each token's type (segment) id when `types` is given:
+    /// one slice per sequence, of the same length, each id below `type_vocab_size`.
+    pub fn forward_typed(&self, seqs: &[&[u32]], types: Option<&[&[u32]]>) -> Result<EncoderOutput> {
         let mut out = None;
-        self.backend.run_within(&mut || out = Some(self.forward_inner(seqs)));
+        self.backend.run_within(&mut || out = Some(self.forward_inner(seqs, types)));
         out.unwrap_or_else(|| Err(EngineError::Request("the backend did not run the encoder".into())))
     }
 
-    fn forward_inner(&self, seqs: &[&[u32]]) -> Result<EncoderOutput> {
+    /// Runs any number of inputs through the encoder in batches of similar length (longest
+    /// first, so that the padded attention layout wastes little), and hands each input's rows
+    /// to `each` with its index in `inputs`. Each input's rows equal those it gets alone, up to
+    /// float rounding.
+    pub fn forward_batched(
+        &self,
+        inputs: &[Vec<u32>],
+        types: Option<&[Vec<u32>]>,
+        each: &mut dyn FnMut(usize, &[f32]) -> Result<()>,
+    ) -> Result<()> {
+        if types.is_some_and(|t| t.len() != inputs.len()) {
+            return Err(EngineError::Request("token type ids must be given for every input".into()));
+        }
+        let mut order: Vec<usize> = (0..inputs.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(inputs[i].len()));
+        let mut start = 0;
+        while start < order.len() {
+            // The first input of a batch is its longest.
+            let longest = inputs[order[start]].len().max(1);
+            let cap = (MAX_BATCH_PADDED_TOKENS / longest).clamp(1, MAX_BATCH_SEQS);
+            let batch = &order[start..(start + cap).min(order.len())];
+            let seqs: Vec<&[u32]> = batch.iter().map(|&i| inputs[i].as_slice()).collect();
+            let typed: Option<Vec<&[u32]>> = types.map(|t| batch.iter().map(|&i| t[i].as_slice()).collect());
+            let out = self.forward_typed(&seqs, typed.as_deref())?;
+            for (j, &i) in batch.iter().enumerate() {
+                let rows = out.sequence(j).ok_or_else(|| EngineError::Request(format!("encoder lost input {i}")))?;
+                each(i, rows)?;
+            }
+            start += batch.len();
+        }
+        Ok(())
+    }
+
+    fn forward_inner(&self, seqs: &[&[u32]], types: Option<&[&[u32]]>) -> Result<EncoderOutput> {
         let h = self.cfg.hidden_size;
         let mut offsets = Vec::with_capacity(seqs.len() + 1);
         offsets.push(0);
         for (i, s) in seqs.iter().enumerate() {
-            if s.is_empty() || s.len() > self.cfg.max_position_embeddings {
+            if s.is_empty() || s.len() > self.cfg.max_tokens() {
                 return Err(EngineError::Request(format!(
                     "input {i} has {} tokens; the encoder takes 1 to {}",
                     s.len(),
-                    self.cfg.max_position_embeddings
+                    self.cfg.max_tokens()
                 )));
             }
             offsets.push(offsets[i] + s.len());
         }
+        // Type ids only matter when some are not 0; all-zero ones take the broadcast row.
+        let types = match types {
+            Some(t) if t.iter().any(|s| s.iter().any(|&x| x != 0)) => {
+                let lens_match = t.len() == seqs.len() && t.iter().zip(seqs).all(|(a, b)| a.len() == b.len());
+                let most = self.cfg.type_vocab_size as u32;
+                if !lens_match || t.iter().any(|s| s.iter().any(|&x| x >= most)) {
+                    return Err(EngineError::Request(format!(
+                        "token type ids must match the inputs one for one and be below type_vocab_size {most}"
+                    )));
+                }
+                Some(t.iter().flat_map(|s| s.iter().copied()).collect::<Vec<u32>>())
+            }
+            _ => None,
+        };
         if seqs.is_empty() {
             return Ok(EncoderOutput { hidden: Vec::new(), offsets, hidden_size: h });
         }
         let be = self.backend.as_ref();
         let ids: Vec<u32> = seqs.iter().flat_map(|s| s.iter().copied()).collect();
-        // Positions restart at 0 in every sequence; max_position_embeddings fits in u32 (capped).
-        let positions: Vec<u32> = seqs.iter().flat_map(|s| 0..s.len() as u32).collect();
+        // Positions restart at the offset in every sequence; max_position_embeddings fits in
+        // u32 (capped), and offset + len is within it (checked above).
+        let first = self.cfg.position_offset as u32;
+        let positions: Vec<u32> = seqs.iter().flat_map(|s| first..first + s.len() as u32).collect();
         let layout = PaddedLayout::new(&offsets);
 
         // Embeddings, summed in the order transformers sums them: (word + type) + position.
-        let x = be.add(&be.embedding(&self.word, &ids)?, &self.token_type0)?;
+        let word = be.embedding(&self.word, &ids)?;
+        let x = match types {
+            Some(t) => be.add(&word, &be.embedding(&self.token_types, &t)?)?,
+            None => be.add(&word, &self.token_type0)?,
+        };
         let pos = be.embedding(&self.position, &positions)?;
         let mut x = be.add_layer_norm(&x, &pos, &self.emb_norm.w, &self.emb_norm.b, self.cfg.layer_norm_eps)?;
         for layer in &self.layers {
@@ -378,6 +331,7 @@ mod tests {
     use super::*;
     use govbox_drivers::cpu::CpuBackend;
     use govbox_drivers::{DType, HostBytes};
+    use serde_json::Value;
 
     use crate::weights::WeightInfo;
 
@@ -401,7 +355,9 @@ mod tests {
         assert!(bad("hidden_act", "relu".into()).contains("hidden_act \"relu\" is not supported"));
         assert!(bad("num_attention_heads", 3.into()).contains("not a multiple of num_attention_heads 3"));
         assert!(bad("hidden_size", 0.into()).contains("'hidden_size' is 0"));
-        assert!(bad("architectures", serde_json::json!(["GPT2Model"])).contains("'GPT2Model' is not BertModel"));
+        assert!(
+            bad("architectures", serde_json::json!(["GPT2Model"])).contains("'GPT2Model' is not a supported encoder")
+        );
         assert!(bad("position_embedding_type", "relative_key".into()).contains("relative_key"));
         let e = bad("layer_norm_eps", (-1.0).into());
         assert!(e.starts_with("x/config.json: layer_norm_eps -1"), "{e}");

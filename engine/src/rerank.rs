@@ -1,0 +1,245 @@
+//! Cross-encoder rerankers: a BERT-family encoder with a one-label sequence-classification head
+//! (`XLMRobertaForSequenceClassification` as in bge-reranker-base and bge-reranker-v2-m3,
+//! `BertForSequenceClassification` as in the ms-marco MiniLM cross-encoders).
+//!
+//! The query and a document go through the encoder together, as the tokenizer's pair template
+//! joins them (`<s> q </s></s> d </s>` for XLM-RoBERTa, `[CLS] q [SEP] d [SEP]` with the
+//! document's tokens as segment 1 for BERT). The head reads the first token's vector:
+//! `out(tanh(dense(h)))`, where XLM-RoBERTa names the two layers `classifier.dense` and
+//! `classifier.out_proj`, and BERT `bert.pooler.dense` and `classifier`. The logit is the
+//! relevance; `sigmoid(logit)` is the score sentence-transformers' `CrossEncoder` reports.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use govbox_drivers::{Backend, DType, HostBytes, Tensor};
+use serde_json::Value;
+
+use crate::embed::EmbedInputError;
+use crate::models::bert::{BertConfig, BertModel, EncoderFamily};
+use crate::weights::{WeightMap, read_small};
+use crate::{EngineError, Result};
+
+/// Largest `tokenizer_config.json` read.
+const MAX_TOKENIZER_CONFIG: u64 = 1 << 20;
+
+/// Relevance of documents to one query, in document order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RerankScores {
+    /// The head's logit for each document.
+    pub logits: Vec<f32>,
+    /// Tokens of each query–document pair, special tokens included, after truncation.
+    pub token_counts: Vec<usize>,
+}
+
+/// `1 / (1 + e^-x)`: the score a one-label cross-encoder's logit stands for.
+pub fn sigmoid(x: f32) -> f32 {
+    (1.0 / (1.0 + (-f64::from(x)).exp())) as f32
+}
+
+/// The classification head.
+struct Head {
+    dense_w: Tensor,
+    dense_b: Tensor,
+    out_w: Tensor,
+    out_b: Tensor,
+}
+
+/// A loaded cross-encoder.
+pub struct RerankModel {
+    bert: BertModel,
+    tokenizer: crate::tokenizer::Tokenizer,
+    /// The HF tokenizer, without truncation or padding.
+    whole: tokenizers::Tokenizer,
+    /// The same, truncating pairs (longest first, as `CrossEncoder` does) at `max_tokens`.
+    cutting: tokenizers::Tokenizer,
+    head: Head,
+    max_tokens: usize,
+}
+
+impl std::fmt::Debug for RerankModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RerankModel")
+            .field("bert", &self.bert)
+            .field("max_tokens", &self.max_tokens)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RerankModel {
+    /// Whether `dir`'s `config.json` names a sequence-classification encoder first.
+    pub fn is_rerank_dir(dir: &Path) -> bool {
+        let Ok(text) = read_small(&dir.join("config.json"), 1 << 20) else { return false };
+        serde_json::from_str::<Value>(&text).is_ok_and(|v| {
+            BertConfig::architecture_of(&v)
+                .is_some_and(|a| a.ends_with("ForSequenceClassification") && BertConfig::is_encoder_architecture(a))
+        })
+    }
+
+    /// Loads a HF cross-encoder folder (`config.json`, `model.safetensors`, `tokenizer.json`)
+    /// onto `backend`. The head must have exactly one label.
+    pub fn load(dir: &Path, backend: Arc<dyn Backend>) -> Result<Self> {
+        let cfg = BertConfig::from_hf_dir(dir)?;
+        let config_file = dir.join("config.json").display().to_string();
+        match cfg.num_labels {
+            Some(1) => {}
+            Some(n) => {
+                return Err(EngineError::Config {
+                    file: config_file,
+                    detail: format!("the classifier has {n} labels; a reranker has exactly one (a relevance logit)"),
+                });
+            }
+            None => {
+                return Err(EngineError::Config {
+                    file: config_file,
+                    detail: format!(
+                        "{} has no classification head; a reranker is a …ForSequenceClassification",
+                        cfg.architecture
+                    ),
+                });
+            }
+        }
+        let max_tokens = read_model_max_length(dir)?.map_or(cfg.max_tokens(), |m| m.min(cfg.max_tokens()));
+        let tok_path = dir.join("tokenizer.json");
+        let whole = crate::embed::load_hf_tokenizer(&tok_path)?;
+        let mut cutting = whole.clone();
+        let trunc = tokenizers::TruncationParams {
+            max_length: max_tokens,
+            strategy: tokenizers::TruncationStrategy::LongestFirst,
+            ..Default::default()
+        };
+        cutting
+            .with_truncation(Some(trunc))
+            .map_err(|e| EngineError::Tokenizer(format!("{}: {e}", tok_path.display())))?;
+        let tokenizer = crate::tokenizer::Tokenizer::from_hf_dir(dir)?;
+        let weights = WeightMap::from_hf_dir(dir)?;
+        let h = cfg.hidden_size;
+        let names = match cfg.family {
+            EncoderFamily::Bert => ["bert.pooler.dense", "classifier"],
+            EncoderFamily::XlmRoberta => ["classifier.dense", "classifier.out_proj"],
+        };
+        let be = backend.as_ref();
+        let head = Head {
+            dense_w: weights.upload(be, &format!("{}.weight", names[0]), &[h, h])?,
+            dense_b: weights.upload(be, &format!("{}.bias", names[0]), &[h])?,
+            out_w: weights.upload(be, &format!("{}.weight", names[1]), &[1, h])?,
+            out_b: weights.upload(be, &format!("{}.bias", names[1]), &[1])?,
+        };
+        let bert = BertModel::load(cfg, &weights, backend)?;
+        Ok(Self { bert, tokenizer, whole, cutting, head, max_tokens })
+    }
+
+    /// The model's tokenizer.
+    pub fn tokenizer(&self) -> &crate::tokenizer::Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The most tokens a query–document pair may have, special tokens included.
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    /// The encoder's shape.
+    pub fn config(&self) -> &BertConfig {
+        self.bert.config()
+    }
+
+    /// Token ids and type ids of the pair (`query`, `document`), cut to
+    /// [`max_tokens`](Self::max_tokens) when `truncate`, else refused when longer (`index`
+    /// names the document in the error).
+    pub fn encode_pair(
+        &self,
+        query: &str,
+        document: &str,
+        truncate: bool,
+        index: usize,
+    ) -> Result<(Vec<u32>, Vec<u32>)> {
+        let tok = if truncate { &self.cutting } else { &self.whole };
+        let enc = tok.encode((query, document), true).map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        if enc.get_ids().len() > self.max_tokens {
+            return Err(EmbedInputError::TooLong { index, tokens: enc.get_ids().len(), limit: self.max_tokens }.into());
+        }
+        if enc.get_ids().is_empty() {
+            return Err(EmbedInputError::Empty { index }.into());
+        }
+        Ok((enc.get_ids().to_vec(), enc.get_type_ids().to_vec()))
+    }
+
+    /// Scores each document against `query`. Pairs are batched by length; each logit equals the
+    /// one the pair gets alone, up to float rounding.
+    pub fn score(&self, query: &str, documents: &[&str], truncate: bool) -> Result<RerankScores> {
+        let mut ids = Vec::with_capacity(documents.len());
+        let mut types = Vec::with_capacity(documents.len());
+        for (i, d) in documents.iter().enumerate() {
+            let (a, b) = self.encode_pair(query, d, truncate, i)?;
+            ids.push(a);
+            types.push(b);
+        }
+        self.score_ids(&ids, &types)
+    }
+
+    /// Scores encoded pairs (from [`encode_pair`](Self::encode_pair)), in order.
+    pub fn score_ids(&self, ids: &[Vec<u32>], types: &[Vec<u32>]) -> Result<RerankScores> {
+        let h = self.bert.config().hidden_size;
+        let mut first_rows = vec![0f32; ids.len() * h];
+        self.bert.forward_batched(ids, Some(types), &mut |i, rows| {
+            first_rows[i * h..(i + 1) * h].copy_from_slice(&rows[..h]);
+            Ok(())
+        })?;
+        let logits = if ids.is_empty() { Vec::new() } else { self.head(first_rows, ids.len())? };
+        Ok(RerankScores { logits, token_counts: ids.iter().map(Vec::len).collect() })
+    }
+
+    /// `out(tanh(dense(x)))` over `n` first-token rows.
+    fn head(&self, rows: Vec<f32>, n: usize) -> Result<Vec<f32>> {
+        let be = self.bert.backend().as_ref();
+        let h = self.bert.config().hidden_size;
+        let upload = |v: Vec<f32>| -> Result<Tensor> {
+            let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            Ok(be.upload(HostBytes::from_vec(bytes), DType::F32, &[n, h])?)
+        };
+        let mut out = None;
+        self.bert.backend().run_within(&mut || {
+            out = Some((|| -> Result<Vec<f32>> {
+                let dense = be.linear(&upload(rows.clone())?, &self.head.dense_w, &self.head.dense_b, false)?;
+                // The backend has no tanh op; the rows are few (one per pair).
+                let mut pooled = be.download_f32(&dense)?;
+                pooled.iter_mut().for_each(|x| *x = x.tanh());
+                let logits = be.linear(&upload(pooled)?, &self.head.out_w, &self.head.out_b, false)?;
+                Ok(be.download_f32(&logits)?)
+            })());
+        });
+        out.unwrap_or_else(|| Err(EngineError::Request("the backend did not run the classifier".into())))
+    }
+}
+
+/// `model_max_length` from `tokenizer_config.json`, when present and sane (HF writes a huge
+/// sentinel for "no limit", which is ignored).
+fn read_model_max_length(dir: &Path) -> Result<Option<usize>> {
+    let path = dir.join("tokenizer_config.json");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = read_small(&path, MAX_TOKENIZER_CONFIG)?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| EngineError::Config {
+        file: path.display().to_string(),
+        detail: format!("not valid JSON: {e}"),
+    })?;
+    Ok(v.get("model_max_length")
+        .and_then(Value::as_u64)
+        .and_then(|m| usize::try_from(m).ok())
+        .filter(|&m| (2..=1 << 20).contains(&m)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sigmoid_is_the_logistic_function() {
+        assert_eq!(sigmoid(0.0), 0.5);
+        assert!((sigmoid(2.0) - 0.880_797).abs() < 1e-6);
+        assert!((sigmoid(-2.0) - 0.119_203).abs() < 1e-6);
+        assert_eq!(sigmoid(-200.0), 0.0);
+    }
+}
