@@ -114,4 +114,11 @@ put("chat_template", "template_loop", b"\1" + b"{% for m in messages %}{{ m.role
 put("chat_template", "template_methods", b"\3" + b"{{ bos_token }}{% for m in messages %}{{ m['content'].strip()"
     b".upper() }}{{ raise_exception('no') if m.role == 'tool' }}{% endfor %}{{ strftime_now('%Y-%m-%d') }}\0"
     + convo((1, " padded "), (3, "t")))
+# --- policy_library (policy.toml NUL keyword list) ---------------------------------------------
+POLICY_TOML = (
+    'format = "govbox-policy/1"\nname = "seed"\nversion = "1"\nexceptions = ["ex.txt"]\n'
+    '[normalise]\ntraditional = true\n[[category]]\nid = "v"\naction = "refuse"\nrefusal = "no"\n'
+    'keywords = ["kw.txt"]\npatterns = [{ id = "p", regex = "ab{1,3}c" }]\n'
+)
+put("policy_library", "minimal", POLICY_TOML.encode() + b"\0" + "bomb\nr-1\t炸药\n".encode())
 print("seeds written under", OUT)
