@@ -188,6 +188,8 @@ pub struct AppState {
     pub insecure_dev_models: bool,
     /// The signed model packages.
     pub packages: crate::packages::Packages,
+    /// The content-safety libraries (signed policy packages) being served.
+    pub policies: crate::policy::PolicyTable,
     /// The tamper-evident audit log (govboxd holds its lock while it runs).
     pub audit: govbox_audit::AuditHandle,
     /// The backend the models run on.
@@ -299,6 +301,7 @@ pub(crate) fn test_state() -> (tempfile::TempDir, Arc<AppState>) {
         models: ModelTable::default(),
         insecure_dev_models: false,
         packages,
+        policies: Default::default(),
         audit,
         backend,
         tls: RwLock::new(Arc::new(tls)),
