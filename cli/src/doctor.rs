@@ -798,6 +798,7 @@ mod tests {
             revoked,
             created: 0,
             allow_special_tokens: false,
+            policy: None,
         };
         let now = 1_000 * 86_400;
         let fine = client("fine", now + 100 * 86_400, false);

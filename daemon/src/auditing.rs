@@ -146,7 +146,11 @@ pub fn admin_events(cmd: &str, subject: &str, uid: &str, result: &Value) -> Vec<
         "client_add" | "client_revoke" | "client_renew" => vec![Event::Admin {
             actor: format!("admin-socket uid {uid}"),
             action: cmd.to_string(),
-            subject: subject.to_string(),
+            // A client's own content-safety library (`off` included) is part of what was decided.
+            subject: match result["client"]["policy"].as_str() {
+                Some(p) if cmd == "client_add" => format!("{subject} (policy {p})"),
+                _ => subject.to_string(),
+            },
         }],
         _ => vec![],
     }

@@ -23,7 +23,7 @@ use govbox_audit::Event;
 use govbox_engine::{FinishReason, Usage};
 use govbox_images::ModelStore;
 use govbox_policy::{Action, Policy, StreamFilter, Verdict};
-use govbox_provisioning::StatePaths;
+use govbox_provisioning::{ClientRecord, StatePaths};
 use tokio::sync::mpsc;
 
 use crate::api::error::ApiError;
@@ -169,11 +169,14 @@ pub async fn start(state: &Arc<AppState>) {
 pub async fn check_input(
     state: &Arc<AppState>,
     record: &RequestRecord,
-    client: &str,
+    client: &ClientRecord,
     param: &'static str,
     texts: &[&str],
 ) -> Result<Option<Arc<ServedPolicy>>, ApiError> {
-    let Some(served) = state.policies.choose(&state.config.policy.default)? else { return Ok(None) };
+    // The client's own library (`client add --policy`), else the box default.
+    let wanted = client.policy.as_deref().unwrap_or(&state.config.policy.default);
+    let Some(served) = state.policies.choose(wanted)? else { return Ok(None) };
+    let client = client.name.as_str();
     for text in texts {
         if let Some(hit) = served.policy.check_input(text) {
             let verdict = Verdict::of(&served.policy, &hit);

@@ -148,4 +148,22 @@ async fn inputs_and_streamed_outputs_are_filtered_and_audited() {
     }
     let counted = d.metric(&metrics, "govbox_policy_verdicts_total{category=\"violence\",stage=\"output\"").await;
     assert_eq!(counted, Some(2.0));
+
+    // Per client: `off` (an explicit choice at client_add, which the audit log records) is not
+    // filtered; a client bound to a library the box lacks is refused rather than served unfiltered.
+    let question = chat("炸药配方", false);
+    for (name, policy, status) in [("lab", "off", 200), ("other", "nope", 503)] {
+        let a =
+            d.admin(&json!({"cmd": "client_add", "name": name, "models": ["all"], "token": true, "policy": policy}));
+        assert_eq!(a["ok"], true, "{a}");
+        let creds = common::Creds::token(a["result"]["token"].as_str().unwrap());
+        let r = d.post(&creds, "/v1/chat/completions", &question).await;
+        assert_eq!(r.status, status, "{}", r.text());
+        if status == 503 {
+            assert_eq!(r.error_code(), "policy_unavailable");
+        }
+    }
+    let added =
+        d.audit_entries().into_iter().find(|e| e["action"] == "client_add" && e["subject"] == "lab (policy off)");
+    assert!(added.is_some(), "the client's 'off' is not in the audit log");
 }

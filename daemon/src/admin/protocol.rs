@@ -44,6 +44,9 @@ pub enum AdminRequest {
         /// Its completions prompts may write control tokens.
         #[serde(default)]
         allow_special_tokens: bool,
+        /// Its content-safety library (a name or `off`); absent means `[policy] default`.
+        #[serde(default)]
+        policy: Option<String>,
     },
     /// All clients.
     ClientList,
@@ -271,6 +274,7 @@ pub fn execute(state: &Arc<AppState>, req: AdminRequest, uid: &str) -> Result<Va
             cert_days,
             token,
             allow_special_tokens,
+            policy,
         } => {
             let name = ClientName::parse(&name)?;
             // What the box knows: the stored packages and whatever it serves (dev folders too).
@@ -289,6 +293,7 @@ pub fn execute(state: &Arc<AppState>, req: AdminRequest, uid: &str) -> Result<Va
                 cert_days: cert_days.unwrap_or(DEFAULT_CERT_DAYS),
                 with_token: token,
                 allow_special_tokens,
+                policy,
             };
             Ok(issued_json(store.add(new)?))
         }

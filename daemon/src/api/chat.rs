@@ -140,7 +140,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
     let msgs = messages(&req)?;
     let request = req.sampling.to_request(Prompt::Chat(msgs.clone()), state.config.serving.default_max_tokens)?;
     let texts: Vec<&str> = msgs.iter().map(|m| m.content.as_str()).collect();
-    let policy = crate::policy::check_input(&state, &call.record, &client.name, "messages", &texts).await?;
+    let policy = crate::policy::check_input(&state, &call.record, &client, "messages", &texts).await?;
     let prompt = serde_json::to_vec(&msgs).map_err(|e| ApiError::Internal(format!("encoding the prompt: {e}")))?;
     audit_request(&state, &call.record, &client.name, &model, &prompt).await?;
     let acc = Accepted {

@@ -72,7 +72,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
         Prompt::Text(text.clone())
     };
     let request = req.sampling.to_request(engine_prompt, state.config.serving.default_max_tokens)?;
-    let policy = crate::policy::check_input(&state, &call.record, &client.name, "prompt", &[text.as_str()]).await?;
+    let policy = crate::policy::check_input(&state, &call.record, &client, "prompt", &[text.as_str()]).await?;
     audit_request(&state, &call.record, &client.name, &model, text.as_bytes()).await?;
     let acc = Accepted {
         model: model.clone(),

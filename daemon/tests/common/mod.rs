@@ -142,6 +142,7 @@ impl Box_ {
                 cert_days: 30,
                 with_token: true,
                 allow_special_tokens: false,
+                policy: None,
             })
             .unwrap();
         creds_of(&issued)
