@@ -25,8 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut r = Lcg(7);
     let dir = tempfile::tempdir()?;
     std::fs::create_dir_all(dir.path().join("lists"))?;
-    let words: Vec<String> =
-        (0..keywords).map(|_| (0..2 + r.next(3)).map(|_| r.cjk()).collect::<String>()).collect();
+    let words: Vec<String> = (0..keywords).map(|_| (0..2 + r.next(3)).map(|_| r.cjk()).collect::<String>()).collect();
     std::fs::write(dir.path().join("lists/kw.txt"), words.join("\n"))?;
     std::fs::write(
         dir.path().join("policy.toml"),
