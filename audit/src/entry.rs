@@ -159,6 +159,39 @@ pub enum Event {
         /// What was decided and why.
         detail: String,
     },
+    /// A content-safety verdict: a question refused, or an answer stopped or changed by the
+    /// content-safety library. Never the text: which category and rule of which library decided.
+    PolicyVerdict {
+        /// The request id, also in the request's `inference_request` entry.
+        request_id: String,
+        /// The client's name.
+        client: String,
+        /// `input` (the question) or `output` (the answer).
+        stage: String,
+        /// `refuse` or `replace`.
+        action: String,
+        /// The category id.
+        category: String,
+        /// The rule id.
+        rule: String,
+        /// The library package's name and version.
+        package: String,
+        /// The SHA-256 of its signed manifest (`sha256-<hex>`).
+        digest: String,
+    },
+    /// A content-safety policy package changed, or the box's choice of library did.
+    PolicyPackage {
+        /// What happened.
+        action: PackageAction,
+        /// Who: `admin-socket uid N` or `uid N` (the CLI on the state folder).
+        actor: String,
+        /// The package name.
+        name: String,
+        /// The package version.
+        version: String,
+        /// The SHA-256 of its manifest.
+        digest: String,
+    },
 }
 
 impl Event {
@@ -176,6 +209,8 @@ impl Event {
             Self::Lifecycle { .. } => "lifecycle",
             Self::Update { .. } => "update",
             Self::Policy { .. } => "policy",
+            Self::PolicyVerdict { .. } => "policy_verdict",
+            Self::PolicyPackage { .. } => "policy_package",
         }
     }
 
@@ -197,6 +232,10 @@ impl Event {
             Self::Lifecycle { version, .. } => vec![version],
             Self::Update { step, detail } => vec![step, detail],
             Self::Policy { detail } => vec![detail],
+            Self::PolicyVerdict { request_id, client, stage, action, category, rule, package, digest } => {
+                vec![request_id, client, stage, action, category, rule, package, digest]
+            }
+            Self::PolicyPackage { actor, name, version, digest, .. } => vec![actor, name, version, digest],
         };
         for f in fields {
             truncate_field(f);

@@ -82,6 +82,18 @@ pub struct AddArgs {
     /// application that builds raw prompts itself. Off: such text stays plain text.
     #[arg(long)]
     allow_special_tokens: bool,
+    /// The content-safety library its requests get (`govbox policy list`), or `off` for none
+    /// (recorded with the client in the audit log); default: govboxd's `[policy] default`.
+    #[arg(long, value_name = "NAME", value_parser = policy_name)]
+    policy: Option<String>,
+}
+
+/// A library name as `policy.toml` allows it, or `off`.
+fn policy_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'));
+    if ok { Ok(s.to_string()) } else { Err("a library name is 1-64 of a-z, 0-9, '-', '_', '.' (or 'off')".into()) }
 }
 
 /// Runs `govbox client ...`: through the daemon at `socket` when it answers, else offline.
@@ -165,6 +177,7 @@ fn offline(state: &Path, cmd: ClientCommand) -> Result<()> {
                 cert_days: args.days,
                 with_token: args.token,
                 allow_special_tokens: args.allow_special_tokens,
+                policy: args.policy,
             })?;
             let token = issued.token.as_ref().map(|t| t.expose().to_string());
             finish_add(&name, &dir, &issued, token.as_deref())
@@ -199,6 +212,7 @@ fn online(mut conn: AdminClient, cmd: ClientCommand) -> Result<()> {
                 "cert_days": args.days,
                 "token": args.token,
                 "allow_special_tokens": args.allow_special_tokens,
+                "policy": args.policy,
             }))?;
             let (issued, token) = issued_from_answer(&conn, answer)?;
             finish_add(&name, &dir, &issued, token.as_deref())

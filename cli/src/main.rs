@@ -11,6 +11,7 @@ mod doctor;
 mod keys;
 mod model;
 mod package;
+mod policy;
 mod provision;
 mod status;
 mod store;
@@ -73,6 +74,9 @@ enum Command {
     /// Renew the HTTPS server certificate (same CA, new key); a running govboxd serves it with no restart.
     #[command(subcommand)]
     Tls(tls::TlsCommand),
+    /// Content-safety libraries: build, verify, import, activate, roll back and list signed policy packages.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
     /// Build signed update bundles; apply, inspect and roll back govbox updates (A/B slots).
     #[command(subcommand)]
     Update(update::UpdateCommand),
@@ -95,6 +99,7 @@ fn main() -> ExitCode {
         Command::Doctor(a) => doctor::run(cli.state.as_deref(), &socket, a),
         Command::Tls(c) => done(tls::run(cli.state.as_deref(), &socket, c)),
         Command::Update(c) => done(update::run(&socket, c)),
+        Command::Policy(c) => done(policy::run(cli.state.as_deref(), &socket, c)),
     };
     match r {
         Ok(code) => code,

@@ -45,6 +45,8 @@ pub enum RoleArg {
     Models,
     /// Update bundles.
     Updates,
+    /// Content-safety policy packages.
+    Policy,
 }
 
 /// `govbox package build`.
@@ -92,16 +94,16 @@ pub struct BuildArgs {
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
     /// The package file.
-    file: PathBuf,
+    pub file: PathBuf,
     /// A trust root (root.json) [default: STATE/trust/root.json unless --key is given].
     #[arg(long, value_name = "ROOT_JSON", conflicts_with = "key")]
-    trust: Option<PathBuf>,
+    pub trust: Option<PathBuf>,
     /// Check against this one public key instead of a trust root (the vendor's own check).
     #[arg(long, value_name = "PUB")]
-    key: Option<PathBuf>,
+    pub key: Option<PathBuf>,
     /// The role whose threshold must sign.
     #[arg(long, value_enum, default_value_t = RoleArg::Models)]
-    role: RoleArg,
+    pub role: RoleArg,
 }
 
 /// `govbox package ...`.
@@ -315,6 +317,7 @@ fn verify(state: Option<&Path>, a: VerifyArgs) -> Result<()> {
     let role = match a.role {
         RoleArg::Models => Role::Models,
         RoleArg::Updates => Role::Updates,
+        RoleArg::Policy => Role::Policy,
     };
     let root;
     let key;

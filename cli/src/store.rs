@@ -59,7 +59,8 @@ pub enum StoreCommand {
     },
 }
 
-fn split_spec(spec: &str) -> (&str, Option<&str>) {
+/// `NAME@VERSION` or `NAME`.
+pub(crate) fn split_spec(spec: &str) -> (&str, Option<&str>) {
     match spec.split_once('@') {
         Some((n, v)) => (n, Some(v)),
         None => (spec, None),

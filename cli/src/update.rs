@@ -218,7 +218,7 @@ fn init(a: &InitArgs) -> Result<()> {
         anchor.version(),
         a.from.display()
     );
-    for role in govbox_provisioning::Role::ALL {
+    for role in govbox_provisioning::Role::ALL.into_iter().filter(|&r| anchor.has_role(r)) {
         let r = anchor.role(role);
         println!("  role {:<8} threshold {} of {} key(s)", role.as_str(), r.threshold, r.keyids.len());
     }

@@ -115,6 +115,24 @@ pub fn admin_events(cmd: &str, subject: &str, uid: &str, result: &Value) -> Vec<
         "model_activate" => vec![package(PackageAction::Activated)],
         "model_rollback" => vec![package(PackageAction::RolledBack)],
         "model_remove" => vec![package(PackageAction::Removed)],
+        "policy_import" | "policy_activate" | "policy_rollback" => {
+            let step = |action| Event::PolicyPackage {
+                action,
+                actor: format!("admin-socket uid {uid}"),
+                name: s("name"),
+                version: s("version"),
+                digest: s("digest"),
+            };
+            match cmd {
+                "policy_activate" => vec![step(PackageAction::Activated)],
+                "policy_rollback" => vec![step(PackageAction::RolledBack)],
+                _ if result["already_present"].as_bool() == Some(true) => vec![],
+                _ if result["active"].as_bool() == Some(true) => {
+                    vec![step(PackageAction::Imported), step(PackageAction::Activated)]
+                }
+                _ => vec![step(PackageAction::Imported)],
+            }
+        }
         "tls_reload" => vec![Event::Admin {
             actor: format!("admin-socket uid {uid}"),
             action: cmd.to_string(),
@@ -129,7 +147,11 @@ pub fn admin_events(cmd: &str, subject: &str, uid: &str, result: &Value) -> Vec<
         "client_add" | "client_revoke" | "client_renew" => vec![Event::Admin {
             actor: format!("admin-socket uid {uid}"),
             action: cmd.to_string(),
-            subject: subject.to_string(),
+            // A client's own content-safety library (`off` included) is part of what was decided.
+            subject: match result["client"]["policy"].as_str() {
+                Some(p) if cmd == "client_add" => format!("{subject} (policy {p})"),
+                _ => subject.to_string(),
+            },
         }],
         _ => vec![],
     }

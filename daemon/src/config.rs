@@ -86,8 +86,31 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// What govboxd gives up at start-up (the egress lockdown).
     pub sandbox: crate::sandbox::SandboxConfig,
+    /// Content safety: which library applies.
+    pub policy: PolicyConfig,
     /// Unsigned model folders, served only under `--insecure-dev-models` (development).
     pub models: Vec<ModelEntry>,
+}
+
+/// `[policy]`: which content-safety library (`govbox policy list`) applies to requests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// The library for clients that name none: a library name, or `off` to serve unfiltered
+    /// (an explicit choice, recorded in the audit log at every start). Empty: the one imported
+    /// library when there is exactly one, none while none is imported, and a refusal (503
+    /// `policy_unavailable`) when several are and none is named.
+    pub default: String,
+}
+
+// Written out, not derived, so that the default carries its reason like every other one.
+#[allow(clippy::derivable_impls)]
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        // Empty: a box filters with its library as soon as one is imported, with no config
+        // change, and a freshly installed box without one still serves.
+        PolicyConfig { default: String::new() }
+    }
 }
 
 /// `[audit]`: checkpoints and retention of the tamper-evident audit log.
@@ -190,6 +213,8 @@ impl Default for Config {
             retention: RetentionConfig::default(),
             // The reasons are on SandboxConfig's Default impl.
             sandbox: crate::sandbox::SandboxConfig::default(),
+            // The reasons are on PolicyConfig's Default impl.
+            policy: PolicyConfig::default(),
             // No model until one is configured: the daemon still serves /healthz and the admin socket.
             models: Vec::new(),
         }

@@ -283,6 +283,7 @@ async fn daemon(opts: Options, config: Config, listener: std::net::TcpListener) 
         models: ModelTable::default(),
         insecure_dev_models: opts.insecure_dev_models,
         packages,
+        policies: Default::default(),
         audit,
         backend,
         tls: RwLock::new(Arc::new(tls_config)),
@@ -301,6 +302,7 @@ async fn daemon(opts: Options, config: Config, listener: std::net::TcpListener) 
     let mut int = signal(SignalKind::interrupt()).map_err(|source| DaemonError::Runtime { what: "SIGINT", source })?;
 
     auditing::record(&state.audit, &state.metrics, auditing::lifecycle(LifecycleAction::Start)).await;
+    crate::policy::start(&state).await;
     tokio::spawn(admin::serve(admin_listener, state.clone()));
     let server = tokio::spawn(server::serve(listener, state.clone(), api::router(state.clone())));
     tokio::spawn(systemd::watchdog(state.clone()));

@@ -33,6 +33,7 @@ pub mod device;
 pub mod logging;
 pub mod metrics;
 pub mod packages;
+pub mod policy;
 pub mod quota;
 pub mod refusals;
 pub mod sandbox;

@@ -71,6 +71,9 @@ pub struct Metrics {
     pub audit_failures: Counter,
     /// `govbox_audit_witness_pending`: signed tree heads not yet sent to the witness (0 without one).
     pub audit_witness_pending: Gauge,
+    /// `govbox_policy_verdicts_total{category,stage,action}`: questions refused and answers
+    /// stopped or changed by the content-safety library.
+    pub policy_verdicts: Family<[(&'static str, String); 3], Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -211,6 +214,12 @@ impl Metrics {
             "Signed tree heads waiting to be sent to the audit witness",
             audit_witness_pending.clone(),
         );
+        let policy_verdicts = Family::<[(&'static str, String); 3], Counter>::default();
+        registry.register(
+            "govbox_policy_verdicts",
+            "Questions refused and answers stopped or changed by the content-safety library, by category",
+            policy_verdicts.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -235,6 +244,7 @@ impl Metrics {
             audit_entries,
             audit_failures,
             audit_witness_pending,
+            policy_verdicts,
         }
     }
 

@@ -236,6 +236,7 @@ mod tests {
             revoked: false,
             created: 0,
             allow_special_tokens: false,
+            policy: None,
         }
     }
 

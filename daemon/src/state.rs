@@ -197,6 +197,8 @@ pub struct AppState {
     pub insecure_dev_models: bool,
     /// The signed model packages.
     pub packages: crate::packages::Packages,
+    /// The content-safety libraries (signed policy packages) being served.
+    pub policies: crate::policy::PolicyTable,
     /// The tamper-evident audit log (govboxd holds its lock while it runs).
     pub audit: govbox_audit::AuditHandle,
     /// The backend the models run on.
@@ -309,6 +311,7 @@ pub(crate) fn test_state() -> (tempfile::TempDir, Arc<AppState>) {
         models: ModelTable::default(),
         insecure_dev_models: false,
         packages,
+        policies: Default::default(),
         audit,
         backend,
         tls: RwLock::new(Arc::new(tls)),

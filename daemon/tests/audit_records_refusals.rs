@@ -11,7 +11,6 @@ mod common;
 
 use std::path::Path;
 
-use base64::Engine as _;
 use common::{Box_, Daemon, tiny_qwen2, wait_for};
 use govbox_images::corpus::{CorpusKeys, write_corpus, write_unsupported_architecture};
 use govbox_images::{ModelKind, ModelMeta, PackageBuilder};
@@ -20,16 +19,7 @@ use serde_json::{Value, json};
 
 /// Exports the whole log through the admin socket; returns its entries.
 fn export(d: &Daemon) -> Vec<Value> {
-    let a = d.admin(&json!({"cmd": "audit_export"}));
-    assert_eq!(a["ok"], true, "{a}");
-    let bytes = base64::engine::general_purpose::STANDARD.decode(a["result"]["export_b64"].as_str().unwrap()).unwrap();
-    let doc: Value = serde_json::from_slice(&bytes).unwrap();
-    doc["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| serde_json::from_str(e["entry"].as_str().unwrap()).unwrap())
-        .collect()
+    d.audit_entries()
 }
 
 fn chat(model: &str, content: &str) -> Value {

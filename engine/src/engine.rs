@@ -95,6 +95,8 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` or the context window.
     Length,
+    /// The daemon's content-safety filter stopped the answer (the engine never ends so itself).
+    ContentFilter,
 }
 
 impl FinishReason {
@@ -103,6 +105,7 @@ impl FinishReason {
         match self {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
+            FinishReason::ContentFilter => "content_filter",
         }
     }
 }

@@ -119,4 +119,11 @@ for fam in sorted(os.listdir(FIX)):
     if fam.startswith("tiny-") and os.path.isfile(os.path.join(FIX, fam, "config.json")):
         put("decoder_config", fam + ".json", read(fam, "config.json"))
 
+# --- policy_library (policy.toml NUL keyword list) ---------------------------------------------
+POLICY_TOML = (
+    'format = "govbox-policy/1"\nname = "seed"\nversion = "1"\nexceptions = ["ex.txt"]\n'
+    '[normalise]\ntraditional = true\n[[category]]\nid = "v"\naction = "refuse"\nrefusal = "no"\n'
+    'keywords = ["kw.txt"]\npatterns = [{ id = "p", regex = "ab{1,3}c" }]\n'
+)
+put("policy_library", "minimal", POLICY_TOML.encode() + b"\0" + "bomb\nr-1\t炸药\n".encode())
 print("seeds written under", OUT)

@@ -16,7 +16,9 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::error::{PackageError, Result};
 use crate::fsutil::{self, AtomicFile};
-use crate::manifest::{FORMAT, FileEntry, Manifest, ModelInfo, ModelKind, PackageKind, UpdateInfo, check_name};
+use crate::manifest::{
+    FORMAT, FileEntry, Manifest, ModelInfo, ModelKind, PackageKind, PolicyInfo, UpdateInfo, check_name,
+};
 use crate::path::PackagePath;
 use crate::selftest::SelfTest;
 use crate::signature::{SignatureFile, hex};
@@ -56,6 +58,7 @@ pub struct PackageBuilder {
     sources: Vec<Source>,
     model: Option<ModelInfo>,
     update: Option<UpdateInfo>,
+    policy: Option<PolicyInfo>,
 }
 
 /// A package written by [`PackageBuilder::write`].
@@ -95,6 +98,18 @@ impl PackageBuilder {
         Ok(b)
     }
 
+    /// A content-safety policy package from a library folder (its `policy.toml` at the top).
+    /// The caller compiles the library first and passes what it found, so that a library that
+    /// does not compile is never signed.
+    pub fn policy(name: &str, version: &str, source: &Path, info: PolicyInfo) -> Result<Self> {
+        let mut b = Self::new(name, version, source)?;
+        if !source.is_dir() {
+            return Err(b.err(format!("{} is not a policy library folder", source.display())));
+        }
+        b.policy = Some(info);
+        Ok(b)
+    }
+
     fn new(name: &str, version: &str, source: &Path) -> Result<Self> {
         let label = format!("{name} {version}");
         let err = |reason: String| PackageError::Build { package: label.clone(), reason };
@@ -116,7 +131,7 @@ impl PackageBuilder {
         }
         sources.sort_by(|a, b| a.path.cmp(&b.path));
         let created = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-        Ok(Self { name: name.to_string(), version, created, sources, model: None, update: None })
+        Ok(Self { name: name.to_string(), version, created, sources, model: None, update: None, policy: None })
     }
 
     fn err(&self, reason: String) -> PackageError {
@@ -173,13 +188,18 @@ impl PackageBuilder {
         }
         let m = Manifest {
             format: FORMAT.into(),
-            kind: if self.model.is_some() { PackageKind::Model } else { PackageKind::Update },
+            kind: match (&self.model, &self.policy) {
+                (Some(_), _) => PackageKind::Model,
+                (None, Some(_)) => PackageKind::Policy,
+                (None, None) => PackageKind::Update,
+            },
             name: self.name.clone(),
             version: self.version.clone(),
             created: self.created.format(&Rfc3339).map_err(|e| self.err(e.to_string()))?,
             files,
             model: self.model.clone(),
             update: self.update.clone(),
+            policy: self.policy.clone(),
         };
         m.validate()?;
         Ok(m)

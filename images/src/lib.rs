@@ -29,7 +29,9 @@
 //!   read it); names up to 255 bytes use the ustar `prefix` field. Only zero padding up to one
 //!   10 KiB tar record may follow the end-of-archive marker.
 //! - A trust policy binds kinds to roles: `models` signs model packages, `updates` update
-//!   bundles. An expired trust root accepts nothing.
+//!   bundles, `policy` content-safety policy packages (`.gbp`, kept by a [`ModelStore`] opened
+//!   on `STATE/policies` with [`ModelStore::open_policies`]). An expired trust root accepts
+//!   nothing.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -55,8 +57,8 @@ mod writer;
 pub use build::{Built, ModelMeta, PackageBuilder};
 pub use error::{PackageError, Result};
 pub use manifest::{
-    FORMAT, FileEntry, MANIFEST_LIMIT, Manifest, ModelInfo, ModelKind, PackageKind, SIGNATURES_LIMIT, UpdateInfo,
-    check_name,
+    FORMAT, FileEntry, MANIFEST_LIMIT, Manifest, ModelInfo, ModelKind, PackageKind, PolicyInfo, SIGNATURES_LIMIT,
+    UpdateInfo, check_name,
 };
 pub use path::{MANIFEST_NAME, MAX_PATH_LEN, PackagePath, SIGNATURES_NAME};
 pub use registry::{ModelRecord, VersionRecord};

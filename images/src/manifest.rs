@@ -30,6 +30,8 @@ pub enum PackageKind {
     Model,
     /// An update bundle (`.gbu`), signed by the `updates` role.
     Update,
+    /// A content-safety policy package (`.gbp`), signed by the `policy` role.
+    Policy,
 }
 
 impl fmt::Display for PackageKind {
@@ -37,6 +39,7 @@ impl fmt::Display for PackageKind {
         f.write_str(match self {
             PackageKind::Model => "model",
             PackageKind::Update => "update",
+            PackageKind::Policy => "policy",
         })
     }
 }
@@ -95,6 +98,19 @@ pub struct UpdateInfo {
     pub root: Option<Value>,
 }
 
+/// The policy section of a policy package: what `govbox policy list` shows without compiling the
+/// library. The library itself (`policy.toml` and its lists) is the payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyInfo {
+    /// The library format of the payload's `policy.toml`.
+    pub format: String,
+    /// The category ids, in the library's order.
+    pub categories: Vec<String>,
+    /// How many literal keywords the library compiles to.
+    pub keywords: u64,
+}
+
 /// A parsed, validated manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -117,6 +133,9 @@ pub struct Manifest {
     /// Present exactly when `kind` is `update`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update: Option<UpdateInfo>,
+    /// Present exactly when `kind` is `policy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyInfo>,
 }
 
 /// Checks a package name.
@@ -214,10 +233,11 @@ impl Manifest {
                 });
             }
         }
-        match (self.kind, &self.model, &self.update) {
-            (PackageKind::Model, Some(m), None) => self.validate_model(m).map_err(invalid),
-            (PackageKind::Update, None, Some(u)) => Self::validate_update(u).map_err(invalid),
-            (kind, _, _) => Err(invalid(format!("a '{kind}' package has exactly one section, \"{kind}\""))),
+        match (self.kind, &self.model, &self.update, &self.policy) {
+            (PackageKind::Model, Some(m), None, None) => self.validate_model(m).map_err(invalid),
+            (PackageKind::Update, None, Some(u), None) => Self::validate_update(u).map_err(invalid),
+            (PackageKind::Policy, None, None, Some(p)) => self.validate_policy(p).map_err(invalid),
+            (kind, ..) => Err(invalid(format!("a '{kind}' package has exactly one section, \"{kind}\""))),
         }
     }
 
@@ -236,6 +256,16 @@ impl Manifest {
                 _ => return Err("model.selftest does not match model.kind".into()),
             }
             t.validate().map_err(|e| format!("model.selftest: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn validate_policy(&self, p: &PolicyInfo) -> std::result::Result<(), String> {
+        if p.format.is_empty() || p.categories.is_empty() {
+            return Err("policy.format and policy.categories must not be empty".into());
+        }
+        if !self.files.iter().any(|f| f.path.as_str() == "policy.toml") {
+            return Err("a policy package carries its library's 'policy.toml' at the top of its payload".into());
         }
         Ok(())
     }
@@ -275,6 +305,7 @@ mod tests {
                 selftest: Some(SelfTest::record_chat(vec![1, 2], &[0.1, 0.7, 0.3], 2, 1e-3)),
             }),
             update: None,
+            policy: None,
         }
     }
 

@@ -103,10 +103,14 @@ pub struct Recovered {
     pub orphans_removed: Vec<PathBuf>,
 }
 
-/// The model store; see the module documentation.
+/// The model store; see the module documentation. The same store, opened on `STATE/policies`
+/// with the `policy` role, keeps content-safety policy packages: one implementation of import,
+/// activation, rollback and re-verification for both kinds.
 #[derive(Debug, Clone)]
 pub struct ModelStore {
     dir: PathBuf,
+    /// The role whose signatures this store accepts (and so the kind of package it keeps).
+    role: Role,
 }
 
 /// The store lock, released on drop.
@@ -118,14 +122,24 @@ impl ModelStore {
         Self::open_dir(&paths.models_dir())
     }
 
-    /// The store in `dir`, created (mode 0700) if missing, with its lock file.
+    /// The policy package store at `STATE/policies`, created if missing.
+    pub fn open_policies(paths: &StatePaths) -> Result<Self> {
+        Self::open_dir_for(&paths.policies_dir(), Role::Policy)
+    }
+
+    /// The model store in `dir`, created (mode 0700) if missing, with its lock file.
     pub fn open_dir(dir: &Path) -> Result<Self> {
+        Self::open_dir_for(dir, Role::Models)
+    }
+
+    /// The store in `dir` for packages signed by `role` (`models` or `policy`).
+    pub fn open_dir_for(dir: &Path, role: Role) -> Result<Self> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
             .map_err(|e| PackageError::io("creating", dir, e))?;
-        let store = Self { dir: dir.to_path_buf() };
+        let store = Self { dir: dir.to_path_buf(), role };
         drop(store.lock()?);
         Ok(store)
     }
@@ -194,7 +208,8 @@ impl ModelStore {
         self.import(file, &file_label(path), root, opts, progress)
     }
 
-    /// Verifies a model package against the `models` role of `root` and adds it to the store.
+    /// Verifies a package against the store's role of `root` (`models`, or `policy` for the
+    /// policy store) and adds it to the store.
     ///
     /// The signatures are checked before any payload byte is read; the payload is hashed while
     /// it is extracted into a staging folder, whose files and folders are fsynced and which is
@@ -217,7 +232,7 @@ impl ModelStore {
             conflict(&self.registry()?, m, &digest)
         };
         let mut sink = StagingSink::new(&self.dir, &precheck);
-        let verified = verify_into(reader, label, &Policy::Trust(root, Role::Models), &mut sink, progress)?;
+        let verified = verify_into(reader, label, &Policy::Trust(root, self.role), &mut sink, progress)?;
         sink.finish()?;
         let staging = sink.staging.take();
         let head = &verified.head;
@@ -346,7 +361,7 @@ impl ModelStore {
         let package = manifest.label();
         let sig_path = self.package_dir(digest).join(SIGNATURES_NAME);
         let sigs = SignatureFile::parse(&read_capped(&sig_path, SIGNATURES_LIMIT, "stored signatures")?, &package)?;
-        let policy = Policy::Trust(root, Role::Models);
+        let policy = Policy::Trust(root, self.role);
         let check = check_signatures(&bytes, &sigs, &policy, OffsetDateTime::now_utc(), &package)?;
         let mut out = Reverified { digest: digest.into(), signers: check.signers, files_checked: 0, bytes_hashed: 0 };
         if !full_payload {

@@ -233,11 +233,13 @@ fn check_trust(head: &PackageHead, policy: &Policy<'_>, package: &str) -> Result
     check_signatures(&head.manifest_bytes, &head.signatures, policy, OffsetDateTime::now_utc(), package)
 }
 
-/// Step 3b. A role signs one kind: `models` signs model packages, `updates` update bundles.
+/// Step 3b. A role signs one kind: `models` signs model packages, `updates` update bundles,
+/// `policy` content-safety policy packages.
 fn check_kind(manifest: &Manifest, policy: &Policy<'_>, package: &str) -> Result<()> {
     let expected = match policy {
         Policy::Trust(_, Role::Models) => PackageKind::Model,
         Policy::Trust(_, Role::Updates) => PackageKind::Update,
+        Policy::Trust(_, Role::Policy) => PackageKind::Policy,
         Policy::Trust(_, _) | Policy::Key(_) => return Ok(()),
     };
     if manifest.kind == expected {

@@ -45,6 +45,10 @@ impl StatePaths {
     pub fn models_dir(&self) -> PathBuf {
         self.root.join("models")
     }
+    /// `policies/`: the content-addressed store of content-safety policy packages.
+    pub fn policies_dir(&self) -> PathBuf {
+        self.root.join("policies")
+    }
     /// `audit/`: the audit log.
     pub fn audit_dir(&self) -> PathBuf {
         self.root.join("audit")

@@ -243,6 +243,9 @@ pub fn load_public_identity(state: impl AsRef<Path>) -> Result<PublicIdentity> {
 
 /// A one-line summary of a role: `2 of 3 keys: <id>, <id>, <id>`.
 pub fn describe_role(trust: &TrustRoot, role: Role) -> String {
+    if !trust.has_role(role) {
+        return "absent: accepts no package of this kind".to_string();
+    }
     let rk = trust.role(role);
     format!("threshold {} of {}: {}", rk.threshold, rk.keyids.len(), rk.keyids.join(", "))
 }

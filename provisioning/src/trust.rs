@@ -42,11 +42,16 @@ pub enum Role {
     Models,
     /// Signs update bundles (`.gbu`).
     Updates,
+    /// Signs content-safety policy packages (`.gbp`). Optional: a root without it accepts no
+    /// policy package, so roots provisioned before policy packages existed stay valid.
+    Policy,
 }
 
 impl Role {
     /// Every role, in the order they are shown.
-    pub const ALL: [Role; 3] = [Role::Root, Role::Models, Role::Updates];
+    pub const ALL: [Role; 4] = [Role::Root, Role::Models, Role::Updates, Role::Policy];
+    /// The roles every root must have.
+    pub const REQUIRED: [Role; 3] = [Role::Root, Role::Models, Role::Updates];
 
     /// The role's name in `root.json` and on the command line.
     pub fn as_str(self) -> &'static str {
@@ -54,6 +59,7 @@ impl Role {
             Role::Root => "root",
             Role::Models => "models",
             Role::Updates => "updates",
+            Role::Policy => "policy",
         }
     }
 
@@ -197,6 +203,15 @@ impl TrustRoot {
         let mut roles = BTreeMap::new();
         for role in Role::ALL {
             let keyids: Vec<String> = members.remove(&role).unwrap_or_default().into_iter().collect();
+            if keyids.is_empty() && !Role::REQUIRED.contains(&role) {
+                if let Some(t) = wanted.get(&role) {
+                    return Err(ProvisionError::InvalidThreshold {
+                        spec: format!("{role}:{t}"),
+                        reason: format!("role '{role}' has no key; give one with --trust-key {role}:FILE"),
+                    });
+                }
+                continue;
+            }
             if keyids.is_empty() {
                 return Err(ProvisionError::InvalidTrustPolicy {
                     reason: format!(
@@ -245,9 +260,15 @@ impl TrustRoot {
         &self.keys
     }
 
+    /// Whether the root has `role` (the required roles always; `policy` when it was given keys).
+    pub fn has_role(&self, role: Role) -> bool {
+        self.roles.contains_key(&role)
+    }
+
     /// The key ids and threshold of `role`.
     pub fn role(&self, role: Role) -> &RoleKeys {
-        // `build` and `parse` both guarantee that every role is present; the fallback is unreachable.
+        // `build` and `parse` both guarantee that every required role is present; an optional
+        // role that is absent gets no keys and a threshold nothing can meet.
         static EMPTY: RoleKeys = RoleKeys { keyids: Vec::new(), threshold: u32::MAX };
         self.roles.get(&role).unwrap_or(&EMPTY)
     }
@@ -332,7 +353,7 @@ impl TrustRoot {
             keys.insert(id, key);
         }
 
-        // Each role: exactly root, models and updates; distinct known key ids; 1 <= threshold <= keys.
+        // Each role: root, models and updates, and optionally policy; distinct known key ids; 1 <= threshold <= keys.
         let mut roles = BTreeMap::new();
         for (name, r) in s.roles {
             let role = Role::parse(&name).ok_or_else(|| invalid(format!("unknown role '{name}'")))?;
@@ -354,7 +375,7 @@ impl TrustRoot {
             keyids.sort();
             roles.insert(role, RoleKeys { keyids, threshold: r.threshold });
         }
-        if let Some(missing) = Role::ALL.into_iter().find(|r| !roles.contains_key(r)) {
+        if let Some(missing) = Role::REQUIRED.into_iter().find(|r| !roles.contains_key(r)) {
             return Err(invalid(format!("role '{missing}' is missing")));
         }
 
@@ -487,6 +508,25 @@ mod tests {
         let assignments = vec![(Role::ALL.to_vec(), key())];
         let t = [ThresholdSpec { role: Role::Root, threshold: 1 }, ThresholdSpec { role: Role::Root, threshold: 1 }];
         assert!(TrustRoot::build(&assignments, &t, expiry()).unwrap_err().to_string().contains("more than once"));
+    }
+
+    #[test]
+    fn the_policy_role_is_optional_and_round_trips_when_given() {
+        let (a, b) = (key(), key());
+        let required = vec![(Role::REQUIRED.to_vec(), a)];
+        let root = TrustRoot::build(&required, &[], expiry()).unwrap();
+        assert!(!root.has_role(Role::Policy));
+        assert!(root.role_public_keys(Role::Policy).is_empty());
+        let back = TrustRoot::parse(root.to_canonical_json().as_bytes(), "t").unwrap();
+        assert!(!back.has_role(Role::Policy), "a root without a policy role still parses");
+        let t = [ThresholdSpec { role: Role::Policy, threshold: 1 }];
+        let err = TrustRoot::build(&required, &t, expiry()).unwrap_err();
+        assert!(err.to_string().contains("role 'policy' has no key"), "{err}");
+        let with = vec![(Role::REQUIRED.to_vec(), a), (vec![Role::Policy], b)];
+        let root = TrustRoot::build(&with, &t, expiry()).unwrap();
+        let back = TrustRoot::parse(root.to_canonical_json().as_bytes(), "t").unwrap();
+        assert_eq!(back.role_public_keys(Role::Policy), vec![b]);
+        assert_eq!("policy:1".parse::<ThresholdSpec>().unwrap(), t[0]);
     }
 
     #[test]

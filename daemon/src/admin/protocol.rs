@@ -44,6 +44,9 @@ pub enum AdminRequest {
         /// Its completions prompts may write control tokens.
         #[serde(default)]
         allow_special_tokens: bool,
+        /// Its content-safety library (a name or `off`); absent means `[policy] default`.
+        #[serde(default)]
+        policy: Option<String>,
     },
     /// All clients.
     ClientList,
@@ -87,6 +90,28 @@ pub enum AdminRequest {
         name: String,
         /// The version.
         version: String,
+    },
+    /// Verify and import a content-safety policy package file that govboxd can read.
+    PolicyImport {
+        /// The package file (absolute).
+        path: String,
+        /// Make it the active version (the first version of a name always is).
+        #[serde(default)]
+        activate: bool,
+    },
+    /// Every stored policy library version.
+    PolicyList,
+    /// Serve another version of a policy library.
+    PolicyActivate {
+        /// The library name.
+        name: String,
+        /// The version; absent means the highest.
+        version: Option<String>,
+    },
+    /// Serve the previously active version of a policy library again.
+    PolicyRollback {
+        /// The library name.
+        name: String,
     },
     /// Export a range of the audit log as one signed file (base64 in the answer).
     AuditExport {
@@ -162,6 +187,10 @@ impl AdminRequest {
             AdminRequest::ModelActivate { .. } => "model_activate",
             AdminRequest::ModelRollback { .. } => "model_rollback",
             AdminRequest::ModelRemove { .. } => "model_remove",
+            AdminRequest::PolicyImport { .. } => "policy_import",
+            AdminRequest::PolicyList => "policy_list",
+            AdminRequest::PolicyActivate { .. } => "policy_activate",
+            AdminRequest::PolicyRollback { .. } => "policy_rollback",
             AdminRequest::AuditExport { .. } => "audit_export",
             AdminRequest::AuditTail { .. } => "audit_tail",
             AdminRequest::AuditHmac { .. } => "audit_hmac",
@@ -183,7 +212,9 @@ impl AdminRequest {
             | AdminRequest::ClientRenew { name, .. }
             | AdminRequest::ModelActivate { name, .. }
             | AdminRequest::ModelRollback { name }
-            | AdminRequest::ModelRemove { name, .. } => Some(name),
+            | AdminRequest::ModelRemove { name, .. }
+            | AdminRequest::PolicyActivate { name, .. }
+            | AdminRequest::PolicyRollback { name } => Some(name),
             _ => None,
         }
     }
@@ -243,6 +274,7 @@ pub fn execute(state: &Arc<AppState>, req: AdminRequest, uid: &str) -> Result<Va
             cert_days,
             token,
             allow_special_tokens,
+            policy,
         } => {
             let name = ClientName::parse(&name)?;
             // What the box knows: the stored packages and whatever it serves (dev folders too).
@@ -261,6 +293,7 @@ pub fn execute(state: &Arc<AppState>, req: AdminRequest, uid: &str) -> Result<Va
                 cert_days: cert_days.unwrap_or(DEFAULT_CERT_DAYS),
                 with_token: token,
                 allow_special_tokens,
+                policy,
             };
             Ok(issued_json(store.add(new)?))
         }
@@ -302,6 +335,25 @@ pub fn execute(state: &Arc<AppState>, req: AdminRequest, uid: &str) -> Result<Va
         }
         AdminRequest::ModelRollback { name } => Ok(state.packages.switch(state, &name, Switch::Rollback)?),
         AdminRequest::ModelRemove { name, version } => Ok(state.packages.remove(&name, &version)?),
+        AdminRequest::PolicyImport { path, activate } => {
+            let path = std::path::PathBuf::from(path);
+            let r = crate::policy::admin::import(state, &path, activate);
+            if let Err(e) = &r {
+                let refused = Event::PackageRefused {
+                    actor: format!("admin-socket uid {uid}"),
+                    file: path.display().to_string(),
+                    code: e.code.to_string(),
+                    reason: e.message.clone(),
+                };
+                crate::auditing::record_blocking(&state.audit, &state.metrics, refused);
+            }
+            r
+        }
+        AdminRequest::PolicyList => crate::policy::admin::list(state),
+        AdminRequest::PolicyActivate { name, version } => {
+            crate::policy::admin::switch(state, &name, Some(version.as_deref()))
+        }
+        AdminRequest::PolicyRollback { name } => crate::policy::admin::switch(state, &name, None),
         AdminRequest::AuditExport { from, since, to } => {
             let since = match since {
                 None => None,

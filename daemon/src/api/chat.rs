@@ -139,6 +139,8 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
     refuse_unsupported(&req)?;
     let msgs = messages(&req)?;
     let request = req.sampling.to_request(Prompt::Chat(msgs.clone()), state.config.serving.default_max_tokens)?;
+    let texts: Vec<&str> = msgs.iter().map(|m| m.content.as_str()).collect();
+    let policy = crate::policy::check_input(&state, &call.record, &client, "messages", &texts).await?;
     let prompt = serde_json::to_vec(&msgs).map_err(|e| ApiError::Internal(format!("encoding the prompt: {e}")))?;
     audit_request(&state, &call.record, &client.name, &model, &prompt).await?;
     let acc = Accepted {
@@ -150,6 +152,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
         prefix_cache: generate::prefix_cache_for(state.config.serving.prefix_cache, &client),
     };
     let started = generate::start(&state, acc).await?;
+    let started = crate::policy::filter_output(&state, policy, &client.name, &call.record, started);
     let id = format!("chatcmpl-{}", call.record.id.trim_start_matches("req-"));
     let created = unix_now();
     if req.sampling.stream {

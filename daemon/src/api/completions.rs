@@ -72,6 +72,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
         Prompt::Text(text.clone())
     };
     let request = req.sampling.to_request(engine_prompt, state.config.serving.default_max_tokens)?;
+    let policy = crate::policy::check_input(&state, &call.record, &client, "prompt", &[text.as_str()]).await?;
     audit_request(&state, &call.record, &client.name, &model, text.as_bytes()).await?;
     let acc = Accepted {
         model: model.clone(),
@@ -82,6 +83,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
         prefix_cache: generate::prefix_cache_for(state.config.serving.prefix_cache, &client),
     };
     let started = generate::start(&state, acc).await?;
+    let started = crate::policy::filter_output(&state, policy, &client.name, &call.record, started);
     let id = format!("cmpl-{}", call.record.id.trim_start_matches("req-"));
     let created = unix_now();
     if req.sampling.stream {

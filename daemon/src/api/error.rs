@@ -147,6 +147,17 @@ pub enum ApiError {
     /// A route with another method.
     #[error("method not allowed on this endpoint")]
     MethodNotAllowed,
+    /// The content-safety library refused the question; the message is the category's refusal.
+    #[error("{refusal}")]
+    ContentFiltered {
+        /// The field that held the refused text (`messages` or `prompt`).
+        param: &'static str,
+        /// The library's refusal text for the category.
+        refusal: String,
+    },
+    /// The content-safety library this client's requests need is not available.
+    #[error("{0}")]
+    PolicyUnavailable(String),
     /// A bug or an unexpected failure inside the daemon.
     #[error("internal error: {0}")]
     Internal(String),
@@ -157,9 +168,11 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         use ApiError::*;
         match self {
-            MalformedJson { .. } | InvalidParam { .. } | WrongModelKind { .. } | BodyIncomplete => {
-                StatusCode::BAD_REQUEST
-            }
+            MalformedJson { .. }
+            | InvalidParam { .. }
+            | WrongModelKind { .. }
+            | BodyIncomplete
+            | ContentFiltered { .. } => StatusCode::BAD_REQUEST,
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             MissingCredentials | InvalidToken | CertificateNotAuthorised => StatusCode::UNAUTHORIZED,
@@ -167,7 +180,9 @@ impl ApiError {
             ModelNotFound { .. } | RouteNotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             RateLimited { .. } | BudgetExhausted { .. } | BudgetTooSmall { .. } => StatusCode::TOO_MANY_REQUESTS,
-            QueueFull { .. } | NotReady | ShuttingDown | AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            QueueFull { .. } | NotReady | ShuttingDown | AuditUnavailable | PolicyUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
             Engine(e) => match e {
                 EngineError::Deadline { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -224,6 +239,8 @@ impl ApiError {
             },
             RouteNotFound => "unknown_url",
             MethodNotAllowed => "method_not_allowed",
+            ContentFiltered { .. } => "content_filter",
+            PolicyUnavailable(_) => "policy_unavailable",
             Internal(_) => "internal_error",
         }
     }
@@ -231,7 +248,7 @@ impl ApiError {
     /// OpenAI's `param`: the request field at fault, when there is one.
     pub fn param(&self) -> Option<&'static str> {
         match self {
-            ApiError::InvalidParam { param, .. } => Some(param),
+            ApiError::InvalidParam { param, .. } | ApiError::ContentFiltered { param, .. } => Some(param),
             ApiError::ModelNotFound { .. } | ApiError::ModelNotAllowed { .. } | ApiError::WrongModelKind { .. } => {
                 Some("model")
             }

@@ -84,9 +84,14 @@ pub fn creds_of(i: &IssuedClient) -> Creds {
 
 impl Box_ {
     pub fn provision() -> Self {
+        Self::provision_with(&SigningKey::generate().unwrap())
+    }
+
+    /// A box whose trust root gives every role (the optional `policy` role too) to `vendor`.
+    pub fn provision_with(vendor_key: &SigningKey) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let vendor = tmp.path().join("vendor.pub");
-        SigningKey::generate().unwrap().public_key().write_pem(&vendor, Overwrite::Refuse).unwrap();
+        vendor_key.public_key().write_pem(&vendor, Overwrite::Refuse).unwrap();
         let state = tmp.path().join("state");
         provision(&ProvisionOptions {
             state_dir: state.clone(),
@@ -138,6 +143,7 @@ impl Box_ {
                 cert_days: 30,
                 with_token: true,
                 allow_special_tokens: false,
+                policy: None,
             })
             .unwrap();
         creds_of(&issued)
@@ -321,6 +327,18 @@ impl Daemon {
     /// One admin-socket request.
     pub fn admin(&self, req: &Value) -> Value {
         admin_call(&self.admin, req)
+    }
+
+    /// The whole audit log, exported through the admin socket: its entries.
+    pub fn audit_entries(&self) -> Vec<Value> {
+        use base64::Engine as _;
+        let a = self.admin(&serde_json::json!({"cmd": "audit_export"}));
+        assert_eq!(a["ok"], true, "{a}");
+        let b64 = a["result"]["export_b64"].as_str().unwrap();
+        let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+        let doc: Value = serde_json::from_slice(&bytes).unwrap();
+        let entries = doc["entries"].as_array().unwrap();
+        entries.iter().map(|e| serde_json::from_str(e["entry"].as_str().unwrap()).unwrap()).collect()
     }
 
     /// A metric's value from `/metrics`, read with `creds` (a client with the `metrics` scope):

@@ -75,6 +75,10 @@ pub struct ClientRecord {
     /// such text is plain text. Chat messages are plain text whatever this says.
     #[serde(default)]
     pub allow_special_tokens: bool,
+    /// The content-safety library its requests get (a library name, or `off`); `None` means
+    /// govboxd's `[policy] default`. Absent in records of older govbox.
+    #[serde(default)]
+    pub policy: Option<String>,
 }
 
 impl ClientRecord {
@@ -150,6 +154,8 @@ pub struct NewClient {
     pub with_token: bool,
     /// See [`ClientRecord::allow_special_tokens`].
     pub allow_special_tokens: bool,
+    /// See [`ClientRecord::policy`].
+    pub policy: Option<String>,
 }
 
 /// What [`ClientStore::add`] and [`ClientStore::renew`] hand back: the stored record, and the
@@ -261,6 +267,7 @@ impl ClientStore {
             revoked: false,
             created: now.unix_timestamp(),
             allow_special_tokens: new.allow_special_tokens,
+            policy: new.policy,
         };
         let path = self.paths.db();
         let value = encode(&record, &path)?;
@@ -519,6 +526,7 @@ mod tests {
             cert_days: 30,
             with_token,
             allow_special_tokens: false,
+            policy: None,
         }
     }
 
