@@ -23,6 +23,7 @@ mod control;
 pub mod embed;
 mod engine;
 pub mod kv;
+pub mod logprobs;
 pub mod models;
 pub mod sampler;
 mod scheduler;
