@@ -19,6 +19,8 @@ async fn daemon() -> (Box_, Daemon, Creds) {
     (b, d, creds)
 }
 
+const REUSED: &str = "govbox_prefix_cache_reused_tokens_total{model=\"tiny\"}";
+
 /// The chunks of a streamed answer (without `[DONE]`, which must be last).
 async fn stream(d: &Daemon, c: &Creds, path: &str, body: &Value) -> Vec<Value> {
     let mut body = body.clone();
@@ -34,6 +36,20 @@ async fn stream(d: &Daemon, c: &Creds, path: &str, body: &Value) -> Vec<Value> {
 async fn n_choices_and_logprobs_whole_and_streamed() {
     let (_b, d, creds) = daemon().await;
     let c = creds.token_only();
+    let added = d.admin(&json!({"cmd": "client_add", "name": "prom", "scopes": ["metrics"], "token": true}));
+    let prom = Creds::token(added["result"]["token"].as_str().unwrap_or_else(|| panic!("{added}")));
+    // The choices of one request share its prompt's KV: the followers take the first choice's
+    // full blocks from the prefix cache instead of computing them.
+    let long = "Describe every room of a lighthouse, from the lamp at the top to the cellar. ".repeat(3);
+    let shared = json!({"model": "tiny", "messages": [{"role": "user", "content": long}], "max_tokens": 2, "n": 4});
+    let before = d.metric(&prom, REUSED).await.unwrap_or(0.0);
+    let r = d.post(&c, "/v1/chat/completions", &shared).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let prompt = r.json()["usage"]["prompt_tokens"].as_u64().unwrap() as f64;
+    let full = (prompt - 1.0).div_euclid(16.0) * 16.0;
+    assert!(full >= 32.0, "the prompt fills at least two blocks: {prompt}");
+    let reused = d.metric(&prom, REUSED).await.unwrap() - before;
+    assert_eq!(reused, 3.0 * full, "three followers each reuse the prompt's {full} full-block tokens");
     let messages = json!([{"role": "user", "content": "Tell me a story about a lighthouse"}]);
     let one = d
         .post(
@@ -109,7 +125,10 @@ async fn n_choices_and_logprobs_whole_and_streamed() {
         .map(|e| e["user_hmac"].clone())
         .collect();
     let proven = d.admin(&json!({"cmd": "audit_hmac", "client": "app", "text": "alice@agency.example"}));
-    assert_eq!(users, vec![Value::Null, proven["result"]["hmac"].clone(), proven["result"]["hmac"].clone()]);
+    assert_eq!(
+        users,
+        vec![Value::Null, Value::Null, proven["result"]["hmac"].clone(), proven["result"]["hmac"].clone()]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
