@@ -314,4 +314,47 @@ mod tests {
         let e = check(json!({"model": "m", "prompt": vec!["a"; 5], "n": 8})).unwrap_err();
         assert_eq!(e.param(), Some("n"));
     }
+
+    /// tiny-qwen2's tokenizer, with Qwen2.5-Coder's three FIM tokens added when `fim`.
+    fn tokenizer(fim: bool) -> Tokenizer {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-qwen2");
+        let dir = tempfile::tempdir().unwrap();
+        let mut t: Value = serde_json::from_slice(&std::fs::read(src.join("tokenizer.json")).unwrap()).unwrap();
+        let added = t["added_tokens"].as_array_mut().unwrap();
+        let next = added.iter().map(|a| a["id"].as_u64().unwrap()).max().unwrap() + 1;
+        if fim {
+            for (i, name) in ["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"].iter().enumerate() {
+                added.push(json!({"id": next + i as u64, "content": name, "single_word": false, "lstrip": false,
+                                  "rstrip": false, "normalized": false, "special": true}));
+            }
+        }
+        std::fs::write(dir.path().join("tokenizer.json"), t.to_string()).unwrap();
+        std::fs::copy(src.join("tokenizer_config.json"), dir.path().join("tokenizer_config.json")).unwrap();
+        Tokenizer::from_hf_dir(dir.path()).unwrap()
+    }
+
+    #[test]
+    fn suffix_is_fill_in_the_middle_where_the_tokenizer_can() {
+        let tok = tokenizer(true);
+        let [pre, suf, mid] = fim_ids(&tok).unwrap();
+        let given = Given::Text("def add(a, b):".into());
+        let Prompt::Tokens(ids) = engine_prompt(&tok, &given, Some("    return c"), false).unwrap() else {
+            panic!("a FIM prompt is token ids")
+        };
+        let mut want = vec![pre];
+        want.extend(tok.encode_plain("def add(a, b):").unwrap());
+        want.push(suf);
+        want.extend(tok.encode_plain("    return c").unwrap());
+        want.push(mid);
+        assert_eq!(ids, want);
+        let e = engine_prompt(&tok, &Given::Ids(vec![5]), Some("x"), false).unwrap_err();
+        assert_eq!(e.param(), Some("suffix"));
+        // Without FIM tokens: a 400 naming suffix, not a silently ignored field.
+        let e = engine_prompt(&tokenizer(false), &given, Some("x"), false).unwrap_err();
+        assert_eq!((e.param(), e.status().as_u16()), (Some("suffix"), 400));
+        // A control token's id needs --allow-special-tokens.
+        let im_start = tok.token_to_id("<|im_start|>").unwrap();
+        assert_eq!(engine_prompt(&tok, &Given::Ids(vec![im_start]), None, false).unwrap_err().param(), Some("prompt"));
+        assert!(engine_prompt(&tok, &Given::Ids(vec![im_start]), None, true).is_ok());
+    }
 }
