@@ -13,35 +13,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${ROUNDS:-3}
 tokens=${TOKENS:-128}
-target_dir=${CARGO_TARGET_DIR:-target}
-if [ "${BUILD:-1}" = 1 ]; then cargo build --release -q -p govbox-cli -p govbox-daemon; fi
-govbox=$target_dir/release/govbox
-govboxd=$target_dir/release/govboxd
-gguf=$(scripts/fetch-models.sh smollm2)
-work=$(mktemp -d)
-pid=
-trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
-state=$work/state
-"$govbox" keygen --out "$work/v.key" --pub "$work/v.pub" >/dev/null
-"$govbox" --state "$state" provision --hostname bench --trust-key "$work/v.pub" >/dev/null
-# --rpm: the bench sends far more than [serving] default_client_rpm allows.
-token=$("$govbox" --state "$state" client add bench --models all --rpm 100000000 --token --cert-out "$work/c" 2>/dev/null |
-  grep -o 'gbx_[A-Za-z0-9_-]*')
+. bench/govboxd-lib.sh
+bench_setup
 system=$(python3 -c 'print(" ".join(f"rule {i}: answer briefly and politely." for i in range(60)))')
 echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 for round in $(seq 1 "$rounds"); do
   for mode in per_client shared; do
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    printf 'config_version = 2\nlisten = "127.0.0.1:%s"\n[serving]\nprefix_cache = "%s"\n[[models]]\nname = "m"\npath = "%s"\n' \
-      "$port" "$mode" "$gguf" > "$work/govbox.toml"
-    # The SmolLM2 file as a dev model: the same weights a signed package would hold.
-    "$govboxd" --state "$state" --config "$work/govbox.toml" --insecure-dev-models > "$work/govboxd.log" 2>&1 &
-    pid=$!
-    for _ in $(seq 1 300); do
-      curl -sf -o /dev/null --cacert "$state/tls/ca.crt" "https://127.0.0.1:$port/readyz" && break
-      kill -0 "$pid" 2>/dev/null || { cat "$work/govboxd.log" >&2; exit 1; }
-      sleep 0.1
-    done
+    bench_start "prefix_cache = \"$mode\""
     args=(--url "https://127.0.0.1:$port/v1" --model m --token "$token" --cacert "$state/tls/ca.crt")
     python3 bench/serve_client.py streams "${args[@]}" -c 1 -n 8 > /dev/null
     python3 bench/serve_client.py streams "${args[@]}" -c 8 -n "$tokens" |

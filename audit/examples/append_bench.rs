@@ -22,6 +22,7 @@ fn event(i: u64) -> Event {
         model_digest: "5f".repeat(32),
         prompt_hmac: format!("{:064x}", u128::from(i) * 0x9e37_79b9_7f4a_7c15),
         endpoint: "/v1/chat/completions".into(),
+        user_hmac: None,
     }
 }
 

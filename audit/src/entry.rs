@@ -61,6 +61,12 @@ pub enum Event {
         prompt_hmac: String,
         /// The endpoint, e.g. `/v1/chat/completions`.
         endpoint: String,
+        /// HMAC of the request's `user` field (the calling application's end user), keyed per
+        /// client like `prompt_hmac`: an end-user id is often a person's name or e-mail, which
+        /// an append-only log must not hold in clear, yet an auditor holding the key can check
+        /// whether a given user made a request. Absent when the request named no user.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user_hmac: Option<String>,
     },
     /// The answer to an inference request ended.
     InferenceCompletion {
@@ -217,8 +223,10 @@ impl Event {
     /// Cuts every string field to [`MAX_FIELD_BYTES`].
     pub(crate) fn bounded(mut self) -> Self {
         let fields: Vec<&mut String> = match &mut self {
-            Self::InferenceRequest { request_id, client, model, model_digest, prompt_hmac, endpoint } => {
-                vec![request_id, client, model, model_digest, prompt_hmac, endpoint]
+            Self::InferenceRequest { request_id, client, model, model_digest, prompt_hmac, endpoint, user_hmac } => {
+                let mut v = vec![request_id, client, model, model_digest, prompt_hmac, endpoint];
+                v.extend(user_hmac.as_mut());
+                v
             }
             Self::InferenceCompletion { request_id, client, model, response_hmac, status, .. } => {
                 vec![request_id, client, model, response_hmac, status]

@@ -49,6 +49,7 @@ fn a_hashed_marker_never_appears_in_the_store_or_the_export() {
             model_digest: "00".repeat(32),
             prompt_hmac: hmac.clone(),
             endpoint: "/v1/chat/completions".into(),
+            user_hmac: None,
         })
         .unwrap();
     }

@@ -8,10 +8,12 @@
 //! to the engine with the request, so a request that waits without tokens (queued for KV blocks,
 //! or behind other requests' prefill) is cancelled when it passes too. The engine slot, and
 //! with it the `govbox_active_generations` gauge, is released only when the blocking thread
-//! returns, that is when generation has really stopped.
+//! returns, that is when generation has really stopped; the choices of an `n > 1` request share
+//! one slot, released when the last of them stops.
 
 use std::sync::Arc;
 
+use govbox_engine::logprobs::TokenLogprob;
 use govbox_engine::{Engine, EngineError, Event, FinishReason, GenerateRequest, Usage};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -27,6 +29,8 @@ use crate::state::AppState;
 pub enum GenEvent {
     /// New text.
     Text(String),
+    /// Log-probabilities of the tokens behind the next text (when asked for).
+    Logprobs(Vec<TokenLogprob>),
     /// The end.
     Done {
         /// Why.
@@ -52,8 +56,12 @@ pub struct Job {
     pub deadline: Instant,
     /// The deadline in seconds, for the message.
     pub deadline_secs: u64,
-    /// The engine slot, released when generation stops.
-    pub slot: Slot,
+    /// The engine slot, released when generation stops (when the last choice stops, for a
+    /// request with several).
+    pub slot: Arc<Slot>,
+    /// Whether this generation's usage counts its prompt. Only the first choice of a prompt
+    /// does: the others reuse its KV, and the prompt is billed once.
+    pub bill_prompt: bool,
     /// The request's record.
     pub record: Arc<RequestRecord>,
 }
@@ -73,7 +81,12 @@ fn charge(state: &AppState, budget: &mut Option<Reservation>, record: &RequestRe
     if let Some(b) = budget.take() {
         b.settle((usage.prompt_tokens + usage.completion_tokens) as u64);
     }
-    record.set_tokens(usage.prompt_tokens, Some(usage.completion_tokens));
+    record.add_completion_tokens(usage.completion_tokens);
+}
+
+/// A follower choice's usage: its prompt was billed with the first choice.
+fn billed(usage: Usage, bill_prompt: bool) -> Usage {
+    if bill_prompt { usage } else { Usage { prompt_tokens: 0, cached_tokens: 0, ..usage } }
 }
 
 fn run(state: &AppState, mut job: Job, tx: &mpsc::Sender<GenEvent>, rt: &tokio::runtime::Handle) {
@@ -107,7 +120,9 @@ fn run(state: &AppState, mut job: Job, tx: &mpsc::Sender<GenEvent>, rt: &tokio::
                 }
                 GenEvent::Text(t)
             }
+            Event::Logprobs(l) => GenEvent::Logprobs(l),
             Event::Done { finish_reason, usage } => {
+                let usage = billed(usage, job.bill_prompt);
                 // Charged before the answer ends, so the client's next request sees the spend.
                 charge(state, &mut job.budget, &job.record, usage);
                 charged = true;
@@ -134,6 +149,7 @@ fn run(state: &AppState, mut job: Job, tx: &mpsc::Sender<GenEvent>, rt: &tokio::
     };
     match result {
         Ok(usage) => {
+            let usage = billed(usage, job.bill_prompt);
             if !charged {
                 charge(state, &mut job.budget, &job.record, usage);
             }

@@ -190,6 +190,8 @@ pub async fn check_input(
 }
 
 /// Puts the answer's events through the library's streaming filter (no change without one).
+/// Each choice (`n`) has a filter of its own; a refusal ends that choice with the category's
+/// refusal and `content_filter`, and what it generates after that is dropped.
 pub fn filter_output(
     state: &Arc<AppState>,
     served: Option<Arc<ServedPolicy>>,
@@ -198,12 +200,12 @@ pub fn filter_output(
     started: Started,
 ) -> Started {
     let Some(served) = served else { return started };
-    let Started { events, rx, prompt_tokens } = started;
+    let Started { events, rx, prompt_tokens, choices, prompt_ids } = started;
     let (tx, out) = mpsc::channel(32);
     let job =
         FilterJob { state: state.clone(), served, client: client.to_string(), record: record.clone(), prompt_tokens };
-    tokio::spawn(job.run(events, rx, tx));
-    Started { events: Vec::new(), rx: out, prompt_tokens }
+    tokio::spawn(job.run(events, rx, tx, choices));
+    Started { events: Vec::new(), rx: out, prompt_tokens, choices, prompt_ids }
 }
 
 struct FilterJob {
@@ -214,52 +216,81 @@ struct FilterJob {
     prompt_tokens: usize,
 }
 
+/// One choice's filter and what it has sent.
+struct ChoiceFilter {
+    filter: StreamFilter,
+    texts: usize,
+    /// Refused or finished: later events of this choice are dropped.
+    ended: bool,
+}
+
+type Tagged = (usize, GenEvent);
+
 impl FilterJob {
-    async fn run(self, first: Vec<GenEvent>, mut rx: mpsc::Receiver<GenEvent>, tx: mpsc::Sender<GenEvent>) {
-        let mut filter = StreamFilter::new(self.served.policy.clone());
+    async fn run(self, first: Vec<Tagged>, mut rx: mpsc::Receiver<Tagged>, tx: mpsc::Sender<Tagged>, choices: usize) {
+        let mut filters: Vec<ChoiceFilter> = (0..choices.max(1))
+            .map(|_| ChoiceFilter { filter: StreamFilter::new(self.served.policy.clone()), texts: 0, ended: false })
+            .collect();
         let mut pending = first.into_iter();
-        let mut texts = 0usize;
         loop {
-            let ev = match pending.next() {
+            let (i, ev) = match pending.next() {
                 Some(ev) => ev,
                 None => match rx.recv().await {
                     Some(ev) => ev,
-                    // The generation ended without a last event; the SSE body reports it.
+                    // Every choice ended, or the generation ended without a last event (the
+                    // SSE body reports that).
                     None => return,
                 },
             };
+            let Some(c) = filters.get_mut(i) else { continue };
+            if c.ended {
+                continue;
+            }
             let (released, end) = match ev {
                 GenEvent::Text(t) => {
-                    texts += 1;
-                    (filter.push(&t), None)
+                    c.texts += 1;
+                    (c.filter.push(&t), None)
                 }
-                GenEvent::Done { finish_reason, usage } => (filter.finish(), Some((finish_reason, usage))),
+                // Log-probabilities go with the text they precede; a refusal drops the rest.
+                GenEvent::Logprobs(l) => {
+                    if tx.send((i, GenEvent::Logprobs(l))).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                GenEvent::Done { finish_reason, usage } => (c.filter.finish(), Some((finish_reason, usage))),
                 GenEvent::Failed(e) => {
-                    let _ = tx.send(GenEvent::Failed(e)).await;
+                    let _ = tx.send((i, GenEvent::Failed(e))).await;
                     return;
                 }
             };
             for v in &released.replaced {
                 record_verdict(&self.state, &self.record.id, &self.client, &self.served, v, "output").await;
             }
-            if !released.text.is_empty() && tx.send(GenEvent::Text(released.text)).await.is_err() {
+            if !released.text.is_empty() && tx.send((i, GenEvent::Text(released.text))).await.is_err() {
                 return; // the client went away: dropping `rx` stops the generation
             }
             if let Some((verdict, refusal)) = released.refused {
                 record_verdict(&self.state, &self.record.id, &self.client, &self.served, &verdict, "output").await;
-                // Stop the generation, and wait for it to end so that its accounting is settled
-                // before the answer's last event (the audit layer writes the completion entry then).
-                rx.close();
-                while rx.recv().await.is_some() {}
+                c.ended = true;
                 self.record.set_outcome("content_filter");
-                let usage = Usage { prompt_tokens: self.prompt_tokens, completion_tokens: texts, ..Usage::default() };
-                let _ = tx.send(GenEvent::Text(refusal)).await;
-                let _ = tx.send(GenEvent::Done { finish_reason: FinishReason::ContentFilter, usage }).await;
-                return;
+                let usage = Usage { prompt_tokens: self.prompt_tokens, completion_tokens: c.texts, ..Usage::default() };
+                if filters.iter().all(|c| c.ended) {
+                    // Stop the generation, and wait for it to end so that its accounting is
+                    // settled before the answer's last event (the audit layer writes the
+                    // completion entry then).
+                    rx.close();
+                    while rx.recv().await.is_some() {}
+                }
+                let _ = tx.send((i, GenEvent::Text(refusal))).await;
+                let _ = tx.send((i, GenEvent::Done { finish_reason: FinishReason::ContentFilter, usage })).await;
+                continue;
             }
             if let Some((finish_reason, usage)) = end {
-                let _ = tx.send(GenEvent::Done { finish_reason, usage }).await;
-                return;
+                c.ended = true;
+                if tx.send((i, GenEvent::Done { finish_reason, usage })).await.is_err() {
+                    return;
+                }
             }
         }
     }

@@ -48,6 +48,9 @@ async fn no_request_content_in_logs_at_trace_level() {
         format!("{{\"model\": 7, \"messages\": \"{m}\"}}"),
         format!("{{\"model\": \"tiny\", \"messages\": [], \"{m}\": [1, 2, {m}"),
         format!("{m}{m}{m}"),
+        // Wrong types: the answer names the field; nothing of the value reaches the log.
+        format!("{{\"model\": \"tiny\", \"messages\": [], \"temperature\": \"{m}\"}}"),
+        format!("{{\"model\": \"tiny\", \"messages\": [], \"logit_bias\": {{\"{m}\": \"{m}\"}}}}"),
     ];
     for body in bodies {
         let r = d.send(&t, "POST", "/v1/chat/completions", Some(body.into_bytes())).await.unwrap();
@@ -65,7 +68,7 @@ async fn no_request_content_in_logs_at_trace_level() {
         .post(
             &t,
             "/v1/chat/completions",
-            &json!({"model": "tiny", "n": 3, "messages": [{"role": "user", "content": m}]}),
+            &json!({"model": "tiny", "n": 9, "messages": [{"role": "user", "content": m}]}),
         )
         .await;
     assert_eq!(r.status, 400);
@@ -86,7 +89,7 @@ async fn no_request_content_in_logs_at_trace_level() {
     let out = d.output.clone();
     let api_lines =
         || out.lock().unwrap().iter().filter(|l| l.contains(" request req-") && !l.contains("/readyz")).count();
-    wait_for(20, "the 13 request log lines", || (api_lines() >= 13).then_some(()));
+    wait_for(20, "the 15 request log lines", || (api_lines() >= 15).then_some(()));
     let logs = d.logs();
     assert!(logs.contains("DEBUG"), "the verbose level did not take effect:\n{logs}");
     assert!(logs.contains("status=400") && logs.contains("status=401") && logs.contains("status=413"), "{logs}");

@@ -209,30 +209,32 @@ async fn errors_have_openais_shape_and_status() {
     let (_b, d, creds) = chat_daemon().await;
     let c = creds.token_only();
     let marker = "MARKER-7f3a-never-echoed";
-    // Malformed JSON, and well-formed JSON of the wrong shape: 400, and the body is never echoed.
-    for body in [
-        format!("{{\"model\": \"tiny\", \"messages\": [{marker}"),
-        format!("{{\"model\": 5, \"messages\": \"{marker}\"}}"),
+    // Malformed JSON, and well-formed JSON of the wrong shape: 400 naming the field where there
+    // is one, and the body is never echoed.
+    for (body, code, param) in [
+        (format!("{{\"model\": \"tiny\", \"messages\": [{marker}"), "invalid_json", Value::Null),
+        (format!("{{\"model\": 5, \"messages\": \"{marker}\"}}"), "invalid_type", json!("messages")),
     ] {
         let r = d.send(&c, "POST", "/v1/chat/completions", Some(body.into_bytes())).await.unwrap();
-        assert_eq!((r.status, r.error_code().as_str()), (400, "invalid_json"));
+        assert_eq!((r.status, r.error_code().as_str()), (400, code));
+        assert_eq!(r.json()["error"]["param"], param);
         assert!(!r.text().contains(marker), "{}", r.text());
     }
     // Over the body limit: 413.
     let big = format!("{{\"model\": \"tiny\", \"prompt\": \"{}\"}}", "a".repeat((1 << 20) + 10));
     let r = d.send(&c, "POST", "/v1/completions", Some(big.into_bytes())).await.unwrap();
     assert_eq!((r.status, r.error_code().as_str()), (413, "body_too_large"));
-    // n > 1: 400 naming the field.
+    // n > 8: 400 naming the field.
     let r = d
         .post(
             &c,
             "/v1/chat/completions",
-            &json!({"model": "tiny", "n": 2, "messages": [{"role": "user", "content": "x"}]}),
+            &json!({"model": "tiny", "n": 9, "messages": [{"role": "user", "content": "x"}]}),
         )
         .await;
     assert_eq!((r.status, r.error_code().as_str()), (400, "invalid_value"));
     assert_eq!(r.json()["error"]["param"], "n");
-    assert!(r.json()["error"]["message"].as_str().unwrap().contains("n = 1"));
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("between 1 and 8"));
     // Unknown model: 404.
     let r = d
         .post(&c, "/v1/chat/completions", &json!({"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]}))

@@ -11,6 +11,7 @@ use crate::chat::ChatMessage;
 use crate::config::DecoderConfig;
 use crate::gguf::parse_gguf;
 use crate::kv::{BLOCK_SIZE, BlockAllocator, KvStats, PrefixCache};
+use crate::logprobs::{Alternative, IdLogprobs, Pending, TokenLogprob};
 use crate::models::decoder::{DecoderModel, LogitsFor, SeqInput};
 use crate::sampler::SamplingParams;
 use crate::scheduler::{Job, KvState, Msg, Scheduler, lock};
@@ -136,6 +137,10 @@ pub enum Event {
     },
     /// Generation failed part-way.
     Error(String),
+    /// Log-probabilities of generated tokens (only when the request's
+    /// [`SamplingParams::logprobs`] asks for them), sent just before the [`Event::Text`] their
+    /// tokens produced. Tokens wholly inside a stop string, and the EOS token, have none.
+    Logprobs(Vec<TokenLogprob>),
 }
 
 enum Kind {
@@ -399,6 +404,7 @@ impl Engine {
         let budget = req.max_tokens.min(ctx - prompt.len());
         let mut decoder = self.tokenizer().incremental();
         let mut stops = StopMatcher::new(&req.stop);
+        let mut logprobs = req.sampling.logprobs.map(|_| Pending::default());
         let mut usage = Usage { prompt_tokens: prompt.len(), ..Usage::default() };
 
         let (tx, rx) = mpsc::channel();
@@ -429,7 +435,7 @@ impl Engine {
                 r => r?,
             };
             usage.cached_tokens = ticket.cached.unwrap_or(0);
-            let Some(id) = next else {
+            let Some((id, lp)) = next else {
                 break FinishReason::Length; // the KV pool could not hold it any longer
             };
             usage.completion_tokens += 1;
@@ -437,7 +443,18 @@ impl Engine {
                 break FinishReason::Stop;
             }
             let piece = decoder.push(id)?;
+            if let (Some(p), Some(lp)) = (logprobs.as_mut(), lp) {
+                p.push(self.as_text(&lp)?, piece.len());
+            }
             let (emit, hit) = stops.push(&piece);
+            let entries = match logprobs.as_mut() {
+                Some(p) if hit => p.cut(emit.len()),
+                Some(p) => p.emitted(emit.len()),
+                None => vec![],
+            };
+            if !entries.is_empty() && !on_event(Event::Logprobs(entries)) {
+                return Ok(usage);
+            }
             if !emit.is_empty() && !on_event(Event::Text(emit)) {
                 return Ok(usage); // dropping the ticket frees the blocks
             }
@@ -446,16 +463,38 @@ impl Engine {
             }
         };
         ticket.close();
-        if finish == FinishReason::Length {
+        let rest = if finish == FinishReason::Length {
             let rest = decoder.finish()?;
             let (emit, _) = stops.push(&rest);
-            let tail = emit + &stops.flush();
-            if !tail.is_empty() && !on_event(Event::Text(tail)) {
-                return Ok(usage);
-            }
+            emit + &stops.flush()
+        } else {
+            // After EOS, text held back as a possible start of a stop string is the answer's
+            // end (after a stop string, nothing is held back).
+            stops.flush()
+        };
+        // Whatever is still waiting belongs to the tail (or to text a stop string held back).
+        if let Some(entries) = logprobs.as_mut().map(Pending::rest).filter(|e| !e.is_empty())
+            && !on_event(Event::Logprobs(entries))
+        {
+            return Ok(usage);
+        }
+        if !rest.is_empty() && !on_event(Event::Text(rest)) {
+            return Ok(usage);
         }
         on_event(Event::Done { finish_reason: finish, usage });
         Ok(usage)
+    }
+
+    /// A token's log-probabilities with the tokens as text.
+    fn as_text(&self, lp: &IdLogprobs) -> Result<TokenLogprob> {
+        let tok = self.tokenizer();
+        let alt = |id: u32, logprob: f32| -> Result<Alternative> {
+            Ok(Alternative { token: tok.decode(&[id], false)?, logprob })
+        };
+        Ok(TokenLogprob {
+            chosen: alt(lp.id, lp.logprob)?,
+            top: lp.top.iter().map(|&(id, l)| alt(id, l)).collect::<Result<_>>()?,
+        })
     }
 
     /// Starts generation on its own thread and returns the event stream. Dropping the receiver
@@ -513,7 +552,7 @@ impl Ticket {
     /// The next token, or `None` when the scheduler ended the sequence (the pool is full).
     /// Waits at most until `deadline`, then fails with [`EngineError::Deadline`] (counts zero:
     /// the caller knows them) and leaves the sequence to [`close`](Self::close).
-    fn next(&mut self, deadline: Option<std::time::Instant>) -> Result<Option<u32>> {
+    fn next(&mut self, deadline: Option<std::time::Instant>) -> Result<Option<(u32, Option<IdLogprobs>)>> {
         if self.released {
             return Ok(None);
         }
@@ -536,7 +575,7 @@ impl Ticket {
                     self.cached.get_or_insert(cached);
                     continue;
                 }
-                Ok(Msg::Token(id)) => Ok(Some(id)),
+                Ok(Msg::Token(id, lp)) => Ok(Some((id, lp))),
                 Ok(Msg::Released { pool_full }) => {
                     self.released = true;
                     if pool_full {
@@ -564,7 +603,7 @@ impl Ticket {
         }
         self.cancel.store(true, Ordering::Relaxed);
         // Tokens sampled after the cancel are dropped; anything else means the blocks are freed.
-        while let Ok(Msg::Token(_) | Msg::Admitted { .. }) = self.rx.recv() {}
+        while let Ok(Msg::Token(..) | Msg::Admitted { .. }) = self.rx.recv() {}
         self.released = true;
     }
 }
@@ -632,8 +671,8 @@ mod tests {
         // Nothing arrives for 2 s (a request queued for KV blocks): the wait ends at the deadline.
         let late = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_secs(2));
-            let _ = tx.send(Msg::Token(7));
-            let _ = tx.send(Msg::Token(8));
+            let _ = tx.send(Msg::Token(7, None));
+            let _ = tx.send(Msg::Token(8, None));
         });
         let start = Instant::now();
         let r = t.next(Some(start + Duration::from_millis(50)));
@@ -643,7 +682,7 @@ mod tests {
         // A token already waiting does not carry the request past a deadline that has passed.
         let r = t.next(Some(Instant::now()));
         assert!(matches!(r, Err(EngineError::Deadline { .. })), "{r:?}");
-        assert!(matches!(t.next(None), Ok(Some(7))));
+        assert!(matches!(t.next(None), Ok(Some((7, None)))));
         // Closing takes the rest and ends when the scheduler side has let go.
         t.close();
         assert!(t.cancel.load(Ordering::Relaxed) && t.released);

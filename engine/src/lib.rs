@@ -24,6 +24,7 @@ pub mod embed;
 mod engine;
 pub mod family;
 pub mod kv;
+pub mod logprobs;
 pub mod models;
 pub mod rerank;
 pub mod sampler;

@@ -23,6 +23,11 @@ pub struct SamplingParams {
     pub frequency_penalty: f32,
     /// Seed for reproducible sampling; `None` draws one from the OS.
     pub seed: Option<u64>,
+    /// Added to these tokens' logits before anything else (OpenAI's `logit_bias`).
+    pub logit_bias: Vec<(u32, f32)>,
+    /// Report each sampled token's log-probability with this many alternatives (`None`: no
+    /// log-probabilities). Not a sampling setting, but it travels with them to the scheduler.
+    pub logprobs: Option<usize>,
 }
 
 impl Default for SamplingParams {
@@ -36,6 +41,8 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             seed: None,
+            logit_bias: Vec::new(),
+            logprobs: None,
         }
     }
 }
@@ -69,6 +76,11 @@ impl Sampler {
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         let p = &self.params;
         let mut l = logits.to_vec();
+        for &(id, bias) in &p.logit_bias {
+            if let Some(x) = l.get_mut(id as usize) {
+                *x += bias;
+            }
+        }
         if p.repetition_penalty != 1.0 {
             for &id in &self.seen {
                 if let Some(x) = l.get_mut(id as usize) {
@@ -174,5 +186,7 @@ mod tests {
         let mut s = Sampler::new(SamplingParams { presence_penalty: 1.0, ..Default::default() }, &[]);
         s.accept(1);
         assert_eq!(s.sample(&logits), 2);
+        let mut s = Sampler::new(SamplingParams { logit_bias: vec![(3, 4.5), (1, -100.0)], ..Default::default() }, &[]);
+        assert_eq!(s.sample(&logits), 3, "logit_bias lifts token 3 (1.0 + 4.5) over token 2 (4.9)");
     }
 }

@@ -30,6 +30,7 @@ use std::thread::JoinHandle;
 use govbox_drivers::KvCache;
 
 use crate::kv::{BLOCK_SIZE, BlockAllocator};
+use crate::logprobs::{IdLogprobs, token_logprobs};
 use crate::models::decoder::{DecoderModel, LogitsFor, SeqInput};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::{EngineError, Result};
@@ -57,8 +58,8 @@ pub(crate) enum Msg {
     /// The sequence was admitted with `cached` prompt tokens taken from the prefix cache (sent
     /// again after a preemption, when it is readmitted).
     Admitted { cached: usize },
-    /// The next sampled token.
-    Token(u32),
+    /// The next sampled token, with its log-probabilities when the request asked for them.
+    Token(u32, Option<IdLogprobs>),
     /// The sequence has ended and its blocks are released. `pool_full`: the scheduler ended it
     /// because the KV pool could not hold it any longer.
     Released { pool_full: bool },
@@ -263,11 +264,12 @@ impl Loop {
                 continue;
             }
             let id = s.sampler.sample(&logits);
+            let lp = s.job.sampling.logprobs.map(|k| token_logprobs(&logits, id, k));
             s.sampler.accept(id);
             s.generated += 1;
             s.tokens.push(id);
             let eos = !s.job.ignore_eos && self.eos.contains(&id);
-            if s.job.tx.send(Msg::Token(id)).is_err() || s.generated >= s.job.budget || eos {
+            if s.job.tx.send(Msg::Token(id, lp)).is_err() || s.generated >= s.job.budget || eos {
                 gone[i] = Some(Msg::Released { pool_full: false });
             }
         }

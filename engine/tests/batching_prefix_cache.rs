@@ -28,6 +28,7 @@ fn run(engine: &Engine, req: &GenerateRequest) -> Out {
                 Event::Text(t) => text.push_str(&t),
                 Event::Done { finish_reason, .. } => fin = Some(finish_reason),
                 Event::Error(e) => panic!("{e}"),
+                Event::Logprobs(_) => {}
             }
             true
         })

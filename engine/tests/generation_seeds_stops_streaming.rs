@@ -22,6 +22,7 @@ fn run(engine: &Engine, req: &GenerateRequest) -> (String, Vec<String>, Option<F
                 }
                 Event::Done { finish_reason, .. } => fin = Some(finish_reason),
                 Event::Error(e) => panic!("{e}"),
+                Event::Logprobs(_) => {}
             }
             true
         })

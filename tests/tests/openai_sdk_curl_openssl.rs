@@ -40,6 +40,32 @@ fn openai_sdk_with_client_certificate_and_with_bearer_token() {
     }
 }
 
+/// logprobs, n = 2, logit_bias, completions prompt lists and echo, and field-naming errors
+/// through the SDK, every request and answer validated against daemon/openapi.yaml's schemas.
+#[test]
+fn openai_sdk_logprobs_n_and_openapi_schemas() {
+    let py = python_with_openai();
+    let b = TestBox::new("surface");
+    let d = b.start();
+    let o = Command::new(&py)
+        .arg(repo().join("tests/python/openai_surface_check.py"))
+        .arg(repo().join("daemon/openapi.yaml"))
+        .arg(b.url("/v1"))
+        .arg(b.certs.join("ca.crt"))
+        .arg(&b.token)
+        .arg("tiny-qwen2")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "failed:\n{out}\n{}\n--- govboxd log ---\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        d.log_text()
+    );
+    eprintln!("{out}");
+}
+
 #[test]
 fn curl_with_token_and_certificate_and_error_shapes() {
     let b = TestBox::new("curl");

@@ -66,6 +66,7 @@ pub fn request(i: u64) -> Event {
         model_digest: "ab".repeat(32),
         prompt_hmac: format!("{i:064x}"),
         endpoint: "/v1/chat/completions".into(),
+        user_hmac: None,
     }
 }
 

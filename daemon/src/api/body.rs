@@ -68,14 +68,25 @@ async fn drain(body: &mut Body, limit: usize) {
     .await;
 }
 
-/// Parses JSON; a failure keeps only the line and column.
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+/// Parses JSON syntax; a failure keeps only the line and column.
+pub fn parse_value(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| from_json_error(&e))
+}
+
+/// Parses JSON into `T`: a syntax error keeps only its position, a shape error names the field
+/// (see `fields.rs`).
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    crate::api::fields::from_value(&parse_value(bytes)?)
 }
 
 /// [`read_body`] then [`parse_json`].
 pub async fn read_json<T: DeserializeOwned>(headers: &HeaderMap, body: Body, limits: &Limits) -> Result<T, ApiError> {
     parse_json(&read_body(headers, body, limits).await?)
+}
+
+/// [`read_body`] then [`parse_value`], for endpoints that read the body as several typed parts.
+pub async fn read_value(headers: &HeaderMap, body: Body, limits: &Limits) -> Result<serde_json::Value, ApiError> {
+    parse_value(&read_body(headers, body, limits).await?)
 }
 
 #[cfg(test)]

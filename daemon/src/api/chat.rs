@@ -6,6 +6,7 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use govbox_engine::chat::ChatMessage;
+use govbox_engine::logprobs::{MAX_TOP_LOGPROBS, TokenLogprob};
 use govbox_engine::{FinishReason, Prompt, Usage};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
@@ -14,7 +15,7 @@ use serde_json::{Value, json};
 use crate::api::error::ApiError;
 use crate::api::generate::{self, Accepted, ChunkHead, SamplingFields, unix_now, usage_json};
 use crate::api::stream::ChunkMaker;
-use crate::api::{Call, audit_request, body, json};
+use crate::api::{Call, audit_request_by, body, fields, json, logprobs};
 use crate::auth;
 use crate::state::{AppState, ModelKind};
 
@@ -31,7 +32,7 @@ struct Part {
 
 /// A message's content: a string or a list of parts.
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "a string or an array of content parts")]
 enum Content {
     Text(String),
     Parts(Vec<Part>),
@@ -43,18 +44,19 @@ struct Message {
     content: Option<Content>,
 }
 
-/// The request body. Fields not listed are ignored, as OpenAI's own server ignores what it does
-/// not know; the fields that would change the meaning of the answer are refused below.
+/// The request body, less the sampling fields (read from the same JSON as [`SamplingFields`],
+/// not flattened, so that an error names its field). Fields not listed are ignored, as OpenAI's
+/// own server ignores what it does not know; the fields that would change the meaning of the
+/// answer are refused below.
 #[derive(Debug, Deserialize)]
 struct ChatRequest {
     model: String,
     messages: Vec<Message>,
-    #[serde(flatten)]
-    sampling: SamplingFields,
     tools: Option<IgnoredAny>,
     functions: Option<IgnoredAny>,
     response_format: Option<ResponseFormat>,
     logprobs: Option<bool>,
+    top_logprobs: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,14 +73,14 @@ fn messages(req: &ChatRequest) -> Result<Vec<ChatMessage>, ApiError> {
         return Err(ApiError::invalid("messages", "at most 1024 messages are allowed"));
     }
     let mut out = Vec::with_capacity(req.messages.len());
-    for m in &req.messages {
+    for (i, m) in req.messages.iter().enumerate() {
         let role = match m.role.as_str() {
             "system" | "developer" => "system",
             "user" => "user",
             "assistant" => "assistant",
             _ => {
-                return Err(ApiError::invalid(
-                    "messages",
+                return Err(ApiError::invalid_at(
+                    format!("messages[{i}].role"),
                     "a message role must be system, developer, user or assistant (tool messages are not supported)",
                 ));
             }
@@ -88,12 +90,12 @@ fn messages(req: &ChatRequest) -> Result<Vec<ChatMessage>, ApiError> {
             Some(Content::Text(t)) => t.clone(),
             Some(Content::Parts(parts)) => {
                 let mut s = String::new();
-                for p in parts {
+                for (j, p) in parts.iter().enumerate() {
                     match (p.kind.as_str(), &p.text) {
                         ("text", Some(t)) => s.push_str(t),
                         _ => {
-                            return Err(ApiError::invalid(
-                                "messages",
+                            return Err(ApiError::invalid_at(
+                                format!("messages[{i}].content[{j}]"),
                                 "only text content parts are supported (no images, audio or files)",
                             ));
                         }
@@ -114,17 +116,32 @@ fn refuse_unsupported(req: &ChatRequest) -> Result<(), ApiError> {
     if req.response_format.as_ref().is_some_and(|f| f.kind != "text") {
         return Err(ApiError::invalid("response_format", "only the text response format is supported"));
     }
-    if req.logprobs == Some(true) {
-        return Err(ApiError::invalid("logprobs", "log probabilities are not supported"));
-    }
     Ok(())
+}
+
+/// How many alternatives per token to report (`None`: no log-probabilities).
+fn logprobs_wanted(req: &ChatRequest) -> Result<Option<usize>, ApiError> {
+    let top = req.top_logprobs.map(|k| k as usize);
+    if top.is_some_and(|k| k > MAX_TOP_LOGPROBS) {
+        return Err(ApiError::invalid(
+            "top_logprobs",
+            format!("top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}"),
+        ));
+    }
+    match (req.logprobs.unwrap_or(false), top) {
+        (true, k) => Ok(Some(k.unwrap_or(0))),
+        (false, Some(_)) => Err(ApiError::invalid("top_logprobs", "top_logprobs needs \"logprobs\": true")),
+        (false, None) => Ok(None),
+    }
 }
 
 /// The handler.
 pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
     let call = Call::new(&state, req);
     let client = call.client(&state)?;
-    let req: ChatRequest = body::read_json(&call.headers, call.body, &state.config.limits).await?;
+    let body = body::read_value(&call.headers, call.body, &state.config.limits).await?;
+    let req: ChatRequest = fields::from_value(&body)?;
+    let sampling: SamplingFields = fields::from_value(&body)?;
     let model = state.model(&req.model)?;
     call.record.set_model(&model.name);
     if model.kind != ModelKind::Chat {
@@ -138,14 +155,19 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
     auth::authorise(&state, &client, &model)?;
     refuse_unsupported(&req)?;
     let msgs = messages(&req)?;
-    let request = req.sampling.to_request(Prompt::Chat(msgs.clone()), state.config.serving.default_max_tokens)?;
+    let mut request = sampling.to_request(Prompt::Chat(msgs.clone()), state.config.serving.default_max_tokens)?;
+    request.sampling.logprobs = logprobs_wanted(&req)?;
+    let with_logprobs = request.sampling.logprobs.is_some();
     let texts: Vec<&str> = msgs.iter().map(|m| m.content.as_str()).collect();
     let policy = crate::policy::check_input(&state, &call.record, &client, "messages", &texts).await?;
     let prompt = serde_json::to_vec(&msgs).map_err(|e| ApiError::Internal(format!("encoding the prompt: {e}")))?;
-    audit_request(&state, &call.record, &client.name, &model, &prompt).await?;
+    generate::check_logit_bias(&model, &request)?;
+    audit_request_by(&state, &call.record, &client.name, &model, &prompt, sampling.user.as_deref()).await?;
     let acc = Accepted {
         model: model.clone(),
         request,
+        more_prompts: vec![],
+        n: sampling.choices()?,
         client: client.clone(),
         record: call.record.clone(),
         prompt_param: "messages",
@@ -155,14 +177,15 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
     let started = crate::policy::filter_output(&state, policy, &client.name, &call.record, started);
     let id = format!("chatcmpl-{}", call.record.id.trim_start_matches("req-"));
     let created = unix_now();
-    if req.sampling.stream {
-        let maker = Chunks(ChunkHead {
+    if sampling.stream {
+        let head = ChunkHead {
             id,
             object: "chat.completion.chunk",
             created,
             model: model.name.clone(),
-            include_usage: req.sampling.include_usage(),
-        });
+            include_usage: sampling.include_usage(),
+        };
+        let maker = Chunks { head, with_logprobs };
         return Ok(generate::stream_response(started, maker));
     }
     let done = generate::collect(started).await?;
@@ -172,36 +195,40 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
         "created": created,
         "model": model.name,
         "system_fingerprint": null,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": done.text},
-            "logprobs": null,
-            "finish_reason": done.finish_reason.as_str(),
-        }],
+        "choices": done.choices.iter().enumerate().map(|(i, c)| json!({
+            "index": i,
+            "message": {"role": "assistant", "content": c.text},
+            "logprobs": with_logprobs.then(|| logprobs::chat(&c.logprobs)),
+            "finish_reason": c.finish_reason.map(FinishReason::as_str),
+        })).collect::<Vec<_>>(),
         "usage": usage_json(done.usage),
     })))
 }
 
 /// The chunks of a streamed chat answer.
-struct Chunks(ChunkHead);
+struct Chunks {
+    head: ChunkHead,
+    with_logprobs: bool,
+}
 
 impl ChunkMaker for Chunks {
-    fn opening(&mut self) -> Option<Value> {
-        Some(self.0.chunk(json!([{
-            "index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null
+    fn opening(&mut self, index: usize) -> Option<Value> {
+        Some(self.head.chunk(json!([{
+            "index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null
         }])))
     }
 
-    fn text(&mut self, text: &str) -> Value {
-        self.0.chunk(json!([{"index": 0, "delta": {"content": text}, "logprobs": null, "finish_reason": null}]))
+    fn text(&mut self, index: usize, text: &str, lp: &[TokenLogprob]) -> Value {
+        let lp = self.with_logprobs.then(|| logprobs::chat(lp));
+        self.head.chunk(json!([{"index": index, "delta": {"content": text}, "logprobs": lp, "finish_reason": null}]))
     }
 
-    fn finish(&mut self, reason: FinishReason) -> Value {
-        self.0.chunk(json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": reason.as_str()}]))
+    fn finish(&mut self, index: usize, reason: FinishReason) -> Value {
+        self.head.chunk(json!([{"index": index, "delta": {}, "logprobs": null, "finish_reason": reason.as_str()}]))
     }
 
     fn usage(&mut self, usage: Usage) -> Option<Value> {
-        self.0.usage(usage)
+        self.head.usage(usage)
     }
 }
 
@@ -209,8 +236,15 @@ impl ChunkMaker for Chunks {
 mod tests {
     use super::*;
 
-    fn parse(v: Value) -> Result<ChatRequest, ApiError> {
-        body::parse_json(v.to_string().as_bytes())
+    fn parse(v: Value) -> Result<Parsed, ApiError> {
+        let v = body::parse_value(v.to_string().as_bytes())?;
+        Ok(Parsed { req: fields::from_value(&v)?, sampling: fields::from_value(&v)? })
+    }
+
+    /// A body read as the handler reads it.
+    struct Parsed {
+        req: ChatRequest,
+        sampling: SamplingFields,
     }
 
     #[test]
@@ -220,19 +254,20 @@ mod tests {
             {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
         ]}))
         .unwrap();
-        let m = messages(&r).unwrap();
+        let m = messages(&r.req).unwrap();
         assert_eq!(m, vec![ChatMessage::new("system", "be brief"), ChatMessage::new("user", "ab")]);
         let r = parse(json!({"model": "m", "messages": [{"role": "tool", "content": "x"}]})).unwrap();
-        assert_eq!(messages(&r).unwrap_err().status(), 400);
+        assert_eq!(messages(&r.req).unwrap_err().status(), 400);
         let r = parse(json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}));
-        assert_eq!(messages(&r.unwrap()).unwrap_err().status(), 400);
+        assert_eq!(messages(&r.unwrap().req).unwrap_err().status(), 400);
     }
 
     #[test]
     fn sampling_fields_are_checked() {
-        let r = parse(json!({"model": "m", "messages": [], "n": 2})).unwrap();
+        let r = parse(json!({"model": "m", "messages": [], "n": 9})).unwrap();
         let e = r.sampling.to_request(Prompt::Text("x".into()), 16).unwrap_err();
         assert_eq!(e.param(), Some("n"));
+        assert_eq!(parse(json!({"model": "m", "messages": [], "n": 8})).unwrap().sampling.choices().unwrap(), 8);
         let r = parse(json!({"model": "m", "messages": [], "stop": "END", "max_completion_tokens": 5,
                               "temperature": 0, "seed": -1}))
         .unwrap();
@@ -243,10 +278,46 @@ mod tests {
         assert_eq!(r.sampling.to_request(Prompt::Text("x".into()), 16).unwrap_err().param(), Some("temperature"));
         assert!(
             parse(json!({"model": "m", "messages": [], "tools": [{}]}))
-                .map(|r| refuse_unsupported(&r))
+                .map(|r| refuse_unsupported(&r.req))
                 .unwrap()
                 .is_err()
         );
-        assert!(parse(json!({"model": "m", "messages": [], "stop": 5})).is_err());
+        let e = parse(json!({"model": "m", "messages": [], "stop": 5})).err().unwrap();
+        assert_eq!(e.to_string(), "'stop' must be a string or an array of strings (got a number)");
+    }
+
+    #[test]
+    fn logprobs_and_logit_bias_are_checked() {
+        let lp = |v: Value| logprobs_wanted(&parse(v).unwrap().req);
+        assert_eq!(lp(json!({"model": "m", "messages": []})).unwrap(), None);
+        assert_eq!(lp(json!({"model": "m", "messages": [], "logprobs": true})).unwrap(), Some(0));
+        assert_eq!(lp(json!({"model": "m", "messages": [], "logprobs": true, "top_logprobs": 20})).unwrap(), Some(20));
+        let e = lp(json!({"model": "m", "messages": [], "logprobs": true, "top_logprobs": 21})).unwrap_err();
+        assert_eq!(e.param(), Some("top_logprobs"));
+        let e = lp(json!({"model": "m", "messages": [], "top_logprobs": 2})).unwrap_err();
+        assert_eq!(e.param(), Some("top_logprobs"));
+        let bias = |b: Value| {
+            let r = parse(json!({"model": "m", "messages": [], "logit_bias": b}))?;
+            r.sampling.to_request(Prompt::Text("x".into()), 16)
+        };
+        assert_eq!(bias(json!({"5": 2.5, "7": -100})).unwrap().sampling.logit_bias, vec![(5, 2.5), (7, -100.0)]);
+        assert_eq!(bias(json!({"5": 101})).unwrap_err().param(), Some("logit_bias.5"));
+        assert_eq!(bias(json!({"five": 1})).unwrap_err().param(), Some("logit_bias"));
+        let e = bias(json!({"5": "high"})).unwrap_err();
+        assert_eq!((e.param(), e.code()), (Some("logit_bias.5"), "invalid_type"));
+    }
+
+    #[test]
+    fn the_issue_s_three_bodies_name_their_field() {
+        let e = parse(json!({"model": "m"})).err().unwrap();
+        assert_eq!((e.param(), e.code()), (Some("messages"), "missing_required_parameter"));
+        let e = parse(json!({"model": "m", "messages": [], "max_tokens": -1})).err().unwrap();
+        assert_eq!((e.param(), e.code()), (Some("max_tokens"), "invalid_type"));
+        let e = parse(json!({"model": "m", "messages": [], "temperature": "0"})).err().unwrap();
+        assert_eq!(e.to_string(), "'temperature' must be a number (got a string)");
+        let e = parse(json!({"model": "m", "messages": [{"role": "user", "content": 5}]})).err().unwrap();
+        assert_eq!(e.param(), Some("messages[0].content"));
+        let r = parse(json!({"model": "m", "messages": [{"role": "user"}, {"role": "robot"}]})).unwrap();
+        assert_eq!(messages(&r.req).unwrap_err().param(), Some("messages[1].role"));
     }
 }

@@ -1,35 +1,46 @@
-//! `POST /v1/completions`: plain text in, its continuation out, whole or streamed.
+//! `POST /v1/completions`: plain text in, its continuation out, whole or streamed. A prompt may
+//! be a string, a list of strings, a token-id array or a list of those; each prompt gets `n`
+//! choices. `echo` puts the prompt before the answer; `suffix` asks for fill-in-the-middle,
+//! served where the tokenizer has FIM tokens.
 
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::response::Response;
+use govbox_engine::logprobs::{MAX_TOP_LOGPROBS, TokenLogprob};
+use govbox_engine::tokenizer::Tokenizer;
 use govbox_engine::{FinishReason, Prompt, Usage};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::api::error::ApiError;
-use crate::api::generate::{self, Accepted, ChunkHead, SamplingFields, unix_now, usage_json};
+use crate::api::generate::{self, Accepted, ChunkHead, MAX_CHOICES, SamplingFields, unix_now, usage_json};
 use crate::api::stream::ChunkMaker;
-use crate::api::{Call, audit_request, body, json};
+use crate::api::{Call, audit_request_by, body, fields, json, logprobs};
 use crate::auth;
 use crate::state::{AppState, ModelKind};
 
-/// `prompt`: a string, or a list holding exactly one string.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+/// Most prompts in one request.
+const MAX_PROMPTS: usize = 16;
+/// Most choices in one request (prompts × `n`): what one request may add to the batch.
+const MAX_REQUEST_CHOICES: usize = 4 * MAX_CHOICES;
+
+/// `prompt`: a string, a list of strings, token ids, or a list of token-id lists.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(untagged, expecting = "a string, an array of strings, an array of token ids or an array of such arrays")]
 enum PromptSpec {
     One(String),
     Many(Vec<String>),
+    Tokens(Vec<u32>),
+    TokenLists(Vec<Vec<u32>>),
 }
 
-/// The request body; unknown fields are ignored, meaning-changing ones refused.
+/// The request body, less the sampling fields (read from the same JSON as [`SamplingFields`]);
+/// unknown fields are ignored, meaning-changing ones refused.
 #[derive(Debug, Deserialize)]
 struct CompletionRequest {
     model: String,
     prompt: PromptSpec,
-    #[serde(flatten)]
-    sampling: SamplingFields,
     #[serde(default)]
     echo: bool,
     suffix: Option<String>,
@@ -37,22 +48,114 @@ struct CompletionRequest {
     logprobs: Option<u32>,
 }
 
-fn prompt(req: &CompletionRequest) -> Result<String, ApiError> {
-    if req.echo || req.suffix.is_some() || req.logprobs.is_some() || req.best_of.is_some_and(|b| b != 1) {
-        return Err(ApiError::invalid("echo", "echo, suffix, logprobs and best_of are not supported"));
+/// One prompt as given: text, or token ids.
+enum Given {
+    Text(String),
+    Ids(Vec<u32>),
+}
+
+fn prompts(req: &CompletionRequest) -> Result<Vec<Given>, ApiError> {
+    let list: Vec<Given> = match &req.prompt {
+        PromptSpec::One(s) => vec![Given::Text(s.clone())],
+        PromptSpec::Many(v) => v.iter().cloned().map(Given::Text).collect(),
+        PromptSpec::Tokens(ids) => vec![Given::Ids(ids.clone())],
+        PromptSpec::TokenLists(v) => v.iter().cloned().map(Given::Ids).collect(),
+    };
+    if list.is_empty() {
+        return Err(ApiError::invalid("prompt", "prompt must hold at least one prompt"));
     }
-    match &req.prompt {
-        PromptSpec::One(s) => Ok(s.clone()),
-        PromptSpec::Many(v) if v.len() == 1 => Ok(v[0].clone()),
-        PromptSpec::Many(_) => Err(ApiError::invalid("prompt", "send one prompt per request")),
+    if list.len() > MAX_PROMPTS {
+        return Err(ApiError::invalid("prompt", format!("at most {MAX_PROMPTS} prompts are allowed per request")));
     }
+    Ok(list)
+}
+
+/// The fields that only some requests may combine, checked before any work.
+fn check_options(req: &CompletionRequest, n: usize, prompts: usize) -> Result<(), ApiError> {
+    if req.best_of.is_some_and(|b| b as usize != n) {
+        return Err(ApiError::invalid("best_of", "best_of must equal n (answers are not ranked on the server)"));
+    }
+    if req.logprobs.is_some_and(|k| k as usize > MAX_TOP_LOGPROBS) {
+        return Err(ApiError::invalid("logprobs", format!("logprobs must be between 0 and {MAX_TOP_LOGPROBS}")));
+    }
+    if req.echo && req.logprobs.is_some() {
+        return Err(ApiError::invalid(
+            "echo",
+            "echo with logprobs would need the prompt's log-probabilities, which this server does not compute",
+        ));
+    }
+    if req.echo && req.suffix.is_some() {
+        return Err(ApiError::invalid("suffix", "suffix and echo cannot be combined"));
+    }
+    if prompts * n > MAX_REQUEST_CHOICES {
+        return Err(ApiError::invalid(
+            "n",
+            format!("prompts × n is {}; at most {MAX_REQUEST_CHOICES} choices per request", prompts * n),
+        ));
+    }
+    Ok(())
+}
+
+/// The fill-in-the-middle markers a tokenizer knows, in the two spellings models use
+/// (StarCoder's `<fim_prefix>`, Qwen2.5-Coder's `<|fim_prefix|>`): prefix, suffix, middle.
+fn fim_ids(tok: &Tokenizer) -> Option<[u32; 3]> {
+    [["<fim_prefix>", "<fim_suffix>", "<fim_middle>"], ["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"]]
+        .iter()
+        .find_map(|names| Some([tok.token_to_id(names[0])?, tok.token_to_id(names[1])?, tok.token_to_id(names[2])?]))
+}
+
+/// The engine prompt of one given prompt. Special-token strings are text unless the client
+/// was added with --allow-special-tokens; token ids of control tokens likewise.
+fn engine_prompt(
+    tok: &Tokenizer,
+    given: &Given,
+    suffix: Option<&str>,
+    allow_special: bool,
+) -> Result<Prompt, ApiError> {
+    if let Some(suffix) = suffix {
+        let Given::Text(prefix) = given else {
+            return Err(ApiError::invalid("suffix", "suffix needs a text prompt, not token ids"));
+        };
+        let Some([pre, suf, mid]) = fim_ids(tok) else {
+            return Err(ApiError::invalid(
+                "suffix",
+                "this model's tokenizer has no fill-in-the-middle tokens (<fim_prefix> or <|fim_prefix|>), so \
+                 suffix cannot be honoured",
+            ));
+        };
+        let mut ids: Vec<u32> = tok.add_bos().then(|| tok.bos_id()).flatten().into_iter().collect();
+        ids.push(pre);
+        ids.extend(tok.encode_plain(prefix)?);
+        ids.push(suf);
+        ids.extend(tok.encode_plain(suffix)?);
+        ids.push(mid);
+        return Ok(Prompt::Tokens(ids));
+    }
+    Ok(match given {
+        Given::Text(t) if allow_special => Prompt::TextWithSpecialTokens(t.clone()),
+        Given::Text(t) => Prompt::Text(t.clone()),
+        Given::Ids(ids) => {
+            if !allow_special && let Some(id) = ids.iter().find(|&&id| tok.is_special(id)) {
+                return Err(ApiError::invalid(
+                    "prompt",
+                    format!(
+                        "token id {id} is a control token; this client may not send control tokens \
+                         (govbox client add --allow-special-tokens)"
+                    ),
+                ));
+            }
+            Prompt::Tokens(ids.clone())
+        }
+    })
 }
 
 /// The handler.
 pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
     let call = Call::new(&state, req);
     let client = call.client(&state)?;
-    let req: CompletionRequest = body::read_json(&call.headers, call.body, &state.config.limits).await?;
+    let body = body::read_value(&call.headers, call.body, &state.config.limits).await?;
+    let req: CompletionRequest = fields::from_value(&body)?;
+    let sampling: SamplingFields = fields::from_value(&body)?;
     let model = state.model(&req.model)?;
     call.record.set_model(&model.name);
     if model.kind != ModelKind::Chat {
@@ -64,19 +167,44 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
         });
     }
     auth::authorise(&state, &client, &model)?;
-    let text = prompt(&req)?;
-    // Special-token strings are text unless the client was added with --allow-special-tokens.
-    let engine_prompt = if client.allow_special_tokens {
-        Prompt::TextWithSpecialTokens(text.clone())
-    } else {
-        Prompt::Text(text.clone())
+    let given = prompts(&req)?;
+    let n = sampling.choices()?;
+    check_options(&req, n, given.len())?;
+    let tok = model.engine.tokenizer();
+    let mut engine_prompts = given
+        .iter()
+        .map(|g| engine_prompt(tok, g, req.suffix.as_deref(), client.allow_special_tokens))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter();
+    let first = engine_prompts.next().ok_or_else(|| ApiError::Internal("no prompt".into()))?;
+    let mut request = sampling.to_request(first, state.config.serving.default_max_tokens)?;
+    request.sampling.logprobs = req.logprobs.map(|k| k as usize);
+    let with_logprobs = request.sampling.logprobs.is_some();
+    // The audited prompt: a single text as its bytes (as before lists were accepted), anything
+    // else as its JSON, with the suffix when there is one.
+    let audited = match (&req.prompt, &req.suffix) {
+        (PromptSpec::One(s), None) => s.clone().into_bytes(),
+        (p, suffix) => serde_json::to_vec(&json!({"prompt": p, "suffix": suffix}))
+            .map_err(|e| ApiError::Internal(format!("encoding the prompt: {e}")))?,
     };
-    let request = req.sampling.to_request(engine_prompt, state.config.serving.default_max_tokens)?;
-    let policy = crate::policy::check_input(&state, &call.record, &client, "prompt", &[text.as_str()]).await?;
-    audit_request(&state, &call.record, &client.name, &model, text.as_bytes()).await?;
+    // Every prompt (and the suffix) goes through the box's content policy, as text.
+    let mut checked = given
+        .iter()
+        .map(|g| match g {
+            Given::Text(t) => Ok(t.clone()),
+            Given::Ids(ids) => tok.decode(ids, false),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    checked.extend(req.suffix.clone());
+    let checked: Vec<&str> = checked.iter().map(String::as_str).collect();
+    let policy = crate::policy::check_input(&state, &call.record, &client, "prompt", &checked).await?;
+    generate::check_logit_bias(&model, &request)?;
+    audit_request_by(&state, &call.record, &client.name, &model, &audited, sampling.user.as_deref()).await?;
     let acc = Accepted {
         model: model.clone(),
         request,
+        more_prompts: engine_prompts.collect(),
+        n,
         client: client.clone(),
         record: call.record.clone(),
         prompt_param: "prompt",
@@ -84,53 +212,84 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
     };
     let started = generate::start(&state, acc).await?;
     let started = crate::policy::filter_output(&state, policy, &client.name, &call.record, started);
+    // With echo, each choice begins with its prompt's text.
+    let echoes: Vec<String> = if req.echo {
+        let texts = given.iter().zip(&started.prompt_ids).map(|(g, ids)| match g {
+            Given::Text(t) => Ok(t.clone()),
+            Given::Ids(_) => tok.decode(ids, false),
+        });
+        let texts = texts.collect::<Result<Vec<_>, _>>()?;
+        texts.iter().flat_map(|t| std::iter::repeat_n(t.clone(), n)).collect()
+    } else {
+        vec![]
+    };
     let id = format!("cmpl-{}", call.record.id.trim_start_matches("req-"));
     let created = unix_now();
-    if req.sampling.stream {
-        let maker = Chunks(ChunkHead {
+    if sampling.stream {
+        let head = ChunkHead {
             id,
             object: "text_completion",
             created,
             model: model.name.clone(),
-            include_usage: req.sampling.include_usage(),
-        });
+            include_usage: sampling.include_usage(),
+        };
+        let offsets = vec![0; started.choices];
+        let maker = Chunks { head, with_logprobs, echoes, offsets };
         return Ok(generate::stream_response(started, maker));
     }
     let done = generate::collect(started).await?;
+    let choices: Vec<Value> = done
+        .choices
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let echo = echoes.get(i).map_or("", String::as_str);
+            json!({
+                "index": i,
+                "text": format!("{echo}{}", c.text),
+                "logprobs": with_logprobs.then(|| logprobs::completion(&c.logprobs, &mut 0)),
+                "finish_reason": c.finish_reason.map(FinishReason::as_str),
+            })
+        })
+        .collect();
     Ok(json(json!({
         "id": id,
         "object": "text_completion",
         "created": created,
         "model": model.name,
         "system_fingerprint": null,
-        "choices": [{
-            "index": 0,
-            "text": done.text,
-            "logprobs": null,
-            "finish_reason": done.finish_reason.as_str(),
-        }],
+        "choices": choices,
         "usage": usage_json(done.usage),
     })))
 }
 
 /// The chunks of a streamed completion.
-struct Chunks(ChunkHead);
+struct Chunks {
+    head: ChunkHead,
+    with_logprobs: bool,
+    /// Each choice's echoed prompt (empty without `echo`), sent as its first chunk.
+    echoes: Vec<String>,
+    /// Where each choice's next token begins in its text, for `text_offset`.
+    offsets: Vec<usize>,
+}
 
 impl ChunkMaker for Chunks {
-    fn opening(&mut self) -> Option<Value> {
-        None
+    fn opening(&mut self, index: usize) -> Option<Value> {
+        let echo = self.echoes.get(index)?;
+        Some(self.head.chunk(json!([{"index": index, "text": echo, "logprobs": null, "finish_reason": null}])))
     }
 
-    fn text(&mut self, text: &str) -> Value {
-        self.0.chunk(json!([{"index": 0, "text": text, "logprobs": null, "finish_reason": null}]))
+    fn text(&mut self, index: usize, text: &str, lp: &[TokenLogprob]) -> Value {
+        let lp = self.with_logprobs.then(|| logprobs::completion(lp, &mut self.offsets[index]));
+        self.head.chunk(json!([{"index": index, "text": text, "logprobs": lp, "finish_reason": null}]))
     }
 
-    fn finish(&mut self, reason: FinishReason) -> Value {
-        self.0.chunk(json!([{"index": 0, "text": "", "logprobs": null, "finish_reason": reason.as_str()}]))
+    fn finish(&mut self, index: usize, reason: FinishReason) -> Value {
+        self.head.chunk(json!([{"index": index, "text": "", "logprobs": null, "finish_reason": reason.as_str()}]))
     }
 
     fn usage(&mut self, usage: Usage) -> Option<Value> {
-        self.0.usage(usage)
+        self.head.usage(usage)
     }
 }
 
@@ -138,12 +297,76 @@ impl ChunkMaker for Chunks {
 mod tests {
     use super::*;
 
+    fn parse(v: Value) -> Result<(CompletionRequest, SamplingFields), ApiError> {
+        let v = body::parse_value(v.to_string().as_bytes())?;
+        Ok((fields::from_value(&v)?, fields::from_value(&v)?))
+    }
+
     #[test]
-    fn one_prompt_per_request() {
-        let parse = |v: Value| body::parse_json::<CompletionRequest>(v.to_string().as_bytes()).unwrap();
-        assert_eq!(prompt(&parse(json!({"model": "m", "prompt": "hi"}))).unwrap(), "hi");
-        assert_eq!(prompt(&parse(json!({"model": "m", "prompt": ["hi"]}))).unwrap(), "hi");
-        assert_eq!(prompt(&parse(json!({"model": "m", "prompt": ["a", "b"]}))).unwrap_err().param(), Some("prompt"));
-        assert!(prompt(&parse(json!({"model": "m", "prompt": "a", "echo": true}))).is_err());
+    fn prompt_lists_and_options_name_their_field() {
+        let count = |v: Value| prompts(&parse(v).unwrap().0).map(|p| p.len());
+        assert_eq!(count(json!({"model": "m", "prompt": "hi"})).unwrap(), 1);
+        assert_eq!(count(json!({"model": "m", "prompt": ["a", "b"]})).unwrap(), 2);
+        assert_eq!(count(json!({"model": "m", "prompt": [1, 2, 3]})).unwrap(), 1);
+        assert_eq!(count(json!({"model": "m", "prompt": [[1, 2], [3]]})).unwrap(), 2);
+        assert_eq!(count(json!({"model": "m", "prompt": []})).unwrap_err().param(), Some("prompt"));
+        let e = parse(json!({"model": "m", "prompt": [1, "a"]})).err().unwrap();
+        assert_eq!((e.param(), e.code()), (Some("prompt"), "invalid_type"));
+        let e = parse(json!({"model": "m"})).err().unwrap();
+        assert_eq!(e.param(), Some("prompt"));
+        let check = |v: Value| {
+            let (r, s) = parse(v).unwrap();
+            check_options(&r, s.choices()?, prompts(&r)?.len())
+        };
+        assert!(check(json!({"model": "m", "prompt": "a", "echo": true, "n": 2, "best_of": 2})).is_ok());
+        assert_eq!(check(json!({"model": "m", "prompt": "a", "best_of": 3})).unwrap_err().param(), Some("best_of"));
+        assert_eq!(check(json!({"model": "m", "prompt": "a", "logprobs": 21})).unwrap_err().param(), Some("logprobs"));
+        let e = check(json!({"model": "m", "prompt": "a", "logprobs": 2, "echo": true})).unwrap_err();
+        assert_eq!(e.param(), Some("echo"));
+        let e = check(json!({"model": "m", "prompt": vec!["a"; 5], "n": 8})).unwrap_err();
+        assert_eq!(e.param(), Some("n"));
+    }
+
+    /// tiny-qwen2's tokenizer, with Qwen2.5-Coder's three FIM tokens added when `fim`.
+    fn tokenizer(fim: bool) -> Tokenizer {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-qwen2");
+        let dir = tempfile::tempdir().unwrap();
+        let mut t: Value = serde_json::from_slice(&std::fs::read(src.join("tokenizer.json")).unwrap()).unwrap();
+        let added = t["added_tokens"].as_array_mut().unwrap();
+        let next = added.iter().map(|a| a["id"].as_u64().unwrap()).max().unwrap() + 1;
+        if fim {
+            for (i, name) in ["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"].iter().enumerate() {
+                added.push(json!({"id": next + i as u64, "content": name, "single_word": false, "lstrip": false,
+                                  "rstrip": false, "normalized": false, "special": true}));
+            }
+        }
+        std::fs::write(dir.path().join("tokenizer.json"), t.to_string()).unwrap();
+        std::fs::copy(src.join("tokenizer_config.json"), dir.path().join("tokenizer_config.json")).unwrap();
+        Tokenizer::from_hf_dir(dir.path()).unwrap()
+    }
+
+    #[test]
+    fn suffix_is_fill_in_the_middle_where_the_tokenizer_can() {
+        let tok = tokenizer(true);
+        let [pre, suf, mid] = fim_ids(&tok).unwrap();
+        let given = Given::Text("def add(a, b):".into());
+        let Prompt::Tokens(ids) = engine_prompt(&tok, &given, Some("    return c"), false).unwrap() else {
+            panic!("a FIM prompt is token ids")
+        };
+        let mut want = vec![pre];
+        want.extend(tok.encode_plain("def add(a, b):").unwrap());
+        want.push(suf);
+        want.extend(tok.encode_plain("    return c").unwrap());
+        want.push(mid);
+        assert_eq!(ids, want);
+        let e = engine_prompt(&tok, &Given::Ids(vec![5]), Some("x"), false).unwrap_err();
+        assert_eq!(e.param(), Some("suffix"));
+        // Without FIM tokens: a 400 naming suffix, not a silently ignored field.
+        let e = engine_prompt(&tokenizer(false), &given, Some("x"), false).unwrap_err();
+        assert_eq!((e.param(), e.status().as_u16()), (Some("suffix"), 400));
+        // A control token's id needs --allow-special-tokens.
+        let im_start = tok.token_to_id("<|im_start|>").unwrap();
+        assert_eq!(engine_prompt(&tok, &Given::Ids(vec![im_start]), None, false).unwrap_err().param(), Some("prompt"));
+        assert!(engine_prompt(&tok, &Given::Ids(vec![im_start]), None, true).is_ok());
     }
 }

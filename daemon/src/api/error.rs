@@ -22,11 +22,28 @@ pub enum ApiError {
         /// 1-based column of the problem.
         column: usize,
     },
+    /// A required field is absent.
+    #[error("the required field '{param}' is missing")]
+    MissingField {
+        /// The field, as a path (`messages[0].role`).
+        param: String,
+    },
+    /// A field holds a value of the wrong JSON type or shape. Neither the value nor anything
+    /// quoted from it is kept: only what was expected and what kind of value came.
+    #[error("'{param}' must be {expected}{}", got.map(|g| format!(" (got {g})")).unwrap_or_default())]
+    WrongType {
+        /// The field, as a path (`messages[0].content`).
+        param: String,
+        /// What it should hold ("a number", "a string or an array of strings").
+        expected: String,
+        /// The JSON kind that came ("a string"), when known.
+        got: Option<&'static str>,
+    },
     /// A field has a value that this endpoint refuses.
     #[error("{message}")]
     InvalidParam {
-        /// The field.
-        param: &'static str,
+        /// The field, as a path (`messages[0].role`).
+        param: std::borrow::Cow<'static, str>,
         /// Why, in words that do not repeat the value.
         message: String,
     },
@@ -169,6 +186,8 @@ impl ApiError {
         use ApiError::*;
         match self {
             MalformedJson { .. }
+            | MissingField { .. }
+            | WrongType { .. }
             | InvalidParam { .. }
             | WrongModelKind { .. }
             | BodyIncomplete
@@ -215,6 +234,8 @@ impl ApiError {
         use ApiError::*;
         match self {
             MalformedJson { .. } => "invalid_json",
+            MissingField { .. } => "missing_required_parameter",
+            WrongType { .. } => "invalid_type",
             InvalidParam { .. } => "invalid_value",
             BodyTooLarge { .. } => "body_too_large",
             BodyTimeout => "body_timeout",
@@ -246,9 +267,11 @@ impl ApiError {
     }
 
     /// OpenAI's `param`: the request field at fault, when there is one.
-    pub fn param(&self) -> Option<&'static str> {
+    pub fn param(&self) -> Option<&str> {
         match self {
-            ApiError::InvalidParam { param, .. } | ApiError::ContentFiltered { param, .. } => Some(param),
+            ApiError::InvalidParam { param, .. } => Some(param.as_ref()),
+            ApiError::ContentFiltered { param, .. } => Some(param),
+            ApiError::MissingField { param } | ApiError::WrongType { param, .. } => Some(param),
             ApiError::ModelNotFound { .. } | ApiError::ModelNotAllowed { .. } | ApiError::WrongModelKind { .. } => {
                 Some("model")
             }
@@ -281,7 +304,12 @@ impl ApiError {
 
     /// A shorthand for [`ApiError::InvalidParam`].
     pub fn invalid(param: &'static str, message: impl Into<String>) -> Self {
-        ApiError::InvalidParam { param, message: message.into() }
+        ApiError::InvalidParam { param: param.into(), message: message.into() }
+    }
+
+    /// [`ApiError::invalid`] for a field found at a path (`messages[3].role`).
+    pub fn invalid_at(param: String, message: impl Into<String>) -> Self {
+        ApiError::InvalidParam { param: param.into(), message: message.into() }
     }
 }
 
@@ -306,6 +334,8 @@ pub struct ErrorCode(pub &'static str);
 
 /// Maps a serde_json failure to [`ApiError::MalformedJson`], keeping only its position: serde's
 /// message quotes the input (`invalid type: string "..."`), and the input may be a prompt.
+/// Bodies are parsed to a `Value` first, so this sees syntax errors; shape errors go through
+/// `fields::from_value`, which names the field.
 pub fn from_json_error(e: &serde_json::Error) -> ApiError {
     let what = match e.classify() {
         serde_json::error::Category::Data => "the JSON this endpoint expects",

@@ -7,6 +7,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use govbox_engine::logprobs::TokenLogprob;
 use govbox_engine::sampler::SamplingParams;
 use govbox_engine::{FinishReason, GenerateRequest, PrefixCache, Prompt, Usage};
 use govbox_provisioning::ClientRecord;
@@ -25,10 +26,14 @@ use crate::state::{AppState, LoadedModel};
 const MAX_STOPS: usize = 4;
 /// Stop sequences longer than this are refused.
 const MAX_STOP_LEN: usize = 256;
+/// Most choices per prompt (`n`), and most choices per request.
+pub const MAX_CHOICES: usize = 8;
+/// Most `logit_bias` entries (OpenAI's own limit is 300).
+const MAX_LOGIT_BIAS: usize = 300;
 
 /// `stop`: one string or a list.
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "a string or an array of strings")]
 pub enum StopSpec {
     /// One stop string.
     One(String),
@@ -63,23 +68,24 @@ pub struct SamplingFields {
     pub presence_penalty: Option<f32>,
     /// -2 to 2.
     pub frequency_penalty: Option<f32>,
-    /// Choices to generate; only 1 is supported.
+    /// Choices to generate per prompt, 1 to [`MAX_CHOICES`].
     pub n: Option<u32>,
+    /// Token id (as a string) → bias added to its logit, -100 to 100.
+    pub logit_bias: Option<std::collections::BTreeMap<String, f32>>,
     /// Stream the answer as server-sent events.
     #[serde(default)]
     pub stream: bool,
     /// Stream options.
     pub stream_options: Option<StreamOptions>,
-    /// The end user, for the caller's own abuse tracking. Accepted and never logged.
+    /// The end user, for the caller's own abuse tracking: written to the audit entry as a keyed
+    /// hash, never logged.
     pub user: Option<String>,
 }
 
 impl SamplingFields {
     /// Checks the fields and builds the engine request for `prompt`.
     pub fn to_request(&self, prompt: Prompt, default_max_tokens: usize) -> Result<GenerateRequest, ApiError> {
-        if self.n.is_some_and(|n| n != 1) {
-            return Err(ApiError::invalid("n", "only n = 1 is supported: request one choice at a time"));
-        }
+        self.choices()?;
         let max = self.max_completion_tokens.or(self.max_tokens);
         let max_tokens = match max {
             Some(0) => return Err(ApiError::invalid("max_tokens", "max_tokens must be at least 1")),
@@ -118,6 +124,7 @@ impl SamplingFields {
             frequency_penalty,
             // The bits of the signed seed, so that every i64 a client sends is a distinct seed.
             seed: self.seed.map(|s| s as u64),
+            logit_bias: self.logit_bias()?,
             ..SamplingParams::default()
         };
         // The bridge sets the deadline when it starts the generation, and `start` the cache scope
@@ -133,9 +140,52 @@ impl SamplingFields {
         })
     }
 
+    /// `n`, checked.
+    pub fn choices(&self) -> Result<usize, ApiError> {
+        match self.n.unwrap_or(1) as usize {
+            n @ 1..=MAX_CHOICES => Ok(n),
+            _ => Err(ApiError::invalid("n", format!("n must be between 1 and {MAX_CHOICES}"))),
+        }
+    }
+
+    /// `logit_bias`, checked: keys are token ids, values between -100 and 100. Ids beyond the
+    /// model's vocabulary are refused once the model is known (`start`).
+    fn logit_bias(&self) -> Result<Vec<(u32, f32)>, ApiError> {
+        let Some(map) = &self.logit_bias else { return Ok(vec![]) };
+        if map.len() > MAX_LOGIT_BIAS {
+            return Err(ApiError::invalid("logit_bias", format!("at most {MAX_LOGIT_BIAS} tokens may be biased")));
+        }
+        map.iter()
+            .map(|(k, &v)| {
+                let id = k.parse::<u32>().map_err(|_| {
+                    ApiError::invalid("logit_bias", "logit_bias keys must be token ids (whole numbers, as strings)")
+                })?;
+                if !(-100.0..=100.0).contains(&v) {
+                    return Err(ApiError::invalid_at(
+                        format!("logit_bias.{id}"),
+                        "a logit bias must be between -100 and 100",
+                    ));
+                }
+                Ok((id, v))
+            })
+            .collect()
+    }
+
     /// Whether the streamed answer ends with a usage chunk.
     pub fn include_usage(&self) -> bool {
         self.stream && self.stream_options.as_ref().is_some_and(|o| o.include_usage)
+    }
+}
+
+/// Refuses `logit_bias` ids beyond `model`'s vocabulary (before the request is audited).
+pub fn check_logit_bias(model: &LoadedModel, request: &GenerateRequest) -> Result<(), ApiError> {
+    let vocab = model.engine.decoder_model().map_or(0, |d| d.config().vocab_size);
+    match request.sampling.logit_bias.iter().find(|(id, _)| *id as usize >= vocab) {
+        Some((id, _)) => Err(ApiError::invalid(
+            "logit_bias",
+            format!("token id {id} is outside model '{}''s vocabulary of {vocab}", model.name),
+        )),
+        None => Ok(()),
     }
 }
 
@@ -143,8 +193,13 @@ impl SamplingFields {
 pub struct Accepted {
     /// The model.
     pub model: Arc<LoadedModel>,
-    /// The engine request (its prompt not yet tokenised).
+    /// The engine request (its prompt not yet tokenised): the first prompt's, and the settings
+    /// every choice shares.
     pub request: GenerateRequest,
+    /// Further prompts (a completions prompt list), each answered like the first.
+    pub more_prompts: Vec<Prompt>,
+    /// Choices per prompt (`n`); choice `p * n + j` is prompt `p`'s `j`-th.
+    pub n: usize,
     /// The client.
     pub client: ClientRecord,
     /// The request's record.
@@ -167,108 +222,208 @@ pub fn prefix_cache_for(mode: PrefixCacheMode, client: &ClientRecord) -> PrefixC
     }
 }
 
-/// The first events of a generation: the text up to the first chunk, and whatever ended it.
+/// The first events of a generation: the text up to the first chunk of each choice, and
+/// whatever ended it; events carry their choice's index.
 pub struct Started {
     /// Events received so far.
-    pub events: Vec<GenEvent>,
-    /// The rest.
-    pub rx: tokio::sync::mpsc::Receiver<GenEvent>,
-    /// Prompt length.
+    pub events: Vec<(usize, GenEvent)>,
+    /// The rest, from every choice.
+    pub rx: tokio::sync::mpsc::Receiver<(usize, GenEvent)>,
+    /// Prompt tokens (of every prompt, counted once).
     pub prompt_tokens: usize,
+    /// How many choices there are.
+    pub choices: usize,
+    /// The prompts' token ids, for `echo`.
+    pub prompt_ids: Vec<Vec<u32>>,
 }
 
-/// Tokenises the prompt, waits for an engine slot and starts generating; returns once the first
-/// event is there, so that a failure before any text still gets its own HTTP status.
+/// Tokenises the prompts, waits for an engine slot and starts generating; returns once each
+/// choice's first event is there, so that a failure before any text still gets its own HTTP
+/// status.
+///
+/// The `n` choices of a prompt share its KV: the first choice starts alone, and the others
+/// start once it has produced its first event, when its prompt's full blocks are in the prefix
+/// cache, so they hold those blocks rather than computing them again (a request whose client
+/// has the cache off gets a scope of its own for this). All the choices then decode in the same
+/// batch and share the request's one engine slot.
 pub async fn start(state: &Arc<AppState>, acc: Accepted) -> Result<Started, ApiError> {
-    let Accepted { model, mut request, client, record, prompt_param, prefix_cache } = acc;
+    let Accepted { model, mut request, more_prompts, n, client, record, prompt_param, mut prefix_cache } = acc;
+    if n > 1 && matches!(prefix_cache, PrefixCache::Off) {
+        prefix_cache = PrefixCache::Namespace(format!("request {}", record.id));
+    }
     request.prefix_cache = prefix_cache;
     let secs = state.config.serving.request_deadline_secs;
     let deadline = Instant::from_std(record.start) + Duration::from_secs(secs);
     // Tokenising (and rendering the chat template) is CPU work: off the async threads.
     let engine = model.engine.clone();
-    let prompt = std::mem::replace(&mut request.prompt, Prompt::Tokens(vec![]));
-    let ids = tokio::task::spawn_blocking(move || engine.prompt_ids(&prompt))
-        .await
-        .map_err(|e| ApiError::Internal(format!("tokenizer task: {e}")))??;
+    let first = std::mem::replace(&mut request.prompt, Prompt::Tokens(vec![]));
+    let prompts: Vec<Prompt> = std::iter::once(first).chain(more_prompts).collect();
+    let all_ids: Vec<Vec<u32>> = tokio::task::spawn_blocking(move || {
+        prompts.iter().map(|p| engine.prompt_ids(p)).collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("tokenizer task: {e}")))??;
     let ctx = model.engine.decoder_model().map_or(0, |d| d.config().max_position_embeddings);
-    if ids.is_empty() {
-        return Err(ApiError::invalid(prompt_param, "the prompt is empty"));
+    let vocab = model.engine.decoder_model().map_or(0, |d| d.config().vocab_size);
+    for ids in &all_ids {
+        if ids.is_empty() {
+            return Err(ApiError::invalid(prompt_param, "the prompt is empty"));
+        }
+        if ids.len() >= ctx {
+            return Err(ApiError::invalid(
+                prompt_param,
+                format!("the prompt has {} tokens; model '{}' has a context of {ctx}", ids.len(), model.name),
+            ));
+        }
+        if let Some(id) = ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(ApiError::invalid(
+                prompt_param,
+                format!("token id {id} is outside model '{}''s vocabulary of {vocab}", model.name),
+            ));
+        }
     }
-    if ids.len() >= ctx {
-        return Err(ApiError::invalid(
-            prompt_param,
-            format!("the prompt has {} tokens; model '{}' has a context of {ctx}", ids.len(), model.name),
-        ));
-    }
-    let prompt_tokens = ids.len();
+    let prompt_tokens: usize = all_ids.iter().map(Vec::len).sum();
     record.set_tokens(prompt_tokens, None);
     // Sizes and settings only: the prompt and the stop strings are content.
     log::debug!(
-        "request {}: model {} prompt_tokens={prompt_tokens} max_tokens={} temperature={} top_p={} stops={}",
+        "request {}: model {} prompt_tokens={prompt_tokens} prompts={} n={n} max_tokens={} temperature={} top_p={} \
+         stops={} logprobs={:?} logit_bias={}",
         record.id,
         model.name,
+        all_ids.len(),
         request.max_tokens,
         request.sampling.temperature,
         request.sampling.top_p,
-        request.stop.len()
+        request.stop.len(),
+        request.sampling.logprobs,
+        request.sampling.logit_bias.len(),
     );
-    request.prompt = Prompt::Tokens(ids);
-    // The most it can use: the prompt and max_tokens, which the context bounds. Reserved before
-    // it waits for a slot; given back whole if it never gets one.
-    let most = prompt_tokens + request.max_tokens.min(ctx - prompt_tokens);
-    let budget = state.quotas.reserve(&client, most as u64)?;
-    let slot = state.admission.admit(&Asker::of(&client), &state.metrics, deadline, secs).await?;
-    let job = Job {
-        engine: model.engine.clone(),
-        request,
-        prompt_tokens,
-        budget: Some(budget),
-        deadline,
-        deadline_secs: secs,
-        slot,
-        record: record.clone(),
-    };
-    let mut rx = bridge::start(state.clone(), job);
-    let first = rx.recv().await.ok_or_else(|| ApiError::Internal("generation ended without an answer".into()))?;
-    if let GenEvent::Failed(e) = first {
-        return Err(e);
+    // The most each choice can use: its prompt (billed with the first choice) and max_tokens,
+    // which the context bounds. Reserved before it waits for a slot; given back whole if it
+    // never gets one.
+    let mut budgets = Vec::with_capacity(all_ids.len() * n);
+    for ids in &all_ids {
+        for j in 0..n {
+            let most = if j == 0 { ids.len() } else { 0 } + request.max_tokens.min(ctx - ids.len());
+            budgets.push(state.quotas.reserve(&client, most as u64)?);
+        }
     }
-    Ok(Started { events: vec![first], rx, prompt_tokens })
+    let slot = Arc::new(state.admission.admit(&Asker::of(&client), &state.metrics, deadline, secs).await?);
+    let choices = all_ids.len() * n;
+    let (tx, rx) = tokio::sync::mpsc::channel(32 * choices);
+    let mut events = Vec::new();
+    let mut budgets = budgets.into_iter();
+    for (p, ids) in all_ids.iter().enumerate() {
+        let mut group = Vec::with_capacity(n);
+        for j in 0..n {
+            let mut req = request.clone();
+            req.prompt = Prompt::Tokens(ids.clone());
+            // Seeded choices differ from each other, and each is reproducible.
+            req.sampling.seed = request.sampling.seed.map(|s| s.wrapping_add(j as u64));
+            let job = Job {
+                engine: model.engine.clone(),
+                request: req,
+                prompt_tokens: ids.len(),
+                budget: budgets.next(),
+                deadline,
+                deadline_secs: secs,
+                slot: slot.clone(),
+                record: record.clone(),
+                bill_prompt: j == 0,
+            };
+            group.push((p * n + j, bridge::start(state.clone(), job)));
+            // The first choice's first event means its prompt's KV is computed (and cached);
+            // the others then start and reuse it.
+            if j == 0 || j == n - 1 {
+                for (index, rx) in &mut group {
+                    let first = rx
+                        .recv()
+                        .await
+                        .ok_or_else(|| ApiError::Internal("generation ended without an answer".into()))?;
+                    if let GenEvent::Failed(e) = first {
+                        return Err(e);
+                    }
+                    events.push((*index, first));
+                }
+                for (index, mut rx) in group.drain(..) {
+                    let tx = tx.clone();
+                    // Dropping the merged receiver (the client went away) ends this task, which
+                    // drops the choice's receiver, which stops its generation.
+                    tokio::spawn(async move {
+                        while let Some(ev) = rx.recv().await {
+                            if tx.send((index, ev)).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        }
+    }
+    events.sort_by_key(|(i, _)| *i);
+    Ok(Started { events, rx, prompt_tokens, choices, prompt_ids: all_ids })
+}
+
+/// One choice of a non-streamed answer.
+#[derive(Default)]
+pub struct Choice {
+    /// The text.
+    pub text: String,
+    /// Log-probabilities of its tokens (when asked for).
+    pub logprobs: Vec<TokenLogprob>,
+    /// Why it ended.
+    pub finish_reason: Option<FinishReason>,
 }
 
 /// The whole answer of a non-streamed request.
 pub struct Collected {
-    /// The text.
-    pub text: String,
-    /// Why it ended.
-    pub finish_reason: FinishReason,
-    /// Token counts.
+    /// The choices, by index.
+    pub choices: Vec<Choice>,
+    /// Token counts of all choices together.
     pub usage: Usage,
+    /// The prompts' token ids.
+    pub prompt_ids: Vec<Vec<u32>>,
 }
 
-/// Waits for the whole answer.
+/// Adds a choice's usage to the request's.
+pub fn add_usage(total: &mut Usage, u: Usage) {
+    total.prompt_tokens += u.prompt_tokens;
+    total.completion_tokens += u.completion_tokens;
+    total.cached_tokens += u.cached_tokens;
+}
+
+/// Waits for every choice's whole answer.
 pub async fn collect(mut started: Started) -> Result<Collected, ApiError> {
-    let mut text = String::new();
+    let mut choices: Vec<Choice> = (0..started.choices).map(|_| Choice::default()).collect();
+    let mut usage = Usage::default();
+    let mut left = started.choices;
     let mut events = std::mem::take(&mut started.events).into_iter();
-    loop {
-        let ev = match events.next() {
+    while left > 0 {
+        let (i, ev) = match events.next() {
             Some(ev) => ev,
             None => match started.rx.recv().await {
                 Some(ev) => ev,
                 None => return Err(ApiError::Internal("generation ended without an answer".into())),
             },
         };
+        let c = &mut choices[i];
         match ev {
-            GenEvent::Text(t) => text.push_str(&t),
-            GenEvent::Done { finish_reason, usage } => return Ok(Collected { text, finish_reason, usage }),
+            GenEvent::Text(t) => c.text.push_str(&t),
+            GenEvent::Logprobs(l) => c.logprobs.extend(l),
+            GenEvent::Done { finish_reason, usage: u } => {
+                c.finish_reason = Some(finish_reason);
+                add_usage(&mut usage, u);
+                left -= 1;
+            }
             GenEvent::Failed(e) => return Err(e),
         }
     }
+    Ok(Collected { choices, usage, prompt_ids: started.prompt_ids })
 }
 
 /// The SSE response of a streamed request.
 pub fn stream_response(started: Started, maker: impl ChunkMaker) -> Response {
-    let body = SseBody::new(started.events, started.rx, maker);
+    let body = SseBody::new(started.events, started.rx, started.choices, maker);
     let mut resp = Body::new(body).into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));

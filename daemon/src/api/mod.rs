@@ -9,8 +9,10 @@ pub mod completions;
 pub mod embeddings;
 pub mod encoder;
 pub mod error;
+pub mod fields;
 pub mod generate;
 pub mod health;
+pub mod logprobs;
 pub mod metrics;
 pub mod models;
 pub mod record;
@@ -201,6 +203,21 @@ pub async fn audit_request(
     model: &LoadedModel,
     prompt: &[u8],
 ) -> Result<(), ApiError> {
+    audit_request_by(state, record, client, model, prompt, None).await
+}
+
+/// [`audit_request`] for a request naming its end `user`, whose HMAC goes in the entry, keyed
+/// per client like the prompt's, so that an auditor checks a user with the same
+/// `govbox audit hmac --client` as a prompt.
+pub async fn audit_request_by(
+    state: &AppState,
+    record: &Arc<RequestRecord>,
+    client: &str,
+    model: &LoadedModel,
+    prompt: &[u8],
+    user: Option<&str>,
+) -> Result<(), ApiError> {
+    let user_hmac = user.map(|u| crate::auditing::client_hmac(&state.audit, client, u.as_bytes()));
     let prompt_hmac = crate::auditing::client_hmac(&state.audit, client, prompt);
     // Retention on: the sealed prompt is stored before its audit entry, and removed again if the
     // entry cannot be written, so that every stored prompt has its entry.
@@ -218,6 +235,7 @@ pub async fn audit_request(
         model_digest: model.source.digest().trim_start_matches("sha256-").to_string(),
         prompt_hmac,
         endpoint: record.endpoint.to_string(),
+        user_hmac,
     };
     match state.audit.append(event).await {
         Ok(_) => {

@@ -94,6 +94,10 @@ impl RequestRecord {
             f.completion_tokens = completion;
         });
     }
+    /// Adds a generation's completion tokens (the choices of one request add up).
+    pub fn add_completion_tokens(&self, n: usize) {
+        self.with(|f| f.completion_tokens = Some(f.completion_tokens.unwrap_or(0) + n));
+    }
     /// The authenticated client, once known.
     pub fn client(&self) -> Option<String> {
         self.with(|f| f.client.clone())

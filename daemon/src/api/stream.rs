@@ -8,29 +8,36 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use axum::body::Bytes;
+use govbox_engine::logprobs::TokenLogprob;
 use govbox_engine::{FinishReason, Usage};
 use http_body::Frame;
 use tokio::sync::mpsc;
 
 use crate::bridge::GenEvent;
 
-/// Builds the JSON chunks of one endpoint's stream.
+/// Builds the JSON chunks of one endpoint's stream. `index` is the choice's.
 pub trait ChunkMaker: Send + Unpin + 'static {
-    /// A chunk sent before any text (chat sends the assistant role), if any.
-    fn opening(&mut self) -> Option<serde_json::Value>;
-    /// A chunk carrying `text`.
-    fn text(&mut self, text: &str) -> serde_json::Value;
-    /// The chunk carrying the finish reason.
-    fn finish(&mut self, reason: FinishReason) -> serde_json::Value;
+    /// A chunk sent before any text of a choice (chat sends the assistant role), if any.
+    fn opening(&mut self, index: usize) -> Option<serde_json::Value>;
+    /// A chunk carrying `text` and the log-probabilities of the tokens behind it (empty when
+    /// not asked for).
+    fn text(&mut self, index: usize, text: &str, logprobs: &[TokenLogprob]) -> serde_json::Value;
+    /// The chunk carrying a choice's finish reason.
+    fn finish(&mut self, index: usize, reason: FinishReason) -> serde_json::Value;
     /// The closing usage chunk (`stream_options.include_usage`), if asked for.
     fn usage(&mut self, usage: Usage) -> Option<serde_json::Value>;
 }
 
 /// The streamed response body.
 pub struct SseBody<M> {
-    rx: mpsc::Receiver<GenEvent>,
+    rx: mpsc::Receiver<(usize, GenEvent)>,
     maker: M,
     ready: VecDeque<Bytes>,
+    /// Log-probabilities waiting for their text, per choice.
+    logprobs: Vec<Vec<TokenLogprob>>,
+    /// Choices not yet finished.
+    left: usize,
+    usage: Usage,
     done: bool,
 }
 
@@ -39,32 +46,53 @@ fn event(v: &serde_json::Value) -> Bytes {
 }
 
 impl<M: ChunkMaker> SseBody<M> {
-    /// A body that first sends `initial`, then what `rx` brings.
-    pub fn new(initial: Vec<GenEvent>, rx: mpsc::Receiver<GenEvent>, mut maker: M) -> Self {
+    /// A body for `choices` choices that first sends `initial`, then what `rx` brings.
+    pub fn new(
+        initial: Vec<(usize, GenEvent)>,
+        rx: mpsc::Receiver<(usize, GenEvent)>,
+        choices: usize,
+        mut maker: M,
+    ) -> Self {
         let mut ready = VecDeque::new();
-        if let Some(open) = maker.opening() {
-            ready.push_back(event(&open));
+        for i in 0..choices {
+            if let Some(open) = maker.opening(i) {
+                ready.push_back(event(&open));
+            }
         }
-        let mut body = SseBody { rx, maker, ready, done: false };
+        let logprobs = vec![Vec::new(); choices];
+        let mut body = SseBody { rx, maker, ready, logprobs, left: choices, usage: Usage::default(), done: false };
         for ev in initial {
             body.push(ev);
         }
         body
     }
 
-    fn push(&mut self, ev: GenEvent) {
+    fn push(&mut self, (i, ev): (usize, GenEvent)) {
         if self.done {
             return;
         }
         match ev {
             GenEvent::Text(t) => {
-                let c = self.maker.text(&t);
+                let lp = std::mem::take(&mut self.logprobs[i]);
+                let c = self.maker.text(i, &t, &lp);
                 self.ready.push_back(event(&c));
             }
+            GenEvent::Logprobs(l) => self.logprobs[i].extend(l),
             GenEvent::Done { finish_reason, usage } => {
-                let c = self.maker.finish(finish_reason);
+                // Log-probabilities of tokens whose text a stop string swallowed.
+                let lp = std::mem::take(&mut self.logprobs[i]);
+                if !lp.is_empty() {
+                    let c = self.maker.text(i, "", &lp);
+                    self.ready.push_back(event(&c));
+                }
+                let c = self.maker.finish(i, finish_reason);
                 self.ready.push_back(event(&c));
-                if let Some(u) = self.maker.usage(usage) {
+                crate::api::generate::add_usage(&mut self.usage, usage);
+                self.left -= 1;
+                if self.left > 0 {
+                    return;
+                }
+                if let Some(u) = self.maker.usage(self.usage) {
                     self.ready.push_back(event(&u));
                 }
                 self.ready.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
@@ -97,7 +125,7 @@ impl<M: ChunkMaker> http_body::Body for SseBody<M> {
                 Poll::Ready(None) => {
                     // The generation thread ended without a last event: it was cut off.
                     let e = crate::api::error::ApiError::Internal("the generation ended unexpectedly".into());
-                    self.push(GenEvent::Failed(e));
+                    self.push((0, GenEvent::Failed(e)));
                 }
                 Poll::Pending => return Poll::Pending,
             }
