@@ -195,7 +195,7 @@ mod tests {
 
     fn refused(v: Value) -> String {
         match inputs(parse(v).input).unwrap_err() {
-            ApiError::InvalidParam { param: "input", message } => message,
+            ApiError::InvalidParam { param, message } if param == "input" => message,
             other => panic!("{other}"),
         }
     }

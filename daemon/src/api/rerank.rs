@@ -174,9 +174,9 @@ mod tests {
         body::parse_json::<RerankRequest>(v.to_string().as_bytes()).unwrap()
     }
 
-    fn refused(v: Value) -> (&'static str, String) {
+    fn refused(v: Value) -> (String, String) {
         match validate(&parse(v)).unwrap_err() {
-            ApiError::InvalidParam { param, message } => (param, message),
+            ApiError::InvalidParam { param, message } => (param.into_owned(), message),
             other => panic!("{other}"),
         }
     }
@@ -196,7 +196,7 @@ mod tests {
         assert_eq!(refused(json!({"model": "m", "query": "", "documents": ["a"]})).0, "query");
         assert_eq!(refused(json!({"model": "m", "query": "q", "documents": []})).0, "documents");
         let (p, m) = refused(json!({"model": "m", "query": "q", "documents": ["a", {"text": ""}]}));
-        assert_eq!((p, m.as_str()), ("documents", "documents[1] is empty"));
+        assert_eq!((p.as_str(), m.as_str()), ("documents", "documents[1] is empty"));
         assert_eq!(refused(json!({"model": "m", "query": "q", "documents": ["a"], "top_n": 0})).0, "top_n");
         let many: Vec<&str> = vec!["d"; MAX_DOCUMENTS + 1];
         assert_eq!(refused(json!({"model": "m", "query": "q", "documents": many})).0, "documents");
