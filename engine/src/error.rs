@@ -71,6 +71,9 @@ pub enum EngineError {
     /// The backend failed.
     #[error("backend: {0}")]
     Driver(#[from] DriverError),
+    /// A grammar for constrained decoding could not be compiled or followed.
+    #[error(transparent)]
+    Constraint(#[from] crate::constraint::ConstraintError),
     /// The request's deadline passed while it waited for its next token; it was cancelled and
     /// its KV blocks freed.
     #[error("the request's deadline passed while it waited for its next token ({completion_tokens} generated)")]
@@ -96,6 +99,7 @@ impl EngineError {
             EngineError::Template(_) => "chat_template",
             EngineError::Request(_) => "bad_request",
             EngineError::Driver(_) => "backend",
+            EngineError::Constraint(_) => "grammar",
             EngineError::Deadline { .. } => "deadline",
         }
     }

@@ -19,13 +19,16 @@ pub mod weights;
 pub use error::{EngineError, Result};
 pub use mmap::{MappedFile, copy_model_files};
 pub mod config;
+pub mod constraint;
 mod control;
 pub mod embed;
 mod engine;
 pub mod kv;
 pub mod models;
+pub mod reasoning;
 pub mod sampler;
 mod scheduler;
+pub mod tools;
 
 pub use engine::{Engine, EngineOptions, Event, FinishReason, GenerateRequest, Prompt, StopMatcher, Usage};
 pub use kv::{KvStats, PrefixCache};
