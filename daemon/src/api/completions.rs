@@ -119,12 +119,12 @@ impl ChunkMaker for Chunks {
         None
     }
 
-    fn text(&mut self, text: &str) -> Value {
-        self.0.chunk(json!([{"index": 0, "text": text, "logprobs": null, "finish_reason": null}]))
+    fn text(&mut self, text: &str) -> Vec<Value> {
+        vec![self.0.chunk(json!([{"index": 0, "text": text, "logprobs": null, "finish_reason": null}]))]
     }
 
-    fn finish(&mut self, reason: FinishReason) -> Value {
-        self.0.chunk(json!([{"index": 0, "text": "", "logprobs": null, "finish_reason": reason.as_str()}]))
+    fn finish(&mut self, reason: FinishReason) -> Vec<Value> {
+        vec![self.0.chunk(json!([{"index": 0, "text": "", "logprobs": null, "finish_reason": reason.as_str()}]))]
     }
 
     fn usage(&mut self, usage: Usage) -> Option<Value> {

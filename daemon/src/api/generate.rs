@@ -130,6 +130,7 @@ impl SamplingFields {
             ignore_eos: false,
             deadline: None,
             prefix_cache: PrefixCache::Off,
+            grammar: None,
         })
     }
 
@@ -175,6 +176,8 @@ pub struct Started {
     pub rx: tokio::sync::mpsc::Receiver<GenEvent>,
     /// Prompt length.
     pub prompt_tokens: usize,
+    /// The prompt ends inside an open `<think>` block (a reasoning model's template opened it).
+    pub opens_thinking: bool,
 }
 
 /// Tokenises the prompt, waits for an engine slot and starts generating; returns once the first
@@ -201,6 +204,7 @@ pub async fn start(state: &Arc<AppState>, acc: Accepted) -> Result<Started, ApiE
         ));
     }
     let prompt_tokens = ids.len();
+    let opens_thinking = govbox_engine::reasoning::prompt_opens_thinking(model.engine.tokenizer(), &ids);
     record.set_tokens(prompt_tokens, None);
     // Sizes and settings only: the prompt and the stop strings are content.
     log::debug!(
@@ -233,7 +237,7 @@ pub async fn start(state: &Arc<AppState>, acc: Accepted) -> Result<Started, ApiE
     if let GenEvent::Failed(e) = first {
         return Err(e);
     }
-    Ok(Started { events: vec![first], rx, prompt_tokens })
+    Ok(Started { events: vec![first], rx, prompt_tokens, opens_thinking })
 }
 
 /// The whole answer of a non-streamed request.

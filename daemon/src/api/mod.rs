@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod models;
 pub mod record;
 pub mod stream;
+pub mod tools;
 
 use std::sync::Arc;
 

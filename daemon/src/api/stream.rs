@@ -18,10 +18,10 @@ use crate::bridge::GenEvent;
 pub trait ChunkMaker: Send + Unpin + 'static {
     /// A chunk sent before any text (chat sends the assistant role), if any.
     fn opening(&mut self) -> Option<serde_json::Value>;
-    /// A chunk carrying `text`.
-    fn text(&mut self, text: &str) -> serde_json::Value;
-    /// The chunk carrying the finish reason.
-    fn finish(&mut self, reason: FinishReason) -> serde_json::Value;
+    /// The chunks carrying `text` (none while text is held back, as a tool call may be).
+    fn text(&mut self, text: &str) -> Vec<serde_json::Value>;
+    /// The last chunks: held-back text, tool calls, and the one carrying the finish reason.
+    fn finish(&mut self, reason: FinishReason) -> Vec<serde_json::Value>;
     /// The closing usage chunk (`stream_options.include_usage`), if asked for.
     fn usage(&mut self, usage: Usage) -> Option<serde_json::Value>;
 }
@@ -58,12 +58,14 @@ impl<M: ChunkMaker> SseBody<M> {
         }
         match ev {
             GenEvent::Text(t) => {
-                let c = self.maker.text(&t);
-                self.ready.push_back(event(&c));
+                for c in self.maker.text(&t) {
+                    self.ready.push_back(event(&c));
+                }
             }
             GenEvent::Done { finish_reason, usage } => {
-                let c = self.maker.finish(finish_reason);
-                self.ready.push_back(event(&c));
+                for c in self.maker.finish(finish_reason) {
+                    self.ready.push_back(event(&c));
+                }
                 if let Some(u) = self.maker.usage(usage) {
                     self.ready.push_back(event(&u));
                 }
