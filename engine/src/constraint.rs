@@ -202,14 +202,38 @@ impl Constraint {
         let allowed = self.matcher.compute_mask_or_eos().map_err(|e| ConstraintError::Decode(e.to_string()))?;
         let end = allowed.is_allowed(self.eos[0]);
         let n = logits.len().min(self.vocab);
+        // The grammar knows only the first EOS; where it may end, the model may end with any.
+        let ends: Vec<(usize, f32)> = match end {
+            true => self.eos.iter().map(|&e| e as usize).filter(|&e| e < n).map(|e| (e, logits[e])).collect(),
+            false => Vec::new(),
+        };
         let mut any = false;
-        for (id, l) in logits.iter_mut().enumerate().take(n) {
-            let ok = allowed.is_allowed(id as TokenId) || (end && self.eos.contains(&(id as u32)));
-            if ok {
-                any |= *l > f32::NEG_INFINITY;
-            } else {
-                *l = f32::NEG_INFINITY;
+        // A word of the bit set at a time: most words are all allowed or all refused.
+        for (w, &word) in allowed.as_slice().iter().enumerate() {
+            let base = w * 32;
+            if base >= n {
+                break;
             }
+            let chunk = &mut logits[base..(base + 32).min(n)];
+            if word == 0 {
+                chunk.fill(f32::NEG_INFINITY);
+                continue;
+            }
+            if word == u32::MAX && chunk.len() == 32 {
+                any |= chunk.iter().any(|&l| l > f32::NEG_INFINITY);
+                continue;
+            }
+            for (b, l) in chunk.iter_mut().enumerate() {
+                if word & (1 << b) != 0 {
+                    any |= *l > f32::NEG_INFINITY;
+                } else {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+        }
+        for (e, l) in ends {
+            logits[e] = l;
+            any |= l > f32::NEG_INFINITY;
         }
         logits[n..].iter_mut().for_each(|l| *l = f32::NEG_INFINITY);
         if !any {
