@@ -177,9 +177,9 @@ pub fn run(state: Option<&Path>, socket: &Path, cmd: ModelCommand) -> Result<()>
             let prompt = if chat {
                 let mut msgs = Vec::new();
                 if let Some(s) = system {
-                    msgs.push(ChatMessage { role: "system".into(), content: s });
+                    msgs.push(ChatMessage::new("system", s));
                 }
-                msgs.push(ChatMessage { role: "user".into(), content: prompt });
+                msgs.push(ChatMessage::new("user", prompt));
                 Prompt::Chat(msgs)
             } else {
                 // The operator's own raw prompt: special-token strings are control tokens, as in
@@ -202,6 +202,7 @@ pub fn run(state: Option<&Path>, socket: &Path, cmd: ModelCommand) -> Result<()>
                 ignore_eos: false,
                 deadline: None,
                 prefix_cache: PrefixCache::Off,
+                grammar: None,
             };
             let start = Instant::now();
             let mut out = std::io::stdout().lock();

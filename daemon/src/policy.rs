@@ -200,12 +200,12 @@ pub fn filter_output(
     started: Started,
 ) -> Started {
     let Some(served) = served else { return started };
-    let Started { events, rx, prompt_tokens, choices, prompt_ids } = started;
+    let Started { events, rx, prompt_tokens, choices, prompt_ids, opens_thinking } = started;
     let (tx, out) = mpsc::channel(32);
     let job =
         FilterJob { state: state.clone(), served, client: client.to_string(), record: record.clone(), prompt_tokens };
     tokio::spawn(job.run(events, rx, tx, choices));
-    Started { events: Vec::new(), rx: out, prompt_tokens, choices, prompt_ids }
+    Started { events: Vec::new(), rx: out, prompt_tokens, choices, prompt_ids, opens_thinking }
 }
 
 struct FilterJob {

@@ -34,23 +34,53 @@ const TEMPLATE_NAME: &str = "chat_template";
 /// One message of a conversation.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ChatMessage {
-    /// `system`, `user`, `assistant` (or whatever else the template understands).
+    /// `system`, `user`, `assistant`, `tool` (or whatever else the template understands).
     pub role: String,
     /// The message text.
     pub content: String,
+    /// An assistant's tool calls, in OpenAI's shape (`[{"id", "type": "function", "function":
+    /// {"name", "arguments"}}]`) with `arguments` as a JSON object, the way templates expect it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<serde_json::Value>,
+    /// A tool message's answer is to this call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// A tool message's function name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl ChatMessage {
     /// A message from `role` saying `content`.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self { role: role.into(), content: content.into() }
+        Self { role: role.into(), content: content.into(), tool_calls: None, tool_call_id: None, name: None }
     }
 }
+
+/// A conversation with what else the template is given: the tools the model may call and the
+/// caller's extra template variables (`chat_template_kwargs`, such as `enable_thinking`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ChatInput {
+    /// The messages.
+    pub messages: Vec<ChatMessage>,
+    /// OpenAI's `tools` (`[{"type": "function", "function": {...}}]`), given to the template as
+    /// `tools`.
+    pub tools: Option<serde_json::Value>,
+    /// Extra template variables. The names the renderer sets itself (`messages`, `tools`,
+    /// `add_generation_prompt`, `bos_token`, `eos_token`) are refused.
+    pub template_kwargs: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Template variables that the renderer sets and a caller may not override.
+pub const RESERVED_TEMPLATE_VARIABLES: [&str; 5] =
+    ["messages", "tools", "add_generation_prompt", "bos_token", "eos_token"];
 
 /// A compiled chat template, ready to render conversations.
 #[derive(Clone)]
 pub struct ChatTemplate {
     env: Environment<'static>,
+    /// Read to tell which conventions the template follows (tool calls, reasoning blocks).
+    source: std::sync::Arc<str>,
     source_len: usize,
     bos_token: String,
     eos_token: String,
@@ -98,20 +128,48 @@ impl ChatTemplate {
         env.add_filter("tojson", tojson);
         env.add_template_owned(TEMPLATE_NAME, source.to_string())
             .map_err(|e| EngineError::Template(format!("template does not compile: {e}")))?;
-        Ok(Self { env, source_len: source.len(), bos_token: bos_token.to_string(), eos_token: eos_token.to_string() })
+        Ok(Self {
+            env,
+            source: source.into(),
+            source_len: source.len(),
+            bos_token: bos_token.to_string(),
+            eos_token: eos_token.to_string(),
+        })
+    }
+
+    /// The template's source text (to read which conventions it follows: tool-call format,
+    /// reasoning blocks).
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     /// Renders `messages`. With `add_generation_prompt`, the text ends with what opens the
     /// assistant's reply (`<|im_start|>assistant\n` in ChatML).
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        self.render_with(messages, None, &serde_json::Map::new(), add_generation_prompt)
+    }
+
+    /// Renders `messages` with `tools` (when given) and the caller's extra variables.
+    pub fn render_with(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&serde_json::Value>,
+        kwargs: &serde_json::Map<String, serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        if let Some(k) = kwargs.keys().find(|k| RESERVED_TEMPLATE_VARIABLES.contains(&k.as_str())) {
+            return Err(EngineError::Request(format!("chat_template_kwargs may not set '{k}'")));
+        }
         let tmpl = self.env.get_template(TEMPLATE_NAME).map_err(|e| EngineError::Template(e.to_string()))?;
         let mut out = Capped { buf: Vec::new(), full: false };
         let rendered = tmpl.render_captured_to(
             context! {
                 messages => Value::from_serialize(messages),
+                tools => tools.map(Value::from_serialize),
                 add_generation_prompt => add_generation_prompt,
                 bos_token => self.bos_token.as_str(),
                 eos_token => self.eos_token.as_str(),
+                ..Value::from_serialize(kwargs)
             },
             &mut out,
         );

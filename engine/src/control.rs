@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 
-use crate::chat::ChatMessage;
+use crate::chat::{ChatInput, ChatMessage};
 use crate::tokenizer::Tokenizer;
 use crate::{EngineError, Result};
 
@@ -116,15 +116,37 @@ fn free_mark(messages: &[ChatMessage]) -> Result<char> {
 /// The ids of `messages` rendered by the model's chat template with a generation prompt, with
 /// control tokens only where the template wrote them.
 pub(crate) fn chat_ids(tok: &Tokenizer, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+    conversation_ids(tok, &ChatInput { messages: messages.to_vec(), ..ChatInput::default() })
+}
+
+/// [`chat_ids`] for a conversation with tools and template variables. Tool definitions, tool
+/// calls and template variables are JSON that the template writes out: one that spells a
+/// control token is refused rather than escaped, since a template may read it in ways
+/// (`tojson`, field access) that placeholders would not survive.
+pub(crate) fn conversation_ids(tok: &Tokenizer, input: &ChatInput) -> Result<Vec<u32>> {
     let tpl = tok.chat_template().ok_or_else(|| EngineError::Template("the model has no chat_template".into()))?;
     let specials = tok.special_strings();
+    let json_fields = [
+        ("tools", input.tools.as_ref().map(|t| t.to_string())),
+        ("chat_template_kwargs", Some(serde_json::Value::Object(input.template_kwargs.clone()).to_string())),
+    ];
+    let calls =
+        input.messages.iter().filter_map(|m| m.tool_calls.as_ref().map(|c| ("tool_calls", Some(c.to_string()))));
+    let names = input.messages.iter().flat_map(|m| [m.name.clone(), m.tool_call_id.clone()]).map(|n| ("messages", n));
+    for (field, text) in json_fields.into_iter().chain(calls).chain(names) {
+        if text.is_some_and(|t| specials.any_in(&t)) {
+            return Err(EngineError::Request(format!("{field} holds one of the model's control-token strings")));
+        }
+    }
+    let messages = &input.messages;
+    let render = |msgs: &[ChatMessage]| tpl.render_with(msgs, input.tools.as_ref(), &input.template_kwargs, true);
     if !messages.iter().any(|m| specials.any_in(&m.content)) {
-        return tok.encode(&tpl.render(messages, true)?);
+        return tok.encode(&render(messages)?);
     }
     let mark = free_mark(messages)?;
     let escaped: Vec<ChatMessage> =
-        messages.iter().map(|m| ChatMessage::new(m.role.clone(), specials.escape(&m.content, mark))).collect();
-    let rendered = tpl.render(&escaped, true)?;
+        messages.iter().map(|m| ChatMessage { content: specials.escape(&m.content, mark), ..m.clone() }).collect();
+    let rendered = render(&escaped)?;
     tok.encode_between_specials(&rendered, |gap| specials.unescape(gap, mark))
 }
 

@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex, mpsc};
 
 use govbox_drivers::{Backend, KvSpec};
 
-use crate::chat::ChatMessage;
+use crate::chat::{ChatInput, ChatMessage};
 use crate::config::DecoderConfig;
+use crate::constraint::{Constraint, Grammar, GrammarCompiler};
 use crate::gguf::parse_gguf;
 use crate::kv::{BLOCK_SIZE, BlockAllocator, KvStats, PrefixCache};
 use crate::logprobs::{Alternative, IdLogprobs, Pending, TokenLogprob};
@@ -48,6 +49,8 @@ pub enum Prompt {
     /// the template's own markers become control tokens; the messages' text is always text
     /// (see `control.rs`).
     Chat(Vec<ChatMessage>),
+    /// A conversation with tools and template variables, rendered as [`Prompt::Chat`] is.
+    Conversation(ChatInput),
     /// Token ids, used as given.
     Tokens(Vec<u32>),
 }
@@ -72,6 +75,8 @@ pub struct GenerateRequest {
     pub deadline: Option<std::time::Instant>,
     /// Which cached prefixes this request may reuse, and who may reuse its blocks.
     pub prefix_cache: PrefixCache,
+    /// A grammar the output must follow (constrained sampling, see `constraint.rs`).
+    pub grammar: Option<Grammar>,
 }
 
 impl GenerateRequest {
@@ -85,6 +90,7 @@ impl GenerateRequest {
             ignore_eos: false,
             deadline: None,
             prefix_cache: PrefixCache::Shared,
+            grammar: None,
         }
     }
 }
@@ -150,6 +156,8 @@ enum Kind {
         tokenizer: Box<Tokenizer>,
         eos: Vec<u32>,
         scheduler: Scheduler,
+        /// Built on the first constrained request (it walks the whole vocabulary).
+        grammars: Mutex<Option<Arc<GrammarCompiler>>>,
     },
     Encoder(EncoderModel),
 }
@@ -231,7 +239,14 @@ impl Engine {
         let model = Arc::new(model);
         let scheduler = Scheduler::start(model.clone(), kv.clone(), eos.clone())?;
         Ok(Self {
-            kind: Kind::Decoder { model, kv, tokenizer: Box::new(tokenizer), eos, scheduler },
+            kind: Kind::Decoder {
+                model,
+                kv,
+                tokenizer: Box::new(tokenizer),
+                eos,
+                scheduler,
+                grammars: Mutex::new(None),
+            },
             path: path.into(),
             format,
         })
@@ -310,6 +325,26 @@ impl Engine {
         }
     }
 
+    /// A fresh constraint that keeps one request's output inside `grammar`. Refuses a grammar
+    /// the engine cannot compile, so a caller can check a request's grammar before it queues.
+    pub fn compile_grammar(&self, grammar: &Grammar) -> Result<Constraint> {
+        let Kind::Decoder { model, tokenizer, eos, grammars, .. } = &self.kind else {
+            return Err(EngineError::Request("this is an embedding model; it cannot generate".into()));
+        };
+        let compiler = {
+            let mut g = grammars.lock().unwrap_or_else(|p| p.into_inner());
+            match &*g {
+                Some(c) => c.clone(),
+                None => {
+                    let c = Arc::new(GrammarCompiler::new(tokenizer, model.config().vocab_size, eos)?);
+                    *g = Some(c.clone());
+                    c
+                }
+            }
+        };
+        Ok(compiler.compile(grammar)?)
+    }
+
     /// Token ids of a prompt, as generation would feed them.
     pub fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>> {
         let tok = self.tokenizer();
@@ -317,6 +352,7 @@ impl Engine {
             Prompt::Tokens(t) => return Ok(t.clone()),
             // A chat template writes its own BOS when the model wants one.
             Prompt::Chat(msgs) => return crate::control::chat_ids(tok, msgs),
+            Prompt::Conversation(c) => return crate::control::conversation_ids(tok, c),
             Prompt::Text(t) => tok.encode_plain(t)?,
             Prompt::TextWithSpecialTokens(t) => tok.encode(t)?,
         };
@@ -374,6 +410,7 @@ impl Engine {
             return Err(EngineError::Request("this is an embedding model; it cannot generate".into()));
         };
         let prompt = self.prompt_ids(&req.prompt)?;
+        let constraint = req.grammar.as_ref().map(|g| self.compile_grammar(g)).transpose()?;
         if prompt.is_empty() {
             return Err(EngineError::Request("the prompt is empty".into()));
         }
@@ -414,6 +451,7 @@ impl Engine {
             budget,
             sampling: req.sampling.clone(),
             ignore_eos: req.ignore_eos,
+            constraint,
             cache_root: req.prefix_cache.root(),
             cancel: cancel.clone(),
             tx,

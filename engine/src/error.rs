@@ -75,6 +75,9 @@ pub enum EngineError {
     /// The backend failed.
     #[error("backend: {0}")]
     Driver(#[from] DriverError),
+    /// A grammar for constrained decoding could not be compiled or followed.
+    #[error(transparent)]
+    Constraint(#[from] crate::constraint::ConstraintError),
     /// The request's deadline passed while it waited for its next token; it was cancelled and
     /// its KV blocks freed.
     #[error("the request's deadline passed while it waited for its next token ({completion_tokens} generated)")]
@@ -101,6 +104,7 @@ impl EngineError {
             EngineError::Request(_) => "bad_request",
             EngineError::Input(_) => "invalid_input",
             EngineError::Driver(_) => "backend",
+            EngineError::Constraint(_) => "grammar",
             EngineError::Deadline { .. } => "deadline",
         }
     }

@@ -19,6 +19,7 @@ pub mod weights;
 pub use error::{EngineError, Result};
 pub use mmap::{MappedFile, copy_model_files};
 pub mod config;
+pub mod constraint;
 mod control;
 pub mod embed;
 mod engine;
@@ -27,8 +28,10 @@ pub mod kv;
 pub mod logprobs;
 pub mod models;
 pub mod rerank;
+pub mod reasoning;
 pub mod sampler;
 mod scheduler;
+pub mod tools;
 
 pub use engine::{Engine, EngineOptions, Event, FinishReason, GenerateRequest, Prompt, StopMatcher, Usage};
 pub use kv::{KvStats, PrefixCache};

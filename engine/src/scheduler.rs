@@ -29,6 +29,7 @@ use std::thread::JoinHandle;
 
 use govbox_drivers::KvCache;
 
+use crate::constraint::Constraint;
 use crate::kv::{BLOCK_SIZE, BlockAllocator};
 use crate::logprobs::{IdLogprobs, token_logprobs};
 use crate::models::decoder::{DecoderModel, LogitsFor, SeqInput};
@@ -74,6 +75,8 @@ pub(crate) struct Job {
     pub(crate) budget: usize,
     pub(crate) sampling: SamplingParams,
     pub(crate) ignore_eos: bool,
+    /// The grammar the output must follow: masks the logits before each sample.
+    pub(crate) constraint: Option<Constraint>,
     /// The prefix-cache scope: `Some(root)`, the parent key of the first block
     /// ([`crate::kv::PrefixCache::root`]); `None`, the cache is off for this sequence.
     pub(crate) cache_root: Option<Option<u64>>,
@@ -156,6 +159,17 @@ struct Loop {
     waiting: VecDeque<Seq>,
     /// In admission order (oldest first).
     running: Vec<Seq>,
+}
+
+/// Samples the next token of `s`, within its grammar when it has one.
+fn constrained_sample(s: &mut Seq, logits: &mut [f32]) -> Result<u32> {
+    let Some(c) = s.job.constraint.as_mut() else {
+        return Ok(s.sampler.sample(logits));
+    };
+    c.mask(logits)?;
+    let id = s.sampler.sample(logits);
+    c.accept(id)?;
+    Ok(id)
 }
 
 /// Releases a sequence's blocks and tells its caller.
@@ -263,11 +277,22 @@ impl Loop {
                 gone[i] = Some(Msg::Released { pool_full: false });
                 continue;
             }
-            let id = s.sampler.sample(&logits);
-            let lp = s.job.sampling.logprobs.map(|k| token_logprobs(&logits, id, k));
+            // Log-probabilities are the model's own, before a grammar's mask (and penalties).
+            let raw = s.job.sampling.logprobs.map(|k| (k, logits.clone()));
+            let mut logits = logits;
+            let id = match constrained_sample(s, &mut logits) {
+                Ok(id) => id,
+                Err(e) => {
+                    gone[i] = Some(Msg::Error(e));
+                    continue;
+                }
+            };
+            let lp = raw.map(|(k, raw)| token_logprobs(&raw, id, k));
             s.sampler.accept(id);
             s.generated += 1;
             s.tokens.push(id);
+            // A grammar that is complete allows only EOS next, so a constrained sequence ends
+            // by EOS too.
             let eos = !s.job.ignore_eos && self.eos.contains(&id);
             if s.job.tx.send(Msg::Token(id, lp)).is_err() || s.generated >= s.job.budget || eos {
                 gone[i] = Some(Msg::Released { pool_full: false });

@@ -325,6 +325,11 @@ impl Tokenizer {
         self.inner.decode(ids, skip_special).map_err(tok_err("decoding failed"))
     }
 
+    /// The underlying HuggingFace tokenizer (for the grammar engine's vocabulary).
+    pub(crate) fn hf(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+
     /// Number of tokens, added tokens included.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)

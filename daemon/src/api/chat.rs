@@ -7,14 +7,14 @@ use axum::extract::{Request, State};
 use axum::response::Response;
 use govbox_engine::chat::ChatMessage;
 use govbox_engine::logprobs::{MAX_TOP_LOGPROBS, TokenLogprob};
-use govbox_engine::{FinishReason, Prompt, Usage};
+use govbox_engine::{Engine, FinishReason, Usage};
 use serde::Deserialize;
-use serde::de::IgnoredAny;
 use serde_json::{Value, json};
 
 use crate::api::error::ApiError;
 use crate::api::generate::{self, Accepted, ChunkHead, SamplingFields, unix_now, usage_json};
 use crate::api::stream::ChunkMaker;
+use crate::api::tools::{self, AgentFields, Delta, Shaper};
 use crate::api::{Call, audit_request_by, body, fields, json, logprobs};
 use crate::auth;
 use crate::state::{AppState, ModelKind};
@@ -42,6 +42,12 @@ enum Content {
 struct Message {
     role: String,
     content: Option<Content>,
+    /// An assistant's calls.
+    tool_calls: Option<Vec<tools::HistoryCall>>,
+    /// A tool result's call.
+    tool_call_id: Option<String>,
+    /// A tool result's function name.
+    name: Option<String>,
 }
 
 /// The request body, less the sampling fields (read from the same JSON as [`SamplingFields`],
@@ -52,17 +58,8 @@ struct Message {
 struct ChatRequest {
     model: String,
     messages: Vec<Message>,
-    tools: Option<IgnoredAny>,
-    functions: Option<IgnoredAny>,
-    response_format: Option<ResponseFormat>,
     logprobs: Option<bool>,
     top_logprobs: Option<u32>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ResponseFormat {
-    #[serde(rename = "type")]
-    kind: String,
 }
 
 fn messages(req: &ChatRequest) -> Result<Vec<ChatMessage>, ApiError> {
@@ -78,10 +75,11 @@ fn messages(req: &ChatRequest) -> Result<Vec<ChatMessage>, ApiError> {
             "system" | "developer" => "system",
             "user" => "user",
             "assistant" => "assistant",
+            "tool" => "tool",
             _ => {
                 return Err(ApiError::invalid_at(
                     format!("messages[{i}].role"),
-                    "a message role must be system, developer, user or assistant (tool messages are not supported)",
+                    "a message role must be system, developer, user, assistant or tool",
                 ));
             }
         };
@@ -104,19 +102,17 @@ fn messages(req: &ChatRequest) -> Result<Vec<ChatMessage>, ApiError> {
                 s
             }
         };
-        out.push(ChatMessage::new(role, content));
+        let mut msg = ChatMessage::new(role, content);
+        if role == "assistant" {
+            msg.tool_calls = m.tool_calls.as_deref().filter(|c| !c.is_empty()).map(tools::calls_for_template);
+        }
+        if role == "tool" {
+            msg.tool_call_id = m.tool_call_id.clone();
+            msg.name = m.name.clone();
+        }
+        out.push(msg);
     }
     Ok(out)
-}
-
-fn refuse_unsupported(req: &ChatRequest) -> Result<(), ApiError> {
-    if req.tools.is_some() || req.functions.is_some() {
-        return Err(ApiError::invalid("tools", "tool and function calling are not supported"));
-    }
-    if req.response_format.as_ref().is_some_and(|f| f.kind != "text") {
-        return Err(ApiError::invalid("response_format", "only the text response format is supported"));
-    }
-    Ok(())
 }
 
 /// How many alternatives per token to report (`None`: no log-probabilities).
@@ -142,6 +138,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
     let body = body::read_value(&call.headers, call.body, &state.config.limits).await?;
     let req: ChatRequest = fields::from_value(&body)?;
     let sampling: SamplingFields = fields::from_value(&body)?;
+    let agent: AgentFields = fields::from_value(&body)?;
     let model = state.model(&req.model)?;
     call.record.set_model(&model.name);
     if model.kind != ModelKind::Chat {
@@ -153,13 +150,19 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
         });
     }
     auth::authorise(&state, &client, &model)?;
-    refuse_unsupported(&req)?;
     let msgs = messages(&req)?;
-    let mut request = sampling.to_request(Prompt::Chat(msgs.clone()), state.config.serving.default_max_tokens)?;
-    request.sampling.logprobs = logprobs_wanted(&req)?;
-    let with_logprobs = request.sampling.logprobs.is_some();
     let texts: Vec<&str> = msgs.iter().map(|m| m.content.as_str()).collect();
     let policy = crate::policy::check_input(&state, &call.record, &client, "messages", &texts).await?;
+    // Compiling a grammar (the first one walks the vocabulary) is CPU work: off the async threads.
+    let (engine, audited) = (model.engine.clone(), msgs.clone());
+    let plan = tokio::task::spawn_blocking(move || agent.plan(msgs, &engine))
+        .await
+        .map_err(|e| ApiError::Internal(format!("request planning task: {e}")))??;
+    let msgs = audited;
+    let mut request = sampling.to_request(plan.prompt, state.config.serving.default_max_tokens)?;
+    request.grammar = plan.grammar;
+    request.sampling.logprobs = logprobs_wanted(&req)?;
+    let with_logprobs = request.sampling.logprobs.is_some();
     let prompt = serde_json::to_vec(&msgs).map_err(|e| ApiError::Internal(format!("encoding the prompt: {e}")))?;
     generate::check_logit_bias(&model, &request)?;
     audit_request_by(&state, &call.record, &client.name, &model, &prompt, sampling.user.as_deref()).await?;
@@ -177,6 +180,10 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
     let started = crate::policy::filter_output(&state, policy, &client.name, &call.record, started);
     let id = format!("chatcmpl-{}", call.record.id.trim_start_matches("req-"));
     let created = unix_now();
+    // Each choice's text is sorted into reasoning, content and tool calls by a shaper of its own.
+    let shapers: Vec<Shaper> =
+        (0..started.choices).map(|_| Shaper::new(plan.reasoning, plan.tools, started.opens_thinking)).collect();
+    let call_ids = call.record.id.trim_start_matches("req-").to_string();
     if sampling.stream {
         let head = ChunkHead {
             id,
@@ -185,30 +192,88 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
             model: model.name.clone(),
             include_usage: sampling.include_usage(),
         };
-        let maker = Chunks { head, with_logprobs };
+        let maker = Chunks { head, with_logprobs, shapers, call_ids, engine: model.engine.clone() };
         return Ok(generate::stream_response(started, maker));
     }
     let done = generate::collect(started).await?;
+    let mut shapers = shapers;
+    let mut choices = Vec::with_capacity(done.choices.len());
+    for (i, (c, shaper)) in done.choices.iter().zip(shapers.iter_mut()).enumerate() {
+        let first = shaper.push(&c.text);
+        let (last, parsed) = shaper.finish();
+        let content = first.content + &last.content;
+        let mut message = json!({"role": "assistant", "content": content});
+        if !parsed.calls.is_empty() {
+            if content.is_empty() {
+                message["content"] = Value::Null;
+            }
+            message["tool_calls"] = tools::tool_calls_json(&parsed.calls, &format!("{call_ids}-{i}"), false);
+        }
+        if !shaper.reasoning.is_empty() {
+            message["reasoning_content"] = Value::String(shaper.reasoning.clone());
+        }
+        choices.push(json!({
+            "index": i,
+            "message": message,
+            "logprobs": with_logprobs.then(|| logprobs::chat(&c.logprobs)),
+            "finish_reason": c.finish_reason.map(|r| tools::finish_reason(r, parsed.calls.len())),
+        }));
+    }
     Ok(json(json!({
         "id": id,
         "object": "chat.completion",
         "created": created,
         "model": model.name,
         "system_fingerprint": null,
-        "choices": done.choices.iter().enumerate().map(|(i, c)| json!({
-            "index": i,
-            "message": {"role": "assistant", "content": c.text},
-            "logprobs": with_logprobs.then(|| logprobs::chat(&c.logprobs)),
-            "finish_reason": c.finish_reason.map(FinishReason::as_str),
-        })).collect::<Vec<_>>(),
-        "usage": usage_json(done.usage),
+        "choices": choices,
+        "usage": chat_usage(done.usage, &shapers, &model.engine),
     })))
+}
+
+/// `usage` with the reasoning tokens: the length in tokens of the reasoning text of every choice.
+fn chat_usage(usage: Usage, shapers: &[Shaper], engine: &Engine) -> Value {
+    let mut u = usage_json(usage);
+    let reasoning: usize = shapers
+        .iter()
+        .map(|s| match s.reasoning.as_str() {
+            "" => 0,
+            r => engine.tokenizer().encode_plain(r).map_or(0, |ids| ids.len()),
+        })
+        .sum();
+    u["completion_tokens_details"] = json!({"reasoning_tokens": reasoning});
+    u
 }
 
 /// The chunks of a streamed chat answer.
 struct Chunks {
     head: ChunkHead,
     with_logprobs: bool,
+    shapers: Vec<Shaper>,
+    call_ids: String,
+    engine: Arc<Engine>,
+}
+
+impl Chunks {
+    fn delta(&self, index: usize, delta: Value, lp: Option<Value>) -> Value {
+        self.head.chunk(json!([{"index": index, "delta": delta, "logprobs": lp, "finish_reason": null}]))
+    }
+
+    /// The chunks of a delta; the log-probabilities ride on the first (or on an empty chunk
+    /// when the text is held back).
+    fn deltas(&self, index: usize, d: Delta, lp: &[TokenLogprob]) -> Vec<Value> {
+        let mut lp = (self.with_logprobs && !lp.is_empty()).then(|| logprobs::chat(lp));
+        let mut out = Vec::new();
+        if !d.reasoning.is_empty() {
+            out.push(self.delta(index, json!({"reasoning_content": d.reasoning}), lp.take()));
+        }
+        if !d.content.is_empty() {
+            out.push(self.delta(index, json!({"content": d.content}), lp.take()));
+        }
+        if let Some(lp) = lp {
+            out.push(self.delta(index, json!({"content": ""}), Some(lp)));
+        }
+        out
+    }
 }
 
 impl ChunkMaker for Chunks {
@@ -218,23 +283,38 @@ impl ChunkMaker for Chunks {
         }])))
     }
 
-    fn text(&mut self, index: usize, text: &str, lp: &[TokenLogprob]) -> Value {
-        let lp = self.with_logprobs.then(|| logprobs::chat(lp));
-        self.head.chunk(json!([{"index": index, "delta": {"content": text}, "logprobs": lp, "finish_reason": null}]))
+    fn text(&mut self, index: usize, text: &str, lp: &[TokenLogprob]) -> Vec<Value> {
+        let Some(shaper) = self.shapers.get_mut(index) else { return vec![] };
+        let d = shaper.push(text);
+        self.deltas(index, d, lp)
     }
 
-    fn finish(&mut self, index: usize, reason: FinishReason) -> Value {
-        self.head.chunk(json!([{"index": index, "delta": {}, "logprobs": null, "finish_reason": reason.as_str()}]))
+    fn finish(&mut self, index: usize, reason: FinishReason) -> Vec<Value> {
+        let Some(shaper) = self.shapers.get_mut(index) else { return vec![] };
+        let (d, parsed) = shaper.finish();
+        let mut out = self.deltas(index, d, &[]);
+        let calls = parsed.calls.len();
+        if calls > 0 {
+            let ids = format!("{}-{index}", self.call_ids);
+            let calls_json = tools::tool_calls_json(&parsed.calls, &ids, true);
+            out.push(self.delta(index, json!({"tool_calls": calls_json}), None));
+        }
+        let reason = tools::finish_reason(reason, calls);
+        out.push(self.head.chunk(json!([{"index": index, "delta": {}, "logprobs": null, "finish_reason": reason}])));
+        out
     }
 
     fn usage(&mut self, usage: Usage) -> Option<Value> {
-        self.head.usage(usage)
+        let mut v = self.head.usage(usage)?;
+        v["usage"] = chat_usage(usage, &self.shapers, &self.engine);
+        Some(v)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use govbox_engine::Prompt;
 
     fn parse(v: Value) -> Result<Parsed, ApiError> {
         let v = body::parse_value(v.to_string().as_bytes())?;
@@ -256,7 +336,10 @@ mod tests {
         .unwrap();
         let m = messages(&r.req).unwrap();
         assert_eq!(m, vec![ChatMessage::new("system", "be brief"), ChatMessage::new("user", "ab")]);
-        let r = parse(json!({"model": "m", "messages": [{"role": "tool", "content": "x"}]})).unwrap();
+        let r =
+            parse(json!({"model": "m", "messages": [{"role": "tool", "content": "x", "tool_call_id": "c1"}]})).unwrap();
+        assert_eq!(messages(&r.req).unwrap()[0].tool_call_id.as_deref(), Some("c1"));
+        let r = parse(json!({"model": "m", "messages": [{"role": "function", "content": "x"}]})).unwrap();
         assert_eq!(messages(&r.req).unwrap_err().status(), 400);
         let r = parse(json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}));
         assert_eq!(messages(&r.unwrap().req).unwrap_err().status(), 400);
@@ -276,12 +359,9 @@ mod tests {
         assert_eq!(g.sampling.seed, Some(u64::MAX));
         let r = parse(json!({"model": "m", "messages": [], "stop": ["a", "b"], "temperature": 3})).unwrap();
         assert_eq!(r.sampling.to_request(Prompt::Text("x".into()), 16).unwrap_err().param(), Some("temperature"));
-        assert!(
-            parse(json!({"model": "m", "messages": [], "tools": [{}]}))
-                .map(|r| refuse_unsupported(&r.req))
-                .unwrap()
-                .is_err()
-        );
+        // A tool without its function is malformed.
+        let v = body::parse_value(json!({"model": "m", "messages": [], "tools": [{}]}).to_string().as_bytes()).unwrap();
+        assert!(fields::from_value::<AgentFields>(&v).is_err());
         let e = parse(json!({"model": "m", "messages": [], "stop": 5})).err().unwrap();
         assert_eq!(e.to_string(), "'stop' must be a string or an array of strings (got a number)");
     }

@@ -279,13 +279,13 @@ impl ChunkMaker for Chunks {
         Some(self.head.chunk(json!([{"index": index, "text": echo, "logprobs": null, "finish_reason": null}])))
     }
 
-    fn text(&mut self, index: usize, text: &str, lp: &[TokenLogprob]) -> Value {
+    fn text(&mut self, index: usize, text: &str, lp: &[TokenLogprob]) -> Vec<Value> {
         let lp = self.with_logprobs.then(|| logprobs::completion(lp, &mut self.offsets[index]));
-        self.head.chunk(json!([{"index": index, "text": text, "logprobs": lp, "finish_reason": null}]))
+        vec![self.head.chunk(json!([{"index": index, "text": text, "logprobs": lp, "finish_reason": null}]))]
     }
 
-    fn finish(&mut self, index: usize, reason: FinishReason) -> Value {
-        self.head.chunk(json!([{"index": index, "text": "", "logprobs": null, "finish_reason": reason.as_str()}]))
+    fn finish(&mut self, index: usize, reason: FinishReason) -> Vec<Value> {
+        vec![self.head.chunk(json!([{"index": index, "text": "", "logprobs": null, "finish_reason": reason.as_str()}]))]
     }
 
     fn usage(&mut self, usage: Usage) -> Option<Value> {

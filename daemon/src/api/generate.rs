@@ -137,6 +137,7 @@ impl SamplingFields {
             ignore_eos: false,
             deadline: None,
             prefix_cache: PrefixCache::Off,
+            grammar: None,
         })
     }
 
@@ -235,6 +236,8 @@ pub struct Started {
     pub choices: usize,
     /// The prompts' token ids, for `echo`.
     pub prompt_ids: Vec<Vec<u32>>,
+    /// The prompt ends inside an open `<think>` block (a reasoning model's template opened it).
+    pub opens_thinking: bool,
 }
 
 /// Tokenises the prompts, waits for an engine slot and starts generating; returns once each
@@ -283,6 +286,8 @@ pub async fn start(state: &Arc<AppState>, acc: Accepted) -> Result<Started, ApiE
         }
     }
     let prompt_tokens: usize = all_ids.iter().map(Vec::len).sum();
+    // A chat request has one prompt; whether its template left a `<think>` block open.
+    let opens_thinking = govbox_engine::reasoning::prompt_opens_thinking(model.engine.tokenizer(), &all_ids[0]);
     record.set_tokens(prompt_tokens, None);
     // Sizes and settings only: the prompt and the stop strings are content.
     log::debug!(
@@ -361,7 +366,7 @@ pub async fn start(state: &Arc<AppState>, acc: Accepted) -> Result<Started, ApiE
         }
     }
     events.sort_by_key(|(i, _)| *i);
-    Ok(Started { events, rx, prompt_tokens, choices, prompt_ids: all_ids })
+    Ok(Started { events, rx, prompt_tokens, choices, prompt_ids: all_ids, opens_thinking })
 }
 
 /// One choice of a non-streamed answer.

@@ -18,6 +18,7 @@ pub mod models;
 pub mod record;
 pub mod rerank;
 pub mod stream;
+pub mod tools;
 
 use std::sync::Arc;
 

@@ -19,11 +19,11 @@ use crate::bridge::GenEvent;
 pub trait ChunkMaker: Send + Unpin + 'static {
     /// A chunk sent before any text of a choice (chat sends the assistant role), if any.
     fn opening(&mut self, index: usize) -> Option<serde_json::Value>;
-    /// A chunk carrying `text` and the log-probabilities of the tokens behind it (empty when
-    /// not asked for).
-    fn text(&mut self, index: usize, text: &str, logprobs: &[TokenLogprob]) -> serde_json::Value;
-    /// The chunk carrying a choice's finish reason.
-    fn finish(&mut self, index: usize, reason: FinishReason) -> serde_json::Value;
+    /// The chunks carrying `text` and the log-probabilities of the tokens behind it (empty when
+    /// not asked for); none while text is held back, as a tool call may be.
+    fn text(&mut self, index: usize, text: &str, logprobs: &[TokenLogprob]) -> Vec<serde_json::Value>;
+    /// A choice's last chunks: held-back text, tool calls, and the one carrying the finish reason.
+    fn finish(&mut self, index: usize, reason: FinishReason) -> Vec<serde_json::Value>;
     /// The closing usage chunk (`stream_options.include_usage`), if asked for.
     fn usage(&mut self, usage: Usage) -> Option<serde_json::Value>;
 }
@@ -74,19 +74,22 @@ impl<M: ChunkMaker> SseBody<M> {
         match ev {
             GenEvent::Text(t) => {
                 let lp = std::mem::take(&mut self.logprobs[i]);
-                let c = self.maker.text(i, &t, &lp);
-                self.ready.push_back(event(&c));
+                for c in self.maker.text(i, &t, &lp) {
+                    self.ready.push_back(event(&c));
+                }
             }
             GenEvent::Logprobs(l) => self.logprobs[i].extend(l),
             GenEvent::Done { finish_reason, usage } => {
                 // Log-probabilities of tokens whose text a stop string swallowed.
                 let lp = std::mem::take(&mut self.logprobs[i]);
                 if !lp.is_empty() {
-                    let c = self.maker.text(i, "", &lp);
+                    for c in self.maker.text(i, "", &lp) {
+                        self.ready.push_back(event(&c));
+                    }
+                }
+                for c in self.maker.finish(i, finish_reason) {
                     self.ready.push_back(event(&c));
                 }
-                let c = self.maker.finish(i, finish_reason);
-                self.ready.push_back(event(&c));
                 crate::api::generate::add_usage(&mut self.usage, usage);
                 self.left -= 1;
                 if self.left > 0 {

@@ -1,0 +1,347 @@
+//! Tool calling in each model family's own format, chosen from its chat template.
+//!
+//! A template that knows tools shows the model the tool definitions and asks for calls in its
+//! family's format; the answer is text in that format, which [`ToolFormat::parse`] turns back
+//! into calls. The formats read here:
+//! * Hermes (Qwen2.5, Qwen3, Hermes, many fine-tunes): `<tool_call>\n{"name": …, "arguments":
+//!   {…}}\n</tool_call>`, one block per call;
+//! * Llama 3.x JSON: the whole answer is `{"name": …, "parameters": {…}}`, optionally after
+//!   `<|python_tag|>`.
+//!
+//! A template that never mentions tools (SmolLM2's ChatML, for one) gets the Hermes format:
+//! [`hermes_fallback`] writes the definitions into the system message and the history's calls
+//! and results as Hermes text, the way Qwen's templates would.
+//!
+//! When a call is required (`tool_choice: "required"` or a named function), [`ToolFormat::grammar`]
+//! gives the grammar that constrained decoding follows, so the call is well-formed JSON naming
+//! one of the tools with arguments valid against its parameter schema.
+
+use serde_json::{Value, json};
+
+use crate::chat::{ChatInput, ChatMessage};
+use crate::constraint::Grammar;
+
+/// Opens a Hermes tool call.
+pub const HERMES_OPEN: &str = "<tool_call>";
+/// Closes it.
+pub const HERMES_CLOSE: &str = "</tool_call>";
+const PYTHON_TAG: &str = "<|python_tag|>";
+/// The most calls one constrained answer may hold.
+pub const MAX_PARALLEL_CALLS: usize = 4;
+
+/// Why a template's tool format cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ToolError {
+    /// The template calls tools in a format this module does not read.
+    #[error(
+        "the model's chat template calls tools in a format govbox does not parse (it reads Hermes \
+         <tool_call> blocks and Llama 3 JSON)"
+    )]
+    UnknownFormat,
+}
+
+/// A family's tool-call format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ToolFormat {
+    /// `<tool_call>{json}</tool_call>` blocks.
+    Hermes,
+    /// One JSON object, `{"name", "parameters"}`.
+    Llama3Json,
+}
+
+/// How a template handles tools.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TemplateTools {
+    /// The format the model answers in.
+    pub format: ToolFormat,
+    /// Whether the template itself renders tools and tool messages; if not, the conversation
+    /// goes through [`hermes_fallback`] first.
+    pub native: bool,
+}
+
+impl TemplateTools {
+    /// Reads the format from a template's source.
+    pub fn of_template(source: &str) -> Result<Self, ToolError> {
+        if source.contains(HERMES_OPEN) {
+            return Ok(Self { format: ToolFormat::Hermes, native: true });
+        }
+        if source.contains(PYTHON_TAG) || (source.contains("ipython") && source.contains("\"parameters\"")) {
+            return Ok(Self { format: ToolFormat::Llama3Json, native: true });
+        }
+        if source.contains("tools") || source.contains("tool_calls") {
+            return Err(ToolError::UnknownFormat);
+        }
+        Ok(Self { format: ToolFormat::Hermes, native: false })
+    }
+}
+
+/// One tool the caller offers: its name and the JSON schema of its arguments.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToolSpec {
+    /// The function name.
+    pub name: String,
+    /// The arguments' schema (`{"type": "object"}` when the caller gave none).
+    pub parameters: Value,
+}
+
+/// A call found in the model's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParsedCall {
+    /// The function name.
+    pub name: String,
+    /// The arguments, as a JSON text (OpenAI sends a string).
+    pub arguments: String,
+}
+
+/// An answer split into its text and its calls.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ParsedAnswer {
+    /// The text outside the calls (trimmed).
+    pub content: String,
+    /// The calls, in order.
+    pub calls: Vec<ParsedCall>,
+}
+
+/// Reads `{"name": …, "arguments" | "parameters": {…}}`.
+fn call_of(v: &Value) -> Option<ParsedCall> {
+    let name = v.get("name")?.as_str()?.to_string();
+    let args = v.get("arguments").or_else(|| v.get("parameters")).cloned().unwrap_or_else(|| json!({}));
+    let arguments = match args {
+        // Some models write the arguments as a JSON string, as OpenAI sends them.
+        Value::String(s) if serde_json::from_str::<Value>(&s).is_ok_and(|v| v.is_object()) => s,
+        v @ Value::Object(_) => v.to_string(),
+        _ => return None,
+    };
+    Some(ParsedCall { name, arguments })
+}
+
+impl ToolFormat {
+    /// The text that starts a call, for holding streamed text back until a call is complete.
+    pub fn opening(self) -> &'static str {
+        match self {
+            ToolFormat::Hermes => HERMES_OPEN,
+            ToolFormat::Llama3Json => "{",
+        }
+    }
+
+    /// Splits `text` (a whole answer) into content and calls. Text that looks like a call but
+    /// does not parse stays in the content, so nothing the model wrote is lost.
+    pub fn parse(self, text: &str) -> ParsedAnswer {
+        match self {
+            ToolFormat::Hermes => {
+                let mut out = ParsedAnswer::default();
+                let mut rest = text;
+                while let Some(at) = rest.find(HERMES_OPEN) {
+                    let body_start = at + HERMES_OPEN.len();
+                    let (body, next) = match rest[body_start..].find(HERMES_CLOSE) {
+                        Some(end) => (&rest[body_start..body_start + end], body_start + end + HERMES_CLOSE.len()),
+                        None => (&rest[body_start..], rest.len()), // cut off by EOS: try it
+                    };
+                    match serde_json::from_str::<Value>(body.trim()).ok().as_ref().and_then(call_of) {
+                        Some(call) => {
+                            out.content.push_str(&rest[..at]);
+                            out.calls.push(call);
+                        }
+                        None => out.content.push_str(&rest[..next]),
+                    }
+                    rest = &rest[next..];
+                }
+                out.content.push_str(rest);
+                out.content = out.content.trim().to_string();
+                out
+            }
+            ToolFormat::Llama3Json => {
+                let body = text.trim();
+                let body = body.strip_prefix(PYTHON_TAG).unwrap_or(body).trim();
+                let calls: Option<Vec<ParsedCall>> = match serde_json::from_str::<Value>(body) {
+                    Ok(Value::Array(items)) if !items.is_empty() => items.iter().map(call_of).collect(),
+                    Ok(v @ Value::Object(_)) => call_of(&v).map(|c| vec![c]),
+                    _ => None,
+                };
+                match calls {
+                    Some(calls) => ParsedAnswer { content: String::new(), calls },
+                    None => ParsedAnswer { content: text.trim().to_string(), calls: vec![] },
+                }
+            }
+        }
+    }
+
+    /// The grammar of an answer that is nothing but calls to `tools` (one, or with `parallel`
+    /// one or more), each naming a tool and with arguments valid against its schema.
+    pub fn grammar(self, tools: &[ToolSpec], parallel: bool) -> Grammar {
+        let key = match self {
+            ToolFormat::Hermes => "arguments",
+            ToolFormat::Llama3Json => "parameters",
+        };
+        let any_of: Vec<Value> = tools
+            .iter()
+            .map(|t| {
+                json!({
+                    "type": "object",
+                    "properties": {"name": {"const": t.name}, key: t.parameters},
+                    "required": ["name", key],
+                    "additionalProperties": false,
+                })
+            })
+            .collect();
+        let schema = json!({
+            "anyOf": any_of,
+            "x-guidance": {"whitespace_flexible": false, "lenient": true},
+        });
+        let call = match self {
+            ToolFormat::Hermes => format!("\"{HERMES_OPEN}\\n\" %json {schema} \"\\n{HERMES_CLOSE}\""),
+            ToolFormat::Llama3Json => format!("%json {schema}"),
+        };
+        // Llama 3's format has no way to write two calls. The cap keeps a model that repeats
+        // itself (a weak one does) from spending its whole budget on calls.
+        let start = if parallel && self == ToolFormat::Hermes {
+            format!("start: call (\"\\n\" call){{0,{}}}", MAX_PARALLEL_CALLS - 1)
+        } else {
+            "start: call".to_string()
+        };
+        Grammar::Lark(format!("{start}\ncall: {call}\n"))
+    }
+}
+
+/// The instructions a template without tool support gets in its system message (the Hermes
+/// convention, which small instruction-tuned models have mostly seen).
+fn hermes_instructions(tools: &Value) -> String {
+    let mut s = String::from(
+        "# Tools\n\nYou can call the functions below to help answer. Their signatures are inside \
+         <tools></tools>:\n<tools>",
+    );
+    for t in tools.as_array().into_iter().flatten() {
+        s.push('\n');
+        s.push_str(&t.to_string());
+    }
+    s.push_str(
+        "\n</tools>\n\nTo call a function, write a JSON object with its name and arguments inside \
+         <tool_call></tool_call> tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": \
+         <args-json-object>}\n</tool_call>",
+    );
+    s
+}
+
+/// Rewrites a conversation for a template that knows nothing of tools: the definitions join the
+/// system message, an assistant's calls become Hermes blocks in its text, and tool results
+/// become user messages in `<tool_response>` blocks.
+pub fn hermes_fallback(input: &ChatInput) -> ChatInput {
+    let mut messages = Vec::with_capacity(input.messages.len() + 1);
+    if let Some(tools) = input.tools.as_ref().filter(|t| t.as_array().is_some_and(|a| !a.is_empty())) {
+        let text = hermes_instructions(tools);
+        match input.messages.first() {
+            Some(m) if m.role == "system" => {
+                messages.push(ChatMessage::new("system", format!("{}\n\n{text}", m.content)));
+            }
+            _ => messages.push(ChatMessage::new("system", text)),
+        }
+    }
+    let skip = usize::from(!messages.is_empty() && input.messages.first().is_some_and(|m| m.role == "system"));
+    for m in &input.messages[skip..] {
+        match m.role.as_str() {
+            "assistant" if m.tool_calls.is_some() => {
+                let mut text = m.content.clone();
+                for c in m.tool_calls.as_ref().and_then(Value::as_array).into_iter().flatten() {
+                    let f = c.get("function").unwrap_or(c);
+                    let call = json!({"name": f.get("name"), "arguments": f.get("arguments")});
+                    if !text.is_empty() {
+                        text.push('\n');
+                    }
+                    text.push_str(&format!("{HERMES_OPEN}\n{call}\n{HERMES_CLOSE}"));
+                }
+                messages.push(ChatMessage::new("assistant", text));
+            }
+            "tool" => {
+                let block = format!("<tool_response>\n{}\n</tool_response>", m.content);
+                match messages.last_mut() {
+                    // Consecutive results share one user turn, as Qwen's template writes them.
+                    Some(prev) if prev.role == "user" && prev.content.ends_with("</tool_response>") => {
+                        prev.content.push('\n');
+                        prev.content.push_str(&block);
+                    }
+                    _ => messages.push(ChatMessage::new("user", block)),
+                }
+            }
+            _ => messages.push(ChatMessage::new(m.role.clone(), m.content.clone())),
+        }
+    }
+    ChatInput { messages, tools: None, template_kwargs: input.template_kwargs.clone() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hermes_answers_parse() {
+        let a = ToolFormat::Hermes.parse(
+            "Let me check.\n<tool_call>\n{\"name\": \"weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>\n\
+             <tool_call>\n{\"name\": \"time\", \"arguments\": \"{\\\"tz\\\": \\\"CET\\\"}\"}\n</tool_call>",
+        );
+        assert_eq!(a.content, "Let me check.");
+        assert_eq!(
+            a.calls,
+            vec![
+                ParsedCall { name: "weather".into(), arguments: r#"{"city":"Paris"}"#.into() },
+                ParsedCall { name: "time".into(), arguments: r#"{"tz": "CET"}"#.into() },
+            ]
+        );
+        // Broken JSON stays text; an unclosed block at EOS still counts when it parses.
+        let a = ToolFormat::Hermes.parse("<tool_call>{oops}</tool_call> then <tool_call>{\"name\": \"x\"}");
+        assert_eq!(a.content, "<tool_call>{oops}</tool_call> then");
+        assert_eq!(a.calls, vec![ParsedCall { name: "x".into(), arguments: "{}".into() }]);
+        assert_eq!(ToolFormat::Hermes.parse("plain").calls, vec![]);
+    }
+
+    #[test]
+    fn llama3_answers_parse() {
+        let a = ToolFormat::Llama3Json.parse("<|python_tag|>{\"name\": \"f\", \"parameters\": {\"a\": 1}}");
+        assert_eq!(a.calls, vec![ParsedCall { name: "f".into(), arguments: r#"{"a":1}"#.into() }]);
+        assert_eq!(a.content, "");
+        let a = ToolFormat::Llama3Json.parse("{\"answer\": 1}");
+        assert_eq!((a.calls.len(), a.content.as_str()), (0, "{\"answer\": 1}"));
+    }
+
+    #[test]
+    fn formats_come_from_the_template() {
+        let qwen = include_str!("../../tests/fixtures/chat-templates/qwen3.jinja");
+        assert_eq!(
+            TemplateTools::of_template(qwen).unwrap(),
+            TemplateTools { format: ToolFormat::Hermes, native: true }
+        );
+        let chatml = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}";
+        assert_eq!(
+            TemplateTools::of_template(chatml).unwrap(),
+            TemplateTools { format: ToolFormat::Hermes, native: false }
+        );
+        assert!(TemplateTools::of_template("{{ tools }}<|observation|>").is_err());
+    }
+
+    #[test]
+    fn fallback_writes_tools_calls_and_results_as_hermes_text() {
+        let mut call = ChatMessage::new("assistant", "");
+        call.tool_calls = Some(json!([{"id": "c1", "type": "function",
+            "function": {"name": "weather", "arguments": {"city": "Paris"}}}]));
+        let mut result = ChatMessage::new("tool", "18C");
+        result.tool_call_id = Some("c1".into());
+        let input = ChatInput {
+            messages: vec![ChatMessage::new("system", "Be brief."), ChatMessage::new("user", "Weather?"), call, result],
+            tools: Some(json!([{"type": "function", "function": {"name": "weather"}}])),
+            template_kwargs: Default::default(),
+        };
+        let out = hermes_fallback(&input);
+        let roles: Vec<&str> = out.messages.iter().map(|m| m.role.as_str()).collect();
+        assert_eq!(roles, ["system", "user", "assistant", "user"]);
+        assert!(
+            out.messages[0].content.starts_with("Be brief.\n\n# Tools")
+                && out.messages[0].content.contains("\"weather\"")
+        );
+        assert_eq!(
+            out.messages[2].content,
+            "<tool_call>\n{\"name\":\"weather\",\"arguments\":{\"city\":\"Paris\"}}\n</tool_call>"
+        );
+        assert_eq!(out.messages[3].content, "<tool_response>\n18C\n</tool_response>");
+        assert_eq!(out.tools, None);
+    }
+}
