@@ -22,6 +22,7 @@ fn run(engine: &Engine, prompt: Prompt, grammar: Option<Grammar>, sampling: Samp
                 Event::Text(t) => text.push_str(&t),
                 Event::Done { finish_reason, .. } => finish = Some(finish_reason),
                 Event::Error(e) => panic!("{e}"),
+                Event::Logprobs(_) => {}
             }
             true
         })
