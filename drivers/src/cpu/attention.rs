@@ -66,6 +66,13 @@ impl KvCache for CpuKvCache {
 
 /// Dot product with 16 independent accumulators, so that the compiler can keep them in SIMD
 /// registers (a single running sum forces a sequential chain of adds).
+///
+/// This order of operations is the attention's precision contract: lane `i` sums the products
+/// `a[d] * b[d]` (rounded, not fused) of the dimensions `d ≡ i (mod 16)` below the last whole
+/// 16, in increasing `d`; the lanes are then added in order from 0 onto `0.0`, then the rest of
+/// the dimensions (summed the same way). [`attend_t`] forms its scores in exactly this order, so
+/// a query's attention does not depend on which kernel (decode or prefill) computes it, nor on
+/// how many other rows share its pass.
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
@@ -79,7 +86,11 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
             acc[i] += x[i] * y[i];
         }
     }
-    acc.iter().sum::<f32>() + tail
+    let mut s = 0f32;
+    for a in acc {
+        s += a;
+    }
+    s + tail
 }
 
 pub(super) fn paged(q: &Tensor, k: &Tensor, v: &Tensor, cache: &mut dyn KvCache, a: &PagedAttn<'_>) -> Result<Tensor> {
@@ -147,6 +158,8 @@ pub(super) fn paged(q: &Tensor, k: &Tensor, v: &Tensor, cache: &mut dyn KvCache,
     let (kl, vl) = (&cache.k[a.layer], &cache.v[a.layer]);
     // A sequence with many new rows scores them against its keys laid out per KV head as
     // `[dim][position]` (see `attend_t`); the few rows of a decode step use the keys in place.
+    // Both give the same bits, so which one a row takes (how many rows its sequence brings to
+    // this pass: a fresh prompt, the suffix after a cached prefix, a decode step) changes nothing.
     let keys_t: Vec<Option<KeysT>> = a
         .seqs
         .par_iter()
@@ -172,8 +185,8 @@ pub(super) fn paged(q: &Tensor, k: &Tensor, v: &Tensor, cache: &mut dyn KvCache,
 
 /// From this many new rows of one sequence on, its keys are laid out per head for scoring.
 const TRANSPOSE_ROWS: usize = 16;
-/// Keys scored at once by [`attend_t`] (four AVX-512 registers).
-const KEY_CHUNK: usize = 64;
+/// Keys scored at once by [`attend_t`]: one AVX-512 register of positions per lane of [`dot`].
+const KEY_CHUNK: usize = 16;
 
 /// A sequence's keys for one layer, per KV head `[dim][position]`, positions padded with zeros
 /// to whole chunks of [`KEY_CHUNK`].
@@ -207,9 +220,11 @@ impl KeysT {
 
 simd_kernel! {
     /// [`attend`] with the keys of `qh`'s sequence laid out as `kt[d · len + p]` (`len` a
-    /// multiple of [`KEY_CHUNK`]): the scores of a chunk of keys are formed together, one
-    /// multiply-add per dimension, with no horizontal sums. `slots` (one per position attended
-    /// to) still locate the values.
+    /// multiple of [`KEY_CHUNK`]): the scores of a chunk of keys are formed together, with no
+    /// horizontal sums, each in exactly [`dot`]'s order of operations (16 lanes of products by
+    /// dimension modulo 16, added in order, then the rest of the dimensions), so that a score is
+    /// bitwise the one [`attend`] computes. `slots` (one per position attended to) still locate
+    /// the values.
     #[allow(clippy::too_many_arguments)]
     fn attend_t(
         qh: &[f32],
@@ -222,29 +237,38 @@ simd_kernel! {
         o: &mut [f32],
     ) {
         let n = slots.len();
+        let hd = qh.len();
+        let whole = hd / 16 * 16;
         scores.clear();
         scores.resize(n.next_multiple_of(KEY_CHUNK), 0.0);
         for (c, chunk) in scores.chunks_exact_mut(KEY_CHUNK).enumerate() {
-            // Even and odd dimensions in separate sums: eight chains of fused multiply-adds.
-            let (mut a0, mut a1) = ([0f32; KEY_CHUNK], [0f32; KEY_CHUNK]);
             let base = c * KEY_CHUNK;
-            for (d2, q2) in qh.chunks_exact(2).enumerate() {
-                let r0 = &kt[2 * d2 * len + base..][..KEY_CHUNK];
-                let r1 = &kt[(2 * d2 + 1) * len + base..][..KEY_CHUNK];
-                for i in 0..KEY_CHUNK {
-                    a0[i] = q2[0].mul_add(r0[i], a0[i]);
-                    a1[i] = q2[1].mul_add(r1[i], a1[i]);
+            // `acc[l][i]`: lane `l` of [`dot`] for key `base + i`.
+            let mut acc = [[0f32; KEY_CHUNK]; 16];
+            for d0 in (0..whole).step_by(16) {
+                for (l, a) in acc.iter_mut().enumerate() {
+                    let q = qh[d0 + l];
+                    let r = &kt[(d0 + l) * len + base..][..KEY_CHUNK];
+                    for i in 0..KEY_CHUNK {
+                        a[i] += q * r[i];
+                    }
                 }
             }
-            if qh.len() % 2 == 1 {
-                let d = qh.len() - 1;
+            let mut tail = [0f32; KEY_CHUNK];
+            for (d, &q) in qh.iter().enumerate().skip(whole) {
                 let r = &kt[d * len + base..][..KEY_CHUNK];
                 for i in 0..KEY_CHUNK {
-                    a0[i] = qh[d].mul_add(r[i], a0[i]);
+                    tail[i] += q * r[i];
+                }
+            }
+            let mut s = [0f32; KEY_CHUNK];
+            for a in &acc {
+                for i in 0..KEY_CHUNK {
+                    s[i] += a[i];
                 }
             }
             for i in 0..KEY_CHUNK {
-                chunk[i] = (a0[i] + a1[i]) * scale;
+                chunk[i] = (s[i] + tail[i]) * scale;
             }
         }
         scores.truncate(n);
@@ -477,11 +501,14 @@ mod tests {
 
     /// A prefill of 70 rows (keys laid out per head, `attend_t`) and the same rows one by one
     /// (keys in place, `attend`) against the plain formula, with grouped-query heads, a
-    /// scattered block table and heads of 32, 64 and 128 values.
+    /// scattered block table and heads of 24, 32, 64 and 128 values; and every row bitwise
+    /// the same whichever way the rows were cut into passes (whole, one by one, chunks of
+    /// mixed sizes as after a cached prefix).
     #[test]
     fn prefill_and_decode_rows_match_the_formula() {
-        // 64 and 128 take the register-held weighted sums, 32 the plain loop.
-        for hd in [32, 64, 128] {
+        // 64 and 128 take the register-held weighted sums, 24 and 32 the plain loop; 24 has
+        // dimensions past the last whole 16.
+        for hd in [24, 32, 64, 128] {
             rows_match_the_formula(hd);
         }
     }
@@ -534,5 +561,8 @@ mod tests {
                 assert!((a - b).abs() < 1e-5, "head_dim {hd}, {name} at {i}: {a} vs {b}");
             }
         }
+        assert!(prefill == decode, "head_dim {hd}: a prefill's rows differ from the same rows decoded one by one");
+        let chunked = run(&[(0, 32), (32, 3), (35, 17), (52, 18)]);
+        assert!(prefill == chunked, "head_dim {hd}: rows differ when the prompt is cut into other passes");
     }
 }
