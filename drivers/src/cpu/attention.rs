@@ -64,35 +64,6 @@ impl KvCache for CpuKvCache {
     }
 }
 
-/// Dot product with 16 independent accumulators, so that the compiler can keep them in SIMD
-/// registers (a single running sum forces a sequential chain of adds).
-///
-/// This order of operations is the attention's precision contract: lane `i` sums the products
-/// `a[d] * b[d]` (rounded, not fused) of the dimensions `d ≡ i (mod 16)` below the last whole
-/// 16, in increasing `d`; the lanes are then added in order from 0 onto `0.0`, then the rest of
-/// the dimensions (summed the same way). [`attend_t`] forms its scores in exactly this order, so
-/// a query's attention does not depend on which kernel (decode or prefill) computes it, nor on
-/// how many other rows share its pass.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
-    let mut tail = 0f32;
-    for (x, y) in ac.remainder().iter().zip(bc.remainder()) {
-        tail += x * y;
-    }
-    for (x, y) in ac.zip(bc) {
-        for i in 0..16 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut s = 0f32;
-    for a in acc {
-        s += a;
-    }
-    s + tail
-}
-
 pub(super) fn paged(q: &Tensor, k: &Tensor, v: &Tensor, cache: &mut dyn KvCache, a: &PagedAttn<'_>) -> Result<Tensor> {
     for t in [q, k, v] {
         check_f32(t, "attention")?;
@@ -156,16 +127,13 @@ pub(super) fn paged(q: &Tensor, k: &Tensor, v: &Tensor, cache: &mut dyn KvCache,
         }
     }
     let (kl, vl) = (&cache.k[a.layer], &cache.v[a.layer]);
-    // A sequence with many new rows scores them against its keys laid out per KV head as
-    // `[dim][position]` (see `attend_t`); the few rows of a decode step use the keys in place.
-    // Both give the same bits, so which one a row takes (how many rows its sequence brings to
-    // this pass: a fresh prompt, the suffix after a cached prefix, a decode step) changes nothing.
-    let keys_t: Vec<Option<KeysT>> = a
-        .seqs
-        .par_iter()
-        .zip(&slots_of)
-        .map(|(s, slots)| (s.n_new >= TRANSPOSE_ROWS).then(|| KeysT::new(kl, slots, nkv, hd)))
-        .collect();
+    // Every row scores its keys laid out per KV head as `[dim][position]` (see `attend_t`), a
+    // decode step's single row too: one kernel, one order of operations, so a row's attention
+    // is bitwise the same whether its sequence brings one row to this pass or many (a fresh
+    // prompt, the suffix after a cached prefix, a decode step), and whatever other sequences
+    // share the pass. The layout costs a copy of the keys per pass.
+    let keys_t: Vec<KeysT> =
+        a.seqs.par_iter().zip(&slots_of).map(|(_, slots)| KeysT::new(kl, slots, nkv, hd)).collect();
     let qv = f32_values(q, "attention")?;
     let group = nh / nkv;
     let mut out = vec![0f32; rows * nh * hd];
@@ -173,20 +141,16 @@ pub(super) fn paged(q: &Tensor, k: &Tensor, v: &Tensor, cache: &mut dyn KvCache,
         let (r, h) = (idx / nh, idx % nh);
         let (si, n) = jobs[r];
         let qh = &qv[(r * nh + h) * hd..(r * nh + h + 1) * hd];
-        let head = KvHead { k: kl, v: vl, stride: nkv * hd, off: (h / group) * hd };
+        let head = KvHead { v: vl, stride: nkv * hd, off: (h / group) * hd };
         let slots = &slots_of[si][..n];
-        match &keys_t[si] {
-            Some(kt) => attend_t(qh, kt.head(h / group), kt.len, slots, head, a.scale, scores, o),
-            None => attend(qh, slots, head, a.scale, scores, o),
-        }
+        let kt = &keys_t[si];
+        attend_t(qh, kt.head(h / group), kt.len, slots, head, a.scale, scores, o);
     });
     Ok(new_f32(out, vec![rows, nh * hd]))
 }
 
-/// From this many new rows of one sequence on, its keys are laid out per head for scoring.
-const TRANSPOSE_ROWS: usize = 16;
-/// Keys scored at once by [`attend_t`]: one AVX-512 register of positions per lane of [`dot`].
-const KEY_CHUNK: usize = 16;
+/// Keys scored at once by [`attend_t`] (four AVX-512 registers).
+const KEY_CHUNK: usize = 64;
 
 /// A sequence's keys for one layer, per KV head `[dim][position]`, positions padded with zeros
 /// to whole chunks of [`KEY_CHUNK`].
@@ -219,12 +183,12 @@ impl KeysT {
 }
 
 simd_kernel! {
-    /// [`attend`] with the keys of `qh`'s sequence laid out as `kt[d · len + p]` (`len` a
-    /// multiple of [`KEY_CHUNK`]): the scores of a chunk of keys are formed together, with no
-    /// horizontal sums, each in exactly [`dot`]'s order of operations (16 lanes of products by
-    /// dimension modulo 16, added in order, then the rest of the dimensions), so that a score is
-    /// bitwise the one [`attend`] computes. `slots` (one per position attended to) still locate
-    /// the values.
+    /// One query row `qh` of one head against the cached positions `slots` of its KV head,
+    /// `o = softmax(scale · q·K) · V` (`scores` is scratch), with the keys of `qh`'s sequence
+    /// laid out as `kt[d · len + p]` (`len` a
+    /// multiple of [`KEY_CHUNK`]): the scores of a chunk of keys are formed together, one
+    /// multiply-add per dimension, with no horizontal sums. `slots` (one per position attended
+    /// to) still locate the values.
     #[allow(clippy::too_many_arguments)]
     fn attend_t(
         qh: &[f32],
@@ -237,38 +201,29 @@ simd_kernel! {
         o: &mut [f32],
     ) {
         let n = slots.len();
-        let hd = qh.len();
-        let whole = hd / 16 * 16;
         scores.clear();
         scores.resize(n.next_multiple_of(KEY_CHUNK), 0.0);
         for (c, chunk) in scores.chunks_exact_mut(KEY_CHUNK).enumerate() {
+            // Even and odd dimensions in separate sums: eight chains of fused multiply-adds.
+            let (mut a0, mut a1) = ([0f32; KEY_CHUNK], [0f32; KEY_CHUNK]);
             let base = c * KEY_CHUNK;
-            // `acc[l][i]`: lane `l` of [`dot`] for key `base + i`.
-            let mut acc = [[0f32; KEY_CHUNK]; 16];
-            for d0 in (0..whole).step_by(16) {
-                for (l, a) in acc.iter_mut().enumerate() {
-                    let q = qh[d0 + l];
-                    let r = &kt[(d0 + l) * len + base..][..KEY_CHUNK];
-                    for i in 0..KEY_CHUNK {
-                        a[i] += q * r[i];
-                    }
+            for (d2, q2) in qh.chunks_exact(2).enumerate() {
+                let r0 = &kt[2 * d2 * len + base..][..KEY_CHUNK];
+                let r1 = &kt[(2 * d2 + 1) * len + base..][..KEY_CHUNK];
+                for i in 0..KEY_CHUNK {
+                    a0[i] = q2[0].mul_add(r0[i], a0[i]);
+                    a1[i] = q2[1].mul_add(r1[i], a1[i]);
                 }
             }
-            let mut tail = [0f32; KEY_CHUNK];
-            for (d, &q) in qh.iter().enumerate().skip(whole) {
+            if qh.len() % 2 == 1 {
+                let d = qh.len() - 1;
                 let r = &kt[d * len + base..][..KEY_CHUNK];
                 for i in 0..KEY_CHUNK {
-                    tail[i] += q * r[i];
-                }
-            }
-            let mut s = [0f32; KEY_CHUNK];
-            for a in &acc {
-                for i in 0..KEY_CHUNK {
-                    s[i] += a[i];
+                    a0[i] = qh[d].mul_add(r[i], a0[i]);
                 }
             }
             for i in 0..KEY_CHUNK {
-                chunk[i] = (s[i] + tail[i]) * scale;
+                chunk[i] = (a0[i] + a1[i]) * scale;
             }
         }
         scores.truncate(n);
@@ -276,32 +231,17 @@ simd_kernel! {
     }
 }
 
-/// One KV head of one layer's cache: slot `s`'s key is `k[s · stride + off..][..head_dim]`.
+/// The values of one KV head of one layer's cache: slot `s`'s value is
+/// `v[s · stride + off..][..head_dim]` (the keys are read laid out, see [`KeysT`]).
 #[derive(Clone, Copy)]
 struct KvHead<'a> {
-    k: &'a [f32],
     v: &'a [f32],
     stride: usize,
     off: usize,
 }
 
-simd_kernel! {
-    /// One query row `qh` of one head against the cached positions `slots` of its KV head:
-    /// `o = softmax(scale · q·K) · V`, using `scores` as scratch.
-    fn attend(qh: &[f32], slots: &[usize], head: KvHead<'_>, scale: f32, scores: &mut Vec<f32>, o: &mut [f32]) {
-        // Plain loops, no closures: a closure would not be inlined into the AVX-512 copy.
-        let hd = qh.len();
-        scores.clear();
-        for &s in slots {
-            let b = s * head.stride + head.off;
-            scores.push(dot(qh, &head.k[b..b + hd]) * scale);
-        }
-        softmax_v(slots, head, scores, o);
-    }
-}
-
 /// `o = softmax(scores) · V` over the values of `slots`; `scores` is overwritten. Inlined into
-/// the two kernels above.
+/// the kernel above.
 #[inline(always)]
 fn softmax_v(slots: &[usize], head: KvHead<'_>, scores: &mut [f32], o: &mut [f32]) {
     // The largest score, lane by lane (a select per lane vectorises; `f32::max` does not).
@@ -499,15 +439,13 @@ mod tests {
     use super::*;
     use crate::SeqAttn;
 
-    /// A prefill of 70 rows (keys laid out per head, `attend_t`) and the same rows one by one
-    /// (keys in place, `attend`) against the plain formula, with grouped-query heads, a
-    /// scattered block table and heads of 24, 32, 64 and 128 values; and every row bitwise
-    /// the same whichever way the rows were cut into passes (whole, one by one, chunks of
-    /// mixed sizes as after a cached prefix).
+    /// A prefill of 70 rows and the same rows one by one against the plain formula, with
+    /// grouped-query heads, a scattered block table and heads of 24, 32, 64 and 128 values; and
+    /// every row bitwise the same whichever way the rows were cut into passes (whole, one by
+    /// one, chunks of mixed sizes as after a cached prefix).
     #[test]
     fn prefill_and_decode_rows_match_the_formula() {
-        // 64 and 128 take the register-held weighted sums, 24 and 32 the plain loop; 24 has
-        // dimensions past the last whole 16.
+        // 64 and 128 take the register-held weighted sums, 24 and 32 the plain loop.
         for hd in [24, 32, 64, 128] {
             rows_match_the_formula(hd);
         }

@@ -1,8 +1,6 @@
-//! The product for weights without an 8-bit-activation kernel (F16, BF16, F32), for any number
-//! of activation rows, with AVX-512: panels of 32 weight rows de-quantised to `f32` and laid out
-//! as `[value][row]`, against the activations as they are. Each output is one chain of fused
-//! multiply-adds over the values in order, whatever the number of rows, so a row's result is
-//! the same in any batch (the matmul's precision contract, `cpu::matmul`).
+//! The many-row product for weights without an 8-bit-activation kernel (F16, BF16, F32 and the
+//! rest), with AVX-512: panels of 32 weight rows de-quantised to `f32` and laid out as
+//! `[value][row]`, against the activations as they are.
 //!
 //! For one value index the 32 weights of a panel are two registers; each activation row's value
 //! is broadcast from memory and multiplied into two accumulators of 16 rows. Eight activation
