@@ -151,9 +151,11 @@ pub(super) fn paged(q: &Tensor, k: &Tensor, v: &Tensor, cache: &mut dyn KvCache,
 
 /// Keys scored at once by [`attend_t`] (four AVX-512 registers).
 const KEY_CHUNK: usize = 64;
+/// Keys scored at once past the last whole [`KEY_CHUNK`] (one AVX-512 register).
+const TAIL_CHUNK: usize = 16;
 
 /// A sequence's keys for one layer, per KV head `[dim][position]`, positions padded with zeros
-/// to whole chunks of [`KEY_CHUNK`].
+/// to whole chunks of [`TAIL_CHUNK`].
 struct KeysT {
     /// Padded positions per row.
     len: usize,
@@ -163,7 +165,7 @@ struct KeysT {
 
 impl KeysT {
     fn new(k: &[f32], slots: &[usize], n_kv: usize, hd: usize) -> Self {
-        let len = slots.len().next_multiple_of(KEY_CHUNK);
+        let len = slots.len().next_multiple_of(TAIL_CHUNK);
         let mut values = vec![0f32; n_kv * hd * len];
         let w = n_kv * hd;
         for (p, &s) in slots.iter().enumerate() {
@@ -185,8 +187,8 @@ impl KeysT {
 simd_kernel! {
     /// One query row `qh` of one head against the cached positions `slots` of its KV head,
     /// `o = softmax(scale · q·K) · V` (`scores` is scratch), with the keys of `qh`'s sequence
-    /// laid out as `kt[d · len + p]` (`len` a
-    /// multiple of [`KEY_CHUNK`]): the scores of a chunk of keys are formed together, one
+    /// laid out as `kt[d · len + p]` (`len` a multiple of [`TAIL_CHUNK`]): the scores of a
+    /// chunk of keys are formed together (see [`score_chunk`]), one
     /// multiply-add per dimension, with no horizontal sums. `slots` (one per position attended
     /// to) still locate the values.
     #[allow(clippy::too_many_arguments)]
@@ -202,32 +204,44 @@ simd_kernel! {
     ) {
         let n = slots.len();
         scores.clear();
-        scores.resize(n.next_multiple_of(KEY_CHUNK), 0.0);
-        for (c, chunk) in scores.chunks_exact_mut(KEY_CHUNK).enumerate() {
-            // Even and odd dimensions in separate sums: eight chains of fused multiply-adds.
-            let (mut a0, mut a1) = ([0f32; KEY_CHUNK], [0f32; KEY_CHUNK]);
-            let base = c * KEY_CHUNK;
-            for (d2, q2) in qh.chunks_exact(2).enumerate() {
-                let r0 = &kt[2 * d2 * len + base..][..KEY_CHUNK];
-                let r1 = &kt[(2 * d2 + 1) * len + base..][..KEY_CHUNK];
-                for i in 0..KEY_CHUNK {
-                    a0[i] = q2[0].mul_add(r0[i], a0[i]);
-                    a1[i] = q2[1].mul_add(r1[i], a1[i]);
-                }
-            }
-            if qh.len() % 2 == 1 {
-                let d = qh.len() - 1;
-                let r = &kt[d * len + base..][..KEY_CHUNK];
-                for i in 0..KEY_CHUNK {
-                    a0[i] = qh[d].mul_add(r[i], a0[i]);
-                }
-            }
-            for i in 0..KEY_CHUNK {
-                chunk[i] = (a0[i] + a1[i]) * scale;
-            }
+        scores.resize(n.next_multiple_of(TAIL_CHUNK), 0.0);
+        // Whole chunks of 64 keys, then the rest 16 at a time (short contexts, decode steps):
+        // each key's score is the same either way, the lanes being independent.
+        let wide = n / KEY_CHUNK * KEY_CHUNK;
+        let (head_scores, tail_scores) = scores.split_at_mut(wide);
+        for (c, chunk) in head_scores.chunks_exact_mut(KEY_CHUNK).enumerate() {
+            score_chunk::<KEY_CHUNK>(qh, kt, len, c * KEY_CHUNK, scale, chunk);
+        }
+        for (c, chunk) in tail_scores.chunks_exact_mut(TAIL_CHUNK).enumerate() {
+            score_chunk::<TAIL_CHUNK>(qh, kt, len, wide + c * TAIL_CHUNK, scale, chunk);
         }
         scores.truncate(n);
         softmax_v(slots, head, scores, o);
+    }
+}
+
+/// The scores of the `C` keys from position `base` of `kt` (see [`attend_t`]): per key, the
+/// even and odd dimensions in two chains of fused multiply-adds, added, then scaled.
+#[inline(always)]
+fn score_chunk<const C: usize>(qh: &[f32], kt: &[f32], len: usize, base: usize, scale: f32, chunk: &mut [f32]) {
+    let (mut a0, mut a1) = ([0f32; C], [0f32; C]);
+    for (d2, q2) in qh.chunks_exact(2).enumerate() {
+        let r0 = &kt[2 * d2 * len + base..][..C];
+        let r1 = &kt[(2 * d2 + 1) * len + base..][..C];
+        for i in 0..C {
+            a0[i] = q2[0].mul_add(r0[i], a0[i]);
+            a1[i] = q2[1].mul_add(r1[i], a1[i]);
+        }
+    }
+    if qh.len() % 2 == 1 {
+        let d = qh.len() - 1;
+        let r = &kt[d * len + base..][..C];
+        for i in 0..C {
+            a0[i] = qh[d].mul_add(r[i], a0[i]);
+        }
+    }
+    for i in 0..C {
+        chunk[i] = (a0[i] + a1[i]) * scale;
     }
 }
 
