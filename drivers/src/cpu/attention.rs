@@ -64,24 +64,6 @@ impl KvCache for CpuKvCache {
     }
 }
 
-/// Dot product with 16 independent accumulators, so that the compiler can keep them in SIMD
-/// registers (a single running sum forces a sequential chain of adds).
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
-    let mut tail = 0f32;
-    for (x, y) in ac.remainder().iter().zip(bc.remainder()) {
-        tail += x * y;
-    }
-    for (x, y) in ac.zip(bc) {
-        for i in 0..16 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 pub(super) fn paged(q: &Tensor, k: &Tensor, v: &Tensor, cache: &mut dyn KvCache, a: &PagedAttn<'_>) -> Result<Tensor> {
     paged_windowed(q, k, v, cache, a, None)
 }
@@ -158,13 +140,17 @@ pub(super) fn paged_windowed(
         }
     }
     let (kl, vl) = (&cache.k[a.layer], &cache.v[a.layer]);
-    // A sequence with many new rows scores them against its keys laid out per KV head as
-    // `[dim][position]` (see `attend_t`); the few rows of a decode step use the keys in place.
+    // Every row scores its keys laid out per KV head as `[dim][position]` (see `attend_t`), a
+    // decode step's single row too: one kernel, one order of operations, so a row's attention
+    // is bitwise the same whether its sequence brings one row to this pass or many (a fresh
+    // prompt, the suffix after a cached prefix, a decode step), and whatever other sequences
+    // share the pass. The layout costs a copy of the keys per pass. A sliding-window layer lays
+    // out each row's own window instead (below), in the same kernel.
     let keys_t: Vec<Option<KeysT>> = a
         .seqs
         .par_iter()
         .zip(&slots_of)
-        .map(|(s, slots)| (s.n_new >= TRANSPOSE_ROWS && window.is_none()).then(|| KeysT::new(kl, slots, nkv, hd)))
+        .map(|(_, slots)| window.is_none().then(|| KeysT::new(kl, slots, nkv, hd)))
         .collect();
     let qv = f32_values(q, "attention")?;
     let group = nh / nkv;
@@ -173,24 +159,27 @@ pub(super) fn paged_windowed(
         let (r, h) = (idx / nh, idx % nh);
         let (si, n) = jobs[r];
         let qh = &qv[(r * nh + h) * hd..(r * nh + h + 1) * hd];
-        let head = KvHead { k: kl, v: vl, stride: nkv * hd, off: (h / group) * hd };
+        let head = KvHead { v: vl, stride: nkv * hd, off: (h / group) * hd };
         let first = window.map_or(0, |w| n.saturating_sub(w.max(1)));
         let slots = &slots_of[si][first..n];
         match &keys_t[si] {
             Some(kt) => attend_t(qh, kt.head(h / group), kt.len, slots, head, a.scale, scores, o),
-            None => attend(qh, slots, head, a.scale, scores, o),
+            None => {
+                let kt = KeysT::one_head(kl, slots, nkv, hd, h / group);
+                attend_t(qh, kt.head(0), kt.len, slots, head, a.scale, scores, o)
+            }
         }
     });
     Ok(new_f32(out, vec![rows, nh * hd]))
 }
 
-/// From this many new rows of one sequence on, its keys are laid out per head for scoring.
-const TRANSPOSE_ROWS: usize = 16;
 /// Keys scored at once by [`attend_t`] (four AVX-512 registers).
 const KEY_CHUNK: usize = 64;
+/// Keys scored at once past the last whole [`KEY_CHUNK`] (one AVX-512 register).
+const TAIL_CHUNK: usize = 16;
 
 /// A sequence's keys for one layer, per KV head `[dim][position]`, positions padded with zeros
-/// to whole chunks of [`KEY_CHUNK`].
+/// to whole chunks of [`TAIL_CHUNK`].
 struct KeysT {
     /// Padded positions per row.
     len: usize,
@@ -200,11 +189,25 @@ struct KeysT {
 
 impl KeysT {
     fn new(k: &[f32], slots: &[usize], n_kv: usize, hd: usize) -> Self {
-        let len = slots.len().next_multiple_of(KEY_CHUNK);
+        let len = slots.len().next_multiple_of(TAIL_CHUNK);
         let mut values = vec![0f32; n_kv * hd * len];
         let w = n_kv * hd;
         for (p, &s) in slots.iter().enumerate() {
             let key = &k[s * w..(s + 1) * w];
+            for (c, &v) in key.iter().enumerate() {
+                values[c * len + p] = v;
+            }
+        }
+        KeysT { len, head_dim: hd, values }
+    }
+
+    /// Only KV head `g` of `slots` (a sliding-window row's own window), as head 0.
+    fn one_head(k: &[f32], slots: &[usize], n_kv: usize, hd: usize, g: usize) -> Self {
+        let len = slots.len().next_multiple_of(TAIL_CHUNK);
+        let mut values = vec![0f32; hd * len];
+        let w = n_kv * hd;
+        for (p, &s) in slots.iter().enumerate() {
+            let key = &k[s * w + g * hd..s * w + (g + 1) * hd];
             for (c, &v) in key.iter().enumerate() {
                 values[c * len + p] = v;
             }
@@ -220,8 +223,10 @@ impl KeysT {
 }
 
 simd_kernel! {
-    /// [`attend`] with the keys of `qh`'s sequence laid out as `kt[d · len + p]` (`len` a
-    /// multiple of [`KEY_CHUNK`]): the scores of a chunk of keys are formed together, one
+    /// One query row `qh` of one head against the cached positions `slots` of its KV head,
+    /// `o = softmax(scale · q·K) · V` (`scores` is scratch), with the keys of `qh`'s sequence
+    /// laid out as `kt[d · len + p]` (`len` a multiple of [`TAIL_CHUNK`]): the scores of a
+    /// chunk of keys are formed together (see [`score_chunk`]), one
     /// multiply-add per dimension, with no horizontal sums. `slots` (one per position attended
     /// to) still locate the values.
     #[allow(clippy::too_many_arguments)]
@@ -237,61 +242,58 @@ simd_kernel! {
     ) {
         let n = slots.len();
         scores.clear();
-        scores.resize(n.next_multiple_of(KEY_CHUNK), 0.0);
-        for (c, chunk) in scores.chunks_exact_mut(KEY_CHUNK).enumerate() {
-            // Even and odd dimensions in separate sums: eight chains of fused multiply-adds.
-            let (mut a0, mut a1) = ([0f32; KEY_CHUNK], [0f32; KEY_CHUNK]);
-            let base = c * KEY_CHUNK;
-            for (d2, q2) in qh.chunks_exact(2).enumerate() {
-                let r0 = &kt[2 * d2 * len + base..][..KEY_CHUNK];
-                let r1 = &kt[(2 * d2 + 1) * len + base..][..KEY_CHUNK];
-                for i in 0..KEY_CHUNK {
-                    a0[i] = q2[0].mul_add(r0[i], a0[i]);
-                    a1[i] = q2[1].mul_add(r1[i], a1[i]);
-                }
-            }
-            if qh.len() % 2 == 1 {
-                let d = qh.len() - 1;
-                let r = &kt[d * len + base..][..KEY_CHUNK];
-                for i in 0..KEY_CHUNK {
-                    a0[i] = qh[d].mul_add(r[i], a0[i]);
-                }
-            }
-            for i in 0..KEY_CHUNK {
-                chunk[i] = (a0[i] + a1[i]) * scale;
-            }
+        scores.resize(n.next_multiple_of(TAIL_CHUNK), 0.0);
+        // Whole chunks of 64 keys, then the rest 16 at a time (short contexts, decode steps):
+        // each key's score is the same either way, the lanes being independent.
+        let wide = n / KEY_CHUNK * KEY_CHUNK;
+        let (head_scores, tail_scores) = scores.split_at_mut(wide);
+        for (c, chunk) in head_scores.chunks_exact_mut(KEY_CHUNK).enumerate() {
+            score_chunk::<KEY_CHUNK>(qh, kt, len, c * KEY_CHUNK, scale, chunk);
+        }
+        for (c, chunk) in tail_scores.chunks_exact_mut(TAIL_CHUNK).enumerate() {
+            score_chunk::<TAIL_CHUNK>(qh, kt, len, wide + c * TAIL_CHUNK, scale, chunk);
         }
         scores.truncate(n);
         softmax_v(slots, head, scores, o);
     }
 }
 
-/// One KV head of one layer's cache: slot `s`'s key is `k[s · stride + off..][..head_dim]`.
+/// The scores of the `C` keys from position `base` of `kt` (see [`attend_t`]): per key, the
+/// even and odd dimensions in two chains of fused multiply-adds, added, then scaled.
+#[inline(always)]
+fn score_chunk<const C: usize>(qh: &[f32], kt: &[f32], len: usize, base: usize, scale: f32, chunk: &mut [f32]) {
+    let (mut a0, mut a1) = ([0f32; C], [0f32; C]);
+    for (d2, q2) in qh.chunks_exact(2).enumerate() {
+        let r0 = &kt[2 * d2 * len + base..][..C];
+        let r1 = &kt[(2 * d2 + 1) * len + base..][..C];
+        for i in 0..C {
+            a0[i] = q2[0].mul_add(r0[i], a0[i]);
+            a1[i] = q2[1].mul_add(r1[i], a1[i]);
+        }
+    }
+    if qh.len() % 2 == 1 {
+        let d = qh.len() - 1;
+        let r = &kt[d * len + base..][..C];
+        for i in 0..C {
+            a0[i] = qh[d].mul_add(r[i], a0[i]);
+        }
+    }
+    for i in 0..C {
+        chunk[i] = (a0[i] + a1[i]) * scale;
+    }
+}
+
+/// The values of one KV head of one layer's cache: slot `s`'s value is
+/// `v[s · stride + off..][..head_dim]` (the keys are read laid out, see [`KeysT`]).
 #[derive(Clone, Copy)]
 struct KvHead<'a> {
-    k: &'a [f32],
     v: &'a [f32],
     stride: usize,
     off: usize,
 }
 
-simd_kernel! {
-    /// One query row `qh` of one head against the cached positions `slots` of its KV head:
-    /// `o = softmax(scale · q·K) · V`, using `scores` as scratch.
-    fn attend(qh: &[f32], slots: &[usize], head: KvHead<'_>, scale: f32, scores: &mut Vec<f32>, o: &mut [f32]) {
-        // Plain loops, no closures: a closure would not be inlined into the AVX-512 copy.
-        let hd = qh.len();
-        scores.clear();
-        for &s in slots {
-            let b = s * head.stride + head.off;
-            scores.push(dot(qh, &head.k[b..b + hd]) * scale);
-        }
-        softmax_v(slots, head, scores, o);
-    }
-}
-
 /// `o = softmax(scores) · V` over the values of `slots`; `scores` is overwritten. Inlined into
-/// the two kernels above.
+/// the kernel above.
 #[inline(always)]
 fn softmax_v(slots: &[usize], head: KvHead<'_>, scores: &mut [f32], o: &mut [f32]) {
     // The largest score, lane by lane (a select per lane vectorises; `f32::max` does not).
@@ -489,13 +491,14 @@ mod tests {
     use super::*;
     use crate::SeqAttn;
 
-    /// A prefill of 70 rows (keys laid out per head, `attend_t`) and the same rows one by one
-    /// (keys in place, `attend`) against the plain formula, with grouped-query heads, a
-    /// scattered block table and heads of 32, 64 and 128 values.
+    /// A prefill of 70 rows and the same rows one by one against the plain formula, with
+    /// grouped-query heads, a scattered block table and heads of 24, 32, 64 and 128 values; and
+    /// every row bitwise the same whichever way the rows were cut into passes (whole, one by
+    /// one, chunks of mixed sizes as after a cached prefix).
     #[test]
     fn prefill_and_decode_rows_match_the_formula() {
-        // 64 and 128 take the register-held weighted sums, 32 the plain loop.
-        for hd in [32, 64, 128] {
+        // 64 and 128 take the register-held weighted sums, 24 and 32 the plain loop.
+        for hd in [24, 32, 64, 128] {
             rows_match_the_formula(hd);
         }
     }
@@ -548,5 +551,8 @@ mod tests {
                 assert!((a - b).abs() < 1e-5, "head_dim {hd}, {name} at {i}: {a} vs {b}");
             }
         }
+        assert!(prefill == decode, "head_dim {hd}: a prefill's rows differ from the same rows decoded one by one");
+        let chunked = run(&[(0, 32), (32, 3), (35, 17), (52, 18)]);
+        assert!(prefill == chunked, "head_dim {hd}: rows differ when the prompt is cut into other passes");
     }
 }

@@ -605,4 +605,44 @@ mod tests {
             }
         }
     }
+
+    /// The quantised formats' rows through `linear`: bitwise the same alone and in batches of
+    /// every size (across each size at which a kernel used to change), stored and packed, with
+    /// a bias and GELU too. (F32, F16 and BF16 weights are not yet batch-invariant: their kernel
+    /// changes with the number of rows.)
+    #[test]
+    fn quantised_rows_are_the_same_in_any_batch() {
+        use std::sync::Arc;
+        let (n, k) = (100, 96);
+        let wv: Vec<f32> = (0..n * k).map(|i| (((i * 37 + 11) % 101) as f32 - 50.0) / 61.0).collect();
+        let bias = new_f32((0..n).map(|i| i as f32 / 50.0 - 1.0).collect(), vec![n]);
+        let row = |r: usize| (0..k).map(move |c| (((r * 131 + c * 17) % 97) as f32 - 48.0) / 37.0);
+        let lin = |rows: std::ops::Range<usize>, w: &Tensor, b: Option<&Tensor>, gelu: bool| {
+            let m = rows.len();
+            let x: Vec<f32> = rows.flat_map(row).collect();
+            f32_values(&linear(&new_f32(x, vec![m, k]), w, b, gelu).unwrap(), "test").unwrap().to_vec()
+        };
+        for dt in [DType::Q8_0, DType::Q4_1, DType::Q5_0] {
+            let mut bytes = Vec::new();
+            crate::quant::quantize_row(dt, &wv, &mut bytes).unwrap();
+            let host = CpuData::Host(crate::HostBytes::from_vec(bytes.clone()));
+            let mut weights =
+                vec![("stored", Tensor::from_buffer(Arc::new(super::super::CpuBuffer { data: host }), dt, vec![n, k]))];
+            if let Some(p) = crate::quant::PackedWeights::pack(dt, &bytes, n, k) {
+                let buf = Arc::new(super::super::CpuBuffer { data: CpuData::Packed(p) });
+                weights.push(("packed", Tensor::from_buffer(buf, dt, vec![n, k])));
+            }
+            for (how, w) in &weights {
+                for (b, gelu) in [(None, false), (Some(&bias), true)] {
+                    let alone: Vec<Vec<f32>> = (0..3).map(|r| lin(r..r + 1, w, b, gelu)).collect();
+                    for m in [2, 3, 4, 5, 8, 9, 31, 32, 33, 96, 97, 128, 130] {
+                        let got = lin(0..m, w, b, gelu);
+                        for (r, a) in alone.iter().enumerate().take(m) {
+                            assert!(got[r * n..(r + 1) * n] == a[..], "{dt} {how}: row {r} differs in a batch of {m}");
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -18,6 +18,9 @@
 //! see `int8`), the integer products are summed exactly per block and the scales applied in
 //! `f32`. Each activation then carries a rounding error of up to half its block's step
 //! (`max|x| / 254`).
+//! Each activation row is quantised on its own and every kernel sums a row in an order fixed
+//! by the format alone, so a row's result does not depend on the other rows of the matmul
+//! (the one exception is at [`matmul_q8`]).
 //!
 //! `U32` and `I64` are not weight formats. Passing them here is a programming error: debug
 //! builds panic on a `debug_assert!`, release builds return zeros (or `0.0`) so that a bug can
@@ -291,10 +294,11 @@ pub fn vec_dot_q8(dtype: DType, row: &[u8], acts: &Q8Acts, out: &mut [f32]) {
 /// With AVX-512 VNNI the rows go through tiles of four weight rows by up to four activation rows
 /// (`x86::tile`), decoding each weight block once for all of them; elsewhere each row goes
 /// through [`vec_dot_q8`]. Either way a result depends only on its own weight row and
-/// activation row, so it is the same whatever other rows come with them, as long as there are
-/// fewer than [`PANEL_MIN_M`] activation rows. From that many on (prefill), AVX-512 VNNI
-/// re-lays the weights out in panels of 32 rows (`x86::panel`), whose sums run in another order:
-/// the results then agree with the tile kernel's within rounding, not bitwise.
+/// activation row, so it is the same whatever other rows come with them. The one exception:
+/// Q4_K and Q5_K weights with AVX-512 VNNI and at least [`PANEL_MIN_M`] activation rows
+/// (prefill) are re-laid out in panels of 32 rows (`x86::panel`, about three times the prefill
+/// speed), whose sums run in another order: those results agree with the tile kernel's within
+/// rounding, not bitwise.
 ///
 /// Panics unless `w` holds whole rows and `out.len()` is their count times `acts.rows()`.
 pub fn matmul_q8(dtype: DType, w: &[u8], acts: &Q8Acts, out: &mut [f32]) {
@@ -311,7 +315,7 @@ pub fn matmul_q8(dtype: DType, w: &[u8], acts: &Q8Acts, out: &mut [f32]) {
         let rows: Vec<_> = (0..m).map(|i| acts.row(i)).collect();
         // SAFETY: `tile_level()` holds only after detecting AVX-512F/BW/VL/DQ/VNNI, AVX2, FMA
         // and F16C, the features of the tile and panel kernels.
-        if m >= PANEL_MIN_M && unsafe { x86::panel::rows(dtype, w, rb, &rows, out) } {
+        if m >= PANEL_MIN_M && panel_formats(dtype) && unsafe { x86::panel::rows(dtype, w, rb, &rows, out) } {
             return;
         }
         // SAFETY: as above.
@@ -328,9 +332,19 @@ pub fn matmul_q8(dtype: DType, w: &[u8], acts: &Q8Acts, out: &mut [f32]) {
     }
 }
 
-/// From this many activation rows on, [`matmul_q8`] may take the panel kernel (see there): a
-/// caller that wants whole panels gives it chunks of weight rows that are multiples of
-/// [`PANEL_ROWS`]. (Only x86-64 has a panel kernel; elsewhere the chunking is harmless.)
+/// The formats [`matmul_q8`] gives to the panel kernel from [`PANEL_MIN_M`] rows on: Q4_K and
+/// Q5_K. The simple formats are packed at upload where this kernel exists (`packed`), so they
+/// reach [`matmul_q8`] unpacked only on CPUs without it or as unpackable shapes; the tile kernel
+/// then takes every number of rows, and their rows stay the same in any batch.
+#[cfg(target_arch = "x86_64")]
+fn panel_formats(dtype: DType) -> bool {
+    matches!(dtype, DType::Q4K | DType::Q5K)
+}
+
+/// From this many activation rows on, [`matmul_q8`] takes the panel kernel for Q4_K and Q5_K
+/// (see there): a caller that wants whole panels gives it chunks of weight rows that are
+/// multiples of [`PANEL_ROWS`]. (Only x86-64 has a panel kernel; elsewhere the chunking is
+/// harmless.)
 pub const PANEL_MIN_M: usize = 32;
 /// Weight rows per panel of the panel kernel.
 pub const PANEL_ROWS: usize = 32;

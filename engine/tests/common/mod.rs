@@ -10,6 +10,7 @@ use govbox_drivers::cpu::CpuBackend;
 use govbox_engine::{Engine, EngineOptions};
 
 pub mod devices;
+pub mod runs;
 #[allow(unused_imports)]
 pub(crate) use devices::test_device;
 
@@ -78,4 +79,21 @@ pub fn smollm2() -> Option<PathBuf> {
         return None;
     }
     panic!("{} is missing: run scripts/fetch-models.sh smollm2 (or set GOVBOX_SKIP_REAL_MODELS=1)", p.display());
+}
+
+/// A KV pool of `n_blocks` blocks shaped for `model`, on its backend, for driving
+/// `DecoderModel::forward` directly.
+pub fn kv_cache_for(
+    model: &govbox_engine::models::decoder::DecoderModel,
+    n_blocks: usize,
+) -> Box<dyn govbox_drivers::KvCache> {
+    let c = model.config();
+    let spec = govbox_drivers::KvSpec {
+        n_layers: c.n_layers,
+        n_kv_heads: c.n_kv_heads,
+        head_dim: c.head_dim,
+        block_size: govbox_engine::kv::BLOCK_SIZE,
+        n_blocks,
+    };
+    model.backend().new_kv_cache(spec).unwrap()
 }

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Prefill and decode speed of two govbox builds side by side in one run (before/after a kernel
+# change), alternating A and B each round so that both see the same machine load.
+#
+#   bench/ab-model-bench.sh GOVBOX_A GOVBOX_B MODEL.gguf [MODEL.gguf ...]
+#
+# Environment: ROUNDS (default 3), THREADS (default 2), PP (default 512), TG (default 128).
+# Each round runs `govbox model bench -p PP -n TG -r 1` once per binary; the table gives the
+# mean tokens/s over the rounds and B / A. The load average is printed before and after.
+set -euo pipefail
+[ $# -ge 3 ] || { sed -n 2,9p "$0" >&2; exit 2; }
+a=$1 b=$2; shift 2
+rounds=${ROUNDS:-3} threads=${THREADS:-2} pp=${PP:-512} tg=${TG:-128}
+echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+for m in "$@"; do
+  pa=() pb=() ta=() tb=()
+  for _ in $(seq "$rounds"); do
+    for side in a b; do
+      bin=$a; [ $side = b ] && bin=$b
+      out=$("$bin" model bench --model "$m" --threads "$threads" -p "$pp" -n "$tg" -r 1 --kv-tokens 1024)
+      p=$(sed -E 's/.*"pp":\{[^}]*"mean_tps":([0-9.e+-]+).*/\1/' <<<"$out")
+      t=$(sed -E 's/.*"tg":\{[^}]*"mean_tps":([0-9.e+-]+).*/\1/' <<<"$out")
+      if [ $side = a ]; then pa+=("$p"); ta+=("$t"); else pb+=("$p"); tb+=("$t"); fi
+    done
+  done
+  awk -v name="$(basename "$m")" -v pa="${pa[*]}" -v pb="${pb[*]}" -v ta="${ta[*]}" -v tb="${tb[*]}" -v pp="$pp" -v tg="$tg" '
+    function mean(s,  n, v, i, t) { n = split(s, v, " "); t = 0; for (i = 1; i <= n; i++) t += v[i]; return t / n }
+    BEGIN {
+      printf "%s\n  pp%d tokens/s  A %8.1f  B %8.1f  B/A %.3f   (rounds A: %s; B: %s)\n", name, pp, mean(pa), mean(pb), mean(pb) / mean(pa), pa, pb
+      printf "  tg%d tokens/s  A %8.1f  B %8.1f  B/A %.3f   (rounds A: %s; B: %s)\n", tg, mean(ta), mean(tb), mean(tb) / mean(ta), ta, tb
+    }'
+done
+echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
