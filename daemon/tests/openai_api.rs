@@ -213,7 +213,9 @@ async fn errors_have_openais_shape_and_status() {
     // is one, and the body is never echoed.
     for (body, code, param) in [
         (format!("{{\"model\": \"tiny\", \"messages\": [{marker}"), "invalid_json", Value::Null),
-        (format!("{{\"model\": 5, \"messages\": \"{marker}\"}}"), "invalid_type", json!("messages")),
+        // Both fields are wrong: the first in the body's order is named.
+        (format!("{{\"model\": 5, \"messages\": \"{marker}\"}}"), "invalid_type", json!("model")),
+        (format!("{{\"model\": \"tiny\", \"messages\": \"{marker}\"}}"), "invalid_type", json!("messages")),
     ] {
         let r = d.send(&c, "POST", "/v1/chat/completions", Some(body.into_bytes())).await.unwrap();
         assert_eq!((r.status, r.error_code().as_str()), (400, code));
