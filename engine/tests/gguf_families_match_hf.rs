@@ -153,7 +153,10 @@ fn convert(name: &str) -> std::path::PathBuf {
             }
         }
     }
-    let path = std::env::temp_dir().join(format!("govbox-{name}-{}.gguf", std::process::id()));
+    // One file per call: the CPU and simulator variants of a test run at once in this process.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("govbox-{name}-{}-{n}.gguf", std::process::id()));
     std::fs::write(&path, w.to_bytes()).unwrap();
     path
 }
