@@ -7,7 +7,8 @@
 //! library it started with. Which library applies is `[policy] default` (see
 //! [`crate::config::PolicyConfig`]); `off` is an explicit choice, recorded at every start.
 //!
-//! A refused question gets 400 `content_filter` with the category's refusal text. An answer is
+//! A refused question gets 400 `content_filter` with the category's refusal text. Embedding
+//! and rerank inputs are checked the same way when the library's `apply_to` lists them. An answer is
 //! filtered by [`govbox_policy::StreamFilter`], which holds back only the longest pattern less
 //! one character: when a refusing rule hits, the generation is stopped, the answer ends with the
 //! category's refusal and `finish_reason: "content_filter"`; a replacing rule's match is
@@ -15,14 +16,17 @@
 //! rule, library digest; never the text), durable before the client sees its effect, and counted
 //! in `govbox_policy_verdicts_total{category,stage,action}`.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use govbox_audit::Event;
+use govbox_engine::embed::EmbedInput;
+use govbox_engine::tokenizer::Tokenizer;
 use govbox_engine::{FinishReason, Usage};
 use govbox_images::ModelStore;
-use govbox_policy::{Action, Policy, StreamFilter, Verdict};
+use govbox_policy::{Action, Policy, StreamFilter, Surface, Verdict};
 use govbox_provisioning::{ClientRecord, StatePaths};
 use tokio::sync::mpsc;
 
@@ -173,20 +177,77 @@ pub async fn check_input(
     param: &'static str,
     texts: &[&str],
 ) -> Result<Option<Arc<ServedPolicy>>, ApiError> {
-    // The client's own library (`client add --policy`), else the box default.
+    let Some(served) = served_for(state, client)? else { return Ok(None) };
+    let fields: Vec<(&'static str, &str)> = texts.iter().map(|t| (param, *t)).collect();
+    refuse_hits(state, record, &client.name, &served, &fields).await?;
+    Ok(Some(served))
+}
+
+/// Checks the inputs of `/v1/embeddings` when the library that applies lists `embeddings` in
+/// its `apply_to`. Token-id inputs are checked as the text they decode to, so that ids cannot
+/// carry a keyword past the filter.
+pub async fn check_embedding_input<'a>(
+    state: &Arc<AppState>,
+    record: &RequestRecord,
+    client: &ClientRecord,
+    tokenizer: &Tokenizer,
+    inputs: impl Iterator<Item = EmbedInput<'a>>,
+) -> Result<(), ApiError> {
+    let Some(served) = served_for(state, client)?.filter(|s| s.policy.applies_to(Surface::Embeddings)) else {
+        return Ok(());
+    };
+    let texts = inputs
+        .map(|i| match i {
+            EmbedInput::Text(t) => Ok(Cow::Borrowed(t)),
+            EmbedInput::Tokens(ids) => tokenizer.decode(ids, false).map(Cow::Owned),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let fields: Vec<(&'static str, &str)> = texts.iter().map(|t| ("input", t.as_ref())).collect();
+    refuse_hits(state, record, &client.name, &served, &fields).await
+}
+
+/// Checks the query and documents of `/v1/rerank` when the library that applies lists `rerank`
+/// in its `apply_to`.
+pub async fn check_rerank_input<'a>(
+    state: &Arc<AppState>,
+    record: &RequestRecord,
+    client: &ClientRecord,
+    query: &str,
+    documents: impl Iterator<Item = &'a str>,
+) -> Result<(), ApiError> {
+    let Some(served) = served_for(state, client)?.filter(|s| s.policy.applies_to(Surface::Rerank)) else {
+        return Ok(());
+    };
+    let fields: Vec<(&'static str, &str)> =
+        std::iter::once(("query", query)).chain(documents.map(|d| ("documents", d))).collect();
+    refuse_hits(state, record, &client.name, &served, &fields).await
+}
+
+/// The library that applies to `client`: its own (`client add --policy`), else the box default.
+fn served_for(state: &AppState, client: &ClientRecord) -> Result<Option<Arc<ServedPolicy>>, ApiError> {
     let wanted = client.policy.as_deref().unwrap_or(&state.config.policy.default);
-    let Some(served) = state.policies.choose(wanted)? else { return Ok(None) };
-    let client = client.name.as_str();
-    for text in texts {
+    state.policies.choose(wanted)
+}
+
+/// Refuses the request at the first field whose text a refusing category hits, after recording
+/// the verdict.
+async fn refuse_hits(
+    state: &Arc<AppState>,
+    record: &RequestRecord,
+    client: &str,
+    served: &ServedPolicy,
+    fields: &[(&'static str, &str)],
+) -> Result<(), ApiError> {
+    for &(param, text) in fields {
         if let Some(hit) = served.policy.check_input(text) {
             let verdict = Verdict::of(&served.policy, &hit);
-            record_verdict(state, &record.id, client, &served, &verdict, "input").await;
+            record_verdict(state, &record.id, client, served, &verdict, "input").await;
             record.set_outcome("content_filter");
             let refusal = served.policy.category_of(&hit).refusal.clone();
             return Err(ApiError::ContentFiltered { param, refusal });
         }
     }
-    Ok(Some(served))
+    Ok(())
 }
 
 /// Puts the answer's events through the library's streaming filter (no change without one).

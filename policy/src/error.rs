@@ -69,6 +69,14 @@ pub enum PolicyError {
         /// The cap.
         limit: usize,
     },
+    /// A bank question, or its result, does not fit the library.
+    #[error("test bank: question '{id}': {reason}")]
+    Bank {
+        /// The question's id.
+        id: String,
+        /// Why.
+        reason: String,
+    },
     /// The multi-pattern automaton could not be built.
     #[error("policy library: building the keyword automaton: {0}")]
     Automaton(String),
@@ -88,6 +96,7 @@ impl PolicyError {
             PolicyError::Field { .. } => "policy_field",
             PolicyError::Line { .. } => "policy_line",
             PolicyError::Limit { .. } => "policy_limit",
+            PolicyError::Bank { .. } => "policy_bank",
             PolicyError::Automaton(_) => "policy_automaton",
         }
     }

@@ -13,6 +13,7 @@
 //! version = "2026.12.1"
 //! exceptions = ["lists/exceptions.txt"]
 //! banks = ["banks/release.jsonl"]
+//! apply_to = ["chat", "completions", "embeddings", "rerank"]  # default: chat and completions
 //! [normalise]
 //! traditional = true
 //! [thresholds]
@@ -50,6 +51,41 @@ pub enum Action {
     Replace,
 }
 
+/// Where a library applies: the API surfaces whose inputs it checks (and, for the generative
+/// ones, whose answers it filters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Surface {
+    /// `/v1/chat/completions`: every message, and the answer as it streams.
+    Chat,
+    /// `/v1/completions`: every prompt and the suffix, and the answer as it streams.
+    Completions,
+    /// `/v1/embeddings`: every input, token-id inputs as the text they decode to.
+    Embeddings,
+    /// `/v1/rerank`: the query and every document.
+    Rerank,
+}
+
+impl Surface {
+    /// Every surface, in the order `policy.toml` names them.
+    pub const ALL: [Surface; 4] = [Surface::Chat, Surface::Completions, Surface::Embeddings, Surface::Rerank];
+
+    /// Its name in `apply_to`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Surface::Chat => "chat",
+            Surface::Completions => "completions",
+            Surface::Embeddings => "embeddings",
+            Surface::Rerank => "rerank",
+        }
+    }
+}
+
+/// `apply_to` when the library does not say: the generative APIs, which must always be filtered.
+fn default_apply_to() -> Vec<String> {
+    vec![Surface::Chat.name().into(), Surface::Completions.name().into()]
+}
+
 /// `policy.toml`, as parsed.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -75,6 +111,11 @@ pub struct PolicyFile {
     /// Files of test questions.
     #[serde(default)]
     pub banks: Vec<String>,
+    /// The API surfaces it applies to (names of [`Surface`]): `chat` and `completions` always
+    /// (GB/T 45654 asks for generated content to be filtered), `embeddings` and `rerank` when the
+    /// library asks for their inputs to be checked too.
+    #[serde(default = "default_apply_to")]
+    pub apply_to: Vec<String>,
     /// The risk categories.
     #[serde(rename = "category")]
     pub categories: Vec<CategoryFile>,
@@ -168,9 +209,19 @@ fn check_fields(p: &PolicyFile, file: &str) -> Result<()> {
         return Err(field(file, "version".into(), "must be 1-64 printable characters"));
     }
     let t = p.thresholds;
-    if !(0.0..=1.0).contains(&t.should_refuse) || !(0.0..=1.0).contains(&t.should_not_refuse) {
-        return Err(field(file, "thresholds".into(), "rates must lie between 0 and 1"));
+    for (name, rate) in [("should_refuse", t.should_refuse), ("should_not_refuse", t.should_not_refuse)] {
+        if !(0.0..=1.0).contains(&rate) {
+            return Err(field(file, format!("thresholds.{name}"), "a rate must lie between 0 and 1 (0.95 is 95 %)"));
+        }
     }
+    if t.should_not_refuse >= t.should_refuse {
+        return Err(field(
+            file,
+            "thresholds".into(),
+            "should_not_refuse must be below should_refuse (a bank cannot tell refusing from answering otherwise)",
+        ));
+    }
+    surfaces(p, file)?;
     if p.categories.is_empty() {
         return Err(field(file, "category".into(), "at least one category is needed"));
     }
@@ -215,6 +266,31 @@ fn check_fields(p: &PolicyFile, file: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `apply_to` as surfaces: known names, each once, `chat` and `completions` among them.
+pub(crate) fn surfaces(p: &PolicyFile, file: &str) -> Result<Vec<Surface>> {
+    let mut out: Vec<Surface> = Vec::new();
+    for (i, name) in p.apply_to.iter().enumerate() {
+        let Some(s) = Surface::ALL.into_iter().find(|s| s.name() == name) else {
+            return Err(field(file, format!("apply_to[{i}]"), "must be one of chat, completions, embeddings, rerank"));
+        };
+        if out.contains(&s) {
+            return Err(field(file, format!("apply_to[{i}]"), "names a surface twice"));
+        }
+        out.push(s);
+    }
+    for required in [Surface::Chat, Surface::Completions] {
+        if !out.contains(&required) {
+            return Err(field(
+                file,
+                "apply_to".into(),
+                "must list chat and completions: generated content is always filtered",
+            ));
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// A file's bytes as text: at most `limit` bytes of UTF-8.
@@ -294,6 +370,7 @@ mod tests {
         let p = parse_policy_toml(MINIMAL.as_bytes(), "policy.toml");
         let Ok(p) = p else { panic!("{p:?}") };
         assert_eq!(p.thresholds, Thresholds::default());
+        assert_eq!(surfaces(&p, "policy.toml").ok(), Some(vec![Surface::Chat, Surface::Completions]));
         assert!(p.normalise.separators && !p.normalise.traditional);
     }
 
@@ -307,7 +384,30 @@ mod tests {
             (format!("{MINIMAL}colour = 1\n"), "unknown field"),
             (
                 MINIMAL.replace("version = \"1\"\n", "version = \"1\"\nthresholds = { should_refuse = 2.0 }\n"),
-                "thresholds",
+                "thresholds.should_refuse",
+            ),
+            (
+                MINIMAL.replace("version = \"1\"\n", "version = \"1\"\nthresholds = { should_not_refuse = nan }\n"),
+                "thresholds.should_not_refuse",
+            ),
+            (
+                MINIMAL.replace(
+                    "version = \"1\"\n",
+                    "version = \"1\"\nthresholds = { should_refuse = 0.5, should_not_refuse = 0.6 }\n",
+                ),
+                "must be below should_refuse",
+            ),
+            (
+                MINIMAL.replace(
+                    "version = \"1\"\n",
+                    "version = \"1\"\napply_to = [\"chat\", \"completions\", \"embedding\"]\n",
+                ),
+                "apply_to[2]",
+            ),
+            (MINIMAL.replace("version = \"1\"\n", "version = \"1\"\napply_to = [\"chat\", \"chat\"]\n"), "apply_to[1]"),
+            (
+                MINIMAL.replace("version = \"1\"\n", "version = \"1\"\napply_to = [\"chat\", \"rerank\"]\n"),
+                "field 'apply_to': must list chat and completions",
             ),
         ];
         for (text, want) in cases {

@@ -18,6 +18,7 @@
 
 pub mod bank;
 mod error;
+pub mod eval;
 pub mod format;
 mod matcher;
 mod normalise;
@@ -25,7 +26,7 @@ mod stream;
 mod tables;
 
 pub use error::{PolicyError, Result};
-pub use format::{Action, PolicyFile, Thresholds, parse_list, parse_policy_toml};
+pub use format::{Action, PolicyFile, Surface, Thresholds, parse_list, parse_policy_toml};
 pub use matcher::{Category, Hit, MAX_PATTERNS, MAX_WORD_CHARS, MAX_WORDS, Policy};
 pub use normalise::{NormaliseOptions, Normaliser};
 pub use stream::{Released, StreamFilter, Verdict};

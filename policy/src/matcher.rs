@@ -11,7 +11,7 @@ use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use regex::{Regex, RegexBuilder};
 
 use crate::error::{PolicyError, Result};
-use crate::format::{Action, ListEntry, PolicyFile, Thresholds, parse_list, parse_policy_toml};
+use crate::format::{Action, ListEntry, PolicyFile, Surface, Thresholds, parse_list, parse_policy_toml, surfaces};
 use crate::normalise::Normaliser;
 
 /// At most this many keywords and exceptions together.
@@ -75,6 +75,7 @@ pub struct Policy {
     description: String,
     thresholds: Thresholds,
     banks: Vec<String>,
+    apply_to: Vec<Surface>,
     normaliser: Normaliser,
     categories: Vec<Category>,
     rules: Vec<Rule>,
@@ -102,6 +103,7 @@ impl Policy {
 
     /// Compiles a parsed `policy.toml`, reading the lists it names through `read`.
     pub fn compile(file: PolicyFile, read: &mut dyn FnMut(&str) -> Result<Vec<u8>>) -> Result<Policy> {
+        let apply_to = surfaces(&file, "policy.toml")?;
         let normaliser = Normaliser::new(file.normalise.clone()).map_err(|bad| PolicyError::Field {
             file: "policy.toml".into(),
             field: "normalise.map".into(),
@@ -148,6 +150,7 @@ impl Policy {
             description: file.description,
             thresholds: file.thresholds,
             banks: file.banks,
+            apply_to,
             normaliser,
             categories,
             keyword_count,
@@ -178,6 +181,10 @@ impl Policy {
     /// The bank files it names, relative to its folder.
     pub fn banks(&self) -> &[String] {
         &self.banks
+    }
+    /// Whether it applies to `surface` (`apply_to`).
+    pub fn applies_to(&self, surface: Surface) -> bool {
+        self.apply_to.contains(&surface)
     }
     /// Its categories, in file order.
     pub fn categories(&self) -> &[Category] {

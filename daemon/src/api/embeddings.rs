@@ -135,6 +135,8 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
     let encoding = req.encoding_format;
     let opts = EmbedOptions { truncate: req.truncate, dimensions: req.dimensions };
     let all = inputs(req.input)?;
+    let (engine, given) = (&model.engine, all.iter().map(Owned::as_input));
+    crate::policy::check_embedding_input(&state, &call.record, &client, engine.tokenizer(), given).await?;
     let prompt = match all.as_slice() {
         [Owned::Text(one)] => one.as_bytes().to_vec(),
         many => serde_json::to_vec(many).map_err(|e| ApiError::Internal(format!("encoding the input: {e}")))?,

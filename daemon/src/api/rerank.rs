@@ -125,6 +125,14 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
     }
     auth::authorise(&state, &client, &model)?;
     validate(&req)?;
+    crate::policy::check_rerank_input(
+        &state,
+        &call.record,
+        &client,
+        &req.query,
+        req.documents.iter().map(Document::text),
+    )
+    .await?;
     audit_request(&state, &call.record, &client.name, &model, &audited_bytes(&req)?).await?;
 
     // A pair's tokens are unknown until it is tokenised: one per byte of query and document,
