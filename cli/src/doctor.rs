@@ -446,7 +446,8 @@ fn trust_root(paths: &StatePaths, now: OffsetDateTime) -> Check {
     }
 }
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
+/// Bytes from hex (either case), or `None`.
+pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
     }

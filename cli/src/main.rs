@@ -8,10 +8,12 @@ mod attest;
 mod audit;
 mod client;
 mod doctor;
+mod https;
 mod keys;
 mod model;
 mod package;
 mod policy;
+mod policy_eval;
 mod provision;
 mod status;
 mod store;
@@ -74,7 +76,8 @@ enum Command {
     /// Renew the HTTPS server certificate (same CA, new key); a running govboxd serves it with no restart.
     #[command(subcommand)]
     Tls(tls::TlsCommand),
-    /// Content-safety libraries: build, verify, import, activate, roll back and list signed policy packages.
+    /// Content-safety libraries: build, verify, import, activate, roll back and list signed policy
+    /// packages; run a test bank through the box (eval) and verify its signed report.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
     /// Build signed update bundles; apply, inspect and roll back govbox updates (A/B slots).
@@ -99,7 +102,7 @@ fn main() -> ExitCode {
         Command::Doctor(a) => doctor::run(cli.state.as_deref(), &socket, a),
         Command::Tls(c) => done(tls::run(cli.state.as_deref(), &socket, c)),
         Command::Update(c) => done(update::run(&socket, c)),
-        Command::Policy(c) => done(policy::run(cli.state.as_deref(), &socket, c)),
+        Command::Policy(c) => policy::run(cli.state.as_deref(), &socket, c),
     };
     match r {
         Ok(code) => code,

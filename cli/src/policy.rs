@@ -5,9 +5,11 @@
 //! and signs it; `verify` checks a package offline. `import`, `activate`, `rollback` and `list`
 //! go through govboxd's admin socket while it runs, so that the served library changes at once
 //! for new requests; when it does not run they work on `STATE/policies` directly. Every step is
-//! recorded in the audit log, and so is a refused import.
+//! recorded in the audit log, and so is a refused import. `eval` and `eval-verify` (the test
+//! banks through the API, and their signed reports) live in `policy_eval`.
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
@@ -76,15 +78,23 @@ pub enum PolicyCommand {
         /// The library name.
         name: String,
     },
+    /// Run a test bank through a box's API as a client, judge the refusal rates against the
+    /// package's thresholds, and write a signed report (exit 1 when a threshold is missed).
+    Eval(crate::policy_eval::EvalArgs),
+    /// Check a signed eval report offline against its signer's public key, and recount its figures.
+    EvalVerify(crate::policy_eval::EvalVerifyArgs),
 }
 
 /// Runs one `govbox policy` command.
-pub fn run(state: Option<&Path>, socket: &Path, cmd: PolicyCommand) -> Result<()> {
+pub fn run(state: Option<&Path>, socket: &Path, cmd: PolicyCommand) -> Result<ExitCode> {
     let request = match &cmd {
-        PolicyCommand::Build(a) => return build(a),
+        PolicyCommand::Eval(a) => return crate::policy_eval::eval(state, a),
+        PolicyCommand::EvalVerify(a) => return crate::policy_eval::verify(a),
+        PolicyCommand::Build(a) => return build(a).map(|()| ExitCode::SUCCESS),
         PolicyCommand::Verify { file, trust } => {
             let args = VerifyArgs { file: file.clone(), trust: trust.clone(), key: None, role: RoleArg::Policy };
-            return crate::package::run(state, crate::package::PackageCommand::Verify(args));
+            return crate::package::run(state, crate::package::PackageCommand::Verify(args))
+                .map(|()| ExitCode::SUCCESS);
         }
         PolicyCommand::Import { file, activate } => {
             let abs = std::path::absolute(file).with_context(|| format!("resolving {}", file.display()))?;
@@ -103,7 +113,7 @@ pub fn run(state: Option<&Path>, socket: &Path, cmd: PolicyCommand) -> Result<()
         Err(_) => offline(&state_dir(state), &cmd)?,
     };
     print_answer(&cmd, &answer);
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn build(a: &BuildArgs) -> Result<()> {
@@ -160,7 +170,10 @@ fn print_answer(cmd: &PolicyCommand, a: &Value) {
         PolicyCommand::Activate { .. } | PolicyCommand::Rollback { .. } => {
             println!("{}: now {} ({})", s(&a["name"]), s(&a["version"]), s(&a["digest"]));
         }
-        PolicyCommand::Build(_) | PolicyCommand::Verify { .. } => {}
+        PolicyCommand::Build(_)
+        | PolicyCommand::Verify { .. }
+        | PolicyCommand::Eval(_)
+        | PolicyCommand::EvalVerify(_) => {}
     }
 }
 
@@ -221,7 +234,10 @@ fn offline(state: &Path, cmd: &PolicyCommand) -> Result<Value> {
             let v = store.rollback(name)?;
             switched(&store, &paths, name, &v, PackageAction::RolledBack)
         }
-        PolicyCommand::Build(_) | PolicyCommand::Verify { .. } => unreachable!("handled before"),
+        PolicyCommand::Build(_)
+        | PolicyCommand::Verify { .. }
+        | PolicyCommand::Eval(_)
+        | PolicyCommand::EvalVerify(_) => unreachable!("handled before"),
     }
 }
 

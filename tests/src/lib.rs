@@ -85,6 +85,12 @@ impl TestBox {
 
     /// A provisioned box with its client and keys, but no model imported.
     pub fn provisioned(tag: &str) -> Self {
+        Self::provisioned_with(tag, "root,updates")
+    }
+
+    /// [`TestBox::provisioned`] with `updates_roles` held by the third key (e.g. with `policy`
+    /// too, for policy packages signed by `keys/updates.key`).
+    pub fn provisioned_with(tag: &str, updates_roles: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("govbox-e2e-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("keys")).unwrap();
@@ -105,7 +111,7 @@ impl TestBox {
                 "--trust-key",
                 &spec("models", "models1.pub"),
                 "--trust-key",
-                &spec("root,updates", "updates.pub"),
+                &spec(updates_roles, "updates.pub"),
                 "--threshold",
                 "models:2",
             ],
