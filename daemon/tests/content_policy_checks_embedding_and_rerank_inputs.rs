@@ -82,7 +82,9 @@ async fn embedding_and_rerank_inputs_are_checked_when_the_library_asks() {
         assert_eq!(r.json()["error"]["message"], REFUSAL);
         assert_eq!(r.json()["error"]["param"], *param);
     }
-    for (path, body) in [("/v1/embeddings", embed(json!("公司的矛盾"))), ("/v1/rerank", rerank("政府服务", &["城市环境"]))] {
+    for (path, body) in
+        [("/v1/embeddings", embed(json!("公司的矛盾"))), ("/v1/rerank", rerank("政府服务", &["城市环境"]))]
+    {
         let r = d.post(&app, path, &body).await;
         assert_eq!(r.status, 200, "{path}: {}", r.text());
     }
