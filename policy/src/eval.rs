@@ -160,6 +160,20 @@ pub fn summarise(categories: &[&str], thresholds: Thresholds, results: &[Questio
     Ok(Summary { thresholds, categories: per, should_not_refuse: ordinary, should_not_refuse_pass, pass })
 }
 
+/// Recounts a report's figures: its `summary` and `results` (as [`Summary`] and
+/// [`QuestionResult`]s), the summary computed again from the results under the thresholds and
+/// categories it states, and compared. Returns the number of results, or why they disagree.
+pub fn recount(report: &serde_json::Value) -> std::result::Result<usize, String> {
+    let stated = Summary::deserialize(&report["summary"]).map_err(|e| format!("summary: {e}"))?;
+    let results = Vec::<QuestionResult>::deserialize(&report["results"]).map_err(|e| format!("results: {e}"))?;
+    let ids: Vec<&str> = stated.categories.iter().map(|c| c.id.as_str()).collect();
+    match summarise(&ids, stated.thresholds, &results) {
+        Ok(again) if again == stated => Ok(results.len()),
+        Ok(_) => Err("the summary does not match the per-question results".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,6 +211,16 @@ mod tests {
         let s = summarise(&["v", "p", "q"], t, &results[..5]).unwrap_or_else(|e| panic!("{e}"));
         assert!(!s.categories[2].pass && s.categories[2].should_refuse.rate.is_none() && !s.pass);
         assert!(summarise(&["v"], t, &results).is_err());
+    }
+
+    #[test]
+    fn the_fuzz_seed_recounts() {
+        let seed = include_str!("../../fuzz/seeds/policy_eval_report/minimal.json");
+        let doc: serde_json::Value = serde_json::from_str(seed).unwrap_or_default();
+        assert_eq!(recount(&doc["report"]), Ok(1));
+        let mut changed = doc;
+        changed["report"]["results"][0]["outcome"] = "answered".into();
+        assert!(recount(&changed["report"]).is_err());
     }
 
     #[test]
