@@ -3,12 +3,13 @@
 #   BUILD=0 skips `cargo build --release`; BIN_DIR (default target/release) holds the binaries.
 
 # Builds (unless BUILD=0), provisions a state in a temporary folder and adds a token client.
-# Sets: govboxd, gguf, work, state, token; stops govboxd and removes $work on exit.
+# BENCH_ROLES (e.g. root,models,updates,policy) gives the vendor key those roles.
+# Sets: govbox, govboxd, gguf, work, state, token; stops govboxd and removes $work on exit.
 bench_setup() {
   local target_dir=${CARGO_TARGET_DIR:-target}
   if [ "${BUILD:-1}" = 1 ]; then cargo build --release -q -p govbox-cli -p govbox-daemon; fi
   local bin_dir=${BIN_DIR:-$target_dir/release}
-  local govbox=$bin_dir/govbox
+  govbox=$bin_dir/govbox
   govboxd=$bin_dir/govboxd
   gguf=$(scripts/fetch-models.sh smollm2)
   work=$(mktemp -d)
@@ -16,7 +17,7 @@ bench_setup() {
   trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
   state=$work/state
   "$govbox" keygen --out "$work/v.key" --pub "$work/v.pub" >/dev/null
-  "$govbox" --state "$state" provision --hostname bench --trust-key "$work/v.pub" >/dev/null
+  "$govbox" --state "$state" provision --hostname bench --trust-key "${BENCH_ROLES:+$BENCH_ROLES:}$work/v.pub" >/dev/null
   # --rpm: the benches send far more than [serving] default_client_rpm allows.
   token=$("$govbox" --state "$state" client add bench --models all --rpm 100000000 --token --cert-out "$work/c" 2>/dev/null |
     grep -o 'gbx_[A-Za-z0-9_-]*')

@@ -7,7 +7,7 @@
 #    with filtering off (the policy crate's example filter_bench; one JSON line).
 # 2. serve: govboxd serving SmolLM2-135M (bench/govboxd-lib.sh) with a signed policy package of
 #    12,000 generated keywords imported, asked by two clients of the same process in alternation:
-#    `filtered` (the box default: the library) and `off` (`client add --policy off`). Decode
+#    `bench` (the box default: the library) and `unfiltered` (`client add --policy off`). Decode
 #    tokens/s of streamed answers (ROUNDS rounds of TOKENS tokens, ignore_eos), and the latency of
 #    a one-token request whose four messages hold 2,000 characters (REQUESTS each). Prints the
 #    medians, the filtered/off ratios, and one JSON line.
@@ -27,25 +27,11 @@ fi
 [ "$part" = serve ] || [ "$part" = all ] || exit 0
 
 . bench/govboxd-lib.sh
-target_dir=${CARGO_TARGET_DIR:-target}
-if [ "${BUILD:-1}" = 1 ]; then cargo build --release -q -p govbox-cli -p govbox-daemon; fi
-bin_dir=${BIN_DIR:-$target_dir/release}
-govbox=$bin_dir/govbox
-govboxd=$bin_dir/govboxd
-gguf=$(scripts/fetch-models.sh smollm2)
-work=$(mktemp -d)
-pid=
-trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
-state=$work/state
-"$govbox" keygen --out "$work/v.key" --pub "$work/v.pub" >/dev/null
-"$govbox" keygen --out "$work/p.key" --pub "$work/p.pub" >/dev/null
-"$govbox" --state "$state" provision --hostname bench --trust-key "$work/v.pub" --trust-key "policy:$work/p.pub" >/dev/null
-add_client() {
-  "$govbox" --state "$state" client add "$1" --models all --rpm 100000000 --token --cert-out "$work/c-$1" "${@:2}" 2>/dev/null |
-    grep -o 'gbx_[A-Za-z0-9_-]*'
-}
-token_filtered=$(add_client filtered)
-token_off=$(add_client unfiltered --policy off)
+BENCH_ROLES=root,models,updates,policy bench_setup
+# `bench` (bench_setup's client) gets the box default, the library; `unfiltered` none.
+token_filtered=$token
+token_off=$("$govbox" --state "$state" client add unfiltered --models all --rpm 100000000 --token --policy off \
+  --cert-out "$work/c-off" 2>/dev/null | grep -o 'gbx_[A-Za-z0-9_-]*')
 
 # The library: 12,000 keywords of two to four CJK characters (seeded), traditional folding on.
 mkdir -p "$work/lib/lists"
@@ -60,7 +46,7 @@ open(f"{sys.argv[1]}/policy.toml", "w").write(
     '[[category]]\nid = "c"\naction = "refuse"\nrefusal = "no"\nkeywords = ["lists/kw.txt"]\n'
     'patterns = [{ id = "p", regex = "qq[0-9]{5,9}zz" }]\n')
 PY
-"$govbox" policy build "$work/lib" --sign "$work/p.key" -o "$work/bench.gbp" | sed -n 3p
+"$govbox" policy build "$work/lib" --sign "$work/v.key" -o "$work/bench.gbp" | sed -n 3p
 "$govbox" --state "$state" policy import "$work/bench.gbp" >/dev/null
 
 bench_start ""
@@ -104,7 +90,7 @@ med = {k: statistics.median(v) for k, v in tps.items()}
 lat = {k: statistics.median(v) for k, v in ms.items()}
 print(f"decode tokens/s (median of {rounds}, {tokens} tokens a stream): filtered {med['filtered']:.1f}, "
       f"off {med['off']:.1f}, filtered/off {med['filtered'] / med['off']:.4f} "
-      f"(decode time +{(med['off'] / med['filtered'] - 1) * 100:.2f} %)")
+      f"(decode time {(med['off'] / med['filtered'] - 1) * 100:+.2f} %)")
 print(f"one-token request, 2,000 characters in 4 messages (median of {requests}): filtered {lat['filtered']:.2f} ms, "
       f"off {lat['off']:.2f} ms, difference {lat['filtered'] - lat['off']:+.2f} ms")
 print(json.dumps({"keywords": 12000, "decode_tps": tps, "request_ms": ms, "median_tps": med, "median_request_ms": lat}))
