@@ -18,6 +18,7 @@ pub mod weights;
 
 pub use error::{EngineError, Result};
 pub use mmap::{MappedFile, copy_model_files};
+pub mod batcher;
 pub mod causal;
 pub mod config;
 pub mod constraint;

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use govbox_drivers::{Backend, DType, HostBytes, Tensor};
 use serde_json::Value;
 
+use crate::batcher::{BatchStats, Batcher, Pause};
 use crate::embed::EmbedInputError;
 use crate::models::bert::{BertConfig, BertModel, EncoderFamily};
 use crate::rerank_yesno::YesNoReranker;
@@ -68,9 +69,18 @@ enum Scorer {
     YesNo(Box<YesNoReranker>),
 }
 
+/// Most query–document pairs one batch of concurrent requests carries (a request with more runs
+/// alone): enough to fill the encoder's length-sorted sub-batches several times over.
+pub const MAX_BATCH_PAIRS: usize = 256;
+
+/// One encoded pair: token ids and segment ids.
+pub type PairIds = (Vec<u32>, Vec<u32>);
+
 /// A loaded reranker: a cross-encoder or a yes/no causal LM.
 pub struct RerankModel {
     scorer: Scorer,
+    /// Pairs of concurrent [`score`](RerankModel::score) calls, run together.
+    batcher: Batcher<PairIds, f32>,
     tokenizer: crate::tokenizer::Tokenizer,
     max_tokens: usize,
 }
@@ -147,7 +157,7 @@ impl RerankModel {
         };
         let bert = BertModel::load(cfg, &weights, backend)?;
         let scorer = Scorer::Cross(Box::new(Cross { bert, whole, cutting, head }));
-        Ok(Self { scorer, tokenizer, max_tokens })
+        Ok(Self { scorer, tokenizer, max_tokens, batcher: Batcher::new(MAX_BATCH_PAIRS) })
     }
 
     /// Loads a HF causal-LM folder as a Qwen3-Reranker-style yes/no reranker (see
@@ -155,7 +165,8 @@ impl RerankModel {
     pub fn load_yes_no(dir: &Path, backend: Arc<dyn Backend>, kv_tokens: usize) -> Result<Self> {
         let y = YesNoReranker::load(dir, backend, kv_tokens)?;
         let tokenizer = crate::tokenizer::Tokenizer::from_hf_dir(dir)?;
-        Ok(Self { max_tokens: y.max_tokens(), scorer: Scorer::YesNo(Box::new(y)), tokenizer })
+        let max_tokens = y.max_tokens();
+        Ok(Self { max_tokens, scorer: Scorer::YesNo(Box::new(y)), tokenizer, batcher: Batcher::new(MAX_BATCH_PAIRS) })
     }
 
     /// Loads `dir` as a reranker: a cross-encoder when its config names one, else a causal LM
@@ -225,17 +236,38 @@ impl RerankModel {
         Ok((enc.get_ids().to_vec(), enc.get_type_ids().to_vec()))
     }
 
-    /// Scores each document against `query`. Pairs are batched by length; each logit equals the
-    /// one the pair gets alone, up to float rounding.
+    /// Scores each document against `query`. The pairs are encoded on the caller's thread, then
+    /// run in one batch with the pairs of whatever other calls are waiting (see `batcher.rs`),
+    /// grouped by length inside it; each logit equals the one the pair gets alone, up to float
+    /// rounding.
     pub fn score(&self, query: &str, documents: &[&str], truncate: bool) -> Result<RerankScores> {
-        let mut ids = Vec::with_capacity(documents.len());
-        let mut types = Vec::with_capacity(documents.len());
-        for (i, d) in documents.iter().enumerate() {
-            let (a, b) = self.encode_pair(query, d, truncate, i)?;
-            ids.push(a);
-            types.push(b);
-        }
-        self.score_ids(&ids, &types)
+        let pairs = documents
+            .iter()
+            .enumerate()
+            .map(|(i, d)| self.encode_pair(query, d, truncate, i))
+            .collect::<Result<Vec<PairIds>>>()?;
+        let token_counts = pairs.iter().map(|(ids, _)| ids.len()).collect();
+        let logits = self.batcher.run(pairs, &|all| {
+            let (ids, types): (Vec<Vec<u32>>, Vec<Vec<u32>>) = all.iter().cloned().unzip();
+            Ok(self.score_ids(&ids, &types)?.logits)
+        })?;
+        Ok(RerankScores { logits, token_counts })
+    }
+
+    /// How [`score`](Self::score) calls have been batched so far.
+    pub fn batch_stats(&self) -> BatchStats {
+        self.batcher.stats()
+    }
+
+    /// Calls of [`score`](Self::score) waiting for their batch.
+    pub fn queued_calls(&self) -> usize {
+        self.batcher.queued()
+    }
+
+    /// Keeps batches from starting until the guard drops; calls made meanwhile run together
+    /// then. For draining, and for tests that need a known batch.
+    pub fn pause_batches(&self) -> Pause<'_, PairIds, f32> {
+        self.batcher.pause()
     }
 
     /// Scores encoded pairs (from [`encode_pair`](Self::encode_pair)), in order.
