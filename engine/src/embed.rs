@@ -32,7 +32,8 @@ use serde_json::Value;
 
 use crate::causal::{CausalRunner, Read};
 pub use crate::embed_config::DECODER_KV_TOKENS;
-use crate::embed_config::{Backbone, Net, Prompts};
+pub use crate::embed_config::Prompts;
+use crate::embed_config::{Backbone, Net};
 use crate::models::bert::{BertConfig, BertModel, EncoderFamily};
 use crate::models::decoder::DecoderModel;
 use crate::weights::{WeightMap, read_small};

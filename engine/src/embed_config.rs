@@ -85,7 +85,7 @@ impl Backbone {
 
 /// `prompts` and `default_prompt_name` of `config_sentence_transformers.json`.
 #[derive(Debug, Default)]
-pub(crate) struct Prompts {
+pub struct Prompts {
     pub(crate) by_name: std::collections::BTreeMap<String, String>,
     default: Option<String>,
 }
@@ -102,7 +102,9 @@ impl Prompts {
         Self::from_json(&v, &path.display().to_string())
     }
 
-    fn from_json(v: &Value, file: &str) -> Result<Self> {
+    /// Parses the file's JSON (`file` names it in errors): `prompts` an object of strings,
+    /// `default_prompt_name` null or one of its keys.
+    pub fn from_json(v: &Value, file: &str) -> Result<Self> {
         let err = |detail: String| EngineError::Config { file: file.to_string(), detail };
         let mut by_name = std::collections::BTreeMap::new();
         match v.get("prompts") {
@@ -124,7 +126,7 @@ impl Prompts {
     }
 
     /// The prompt `name` names, or the default one for `None`.
-    pub(crate) fn get(&self, name: Option<&str>) -> Result<Option<&str>> {
+    pub fn get(&self, name: Option<&str>) -> Result<Option<&str>> {
         let Some(name) = name.or(self.default.as_deref()) else { return Ok(None) };
         match self.by_name.get(name) {
             Some(p) => Ok(Some(p)),

@@ -1,11 +1,14 @@
 //! `POST /v1/rerank` (and `/rerank`): documents ordered by their relevance to a query, scored by
-//! a cross-encoder, in the shape Jina's and Cohere's rerank APIs share and that Dify, LangChain
+//! a cross-encoder or a yes/no causal LM (Qwen3-Reranker, served from a package of kind
+//! `rerank`), in the shape Jina's and Cohere's rerank APIs share and that Dify, LangChain
 //! and LlamaIndex send:
 //! `{model, query, documents: [string | {text}], top_n?, return_documents?}` →
 //! `{id, model, results: [{index, relevance_score, document?: {text}}], usage}`, best first.
 //!
 //! `relevance_score` is `sigmoid(logit)`, what sentence-transformers' `CrossEncoder` reports;
-//! `raw_scores: true` gives the logit itself. A pair longer than the model takes is cut, longest
+//! `raw_scores: true` gives the logit itself (a yes/no reranker's is `logit("yes") -
+//! logit("no")`, so the sigmoid is its probability of "yes"). The engine runs the pairs of
+//! concurrent requests together (`engine/src/batcher.rs`). A pair longer than the model takes is cut, longest
 //! part first, as those APIs do; `truncate: false` refuses it instead, naming the document.
 
 use std::sync::Arc;
@@ -128,7 +131,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
             model: model.name.clone(),
             is: if model.engine.embedding_model().is_some() { "an embedding model" } else { "a chat model" },
             endpoint: "/v1/rerank",
-            needs: "a reranker (a cross-encoder)",
+            needs: "a reranker (a cross-encoder, or a causal LM packaged as kind rerank)",
         });
     }
     auth::authorise(&state, &client, &model)?;
