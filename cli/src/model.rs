@@ -14,7 +14,7 @@ use govbox_engine::chat::ChatMessage;
 use govbox_engine::embed::{EmbedInput, EmbedOptions};
 use govbox_engine::rerank::sigmoid;
 use govbox_engine::sampler::SamplingParams;
-use govbox_engine::{Engine, EngineOptions, Event, GenerateRequest, PrefixCache, Prompt};
+use govbox_engine::{Engine, EngineOptions, Event, GenerateRequest, LoadAs, PrefixCache, Prompt};
 
 /// Where the model is and how to run it.
 #[derive(Args, Debug)]
@@ -108,9 +108,15 @@ pub enum ModelCommand {
         /// Cut texts longer than the model takes instead of refusing them.
         #[arg(long)]
         truncate: bool,
+        /// Put this prompt of the model's `config_sentence_transformers.json` before each text
+        /// (e.g. `query` for Qwen3-Embedding's instruction); without it, the model's default
+        /// prompt, if it names one.
+        #[arg(long)]
+        prompt_name: Option<String>,
     },
-    /// Score documents against a query with a cross-encoder reranker; prints a JSON array of
-    /// `{index, logit, score}` (score = sigmoid(logit)), in document order.
+    /// Score documents against a query with a reranker (a cross-encoder, or a causal LM scored by
+    /// its "yes"/"no" logits like Qwen3-Reranker); prints a JSON array of `{index, logit, score}`
+    /// (score = sigmoid(logit)), in document order.
     Rerank {
         #[command(flatten)]
         m: ModelArgs,
@@ -141,6 +147,10 @@ pub enum ModelCommand {
 }
 
 fn load(m: &ModelArgs) -> Result<(Arc<Engine>, Arc<dyn Backend>)> {
+    load_as(m, LoadAs::Detected)
+}
+
+fn load_as(m: &ModelArgs, what: LoadAs) -> Result<(Arc<Engine>, Arc<dyn Backend>)> {
     let backend: Arc<dyn Backend> = if m.device == govbox_drivers::DeviceSpec::Cpu {
         Arc::new(CpuBackend::new(m.threads)?)
     } else {
@@ -149,8 +159,8 @@ fn load(m: &ModelArgs) -> Result<(Arc<Engine>, Arc<dyn Backend>)> {
             .backend
     };
     let opts = EngineOptions { kv_tokens: m.kv_tokens };
-    let engine =
-        Engine::load(&m.model, backend.clone(), &opts).with_context(|| format!("loading {}", m.model.display()))?;
+    let engine = Engine::load_as(&m.model, backend.clone(), &opts, what)
+        .with_context(|| format!("loading {}", m.model.display()))?;
     Ok((Arc::new(engine), backend))
 }
 
@@ -234,15 +244,21 @@ pub fn run(state: Option<&Path>, socket: &Path, cmd: ModelCommand) -> Result<()>
             write_logits(&out, &logits, ids.len(), vocab)
         }
         ModelCommand::Info { m } => info(&m),
-        ModelCommand::Embed { m, text, truncate } => {
+        ModelCommand::Embed { m, text, truncate, prompt_name } => {
             let (engine, _) = load(&m)?;
+            let model = engine.embedding_model().context("embed needs an embedding model")?;
+            let text = text
+                .iter()
+                .map(|t| Ok(model.prompted(prompt_name.as_deref(), t)?.into_owned()))
+                .collect::<Result<Vec<String>>>()?;
             let inputs: Vec<EmbedInput<'_>> = text.iter().map(|t| EmbedInput::Text(t)).collect();
             let e = engine.embed_inputs(&inputs, EmbedOptions { truncate, dimensions: None })?;
             println!("{}", serde_json::to_string(&e.vectors)?);
             Ok(())
         }
         ModelCommand::Rerank { m, query, docs, no_truncate } => {
-            let (engine, _) = load(&m)?;
+            // A causal LM given here is a yes/no reranker (Qwen3-Reranker).
+            let (engine, _) = load_as(&m, LoadAs::Reranker)?;
             let refs: Vec<&str> = docs.iter().map(String::as_str).collect();
             let s = engine.rerank(&query, &refs, !no_truncate)?;
             let rows: Vec<serde_json::Value> = s
@@ -289,11 +305,13 @@ fn info(m: &ModelArgs) -> Result<()> {
         println!("weights:      {} ({:.1} MiB)", mix.join(", "), d.weight_bytes() as f64 / (1 << 20) as f64);
         println!("parameters:   {:.1} M", d.parameter_count() as f64 / 1e6);
     } else if let Some(e) = engine.embedding_model() {
-        println!("architecture: {:?} encoder (sentence embeddings, {} pooling)", e.family(), e.pooling().name());
+        let what = if e.family().is_some() { "encoder" } else { "decoder without its LM head" };
+        println!("architecture: {} {what} (sentence embeddings, {} pooling)", e.architecture(), e.pooling().name());
         println!("dimension:    {}", e.dim());
         println!("max tokens:   {}", e.max_seq_length());
     } else if let Some(r) = engine.rerank_model() {
-        println!("architecture: {} (cross-encoder reranker)", r.config().architecture);
+        let what = if r.is_yes_no() { "causal LM scored by its yes/no logits" } else { "cross-encoder" };
+        println!("architecture: {} ({what} reranker)", r.architecture());
         println!("max tokens:   {} per query-document pair", r.max_tokens());
     }
     let i = backend.info();

@@ -267,10 +267,18 @@ fn detect(model: &Path) -> Result<ModelMeta> {
     Ok(ModelMeta { kind: ModelKind::Chat, architecture: arch, context_length, dtype })
 }
 
+/// How a model of `kind` is loaded: a `rerank` model may be a causal LM, scored by its yes/no
+/// logits, which only the kind tells from a chat model.
+pub fn load_as(kind: Option<ModelKind>) -> govbox_engine::LoadAs {
+    if kind == Some(ModelKind::Rerank) { govbox_engine::LoadAs::Reranker } else { govbox_engine::LoadAs::Detected }
+}
+
 /// Runs the model on the CPU backend and records its self-test.
 fn record_selftest(model: &Path, kind: ModelKind, threads: usize, tolerance: f32) -> Result<SelfTest> {
     let backend: Arc<dyn Backend> = Arc::new(CpuBackend::new(threads)?);
-    let engine = Engine::load(model, backend, &EngineOptions { kv_tokens: 64 })
+    // A yes/no reranker's pool must hold its prompt; a chat model's self-test reads a few tokens.
+    let kv_tokens = if kind == ModelKind::Rerank { 1024 } else { 64 };
+    let engine = Engine::load_as(model, backend, &EngineOptions { kv_tokens }, load_as(Some(kind)))
         .with_context(|| format!("loading {} for the self-test", model.display()))?;
     match kind {
         ModelKind::Chat => {

@@ -257,7 +257,8 @@ fn import_offline(store: &ModelStore, paths: &StatePaths, file: &Path, activate:
     let secs = t.elapsed().as_secs_f64();
     // Loaded here as govboxd loads it, so that a model it could not serve (an architecture it does
     // not implement, a missing tensor) is refused now rather than at its next start.
-    let engine = match load_cpu(&imported.load_path) {
+    let kind = imported.manifest.model.as_ref().map(|m| m.kind);
+    let engine = match load_cpu(&imported.load_path, kind) {
         Ok(e) => e,
         Err(e) => {
             store.discard(&imported.digest).context("undoing the import of a model that does not load")?;
@@ -290,9 +291,11 @@ fn import_offline(store: &ModelStore, paths: &StatePaths, file: &Path, activate:
     }))
 }
 
-fn load_cpu(load_path: &Path) -> Result<Engine> {
+/// Loads a package's model as its manifest's kind says (a `rerank` causal LM is a yes/no reranker).
+fn load_cpu(load_path: &Path, kind: Option<govbox_images::ModelKind>) -> Result<Engine> {
     let backend = Arc::new(CpuBackend::new(0)?);
-    Ok(Engine::load(load_path, backend, &EngineOptions { kv_tokens: 1024 })?)
+    let what = crate::package::load_as(kind);
+    Ok(Engine::load_as(load_path, backend, &EngineOptions { kv_tokens: 1024 }, what)?)
 }
 
 fn check_selftest(engine: &Engine, test: &SelfTest) -> Result<Value> {

@@ -408,7 +408,7 @@ async fn load_models(state: Arc<AppState>, fatal: mpsc::Sender<DaemonError>) {
             let backend = state.backend.clone();
             let kv = state.config.serving.kv_tokens;
             let t = Instant::now();
-            let job = move || load_model(&entry, ModelSource::DevFolder, backend, kv);
+            let job = move || load_model(&entry, ModelSource::DevFolder, backend, kv, govbox_engine::LoadAs::Detected);
             match tokio::task::spawn_blocking(job).await {
                 Ok(Ok(m)) => {
                     log::warn!(

@@ -58,6 +58,12 @@ pub struct Metrics {
     pub prefix_cache_reused_tokens: Family<[(&'static str, String); 1], Counter>,
     /// `govbox_batch_peak_sequences{model}`: most sequences one forward pass has carried.
     pub batch_peak: Family<[(&'static str, String); 1], Gauge>,
+    /// `govbox_rerank_batches_total{model}`: reranker batches run (each serves one or more
+    /// requests that waited together).
+    pub rerank_batches: Family<[(&'static str, String); 1], Counter>,
+    /// `govbox_rerank_batched_requests_total{model}`: requests those batches served; over
+    /// `govbox_rerank_batches_total`, the requests per batch.
+    pub rerank_batched_requests: Family<[(&'static str, String); 1], Counter>,
     /// `govbox_accelerator_memory_used_bytes`, when the backend reports it.
     pub accelerator_memory: Option<Gauge<u64, AtomicU64>>,
     /// `govbox_accelerator_memory_total_bytes`, when the backend reports it.
@@ -183,6 +189,18 @@ impl Metrics {
             "Most sequences one decoder forward pass has carried (continuous batching)",
             batch_peak.clone(),
         );
+        let rerank_batches = Family::<[(&'static str, String); 1], Counter>::default();
+        registry.register(
+            "govbox_rerank_batches",
+            "Reranker batches run; each carries the query-document pairs of the requests that waited together",
+            rerank_batches.clone(),
+        );
+        let rerank_batched_requests = Family::<[(&'static str, String); 1], Counter>::default();
+        registry.register(
+            "govbox_rerank_batched_requests",
+            "Rerank requests served by those batches",
+            rerank_batched_requests.clone(),
+        );
         let accelerator_memory_total = info.memory_total.filter(|_| info.memory_used.is_some()).map(|total| {
             let g = Gauge::<u64, AtomicU64>::default();
             g.set(total);
@@ -238,6 +256,8 @@ impl Metrics {
             prefix_cache_hits,
             prefix_cache_reused_tokens,
             batch_peak,
+            rerank_batches,
+            rerank_batched_requests,
             accelerator_memory,
             accelerator_memory_total,
             accelerator_temperature,

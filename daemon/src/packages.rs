@@ -341,7 +341,11 @@ fn short(digest: &str) -> &str {
 fn load(state: &AppState, a: &ActiveModel) -> Result<LoadedModel, ServeError> {
     let entry = ModelEntry { name: a.name.clone(), path: a.load_path.clone() };
     let source = ModelSource::Package { version: a.version.clone(), digest: format!("sha256-{}", a.digest) };
-    Ok(load_model(&entry, source, state.backend.clone(), state.config.serving.kv_tokens)?)
+    let what = match a.manifest.model.as_ref().map(|m| m.kind) {
+        Some(govbox_images::ModelKind::Rerank) => govbox_engine::LoadAs::Reranker,
+        _ => govbox_engine::LoadAs::Detected,
+    };
+    Ok(load_model(&entry, source, state.backend.clone(), state.config.serving.kv_tokens, what)?)
 }
 
 fn swap_in(state: &AppState, m: LoadedModel) {

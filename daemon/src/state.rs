@@ -147,14 +147,17 @@ pub enum ModelLoadError {
     },
 }
 
-/// Loads one model (blocking: run it off the async runtime).
+/// Loads one model (blocking: run it off the async runtime). `what` is
+/// [`LoadAs::Reranker`](govbox_engine::LoadAs::Reranker) for a package of kind `rerank`, whose
+/// model may be a causal LM scored by its yes/no logits.
 pub fn load_model(
     entry: &ModelEntry,
     source: ModelSource,
     backend: Arc<dyn Backend>,
     kv_tokens: usize,
+    what: govbox_engine::LoadAs,
 ) -> Result<LoadedModel, ModelLoadError> {
-    let engine = Engine::load(&entry.path, backend, &EngineOptions { kv_tokens })
+    let engine = Engine::load_as(&entry.path, backend, &EngineOptions { kv_tokens }, what)
         .map_err(|source| ModelLoadError::Engine { name: entry.name.clone(), path: entry.path.clone(), source })?;
     let kind = if engine.embedding_model().is_some() {
         ModelKind::Embedding

@@ -12,6 +12,13 @@
 //! MiniLM-style models (mean pooling, then normalisation), BGE-style models (CLS pooling) and
 //! bge-m3 (XLM-RoBERTa, CLS pooling) all load this way.
 //!
+//! A decoder embedder (Qwen3-Embedding: a `…ForCausalLM` config, weights without the LM head)
+//! loads the same way; its encoder is the decoder run without its head
+//! ([`CausalRunner`](crate::causal::CausalRunner)), and it must pool the last token. Prompts
+//! named in `config_sentence_transformers.json` (Qwen3-Embedding's query instruction) are put
+//! before a text when the caller names them, or by default when the file names a
+//! `default_prompt_name` ([`EmbeddingModel::prompted`]).
+//!
 //! An input longer than the model's limit is an error unless the caller asks for truncation
 //! ([`EmbedOptions::truncate`]); [`EmbeddingModel::embed`] truncates, as sentence-transformers
 //! does. A model whose `config.json` lists `matryoshka_dimensions` (it was trained so that a
@@ -23,7 +30,12 @@ use std::sync::Arc;
 use govbox_drivers::Backend;
 use serde_json::Value;
 
+use crate::causal::{CausalRunner, Read};
+pub use crate::embed_config::DECODER_KV_TOKENS;
+pub use crate::embed_config::Prompts;
+use crate::embed_config::{Backbone, Net};
 use crate::models::bert::{BertConfig, BertModel, EncoderFamily};
+use crate::models::decoder::DecoderModel;
 use crate::weights::{WeightMap, read_small};
 use crate::{EngineError, Result};
 
@@ -149,6 +161,14 @@ pub enum EmbedInputError {
         /// The input's position.
         index: usize,
     },
+    /// The prompt name is not one the model defines.
+    #[error("prompt '{name}' is not defined by the model ({known})")]
+    UnknownPrompt {
+        /// The name asked for.
+        name: String,
+        /// The names the model defines, in words.
+        known: String,
+    },
     /// The model was not trained for the asked width.
     #[error("{asked} dimensions are not available: {allowed}")]
     Dimensions {
@@ -265,7 +285,7 @@ fn module_dir(root: &Path, path: &str, file: &str) -> Result<PathBuf> {
     Ok(root.join(p))
 }
 
-fn read_json(path: &Path, cap: u64) -> Result<Value> {
+pub(crate) fn read_json(path: &Path, cap: u64) -> Result<Value> {
     let text = read_small(path, cap)?;
     serde_json::from_str(&text)
         .map_err(|e| EngineError::Config { file: path.display().to_string(), detail: format!("not valid JSON: {e}") })
@@ -317,8 +337,10 @@ impl Pipeline {
 
 /// A sentence-embedding model: a BERT encoder, pooling and optional normalisation.
 pub struct EmbeddingModel {
-    bert: BertModel,
+    net: Net,
     tokenizer: crate::tokenizer::Tokenizer,
+    /// Prompts by name, from `config_sentence_transformers.json`.
+    prompts: Prompts,
     /// The HF tokenizer with truncation at `max_seq_length` and no padding.
     encoder: tokenizers::Tokenizer,
     pooling: PoolingMode,
@@ -332,7 +354,7 @@ pub struct EmbeddingModel {
 impl std::fmt::Debug for EmbeddingModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EmbeddingModel")
-            .field("bert", &self.bert)
+            .field("net", &self.net)
             .field("pooling", &self.pooling)
             .field("normalize", &self.normalize)
             .field("max_seq_length", &self.max_seq_length)
@@ -354,11 +376,19 @@ impl EmbeddingModel {
         })
     }
 
-    /// Loads a sentence-transformers folder onto `backend`.
+    /// Loads a sentence-transformers folder onto `backend`, a decoder embedder with a KV pool
+    /// of [`DECODER_KV_TOKENS`].
+    pub fn load(dir: &Path, backend: Arc<dyn Backend>) -> Result<Self> {
+        Self::load_with(dir, backend, DECODER_KV_TOKENS)
+    }
+
+    /// Loads a sentence-transformers folder onto `backend`. `kv_tokens` sizes a decoder
+    /// embedder's KV pool, which bounds its inputs (and the tokens of one forward pass); an
+    /// encoder does not use it.
     ///
     /// The configuration is checked completely (modules, pooling, truncation length, encoder
     /// shape) before any weights are mapped.
-    pub fn load(dir: &Path, backend: Arc<dyn Backend>) -> Result<Self> {
+    pub fn load_with(dir: &Path, backend: Arc<dyn Backend>, kv_tokens: usize) -> Result<Self> {
         let pipeline = Pipeline::read(dir)?;
         let pooling_name = pipeline.pooling_file.display().to_string();
         if !pipeline.pooling_file.is_file() {
@@ -368,36 +398,41 @@ impl EmbeddingModel {
             });
         }
         let pooling = PoolingConfig::from_json(&read_json(&pipeline.pooling_file, MAX_SMALL_JSON)?, &pooling_name)?;
-        let cfg = BertConfig::from_hf_dir(&pipeline.encoder_dir)?;
-        if cfg.num_labels.is_some() {
-            return Err(EngineError::Config {
-                file: pipeline.encoder_dir.join("config.json").display().to_string(),
-                detail: format!(
-                    "{} is a classifier (a cross-encoder reranker), not an embedding encoder",
-                    cfg.architecture
-                ),
-            });
-        }
-        let matryoshka = read_matryoshka(&pipeline.encoder_dir.join("config.json"), cfg.hidden_size)?;
-        if pooling.word_embedding_dimension != cfg.hidden_size {
+        let config_path = pipeline.encoder_dir.join("config.json");
+        let backbone = Backbone::read(&config_path, &pipeline.encoder_dir, pooling.mode)?;
+        let hidden = backbone.hidden_size();
+        let matryoshka = read_matryoshka(&config_path, hidden)?;
+        if pooling.word_embedding_dimension != hidden {
             return Err(EngineError::Config {
                 file: pooling_name,
                 detail: format!(
-                    "word_embedding_dimension {} does not match the encoder's hidden_size {} ({})",
+                    "word_embedding_dimension {} does not match the encoder's hidden_size {hidden} ({})",
                     pooling.word_embedding_dimension,
-                    cfg.hidden_size,
-                    pipeline.encoder_dir.join("config.json").display()
+                    config_path.display()
                 ),
             });
         }
-        let (max_seq_length, lowercase) = read_sentence_bert_config(&pipeline.encoder_dir, dir, &cfg)?;
+        let (mut max_seq_length, lowercase) =
+            read_sentence_bert_config(&pipeline.encoder_dir, dir, backbone.positions())?;
+        if let Backbone::Decoder(_) = backbone {
+            // One sequence must fit the pool (see `CausalRunner`).
+            max_seq_length = max_seq_length.min(kv_tokens.max(crate::kv::BLOCK_SIZE));
+        }
+        let prompts = Prompts::read(&pipeline.encoder_dir, dir)?;
         let encoder = load_hf_tokenizer(&pipeline.encoder_dir.join("tokenizer.json"))?;
         let tokenizer = crate::tokenizer::Tokenizer::from_hf_dir(&pipeline.encoder_dir)?;
         let weights = WeightMap::from_hf_dir(&pipeline.encoder_dir)?;
-        let bert = BertModel::load(cfg, &weights, backend)?;
+        let net = match backbone {
+            Backbone::Bert(cfg) => Net::Bert(Box::new(BertModel::load(cfg, &weights, backend)?)),
+            Backbone::Decoder(cfg) => {
+                let model = DecoderModel::from_hf_without_head(*cfg, &weights, backend)?;
+                Net::Decoder(Box::new(CausalRunner::new(model, kv_tokens)?))
+            }
+        };
         Ok(Self {
-            bert,
+            net,
             tokenizer,
+            prompts,
             encoder,
             pooling: pooling.mode,
             normalize: pipeline.normalize,
@@ -407,14 +442,41 @@ impl EmbeddingModel {
         })
     }
 
+    /// `text` as the model embeds it under the prompt `name`, or under the model's default prompt
+    /// when `name` is `None` (none when `config_sentence_transformers.json` names no default):
+    /// the prompt, then the text, as sentence-transformers joins them. An unknown name is the
+    /// caller's mistake ([`EmbedInputError::UnknownPrompt`]).
+    pub fn prompted<'t>(&self, name: Option<&str>, text: &'t str) -> Result<std::borrow::Cow<'t, str>> {
+        Ok(match self.prompts.get(name)? {
+            Some(p) if !p.is_empty() => format!("{p}{text}").into(),
+            _ => text.into(),
+        })
+    }
+
+    /// The prompt names the model's `config_sentence_transformers.json` defines, sorted.
+    pub fn prompt_names(&self) -> Vec<&str> {
+        self.prompts.by_name.keys().map(String::as_str).collect()
+    }
+
     /// The shorter widths the model was trained for, ascending (empty: only [`dim`](Self::dim)).
     pub fn matryoshka_dimensions(&self) -> &[usize] {
         &self.matryoshka
     }
 
-    /// The encoder family (BERT or XLM-RoBERTa).
-    pub fn family(&self) -> EncoderFamily {
-        self.bert.config().family
+    /// The encoder family (BERT or XLM-RoBERTa); `None` for a decoder embedder.
+    pub fn family(&self) -> Option<EncoderFamily> {
+        match &self.net {
+            Net::Bert(b) => Some(b.config().family),
+            Net::Decoder(_) => None,
+        }
+    }
+
+    /// The architecture `config.json` names.
+    pub fn architecture(&self) -> &str {
+        match &self.net {
+            Net::Bert(b) => &b.config().architecture,
+            Net::Decoder(d) => d.model().config().arch.hf_name(),
+        }
     }
 
     /// The model's tokenizer (for token counting by callers).
@@ -424,7 +486,10 @@ impl EmbeddingModel {
 
     /// Width of the sentence vectors.
     pub fn dim(&self) -> usize {
-        self.bert.config().hidden_size
+        match &self.net {
+            Net::Bert(b) => b.config().hidden_size,
+            Net::Decoder(d) => d.model().config().hidden_size,
+        }
     }
 
     /// Tokens a text is truncated to, special tokens included.
@@ -497,7 +562,10 @@ impl EmbeddingModel {
         if let Some(asked) = opts.dimensions {
             self.check_dimensions(asked)?;
         }
-        let vocab = self.bert.config().vocab_size;
+        let vocab = match &self.net {
+            Net::Bert(b) => b.config().vocab_size,
+            Net::Decoder(d) => d.model().config().vocab_size,
+        };
         let mut all = Vec::with_capacity(inputs.len());
         for (index, input) in inputs.iter().enumerate() {
             if let EmbedInput::Tokens(ids) = input
@@ -558,14 +626,19 @@ impl EmbeddingModel {
         }
         let dim = self.dim();
         let mut vectors = vec![Vec::new(); ids.len()];
-        self.bert.forward_batched(ids, None, &mut |i, rows| {
+        let mut each = |i: usize, rows: &[f32]| {
             let mut v = self.pooling.pool(rows, dim);
             if self.normalize {
                 l2_normalize(&mut v);
             }
             vectors[i] = v;
             Ok(())
-        })?;
+        };
+        match &self.net {
+            Net::Bert(b) => b.forward_batched(ids, None, &mut each)?,
+            // The runner gives the last token's row only, which is what `LastToken` pools.
+            Net::Decoder(d) => d.run(ids, Read::Hidden, &mut each)?,
+        }
         Ok(Embeddings { vectors, token_counts: ids.iter().map(Vec::len).collect() })
     }
 }
@@ -605,23 +678,21 @@ fn read_matryoshka(config: &Path, hidden: usize) -> Result<Vec<usize>> {
 /// `max_seq_length` and `do_lower_case` from `sentence_bert_config.json`, looked for in the
 /// encoder folder and then the model folder. Without one, sentence-transformers truncates at the
 /// encoder's position limit, and so does govbox.
-fn read_sentence_bert_config(encoder_dir: &Path, dir: &Path, cfg: &BertConfig) -> Result<(usize, bool)> {
+fn read_sentence_bert_config(encoder_dir: &Path, dir: &Path, positions: usize) -> Result<(usize, bool)> {
     let Some(path) = [encoder_dir, dir].iter().map(|d| d.join("sentence_bert_config.json")).find(|p| p.is_file())
     else {
-        return Ok((cfg.max_tokens(), false));
+        return Ok((positions, false));
     };
     let file = path.display().to_string();
     let v = read_json(&path, MAX_SMALL_JSON)?;
     let err = |detail: String| EngineError::Config { file: file.clone(), detail };
     let max = match v.get("max_seq_length") {
-        None | Some(Value::Null) => cfg.max_tokens(),
-        Some(m) => m
-            .as_u64()
-            .and_then(|m| usize::try_from(m).ok())
-            .filter(|&m| (2..=cfg.max_tokens()).contains(&m))
-            .ok_or_else(|| {
-                err(format!("max_seq_length {m} must be between 2 and the encoder's {} positions", cfg.max_tokens()))
-            })?,
+        None | Some(Value::Null) => positions,
+        Some(m) => {
+            m.as_u64().and_then(|m| usize::try_from(m).ok()).filter(|&m| (2..=positions).contains(&m)).ok_or_else(
+                || err(format!("max_seq_length {m} must be between 2 and the encoder's {positions} positions")),
+            )?
+        }
     };
     let lower = match v.get("do_lower_case") {
         None | Some(Value::Null) => false,

@@ -30,6 +30,18 @@ pub struct EngineOptions {
     pub kv_tokens: usize,
 }
 
+/// What the caller knows a model folder to be, where its files alone cannot say: a
+/// Qwen3-Reranker's folder is a causal LM like any chat model's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LoadAs {
+    /// What the files say (a causal LM is a chat model).
+    #[default]
+    Detected,
+    /// A reranker: a cross-encoder, or a causal LM scored by its "yes" and "no" logits.
+    Reranker,
+}
+
 impl Default for EngineOptions {
     fn default() -> Self {
         Self { kv_tokens: 4096 }
@@ -184,6 +196,24 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// Loads a model: a `.gguf` file, a HF decoder folder, or a sentence-transformers folder.
     pub fn load(path: &Path, backend: Arc<dyn Backend>, opts: &EngineOptions) -> Result<Self> {
+        Self::load_as(path, backend, opts, LoadAs::Detected)
+    }
+
+    /// Loads a model as `what` says: [`LoadAs::Reranker`] takes a cross-encoder folder, or a HF
+    /// causal-LM folder scored Qwen3-Reranker's way, and refuses anything else.
+    pub fn load_as(path: &Path, backend: Arc<dyn Backend>, opts: &EngineOptions, what: LoadAs) -> Result<Self> {
+        if what == LoadAs::Reranker {
+            if !path.is_dir() || crate::embed::EmbeddingModel::is_embedding_dir(path) {
+                return Err(EngineError::Request(format!(
+                    "{}: a reranker is a folder holding a cross-encoder or a causal LM, not {}",
+                    path.display(),
+                    if path.is_dir() { "an embedding model" } else { "a single file" }
+                )));
+            }
+            let m = crate::rerank::RerankModel::load_any(path, backend, opts.kv_tokens)?;
+            let kind = Kind::Encoder(EncoderModel::Reranker(Box::new(m)));
+            return Ok(Self { kind, path: path.into(), format: "safetensors" });
+        }
         if path.is_file() {
             return Self::load_gguf(path, backend, opts);
         }
@@ -196,7 +226,8 @@ impl Engine {
         let encoder = if crate::rerank::RerankModel::is_rerank_dir(path) {
             Some(EncoderModel::Reranker(Box::new(crate::rerank::RerankModel::load(path, backend.clone())?)))
         } else if crate::embed::EmbeddingModel::is_embedding_dir(path) {
-            Some(EncoderModel::Embedding(Box::new(crate::embed::EmbeddingModel::load(path, backend.clone())?)))
+            let m = crate::embed::EmbeddingModel::load_with(path, backend.clone(), opts.kv_tokens)?;
+            Some(EncoderModel::Embedding(Box::new(m)))
         } else {
             None
         };

@@ -18,10 +18,13 @@ pub mod weights;
 
 pub use error::{EngineError, Result};
 pub use mmap::{MappedFile, copy_model_files};
+pub mod batcher;
+pub mod causal;
 pub mod config;
 pub mod constraint;
 mod control;
 pub mod embed;
+mod embed_config;
 mod engine;
 pub mod family;
 pub mod kv;
@@ -29,9 +32,10 @@ pub mod logprobs;
 pub mod models;
 pub mod reasoning;
 pub mod rerank;
+pub mod rerank_yesno;
 pub mod sampler;
 mod scheduler;
 pub mod tools;
 
-pub use engine::{Engine, EngineOptions, Event, FinishReason, GenerateRequest, Prompt, StopMatcher, Usage};
+pub use engine::{Engine, EngineOptions, Event, FinishReason, GenerateRequest, LoadAs, Prompt, StopMatcher, Usage};
 pub use kv::{KvStats, PrefixCache};

@@ -8,6 +8,10 @@
 //! `out(tanh(dense(h)))`, where XLM-RoBERTa names the two layers `classifier.dense` and
 //! `classifier.out_proj`, and BERT `bert.pooler.dense` and `classifier`. The logit is the
 //! relevance; `sigmoid(logit)` is the score sentence-transformers' `CrossEncoder` reports.
+//!
+//! A causal LM loaded as a reranker ([`RerankModel::load_yes_no`]) is scored Qwen3-Reranker's
+//! way instead (`rerank_yesno.rs`); its logit is `logit("yes") - logit("no")`, so the same
+//! `sigmoid` gives its probability of "yes".
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,8 +19,10 @@ use std::sync::Arc;
 use govbox_drivers::{Backend, DType, HostBytes, Tensor};
 use serde_json::Value;
 
+use crate::batcher::{BatchStats, Batcher, Pause};
 use crate::embed::EmbedInputError;
 use crate::models::bert::{BertConfig, BertModel, EncoderFamily};
+use crate::rerank_yesno::YesNoReranker;
 use crate::weights::{WeightMap, read_small};
 use crate::{EngineError, Result};
 
@@ -45,24 +51,48 @@ struct Head {
     out_b: Tensor,
 }
 
-/// A loaded cross-encoder.
-pub struct RerankModel {
+/// A cross-encoder's parts.
+struct Cross {
     bert: BertModel,
-    tokenizer: crate::tokenizer::Tokenizer,
     /// The HF tokenizer, without truncation or padding.
     whole: tokenizers::Tokenizer,
     /// The same, truncating pairs (longest first, as `CrossEncoder` does) at `max_tokens`.
     cutting: tokenizers::Tokenizer,
     head: Head,
+}
+
+/// How pairs are scored.
+enum Scorer {
+    /// A sequence-classification encoder.
+    Cross(Box<Cross>),
+    /// A causal LM's "yes" and "no" logits.
+    YesNo(Box<YesNoReranker>),
+}
+
+/// Most query–document pairs one batch of concurrent requests carries (a request with more runs
+/// alone): enough to fill the encoder's length-sorted sub-batches several times over.
+pub const MAX_BATCH_PAIRS: usize = 256;
+
+/// One encoded pair: token ids and segment ids.
+pub type PairIds = (Vec<u32>, Vec<u32>);
+
+/// A loaded reranker: a cross-encoder or a yes/no causal LM.
+pub struct RerankModel {
+    scorer: Scorer,
+    /// Pairs of concurrent [`score`](RerankModel::score) calls, run together.
+    batcher: Batcher<PairIds, f32>,
+    tokenizer: crate::tokenizer::Tokenizer,
     max_tokens: usize,
 }
 
 impl std::fmt::Debug for RerankModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RerankModel")
-            .field("bert", &self.bert)
-            .field("max_tokens", &self.max_tokens)
-            .finish_non_exhaustive()
+        let mut d = f.debug_struct("RerankModel");
+        match &self.scorer {
+            Scorer::Cross(c) => d.field("bert", &c.bert),
+            Scorer::YesNo(y) => d.field("yes_no", y),
+        };
+        d.field("max_tokens", &self.max_tokens).finish_non_exhaustive()
     }
 }
 
@@ -126,7 +156,23 @@ impl RerankModel {
             out_b: weights.upload(be, &format!("{}.bias", names[1]), &[1])?,
         };
         let bert = BertModel::load(cfg, &weights, backend)?;
-        Ok(Self { bert, tokenizer, whole, cutting, head, max_tokens })
+        let scorer = Scorer::Cross(Box::new(Cross { bert, whole, cutting, head }));
+        Ok(Self { scorer, tokenizer, max_tokens, batcher: Batcher::new(MAX_BATCH_PAIRS) })
+    }
+
+    /// Loads a HF causal-LM folder as a Qwen3-Reranker-style yes/no reranker (see
+    /// `rerank_yesno.rs`), with a KV pool of `kv_tokens` tokens (the longest pair).
+    pub fn load_yes_no(dir: &Path, backend: Arc<dyn Backend>, kv_tokens: usize) -> Result<Self> {
+        let y = YesNoReranker::load(dir, backend, kv_tokens)?;
+        let tokenizer = crate::tokenizer::Tokenizer::from_hf_dir(dir)?;
+        let max_tokens = y.max_tokens();
+        Ok(Self { max_tokens, scorer: Scorer::YesNo(Box::new(y)), tokenizer, batcher: Batcher::new(MAX_BATCH_PAIRS) })
+    }
+
+    /// Loads `dir` as a reranker: a cross-encoder when its config names one, else a causal LM
+    /// scored by its yes/no logits.
+    pub fn load_any(dir: &Path, backend: Arc<dyn Backend>, kv_tokens: usize) -> Result<Self> {
+        if Self::is_rerank_dir(dir) { Self::load(dir, backend) } else { Self::load_yes_no(dir, backend, kv_tokens) }
     }
 
     /// The model's tokenizer.
@@ -139,14 +185,31 @@ impl RerankModel {
         self.max_tokens
     }
 
-    /// The encoder's shape.
-    pub fn config(&self) -> &BertConfig {
-        self.bert.config()
+    /// The cross-encoder's shape (`None` for a yes/no reranker).
+    pub fn config(&self) -> Option<&BertConfig> {
+        match &self.scorer {
+            Scorer::Cross(c) => Some(c.bert.config()),
+            Scorer::YesNo(_) => None,
+        }
+    }
+
+    /// The architecture `config.json` names.
+    pub fn architecture(&self) -> &str {
+        match &self.scorer {
+            Scorer::Cross(c) => &c.bert.config().architecture,
+            Scorer::YesNo(y) => y.architecture(),
+        }
+    }
+
+    /// Whether pairs are scored by a causal LM's yes/no logits (Qwen3-Reranker).
+    pub fn is_yes_no(&self) -> bool {
+        matches!(self.scorer, Scorer::YesNo(_))
     }
 
     /// Token ids and type ids of the pair (`query`, `document`), cut to
     /// [`max_tokens`](Self::max_tokens) when `truncate`, else refused when longer (`index`
-    /// names the document in the error).
+    /// names the document in the error). A yes/no reranker's pair is its whole prompt, all of
+    /// segment 0.
     pub fn encode_pair(
         &self,
         query: &str,
@@ -154,7 +217,15 @@ impl RerankModel {
         truncate: bool,
         index: usize,
     ) -> Result<(Vec<u32>, Vec<u32>)> {
-        let tok = if truncate { &self.cutting } else { &self.whole };
+        let c = match &self.scorer {
+            Scorer::Cross(c) => c,
+            Scorer::YesNo(y) => {
+                let ids = y.encode_pair(query, document, truncate, index)?;
+                let types = vec![0; ids.len()];
+                return Ok((ids, types));
+            }
+        };
+        let tok = if truncate { &c.cutting } else { &c.whole };
         let enc = tok.encode((query, document), true).map_err(|e| EngineError::Tokenizer(e.to_string()))?;
         if enc.get_ids().len() > self.max_tokens {
             return Err(EmbedInputError::TooLong { index, tokens: enc.get_ids().len(), limit: self.max_tokens }.into());
@@ -165,31 +236,59 @@ impl RerankModel {
         Ok((enc.get_ids().to_vec(), enc.get_type_ids().to_vec()))
     }
 
-    /// Scores each document against `query`. Pairs are batched by length; each logit equals the
-    /// one the pair gets alone, up to float rounding.
+    /// Scores each document against `query`. The pairs are encoded on the caller's thread, then
+    /// run in one batch with the pairs of whatever other calls are waiting (see `batcher.rs`),
+    /// grouped by length inside it; each logit equals the one the pair gets alone, up to float
+    /// rounding.
     pub fn score(&self, query: &str, documents: &[&str], truncate: bool) -> Result<RerankScores> {
-        let mut ids = Vec::with_capacity(documents.len());
-        let mut types = Vec::with_capacity(documents.len());
-        for (i, d) in documents.iter().enumerate() {
-            let (a, b) = self.encode_pair(query, d, truncate, i)?;
-            ids.push(a);
-            types.push(b);
-        }
-        self.score_ids(&ids, &types)
+        let pairs = documents
+            .iter()
+            .enumerate()
+            .map(|(i, d)| self.encode_pair(query, d, truncate, i))
+            .collect::<Result<Vec<PairIds>>>()?;
+        let token_counts = pairs.iter().map(|(ids, _)| ids.len()).collect();
+        let logits = self.batcher.run(pairs, &|all| {
+            let (ids, types): (Vec<Vec<u32>>, Vec<Vec<u32>>) = all.iter().cloned().unzip();
+            Ok(self.score_ids(&ids, &types)?.logits)
+        })?;
+        Ok(RerankScores { logits, token_counts })
+    }
+
+    /// How [`score`](Self::score) calls have been batched so far.
+    pub fn batch_stats(&self) -> BatchStats {
+        self.batcher.stats()
+    }
+
+    /// Calls of [`score`](Self::score) waiting for their batch.
+    pub fn queued_calls(&self) -> usize {
+        self.batcher.queued()
+    }
+
+    /// Keeps batches from starting until the guard drops; calls made meanwhile run together
+    /// then. For draining, and for tests that need a known batch.
+    pub fn pause_batches(&self) -> Pause<'_, PairIds, f32> {
+        self.batcher.pause()
     }
 
     /// Scores encoded pairs (from [`encode_pair`](Self::encode_pair)), in order.
     pub fn score_ids(&self, ids: &[Vec<u32>], types: &[Vec<u32>]) -> Result<RerankScores> {
-        let h = self.bert.config().hidden_size;
+        let token_counts = ids.iter().map(Vec::len).collect();
+        let c = match &self.scorer {
+            Scorer::Cross(c) => c,
+            Scorer::YesNo(y) => return Ok(RerankScores { logits: y.score_ids(ids)?, token_counts }),
+        };
+        let h = c.bert.config().hidden_size;
         let mut first_rows = vec![0f32; ids.len() * h];
-        self.bert.forward_batched(ids, Some(types), &mut |i, rows| {
+        c.bert.forward_batched(ids, Some(types), &mut |i, rows| {
             first_rows[i * h..(i + 1) * h].copy_from_slice(&rows[..h]);
             Ok(())
         })?;
-        let logits = if ids.is_empty() { Vec::new() } else { self.head(first_rows, ids.len())? };
-        Ok(RerankScores { logits, token_counts: ids.iter().map(Vec::len).collect() })
+        let logits = if ids.is_empty() { Vec::new() } else { c.head(first_rows, ids.len())? };
+        Ok(RerankScores { logits, token_counts })
     }
+}
 
+impl Cross {
     /// `out(tanh(dense(x)))` over `n` first-token rows.
     fn head(&self, rows: Vec<f32>, n: usize) -> Result<Vec<f32>> {
         let be = self.bert.backend().as_ref();

@@ -34,7 +34,7 @@ fn xlmr_embedder(backend: Arc<dyn Backend>) {
     let model = EmbeddingModel::load(&fixture("retrieval/tiny-xlmr-embedder"), backend).unwrap();
     assert_eq!(
         (model.family(), model.pooling(), model.normalizes()),
-        (EncoderFamily::XlmRoberta, PoolingMode::Cls, true)
+        (Some(EncoderFamily::XlmRoberta), PoolingMode::Cls, true)
     );
     // 514 position rows, of which the first two belong to padding.
     assert_eq!((model.dim(), model.max_seq_length()), (64, 512));
@@ -45,7 +45,10 @@ test_device!(bert_zh_embedder_matches_hf, bert_zh_embedder);
 
 fn bert_zh_embedder(backend: Arc<dyn Backend>) {
     let model = EmbeddingModel::load(&fixture("retrieval/tiny-bert-zh-embedder"), backend).unwrap();
-    assert_eq!((model.family(), model.pooling(), model.max_seq_length()), (EncoderFamily::Bert, PoolingMode::Cls, 512));
+    assert_eq!(
+        (model.family(), model.pooling(), model.max_seq_length()),
+        (Some(EncoderFamily::Bert), PoolingMode::Cls, 512)
+    );
     check_embedder(&model, "retrieval/tiny-bert-zh-embedder/expected.json");
 }
 
@@ -86,7 +89,7 @@ test_device!(xlmr_reranker_matches_hf, xlmr_reranker);
 
 fn xlmr_reranker(backend: Arc<dyn Backend>) {
     let model = RerankModel::load(&fixture("retrieval/tiny-xlmr-reranker"), backend).unwrap();
-    assert_eq!((model.config().family, model.max_tokens()), (EncoderFamily::XlmRoberta, 512));
+    assert_eq!((model.config().unwrap().family, model.max_tokens()), (EncoderFamily::XlmRoberta, 512));
     check_reranker(&model, "retrieval/tiny-xlmr-reranker/expected.json", 24);
 }
 
@@ -94,7 +97,7 @@ test_device!(bert_zh_cross_encoder_matches_hf, bert_zh_reranker);
 
 fn bert_zh_reranker(backend: Arc<dyn Backend>) {
     let model = RerankModel::load(&fixture("retrieval/tiny-bert-zh-reranker"), backend).unwrap();
-    assert_eq!((model.config().family, model.max_tokens()), (EncoderFamily::Bert, 512));
+    assert_eq!((model.config().unwrap().family, model.max_tokens()), (EncoderFamily::Bert, 512));
     check_reranker(&model, "retrieval/tiny-bert-zh-reranker/expected.json", 12);
 }
 

@@ -119,6 +119,10 @@ for fam in sorted(os.listdir(FIX)):
     if fam.startswith("tiny-") and os.path.isfile(os.path.join(FIX, fam, "config.json")):
         put("decoder_config", fam + ".json", read(fam, "config.json"))
 
+# --- embed_prompts (config_sentence_transformers.json) ------------------------------------------
+put("embed_prompts", "qwen3-embedder.json", read("retrieval", "tiny-qwen3-embedder", "config_sentence_transformers.json"))
+put("embed_prompts", "default-prompt.json", b'{"prompts": {"query": "Q: ", "passage": ""}, "default_prompt_name": "query"}')
+
 # --- policy_library (policy.toml NUL keyword list) ---------------------------------------------
 POLICY_TOML = (
     'format = "govbox-policy/1"\nname = "seed"\nversion = "1"\nexceptions = ["ex.txt"]\n'

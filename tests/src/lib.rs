@@ -149,6 +149,19 @@ impl TestBox {
 
     /// Builds `NAME-VERSION.gbx` from `model`, signed by both `models` keys.
     pub fn build_package(&self, model: &Path, name: &str, version: &str, selftest: bool) -> PathBuf {
+        self.build_package_with(model, name, version, selftest, &[])
+    }
+
+    /// [`build_package`](Self::build_package) with more `govbox package build` arguments
+    /// (`--kind rerank` for a causal-LM reranker).
+    pub fn build_package_with(
+        &self,
+        model: &Path,
+        name: &str,
+        version: &str,
+        selftest: bool,
+        more: &[&str],
+    ) -> PathBuf {
         let out = self.dir.join(format!("{name}-{version}.gbx"));
         let keys = self.dir.join("keys");
         let mut args = vec![
@@ -170,6 +183,7 @@ impl TestBox {
         if selftest {
             args.push("--selftest".into());
         }
+        args.extend(more.iter().map(|a| a.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         govbox(&self.state, &args);
         out
@@ -239,6 +253,30 @@ impl TestBox {
             .args(args)
             .output()
             .expect("curl must be installed (.ci/run installs it)")
+    }
+
+    /// POSTs `body` as JSON to `path` with the client's bearer token; the status and the answer
+    /// (`Null` when it is not JSON).
+    pub fn post_json(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        let auth = format!("Authorization: Bearer {}", self.token);
+        let body = body.to_string();
+        let o = self.curl(&[
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            &auth,
+            "-H",
+            "content-type: application/json",
+            "-d",
+            &body,
+            &self.url(path),
+        ]);
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        let (json_text, code) = text.rsplit_once('\n').expect("curl -w puts the status on the last line");
+        (
+            code.trim().parse().expect("an HTTP status"),
+            serde_json::from_str(json_text).unwrap_or(serde_json::Value::Null),
+        )
     }
 }
 

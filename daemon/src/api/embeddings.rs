@@ -4,6 +4,9 @@
 //! An input longer than the model takes is refused, naming the input and the limit, unless the
 //! request sets `truncate: true`. `dimensions` gives shorter vectors from a model trained for
 //! them (its `config.json` lists `matryoshka_dimensions`); any other width is refused.
+//! `prompt_name` puts one of the model's prompts (`config_sentence_transformers.json`, such as
+//! Qwen3-Embedding's `query` instruction) before each text, as sentence-transformers and TEI do;
+//! without it the model's default prompt applies, if it names one. Token-id inputs get none.
 
 use std::sync::Arc;
 
@@ -78,6 +81,8 @@ struct EmbeddingRequest {
     /// Cut inputs longer than the model takes instead of refusing them.
     #[serde(default)]
     truncate: bool,
+    /// The model's prompt to put before each text.
+    prompt_name: Option<String>,
     /// Accepted and never logged.
     #[allow(dead_code)]
     user: Option<String>,
@@ -100,6 +105,17 @@ fn inputs(input: Input) -> Result<Vec<Owned>, ApiError> {
         return Err(ApiError::invalid("input", format!("input[{i}] is an empty token list")));
     }
     Ok(all)
+}
+
+/// The texts of `all` with the model's prompt `name` (or its default) before them.
+fn prompted(engine: &govbox_engine::Engine, name: Option<&str>, all: Vec<Owned>) -> govbox_engine::Result<Vec<Owned>> {
+    let Some(model) = engine.embedding_model() else { return Ok(all) };
+    all.into_iter()
+        .map(|o| match o {
+            Owned::Text(t) => Ok(Owned::Text(model.prompted(name, &t)?.into_owned())),
+            tokens => Ok(tokens),
+        })
+        .collect()
 }
 
 /// `f32`s as base64 of their little-endian bytes, as OpenAI's `encoding_format: "base64"`.
@@ -132,6 +148,12 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
             Err(e) => return Err(e.into()),
         }
     }
+    // The prompt alone: checks the name, and its bytes bound the tokens it adds to each text.
+    let prompt_bytes = match embedder.prompted(req.prompt_name.as_deref(), "") {
+        Ok(p) => p.len(),
+        Err(EngineError::Input(e)) => return Err(ApiError::invalid("prompt_name", e.to_string())),
+        Err(e) => return Err(e.into()),
+    };
     let encoding = req.encoding_format;
     let opts = EmbedOptions { truncate: req.truncate, dimensions: req.dimensions };
     let all = inputs(req.input)?;
@@ -143,8 +165,9 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
     };
     audit_request(&state, &call.record, &client.name, &model, &prompt).await?;
 
-    let most: usize = all.iter().map(Owned::most_tokens).sum();
+    let most: usize = all.iter().map(|o| o.most_tokens() + prompt_bytes).sum();
     let engine = model.engine.clone();
+    let prompt_name = req.prompt_name;
     let ran = encoder::run(
         &state,
         &call.record,
@@ -152,6 +175,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
         most,
         "input",
         move || {
+            let all = prompted(&engine, prompt_name.as_deref(), all)?;
             let refs: Vec<EmbedInput<'_>> = all.iter().map(Owned::as_input).collect();
             engine.embed_inputs(&refs, opts)
         },

@@ -51,6 +51,13 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
             reused.inc_by(kv.tokens_reused.saturating_sub(reused.get()));
             mt.batch_peak.get_or_create(&model).set(kv.peak_batch as i64);
         }
+        if let Some(r) = m.engine.rerank_model() {
+            let (mt, model, b) = (&state.metrics, [("model", m.name.clone())], r.batch_stats());
+            let batches = mt.rerank_batches.get_or_create(&model);
+            batches.inc_by(b.batches.saturating_sub(batches.get()));
+            let requests = mt.rerank_batched_requests.get_or_create(&model);
+            requests.inc_by(b.jobs.saturating_sub(requests.get()));
+        }
     }
     if let Some(w) = state.audit.witness_status() {
         state.metrics.audit_witness_pending.set(w.pending as i64);

@@ -1,11 +1,14 @@
 //! `POST /v1/rerank` (and `/rerank`): documents ordered by their relevance to a query, scored by
-//! a cross-encoder, in the shape Jina's and Cohere's rerank APIs share and that Dify, LangChain
+//! a cross-encoder or a yes/no causal LM (Qwen3-Reranker, served from a package of kind
+//! `rerank`), in the shape Jina's and Cohere's rerank APIs share and that Dify, LangChain
 //! and LlamaIndex send:
 //! `{model, query, documents: [string | {text}], top_n?, return_documents?}` →
 //! `{id, model, results: [{index, relevance_score, document?: {text}}], usage}`, best first.
 //!
 //! `relevance_score` is `sigmoid(logit)`, what sentence-transformers' `CrossEncoder` reports;
-//! `raw_scores: true` gives the logit itself. A pair longer than the model takes is cut, longest
+//! `raw_scores: true` gives the logit itself (a yes/no reranker's is `logit("yes") -
+//! logit("no")`, so the sigmoid is its probability of "yes"). The engine runs the pairs of
+//! concurrent requests together (`engine/src/batcher.rs`). A pair longer than the model takes is cut, longest
 //! part first, as those APIs do; `truncate: false` refuses it instead, naming the document.
 
 use std::sync::Arc;
@@ -100,11 +103,19 @@ pub fn ranking(logits: &[f32], top_n: Option<usize>) -> Vec<usize> {
     order
 }
 
-/// The bytes the request entry's HMAC covers: the query and every document, as a JSON object,
+/// What the request entry's HMAC covers.
+#[derive(serde::Serialize)]
+struct Audited<'a> {
+    documents: Vec<&'a str>,
+    query: &'a str,
+}
+
+/// The bytes the request entry's HMAC covers: the query and every document, as the JSON object
+/// `{"documents": [...], "query": ...}` (keys in that order whatever serde_json's map features),
 /// so that an auditor holding the request can recompute it.
 fn audited_bytes(req: &RerankRequest) -> Result<Vec<u8>, ApiError> {
     let docs: Vec<&str> = req.documents.iter().map(Document::text).collect();
-    serde_json::to_vec(&json!({"query": req.query, "documents": docs}))
+    serde_json::to_vec(&Audited { documents: docs, query: &req.query })
         .map_err(|e| ApiError::Internal(format!("encoding the request for its audit entry: {e}")))
 }
 
@@ -120,7 +131,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
             model: model.name.clone(),
             is: if model.engine.embedding_model().is_some() { "an embedding model" } else { "a chat model" },
             endpoint: "/v1/rerank",
-            needs: "a reranker (a cross-encoder)",
+            needs: "a reranker (a cross-encoder, or a causal LM packaged as kind rerank)",
         });
     }
     auth::authorise(&state, &client, &model)?;
@@ -220,7 +231,7 @@ mod tests {
     #[test]
     fn the_audited_bytes_hold_the_query_and_every_document() {
         let r = parse(json!({"model": "m", "query": "居住证", "documents": ["a", {"text": "b"}]}));
-        let v: Value = serde_json::from_slice(&audited_bytes(&r).unwrap()).unwrap();
-        assert_eq!(v, json!({"query": "居住证", "documents": ["a", "b"]}));
+        let bytes = String::from_utf8(audited_bytes(&r).unwrap()).unwrap();
+        assert_eq!(bytes, r#"{"documents":["a","b"],"query":"居住证"}"#);
     }
 }

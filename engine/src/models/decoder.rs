@@ -60,7 +60,9 @@ pub struct DecoderModel {
     embed: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
-    lm_head: Tensor,
+    /// Absent for a decoder loaded as an encoder (an embedder such as Qwen3-Embedding, whose
+    /// weights have no LM head).
+    lm_head: Option<Tensor>,
     inv_freq: Vec<f32>,
     /// RoPE frequencies of the sliding-window layers, when their base differs.
     local_inv_freq: Vec<f32>,
@@ -93,17 +95,27 @@ pub enum LogitsFor {
 impl DecoderModel {
     /// Loads a HF folder's `config.json` and safetensors.
     pub fn from_hf(cfg: DecoderConfig, weights: &WeightMap, backend: Arc<dyn Backend>) -> Result<Self> {
+        Self::from_hf_with(cfg, weights, backend, true)
+    }
+
+    /// Loads a HF folder's decoder without its LM head: for embedders, which read the last
+    /// hidden state ([`forward_hidden`](Self::forward_hidden)) and ship no head.
+    pub fn from_hf_without_head(cfg: DecoderConfig, weights: &WeightMap, backend: Arc<dyn Backend>) -> Result<Self> {
+        Self::from_hf_with(cfg, weights, backend, false)
+    }
+
+    fn from_hf_with(cfg: DecoderConfig, weights: &WeightMap, backend: Arc<dyn Backend>, head: bool) -> Result<Self> {
         // GLM-4 rotates adjacent pairs; the others use rotate-half.
         let style = if cfg.arch == DecoderArch::Glm4 { RopeStyle::Interleaved } else { RopeStyle::Half };
         let prefix = Names::HF_PREFIXES
             .into_iter()
             .find(|p| weights.contains(&format!("{p}embed_tokens.weight")))
             .unwrap_or(Names::HF_PREFIXES[0]);
-        if prefix != Names::HF_PREFIXES[0] {
+        if !prefix.is_empty() && prefix != Names::HF_PREFIXES[0] {
             log::info!("{}: using the language model under '{prefix}'; other towers are ignored", weights.source());
         }
         let names = Names { gguf: false, arch: cfg.arch, prefix };
-        Self::build(cfg, weights, backend, names, style)
+        Self::build(cfg, weights, backend, names, style, head)
     }
 
     /// Loads a GGUF file's tensors (already parsed from `file`).
@@ -130,7 +142,7 @@ impl DecoderModel {
             _ => RopeStyle::Half,
         };
         let names = Names { gguf: true, arch: cfg.arch, prefix: "" };
-        Self::build(cfg, &weights, backend, names, style)
+        Self::build(cfg, &weights, backend, names, style, true)
     }
 
     fn build(
@@ -139,6 +151,7 @@ impl DecoderModel {
         backend: Arc<dyn Backend>,
         names: Names,
         rope_style: RopeStyle,
+        head: bool,
     ) -> Result<Self> {
         let b = backend.as_ref();
         let (h, hd, nh, nkv, ff) = (cfg.hidden_size, cfg.head_dim, cfg.n_heads, cfg.n_kv_heads, cfg.intermediate_size);
@@ -201,10 +214,12 @@ impl DecoderModel {
             });
         }
         let norm = norm_w(&names.norm(), h)?;
-        let lm_head = if cfg.tie_word_embeddings && !w.contains(names.lm_head()) {
-            embed.clone()
+        let lm_head = if !head {
+            None
+        } else if cfg.tie_word_embeddings && !w.contains(names.lm_head()) {
+            Some(embed.clone())
         } else {
-            w.upload(b, names.lm_head(), &[cfg.vocab_size, h])?
+            Some(w.upload(b, names.lm_head(), &[cfg.vocab_size, h])?)
         };
         let mut mix = std::collections::BTreeMap::<String, usize>::new();
         for (_, t) in w.iter() {
@@ -280,7 +295,30 @@ impl DecoderModel {
         out.unwrap_or_else(|| Err(EngineError::Request("the backend did not run the forward pass".into())))
     }
 
+    /// Runs sequences through the model like [`forward`](Self::forward) and returns the final
+    /// (normed) hidden state of each sequence's last new token, `[sequences, hidden]` flattened:
+    /// what last-token pooling reads. The LM head is not used.
+    pub fn forward_hidden(&self, batch: &[SeqInput<'_>], cache: &mut dyn KvCache) -> Result<Vec<f32>> {
+        let mut out = None;
+        self.backend.run_within(&mut || {
+            out =
+                Some(self.hidden(batch, &mut *cache, LogitsFor::Last).and_then(|x| Ok(self.backend.download_f32(&x)?)))
+        });
+        out.unwrap_or_else(|| Err(EngineError::Request("the backend did not run the forward pass".into())))
+    }
+
     fn forward_inner(&self, batch: &[SeqInput<'_>], cache: &mut dyn KvCache, which: LogitsFor) -> Result<Vec<f32>> {
+        let lm_head = self
+            .lm_head
+            .as_ref()
+            .ok_or_else(|| EngineError::Request("this decoder was loaded without its LM head".into()))?;
+        let x = self.hidden(batch, cache, which)?;
+        let logits = self.backend.matmul(&x, lm_head)?;
+        Ok(self.backend.download_f32(&logits)?)
+    }
+
+    /// The final-normed hidden states of the rows `which` selects.
+    fn hidden(&self, batch: &[SeqInput<'_>], cache: &mut dyn KvCache, which: LogitsFor) -> Result<Tensor> {
         let b = self.backend.as_ref();
         let c = &self.cfg;
         let mut ids = Vec::new();
@@ -391,9 +429,7 @@ impl DecoderModel {
         if which == LogitsFor::Last {
             x = b.gather_rows(&x, &last_rows)?;
         }
-        let x = b.rms_norm(&x, &self.norm, c.rms_norm_eps)?;
-        let logits = b.matmul(&x, &self.lm_head)?;
-        Ok(b.download_f32(&logits)?)
+        Ok(b.rms_norm(&x, &self.norm, c.rms_norm_eps)?)
     }
 }
 

@@ -39,8 +39,9 @@ pub(crate) struct Names {
 
 impl Names {
     /// HF multimodal checkpoints keep the text model under one of these (transformers 5.x saves
-    /// the first, the published Gemma 3 checkpoints use the second).
-    pub const HF_PREFIXES: [&'static str; 3] = ["model.", "model.language_model.", "language_model.model."];
+    /// the first, the published Gemma 3 checkpoints use the second). A bare decoder saved without
+    /// its causal-LM wrapper (Qwen3-Embedding) has no prefix at all.
+    pub const HF_PREFIXES: [&'static str; 4] = ["model.", "model.language_model.", "language_model.model.", ""];
 
     pub fn embed(self) -> String {
         if self.gguf { "token_embd.weight".into() } else { format!("{}embed_tokens.weight", self.prefix) }
