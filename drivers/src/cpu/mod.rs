@@ -3,6 +3,7 @@
 mod affinity;
 mod allocator;
 mod attention;
+mod dot;
 mod matmul;
 mod norm;
 mod panel;
