@@ -3,8 +3,8 @@
 //!
 //! Every output `(i, j)` (activation row `i`, weight row `j`) is one 16-lane accumulator:
 //! `acc = fma(x[i][c..c + 16], w[j][c..c + 16], acc)` for `c = 0, 16, 32, …` (the last step
-//! masked, its missing lanes zero), then [`hsum`], a fixed tree of adds. Only how the outputs are
-//! grouped into tiles (4 weight rows by up to 4 activation rows, all sharing each weight load)
+//! masked, its missing lanes zero), then [`hsum16`]'s fixed tree of adds. Only how the outputs are
+//! grouped into tiles (4 weight rows by up to 6 activation rows, all sharing each weight load)
 //! and shared between threads depends on the number of rows, never the sums: a row's result is
 //! bitwise the same alone, in a decode batch or in a prefill pass of hundreds of rows.
 //!
@@ -23,8 +23,9 @@ use crate::DType;
 /// Above this many activation rows, F16 and BF16 weight rows are converted to `f32` once per
 /// call rather than once per tile.
 const CONVERT_ABOVE_M: usize = 8;
-/// Weight rows whose `f32` values stay in L2 while every quad of activation rows passes them.
-const W_BLOCK: usize = 16;
+/// Activation rows per tile (at most): 6 by 4 weight rows is 24 accumulators, and each step
+/// loads 10 vectors for 24 multiply-adds.
+const A: usize = 6;
 
 /// The stored weight formats of this kernel.
 #[cfg(target_arch = "x86_64")]
@@ -103,31 +104,33 @@ unsafe fn tiles<const W: u8>(x: &[f32], w: &[u8], m: usize, k: usize, t: &mut [f
     let rb = k * if W == F32 { 4 } else { 2 };
     let rows = t.len() / m.max(1);
     assert!(x.len() >= m * k && w.len() == rows * rb && t.len() == rows * m, "cpu::dot::tiles: sizes");
-    for jb in (0..rows).step_by(W_BLOCK) {
-        let je = (jb + W_BLOCK).min(rows);
-        for i0 in (0..m).step_by(4) {
-            let na = (m - i0).min(4);
-            let xs: [&[f32]; 4] = std::array::from_fn(|a| {
-                let i = i0 + a.min(na - 1);
-                &x[i * k..(i + 1) * k]
+    // Up to A activation rows stay in L1 while the chunk's weight rows stream past them.
+    for i0 in (0..m).step_by(A) {
+        let na = (m - i0).min(A);
+        let xs: [&[f32]; A] = std::array::from_fn(|a| {
+            let i = i0 + a.min(na - 1);
+            &x[i * k..(i + 1) * k]
+        });
+        for j0 in (0..rows).step_by(4) {
+            let nw = (rows - j0).min(4);
+            // Missing rows of the last quad repeat its last row; their results are dropped.
+            let ws: [&[u8]; 4] = std::array::from_fn(|b| {
+                let j = j0 + b.min(nw - 1);
+                &w[j * rb..(j + 1) * rb]
             });
-            for j0 in (jb..je).step_by(4) {
-                let nw = (je - j0).min(4);
-                // Missing rows of the last quad repeat its last row; their results are dropped.
-                let ws: [&[u8]; 4] = std::array::from_fn(|b| {
-                    let j = j0 + b.min(nw - 1);
-                    &w[j * rb..(j + 1) * rb]
-                });
-                let mut res = [[0f32; 4]; 4];
-                match na {
-                    1 => tile::<W, 1>(xs, ws, k, &mut res),
-                    2 => tile::<W, 2>(xs, ws, k, &mut res),
-                    3 => tile::<W, 3>(xs, ws, k, &mut res),
-                    _ => tile::<W, 4>(xs, ws, k, &mut res),
-                }
-                for (b, r) in res.iter().enumerate().take(nw) {
-                    t[(j0 + b) * m + i0..(j0 + b) * m + i0 + na].copy_from_slice(&r[..na]);
-                }
+            // The next quad's rows (a hint: past the end it is harmless).
+            let ahead = w.as_ptr().wrapping_add((j0 + 4) * rb);
+            let mut res = [[0f32; A]; 4];
+            match na {
+                1 => tile::<W, 1>(xs, ws, ahead, k, &mut res),
+                2 => tile::<W, 2>(xs, ws, ahead, k, &mut res),
+                3 => tile::<W, 3>(xs, ws, ahead, k, &mut res),
+                4 => tile::<W, 4>(xs, ws, ahead, k, &mut res),
+                5 => tile::<W, 5>(xs, ws, ahead, k, &mut res),
+                _ => tile::<W, 6>(xs, ws, ahead, k, &mut res),
+            }
+            for (b, r) in res.iter().enumerate().take(nw) {
+                t[(j0 + b) * m + i0..(j0 + b) * m + i0 + na].copy_from_slice(&r[..na]);
             }
         }
     }
@@ -173,32 +176,69 @@ fn widen<const W: u8>(h: __m256i) -> __m512 {
     }
 }
 
-/// The 16 lanes of `v` summed in one fixed order: halves, then quarters, then pairs.
+/// The lane sums of 16 registers at once: lane `r` of the result is the sum of the 16 lanes of
+/// `v[r]`, each in the same order (within each 128-bit lane `(l0 + l2) + (l1 + l3)`, then
+/// `(q0 + q1) + (q2 + q3)` over the four 128-bit lanes), by a tree of unpacks and shuffles
+/// that shares the work between the registers. Registers that are not needed are passed as
+/// zeros: the others' sums do not change.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-pub(super) fn hsum(v: __m512) -> f32 {
-    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
-    let h = _mm256_add_ps(_mm512_castps512_ps256(v), hi);
-    let q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
-    let p = _mm_add_ps(q, _mm_movehl_ps(q, q));
-    _mm_cvtss_f32(_mm_add_ss(p, _mm_movehdup_ps(p)))
+fn hsum16(v: [__m512; 16]) -> __m512 {
+    // Pairs: per 128-bit lane [a0 + a2, b0 + b2, a1 + a3, b1 + b3].
+    let mut p = [_mm512_setzero_ps(); 8];
+    for (i, x) in p.iter_mut().enumerate() {
+        let (a, b) = (v[2 * i], v[2 * i + 1]);
+        *x = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    }
+    // Fours: per 128-bit lane the four registers' sums of that 128-bit lane.
+    let mut q = [_mm512_setzero_ps(); 4];
+    for (i, x) in q.iter_mut().enumerate() {
+        let (a, b) = (_mm512_castps_pd(p[2 * i]), _mm512_castps_pd(p[2 * i + 1]));
+        *x = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+    }
+    // The four 128-bit lanes: (q0 + q1) and (q2 + q3), then their sum.
+    let (s01, s23) = (halves(q[0], q[1]), halves(q[2], q[3]));
+    halves(s01, s23)
+}
+
+/// `[a0 + a1, a2 + a3, b0 + b1, b2 + b3]` over the 128-bit lanes of `a` and `b`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+fn halves(a: __m512, b: __m512) -> __m512 {
+    _mm512_add_ps(_mm512_shuffle_f32x4::<0x88>(a, b), _mm512_shuffle_f32x4::<0xDD>(a, b))
 }
 
 /// One tile: the 4 weight rows `ws` against the first `N` activation rows of `xs`, into
-/// `res[b][a]`. Every pair has its own accumulator, summed as the module describes.
+/// `res[b][a]`. Every pair has its own accumulator, summed as the module describes. The
+/// `4 · k` values from `ahead` on (the next tile's rows) are prefetched meanwhile.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-fn tile<const W: u8, const N: usize>(xs: [&[f32]; 4], ws: [&[u8]; 4], k: usize, res: &mut [[f32; 4]; 4]) {
+fn tile<const W: u8, const N: usize>(
+    xs: [&[f32]; A],
+    ws: [&[u8]; 4],
+    ahead: *const u8,
+    k: usize,
+    res: &mut [[f32; A]; 4],
+) {
     let size = if W == F32 { 4 } else { 2 };
     assert!(xs.iter().all(|x| x.len() >= k) && ws.iter().all(|w| w.len() >= k * size), "cpu::dot::tile: sizes");
-    let xp = xs.map(<[f32]>::as_ptr);
+    let xp: [*const f32; N] = std::array::from_fn(|a| xs[a].as_ptr());
     let wp = ws.map(<[u8]>::as_ptr);
     let mut acc = [[_mm512_setzero_ps(); N]; 4];
     let k16 = k / 16 * 16;
     let mut c = 0;
     while c < k16 {
+        // One line of the next tile's rows per 64 bytes of this one's.
+        if c % (64 / size) == 0 {
+            let off = 4 * c * size;
+            for r in 0..4 {
+                // A prefetch is only a hint: it never faults.
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(off + r * 64).cast());
+            }
+        }
         // SAFETY: every row holds `k` values (checked above) and `c + 16 <= k`.
         unsafe { step::<W, N>(&mut acc, xp, wp, c, None) };
         c += 16;
@@ -207,9 +247,24 @@ fn tile<const W: u8, const N: usize>(xs: [&[f32]; 4], ws: [&[u8]; 4], k: usize, 
         // SAFETY: the mask selects values `k16..k`, which every row holds.
         unsafe { step::<W, N>(&mut acc, xp, wp, k16, Some(((1u32 << (k - k16)) - 1) as u16)) };
     }
+    // The 4·N sums, 16 at a time (lane order: weight row, then activation row).
+    let zero = _mm512_setzero_ps();
+    let mut regs = [zero; 32];
     for b in 0..4 {
         for a in 0..N {
-            res[b][a] = hsum(acc[b][a]);
+            regs[b * N + a] = acc[b][a];
+        }
+    }
+    let mut sums = [0f32; 32];
+    for g in 0..(4 * N).div_ceil(16) {
+        let group: [__m512; 16] = std::array::from_fn(|r| regs[16 * g + r]);
+        let dst = &mut sums[16 * g..16 * g + 16];
+        // SAFETY: `dst` is 16 writable `f32`; no alignment needed.
+        unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), hsum16(group)) };
+    }
+    for b in 0..4 {
+        for a in 0..N {
+            res[b][a] = sums[b * N + a];
         }
     }
 }
@@ -223,7 +278,7 @@ fn tile<const W: u8, const N: usize>(xs: [&[f32]; 4], ws: [&[u8]; 4], k: usize, 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
 unsafe fn step<const W: u8, const N: usize>(
     acc: &mut [[__m512; N]; 4],
-    xp: [*const f32; 4],
+    xp: [*const f32; N],
     wp: [*const u8; 4],
     c: usize,
     mask: Option<__mmask16>,

@@ -1,6 +1,8 @@
 //! `x · wᵀ` for f32 activations and weights of any dtype.
 //!
-//! Two paths:
+//! F32, F16 and BF16 weights go, where the CPU has AVX-512, through `cpu::dot` for any number
+//! of rows: every output sums over K in one order, so a row's result is the same whatever else
+//! shares its pass. Elsewhere (and for the formats below that have no 8-bit kernel), two paths:
 //! - few rows (decode): each weight row is read once and dotted with every activation row, in
 //!   parallel over weight rows. Decode is bound by memory bandwidth, so reading the weights once
 //!   in their stored (quantised) form is what matters.
@@ -542,32 +544,6 @@ mod tests {
             weights.push((format!("{dt} stored"), stored(dt, bytes, n, k)));
         }
         check_rows_alone(&weights, n, k);
-    }
-
-    /// Q4_K and Q5_K weights (their tiles for decode and panels for prefill where the CPU has
-    /// AVX-512 VNNI): the same. The bytes are arbitrary but for each super-block's two `f16`
-    /// scales, kept small and finite.
-    #[test]
-    fn k_quant_rows_are_the_same_in_any_batch() {
-        for (n, k) in [(100, 512), (70, 768)] {
-            let mut weights = Vec::new();
-            for (dt, bb) in [(DType::Q4K, 144), (DType::Q5K, 176)] {
-                let mut state = 0x2545_f491_4f6c_dd1du64;
-                let mut bytes: Vec<u8> = (0..n * k / 256 * bb)
-                    .map(|_| {
-                        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-                        (state >> 56) as u8
-                    })
-                    .collect();
-                for (i, blk) in bytes.chunks_exact_mut(bb).enumerate() {
-                    let d = half::f16::from_f32(0.01 + (i % 7) as f32 / 500.0).to_le_bytes();
-                    let dmin = half::f16::from_f32(0.005 + (i % 5) as f32 / 900.0).to_le_bytes();
-                    blk[..4].copy_from_slice(&[d[0], d[1], dmin[0], dmin[1]]);
-                }
-                weights.push((format!("{dt}, k {k}"), stored(dt, bytes, n, k)));
-            }
-            check_rows_alone(&weights, n, k);
-        }
     }
 
     /// F32, F16 and BF16 weights: the same, with rows that are whole SIMD vectors and rows that

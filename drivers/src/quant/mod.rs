@@ -318,10 +318,6 @@ pub fn matmul_q8(dtype: DType, w: &[u8], acts: &Q8Acts, out: &mut [f32]) {
         if m >= PANEL_MIN_M && panel_formats(dtype) && unsafe { x86::panel::rows(dtype, w, rb, &rows, out) } {
             return;
         }
-        // SAFETY: as above. (Q4_K and Q5_K: tiles that sum in the panel kernel's order.)
-        if unsafe { x86::ktile::rows(dtype, w, rb, &rows, out) } {
-            return;
-        }
         // SAFETY: as above.
         if unsafe { x86::tile::rows(dtype, w, rb, &rows, out) } {
             return;
