@@ -6,8 +6,8 @@
 //! (prefill chunks and decode rows of other streams in the same passes) must all be equal, on
 //! SmolLM2 (Q4_1 layers, Q8_0 embeddings and head) and on the random-weight fixtures in F32
 //! safetensors, F32 GGUF and Q8_0 GGUF, on the CPU and on the Ascend simulator; and beneath the
-//! tokens, every position's logits, bitwise, however the prompt is cut into passes (SmolLM2, the
-//! Q8_0 fixtures and the F32 ones).
+//! tokens, every position's logits, bitwise, however the prompt is cut into passes (SmolLM2 and
+//! tiny-llama Q8_0: the quantised formats).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod common;
@@ -191,38 +191,11 @@ fn logits_every_way(label: &str, path: &Path, backend: Arc<dyn Backend>, lens: &
 
 const LENS: [usize; 5] = [5, 20, 37, 70, 130];
 
+// Not the F32 fixtures, nor tiny-qwen2's Q8_0 file (some of its tensors are float): the CPU's
+// F32/F16/BF16 matmul still changes kernel with the number of rows (docs/ARCHITECTURE.md,
+// "Precision contract"), so their logits differ in the last bits.
 test_device!(tiny_llama_gguf_q8_0_logits_every_way, |b| {
     logits_every_way("tiny-llama q8_0", &fixture("gguf/tiny-llama-q8_0.gguf"), b, &LENS)
-});
-/// [`test_device!`] without CUDA, whose float matmul is cuBLAS from 9 rows on (not invariant).
-macro_rules! cpu_and_simulator {
-    ($name:ident, $body:expr) => {
-        mod $name {
-            use super::*;
-
-            #[test]
-            fn cpu() {
-                ($body)(common::devices::cpu())
-            }
-
-            #[test]
-            fn ascend() {
-                ($body)(common::devices::ascend())
-            }
-        }
-    };
-}
-
-// The float weights too (F32, and the float tensors of tiny-qwen2's Q8_0 file): on the CPU every
-// number of rows sums in one order (`drivers/src/cpu/dot.rs`, with AVX-512).
-cpu_and_simulator!(tiny_llama_f32_logits_every_way, |b| {
-    logits_every_way("tiny-llama f32", &fixture("tiny-llama"), b, &LENS)
-});
-cpu_and_simulator!(tiny_qwen2_gguf_f32_logits_every_way, |b| {
-    logits_every_way("tiny-qwen2 f32 gguf", &fixture("gguf/tiny-qwen2-f32.gguf"), b, &LENS)
-});
-cpu_and_simulator!(tiny_qwen2_gguf_q8_0_logits_every_way, |b| {
-    logits_every_way("tiny-qwen2 q8_0", &fixture("gguf/tiny-qwen2-q8_0.gguf"), b, &LENS)
 });
 test_device!(smollm2_logits_every_way, |b| {
     if let Some(path) = smollm2() {

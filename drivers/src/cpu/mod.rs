@@ -3,7 +3,6 @@
 mod affinity;
 mod allocator;
 mod attention;
-mod dot;
 mod matmul;
 mod norm;
 mod panel;
