@@ -86,10 +86,16 @@ def main(src, dst):
         out_infos.append((name, dims, F32 if v is None else F16, off))
         blobs.append(blob)
         off += (len(blob) + align - 1) // align * align
+    write_gguf(dst, n_kv, kv_bytes, out_infos, blobs, align)
+
+
+def write_gguf(dst, n_kv, kv_bytes, infos, blobs, align):
+    """Writes a GGUF v3 file: the metadata bytes as read, the tensor infos `(name, dims, type,
+    offset)` and the tensor data `blobs`, each padded to `align`."""
     with open(dst, "wb") as f:
-        f.write(struct.pack("<4sIQQ", b"GGUF", 3, n_tensors, n_kv))
+        f.write(struct.pack("<4sIQQ", b"GGUF", 3, len(infos), n_kv))
         f.write(kv_bytes)
-        for name, dims, t, toff in out_infos:
+        for name, dims, t, toff in infos:
             nb = name.encode()
             f.write(struct.pack("<Q", len(nb)) + nb + struct.pack("<I", len(dims)))
             f.write(struct.pack(f"<{len(dims)}Q", *dims) + struct.pack("<IQ", t, toff))
