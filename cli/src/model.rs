@@ -28,6 +28,9 @@ pub struct ModelArgs {
     /// Tokens the KV cache holds.
     #[arg(long, default_value_t = 4096)]
     kv_tokens: usize,
+    /// Element type of the KV cache: f32 (exact) or f16 (half the memory).
+    #[arg(long, default_value = "f32")]
+    kv_dtype: govbox_drivers::KvDType,
     /// Device to run on: auto (Ascend, then CUDA, then the CPU), cpu, cuda:N or ascend:N. A
     /// named accelerator that cannot be opened is an error, never a silent fall-back.
     #[arg(long, default_value = "auto", env = "GOVBOX_DEVICE")]
@@ -148,7 +151,7 @@ fn load(m: &ModelArgs) -> Result<(Arc<Engine>, Arc<dyn Backend>)> {
             .with_context(|| format!("opening device {} (--device)", m.device))?
             .backend
     };
-    let opts = EngineOptions { kv_tokens: m.kv_tokens };
+    let opts = EngineOptions { kv_tokens: m.kv_tokens, kv_dtype: m.kv_dtype };
     let engine =
         Engine::load(&m.model, backend.clone(), &opts).with_context(|| format!("loading {}", m.model.display()))?;
     Ok((Arc::new(engine), backend))
@@ -288,6 +291,10 @@ fn info(m: &ModelArgs) -> Result<()> {
         let mix: Vec<String> = d.weight_dtypes().iter().map(|(t, n)| format!("{t} x{n}")).collect();
         println!("weights:      {} ({:.1} MiB)", mix.join(", "), d.weight_bytes() as f64 / (1 << 20) as f64);
         println!("parameters:   {:.1} M", d.parameter_count() as f64 / 1e6);
+        if let Some(kv) = engine.kv_spec() {
+            let mib = kv.bytes().unwrap_or(0) as f64 / (1 << 20) as f64;
+            println!("kv cache:     {} tokens, {} ({mib:.1} MiB)", kv.n_blocks * kv.block_size, kv.dtype);
+        }
     } else if let Some(e) = engine.embedding_model() {
         println!("architecture: {:?} encoder (sentence embeddings, {} pooling)", e.family(), e.pooling().name());
         println!("dimension:    {}", e.dim());

@@ -270,7 +270,7 @@ fn detect(model: &Path) -> Result<ModelMeta> {
 /// Runs the model on the CPU backend and records its self-test.
 fn record_selftest(model: &Path, kind: ModelKind, threads: usize, tolerance: f32) -> Result<SelfTest> {
     let backend: Arc<dyn Backend> = Arc::new(CpuBackend::new(threads)?);
-    let engine = Engine::load(model, backend, &EngineOptions { kv_tokens: 64 })
+    let engine = Engine::load(model, backend, &EngineOptions { kv_tokens: 64, ..Default::default() })
         .with_context(|| format!("loading {} for the self-test", model.display()))?;
     match kind {
         ModelKind::Chat => {
@@ -385,7 +385,7 @@ mod tests {
         assert_eq!((c.token_ids.len(), c.top_k.len()), (SELFTEST_TOKENS, SELFTEST_TOP_K));
         // The box may run the prompt through the KV cache one token at a time; that must pass too.
         let backend: Arc<dyn Backend> = Arc::new(CpuBackend::new(2).unwrap());
-        let engine = Engine::load(&model, backend, &EngineOptions { kv_tokens: 64 }).unwrap();
+        let engine = Engine::load(&model, backend, &EngineOptions { kv_tokens: 64, ..Default::default() }).unwrap();
         let all = engine.logits(&c.token_ids, false).unwrap();
         let vocab = all.len() / c.token_ids.len();
         test.compare(&SelfTestOutput::Logits(&all[all.len() - vocab..])).unwrap();

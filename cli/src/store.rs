@@ -292,7 +292,7 @@ fn import_offline(store: &ModelStore, paths: &StatePaths, file: &Path, activate:
 
 fn load_cpu(load_path: &Path) -> Result<Engine> {
     let backend = Arc::new(CpuBackend::new(0)?);
-    Ok(Engine::load(load_path, backend, &EngineOptions { kv_tokens: 1024 })?)
+    Ok(Engine::load(load_path, backend, &EngineOptions { kv_tokens: 1024, ..Default::default() })?)
 }
 
 fn check_selftest(engine: &Engine, test: &SelfTest) -> Result<Value> {

@@ -341,7 +341,7 @@ fn short(digest: &str) -> &str {
 fn load(state: &AppState, a: &ActiveModel) -> Result<LoadedModel, ServeError> {
     let entry = ModelEntry { name: a.name.clone(), path: a.load_path.clone() };
     let source = ModelSource::Package { version: a.version.clone(), digest: format!("sha256-{}", a.digest) };
-    Ok(load_model(&entry, source, state.backend.clone(), state.config.serving.kv_tokens)?)
+    Ok(load_model(&entry, source, state.backend.clone(), &state.config.serving.engine_options())?)
 }
 
 fn swap_in(state: &AppState, m: LoadedModel) {

@@ -152,10 +152,13 @@ pub fn load_model(
     entry: &ModelEntry,
     source: ModelSource,
     backend: Arc<dyn Backend>,
-    kv_tokens: usize,
+    opts: &EngineOptions,
 ) -> Result<LoadedModel, ModelLoadError> {
-    let engine = Engine::load(&entry.path, backend, &EngineOptions { kv_tokens })
-        .map_err(|source| ModelLoadError::Engine { name: entry.name.clone(), path: entry.path.clone(), source })?;
+    let engine = Engine::load(&entry.path, backend, opts).map_err(|source| ModelLoadError::Engine {
+        name: entry.name.clone(),
+        path: entry.path.clone(),
+        source,
+    })?;
     let kind = if engine.embedding_model().is_some() {
         ModelKind::Embedding
     } else if engine.rerank_model().is_some() {
