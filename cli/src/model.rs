@@ -140,6 +140,10 @@ pub enum ModelCommand {
         /// Repetitions; the best and mean are reported.
         #[arg(short = 'r', long, default_value_t = 3)]
         reps: usize,
+        /// Prompt tokens already in the KV cache when the generated tokens are timed (llama-bench's
+        /// `-d`): decode speed at that context depth. 0 times from a one-token prompt.
+        #[arg(short = 'd', long, default_value_t = 0)]
+        depth: usize,
     },
 }
 
@@ -257,7 +261,9 @@ pub fn run(state: Option<&Path>, socket: &Path, cmd: ModelCommand) -> Result<()>
             println!("{}", serde_json::to_string(&rows)?);
             Ok(())
         }
-        ModelCommand::Bench { m, prompt_tokens, gen_tokens, reps } => bench(&m, prompt_tokens, gen_tokens, reps),
+        ModelCommand::Bench { m, prompt_tokens, gen_tokens, reps, depth } => {
+            bench(&m, prompt_tokens, gen_tokens, reps, depth)
+        }
     }
 }
 
@@ -308,7 +314,7 @@ fn info(m: &ModelArgs) -> Result<()> {
     Ok(())
 }
 
-fn bench(m: &ModelArgs, pp: usize, tg: usize, reps: usize) -> Result<()> {
+fn bench(m: &ModelArgs, pp: usize, tg: usize, reps: usize, depth: usize) -> Result<()> {
     let (engine, backend) = load(m)?;
     let vocab = engine.decoder_model().context("bench needs a decoder model")?.config().vocab_size as u32;
     // Deterministic pseudo-random token ids, away from the special tokens at the start.
@@ -334,7 +340,7 @@ fn bench(m: &ModelArgs, pp: usize, tg: usize, reps: usize) -> Result<()> {
         }
         results.insert("pp".into(), rate(pp, &times));
     }
-    if tg > 0 {
+    if tg > 0 && depth == 0 {
         let mut times = Vec::new();
         for _ in 0..reps {
             let req = GenerateRequest { ignore_eos: true, ..GenerateRequest::new(Prompt::Tokens(vec![next()]), tg) };
@@ -343,6 +349,22 @@ fn bench(m: &ModelArgs, pp: usize, tg: usize, reps: usize) -> Result<()> {
             times.push(t.elapsed().as_secs_f64());
         }
         results.insert("tg".into(), rate(tg, &times));
+    } else if tg > 1 {
+        // After a fresh prompt of `depth` tokens: the clock starts at the first event (the
+        // prefill's token) and stops at the end, so it times the tg - 1 decode steps alone.
+        let mut times = Vec::new();
+        for _ in 0..reps {
+            let ids: Vec<u32> = (0..depth).map(|_| next()).collect();
+            let req = GenerateRequest { ignore_eos: true, ..GenerateRequest::new(Prompt::Tokens(ids), tg) };
+            let mut first = None;
+            engine.generate(&req, &mut |_| {
+                first.get_or_insert_with(Instant::now);
+                true
+            })?;
+            times.push(first.map_or(0.0, |t| t.elapsed().as_secs_f64()));
+        }
+        results.insert("tg".into(), rate(tg - 1, &times));
+        results.insert("depth".into(), depth.into());
     }
     let info = backend.info();
     results.insert("device".into(), govbox_drivers::device::kind_name(info.kind).into());
@@ -353,6 +375,10 @@ fn bench(m: &ModelArgs, pp: usize, tg: usize, reps: usize) -> Result<()> {
         results.insert("notes".into(), info.notes.into());
     }
     results.insert("model".into(), m.model.display().to_string().into());
+    if let Some(kv) = engine.kv_spec() {
+        results.insert("kv_dtype".into(), kv.dtype.name().into());
+        results.insert("kv_bytes".into(), kv.bytes().unwrap_or(0).into());
+    }
     println!("{}", serde_json::Value::Object(results));
     Ok(())
 }
