@@ -31,7 +31,7 @@ pub struct EngineOptions {
     /// The element type of the KV pool. `f32` by default: exact, so logits stay within 1e-4 of
     /// the f32 references. `f16` halves the pool's memory (llama.cpp's default type) and keeps
     /// greedy answers and batch/cache invariance (a key or value is rounded once, when written,
-    /// whatever the batch), but moves the tiny fixtures' logits by up to about 2e-3.
+    /// whatever the batch), but moves the tiny fixtures' logits by up to about 3e-3.
     pub kv_dtype: KvDType,
 }
 
