@@ -28,6 +28,9 @@ pub struct ModelArgs {
     /// Tokens the KV cache holds.
     #[arg(long, default_value_t = 4096)]
     kv_tokens: usize,
+    /// Element type of the KV cache: f32 (exact) or f16 (half the memory).
+    #[arg(long, default_value = "f32")]
+    kv_dtype: govbox_drivers::KvDType,
     /// Device to run on: auto (Ascend, then CUDA, then the CPU), cpu, cuda:N or ascend:N. A
     /// named accelerator that cannot be opened is an error, never a silent fall-back.
     #[arg(long, default_value = "auto", env = "GOVBOX_DEVICE")]
@@ -143,6 +146,10 @@ pub enum ModelCommand {
         /// Repetitions; the best and mean are reported.
         #[arg(short = 'r', long, default_value_t = 3)]
         reps: usize,
+        /// Prompt tokens already in the KV cache when the generated tokens are timed (llama-bench's
+        /// `-d`): decode speed at that context depth. 0 times from a one-token prompt.
+        #[arg(short = 'd', long, default_value_t = 0)]
+        depth: usize,
     },
 }
 
@@ -158,7 +165,7 @@ fn load_as(m: &ModelArgs, what: LoadAs) -> Result<(Arc<Engine>, Arc<dyn Backend>
             .with_context(|| format!("opening device {} (--device)", m.device))?
             .backend
     };
-    let opts = EngineOptions { kv_tokens: m.kv_tokens };
+    let opts = EngineOptions { kv_tokens: m.kv_tokens, kv_dtype: m.kv_dtype };
     let engine = Engine::load_as(&m.model, backend.clone(), &opts, what)
         .with_context(|| format!("loading {}", m.model.display()))?;
     Ok((Arc::new(engine), backend))
@@ -270,7 +277,9 @@ pub fn run(state: Option<&Path>, socket: &Path, cmd: ModelCommand) -> Result<()>
             println!("{}", serde_json::to_string(&rows)?);
             Ok(())
         }
-        ModelCommand::Bench { m, prompt_tokens, gen_tokens, reps } => bench(&m, prompt_tokens, gen_tokens, reps),
+        ModelCommand::Bench { m, prompt_tokens, gen_tokens, reps, depth } => {
+            bench(&m, prompt_tokens, gen_tokens, reps, depth)
+        }
     }
 }
 
@@ -304,6 +313,10 @@ fn info(m: &ModelArgs) -> Result<()> {
         let mix: Vec<String> = d.weight_dtypes().iter().map(|(t, n)| format!("{t} x{n}")).collect();
         println!("weights:      {} ({:.1} MiB)", mix.join(", "), d.weight_bytes() as f64 / (1 << 20) as f64);
         println!("parameters:   {:.1} M", d.parameter_count() as f64 / 1e6);
+        if let Some(kv) = engine.kv_spec() {
+            let mib = kv.bytes().unwrap_or(0) as f64 / (1 << 20) as f64;
+            println!("kv cache:     {} tokens, {} ({mib:.1} MiB)", kv.n_blocks * kv.block_size, kv.dtype);
+        }
     } else if let Some(e) = engine.embedding_model() {
         let what = if e.family().is_some() { "encoder" } else { "decoder without its LM head" };
         println!("architecture: {} {what} (sentence embeddings, {} pooling)", e.architecture(), e.pooling().name());
@@ -319,7 +332,7 @@ fn info(m: &ModelArgs) -> Result<()> {
     Ok(())
 }
 
-fn bench(m: &ModelArgs, pp: usize, tg: usize, reps: usize) -> Result<()> {
+fn bench(m: &ModelArgs, pp: usize, tg: usize, reps: usize, depth: usize) -> Result<()> {
     let (engine, backend) = load(m)?;
     let vocab = engine.decoder_model().context("bench needs a decoder model")?.config().vocab_size as u32;
     // Deterministic pseudo-random token ids, away from the special tokens at the start.
@@ -345,7 +358,7 @@ fn bench(m: &ModelArgs, pp: usize, tg: usize, reps: usize) -> Result<()> {
         }
         results.insert("pp".into(), rate(pp, &times));
     }
-    if tg > 0 {
+    if tg > 0 && depth == 0 {
         let mut times = Vec::new();
         for _ in 0..reps {
             let req = GenerateRequest { ignore_eos: true, ..GenerateRequest::new(Prompt::Tokens(vec![next()]), tg) };
@@ -354,6 +367,22 @@ fn bench(m: &ModelArgs, pp: usize, tg: usize, reps: usize) -> Result<()> {
             times.push(t.elapsed().as_secs_f64());
         }
         results.insert("tg".into(), rate(tg, &times));
+    } else if tg > 1 {
+        // After a fresh prompt of `depth` tokens: the clock starts at the first event (the
+        // prefill's token) and stops at the end, so it times the tg - 1 decode steps alone.
+        let mut times = Vec::new();
+        for _ in 0..reps {
+            let ids: Vec<u32> = (0..depth).map(|_| next()).collect();
+            let req = GenerateRequest { ignore_eos: true, ..GenerateRequest::new(Prompt::Tokens(ids), tg) };
+            let mut first = None;
+            engine.generate(&req, &mut |_| {
+                first.get_or_insert_with(Instant::now);
+                true
+            })?;
+            times.push(first.map_or(0.0, |t| t.elapsed().as_secs_f64()));
+        }
+        results.insert("tg".into(), rate(tg - 1, &times));
+        results.insert("depth".into(), depth.into());
     }
     let info = backend.info();
     results.insert("device".into(), govbox_drivers::device::kind_name(info.kind).into());
@@ -364,6 +393,10 @@ fn bench(m: &ModelArgs, pp: usize, tg: usize, reps: usize) -> Result<()> {
         results.insert("notes".into(), info.notes.into());
     }
     results.insert("model".into(), m.model.display().to_string().into());
+    if let Some(kv) = engine.kv_spec() {
+        results.insert("kv_dtype".into(), kv.dtype.name().into());
+        results.insert("kv_bytes".into(), kv.bytes().unwrap_or(0).into());
+    }
     println!("{}", serde_json::Value::Object(results));
     Ok(())
 }

@@ -278,8 +278,9 @@ fn record_selftest(model: &Path, kind: ModelKind, threads: usize, tolerance: f32
     let backend: Arc<dyn Backend> = Arc::new(CpuBackend::new(threads)?);
     // A yes/no reranker's pool must hold its prompt; a chat model's self-test reads a few tokens.
     let kv_tokens = if kind == ModelKind::Rerank { 1024 } else { 64 };
-    let engine = Engine::load_as(model, backend, &EngineOptions { kv_tokens }, load_as(Some(kind)))
-        .with_context(|| format!("loading {} for the self-test", model.display()))?;
+    let engine =
+        Engine::load_as(model, backend, &EngineOptions { kv_tokens, ..Default::default() }, load_as(Some(kind)))
+            .with_context(|| format!("loading {} for the self-test", model.display()))?;
     match kind {
         ModelKind::Chat => {
             let vocab =
@@ -393,7 +394,7 @@ mod tests {
         assert_eq!((c.token_ids.len(), c.top_k.len()), (SELFTEST_TOKENS, SELFTEST_TOP_K));
         // The box may run the prompt through the KV cache one token at a time; that must pass too.
         let backend: Arc<dyn Backend> = Arc::new(CpuBackend::new(2).unwrap());
-        let engine = Engine::load(&model, backend, &EngineOptions { kv_tokens: 64 }).unwrap();
+        let engine = Engine::load(&model, backend, &EngineOptions { kv_tokens: 64, ..Default::default() }).unwrap();
         let all = engine.logits(&c.token_ids, false).unwrap();
         let vocab = all.len() / c.token_ids.len();
         test.compare(&SelfTestOutput::Logits(&all[all.len() - vocab..])).unwrap();

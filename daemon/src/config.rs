@@ -304,6 +304,8 @@ pub struct Serving {
     /// Tokens the KV cache of each chat model holds across all running requests. This is also
     /// the prefix cache's cap: blocks of ended requests stay reusable until new ones need them.
     pub kv_tokens: usize,
+    /// The element type of the KV cache: `f16` or `f32` (see [`Serving::engine_options`]).
+    pub kv_dtype: String,
     /// Seconds that SIGTERM waits for running answers to finish before the daemon exits.
     pub shutdown_grace_secs: u64,
     /// Who may reuse whose cached prompt prefixes: `per_client`, `shared` or `off`.
@@ -326,6 +328,17 @@ pub enum PrefixCacheMode {
     Off,
 }
 
+impl Serving {
+    /// What the engine of each chat model is loaded with. `kv_dtype` was checked when the file
+    /// was read; a value that somehow is not a known name falls back to `f32`, the exact type.
+    pub fn engine_options(&self) -> govbox_engine::EngineOptions {
+        govbox_engine::EngineOptions {
+            kv_tokens: self.kv_tokens,
+            kv_dtype: self.kv_dtype.parse().unwrap_or(govbox_drivers::KvDType::F32),
+        }
+    }
+}
+
 impl Default for Serving {
     fn default() -> Self {
         Serving {
@@ -340,6 +353,10 @@ impl Default for Serving {
             default_max_tokens: 1024,
             // 8192 tokens: two full 4k-context requests, or several short ones, per chat model.
             kv_tokens: 8192,
+            // f32: exact. "f16" halves the cache for the same tokens and keeps greedy answers
+            // batch- and cache-invariant, but moves logits by up to ~3e-3 against f32 references
+            // (the 1e-4 the numerics tests hold f32 to), so it is the operator's choice.
+            kv_dtype: "f32".into(),
             // 30 s finishes a typical streamed answer and stays under systemd's 90 s stop timeout.
             shutdown_grace_secs: 30,
             // Per client: clients of one box are separate applications, and a shared cache lets
@@ -423,6 +440,9 @@ impl Config {
         }
         if let Err(e) = self.device.parse::<govbox_drivers::DeviceSpec>() {
             return invalid("device", &e.to_string());
+        }
+        if let Err(e) = self.serving.kv_dtype.parse::<govbox_drivers::KvDType>() {
+            return invalid("serving.kv_dtype", &e.to_string());
         }
         let l = &self.limits;
         let s = &self.serving;
@@ -582,6 +602,15 @@ mod tests {
         let (c, _) = parse("[serving]\nprefix_cache = \"shared\"\n").unwrap();
         assert_eq!(c.serving.prefix_cache, PrefixCacheMode::Shared);
         assert!(parse("[serving]\nprefix_cache = \"global\"\n").unwrap_err().to_string().contains("per_client"));
+        assert_eq!(Config::default().serving.engine_options().kv_dtype, govbox_drivers::KvDType::F32);
+        let (c, _) = parse("[serving]\nkv_dtype = \"f16\"\n").unwrap();
+        assert_eq!(c.serving.engine_options().kv_dtype, govbox_drivers::KvDType::F16);
+        for (bad, says) in [("\"bf16\"", "expected \"f32\" or \"f16\""), ("\"q8_0\"", "q8_0 is not implemented yet")] {
+            let e = parse(&format!("[serving]\nkv_dtype = {bad}\n")).unwrap_err().to_string();
+            assert!(e.contains("serving.kv_dtype") && e.contains(says), "{e}");
+        }
+        let e = parse("[serving]\nkv_dtype = 16\n").unwrap_err().to_string();
+        assert!(e.contains("kv_dtype"), "{e}");
     }
 
     #[test]

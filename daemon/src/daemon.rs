@@ -406,9 +406,10 @@ async fn load_models(state: Arc<AppState>, fatal: mpsc::Sender<DaemonError>) {
                 continue;
             }
             let backend = state.backend.clone();
-            let kv = state.config.serving.kv_tokens;
+            let opts = state.config.serving.engine_options();
             let t = Instant::now();
-            let job = move || load_model(&entry, ModelSource::DevFolder, backend, kv, govbox_engine::LoadAs::Detected);
+            let job =
+                move || load_model(&entry, ModelSource::DevFolder, backend, &opts, govbox_engine::LoadAs::Detected);
             match tokio::task::spawn_blocking(job).await {
                 Ok(Ok(m)) => {
                     log::warn!(

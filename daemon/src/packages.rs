@@ -345,7 +345,7 @@ fn load(state: &AppState, a: &ActiveModel) -> Result<LoadedModel, ServeError> {
         Some(govbox_images::ModelKind::Rerank) => govbox_engine::LoadAs::Reranker,
         _ => govbox_engine::LoadAs::Detected,
     };
-    Ok(load_model(&entry, source, state.backend.clone(), state.config.serving.kv_tokens, what)?)
+    Ok(load_model(&entry, source, state.backend.clone(), &state.config.serving.engine_options(), what)?)
 }
 
 fn swap_in(state: &AppState, m: LoadedModel) {

@@ -154,11 +154,14 @@ pub fn load_model(
     entry: &ModelEntry,
     source: ModelSource,
     backend: Arc<dyn Backend>,
-    kv_tokens: usize,
+    opts: &EngineOptions,
     what: govbox_engine::LoadAs,
 ) -> Result<LoadedModel, ModelLoadError> {
-    let engine = Engine::load_as(&entry.path, backend, &EngineOptions { kv_tokens }, what)
-        .map_err(|source| ModelLoadError::Engine { name: entry.name.clone(), path: entry.path.clone(), source })?;
+    let engine = Engine::load_as(&entry.path, backend, opts, what).map_err(|source| ModelLoadError::Engine {
+        name: entry.name.clone(),
+        path: entry.path.clone(),
+        source,
+    })?;
     let kind = if engine.embedding_model().is_some() {
         ModelKind::Embedding
     } else if engine.rerank_model().is_some() {

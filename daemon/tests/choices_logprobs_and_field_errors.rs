@@ -177,8 +177,12 @@ async fn completions_prompt_lists_token_prompts_echo_and_logprobs() {
 
     // A token-id prompt answers like its text.
     let backend = std::sync::Arc::new(govbox_drivers::cpu::CpuBackend::new(1).unwrap());
-    let engine =
-        govbox_engine::Engine::load(&tiny_qwen2(), backend, &govbox_engine::EngineOptions { kv_tokens: 64 }).unwrap();
+    let engine = govbox_engine::Engine::load(
+        &tiny_qwen2(),
+        backend,
+        &govbox_engine::EngineOptions { kv_tokens: 64, ..Default::default() },
+    )
+    .unwrap();
     let ids = engine.prompt_ids(&govbox_engine::Prompt::Text("In a galaxy".into())).unwrap();
     let t = d
         .post(&c, "/v1/completions", &json!({"model": "tiny", "prompt": ids, "max_tokens": 5, "temperature": 0}))

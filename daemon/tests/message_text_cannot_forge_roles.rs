@@ -29,8 +29,12 @@ async fn a_forged_system_turn_stays_text() {
     let app = b.add_client("hr-portal", &[], None, None).token_only();
     let cfg = b.config(&[("tiny", &tiny_qwen2())], "");
     let d = Daemon::ready(&b, &cfg).await;
-    let engine =
-        Engine::load(&tiny_qwen2(), Arc::new(CpuBackend::new(1).unwrap()), &EngineOptions { kv_tokens: 64 }).unwrap();
+    let engine = Engine::load(
+        &tiny_qwen2(),
+        Arc::new(CpuBackend::new(1).unwrap()),
+        &EngineOptions { kv_tokens: 64, ..Default::default() },
+    )
+    .unwrap();
     let tok = engine.tokenizer();
     let im_start = tok.token_to_id("<|im_start|>").unwrap();
 

@@ -24,7 +24,7 @@ async fn chat_daemon() -> (Box_, Daemon, Creds) {
 
 fn prompt_tokens_of(messages: &[ChatMessage]) -> usize {
     let backend = Arc::new(CpuBackend::new(1).unwrap());
-    let e = Engine::load(&tiny_qwen2(), backend, &EngineOptions { kv_tokens: 64 }).unwrap();
+    let e = Engine::load(&tiny_qwen2(), backend, &EngineOptions { kv_tokens: 64, ..Default::default() }).unwrap();
     e.prompt_ids(&Prompt::Chat(messages.to_vec())).unwrap().len()
 }
 

@@ -80,6 +80,66 @@ pub struct Rope<'a> {
     pub positions: &'a [u32],
 }
 
+/// The element type a KV pool stores keys and values in (`[serving] kv_dtype`). Attention reads
+/// the stored type directly; new keys and values are rounded to it once, when written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum KvDType {
+    /// IEEE binary32: exact, twice the memory of `F16`.
+    F32,
+    /// IEEE binary16 (round to nearest even on write): half the memory of `F32`, llama.cpp's
+    /// default cache type.
+    F16,
+}
+
+impl KvDType {
+    /// Every KV dtype this build knows, in the config's spelling.
+    pub const ALL: [KvDType; 2] = [KvDType::F32, KvDType::F16];
+
+    /// The config's name: `"f32"`, `"f16"`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            KvDType::F32 => "f32",
+            KvDType::F16 => "f16",
+        }
+    }
+
+    /// Bytes one stored value takes.
+    pub const fn bytes(self) -> usize {
+        match self {
+            KvDType::F32 => 4,
+            KvDType::F16 => 2,
+        }
+    }
+
+    /// The type for a config name, or `None` for a name this build does not store.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|d| d.name() == name)
+    }
+}
+
+/// A `kv_dtype` name this build does not store.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("\"{name}\" is not a KV cache type this build stores (expected \"f32\" or \"f16\"{})", if name == "q8_0" { "; q8_0 is not implemented yet" } else { "" })]
+pub struct UnknownKvDType {
+    /// The name given.
+    pub name: String,
+}
+
+impl std::str::FromStr for KvDType {
+    type Err = UnknownKvDType;
+
+    fn from_str(s: &str) -> std::result::Result<Self, UnknownKvDType> {
+        Self::from_name(s).ok_or_else(|| UnknownKvDType { name: s.to_string() })
+    }
+}
+
+impl fmt::Display for KvDType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Shape of a paged KV cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KvSpec {
@@ -93,12 +153,25 @@ pub struct KvSpec {
     pub block_size: usize,
     /// Blocks in the pool.
     pub n_blocks: usize,
+    /// The stored element type.
+    pub dtype: KvDType,
 }
 
 impl KvSpec {
-    /// Bytes the pool takes at `f32` (both K and V, all layers).
-    pub fn bytes_f32(&self) -> usize {
-        2 * self.n_layers * self.n_blocks * self.block_size * self.n_kv_heads * self.head_dim * 4
+    /// Values one layer's K (or V) pool holds, or `None` on overflow.
+    pub fn values_per_layer(&self) -> Option<usize> {
+        self.n_blocks
+            .checked_mul(self.block_size)
+            .and_then(|a| a.checked_mul(self.n_kv_heads))
+            .and_then(|a| a.checked_mul(self.head_dim))
+    }
+
+    /// Bytes the pool's data takes (both K and V, all layers, at [`KvSpec::dtype`]), or `None`
+    /// on overflow.
+    pub fn bytes(&self) -> Option<usize> {
+        self.values_per_layer()
+            .and_then(|v| v.checked_mul(2 * self.dtype.bytes()))
+            .and_then(|b| b.checked_mul(self.n_layers))
     }
 }
 

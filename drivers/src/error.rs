@@ -1,6 +1,6 @@
 //! Errors of the drivers crate.
 
-use crate::DType;
+use crate::{DType, KvDType};
 
 /// Why a backend operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +43,16 @@ pub enum DriverError {
     /// A KV-cache access outside the cache.
     #[error("kv cache: {0}")]
     KvCache(String),
+    /// The backend's KV cache cannot store this element type.
+    #[error("kv_dtype = \"{dtype}\" is not supported by the {backend} backend's KV cache (it stores {supported})")]
+    KvDType {
+        /// The element type asked for.
+        dtype: KvDType,
+        /// The backend.
+        backend: &'static str,
+        /// The types it does store.
+        supported: &'static str,
+    },
     /// A token id outside the embedding table.
     #[error("embedding: token id {id} is outside the vocabulary of {vocab}")]
     TokenOutOfRange {

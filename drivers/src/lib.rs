@@ -21,7 +21,8 @@ pub mod quant;
 mod tensor;
 
 pub use backend::{
-    Backend, Caps, DenseAttn, DeviceInfo, DeviceKind, KvCache, KvSpec, PagedAttn, Rope, RopeStyle, SeqAttn, gelu_tanh,
+    Backend, Caps, DenseAttn, DeviceInfo, DeviceKind, KvCache, KvDType, KvSpec, PagedAttn, Rope, RopeStyle, SeqAttn,
+    gelu_tanh,
 };
 pub use device::{DeviceSpec, Opened, Probe};
 pub use dtype::DType;

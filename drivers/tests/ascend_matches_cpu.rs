@@ -10,7 +10,9 @@ mod common {
 
 use govbox_drivers::ascend::AscendBackend;
 use govbox_drivers::cpu::CpuBackend;
-use govbox_drivers::{Backend, DType, DenseAttn, HostBytes, KvSpec, PagedAttn, Rope, RopeStyle, SeqAttn, Tensor};
+use govbox_drivers::{
+    Backend, DType, DenseAttn, HostBytes, KvDType, KvSpec, PagedAttn, Rope, RopeStyle, SeqAttn, Tensor,
+};
 use rand::{Rng, SeedableRng};
 
 const TOL: f32 = 1e-4;
@@ -159,39 +161,42 @@ fn paged_and_dense_attention_match_the_cpu() {
     let (cpu, npu) = backends();
     let mut rng = rand::rngs::StdRng::seed_from_u64(9);
     let (nh, nkv, hd, bs) = (4, 2, 8, 4);
-    let spec = KvSpec { n_layers: 2, n_kv_heads: nkv, head_dim: hd, block_size: bs, n_blocks: 8 };
-    let backs: [&dyn Backend; 2] = [&cpu, &npu];
-    let mut caches: Vec<_> = backs.iter().map(|b| b.new_kv_cache(spec).unwrap()).collect();
-    // Two steps: a prefill of two sequences (6 and 3 rows), then one decode row each, with a
-    // copy-on-write block copy between.
-    let tables: [&[u32]; 2] = [&[5, 1], &[2, 7]];
-    let steps: [[(usize, usize); 2]; 2] = [[(0, 6), (0, 3)], [(6, 1), (3, 1)]];
-    for (step, seqs) in steps.iter().enumerate() {
-        let rows: usize = seqs.iter().map(|s| s.1).sum();
-        let (q, k, v) = (
-            rand_vec(&mut rng, rows * nh * hd),
-            rand_vec(&mut rng, rows * nkv * hd),
-            rand_vec(&mut rng, rows * nkv * hd),
-        );
-        let sa: Vec<SeqAttn<'_>> = seqs
-            .iter()
-            .zip(tables)
-            .map(|(&(start_pos, n_new), block_table)| SeqAttn { block_table, start_pos, n_new })
-            .collect();
-        let a = PagedAttn { layer: 1, n_heads: nh, n_kv_heads: nkv, head_dim: hd, scale: 0.35, seqs: &sa };
-        let outs: Vec<Vec<f32>> = backs
-            .iter()
-            .zip(caches.iter_mut())
-            .map(|(b, c)| {
-                if step == 1 {
-                    c.copy_block(1, 3).unwrap();
-                }
-                let t = |v: &[f32], w| b.upload_f32(v, &[rows, w]).unwrap();
-                let o = b.attention(&t(&q, nh * hd), &t(&k, nkv * hd), &t(&v, nkv * hd), c.as_mut(), &a).unwrap();
-                b.download_f32(&o).unwrap()
-            })
-            .collect();
-        close(&outs[0], &outs[1], &format!("paged attention step {step}"));
+    // Both pool types: an f16 pool rounds the same stored values on both backends.
+    for dtype in KvDType::ALL {
+        let spec = KvSpec { n_layers: 2, n_kv_heads: nkv, head_dim: hd, block_size: bs, n_blocks: 8, dtype };
+        let backs: [&dyn Backend; 2] = [&cpu, &npu];
+        let mut caches: Vec<_> = backs.iter().map(|b| b.new_kv_cache(spec).unwrap()).collect();
+        // Two steps: a prefill of two sequences (6 and 3 rows), then one decode row each, with a
+        // copy-on-write block copy between.
+        let tables: [&[u32]; 2] = [&[5, 1], &[2, 7]];
+        let steps: [[(usize, usize); 2]; 2] = [[(0, 6), (0, 3)], [(6, 1), (3, 1)]];
+        for (step, seqs) in steps.iter().enumerate() {
+            let rows: usize = seqs.iter().map(|s| s.1).sum();
+            let (q, k, v) = (
+                rand_vec(&mut rng, rows * nh * hd),
+                rand_vec(&mut rng, rows * nkv * hd),
+                rand_vec(&mut rng, rows * nkv * hd),
+            );
+            let sa: Vec<SeqAttn<'_>> = seqs
+                .iter()
+                .zip(tables)
+                .map(|(&(start_pos, n_new), block_table)| SeqAttn { block_table, start_pos, n_new })
+                .collect();
+            let a = PagedAttn { layer: 1, n_heads: nh, n_kv_heads: nkv, head_dim: hd, scale: 0.35, seqs: &sa };
+            let outs: Vec<Vec<f32>> = backs
+                .iter()
+                .zip(caches.iter_mut())
+                .map(|(b, c)| {
+                    if step == 1 {
+                        c.copy_block(1, 3).unwrap();
+                    }
+                    let t = |v: &[f32], w| b.upload_f32(v, &[rows, w]).unwrap();
+                    let o = b.attention(&t(&q, nh * hd), &t(&k, nkv * hd), &t(&v, nkv * hd), c.as_mut(), &a).unwrap();
+                    b.download_f32(&o).unwrap()
+                })
+                .collect();
+            close(&outs[0], &outs[1], &format!("paged attention ({dtype} pool) step {step}"));
+        }
     }
     let (b, l) = (2, 5);
     let mask = [true, true, true, false, false, true, true, true, true, true];

@@ -22,7 +22,7 @@ use govbox_drivers::cpu::CpuBackend;
 use govbox_drivers::cuda::CudaBackend;
 use govbox_drivers::quant::quantize_row;
 use govbox_drivers::{
-    Backend, DType, DenseAttn, DriverError, HostBytes, KvSpec, PagedAttn, Rope, RopeStyle, SeqAttn, Tensor,
+    Backend, DType, DenseAttn, DriverError, HostBytes, KvDType, KvSpec, PagedAttn, Rope, RopeStyle, SeqAttn, Tensor,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -252,7 +252,13 @@ fn paged_attention_and_copy_block_match_cpu() {
     let c = cpu();
     let mut rng = StdRng::seed_from_u64(6);
     for (nh, nkv, hd) in [(4usize, 2usize, 64usize), (14, 2, 64), (2, 2, 128), (8, 1, 256), (3, 3, 40)] {
-        let spec = KvSpec { n_layers: 2, n_kv_heads: nkv, head_dim: hd, block_size: 4, n_blocks: 16 };
+        let spec =
+            KvSpec { n_layers: 2, n_kv_heads: nkv, head_dim: hd, block_size: 4, n_blocks: 16, dtype: KvDType::F32 };
+        let f16 = g.new_kv_cache(KvSpec { dtype: KvDType::F16, ..spec });
+        assert!(
+            matches!(f16, Err(DriverError::KvDType { dtype: KvDType::F16, backend: "cuda", .. })),
+            "an f16 pool on CUDA must be refused naming kv_dtype: {f16:?}"
+        );
         let mut gk = g.new_kv_cache(spec).unwrap();
         let mut ck = c.new_kv_cache(spec).unwrap();
         // Sequence A uses blocks 3, 7, 1, 9; sequence B shares A's first block through a copy

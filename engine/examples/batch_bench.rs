@@ -50,7 +50,11 @@ fn parse_args() -> Result<Args, Box<dyn Error>> {
 }
 
 fn load(a: &Args, kv_tokens: usize) -> Result<Engine, Box<dyn Error>> {
-    Ok(Engine::load(&a.model, Arc::new(CpuBackend::new(a.threads)?), &EngineOptions { kv_tokens })?)
+    Ok(Engine::load(
+        &a.model,
+        Arc::new(CpuBackend::new(a.threads)?),
+        &EngineOptions { kv_tokens, ..Default::default() },
+    )?)
 }
 
 /// Runs one greedy request; returns (completion tokens, seconds to the first event).

@@ -45,7 +45,16 @@ impl CausalRunner {
     pub fn new(model: DecoderModel, kv_tokens: usize) -> Result<Self> {
         let n_blocks = kv_tokens.max(BLOCK_SIZE).div_ceil(BLOCK_SIZE);
         let (n_kv_heads, head_dim) = model.kv_layout();
-        let spec = KvSpec { n_layers: model.config().n_layers, n_kv_heads, head_dim, block_size: BLOCK_SIZE, n_blocks };
+        // Embedding and rerank scores are compared with HF at 1e-4: their short-lived pool stays f32
+        // whatever `[serving] kv_dtype` says for chat models.
+        let spec = KvSpec {
+            n_layers: model.config().n_layers,
+            n_kv_heads,
+            head_dim,
+            block_size: BLOCK_SIZE,
+            n_blocks,
+            dtype: govbox_drivers::KvDType::F32,
+        };
         let pool = model.backend().new_kv_cache(spec)?;
         Ok(Self { model, pool: Mutex::new(pool), n_blocks })
     }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 
-use govbox_drivers::{Backend, KvSpec};
+use govbox_drivers::{Backend, KvDType, KvSpec};
 
 use crate::chat::{ChatInput, ChatMessage};
 use crate::config::DecoderConfig;
@@ -28,6 +28,11 @@ pub struct EngineOptions {
     /// This is also the prefix cache's cap: blocks of ended sequences stay cached in whatever
     /// part of the pool running sequences do not use, and are evicted least recently used first.
     pub kv_tokens: usize,
+    /// The element type of the KV pool. `f32` by default: exact, so logits stay within 1e-4 of
+    /// the f32 references. `f16` halves the pool's memory (llama.cpp's default type) and keeps
+    /// greedy answers and batch/cache invariance (a key or value is rounded once, when written,
+    /// whatever the batch), but moves the tiny fixtures' logits by up to about 3e-3.
+    pub kv_dtype: KvDType,
 }
 
 /// What the caller knows a model folder to be, where its files alone cannot say: a
@@ -44,7 +49,7 @@ pub enum LoadAs {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        Self { kv_tokens: 4096 }
+        Self { kv_tokens: 4096, kv_dtype: KvDType::F32 }
     }
 }
 
@@ -261,7 +266,14 @@ impl Engine {
         let c = model.config();
         let n_blocks = opts.kv_tokens.max(BLOCK_SIZE).div_ceil(BLOCK_SIZE);
         let (n_kv_heads, head_dim) = model.kv_layout();
-        let spec = KvSpec { n_layers: c.n_layers, n_kv_heads, head_dim, block_size: BLOCK_SIZE, n_blocks };
+        let spec = KvSpec {
+            n_layers: c.n_layers,
+            n_kv_heads,
+            head_dim,
+            block_size: BLOCK_SIZE,
+            n_blocks,
+            dtype: opts.kv_dtype,
+        };
         let cache = model.backend().new_kv_cache(spec)?;
         let kv = Arc::new(Mutex::new(KvState { cache, alloc: BlockAllocator::new(n_blocks) }));
         let mut eos: Vec<u32> = c.eos_token_ids.iter().chain(tokenizer.eos_ids()).copied().collect();
@@ -331,6 +343,15 @@ impl Engine {
                 let st = lock(kv);
                 Some((st.alloc.used_blocks(), st.alloc.total_blocks()))
             }
+            Kind::Encoder(_) => None,
+        }
+    }
+
+    /// The KV pool's shape and element type, for a decoder (`None` for an embedding model);
+    /// [`KvSpec::bytes`] is the memory its keys and values take.
+    pub fn kv_spec(&self) -> Option<KvSpec> {
+        match &self.kind {
+            Kind::Decoder { kv, .. } => Some(lock(kv).cache.spec()),
             Kind::Encoder(_) => None,
         }
     }

@@ -29,7 +29,7 @@ fn ids_from(seed: u64, len: usize) -> Vec<u32> {
 }
 
 fn with_kv(path: &Path, backend: Arc<dyn Backend>, kv_tokens: usize) -> Engine {
-    Engine::load(path, backend, &EngineOptions { kv_tokens }).unwrap()
+    Engine::load(path, backend, &EngineOptions { kv_tokens, ..Default::default() }).unwrap()
 }
 
 fn assert_no_blocks_held(engine: &Engine) {

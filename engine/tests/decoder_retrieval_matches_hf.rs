@@ -121,7 +121,7 @@ fn a_causal_lm_is_a_reranker_only_when_loaded_as_one() {
     let dir = fixture("retrieval/tiny-qwen3-reranker");
     let chat = common::load(&dir);
     assert!(chat.decoder_model().is_some() && chat.rerank_model().is_none());
-    let opts = EngineOptions { kv_tokens: 256 };
+    let opts = EngineOptions { kv_tokens: 256, ..Default::default() };
     let rr = Engine::load_as(&dir, common::backend(), &opts, LoadAs::Reranker).unwrap();
     let m = rr.rerank_model().unwrap();
     assert!(m.is_yes_no() && rr.decoder_model().is_none());

@@ -24,7 +24,7 @@ use govbox_engine::sampler::SamplingParams;
 use govbox_engine::{Engine, EngineOptions, FinishReason, GenerateRequest, Prompt};
 
 fn engine(path: &Path, backend: Arc<dyn Backend>) -> Engine {
-    Engine::load(path, backend, &EngineOptions { kv_tokens: 8192 }).unwrap()
+    Engine::load(path, backend, &EngineOptions { kv_tokens: 8192, kv_dtype: kv_dtype() }).unwrap()
 }
 
 /// Greedy requests and seeded sampling ones (each its own seed) for `prompts`.

@@ -32,7 +32,7 @@ fn run(engine: &Engine, prompt: &[u32], cache: &PrefixCache) -> (String, Usage) 
 #[test]
 fn a_client_reuses_only_its_own_prefixes() {
     let path = fixture("tiny-qwen2");
-    let load = || Engine::load(&path, backend(), &EngineOptions { kv_tokens: 4096 }).unwrap();
+    let load = || Engine::load(&path, backend(), &EngineOptions { kv_tokens: 4096, ..Default::default() }).unwrap();
     // Three full blocks and a few tokens: 48 tokens are reusable, the last block never is.
     let prompt: Vec<u32> = (0..3 * BLOCK_SIZE as u32 + 5).map(|i| 3 + (i * 7) % 190).collect();
     let reusable = 3 * BLOCK_SIZE;

@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use super::runtime::{DevMem, Device, Launch, View, aclnn};
 use super::{Store, f32_mem, store, sys};
-use crate::{DType, DenseAttn, DriverError, KvCache, KvSpec, PagedAttn, Result, Rope, RopeStyle, Tensor};
+use crate::{DType, DenseAttn, DriverError, KvCache, KvDType, KvSpec, PagedAttn, Result, Rope, RopeStyle, Tensor};
 
 const F32: sys::aclDataType = sys::aclDataType_ACL_FLOAT;
+const F16: sys::aclDataType = sys::aclDataType_ACL_FLOAT16;
 const I8: sys::aclDataType = sys::aclDataType_ACL_INT8;
 const I64: sys::aclDataType = sys::aclDataType_ACL_INT64;
 
@@ -384,7 +385,8 @@ pub(super) fn argmax(dev: &Arc<Device>, x: &Tensor) -> Result<Vec<u32>> {
 }
 
 /// A paged KV pool in device memory: per layer, K and V `[n_blocks * block_size, n_kv_heads *
-/// head_dim]` `f32`.
+/// head_dim]` of the spec's [`KvDType`] (`aclnnInplaceCopy` rounds new rows to it; attention
+/// gathers a sequence's rows in that type and widens only those to `f32`).
 #[derive(Debug)]
 pub(crate) struct AscendKvCache {
     dev: Arc<Device>,
@@ -399,11 +401,8 @@ impl AscendKvCache {
             return Err(DriverError::KvCache("block size 0".into()));
         }
         let bytes = spec
-            .n_blocks
-            .checked_mul(spec.block_size)
-            .and_then(|a| a.checked_mul(spec.n_kv_heads))
-            .and_then(|a| a.checked_mul(spec.head_dim))
-            .and_then(|a| a.checked_mul(4))
+            .values_per_layer()
+            .and_then(|a| a.checked_mul(spec.dtype.bytes()))
             .ok_or_else(|| DriverError::KvCache(format!("{spec:?} overflows")))?;
         let mut k = Vec::with_capacity(spec.n_layers);
         let mut v = Vec::with_capacity(spec.n_layers);
@@ -421,8 +420,17 @@ impl AscendKvCache {
         self.spec.n_kv_heads * self.spec.head_dim
     }
 
+    /// The stored type as aclnn names it, and its size.
+    fn acl_dtype(&self) -> (sys::aclDataType, usize) {
+        match self.spec.dtype {
+            KvDType::F32 => (F32, 4),
+            KvDType::F16 => (F16, 2),
+        }
+    }
+
     fn pool_view(&self, m: &DevMem) -> View {
-        vf(m, &[self.spec.n_blocks * self.spec.block_size, self.width()])
+        let (dt, es) = self.acl_dtype();
+        View::contiguous(m, dt, es, &[self.spec.n_blocks * self.spec.block_size, self.width()])
     }
 }
 
@@ -537,9 +545,13 @@ pub(super) fn paged_attention(
                 i += run;
             }
         }
-        // 2. Gather this sequence's keys and values [total, w].
+        // 2. Gather this sequence's keys and values [total, w], in the stored type, then
+        // widened to f32 when that is narrower (only this sequence's rows, never the pool).
         let idx = upload_i64(dev, slots[lo..].iter().copied())?;
         let (kc, vc) = (dev.alloc(total * w * 4)?, dev.alloc(total * w * 4)?);
+        let (kv_dt, kv_es) = cache.acl_dtype();
+        let narrow =
+            if kv_dt == F32 { None } else { Some((dev.alloc(total * w * kv_es)?, dev.alloc(total * w * kv_es)?)) };
         let scores = dev.alloc(nh * n * total * 4)?;
         let scaled = dev.alloc(nh * n * total * 4)?;
         let probs = dev.alloc(nh * n * total * 4)?;
@@ -560,8 +572,19 @@ pub(super) fn paged_attention(
         };
         let mut l = dev.launch()?;
         let iv = View::contiguous(&idx, I64, 8, &[total]);
-        index_select(&mut l, &kp, &iv, &vf(&kc, &[total, w]))?;
-        index_select(&mut l, &vp, &iv, &vf(&vc, &[total, w]))?;
+        match &narrow {
+            None => {
+                index_select(&mut l, &kp, &iv, &vf(&kc, &[total, w]))?;
+                index_select(&mut l, &vp, &iv, &vf(&vc, &[total, w]))?;
+            }
+            Some((kn, vn)) => {
+                for (pool, n, wide) in [(&kp, kn, &kc), (&vp, vn, &vc)] {
+                    let nv = View::contiguous(n, kv_dt, kv_es, &[total, w]);
+                    index_select(&mut l, pool, &iv, &nv)?;
+                    copy(&mut l, &vf(wide, &[total, w]), &nv)?;
+                }
+            }
+        }
         // 3. Scores per head: q_h [n, hd] · k_gᵀ [hd, total].
         let (kcv, vcv, sv) = (vf(&kc, &[total, w]), vf(&vc, &[total, w]), vf(&scores, &[nh * n, total]));
         for h in 0..nh {

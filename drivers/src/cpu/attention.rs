@@ -3,38 +3,91 @@
 
 use std::any::Any;
 
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use super::simd::{self, simd_kernel};
-use super::{check_f32, f32_values, new_f32};
-use crate::{DenseAttn, DriverError, KvCache, KvSpec, PagedAttn, Result, Tensor};
+use super::{check_f32, f32_values, kv_f16, new_f32};
+use crate::{DenseAttn, DriverError, KvCache, KvDType, KvSpec, PagedAttn, Result, Tensor};
+
+/// One layer's keys (or values) for every slot, in the pool's stored type.
+#[derive(Debug)]
+enum Pool {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+}
+
+impl Pool {
+    fn zeroed(dtype: KvDType, n: usize) -> Self {
+        match dtype {
+            KvDType::F32 => Pool::F32(vec![0.0; n]),
+            KvDType::F16 => Pool::F16(vec![f16::ZERO; n]),
+        }
+    }
+
+    /// Stores `src` from value `at` on, rounded to the stored type.
+    fn write(&mut self, at: usize, src: &[f32]) {
+        match self {
+            Pool::F32(p) => p[at..at + src.len()].copy_from_slice(src),
+            Pool::F16(p) => p[at..at + src.len()].convert_from_f32_slice(src),
+        }
+    }
+
+    fn copy_within(&mut self, from: std::ops::Range<usize>, to: usize) {
+        match self {
+            Pool::F32(p) => p.copy_within(from, to),
+            Pool::F16(p) => p.copy_within(from, to),
+        }
+    }
+
+    /// Values `at..at + scratch.len()` as `f32`: borrowed from an `f32` pool, widened into
+    /// `scratch` from an `f16` one.
+    fn read<'a>(&'a self, at: usize, scratch: &'a mut [f32]) -> &'a [f32] {
+        match self {
+            Pool::F32(p) => &p[at..at + scratch.len()],
+            Pool::F16(p) => {
+                kv_f16::to_f32(&p[at..at + scratch.len()], scratch);
+                scratch
+            }
+        }
+    }
+}
 
 /// A paged KV pool in host memory: per layer, K and V of shape
-/// `[n_blocks, block_size, n_kv_heads, head_dim]`.
+/// `[n_blocks, block_size, n_kv_heads, head_dim]`, stored as the spec's [`KvDType`].
 #[derive(Debug)]
 pub struct CpuKvCache {
     spec: KvSpec,
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    k: Vec<Pool>,
+    v: Vec<Pool>,
 }
 
 impl CpuKvCache {
     /// Allocates a zeroed pool.
     pub fn new(spec: KvSpec) -> Result<Self> {
-        let per_layer = spec
-            .n_blocks
-            .checked_mul(spec.block_size)
-            .and_then(|a| a.checked_mul(spec.n_kv_heads))
-            .and_then(|a| a.checked_mul(spec.head_dim))
-            .ok_or_else(|| DriverError::KvCache(format!("{spec:?} overflows")))?;
+        let per_layer = spec.values_per_layer().ok_or_else(|| DriverError::KvCache(format!("{spec:?} overflows")))?;
+        spec.bytes().ok_or_else(|| DriverError::KvCache(format!("{spec:?} overflows")))?;
         if spec.block_size == 0 {
             return Err(DriverError::KvCache("block size 0".into()));
         }
         Ok(Self {
             spec,
-            k: (0..spec.n_layers).map(|_| vec![0f32; per_layer]).collect(),
-            v: (0..spec.n_layers).map(|_| vec![0f32; per_layer]).collect(),
+            k: (0..spec.n_layers).map(|_| Pool::zeroed(spec.dtype, per_layer)).collect(),
+            v: (0..spec.n_layers).map(|_| Pool::zeroed(spec.dtype, per_layer)).collect(),
         })
+    }
+
+    /// Bytes the pool's keys and values take in memory (what [`KvSpec::bytes`] promises).
+    pub fn data_bytes(&self) -> usize {
+        self.k
+            .iter()
+            .chain(&self.v)
+            .map(|p| match p {
+                Pool::F32(p) => std::mem::size_of_val(p.as_slice()),
+                Pool::F16(p) => std::mem::size_of_val(p.as_slice()),
+            })
+            .sum()
     }
 
     fn block_len(&self) -> usize {
@@ -124,8 +177,8 @@ pub(super) fn paged_windowed(
     for s in a.seqs {
         for i in 0..s.n_new {
             let at = slot(s.block_table, s.start_pos + i)? * w;
-            kl[at..at + w].copy_from_slice(&kv[row * w..(row + 1) * w]);
-            vl[at..at + w].copy_from_slice(&vv[row * w..(row + 1) * w]);
+            kl.write(at, &kv[row * w..(row + 1) * w]);
+            vl.write(at, &vv[row * w..(row + 1) * w]);
             row += 1;
         }
     }
@@ -159,7 +212,11 @@ pub(super) fn paged_windowed(
         let (r, h) = (idx / nh, idx % nh);
         let (si, n) = jobs[r];
         let qh = &qv[(r * nh + h) * hd..(r * nh + h + 1) * hd];
-        let head = KvHead { v: vl, stride: nkv * hd, off: (h / group) * hd };
+        let v = match vl {
+            Pool::F32(v) => Values::F32(v),
+            Pool::F16(v) => Values::F16(v),
+        };
+        let head = KvHead { v, stride: nkv * hd, off: (h / group) * hd };
         let first = window.map_or(0, |w| n.saturating_sub(w.max(1)));
         let slots = &slots_of[si][first..n];
         match &keys_t[si] {
@@ -188,26 +245,24 @@ struct KeysT {
 }
 
 impl KeysT {
-    fn new(k: &[f32], slots: &[usize], n_kv: usize, hd: usize) -> Self {
-        let len = slots.len().next_multiple_of(TAIL_CHUNK);
-        let mut values = vec![0f32; n_kv * hd * len];
-        let w = n_kv * hd;
-        for (p, &s) in slots.iter().enumerate() {
-            let key = &k[s * w..(s + 1) * w];
-            for (c, &v) in key.iter().enumerate() {
-                values[c * len + p] = v;
-            }
-        }
-        KeysT { len, head_dim: hd, values }
+    /// Every KV head of `slots`. Keys of an `f16` pool are widened here, one key at a time, as
+    /// they are laid out: the layout is a copy made per pass anyway, and the pool stays `f16`.
+    fn new(k: &Pool, slots: &[usize], n_kv: usize, hd: usize) -> Self {
+        Self::heads(k, slots, n_kv * hd, 0, n_kv * hd, hd)
     }
 
     /// Only KV head `g` of `slots` (a sliding-window row's own window), as head 0.
-    fn one_head(k: &[f32], slots: &[usize], n_kv: usize, hd: usize, g: usize) -> Self {
+    fn one_head(k: &Pool, slots: &[usize], n_kv: usize, hd: usize, g: usize) -> Self {
+        Self::heads(k, slots, n_kv * hd, g * hd, hd, hd)
+    }
+
+    /// The `width` values from `off` of each slot's key row (`stride` values per slot).
+    fn heads(k: &Pool, slots: &[usize], stride: usize, off: usize, width: usize, hd: usize) -> Self {
         let len = slots.len().next_multiple_of(TAIL_CHUNK);
-        let mut values = vec![0f32; hd * len];
-        let w = n_kv * hd;
+        let mut values = vec![0f32; width * len];
+        let mut scratch = vec![0f32; width];
         for (p, &s) in slots.iter().enumerate() {
-            let key = &k[s * w + g * hd..s * w + (g + 1) * hd];
+            let key = k.read(s * stride + off, &mut scratch);
             for (c, &v) in key.iter().enumerate() {
                 values[c * len + p] = v;
             }
@@ -287,9 +342,16 @@ fn score_chunk<const C: usize>(qh: &[f32], kt: &[f32], len: usize, base: usize, 
 /// `v[s · stride + off..][..head_dim]` (the keys are read laid out, see [`KeysT`]).
 #[derive(Clone, Copy)]
 struct KvHead<'a> {
-    v: &'a [f32],
+    v: Values<'a>,
     stride: usize,
     off: usize,
+}
+
+/// A layer's values in the pool's stored type.
+#[derive(Clone, Copy)]
+enum Values<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
 }
 
 /// `o = softmax(scores) · V` over the values of `slots`; `scores` is overwritten. Inlined into
@@ -312,14 +374,18 @@ fn softmax_v(slots: &[usize], head: KvHead<'_>, scores: &mut [f32], o: &mut [f32
         *x = simd::exp(*x - max);
     }
     let inv = 1.0 / simd::sum(scores);
+    let v = match head.v {
+        Values::F32(v) => v,
+        Values::F16(v) => return kv_f16::weighted_sum(slots, v, head.stride, head.off, scores, inv, o),
+    };
     match o.len() {
-        64 => weighted_sum::<4>(slots, head, scores, inv, o),
-        128 => weighted_sum::<8>(slots, head, scores, inv, o),
+        64 => weighted_sum::<4>(slots, v, head, scores, inv, o),
+        128 => weighted_sum::<8>(slots, v, head, scores, inv, o),
         hd => {
             for (&s, &p) in slots.iter().zip(scores.iter()) {
                 let p = p * inv;
                 let b = s * head.stride + head.off;
-                for (a, &v) in o.iter_mut().zip(&head.v[b..b + hd]) {
+                for (a, &v) in o.iter_mut().zip(&v[b..b + hd]) {
                     *a = p.mul_add(v, *a);
                 }
             }
@@ -330,9 +396,9 @@ fn softmax_v(slots: &[usize], head: KvHead<'_>, scores: &mut [f32], o: &mut [f32
 /// `a += p · v_s`, the value of slot `s` (`16 · C` values). A function, not a closure, so that
 /// it is inlined into the AVX-512 copy of its caller.
 #[inline(always)]
-fn add_value<const C: usize>(a: &mut [[f32; 16]; C], head: KvHead<'_>, s: usize, p: f32) {
+fn add_value<const C: usize>(a: &mut [[f32; 16]; C], v: &[f32], head: KvHead<'_>, s: usize, p: f32) {
     let b = s * head.stride + head.off;
-    let v = &head.v[b..b + 16 * C];
+    let v = &v[b..b + 16 * C];
     for c in 0..C {
         for i in 0..16 {
             a[c][i] = p.mul_add(v[16 * c + i], a[c][i]);
@@ -343,15 +409,15 @@ fn add_value<const C: usize>(a: &mut [[f32; 16]; C], head: KvHead<'_>, s: usize,
 /// `o += Σ_s (p_s · inv) · v_s` for a head of `16 · C` values, the sums held in registers (two
 /// sets, for alternate positions, so that twice as many multiply-adds are in flight).
 #[inline(always)]
-fn weighted_sum<const C: usize>(slots: &[usize], head: KvHead<'_>, scores: &[f32], inv: f32, o: &mut [f32]) {
+fn weighted_sum<const C: usize>(slots: &[usize], v: &[f32], head: KvHead<'_>, scores: &[f32], inv: f32, o: &mut [f32]) {
     let (mut a0, mut a1) = ([[0f32; 16]; C], [[0f32; 16]; C]);
     let (sp, st) = slots.as_chunks::<2>();
     for (s2, p2) in sp.iter().zip(scores.chunks_exact(2)) {
-        add_value(&mut a0, head, s2[0], p2[0] * inv);
-        add_value(&mut a1, head, s2[1], p2[1] * inv);
+        add_value(&mut a0, v, head, s2[0], p2[0] * inv);
+        add_value(&mut a1, v, head, s2[1], p2[1] * inv);
     }
     if let [s] = st {
-        add_value(&mut a0, head, *s, scores[slots.len() - 1] * inv);
+        add_value(&mut a0, v, head, *s, scores[slots.len() - 1] * inv);
     }
     for (c, oc) in o.chunks_exact_mut(16).enumerate() {
         for i in 0..16 {
@@ -499,13 +565,34 @@ mod tests {
     fn prefill_and_decode_rows_match_the_formula() {
         // 64 and 128 take the register-held weighted sums, 24 and 32 the plain loop.
         for hd in [24, 32, 64, 128] {
-            rows_match_the_formula(hd);
+            rows_match_the_formula(hd, KvDType::F32, 1e-5);
         }
     }
 
-    fn rows_match_the_formula(hd: usize) {
+    /// The same with an `f16` pool: within f16's rounding of the keys and values (values of
+    /// about 1, so a few ulp of 2^-11), and every row still bitwise the same however the rows
+    /// were cut into passes.
+    #[test]
+    fn f16_pool_rows_match_the_formula_and_are_pass_invariant() {
+        for hd in [24, 32, 64, 128] {
+            rows_match_the_formula(hd, KvDType::F16, 2e-3);
+        }
+    }
+
+    /// An `f16` pool takes half the bytes of an `f32` one, as [`KvSpec::bytes`] says.
+    #[test]
+    fn f16_pool_takes_half_the_bytes() {
+        let spec = |dtype| KvSpec { n_layers: 3, n_kv_heads: 2, head_dim: 64, block_size: 16, n_blocks: 8, dtype };
+        let (f32_bytes, f16_bytes) = (2 * 3 * 8 * 16 * 2 * 64 * 4, 2 * 3 * 8 * 16 * 2 * 64 * 2);
+        for (dtype, bytes) in [(KvDType::F32, f32_bytes), (KvDType::F16, f16_bytes)] {
+            assert_eq!(spec(dtype).bytes(), Some(bytes), "{dtype}");
+            assert_eq!(CpuKvCache::new(spec(dtype)).unwrap().data_bytes(), bytes, "{dtype}");
+        }
+    }
+
+    fn rows_match_the_formula(hd: usize, dtype: KvDType, tol: f32) {
         let (nh, nkv, bs, rows) = (6, 2, 16, 70);
-        let spec = KvSpec { n_layers: 1, n_kv_heads: nkv, head_dim: hd, block_size: bs, n_blocks: 12 };
+        let spec = KvSpec { n_layers: 1, n_kv_heads: nkv, head_dim: hd, block_size: bs, n_blocks: 12, dtype };
         let table: Vec<u32> = vec![7, 2, 11, 0, 5];
         let val = |i: usize, salt: usize| (((i * 7919 + salt * 104_729) % 1000) as f32 / 500.0) - 1.0;
         let q: Vec<f32> = (0..rows * nh * hd).map(|i| val(i, 1)).collect();
@@ -548,7 +635,7 @@ mod tests {
         let decode = run(&(0..rows).map(|r| (r, 1)).collect::<Vec<_>>());
         for (name, got) in [("prefill", &prefill), ("decode", &decode)] {
             for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-                assert!((a - b).abs() < 1e-5, "head_dim {hd}, {name} at {i}: {a} vs {b}");
+                assert!((a - b).abs() < tol, "{dtype} head_dim {hd}, {name} at {i}: {a} vs {b}");
             }
         }
         assert!(prefill == decode, "head_dim {hd}: a prefill's rows differ from the same rows decoded one by one");

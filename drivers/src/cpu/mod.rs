@@ -3,6 +3,7 @@
 mod affinity;
 mod allocator;
 mod attention;
+mod kv_f16;
 mod matmul;
 mod norm;
 mod panel;

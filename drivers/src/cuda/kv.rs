@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 
 use super::{CudaBackend, drv, elementwise_cfg, kernels, to_i32};
-use crate::{DType, DenseAttn, DriverError, KvCache, KvSpec, PagedAttn, Result, SeqAttn, Tensor};
+use crate::{DType, DenseAttn, DriverError, KvCache, KvDType, KvSpec, PagedAttn, Result, SeqAttn, Tensor};
 
 /// A paged KV pool in device memory: K and V each one allocation of
 /// `[n_layers, n_blocks, block_size, n_kv_heads, head_dim]` f32 values, the CPU cache's layout
@@ -33,6 +33,11 @@ impl CudaKvCache {
     pub(super) fn new(be: &CudaBackend, spec: KvSpec) -> Result<Self> {
         if spec.block_size == 0 {
             return Err(DriverError::KvCache("block size 0".into()));
+        }
+        // The kernels (kernels.rs) read and write f32 slots; an f16 pool needs their f16 twins,
+        // which have not run on a GPU yet. Refused here, before any allocation.
+        if spec.dtype != KvDType::F32 {
+            return Err(DriverError::KvDType { dtype: spec.dtype, backend: "cuda", supported: "f32" });
         }
         let slots = spec.n_blocks.checked_mul(spec.block_size);
         let bytes = slots
@@ -306,7 +311,8 @@ pub(super) fn dense(be: &CudaBackend, q: &Tensor, k: &Tensor, v: &Tensor, a: &De
 mod tests {
     use super::*;
 
-    const SPEC: KvSpec = KvSpec { n_layers: 1, n_kv_heads: 1, head_dim: 4, block_size: 4, n_blocks: 10 };
+    const SPEC: KvSpec =
+        KvSpec { n_layers: 1, n_kv_heads: 1, head_dim: 4, block_size: 4, n_blocks: 10, dtype: KvDType::F32 };
 
     #[test]
     fn plan_lays_out_slots_tables_and_positions() {

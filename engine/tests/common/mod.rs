@@ -30,9 +30,19 @@ pub fn load(path: &std::path::Path) -> Engine {
     load_on(path, backend())
 }
 
+/// The KV pool type the tests load with: the engine's default, or `GOVBOX_TEST_KV_DTYPE`
+/// (`f32`, `f16`) to run the same tests with another type.
+pub fn kv_dtype() -> govbox_drivers::KvDType {
+    match std::env::var("GOVBOX_TEST_KV_DTYPE") {
+        Ok(name) if !name.is_empty() => name.parse().unwrap_or_else(|e| panic!("GOVBOX_TEST_KV_DTYPE: {e}")),
+        _ => EngineOptions::default().kv_dtype,
+    }
+}
+
 /// Loads a model onto `backend`.
 pub fn load_on(path: &std::path::Path, backend: Arc<dyn Backend>) -> Engine {
-    Engine::load(path, backend, &EngineOptions::default()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    let opts = EngineOptions { kv_dtype: kv_dtype(), ..EngineOptions::default() };
+    Engine::load(path, backend, &opts).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 pub fn json(rel: &str) -> serde_json::Value {
@@ -94,6 +104,7 @@ pub fn kv_cache_for(
         head_dim: c.head_dim,
         block_size: govbox_engine::kv::BLOCK_SIZE,
         n_blocks,
+        dtype: kv_dtype(),
     };
     model.backend().new_kv_cache(spec).unwrap()
 }
