@@ -31,6 +31,7 @@ pub mod reasoning;
 pub mod rerank;
 pub mod sampler;
 mod scheduler;
+pub mod tool_stream;
 pub mod tools;
 
 pub use engine::{Engine, EngineOptions, Event, FinishReason, GenerateRequest, Prompt, StopMatcher, Usage};
