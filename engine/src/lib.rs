@@ -34,5 +34,7 @@ mod scheduler;
 pub mod tool_stream;
 pub mod tools;
 
-pub use engine::{Engine, EngineOptions, Event, FinishReason, GenerateRequest, Prompt, StopMatcher, Usage};
+pub use engine::{
+    Engine, EngineOptions, Event, FinishReason, GenerateRequest, PROMPT_LOGPROBS_CHUNK, Prompt, StopMatcher, Usage,
+};
 pub use kv::{KvStats, PrefixCache};
