@@ -196,6 +196,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
             model: model.name.clone(),
             include_usage: sampling.include_usage(),
         };
+        let shapers = shapers.into_iter().map(Shaper::for_stream).collect();
         let maker = Chunks { head, with_logprobs, shapers, call_ids, engine: model.engine.clone() };
         return Ok(generate::stream_response(started, maker));
     }

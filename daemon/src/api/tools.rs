@@ -314,7 +314,7 @@ pub struct Shaper {
     tools: Option<ToolFormat>,
     /// Content held back since it may be (or is) a tool call.
     held: String,
-    /// The calls streamed out of `held` so far.
+    /// The calls streamed out of `held` so far (streamed answers only: see [`Self::for_stream`]).
     calls: Option<CallTracker>,
     /// Content handed out so far (Llama 3's format is a call only from the answer's start).
     sent_content: bool,
@@ -340,10 +340,17 @@ impl Shaper {
             split: plan_reasoning.then(|| ReasoningSplitter::new(opens_thinking)),
             tools,
             held: String::new(),
-            calls: tools.map(CallTracker::new),
+            calls: None,
             sent_content: false,
             reasoning: String::new(),
         }
+    }
+
+    /// The same for a streamed answer: calls go out piece by piece as they grow, so a call cut
+    /// off (by `max_tokens`) stays a call; in a whole answer, text that is no whole call is content.
+    pub fn for_stream(mut self) -> Self {
+        self.calls = self.tools.map(CallTracker::new);
+        self
     }
 
     /// Sorts the next text.
@@ -522,7 +529,7 @@ mod tests {
     /// Streams `answer` a few characters at a time: the content, and per call its name, its
     /// arguments joined, and how many pieces they came in.
     fn stream(format: ToolFormat, answer: &str) -> (String, Vec<(String, String, usize)>, usize) {
-        let mut s = Shaper::new(false, Some(format), false);
+        let mut s = Shaper::new(false, Some(format), false).for_stream();
         let (mut content, mut calls) = (String::new(), Vec::<(String, String, usize)>::new());
         let mut take = |d: Delta, content: &mut String| {
             content.push_str(&d.content);
