@@ -280,10 +280,10 @@ async fn every_bad_field_is_named_with_what_it_expects() {
         ("/v1/completions", json!({"model": "tiny"}), "prompt", "missing_required_parameter", "is missing"),
         (
             "/v1/completions",
-            json!({"model": "tiny", "prompt": "x", "echo": true, "logprobs": 1}),
-            "echo",
+            json!({"model": "tiny", "prompt": "x", "echo": true, "suffix": "y"}),
+            "suffix",
             "invalid_value",
-            "log-probabilities",
+            "cannot be combined",
         ),
         (
             "/v1/completions",
