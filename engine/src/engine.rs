@@ -181,10 +181,10 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-/// How many prompt tokens [`Engine::prompt_logprobs`] runs at once.
-pub const PROMPT_LOGPROBS_CHUNK: usize = 64;
-
 impl Engine {
+    /// How many prompt tokens [`Engine::prompt_logprobs`] runs at once.
+    pub const PROMPT_LOGPROBS_CHUNK: usize = 64;
+
     /// Loads a model: a `.gguf` file, a HF decoder folder, or a sentence-transformers folder.
     pub fn load(path: &Path, backend: Arc<dyn Backend>, opts: &EngineOptions) -> Result<Self> {
         if path.is_file() {
@@ -400,8 +400,8 @@ impl Engine {
 
     /// The log-probability of each prompt token but the first, given the tokens before it, with
     /// the `top` most likely tokens at its place: what completions' `echo` with `logprobs`
-    /// reports. The prompt goes through in chunks of [`PROMPT_LOGPROBS_CHUNK`] tokens, so only one
-    /// chunk's logits are held at a time, and the KV lock is taken per chunk, so running
+    /// reports. The prompt goes through in chunks of [`Self::PROMPT_LOGPROBS_CHUNK`] tokens, so
+    /// only one chunk's logits are held at a time, and the KV lock is taken per chunk, so running
     /// requests go on between chunks.
     pub fn prompt_logprobs(&self, ids: &[u32], top: usize) -> Result<Vec<TokenLogprob>> {
         let (model, kv) = self.decoder_parts()?;
@@ -409,8 +409,8 @@ impl Engine {
         lock(kv).alloc.reserve(&mut table, ids.len())?;
         let r = (|| {
             let mut out = Vec::with_capacity(ids.len().saturating_sub(1));
-            for (c, chunk) in ids.chunks(PROMPT_LOGPROBS_CHUNK).enumerate() {
-                let start = c * PROMPT_LOGPROBS_CHUNK;
+            for (c, chunk) in ids.chunks(Self::PROMPT_LOGPROBS_CHUNK).enumerate() {
+                let start = c * Self::PROMPT_LOGPROBS_CHUNK;
                 let s = SeqInput { tokens: chunk, start_pos: start, block_table: &table };
                 let logits = model.forward(&[s], lock(kv).cache.as_mut(), LogitsFor::All)?;
                 let vocab = logits.len() / chunk.len();

@@ -14,6 +14,7 @@ pub mod gguf;
 #[allow(unsafe_code)]
 mod mmap;
 pub mod tokenizer;
+pub mod tool_stream;
 pub mod weights;
 
 pub use error::{EngineError, Result};
@@ -31,10 +32,7 @@ pub mod reasoning;
 pub mod rerank;
 pub mod sampler;
 mod scheduler;
-pub mod tool_stream;
 pub mod tools;
 
-pub use engine::{
-    Engine, EngineOptions, Event, FinishReason, GenerateRequest, PROMPT_LOGPROBS_CHUNK, Prompt, StopMatcher, Usage,
-};
+pub use engine::{Engine, EngineOptions, Event, FinishReason, GenerateRequest, Prompt, StopMatcher, Usage};
 pub use kv::{KvStats, PrefixCache};

@@ -99,7 +99,7 @@ fn prompt_logprobs_are_a_softmax_of_the_logits_before_each_token() {
     let engine = load(&fixture("tiny-qwen2"));
     let text = "The box answers the agency's questions about permits, taxes and schools. ".repeat(6);
     let ids = engine.prompt_ids(&Prompt::Text(text)).unwrap();
-    assert!(ids.len() > 2 * govbox_engine::PROMPT_LOGPROBS_CHUNK, "{} tokens", ids.len());
+    assert!(ids.len() > 2 * Engine::PROMPT_LOGPROBS_CHUNK, "{} tokens", ids.len());
     let got = engine.prompt_logprobs(&ids, 3).unwrap();
     assert_eq!(got.len(), ids.len() - 1);
     let all = engine.logits(&ids, true).unwrap();
