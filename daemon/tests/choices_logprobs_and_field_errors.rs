@@ -193,6 +193,43 @@ async fn completions_prompt_lists_token_prompts_echo_and_logprobs() {
     let special = engine.tokenizer().token_to_id("<|im_start|>").unwrap();
     let r = d.post(&c, "/v1/completions", &json!({"model": "tiny", "prompt": [special, 5]})).await;
     assert_eq!((r.status, r.json()["error"]["param"].as_str()), (400, Some("prompt")), "{}", r.text());
+
+    // Echo with logprobs: the prompt's tokens first (the first with null, as OpenAI writes it),
+    // each with its log-probability given the tokens before it, then the answer's; streamed alike.
+    let lp_req = json!({"model": "tiny", "prompt": "In a galaxy", "max_tokens": 5, "temperature": 0, "logprobs": 2});
+    let answer = d.post(&c, "/v1/completions", &lp_req).await.json();
+    let mut echo_lp = lp_req.clone();
+    echo_lp["echo"] = json!(true);
+    let v = d.post(&c, "/v1/completions", &echo_lp).await.json();
+    let lp = &v["choices"][0]["logprobs"];
+    let answer_lp = &answer["choices"][0]["logprobs"];
+    let tok = engine.tokenizer();
+    let prompt_tokens: Vec<String> = ids.iter().map(|&i| tok.decode(&[i], false).unwrap()).collect();
+    let want_tokens: Vec<Value> =
+        prompt_tokens.iter().map(|t| json!(t)).chain(answer_lp["tokens"].as_array().unwrap().iter().cloned()).collect();
+    assert_eq!(lp["tokens"], json!(want_tokens), "{v}");
+    assert_eq!((&lp["token_logprobs"][0], &lp["top_logprobs"][0]), (&Value::Null, &Value::Null), "{v}");
+    let want_prompt = engine.prompt_logprobs(&ids, 2).unwrap();
+    for (i, w) in want_prompt.iter().enumerate() {
+        let got = lp["token_logprobs"][i + 1].as_f64().unwrap();
+        assert!((got - w.chosen.logprob as f64).abs() < 1e-4, "prompt token {}: {got} vs {w:?}", i + 1);
+        assert_eq!(lp["top_logprobs"][i + 1].as_object().unwrap().len(), 2);
+    }
+    let n = ids.len();
+    assert_eq!(lp["token_logprobs"].as_array().unwrap()[n..], answer_lp["token_logprobs"].as_array().unwrap()[..]);
+    let mut at = 0;
+    for (t, off) in lp["tokens"].as_array().unwrap().iter().zip(lp["text_offset"].as_array().unwrap()) {
+        assert_eq!(off.as_u64().unwrap() as usize, at, "{lp}");
+        at += t.as_str().unwrap().chars().count();
+    }
+    let chunks = stream(&d, &c, "/v1/completions", &echo_lp).await;
+    let mut joined = json!({"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []});
+    for k in chunks.iter().filter_map(|k| k["choices"][0]["logprobs"].as_object()) {
+        for (key, vals) in k {
+            joined[key].as_array_mut().unwrap().extend(vals.as_array().unwrap().iter().cloned());
+        }
+    }
+    assert_eq!(&joined, lp, "streamed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,10 +284,10 @@ async fn every_bad_field_is_named_with_what_it_expects() {
         ("/v1/completions", json!({"model": "tiny"}), "prompt", "missing_required_parameter", "is missing"),
         (
             "/v1/completions",
-            json!({"model": "tiny", "prompt": "x", "echo": true, "logprobs": 1}),
-            "echo",
+            json!({"model": "tiny", "prompt": "x", "echo": true, "suffix": "y"}),
+            "suffix",
             "invalid_value",
-            "log-probabilities",
+            "cannot be combined",
         ),
         (
             "/v1/completions",

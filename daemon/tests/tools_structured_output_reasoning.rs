@@ -35,7 +35,8 @@ async fn daemon() -> (Box_, Daemon, Creds, tempfile::TempDir) {
     let tmp = tempfile::tempdir().unwrap();
     let qwen3 = with_template(tmp.path(), "qwen3", "qwen3.jinja");
     let r1 = with_template(tmp.path(), "r1", "deepseek-r1-distill-llama.jinja");
-    let cfg = b.config(&[("tiny", &tiny_qwen2()), ("qwen3", &qwen3), ("r1", &r1)], "");
+    let glm4 = with_template(tmp.path(), "glm4", "glm4.jinja");
+    let cfg = b.config(&[("tiny", &tiny_qwen2()), ("qwen3", &qwen3), ("r1", &r1), ("glm4", &glm4)], "");
     let d = Daemon::ready(&b, &cfg).await;
     (b, d, creds, tmp)
 }
@@ -85,38 +86,50 @@ async fn constrained_answers_tools_and_reasoning() {
     let text = v["choices"][0]["message"]["content"].as_str().unwrap();
     assert!(text.starts_with('{'), "{v}");
 
-    // tool_choice required: calls to the offered tools with valid arguments.
-    for seed in 0..3 {
-        let req = json!({"model": "tiny", "messages": user, "tools": weather_tools(), "tool_choice": "required",
-            "max_tokens": 96, "temperature": 1, "seed": seed, "parallel_tool_calls": false});
-        let v = d.post(&c, "/v1/chat/completions", &req).await.json();
-        let choice = &v["choices"][0];
-        assert_eq!(choice["finish_reason"], "tool_calls", "{v}");
-        let calls = choice["message"]["tool_calls"].as_array().unwrap();
-        assert_eq!(calls.len(), 1, "{v}");
-        let f = &calls[0]["function"];
-        assert!(valid_call(f["name"].as_str().unwrap(), f["arguments"].as_str().unwrap()), "{v}");
-        assert_eq!(calls[0]["type"], "function");
-        assert!(calls[0]["id"].as_str().unwrap().starts_with("call_"));
+    // tool_choice required: calls to the offered tools with valid arguments, in each family's
+    // format (Hermes for tiny's ChatML, DeepSeek's tool tokens for r1, GLM-4's for glm4).
+    for model in ["tiny", "r1", "glm4"] {
+        for seed in 0..3 {
+            let req = json!({"model": model, "messages": user, "tools": weather_tools(), "tool_choice": "required",
+                "max_tokens": 160, "temperature": 1, "seed": seed, "parallel_tool_calls": false});
+            let v = d.post(&c, "/v1/chat/completions", &req).await.json();
+            let choice = &v["choices"][0];
+            assert_eq!(choice["finish_reason"], "tool_calls", "{model}: {v}");
+            let calls = choice["message"]["tool_calls"].as_array().unwrap();
+            assert_eq!(calls.len(), 1, "{model}: {v}");
+            let f = &calls[0]["function"];
+            assert!(valid_call(f["name"].as_str().unwrap(), f["arguments"].as_str().unwrap()), "{model}: {v}");
+            assert_eq!(calls[0]["type"], "function");
+            assert!(calls[0]["id"].as_str().unwrap().starts_with("call_"));
+            assert!(choice["message"].get("reasoning_content").is_none(), "{model}: {v}");
+        }
+        // A named function, streamed: the first tool_calls delta has the index, id, type and
+        // name; the arguments follow in pieces as they are generated.
+        let req = json!({"model": model, "messages": user, "tools": weather_tools(), "stream": true,
+            "max_tokens": 160, "tool_choice": {"type": "function", "function": {"name": "get_time"}}});
+        let resp = d.send_raw(&c, "POST", "/v1/chat/completions", Some(req.to_string().into())).await.unwrap();
+        let events = sse_events(resp).await;
+        assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+        let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+        let deltas: Vec<&Value> =
+            chunks.iter().filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array()).flatten().collect();
+        assert!(deltas.len() > 2, "{model}: the call came in {} deltas: {chunks:?}", deltas.len());
+        let first = deltas[0];
+        assert_eq!((first["index"].as_u64(), first["function"]["name"].as_str()), (Some(0), Some("get_time")));
+        assert_eq!(first["type"], "function");
+        assert!(first["id"].as_str().unwrap().starts_with("call_"), "{first}");
+        assert!(
+            deltas[1..].iter().all(|d| d["index"] == 0 && d.get("id").is_none() && d["function"].get("name").is_none())
+        );
+        let args: String = deltas.iter().map(|d| d["function"]["arguments"].as_str().unwrap()).collect();
+        assert!(valid_call("get_time", &args), "{model}: {args}");
+        let finishes: Vec<&str> = chunks.iter().filter_map(|c| c["choices"][0]["finish_reason"].as_str()).collect();
+        assert_eq!(finishes, ["tool_calls"], "{model}");
     }
-    // A named function, streamed: the call arrives as a tool_calls delta.
-    let req = json!({"model": "tiny", "messages": user, "tools": weather_tools(), "stream": true, "max_tokens": 96,
-        "tool_choice": {"type": "function", "function": {"name": "get_time"}}});
-    let resp = d.send_raw(&c, "POST", "/v1/chat/completions", Some(req.to_string().into())).await.unwrap();
-    let events = sse_events(resp).await;
-    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
-    let calls: Vec<&Value> =
-        chunks.iter().filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array()).flatten().collect();
-    assert_eq!(calls.len(), 1, "{chunks:?}");
-    assert_eq!((calls[0]["index"].as_u64(), calls[0]["function"]["name"].as_str()), (Some(0), Some("get_time")));
-    assert!(valid_call("get_time", calls[0]["function"]["arguments"].as_str().unwrap()));
-    let finishes: Vec<&str> = chunks.iter().filter_map(|c| c["choices"][0]["finish_reason"].as_str()).collect();
-    assert_eq!(finishes, ["tool_calls"]);
 
     // The round trip: the call and its result in the history, on a template with tool support
     // and on one without.
-    for model in ["tiny", "qwen3"] {
+    for model in ["tiny", "qwen3", "r1", "glm4"] {
         let req = json!({"model": model, "tools": weather_tools(), "max_tokens": 8, "messages": [
             {"role": "user", "content": "Weather in Paris?"},
             {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",

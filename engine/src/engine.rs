@@ -12,7 +12,7 @@ use crate::config::DecoderConfig;
 use crate::constraint::{Constraint, Grammar, GrammarCompiler};
 use crate::gguf::parse_gguf;
 use crate::kv::{BLOCK_SIZE, BlockAllocator, KvStats, PrefixCache};
-use crate::logprobs::{Alternative, IdLogprobs, Pending, TokenLogprob};
+use crate::logprobs::{Alternative, IdLogprobs, Pending, TokenLogprob, token_logprobs};
 use crate::models::decoder::{DecoderModel, LogitsFor, SeqInput};
 use crate::sampler::SamplingParams;
 use crate::scheduler::{Job, KvState, Msg, Scheduler, lock};
@@ -199,6 +199,9 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
+    /// How many prompt tokens [`Engine::prompt_logprobs`] runs at once.
+    pub const PROMPT_LOGPROBS_CHUNK: usize = 64;
+
     /// Loads a model: a `.gguf` file, a HF decoder folder, or a sentence-transformers folder.
     pub fn load(path: &Path, backend: Arc<dyn Backend>, opts: &EngineOptions) -> Result<Self> {
         Self::load_as(path, backend, opts, LoadAs::Detected)
@@ -445,6 +448,34 @@ impl Engine {
         let all = self.logits(ids, true)?;
         let vocab = all.len() / ids.len().max(1);
         Ok(all[all.len() - vocab..].to_vec())
+    }
+
+    /// The log-probability of each prompt token but the first, given the tokens before it, with
+    /// the `top` most likely tokens at its place: what completions' `echo` with `logprobs`
+    /// reports. The prompt goes through in chunks of [`Self::PROMPT_LOGPROBS_CHUNK`] tokens, so
+    /// only one chunk's logits are held at a time, and the KV lock is taken per chunk, so running
+    /// requests go on between chunks.
+    pub fn prompt_logprobs(&self, ids: &[u32], top: usize) -> Result<Vec<TokenLogprob>> {
+        let (model, kv) = self.decoder_parts()?;
+        let mut table = Vec::new();
+        lock(kv).alloc.reserve(&mut table, ids.len())?;
+        let r = (|| {
+            let mut out = Vec::with_capacity(ids.len().saturating_sub(1));
+            for (c, chunk) in ids.chunks(Self::PROMPT_LOGPROBS_CHUNK).enumerate() {
+                let start = c * Self::PROMPT_LOGPROBS_CHUNK;
+                let s = SeqInput { tokens: chunk, start_pos: start, block_table: &table };
+                let logits = model.forward(&[s], lock(kv).cache.as_mut(), LogitsFor::All)?;
+                let vocab = logits.len() / chunk.len();
+                for (j, row) in logits.chunks(vocab).enumerate() {
+                    if let Some(&next) = ids.get(start + j + 1) {
+                        out.push(self.as_text(&token_logprobs(row, next, top))?);
+                    }
+                }
+            }
+            Ok(out)
+        })();
+        lock(kv).alloc.release(&mut table);
+        r
     }
 
     /// Generates for `req`, calling `on_event` with each event; `on_event` returns false to

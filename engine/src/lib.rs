@@ -14,6 +14,7 @@ pub mod gguf;
 #[allow(unsafe_code)]
 mod mmap;
 pub mod tokenizer;
+pub mod tool_stream;
 pub mod weights;
 
 pub use error::{EngineError, Result};

@@ -13,7 +13,7 @@ use govbox_engine::{Engine, Event, FinishReason, GenerateRequest, Prompt};
 use serde_json::{Value, json};
 
 fn run(engine: &Engine, prompt: Prompt, grammar: Option<Grammar>, sampling: SamplingParams) -> (String, FinishReason) {
-    let req = GenerateRequest { grammar, sampling, ..GenerateRequest::new(prompt, 300) };
+    let req = GenerateRequest { grammar, sampling, ..GenerateRequest::new(prompt, 700) };
     let mut text = String::new();
     let mut finish = None;
     engine
@@ -102,7 +102,7 @@ fn required_tool_calls_are_well_formed_in_every_format() {
             parameters: json!({"type": "object", "properties": {}, "additionalProperties": false}),
         },
     ];
-    for format in [ToolFormat::Hermes, ToolFormat::Llama3Json] {
+    for format in [ToolFormat::Hermes, ToolFormat::Llama3Json, ToolFormat::DeepSeek, ToolFormat::Glm4] {
         for sampling in samplings() {
             let g = format.grammar(&tools, true);
             let (text, finish) = run(&engine, Prompt::Text("call".into()), Some(g), sampling);

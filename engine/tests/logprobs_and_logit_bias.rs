@@ -90,3 +90,29 @@ fn logit_bias_steers_sampling_but_not_the_reported_logprobs() {
     let banned = run(&engine, &GenerateRequest { sampling, ..base }).0;
     assert_ne!(banned, greedy);
 }
+
+/// Prompt log-probabilities (completions' `echo` with `logprobs`): one entry per prompt token
+/// after the first, each a log-softmax of the logits one whole-prompt forward pass computes at
+/// the place before it, across the chunk boundaries of the chunked pass.
+#[test]
+fn prompt_logprobs_are_a_softmax_of_the_logits_before_each_token() {
+    let engine = load(&fixture("tiny-qwen2"));
+    let text = "The box answers the agency's questions about permits, taxes and schools. ".repeat(6);
+    let ids = engine.prompt_ids(&Prompt::Text(text)).unwrap();
+    assert!(ids.len() > 2 * Engine::PROMPT_LOGPROBS_CHUNK, "{} tokens", ids.len());
+    let got = engine.prompt_logprobs(&ids, 3).unwrap();
+    assert_eq!(got.len(), ids.len() - 1);
+    let all = engine.logits(&ids, true).unwrap();
+    let vocab = all.len() / ids.len();
+    let tok = engine.tokenizer();
+    for (i, entry) in got.iter().enumerate() {
+        let want = log_softmax(&all[i * vocab..(i + 1) * vocab]);
+        let next = ids[i + 1] as usize;
+        assert_eq!(entry.chosen.token, tok.decode(&[ids[i + 1]], false).unwrap(), "token {i}");
+        assert!((entry.chosen.logprob as f64 - want[next]).abs() < 1e-3, "token {i}: {entry:?} vs {}", want[next]);
+        let best = (0..vocab).max_by(|&a, &b| want[a].total_cmp(&want[b]).then(b.cmp(&a))).unwrap();
+        assert_eq!(entry.top.len(), 3);
+        assert!((entry.top[0].logprob as f64 - want[best]).abs() < 1e-3, "token {i}");
+    }
+    assert!(engine.prompt_logprobs(&ids[..1], 0).unwrap().is_empty());
+}

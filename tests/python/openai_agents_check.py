@@ -63,14 +63,15 @@ def main() -> None:
     print("tool result round trip ok", final.finish_reason)
 
     # 2. The same call streamed: the SDK's stream helper accumulates the tool_calls deltas.
-    with client.chat.completions.stream(
-        model=model,
-        messages=msgs[:1],
-        tools=TOOLS,
-        tool_choice={"type": "function", "function": {"name": "get_weather"}},
-        max_tokens=64,
-        temperature=0,
-    ) as stream:
+    named = {
+        "model": model,
+        "messages": msgs[:1],
+        "tools": TOOLS,
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        "max_tokens": 64,
+        "temperature": 0,
+    }
+    with client.chat.completions.stream(**named) as stream:
         for _ in stream:
             pass
         done = stream.get_final_completion()
@@ -80,6 +81,24 @@ def main() -> None:
     assert scall.function.name == "get_weather" and json.loads(scall.function.arguments)["city"], scall
     assert json.loads(scall.function.arguments) == args, (scall.function.arguments, args)
     print("streamed tool call ok", scall.function.arguments)
+
+    # The raw stream: the first tool_calls delta has the index, id, type and name; the
+    # arguments follow in several pieces as they are generated, not in one delta at the end.
+    raw = client.chat.completions.create(**named, stream=True)
+    deltas, finishes = [], []
+    for chunk in raw:
+        for c in chunk.choices:
+            deltas.extend(c.delta.tool_calls or [])
+            if c.finish_reason:
+                finishes.append(c.finish_reason)
+    head = deltas[0]
+    assert head.index == 0 and head.id and head.type == "function" and head.function.name == "get_weather", head
+    assert len(deltas) > 2, deltas
+    assert all(d.index == 0 and d.id is None and d.function.name is None for d in deltas[1:]), deltas
+    joined = "".join(d.function.arguments or "" for d in deltas)
+    assert json.loads(joined) == args, (joined, args)
+    assert finishes == ["tool_calls"], finishes
+    print("incremental tool-call deltas ok:", len(deltas), "deltas")
 
     # 3. Structured output parsed into a pydantic model, several seeds.
     for seed in range(3):

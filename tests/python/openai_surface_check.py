@@ -112,7 +112,15 @@ def main() -> None:
     assert e.choices[0].text == "The river" + c.choices[0].text, (e.choices[0].text, c.choices[0].text)
     for chunk in client.completions.create(**creq, stream=True):
         schemas.check("Completion", chunk.model_dump(exclude_unset=True))
-    print("completions prompt list, logprobs, echo ok")
+    # Echo with logprobs: the prompt's tokens lead, the first with null.
+    ereq = dict(model=model, prompt="The river", max_tokens=5, temperature=0, echo=True, logprobs=2)
+    raw = client.completions.with_raw_response.create(**ereq)
+    schemas.check("Completion", raw.http_response.json())
+    lp = raw.parse().choices[0].logprobs
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None, lp
+    assert "".join(lp.tokens) == raw.parse().choices[0].text, (lp.tokens, raw.parse().choices[0].text)
+    assert all(x is not None for x in lp.token_logprobs[1:]), lp
+    print("completions prompt list, logprobs, echo (with prompt logprobs) ok")
 
     # Errors name their field, in the documented shape; the schema refuses what the server does.
     for bad, param in [

@@ -348,13 +348,42 @@ impl Drop for Daemon {
 
 /// The Python interpreter with the `openai` package (a venv that scripts/test.sh makes).
 pub fn python_with_openai() -> PathBuf {
+    python_with(&["openai"])
+}
+
+/// The end-to-end Python interpreter (`GOVBOX_E2E_PYTHON`, else the `.venv-e2e` that
+/// scripts/test.sh makes), checked to import each of `modules`.
+pub fn python_with(modules: &[&str]) -> PathBuf {
     let p =
         std::env::var_os("GOVBOX_E2E_PYTHON").map(PathBuf::from).unwrap_or_else(|| repo().join(".venv-e2e/bin/python"));
-    let ok = Command::new(&p).args(["-c", "import openai"]).output().map(|o| o.status.success()).unwrap_or(false);
-    assert!(
-        ok,
-        "{} cannot import openai: run scripts/test.sh (it makes .venv-e2e) or set GOVBOX_E2E_PYTHON",
-        p.display()
-    );
+    let import = format!("import {}", modules.join(", "));
+    let ok = Command::new(&p).args(["-c", &import]).output().map(|o| o.status.success()).unwrap_or(false);
+    assert!(ok, "{} cannot {import}: run scripts/test.sh (it makes .venv-e2e) or set GOVBOX_E2E_PYTHON", p.display());
     p
+}
+
+/// Runs `tests/python/{script}` with `args` (and `env` added) under `py` against the running
+/// `daemon`; on failure, panics with the script's output and the daemon's log. Returns stdout.
+pub fn python_check<S: AsRef<std::ffi::OsStr>>(
+    py: &Path,
+    script: &str,
+    args: &[S],
+    env: &[(&str, &str)],
+    daemon: &Daemon,
+) -> String {
+    let mut cmd = Command::new(py);
+    cmd.arg(repo().join("tests/python").join(script)).args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let o = cmd.output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "{script} failed:\n{out}\n{}\n--- govboxd log ---\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        daemon.log_text()
+    );
+    eprintln!("{script}:\n{out}");
+    out
 }

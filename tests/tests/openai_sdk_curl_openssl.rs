@@ -4,39 +4,22 @@
 
 use std::process::{Command, Stdio};
 
-use govbox_e2e::{TestBox, python_with_openai, repo};
+use govbox_e2e::{TestBox, python_check, python_with_openai, repo};
 
 #[test]
 fn openai_sdk_with_client_certificate_and_with_bearer_token() {
     let py = python_with_openai();
     let b = TestBox::new("sdk");
     let d = b.start();
-    let script = repo().join("tests/python/openai_client_check.py");
     let base = b.url("/v1");
-    let ca = b.certs.join("ca.crt");
-    let cert = b.certs.join("app.crt");
-    let key = b.certs.join("app.key");
-    for creds in [
-        vec!["--cert".to_string(), cert.display().to_string(), key.display().to_string()],
-        vec!["--token".to_string(), b.token.clone()],
-    ] {
-        let o = Command::new(&py)
-            .arg(&script)
-            .arg(&base)
-            .arg(&ca)
-            .args(&creds)
-            .args(["tiny-qwen2", "minilm"])
-            .output()
-            .unwrap();
-        let out = String::from_utf8_lossy(&o.stdout);
-        assert!(
-            o.status.success(),
-            "{} failed:\n{out}\n{}\n--- govboxd log ---\n{}",
-            creds[0],
-            String::from_utf8_lossy(&o.stderr),
-            d.log_text()
-        );
-        eprintln!("{}:\n{out}", creds[0]);
+    let ca = b.certs.join("ca.crt").display().to_string();
+    let cert = b.certs.join("app.crt").display().to_string();
+    let key = b.certs.join("app.key").display().to_string();
+    for creds in [vec!["--cert".to_string(), cert, key], vec!["--token".to_string(), b.token.clone()]] {
+        let mut args = vec![base.clone(), ca.clone()];
+        args.extend(creds);
+        args.extend(["tiny-qwen2".to_string(), "minilm".to_string()]);
+        python_check(&py, "openai_client_check.py", &args, &[], &d);
     }
 }
 
@@ -47,23 +30,14 @@ fn openai_sdk_logprobs_n_and_openapi_schemas() {
     let py = python_with_openai();
     let b = TestBox::new("surface");
     let d = b.start();
-    let o = Command::new(&py)
-        .arg(repo().join("tests/python/openai_surface_check.py"))
-        .arg(repo().join("daemon/openapi.yaml"))
-        .arg(b.url("/v1"))
-        .arg(b.certs.join("ca.crt"))
-        .arg(&b.token)
-        .arg("tiny-qwen2")
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "failed:\n{out}\n{}\n--- govboxd log ---\n{}",
-        String::from_utf8_lossy(&o.stderr),
-        d.log_text()
-    );
-    eprintln!("{out}");
+    let args = [
+        repo().join("daemon/openapi.yaml").display().to_string(),
+        b.url("/v1"),
+        b.certs.join("ca.crt").display().to_string(),
+        b.token.clone(),
+        "tiny-qwen2".to_string(),
+    ];
+    python_check(&py, "openai_surface_check.py", &args, &[], &d);
 }
 
 #[test]

@@ -160,6 +160,9 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
         .map_err(|e| ApiError::Internal(format!("request planning task: {e}")))??;
     let msgs = audited;
     let mut request = sampling.to_request(plan.prompt, state.config.serving.default_max_tokens)?;
+    // A grammar decides the answer from its first token, so an answer under one is never
+    // inside a thinking block that the prompt opened (DeepSeek-R1's template opens one).
+    let constrained = plan.grammar.is_some();
     request.grammar = plan.grammar;
     request.sampling.logprobs = logprobs_wanted(&req)?;
     let with_logprobs = request.sampling.logprobs.is_some();
@@ -181,8 +184,9 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
     let id = format!("chatcmpl-{}", call.record.id.trim_start_matches("req-"));
     let created = unix_now();
     // Each choice's text is sorted into reasoning, content and tool calls by a shaper of its own.
+    let opens_thinking = started.opens_thinking && !constrained;
     let shapers: Vec<Shaper> =
-        (0..started.choices).map(|_| Shaper::new(plan.reasoning, plan.tools, started.opens_thinking)).collect();
+        (0..started.choices).map(|_| Shaper::new(plan.reasoning, plan.tools, opens_thinking)).collect();
     let call_ids = call.record.id.trim_start_matches("req-").to_string();
     if sampling.stream {
         let head = ChunkHead {
@@ -192,6 +196,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
             model: model.name.clone(),
             include_usage: sampling.include_usage(),
         };
+        let shapers = shapers.into_iter().map(Shaper::for_stream).collect();
         let maker = Chunks { head, with_logprobs, shapers, call_ids, engine: model.engine.clone() };
         return Ok(generate::stream_response(started, maker));
     }
@@ -207,7 +212,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
             if content.is_empty() {
                 message["content"] = Value::Null;
             }
-            message["tool_calls"] = tools::tool_calls_json(&parsed.calls, &format!("{call_ids}-{i}"), false);
+            message["tool_calls"] = tools::tool_calls_json(&parsed.calls, &format!("{call_ids}-{i}"));
         }
         if !shaper.reasoning.is_empty() {
             message["reasoning_content"] = Value::String(shaper.reasoning.clone());
@@ -269,6 +274,10 @@ impl Chunks {
         if !d.content.is_empty() {
             out.push(self.delta(index, json!({"content": d.content}), lp.take()));
         }
+        let ids = format!("{}-{index}", self.call_ids);
+        for c in &d.calls {
+            out.push(self.delta(index, tools::tool_call_delta(c, &ids), lp.take()));
+        }
         if let Some(lp) = lp {
             out.push(self.delta(index, json!({"content": ""}), Some(lp)));
         }
@@ -291,14 +300,9 @@ impl ChunkMaker for Chunks {
 
     fn finish(&mut self, index: usize, reason: FinishReason) -> Vec<Value> {
         let Some(shaper) = self.shapers.get_mut(index) else { return vec![] };
-        let (d, parsed) = shaper.finish();
+        let (d, _) = shaper.finish();
+        let calls = shaper.calls_streamed();
         let mut out = self.deltas(index, d, &[]);
-        let calls = parsed.calls.len();
-        if calls > 0 {
-            let ids = format!("{}-{index}", self.call_ids);
-            let calls_json = tools::tool_calls_json(&parsed.calls, &ids, true);
-            out.push(self.delta(index, json!({"tool_calls": calls_json}), None));
-        }
         let reason = tools::finish_reason(reason, calls);
         out.push(self.head.chunk(json!([{"index": index, "delta": {}, "logprobs": null, "finish_reason": reason}])));
         out

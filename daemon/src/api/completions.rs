@@ -78,12 +78,6 @@ fn check_options(req: &CompletionRequest, n: usize, prompts: usize) -> Result<()
     if req.logprobs.is_some_and(|k| k as usize > MAX_TOP_LOGPROBS) {
         return Err(ApiError::invalid("logprobs", format!("logprobs must be between 0 and {MAX_TOP_LOGPROBS}")));
     }
-    if req.echo && req.logprobs.is_some() {
-        return Err(ApiError::invalid(
-            "echo",
-            "echo with logprobs would need the prompt's log-probabilities, which this server does not compute",
-        ));
-    }
     if req.echo && req.suffix.is_some() {
         return Err(ApiError::invalid("suffix", "suffix and echo cannot be combined"));
     }
@@ -179,7 +173,8 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
     let first = engine_prompts.next().ok_or_else(|| ApiError::Internal("no prompt".into()))?;
     let mut request = sampling.to_request(first, state.config.serving.default_max_tokens)?;
     request.sampling.logprobs = req.logprobs.map(|k| k as usize);
-    let with_logprobs = request.sampling.logprobs.is_some();
+    let request_top = request.sampling.logprobs;
+    let with_logprobs = request_top.is_some();
     // The audited prompt: a single text as its bytes (as before lists were accepted), anything
     // else as its JSON, with the suffix when there is one.
     let audited = match (&req.prompt, &req.suffix) {
@@ -223,6 +218,11 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
     } else {
         vec![]
     };
+    // With echo and logprobs, each choice's logprobs begin with its prompt's.
+    let prompt_lps = match (req.echo, request_top) {
+        (true, Some(k)) => prompt_logprobs(&model.engine, &started.prompt_ids, k, n).await?,
+        _ => vec![],
+    };
     let id = format!("cmpl-{}", call.record.id.trim_start_matches("req-"));
     let created = unix_now();
     if sampling.stream {
@@ -234,7 +234,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
             include_usage: sampling.include_usage(),
         };
         let offsets = vec![0; started.choices];
-        let maker = Chunks { head, with_logprobs, echoes, offsets };
+        let maker = Chunks { head, with_logprobs, echoes, prompt_lps, offsets };
         return Ok(generate::stream_response(started, maker));
     }
     let done = generate::collect(started).await?;
@@ -244,10 +244,16 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
         .enumerate()
         .map(|(i, c)| {
             let echo = echoes.get(i).map_or("", String::as_str);
+            let lp = with_logprobs.then(|| match prompt_lps.get(i) {
+                Some(p) => {
+                    logprobs::completion_with_prompt(p.first.as_deref(), &[&p.rest[..], &c.logprobs].concat(), &mut 0)
+                }
+                None => logprobs::completion(&c.logprobs, &mut 0),
+            });
             json!({
                 "index": i,
                 "text": format!("{echo}{}", c.text),
-                "logprobs": with_logprobs.then(|| logprobs::completion(&c.logprobs, &mut 0)),
+                "logprobs": lp,
                 "finish_reason": c.finish_reason.map(FinishReason::as_str),
             })
         })
@@ -263,12 +269,45 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
     })))
 }
 
+/// A prompt's log-probabilities: its first token's text (nothing predicts it), then the
+/// entries of the others.
+#[derive(Clone)]
+struct PromptLogprobs {
+    first: Option<String>,
+    rest: Vec<TokenLogprob>,
+}
+
+/// Each choice's prompt log-probabilities (`n` choices per prompt), computed off the async
+/// threads.
+async fn prompt_logprobs(
+    engine: &Arc<govbox_engine::Engine>,
+    prompts: &[Vec<u32>],
+    top: usize,
+    n: usize,
+) -> Result<Vec<PromptLogprobs>, ApiError> {
+    let (engine, prompts) = (engine.clone(), prompts.to_vec());
+    let per_prompt = tokio::task::spawn_blocking(move || {
+        prompts
+            .iter()
+            .map(|ids| {
+                let first = ids.first().map(|&id| engine.tokenizer().decode(&[id], false)).transpose()?;
+                Ok(PromptLogprobs { first, rest: engine.prompt_logprobs(ids, top)? })
+            })
+            .collect::<Result<Vec<_>, govbox_engine::EngineError>>()
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("prompt log-probabilities task: {e}")))??;
+    Ok(per_prompt.into_iter().flat_map(|p| std::iter::repeat_n(p, n)).collect())
+}
+
 /// The chunks of a streamed completion.
 struct Chunks {
     head: ChunkHead,
     with_logprobs: bool,
     /// Each choice's echoed prompt (empty without `echo`), sent as its first chunk.
     echoes: Vec<String>,
+    /// With `echo` and `logprobs`, each choice's prompt log-probabilities, sent with the echo.
+    prompt_lps: Vec<PromptLogprobs>,
     /// Where each choice's next token begins in its text, for `text_offset`.
     offsets: Vec<usize>,
 }
@@ -276,7 +315,11 @@ struct Chunks {
 impl ChunkMaker for Chunks {
     fn opening(&mut self, index: usize) -> Option<Value> {
         let echo = self.echoes.get(index)?;
-        Some(self.head.chunk(json!([{"index": index, "text": echo, "logprobs": null, "finish_reason": null}])))
+        let lp = self
+            .prompt_lps
+            .get(index)
+            .map(|p| logprobs::completion_with_prompt(p.first.as_deref(), &p.rest, &mut self.offsets[index]));
+        Some(self.head.chunk(json!([{"index": index, "text": echo, "logprobs": lp, "finish_reason": null}])))
     }
 
     fn text(&mut self, index: usize, text: &str, lp: &[TokenLogprob]) -> Vec<Value> {
@@ -321,8 +364,7 @@ mod tests {
         assert!(check(json!({"model": "m", "prompt": "a", "echo": true, "n": 2, "best_of": 2})).is_ok());
         assert_eq!(check(json!({"model": "m", "prompt": "a", "best_of": 3})).unwrap_err().param(), Some("best_of"));
         assert_eq!(check(json!({"model": "m", "prompt": "a", "logprobs": 21})).unwrap_err().param(), Some("logprobs"));
-        let e = check(json!({"model": "m", "prompt": "a", "logprobs": 2, "echo": true})).unwrap_err();
-        assert_eq!(e.param(), Some("echo"));
+        assert!(check(json!({"model": "m", "prompt": "a", "logprobs": 2, "echo": true})).is_ok());
         let e = check(json!({"model": "m", "prompt": vec!["a"; 5], "n": 8})).unwrap_err();
         assert_eq!(e.param(), Some("n"));
     }

@@ -30,21 +30,31 @@ pub fn chat(entries: &[TokenLogprob]) -> Value {
 /// The completions `logprobs` object for these tokens; `offset` is where the first token's
 /// text begins in the choice's text (in characters), and moves past them.
 pub fn completion(entries: &[TokenLogprob], offset: &mut usize) -> Value {
-    let mut text_offset = Vec::with_capacity(entries.len());
+    completion_with_prompt(None, entries, offset)
+}
+
+/// The same with the prompt in front (`echo`): `prompt` is the first prompt token's text, which
+/// nothing predicts (its log-probability and alternatives are null, as OpenAI writes them), then
+/// the entries of the prompt's other tokens, which `entries` begins with.
+pub fn completion_with_prompt(first: Option<&str>, entries: &[TokenLogprob], offset: &mut usize) -> Value {
+    let n = entries.len() + usize::from(first.is_some());
+    let (mut tokens, mut lps, mut tops, mut offsets) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    if let Some(t) = first {
+        tokens.push(t);
+        lps.push(Value::Null);
+        tops.push(Value::Null);
+        offsets.push(*offset);
+        *offset += t.chars().count();
+    }
     for t in entries {
-        text_offset.push(*offset);
+        tokens.push(t.chosen.token.as_str());
+        lps.push(json!(num(t.chosen.logprob)));
+        tops.push(Value::Object(t.top.iter().map(|a| (a.token.clone(), json!(num(a.logprob)))).collect()));
+        offsets.push(*offset);
         *offset += t.chosen.token.chars().count();
     }
-    let top: Vec<Value> = entries
-        .iter()
-        .map(|t| Value::Object(t.top.iter().map(|a| (a.token.clone(), json!(num(a.logprob)))).collect()))
-        .collect();
-    json!({
-        "tokens": entries.iter().map(|t| t.chosen.token.as_str()).collect::<Vec<_>>(),
-        "token_logprobs": entries.iter().map(|t| num(t.chosen.logprob)).collect::<Vec<_>>(),
-        "top_logprobs": top,
-        "text_offset": text_offset,
-    })
+    json!({"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets})
 }
 
 #[cfg(test)]
@@ -71,5 +81,12 @@ mod tests {
         assert_eq!(v["text_offset"], json!([3, 5]));
         assert_eq!(off, 7);
         assert_eq!(v["top_logprobs"][0]["Yo"], -1.5);
+        // With the prompt in front: the first token's log-probability and alternatives are null.
+        let mut off = 0;
+        let v = completion_with_prompt(Some("A"), &entries, &mut off);
+        assert_eq!(v["tokens"], json!(["A", "Hi", " 你"]));
+        assert_eq!(v["token_logprobs"], json!([null, -0.5, -9999.0]));
+        assert_eq!(v["top_logprobs"][0], Value::Null);
+        assert_eq!(v["text_offset"], json!([0, 1, 3]));
     }
 }

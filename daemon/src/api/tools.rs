@@ -9,7 +9,8 @@
 use govbox_engine::chat::{ChatInput, ChatMessage, RESERVED_TEMPLATE_VARIABLES};
 use govbox_engine::constraint::Grammar;
 use govbox_engine::reasoning::{Piece, ReasoningSplitter, template_thinks};
-use govbox_engine::tools::{ParsedAnswer, TemplateTools, ToolFormat, ToolSpec, hermes_fallback};
+use govbox_engine::tool_stream::{CallDelta, CallTracker};
+use govbox_engine::tools::{MAX_FUNCTION_NAME, ParsedAnswer, TemplateTools, ToolFormat, ToolSpec, is_function_name};
 use govbox_engine::{Engine, FinishReason, Prompt};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -18,8 +19,6 @@ use crate::api::error::ApiError;
 
 /// At most this many tools per request.
 const MAX_TOOLS: usize = 128;
-/// OpenAI's limit on a function name: `^[a-zA-Z0-9_-]{1,64}$`.
-const MAX_NAME: usize = 64;
 
 /// A function the model may call.
 #[derive(Debug, Deserialize)]
@@ -147,13 +146,10 @@ pub struct Plan {
 }
 
 fn check_name(name: &str, param: &'static str) -> Result<(), ApiError> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_NAME
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok {
+    if is_function_name(name) {
         Ok(())
     } else {
-        Err(ApiError::invalid(param, format!("a function name must match ^[a-zA-Z0-9_-]{{1,{MAX_NAME}}}$")))
+        Err(ApiError::invalid(param, format!("a function name must match ^[a-zA-Z0-9_-]{{1,{MAX_FUNCTION_NAME}}}$")))
     }
 }
 
@@ -186,9 +182,7 @@ impl AgentFields {
         let with_history = input.messages.iter().any(|m| m.role == "tool" || m.tool_calls.is_some());
         if !specs.is_empty() || with_history {
             let tt = TemplateTools::of_template(&source).map_err(|e| ApiError::invalid("tools", e.to_string()))?;
-            if !tt.native {
-                input = hermes_fallback(&input);
-            }
+            input = tt.prepare(&input);
             if !specs.is_empty() && !matches!(mode, Mode::None) {
                 format = Some(tt.format);
             }
@@ -320,6 +314,8 @@ pub struct Shaper {
     tools: Option<ToolFormat>,
     /// Content held back since it may be (or is) a tool call.
     held: String,
+    /// The calls streamed out of `held` so far (streamed answers only: see [`Self::for_stream`]).
+    calls: Option<CallTracker>,
     /// Content handed out so far (Llama 3's format is a call only from the answer's start).
     sent_content: bool,
     /// All reasoning text, for the reasoning token count.
@@ -333,6 +329,8 @@ pub struct Delta {
     pub reasoning: String,
     /// Answer text.
     pub content: String,
+    /// Tool calls begun and their arguments' next pieces.
+    pub calls: Vec<CallDelta>,
 }
 
 impl Shaper {
@@ -342,9 +340,17 @@ impl Shaper {
             split: plan_reasoning.then(|| ReasoningSplitter::new(opens_thinking)),
             tools,
             held: String::new(),
+            calls: None,
             sent_content: false,
             reasoning: String::new(),
         }
+    }
+
+    /// The same for a streamed answer: calls go out piece by piece as they grow, so a call cut
+    /// off (by `max_tokens`) stays a call; in a whole answer, text that is no whole call is content.
+    pub fn for_stream(mut self) -> Self {
+        self.calls = self.tools.map(CallTracker::new);
+        self
     }
 
     /// Sorts the next text.
@@ -367,60 +373,113 @@ impl Shaper {
                 Piece::Content(t) => d.content.push_str(&self.content(&t)),
             }
         }
+        if let Some(tracker) = self.calls.as_mut().filter(|_| !self.held.is_empty()) {
+            d.calls = tracker.update(&self.held);
+        }
         d
+    }
+
+    /// How many tool calls have gone out (streamed).
+    pub fn calls_streamed(&self) -> usize {
+        self.calls.as_ref().map_or(0, CallTracker::count)
     }
 
     /// Content that can go out now; the rest waits in `held`.
     fn content(&mut self, text: &str) -> String {
         let Some(format) = self.tools else { return text.to_string() };
         self.held.push_str(text);
-        let keep_from = match format {
-            ToolFormat::Hermes => self.held.find(format.opening()).unwrap_or_else(|| {
+        let keep_from = if self.calls_streamed() > 0 {
+            0
+        } else if format.marked() {
+            self.held.find(format.opening()).unwrap_or_else(|| {
                 self.held.len() - govbox_engine::reasoning::partial_suffix(&self.held, format.opening())
-            }),
-            // A Llama 3 call is the whole answer: hold an answer that starts like JSON.
-            ToolFormat::Llama3Json if !self.sent_content => {
-                let lead = self.held.trim_start();
-                if lead.is_empty() || lead.starts_with('{') { 0 } else { self.held.len() }
-            }
-            ToolFormat::Llama3Json => self.held.len(),
+            })
+        } else if !self.sent_content && may_be_call(format, &self.held) {
+            // A call is the whole answer: hold an answer that starts like one.
+            0
+        } else {
+            self.held.len()
         };
         let out: String = self.held.drain(..keep_from).collect();
         self.sent_content |= !out.trim().is_empty();
         out
     }
 
-    /// The end of the answer: the last text and the calls.
+    /// The end of the answer: the last text and calls, and the calls as parsed from the whole
+    /// held text.
     pub fn finish(&mut self) -> (Delta, ParsedAnswer) {
         let rest = self.split.as_mut().map(ReasoningSplitter::finish).unwrap_or_default();
         let mut d = self.take(rest);
         let held = std::mem::take(&mut self.held);
         let parsed = self.tools.map(|f| f.parse(&held)).unwrap_or_default();
-        // Held text that holds no call goes out as it was (the parser trims).
-        d.content.push_str(if parsed.calls.is_empty() { &held } else { &parsed.content });
+        if let Some(tracker) = &mut self.calls {
+            d.calls.extend(tracker.finish(&held, &parsed));
+        }
+        // Held text that holds no call goes out as it was (the parser trims); text that went out
+        // as a call's pieces does not come again as content.
+        let content = match (parsed.calls.is_empty(), self.calls_streamed()) {
+            (false, _) => parsed.content.as_str(),
+            (true, 0) => held.as_str(),
+            (true, _) => "",
+        };
+        d.content.push_str(content);
         (d, parsed)
     }
 }
 
+/// Whether an answer that begins with `held` may be a call in a format whose call is the
+/// whole answer (Llama 3's JSON, GLM-4's name line and JSON).
+fn may_be_call(format: ToolFormat, held: &str) -> bool {
+    match format {
+        ToolFormat::Glm4 => match held.split_once('\n') {
+            None => held.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
+            Some((name, rest)) => {
+                let rest = rest.trim_start();
+                is_function_name(name.trim_end()) && (rest.is_empty() || rest.starts_with('{'))
+            }
+        },
+        _ => {
+            let lead = held.trim_start();
+            lead.is_empty() || lead.starts_with('{')
+        }
+    }
+}
+
+/// The id of a request's `index`th call.
+pub fn call_id(request_id: &str, index: usize) -> String {
+    format!("call_{request_id}_{index}")
+}
+
 /// OpenAI's `tool_calls` for `calls`, with ids made from the request id.
-pub fn tool_calls_json(calls: &[govbox_engine::tools::ParsedCall], request_id: &str, streamed: bool) -> Value {
+pub fn tool_calls_json(calls: &[govbox_engine::tools::ParsedCall], request_id: &str) -> Value {
     Value::Array(
         calls
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                let mut v = json!({
-                    "id": format!("call_{request_id}_{i}"),
+                json!({
+                    "id": call_id(request_id, i),
                     "type": "function",
                     "function": {"name": c.name, "arguments": c.arguments},
-                });
-                if streamed {
-                    v["index"] = json!(i);
-                }
-                v
+                })
             })
             .collect(),
     )
+}
+
+/// A streamed `tool_calls` delta in OpenAI's shape: the first of a call carries its index, id,
+/// type and name; the others its index and the next piece of the arguments.
+pub fn tool_call_delta(d: &CallDelta, request_id: &str) -> Value {
+    let item = match &d.name {
+        Some(name) => json!({
+            "index": d.index,
+            "id": call_id(request_id, d.index),
+            "type": "function",
+            "function": {"name": name, "arguments": d.arguments},
+        }),
+        None => json!({"index": d.index, "function": {"arguments": d.arguments}}),
+    };
+    json!({"tool_calls": [item]})
 }
 
 /// The finish reason a chat answer reports.
@@ -465,5 +524,64 @@ mod tests {
         );
         let mut s = Shaper::new(false, None, false);
         assert_eq!(shape(&mut s, &["<think>x</think>"]), (String::new(), "<think>x</think>".into(), 0));
+    }
+
+    /// Streams `answer` a few characters at a time: the content, and per call its name, its
+    /// arguments joined, and how many pieces they came in.
+    fn stream(format: ToolFormat, answer: &str) -> (String, Vec<(String, String, usize)>, usize) {
+        let mut s = Shaper::new(false, Some(format), false).for_stream();
+        let (mut content, mut calls) = (String::new(), Vec::<(String, String, usize)>::new());
+        let mut take = |d: Delta, content: &mut String| {
+            content.push_str(&d.content);
+            for c in d.calls {
+                if let Some(n) = c.name {
+                    calls.push((n, String::new(), 0));
+                }
+                if !c.arguments.is_empty() {
+                    calls[c.index].1.push_str(&c.arguments);
+                    calls[c.index].2 += 1;
+                }
+            }
+        };
+        let chars: Vec<char> = answer.chars().collect();
+        for piece in chars.chunks(3) {
+            let d = s.push(&piece.iter().collect::<String>());
+            take(d, &mut content);
+        }
+        let (d, _) = s.finish();
+        take(d, &mut content);
+        (content, calls, s.calls_streamed())
+    }
+
+    #[test]
+    fn calls_stream_as_a_name_then_argument_pieces_in_every_format() {
+        let answers = [
+            (
+                ToolFormat::Hermes,
+                "Checking.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>",
+            ),
+            (ToolFormat::Llama3Json, "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\"}}"),
+            (
+                ToolFormat::DeepSeek,
+                "Checking.<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n\
+                 {\"city\": \"Paris\"}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>",
+            ),
+            (ToolFormat::Glm4, "get_weather\n{\"city\": \"Paris\"}"),
+        ];
+        for (format, answer) in answers {
+            let (content, calls, n) = stream(format, answer);
+            let want_content = if format.marked() { "Checking.\n" } else { "" };
+            assert_eq!(content.trim(), want_content.trim(), "{format:?}");
+            assert_eq!(n, 1, "{format:?}");
+            assert_eq!(calls[0].0, "get_weather", "{format:?}");
+            let args: Value = serde_json::from_str(&calls[0].1).unwrap();
+            assert_eq!(args, json!({"city": "Paris"}), "{format:?}");
+            assert!(calls[0].2 >= 4, "{format:?}: arguments in {} pieces", calls[0].2);
+        }
+        // A GLM-4 plain answer (it starts with a newline) and one-line text are content.
+        assert_eq!(stream(ToolFormat::Glm4, "\nIt is sunny.").0, "\nIt is sunny.");
+        assert_eq!(stream(ToolFormat::Glm4, "Sunny").0, "Sunny");
+        assert_eq!(stream(ToolFormat::Glm4, "Sure\nIt is sunny.").0, "Sure\nIt is sunny.");
+        assert_eq!(stream(ToolFormat::Glm4, "Sure thing\n{}").0, "Sure thing\n{}");
     }
 }
