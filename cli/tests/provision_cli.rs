@@ -169,6 +169,8 @@ fn keygen_sm2_keys_are_read_by_openssl_and_trusted_at_provisioning() {
     govbox_ok(cwd, &args);
     let root = fs::read_to_string(cwd.join("s/trust/root.json")).unwrap();
     assert!(root.contains(&format!(r#""{}":{{"keytype":"sm2""#, public.keyid())), "{root}");
+    let shown = govbox_ok(cwd, &["--state", "s", "trust", "show"]);
+    assert!(shown.contains(&format!("{} (sm2)", public.keyid())), "{shown}");
 }
 
 #[test]

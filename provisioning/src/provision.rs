@@ -253,13 +253,21 @@ pub fn load_public_identity(state: impl AsRef<Path>) -> Result<PublicIdentity> {
     })
 }
 
-/// A one-line summary of a role: `2 of 3 keys: <id>, <id>, <id>`.
+/// A one-line summary of a role: `threshold 2 of 3: <id>, <id> (sm2), <id>`; SM2 keys are marked.
 pub fn describe_role(trust: &TrustRoot, role: Role) -> String {
     if !trust.has_role(role) {
         return "absent: accepts no package of this kind".to_string();
     }
     let rk = trust.role(role);
-    format!("threshold {} of {}: {}", rk.threshold, rk.keyids.len(), rk.keyids.join(", "))
+    let ids: Vec<String> = rk
+        .keyids
+        .iter()
+        .map(|id| match trust.keys().get(id).map(|k| k.algorithm()) {
+            Some(KeyAlgorithm::Ed25519) | None => id.clone(),
+            Some(alg) => format!("{id} ({alg})"),
+        })
+        .collect();
+    format!("threshold {} of {}: {}", rk.threshold, rk.keyids.len(), ids.join(", "))
 }
 
 #[cfg(test)]
@@ -328,6 +336,9 @@ mod tests {
         let report = provision(&opts).unwrap();
         assert_eq!(report.trust.keys()[&sm_key.keyid()].algorithm(), KeyAlgorithm::Sm2);
         assert_eq!(report.trust.role(Role::Models).threshold, 2);
+        let models = describe_role(&report.trust, Role::Models);
+        assert!(models.starts_with("threshold 2 of 2: ") && models.contains(&format!("{} (sm2)", sm_key.keyid())));
+        assert!(!describe_role(&report.trust, Role::Root).contains("(sm2)"));
         let state = tmp.path().join("second");
         let bad = ProvisionOptions { state_dir: state.clone(), audit_pub: Some(sm), ..opts };
         let err = provision(&bad).unwrap_err();
