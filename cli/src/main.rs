@@ -50,7 +50,7 @@ enum Command {
     /// The box's signed models (import, list, activate, rollback, remove), and running model files directly.
     #[command(subcommand)]
     Model(model::ModelCommand),
-    /// Make an Ed25519 signing key pair (vendors: for signing model packages and update bundles).
+    /// Make a signing key pair, Ed25519 or SM2 (vendors: for signing model packages and update bundles).
     Keygen(keys::KeygenArgs),
     /// First boot: create the box's identity, CA, server certificate and trust root (or --show them).
     Provision(provision::ProvisionArgs),

@@ -137,6 +137,43 @@ fn keygen_keys_are_read_by_openssl_and_signatures_cross_verify() {
 }
 
 #[test]
+fn keygen_sm2_keys_are_read_by_openssl_and_trusted_at_provisioning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cwd = tmp.path();
+    let out = govbox_ok(cwd, &["keygen", "--algorithm", "sm2", "--out", "gm.key"]);
+    let public = PublicKey::load_pem(cwd.join("gm.pub")).unwrap();
+    assert!(out.contains("algorithm    sm2") && out.contains(&public.keyid()), "{out}");
+    assert_eq!(mode(&cwd.join("gm.key")), 0o600);
+    let text = openssl_ok(cwd, &["pkey", "-in", "gm.key", "-noout", "-text"]);
+    assert!(text.contains("ASN1 OID: SM2"), "{text}");
+    let text = openssl_ok(cwd, &["pkey", "-pubin", "-in", "gm.pub", "-noout", "-text"]);
+    assert!(text.contains("ASN1 OID: SM2"), "{text}");
+
+    fs::write(cwd.join("msg"), b"govbox-manifest.json bytes").unwrap();
+    let key = SigningKey::load_pem(cwd.join("gm.key")).unwrap();
+    fs::write(cwd.join("sig"), key.sign(b"govbox-manifest.json bytes")).unwrap();
+    let verify = ["pkeyutl", "-verify", "-pubin", "-inkey", "gm.pub", "-rawin", "-in", "msg", "-sigfile", "sig"];
+    let v = openssl_ok(cwd, &[&verify[..], &["-pkeyopt", "distid:1234567812345678"]].concat());
+    assert!(v.contains("Signature Verified Successfully"), "{v}");
+    // The ID is part of what is signed: another ID does not verify.
+    assert!(!openssl(cwd, &[&verify[..], &["-pkeyopt", "distid:1234567812345679"]].concat()).status.success());
+
+    let err = govbox_err(cwd, &["keygen", "--algorithm", "rsa", "--out", "r.key"]);
+    assert!(err.contains("unknown key algorithm 'rsa'"), "{err}");
+    assert!(!cwd.join("r.key").exists());
+
+    // An SM2 vendor key beside an Ed25519 one in the trust root, models threshold 2.
+    keygen(cwd, "vendor");
+    let provision = "--state s provision --hostname box.test --trust-key vendor.pub --trust-key models:gm.pub";
+    let args: Vec<&str> = provision.split(' ').chain(["--threshold", "models:2"]).collect();
+    govbox_ok(cwd, &args);
+    let root = fs::read_to_string(cwd.join("s/trust/root.json")).unwrap();
+    assert!(root.contains(&format!(r#""{}":{{"keytype":"sm2""#, public.keyid())), "{root}");
+    let shown = govbox_ok(cwd, &["--state", "s", "trust", "show"]);
+    assert!(shown.contains(&format!("{} (sm2)", public.keyid())), "{shown}");
+}
+
+#[test]
 fn provision_lays_out_the_state_folder_and_refuses_a_second_run() {
     let tmp = tempfile::tempdir().unwrap();
     let cwd = tmp.path();

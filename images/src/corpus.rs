@@ -10,7 +10,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use govbox_provisioning::{PublicKey, Role, SigningKey, ThresholdSpec, TrustRoot, to_canonical_json};
+use govbox_provisioning::{KeyAlgorithm, PublicKey, Role, SigningKey, ThresholdSpec, TrustRoot, to_canonical_json};
 use serde_json::Value;
 use time::OffsetDateTime;
 
@@ -37,13 +37,15 @@ pub struct CorpusKeys {
 }
 
 impl CorpusKeys {
-    /// Fresh keys.
+    /// Fresh Ed25519 keys.
     pub fn generate() -> Result<Self> {
-        Ok(Self {
-            models: [SigningKey::generate()?, SigningKey::generate()?],
-            updates: SigningKey::generate()?,
-            unknown: SigningKey::generate()?,
-        })
+        Self::generate_with(KeyAlgorithm::Ed25519)
+    }
+
+    /// Fresh keys of `alg`: the same corpus, cases and messages hold for either algorithm.
+    pub fn generate_with(alg: KeyAlgorithm) -> Result<Self> {
+        let k = || SigningKey::generate_with(alg);
+        Ok(Self { models: [k()?, k()?], updates: k()?, unknown: k()? })
     }
 
     /// The trust root the cases assume, valid until `expires`.

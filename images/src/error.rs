@@ -183,6 +183,16 @@ pub enum PackageError {
         detail: String,
     },
 
+    /// A signature names an algorithm other than its pinned key's (an `sm2` signature by a key
+    /// the trust root holds as Ed25519, or the other way round).
+    #[error("package '{package}': member 'govbox-manifest.sig': {detail}")]
+    AlgorithmMismatch {
+        /// The package.
+        package: String,
+        /// Which key, what the signature claims and what the key is.
+        detail: String,
+    },
+
     /// Only keys of another role signed (e.g. a model package signed with the updates key).
     #[error("package '{package}': member 'govbox-manifest.sig': {detail}")]
     WrongRole {
@@ -351,6 +361,7 @@ impl PackageError {
             Self::RootExpired { .. } => "root_expired",
             Self::BadSignature { .. } => "bad_signature",
             Self::WrongRole { .. } => "wrong_role",
+            Self::AlgorithmMismatch { .. } => "algorithm_mismatch",
             Self::BelowThreshold { .. } => "below_threshold",
             Self::DigestMismatch { .. } => "sha256_mismatch",
             Self::SizeMismatch { .. } => "size_mismatch",

@@ -4,7 +4,7 @@
 //!
 //! A package is a POSIX ustar archive, read and written by our own [`tar`] module: member 1 is
 //! `govbox-manifest.json` (canonical JSON listing every payload file's size and SHA-256),
-//! member 2 is `govbox-manifest.sig` (Ed25519 signatures over the exact manifest bytes), and the
+//! member 2 is `govbox-manifest.sig` (Ed25519 or SM2 signatures over the exact manifest bytes), and the
 //! payload files follow in manifest order. Nothing else may be present.
 //!
 //! **What it trusts:** the provisioned trust root (`trust/root.json`) that the caller passes in,
@@ -19,7 +19,8 @@
 //! removed and the store and its registry are unchanged.
 //!
 //! **Format decisions** (the design plan left these open; `docs/ARCHITECTURE.md` lists the formats):
-//! - Signatures are lower-case hex, like the signatures of `root.json`; `alg` is `ed25519` only.
+//! - Signatures are lower-case hex, like the signatures of `root.json`; `alg` is `ed25519` or
+//!   `sm2` (SM2 over SM3, DER), and must be the algorithm of the pinned key it names.
 //! - The manifest must be exactly the canonical JSON of what it parses to (sorted keys, no
 //!   whitespace), so one manifest has one byte form and one digest; `format` is checked before
 //!   the schema, so a newer format is reported as such.
@@ -64,7 +65,7 @@ pub use path::{MANIFEST_NAME, MAX_PATH_LEN, PackagePath, SIGNATURES_NAME};
 pub use registry::{ModelRecord, VersionRecord};
 pub use root::{accept_new_root, accept_new_root_at, install_root, sign_root};
 pub use selftest::{ChatSelfTest, EmbeddingSelfTest, SelfTest, SelfTestMismatch, SelfTestOutput, SelfTestReport};
-pub use signature::{ALG_ED25519, Policy, Signature, SignatureCheck, SignatureFile, check_signatures};
+pub use signature::{ALG_ED25519, ALG_SM2, Policy, Signature, SignatureCheck, SignatureFile, check_signatures};
 pub use store::{ActiveModel, ImportOptions, Imported, ModelStore, Recovered, Reverified};
 pub use verify::{CHUNK, PackageHead, Verified, file_label, read_head, verify_file, verify_reader};
 pub use version::Version;

@@ -16,23 +16,22 @@ fn rejected(reason: String) -> PackageError {
     PackageError::RootRejected { reason }
 }
 
-fn unhex64(s: &str) -> Option<Vec<u8>> {
-    (s.len() == 128).then(|| (0..64).map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()).collect())?
-}
-
 /// The distinct keys of `signer`'s `root` role whose signatures over `new`'s signed part verify.
-pub(crate) fn root_signers(signer: &TrustRoot, new: &TrustRoot) -> BTreeSet<String> {
+/// A signature whose `alg` is not its key's algorithm refuses the root (no silent mixing).
+pub(crate) fn root_signers(signer: &TrustRoot, new: &TrustRoot) -> Result<BTreeSet<String>> {
     let msg = new.signed_canonical_json();
     let keys: Vec<PublicKey> = signer.role_public_keys(Role::Root);
-    new.signatures()
-        .iter()
-        .filter(|s| {
-            keys.iter().any(|k| {
-                k.keyid() == s.keyid && unhex64(&s.sig).is_some_and(|sig| k.verify(msg.as_bytes(), &sig).is_ok())
-            })
-        })
-        .map(|s| s.keyid.clone())
-        .collect()
+    let mut out = BTreeSet::new();
+    for s in new.signatures() {
+        let Some(key) = keys.iter().find(|k| k.keyid() == s.keyid) else { continue };
+        // `TrustRoot::parse` refused unknown algorithms and malformed signatures.
+        let (Some(alg), Some(sig)) = (s.algorithm(), s.signature_bytes()) else { continue };
+        key.check_claim(alg).map_err(|e| rejected(e.to_string()))?;
+        if key.verify(msg.as_bytes(), &sig).is_ok() {
+            out.insert(s.keyid.clone());
+        }
+    }
+    Ok(out)
 }
 
 /// Checks `new_bytes` against `current` now; see [`accept_new_root_at`].
@@ -51,7 +50,7 @@ pub fn accept_new_root(current: &TrustRoot, new_bytes: &[u8]) -> Result<TrustRoo
 /// 5. it has not expired (TUF 5.3.10).
 pub fn accept_new_root_at(current: &TrustRoot, new_bytes: &[u8], now: OffsetDateTime) -> Result<TrustRoot> {
     let new = TrustRoot::parse(new_bytes, "new root").map_err(|e| rejected(e.to_string()))?;
-    let by_current = root_signers(current, &new);
+    let by_current = root_signers(current, &new)?;
     let need = current.role(Role::Root).threshold;
     if by_current.len() < need as usize {
         return Err(rejected(format!(
@@ -60,7 +59,7 @@ pub fn accept_new_root_at(current: &TrustRoot, new_bytes: &[u8], now: OffsetDate
             current.version()
         )));
     }
-    let by_new = root_signers(&new, &new);
+    let by_new = root_signers(&new, &new)?;
     let need_new = new.role(Role::Root).threshold;
     if by_new.len() < need_new as usize {
         return Err(rejected(format!(
@@ -88,16 +87,13 @@ pub fn sign_root(root_bytes: &[u8], keys: &[&SigningKey]) -> Result<Vec<u8>> {
     let signed: Value = serde_json::from_str(&root.signed_canonical_json()).map_err(|e| rejected(e.to_string()))?;
     let msg = root.signed_canonical_json();
     let ours: BTreeSet<String> = keys.iter().map(|k| k.public_key().keyid()).collect();
-    let mut sigs: Vec<Value> = root
-        .signatures()
-        .iter()
-        .filter(|s| !ours.contains(&s.keyid))
-        .map(|s| json!({"keyid": s.keyid, "sig": s.sig}))
-        .collect();
+    let mut sigs: Vec<Value> =
+        root.signatures().iter().filter(|s| !ours.contains(&s.keyid)).map(|s| s.to_json()).collect();
     for k in keys {
         let id = k.public_key().keyid();
         if !sigs.iter().any(|s| s["keyid"] == id.as_str()) {
-            sigs.push(json!({"keyid": id, "sig": hex(&k.sign(msg.as_bytes()))}));
+            let alg = k.algorithm().as_str();
+            sigs.push(json!({"keyid": id, "alg": alg, "sig": hex(&k.sign(msg.as_bytes()))}));
         }
     }
     Ok(to_canonical_json(&json!({"signed": signed, "signatures": sigs})).into_bytes())
@@ -116,6 +112,7 @@ pub fn install_root(paths: &StatePaths, new_bytes: &[u8]) -> Result<(TrustRoot, 
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use govbox_provisioning::KeyAlgorithm;
     use time::Duration;
 
     fn root_doc(root_keys: &[&SigningKey], version: u64, expires: OffsetDateTime) -> Vec<u8> {
@@ -153,5 +150,24 @@ mod tests {
         let e = accept_new_root_at(&current, &expired, later + Duration::days(1)).unwrap_err();
         assert_eq!(e.code(), "root_rejected");
         assert!(e.to_string().contains("expired"), "{e}");
+    }
+
+    #[test]
+    fn sm2_root_keys_rotate_and_a_mismatched_alg_is_refused() {
+        let (a, c) = (SigningKey::generate_with(KeyAlgorithm::Sm2).unwrap(), SigningKey::generate().unwrap());
+        let later = OffsetDateTime::now_utc() + Duration::days(30);
+        let current = TrustRoot::parse(&root_doc(&[&a], 1, later), "t").unwrap();
+        let good = sign_root(&sign_root(&root_doc(&[&c], 2, later), &[&a]).unwrap(), &[&c]).unwrap();
+        assert!(String::from_utf8_lossy(&good).contains(r#""alg":"sm2""#));
+        assert_eq!(accept_new_root(&current, &good).unwrap().version(), 2);
+        // The SM2 root key's signature relabelled as Ed25519 cannot even parse (DER is not 64
+        // bytes); the new Ed25519 key's signature relabelled as SM2 cannot either. So forge the
+        // claim with a well-formed signature of the other kind under the SM2 key's id.
+        let mut v: Value = serde_json::from_slice(&good).unwrap();
+        let ed_sig = v["signatures"][1]["sig"].clone();
+        v["signatures"][0]["alg"] = "ed25519".into();
+        v["signatures"][0]["sig"] = ed_sig;
+        let e = accept_new_root(&current, &to_canonical_json(&v).into_bytes()).unwrap_err();
+        assert!(e.to_string().contains("claims algorithm 'ed25519' but the pinned key is sm2"), "{e}");
     }
 }

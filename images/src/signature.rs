@@ -1,18 +1,26 @@
 //! Member 2, `govbox-manifest.sig`, and the trust policy check over it.
 //!
 //! `{"signatures":[{"alg":"ed25519","keyid":"<hex sha256 of the raw key>","sig":"<128 hex>"}]}`:
-//! Ed25519 signatures over the exact bytes of member 1. Hex, like the signatures of `root.json`.
+//! signatures over the exact bytes of member 1, hex like the signatures of `root.json`. `alg` is
+//! `ed25519` (64 bytes) or `sm2` (SM2 over SM3 with ID `1234567812345678`, DER, at most 72 bytes:
+//! what `openssl pkeyutl -verify -rawin -pkeyopt distid:1234567812345678` checks).
+//!
+//! A signature counts only when its `alg` is the algorithm of the pinned key its `keyid` names;
+//! a signature claiming another algorithm refuses the whole package, so that a box never checks
+//! a signature under an algorithm its trust root did not give that key.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use govbox_provisioning::{PublicKey, Role, SigningKey, TrustRoot, to_canonical_json};
+use govbox_provisioning::{KeyAlgorithm, PublicKey, Role, SigningKey, TrustRoot, to_canonical_json};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::error::{PackageError, Result};
 
-/// The only signature algorithm of `govbox/1`.
+/// Ed25519 signatures (the `intl` suite).
 pub const ALG_ED25519: &str = "ed25519";
+/// SM2-with-SM3 signatures (the `gm` suite).
+pub const ALG_SM2: &str = "sm2";
 
 /// One signature over the manifest bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,9 +28,9 @@ pub const ALG_ED25519: &str = "ed25519";
 pub struct Signature {
     /// The signing key's id.
     pub keyid: String,
-    /// Always `ed25519`.
+    /// `ed25519` or `sm2`.
     pub alg: String,
-    /// The 64-byte signature, lower-case hex.
+    /// The signature, lower-case hex: 64 bytes for Ed25519, DER for SM2.
     pub sig: String,
 }
 
@@ -34,15 +42,12 @@ pub struct SignatureFile {
     pub signatures: Vec<Signature>,
 }
 
-fn unhex64(s: &str) -> Option<[u8; 64]> {
-    if s.len() != 128 {
-        return None;
+impl Signature {
+    /// The claimed algorithm and the signature bytes, if both are well formed.
+    fn decode(&self) -> Option<(KeyAlgorithm, Vec<u8>)> {
+        let alg = KeyAlgorithm::parse(&self.alg)?;
+        Some((alg, alg.decode_signature_hex(&self.sig)?))
     }
-    let mut out = [0u8; 64];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
@@ -58,23 +63,31 @@ impl SignatureFile {
             .filter(|k| seen.insert(k.public_key().keyid()))
             .map(|k| Signature {
                 keyid: k.public_key().keyid(),
-                alg: ALG_ED25519.into(),
+                alg: k.algorithm().as_str().into(),
                 sig: hex(&k.sign(manifest_bytes)),
             })
             .collect();
         Self { signatures }
     }
 
-    /// Parses the member strictly: known fields only, `ed25519` only, 64-byte hex signatures.
+    /// Parses the member strictly: known fields only, `ed25519` with 64-byte or `sm2` with
+    /// strict-DER (at most 72-byte) signatures in hex. The caller caps the member's size.
     pub fn parse(bytes: &[u8], label: &str) -> Result<Self> {
         let invalid = |reason: String| PackageError::InvalidSignatureFile { package: label.to_string(), reason };
         let file: SignatureFile = serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
         for s in &file.signatures {
-            if s.alg != ALG_ED25519 {
-                return Err(invalid(format!("signature by {}: algorithm '{}' is not 'ed25519'", s.keyid, s.alg)));
-            }
-            if unhex64(&s.sig).is_none() {
-                return Err(invalid(format!("signature by {}: not 64 bytes of hex", s.keyid)));
+            let Some(alg) = KeyAlgorithm::parse(&s.alg) else {
+                return Err(invalid(format!(
+                    "signature by {}: algorithm '{}' is neither '{ALG_ED25519}' nor '{ALG_SM2}'",
+                    s.keyid, s.alg
+                )));
+            };
+            if alg.decode_signature_hex(&s.sig).is_none() {
+                let form = match alg {
+                    KeyAlgorithm::Sm2 => "a DER SM2 signature of at most 72 bytes in hex",
+                    _ => "64 bytes of hex",
+                };
+                return Err(invalid(format!("signature by {}: not {form}", s.keyid)));
             }
         }
         Ok(file)
@@ -136,10 +149,11 @@ pub fn check_signatures(
             }
             Policy::Key(k) => ([(k.keyid(), *k)].into(), 1, format!("key {}", k.keyid()), None),
         };
+    check_algorithms(sigs, &role_keys, others, package)?;
     let mut valid = BTreeSet::new();
     let (mut unknown, mut bad, mut other_role) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
     for s in &sigs.signatures {
-        let raw = unhex64(&s.sig).unwrap_or([0u8; 64]);
+        let raw = s.decode().map(|(_, raw)| raw).unwrap_or_default();
         if let Some(key) = role_keys.get(&s.keyid) {
             if key.verify(manifest_bytes, &raw).is_ok() {
                 valid.insert(s.keyid.clone());
@@ -192,6 +206,25 @@ pub fn check_signatures(
     } else {
         PackageError::BelowThreshold { package, detail }
     })
+}
+
+/// Rule: a signature is checked only under the algorithm of the pinned key its `keyid` names,
+/// and a signature whose `alg` names another algorithm refuses the package (no silent mixing).
+/// Signatures by keys the policy does not know are left to the tally.
+fn check_algorithms(
+    sigs: &SignatureFile,
+    role_keys: &BTreeMap<String, PublicKey>,
+    others: Option<&TrustRoot>,
+    package: &str,
+) -> Result<()> {
+    for s in &sigs.signatures {
+        let key = role_keys.get(&s.keyid).or_else(|| others.and_then(|r| r.keys().get(&s.keyid)));
+        let (Some(key), Some((claimed, _))) = (key, s.decode()) else { continue };
+        if let Err(e) = key.check_claim(claimed) {
+            return Err(PackageError::AlgorithmMismatch { package: package.to_string(), detail: e.to_string() });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -247,10 +280,65 @@ mod tests {
         assert_eq!(SignatureFile::parse(&f.to_bytes(), "t").unwrap(), f);
         let mut g = f.clone();
         g.signatures[0].alg = "rsa".into();
-        assert!(SignatureFile::parse(&g.to_bytes(), "t").is_err());
+        let e = SignatureFile::parse(&g.to_bytes(), "t").unwrap_err();
+        assert!(e.to_string().contains("algorithm 'rsa' is neither 'ed25519' nor 'sm2'"), "{e}");
         g.signatures[0].alg = ALG_ED25519.into();
         g.signatures[0].sig.pop();
         assert!(SignatureFile::parse(&g.to_bytes(), "t").is_err());
         assert!(SignatureFile::parse(br#"{"signatures":[],"x":1}"#, "t").is_err());
+    }
+
+    #[test]
+    fn a_root_of_both_algorithms_counts_both_and_refuses_mixed_claims() {
+        let (ed, sm, up) = (
+            SigningKey::generate().unwrap(),
+            SigningKey::generate_with(KeyAlgorithm::Sm2).unwrap(),
+            SigningKey::generate().unwrap(),
+        );
+        let r = root(&[&ed, &sm], &up, 2);
+        let p = Policy::Trust(&r, Role::Models);
+        let now = OffsetDateTime::now_utc();
+        let msg = b"manifest";
+        let both = SignatureFile::sign(msg, &[&ed, &sm]);
+        assert_eq!(both.signatures.iter().map(|s| s.alg.as_str()).collect::<Vec<_>>(), [ALG_ED25519, ALG_SM2]);
+        assert_eq!(SignatureFile::parse(&both.to_bytes(), "t").unwrap(), both);
+        assert_eq!(check_signatures(msg, &both, &p, now, "t").unwrap().signers.len(), 2);
+        let e = check_signatures(b"other", &both, &p, now, "t").unwrap_err();
+        assert_eq!(e.code(), "bad_signature", "{e}");
+
+        // The SM2 key's id on a real SM2 signature that claims ed25519 cannot parse as one (an
+        // Ed25519 signature is 64 bytes); a real Ed25519 signature claiming ed25519 under the SM2
+        // key's id does, and is refused as a mismatch rather than tried.
+        let mut swapped = both.clone();
+        swapped.signatures[1].sig = both.signatures[0].sig.clone();
+        swapped.signatures[1].alg = ALG_ED25519.into();
+        let e = check_signatures(msg, &swapped, &p, now, "t").unwrap_err();
+        assert_eq!(e.code(), "algorithm_mismatch", "{e}");
+        assert!(e.to_string().contains(&format!("key {}", sm.public_key().keyid())), "{e}");
+        assert!(e.to_string().contains("claims algorithm 'ed25519' but the pinned key is sm2"), "{e}");
+        // And an SM2 signature claiming sm2 under the Ed25519 key's id.
+        let mut swapped = both.clone();
+        swapped.signatures[0].sig = both.signatures[1].sig.clone();
+        swapped.signatures[0].alg = ALG_SM2.into();
+        let e = check_signatures(msg, &swapped, &p, now, "t").unwrap_err();
+        assert_eq!(e.code(), "algorithm_mismatch", "{e}");
+        assert!(e.to_string().contains("claims algorithm 'sm2' but the pinned key is ed25519"), "{e}");
+        // The same for a vendor checking with one pinned key.
+        let e = check_signatures(msg, &swapped, &Policy::Key(ed.public_key()), now, "t").unwrap_err();
+        assert_eq!(e.code(), "algorithm_mismatch", "{e}");
+    }
+
+    #[test]
+    fn sm2_signatures_are_parsed_strictly() {
+        let k = SigningKey::generate_with(KeyAlgorithm::Sm2).unwrap();
+        let f = SignatureFile::sign(b"m", &[&k]);
+        let mut g = f.clone();
+        g.signatures[0].sig.push_str("00");
+        let e = SignatureFile::parse(&g.to_bytes(), "t").unwrap_err();
+        assert!(e.to_string().contains("not a DER SM2 signature of at most 72 bytes in hex"), "{e}");
+        g.signatures[0].sig = "30".repeat(100);
+        assert!(SignatureFile::parse(&g.to_bytes(), "t").is_err());
+        g.signatures[0].sig = f.signatures[0].sig.to_uppercase().replace('3', "+");
+        assert!(SignatureFile::parse(&g.to_bytes(), "t").is_err());
     }
 }

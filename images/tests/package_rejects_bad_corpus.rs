@@ -7,21 +7,42 @@ mod common;
 
 use std::fs::File;
 
-use govbox_images::corpus::{GOOD, write_corpus};
-use govbox_images::{ImportOptions, ModelStore, Policy, verify_file};
-use govbox_provisioning::Role;
+use govbox_images::corpus::{CorpusKeys, GOOD, write_corpus};
+use govbox_images::{ImportOptions, ModelStore, Policy, TrustRoot, verify_file};
+use govbox_provisioning::{KeyAlgorithm, Role, SigningKey};
+use time::{Duration, OffsetDateTime};
 
 #[test]
 fn every_bad_package_is_refused_by_verify_and_import_and_changes_nothing() {
     let (keys, root) = common::keys_and_root();
+    every_case_as_recorded(&keys, &root);
+}
+
+#[test]
+fn the_corpus_signed_with_sm2_keys_is_refused_the_same_way() {
+    let keys = CorpusKeys::generate_with(KeyAlgorithm::Sm2).unwrap();
+    let root = keys.trust_root(OffsetDateTime::now_utc() + Duration::days(365)).unwrap();
+    every_case_as_recorded(&keys, &root);
+}
+
+#[test]
+fn the_corpus_signed_by_one_sm2_and_one_ed25519_models_key_is_refused_the_same_way() {
+    let sm2 = || SigningKey::generate_with(KeyAlgorithm::Sm2).unwrap();
+    let ed = || SigningKey::generate().unwrap();
+    let keys = CorpusKeys { models: [sm2(), ed()], updates: sm2(), unknown: ed() };
+    let root = keys.trust_root(OffsetDateTime::now_utc() + Duration::days(365)).unwrap();
+    every_case_as_recorded(&keys, &root);
+}
+
+fn every_case_as_recorded(keys: &CorpusKeys, root: &TrustRoot) {
     let tmp = tempfile::tempdir().unwrap();
-    let cases = write_corpus(&tmp.path().join("corpus"), &keys, &common::tiny_qwen2()).unwrap();
+    let cases = write_corpus(&tmp.path().join("corpus"), keys, &common::tiny_qwen2()).unwrap();
     assert!(cases.len() >= 22, "{} cases", cases.len());
-    let policy = Policy::Trust(&root, Role::Models);
+    let policy = Policy::Trust(root, Role::Models);
 
     let store = ModelStore::open_dir(&tmp.path().join("state/models")).unwrap();
     let good = cases.iter().find(|c| c.expect_code == GOOD).unwrap();
-    let imported = store.import_file(&good.file, &root, &ImportOptions::default(), &mut |_, _| {}).unwrap();
+    let imported = store.import_file(&good.file, root, &ImportOptions::default(), &mut |_, _| {}).unwrap();
     assert!(imported.activated);
     assert!(imported.load_path.join("config.json").is_file());
     let before = common::snapshot(store.dir());
@@ -32,7 +53,7 @@ fn every_bad_package_is_refused_by_verify_and_import_and_changes_nothing() {
         let imported = store.import(
             File::open(&case.file).unwrap(),
             case.name,
-            &root,
+            root,
             &ImportOptions { activate: true },
             &mut |_, _| {},
         );

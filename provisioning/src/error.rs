@@ -76,13 +76,34 @@ pub enum ProvisionError {
         reason: String,
     },
 
-    /// An Ed25519 signature did not verify.
+    /// A signature did not verify.
     #[error("verifying signature by key {keyid}: {reason}")]
     BadSignature {
         /// The key id of the public key used.
         keyid: String,
         /// Why it failed.
         reason: String,
+    },
+
+    /// A signature's format names one algorithm and the pinned key is of another: refused rather
+    /// than checked, so that suites are never mixed silently.
+    #[error(
+        "verifying signature by key {keyid}: the signature claims algorithm '{claimed}' but the pinned key is {key}; refusing to mix algorithms"
+    )]
+    AlgorithmMismatch {
+        /// The key id of the pinned key.
+        keyid: String,
+        /// The algorithm the format names.
+        claimed: crate::keys::KeyAlgorithm,
+        /// The pinned key's algorithm.
+        key: crate::keys::KeyAlgorithm,
+    },
+
+    /// An algorithm name is not one govbox knows.
+    #[error("unknown key algorithm '{value}'; expected 'ed25519' or 'sm2'")]
+    UnknownAlgorithm {
+        /// The name given.
+        value: String,
     },
 
     /// A `--trust-key [ROLE:]PATH` argument is malformed.
@@ -251,6 +272,8 @@ impl ProvisionError {
             Self::NotProvisioned { .. } => "not_provisioned",
             Self::InvalidKey { .. } => "invalid_key",
             Self::BadSignature { .. } => "bad_signature",
+            Self::AlgorithmMismatch { .. } => "algorithm_mismatch",
+            Self::UnknownAlgorithm { .. } => "unknown_algorithm",
             Self::InvalidTrustKeySpec { .. } => "invalid_trust_key_spec",
             Self::InvalidThreshold { .. } => "invalid_threshold",
             Self::InvalidTrustPolicy { .. } => "invalid_trust_policy",

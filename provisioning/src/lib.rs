@@ -1,7 +1,8 @@
 //! `govbox-provisioning`: the first-boot identity of a govbox appliance, and the credentials it
 //! hands out afterwards.
 //!
-//! It makes the vendor's and the device's Ed25519 keys (PKCS#8 v1 PEM, which OpenSSL 3.0 reads),
+//! It makes the vendor's and the device's Ed25519 keys (PKCS#8 v1 PEM, which OpenSSL 3.0 reads;
+//! vendor keys may also be SM2 with SM3, see [`gm`]),
 //! the box's own ECDSA P-256 certificate authority, the HTTPS server certificate, the mTLS client
 //! certificates and bearer tokens of intranet applications (kept in the sled store at
 //! `state/db`), and the TUF-style trust policy `trust/root.json`.
@@ -23,6 +24,7 @@ mod canonical;
 mod clients;
 mod error;
 mod fsio;
+pub mod gm;
 mod keys;
 mod paths;
 mod provision;
@@ -37,7 +39,7 @@ pub use clients::{
 };
 pub use error::{ProvisionError, Result};
 pub use fsio::{Overwrite, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, PUBLIC_FILE_MODE, read_unfollowed, write_file};
-pub use keys::{PublicKey, SigningKey};
+pub use keys::{KEY_DER_LIMIT, KeyAlgorithm, PublicKey, SigningKey};
 pub use paths::{DEFAULT_STATE_DIR, StatePaths};
 pub use provision::{
     ProvisionOptions, ProvisionReport, PublicIdentity, ROOT_VALIDITY_DAYS, WrittenFile, describe_role,

@@ -8,7 +8,7 @@ use time::{Duration, OffsetDateTime};
 use crate::clients::ClientStore;
 use crate::error::{ProvisionError, Result};
 use crate::fsio::{self, Overwrite, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, PUBLIC_FILE_MODE};
-use crate::keys::{PublicKey, SigningKey};
+use crate::keys::{KeyAlgorithm, PublicKey, SigningKey};
 use crate::paths::StatePaths;
 use crate::tls::{self, BoxCa, CertInfo, ServerName};
 use crate::trust::{Role, ThresholdSpec, TrustKeySpec, TrustRoot};
@@ -139,7 +139,19 @@ pub fn provision(opts: &ProvisionOptions) -> Result<ProvisionReport> {
     let device = SigningKey::generate()?;
     // The audit key: given (its private half stays with govbox-auditd), or made here.
     let audit = match &opts.audit_pub {
-        Some(path) => AuditKey::Given(PublicKey::load_pem(path)?),
+        Some(path) => {
+            let key = PublicKey::load_pem(path)?;
+            // Audit tree heads, exports and attestation reports are Ed25519 until the `gm` suite
+            // carries SM2 through them; an SM2 audit key would make every head unverifiable.
+            if key.algorithm() != KeyAlgorithm::Ed25519 {
+                return Err(ProvisionError::InvalidKey {
+                    what: "audit public key".into(),
+                    origin: path.display().to_string(),
+                    reason: format!("the audit key must be ed25519 for now, this one is {}", key.algorithm()),
+                });
+            }
+            AuditKey::Given(key)
+        }
         None => AuditKey::Made(SigningKey::generate()?),
     };
     let hmac_secret = fsio::random_bytes::<32>("the audit HMAC secret")?;
@@ -241,13 +253,21 @@ pub fn load_public_identity(state: impl AsRef<Path>) -> Result<PublicIdentity> {
     })
 }
 
-/// A one-line summary of a role: `2 of 3 keys: <id>, <id>, <id>`.
+/// A one-line summary of a role: `threshold 2 of 3: <id>, <id> (sm2), <id>`; SM2 keys are marked.
 pub fn describe_role(trust: &TrustRoot, role: Role) -> String {
     if !trust.has_role(role) {
         return "absent: accepts no package of this kind".to_string();
     }
     let rk = trust.role(role);
-    format!("threshold {} of {}: {}", rk.threshold, rk.keyids.len(), rk.keyids.join(", "))
+    let ids: Vec<String> = rk
+        .keyids
+        .iter()
+        .map(|id| match trust.keys().get(id).map(|k| k.algorithm()) {
+            Some(KeyAlgorithm::Ed25519) | None => id.clone(),
+            Some(alg) => format!("{id} ({alg})"),
+        })
+        .collect();
+    format!("threshold {} of {}: {}", rk.threshold, rk.keyids.len(), ids.join(", "))
 }
 
 #[cfg(test)]
@@ -302,6 +322,28 @@ mod tests {
         let forced = provision(&ProvisionOptions { force: true, ..opts }).unwrap();
         assert!(forced.replaced);
         assert_ne!(forced.device_key, report.device_key);
+    }
+
+    #[test]
+    fn sm2_vendor_keys_are_trusted_but_an_sm2_audit_key_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (ed, sm) = (vendor_key(tmp.path()), tmp.path().join("sm2.pub"));
+        let sm_key = SigningKey::generate_with(KeyAlgorithm::Sm2).unwrap().public_key();
+        sm_key.write_pem(&sm, Overwrite::Refuse).unwrap();
+        let mut opts = options(tmp.path(), &ed);
+        opts.trust_keys.push(TrustKeySpec { roles: vec![Role::Models], path: sm.clone() });
+        opts.thresholds = vec![ThresholdSpec { role: Role::Models, threshold: 2 }];
+        let report = provision(&opts).unwrap();
+        assert_eq!(report.trust.keys()[&sm_key.keyid()].algorithm(), KeyAlgorithm::Sm2);
+        assert_eq!(report.trust.role(Role::Models).threshold, 2);
+        let models = describe_role(&report.trust, Role::Models);
+        assert!(models.starts_with("threshold 2 of 2: ") && models.contains(&format!("{} (sm2)", sm_key.keyid())));
+        assert!(!describe_role(&report.trust, Role::Root).contains("(sm2)"));
+        let state = tmp.path().join("second");
+        let bad = ProvisionOptions { state_dir: state.clone(), audit_pub: Some(sm), ..opts };
+        let err = provision(&bad).unwrap_err();
+        assert!(err.to_string().contains("the audit key must be ed25519 for now, this one is sm2"), "{err}");
+        assert!(!state.join("identity").exists(), "a refused provisioning wrote nothing");
     }
 
     #[test]

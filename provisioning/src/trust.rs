@@ -2,14 +2,19 @@
 //!
 //! ```json
 //! {"signatures":[],"signed":{"_type":"root","expires":"2036-01-01T00:00:00Z",
-//!  "keys":{"<keyid>":{"keytype":"ed25519","keyval":{"public":"<hex>"},"scheme":"ed25519"}},
+//!  "keys":{"<keyid>":{"keytype":"ed25519","keyval":{"public":"<hex>"},"scheme":"ed25519"},
+//!          "<keyid>":{"keytype":"sm2","keyval":{"public":"04<x><y>"},"scheme":"sm2-sm3"}},
 //!  "roles":{"models":{"keyids":["<keyid>"],"threshold":1},"root":{...},"updates":{...}},
 //!  "version":1}}
 //! ```
 //!
 //! The file is written in canonical JSON ([`crate::canonical`]): keys sorted, no whitespace.
-//! Unlike TUF, a key id is the SHA-256 of the raw 32-byte Ed25519 key, not of a JSON encoding of
-//! it, so that it is the same id that `govbox keygen` prints and that package signatures name.
+//! Unlike TUF, a key id is the SHA-256 of the raw public key (32 Ed25519 bytes, or the 65-byte
+//! uncompressed SM2 point), not of a JSON encoding of it, so that it is the same id that
+//! `govbox keygen` prints and that package signatures name. A root may list keys of both
+//! algorithms in any role; the thresholds count keys, whatever their algorithm. A root signature
+//! names its `alg` (an absent `alg` means `ed25519`, as roots written before SM2 had none), and it
+//! counts only when that is the signing key's algorithm.
 //!
 //! The first root is trusted because agency IT installed it on the box by hand, so it carries no
 //! signatures. Later roots are accepted only when the current root's `root` threshold signed them;
@@ -28,7 +33,7 @@ use time::format_description::well_known::Rfc3339;
 use crate::canonical::to_canonical_json;
 use crate::error::{ProvisionError, Result};
 use crate::fsio;
-use crate::keys::PublicKey;
+use crate::keys::{KeyAlgorithm, PublicKey};
 
 /// A trust root is a few kilobytes; this cap only stops a runaway file from being read.
 const ROOT_JSON_LIMIT: u64 = 1024 * 1024;
@@ -159,8 +164,31 @@ pub struct RoleKeys {
 pub struct RootSignature {
     /// The signing key's id.
     pub keyid: String,
-    /// The Ed25519 signature, lower-case hex.
+    /// The algorithm, `ed25519` or `sm2`; absent in roots signed before SM2 (meaning `ed25519`).
+    #[serde(default)]
+    pub alg: Option<String>,
+    /// The signature, lower-case hex (64 bytes for Ed25519, DER for SM2).
     pub sig: String,
+}
+
+impl RootSignature {
+    /// The algorithm the signature claims (`ed25519` when `alg` is absent), if it is a known one.
+    pub fn algorithm(&self) -> Option<KeyAlgorithm> {
+        self.alg.as_deref().map_or(Some(KeyAlgorithm::Ed25519), KeyAlgorithm::parse)
+    }
+
+    /// The signature bytes, if `alg` is known and `sig` is a well-formed signature of it.
+    pub fn signature_bytes(&self) -> Option<Vec<u8>> {
+        self.algorithm()?.decode_signature_hex(&self.sig)
+    }
+}
+
+/// The `keytype` and `scheme` of a key of `alg` in `root.json`.
+fn key_type_and_scheme(alg: KeyAlgorithm) -> (&'static str, &'static str) {
+    match alg {
+        KeyAlgorithm::Sm2 => ("sm2", "sm2-sm3"),
+        KeyAlgorithm::Ed25519 => ("ed25519", "ed25519"),
+    }
 }
 
 /// A parsed and validated trust root.
@@ -289,7 +317,8 @@ impl TrustRoot {
             .keys
             .iter()
             .map(|(id, k)| {
-                (id.clone(), json!({"keytype": "ed25519", "scheme": "ed25519", "keyval": {"public": k.to_hex()}}))
+                let (keytype, scheme) = key_type_and_scheme(k.algorithm());
+                (id.clone(), json!({"keytype": keytype, "scheme": scheme, "keyval": {"public": k.to_hex()}}))
             })
             .collect();
         let roles: serde_json::Map<String, Value> = self
@@ -313,7 +342,7 @@ impl TrustRoot {
 
     /// The whole document in canonical JSON, as written to `trust/root.json`.
     pub fn to_canonical_json(&self) -> String {
-        let sigs: Vec<Value> = self.signatures.iter().map(|s| json!({"keyid": s.keyid, "sig": s.sig})).collect();
+        let sigs: Vec<Value> = self.signatures.iter().map(RootSignature::to_json).collect();
         to_canonical_json(&json!({"signed": self.signed_value(), "signatures": sigs}))
     }
 
@@ -337,16 +366,21 @@ impl TrustRoot {
         let expires = OffsetDateTime::parse(&s.expires, &Rfc3339)
             .map_err(|e| invalid(format!("expires '{}' is not an RFC 3339 time: {e}", s.expires)))?;
 
-        // Each key: Ed25519 only, and its id must be the SHA-256 of the key, so that an id
+        // Each key: Ed25519 or SM2, and its id must be the SHA-256 of the key, so that an id
         // cannot be made to name a different key than the one it stands for.
         let mut keys = BTreeMap::new();
         for (id, k) in s.keys {
-            if k.keytype != "ed25519" || k.scheme != "ed25519" {
-                return Err(invalid(format!("key {id}: keytype/scheme must be ed25519/ed25519")));
-            }
-            let raw = fsio::unhex::<32>(&k.keyval.public)
-                .ok_or_else(|| invalid(format!("key {id}: keyval.public is not 32 bytes of hex")))?;
-            let key = PublicKey::from_raw(raw);
+            let alg = KeyAlgorithm::ALL
+                .into_iter()
+                .find(|a| key_type_and_scheme(*a) == (k.keytype.as_str(), k.scheme.as_str()))
+                .ok_or_else(|| invalid(format!("key {id}: keytype/scheme must be ed25519/ed25519 or sm2/sm2-sm3")))?;
+            // The longest key (an SM2 point) is 65 bytes: refuse longer text before decoding it.
+            let raw = (k.keyval.public.len() <= 2 * 65)
+                .then(|| fsio::unhex_vec(&k.keyval.public))
+                .flatten()
+                .ok_or_else(|| invalid(format!("key {id}: keyval.public is not a {alg} key in hex")))?;
+            let key = PublicKey::from_raw_bytes(alg, &raw, &format!("key {id}"))
+                .map_err(|e| invalid(format!("key {id}: {e}")))?;
             if key.keyid() != id {
                 return Err(invalid(format!("key {id}: the id is not the SHA-256 of the key ({})", key.keyid())));
             }
@@ -380,11 +414,28 @@ impl TrustRoot {
         }
 
         for sig in &doc.signatures {
-            if fsio::unhex::<64>(&sig.sig).is_none() {
-                return Err(invalid(format!("signature by {} is not 64 bytes of hex", sig.keyid)));
+            let Some(alg) = sig.algorithm() else {
+                return Err(invalid(format!(
+                    "signature by {}: algorithm '{}' is neither 'ed25519' nor 'sm2'",
+                    sig.keyid,
+                    sig.alg.as_deref().unwrap_or_default()
+                )));
+            };
+            if sig.signature_bytes().is_none() {
+                return Err(invalid(format!("signature by {} is not a well-formed {alg} signature in hex", sig.keyid)));
             }
         }
         Ok(TrustRoot { version: s.version, expires, keys, roles, signatures: doc.signatures })
+    }
+}
+
+impl RootSignature {
+    /// The signature as it is written in `signatures`.
+    pub fn to_json(&self) -> Value {
+        match &self.alg {
+            Some(alg) => json!({"keyid": self.keyid, "alg": alg, "sig": self.sig}),
+            None => json!({"keyid": self.keyid, "sig": self.sig}),
+        }
     }
 }
 
@@ -556,5 +607,51 @@ mod tests {
         let forged = text.replace(&real_hex, &other.to_hex());
         let err = TrustRoot::parse(forged.as_bytes(), "t").unwrap_err();
         assert!(err.to_string().contains("is not the SHA-256 of the key"), "{err}");
+    }
+
+    #[test]
+    fn a_root_lists_keys_of_both_algorithms_with_thresholds_unchanged() {
+        let (ed, sm) = (key(), SigningKey::generate_with(KeyAlgorithm::Sm2).unwrap().public_key());
+        let assignments = vec![(Role::ALL.to_vec(), ed), (vec![Role::Models], sm)];
+        let t = [ThresholdSpec { role: Role::Models, threshold: 2 }];
+        let root = TrustRoot::build(&assignments, &t, expiry()).unwrap();
+        let text = root.to_canonical_json();
+        assert!(text.contains(r#""keytype":"sm2","keyval":{"public":"04"#), "{text}");
+        assert!(text.contains(r#""scheme":"sm2-sm3""#), "{text}");
+        let back = TrustRoot::parse(text.as_bytes(), "t").unwrap();
+        assert_eq!(back, root);
+        assert_eq!(back.keys()[&sm.keyid()].algorithm(), KeyAlgorithm::Sm2);
+        assert_eq!(back.role(Role::Models).threshold, 2);
+        // An SM2 key under the ed25519 type (or the other way round) is refused, as is a point
+        // off the curve.
+        let swapped = text.replacen(r#""keytype":"sm2""#, r#""keytype":"ed25519""#, 1);
+        assert!(TrustRoot::parse(swapped.as_bytes(), "t").is_err());
+        let scheme = text.replacen(r#""scheme":"sm2-sm3""#, r#""scheme":"sm2""#, 1);
+        let err = TrustRoot::parse(scheme.as_bytes(), "t").unwrap_err();
+        assert!(err.to_string().contains("keytype/scheme must be ed25519/ed25519 or sm2/sm2-sm3"), "{err}");
+        let mut off = sm.to_hex();
+        let last = if off.ends_with('0') { "1" } else { "0" };
+        off.replace_range(129.., last);
+        let err = TrustRoot::parse(text.replace(&sm.to_hex(), &off).as_bytes(), "t").unwrap_err();
+        assert!(err.to_string().contains("not on the SM2 curve"), "{err}");
+    }
+
+    #[test]
+    fn root_signatures_name_their_algorithm() {
+        let sm = SigningKey::generate_with(KeyAlgorithm::Sm2).unwrap();
+        let root = TrustRoot::build(&[(Role::ALL.to_vec(), sm.public_key())], &[], expiry()).unwrap();
+        let sig = crate::fsio::hex(&sm.sign(root.signed_canonical_json().as_bytes()));
+        let with = |alg: &str| {
+            let mut v: Value = serde_json::from_str(&root.to_canonical_json()).unwrap();
+            v["signatures"] = json!([{"keyid": sm.public_key().keyid(), "alg": alg, "sig": sig}]);
+            to_canonical_json(&v)
+        };
+        let parsed = TrustRoot::parse(with("sm2").as_bytes(), "t").unwrap();
+        assert_eq!(parsed.signatures()[0].algorithm(), Some(KeyAlgorithm::Sm2));
+        assert!(parsed.to_canonical_json().contains(r#""alg":"sm2""#));
+        let err = TrustRoot::parse(with("ed25519").as_bytes(), "t").unwrap_err();
+        assert!(err.to_string().contains("not a well-formed ed25519 signature"), "{err}");
+        let err = TrustRoot::parse(with("rsa").as_bytes(), "t").unwrap_err();
+        assert!(err.to_string().contains("algorithm 'rsa' is neither"), "{err}");
     }
 }

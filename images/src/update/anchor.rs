@@ -118,7 +118,7 @@ fn self_signed(root: &TrustRoot) -> std::result::Result<(), String> {
     if root.version() == 1 {
         return Ok(());
     }
-    let by_own = crate::root::root_signers(root, root).len();
+    let by_own = crate::root::root_signers(root, root).map_err(|e| e.to_string())?.len();
     let need = root.role(Role::Root).threshold as usize;
     if by_own < need {
         return Err(format!(
