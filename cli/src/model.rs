@@ -35,6 +35,10 @@ pub struct ModelArgs {
     /// named accelerator that cannot be opened is an error, never a silent fall-back.
     #[arg(long, default_value = "auto", env = "GOVBOX_DEVICE")]
     device: govbox_drivers::DeviceSpec,
+    /// Batch-invariant matmul for every weight format (CPU only; `[serving] batch_invariant`):
+    /// slower F32/F16/BF16 and Q4_K/Q5_K, whose rows then never depend on the batch.
+    #[arg(long)]
+    batch_invariant: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -158,10 +162,14 @@ fn load(m: &ModelArgs) -> Result<(Arc<Engine>, Arc<dyn Backend>)> {
 }
 
 fn load_as(m: &ModelArgs, what: LoadAs) -> Result<(Arc<Engine>, Arc<dyn Backend>)> {
+    let cpu = govbox_drivers::cpu::CpuOptions { batch_invariant: m.batch_invariant };
     let backend: Arc<dyn Backend> = if m.device == govbox_drivers::DeviceSpec::Cpu {
-        Arc::new(CpuBackend::new(m.threads)?)
+        Arc::new(
+            CpuBackend::with_options(m.threads, cpu)
+                .with_context(|| if m.batch_invariant { "--batch-invariant" } else { "opening the CPU backend" })?,
+        )
     } else {
-        govbox_drivers::device::open(m.device, m.threads)
+        govbox_drivers::device::open_with(m.device, m.threads, cpu)
             .with_context(|| format!("opening device {} (--device)", m.device))?
             .backend
     };

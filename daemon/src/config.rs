@@ -312,6 +312,12 @@ pub struct Serving {
     pub prefix_cache: PrefixCacheMode,
     /// Requests per minute of a client added without `--rpm`; 0 means no limit.
     pub default_client_rpm: u32,
+    /// Batch-invariant matmul for every weight format on the CPU backend
+    /// (`CpuOptions::batch_invariant`): a request's answer is then bitwise the same whatever
+    /// else shares its pass for F32/F16/BF16 and Q4_K/Q5_K weights too, at their measured cost.
+    /// Q8_0, Q4_0/1 and Q5_0/1 are invariant either way. `true` with an accelerator device is
+    /// refused at startup.
+    pub batch_invariant: bool,
 }
 
 /// `[serving] prefix_cache`: which requests share cached prompt prefixes.
@@ -365,6 +371,9 @@ impl Default for Serving {
             // 600 a minute (10 a second) is far more than an application with people behind it
             // sends, and stops one client's runaway loop from taking the box from the others.
             default_client_rpm: 600,
+            // Off: the fast kernels, invariant for Q8_0/Q4_x/Q5_0/Q5_1 only; on costs about 13 to
+            // 17 % of F16 prefill and Q4_K decode and 20 % of F32 batch embedding (bench/README.md).
+            batch_invariant: false,
         }
     }
 }
@@ -609,6 +618,10 @@ mod tests {
             let e = parse(&format!("[serving]\nkv_dtype = {bad}\n")).unwrap_err().to_string();
             assert!(e.contains("serving.kv_dtype") && e.contains(says), "{e}");
         }
+        assert!(!Config::default().serving.batch_invariant);
+        assert!(parse("[serving]\nbatch_invariant = true\n").unwrap().0.serving.batch_invariant);
+        let e = parse("[serving]\nbatch_invariant = \"yes\"\n").unwrap_err().to_string();
+        assert!(e.contains("batch_invariant") && e.contains("bool"), "{e}");
         let e = parse("[serving]\nkv_dtype = 16\n").unwrap_err().to_string();
         assert!(e.contains("kv_dtype"), "{e}");
     }

@@ -227,7 +227,8 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
 }
 
 async fn daemon(opts: Options, config: Config, listener: std::net::TcpListener) -> Result<(), DaemonError> {
-    let (backend, device) = crate::device::open(&config.device, config.threads).map_err(DaemonError::Backend)?;
+    let cpu = crate::device::CpuOptions { batch_invariant: config.serving.batch_invariant };
+    let (backend, device) = crate::device::open(&config.device, config.threads, cpu).map_err(DaemonError::Backend)?;
     let info = backend.info();
     let store = open_store(&opts.state).await?;
     // A trust root rotated by an update reaches the `models` role here (root never writes STATE).

@@ -23,14 +23,21 @@ impl DeviceReport {
     }
 }
 
-/// Opens the configured device, logging every probe and the choice.
-pub fn open(setting: &str, threads: usize) -> Result<(std::sync::Arc<dyn Backend>, DeviceReport), DriverError> {
+pub use govbox_drivers::cpu::CpuOptions;
+
+/// Opens the configured device with the CPU backend's `cpu` options, logging every probe and
+/// the choice.
+pub fn open(
+    setting: &str,
+    threads: usize,
+    cpu: CpuOptions,
+) -> Result<(std::sync::Arc<dyn Backend>, DeviceReport), DriverError> {
     // The config check has parsed this already; a bad value here is a programming error that
     // must still not start a daemon on a device nobody asked for.
     let requested: DeviceSpec = setting
         .parse()
         .map_err(|e: device::ParseDeviceError| DriverError::Unavailable { backend: "device", reason: e.to_string() })?;
-    let Opened { backend, requested, chosen, probes } = device::open(requested, threads)?;
+    let Opened { backend, requested, chosen, probes } = device::open_with(requested, threads, cpu)?;
     for p in &probes {
         log::info!("device probe: {}", p.summary());
     }
@@ -103,15 +110,30 @@ mod tests {
 
     #[test]
     fn cpu_reports_its_facts_and_every_probe() {
-        let (backend, report) = open("cpu", 1).unwrap();
+        let (backend, report) = open("cpu", 1, CpuOptions::default()).unwrap();
         let j = backend_json(&backend.info(), &report);
         assert_eq!(j["kind"], "cpu");
         assert_eq!(j["device"], "cpu");
         assert_eq!(j["simulated"], false);
         assert_eq!(probes_json(&report).as_array().unwrap().len(), 2, "Ascend and CUDA are always listed");
-        let (_, auto) = open("auto", 1).unwrap();
+        assert!(backend.info().notes.is_empty(), "the fast kernels by default");
+        let (_, auto) = open("auto", 1, CpuOptions::default()).unwrap();
         assert_eq!(auto.requested, DeviceSpec::Auto);
         assert_ne!(auto.chosen, DeviceSpec::Auto);
-        assert!(open("gpu", 1).is_err());
+        assert!(open("gpu", 1, CpuOptions::default()).is_err());
+    }
+
+    /// `[serving] batch_invariant = true` reaches the CPU backend, which says so in its notes
+    /// (`govbox status`, the startup log).
+    #[test]
+    fn batch_invariant_reaches_the_cpu_backend() {
+        match open("cpu", 1, CpuOptions { batch_invariant: true }) {
+            Ok((backend, _)) => {
+                let notes = backend.info().notes;
+                assert!(notes.iter().any(|n| n.contains("batch-invariant")), "{notes:?}");
+            }
+            // A CPU without AVX-512 refuses the option rather than run without it.
+            Err(e) => assert!(e.to_string().contains("AVX-512"), "{e}"),
+        }
     }
 }

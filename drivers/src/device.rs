@@ -8,7 +8,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use crate::cpu::CpuBackend;
+use crate::cpu::{CpuBackend, CpuOptions};
 use crate::{Backend, DeviceKind, Result};
 
 /// Which device the operator asked for.
@@ -168,8 +168,15 @@ pub struct Opened {
 /// neither is present. An explicit `cuda:N` or `ascend:N` fails, with the probe's reason, when
 /// that device cannot be opened: an operator who names a device must not silently get another.
 pub fn open(spec: DeviceSpec, cpu_threads: usize) -> Result<Opened> {
+    open_with(spec, cpu_threads, CpuOptions::default())
+}
+
+/// [`open`] with the CPU backend's `options`. `batch_invariant` is a CPU option only: where the
+/// device chosen is an accelerator (named, or picked by `auto`) this fails
+/// ([`crate::DriverError::Unsupported`]) rather than run without the invariance asked for.
+pub fn open_with(spec: DeviceSpec, cpu_threads: usize, options: CpuOptions) -> Result<Opened> {
     let probes = probe_all();
-    let cpu = || -> Result<Arc<dyn Backend>> { Ok(Arc::new(CpuBackend::new(cpu_threads)?)) };
+    let cpu = || -> Result<Arc<dyn Backend>> { Ok(Arc::new(CpuBackend::with_options(cpu_threads, options)?)) };
     let (backend, chosen) = match spec {
         DeviceSpec::Cpu => (cpu()?, DeviceSpec::Cpu),
         DeviceSpec::Cuda(n) => (open_cuda(n)?, spec),
@@ -196,6 +203,12 @@ pub fn open(spec: DeviceSpec, cpu_threads: usize) -> Result<Opened> {
             }
         }
     };
+    if options.batch_invariant && chosen != DeviceSpec::Cpu {
+        return Err(crate::DriverError::Unsupported {
+            op: "batch_invariant = true (batch-invariant matmul for every weight format)",
+            backend: kind_name(backend.info().kind),
+        });
+    }
     Ok(Opened { backend, requested: spec, chosen, probes })
 }
 

@@ -7,7 +7,8 @@
 //! SmolLM2 (Q4_1 layers, Q8_0 embeddings and head) and on the random-weight fixtures in F32
 //! safetensors, F32 GGUF and Q8_0 GGUF, on the CPU and on the Ascend simulator; and beneath the
 //! tokens, every position's logits, bitwise, however the prompt is cut into passes (SmolLM2 and
-//! tiny-llama Q8_0: the quantised formats).
+//! tiny-llama Q8_0: the quantised formats; the F32 fixtures and tiny-qwen2's Q8_0 file, whose
+//! float tensors need the CPU backend's `batch_invariant` option).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod common;
@@ -191,12 +192,40 @@ fn logits_every_way(label: &str, path: &Path, backend: Arc<dyn Backend>, lens: &
 
 const LENS: [usize; 5] = [5, 20, 37, 70, 130];
 
-// Not the F32 fixtures, nor tiny-qwen2's Q8_0 file (some of its tensors are float): the CPU's
-// F32/F16/BF16 matmul still changes kernel with the number of rows (docs/ARCHITECTURE.md,
-// "Precision contract"), so their logits differ in the last bits.
 test_device!(tiny_llama_gguf_q8_0_logits_every_way, |b| {
     logits_every_way("tiny-llama q8_0", &fixture("gguf/tiny-llama-q8_0.gguf"), b, &LENS)
 });
+
+/// The CPU backend with batch-invariant matmul for every weight format (two threads).
+fn invariant_cpu() -> Arc<dyn Backend> {
+    let opts = govbox_drivers::cpu::CpuOptions { batch_invariant: true };
+    Arc::new(govbox_drivers::cpu::CpuBackend::with_options(2, opts).unwrap())
+}
+
+/// The float weights: `cpu` on [`invariant_cpu`] (the default CPU kernels change with the number
+/// of rows, docs/ARCHITECTURE.md "Precision contract", so their logits differ in the last bits)
+/// and `ascend` on the simulator. Not CUDA, whose float matmul is cuBLAS from 9 rows on.
+macro_rules! float_logits_every_way {
+    ($name:ident, $label:expr, $file:expr) => {
+        mod $name {
+            use super::*;
+
+            #[test]
+            fn cpu() {
+                logits_every_way($label, &fixture($file), invariant_cpu(), &LENS)
+            }
+
+            #[test]
+            fn ascend() {
+                logits_every_way($label, &fixture($file), common::devices::ascend(), &LENS)
+            }
+        }
+    };
+}
+
+float_logits_every_way!(tiny_llama_f32_logits_every_way, "tiny-llama f32", "tiny-llama");
+float_logits_every_way!(tiny_qwen2_gguf_f32_logits_every_way, "tiny-qwen2 f32 gguf", "gguf/tiny-qwen2-f32.gguf");
+float_logits_every_way!(tiny_qwen2_gguf_q8_0_logits_every_way, "tiny-qwen2 q8_0", "gguf/tiny-qwen2-q8_0.gguf");
 test_device!(smollm2_logits_every_way, |b| {
     if let Some(path) = smollm2() {
         logits_every_way("smollm2", &path, b, &[20, 70])

@@ -36,13 +36,11 @@ const WHOLE_GEMM_M: usize = 128;
 /// Weight rows per de-quantised panel on the GEMM path.
 const PANEL: usize = 64;
 
-pub(super) fn matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    linear(x, w, None, false)
-}
-
 /// `x · wᵀ`, plus the bias row `bias` and then GELU when asked, without extra passes where the
-/// GEMM can start from the bias.
-pub(super) fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, gelu: bool) -> Result<Tensor> {
+/// GEMM can start from the bias. `invariant` (`CpuOptions::batch_invariant`): F32/F16/BF16
+/// weights through `cpu::dot` and Q4_K/Q5_K through tiles in the panels' order, so that every
+/// row's result is the same whatever the number of rows.
+pub(super) fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, gelu: bool, invariant: bool) -> Result<Tensor> {
     check_f32(x, "matmul")?;
     let k = x.last_dim();
     let m = x.rows();
@@ -86,10 +84,21 @@ pub(super) fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, gelu: bool) 
         return Ok(new_f32(vec![0.0; m * n], out_shape));
     }
     let bias = bias.as_deref();
-    let whole =
-        if dt == DType::F32 && m >= WHOLE_GEMM_M { bytemuck::try_cast_slice::<u8, f32>(wbytes).ok() } else { None };
+    // Batch-invariant: F32, F16 and BF16 weights in one order of sums for any number of rows.
+    let dot = if invariant && !matches!(wb.data, CpuData::Packed(_)) {
+        super::dot::matmul(&xv, wbytes, dt, m, n, k)
+    } else {
+        None
+    };
+    let whole = if dot.is_none() && dt == DType::F32 && m >= WHOLE_GEMM_M {
+        bytemuck::try_cast_slice::<u8, f32>(wbytes).ok()
+    } else {
+        None
+    };
     let mut out = if let CpuData::Packed(p) = &wb.data {
         packed_path(&xv, p, m)
+    } else if let Some(t) = dot {
+        if m == 1 { t } else { transpose(&t, n, m) }
     } else if let Some(wf) = whole {
         // Plain f32 weights need no conversion: one GEMM over the whole output, parallelised by
         // the gemm crate itself inside our pool, starting from the bias.
@@ -113,7 +122,7 @@ pub(super) fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, gelu: bool) 
         // result does not depend on how many other decode rows come with it (a batch of up to
         // `quant::PANEL_MIN_M - 1` rows equals each row alone bitwise; prefill passes agree
         // within rounding).
-        small_m(&xv, wbytes, dt, rb, m, n, k)
+        small_m(&xv, wbytes, dt, rb, m, n, k, invariant)
     } else {
         gemm_path(&xv, wbytes, dt, rb, m, n, k)
     };
@@ -295,7 +304,8 @@ fn packed_path(x: &[f32], w: &crate::quant::PackedWeights, m: usize) -> Vec<f32>
     transpose(&t, n, m)
 }
 
-fn small_m(x: &[f32], w: &[u8], dt: DType, rb: usize, m: usize, n: usize, k: usize) -> Vec<f32> {
+#[allow(clippy::too_many_arguments)]
+fn small_m(x: &[f32], w: &[u8], dt: DType, rb: usize, m: usize, n: usize, k: usize, invariant: bool) -> Vec<f32> {
     // Output computed transposed, [n, m], so that each weight row's results are contiguous.
     let mut t = vec![0f32; n * m];
     let mut chunk_rows = (n / (rayon::current_num_threads() * 8)).clamp(16, 512);
@@ -309,7 +319,7 @@ fn small_m(x: &[f32], w: &[u8], dt: DType, rb: usize, m: usize, n: usize, k: usi
         let r0 = ci * chunk_rows;
         if let Some(a) = &acts {
             let rows = tc.len() / m;
-            crate::quant::matmul_q8(dt, &w[r0 * rb..(r0 + rows) * rb], a, tc);
+            crate::quant::matmul_q8(dt, &w[r0 * rb..(r0 + rows) * rb], a, tc, invariant);
             return;
         }
         for (j, o) in tc.chunks_exact_mut(m).enumerate() {
@@ -545,6 +555,12 @@ mod tests {
                 for i in 0..m * n {
                     assert!((got[i] - e[i]).abs() < 1e-4, "{dt} ({m},{n},{k}) at {i}: {} vs {}", got[i], e[i]);
                 }
+                if let Some(t) = super::super::dot::matmul(&x, &wb, dt, m, n, k) {
+                    let got = transpose(&t, n, m);
+                    for i in 0..m * n {
+                        assert!((got[i] - e[i]).abs() < 1e-4, "{dt} dot ({m},{n},{k}) at {i}: {} vs {}", got[i], e[i]);
+                    }
+                }
             }
         }
     }
@@ -572,7 +588,7 @@ mod tests {
             for m in [1, 5, 40] {
                 let x: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 7.0).collect();
                 let got = packed_path(&x, &p, m);
-                let stored = small_m(&x, &wb, dt, rb, m, n, k);
+                let stored = small_m(&x, &wb, dt, rb, m, n, k, false);
                 for (i, (a, b)) in got.iter().zip(&stored).enumerate() {
                     assert!((a - b).abs() < 1e-3 * b.abs().max(1.0), "{dt} m={m} at {i}: packed {a} vs stored {b}");
                 }
@@ -586,18 +602,33 @@ mod tests {
 
     #[test]
     fn both_paths_match_naive_f32() {
-        for &(m, n, k) in &[(1, 70, 64), (3, 33, 32), (9, 130, 96), (40, 65, 64), (7, 1030, 48), (24, 387, 384)] {
+        for &(m, n, k) in &[
+            (1, 70, 64),
+            (3, 33, 32),
+            (9, 130, 96),
+            (40, 65, 64),
+            (7, 1030, 48),
+            (24, 387, 384),
+            (5, 9, 7),
+            (13, 21, 40),
+        ] {
             let x: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 7.0).collect();
             let w: Vec<f32> = (0..n * k).map(|i| ((i * 5 % 11) as f32 - 5.0) / 9.0).collect();
             let wb: &[u8] = bytemuck::cast_slice(&w);
             let rb = k * 4;
             let e = naive(&x, &w, m, n, k);
-            let a = small_m(&x, wb, DType::F32, rb, m, n, k);
+            let a = small_m(&x, wb, DType::F32, rb, m, n, k, false);
             let b = gemm_path(&x, wb, DType::F32, rb, m, n, k);
             if k % 16 == 0 {
                 let c = small_m_f32(&x, &w, m, n, k);
                 for i in 0..m * n {
                     assert!((c[i] - e[i]).abs() < 1e-4, "dot tiles ({m},{n},{k}) at {i}");
+                }
+            }
+            if let Some(c) = super::super::dot::matmul(&x, wb, DType::F32, m, n, k) {
+                let c = transpose(&c, n, m);
+                for i in 0..m * n {
+                    assert!((c[i] - e[i]).abs() < 1e-4, "invariant dot tiles ({m},{n},{k}) at {i}");
                 }
             }
             for i in 0..m * n {
@@ -606,43 +637,111 @@ mod tests {
         }
     }
 
+    /// `rows` of the test activations (`k` values each) through `linear`.
+    fn lin(rows: std::ops::Range<usize>, k: usize, w: &Tensor, b: Option<&Tensor>, gelu: bool, inv: bool) -> Vec<f32> {
+        let m = rows.len();
+        let x: Vec<f32> =
+            rows.flat_map(|r| (0..k).map(move |c| (((r * 131 + c * 17) % 97) as f32 - 48.0) / 37.0)).collect();
+        f32_values(&linear(&new_f32(x, vec![m, k]), w, b, gelu, inv).unwrap(), "test").unwrap().to_vec()
+    }
+
+    /// Each weight of `weights` (`[n, k]`) through `linear` (`inv`: batch-invariant kernels)
+    /// with batches of every size across each size at which a kernel changes or used to, with
+    /// no bias and with a bias and GELU: rows 0, 1, 2 and the last must equal the same rows
+    /// alone, bitwise.
+    fn check_rows_alone(weights: &[(String, Tensor)], n: usize, k: usize, inv: bool) {
+        let bias = new_f32((0..n).map(|i| i as f32 / 50.0 - 1.0).collect(), vec![n]);
+        for (how, w) in weights {
+            for (b, gelu) in [(None, false), (Some(&bias), true)] {
+                let alone: Vec<Vec<f32>> = (0..3).map(|r| lin(r..r + 1, k, w, b, gelu, inv)).collect();
+                for m in [1, 2, 3, 4, 5, 8, 9, 31, 32, 33, 96, 97, 128, 130, 200] {
+                    let got = lin(0..m, k, w, b, gelu, inv);
+                    for (r, a) in alone.iter().enumerate().take(m) {
+                        assert!(got[r * n..(r + 1) * n] == a[..], "{how}: row {r} differs in a batch of {m}");
+                    }
+                    let last = lin(m - 1..m, k, w, b, gelu, inv);
+                    assert!(got[(m - 1) * n..] == last[..], "{how}: the last row differs in a batch of {m}");
+                }
+            }
+        }
+    }
+
+    /// A weight tensor of `dt` stored as the file's bytes `bytes`.
+    fn stored(dt: DType, bytes: Vec<u8>, n: usize, k: usize) -> Tensor {
+        let host = CpuData::Host(crate::HostBytes::from_vec(bytes));
+        Tensor::from_buffer(std::sync::Arc::new(super::super::CpuBuffer { data: host }), dt, vec![n, k])
+    }
+
+    fn test_weights(n: usize, k: usize) -> Vec<f32> {
+        (0..n * k).map(|i| (((i * 37 + 11) % 101) as f32 - 50.0) / 61.0).collect()
+    }
+
     /// The quantised formats' rows through `linear`: bitwise the same alone and in batches of
-    /// every size (across each size at which a kernel used to change), stored and packed, with
-    /// a bias and GELU too. (F32, F16 and BF16 weights are not yet batch-invariant: their kernel
-    /// changes with the number of rows.)
+    /// every size, stored and packed, with a bias and GELU too, with the default kernels.
     #[test]
     fn quantised_rows_are_the_same_in_any_batch() {
-        use std::sync::Arc;
         let (n, k) = (100, 96);
-        let wv: Vec<f32> = (0..n * k).map(|i| (((i * 37 + 11) % 101) as f32 - 50.0) / 61.0).collect();
-        let bias = new_f32((0..n).map(|i| i as f32 / 50.0 - 1.0).collect(), vec![n]);
-        let row = |r: usize| (0..k).map(move |c| (((r * 131 + c * 17) % 97) as f32 - 48.0) / 37.0);
-        let lin = |rows: std::ops::Range<usize>, w: &Tensor, b: Option<&Tensor>, gelu: bool| {
-            let m = rows.len();
-            let x: Vec<f32> = rows.flat_map(row).collect();
-            f32_values(&linear(&new_f32(x, vec![m, k]), w, b, gelu).unwrap(), "test").unwrap().to_vec()
-        };
+        let wv = test_weights(n, k);
+        let mut weights = Vec::new();
         for dt in [DType::Q8_0, DType::Q4_1, DType::Q5_0] {
             let mut bytes = Vec::new();
             crate::quant::quantize_row(dt, &wv, &mut bytes).unwrap();
-            let host = CpuData::Host(crate::HostBytes::from_vec(bytes.clone()));
-            let mut weights =
-                vec![("stored", Tensor::from_buffer(Arc::new(super::super::CpuBuffer { data: host }), dt, vec![n, k]))];
             if let Some(p) = crate::quant::PackedWeights::pack(dt, &bytes, n, k) {
-                let buf = Arc::new(super::super::CpuBuffer { data: CpuData::Packed(p) });
-                weights.push(("packed", Tensor::from_buffer(buf, dt, vec![n, k])));
+                let buf = std::sync::Arc::new(super::super::CpuBuffer { data: CpuData::Packed(p) });
+                weights.push((format!("{dt} packed"), Tensor::from_buffer(buf, dt, vec![n, k])));
             }
-            for (how, w) in &weights {
-                for (b, gelu) in [(None, false), (Some(&bias), true)] {
-                    let alone: Vec<Vec<f32>> = (0..3).map(|r| lin(r..r + 1, w, b, gelu)).collect();
-                    for m in [2, 3, 4, 5, 8, 9, 31, 32, 33, 96, 97, 128, 130] {
-                        let got = lin(0..m, w, b, gelu);
-                        for (r, a) in alone.iter().enumerate().take(m) {
-                            assert!(got[r * n..(r + 1) * n] == a[..], "{dt} {how}: row {r} differs in a batch of {m}");
-                        }
-                    }
+            weights.push((format!("{dt} stored"), stored(dt, bytes, n, k)));
+        }
+        check_rows_alone(&weights, n, k, false);
+    }
+
+    /// Q4_K and Q5_K weights with the batch-invariant option (tiles in the panels' order for
+    /// decode where the CPU has AVX-512 VNNI): the same. The bytes are arbitrary but for each
+    /// super-block's two `f16` scales, kept small and finite.
+    #[test]
+    fn k_quant_rows_are_the_same_in_any_batch() {
+        for (n, k) in [(100, 512), (70, 768)] {
+            let mut weights = Vec::new();
+            for (dt, bb) in [(DType::Q4K, 144), (DType::Q5K, 176)] {
+                let mut state = 0x2545_f491_4f6c_dd1du64;
+                let mut bytes: Vec<u8> = (0..n * k / 256 * bb)
+                    .map(|_| {
+                        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                        (state >> 56) as u8
+                    })
+                    .collect();
+                for (i, blk) in bytes.chunks_exact_mut(bb).enumerate() {
+                    let d = half::f16::from_f32(0.01 + (i % 7) as f32 / 500.0).to_le_bytes();
+                    let dmin = half::f16::from_f32(0.005 + (i % 5) as f32 / 900.0).to_le_bytes();
+                    blk[..4].copy_from_slice(&[d[0], d[1], dmin[0], dmin[1]]);
                 }
+                weights.push((format!("{dt}, k {k}"), stored(dt, bytes, n, k)));
             }
+            check_rows_alone(&weights, n, k, true);
+        }
+    }
+
+    /// F32, F16 and BF16 weights with the batch-invariant option (where the CPU has AVX-512,
+    /// which the option requires): the same, with rows that are whole SIMD vectors and rows
+    /// that end in a partial one.
+    #[test]
+    fn float_rows_are_the_same_in_any_batch() {
+        if !super::super::simd::avx512() {
+            eprintln!("skipping: the batch-invariant float kernel needs AVX-512");
+            return;
+        }
+        for (n, k) in [(100, 96), (70, 72)] {
+            let wv = test_weights(n, k);
+            let f32_bytes: Vec<u8> = wv.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let f16: Vec<u8> = wv.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect();
+            let bf16: Vec<u8> = wv.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect();
+            let weights = vec![
+                (format!("F32 stored, k {k}"), stored(DType::F32, f32_bytes, n, k)),
+                (format!("F32 converted, k {k}"), new_f32(wv.clone(), vec![n, k])),
+                (format!("F16, k {k}"), stored(DType::F16, f16, n, k)),
+                (format!("BF16, k {k}"), stored(DType::BF16, bf16, n, k)),
+            ];
+            check_rows_alone(&weights, n, k, true);
         }
     }
 }

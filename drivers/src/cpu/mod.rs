@@ -3,6 +3,7 @@
 mod affinity;
 mod allocator;
 mod attention;
+mod dot;
 mod kv_f16;
 mod matmul;
 mod norm;
@@ -63,11 +64,40 @@ pub struct CpuBackend {
     pool: rayon::ThreadPool,
     threads: usize,
     name: String,
+    batch_invariant: bool,
+}
+
+/// Choices of the CPU backend beyond its thread count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuOptions {
+    /// Every matmul row's result the same whatever else shares its pass, for every weight
+    /// format: F32, F16 and BF16 weights go through one family of dot tiles (`dot`) for any
+    /// number of rows, and Q4_K/Q5_K decode passes through tiles that sum in the prefill panels'
+    /// order (`quant::x86::ktile`). Off: the faster kernels, invariant for Q8_0, Q4_0/1 and
+    /// Q5_0/1 only. Needs AVX-512 (F/BW/VL) on x86-64; elsewhere [`CpuBackend::with_options`]
+    /// refuses it.
+    pub batch_invariant: bool,
 }
 
 impl CpuBackend {
-    /// A backend with `threads` workers (0 means one per available core).
+    /// A backend with `threads` workers (0 means one per available core) and the default
+    /// options (the fastest kernels).
     pub fn new(threads: usize) -> Result<Self> {
+        Self::with_options(threads, CpuOptions::default())
+    }
+
+    /// A backend with `threads` workers (0 means one per available core) and `options`. Fails
+    /// when `options.batch_invariant` is set on a CPU without AVX-512, whose float kernels are
+    /// not invariant: a caller that needs invariance must not silently lose it.
+    pub fn with_options(threads: usize, options: CpuOptions) -> Result<Self> {
+        if options.batch_invariant && !simd::avx512() {
+            return Err(DriverError::Unavailable {
+                backend: "cpu",
+                reason: "batch_invariant = true needs AVX-512 (F, BW and VL) for F32/F16/BF16 weights, \
+                         which this CPU lacks"
+                    .into(),
+            });
+        }
         allocator::tune();
         let threads = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
         let mut builder =
@@ -81,7 +111,7 @@ impl CpuBackend {
             });
         }
         let pool = builder.build().map_err(|e| DriverError::Unavailable { backend: "cpu", reason: e.to_string() })?;
-        Ok(Self { pool, threads, name: cpu_model_name() })
+        Ok(Self { pool, threads, name: cpu_model_name(), batch_invariant: options.batch_invariant })
     }
 
     fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
@@ -223,7 +253,11 @@ impl Backend for CpuBackend {
             simulated: false,
             temperature_c: None,
             health: None,
-            notes: Vec::new(),
+            notes: if self.batch_invariant {
+                vec!["batch-invariant matmul: every weight format (slower F16/BF16/F32 and Q4_K/Q5_K)".into()]
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -300,7 +334,7 @@ impl Backend for CpuBackend {
     }
 
     fn matmul(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
-        self.run(|| matmul::matmul(x, w))
+        self.run(|| matmul::linear(x, w, None, false, self.batch_invariant))
     }
 
     fn rms_norm(&self, x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
@@ -413,7 +447,7 @@ impl Backend for CpuBackend {
     }
 
     fn linear(&self, x: &Tensor, w: &Tensor, b: &Tensor, gelu: bool) -> Result<Tensor> {
-        self.run(|| matmul::linear(x, w, Some(b), gelu))
+        self.run(|| matmul::linear(x, w, Some(b), gelu, self.batch_invariant))
     }
 
     fn add_layer_norm(&self, a: &Tensor, b: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {

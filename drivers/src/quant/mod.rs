@@ -298,10 +298,12 @@ pub fn vec_dot_q8(dtype: DType, row: &[u8], acts: &Q8Acts, out: &mut [f32]) {
 /// Q4_K and Q5_K weights with AVX-512 VNNI and at least [`PANEL_MIN_M`] activation rows
 /// (prefill) are re-laid out in panels of 32 rows (`x86::panel`, about three times the prefill
 /// speed), whose sums run in another order: those results agree with the tile kernel's within
-/// rounding, not bitwise.
+/// rounding, not bitwise, unless `invariant` is set: then Q4_K and Q5_K passes of fewer rows
+/// take tiles that sum in the panels' order (`x86::ktile`, about 13 % slower decode), and every
+/// row's result is the same in any batch.
 ///
 /// Panics unless `w` holds whole rows and `out.len()` is their count times `acts.rows()`.
-pub fn matmul_q8(dtype: DType, w: &[u8], acts: &Q8Acts, out: &mut [f32]) {
+pub fn matmul_q8(dtype: DType, w: &[u8], acts: &Q8Acts, out: &mut [f32], invariant: bool) {
     let (k, m) = (acts.row_len(), acts.rows());
     let rb = dtype.row_bytes(k).unwrap_or(0);
     assert!(
@@ -316,6 +318,10 @@ pub fn matmul_q8(dtype: DType, w: &[u8], acts: &Q8Acts, out: &mut [f32]) {
         // SAFETY: `tile_level()` holds only after detecting AVX-512F/BW/VL/DQ/VNNI, AVX2, FMA
         // and F16C, the features of the tile and panel kernels.
         if m >= PANEL_MIN_M && panel_formats(dtype) && unsafe { x86::panel::rows(dtype, w, rb, &rows, out) } {
+            return;
+        }
+        // SAFETY: as above. (Q4_K and Q5_K: tiles that sum in the panel kernel's order.)
+        if invariant && unsafe { x86::ktile::rows(dtype, w, rb, &rows, out) } {
             return;
         }
         // SAFETY: as above.

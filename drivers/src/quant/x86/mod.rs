@@ -77,6 +77,7 @@ macro_rules! by_quads {
 mod avx512;
 pub(super) mod int8;
 mod kquants;
+pub(super) mod ktile;
 pub(super) mod packed;
 pub(super) mod panel;
 mod simple;

@@ -361,3 +361,41 @@ fn simd_quantization_equals_reference_bitwise() {
         assert_eq!(qa[0][17], 2, "k={k}: 1.5 rounds to 2");
     }
 }
+
+/// The K-format tiles (`ktile`) in the signature of `check_matmul_kernel`, each result also
+/// checked bitwise against the panel kernel's for the same pair.
+///
+/// # Safety
+/// As `ktile::rows`.
+unsafe fn ktile_against_panel(
+    dtype: DType,
+    w: &[u8],
+    rb: usize,
+    acts: &[crate::quant::int8::ActRow<'_>],
+    out: &mut [f32],
+) -> bool {
+    // SAFETY: as the caller guarantees.
+    if !unsafe { super::ktile::rows(dtype, w, rb, acts, out) } {
+        return false;
+    }
+    let mut panel = vec![f32::NAN; out.len()];
+    // SAFETY: as above.
+    assert!(unsafe { super::panel::rows(dtype, w, rb, acts, &mut panel) }, "{dtype}: the panel kernel declined");
+    for (i, (a, b)) in out.iter().zip(&panel).enumerate() {
+        assert_eq!(a.to_bits(), b.to_bits(), "{dtype}: result {i}, tile {a} vs panel {b}");
+    }
+    true
+}
+
+/// Q4_K and Q5_K tiles against the reference, each result equal bitwise to the same pair alone
+/// and to the panel kernel's: decode rows and prefill rows agree.
+#[test]
+fn k_tiles_match_reference_and_the_panels_bitwise() {
+    if !have_tile() {
+        return;
+    }
+    let shapes = [(1, 1), (3, 2), (4, 4), (5, 9), (9, 3), (6, 7), (33, 5)];
+    let declined = check_matmul_kernel("ktile", ktile_against_panel, &shapes, 9, true);
+    let want: Vec<DType> = INT8_FORMATS.into_iter().filter(|d| !matches!(d, DType::Q4K | DType::Q5K)).collect();
+    assert_eq!(declined, want, "only Q4_K and Q5_K have K-format tiles");
+}
