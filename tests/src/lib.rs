@@ -387,3 +387,54 @@ pub fn python_check<S: AsRef<std::ffi::OsStr>>(
     eprintln!("{script}:\n{out}");
     out
 }
+
+/// One query of a rerank fixture's `pairs` (`expected.json`): its documents, HF's scores for
+/// them, and the documents' indices from the highest score to the lowest.
+pub struct RerankCase<'a> {
+    /// The query.
+    pub query: &'a str,
+    /// Its documents, in the fixture's order.
+    pub documents: Vec<&'a str>,
+    /// HF's score for each document.
+    pub scores: Vec<f64>,
+    /// The documents' indices from HF's highest score to its lowest.
+    pub order: Vec<usize>,
+}
+
+/// Groups a rerank fixture's pairs by query, in the fixture's order.
+pub fn rerank_cases(pairs: &[serde_json::Value]) -> Vec<RerankCase<'_>> {
+    let mut queries: Vec<&str> = pairs.iter().map(|p| p["query"].as_str().unwrap()).collect();
+    queries.dedup();
+    queries
+        .into_iter()
+        .map(|query| {
+            let mine: Vec<&serde_json::Value> = pairs.iter().filter(|p| p["query"] == query).collect();
+            let documents = mine.iter().map(|p| p["document"].as_str().unwrap()).collect();
+            let scores: Vec<f64> = mine.iter().map(|p| p["score"].as_f64().unwrap()).collect();
+            let mut order: Vec<usize> = (0..scores.len()).collect();
+            order.sort_by(|&a, &c| scores[c].total_cmp(&scores[a]));
+            RerankCase { query, documents, scores, order }
+        })
+        .collect()
+}
+
+impl RerankCase<'_> {
+    /// Asserts that a rerank answer's `results` score each document within 1e-4 of HF, and
+    /// returns the documents' indices in the answer's order.
+    pub fn check_scores(&self, results: &[serde_json::Value]) -> Vec<usize> {
+        let mut order = Vec::new();
+        for r in results {
+            let i = r["index"].as_u64().unwrap() as usize;
+            let diff = (r["relevance_score"].as_f64().unwrap() - self.scores[i]).abs();
+            assert!(
+                diff <= 1e-4,
+                "query {:?} document {i}: score {} vs HF {}",
+                self.query,
+                r["relevance_score"],
+                self.scores[i]
+            );
+            order.push(i);
+        }
+        order
+    }
+}

@@ -54,25 +54,14 @@ fn qwen3_reranker_and_embedder_answer_as_their_references() {
 
     let before = rerank_counts(&b);
     let pairs = fixture("tiny-qwen3-reranker/expected.json")["pairs"].as_array().unwrap().clone();
-    let mut queries: Vec<&str> = pairs.iter().map(|p| p["query"].as_str().unwrap()).collect();
-    queries.dedup();
-    assert_eq!(queries.len(), 4);
-    for q in &queries {
-        let mine: Vec<&Value> = pairs.iter().filter(|p| p["query"] == *q).collect();
-        let docs: Vec<&str> = mine.iter().map(|p| p["document"].as_str().unwrap()).collect();
-        let hf: Vec<f64> = mine.iter().map(|p| p["score"].as_f64().unwrap()).collect();
-        let mut hf_order: Vec<usize> = (0..hf.len()).collect();
-        hf_order.sort_by(|&a, &c| hf[c].total_cmp(&hf[a]));
-        let (code, v) = post(&b, "/v1/rerank", &json!({"model": "qwen3-reranker-tiny", "query": q, "documents": docs}));
+    let cases = govbox_e2e::rerank_cases(&pairs);
+    assert_eq!(cases.len(), 4);
+    for c in &cases {
+        let body = json!({"model": "qwen3-reranker-tiny", "query": c.query, "documents": c.documents});
+        let (code, v) = post(&b, "/v1/rerank", &body);
         assert_eq!(code, 200, "{v}\n{}", d.log_text());
-        let results = v["results"].as_array().unwrap();
-        let order: Vec<usize> = results.iter().map(|r| r["index"].as_u64().unwrap() as usize).collect();
-        assert_eq!(order, hf_order, "query {q:?}: ranking differs from the model card's");
-        for r in results {
-            let i = r["index"].as_u64().unwrap() as usize;
-            let diff = (r["relevance_score"].as_f64().unwrap() - hf[i]).abs();
-            assert!(diff <= 1e-4, "query {q:?} document {i}: {} vs {}", r["relevance_score"], hf[i]);
-        }
+        let order = c.check_scores(v["results"].as_array().unwrap());
+        assert_eq!(order, c.order, "query {:?}: ranking differs from the model card's", c.query);
     }
     // The four requests, one after another: four batches of one request each.
     let after = rerank_counts(&b);
