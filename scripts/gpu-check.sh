@@ -5,7 +5,7 @@
 #   scripts/gpu-check.sh
 # 1. the GPU, its driver and the CUDA libraries govbox loads (nvidia-smi, ldconfig);
 # 2. the drivers' CUDA tests: probe/open and NVRTC compile (unit), then every Backend op on
-#    the device against the CPU backend (tests/cuda_backend.rs);
+#    the device against the CPU backend (tests/backend_parity.rs, its cuda variants);
 # 3. the engine's correctness suite on CUDA (the `cuda` variants of test_device!, one thread);
 #    tests that need the real downloaded models (.cache/models, not carried) are skipped;
 # 4. a decode benchmark through the CLI on a random-weight model of Qwen2.5-0.5B's shapes
@@ -136,7 +136,7 @@ q8=$model_dir.q8_0.gguf
 maker=$!
 
 step "drivers unit tests (probe, open, NVRTC compile)" 45 "$bin/drivers-govbox_drivers" cuda:: --test-threads 4
-step "drivers: every op on CUDA vs the CPU backend" 120 "$bin/drivers-cuda_backend" --test-threads 2
+step "drivers: every op on CUDA vs the CPU backend" 120 "$bin/drivers-backend_parity" cuda --test-threads 2
 
 for exe in "$bin"/engine-*; do
   [[ -e $exe ]] || continue

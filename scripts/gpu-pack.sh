@@ -37,7 +37,7 @@ echo "== drivers tests (--features cuda)"
 cargo test -p govbox-drivers --features cuda --no-run
 test_exes -p govbox-drivers --features cuda | while read -r name exe; do
   case "$name" in
-    govbox_drivers | cuda_backend) cp "$exe" "$out/bin/drivers-$name" ;;
+    govbox_drivers | backend_parity) cp "$exe" "$out/bin/drivers-$name" ;;
   esac
 done
 

@@ -28,6 +28,15 @@ cargo build --workspace --bins --quiet
 
 echo "== cargo test"
 cargo test --workspace --no-fail-fast 2>&1 | tee target/test.log
-if pkg-config --exists tss2-esys; then cargo test -p govbox-attestation --features tpm --no-fail-fast 2>&1 | tee -a target/test.log; else echo "== TPM quote tests skipped: pkg-config finds no tss2-esys (apt-get install libtss2-dev)" | tee -a target/test.log; fi
+# The TLCP listener (feature `tlcp`: Tongsuo built from its vendored source, once) against Tongsuo's
+# own s_client: only govbox-daemon and what it needs are rebuilt with the feature.
+cargo test -p govbox-daemon --features tlcp --test tlcp --no-fail-fast 2>&1 | tee -a target/test.log
+# The TPM tests (attestation quote, audit anchor) need libtss2 and swtpm; the default build does not.
+if pkg-config --exists tss2-esys; then
+  cargo test -p govbox-attestation --features tpm --no-fail-fast 2>&1 | tee -a target/test.log
+  cargo test -p govbox-audit --features tpm --lib --test audit_tpm_anchor --no-fail-fast 2>&1 | tee -a target/test.log
+else
+  echo "== TPM quote and anchor tests skipped: pkg-config finds no tss2-esys (apt-get install libtss2-dev)" | tee -a target/test.log
+fi
 # cargo prints one summary per test binary; add them up into one closing line.
 awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "\ngovbox tests: %d passed, %d failed, %d ignored\n", p, f, i; exit (f > 0) }' target/test.log

@@ -1,20 +1,14 @@
-//! SHA-256 helpers, lower-case hex and the verifier's nonce.
+//! File digests (SHA-256 or SM3), lower-case hex and the verifier's nonce.
 
 use std::io::Read;
 use std::path::Path;
 
+use govbox_provisioning::HashAlgorithm;
+
 use crate::AttestError;
 
-/// Lower-case hex.
-pub fn to_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    s
-}
+/// Lower-case hex (the workspace's one encoder, in `govbox_provisioning`).
+pub use govbox_provisioning::hex as to_hex;
 
 /// Hex SHA-256 of `bytes`.
 pub fn sha256_bytes(bytes: &[u8]) -> String {
@@ -24,9 +18,14 @@ pub fn sha256_bytes(bytes: &[u8]) -> String {
 /// Hex SHA-256 of a file's bytes, read as a stream (a binary may be hundreds of MB). `what` names
 /// the file in the error.
 pub fn sha256_file(path: &Path, what: &'static str) -> Result<String, AttestError> {
+    digest_file(HashAlgorithm::Sha256, path, what)
+}
+
+/// Hex digest under `hash` (SHA-256 or SM3) of a file's bytes, read as a stream.
+pub fn digest_file(hash: HashAlgorithm, path: &Path, what: &'static str) -> Result<String, AttestError> {
     let err = |source| AttestError::Measure { what, path: path.to_path_buf(), source };
     let mut file = std::fs::File::open(path).map_err(err)?;
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut ctx = hash.hasher();
     let mut buf = vec![0u8; 64 << 10];
     loop {
         let n = match file.read(&mut buf) {
@@ -37,7 +36,7 @@ pub fn sha256_file(path: &Path, what: &'static str) -> Result<String, AttestErro
         };
         ctx.update(&buf[..n]);
     }
-    Ok(to_hex(ctx.finish().as_ref()))
+    Ok(to_hex(&ctx.finish()))
 }
 
 /// The verifier's nonce: 16 to 64 bytes, held as lower-case hex.

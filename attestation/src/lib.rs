@@ -26,12 +26,13 @@
 //!     "format": "govbox-attestation/1",
 //!     "nonce": "<the verifier's nonce: 16 to 64 bytes, lower-case hex>",
 //!     "time": "<RFC 3339 UTC>",
-//!     "device": { "keyid": "<hex SHA-256 of the raw 32-byte Ed25519 key>",
+//!     "device": { "keyid": "<hex SHA-256 of the raw public key: 32 Ed25519 bytes or the SM2 point>",
 //!                 "public_key": "<SPKI PEM>" },
 //!     "measurements": {
-//!       "binary_sha256": "<hex SHA-256 of the running govboxd, read from /proc/self/exe>",
-//!       "config_sha256": "<hex SHA-256 of the config file's bytes, or \"none\">",
-//!       "trust_root_sha256": "<hex SHA-256 of STATE/trust/root.json's bytes>",
+//!       "hash": "sha256 | sm3 (the box's suite's; absent in older reports: sha256)",
+//!       "binary_sha256": "<hex digest of the running govboxd, read from /proc/self/exe>",
+//!       "config_sha256": "<hex digest of the config file's bytes, or \"none\">",
+//!       "trust_root_sha256": "<hex digest of STATE/trust/root.json's bytes>",
 //!       "models": [ { "name": "...", "version": "...",
 //!                     "digest": "sha256-<hex of the signed manifest> | unsigned-dev-folder" } ],
 //!       "boot_id": "<from /proc/sys/kernel/random/boot_id>"
@@ -47,11 +48,14 @@
 //!                 "other_inet": "denied | allowed" }
 //!   },
 //!   "keyid": "<the device key id again>",
-//!   "signature": "<Ed25519 signature, 128 lower-case hex digits>"
+//!   "alg": "ed25519 | sm2 (absent in older reports: ed25519)",
+//!   "signature": "<lower-case hex: 64 Ed25519 bytes, or an SM2 DER signature>"
 //! }
 //! ```
 //!
-//! The signature is pure Ed25519 (RFC 8032) by the device key over the canonical JSON
+//! The signature is by the device key, of the box's suite (`identity/suite`): pure Ed25519
+//! (RFC 8032) on an `intl` box, SM2 with SM3 and the ID `1234567812345678` on a `gm` box (whose
+//! measurements are then SM3, `hash: "sm3"`), over the canonical JSON
 //! (`govbox_provisioning::to_canonical_json`: sorted keys, no whitespace) of the `report` value
 //! exactly as it appears in the file. The `format` field inside the signed body separates these
 //! signatures from every other use of the device key. The audit head is the audit log's own
@@ -89,7 +93,7 @@ mod report;
 pub mod tpm;
 mod verify;
 
-pub use digest::{Nonce, sha256_bytes, sha256_file, to_hex};
+pub use digest::{Nonce, digest_file, sha256_bytes, sha256_file, to_hex};
 pub use error::AttestError;
 pub use measure::{BOOT_ID_PATH, Measurements, MeasurementsBuilder, ModelMeasurement, NO_CONFIG, SELF_EXE};
 pub use report::{

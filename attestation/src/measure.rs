@@ -5,7 +5,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::AttestError;
-use crate::digest::sha256_file;
+use govbox_provisioning::HashAlgorithm;
+
+use crate::digest::digest_file;
 
 /// The running process's own binary, as the kernel knows it (not a path that may have been
 /// replaced since the process started).
@@ -32,11 +34,16 @@ pub struct ModelMeasurement {
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct Measurements {
-    /// Hex SHA-256 of the running govboxd binary.
+    /// The hash of the three file digests below: `sha256` on an `intl` box, `sm3` on a `gm` box
+    /// (the field names keep `sha256` for compatibility; this says what they hold). Absent in
+    /// reports made before SM3: SHA-256.
+    #[serde(default)]
+    pub hash: HashAlgorithm,
+    /// Hex digest of the running govboxd binary.
     pub binary_sha256: String,
-    /// Hex SHA-256 of the config file, or `none` when the daemon runs without one.
+    /// Hex digest of the config file, or `none` when the daemon runs without one.
     pub config_sha256: String,
-    /// Hex SHA-256 of `STATE/trust/root.json`.
+    /// Hex digest of `STATE/trust/root.json`.
     pub trust_root_sha256: String,
     /// Each served model, by name.
     pub models: Vec<ModelMeasurement>,
@@ -45,15 +52,21 @@ pub struct Measurements {
 }
 
 impl Measurements {
-    /// An empty builder.
+    /// An empty builder that hashes with SHA-256 (the `intl` suite).
     pub fn builder() -> MeasurementsBuilder {
         MeasurementsBuilder::default()
+    }
+
+    /// An empty builder that hashes with `hash` (the box's suite's).
+    pub fn builder_with(hash: HashAlgorithm) -> MeasurementsBuilder {
+        MeasurementsBuilder { hash, ..MeasurementsBuilder::default() }
     }
 }
 
 /// Collects [`Measurements`]; every field but the models is required.
 #[derive(Debug, Default)]
 pub struct MeasurementsBuilder {
+    hash: HashAlgorithm,
     binary: Option<String>,
     config: Option<String>,
     trust_root: Option<String>,
@@ -64,14 +77,14 @@ pub struct MeasurementsBuilder {
 impl MeasurementsBuilder {
     /// Hashes the binary at `path` (the daemon passes [`SELF_EXE`]).
     pub fn binary(mut self, path: &Path) -> Result<Self, AttestError> {
-        self.binary = Some(sha256_file(path, "govboxd binary")?);
+        self.binary = Some(digest_file(self.hash, path, "govboxd binary")?);
         Ok(self)
     }
 
     /// Hashes the config file, or records [`NO_CONFIG`].
     pub fn config(mut self, path: Option<&Path>) -> Result<Self, AttestError> {
         self.config = Some(match path {
-            Some(p) => sha256_file(p, "config file")?,
+            Some(p) => digest_file(self.hash, p, "config file")?,
             None => NO_CONFIG.to_string(),
         });
         Ok(self)
@@ -79,7 +92,7 @@ impl MeasurementsBuilder {
 
     /// Hashes the trust root file.
     pub fn trust_root(mut self, path: &Path) -> Result<Self, AttestError> {
-        self.trust_root = Some(sha256_file(path, "trust root")?);
+        self.trust_root = Some(digest_file(self.hash, path, "trust root")?);
         Ok(self)
     }
 
@@ -105,6 +118,7 @@ impl MeasurementsBuilder {
     pub fn build(mut self) -> Result<Measurements, AttestError> {
         self.models.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Measurements {
+            hash: self.hash,
             binary_sha256: self.binary.ok_or(AttestError::MissingMeasurement("binary"))?,
             config_sha256: self.config.ok_or(AttestError::MissingMeasurement("config"))?,
             trust_root_sha256: self.trust_root.ok_or(AttestError::MissingMeasurement("trust root"))?,
@@ -148,5 +162,22 @@ mod tests {
         assert_eq!(m.models.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
         let e = Measurements::builder().binary(&bin).unwrap().build().unwrap_err();
         assert_eq!(e.code(), "measurement_missing");
+        // On a gm box the files are measured with SM3 (GB/T 32905 example 1), and the report says so.
+        let abc = f("abc", b"abc");
+        let gm = Measurements::builder_with(HashAlgorithm::Sm3)
+            .binary(&abc)
+            .unwrap()
+            .config(Some(&abc))
+            .unwrap()
+            .trust_root(&abc)
+            .unwrap()
+            .boot_id(&boot)
+            .unwrap()
+            .build()
+            .unwrap();
+        let sm3_abc = "66c7f0f462eeedd9d1f2d46bdc10e4e24167c4875cf2f7a2297da02b8f4ba8e0";
+        assert_eq!((gm.binary_sha256.as_str(), gm.config_sha256.as_str()), (sm3_abc, sm3_abc));
+        assert_eq!(serde_json::to_value(&gm).unwrap()["hash"], "sm3");
+        assert_eq!(m.hash, HashAlgorithm::Sha256);
     }
 }

@@ -1,7 +1,7 @@
 //! The report body, and signing it with the device key.
 
 use govbox_audit::SignedTreeHead;
-use govbox_provisioning::{PublicKey, SigningKey, to_canonical_json};
+use govbox_provisioning::{KeyAlgorithm, PublicKey, SigningKey, to_canonical_json};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -18,7 +18,7 @@ pub const MAX_REPORT_BYTES: u64 = 1 << 20;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceIdentity {
-    /// Hex SHA-256 of the raw 32-byte Ed25519 public key.
+    /// Hex SHA-256 of the raw public key (32 Ed25519 bytes or the 65-byte SM2 point).
     pub keyid: String,
     /// The public key, SPKI PEM.
     pub public_key: String,
@@ -191,7 +191,12 @@ pub struct SignedReport {
     pub report: ReportBody,
     /// The device key id (the same as `report.device.keyid`).
     pub keyid: String,
-    /// Ed25519 over [`ReportBody::signed_bytes`], lower-case hex.
+    /// The signature's algorithm, the device key's: `ed25519`, or `sm2` (SM2 with SM3 and the ID
+    /// `1234567812345678`) on a `gm` box. Absent in reports made before SM2: Ed25519.
+    #[serde(default)]
+    pub alg: KeyAlgorithm,
+    /// The signature over [`ReportBody::signed_bytes`], lower-case hex: 64 bytes for Ed25519,
+    /// DER for SM2.
     pub signature: String,
 }
 
@@ -210,5 +215,5 @@ pub fn sign_report(key: &SigningKey, mut body: ReportBody) -> Result<SignedRepor
     let public = key.public_key();
     body.device = DeviceIdentity { keyid: public.keyid(), public_key: public.to_spki_pem() };
     let signature = to_hex(&key.sign(&body.signed_bytes()?));
-    Ok(SignedReport { keyid: public.keyid(), signature, report: body })
+    Ok(SignedReport { keyid: public.keyid(), alg: key.algorithm(), signature, report: body })
 }

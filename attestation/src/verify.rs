@@ -177,7 +177,7 @@ fn check_keyid(v: &mut Verification, report: &SignedReport) -> Option<PublicKey>
     let key = match PublicKey::from_spki_pem(&report.report.device.public_key) {
         Ok(k) => k,
         Err(e) => {
-            v.push(NAME, Outcome::Fail, format!("the embedded device key is not an Ed25519 SPKI PEM: {e}"));
+            v.push(NAME, Outcome::Fail, format!("the embedded device key is not an Ed25519 or SM2 SPKI PEM: {e}"));
             return None;
         }
     };
@@ -197,21 +197,30 @@ fn check_keyid(v: &mut Verification, report: &SignedReport) -> Option<PublicKey>
     Some(key)
 }
 
-/// Rule: `signature` is an Ed25519 signature by the embedded key over the canonical JSON of the
-/// `report` value exactly as the file holds it. Returns whether it does.
+/// Rule: `signature` is a signature of the algorithm `alg` names, which must be the embedded
+/// key's (Ed25519, or SM2 with SM3 and the default ID), by that key over the canonical JSON of
+/// the `report` value exactly as the file holds it. Returns whether it does.
 fn check_signature(v: &mut Verification, body: &Value, report: &SignedReport, key: Option<&PublicKey>) -> bool {
     const NAME: &str = "signature";
     let Some(key) = key else {
         v.push(NAME, Outcome::Fail, "no usable device key in the report to check it with");
         return false;
     };
-    let Some(sig) = from_hex_64(&report.signature) else {
-        v.push(NAME, Outcome::Fail, "not 128 lower-case hex digits");
+    let alg = report.alg;
+    if alg != key.algorithm() {
+        let msg =
+            format!("the report claims '{alg}' but its device key is {}; refusing to mix algorithms", key.algorithm());
+        v.push(NAME, Outcome::Fail, msg);
+        return false;
+    }
+    let Some(sig) = alg.decode_signature_hex(&report.signature) else {
+        let max = alg.max_signature_hex_len();
+        v.push(NAME, Outcome::Fail, format!("not a hex {alg} signature (at most {max} digits, well formed)"));
         return false;
     };
-    match key.verify(to_canonical_json(body).as_bytes(), &sig) {
+    match key.verify_claimed(alg, to_canonical_json(body).as_bytes(), &sig) {
         Ok(()) => {
-            v.push(NAME, Outcome::Pass, "Ed25519 by the embedded device key over the whole report body");
+            v.push(NAME, Outcome::Pass, format!("{alg} by the embedded device key over the whole report body"));
             true
         }
         Err(_) => {
@@ -267,20 +276,22 @@ fn check_nonce(v: &mut Verification, report: &SignedReport, nonce: &Nonce) {
     }
 }
 
-/// A digest as lower-case hex without the `sha256-` prefix.
+/// A digest as lower-case hex without its `sha256-` or `sm3-` prefix.
 fn bare_digest(d: &str) -> String {
-    d.trim().strip_prefix("sha256-").unwrap_or(d.trim()).to_ascii_lowercase()
+    let d = d.trim();
+    d.strip_prefix("sha256-").or_else(|| d.strip_prefix("sm3-")).unwrap_or(d).to_ascii_lowercase()
 }
 
 /// Rule: the running govboxd is the binary the verifier expects.
 fn check_binary(v: &mut Verification, report: &SignedReport, expected: Option<&str>) {
     const NAME: &str = "binary";
     let got = &report.report.measurements.binary_sha256;
+    let h = report.report.measurements.hash;
     match expected {
-        None => v.push(NAME, Outcome::Skip, format!("govboxd sha256 {got}; no --expect-binary given")),
-        Some(e) if bare_digest(e) == *got => v.push(NAME, Outcome::Pass, format!("govboxd sha256 {got}")),
+        None => v.push(NAME, Outcome::Skip, format!("govboxd {h} {got}; no --expect-binary given")),
+        Some(e) if bare_digest(e) == *got => v.push(NAME, Outcome::Pass, format!("govboxd {h} {got}")),
         Some(e) => {
-            v.push(NAME, Outcome::Fail, format!("govboxd sha256 {got} differs from the expected {}", bare_digest(e)))
+            v.push(NAME, Outcome::Fail, format!("govboxd {h} {got} differs from the expected {}", bare_digest(e)))
         }
     }
 }
@@ -338,7 +349,10 @@ fn check_audit_head(v: &mut Verification, report: &SignedReport, audit_key: Opti
         },
         None => {
             let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-            if hex(&head.root_hash, 64) && hex(&head.keyid, 64) && hex(&head.signature, 128) {
+            if hex(&head.root_hash, 64)
+                && hex(&head.keyid, 64)
+                && head.alg.decode_signature_hex(&head.signature).is_some()
+            {
                 v.push(
                     NAME,
                     Outcome::Pass,
@@ -399,21 +413,4 @@ fn check_egress(v: &mut Verification, report: &SignedReport, allow: bool) {
         Some(e) if allow => v.push(NAME, Outcome::Skip, format!("{} (accepted by --allow-egress)", e.summary())),
         Some(e) => v.push(NAME, Outcome::Fail, format!("the box may open outbound connections: {}", e.summary())),
     }
-}
-
-fn from_hex_64(s: &str) -> Option<[u8; 64]> {
-    let digit = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    };
-    let s = s.as_bytes();
-    if s.len() != 128 {
-        return None;
-    }
-    let mut out = [0u8; 64];
-    for (i, pair) in s.chunks_exact(2).enumerate() {
-        out[i] = (digit(pair[0])? << 4) | digit(pair[1])?;
-    }
-    Some(out)
 }

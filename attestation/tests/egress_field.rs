@@ -41,7 +41,13 @@ fn report(egress: Option<EgressMeasurement>) -> (SignedReport, Nonce) {
         .unwrap();
     let device = SigningKey::generate().unwrap();
     let audit = SigningKey::generate().unwrap();
-    let head = SignedTreeHead::sign(&audit, 1, &[7; 32], "2026-01-01T00:00:00.000Z".into());
+    let head = SignedTreeHead::sign(
+        &audit,
+        govbox_provisioning::HashAlgorithm::Sha256,
+        1,
+        &[7; 32],
+        "2026-01-01T00:00:00.000Z".into(),
+    );
     let nonce = Nonce::parse(&"3c".repeat(16)).unwrap();
     let backend = BackendMeasurement { kind: "cpu".into(), name: "cpu".into(), simulated: false };
     let mut body = ReportBody::new(&nonce, &device.public_key(), m, head, backend, false)

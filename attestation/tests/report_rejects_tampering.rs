@@ -42,7 +42,13 @@ fn fixture() -> Fixture {
         .unwrap();
     let device = SigningKey::generate().unwrap();
     let audit = SigningKey::generate().unwrap();
-    let head = SignedTreeHead::sign(&audit, 5, &[9; 32], "2026-01-01T00:00:00.000Z".into());
+    let head = SignedTreeHead::sign(
+        &audit,
+        govbox_provisioning::HashAlgorithm::Sha256,
+        5,
+        &[9; 32],
+        "2026-01-01T00:00:00.000Z".into(),
+    );
     let nonce = Nonce::parse(&"5a".repeat(32)).unwrap();
     let backend = BackendMeasurement { kind: "cpu".into(), name: "cpu".into(), simulated: false };
     let body = ReportBody::new(&nonce, &device.public_key(), m, head, backend, false)

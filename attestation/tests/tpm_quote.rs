@@ -27,7 +27,13 @@ fn a_report_without_a_quote_says_why_under_the_signature() {
         .unwrap();
     let key = SigningKey::generate().unwrap();
     let nonce = Nonce::parse(&"42".repeat(32)).unwrap();
-    let head = SignedTreeHead::sign(&key, 1, &[1; 32], "2026-01-01T00:00:00.000Z".into());
+    let head = SignedTreeHead::sign(
+        &key,
+        govbox_provisioning::HashAlgorithm::Sha256,
+        1,
+        &[1; 32],
+        "2026-01-01T00:00:00.000Z".into(),
+    );
     let backend = BackendMeasurement { kind: "cpu".into(), name: "cpu".into(), simulated: false };
     let body =
         ReportBody::new(&nonce, &key.public_key(), m, head, backend, false).with_tpm(Err(AttestError::TpmNotCompiled));

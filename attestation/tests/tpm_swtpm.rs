@@ -4,9 +4,11 @@
 #![cfg(feature = "tpm")]
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+
+#[path = "../../audit/tests/common/swtpm.rs"]
+mod swtpm;
+use swtpm::{free_port_pair, swtpm_or_skip};
 
 use govbox_attestation::tpm::{self, TpmQuote, verify_quote};
 use govbox_attestation::{
@@ -14,93 +16,6 @@ use govbox_attestation::{
 };
 use govbox_audit::SignedTreeHead;
 use govbox_provisioning::SigningKey;
-
-/// A running swtpm, killed (by its own pid) when dropped.
-struct Swtpm {
-    child: Child,
-    port: u16,
-    _state: tempfile::TempDir,
-}
-
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Swtpm {
-    fn tcti(&self) -> String {
-        format!("swtpm:host=127.0.0.1,port={}", self.port)
-    }
-}
-
-/// Two free consecutive loopback ports (server, control).
-fn free_port_pair() -> Option<u16> {
-    for _ in 0..50 {
-        let a = TcpListener::bind("127.0.0.1:0").ok()?;
-        let port = a.local_addr().ok()?.port();
-        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return Some(port);
-        }
-    }
-    None
-}
-
-/// Starts swtpm, or says exactly why it could not.
-fn start_swtpm() -> Result<Swtpm, String> {
-    let mut last = String::new();
-    for _ in 0..3 {
-        let state = tempfile::tempdir().map_err(|e| format!("temporary state folder: {e}"))?;
-        let port = free_port_pair().ok_or("no two free consecutive loopback ports")?;
-        let log = state.path().join("swtpm.log");
-        let mut child = Command::new("swtpm")
-            .arg("socket")
-            .arg("--tpm2")
-            .args(["--server", &format!("type=tcp,port={port},bindaddr=127.0.0.1")])
-            .args(["--ctrl", &format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1)])
-            .args(["--tpmstate", &format!("dir={}", state.path().display())])
-            .args(["--flags", "not-need-init,startup-clear"])
-            .args(["--log", &format!("file={},level=1", log.display())])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot run swtpm (apt-get install swtpm): {e}"))?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-                let mut err = String::new();
-                if let Some(mut s) = child.stderr.take() {
-                    use std::io::Read;
-                    let _ = s.read_to_string(&mut err);
-                }
-                let log = std::fs::read_to_string(&log).unwrap_or_default();
-                last = format!("swtpm exited with {status}: {} {}", err.trim(), log.trim());
-                break;
-            }
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                // Tests run in parallel, each with its own swtpm: a port pair can overlap
-                // another's, and then that one answers here while ours fails to bind and exits
-                // (a CI run quoted against another test's control port this way). Ours must
-                // still be running a moment later to own the port.
-                std::thread::sleep(Duration::from_millis(300));
-                if child.try_wait().map_err(|e| e.to_string())?.is_none() {
-                    return Ok(Swtpm { child, port, _state: state });
-                }
-                continue;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                last = format!("swtpm did not listen on 127.0.0.1:{port} within 10 s");
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    Err(last)
-}
 
 fn random_nonce() -> Vec<u8> {
     use ring::rand::SecureRandom;
@@ -138,13 +53,7 @@ const CHECKS: [&str; 5] = ["tpm-signature", "tpm-attest", "tpm-nonce", "tpm-pcr-
 
 #[test]
 fn a_swtpm_quote_verifies_and_each_tampering_fails_its_check() {
-    let swtpm = match start_swtpm() {
-        Ok(s) => s,
-        Err(why) => {
-            eprintln!("SKIPPED: {why}");
-            return;
-        }
-    };
+    let Some(swtpm) = swtpm_or_skip() else { return };
     let dir = tempfile::tempdir().unwrap();
     let m = measurements(dir.path());
     let digest = tpm::measurements_digest(&m).unwrap();
@@ -187,17 +96,17 @@ fn a_swtpm_quote_verifies_and_each_tampering_fails_its_check() {
 
 #[test]
 fn a_report_built_against_swtpm_carries_a_quote_that_verifies() {
-    let swtpm = match start_swtpm() {
-        Ok(s) => s,
-        Err(why) => {
-            eprintln!("SKIPPED: {why}");
-            return;
-        }
-    };
+    let Some(swtpm) = swtpm_or_skip() else { return };
     let dir = tempfile::tempdir().unwrap();
     let key = SigningKey::generate().unwrap();
     let nonce = Nonce::parse(&govbox_attestation::to_hex(&random_nonce())).unwrap();
-    let head = SignedTreeHead::sign(&key, 1, &[1; 32], "2026-01-01T00:00:00.000Z".into());
+    let head = SignedTreeHead::sign(
+        &key,
+        govbox_provisioning::HashAlgorithm::Sha256,
+        1,
+        &[1; 32],
+        "2026-01-01T00:00:00.000Z".into(),
+    );
     let backend = BackendMeasurement { kind: "cpu".into(), name: "cpu".into(), simulated: false };
     let m = measurements(dir.path());
     let digest = tpm::measurements_digest(&m).unwrap();
@@ -227,13 +136,7 @@ fn a_report_built_against_swtpm_carries_a_quote_that_verifies() {
 /// child test process so that the variable is set for that process alone.
 #[test]
 fn the_report_builder_quotes_when_the_tcti_variable_is_set() {
-    let swtpm = match start_swtpm() {
-        Ok(s) => s,
-        Err(why) => {
-            eprintln!("SKIPPED: {why}");
-            return;
-        }
-    };
+    let Some(swtpm) = swtpm_or_skip() else { return };
     let exe = std::env::current_exe().unwrap();
     let out = Command::new(exe)
         .args(["--ignored", "--exact", "report_builder_child", "--nocapture", "--test-threads=1"])
@@ -259,7 +162,13 @@ fn child_report() -> (Nonce, govbox_attestation::SignedReport) {
     let dir = tempfile::tempdir().unwrap();
     let key = SigningKey::generate().unwrap();
     let nonce = Nonce::parse(&govbox_attestation::to_hex(&random_nonce())).unwrap();
-    let head = SignedTreeHead::sign(&key, 1, &[1; 32], "2026-01-01T00:00:00.000Z".into());
+    let head = SignedTreeHead::sign(
+        &key,
+        govbox_provisioning::HashAlgorithm::Sha256,
+        1,
+        &[1; 32],
+        "2026-01-01T00:00:00.000Z".into(),
+    );
     let backend = BackendMeasurement { kind: "cpu".into(), name: "cpu".into(), simulated: false };
     let body =
         ReportBody::new(&nonce, &key.public_key(), measurements(dir.path()), head, backend, false).with_tpm_quote();

@@ -1,8 +1,11 @@
 //! Durable audit appends per second with 1, 8 and 64 concurrent writers, against the
 //! single-writer ceiling of a plain sled `insert` + `flush` loop on the same disk.
 //!
-//! `cargo run --release -p govbox-audit --example append_bench -- DIR [SECONDS]`
-//! (`bench/audit-append.sh` runs it on a real-disk folder).
+//! `cargo run --release -p govbox-audit --example append_bench -- DIR [SECONDS] [intl|gm]`
+//! (`bench/audit-append.sh` runs it on a real-disk folder). The socket runs start the real
+//! `govbox-auditd` of the same build (`target/release/govbox-auditd`, which the script builds).
+//! With `gm` the log is of the `gm` suite: SM3 leaves and tree, SM2-signed checkpoints (every
+//! 1000 entries), HMAC-SM3.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -12,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use govbox_audit::remote::AuditClient;
 use govbox_audit::{AuditKeys, AuditLog, AuditOptions, Event};
-use govbox_provisioning::SigningKey;
+use govbox_provisioning::{Overwrite, SigningKey, Suite};
 
 fn event(i: u64) -> Event {
     Event::InferenceRequest {
@@ -49,14 +52,15 @@ fn drive(writers: u64, secs: Duration, append: impl Fn(Event) + Clone + Send + '
     total as f64 / start.elapsed().as_secs_f64()
 }
 
-fn open(dir: &Path, name: String) -> AuditLog {
-    let keys = AuditKeys::new(SigningKey::generate().unwrap(), [9; 32]);
+fn open(dir: &Path, name: String, suite: Suite) -> AuditLog {
+    let keys = AuditKeys::new(SigningKey::generate_with(suite.signature_algorithm()).unwrap(), [9; 32]);
+    assert_eq!(keys.suite, suite);
     AuditLog::open(dir.join(name), keys, AuditOptions::default()).unwrap()
 }
 
 /// `append_blocking` on the log in this process.
-fn log_rate(dir: &Path, writers: u64, secs: Duration) -> f64 {
-    let log = open(dir, format!("log-{writers}"));
+fn log_rate(dir: &Path, writers: u64, secs: Duration, suite: Suite) -> f64 {
+    let log = open(dir, format!("log-{suite}-{writers}"), suite);
     let writer = log.clone();
     let rate = drive(writers, secs, move |e| {
         writer.append_blocking(e).unwrap();
@@ -66,18 +70,44 @@ fn log_rate(dir: &Path, writers: u64, secs: Duration) -> f64 {
     rate
 }
 
-/// The same through govbox-auditd's socket protocol: the server side (`remote::serve`) on a
-/// thread, the writers on an [`AuditClient`], one JSON line each way per entry.
-fn socket_rate(dir: &Path, writers: u64, secs: Duration) -> f64 {
-    let log = open(dir, format!("socket-{writers}"));
-    let path = dir.join(format!("audit-{writers}.sock"));
-    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
-    let server = log.clone();
-    std::thread::spawn(move || govbox_audit::remote::serve(server, listener, vec![]));
-    let client = Arc::new(AuditClient::connect(&path).unwrap());
+/// The same through the real `govbox-auditd`, a process of its own: the writers on an
+/// [`AuditClient`], one JSON line each way per entry over its Unix socket. Afterwards the
+/// process is stopped and its store checked.
+fn socket_rate(dir: &Path, writers: u64, secs: Duration, suite: Suite) -> f64 {
+    let exe = std::env::current_exe().unwrap();
+    let auditd = exe.parent().and_then(Path::parent).unwrap().join("govbox-auditd");
+    assert!(auditd.exists(), "{} is missing: cargo build --release -p govbox-audit --bins", auditd.display());
+    let keys = dir.join(format!("keys-{writers}"));
+    std::fs::create_dir_all(&keys).unwrap();
+    let signing = SigningKey::generate_with(suite.signature_algorithm()).unwrap();
+    signing.write_pem(&keys.join("audit.key"), Overwrite::Refuse).unwrap();
+    std::fs::write(keys.join("audit-hmac.key"), [9u8; 32]).unwrap();
+    signing.public_key().write_pem(&keys.join("device.pub"), Overwrite::Refuse).unwrap();
+    let (store, path) = (dir.join(format!("socket-{suite}-{writers}")), dir.join(format!("audit-{writers}.sock")));
+    let mut child = std::process::Command::new(auditd)
+        .arg("--audit-dir")
+        .arg(&store)
+        .arg("--keys")
+        .arg(&keys)
+        .arg("--socket")
+        .arg(&path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let client = loop {
+        match AuditClient::connect(&path) {
+            Ok(c) => break Arc::new(c),
+            Err(e) if Instant::now() > deadline => panic!("govbox-auditd did not answer: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
     let rate = drive(writers, secs, move |e| {
         client.append_blocking(e).unwrap();
     });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let log = AuditLog::open(&store, AuditKeys::new(signing, [9; 32]), AuditOptions::default()).unwrap();
     assert!(log.verify_store().unwrap().ok);
     rate
 }
@@ -123,6 +153,8 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let base = args.next().unwrap_or_else(|| "target/audit-bench".into());
     let secs = Duration::from_secs_f64(args.next().map_or(3.0, |s| s.parse().expect("SECONDS is a number")));
+    let suite: Suite = args.next().map_or(Suite::Intl, |s| s.parse().expect("SUITE is intl or gm"));
+    println!("suite: {suite}");
     std::fs::create_dir_all(&base).unwrap();
     let dir = tempfile::tempdir_in(&base).unwrap();
 
@@ -133,17 +165,17 @@ fn main() {
     println!("{:<34} {:>12.0}  {:>8.2}", "sled 2-tree txn+flush, 1 writer", tx, tx / plain);
     let mut rates = Vec::new();
     for writers in [1, 8, 64] {
-        let r = log_rate(dir.path(), writers, secs);
+        let r = log_rate(dir.path(), writers, secs, suite);
         println!("{:<34} {:>12.0}  {:>8.2}", format!("audit append_blocking, {writers} writers"), r, r / plain);
         rates.push(r);
     }
     println!("group-commit gain (64 writers vs 1): {:.1}x", rates[2] / rates[0]);
     let mut socket = 0.0;
     for writers in [1, 64] {
-        socket = socket_rate(dir.path(), writers, secs);
+        socket = socket_rate(dir.path(), writers, secs, suite);
         println!(
             "{:<34} {:>12.0}  {:>8.2}",
-            format!("via govbox-auditd socket, {writers} writers"),
+            format!("via govbox-auditd process, {writers} writers"),
             socket,
             socket / plain
         );

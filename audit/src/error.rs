@@ -93,6 +93,10 @@ pub enum AuditError {
     /// A setting that cannot be used (the message names it and says why).
     #[error("{0}")]
     Config(String),
+
+    /// The TPM anchor could not be read, defined or written (see [`crate::anchor`]).
+    #[error("TPM anchor: {0}")]
+    Anchor(String),
 }
 
 impl AuditError {
@@ -110,6 +114,7 @@ impl AuditError {
             Self::MalformedExport { .. } => "audit_export_malformed",
             Self::TooLarge { .. } => "audit_export_too_large",
             Self::Config(_) => "audit_config",
+            Self::Anchor(_) => "audit_anchor",
         }
     }
 

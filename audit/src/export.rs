@@ -133,6 +133,7 @@ impl AuditLog {
             let root = store.root_at(to + 1)?;
             let head = SignedTreeHead::sign(
                 &shared.signing,
+                shared.suite.hash_algorithm(),
                 to + 1,
                 &root,
                 format_time(truncate_to_ms(OffsetDateTime::now_utc())),

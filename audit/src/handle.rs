@@ -51,11 +51,17 @@ impl std::fmt::Debug for AuditHandle {
 }
 
 impl AuditHandle {
-    /// Connects to govbox-auditd at `socket`; `hmac_secret` is the box's audit HMAC secret.
-    pub fn connect(socket: &std::path::Path, hmac_secret: &[u8; 32]) -> Result<Self> {
+    /// Connects to govbox-auditd at `socket`; `hmac` is the box's audit HMAC key
+    /// ([`HmacKey::load`]: its secret under its suite's hash).
+    pub fn connect(socket: &std::path::Path, hmac: HmacKey) -> Result<Self> {
         let client = AuditClient::connect(socket)?;
-        let witness = Arc::new(Mutex::new(client.status()?.witness));
-        let remote = Arc::new(Remote { client, hmac: HmacKey::new(hmac_secret), witness });
+        let status = client.status()?;
+        if let Some(detail) = status.held {
+            // The store was cut behind its TPM anchor: govboxd does not serve on it.
+            return Err(crate::AuditError::Corrupt { path: socket.to_path_buf(), detail });
+        }
+        let witness = Arc::new(Mutex::new(status.witness));
+        let remote = Arc::new(Remote { client, hmac, witness });
         // Async handlers read the witness status from memory: a round trip there would block a
         // runtime thread.
         let weak = Arc::downgrade(&remote);

@@ -1,4 +1,7 @@
-//! HMAC-SHA256 under the box's audit secret: how prompts and responses appear in the log.
+//! HMAC under the box's audit secret: how prompts and responses appear in the log. The hash is
+//! the box's suite's (`identity/suite`): HMAC-SHA256 (RFC 2104 over FIPS 180-4, through ring) on
+//! an `intl` box, HMAC-SM3 (RFC 2104 over GB/T 32905, RustCrypto's `hmac` over `sm3`) on a `gm`
+//! box; [`HmacKey::load`] reads both the secret and the suite.
 //!
 //! A bare SHA-256 of a short prompt could be brute-forced by anyone holding an export; the keyed
 //! hash can only be recomputed on the box (the admin socket's `audit_hmac` command), so an
@@ -15,28 +18,79 @@
 //! The length prefix means no (client, text) pair can be read as another; an auditor proves a
 //! text with `govbox audit hmac --client NAME --text ...`.
 
+use std::path::Path;
+
+use ::hmac::Mac as _;
+use govbox_provisioning::{HashAlgorithm, StatePaths, Suite};
 use ring::hmac;
 
+use crate::error::Result;
+use crate::log::read_hmac_secret;
 use crate::sth::to_hex;
 
-/// The audit secret as an HMAC-SHA256 key. `Debug` shows nothing of it.
+type HmacSm3 = ::hmac::Hmac<sm3::Sm3>;
+
 #[derive(Clone)]
-pub struct HmacKey(hmac::Key);
+enum Key {
+    Sha256(hmac::Key),
+    Sm3(HmacSm3),
+}
+
+/// The audit secret as an HMAC key of the box's suite. `Debug` shows nothing of it.
+#[derive(Clone)]
+pub struct HmacKey(Key);
 
 impl HmacKey {
-    /// The key from the 32-byte secret (`identity/audit-hmac.key`).
+    /// An HMAC-SHA256 key (the `intl` suite) from the 32-byte secret (`identity/audit-hmac.key`).
     pub fn new(secret: &[u8; 32]) -> Self {
-        Self(hmac::Key::new(hmac::HMAC_SHA256, secret))
+        Self::with_hash(HashAlgorithm::Sha256, secret)
     }
 
-    /// HMAC-SHA256 of `bytes`, lower-case hex.
+    /// An HMAC key over `hash` from the 32-byte secret.
+    pub fn with_hash(hash: HashAlgorithm, secret: &[u8; 32]) -> Self {
+        match hash {
+            HashAlgorithm::Sm3 => {
+                // HMAC takes keys of any length (RFC 2104 §2), so this cannot fail.
+                let mac = <HmacSm3 as ::hmac::KeyInit>::new_from_slice(secret)
+                    .unwrap_or_else(|_| unreachable!("HMAC accepts a key of any length"));
+                Self(Key::Sm3(mac))
+            }
+            _ => Self(Key::Sha256(hmac::Key::new(hmac::HMAC_SHA256, secret))),
+        }
+    }
+
+    /// The key of a provisioned state folder: its secret, under its suite's hash.
+    pub fn load(paths: &StatePaths) -> Result<Self> {
+        let suite = Suite::load(paths)?;
+        Ok(Self::with_hash(suite.hash_algorithm(), &read_hmac_secret(&paths.audit_hmac_key())?))
+    }
+
+    /// Like [`HmacKey::load`], for a state folder given by path.
+    pub fn load_state(state_dir: &Path) -> Result<Self> {
+        Self::load(&StatePaths::new(state_dir))
+    }
+
+    /// The hash this key's HMACs are over.
+    pub fn hash(&self) -> HashAlgorithm {
+        match self.0 {
+            Key::Sha256(_) => HashAlgorithm::Sha256,
+            Key::Sm3(_) => HashAlgorithm::Sm3,
+        }
+    }
+
+    /// The HMAC of `bytes`, lower-case hex.
     pub fn hmac(&self, bytes: &[u8]) -> String {
-        to_hex(hmac::sign(&self.0, bytes).as_ref())
+        let mut s = self.stream();
+        s.update(bytes);
+        s.finish()
     }
 
     /// An incremental HMAC, for text that arrives in pieces (a streamed answer).
     pub fn stream(&self) -> HmacStream {
-        HmacStream(hmac::Context::with_key(&self.0))
+        HmacStream(match &self.0 {
+            Key::Sha256(k) => Stream::Sha256(hmac::Context::with_key(k)),
+            Key::Sm3(m) => Stream::Sm3(m.clone()),
+        })
     }
 
     /// The HMAC of `text` sent by or to `client` (see the module documentation), lower-case hex.
@@ -56,13 +110,21 @@ impl std::fmt::Debug for HmacKey {
     }
 }
 
-/// An HMAC-SHA256 being computed piece by piece.
-pub struct HmacStream(hmac::Context);
+enum Stream {
+    Sha256(hmac::Context),
+    Sm3(HmacSm3),
+}
+
+/// An HMAC being computed piece by piece.
+pub struct HmacStream(Stream);
 
 impl HmacStream {
     /// Adds the next piece.
     pub fn update(&mut self, bytes: &[u8]) {
-        self.0.update(bytes);
+        match &mut self.0 {
+            Stream::Sha256(c) => c.update(bytes),
+            Stream::Sm3(m) => m.update(bytes),
+        }
     }
 
     /// Starts the message of a per-client HMAC for `client` (see the module documentation); the
@@ -79,7 +141,10 @@ impl HmacStream {
 
     /// The HMAC of everything added, lower-case hex.
     pub fn finish(self) -> String {
-        to_hex(self.0.sign().as_ref())
+        match self.0 {
+            Stream::Sha256(c) => to_hex(c.sign().as_ref()),
+            Stream::Sm3(m) => to_hex(m.finalize().into_bytes().as_slice()),
+        }
     }
 }
 
@@ -108,9 +173,36 @@ mod tests {
         assert_eq!(s.finish(), want);
     }
 
+    /// HMAC-SM3 with key 0x0102…20 (32 bytes) over the 448-bit message of FIPS 180's examples, as
+    /// OpenSSL 3 computes it (`openssl mac -digest SM3 -macopt hexkey:0102…20 HMAC`, no code of
+    /// ours); and streaming agrees.
+    #[test]
+    fn hmac_sm3_matches_the_published_example_and_streams() {
+        let mut secret = [0u8; 32];
+        for (i, b) in secret.iter_mut().enumerate() {
+            *b = (i + 1) as u8;
+        }
+        let k = HmacKey::with_hash(HashAlgorithm::Sm3, &secret);
+        assert_eq!(k.hash(), HashAlgorithm::Sm3);
+        let msg = b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+        let want = "be190a66f210be0df56c243d5c1a53e9301fd3f0313244a412f6ae97ab7fe407";
+        let got = k.hmac(msg);
+        assert_eq!(got, want);
+        let mut s = k.stream();
+        s.update(&msg[..10]);
+        s.update(&msg[10..]);
+        assert_eq!(s.finish(), got);
+        assert_ne!(got, HmacKey::new(&secret).hmac(msg), "HMAC-SM3 is not HMAC-SHA256");
+    }
+
     #[test]
     fn client_hmacs_differ_per_client_and_match_the_documented_message() {
-        let k = HmacKey::new(&[9; 32]);
+        for hash in HashAlgorithm::ALL {
+            client_hmacs_differ_per_client(HmacKey::with_hash(hash, &[9; 32]));
+        }
+    }
+
+    fn client_hmacs_differ_per_client(k: HmacKey) {
         let a = k.client_hmac("hr-portal", b"what is my balance?");
         assert_ne!(a, k.client_hmac("hotline", b"what is my balance?"), "two clients, one text");
         assert_ne!(a, k.hmac(b"what is my balance?"), "keyed per client, not bare");

@@ -8,8 +8,10 @@
 //! **How.** Entries (deterministic JSON, [`Entry`]) are the leaves of an RFC 6962 Merkle tree
 //! ([`merkle`]). A single writer thread commits appends in groups, one fsync per group, to a sled
 //! store; every N entries or T seconds, on request, at export and at close it makes a checkpoint:
-//! a [`SignedTreeHead`] signed with the box's Ed25519 audit key, in a text form that OpenSSL can
-//! verify (see [`SignedTreeHead::message`]). An export (`govbox-audit-export/1`) carries a range of
+//! a [`SignedTreeHead`] signed with the box's audit key, in a text form that OpenSSL can
+//! verify (see [`SignedTreeHead::message`]). The algorithms are the box's suite's
+//! (`identity/suite`): Ed25519 over a SHA-256 tree (`intl`), or SM2 with SM3 over an SM3 tree
+//! (`gm`); every head names both, and a store records its tree hash and refuses the other. An export (`govbox-audit-export/1`) carries a range of
 //! entries with their leaves, the left frontier that lets the root be recomputed without earlier
 //! entries, a fresh signed head, the consistency proof from the previous export's head, and the
 //! device's public identity.
@@ -35,13 +37,14 @@
 //!   only until their head is sent.
 //! - In production the writer is its own process, `govbox-auditd` ([`remote`]): govboxd appends
 //!   through its socket ([`AuditHandle`]) and has no operation that removes an entry.
-//! - The log never holds a prompt or a completion, only their HMAC-SHA256 under the audit
-//!   secret ([`AuditLog::hmac`]).
+//! - The log never holds a prompt or a completion, only their HMAC (HMAC-SHA256, or HMAC-SM3 on
+//!   a `gm` box) under the audit secret ([`AuditLog::hmac`]).
 //!
 //! The formats are documented in `audit/README.md`.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod anchor;
 mod auth;
 mod entry;
 mod error;
@@ -50,6 +53,7 @@ mod handle;
 mod hmac;
 mod log;
 pub mod merkle;
+pub mod migrate;
 pub mod remote;
 mod retention;
 mod sth;
@@ -60,6 +64,7 @@ pub mod witness;
 mod witness_tls;
 mod writer;
 
+pub use anchor::{AnchorStatus, TpmAnchorConfig};
 pub use auth::{MAX_AUTH_SOURCES, OTHER_SOURCE};
 pub use entry::{Entry, Event, LifecycleAction, MAX_FIELD_BYTES, PackageAction, format_time, parse_time};
 pub use error::{AuditError, Result};
@@ -68,6 +73,6 @@ pub use handle::AuditHandle;
 pub use hmac::{HmacKey, HmacStream};
 pub use log::{AuditKeys, AuditLog, AuditOptions, MAX_TAIL, read_hmac_secret};
 pub use retention::PruneReport;
-pub use sth::{STH_CONTEXT, SignedTreeHead};
+pub use sth::{STH_CONTEXT, STH_CONTEXT_V2, SignedTreeHead};
 pub use verify::{Check, MAX_EXPORT_BYTES, VerifyReport, verify_export, verify_export_with_witness};
 pub use witness::{WitnessAddr, WitnessStatus, WitnessTls, WitnessTransport};

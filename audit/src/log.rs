@@ -8,10 +8,11 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use govbox_provisioning::{PublicKey, SigningKey, StatePaths};
+use govbox_provisioning::{PublicKey, SigningKey, StatePaths, Suite};
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
+use crate::anchor::{Anchor, AnchorStatus, Found, TpmAnchorConfig, judge};
 use crate::auth::AuthAggregator;
 use crate::entry::{Entry, Event};
 use crate::error::{AuditError, Result};
@@ -32,20 +33,28 @@ pub struct AuditKeys {
     pub hmac_secret: [u8; 32],
     /// The device identity key (`identity/device.pub`), named in exports; `None` leaves it out.
     pub device_key: Option<PublicKey>,
+    /// The box's crypto suite (`identity/suite`): the tree's hash, the HMAC's, and the
+    /// algorithm the audit key must have.
+    pub suite: Suite,
 }
 
 impl AuditKeys {
-    /// Keys without a device identity.
+    /// Keys without a device identity, of the suite whose signatures the key makes.
     pub fn new(signing: SigningKey, hmac_secret: [u8; 32]) -> Self {
-        Self { signing, hmac_secret, device_key: None }
+        let suite = Suite::of_key(signing.algorithm());
+        Self { signing, hmac_secret, device_key: None, suite }
     }
 
-    /// The keys of a provisioned state folder.
+    /// The keys of a provisioned state folder, checked against its suite.
     pub fn load(paths: &StatePaths) -> Result<Self> {
+        let suite = Suite::load(paths)?;
+        let signing = SigningKey::load_pem(paths.audit_key())?;
+        suite.check_key(&format!("the audit key {}", paths.audit_key().display()), signing.algorithm())?;
         Ok(Self {
-            signing: SigningKey::load_pem(paths.audit_key())?,
+            signing,
             hmac_secret: read_hmac_secret(&paths.audit_hmac_key())?,
             device_key: Some(PublicKey::load_pem(paths.device_pub())?),
+            suite,
         })
     }
 }
@@ -68,6 +77,7 @@ impl std::fmt::Debug for AuditKeys {
         f.debug_struct("AuditKeys")
             .field("signing", &self.signing)
             .field("device_key", &self.device_key)
+            .field("suite", &self.suite)
             .finish_non_exhaustive()
     }
 }
@@ -88,6 +98,9 @@ pub struct AuditOptions {
     pub witness: Option<WitnessAddr>,
     /// The CA and name a `tls://` witness must prove (`witness_ca`, `witness_server_name`).
     pub witness_tls: WitnessTls,
+    /// The TPM that anchors the latest head ([`crate::anchor`]). Default none: not every box
+    /// has a TPM, and the indices are the agency's to allot.
+    pub tpm_anchor: Option<TpmAnchorConfig>,
 }
 
 impl Default for AuditOptions {
@@ -98,6 +111,7 @@ impl Default for AuditOptions {
             retention_days: 180,
             witness: None,
             witness_tls: WitnessTls::default(),
+            tpm_anchor: None,
         }
     }
 }
@@ -110,6 +124,7 @@ pub(crate) struct Shared {
     pub signing: SigningKey,
     pub public: PublicKey,
     pub device_key: Option<PublicKey>,
+    pub suite: Suite,
     pub hmac: HmacKey,
     pub opts: AuditOptions,
     /// The durable tree size: readers never look past it.
@@ -120,11 +135,23 @@ pub(crate) struct Shared {
     pub export_lock: Mutex<()>,
     /// The witness's spool and sender, when one is configured.
     pub witness: Option<Witness>,
+    /// The TPM anchor, when one is configured (used by the writer thread).
+    pub anchor: Mutex<Option<Anchor>>,
+    /// Why the store is held (behind its TPM anchor) until an operator acknowledges it.
+    pub held: Mutex<Option<String>>,
     #[cfg(test)]
     pub fail_flushes: std::sync::atomic::AtomicU32,
 }
 
 impl Shared {
+    /// The refusal while the store is held, else nothing.
+    pub fn refuse_if_held(&self) -> Result<()> {
+        match self.held.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
+            None => Ok(()),
+            Some(why) => Err(AuditError::Corrupt { path: self.db_path.clone(), detail: held_detail(why) }),
+        }
+    }
+
     pub fn store(&self) -> Result<Arc<Store>> {
         self.store
             .read()
@@ -132,6 +159,14 @@ impl Shared {
             .clone()
             .ok_or_else(|| AuditError::unavailable("the audit store is being reopened after an error"))
     }
+}
+
+/// The refusal of a held store: why, and what to do.
+pub(crate) fn held_detail(why: &str) -> String {
+    format!(
+        "{why}; refused until an operator acknowledges it (`govbox audit acknowledge --reason TEXT`, as root or \
+         the audit account), which is recorded as the next entry"
+    )
 }
 
 struct Inner {
@@ -176,8 +211,22 @@ impl AuditLog {
     /// Recovers from a crash: replays the leaves after the last checkpoint, checking that each
     /// entry hashes to its leaf, and continues the seqs. Fails with [`AuditError::Locked`] when
     /// another process holds the store, and [`AuditError::Corrupt`] when it contradicts itself.
+    ///
+    /// With a TPM anchor ([`AuditOptions::tpm_anchor`]) a store behind the anchored head is
+    /// refused with [`AuditError::Corrupt`]; see [`AuditLog::open_or_hold`].
     pub fn open(dir: impl AsRef<Path>, keys: AuditKeys, opts: AuditOptions) -> Result<Self> {
-        let dir = dir.as_ref();
+        Self::open_inner(dir.as_ref(), keys, opts, false)
+    }
+
+    /// As [`AuditLog::open`], but a store behind its TPM anchor is opened held: every append,
+    /// checkpoint and export is refused with [`AuditError::Corrupt`] until
+    /// [`AuditLog::acknowledge`] records an operator's acknowledgement (what `govbox-auditd` does,
+    /// so that the operator can reach it over its socket).
+    pub fn open_or_hold(dir: impl AsRef<Path>, keys: AuditKeys, opts: AuditOptions) -> Result<Self> {
+        Self::open_inner(dir.as_ref(), keys, opts, true)
+    }
+
+    fn open_inner(dir: &Path, keys: AuditKeys, opts: AuditOptions, hold: bool) -> Result<Self> {
         {
             use std::os::unix::fs::DirBuilderExt;
             std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|source| AuditError::Io {
@@ -187,8 +236,30 @@ impl AuditLog {
             })?;
         }
         let db_path = dir.join("db");
-        let store = Arc::new(Store::open(&db_path)?);
+        let store = Arc::new(Store::open(&db_path, keys.suite.hash_algorithm())?);
         let recovered = store.recover()?;
+        let mut held = None;
+        let anchor = match opts.tpm_anchor.clone() {
+            None => None,
+            Some(cfg) => {
+                let (mut anchor, found) = Anchor::open(cfg, &keys.signing)?;
+                if let Found::Record(record, counter) = found {
+                    match judge(&record, counter, recovered.frontier.size(), |n| store.root_at(n))? {
+                        None => anchor.finish_increment(&record)?,
+                        Some(why) if hold => held = Some(why),
+                        Some(why) => return Err(store.corrupt(held_detail(&why))),
+                    }
+                }
+                if held.is_none()
+                    && let Some(cp) = &recovered.last_checkpoint
+                    && let Some(root) = cp.root()
+                {
+                    // A failure here is in the status; the next head tries again.
+                    let _ = anchor.anchor(cp.tree_size, &root, true);
+                }
+                Some(anchor)
+            }
+        };
         let witness =
             opts.witness.map(|addr| Witness::start(addr, &opts.witness_tls, &dir.join("witness"))).transpose()?;
         if let (Some(w), Some(head)) = (&witness, &recovered.last_checkpoint) {
@@ -196,11 +267,14 @@ impl AuditLog {
             // sending the latest one again at every start costs one message.
             w.enqueue(head);
         }
+        // A key of another suite's algorithm would sign heads no verifier of this box accepts.
+        keys.suite.check_key("the audit signing key", keys.signing.algorithm())?;
         let public = keys.signing.public_key();
         let shared = Arc::new(Shared {
             store: RwLock::new(Some(store.clone())),
             db_path,
-            hmac: HmacKey::new(&keys.hmac_secret),
+            hmac: HmacKey::with_hash(keys.suite.hash_algorithm(), &keys.hmac_secret),
+            suite: keys.suite,
             signing: keys.signing,
             public,
             device_key: keys.device_key,
@@ -210,6 +284,8 @@ impl AuditLog {
             auth: Mutex::new(AuthAggregator::default()),
             export_lock: Mutex::new(()),
             witness,
+            anchor: Mutex::new(anchor),
+            held: Mutex::new(held),
             #[cfg(test)]
             fail_flushes: std::sync::atomic::AtomicU32::new(0),
         });
@@ -290,6 +366,26 @@ impl AuditLog {
             w.finish();
         }
         head?
+    }
+
+    /// Records an operator's acknowledgement of a store found behind its TPM anchor: an `admin`
+    /// entry (action `audit_anchor_acknowledged`, by `actor`, with `reason` and what was found),
+    /// then a fresh head, which the TPM anchors. From then on the log serves. Fails when the
+    /// store is not held. Blocking.
+    pub fn acknowledge(&self, actor: &str, reason: &str) -> Result<SignedTreeHead> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Msg::Acknowledge { actor: actor.to_string(), reason: reason.to_string(), reply: tx })?;
+        rx.blocking_recv().map_err(|_| AuditError::unavailable("the audit writer stopped"))?
+    }
+
+    /// Why the store is held behind its TPM anchor, while it is.
+    pub fn held(&self) -> Option<String> {
+        self.inner.shared.held.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(|w| held_detail(w))
+    }
+
+    /// How the TPM anchor is doing, when one is configured.
+    pub fn anchor_status(&self) -> Option<AnchorStatus> {
+        self.inner.shared.anchor.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(|a| a.status.clone())
     }
 
     /// How the witness is doing, when one is configured.

@@ -1,44 +1,41 @@
 //! The Merkle tree of RFC 6962 §2.1 (as restated in RFC 9162 §2.1): leaf and node hashes, tree
 //! roots, inclusion and consistency proofs with their verification, and an incremental frontier.
 //!
-//! - leaf hash `SHA-256(0x00 || entry bytes)`, node hash `SHA-256(0x01 || left || right)`;
-//! - the root of an empty tree is `SHA-256("")`;
+//! The hash `H` is the box's suite's ([`HashAlgorithm`]): SHA-256 (`intl`, as RFC 6962) or SM3
+//! (`gm`); every function takes it, and a signed tree head names it.
+//!
+//! - leaf hash `H(0x00 || entry bytes)`, node hash `H(0x01 || left || right)`;
+//! - the root of an empty tree is `H("")`;
 //! - a tree of `n > 1` leaves splits at `k`, the largest power of two smaller than `n`.
 //!
 //! Proof generation works over any [`TreeSource`] (the in-memory leaves of a test, or the
 //! store's leaves tree read range by range), so that no caller has to hold all leaves in memory.
 
-use ring::digest::{Context, SHA256, digest};
+pub use govbox_provisioning::HashAlgorithm;
 
-/// A SHA-256 value.
+/// A 256-bit hash value (SHA-256 or SM3).
 pub type Hash = [u8; 32];
 
-/// `SHA-256(0x00 || entry)`: the leaf hash of one entry's stored bytes.
-pub fn leaf_hash(entry: &[u8]) -> Hash {
-    let mut ctx = Context::new(&SHA256);
+/// `H(0x00 || entry)`: the leaf hash of one entry's stored bytes.
+pub fn leaf_hash(h: HashAlgorithm, entry: &[u8]) -> Hash {
+    let mut ctx = h.hasher();
     ctx.update(&[0x00]);
     ctx.update(entry);
-    to_hash(ctx.finish().as_ref())
+    ctx.finish()
 }
 
-/// `SHA-256(0x01 || left || right)`: an interior node.
-pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
-    let mut ctx = Context::new(&SHA256);
+/// `H(0x01 || left || right)`: an interior node.
+pub fn node_hash(h: HashAlgorithm, left: &Hash, right: &Hash) -> Hash {
+    let mut ctx = h.hasher();
     ctx.update(&[0x01]);
     ctx.update(left);
     ctx.update(right);
-    to_hash(ctx.finish().as_ref())
+    ctx.finish()
 }
 
-/// The root of the empty tree, `SHA-256("")`.
-pub fn empty_root() -> Hash {
-    to_hash(digest(&SHA256, b"").as_ref())
-}
-
-fn to_hash(bytes: &[u8]) -> Hash {
-    let mut h = [0u8; 32];
-    h.copy_from_slice(bytes);
-    h
+/// The root of the empty tree, `H("")`.
+pub fn empty_root(h: HashAlgorithm) -> Hash {
+    h.digest(b"")
 }
 
 /// The largest power of two smaller than `n` (`n >= 2`).
@@ -48,8 +45,8 @@ fn split(n: u64) -> u64 {
 }
 
 /// The root of the tree whose leaf hashes are `leaves`.
-pub fn root(leaves: &[Hash]) -> Hash {
-    let mut f = Frontier::new();
+pub fn root(h: HashAlgorithm, leaves: &[Hash]) -> Hash {
+    let mut f = Frontier::new(h);
     leaves.iter().for_each(|l| f.push(*l));
     f.root()
 }
@@ -57,22 +54,28 @@ pub fn root(leaves: &[Hash]) -> Hash {
 /// The compact state of a tree that is only ever appended to: the roots of its maximal complete
 /// subtrees, left to right (one per set bit of the size, largest first). Appending costs
 /// O(log n) hashes, and so does the root.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frontier {
+    hash: HashAlgorithm,
     size: u64,
     nodes: Vec<Hash>,
 }
 
 impl Frontier {
-    /// The frontier of the empty tree.
-    pub fn new() -> Self {
-        Self::default()
+    /// The frontier of the empty tree hashed with `hash`.
+    pub fn new(hash: HashAlgorithm) -> Self {
+        Self { hash, size: 0, nodes: Vec::new() }
     }
 
     /// A frontier from its size and subtree roots; `None` unless there is exactly one root per
     /// set bit of `size`.
-    pub fn from_parts(size: u64, nodes: Vec<Hash>) -> Option<Self> {
-        (nodes.len() == size.count_ones() as usize).then_some(Self { size, nodes })
+    pub fn from_parts(hash: HashAlgorithm, size: u64, nodes: Vec<Hash>) -> Option<Self> {
+        (nodes.len() == size.count_ones() as usize).then_some(Self { hash, size, nodes })
+    }
+
+    /// The tree's hash.
+    pub fn hash(&self) -> HashAlgorithm {
+        self.hash
     }
 
     /// The number of leaves.
@@ -93,7 +96,7 @@ impl Frontier {
         // that now merges with it, as in a binary counter's carry.
         while s & 1 == 1 {
             let Some(left) = self.nodes.pop() else { break };
-            h = node_hash(&left, &h);
+            h = node_hash(self.hash, &left, &h);
             s >>= 1;
         }
         self.nodes.push(h);
@@ -103,8 +106,8 @@ impl Frontier {
     /// The tree root: the subtree roots folded from the right.
     pub fn root(&self) -> Hash {
         let mut it = self.nodes.iter().rev();
-        let Some(last) = it.next() else { return empty_root() };
-        it.fold(*last, |acc, left| node_hash(left, &acc))
+        let Some(last) = it.next() else { return empty_root(self.hash) };
+        it.fold(*last, |acc, left| node_hash(self.hash, left, &acc))
     }
 }
 
@@ -116,14 +119,14 @@ pub trait TreeSource {
     fn subtree_root(&mut self, start: u64, end: u64) -> Result<Hash, Self::Error>;
 }
 
-/// Leaves held in memory.
+/// Leaves held in memory, with their tree's hash.
 #[derive(Debug, Clone, Copy)]
-pub struct LeafSlice<'a>(pub &'a [Hash]);
+pub struct LeafSlice<'a>(pub HashAlgorithm, pub &'a [Hash]);
 
 impl TreeSource for LeafSlice<'_> {
     type Error = std::convert::Infallible;
     fn subtree_root(&mut self, start: u64, end: u64) -> Result<Hash, Self::Error> {
-        Ok(root(&self.0[start as usize..end as usize]))
+        Ok(root(self.0, &self.1[start as usize..end as usize]))
     }
 }
 
@@ -151,7 +154,7 @@ pub fn inclusion_proof<S: TreeSource>(src: &mut S, index: u64, size: u64) -> Res
 }
 
 /// Verifies an audit path (RFC 9162 §2.1.3.2).
-pub fn verify_inclusion(leaf: &Hash, index: u64, size: u64, proof: &[Hash], root: &Hash) -> bool {
+pub fn verify_inclusion(h: HashAlgorithm, leaf: &Hash, index: u64, size: u64, proof: &[Hash], root: &Hash) -> bool {
     // 1. If leaf_index >= tree_size, fail.
     if index >= size {
         return false;
@@ -168,13 +171,13 @@ pub fn verify_inclusion(leaf: &Hash, index: u64, size: u64, proof: &[Hash], root
         // if LSB(fn) is not set, right-shift both fn and sn equally until either LSB(fn) is set
         // or fn is 0.  Otherwise: set r to HASH(0x01 || r || p).
         if fnn & 1 == 1 || fnn == sn {
-            r = node_hash(p, &r);
+            r = node_hash(h, p, &r);
             while fnn & 1 == 0 && fnn != 0 {
                 fnn >>= 1;
                 sn >>= 1;
             }
         } else {
-            r = node_hash(&r, p);
+            r = node_hash(h, &r, p);
         }
         // Finally, right-shift both fn and sn one time.
         fnn >>= 1;
@@ -217,7 +220,7 @@ pub fn consistency_proof<S: TreeSource>(src: &mut S, m: u64, n: u64) -> Result<V
 
 /// Verifies a consistency proof between two tree heads (RFC 9162 §2.1.4.2). The empty tree is
 /// consistent with every tree, and a tree only with itself at the same size.
-pub fn verify_consistency(m: u64, n: u64, first: &Hash, second: &Hash, proof: &[Hash]) -> bool {
+pub fn verify_consistency(h: HashAlgorithm, m: u64, n: u64, first: &Hash, second: &Hash, proof: &[Hash]) -> bool {
     if m > n {
         return false;
     }
@@ -225,7 +228,7 @@ pub fn verify_consistency(m: u64, n: u64, first: &Hash, second: &Hash, proof: &[
         return proof.is_empty() && first == second;
     }
     if m == 0 {
-        return proof.is_empty() && *first == empty_root();
+        return proof.is_empty() && *first == empty_root(h);
     }
     // 1. If consistency_path is an empty array, stop and fail the proof verification.
     if proof.is_empty() {
@@ -255,15 +258,15 @@ pub fn verify_consistency(m: u64, n: u64, first: &Hash, second: &Hash, proof: &[
         if fnn & 1 == 1 || fnn == sn {
             // Set fr to HASH(0x01 || c || fr); set sr to HASH(0x01 || c || sr). If LSB(fn) is
             // not set, right-shift both fn and sn equally until either LSB(fn) is set or fn is 0.
-            fr = node_hash(c, &fr);
-            sr = node_hash(c, &sr);
+            fr = node_hash(h, c, &fr);
+            sr = node_hash(h, c, &sr);
             while fnn & 1 == 0 && fnn != 0 {
                 fnn >>= 1;
                 sn >>= 1;
             }
         } else {
             // Otherwise: set sr to HASH(0x01 || sr || c).
-            sr = node_hash(&sr, c);
+            sr = node_hash(h, &sr, c);
         }
         // Finally, right-shift both fn and sn one time.
         fnn >>= 1;
@@ -278,49 +281,49 @@ mod tests {
     use super::*;
 
     /// MTH exactly as RFC 6962 §2.1 defines it, recursively over the entries.
-    fn mth(d: &[Vec<u8>]) -> Hash {
+    fn mth(h: HashAlgorithm, d: &[Vec<u8>]) -> Hash {
         match d.len() {
-            0 => empty_root(),
-            1 => leaf_hash(&d[0]),
+            0 => empty_root(h),
+            1 => leaf_hash(h, &d[0]),
             n => {
                 let k = split(n as u64) as usize;
-                node_hash(&mth(&d[..k]), &mth(&d[k..]))
+                node_hash(h, &mth(h, &d[..k]), &mth(h, &d[k..]))
             }
         }
     }
 
     /// SUBPROOF exactly as RFC 6962 §2.1.2 defines it.
-    fn subproof(m: usize, d: &[Vec<u8>], b: bool) -> Vec<Hash> {
+    fn subproof(h: HashAlgorithm, m: usize, d: &[Vec<u8>], b: bool) -> Vec<Hash> {
         let n = d.len();
         if m == n {
-            return if b { vec![] } else { vec![mth(d)] };
+            return if b { vec![] } else { vec![mth(h, d)] };
         }
         let k = split(n as u64) as usize;
         if m <= k {
-            let mut p = subproof(m, &d[..k], b);
-            p.push(mth(&d[k..]));
+            let mut p = subproof(h, m, &d[..k], b);
+            p.push(mth(h, &d[k..]));
             p
         } else {
-            let mut p = subproof(m - k, &d[k..], false);
-            p.push(mth(&d[..k]));
+            let mut p = subproof(h, m - k, &d[k..], false);
+            p.push(mth(h, &d[..k]));
             p
         }
     }
 
     /// PATH exactly as RFC 6962 §2.1.1 defines it.
-    fn path(m: usize, d: &[Vec<u8>]) -> Vec<Hash> {
+    fn path(h: HashAlgorithm, m: usize, d: &[Vec<u8>]) -> Vec<Hash> {
         let n = d.len();
         if n <= 1 {
             return vec![];
         }
         let k = split(n as u64) as usize;
         if m < k {
-            let mut p = path(m, &d[..k]);
-            p.push(mth(&d[k..]));
+            let mut p = path(h, m, &d[..k]);
+            p.push(mth(h, &d[k..]));
             p
         } else {
-            let mut p = path(m - k, &d[k..]);
-            p.push(mth(&d[..k]));
+            let mut p = path(h, m - k, &d[k..]);
+            p.push(mth(h, &d[..k]));
             p
         }
     }
@@ -335,17 +338,19 @@ mod tests {
 
     #[test]
     fn roots_match_the_definition_for_every_size_up_to_64() {
-        for n in 0..=64 {
-            let d = data(n);
-            let leaves: Vec<Hash> = d.iter().map(|e| leaf_hash(e)).collect();
-            assert_eq!(root(&leaves), mth(&d), "n={n}");
-            let f = Frontier::from_parts(n as u64, root_parts(&leaves)).unwrap();
-            assert_eq!(f.root(), mth(&d));
+        for h in HashAlgorithm::ALL {
+            for n in 0..=64 {
+                let d = data(n);
+                let leaves: Vec<Hash> = d.iter().map(|e| leaf_hash(h, e)).collect();
+                assert_eq!(root(h, &leaves), mth(h, &d), "{h} n={n}");
+                let f = Frontier::from_parts(h, n as u64, root_parts(h, &leaves)).unwrap();
+                assert_eq!(f.root(), mth(h, &d));
+            }
         }
     }
 
-    fn root_parts(leaves: &[Hash]) -> Vec<Hash> {
-        let mut f = Frontier::new();
+    fn root_parts(h: HashAlgorithm, leaves: &[Hash]) -> Vec<Hash> {
+        let mut f = Frontier::new(h);
         leaves.iter().for_each(|l| f.push(*l));
         f.nodes().to_vec()
     }
@@ -372,32 +377,55 @@ mod tests {
             "ddb89be403809e325750d3d263cd78929c2942b7942a34b77e122c9594a74c8c",
             "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328",
         ];
-        let mut f = Frontier::new();
+        let sha = HashAlgorithm::Sha256;
+        let mut f = Frontier::new(sha);
         for (leaf, want) in leaves.iter().zip(roots) {
-            f.push(leaf_hash(leaf));
+            f.push(leaf_hash(sha, leaf));
             assert_eq!(hx(&f.root()), want, "size {}", f.size());
         }
-        assert_eq!(hx(&empty_root()), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(hx(&empty_root(sha)), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    }
+
+    /// An SM3 tree, checked against SM3 as OpenSSL computes it (`openssl dgst -sm3`): the empty
+    /// root is SM3(""), a leaf is SM3(00 || entry), and a two-leaf root SM3(01 || l0 || l1).
+    #[test]
+    fn sm3_trees_hash_as_openssl_does() {
+        let sm3 = HashAlgorithm::Sm3;
+        assert_eq!(hx(&empty_root(sm3)), "1ab21d8355cfa17f8e61194831e81a8f22bec8c728fefb747ed035eb5082aa2b");
+        // printf '\x00abc' | openssl dgst -sm3
+        assert_eq!(hx(&leaf_hash(sm3, b"abc")), "a7fe0cdcc2194aa7a9c6bfad5637581bf051d935a10bb6a9ccabfce125c27d96");
+        // printf '\x01' | cat - <(printf '\x00a' | openssl dgst -sm3 -binary) <(printf '\x00b' | openssl dgst -sm3 -binary) | openssl dgst -sm3
+        assert_eq!(
+            hx(&root(sm3, &[leaf_hash(sm3, b"a"), leaf_hash(sm3, b"b")])),
+            "2c537e31416ae684fd8a1552a3bcd5a452274e02a45d67c856405b3a1108ee90"
+        );
+        assert_ne!(leaf_hash(sm3, b"abc"), leaf_hash(HashAlgorithm::Sha256, b"abc"));
     }
 
     #[test]
     fn inclusion_proofs_match_the_definition_and_verify_for_every_leaf() {
+        for h in HashAlgorithm::ALL {
+            inclusion_proofs_for_every_leaf(h);
+        }
+    }
+
+    fn inclusion_proofs_for_every_leaf(h: HashAlgorithm) {
         for n in 1..=64usize {
             let d = data(n);
-            let leaves: Vec<Hash> = d.iter().map(|e| leaf_hash(e)).collect();
-            let r = mth(&d);
+            let leaves: Vec<Hash> = d.iter().map(|e| leaf_hash(h, e)).collect();
+            let r = mth(h, &d);
             for i in 0..n {
-                let p = inclusion_proof(&mut LeafSlice(&leaves), i as u64, n as u64).unwrap();
-                assert_eq!(p, path(i, &d), "n={n} i={i}");
-                assert!(verify_inclusion(&leaves[i], i as u64, n as u64, &p, &r), "n={n} i={i}");
+                let p = inclusion_proof(&mut LeafSlice(h, &leaves), i as u64, n as u64).unwrap();
+                assert_eq!(p, path(h, i, &d), "n={n} i={i}");
+                assert!(verify_inclusion(h, &leaves[i], i as u64, n as u64, &p, &r), "n={n} i={i}");
                 let other = leaves[(i + 1) % n];
                 if other != leaves[i] {
-                    assert!(!verify_inclusion(&other, i as u64, n as u64, &p, &r));
+                    assert!(!verify_inclusion(h, &other, i as u64, n as u64, &p, &r));
                 }
                 if let Some(first) = p.first() {
                     let mut bad = p.clone();
                     bad[0][0] ^= 1;
-                    assert!(!verify_inclusion(&leaves[i], i as u64, n as u64, &bad, &r));
+                    assert!(!verify_inclusion(h, &leaves[i], i as u64, n as u64, &bad, &r));
                     assert_ne!(*first, bad[0]);
                 }
             }
@@ -406,45 +434,51 @@ mod tests {
 
     #[test]
     fn consistency_proofs_match_the_definition_and_verify_for_every_pair() {
+        for h in HashAlgorithm::ALL {
+            consistency_proofs_for_every_pair(h);
+        }
+    }
+
+    fn consistency_proofs_for_every_pair(h: HashAlgorithm) {
         let d = data(64);
-        let leaves: Vec<Hash> = d.iter().map(|e| leaf_hash(e)).collect();
+        let leaves: Vec<Hash> = d.iter().map(|e| leaf_hash(h, e)).collect();
         for n in 0..=64usize {
-            let rn = mth(&d[..n]);
+            let rn = mth(h, &d[..n]);
             for m in 0..=n {
-                let rm = mth(&d[..m]);
-                let p = consistency_proof(&mut LeafSlice(&leaves[..n]), m as u64, n as u64).unwrap();
-                let want = if m == 0 || m == n { vec![] } else { subproof(m, &d[..n], true) };
+                let rm = mth(h, &d[..m]);
+                let p = consistency_proof(&mut LeafSlice(h, &leaves[..n]), m as u64, n as u64).unwrap();
+                let want = if m == 0 || m == n { vec![] } else { subproof(h, m, &d[..n], true) };
                 assert_eq!(p, want, "m={m} n={n}");
-                assert!(verify_consistency(m as u64, n as u64, &rm, &rn, &p), "m={m} n={n}");
+                assert!(verify_consistency(h, m as u64, n as u64, &rm, &rn, &p), "m={m} n={n}");
                 if m > 0 && m < n {
                     // A changed old root, a changed new root, a changed or missing proof node
                     // must all fail. (The sizes are bound by the roots, not by the proof.)
                     let mut bad = rm;
                     bad[31] ^= 1;
-                    assert!(!verify_consistency(m as u64, n as u64, &bad, &rn, &p), "m={m} n={n}");
-                    assert!(!verify_consistency(m as u64, n as u64, &rm, &bad, &p), "m={m} n={n}");
+                    assert!(!verify_consistency(h, m as u64, n as u64, &bad, &rn, &p), "m={m} n={n}");
+                    assert!(!verify_consistency(h, m as u64, n as u64, &rm, &bad, &p), "m={m} n={n}");
                     for j in 0..p.len() {
                         let mut q = p.clone();
                         q[j][0] ^= 0x80;
-                        assert!(!verify_consistency(m as u64, n as u64, &rm, &rn, &q), "m={m} n={n} j={j}");
+                        assert!(!verify_consistency(h, m as u64, n as u64, &rm, &rn, &q), "m={m} n={n} j={j}");
                     }
-                    assert!(!verify_consistency(m as u64, n as u64, &rm, &rn, &p[..p.len() - 1]));
+                    assert!(!verify_consistency(h, m as u64, n as u64, &rm, &rn, &p[..p.len() - 1]));
                     // A forked history: the same sizes, a different last entry of the old tree.
                     let mut forked = d[..n].to_vec();
                     forked[m - 1] = b"rewritten".to_vec();
-                    let fl: Vec<Hash> = forked.iter().map(|e| leaf_hash(e)).collect();
-                    let fp = consistency_proof(&mut LeafSlice(&fl), m as u64, n as u64).unwrap();
-                    assert!(!verify_consistency(m as u64, n as u64, &rm, &mth(&forked), &fp), "m={m} n={n}");
+                    let fl: Vec<Hash> = forked.iter().map(|e| leaf_hash(h, e)).collect();
+                    let fp = consistency_proof(&mut LeafSlice(h, &fl), m as u64, n as u64).unwrap();
+                    assert!(!verify_consistency(h, m as u64, n as u64, &rm, &mth(h, &forked), &fp), "m={m} n={n}");
                 }
             }
         }
-        assert!(!verify_consistency(3, 2, &empty_root(), &empty_root(), &[]));
-        assert!(verify_consistency(0, 5, &empty_root(), &mth(&d[..5]), &[]));
+        assert!(!verify_consistency(h, 3, 2, &empty_root(h), &empty_root(h), &[]));
+        assert!(verify_consistency(h, 0, 5, &empty_root(h), &mth(h, &d[..5]), &[]));
     }
 
     #[test]
     fn frontier_rejects_wrong_part_counts() {
-        assert!(Frontier::from_parts(3, vec![[0; 32]]).is_none());
-        assert!(Frontier::from_parts(4, vec![[0; 32]]).is_some());
+        assert!(Frontier::from_parts(HashAlgorithm::Sm3, 3, vec![[0; 32]]).is_none());
+        assert!(Frontier::from_parts(HashAlgorithm::Sm3, 4, vec![[0; 32]]).is_some());
     }
 }

@@ -25,6 +25,7 @@ use std::sync::mpsc;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::anchor::AnchorStatus;
 use crate::entry::{Entry, Event, parse_time};
 use crate::error::{AuditError, Result};
 use crate::export::ExportRange;
@@ -88,10 +89,18 @@ pub enum Request {
         /// RFC 3339.
         before: String,
     },
-    /// The tree size, failures, the audit key and the witness.
+    /// The tree size, failures, the audit key, the witness and the TPM anchor.
     Status {
         /// The client's tag.
         id: u64,
+    },
+    /// An operator acknowledges a store found behind its TPM anchor ([`AuditLog::acknowledge`]);
+    /// served to root and the server's own uid only.
+    Acknowledge {
+        /// The client's tag.
+        id: u64,
+        /// Why the operator accepts it (recorded in the entry).
+        reason: String,
     },
 }
 
@@ -104,7 +113,8 @@ impl Request {
             | Request::Export { id, .. }
             | Request::Tail { id, .. }
             | Request::Prune { id, .. }
-            | Request::Status { id } => *id,
+            | Request::Status { id }
+            | Request::Acknowledge { id, .. } => *id,
         }
     }
 }
@@ -120,6 +130,13 @@ pub struct ServerStatus {
     pub audit_key_pem: String,
     /// The witness, when one is configured.
     pub witness: Option<WitnessStatus>,
+    /// The TPM anchor, when one is configured.
+    #[serde(default)]
+    pub anchor: Option<AnchorStatus>,
+    /// Why the store is held behind its TPM anchor (nothing is served until an operator
+    /// acknowledges it), while it is.
+    #[serde(default)]
+    pub held: Option<String>,
 }
 
 /// A successful answer.
@@ -172,6 +189,7 @@ impl From<RemoteError> for AuditError {
         match e.code.as_str() {
             "audit_bad_range" => AuditError::Range { reason: e.message },
             "audit_closed" => AuditError::Closed,
+            "audit_corrupt" => AuditError::Corrupt { path: "govbox-auditd".into(), detail: e.message },
             _ => AuditError::unavailable(format!("govbox-auditd: {}", e.message)),
         }
     }
@@ -189,8 +207,8 @@ pub fn serve(log: AuditLog, listener: UnixListener, allowed_uids: Vec<u32>) -> R
             path: Default::default(),
             source,
         })?;
-        match nix::sys::socket::getsockopt(&conn, nix::sys::socket::sockopt::PeerCredentials) {
-            Ok(c) if allowed.contains(&c.uid()) => {}
+        let uid = match nix::sys::socket::getsockopt(&conn, nix::sys::socket::sockopt::PeerCredentials) {
+            Ok(c) if allowed.contains(&c.uid()) => c.uid(),
             Ok(c) => {
                 eprintln!("govbox-auditd: refused a connection from uid {} (pid {})", c.uid(), c.pid());
                 continue;
@@ -199,9 +217,11 @@ pub fn serve(log: AuditLog, listener: UnixListener, allowed_uids: Vec<u32>) -> R
                 eprintln!("govbox-auditd: refused a connection whose peer credentials are unreadable: {e}");
                 continue;
             }
-        }
+        };
+        let operator = uid == own || uid == 0;
         let log = log.clone();
-        let _ = std::thread::Builder::new().name("auditd-conn".into()).spawn(move || connection(log, conn));
+        let _ =
+            std::thread::Builder::new().name("auditd-conn".into()).spawn(move || connection(log, conn, uid, operator));
     }
     Ok(())
 }
@@ -212,7 +232,8 @@ enum Pending {
     Append(u64, tokio::sync::oneshot::Receiver<Result<u64>>),
 }
 
-fn connection(log: AuditLog, conn: UnixStream) {
+/// `operator`: the peer is root or this server's own uid, who alone may acknowledge a held store.
+fn connection(log: AuditLog, conn: UnixStream, uid: u32, operator: bool) {
     let Ok(out) = conn.try_clone() else { return };
     let (tx, rx) = mpsc::channel::<Pending>();
     let writer = std::thread::Builder::new().name("auditd-answers".into()).spawn(move || answers(out, rx));
@@ -242,6 +263,16 @@ fn connection(log: AuditLog, conn: UnixStream) {
             Request::AuthFailure { source, reason, .. } => {
                 log.record_auth_failure(source, &reason);
                 continue;
+            }
+            Request::Acknowledge { reason, .. } => {
+                let result = if operator {
+                    log.acknowledge(&format!("audit-socket uid {uid}"), &reason).map(Answer::Head)
+                } else {
+                    Err(AuditError::Range {
+                        reason: format!("uid {uid} may not acknowledge: only root and the audit account may"),
+                    })
+                };
+                Pending::Ready(Response { id, result: result.map_err(|e| (&e).into()) })
             }
             other => Pending::Ready(Response { id, result: handle(&log, other).map_err(|e| (&e).into()) }),
         };
@@ -278,8 +309,10 @@ fn handle(log: &AuditLog, req: Request) -> Result<Answer> {
             failures: log.failures(),
             audit_key_pem: log.public_key().to_spki_pem(),
             witness: log.witness_status(),
+            anchor: log.anchor_status(),
+            held: log.held(),
         }),
-        Request::Append { .. } | Request::AuthFailure { .. } => {
+        Request::Append { .. } | Request::AuthFailure { .. } | Request::Acknowledge { .. } => {
             return Err(AuditError::unavailable("internal: append handled inline"));
         }
     })
@@ -542,6 +575,15 @@ impl AuditClient {
         match self.request(|id| Request::Status { id })? {
             Answer::Status(s) => Ok(s),
             other => Err(AuditError::unavailable(format!("govbox-auditd: status answered {other:?}"))),
+        }
+    }
+
+    /// Acknowledges a store held behind its TPM anchor (root or the audit account only);
+    /// returns the head that covers the acknowledgement entry. Blocking.
+    pub fn acknowledge(&self, reason: &str) -> Result<SignedTreeHead> {
+        match self.request(|id| Request::Acknowledge { id, reason: reason.to_string() })? {
+            Answer::Head(h) => Ok(h),
+            other => Err(AuditError::unavailable(format!("govbox-auditd: acknowledge answered {other:?}"))),
         }
     }
 

@@ -43,6 +43,7 @@ impl AuditLog {
     /// exported or not, and a `policy` entry records what was removed. Blocking.
     pub fn prune(&self, before: OffsetDateTime, force: bool) -> Result<PruneReport> {
         let shared = self.shared();
+        shared.refuse_if_held()?;
         let _one_at_a_time = shared.export_lock.lock().unwrap_or_else(PoisonError::into_inner);
         let store = shared.store()?;
         let size = self.tree_size();

@@ -19,10 +19,12 @@ use sled::IVec;
 
 use crate::entry::Entry;
 use crate::error::{AuditError, Result};
-use crate::merkle::{Frontier, Hash, TreeSource, leaf_hash};
+use crate::merkle::{Frontier, Hash, HashAlgorithm, TreeSource, leaf_hash};
 use crate::sth::{SignedTreeHead, from_hex, to_hex};
 
 const META_FRONTIER: &[u8] = b"frontier";
+/// The tree's hash, `sha256` or `sm3`; absent in stores made before SM3 (SHA-256).
+const META_HASH: &[u8] = b"hash";
 const META_LAST_EXPORT: &[u8] = b"last_export";
 const META_PRUNED_BEFORE: &[u8] = b"pruned_before";
 /// How long opening waits for a lock that a previous opener (this process's own previous handle,
@@ -70,11 +72,13 @@ pub(crate) struct Store {
     pub leaves: sled::Tree,
     pub checkpoints: sled::Tree,
     pub meta: sled::Tree,
+    /// The tree's hash (the box's suite's), recorded in `meta` at creation.
+    pub hash: HashAlgorithm,
 }
 
 impl Store {
-    /// Opens (or creates) the database folder `path`.
-    pub fn open(path: &Path) -> Result<Self> {
+    /// Opens (or creates) the database folder `path`, whose tree is hashed with `hash`.
+    pub fn open(path: &Path, hash: HashAlgorithm) -> Result<Self> {
         let deadline = Instant::now() + LOCK_WAIT;
         let db = loop {
             match sled::Config::new().path(path).cache_capacity(CACHE_BYTES).open() {
@@ -97,14 +101,39 @@ impl Store {
                 source,
             })
         };
-        Ok(Self {
+        let store = Self {
             entries: tree("entries")?,
             leaves: tree("leaves")?,
             checkpoints: tree("checkpoints")?,
             meta: tree("meta")?,
             db,
             path: path.to_path_buf(),
-        })
+            hash,
+        };
+        store.check_hash()?;
+        Ok(store)
+    }
+
+    /// Records the tree's hash in a new store, and refuses a store made with another: one tree
+    /// never mixes hashes. A store with leaves but no record predates SM3 and is SHA-256.
+    fn check_hash(&self) -> Result<()> {
+        let stored = self.meta.get(META_HASH).map_err(|e| self.err("reading meta.hash", e))?;
+        let found = match stored {
+            Some(v) => HashAlgorithm::parse(&String::from_utf8_lossy(&v))
+                .ok_or_else(|| self.corrupt(format!("meta.hash is '{}'", String::from_utf8_lossy(&v))))?,
+            None if self.leaf_count()? > 0 => HashAlgorithm::Sha256,
+            None => {
+                self.meta.insert(META_HASH, self.hash.as_str()).map_err(|e| self.err("writing meta.hash", e))?;
+                return Ok(());
+            }
+        };
+        if found != self.hash {
+            return Err(self.corrupt(format!(
+                "the log's tree is hashed with {found}, but the box's suite hashes with {}; refusing to mix them",
+                self.hash
+            )));
+        }
+        Ok(())
     }
 
     pub fn err(&self, action: impl Into<String>, source: sled::Error) -> AuditError {
@@ -196,7 +225,7 @@ impl Store {
 
     /// The frontier of the first `size` leaves, from the leaves tree.
     pub fn frontier_at(&self, size: u64) -> Result<Frontier> {
-        let mut f = Frontier::new();
+        let mut f = Frontier::new(self.hash);
         self.extend(&mut f, size)?;
         Ok(f)
     }
@@ -240,13 +269,13 @@ impl Store {
     pub fn recover(&self) -> Result<Recovered> {
         let count = self.leaf_count()?;
         let mut frontier = match self.meta.get(META_FRONTIER).map_err(|e| self.err("reading meta.frontier", e))? {
-            None => Frontier::new(),
+            None => Frontier::new(self.hash),
             Some(v) => {
                 let rec: FrontierRecord =
                     serde_json::from_slice(&v).map_err(|e| self.corrupt(format!("meta.frontier: {e}")))?;
                 let nodes: Option<Vec<Hash>> = rec.nodes.iter().map(|h| from_hex(h)).collect();
                 nodes
-                    .and_then(|n| Frontier::from_parts(rec.size, n))
+                    .and_then(|n| Frontier::from_parts(self.hash, rec.size, n))
                     .ok_or_else(|| self.corrupt("meta.frontier is not a valid frontier"))?
             }
         };
@@ -301,7 +330,7 @@ impl Store {
     /// Checks that entry `seq` is present, hashes to `leaf`, and says it is `seq`.
     pub fn check_entry(&self, seq: u64, leaf: &Hash) -> Result<()> {
         let bytes = self.entry_bytes(seq)?.ok_or_else(|| self.corrupt(format!("seq {seq}: missing (gap)")))?;
-        if leaf_hash(&bytes) != *leaf {
+        if leaf_hash(self.hash, &bytes) != *leaf {
             return Err(self.corrupt(format!("seq {seq}: entry hash mismatch")));
         }
         match Entry::from_bytes(&bytes) {
@@ -355,7 +384,7 @@ pub(crate) struct StoreLeaves<'a>(pub &'a Store);
 impl TreeSource for StoreLeaves<'_> {
     type Error = AuditError;
     fn subtree_root(&mut self, start: u64, end: u64) -> Result<Hash> {
-        let mut f = Frontier::new();
+        let mut f = Frontier::new(self.0.hash);
         for kv in self.0.leaves.range(key(start)..key(end)) {
             let (k, v) = kv.map_err(|e| self.0.err("reading leaves", e))?;
             let want = start + f.size();

@@ -6,13 +6,14 @@
 //! problem. Only input that is not an export at all (too large, not JSON, wrong format tag,
 //! unparseable key) is an error.
 
-use govbox_provisioning::PublicKey;
+use govbox_provisioning::{HashAlgorithm, PublicKey, Suite};
 use serde::Serialize;
 
 use crate::entry::Entry;
 use crate::error::{AuditError, Result};
 use crate::export::{EXPORT_FORMAT, ExportDoc};
 use crate::merkle::{Frontier, Hash, leaf_hash, verify_consistency};
+
 use crate::sth::{SignedTreeHead, from_hex};
 use crate::witness::{WitnessRecord, parse_witness_file};
 
@@ -135,15 +136,16 @@ fn verify(
     let mut checks = Checks::default();
 
     let key = check_identity(&doc, pinned_key, &mut checks)?;
-    let gaps = check_entries(&doc, &mut checks);
-    check_root(&doc, &mut checks);
+    let hash = check_algorithms(&doc, &key, &mut checks);
+    let gaps = check_entries(&doc, hash, &mut checks);
+    check_root(&doc, hash, &mut checks);
     check_signatures(&doc, &key, &mut checks);
-    check_consistency(&doc, &mut checks);
+    check_consistency(&doc, hash, &mut checks);
     if let Some(prev) = &previous {
         check_previous_export(&doc, prev, &key, &mut checks);
     }
     if let Some(records) = &witnessed {
-        check_witness(&doc, records, &key, &mut checks);
+        check_witness(&doc, hash, records, &key, &mut checks);
     }
 
     let (checks, ok) = checks.finish();
@@ -189,9 +191,30 @@ fn check_identity(doc: &ExportDoc, pinned: Option<&PublicKey>, checks: &mut Chec
     Ok(key)
 }
 
+/// "Every head names the algorithms of the audit key's suite": the signature algorithm is the
+/// audit key's (checked again with each signature), and the tree's hash is that suite's, the
+/// same in every head. The tree is then recomputed with that hash, and never with another: a
+/// `gm` export is not read as `intl`, nor the other way round.
+fn check_algorithms(doc: &ExportDoc, key: &PublicKey, checks: &mut Checks) -> HashAlgorithm {
+    let suite = Suite::of_key(key.algorithm());
+    let want = suite.hash_algorithm();
+    let heads = std::iter::once(&doc.head).chain(doc.checkpoints.iter()).chain(doc.previous.iter());
+    let odd: Vec<String> = heads
+        .filter(|h| h.hash != want || h.alg != key.algorithm())
+        .map(|h| format!("size {} names {}/{}", h.tree_size, h.alg, h.hash))
+        .collect();
+    let detail = if odd.is_empty() {
+        format!("suite {suite}: every head is {} over a {want} tree", key.algorithm())
+    } else {
+        format!("the audit key is {} (suite {suite}, {want} tree), but the head of {}", key.algorithm(), odd.join(", "))
+    };
+    checks.add("algorithms", odd.is_empty(), detail);
+    want
+}
+
 /// Seqs run from `from` without gap, duplicate or reordering; each entry hashes to its listed
-/// leaf ("leaf hash = SHA-256(0x00 || entry bytes)") and carries its own seq.
-fn check_entries(doc: &ExportDoc, checks: &mut Checks) -> Vec<(u64, u64)> {
+/// leaf ("leaf hash = H(0x00 || entry bytes)", H the suite's hash) and carries its own seq.
+fn check_entries(doc: &ExportDoc, hash: HashAlgorithm, checks: &mut Checks) -> Vec<(u64, u64)> {
     let mut gaps = Vec::new();
     let mut expected = doc.from;
     let before = checks.seq_failures();
@@ -214,7 +237,7 @@ fn check_entries(doc: &ExportDoc, checks: &mut Checks) -> Vec<(u64, u64)> {
             expected += 1;
         }
         match from_hex::<32>(&e.leaf) {
-            Some(leaf) if leaf == leaf_hash(e.entry.as_bytes()) => {}
+            Some(leaf) if leaf == leaf_hash(hash, e.entry.as_bytes()) => {}
             Some(_) => checks.seq_failure("entry", format!("seq {}: entry hash mismatch", e.seq)),
             None => checks.seq_failure("entry", format!("seq {}: leaf is not 64 hex digits", e.seq)),
         }
@@ -252,9 +275,9 @@ fn check_entries(doc: &ExportDoc, checks: &mut Checks) -> Vec<(u64, u64)> {
 
 /// "The root is recomputed from the left frontier and the listed leaves"; it must equal the
 /// signed head's root, and each included checkpoint's root at its size.
-fn check_root(doc: &ExportDoc, checks: &mut Checks) {
+fn check_root(doc: &ExportDoc, hash: HashAlgorithm, checks: &mut Checks) {
     let nodes: Option<Vec<Hash>> = doc.left_frontier.iter().map(|h| from_hex(h)).collect();
-    let Some(mut f) = nodes.and_then(|n| Frontier::from_parts(doc.from, n)) else {
+    let Some(mut f) = nodes.and_then(|n| Frontier::from_parts(hash, doc.from, n)) else {
         checks.add(
             "root",
             false,
@@ -314,14 +337,14 @@ fn check_signatures(doc: &ExportDoc, key: &PublicKey, checks: &mut Checks) {
 
 /// "The consistency proof shows that the log at the previous export's size is a prefix of the
 /// log now" (RFC 9162 §2.1.4.2). A forked or rewritten history fails here.
-fn check_consistency(doc: &ExportDoc, checks: &mut Checks) {
+fn check_consistency(doc: &ExportDoc, hash: HashAlgorithm, checks: &mut Checks) {
     let Some(prev) = &doc.previous else {
         checks.add("consistency", true, "no previous export recorded: nothing to prove");
         return;
     };
     let proof: Option<Vec<Hash>> = doc.consistency.iter().map(|h| from_hex(h)).collect();
     let ok = match (proof, prev.root(), doc.head.root()) {
-        (Some(p), Some(r1), Some(r2)) => verify_consistency(prev.tree_size, doc.head.tree_size, &r1, &r2, &p),
+        (Some(p), Some(r1), Some(r2)) => verify_consistency(hash, prev.tree_size, doc.head.tree_size, &r1, &r2, &p),
         _ => false,
     };
     let detail = if ok {
@@ -391,7 +414,13 @@ fn check_previous_export(doc: &ExportDoc, prev: &ExportDoc, key: &PublicKey, che
 /// recomputed at its size. Heads of other keys (other boxes logging to the same server) are
 /// skipped; a head of this key whose signature fails, or a `govbox-sth` record that does not
 /// parse, fails the check, as a witness file must not be quietly half read.
-fn check_witness(doc: &ExportDoc, records: &[WitnessRecord], key: &PublicKey, checks: &mut Checks) {
+fn check_witness(
+    doc: &ExportDoc,
+    hash: HashAlgorithm,
+    records: &[WitnessRecord],
+    key: &PublicKey,
+    checks: &mut Checks,
+) {
     let mut heads = Vec::new();
     let mut others = 0;
     for r in records {
@@ -423,7 +452,7 @@ fn check_witness(doc: &ExportDoc, records: &[WitnessRecord], key: &PublicKey, ch
     }
     // Roots at each witnessed size inside the range, recomputed from the left frontier and leaves.
     let nodes: Option<Vec<Hash>> = doc.left_frontier.iter().map(|h| from_hex(h)).collect();
-    let Some(mut f) = nodes.and_then(|n| Frontier::from_parts(doc.from, n)) else {
+    let Some(mut f) = nodes.and_then(|n| Frontier::from_parts(hash, doc.from, n)) else {
         checks.add("witness", false, "the export's left frontier is malformed".to_string());
         return;
     };

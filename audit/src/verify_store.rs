@@ -32,7 +32,7 @@ impl AuditLog {
         want_sizes.sort_unstable();
         want_sizes.dedup();
         let mut want = want_sizes.iter().peekable();
-        let mut f = Frontier::new();
+        let mut f = Frontier::new(store.hash);
         let mut take_roots = |f: &Frontier, roots: &mut Vec<(u64, Hash)>| {
             while let Some(s) = want.next_if(|s| **s <= f.size()) {
                 if *s == f.size() {
@@ -77,7 +77,7 @@ impl AuditLog {
             expected = seq + 1;
             count += 1;
             match store.leaf(seq)? {
-                Some(leaf) if leaf == leaf_hash(&bytes) => {}
+                Some(leaf) if leaf == leaf_hash(store.hash, &bytes) => {}
                 Some(_) => checks.seq_failure("entry", format!("seq {seq}: entry hash mismatch")),
                 None => checks.seq_failure("entry", format!("seq {seq}: entry without a leaf")),
             }

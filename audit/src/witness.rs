@@ -17,7 +17,8 @@
 //! govbox audit signed tree head, size 30
 //! ```
 //!
-//! (one line; wrapped here). PRI 110 is facility 13 ("log audit") and severity 6. The
+//! (one line; wrapped here; a head of the `gm` suite adds `alg="sm2" hash="sm3"` after the
+//! signature, which is then DER hex). PRI 110 is facility 13 ("log audit") and severity 6. The
 //! structured-data element carries the whole head; `32473` is the private enterprise number
 //! that RFC 5612 reserves for documentation, since govbox has none of its own. The receiver may
 //! store the frames as they came (`LEN SP MSG`) or one message a line (rsyslog's
@@ -39,6 +40,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use govbox_provisioning::{HashAlgorithm, KeyAlgorithm};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{AuditError, Result};
@@ -128,13 +130,19 @@ pub struct WitnessStatus {
 /// One RFC 5424 message carrying `head` (see the module documentation), without framing.
 pub fn syslog_message(head: &SignedTreeHead, hostname: &str, pid: u32) -> String {
     format!(
-        "<110>1 {time} {host} govbox-audit {pid} sth [{SD_ID} tree_size=\"{size}\" root_hash=\"{root}\" time=\"{time}\" keyid=\"{keyid}\" signature=\"{sig}\"] govbox audit signed tree head, size {size}",
+        "<110>1 {time} {host} govbox-audit {pid} sth [{SD_ID} tree_size=\"{size}\" root_hash=\"{root}\" time=\"{time}\" keyid=\"{keyid}\" signature=\"{sig}\"{algs}] govbox audit signed tree head, size {size}",
         time = head.time,
         host = if hostname.is_empty() { "-" } else { hostname },
         size = head.tree_size,
         root = head.root_hash,
         keyid = head.keyid,
         sig = head.signature,
+        // Heads of the intl suite keep the message they always had; others name their algorithms.
+        algs = if head.alg == KeyAlgorithm::Ed25519 && head.hash == HashAlgorithm::Sha256 {
+            String::new()
+        } else {
+            format!(" alg=\"{}\" hash=\"{}\"", head.alg, head.hash)
+        },
     )
 }
 
@@ -206,8 +214,8 @@ fn split_line(b: &[u8]) -> (&[u8], &[u8]) {
 /// The params of a `govbox-sth` element, from just after its id to its closing `]`.
 fn parse_element(s: &str) -> std::result::Result<SignedTreeHead, String> {
     let end = s.find(']').ok_or("the element has no closing ']'")?;
-    let mut fields: [Option<&str>; 5] = [None; 5];
-    const NAMES: [&str; 5] = ["tree_size", "root_hash", "time", "keyid", "signature"];
+    let mut fields: [Option<&str>; 7] = [None; 7];
+    const NAMES: [&str; 7] = ["tree_size", "root_hash", "time", "keyid", "signature", "alg", "hash"];
     let mut params = &s[..end];
     while !params.trim_start().is_empty() {
         params = params.trim_start();
@@ -224,7 +232,12 @@ fn parse_element(s: &str) -> std::result::Result<SignedTreeHead, String> {
     }
     let get = |i: usize| fields[i].map(str::to_string).ok_or_else(|| format!("param {} missing", NAMES[i]));
     let tree_size = get(0)?.parse().map_err(|e| format!("tree_size: {e}"))?;
-    Ok(SignedTreeHead { tree_size, root_hash: get(1)?, time: get(2)?, keyid: get(3)?, signature: get(4)? })
+    // Absent in heads of the intl suite (and of govbox before SM2): ed25519 over a SHA-256 tree.
+    let alg =
+        fields[5].map_or(Some(KeyAlgorithm::Ed25519), KeyAlgorithm::parse).ok_or("param alg is not ed25519 or sm2")?;
+    let hash =
+        fields[6].map_or(Some(HashAlgorithm::Sha256), HashAlgorithm::parse).ok_or("param hash is not sha256 or sm3")?;
+    Ok(SignedTreeHead { tree_size, root_hash: get(1)?, time: get(2)?, keyid: get(3)?, signature: get(4)?, alg, hash })
 }
 
 /// What the log and the sender thread share.
@@ -464,7 +477,7 @@ mod tests {
 
     fn head(size: u64) -> SignedTreeHead {
         let key = SigningKey::generate().unwrap();
-        SignedTreeHead::sign(&key, size, &[size as u8; 32], "2026-12-05T01:02:03.456Z".into())
+        SignedTreeHead::sign(&key, HashAlgorithm::Sha256, size, &[size as u8; 32], "2026-12-05T01:02:03.456Z".into())
     }
 
     #[test]

@@ -38,6 +38,12 @@ pub(crate) enum Msg {
     Append(Event, oneshot::Sender<Result<u64>>),
     Checkpoint(oneshot::Sender<Result<SignedTreeHead>>),
     Close(oneshot::Sender<Result<SignedTreeHead>>),
+    /// An operator's acknowledgement of a store held behind its TPM anchor.
+    Acknowledge {
+        actor: String,
+        reason: String,
+        reply: oneshot::Sender<Result<SignedTreeHead>>,
+    },
 }
 
 type Batch = Vec<(Event, Option<oneshot::Sender<Result<u64>>>)>;
@@ -109,6 +115,9 @@ impl Writer {
                         let _ = reply.send(self.shutdown());
                         return;
                     }
+                    Msg::Acknowledge { actor, reason, reply } => {
+                        let _ = reply.send(self.acknowledge(&actor, &reason));
+                    }
                     Msg::Append(..) => {}
                 }
             }
@@ -140,8 +149,8 @@ impl Writer {
         let since = self.frontier.size() - self.last_checkpoint.as_ref().map_or(0, |c| c.tree_size);
         let every = self.shared.opts.checkpoint_every.max(1);
         let interval_over = self.last_checkpoint_at.elapsed() >= self.shared.opts.checkpoint_interval;
-        if self.checkpoint_due_size() && (since >= every || interval_over) {
-            let _ = self.checkpoint_now();
+        if self.checkpoint_due_size() && (since >= every || interval_over) && self.shared.refuse_if_held().is_ok() {
+            let _ = self.checkpoint_now(false);
         }
     }
 
@@ -160,9 +169,12 @@ impl Writer {
         let (events, replies): (Vec<Event>, Vec<_>) = batch.into_iter().unzip();
         let start = self.frontier.size();
         let result = self.write_batch(events);
+        // A held store (behind its TPM anchor) answers `audit_corrupt`; every other failure
+        // makes the log unavailable.
         let failed = result.as_ref().err().map(|e| match e {
-            AuditError::Unavailable { reason } => reason.clone(),
-            other => other.to_string(),
+            AuditError::Unavailable { reason } => (None, reason.clone()),
+            AuditError::Corrupt { path, detail } => (Some(path.clone()), detail.clone()),
+            other => (None, other.to_string()),
         });
         if failed.is_some() {
             let n = replies.iter().filter(|r| r.is_some()).count() as u64;
@@ -172,7 +184,10 @@ impl Writer {
             if let Some(reply) = reply {
                 let answer = match &failed {
                     None => Ok(start + i as u64),
-                    Some(reason) => Err(AuditError::unavailable(reason.clone())),
+                    Some((None, reason)) => Err(AuditError::unavailable(reason.clone())),
+                    Some((Some(path), detail)) => {
+                        Err(AuditError::Corrupt { path: path.clone(), detail: detail.clone() })
+                    }
                 };
                 let _ = reply.send(answer);
             }
@@ -181,6 +196,7 @@ impl Writer {
     }
 
     fn write_batch(&mut self, events: Vec<Event>) -> Result<()> {
+        self.shared.refuse_if_held()?;
         let store = self.healthy_store()?;
         let now = truncate_to_ms(OffsetDateTime::now_utc()).max(self.last_time);
         let time = format_time(now);
@@ -189,7 +205,7 @@ impl Writer {
         for event in events {
             let entry = Entry { seq: frontier.size(), time: time.clone(), event: event.bounded() };
             let bytes = entry.to_bytes().map_err(|e| AuditError::unavailable(format!("encoding an entry: {e}")))?;
-            let leaf = leaf_hash(&bytes);
+            let leaf = leaf_hash(self.shared.suite.hash_algorithm(), &bytes);
             rows.push((key(entry.seq), bytes, leaf));
             frontier.push(leaf);
         }
@@ -234,7 +250,7 @@ impl Writer {
         // Drop every handle this process holds, so sled releases its lock and its sticky error.
         self.store = None;
         *self.shared.store.write().unwrap_or_else(PoisonError::into_inner) = None;
-        let store = Arc::new(Store::open(&self.shared.db_path)?);
+        let store = Arc::new(Store::open(&self.shared.db_path, self.shared.suite.hash_algorithm())?);
         let acknowledged = self.frontier.size();
         store.discard_from(acknowledged)?;
         store.flush("the removal of unacknowledged entries")?;
@@ -249,15 +265,24 @@ impl Writer {
 
     /// On request (checkpoint(), export): flushes auth tallies, then makes a fresh head.
     fn checkpoint(&mut self) -> Result<SignedTreeHead> {
+        self.shared.refuse_if_held()?;
         let all = self.shared.auth.lock().unwrap_or_else(PoisonError::into_inner).drain(None);
         self.commit_auth(all);
-        self.checkpoint_now()
+        self.checkpoint_now(true)
     }
 
-    fn checkpoint_now(&mut self) -> Result<SignedTreeHead> {
+    /// Makes, saves and sends a head; the TPM anchors it when `forced` (a head asked for) or when
+    /// the anchor's interval has passed.
+    fn checkpoint_now(&mut self, forced: bool) -> Result<SignedTreeHead> {
         let store = self.healthy_store()?;
         let time = format_time(truncate_to_ms(OffsetDateTime::now_utc()));
-        let head = SignedTreeHead::sign(&self.shared.signing, self.frontier.size(), &self.frontier.root(), time);
+        let head = SignedTreeHead::sign(
+            &self.shared.signing,
+            self.shared.suite.hash_algorithm(),
+            self.frontier.size(),
+            &self.frontier.root(),
+            time,
+        );
         let saved = store.save_checkpoint(&head, &self.frontier).and_then(|()| self.flush(&store));
         if let Err(e) = saved {
             self.unhealthy = true;
@@ -266,18 +291,56 @@ impl Writer {
         if let Some(w) = &self.shared.witness {
             w.enqueue(&head);
         }
+        if let Some(anchor) = self.shared.anchor.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+            // The head is durable in the store already; a TPM error is kept in the anchor's
+            // status (`govbox-auditd`'s status) and the next head tries again.
+            if let Err(e) = anchor.anchor(head.tree_size, &self.frontier.root(), forced) {
+                eprintln!("govbox-audit: anchoring head {} in the TPM: {e}", head.tree_size);
+            }
+        }
         self.last_checkpoint = Some(head.clone());
         self.last_checkpoint_at = Instant::now();
         Ok(head)
     }
 
+    /// Records the acknowledgement of a held store (see [`crate::AuditLog::acknowledge`]).
+    fn acknowledge(&mut self, actor: &str, reason: &str) -> Result<SignedTreeHead> {
+        let Some(why) = self.shared.held.lock().unwrap_or_else(PoisonError::into_inner).take() else {
+            return Err(AuditError::Range {
+                reason: "nothing to acknowledge: the store is not behind its TPM anchor".into(),
+            });
+        };
+        let event = Event::Admin {
+            actor: actor.to_string(),
+            action: "audit_anchor_acknowledged".into(),
+            subject: format!("reason: {reason}; found at open: {why}"),
+        };
+        let recorded = self.commit(vec![(event, None)]).and_then(|()| self.checkpoint_now(true)).and_then(|head| {
+            // Until the TPM holds this head, the next start would find the store behind it again.
+            match self.shared.anchor.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
+                Some(a) if a.status.anchored_size != head.tree_size => Err(AuditError::Anchor(format!(
+                    "the acknowledgement is entry {} but the TPM did not take its head: {}",
+                    head.tree_size - 1,
+                    a.status.last_error.as_deref().unwrap_or("no error reported")
+                ))),
+                _ => Ok(head),
+            }
+        });
+        if recorded.is_err() {
+            *self.shared.held.lock().unwrap_or_else(PoisonError::into_inner) = Some(why);
+        }
+        recorded
+    }
+
     /// Clean shutdown: auth tallies, a final checkpoint if the tree grew since the last one.
+    /// A held store is left as it is: signing over it would anchor the cut.
     fn shutdown(&mut self) -> Result<SignedTreeHead> {
+        self.shared.refuse_if_held()?;
         let all = self.shared.auth.lock().unwrap_or_else(PoisonError::into_inner).drain(None);
         self.commit_auth(all);
         match &self.last_checkpoint {
             Some(c) if !self.checkpoint_due_size() => Ok(c.clone()),
-            _ => self.checkpoint_now(),
+            _ => self.checkpoint_now(true),
         }
     }
 }

@@ -45,7 +45,12 @@ fn an_entry_and_its_leaf_edited_in_the_store_break_the_signed_roots() {
     let old = entries.get(3u64.to_be_bytes()).unwrap().unwrap();
     let edited = String::from_utf8(old.to_vec()).unwrap().replace("req-3", "req-X");
     entries.insert(3u64.to_be_bytes(), edited.as_bytes()).unwrap();
-    leaves.insert(3u64.to_be_bytes(), &govbox_audit::merkle::leaf_hash(edited.as_bytes())).unwrap();
+    leaves
+        .insert(
+            3u64.to_be_bytes(),
+            &govbox_audit::merkle::leaf_hash(govbox_audit::merkle::HashAlgorithm::Sha256, edited.as_bytes()),
+        )
+        .unwrap();
     db.flush().unwrap();
     drop((entries, leaves, db));
 
@@ -71,7 +76,10 @@ fn an_entry_edited_in_an_export_is_named_by_seq() {
     // Re-hashing the leaf too moves the failure to the signed root.
     let bad = edit_export(&export, |v| {
         let e = v["entries"][12]["entry"].as_str().unwrap().replace("req-12", "req-99");
-        let leaf: String = govbox_audit::merkle::leaf_hash(e.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+        let leaf: String = govbox_audit::merkle::leaf_hash(govbox_audit::merkle::HashAlgorithm::Sha256, e.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         v["entries"][12]["entry"] = e.into();
         v["entries"][12]["leaf"] = leaf.into();
     });

@@ -96,7 +96,12 @@ fn rewritten_entries_resigned_with_the_key_fail_consistency() {
     let old = entries.get(2u64.to_be_bytes()).unwrap().unwrap();
     let edited = String::from_utf8(old.to_vec()).unwrap().replace("req-2", "req-Z");
     entries.insert(2u64.to_be_bytes(), edited.as_bytes()).unwrap();
-    leaves.insert(2u64.to_be_bytes(), &govbox_audit::merkle::leaf_hash(edited.as_bytes())).unwrap();
+    leaves
+        .insert(
+            2u64.to_be_bytes(),
+            &govbox_audit::merkle::leaf_hash(govbox_audit::merkle::HashAlgorithm::Sha256, edited.as_bytes()),
+        )
+        .unwrap();
     db.drop_tree("checkpoints").unwrap();
     db.open_tree("meta").unwrap().remove("frontier").unwrap();
     db.flush().unwrap();
@@ -181,7 +186,13 @@ fn the_pinned_key_must_be_the_audit_key() {
         v["device"]["audit_keyid"] = other.public_key().keyid().into();
         let mut head: govbox_audit::SignedTreeHead = serde_json::from_value(v["head"].clone()).unwrap();
         let root = head.root().unwrap();
-        head = govbox_audit::SignedTreeHead::sign(&other, head.tree_size, &root, head.time);
+        head = govbox_audit::SignedTreeHead::sign(
+            &other,
+            govbox_provisioning::HashAlgorithm::Sha256,
+            head.tree_size,
+            &root,
+            head.time,
+        );
         v["head"] = serde_json::to_value(head).unwrap();
     });
     assert!(verify_export(&forged, None, None).unwrap().ok);

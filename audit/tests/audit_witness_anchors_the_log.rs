@@ -134,7 +134,13 @@ fn a_witness_file_without_a_valid_head_of_this_key_fails() {
 
     // Only another box's head: nothing anchors this log.
     let other = SigningKey::generate().unwrap();
-    let foreign = SignedTreeHead::sign(&other, 2, &[1; 32], "2026-01-01T00:00:00.000Z".into());
+    let foreign = SignedTreeHead::sign(
+        &other,
+        govbox_provisioning::HashAlgorithm::Sha256,
+        2,
+        &[1; 32],
+        "2026-01-01T00:00:00.000Z".into(),
+    );
     let file = frame(&syslog_message(&foreign, "other-box", 7));
     let r = verify_export_with_witness(&export, None, None, &file).unwrap();
     assert!(witness_failure(&r).contains("holds no head of audit key"), "{r:#?}");
@@ -142,6 +148,7 @@ fn a_witness_file_without_a_valid_head_of_this_key_fails() {
     // A head of this key whose signature fails (size changed after signing).
     let mut forged = SignedTreeHead::sign(
         &SigningKey::from_pkcs8_pem(&fx.pem, "test").unwrap(),
+        govbox_provisioning::HashAlgorithm::Sha256,
         2,
         &[1; 32],
         "2026-01-01T00:00:00.000Z".into(),

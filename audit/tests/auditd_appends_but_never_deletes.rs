@@ -9,50 +9,14 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::request;
+use common::{request, start_auditd as start};
 use govbox_audit::remote::AuditClient;
 use govbox_audit::{AuditError, AuditHandle, ExportRange, verify_export};
-use govbox_provisioning::{Overwrite, SigningKey};
-
-struct Auditd(Child);
-
-impl Drop for Auditd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(dir: &Path) -> (Auditd, std::path::PathBuf) {
-    let keys = dir.join("keys");
-    std::fs::create_dir_all(&keys).unwrap();
-    let key = SigningKey::generate().unwrap();
-    key.write_pem(&keys.join("audit.key"), Overwrite::Refuse).unwrap();
-    std::fs::write(keys.join("audit-hmac.key"), [5u8; 32]).unwrap();
-    SigningKey::generate().unwrap().public_key().write_pem(&keys.join("device.pub"), Overwrite::Refuse).unwrap();
-    let socket = dir.join("audit.sock");
-    let child = Command::new(env!("CARGO_BIN_EXE_govbox-auditd"))
-        .arg("--audit-dir")
-        .arg(dir.join("audit"))
-        .arg("--keys")
-        .arg(&keys)
-        .arg("--socket")
-        .arg(&socket)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let d = Auditd(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while UnixStream::connect(&socket).is_err() {
-        assert!(Instant::now() < deadline, "govbox-auditd did not listen in 30 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (d, socket)
-}
+use govbox_provisioning::SigningKey;
 
 #[test]
 fn sixty_four_writers_append_through_the_socket_and_the_export_verifies() {
@@ -76,7 +40,7 @@ fn sixty_four_writers_append_through_the_socket_and_the_export_verifies() {
     assert!(r.ok && r.count == 1280, "{r:#?}");
 
     // The handle govboxd holds, in the client mode, hashes locally and appends remotely.
-    let handle = AuditHandle::connect(&socket, &[5u8; 32]).unwrap();
+    let handle = AuditHandle::connect(&socket, govbox_audit::HmacKey::new(&[5u8; 32])).unwrap();
     assert_eq!(handle.append_blocking(request(9999)).unwrap(), 1280);
     assert_eq!(handle.tail(1).unwrap()[0].seq, 1280);
 }

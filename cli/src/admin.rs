@@ -1,8 +1,8 @@
 //! A small blocking client for govboxd's admin socket.
 //!
-//! The protocol (see `daemon/src/admin/mod.rs`): one JSON object per line out, one JSON object per
-//! line back, `{"ok":true,"result":...}` or `{"ok":false,"error":{"code":...,"message":...}}`.
-//! Whoever may open the socket (mode 0660, group `govbox-admin`) is an administrator, so this
+//! The protocol is `govbox_admin`'s: [`AdminClient::call`] sends one typed request and reads back
+//! its typed answer, so a change to a message that this client does not follow fails to compile.
+//! The daemon decides what each caller may do (its role by peer credentials), so this
 //! client trusts the daemon's answers but still caps their size and waits only so long for them.
 //!
 //! [`AdminClient::connect`] failing with [`AdminError::is_unreachable`] means "no daemon answers
@@ -15,27 +15,65 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::Value;
-
-/// The socket when no `--state` is given (the production layout).
-pub const DEFAULT_ADMIN_SOCKET: &str = "/run/govbox/admin.sock";
-/// The group whose members may open the socket.
-pub const ADMIN_GROUP: &str = "govbox-admin";
-/// Longest answer line accepted: an audit export (at most 2 GiB, base64) is the largest answer.
-const MAX_ANSWER: u64 = 3 << 30;
+use govbox_admin::socket::{ADMIN_GROUP, DEFAULT_ADMIN_SOCKET, MAX_ANSWER_LINE as MAX_ANSWER};
+use govbox_admin::{AdminRequest, Call, Reply};
 /// How long to wait for an answer: `client_add` signs a certificate and flushes the store.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a request line may take to be written.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Where the admin socket is: `--admin-socket`, else `STATE/admin.sock` with `--state`, else
-/// [`DEFAULT_ADMIN_SOCKET`].
+/// The packaged daemon config, whose `admin_socket` says where a production govboxd listens.
+const PACKAGED_CONFIG: &str = "/etc/govbox/govbox.toml";
+/// Longest socket record or config file read while looking for the socket.
+const MAX_LOOKUP_FILE: u64 = 1 << 20;
+
+/// What `govbox` says when no daemon answers where it looked: which flag points it elsewhere.
+pub const ELSEWHERE_HINT: &str =
+    "if govboxd runs with its admin socket elsewhere, pass --admin-socket PATH (the admin_socket of its config)";
+
+/// Where the admin socket is: `--admin-socket`; else, with `--state S`, `S/admin.sock` when it
+/// exists, else the path the running govboxd of `S` recorded there (`S/admin-socket.path`), else
+/// the packaged config's `admin_socket` when a socket is there, else `S/admin.sock`; without
+/// `--state`, [`DEFAULT_ADMIN_SOCKET`].
 pub fn socket_path(explicit: Option<&Path>, state: Option<&Path>) -> PathBuf {
     match (explicit, state) {
         (Some(p), _) => p.to_path_buf(),
-        (None, Some(s)) => s.join("admin.sock"),
+        (None, Some(s)) => {
+            let own = govbox_admin::socket::in_state(s);
+            if own.symlink_metadata().is_ok() {
+                return own;
+            }
+            recorded_socket(s)
+                .or_else(|| configured_socket(Path::new(PACKAGED_CONFIG)).filter(|p| p.symlink_metadata().is_ok()))
+                .unwrap_or(own)
+        }
         (None, None) => PathBuf::from(DEFAULT_ADMIN_SOCKET),
     }
+}
+
+fn read_small(path: &Path) -> Option<String> {
+    let mut text = String::new();
+    std::fs::File::open(path).ok()?.take(MAX_LOOKUP_FILE).read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// The socket path a running govboxd recorded in its state folder.
+fn recorded_socket(state: &Path) -> Option<PathBuf> {
+    let text = read_small(&govbox_admin::socket::record_path(state))?;
+    let p = PathBuf::from(text.trim());
+    p.is_absolute().then_some(p)
+}
+
+/// `admin_socket` of a govboxd config file, when it names one.
+fn configured_socket(config: &Path) -> Option<PathBuf> {
+    /// The one key read here; the daemon checks the rest.
+    #[derive(serde::Deserialize)]
+    struct Config {
+        #[serde(default)]
+        admin_socket: PathBuf,
+    }
+    let c: Config = toml::from_str(&read_small(config)?).ok()?;
+    (!c.admin_socket.as_os_str().is_empty()).then_some(c.admin_socket)
 }
 
 /// Why an admin request failed.
@@ -100,11 +138,13 @@ impl AdminError {
     /// The reason alone, without the socket path (for messages that already name it).
     pub fn reason(&self) -> String {
         match self {
-            Self::Missing { .. } => "the socket does not exist".to_string(),
+            Self::Missing { .. } => format!("the socket does not exist; {ELSEWHERE_HINT}"),
             Self::PermissionDenied { .. } => {
                 format!("permission denied; run as root or as a member of the '{ADMIN_GROUP}' group")
             }
-            Self::NotAnswering { source, .. } => format!("nobody accepts connections on it ({source})"),
+            Self::NotAnswering { source, .. } => {
+                format!("nobody accepts connections on it ({source}); {ELSEWHERE_HINT}")
+            }
             Self::Io { action, source, .. } => format!("{action}: {}", describe_io(source)),
             Self::BadAnswer { reason, .. } => reason.clone(),
             Self::Refused { cmd, code, message } => format!("govboxd refused {cmd}: {message} ({code})"),
@@ -177,10 +217,12 @@ impl AdminClient {
         &self.path
     }
 
-    /// Sends `request` (an object with a `cmd`) and returns the answer's `result`.
-    pub fn request(&mut self, request: &Value) -> Result<Value, AdminError> {
-        let cmd = request.get("cmd").and_then(Value::as_str).unwrap_or("?").to_string();
-        let mut line = request.to_string().into_bytes();
+    /// Sends `request` and returns its typed answer.
+    pub fn call<C: Call>(&mut self, request: C) -> Result<C::Answer, AdminError> {
+        let cmd = C::CMD;
+        let request: AdminRequest = request.into();
+        let mut line = serde_json::to_vec(&request)
+            .map_err(|e| AdminError::BadAnswer { path: self.path.clone(), reason: format!("encoding {cmd}: {e}") })?;
         line.push(b'\n');
         let io_err = |action, source| AdminError::Io { path: self.path.clone(), action, source };
         self.writer.write_all(&line).map_err(|e| io_err("sending the request", e))?;
@@ -204,22 +246,19 @@ impl AdminClient {
             };
             return Err(AdminError::BadAnswer { path: self.path.clone(), reason });
         }
-        parse_answer(&self.path, &cmd, &answer)
+        parse_answer::<C::Answer>(&self.path, cmd, &answer)
     }
 }
 
-/// Splits an answer line into its result or the daemon's error.
-fn parse_answer(path: &Path, cmd: &str, line: &[u8]) -> Result<Value, AdminError> {
+/// Splits an answer line into its typed result or the daemon's error.
+fn parse_answer<T: serde::de::DeserializeOwned>(path: &Path, cmd: &str, line: &[u8]) -> Result<T, AdminError> {
     let bad = |reason: String| AdminError::BadAnswer { path: path.to_path_buf(), reason };
-    let mut v: Value =
-        serde_json::from_slice(line).map_err(|e| bad(format!("the answer to {cmd} is not JSON: {e}")))?;
-    match v.get("ok").and_then(Value::as_bool) {
-        Some(true) => Ok(v.get_mut("result").map(Value::take).unwrap_or(Value::Null)),
-        Some(false) => {
-            let field = |k: &str| v.pointer(&format!("/error/{k}")).and_then(Value::as_str).unwrap_or("?").to_string();
-            Err(AdminError::Refused { cmd: cmd.to_string(), code: field("code"), message: field("message") })
-        }
-        None => Err(bad(format!("the answer to {cmd} has no boolean \"ok\""))),
+    let reply: Reply<T> = serde_json::from_slice(line)
+        .map_err(|e| bad(format!("the answer to {cmd} is not the protocol's answer: {e}")))?;
+    match reply.into_result() {
+        Some(Ok(r)) => Ok(r),
+        Some(Err(e)) => Err(AdminError::Refused { cmd: cmd.to_string(), code: e.code, message: e.message }),
+        None => Err(bad(format!("the answer to {cmd} has neither a result nor an error"))),
     }
 }
 
@@ -228,14 +267,30 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use std::os::unix::net::UnixListener;
 
-    use serde_json::json;
+    use govbox_admin::protocol::{ClientRevoke, Status};
 
     use super::*;
 
     #[test]
+    fn socket_path_follows_the_state_folders_record_and_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path();
+        assert_eq!(socket_path(None, Some(state)), state.join("admin.sock"));
+        std::fs::write(state.join("admin-socket.path"), "/run/elsewhere/admin.sock\n").unwrap();
+        assert_eq!(socket_path(None, Some(state)), PathBuf::from("/run/elsewhere/admin.sock"));
+        drop(UnixListener::bind(state.join("admin.sock")).unwrap());
+        assert_eq!(socket_path(None, Some(state)), state.join("admin.sock"), "a socket in the folder wins");
+        let cfg = state.join("govbox.toml");
+        std::fs::write(&cfg, "config_version = 2\nadmin_socket = \"/run/govbox/admin.sock\"\n[tls]\nx = 1\n").unwrap();
+        assert_eq!(configured_socket(&cfg), Some(PathBuf::from("/run/govbox/admin.sock")));
+        std::fs::write(&cfg, "config_version = 2\n").unwrap();
+        assert_eq!(configured_socket(&cfg), None);
+    }
+
+    #[test]
     fn socket_path_follows_state_and_override() {
         assert_eq!(socket_path(None, None), PathBuf::from(DEFAULT_ADMIN_SOCKET));
-        assert_eq!(socket_path(None, Some(Path::new("/s"))), PathBuf::from("/s/admin.sock"));
+        assert_eq!(socket_path(None, Some(Path::new("/nonexistent-s"))), PathBuf::from("/nonexistent-s/admin.sock"));
         assert_eq!(socket_path(Some(Path::new("/x.sock")), Some(Path::new("/s"))), PathBuf::from("/x.sock"));
     }
 
@@ -281,28 +336,32 @@ mod tests {
     #[test]
     fn request_returns_result_and_maps_refusals() {
         let (_dir, path, t) = serve(vec![
-            b"{\"ok\":true,\"result\":{\"ready\":true}}\n",
+            b"{\"ok\":true,\"result\":{\"hmac\":\"ab\"}}\n",
             b"{\"ok\":false,\"error\":{\"code\":\"client_not_found\",\"message\":\"no client 'x'\"}}\n",
         ]);
         let mut c = AdminClient::connect(&path).unwrap();
-        assert_eq!(c.request(&json!({"cmd": "status"})).unwrap(), json!({"ready": true}));
-        let err = c.request(&json!({"cmd": "client_revoke", "name": "x"})).unwrap_err();
+        let hmac = govbox_admin::protocol::AuditHmac { text: "t".into(), client: None };
+        assert_eq!(c.call(hmac).unwrap().hmac, "ab");
+        let err = c.call(ClientRevoke { name: "x".into() }).unwrap_err();
         assert_eq!(err.to_string(), "govboxd refused client_revoke: no client 'x' (client_not_found)");
         assert!(!err.is_unreachable());
         let seen = t.join().unwrap();
-        assert_eq!(seen, vec!["{\"cmd\":\"status\"}\n", "{\"cmd\":\"client_revoke\",\"name\":\"x\"}\n"]);
+        assert_eq!(
+            seen,
+            vec!["{\"cmd\":\"audit_hmac\",\"text\":\"t\"}\n", "{\"cmd\":\"client_revoke\",\"name\":\"x\"}\n"]
+        );
     }
 
     #[test]
     fn closed_or_garbled_answers_are_errors() {
         let (_dir, path, t) = serve(vec![b"not json\n", b"{\"ok\":true"]);
         let mut c = AdminClient::connect(&path).unwrap();
-        let e = c.request(&json!({"cmd": "status"})).unwrap_err();
-        assert!(e.to_string().contains("is not JSON"), "{e}");
-        let e = c.request(&json!({"cmd": "status"})).unwrap_err();
+        let e = c.call(Status {}).unwrap_err();
+        assert!(e.to_string().contains("is not the protocol's answer"), "{e}");
+        let e = c.call(Status {}).unwrap_err();
         assert!(e.to_string().contains("cut off"), "{e}");
         t.join().unwrap();
-        let e = c.request(&json!({"cmd": "status"})).unwrap_err();
+        let e = c.call(Status {}).unwrap_err();
         assert!(matches!(e, AdminError::Io { .. }), "{e}");
     }
 }

@@ -22,7 +22,6 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
 use govbox_attestation::{Check, Expectations, Nonce, Outcome, verify_report, verify_report_bytes};
 use govbox_provisioning::PublicKey;
-use serde_json::json;
 
 use crate::admin::AdminClient;
 
@@ -99,7 +98,7 @@ fn report(socket: &Path, nonce: &str, output: Option<&Path>) -> Result<()> {
     let nonce = Nonce::parse(nonce)?;
     let mut conn =
         AdminClient::connect(socket).context("an attestation report comes from the running govboxd; is it running?")?;
-    let result = conn.request(&json!({"cmd": "attest", "nonce": nonce.as_hex()}))?;
+    let result = conn.call(govbox_admin::protocol::Attest { nonce: nonce.as_hex().to_string() })?;
     let mut text = serde_json::to_string_pretty(&result)?;
     text.push('\n');
     // A report this client cannot verify against its own nonce is not worth writing.

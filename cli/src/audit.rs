@@ -14,12 +14,13 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine as _;
 use clap::{Args, Subcommand};
+use govbox_admin::protocol::{AuditExport, AuditHmac, AuditPrune, AuditTail, ContentRead};
 use govbox_audit::{
-    AuditError, AuditHandle, AuditLog, AuditOptions, Event, ExportRange, HmacKey, MAX_EXPORT_BYTES, VerifyReport,
-    read_hmac_secret, verify_export, verify_export_with_witness,
+    AuditError, AuditHandle, AuditLog, AuditOptions, Entry, Event, ExportRange, HmacKey, MAX_EXPORT_BYTES, PruneReport,
+    VerifyReport, verify_export, verify_export_with_witness,
 };
 use govbox_provisioning::{PublicKey, StatePaths};
-use serde_json::{Value, json};
+use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -69,15 +70,27 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Accept an audit store that govbox-auditd found behind its TPM anchor (entries cut, or an
+    /// older copy put back), so that it serves again. The acknowledgement is recorded as the
+    /// next entry, with the reason and what was found; the TPM then anchors the new head. Root
+    /// or the audit account only, through govbox-auditd's socket.
+    Acknowledge {
+        /// Why the store is accepted (recorded in the entry): what happened, who decided.
+        #[arg(long)]
+        reason: String,
+    },
     /// Remove old entries: by default those past `audit.retention_days` that an export already
     /// holds (govboxd also does this hourly). Leaf hashes and signed heads are always kept.
     Prune {
         /// Remove entries from before this RFC 3339 time instead of the retention cut-off.
         #[arg(long)]
         before: Option<String>,
-        /// Also remove entries no export holds yet (recorded as a policy entry).
-        #[arg(long)]
+        /// Also remove entries no export holds yet (recorded as a policy entry); needs --confirm.
+        #[arg(long, requires = "confirm")]
         force: bool,
+        /// Why a forced prune is made (recorded in its audit entry).
+        #[arg(long, value_name = "REASON")]
+        confirm: Option<String>,
     },
 }
 
@@ -88,17 +101,13 @@ fn prune_cutoff(before: Option<&str>, retention_days: u32) -> Result<time::Offse
     }
 }
 
-fn print_prune(r: &serde_json::Value) {
+fn print_prune(r: &PruneReport) {
     println!(
         "pruned {} entries; entries before seq {} are gone{}{}",
-        r["removed"],
-        r["pruned_before"],
-        if r["held_by_export"].as_bool() == Some(true) {
-            "; older entries that no export holds were kept (export first, or --force)"
-        } else {
-            ""
-        },
-        if r["forced"].as_bool() == Some(true) { "; the forced prune is recorded in the log" } else { "" }
+        r.removed,
+        r.pruned_before,
+        if r.held_by_export { "; older entries that no export holds were kept (export first, or --force)" } else { "" },
+        if r.forced { "; the forced prune is recorded in the log" } else { "" }
     );
 }
 
@@ -149,16 +158,16 @@ pub struct ExportArgs {
 pub fn run(state: Option<&Path>, socket: &Path, audit_socket: Option<&Path>, cmd: AuditCommand) -> Result<ExitCode> {
     // Where the audit store is when govboxd does not answer: govbox-auditd's (production), or
     // the state folder's own (`--state`: tests, the demo, a box without govbox-auditd).
-    let auditd = audit_socket.map(Path::to_path_buf).or_else(|| {
-        let default = Path::new(DEFAULT_AUDIT_SOCKET);
-        (state.is_none() && default.exists()).then(|| default.to_path_buf())
-    });
+    let auditd = auditd_socket(audit_socket, state);
     let state = state_dir(state);
     if let AuditCommand::Verify(args) = cmd {
         return verify(&args);
     }
     if let AuditCommand::Content { request_id, json } = &cmd {
         return content(socket, request_id, *json);
+    }
+    if let AuditCommand::Acknowledge { reason } = &cmd {
+        return acknowledge(audit_socket.unwrap_or(Path::new(DEFAULT_AUDIT_SOCKET)), reason);
     }
     if let AuditCommand::Export(args) = &cmd
         && args.output.symlink_metadata().is_ok()
@@ -186,30 +195,46 @@ pub fn run(state: Option<&Path>, socket: &Path, audit_socket: Option<&Path>, cmd
     Ok(ExitCode::SUCCESS)
 }
 
+/// `govbox audit acknowledge`: straight to govbox-auditd, which alone can hold a store (govboxd
+/// does not start while it does).
+fn acknowledge(auditd: &Path, reason: &str) -> Result<ExitCode> {
+    if reason.trim().is_empty() {
+        bail!("--reason: say why the store is accepted; it is recorded in the entry");
+    }
+    let client = govbox_audit::remote::AuditClient::connect(auditd)
+        .with_context(|| format!("reaching govbox-auditd at {} (--audit-socket)", auditd.display()))?;
+    let Some(held) = client.status()?.held else {
+        bail!("govbox-auditd at {} holds nothing: its store is not behind its TPM anchor", auditd.display());
+    };
+    println!("govbox-auditd held the store: {held}");
+    let head = client.acknowledge(reason.trim())?;
+    println!(
+        "acknowledged: entry {} records it, and the TPM now anchors the head of {} entries",
+        head.tree_size.saturating_sub(1),
+        head.tree_size
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `govbox audit content`: only govboxd holds the content key's store open and records the read.
 fn content(socket: &Path, request_id: &str, as_json: bool) -> Result<ExitCode> {
     let mut conn = AdminClient::connect(socket)
         .map_err(|e| anyhow!("{e}; stored content is read only through a running govboxd, which records every read"))?;
-    let v = conn.request(&json!({"cmd": "content_read", "request_id": request_id}))?;
+    let v = conn.call(ContentRead { request_id: request_id.to_string() })?;
     if as_json {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
     println!("request  {request_id}  (this read is recorded in the audit log)");
-    for kind in ["prompt", "response"] {
-        let p = &v[kind];
-        if p.is_null() {
+    for (kind, part) in [("prompt", &v.prompt), ("response", &v.response)] {
+        let Some(p) = part else {
             println!("--- {kind}: not stored");
             continue;
-        }
-        let check = if p["hmac_matches"].as_bool() == Some(true) {
-            "matches the audit log's HMAC"
-        } else {
-            "DOES NOT match the audit log's HMAC"
         };
-        let cut = if p["truncated"].as_bool() == Some(true) { ", truncated" } else { "" };
-        println!("--- {kind} (stored {}, {check}{cut})", p["stored"].as_str().unwrap_or("?"));
-        match (p["text"].as_str(), p["base64"].as_str()) {
+        let check = if p.hmac_matches { "matches the audit log's HMAC" } else { "DOES NOT match the audit log's HMAC" };
+        let cut = if p.truncated { ", truncated" } else { "" };
+        println!("--- {kind} (stored {}, {check}{cut})", p.stored);
+        match (&p.text, &p.base64) {
             (Some(t), _) => println!("{t}"),
             (None, Some(b)) => println!("(not UTF-8; base64) {b}"),
             _ => println!("(empty)"),
@@ -245,8 +270,14 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode> {
     .with_context(|| format!("verifying {}", args.file.display()))?;
     let warning = if pinned.is_none() { unpinned(&mut report, args.insecure_embedded_key) } else { None };
     if args.json {
-        let mut doc = serde_json::to_value(&report)?;
-        doc["warning"] = json!(warning);
+        /// The report with the unpinned-key warning beside its fields.
+        #[derive(serde::Serialize)]
+        struct WithWarning<'a> {
+            #[serde(flatten)]
+            report: &'a VerifyReport,
+            warning: Option<&'a str>,
+        }
+        let doc = WithWarning { report: &report, warning: warning.as_deref() };
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         print!("{}", render_report(&args.file, &report, warning.as_deref()));
@@ -352,22 +383,25 @@ fn write_export(args: &ExportArgs, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn print_entries(entries: &[Value], json: bool) {
+fn print_entries(entries: &[Entry], json: bool) -> Result<()> {
     for e in entries {
         if json {
-            println!("{e}");
+            println!("{}", serde_json::to_string(e)?);
             continue;
         }
-        let s = |k: &str| e[k].as_str().map_or_else(|| e[k].to_string(), str::to_string);
-        let rest: Vec<String> = e
-            .as_object()
+        // The event's own fields, in its serialized order, after its kind.
+        let fields = match serde_json::to_value(&e.event)? {
+            Value::Object(m) => m,
+            _ => Default::default(),
+        };
+        let rest: Vec<String> = fields
             .into_iter()
-            .flatten()
-            .filter(|(k, _)| !matches!(k.as_str(), "seq" | "time" | "kind"))
+            .filter(|(k, _)| k != "kind")
             .map(|(k, v)| format!("{k}={}", v.as_str().map_or_else(|| v.to_string(), str::to_string)))
             .collect();
-        println!("{:>8}  {}  {:<21} {}", s("seq"), s("time"), s("kind"), rest.join(" "));
+        println!("{:>8}  {}  {:<21} {}", e.seq, e.time, e.event.kind(), rest.join(" "));
     }
+    Ok(())
 }
 
 /// Who a command on the state folder is, in audit entries: `uid N`.
@@ -378,44 +412,31 @@ pub(crate) fn local_actor() -> Result<String> {
 
 /// Through the running daemon's admin socket.
 fn online(mut conn: AdminClient, cmd: AuditCommand) -> Result<()> {
-    let bad = |conn: &AdminClient, reason: String| AdminError::BadAnswer { path: conn.path().to_path_buf(), reason };
     match cmd {
-        AuditCommand::Verify(_) | AuditCommand::Content { .. } => unreachable!("verify and content are handled in run"),
+        AuditCommand::Verify(_) | AuditCommand::Content { .. } | AuditCommand::Acknowledge { .. } => {
+            unreachable!("verify, content and acknowledge are handled in run")
+        }
         AuditCommand::Export(args) => {
             let range = range_of(&args)?;
-            let answer = conn.request(&json!({
-                "cmd": "audit_export",
-                "from": range.from_seq,
-                "since": args.since,
-                "to": range.to_seq,
-            }))?;
-            let b64 = answer["export_b64"].as_str().ok_or_else(|| bad(&conn, "audit_export: no export_b64".into()))?;
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(b64)
-                .map_err(|e| bad(&conn, format!("audit_export: export_b64 is not base64: {e}")))?;
+            let answer =
+                conn.call(AuditExport { from: range.from_seq, since: args.since.clone(), to: range.to_seq })?;
+            let bytes = base64::engine::general_purpose::STANDARD.decode(&answer.export_b64).map_err(|e| {
+                AdminError::BadAnswer {
+                    path: conn.path().to_path_buf(),
+                    reason: format!("audit_export: export_b64 is not base64: {e}"),
+                }
+            })?;
             write_export(&args, &bytes)
         }
-        AuditCommand::Tail { n, json } => {
-            let answer = conn.request(&json!({"cmd": "audit_tail", "n": n}))?;
-            let entries = answer["entries"].as_array().ok_or_else(|| bad(&conn, "audit_tail: no entries".into()))?;
-            print_entries(entries, json);
-            Ok(())
-        }
+        AuditCommand::Tail { n, json } => print_entries(&conn.call(AuditTail { n: Some(n) })?.entries, json),
         AuditCommand::Hmac { text, stdin, client } => {
             let bytes = hmac_text(text, stdin)?;
             let text = String::from_utf8(bytes).map_err(|_| anyhow!("the admin socket takes UTF-8 text only"))?;
-            let mut req = json!({"cmd": "audit_hmac", "text": text});
-            if let Some(c) = client {
-                req["client"] = json!(c);
-            }
-            let answer = conn.request(&req)?;
-            let hmac = answer["hmac"].as_str().ok_or_else(|| bad(&conn, "audit_hmac: no hmac".into()))?;
-            println!("{hmac}");
+            println!("{}", conn.call(AuditHmac { text, client })?.hmac);
             Ok(())
         }
-        AuditCommand::Prune { before, force } => {
-            let answer = conn.request(&json!({"cmd": "audit_prune", "before": before, "force": force}))?;
-            print_prune(&answer);
+        AuditCommand::Prune { before, force, confirm } => {
+            print_prune(&conn.call(AuditPrune { before, force, confirm })?);
             Ok(())
         }
     }
@@ -424,15 +445,22 @@ fn online(mut conn: AdminClient, cmd: AuditCommand) -> Result<()> {
 /// govbox-auditd's socket in the packaged setup (`dist/govbox-auditd.service`).
 const DEFAULT_AUDIT_SOCKET: &str = "/run/govbox-audit/audit.sock";
 
+/// Where the audit store is when govboxd does not answer: `--audit-socket`, else govbox-auditd's
+/// packaged socket when it exists and `--state` is not given, else none (the state folder's own
+/// store).
+pub(crate) fn auditd_socket(explicit: Option<&Path>, state: Option<&Path>) -> Option<PathBuf> {
+    explicit.map(Path::to_path_buf).or_else(|| {
+        let default = Path::new(DEFAULT_AUDIT_SOCKET);
+        (state.is_none() && default.exists()).then(|| default.to_path_buf())
+    })
+}
+
 /// The audit log without govboxd: through govbox-auditd's socket when there is one, else the
 /// state folder's store directly (govboxd is stopped, else the store is locked).
-fn open_log(paths: &StatePaths, auditd: Option<&Path>, opts: AuditOptions) -> Result<AuditHandle> {
+pub(crate) fn open_log(paths: &StatePaths, auditd: Option<&Path>, opts: AuditOptions) -> Result<AuditHandle> {
     Ok(match auditd {
-        Some(sock) => {
-            let secret = read_hmac_secret(&paths.audit_hmac_key())?;
-            AuditHandle::connect(sock, &secret)
-                .with_context(|| format!("govboxd does not answer; reaching govbox-auditd at {}", sock.display()))?
-        }
+        Some(sock) => AuditHandle::connect(sock, HmacKey::load(paths)?)
+            .with_context(|| format!("govboxd does not answer; reaching govbox-auditd at {}", sock.display()))?,
         None => AuditHandle::InProcess(AuditLog::open_state(paths, opts)?),
     })
 }
@@ -441,7 +469,9 @@ fn open_log(paths: &StatePaths, auditd: Option<&Path>, opts: AuditOptions) -> Re
 fn offline(state: &Path, auditd: Option<&Path>, cmd: AuditCommand) -> Result<()> {
     let paths = StatePaths::new(state);
     match cmd {
-        AuditCommand::Verify(_) | AuditCommand::Content { .. } => unreachable!("verify and content are handled in run"),
+        AuditCommand::Verify(_) | AuditCommand::Content { .. } | AuditCommand::Acknowledge { .. } => {
+            unreachable!("verify, content and acknowledge are handled in run")
+        }
         AuditCommand::Export(args) => {
             let range = range_of(&args)?;
             let log = open_log(&paths, auditd, AuditOptions::default())?;
@@ -460,14 +490,13 @@ fn offline(state: &Path, auditd: Option<&Path>, cmd: AuditCommand) -> Result<()>
         }
         AuditCommand::Tail { n, json } => {
             let log = open_log(&paths, auditd, AuditOptions::default())?;
-            let entries = log.tail(n)?.iter().map(serde_json::to_value).collect::<Result<Vec<_>, _>>()?;
+            let entries = log.tail(n)?;
             log.close()?;
-            print_entries(&entries, json);
-            Ok(())
+            print_entries(&entries, json)
         }
         AuditCommand::Hmac { text, stdin, client } => {
             let bytes = hmac_text(text, stdin)?;
-            let key = HmacKey::new(&read_hmac_secret(&paths.audit_hmac_key())?);
+            let key = HmacKey::load(&paths)?;
             let hmac = match &client {
                 Some(c) => key.client_hmac(c, &bytes),
                 None => key.hmac(&bytes),
@@ -483,21 +512,24 @@ fn offline(state: &Path, auditd: Option<&Path>, cmd: AuditCommand) -> Result<()>
             println!("{hmac}");
             Ok(())
         }
-        AuditCommand::Prune { before, force } => {
+        AuditCommand::Prune { before, force, confirm } => {
+            let req = AuditPrune { before, force, confirm };
+            let reason = req.forced_reason().map_err(|e| anyhow!(e))?;
             let opts = AuditOptions::default();
-            let cutoff = prune_cutoff(before.as_deref(), opts.retention_days)?;
+            let cutoff = prune_cutoff(req.before.as_deref(), opts.retention_days)?;
             let log = open_log(&paths, auditd, opts)?;
-            let r = log.prune(cutoff, force)?;
-            if force {
-                // Who forced it, after the log's own policy entry with the counts.
+            let r = log.prune(cutoff, req.force)?;
+            if let Some(reason) = reason {
+                // Who forced it and why, after the log's own policy entry with the counts (an
+                // entry written before could itself fall before the cut-off).
                 log.append_blocking(Event::Admin {
                     actor: local_actor()?,
                     action: "forced_prune".into(),
-                    subject: govbox_audit::format_time(cutoff),
+                    subject: format!("{}; reason: {reason}", govbox_audit::format_time(cutoff)),
                 })?;
             }
             log.close()?;
-            print_prune(&serde_json::to_value(&r)?);
+            print_prune(&r);
             Ok(())
         }
     }

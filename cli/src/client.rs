@@ -8,14 +8,15 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
+use govbox_admin::protocol::{self as admin, ClientAdd, ClientAnswer, ClientList, ClientRenew, ClientRevoke};
 use govbox_images::ModelStore;
 use govbox_provisioning::{
     CertInfo, ClientName, ClientRecord, ClientStore, DEFAULT_CERT_DAYS, IssuedCert, IssuedClient, NewClient, Overwrite,
     ProvisionError, Scope, StatePaths, check_known_models, write_client_bundle,
 };
-use serde_json::{Value, json};
 
 use crate::admin::{AdminClient, AdminError};
+use crate::offline::OfflineAudit;
 use crate::provision::{format_unix, state_dir};
 
 /// `govbox client ...`
@@ -97,7 +98,9 @@ fn policy_name(s: &str) -> Result<String, String> {
 }
 
 /// Runs `govbox client ...`: through the daemon at `socket` when it answers, else offline.
-pub fn run(state: Option<&Path>, socket: &Path, cmd: ClientCommand) -> Result<()> {
+pub fn run(state: Option<&Path>, socket: &Path, audit_socket: Option<&Path>, cmd: ClientCommand) -> Result<()> {
+    let auditd = crate::audit::auditd_socket(audit_socket, state);
+    let auditd = auditd.as_deref();
     let state = state_dir(state);
     if let ClientCommand::Add(args) = &cmd {
         // Refuse before touching the store, so a refusal leaves no client without its files.
@@ -107,7 +110,7 @@ pub fn run(state: Option<&Path>, socket: &Path, cmd: ClientCommand) -> Result<()
     match AdminClient::connect(socket) {
         Ok(conn) => online(conn, cmd),
         Err(e) if !e.is_unreachable() => Err(e.into()),
-        Err(unreachable) => offline(&state, cmd).map_err(|e| {
+        Err(unreachable) => offline(&state, auditd, cmd).map_err(|e| {
             if is_store_locked(&e) {
                 anyhow!(
                     "the state store is locked by a running govboxd, but its admin socket {} does not answer: {}",
@@ -143,8 +146,20 @@ fn refuse_existing_bundle(name: &ClientName, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The state folder directly: govboxd is stopped (else the store is locked).
-fn offline(state: &Path, cmd: ClientCommand) -> Result<()> {
+/// The state folder directly: govboxd is stopped (else the store is locked). Each change is
+/// recorded in the audit log as govboxd records it; the log is opened first, so a change that
+/// could not be recorded is not made.
+fn offline(state: &Path, auditd: Option<&Path>, cmd: ClientCommand) -> Result<()> {
+    if let ClientCommand::List { json } = cmd {
+        return print_list(&ClientStore::open(state)?.list()?, json);
+    }
+    let audit = OfflineAudit::open(state, auditd)?;
+    let r = offline_change(state, &audit, cmd);
+    let closed = audit.close();
+    r.and(closed)
+}
+
+fn offline_change(state: &Path, audit: &OfflineAudit, cmd: ClientCommand) -> Result<()> {
     match cmd {
         ClientCommand::Add(args) => {
             let name = ClientName::parse(&args.name)?;
@@ -167,31 +182,68 @@ fn offline(state: &Path, cmd: ClientCommand) -> Result<()> {
                 }
                 Err(e) => eprintln!("note: the model names were not checked: the model store cannot be read: {e}"),
             }
-            let issued = ClientStore::open(state)?.add(NewClient {
-                name: name.clone(),
-                models: args.models,
-                scopes: args.scopes,
-                rpm: args.rpm,
-                tokens_per_day: args.tokens_per_day,
-                max_concurrent: args.max_concurrent,
-                cert_days: args.days,
-                with_token: args.token,
-                allow_special_tokens: args.allow_special_tokens,
-                policy: args.policy,
+            let request = add_request(&name, &args);
+            let store = ClientStore::open(state)?;
+            let mut issued = None;
+            audit.act(&request, || {
+                let i = store.add(NewClient {
+                    name: name.clone(),
+                    models: args.models,
+                    scopes: args.scopes,
+                    rpm: args.rpm,
+                    tokens_per_day: args.tokens_per_day,
+                    max_concurrent: args.max_concurrent,
+                    cert_days: args.days,
+                    with_token: args.token,
+                    allow_special_tokens: args.allow_special_tokens,
+                    policy: args.policy,
+                })?;
+                let a = answer_of(&i);
+                issued = Some(i);
+                Ok(a)
             })?;
+            let issued = issued.ok_or_else(|| anyhow!("client_add gave no client"))?;
             let token = issued.token.as_ref().map(|t| t.expose().to_string());
             finish_add(&name, &dir, &issued, token.as_deref())
         }
         ClientCommand::List { json } => print_list(&ClientStore::open(state)?.list()?, json),
         ClientCommand::Revoke { name } => {
-            print_revoked(&ClientStore::open(state)?.revoke(&name)?);
+            let request = ClientRevoke { name };
+            let store = ClientStore::open(state)?;
+            let a = audit.act(&request, || Ok(ClientAnswer { client: store.revoke(&request.name)? }))?;
+            print_revoked(&a.client);
             Ok(())
         }
         ClientCommand::Renew { name, cert_out, days } => {
             let name = ClientName::parse(&name)?;
-            let issued = ClientStore::open(state)?.renew(name.as_str(), days)?;
+            let request = ClientRenew { name: name.as_str().to_string(), cert_days: Some(days) };
+            let store = ClientStore::open(state)?;
+            let mut issued = None;
+            audit.act(&request, || {
+                let i = store.renew(name.as_str(), days)?;
+                let a = answer_of(&i);
+                issued = Some(i);
+                Ok(a)
+            })?;
+            let issued = issued.ok_or_else(|| anyhow!("client_renew gave no client"))?;
             finish_renew(&name, &bundle_dir(&name, cert_out.as_deref()), &issued)
         }
+    }
+}
+
+/// The request `govbox client add` makes, through govboxd or on the state folder.
+fn add_request(name: &ClientName, args: &AddArgs) -> ClientAdd {
+    ClientAdd {
+        name: name.as_str().to_string(),
+        models: args.models.clone(),
+        scopes: args.scopes.clone(),
+        rpm: args.rpm,
+        tokens_per_day: args.tokens_per_day,
+        max_concurrent: args.max_concurrent,
+        cert_days: Some(args.days),
+        token: args.token,
+        allow_special_tokens: args.allow_special_tokens,
+        policy: args.policy.clone(),
     }
 }
 
@@ -201,61 +253,46 @@ fn online(mut conn: AdminClient, cmd: ClientCommand) -> Result<()> {
         ClientCommand::Add(args) => {
             let name = ClientName::parse(&args.name)?;
             let dir = bundle_dir(&name, args.cert_out.as_deref());
-            let answer = conn.request(&json!({
-                "cmd": "client_add",
-                "name": name.as_str(),
-                "models": args.models,
-                "scopes": args.scopes,
-                "rpm": args.rpm,
-                "tokens_per_day": args.tokens_per_day,
-                "max_concurrent": args.max_concurrent,
-                "cert_days": args.days,
-                "token": args.token,
-                "allow_special_tokens": args.allow_special_tokens,
-                "policy": args.policy,
-            }))?;
-            let (issued, token) = issued_from_answer(&conn, answer)?;
+            let answer = conn.call(add_request(&name, &args))?;
+            let (issued, token) = issued_from_answer(answer)?;
             finish_add(&name, &dir, &issued, token.as_deref())
         }
-        ClientCommand::List { json } => {
-            let mut answer = conn.request(&json!({"cmd": "client_list"}))?;
-            let clients: Vec<ClientRecord> = from_answer(&conn, "client_list", answer["clients"].take())?;
-            print_list(&clients, json)
-        }
+        ClientCommand::List { json } => print_list(&conn.call(ClientList {})?.clients, json),
         ClientCommand::Revoke { name } => {
-            let mut answer = conn.request(&json!({"cmd": "client_revoke", "name": name}))?;
-            print_revoked(&from_answer(&conn, "client_revoke", answer["client"].take())?);
+            print_revoked(&conn.call(ClientRevoke { name })?.client);
             Ok(())
         }
         ClientCommand::Renew { name, cert_out, days } => {
             let name = ClientName::parse(&name)?;
-            let answer = conn.request(&json!({"cmd": "client_renew", "name": name.as_str(), "cert_days": days}))?;
-            let (issued, _) = issued_from_answer(&conn, answer)?;
+            let answer = conn.call(ClientRenew { name: name.as_str().to_string(), cert_days: Some(days) })?;
+            let (issued, _) = issued_from_answer(answer)?;
             finish_renew(&name, &bundle_dir(&name, cert_out.as_deref()), &issued)
         }
     }
 }
 
-fn from_answer<T: serde::de::DeserializeOwned>(conn: &AdminClient, cmd: &str, v: Value) -> Result<T> {
-    serde_json::from_value(v).map_err(|e| {
-        anyhow::Error::new(AdminError::BadAnswer {
-            path: conn.path().to_path_buf(),
-            reason: format!("the answer to {cmd} does not have the expected shape: {e}"),
-        })
-    })
-}
-
 /// The `client_add` / `client_renew` answer as the store's own [`IssuedClient`] (without the
 /// token, which the store's type cannot be built from text) and the token.
-fn issued_from_answer(conn: &AdminClient, mut v: Value) -> Result<(IssuedClient, Option<String>)> {
-    let record: ClientRecord = from_answer(conn, "the issued client", v["client"].take())?;
-    let cert_pem: String = from_answer(conn, "the issued client", v["cert_pem"].take())?;
-    let key_pem: String = from_answer(conn, "the issued client", v["key_pem"].take())?;
-    let ca_pem: String = from_answer(conn, "the issued client", v["ca_pem"].take())?;
-    let token: Option<String> = from_answer(conn, "the issued client", v["token"].take())?;
-    let info = CertInfo::from_pem(&cert_pem, "the certificate govboxd issued")?;
-    let issued = IssuedClient { record, cert: IssuedCert { cert_pem, key_pem, info }, ca_pem, token: None };
-    Ok((issued, token))
+fn issued_from_answer(a: admin::IssuedClient) -> Result<(IssuedClient, Option<String>)> {
+    let info = CertInfo::from_pem(&a.cert_pem, "the certificate govboxd issued")?;
+    let issued = IssuedClient {
+        record: a.client,
+        cert: IssuedCert { cert_pem: a.cert_pem, key_pem: a.key_pem, info },
+        ca_pem: a.ca_pem,
+        token: None,
+    };
+    Ok((issued, a.token))
+}
+
+/// The store's [`IssuedClient`] as the protocol's answer (what the audit entries are made from).
+fn answer_of(i: &IssuedClient) -> admin::IssuedClient {
+    admin::IssuedClient {
+        client: i.record.clone(),
+        cert_pem: i.cert.cert_pem.clone(),
+        key_pem: String::new(),
+        ca_pem: String::new(),
+        token: None,
+    }
 }
 
 fn finish_add(name: &ClientName, dir: &Path, issued: &IssuedClient, token: Option<&str>) -> Result<()> {

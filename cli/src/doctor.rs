@@ -2,8 +2,8 @@
 //! one line per check, each OK, WARN, FAIL or SKIP with a hint for what to do.
 //!
 //! Expected modes come from provisioning (keys 0600, folders 0700, public files 0644) and from
-//! `dist/tmpfiles.d/govbox.conf` (the state folder 0700, owner `govbox`); the admin socket is 0660,
-//! group `govbox-admin` (`daemon/src/admin/mod.rs`). Files are expected to belong to the owner of
+//! `dist/tmpfiles.d/govbox.conf` (the state folder 0700, owner `govbox`); the admin socket is 0666,
+//! group `govbox-admin`, each request checked against the caller's groups (`govbox_admin::roles`). Files are expected to belong to the owner of
 //! the state folder, and on the production state folder to the user `govbox` when it exists.
 //!
 //! Exit codes: 0 when no check failed (warnings and skipped checks included), 1 when any check
@@ -17,12 +17,14 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
+use govbox_admin::protocol::{ClientList, Status, StatusAnswer};
 use govbox_provisioning::{CertInfo, ClientRecord, ClientStore, DEFAULT_STATE_DIR, Role, StatePaths, TrustRoot};
 use serde::Serialize;
-use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-use crate::admin::{ADMIN_GROUP, AdminClient, AdminError};
+use govbox_admin::socket::{ADMIN_GROUP, SOCKET_MODE};
+
+use crate::admin::{AdminClient, AdminError};
 
 /// A certificate expiring within this many days is a warning.
 const CERT_WARN_DAYS: i64 = 30;
@@ -95,11 +97,26 @@ impl Check {
 
 /// Runs `govbox doctor`.
 pub fn run(state: Option<&Path>, socket: &Path, args: DoctorArgs) -> Result<ExitCode> {
-    let state = state.map_or_else(|| PathBuf::from(DEFAULT_STATE_DIR), Path::to_path_buf);
+    // Without --state: the folder of the govboxd that answers, else the packaged one.
+    let state = state.map(Path::to_path_buf).unwrap_or_else(|| {
+        AdminClient::connect(socket)
+            .and_then(|mut c| c.call(Status {}))
+            .ok()
+            .map(|s| PathBuf::from(s.state_dir))
+            .filter(|p| p.is_absolute())
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+    });
     let checks = collect(&state, socket, OffsetDateTime::now_utc());
     if args.json {
         let worst = checks.iter().map(|c| c.level).max().unwrap_or(Level::Ok);
-        let doc = json!({"state": state.display().to_string(), "worst": worst, "checks": checks});
+        /// The `--json` document.
+        #[derive(serde::Serialize)]
+        struct Doc<'a> {
+            state: String,
+            worst: Level,
+            checks: &'a [Check],
+        }
+        let doc = Doc { state: state.display().to_string(), worst, checks: &checks };
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         print!("{}", render(&state, &checks));
@@ -489,7 +506,9 @@ pub fn disk_check(at: &Path, avail: u64, total: u64) -> Check {
     }
 }
 
-/// The admin socket: a socket, mode 0660 (nothing for others), group `govbox-admin` when it exists.
+/// The admin socket: a socket, mode 0666 (govboxd decides each request by the caller's peer
+/// credentials: groups `govbox-admin` and `govbox-audit-readers`), group `govbox-admin` when it
+/// exists.
 fn admin_socket(socket: &Path) -> Check {
     let name = "admin socket";
     let m = match fs::symlink_metadata(socket) {
@@ -504,9 +523,12 @@ fn admin_socket(socket: &Path) -> Check {
     let mode = m.mode() & 0o7777;
     let mut problems = Vec::new();
     let mut fix = Vec::new();
-    if mode & 0o007 != 0 {
-        problems.push(format!("mode {mode:04o}: any local user may administer the box"));
-        fix.push(format!("chmod 0660 {} (govboxd sets it at start: restart it)", socket.display()));
+    if mode != SOCKET_MODE {
+        problems.push(format!(
+            "mode {mode:04o}, not {SOCKET_MODE:04o}: auditors outside {ADMIN_GROUP} cannot reach it (roles are checked \
+             by govboxd)"
+        ));
+        fix.push("restart govboxd (it sets the mode at start)".to_string());
     }
     let group = nix::unistd::Group::from_name(ADMIN_GROUP).ok().flatten();
     if let Some(g) = &group
@@ -524,14 +546,14 @@ fn admin_socket(socket: &Path) -> Check {
 }
 
 /// Whether govboxd answers on the admin socket; its `status` answer when it does.
-fn daemon(socket: &Path, checks: &mut Vec<Check>) -> Option<Value> {
+fn daemon(socket: &Path, checks: &mut Vec<Check>) -> Option<StatusAnswer> {
     let name = "govboxd";
-    let status = AdminClient::connect(socket).and_then(|mut c| c.request(&json!({"cmd": "status"})));
+    let status = AdminClient::connect(socket).and_then(|mut c| c.call(Status {}));
     match status {
         Ok(s) => {
-            let version = s["version"].as_str().unwrap_or("?");
-            checks.push(if s["ready"].as_bool() == Some(true) {
-                Check::ok(name, format!("{version} ready, up {} s", s["uptime_secs"].as_u64().unwrap_or(0)))
+            let version = &s.version;
+            checks.push(if s.ready {
+                Check::ok(name, format!("{version} ready, up {} s", s.uptime_secs))
             } else {
                 Check::new(
                     name,
@@ -564,8 +586,8 @@ fn daemon(socket: &Path, checks: &mut Vec<Check>) -> Option<Value> {
 
 /// The clients: from the running govboxd (which holds the store's lock), else from the store.
 fn clients(state: &Path, socket: &Path) -> Result<Vec<ClientRecord>, String> {
-    if let Ok(mut answer) = AdminClient::connect(socket).and_then(|mut c| c.request(&json!({"cmd": "client_list"}))) {
-        return serde_json::from_value(answer["clients"].take()).map_err(|e| format!("govboxd's client list: {e}"));
+    if let Ok(answer) = AdminClient::connect(socket).and_then(|mut c| c.call(ClientList {})) {
+        return Ok(answer.clients);
     }
     ClientStore::open(state).and_then(|s| s.list()).map_err(|e| format!("the client store cannot be read: {e}"))
 }
@@ -606,18 +628,16 @@ pub fn client_certificates(clients: &[ClientRecord], now: OffsetDateTime) -> Che
 }
 
 /// The egress lockdown that govboxd reports in its `status` (`egress`).
-pub fn egress(status: Option<&Value>) -> Check {
+pub fn egress(status: Option<&StatusAnswer>) -> Check {
     let name = "egress lockdown";
     let Some(s) = status else {
         return Check::new(name, Level::Skip, "unknown (govboxd does not answer)", None);
     };
-    let e = &s["egress"];
-    let Some(mechanism) = e["mechanism"].as_str() else {
-        return Check::new(name, Level::Warn, "unknown (this govboxd does not report it)", None);
+    let Some(e) = &s.egress else {
+        return Check::new(name, Level::Warn, "unknown (govboxd has not locked down yet)", None);
     };
-    let connect = e["connect"].as_str().unwrap_or("?");
-    let other = e["other_inet"].as_str().unwrap_or("?");
-    let abi = e["abi"].as_u64().map(|a| format!(" ABI {a}")).unwrap_or_default();
+    let (mechanism, connect, other) = (e.mechanism.as_str(), e.connect.as_str(), e.other_inet.as_str());
+    let abi = e.abi.map(|a| format!(" ABI {a}")).unwrap_or_default();
     let msg = format!("{mechanism}{abi}: outbound TCP {connect}, other internet sockets {other}");
     if mechanism == "off" || connect != "denied" || other != "denied" {
         Check::new(
@@ -632,13 +652,13 @@ pub fn egress(status: Option<&Value>) -> Check {
 }
 
 /// govboxd's user and capabilities, from `/proc/PID/status` of the process behind the admin socket
-/// (its peer credentials) or the `pid` of its `status`.
-fn process(socket: &Path, status: Option<&Value>) -> Check {
+/// (the `pid` of its `status`, else its peer credentials).
+fn process(socket: &Path, status: Option<&StatusAnswer>) -> Check {
     let name = "service identity";
-    if status.is_none() {
+    let Some(status) = status else {
         return Check::new(name, Level::Skip, "govboxd does not answer", None);
-    }
-    let pid = status.and_then(|s| s["pid"].as_u64()).and_then(|p| i32::try_from(p).ok()).or_else(|| peer_pid(socket));
+    };
+    let pid = i32::try_from(status.pid).ok().filter(|p| *p > 0).or_else(|| peer_pid(socket));
     let Some(pid) = pid else {
         return Check::new(name, Level::Skip, "govboxd's process id is not known", None);
     };
@@ -710,6 +730,7 @@ mod tests {
             thresholds: vec![],
             force: false,
             audit_pub: None,
+            suite: govbox_provisioning::Suite::Intl,
         })
         .unwrap();
         state
@@ -843,12 +864,15 @@ mod tests {
 
     #[test]
     fn egress_and_process_verdicts() {
-        let locked = json!({"egress": {"mechanism": "landlock", "abi": 6, "connect": "denied",
-            "bind_ports": [8443], "other_inet": "denied"}});
+        let with =
+            |e: serde_json::Value| StatusAnswer { egress: serde_json::from_value(e).unwrap(), ..Default::default() };
+        let locked = with(serde_json::json!({"mechanism": "landlock", "abi": 6, "connect": "denied",
+            "bind_ports": [8443], "other_inet": "denied"}));
         assert_eq!(egress(Some(&locked)).level, Level::Ok);
-        let off = json!({"egress": {"mechanism": "off", "connect": "allowed", "other_inet": "allowed"}});
+        let off = with(serde_json::json!({"mechanism": "off", "abi": null, "connect": "allowed", "bind_ports": null,
+            "other_inet": "allowed"}));
         assert_eq!(egress(Some(&off)).level, Level::Warn);
-        let c = egress(Some(&json!({"version": "0.1.0"})));
+        let c = egress(Some(&StatusAnswer::default()));
         assert!(c.level == Level::Warn && c.message.starts_with("unknown"), "{c:?}");
 
         let unpriv = "Name:\tgovboxd\nUid:\t998\t998\t998\t998\nCapEff:\t0000000000000000\n";

@@ -186,7 +186,4 @@ fn client_config(ca_pem: &str, credentials: Credentials) -> Result<(rustls::Clie
     })
 }
 
-/// Lower-case hex.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use govbox_provisioning::hex;

@@ -11,12 +11,15 @@ mod doctor;
 mod https;
 mod keys;
 mod model;
+mod offline;
 mod package;
 mod policy;
 mod policy_eval;
 mod provision;
 mod status;
 mod store;
+#[cfg(feature = "tlcp")]
+mod tlcp;
 mod tls;
 mod trust;
 mod update;
@@ -90,10 +93,10 @@ fn main() -> ExitCode {
     let socket = admin::socket_path(cli.admin_socket.as_deref(), cli.state.as_deref());
     let done = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
     let r = match cli.command {
-        Command::Model(c) => done(model::run(cli.state.as_deref(), &socket, c)),
+        Command::Model(c) => done(model::run(cli.state.as_deref(), &socket, cli.audit_socket.as_deref(), c)),
         Command::Keygen(a) => done(keys::run(a)),
         Command::Provision(a) => done(provision::run(cli.state.as_deref(), a)),
-        Command::Client(c) => done(client::run(cli.state.as_deref(), &socket, c)),
+        Command::Client(c) => done(client::run(cli.state.as_deref(), &socket, cli.audit_socket.as_deref(), c)),
         Command::Status(a) => status::run(&socket, a),
         Command::Audit(c) => audit::run(cli.state.as_deref(), &socket, cli.audit_socket.as_deref(), c),
         Command::Package(c) => done(package::run(cli.state.as_deref(), c)),
@@ -102,7 +105,7 @@ fn main() -> ExitCode {
         Command::Doctor(a) => doctor::run(cli.state.as_deref(), &socket, a),
         Command::Tls(c) => done(tls::run(cli.state.as_deref(), &socket, c)),
         Command::Update(c) => done(update::run(&socket, c)),
-        Command::Policy(c) => policy::run(cli.state.as_deref(), &socket, c),
+        Command::Policy(c) => policy::run(cli.state.as_deref(), &socket, cli.audit_socket.as_deref(), c),
     };
     match r {
         Ok(code) => code,

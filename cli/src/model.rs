@@ -28,7 +28,7 @@ pub struct ModelArgs {
     /// Tokens the KV cache holds.
     #[arg(long, default_value_t = 4096)]
     kv_tokens: usize,
-    /// Element type of the KV cache: f32 (exact) or f16 (half the memory).
+    /// Element type of the KV cache: f32 (exact), f16 (half the memory) or q8_0 (34 bytes per 32 values).
     #[arg(long, default_value = "f32")]
     kv_dtype: govbox_drivers::KvDType,
     /// Device to run on: auto (Ascend, then CUDA, then the CPU), cpu, cuda:N or ascend:N. A
@@ -180,9 +180,9 @@ fn load_as(m: &ModelArgs, what: LoadAs) -> Result<(Arc<Engine>, Arc<dyn Backend>
 }
 
 /// Runs one `govbox model` command.
-pub fn run(state: Option<&Path>, socket: &Path, cmd: ModelCommand) -> Result<()> {
+pub fn run(state: Option<&Path>, socket: &Path, audit_socket: Option<&Path>, cmd: ModelCommand) -> Result<()> {
     match cmd {
-        ModelCommand::Store(c) => crate::store::run(state, socket, c),
+        ModelCommand::Store(c) => crate::store::run(state, socket, audit_socket, c),
         ModelCommand::Generate {
             m,
             prompt,
@@ -322,7 +322,7 @@ fn info(m: &ModelArgs) -> Result<()> {
         println!("weights:      {} ({:.1} MiB)", mix.join(", "), d.weight_bytes() as f64 / (1 << 20) as f64);
         println!("parameters:   {:.1} M", d.parameter_count() as f64 / 1e6);
         if let Some(kv) = engine.kv_spec() {
-            let mib = kv.bytes().unwrap_or(0) as f64 / (1 << 20) as f64;
+            let mib = engine.kv_bytes().unwrap_or(0) as f64 / (1 << 20) as f64;
             println!("kv cache:     {} tokens, {} ({mib:.1} MiB)", kv.n_blocks * kv.block_size, kv.dtype);
         }
     } else if let Some(e) = engine.embedding_model() {
@@ -403,7 +403,7 @@ fn bench(m: &ModelArgs, pp: usize, tg: usize, reps: usize, depth: usize) -> Resu
     results.insert("model".into(), m.model.display().to_string().into());
     if let Some(kv) = engine.kv_spec() {
         results.insert("kv_dtype".into(), kv.dtype.name().into());
-        results.insert("kv_bytes".into(), kv.bytes().unwrap_or(0).into());
+        results.insert("kv_bytes".into(), engine.kv_bytes().unwrap_or(0).into());
     }
     println!("{}", serde_json::Value::Object(results));
     Ok(())

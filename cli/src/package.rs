@@ -70,6 +70,9 @@ pub struct BuildArgs {
     /// A signing key (PKCS#8 PEM from `govbox keygen`); repeat for a threshold of keys.
     #[arg(long = "sign", value_name = "KEY", required = true)]
     sign: Vec<PathBuf>,
+    /// The hash of the files' digests, named in the manifest: `sha256`, or `sm3` (国密).
+    #[arg(long, value_name = "sha256|sm3", default_value = "sha256")]
+    hash: govbox_provisioning::HashAlgorithm,
     /// The package file to write (atomically).
     #[arg(short = 'o', long = "out", value_name = "FILE")]
     out: PathBuf,
@@ -173,7 +176,7 @@ fn build(a: BuildArgs) -> Result<()> {
     meta.context_length = a.context_length.unwrap_or(meta.context_length);
     meta.dtype = a.dtype.unwrap_or(meta.dtype);
     let kind = meta.kind;
-    let mut b = PackageBuilder::model(&a.name, &a.version, &a.model, meta.clone()).map_err(flat)?;
+    let mut b = PackageBuilder::model(&a.name, &a.version, &a.model, meta.clone()).map_err(flat)?.with_hash(a.hash);
     if a.selftest {
         let test = record_selftest(&a.model, kind, a.threads, a.selftest_tolerance)?;
         b = b.with_selftest(test);
@@ -196,7 +199,7 @@ fn build(a: BuildArgs) -> Result<()> {
         m.files.len(),
         mb(m.payload_bytes())
     );
-    println!("package      {} {}, digest {}", m.name, m.version, built.digest);
+    println!("package      {} {}, digest {}, files {}", m.name, m.version, built.digest, m.hash);
     println!("loads        {}", m.model.as_ref().map_or(".", |x| x.load.as_str()));
     if let Some(t) = m.model.as_ref().and_then(|x| x.selftest.as_ref()) {
         println!("self-test    {}", describe_selftest(t));
@@ -276,11 +279,8 @@ pub fn load_as(kind: Option<ModelKind>) -> govbox_engine::LoadAs {
 /// Runs the model on the CPU backend and records its self-test.
 fn record_selftest(model: &Path, kind: ModelKind, threads: usize, tolerance: f32) -> Result<SelfTest> {
     let backend: Arc<dyn Backend> = Arc::new(CpuBackend::new(threads)?);
-    // A yes/no reranker's pool must hold its prompt; a chat model's self-test reads a few tokens.
-    let kv_tokens = if kind == ModelKind::Rerank { 1024 } else { 64 };
-    let engine =
-        Engine::load_as(model, backend, &EngineOptions { kv_tokens, ..Default::default() }, load_as(Some(kind)))
-            .with_context(|| format!("loading {} for the self-test", model.display()))?;
+    let engine = Engine::load_as(model, backend, &EngineOptions::self_test(), load_as(Some(kind)))
+        .with_context(|| format!("loading {} for the self-test", model.display()))?;
     match kind {
         ModelKind::Chat => {
             let vocab =
@@ -394,7 +394,7 @@ mod tests {
         assert_eq!((c.token_ids.len(), c.top_k.len()), (SELFTEST_TOKENS, SELFTEST_TOP_K));
         // The box may run the prompt through the KV cache one token at a time; that must pass too.
         let backend: Arc<dyn Backend> = Arc::new(CpuBackend::new(2).unwrap());
-        let engine = Engine::load(&model, backend, &EngineOptions { kv_tokens: 64, ..Default::default() }).unwrap();
+        let engine = Engine::load(&model, backend, &EngineOptions::self_test()).unwrap();
         let all = engine.logits(&c.token_ids, false).unwrap();
         let vocab = all.len() / c.token_ids.len();
         test.compare(&SelfTestOutput::Logits(&all[all.len() - vocab..])).unwrap();

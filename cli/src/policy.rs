@@ -13,13 +13,16 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use govbox_audit::{AuditLog, AuditOptions, Event, PackageAction};
+use govbox_admin::protocol::{
+    ModelSwitched, PolicyActivate, PolicyImport, PolicyImported, PolicyList, PolicyListAnswer, PolicyRollback,
+};
+use govbox_audit::Event;
 use govbox_images::{ImportOptions, ModelStore, PackageBuilder, PackageError, PolicyInfo};
 use govbox_policy::Policy;
 use govbox_provisioning::{SigningKey, StatePaths, TrustRoot};
-use serde_json::{Value, json};
 
 use crate::admin::AdminClient;
+use crate::offline::OfflineAudit;
 use crate::package::{RoleArg, VerifyArgs, byte_bar, flat};
 use crate::provision::state_dir;
 use crate::store::split_spec;
@@ -86,8 +89,10 @@ pub enum PolicyCommand {
 }
 
 /// Runs one `govbox policy` command.
-pub fn run(state: Option<&Path>, socket: &Path, cmd: PolicyCommand) -> Result<ExitCode> {
-    let request = match &cmd {
+pub fn run(state: Option<&Path>, socket: &Path, audit_socket: Option<&Path>, cmd: PolicyCommand) -> Result<ExitCode> {
+    let auditd = crate::audit::auditd_socket(audit_socket, state);
+    let dir = state_dir(state);
+    let mut conn = match &cmd {
         PolicyCommand::Eval(a) => return crate::policy_eval::eval(state, a),
         PolicyCommand::EvalVerify(a) => return crate::policy_eval::verify(a),
         PolicyCommand::Build(a) => return build(a).map(|()| ExitCode::SUCCESS),
@@ -96,23 +101,99 @@ pub fn run(state: Option<&Path>, socket: &Path, cmd: PolicyCommand) -> Result<Ex
             return crate::package::run(state, crate::package::PackageCommand::Verify(args))
                 .map(|()| ExitCode::SUCCESS);
         }
+        _ => match AdminClient::connect(socket) {
+            Ok(c) => Some(c),
+            Err(e) if !e.is_unreachable() => return Err(e.into()),
+            Err(_) => None,
+        },
+    };
+    let offline = |req: &dyn Fn(&ModelStore, &StatePaths, &OfflineAudit) -> Result<()>| -> Result<()> {
+        let (paths, store) = open_store(&dir)?;
+        let audit = OfflineAudit::open(&dir, auditd.as_deref())?;
+        let r = req(&store, &paths, &audit);
+        let closed = audit.close();
+        r.and(closed)
+    };
+    match cmd {
         PolicyCommand::Import { file, activate } => {
-            let abs = std::path::absolute(file).with_context(|| format!("resolving {}", file.display()))?;
-            json!({"cmd": "policy_import", "path": abs.to_string_lossy(), "activate": activate})
+            let abs = std::path::absolute(&file).with_context(|| format!("resolving {}", file.display()))?;
+            let req = PolicyImport { path: abs.to_string_lossy().into_owned(), activate };
+            let print = |a: &PolicyImported| {
+                println!(
+                    "imported {} {} ({}), {} keywords{}",
+                    a.name,
+                    a.version,
+                    a.digest,
+                    a.keywords,
+                    if a.active { "; now active" } else { "; not active" }
+                );
+            };
+            match conn.as_mut() {
+                Some(c) => print(&c.call(req)?),
+                None => offline(&|store, paths, audit| {
+                    let a = import_offline(store, paths, &file, activate);
+                    if let Err(e) = &a {
+                        let code = e.chain().find_map(|c| c.downcast_ref::<PackageError>().map(PackageError::code));
+                        let refused = Event::PackageRefused {
+                            actor: audit.actor().to_string(),
+                            file: file.display().to_string(),
+                            code: code.unwrap_or("policy_invalid").to_string(),
+                            reason: format!("{e:#}"),
+                        };
+                        if let Err(w) = audit.append(refused) {
+                            eprintln!("warning: the refused import could not be recorded in the audit log: {w:#}");
+                        }
+                    }
+                    let a = audit.act(&req, || a)?;
+                    print(&a);
+                    Ok(())
+                })?,
+            }
         }
-        PolicyCommand::List { .. } => json!({"cmd": "policy_list"}),
+        PolicyCommand::List { json } => {
+            let a = match conn.as_mut() {
+                Some(c) => c.call(PolicyList {})?,
+                None => PolicyListAnswer { policies: open_store(&dir)?.1.list()? },
+            };
+            match json {
+                true => println!("{}", serde_json::to_string_pretty(&a)?),
+                false => print!("{}", render_list(&a)),
+            }
+        }
         PolicyCommand::Activate { spec } => {
-            let (name, version) = split_spec(spec);
-            json!({"cmd": "policy_activate", "name": name, "version": version})
+            let (name, version) = split_spec(&spec);
+            let req = PolicyActivate { name: name.to_string(), version: version.map(str::to_string) };
+            match conn.as_mut() {
+                Some(c) => print_switched(&c.call(req)?),
+                None => offline(&|store, _, audit| {
+                    let a = audit.act(&req, || {
+                        let v = store.activate(&req.name, req.version.as_deref())?;
+                        switched(store, &req.name, v)
+                    })?;
+                    print_switched(&a);
+                    Ok(())
+                })?,
+            }
         }
-        PolicyCommand::Rollback { name } => json!({"cmd": "policy_rollback", "name": name}),
-    };
-    let answer = match AdminClient::connect(socket) {
-        Ok(mut conn) => conn.request(&request)?,
-        Err(e) if !e.is_unreachable() => return Err(e.into()),
-        Err(_) => offline(&state_dir(state), &cmd)?,
-    };
-    print_answer(&cmd, &answer);
+        PolicyCommand::Rollback { name } => {
+            let req = PolicyRollback { name };
+            match conn.as_mut() {
+                Some(c) => print_switched(&c.call(req)?),
+                None => offline(&|store, _, audit| {
+                    let a = audit.act(&req, || {
+                        let v = store.rollback(&req.name)?;
+                        switched(store, &req.name, v)
+                    })?;
+                    print_switched(&a);
+                    Ok(())
+                })?,
+            }
+        }
+        PolicyCommand::Build(_)
+        | PolicyCommand::Verify { .. }
+        | PolicyCommand::Eval(_)
+        | PolicyCommand::EvalVerify(_) => unreachable!("handled before"),
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -154,54 +235,32 @@ fn build(a: &BuildArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_answer(cmd: &PolicyCommand, a: &Value) {
-    let s = |v: &Value| v.as_str().unwrap_or("?").to_string();
-    match cmd {
-        PolicyCommand::Import { .. } => println!(
-            "imported {} {} ({}), {} keywords{}",
-            s(&a["name"]),
-            s(&a["version"]),
-            s(&a["digest"]),
-            a["keywords"],
-            if a["active"].as_bool() == Some(true) { "; now active" } else { "; not active" }
-        ),
-        PolicyCommand::List { json: true } => println!("{}", serde_json::to_string_pretty(a).unwrap_or_default()),
-        PolicyCommand::List { json: false } => print!("{}", render_list(a)),
-        PolicyCommand::Activate { .. } | PolicyCommand::Rollback { .. } => {
-            println!("{}: now {} ({})", s(&a["name"]), s(&a["version"]), s(&a["digest"]));
-        }
-        PolicyCommand::Build(_)
-        | PolicyCommand::Verify { .. }
-        | PolicyCommand::Eval(_)
-        | PolicyCommand::EvalVerify(_) => {}
-    }
+fn print_switched(a: &ModelSwitched) {
+    println!("{}: now {} ({})", a.name, a.version, a.digest);
 }
 
 /// The table of `policy list`, with whole digests (what audit entries name).
-fn render_list(a: &Value) -> String {
-    let libs = a["policies"].as_array().cloned().unwrap_or_default();
-    if libs.is_empty() {
+fn render_list(a: &PolicyListAnswer) -> String {
+    if a.policies.is_empty() {
         return "no policy libraries imported; import a signed package with `govbox policy import FILE.gbp`\n".into();
     }
     let mut out = format!("{:<28} {:<12} {:<6} DIGEST\n", "NAME", "VERSION", "ACTIVE");
-    for m in &libs {
-        let active = m["active"].as_str();
-        for v in m["versions"].as_array().into_iter().flatten() {
-            let version = v["version"].as_str().unwrap_or("?");
+    for m in &a.policies {
+        for v in &m.versions {
             out.push_str(&format!(
                 "{:<28} {:<12} {:<6} sha256-{}\n",
-                m["name"].as_str().unwrap_or("?"),
-                version,
-                if active == Some(version) { "*" } else { "" },
-                v["digest"].as_str().unwrap_or("?"),
+                m.name,
+                v.version,
+                if m.active.as_deref() == Some(v.version.as_str()) { "*" } else { "" },
+                v.digest,
             ));
         }
     }
     out
 }
 
-/// Works on `STATE/policies` directly, recording each step in the audit log.
-fn offline(state: &Path, cmd: &PolicyCommand) -> Result<Value> {
+/// The state folder's policy store (govboxd is stopped).
+fn open_store(state: &Path) -> Result<(StatePaths, ModelStore)> {
     let paths = StatePaths::new(state);
     if !paths.root_json().exists() {
         bail!(
@@ -210,38 +269,10 @@ fn offline(state: &Path, cmd: &PolicyCommand) -> Result<Value> {
         );
     }
     let store = ModelStore::open_policies(&paths)?;
-    match cmd {
-        PolicyCommand::Import { file, activate } => {
-            let r = import_offline(&store, &paths, file, *activate);
-            if let Err(e) = &r {
-                let code = e.chain().find_map(|c| c.downcast_ref::<PackageError>().map(PackageError::code));
-                record(&paths, |actor| Event::PackageRefused {
-                    actor,
-                    file: file.display().to_string(),
-                    code: code.unwrap_or("policy_invalid").to_string(),
-                    reason: format!("{e:#}"),
-                });
-            }
-            r
-        }
-        PolicyCommand::List { .. } => Ok(json!({"policies": store.list()?})),
-        PolicyCommand::Activate { spec } => {
-            let (name, version) = split_spec(spec);
-            let v = store.activate(name, version)?;
-            switched(&store, &paths, name, &v, PackageAction::Activated)
-        }
-        PolicyCommand::Rollback { name } => {
-            let v = store.rollback(name)?;
-            switched(&store, &paths, name, &v, PackageAction::RolledBack)
-        }
-        PolicyCommand::Build(_)
-        | PolicyCommand::Verify { .. }
-        | PolicyCommand::Eval(_)
-        | PolicyCommand::EvalVerify(_) => unreachable!("handled before"),
-    }
+    Ok((paths, store))
 }
 
-fn import_offline(store: &ModelStore, paths: &StatePaths, file: &Path, activate: bool) -> Result<Value> {
+fn import_offline(store: &ModelStore, paths: &StatePaths, file: &Path, activate: bool) -> Result<PolicyImported> {
     let root = TrustRoot::load(&paths.root_json())?;
     let imported = store.import_file(file, &root, &ImportOptions { activate }, &mut |_, _| {})?;
     // Compiled here as govboxd compiles it, so that a library it could not serve is refused now.
@@ -256,56 +287,33 @@ fn import_offline(store: &ModelStore, paths: &StatePaths, file: &Path, activate:
             );
         }
     };
-    let digest = format!("sha256-{}", imported.digest);
-    let step = |action| step_event(action, &imported.name, &imported.version, &digest);
-    if !imported.already_present {
-        record(paths, step(PackageAction::Imported));
-    }
-    if imported.activated {
-        record(paths, step(PackageAction::Activated));
-    }
-    Ok(json!({
-        "name": imported.name, "version": imported.version, "digest": digest,
-        "keywords": library.keyword_count(), "active": imported.activated,
-    }))
+    Ok(PolicyImported {
+        name: imported.name,
+        version: imported.version,
+        digest: format!("sha256-{}", imported.digest),
+        keywords: library.keyword_count(),
+        active: imported.activated,
+        already_present: imported.already_present,
+    })
 }
 
-fn switched(store: &ModelStore, paths: &StatePaths, name: &str, version: &str, action: PackageAction) -> Result<Value> {
+fn switched(store: &ModelStore, name: &str, version: String) -> Result<ModelSwitched> {
     let digest = store.active_models()?.into_iter().find(|a| a.name == name).map(|a| a.digest).unwrap_or_default();
-    let digest = format!("sha256-{digest}");
-    record(paths, step_event(action, name, version, &digest));
-    Ok(json!({"name": name, "version": version, "digest": digest}))
-}
-
-/// The audit entry of one step on a policy package, for [`record`] to complete with the actor.
-fn step_event(action: PackageAction, name: &str, version: &str, digest: &str) -> impl FnOnce(String) -> Event {
-    let (name, version, digest) = (name.to_string(), version.to_string(), digest.to_string());
-    move |actor| Event::PolicyPackage { action, actor, name, version, digest }
-}
-
-/// Appends one entry to the audit log; a step that happened but could not be recorded is
-/// reported beside it.
-fn record(paths: &StatePaths, event: impl FnOnce(String) -> Event) {
-    let write = || -> Result<()> {
-        let log = AuditLog::open_state(paths, AuditOptions::default())?;
-        log.append_blocking(event(crate::audit::local_actor()?))?;
-        log.close()?;
-        Ok(())
-    };
-    if let Err(e) = write() {
-        eprintln!("warning: this step could not be recorded in the audit log: {e:#}");
-    }
+    Ok(ModelSwitched { name: name.to_string(), version, previous: None, digest: format!("sha256-{digest}") })
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::render_list;
 
     #[test]
     fn the_list_marks_the_active_version_and_shows_whole_digests() {
         let d = "ab".repeat(32);
-        let list = serde_json::json!({"policies": [{"name": "baseline", "active": "2026.12.1",
-            "versions": [{"version": "2026.12.1", "digest": d}, {"version": "2026.11.0", "digest": d}]}]});
+        let v = |version: &str| serde_json::json!({"version": version, "digest": d, "size": 1, "imported": "x"});
+        let list = serde_json::from_value(serde_json::json!({"policies": [{"name": "baseline", "active": "2026.12.1",
+            "history": [], "versions": [v("2026.12.1"), v("2026.11.0")]}]}))
+        .unwrap();
         let text = render_list(&list);
         let rows: Vec<&str> = text.lines().collect();
         assert!(rows[1].contains(" * ") && rows[1].ends_with(&format!("sha256-{d}")), "{text}");

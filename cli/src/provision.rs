@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use clap::Args;
 use govbox_provisioning::{
-    CertInfo, DEFAULT_STATE_DIR, ProvisionOptions, Role, ThresholdSpec, TrustKeySpec, TrustRoot, describe_role,
+    CertInfo, DEFAULT_STATE_DIR, ProvisionOptions, Role, Suite, ThresholdSpec, TrustKeySpec, TrustRoot, describe_role,
     load_public_identity, provision,
 };
 use time::OffsetDateTime;
@@ -40,6 +40,11 @@ pub struct ProvisionArgs {
     /// the audit key is made into identity/audit.key (the single-process mode: tests, the demo).
     #[arg(long, value_name = "PUB")]
     audit_pub: Option<PathBuf>,
+    /// The crypto suite: `intl` (Ed25519, SHA-256, HMAC-SHA256, AES-256-GCM) or `gm` (国密: SM2 with
+    /// SM3, SM3, HMAC-SM3, SM4-GCM). The device and audit keys are made (and `--audit-pub` must be)
+    /// of the suite's algorithm; every component reads the suite from identity/suite.
+    #[arg(long, value_name = "intl|gm", default_value = "intl")]
+    suite: Suite,
 }
 
 /// The state folder: `--state DIR`, or the production one.
@@ -61,8 +66,10 @@ pub fn run(state: Option<&Path>, args: ProvisionArgs) -> Result<()> {
         thresholds: args.threshold,
         force: args.force,
         audit_pub: args.audit_pub,
+        suite: args.suite,
     })?;
     println!("provisioned {}", report.paths.root().display());
+    println!("  crypto suite   {}", report.suite);
     println!("  host name      {}", report.hostname);
     println!("  server names   {}", report.server.sans.join(", "));
     println!("  device key id  {}", report.device_key.keyid());
@@ -89,6 +96,7 @@ pub fn run(state: Option<&Path>, args: ProvisionArgs) -> Result<()> {
 fn show(state: &Path) -> Result<()> {
     let id = load_public_identity(state)?;
     println!("govbox public identity of {}", id.paths.root().display());
+    println!("crypto suite   {}", id.suite);
     println!("device id      {}", id.device_id());
     print!("device public key\n{}", id.device_key.to_spki_pem());
     println!("audit key id   {}", id.audit_key.keyid());

@@ -9,7 +9,8 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
-use serde_json::{Value, json};
+use govbox_admin::protocol::{ClientList, Status, StatusAnswer};
+use govbox_provisioning::ClientRecord;
 
 use crate::admin::AdminClient;
 
@@ -34,24 +35,23 @@ pub fn run(socket: &Path, args: StatusArgs) -> Result<ExitCode> {
         }
         Err(e) => return Err(e.into()),
     };
-    let status = conn.request(&json!({"cmd": "status"}))?;
+    let status = conn.call(Status {})?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(ExitCode::SUCCESS);
     }
     // The client count is a second request on the same connection; the status stands without it.
-    let clients = conn.request(&json!({"cmd": "client_list"})).ok();
-    print!("{}", render(&status, clients.as_ref(), time::OffsetDateTime::now_utc().unix_timestamp()));
+    let clients = conn.call(ClientList {}).ok().map(|c| c.clients);
+    print!("{}", render(&status, clients.as_deref(), time::OffsetDateTime::now_utc().unix_timestamp()));
     Ok(ExitCode::SUCCESS)
 }
 
 /// The human form of a `status` answer (and, if it came, a `client_list` answer), at `now`
 /// (Unix seconds: a client whose certificate has expired is not counted as active).
-fn render(s: &Value, clients: Option<&Value>, now: i64) -> String {
-    let str_of = |v: &Value| v.as_str().map(str::to_string).unwrap_or_else(|| "?".to_string());
-    let state = if s["shutting_down"].as_bool() == Some(true) {
+fn render(s: &StatusAnswer, clients: Option<&[ClientRecord]>, now: i64) -> String {
+    let state = if s.shutting_down {
         "shutting down"
-    } else if s["ready"].as_bool() == Some(true) {
+    } else if s.ready {
         "ready"
     } else {
         "starting (models loading)"
@@ -60,60 +60,53 @@ fn render(s: &Value, clients: Option<&Value>, now: i64) -> String {
     let mut row = |k: &str, v: String| {
         let _ = writeln!(out, "  {k:<13} {v}");
     };
-    let head = format!("govboxd {}: {state}\n", str_of(&s["version"]));
-    row("uptime", s["uptime_secs"].as_u64().map_or_else(|| "?".to_string(), duration));
-    row("listen", str_of(&s["listen"]));
-    if let Some(cert) = crate::tls::status_row(&s["tls_certificate"], time::OffsetDateTime::now_utc().unix_timestamp())
-    {
-        row("certificate", cert);
+    let head = format!("govboxd {}: {state}\n", s.version);
+    row("uptime", duration(s.uptime_secs));
+    row("listen", s.listen.clone());
+    if let Some(cert) = &s.tls_certificate {
+        row("certificate", crate::tls::status_row(cert, time::OffsetDateTime::now_utc().unix_timestamp()));
     }
 
-    let b = &s["backend"];
-    let mut backend = match b["device"].as_str() {
-        Some(d) if d != "cpu" => format!("{} {d} ({})", str_of(&b["kind"]), str_of(&b["name"])),
-        _ => format!("{} ({})", str_of(&b["kind"]), str_of(&b["name"])),
+    let b = &s.backend;
+    let mut backend = match b.device.as_str() {
+        "cpu" | "" => format!("{} ({})", b.kind, b.name),
+        d => format!("{} {d} ({})", b.kind, b.name),
     };
-    if let Some(t) = b["threads"].as_u64() {
-        let _ = write!(backend, ", {t} threads");
-    }
-    if let Some(r) = b["requested"].as_str() {
-        let _ = write!(backend, ", device = \"{r}\"");
-    }
+    let _ = write!(backend, ", {} threads, device = \"{}\"", b.threads, b.requested);
     row("backend", backend);
-    if b["simulated"].as_bool() == Some(true) {
+    if b.simulated {
         row("SIMULATED", "the device is govbox's simulator, not real hardware (tests only)".to_string());
     }
-    match (b["temperature_c"].as_f64(), b["health"].as_str()) {
+    match (b.temperature_c, &b.health) {
         (Some(t), Some(h)) => row("health", format!("{h}, {t:.0} °C")),
         (Some(t), None) => row("health", format!("{t:.0} °C")),
-        (None, Some(h)) => row("health", h.to_string()),
+        (None, Some(h)) => row("health", h.clone()),
         (None, None) => {}
     }
-    for (i, note) in b["notes"].as_array().into_iter().flatten().filter_map(Value::as_str).enumerate() {
-        row(if i == 0 { "device notes" } else { "" }, note.to_string());
+    for (i, note) in b.notes.iter().enumerate() {
+        row(if i == 0 { "device notes" } else { "" }, note.clone());
     }
-    match (b["memory_used"].as_u64(), b["memory_total"].as_u64()) {
+    match (b.memory_used, b.memory_total) {
         (Some(u), Some(t)) => row("memory", format!("{} used of {}", bytes(u), bytes(t))),
         (Some(u), None) => row("memory", format!("{} used", bytes(u))),
         (None, Some(t)) => row("memory", format!("{} total", bytes(t))),
         (None, None) => {}
     }
-    for p in s["accelerators"].as_array().into_iter().flatten() {
-        let kind = str_of(&p["kind"]);
-        let line = if p["present"].as_bool() == Some(true) {
-            let sim = if p["simulated"].as_bool() == Some(true) { " SIMULATED" } else { "" };
-            format!("present{sim}, {} device(s) ({})", p["devices"].as_u64().unwrap_or(0), str_of(&p["detail"]))
+    for p in &s.accelerators {
+        let line = if p.present {
+            let sim = if p.simulated { " SIMULATED" } else { "" };
+            format!("present{sim}, {} device(s) ({})", p.devices, p.detail)
         } else {
-            format!("absent ({})", str_of(&p["detail"]))
+            format!("absent ({})", p.detail)
         };
-        row(&kind, line);
+        row(&p.kind, line);
     }
 
-    if s["insecure_dev_models"].as_bool() == Some(true) {
+    if s.insecure_dev_models {
         row("WARNING", "--insecure-dev-models: unsigned model folders are served".to_string());
     }
-    // Absent from a govboxd that predates the egress lockdown: then no row.
-    if let Ok(e) = serde_json::from_value::<govbox_attestation::EgressMeasurement>(s["egress"].clone()) {
+    // Absent before the egress lockdown ran: then no row.
+    if let Some(e) = &s.egress {
         let state = if e.denies_egress() {
             "locked"
         } else if e.mechanism != "off" && e.other_inet == "denied" {
@@ -123,61 +116,47 @@ fn render(s: &Value, clients: Option<&Value>, now: i64) -> String {
         };
         row("egress", format!("{state} ({})", e.summary()));
     }
-    // Absent without a witness, and from a govboxd that predates it.
-    let w = &s["audit_witness"];
-    if !w.is_null() {
-        let mut line = match w["pending"].as_u64() {
-            Some(0) => format!("{}: up to date", str_of(&w["address"])),
-            Some(n) => format!("{}: BEHIND, {n} signed head(s) waiting", str_of(&w["address"])),
-            None => str_of(&w["address"]).to_string(),
+    // Absent without a witness.
+    if let Some(w) = &s.audit_witness {
+        let mut line = match w.pending {
+            0 => format!("{}: up to date", w.address),
+            n => format!("{}: BEHIND, {n} signed head(s) waiting", w.address),
         };
-        if let Some(size) = w["last_sent_size"].as_u64() {
+        if let Some(size) = w.last_sent_size {
             let _ = write!(line, "; last sent tree size {size}");
         }
-        if let Some(e) = w["last_error"].as_str() {
+        if let Some(e) = &w.last_error {
             let _ = write!(line, "; last error: {e}");
         }
         row("audit witness", line);
     }
-    let loaded: Vec<&Value> = s["models"].as_array().map(|a| a.iter().collect()).unwrap_or_default();
-    if loaded.is_empty() {
+    if s.models.is_empty() {
         row("models", "none loaded".to_string());
     }
-    for (i, m) in loaded.iter().enumerate() {
-        let origin = match m["digest"].as_str() {
-            Some(d) if d.starts_with("sha256-") => {
-                format!("{} {}", str_of(&m["version"]), d.get(..19).unwrap_or(d))
-            }
-            _ => format!("UNSIGNED {}", str_of(&m["path"])),
+    for (i, m) in s.models.iter().enumerate() {
+        let origin = match m.digest.starts_with("sha256-") {
+            true => format!("{} {}", m.version, m.digest.get(..19).unwrap_or(&m.digest)),
+            false => format!("UNSIGNED {}", m.path),
         };
-        let line = format!("{} ({}, {}) {origin}", str_of(&m["name"]), str_of(&m["kind"]), str_of(&m["format"]));
+        let line = format!("{} ({}, {}) {origin}", m.name, m.kind, m.format);
         row(if i == 0 { "models" } else { "" }, line);
     }
-    let loaded_names: Vec<&str> = loaded.iter().filter_map(|m| m["name"].as_str()).collect();
-    let pending: Vec<&str> = s["configured_models"]
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).filter(|n| !loaded_names.contains(n)).collect())
-        .unwrap_or_default();
+    let pending: Vec<&str> =
+        s.configured_models.iter().map(String::as_str).filter(|n| !s.models.iter().any(|m| m.name == *n)).collect();
     if !pending.is_empty() {
         row("not loaded", pending.join(", "));
     }
 
-    let num = |k: &str| s[k].as_u64().map_or_else(|| "?".to_string(), |n| n.to_string());
     row(
         "requests",
         format!(
             "{} generating, {} queued, {} open connections",
-            num("active_generations"),
-            num("queued_requests"),
-            num("open_connections")
+            s.active_generations, s.queued_requests, s.open_connections
         ),
     );
-    if let Some(list) = clients.and_then(|c| c["clients"].as_array()) {
-        let revoked = list.iter().filter(|c| c["revoked"].as_bool() == Some(true)).count();
-        let expired = list
-            .iter()
-            .filter(|c| c["revoked"].as_bool() != Some(true) && c["cert_not_after"].as_i64().is_some_and(|t| t <= now))
-            .count();
+    if let Some(list) = clients {
+        let revoked = list.iter().filter(|c| c.revoked).count();
+        let expired = list.iter().filter(|c| !c.revoked && c.cert_not_after <= now).count();
         row(
             "clients",
             format!(
@@ -205,7 +184,35 @@ fn bytes(n: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+    use serde_json::{Value, json};
+
     use super::*;
+
+    /// A status answer from the fields given, the others at their defaults.
+    fn answer(partial: Value) -> StatusAnswer {
+        let mut full = serde_json::to_value(StatusAnswer::default()).unwrap();
+        merge(&mut full, partial);
+        serde_json::from_value(full).unwrap()
+    }
+
+    fn merge(into: &mut Value, from: Value) {
+        match (into, from) {
+            (Value::Object(a), Value::Object(b)) => {
+                for (k, v) in b {
+                    merge(a.entry(k).or_insert(Value::Null), v);
+                }
+            }
+            (slot, v) => *slot = v,
+        }
+    }
+
+    fn client(revoked: bool, cert_not_after: i64) -> ClientRecord {
+        serde_json::from_value(json!({"name": "c", "models": [], "rpm": null, "tokens_per_day": null,
+            "cert_sha256": null, "cert_not_after": cert_not_after, "token_sha256": null, "revoked": revoked,
+            "created": 0}))
+        .unwrap()
+    }
 
     #[test]
     fn renders_ready_daemon_with_models_and_clients() {
@@ -229,12 +236,8 @@ mod tests {
             "active_generations": 1, "queued_requests": 0, "open_connections": 3,
             "insecure_dev_models": true,
         });
-        let clients = json!({"clients": [
-            {"revoked": false, "cert_not_after": 2000},
-            {"revoked": true, "cert_not_after": 2000},
-            {"revoked": false, "cert_not_after": 1000},
-        ]});
-        let out = render(&s, Some(&clients), 1500);
+        let clients = [client(false, 2000), client(true, 2000), client(false, 1000)];
+        let out = render(&answer(s), Some(&clients), 1500);
         assert!(out.starts_with("govboxd 0.1.0: ready\n"), "{out}");
         for want in [
             "uptime        01h 02m 05s",
@@ -261,7 +264,7 @@ mod tests {
                         "temperature_c": 45.0, "health": "ok", "notes": ["Q4_1 weights de-quantised to F32 at upload"]},
             "accelerators": [{"kind": "ascend", "compiled": true, "present": true, "devices": 1, "simulated": true,
                               "detail": "govbox ascend-sim"}]});
-        let out = render(&s, None, 0);
+        let out = render(&answer(s), None, 0);
         for want in [
             "backend       ascend ascend:0 (Ascend910B-sim (simulated)), 1 threads, device = \"auto\"",
             "SIMULATED     the device is govbox's simulator",
@@ -281,7 +284,7 @@ mod tests {
                        "bind_ports": [8443], "other_inet": "denied"},
             "audit_witness": {"address": "tcp://10.0.0.5:6514", "pending": 2, "last_sent_size": 1000,
                               "last_error": "connecting: Connection refused (os error 111)"}});
-        let out = render(&s, None, 0);
+        let out = render(&answer(s), None, 0);
         for want in [
             "egress        locked but for the audit witness (landlock ABI 7: TCP connect allowed only to port 6514",
             "audit witness tcp://10.0.0.5:6514: BEHIND, 2 signed head(s) waiting; last sent tree size 1000; \
@@ -289,7 +292,7 @@ mod tests {
         ] {
             assert!(out.contains(want), "missing {want:?} in\n{out}");
         }
-        let none = render(&json!({"ready": true, "models": []}), None, 0);
+        let none = render(&answer(json!({"ready": true, "models": []})), None, 0);
         assert!(!none.contains("audit witness"), "{none}");
     }
 
@@ -297,21 +300,21 @@ mod tests {
     fn renders_the_egress_lockdown() {
         let locked = json!({"ready": true, "models": [], "egress": {"mechanism": "landlock", "abi": 7,
             "connect": "denied", "bind_ports": [8443], "other_inet": "denied"}});
-        let out = render(&locked, None, 0);
+        let out = render(&answer(locked), None, 0);
         let want = "egress        locked (landlock ABI 7: TCP connect denied, bind allowed only on port 8443; \
                     other internet sockets denied)";
         assert!(out.contains(want), "missing {want:?} in\n{out}");
         let off = json!({"ready": true, "models": [], "egress": {"mechanism": "off", "abi": null,
             "connect": "allowed", "bind_ports": null, "other_inet": "allowed"}});
-        let out = render(&off, None, 0);
+        let out = render(&answer(off), None, 0);
         assert!(out.contains("egress        OFF, outbound connections possible (off: TCP connect allowed"), "{out}");
-        let old = render(&json!({"ready": true, "models": []}), None, 0);
+        let old = render(&answer(json!({"ready": true, "models": []})), None, 0);
         assert!(!old.contains("egress"), "no row for a daemon that does not report it: {old}");
     }
 
     #[test]
     fn renders_starting_daemon() {
-        let out = render(&json!({"ready": false, "models": []}), None, 0);
+        let out = render(&answer(json!({"ready": false, "models": []})), None, 0);
         assert!(out.contains(": starting (models loading)") && out.contains("none loaded"), "{out}");
         assert!(!out.contains("clients"), "{out}");
     }

@@ -11,15 +11,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Subcommand;
-use govbox_audit::{AuditLog, AuditOptions, Event};
+use govbox_admin::events::Audited;
+use govbox_admin::protocol::{
+    ModelActivate, ModelDisable, ModelEnable, ModelImport, ModelImported, ModelList, ModelListAnswer, ModelRemove,
+    ModelRemoved, ModelRollback, ModelSwitched, ModelToggled, SelfTestPassed, StoredModel,
+};
+use govbox_audit::Event;
 use govbox_drivers::cpu::CpuBackend;
 use govbox_engine::{Engine, EngineOptions};
 use govbox_images::{ImportOptions, ModelRecord, ModelStore, PackageError, SelfTest, SelfTestOutput};
 use govbox_provisioning::{StatePaths, TrustRoot};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::{Value, json};
 
 use crate::admin::AdminClient;
+use crate::offline::OfflineAudit;
 use crate::provision::state_dir;
 
 /// An import of tens of GB through the daemon may take minutes.
@@ -57,6 +62,16 @@ pub enum StoreCommand {
         /// NAME@VERSION.
         spec: String,
     },
+    /// Take NAME out of service: requests for it answer 404 until `enable` (running ones finish).
+    Disable {
+        /// The model name.
+        name: String,
+    },
+    /// Serve NAME's active version again after `disable`.
+    Enable {
+        /// The model name.
+        name: String,
+    },
 }
 
 /// `NAME@VERSION` or `NAME`.
@@ -67,150 +82,213 @@ pub(crate) fn split_spec(spec: &str) -> (&str, Option<&str>) {
     }
 }
 
-/// Runs a store command.
-pub fn run(state: Option<&Path>, socket: &Path, cmd: StoreCommand) -> Result<()> {
-    let state = state_dir(state);
-    let request = match &cmd {
-        StoreCommand::Import { file, activate } => {
-            let abs = std::path::absolute(file).with_context(|| format!("resolving {}", file.display()))?;
-            json!({"cmd": "model_import", "path": abs.to_string_lossy(), "activate": activate})
-        }
-        StoreCommand::List { .. } => json!({"cmd": "model_list"}),
-        StoreCommand::Activate { spec } => {
-            let (name, version) = split_spec(spec);
-            json!({"cmd": "model_activate", "name": name, "version": version})
-        }
-        StoreCommand::Rollback { name } => json!({"cmd": "model_rollback", "name": name}),
-        StoreCommand::Remove { spec } => {
-            let (name, version) = split_spec(spec);
-            let version = version.ok_or_else(|| anyhow!("give the version to remove as NAME@VERSION"))?;
-            json!({"cmd": "model_remove", "name": name, "version": version})
-        }
+/// Runs a store command: through govboxd when its socket answers, else on the state folder, with
+/// the same audit entries.
+pub fn run(state: Option<&Path>, socket: &Path, audit_socket: Option<&Path>, cmd: StoreCommand) -> Result<()> {
+    let auditd = crate::audit::auditd_socket(audit_socket, state);
+    let box_ = Box_ {
+        state: state_dir(state),
+        auditd,
+        conn: match AdminClient::connect(socket) {
+            Ok(c) => Some(c),
+            Err(e) if !e.is_unreachable() => return Err(e.into()),
+            Err(_) => None,
+        },
     };
-    let answer = match AdminClient::connect(socket) {
-        Ok(mut conn) => {
-            let spinner = matches!(cmd, StoreCommand::Import { .. }).then(|| {
-                conn.set_read_timeout(IMPORT_TIMEOUT);
-                let s = ProgressBar::new_spinner();
-                s.set_message("govboxd is verifying and importing the package");
-                s.enable_steady_tick(Duration::from_millis(120));
-                s
-            });
-            let r = conn.request(&request);
-            if let Some(s) = spinner {
-                s.finish_and_clear();
-            }
-            r?
-        }
-        Err(e) if !e.is_unreachable() => return Err(e.into()),
-        Err(_) => offline(&state, &cmd)?,
-    };
-    print_answer(&cmd, &answer);
-    Ok(())
+    box_.run(cmd)
 }
 
-fn print_answer(cmd: &StoreCommand, a: &Value) {
-    let s = |v: &Value| v.as_str().unwrap_or("?").to_string();
-    match cmd {
-        StoreCommand::Import { .. } => {
-            println!(
-                "imported {} {} ({}), {:.1} MB verified at {:.0} MB/s{}",
-                s(&a["name"]),
-                s(&a["version"]),
-                s(&a["digest"]),
-                a["size"].as_f64().unwrap_or(0.0) / 1e6,
-                a["mb_per_s"].as_f64().unwrap_or(0.0),
-                if a["active"].as_bool() == Some(true) { "; now active" } else { "; not active" }
-            );
-            if a["selftest"]["passed"].as_bool() == Some(true) {
+/// Where a store command goes: govboxd's socket, or the state folder.
+struct Box_ {
+    state: PathBuf,
+    auditd: Option<PathBuf>,
+    conn: Option<AdminClient>,
+}
+
+impl Box_ {
+    fn run(mut self, cmd: StoreCommand) -> Result<()> {
+        match cmd {
+            StoreCommand::Import { file, activate } => {
+                let abs = std::path::absolute(&file).with_context(|| format!("resolving {}", file.display()))?;
+                let req = ModelImport { path: abs.to_string_lossy().into_owned(), activate };
+                let a = match self.conn.as_mut() {
+                    Some(conn) => {
+                        conn.set_read_timeout(IMPORT_TIMEOUT);
+                        let s = ProgressBar::new_spinner();
+                        s.set_message("govboxd is verifying and importing the package");
+                        s.enable_steady_tick(Duration::from_millis(120));
+                        let r = conn.call(req);
+                        s.finish_and_clear();
+                        r?
+                    }
+                    None => self.change(&req, |store, paths, audit| {
+                        let r = import_offline(store, paths, &file, activate);
+                        if let Err(e) = &r {
+                            record_refusal(audit, &file, e);
+                        }
+                        r
+                    })?,
+                };
+                print_imported(&a);
+            }
+            StoreCommand::List { json } => {
+                let a = match self.conn.as_mut() {
+                    Some(conn) => conn.call(ModelList {})?,
+                    None => {
+                        let models = self.store()?.1.list()?;
+                        ModelListAnswer {
+                            models: models.into_iter().map(|record| StoredModel::new(record, None)).collect(),
+                        }
+                    }
+                };
+                match json {
+                    true => println!("{}", serde_json::to_string_pretty(&a)?),
+                    false => print!("{}", render_list(&a)),
+                }
+            }
+            StoreCommand::Activate { spec } => {
+                let (name, version) = split_spec(&spec);
+                let req = ModelActivate { name: name.to_string(), version: version.map(str::to_string) };
+                let a = match self.conn.as_mut() {
+                    Some(conn) => conn.call(req)?,
+                    None => self.change(&req, |store, _, _| {
+                        let before = active_version(store, &req.name)?;
+                        let v = store.activate(&req.name, req.version.as_deref())?;
+                        activated(store, &req.name, v, before)
+                    })?,
+                };
+                print_switched(&a);
+            }
+            StoreCommand::Rollback { name } => {
+                let req = ModelRollback { name };
+                let a = match self.conn.as_mut() {
+                    Some(conn) => conn.call(req)?,
+                    None => self.change(&req, |store, _, _| {
+                        let before = active_version(store, &req.name)?;
+                        let v = store.rollback(&req.name)?;
+                        activated(store, &req.name, v, before)
+                    })?,
+                };
+                print_switched(&a);
+            }
+            StoreCommand::Remove { spec } => {
+                let (name, version) = split_spec(&spec);
+                let version = version.ok_or_else(|| anyhow!("give the version to remove as NAME@VERSION"))?;
+                let req = ModelRemove { name: name.to_string(), version: version.to_string() };
+                let a = match self.conn.as_mut() {
+                    Some(conn) => conn.call(req)?,
+                    None => self.change(&req, |store, _, _| {
+                        let digest = store.remove(&req.name, &req.version)?;
+                        Ok(ModelRemoved {
+                            name: req.name.clone(),
+                            version: req.version.clone(),
+                            digest: format!("sha256-{digest}"),
+                        })
+                    })?,
+                };
+                println!("removed {}@{}", a.name, a.version);
+            }
+            StoreCommand::Disable { name } => {
+                let req = ModelDisable { name };
+                let a = match self.conn.as_mut() {
+                    Some(conn) => conn.call(req)?,
+                    None => self.change(&req, |store, _, _| toggled(store.set_disabled(&req.name, true)?))?,
+                };
                 println!(
-                    "self-test passed: {} values, largest difference {:.2e}",
-                    a["selftest"]["checked"],
-                    a["selftest"]["max_abs_diff"].as_f64().unwrap_or(0.0)
+                    "{}: disabled; requests for it are answered 404 until `govbox model enable {}`",
+                    a.name, a.name
                 );
             }
+            StoreCommand::Enable { name } => {
+                let req = ModelEnable { name };
+                let a = match self.conn.as_mut() {
+                    Some(conn) => conn.call(req)?,
+                    None => self.change(&req, |store, _, _| toggled(store.set_disabled(&req.name, false)?))?,
+                };
+                println!("{}: enabled; serving version {}", a.name, a.active.as_deref().unwrap_or("(none active)"));
+            }
         }
-        StoreCommand::List { json: true } => println!("{}", serde_json::to_string_pretty(a).unwrap_or_default()),
-        StoreCommand::List { json: false } => print_list(a),
-        StoreCommand::Activate { .. } | StoreCommand::Rollback { .. } => {
-            println!("{}: now {} ({})", s(&a["name"]), s(&a["version"]), s(&a["digest"]));
+        Ok(())
+    }
+
+    /// The state folder's model store (govboxd is stopped).
+    fn store(&self) -> Result<(StatePaths, ModelStore)> {
+        let paths = StatePaths::new(&self.state);
+        if !paths.root_json().exists() {
+            bail!(
+                "{} is not a provisioned state folder (no trust/root.json); run `govbox provision` first",
+                self.state.display()
+            );
         }
-        StoreCommand::Remove { .. } => println!("removed {}@{}", s(&a["name"]), s(&a["version"])),
+        let store = ModelStore::open(&paths)?;
+        Ok((paths, store))
+    }
+
+    /// Makes a change on the state folder and records it as govboxd would. The audit log is
+    /// opened first: a change that could not be recorded is refused, not made.
+    fn change<C: Audited>(
+        &self,
+        req: &C,
+        change: impl FnOnce(&ModelStore, &StatePaths, &OfflineAudit) -> Result<C::Answer>,
+    ) -> Result<C::Answer> {
+        let (paths, store) = self.store()?;
+        let audit = OfflineAudit::open(&self.state, self.auditd.as_deref())?;
+        let r = audit.act(req, || change(&store, &paths, &audit));
+        let closed = audit.close();
+        let a = r?;
+        closed?;
+        Ok(a)
     }
 }
 
-fn print_list(a: &Value) {
-    print!("{}", render_list(a));
+fn print_imported(a: &ModelImported) {
+    println!(
+        "imported {} {} ({}), {:.1} MB verified at {:.0} MB/s{}",
+        a.name,
+        a.version,
+        a.digest,
+        a.size as f64 / 1e6,
+        a.mb_per_s,
+        if a.active { "; now active" } else { "; not active" }
+    );
+    if let Some(t) = &a.selftest {
+        println!("self-test passed: {} values, largest difference {:.2e}", t.checked, t.max_abs_diff);
+    }
+}
+
+fn print_switched(a: &ModelSwitched) {
+    println!("{}: now {} ({})", a.name, a.version, a.digest);
 }
 
 /// The table of `model list`. The digest is printed whole: it is what `govbox attest verify
 /// --expect-model NAME@DIGEST` and an auditor compare, and a shortened one cannot be pasted there.
-fn render_list(a: &Value) -> String {
-    let models = a["models"].as_array().cloned().unwrap_or_default();
-    if models.is_empty() {
+fn render_list(a: &ModelListAnswer) -> String {
+    if a.models.is_empty() {
         return "no models imported; import a signed package with `govbox model import FILE.gbx`\n".to_string();
     }
-    let mut out = format!("{:<28} {:<12} {:>10}  {:<6} DIGEST\n", "NAME", "VERSION", "SIZE", "ACTIVE");
-    for m in &models {
-        let active = m["active"].as_str();
-        for v in m["versions"].as_array().into_iter().flatten() {
-            let version = v["version"].as_str().unwrap_or("?");
+    let mut out = format!("{:<28} {:<12} {:>10}  {:<9} DIGEST\n", "NAME", "VERSION", "SIZE", "ACTIVE");
+    for m in &a.models {
+        for v in &m.versions {
             out.push_str(&format!(
-                "{:<28} {:<12} {:>9.1}M  {:<6} sha256-{}\n",
-                m["name"].as_str().unwrap_or("?"),
-                version,
-                v["size"].as_f64().unwrap_or(0.0) / 1e6,
-                if active == Some(version) { "*" } else { "" },
-                v["digest"].as_str().unwrap_or("?"),
+                "{:<28} {:<12} {:>9.1}M  {:<9} sha256-{}\n",
+                m.name,
+                v.version,
+                v.size as f64 / 1e6,
+                match (m.active.as_deref() == Some(v.version.as_str()), m.disabled) {
+                    (true, false) => "*",
+                    (true, true) => "*disabled",
+                    (false, _) => "",
+                },
+                v.digest,
             ));
         }
     }
     out
 }
 
-fn records_json(records: &[ModelRecord]) -> Value {
-    json!({"models": records})
-}
-
-fn offline(state: &Path, cmd: &StoreCommand) -> Result<Value> {
-    let paths = StatePaths::new(state);
-    if !paths.root_json().exists() {
-        bail!(
-            "{} is not a provisioned state folder (no trust/root.json); run `govbox provision` first",
-            state.display()
-        );
-    }
-    let store = ModelStore::open(&paths)?;
-    match cmd {
-        StoreCommand::Import { file, activate } => {
-            let r = import_offline(&store, &paths, file, *activate);
-            if let Err(e) = &r {
-                record_refusal(&paths, file, e);
-            }
-            r
-        }
-        StoreCommand::List { .. } => Ok(records_json(&store.list()?)),
-        StoreCommand::Activate { spec } => {
-            let (name, version) = split_spec(spec);
-            let v = store.activate(name, version)?;
-            Ok(activated(&store, name, &v)?)
-        }
-        StoreCommand::Rollback { name } => {
-            let v = store.rollback(name)?;
-            Ok(activated(&store, name, &v)?)
-        }
-        StoreCommand::Remove { spec } => {
-            let (name, version) = split_spec(spec);
-            let version = version.ok_or_else(|| anyhow!("give the version to remove as NAME@VERSION"))?;
-            store.remove(name, version)?;
-            Ok(json!({"name": name, "version": version}))
-        }
-    }
-}
-
 /// Records a refused import in the audit log, as govboxd records one refused through its socket.
 /// The import has failed either way: a record that cannot be written is reported beside it.
-fn record_refusal(paths: &StatePaths, file: &Path, e: &anyhow::Error) {
+fn record_refusal(audit: &OfflineAudit, file: &Path, e: &anyhow::Error) {
     // The codes govboxd gives the same refusals.
     let code = e
         .chain()
@@ -220,28 +298,31 @@ fn record_refusal(paths: &StatePaths, file: &Path, e: &anyhow::Error) {
                 .or_else(|| c.downcast_ref::<govbox_engine::EngineError>().map(|_| "model_load_failed"))
         })
         .unwrap_or("refused");
-    let record = || -> Result<()> {
-        let log = AuditLog::open_state(paths, AuditOptions::default())?;
-        log.append_blocking(Event::PackageRefused {
-            actor: crate::audit::local_actor()?,
-            file: file.display().to_string(),
-            code: code.to_string(),
-            reason: format!("{e:#}"),
-        })?;
-        log.close()?;
-        Ok(())
+    let refused = Event::PackageRefused {
+        actor: audit.actor().to_string(),
+        file: file.display().to_string(),
+        code: code.to_string(),
+        reason: format!("{e:#}"),
     };
-    if let Err(a) = record() {
+    if let Err(a) = audit.append(refused) {
         eprintln!("warning: the refused import could not be recorded in the audit log: {a:#}");
     }
 }
 
-fn activated(store: &ModelStore, name: &str, version: &str) -> Result<Value> {
-    let digest = store.active_models()?.into_iter().find(|a| a.name == name).map(|a| a.digest).unwrap_or_default();
-    Ok(json!({"name": name, "version": version, "digest": format!("sha256-{digest}")}))
+fn toggled(r: ModelRecord) -> Result<ModelToggled> {
+    Ok(ModelToggled { name: r.name, disabled: r.disabled, active: r.active })
 }
 
-fn import_offline(store: &ModelStore, paths: &StatePaths, file: &Path, activate: bool) -> Result<Value> {
+fn active_version(store: &ModelStore, name: &str) -> Result<Option<String>> {
+    Ok(store.list()?.into_iter().find(|m| m.name == name).and_then(|m| m.active))
+}
+
+fn activated(store: &ModelStore, name: &str, version: String, previous: Option<String>) -> Result<ModelSwitched> {
+    let digest = store.active_models()?.into_iter().find(|a| a.name == name).map(|a| a.digest).unwrap_or_default();
+    Ok(ModelSwitched { name: name.to_string(), version, previous, digest: format!("sha256-{digest}") })
+}
+
+fn import_offline(store: &ModelStore, paths: &StatePaths, file: &Path, activate: bool) -> Result<ModelImported> {
     let root = TrustRoot::load(&paths.root_json())?;
     let total = std::fs::metadata(file).with_context(|| format!("reading {}", file.display()))?.len();
     let bar = ProgressBar::new(total);
@@ -268,10 +349,10 @@ fn import_offline(store: &ModelStore, paths: &StatePaths, file: &Path, activate:
             )));
         }
     };
-    let mut selftest = Value::Null;
+    let mut selftest = None;
     if let Some(test) = imported.manifest.model.as_ref().and_then(|m| m.selftest.as_ref()) {
         match check_selftest(&engine, test) {
-            Ok(v) => selftest = v,
+            Ok(v) => selftest = Some(v),
             Err(e) => {
                 store.discard(&imported.digest).context("undoing the import after the failed self-test")?;
                 bail!(
@@ -284,11 +365,16 @@ fn import_offline(store: &ModelStore, paths: &StatePaths, file: &Path, activate:
     }
     let active =
         store.list()?.iter().any(|m| m.name == imported.name && m.active.as_deref() == Some(&imported.version));
-    Ok(json!({
-        "name": imported.name, "version": imported.version, "digest": format!("sha256-{}", imported.digest),
-        "size": imported.size, "active": active, "secs": secs,
-        "mb_per_s": imported.size as f64 / 1e6 / secs.max(1e-9), "selftest": selftest,
-    }))
+    Ok(ModelImported {
+        name: imported.name,
+        version: imported.version,
+        digest: format!("sha256-{}", imported.digest),
+        size: imported.size,
+        active,
+        secs,
+        mb_per_s: imported.size as f64 / 1e6 / secs.max(1e-9),
+        selftest,
+    })
 }
 
 /// Loads a package's model as its manifest's kind says (a `rerank` causal LM is a yes/no reranker).
@@ -298,7 +384,7 @@ fn load_cpu(load_path: &Path, kind: Option<govbox_images::ModelKind>) -> Result<
     Ok(Engine::load_as(load_path, backend, &EngineOptions { kv_tokens: 1024, ..Default::default() }, what)?)
 }
 
-fn check_selftest(engine: &Engine, test: &SelfTest) -> Result<Value> {
+fn check_selftest(engine: &Engine, test: &SelfTest) -> Result<SelfTestPassed> {
     let report = match test {
         SelfTest::Chat(c) => test.compare(&SelfTestOutput::Logits(&engine.last_logits(&c.token_ids)?)),
         SelfTest::Embedding(e) => {
@@ -310,21 +396,27 @@ fn check_selftest(engine: &Engine, test: &SelfTest) -> Result<Value> {
             test.compare(&SelfTestOutput::RerankLogits(&engine.rerank(&r.query, &docs, true)?.logits))
         }
     }?;
-    Ok(json!({"passed": true, "checked": report.checked, "max_abs_diff": report.max_abs_diff}))
+    Ok(SelfTestPassed { checked: report.checked, max_abs_diff: report.max_abs_diff })
 }
 
 #[cfg(test)]
 mod list_tests {
+    #![allow(clippy::unwrap_used)]
     use super::render_list;
 
     #[test]
     fn the_list_shows_the_whole_digest_that_attest_verify_takes() {
         let digest = "88389fb3ee537870bd789e5a6739c6b24cbc0a76306a4c7391a4fb2131271f84";
-        let list = serde_json::json!({"models": [{"name": "smollm2", "active": "1.0.0",
-            "versions": [{"version": "1.0.0", "digest": digest, "size": 98_362_432.0}]}]});
+        let list = serde_json::from_value(serde_json::json!({"models": [{"name": "smollm2", "active": "1.0.0",
+            "history": [], "disabled": false,
+            "versions": [{"version": "1.0.0", "digest": digest, "size": 98_362_432u64, "imported": "2026-01-01T00:00:00Z"}]}]}))
+        .unwrap();
         let text = render_list(&list);
         let row = text.lines().nth(1).unwrap_or_default();
         assert!(row.starts_with("smollm2 ") && row.contains(" 1.0.0 ") && row.contains(" * "), "{text}");
         assert!(row.ends_with(&format!("sha256-{digest}")), "{text}");
+        let mut off = list;
+        off.models[0].disabled = true;
+        assert!(render_list(&off).lines().nth(1).unwrap_or_default().contains(" *disabled "), "{}", render_list(&off));
     }
 }

@@ -17,11 +17,11 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
+use govbox_admin::protocol::{CertificateSummary, TlsReload};
 use govbox_audit::{AuditLog, AuditOptions, Event};
 use govbox_provisioning::{
     MAX_RENEW_DAYS, SERVER_VALIDITY_DAYS, ServerCertSummary, StatePaths, load_server_cert, renew_server_cert, rfc3339,
 };
-use serde_json::{Value, json};
 
 use crate::admin::AdminClient;
 use crate::provision::state_dir;
@@ -31,6 +31,12 @@ use crate::provision::state_dir;
 pub enum TlsCommand {
     /// Issue a new server certificate (new key, same names, same CA) and have govboxd serve it.
     Renew(RenewArgs),
+    /// Make the box's SM2 CA and the TLCP listener's signing and encryption certificates.
+    #[cfg(feature = "tlcp")]
+    TlcpInit,
+    /// Issue a TLCP client certificate pair (signing + encryption) for a client; govboxd stopped.
+    #[cfg(feature = "tlcp")]
+    TlcpClient(crate::tlcp::TlcpClientArgs),
 }
 
 /// Arguments of `govbox tls renew`.
@@ -46,9 +52,16 @@ pub struct RenewArgs {
 
 /// Runs `govbox tls ...`.
 pub fn run(state: Option<&Path>, socket: &Path, cmd: TlsCommand) -> Result<()> {
-    let TlsCommand::Renew(args) = cmd;
     let state = state_dir(state);
     become_state_owner(&state)?;
+    #[cfg_attr(not(feature = "tlcp"), allow(clippy::infallible_destructuring_match))]
+    let args = match cmd {
+        TlsCommand::Renew(args) => args,
+        #[cfg(feature = "tlcp")]
+        TlsCommand::TlcpInit => return crate::tlcp::init(&state),
+        #[cfg(feature = "tlcp")]
+        TlsCommand::TlcpClient(args) => return crate::tlcp::client(&state, args),
+    };
     if !(1..=MAX_RENEW_DAYS).contains(&args.days) {
         bail!("--days must be 1 to {MAX_RENEW_DAYS}, not {}", args.days);
     }
@@ -69,15 +82,15 @@ pub fn run(state: Option<&Path>, socket: &Path, cmd: TlsCommand) -> Result<()> {
         Ok(mut conn) => {
             let report = renew_server_cert(&state, args.days)?;
             print_renewal(&report.old, &report.new, report.capped_by_ca, report.ca_not_after);
-            let answer = conn.request(&json!({"cmd": "tls_reload"})).with_context(|| {
+            let answer = conn.call(TlsReload {}).with_context(|| {
                 format!(
                     "the new certificate is in {}, but govboxd was not switched to it; run `systemctl reload \
                      govboxd` (SIGHUP) or `govbox tls renew` again",
                     StatePaths::new(&state).server_cert().display()
                 )
             })?;
-            let serving = answer["new"]["serial"].as_str().unwrap_or("?");
-            if serving != report.new.serial {
+            let serving = &answer.new.serial;
+            if *serving != report.new.serial {
                 bail!(
                     "govboxd reloaded, but serves serial {serving}, not the new {}: another renewal ran at the \
                      same time; check `govbox status`",
@@ -148,18 +161,18 @@ fn print_renewal(old: &ServerCertSummary, new: &ServerCertSummary, capped: bool,
 }
 
 /// The `status` row for the served certificate: its expiry and how far away it is.
-pub fn status_row(cert: &Value, now: i64) -> Option<String> {
-    let not_after = cert["not_after"].as_i64()?;
+pub fn status_row(cert: &CertificateSummary, now: i64) -> String {
+    let not_after = cert.not_after;
     let days = (not_after - now).div_euclid(86_400);
-    let when = cert["expires"].as_str().map_or_else(|| rfc3339(not_after), str::to_string);
-    let serial = cert["serial"].as_str().unwrap_or("?");
-    Some(if not_after <= now {
+    let when = if cert.expires.is_empty() { rfc3339(not_after) } else { cert.expires.clone() };
+    let serial = &cert.serial;
+    if not_after <= now {
         format!("EXPIRED {when} (serial {serial}); run `govbox tls renew`")
     } else if days < 30 {
         format!("expires {when}, in {days} days (serial {serial}); run `govbox tls renew`")
     } else {
         format!("expires {when}, in {days} days (serial {serial})")
-    })
+    }
 }
 
 #[cfg(test)]
@@ -169,15 +182,15 @@ mod tests {
     #[test]
     fn status_row_warns_when_the_certificate_is_near_or_past_expiry() {
         let now = 1_700_000_000;
-        let cert = |d: i64| json!({"serial": "ab", "not_after": now + d * 86_400 + 10});
-        assert!(
-            status_row(&cert(400), now).unwrap().starts_with("expires 2024-12-"),
-            "{:?}",
-            status_row(&cert(400), now)
-        );
-        assert!(status_row(&cert(400), now).unwrap().ends_with("in 400 days (serial ab)"));
-        assert!(status_row(&cert(10), now).unwrap().contains("in 10 days (serial ab); run `govbox tls renew`"));
-        assert!(status_row(&cert(-1), now).unwrap().starts_with("EXPIRED "));
-        assert_eq!(status_row(&json!({}), now), None);
+        let cert = |d: i64| CertificateSummary {
+            serial: "ab".into(),
+            not_after: now + d * 86_400 + 10,
+            expires: String::new(),
+            sha256: String::new(),
+        };
+        assert!(status_row(&cert(400), now).starts_with("expires 2024-12-"), "{:?}", status_row(&cert(400), now));
+        assert!(status_row(&cert(400), now).ends_with("in 400 days (serial ab)"));
+        assert!(status_row(&cert(10), now).contains("in 10 days (serial ab); run `govbox tls renew`"));
+        assert!(status_row(&cert(-1), now).starts_with("EXPIRED "));
     }
 }

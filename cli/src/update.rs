@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
+use govbox_admin::protocol::{Status, UpdateEvent};
 use govbox_images::update::{
     self, BootAction, BundleSpec, FaultPoint, InstallRoot, UpdateError, UpdateHost, UpdateStatus,
 };
 use govbox_provisioning::SigningKey;
-use serde_json::json;
 
 use crate::admin::AdminClient;
 
@@ -373,7 +373,7 @@ impl Host {
     /// update journal, so that the step is recorded once and not lost.
     fn append(&self, step: &str, detail: &str) -> std::result::Result<&'static str, String> {
         let online = AdminClient::connect(&self.socket).map_err(|e| e.to_string()).and_then(|mut c| {
-            c.request(&json!({"cmd": "update_event", "step": step, "detail": detail})).map_err(|e| e.to_string())
+            c.call(UpdateEvent { step: step.to_string(), detail: detail.to_string() }).map_err(|e| e.to_string())
         });
         match online {
             Ok(_) => Ok("audit log"),
@@ -392,12 +392,8 @@ impl Host {
             }
         }
         let mut c = AdminClient::connect(&self.socket).map_err(|e| e.to_string())?;
-        let status = c.request(&json!({"cmd": "status"})).map_err(|e| e.to_string())?;
-        if status.get("ready").and_then(serde_json::Value::as_bool) == Some(true) {
-            Ok(())
-        } else {
-            Err("govboxd answers but is not ready".into())
-        }
+        let status = c.call(Status {}).map_err(|e| e.to_string())?;
+        if status.ready { Ok(()) } else { Err("govboxd answers but is not ready".into()) }
     }
 }
 

@@ -18,12 +18,9 @@
 
 use std::path::Path;
 
-use govbox_audit::{
-    AuditError, AuditHandle, AuditLog, AuditOptions, Event, HmacStream, LifecycleAction, PackageAction,
-    read_hmac_secret,
-};
+use govbox_audit::{AuditError, AuditHandle, AuditLog, AuditOptions, Event, HmacKey, HmacStream, LifecycleAction};
 use govbox_provisioning::StatePaths;
-use serde_json::Value;
+use prometheus_client::metrics::counter::Counter;
 
 use crate::config::AuditConfig;
 use crate::metrics::Metrics;
@@ -37,12 +34,13 @@ pub fn open(state_dir: &Path, cfg: &AuditConfig) -> Result<AuditHandle, AuditErr
     if cfg.socket.as_os_str().is_empty() {
         return open_in_process(state_dir, cfg).map(AuditHandle::InProcess);
     }
-    let secret = read_hmac_secret(&StatePaths::new(state_dir).audit_hmac_key())?;
+    let hmac = HmacKey::load(&StatePaths::new(state_dir))?;
     let deadline = std::time::Instant::now() + AUDITD_WAIT;
     loop {
-        match AuditHandle::connect(&cfg.socket, &secret) {
+        match AuditHandle::connect(&cfg.socket, hmac.clone()) {
             Ok(h) => return Ok(h),
-            Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+            // Held behind its TPM anchor: waiting would not change that.
+            Err(e) if std::time::Instant::now() >= deadline || e.code() == "audit_corrupt" => return Err(e),
             Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
         }
     }
@@ -57,6 +55,7 @@ fn open_in_process(state_dir: &Path, cfg: &AuditConfig) -> Result<AuditLog, Audi
         // Checked when the config was read.
         witness: cfg.witness_addr().ok().flatten(),
         witness_tls: cfg.witness_tls(),
+        tpm_anchor: cfg.tpm_anchor(),
     };
     AuditLog::open_state(&StatePaths::new(state_dir), opts)
 }
@@ -66,94 +65,67 @@ pub fn lifecycle(action: LifecycleAction) -> Event {
     Event::Lifecycle { action, version: env!("CARGO_PKG_VERSION").to_string() }
 }
 
-/// Appends from blocking code; a failure is counted and logged, since the action it records has
-/// already happened.
-pub fn record_blocking(log: &AuditHandle, metrics: &Metrics, event: Event) {
+/// The audit log as govboxd appends to it: every append counts itself for `/metrics`
+/// (`govbox_audit_entries_total` when the entry is durable, `govbox_audit_failures_total` when
+/// not), so no caller counts by hand. Everything else is the handle's, through `Deref`.
+#[derive(Clone, Debug)]
+pub struct Audit {
+    log: AuditHandle,
+    committed: Counter,
+    failed: Counter,
+}
+
+impl Audit {
+    /// Counts the appends to `log` in `metrics`.
+    pub fn new(log: AuditHandle, metrics: &Metrics) -> Self {
+        Audit { log, committed: metrics.audit_entries.clone(), failed: metrics.audit_failures.clone() }
+    }
+
+    fn count<T>(&self, r: &Result<T, AuditError>) {
+        if r.is_ok() {
+            self.committed.inc();
+        } else {
+            self.failed.inc();
+        }
+    }
+
+    /// Appends `event` and waits until it is durable.
+    pub async fn append(&self, event: Event) -> Result<u64, AuditError> {
+        let r = self.log.append(event).await;
+        self.count(&r);
+        r
+    }
+
+    /// [`Audit::append`] from blocking code.
+    pub fn append_blocking(&self, event: Event) -> Result<u64, AuditError> {
+        let r = self.log.append_blocking(event);
+        self.count(&r);
+        r
+    }
+}
+
+impl std::ops::Deref for Audit {
+    type Target = AuditHandle;
+
+    fn deref(&self) -> &AuditHandle {
+        &self.log
+    }
+}
+
+/// Appends from blocking code; a failure is logged (and counted), since the action it records
+/// has already happened.
+pub fn record_blocking(log: &Audit, event: Event) {
     let kind = event.kind();
-    match log.append_blocking(event) {
-        Ok(_) => {
-            metrics.audit_entries.inc();
-        }
-        Err(e) => {
-            metrics.audit_failures.inc();
-            log::error!("audit: appending a {kind} entry failed: {e}");
-        }
+    if let Err(e) = log.append_blocking(event) {
+        log::error!("audit: appending a {kind} entry failed: {e}");
     }
 }
 
 /// Appends from async code, as [`record_blocking`].
-pub async fn record(log: &AuditHandle, metrics: &Metrics, event: Event) {
+pub async fn record(log: &Audit, event: Event) {
     let kind = event.kind();
-    match log.append(event).await {
-        Ok(_) => {
-            metrics.audit_entries.inc();
-        }
-        Err(e) => {
-            metrics.audit_failures.inc();
-            log::error!("audit: appending a {kind} entry failed: {e}");
-        }
-    }
-}
-
-/// The entries an admin command makes once it has succeeded, from its answer.
-pub fn admin_events(cmd: &str, subject: &str, uid: &str, result: &Value) -> Vec<Event> {
-    let s = |k: &str| result[k].as_str().unwrap_or("").to_string();
-    let package = |action| Event::Package {
-        action,
-        name: s("name"),
-        version: s("version"),
-        digest: s("digest").trim_start_matches("sha256-").to_string(),
-    };
-    match cmd {
-        "model_import" => {
-            let mut v = vec![package(PackageAction::Imported)];
-            if result["active"].as_bool() == Some(true) {
-                v.push(package(PackageAction::Activated));
-            }
-            v
-        }
-        "model_activate" => vec![package(PackageAction::Activated)],
-        "model_rollback" => vec![package(PackageAction::RolledBack)],
-        "model_remove" => vec![package(PackageAction::Removed)],
-        "policy_import" | "policy_activate" | "policy_rollback" => {
-            let step = |action| Event::PolicyPackage {
-                action,
-                actor: format!("admin-socket uid {uid}"),
-                name: s("name"),
-                version: s("version"),
-                digest: s("digest"),
-            };
-            match cmd {
-                "policy_activate" => vec![step(PackageAction::Activated)],
-                "policy_rollback" => vec![step(PackageAction::RolledBack)],
-                _ if result["already_present"].as_bool() == Some(true) => vec![],
-                _ if result["active"].as_bool() == Some(true) => {
-                    vec![step(PackageAction::Imported), step(PackageAction::Activated)]
-                }
-                _ => vec![step(PackageAction::Imported)],
-            }
-        }
-        "tls_reload" => vec![Event::Admin {
-            actor: format!("admin-socket uid {uid}"),
-            action: cmd.to_string(),
-            subject: format!(
-                "server certificate serial {} expires {} (was serial {} expiring {})",
-                result["new"]["serial"].as_str().unwrap_or("?"),
-                result["new"]["expires"].as_str().unwrap_or("?"),
-                result["old"]["serial"].as_str().unwrap_or("?"),
-                result["old"]["expires"].as_str().unwrap_or("?"),
-            ),
-        }],
-        "client_add" | "client_revoke" | "client_renew" => vec![Event::Admin {
-            actor: format!("admin-socket uid {uid}"),
-            action: cmd.to_string(),
-            // A client's own content-safety library (`off` included) is part of what was decided.
-            subject: match result["client"]["policy"].as_str() {
-                Some(p) if cmd == "client_add" => format!("{subject} (policy {p})"),
-                _ => subject.to_string(),
-            },
-        }],
-        _ => vec![],
+    if let Err(e) = log.append(event).await {
+        log::error!("audit: appending a {kind} entry failed: {e}");
     }
 }
 
@@ -162,7 +134,7 @@ pub fn admin_events(cmd: &str, subject: &str, uid: &str, result: &Value) -> Vec<
 #[derive(Debug)]
 pub struct OpenRequest {
     /// The log.
-    pub log: AuditHandle,
+    pub log: Audit,
     /// The request id.
     pub request_id: String,
     /// The client.

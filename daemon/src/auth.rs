@@ -19,19 +19,32 @@ use crate::api::error::ApiError;
 use crate::config::MtlsMode;
 use crate::state::{AppState, LoadedModel};
 
-/// What the TLS layer learnt about a connection; every request on it carries a copy.
+/// What the TLS (or TLCP) layer learnt about a connection; every request on it carries a copy.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
     /// The peer's address.
     pub peer: SocketAddr,
-    /// SHA-256 of the verified client certificate, when one was presented.
-    pub cert_sha256: Option<[u8; 32]>,
+    /// The verified client certificate, when one was presented.
+    pub client_cert: Option<ClientCert>,
+}
+
+/// A verified client certificate, by the SHA-256 of its DER.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCert {
+    /// An mTLS certificate of the box's CA, on the HTTPS port.
+    Tls([u8; 32]),
+    /// The signing certificate of a TLCP client pair of the box's SM2 CA, on the TLCP port.
+    Tlcp([u8; 32]),
 }
 
 /// Identifies the client of a request.
 pub fn authenticate(state: &AppState, conn: Option<&ConnInfo>, headers: &HeaderMap) -> Result<ClientRecord, ApiError> {
-    if let Some(fp) = conn.and_then(|c| c.cert_sha256.as_ref()) {
-        return state.store.find_by_cert_fingerprint(fp).ok_or(ApiError::CertificateNotAuthorised);
+    match conn.and_then(|c| c.client_cert) {
+        Some(ClientCert::Tls(fp)) => {
+            return state.store.find_by_cert_fingerprint(&fp).ok_or(ApiError::CertificateNotAuthorised);
+        }
+        Some(ClientCert::Tlcp(fp)) => return find_tlcp_client(state, &fp).ok_or(ApiError::CertificateNotAuthorised),
+        None => {}
     }
     let Some(value) = headers.get(AUTHORIZATION) else {
         return Err(ApiError::MissingCredentials);
@@ -46,6 +59,17 @@ pub fn authenticate(state: &AppState, conn: Option<&ConnInfo>, headers: &HeaderM
         .map(str::trim)
         .ok_or(ApiError::InvalidToken)?;
     state.store.find_by_token(token).ok_or(ApiError::InvalidToken)
+}
+
+#[cfg(feature = "tlcp")]
+fn find_tlcp_client(state: &AppState, fp: &[u8; 32]) -> Option<ClientRecord> {
+    govbox_provisioning::tlcp_ca::find_by_tlcp_cert(&state.store, fp)
+}
+
+/// Without the `tlcp` feature no connection carries a TLCP certificate.
+#[cfg(not(feature = "tlcp"))]
+fn find_tlcp_client(_: &AppState, _: &[u8; 32]) -> Option<ClientRecord> {
+    None
 }
 
 /// Checks that `client` may use `model`, and takes the request from its rate and budget.
@@ -74,5 +98,5 @@ pub fn require_scope(client: &ClientRecord, scope: Scope) -> Result<(), ApiError
 /// Whether the request carries any credential (a client certificate or an `Authorization`
 /// header): endpoints open to anyone say more to a caller that does.
 pub fn presents_credentials(conn: Option<&ConnInfo>, headers: &HeaderMap) -> bool {
-    conn.is_some_and(|c| c.cert_sha256.is_some()) || headers.contains_key(AUTHORIZATION)
+    conn.is_some_and(|c| c.client_cert.is_some()) || headers.contains_key(AUTHORIZATION)
 }

@@ -8,7 +8,10 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use govbox_drivers::{DeviceSpec, KvDType};
 use serde::{Deserialize, Serialize};
+
+use crate::logging::LogLevel;
 
 /// The `config_version` this daemon writes and fully understands.
 pub const CONFIG_VERSION: u32 = 2;
@@ -65,15 +68,19 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Which device runs the models: `auto` (Ascend, then CUDA, then the CPU), `cpu`, `cuda:N`
     /// or `ascend:N`.
-    pub device: String,
+    #[serde(with = "as_text")]
+    pub device: DeviceSpec,
     /// Worker threads of the CPU backend; 0 means one per core.
     pub threads: usize,
     /// `error`, `warn`, `info`, `debug` or `trace`; each `-v` on the command line raises it.
-    pub log_level: String,
+    #[serde(with = "as_text")]
+    pub log_level: LogLevel,
     /// The admin socket; empty means `STATE/admin.sock`.
     pub admin_socket: PathBuf,
     /// TLS and client authentication.
     pub tls: TlsConfig,
+    /// The TLCP (GB/T 38636, 国密 SSL) listener; off unless `listen` is set.
+    pub tlcp: TlcpConfig,
     /// Connection and request limits.
     pub limits: Limits,
     /// How requests are queued and run.
@@ -130,6 +137,18 @@ pub struct AuditConfig {
     pub witness_ca: PathBuf,
     /// With `tls://`: the DNS name in the log server's certificate; empty: its IP address.
     pub witness_server_name: String,
+    /// With `tls://`: the PEM certificate chain the box presents when the log server asks for
+    /// one (mutual TLS); empty: none. Needs `witness_client_key`.
+    pub witness_client_cert: PathBuf,
+    /// The PKCS#8 PEM private key of `witness_client_cert`.
+    pub witness_client_key: PathBuf,
+    /// The TPM that anchors the latest signed head (`govbox_audit::anchor`), as a TCTI:
+    /// `device:/dev/tpmrm0`, `swtpm:host=127.0.0.1,port=2321`; empty: none.
+    pub tpm_anchor: String,
+    /// The NV index of the anchor's record; its counter is the next index.
+    pub tpm_anchor_index: u32,
+    /// The least time between anchorings of heads made by the timer or the entry count.
+    pub tpm_anchor_interval_secs: u64,
     /// govbox-auditd's socket: govboxd appends there and holds neither the store nor the audit
     /// key. Empty: the single-process mode, where govboxd opens `STATE/audit` itself (tests, demo).
     pub socket: PathBuf,
@@ -158,7 +177,18 @@ impl AuditConfig {
         govbox_audit::WitnessTls {
             ca: (!self.witness_ca.as_os_str().is_empty()).then(|| self.witness_ca.clone()),
             server_name: (!self.witness_server_name.is_empty()).then(|| self.witness_server_name.clone()),
+            client_cert: (!self.witness_client_cert.as_os_str().is_empty()).then(|| self.witness_client_cert.clone()),
+            client_key: (!self.witness_client_key.as_os_str().is_empty()).then(|| self.witness_client_key.clone()),
         }
+    }
+
+    /// The TPM anchor, `None` when `tpm_anchor` is empty.
+    pub fn tpm_anchor(&self) -> Option<govbox_audit::TpmAnchorConfig> {
+        (!self.tpm_anchor.is_empty()).then(|| govbox_audit::TpmAnchorConfig {
+            tcti: self.tpm_anchor.clone(),
+            nv_index: self.tpm_anchor_index,
+            interval: std::time::Duration::from_secs(self.tpm_anchor_interval_secs),
+        })
     }
 
     /// The parsed `witness`, `None` when it is empty.
@@ -180,6 +210,14 @@ impl Default for AuditConfig {
             witness: String::new(),
             witness_ca: PathBuf::new(),
             witness_server_name: String::new(),
+            // No client certificate: most log servers authenticate only themselves.
+            witness_client_cert: PathBuf::new(),
+            witness_client_key: PathBuf::new(),
+            // None: not every box has a TPM (audit/README.md says what it adds).
+            tpm_anchor: String::new(),
+            tpm_anchor_index: govbox_audit::anchor::DEFAULT_NV_INDEX,
+            // One NV write a minute at most: TPM memory wears (govbox_audit::anchor).
+            tpm_anchor_interval_secs: govbox_audit::anchor::DEFAULT_INTERVAL.as_secs(),
             // The single-process mode, so that `--state DIR` alone runs (tests, demo); the
             // packaged config names govbox-auditd's socket.
             socket: PathBuf::new(),
@@ -196,15 +234,16 @@ impl Default for Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
             // The accelerator when there is one: the box is sold with one, and the CPU still works
             // when its driver is missing.
-            device: "auto".into(),
+            device: DeviceSpec::Auto,
             // All cores: the box exists to run models.
             threads: 0,
             // Operational messages only; request lines carry no content at any level.
-            log_level: "info".into(),
+            log_level: LogLevel(log::LevelFilter::Info),
             // Beside the state it administers, so that `--state DIR` alone finds it (tests, demo);
             // the packaged config moves it to /run/govbox, where the CLI looks by default.
             admin_socket: PathBuf::new(),
             tls: TlsConfig::default(),
+            tlcp: TlcpConfig::default(),
             limits: Limits::default(),
             serving: Serving::default(),
             // Re-hash at start: a changed byte on disk is found before it is served.
@@ -247,6 +286,17 @@ impl Default for TlsConfig {
         // agency IT decides per client which one to issue.
         TlsConfig { mtls: MtlsMode::Optional }
     }
+}
+
+/// `[tlcp]`: a second listener speaking TLCP (GB/T 38636-2020) with the box's SM2 certificates
+/// (`govbox tls tlcp-init`), serving the same API, auth, quotas and audit as the HTTPS port.
+/// Client certificate pairs are asked for as `tls.mtls` says. Needs a govboxd built with the
+/// `tlcp` feature (the release build and the .deb).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlcpConfig {
+    /// Address and port, e.g. `0.0.0.0:8444`; absent means no TLCP listener.
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[limits]`: protection against clients that send too much or too slowly.
@@ -304,8 +354,9 @@ pub struct Serving {
     /// Tokens the KV cache of each chat model holds across all running requests. This is also
     /// the prefix cache's cap: blocks of ended requests stay reusable until new ones need them.
     pub kv_tokens: usize,
-    /// The element type of the KV cache: `f16` or `f32` (see [`Serving::engine_options`]).
-    pub kv_dtype: String,
+    /// The element type of the KV cache: `f32`, `f16` or `q8_0` (see [`Serving::engine_options`]).
+    #[serde(with = "as_text")]
+    pub kv_dtype: KvDType,
     /// Seconds that SIGTERM waits for running answers to finish before the daemon exits.
     pub shutdown_grace_secs: u64,
     /// Who may reuse whose cached prompt prefixes: `per_client`, `shared` or `off`.
@@ -335,13 +386,9 @@ pub enum PrefixCacheMode {
 }
 
 impl Serving {
-    /// What the engine of each chat model is loaded with. `kv_dtype` was checked when the file
-    /// was read; a value that somehow is not a known name falls back to `f32`, the exact type.
+    /// What the engine of each chat model is loaded with.
     pub fn engine_options(&self) -> govbox_engine::EngineOptions {
-        govbox_engine::EngineOptions {
-            kv_tokens: self.kv_tokens,
-            kv_dtype: self.kv_dtype.parse().unwrap_or(govbox_drivers::KvDType::F32),
-        }
+        govbox_engine::EngineOptions { kv_tokens: self.kv_tokens, kv_dtype: self.kv_dtype }
     }
 }
 
@@ -357,12 +404,9 @@ impl Default for Serving {
             request_deadline_secs: 300,
             // 1024 tokens answer almost every question without letting a forgotten limit run long.
             default_max_tokens: 1024,
-            // 8192 tokens: two full 4k-context requests, or several short ones, per chat model.
-            kv_tokens: 8192,
-            // f32: exact. "f16" halves the cache for the same tokens and keeps greedy answers
-            // batch- and cache-invariant, but moves logits by up to ~3e-3 against f32 references
-            // (the 1e-4 the numerics tests hold f32 to), so it is the operator's choice.
-            kv_dtype: "f32".into(),
+            // The engine's own defaults, whose reasons are on `EngineOptions`' Default impl.
+            kv_tokens: govbox_engine::EngineOptions::default().kv_tokens,
+            kv_dtype: govbox_engine::EngineOptions::default().kv_dtype,
             // 30 s finishes a typical streamed answer and stays under systemd's 90 s stop timeout.
             shutdown_grace_secs: 30,
             // Per client: clients of one box are separate applications, and a shared cache lets
@@ -444,15 +488,6 @@ impl Config {
         let invalid = |key: &str, reason: &str| {
             Err(ConfigError::Invalid { path: path.to_path_buf(), key: key.into(), reason: reason.into() })
         };
-        if crate::logging::parse_level(&self.log_level).is_none() {
-            return invalid("log_level", "must be one of error, warn, info, debug, trace");
-        }
-        if let Err(e) = self.device.parse::<govbox_drivers::DeviceSpec>() {
-            return invalid("device", &e.to_string());
-        }
-        if let Err(e) = self.serving.kv_dtype.parse::<govbox_drivers::KvDType>() {
-            return invalid("serving.kv_dtype", &e.to_string());
-        }
         let l = &self.limits;
         let s = &self.serving;
         for (key, v) in [
@@ -488,6 +523,18 @@ impl Config {
             }
             _ => {}
         }
+        if self.audit.witness_client_cert.as_os_str().is_empty() != self.audit.witness_client_key.as_os_str().is_empty()
+        {
+            return invalid(
+                "audit.witness_client_cert",
+                "and audit.witness_client_key go together: set both or neither",
+            );
+        }
+        if let Some(anchor) = self.audit.tpm_anchor()
+            && let Err(e) = anchor.validate()
+        {
+            return invalid("audit.tpm_anchor", &e.to_string());
+        }
         // tokio's semaphore holds at most usize::MAX >> 3 permits; any real limit is far below.
         if l.max_connections > 1 << 20 || s.max_concurrent > 1 << 20 {
             return invalid("limits", "max_connections and max_concurrent must be at most 1048576");
@@ -502,6 +549,29 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// Settings held as their parsed types and written in the file as text, through their
+/// `FromStr` and `Display`: a value that does not parse is refused when the file is read, with
+/// the key and the parser's reason, so nothing downstream parses it again.
+mod as_text {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+
+    pub fn serialize<T: Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+
+    pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: FromStr,
+        T::Err: Display,
+        D: Deserializer<'de>,
+    {
+        String::deserialize(d)?.parse().map_err(D::Error::custom)
     }
 }
 
@@ -611,13 +681,19 @@ mod tests {
         let (c, _) = parse("[serving]\nprefix_cache = \"shared\"\n").unwrap();
         assert_eq!(c.serving.prefix_cache, PrefixCacheMode::Shared);
         assert!(parse("[serving]\nprefix_cache = \"global\"\n").unwrap_err().to_string().contains("per_client"));
-        assert_eq!(Config::default().serving.engine_options().kv_dtype, govbox_drivers::KvDType::F32);
+        assert_eq!(Config::default().serving.engine_options().kv_dtype, KvDType::F32);
         let (c, _) = parse("[serving]\nkv_dtype = \"f16\"\n").unwrap();
-        assert_eq!(c.serving.engine_options().kv_dtype, govbox_drivers::KvDType::F16);
-        for (bad, says) in [("\"bf16\"", "expected \"f32\" or \"f16\""), ("\"q8_0\"", "q8_0 is not implemented yet")] {
-            let e = parse(&format!("[serving]\nkv_dtype = {bad}\n")).unwrap_err().to_string();
-            assert!(e.contains("serving.kv_dtype") && e.contains(says), "{e}");
+        assert_eq!(c.serving.engine_options().kv_dtype, KvDType::F16);
+        let (c, _) = parse("device = \"cuda:1\"\nlog_level = \"debug\"\n").unwrap();
+        assert_eq!((c.device, c.log_level.0), (DeviceSpec::Cuda(1), log::LevelFilter::Debug));
+        for (bad, says) in [("device = \"gpu\"", "device"), ("log_level = \"DEBUG\"", "log_level")] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
         }
+        let (c, _) = parse("[serving]\nkv_dtype = \"q8_0\"\n").unwrap();
+        assert_eq!(c.serving.engine_options().kv_dtype, KvDType::Q8_0);
+        let e = parse("[serving]\nkv_dtype = \"bf16\"\n").unwrap_err().to_string();
+        assert!(e.contains("serving.kv_dtype") && e.contains("expected \"f32\", \"f16\" or \"q8_0\""), "{e}");
         assert!(!Config::default().serving.batch_invariant);
         assert!(parse("[serving]\nbatch_invariant = true\n").unwrap().0.serving.batch_invariant);
         let e = parse("[serving]\nbatch_invariant = \"yes\"\n").unwrap_err().to_string();

@@ -2,9 +2,13 @@
 //!
 //! When it is on, each inference request's prompt (the exact bytes whose HMAC is the audit request
 //! entry's `prompt_hmac`) and response (the bytes the client received, whose HMAC is the completion
-//! entry's `response_hmac`) are kept in their own sled database, `STATE/content/`, each sealed with
-//! AES-256-GCM (ring) under the device's content key, `STATE/identity/content.key` (32 random
-//! bytes, mode 0600, made on first use). Every record has a fresh random 96-bit nonce, and its
+//! entry's `response_hmac`) are kept in their own sled database, `STATE/content/`, each sealed
+//! under the device's content key, `STATE/identity/content.key` (random bytes, mode 0600, made on
+//! first use) with the cipher of the box's suite ([`Cipher`]): AES-256-GCM (ring, 32-byte key) on
+//! an `intl` box, SM4-GCM (GB/T 32907 in the GCM mode of NIST SP 800-38D, as RFC 8998 uses it;
+//! RustCrypto's `sm4` in `aes-gcm`'s generic `AesGcm<Sm4, U12>`, 16-byte key) on a `gm` box.
+//! Each record names its cipher, and one sealed under another is refused, never opened as this
+//! box's. Every record has a fresh random 96-bit nonce, and its
 //! additional data is the request id, the kind (`prompt` or `response`) and the audit entry's
 //! content hash: a record moved to another request, swapped between kinds, or paired with another
 //! audit entry does not open. Records older than `content_days` are deleted by the hourly
@@ -18,13 +22,113 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use aes_gcm::aead::{Aead as _, KeyInit as _, Payload};
 use base64::Engine as _;
+use govbox_provisioning::{StatePaths, Suite};
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
-/// The content key's length: AES-256.
+/// The content key's length for AES-256-GCM.
 pub const KEY_LEN: usize = 32;
+/// The content key's length for SM4-GCM.
+pub const SM4_KEY_LEN: usize = 16;
+
+/// SM4-GCM: the SM4 block cipher in the GCM mode, 96-bit nonces, 128-bit tags (RFC 8998 §3.1).
+type Sm4Gcm = aes_gcm::AesGcm<sm4::Sm4, aes_gcm::aead::consts::U12>;
+
+/// The cipher of the sealed content store, by suite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Cipher {
+    /// AES-256-GCM (`intl`).
+    Aes256Gcm,
+    /// SM4-GCM (`gm`).
+    Sm4Gcm,
+}
+
+impl Cipher {
+    /// The suite's cipher.
+    pub fn for_suite(suite: Suite) -> Self {
+        match suite {
+            Suite::Gm => Cipher::Sm4Gcm,
+            _ => Cipher::Aes256Gcm,
+        }
+    }
+
+    /// `aes-256-gcm` or `sm4-gcm`, as records name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cipher::Aes256Gcm => "aes-256-gcm",
+            Cipher::Sm4Gcm => "sm4-gcm",
+        }
+    }
+
+    /// The key's length in bytes.
+    pub fn key_len(self) -> usize {
+        match self {
+            Cipher::Aes256Gcm => KEY_LEN,
+            Cipher::Sm4Gcm => SM4_KEY_LEN,
+        }
+    }
+}
+
+/// What records made before ciphers were named were sealed with.
+fn default_cipher() -> String {
+    Cipher::Aes256Gcm.as_str().to_string()
+}
+
+/// A ready key of one cipher.
+enum SealKey {
+    Aes(Box<LessSafeKey>),
+    Sm4(Box<Sm4Gcm>),
+}
+
+impl SealKey {
+    fn new(cipher: Cipher, raw: &[u8]) -> Option<Self> {
+        if raw.len() != cipher.key_len() {
+            return None;
+        }
+        match cipher {
+            Cipher::Aes256Gcm => {
+                UnboundKey::new(&AES_256_GCM, raw).ok().map(|k| SealKey::Aes(Box::new(LessSafeKey::new(k))))
+            }
+            Cipher::Sm4Gcm => Sm4Gcm::new_from_slice(raw).ok().map(|k| SealKey::Sm4(Box::new(k))),
+        }
+    }
+
+    fn cipher(&self) -> Cipher {
+        match self {
+            SealKey::Aes(_) => Cipher::Aes256Gcm,
+            SealKey::Sm4(_) => Cipher::Sm4Gcm,
+        }
+    }
+
+    /// Ciphertext followed by the 16-byte tag; `None` only if the cipher refuses the input size.
+    fn seal(&self, nonce: [u8; NONCE_LEN], aad: &[u8], plaintext: &[u8]) -> Option<Vec<u8>> {
+        match self {
+            SealKey::Aes(k) => {
+                let mut buf = plaintext.to_vec();
+                k.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buf).ok()?;
+                Some(buf)
+            }
+            SealKey::Sm4(k) => k.encrypt(&nonce.into(), Payload { msg: plaintext, aad }).ok(),
+        }
+    }
+
+    /// The plaintext, or `None` when the tag does not match.
+    fn open(&self, nonce: [u8; NONCE_LEN], aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+        match self {
+            SealKey::Aes(k) => {
+                let mut buf = sealed.to_vec();
+                let n = k.open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buf).ok()?.len();
+                buf.truncate(n);
+                Some(buf)
+            }
+            SealKey::Sm4(k) => k.decrypt(&nonce.into(), Payload { msg: sealed, aad }).ok(),
+        }
+    }
+}
 /// The most response bytes kept per request; beyond this the record is marked truncated.
 pub const MAX_KEPT_RESPONSE: usize = 16 << 20;
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -66,6 +170,9 @@ pub enum ContentError {
     /// The random generator failed.
     #[error("content retention: the system random generator failed")]
     Rng,
+    /// The box's suite could not be read.
+    #[error("content retention: {0}")]
+    Suite(#[from] govbox_provisioning::ProvisionError),
     /// A record does not open: wrong key, changed bytes, or moved to another request or entry.
     #[error("content record {key} does not decrypt: it was altered, moved, or sealed under another key")]
     Decrypt {
@@ -114,6 +221,9 @@ struct Sealed {
     /// of older govbox.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     client: Option<String>,
+    /// The cipher, `aes-256-gcm` or `sm4-gcm`; absent (AES-256-GCM) in records of older govbox.
+    #[serde(default = "default_cipher")]
+    cipher: String,
     /// The 96-bit nonce, base64.
     nonce: String,
     /// Ciphertext and tag, base64.
@@ -141,12 +251,15 @@ pub struct ContentStore {
     dir: PathBuf,
     records: sled::Tree,
     by_time: sled::Tree,
-    key: std::sync::Arc<LessSafeKey>,
+    key: std::sync::Arc<SealKey>,
 }
 
 impl std::fmt::Debug for ContentStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ContentStore").field("dir", &self.dir).finish_non_exhaustive()
+        f.debug_struct("ContentStore")
+            .field("dir", &self.dir)
+            .field("cipher", &self.key.cipher())
+            .finish_non_exhaustive()
     }
 }
 
@@ -164,8 +277,9 @@ fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
     move |source| ContentError::Io { action, path: path.to_path_buf(), source }
 }
 
-/// Reads the content key, making it (32 random bytes, mode 0600) when it is missing and `create`.
-pub fn load_or_create_key(path: &Path, create: bool) -> Result<Option<[u8; KEY_LEN]>, ContentError> {
+/// Reads the content key of `len` bytes, making it (random, mode 0600) when it is missing and
+/// `create`.
+pub fn load_or_create_key(path: &Path, len: usize, create: bool) -> Result<Option<Vec<u8>>, ContentError> {
     match File::open(path) {
         Ok(f) => {
             let mode = f.metadata().map_err(io("reading", path))?.permissions().mode();
@@ -175,17 +289,19 @@ pub fn load_or_create_key(path: &Path, create: bool) -> Result<Option<[u8; KEY_L
                     reason: format!("has mode {:o}; it must be readable by its owner only (chmod 600)", mode & 0o777),
                 });
             }
-            let mut buf = Vec::with_capacity(KEY_LEN);
-            f.take(KEY_LEN as u64 + 1).read_to_end(&mut buf).map_err(io("reading", path))?;
-            let key: [u8; KEY_LEN] = buf.as_slice().try_into().map_err(|_| ContentError::BadKey {
-                path: path.into(),
-                reason: format!("holds {} bytes, not {KEY_LEN}", buf.len()),
-            })?;
-            Ok(Some(key))
+            let mut buf = Vec::with_capacity(len);
+            f.take(len as u64 + 1).read_to_end(&mut buf).map_err(io("reading", path))?;
+            if buf.len() != len {
+                return Err(ContentError::BadKey {
+                    path: path.into(),
+                    reason: format!("holds {} bytes, not {len} (the key of this box's suite)", buf.len()),
+                });
+            }
+            Ok(Some(buf))
         }
         Err(e) if e.kind() == ErrorKind::NotFound && !create => Ok(None),
         Err(e) if e.kind() == ErrorKind::NotFound => {
-            let mut key = [0u8; KEY_LEN];
+            let mut key = vec![0u8; len];
             SystemRandom::new().fill(&mut key).map_err(|_| ContentError::Rng)?;
             let dir = path.parent().unwrap_or(Path::new("."));
             let tmp = dir.join(format!(".content.key.{}.tmp", std::process::id()));
@@ -206,7 +322,7 @@ pub fn load_or_create_key(path: &Path, create: bool) -> Result<Option<[u8; KEY_L
                     }
                     Ok(Some(key))
                 }
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => load_or_create_key(path, false),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => load_or_create_key(path, len, false),
                 Err(e) => Err(io("creating", path)(e)),
             }
         }
@@ -223,40 +339,38 @@ fn aad(request_id: &str, kind: Kind, hash: &str) -> Vec<u8> {
 }
 
 impl ContentStore {
-    /// Opens `STATE/content/` with the content key. With `create` false (retention off), a box
-    /// that never stored content gets `None`, and nothing is made; one that did still has its
-    /// records read and expired.
+    /// Opens `STATE/content/` with the content key, under the cipher of the box's suite
+    /// (`identity/suite`). With `create` false (retention off), a box that never stored content
+    /// gets `None`, and nothing is made; one that did still has its records read and expired.
     pub fn open(state_dir: &Path, create: bool) -> Result<Option<Self>, ContentError> {
         let dir = store_dir(state_dir);
         let kp = key_path(state_dir);
         if !create && !dir.exists() {
             return Ok(None);
         }
-        let Some(raw) = load_or_create_key(&kp, create)? else {
+        let cipher = Cipher::for_suite(Suite::load(&StatePaths::new(state_dir))?);
+        let Some(raw) = load_or_create_key(&kp, cipher.key_len(), create)? else {
             return Err(ContentError::BadKey {
                 path: kp,
                 reason: format!("is missing, but {} holds content sealed under it", dir.display()),
             });
         };
-        Self::open_with_key(&dir, &raw).map(Some)
+        Self::open_with_key(&dir, cipher, &raw).map(Some)
     }
 
-    /// Opens the store at `dir` under `raw`.
-    pub fn open_with_key(dir: &Path, raw: &[u8; KEY_LEN]) -> Result<Self, ContentError> {
+    /// Opens the store at `dir` under `raw`, a key of `cipher`.
+    pub fn open_with_key(dir: &Path, cipher: Cipher, raw: &[u8]) -> Result<Self, ContentError> {
         fs::create_dir_all(dir).map_err(io("creating", dir))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io("setting the mode of", dir))?;
         let store = |source| ContentError::Store { path: dir.to_path_buf(), source };
         let db = sled::Config::new().path(dir).cache_capacity(CONTENT_CACHE_BYTES).open().map_err(store)?;
         let records = db.open_tree("records").map_err(store)?;
         let by_time = db.open_tree("by_time").map_err(store)?;
-        let unbound = UnboundKey::new(&AES_256_GCM, raw)
-            .map_err(|_| ContentError::BadKey { path: dir.to_path_buf(), reason: "is not an AES-256 key".into() })?;
-        Ok(ContentStore {
-            dir: dir.to_path_buf(),
-            records,
-            by_time,
-            key: std::sync::Arc::new(LessSafeKey::new(unbound)),
-        })
+        let key = SealKey::new(cipher, raw).ok_or_else(|| ContentError::BadKey {
+            path: dir.to_path_buf(),
+            reason: format!("is not a {}-byte {} key", cipher.key_len(), cipher.as_str()),
+        })?;
+        Ok(ContentStore { dir: dir.to_path_buf(), records, by_time, key: std::sync::Arc::new(key) })
     }
 
     fn store_err(&self) -> impl FnOnce(sled::Error) -> ContentError + '_ {
@@ -277,19 +391,13 @@ impl ContentStore {
         let created = time::OffsetDateTime::now_utc().unix_timestamp();
         let mut nonce = [0u8; NONCE_LEN];
         SystemRandom::new().fill(&mut nonce).map_err(|_| ContentError::Rng)?;
-        let mut buf = plaintext.to_vec();
-        self.key
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad(request_id, kind, hash)),
-                &mut buf,
-            )
-            .map_err(|_| ContentError::Rng)?;
+        let buf = self.key.seal(nonce, &aad(request_id, kind, hash), plaintext).ok_or(ContentError::Rng)?;
         let rec = Sealed {
             created,
             hash: hash.to_string(),
             truncated,
             client: Some(client.to_string()),
+            cipher: self.key.cipher().as_str().to_string(),
             nonce: B64.encode(nonce),
             sealed: B64.encode(&buf),
         };
@@ -321,17 +429,22 @@ impl ContentStore {
             .ok()
             .and_then(|n| n.try_into().ok())
             .ok_or_else(|| damaged("the nonce is not 12 bytes of base64".into()))?;
-        let mut buf = B64.decode(&rec.sealed).map_err(|e| damaged(e.to_string()))?;
+        let mine = self.key.cipher().as_str();
+        if rec.cipher != mine {
+            let shown: String = rec.cipher.chars().take(32).collect();
+            return Err(damaged(format!("sealed with '{shown}', but this box's suite seals with {mine}")));
+        }
+        let buf = B64.decode(&rec.sealed).map_err(|e| damaged(e.to_string()))?;
         let plain = self
             .key
-            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad(request_id, kind, &rec.hash)), &mut buf)
-            .map_err(|_| ContentError::Decrypt { key: key.clone() })?;
+            .open(nonce, &aad(request_id, kind, &rec.hash), &buf)
+            .ok_or_else(|| ContentError::Decrypt { key: key.clone() })?;
         Ok(Some(Opened {
             created: rec.created,
             hash: rec.hash,
             client: rec.client,
             truncated: rec.truncated,
-            plaintext: plain.to_vec(),
+            plaintext: plain,
         }))
     }
 
@@ -386,16 +499,31 @@ mod tests {
 
     const ID: &str = "req-0123456789abcdef";
 
-    fn store() -> (tempfile::TempDir, ContentStore) {
+    /// A store in a state folder of `suite` (its `identity/suite` written as provisioning does).
+    fn store_of(suite: Suite) -> (tempfile::TempDir, ContentStore) {
         let tmp = tempfile::tempdir().unwrap();
         fs::create_dir_all(tmp.path().join("identity")).unwrap();
+        fs::write(StatePaths::new(tmp.path()).suite_file(), format!("{suite}\n")).unwrap();
         let s = ContentStore::open(tmp.path(), true).unwrap().unwrap();
+        // The suite's cipher, named independently of `Cipher::for_suite`.
+        let want = if suite == Suite::Gm { ("sm4-gcm", SM4_KEY_LEN) } else { ("aes-256-gcm", KEY_LEN) };
+        assert_eq!((s.key.cipher().as_str(), s.key.cipher().key_len()), want);
         (tmp, s)
+    }
+
+    fn store() -> (tempfile::TempDir, ContentStore) {
+        store_of(Suite::Intl)
     }
 
     #[test]
     fn sealed_records_open_and_hold_no_plaintext() {
-        let (tmp, s) = store();
+        for suite in Suite::ALL {
+            sealed_records_open(suite);
+        }
+    }
+
+    fn sealed_records_open(suite: Suite) {
+        let (tmp, s) = store_of(suite);
         s.put(ID, Kind::Prompt, "app", "aa11", b"the secret prompt", false).unwrap();
         s.put(ID, Kind::Response, "app", "bb22", b"the secret answer", true).unwrap();
         let p = s.get(ID, Kind::Prompt).unwrap().unwrap();
@@ -407,7 +535,8 @@ mod tests {
         assert_ne!(s.raw(ID, Kind::Prompt).sealed, s.raw("req-1111111111111111", Kind::Prompt).sealed);
         let key = key_path(tmp.path());
         assert_eq!(fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
-        assert_eq!(fs::read(&key).unwrap().len(), KEY_LEN);
+        assert_eq!(fs::read(&key).unwrap().len(), Cipher::for_suite(suite).key_len());
+        assert_eq!(s.raw(ID, Kind::Prompt).cipher, Cipher::for_suite(suite).as_str(), "the record names its cipher");
         drop(s);
         // Reopening uses the same key.
         let s = ContentStore::open(tmp.path(), false).unwrap().unwrap();
@@ -416,7 +545,13 @@ mod tests {
 
     #[test]
     fn tampered_ciphertext_or_additional_data_does_not_decrypt() {
-        let (_tmp, s) = store();
+        for suite in Suite::ALL {
+            tampered_records_do_not_decrypt(suite);
+        }
+    }
+
+    fn tampered_records_do_not_decrypt(suite: Suite) {
+        let (_tmp, s) = store_of(suite);
         s.put(ID, Kind::Prompt, "app", "aa11", b"the secret prompt", false).unwrap();
         let good = s.raw(ID, Kind::Prompt);
         // A flipped ciphertext bit.
@@ -443,16 +578,73 @@ mod tests {
 
     #[test]
     fn another_key_does_not_decrypt() {
+        for cipher in [Cipher::Aes256Gcm, Cipher::Sm4Gcm] {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path().join("content");
+            let (seven, eight) = (vec![7u8; cipher.key_len()], vec![8u8; cipher.key_len()]);
+            let s = ContentStore::open_with_key(&dir, cipher, &seven).unwrap();
+            s.put(ID, Kind::Response, "app", "cc", b"answer", false).unwrap();
+            drop(s);
+            let other = ContentStore::open_with_key(&dir, cipher, &eight).unwrap();
+            assert!(matches!(other.get(ID, Kind::Response), Err(ContentError::Decrypt { .. })));
+            drop(other);
+            let same = ContentStore::open_with_key(&dir, cipher, &seven).unwrap();
+            assert_eq!(same.get(ID, Kind::Response).unwrap().unwrap().plaintext, b"answer");
+        }
+    }
+
+    /// A record sealed under one suite's cipher is refused by a store of the other, naming both,
+    /// rather than tried under the wrong cipher.
+    #[test]
+    fn a_record_of_another_cipher_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("content");
-        let s = ContentStore::open_with_key(&dir, &[7u8; KEY_LEN]).unwrap();
-        s.put(ID, Kind::Response, "app", "cc", b"answer", false).unwrap();
-        drop(s);
-        let other = ContentStore::open_with_key(&dir, &[8u8; KEY_LEN]).unwrap();
-        assert!(matches!(other.get(ID, Kind::Response), Err(ContentError::Decrypt { .. })));
-        drop(other);
-        let same = ContentStore::open_with_key(&dir, &[7u8; KEY_LEN]).unwrap();
-        assert_eq!(same.get(ID, Kind::Response).unwrap().unwrap().plaintext, b"answer");
+        let gm = ContentStore::open_with_key(&dir, Cipher::Sm4Gcm, &[7u8; SM4_KEY_LEN]).unwrap();
+        gm.put(ID, Kind::Prompt, "app", "aa", b"prompt", false).unwrap();
+        drop(gm);
+        let intl = ContentStore::open_with_key(&dir, Cipher::Aes256Gcm, &[7u8; KEY_LEN]).unwrap();
+        let e = intl.get(ID, Kind::Prompt).unwrap_err();
+        assert!(e.to_string().contains("sealed with 'sm4-gcm', but this box's suite seals with aes-256-gcm"), "{e}");
+        assert!(ContentStore::open_with_key(&dir, Cipher::Sm4Gcm, &[7u8; KEY_LEN]).is_err(), "a 32-byte SM4 key");
+    }
+
+    /// RFC 8998 Appendix A.1, the SM4-GCM example (also what OpenSSL 3 computes for it).
+    #[test]
+    fn sm4_gcm_matches_the_rfc_8998_example() {
+        let unhex = |s: &str| -> Vec<u8> {
+            (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+        };
+        let key = SealKey::new(Cipher::Sm4Gcm, &unhex("0123456789ABCDEFFEDCBA9876543210")).unwrap();
+        let nonce: [u8; 12] = unhex("00001234567800000000ABCD").try_into().unwrap();
+        let pt = unhex(concat!(
+            "AAAAAAAAAAAAAAAABBBBBBBBBBBBBBBBCCCCCCCCCCCCCCCCDDDDDDDDDDDDDDDD",
+            "EEEEEEEEEEEEEEEEFFFFFFFFFFFFFFFFEEEEEEEEEEEEEEEEAAAAAAAAAAAAAAAA"
+        ));
+        let aad = unhex("FEEDFACEDEADBEEFFEEDFACEDEADBEEFABADDAD2");
+        let want = unhex(concat!(
+            "17F399F08C67D5EE19D0DC9969C4BB7D5FD46FD3756489069157B282BB200735",
+            "D82710CA5C22F0CCFA7CBF93D496AC15A56834CBCF98C397B4024A2691233B8D",
+            "83DE3541E4C2B58177E065A9BF7B62EC"
+        ));
+        let sealed = key.seal(nonce, &aad, &pt).unwrap();
+        assert_eq!(sealed, want);
+        assert_eq!(key.open(nonce, &aad, &sealed).unwrap(), pt);
+        let mut bad = sealed.clone();
+        bad[70] ^= 1;
+        assert!(key.open(nonce, &aad, &bad).is_none(), "a changed tag");
+    }
+
+    /// GB/T 32907-2016 Appendix A example 1: the block cipher under the mode is the standard's.
+    #[test]
+    fn sm4_block_matches_the_standard_example() {
+        use sm4::cipher::{BlockCipherEncrypt as _, KeyInit as _};
+        let k: [u8; 16] =
+            [0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0xfe, 0xdc, 0xba, 0x98, 0x76, 0x54, 0x32, 0x10];
+        let cipher = sm4::Sm4::new(&k.into());
+        let mut block = k.into();
+        cipher.encrypt_block(&mut block);
+        let want = [0x68, 0x1e, 0xdf, 0x34, 0xd2, 0x06, 0x96, 0x5e, 0x86, 0xb3, 0xe9, 0x4f, 0x53, 0x6e, 0x42, 0x46];
+        assert_eq!(block.as_slice(), want);
     }
 
     #[test]

@@ -109,12 +109,46 @@ pub enum DaemonError {
     /// The audit log could not be opened: govboxd does not serve without it.
     #[error("opening the audit log: {0}")]
     Audit(#[from] govbox_audit::AuditError),
+    /// `[audit] socket` names govbox-auditd's socket, and nothing answered there.
+    #[error(
+        "opening the audit log: {source} (`[audit] socket` in the config names govbox-auditd's socket {}: under \
+         systemd, govbox-auditd.service makes it; outside systemd, start govbox-auditd, or remove `socket` from \
+         `[audit]` so that govboxd keeps the log in STATE/audit itself)",
+        path.display()
+    )]
+    AuditSocket {
+        /// The configured socket.
+        path: PathBuf,
+        /// Why it did not answer.
+        source: govbox_audit::AuditError,
+    },
     /// The encrypted content store (`[retention]`) could not be opened.
     #[error(transparent)]
     Content(#[from] crate::content::ContentError),
     /// The model store could not be opened.
     #[error("opening the model store: {0}")]
     Packages(#[from] crate::packages::ServeError),
+    /// `[tlcp] listen` is set but this govboxd was built without TLCP.
+    #[error(
+        "[tlcp] listen = \"{addr}\" is set, but this govboxd was built without TLCP (cargo feature `tlcp`; the \
+         release build and the .deb have it): remove [tlcp] or install a build with it"
+    )]
+    TlcpNotBuilt {
+        /// The configured address.
+        addr: SocketAddr,
+    },
+    /// The TLCP listener could not be set up (no `govbox tls tlcp-init` yet, damaged files).
+    #[cfg(feature = "tlcp")]
+    #[error(transparent)]
+    Tlcp(#[from] crate::tlcp::TlcpError),
+    /// The TLCP port could not be bound.
+    #[error("binding the TLCP listener on {addr}: {source}{}", bind_hint(source))]
+    TlcpBind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// The async runtime or a signal handler could not be set up.
     #[error("setting up {what}: {source}")]
     Runtime {
@@ -123,6 +157,51 @@ pub enum DaemonError {
         /// The OS error.
         source: std::io::Error,
     },
+}
+
+/// The TLCP listener and its handshake settings, when `[tlcp] listen` is set.
+#[cfg(feature = "tlcp")]
+type TlcpSetup = (TcpListener, Arc<crate::tlcp::TlcpHandshake>);
+#[cfg(not(feature = "tlcp"))]
+type TlcpSetup = std::convert::Infallible;
+
+#[cfg(feature = "tlcp")]
+fn tlcp_setup(
+    opts: &Options,
+    config: &Config,
+    listener: Option<std::net::TcpListener>,
+) -> Result<Option<TlcpSetup>, DaemonError> {
+    let (Some(listener), Some(addr)) = (listener, config.tlcp.listen) else {
+        return Ok(None);
+    };
+    let handshake = crate::tlcp::TlcpHandshake::new(&opts.state, config.tls.mtls)?;
+    let listener = TcpListener::from_std(listener).map_err(|source| DaemonError::TlcpBind { addr, source })?;
+    Ok(Some((listener, Arc::new(handshake))))
+}
+
+#[cfg(not(feature = "tlcp"))]
+fn tlcp_setup(
+    _: &Options,
+    _: &Config,
+    listener: Option<std::net::TcpListener>,
+) -> Result<Option<TlcpSetup>, DaemonError> {
+    // `run` refuses `[tlcp] listen` in a build without TLCP before anything is bound.
+    debug_assert!(listener.is_none());
+    Ok(None)
+}
+
+#[cfg(feature = "tlcp")]
+fn tlcp_serve((listener, handshake): TlcpSetup, state: &Arc<AppState>) -> tokio::task::JoinHandle<()> {
+    match listener.local_addr() {
+        Ok(a) => log::info!("listening on TLCP {a} (GB/T 38636; suites {})", crate::tlcp::CIPHERS),
+        Err(e) => log::warn!("the TLCP listener's address: {e}"),
+    }
+    tokio::spawn(server::serve_with(listener, state.clone(), api::router(state.clone()), handshake))
+}
+
+#[cfg(not(feature = "tlcp"))]
+fn tlcp_serve(never: TlcpSetup, _: &Arc<AppState>) -> tokio::task::JoinHandle<()> {
+    match never {}
 }
 
 /// What to do about a port that cannot be bound, for the errors an operator meets.
@@ -189,8 +268,7 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     if !config.models.is_empty() && !opts.insecure_dev_models {
         return Err(DaemonError::DevModelsRefused { count: config.models.len() });
     }
-    let base = logging::parse_level(&config.log_level).unwrap_or(log::LevelFilter::Info);
-    let sink = logging::init(logging::raise(base, opts.verbose));
+    let sink = logging::init(logging::raise(config.log_level.0, opts.verbose));
     log::info!("govboxd {} starting; logging to {sink}", env!("CARGO_PKG_VERSION"));
     match &opts.config {
         Some(p) => log::info!("config: {}", p.display()),
@@ -212,6 +290,11 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     // every thread made later (runtime, device, engine pools) inherits it (see `sandbox`).
     let listener =
         sandbox::bind_listener(config.listen).map_err(|source| DaemonError::Bind { addr: config.listen, source })?;
+    let tlcp_listener = match config.tlcp.listen {
+        None => None,
+        Some(addr) if !cfg!(feature = "tlcp") => return Err(DaemonError::TlcpNotBuilt { addr }),
+        Some(addr) => Some(sandbox::bind_listener(addr).map_err(|source| DaemonError::TlcpBind { addr, source })?),
+    };
     // The witness is the writer's to reach: govboxd's own only in the single-process mode.
     let in_process = config.audit.socket.as_os_str().is_empty();
     let witness = config.audit.witness_addr().ok().flatten().filter(|_| in_process).map(|w| w.addr);
@@ -221,14 +304,19 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         .thread_name("govboxd-rt")
         .build()
         .map_err(|source| DaemonError::Runtime { what: "the async runtime", source })?;
-    let result = rt.block_on(daemon(opts, config, listener));
+    let result = rt.block_on(daemon(opts, config, listener, tlcp_listener));
     rt.shutdown_timeout(RUNTIME_SHUTDOWN);
     result
 }
 
-async fn daemon(opts: Options, config: Config, listener: std::net::TcpListener) -> Result<(), DaemonError> {
+async fn daemon(
+    opts: Options,
+    config: Config,
+    listener: std::net::TcpListener,
+    tlcp_listener: Option<std::net::TcpListener>,
+) -> Result<(), DaemonError> {
     let cpu = crate::device::CpuOptions { batch_invariant: config.serving.batch_invariant };
-    let (backend, device) = crate::device::open(&config.device, config.threads, cpu).map_err(DaemonError::Backend)?;
+    let (backend, device) = crate::device::open(config.device, config.threads, cpu).map_err(DaemonError::Backend)?;
     let info = backend.info();
     let store = open_store(&opts.state).await?;
     // A trust root rotated by an update reaches the `models` role here (root never writes STATE).
@@ -244,7 +332,15 @@ async fn daemon(opts: Options, config: Config, listener: std::net::TcpListener) 
     let (state_dir, audit_cfg) = (opts.state.clone(), config.audit.clone());
     let audit = tokio::task::spawn_blocking(move || auditing::open(&state_dir, &audit_cfg))
         .await
-        .map_err(|e| DaemonError::Runtime { what: "opening the audit log", source: std::io::Error::other(e) })??;
+        .map_err(|e| DaemonError::Runtime { what: "opening the audit log", source: std::io::Error::other(e) })?
+        .map_err(|source| match source {
+            govbox_audit::AuditError::Unavailable { .. } if !config.audit.socket.as_os_str().is_empty() => {
+                DaemonError::AuditSocket { path: config.audit.socket.clone(), source }
+            }
+            source => DaemonError::Audit(source),
+        })?;
+    let metrics = Arc::new(Metrics::new(&info, &device.probes));
+    let audit = auditing::Audit::new(audit, &metrics);
     // Before anything else is recorded: update steps root made while govboxd did not answer.
     match crate::update_journal::import(&opts.install_root, &opts.state, &audit).await {
         Ok(0) => {}
@@ -270,10 +366,11 @@ async fn daemon(opts: Options, config: Config, listener: std::net::TcpListener) 
     let listener =
         TcpListener::from_std(listener).map_err(|source| DaemonError::Bind { addr: config.listen, source })?;
     let listen = listener.local_addr().map_err(|source| DaemonError::Bind { addr: config.listen, source })?;
+    let tlcp = tlcp_setup(&opts, &config, tlcp_listener)?;
     let (shutdown, _) = watch::channel(false);
     let state = Arc::new(AppState {
         admission: Admission::new(config.serving.max_concurrent, config.serving.queue_depth),
-        metrics: Arc::new(Metrics::new(&info, &device.probes)),
+        metrics,
         device,
         config,
         config_path: opts.config.clone(),
@@ -302,10 +399,11 @@ async fn daemon(opts: Options, config: Config, listener: std::net::TcpListener) 
         signal(SignalKind::terminate()).map_err(|source| DaemonError::Runtime { what: "SIGTERM", source })?;
     let mut int = signal(SignalKind::interrupt()).map_err(|source| DaemonError::Runtime { what: "SIGINT", source })?;
 
-    auditing::record(&state.audit, &state.metrics, auditing::lifecycle(LifecycleAction::Start)).await;
+    auditing::record(&state.audit, auditing::lifecycle(LifecycleAction::Start)).await;
     crate::policy::start(&state).await;
     tokio::spawn(admin::serve(admin_listener, state.clone()));
     let server = tokio::spawn(server::serve(listener, state.clone(), api::router(state.clone())));
+    let tlcp_server = tlcp.map(|t| tlcp_serve(t, &state));
     tokio::spawn(systemd::watchdog(state.clone()));
     tokio::spawn(retention(state.clone()));
     tokio::spawn(crate::refusals::Refusals::flush_every_minute(state.clone()));
@@ -336,10 +434,13 @@ async fn daemon(opts: Options, config: Config, listener: std::net::TcpListener) 
     state.admission.close();
     let _ = state.shutdown.send(true);
     let _ = server.await;
+    if let Some(t) = tlcp_server {
+        let _ = t.await;
+    }
     state.quotas.flush();
     let st = state.clone();
-    let _ = tokio::task::spawn_blocking(move || st.refusals.flush_blocking(&st.audit, &st.metrics, true)).await;
-    auditing::record(&state.audit, &state.metrics, auditing::lifecycle(LifecycleAction::Stop)).await;
+    let _ = tokio::task::spawn_blocking(move || st.refusals.flush_blocking(&st.audit, true)).await;
+    auditing::record(&state.audit, auditing::lifecycle(LifecycleAction::Stop)).await;
     let audit = state.audit.clone();
     match tokio::task::spawn_blocking(move || audit.close()).await {
         Ok(Ok(head)) => log::info!("audit log closed with a signed tree head at size {}", head.tree_size),
@@ -471,20 +572,18 @@ async fn retention(state: Arc<AppState>) {
 /// SIGHUP: re-read `log_level`, the TLS certificate and the client store.
 fn reload(state: &AppState, opts: &Options) {
     log::info!("SIGHUP: reloading");
-    let (audit, metrics) = (state.audit.clone(), state.metrics.clone());
-    tokio::spawn(async move { auditing::record(&audit, &metrics, Event::ConfigReload).await });
+    let audit = state.audit.clone();
+    tokio::spawn(async move { auditing::record(&audit, Event::ConfigReload).await });
     if let Some(path) = &state.config_path {
         match Config::load(path) {
             Ok((new, warnings)) => {
                 for w in warnings {
                     log::warn!("{w}");
                 }
-                if let Some(level) = logging::parse_level(&new.log_level) {
-                    logging::set_level(logging::raise(level, opts.verbose));
-                    log::info!("log level is now {}", new.log_level);
-                }
+                logging::set_level(logging::raise(new.log_level.0, opts.verbose));
+                log::info!("log level is now {}", new.log_level);
                 let mut rest = new.clone();
-                rest.log_level = state.config.log_level.clone();
+                rest.log_level = state.config.log_level;
                 if rest != state.config {
                     log::warn!(
                         "settings other than log_level changed in {}; restart govboxd to apply them",
@@ -539,5 +638,13 @@ mod tests {
         let source = std::os::unix::net::UnixListener::bind(&path).map(drop).unwrap_err();
         let text = DaemonError::AdminSocket { path, source }.to_string();
         assert!(text.contains("/nonexistent-govbox-run must exist") && text.contains("admin_socket"), "{text}");
+
+        // dist/govbox.toml outside systemd: nobody made govbox-auditd's socket.
+        let source = govbox_audit::AuditError::Unavailable {
+            reason: "connecting to govbox-auditd at /run/govbox-audit/audit.sock: No such file or directory".into(),
+        };
+        let path = std::path::PathBuf::from("/run/govbox-audit/audit.sock");
+        let text = DaemonError::AuditSocket { path, source }.to_string();
+        assert!(text.contains("remove `socket` from `[audit]`") && text.contains("outside systemd"), "{text}");
     }
 }

@@ -1,9 +1,9 @@
 //! The device govboxd runs its models on: the `device` setting, what probing found, and how both
 //! are reported (`govbox status`, `/readyz`, `/metrics`, the logs).
 
+use govbox_admin::protocol::{AcceleratorProbe, BackendStatus};
 use govbox_drivers::device::{self, Opened, kind_name};
 use govbox_drivers::{Backend, DeviceInfo, DeviceSpec, DriverError, Probe};
-use serde_json::{Value, json};
 
 /// What was asked for, what was chosen, and every accelerator probe.
 #[derive(Debug, Clone)]
@@ -28,15 +28,10 @@ pub use govbox_drivers::cpu::CpuOptions;
 /// Opens the configured device with the CPU backend's `cpu` options, logging every probe and
 /// the choice.
 pub fn open(
-    setting: &str,
+    requested: DeviceSpec,
     threads: usize,
     cpu: CpuOptions,
 ) -> Result<(std::sync::Arc<dyn Backend>, DeviceReport), DriverError> {
-    // The config check has parsed this already; a bad value here is a programming error that
-    // must still not start a daemon on a device nobody asked for.
-    let requested: DeviceSpec = setting
-        .parse()
-        .map_err(|e: device::ParseDeviceError| DriverError::Unavailable { backend: "device", reason: e.to_string() })?;
     let Opened { backend, requested, chosen, probes } = device::open_with(requested, threads, cpu)?;
     for p in &probes {
         log::info!("device probe: {}", p.summary());
@@ -67,41 +62,37 @@ fn describe(info: &DeviceInfo, requested: DeviceSpec, chosen: DeviceSpec) -> Str
     )
 }
 
-/// The backend's facts as JSON, for `status` and `/readyz`.
-pub fn backend_json(info: &DeviceInfo, report: &DeviceReport) -> Value {
-    json!({
-        "kind": kind_name(info.kind),
-        "device": report.chosen.to_string(),
-        "requested": report.requested.to_string(),
-        "name": info.name,
-        "threads": info.threads,
-        "simulated": info.simulated,
-        "memory_used": info.memory_used,
-        "memory_total": info.memory_total,
-        "temperature_c": info.temperature_c,
-        "health": info.health,
-        "notes": info.notes,
-    })
+/// The backend in use, for the admin `status`.
+pub fn backend_status(info: &DeviceInfo, report: &DeviceReport) -> BackendStatus {
+    BackendStatus {
+        kind: kind_name(info.kind).to_string(),
+        device: report.chosen.to_string(),
+        requested: report.requested.to_string(),
+        name: info.name.clone(),
+        threads: info.threads,
+        simulated: info.simulated,
+        memory_used: info.memory_used,
+        memory_total: info.memory_total,
+        temperature_c: info.temperature_c,
+        health: info.health.clone(),
+        notes: info.notes.clone(),
+    }
 }
 
-/// Every accelerator probe as JSON.
-pub fn probes_json(report: &DeviceReport) -> Value {
-    Value::Array(
-        report
-            .probes
-            .iter()
-            .map(|p| {
-                json!({
-                    "kind": kind_name(p.kind),
-                    "compiled": p.compiled,
-                    "present": p.present,
-                    "devices": p.devices,
-                    "simulated": p.simulated,
-                    "detail": p.detail,
-                })
-            })
-            .collect(),
-    )
+/// Every accelerator probe, for the admin `status`.
+pub fn probes(report: &DeviceReport) -> Vec<AcceleratorProbe> {
+    report
+        .probes
+        .iter()
+        .map(|p| AcceleratorProbe {
+            kind: kind_name(p.kind).to_string(),
+            compiled: p.compiled,
+            present: p.present,
+            devices: p.devices,
+            simulated: p.simulated,
+            detail: p.detail.clone(),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -110,24 +101,23 @@ mod tests {
 
     #[test]
     fn cpu_reports_its_facts_and_every_probe() {
-        let (backend, report) = open("cpu", 1, CpuOptions::default()).unwrap();
-        let j = backend_json(&backend.info(), &report);
-        assert_eq!(j["kind"], "cpu");
-        assert_eq!(j["device"], "cpu");
-        assert_eq!(j["simulated"], false);
-        assert_eq!(probes_json(&report).as_array().unwrap().len(), 2, "Ascend and CUDA are always listed");
+        let (backend, report) = open(DeviceSpec::Cpu, 1, CpuOptions::default()).unwrap();
+        let j = backend_status(&backend.info(), &report);
+        assert_eq!(j.kind, "cpu");
+        assert_eq!(j.device, "cpu");
+        assert!(!j.simulated);
+        assert_eq!(probes(&report).len(), 2, "Ascend and CUDA are always listed");
         assert!(backend.info().notes.is_empty(), "the fast kernels by default");
-        let (_, auto) = open("auto", 1, CpuOptions::default()).unwrap();
+        let (_, auto) = open(DeviceSpec::Auto, 1, CpuOptions::default()).unwrap();
         assert_eq!(auto.requested, DeviceSpec::Auto);
         assert_ne!(auto.chosen, DeviceSpec::Auto);
-        assert!(open("gpu", 1, CpuOptions::default()).is_err());
     }
 
     /// `[serving] batch_invariant = true` reaches the CPU backend, which says so in its notes
     /// (`govbox status`, the startup log).
     #[test]
     fn batch_invariant_reaches_the_cpu_backend() {
-        match open("cpu", 1, CpuOptions { batch_invariant: true }) {
+        match open(DeviceSpec::Cpu, 1, CpuOptions { batch_invariant: true }) {
             Ok((backend, _)) => {
                 let notes = backend.info().notes;
                 assert!(notes.iter().any(|n| n.contains("batch-invariant")), "{notes:?}");

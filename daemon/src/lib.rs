@@ -25,7 +25,6 @@ pub mod admission;
 pub mod api;
 pub mod auditing;
 pub mod auth;
-pub mod bridge;
 pub mod config;
 pub mod content;
 pub mod daemon;
@@ -40,6 +39,8 @@ pub mod sandbox;
 pub mod server;
 pub mod state;
 pub mod systemd;
+#[cfg(feature = "tlcp")]
+pub mod tlcp;
 pub mod tls;
 pub mod trust_sync;
 pub mod update_journal;

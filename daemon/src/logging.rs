@@ -16,15 +16,35 @@ static OWN_LEVEL: AtomicUsize = AtomicUsize::new(LevelFilter::Info as usize);
 /// Other crates never log above this.
 const FOREIGN_MAX: LevelFilter = LevelFilter::Warn;
 
-/// Parses a level name from the config.
-pub fn parse_level(name: &str) -> Option<LevelFilter> {
-    match name {
-        "error" => Some(LevelFilter::Error),
-        "warn" => Some(LevelFilter::Warn),
-        "info" => Some(LevelFilter::Info),
-        "debug" => Some(LevelFilter::Debug),
-        "trace" => Some(LevelFilter::Trace),
-        _ => None,
+/// The config's `log_level`: one of `error`, `warn`, `info`, `debug`, `trace`, lower case
+/// (`log`'s own parser would also take `off` and any case).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogLevel(pub LevelFilter);
+
+/// A `log_level` that is not one of the five names.
+#[derive(Debug, thiserror::Error)]
+#[error("\"{0}\" is not a log level: must be one of error, warn, info, debug, trace")]
+pub struct UnknownLogLevel(String);
+
+impl std::str::FromStr for LogLevel {
+    type Err = UnknownLogLevel;
+
+    fn from_str(name: &str) -> Result<Self, UnknownLogLevel> {
+        let level = match name {
+            "error" => LevelFilter::Error,
+            "warn" => LevelFilter::Warn,
+            "info" => LevelFilter::Info,
+            "debug" => LevelFilter::Debug,
+            "trace" => LevelFilter::Trace,
+            _ => return Err(UnknownLogLevel(name.to_string())),
+        };
+        Ok(LogLevel(level))
+    }
+}
+
+impl std::fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.as_str().to_ascii_lowercase())
     }
 }
 
@@ -117,8 +137,9 @@ mod tests {
 
     #[test]
     fn levels_parse_and_raise() {
-        assert_eq!(parse_level("debug"), Some(LevelFilter::Debug));
-        assert_eq!(parse_level("DEBUG"), None);
+        assert_eq!("debug".parse::<LogLevel>().unwrap(), LogLevel(LevelFilter::Debug));
+        assert!("DEBUG".parse::<LogLevel>().is_err() && "off".parse::<LogLevel>().is_err());
+        assert_eq!(LogLevel(LevelFilter::Warn).to_string(), "warn");
         assert_eq!(raise(LevelFilter::Info, 1), LevelFilter::Debug);
         assert_eq!(raise(LevelFilter::Info, 5), LevelFilter::Trace);
         assert_eq!(raise(LevelFilter::Warn, 0), LevelFilter::Warn);

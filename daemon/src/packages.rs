@@ -10,11 +10,13 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use govbox_admin::protocol::{
+    ModelImported, ModelListAnswer, ModelRemoved, ModelSwitched, ModelToggled, SelfTestPassed, StoredModel,
+};
 use govbox_engine::Engine;
 use govbox_images::{ActiveModel, ImportOptions, ModelStore, PackageError, SelfTest, SelfTestOutput, SelfTestReport};
 use govbox_provisioning::{StatePaths, TrustRoot};
 use sd_notify::NotifyState;
-use serde_json::{Value, json};
 
 use crate::admin::protocol::AdminFailure;
 use crate::config::ModelEntry;
@@ -127,8 +129,9 @@ impl Packages {
     /// fails its checks is not served; the others are.
     pub fn load_active(&self, state: &AppState, full_payload: bool) -> Vec<Result<LoadedModel, NotServed>> {
         let _busy = self.lock();
-        let active = match self.store.active_models() {
-            Ok(a) => a,
+        let active = match self.store.active_models().and_then(|a| Ok((a, self.disabled_names()?))) {
+            // A disabled model is not served (`govbox model disable`).
+            Ok((a, disabled)) => a.into_iter().filter(|m| !disabled.contains(&m.name)).collect::<Vec<_>>(),
             Err(e) => return vec![Err(Box::new(("model store".into(), e.into())))],
         };
         let trust = match self.trust() {
@@ -181,13 +184,14 @@ impl Packages {
 
     /// `model_import`: verifies and stores a package, runs its self-test on this backend, and
     /// serves it if it became the active version.
-    pub fn import(&self, state: &Arc<AppState>, path: &Path, activate: bool) -> Result<Value, ServeError> {
+    pub fn import(&self, state: &Arc<AppState>, path: &Path, activate: bool) -> Result<ModelImported, ServeError> {
         let _busy = self.lock();
         let trust = self.trust()?;
         let t = Instant::now();
         let imported = self.store.import_file(path, &trust, &ImportOptions { activate }, &mut |_, _| {})?;
         let secs = t.elapsed().as_secs_f64();
         let active_now = self.is_active(&imported.name, &imported.version)?;
+        let disabled = self.disabled_names()?.contains(&imported.name);
         let selftest = imported.manifest.model.as_ref().and_then(|m| m.selftest.clone());
         // The self-test and the swap need the engine; load it once for both.
         let needs_engine = selftest.is_some() || active_now;
@@ -209,7 +213,7 @@ impl Packages {
         } else {
             None
         };
-        let mut selftest_json = Value::Null;
+        let mut selftest_passed = None;
         if let (Some(test), Some(m)) = (&selftest, &loaded) {
             match run_selftest(&m.engine, test) {
                 Ok(rep) => {
@@ -220,7 +224,7 @@ impl Packages {
                         rep.checked,
                         rep.max_abs_diff
                     );
-                    selftest_json = json!({"passed": true, "checked": rep.checked, "max_abs_diff": rep.max_abs_diff});
+                    selftest_passed = Some(SelfTestPassed { checked: rep.checked, max_abs_diff: rep.max_abs_diff });
                 }
                 Err(reason) => {
                     self.discard(&imported.digest);
@@ -232,25 +236,57 @@ impl Packages {
                 }
             }
         }
-        if active_now && let Some(m) = loaded {
+        if active_now
+            && !disabled
+            && let Some(m) = loaded
+        {
             swap_in(state, m);
         }
-        Ok(json!({
-            "name": imported.name,
-            "version": imported.version,
-            "digest": format!("sha256-{}", imported.digest),
-            "size": imported.size,
-            "active": active_now,
-            "secs": secs,
-            "mb_per_s": imported.size as f64 / 1e6 / secs.max(1e-9),
-            "selftest": selftest_json,
-        }))
+        Ok(ModelImported {
+            name: imported.name,
+            version: imported.version,
+            digest: format!("sha256-{}", imported.digest),
+            size: imported.size,
+            active: active_now,
+            secs,
+            mb_per_s: imported.size as f64 / 1e6 / secs.max(1e-9),
+            selftest: selftest_passed,
+        })
     }
 
     fn discard(&self, digest: &str) {
         if let Err(e) = self.store.discard(digest) {
             log::error!("model store: undoing the import of sha256-{}: {e}", short(digest));
         }
+    }
+
+    fn disabled_names(&self) -> Result<Vec<String>, PackageError> {
+        Ok(self.store.list()?.into_iter().filter(|m| m.disabled).map(|m| m.name).collect())
+    }
+
+    /// `model_disable` and `model_enable`: records the choice in the store, then takes the model
+    /// out of the served set at once (requests already running finish), or loads its active
+    /// version and serves it again. An enable whose model does not load leaves it disabled.
+    pub fn set_disabled(&self, state: &AppState, name: &str, disabled: bool) -> Result<ModelToggled, ServeError> {
+        let _busy = self.lock();
+        let record = self.store.set_disabled(name, disabled)?;
+        if disabled {
+            if state.models.remove(name).is_some() {
+                log::info!("model '{name}': disabled; no longer served (running requests finish)");
+            }
+        } else if record.active.is_some() {
+            let loaded = self.active(name).and_then(|a| load(state, &a));
+            match loaded {
+                Ok(m) => swap_in(state, m),
+                Err(e) => {
+                    if let Err(e2) = self.store.set_disabled(name, true) {
+                        log::error!("model '{name}': keeping it disabled after a failed load: {e2}");
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(ModelToggled { name: record.name, disabled: record.disabled, active: record.active })
     }
 
     fn is_active(&self, name: &str, version: &str) -> Result<bool, ServeError> {
@@ -272,39 +308,52 @@ impl Packages {
     }
 
     /// `model_list`: every stored version, with which one is active and which one is served.
-    pub fn list(&self, state: &AppState) -> Result<Value, ServeError> {
+    pub fn list(&self, state: &AppState) -> Result<ModelListAnswer, ServeError> {
         let served = state.models.get();
-        let models: Vec<Value> = self
+        let models = self
             .store
             .list()?
-            .iter()
-            .map(|m| {
+            .into_iter()
+            .map(|record| {
                 let serving = served
                     .as_ref()
-                    .and_then(|s| s.iter().find(|l| l.name == m.name).map(|l| l.source.version().to_string()));
-                json!({"name": m.name, "active": m.active, "serving": serving, "history": m.history,
-                       "versions": m.versions})
+                    .and_then(|s| s.iter().find(|l| l.name == record.name).map(|l| l.source.version().to_string()));
+                StoredModel::new(record, serving)
             })
             .collect();
-        Ok(json!({"models": models}))
+        Ok(ModelListAnswer { models })
     }
 
     /// `model_activate` and `model_rollback`: loads the chosen version first, so that a version
     /// that does not load never becomes active, then records it and swaps it in.
-    pub fn switch(&self, state: &Arc<AppState>, name: &str, target: Switch<'_>) -> Result<Value, ServeError> {
+    pub fn switch(&self, state: &Arc<AppState>, name: &str, target: Switch<'_>) -> Result<ModelSwitched, ServeError> {
         let _busy = self.lock();
-        let before = self.store.list()?.into_iter().find(|m| m.name == name).and_then(|m| m.active);
+        let record = self.store.list()?.into_iter().find(|m| m.name == name);
+        let disabled = record.as_ref().is_some_and(|m| m.disabled);
+        let before = record.and_then(|m| m.active);
         let version = match target {
             Switch::Activate(v) => self.store.activate(name, v)?,
             Switch::Rollback => self.store.rollback(name)?,
         };
         let a = self.active(name)?;
+        if disabled {
+            // Recorded; served when the model is enabled again.
+            return Ok(ModelSwitched {
+                name: name.to_string(),
+                version,
+                previous: before,
+                digest: format!("sha256-{}", a.digest),
+            });
+        }
         match load(state, &a) {
             Ok(m) => {
                 swap_in(state, m);
-                Ok(
-                    json!({"name": name, "version": version, "previous": before, "digest": format!("sha256-{}", a.digest)}),
-                )
+                Ok(ModelSwitched {
+                    name: name.to_string(),
+                    version,
+                    previous: before,
+                    digest: format!("sha256-{}", a.digest),
+                })
             }
             Err(e) => {
                 if let Some(b) = &before
@@ -318,10 +367,10 @@ impl Packages {
     }
 
     /// `model_remove`: removes a version that is not active.
-    pub fn remove(&self, name: &str, version: &str) -> Result<Value, ServeError> {
+    pub fn remove(&self, name: &str, version: &str) -> Result<ModelRemoved, ServeError> {
         let _busy = self.lock();
         let digest = self.store.remove(name, version)?;
-        Ok(json!({"name": name, "version": version, "removed": true, "digest": format!("sha256-{digest}")}))
+        Ok(ModelRemoved { name: name.to_string(), version: version.to_string(), digest: format!("sha256-{digest}") })
     }
 }
 

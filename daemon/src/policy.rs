@@ -24,16 +24,16 @@ use std::sync::{Arc, RwLock};
 use govbox_audit::Event;
 use govbox_engine::embed::EmbedInput;
 use govbox_engine::tokenizer::Tokenizer;
-use govbox_engine::{FinishReason, Usage};
+use govbox_engine::{Event as EngineEvent, FinishReason, Usage};
 use govbox_images::ModelStore;
 use govbox_policy::{Action, Policy, StreamFilter, Surface, Verdict};
 use govbox_provisioning::{ClientRecord, StatePaths};
 use tokio::sync::mpsc;
 
+use crate::api::choices::Choices;
 use crate::api::error::ApiError;
 use crate::api::generate::Started;
 use crate::api::record::RequestRecord;
-use crate::bridge::GenEvent;
 use crate::state::AppState;
 
 /// `[policy] default` that turns filtering off.
@@ -165,7 +165,7 @@ pub async fn start(state: &Arc<AppState>) {
         );
     }
     let event = Event::Admin { actor: "govboxd".into(), action: "policy_start".into(), subject };
-    crate::auditing::record(&state.audit, &state.metrics, event).await;
+    crate::auditing::record(&state.audit, event).await;
 }
 
 /// Checks every text of a request's question under the library that applies; returns that
@@ -261,12 +261,12 @@ pub fn filter_output(
     started: Started,
 ) -> Started {
     let Some(served) = served else { return started };
-    let Started { events, rx, prompt_tokens, choices, prompt_ids, opens_thinking } = started;
+    let Started { events, rest, prompt_tokens, choices, prompt_ids, opens_thinking } = started;
     let (tx, out) = mpsc::channel(32);
     let job =
         FilterJob { state: state.clone(), served, client: client.to_string(), record: record.clone(), prompt_tokens };
-    tokio::spawn(job.run(events, rx, tx, choices));
-    Started { events: Vec::new(), rx: out, prompt_tokens, choices, prompt_ids, opens_thinking }
+    tokio::spawn(job.run(events, rest, tx, choices));
+    Started { events: Vec::new(), rest: Choices::Filtered(out), prompt_tokens, choices, prompt_ids, opens_thinking }
 }
 
 struct FilterJob {
@@ -285,10 +285,10 @@ struct ChoiceFilter {
     ended: bool,
 }
 
-type Tagged = (usize, GenEvent);
+type Tagged = (usize, EngineEvent);
 
 impl FilterJob {
-    async fn run(self, first: Vec<Tagged>, mut rx: mpsc::Receiver<Tagged>, tx: mpsc::Sender<Tagged>, choices: usize) {
+    async fn run(self, first: Vec<Tagged>, mut rx: Choices, tx: mpsc::Sender<Tagged>, choices: usize) {
         let mut filters: Vec<ChoiceFilter> = (0..choices.max(1))
             .map(|_| ChoiceFilter { filter: StreamFilter::new(self.served.policy.clone()), texts: 0, ended: false })
             .collect();
@@ -296,7 +296,7 @@ impl FilterJob {
         loop {
             let (i, ev) = match pending.next() {
                 Some(ev) => ev,
-                None => match rx.recv().await {
+                None => match rx.next().await {
                     Some(ev) => ev,
                     // Every choice ended, or the generation ended without a last event (the
                     // SSE body reports that).
@@ -308,27 +308,27 @@ impl FilterJob {
                 continue;
             }
             let (released, end) = match ev {
-                GenEvent::Text(t) => {
+                EngineEvent::Text(t) => {
                     c.texts += 1;
                     (c.filter.push(&t), None)
                 }
                 // Log-probabilities go with the text they precede; a refusal drops the rest.
-                GenEvent::Logprobs(l) => {
-                    if tx.send((i, GenEvent::Logprobs(l))).await.is_err() {
+                EngineEvent::Logprobs(l) => {
+                    if tx.send((i, EngineEvent::Logprobs(l))).await.is_err() {
                         return;
                     }
                     continue;
                 }
-                GenEvent::Done { finish_reason, usage } => (c.filter.finish(), Some((finish_reason, usage))),
-                GenEvent::Failed(e) => {
-                    let _ = tx.send((i, GenEvent::Failed(e))).await;
+                EngineEvent::Done { finish_reason, usage } => (c.filter.finish(), Some((finish_reason, usage))),
+                EngineEvent::Error(e) => {
+                    let _ = tx.send((i, EngineEvent::Error(e))).await;
                     return;
                 }
             };
             for v in &released.replaced {
                 record_verdict(&self.state, &self.record.id, &self.client, &self.served, v, "output").await;
             }
-            if !released.text.is_empty() && tx.send((i, GenEvent::Text(released.text))).await.is_err() {
+            if !released.text.is_empty() && tx.send((i, EngineEvent::Text(released.text))).await.is_err() {
                 return; // the client went away: dropping `rx` stops the generation
             }
             if let Some((verdict, refusal)) = released.refused {
@@ -337,19 +337,17 @@ impl FilterJob {
                 self.record.set_outcome("content_filter");
                 let usage = Usage { prompt_tokens: self.prompt_tokens, completion_tokens: c.texts, ..Usage::default() };
                 if filters.iter().all(|c| c.ended) {
-                    // Stop the generation, and wait for it to end so that its accounting is
-                    // settled before the answer's last event (the audit layer writes the
-                    // completion entry then).
-                    rx.close();
-                    while rx.recv().await.is_some() {}
+                    // Stop the generation; its accounting is settled here, before the answer's
+                    // last event (the audit layer writes the completion entry then).
+                    std::mem::replace(&mut rx, Choices::Running(Vec::new())).stop();
                 }
-                let _ = tx.send((i, GenEvent::Text(refusal))).await;
-                let _ = tx.send((i, GenEvent::Done { finish_reason: FinishReason::ContentFilter, usage })).await;
+                let _ = tx.send((i, EngineEvent::Text(refusal))).await;
+                let _ = tx.send((i, EngineEvent::Done { finish_reason: FinishReason::ContentFilter, usage })).await;
                 continue;
             }
             if let Some((finish_reason, usage)) = end {
                 c.ended = true;
-                if tx.send((i, GenEvent::Done { finish_reason, usage })).await.is_err() {
+                if tx.send((i, EngineEvent::Done { finish_reason, usage })).await.is_err() {
                     return;
                 }
             }
@@ -385,7 +383,7 @@ async fn record_verdict(
         package: format!("{} {}", served.name, served.version),
         digest: served.digest.clone(),
     };
-    crate::auditing::record(&state.audit, &state.metrics, event).await;
+    crate::auditing::record(&state.audit, event).await;
 }
 
 /// `policy_import`, `policy_activate`, `policy_rollback`, `policy_list` on the admin socket:
@@ -396,7 +394,8 @@ pub mod admin {
 
     use govbox_images::{ImportOptions, ModelStore, PackageError, TrustRoot};
     use govbox_provisioning::StatePaths;
-    use serde_json::{Value, json};
+
+    use govbox_admin::protocol::{ModelSwitched, PolicyImported, PolicyListAnswer};
 
     use crate::admin::protocol::AdminFailure;
     use crate::state::AppState;
@@ -418,7 +417,7 @@ pub mod admin {
     }
 
     /// Verifies and imports a policy package, compiles it, and serves it when it is active.
-    pub fn import(state: &AppState, path: &Path, activate: bool) -> Result<Value, AdminFailure> {
+    pub fn import(state: &AppState, path: &Path, activate: bool) -> Result<PolicyImported, AdminFailure> {
         let paths = StatePaths::new(&state.state_dir);
         let root = TrustRoot::load(&paths.root_json()).map_err(|e| failure(e.code(), e.to_string()))?;
         let store = store(state)?;
@@ -434,14 +433,18 @@ pub mod admin {
             }
         };
         reload(state)?;
-        Ok(json!({
-            "name": imported.name, "version": imported.version, "digest": format!("sha256-{}", imported.digest),
-            "keywords": library.keyword_count(), "active": imported.activated, "already_present": imported.already_present,
-        }))
+        Ok(PolicyImported {
+            name: imported.name,
+            version: imported.version,
+            digest: format!("sha256-{}", imported.digest),
+            keywords: library.keyword_count(),
+            active: imported.activated,
+            already_present: imported.already_present,
+        })
     }
 
     /// Serves another version (`Some`: that one; `None`: the previous one).
-    pub fn switch(state: &AppState, name: &str, version: Option<Option<&str>>) -> Result<Value, AdminFailure> {
+    pub fn switch(state: &AppState, name: &str, version: Option<Option<&str>>) -> Result<ModelSwitched, AdminFailure> {
         let store = store(state)?;
         let v = match version {
             Some(v) => store.activate(name, v),
@@ -455,11 +458,16 @@ pub mod admin {
             return Err(e);
         }
         let digest = store.active_models().map_err(package)?.into_iter().find(|a| a.name == name).map(|a| a.digest);
-        Ok(json!({"name": name, "version": v, "digest": format!("sha256-{}", digest.unwrap_or_default())}))
+        Ok(ModelSwitched {
+            name: name.to_string(),
+            version: v,
+            previous: None,
+            digest: format!("sha256-{}", digest.unwrap_or_default()),
+        })
     }
 
     /// Every stored library version.
-    pub fn list(state: &AppState) -> Result<Value, AdminFailure> {
-        Ok(json!({"policies": store(state)?.list().map_err(package)?}))
+    pub fn list(state: &AppState) -> Result<PolicyListAnswer, AdminFailure> {
+        Ok(PolicyListAnswer { policies: store(state)?.list().map_err(package)? })
     }
 }

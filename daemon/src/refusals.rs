@@ -10,10 +10,10 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
 
-use govbox_audit::{AuditHandle, Event, format_time};
+use govbox_audit::{Event, format_time};
 use time::OffsetDateTime;
 
-use crate::metrics::Metrics;
+use crate::auditing::Audit;
 
 /// Most (client, minute) pairs held; refusals of further clients count under `other`.
 pub const MAX_PAIRS: usize = 10_000;
@@ -86,18 +86,12 @@ impl Refusals {
 
     /// Writes the tallies of ended minutes (all of them when `all`). Blocking: from the admin
     /// socket's blocking tasks and at shutdown.
-    pub fn flush_blocking(&self, log: &AuditHandle, metrics: &Metrics, all: bool) {
+    pub fn flush_blocking(&self, log: &Audit, all: bool) {
         let before = (!all).then(|| minute_of(OffsetDateTime::now_utc()));
         for ev in self.drain(before) {
-            match log.append_blocking(ev.clone()) {
-                Ok(_) => {
-                    metrics.audit_entries.inc();
-                }
-                Err(e) => {
-                    metrics.audit_failures.inc();
-                    log::error!("audit: writing a request_refused entry failed, kept for the next try: {e}");
-                    self.restore(ev);
-                }
+            if let Err(e) = log.append_blocking(ev.clone()) {
+                log::error!("audit: writing a request_refused entry failed, kept for the next try: {e}");
+                self.restore(ev);
             }
         }
     }
@@ -110,8 +104,7 @@ impl Refusals {
             // A second past the boundary, so that the minute that just ended is complete.
             tokio::time::sleep(std::time::Duration::from_secs(61 - into_minute)).await;
             let st = state.clone();
-            let _ =
-                tokio::task::spawn_blocking(move || st.refusals.flush_blocking(&st.audit, &st.metrics, false)).await;
+            let _ = tokio::task::spawn_blocking(move || st.refusals.flush_blocking(&st.audit, false)).await;
         }
     }
 }

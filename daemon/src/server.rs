@@ -42,13 +42,49 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-use crate::auth::ConnInfo;
+use crate::auth::{ClientCert, ConnInfo};
 use crate::state::AppState;
 use crate::tls;
+
+/// How a listener makes an accepted TCP connection secure before HTTP runs on it: TLS (rustls)
+/// on the HTTPS port, TLCP (Tongsuo, `crate::tlcp`) on the TLCP port. Everything after the
+/// handshake (limits, timeouts, the API, auth, quotas, audit) is the same code for both.
+pub trait Handshake: Send + Sync + 'static {
+    /// The secured stream.
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// The protocol's name in logs (`TLS`, `TLCP`).
+    const NAME: &'static str;
+    /// Runs the handshake; gives the stream and, when the peer presented a client certificate
+    /// that verified, its identity.
+    fn accept(
+        &self,
+        tcp: TcpStream,
+        state: &AppState,
+    ) -> impl Future<Output = Result<(Self::Stream, Option<ClientCert>), String>> + Send;
+}
+
+/// The rustls handshake of the HTTPS port, with the current `ServerConfig` (`tls_reload` swaps it).
+pub struct TlsHandshake;
+
+impl Handshake for TlsHandshake {
+    type Stream = tokio_rustls::server::TlsStream<TcpStream>;
+    const NAME: &'static str = "TLS";
+    async fn accept(&self, tcp: TcpStream, state: &AppState) -> Result<(Self::Stream, Option<ClientCert>), String> {
+        let stream = TlsAcceptor::from(state.tls_config()).accept(tcp).await.map_err(|e| e.to_string())?;
+        let cert = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(tls::fingerprint);
+        Ok((stream, cert.map(ClientCert::Tls)))
+    }
+}
 
 /// Accepts connections until shutdown, then waits up to `serving.shutdown_grace_secs` for the
 /// open ones to finish their answers.
 pub async fn serve(listener: TcpListener, state: Arc<AppState>, router: Router) {
+    serve_with(listener, state, router, Arc::new(TlsHandshake)).await
+}
+
+/// [`serve`] with another handshake (the TLCP port). Each listener has its own
+/// `limits.max_connections` and per-address slots.
+pub async fn serve_with<H: Handshake>(listener: TcpListener, state: Arc<AppState>, router: Router, handshake: Arc<H>) {
     let max = state.config.limits.max_connections;
     let conns = Arc::new(Semaphore::new(max));
     let per_address = PerAddress::new(state.config.limits.max_connections_per_address);
@@ -71,7 +107,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, router: Router) 
                         log::debug!("refused a connection from {}: {max} connections are open", peer.ip());
                         continue;
                     };
-                    tokio::spawn(connection(tcp, peer, (permit, slot), state.clone(), router.clone()));
+                    tokio::spawn(connection(tcp, peer, (permit, slot), state.clone(), router.clone(), handshake.clone()));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off briefly rather than spin.
@@ -267,12 +303,13 @@ impl Drop for OpenConnection {
     }
 }
 
-async fn connection(
+async fn connection<H: Handshake>(
     tcp: TcpStream,
     peer: SocketAddr,
     permits: (OwnedSemaphorePermit, AddressSlot),
     state: Arc<AppState>,
     router: Router,
+    handshake: Arc<H>,
 ) {
     let _permits = permits;
     state.metrics.connections.inc();
@@ -280,24 +317,22 @@ async fn connection(
     let _ = tcp.set_nodelay(true);
     let limits = &state.config.limits;
     let header_timeout = Duration::from_secs(limits.header_timeout_secs);
-    let acceptor = TlsAcceptor::from(state.tls_config());
-    let stream = match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
+    let (stream, client_cert) = match tokio::time::timeout(header_timeout, handshake.accept(tcp, &state)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             state.metrics.handshake_failures.inc();
-            log::debug!("TLS handshake with {} failed: {e}", peer.ip());
+            log::debug!("{} handshake with {} failed: {e}", H::NAME, peer.ip());
             // A refused client certificate ends here: an authentication failure (aggregated).
             state.audit.record_auth_failure(peer.ip(), "tls_handshake_failed");
             return;
         }
         Err(_) => {
             state.metrics.handshake_failures.inc();
-            log::debug!("TLS handshake with {} timed out", peer.ip());
+            log::debug!("{} handshake with {} timed out", H::NAME, peer.ip());
             return;
         }
     };
-    let cert_sha256 = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(tls::fingerprint);
-    let info = ConnInfo { peer, cert_sha256 };
+    let info = ConnInfo { peer, client_cert };
     let in_flight = Arc::new(AtomicUsize::new(0));
     let activity = Arc::new(Activity {
         base: Instant::now(),

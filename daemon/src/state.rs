@@ -206,7 +206,7 @@ pub struct AppState {
     /// The content-safety libraries (signed policy packages) being served.
     pub policies: crate::policy::PolicyTable,
     /// The tamper-evident audit log (govboxd holds its lock while it runs).
-    pub audit: govbox_audit::AuditHandle,
+    pub audit: crate::auditing::Audit,
     /// The backend the models run on.
     pub backend: Arc<dyn Backend>,
     /// The `device` setting, the device chosen and what probing found.
@@ -295,6 +295,7 @@ pub(crate) fn test_state() -> (tempfile::TempDir, Arc<AppState>) {
         thresholds: vec![],
         force: false,
         audit_pub: None,
+        suite: govbox_provisioning::Suite::Intl,
     })
     .unwrap();
     let config = Config::default();
@@ -303,10 +304,12 @@ pub(crate) fn test_state() -> (tempfile::TempDir, Arc<AppState>) {
     let tls = crate::tls::server_config_with(&material, config.tls.mtls, server_cert.clone()).unwrap();
     let backend: Arc<dyn Backend> = Arc::new(govbox_drivers::cpu::CpuBackend::new(1).unwrap());
     let packages = crate::packages::Packages::open(&dir).unwrap();
+    let metrics = Arc::new(Metrics::new(&backend.info(), &[]));
     let audit = crate::auditing::open(&dir, &crate::config::AuditConfig::default()).unwrap();
+    let audit = crate::auditing::Audit::new(audit, &metrics);
     let state = AppState {
         admission: Admission::new(1, 1),
-        metrics: Arc::new(Metrics::new(&backend.info(), &[])),
+        metrics,
         device: crate::device::DeviceReport::cpu_only(),
         store: ClientStore::open(&dir).unwrap(),
         quotas: Quotas::open(&dir.join("state/quota")).unwrap(),

@@ -82,18 +82,9 @@ fn certs(pem: &str, what: &'static str) -> Result<Vec<CertificateDer<'static>>, 
     Ok(certs)
 }
 
-/// What the served certificate says about itself (`status`, `tls_reload`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct ServedCert {
-    /// The serial number, lower-case hex.
-    pub serial: String,
-    /// End of validity, Unix seconds.
-    pub not_after: i64,
-    /// End of validity, RFC 3339.
-    pub expires: String,
-    /// SHA-256 of the certificate's DER, lower-case hex.
-    pub sha256: String,
-}
+/// What the served certificate says about itself (`status`, `tls_reload`): the admin protocol's
+/// type, so that the CLI reads the same fields.
+pub type ServedCert = govbox_admin::protocol::CertificateSummary;
 
 /// The server certificate and key that new handshakes get. `tls_reload` swaps them: a handshake
 /// takes the current pair once, so connections already open keep theirs, and the listener, its

@@ -15,6 +15,8 @@ use govbox_audit::{AuditHandle, Event};
 use govbox_images::update::{InstallRoot, JournalEntry, JournalMark, after_mark, read_journal};
 use govbox_provisioning::Overwrite;
 
+use crate::auditing::Audit;
+
 /// The mark's file name in the state folder.
 const MARK_NAME: &str = "update-journal.imported";
 
@@ -39,7 +41,7 @@ pub enum JournalImportError {
 }
 
 /// Imports what follows the mark; returns how many entries were appended.
-pub async fn import(install_root: &Path, state_dir: &Path, audit: &AuditHandle) -> Result<usize, JournalImportError> {
+pub async fn import(install_root: &Path, state_dir: &Path, audit: &Audit) -> Result<usize, JournalImportError> {
     let root = InstallRoot::new(install_root);
     let entries = read_journal(&root.journal_file())?;
     let mark_path = state_dir.join(MARK_NAME);
@@ -102,8 +104,12 @@ mod tests {
         let (opt, state) = (dir.path().join("opt"), dir.path().join("state"));
         std::fs::create_dir_all(&state).unwrap();
         let keys = AuditKeys::new(SigningKey::generate().unwrap(), [7; 32]);
-        let log =
-            AuditHandle::InProcess(AuditLog::open(dir.path().join("audit"), keys, AuditOptions::default()).unwrap());
+        let cpu = govbox_drivers::cpu::CpuBackend::new(1).unwrap();
+        let metrics = crate::metrics::Metrics::new(&govbox_drivers::Backend::info(&cpu), &[]);
+        let log = Audit::new(
+            AuditHandle::InProcess(AuditLog::open(dir.path().join("audit"), keys, AuditOptions::default()).unwrap()),
+            &metrics,
+        );
         let root = InstallRoot::new(&opt);
         std::fs::create_dir_all(&opt).unwrap();
         assert_eq!(import(&opt, &state, &log).await.unwrap(), 0, "no journal, nothing to do");
@@ -126,6 +132,8 @@ mod tests {
         let steps: Vec<String> = update_entries(&log).into_iter().map(|(s, _)| s).collect();
         assert_eq!(steps, ["trial_boot", "reverted", "committed", "refused"]);
         assert_eq!(std::fs::read_to_string(state.join(MARK_NAME)).unwrap(), format!("{} 4\n", third.journal));
+        // Imported entries count for /metrics like every other append.
+        assert_eq!(metrics.audit_entries.get(), log.tree_size(), "govbox_audit_entries_total");
         tokio::task::block_in_place(|| log.close()).unwrap();
     }
 }

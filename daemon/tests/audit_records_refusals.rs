@@ -105,6 +105,7 @@ fn corpus_box(keys: &CorpusKeys) -> Box_ {
         thresholds: vec![ThresholdSpec { role: Role::Models, threshold: 2 }],
         force: false,
         audit_pub: None,
+        suite: govbox_provisioning::Suite::Intl,
     })
     .unwrap();
     let ca_pem = std::fs::read_to_string(state.join("tls/ca.crt")).unwrap();

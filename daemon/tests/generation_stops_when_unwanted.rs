@@ -1,7 +1,8 @@
 //! Property: the engine never keeps working for nobody. A client that disconnects mid-answer
 //! stops its generation at once (the slot is freed, far fewer tokens are generated than asked);
 //! the request deadline ends a generation with 504, or with an error event and no `[DONE]` in a
-//! stream; a full queue is refused with 503 instead of piling up.
+//! stream; a full queue is refused with 503 instead of piling up, and so is a prompt that the
+//! whole KV pool cannot hold.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod common;
@@ -75,6 +76,28 @@ async fn the_request_deadline_ends_a_generation() {
     let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
     assert_eq!(last["error"]["code"], "deadline_exceeded", "{last}");
     assert!(!events.iter().any(|e| e == "[DONE]"), "a cut-off stream must not end with [DONE]");
+    poll_metric(&d, &prom, "govbox_active_generations ", |v| v == 0.0, 10).await;
+}
+
+/// The engine's typed `KvCacheFull` (a prompt the whole KV pool cannot hold) is 503
+/// `kv_cache_full`, chosen by the error's variant; the budget it reserved goes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompt_larger_than_the_kv_pool_is_503_kv_cache_full() {
+    let b = Box_::provision();
+    let app = b.add_client("app", &[], None, None);
+    let prom = b.add_metrics_client("prometheus");
+    let d = Daemon::ready(&b, &b.config(&[("tiny", &tiny_qwen2())], "[serving]\nkv_tokens = 64\n")).await;
+    let ids: Vec<u32> = (0..100).map(|i| 10 + i % 50).collect();
+    let r =
+        d.post(&app.token_only(), "/v1/completions", &json!({"model": "tiny", "prompt": ids, "max_tokens": 2})).await;
+    assert_eq!((r.status, r.error_code().as_str()), (503, "kv_cache_full"), "{:?}", r.json());
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("needs 100 tokens") && msg.contains("holds 64"), "{msg}");
+    // A prompt that fits is served.
+    let r = d
+        .post(&app.token_only(), "/v1/completions", &json!({"model": "tiny", "prompt": &ids[..20], "max_tokens": 2}))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
     poll_metric(&d, &prom, "govbox_active_generations ", |v| v == 0.0, 10).await;
 }
 

@@ -8,7 +8,7 @@
 use std::any::Any;
 use std::fmt;
 
-use crate::{DType, HostBytes, Result, Tensor};
+use crate::{DType, DriverError, HostBytes, Result, Tensor};
 
 /// What kind of device a backend drives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,6 +80,28 @@ pub struct Rope<'a> {
     pub positions: &'a [u32],
 }
 
+impl Rope<'_> {
+    /// The check every backend makes before it rotates `x`: rows of `n_heads * head_dim` values,
+    /// at most `head_dim / 2` frequencies, one position per row. Returns the row width.
+    pub(crate) fn check(&self, x: &Tensor) -> Result<usize> {
+        let width = self.n_heads * self.head_dim;
+        let half = self.inv_freq.len();
+        if x.last_dim() != width || half * 2 > self.head_dim || self.positions.len() != x.rows() {
+            return Err(DriverError::Shape {
+                op: "rope",
+                detail: format!(
+                    "input {:?}, {} heads of {}, {half} frequencies, {} positions",
+                    x.shape(),
+                    self.n_heads,
+                    self.head_dim,
+                    self.positions.len()
+                ),
+            });
+        }
+        Ok(width)
+    }
+}
+
 /// The element type a KV pool stores keys and values in (`[serving] kv_dtype`). Attention reads
 /// the stored type directly; new keys and values are rounded to it once, when written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -90,25 +112,41 @@ pub enum KvDType {
     /// IEEE binary16 (round to nearest even on write): half the memory of `F32`, llama.cpp's
     /// default cache type.
     F16,
+    /// GGUF's `Q8_0`: blocks of 32 values as `i8` with one `f16` scale, 34 bytes per 32 values
+    /// (53 % of `F16`), quantised on write as llama.cpp's `-ctk q8_0 -ctv q8_0`. Needs a head
+    /// dimension that is a multiple of 32.
+    Q8_0,
 }
 
 impl KvDType {
     /// Every KV dtype this build knows, in the config's spelling.
-    pub const ALL: [KvDType; 2] = [KvDType::F32, KvDType::F16];
+    pub const ALL: [KvDType; 3] = [KvDType::F32, KvDType::F16, KvDType::Q8_0];
 
-    /// The config's name: `"f32"`, `"f16"`.
+    /// The config's name: `"f32"`, `"f16"`, `"q8_0"`.
     pub const fn name(self) -> &'static str {
         match self {
             KvDType::F32 => "f32",
             KvDType::F16 => "f16",
+            KvDType::Q8_0 => "q8_0",
         }
     }
 
-    /// Bytes one stored value takes.
-    pub const fn bytes(self) -> usize {
+    /// Values stored together (a `q8_0` block shares one scale); head dimensions must be a
+    /// multiple of it.
+    pub const fn block_len(self) -> usize {
         match self {
-            KvDType::F32 => 4,
-            KvDType::F16 => 2,
+            KvDType::F32 | KvDType::F16 => 1,
+            KvDType::Q8_0 => 32,
+        }
+    }
+
+    /// Bytes `values` stored values take (a multiple of [`KvDType::block_len`]), or `None` on
+    /// overflow.
+    pub const fn bytes_for(self, values: usize) -> Option<usize> {
+        match self {
+            KvDType::F32 => values.checked_mul(4),
+            KvDType::F16 => values.checked_mul(2),
+            KvDType::Q8_0 => (values / 32).checked_mul(34),
         }
     }
 
@@ -120,7 +158,7 @@ impl KvDType {
 
 /// A `kv_dtype` name this build does not store.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("\"{name}\" is not a KV cache type this build stores (expected \"f32\" or \"f16\"{})", if name == "q8_0" { "; q8_0 is not implemented yet" } else { "" })]
+#[error("\"{name}\" is not a KV cache type this build stores (expected \"f32\", \"f16\" or \"q8_0\")")]
 pub struct UnknownKvDType {
     /// The name given.
     pub name: String,
@@ -169,9 +207,18 @@ impl KvSpec {
     /// Bytes the pool's data takes (both K and V, all layers, at [`KvSpec::dtype`]), or `None`
     /// on overflow.
     pub fn bytes(&self) -> Option<usize> {
-        self.values_per_layer()
-            .and_then(|v| v.checked_mul(2 * self.dtype.bytes()))
-            .and_then(|b| b.checked_mul(self.n_layers))
+        self.values_per_layer().and_then(|v| self.dtype.bytes_for(v)).and_then(|b| b.checked_mul(2 * self.n_layers))
+    }
+
+    /// The pool slot of position `pos` of a sequence whose blocks are `table`: an error when
+    /// the table has no block for it, or names one outside the pool.
+    pub(crate) fn slot(&self, table: &[u32], pos: usize) -> Result<usize> {
+        let bs = self.block_size;
+        let b = *table.get(pos / bs).ok_or_else(|| DriverError::KvCache(format!("position {pos} has no block")))?;
+        if b as usize >= self.n_blocks {
+            return Err(DriverError::KvCache(format!("block {b} of {}", self.n_blocks)));
+        }
+        Ok(b as usize * bs + pos % bs)
     }
 }
 
@@ -179,8 +226,6 @@ impl KvSpec {
 pub trait KvCache: Send + fmt::Debug {
     /// The pool's shape.
     fn spec(&self) -> KvSpec;
-    /// Copies block `src` to block `dst` in every layer (copy-on-write of shared prefixes).
-    fn copy_block(&mut self, src: u32, dst: u32) -> Result<()>;
     /// For the owning backend to downcast.
     fn as_any_mut(&mut self) -> &mut dyn Any;
 }
@@ -213,6 +258,82 @@ pub struct PagedAttn<'a> {
     pub scale: f32,
     /// The sequences.
     pub seqs: &'a [SeqAttn<'a>],
+}
+
+impl PagedAttn<'_> {
+    /// The argument check every backend makes before it touches the pool `spec`: the call's
+    /// heads and head size are the pool's, the layer is one of its layers, the query heads are a
+    /// whole multiple of the KV heads, and `q`, `k` and `v` hold one row per new position.
+    /// Returns the number of rows.
+    pub(crate) fn check(&self, spec: &KvSpec, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<usize> {
+        let (hd, nh, nkv) = (self.head_dim, self.n_heads, self.n_kv_heads);
+        let rows: usize = self.seqs.iter().map(|s| s.n_new).sum();
+        if spec.head_dim != hd
+            || spec.n_kv_heads != nkv
+            || nkv == 0
+            || nh % nkv != 0
+            || self.layer >= spec.n_layers
+            || q.shape() != [rows, nh * hd]
+            || k.shape() != [rows, nkv * hd]
+            || v.shape() != [rows, nkv * hd]
+        {
+            return Err(DriverError::Shape {
+                op: "attention",
+                detail: format!(
+                    "q {:?} k {:?} v {:?} for {rows} rows, {nh} heads, {nkv} kv heads of {hd}, layer {}, cache {spec:?}",
+                    q.shape(),
+                    k.shape(),
+                    v.shape(),
+                    self.layer
+                ),
+            });
+        }
+        Ok(rows)
+    }
+}
+
+/// The sizes of `x [m, k] · wᵀ` for `w [n, k]`, after the check every backend makes: `w` is 2-D
+/// with rows as long as `x`'s. `out` is `x`'s shape with `n` last.
+pub(crate) struct MatmulShape {
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub out: Vec<usize>,
+}
+
+impl MatmulShape {
+    pub(crate) fn check(x: &Tensor, w: &Tensor) -> Result<Self> {
+        let (m, k) = (x.rows(), x.last_dim());
+        if w.shape().len() != 2 || w.last_dim() != k {
+            return Err(DriverError::Shape {
+                op: "matmul",
+                detail: format!("activations {:?} against weight {:?}", x.shape(), w.shape()),
+            });
+        }
+        let n = w.shape()[0];
+        let mut out = x.shape().to_vec();
+        if let Some(l) = out.last_mut() {
+            *l = n;
+        }
+        Ok(MatmulShape { m, k, n, out })
+    }
+}
+
+/// The check every backend makes before it makes a tensor of `dtype` and `shape` from `len`
+/// bytes: rows are whole blocks, and the bytes are exactly what the shape needs.
+pub(crate) fn check_upload(dtype: DType, shape: &[usize], len: usize) -> Result<()> {
+    let expected = dtype.bytes_for(shape).ok_or_else(|| DriverError::Shape {
+        op: "upload",
+        detail: format!(
+            "{dtype} rows of {} values are not whole blocks of {}, or {shape:?} overflows",
+            shape.last().copied().unwrap_or(1),
+            dtype.block_len()
+        ),
+    })?;
+    if expected != len {
+        return Err(DriverError::UploadSize { dtype, shape: shape.to_vec(), expected, got: len });
+    }
+    Ok(())
 }
 
 /// Bidirectional (encoder) attention over a padded batch.
@@ -255,16 +376,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn layer_norm(&self, x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor>;
     /// Rotary position embedding of each row.
     fn rope(&self, x: &Tensor, rope: &Rope<'_>) -> Result<Tensor>;
-    /// Softmax over the last dimension.
-    fn softmax(&self, x: &Tensor) -> Result<Tensor>;
     /// `silu(gate) * up`.
     fn swiglu(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor>;
     /// Exact (erf) GELU.
     fn gelu(&self, x: &Tensor) -> Result<Tensor>;
     /// `a + b`; `b` may be one row, broadcast over `a`'s rows.
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
-    /// `a * b`; `b` may be one row, broadcast over `a`'s rows.
-    fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
     /// `a * s`.
     fn scale(&self, a: &Tensor, s: f32) -> Result<Tensor>;
     /// Rows of `table [vocab, dim]` (any weight dtype) for `ids`: `[ids.len(), dim]` in `f32`.
@@ -305,7 +422,7 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// download and an upload, so that every backend has it; backends may do it on the device.
     fn geglu_tanh(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         if gate.shape() != up.shape() {
-            return Err(crate::DriverError::Shape {
+            return Err(DriverError::Shape {
                 op: "geglu_tanh",
                 detail: format!("gate {:?} and up {:?}", gate.shape(), up.shape()),
             });
@@ -320,7 +437,7 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn slice_cols(&self, x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
         let (rows, n) = (x.rows(), x.last_dim());
         if start.checked_add(len).is_none_or(|e| e > n) {
-            return Err(crate::DriverError::Shape {
+            return Err(DriverError::Shape {
                 op: "slice_cols",
                 detail: format!("columns {start}..{} of {:?}", start.saturating_add(len), x.shape()),
             });
@@ -337,10 +454,7 @@ pub trait Backend: Send + Sync + fmt::Debug {
         let rows = parts.first().map_or(0, |t| t.rows());
         if parts.iter().any(|t| t.rows() != rows) {
             let shapes: Vec<_> = parts.iter().map(|t| t.shape().to_vec()).collect();
-            return Err(crate::DriverError::Shape {
-                op: "concat_cols",
-                detail: format!("row counts differ: {shapes:?}"),
-            });
+            return Err(DriverError::Shape { op: "concat_cols", detail: format!("row counts differ: {shapes:?}") });
         }
         let width: usize = parts.iter().map(|t| t.last_dim()).sum();
         let host = parts.iter().map(|t| self.download_f32(t)).collect::<Result<Vec<_>>>()?;
@@ -356,7 +470,7 @@ pub trait Backend: Send + Sync + fmt::Debug {
 
     /// [`Backend::attention`] where each query row sees only the last `window` positions of its
     /// sequence, itself included (sliding-window layers). Backends that cannot restrict the keys
-    /// answer [`crate::DriverError::Unsupported`].
+    /// answer [`DriverError::Unsupported`].
     fn attention_windowed(
         &self,
         q: &Tensor,
@@ -367,7 +481,7 @@ pub trait Backend: Send + Sync + fmt::Debug {
         window: usize,
     ) -> Result<Tensor> {
         let _ = (q, k, v, cache, spec, window);
-        Err(crate::DriverError::Unsupported { op: "sliding-window attention", backend: self.backend_name() })
+        Err(DriverError::Unsupported { op: "sliding-window attention", backend: self.backend_name() })
     }
 
     /// A short name of this backend for messages ("cpu", "ascend", "cuda").
@@ -386,11 +500,6 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn run_within(&self, f: &mut (dyn FnMut() + Send)) {
         f()
     }
-
-    /// Index of the largest value of each row.
-    fn argmax(&self, x: &Tensor) -> Result<Vec<u32>>;
-    /// Waits until queued work is done.
-    fn synchronize(&self) -> Result<()>;
 }
 
 /// GELU with the tanh approximation, `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`, computed

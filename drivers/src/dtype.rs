@@ -78,6 +78,17 @@ impl DType {
         Some(n / self.block_len() * self.block_bytes())
     }
 
+    /// Bytes a tensor of `shape` takes in this type, or `None` when its rows (the last
+    /// dimension) are not whole blocks or the size overflows. The empty shape is one value.
+    pub fn bytes_for(self, shape: &[usize]) -> Option<usize> {
+        let count = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d))?;
+        let last = shape.last().copied().unwrap_or(1);
+        if last == 0 {
+            return Some(0);
+        }
+        self.row_bytes(last)?.checked_mul(count / last)
+    }
+
     /// The lower-case name used in GGUF tooling and in our CLI output.
     pub const fn name(self) -> &'static str {
         match self {
@@ -114,5 +125,16 @@ mod tests {
         assert_eq!(DType::Q8_0.row_bytes(48), None);
         assert_eq!(DType::Q6K.row_bytes(512), Some(420));
         assert_eq!(DType::F16.row_bytes(3), Some(6));
+    }
+
+    #[test]
+    fn bytes_for_counts_whole_rows_and_refuses_partial_blocks_and_overflow() {
+        assert_eq!(DType::Q8_0.bytes_for(&[3, 64]), Some(3 * 68));
+        assert_eq!(DType::F32.bytes_for(&[2, 3, 4]), Some(96));
+        assert_eq!(DType::F32.bytes_for(&[]), Some(4));
+        assert_eq!(DType::Q8_0.bytes_for(&[5, 0]), Some(0));
+        assert_eq!(DType::Q8_0.bytes_for(&[1, 33]), None);
+        assert_eq!(DType::F32.bytes_for(&[usize::MAX, 2]), None);
+        assert_eq!(DType::F32.bytes_for(&[usize::MAX / 2, 1]), None);
     }
 }

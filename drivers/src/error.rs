@@ -94,5 +94,24 @@ pub enum DriverError {
     },
 }
 
+impl DriverError {
+    /// A stable short code for metrics and the audit log.
+    pub fn code(&self) -> &'static str {
+        match self {
+            DriverError::Shape { .. } => "shape_mismatch",
+            DriverError::DType { .. } => "unsupported_dtype",
+            DriverError::UploadSize { .. } => "upload_size",
+            DriverError::ForeignTensor { .. } => "foreign_tensor",
+            DriverError::KvCache(_) => "kv_cache",
+            DriverError::KvDType { .. } => "unsupported_kv_dtype",
+            DriverError::TokenOutOfRange { .. } => "token_out_of_range",
+            DriverError::Unsupported { .. } => "unsupported_op",
+            DriverError::NotCompiled(_) => "not_compiled",
+            DriverError::Device { .. } => "device",
+            DriverError::Unavailable { .. } => "unavailable",
+        }
+    }
+}
+
 /// Result alias for driver operations.
 pub type Result<T> = std::result::Result<T, DriverError>;

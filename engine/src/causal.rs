@@ -119,7 +119,7 @@ impl CausalRunner {
             let inputs: Vec<SeqInput<'_>> = batch
                 .iter()
                 .zip(&tables)
-                .map(|(&i, t)| SeqInput { tokens: &seqs[i], start_pos: 0, block_table: t })
+                .map(|(&i, t)| SeqInput { tokens: &seqs[i], start_pos: 0, block_table: t, local_table: &[] })
                 .collect();
             match read {
                 Read::Hidden => {

@@ -1,31 +1,30 @@
-//! The engine's public face: load a model, generate text as a stream of events, compute logits,
-//! embed texts.
+//! The engine's public face: load a model, generate text as a stream of events (see
+//! `generation.rs`), compute logits, embed texts.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 
 use govbox_drivers::{Backend, KvDType, KvSpec};
 
 use crate::chat::{ChatInput, ChatMessage};
 use crate::config::DecoderConfig;
 use crate::constraint::{Constraint, Grammar, GrammarCompiler};
+use crate::generation::{Event, Generation, Output, Prepared, Usage, as_text};
 use crate::gguf::parse_gguf;
-use crate::kv::{BLOCK_SIZE, BlockAllocator, KvStats, PrefixCache};
-use crate::logprobs::{Alternative, IdLogprobs, Pending, TokenLogprob, token_logprobs};
+use crate::kv::{BLOCK_SIZE, BlockAllocator, KvStats, PrefixCache, SplitKv, windowed_kv};
+use crate::logprobs::{TokenLogprob, token_logprobs};
 use crate::models::decoder::{DecoderModel, LogitsFor, SeqInput};
 use crate::sampler::SamplingParams;
-use crate::scheduler::{Job, KvState, Msg, Scheduler, lock};
+use crate::scheduler::{Job, KvState, PREFILL_CHUNK, Scheduler, lock};
 use crate::tokenizer::Tokenizer;
 use crate::weights::WeightMap;
-use crate::{EngineError, MappedFile, Result};
+use crate::{EngineError, MappedFile, PromptError, Result};
 
 /// Engine settings.
 #[derive(Clone, Debug)]
 pub struct EngineOptions {
-    /// Tokens the KV pool holds across all live sequences. 4096 covers one full-context request
-    /// of the small models the box ships with, at a memory cost shown by `govbox model info`.
-    /// This is also the prefix cache's cap: blocks of ended sequences stay cached in whatever
+    /// Tokens the KV pool holds across all live sequences, at a memory cost shown by `govbox
+    /// model info`. This is also the prefix cache's cap: blocks of ended sequences stay cached in whatever
     /// part of the pool running sequences do not use, and are evicted least recently used first.
     pub kv_tokens: usize,
     /// The element type of the KV pool. `f32` by default: exact, so logits stay within 1e-4 of
@@ -33,6 +32,14 @@ pub struct EngineOptions {
     /// greedy answers and batch/cache invariance (a key or value is rounded once, when written,
     /// whatever the batch), but moves the tiny fixtures' logits by up to about 3e-3.
     pub kv_dtype: KvDType,
+}
+
+impl EngineOptions {
+    /// The pool of a package's self-test (`govbox package build`, `govbox model import`): a few
+    /// short prompts, or the longest pair of a reranker's check, never a served load.
+    pub fn self_test() -> Self {
+        Self { kv_tokens: 1024, ..Self::default() }
+    }
 }
 
 /// What the caller knows a model folder to be, where its files alone cannot say: a
@@ -47,9 +54,17 @@ pub enum LoadAs {
     Reranker,
 }
 
+/// The defaults of every engine, govboxd's `[serving]` and `govbox model run` included.
 impl Default for EngineOptions {
     fn default() -> Self {
-        Self { kv_tokens: 4096, kv_dtype: KvDType::F32 }
+        Self {
+            // 8192 tokens: two full 4k-context requests, or several short ones, per chat model.
+            kv_tokens: 8192,
+            // f32: exact. "f16" halves the cache for the same tokens and keeps greedy answers
+            // batch- and cache-invariant, but moves logits by up to ~3e-3 against f32 references
+            // (the 1e-4 the numerics tests hold f32 to), so it is the operator's choice.
+            kv_dtype: KvDType::F32,
+        }
     }
 }
 
@@ -85,10 +100,10 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     /// Keep going past EOS (benchmarks and reference comparisons).
     pub ignore_eos: bool,
-    /// When the answer must be complete. The deadline is checked while the request waits for
-    /// its next token (in the scheduler's queue for KV blocks, or behind a long prefill), not
-    /// only when a token arrives: once it passes, the request is cancelled, its blocks are freed
-    /// and [`generate`](Engine::generate) returns [`EngineError::Deadline`]. `None`: no limit.
+    /// When the answer must be complete. The scheduler checks it at every step, whether the
+    /// request is running, queued for KV blocks or paused behind a slow reader: once it passes,
+    /// the request's blocks are freed and it ends with [`EngineError::DeadlineExceeded`].
+    /// `None`: no limit.
     pub deadline: Option<std::time::Instant>,
     /// Which cached prefixes this request may reuse, and who may reuse its blocks.
     pub prefix_cache: PrefixCache,
@@ -112,65 +127,11 @@ impl GenerateRequest {
     }
 }
 
-/// Why generation ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FinishReason {
-    /// EOS or a stop string.
-    Stop,
-    /// `max_tokens` or the context window.
-    Length,
-    /// The daemon's content-safety filter stopped the answer (the engine never ends so itself).
-    ContentFilter,
-}
-
-impl FinishReason {
-    /// The OpenAI name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FinishReason::Stop => "stop",
-            FinishReason::Length => "length",
-            FinishReason::ContentFilter => "content_filter",
-        }
-    }
-}
-
-/// Token counts of a request.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Usage {
-    /// Prompt tokens.
-    pub prompt_tokens: usize,
-    /// Generated tokens.
-    pub completion_tokens: usize,
-    /// Prompt tokens whose KV came from the prefix cache (counted at the request's first
-    /// admission; always a multiple of the block size, and less than `prompt_tokens`).
-    pub cached_tokens: usize,
-}
-
-/// What a generation stream carries.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Event {
-    /// New text: always whole UTF-8 characters, never part of a stop string.
-    Text(String),
-    /// The end, with the reason and token counts.
-    Done {
-        /// Why it ended.
-        finish_reason: FinishReason,
-        /// Token counts.
-        usage: Usage,
-    },
-    /// Generation failed part-way.
-    Error(String),
-    /// Log-probabilities of generated tokens (only when the request's
-    /// [`SamplingParams::logprobs`] asks for them), sent just before the [`Event::Text`] their
-    /// tokens produced. Tokens wholly inside a stop string, and the EOS token, have none.
-    Logprobs(Vec<TokenLogprob>),
-}
-
 enum Kind {
     Decoder {
         model: Arc<DecoderModel>,
         kv: Arc<Mutex<KvState>>,
-        tokenizer: Box<Tokenizer>,
+        tokenizer: Arc<Tokenizer>,
         eos: Vec<u32>,
         scheduler: Scheduler,
         /// Built on the first constrained request (it walks the whole vocabulary).
@@ -277,8 +238,8 @@ impl Engine {
             n_blocks,
             dtype: opts.kv_dtype,
         };
-        let cache = model.backend().new_kv_cache(spec)?;
-        let kv = Arc::new(Mutex::new(KvState { cache, alloc: BlockAllocator::new(n_blocks) }));
+        let (cache, window) = windowed_kv(&model, spec)?;
+        let kv = Arc::new(Mutex::new(KvState { cache, alloc: BlockAllocator::new(n_blocks), window }));
         let mut eos: Vec<u32> = c.eos_token_ids.iter().chain(tokenizer.eos_ids()).copied().collect();
         eos.sort_unstable();
         eos.dedup();
@@ -288,7 +249,7 @@ impl Engine {
             kind: Kind::Decoder {
                 model,
                 kv,
-                tokenizer: Box::new(tokenizer),
+                tokenizer: Arc::new(tokenizer),
                 eos,
                 scheduler,
                 grammars: Mutex::new(None),
@@ -359,11 +320,34 @@ impl Engine {
         }
     }
 
+    /// Bytes the KV pool's data takes: [`KvSpec::bytes`], or both pools' for a model with
+    /// sliding-window layers, whose pool for those layers holds only each sequence's window.
+    pub fn kv_bytes(&self) -> Option<usize> {
+        match &self.kind {
+            Kind::Decoder { kv, .. } => {
+                let mut st = lock(kv);
+                let cache = st.cache.as_mut();
+                match cache.as_any_mut().downcast_mut::<SplitKv>() {
+                    Some(split) => split.bytes(),
+                    None => cache.spec().bytes(),
+                }
+            }
+            Kind::Encoder(_) => None,
+        }
+    }
+
     /// The KV pool's and the prefix cache's counters, for a decoder (`None` for an embedding
     /// model). Cached blocks are not "used": they are reusable prefixes, evicted on demand.
     pub fn kv_stats(&self) -> Option<KvStats> {
         match &self.kind {
-            Kind::Decoder { kv, .. } => Some(lock(kv).alloc.stats()),
+            Kind::Decoder { kv, .. } => {
+                let st = lock(kv);
+                let mut stats = st.alloc.stats();
+                if let Some(w) = &st.window {
+                    w.add_stats(&mut stats);
+                }
+                Some(stats)
+            }
             Kind::Encoder(_) => None,
         }
     }
@@ -423,23 +407,48 @@ impl Engine {
     /// time through the KV cache, or all in one pass with `prefill`.
     pub fn logits(&self, ids: &[u32], prefill: bool) -> Result<Vec<f32>> {
         let (model, kv) = self.decoder_parts()?;
+        if ids.is_empty() {
+            return Err(EngineError::Request("a sequence in the batch has no new tokens".into()));
+        }
         let mut st = lock(kv);
         let mut table = Vec::new();
         let st = &mut *st;
         st.alloc.reserve(&mut table, ids.len())?;
-        let r = (|| {
-            if prefill {
-                let s = SeqInput { tokens: ids, start_pos: 0, block_table: &table };
-                return model.forward(&[s], st.cache.as_mut(), LogitsFor::All);
+        // With sliding-window layers, a prefill goes in the scheduler's chunks, so that those
+        // layers hold one window and one chunk whatever the prompt's length.
+        let pass = match (prefill, &st.window) {
+            (false, _) => 1,
+            (true, Some(_)) => PREFILL_CHUNK,
+            (true, None) => ids.len().max(1),
+        };
+        let mut local = Vec::new();
+        let reserved = match st.window.as_mut() {
+            Some(w) => {
+                let n = w.cap(ids.len(), pass);
+                if let Err(e) = w.reserve(n) {
+                    st.alloc.release(&mut table);
+                    return Err(e);
+                }
+                n
             }
+            None => 0,
+        };
+        let r = (|| {
             let mut out = Vec::new();
-            for (i, t) in ids.iter().enumerate() {
-                let s = SeqInput { tokens: std::slice::from_ref(t), start_pos: i, block_table: &table };
+            for (c, chunk) in ids.chunks(pass).enumerate() {
+                let start = c * pass;
+                if let Some(w) = st.window.as_mut() {
+                    w.fit(&mut local, start, start + chunk.len())?;
+                }
+                let s = SeqInput { tokens: chunk, start_pos: start, block_table: &table, local_table: &local };
                 out.extend(model.forward(&[s], st.cache.as_mut(), LogitsFor::All)?);
             }
             Ok(out)
         })();
         st.alloc.release(&mut table);
+        if let Some(w) = st.window.as_mut() {
+            w.release(&mut local, reserved);
+        }
         r
     }
 
@@ -458,178 +467,126 @@ impl Engine {
     pub fn prompt_logprobs(&self, ids: &[u32], top: usize) -> Result<Vec<TokenLogprob>> {
         let (model, kv) = self.decoder_parts()?;
         let mut table = Vec::new();
-        lock(kv).alloc.reserve(&mut table, ids.len())?;
+        let (mut local, mut reserved) = (Vec::new(), 0);
+        {
+            let mut st = lock(kv);
+            let st = &mut *st;
+            st.alloc.reserve(&mut table, ids.len())?;
+            if let Some(w) = st.window.as_mut() {
+                reserved = w.cap(ids.len(), Self::PROMPT_LOGPROBS_CHUNK);
+                if let Err(e) = w.reserve(reserved) {
+                    st.alloc.release(&mut table);
+                    return Err(e);
+                }
+            }
+        }
         let r = (|| {
             let mut out = Vec::with_capacity(ids.len().saturating_sub(1));
             for (c, chunk) in ids.chunks(Self::PROMPT_LOGPROBS_CHUNK).enumerate() {
                 let start = c * Self::PROMPT_LOGPROBS_CHUNK;
-                let s = SeqInput { tokens: chunk, start_pos: start, block_table: &table };
-                let logits = model.forward(&[s], lock(kv).cache.as_mut(), LogitsFor::All)?;
+                let mut st = lock(kv);
+                if let Some(w) = st.window.as_mut() {
+                    w.fit(&mut local, start, start + chunk.len())?;
+                }
+                let s = SeqInput { tokens: chunk, start_pos: start, block_table: &table, local_table: &local };
+                let logits = model.forward(&[s], st.cache.as_mut(), LogitsFor::All)?;
+                drop(st);
                 let vocab = logits.len() / chunk.len();
                 for (j, row) in logits.chunks(vocab).enumerate() {
                     if let Some(&next) = ids.get(start + j + 1) {
-                        out.push(self.as_text(&token_logprobs(row, next, top))?);
+                        out.push(as_text(self.tokenizer(), &token_logprobs(row, next, top))?);
                     }
                 }
             }
             Ok(out)
         })();
-        lock(kv).alloc.release(&mut table);
+        let mut st = lock(kv);
+        st.alloc.release(&mut table);
+        if let Some(w) = st.window.as_mut() {
+            w.release(&mut local, reserved);
+        }
         r
     }
 
-    /// Generates for `req`, calling `on_event` with each event; `on_event` returns false to
-    /// cancel (the client went away), which frees the request's KV blocks at once.
-    ///
-    /// The request joins the decoder's scheduler (continuous batching with every other running
-    /// request, see `scheduler.rs`); this call blocks until it ends and runs `on_event` on the
-    /// caller's thread. When `generate` returns, and before `Event::Done` is sent, the request's
-    /// KV blocks are released (its full blocks stay in the prefix cache). A prompt the whole KV
-    /// pool cannot hold is refused; one that only has to wait for blocks waits in the queue.
-    /// When the pool cannot grow a request that is running alone, it ends with
-    /// [`FinishReason::Length`].
-    pub fn generate(&self, req: &GenerateRequest, on_event: &mut dyn FnMut(Event) -> bool) -> Result<Usage> {
-        let Kind::Decoder { model, kv, eos, scheduler, .. } = &self.kind else {
-            return Err(EngineError::Request("this is an embedding model; it cannot generate".into()));
-        };
-        let prompt = self.prompt_ids(&req.prompt)?;
-        let constraint = req.grammar.as_ref().map(|g| self.compile_grammar(g)).transpose()?;
-        if prompt.is_empty() {
-            return Err(EngineError::Request("the prompt is empty".into()));
-        }
+    /// Checks `req` and makes it ready to queue: renders and tokenises its prompt, refuses one
+    /// the model cannot take ([`EngineError::InvalidPrompt`], or [`EngineError::KvCacheFull`]
+    /// when even the whole KV pool cannot hold it; one that only has to wait for blocks waits in
+    /// the queue) and compiles its grammar. CPU work: an async caller runs it off its runtime's
+    /// threads.
+    pub fn prepare(&self, req: GenerateRequest) -> Result<Prepared> {
+        let (model, kv) = self.decoder_parts()?;
+        let ids = self.prompt_ids(&req.prompt)?;
         let c = model.config();
         let ctx = c.max_position_embeddings;
-        if prompt.len() >= ctx {
-            return Err(EngineError::Request(format!(
-                "the prompt has {} tokens; the model's context is {ctx}",
-                prompt.len()
-            )));
+        if ids.is_empty() {
+            return Err(PromptError::Empty.into());
+        }
+        if ids.len() >= ctx {
+            return Err(PromptError::TooLong { tokens: ids.len(), context: ctx }.into());
         }
         // Checked here so that a bad id fails its own request, not a batch of others.
-        if let Some(&id) = prompt.iter().find(|&&id| id as usize >= c.vocab_size) {
-            return Err(EngineError::Request(format!(
-                "prompt token id {id} is outside the model's vocabulary of {}",
-                c.vocab_size
-            )));
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= c.vocab_size) {
+            return Err(PromptError::UnknownToken { id, vocab: c.vocab_size }.into());
         }
         let total = lock(kv).alloc.total_blocks();
-        if prompt.len().div_ceil(BLOCK_SIZE) > total {
-            return Err(EngineError::Request(format!(
-                "KV cache is full: the prompt's {} tokens need more than the whole pool of {} tokens \
-                 (raise kv_tokens)",
-                prompt.len(),
-                total * BLOCK_SIZE
-            )));
+        if ids.len().div_ceil(BLOCK_SIZE) > total {
+            return Err(EngineError::KvCacheFull { need: ids.len(), available: total * BLOCK_SIZE });
         }
-        let budget = req.max_tokens.min(ctx - prompt.len());
-        let mut decoder = self.tokenizer().incremental();
-        let mut stops = StopMatcher::new(&req.stop);
-        let mut logprobs = req.sampling.logprobs.map(|_| Pending::default());
-        let mut usage = Usage { prompt_tokens: prompt.len(), ..Usage::default() };
+        let constraint = req.grammar.as_ref().map(|g| self.compile_grammar(g)).transpose()?;
+        let budget = req.max_tokens.min(ctx - ids.len());
+        Ok(Prepared { request: req, ids, constraint, budget, guard: None })
+    }
 
-        let (tx, rx) = mpsc::channel();
-        let cancel = Arc::new(AtomicBool::new(false));
-        let job = Job {
-            prompt,
-            budget,
-            sampling: req.sampling.clone(),
-            ignore_eos: req.ignore_eos,
+    /// Queues a prepared request in the decoder's scheduler (continuous batching with every
+    /// other running request, see `scheduler.rs`) and returns its stream of events. Cheap: it
+    /// only hands the request to the scheduler thread.
+    pub fn start(&self, mut p: Prepared) -> Result<Generation> {
+        let Kind::Decoder { tokenizer, scheduler, .. } = &self.kind else {
+            return Err(EngineError::Request("this is an embedding model; it cannot generate".into()));
+        };
+        let (out, generation) = Output::new(&mut p, tokenizer.clone(), scheduler.waker());
+        let Prepared { request, ids, constraint, .. } = p;
+        scheduler.submit(Job {
+            prompt: ids,
+            sampling: request.sampling,
+            ignore_eos: request.ignore_eos,
             constraint,
-            cache_root: req.prefix_cache.root(),
-            cancel: cancel.clone(),
-            tx,
-        };
-        scheduler.submit(job)?;
-        let mut ticket = Ticket { rx, cancel, released: false, cached: None };
-        let finish = loop {
-            if usage.completion_tokens >= budget {
-                break FinishReason::Length;
-            }
-            // On any error the ticket is dropped on return, which frees the blocks first.
-            let next = match ticket.next(req.deadline) {
-                Err(EngineError::Deadline { .. }) => {
-                    return Err(EngineError::Deadline {
-                        prompt_tokens: usage.prompt_tokens,
-                        completion_tokens: usage.completion_tokens,
-                    });
+            cache_root: request.prefix_cache.root(),
+            out,
+        })?;
+        Ok(generation)
+    }
+
+    /// [`prepare`](Self::prepare) and [`start`](Self::start) in one call.
+    pub fn submit(&self, req: GenerateRequest) -> Result<Generation> {
+        self.start(self.prepare(req)?)
+    }
+
+    /// Generates for `req` and waits for the end, calling `on_event` with each event on the
+    /// caller's thread: a small blocking helper for the CLI and tests (the daemon reads the
+    /// [`Generation`] of [`submit`](Self::submit) itself). `on_event` returns false to cancel;
+    /// `generate` then returns once the request's KV blocks are freed, with the counts so far.
+    /// A failure ([`Event::Error`]) is returned as the error, not passed to `on_event`. It
+    /// must not be called on an async runtime's thread.
+    pub fn generate(&self, req: &GenerateRequest, on_event: &mut dyn FnMut(Event) -> bool) -> Result<Usage> {
+        let mut generation = self.submit(req.clone())?;
+        while let Some(ev) = generation.blocking_next() {
+            match ev {
+                Event::Error(e) => return Err(e),
+                Event::Done { usage, .. } => {
+                    on_event(ev);
+                    return Ok(usage);
                 }
-                r => r?,
-            };
-            usage.cached_tokens = ticket.cached.unwrap_or(0);
-            let Some((id, lp)) = next else {
-                break FinishReason::Length; // the KV pool could not hold it any longer
-            };
-            usage.completion_tokens += 1;
-            if !req.ignore_eos && eos.contains(&id) {
-                break FinishReason::Stop;
+                ev => {
+                    if !on_event(ev) {
+                        let usage = generation.usage();
+                        generation.cancel_and_wait();
+                        return Ok(usage);
+                    }
+                }
             }
-            let piece = decoder.push(id)?;
-            if let (Some(p), Some(lp)) = (logprobs.as_mut(), lp) {
-                p.push(self.as_text(&lp)?, piece.len());
-            }
-            let (emit, hit) = stops.push(&piece);
-            let entries = match logprobs.as_mut() {
-                Some(p) if hit => p.cut(emit.len()),
-                Some(p) => p.emitted(emit.len()),
-                None => vec![],
-            };
-            if !entries.is_empty() && !on_event(Event::Logprobs(entries)) {
-                return Ok(usage);
-            }
-            if !emit.is_empty() && !on_event(Event::Text(emit)) {
-                return Ok(usage); // dropping the ticket frees the blocks
-            }
-            if hit {
-                break FinishReason::Stop;
-            }
-        };
-        ticket.close();
-        let rest = if finish == FinishReason::Length {
-            let rest = decoder.finish()?;
-            let (emit, _) = stops.push(&rest);
-            emit + &stops.flush()
-        } else {
-            // After EOS, text held back as a possible start of a stop string is the answer's
-            // end (after a stop string, nothing is held back).
-            stops.flush()
-        };
-        // Whatever is still waiting belongs to the tail (or to text a stop string held back).
-        if let Some(entries) = logprobs.as_mut().map(Pending::rest).filter(|e| !e.is_empty())
-            && !on_event(Event::Logprobs(entries))
-        {
-            return Ok(usage);
         }
-        if !rest.is_empty() && !on_event(Event::Text(rest)) {
-            return Ok(usage);
-        }
-        on_event(Event::Done { finish_reason: finish, usage });
-        Ok(usage)
-    }
-
-    /// A token's log-probabilities with the tokens as text.
-    fn as_text(&self, lp: &IdLogprobs) -> Result<TokenLogprob> {
-        let tok = self.tokenizer();
-        let alt = |id: u32, logprob: f32| -> Result<Alternative> {
-            Ok(Alternative { token: tok.decode(&[id], false)?, logprob })
-        };
-        Ok(TokenLogprob {
-            chosen: alt(lp.id, lp.logprob)?,
-            top: lp.top.iter().map(|&(id, l)| alt(id, l)).collect::<Result<_>>()?,
-        })
-    }
-
-    /// Starts generation on its own thread and returns the event stream. Dropping the receiver
-    /// cancels the generation.
-    pub fn submit(self: &Arc<Self>, req: GenerateRequest) -> mpsc::Receiver<Event> {
-        let (tx, rx) = mpsc::sync_channel(64);
-        let me = self.clone();
-        std::thread::spawn(move || {
-            let r = me.generate(&req, &mut |e| tx.send(e).is_ok());
-            if let Err(e) = r {
-                let _ = tx.send(Event::Error(e.to_string()));
-            }
-        });
-        rx
+        Err(EngineError::SchedulerStopped)
     }
 
     /// Sentence embeddings of `texts`, with each text's token count.
@@ -656,168 +613,5 @@ impl Engine {
         self.rerank_model()
             .ok_or_else(|| EngineError::Request("this is not a reranker; it does not score documents".into()))?
             .score(query, documents, truncate)
-    }
-}
-
-/// A queued or running request's side of the scheduler channel. Closing it (or dropping it,
-/// however `generate` ends) cancels the sequence and waits until its blocks are released.
-struct Ticket {
-    rx: mpsc::Receiver<Msg>,
-    cancel: Arc<AtomicBool>,
-    released: bool,
-    /// Prompt tokens taken from the prefix cache at the first admission.
-    cached: Option<usize>,
-}
-
-impl Ticket {
-    /// The next token, or `None` when the scheduler ended the sequence (the pool is full).
-    /// Waits at most until `deadline`, then fails with [`EngineError::Deadline`] (counts zero:
-    /// the caller knows them) and leaves the sequence to [`close`](Self::close).
-    fn next(&mut self, deadline: Option<std::time::Instant>) -> Result<Option<(u32, Option<IdLogprobs>)>> {
-        if self.released {
-            return Ok(None);
-        }
-        loop {
-            let passed = Err(EngineError::Deadline { prompt_tokens: 0, completion_tokens: 0 });
-            let msg = match deadline.map(|d| d.saturating_duration_since(std::time::Instant::now())) {
-                None => self.rx.recv().map_err(|_| ()),
-                // Checked before taking anything: tokens the caller has not taken yet must not
-                // carry it past the deadline.
-                Some(left) if left.is_zero() => return passed,
-                Some(left) => match self.rx.recv_timeout(left) {
-                    Ok(m) => Ok(m),
-                    Err(mpsc::RecvTimeoutError::Timeout) => return passed,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => Err(()),
-                },
-            };
-            return match msg {
-                Ok(Msg::Admitted { cached }) => {
-                    // Not a token: note it (the first admission counts) and wait on.
-                    self.cached.get_or_insert(cached);
-                    continue;
-                }
-                Ok(Msg::Token(id, lp)) => Ok(Some((id, lp))),
-                Ok(Msg::Released { pool_full }) => {
-                    self.released = true;
-                    if pool_full {
-                        Ok(None)
-                    } else {
-                        Err(EngineError::Request("the scheduler ended the request early".into()))
-                    }
-                }
-                Ok(Msg::Error(e)) => {
-                    self.released = true;
-                    Err(e)
-                }
-                Err(_) => {
-                    self.released = true;
-                    Err(EngineError::Request("the engine's scheduler stopped".into()))
-                }
-            };
-        }
-    }
-
-    /// Cancels the sequence (a no-op when it has ended) and waits until its blocks are freed.
-    fn close(&mut self) {
-        if self.released {
-            return;
-        }
-        self.cancel.store(true, Ordering::Relaxed);
-        // Tokens sampled after the cancel are dropped; anything else means the blocks are freed.
-        while let Ok(Msg::Token(..) | Msg::Admitted { .. }) = self.rx.recv() {}
-        self.released = true;
-    }
-}
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        self.close();
-    }
-}
-
-/// Holds back text that might be the start of a stop string, and cuts at the first full one.
-#[derive(Debug)]
-pub struct StopMatcher {
-    stops: Vec<String>,
-    pending: String,
-}
-
-impl StopMatcher {
-    /// A matcher for `stops` (empty strings are ignored).
-    pub fn new(stops: &[String]) -> Self {
-        Self { stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(), pending: String::new() }
-    }
-
-    /// Adds generated text; returns the text safe to emit and whether a stop string was hit
-    /// (everything from the stop string on is dropped).
-    pub fn push(&mut self, text: &str) -> (String, bool) {
-        self.pending.push_str(text);
-        if let Some(cut) = self.stops.iter().filter_map(|s| self.pending.find(s.as_str())).min() {
-            let out = self.pending[..cut].to_string();
-            self.pending.clear();
-            return (out, true);
-        }
-        // Keep the longest tail that is a proper prefix of some stop string.
-        let mut keep = 0;
-        for s in &self.stops {
-            for (i, _) in self.pending.char_indices() {
-                let tail = &self.pending[i..];
-                if s.starts_with(tail) {
-                    keep = keep.max(tail.len());
-                    break;
-                }
-            }
-        }
-        let split = self.pending.len() - keep;
-        let out = self.pending[..split].to_string();
-        self.pending.drain(..split);
-        (out, false)
-    }
-
-    /// Whatever is still held back (at the end of generation).
-    pub fn flush(&mut self) -> String {
-        std::mem::take(&mut self.pending)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_ticket_stops_waiting_at_its_deadline() {
-        use std::time::{Duration, Instant};
-        let (tx, rx) = mpsc::channel();
-        let mut t = Ticket { rx, cancel: Arc::new(AtomicBool::new(false)), released: false, cached: None };
-        // Nothing arrives for 2 s (a request queued for KV blocks): the wait ends at the deadline.
-        let late = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_secs(2));
-            let _ = tx.send(Msg::Token(7, None));
-            let _ = tx.send(Msg::Token(8, None));
-        });
-        let start = Instant::now();
-        let r = t.next(Some(start + Duration::from_millis(50)));
-        assert!(matches!(r, Err(EngineError::Deadline { .. })), "{r:?}");
-        assert!(start.elapsed() < Duration::from_secs(1), "{:?}", start.elapsed());
-        late.join().unwrap_or_else(|_| panic!("sender thread"));
-        // A token already waiting does not carry the request past a deadline that has passed.
-        let r = t.next(Some(Instant::now()));
-        assert!(matches!(r, Err(EngineError::Deadline { .. })), "{r:?}");
-        assert!(matches!(t.next(None), Ok(Some((7, None)))));
-        // Closing takes the rest and ends when the scheduler side has let go.
-        t.close();
-        assert!(t.cancel.load(Ordering::Relaxed) && t.released);
-    }
-
-    #[test]
-    fn stop_matcher_cuts_exactly_and_holds_back_prefixes() {
-        let mut m = StopMatcher::new(&["END".into(), "\n\n".into()]);
-        assert_eq!(m.push("hello E"), ("hello ".into(), false));
-        assert_eq!(m.push("N"), (String::new(), false));
-        assert_eq!(m.push("Xs"), ("ENXs".into(), false));
-        assert_eq!(m.push(" fin\n"), (" fin".into(), false));
-        assert_eq!(m.push("\nmore"), (String::new(), true));
-        let mut m = StopMatcher::new(&["是".into()]);
-        assert_eq!(m.push("这是一"), ("这".into(), true));
     }
 }

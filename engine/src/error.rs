@@ -78,10 +78,28 @@ pub enum EngineError {
     /// A grammar for constrained decoding could not be compiled or followed.
     #[error(transparent)]
     Constraint(#[from] crate::constraint::ConstraintError),
-    /// The request's deadline passed while it waited for its next token; it was cancelled and
-    /// its KV blocks freed.
-    #[error("the request's deadline passed while it waited for its next token ({completion_tokens} generated)")]
-    Deadline {
+    /// The prompt cannot be generated from (empty, longer than the context, an unknown id).
+    #[error("invalid prompt: {0}")]
+    InvalidPrompt(#[from] PromptError),
+    /// The prompt needs more KV-cache blocks than the whole pool has, so it can never run.
+    #[error(
+        "KV cache is full: the prompt needs {need} tokens of KV but the whole pool holds {available} \
+         (raise kv_tokens)"
+    )]
+    KvCacheFull {
+        /// Tokens of KV the prompt needs.
+        need: usize,
+        /// Tokens the whole pool holds.
+        available: usize,
+    },
+    /// The decoder's scheduler thread is gone (it could not start, or it stopped): nothing can
+    /// be generated until the model is loaded again.
+    #[error("the engine's scheduler has stopped")]
+    SchedulerStopped,
+    /// The request's deadline passed before its answer was complete; it was cancelled and its KV
+    /// blocks freed.
+    #[error("the request's deadline passed before its answer was complete ({completion_tokens} tokens generated)")]
+    DeadlineExceeded {
         /// Prompt tokens.
         prompt_tokens: usize,
         /// Tokens generated before the deadline.
@@ -105,9 +123,38 @@ impl EngineError {
             EngineError::Input(_) => "invalid_input",
             EngineError::Driver(_) => "backend",
             EngineError::Constraint(_) => "grammar",
-            EngineError::Deadline { .. } => "deadline",
+            EngineError::InvalidPrompt(_) => "invalid_prompt",
+            EngineError::KvCacheFull { .. } => "kv_cache_full",
+            EngineError::SchedulerStopped => "scheduler_stopped",
+            EngineError::DeadlineExceeded { .. } => "deadline_exceeded",
         }
     }
+}
+
+/// Why a prompt cannot be generated from. Each message names the numbers at fault, never the
+/// prompt's text.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PromptError {
+    /// No tokens at all.
+    #[error("the prompt is empty")]
+    Empty,
+    /// As long as the model's context or longer: no room for one generated token.
+    #[error("the prompt has {tokens} tokens; the model's context is {context}")]
+    TooLong {
+        /// The prompt's tokens.
+        tokens: usize,
+        /// The model's context.
+        context: usize,
+    },
+    /// A token id the model's vocabulary does not have.
+    #[error("prompt token id {id} is outside the model's vocabulary of {vocab}")]
+    UnknownToken {
+        /// The id.
+        id: u32,
+        /// The vocabulary's size.
+        vocab: usize,
+    },
 }
 
 /// Result alias for the engine.

@@ -22,8 +22,11 @@
 //! ([`crate::EngineOptions::kv_tokens`]) running sequences are not using. Allocation takes free
 //! blocks first and then evicts the least recently used cached block.
 
+use std::any::Any;
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
+
+use govbox_drivers::{KvCache, KvSpec};
 
 use crate::{EngineError, Result};
 
@@ -98,6 +101,13 @@ pub struct KvStats {
     pub peak_batch: usize,
     /// Running sequences preempted because the pool ran out of blocks (recomputed later).
     pub preemptions: u64,
+    /// Blocks of the sliding-window layers' pool (0 for a model without one; see
+    /// [`WindowBlocks`]): all of them, those sequences hold, and those they have reserved.
+    pub window_blocks_total: usize,
+    /// Sliding-window blocks held by sequences.
+    pub window_blocks_used: usize,
+    /// Sliding-window blocks reserved by running sequences (at least those they hold).
+    pub window_blocks_reserved: usize,
 }
 
 #[derive(Debug)]
@@ -343,9 +353,224 @@ impl BlockAllocator {
     }
 }
 
+/// The KV of a model with sliding-window layers (Gemma 3): the full-attention layers in one pool
+/// whose blocks the [`BlockAllocator`] hands out and the prefix cache shares, the sliding-window
+/// layers in a second, smaller pool ([`WindowBlocks`]) that holds only each sequence's window.
+/// The model picks the pool by layer; backends see two plain pools.
+#[derive(Debug)]
+pub struct SplitKv {
+    /// Full-attention layers, in layer order.
+    pub global: Box<dyn KvCache>,
+    /// Sliding-window layers, in layer order.
+    pub local: Box<dyn KvCache>,
+}
+
+impl SplitKv {
+    /// Bytes both pools' data take.
+    pub fn bytes(&self) -> Option<usize> {
+        self.global.spec().bytes()?.checked_add(self.local.spec().bytes()?)
+    }
+}
+
+impl KvCache for SplitKv {
+    /// The full-attention pool's shape: its blocks are the ones the allocator counts.
+    fn spec(&self) -> KvSpec {
+        self.global.spec()
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// The KV pool of `model` for the shape `spec` (all layers): one pool, or for a model with
+/// both sliding-window and full-attention layers a [`SplitKv`] and its [`WindowBlocks`]. The
+/// sliding-window pool has half the blocks of the full one, and at least one sequence's
+/// window and prefill chunk: no sequence holds more than that there, however long it is.
+pub(crate) fn windowed_kv(
+    model: &crate::models::decoder::DecoderModel,
+    spec: KvSpec,
+) -> Result<(Box<dyn KvCache>, Option<WindowBlocks>)> {
+    let backend = model.backend();
+    let Some(window) = model.split_window() else {
+        return Ok((backend.new_kv_cache(spec)?, None));
+    };
+    let (global, local) = model.layer_counts();
+    let blocks =
+        (spec.n_blocks / 2).max(WindowBlocks::blocks_for(window, crate::scheduler::PREFILL_CHUNK)).min(spec.n_blocks)
+            + 1;
+    let split = SplitKv {
+        global: backend.new_kv_cache(KvSpec { n_layers: global, ..spec })?,
+        local: backend.new_kv_cache(KvSpec { n_layers: local, n_blocks: blocks, ..spec })?,
+    };
+    Ok((Box::new(split), Some(WindowBlocks::new(blocks, window))))
+}
+
+/// The blocks of the sliding-window pool. A sequence's local table is indexed like its main
+/// table (entry `j` holds positions `16j..16j+16`), but only the blocks that a query of the
+/// coming pass can still see hold a block of their own: the ones before the window point at
+/// block 0, a scratch block no sequence owns, and go back to the pool. So a sequence holds at
+/// most its window plus the rows of one pass, however long it grows.
+///
+/// Every sequence reserves, when it starts, the most blocks it can hold at once
+/// ([`WindowBlocks::cap`]); a start that does not fit waits (or fails), so a running sequence
+/// always finds its blocks. Windowed blocks are never shared: the prefix cache is not used for
+/// these models (a cached prefix would need the window of local KV before it, which is gone).
+#[derive(Debug)]
+pub struct WindowBlocks {
+    alloc: BlockAllocator,
+    /// The window, in positions (the query's own included).
+    window: usize,
+    /// Blocks reserved by running sequences.
+    reserved: usize,
+}
+
+/// The scratch block of the sliding-window pool.
+const SCRATCH: u32 = 0;
+
+impl WindowBlocks {
+    /// A pool of `blocks` blocks (one of them the scratch block) for a window of `window`
+    /// positions.
+    pub fn new(blocks: usize, window: usize) -> Self {
+        let mut alloc = BlockAllocator::new(blocks.max(2));
+        // Block 0 is the scratch block: taken once, never released.
+        let mut scratch = alloc.allocate().into_iter().collect::<Vec<_>>();
+        debug_assert_eq!(scratch.pop(), Some(SCRATCH));
+        Self { alloc, window: window.max(1), reserved: 0 }
+    }
+
+    /// Blocks one sequence holds at most when each pass brings at most `rows` new positions:
+    /// the window's earlier positions, the new rows, and one block each for where they start
+    /// and end inside a block.
+    pub fn blocks_for(window: usize, rows: usize) -> usize {
+        (window.saturating_sub(1) + rows).div_ceil(BLOCK_SIZE) + 1
+    }
+
+    /// Blocks a sequence of at most `tokens` positions, run at most `rows` positions per pass,
+    /// reserves: never more than its whole length takes.
+    pub fn cap(&self, tokens: usize, rows: usize) -> usize {
+        // Never more than the pool (less the scratch block), which is smaller than one window
+        // and chunk only when the main pool is, and no sequence holds more here than there.
+        tokens.div_ceil(BLOCK_SIZE).min(Self::blocks_for(self.window, rows)).min(self.alloc.total_blocks() - 1)
+    }
+
+    /// Reserves `n` blocks for a starting sequence, when the pool has them.
+    pub fn try_reserve(&mut self, n: usize) -> bool {
+        if self.reserved + n > self.alloc.total_blocks() - 1 {
+            return false;
+        }
+        self.reserved += n;
+        true
+    }
+
+    /// Reserves `n` blocks, or says that the pool is full.
+    pub fn reserve(&mut self, n: usize) -> Result<()> {
+        if self.try_reserve(n) {
+            return Ok(());
+        }
+        Err(EngineError::Request(format!(
+            "KV cache is full: the sliding-window layers need {n} more blocks, {} available",
+            self.alloc.total_blocks() - 1 - self.reserved
+        )))
+    }
+
+    /// Gives back a sequence's blocks and its reservation of `reserved` blocks.
+    pub fn release(&mut self, table: &mut Vec<u32>, reserved: usize) {
+        table.retain(|&b| b != SCRATCH);
+        self.alloc.release(table);
+        self.reserved = self.reserved.saturating_sub(reserved);
+    }
+
+    /// Makes `table` ready for a pass that computes positions `start..end`: the blocks that no
+    /// query from `start` on can see go back to the pool, and every block the pass reads or
+    /// writes has a block of its own.
+    pub fn fit(&mut self, table: &mut Vec<u32>, start: usize, end: usize) -> Result<()> {
+        let first_seen = (start + 1).saturating_sub(self.window) / BLOCK_SIZE;
+        for b in table.iter_mut().take(first_seen) {
+            if *b != SCRATCH {
+                let mut one = vec![std::mem::replace(b, SCRATCH)];
+                self.alloc.release(&mut one);
+            }
+        }
+        while table.len() < first_seen {
+            table.push(SCRATCH);
+        }
+        for j in first_seen..end.div_ceil(BLOCK_SIZE) {
+            if j < table.len() && table[j] != SCRATCH {
+                continue;
+            }
+            let b = self.alloc.allocate().ok_or_else(|| {
+                EngineError::Request("KV cache is full: no block left for the sliding-window layers".into())
+            })?;
+            match table.get_mut(j) {
+                Some(slot) => *slot = b,
+                None => table.push(b),
+            }
+        }
+        Ok(())
+    }
+
+    /// Blocks held by sequences (the scratch block not counted).
+    pub fn used_blocks(&self) -> usize {
+        self.alloc.used_blocks() - 1
+    }
+
+    /// Blocks reserved by running sequences.
+    pub fn reserved_blocks(&self) -> usize {
+        self.reserved
+    }
+
+    /// Adds this pool's counts to `stats`.
+    pub fn add_stats(&self, stats: &mut KvStats) {
+        stats.window_blocks_total = self.total_blocks();
+        stats.window_blocks_used = self.used_blocks();
+        stats.window_blocks_reserved = self.reserved;
+    }
+
+    /// All blocks, the scratch block included.
+    pub fn total_blocks(&self) -> usize {
+        self.alloc.total_blocks()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sequence run far past its window holds only the window and the pass's rows: blocks
+    /// behind the window go back to the pool, the table keeps its indexing (scratch entries in
+    /// front), and everything is free at the end.
+    #[test]
+    fn window_blocks_hold_only_the_window() {
+        let window = 40;
+        let mut w = WindowBlocks::new(12, window);
+        let cap = w.cap(10_000, 16);
+        assert_eq!(cap, WindowBlocks::blocks_for(window, 16));
+        assert_eq!(cap, 5);
+        w.reserve(cap).unwrap();
+        assert!(w.reserve(7).is_err(), "11 usable blocks, 5 reserved: 7 more do not fit");
+        let mut t = Vec::new();
+        let mut most = 0;
+        for start in (0..1000).step_by(16) {
+            w.fit(&mut t, start, start + 16).unwrap();
+            assert_eq!(t.len(), (start + 16) / BLOCK_SIZE);
+            let first_seen = (start + 1).saturating_sub(window) / BLOCK_SIZE;
+            assert!(t[..first_seen].iter().all(|&b| b == SCRATCH), "{start}: {t:?}");
+            assert!(t[first_seen..].iter().all(|&b| b != SCRATCH), "{start}: {t:?}");
+            most = most.max(w.used_blocks());
+        }
+        assert!(most <= cap, "held {most} blocks, reserved {cap}");
+        // One token at a time.
+        for p in 1000..1100 {
+            w.fit(&mut t, p, p + 1).unwrap();
+            assert!(w.used_blocks() <= WindowBlocks::blocks_for(window, 1));
+        }
+        w.release(&mut t, cap);
+        assert_eq!((w.used_blocks(), w.reserved_blocks()), (0, 0));
+        w.alloc.check().unwrap();
+        // A short sequence reserves only its length.
+        assert_eq!(w.cap(20, 512), 2);
+    }
 
     #[test]
     fn reserve_and_release() {

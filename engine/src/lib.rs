@@ -17,7 +17,7 @@ pub mod tokenizer;
 pub mod tool_stream;
 pub mod weights;
 
-pub use error::{EngineError, Result};
+pub use error::{EngineError, PromptError, Result};
 pub use mmap::{MappedFile, copy_model_files};
 pub mod batcher;
 pub mod causal;
@@ -28,6 +28,7 @@ pub mod embed;
 mod embed_config;
 mod engine;
 pub mod family;
+mod generation;
 pub mod kv;
 pub mod logprobs;
 pub mod models;
@@ -38,5 +39,6 @@ pub mod sampler;
 mod scheduler;
 pub mod tools;
 
-pub use engine::{Engine, EngineOptions, Event, FinishReason, GenerateRequest, LoadAs, Prompt, StopMatcher, Usage};
+pub use engine::{Engine, EngineOptions, GenerateRequest, LoadAs, Prompt};
+pub use generation::{Event, FinishReason, Generation, Prepared, SeqGuard, StopMatcher, Usage};
 pub use kv::{KvStats, PrefixCache};

@@ -17,21 +17,29 @@
 //! 4. runs one forward pass over every decoding sequence (one token each) and at most
 //!    `PREFILL_CHUNK` prompt tokens of prefilling sequences, so a long prompt delays the running
 //!    streams by one chunk per step, not by the whole prompt;
-//! 5. registers newly filled blocks in the prefix cache (unless the sequence's cache is off), samples each finished row with the
-//!    sequence's own sampler and sends the token to the waiting `generate` call.
+//! 5. registers newly filled blocks in the prefix cache (unless the sequence's cache is off),
+//!    samples each finished row with the sequence's own sampler and hands the token to the
+//!    sequence's [`Output`], which detokenises it, matches stop strings and sends the request's
+//!    events (see `generation.rs`).
+//!
+//! Each step also ends the sequences whose caller has gone (their blocks are freed) and those
+//! whose deadline has passed, waiting or running (they end with `DeadlineExceeded`). A sequence
+//! whose reader is behind (its channel full) takes no part in the forward pass until the reader
+//! catches up; the others go on.
 //!
 //! Sampling depends only on a sequence's own logits and sampler, never on its batch neighbours.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use govbox_drivers::KvCache;
 
 use crate::constraint::Constraint;
-use crate::kv::{BLOCK_SIZE, BlockAllocator};
-use crate::logprobs::{IdLogprobs, token_logprobs};
+use crate::generation::{FinishReason, Output};
+use crate::kv::{BLOCK_SIZE, BlockAllocator, WindowBlocks};
+use crate::logprobs::token_logprobs;
 use crate::models::decoder::{DecoderModel, LogitsFor, SeqInput};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::{EngineError, Result};
@@ -46,6 +54,9 @@ const MAX_RUNNING: usize = 64;
 pub(crate) struct KvState {
     pub(crate) cache: Box<dyn KvCache>,
     pub(crate) alloc: BlockAllocator,
+    /// The sliding-window layers' blocks, for a model that has them (`cache` is then a
+    /// [`crate::kv::SplitKv`]). Such a model does not use the prefix cache.
+    pub(crate) window: Option<WindowBlocks>,
 }
 
 /// Locks the pool. A panic while holding the lock cannot leave the allocator half-updated in a
@@ -54,25 +65,22 @@ pub(crate) fn lock(kv: &Mutex<KvState>) -> MutexGuard<'_, KvState> {
     kv.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// What the scheduler tells a waiting `generate` call.
-pub(crate) enum Msg {
-    /// The sequence was admitted with `cached` prompt tokens taken from the prefix cache (sent
-    /// again after a preemption, when it is readmitted).
-    Admitted { cached: usize },
-    /// The next sampled token, with its log-probabilities when the request asked for them.
-    Token(u32, Option<IdLogprobs>),
-    /// The sequence has ended and its blocks are released. `pool_full`: the scheduler ended it
-    /// because the KV pool could not hold it any longer.
-    Released { pool_full: bool },
-    /// The sequence failed; its blocks are released.
-    Error(EngineError),
+/// What the scheduler thread is told.
+pub(crate) enum Cmd {
+    /// A new request.
+    Job(Box<Job>),
+    /// Look again: a request was cancelled.
+    Wake,
+    /// The engine is going away: end every request and stop.
+    Stop,
 }
+
+/// How long the thread waits for news while every sequence is paused (its reader behind).
+const PAUSE: Duration = Duration::from_millis(5);
 
 /// One request for the scheduler.
 pub(crate) struct Job {
     pub(crate) prompt: Vec<u32>,
-    /// Most tokens to sample.
-    pub(crate) budget: usize,
     pub(crate) sampling: SamplingParams,
     pub(crate) ignore_eos: bool,
     /// The grammar the output must follow: masks the logits before each sample.
@@ -80,14 +88,22 @@ pub(crate) struct Job {
     /// The prefix-cache scope: `Some(root)`, the parent key of the first block
     /// ([`crate::kv::PrefixCache::root`]); `None`, the cache is off for this sequence.
     pub(crate) cache_root: Option<Option<u64>>,
-    /// Set by the caller to end the sequence (client gone, stop string hit).
-    pub(crate) cancel: Arc<AtomicBool>,
-    pub(crate) tx: mpsc::Sender<Msg>,
+    /// Where its tokens go.
+    pub(crate) out: Output,
+}
+
+/// How a sequence ends.
+enum End {
+    Finish(FinishReason),
+    Fail(EngineError),
+    Expire,
+    /// The caller went away: nothing more to send.
+    Cancelled,
 }
 
 /// The scheduler thread of one decoder; dropping it stops the thread.
 pub(crate) struct Scheduler {
-    tx: Option<mpsc::Sender<Job>>,
+    tx: mpsc::Sender<Cmd>,
     handle: Option<JoinHandle<()>>,
 }
 
@@ -97,23 +113,27 @@ impl Scheduler {
         let (tx, rx) = mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("govbox-scheduler".into())
-            .spawn(move || Loop { model, kv, eos, waiting: VecDeque::new(), running: Vec::new() }.run(&rx))
-            .map_err(|e| EngineError::Request(format!("starting the scheduler thread: {e}")))?;
-        Ok(Self { tx: Some(tx), handle: Some(handle) })
+            .spawn(move || {
+                Loop { model, kv, eos, waiting: VecDeque::new(), running: Vec::new(), draining: Vec::new() }.run(&rx)
+            })
+            .map_err(|source| EngineError::Io { path: "govbox-scheduler thread".into(), source })?;
+        Ok(Self { tx, handle: Some(handle) })
+    }
+
+    /// A sender for [`Cmd::Wake`], for a request's [`Generation`](crate::Generation).
+    pub(crate) fn waker(&self) -> mpsc::Sender<Cmd> {
+        self.tx.clone()
     }
 
     /// Queues a job.
     pub(crate) fn submit(&self, job: Job) -> Result<()> {
-        self.tx
-            .as_ref()
-            .and_then(|tx| tx.send(job).ok())
-            .ok_or_else(|| EngineError::Request("the engine's scheduler has stopped".into()))
+        self.tx.send(Cmd::Job(Box::new(job))).map_err(|_| EngineError::SchedulerStopped)
     }
 }
 
 impl Drop for Scheduler {
     fn drop(&mut self) {
-        drop(self.tx.take());
+        let _ = self.tx.send(Cmd::Stop);
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
@@ -127,6 +147,9 @@ struct Seq {
     /// Tokens whose KV is in `table`.
     computed: usize,
     table: Vec<u32>,
+    /// Its table in the sliding-window pool, and the blocks it reserved there.
+    local: Vec<u32>,
+    local_reserved: usize,
     /// Prefix-cache keys of the first `keys.len()` blocks of `table` (all full).
     keys: Vec<u64>,
     generated: usize,
@@ -140,6 +163,8 @@ impl Seq {
             tokens: job.prompt.clone(),
             computed: 0,
             table: Vec::new(),
+            local: Vec::new(),
+            local_reserved: 0,
             keys: Vec::new(),
             generated: 0,
             sampler,
@@ -147,8 +172,15 @@ impl Seq {
         }
     }
 
-    fn cancelled(&self) -> bool {
-        self.job.cancel.load(Ordering::Relaxed)
+    /// Why the sequence must end before this step, if it must.
+    fn ends_now(&self, now: Instant) -> Option<End> {
+        if self.job.out.gone() {
+            Some(End::Cancelled)
+        } else if self.job.out.past_deadline(now) {
+            Some(End::Expire)
+        } else {
+            None
+        }
     }
 }
 
@@ -159,6 +191,8 @@ struct Loop {
     waiting: VecDeque<Seq>,
     /// In admission order (oldest first).
     running: Vec<Seq>,
+    /// Ended sequences whose last events wait for room in their channel.
+    draining: Vec<Output>,
 }
 
 /// Samples the next token of `s`, within its grammar when it has one.
@@ -172,55 +206,101 @@ fn constrained_sample(s: &mut Seq, logits: &mut [f32]) -> Result<u32> {
     Ok(id)
 }
 
-/// Releases a sequence's blocks and tells its caller.
-fn end(alloc: &mut BlockAllocator, mut s: Seq, msg: Msg) {
+/// Releases a sequence's blocks (in both pools), then tells its caller how it ended. Returns its
+/// output while events still wait for room in the channel.
+fn end(alloc: &mut BlockAllocator, window: &mut Option<WindowBlocks>, mut s: Seq, how: End) -> Option<Output> {
     alloc.release(&mut s.table);
-    let _ = s.job.tx.send(msg);
+    release_window(window, &mut s);
+    let mut out = s.job.out;
+    match how {
+        End::Finish(reason) => out.finish(reason),
+        End::Fail(e) => out.fail(e),
+        End::Expire => out.expire(),
+        End::Cancelled => return None,
+    }
+    out.held().then_some(out)
+}
+
+/// Gives back a sequence's sliding-window blocks and reservation.
+fn release_window(window: &mut Option<WindowBlocks>, s: &mut Seq) {
+    if let Some(w) = window {
+        w.release(&mut s.local, s.local_reserved);
+    }
+    s.local_reserved = 0;
 }
 
 impl Loop {
-    fn run(mut self, rx: &mpsc::Receiver<Job>) {
+    fn run(mut self, rx: &mpsc::Receiver<Cmd>) {
+        let mut busy = false;
         loop {
-            if self.running.is_empty() && self.waiting.is_empty() {
-                match rx.recv() {
-                    Ok(j) => self.waiting.push_back(Seq::new(j)),
-                    Err(_) => return,
+            // Wait for news when there is nothing to compute: forever when nothing runs, a
+            // moment when every sequence is paused or ended ones still hold events.
+            let first = if self.running.is_empty() && self.waiting.is_empty() && self.draining.is_empty() {
+                rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
+            } else if !busy {
+                rx.recv_timeout(PAUSE)
+            } else {
+                Err(mpsc::RecvTimeoutError::Timeout)
+            };
+            let mut next = match first {
+                Ok(c) => Some(c),
+                Err(mpsc::RecvTimeoutError::Timeout) => rx.try_recv().ok(),
+                Err(mpsc::RecvTimeoutError::Disconnected) => Some(Cmd::Stop),
+            };
+            while let Some(cmd) = next {
+                match cmd {
+                    Cmd::Job(j) => self.waiting.push_back(Seq::new(*j)),
+                    Cmd::Wake => {}
+                    Cmd::Stop => return self.stop(),
                 }
+                next = rx.try_recv().ok();
             }
-            while let Ok(j) = rx.try_recv() {
-                self.waiting.push_back(Seq::new(j));
-            }
-            self.step();
+            self.draining.retain_mut(|o| o.held() && !o.gone());
+            busy = self.step();
         }
     }
 
-    fn step(&mut self) {
+    /// Ends every sequence: the engine is going away.
+    fn stop(mut self) {
         let kv = self.kv.clone();
         let mut guard = lock(&kv);
         let st = &mut *guard;
-        // 1. Cancelled sequences.
+        for s in std::mem::take(&mut self.waiting).into_iter().chain(std::mem::take(&mut self.running)) {
+            end(&mut st.alloc, &mut st.window, s, End::Fail(EngineError::SchedulerStopped));
+        }
+    }
+
+    /// One step; false when it ran no forward pass (nothing to run, or every reader behind).
+    fn step(&mut self) -> bool {
+        let kv = self.kv.clone();
+        let mut guard = lock(&kv);
+        let st = &mut *guard;
+        // 1. Cancelled and expired sequences.
+        let now = Instant::now();
         for s in std::mem::take(&mut self.waiting) {
-            if s.cancelled() {
-                end(&mut st.alloc, s, Msg::Released { pool_full: false })
-            } else {
-                self.waiting.push_back(s)
+            match s.ends_now(now) {
+                Some(how) => self.draining.extend(end(&mut st.alloc, &mut st.window, s, how)),
+                None => self.waiting.push_back(s),
             }
         }
         for s in std::mem::take(&mut self.running) {
-            if s.cancelled() { end(&mut st.alloc, s, Msg::Released { pool_full: false }) } else { self.running.push(s) }
+            match s.ends_now(now) {
+                Some(how) => self.draining.extend(end(&mut st.alloc, &mut st.window, s, how)),
+                None => self.running.push(s),
+            }
         }
         // 2. Admission.
-        self.admit(&mut st.alloc);
+        self.admit(&mut st.alloc, &mut st.window);
         // 3. A block for each decoding sequence's next token.
-        self.grow(&mut st.alloc);
-        if self.running.is_empty() {
-            return;
-        }
-        // 4. One forward pass.
+        self.grow(&mut st.alloc, &mut st.window);
+        // 4. One forward pass, without the sequences whose reader is behind.
         let mut rows = Vec::new(); // (running index, start, end)
         let mut prefill_left = PREFILL_CHUNK;
-        for (i, s) in self.running.iter().enumerate() {
+        for (i, s) in self.running.iter_mut().enumerate() {
             let pending = s.tokens.len() - s.computed;
+            if s.job.out.held() {
+                continue;
+            }
             if pending == 1 {
                 rows.push((i, s.computed, s.computed + 1));
             } else if prefill_left > 0 {
@@ -229,13 +309,26 @@ impl Loop {
                 rows.push((i, s.computed, s.computed + n));
             }
         }
+        if rows.is_empty() {
+            return false;
+        }
         st.alloc.note_step(rows.len());
+        // The sliding-window blocks this pass reads and writes (those behind the window go back).
+        let mut gone: Vec<Option<End>> = (0..self.running.len()).map(|_| None).collect();
+        if let Some(w) = st.window.as_mut() {
+            for &(i, a, b) in &rows {
+                if let Err(e) = w.fit(&mut self.running[i].local, a, b) {
+                    gone[i] = Some(End::Fail(e));
+                }
+            }
+            rows.retain(|&(i, _, _)| gone[i].is_none());
+        }
         let vocab = self.model.config().vocab_size;
         let inputs: Vec<SeqInput<'_>> = rows
             .iter()
             .map(|&(i, a, b)| {
                 let s = &self.running[i];
-                SeqInput { tokens: &s.tokens[a..b], start_pos: a, block_table: &s.table }
+                SeqInput { tokens: &s.tokens[a..b], start_pos: a, block_table: &s.table, local_table: &s.local }
             })
             .collect();
         let results: Vec<Result<Vec<f32>>> = match self.model.forward(&inputs, st.cache.as_mut(), LogitsFor::Last) {
@@ -248,18 +341,17 @@ impl Loop {
         };
         drop(inputs);
         // 5. Results.
-        let mut gone: Vec<Option<Msg>> = (0..self.running.len()).map(|_| None).collect();
         for (&(i, _, b), r) in rows.iter().zip(results) {
             let s = &mut self.running[i];
             let logits = match r {
                 Ok(l) => l,
                 Err(e) => {
-                    gone[i] = Some(Msg::Error(e));
+                    gone[i] = Some(End::Fail(e));
                     continue;
                 }
             };
             s.computed = b;
-            while let Some(root) = s.job.cache_root
+            while let Some(root) = s.job.cache_root.filter(|_| st.window.is_none())
                 && (s.keys.len() + 1) * BLOCK_SIZE <= s.computed
             {
                 let bi = s.keys.len();
@@ -273,8 +365,8 @@ impl Loop {
             if s.computed < s.tokens.len() {
                 continue; // more prompt to prefill
             }
-            if s.generated >= s.job.budget {
-                gone[i] = Some(Msg::Released { pool_full: false });
+            if s.generated >= s.job.out.budget {
+                gone[i] = Some(End::Finish(FinishReason::Length));
                 continue;
             }
             // Log-probabilities are the model's own, before a grammar's mask (and penalties).
@@ -283,7 +375,7 @@ impl Loop {
             let id = match constrained_sample(s, &mut logits) {
                 Ok(id) => id,
                 Err(e) => {
-                    gone[i] = Some(Msg::Error(e));
+                    gone[i] = Some(End::Fail(e));
                     continue;
                 }
             };
@@ -294,52 +386,62 @@ impl Loop {
             // A grammar that is complete allows only EOS next, so a constrained sequence ends
             // by EOS too.
             let eos = !s.job.ignore_eos && self.eos.contains(&id);
-            if s.job.tx.send(Msg::Token(id, lp)).is_err() || s.generated >= s.job.budget || eos {
-                gone[i] = Some(Msg::Released { pool_full: false });
-            }
+            gone[i] = match s.job.out.token(id, lp, eos) {
+                Ok(None) => None,
+                Ok(Some(reason)) => Some(End::Finish(reason)),
+                Err(e) => Some(End::Fail(e)),
+            };
+            // Sent now, not next step: a reader that keeps up never waits a step for its text.
+            s.job.out.held();
         }
         for (s, g) in std::mem::take(&mut self.running).into_iter().zip(gone) {
             match g {
-                Some(msg) => end(&mut st.alloc, s, msg),
+                Some(how) => self.draining.extend(end(&mut st.alloc, &mut st.window, s, how)),
                 None => self.running.push(s),
             }
         }
+        true
     }
 
-    fn admit(&mut self, alloc: &mut BlockAllocator) {
+    fn admit(&mut self, alloc: &mut BlockAllocator, window: &mut Option<WindowBlocks>) {
         while let Some(s) = self.waiting.front_mut() {
             if self.running.len() >= MAX_RUNNING {
                 return;
             }
             let len = s.tokens.len();
             // The last token is always computed (its logits are needed), so never in a shared block.
-            let (mut shared, keys) = match s.job.cache_root {
+            let (mut shared, keys) = match s.job.cache_root.filter(|_| window.is_none()) {
                 Some(root) => alloc.lookup(root, &s.tokens, (len - 1) / BLOCK_SIZE),
                 None => (Vec::new(), Vec::new()),
             };
             let need = len.div_ceil(BLOCK_SIZE) - shared.len();
+            // The most sliding-window blocks it can hold, for every token it may still sample.
+            let most = len + s.job.out.budget.saturating_sub(s.generated);
+            let local = window.as_ref().map_or(0, |w| w.cap(most, PREFILL_CHUNK));
             // Leave each running sequence room for one more block.
-            if need + self.running.len() > alloc.available() {
+            let fits = need + self.running.len() <= alloc.available();
+            if !fits || !window.as_mut().is_none_or(|w| w.try_reserve(local)) {
                 alloc.release(&mut shared);
                 if self.running.is_empty() {
                     // Even the whole pool cannot hold it (only a preempted sequence that grew
                     // can get here; generate() refuses prompts that can never fit).
                     if let Some(s) = self.waiting.pop_front() {
-                        end(alloc, s, Msg::Released { pool_full: true });
+                        self.draining.extend(end(alloc, window, s, End::Finish(FinishReason::Length)));
                     }
                     continue;
                 }
                 return;
             }
+            s.local_reserved = local;
             alloc.note_lookup(shared.len());
             s.computed = shared.len() * BLOCK_SIZE;
-            // A caller that has gone set its cancel flag on the way out: step 1 ends it next time.
-            let _ = s.job.tx.send(Msg::Admitted { cached: s.computed });
+            s.job.out.admitted(s.computed);
             s.table = shared;
             s.keys = keys;
             if alloc.reserve(&mut s.table, len).is_err() {
                 // Unreachable after the check above; stay consistent anyway.
                 alloc.release(&mut s.table);
+                release_window(window, s);
                 return;
             }
             if let Some(s) = self.waiting.pop_front() {
@@ -348,7 +450,7 @@ impl Loop {
         }
     }
 
-    fn grow(&mut self, alloc: &mut BlockAllocator) {
+    fn grow(&mut self, alloc: &mut BlockAllocator, window: &mut Option<WindowBlocks>) {
         let mut i = 0;
         while i < self.running.len() {
             let s = &mut self.running[i];
@@ -363,13 +465,14 @@ impl Loop {
             }
             if self.running.len() == 1 {
                 let s = self.running.remove(0);
-                end(alloc, s, Msg::Released { pool_full: true });
+                self.draining.extend(end(alloc, window, s, End::Finish(FinishReason::Length)));
                 continue;
             }
             // Preempt the newest (possibly this one): its KV is recomputed when it returns.
             if let Some(mut v) = self.running.pop() {
                 alloc.note_preemption();
                 alloc.release(&mut v.table);
+                release_window(window, &mut v);
                 v.computed = 0;
                 v.keys.clear();
                 self.waiting.push_front(v);

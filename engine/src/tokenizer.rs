@@ -9,6 +9,7 @@
 //! UTF-8 character.
 
 use std::collections::HashSet;
+use std::ops::Deref;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::OnceLock;
@@ -371,8 +372,8 @@ impl Tokenizer {
     }
 
     /// A decoder for a stream of generated ids.
-    pub fn incremental(&self) -> IncrementalDecoder<'_> {
-        IncrementalDecoder { tok: self, ids: Vec::new(), prefix_offset: 0, read_offset: 0 }
+    pub fn incremental(&self) -> IncrementalDecoder<&Self> {
+        IncrementalDecoder::new(self)
     }
 }
 
@@ -437,8 +438,8 @@ const MAX_HELD_TOKENS: usize = 8;
 /// [`IncrementalDecoder::push`] and [`IncrementalDecoder::finish`] join to exactly
 /// `decode(ids, true)`.
 #[derive(Debug)]
-pub struct IncrementalDecoder<'a> {
-    tok: &'a Tokenizer,
+pub struct IncrementalDecoder<T: Deref<Target = Tokenizer>> {
+    tok: T,
     ids: Vec<u32>,
     /// Start of the window: the first token emitted by the previous step.
     prefix_offset: usize,
@@ -446,7 +447,12 @@ pub struct IncrementalDecoder<'a> {
     read_offset: usize,
 }
 
-impl IncrementalDecoder<'_> {
+impl<T: Deref<Target = Tokenizer>> IncrementalDecoder<T> {
+    /// A decoder over `tok` (a reference, or a shared handle that a sequence keeps with it).
+    pub fn new(tok: T) -> Self {
+        Self { tok, ids: Vec::new(), prefix_offset: 0, read_offset: 0 }
+    }
+
     /// Adds one id and returns the text it completes (often empty: a special token, or part of
     /// a character).
     pub fn push(&mut self, id: u32) -> Result<String> {

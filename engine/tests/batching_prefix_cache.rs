@@ -115,12 +115,16 @@ fn batched_greedy_equals_solo_smollm2() {
     for (p, t) in &seqs {
         let (head, last) = p.split_at(p.len() - 1);
         model
-            .forward(&[SeqInput { tokens: head, start_pos: 0, block_table: t }], cache.as_mut(), LogitsFor::Last)
+            .forward(
+                &[SeqInput { tokens: head, start_pos: 0, block_table: t, local_table: &[] }],
+                cache.as_mut(),
+                LogitsFor::Last,
+            )
             .unwrap();
         solo.extend(
             model
                 .forward(
-                    &[SeqInput { tokens: last, start_pos: head.len(), block_table: t }],
+                    &[SeqInput { tokens: last, start_pos: head.len(), block_table: t, local_table: &[] }],
                     cache.as_mut(),
                     LogitsFor::Last,
                 )
@@ -129,7 +133,7 @@ fn batched_greedy_equals_solo_smollm2() {
     }
     let batch: Vec<SeqInput<'_>> = seqs
         .iter()
-        .map(|(p, t)| SeqInput { tokens: &p[p.len() - 1..], start_pos: p.len() - 1, block_table: t })
+        .map(|(p, t)| SeqInput { tokens: &p[p.len() - 1..], start_pos: p.len() - 1, block_table: t, local_table: &[] })
         .collect();
     let batched = model.forward(&batch, cache.as_mut(), LogitsFor::Last).unwrap();
     assert_eq!(solo, batched, "a decode pass of 8 rows must equal each row alone");
@@ -142,7 +146,7 @@ fn batched_greedy_equals_solo_smollm2() {
         .unwrap();
     let extra_table: Vec<u32> = (64..72).collect();
     let mut mixed_batch = batch.clone();
-    mixed_batch.push(SeqInput { tokens: &extra, start_pos: 0, block_table: &extra_table });
+    mixed_batch.push(SeqInput { tokens: &extra, start_pos: 0, block_table: &extra_table, local_table: &[] });
     let mixed = model.forward(&mixed_batch, cache.as_mut(), LogitsFor::Last).unwrap();
     assert!(solo == mixed[..8 * vocab], "decode rows beside a {}-token prefill must equal each row alone", extra.len());
 }
@@ -202,8 +206,9 @@ fn tiny_pool_evicts_queues_preempts_and_frees_everything() {
     assert_eq!(got, want);
     assert_no_blocks_held(&engine);
     // A prompt the whole pool cannot hold is refused at once, naming the cause.
-    let e = engine.generate(&greedy(ids_from(9, 65), 4), &mut |_| true).unwrap_err().to_string();
-    assert!(e.contains("KV cache is full"), "{e}");
+    let e = engine.generate(&greedy(ids_from(9, 65), 4), &mut |_| true).unwrap_err();
+    assert!(matches!(e, govbox_engine::EngineError::KvCacheFull { need: 65, available: 64 }), "{e:?}");
+    assert!(e.to_string().contains("KV cache is full"), "{e}");
     // Alone and out of blocks mid-decode: ends with Length when the pool (64 tokens) is full.
     let (_, fin, n) = run(&engine, &greedy(ids_from(10, 20), 100));
     assert_eq!(fin, Some(FinishReason::Length));
@@ -267,6 +272,34 @@ fn cancel(backend: Arc<dyn Backend>) {
     assert_no_blocks_held(&engine);
 }
 
+test_device!(dropping_a_generation_frees_its_blocks, drop_generation);
+
+/// The channel API: dropping a [`govbox_engine::Generation`] part-way (an HTTP client that went
+/// away) cancels its sequence, and the scheduler frees its blocks without anyone waiting on it.
+fn drop_generation(backend: Arc<dyn Backend>) {
+    use std::time::{Duration, Instant};
+    let engine = with_kv(&fixture("tiny-qwen2"), backend, 4096);
+    let before = engine.kv_usage().unwrap().0;
+    let mut generation = engine.submit(greedy(ids_from(5, 40), 400)).unwrap();
+    match generation.blocking_next() {
+        Some(Event::Text(_)) => {}
+        other => panic!("{other:?}"),
+    }
+    let held = engine.kv_usage().unwrap().0;
+    assert!(held > before, "a running sequence holds blocks ({before} before, {held} now)");
+    drop(generation);
+    let t = Instant::now();
+    while engine.kv_usage().unwrap().0 != before {
+        assert!(t.elapsed() < Duration::from_secs(5), "the blocks were not freed: {:?}", engine.kv_usage());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // Freed because it was cancelled, not because it ran its 400 tokens to the end (its reader
+    // stopped after one event, so it paused once its channel was full, then was dropped).
+    let steps = engine.kv_stats().unwrap().steps;
+    assert!(steps < 200, "the sequence ran on after its Generation was dropped: {steps} steps");
+    assert_no_blocks_held(&engine);
+}
+
 test_device!(a_passed_deadline_cancels_and_frees_blocks, deadline);
 
 fn deadline(backend: Arc<dyn Backend>) {
@@ -282,8 +315,8 @@ fn deadline(backend: Arc<dyn Backend>) {
                 true
             })
             .unwrap_err();
-        assert!(matches!(e, EngineError::Deadline { prompt_tokens: 40, completion_tokens: 0 }), "{e:?}");
-        assert_eq!((events, e.code()), (0, "deadline"));
+        assert!(matches!(e, EngineError::DeadlineExceeded { prompt_tokens: 40, completion_tokens: 0 }), "{e:?}");
+        assert_eq!((events, e.code()), (0, "deadline_exceeded"));
     });
     // Passing while the caller holds its first text: the tokens the scheduler made meanwhile
     // do not carry the request on, and its blocks are freed before generate returns.
@@ -299,7 +332,7 @@ fn deadline(backend: Arc<dyn Backend>) {
             true
         })
         .unwrap_err();
-    let EngineError::Deadline { prompt_tokens: 70, completion_tokens } = e else { panic!("{e:?}") };
+    let EngineError::DeadlineExceeded { prompt_tokens: 70, completion_tokens } = e else { panic!("{e:?}") };
     assert!((1..500).contains(&completion_tokens), "{completion_tokens}");
     assert_eq!(events, 1);
     assert_no_blocks_held(&engine);

@@ -152,7 +152,11 @@ fn logits_every_way(label: &str, path: &Path, backend: Arc<dyn Backend>, lens: &
     for (pi, p) in prompts.iter().enumerate() {
         let t = table(p.len());
         let whole = model
-            .forward(&[SeqInput { tokens: p, start_pos: 0, block_table: &t }], cache.as_mut(), LogitsFor::All)
+            .forward(
+                &[SeqInput { tokens: p, start_pos: 0, block_table: &t, local_table: &[] }],
+                cache.as_mut(),
+                LogitsFor::All,
+            )
             .unwrap();
         // A first block (as a cached prefix leaves it), then uneven chunks.
         let t2 = table(p.len());
@@ -162,7 +166,7 @@ fn logits_every_way(label: &str, path: &Path, backend: Arc<dyn Backend>, lens: &
         cuts.dedup();
         let mut chunked = Vec::new();
         for w in cuts.windows(2) {
-            let inp = SeqInput { tokens: &p[w[0]..w[1]], start_pos: w[0], block_table: &t2 };
+            let inp = SeqInput { tokens: &p[w[0]..w[1]], start_pos: w[0], block_table: &t2, local_table: &[] };
             chunked.extend(model.forward(&[inp], cache.as_mut(), LogitsFor::All).unwrap());
         }
         assert!(
@@ -173,7 +177,7 @@ fn logits_every_way(label: &str, path: &Path, backend: Arc<dyn Backend>, lens: &
         let t3 = table(p.len());
         let mut decoded = Vec::new();
         for i in 0..p.len() {
-            let inp = SeqInput { tokens: &p[i..=i], start_pos: i, block_table: &t3 };
+            let inp = SeqInput { tokens: &p[i..=i], start_pos: i, block_table: &t3, local_table: &[] };
             decoded.extend(model.forward(&[inp], cache.as_mut(), LogitsFor::All).unwrap());
         }
         assert!(
@@ -184,8 +188,11 @@ fn logits_every_way(label: &str, path: &Path, backend: Arc<dyn Backend>, lens: &
         fresh.extend(whole);
     }
     let tables: Vec<Vec<u32>> = prompts.iter().map(|p| table(p.len())).collect();
-    let batch: Vec<SeqInput<'_>> =
-        prompts.iter().zip(&tables).map(|(p, t)| SeqInput { tokens: p, start_pos: 0, block_table: t }).collect();
+    let batch: Vec<SeqInput<'_>> = prompts
+        .iter()
+        .zip(&tables)
+        .map(|(p, t)| SeqInput { tokens: p, start_pos: 0, block_table: t, local_table: &[] })
+        .collect();
     let together = model.forward(&batch, cache.as_mut(), LogitsFor::All).unwrap();
     assert!(fresh == together, "{label}: the prompts prefilled together differ from each alone");
 }

@@ -130,4 +130,9 @@ POLICY_TOML = (
     'keywords = ["kw.txt"]\npatterns = [{ id = "p", regex = "ab{1,3}c" }]\n'
 )
 put("policy_library", "minimal", POLICY_TOML.encode() + b"\0" + "bomb\nr-1\t炸药\n".encode())
+# --- admin_request (one admin socket line, or a reply line) -------------------------------------
+put("admin_request", "status", b'{"cmd":"status"}')
+put("admin_request", "client_add", b'{"cmd":"client_add","name":"hr-portal","models":["qwen2"],"rpm":60,"token":true}')
+put("admin_request", "audit_hmac", b'{"cmd":"audit_hmac","client":"hr-portal","text":"x"}')
+put("admin_request", "reply", b'{"ok":false,"error":{"code":"forbidden","message":"uid 1000 may not status"}}')
 print("seeds written under", OUT)

@@ -9,8 +9,8 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use govbox_provisioning::SigningKey;
-use ring::digest::{Context, SHA256};
+use govbox_provisioning::{HashAlgorithm, SigningKey};
+use ring::digest::SHA256;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -59,6 +59,8 @@ pub struct PackageBuilder {
     model: Option<ModelInfo>,
     update: Option<UpdateInfo>,
     policy: Option<PolicyInfo>,
+    /// The hash of the payload files' digests, named in the manifest.
+    hash: HashAlgorithm,
 }
 
 /// A package written by [`PackageBuilder::write`].
@@ -131,11 +133,30 @@ impl PackageBuilder {
         }
         sources.sort_by(|a, b| a.path.cmp(&b.path));
         let created = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-        Ok(Self { name: name.to_string(), version, created, sources, model: None, update: None, policy: None })
+        Ok(Self {
+            name: name.to_string(),
+            version,
+            created,
+            sources,
+            model: None,
+            update: None,
+            policy: None,
+            hash: HashAlgorithm::Sha256,
+        })
     }
 
     fn err(&self, reason: String) -> PackageError {
         PackageError::Build { package: format!("{} {}", self.name, self.version), reason }
+    }
+
+    /// Hashes the payload files with `hash` (SHA-256 by default; SM3 for a `gm` vendor), which
+    /// the manifest names.
+    pub fn with_hash(mut self, hash: HashAlgorithm) -> Self {
+        self.hash = hash;
+        for s in &mut self.sources {
+            s.sha256 = None;
+        }
+        self
     }
 
     /// Records a self-test (model packages only).
@@ -170,7 +191,7 @@ impl PackageBuilder {
     /// Pass 1: hashes every file, in parallel across files.
     pub fn hash(&mut self, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
         let paths: Vec<PathBuf> = self.sources.iter().map(|s| s.file.clone()).collect();
-        let results = fsutil::hash_files(&paths, self.payload_bytes(), fsutil::hash_threads(), progress);
+        let results = fsutil::hash_files(self.hash, &paths, self.payload_bytes(), fsutil::hash_threads(), progress);
         for (s, r) in self.sources.iter_mut().zip(results) {
             let (size, digest) = r.map_err(|e| PackageError::io("hashing", &s.file, e))?;
             s.size = size;
@@ -197,6 +218,7 @@ impl PackageBuilder {
             version: self.version.clone(),
             created: self.created.format(&Rfc3339).map_err(|e| self.err(e.to_string()))?,
             files,
+            hash: self.hash,
             model: self.model.clone(),
             update: self.update.clone(),
             policy: self.policy.clone(),
@@ -253,7 +275,7 @@ impl PackageBuilder {
         for s in &self.sources {
             tar.begin(s.path.as_str(), s.size).map_err(werr)?;
             let mut f = File::open(&s.file).map_err(|e| PackageError::io("reading", &s.file, e))?;
-            let mut ctx = Context::new(&SHA256);
+            let mut ctx = self.hash.hasher();
             let mut left = s.size;
             while left > 0 {
                 let want = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
@@ -268,7 +290,7 @@ impl PackageBuilder {
                 progress(done, total);
             }
             let grew = f.read(&mut buf[..1]).map_err(|e| PackageError::io("reading", &s.file, e))? != 0;
-            if grew || s.sha256.as_deref() != Some(hex(ctx.finish().as_ref()).as_str()) {
+            if grew || s.sha256.as_deref() != Some(hex(&ctx.finish()).as_str()) {
                 return Err(self.err(format!("{} changed while the package was built", s.file.display())));
             }
         }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 
-use ring::digest::{Context, SHA256};
+use govbox_provisioning::HashAlgorithm;
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::error::{PackageError, Result};
@@ -108,12 +108,13 @@ pub(crate) fn read_capped(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>
     Ok(buf)
 }
 
-/// Size and hex SHA-256 of a file.
+/// Size and hex digest (SHA-256 or SM3, the manifest's `hash`) of a file.
 pub(crate) type FileDigest = (u64, String);
 
 /// Hashes `files` on up to `threads` threads, calling `progress(done, total)` on this thread,
 /// where `total` is the sum of `expected_total`. Results come back in input order.
 pub(crate) fn hash_files(
+    hash: HashAlgorithm,
     files: &[PathBuf],
     expected_total: u64,
     threads: usize,
@@ -134,7 +135,7 @@ pub(crate) fn hash_files(
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(path) = files.get(i) else { break };
-                        out.push((i, hash_one(path, &mut buf, &tx)));
+                        out.push((i, hash_one(hash, path, &mut buf, &tx)));
                     }
                     out
                 })
@@ -157,9 +158,9 @@ pub(crate) fn hash_files(
     results.into_iter().map(|r| r.unwrap_or_else(|| Err(io::Error::other("the hashing thread failed")))).collect()
 }
 
-fn hash_one(path: &Path, buf: &mut [u8], tx: &mpsc::Sender<u64>) -> io::Result<FileDigest> {
+fn hash_one(hash: HashAlgorithm, path: &Path, buf: &mut [u8], tx: &mpsc::Sender<u64>) -> io::Result<FileDigest> {
     let mut f = File::open(path)?;
-    let mut ctx = Context::new(&SHA256);
+    let mut ctx = hash.hasher();
     let mut size = 0u64;
     loop {
         let n = match f.read(buf) {
@@ -172,7 +173,7 @@ fn hash_one(path: &Path, buf: &mut [u8], tx: &mpsc::Sender<u64>) -> io::Result<F
         size += n as u64;
         let _ = tx.send(n as u64);
     }
-    Ok((size, hex(ctx.finish().as_ref())))
+    Ok((size, hex(&ctx.finish())))
 }
 
 /// Worker threads for hashing: the cores, at most 8 (beyond that the disk is the limit).
@@ -196,9 +197,9 @@ mod tests {
         }
         paths.push(dir.path().join("missing"));
         let mut last = (0, 0);
-        let r = hash_files(&paths, 5_000_001, 3, &mut |d, t| last = (d, t));
+        let r = hash_files(HashAlgorithm::Sha256, &paths, 5_000_001, 3, &mut |d, t| last = (d, t));
         assert_eq!(last, (5_000_001, 5_000_001));
-        let want = hex(ring::digest::digest(&SHA256, &vec![2u8; 5_000_000]).as_ref());
+        let want = hex(ring::digest::digest(&ring::digest::SHA256, &vec![2u8; 5_000_000]).as_ref());
         assert_eq!(r[2].as_ref().unwrap(), &(5_000_000, want));
         assert_eq!(r[0].as_ref().unwrap().0, 0);
         assert!(r[3].is_err());

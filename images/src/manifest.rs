@@ -1,10 +1,13 @@
-//! Member 1, `govbox-manifest.json`: what the package is and the size and SHA-256 of every
-//! payload file, in canonical JSON so that its bytes are what the signatures cover.
+//! Member 1, `govbox-manifest.json`: what the package is and the size and digest of every
+//! payload file, in canonical JSON so that its bytes are what the signatures cover. The digests
+//! are SHA-256 unless the manifest's `hash` says `sm3` (a `gm` vendor's package); `hash` is
+//! signed with the rest, and left out when it is `sha256`, so that such manifests keep the
+//! bytes they always had.
 
 use std::collections::BTreeSet;
 use std::fmt;
 
-use govbox_provisioning::{TrustRoot, to_canonical_json};
+use govbox_provisioning::{HashAlgorithm, TrustRoot, to_canonical_json};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -64,7 +67,8 @@ pub struct FileEntry {
     pub path: PackagePath,
     /// Its size in bytes.
     pub size: u64,
-    /// Lower-case hex SHA-256 of its bytes.
+    /// Lower-case hex digest of its bytes under the manifest's `hash` (the field keeps its name
+    /// for compatibility; with `"hash": "sm3"` it holds SM3).
     pub sha256: String,
 }
 
@@ -127,6 +131,9 @@ pub struct Manifest {
     pub created: String,
     /// The payload files, in archive order.
     pub files: Vec<FileEntry>,
+    /// The hash of the files' digests: `sha256` (absent) or `sm3`.
+    #[serde(default, skip_serializing_if = "HashAlgorithm::is_default")]
+    pub hash: HashAlgorithm,
     /// Present exactly when `kind` is `model`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<ModelInfo>,
@@ -296,6 +303,7 @@ mod tests {
                 size: 3,
                 sha256: "ab".repeat(32),
             }],
+            hash: HashAlgorithm::Sha256,
             model: Some(ModelInfo {
                 kind: ModelKind::Chat,
                 architecture: "qwen2".into(),
@@ -323,6 +331,20 @@ mod tests {
         let pretty = serde_json::to_vec_pretty(&m).unwrap();
         let e = Manifest::parse(&pretty, "t").unwrap_err();
         assert!(e.to_string().contains("canonical"), "{e}");
+    }
+
+    #[test]
+    fn an_sm3_manifest_names_its_hash_and_a_sha256_one_does_not() {
+        let sha = String::from_utf8(sample().to_canonical_bytes().unwrap()).unwrap();
+        assert!(!sha.contains("\"hash\""), "a SHA-256 manifest keeps the bytes it always had: {sha}");
+        let m = Manifest { hash: HashAlgorithm::Sm3, ..sample() };
+        let bytes = m.to_canonical_bytes().unwrap();
+        assert!(String::from_utf8_lossy(&bytes).contains("\"hash\":\"sm3\""));
+        assert_eq!(Manifest::parse(&bytes, "t").unwrap().hash, HashAlgorithm::Sm3);
+        let mut v = serde_json::to_value(sample()).unwrap();
+        v["hash"] = "md5".into();
+        let e = reparse(&v).unwrap_err();
+        assert!(e.to_string().contains("unknown hash 'md5'"), "{e}");
     }
 
     #[test]

@@ -40,6 +40,10 @@ pub struct ModelRecord {
     pub history: Vec<String>,
     /// Every stored version, lowest first.
     pub versions: Vec<VersionRecord>,
+    /// Taken out of service (`govbox model disable`): no version is served until it is enabled
+    /// again. Absent from the file when false, so registries without it read the same.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,7 +107,13 @@ impl Registry {
     /// Returns whether it was activated.
     pub(crate) fn add(&mut self, name: &str, rec: VersionRecord, activate: bool) -> bool {
         if self.get(name).is_none() {
-            self.models.push(ModelRecord { name: name.into(), active: None, history: vec![], versions: vec![] });
+            self.models.push(ModelRecord {
+                name: name.into(),
+                active: None,
+                history: vec![],
+                versions: vec![],
+                disabled: false,
+            });
             self.models.sort_by(|a, b| a.name.cmp(&b.name));
         }
         let Ok(m) = self.get_mut(name, "") else { return false };
@@ -131,6 +141,14 @@ impl Registry {
         };
         set_active(m, target.clone());
         Ok(target)
+    }
+
+    /// Takes `name` out of service (`disabled`) or puts it back; returns its record.
+    pub(crate) fn set_disabled(&mut self, name: &str, disabled: bool) -> Result<ModelRecord> {
+        let action = format!("{} model '{name}'", if disabled { "disabling" } else { "enabling" });
+        let m = self.get_mut(name, &action)?;
+        m.disabled = disabled;
+        Ok(m.clone())
     }
 
     /// Returns to the previous active version.
@@ -227,5 +245,19 @@ mod tests {
         assert_eq!(r, empty);
         let bytes = before.to_bytes();
         assert_eq!(Registry::parse(&bytes, Path::new("r")).unwrap(), before);
+    }
+
+    #[test]
+    fn disabling_is_recorded_and_absent_from_the_file_when_off() {
+        let mut r = Registry::default();
+        r.add("m", rec("1.0.0"), false);
+        let plain = r.to_bytes();
+        assert!(!String::from_utf8_lossy(&plain).contains("disabled"));
+        assert!(r.set_disabled("m", true).unwrap().disabled);
+        let bytes = r.to_bytes();
+        assert!(Registry::parse(&bytes, Path::new("r")).unwrap().get("m").unwrap().disabled);
+        assert!(!r.set_disabled("m", false).unwrap().disabled);
+        assert_eq!(r.to_bytes(), plain);
+        assert!(matches!(r.set_disabled("x", true), Err(PackageError::NotFound { .. })));
     }
 }

@@ -50,9 +50,7 @@ impl Signature {
     }
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub(crate) use govbox_provisioning::hex;
 
 impl SignatureFile {
     /// Signs `manifest_bytes` with each key (a key given twice signs once).

@@ -290,6 +290,12 @@ impl ModelStore {
         self.mutate(|r| r.activate(name, version))
     }
 
+    /// Takes `name` out of service, or puts it back (`disabled` false); returns its record. The
+    /// store only records it: whoever serves the models skips a disabled one.
+    pub fn set_disabled(&self, name: &str, disabled: bool) -> Result<ModelRecord> {
+        self.mutate(|r| r.set_disabled(name, disabled))
+    }
+
     /// Returns `name` to its previous active version; an error when there is none.
     pub fn rollback(&self, name: &str) -> Result<String> {
         self.mutate(|r| r.rollback(name))
@@ -369,7 +375,8 @@ impl ModelStore {
         }
         let payload = self.package_dir(digest).join(PAYLOAD_DIR);
         let files: Vec<PathBuf> = manifest.files.iter().map(|f| payload.join(f.path.as_str())).collect();
-        let results = fsutil::hash_files(&files, manifest.payload_bytes(), fsutil::hash_threads(), progress);
+        let results =
+            fsutil::hash_files(manifest.hash, &files, manifest.payload_bytes(), fsutil::hash_threads(), progress);
         for (entry, r) in manifest.files.iter().zip(results) {
             let member = entry.path.to_string();
             let (size, sha) = r.map_err(|e| PackageError::MissingMember {

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use govbox_provisioning::Role;
-use ring::digest::{Context, SHA256};
+use ring::digest::SHA256;
 use time::OffsetDateTime;
 
 use crate::error::{PackageError, Result};
@@ -285,7 +285,7 @@ fn read_payload_member<R: BufRead>(
         });
     }
     sink.begin(entry)?;
-    let mut ctx = Context::new(&SHA256);
+    let mut ctx = manifest.hash.hasher();
     let read = tar.read_data(|chunk| {
         ctx.update(chunk);
         sink.data(chunk)?;
@@ -300,7 +300,7 @@ fn read_payload_member<R: BufRead>(
         }
         other => other,
     })?;
-    let actual = hex(ctx.finish().as_ref());
+    let actual = hex(&ctx.finish());
     if actual != entry.sha256 {
         return Err(PackageError::DigestMismatch {
             package: package.to_string(),

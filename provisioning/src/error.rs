@@ -106,6 +106,44 @@ pub enum ProvisionError {
         value: String,
     },
 
+    /// A suite name is not one govbox knows.
+    #[error("unknown crypto suite '{value}'; expected 'intl' or 'gm'")]
+    UnknownSuite {
+        /// The name given.
+        value: String,
+    },
+
+    /// A hash name is not one govbox knows.
+    #[error("unknown hash algorithm '{value}'; expected 'sha256' or 'sm3'")]
+    UnknownHash {
+        /// The name given.
+        value: String,
+    },
+
+    /// The state's suite file is unreadable as a suite.
+    #[error("reading the crypto suite {}: {reason}", path.display())]
+    InvalidSuiteFile {
+        /// The file (`identity/suite`).
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A key's algorithm is not the one the box's suite uses.
+    #[error(
+        "{what}: the box's crypto suite is '{suite}', whose keys are {expected}, but this key is {found}; refusing to mix suites"
+    )]
+    SuiteMismatch {
+        /// Which key.
+        what: String,
+        /// The box's suite.
+        suite: crate::suite::Suite,
+        /// The suite's key algorithm.
+        expected: crate::keys::KeyAlgorithm,
+        /// The key's algorithm.
+        found: crate::keys::KeyAlgorithm,
+    },
+
     /// A `--trust-key [ROLE:]PATH` argument is malformed.
     #[error("parsing trust key '{spec}': {reason}")]
     InvalidTrustKeySpec {
@@ -274,6 +312,10 @@ impl ProvisionError {
             Self::BadSignature { .. } => "bad_signature",
             Self::AlgorithmMismatch { .. } => "algorithm_mismatch",
             Self::UnknownAlgorithm { .. } => "unknown_algorithm",
+            Self::UnknownSuite { .. } => "unknown_suite",
+            Self::UnknownHash { .. } => "unknown_hash",
+            Self::InvalidSuiteFile { .. } => "invalid_suite_file",
+            Self::SuiteMismatch { .. } => "suite_mismatch",
             Self::InvalidTrustKeySpec { .. } => "invalid_trust_key_spec",
             Self::InvalidThreshold { .. } => "invalid_threshold",
             Self::InvalidTrustPolicy { .. } => "invalid_trust_policy",

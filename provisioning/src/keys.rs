@@ -22,11 +22,13 @@ use crate::error::{ProvisionError, Result};
 use crate::fsio::{self, Overwrite};
 use crate::gm::{self, SM2_PUBLIC_KEY_LEN, Sm2Signer};
 
-/// A signature algorithm, as formats name it in their `alg` fields.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// A signature algorithm, as formats name it in their `alg` fields. The default is Ed25519: what
+/// formats made before SM2 used without naming it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 #[non_exhaustive]
 pub enum KeyAlgorithm {
     /// Pure Ed25519 (RFC 8032); 64-byte signatures.
+    #[default]
     Ed25519,
     /// SM2 over SM3 with ID `1234567812345678` (GB/T 32918.2, GM/T 0009); DER signatures.
     Sm2,
@@ -57,10 +59,12 @@ impl KeyAlgorithm {
         }
     }
 
-    /// Decodes a lower- or upper-case hex signature of this algorithm and checks its form:
+    /// Decodes a lower-case hex signature of this algorithm and checks its form:
     /// exactly 64 bytes for Ed25519; strict DER of at most 72 bytes for SM2. `None` if it is not.
     pub fn decode_signature_hex(self, text: &str) -> Option<Vec<u8>> {
-        if text.len() > self.max_signature_hex_len() {
+        // One signature has one spelling: the lower-case hex every govbox format writes. Upper
+        // case would let an edited document verify (a flipped case bit in a signed export).
+        if text.len() > self.max_signature_hex_len() || !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             return None;
         }
         let bytes = fsio::unhex_vec(text)?;
@@ -82,6 +86,21 @@ impl KeyAlgorithm {
 impl fmt::Display for KeyAlgorithm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for KeyAlgorithm {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for KeyAlgorithm {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        KeyAlgorithm::parse(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!("unknown signature algorithm '{s}'; expected 'ed25519' or 'sm2'"))
+        })
     }
 }
 
@@ -525,12 +544,15 @@ mod tests {
         let sig = sm.sign(b"m");
         let h = fsio::hex(&sig);
         assert_eq!(KeyAlgorithm::Sm2.decode_signature_hex(&h).unwrap(), sig);
-        assert_eq!(KeyAlgorithm::Sm2.decode_signature_hex(&h.to_uppercase()).unwrap(), sig);
+        // One spelling: upper case is refused (a flipped case bit must not leave a signed
+        // document verifying).
+        assert!(KeyAlgorithm::Sm2.decode_signature_hex(&h.to_uppercase()).is_none());
         assert!(KeyAlgorithm::Ed25519.decode_signature_hex(&h).is_none());
         assert!(KeyAlgorithm::Sm2.decode_signature_hex(&format!("{h}00")).is_none());
         assert!(KeyAlgorithm::Sm2.decode_signature_hex(&"30".repeat(1000)).is_none());
         let ed = fsio::hex(&SigningKey::generate().unwrap().sign(b"m"));
         assert!(KeyAlgorithm::Ed25519.decode_signature_hex(&ed).is_some());
+        assert!(KeyAlgorithm::Ed25519.decode_signature_hex(&ed.to_uppercase()).is_none());
         assert!(KeyAlgorithm::Sm2.decode_signature_hex(&ed).is_none());
         assert!(KeyAlgorithm::Ed25519.decode_signature_hex(&ed[..126]).is_none());
         assert_eq!("sm2".parse::<KeyAlgorithm>().unwrap(), KeyAlgorithm::Sm2);

@@ -29,6 +29,9 @@ mod keys;
 mod paths;
 mod provision;
 mod renew;
+mod suite;
+#[cfg(feature = "tlcp")]
+pub mod tlcp_ca;
 mod tls;
 mod trust;
 
@@ -38,7 +41,9 @@ pub use clients::{
     NewClient, Scope, TOKEN_PREFIX, check_known_models, token_sha256_hex, write_client_bundle,
 };
 pub use error::{ProvisionError, Result};
-pub use fsio::{Overwrite, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, PUBLIC_FILE_MODE, read_unfollowed, write_file};
+pub use fsio::{
+    Overwrite, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, PUBLIC_FILE_MODE, hex, read_unfollowed, unhex, write_file,
+};
 pub use keys::{KEY_DER_LIMIT, KeyAlgorithm, PublicKey, SigningKey};
 pub use paths::{DEFAULT_STATE_DIR, StatePaths};
 pub use provision::{
@@ -46,5 +51,6 @@ pub use provision::{
     load_public_identity, provision,
 };
 pub use renew::{MAX_RENEW_DAYS, RenewReport, ServerCertSummary, load_server_cert, renew_server_cert, rfc3339};
+pub use suite::{HashAlgorithm, Hasher, Suite};
 pub use tls::{CA_VALIDITY_DAYS, CertInfo, IssuedCert, SERVER_VALIDITY_DAYS, ServerName, ServerTls, load_server_tls};
 pub use trust::{Role, RoleKeys, RootSignature, ThresholdSpec, TrustKeySpec, TrustRoot};

@@ -8,7 +8,7 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/govbox";
 /// Every path of the state layout, derived from one root folder.
 ///
 /// ```text
-/// DIR/identity/device.key  device.pub  audit.key  audit.pub  audit-hmac.key
+/// DIR/identity/device.key  device.pub  audit.key  audit.pub  audit-hmac.key  suite
 /// DIR/tls/ca.crt  ca.key  server.crt  server.key
 /// DIR/trust/root.json
 /// DIR/models/  DIR/audit/  DIR/state/db (sled)
@@ -62,6 +62,10 @@ impl StatePaths {
         [self.identity_dir(), self.tls_dir(), self.trust_dir(), self.models_dir(), self.audit_dir(), self.state_dir()]
     }
 
+    /// The crypto suite, `intl` or `gm` (see [`crate::Suite`]).
+    pub fn suite_file(&self) -> PathBuf {
+        self.identity_dir().join("suite")
+    }
     /// The device identity private key; its presence marks a provisioned box.
     pub fn device_key(&self) -> PathBuf {
         self.identity_dir().join("device.key")

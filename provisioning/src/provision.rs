@@ -10,6 +10,7 @@ use crate::error::{ProvisionError, Result};
 use crate::fsio::{self, Overwrite, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, PUBLIC_FILE_MODE};
 use crate::keys::{KeyAlgorithm, PublicKey, SigningKey};
 use crate::paths::StatePaths;
+use crate::suite::Suite;
 use crate::tls::{self, BoxCa, CertInfo, ServerName};
 use crate::trust::{Role, ThresholdSpec, TrustKeySpec, TrustRoot};
 
@@ -38,6 +39,9 @@ pub struct ProvisionOptions {
     /// neither read it nor sign heads of its own. `None` generates the audit key here, into
     /// `identity/audit.key` (the single-process mode: tests, the demo).
     pub audit_pub: Option<PathBuf>,
+    /// The crypto suite (`intl` unless asked): the algorithm of the device and audit keys, and
+    /// of every hash, HMAC and cipher the box uses; written to `identity/suite`.
+    pub suite: Suite,
 }
 
 /// The audit key of a provisioning: made here, or only its public half given.
@@ -75,6 +79,8 @@ pub struct ProvisionReport {
     pub device_key: PublicKey,
     /// The audit checkpoint key.
     pub audit_key: PublicKey,
+    /// The crypto suite.
+    pub suite: Suite,
     /// Whether its private half was written to `identity/audit.key` (not with `audit_pub`).
     pub audit_key_held_here: bool,
     /// The CA certificate.
@@ -136,23 +142,17 @@ pub fn provision(opts: &ProvisionOptions) -> Result<ProvisionReport> {
     let _store = if paths.db().exists() { Some(ClientStore::open_at(paths.clone())?) } else { None };
 
     // 3. Make everything in memory.
-    let device = SigningKey::generate()?;
-    // The audit key: given (its private half stays with govbox-auditd), or made here.
+    let suite = opts.suite;
+    let device = SigningKey::generate_with(suite.signature_algorithm())?;
+    // The audit key: given (its private half stays with govbox-auditd), or made here; either way
+    // of the suite's algorithm, since tree heads and exports are signed with it.
     let audit = match &opts.audit_pub {
         Some(path) => {
             let key = PublicKey::load_pem(path)?;
-            // Audit tree heads, exports and attestation reports are Ed25519 until the `gm` suite
-            // carries SM2 through them; an SM2 audit key would make every head unverifiable.
-            if key.algorithm() != KeyAlgorithm::Ed25519 {
-                return Err(ProvisionError::InvalidKey {
-                    what: "audit public key".into(),
-                    origin: path.display().to_string(),
-                    reason: format!("the audit key must be ed25519 for now, this one is {}", key.algorithm()),
-                });
-            }
+            suite.check_key(&format!("the audit public key {}", path.display()), key.algorithm())?;
             AuditKey::Given(key)
         }
-        None => AuditKey::Made(SigningKey::generate()?),
+        None => AuditKey::Made(SigningKey::generate_with(suite.signature_algorithm())?),
     };
     let hmac_secret = fsio::random_bytes::<32>("the audit HMAC secret")?;
     let ca_name = format!("govbox CA {}", &device.public_key().keyid()[..16]);
@@ -171,6 +171,7 @@ pub fn provision(opts: &ProvisionOptions) -> Result<ProvisionReport> {
         Ok(())
     };
     let r = Overwrite::Replace;
+    put(paths.suite_file(), format!("{suite}\n").as_bytes(), PUBLIC_FILE_MODE, "crypto suite", r)?;
     put(paths.audit_hmac_key(), &hmac_secret, PRIVATE_FILE_MODE, "audit HMAC secret", r)?;
     match &audit {
         AuditKey::Made(key) => {
@@ -195,6 +196,7 @@ pub fn provision(opts: &ProvisionOptions) -> Result<ProvisionReport> {
         hostname: hostname.to_string(),
         device_key: device.public_key(),
         audit_key: audit.public_key(),
+        suite,
         audit_key_held_here: matches!(audit, AuditKey::Made(_)),
         ca: ca.info,
         server: server.info,
@@ -224,6 +226,8 @@ pub struct PublicIdentity {
     pub device_key: PublicKey,
     /// The audit checkpoint key.
     pub audit_key: PublicKey,
+    /// The crypto suite.
+    pub suite: Suite,
     /// The CA certificate.
     pub ca: CertInfo,
     /// The server certificate.
@@ -243,9 +247,15 @@ impl PublicIdentity {
 pub fn load_public_identity(state: impl AsRef<Path>) -> Result<PublicIdentity> {
     let paths = StatePaths::new(state.as_ref());
     tls::require_provisioned(&paths)?;
+    let suite = Suite::load(&paths)?;
+    let device_key = PublicKey::load_pem(paths.device_pub())?;
+    suite.check_key(&format!("the device key {}", paths.device_pub().display()), device_key.algorithm())?;
+    let audit_key = PublicKey::load_pem(paths.audit_pub())?;
+    suite.check_key(&format!("the audit key {}", paths.audit_pub().display()), audit_key.algorithm())?;
     Ok(PublicIdentity {
-        device_key: PublicKey::load_pem(paths.device_pub())?,
-        audit_key: PublicKey::load_pem(paths.audit_pub())?,
+        device_key,
+        audit_key,
+        suite,
         ca: CertInfo::load(&paths.ca_cert())?,
         server: CertInfo::load(&paths.server_cert())?,
         trust: TrustRoot::load(&paths.root_json())?,
@@ -285,6 +295,7 @@ mod tests {
             thresholds: vec![],
             force: false,
             audit_pub: None,
+            suite: Suite::Intl,
         }
     }
 
@@ -325,7 +336,7 @@ mod tests {
     }
 
     #[test]
-    fn sm2_vendor_keys_are_trusted_but_an_sm2_audit_key_is_refused() {
+    fn sm2_vendor_keys_are_trusted_on_an_intl_box_whose_own_keys_stay_ed25519() {
         let tmp = tempfile::tempdir().unwrap();
         let (ed, sm) = (vendor_key(tmp.path()), tmp.path().join("sm2.pub"));
         let sm_key = SigningKey::generate_with(KeyAlgorithm::Sm2).unwrap().public_key();
@@ -336,14 +347,52 @@ mod tests {
         let report = provision(&opts).unwrap();
         assert_eq!(report.trust.keys()[&sm_key.keyid()].algorithm(), KeyAlgorithm::Sm2);
         assert_eq!(report.trust.role(Role::Models).threshold, 2);
+        assert_eq!(report.device_key.algorithm(), KeyAlgorithm::Ed25519);
         let models = describe_role(&report.trust, Role::Models);
         assert!(models.starts_with("threshold 2 of 2: ") && models.contains(&format!("{} (sm2)", sm_key.keyid())));
         assert!(!describe_role(&report.trust, Role::Root).contains("(sm2)"));
+        // An intl box refuses an SM2 audit key, and writes nothing.
         let state = tmp.path().join("second");
         let bad = ProvisionOptions { state_dir: state.clone(), audit_pub: Some(sm), ..opts };
         let err = provision(&bad).unwrap_err();
-        assert!(err.to_string().contains("the audit key must be ed25519 for now, this one is sm2"), "{err}");
+        assert!(matches!(err, ProvisionError::SuiteMismatch { .. }), "{err}");
+        assert!(err.to_string().contains("suite is 'intl', whose keys are ed25519, but this key is sm2"), "{err}");
         assert!(!state.join("identity").exists(), "a refused provisioning wrote nothing");
+    }
+
+    #[test]
+    fn a_gm_box_has_sm2_device_and_audit_keys_and_records_its_suite() {
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = ProvisionOptions { suite: Suite::Gm, ..options(tmp.path(), &vendor_key(tmp.path())) };
+        let report = provision(&opts).unwrap();
+        assert_eq!(report.suite, Suite::Gm);
+        assert_eq!(report.device_key.algorithm(), KeyAlgorithm::Sm2);
+        assert_eq!(report.audit_key.algorithm(), KeyAlgorithm::Sm2);
+        assert_eq!(fs::read_to_string(report.paths.suite_file()).unwrap(), "gm\n");
+        assert_eq!(SigningKey::load_pem(report.paths.audit_key()).unwrap().algorithm(), KeyAlgorithm::Sm2);
+        let id = load_public_identity(&opts.state_dir).unwrap();
+        assert_eq!((id.suite, id.device_key), (Suite::Gm, report.device_key));
+        // A box whose recorded suite and keys disagree is refused, not read as either.
+        fs::write(report.paths.suite_file(), "intl\n").unwrap();
+        let e = load_public_identity(&opts.state_dir).unwrap_err();
+        assert!(matches!(e, ProvisionError::SuiteMismatch { .. }), "{e}");
+        // A given Ed25519 audit key does not fit a gm box.
+        let ed_audit = tmp.path().join("audit-ed.pub");
+        SigningKey::generate().unwrap().public_key().write_pem(&ed_audit, Overwrite::Refuse).unwrap();
+        let state = tmp.path().join("other");
+        let e = provision(&ProvisionOptions { state_dir: state.clone(), audit_pub: Some(ed_audit), ..opts.clone() })
+            .unwrap_err();
+        assert!(e.to_string().contains("suite is 'gm', whose keys are sm2, but this key is ed25519"), "{e}");
+        assert!(!state.exists());
+        // A given SM2 audit key does.
+        let sm_audit = tmp.path().join("audit-sm2.pub");
+        SigningKey::generate_with(KeyAlgorithm::Sm2)
+            .unwrap()
+            .public_key()
+            .write_pem(&sm_audit, Overwrite::Refuse)
+            .unwrap();
+        let given = provision(&ProvisionOptions { state_dir: state, audit_pub: Some(sm_audit), ..opts }).unwrap();
+        assert!(!given.audit_key_held_here && given.audit_key.algorithm() == KeyAlgorithm::Sm2);
     }
 
     #[test]

@@ -225,6 +225,7 @@ mod tests {
             thresholds: vec![],
             force: false,
             audit_pub: None,
+            suite: crate::Suite::Intl,
         })
         .unwrap();
         (tmp, state)

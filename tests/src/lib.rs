@@ -12,7 +12,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub use govbox_images::corpus::CorpusKeys;
-use govbox_provisioning::Overwrite;
+use govbox_provisioning::{Overwrite, Suite};
 
 pub mod load;
 
@@ -44,6 +44,19 @@ pub fn govbox(state: &Path, args: &[&str]) -> String {
     String::from_utf8(o.stdout).unwrap()
 }
 
+/// `govbox audit export` of the box at `state` into `dir/export.json`; returns its entries, parsed.
+pub fn exported_entries(state: &Path, dir: &Path) -> Vec<serde_json::Value> {
+    let export = dir.join("export.json");
+    govbox(state, &["audit", "export", "-o", export.to_str().unwrap()]);
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&export).unwrap()).unwrap();
+    doc["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| serde_json::from_str(e["entry"].as_str().unwrap()).unwrap())
+        .collect()
+}
+
 /// A provisioned temporary box with one client, `app`: every model, and `/metrics`.
 pub struct TestBox {
     /// Scratch folder holding everything.
@@ -60,6 +73,9 @@ pub struct TestBox {
     pub config: PathBuf,
     /// The vendor keys the trust root names (see [`TestBox::provisioned`]).
     pub keys: CorpusKeys,
+    /// The crypto suite the box was provisioned with (`govbox provision --suite`); its vendor
+    /// keys are of the suite's algorithm too.
+    pub suite: Suite,
 }
 
 /// A free TCP port on 127.0.0.1.
@@ -75,7 +91,12 @@ impl TestBox {
     /// The trust root is the one the bad-package corpus assumes ([`CorpusKeys::trust_root`]'s
     /// roles): `models` needs 2 of the two vendor keys, the third key holds `root` and `updates`.
     pub fn new(tag: &str) -> Self {
-        let b = Self::provisioned(tag);
+        Self::new_with_suite(tag, Suite::Intl)
+    }
+
+    /// [`TestBox::new`] on a box of `suite`.
+    pub fn new_with_suite(tag: &str, suite: Suite) -> Self {
+        let b = Self::provisioned_suite(tag, "root,updates", suite);
         let qwen = b.build_package(&repo().join("tests/fixtures/tiny-qwen2"), "tiny-qwen2", "1.0.0", true);
         b.import(&qwen);
         let minilm = b.build_package(&minilm(), "minilm", "1.0.0", false);
@@ -91,11 +112,16 @@ impl TestBox {
     /// [`TestBox::provisioned`] with `updates_roles` held by the third key (e.g. with `policy`
     /// too, for policy packages signed by `keys/updates.key`).
     pub fn provisioned_with(tag: &str, updates_roles: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("govbox-e2e-{tag}-{}", std::process::id()));
+        Self::provisioned_suite(tag, updates_roles, Suite::Intl)
+    }
+
+    /// [`TestBox::provisioned_with`] on a box of `suite`, whose vendor keys are of its algorithm.
+    pub fn provisioned_suite(tag: &str, updates_roles: &str, suite: Suite) -> Self {
+        let dir = std::env::temp_dir().join(format!("govbox-e2e-{tag}-{suite}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("keys")).unwrap();
         let state = dir.join("state");
-        let keys = CorpusKeys::generate().unwrap();
+        let keys = CorpusKeys::generate_with(suite.signature_algorithm()).unwrap();
         let k = |n: &str| dir.join("keys").join(n);
         for (name, key) in [("models0", &keys.models[0]), ("models1", &keys.models[1]), ("updates", &keys.updates)] {
             key.write_pem(&k(&format!("{name}.key")), Overwrite::Refuse).unwrap();
@@ -114,6 +140,8 @@ impl TestBox {
                 &spec(updates_roles, "updates.pub"),
                 "--threshold",
                 "models:2",
+                "--suite",
+                suite.as_str(),
             ],
         );
         let certs = dir.join("certs");
@@ -144,7 +172,7 @@ impl TestBox {
             format!("config_version = 2\nlisten = \"127.0.0.1:{port}\"\nthreads = 2\nlog_level = \"trace\"\n"),
         )
         .unwrap();
-        Self { dir, state, certs, token, port, config, keys }
+        Self { dir, state, certs, token, port, config, keys, suite }
     }
 
     /// Builds `NAME-VERSION.gbx` from `model`, signed by both `models` keys.
@@ -183,6 +211,8 @@ impl TestBox {
         if selftest {
             args.push("--selftest".into());
         }
+        // A gm vendor hashes the payload with SM3 too.
+        args.extend(["--hash".to_string(), self.suite.hash_algorithm().to_string()]);
         args.extend(more.iter().map(|a| a.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         govbox(&self.state, &args);
@@ -199,22 +229,48 @@ impl TestBox {
         self.start_with_env(&[])
     }
 
+    /// govbox-auditd's socket for this box.
+    pub fn auditd_socket(&self) -> PathBuf {
+        self.dir.join("audit.sock")
+    }
+
+    /// Makes govboxd append through govbox-auditd, as the packaged units run them: appends an
+    /// `[audit]` section naming [`TestBox::auditd_socket`], with `extra` lines, to the config.
+    pub fn use_auditd(&self, extra: &str) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&self.config).unwrap();
+        writeln!(f, "\n[audit]\nsocket = \"{}\"\n{extra}", self.auditd_socket().display()).unwrap();
+    }
+
+    /// Starts govbox-auditd (issue 19) as its own process on `STATE/audit`, with the state
+    /// folder's identity keys and the `[audit]` section of the box's config, and waits until its
+    /// socket answers. Its log is `auditd.log` in the box's folder (appended across restarts).
+    pub fn start_auditd(&self) -> Daemon {
+        let log = self.dir.join("auditd.log");
+        let f = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let socket = self.auditd_socket();
+        let mut cmd = Command::new(bin("govbox-auditd"));
+        cmd.arg("--audit-dir").arg(self.state.join("audit")).arg("--keys").arg(self.state.join("identity"));
+        cmd.arg("--socket").arg(&socket).arg("--config").arg(&self.config);
+        let mut d = Daemon::spawn(&mut cmd, f, log);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            if let Ok(Some(status)) = d.child.try_wait() {
+                panic!("govbox-auditd exited with {status}; log:\n{}", d.log_text());
+            }
+            assert!(Instant::now() < deadline, "govbox-auditd did not listen in 30 s; log:\n{}", d.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        d
+    }
+
     /// [`TestBox::start`] with extra environment variables for govboxd.
     pub fn start_with_env(&self, env: &[(&str, &str)]) -> Daemon {
         let log = self.dir.join(format!("govboxd-{}.log", self.port));
         let f = std::fs::File::create(&log).unwrap();
-        let child = Command::new(bin("govboxd"))
-            .envs(env.iter().copied())
-            .arg("--state")
-            .arg(&self.state)
-            .arg("--config")
-            .arg(&self.config)
-            .stdout(f.try_clone().unwrap())
-            .stderr(f)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let d = Daemon { child, log };
+        let mut cmd = Command::new(bin("govboxd"));
+        cmd.envs(env.iter().copied()).arg("--state").arg(&self.state).arg("--config").arg(&self.config);
+        let d = Daemon::spawn(&mut cmd, f, log);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let o = self.curl(&["-o", "/dev/null", "-w", "%{http_code}", &self.url("/readyz")]);
@@ -324,7 +380,7 @@ pub fn minilm() -> PathBuf {
     p
 }
 
-/// A running govboxd; killed when dropped.
+/// A running govboxd (or govbox-auditd); killed when dropped.
 pub struct Daemon {
     /// The process.
     pub child: Child,
@@ -333,6 +389,12 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// Starts `cmd` with its stdout and stderr in `file` (the file at `log`).
+    fn spawn(cmd: &mut Command, file: std::fs::File, log: PathBuf) -> Self {
+        let child = cmd.stdout(file.try_clone().unwrap()).stderr(file).stdin(Stdio::null()).spawn().unwrap();
+        Self { child, log }
+    }
+
     /// Everything the daemon has logged so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

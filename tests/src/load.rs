@@ -762,17 +762,21 @@ pub async fn huge_max_tokens(t: &Target, ctx: u64) -> Check {
     checked(t, "huge_max_tokens", 1, &format!("400, or 200 within the {ctx}-token context"), got).await
 }
 
-/// Exports the audit log offline (the daemon stopped) with `govbox audit export`, verifies it
-/// with `govbox audit verify`, and returns (verified, entries, request ids of
+/// Exports the audit log offline (the daemon stopped) with `govbox audit export`, through
+/// govbox-auditd's `audit_socket` when there is one, verifies it with `govbox audit verify`, and
+/// returns (verified, entries, request ids of
 /// `inference_request` entries, verify's output).
-pub fn audit_export_verify(state: &Path, out: &Path) -> Result<(bool, usize, Vec<String>, String), String> {
-    let o = std::process::Command::new(crate::bin("govbox"))
-        .arg("--state")
-        .arg(state)
-        .args(["audit", "export", "-o"])
-        .arg(out)
-        .output()
-        .map_err(|e| e.to_string())?;
+pub fn audit_export_verify(
+    state: &Path,
+    audit_socket: Option<&Path>,
+    out: &Path,
+) -> Result<(bool, usize, Vec<String>, String), String> {
+    let mut export = std::process::Command::new(crate::bin("govbox"));
+    export.arg("--state").arg(state);
+    if let Some(s) = audit_socket {
+        export.arg("--audit-socket").arg(s);
+    }
+    let o = export.args(["audit", "export", "-o"]).arg(out).output().map_err(|e| e.to_string())?;
     if !o.status.success() {
         return Err(format!("govbox audit export: {}", String::from_utf8_lossy(&o.stderr)));
     }

@@ -8,15 +8,14 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use govbox_e2e::{TestBox, bin, govbox};
+use govbox_provisioning::{KeyAlgorithm, Suite};
 use ring::rand::SecureRandom;
 
 fn govbox_raw(state: &Path, args: &[&str]) -> Output {
     Command::new(bin("govbox")).arg("--state").arg(state).args(args).output().unwrap()
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use govbox_provisioning::hex;
 
 fn random_nonce() -> String {
     let mut n = [0u8; 32];
@@ -24,8 +23,15 @@ fn random_nonce() -> String {
     hex(&n)
 }
 
-fn sha256_file(p: &Path) -> String {
-    hex(ring::digest::digest(&ring::digest::SHA256, &std::fs::read(p).unwrap()).as_ref())
+/// The file's digest under the box's suite's hash (SHA-256, or SM3 on a gm box).
+fn digest_file(suite: Suite, p: &Path) -> String {
+    hex(&suite.hash_algorithm().digest(&std::fs::read(p).unwrap()))
+}
+
+/// `openssl ARGS` in `dir`: (success, stdout + stderr).
+fn openssl(dir: &Path, args: &[&str]) -> (bool, String) {
+    let o = Command::new("openssl").current_dir(dir).args(args).output().unwrap();
+    (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
 }
 
 /// Runs `govbox attest verify` and returns (success, stdout + stderr).
@@ -46,7 +52,18 @@ fn assert_fails_at(state: &Path, report: &Path, args: &[&str], check: &str) -> S
 
 #[test]
 fn a_report_from_the_running_daemon_verifies_offline_and_each_mismatch_names_its_check() {
-    let b = TestBox::new("attest");
+    report_verifies_offline_and_each_mismatch_names_its_check(Suite::Intl);
+}
+
+/// The same on a `gm` box: SM2 device and audit keys, SM3 measurements; and OpenSSL 3 verifies
+/// the report's SM2 signature and reproduces its SM3 measurement of the govboxd binary.
+#[test]
+fn a_gm_report_verifies_offline_and_with_openssl() {
+    report_verifies_offline_and_each_mismatch_names_its_check(Suite::Gm);
+}
+
+fn report_verifies_offline_and_each_mismatch_names_its_check(suite: Suite) {
+    let b = TestBox::new_with_suite("attest", suite);
     let d = b.start();
     let nonce = random_nonce();
     let report = b.dir.join("r.json");
@@ -61,7 +78,7 @@ fn a_report_from_the_running_daemon_verifies_offline_and_each_mismatch_names_its
     // What the verifier knows independently: the device key taken at install, the binary it
     // shipped, the package it imported.
     let device_pub = b.state.join("identity/device.pub");
-    let binary = sha256_file(&bin("govboxd"));
+    let binary = digest_file(suite, &bin("govboxd"));
     let list: serde_json::Value = serde_json::from_str(&govbox(&b.state, &["model", "list", "--json"])).unwrap();
     let qwen = list["models"].as_array().unwrap().iter().find(|m| m["name"] == "tiny-qwen2").unwrap();
     let active = qwen["active"].as_str().unwrap();
@@ -87,8 +104,11 @@ fn a_report_from_the_running_daemon_verifies_offline_and_each_mismatch_names_its
     assert_eq!(r["format"], "govbox-attestation/1", "{v}");
     assert_eq!(r["nonce"], nonce.as_str());
     assert_eq!(r["measurements"]["binary_sha256"], binary.as_str(), "/proc/self/exe is the built govboxd");
-    assert_eq!(r["measurements"]["config_sha256"], sha256_file(&b.config).as_str());
-    assert_eq!(r["measurements"]["trust_root_sha256"], sha256_file(&b.state.join("trust/root.json")).as_str());
+    assert_eq!(r["measurements"]["config_sha256"], digest_file(suite, &b.config).as_str());
+    assert_eq!(r["measurements"]["trust_root_sha256"], digest_file(suite, &b.state.join("trust/root.json")).as_str());
+    assert_eq!(r["measurements"]["hash"], suite.hash_algorithm().as_str(), "{v}");
+    assert_eq!(v["alg"], suite.signature_algorithm().as_str(), "{v}");
+    assert_eq!(r["audit_head"]["alg"], suite.signature_algorithm().as_str(), "{v}");
     let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
     assert_eq!(r["measurements"]["boot_id"], boot_id.trim());
     let names: Vec<&str> =
@@ -111,6 +131,10 @@ fn a_report_from_the_running_daemon_verifies_offline_and_each_mismatch_names_its
     let (ok, out) = verify(&b.state, &report, &with_audit);
     assert!(ok && out.contains("PASS audit-head: tree_size"), "{out}");
 
+    if suite == Suite::Gm {
+        openssl_checks_the_gm_report(&b, &v);
+    }
+
     // The request itself is on the audit record.
     let tail = govbox(&b.state, &["audit", "tail", "--json"]);
     assert!(tail.contains(&format!("attestation report for nonce {nonce}")), "{tail}");
@@ -131,7 +155,8 @@ fn a_report_from_the_running_daemon_verifies_offline_and_each_mismatch_names_its
 
     // Another device: a fresh key from `govbox keygen`.
     let other_key = b.dir.join("other.key");
-    govbox(&b.state, &["keygen", "--out", other_key.to_str().unwrap()]);
+    let alg = suite.signature_algorithm().as_str();
+    govbox(&b.state, &["keygen", "--algorithm", alg, "--out", other_key.to_str().unwrap()]);
     let other_pub = b.dir.join("other.pub");
     let mut args = good.clone();
     args[3] = other_pub.to_str().unwrap();
@@ -154,7 +179,7 @@ fn a_report_from_the_running_daemon_verifies_offline_and_each_mismatch_names_its
     assert_fails_at(&b.state, &report, &args, "binary");
 
     // Another model package.
-    let other_model = format!("tiny-qwen2@sha256-{}", "cd".repeat(32));
+    let other_model = format!("tiny-qwen2@{}-{}", suite.hash_algorithm(), "cd".repeat(32));
     let mut args = good.clone();
     args[7] = &other_model;
     assert_fails_at(&b.state, &report, &args, "model tiny-qwen2");
@@ -164,4 +189,26 @@ fn a_report_from_the_running_daemon_verifies_offline_and_each_mismatch_names_its
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("16 to 64 bytes"));
     drop(d);
     let _ = std::fs::remove_dir_all(&b.dir);
+}
+
+/// OpenSSL, which nobody here wrote, checks a gm report: the device's SM2 signature over the
+/// canonical report body with `identity/device.pub` (`-pkeyopt distid:1234567812345678`), and
+/// `openssl dgst -sm3` of the govboxd binary is its measurement.
+fn openssl_checks_the_gm_report(b: &TestBox, v: &serde_json::Value) {
+    let body = govbox_provisioning::to_canonical_json(&v["report"]);
+    let sig = KeyAlgorithm::Sm2.decode_signature_hex(v["signature"].as_str().unwrap()).unwrap();
+    std::fs::write(b.dir.join("body.json"), &body).unwrap();
+    std::fs::write(b.dir.join("changed.json"), body.replace("\"nonce\":\"", "\"nonce\":\"0")).unwrap();
+    std::fs::write(b.dir.join("report.sig"), sig).unwrap();
+    let device = b.state.join("identity/device.pub");
+    let verify = |msg: &str| {
+        let args = ["pkeyutl", "-verify", "-pubin", "-inkey", device.to_str().unwrap(), "-rawin", "-in", msg];
+        openssl(&b.dir, &[&args[..], &["-sigfile", "report.sig", "-pkeyopt", "distid:1234567812345678"]].concat())
+    };
+    let (ok, said) = verify("body.json");
+    assert!(ok && said.contains("Signature Verified Successfully"), "openssl: {said}");
+    assert!(!verify("changed.json").0, "openssl accepted a changed report");
+    let (ok, out) = openssl(&b.dir, &["dgst", "-sm3", "-r", bin("govboxd").to_str().unwrap()]);
+    assert!(ok, "{out}");
+    assert_eq!(out.split_whitespace().next(), v["report"]["measurements"]["binary_sha256"].as_str(), "{out}");
 }

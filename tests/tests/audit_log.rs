@@ -1,7 +1,8 @@
 //! The audit log against a real govboxd: SIGKILL under concurrent load loses no entry that a
 //! client could rely on, a full disk refuses requests with 503 `audit_unavailable` and leaves no
 //! partial entry, serving resumes when space returns, and no prompt reaches the log or the export
-//! as plaintext or as a bare SHA-256.
+//! as plaintext or as a bare SHA-256 (nor, on a `gm` box, as a bare SM3: its HMACs are HMAC-SM3,
+//! its tree SM3 and its heads SM2, and the export verifies the same way).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashSet;
@@ -12,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use govbox_e2e::{TestBox, bin, govbox, syslog_receiver};
+use govbox_provisioning::{HashAlgorithm, Suite};
 
 /// One request as the client saw it.
 #[derive(Debug, Clone)]
@@ -102,13 +104,20 @@ fn next(seed: &mut u64) -> u64 {
     *seed
 }
 
+/// With govbox-auditd (the packaged setup): govboxd is SIGKILLed 20 times under load, and in
+/// every other round govbox-auditd too, just before it.
 #[test]
 fn sigkill_under_load_loses_no_entry_a_client_relied_on() {
     const KILLS: usize = 20;
     let b = Arc::new(TestBox::new("audit-crash"));
+    b.use_auditd("");
     let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let mut seed = u64::from(std::process::id()) | 1 << 40;
+    let mut auditd = None;
+    let mut auditd_kills = 0;
     for round in 0..KILLS {
+        let writer = auditd.get_or_insert_with(|| b.start_auditd());
+        let writer_pid = writer.child.id();
         let mut d = b.start();
         let stop = Arc::new(AtomicBool::new(false));
         let workers: Vec<_> = (0..4)
@@ -124,14 +133,29 @@ fn sigkill_under_load_loses_no_entry_a_client_relied_on() {
                 })
             })
             .collect();
-        std::thread::sleep(Duration::from_millis(150 + next(&mut seed) % 600));
+        // Under load, once a request of this round has completed (so that the kill always meets
+        // requests in flight, however slow the machine), then at a random moment.
+        let completed = |seen: &Mutex<Vec<Seen>>| seen.lock().unwrap().iter().filter(|s| s.complete).count();
+        let (before, deadline) = (completed(&seen), Instant::now() + Duration::from_secs(60));
+        while completed(&seen) == before && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(next(&mut seed) % 600));
+        if round % 2 == 1 {
+            drop(auditd.take()); // SIGKILL, while govboxd is appending through it
+            auditd_kills += 1;
+        }
         d.child.kill().unwrap(); // SIGKILL
         d.child.wait().unwrap();
+        if let Some(a) = &mut auditd {
+            assert!(a.child.try_wait().unwrap().is_none(), "govbox-auditd {writer_pid} died with govboxd");
+        }
         stop.store(true, Ordering::Relaxed);
         for w in workers {
             w.join().unwrap();
         }
     }
+    drop(auditd);
     let (_, entries) = export_and_verify(&b, "crash.json");
     let requests = ids_of(&entries, "inference_request");
     let completions = ids_of(&entries, "inference_completion");
@@ -148,7 +172,7 @@ fn sigkill_under_load_loses_no_entry_a_client_relied_on() {
     }
     let starts = entries.iter().filter(|e| e["kind"] == "lifecycle").count();
     eprintln!(
-        "{KILLS} SIGKILLs: {} requests sent, {} got a 200 status line (all have request entries), {} completed \
+        "{KILLS} SIGKILLs of govboxd, {auditd_kills} of govbox-auditd: {} requests sent, {} got a 200 status line (all have request entries), {} completed \
          (all have completion entries); log: {} entries, {} request and {} completion entries, {starts} lifecycle \
          entries; the export verifies",
         seen.len(),
@@ -247,17 +271,55 @@ fn a_full_disk_refuses_requests_with_503_and_serving_resumes_when_space_returns(
 
 #[test]
 fn no_prompt_reaches_the_audit_store_or_export_as_text_or_bare_sha256() {
-    let b = TestBox::new("audit-content");
+    no_prompt_reaches_the_audit_store_or_export(Suite::Intl);
+}
+
+#[test]
+fn on_a_gm_box_no_prompt_reaches_the_audit_store_and_the_hmacs_are_hmac_sm3() {
+    no_prompt_reaches_the_audit_store_or_export(Suite::Gm);
+}
+
+/// HMAC-SM3 by OpenSSL (`openssl mac -digest SM3`) of the per-client message of
+/// `audit/src/hmac.rs`, keyed with the box's secret: what a gm box's entries must hold.
+fn openssl_hmac_sm3(b: &TestBox, client: &str, text: &str) -> String {
+    let secret: String =
+        std::fs::read(b.state.join("identity/audit-hmac.key")).unwrap().iter().map(|x| format!("{x:02x}")).collect();
+    let mut msg = b"govbox-client-hmac/1\0".to_vec();
+    msg.extend_from_slice(&(client.len() as u32).to_be_bytes());
+    msg.extend_from_slice(client.as_bytes());
+    msg.extend_from_slice(text.as_bytes());
+    let input = b.dir.join("hmac.in");
+    std::fs::write(&input, msg).unwrap();
+    let o = Command::new("openssl")
+        .args(["mac", "-digest", "SM3", "-macopt", &format!("hexkey:{secret}"), "-in"])
+        .arg(&input)
+        .arg("HMAC")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).trim().to_ascii_lowercase()
+}
+
+fn no_prompt_reaches_the_audit_store_or_export(suite: Suite) {
+    let b = TestBox::new_with_suite("audit-content", suite);
     let marker = "MARKER-身份证-110101199003074471";
     let d = b.start();
     assert!(request(&b, false, marker).complete);
     assert!(request(&b, true, marker).complete);
     let hmac = govbox(&b.state, &["audit", "hmac", "--client", "app", "--text", marker]);
+    if suite == Suite::Gm {
+        assert_eq!(hmac.trim(), openssl_hmac_sm3(&b, "app", marker), "govbox audit hmac is HMAC-SM3");
+    }
     assert!(!d.log_text().contains(marker), "the daemon's log (at trace level) holds the prompt");
     drop(d);
     let (file, entries) = export_and_verify(&b, "content.json");
-    let sha = ring::digest::digest(&ring::digest::SHA256, marker.as_bytes());
-    let sha_hex: String = sha.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(doc["head"]["hash"], suite.hash_algorithm().as_str(), "the head names the tree's hash");
+    assert_eq!(doc["head"]["alg"], suite.signature_algorithm().as_str());
+    let sha = HashAlgorithm::Sha256.digest(marker.as_bytes());
+    let sha_hex = govbox_provisioning::hex(&sha);
+    let sm3 = HashAlgorithm::Sm3.digest(marker.as_bytes());
+    let sm3_hex = govbox_provisioning::hex(&sm3);
     let mut files = vec![file];
     let mut stack = vec![b.state.join("audit")];
     while let Some(dir) = stack.pop() {
@@ -271,10 +333,10 @@ fn no_prompt_reaches_the_audit_store_or_export_as_text_or_bare_sha256() {
     }
     for f in &files {
         let bytes = std::fs::read(f).unwrap();
-        for needle in [marker.as_bytes(), sha_hex.as_bytes(), sha.as_ref()] {
+        for needle in [marker.as_bytes(), sha_hex.as_bytes(), &sha[..], sm3_hex.as_bytes(), &sm3[..]] {
             assert!(
                 !bytes.windows(needle.len()).any(|w| w == needle),
-                "{} holds the prompt or its SHA-256",
+                "{} holds the prompt or its SHA-256 or SM3",
                 f.display()
             );
         }
@@ -291,7 +353,10 @@ fn no_prompt_reaches_the_audit_store_or_export_as_text_or_bare_sha256() {
     // earlier one.
     let out = govbox(&b.state, &["audit", "prune", "--before", "2100-01-01T00:00:00Z"]);
     assert!(out.starts_with("pruned 0 "), "entries younger than 180 days stay: {out}");
-    let out = govbox(&b.state, &["audit", "prune", "--before", "2100-01-01T00:00:00Z", "--force"]);
+    let forced = ["audit", "prune", "--before", "2100-01-01T00:00:00Z", "--force"];
+    let o = Command::new(bin("govbox")).arg("--state").arg(&b.state).args(forced).output().unwrap();
+    assert!(!o.status.success(), "a forced prune without --confirm REASON must be refused");
+    let out = govbox(&b.state, &[&forced[..], &["--confirm", "e2e: retention test"]].concat());
     assert!(out.starts_with("pruned ") && !out.starts_with("pruned 0 ") && out.contains("recorded"), "{out}");
     let later = b.dir.join("later.json");
     govbox(&b.state, &["audit", "export", "-o", later.to_str().unwrap()]);
@@ -313,42 +378,17 @@ fn no_prompt_reaches_the_audit_store_or_export_as_text_or_bare_sha256() {
         .map(|e| serde_json::from_str::<serde_json::Value>(e["entry"].as_str().unwrap()).unwrap()["kind"].to_string())
         .collect();
     assert!(kinds.iter().any(|k| k == "\"policy\"") && kinds.iter().any(|k| k == "\"admin\""), "{kinds:?}");
-}
-
-/// govbox-auditd (issue 19), started as its own process with the state folder's keys.
-fn start_auditd(b: &TestBox, socket: &Path) -> std::process::Child {
-    let log = std::fs::File::create(b.dir.join("auditd.log")).unwrap();
-    let child = Command::new(bin("govbox-auditd"))
-        .arg("--audit-dir")
-        .arg(b.state.join("audit"))
-        .arg("--keys")
-        .arg(b.state.join("identity"))
-        .arg("--socket")
-        .arg(socket)
-        .arg("--config")
-        .arg(&b.config)
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::os::unix::net::UnixStream::connect(socket).is_err() {
-        assert!(Instant::now() < deadline, "govbox-auditd did not listen in 30 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
+    let text = String::from_utf8_lossy(&std::fs::read(&later).unwrap()).to_string();
+    assert!(text.contains("forced_prune") && text.contains("reason: e2e: retention test"), "the reason is recorded");
 }
 
 #[test]
 fn with_a_separate_writer_requests_fail_closed_while_it_is_down_and_resume_when_it_returns() {
-    use std::io::Write;
     let b = TestBox::new("audit-auditd");
-    let socket = b.dir.join("audit.sock");
     let witness = b.dir.join("witness.log");
     let port = syslog_receiver(witness.clone());
-    let mut f = std::fs::OpenOptions::new().append(true).open(&b.config).unwrap();
-    let audit = format!("socket = \"{}\"\nwitness = \"tcp://127.0.0.1:{port}\"", socket.display());
-    writeln!(f, "\n[audit]\n{audit}\ncheckpoint_interval_secs = 1").unwrap();
-    let mut auditd = start_auditd(&b, &socket);
+    b.use_auditd(&format!("witness = \"tcp://127.0.0.1:{port}\"\ncheckpoint_interval_secs = 1"));
+    let auditd = b.start_auditd();
     let d = b.start();
     let before = request(&b, false, "through the separate writer");
     assert!(before.complete, "{before:?}; log:\n{}", d.log_text());
@@ -380,12 +420,11 @@ fn with_a_separate_writer_requests_fail_closed_while_it_is_down_and_resume_when_
     assert!(!o.status.success() && err.contains("locked"), "the store must be govbox-auditd's: {err}");
     assert!(govbox(&b.state, &["audit", "tail"]).contains("inference_request"));
 
-    auditd.kill().unwrap(); // SIGKILL
-    auditd.wait().unwrap();
+    drop(auditd); // SIGKILL
     let refused = request(&b, true, "while the writer is down");
     assert_eq!(refused.status, Some(503), "{refused:?}; log:\n{}", d.log_text());
 
-    let mut auditd = start_auditd(&b, &socket);
+    let auditd = b.start_auditd();
     let deadline = Instant::now() + Duration::from_secs(20);
     let after = loop {
         let s = request(&b, false, "after the writer returned");
@@ -396,8 +435,7 @@ fn with_a_separate_writer_requests_fail_closed_while_it_is_down_and_resume_when_
         std::thread::sleep(Duration::from_millis(100));
     };
     drop(d);
-    auditd.kill().unwrap();
-    auditd.wait().unwrap();
+    drop(auditd);
     let (_, entries) = export_and_verify(&b, "auditd.json");
     let requests = ids_of(&entries, "inference_request");
     for s in [&before, &after] {

@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-use govbox_e2e::{TestBox, bin, govbox, repo};
+use govbox_e2e::{TestBox, bin, repo};
 use govbox_images::corpus::{write_corpus, write_unsupported_architecture};
 
 #[test]
@@ -33,15 +33,7 @@ fn imports_refused_offline_leave_audit_entries() {
         assert!(!err.contains("could not be recorded"), "{err}");
     }
 
-    let export = b.dir.join("export.json");
-    govbox(&b.state, &["audit", "export", "-o", export.to_str().unwrap()]);
-    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&export).unwrap()).unwrap();
-    let entries: Vec<serde_json::Value> = doc["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| serde_json::from_str(e["entry"].as_str().unwrap()).unwrap())
-        .collect();
+    let entries = govbox_e2e::exported_entries(&b.state, &b.dir);
     for (file, code) in &want {
         assert!(
             entries.iter().any(|e| e["kind"] == "package_refused"

@@ -1,4 +1,5 @@
-//! Signed model packages against a real govboxd: every package of the bad corpus is refused through
+//! Signed model packages against a real govboxd (an `intl` box and a `gm` one, whose vendor keys
+//! are SM2): every package of the bad corpus is refused through
 //! the admin socket with an error naming the member, leaves no staging folder and no change in the
 //! store, and the daemon goes on serving; activation and rollback under streaming load fail no
 //! request; the active version cannot be removed.
@@ -12,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use govbox_e2e::{TestBox, bin, govbox, repo};
 use govbox_images::corpus::{GOOD, write_corpus};
+use govbox_provisioning::Suite;
 
 /// Every file under the model store with its bytes' SHA-256 (the store and its registry).
 fn snapshot(models: &Path) -> BTreeMap<String, String> {
@@ -55,7 +57,18 @@ fn chat(b: &TestBox, stream: bool) -> (String, String) {
 
 #[test]
 fn bad_packages_are_refused_by_a_running_daemon_and_change_nothing() {
-    let b = TestBox::new("badpkg");
+    bad_packages_are_refused(Suite::Intl);
+}
+
+/// The same corpus, signed by SM2 vendor keys, against a `gm` box: built, signed, imported and
+/// self-tested (`TestBox::new_with_suite`), served, and every bad case refused the same way.
+#[test]
+fn bad_packages_are_refused_by_a_gm_box_and_change_nothing() {
+    bad_packages_are_refused(Suite::Gm);
+}
+
+fn bad_packages_are_refused(suite: Suite) {
+    let b = TestBox::new_with_suite("badpkg", suite);
     let d = b.start();
     let corpus_dir = b.dir.join("corpus");
     std::fs::create_dir_all(&corpus_dir).unwrap();

@@ -2,7 +2,7 @@
 //! tests/RELIABILITY.md): a real govboxd holds 200 concurrent TLS connections, serves 20 s of mixed
 //! chat, streamed chat and embeddings at saturation with no 5xx but admission's 503, survives
 //! each abuse check with the documented status and stays ready, and its audit log verifies with
-//! every answered request in it.
+//! every answered request in it. The log is govbox-auditd's, as in the packaged setup.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::HashSet;
@@ -27,6 +27,8 @@ fn connections_load_and_abuse_leave_the_daemon_healthy_and_the_audit_log_whole()
         ),
     )
     .unwrap();
+    b.use_auditd("");
+    let mut auditd = b.start_auditd();
     let mut d = b.start();
     let pid = d.child.id();
     let t = Target::of(&b).unwrap();
@@ -67,8 +69,10 @@ fn connections_load_and_abuse_leave_the_daemon_healthy_and_the_audit_log_whole()
     });
     assert!(d.child.try_wait().unwrap().is_none(), "govboxd exited:\n{}", d.log_text());
     drop(d);
+    assert!(auditd.child.try_wait().unwrap().is_none(), "govbox-auditd exited:\n{}", auditd.log_text());
 
-    let (verified, entries, ids, out) = load::audit_export_verify(&b.state, &b.dir.join("export.json")).unwrap();
+    let export = b.dir.join("export.json");
+    let (verified, entries, ids, out) = load::audit_export_verify(&b.state, Some(&b.auditd_socket()), &export).unwrap();
     assert!(verified, "audit verify failed: {out}");
     let audited: HashSet<&str> = ids.iter().map(String::as_str).collect();
     let lost: Vec<_> = soak.request_ids.iter().filter(|id| !audited.contains(id.as_str())).collect();

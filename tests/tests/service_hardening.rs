@@ -112,8 +112,19 @@ fn exposure_is_ok_or_better() {
         eprintln!("skipped: systemd-analyze with --offline (systemd >= 250) is not installed");
         return;
     }
-    // govbox-auditd.service (issue 19) is held to the same bound.
-    for unit in [unit_path(), repo().join("dist/govbox-auditd.service")] {
+    // govbox-auditd.service (issue 19) is held to the same bound, also with the drop-in that
+    // gives it the TPM for [audit] tpm_anchor (its [Service] lines placed before [Install]).
+    let auditd = repo().join("dist/govbox-auditd.service");
+    let with_tpm = std::env::temp_dir().join(format!("govbox-hardening-{}", std::process::id()));
+    fs::create_dir_all(&with_tpm).unwrap();
+    let drop_in = fs::read_to_string(repo().join("dist/govbox-auditd-tpm.conf")).unwrap();
+    let lines: Vec<&str> =
+        drop_in.lines().filter(|l| !l.is_empty() && !l.starts_with('#') && *l != "[Service]").collect();
+    assert!(lines.iter().any(|l| l.starts_with("DeviceAllow=")), "{drop_in}");
+    let unit = fs::read_to_string(&auditd).unwrap().replace("[Install]", &format!("{}\n\n[Install]", lines.join("\n")));
+    let with_tpm = with_tpm.join("govbox-auditd.service");
+    fs::write(&with_tpm, unit).unwrap();
+    for unit in [unit_path(), auditd, with_tpm] {
         let o = Command::new("systemd-analyze")
             .args(["security", "--offline=true", "--no-pager", "--threshold=20"])
             .arg(&unit)

@@ -3,7 +3,7 @@
 //! journal, which the first govboxd imports into its audit log), an automatic revert of a
 //! version that never becomes ready (recorded in the audit log through the running daemon),
 //! config across versions with a rollback, and a rollback refused below the stored security
-//! version.
+//! version. It runs on an `intl` box and on a `gm` one.
 //!
 //! What is simulated, honestly:
 //! - systemd: `--restart-cmd` runs a small script that stops the govboxd it started last and
@@ -20,6 +20,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use govbox_e2e::{TestBox, bin};
+use govbox_provisioning::Suite;
 use serde_json::Value;
 
 /// Kills the govboxd that the restart script started last.
@@ -103,7 +104,18 @@ fn current_exe(pidfile: &Path) -> PathBuf {
 
 #[test]
 fn apply_revert_config_across_versions_and_rollback() {
-    let b = TestBox::provisioned("update");
+    apply_revert_config_and_rollback(Suite::Intl);
+}
+
+/// The same on a `gm` box, whose bundles are signed by an SM2 `updates` key and whose journal
+/// and audit entries go into an SM3 tree with SM2 heads.
+#[test]
+fn on_a_gm_box_apply_revert_config_across_versions_and_rollback() {
+    apply_revert_config_and_rollback(Suite::Gm);
+}
+
+fn apply_revert_config_and_rollback(suite: Suite) {
+    let b = TestBox::provisioned_suite("update", "root,updates", suite);
     let root = b.dir.join("opt");
     let pidfile = b.dir.join("govboxd.pid");
     let log = b.dir.join("govboxd-update.log");

@@ -4,7 +4,12 @@
 //! govboxd on a Unix socket (see `govbox_audit::remote`): append, checkpoint, export, tail,
 //! status, and prune by the retention rule. Nothing that removes or changes an entry. Settings
 //! come from the `[audit]` section of govboxd's config file (`checkpoint_every`,
-//! `checkpoint_interval_secs`, `retention_days`, `witness`); other sections are not read.
+//! `checkpoint_interval_secs`, `retention_days`, `witness`, `witness_ca`, `witness_server_name`,
+//! `witness_client_cert`, `witness_client_key`, `tpm_anchor`, `tpm_anchor_index`, `tpm_anchor_interval_secs`); other sections are not read.
+//!
+//! With a TPM anchor, a store found behind it (cut back with file access) is opened held: the
+//! socket serves the status (which says why) and an operator's acknowledgement
+//! (`govbox audit acknowledge`, root or this account), nothing else, until then.
 #![forbid(unsafe_code)]
 
 use std::os::unix::fs::PermissionsExt;
@@ -12,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use govbox_audit::{AuditKeys, AuditLog, AuditOptions, WitnessAddr, read_hmac_secret};
+use govbox_audit::{AuditKeys, AuditLog, AuditOptions, TpmAnchorConfig, WitnessAddr, read_hmac_secret};
 use govbox_provisioning::{PublicKey, SigningKey};
 
 /// Config files are a few kilobytes.
@@ -20,8 +25,8 @@ const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// How often retention runs.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
-const USAGE: &str =
-    "usage: govbox-auditd --audit-dir DIR --keys DIR --socket PATH [--config FILE] [--allow-user NAME]...";
+const USAGE: &str = "usage: govbox-auditd --audit-dir DIR --keys DIR --socket PATH [--config FILE] \
+     [--allow-user NAME]...\n       govbox-auditd --audit-dir DIR --migrate-from STATE/audit   (as root, once)";
 
 /// `--keys DIR` holds these (under systemd: `$CREDENTIALS_DIRECTORY`, from `LoadCredential=`).
 const KEY_FILES: [&str; 3] = ["audit.key", "audit-hmac.key", "device.pub"];
@@ -50,6 +55,8 @@ fn check_named_key(signing: &SigningKey, named: &Path) -> Result<(), String> {
 }
 
 struct Args {
+    /// `--migrate-from`: move that store into `audit_dir` and exit.
+    migrate_from: Option<PathBuf>,
     audit_dir: PathBuf,
     keys: PathBuf,
     socket: PathBuf,
@@ -60,6 +67,7 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     let (mut audit_dir, mut keys, mut socket, mut config, mut allow_users) = (None, None, None, None, Vec::new());
+    let mut migrate_from = None;
     while let Some(a) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{a} needs a value; {USAGE}"));
         match a.as_str() {
@@ -68,12 +76,18 @@ fn parse_args() -> Result<Args, String> {
             "--socket" => socket = Some(PathBuf::from(value()?)),
             "--config" => config = Some(PathBuf::from(value()?)),
             "--allow-user" => allow_users.push(value()?),
+            "--migrate-from" => migrate_from = Some(PathBuf::from(value()?)),
             "--help" | "-h" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument '{other}'; {USAGE}")),
         }
     }
+    let audit_dir = audit_dir.ok_or_else(|| format!("--audit-dir is required; {USAGE}"))?;
+    if migrate_from.is_some() {
+        return Ok(Args { migrate_from, audit_dir, keys: PathBuf::new(), socket: PathBuf::new(), config, allow_users });
+    }
     Ok(Args {
-        audit_dir: audit_dir.ok_or_else(|| format!("--audit-dir is required; {USAGE}"))?,
+        migrate_from,
+        audit_dir,
         keys: keys.ok_or_else(|| format!("--keys is required; {USAGE}"))?,
         socket: socket.ok_or_else(|| format!("--socket is required; {USAGE}"))?,
         config,
@@ -127,11 +141,40 @@ fn options(path: &Path) -> Result<AuditOptions, String> {
     };
     opts.witness_tls.ca = text("witness_ca")?.map(PathBuf::from);
     opts.witness_tls.server_name = text("witness_server_name")?;
+    opts.witness_tls.client_cert = text("witness_client_cert")?.map(PathBuf::from);
+    opts.witness_tls.client_key = text("witness_client_key")?.map(PathBuf::from);
+    if let Some(tcti) = text("tpm_anchor")? {
+        let mut anchor = TpmAnchorConfig::new(tcti);
+        if let Some(v) = positive("tpm_anchor_index")? {
+            anchor.nv_index = u32::try_from(v).map_err(|_| err(&"audit.tpm_anchor_index: too large"))?;
+        }
+        if let Some(v) = positive("tpm_anchor_interval_secs")? {
+            anchor.interval = Duration::from_secs(v);
+        }
+        anchor.validate().map_err(|e| err(&e))?;
+        opts.tpm_anchor = Some(anchor);
+    }
     Ok(opts)
 }
 
 fn run() -> Result<(), String> {
     let args = parse_args()?;
+    if let Some(from) = &args.migrate_from {
+        return match govbox_audit::migrate::migrate(from, &args.audit_dir).map_err(|e| e.to_string())? {
+            None => Ok(()),
+            Some(m) => {
+                eprintln!(
+                    "govbox-auditd: moved the audit store {} ({}) into {} and gave its {} files and folders to {}'s owner",
+                    from.display(),
+                    m.moved.join(", "),
+                    args.audit_dir.display(),
+                    m.chowned,
+                    args.audit_dir.display()
+                );
+                Ok(())
+            }
+        };
+    }
     let opts = match &args.config {
         Some(p) => options(p)?,
         None => AuditOptions::default(),
@@ -147,11 +190,16 @@ fn run() -> Result<(), String> {
     let signing = SigningKey::load_pem(&key).map_err(|e| e.to_string())?;
     check_named_key(&signing, &args.keys.join(NAMED_KEY_FILE))?;
     let keys = AuditKeys {
+        // The audit key's algorithm is the suite's (checked when the box was provisioned).
+        suite: govbox_provisioning::Suite::of_key(signing.algorithm()),
         signing,
         hmac_secret: read_hmac_secret(&hmac).map_err(|e| e.to_string())?,
         device_key: Some(PublicKey::load_pem(&device).map_err(|e| e.to_string())?),
     };
-    let log = AuditLog::open(&args.audit_dir, keys, opts).map_err(|e| e.to_string())?;
+    let log = AuditLog::open_or_hold(&args.audit_dir, keys, opts).map_err(|e| e.to_string())?;
+    if let Some(why) = log.held() {
+        eprintln!("govbox-auditd: THE AUDIT STORE IS HELD: {why}");
+    }
     let _ = std::fs::remove_file(&args.socket);
     let listener = std::os::unix::net::UnixListener::bind(&args.socket)
         .map_err(|e| format!("binding the audit socket {}: {e}", args.socket.display()))?;
@@ -222,5 +270,16 @@ mod tests {
         assert!(e.contains("audit.witness") && e.contains("govbox.toml"), "{e}");
         std::fs::write(&p, "[audit]\ncheckpoint_every = 0\n").unwrap();
         assert!(options(&p).unwrap_err().contains("audit.checkpoint_every"));
+
+        std::fs::write(&p, "[audit]\ntpm_anchor = \"device:/dev/tpmrm0\"\ntpm_anchor_interval_secs = 300\n").unwrap();
+        let a = options(&p).unwrap().tpm_anchor.unwrap();
+        assert_eq!(
+            (a.tcti.as_str(), a.nv_index, a.interval),
+            ("device:/dev/tpmrm0", 0x013a_0a00, Duration::from_secs(300))
+        );
+        std::fs::write(&p, "[audit]\ntpm_anchor = \"device:/dev/tpmrm0\"\ntpm_anchor_index = 0x01c00002\n").unwrap();
+        assert!(options(&p).unwrap_err().contains("audit.tpm_anchor_index"));
+        std::fs::write(&p, "[audit]\ntpm_anchor = 5\n").unwrap();
+        assert!(options(&p).unwrap_err().contains("audit.tpm_anchor"));
     }
 }

@@ -1,11 +1,14 @@
 //! Shared helpers of the audit crate's integration tests.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod swtpm;
+
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use govbox_audit::{AuditKeys, AuditLog, AuditOptions, Event};
-use govbox_provisioning::{PublicKey, SigningKey};
+use govbox_provisioning::{Overwrite, PublicKey, SigningKey};
 use serde_json::Value;
 
 /// A log in a temporary folder, with a key that can be loaded again.
@@ -17,10 +20,15 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new() -> Self {
+        Self::with_alg(govbox_provisioning::KeyAlgorithm::Ed25519)
+    }
+
+    /// A fixture whose audit and device keys are of `alg`: `sm2` makes a log of the `gm` suite.
+    pub fn with_alg(alg: govbox_provisioning::KeyAlgorithm) -> Self {
         Self {
             dir: tempfile::tempdir().unwrap(),
-            pem: SigningKey::generate().unwrap().to_pkcs8_pem(),
-            device: SigningKey::generate().unwrap().public_key(),
+            pem: SigningKey::generate_with(alg).unwrap().to_pkcs8_pem(),
+            device: SigningKey::generate_with(alg).unwrap().public_key(),
         }
     }
 
@@ -108,4 +116,53 @@ pub fn assert_fails_with(report: &govbox_audit::VerifyReport, needle: &str) {
     let f = failures(report);
     assert!(!report.ok, "expected a failure naming '{needle}', report passed: {report:#?}");
     assert!(f.iter().any(|d| d.contains(needle)), "no failure names '{needle}': {f:#?}");
+}
+
+/// A running `govbox-auditd` (the real binary), killed when dropped.
+pub struct Auditd(pub Child);
+
+impl Drop for Auditd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Writes `dir/keys` (a fresh audit key, HMAC secret and device key) unless it exists.
+pub fn auditd_keys(dir: &Path) -> PathBuf {
+    let keys = dir.join("keys");
+    if !keys.exists() {
+        std::fs::create_dir_all(&keys).unwrap();
+        SigningKey::generate().unwrap().write_pem(&keys.join("audit.key"), Overwrite::Refuse).unwrap();
+        std::fs::write(keys.join("audit-hmac.key"), [5u8; 32]).unwrap();
+        SigningKey::generate().unwrap().public_key().write_pem(&keys.join("device.pub"), Overwrite::Refuse).unwrap();
+    }
+    keys
+}
+
+/// Starts `govbox-auditd` on `dir/audit` with the keys of [`auditd_keys`]; waits for its socket.
+pub fn start_auditd(dir: &Path) -> (Auditd, PathBuf) {
+    start_auditd_with(dir, None)
+}
+
+/// [`start_auditd`] with `config` as its `--config`.
+pub fn start_auditd_with(dir: &Path, config: Option<&Path>) -> (Auditd, PathBuf) {
+    let keys = auditd_keys(dir);
+    let socket = dir.join("audit.sock");
+    let _ = std::fs::remove_file(&socket);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_govbox-auditd"));
+    cmd.arg("--audit-dir").arg(dir.join("audit")).arg("--keys").arg(&keys).arg("--socket").arg(&socket);
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    let mut d = Auditd(cmd.stdin(Stdio::null()).spawn().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        if let Some(status) = d.0.try_wait().unwrap() {
+            panic!("govbox-auditd exited with {status} before listening");
+        }
+        assert!(Instant::now() < deadline, "govbox-auditd did not listen in 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (d, socket)
 }

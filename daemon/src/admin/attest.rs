@@ -8,11 +8,10 @@
 use std::path::Path;
 
 use govbox_attestation::{
-    AttestError, BOOT_ID_PATH, BackendMeasurement, Measurements, Nonce, ReportBody, SELF_EXE, sign_report,
+    AttestError, BOOT_ID_PATH, BackendMeasurement, Measurements, Nonce, ReportBody, SELF_EXE, SignedReport, sign_report,
 };
 use govbox_audit::Event;
-use govbox_provisioning::{SigningKey, StatePaths};
-use serde_json::Value;
+use govbox_provisioning::{SigningKey, StatePaths, Suite};
 
 use super::AdminFailure;
 use crate::state::AppState;
@@ -24,12 +23,15 @@ impl From<AttestError> for AdminFailure {
 }
 
 /// Makes and signs a report for `nonce_hex` (16 to 64 bytes of hex).
-pub fn attest(state: &AppState, nonce_hex: &str) -> Result<Value, AdminFailure> {
+pub fn attest(state: &AppState, nonce_hex: &str) -> Result<SignedReport, AdminFailure> {
     let nonce = Nonce::parse(nonce_hex)?;
     let paths = StatePaths::new(&state.state_dir);
     let key = SigningKey::load_pem(paths.device_key())?;
+    // The suite names the measurement hash; the device key must be of its algorithm.
+    let suite = Suite::load(&paths)?;
+    suite.check_key("the device key", key.algorithm())?;
 
-    let mut measurements = Measurements::builder()
+    let mut measurements = Measurements::builder_with(suite.hash_algorithm())
         .binary(Path::new(SELF_EXE))?
         .config(state.config_path.as_deref())?
         .trust_root(&paths.root_json())?
@@ -46,7 +48,6 @@ pub fn attest(state: &AppState, nonce_hex: &str) -> Result<Value, AdminFailure> 
     state
         .audit
         .append_blocking(Event::Policy { detail: format!("attestation report for nonce {}", nonce.as_hex()) })?;
-    state.metrics.audit_entries.inc();
     let head = state.audit.checkpoint()?;
 
     let info = state.backend.info();
@@ -60,6 +61,5 @@ pub fn attest(state: &AppState, nonce_hex: &str) -> Result<Value, AdminFailure> 
     if let Some(egress) = crate::sandbox::current() {
         body = body.with_egress(egress.clone());
     }
-    let signed = sign_report(&key, body)?;
-    Ok(serde_json::to_value(&signed).map_err(AttestError::from)?)
+    Ok(sign_report(&key, body)?)
 }

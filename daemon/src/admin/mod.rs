@@ -1,69 +1,21 @@
 //! The admin socket: how the `govbox` CLI changes a running daemon's state.
 //!
-//! # Protocol
+//! The protocol is `govbox_admin`'s (typed requests and answers, shared with the CLI): a Unix
+//! stream socket at `admin_socket` (default `STATE/admin.sock`; the packaged config puts it at
+//! `/run/govbox/admin.sock`), mode 0666 (group `govbox-admin` when that group exists and the
+//! daemon is a member). Who may do what is decided per request from the caller's peer
+//! credentials (`SO_PEERCRED`, see `govbox_admin::roles`): operators (`govbox-admin`), auditors
+//! (`govbox-audit-readers`), root and the daemon's own uid; anyone else is refused every
+//! request. One JSON request per line, one
+//! JSON answer per line, in order; lines longer than 64 KiB, or a connection silent for 60 s, end
+//! the connection. The commands, their fields and their answers are documented on
+//! `govbox_admin::protocol`; what each does here is in [`protocol`].
 //!
-//! A Unix stream socket at `admin_socket` (default `STATE/admin.sock`; the packaged config puts
-//! it at `/run/govbox/admin.sock`), mode 0660, group `govbox-admin` when that group exists and the
-//! daemon is a member: whoever may open it is an administrator. Each request is one JSON object on one line; each answer is one
-//! JSON object on one line, in order. A connection may send several requests. Lines longer than
-//! 64 KiB, or a connection silent for 60 s, end the connection.
-//!
-//! Requests (`cmd` selects the command; other fields as shown, optional ones may be left out):
-//!
-//! ```text
-//! {"cmd":"status"}
-//! {"cmd":"client_add","name":"hr-portal","models":["qwen2"],"rpm":60,"tokens_per_day":100000,
-//!  "max_concurrent":2,"cert_days":365,"token":true}
-//! {"cmd":"client_list"}
-//! {"cmd":"client_revoke","name":"hr-portal"}
-//! {"cmd":"client_renew","name":"hr-portal","cert_days":365}
-//! {"cmd":"attest","nonce":"<16 to 64 bytes, hex>"}
-//! {"cmd":"debug_egress_probe","addr":"127.0.0.1:9"}   (debug builds only: tests)
-//! {"cmd":"tls_reload"}
-//! {"cmd":"content_read","request_id":"req-0123456789abcdef"}
-//! ```
-//!
-//! Answers:
-//!
-//! ```text
-//! {"ok":true,"result":{...}}
-//! {"ok":false,"error":{"code":"client_not_found","message":"..."}}
-//! ```
-//!
-//! - `status` gives `version`, `uptime_secs`, `ready`, `shutting_down`, `listen`,
-//!   `configured_models`, `models` (`name`, `kind`, `format`, `path` of each loaded model),
-//!   `backend` (`kind`, `name`, `threads`, `simulated`, `memory_used`, `memory_total`),
-//!   `active_generations`, `queued_requests`, `open_connections` and `tls_certificate` (the served
-//!   server certificate: `serial`, `not_after`, `expires`, `sha256`), and `egress` (the egress
-//!   lockdown in force: `mechanism`, `abi`, `connect`, `bind_ports`, `other_inet`; see
-//!   `crate::sandbox`).
-//! - `client_add` and `client_renew` give `client` (the stored record), `cert_pem`, `key_pem`,
-//!   `ca_pem` and `token` (the bearer token, only from `client_add` with `"token":true`, else
-//!   null). These secrets exist only in this answer: the CLI writes them to files.
-//! - `client_list` gives `clients`, the stored records; `client_revoke` gives `client`.
-//! - `tls_reload` serves the certificate and key now in `STATE/tls/` to new handshakes (open
-//!   connections keep theirs) and gives `old` and `new` (`serial`, `not_after`, `expires`,
-//!   `sha256`); the swap is an audit entry. A pair that does not match, or a certificate that does
-//!   not chain to the box's CA, is refused (`tls_invalid`) and the old one stays.
-//! - `debug_egress_probe` exists only in builds with debug assertions (the e2e tests' binaries,
-//!   never release builds or packages): it tries a TCP connect to `addr` from a tokio worker, a new
-//!   std thread and a new rayon thread, and a UDP datagram, and gives each outcome and errno.
-//! - `content_read` records the read in the audit log (who, which request id) and then gives the
-//!   request's stored `prompt` and `response` (`text`, or `base64` when not UTF-8, `audit_hmac`,
-//!   `hmac_matches`, `truncated`, `stored`; null when absent); `content_not_stored` when retention
-//!   never stored anything, `content_not_found` for an unknown or expired id.
-//! - `audit_export` first writes the pending `request_refused` tallies and an `admin` entry
-//!   recording the export, so the export holds both; `audit_hmac` takes an optional `client`
-//!   (prompt and response hashes are keyed per client) and is recorded too. A `model_import` that
-//!   is refused leaves a `package_refused` entry.
-//! - `attest` gives a signed `govbox-attestation/1` report (see `govbox-attestation`), after
-//!   recording the request in the audit log.
-//!
-//! Error codes are those of `govbox-provisioning` (`client_exists`, `client_not_found`,
-//! `invalid_client_name`, ...) plus `bad_request` for a line that is not a valid request.
-//!
-//! Revocation takes effect on the next HTTPS request: the HTTPS side reads the same store for
-//! every request. Every command is logged with the caller's uid; secrets never are.
+//! A command that succeeds leaves the audit entries `govbox_admin::events` lists for it; a
+//! command that reads or vouches (`audit_export`, `audit_hmac`, `content_read`, `attest`) records
+//! itself first and fails if it cannot. Revocation takes effect on the next HTTPS request: the
+//! HTTPS side reads the same store for every request. Every command is logged with the caller's
+//! uid; secrets never are.
 
 mod attest;
 pub(crate) mod protocol;
@@ -74,25 +26,18 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use protocol::{AdminFailure, AdminRequest};
-use serde_json::json;
+use govbox_admin::roles::{AUDITORS_GROUP, Access, OPERATORS_GROUP, RoleGroups};
+pub use govbox_admin::socket::{ADMIN_GROUP, SOCKET_MODE};
+use govbox_admin::socket::{IDLE, MAX_REQUEST_LINE as MAX_LINE};
+use govbox_admin::{AdminRequest, Refusal, Reply};
+pub use protocol::AdminFailure;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::auditing;
 use crate::state::AppState;
 
-/// Longest request line.
-const MAX_LINE: usize = 64 << 10;
-/// A connection silent this long is closed.
-const IDLE: Duration = Duration::from_secs(60);
-/// The socket's mode: owner and group read and write.
-pub const SOCKET_MODE: u32 = 0o660;
-/// The group whose members may use the socket, when it exists (`dist/sysusers.d/govbox.conf`).
-pub const ADMIN_GROUP: &str = "govbox-admin";
-
 /// Binds the socket, replacing a stale one (the caller holds the state store's lock, so no other
-/// daemon of this state folder can be using it), and sets its mode to 0660.
+/// daemon of this state folder can be using it), and sets its mode to 0666 (each request is checked by the caller's role).
 pub fn bind(path: &Path) -> io::Result<UnixListener> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
@@ -122,12 +67,76 @@ fn give_to_admin_group(path: &Path) {
     }
 }
 
+/// Writes where this daemon's admin socket is into the state folder when it is not
+/// `STATE/admin.sock` (production: `/run/govbox/admin.sock`), so that `govbox --state STATE`
+/// finds it; removes an old record otherwise.
+fn record_socket(state: &AppState) {
+    let path = state.admin_socket();
+    let record = govbox_admin::socket::record_path(&state.state_dir);
+    let r = if path == govbox_admin::socket::in_state(&state.state_dir) {
+        match std::fs::remove_file(&record) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    } else {
+        std::fs::write(&record, format!("{}\n", path.display()))
+    };
+    if let Err(e) = r {
+        log::warn!("admin socket: recording its path in {}: {e}", record.display());
+    }
+}
+
+/// The group ids the roles are granted by, looked up once when serving starts.
+fn role_groups() -> RoleGroups {
+    let gid = |name: &str| match nix::unistd::Group::from_name(name) {
+        Ok(g) => g.map(|g| g.gid.as_raw()),
+        Err(e) => {
+            log::warn!("admin socket: looking up group {name}: {e}; nobody gets its role");
+            None
+        }
+    };
+    let groups = RoleGroups { operators: gid(OPERATORS_GROUP), auditors: gid(AUDITORS_GROUP) };
+    for (name, g) in [(OPERATORS_GROUP, groups.operators), (AUDITORS_GROUP, groups.auditors)] {
+        if g.is_none() {
+            log::info!("admin socket: group {name} does not exist; only root and this daemon's uid hold its role");
+        }
+    }
+    groups
+}
+
+/// The caller's uid and roles, from its peer credentials: its primary group, the supplementary
+/// groups of its process (`/proc/PID/status`, when this process may read it) and those of its
+/// user in the group database.
+fn caller(stream: &UnixStream, groups: RoleGroups) -> (String, Access) {
+    let Ok(cred) = stream.peer_cred() else {
+        return ("?".to_string(), Access::default());
+    };
+    let uid = cred.uid();
+    let mut gids = vec![cred.gid()];
+    if let Some(pid) = cred.pid()
+        && let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        && let Some(line) = text.lines().find_map(|l| l.strip_prefix("Groups:"))
+    {
+        gids.extend(line.split_whitespace().filter_map(|g| g.parse::<u32>().ok()));
+    }
+    if let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        && let Ok(name) = std::ffi::CString::new(user.name)
+        && let Ok(list) = nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(cred.gid()))
+    {
+        gids.extend(list.into_iter().map(|g| g.as_raw()));
+    }
+    let owner = nix::unistd::geteuid().as_raw();
+    (uid.to_string(), Access::of(uid, &gids, owner, groups))
+}
+
 /// Serves the socket until the daemon stops.
 pub async fn serve(listener: UnixListener, state: Arc<AppState>) {
+    let groups = role_groups();
+    record_socket(&state);
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(connection(stream, state.clone()));
+                tokio::spawn(connection(stream, state.clone(), groups));
             }
             Err(e) => {
                 log::warn!("admin socket: accept failed: {e}");
@@ -137,8 +146,8 @@ pub async fn serve(listener: UnixListener, state: Arc<AppState>) {
     }
 }
 
-async fn connection(stream: UnixStream, state: Arc<AppState>) {
-    let uid = stream.peer_cred().map_or_else(|_| "?".to_string(), |c| c.uid().to_string());
+async fn connection(stream: UnixStream, state: Arc<AppState>, groups: RoleGroups) {
+    let (uid, access) = caller(&stream, groups);
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read);
     loop {
@@ -154,27 +163,33 @@ async fn connection(stream: UnixStream, state: Arc<AppState>) {
         if n == 0 {
             return;
         }
-        let answer = match serde_json::from_slice::<AdminRequest>(&line) {
-            Err(e) => json!({"ok": false, "error": {
-                "code": "bad_request",
-                "message": format!("not a valid admin request (line {}, column {}): expected one JSON object \
-                                    with a known \"cmd\"", e.line(), e.column()),
-            }}),
+        let answer: Reply<serde_json::Value> = match serde_json::from_slice::<AdminRequest>(&line) {
+            Err(e) => Reply::refused(Refusal {
+                code: "bad_request".into(),
+                message: format!(
+                    "not a valid admin request (line {}, column {}): expected one JSON object with a known \"cmd\" \
+                     and its fields",
+                    e.line(),
+                    e.column()
+                ),
+            }),
+            Ok(req) if !access.allows(req.needs()) => {
+                let cmd = req.name();
+                log::warn!("admin: {cmd} by uid {uid}: refused (needs group {})", req.needs().group());
+                Reply::refused(Refusal {
+                    code: "forbidden".into(),
+                    message: format!(
+                        "uid {uid} may not {cmd}: it needs membership of {} (or root)",
+                        req.needs().group()
+                    ),
+                })
+            }
             Ok(req) => {
                 let cmd = req.name();
-                let subject = req.subject().unwrap_or("-").to_string();
+                let subject = subject(&req).unwrap_or("-").to_string();
                 let st = state.clone();
-                let (who, what) = (uid.clone(), subject.clone());
-                let result = tokio::task::spawn_blocking(move || {
-                    let r = protocol::execute(&st, req, &who);
-                    if let Ok(v) = &r {
-                        for ev in auditing::admin_events(cmd, &what, &who, v) {
-                            auditing::record_blocking(&st.audit, &st.metrics, ev);
-                        }
-                    }
-                    r
-                })
-                .await;
+                let who = uid.clone();
+                let result = tokio::task::spawn_blocking(move || protocol::execute(&st, req, &who)).await;
                 let result = result.unwrap_or_else(|e| {
                     Err(AdminFailure { code: "internal_error", message: format!("admin task failed: {e}") })
                 });
@@ -183,20 +198,37 @@ async fn connection(stream: UnixStream, state: Arc<AppState>) {
                         if !matches!(cmd, "status" | "client_list" | "model_list" | "audit_tail") {
                             log::info!("admin: {cmd} '{subject}' by uid {uid}: done");
                         }
-                        json!({"ok": true, "result": v})
+                        Reply::ok(v)
                     }
                     Err(f) => {
                         log::info!("admin: {cmd} '{subject}' by uid {uid}: failed ({})", f.code);
-                        json!({"ok": false, "error": f})
+                        Reply::refused(f.into())
                     }
                 }
             }
         };
-        let mut out = answer.to_string().into_bytes();
+        let mut out = serde_json::to_vec(&answer).unwrap_or_else(|_| b"{\"ok\":false}".to_vec());
         out.push(b'\n');
         if write.write_all(&out).await.is_err() {
             return;
         }
+    }
+}
+
+/// The client or model the command is about, for the log.
+fn subject(req: &AdminRequest) -> Option<&str> {
+    match req {
+        AdminRequest::ClientAdd(r) => Some(&r.name),
+        AdminRequest::ClientRevoke(r) => Some(&r.name),
+        AdminRequest::ClientRenew(r) => Some(&r.name),
+        AdminRequest::ModelActivate(r) => Some(&r.name),
+        AdminRequest::ModelRollback(r) => Some(&r.name),
+        AdminRequest::ModelRemove(r) => Some(&r.name),
+        AdminRequest::ModelDisable(r) => Some(&r.name),
+        AdminRequest::ModelEnable(r) => Some(&r.name),
+        AdminRequest::PolicyActivate(r) => Some(&r.name),
+        AdminRequest::PolicyRollback(r) => Some(&r.name),
+        _ => None,
     }
 }
 

@@ -6,7 +6,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use govbox_engine::EngineError;
+use govbox_engine::{EngineError, PromptError};
 
 /// Why a request was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -155,7 +155,18 @@ pub enum ApiError {
         /// The deadline.
         secs: u64,
     },
-    /// The engine refused or failed the request.
+    /// The prompt cannot be generated from (empty, too long for the model's context, an unknown
+    /// token id); `param` is the field that held it.
+    #[error("{source} (model '{model}')")]
+    InvalidPrompt {
+        /// `messages` or `prompt`.
+        param: &'static str,
+        /// The model.
+        model: String,
+        /// What is wrong with it.
+        source: PromptError,
+    },
+    /// The engine refused or failed the request; [`engine_status`] says what that means in HTTP.
     #[error("{0}")]
     Engine(#[from] EngineError),
     /// No route.
@@ -191,6 +202,7 @@ impl ApiError {
             | InvalidParam { .. }
             | WrongModelKind { .. }
             | BodyIncomplete
+            | InvalidPrompt { .. }
             | ContentFiltered { .. } => StatusCode::BAD_REQUEST,
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -203,14 +215,7 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Engine(e) => match e {
-                EngineError::Deadline { .. } => StatusCode::GATEWAY_TIMEOUT,
-                EngineError::Request(m) if m.contains("KV cache is full") => StatusCode::SERVICE_UNAVAILABLE,
-                EngineError::Request(_) | EngineError::Template(_) | EngineError::Tokenizer(_) => {
-                    StatusCode::BAD_REQUEST
-                }
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
-            },
+            Engine(e) => engine_status(e),
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -236,7 +241,7 @@ impl ApiError {
             MalformedJson { .. } => "invalid_json",
             MissingField { .. } => "missing_required_parameter",
             WrongType { .. } => "invalid_type",
-            InvalidParam { .. } => "invalid_value",
+            InvalidParam { .. } | InvalidPrompt { .. } => "invalid_value",
             BodyTooLarge { .. } => "body_too_large",
             BodyTimeout => "body_timeout",
             BodyIncomplete => "body_incomplete",
@@ -254,10 +259,7 @@ impl ApiError {
             ShuttingDown => "shutting_down",
             AuditUnavailable => "audit_unavailable",
             DeadlineExceeded { .. } => "deadline_exceeded",
-            Engine(e) => match self.status() {
-                StatusCode::SERVICE_UNAVAILABLE => "kv_cache_full",
-                _ => e.code(),
-            },
+            Engine(e) => e.code(),
             RouteNotFound => "unknown_url",
             MethodNotAllowed => "method_not_allowed",
             ContentFiltered { .. } => "content_filter",
@@ -270,6 +272,7 @@ impl ApiError {
     pub fn param(&self) -> Option<&str> {
         match self {
             ApiError::InvalidParam { param, .. } => Some(param.as_ref()),
+            ApiError::InvalidPrompt { param, .. } => Some(param),
             ApiError::ContentFiltered { param, .. } => Some(param),
             ApiError::MissingField { param } | ApiError::WrongType { param, .. } => Some(param),
             ApiError::ModelNotFound { .. } | ApiError::ModelNotAllowed { .. } | ApiError::WrongModelKind { .. } => {
@@ -325,6 +328,28 @@ impl IntoResponse for ApiError {
         // Tell the log line (written when the response ends) why the request failed.
         resp.extensions_mut().insert(ErrorCode(self.code()));
         resp
+    }
+}
+
+/// The HTTP status of an engine error, by its variant: what the caller can fix is 400, what
+/// the server cannot do now is 503, a deadline is 504, and a broken model or backend is 500.
+pub fn engine_status(e: &EngineError) -> StatusCode {
+    use EngineError::*;
+    match e {
+        InvalidPrompt(_) | Request(_) | Template(_) | Tokenizer(_) | Input(_) | Constraint(_) => {
+            StatusCode::BAD_REQUEST
+        }
+        KvCacheFull { .. } | SchedulerStopped => StatusCode::SERVICE_UNAVAILABLE,
+        DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
+        Io { .. }
+        | Format { .. }
+        | Tensor { .. }
+        | MissingTensor { .. }
+        | UnknownArchitecture(_)
+        | Config { .. }
+        | Driver(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        // A variant added to the engine later: a server failure until it is mapped here.
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -393,13 +418,61 @@ mod tests {
             ApiError::CertificateNotAuthorised,
             ApiError::QueueFull { queued: 3 },
             ApiError::DeadlineExceeded { secs: 1 },
-            ApiError::Engine(EngineError::Request("KV cache is full: x".into())),
-            ApiError::Engine(EngineError::Request("the prompt is empty".into())),
+            ApiError::Engine(EngineError::KvCacheFull { need: 100, available: 64 }),
+            ApiError::InvalidPrompt { param: "prompt", model: "m".into(), source: PromptError::Empty },
         ];
         let want = [413, 401, 401, 401, 503, 504, 503, 400];
         for (e, s) in all.iter().zip(want) {
             assert_eq!(e.status(), s, "{e:?}");
             assert!(!e.code().is_empty());
         }
+    }
+
+    /// Each engine error variant has one status, chosen by its variant, never by its message
+    /// (before, a `Request` whose text said "KV cache is full" was 503 and internal failures
+    /// were 400), and its own stable code.
+    #[test]
+    fn each_engine_error_maps_to_one_status_by_variant() {
+        use govbox_drivers::DriverError;
+        use govbox_engine::embed::EmbedInputError;
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
+        let cases: Vec<(EngineError, u16, &str)> = vec![
+            (PromptError::Empty.into(), 400, "invalid_prompt"),
+            (PromptError::TooLong { tokens: 9, context: 8 }.into(), 400, "invalid_prompt"),
+            (PromptError::UnknownToken { id: 9, vocab: 8 }.into(), 400, "invalid_prompt"),
+            (EngineError::Request("KV cache is full".into()), 400, "bad_request"),
+            (EngineError::Template("x".into()), 400, "chat_template"),
+            (EngineError::Tokenizer("x".into()), 400, "tokenizer"),
+            (EngineError::Input(EmbedInputError::TooLong { index: 0, tokens: 9, limit: 8 }), 400, "invalid_input"),
+            (
+                EngineError::Constraint(govbox_engine::constraint::ConstraintError::TooLarge {
+                    what: "schema",
+                    len: 9,
+                }),
+                400,
+                "grammar",
+            ),
+            (EngineError::KvCacheFull { need: 100, available: 64 }, 503, "kv_cache_full"),
+            (EngineError::SchedulerStopped, 503, "scheduler_stopped"),
+            (EngineError::DeadlineExceeded { prompt_tokens: 3, completion_tokens: 1 }, 504, "deadline_exceeded"),
+            (EngineError::Io { path: "m".into(), source: io() }, 500, "io"),
+            (EngineError::Format { file: "m".into(), detail: "x".into() }, 500, "bad_format"),
+            (EngineError::Tensor { file: "m".into(), tensor: "t".into(), detail: "x".into() }, 500, "bad_tensor"),
+            (EngineError::MissingTensor { file: "m".into(), tensor: "t".into() }, 500, "missing_tensor"),
+            (EngineError::UnknownArchitecture("x".into()), 500, "unknown_architecture"),
+            (EngineError::Config { file: "m".into(), detail: "x".into() }, 500, "bad_config"),
+            (EngineError::Driver(DriverError::KvCache("full".into())), 500, "backend"),
+        ];
+        let mut codes = std::collections::HashSet::new();
+        for (e, status, code) in cases {
+            let api = ApiError::Engine(e);
+            assert_eq!((api.status().as_u16(), api.code()), (status, code), "{api:?}");
+            assert_eq!(api.body()["error"]["code"], code);
+            codes.insert(code);
+        }
+        assert_eq!(codes.len(), 16, "each variant has a code of its own");
+        // A prompt error with its field names the field.
+        let e = ApiError::InvalidPrompt { param: "messages", model: "m".into(), source: PromptError::Empty };
+        assert_eq!((e.status().as_u16(), e.param(), e.code()), (400, Some("messages"), "invalid_value"));
     }
 }

@@ -9,16 +9,18 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use govbox_engine::logprobs::TokenLogprob;
 use govbox_engine::sampler::SamplingParams;
-use govbox_engine::{FinishReason, GenerateRequest, PrefixCache, Prompt, Usage};
+use govbox_engine::{
+    Engine, EngineError, Event, FinishReason, GenerateRequest, PrefixCache, Prepared, Prompt, SeqGuard, Usage,
+};
 use govbox_provisioning::ClientRecord;
 use serde::Deserialize;
 use tokio::time::Instant;
 
 use crate::admission::Asker;
+use crate::api::choices::{Choices, LiveChoice};
 use crate::api::error::ApiError;
 use crate::api::record::RequestRecord;
 use crate::api::stream::{ChunkMaker, SseBody};
-use crate::bridge::{self, GenEvent, Job};
 use crate::config::PrefixCacheMode;
 use crate::state::{AppState, LoadedModel};
 
@@ -127,8 +129,8 @@ impl SamplingFields {
             logit_bias: self.logit_bias()?,
             ..SamplingParams::default()
         };
-        // The bridge sets the deadline when it starts the generation, and `start` the cache scope
-        // (from `Accepted`); until then the request reuses nothing.
+        // `start` sets the deadline and the cache scope (from `Accepted`); until then the
+        // request reuses nothing.
         Ok(GenerateRequest {
             prompt,
             max_tokens,
@@ -227,9 +229,9 @@ pub fn prefix_cache_for(mode: PrefixCacheMode, client: &ClientRecord) -> PrefixC
 /// whatever ended it; events carry their choice's index.
 pub struct Started {
     /// Events received so far.
-    pub events: Vec<(usize, GenEvent)>,
+    pub events: Vec<(usize, Event)>,
     /// The rest, from every choice.
-    pub rx: tokio::sync::mpsc::Receiver<(usize, GenEvent)>,
+    pub rest: Choices,
     /// Prompt tokens (of every prompt, counted once).
     pub prompt_tokens: usize,
     /// How many choices there are.
@@ -240,6 +242,35 @@ pub struct Started {
     pub opens_thinking: bool,
 }
 
+/// Prepares every choice of every prompt (tokenising, rendering the chat template, checking
+/// the prompt, compiling the grammar): each prompt is tokenised once, by its first choice, and
+/// the others take its ids. Seeded choices differ from each other, and each is reproducible.
+fn prepare_all(
+    engine: &Engine,
+    request: &GenerateRequest,
+    prompts: Vec<Prompt>,
+    n: usize,
+) -> Result<Vec<Vec<Prepared>>, EngineError> {
+    let choice = |prompt: Prompt, j: usize| {
+        let mut req = request.clone();
+        req.prompt = prompt;
+        req.sampling.seed = request.sampling.seed.map(|s| s.wrapping_add(j as u64));
+        engine.prepare(req)
+    };
+    prompts
+        .into_iter()
+        .map(|prompt| {
+            let first = choice(prompt, 0)?;
+            let ids = first.prompt_ids().to_vec();
+            let mut group = vec![first];
+            for j in 1..n {
+                group.push(choice(Prompt::Tokens(ids.clone()), j)?);
+            }
+            Ok(group)
+        })
+        .collect()
+}
+
 /// Tokenises the prompts, waits for an engine slot and starts generating; returns once each
 /// choice's first event is there, so that a failure before any text still gets its own HTTP
 /// status.
@@ -248,7 +279,8 @@ pub struct Started {
 /// start once it has produced its first event, when its prompt's full blocks are in the prefix
 /// cache, so they hold those blocks rather than computing them again (a request whose client
 /// has the cache off gets a scope of its own for this). All the choices then decode in the same
-/// batch and share the request's one engine slot.
+/// batch and share the request's one engine slot, which the scheduler lets go of when the last
+/// of them has stopped.
 pub async fn start(state: &Arc<AppState>, acc: Accepted) -> Result<Started, ApiError> {
     let Accepted { model, mut request, more_prompts, n, client, record, prompt_param, mut prefix_cache } = acc;
     if n > 1 && matches!(prefix_cache, PrefixCache::Off) {
@@ -257,34 +289,24 @@ pub async fn start(state: &Arc<AppState>, acc: Accepted) -> Result<Started, ApiE
     request.prefix_cache = prefix_cache;
     let secs = state.config.serving.request_deadline_secs;
     let deadline = Instant::from_std(record.start) + Duration::from_secs(secs);
-    // Tokenising (and rendering the chat template) is CPU work: off the async threads.
-    let engine = model.engine.clone();
+    // The scheduler ends the generation there, wherever it is.
+    request.deadline = Some(deadline.into_std());
+    // Tokenising, rendering the chat template and compiling a grammar are CPU work: off the
+    // async threads.
     let first = std::mem::replace(&mut request.prompt, Prompt::Tokens(vec![]));
     let prompts: Vec<Prompt> = std::iter::once(first).chain(more_prompts).collect();
-    let all_ids: Vec<Vec<u32>> = tokio::task::spawn_blocking(move || {
-        prompts.iter().map(|p| engine.prompt_ids(p)).collect::<Result<Vec<_>, _>>()
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("tokenizer task: {e}")))??;
+    let (engine, req) = (model.engine.clone(), request.clone());
+    let prepared = tokio::task::spawn_blocking(move || prepare_all(&engine, &req, prompts, n))
+        .await
+        .map_err(|e| ApiError::Internal(format!("request preparation task: {e}")))?
+        .map_err(|e| match e {
+            EngineError::InvalidPrompt(source) => {
+                ApiError::InvalidPrompt { param: prompt_param, model: model.name.clone(), source }
+            }
+            e => ApiError::Engine(e),
+        })?;
+    let all_ids: Vec<Vec<u32>> = prepared.iter().map(|g| g[0].prompt_ids().to_vec()).collect();
     let ctx = model.engine.decoder_model().map_or(0, |d| d.config().max_position_embeddings);
-    let vocab = model.engine.decoder_model().map_or(0, |d| d.config().vocab_size);
-    for ids in &all_ids {
-        if ids.is_empty() {
-            return Err(ApiError::invalid(prompt_param, "the prompt is empty"));
-        }
-        if ids.len() >= ctx {
-            return Err(ApiError::invalid(
-                prompt_param,
-                format!("the prompt has {} tokens; model '{}' has a context of {ctx}", ids.len(), model.name),
-            ));
-        }
-        if let Some(id) = ids.iter().find(|&&id| id as usize >= vocab) {
-            return Err(ApiError::invalid(
-                prompt_param,
-                format!("token id {id} is outside model '{}''s vocabulary of {vocab}", model.name),
-            ));
-        }
-    }
     let prompt_tokens: usize = all_ids.iter().map(Vec::len).sum();
     // A chat request has one prompt; whether its template left a `<think>` block open.
     let opens_thinking = govbox_engine::reasoning::prompt_opens_thinking(model.engine.tokenizer(), &all_ids[0]);
@@ -315,58 +337,32 @@ pub async fn start(state: &Arc<AppState>, acc: Accepted) -> Result<Started, ApiE
     }
     let slot = Arc::new(state.admission.admit(&Asker::of(&client), &state.metrics, deadline, secs).await?);
     let choices = all_ids.len() * n;
-    let (tx, rx) = tokio::sync::mpsc::channel(32 * choices);
     let mut events = Vec::new();
+    let mut running = Vec::with_capacity(choices);
     let mut budgets = budgets.into_iter();
-    for (p, ids) in all_ids.iter().enumerate() {
-        let mut group = Vec::with_capacity(n);
-        for j in 0..n {
-            let mut req = request.clone();
-            req.prompt = Prompt::Tokens(ids.clone());
-            // Seeded choices differ from each other, and each is reproducible.
-            req.sampling.seed = request.sampling.seed.map(|s| s.wrapping_add(j as u64));
-            let job = Job {
-                engine: model.engine.clone(),
-                request: req,
-                prompt_tokens: ids.len(),
-                budget: budgets.next(),
-                deadline,
-                deadline_secs: secs,
-                slot: slot.clone(),
-                record: record.clone(),
-                bill_prompt: j == 0,
-            };
-            group.push((p * n + j, bridge::start(state.clone(), job)));
+    for (p, group) in prepared.into_iter().enumerate() {
+        let mut waiting = Vec::with_capacity(n);
+        for (j, prep) in group.into_iter().enumerate() {
+            let generation = model.engine.start(prep.with_guard(SeqGuard::new(slot.clone())))?;
+            let (engine, st, rec) = (model.engine.clone(), state.clone(), record.clone());
+            waiting.push(LiveChoice::new(p * n + j, generation, engine, st, rec, budgets.next(), j == 0));
             // The first choice's first event means its prompt's KV is computed (and cached);
             // the others then start and reuse it.
             if j == 0 || j == n - 1 {
-                for (index, rx) in &mut group {
-                    let first = rx
-                        .recv()
-                        .await
-                        .ok_or_else(|| ApiError::Internal("generation ended without an answer".into()))?;
-                    if let GenEvent::Failed(e) = first {
-                        return Err(e);
+                for mut c in waiting.drain(..) {
+                    match c.next().await {
+                        Some(Event::Error(e)) => return Err(ApiError::Engine(e)),
+                        Some(ev) => events.push((c.index, ev)),
+                        None => return Err(ApiError::Engine(EngineError::SchedulerStopped)),
                     }
-                    events.push((*index, first));
-                }
-                for (index, mut rx) in group.drain(..) {
-                    let tx = tx.clone();
-                    // Dropping the merged receiver (the client went away) ends this task, which
-                    // drops the choice's receiver, which stops its generation.
-                    tokio::spawn(async move {
-                        while let Some(ev) = rx.recv().await {
-                            if tx.send((index, ev)).await.is_err() {
-                                return;
-                            }
-                        }
-                    });
+                    running.push(c);
                 }
             }
         }
     }
     events.sort_by_key(|(i, _)| *i);
-    Ok(Started { events, rx, prompt_tokens, choices, prompt_ids: all_ids, opens_thinking })
+    let rest = Choices::Running(running);
+    Ok(Started { events, rest, prompt_tokens, choices, prompt_ids: all_ids, opens_thinking })
 }
 
 /// One choice of a non-streamed answer.
@@ -406,21 +402,21 @@ pub async fn collect(mut started: Started) -> Result<Collected, ApiError> {
     while left > 0 {
         let (i, ev) = match events.next() {
             Some(ev) => ev,
-            None => match started.rx.recv().await {
+            None => match started.rest.next().await {
                 Some(ev) => ev,
-                None => return Err(ApiError::Internal("generation ended without an answer".into())),
+                None => return Err(ApiError::Engine(EngineError::SchedulerStopped)),
             },
         };
         let c = &mut choices[i];
         match ev {
-            GenEvent::Text(t) => c.text.push_str(&t),
-            GenEvent::Logprobs(l) => c.logprobs.extend(l),
-            GenEvent::Done { finish_reason, usage: u } => {
+            Event::Text(t) => c.text.push_str(&t),
+            Event::Logprobs(l) => c.logprobs.extend(l),
+            Event::Done { finish_reason, usage: u } => {
                 c.finish_reason = Some(finish_reason);
                 add_usage(&mut usage, u);
                 left -= 1;
             }
-            GenEvent::Failed(e) => return Err(e),
+            Event::Error(e) => return Err(ApiError::Engine(e)),
         }
     }
     Ok(Collected { choices, usage, prompt_ids: started.prompt_ids })
@@ -428,7 +424,7 @@ pub async fn collect(mut started: Started) -> Result<Collected, ApiError> {
 
 /// The SSE response of a streamed request.
 pub fn stream_response(started: Started, maker: impl ChunkMaker) -> Response {
-    let body = SseBody::new(started.events, started.rx, started.choices, maker);
+    let body = SseBody::new(started.events, started.rest, started.choices, maker);
     let mut resp = Body::new(body).into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));

@@ -3,8 +3,10 @@
 //! The route table is the single list of what the server answers; `daemon/openapi.yaml` describes
 //! the same list, and a test keeps the two equal.
 
+pub mod audited;
 pub mod body;
 pub mod chat;
+pub mod choices;
 pub mod completions;
 pub mod embeddings;
 pub mod encoder;
@@ -33,7 +35,7 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 use govbox_provisioning::ClientRecord;
 
 use self::error::{ApiError, ErrorCode};
-use self::record::{RequestRecord, TrackedBody};
+use self::record::{LoggedBody, RequestRecord};
 use crate::auth::{self, ConnInfo};
 use crate::state::{AppState, LoadedModel};
 
@@ -77,14 +79,34 @@ where
     Route { verb, path, handler: on(filter, handler) }
 }
 
+/// A handler of a route whose requests are audited: its response, answer or error, is
+/// [`audited::respond`]'s, whose body writes the completion entry of the request entry the
+/// handler made with [`audit_request`].
+fn audited<F, Fut>(
+    handler: F,
+) -> impl Fn(State<Arc<AppState>>, Request) -> AuditedAnswer + Clone + Send + Sync + 'static
+where
+    F: Fn(State<Arc<AppState>>, Request) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response, ApiError>> + Send + 'static,
+{
+    move |state: State<Arc<AppState>>, req: Request| {
+        let record = req.extensions().get::<Arc<RequestRecord>>().cloned();
+        let answer = handler(state, req);
+        Box::pin(async move { audited::respond(record.as_ref(), answer.await) })
+    }
+}
+
+/// The future of an [`audited`] handler.
+type AuditedAnswer = std::pin::Pin<Box<dyn Future<Output = Response> + Send>>;
+
 /// Every route the server answers.
 pub fn routes() -> Vec<Route> {
     vec![
-        route(Verb::Post, "/v1/chat/completions", chat::handle),
-        route(Verb::Post, "/v1/completions", completions::handle),
-        route(Verb::Post, "/v1/embeddings", embeddings::handle),
-        route(Verb::Post, "/v1/rerank", rerank::handle),
-        route(Verb::Post, "/rerank", rerank::handle),
+        route(Verb::Post, "/v1/chat/completions", audited(chat::handle)),
+        route(Verb::Post, "/v1/completions", audited(completions::handle)),
+        route(Verb::Post, "/v1/embeddings", audited(embeddings::handle)),
+        route(Verb::Post, "/v1/rerank", audited(rerank::handle)),
+        route(Verb::Post, "/rerank", audited(rerank::handle)),
         route(Verb::Get, "/v1/models", models::list),
         route(Verb::Get, "/v1/models/{model}", models::retrieve),
         route(Verb::Get, "/healthz", health::healthz),
@@ -110,7 +132,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Gives each request its record, and ties the record to the response body.
+/// Gives each request its record, and ties the record (its log line) to the response body.
 async fn track(
     State((state, paths)): State<(Arc<AppState>, Arc<[&'static str]>)>,
     mut req: Request,
@@ -146,8 +168,7 @@ async fn track(
     if let Ok(v) = HeaderValue::from_str(&record.id) {
         parts.headers.insert("x-request-id", v);
     }
-    let sse = parts.headers.get(axum::http::header::CONTENT_TYPE).is_some_and(|v| v == "text/event-stream");
-    Response::from_parts(parts, Body::new(TrackedBody::new(body, record, sse)))
+    Response::from_parts(parts, Body::new(LoggedBody::new(body, record)))
 }
 
 /// What a handler gets from the request before it reads the body.
@@ -240,7 +261,6 @@ pub async fn audit_request_by(
     };
     match state.audit.append(event).await {
         Ok(_) => {
-            state.metrics.audit_entries.inc();
             record.set_audit(crate::auditing::OpenRequest {
                 log: state.audit.clone(),
                 request_id: record.id.clone(),
@@ -254,7 +274,6 @@ pub async fn audit_request_by(
             if let Some(store) = &content {
                 store.remove(&record.id, crate::content::Kind::Prompt);
             }
-            state.metrics.audit_failures.inc();
             log::error!("audit: request {}: the request entry failed, refusing with 503: {e}", record.id);
             Err(ApiError::AuditUnavailable)
         }

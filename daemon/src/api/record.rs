@@ -1,19 +1,22 @@
 //! One record per HTTP request: its log line and its metrics, written once, when the last holder
 //! lets go of it. The holders are the handler, the response body (until its last byte is sent or
-//! the client goes away) and the engine job (until generation has really stopped), so the line
-//! reports what actually happened, token counts of a cancelled generation included.
+//! the client goes away, see [`LoggedBody`]) and the engine job (until generation has really
+//! stopped), so the line reports what actually happened, token counts of a cancelled generation
+//! included.
 //!
 //! The fields are the whole of what a request log line may say: request id, peer address, client
-//! name, model, route, status, error code, outcome, token counts and latency.
+//! name, model, route, status, error code, outcome, token counts and latency. The audit entries
+//! of an audited request are [`super::audited`]'s; the record only carries the open request entry
+//! from `audit_request` to the route's [`super::audited::respond`].
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
-use govbox_audit::{Event, HmacStream};
 use http_body::{Frame, SizeHint};
 
 use crate::auditing::OpenRequest;
@@ -44,6 +47,8 @@ pub struct RequestRecord {
     metrics: Arc<Metrics>,
     fields: Mutex<Fields>,
     audit: Mutex<Option<OpenRequest>>,
+    /// Whether the request entry was written (kept after the open entry is taken).
+    audited: AtomicBool,
 }
 
 impl RequestRecord {
@@ -58,6 +63,7 @@ impl RequestRecord {
             metrics,
             fields: Mutex::default(),
             audit: Mutex::default(),
+            audited: AtomicBool::new(false),
         }
     }
 
@@ -105,12 +111,13 @@ impl RequestRecord {
 
     /// Whether the request entry was written (its completion entry then records how it ended).
     pub fn has_audit(&self) -> bool {
-        self.audit.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+        self.audited.load(Ordering::Relaxed)
     }
 
     /// The request entry is durable; the completion entry is owed when the body ends.
     pub fn set_audit(&self, open: OpenRequest) {
         *self.audit.lock().unwrap_or_else(|p| p.into_inner()) = Some(open);
+        self.audited.store(true, Ordering::Relaxed);
     }
 
     /// Takes the owed completion entry (once).
@@ -118,8 +125,9 @@ impl RequestRecord {
         self.audit.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
-    /// The completion entry of `open`, from what the record knows now.
-    fn completion(&self, open: &OpenRequest, response_hmac: String, cut_short: bool) -> Event {
+    /// How the request ended, as its completion entry says: the outcome (`ok`, `cancelled`
+    /// when `cut_short`, `error:CODE`, ...) and the prompt and completion token counts.
+    pub(crate) fn outcome(&self, cut_short: bool) -> (String, u64, u64) {
         self.with(|f| {
             let status = match (f.outcome, f.error) {
                 (Some(o), _) => o.to_string(),
@@ -127,16 +135,7 @@ impl RequestRecord {
                 (None, None) if cut_short => "cancelled".to_string(),
                 (None, None) => "ok".to_string(),
             };
-            Event::InferenceCompletion {
-                request_id: open.request_id.clone(),
-                client: open.client.clone(),
-                model: open.model.clone(),
-                response_hmac,
-                prompt_tokens: f.prompt_tokens.unwrap_or(0) as u64,
-                completion_tokens: f.completion_tokens.unwrap_or(0) as u64,
-                status,
-                latency_ms: u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX),
-            }
+            (status, f.prompt_tokens.unwrap_or(0) as u64, f.completion_tokens.unwrap_or(0) as u64)
         })
     }
 
@@ -189,226 +188,44 @@ fn warrants_warning(endpoint: &str, status: u16, error: Option<&str>) -> bool {
     status >= 500 && !(endpoint == "/readyz" && error == Some("not_ready"))
 }
 
-type Append = Pin<Box<dyn Future<Output = govbox_audit::Result<u64>> + Send>>;
-
-/// The completion entry a body still owes.
-struct Owed {
-    open: OpenRequest,
-    hmac: HmacStream,
-    /// The response bytes sent so far, when retention keeps content.
-    kept: Option<Vec<u8>>,
-    /// Whether `kept` stopped at [`crate::content::MAX_KEPT_RESPONSE`].
-    truncated: bool,
-}
-
-impl Owed {
-    fn new(open: OpenRequest) -> Self {
-        let kept = open.content.as_ref().map(|_| Vec::new());
-        Owed { hmac: open.response_hmac(), open, kept, truncated: false }
-    }
-
-    fn update(&mut self, data: &[u8]) {
-        self.hmac.update(data);
-        if let Some(buf) = &mut self.kept {
-            let room = crate::content::MAX_KEPT_RESPONSE.saturating_sub(buf.len());
-            if data.len() > room {
-                self.truncated = true;
-            }
-            buf.extend_from_slice(&data[..data.len().min(room)]);
-        }
-    }
-
-    /// The response hash, and what to seal under it once the completion entry is durable.
-    fn finish(mut self) -> (String, OpenRequest, Option<KeptResponse>) {
-        let hash = self.hmac.finish();
-        let kept = match (self.open.content.clone(), self.kept.take()) {
-            (Some(store), Some(bytes)) => Some(KeptResponse {
-                store,
-                request_id: self.open.request_id.clone(),
-                client: self.open.client.clone(),
-                hash: hash.clone(),
-                bytes,
-                truncated: self.truncated,
-            }),
-            _ => None,
-        };
-        (hash, self.open, kept)
-    }
-}
-
-/// A response to seal into the content store.
-struct KeptResponse {
-    store: crate::content::ContentStore,
-    request_id: String,
-    client: String,
-    hash: String,
-    bytes: Vec<u8>,
-    truncated: bool,
-}
-
-impl KeptResponse {
-    /// Seals and stores it off the async workers (the store flushes to disk). Failures are logged
-    /// by request id only: the answer is already with the client.
-    async fn store(self) {
-        let id = self.request_id.clone();
-        let job = move || {
-            let k = self;
-            k.store.put(&k.request_id, crate::content::Kind::Response, &k.client, &k.hash, &k.bytes, k.truncated)
-        };
-        match tokio::task::spawn_blocking(job).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => log::error!("request {id}: storing the sealed response failed: {e}"),
-            Err(e) => log::error!("request {id}: the content task failed: {e}"),
-        }
-    }
-}
-
-/// A response body that keeps the request's record alive until the body ends or is dropped, and
-/// writes the request's audit completion entry before it releases the last frame.
-pub struct TrackedBody {
+/// A response body that keeps the request's record (and so its log line) alive until the body
+/// ends or is dropped, and notes when the last byte went out.
+pub struct LoggedBody {
     inner: Body,
     record: Option<Arc<RequestRecord>>,
-    owed: Option<Owed>,
-    /// The completion entry being made durable, and the frame held back until it is.
-    appending: Option<(Append, Option<Frame<Bytes>>)>,
-    /// An SSE stream: a failed completion entry ends it with an error event instead of its last frame.
-    sse: bool,
-    ended: bool,
 }
 
-impl TrackedBody {
-    /// Wraps `inner`; `sse` says whether it is an event stream.
-    pub fn new(inner: Body, record: Arc<RequestRecord>, sse: bool) -> Self {
-        let owed = record.take_audit().map(Owed::new);
-        TrackedBody { inner, record: Some(record), owed, appending: None, sse, ended: false }
-    }
-
-    /// Starts the completion entry; `last` is released once it is durable.
-    fn start_append(&mut self, last: Option<Frame<Bytes>>) -> bool {
-        let (Some(owed), Some(rec)) = (self.owed.take(), &self.record) else {
-            return false;
-        };
-        let (hash, open, kept) = owed.finish();
-        let event = rec.completion(&open, hash, false);
-        let log = open.log.clone();
-        let append = async move {
-            let r = log.append(event).await;
-            if let (Ok(_), Some(k)) = (&r, kept) {
-                k.store().await;
-            }
-            r
-        };
-        self.appending = Some((Box::pin(append), last));
-        true
+impl LoggedBody {
+    /// Wraps `inner`.
+    pub fn new(inner: Body, record: Arc<RequestRecord>) -> Self {
+        LoggedBody { inner, record: Some(record) }
     }
 
     fn end(&mut self) {
-        self.ended = true;
         if let Some(rec) = self.record.take() {
             rec.finish();
         }
     }
 }
 
-fn audit_error_event() -> Bytes {
-    let e = crate::api::error::ApiError::AuditUnavailable;
-    Bytes::from(format!("data: {}\n\n", e.body()))
-}
-
-impl http_body::Body for TrackedBody {
+impl http_body::Body for LoggedBody {
     type Data = Bytes;
     type Error = axum::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        loop {
-            if let Some((fut, _)) = &mut self.appending {
-                let r = std::task::ready!(fut.as_mut().poll(cx));
-                let last = self.appending.take().and_then(|(_, f)| f);
-                let metrics = self.record.as_ref().map(|r| r.metrics.clone());
-                match r {
-                    Ok(_) => {
-                        if let Some(m) = &metrics {
-                            m.audit_entries.inc();
-                        }
-                    }
-                    Err(e) => {
-                        if let Some(m) = &metrics {
-                            m.audit_failures.inc();
-                        }
-                        let id = self.record.as_ref().map_or("-", |r| r.id.as_str()).to_string();
-                        log::error!("audit: the completion entry of request {id} failed: {e}");
-                        if self.sse {
-                            // The answer is already partly sent: end it with an error event, and
-                            // without [DONE], so the client cannot take it for complete.
-                            self.end();
-                            return Poll::Ready(Some(Ok(Frame::data(audit_error_event()))));
-                        }
-                    }
-                }
-                match last {
-                    Some(f) => {
-                        self.end();
-                        return Poll::Ready(Some(Ok(f)));
-                    }
-                    None => {
-                        self.end();
-                        return Poll::Ready(None);
-                    }
-                }
-            }
-            if self.ended {
-                return Poll::Ready(None);
-            }
-            match std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
-                Some(Ok(frame)) => {
-                    if let (Some(owed), Some(d)) = (&mut self.owed, frame.data_ref()) {
-                        owed.update(d);
-                    }
-                    if self.owed.is_some() && self.inner.is_end_stream() {
-                        self.start_append(Some(frame));
-                        continue;
-                    }
-                    return Poll::Ready(Some(Ok(frame)));
-                }
-                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
-                None => {
-                    if self.start_append(None) {
-                        continue;
-                    }
-                    self.end();
-                    return Poll::Ready(None);
-                }
-            }
+        let r = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if r.is_none() || self.inner.is_end_stream() {
+            self.end();
         }
+        Poll::Ready(r)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended || (self.appending.is_none() && self.owed.is_none() && self.inner.is_end_stream())
+        self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        if self.sse { SizeHint::default() } else { self.inner.size_hint() }
-    }
-}
-
-impl Drop for TrackedBody {
-    /// The client went away before the end: the completion entry still gets written, as cut short.
-    fn drop(&mut self) {
-        if let (Some(owed), Some(rec)) = (self.owed.take(), &self.record)
-            && let Ok(rt) = tokio::runtime::Handle::try_current()
-        {
-            let (hash, open, kept) = owed.finish();
-            let event = rec.completion(&open, hash, true);
-            let log = open.log.clone();
-            let metrics = rec.metrics.clone();
-            rt.spawn(async move {
-                crate::auditing::record(&log, &metrics, event).await;
-                // What the client received before it went away.
-                if let Some(k) = kept {
-                    k.store().await;
-                }
-            });
-        }
+        self.inner.size_hint()
     }
 }
 

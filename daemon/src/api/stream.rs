@@ -1,7 +1,8 @@
 //! Server-sent events for streamed answers: `data: {chunk}` lines, then `data: [DONE]`.
 //!
-//! The body owns the receiving end of the generation's channel. When the client disconnects,
-//! hyper drops the body, the channel closes, and the generation stops at its next token.
+//! The body owns the request's running choices, which read the engine's channels directly. When
+//! the client disconnects, hyper drops the body, the choices are dropped, and the scheduler
+//! ends their sequences at its next step.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -9,11 +10,11 @@ use std::task::{Context, Poll};
 
 use axum::body::Bytes;
 use govbox_engine::logprobs::TokenLogprob;
-use govbox_engine::{FinishReason, Usage};
+use govbox_engine::{Event, FinishReason, Usage};
 use http_body::Frame;
-use tokio::sync::mpsc;
 
-use crate::bridge::GenEvent;
+use crate::api::choices::Choices;
+use crate::api::error::ApiError;
 
 /// Builds the JSON chunks of one endpoint's stream. `index` is the choice's.
 pub trait ChunkMaker: Send + Unpin + 'static {
@@ -30,7 +31,7 @@ pub trait ChunkMaker: Send + Unpin + 'static {
 
 /// The streamed response body.
 pub struct SseBody<M> {
-    rx: mpsc::Receiver<(usize, GenEvent)>,
+    rest: Choices,
     maker: M,
     ready: VecDeque<Bytes>,
     /// Log-probabilities waiting for their text, per choice.
@@ -46,13 +47,8 @@ fn event(v: &serde_json::Value) -> Bytes {
 }
 
 impl<M: ChunkMaker> SseBody<M> {
-    /// A body for `choices` choices that first sends `initial`, then what `rx` brings.
-    pub fn new(
-        initial: Vec<(usize, GenEvent)>,
-        rx: mpsc::Receiver<(usize, GenEvent)>,
-        choices: usize,
-        mut maker: M,
-    ) -> Self {
+    /// A body for `choices` choices that first sends `initial`, then what `rest` brings.
+    pub fn new(initial: Vec<(usize, Event)>, rest: Choices, choices: usize, mut maker: M) -> Self {
         let mut ready = VecDeque::new();
         for i in 0..choices {
             if let Some(open) = maker.opening(i) {
@@ -60,26 +56,26 @@ impl<M: ChunkMaker> SseBody<M> {
             }
         }
         let logprobs = vec![Vec::new(); choices];
-        let mut body = SseBody { rx, maker, ready, logprobs, left: choices, usage: Usage::default(), done: false };
+        let mut body = SseBody { rest, maker, ready, logprobs, left: choices, usage: Usage::default(), done: false };
         for ev in initial {
             body.push(ev);
         }
         body
     }
 
-    fn push(&mut self, (i, ev): (usize, GenEvent)) {
+    fn push(&mut self, (i, ev): (usize, Event)) {
         if self.done {
             return;
         }
         match ev {
-            GenEvent::Text(t) => {
+            Event::Text(t) => {
                 let lp = std::mem::take(&mut self.logprobs[i]);
                 for c in self.maker.text(i, &t, &lp) {
                     self.ready.push_back(event(&c));
                 }
             }
-            GenEvent::Logprobs(l) => self.logprobs[i].extend(l),
-            GenEvent::Done { finish_reason, usage } => {
+            Event::Logprobs(l) => self.logprobs[i].extend(l),
+            Event::Done { finish_reason, usage } => {
                 // Log-probabilities of tokens whose text a stop string swallowed.
                 let lp = std::mem::take(&mut self.logprobs[i]);
                 if !lp.is_empty() {
@@ -101,10 +97,10 @@ impl<M: ChunkMaker> SseBody<M> {
                 self.ready.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
                 self.done = true;
             }
-            GenEvent::Failed(e) => {
+            Event::Error(e) => {
                 // Headers are gone already: the error travels as an event, and no [DONE] follows,
                 // so a client cannot mistake a cut-off answer for a complete one.
-                self.ready.push_back(event(&e.body()));
+                self.ready.push_back(event(&ApiError::Engine(e).body()));
                 self.done = true;
             }
         }
@@ -123,12 +119,13 @@ impl<M: ChunkMaker> http_body::Body for SseBody<M> {
             if self.done {
                 return Poll::Ready(None);
             }
-            match self.rx.poll_recv(cx) {
+            match self.rest.poll_next(cx) {
                 Poll::Ready(Some(ev)) => self.push(ev),
+                // The events stopped before every choice's last one: the answer was cut off.
                 Poll::Ready(None) => {
-                    // The generation thread ended without a last event: it was cut off.
-                    let e = crate::api::error::ApiError::Internal("the generation ended unexpectedly".into());
-                    self.push((0, GenEvent::Failed(e)));
+                    let e = ApiError::Internal("the generation ended unexpectedly".into());
+                    self.ready.push_back(event(&e.body()));
+                    self.done = true;
                 }
                 Poll::Pending => return Poll::Pending,
             }

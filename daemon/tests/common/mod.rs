@@ -101,6 +101,7 @@ impl Box_ {
             thresholds: vec![],
             force: false,
             audit_pub: None,
+            suite: govbox_provisioning::Suite::Intl,
         })
         .unwrap();
         let ca_pem = std::fs::read_to_string(state.join("tls/ca.crt")).unwrap();

@@ -155,22 +155,6 @@ impl AscendBackend {
     }
 }
 
-/// Bytes `dtype` needs for `shape`, or a shape error when rows are not whole blocks.
-fn expected_bytes(dtype: DType, shape: &[usize]) -> Result<usize> {
-    let count: Option<usize> = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-    let last = shape.last().copied().unwrap_or(1);
-    let expected = count.and_then(|c| {
-        if last == 0 {
-            return Some(0);
-        }
-        dtype.row_bytes(last).and_then(|rb| rb.checked_mul(c / last))
-    });
-    expected.ok_or_else(|| DriverError::Shape {
-        op: "upload",
-        detail: format!("{dtype} rows of {last} values are not whole blocks of {}", dtype.block_len()),
-    })
-}
-
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
@@ -210,10 +194,7 @@ impl Backend for AscendBackend {
     }
 
     fn upload(&self, data: HostBytes, dtype: DType, shape: &[usize]) -> Result<Tensor> {
-        let expected = expected_bytes(dtype, shape)?;
-        if expected != data.len() {
-            return Err(DriverError::UploadSize { dtype, shape: shape.to_vec(), expected, got: data.len() });
-        }
+        crate::backend::check_upload(dtype, shape, data.len())?;
         let bytes = data.as_slice();
         let k = shape.last().copied().unwrap_or(1);
         let store = match dtype {
@@ -277,14 +258,7 @@ impl Backend for AscendBackend {
     }
 
     fn upload_f32(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
-        if shape.iter().product::<usize>() != data.len() {
-            return Err(DriverError::UploadSize {
-                dtype: DType::F32,
-                shape: shape.to_vec(),
-                expected: shape.iter().product::<usize>() * 4,
-                got: data.len() * 4,
-            });
-        }
+        crate::backend::check_upload(DType::F32, shape, std::mem::size_of_val(data))?;
         Ok(self.new_f32(self.dev.upload_bytes(&f32_bytes(data))?, shape.to_vec()))
     }
 
@@ -314,10 +288,6 @@ impl Backend for AscendBackend {
         ops::rope(&self.dev, x, rope).map(|m| self.new_f32(m, x.shape().to_vec()))
     }
 
-    fn softmax(&self, x: &Tensor) -> Result<Tensor> {
-        ops::softmax(&self.dev, x).map(|m| self.new_f32(m, x.shape().to_vec()))
-    }
-
     fn swiglu(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         ops::swiglu(&self.dev, gate, up).map(|m| self.new_f32(m, gate.shape().to_vec()))
     }
@@ -327,11 +297,7 @@ impl Backend for AscendBackend {
     }
 
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        ops::binary(&self.dev, a, b, ops::Binary::Add).map(|m| self.new_f32(m, a.shape().to_vec()))
-    }
-
-    fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        ops::binary(&self.dev, a, b, ops::Binary::Mul).map(|m| self.new_f32(m, a.shape().to_vec()))
+        ops::add_rows(&self.dev, a, b).map(|m| self.new_f32(m, a.shape().to_vec()))
     }
 
     fn scale(&self, a: &Tensor, s: f32) -> Result<Tensor> {
@@ -377,13 +343,5 @@ impl Backend for AscendBackend {
 
     fn attention_dense(&self, q: &Tensor, k: &Tensor, v: &Tensor, spec: &DenseAttn<'_>) -> Result<Tensor> {
         ops::dense_attention(&self.dev, q, k, v, spec).map(|m| self.new_f32(m, q.shape().to_vec()))
-    }
-
-    fn argmax(&self, x: &Tensor) -> Result<Vec<u32>> {
-        ops::argmax(&self.dev, x)
-    }
-
-    fn synchronize(&self) -> Result<()> {
-        self.dev.synchronize()
     }
 }

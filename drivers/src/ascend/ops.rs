@@ -88,15 +88,7 @@ fn index_select(l: &mut Launch<'_>, x: &View, idx: &View, out: &View) -> Result<
 /// `x [m, k] · wᵀ` for `w [n, k]`: returns the memory and shape `[.., n]`.
 pub(super) fn matmul(dev: &Arc<Device>, x: &Tensor, w: &Tensor) -> Result<(DevMem, Vec<usize>)> {
     let xm = check_f32(x, "matmul")?;
-    let (m, k) = (x.rows(), x.last_dim());
-    if w.shape().len() != 2 || w.shape()[1] != k {
-        return Err(shape_err("matmul", format!("x {:?} by weight {:?}", x.shape(), w.shape())));
-    }
-    let n = w.shape()[0];
-    let mut shape = x.shape().to_vec();
-    if let Some(last) = shape.last_mut() {
-        *last = n;
-    }
+    let crate::backend::MatmulShape { m, k, n, out: shape } = crate::backend::MatmulShape::check(x, w)?;
     let out = dev.alloc(m * n * 4)?;
     if m == 0 || n == 0 {
         return Ok((out, shape));
@@ -175,14 +167,13 @@ pub(super) fn layer_norm(dev: &Arc<Device>, x: &Tensor, w: &Tensor, b: &Tensor, 
 
 pub(super) fn rope(dev: &Arc<Device>, x: &Tensor, r: &Rope<'_>) -> Result<DevMem> {
     let xm = check_f32(x, "rope")?;
+    r.check(x)?;
     let (hd, nh) = (r.head_dim, r.n_heads);
     let half = r.inv_freq.len();
     let rows = x.rows();
-    if x.last_dim() != nh * hd || half * 2 > hd || r.positions.len() != rows || half == 0 && hd > 0 {
-        return Err(shape_err(
-            "rope",
-            format!("input {:?}, {nh} heads of {hd}, {half} frequencies, {} positions", x.shape(), r.positions.len()),
-        ));
+    // aclnnRotaryPositionEmbedding needs something to rotate.
+    if half == 0 && hd > 0 {
+        return Err(shape_err("rope", format!("{nh} heads of {hd} with no frequencies")));
     }
     let out = dev.alloc(rows * nh * hd * 4)?;
     if rows == 0 || nh == 0 {
@@ -227,16 +218,6 @@ pub(super) fn rope(dev: &Arc<Device>, x: &Tensor, r: &Rope<'_>) -> Result<DevMem
     Ok(out)
 }
 
-pub(super) fn softmax(dev: &Arc<Device>, x: &Tensor) -> Result<DevMem> {
-    let xm = check_f32(x, "softmax")?;
-    let (r, n) = (x.rows(), x.last_dim());
-    let out = dev.alloc(r * n * 4)?;
-    if r * n > 0 {
-        softmax_last(&mut dev.launch()?, &vf(xm, &[r, n]), &vf(&out, &[r, n]))?;
-    }
-    Ok(out)
-}
-
 pub(super) fn swiglu(dev: &Arc<Device>, gate: &Tensor, up: &Tensor) -> Result<DevMem> {
     let (gm, um) = (check_f32(gate, "swiglu")?, check_f32(up, "swiglu")?);
     if gate.shape() != up.shape() {
@@ -267,18 +248,9 @@ pub(super) fn gelu(dev: &Arc<Device>, x: &Tensor) -> Result<DevMem> {
     Ok(out)
 }
 
-/// An element-wise op with row broadcast.
-#[derive(Clone, Copy, Debug)]
-pub(super) enum Binary {
-    Add,
-    Mul,
-}
-
-pub(super) fn binary(dev: &Arc<Device>, a: &Tensor, b: &Tensor, op: Binary) -> Result<DevMem> {
-    let name = match op {
-        Binary::Add => "add",
-        Binary::Mul => "mul",
-    };
+/// `a + b`, where `b` may be one row broadcast over `a`'s rows.
+pub(super) fn add_rows(dev: &Arc<Device>, a: &Tensor, b: &Tensor) -> Result<DevMem> {
+    let name = "add";
     let am = check_f32(a, name)?;
     let bm = f32_mem(b, name)?;
     let (r, n) = (a.rows(), a.last_dim());
@@ -292,11 +264,7 @@ pub(super) fn binary(dev: &Arc<Device>, a: &Tensor, b: &Tensor, op: Binary) -> R
     let out = dev.alloc(r * n * 4)?;
     if r * n > 0 {
         let mut l = dev.launch()?;
-        let (av, ov) = (vf(am, &[r, n]), vf(&out, &[r, n]));
-        match op {
-            Binary::Add => add(&mut l, &av, &bv, &ov)?,
-            Binary::Mul => mul(&mut l, &av, &bv, &ov)?,
-        }
+        add(&mut l, &vf(am, &[r, n]), &bv, &vf(&out, &[r, n]))?;
     }
     Ok(out)
 }
@@ -367,29 +335,11 @@ pub(super) fn gather_rows(dev: &Arc<Device>, x: &Tensor, rows: &[usize]) -> Resu
     Ok(out)
 }
 
-pub(super) fn argmax(dev: &Arc<Device>, x: &Tensor) -> Result<Vec<u32>> {
-    let xm = check_f32(x, "argmax")?;
-    let (r, n) = (x.rows(), x.last_dim());
-    if r == 0 || n == 0 {
-        return Ok(vec![0; r]);
-    }
-    let out = dev.alloc(r * 8)?;
-    {
-        let mut l = dev.launch()?;
-        let (xt, ot) = (l.tensor(&vf(xm, &[r, n]))?, l.tensor(&View::contiguous(&out, I64, 8, &[r]))?);
-        aclnn!(&mut l, aclnnArgMax, aclnnArgMaxGetWorkspaceSize(xt, 1, false, ot));
-    }
-    let mut b = vec![0u8; r * 8];
-    dev.download_bytes(&out, &mut b)?;
-    Ok(b.chunks_exact(8).map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as u32).collect())
-}
-
 /// A paged KV pool in device memory: per layer, K and V `[n_blocks * block_size, n_kv_heads *
 /// head_dim]` of the spec's [`KvDType`] (`aclnnInplaceCopy` rounds new rows to it; attention
 /// gathers a sequence's rows in that type and widens only those to `f32`).
 #[derive(Debug)]
 pub(crate) struct AscendKvCache {
-    dev: Arc<Device>,
     spec: KvSpec,
     k: Vec<DevMem>,
     v: Vec<DevMem>,
@@ -400,9 +350,12 @@ impl AscendKvCache {
         if spec.block_size == 0 {
             return Err(DriverError::KvCache("block size 0".into()));
         }
+        if spec.dtype == KvDType::Q8_0 {
+            return Err(DriverError::KvDType { dtype: spec.dtype, backend: "ascend", supported: "f32, f16" });
+        }
         let bytes = spec
             .values_per_layer()
-            .and_then(|a| a.checked_mul(spec.dtype.bytes()))
+            .and_then(|a| spec.dtype.bytes_for(a))
             .ok_or_else(|| DriverError::KvCache(format!("{spec:?} overflows")))?;
         let mut k = Vec::with_capacity(spec.n_layers);
         let mut v = Vec::with_capacity(spec.n_layers);
@@ -413,7 +366,7 @@ impl AscendKvCache {
                 pool.push(m);
             }
         }
-        Ok(Self { dev: dev.clone(), spec, k, v })
+        Ok(Self { spec, k, v })
     }
 
     fn width(&self) -> usize {
@@ -423,8 +376,9 @@ impl AscendKvCache {
     /// The stored type as aclnn names it, and its size.
     fn acl_dtype(&self) -> (sys::aclDataType, usize) {
         match self.spec.dtype {
-            KvDType::F32 => (F32, 4),
             KvDType::F16 => (F16, 2),
+            // `new` refuses the block types.
+            KvDType::F32 | KvDType::Q8_0 => (F32, 4),
         }
     }
 
@@ -437,23 +391,6 @@ impl AscendKvCache {
 impl KvCache for AscendKvCache {
     fn spec(&self) -> KvSpec {
         self.spec
-    }
-
-    fn copy_block(&mut self, src: u32, dst: u32) -> Result<()> {
-        let (s, d) = (src as usize, dst as usize);
-        if s >= self.spec.n_blocks || d >= self.spec.n_blocks {
-            return Err(DriverError::KvCache(format!("copy_block {s} -> {d} of {} blocks", self.spec.n_blocks)));
-        }
-        if s == d {
-            return Ok(());
-        }
-        let (bs, w) = (self.spec.block_size, self.width());
-        let mut l = self.dev.launch()?;
-        for m in self.k.iter().chain(&self.v) {
-            let p = self.pool_view(m);
-            copy(&mut l, &p.strided(&[bs, w], &[w, 1], d * bs * w), &p.strided(&[bs, w], &[w, 1], s * bs * w))?;
-        }
-        Ok(())
     }
 
     fn as_any_mut(&mut self) -> &mut dyn Any {
@@ -476,36 +413,9 @@ pub(super) fn paged_attention(
         .downcast_mut::<AscendKvCache>()
         .ok_or(DriverError::ForeignTensor { op: "attention (kv cache)" })?;
     let spec = cache.spec;
+    let rows = a.check(&spec, q, k, v)?;
     let (hd, nh, nkv) = (a.head_dim, a.n_heads, a.n_kv_heads);
-    let rows: usize = a.seqs.iter().map(|s| s.n_new).sum();
-    if spec.head_dim != hd
-        || spec.n_kv_heads != nkv
-        || nkv == 0
-        || nh % nkv != 0
-        || a.layer >= spec.n_layers
-        || q.shape() != [rows, nh * hd]
-        || k.shape() != [rows, nkv * hd]
-        || v.shape() != [rows, nkv * hd]
-    {
-        return Err(shape_err(
-            "attention",
-            format!(
-                "q {:?} k {:?} v {:?} for {rows} rows, {nh} heads, {nkv} kv heads of {hd}, layer {}, cache {spec:?}",
-                q.shape(),
-                k.shape(),
-                v.shape(),
-                a.layer
-            ),
-        ));
-    }
-    let bs = spec.block_size;
-    let slot = |table: &[u32], pos: usize| -> Result<usize> {
-        let b = *table.get(pos / bs).ok_or_else(|| DriverError::KvCache(format!("position {pos} has no block")))?;
-        if b as usize >= spec.n_blocks {
-            return Err(DriverError::KvCache(format!("block {b} of {}", spec.n_blocks)));
-        }
-        Ok(b as usize * bs + pos % bs)
-    };
+    let slot = |table: &[u32], pos: usize| spec.slot(table, pos);
     // Every slot first, so that a bad block table changes nothing.
     let slots: Vec<Vec<usize>> = a
         .seqs

@@ -42,15 +42,7 @@ const PANEL: usize = 64;
 /// row's result is the same whatever the number of rows.
 pub(super) fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, gelu: bool, invariant: bool) -> Result<Tensor> {
     check_f32(x, "matmul")?;
-    let k = x.last_dim();
-    let m = x.rows();
-    if w.shape().len() != 2 || w.last_dim() != k {
-        return Err(DriverError::Shape {
-            op: "matmul",
-            detail: format!("activations {:?} against weight {:?}", x.shape(), w.shape()),
-        });
-    }
-    let n = w.shape()[0];
+    let crate::backend::MatmulShape { m, k, n, out: out_shape } = crate::backend::MatmulShape::check(x, w)?;
     let dt = w.dtype();
     if matches!(dt, DType::U32 | DType::I64) {
         return Err(DriverError::DType { op: "matmul", dtype: dt });
@@ -63,10 +55,6 @@ pub(super) fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, gelu: bool, 
         CpuData::Packed(_) => (&[], dt),
     };
     let rb = dt.row_bytes(k).ok_or(DriverError::DType { op: "matmul", dtype: dt })?;
-    let mut out_shape = x.shape().to_vec();
-    if let Some(l) = out_shape.last_mut() {
-        *l = n;
-    }
     let bias = match bias {
         Some(b) => {
             let bv = f32_values(b, "linear")?;

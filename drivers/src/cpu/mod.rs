@@ -4,7 +4,8 @@ mod affinity;
 mod allocator;
 mod attention;
 mod dot;
-mod kv_f16;
+mod flash;
+mod kv_pool;
 mod matmul;
 mod norm;
 mod panel;
@@ -270,21 +271,7 @@ impl Backend for CpuBackend {
     }
 
     fn upload(&self, data: HostBytes, dtype: DType, shape: &[usize]) -> Result<Tensor> {
-        let count: Option<usize> = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-        let last = shape.last().copied().unwrap_or(1);
-        let expected = count.and_then(|c| {
-            if last == 0 {
-                return Some(0);
-            }
-            dtype.row_bytes(last).and_then(|rb| rb.checked_mul(c / last))
-        });
-        let expected = expected.ok_or_else(|| DriverError::Shape {
-            op: "upload",
-            detail: format!("{dtype} rows of {last} values are not whole blocks of {}", dtype.block_len()),
-        })?;
-        if expected != data.len() {
-            return Err(DriverError::UploadSize { dtype, shape: shape.to_vec(), expected, got: data.len() });
-        }
+        crate::backend::check_upload(dtype, shape, data.len())?;
         // The weight matrices of the simple quantised formats are re-laid out once for the packed
         // kernel, where this CPU has one; the file's pages are then given back (they are not
         // read again). f32 data that is not 4-byte aligned in the file is copied once so kernels
@@ -317,14 +304,7 @@ impl Backend for CpuBackend {
     }
 
     fn upload_f32(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
-        if shape.iter().product::<usize>() != data.len() {
-            return Err(DriverError::UploadSize {
-                dtype: DType::F32,
-                shape: shape.to_vec(),
-                expected: shape.iter().product::<usize>() * 4,
-                got: data.len() * 4,
-            });
-        }
+        crate::backend::check_upload(DType::F32, shape, std::mem::size_of_val(data))?;
         Ok(new_f32(data.to_vec(), shape.to_vec()))
     }
 
@@ -349,10 +329,6 @@ impl Backend for CpuBackend {
         self.run(|| norm::rope(x, rope))
     }
 
-    fn softmax(&self, x: &Tensor) -> Result<Tensor> {
-        self.run(|| norm::softmax(x))
-    }
-
     fn swiglu(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         self.run(|| binary(gate, up, "swiglu", |g, u| g / (1.0 + (-g).exp()) * u))
     }
@@ -367,10 +343,6 @@ impl Backend for CpuBackend {
 
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         self.run(|| add(a, b))
-    }
-
-    fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        self.run(|| binary(a, b, "mul", |x, y| x * y))
     }
 
     fn scale(&self, a: &Tensor, s: f32) -> Result<Tensor> {
@@ -452,26 +424,5 @@ impl Backend for CpuBackend {
 
     fn add_layer_norm(&self, a: &Tensor, b: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
         self.run(|| norm::add_layer_norm(a, b, weight, bias, eps))
-    }
-
-    fn argmax(&self, x: &Tensor) -> Result<Vec<u32>> {
-        check_f32(x, "argmax")?;
-        let v = f32_values(x, "argmax")?;
-        let n = x.last_dim().max(1);
-        Ok(v.chunks_exact(n)
-            .map(|row| {
-                let mut best = 0usize;
-                for (i, &a) in row.iter().enumerate() {
-                    if a > row[best] {
-                        best = i;
-                    }
-                }
-                best as u32
-            })
-            .collect())
-    }
-
-    fn synchronize(&self) -> Result<()> {
-        Ok(())
     }
 }

@@ -115,21 +115,8 @@ simd_kernel! {
 
 pub(super) fn rope(x: &Tensor, r: &Rope<'_>) -> Result<Tensor> {
     check_f32(x, "rope")?;
-    let width = r.n_heads * r.head_dim;
+    let width = r.check(x)?;
     let half = r.inv_freq.len();
-    if x.last_dim() != width || half * 2 > r.head_dim || r.positions.len() != x.rows() {
-        return Err(DriverError::Shape {
-            op: "rope",
-            detail: format!(
-                "input {:?}, {} heads of {}, {} frequencies, {} positions",
-                x.shape(),
-                r.n_heads,
-                r.head_dim,
-                half,
-                r.positions.len()
-            ),
-        });
-    }
     let mut out = f32_values(x, "rope")?.into_owned();
     out.par_chunks_mut(width.max(1)).zip(r.positions.par_iter()).for_each(|(row, &pos)| {
         let (cos, sin): (Vec<f32>, Vec<f32>) = r
@@ -153,26 +140,6 @@ pub(super) fn rope(x: &Tensor, r: &Rope<'_>) -> Result<Tensor> {
         }
     });
     Ok(new_f32(out, x.shape().to_vec()))
-}
-
-pub(super) fn softmax(x: &Tensor) -> Result<Tensor> {
-    check_f32(x, "softmax")?;
-    let n = x.last_dim();
-    let mut out = f32_values(x, "softmax")?.into_owned();
-    out.par_chunks_mut(n.max(1)).for_each(softmax_in_place);
-    Ok(new_f32(out, x.shape().to_vec()))
-}
-
-/// Numerically stable softmax of one row.
-pub(crate) fn softmax_in_place(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for a in row.iter_mut() {
-        *a = (*a - max).exp();
-        sum += *a;
-    }
-    let inv = 1.0 / sum;
-    row.iter_mut().for_each(|a| *a *= inv);
 }
 
 /// GELU with erf, `x/2 · (1 + erf(x/√2))`, as PyTorch's default `gelu`.
@@ -218,13 +185,5 @@ mod tests {
         }
         // gelu(1) = 0.8413447460685429 (PyTorch, float64).
         assert!((gelu_erf(1.0) - 0.841_344_8).abs() < 1e-6);
-    }
-
-    #[test]
-    fn softmax_sums_to_one() {
-        let mut r = [1.0f32, 2.0, 3.0, -1000.0];
-        softmax_in_place(&mut r);
-        assert!((r.iter().sum::<f32>() - 1.0).abs() < 1e-6);
-        assert!(r[3] == 0.0 && r[2] > r[1]);
     }
 }

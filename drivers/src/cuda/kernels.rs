@@ -17,16 +17,13 @@ pub(super) const NAMES: &[&str] = &[
     "rms_norm",
     "layer_norm",
     "rope",
-    "softmax",
     "binary",
     "unary",
     "embedding",
     "gather_rows",
-    "argmax",
     "matvec",
     "dequant_rows",
     "kv_write",
-    "kv_copy_block",
     "paged_attention",
     "dense_attention",
 ];
@@ -67,10 +64,6 @@ __device__ __forceinline__ double warp_sum_d(double v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
-__device__ __forceinline__ float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
 
 // Block-wide reductions for blockDim.x a multiple of 32 (at most 1024); every thread gets the
 // result. `sh` holds 32 values; the leading __syncthreads lets callers reduce several times.
@@ -97,20 +90,6 @@ __device__ double block_sum_d(double v, double* sh) {
     if (w == 0) {
         double t = lane < nw ? sh[lane] : 0.0;
         t = warp_sum_d(t);
-        if (lane == 0) sh[0] = t;
-    }
-    __syncthreads();
-    return sh[0];
-}
-__device__ float block_max(float v, float* sh) {
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    v = warp_max(v);
-    __syncthreads();
-    if (lane == 0) sh[w] = v;
-    __syncthreads();
-    if (w == 0) {
-        float t = lane < nw ? sh[lane] : NEG_INF;
-        t = warp_max(t);
         if (lane == 0) sh[0] = t;
     }
     __syncthreads();
@@ -198,27 +177,8 @@ extern "C" __global__ void rope(const float* x, float* y, const u32* pos, const 
     }
 }
 
-// Softmax of each row (one block per row).
-extern "C" __global__ void softmax(const float* x, float* y, int n) {
-    __shared__ float sh[32];
-    long row = blockIdx.x;
-    const float* xr = x + row * n;
-    float* yr = y + row * n;
-    float m = NEG_INF;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) m = fmaxf(m, xr[i]);
-    m = block_max(m, sh);
-    float s = 0.0f;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        float e = expf(xr[i] - m);
-        yr[i] = e;
-        s += e;
-    }
-    float inv = 1.0f / block_sum(s, sh);
-    for (int i = threadIdx.x; i < n; i += blockDim.x) yr[i] *= inv;
-}
-
 // y = op(a, b) where b has `bn` values: either as many as a, or one row broadcast over a.
-// op: 0 add, 1 mul, 2 silu(a) * b, 3 gelu(a + b).
+// op: 0 add, 2 silu(a) * b, 3 gelu(a + b) (1 was mul, which nothing calls).
 extern "C" __global__ void binary(const float* a, const float* b, float* y, long total, long bn, int op) {
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
         float x = a[i];
@@ -226,7 +186,6 @@ extern "C" __global__ void binary(const float* a, const float* b, float* y, long
         float r;
         switch (op) {
         case 0: r = x + z; break;
-        case 1: r = x * z; break;
         case 2: r = x / (1.0f + expf(-x)) * z; break;
         default: {
             float t = x + z;
@@ -258,39 +217,6 @@ extern "C" __global__ void gather_rows(const float* x, const u32* idx, float* y,
     long r = blockIdx.x;
     long src = idx[r];
     for (int d = threadIdx.x; d < n; d += blockDim.x) y[r * n + d] = x[src * n + d];
-}
-
-// Index of the first largest value of each row (one block per row).
-extern "C" __global__ void argmax(const float* x, u32* out, int n) {
-    __shared__ float sv[32];
-    __shared__ u32 si[32];
-    long row = blockIdx.x;
-    const float* xr = x + row * n;
-    float bv = NEG_INF;
-    u32 bi = 0xffffffffu;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        float v = xr[i];
-        if (v > bv || (v == bv && (u32)i < bi)) { bv = v; bi = (u32)i; }
-    }
-    for (int o = 16; o > 0; o >>= 1) {
-        float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-        u32 oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (ov > bv || (ov == bv && oi < bi)) { bv = ov; bi = oi; }
-    }
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    if (lane == 0) { sv[w] = bv; si[w] = bi; }
-    __syncthreads();
-    if (w == 0) {
-        bv = lane < nw ? sv[lane] : NEG_INF;
-        bi = lane < nw ? si[lane] : 0xffffffffu;
-        for (int o = 16; o > 0; o >>= 1) {
-            float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-            u32 oi = __shfl_xor_sync(0xffffffffu, bi, o);
-            if (ov > bv || (ov == bv && oi < bi)) { bv = ov; bi = oi; }
-        }
-        // Only NaNs: the CPU backend answers 0 then.
-        if (lane == 0) out[row] = bi == 0xffffffffu ? 0u : bi;
-    }
 }
 
 // y [m, n] = x [m, k] · wᵀ for m <= MATVEC_MAX_M (decode): one warp per weight row, which is
@@ -403,18 +329,6 @@ extern "C" __global__ void kv_write(float* kc, float* vc, const float* k, const 
         long dst = (layer_off + (long)slots[r]) * width + c;
         kc[dst] = k[e];
         vc[dst] = v[e];
-    }
-}
-
-// Copies block src to block dst in every layer of both pools (block_len values per block,
-// per_layer values per layer; src and dst checked by the host).
-extern "C" __global__ void kv_copy_block(float* kc, float* vc, int n_layers, long per_layer, long block_len, long src,
-                                        long dst) {
-    long total = (long)n_layers * block_len;
-    for (long e = blockIdx.x * (long)blockDim.x + threadIdx.x; e < total; e += (long)gridDim.x * blockDim.x) {
-        long l = e / block_len, c = e % block_len;
-        kc[l * per_layer + dst * block_len + c] = kc[l * per_layer + src * block_len + c];
-        vc[l * per_layer + dst * block_len + c] = vc[l * per_layer + src * block_len + c];
     }
 }
 

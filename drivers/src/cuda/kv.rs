@@ -4,7 +4,7 @@ use std::any::Any;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 use super::{CudaBackend, drv, elementwise_cfg, kernels, to_i32};
 use crate::{DType, DenseAttn, DriverError, KvCache, KvDType, KvSpec, PagedAttn, Result, SeqAttn, Tensor};
@@ -16,8 +16,6 @@ pub struct CudaKvCache {
     spec: KvSpec,
     k: CudaSlice<u8>,
     v: CudaSlice<u8>,
-    stream: Arc<CudaStream>,
-    copy: CudaFunction,
     counter: Arc<AtomicU64>,
     /// The device's ordinal, so that a cache is never used by another device's backend.
     ordinal: usize,
@@ -55,19 +53,7 @@ impl CudaKvCache {
         be.stream.memset_zeros(&mut k).map_err(drv("cuMemsetD8Async"))?;
         be.stream.memset_zeros(&mut v).map_err(drv("cuMemsetD8Async"))?;
         be.used.fetch_add((k.len() + v.len()) as u64, Ordering::Relaxed);
-        Ok(Self {
-            spec,
-            k,
-            v,
-            stream: be.stream.clone(),
-            copy: be.func("kv_copy_block")?.clone(),
-            counter: be.used.clone(),
-            ordinal: be.ctx.ordinal(),
-        })
-    }
-
-    fn block_len(&self) -> usize {
-        self.spec.block_size * self.spec.n_kv_heads * self.spec.head_dim
+        Ok(Self { spec, k, v, counter: be.used.clone(), ordinal: be.ctx.ordinal() })
     }
 }
 
@@ -80,30 +66,6 @@ impl Drop for CudaKvCache {
 impl KvCache for CudaKvCache {
     fn spec(&self) -> KvSpec {
         self.spec
-    }
-
-    fn copy_block(&mut self, src: u32, dst: u32) -> Result<()> {
-        super::guard("copy_block", || {
-            let (s, d) = (src as usize, dst as usize);
-            if s >= self.spec.n_blocks || d >= self.spec.n_blocks {
-                return Err(DriverError::KvCache(format!("copy_block {s} -> {d} of {} blocks", self.spec.n_blocks)));
-            }
-            let bl = self.block_len();
-            let total = self.spec.n_layers * bl;
-            if total == 0 || s == d {
-                return Ok(());
-            }
-            self.stream.context().bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
-            let layers = to_i32(self.spec.n_layers, "copy_block", "layers")?;
-            let per_layer = (self.spec.n_blocks * bl) as i64;
-            let (bl, s, d) = (bl as i64, s as i64, d as i64);
-            let mut b = self.stream.launch_builder(&self.copy);
-            b.arg(&mut self.k).arg(&mut self.v).arg(&layers).arg(&per_layer).arg(&bl).arg(&s).arg(&d);
-            // SAFETY: src and dst are blocks of the pool (checked above); the kernel touches
-            // n_layers * block_len values of each, inside the allocations.
-            unsafe { b.launch(elementwise_cfg(total)) }.map_err(drv("cuLaunchKernel(kv_copy_block)"))?;
-            Ok(())
-        })
     }
 
     fn as_any_mut(&mut self) -> &mut dyn Any {
@@ -180,28 +142,8 @@ pub(super) fn paged(
         return Err(DriverError::ForeignTensor { op: "attention (kv cache of another device)" });
     }
     let spec = cache.spec;
+    let rows = a.check(&spec, q, k, v)?;
     let (hd, nh, nkv) = (a.head_dim, a.n_heads, a.n_kv_heads);
-    let rows: usize = a.seqs.iter().map(|s| s.n_new).sum();
-    if spec.head_dim != hd
-        || spec.n_kv_heads != nkv
-        || nkv == 0
-        || nh % nkv != 0
-        || a.layer >= spec.n_layers
-        || q.shape() != [rows, nh * hd]
-        || k.shape() != [rows, nkv * hd]
-        || v.shape() != [rows, nkv * hd]
-    {
-        return Err(DriverError::Shape {
-            op: "attention",
-            detail: format!(
-                "q {:?} k {:?} v {:?} for {rows} rows, {nh} heads, {nkv} kv heads of {hd}, layer {}, cache {spec:?}",
-                q.shape(),
-                k.shape(),
-                v.shape(),
-                a.layer
-            ),
-        });
-    }
     if hd > kernels::ATT_MAX_HEAD_DIM {
         return Err(DriverError::Shape {
             op: "attention",

@@ -21,10 +21,17 @@
 //! - Small weights used as rows (norm weights, biases, the second operand of `add`/`mul`) are
 //!   converted to f32 once, on first use, and the copy is kept with the tensor.
 //! - The KV cache is f32 on the device (see [`kv`]).
+//!
+//! Files: [`probe`] finds the libraries and devices, `matmul` and `ops` hold the op bodies,
+//! `kv` the cache and attention, `kernels` the CUDA C source; this file holds the backend's
+//! memory and the thin [`Backend`] impl, which runs each op under `guard`.
 
 mod kernels;
 mod kv;
+mod matmul;
 mod nvml;
+mod ops;
+pub mod probe;
 
 use std::any::Any;
 use std::collections::{BTreeSet, HashMap};
@@ -33,38 +40,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
-};
-use rayon::prelude::*;
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig};
 
-use crate::device::Probe;
 use crate::{
     Backend, Buffer, Caps, DType, DenseAttn, DeviceInfo, DeviceKind, DriverError, HostBytes, KvCache, KvSpec,
-    PagedAttn, Result, Rope, RopeStyle, Tensor,
+    PagedAttn, Result, Rope, Tensor,
 };
 
 pub use kv::CudaKvCache;
+pub use probe::probe;
 
 const BACKEND: &str = "cuda";
 /// Threads of the elementwise and row kernels.
 const THREADS: u32 = 256;
-/// Largest f32 panel a de-quantised weight takes on the prefill GEMM path.
-const PANEL_BYTES: usize = 64 << 20;
-
-/// The reason a library did not load, as the dynamic loader words it.
-fn dlopen_reason(names: &[&str]) -> String {
-    let mut last = String::new();
-    for n in names {
-        // SAFETY: loading a vendor library runs its initialisers; the CUDA libraries are made
-        // to be loaded this way (cudarc does the same), and the handle is dropped at once.
-        match unsafe { libloading::Library::new(n) } {
-            Ok(_) => return format!("{n}: loads, but cudarc found none of its names"),
-            Err(e) => last = e.to_string(),
-        }
-    }
-    last
-}
 
 fn panic_text(p: &(dyn Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
@@ -89,137 +77,6 @@ fn drv(call: &'static str) -> impl Fn(cudarc::driver::DriverError) -> DriverErro
 
 fn blas_err(call: &'static str) -> impl Fn(cudarc::cublas::result::CublasError) -> DriverError {
     move |e| DriverError::Device { backend: BACKEND, call: call.into(), code: e.0 as i64, message: format!("{e:?}") }
-}
-
-/// Whether cudarc finds each library, and which one it misses first.
-fn missing_library() -> Option<&'static str> {
-    // SAFETY: these only try dlopen on cudarc's candidate names and drop the handles.
-    let (cuda, blas, rtc) = unsafe {
-        (
-            cudarc::driver::sys::is_culib_present(),
-            cudarc::cublas::sys::is_culib_present(),
-            cudarc::nvrtc::sys::is_culib_present(),
-        )
-    };
-    if !cuda {
-        Some("libcuda.so")
-    } else if !blas {
-        Some("libcublas.so")
-    } else if !rtc {
-        Some("libnvrtc.so")
-    } else {
-        None
-    }
-}
-
-fn lib_candidates(lib: &str) -> Vec<&'static str> {
-    match lib {
-        "libcuda.so" => vec!["libcuda.so.1", "libcuda.so"],
-        "libcublas.so" => vec!["libcublas.so.13", "libcublas.so.12", "libcublas.so"],
-        _ => vec!["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"],
-    }
-}
-
-/// Probes for CUDA: whether libcuda loads and how many devices it reports. Never panics.
-pub fn probe() -> Probe {
-    let absent = |detail: String| Probe {
-        kind: DeviceKind::Cuda,
-        compiled: true,
-        present: false,
-        devices: 0,
-        simulated: false,
-        detail,
-    };
-    let found = catch_unwind(|| {
-        // SAFETY: see `missing_library`.
-        unsafe { cudarc::driver::sys::is_culib_present() }
-    });
-    match found {
-        Ok(true) => {}
-        Ok(false) => {
-            return absent(format!("libcuda.so: not found ({})", dlopen_reason(&lib_candidates("libcuda.so"))));
-        }
-        Err(p) => return absent(format!("libcuda.so: {}", panic_text(p.as_ref()))),
-    }
-    let r = catch_unwind(|| -> std::result::Result<(u32, String), String> {
-        cudarc::driver::result::init().map_err(|e| format!("cuInit: {e:?}"))?;
-        let n = cudarc::driver::result::device::get_count().map_err(|e| format!("cuDeviceGetCount: {e:?}"))?;
-        let mut v = 0i32;
-        // SAFETY: `v` is a valid out-pointer for the duration of the call.
-        let version = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) }.result();
-        let version = match version {
-            Ok(()) => format!("driver API {}.{}", v / 1000, v % 1000 / 10),
-            Err(e) => format!("driver version unknown: {e:?}"),
-        };
-        let name = if n > 0 {
-            cudarc::driver::result::device::get(0)
-                .and_then(cudarc::driver::result::device::get_name)
-                .unwrap_or_else(|e| format!("device 0 name unknown: {e:?}"))
-        } else {
-            String::new()
-        };
-        Ok((n.max(0) as u32, format!("libcuda, {version}{}{name}", if name.is_empty() { "" } else { ", " })))
-    });
-    match r {
-        Ok(Ok((n, detail))) if n > 0 => {
-            let missing = missing_library();
-            match missing {
-                None => Probe {
-                    kind: DeviceKind::Cuda,
-                    compiled: true,
-                    present: true,
-                    devices: n,
-                    simulated: false,
-                    detail,
-                },
-                Some(lib) => absent(format!(
-                    "{detail}; but {lib}: not found ({}) - install the CUDA toolkit libraries or set LD_LIBRARY_PATH",
-                    dlopen_reason(&lib_candidates(lib))
-                )),
-            }
-        }
-        Ok(Ok((_, detail))) => absent(format!("{detail}: no CUDA device")),
-        Ok(Err(e)) => absent(e),
-        Err(p) => absent(format!("libcuda: {}", panic_text(p.as_ref()))),
-    }
-}
-
-/// Lets the device's default memory pool keep freed memory instead of returning it to the
-/// driver at every synchronisation (its default), so that the per-op allocations of decode are
-/// served from the pool. Best effort: a failure only costs speed.
-fn keep_pool_memory(ctx: &CudaContext) {
-    let mut pool: cudarc::driver::sys::CUmemoryPool = std::ptr::null_mut();
-    // SAFETY: `pool` is a valid out-pointer; the device handle comes from a live context.
-    let r = unsafe { cudarc::driver::sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) }.result();
-    if r.is_err() || pool.is_null() {
-        log::debug!("cuda: no default memory pool ({r:?})");
-        return;
-    }
-    let mut threshold: u64 = u64::MAX;
-    // SAFETY: the release threshold attribute takes a pointer to a cuuint64_t, which
-    // `threshold` is, alive for the call.
-    let r = unsafe {
-        cudarc::driver::sys::cuMemPoolSetAttribute(
-            pool,
-            cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
-            (&mut threshold as *mut u64).cast(),
-        )
-    }
-    .result();
-    if let Err(e) = r {
-        log::debug!("cuda: memory pool release threshold not set: {e:?}");
-    }
-}
-
-/// The device's PCI bus id ("0000:3b:00.0"), which NVML knows it by.
-fn pci_bus_id(ctx: &CudaContext) -> Option<String> {
-    let mut buf = [0 as std::ffi::c_char; 32];
-    // SAFETY: `buf` has room for the 32 bytes we say it has; the driver NUL-terminates.
-    let r = unsafe { cudarc::driver::sys::cuDeviceGetPCIBusId(buf.as_mut_ptr(), buf.len() as i32, ctx.cu_device()) };
-    r.result().ok()?;
-    // SAFETY: the driver wrote a NUL-terminated string into `buf` (checked above).
-    let s = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
-    s.to_str().ok().map(str::to_owned)
 }
 
 /// Device memory of one tensor.
@@ -321,12 +178,12 @@ impl CudaBackend {
     /// NVRTC and makes a cuBLAS handle. Fails with [`DriverError::Unavailable`] when a library
     /// or the device is missing; never panics.
     pub fn open(ordinal: u32) -> Result<Self> {
-        if let Some(lib) = missing_library() {
+        if let Some(lib) = probe::missing_library() {
             return Err(DriverError::Unavailable {
                 backend: BACKEND,
                 reason: format!(
                     "{lib}: not found ({}); install the NVIDIA driver and CUDA toolkit libraries or set LD_LIBRARY_PATH",
-                    dlopen_reason(&lib_candidates(lib))
+                    probe::dlopen_reason(&probe::lib_candidates(lib))
                 ),
             });
         }
@@ -350,7 +207,7 @@ impl CudaBackend {
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
         if ctx.has_async_alloc() {
-            keep_pool_memory(&ctx);
+            probe::keep_pool_memory(&ctx);
         }
         let name = ctx.name().unwrap_or_else(|_| format!("CUDA device {ordinal}"));
         let (major, minor) = ctx.compute_capability().map_err(drv("cuDeviceGetAttribute"))?;
@@ -380,7 +237,7 @@ impl CudaBackend {
             funcs.insert(n, module.load_function(n).map_err(drv("cuModuleGetFunction"))?);
         }
         let blas = CudaBlas::new(stream.clone()).map_err(blas_err("cublasCreate"))?;
-        let nvml = pci_bus_id(&ctx).and_then(|id| nvml::Nvml::open(&id));
+        let nvml = probe::pci_bus_id(&ctx).and_then(|id| nvml::Nvml::open(&id));
         Ok(Self {
             ctx,
             stream,
@@ -467,253 +324,23 @@ impl CudaBackend {
         Ok(Operand::Converted(out))
     }
 
-    /// De-quantises rows `row0 .. row0 + nrows` of a weight with `k` values per row into `out`.
-    fn dequant(
-        &self,
-        w: &CudaSlice<u8>,
-        code: i32,
-        out: &mut CudaSlice<u8>,
-        row0: usize,
-        nrows: usize,
-        k: usize,
-    ) -> Result<()> {
-        let total = nrows * k;
-        if total == 0 {
-            return Ok(());
-        }
-        let (row0, nrows, k) = (row0 as i64, nrows as i64, to_i32(k, "matmul", "row length")?);
-        let f = self.func("dequant_rows")?;
-        let mut b = self.stream.launch_builder(f);
-        b.arg(w).arg(&code).arg(out).arg(&row0).arg(&nrows).arg(&k);
-        // SAFETY: the kernel writes `nrows * k` f32 values to `out` (callers size it so) and
-        // reads rows below the weight's row count (callers check it).
-        unsafe { b.launch(elementwise_cfg(total)) }.map_err(drv("cuLaunchKernel(dequant_rows)"))?;
-        Ok(())
-    }
-
     fn empty_f32(&self, shape: Vec<usize>) -> Result<Tensor> {
         let d = self.alloc(0)?;
         Ok(self.wrap(d, 0, DType::F32, shape))
-    }
-
-    fn matmul_impl(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
-        let xb = self.f32_buf(x, "matmul")?;
-        let k = x.last_dim();
-        let m = x.rows();
-        if w.shape().len() != 2 || w.last_dim() != k {
-            return Err(DriverError::Shape {
-                op: "matmul",
-                detail: format!("activations {:?} against weight {:?}", x.shape(), w.shape()),
-            });
-        }
-        let n = w.shape()[0];
-        let code = dtype_code(w.dtype()).ok_or(DriverError::DType { op: "matmul", dtype: w.dtype() })?;
-        let wb = self.buf(w, "matmul")?;
-        let mut out_shape = x.shape().to_vec();
-        if let Some(l) = out_shape.last_mut() {
-            *l = n;
-        }
-        if m == 0 || n == 0 {
-            return self.empty_f32(out_shape);
-        }
-        let mut out = self.alloc(m * n * 4)?;
-        if k == 0 {
-            self.stream.memset_zeros(&mut out).map_err(drv("cuMemsetD8Async"))?;
-            return Ok(self.wrap(out, m * n * 4, DType::F32, out_shape));
-        }
-        let (mi, ni, ki) =
-            (to_i32(m, "matmul", "rows")?, to_i32(n, "matmul", "outputs")?, to_i32(k, "matmul", "inputs")?);
-        if m <= kernels::MATVEC_MAX_M {
-            let f = self.func("matvec")?;
-            let blocks = n.div_ceil(kernels::MATVEC_WARPS as usize);
-            let cfg = LaunchConfig {
-                grid_dim: (
-                    u32::try_from(blocks)
-                        .map_err(|_| DriverError::Shape { op: "matmul", detail: format!("{n} outputs") })?,
-                    1,
-                    1,
-                ),
-                block_dim: (kernels::MATVEC_WARPS * 32, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            let mut b = self.stream.launch_builder(f);
-            b.arg(xb).arg(&wb.data).arg(&code).arg(&mut out).arg(&mi).arg(&ni).arg(&ki);
-            // SAFETY: x holds m * k f32 values, w n rows of k values of dtype `code` (checked at
-            // upload), out m * n f32 values; the kernel's warps stop at row n.
-            unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel(matvec)"))?;
-            return Ok(self.wrap(out, m * n * 4, DType::F32, out_shape));
-        }
-        // Prefill: cuBLAS SGEMM, on f32 panels of the weight when it is stored otherwise.
-        // Row-major out [m, n] is column-major [n, m]; it is W [n, k] (column-major [k, n],
-        // transposed) times x (column-major [k, m]).
-        let panel_rows = if code == 0 { n } else { (PANEL_BYTES / (4 * k)).clamp(1, n) };
-        let mut scratch = if code == 0 { None } else { Some(self.alloc(panel_rows * k * 4)?) };
-        let blas = self.blas.lock().map_err(|_| DriverError::Device {
-            backend: BACKEND,
-            call: "cublasSgemm".into(),
-            code: 0,
-            message: "cuBLAS handle poisoned by an earlier panic".into(),
-        })?;
-        let handle = *blas.handle();
-        let mut r0 = 0;
-        while r0 < n {
-            let pn = panel_rows.min(n - r0);
-            let (wptr, _g) = match scratch.as_mut() {
-                Some(s) => {
-                    self.dequant(&wb.data, code, s, r0, pn, k)?;
-                    let (p, g) = s.device_ptr(&self.stream);
-                    (p, Some(g))
-                }
-                None => {
-                    let (p, g) = wb.data.device_ptr(&self.stream);
-                    (p, Some(g))
-                }
-            };
-            let (xptr, _gx) = xb.device_ptr(&self.stream);
-            let (optr, _go) = out.device_ptr_mut(&self.stream);
-            let (alpha, beta) = (1.0f32, 0.0f32);
-            // SAFETY: A is `pn` weight rows of k f32 values (lda k, transposed), B is x (k × m,
-            // ldb k), C starts at output column r0 of the row-major [m, n] result (ldc n), so
-            // it writes m rows of pn values inside `out`; all three live until the stream work
-            // is done (they are freed stream-ordered).
-            unsafe {
-                cudarc::cublas::result::sgemm(
-                    handle,
-                    cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_T,
-                    cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_N,
-                    pn as i32,
-                    mi,
-                    ki,
-                    &alpha,
-                    wptr as *const f32,
-                    ki,
-                    xptr as *const f32,
-                    ki,
-                    &beta,
-                    (optr as usize + r0 * 4) as *mut f32,
-                    ni,
-                )
-            }
-            .map_err(blas_err("cublasSgemm"))?;
-            r0 += pn;
-        }
-        drop(blas);
-        drop(scratch);
-        Ok(self.wrap(out, m * n * 4, DType::F32, out_shape))
-    }
-
-    /// A row-weight operand of `n` values as f32 on the device.
-    fn row_operand<'a>(&self, w: &'a Tensor, n: usize, op: &'static str) -> Result<Operand<'a>> {
-        if w.elem_count() != n {
-            return Err(DriverError::Shape {
-                op,
-                detail: format!("weight of {} values for rows of {n}", w.elem_count()),
-            });
-        }
-        self.as_f32(w, op)
-    }
-
-    fn binary_impl(&self, a: &Tensor, b: &Tensor, op: &'static str, code: i32) -> Result<Tensor> {
-        let ab = self.f32_buf(a, op)?;
-        let total = a.elem_count();
-        let n = a.last_dim();
-        let bn = b.elem_count();
-        if !(bn == total || (bn == n && n > 0)) {
-            return Err(DriverError::Shape {
-                op,
-                detail: format!("{:?} and {:?} neither match nor broadcast by row", a.shape(), b.shape()),
-            });
-        }
-        let bv = self.as_f32(b, op)?;
-        if total == 0 {
-            return self.empty_f32(a.shape().to_vec());
-        }
-        let mut out = self.alloc(total * 4)?;
-        let (t, bn) = (total as i64, bn as i64);
-        let f = self.func("binary")?;
-        let mut l = self.stream.launch_builder(f);
-        l.arg(ab).arg(bv.as_ref()).arg(&mut out).arg(&t).arg(&bn).arg(&code);
-        // SAFETY: a and out hold `total` f32 values, b holds `bn` (total or one row).
-        unsafe { l.launch(elementwise_cfg(total)) }.map_err(drv("cuLaunchKernel(binary)"))?;
-        Ok(self.wrap(out, total * 4, DType::F32, a.shape().to_vec()))
-    }
-
-    fn unary_impl(&self, x: &Tensor, op: &'static str, code: i32, s: f32) -> Result<Tensor> {
-        let xb = self.f32_buf(x, op)?;
-        let total = x.elem_count();
-        if total == 0 {
-            return self.empty_f32(x.shape().to_vec());
-        }
-        let mut out = self.alloc(total * 4)?;
-        let t = total as i64;
-        let f = self.func("unary")?;
-        let mut l = self.stream.launch_builder(f);
-        l.arg(xb).arg(&mut out).arg(&t).arg(&code).arg(&s);
-        // SAFETY: x and out hold `total` f32 values.
-        unsafe { l.launch(elementwise_cfg(total)) }.map_err(drv("cuLaunchKernel(unary)"))?;
-        Ok(self.wrap(out, total * 4, DType::F32, x.shape().to_vec()))
-    }
-
-    fn layer_norm_impl(
-        &self,
-        x: &Tensor,
-        r: Option<&Tensor>,
-        w: &Tensor,
-        bias: &Tensor,
-        eps: f32,
-        op: &'static str,
-    ) -> Result<Tensor> {
-        let xb = self.f32_buf(x, op)?;
-        let n = x.last_dim();
-        let rb = match r {
-            Some(r) => {
-                if r.shape() != x.shape() {
-                    return Err(DriverError::Shape {
-                        op,
-                        detail: format!("{:?} and {:?} differ", x.shape(), r.shape()),
-                    });
-                }
-                Some(self.f32_buf(r, op)?)
-            }
-            None => None,
-        };
-        let wv = self.row_operand(w, n, op)?;
-        let bv = self.row_operand(bias, n, op)?;
-        let rows = x.rows();
-        if rows == 0 || n == 0 {
-            return self.empty_f32(x.shape().to_vec());
-        }
-        let mut out = self.alloc(rows * n * 4)?;
-        let (has_r, ni) = (i32::from(rb.is_some()), to_i32(n, op, "row length")?);
-        let f = self.func("layer_norm")?;
-        let mut l = self.stream.launch_builder(f);
-        l.arg(xb).arg(rb.unwrap_or(xb)).arg(&has_r).arg(wv.as_ref()).arg(bv.as_ref()).arg(&mut out).arg(&ni).arg(&eps);
-        // SAFETY: x, r (or x again, unread) and out hold rows * n f32 values, w and b n each.
-        unsafe { l.launch(rows_cfg(rows, op)?) }.map_err(drv("cuLaunchKernel(layer_norm)"))?;
-        Ok(self.wrap(out, rows * n * 4, DType::F32, x.shape().to_vec()))
-    }
-
-    fn rows_kernel(&self, x: &Tensor, op: &'static str, kernel: &'static str) -> Result<Tensor> {
-        let xb = self.f32_buf(x, op)?;
-        let n = x.last_dim();
-        let rows = x.rows();
-        if rows == 0 || n == 0 {
-            return self.empty_f32(x.shape().to_vec());
-        }
-        let mut out = self.alloc(rows * n * 4)?;
-        let ni = to_i32(n, op, "row length")?;
-        let f = self.func(kernel)?;
-        let mut l = self.stream.launch_builder(f);
-        l.arg(xb).arg(&mut out).arg(&ni);
-        // SAFETY: x and out hold rows * n f32 values; one block per row.
-        unsafe { l.launch(rows_cfg(rows, op)?) }.map_err(drv("cuLaunchKernel"))?;
-        Ok(self.wrap(out, rows * n * 4, DType::F32, x.shape().to_vec()))
     }
 
     fn note(&self, s: String) {
         if let Ok(mut n) = self.notes.lock() {
             n.insert(s);
         }
+    }
+
+    /// Runs op `f` under [`guard`], with this backend's context current on the calling thread.
+    fn run<T>(&self, op: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        guard(op, || {
+            self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
+            f()
+        })
     }
 }
 
@@ -738,70 +365,23 @@ impl Backend for CudaBackend {
     }
 
     fn upload(&self, data: HostBytes, dtype: DType, shape: &[usize]) -> Result<Tensor> {
-        guard("upload", || {
-            let count: Option<usize> = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-            let last = shape.last().copied().unwrap_or(1);
-            let expected = count.and_then(|c| {
-                if last == 0 {
-                    return Some(0);
-                }
-                dtype.row_bytes(last).and_then(|rb| rb.checked_mul(c / last))
-            });
-            let expected = expected.ok_or_else(|| DriverError::Shape {
-                op: "upload",
-                detail: format!("{dtype} rows of {last} values are not whole blocks of {}", dtype.block_len()),
-            })?;
-            if expected != data.len() {
-                return Err(DriverError::UploadSize { dtype, shape: shape.to_vec(), expected, got: data.len() });
-            }
-            self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
-            let keep = dtype_code(dtype).is_some() || matches!(dtype, DType::U32 | DType::I64);
-            if keep {
-                let d = self.htod(data.as_slice())?;
-                return Ok(self.wrap(d, data.len(), dtype, shape.to_vec()));
-            }
-            // Other block formats: de-quantised to BF16 here, once.
-            let rb = dtype.row_bytes(last).unwrap_or(0);
-            let mut bf = vec![half::bf16::ZERO; count.unwrap_or(0)];
-            if last > 0 && rb > 0 {
-                bf.par_chunks_mut(last).zip(data.as_slice().par_chunks(rb)).for_each_init(
-                    || vec![0f32; last],
-                    |tmp, (o, r)| {
-                        crate::quant::dequantize_row(dtype, r, tmp);
-                        o.iter_mut().zip(tmp.iter()).for_each(|(o, &v)| *o = half::bf16::from_f32(v));
-                    },
-                );
-            }
-            self.note(format!("{} weights de-quantised to BF16 at upload", dtype.name().to_uppercase()));
-            let bytes: &[u8] = bytemuck::cast_slice(&bf);
-            let d = self.htod(bytes)?;
-            Ok(self.wrap(d, bytes.len(), DType::BF16, shape.to_vec()))
-        })
+        self.run("upload", || self.upload_impl(data, dtype, shape))
     }
 
     fn upload_f32(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
-        guard("upload_f32", || {
-            if shape.iter().product::<usize>() != data.len() {
-                return Err(DriverError::UploadSize {
-                    dtype: DType::F32,
-                    shape: shape.to_vec(),
-                    expected: shape.iter().product::<usize>() * 4,
-                    got: data.len() * 4,
-                });
-            }
-            self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
+        self.run("upload_f32", || {
+            crate::backend::check_upload(DType::F32, shape, std::mem::size_of_val(data))?;
             let d = self.htod(bytemuck::cast_slice(data))?;
             Ok(self.wrap(d, data.len() * 4, DType::F32, shape.to_vec()))
         })
     }
 
     fn download_f32(&self, t: &Tensor) -> Result<Vec<f32>> {
-        guard("download_f32", || {
+        self.run("download_f32", || {
             let b = self.f32_buf(t, "download_f32")?;
             let n = t.elem_count();
             let mut out = vec![0f32; n];
             if n > 0 {
-                self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
                 let host: &mut [u8] = bytemuck::cast_slice_mut(&mut out);
                 self.stream.memcpy_dtoh(&b.slice(0..n * 4), host).map_err(drv("cuMemcpyDtoHAsync"))?;
                 self.stream.synchronize().map_err(drv("cuStreamSynchronize"))?;
@@ -811,185 +391,47 @@ impl Backend for CudaBackend {
     }
 
     fn matmul(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
-        guard("matmul", || {
-            self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
-            self.matmul_impl(x, w)
-        })
+        self.run("matmul", || self.matmul_impl(x, w))
     }
 
     fn rms_norm(&self, x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
-        guard("rms_norm", || {
-            self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
-            let xb = self.f32_buf(x, "rms_norm")?;
-            let n = x.last_dim();
-            let wv = self.row_operand(weight, n, "rms_norm")?;
-            let rows = x.rows();
-            if rows == 0 || n == 0 {
-                return self.empty_f32(x.shape().to_vec());
-            }
-            let mut out = self.alloc(rows * n * 4)?;
-            let ni = to_i32(n, "rms_norm", "row length")?;
-            let f = self.func("rms_norm")?;
-            let mut l = self.stream.launch_builder(f);
-            l.arg(xb).arg(wv.as_ref()).arg(&mut out).arg(&ni).arg(&eps);
-            // SAFETY: x and out hold rows * n f32 values, w n; one block per row.
-            unsafe { l.launch(rows_cfg(rows, "rms_norm")?) }.map_err(drv("cuLaunchKernel(rms_norm)"))?;
-            Ok(self.wrap(out, rows * n * 4, DType::F32, x.shape().to_vec()))
-        })
+        self.run("rms_norm", || self.rms_norm_impl(x, weight, eps))
     }
 
     fn layer_norm(&self, x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
-        guard("layer_norm", || {
-            self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
-            self.layer_norm_impl(x, None, weight, bias, eps, "layer_norm")
-        })
+        self.run("layer_norm", || self.layer_norm_impl(x, None, weight, bias, eps, "layer_norm"))
     }
 
     fn rope(&self, x: &Tensor, rope: &Rope<'_>) -> Result<Tensor> {
-        guard("rope", || {
-            self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
-            let xb = self.f32_buf(x, "rope")?;
-            let width = rope.n_heads * rope.head_dim;
-            let half = rope.inv_freq.len();
-            if x.last_dim() != width || half * 2 > rope.head_dim || rope.positions.len() != x.rows() {
-                return Err(DriverError::Shape {
-                    op: "rope",
-                    detail: format!(
-                        "input {:?}, {} heads of {}, {} frequencies, {} positions",
-                        x.shape(),
-                        rope.n_heads,
-                        rope.head_dim,
-                        half,
-                        rope.positions.len()
-                    ),
-                });
-            }
-            let rows = x.rows();
-            if rows == 0 || width == 0 {
-                return self.empty_f32(x.shape().to_vec());
-            }
-            let pos = self.htod_u32(rope.positions)?;
-            let freq = self.htod(bytemuck::cast_slice(rope.inv_freq))?;
-            let mut out = self.alloc(rows * width * 4)?;
-            let (nh, hd, hf) = (
-                to_i32(rope.n_heads, "rope", "heads")?,
-                to_i32(rope.head_dim, "rope", "head_dim")?,
-                to_i32(half, "rope", "frequencies")?,
-            );
-            let inter = i32::from(rope.style == RopeStyle::Interleaved);
-            let f = self.func("rope")?;
-            let mut l = self.stream.launch_builder(f);
-            l.arg(xb).arg(&mut out).arg(&pos).arg(&freq).arg(&nh).arg(&hd).arg(&hf).arg(&inter);
-            // SAFETY: x and out hold rows * n_heads * head_dim f32 values, pos one u32 per row,
-            // freq `half` f32 with 2 * half <= head_dim (checked above).
-            unsafe { l.launch(rows_cfg(rows, "rope")?) }.map_err(drv("cuLaunchKernel(rope)"))?;
-            Ok(self.wrap(out, rows * width * 4, DType::F32, x.shape().to_vec()))
-        })
-    }
-
-    fn softmax(&self, x: &Tensor) -> Result<Tensor> {
-        guard("softmax", || {
-            self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
-            self.rows_kernel(x, "softmax", "softmax")
-        })
+        self.run("rope", || self.rope_impl(x, rope))
     }
 
     fn swiglu(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-        guard("swiglu", || {
-            self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
-            self.binary_impl(gate, up, "swiglu", 2)
-        })
+        self.run("swiglu", || self.binary_impl(gate, up, "swiglu", 2))
     }
 
     fn gelu(&self, x: &Tensor) -> Result<Tensor> {
-        guard("gelu", || {
-            self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
-            self.unary_impl(x, "gelu", 0, 0.0)
-        })
+        self.run("gelu", || self.unary_impl(x, "gelu", 0, 0.0))
     }
 
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        guard("add", || {
-            self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
-            self.binary_impl(a, b, "add", 0)
-        })
-    }
-
-    fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        guard("mul", || {
-            self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
-            self.binary_impl(a, b, "mul", 1)
-        })
+        self.run("add", || self.binary_impl(a, b, "add", 0))
     }
 
     fn scale(&self, a: &Tensor, s: f32) -> Result<Tensor> {
-        guard("scale", || {
-            self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
-            self.unary_impl(a, "scale", 1, s)
-        })
+        self.run("scale", || self.unary_impl(a, "scale", 1, s))
     }
 
     fn embedding(&self, table: &Tensor, ids: &[u32]) -> Result<Tensor> {
-        guard("embedding", || {
-            self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
-            let vocab = table.rows();
-            let dim = table.last_dim();
-            let code = dtype_code(table.dtype()).ok_or(DriverError::DType { op: "embedding", dtype: table.dtype() })?;
-            let tb = self.buf(table, "embedding")?;
-            if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
-                return Err(DriverError::TokenOutOfRange { id, vocab });
-            }
-            if ids.is_empty() || dim == 0 {
-                return self.empty_f32(vec![ids.len(), dim]);
-            }
-            let idb = self.htod_u32(ids)?;
-            let mut out = self.alloc(ids.len() * dim * 4)?;
-            let di = to_i32(dim, "embedding", "dim")?;
-            let f = self.func("embedding")?;
-            let mut l = self.stream.launch_builder(f);
-            l.arg(&tb.data).arg(&code).arg(&idb).arg(&mut out).arg(&di);
-            // SAFETY: every id is below the table's row count (checked above), out holds
-            // ids.len() * dim f32 values; one block per id.
-            unsafe { l.launch(rows_cfg(ids.len(), "embedding")?) }.map_err(drv("cuLaunchKernel(embedding)"))?;
-            Ok(self.wrap(out, ids.len() * dim * 4, DType::F32, vec![ids.len(), dim]))
-        })
+        self.run("embedding", || self.embedding_impl(table, ids))
     }
 
     fn gather_rows(&self, x: &Tensor, rows: &[usize]) -> Result<Tensor> {
-        guard("gather_rows", || {
-            self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
-            let xb = self.f32_buf(x, "gather_rows")?;
-            let n = x.last_dim();
-            let total = x.rows();
-            let mut idx = Vec::with_capacity(rows.len());
-            for &r in rows {
-                if r >= total {
-                    return Err(DriverError::Shape { op: "gather_rows", detail: format!("row {r} of {total}") });
-                }
-                idx.push(
-                    u32::try_from(r)
-                        .map_err(|_| DriverError::Shape { op: "gather_rows", detail: format!("row {r}") })?,
-                );
-            }
-            if rows.is_empty() || n == 0 {
-                return self.empty_f32(vec![rows.len(), n]);
-            }
-            let ib = self.htod_u32(&idx)?;
-            let mut out = self.alloc(rows.len() * n * 4)?;
-            let ni = to_i32(n, "gather_rows", "row length")?;
-            let f = self.func("gather_rows")?;
-            let mut l = self.stream.launch_builder(f);
-            l.arg(xb).arg(&ib).arg(&mut out).arg(&ni);
-            // SAFETY: every index is below x's row count (checked above); out holds
-            // rows.len() * n f32 values.
-            unsafe { l.launch(rows_cfg(rows.len(), "gather_rows")?) }.map_err(drv("cuLaunchKernel(gather_rows)"))?;
-            Ok(self.wrap(out, rows.len() * n * 4, DType::F32, vec![rows.len(), n]))
-        })
+        self.run("gather_rows", || self.gather_rows_impl(x, rows))
     }
 
     fn new_kv_cache(&self, spec: KvSpec) -> Result<Box<dyn KvCache>> {
-        guard("new_kv_cache", || {
-            self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
+        self.run("new_kv_cache", || {
             let c: Box<dyn KvCache> = Box::new(kv::CudaKvCache::new(self, spec)?);
             Ok(c)
         })
@@ -1003,22 +445,15 @@ impl Backend for CudaBackend {
         cache: &mut dyn KvCache,
         spec: &PagedAttn<'_>,
     ) -> Result<Tensor> {
-        guard("attention", || {
-            self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
-            kv::paged(self, q, k, v, cache, spec)
-        })
+        self.run("attention", || kv::paged(self, q, k, v, cache, spec))
     }
 
     fn attention_dense(&self, q: &Tensor, k: &Tensor, v: &Tensor, spec: &DenseAttn<'_>) -> Result<Tensor> {
-        guard("attention_dense", || {
-            self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
-            kv::dense(self, q, k, v, spec)
-        })
+        self.run("attention_dense", || kv::dense(self, q, k, v, spec))
     }
 
     fn linear(&self, x: &Tensor, w: &Tensor, b: &Tensor, gelu: bool) -> Result<Tensor> {
-        guard("linear", || {
-            self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
+        self.run("linear", || {
             let y = self.matmul_impl(x, w)?;
             if b.elem_count() != y.last_dim() {
                 return Err(DriverError::Shape {
@@ -1032,45 +467,7 @@ impl Backend for CudaBackend {
     }
 
     fn add_layer_norm(&self, a: &Tensor, b: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
-        guard("add_layer_norm", || {
-            self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
-            self.layer_norm_impl(a, Some(b), weight, bias, eps, "add_layer_norm")
-        })
-    }
-
-    fn argmax(&self, x: &Tensor) -> Result<Vec<u32>> {
-        guard("argmax", || {
-            self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
-            let xb = self.f32_buf(x, "argmax")?;
-            let n = x.last_dim();
-            let rows = x.rows();
-            if rows == 0 {
-                return Ok(Vec::new());
-            }
-            if n == 0 {
-                return Ok(vec![0; rows]);
-            }
-            let mut out = self.alloc(rows * 4)?;
-            let ni = to_i32(n, "argmax", "row length")?;
-            let f = self.func("argmax")?;
-            let mut l = self.stream.launch_builder(f);
-            l.arg(xb).arg(&mut out).arg(&ni);
-            // SAFETY: x holds rows * n f32 values, out one u32 per row.
-            unsafe { l.launch(rows_cfg(rows, "argmax")?) }.map_err(drv("cuLaunchKernel(argmax)"))?;
-            let mut host = vec![0u32; rows];
-            self.stream
-                .memcpy_dtoh(&out.slice(0..rows * 4), bytemuck::cast_slice_mut::<u32, u8>(&mut host))
-                .map_err(drv("cuMemcpyDtoHAsync"))?;
-            self.stream.synchronize().map_err(drv("cuStreamSynchronize"))?;
-            Ok(host)
-        })
-    }
-
-    fn synchronize(&self) -> Result<()> {
-        guard("synchronize", || {
-            self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
-            self.stream.synchronize().map_err(drv("cuStreamSynchronize"))
-        })
+        self.run("add_layer_norm", || self.layer_norm_impl(a, Some(b), weight, bias, eps, "add_layer_norm"))
     }
 }
 
@@ -1082,7 +479,7 @@ mod tests {
     /// Whether this machine has a CUDA driver library at all (then the no-GPU assertions below
     /// do not apply).
     fn libcuda_installed() -> bool {
-        // SAFETY: see `missing_library`.
+        // SAFETY: see `probe::missing_library`.
         unsafe { cudarc::driver::sys::is_culib_present() }
     }
 
@@ -1129,7 +526,7 @@ mod tests {
     /// LD_LIBRARY_PATH), the kernels must compile for the architectures we run on.
     #[test]
     fn kernels_compile_with_nvrtc_where_it_is_installed() {
-        // SAFETY: see `missing_library`.
+        // SAFETY: see `probe::missing_library`.
         if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
             eprintln!("SKIPPED: libnvrtc not found");
             return;

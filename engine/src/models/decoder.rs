@@ -12,6 +12,7 @@ use super::names::{Names, Part};
 use crate::config::{DecoderArch, DecoderConfig};
 use crate::family::FamilyConfig;
 use crate::gguf::GgufFile;
+use crate::kv::{BLOCK_SIZE, SplitKv};
 use crate::weights::{WeightInfo, WeightMap};
 use crate::{EngineError, MappedFile, Result};
 
@@ -81,6 +82,10 @@ pub struct SeqInput<'a> {
     pub start_pos: usize,
     /// KV blocks covering positions `0..start_pos + tokens.len()`.
     pub block_table: &'a [u32],
+    /// The sequence's table in the sliding-window pool, when the cache is a
+    /// [`crate::kv::SplitKv`] (made ready with [`crate::kv::WindowBlocks::fit`]); empty
+    /// otherwise.
+    pub local_table: &'a [u32],
 }
 
 /// Which positions' logits a forward pass returns.
@@ -267,6 +272,19 @@ impl DecoderModel {
         }
     }
 
+    /// The sliding window, when the model has both sliding-window and full-attention layers:
+    /// then its KV is a [`crate::kv::SplitKv`] of [`Self::layer_counts`] layers each.
+    pub fn split_window(&self) -> Option<usize> {
+        let (global, local) = self.layer_counts();
+        self.cfg.family.sliding_window.filter(|_| global > 0 && local > 0)
+    }
+
+    /// Full-attention and sliding-window layers.
+    pub fn layer_counts(&self) -> (usize, usize) {
+        let local = self.layers.iter().filter(|l| l.sliding).count();
+        (self.layers.len() - local, local)
+    }
+
     /// The backend the weights live on.
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend
@@ -343,6 +361,17 @@ impl DecoderModel {
             .iter()
             .map(|s| SeqAttn { block_table: s.block_table, start_pos: s.start_pos, n_new: s.tokens.len() })
             .collect();
+        // A split cache: full-attention layers in one pool, sliding-window layers in the other,
+        // each numbered from 0 in layer order, and the sliding ones read through the local tables.
+        let split = cache.as_any_mut().is::<SplitKv>() && self.split_window().is_some();
+        let local_seqs: Vec<SeqAttn<'_>> = batch
+            .iter()
+            .map(|s| SeqAttn { block_table: s.local_table, start_pos: s.start_pos, n_new: s.tokens.len() })
+            .collect();
+        if split && batch.iter().any(|s| s.local_table.len() < (s.start_pos + s.tokens.len()).div_ceil(BLOCK_SIZE)) {
+            return Err(EngineError::Request("a sequence has no sliding-window blocks for its positions".into()));
+        }
+        let (mut n_global, mut n_local) = (0, 0);
         let (head_dim, style) = (c.head_dim, self.rope_style);
         let rope = |n_heads, inv_freq| Rope { n_heads, head_dim, inv_freq, style, positions: &positions };
         let fam = &c.family;
@@ -393,7 +422,7 @@ impl DecoderModel {
                     }
                     let q = b.rope(&q, &rope(c.n_heads, freqs))?;
                     let k = b.rope(&k, &rope(c.n_kv_heads, freqs))?;
-                    let spec = PagedAttn {
+                    let mut spec = PagedAttn {
                         layer: li,
                         n_heads: c.n_heads,
                         n_kv_heads: c.n_kv_heads,
@@ -401,9 +430,24 @@ impl DecoderModel {
                         scale,
                         seqs: &seqs,
                     };
+                    let pool: &mut dyn KvCache = if split {
+                        let sk = cache.as_any_mut().downcast_mut::<SplitKv>().ok_or_else(|| shape_err("split kv"))?;
+                        if l.sliding {
+                            spec.layer = n_local;
+                            spec.seqs = &local_seqs;
+                            n_local += 1;
+                            sk.local.as_mut()
+                        } else {
+                            spec.layer = n_global;
+                            n_global += 1;
+                            sk.global.as_mut()
+                        }
+                    } else {
+                        &mut *cache
+                    };
                     let att = match fam.sliding_window.filter(|_| l.sliding) {
-                        Some(window) => b.attention_windowed(&q, &k, &v, cache, &spec, window)?,
-                        None => b.attention(&q, &k, &v, cache, &spec)?,
+                        Some(window) => b.attention_windowed(&q, &k, &v, pool, &spec, window)?,
+                        None => b.attention(&q, &k, &v, pool, &spec)?,
                     };
                     b.matmul(&att, &a.wo)?
                 }

@@ -412,6 +412,18 @@ impl ClientStore {
         Ok(out)
     }
 
+    /// The sled database, for the TLCP pair registry (`tlcp_ca`), which keeps its own trees.
+    #[cfg_attr(not(feature = "tlcp"), allow(dead_code))]
+    pub(crate) fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    /// The state folder's paths.
+    #[cfg_attr(not(feature = "tlcp"), allow(dead_code))]
+    pub(crate) fn paths(&self) -> &StatePaths {
+        &self.paths
+    }
+
     fn decode(&self, bytes: &[u8]) -> Result<ClientRecord> {
         decode_at(bytes, &self.paths.db())
     }
@@ -510,6 +522,7 @@ mod tests {
             thresholds: vec![],
             force: false,
             audit_pub: None,
+            suite: crate::Suite::Intl,
         })
         .unwrap();
         tmp

@@ -6,7 +6,7 @@
 //! chat, streamed chat and embeddings from `--workers` clients for `--soak-secs`; runs the abuse
 //! checks; optionally runs `--exec CMD` while the daemon is up (with `GOVBOX_URL`, `GOVBOX_CA`,
 //! `GOVBOX_TOKEN`, `GOVBOX_CERT`, `GOVBOX_KEY`, `GOVBOX_STATE` set); stops the daemon, exports and verifies the
-//! audit log, and looks up every answered request in it. Prints a summary table, writes it as
+//! audit log (govbox-auditd's, which runs beside govboxd as the packaged units run them), and looks up every answered request in it. Prints a summary table, writes it as
 //! JSON to `--json FILE`, and exits 1 when any figure is out of bounds.
 //!
 //! The open-file limit must allow the connections (`ulimit -n 8192`; the script raises it).
@@ -124,6 +124,10 @@ async fn campaign(args: &Args) -> Result<bool, String> {
         ),
     )
     .map_err(|e| e.to_string())?;
+    // As the packaged units run them: the audit log is govbox-auditd's, and govboxd appends
+    // through its socket.
+    b.use_auditd("");
+    let mut auditd = b.start_auditd();
     // As dist/govboxd.service runs it: two glibc malloc arenas (see the unit's comment).
     let mut d = b.start_with_env(&[("MALLOC_ARENA_MAX", "2")]);
     let pid = d.child.id();
@@ -194,10 +198,11 @@ async fn campaign(args: &Args) -> Result<bool, String> {
     let rss_final = load::rss_kib(pid);
     let crashed = d.child.try_wait().map_err(|e| e.to_string())?;
     drop(d);
+    let auditd_crashed = auditd.child.try_wait().map_err(|e| e.to_string())?;
 
-    eprintln!("== audit export and verify (offline)");
+    eprintln!("== audit export (through govbox-auditd) and verify (offline)");
     let export = b.dir.join("audit-export.json");
-    let (verified, entries, ids, verify_out) = load::audit_export_verify(&b.state, &export)?;
+    let (verified, entries, ids, verify_out) = load::audit_export_verify(&b.state, Some(&b.auditd_socket()), &export)?;
     let audited: HashSet<&str> = ids.iter().map(String::as_str).collect();
     let lost = soak.request_ids.iter().filter(|id| !audited.contains(id.as_str())).count();
     eprintln!("   {verify_out}");
@@ -237,6 +242,7 @@ async fn campaign(args: &Args) -> Result<bool, String> {
         ("audit entries / verify", format!("{entries} / {}", if verified { "passed" } else { "FAILED" })),
         ("lost audit entries", format!("{lost} of {} answered requests", soak.request_ids.len())),
         ("daemon alive at end", format!("{} (/readyz {ready_end:?})", crashed.is_none())),
+        ("govbox-auditd alive at end", auditd_crashed.is_none().to_string()),
         ("wall time", format!("{:.0} s", t_all.elapsed().as_secs_f64())),
     ];
     println!("\n| figure | value |\n|---|---|");
@@ -252,6 +258,7 @@ async fn campaign(args: &Args) -> Result<bool, String> {
         && verified
         && lost == 0
         && crashed.is_none()
+        && auditd_crashed.is_none()
         && ready_end == Ok(200)
         && exec_ok;
     if let Some(path) = &args.json {
