@@ -70,7 +70,8 @@ pub struct BuildArgs {
     /// A signing key (PKCS#8 PEM from `govbox keygen`); repeat for a threshold of keys.
     #[arg(long = "sign", value_name = "KEY", required = true)]
     sign: Vec<PathBuf>,
-    /// The hash of the files' digests, named in the manifest: `sha256`, or `sm3` (国密).
+    /// The hash of the files' digests and of the package's digest, named in the manifest:
+    /// `sha256`, or `sm3` (国密).
     #[arg(long, value_name = "sha256|sm3", default_value = "sha256")]
     hash: govbox_provisioning::HashAlgorithm,
     /// The package file to write (atomically).
@@ -199,7 +200,7 @@ fn build(a: BuildArgs) -> Result<()> {
         m.files.len(),
         mb(m.payload_bytes())
     );
-    println!("package      {} {}, digest {}, files {}", m.name, m.version, built.digest, m.hash);
+    println!("package      {} {}, digest {}, files {}", m.name, m.version, m.digest_label(&built.digest), m.hash);
     println!("loads        {}", m.model.as_ref().map_or(".", |x| x.load.as_str()));
     if let Some(t) = m.model.as_ref().and_then(|x| x.selftest.as_ref()) {
         println!("self-test    {}", describe_selftest(t));
@@ -311,7 +312,7 @@ fn inspect(file: &Path) -> Result<()> {
     let f = File::open(file).with_context(|| format!("opening {}", file.display()))?;
     let head = read_head(f, &govbox_images::file_label(file)).map_err(flat)?;
     println!("UNVERIFIED: nothing below has been checked against a trust root; use `govbox package verify`.");
-    println!("digest       {}", head.digest);
+    println!("digest       {}", head.manifest.digest_label(&head.digest));
     for s in &head.signatures.signatures {
         println!("signature    {} ({})", s.keyid, s.alg);
     }
@@ -345,7 +346,7 @@ fn verify(state: Option<&Path>, a: VerifyArgs) -> Result<()> {
     let v = result.map_err(flat)?;
     let m = &v.head.manifest;
     let secs = v.secs.max(1e-9);
-    println!("OK           package '{} {}' ({}), digest {}", m.name, m.version, m.kind, v.head.digest);
+    println!("OK           package '{} {}' ({}), digest {}", m.name, m.version, m.kind, m.digest_label(&v.head.digest));
     let c = &v.signature_check;
     match policy {
         Policy::Trust(..) => println!(

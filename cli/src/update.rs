@@ -22,7 +22,7 @@ use govbox_admin::protocol::{Status, UpdateEvent};
 use govbox_images::update::{
     self, BootAction, BundleSpec, FaultPoint, InstallRoot, UpdateError, UpdateHost, UpdateStatus,
 };
-use govbox_provisioning::SigningKey;
+use govbox_provisioning::{HashAlgorithm, SigningKey};
 
 use crate::admin::AdminClient;
 
@@ -101,6 +101,11 @@ pub struct BuildArgs {
     /// A signing key (PEM) of the `updates` role; repeat to meet its threshold.
     #[arg(long = "sign", value_name = "KEY", required = true)]
     sign: Vec<PathBuf>,
+    /// The hash of the files' digests and of the bundle's digest, named in its manifest:
+    /// `sha256`, or `sm3` for boxes provisioned with `--suite gm`. Bundles are built off the box,
+    /// so the vendor names it; `update apply` verifies either.
+    #[arg(long, value_name = "sha256|sm3", default_value = "sha256")]
+    hash: HashAlgorithm,
     /// The bundle to write.
     #[arg(short = 'o', long = "output")]
     out: PathBuf,
@@ -274,6 +279,7 @@ fn build(a: BuildArgs) -> Result<()> {
         cli: a.cli,
         dist: a.dist,
         new_root,
+        hash: a.hash,
     };
     let refs: Vec<&SigningKey> = keys.iter().collect();
     let built = update::build_bundle(&spec, &refs, &a.out).map_err(flat)?;
@@ -285,7 +291,7 @@ fn build(a: BuildArgs) -> Result<()> {
         spec.security_version,
         built.manifest.files.len()
     );
-    println!("digest       sha256:{}", built.digest);
+    println!("digest       {}", built.manifest.digest_label(&built.digest));
     Ok(())
 }
 

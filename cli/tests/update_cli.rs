@@ -71,6 +71,11 @@ fn setup(cwd: &Path) {
 }
 
 fn build(cwd: &Path, version: &str, sv: u64, key: &str) -> String {
+    build_with(cwd, version, sv, key, &[]).0
+}
+
+/// `govbox update build` with `extra` arguments; the bundle's file name and what it printed.
+fn build_with(cwd: &Path, version: &str, sv: u64, key: &str, extra: &[&str]) -> (String, String) {
     let src = cwd.join(format!("src-{version}"));
     std::fs::create_dir_all(src.join("dist")).unwrap();
     std::fs::write(src.join("govboxd"), format!("#!/bin/sh\necho govboxd {version}\n")).unwrap();
@@ -82,29 +87,28 @@ fn build(cwd: &Path, version: &str, sv: u64, key: &str) -> String {
     let c = src.join("govbox").display().to_string();
     let dist = src.join("dist").display().to_string();
     let key = format!("{key}.key");
-    let printed = ok(
-        cwd,
-        &[
-            "update",
-            "build",
-            "--version",
-            version,
-            "--security-version",
-            &sv,
-            "--daemon",
-            &d,
-            "--cli",
-            &c,
-            "--dist",
-            &dist,
-            "--sign",
-            &key,
-            "-o",
-            &out,
-        ],
-    );
+    let mut args = vec![
+        "update",
+        "build",
+        "--version",
+        version,
+        "--security-version",
+        &sv,
+        "--daemon",
+        &d,
+        "--cli",
+        &c,
+        "--dist",
+        &dist,
+        "--sign",
+        &key,
+        "-o",
+        &out,
+    ];
+    args.extend(extra);
+    let printed = ok(cwd, &args);
     assert!(printed.contains(&format!("govbox {version}, security version {sv}, 3 files")), "{printed}");
-    out
+    (out, printed)
 }
 
 const APPLY: [&str; 6] = ["--root", "opt", "--restart-cmd", "true", "--ready-timeout", "0"];
@@ -238,4 +242,51 @@ fn refused_bundles_change_nothing_and_rollback_respects_the_security_version() {
     let text = ok(cwd, &["update", "status", "--root", "opt"]);
     assert!(text.contains("* slot b         2.1.0 (security version 5"), "{text}");
     assert!(text.contains("security version 5"), "{text}");
+}
+
+/// The bundle digest `update build` printed: `<hash>-<hex>`.
+fn printed_digest(printed: &str) -> &str {
+    printed.lines().find_map(|l| l.strip_prefix("digest       ")).unwrap_or_else(|| panic!("no digest: {printed}"))
+}
+
+#[test]
+fn a_bundle_built_with_hash_sm3_applies_boot_checks_and_a_tampered_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    setup(cwd);
+    let (v1, printed) = build_with(cwd, "1.0.0", 1, "updates", &["--hash", "sm3"]);
+    let digest = printed_digest(&printed).strip_prefix("sm3-").unwrap_or_else(|| panic!("not sm3: {printed}"));
+    assert!(digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()), "{printed}");
+    let (_, plain) = build_with(cwd, "1.0.1", 1, "updates", &[]);
+    assert!(printed_digest(&plain).starts_with("sha256-"), "the default stays SHA-256: {plain}");
+
+    assert_eq!(apply(cwd, &v1, Some("during_trial")).status.signal(), Some(libc_sigabrt()));
+    assert!(ok(cwd, &["update", "boot-ok", "--root", "opt"]).contains("committed"));
+    // `status --verify` re-hashes the slot with SM3 against its signed manifest.
+    let s = assert_sound(cwd, "sm3 install", true);
+    let a = s["slots"].as_array().unwrap().iter().find(|x| x["slot"] == "a").unwrap();
+    assert_eq!(a["meta"]["digest"].as_str(), Some(digest), "{s}");
+
+    // A power loss right after the switch: boot-check re-verifies the SM3 slot and keeps the trial.
+    let (v2, _) = build_with(cwd, "2.0.0", 2, "updates", &["--hash", "sm3"]);
+    assert_eq!(apply(cwd, &v2, Some("after_switch")).status.signal(), Some(libc_sigabrt()));
+    let booted = ok(cwd, &["update", "boot-check", "--root", "opt"]);
+    let s = assert_sound(cwd, "sm3 trial", true);
+    assert_eq!((s["current"].as_str(), &s["state"]["phase"]), (Some("b"), &Value::from("trial")), "{booted} {s}");
+    ok(cwd, &["update", "boot-ok", "--root", "opt"]);
+
+    // One byte of the SM3 bundle's daemon changed after signing: refused, nothing changes.
+    let before = status(cwd);
+    let (v3, _) = build_with(cwd, "3.0.0", 3, "updates", &["--hash", "sm3"]);
+    let mut bytes = std::fs::read(cwd.join(v3)).unwrap();
+    let at = bytes.windows(14).position(|w| w == b"echo govboxd 3").unwrap();
+    bytes[at] = b'E';
+    std::fs::write(cwd.join("tampered.gbu"), bytes).unwrap();
+    let e = String::from_utf8(apply(cwd, "tampered.gbu", None).stderr).unwrap();
+    assert!(e.contains("bin/govboxd") && e.contains("(sha256_mismatch)"), "{e}");
+    let after = status(cwd);
+    assert_eq!((&after["current"], &after["slots"]), (&before["current"], &before["slots"]));
+
+    let e = fails(cwd, &["update", "build", "--version", "4.0.0", "--hash", "md5"]);
+    assert!(e.contains("--hash") && e.contains("md5"), "{e}");
 }

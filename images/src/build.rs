@@ -10,7 +10,6 @@ use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use govbox_provisioning::{HashAlgorithm, SigningKey};
-use ring::digest::SHA256;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -68,7 +67,7 @@ pub struct PackageBuilder {
 pub struct Built {
     /// Its manifest.
     pub manifest: Manifest,
-    /// Hex SHA-256 of the manifest bytes.
+    /// The package's digest: hex of the manifest's `hash` over its bytes ([`Manifest::digest`]).
     pub digest: String,
     /// Archive size in bytes.
     pub archive_bytes: u64,
@@ -252,7 +251,7 @@ impl PackageBuilder {
         let manifest_bytes = manifest.to_canonical_bytes()?;
         let sigs = SignatureFile::sign(&manifest_bytes, keys).to_bytes();
         let archive_bytes = self.write_members(w, &manifest_bytes, &sigs, progress)?;
-        let digest = hex(ring::digest::digest(&SHA256, &manifest_bytes).as_ref());
+        let digest = manifest.digest(&manifest_bytes);
         Ok(Built { manifest, digest, archive_bytes })
     }
 

@@ -24,8 +24,10 @@
 //! - The manifest must be exactly the canonical JSON of what it parses to (sorted keys, no
 //!   whitespace), so one manifest has one byte form and one digest; `format` is checked before
 //!   the schema, so a newer format is reported as such.
-//! - A package's digest is the SHA-256 of its manifest bytes; the store keeps it in
-//!   `models/sha256-<digest>/`.
+//! - A package's digest is its manifest's own `hash` (SHA-256, or SM3 when the manifest says
+//!   `"hash":"sm3"`) over the manifest bytes ([`Manifest::digest`]); the store keeps it in
+//!   `models/sha256-<digest>/` or `models/sm3-<digest>/`, so a `gm` package never has a SHA-256
+//!   identity. Update bundles choose their `hash` the same way (`BundleSpec::hash`).
 //! - Member sizes of 8 GiB and more use the base-256 size field (GNU tar, libarchive and Go
 //!   read it); names up to 255 bytes use the ustar `prefix` field. Only zero padding up to one
 //!   10 KiB tar record may follow the end-of-archive marker.

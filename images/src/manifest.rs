@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use govbox_provisioning::{HashAlgorithm, TrustRoot, to_canonical_json};
+use govbox_provisioning::{HashAlgorithm, TrustRoot, hex, to_canonical_json};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -158,6 +158,20 @@ fn is_sha256_hex(s: &str) -> bool {
 }
 
 impl Manifest {
+    /// The package's digest: lower-case hex of this manifest's own [`Manifest::hash`] over
+    /// `bytes`, which must be this manifest's exact bytes (member 1). A SHA-256 manifest has the
+    /// SHA-256 digest it always had; an SM3 one (`"hash":"sm3"`) has an SM3 digest, so a `gm`
+    /// package never carries a SHA-256 identity. The algorithm is bound by the signed bytes.
+    pub fn digest(&self, bytes: &[u8]) -> String {
+        hex(&self.hash.digest(bytes))
+    }
+
+    /// `digest` as people and records name it: `sha256-<hex>` or `sm3-<hex>` after this
+    /// manifest's `hash` (the store folder's name too).
+    pub fn digest_label(&self, digest: &str) -> String {
+        format!("{}-{digest}", self.hash)
+    }
+
     /// `name version`, how errors and logs name the package.
     pub fn label(&self) -> String {
         format!("{} {}", self.name, self.version)

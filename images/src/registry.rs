@@ -20,7 +20,8 @@ const HISTORY_LIMIT: usize = 32;
 pub struct VersionRecord {
     /// Its semantic version.
     pub version: String,
-    /// Hex SHA-256 of its manifest; the store folder is `sha256-<digest>`.
+    /// Hex digest of its manifest under the manifest's own `hash`; the store folder is
+    /// `sha256-<digest>` or `sm3-<digest>` after that algorithm.
     pub digest: String,
     /// Payload bytes.
     pub size: u64,

@@ -4,8 +4,12 @@
 //! models/.lock                        flock'd while the registry or the folders change
 //! models/registry.json                names, versions, active version, rollback history
 //! models/sha256-<manifest digest>/    govbox-manifest.json  govbox-manifest.sig  payload/...
+//! models/sm3-<manifest digest>/       the same, for a package whose manifest says "hash":"sm3"
 //! models/.staging-<random>/           an import in progress (or one that crashed)
 //! ```
+//!
+//! A package's digest is its manifest's own `hash` over the manifest bytes ([`Manifest::digest`]),
+//! and its folder is named for that algorithm, so an SM3 package never sits under a SHA-256 name.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
@@ -13,7 +17,7 @@ use std::io::Read;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use govbox_provisioning::{Role, StatePaths, TrustRoot};
+use govbox_provisioning::{HashAlgorithm, Role, StatePaths, TrustRoot};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -22,13 +26,12 @@ use crate::fsutil::{self, read_capped, write_atomic};
 use crate::manifest::{MANIFEST_LIMIT, Manifest, SIGNATURES_LIMIT};
 use crate::path::{MANIFEST_NAME, SIGNATURES_NAME};
 use crate::registry::{ModelRecord, Registry, VersionRecord};
-use crate::signature::{Policy, SignatureFile, check_signatures, hex};
+use crate::signature::{Policy, SignatureFile, check_signatures};
 use crate::staging::{OWNER_FILE, PAYLOAD_DIR, STAGING_PREFIX, StagingSink};
 use crate::verify::{file_label, verify_into};
 
 const LOCK_FILE: &str = ".lock";
 const REGISTRY_FILE: &str = "registry.json";
-const PACKAGE_PREFIX: &str = "sha256-";
 
 /// How to import.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -46,7 +49,7 @@ pub struct Imported {
     pub name: String,
     /// Its version.
     pub version: String,
-    /// Hex SHA-256 of the manifest.
+    /// Hex digest of the manifest under its own `hash` ([`Manifest::digest`]).
     pub digest: String,
     /// Payload bytes.
     pub size: u64,
@@ -73,7 +76,7 @@ pub struct ActiveModel {
     pub name: String,
     /// Active version.
     pub version: String,
-    /// Hex SHA-256 of its manifest.
+    /// Hex digest of its manifest under its own `hash` ([`Manifest::digest`]).
     pub digest: String,
     /// The file or folder the engine loads.
     pub load_path: PathBuf,
@@ -149,9 +152,19 @@ impl ModelStore {
         &self.dir
     }
 
-    /// The folder of the package with manifest digest `digest`.
+    /// The folder of the stored package with manifest digest `digest`: `sha256-<digest>`, or
+    /// `sm3-<digest>` for an SM3 package (`sha256-<digest>` when neither exists).
     pub fn package_dir(&self, digest: &str) -> PathBuf {
-        self.dir.join(format!("{PACKAGE_PREFIX}{digest}"))
+        HashAlgorithm::ALL
+            .into_iter()
+            .map(|hash| self.package_dir_for(hash, digest))
+            .find(|dir| fs::symlink_metadata(dir).is_ok())
+            .unwrap_or_else(|| self.package_dir_for(HashAlgorithm::Sha256, digest))
+    }
+
+    /// The folder of a package whose manifest's `hash` is `hash`: `<hash>-<digest>`.
+    pub fn package_dir_for(&self, hash: HashAlgorithm, digest: &str) -> PathBuf {
+        self.dir.join(format!("{hash}-{digest}"))
     }
 
     fn lock(&self) -> Result<Lock> {
@@ -189,7 +202,7 @@ impl ModelStore {
     }
 
     fn load_path(&self, digest: &str, manifest: &Manifest) -> PathBuf {
-        let payload = self.package_dir(digest).join(PAYLOAD_DIR);
+        let payload = self.package_dir_for(manifest.hash, digest).join(PAYLOAD_DIR);
         match manifest.model.as_ref().map(|m| m.load.as_str()) {
             Some(".") | None => payload,
             Some(p) => payload.join(p),
@@ -213,7 +226,7 @@ impl ModelStore {
     ///
     /// The signatures are checked before any payload byte is read; the payload is hashed while
     /// it is extracted into a staging folder, whose files and folders are fsynced and which is
-    /// then renamed to `sha256-<digest>` under the store lock. On any failure the staging folder
+    /// then renamed to `<hash>-<digest>` under the store lock. On any failure the staging folder
     /// is removed and the store and registry are unchanged. The same package imported again is
     /// a no-op; the same name and version with another digest is refused.
     pub fn import<R: Read + Send>(
@@ -227,10 +240,7 @@ impl ModelStore {
         let start = std::time::Instant::now();
         // Fail fast, before extracting, on a name and version taken by other content; checked
         // again under the lock below.
-        let precheck = |m: &Manifest, bytes: &[u8]| {
-            let digest = hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
-            conflict(&self.registry()?, m, &digest)
-        };
+        let precheck = |m: &Manifest, bytes: &[u8]| conflict(&self.registry()?, m, &m.digest(bytes));
         let mut sink = StagingSink::new(&self.dir, &precheck);
         let verified = verify_into(reader, label, &Policy::Trust(root, self.role), &mut sink, progress)?;
         sink.finish()?;
@@ -241,7 +251,7 @@ impl ModelStore {
         let _lock = self.lock()?;
         let mut reg = self.registry()?;
         conflict(&reg, m, &head.digest)?;
-        let target = self.package_dir(&head.digest);
+        let target = self.package_dir_for(m.hash, &head.digest);
         let already_present = target.exists();
         if let Some(staging) = staging
             && !already_present
@@ -322,16 +332,21 @@ impl ModelStore {
         fsutil::sync_dir(&self.dir)
     }
 
+    /// The stored manifest of `digest`. The folder's name, the manifest's `hash` and the digest
+    /// must agree: a folder named for one algorithm never passes with the other's digest.
     fn read_manifest(&self, digest: &str) -> Result<(Manifest, Vec<u8>)> {
-        let path = self.package_dir(digest).join(MANIFEST_NAME);
+        let dir = self.package_dir(digest);
+        let path = dir.join(MANIFEST_NAME);
         let bytes = read_capped(&path, MANIFEST_LIMIT, "stored manifest")?;
-        if hex(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref()) != digest {
+        let folder = dir.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let manifest = Manifest::parse(&bytes, &folder)?;
+        if self.package_dir_for(manifest.hash, digest) != dir || manifest.digest(&bytes) != digest {
             return Err(PackageError::CorruptStore {
                 path,
-                reason: "the manifest's SHA-256 is not the folder's digest".into(),
+                reason: format!("the manifest's {} digest is not the folder's ({folder})", manifest.hash),
             });
         }
-        Ok((Manifest::parse(&bytes, &format!("{PACKAGE_PREFIX}{digest}"))?, bytes))
+        Ok((manifest, bytes))
     }
 
     /// The active version of every model, with what the engine should load.
@@ -354,7 +369,7 @@ impl ModelStore {
     }
 
     /// Checks a stored package again: its manifest digest and signatures (against `root`'s
-    /// `models` role) always; with `full_payload`, every payload file's size and SHA-256 too (in
+    /// `models` role) always; with `full_payload`, every payload file's size and digest too (in
     /// parallel across files), and that the payload folder holds nothing else.
     pub fn reverify(
         &self,
@@ -422,7 +437,7 @@ impl ModelStore {
                 if !live && fs::remove_dir_all(&path).is_ok() {
                     out.staging_removed.push(path);
                 }
-            } else if let Some(digest) = name.strip_prefix(PACKAGE_PREFIX) {
+            } else if let Some(digest) = HashAlgorithm::ALL.iter().find_map(|h| name.strip_prefix(&format!("{h}-"))) {
                 if reg.by_digest(digest).is_none() && fs::remove_dir_all(&path).is_ok() {
                     out.orphans_removed.push(path);
                 }

@@ -11,7 +11,6 @@ use std::path::Path;
 use std::time::Instant;
 
 use govbox_provisioning::Role;
-use ring::digest::SHA256;
 use time::OffsetDateTime;
 
 use crate::error::{PackageError, Result};
@@ -65,7 +64,8 @@ pub struct PackageHead {
     pub signatures: SignatureFile,
     /// Its exact bytes.
     pub signature_bytes: Vec<u8>,
-    /// Lower-case hex SHA-256 of the manifest bytes: the package's digest.
+    /// The package's digest: lower-case hex of the manifest's own `hash` (SHA-256 or SM3) over
+    /// the manifest bytes ([`Manifest::digest`]).
     pub digest: String,
 }
 
@@ -170,7 +170,7 @@ fn read_head_members<R: BufRead>(tar: &mut TarReader<R>, label: &str) -> Result<
     let manifest = Manifest::parse(&manifest_bytes, label)?;
     let package = manifest.label();
     let (signatures, signature_bytes) = read_signatures(tar, &package)?;
-    let digest = hex(ring::digest::digest(&SHA256, &manifest_bytes).as_ref());
+    let digest = manifest.digest(&manifest_bytes);
     Ok(PackageHead { manifest, manifest_bytes, signatures, signature_bytes, digest })
 }
 

@@ -124,21 +124,9 @@ fn a_signature_claiming_the_other_algorithm_is_refused_and_changes_nothing() {
     }
 }
 
-/// `openssl`, if it is there and has SM2; otherwise says why the test is skipped.
-fn openssl() -> Option<String> {
-    let out = Command::new("openssl").args(["list", "-public-key-algorithms"]).output().ok();
-    let has_sm2 = out.is_some_and(|o| String::from_utf8_lossy(&o.stdout).to_lowercase().contains("sm2"));
-    if !has_sm2 {
-        eprintln!(
-            "SKIPPED: `openssl list -public-key-algorithms` shows no SM2; install OpenSSL 3 with SM2 to run this"
-        );
-    }
-    has_sm2.then(|| "openssl".to_string())
-}
-
 #[test]
 fn openssl_verifies_an_sm2_package_signature_and_reproduces_the_sm3_digest() {
-    let Some(openssl) = openssl() else { return };
+    let Some(openssl) = common::openssl() else { return };
     let (keys, _) = mixed_keys_and_root();
     let tmp = tempfile::tempdir().unwrap();
     let pkg = build(tmp.path(), &[&keys.models[0], &keys.models[1]]);
@@ -168,19 +156,15 @@ fn openssl_verifies_an_sm2_package_signature_and_reproduces_the_sm3_digest() {
     assert!(!bad.status.success(), "openssl accepted a changed manifest");
 
     // SM3 of the manifest bytes and of a payload file, by govbox and by `openssl dgst -sm3`.
-    std::fs::write(dir.join("payload.bin"), &members[3].1).unwrap();
     for (file, bytes) in [("manifest.json", &manifest[..]), ("payload.bin", &members[3].1[..])] {
-        let out = Command::new(&openssl).current_dir(dir).args(["dgst", "-sm3", "-r", file]).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let theirs = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string();
         let ours: String = gm::sm3(bytes).iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(theirs, ours, "{file}");
+        assert_eq!(common::openssl_sm3(&openssl, bytes), ours, "{file}");
     }
 }
 
 #[test]
 fn keys_and_signatures_made_by_openssl_work_in_govbox() {
-    let Some(openssl) = openssl() else { return };
+    let Some(openssl) = common::openssl() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let run = |args: &[&str]| {

@@ -107,6 +107,7 @@ fn bundle_with_root(f: &Fixture, version: &str, root: Vec<u8>) -> std::path::Pat
         cli: src.join("c"),
         dist: None,
         new_root: Some(root),
+        hash: f.hash,
     };
     build_bundle(&spec, &[&f.keys.updates], &out).unwrap();
     out

@@ -4,7 +4,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use govbox_provisioning::{SigningKey, TrustRoot};
+use govbox_provisioning::{HashAlgorithm, SigningKey, TrustRoot};
 use serde_json::Value;
 
 use super::error::UpdateError;
@@ -35,6 +35,9 @@ pub struct BundleSpec {
     pub dist: Option<PathBuf>,
     /// A new signed `root.json` to rotate to when the bundle is committed, if any.
     pub new_root: Option<Vec<u8>>,
+    /// The hash of the files' digests and of the bundle's digest, named in the manifest:
+    /// SHA-256, or SM3 for boxes provisioned with `--suite gm`.
+    pub hash: HashAlgorithm,
 }
 
 /// Removes the payload folder it names when dropped.
@@ -91,6 +94,6 @@ pub fn build_bundle(spec: &BundleSpec, keys: &[&SigningKey], out: &Path) -> Resu
         copy_tree(dist, &tmp.0.join("dist"))?;
     }
     let info = UpdateInfo { security_version: spec.security_version, root };
-    let mut b = PackageBuilder::update(BUNDLE_NAME, &spec.version, &tmp.0, info)?;
+    let mut b = PackageBuilder::update(BUNDLE_NAME, &spec.version, &tmp.0, info)?.with_hash(spec.hash);
     Ok(b.write(out, keys, &mut |_, _| {})?)
 }

@@ -14,20 +14,19 @@
 //! `current` on a complete slot.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use govbox_provisioning::{Role, TrustRoot};
-use ring::digest::{Context, SHA256};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::error::UpdateError;
-use crate::fsutil::{random_hex, sync_dir, write_atomic};
+use crate::fsutil::{hash_files, hash_threads, random_hex, sync_dir, write_atomic};
 use crate::manifest::Manifest;
 use crate::path::{MANIFEST_NAME, SIGNATURES_NAME};
-use crate::signature::{Policy, SignatureFile, check_signatures, hex};
+use crate::signature::{Policy, SignatureFile, check_signatures};
 use crate::staging::PAYLOAD_DIR;
 
 /// Slot metadata file name.
@@ -87,7 +86,8 @@ pub struct SlotMeta {
     pub version: String,
     /// The bundle's security version.
     pub security_version: u64,
-    /// Hex SHA-256 of the bundle's manifest bytes.
+    /// The bundle's digest: hex of its manifest's own `hash` (SHA-256 or SM3) over the manifest
+    /// bytes.
     pub digest: String,
     /// When it was staged (RFC 3339).
     pub staged: String,
@@ -293,7 +293,8 @@ impl InstallRoot {
 
     /// Re-checks a slot against its own signed manifest: the manifest's digest is the one in
     /// `slot.json`, its signatures meet `trust`'s `updates` threshold (when given), and every
-    /// payload file has the listed size and SHA-256. Returns the metadata.
+    /// payload file has the listed size and digest. Digests are the manifest's own `hash`
+    /// (SHA-256, or SM3 for a `gm` bundle). Returns the metadata.
     pub fn verify_slot(&self, slot: Slot, trust: Option<&TrustRoot>) -> Result<SlotMeta> {
         let invalid = |reason: String| UpdateError::SlotInvalid { slot: slot.to_string(), reason };
         let dir = self.slot_dir(slot);
@@ -301,11 +302,14 @@ impl InstallRoot {
         let manifest_path = dir.join(MANIFEST_NAME);
         let bytes = crate::fsutil::read_capped(&manifest_path, crate::manifest::MANIFEST_LIMIT, "manifest")
             .map_err(|e| invalid(e.to_string()))?;
-        let digest = hex(ring::digest::digest(&SHA256, &bytes).as_ref());
-        if digest != meta.digest {
-            return Err(invalid(format!("manifest digest {digest} is not slot.json's {}", meta.digest)));
-        }
         let manifest = Manifest::parse(&bytes, slot.as_str()).map_err(|e| invalid(e.to_string()))?;
+        let digest = manifest.digest(&bytes);
+        if digest != meta.digest {
+            return Err(invalid(format!(
+                "manifest {} digest {digest} is not slot.json's {}",
+                manifest.hash, meta.digest
+            )));
+        }
         if let Some(root) = trust {
             let sig_path = dir.join(SIGNATURES_NAME);
             let sig_bytes = crate::fsutil::read_capped(&sig_path, crate::manifest::SIGNATURES_LIMIT, "signatures")
@@ -320,10 +324,11 @@ impl InstallRoot {
             )
             .map_err(|e| invalid(e.to_string()))?;
         }
-        let mut buf = vec![0u8; 1 << 20];
-        for f in &manifest.files {
-            let p = dir.join(PAYLOAD_DIR).join(f.path.as_str());
-            let (size, sha) = hash_file(&p, &mut buf).map_err(|e| invalid(format!("{}: {e}", f.path)))?;
+        let payload = dir.join(PAYLOAD_DIR);
+        let files: Vec<PathBuf> = manifest.files.iter().map(|f| payload.join(f.path.as_str())).collect();
+        let digests = hash_files(manifest.hash, &files, manifest.payload_bytes(), hash_threads(), &mut |_, _| {});
+        for (f, r) in manifest.files.iter().zip(digests) {
+            let (size, sha) = r.map_err(|e| invalid(format!("{}: {e}", f.path)))?;
             if size != f.size || sha != f.sha256 {
                 return Err(invalid(format!("{}: does not match the signed manifest", f.path)));
             }
@@ -366,21 +371,6 @@ pub(crate) fn read_counter(path: &Path, what: &str) -> Result<u64> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
         Err(e) => Err(UpdateError::io("reading", path, e)),
     }
-}
-
-fn hash_file(path: &Path, buf: &mut [u8]) -> io::Result<(u64, String)> {
-    let mut f = File::open(path)?;
-    let mut ctx = Context::new(&SHA256);
-    let mut size = 0u64;
-    loop {
-        let n = f.read(buf)?;
-        if n == 0 {
-            break;
-        }
-        ctx.update(&buf[..n]);
-        size += n as u64;
-    }
-    Ok((size, hex(ctx.finish().as_ref())))
 }
 
 #[cfg(test)]

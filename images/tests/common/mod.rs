@@ -56,3 +56,29 @@ pub fn snapshot(dir: &Path) -> Vec<(String, u64, String)> {
     out.sort();
     out
 }
+
+/// `openssl`, if it is there and has SM2 and SM3 (OpenSSL 3); otherwise says why the test is
+/// skipped.
+pub fn openssl() -> Option<String> {
+    let out = std::process::Command::new("openssl").args(["list", "-public-key-algorithms"]).output().ok();
+    let has_sm2 = out.is_some_and(|o| String::from_utf8_lossy(&o.stdout).to_lowercase().contains("sm2"));
+    if !has_sm2 {
+        eprintln!(
+            "SKIPPED: `openssl list -public-key-algorithms` shows no SM2; install OpenSSL 3 with SM2 to run this"
+        );
+    }
+    has_sm2.then(|| "openssl".to_string())
+}
+
+/// `openssl dgst -sm3` of `bytes`, lower-case hex: OpenSSL's SM3, not ours.
+pub fn openssl_sm3(openssl: &str, bytes: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in"), bytes).unwrap();
+    let out = std::process::Command::new(openssl)
+        .current_dir(dir.path())
+        .args(["dgst", "-sm3", "-r", "in"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl dgst -sm3: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string()
+}

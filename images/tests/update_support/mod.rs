@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use govbox_images::corpus::CorpusKeys;
 use govbox_images::update::{BundleSpec, FaultPoint, InstallRoot, Slot, UpdateHost, build_bundle};
 use govbox_images::{SigningKey, TrustRoot};
-use govbox_provisioning::StatePaths;
+use govbox_provisioning::{HashAlgorithm, StatePaths};
 use time::{Duration, OffsetDateTime};
 
 pub struct Fixture {
@@ -17,6 +17,8 @@ pub struct Fixture {
     pub root: InstallRoot,
     pub paths: StatePaths,
     pub keys: CorpusKeys,
+    /// The hash the fixture's bundles are built with (`govbox update build --hash`).
+    pub hash: HashAlgorithm,
 }
 
 impl Fixture {
@@ -35,7 +37,13 @@ impl Fixture {
         let root = InstallRoot::new(dir.path().join("opt"));
         // What `govbox update init --from STATE/trust/root.json` does once, as root.
         root.init_anchor(trust.to_canonical_json().as_bytes(), "test root").unwrap();
-        Self { dir, root, paths, keys }
+        Self { dir, root, paths, keys, hash: HashAlgorithm::Sha256 }
+    }
+
+    /// Builds its bundles with `hash`.
+    pub fn with_hash(mut self, hash: HashAlgorithm) -> Self {
+        self.hash = hash;
+        self
     }
 
     /// The install folder's update trust anchor.
@@ -57,6 +65,7 @@ impl Fixture {
             cli: src.join("govbox"),
             dist: None,
             new_root: None,
+            hash: self.hash,
         };
         build_bundle(&spec, keys, &out).unwrap();
         out
