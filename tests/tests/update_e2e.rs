@@ -61,7 +61,9 @@ fn build(b: &TestBox, version: &str, sv: u64, daemon: &Path) -> String {
     let out = b.dir.join(format!("govbox-{version}.gbu")).display().to_string();
     let key = b.dir.join("keys/updates.key").display().to_string();
     let (d, c, sv) = (daemon.display().to_string(), cli.display().to_string(), sv.to_string());
-    ok(
+    // A gm box's vendor builds SM3 bundles (SM3 file digests and bundle digest).
+    let hash = if b.suite == Suite::Gm { "sm3" } else { "sha256" };
+    let printed = ok(
         b,
         &[
             "update",
@@ -76,10 +78,13 @@ fn build(b: &TestBox, version: &str, sv: u64, daemon: &Path) -> String {
             &c,
             "--sign",
             &key,
+            "--hash",
+            hash,
             "-o",
             &out,
         ],
     );
+    assert!(printed.contains(&format!("digest       {hash}-")), "{printed}");
     out
 }
 
@@ -107,8 +112,8 @@ fn apply_revert_config_across_versions_and_rollback() {
     apply_revert_config_and_rollback(Suite::Intl);
 }
 
-/// The same on a `gm` box, whose bundles are signed by an SM2 `updates` key and whose journal
-/// and audit entries go into an SM3 tree with SM2 heads.
+/// The same on a `gm` box, whose bundles are built with SM3 and signed by an SM2 `updates` key
+/// and whose journal and audit entries go into an SM3 tree with SM2 heads.
 #[test]
 fn on_a_gm_box_apply_revert_config_across_versions_and_rollback() {
     apply_revert_config_and_rollback(Suite::Gm);
