@@ -298,13 +298,12 @@ async fn a_foreign_pair_and_a_tls_client_are_refused_on_the_tlcp_port() {
     assert_eq!(r.status(), Some(200), "{}\n{}", r.out, r.err);
 }
 
-/// A TLCP connection from Rust (Tongsuo's NTLS client), for the timing below.
-async fn tlcp_http(
-    addr: SocketAddr,
-    ca: &Path,
-    suite: &str,
-    pair: Option<&Path>,
-) -> hyper::client::conn::http1::SendRequest<http_body_util::Full<hyper::body::Bytes>> {
+/// A Tongsuo NTLS client context for `suite` (with the client pair in `pair`), trusting `ca`.
+/// Making one costs far more CPU than a handshake: `SSL_CTX_new` fetches every algorithm through
+/// OpenSSL 3's provider tables, and the CA and pair are read and parsed. So a client makes it
+/// once and connects with it many times. (The TLS rows make their rustls `ClientConfig` per
+/// connection, `common::connect_to`: cheap, their client's whole CPU is under a millisecond.)
+fn tlcp_connector(ca: &Path, suite: &str, pair: Option<&Path>) -> tongsuo::ssl::SslConnector {
     use tongsuo::ssl::{SslConnector, SslFiletype, SslMethod};
     let mut b = SslConnector::builder(SslMethod::ntls_client()).unwrap();
     b.enable_ntls();
@@ -316,13 +315,23 @@ async fn tlcp_http(
         b.set_enc_certificate_file(dir.join("app.enc.crt"), SslFiletype::PEM).unwrap();
         b.set_enc_private_key_file(dir.join("app.enc.key"), SslFiletype::PEM).unwrap();
     }
-    let ssl = b.build().configure().unwrap().verify_hostname(false).into_ssl("localhost").unwrap();
+    b.build()
+}
+
+/// A new TLCP connection from Rust (Tongsuo's NTLS client, a full handshake: no session is
+/// resumed), for the timing below.
+async fn tlcp_http(
+    addr: SocketAddr,
+    connector: &tongsuo::ssl::SslConnector,
+) -> hyper::client::conn::http1::SendRequest<http_body_util::Full<hyper::body::Bytes>> {
+    let ssl = connector.configure().unwrap().verify_hostname(false).into_ssl("localhost").unwrap();
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     // Tongsuo writes a flight's messages one by one: without this, Nagle's algorithm holds the
     // last ones for the server's delayed ACK (~40 ms a flight).
     tcp.set_nodelay(true).unwrap();
     let mut s = tokio_tongsuo::SslStream::new(ssl, tcp).unwrap();
     std::pin::Pin::new(&mut s).connect().await.unwrap();
+    assert!(!s.ssl().session_reused(), "a TLCP session was resumed: not a full handshake");
     let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s)).await.unwrap();
     tokio::spawn(async move {
         let _ = conn.await;
@@ -355,6 +364,16 @@ async fn roundtrip(
     status
 }
 
+/// CPU seconds (user and system, all threads, finished ones included) that process `pid` (or
+/// `self`) has used so far: `/proc/PID/stat` fields 14 and 15, in the kernel's USER_HZ (100).
+fn cpu_secs(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The command name (field 2) is in parentheses and may hold spaces: count from its end.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
 /// The cost of TLCP against TLS, side by side on one govboxd: new connections (handshake and one
 /// `GET /v1/models`) and requests on one kept-alive connection (a 1-token chat). Prints medians;
 /// on demand only: `cargo test -p govbox-daemon --features tlcp --test tlcp -- --ignored --nocapture`.
@@ -373,11 +392,12 @@ async fn tlcp_overhead_against_tls() {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
+    let daemon_pid = d.child.id().to_string();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("load average before: {}", load.trim());
     for round in 0..2 {
         // Alternate the protocols so that a change in load hits both.
-        let mut rows: Vec<(String, f64, f64)> = Vec::new();
+        let mut rows: Vec<(String, f64, (f64, f64), f64)> = Vec::new();
         for proto in [
             "TLS 1.3, token",
             "TLS 1.3, mTLS certificate",
@@ -385,23 +405,35 @@ async fn tlcp_overhead_against_tls() {
             "TLCP ECC-SM2-SM4-CBC-SM3, token",
             "TLCP ECDHE-SM2-SM4-GCM-SM3, pair",
             "TLCP ECDHE-SM2-SM4-CBC-SM3, pair",
+            // What this test measured before: a new client context for every connection.
+            "TLCP ECC-SM2-SM4-GCM-SM3, token, context per connection",
         ] {
-            let (suite, cred) = proto.split_once(", ").unwrap();
+            let mut parts = proto.split(", ");
+            let (suite, cred) = (parts.next().unwrap(), parts.next().unwrap());
+            let context_per_connection = parts.next().is_some();
+            let tlcp_pair = (cred == "pair").then_some(s.pairs.as_path());
+            let tlcp = suite.strip_prefix("TLCP ").map(|suite| tlcp_connector(&ca, suite, tlcp_pair));
             let connect = || async {
-                match (suite.strip_prefix("TLCP "), cred) {
+                match (&tlcp, cred) {
                     (None, "token") => common::connect_to(d.addr, &d.ca_pem, None).await.unwrap().0,
                     (None, _) => common::connect_to(d.addr, &d.ca_pem, s.app.cert.as_ref()).await.unwrap().0,
-                    (Some(suite), "token") => tlcp_http(addr, &ca, suite, None).await,
-                    (Some(suite), _) => tlcp_http(addr, &ca, suite, Some(&s.pairs)).await,
+                    (Some(_), _) if context_per_connection => {
+                        let suite = suite.strip_prefix("TLCP ").unwrap();
+                        tlcp_http(addr, &tlcp_connector(&ca, suite, tlcp_pair)).await
+                    }
+                    (Some(c), _) => tlcp_http(addr, c).await,
                 }
             };
             let mut connects = Vec::new();
+            let cpu = (cpu_secs(&daemon_pid), cpu_secs("self"));
             for _ in 0..N {
                 let t = Instant::now();
                 let mut sender = connect().await;
                 assert_eq!(roundtrip(&mut sender, &token, None).await, 200);
                 connects.push(t.elapsed().as_secs_f64() * 1e3);
             }
+            // CPU per connection, whatever the load: the wall time under load is mostly waiting.
+            let cpu = ((cpu_secs(&daemon_pid) - cpu.0) * 1e3 / N as f64, (cpu_secs("self") - cpu.1) * 1e3 / N as f64);
             let mut sender = connect().await;
             let mut requests = Vec::new();
             for _ in 0..N {
@@ -409,13 +441,14 @@ async fn tlcp_overhead_against_tls() {
                 assert_eq!(roundtrip(&mut sender, &token, Some(&chat)).await, 200);
                 requests.push(t.elapsed().as_secs_f64() * 1e3);
             }
-            rows.push((proto.to_string(), median(connects), median(requests)));
+            rows.push((proto.to_string(), median(connects), cpu, median(requests)));
         }
         println!(
-            "round {round}: median of {N}, ms: new connection + GET /v1/models | 1-token chat on a kept-alive connection"
+            "round {round}: median of {N}, ms: new connection + GET /v1/models (wall; CPU per connection: \
+             govboxd, client) | 1-token chat on a kept-alive connection"
         );
-        for (p, c, r) in rows {
-            println!("  {p:<36} {c:>8.2} | {r:>8.2}");
+        for (p, c, (server, client), r) in rows {
+            println!("  {p:<56} {c:>8.2} ({server:>5.2}, {client:>5.2}) | {r:>8.2}");
         }
     }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
