@@ -23,8 +23,31 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::api::error::ApiError;
 use crate::metrics::Metrics;
+
+/// Why a request got no engine slot. The HTTP edge (`api::error`) turns each into its status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdmissionRefusal {
+    /// Every slot is busy and the queue is full (or its place went to another client's request).
+    #[error("the admission queue is full ({queued} requests waiting)")]
+    QueueFull {
+        /// Requests waiting.
+        queued: usize,
+    },
+    /// Shutdown has begun.
+    #[error("admission is closed: the daemon is shutting down")]
+    Closed,
+    /// The request's deadline passed while it waited.
+    #[error("no slot came free within the {secs} s request deadline")]
+    DeadlineExceeded {
+        /// The deadline.
+        secs: u64,
+    },
+    /// The queue lost the client's entry (a bug).
+    #[error("the admission queue lost its entry for the client")]
+    Lost,
+}
 
 /// Who asks for a slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,7 +70,7 @@ impl Asker {
 }
 
 /// The answer a waiter gets: a slot (already counted as its client's), or why not.
-type Grant = Result<(), ApiError>;
+type Grant = Result<(), AdmissionRefusal>;
 
 #[derive(Debug)]
 struct Waiter {
@@ -159,7 +182,7 @@ impl Inner {
         if self.clients.get(&big).is_some_and(|q| q.waiting.is_empty()) {
             self.turn.retain(|c| *c != big);
         }
-        let _ = w.tx.send(Err(ApiError::QueueFull { queued }));
+        let _ = w.tx.send(Err(AdmissionRefusal::QueueFull { queued }));
         true
     }
 }
@@ -259,7 +282,7 @@ impl Admission {
         g.waiting = 0;
         for q in g.clients.values_mut() {
             for w in q.waiting.drain(..) {
-                let _ = w.tx.send(Err(ApiError::ShuttingDown));
+                let _ = w.tx.send(Err(AdmissionRefusal::Closed));
             }
         }
         g.clients.retain(|_, q| q.running > 0);
@@ -277,11 +300,11 @@ impl Admission {
         metrics: &Arc<Metrics>,
         deadline: Instant,
         deadline_secs: u64,
-    ) -> Result<Slot, ApiError> {
+    ) -> Result<Slot, AdmissionRefusal> {
         let (id, rx) = {
             let mut g = self.shared.lock();
             if g.closed {
-                return Err(ApiError::ShuttingDown);
+                return Err(AdmissionRefusal::Closed);
             }
             let free = g.free;
             let q = g.clients.entry(who.client.clone()).or_insert_with(|| ClientQueue {
@@ -299,13 +322,13 @@ impl Admission {
             if g.waiting >= self.shared.queue_depth && !g.evict_for(&who.client) {
                 let queued = g.waiting;
                 g.forget_if_idle(&who.client);
-                return Err(ApiError::QueueFull { queued });
+                return Err(AdmissionRefusal::QueueFull { queued });
             }
             let (tx, rx) = oneshot::channel();
             let id = g.next_id;
             g.next_id += 1;
             g.waiting += 1;
-            let q = g.clients.get_mut(&who.client).ok_or_else(|| ApiError::Internal("admission queue".into()))?;
+            let q = g.clients.get_mut(&who.client).ok_or(AdmissionRefusal::Lost)?;
             q.waiting.push_back(Waiter { id, tx });
             if q.waiting.len() == 1 {
                 g.turn.push_back(who.client.clone());
@@ -317,14 +340,14 @@ impl Admission {
         let Some(rx) = queued.rx.as_mut() else { unreachable!("set just above") };
         let answer = tokio::time::timeout_at(deadline, rx).await;
         match answer {
-            Err(_) => Err(ApiError::DeadlineExceeded { secs: deadline_secs }),
+            Err(_) => Err(AdmissionRefusal::DeadlineExceeded { secs: deadline_secs }),
             Ok(answer) => {
                 // Answered: the queue no longer holds this waiter, and a granted slot is ours.
                 queued.rx = None;
                 match answer {
                     Ok(Ok(())) => Ok(Slot::new(&self.shared, &who.client, metrics)),
                     Ok(Err(e)) => Err(e),
-                    Err(_) => Err(ApiError::ShuttingDown),
+                    Err(_) => Err(AdmissionRefusal::Closed),
                 }
             }
         }
@@ -356,7 +379,7 @@ mod tests {
         m: &Arc<Metrics>,
         client: &str,
         done: &tokio::sync::mpsc::UnboundedSender<String>,
-    ) -> (tokio::task::JoinHandle<Result<(), ApiError>>, oneshot::Sender<()>) {
+    ) -> (tokio::task::JoinHandle<Result<(), AdmissionRefusal>>, oneshot::Sender<()>) {
         let (a, m, done, who) = (a.clone(), m.clone(), done.clone(), who(client));
         let (release, hold) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -416,13 +439,13 @@ mod tests {
         let (f2, _r2) = waiter(&a, &m, "flood", &tx);
         queued_to_be(&m, 2).await;
         // Full. The flooding client is refused at once...
-        assert!(matches!(a.admit(&who("flood"), &m, far(), 60).await, Err(ApiError::QueueFull { .. })));
+        assert!(matches!(a.admit(&who("flood"), &m, far(), 60).await, Err(AdmissionRefusal::QueueFull { .. })));
         // ...while another client's request takes the place of its newest waiter.
         let (hr, release_hr) = waiter(&a, &m, "hr", &tx);
-        assert!(matches!(f2.await.unwrap(), Err(ApiError::QueueFull { .. })));
+        assert!(matches!(f2.await.unwrap(), Err(AdmissionRefusal::QueueFull { .. })));
         queued_to_be(&m, 2).await;
         // Now both wait with one each: a third client cannot push either out.
-        assert!(matches!(a.admit(&who("other"), &m, far(), 60).await, Err(ApiError::QueueFull { .. })));
+        assert!(matches!(a.admit(&who("other"), &m, far(), 60).await, Err(AdmissionRefusal::QueueFull { .. })));
         drop(hold);
         assert_eq!(rx.recv().await.unwrap(), "flood");
         drop(r1);
@@ -440,7 +463,7 @@ mod tests {
         let one = Asker { client: "batch".into(), max_concurrent: Some(1) };
         let first = a.admit(&one, &m, far(), 60).await.unwrap();
         let soon = Instant::now() + Duration::from_millis(50);
-        assert!(matches!(a.admit(&one, &m, soon, 1).await, Err(ApiError::DeadlineExceeded { secs: 1 })));
+        assert!(matches!(a.admit(&one, &m, soon, 1).await, Err(AdmissionRefusal::DeadlineExceeded { secs: 1 })));
         let _b = a.admit(&who("hr"), &m, far(), 60).await.unwrap();
         let _c = a.admit(&who("hr"), &m, far(), 60).await.unwrap();
         assert_eq!((m.active.get(), m.queued.get()), (3, 0));
@@ -477,7 +500,7 @@ mod tests {
         let hold = a.admit(&who("app"), &m, far(), 60).await.unwrap();
         // Deadline while queued.
         let soon = Instant::now() + Duration::from_millis(20);
-        assert!(matches!(a.admit(&who("app"), &m, soon, 1).await, Err(ApiError::DeadlineExceeded { .. })));
+        assert!(matches!(a.admit(&who("app"), &m, soon, 1).await, Err(AdmissionRefusal::DeadlineExceeded { .. })));
         // A cancelled waiter (the HTTP client went away).
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
         let (task, _r) = waiter(&a, &m, "app", &tx);
@@ -501,8 +524,8 @@ mod tests {
         let (task, _r) = waiter(&a, &m, "app", &tx);
         queued_to_be(&m, 1).await;
         a.close();
-        assert!(matches!(task.await.unwrap(), Err(ApiError::ShuttingDown)));
-        assert!(matches!(a.admit(&who("app"), &m, far(), 60).await, Err(ApiError::ShuttingDown)));
+        assert!(matches!(task.await.unwrap(), Err(AdmissionRefusal::Closed)));
+        assert!(matches!(a.admit(&who("app"), &m, far(), 60).await, Err(AdmissionRefusal::Closed)));
         drop(hold);
         assert_eq!((m.active.get(), m.queued.get()), (0, 0));
     }

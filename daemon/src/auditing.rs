@@ -129,6 +129,12 @@ pub async fn record(log: &Audit, event: Event) {
     }
 }
 
+/// Writes the audit entries of an admin command's outcome (`answer`), durably, or fails. A
+/// service that changes what the box serves is given one and calls it just before its change
+/// takes effect, and undoes what it prepared when it fails: no change is served without its
+/// entry.
+pub type Gate<'a, A> = dyn Fn(&A) -> Result<(), AuditError> + 'a;
+
 /// The open half of an inference request's audit record: the request entry is durable, the
 /// completion entry is still to come.
 #[derive(Debug)]

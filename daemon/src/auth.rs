@@ -17,7 +17,8 @@ use govbox_provisioning::{ClientRecord, Scope};
 
 use crate::api::error::ApiError;
 use crate::config::MtlsMode;
-use crate::state::{AppState, LoadedModel};
+use crate::models::LoadedModel;
+use crate::state::AppState;
 
 /// What the TLS (or TLCP) layer learnt about a connection; every request on it carries a copy.
 #[derive(Debug, Clone)]
@@ -78,7 +79,7 @@ pub fn authorise(state: &AppState, client: &ClientRecord, model: &LoadedModel) -
         return Err(ApiError::ModelNotAllowed { client: client.name.clone(), model: model.name.clone() });
     }
     state.quotas.take_request(client, state.config.serving.default_client_rpm, Instant::now())?;
-    state.quotas.check_budget(client)
+    Ok(state.quotas.check_budget(client)?)
 }
 
 /// Whether the client is an inference client whose model list allows `model` (an empty list,

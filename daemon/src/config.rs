@@ -541,7 +541,7 @@ impl Config {
         }
         let mut seen = std::collections::HashSet::new();
         for m in &self.models {
-            if !crate::state::is_model_name(&m.name) {
+            if !is_model_name(&m.name) {
                 return invalid("models.name", "1 to 128 characters of A-Z, a-z, 0-9, '.', '_', '-', ':' or '/'");
             }
             if !seen.insert(m.name.as_str()) {
@@ -609,6 +609,11 @@ fn prune_unknown(table: &mut toml::Table, known: &toml::Table, prefix: &str, war
             _ => {}
         }
     }
+}
+
+/// The shape of a configured model name.
+pub fn is_model_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 128 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-:/".contains(&b))
 }
 
 #[cfg(test)]

@@ -20,9 +20,10 @@ use tokio::sync::{mpsc, watch};
 use crate::admission::Admission;
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
+use crate::models::{Loader, ModelLoadError, ModelSource, ModelTable};
 use crate::packages::Packages;
 use crate::quota::{QuotaError, Quotas};
-use crate::state::{AppState, ModelLoadError, ModelSource, ModelTable, load_model};
+use crate::state::AppState;
 use crate::tls::TlsSetupError;
 use crate::{admin, api, auditing, logging, sandbox, server, systemd, tls};
 use govbox_audit::{Event, LifecycleAction};
@@ -327,7 +328,9 @@ async fn daemon(
         Ok(crate::trust_sync::Adopted::Nothing) => {}
         Err(e) => log::warn!("trust root: the update trust anchor was not adopted: {e}"),
     }
-    let packages = Packages::open(&opts.state)?;
+    let models = Arc::new(ModelTable::default());
+    let loader = Loader { backend: backend.clone(), options: config.serving.engine_options() };
+    let packages = Packages::open(&opts.state, models.clone(), loader)?;
     // Connecting to govbox-auditd waits on answers with blocking calls: not on a runtime thread.
     let (state_dir, audit_cfg) = (opts.state.clone(), config.audit.clone());
     let audit = tokio::task::spawn_blocking(move || auditing::open(&state_dir, &audit_cfg))
@@ -378,7 +381,7 @@ async fn daemon(
         store,
         quotas,
         refusals: Default::default(),
-        models: ModelTable::default(),
+        models,
         insecure_dev_models: opts.insecure_dev_models,
         packages,
         policies: Default::default(),
@@ -400,13 +403,13 @@ async fn daemon(
     let mut int = signal(SignalKind::interrupt()).map_err(|source| DaemonError::Runtime { what: "SIGINT", source })?;
 
     auditing::record(&state.audit, auditing::lifecycle(LifecycleAction::Start)).await;
-    crate::policy::start(&state).await;
+    crate::policy::start(&state.policies, state.state_dir.clone(), &state.config.policy.default, &state.audit).await;
     tokio::spawn(admin::serve(admin_listener, state.clone()));
     let server = tokio::spawn(server::serve(listener, state.clone(), api::router(state.clone())));
     let tlcp_server = tlcp.map(|t| tlcp_serve(t, &state));
-    tokio::spawn(systemd::watchdog(state.clone()));
+    tokio::spawn(systemd::watchdog(state.models.clone()));
     tokio::spawn(retention(state.clone()));
-    tokio::spawn(crate::refusals::Refusals::flush_every_minute(state.clone()));
+    tokio::spawn(state.refusals.clone().flush_every_minute(state.audit.clone()));
     log::info!(
         "listening on https://{listen} (mtls {:?}); admin socket {}",
         state.config.tls.mtls,
@@ -473,7 +476,7 @@ async fn load_models(state: Arc<AppState>, fatal: mpsc::Sender<DaemonError>) {
     systemd::status("verifying and loading the installed model packages");
     let full = state.config.verify_payload_on_start;
     let st = state.clone();
-    let packaged = match tokio::task::spawn_blocking(move || st.packages.load_active(&st, full)).await {
+    let packaged = match tokio::task::spawn_blocking(move || st.packages.load_active(full)).await {
         Ok(r) => r,
         Err(e) => {
             let source = std::io::Error::other(e.to_string());
@@ -507,11 +510,9 @@ async fn load_models(state: Arc<AppState>, fatal: mpsc::Sender<DaemonError>) {
                 log::warn!("[[models]] '{}' is ignored: a signed package of that name is installed", entry.name);
                 continue;
             }
-            let backend = state.backend.clone();
-            let opts = state.config.serving.engine_options();
+            let loader = state.packages.loader().clone();
             let t = Instant::now();
-            let job =
-                move || load_model(&entry, ModelSource::DevFolder, backend, &opts, govbox_engine::LoadAs::Detected);
+            let job = move || loader.load(&entry, ModelSource::DevFolder, govbox_engine::LoadAs::Detected);
             match tokio::task::spawn_blocking(job).await {
                 Ok(Ok(m)) => {
                     log::warn!(

@@ -31,6 +31,7 @@ pub mod daemon;
 pub mod device;
 pub mod logging;
 pub mod metrics;
+pub mod models;
 pub mod packages;
 pub mod policy;
 pub mod quota;

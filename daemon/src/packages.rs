@@ -3,7 +3,7 @@
 //!
 //! The package format, its checks and the store are the images crate's; this module only decides
 //! when to call them, runs the self-test on the daemon's own backend, and swaps engines in the
-//! [`crate::state::ModelTable`]. A swap replaces one `Arc`: requests that already hold the old
+//! [`ModelTable`] it was given. A swap replaces one `Arc`: requests that already hold the old
 //! model finish on it, new requests get the new one.
 
 use std::path::Path;
@@ -18,9 +18,9 @@ use govbox_images::{ActiveModel, ImportOptions, ModelStore, PackageError, SelfTe
 use govbox_provisioning::{StatePaths, TrustRoot};
 use sd_notify::NotifyState;
 
-use crate::admin::protocol::AdminFailure;
+use crate::auditing::Gate;
 use crate::config::ModelEntry;
-use crate::state::{AppState, LoadedModel, ModelLoadError, ModelSource, load_model};
+use crate::models::{LoadedModel, Loader, ModelLoadError, ModelSource, ModelTable};
 use crate::systemd;
 
 /// How much more start-up time each `EXTEND_TIMEOUT_USEC=` asks systemd for while hashing.
@@ -31,12 +31,17 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 /// A package left out at start-up: what it is, and why.
 pub type NotServed = Box<(String, ServeError)>;
 
-/// The daemon's handle on the model store. One model command runs at a time.
+/// The daemon's handle on the model store, and on the served models it swaps. One model command
+/// runs at a time.
 #[derive(Debug)]
 pub struct Packages {
     store: ModelStore,
     paths: StatePaths,
     busy: Mutex<()>,
+    /// The served models, which commands change.
+    models: Arc<ModelTable>,
+    /// How a version is loaded onto the daemon's backend.
+    loader: Loader,
 }
 
 /// Why a package could not be served.
@@ -52,6 +57,14 @@ pub enum ServeError {
     /// The engine could not load the verified files.
     #[error(transparent)]
     Load(#[from] ModelLoadError),
+    /// The change's audit entry could not be written, so it was undone (fail-closed).
+    #[error("{what}: not done, since its audit entry cannot be written ({source})")]
+    Unrecorded {
+        /// What was asked (`importing model 'qwen 1.2.0'`).
+        what: String,
+        /// Why the entry was not written.
+        source: govbox_audit::AuditError,
+    },
     /// The self-test ran and its numbers differ.
     #[error(
         "package '{package}': self-test failed on the {backend} backend: {reason}; the version was not activated and was removed from the store"
@@ -74,13 +87,8 @@ impl ServeError {
             ServeError::Trust(e) => e.code(),
             ServeError::Load(_) => "model_load_failed",
             ServeError::SelfTest { .. } => "selftest_mismatch",
+            ServeError::Unrecorded { .. } => "audit_unavailable",
         }
-    }
-}
-
-impl From<ServeError> for AdminFailure {
-    fn from(e: ServeError) -> Self {
-        AdminFailure { code: e.code(), message: e.to_string() }
     }
 }
 
@@ -105,15 +113,21 @@ pub fn run_selftest(engine: &Engine, test: &SelfTest) -> Result<SelfTestReport, 
 }
 
 impl Packages {
-    /// Opens the store at `STATE/models` and removes what interrupted imports left.
-    pub fn open(state_dir: &Path) -> Result<Self, ServeError> {
+    /// Opens the store at `STATE/models` and removes what interrupted imports left. Versions are
+    /// loaded with `loader` and served through `models`.
+    pub fn open(state_dir: &Path, models: Arc<ModelTable>, loader: Loader) -> Result<Self, ServeError> {
         let paths = StatePaths::new(state_dir);
         let store = ModelStore::open(&paths)?;
         let rec = store.recover()?;
         for p in rec.staging_removed.iter().chain(&rec.orphans_removed) {
             log::warn!("model store: removed {} left by an interrupted import", p.display());
         }
-        Ok(Packages { store, paths, busy: Mutex::new(()) })
+        Ok(Packages { store, paths, busy: Mutex::new(()), models, loader })
+    }
+
+    /// How this store's versions are loaded (for the config's dev folders too).
+    pub fn loader(&self) -> &Loader {
+        &self.loader
     }
 
     fn trust(&self) -> Result<TrustRoot, ServeError> {
@@ -127,7 +141,7 @@ impl Packages {
     /// Start-up: checks every active package again (signatures always; payload hashes too with
     /// `full_payload`), telling systemd how far hashing has got, then loads each. A package that
     /// fails its checks is not served; the others are.
-    pub fn load_active(&self, state: &AppState, full_payload: bool) -> Vec<Result<LoadedModel, NotServed>> {
+    pub fn load_active(&self, full_payload: bool) -> Vec<Result<LoadedModel, NotServed>> {
         let _busy = self.lock();
         let active = match self.store.active_models().and_then(|a| Ok((a, self.disabled_names()?))) {
             // A disabled model is not served (`govbox model disable`).
@@ -142,14 +156,13 @@ impl Packages {
             .into_iter()
             .map(|a| {
                 let label = format!("{} {}", a.name, a.version);
-                self.check_and_load(state, &a, &trust, full_payload).map_err(|e| Box::new((label, e)))
+                self.check_and_load(&a, &trust, full_payload).map_err(|e| Box::new((label, e)))
             })
             .collect()
     }
 
     fn check_and_load(
         &self,
-        state: &AppState,
         a: &ActiveModel,
         trust: &TrustRoot,
         full_payload: bool,
@@ -179,12 +192,18 @@ impl Packages {
             r.files_checked,
             r.bytes_hashed as f64 / 1e6
         );
-        load(state, a)
+        self.load(a)
     }
 
-    /// `model_import`: verifies and stores a package, runs its self-test on this backend, and
-    /// serves it if it became the active version.
-    pub fn import(&self, state: &Arc<AppState>, path: &Path, activate: bool) -> Result<ModelImported, ServeError> {
+    /// `model_import`: verifies and stores a package, runs its self-test on this backend, records
+    /// the import through `gate` (undoing it when that fails), and serves it if it became the
+    /// active version.
+    pub fn import(
+        &self,
+        path: &Path,
+        activate: bool,
+        gate: &Gate<'_, ModelImported>,
+    ) -> Result<ModelImported, ServeError> {
         let _busy = self.lock();
         let trust = self.trust()?;
         let t = Instant::now();
@@ -203,7 +222,7 @@ impl Packages {
                 load_path: imported.load_path.clone(),
                 manifest: imported.manifest.clone(),
             };
-            match load(state, &a) {
+            match self.load(&a) {
                 Ok(m) => Some(m),
                 Err(e) => {
                     self.discard(&imported.digest);
@@ -230,28 +249,37 @@ impl Packages {
                     self.discard(&imported.digest);
                     return Err(ServeError::SelfTest {
                         package: format!("{} {}", imported.name, imported.version),
-                        backend: state.backend.info().name,
+                        backend: self.loader.backend.info().name,
                         reason,
                     });
                 }
             }
         }
-        if active_now
-            && !disabled
-            && let Some(m) = loaded
-        {
-            swap_in(state, m);
-        }
-        Ok(ModelImported {
-            name: imported.name,
-            version: imported.version,
+        let answer = ModelImported {
+            name: imported.name.clone(),
+            version: imported.version.clone(),
             digest: format!("sha256-{}", imported.digest),
             size: imported.size,
             active: active_now,
             secs,
             mb_per_s: imported.size as f64 / 1e6 / secs.max(1e-9),
             selftest: selftest_passed,
-        })
+        };
+        if let Err(source) = gate(&answer) {
+            // A version that was stored before is left as it was; a new one is taken out again.
+            if !imported.already_present {
+                self.discard(&imported.digest);
+            }
+            let what = format!("importing model '{} {}'", imported.name, imported.version);
+            return Err(ServeError::Unrecorded { what, source });
+        }
+        if active_now
+            && !disabled
+            && let Some(m) = loaded
+        {
+            self.swap_in(m);
+        }
+        Ok(answer)
     }
 
     fn discard(&self, digest: &str) {
@@ -267,17 +295,17 @@ impl Packages {
     /// `model_disable` and `model_enable`: records the choice in the store, then takes the model
     /// out of the served set at once (requests already running finish), or loads its active
     /// version and serves it again. An enable whose model does not load leaves it disabled.
-    pub fn set_disabled(&self, state: &AppState, name: &str, disabled: bool) -> Result<ModelToggled, ServeError> {
+    pub fn set_disabled(&self, name: &str, disabled: bool) -> Result<ModelToggled, ServeError> {
         let _busy = self.lock();
         let record = self.store.set_disabled(name, disabled)?;
         if disabled {
-            if state.models.remove(name).is_some() {
+            if self.models.remove(name).is_some() {
                 log::info!("model '{name}': disabled; no longer served (running requests finish)");
             }
         } else if record.active.is_some() {
-            let loaded = self.active(name).and_then(|a| load(state, &a));
+            let loaded = self.active(name).and_then(|a| self.load(&a));
             match loaded {
-                Ok(m) => swap_in(state, m),
+                Ok(m) => self.swap_in(m),
                 Err(e) => {
                     if let Err(e2) = self.store.set_disabled(name, true) {
                         log::error!("model '{name}': keeping it disabled after a failed load: {e2}");
@@ -308,8 +336,8 @@ impl Packages {
     }
 
     /// `model_list`: every stored version, with which one is active and which one is served.
-    pub fn list(&self, state: &AppState) -> Result<ModelListAnswer, ServeError> {
-        let served = state.models.get();
+    pub fn list(&self) -> Result<ModelListAnswer, ServeError> {
+        let served = self.models.get();
         let models = self
             .store
             .list()?
@@ -325,8 +353,14 @@ impl Packages {
     }
 
     /// `model_activate` and `model_rollback`: loads the chosen version first, so that a version
-    /// that does not load never becomes active, then records it and swaps it in.
-    pub fn switch(&self, state: &Arc<AppState>, name: &str, target: Switch<'_>) -> Result<ModelSwitched, ServeError> {
+    /// that does not load never becomes active, then records it in the store and through `gate`,
+    /// and swaps it in. When either fails, the version active before is active again.
+    pub fn switch(
+        &self,
+        name: &str,
+        target: Switch<'_>,
+        gate: &Gate<'_, ModelSwitched>,
+    ) -> Result<ModelSwitched, ServeError> {
         let _busy = self.lock();
         let record = self.store.list()?.into_iter().find(|m| m.name == name);
         let disabled = record.as_ref().is_some_and(|m| m.disabled);
@@ -336,41 +370,78 @@ impl Packages {
             Switch::Rollback => self.store.rollback(name)?,
         };
         let a = self.active(name)?;
-        if disabled {
-            // Recorded; served when the model is enabled again.
-            return Ok(ModelSwitched {
-                name: name.to_string(),
-                version,
-                previous: before,
-                digest: format!("sha256-{}", a.digest),
-            });
-        }
-        match load(state, &a) {
-            Ok(m) => {
-                swap_in(state, m);
-                Ok(ModelSwitched {
-                    name: name.to_string(),
-                    version,
-                    previous: before,
-                    digest: format!("sha256-{}", a.digest),
-                })
-            }
+        let answer = ModelSwitched {
+            name: name.to_string(),
+            version,
+            previous: before.clone(),
+            digest: format!("sha256-{}", a.digest),
+        };
+        // A disabled model's new version is recorded, and served when the model is enabled again.
+        let loaded = match (!disabled).then(|| self.load(&a)).transpose() {
+            Ok(m) => m,
             Err(e) => {
-                if let Some(b) = &before
-                    && let Err(e2) = self.store.activate(name, Some(b))
-                {
-                    log::error!("model '{name}': restoring version {b} as active after a failed load: {e2}");
-                }
-                Err(e)
+                self.restore_active(name, before.as_deref());
+                return Err(e);
             }
+        };
+        if let Err(source) = gate(&answer) {
+            self.restore_active(name, before.as_deref());
+            return Err(ServeError::Unrecorded { what: format!("switching model '{name}'"), source });
+        }
+        if let Some(m) = loaded {
+            self.swap_in(m);
+        }
+        Ok(answer)
+    }
+
+    /// Makes `before` the active version of `name` again after a switch that did not happen.
+    fn restore_active(&self, name: &str, before: Option<&str>) {
+        if let Some(b) = before
+            && let Err(e) = self.store.activate(name, Some(b))
+        {
+            log::error!("model '{name}': restoring version {b} as active after a failed switch: {e}");
         }
     }
 
-    /// `model_remove`: removes a version that is not active.
-    pub fn remove(&self, name: &str, version: &str) -> Result<ModelRemoved, ServeError> {
+    /// `model_remove`: removes a version that is not active, once `gate` has recorded it.
+    pub fn remove(&self, name: &str, version: &str, gate: &Gate<'_, ModelRemoved>) -> Result<ModelRemoved, ServeError> {
         let _busy = self.lock();
+        // The digest the entry names. A version that is unknown or active is left to the store to
+        // refuse, with nothing recorded.
+        let stored = self.store.list()?.into_iter().find(|m| m.name == name);
+        let removable = stored
+            .filter(|m| m.active.as_deref() != Some(version))
+            .and_then(|m| m.versions.into_iter().find(|v| v.version == version));
+        if let Some(v) = removable {
+            let answer = removed(name, version, &v.digest);
+            gate(&answer).map_err(|source| ServeError::Unrecorded {
+                what: format!("removing model '{name} {version}'"),
+                source,
+            })?;
+        }
         let digest = self.store.remove(name, version)?;
-        Ok(ModelRemoved { name: name.to_string(), version: version.to_string(), digest: format!("sha256-{digest}") })
+        Ok(removed(name, version, &digest))
+    }
+
+    fn load(&self, a: &ActiveModel) -> Result<LoadedModel, ServeError> {
+        let entry = ModelEntry { name: a.name.clone(), path: a.load_path.clone() };
+        let source = ModelSource::Package { version: a.version.clone(), digest: format!("sha256-{}", a.digest) };
+        let what = match a.manifest.model.as_ref().map(|m| m.kind) {
+            Some(govbox_images::ModelKind::Rerank) => govbox_engine::LoadAs::Reranker,
+            _ => govbox_engine::LoadAs::Detected,
+        };
+        Ok(self.loader.load(&entry, source, what)?)
+    }
+
+    fn swap_in(&self, m: LoadedModel) {
+        let (name, version) = (m.name.clone(), m.source.version().to_string());
+        match self.models.replace(Arc::new(m)) {
+            Some(old) => log::info!(
+                "model '{name}': now serving version {version} (was {}); running requests finish on the old one",
+                old.source.version()
+            ),
+            None => log::info!("model '{name}': now serving version {version}"),
+        }
     }
 }
 
@@ -383,27 +454,10 @@ pub enum Switch<'a> {
     Rollback,
 }
 
+fn removed(name: &str, version: &str, digest: &str) -> ModelRemoved {
+    ModelRemoved { name: name.to_string(), version: version.to_string(), digest: format!("sha256-{digest}") }
+}
+
 fn short(digest: &str) -> &str {
     digest.get(..12).unwrap_or(digest)
-}
-
-fn load(state: &AppState, a: &ActiveModel) -> Result<LoadedModel, ServeError> {
-    let entry = ModelEntry { name: a.name.clone(), path: a.load_path.clone() };
-    let source = ModelSource::Package { version: a.version.clone(), digest: format!("sha256-{}", a.digest) };
-    let what = match a.manifest.model.as_ref().map(|m| m.kind) {
-        Some(govbox_images::ModelKind::Rerank) => govbox_engine::LoadAs::Reranker,
-        _ => govbox_engine::LoadAs::Detected,
-    };
-    Ok(load_model(&entry, source, state.backend.clone(), &state.config.serving.engine_options(), what)?)
-}
-
-fn swap_in(state: &AppState, m: LoadedModel) {
-    let (name, version) = (m.name.clone(), m.source.version().to_string());
-    match state.models.replace(Arc::new(m)) {
-        Some(old) => log::info!(
-            "model '{name}': now serving version {version} (was {}); running requests finish on the old one",
-            old.source.version()
-        ),
-        None => log::info!("model '{name}': now serving version {version}"),
-    }
 }

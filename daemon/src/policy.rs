@@ -1,5 +1,4 @@
-//! Content safety in govboxd: which content-safety library applies to a request, checking its
-//! question, filtering its answer as it streams, and recording each verdict.
+//! Content safety in govboxd: the content-safety libraries being served, and which one applies.
 //!
 //! Libraries are signed policy packages in `STATE/policies` (the images crate's store opened on
 //! the `policy` role); the active version of each is compiled at start and again whenever the
@@ -7,34 +6,20 @@
 //! library it started with. Which library applies is `[policy] default` (see
 //! [`crate::config::PolicyConfig`]); `off` is an explicit choice, recorded at every start.
 //!
-//! A refused question gets 400 `content_filter` with the category's refusal text. Embedding
-//! and rerank inputs are checked the same way when the library's `apply_to` lists them. An answer is
-//! filtered by [`govbox_policy::StreamFilter`], which holds back only the longest pattern less
-//! one character: when a refusing rule hits, the generation is stopped, the answer ends with the
-//! category's refusal and `finish_reason: "content_filter"`; a replacing rule's match is
-//! replaced and the answer goes on. Every verdict is a `policy_verdict` audit entry (category,
-//! rule, library digest; never the text), durable before the client sees its effect, and counted
-//! in `govbox_policy_verdicts_total{category,stage,action}`.
+//! This module is the libraries as served (the table, loading them, the admin commands); what a
+//! request does with one (checking its question, filtering its answer, recording each verdict)
+//! is the HTTP side's (`api::policy`).
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use govbox_audit::Event;
-use govbox_engine::embed::EmbedInput;
-use govbox_engine::tokenizer::Tokenizer;
-use govbox_engine::{Event as EngineEvent, FinishReason, Usage};
 use govbox_images::ModelStore;
-use govbox_policy::{Action, Policy, StreamFilter, Surface, Verdict};
-use govbox_provisioning::{ClientRecord, StatePaths};
-use tokio::sync::mpsc;
+use govbox_policy::Policy;
+use govbox_provisioning::StatePaths;
 
-use crate::api::choices::Choices;
-use crate::api::error::ApiError;
-use crate::api::generate::Started;
-use crate::api::record::RequestRecord;
-use crate::state::AppState;
+use crate::auditing::Audit;
 
 /// `[policy] default` that turns filtering off.
 pub const OFF: &str = "off";
@@ -115,40 +100,49 @@ impl PolicyTable {
     }
 
     /// The library that `default` (`[policy] default`) selects; `None` means unfiltered.
-    pub fn choose(&self, default: &str) -> Result<Option<Arc<ServedPolicy>>, ApiError> {
+    pub fn choose(&self, default: &str) -> Result<Option<Arc<ServedPolicy>>, PolicyUnavailable> {
         if default == OFF {
             return Ok(None);
         }
         if let Some(why) = self.broken.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            return Err(ApiError::PolicyUnavailable(format!(
-                "the content-safety libraries could not be loaded: {why}"
-            )));
+            return Err(PolicyUnavailable::NotLoaded(why.clone()));
         }
         let all = self.snapshot();
         match default {
             "" => match all.len() {
                 0 => Ok(None),
                 1 => Ok(all.values().next().cloned()),
-                n => Err(ApiError::PolicyUnavailable(format!(
-                    "{n} content-safety libraries are imported and [policy] default names none; the administrator must choose one"
-                ))),
+                n => Err(PolicyUnavailable::NoneChosen(n)),
             },
-            name => all.get(name).cloned().map(Some).ok_or_else(|| {
-                ApiError::PolicyUnavailable(format!(
-                    "the content-safety library '{name}' that this box requires is not imported or not active"
-                ))
-            }),
+            name => all.get(name).cloned().map(Some).ok_or_else(|| PolicyUnavailable::NotActive(name.to_string())),
         }
     }
 }
 
-/// Loads the libraries at start and records the box's choice: `off` is an audit entry at every
-/// start, so that serving unfiltered is never a silent state.
-pub async fn start(state: &Arc<AppState>) {
-    let dir = state.state_dir.clone();
-    let st = state.clone();
-    let loaded = tokio::task::spawn_blocking(move || st.policies.reload(&dir)).await;
-    let default = state.config.policy.default.clone();
+/// Why no library can filter a request that must be filtered: such a request is refused, never
+/// served unfiltered.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyUnavailable {
+    /// The store could not be loaded (the reason is [`PolicyLoadError`]'s message).
+    #[error("the content-safety libraries could not be loaded: {0}")]
+    NotLoaded(String),
+    /// Several libraries are imported and `[policy] default` is empty.
+    #[error(
+        "{0} content-safety libraries are imported and [policy] default names none; the administrator must choose one"
+    )]
+    NoneChosen(usize),
+    /// The library that applies is not imported or has no active version.
+    #[error("the content-safety library '{0}' that this box requires is not imported or not active")]
+    NotActive(String),
+}
+
+/// Loads the libraries of `state_dir` into `policies` at start and records the box's choice
+/// (`default`, `[policy] default`): `off` is an audit entry at every start, so that serving
+/// unfiltered is never a silent state.
+pub async fn start(policies: &Arc<PolicyTable>, state_dir: PathBuf, default: &str, audit: &Audit) {
+    let table = policies.clone();
+    let loaded = tokio::task::spawn_blocking(move || table.reload(&state_dir)).await;
     let subject = match loaded {
         Ok(Ok(n)) => format!("{n} librar{} loaded; [policy] default = '{default}'", if n == 1 { "y" } else { "ies" }),
         Ok(Err(e)) => {
@@ -159,231 +153,13 @@ pub async fn start(state: &Arc<AppState>) {
     };
     if default == OFF {
         log::warn!("content safety is off ([policy] default = \"off\"): answers are not filtered");
-    } else if let Ok(None) = state.policies.choose(&default) {
+    } else if let Ok(None) = policies.choose(default) {
         log::warn!(
             "content safety: no library is imported; answers are not filtered until one is (govbox policy import)"
         );
     }
     let event = Event::Admin { actor: "govboxd".into(), action: "policy_start".into(), subject };
-    crate::auditing::record(&state.audit, event).await;
-}
-
-/// Checks every text of a request's question under the library that applies; returns that
-/// library, for [`filter_output`]. A hit of a refusing category is recorded and refused.
-pub async fn check_input(
-    state: &Arc<AppState>,
-    record: &RequestRecord,
-    client: &ClientRecord,
-    param: &'static str,
-    texts: &[&str],
-) -> Result<Option<Arc<ServedPolicy>>, ApiError> {
-    let Some(served) = served_for(state, client)? else { return Ok(None) };
-    let fields: Vec<(&'static str, &str)> = texts.iter().map(|t| (param, *t)).collect();
-    refuse_hits(state, record, &client.name, &served, &fields).await?;
-    Ok(Some(served))
-}
-
-/// Checks the inputs of `/v1/embeddings` when the library that applies lists `embeddings` in
-/// its `apply_to`. Token-id inputs are checked as the text they decode to, so that ids cannot
-/// carry a keyword past the filter.
-pub async fn check_embedding_input<'a>(
-    state: &Arc<AppState>,
-    record: &RequestRecord,
-    client: &ClientRecord,
-    tokenizer: &Tokenizer,
-    inputs: impl Iterator<Item = EmbedInput<'a>>,
-) -> Result<(), ApiError> {
-    let Some(served) = served_for(state, client)?.filter(|s| s.policy.applies_to(Surface::Embeddings)) else {
-        return Ok(());
-    };
-    let texts = inputs
-        .map(|i| match i {
-            EmbedInput::Text(t) => Ok(Cow::Borrowed(t)),
-            EmbedInput::Tokens(ids) => tokenizer.decode(ids, false).map(Cow::Owned),
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let fields: Vec<(&'static str, &str)> = texts.iter().map(|t| ("input", t.as_ref())).collect();
-    refuse_hits(state, record, &client.name, &served, &fields).await
-}
-
-/// Checks the query and documents of `/v1/rerank` when the library that applies lists `rerank`
-/// in its `apply_to`.
-pub async fn check_rerank_input<'a>(
-    state: &Arc<AppState>,
-    record: &RequestRecord,
-    client: &ClientRecord,
-    query: &str,
-    documents: impl Iterator<Item = &'a str>,
-) -> Result<(), ApiError> {
-    let Some(served) = served_for(state, client)?.filter(|s| s.policy.applies_to(Surface::Rerank)) else {
-        return Ok(());
-    };
-    let fields: Vec<(&'static str, &str)> =
-        std::iter::once(("query", query)).chain(documents.map(|d| ("documents", d))).collect();
-    refuse_hits(state, record, &client.name, &served, &fields).await
-}
-
-/// The library that applies to `client`: its own (`client add --policy`), else the box default.
-fn served_for(state: &AppState, client: &ClientRecord) -> Result<Option<Arc<ServedPolicy>>, ApiError> {
-    let wanted = client.policy.as_deref().unwrap_or(&state.config.policy.default);
-    state.policies.choose(wanted)
-}
-
-/// Refuses the request at the first field whose text a refusing category hits, after recording
-/// the verdict.
-async fn refuse_hits(
-    state: &Arc<AppState>,
-    record: &RequestRecord,
-    client: &str,
-    served: &ServedPolicy,
-    fields: &[(&'static str, &str)],
-) -> Result<(), ApiError> {
-    for &(param, text) in fields {
-        if let Some(hit) = served.policy.check_input(text) {
-            let verdict = Verdict::of(&served.policy, &hit);
-            record_verdict(state, &record.id, client, served, &verdict, "input").await;
-            record.set_outcome("content_filter");
-            let refusal = served.policy.category_of(&hit).refusal.clone();
-            return Err(ApiError::ContentFiltered { param, refusal });
-        }
-    }
-    Ok(())
-}
-
-/// Puts the answer's events through the library's streaming filter (no change without one).
-/// Each choice (`n`) has a filter of its own; a refusal ends that choice with the category's
-/// refusal and `content_filter`, and what it generates after that is dropped.
-pub fn filter_output(
-    state: &Arc<AppState>,
-    served: Option<Arc<ServedPolicy>>,
-    client: &str,
-    record: &Arc<RequestRecord>,
-    started: Started,
-) -> Started {
-    let Some(served) = served else { return started };
-    let Started { events, rest, prompt_tokens, choices, prompt_ids, opens_thinking } = started;
-    let (tx, out) = mpsc::channel(32);
-    let job =
-        FilterJob { state: state.clone(), served, client: client.to_string(), record: record.clone(), prompt_tokens };
-    tokio::spawn(job.run(events, rest, tx, choices));
-    Started { events: Vec::new(), rest: Choices::Filtered(out), prompt_tokens, choices, prompt_ids, opens_thinking }
-}
-
-struct FilterJob {
-    state: Arc<AppState>,
-    served: Arc<ServedPolicy>,
-    client: String,
-    record: Arc<RequestRecord>,
-    prompt_tokens: usize,
-}
-
-/// One choice's filter and what it has sent.
-struct ChoiceFilter {
-    filter: StreamFilter,
-    texts: usize,
-    /// Refused or finished: later events of this choice are dropped.
-    ended: bool,
-}
-
-type Tagged = (usize, EngineEvent);
-
-impl FilterJob {
-    async fn run(self, first: Vec<Tagged>, mut rx: Choices, tx: mpsc::Sender<Tagged>, choices: usize) {
-        let mut filters: Vec<ChoiceFilter> = (0..choices.max(1))
-            .map(|_| ChoiceFilter { filter: StreamFilter::new(self.served.policy.clone()), texts: 0, ended: false })
-            .collect();
-        let mut pending = first.into_iter();
-        loop {
-            let (i, ev) = match pending.next() {
-                Some(ev) => ev,
-                None => match rx.next().await {
-                    Some(ev) => ev,
-                    // Every choice ended, or the generation ended without a last event (the
-                    // SSE body reports that).
-                    None => return,
-                },
-            };
-            let Some(c) = filters.get_mut(i) else { continue };
-            if c.ended {
-                continue;
-            }
-            let (released, end) = match ev {
-                EngineEvent::Text(t) => {
-                    c.texts += 1;
-                    (c.filter.push(&t), None)
-                }
-                // Log-probabilities go with the text they precede; a refusal drops the rest.
-                EngineEvent::Logprobs(l) => {
-                    if tx.send((i, EngineEvent::Logprobs(l))).await.is_err() {
-                        return;
-                    }
-                    continue;
-                }
-                EngineEvent::Done { finish_reason, usage } => (c.filter.finish(), Some((finish_reason, usage))),
-                EngineEvent::Error(e) => {
-                    let _ = tx.send((i, EngineEvent::Error(e))).await;
-                    return;
-                }
-            };
-            for v in &released.replaced {
-                record_verdict(&self.state, &self.record.id, &self.client, &self.served, v, "output").await;
-            }
-            if !released.text.is_empty() && tx.send((i, EngineEvent::Text(released.text))).await.is_err() {
-                return; // the client went away: dropping `rx` stops the generation
-            }
-            if let Some((verdict, refusal)) = released.refused {
-                record_verdict(&self.state, &self.record.id, &self.client, &self.served, &verdict, "output").await;
-                c.ended = true;
-                self.record.set_outcome("content_filter");
-                let usage = Usage { prompt_tokens: self.prompt_tokens, completion_tokens: c.texts, ..Usage::default() };
-                if filters.iter().all(|c| c.ended) {
-                    // Stop the generation; its accounting is settled here, before the answer's
-                    // last event (the audit layer writes the completion entry then).
-                    std::mem::replace(&mut rx, Choices::Running(Vec::new())).stop();
-                }
-                let _ = tx.send((i, EngineEvent::Text(refusal))).await;
-                let _ = tx.send((i, EngineEvent::Done { finish_reason: FinishReason::ContentFilter, usage })).await;
-                continue;
-            }
-            if let Some((finish_reason, usage)) = end {
-                c.ended = true;
-                if tx.send((i, EngineEvent::Done { finish_reason, usage })).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// Counts a verdict and makes its audit entry durable.
-async fn record_verdict(
-    state: &AppState,
-    request_id: &str,
-    client: &str,
-    served: &ServedPolicy,
-    v: &Verdict,
-    stage: &'static str,
-) {
-    let action = match v.action {
-        Action::Refuse => "refuse",
-        Action::Replace => "replace",
-    };
-    state
-        .metrics
-        .policy_verdicts
-        .get_or_create(&[("category", v.category.clone()), ("stage", stage.into()), ("action", action.into())])
-        .inc();
-    let event = Event::PolicyVerdict {
-        request_id: request_id.to_string(),
-        client: client.to_string(),
-        stage: stage.to_string(),
-        action: action.to_string(),
-        category: v.category.clone(),
-        rule: v.rule.clone(),
-        package: format!("{} {}", served.name, served.version),
-        digest: served.digest.clone(),
-    };
-    crate::auditing::record(&state.audit, event).await;
+    crate::auditing::record(audit, event).await;
 }
 
 /// `policy_import`, `policy_activate`, `policy_rollback`, `policy_list` on the admin socket:
@@ -393,81 +169,149 @@ pub mod admin {
     use std::path::Path;
 
     use govbox_images::{ImportOptions, ModelStore, PackageError, TrustRoot};
-    use govbox_provisioning::StatePaths;
+    use govbox_provisioning::{ProvisionError, StatePaths};
 
     use govbox_admin::protocol::{ModelSwitched, PolicyImported, PolicyListAnswer};
 
-    use crate::admin::protocol::AdminFailure;
-    use crate::state::AppState;
+    use super::{PolicyLoadError, PolicyTable};
+    use crate::auditing::Gate;
 
-    fn failure(code: &'static str, message: String) -> AdminFailure {
-        AdminFailure { code, message }
+    /// Why a policy command failed.
+    #[derive(Debug, thiserror::Error)]
+    #[non_exhaustive]
+    pub enum PolicyAdminError {
+        /// The store or the package refused.
+        #[error(transparent)]
+        Package(#[from] PackageError),
+        /// The trust root could not be read.
+        #[error(transparent)]
+        Trust(#[from] ProvisionError),
+        /// The imported version does not compile; it was removed again.
+        #[error("package '{name} {version}': {source}; the version was removed")]
+        Invalid {
+            /// The library.
+            name: String,
+            /// The version.
+            version: String,
+            /// Why it does not compile.
+            source: govbox_policy::PolicyError,
+        },
+        /// The active libraries could not be compiled again.
+        #[error(transparent)]
+        Reload(#[from] PolicyLoadError),
+        /// The change's audit entry could not be written, so it was undone (fail-closed).
+        #[error("{what}: not done, since its audit entry cannot be written ({source})")]
+        Unrecorded {
+            /// What was asked.
+            what: String,
+            /// Why the entry was not written.
+            source: govbox_audit::AuditError,
+        },
     }
 
-    fn package(e: PackageError) -> AdminFailure {
-        failure(e.code(), e.to_string())
+    impl PolicyAdminError {
+        /// A stable short code.
+        pub fn code(&self) -> &'static str {
+            match self {
+                PolicyAdminError::Package(e) => e.code(),
+                PolicyAdminError::Trust(e) => e.code(),
+                PolicyAdminError::Invalid { .. } | PolicyAdminError::Reload(_) => "policy_invalid",
+                PolicyAdminError::Unrecorded { .. } => "audit_unavailable",
+            }
+        }
     }
 
-    fn store(state: &AppState) -> Result<ModelStore, AdminFailure> {
-        ModelStore::open_policies(&StatePaths::new(&state.state_dir)).map_err(package)
+    fn store(state_dir: &Path) -> Result<ModelStore, PackageError> {
+        ModelStore::open_policies(&StatePaths::new(state_dir))
     }
 
-    fn reload(state: &AppState) -> Result<(), AdminFailure> {
-        state.policies.reload(&state.state_dir).map(|_| ()).map_err(|e| failure("policy_invalid", e.to_string()))
+    fn reload(policies: &PolicyTable, state_dir: &Path) -> Result<(), PolicyLoadError> {
+        policies.reload(state_dir).map(|_| ())
     }
 
-    /// Verifies and imports a policy package, compiles it, and serves it when it is active.
-    pub fn import(state: &AppState, path: &Path, activate: bool) -> Result<PolicyImported, AdminFailure> {
-        let paths = StatePaths::new(&state.state_dir);
-        let root = TrustRoot::load(&paths.root_json()).map_err(|e| failure(e.code(), e.to_string()))?;
-        let store = store(state)?;
-        let imported = store.import_file(path, &root, &ImportOptions { activate }, &mut |_, _| {}).map_err(package)?;
+    /// Verifies and imports a policy package into `state_dir`'s store, compiles it, records it
+    /// through `gate` (taking a new version out again when that fails), and serves it through
+    /// `policies` when it is active.
+    pub fn import(
+        policies: &PolicyTable,
+        state_dir: &Path,
+        path: &Path,
+        activate: bool,
+        gate: &Gate<'_, PolicyImported>,
+    ) -> Result<PolicyImported, PolicyAdminError> {
+        let paths = StatePaths::new(state_dir);
+        let root = TrustRoot::load(&paths.root_json())?;
+        let store = store(state_dir)?;
+        let imported = store.import_file(path, &root, &ImportOptions { activate }, &mut |_, _| {})?;
         let library = match govbox_policy::Policy::load_dir(&imported.load_path) {
             Ok(l) => l,
-            Err(e) => {
-                store.discard(&imported.digest).map_err(package)?;
-                return Err(failure(
-                    "policy_invalid",
-                    format!("package '{} {}': {e}; the version was removed", imported.name, imported.version),
-                ));
+            Err(source) => {
+                store.discard(&imported.digest)?;
+                return Err(PolicyAdminError::Invalid { name: imported.name, version: imported.version, source });
             }
         };
-        reload(state)?;
-        Ok(PolicyImported {
-            name: imported.name,
-            version: imported.version,
+        let answer = PolicyImported {
+            name: imported.name.clone(),
+            version: imported.version.clone(),
             digest: format!("sha256-{}", imported.digest),
             keywords: library.keyword_count(),
             active: imported.activated,
             already_present: imported.already_present,
-        })
+        };
+        if let Err(source) = gate(&answer) {
+            // A version that was stored before is left as it was; a new one is taken out again.
+            if !imported.already_present {
+                store.discard(&imported.digest)?;
+            }
+            let what = format!("importing policy '{} {}'", imported.name, imported.version);
+            return Err(PolicyAdminError::Unrecorded { what, source });
+        }
+        reload(policies, state_dir)?;
+        Ok(answer)
     }
 
-    /// Serves another version (`Some`: that one; `None`: the previous one).
-    pub fn switch(state: &AppState, name: &str, version: Option<Option<&str>>) -> Result<ModelSwitched, AdminFailure> {
-        let store = store(state)?;
+    /// Serves another version (`Some`: that one; `None`: the previous one), once it compiles
+    /// and `gate` has recorded it; otherwise the previous version stays active.
+    pub fn switch(
+        policies: &PolicyTable,
+        state_dir: &Path,
+        name: &str,
+        version: Option<Option<&str>>,
+        gate: &Gate<'_, ModelSwitched>,
+    ) -> Result<ModelSwitched, PolicyAdminError> {
+        let store = store(state_dir)?;
         let v = match version {
             Some(v) => store.activate(name, v),
             None => store.rollback(name),
-        }
-        .map_err(package)?;
-        if let Err(e) = reload(state) {
-            // The new version does not compile: go back, so that the box keeps filtering.
+        }?;
+        // Go back on any failure below, so that the box keeps filtering with what it had.
+        let undo = |e: PolicyAdminError| {
             let _ = store.rollback(name);
-            let _ = reload(state);
-            return Err(e);
+            let _ = reload(policies, state_dir);
+            e
+        };
+        let active = store.active_models()?.into_iter().find(|a| a.name == name);
+        if let Some(a) = &active
+            && let Err(source) = govbox_policy::Policy::load_dir(&a.load_path)
+        {
+            let (name, version) = (a.name.clone(), a.version.clone());
+            return Err(undo(PolicyLoadError::Compile { name, version, source }.into()));
         }
-        let digest = store.active_models().map_err(package)?.into_iter().find(|a| a.name == name).map(|a| a.digest);
-        Ok(ModelSwitched {
+        let answer = ModelSwitched {
             name: name.to_string(),
             version: v,
             previous: None,
-            digest: format!("sha256-{}", digest.unwrap_or_default()),
-        })
+            digest: format!("sha256-{}", active.map(|a| a.digest).unwrap_or_default()),
+        };
+        if let Err(source) = gate(&answer) {
+            return Err(undo(PolicyAdminError::Unrecorded { what: format!("switching policy '{name}'"), source }));
+        }
+        reload(policies, state_dir).map_err(|e| undo(e.into()))?;
+        Ok(answer)
     }
 
-    /// Every stored library version.
-    pub fn list(state: &AppState) -> Result<PolicyListAnswer, AdminFailure> {
-        Ok(PolicyListAnswer { policies: store(state)?.list().map_err(package)? })
+    /// Every stored library version of `state_dir`.
+    pub fn list(state_dir: &Path) -> Result<PolicyListAnswer, PolicyAdminError> {
+        Ok(PolicyListAnswer { policies: store(state_dir)?.list()? })
     }
 }

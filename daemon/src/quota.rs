@@ -17,8 +17,6 @@ use std::time::Instant;
 
 use govbox_provisioning::ClientRecord;
 
-use crate::api::error::ApiError;
-
 /// Why the quota store could not be opened.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -31,6 +29,68 @@ pub enum QuotaError {
         /// sled's error.
         source: sled::Error,
     },
+}
+
+/// Why a client's request is refused by its limits (HTTP 429 at the HTTP edge).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum QuotaRefusal {
+    /// Over the client's requests per minute.
+    #[error("rate limit of {rpm} requests per minute reached; retry in {retry_after} s")]
+    RateLimited {
+        /// The limit.
+        rpm: u32,
+        /// Seconds until a request will be accepted.
+        retry_after: u64,
+    },
+    /// The client's daily token budget is spent.
+    #[error("daily budget of {budget} tokens is spent; it renews at 00:00 UTC, in {retry_after} s")]
+    BudgetExhausted {
+        /// The budget.
+        budget: u64,
+        /// Seconds until midnight UTC.
+        retry_after: u64,
+    },
+    /// The request could use more tokens (prompt plus `max_tokens`) than the client has left today.
+    #[error(
+        "this request may use up to {wanted} tokens (its prompt and max_tokens), but only {left} of the \
+         daily budget of {budget} tokens are left (requests still running hold a part of it until they \
+         end); lower max_tokens, or retry when the budget renews at 00:00 UTC, in {retry_after} s"
+    )]
+    BudgetTooSmall {
+        /// The budget.
+        budget: u64,
+        /// Tokens neither used nor reserved today.
+        left: u64,
+        /// What the request would reserve.
+        wanted: u64,
+        /// Seconds until midnight UTC.
+        retry_after: u64,
+    },
+}
+
+impl QuotaRefusal {
+    /// A stable short code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            QuotaRefusal::RateLimited { .. } => "rate_limit_exceeded",
+            QuotaRefusal::BudgetExhausted { .. } | QuotaRefusal::BudgetTooSmall { .. } => "token_budget_exceeded",
+        }
+    }
+
+    /// Whether the daily token budget (not the request rate) refused it.
+    pub fn is_budget(&self) -> bool {
+        !matches!(self, QuotaRefusal::RateLimited { .. })
+    }
+
+    /// Seconds until a request can be accepted.
+    pub fn retry_after(&self) -> u64 {
+        match self {
+            QuotaRefusal::RateLimited { retry_after, .. }
+            | QuotaRefusal::BudgetExhausted { retry_after, .. }
+            | QuotaRefusal::BudgetTooSmall { retry_after, .. } => *retry_after,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -66,7 +126,7 @@ impl Quotas {
 
     /// Takes one request from the client's bucket (`default_rpm` when the client has no rate of
     /// its own; 0 means none), or says how long to wait.
-    pub fn take_request(&self, client: &ClientRecord, default_rpm: u32, now: Instant) -> Result<(), ApiError> {
+    pub fn take_request(&self, client: &ClientRecord, default_rpm: u32, now: Instant) -> Result<(), QuotaRefusal> {
         let Some(rpm) = client.rpm.or(Some(default_rpm)).filter(|&r| r > 0) else {
             return Ok(());
         };
@@ -85,7 +145,7 @@ impl Quotas {
             return Ok(());
         }
         let retry_after = ((1.0 - b.tokens) / per_sec).ceil() as u64;
-        Err(ApiError::RateLimited { rpm, retry_after })
+        Err(QuotaRefusal::RateLimited { rpm, retry_after })
     }
 
     fn key(client: &str, now: time::OffsetDateTime) -> Vec<u8> {
@@ -109,7 +169,7 @@ impl Quotas {
 
     /// Refuses the request when today's budget is spent (a cheap early check; [`Quotas::reserve`]
     /// is what keeps the budget).
-    pub fn check_budget(&self, client: &ClientRecord) -> Result<(), ApiError> {
+    pub fn check_budget(&self, client: &ClientRecord) -> Result<(), QuotaRefusal> {
         let Some(budget) = client.tokens_per_day else {
             return Ok(());
         };
@@ -117,13 +177,13 @@ impl Quotas {
         if self.used_on(&client.name, now) < budget {
             return Ok(());
         }
-        Err(ApiError::BudgetExhausted { budget, retry_after: until_midnight(now) })
+        Err(QuotaRefusal::BudgetExhausted { budget, retry_after: until_midnight(now) })
     }
 
     /// Reserves `tokens` (the most the request can use) against the client's budget for today, or
     /// refuses the request when they do not fit in what is left. Without a budget nothing is
     /// reserved, and [`Reservation::settle`] counts what was used.
-    pub fn reserve(&self, client: &ClientRecord, tokens: u64) -> Result<Reservation, ApiError> {
+    pub fn reserve(&self, client: &ClientRecord, tokens: u64) -> Result<Reservation, QuotaRefusal> {
         let now = time::OffsetDateTime::now_utc();
         let key = Self::key(&client.name, now);
         let mut reservation =
@@ -146,13 +206,13 @@ impl Quotas {
                 Ok(reservation)
             }
             Ok(_) if before < budget => {
-                Err(ApiError::BudgetTooSmall { budget, left: budget - before, wanted: tokens, retry_after })
+                Err(QuotaRefusal::BudgetTooSmall { budget, left: budget - before, wanted: tokens, retry_after })
             }
-            Ok(_) => Err(ApiError::BudgetExhausted { budget, retry_after }),
+            Ok(_) => Err(QuotaRefusal::BudgetExhausted { budget, retry_after }),
             Err(e) => {
                 // Fail closed: a count that cannot be read or written is a spent budget.
                 log::error!("token budget store: reserving for client '{}' failed: {e}", client.name);
-                Err(ApiError::BudgetExhausted { budget, retry_after })
+                Err(QuotaRefusal::BudgetExhausted { budget, retry_after })
             }
         }
     }
@@ -249,7 +309,7 @@ mod tests {
         q.take_request(&c, 0, t0).unwrap();
         q.take_request(&c, 0, t0).unwrap();
         match q.take_request(&c, 0, t0) {
-            Err(ApiError::RateLimited { rpm: 2, retry_after }) => assert_eq!(retry_after, 30),
+            Err(QuotaRefusal::RateLimited { rpm: 2, retry_after }) => assert_eq!(retry_after, 30),
             other => panic!("{other:?}"),
         }
         q.take_request(&c, 0, t0 + Duration::from_secs(31)).unwrap();
@@ -257,7 +317,7 @@ mod tests {
         let mut other = client(None, None);
         other.name = "other".into();
         q.take_request(&other, 1, t0).unwrap();
-        assert!(matches!(q.take_request(&other, 1, t0), Err(ApiError::RateLimited { rpm: 1, .. })));
+        assert!(matches!(q.take_request(&other, 1, t0), Err(QuotaRefusal::RateLimited { rpm: 1, .. })));
         other.name = "free".into();
         for _ in 0..100 {
             q.take_request(&other, 0, t0).unwrap();
@@ -274,7 +334,7 @@ mod tests {
         let ok: Vec<_> = held.into_iter().filter_map(Result::ok).collect();
         assert_eq!((ok.len(), q.used_today("app")), (1, 30));
         match q.reserve(&c, 30) {
-            Err(ApiError::BudgetTooSmall { budget: 50, left: 20, wanted: 30, .. }) => {}
+            Err(QuotaRefusal::BudgetTooSmall { budget: 50, left: 20, wanted: 30, .. }) => {}
             other => panic!("{other:?}"),
         }
         // It used 12 of its 30: 18 come back.
@@ -284,8 +344,8 @@ mod tests {
         drop(q.reserve(&c, 38).unwrap());
         assert_eq!(q.used_today("app"), 12);
         q.reserve(&c, 38).unwrap().settle(38);
-        assert!(matches!(q.reserve(&c, 1), Err(ApiError::BudgetExhausted { budget: 50, .. })));
-        assert!(matches!(q.check_budget(&c), Err(ApiError::BudgetExhausted { .. })));
+        assert!(matches!(q.reserve(&c, 1), Err(QuotaRefusal::BudgetExhausted { budget: 50, .. })));
+        assert!(matches!(q.check_budget(&c), Err(QuotaRefusal::BudgetExhausted { .. })));
     }
 
     #[test]
@@ -295,7 +355,7 @@ mod tests {
             let q = Quotas::open(&dir.path().join("q")).unwrap();
             q.reserve(&client(None, None), 0).unwrap().settle(14);
             assert_eq!(q.used_today("app"), 14);
-            assert!(matches!(q.check_budget(&client(None, Some(10))), Err(ApiError::BudgetExhausted { .. })));
+            assert!(matches!(q.check_budget(&client(None, Some(10))), Err(QuotaRefusal::BudgetExhausted { .. })));
             q.flush();
         }
         // sled's flusher thread lets go of the file lock a moment after the handle is dropped:

@@ -97,14 +97,14 @@ impl Refusals {
     }
 
     /// Writes each minute's tallies once it has ended, until the daemon stops.
-    pub async fn flush_every_minute(state: std::sync::Arc<crate::state::AppState>) {
+    pub async fn flush_every_minute(self: std::sync::Arc<Self>, log: Audit) {
         loop {
             let now = OffsetDateTime::now_utc();
             let into_minute = now.unix_timestamp().rem_euclid(60) as u64;
             // A second past the boundary, so that the minute that just ended is complete.
             tokio::time::sleep(std::time::Duration::from_secs(61 - into_minute)).await;
-            let st = state.clone();
-            let _ = tokio::task::spawn_blocking(move || st.refusals.flush_blocking(&st.audit, false)).await;
+            let (refusals, log) = (self.clone(), log.clone());
+            let _ = tokio::task::spawn_blocking(move || refusals.flush_blocking(&log, false)).await;
         }
     }
 }

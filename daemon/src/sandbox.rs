@@ -105,6 +105,16 @@ pub enum SandboxError {
     Seccomp(String),
 }
 
+/// The address given to the test-only `debug_egress_probe` is not `IP:PORT`.
+#[derive(Debug, thiserror::Error)]
+#[error("debug_egress_probe: addr '{addr}' is not IP:PORT: {source}")]
+pub struct ProbeAddrError {
+    /// What was given.
+    pub addr: String,
+    /// Why it does not parse.
+    pub source: std::net::AddrParseError,
+}
+
 /// The lockdown in force, once [`lock_down`] has run.
 static CURRENT: OnceLock<EgressMeasurement> = OnceLock::new();
 
@@ -352,13 +362,10 @@ pub fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// uses), each with its outcome, and a UDP datagram to `addr` (`udp`; `connected` means sent). Only in builds with debug assertions (the e2e tests' binaries);
 /// release builds and packages do not contain it.
 #[cfg(debug_assertions)]
-pub fn probe(addr: &str) -> Result<serde_json::Value, crate::admin::AdminFailure> {
+pub fn probe(addr: &str) -> Result<serde_json::Value, ProbeAddrError> {
     use std::time::Duration;
     const TIMEOUT: Duration = Duration::from_secs(5);
-    let addr: SocketAddr = addr.parse().map_err(|e| crate::admin::AdminFailure {
-        code: "invalid_request",
-        message: format!("debug_egress_probe: addr '{addr}' is not IP:PORT: {e}"),
-    })?;
+    let addr: SocketAddr = addr.parse().map_err(|source| ProbeAddrError { addr: addr.to_string(), source })?;
     let outcome = |thread: String, r: std::io::Result<()>| match r {
         Ok(()) => serde_json::json!({"thread": thread, "connected": true, "errno": null, "error": null}),
         Err(e) => serde_json::json!({

@@ -1,4 +1,6 @@
-//! What every request handler, the admin socket and the systemd tasks share.
+//! What the HTTPS handlers and the admin socket share: the handles of the service modules,
+//! assembled once at start. Service modules never see this struct; each is given the handles it
+//! uses (the model table, the audit log, a folder), so that they depend on nothing above them.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -6,178 +8,15 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use govbox_drivers::Backend;
-use govbox_engine::{Engine, EngineOptions};
 use govbox_provisioning::ClientStore;
 use tokio::sync::watch;
 
 use crate::admission::Admission;
 use crate::api::error::ApiError;
-use crate::config::{Config, ModelEntry};
+use crate::config::{Config, is_model_name};
 use crate::metrics::Metrics;
+use crate::models::{LoadedModel, ModelTable};
 use crate::quota::Quotas;
-
-/// What a model can do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ModelKind {
-    /// A decoder: chat and completions.
-    Chat,
-    /// A sentence encoder: embeddings.
-    Embedding,
-    /// A cross-encoder: reranking.
-    Rerank,
-}
-
-impl ModelKind {
-    /// A word for messages and the admin status.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ModelKind::Chat => "chat",
-            ModelKind::Embedding => "embedding",
-            ModelKind::Rerank => "rerank",
-        }
-    }
-}
-
-/// A loaded model.
-#[derive(Debug)]
-pub struct LoadedModel {
-    /// The name clients use.
-    pub name: String,
-    /// The engine.
-    pub engine: Arc<Engine>,
-    /// What it does.
-    pub kind: ModelKind,
-    /// Where it was loaded from.
-    pub path: PathBuf,
-    /// When it was loaded, Unix seconds (OpenAI's `created`).
-    pub created: i64,
-    /// Where the model came from: a verified package, or a dev folder.
-    pub source: ModelSource,
-}
-
-/// Where a served model came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ModelSource {
-    /// An imported, signature-checked package of the model store.
-    Package {
-        /// Its version.
-        version: String,
-        /// The SHA-256 of its signed manifest (`sha256-<hex>`), which names it in the store.
-        digest: String,
-    },
-    /// A `[[models]]` folder of the config, served only under `--insecure-dev-models`.
-    DevFolder,
-}
-
-impl ModelSource {
-    /// The version, or `dev` for a dev folder.
-    pub fn version(&self) -> &str {
-        match self {
-            ModelSource::Package { version, .. } => version,
-            ModelSource::DevFolder => "dev",
-        }
-    }
-
-    /// The package digest, or `unsigned-dev-folder`.
-    pub fn digest(&self) -> &str {
-        match self {
-            ModelSource::Package { digest, .. } => digest,
-            ModelSource::DevFolder => "unsigned-dev-folder",
-        }
-    }
-}
-
-/// The served models. Unset until start-up has loaded them; then each entry can be replaced
-/// while requests run: a request holds an `Arc` of the model it started on and finishes on it.
-#[derive(Debug, Default)]
-pub struct ModelTable {
-    inner: RwLock<Option<Arc<Vec<Arc<LoadedModel>>>>>,
-}
-
-impl ModelTable {
-    /// The current set, or `None` while start-up still loads it.
-    pub fn get(&self) -> Option<Arc<Vec<Arc<LoadedModel>>>> {
-        self.inner.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Sets the whole set (start-up).
-    pub fn set(&self, models: Vec<Arc<LoadedModel>>) {
-        *self.inner.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(models));
-    }
-
-    /// Puts `model` in place of the one with its name (or adds it); returns the one it replaced.
-    pub fn replace(&self, model: Arc<LoadedModel>) -> Option<Arc<LoadedModel>> {
-        let mut guard = self.inner.write().unwrap_or_else(|p| p.into_inner());
-        let mut list: Vec<Arc<LoadedModel>> = guard.as_deref().cloned().unwrap_or_default();
-        let old = match list.iter().position(|m| m.name == model.name) {
-            Some(i) => Some(std::mem::replace(&mut list[i], model)),
-            None => {
-                list.push(model);
-                None
-            }
-        };
-        *guard = Some(Arc::new(list));
-        old
-    }
-
-    /// Takes the model called `name` out of service; returns it.
-    pub fn remove(&self, name: &str) -> Option<Arc<LoadedModel>> {
-        let mut guard = self.inner.write().unwrap_or_else(|p| p.into_inner());
-        let mut list: Vec<Arc<LoadedModel>> = guard.as_deref().cloned().unwrap_or_default();
-        let i = list.iter().position(|m| m.name == name)?;
-        let old = list.remove(i);
-        *guard = Some(Arc::new(list));
-        Some(old)
-    }
-}
-
-/// Why a model could not be loaded.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ModelLoadError {
-    /// The engine refused the model files.
-    #[error("loading model '{name}' from {}: {source}", path.display())]
-    Engine {
-        /// The configured name.
-        name: String,
-        /// The path.
-        path: PathBuf,
-        /// The engine's error.
-        source: govbox_engine::EngineError,
-    },
-}
-
-/// Loads one model (blocking: run it off the async runtime). `what` is
-/// [`LoadAs::Reranker`](govbox_engine::LoadAs::Reranker) for a package of kind `rerank`, whose
-/// model may be a causal LM scored by its yes/no logits.
-pub fn load_model(
-    entry: &ModelEntry,
-    source: ModelSource,
-    backend: Arc<dyn Backend>,
-    opts: &EngineOptions,
-    what: govbox_engine::LoadAs,
-) -> Result<LoadedModel, ModelLoadError> {
-    let engine = Engine::load_as(&entry.path, backend, opts, what).map_err(|source| ModelLoadError::Engine {
-        name: entry.name.clone(),
-        path: entry.path.clone(),
-        source,
-    })?;
-    let kind = if engine.embedding_model().is_some() {
-        ModelKind::Embedding
-    } else if engine.rerank_model().is_some() {
-        ModelKind::Rerank
-    } else {
-        ModelKind::Chat
-    };
-    Ok(LoadedModel {
-        name: entry.name.clone(),
-        engine: Arc::new(engine),
-        kind,
-        path: entry.path.clone(),
-        created: time::OffsetDateTime::now_utc().unix_timestamp(),
-        source,
-    })
-}
 
 /// The daemon's shared state.
 pub struct AppState {
@@ -192,19 +31,19 @@ pub struct AppState {
     /// Rate and budget accounting.
     pub quotas: Quotas,
     /// Requests refused before their audit entry, counted until written.
-    pub refusals: crate::refusals::Refusals,
+    pub refusals: Arc<crate::refusals::Refusals>,
     /// Engine slots and queue.
     pub admission: Admission,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// The served models; unset until start-up has loaded them.
-    pub models: ModelTable,
+    pub models: Arc<ModelTable>,
     /// Whether `--insecure-dev-models` let unsigned `[[models]]` folders be served.
     pub insecure_dev_models: bool,
     /// The signed model packages.
     pub packages: crate::packages::Packages,
     /// The content-safety libraries (signed policy packages) being served.
-    pub policies: crate::policy::PolicyTable,
+    pub policies: Arc<crate::policy::PolicyTable>,
     /// The tamper-evident audit log (govboxd holds its lock while it runs).
     pub audit: crate::auditing::Audit,
     /// The backend the models run on.
@@ -274,11 +113,6 @@ pub fn admin_socket_path(config: &Config, state_dir: &Path) -> PathBuf {
     if config.admin_socket.as_os_str().is_empty() { state_dir.join("admin.sock") } else { config.admin_socket.clone() }
 }
 
-/// The shape of a configured model name.
-pub fn is_model_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 128 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-:/".contains(&b))
-}
-
 /// A shared state over a freshly provisioned temporary folder, with no model loaded.
 #[cfg(test)]
 pub(crate) fn test_state() -> (tempfile::TempDir, Arc<AppState>) {
@@ -303,7 +137,9 @@ pub(crate) fn test_state() -> (tempfile::TempDir, Arc<AppState>) {
     let server_cert = Arc::new(crate::tls::ServerCert::load(&material).unwrap());
     let tls = crate::tls::server_config_with(&material, config.tls.mtls, server_cert.clone()).unwrap();
     let backend: Arc<dyn Backend> = Arc::new(govbox_drivers::cpu::CpuBackend::new(1).unwrap());
-    let packages = crate::packages::Packages::open(&dir).unwrap();
+    let models = Arc::new(ModelTable::default());
+    let loader = crate::models::Loader { backend: backend.clone(), options: config.serving.engine_options() };
+    let packages = crate::packages::Packages::open(&dir, models.clone(), loader).unwrap();
     let metrics = Arc::new(Metrics::new(&backend.info(), &[]));
     let audit = crate::auditing::open(&dir, &crate::config::AuditConfig::default()).unwrap();
     let audit = crate::auditing::Audit::new(audit, &metrics);
@@ -317,7 +153,7 @@ pub(crate) fn test_state() -> (tempfile::TempDir, Arc<AppState>) {
         config,
         config_path: None,
         state_dir: dir,
-        models: ModelTable::default(),
+        models,
         insecure_dev_models: false,
         packages,
         policies: Default::default(),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sd_notify::NotifyState;
 
-use crate::state::AppState;
+use crate::models::ModelTable;
 
 /// Sends `states`; failures are logged at debug level and otherwise ignored, since the daemon
 /// serves the same with or without a service manager listening.
@@ -28,7 +28,7 @@ pub fn status(text: &str) {
 /// half-period as its limit: it proves that the runtime schedules tasks, that the blocking pool
 /// has room and that the model's tokenizer responds. Before the models are loaded, the process
 /// answering is the whole check (systemd arms the watchdog only after `READY=1`).
-pub async fn watchdog(state: Arc<AppState>) {
+pub async fn watchdog(models: Arc<ModelTable>) {
     let Some(usec) = sd_notify::watchdog_enabled() else {
         return;
     };
@@ -37,7 +37,7 @@ pub async fn watchdog(state: Arc<AppState>) {
     let mut tick = tokio::time::interval(period);
     loop {
         tick.tick().await;
-        if engine_answers(&state, period).await {
+        if engine_answers(&models, period).await {
             notify(&[NotifyState::Watchdog]);
         } else {
             log::error!("the engine did not answer the watchdog check; withholding WATCHDOG=1");
@@ -45,8 +45,8 @@ pub async fn watchdog(state: Arc<AppState>) {
     }
 }
 
-async fn engine_answers(state: &AppState, limit: Duration) -> bool {
-    let Some(model) = state.models.get().and_then(|m| m.first().cloned()) else {
+async fn engine_answers(models: &ModelTable, limit: Duration) -> bool {
+    let Some(model) = models.get().and_then(|m| m.first().cloned()) else {
         return true;
     };
     let check = tokio::task::spawn_blocking(move || model.engine.tokenizer().encode("watchdog").is_ok());

@@ -104,15 +104,35 @@ impl ServerCert {
     /// Serves `material` to new handshakes from now on; on an error the current pair stays.
     /// Returns what was served before and what is served now.
     pub fn replace(&self, material: &ServerTls) -> Result<(ServedCert, ServedCert), TlsSetupError> {
-        let next = certified(material)?;
-        let now = next.1.clone();
-        let old = std::mem::replace(&mut *self.current.write().unwrap_or_else(|p| p.into_inner()), next);
-        Ok((old.1, now))
+        let next = Self::check(material)?;
+        let now = next.summary().clone();
+        Ok((self.install(next), now))
+    }
+
+    /// Checks `material` as [`ServerCert::load`] does, without serving it yet.
+    pub fn check(material: &ServerTls) -> Result<CheckedCert, TlsSetupError> {
+        Ok(CheckedCert(certified(material)?))
+    }
+
+    /// Serves a checked pair to new handshakes from now on; returns what was served before.
+    pub fn install(&self, next: CheckedCert) -> ServedCert {
+        std::mem::replace(&mut *self.current.write().unwrap_or_else(|p| p.into_inner()), next.0).1
     }
 
     /// What is being served.
     pub fn served(&self) -> ServedCert {
         self.current.read().unwrap_or_else(|p| p.into_inner()).1.clone()
+    }
+}
+
+/// A certificate and key that [`ServerCert::check`] accepted, not yet served.
+#[derive(Debug)]
+pub struct CheckedCert((Arc<CertifiedKey>, ServedCert));
+
+impl CheckedCert {
+    /// What it is.
+    pub fn summary(&self) -> &ServedCert {
+        &self.0.1
     }
 }
 

@@ -8,19 +8,13 @@
 use std::path::Path;
 
 use govbox_attestation::{
-    AttestError, BOOT_ID_PATH, BackendMeasurement, Measurements, Nonce, ReportBody, SELF_EXE, SignedReport, sign_report,
+    BOOT_ID_PATH, BackendMeasurement, Measurements, Nonce, ReportBody, SELF_EXE, SignedReport, sign_report,
 };
 use govbox_audit::Event;
 use govbox_provisioning::{SigningKey, StatePaths, Suite};
 
 use super::AdminFailure;
 use crate::state::AppState;
-
-impl From<AttestError> for AdminFailure {
-    fn from(e: AttestError) -> Self {
-        AdminFailure { code: e.code(), message: e.to_string() }
-    }
-}
 
 /// Makes and signs a report for `nonce_hex` (16 to 64 bytes of hex).
 pub fn attest(state: &AppState, nonce_hex: &str) -> Result<SignedReport, AdminFailure> {

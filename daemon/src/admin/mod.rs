@@ -11,9 +11,12 @@
 //! the connection. The commands, their fields and their answers are documented on
 //! `govbox_admin::protocol`; what each does here is in [`protocol`].
 //!
-//! A command that succeeds leaves the audit entries `govbox_admin::events` lists for it; a
-//! command that reads or vouches (`audit_export`, `audit_hmac`, `content_read`, `attest`) records
-//! itself first and fails if it cannot. Revocation takes effect on the next HTTPS request: the
+//! A command that succeeds leaves the audit entries `govbox_admin::events` lists for it, and no
+//! change is in effect without them: a client command records itself first; a model, policy or
+//! certificate change writes its entries after its checks and before it is served (a model or
+//! library swapped in, a stored version deleted, a certificate handed to new handshakes), and is
+//! undone when they cannot be written; a command that reads or vouches (`audit_export`,
+//! `audit_hmac`, `content_read`, `attest`) records itself first and fails if it cannot. Revocation takes effect on the next HTTPS request: the
 //! HTTPS side reads the same store for every request. Every command is logged with the caller's
 //! uid; secrets never are.
 

@@ -2,6 +2,7 @@
 //! handler returns its request's typed `Call::Answer`, and the audit entries a successful command
 //! makes are `govbox_admin::events`', the same ones `govbox` makes on a stopped box.
 
+use std::cell::Cell;
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -15,7 +16,9 @@ use govbox_audit::{AuditError, Event, ExportRange};
 use govbox_provisioning::{ClientName, DEFAULT_CERT_DAYS, NewClient, ProvisionError, check_known_models};
 use serde_json::Value;
 
-use crate::packages::Switch;
+use crate::auditing::Gate;
+use crate::packages::{ServeError, Switch};
+use crate::policy::admin::PolicyAdminError;
 use crate::state::AppState;
 
 /// An error answer's body, as the daemon's modules make it.
@@ -33,15 +36,24 @@ impl From<AdminFailure> for Refusal {
     }
 }
 
-impl From<AuditError> for AdminFailure {
-    fn from(e: AuditError) -> Self {
-        AdminFailure { code: e.code(), message: e.to_string() }
-    }
+/// The admin edge's one mapping of the service modules' errors: each has a stable `code()`, and
+/// its message is the answer's.
+macro_rules! coded_failure {
+    ($($error:ty),+) => {$(
+        impl From<$error> for AdminFailure {
+            fn from(e: $error) -> Self {
+                AdminFailure { code: e.code(), message: e.to_string() }
+            }
+        }
+    )+};
 }
 
-impl From<ProvisionError> for AdminFailure {
-    fn from(e: ProvisionError) -> Self {
-        AdminFailure { code: e.code(), message: e.to_string() }
+coded_failure!(AuditError, ProvisionError, ServeError, PolicyAdminError, govbox_attestation::AttestError);
+
+#[cfg(debug_assertions)]
+impl From<crate::sandbox::ProbeAddrError> for AdminFailure {
+    fn from(e: crate::sandbox::ProbeAddrError) -> Self {
+        invalid(e.to_string())
     }
 }
 
@@ -50,15 +62,31 @@ pub fn actor(uid: &str) -> String {
     format!("admin-socket uid {uid}")
 }
 
-/// Runs `run` for `req` with its audit entries (see `govbox_admin::events`): those the request
-/// decides are written first, and the command is refused when they cannot be; those of its
-/// outcome after a success; a `…_failed` entry after a failure that followed a first entry. Gives
-/// the typed answer as the answer line's `result`.
+/// Runs `run` for `req` with its audit entries (see `govbox_admin::events`), as
+/// [`serve_gated`] does for a command that takes effect as soon as it has run.
 fn serve<C: Call + Audited>(
     state: &AppState,
     uid: &str,
     req: C,
     run: impl FnOnce(&C) -> Result<C::Answer, AdminFailure>,
+) -> Result<Value, AdminFailure> {
+    serve_gated(state, uid, req, |r, _| run(r))
+}
+
+/// Runs `run` for `req` with its audit entries (see `govbox_admin::events`): those the request
+/// decides are written first, and the command is refused when they cannot be. Those of its
+/// outcome are written through the [`Gate`] that `run` is given, which a command whose change
+/// takes effect at a step of its own (a model or library served, a certificate handed to new
+/// handshakes, a stored version deleted) calls just before that step, undoing what it prepared
+/// when the entries cannot be written: no such change is in effect without its entry. Entries a
+/// command did not write through the gate are written after its success. A `…_failed` entry
+/// follows a failure once a first entry was written. Gives the typed answer as the answer line's
+/// `result`.
+fn serve_gated<C: Call + Audited>(
+    state: &AppState,
+    uid: &str,
+    req: C,
+    run: impl FnOnce(&C, &Gate<'_, C::Answer>) -> Result<C::Answer, AdminFailure>,
 ) -> Result<Value, AdminFailure> {
     let who = actor(uid);
     let before = req.before(&who);
@@ -68,20 +96,26 @@ fn serve<C: Call + Audited>(
             code: "audit_unavailable",
             message: format!("{} is refused: its audit entry cannot be written ({e})", C::CMD),
         })?;
-        state.metrics.audit_entries.inc();
     }
-    let answer = match run(&req) {
+    let gated = Cell::new(false);
+    let gate = |answer: &C::Answer| {
+        gated.set(true);
+        req.events(&who, answer).into_iter().try_for_each(|ev| state.audit.append_blocking(ev).map(drop))
+    };
+    let answer = match run(&req, &gate) {
         Ok(a) => a,
         Err(f) => {
-            if wrote {
+            if wrote || gated.get() {
                 let ev = govbox_admin::events::failed(&who, C::CMD, f.code, &f.message);
                 crate::auditing::record_blocking(&state.audit, ev);
             }
             return Err(f);
         }
     };
-    for ev in req.events(&who, &answer) {
-        crate::auditing::record_blocking(&state.audit, ev);
+    if !gated.get() {
+        for ev in req.events(&who, &answer) {
+            crate::auditing::record_blocking(&state.audit, ev);
+        }
     }
     serde_json::to_value(&answer)
         .map_err(|e| AdminFailure { code: "internal_error", message: format!("encoding the answer: {e}") })
@@ -138,12 +172,12 @@ pub fn execute(state: &Arc<AppState>, req: AdminRequest, uid: &str) -> Result<Va
         AdminRequest::ClientRenew(r) => {
             serve(st, uid, r, |r| Ok(issued(store.renew(&r.name, r.cert_days.unwrap_or(DEFAULT_CERT_DAYS))?)))
         }
-        AdminRequest::ModelImport(r) => serve(st, uid, r, |r| {
+        AdminRequest::ModelImport(r) => serve_gated(st, uid, r, |r, gate| {
             let path = std::path::PathBuf::from(&r.path);
             if !path.is_absolute() {
                 return Err(invalid("the package path must be absolute".into()));
             }
-            let result = state.packages.import(state, &path, r.activate);
+            let result = state.packages.import(&path, r.activate, gate);
             if let Err(e) = &result {
                 let refused = Event::PackageRefused {
                     actor: actor(uid),
@@ -155,39 +189,40 @@ pub fn execute(state: &Arc<AppState>, req: AdminRequest, uid: &str) -> Result<Va
             }
             Ok(result?)
         }),
-        AdminRequest::ModelList(r) => serve(st, uid, r, |_| Ok(state.packages.list(state)?)),
-        AdminRequest::ModelActivate(r) => {
-            serve(st, uid, r, |r| Ok(state.packages.switch(state, &r.name, Switch::Activate(r.version.as_deref()))?))
-        }
+        AdminRequest::ModelList(r) => serve(st, uid, r, |_| Ok(state.packages.list()?)),
+        AdminRequest::ModelActivate(r) => serve_gated(st, uid, r, |r, gate| {
+            Ok(state.packages.switch(&r.name, Switch::Activate(r.version.as_deref()), gate)?)
+        }),
         AdminRequest::ModelRollback(r) => {
-            serve(st, uid, r, |r| Ok(state.packages.switch(state, &r.name, Switch::Rollback)?))
+            serve_gated(st, uid, r, |r, gate| Ok(state.packages.switch(&r.name, Switch::Rollback, gate)?))
         }
-        AdminRequest::ModelRemove(r) => serve(st, uid, r, |r| Ok(state.packages.remove(&r.name, &r.version)?)),
-        AdminRequest::ModelDisable(r) => {
-            serve(st, uid, r, |r| Ok(state.packages.set_disabled(state, &r.name, true)?))
+        AdminRequest::ModelRemove(r) => {
+            serve_gated(st, uid, r, |r, gate| Ok(state.packages.remove(&r.name, &r.version, gate)?))
         }
-        AdminRequest::ModelEnable(r) => {
-            serve(st, uid, r, |r| Ok(state.packages.set_disabled(state, &r.name, false)?))
-        }
-        AdminRequest::PolicyImport(r) => serve(st, uid, r, |r| {
+        AdminRequest::ModelDisable(r) => serve(st, uid, r, |r| Ok(state.packages.set_disabled(&r.name, true)?)),
+        AdminRequest::ModelEnable(r) => serve(st, uid, r, |r| Ok(state.packages.set_disabled(&r.name, false)?)),
+        AdminRequest::PolicyImport(r) => serve_gated(st, uid, r, |r, gate| {
             let path = std::path::PathBuf::from(&r.path);
-            let result = crate::policy::admin::import(state, &path, r.activate);
+            let result = crate::policy::admin::import(&state.policies, &state.state_dir, &path, r.activate, gate);
             if let Err(e) = &result {
                 let refused = Event::PackageRefused {
                     actor: actor(uid),
                     file: path.display().to_string(),
-                    code: e.code.to_string(),
-                    reason: e.message.clone(),
+                    code: e.code().to_string(),
+                    reason: e.to_string(),
                 };
                 crate::auditing::record_blocking(&state.audit, refused);
             }
-            result
+            Ok(result?)
         }),
-        AdminRequest::PolicyList(r) => serve(st, uid, r, |_| crate::policy::admin::list(state)),
-        AdminRequest::PolicyActivate(r) => {
-            serve(st, uid, r, |r| crate::policy::admin::switch(state, &r.name, Some(r.version.as_deref())))
-        }
-        AdminRequest::PolicyRollback(r) => serve(st, uid, r, |r| crate::policy::admin::switch(state, &r.name, None)),
+        AdminRequest::PolicyList(r) => serve(st, uid, r, |_| Ok(crate::policy::admin::list(&state.state_dir)?)),
+        AdminRequest::PolicyActivate(r) => serve_gated(st, uid, r, |r, gate| {
+            let version = Some(r.version.as_deref());
+            Ok(crate::policy::admin::switch(&state.policies, &state.state_dir, &r.name, version, gate)?)
+        }),
+        AdminRequest::PolicyRollback(r) => serve_gated(st, uid, r, |r, gate| {
+            Ok(crate::policy::admin::switch(&state.policies, &state.state_dir, &r.name, None, gate)?)
+        }),
         AdminRequest::AuditExport(r) => serve(st, uid, r, |r| {
             let since = r.since.as_deref().map(|s| time_arg("since", s)).transpose()?;
             // Everything refused until now is in the export, and so is the export itself: it is
@@ -202,7 +237,6 @@ pub fn execute(state: &Arc<AppState>, req: AdminRequest, uid: &str) -> Result<Va
             );
             let ev = Event::Admin { actor: actor(uid), action: "audit_export".into(), subject };
             state.audit.append_blocking(ev)?;
-            state.metrics.audit_entries.inc();
             let bytes = state.audit.export(ExportRange { from_seq: r.from, since, to_seq: r.to })?;
             Ok(AuditExported { export_b64: base64::engine::general_purpose::STANDARD.encode(bytes) })
         }),
@@ -225,7 +259,6 @@ pub fn execute(state: &Arc<AppState>, req: AdminRequest, uid: &str) -> Result<Va
                     action: "forced_prune".into(),
                     subject: format!("{}; reason: {reason}", govbox_audit::format_time(cutoff)),
                 })?;
-                state.metrics.audit_entries.inc();
             }
             Ok(report)
         }),
@@ -243,34 +276,37 @@ pub fn execute(state: &Arc<AppState>, req: AdminRequest, uid: &str) -> Result<Va
             };
             let ev = Event::Admin { actor: actor(uid), action: "audit_hmac_query".into(), subject };
             state.audit.append_blocking(ev)?;
-            state.metrics.audit_entries.inc();
             Ok(AuditHmacAnswer { hmac })
         }),
         AdminRequest::Attest(r) => serve(st, uid, r, |r| super::attest::attest(state, &r.nonce)),
         AdminRequest::ContentRead(r) => serve(st, uid, r, |r| content_read(state, &r.request_id, uid)),
-        AdminRequest::TlsReload(r) => serve(st, uid, r, |_| {
+        AdminRequest::TlsReload(r) => serve_gated(st, uid, r, |_, gate| {
             let material = govbox_provisioning::load_server_tls(&state.state_dir)?;
-            let (old, new) = state.server_cert.replace(&material).map_err(|e| AdminFailure {
-                code: "tls_invalid",
-                message: format!("{e}; govboxd keeps serving the previous certificate"),
+            let keep = "govboxd keeps serving the previous certificate";
+            let next = crate::tls::ServerCert::check(&material)
+                .map_err(|e| AdminFailure { code: "tls_invalid", message: format!("{e}; {keep}") })?;
+            let answer = TlsReloaded { old: state.server_cert.served(), new: next.summary().clone() };
+            gate(&answer).map_err(|e| AdminFailure {
+                code: "audit_unavailable",
+                message: format!("tls_reload: its audit entry cannot be written ({e}); {keep}"),
             })?;
+            state.server_cert.install(next);
             log::info!(
                 "tls_reload: new connections get the server certificate serial {} (expires {}); it was serial {}",
-                new.serial,
-                new.expires,
-                old.serial
+                answer.new.serial,
+                answer.new.expires,
+                answer.old.serial
             );
-            Ok(TlsReloaded { old, new })
+            Ok(answer)
         }),
         AdminRequest::UpdateEvent(r) => serve(st, uid, r, |r| {
             // The entry names who reported the step: any member of the admin group may.
             let detail = format!("{} [{}]", r.detail, actor(uid));
             state.audit.append_blocking(Event::Update { step: r.step.clone(), detail })?;
-            state.metrics.audit_entries.inc();
             Ok(Recorded { recorded: true })
         }),
         #[cfg(debug_assertions)]
-        AdminRequest::DebugEgressProbe(r) => serve(st, uid, r, |r| crate::sandbox::probe(&r.addr)),
+        AdminRequest::DebugEgressProbe(r) => serve(st, uid, r, |r| Ok(crate::sandbox::probe(&r.addr)?)),
         // A request this build does not serve (a debug-only one in a release build).
         #[allow(unreachable_patterns)]
         other => Err(AdminFailure { code: "bad_request", message: format!("'{}' is not served here", other.name()) }),
@@ -402,5 +438,41 @@ fn status(state: &AppState) -> StatusAnswer {
         tls_certificate: Some(served),
         egress: crate::sandbox::current().cloned(),
         audit_witness: state.audit.witness_status(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use govbox_admin::protocol::TlsReload;
+
+    use super::*;
+
+    fn tls_reload(state: &Arc<AppState>) -> Result<Value, AdminFailure> {
+        execute(state, AdminRequest::TlsReload(TlsReload {}), "0")
+    }
+
+    /// An admin change whose audit entry cannot be written does not take effect (fail-closed):
+    /// with the log closed, `tls_reload` is refused and the old certificate is still served; with
+    /// it open, the renewed one is served and its entry is in the log.
+    #[test]
+    fn a_change_whose_entry_cannot_be_written_is_not_made() {
+        let (_tmp, state) = crate::state::test_state();
+        let before = state.server_cert.served();
+        govbox_provisioning::renew_server_cert(&state.state_dir, 30).unwrap();
+        state.audit.close().unwrap();
+        let refused = tls_reload(&state).unwrap_err();
+        assert_eq!(refused.code, "audit_unavailable", "{}", refused.message);
+        assert!(refused.message.contains("keeps serving the previous certificate"), "{}", refused.message);
+        assert_eq!(state.server_cert.served(), before, "the renewed certificate must not be served");
+
+        let (_tmp, state) = crate::state::test_state();
+        let before = state.server_cert.served();
+        let renewed = govbox_provisioning::renew_server_cert(&state.state_dir, 30).unwrap();
+        tls_reload(&state).unwrap();
+        assert_eq!(state.server_cert.served().serial, renewed.new.serial);
+        assert_ne!(state.server_cert.served(), before);
+        let last = state.audit.tail(1).unwrap();
+        let text = serde_json::to_string(&last).unwrap();
+        assert!(text.contains("tls_reload") && text.contains(&renewed.new.serial), "{text}");
     }
 }

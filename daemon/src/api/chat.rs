@@ -17,7 +17,8 @@ use crate::api::stream::ChunkMaker;
 use crate::api::tools::{self, AgentFields, Delta, Shaper};
 use crate::api::{Call, audit_request_by, body, fields, json, logprobs};
 use crate::auth;
-use crate::state::{AppState, ModelKind};
+use crate::models::ModelKind;
+use crate::state::AppState;
 
 /// A conversation may hold at most this many messages.
 const MAX_MESSAGES: usize = 1024;
@@ -152,7 +153,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
     auth::authorise(&state, &client, &model)?;
     let msgs = messages(&req)?;
     let texts: Vec<&str> = msgs.iter().map(|m| m.content.as_str()).collect();
-    let policy = crate::policy::check_input(&state, &call.record, &client, "messages", &texts).await?;
+    let policy = crate::api::policy::check_input(&state, &call.record, &client, "messages", &texts).await?;
     // Compiling a grammar (the first one walks the vocabulary) is CPU work: off the async threads.
     let (engine, audited) = (model.engine.clone(), msgs.clone());
     let plan = tokio::task::spawn_blocking(move || agent.plan(msgs, &engine))
@@ -180,7 +181,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
         prefix_cache: generate::prefix_cache_for(state.config.serving.prefix_cache, &client),
     };
     let started = generate::start(&state, acc).await?;
-    let started = crate::policy::filter_output(&state, policy, &client.name, &call.record, started);
+    let started = crate::api::policy::filter_output(&state, policy, &client.name, &call.record, started);
     let id = format!("chatcmpl-{}", call.record.id.trim_start_matches("req-"));
     let created = unix_now();
     // Each choice's text is sorted into reasoning, content and tool calls by a shaper of its own.

@@ -17,6 +17,13 @@ use crate::api::record::RequestRecord;
 use crate::quota::Reservation;
 use crate::state::AppState;
 
+/// Adds a choice's usage to the request's.
+pub fn add_usage(total: &mut Usage, u: Usage) {
+    total.prompt_tokens += u.prompt_tokens;
+    total.completion_tokens += u.completion_tokens;
+    total.cached_tokens += u.cached_tokens;
+}
+
 /// One choice's generation and its accounting.
 pub struct LiveChoice {
     /// The choice's index in the answer.

@@ -18,7 +18,8 @@ use crate::api::generate::{self, Accepted, ChunkHead, MAX_CHOICES, SamplingField
 use crate::api::stream::ChunkMaker;
 use crate::api::{Call, audit_request_by, body, fields, json, logprobs};
 use crate::auth;
-use crate::state::{AppState, ModelKind};
+use crate::models::ModelKind;
+use crate::state::AppState;
 
 /// Most prompts in one request.
 const MAX_PROMPTS: usize = 16;
@@ -192,7 +193,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
         .collect::<Result<Vec<_>, _>>()?;
     checked.extend(req.suffix.clone());
     let checked: Vec<&str> = checked.iter().map(String::as_str).collect();
-    let policy = crate::policy::check_input(&state, &call.record, &client, "prompt", &checked).await?;
+    let policy = crate::api::policy::check_input(&state, &call.record, &client, "prompt", &checked).await?;
     generate::check_logit_bias(&model, &request)?;
     audit_request_by(&state, &call.record, &client.name, &model, &audited, sampling.user.as_deref()).await?;
     let acc = Accepted {
@@ -206,7 +207,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
         prefix_cache: generate::prefix_cache_for(state.config.serving.prefix_cache, &client),
     };
     let started = generate::start(&state, acc).await?;
-    let started = crate::policy::filter_output(&state, policy, &client.name, &call.record, started);
+    let started = crate::api::policy::filter_output(&state, policy, &client.name, &call.record, started);
     // With echo, each choice begins with its prompt's text.
     let echoes: Vec<String> = if req.echo {
         let texts = given.iter().zip(&started.prompt_ids).map(|(g, ids)| match g {

@@ -21,7 +21,8 @@ use serde_json::{Value, json};
 use crate::api::error::ApiError;
 use crate::api::{Call, audit_request, body, encoder, json};
 use crate::auth;
-use crate::state::{AppState, ModelKind};
+use crate::models::ModelKind;
+use crate::state::AppState;
 
 /// OpenAI's limit on inputs per request.
 const MAX_INPUTS: usize = 2048;
@@ -158,7 +159,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
     let opts = EmbedOptions { truncate: req.truncate, dimensions: req.dimensions };
     let all = inputs(req.input)?;
     let (engine, given) = (&model.engine, all.iter().map(Owned::as_input));
-    crate::policy::check_embedding_input(&state, &call.record, &client, engine.tokenizer(), given).await?;
+    crate::api::policy::check_embedding_input(&state, &call.record, &client, engine.tokenizer(), given).await?;
     let prompt = match all.as_slice() {
         [Owned::Text(one)] => one.as_bytes().to_vec(),
         many => serde_json::to_vec(many).map_err(|e| ApiError::Internal(format!("encoding the input: {e}")))?,

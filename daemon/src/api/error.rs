@@ -8,6 +8,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use govbox_engine::{EngineError, PromptError};
 
+use crate::admission::AdmissionRefusal;
+use crate::quota::QuotaRefusal;
+
 /// Why a request was refused or failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -102,38 +105,9 @@ pub enum ApiError {
         /// What the endpoint needs.
         needs: &'static str,
     },
-    /// Over the client's requests per minute.
-    #[error("rate limit of {rpm} requests per minute reached; retry in {retry_after} s")]
-    RateLimited {
-        /// The limit.
-        rpm: u32,
-        /// Seconds until a request will be accepted.
-        retry_after: u64,
-    },
-    /// The client's daily token budget is spent.
-    #[error("daily budget of {budget} tokens is spent; it renews at 00:00 UTC, in {retry_after} s")]
-    BudgetExhausted {
-        /// The budget.
-        budget: u64,
-        /// Seconds until midnight UTC.
-        retry_after: u64,
-    },
-    /// The request could use more tokens (prompt plus `max_tokens`) than the client has left today.
-    #[error(
-        "this request may use up to {wanted} tokens (its prompt and max_tokens), but only {left} of the \
-         daily budget of {budget} tokens are left (requests still running hold a part of it until they \
-         end); lower max_tokens, or retry when the budget renews at 00:00 UTC, in {retry_after} s"
-    )]
-    BudgetTooSmall {
-        /// The budget.
-        budget: u64,
-        /// Tokens neither used nor reserved today.
-        left: u64,
-        /// What the request would reserve.
-        wanted: u64,
-        /// Seconds until midnight UTC.
-        retry_after: u64,
-    },
+    /// A rate or budget limit of the client refused the request.
+    #[error(transparent)]
+    Quota(#[from] QuotaRefusal),
     /// Every slot is busy and the queue is full.
     #[error("the server is busy: {queued} requests are already waiting; retry shortly")]
     QueueFull {
@@ -184,8 +158,8 @@ pub enum ApiError {
         refusal: String,
     },
     /// The content-safety library this client's requests need is not available.
-    #[error("{0}")]
-    PolicyUnavailable(String),
+    #[error(transparent)]
+    PolicyUnavailable(#[from] crate::policy::PolicyUnavailable),
     /// A bug or an unexpected failure inside the daemon.
     #[error("internal error: {0}")]
     Internal(String),
@@ -210,7 +184,7 @@ impl ApiError {
             ModelNotAllowed { .. } | ScopeNotGranted { .. } => StatusCode::FORBIDDEN,
             ModelNotFound { .. } | RouteNotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            RateLimited { .. } | BudgetExhausted { .. } | BudgetTooSmall { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Quota(_) => StatusCode::TOO_MANY_REQUESTS,
             QueueFull { .. } | NotReady | ShuttingDown | AuditUnavailable | PolicyUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -226,7 +200,7 @@ impl ApiError {
             StatusCode::UNAUTHORIZED => "authentication_error",
             StatusCode::FORBIDDEN => "permission_error",
             StatusCode::TOO_MANY_REQUESTS => match self {
-                ApiError::BudgetExhausted { .. } | ApiError::BudgetTooSmall { .. } => "tokens",
+                ApiError::Quota(q) if q.is_budget() => "tokens",
                 _ => "requests",
             },
             s if s.is_server_error() => "server_error",
@@ -252,8 +226,7 @@ impl ApiError {
             ScopeNotGranted { .. } => "scope_not_granted",
             ModelNotFound { .. } => "model_not_found",
             WrongModelKind { .. } => "wrong_model_kind",
-            RateLimited { .. } => "rate_limit_exceeded",
-            BudgetExhausted { .. } | BudgetTooSmall { .. } => "token_budget_exceeded",
+            Quota(q) => q.code(),
             QueueFull { .. } => "server_overloaded",
             NotReady => "not_ready",
             ShuttingDown => "shutting_down",
@@ -285,9 +258,7 @@ impl ApiError {
     /// Seconds for a `Retry-After` header, where waiting helps.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            ApiError::RateLimited { retry_after, .. }
-            | ApiError::BudgetExhausted { retry_after, .. }
-            | ApiError::BudgetTooSmall { retry_after, .. } => Some((*retry_after).max(1)),
+            ApiError::Quota(q) => Some(q.retry_after().max(1)),
             ApiError::QueueFull { .. } | ApiError::NotReady | ApiError::AuditUnavailable => Some(1),
             _ => None,
         }
@@ -328,6 +299,17 @@ impl IntoResponse for ApiError {
         // Tell the log line (written when the response ends) why the request failed.
         resp.extensions_mut().insert(ErrorCode(self.code()));
         resp
+    }
+}
+
+impl From<AdmissionRefusal> for ApiError {
+    fn from(r: AdmissionRefusal) -> Self {
+        match r {
+            AdmissionRefusal::QueueFull { queued } => ApiError::QueueFull { queued },
+            AdmissionRefusal::Closed => ApiError::ShuttingDown,
+            AdmissionRefusal::DeadlineExceeded { secs } => ApiError::DeadlineExceeded { secs },
+            AdmissionRefusal::Lost => ApiError::Internal("admission queue".into()),
+        }
     }
 }
 
@@ -383,7 +365,7 @@ mod tests {
         assert_eq!(b["error"]["param"], "model");
         assert_eq!(b["error"]["message"], "model 'x' does not exist");
         assert_eq!(b["error"].as_object().unwrap().len(), 4);
-        let r = ApiError::RateLimited { rpm: 2, retry_after: 30 }.into_response();
+        let r = ApiError::from(QuotaRefusal::RateLimited { rpm: 2, retry_after: 30 }).into_response();
         assert_eq!(r.status(), 429);
         assert_eq!(r.headers()["retry-after"], "30");
     }

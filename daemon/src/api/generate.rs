@@ -17,12 +17,13 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use crate::admission::Asker;
-use crate::api::choices::{Choices, LiveChoice};
+use crate::api::choices::{Choices, LiveChoice, add_usage};
 use crate::api::error::ApiError;
 use crate::api::record::RequestRecord;
 use crate::api::stream::{ChunkMaker, SseBody};
 use crate::config::PrefixCacheMode;
-use crate::state::{AppState, LoadedModel};
+use crate::models::LoadedModel;
+use crate::state::AppState;
 
 /// OpenAI allows at most four stop sequences.
 const MAX_STOPS: usize = 4;
@@ -384,13 +385,6 @@ pub struct Collected {
     pub usage: Usage,
     /// The prompts' token ids.
     pub prompt_ids: Vec<Vec<u32>>,
-}
-
-/// Adds a choice's usage to the request's.
-pub fn add_usage(total: &mut Usage, u: Usage) {
-    total.prompt_tokens += u.prompt_tokens;
-    total.completion_tokens += u.completion_tokens;
-    total.cached_tokens += u.cached_tokens;
 }
 
 /// Waits for every choice's whole answer.

@@ -17,6 +17,7 @@ pub mod health;
 pub mod logprobs;
 pub mod metrics;
 pub mod models;
+pub mod policy;
 pub mod record;
 pub mod rerank;
 pub mod stream;
@@ -37,7 +38,8 @@ use govbox_provisioning::ClientRecord;
 use self::error::{ApiError, ErrorCode};
 use self::record::{LoggedBody, RequestRecord};
 use crate::auth::{self, ConnInfo};
-use crate::state::{AppState, LoadedModel};
+use crate::models::LoadedModel;
+use crate::state::AppState;
 
 /// The two methods the API uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

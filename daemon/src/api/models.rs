@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 use crate::api::error::ApiError;
 use crate::api::{Call, json};
 use crate::auth;
-use crate::state::{AppState, LoadedModel};
+use crate::models::LoadedModel;
+use crate::state::AppState;
 
 fn model_json(m: &LoadedModel) -> Value {
     json!({"id": m.name, "object": "model", "created": m.created, "owned_by": "govbox"})

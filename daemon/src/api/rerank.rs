@@ -136,7 +136,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Result<
     }
     auth::authorise(&state, &client, &model)?;
     validate(&req)?;
-    crate::policy::check_rerank_input(
+    crate::api::policy::check_rerank_input(
         &state,
         &call.record,
         &client,

@@ -13,7 +13,7 @@ use govbox_engine::logprobs::TokenLogprob;
 use govbox_engine::{Event, FinishReason, Usage};
 use http_body::Frame;
 
-use crate::api::choices::Choices;
+use crate::api::choices::{Choices, add_usage};
 use crate::api::error::ApiError;
 
 /// Builds the JSON chunks of one endpoint's stream. `index` is the choice's.
@@ -86,7 +86,7 @@ impl<M: ChunkMaker> SseBody<M> {
                 for c in self.maker.finish(i, finish_reason) {
                     self.ready.push_back(event(&c));
                 }
-                crate::api::generate::add_usage(&mut self.usage, usage);
+                add_usage(&mut self.usage, usage);
                 self.left -= 1;
                 if self.left > 0 {
                     return;
