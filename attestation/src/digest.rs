@@ -3,7 +3,7 @@
 use std::io::Read;
 use std::path::Path;
 
-use govbox_provisioning::HashAlgorithm;
+use govbox_provisioning::{HashAlgorithm, HexCase, unhex_vec};
 
 use crate::AttestError;
 
@@ -41,7 +41,10 @@ pub fn digest_file(hash: HashAlgorithm, path: &Path, what: &'static str) -> Resu
 
 /// The verifier's nonce: 16 to 64 bytes, held as lower-case hex.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Nonce(String);
+pub struct Nonce {
+    hex: String,
+    bytes: Vec<u8>,
+}
 
 impl Nonce {
     /// Fewest bytes: 128 bits make a guessed or replayed nonce hopeless.
@@ -62,21 +65,18 @@ impl Nonce {
         if !(Self::MIN_BYTES..=Self::MAX_BYTES).contains(&n) {
             return Err(bad("must be 16 to 64 bytes (32 to 128 hex digits)"));
         }
-        Ok(Self(text.to_ascii_lowercase()))
+        let bytes = unhex_vec(text, HexCase::Either).ok_or_else(|| bad("not hex"))?;
+        Ok(Self { hex: to_hex(&bytes), bytes })
     }
 
     /// Lower-case hex.
     pub fn as_hex(&self) -> &str {
-        &self.0
+        &self.hex
     }
 
     /// The raw bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let digit = |c: u8| match c {
-            b'0'..=b'9' => c - b'0',
-            _ => c - b'a' + 10,
-        };
-        self.0.as_bytes().chunks_exact(2).map(|p| (digit(p[0]) << 4) | digit(p[1])).collect()
+        self.bytes.clone()
     }
 }
 

@@ -35,6 +35,7 @@
 //! SHA-256 of the reported PCR values, in order) and `tpm-measurements` (PCR 23 is the one
 //! extension of the report's measurements digest, which is the digest of its measurements).
 
+use govbox_provisioning::{HexCase, unhex, unhex_vec};
 use serde::{Deserialize, Serialize};
 
 use crate::verify::{Check, Outcome};
@@ -179,18 +180,6 @@ fn ak_point(pem_text: &str) -> Result<Vec<u8>, String> {
     }
 }
 
-fn from_hex(s: &str) -> Option<Vec<u8>> {
-    let digit = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    };
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    s.as_bytes().chunks_exact(2).map(|p| Some((digit(p[0])? << 4) | digit(p[1])?)).collect()
-}
-
 /// The parts of a `TPMS_ATTEST` of a quote that the checks read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuoteInfo {
@@ -278,10 +267,10 @@ pub fn verify_quote(q: &TpmQuote, nonce: &[u8], measurements: Option<&Measuremen
     let mut push = |name: &str, outcome: Outcome, detail: String| {
         checks.push(Check { name: name.to_string(), outcome, detail });
     };
-    let attest = from_hex(&q.attest);
+    let attest = unhex_vec(&q.attest, HexCase::Lower);
 
     // tpm-signature
-    let sig = from_hex(&q.signature);
+    let sig = unhex_vec(&q.signature, HexCase::Lower);
     let signature = match (ak_point(&q.ak_public_key), &attest, &sig) {
         _ if q.signature_scheme != SIGNATURE_SCHEME => {
             Err(format!("scheme '{}', not '{SIGNATURE_SCHEME}'", q.signature_scheme))
@@ -349,7 +338,7 @@ pub fn verify_quote(q: &TpmQuote, nonce: &[u8], measurements: Option<&Measuremen
 
     // tpm-pcr-digest
     let indices: Vec<u32> = q.pcrs.iter().map(|p| p.index).collect();
-    let values: Option<Vec<Vec<u8>>> = q.pcrs.iter().map(|p| from_hex(&p.value).filter(|v| v.len() == 32)).collect();
+    let values: Option<Vec<[u8; 32]>> = q.pcrs.iter().map(|p| unhex(&p.value, HexCase::Lower)).collect();
     match (&info, values) {
         (None, _) => push("tpm-pcr-digest", Outcome::Fail, "no readable quote to take pcrDigest from".into()),
         _ if q.pcr_bank != PCR_BANK || indices != QUOTED_PCRS => push(
@@ -383,7 +372,7 @@ pub fn verify_quote(q: &TpmQuote, nonce: &[u8], measurements: Option<&Measuremen
     }
 
     // tpm-measurements
-    let reported = from_hex(&q.measurements_digest).and_then(|d| <[u8; 32]>::try_from(d).ok());
+    let reported: Option<[u8; 32]> = unhex(&q.measurements_digest, HexCase::Lower);
     let pcr23 = q.pcrs.iter().find(|p| p.index == GOVBOX_PCR).map(|p| p.value.as_str());
     let of_report = measurements.map(measurements_digest);
     match (reported, of_report) {
@@ -446,17 +435,24 @@ mod tests {
         }
     }
 
-    #[test]
-    fn attest_parser_rejects_wrong_magic_type_and_truncation() {
+    /// A quote's `TPMS_ATTEST` over sha256:0-7,23 with three bytes of `extraData`.
+    fn attest(extra_data: [u8; 3], pcr_digest: [u8; 32]) -> Vec<u8> {
         let mut a = Vec::new();
         a.extend_from_slice(&TPM_GENERATED.to_be_bytes());
         a.extend_from_slice(&ST_ATTEST_QUOTE.to_be_bytes());
         a.extend_from_slice(&[0, 2, 0xaa, 0xbb]); // qualifiedSigner
-        a.extend_from_slice(&[0, 3, 1, 2, 3]); // extraData
+        a.extend_from_slice(&[0, 3]);
+        a.extend_from_slice(&extra_data);
         a.extend_from_slice(&[0; 17 + 8]); // clockInfo, firmwareVersion
         a.extend_from_slice(&[0, 0, 0, 1, 0, 0x0b, 3, 0xff, 0, 0x80]); // sha256:0-7,23
         a.extend_from_slice(&[0, 32]);
-        a.extend_from_slice(&[7; 32]);
+        a.extend_from_slice(&pcr_digest);
+        a
+    }
+
+    #[test]
+    fn attest_parser_rejects_wrong_magic_type_and_truncation() {
+        let a = attest([1, 2, 3], [7; 32]);
         let i = parse_quote_attest(&a).unwrap();
         assert_eq!(i.extra_data, vec![1, 2, 3]);
         assert_eq!(i.selection, vec![(ALG_SHA256, QUOTED_PCRS.to_vec())]);
@@ -468,6 +464,50 @@ mod tests {
         bad[5] = 0x17;
         assert!(parse_quote_attest(&bad).unwrap_err().contains("TPM_ST_ATTEST_QUOTE"));
         assert!(parse_quote_attest(&a[..a.len() - 1]).unwrap_err().contains("truncated"));
+    }
+
+    /// Every hex field of a quote has one spelling, the lower case the TPM code writes: the same
+    /// quote with any field in upper case fails that field's check.
+    #[test]
+    fn a_quote_is_read_only_in_lower_case_hex() {
+        let nonce = [1, 2, 3];
+        let digest = [0xcd; 32];
+        let mut values = vec![[0xab; 32]; 8];
+        values.push(expected_govbox_pcr(&digest));
+        let mut point = [9u8; 65];
+        point[0] = 4;
+        let quote = TpmQuote {
+            format: QUOTE_FORMAT.into(),
+            tcti: "test".into(),
+            ak_public_key: ak_spki_pem(&point),
+            signature_scheme: SIGNATURE_SCHEME.into(),
+            attest: to_hex(&attest(nonce, sha256(&values.concat()))),
+            signature: to_hex(&[0xef; 64]),
+            pcr_bank: PCR_BANK.into(),
+            pcrs: QUOTED_PCRS.iter().zip(&values).map(|(&index, v)| PcrValue { index, value: to_hex(v) }).collect(),
+            measurements_digest: to_hex(&digest),
+        };
+        let check =
+            |q: &TpmQuote, name: &str| verify_quote(q, &nonce, None).into_iter().find(|c| c.name == name).unwrap();
+        for name in ["tpm-attest", "tpm-nonce", "tpm-pcr-digest", "tpm-measurements"] {
+            assert_eq!(check(&quote, name).outcome, Outcome::Pass, "{}", check(&quote, name));
+        }
+        assert!(!check(&quote, "tpm-signature").detail.contains("hex"), "{}", check(&quote, "tpm-signature"));
+        let upper = |edit: fn(&mut TpmQuote)| {
+            let mut q = quote.clone();
+            edit(&mut q);
+            q
+        };
+        let shouted: [(&str, TpmQuote); 4] = [
+            ("tpm-attest", upper(|q| q.attest = q.attest.to_uppercase())),
+            ("tpm-signature", upper(|q| q.signature = q.signature.to_uppercase())),
+            ("tpm-pcr-digest", upper(|q| q.pcrs[3].value = q.pcrs[3].value.to_uppercase())),
+            ("tpm-measurements", upper(|q| q.measurements_digest = q.measurements_digest.to_uppercase())),
+        ];
+        for (name, q) in shouted {
+            let c = check(&q, name);
+            assert!(c.outcome == Outcome::Fail && c.detail.contains("hex"), "{c}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::fmt;
 use std::io::Read;
 use std::path::Path;
 
-use govbox_provisioning::{PublicKey, to_canonical_json};
+use govbox_provisioning::{HexCase, PublicKey, to_canonical_json, unhex};
 use serde_json::Value;
 
 use crate::tpm::{QUOTE_FORMAT, TpmQuote, verify_quote};
@@ -348,11 +348,8 @@ fn check_audit_head(v: &mut Verification, report: &SignedReport, audit_key: Opti
             Err(e) => v.push(NAME, Outcome::Fail, format!("tree_size {size}: {e}")),
         },
         None => {
-            let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-            if hex(&head.root_hash, 64)
-                && hex(&head.keyid, 64)
-                && head.alg.decode_signature_hex(&head.signature).is_some()
-            {
+            let hash = |s: &str| unhex::<32>(s, HexCase::Lower).is_some();
+            if hash(&head.root_hash) && hash(&head.keyid) && head.alg.decode_signature_hex(&head.signature).is_some() {
                 v.push(
                     NAME,
                     Outcome::Pass,

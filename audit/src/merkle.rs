@@ -278,6 +278,8 @@ pub fn verify_consistency(h: HashAlgorithm, m: u64, n: u64, first: &Hash, second
 
 #[cfg(test)]
 mod tests {
+    use govbox_provisioning::hex;
+
     use super::*;
 
     /// MTH exactly as RFC 6962 §2.1 defines it, recursively over the entries.
@@ -332,10 +334,6 @@ mod tests {
         (0..n).map(|i| format!("entry {i}").into_bytes()).collect()
     }
 
-    fn hx(h: &Hash) -> String {
-        h.iter().map(|b| format!("{b:02x}")).collect()
-    }
-
     #[test]
     fn roots_match_the_definition_for_every_size_up_to_64() {
         for h in HashAlgorithm::ALL {
@@ -381,9 +379,9 @@ mod tests {
         let mut f = Frontier::new(sha);
         for (leaf, want) in leaves.iter().zip(roots) {
             f.push(leaf_hash(sha, leaf));
-            assert_eq!(hx(&f.root()), want, "size {}", f.size());
+            assert_eq!(hex(&f.root()), want, "size {}", f.size());
         }
-        assert_eq!(hx(&empty_root(sha)), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(hex(&empty_root(sha)), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
     }
 
     /// An SM3 tree, checked against SM3 as OpenSSL computes it (`openssl dgst -sm3`): the empty
@@ -391,12 +389,12 @@ mod tests {
     #[test]
     fn sm3_trees_hash_as_openssl_does() {
         let sm3 = HashAlgorithm::Sm3;
-        assert_eq!(hx(&empty_root(sm3)), "1ab21d8355cfa17f8e61194831e81a8f22bec8c728fefb747ed035eb5082aa2b");
+        assert_eq!(hex(&empty_root(sm3)), "1ab21d8355cfa17f8e61194831e81a8f22bec8c728fefb747ed035eb5082aa2b");
         // printf '\x00abc' | openssl dgst -sm3
-        assert_eq!(hx(&leaf_hash(sm3, b"abc")), "a7fe0cdcc2194aa7a9c6bfad5637581bf051d935a10bb6a9ccabfce125c27d96");
+        assert_eq!(hex(&leaf_hash(sm3, b"abc")), "a7fe0cdcc2194aa7a9c6bfad5637581bf051d935a10bb6a9ccabfce125c27d96");
         // printf '\x01' | cat - <(printf '\x00a' | openssl dgst -sm3 -binary) <(printf '\x00b' | openssl dgst -sm3 -binary) | openssl dgst -sm3
         assert_eq!(
-            hx(&root(sm3, &[leaf_hash(sm3, b"a"), leaf_hash(sm3, b"b")])),
+            hex(&root(sm3, &[leaf_hash(sm3, b"a"), leaf_hash(sm3, b"b")])),
             "2c537e31416ae684fd8a1552a3bcd5a452274e02a45d67c856405b3a1108ee90"
         );
         assert_ne!(leaf_hash(sm3, b"abc"), leaf_hash(HashAlgorithm::Sha256, b"abc"));

@@ -27,7 +27,7 @@
 //! `openssl pkeyutl -verify -pubin -inkey audit.pub -rawin -in msg -sigfile sig.bin`
 //! (for SM2 add `-pkeyopt distid:1234567812345678`; the signature is then DER).
 
-use govbox_provisioning::{HashAlgorithm, KeyAlgorithm, PublicKey, SigningKey};
+use govbox_provisioning::{HashAlgorithm, HexCase, KeyAlgorithm, PublicKey, SigningKey, unhex};
 use serde::{Deserialize, Serialize};
 
 use crate::merkle::Hash;
@@ -85,9 +85,9 @@ impl SignedTreeHead {
         }
     }
 
-    /// The root as bytes, if it is 64 hex digits.
+    /// The root as bytes, if it is 64 lower-case hex digits (the one spelling the log writes).
     pub fn root(&self) -> Option<Hash> {
-        from_hex(&self.root_hash)
+        unhex(&self.root_hash, HexCase::Lower)
     }
 
     /// Checks the key id, the algorithm and the signature against `key`; the error says which
@@ -119,24 +119,6 @@ impl SignedTreeHead {
 
 /// Lower-case hex (the workspace's one encoder, in `govbox_provisioning`).
 pub use govbox_provisioning::hex as to_hex;
-
-/// Parses exactly `2 * N` lower-case hex digits.
-pub fn from_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    let digit = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    };
-    let s = s.as_bytes();
-    if s.len() != 2 * N {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (i, pair) in s.chunks_exact(2).enumerate() {
-        out[i] = (digit(pair[0])? << 4) | digit(pair[1])?;
-    }
-    Some(out)
-}
 
 #[cfg(test)]
 mod tests {
@@ -189,11 +171,14 @@ mod tests {
     }
 
     #[test]
-    fn hex_round_trip_and_rejects() {
-        assert_eq!(to_hex(&[0, 0xab, 0xff]), "00abff");
-        assert_eq!(from_hex::<3>("00abff"), Some([0, 0xab, 0xff]));
-        assert_eq!(from_hex::<3>("00ABff"), None);
-        assert_eq!(from_hex::<3>("00ab"), None);
-        assert_eq!(from_hex::<1>("é"), None);
+    fn a_root_has_one_spelling() {
+        let key = SigningKey::generate().unwrap();
+        let mut head =
+            SignedTreeHead::sign(&key, HashAlgorithm::Sha256, 1, &[0xab; 32], "2025-01-01T00:00:00.000Z".into());
+        assert_eq!((head.root_hash.as_str(), head.root()), ("ab".repeat(32).as_str(), Some([0xab; 32])));
+        for other in ["AB".repeat(32), "ab".repeat(31), "ab".repeat(33), format!("+b{}", "ab".repeat(31))] {
+            head.root_hash = other;
+            assert_eq!(head.root(), None, "{}", head.root_hash);
+        }
     }
 }

@@ -14,13 +14,14 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use govbox_provisioning::{HexCase, unhex};
 use serde::{Deserialize, Serialize};
 use sled::IVec;
 
 use crate::entry::Entry;
 use crate::error::{AuditError, Result};
 use crate::merkle::{Frontier, Hash, HashAlgorithm, TreeSource, leaf_hash};
-use crate::sth::{SignedTreeHead, from_hex, to_hex};
+use crate::sth::{SignedTreeHead, to_hex};
 
 const META_FRONTIER: &[u8] = b"frontier";
 /// The tree's hash, `sha256` or `sm3`; absent in stores made before SM3 (SHA-256).
@@ -273,7 +274,7 @@ impl Store {
             Some(v) => {
                 let rec: FrontierRecord =
                     serde_json::from_slice(&v).map_err(|e| self.corrupt(format!("meta.frontier: {e}")))?;
-                let nodes: Option<Vec<Hash>> = rec.nodes.iter().map(|h| from_hex(h)).collect();
+                let nodes: Option<Vec<Hash>> = rec.nodes.iter().map(|h| unhex(h, HexCase::Lower)).collect();
                 nodes
                     .and_then(|n| Frontier::from_parts(self.hash, rec.size, n))
                     .ok_or_else(|| self.corrupt("meta.frontier is not a valid frontier"))?

@@ -6,7 +6,7 @@
 //! problem. Only input that is not an export at all (too large, not JSON, wrong format tag,
 //! unparseable key) is an error.
 
-use govbox_provisioning::{HashAlgorithm, PublicKey, Suite};
+use govbox_provisioning::{HashAlgorithm, HexCase, PublicKey, Suite, unhex};
 use serde::Serialize;
 
 use crate::entry::Entry;
@@ -14,7 +14,7 @@ use crate::error::{AuditError, Result};
 use crate::export::{EXPORT_FORMAT, ExportDoc};
 use crate::merkle::{Frontier, Hash, leaf_hash, verify_consistency};
 
-use crate::sth::{SignedTreeHead, from_hex};
+use crate::sth::SignedTreeHead;
 use crate::witness::{WitnessRecord, parse_witness_file};
 
 /// Largest export accepted, in bytes (2 GiB).
@@ -236,7 +236,7 @@ fn check_entries(doc: &ExportDoc, hash: HashAlgorithm, checks: &mut Checks) -> V
         } else {
             expected += 1;
         }
-        match from_hex::<32>(&e.leaf) {
+        match unhex::<32>(&e.leaf, HexCase::Lower) {
             Some(leaf) if leaf == leaf_hash(hash, e.entry.as_bytes()) => {}
             Some(_) => checks.seq_failure("entry", format!("seq {}: entry hash mismatch", e.seq)),
             None => checks.seq_failure("entry", format!("seq {}: leaf is not 64 hex digits", e.seq)),
@@ -276,7 +276,7 @@ fn check_entries(doc: &ExportDoc, hash: HashAlgorithm, checks: &mut Checks) -> V
 /// "The root is recomputed from the left frontier and the listed leaves"; it must equal the
 /// signed head's root, and each included checkpoint's root at its size.
 fn check_root(doc: &ExportDoc, hash: HashAlgorithm, checks: &mut Checks) {
-    let nodes: Option<Vec<Hash>> = doc.left_frontier.iter().map(|h| from_hex(h)).collect();
+    let nodes: Option<Vec<Hash>> = doc.left_frontier.iter().map(|h| unhex(h, HexCase::Lower)).collect();
     let Some(mut f) = nodes.and_then(|n| Frontier::from_parts(hash, doc.from, n)) else {
         checks.add(
             "root",
@@ -301,7 +301,7 @@ fn check_root(doc: &ExportDoc, hash: HashAlgorithm, checks: &mut Checks) {
         check_cp(&f, cp, checks);
     }
     for e in &doc.entries {
-        f.push(from_hex(&e.leaf).unwrap_or([0; 32]));
+        f.push(unhex(&e.leaf, HexCase::Lower).unwrap_or([0; 32]));
         while let Some(cp) = next_cp.next_if(|c| c.tree_size <= f.size()) {
             check_cp(&f, cp, checks);
         }
@@ -342,7 +342,7 @@ fn check_consistency(doc: &ExportDoc, hash: HashAlgorithm, checks: &mut Checks) 
         checks.add("consistency", true, "no previous export recorded: nothing to prove");
         return;
     };
-    let proof: Option<Vec<Hash>> = doc.consistency.iter().map(|h| from_hex(h)).collect();
+    let proof: Option<Vec<Hash>> = doc.consistency.iter().map(|h| unhex(h, HexCase::Lower)).collect();
     let ok = match (proof, prev.root(), doc.head.root()) {
         (Some(p), Some(r1), Some(r2)) => verify_consistency(hash, prev.tree_size, doc.head.tree_size, &r1, &r2, &p),
         _ => false,
@@ -451,7 +451,7 @@ fn check_witness(
         return;
     }
     // Roots at each witnessed size inside the range, recomputed from the left frontier and leaves.
-    let nodes: Option<Vec<Hash>> = doc.left_frontier.iter().map(|h| from_hex(h)).collect();
+    let nodes: Option<Vec<Hash>> = doc.left_frontier.iter().map(|h| unhex(h, HexCase::Lower)).collect();
     let Some(mut f) = nodes.and_then(|n| Frontier::from_parts(hash, doc.from, n)) else {
         checks.add("witness", false, "the export's left frontier is malformed".to_string());
         return;
@@ -469,7 +469,7 @@ fn check_witness(
         compare(&f, h);
     }
     for e in &doc.entries {
-        f.push(from_hex(&e.leaf).unwrap_or([0; 32]));
+        f.push(unhex(&e.leaf, HexCase::Lower).unwrap_or([0; 32]));
         while let Some(h) = in_range.next_if(|h| h.tree_size == f.size()) {
             compare(&f, h);
         }

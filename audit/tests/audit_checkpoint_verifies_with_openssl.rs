@@ -7,10 +7,7 @@ use std::process::Command;
 
 use common::{Fixture, fill};
 use govbox_audit::{ExportRange, SignedTreeHead};
-
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
-}
+use govbox_provisioning::{HexCase, unhex_vec};
 
 fn openssl_verify(dir: &std::path::Path) -> std::process::Output {
     Command::new("openssl")
@@ -36,7 +33,7 @@ fn openssl_pkeyutl_verifies_the_export_head() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("audit.pub"), doc["device"]["audit_key_pem"].as_str().unwrap()).unwrap();
     std::fs::write(dir.path().join("msg"), head.message()).unwrap();
-    std::fs::write(dir.path().join("sig.bin"), unhex(&head.signature)).unwrap();
+    std::fs::write(dir.path().join("sig.bin"), unhex_vec(&head.signature, HexCase::Lower).unwrap()).unwrap();
     let out = openssl_verify(dir.path());
     assert!(
         out.status.success(),

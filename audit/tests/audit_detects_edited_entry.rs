@@ -76,10 +76,10 @@ fn an_entry_edited_in_an_export_is_named_by_seq() {
     // Re-hashing the leaf too moves the failure to the signed root.
     let bad = edit_export(&export, |v| {
         let e = v["entries"][12]["entry"].as_str().unwrap().replace("req-12", "req-99");
-        let leaf: String = govbox_audit::merkle::leaf_hash(govbox_audit::merkle::HashAlgorithm::Sha256, e.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let leaf = govbox_provisioning::hex(&govbox_audit::merkle::leaf_hash(
+            govbox_audit::merkle::HashAlgorithm::Sha256,
+            e.as_bytes(),
+        ));
         v["entries"][12]["entry"] = e.into();
         v["entries"][12]["leaf"] = leaf.into();
     });

@@ -12,12 +12,8 @@ use std::process::Command;
 use common::{Fixture, assert_fails_with, edit_export, fill};
 use govbox_audit::merkle::{HashAlgorithm, leaf_hash, node_hash};
 use govbox_audit::{AuditKeys, AuditLog, AuditOptions, ExportRange, SignedTreeHead, verify_export};
-use govbox_provisioning::{KeyAlgorithm, Overwrite, SigningKey, Suite};
+use govbox_provisioning::{KeyAlgorithm, Overwrite, SigningKey, Suite, hex};
 use serde_json::Value;
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// `openssl`, if it is there and has SM2; otherwise says why the test is skipped.
 fn openssl() -> Option<&'static str> {

@@ -429,7 +429,8 @@ fn trust_root(paths: &StatePaths, now: OffsetDateTime) -> Check {
             .iter()
             .filter(|s| {
                 keys.iter().any(|k| {
-                    k.keyid() == s.keyid && unhex(&s.sig).is_some_and(|sig| k.verify(msg.as_bytes(), &sig).is_ok())
+                    k.keyid() == s.keyid
+                        && s.signature_bytes().is_some_and(|sig| k.verify(msg.as_bytes(), &sig).is_ok())
                 })
             })
             .map(|s| s.keyid.as_str())
@@ -461,14 +462,6 @@ fn trust_root(paths: &StatePaths, now: OffsetDateTime) -> Check {
     } else {
         Check::ok(name, format!("{msg}; expires {}", root.expires_rfc3339()))
     }
-}
-
-/// Bytes from hex (either case), or `None`.
-pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
 /// Free space on the audit log's filesystem.

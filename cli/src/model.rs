@@ -25,11 +25,11 @@ pub struct ModelArgs {
     /// CPU worker threads (0: one per core).
     #[arg(long, default_value_t = 0, env = "GOVBOX_THREADS")]
     threads: usize,
-    /// Tokens the KV cache holds.
-    #[arg(long, default_value_t = 4096)]
+    /// Tokens the KV cache holds (the engine's default, as govboxd's `[serving] kv_tokens`).
+    #[arg(long, default_value_t = EngineOptions::default().kv_tokens)]
     kv_tokens: usize,
     /// Element type of the KV cache: f32 (exact), f16 (half the memory) or q8_0 (34 bytes per 32 values).
-    #[arg(long, default_value = "f32")]
+    #[arg(long, default_value_t = EngineOptions::default().kv_dtype)]
     kv_dtype: govbox_drivers::KvDType,
     /// Device to run on: auto (Ascend, then CUDA, then the CPU), cpu, cuda:N or ascend:N. A
     /// named accelerator that cannot be opened is an error, never a silent fall-back.
@@ -413,4 +413,28 @@ fn rate(tokens: usize, times: &[f64]) -> serde_json::Value {
     let best = times.iter().copied().fold(f64::INFINITY, f64::min);
     let mean = times.iter().sum::<f64>() / times.len() as f64;
     serde_json::json!({ "tokens": tokens, "best_tps": tokens as f64 / best, "mean_tps": tokens as f64 / mean })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        m: ModelArgs,
+    }
+
+    /// `govbox model` runs with the engine's defaults, which are govboxd's `[serving]` ones.
+    #[test]
+    fn model_args_default_to_the_engine_options() {
+        let m = Cli::try_parse_from(["govbox", "--model", "m.gguf"]).unwrap().m;
+        let d = EngineOptions::default();
+        assert_eq!((m.kv_tokens, m.kv_dtype), (d.kv_tokens, d.kv_dtype));
+        let m = Cli::try_parse_from(["govbox", "--model", "m", "--kv-tokens", "64", "--kv-dtype", "f16"]).unwrap().m;
+        assert_eq!((m.kv_tokens, m.kv_dtype), (64, govbox_drivers::KvDType::F16));
+    }
 }

@@ -41,7 +41,6 @@ use govbox_policy::{Policy, Thresholds};
 use govbox_provisioning::{Overwrite, PUBLIC_FILE_MODE, PublicKey, SigningKey, StatePaths, to_canonical_json};
 use serde_json::{Value, json};
 
-use crate::doctor::unhex;
 use crate::https::{ApiClient, Credentials, hex};
 use crate::provision::state_dir;
 
@@ -386,9 +385,9 @@ fn check_report(doc: &Value, key: &PublicKey) -> Vec<Check> {
     // Rule: the signer is the pinned key, and its signature covers the canonical JSON of `report`.
     out.push((
         "signature",
-        match (doc["keyid"].as_str(), doc["signature"].as_str().and_then(unhex)) {
+        match (doc["keyid"].as_str(), doc["signature"].as_str().and_then(|s| key.algorithm().decode_signature_hex(s))) {
             (Some(id), _) if id != key.keyid() => Err(format!("signed by {id}, not by the given key {}", key.keyid())),
-            (_, None) => Err("no signature, or not hex".into()),
+            (_, None) => Err(format!("no signature, or not a lower-case hex {} signature", key.algorithm())),
             (_, Some(sig)) => match key.verify(to_canonical_json(report).as_bytes(), &sig) {
                 Ok(()) => Ok(format!("by {}", key.keyid())),
                 Err(e) => Err(e.to_string()),
@@ -459,6 +458,11 @@ mod tests {
 
         let other = SigningKey::generate().unwrap_or_else(|e| panic!("{e}"));
         assert!(!verdicts(&good, &other.public_key())[1]);
+
+        // One signature has one spelling, as for every other signed govbox document.
+        let mut shouted = good.clone();
+        shouted["signature"] = json!(good["signature"].as_str().map(str::to_uppercase));
+        assert_eq!(verdicts(&shouted, &key.public_key()), [true, false, true, true]);
 
         // Signed, but its summary claims what its results do not give.
         let mut lying = report;

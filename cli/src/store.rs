@@ -381,7 +381,7 @@ fn import_offline(store: &ModelStore, paths: &StatePaths, file: &Path, activate:
 fn load_cpu(load_path: &Path, kind: Option<govbox_images::ModelKind>) -> Result<Engine> {
     let backend = Arc::new(CpuBackend::new(0)?);
     let what = crate::package::load_as(kind);
-    Ok(Engine::load_as(load_path, backend, &EngineOptions { kv_tokens: 1024, ..Default::default() }, what)?)
+    Ok(Engine::load_as(load_path, backend, &EngineOptions::self_test(), what)?)
 }
 
 fn check_selftest(engine: &Engine, test: &SelfTest) -> Result<SelfTestPassed> {

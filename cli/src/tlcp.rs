@@ -56,7 +56,7 @@ pub fn client(state: &Path, args: TlcpClientArgs) -> Result<()> {
     println!(
         "TLCP client pair of '{}' (signing certificate sha256 {}), valid {} days:",
         pair.name,
-        govbox_provisioning::tlcp_ca::hex(&pair.sign.sha256),
+        govbox_provisioning::hex(&pair.sign.sha256),
         args.days
     );
     for f in files {

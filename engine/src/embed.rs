@@ -31,13 +31,12 @@ use govbox_drivers::Backend;
 use serde_json::Value;
 
 use crate::causal::{CausalRunner, Read};
-pub use crate::embed_config::DECODER_KV_TOKENS;
 pub use crate::embed_config::Prompts;
 use crate::embed_config::{Backbone, Net};
 use crate::models::bert::{BertConfig, BertModel, EncoderFamily};
 use crate::models::decoder::DecoderModel;
 use crate::weights::{WeightMap, read_small};
-use crate::{EngineError, Result};
+use crate::{EngineError, EngineOptions, Result};
 
 /// Largest `modules.json`, pooling or sentence-bert config read. Real ones are a few hundred bytes.
 const MAX_SMALL_JSON: u64 = 64 << 10;
@@ -376,10 +375,11 @@ impl EmbeddingModel {
         })
     }
 
-    /// Loads a sentence-transformers folder onto `backend`, a decoder embedder with a KV pool
-    /// of [`DECODER_KV_TOKENS`].
+    /// Loads a sentence-transformers folder onto `backend`, a decoder embedder with the engine's
+    /// default KV pool ([`EngineOptions::default`]), so that the same folder takes the same inputs
+    /// however it is loaded.
     pub fn load(dir: &Path, backend: Arc<dyn Backend>) -> Result<Self> {
-        Self::load_with(dir, backend, DECODER_KV_TOKENS)
+        Self::load_with(dir, backend, EngineOptions::default().kv_tokens)
     }
 
     /// Loads a sentence-transformers folder onto `backend`. `kv_tokens` sizes a decoder

@@ -12,10 +12,6 @@ use crate::embed::{EmbedInputError, PoolingMode, read_json};
 use crate::models::bert::{BertConfig, BertModel};
 use crate::{EngineError, Result};
 
-/// Tokens of a decoder embedder's KV pool when the caller does not say ([`EmbeddingModel::load`]):
-/// the engine's default pool, so the same folder takes the same inputs however it is loaded.
-pub const DECODER_KV_TOKENS: usize = 4096;
-
 /// Largest `config_sentence_transformers.json` read: a few prompts of a few hundred bytes.
 const MAX_ST_CONFIG: u64 = 256 << 10;
 

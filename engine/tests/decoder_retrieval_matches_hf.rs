@@ -79,6 +79,38 @@ fn the_engine_loads_a_decoder_embedder_as_an_embedding_model() {
     assert_eq!(v.vectors[0].len(), 64);
 }
 
+/// A decoder embedder's inputs are bounded by its KV pool, and the pool is the engine's default
+/// however the folder is loaded: `EmbeddingModel::load` cuts inputs where govboxd's engine does.
+#[test]
+fn a_decoder_embedder_takes_the_same_inputs_however_it_is_loaded() {
+    let src = fixture("retrieval/tiny-qwen3-embedder");
+    let dir = std::env::temp_dir().join(format!("govbox-long-embedder-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
+    for f in [
+        "config_sentence_transformers.json",
+        "model.safetensors",
+        "modules.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    std::fs::copy(src.join("1_Pooling/config.json"), dir.join("1_Pooling/config.json")).unwrap();
+    // The folder allows more tokens than any default pool, so the pool is what bounds an input.
+    let positions = 1 << 16;
+    let mut config = json("retrieval/tiny-qwen3-embedder/config.json");
+    config["max_position_embeddings"] = positions.into();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    std::fs::write(dir.join("sentence_bert_config.json"), format!(r#"{{"max_seq_length": {positions}}}"#)).unwrap();
+    let alone = EmbeddingModel::load(&dir, common::backend()).map(|m| m.max_seq_length());
+    let served = Engine::load(&dir, common::backend(), &EngineOptions::default())
+        .map(|e| e.embedding_model().map(|m| m.max_seq_length()));
+    std::fs::remove_dir_all(&dir).unwrap();
+    let pool = EngineOptions::default().kv_tokens;
+    assert!(pool < positions);
+    assert_eq!((alone.unwrap(), served.unwrap()), (pool, Some(pool)));
+}
+
 test_device!(qwen3_yes_no_reranker_matches_the_model_card, qwen3_reranker);
 
 fn qwen3_reranker(backend: Arc<dyn Backend>) {

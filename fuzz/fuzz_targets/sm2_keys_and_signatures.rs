@@ -5,7 +5,7 @@
 #![no_main]
 
 use govbox_images::{SignatureFile, TrustRoot};
-use govbox_provisioning::{KeyAlgorithm, PublicKey, SigningKey};
+use govbox_provisioning::{HexCase, KeyAlgorithm, PublicKey, SigningKey, unhex};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -40,8 +40,8 @@ fuzz_target!(|data: &[u8]| {
                 // The public key of GB/T 32918.5's signature example.
                 let point = "0409f9df311e5421a150dd7d161e4bc5c672179fad1833fc076bb08ff356f35020\
                              ccea490ce26775a52dc6ea718cc1aa600aed05fbf35e084a6632f6072da9ad13";
-                let fixed: Vec<u8> = (0..65).filter_map(|i| u8::from_str_radix(&point[2 * i..2 * i + 2], 16).ok()).collect();
-                if let Ok(k) = PublicKey::from_raw_bytes(KeyAlgorithm::Sm2, &fixed, "fuzz") {
+                let fixed = unhex::<65>(point, HexCase::Lower);
+                if let Some(Ok(k)) = fixed.map(|p| PublicKey::from_raw_bytes(KeyAlgorithm::Sm2, &p, "fuzz")) {
                     let _ = k.verify(b"message digest", &sig);
                 }
             }

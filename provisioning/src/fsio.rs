@@ -231,46 +231,48 @@ pub fn random_bytes<const N: usize>(what: &str) -> Result<[u8; N]> {
     Ok(out)
 }
 
-/// Lower-case hex.
+/// The letters a hex decoder accepts. Every caller says which, so that a second spelling of the
+/// same bytes is accepted only where it is harmless.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HexCase {
+    /// `0-9a-f` only: the one spelling govbox writes ([`hex`]). For text that is signed or
+    /// compared as written (signatures, log hashes, quotes), where an upper-case letter would be
+    /// a second spelling that an edit could hide behind.
+    Lower,
+    /// `0-9a-fA-F`: what an operator may type or paste (a fingerprint, a nonce, a test vector).
+    Either,
+}
+
+/// Lower-case hex: the spelling every govbox format writes.
 pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    s
+    base16ct::lower::encode_string(bytes)
 }
 
-fn nibble(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
-}
-
-/// Decodes hex (either case) of exactly `N` bytes.
-pub fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    let s = s.as_bytes();
+/// Decodes hex of exactly `N` bytes (`2 * N` digits) in the letters `case` allows.
+pub fn unhex<const N: usize>(s: &str, case: HexCase) -> Option<[u8; N]> {
     if s.len() != 2 * N {
         return None;
     }
     let mut out = [0u8; N];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = (nibble(s[2 * i])? << 4) | nibble(s[2 * i + 1])?;
-    }
+    decode_into(s, case, &mut out)?;
     Some(out)
 }
 
-/// Decodes hex text of any even length (either case); the caller caps the length first.
-pub fn unhex_vec(s: &str) -> Option<Vec<u8>> {
-    let s = s.as_bytes();
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    s.chunks_exact(2).map(|p| Some((nibble(p[0])? << 4) | nibble(p[1])?)).collect()
+/// Decodes hex of any even length in the letters `case` allows; the caller caps the length first.
+pub fn unhex_vec(s: &str, case: HexCase) -> Option<Vec<u8>> {
+    let mut out = vec![0u8; s.len() / 2];
+    decode_into(s, case, &mut out)?;
+    Some(out)
+}
+
+/// base16ct's decoders: constant-time in the digits, refusing an odd length, a sign, white space
+/// or any other byte.
+fn decode_into(s: &str, case: HexCase, out: &mut [u8]) -> Option<()> {
+    let decoded = match case {
+        HexCase::Lower => base16ct::lower::decode(s, out),
+        HexCase::Either => base16ct::mixed::decode(s, out),
+    };
+    decoded.ok().map(|_| ())
 }
 
 /// SHA-256 of `bytes`.
@@ -290,9 +292,23 @@ mod tests {
     fn hex_round_trips() {
         let b = [0x00, 0x7f, 0x80, 0xff];
         assert_eq!(hex(&b), "007f80ff");
-        assert_eq!(unhex::<4>("007F80ff"), Some(b));
-        assert_eq!(unhex::<4>("007f80f"), None);
-        assert_eq!(unhex::<4>("007f80fg"), None);
+        assert_eq!(hex(&[]), "");
+        for case in [HexCase::Lower, HexCase::Either] {
+            assert_eq!(unhex::<4>("007f80ff", case), Some(b));
+            assert_eq!(unhex_vec("007f80ff", case), Some(b.to_vec()));
+            assert_eq!(unhex_vec("", case), Some(vec![]));
+            for bad in ["007f80f", "007f80fg", "007f80ff00", "007f80", "+07f80ff", " 07f80ff", "007f80f\n", "é7f80ff"]
+            {
+                assert_eq!(unhex::<4>(bad, case), None, "{bad:?} as {case:?}");
+            }
+            for bad in ["0", "007f80f", "0g", "+f", "0x0f", " 0f", "é"] {
+                assert_eq!(unhex_vec(bad, case), None, "{bad:?} as {case:?}");
+            }
+        }
+        assert_eq!(unhex::<4>("007F80fF", HexCase::Either), Some(b));
+        assert_eq!(unhex_vec("007F80fF", HexCase::Either), Some(b.to_vec()));
+        assert_eq!(unhex::<4>("007F80ff", HexCase::Lower), None);
+        assert_eq!(unhex_vec("007f80fF", HexCase::Lower), None);
     }
 
     #[test]

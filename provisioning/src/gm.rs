@@ -171,7 +171,7 @@ impl std::fmt::Debug for Sm3Hasher {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use crate::fsio::{hex, unhex};
+    use crate::fsio::{HexCase, hex, unhex};
 
     /// GB/T 32905-2016 Appendix A, examples 1 and 2.
     #[test]
@@ -197,8 +197,8 @@ mod tests {
     fn std_point() -> [u8; 65] {
         let mut p = [0u8; 65];
         p[0] = 4;
-        p[1..33].copy_from_slice(&unhex::<32>(STD_X).unwrap());
-        p[33..].copy_from_slice(&unhex::<32>(STD_Y).unwrap());
+        p[1..33].copy_from_slice(&unhex::<32>(STD_X, HexCase::Lower).unwrap());
+        p[33..].copy_from_slice(&unhex::<32>(STD_Y, HexCase::Lower).unwrap());
         p
     }
 
@@ -208,9 +208,9 @@ mod tests {
 
     #[test]
     fn sm2_standard_example_key_and_signature() {
-        let signer = Sm2Signer::from_scalar_bytes(&unhex::<32>(STD_D).unwrap()).unwrap();
+        let signer = Sm2Signer::from_scalar_bytes(&unhex::<32>(STD_D, HexCase::Lower).unwrap()).unwrap();
         assert_eq!(signer.public_point(), std_point(), "d_A * G is the standard's public key");
-        let (r, s) = (unhex::<32>(STD_R).unwrap(), unhex::<32>(STD_S).unwrap());
+        let (r, s) = (unhex::<32>(STD_R, HexCase::Lower).unwrap(), unhex::<32>(STD_S, HexCase::Lower).unwrap());
         let sig = der(&r, &s);
         verify(&std_point(), b"message digest", &sig).unwrap();
         assert!(verify(&std_point(), b"message digesT", &sig).is_err());
@@ -225,7 +225,7 @@ mod tests {
 
     #[test]
     fn sm2_keys_round_trip_through_pkcs8_and_spki() {
-        let signer = Sm2Signer::from_scalar_bytes(&unhex::<32>(STD_D).unwrap()).unwrap();
+        let signer = Sm2Signer::from_scalar_bytes(&unhex::<32>(STD_D, HexCase::Lower).unwrap()).unwrap();
         let back = Sm2Signer::from_pkcs8_der(signer.pkcs8_der()).unwrap();
         assert_eq!(back.public_point(), signer.public_point());
         let spki = spki_der(&signer.public_point()).unwrap();

@@ -19,7 +19,7 @@ use std::str::FromStr;
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
 
 use crate::error::{ProvisionError, Result};
-use crate::fsio::{self, Overwrite};
+use crate::fsio::{self, HexCase, Overwrite};
 use crate::gm::{self, SM2_PUBLIC_KEY_LEN, Sm2Signer};
 
 /// A signature algorithm, as formats name it in their `alg` fields. The default is Ed25519: what
@@ -64,10 +64,10 @@ impl KeyAlgorithm {
     pub fn decode_signature_hex(self, text: &str) -> Option<Vec<u8>> {
         // One signature has one spelling: the lower-case hex every govbox format writes. Upper
         // case would let an edited document verify (a flipped case bit in a signed export).
-        if text.len() > self.max_signature_hex_len() || !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        if text.len() > self.max_signature_hex_len() {
             return None;
         }
-        let bytes = fsio::unhex_vec(text)?;
+        let bytes = fsio::unhex_vec(text, HexCase::Lower)?;
         let ok = match self {
             KeyAlgorithm::Ed25519 => bytes.len() == 64,
             KeyAlgorithm::Sm2 => gm::signature_is_well_formed(&bytes),

@@ -501,11 +501,6 @@ pub fn find_by_tlcp_cert(store: &ClientStore, sha256: &[u8; 32]) -> Option<crate
     (current && unexpired && !record.revoked).then_some(record)
 }
 
-/// Lower-case hex of a fingerprint.
-pub fn hex(bytes: &[u8]) -> String {
-    fsio::hex(bytes)
-}
-
 /// Writes a client pair into `dir` (made 0700 if absent): `NAME.sign.crt`, `NAME.sign.key`,
 /// `NAME.enc.crt`, `NAME.enc.key` and `tlcp-ca.crt`, refusing to replace any file.
 pub fn write_tlcp_client_pair(dir: &Path, pair: &TlcpClientPair) -> Result<Vec<PathBuf>> {

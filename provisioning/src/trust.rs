@@ -376,7 +376,7 @@ impl TrustRoot {
                 .ok_or_else(|| invalid(format!("key {id}: keytype/scheme must be ed25519/ed25519 or sm2/sm2-sm3")))?;
             // The longest key (an SM2 point) is 65 bytes: refuse longer text before decoding it.
             let raw = (k.keyval.public.len() <= 2 * 65)
-                .then(|| fsio::unhex_vec(&k.keyval.public))
+                .then(|| fsio::unhex_vec(&k.keyval.public, fsio::HexCase::Either))
                 .flatten()
                 .ok_or_else(|| invalid(format!("key {id}: keyval.public is not a {alg} key in hex")))?;
             let key = PublicKey::from_raw_bytes(alg, &raw, &format!("key {id}"))

@@ -282,8 +282,7 @@ fn on_a_gm_box_no_prompt_reaches_the_audit_store_and_the_hmacs_are_hmac_sm3() {
 /// HMAC-SM3 by OpenSSL (`openssl mac -digest SM3`) of the per-client message of
 /// `audit/src/hmac.rs`, keyed with the box's secret: what a gm box's entries must hold.
 fn openssl_hmac_sm3(b: &TestBox, client: &str, text: &str) -> String {
-    let secret: String =
-        std::fs::read(b.state.join("identity/audit-hmac.key")).unwrap().iter().map(|x| format!("{x:02x}")).collect();
+    let secret = govbox_provisioning::hex(&std::fs::read(b.state.join("identity/audit-hmac.key")).unwrap());
     let mut msg = b"govbox-client-hmac/1\0".to_vec();
     msg.extend_from_slice(&(client.len() as u32).to_be_bytes());
     msg.extend_from_slice(client.as_bytes());

@@ -396,7 +396,7 @@ impl ClientStore {
 
     /// [`ClientStore::find_by_cert_fingerprint`] with the fingerprint as hex (either case).
     pub fn find_by_cert_fingerprint_hex(&self, sha256_hex: &str) -> Option<ClientRecord> {
-        self.find_by_cert_fingerprint(&fsio::unhex::<32>(sha256_hex)?)
+        self.find_by_cert_fingerprint(&fsio::unhex::<32>(sha256_hex, fsio::HexCase::Either)?)
     }
 
     fn transact<T>(
