@@ -38,8 +38,9 @@ pub fn failed(actor: &str, cmd: &str, code: &str, message: &str) -> Event {
     admin(actor, &format!("{cmd}_failed"), format!("{code}: {message}"))
 }
 
+/// The hex of a digest label (`sha256-<hex>`, `sm3-<hex>`): entries name packages by their hex.
 fn bare(digest: &str) -> String {
-    digest.trim_start_matches("sha256-").to_string()
+    govbox_provisioning::HashAlgorithm::strip_label(digest).to_string()
 }
 
 fn package(action: PackageAction, name: &str, version: &str, digest: &str) -> Event {

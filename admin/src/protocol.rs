@@ -510,7 +510,7 @@ pub struct ModelImported {
     pub name: String,
     /// Its version.
     pub version: String,
-    /// `sha256-…` of the manifest.
+    /// The manifest's digest label, `sha256-…` or `sm3-…` after its `hash`.
     pub digest: String,
     /// Payload bytes.
     pub size: u64,
@@ -540,7 +540,7 @@ pub struct StoredModel {
     pub active: Option<String>,
     /// Earlier active versions, most recent last.
     pub history: Vec<String>,
-    /// Every stored version, lowest first.
+    /// Every stored version, lowest first; in answers each digest is its label (`sha256-…`, `sm3-…`).
     pub versions: Vec<VersionRecord>,
     /// Taken out of service (`model_disable`).
     pub disabled: bool,
@@ -584,7 +584,7 @@ pub struct ModelSwitched {
     /// The version active before, if any.
     #[serde(default)]
     pub previous: Option<String>,
-    /// `sha256-…` of the active version's manifest.
+    /// The active version's manifest digest label (`sha256-…` or `sm3-…`).
     pub digest: String,
 }
 
@@ -595,7 +595,7 @@ pub struct ModelRemoved {
     pub name: String,
     /// The version removed.
     pub version: String,
-    /// `sha256-…` of its manifest.
+    /// Its manifest digest label (`sha256-…` or `sm3-…`).
     pub digest: String,
 }
 
@@ -606,7 +606,7 @@ pub struct PolicyImported {
     pub name: String,
     /// Its version.
     pub version: String,
-    /// `sha256-…` of the manifest.
+    /// The manifest's digest label, `sha256-…` or `sm3-…` after its `hash`.
     pub digest: String,
     /// Keywords compiled.
     pub keywords: usize,
@@ -619,7 +619,7 @@ pub struct PolicyImported {
 /// `policy_list`'s answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PolicyListAnswer {
-    /// Every stored library.
+    /// Every stored library; each version's digest is its label (`sha256-…`, `sm3-…`).
     pub policies: Vec<ModelRecord>,
 }
 

@@ -9,7 +9,7 @@ use std::fmt;
 use std::io::Read;
 use std::path::Path;
 
-use govbox_provisioning::{HexCase, PublicKey, to_canonical_json, unhex};
+use govbox_provisioning::{HashAlgorithm, HexCase, PublicKey, to_canonical_json, unhex};
 use serde_json::Value;
 
 use crate::tpm::{QUOTE_FORMAT, TpmQuote, verify_quote};
@@ -278,8 +278,7 @@ fn check_nonce(v: &mut Verification, report: &SignedReport, nonce: &Nonce) {
 
 /// A digest as lower-case hex without its `sha256-` or `sm3-` prefix.
 fn bare_digest(d: &str) -> String {
-    let d = d.trim();
-    d.strip_prefix("sha256-").or_else(|| d.strip_prefix("sm3-")).unwrap_or(d).to_ascii_lowercase()
+    HashAlgorithm::strip_label(d.trim()).to_ascii_lowercase()
 }
 
 /// Rule: the running govboxd is the binary the verifier expects.
@@ -308,7 +307,7 @@ fn check_model(v: &mut Verification, report: &SignedReport, name: &str, digest: 
         Some(m) => v.push(
             check,
             Outcome::Fail,
-            format!("{name} {} is package {}, not the expected sha256-{want}", m.version, m.digest),
+            format!("{name} {} is package {}, not the expected {want}", m.version, m.digest),
         ),
     }
 }

@@ -54,7 +54,7 @@ pub enum Event {
         client: String,
         /// The model asked for.
         model: String,
-        /// The SHA-256 of the active model package's manifest.
+        /// The active model package's manifest digest, hex, under the manifest's own `hash`.
         model_digest: String,
         /// HMAC-SHA256 of the prompt under the box's audit secret, keyed per client (see
         /// [`crate::HmacKey::client_hmac`]), lower-case hex.
@@ -141,7 +141,7 @@ pub enum Event {
         name: String,
         /// The package version.
         version: String,
-        /// The SHA-256 of its manifest.
+        /// Its manifest's digest, hex, under the manifest's own `hash` (SHA-256, or SM3).
         digest: String,
     },
     /// The configuration was reloaded.
@@ -182,7 +182,7 @@ pub enum Event {
         rule: String,
         /// The library package's name and version.
         package: String,
-        /// The SHA-256 of its signed manifest (`sha256-<hex>`).
+        /// Its signed manifest's digest label (`sha256-<hex>`, or `sm3-<hex>` for an SM3 package).
         digest: String,
     },
     /// A content-safety policy package changed, or the box's choice of library did.
@@ -195,7 +195,7 @@ pub enum Event {
         name: String,
         /// The package version.
         version: String,
-        /// The SHA-256 of its manifest.
+        /// Its manifest's digest, hex, under the manifest's own `hash` (SHA-256, or SM3).
         digest: String,
     },
 }

@@ -153,7 +153,7 @@ pub fn run(state: Option<&Path>, socket: &Path, audit_socket: Option<&Path>, cmd
         PolicyCommand::List { json } => {
             let a = match conn.as_mut() {
                 Some(c) => c.call(PolicyList {})?,
-                None => PolicyListAnswer { policies: open_store(&dir)?.1.list()? },
+                None => PolicyListAnswer { policies: open_store(&dir)?.1.list_labelled()? },
             };
             match json {
                 true => println!("{}", serde_json::to_string_pretty(&a)?),
@@ -221,7 +221,12 @@ fn build(a: &BuildArgs) -> Result<()> {
     bar.finish_and_clear();
     let built = built.map_err(flat)?;
     println!("built        {} ({} files)", a.out.display(), built.manifest.files.len());
-    println!("package      {} {}, digest sha256-{}", built.manifest.name, built.manifest.version, built.digest);
+    println!(
+        "package      {} {}, digest {}",
+        built.manifest.name,
+        built.manifest.version,
+        built.manifest.digest_label(&built.digest)
+    );
     println!(
         "library      {} categories ({}), {} keywords, longest match {} characters",
         library.categories().len(),
@@ -248,7 +253,7 @@ fn render_list(a: &PolicyListAnswer) -> String {
     for m in &a.policies {
         for v in &m.versions {
             out.push_str(&format!(
-                "{:<28} {:<12} {:<6} sha256-{}\n",
+                "{:<28} {:<12} {:<6} {}\n",
                 m.name,
                 v.version,
                 if m.active.as_deref() == Some(v.version.as_str()) { "*" } else { "" },
@@ -288,9 +293,9 @@ fn import_offline(store: &ModelStore, paths: &StatePaths, file: &Path, activate:
         }
     };
     Ok(PolicyImported {
+        digest: imported.digest_label(),
         name: imported.name,
         version: imported.version,
-        digest: format!("sha256-{}", imported.digest),
         keywords: library.keyword_count(),
         active: imported.activated,
         already_present: imported.already_present,
@@ -298,8 +303,9 @@ fn import_offline(store: &ModelStore, paths: &StatePaths, file: &Path, activate:
 }
 
 fn switched(store: &ModelStore, name: &str, version: String) -> Result<ModelSwitched> {
-    let digest = store.active_models()?.into_iter().find(|a| a.name == name).map(|a| a.digest).unwrap_or_default();
-    Ok(ModelSwitched { name: name.to_string(), version, previous: None, digest: format!("sha256-{digest}") })
+    let digest =
+        store.active_models()?.into_iter().find(|a| a.name == name).map(|a| a.digest_label()).unwrap_or_default();
+    Ok(ModelSwitched { name: name.to_string(), version, previous: None, digest })
 }
 
 #[cfg(test)]
@@ -309,14 +315,15 @@ mod tests {
 
     #[test]
     fn the_list_marks_the_active_version_and_shows_whole_digests() {
-        let d = "ab".repeat(32);
+        // Answers carry digest labels; an SM3 package keeps its own.
+        let d = format!("sm3-{}", "ab".repeat(32));
         let v = |version: &str| serde_json::json!({"version": version, "digest": d, "size": 1, "imported": "x"});
         let list = serde_json::from_value(serde_json::json!({"policies": [{"name": "baseline", "active": "2026.12.1",
             "history": [], "versions": [v("2026.12.1"), v("2026.11.0")]}]}))
         .unwrap();
         let text = render_list(&list);
         let rows: Vec<&str> = text.lines().collect();
-        assert!(rows[1].contains(" * ") && rows[1].ends_with(&format!("sha256-{d}")), "{text}");
+        assert!(rows[1].contains(" * ") && rows[1].ends_with(&format!(" {d}")), "{text}");
         assert!(!rows[2].contains(" * "), "{text}");
     }
 }

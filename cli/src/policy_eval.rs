@@ -203,9 +203,9 @@ fn judge(paths: &StatePaths, a: &EvalArgs) -> Result<Judge> {
         .with_context(|| format!("compiling the library of {}", a.package.display()))?;
     Ok(Judge {
         policy,
+        digest: imported.digest_label(),
         name: imported.name,
         version: imported.version,
-        digest: format!("sha256-{}", imported.digest),
         dir: imported.load_path,
         _staged: staged,
     })

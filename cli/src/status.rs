@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 use govbox_admin::protocol::{ClientList, Status, StatusAnswer};
-use govbox_provisioning::ClientRecord;
+use govbox_provisioning::{ClientRecord, HashAlgorithm};
 
 use crate::admin::AdminClient;
 
@@ -134,8 +134,13 @@ fn render(s: &StatusAnswer, clients: Option<&[ClientRecord]>, now: i64) -> Strin
         row("models", "none loaded".to_string());
     }
     for (i, m) in s.models.iter().enumerate() {
-        let origin = match m.digest.starts_with("sha256-") {
-            true => format!("{} {}", m.version, m.digest.get(..19).unwrap_or(&m.digest)),
+        // A package's digest is labelled with its algorithm (`sha256-…`, `sm3-…`); a development
+        // folder's is empty.
+        let hex = HashAlgorithm::strip_label(&m.digest);
+        let origin = match hex.len() < m.digest.len() {
+            true => {
+                format!("{} {}{}", m.version, &m.digest[..m.digest.len() - hex.len()], hex.get(..12).unwrap_or(hex))
+            }
             false => format!("UNSIGNED {}", m.path),
         };
         let line = format!("{} ({}, {}) {origin}", m.name, m.kind, m.format);

@@ -135,7 +135,7 @@ impl Box_ {
                 let a = match self.conn.as_mut() {
                     Some(conn) => conn.call(ModelList {})?,
                     None => {
-                        let models = self.store()?.1.list()?;
+                        let models = self.store()?.1.list_labelled()?;
                         ModelListAnswer {
                             models: models.into_iter().map(|record| StoredModel::new(record, None)).collect(),
                         }
@@ -179,11 +179,7 @@ impl Box_ {
                     Some(conn) => conn.call(req)?,
                     None => self.change(&req, |store, _, _| {
                         let digest = store.remove(&req.name, &req.version)?;
-                        Ok(ModelRemoved {
-                            name: req.name.clone(),
-                            version: req.version.clone(),
-                            digest: format!("sha256-{digest}"),
-                        })
+                        Ok(ModelRemoved { name: req.name.clone(), version: req.version.clone(), digest })
                     })?,
                 };
                 println!("removed {}@{}", a.name, a.version);
@@ -270,7 +266,7 @@ fn render_list(a: &ModelListAnswer) -> String {
     for m in &a.models {
         for v in &m.versions {
             out.push_str(&format!(
-                "{:<28} {:<12} {:>9.1}M  {:<9} sha256-{}\n",
+                "{:<28} {:<12} {:>9.1}M  {:<9} {}\n",
                 m.name,
                 v.version,
                 v.size as f64 / 1e6,
@@ -318,8 +314,9 @@ fn active_version(store: &ModelStore, name: &str) -> Result<Option<String>> {
 }
 
 fn activated(store: &ModelStore, name: &str, version: String, previous: Option<String>) -> Result<ModelSwitched> {
-    let digest = store.active_models()?.into_iter().find(|a| a.name == name).map(|a| a.digest).unwrap_or_default();
-    Ok(ModelSwitched { name: name.to_string(), version, previous, digest: format!("sha256-{digest}") })
+    let digest =
+        store.active_models()?.into_iter().find(|a| a.name == name).map(|a| a.digest_label()).unwrap_or_default();
+    Ok(ModelSwitched { name: name.to_string(), version, previous, digest })
 }
 
 fn import_offline(store: &ModelStore, paths: &StatePaths, file: &Path, activate: bool) -> Result<ModelImported> {
@@ -366,9 +363,9 @@ fn import_offline(store: &ModelStore, paths: &StatePaths, file: &Path, activate:
     let active =
         store.list()?.iter().any(|m| m.name == imported.name && m.active.as_deref() == Some(&imported.version));
     Ok(ModelImported {
+        digest: imported.digest_label(),
         name: imported.name,
         version: imported.version,
-        digest: format!("sha256-{}", imported.digest),
         size: imported.size,
         active,
         secs,
@@ -406,7 +403,7 @@ mod list_tests {
 
     #[test]
     fn the_list_shows_the_whole_digest_that_attest_verify_takes() {
-        let digest = "88389fb3ee537870bd789e5a6739c6b24cbc0a76306a4c7391a4fb2131271f84";
+        let digest = "sha256-88389fb3ee537870bd789e5a6739c6b24cbc0a76306a4c7391a4fb2131271f84";
         let list = serde_json::from_value(serde_json::json!({"models": [{"name": "smollm2", "active": "1.0.0",
             "history": [], "disabled": false,
             "versions": [{"version": "1.0.0", "digest": digest, "size": 98_362_432u64, "imported": "2026-01-01T00:00:00Z"}]}]}))
@@ -414,7 +411,7 @@ mod list_tests {
         let text = render_list(&list);
         let row = text.lines().nth(1).unwrap_or_default();
         assert!(row.starts_with("smollm2 ") && row.contains(" 1.0.0 ") && row.contains(" * "), "{text}");
-        assert!(row.ends_with(&format!("sha256-{digest}")), "{text}");
+        assert!(row.ends_with(&format!(" {digest}")), "{text}");
         let mut off = list;
         off.models[0].disabled = true;
         assert!(render_list(&off).lines().nth(1).unwrap_or_default().contains(" *disabled "), "{}", render_list(&off));

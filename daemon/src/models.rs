@@ -57,7 +57,7 @@ pub enum ModelSource {
     Package {
         /// Its version.
         version: String,
-        /// The SHA-256 of its signed manifest (`sha256-<hex>`), which names it in the store.
+        /// Its signed manifest's digest label (`sha256-<hex>` or `sm3-<hex>`), which names it in the store.
         digest: String,
     },
     /// A `[[models]]` folder of the config, served only under `--insecure-dev-models`.

@@ -184,10 +184,10 @@ impl Packages {
         let r = self.store.reverify(&a.digest, trust, full_payload, &mut progress)?;
         let secs = t.elapsed().as_secs_f64();
         log::info!(
-            "model '{}' {} sha256-{}: signed by {} key(s); {} files, {:.1} MB hashed in {secs:.1} s",
+            "model '{}' {} {}: signed by {} key(s); {} files, {:.1} MB hashed in {secs:.1} s",
             a.name,
             a.version,
-            short(&a.digest),
+            short(&a.digest_label()),
             r.signers.len(),
             r.files_checked,
             r.bytes_hashed as f64 / 1e6
@@ -258,7 +258,7 @@ impl Packages {
         let answer = ModelImported {
             name: imported.name.clone(),
             version: imported.version.clone(),
-            digest: format!("sha256-{}", imported.digest),
+            digest: imported.digest_label(),
             size: imported.size,
             active: active_now,
             secs,
@@ -284,7 +284,7 @@ impl Packages {
 
     fn discard(&self, digest: &str) {
         if let Err(e) = self.store.discard(digest) {
-            log::error!("model store: undoing the import of sha256-{}: {e}", short(digest));
+            log::error!("model store: undoing the import of {}: {e}", short(&self.store.digest_label(digest)));
         }
     }
 
@@ -340,7 +340,7 @@ impl Packages {
         let served = self.models.get();
         let models = self
             .store
-            .list()?
+            .list_labelled()?
             .into_iter()
             .map(|record| {
                 let serving = served
@@ -370,12 +370,8 @@ impl Packages {
             Switch::Rollback => self.store.rollback(name)?,
         };
         let a = self.active(name)?;
-        let answer = ModelSwitched {
-            name: name.to_string(),
-            version,
-            previous: before.clone(),
-            digest: format!("sha256-{}", a.digest),
-        };
+        let answer =
+            ModelSwitched { name: name.to_string(), version, previous: before.clone(), digest: a.digest_label() };
         // A disabled model's new version is recorded, and served when the model is enabled again.
         let loaded = match (!disabled).then(|| self.load(&a)).transpose() {
             Ok(m) => m,
@@ -413,19 +409,19 @@ impl Packages {
             .filter(|m| m.active.as_deref() != Some(version))
             .and_then(|m| m.versions.into_iter().find(|v| v.version == version));
         if let Some(v) = removable {
-            let answer = removed(name, version, &v.digest);
+            let answer = removed(name, version, self.store.digest_label(&v.digest));
             gate(&answer).map_err(|source| ServeError::Unrecorded {
                 what: format!("removing model '{name} {version}'"),
                 source,
             })?;
         }
-        let digest = self.store.remove(name, version)?;
-        Ok(removed(name, version, &digest))
+        let label = self.store.remove(name, version)?;
+        Ok(removed(name, version, label))
     }
 
     fn load(&self, a: &ActiveModel) -> Result<LoadedModel, ServeError> {
         let entry = ModelEntry { name: a.name.clone(), path: a.load_path.clone() };
-        let source = ModelSource::Package { version: a.version.clone(), digest: format!("sha256-{}", a.digest) };
+        let source = ModelSource::Package { version: a.version.clone(), digest: a.digest_label() };
         let what = match a.manifest.model.as_ref().map(|m| m.kind) {
             Some(govbox_images::ModelKind::Rerank) => govbox_engine::LoadAs::Reranker,
             _ => govbox_engine::LoadAs::Detected,
@@ -454,10 +450,14 @@ pub enum Switch<'a> {
     Rollback,
 }
 
-fn removed(name: &str, version: &str, digest: &str) -> ModelRemoved {
-    ModelRemoved { name: name.to_string(), version: version.to_string(), digest: format!("sha256-{digest}") }
+/// `digest` is the label (`sha256-<hex>` or `sm3-<hex>`, [`ModelStore::digest_label`]).
+fn removed(name: &str, version: &str, digest: String) -> ModelRemoved {
+    ModelRemoved { name: name.to_string(), version: version.to_string(), digest }
 }
 
-fn short(digest: &str) -> &str {
-    digest.get(..12).unwrap_or(digest)
+/// A digest label (`sm3-<hex>`) with its hex cut to 12 digits, for log lines.
+fn short(label: &str) -> String {
+    let (alg, hex) = label.split_once('-').unwrap_or(("", label));
+    let hex = hex.get(..12).unwrap_or(hex);
+    if alg.is_empty() { hex.to_string() } else { format!("{alg}-{hex}") }
 }

@@ -31,7 +31,7 @@ pub struct ServedPolicy {
     pub name: String,
     /// Its active version.
     pub version: String,
-    /// `sha256-<hex>` of its signed manifest.
+    /// Its signed manifest's digest label: `sha256-<hex>`, or `sm3-<hex>` for an SM3 package.
     pub digest: String,
     /// The compiled library.
     pub policy: Arc<Policy>,
@@ -82,12 +82,8 @@ impl PolicyTable {
                 version: a.version.clone(),
                 source,
             })?;
-            let served = ServedPolicy {
-                name: a.name.clone(),
-                version: a.version,
-                digest: format!("sha256-{}", a.digest),
-                policy: Arc::new(policy),
-            };
+            let digest = a.digest_label();
+            let served = ServedPolicy { name: a.name.clone(), version: a.version, digest, policy: Arc::new(policy) };
             map.insert(a.name, Arc::new(served));
         }
         let n = map.len();
@@ -253,7 +249,7 @@ pub mod admin {
         let answer = PolicyImported {
             name: imported.name.clone(),
             version: imported.version.clone(),
-            digest: format!("sha256-{}", imported.digest),
+            digest: imported.digest_label(),
             keywords: library.keyword_count(),
             active: imported.activated,
             already_present: imported.already_present,
@@ -301,7 +297,7 @@ pub mod admin {
             name: name.to_string(),
             version: v,
             previous: None,
-            digest: format!("sha256-{}", active.map(|a| a.digest).unwrap_or_default()),
+            digest: active.map(|a| a.digest_label()).unwrap_or_default(),
         };
         if let Err(source) = gate(&answer) {
             return Err(undo(PolicyAdminError::Unrecorded { what: format!("switching policy '{name}'"), source }));
@@ -312,6 +308,6 @@ pub mod admin {
 
     /// Every stored library version of `state_dir`.
     pub fn list(state_dir: &Path) -> Result<PolicyListAnswer, PolicyAdminError> {
-        Ok(PolicyListAnswer { policies: store(state_dir)?.list()? })
+        Ok(PolicyListAnswer { policies: store(state_dir)?.list_labelled()? })
     }
 }

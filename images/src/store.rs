@@ -69,6 +69,13 @@ pub struct Imported {
     pub signers: Vec<String>,
 }
 
+impl Imported {
+    /// The digest as people and records name it ([`Manifest::digest_label`]).
+    pub fn digest_label(&self) -> String {
+        self.manifest.digest_label(&self.digest)
+    }
+}
+
 /// The active version of a model, ready to load.
 #[derive(Debug, Clone)]
 pub struct ActiveModel {
@@ -82,6 +89,13 @@ pub struct ActiveModel {
     pub load_path: PathBuf,
     /// Its manifest.
     pub manifest: Manifest,
+}
+
+impl ActiveModel {
+    /// The digest as people and records name it ([`Manifest::digest_label`]).
+    pub fn digest_label(&self) -> String {
+        self.manifest.digest_label(&self.digest)
+    }
 }
 
 /// A stored package checked again.
@@ -295,6 +309,16 @@ impl ModelStore {
         Ok(self.registry()?.models)
     }
 
+    /// [`ModelStore::list`] as answers and tables show it: each version's digest given as its
+    /// label, `sha256-<hex>` or `sm3-<hex>` ([`ModelStore::digest_label`]).
+    pub fn list_labelled(&self) -> Result<Vec<ModelRecord>> {
+        let mut models = self.list()?;
+        for v in models.iter_mut().flat_map(|m| m.versions.iter_mut()) {
+            v.digest = self.digest_label(&v.digest);
+        }
+        Ok(models)
+    }
+
     /// Activates `version` of `name`, or its highest version when `None`; returns the version.
     pub fn activate(&self, name: &str, version: Option<&str>) -> Result<String> {
         self.mutate(|r| r.activate(name, version))
@@ -311,11 +335,21 @@ impl ModelStore {
         self.mutate(|r| r.rollback(name))
     }
 
-    /// Removes a version that is not active, and its folder; returns its digest.
+    /// Removes a version that is not active, and its folder; returns its digest as
+    /// [`ModelStore::digest_label`] names it (`sha256-<hex>` or `sm3-<hex>`).
     pub fn remove(&self, name: &str, version: &str) -> Result<String> {
         let rec = self.mutate(|r| r.remove(name, version))?;
+        let label = self.digest_label(&rec.digest);
         self.delete_package(&rec.digest)?;
-        Ok(rec.digest)
+        Ok(label)
+    }
+
+    /// How people and records name the stored package of manifest digest `digest`: its folder's
+    /// name, `sha256-<hex>` or `sm3-<hex>` after the manifest's `hash` (`sha256-` when no such
+    /// package is stored).
+    pub fn digest_label(&self, digest: &str) -> String {
+        let dir = self.package_dir(digest);
+        dir.file_name().map_or_else(|| format!("sha256-{digest}"), |n| n.to_string_lossy().into_owned())
     }
 
     /// Undoes an import (a self-test failed right after it): removes the version stored under

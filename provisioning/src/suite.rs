@@ -146,6 +146,15 @@ impl HashAlgorithm {
         HashAlgorithm::ALL.into_iter().find(|a| a.as_str() == s)
     }
 
+    /// A digest label (`sha256-<hex>`, `sm3-<hex>`: how packages are named) without its
+    /// algorithm; anything else as it is.
+    pub fn strip_label(label: &str) -> &str {
+        HashAlgorithm::ALL
+            .into_iter()
+            .find_map(|a| label.strip_prefix(a.as_str()).and_then(|rest| rest.strip_prefix('-')))
+            .unwrap_or(label)
+    }
+
     /// Whether this is the default (`sha256`), which formats made before SM3 leave unnamed.
     pub fn is_default(&self) -> bool {
         *self == HashAlgorithm::Sha256
@@ -252,6 +261,15 @@ mod tests {
         assert!("GM".parse::<Suite>().unwrap_err().to_string().contains("'GM'"));
         assert!(Suite::Gm.check_key("audit key", KeyAlgorithm::Ed25519).is_err());
         Suite::Gm.check_key("audit key", KeyAlgorithm::Sm2).unwrap();
+    }
+
+    #[test]
+    fn a_digest_label_loses_only_a_known_algorithm() {
+        assert_eq!(HashAlgorithm::strip_label("sha256-ab01"), "ab01");
+        assert_eq!(HashAlgorithm::strip_label("sm3-ab01"), "ab01");
+        assert_eq!(HashAlgorithm::strip_label("ab01"), "ab01");
+        assert_eq!(HashAlgorithm::strip_label("md5-ab01"), "md5-ab01");
+        assert_eq!(HashAlgorithm::strip_label("sm3ab01"), "sm3ab01");
     }
 
     #[test]

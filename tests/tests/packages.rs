@@ -107,7 +107,22 @@ fn bad_packages_are_refused(suite: Suite) {
     eprintln!("refused {refused} bad packages through the running daemon; it served after each");
     // The good package of the corpus imports (as another version of tiny-qwen2's name space).
     let good = cases.iter().find(|c| c.expect_code == GOOD).unwrap();
-    govbox(&b.state, &["model", "import", good.file.to_str().unwrap()]);
+    let out = govbox(&b.state, &["model", "import", good.file.to_str().unwrap()]);
+    // Every name the box gives a package says its algorithm: the corpus hashes with SHA-256
+    // whatever the suite, the box's own tiny-qwen2 was built as its vendor builds (SM3 on a gm
+    // box); the import's answer, the list, the status and the audit entries agree.
+    assert!(out.contains("(sha256-"), "{out}");
+    let label = format!(" {}-", suite.hash_algorithm());
+    let list = govbox(&b.state, &["model", "list"]);
+    assert!(list.lines().any(|l| l.starts_with("tiny-qwen2 ") && l.contains(&label)), "{list}");
+    let status = govbox(&b.state, &["status"]);
+    assert!(status.lines().any(|l| l.contains("tiny-qwen2 (") && l.contains(&label)), "{status}");
+    let listed: Vec<&str> =
+        list.lines().skip(1).filter_map(|l| l.split_whitespace().last()?.split_once('-').map(|(_, hex)| hex)).collect();
+    let entries = govbox_e2e::exported_entries(&b.state, &b.dir);
+    let imported: Vec<&str> =
+        entries.iter().filter(|e| e["kind"] == "package").filter_map(|e| e["digest"].as_str()).collect();
+    assert!(!imported.is_empty() && imported.iter().all(|d| listed.contains(d)), "{imported:?} vs {listed:?}");
 }
 
 #[test]

@@ -256,7 +256,7 @@ pub async fn audit_request_by(
         request_id: record.id.clone(),
         client: client.to_string(),
         model: model.name.clone(),
-        model_digest: model.source.digest().trim_start_matches("sha256-").to_string(),
+        model_digest: govbox_provisioning::HashAlgorithm::strip_label(model.source.digest()).to_string(),
         prompt_hmac,
         endpoint: record.endpoint.to_string(),
         user_hmac,
