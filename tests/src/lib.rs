@@ -48,7 +48,28 @@ pub fn govbox(state: &Path, args: &[&str]) -> String {
 pub fn exported_entries(state: &Path, dir: &Path) -> Vec<serde_json::Value> {
     let export = dir.join("export.json");
     govbox(state, &["audit", "export", "-o", export.to_str().unwrap()]);
-    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&export).unwrap()).unwrap();
+    entries_of(&export)
+}
+
+/// `govbox audit export` into `dir/name`, checked by `govbox audit verify` against the box's
+/// `identity/audit.pub` (asserting it passes); returns the entries, parsed.
+pub fn verified_entries(state: &Path, dir: &Path, name: &str) -> Vec<serde_json::Value> {
+    let export = dir.join(name);
+    govbox(state, &["audit", "export", "-o", export.to_str().unwrap()]);
+    let o = Command::new(bin("govbox"))
+        .args(["audit", "verify"])
+        .arg(&export)
+        .arg("--device-key")
+        .arg(state.join("identity/audit.pub"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "audit verify failed:\n{}", String::from_utf8_lossy(&o.stdout));
+    entries_of(&export)
+}
+
+/// The entries of an audit export file, parsed.
+fn entries_of(export: &Path) -> Vec<serde_json::Value> {
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(export).unwrap()).unwrap();
     doc["entries"]
         .as_array()
         .unwrap()

@@ -7,16 +7,6 @@ use std::process::Command;
 
 use govbox_e2e::{TestBox, bin, govbox, repo};
 
-fn entries(export: &std::path::Path) -> Vec<serde_json::Value> {
-    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(export).unwrap()).unwrap();
-    doc["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| serde_json::from_str(e["entry"].as_str().unwrap()).unwrap())
-        .collect()
-}
-
 #[test]
 fn offline_client_and_model_changes_appear_in_the_next_export() {
     let b = TestBox::provisioned("offline-audited");
@@ -30,9 +20,7 @@ fn offline_client_and_model_changes_appear_in_the_next_export() {
     assert!(list.lines().any(|l| l.starts_with("tiny-qwen2 ") && l.contains("*disabled")), "{list}");
     govbox(&b.state, &["model", "enable", "tiny-qwen2"]);
 
-    let export = b.dir.join("export.json");
-    govbox(&b.state, &["audit", "export", "-o", export.to_str().unwrap()]);
-    let entries = entries(&export);
+    let entries = govbox_e2e::verified_entries(&b.state, &b.dir, "export.json");
     let admin = |action: &str, subject: &str| {
         entries.iter().any(|e| {
             e["kind"] == "admin"
@@ -49,15 +37,6 @@ fn offline_client_and_model_changes_appear_in_the_next_export() {
         entries.iter().any(|e| e["kind"] == "package" && e["action"] == action && e["name"] == "tiny-qwen2")
     };
     assert!(package("imported") && package("activated"), "{entries:#?}");
-
-    let o = Command::new(bin("govbox"))
-        .args(["audit", "verify"])
-        .arg(&export)
-        .arg("--device-key")
-        .arg(b.state.join("identity/audit.pub"))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "the export verifies:\n{}", String::from_utf8_lossy(&o.stdout));
 }
 
 /// A change whose audit entry cannot be written is refused and changes nothing.

@@ -103,26 +103,6 @@ fn run_raw(b: &TestBox, args: &[&str]) -> std::process::Output {
     Command::new(bin("govbox")).arg("--state").arg(&b.state).args(args).output().unwrap()
 }
 
-fn audit_entries(b: &TestBox, name: &str) -> Vec<serde_json::Value> {
-    let file = b.dir.join(name);
-    govbox(&b.state, &["audit", "export", "-o", file.to_str().unwrap()]);
-    let o = Command::new(bin("govbox"))
-        .args(["audit", "verify"])
-        .arg(&file)
-        .arg("--device-key")
-        .arg(b.state.join("identity/audit.pub"))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "audit verify failed:\n{}", String::from_utf8_lossy(&o.stdout));
-    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
-    doc["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| serde_json::from_str(e["entry"].as_str().unwrap()).unwrap())
-        .collect()
-}
-
 fn stop(d: &mut govbox_e2e::Daemon) {
     let pid = d.child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
@@ -186,7 +166,7 @@ fn renewal_swaps_the_certificate_for_new_connections_with_no_restart() {
     assert!(row.contains(&format!("(serial {new})")) && row.contains("days"), "{row}");
 
     // The swap is in the audit log, which verifies.
-    let entries = audit_entries(&b, "online.json");
+    let entries = govbox_e2e::verified_entries(&b.state, &b.dir, "online.json");
     let reload = entries.iter().find(|e| e.to_string().contains("tls_reload")).expect("a tls_reload entry");
     let text = reload.to_string();
     assert!(text.contains(&new) && text.contains(&old), "{text}");
@@ -204,7 +184,7 @@ fn renewal_swaps_the_certificate_for_new_connections_with_no_restart() {
     assert_eq!(presented_serial(&b), offline);
     let human = govbox(&b.state, &["status"]);
     assert!(human.contains("run `govbox tls renew`"), "a 20-day certificate is flagged:\n{human}");
-    let entries = audit_entries(&b, "offline.json");
+    let entries = govbox_e2e::verified_entries(&b.state, &b.dir, "offline.json");
     assert!(entries.iter().any(|e| e.to_string().contains("tls_renew") && e.to_string().contains(&offline)));
 
     // Bad input changes nothing.

@@ -62,6 +62,18 @@ pub fn actor(uid: &str) -> String {
     format!("admin-socket uid {uid}")
 }
 
+/// Records a refused package import (model or policy library) as its own entry, best effort: the
+/// refusal is answered whether or not the entry could be written.
+fn record_refused(state: &AppState, uid: &str, path: &std::path::Path, code: &str, reason: &dyn std::fmt::Display) {
+    let refused = Event::PackageRefused {
+        actor: actor(uid),
+        file: path.display().to_string(),
+        code: code.to_string(),
+        reason: reason.to_string(),
+    };
+    crate::auditing::record_blocking(&state.audit, refused);
+}
+
 /// Runs `run` for `req` with its audit entries (see `govbox_admin::events`), as
 /// [`serve_gated`] does for a command that takes effect as soon as it has run.
 fn serve<C: Call + Audited>(
@@ -179,13 +191,7 @@ pub fn execute(state: &Arc<AppState>, req: AdminRequest, uid: &str) -> Result<Va
             }
             let result = state.packages.import(&path, r.activate, gate);
             if let Err(e) = &result {
-                let refused = Event::PackageRefused {
-                    actor: actor(uid),
-                    file: path.display().to_string(),
-                    code: e.code().to_string(),
-                    reason: e.to_string(),
-                };
-                crate::auditing::record_blocking(&state.audit, refused);
+                record_refused(state, uid, &path, e.code(), e);
             }
             Ok(result?)
         }),
@@ -205,13 +211,7 @@ pub fn execute(state: &Arc<AppState>, req: AdminRequest, uid: &str) -> Result<Va
             let path = std::path::PathBuf::from(&r.path);
             let result = crate::policy::admin::import(&state.policies, &state.state_dir, &path, r.activate, gate);
             if let Err(e) = &result {
-                let refused = Event::PackageRefused {
-                    actor: actor(uid),
-                    file: path.display().to_string(),
-                    code: e.code().to_string(),
-                    reason: e.to_string(),
-                };
-                crate::auditing::record_blocking(&state.audit, refused);
+                record_refused(state, uid, &path, e.code(), e);
             }
             Ok(result?)
         }),
