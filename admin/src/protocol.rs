@@ -8,7 +8,7 @@
 //! one side renames or drops no longer compiles on the other.
 
 use govbox_attestation::{EgressMeasurement, SignedReport};
-use govbox_audit::{Entry, PruneReport, WitnessStatus};
+use govbox_audit::{Entry, Event, PruneReport, WitnessStatus};
 use govbox_images::{ModelRecord, VersionRecord};
 use govbox_provisioning::{ClientRecord, Scope};
 use serde::de::DeserializeOwned;
@@ -303,6 +303,17 @@ impl AuditPrune {
                               REASON (it is recorded in the audit log)"
                 .into()),
         }
+    }
+
+    /// A forced prune's entry, written before anything is removed: who forces it, the cut-off
+    /// and the reason. `None` for a prune by the retention rule; `Err` as [`Self::forced_reason`].
+    pub fn forced_entry(&self, actor: String, cutoff: &str) -> Result<Option<Event>, String> {
+        let entry = |reason| Event::Admin {
+            actor,
+            action: "forced_prune".into(),
+            subject: format!("{cutoff}; reason: {reason}"),
+        };
+        Ok(self.forced_reason()?.map(entry))
     }
 }
 

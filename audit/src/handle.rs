@@ -141,6 +141,14 @@ impl AuditHandle {
         }
     }
 
+    /// See [`AuditLog::prune_forced`]; govbox-auditd refuses it, with nothing appended.
+    pub fn prune_forced(&self, before: OffsetDateTime, intent: Event) -> Result<PruneReport> {
+        match self {
+            Self::InProcess(l) => l.prune_forced(before, intent),
+            Self::Auditd(r) => r.client.prune(before, true),
+        }
+    }
+
     /// Prunes what the retention period allows.
     pub fn prune_expired(&self) -> Result<PruneReport> {
         match self {

@@ -39,9 +39,31 @@ impl AuditLog {
     ///
     /// Without `force`, never an entry younger than the retention period
     /// ([`crate::AuditOptions::retention_days`]) nor one that no export has covered yet (seq at
-    /// or beyond the last export's tree size). With `force`, every entry before `before` goes,
-    /// exported or not, and a `policy` entry records what was removed. Blocking.
+    /// or beyond the last export's tree size). With `force`, as [`AuditLog::prune_forced`] with
+    /// a `policy` entry that says only that a forced prune begins. Blocking.
     pub fn prune(&self, before: OffsetDateTime, force: bool) -> Result<PruneReport> {
+        if force {
+            let detail = format!("forced prune of the entries from before {} begins", format_time(before));
+            self.prune_forced(before, Event::Policy { detail })
+        } else {
+            self.remove_before(before, None)
+        }
+    }
+
+    /// A forced prune, on record before anything is removed: `intent` (who forces it and why) is
+    /// appended first, then every entry before `before` goes, exported or not, except the intent
+    /// itself and whatever follows it (even when `before` lies in the future), and a `policy`
+    /// entry records what was removed. A crash between the two leaves the intent in the log, never
+    /// a prune that no entry names. Blocking.
+    pub fn prune_forced(&self, before: OffsetDateTime, intent: Event) -> Result<PruneReport> {
+        self.shared().refuse_if_held()?;
+        let at = self.append_blocking(intent)?;
+        self.remove_before(before, Some(at))
+    }
+
+    /// The prune itself; `forced_below` is the seq of a forced prune's intent entry.
+    fn remove_before(&self, before: OffsetDateTime, forced_below: Option<u64>) -> Result<PruneReport> {
+        let force = forced_below.is_some();
         let shared = self.shared();
         shared.refuse_if_held()?;
         let _one_at_a_time = shared.export_lock.lock().unwrap_or_else(PoisonError::into_inner);
@@ -52,7 +74,10 @@ impl AuditLog {
         let cutoff = if force { before } else { before.min(retention_cutoff) };
         let by_time = first_seq_since(&store, cutoff, pruned, size)?;
         let exported = store.last_export()?.map_or(0, |h| h.tree_size).min(size);
-        let (until, held) = if force { (by_time, false) } else { (by_time.min(exported), by_time > exported) };
+        let (until, held) = match forced_below {
+            Some(intent) => (by_time.min(intent), false),
+            None => (by_time.min(exported), by_time > exported),
+        };
         let mut report =
             PruneReport { removed: 0, pruned_before: pruned, held_by_export: held, forced: force, recorded_at: None };
         if until <= pruned {

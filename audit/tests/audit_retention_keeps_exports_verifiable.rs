@@ -54,16 +54,18 @@ fn prune_respects_retention_and_the_last_export_and_force_is_recorded() {
     let r = log.prune(OffsetDateTime::now_utc(), true).unwrap();
     assert_eq!((r.removed, r.pruned_before, r.forced), (15, 25, true), "forced: the unexported 5 go too");
     let seq = r.recorded_at.unwrap();
-    let tail = log.tail(1).unwrap();
-    assert_eq!(tail[0].seq, seq);
+    let tail = log.tail(2).unwrap();
+    assert_eq!((tail[0].seq, tail[1].seq), (25, seq), "the intent, then the counts");
     let Event::Policy { detail } = &tail[0].event else { panic!("{:?}", tail[0]) };
+    assert!(detail.contains("forced prune of the entries from before") && detail.ends_with("begins"), "{detail}");
+    let Event::Policy { detail } = &tail[1].event else { panic!("{:?}", tail[1]) };
     assert!(detail.contains("forced prune: removed seqs 10..25 (15 entries)"), "{detail}");
     assert!(detail.contains("the last export covered 20 entries"), "{detail}");
 
     let third = log.export(ExportRange::default()).unwrap();
     let r3 = verify_export(&third, Some(&second), None).unwrap();
     assert!(r3.ok, "{r3:#?}");
-    assert_eq!((r3.from, r3.to), (25, 25));
+    assert_eq!((r3.from, r3.to), (25, 26));
     let report = log.verify_store().unwrap();
     assert!(report.ok && report.from == 25, "{report:#?}");
     log.close().unwrap();
@@ -71,6 +73,23 @@ fn prune_respects_retention_and_the_last_export_and_force_is_recorded() {
 
     // Reopening a pruned log recovers and continues.
     let log = fx.open();
-    assert_eq!(log.append_blocking(common::request(0)).unwrap(), 26);
+    assert_eq!(log.append_blocking(common::request(0)).unwrap(), 27);
+    assert!(log.verify_store().unwrap().ok);
+}
+
+#[test]
+fn a_forced_prune_is_on_record_before_it_removes_anything() {
+    let fx = Fixture::new();
+    let log = fx.open();
+    fill(&log, 10);
+    // A cut-off in the future: the intent entry, written first, would fall before it.
+    let intent = Event::Admin { actor: "uid 0".into(), action: "forced_prune".into(), subject: "reason: test".into() };
+    let r = log.prune_forced(OffsetDateTime::now_utc() + time::Duration::days(1), intent).unwrap();
+    assert_eq!((r.removed, r.pruned_before, r.recorded_at), (10, 10, Some(11)), "{r:?}");
+    let left = log.tail(5).unwrap();
+    assert_eq!(left.len(), 2, "{left:?}");
+    let Event::Admin { action, subject, .. } = &left[0].event else { panic!("{:?}", left[0]) };
+    assert_eq!((left[0].seq, action.as_str(), subject.as_str()), (10, "forced_prune", "reason: test"));
+    assert!(matches!(&left[1].event, Event::Policy { detail } if detail.contains("removed seqs 0..10")), "{left:?}");
     assert!(log.verify_store().unwrap().ok);
 }

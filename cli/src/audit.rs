@@ -514,20 +514,15 @@ fn offline(state: &Path, auditd: Option<&Path>, cmd: AuditCommand) -> Result<()>
         }
         AuditCommand::Prune { before, force, confirm } => {
             let req = AuditPrune { before, force, confirm };
-            let reason = req.forced_reason().map_err(|e| anyhow!(e))?;
             let opts = AuditOptions::default();
             let cutoff = prune_cutoff(req.before.as_deref(), opts.retention_days)?;
+            let actor = if req.force { local_actor()? } else { String::new() };
+            let intent = req.forced_entry(actor, &govbox_audit::format_time(cutoff)).map_err(|e| anyhow!(e))?;
             let log = open_log(&paths, auditd, opts)?;
-            let r = log.prune(cutoff, req.force)?;
-            if let Some(reason) = reason {
-                // Who forced it and why, after the log's own policy entry with the counts (an
-                // entry written before could itself fall before the cut-off).
-                log.append_blocking(Event::Admin {
-                    actor: local_actor()?,
-                    action: "forced_prune".into(),
-                    subject: format!("{}; reason: {reason}", govbox_audit::format_time(cutoff)),
-                })?;
-            }
+            let r = match intent {
+                Some(entry) => log.prune_forced(cutoff, entry)?,
+                None => log.prune(cutoff, false)?,
+            };
             log.close()?;
             print_prune(&r);
             Ok(())

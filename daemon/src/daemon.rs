@@ -428,7 +428,7 @@ async fn daemon(
                 log::info!("SIGINT: stopping");
                 break Ok(());
             }
-            _ = hup.recv() => reload(&state, &opts),
+            _ = hup.recv() => reload(&state, opts.verbose).await,
             Some(e) = fatal_rx.recv() => break Err(e),
         }
     };
@@ -570,18 +570,24 @@ async fn retention(state: Arc<AppState>) {
     }
 }
 
-/// SIGHUP: re-read `log_level`, the TLS certificate and the client store.
-fn reload(state: &AppState, opts: &Options) {
+/// SIGHUP: re-read `log_level`, the TLS certificate and the client store, once the reload's entry
+/// is in the audit log: like an admin command, a reload whose entry cannot be written changes
+/// nothing.
+async fn reload(state: &AppState, verbose: u8) {
     log::info!("SIGHUP: reloading");
-    let audit = state.audit.clone();
-    tokio::spawn(async move { auditing::record(&audit, Event::ConfigReload).await });
+    if let Err(e) = state.audit.append(Event::ConfigReload).await {
+        log::error!(
+            "SIGHUP: the audit log does not take the config_reload entry ({e}); keeping the running log level and TLS settings"
+        );
+        return;
+    }
     if let Some(path) = &state.config_path {
         match Config::load(path) {
             Ok((new, warnings)) => {
                 for w in warnings {
                     log::warn!("{w}");
                 }
-                logging::set_level(logging::raise(new.log_level.0, opts.verbose));
+                logging::set_level(logging::raise(new.log_level.0, verbose));
                 log::info!("log level is now {}", new.log_level);
                 let mut rest = new.clone();
                 rest.log_level = state.config.log_level;
@@ -647,5 +653,25 @@ mod tests {
         let path = std::path::PathBuf::from("/run/govbox-audit/audit.sock");
         let text = DaemonError::AuditSocket { path, source }.to_string();
         assert!(text.contains("remove `socket` from `[audit]`") && text.contains("outside systemd"), "{text}");
+    }
+
+    /// SIGHUP is fail-closed like an admin command: with the audit log closed, a renewed
+    /// certificate is not taken up; with it open, it is, after a `config_reload` entry.
+    #[test]
+    fn a_reload_whose_entry_cannot_be_written_changes_nothing() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| panic!("{e}"));
+        let (_tmp, state) = crate::state::test_state();
+        let before = state.server_cert.served();
+        govbox_provisioning::renew_server_cert(&state.state_dir, 30).unwrap_or_else(|e| panic!("{e}"));
+        state.audit.close().unwrap_or_else(|e| panic!("{e}"));
+        rt.block_on(super::reload(&state, 0));
+        assert_eq!(state.server_cert.served(), before, "the renewed certificate must not be served");
+
+        let (_tmp, state) = crate::state::test_state();
+        let renewed = govbox_provisioning::renew_server_cert(&state.state_dir, 30).unwrap_or_else(|e| panic!("{e}"));
+        rt.block_on(super::reload(&state, 0));
+        assert_eq!(state.server_cert.served().serial, renewed.new.serial);
+        let last = state.audit.tail(1).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(last[0].event, govbox_audit::Event::ConfigReload), "{last:?}");
     }
 }

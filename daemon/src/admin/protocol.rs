@@ -249,18 +249,11 @@ pub fn execute(state: &Arc<AppState>, req: AdminRequest, uid: &str) -> Result<Va
                 None => time::OffsetDateTime::now_utc() - time::Duration::days(days),
                 Some(s) => time_arg("before", s)?,
             };
-            let reason = r.forced_reason().map_err(invalid)?;
-            let report = state.audit.prune(cutoff, r.force)?;
-            if let Some(reason) = reason {
-                // Who forced it and why, after the log's own policy entry with the counts (an
-                // entry written before could itself fall before the cut-off).
-                state.audit.append_blocking(Event::Admin {
-                    actor: actor(uid),
-                    action: "forced_prune".into(),
-                    subject: format!("{}; reason: {reason}", govbox_audit::format_time(cutoff)),
-                })?;
-            }
-            Ok(report)
+            let intent = r.forced_entry(actor(uid), &govbox_audit::format_time(cutoff)).map_err(invalid)?;
+            Ok(match intent {
+                Some(entry) => state.audit.prune_forced(cutoff, entry)?,
+                None => state.audit.prune(cutoff, false)?,
+            })
         }),
         AdminRequest::AuditHmac(r) => serve(st, uid, r, |r| {
             // An oracle for the box's audit key: rate-limited per caller, and every answer is in
