@@ -2,7 +2,7 @@
 # One command that benchmarks govbox against llama.cpp side by side on this machine and writes
 # bench/RESULTS.md (absolute figures, ratios against the targets, each marked met or missed).
 #
-#   bench/run.sh [--quick] [--threads N] [--no-build] [--nice N] [--out FILE]
+#   bench/run.sh [--quick] [--large [--ctx N,N]] [--threads N] [--no-build] [--nice N] [--out FILE]
 #
 # Both sides run with the same thread count (2 unless --threads) on the same GGUF files:
 #   models   bench/make-models.sh: random weights of Qwen2.5-0.5B's shapes as F16, Q8_0 and
@@ -19,6 +19,12 @@
 #   roofline Q8_0 decode tokens/s as a share of (triad bandwidth / weight bytes read per token).
 # The servers run one after the other, never together, and are stopped on any exit.
 # --quick: one repetition, Q8_0 and SmolLM2 only for speed, 64-token streams, fewer triad passes.
+# --large: also the Qwen2.5-1.5B-shaped Q8_0 and Q4_K_M files (bench/make-models.sh --large) in the
+#          speed rows, and long contexts on the 1.5B Q8_0 file: for each prompt length of --ctx
+#          (default 8192,32768) and each KV type (f16, q8_0 on both sides, llama.cpp with -fa on),
+#          prefill of that many tokens, decode of 32 tokens at that depth, and each process's peak
+#          RSS (/usr/bin/time). At 32k on 2 cores this part alone takes hours: --ctx 8192 to leave
+#          32k out.
 # Everything is built and kept under bench/work (git-ignored); this run's raw JSON is in
 # bench/work/run/. Measured on the 2-core dev machine at a load average of 5-9 (other builds):
 # full 37 min, --quick 6-10 min, both without the cargo build; an idle machine should need well
@@ -37,18 +43,23 @@ quick=0
 build=1
 out=$here/RESULTS.md
 nice_n=0
+large=0
+ctx_list=8192,32768
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) quick=1; shift ;;
+    --large) large=1; shift ;;
+    --ctx) ctx_list=${2:?--ctx needs a list of prompt lengths}; shift 2 ;;
     --threads) threads=${2:?--threads needs a number}; shift 2 ;;
     --no-build) build=0; shift ;;
     --out) out=${2:?--out needs a file}; shift 2 ;;
     --nice) nice_n=${2:?--nice needs a number}; shift 2 ;;
-    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 case $threads in ''|*[!0-9]*|0) echo "run.sh: --threads must be a positive whole number, not '$threads'" >&2; exit 2 ;; esac
+case ,$ctx_list, in *,,*|*[!0-9,]*) echo "run.sh: --ctx must be prompt lengths separated by commas, not '$ctx_list'" >&2; exit 2 ;; esac
 case $nice_n in ''|*[!0-9-]*|?*-*) echo "run.sh: --nice must be a whole number (-20 to 19), not '$nice_n'" >&2; exit 2 ;; esac
 nice_cmd=()
 if [ "$nice_n" != 0 ]; then
@@ -63,6 +74,7 @@ else
   reps=3; stream_tokens=128; triad_passes=20
 fi
 kv_tokens=4096      # govboxd's [serving] kv_tokens and llama-server's -c (unified KV): the same budget
+kv_dtype=f16        # govboxd's [serving] kv_dtype: llama-server's default cache type
 prefix_tokens=1000
 
 log() { echo "== [$(date -u +%H:%M:%S)] $*" >&2; }
@@ -91,9 +103,12 @@ py=$work/llama/venv/bin/python
 gguf_py=$work/llama/llama.cpp/gguf-py
 
 log "models (bench/make-models.sh)"
-mapfile -t models < <("$here/make-models.sh" "$work")
-[ "${#models[@]}" = 4 ] || die "bench/make-models.sh gave ${#models[@]} paths, expected 4"
+large_args=()
+[ "$large" = 1 ] && large_args=(--large)
+mapfile -t models < <("$here/make-models.sh" "$work" "${large_args[@]}")
+[ "${#models[@]}" = $((4 + 3 * large)) ] || die "bench/make-models.sh gave ${#models[@]} paths, expected $((4 + 3 * large))"
 f16=${models[0]}; q8=${models[1]}; q4km=${models[2]}; smol=${models[3]}
+if [ "$large" = 1 ]; then q8_large=${models[5]}; q4km_large=${models[6]}; fi
 
 t_build=$(date +%s)
 if [ "$build" = 1 ]; then
@@ -127,7 +142,8 @@ log "machine facts"
   echo "\"llama_cpp\": $("$bin/llama-server" --version 2>&1 | grep -m1 -i version | "$py" -c 'import json,sys; print(json.dumps(sys.stdin.read().strip()))'),"
   echo "\"nice\": $nice_n, \"build_s\": $(( $(date +%s) - t_build )),"
   echo "\"threads\": $threads, \"quick\": $([ "$quick" = 1 ] && echo true || echo false), \"reps\": $reps,"
-  echo "\"stream_tokens\": $stream_tokens, \"kv_tokens\": $kv_tokens, \"prefix_tokens\": $prefix_tokens,"
+  echo "\"large\": $([ "$large" = 1 ] && echo true || echo false), \"ctx\": [$ctx_list],"
+  echo "\"stream_tokens\": $stream_tokens, \"kv_tokens\": $kv_tokens, \"kv_dtype\": \"$kv_dtype\", \"prefix_tokens\": $prefix_tokens,"
   echo "\"load_start\": \"$load_start\""
   echo "}"
 } > "$run/machine.json"
@@ -148,6 +164,7 @@ log "GGUF facts (tensor types, bytes read per token)"
 PYTHONPATH=$gguf_py "$py" "$here/gguf_facts.py" "${models[@]}" > "$run/gguf.jsonl" || die "bench/gguf_facts.py failed"
 
 if [ "$quick" = 1 ]; then speed_models=("$q8" "$smol"); else speed_models=("$q8" "$q4km" "$f16" "$smol"); fi
+[ "$large" = 1 ] && speed_models+=("$q8_large" "$q4km_large")
 : > "$run/speed.jsonl"
 for m in "${speed_models[@]}"; do
   name=$(basename "$m" .gguf)
@@ -191,6 +208,52 @@ PY
 print("   tg128 llama %.1f govbox %.1f   pp512 llama %.1f govbox %.1f tokens/s" % (r["llama_tg"]["avg_ts"],
       g["tg"]["mean_tps"], r["llama_pp"]["avg_ts"], g["pp"]["mean_tps"]))' >&2
 done
+
+# peak_kb FILE CMD...: runs CMD (at --nice) and writes its peak RSS in KiB to FILE.
+peak_kb() {
+  local rss=$1; shift
+  /usr/bin/time -f '%M' -o "$rss" "${nice_cmd[@]}" "$@"
+}
+
+if [ "$large" = 1 ]; then
+  [ -x /usr/bin/time ] || die "/usr/bin/time is needed for --large (apt-get install -y time)"
+  : > "$run/longctx.jsonl"
+  lname=$(basename "$q8_large" .gguf)
+  for ctx in ${ctx_list//,/ }; do
+    for kv in f16 q8_0; do
+      tag=$lname-$ctx-$kv
+      log "$lname: $ctx-token prompt and 32 tokens at that depth, KV $kv: llama-bench -fa on, then govbox model bench"
+      peak_kb "$run/llama-pp-$tag.rss" "$bin/llama-bench" -m "$q8_large" -t "$threads" -fa on -ctk "$kv" -ctv "$kv" \
+          -p "$ctx" -n 0 -r 1 -o json > "$run/llama-pp-$tag.json" 2>> "$run/llama-long.log" ||
+        die "llama-bench failed; see $run/llama-long.log"
+      peak_kb "$run/llama-tg-$tag.rss" "$bin/llama-bench" -m "$q8_large" -t "$threads" -fa on -ctk "$kv" -ctv "$kv" \
+          -p 0 -n 32 -d "$ctx" -r 1 -o json > "$run/llama-tg-$tag.json" 2>> "$run/llama-long.log" ||
+        die "llama-bench failed; see $run/llama-long.log"
+      peak_kb "$run/govbox-pp-$tag.rss" "$govbox" model bench --model "$q8_large" --device cpu --threads "$threads" \
+          -p "$ctx" -n 0 -r 1 --kv-tokens $((ctx + 64)) --kv-dtype "$kv" > "$run/govbox-pp-$tag.json" 2>> "$run/govbox-long.log" ||
+        die "govbox model bench failed; see $run/govbox-long.log"
+      peak_kb "$run/govbox-tg-$tag.rss" "$govbox" model bench --model "$q8_large" --device cpu --threads "$threads" \
+          -p 0 -n 32 -d "$ctx" -r 1 --kv-tokens $((ctx + 64)) --kv-dtype "$kv" > "$run/govbox-tg-$tag.json" 2>> "$run/govbox-long.log" ||
+        die "govbox model bench failed; see $run/govbox-long.log"
+      "$py" - "$run" "$tag" "$ctx" "$kv" >> "$run/longctx.jsonl" <<'PY'
+import json, sys
+run, tag, ctx, kv = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+def rss(name):
+    return int(open(f"{run}/{name}-{tag}.rss").read().split()[-1])
+lpp = json.loads(open(f"{run}/llama-pp-{tag}.json").read())[0]
+ltg = json.loads(open(f"{run}/llama-tg-{tag}.json").read())[0]
+gpp = json.loads(open(f"{run}/govbox-pp-{tag}.json").read())
+gtg = json.loads(open(f"{run}/govbox-tg-{tag}.json").read())
+print(json.dumps({"ctx": ctx, "kv": kv,
+                  "llama_pp": lpp["avg_ts"], "llama_tg": ltg["avg_ts"], "govbox_pp": gpp["pp"]["mean_tps"],
+                  "govbox_tg": gtg["tg"]["mean_tps"],
+                  "llama_rss_kb": max(rss("llama-pp"), rss("llama-tg")),
+                  "govbox_rss_kb": max(rss("govbox-pp"), rss("govbox-tg"))}))
+PY
+      tail -1 "$run/longctx.jsonl" >&2
+    done
+  done
+fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 client=("${nice_cmd[@]}" "$py" "$here/serve_client.py")
@@ -263,9 +326,10 @@ log_level = "warn"
 max_concurrent = 8
 queue_depth = 64
 kv_tokens = $kv_tokens
+kv_dtype = "$kv_dtype"
 request_deadline_secs = 900
 TOML
-log "govboxd (threads $threads, max_concurrent 8, kv_tokens $kv_tokens) on https://127.0.0.1:$port"
+log "govboxd (threads $threads, max_concurrent 8, kv_tokens $kv_tokens, kv_dtype $kv_dtype) on https://127.0.0.1:$port"
 # MALLOC_ARENA_MAX=2 as dist/govboxd.service sets it: the bench measures the RSS the appliance runs with.
 MALLOC_ARENA_MAX=2 "${nice_cmd[@]}" "$govboxd" --state "$state" --config "$state/govbox.toml" > "$run/govboxd.log" 2>&1 &
 server_pid=$!

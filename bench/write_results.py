@@ -10,8 +10,10 @@ import json
 import os
 import sys
 
-# govbox's CPU KV cache holds f32 keys and values (drivers/src/cpu/attention.rs, CpuKvCache).
-KV_BYTES_PER_ELEM = 4
+# Bytes per key or value element of govbox's CPU KV cache for each `kv_dtype`
+# (drivers/src/cpu/kv_pool.rs: q8_0 stores 34 bytes per 32 values). Runs from before
+# machine.json recorded the type used f32.
+KV_BYTES_PER_ELEM = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32}
 MEMORY_SLACK_MB = 150
 
 
@@ -54,6 +56,10 @@ def main():
     hwm = load(run, "govboxd-hwm.json", required=False) or {}
 
     q8, q4, f16 = "qwen2.5-0.5b-q8_0", "qwen2.5-0.5b-q4_k_m", "qwen2.5-0.5b-f16"
+    q8_large, q4_large = "qwen2.5-1.5b-q8_0", "qwen2.5-1.5b-q4_k_m"
+    kv_dtype = m.get("kv_dtype", "f32")
+    kv_elem = KV_BYTES_PER_ELEM[kv_dtype]
+    longctx = load(run, "longctx.jsonl", required=False) or []
     smol = next((k for k in gguf if k.lower().startswith("smollm2")), None)
     quick = m["quick"]
     L = []
@@ -137,17 +143,34 @@ def main():
           f"| {g['pp']['mean_tps']:.1f} (best {g['pp']['best_tps']:.1f}) | {pp:.2f} |")
     w("")
     # roofline
-    roof = None
-    if q8 in speed and q8 in gguf:
-        bpt = gguf[q8]["bytes_per_token"]
+    roofs = {}
+    for name in (q8, q8_large):
+        if name not in speed or name not in gguf:
+            continue
+        bpt = gguf[name]["bytes_per_token"]
         ceiling = triad["best_gbs"] * 1e9 / bpt
-        roof = speed[q8]["govbox"]["tg"]["mean_tps"] / ceiling
-        llama_roof = speed[q8]["llama_tg"]["avg_ts"] / ceiling
-        w("## Roofline (Q8_0 decode)")
+        tps, llama_tps = speed[name]["govbox"]["tg"]["mean_tps"], speed[name]["llama_tg"]["avg_ts"]
+        roofs[name] = tps / ceiling
+        w(f"## Roofline ({name} decode)")
         w("")
         w(f"Ceiling = triad bandwidth / weight bytes read per token = {triad['best_gbs']:.2f} GB/s / "
-          f"{bpt / 1e6:.1f} MB = **{ceiling:.1f} tokens/s**. govbox decodes at {speed[q8]['govbox']['tg']['mean_tps']:.1f} "
-          f"tokens/s = **{roof:.0%}** of it; llama.cpp at {speed[q8]['llama_tg']['avg_ts']:.1f} = {llama_roof:.0%}.")
+          f"{bpt / 1e6:.1f} MB = **{ceiling:.1f} tokens/s**. govbox decodes at {tps:.1f} "
+          f"tokens/s = **{roofs[name]:.0%}** of it; llama.cpp at {llama_tps:.1f} = {llama_tps / ceiling:.0%}.")
+        w("")
+    roof = roofs.get(q8)
+    if longctx:
+        w(f"## Long contexts ({q8_large}; llama-bench with -fa on and -ctk/-ctv as the KV type)")
+        w("")
+        w("Prefill of the whole prompt in one process, then decode of 32 tokens at that depth in another; "
+          "peak RSS is the larger of the two processes' (/usr/bin/time), the weights' mapped pages included.")
+        w("")
+        w("| prompt tokens | KV | prefill llama.cpp | prefill govbox | ratio | decode at depth llama.cpp | "
+          "decode govbox | ratio | peak RSS llama.cpp (MB) | peak RSS govbox (MB) |")
+        w("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for r in longctx:
+            w(f"| {r['ctx']} | {r['kv']} | {r['llama_pp']:.1f} | {r['govbox_pp']:.1f} | {r['govbox_pp'] / r['llama_pp']:.2f} "
+              f"| {r['llama_tg']:.2f} | {r['govbox_tg']:.2f} | {r['govbox_tg'] / r['llama_tg']:.2f} "
+              f"| {r['llama_rss_kb'] * 1024 / 1e6:.0f} | {r['govbox_rss_kb'] * 1024 / 1e6:.0f} |")
         w("")
     # serving
     w(f"## Serving (Q8_0, loopback, streams of {m['stream_tokens']} tokens)")
@@ -184,7 +207,7 @@ def main():
     peak_kb = max((p for p in peaks if p), default=None)
     bound = None
     if g8 and g8.get("kv_elems_per_token"):
-        kv_bytes = m["kv_tokens"] * g8["kv_elems_per_token"] * KV_BYTES_PER_ELEM
+        kv_bytes = m["kv_tokens"] * g8["kv_elems_per_token"] * kv_elem
         bound = g8["file_bytes"] + kv_bytes + MEMORY_SLACK_MB * 1e6
         w("## govboxd memory while serving Q8_0")
         w("")
@@ -193,7 +216,7 @@ def main():
           f"{fmt(idle.get('idle_rss_kb') and idle['idle_rss_kb'] * 1024 / 1e6, '.0f')} MB; VmHWM over the "
           f"process's life {fmt(hwm.get('hwm_kb') and hwm['hwm_kb'] * 1024 / 1e6, '.0f')} MB). Bound = file "
           f"{g8['file_bytes'] / 1e6:.0f} MB + KV cache {kv_bytes / 1e6:.0f} MB ({m['kv_tokens']} tokens x "
-          f"{g8['kv_elems_per_token']} values x {KV_BYTES_PER_ELEM} bytes) + {MEMORY_SLACK_MB} MB = "
+          f"{g8['kv_elems_per_token']} values x {kv_elem:g} bytes, {kv_dtype}) + {MEMORY_SLACK_MB} MB = "
           f"**{bound / 1e6:.0f} MB**.")
         w("")
 
@@ -216,6 +239,20 @@ def main():
         v = ratios.get(name, (None, None))[1]
         target(f"prefill pp512 govbox / llama.cpp, {label}", v, lambda x: x >= 1.0, ">= 1.0")
     target("roofline: Q8_0 decode / bandwidth ceiling", roof, lambda x: x >= 0.70, ">= 70 %", ".0%")
+    if m.get("large"):
+        for name, label in ((q8_large, "1.5B Q8_0"), (q4_large, "1.5B Q4_K_M")):
+            tg, pp = ratios.get(name, (None, None))
+            target(f"decode tg128 govbox / llama.cpp, {label}", tg, lambda x: x >= 1.0, ">= 1.0")
+            target(f"prefill pp512 govbox / llama.cpp, {label}", pp, lambda x: x >= 1.0, ">= 1.0")
+        target("roofline: 1.5B Q8_0 decode / bandwidth ceiling", roofs.get(q8_large), lambda x: x >= 0.85, ">= 85 %",
+               ".0%")
+        for r in longctx:
+            at = f"{r['ctx']} tokens, KV {r['kv']}"
+            target(f"prefill govbox / llama.cpp, {at}", r["govbox_pp"] / r["llama_pp"], lambda x: x >= 1.0, ">= 1.0")
+            target(f"decode at depth govbox / llama.cpp, {at}", r["govbox_tg"] / r["llama_tg"], lambda x: x >= 1.0,
+                   ">= 1.0")
+            target(f"peak RSS govbox / llama.cpp, {at}", r["govbox_rss_kb"] / r["llama_rss_kb"], lambda x: x <= 1.0,
+                   "<= 1.0")
     gd, ls = srv["govboxd"], srv["llama-server"]
     target("govboxd 8 streams / 1 stream (aggregate tokens/s)", gd["8"]["aggregate_tps"] / gd["1"]["aggregate_tps"],
            lambda x: x >= 3.0, ">= 3.0")
