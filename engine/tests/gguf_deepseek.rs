@@ -253,23 +253,62 @@ fn deepseek_v3_gguf_tokenizer_matches_hf() {
     assert!(checked >= 5, "only {checked} cases have a prompt");
 }
 
-/// A file with neither the split nor the whole `kv_b` names the tensor it needs.
-#[test]
-fn deepseek_v3_gguf_without_kv_b_is_refused_by_name() {
+/// The error loading the converter's F32 file with its metadata `edit`ed (`None`: key left out),
+/// the keys of `add` set, and only the tensors `keep` accepts.
+fn load_error_of_edited(
+    edit: impl Fn(&str, &GgufValue) -> Option<GgufValue>,
+    add: &[(&str, GgufValue)],
+    keep: impl Fn(&str) -> bool,
+) -> String {
     let bytes = std::fs::read(f32_file()).unwrap();
     let g = parse_gguf(&bytes).unwrap();
     let mut w = GgufWriter::new();
-    for (k, v) in g.metadata.iter().filter(|(k, _)| k != "general.alignment") {
+    // `add` replaces a key the file has.
+    let kept = |k: &str| k != "general.alignment" && !add.iter().any(|(a, _)| *a == k);
+    for (k, v) in g.metadata.iter().filter(|(k, _)| kept(k)) {
+        if let Some(v) = edit(k, v) {
+            w.kv(k, v);
+        }
+    }
+    for (k, v) in add {
         w.kv(k, v.clone());
     }
-    for t in g.tensors.iter().filter(|t| !t.name.starts_with("blk.1.attn_k_b")) {
+    for t in g.tensors.iter().filter(|t| keep(&t.name)) {
         let off = t.offset as usize;
         w.tensor(&t.name, &t.dims, t.ggml_type, bytes[off..off + t.n_bytes].to_vec());
     }
-    let path = std::env::temp_dir().join(format!("govbox-deepseek-no-kv_b-{}.gguf", std::process::id()));
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("govbox-deepseek-edited-{}-{n}.gguf", std::process::id()));
     std::fs::write(&path, w.to_bytes()).unwrap();
     let opts = EngineOptions { kv_dtype: KvDType::F32, ..EngineOptions::default() };
-    let e = Engine::load(&path, backend(), &opts).unwrap_err().to_string();
+    let e = Engine::load(&path, backend(), &opts).map(|_| ()).unwrap_err().to_string();
     let _ = std::fs::remove_file(&path);
+    e
+}
+
+/// A file with neither the split nor the whole `kv_b` names the tensor it needs.
+#[test]
+fn deepseek_v3_gguf_without_kv_b_is_refused_by_name() {
+    let e = load_error_of_edited(|_, v| Some(v.clone()), &[], |t| !t.starts_with("blk.1.attn_k_b"));
     assert!(e.contains("blk.1.attn_k_b.weight (or blk.1.attn_kv_b.weight)"), "{e}");
+}
+
+/// What the loader cannot run is refused naming the key: a missing latent rank, a gating
+/// function other than softmax and sigmoid, RoPE scaling other than YaRN.
+#[test]
+fn deepseek_v3_gguf_refuses_unsupported_metadata_by_key() {
+    let key = "deepseek2.attention.kv_lora_rank";
+    let e = load_error_of_edited(|k, v| (k != key).then(|| v.clone()), &[], |_| true);
+    assert!(e.contains(key), "{e}");
+    // llama.cpp's LLAMA_EXPERT_GATING_FUNC_TYPE_SQRTSOFTPLUS.
+    let gating = [("deepseek2.expert_gating_func", GgufValue::U32(3))];
+    let e = load_error_of_edited(|_, v| Some(v.clone()), &gating, |_| true);
+    assert!(e.contains("deepseek2.expert_gating_func = 3 is not supported"), "{e}");
+    let linear = [
+        ("deepseek2.rope.scaling.type", GgufValue::String("linear".into())),
+        ("deepseek2.rope.scaling.factor", GgufValue::F32(2.0)),
+    ];
+    let e = load_error_of_edited(|_, v| Some(v.clone()), &linear, |_| true);
+    assert!(e.contains("deepseek2.rope.scaling.type 'linear' is not supported"), "{e}");
 }
