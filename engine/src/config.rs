@@ -249,21 +249,29 @@ impl DecoderConfig {
             "qwen2" => DecoderArch::Qwen2,
             "qwen3" => DecoderArch::Qwen3,
             "qwen3moe" => DecoderArch::Qwen3Moe,
+            "deepseek2" => DecoderArch::DeepseekV3,
             other => return Err(EngineError::UnknownArchitecture(other.into())),
         };
         let key = |k: &str| format!("{arch_name}.{k}");
         let int = |k: &str| g.get_usize(&key(k)).ok_or_else(|| err(format!("missing metadata {}", key(k))));
         let hidden_size = int("embedding_length")?;
         let n_heads = int("attention.head_count")?;
-        let n_kv_heads = g.get_usize(&key("attention.head_count_kv")).unwrap_or(n_heads);
+        let (n_kv_heads, head_dim) = if arch == DecoderArch::DeepseekV3 {
+            Self::deepseek_heads_from_gguf(g, arch_name, n_heads, file)?
+        } else {
+            let n_kv_heads = g.get_usize(&key("attention.head_count_kv")).unwrap_or(n_heads);
+            let head_dim = match g.get_usize(&key("attention.key_length")) {
+                Some(h) => h,
+                None if n_heads > 0 && hidden_size % n_heads == 0 => hidden_size / n_heads,
+                None => {
+                    return Err(err(format!("embedding_length {hidden_size} is not a multiple of {n_heads} heads")));
+                }
+            };
+            (n_kv_heads, head_dim)
+        };
         if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
             return Err(err(format!("{n_heads} attention heads cannot share {n_kv_heads} KV heads")));
         }
-        let head_dim = match g.get_usize(&key("attention.key_length")) {
-            Some(h) => h,
-            None if hidden_size % n_heads == 0 => hidden_size / n_heads,
-            None => return Err(err(format!("embedding_length {hidden_size} is not a multiple of {n_heads} heads"))),
-        };
         let embd = g
             .tensor("token_embd.weight")
             .ok_or_else(|| EngineError::MissingTensor { file: file.into(), tensor: "token_embd.weight".into() })?;
@@ -274,7 +282,9 @@ impl DecoderConfig {
             hidden_size,
             intermediate_size: int("feed_forward_length").or_else(|e| {
                 // A MoE file whose every layer is sparse may leave the dense width out.
-                g.get_usize(&key("expert_feed_forward_length")).filter(|_| arch == DecoderArch::Qwen3Moe).ok_or(e)
+                g.get_usize(&key("expert_feed_forward_length"))
+                    .filter(|_| matches!(arch, DecoderArch::Qwen3Moe | DecoderArch::DeepseekV3))
+                    .ok_or(e)
             })?,
             n_layers: int("block_count")?,
             n_heads,
@@ -292,6 +302,18 @@ impl DecoderConfig {
         };
         cfg.validate(file)?;
         Ok(cfg)
+    }
+
+    /// DeepSeek's KV heads and head size as the HF path has them: llama.cpp's converter writes
+    /// its MLA as one KV head of `kv_lora_rank + rope` values, but every attention head has its
+    /// own keys and values, and `head_dim` is the RoPE part (`rope.dimension_count`), as HF's
+    /// config has it. The MLA sizes themselves are in [`FamilyConfig::mla`].
+    fn deepseek_heads_from_gguf(g: &GgufFile, arch_name: &str, n_heads: usize, file: &str) -> Result<(usize, usize)> {
+        let k = format!("{arch_name}.rope.dimension_count");
+        let rope = g
+            .get_usize(&k)
+            .ok_or_else(|| EngineError::Config { file: file.into(), detail: format!("missing metadata {k}") })?;
+        Ok((n_heads, rope))
     }
 
     fn validate(&self, file: &str) -> Result<()> {

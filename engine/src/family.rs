@@ -64,6 +64,18 @@ impl MoeConfig {
     }
 }
 
+impl MoeConfig {
+    /// Grouped routing needs the experts to split evenly into `n_group` groups and at most that
+    /// many groups kept.
+    fn check_groups(&self) -> std::result::Result<(), String> {
+        if self.n_experts.is_multiple_of(self.n_group) && self.topk_group <= self.n_group {
+            Ok(())
+        } else {
+            Err(format!("{} experts in {} groups, {} kept", self.n_experts, self.n_group, self.topk_group))
+        }
+    }
+}
+
 /// Family-specific parts of a decoder's configuration. The default is the Llama shape.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct FamilyConfig {
@@ -138,6 +150,50 @@ impl Yarn {
             mscale_all_dim,
             truncate: s.get("truncate").and_then(|x| x.as_bool()).unwrap_or(true),
         })
+    }
+
+    /// YaRN from GGUF `{arch}.rope.scaling.*` keys, with llama.cpp's meaning: `None` unless the
+    /// type is `yarn`. The converter writes `yarn_log_multiplier` as `0.1 · mscale_all_dim` (for
+    /// `deepseek2`) and drops `mscale`: llama.cpp takes `mscale` to be `mscale_all_dim`, which
+    /// makes the factor on cos and sin 1 (the published V3/R1 configs have both at 1). The
+    /// ramp bounds are rounded outward, as ggml does.
+    pub fn from_gguf(g: &GgufFile, arch_name: &str, err: &dyn Fn(String) -> EngineError) -> Result<Option<Self>> {
+        let key = |k: &str| format!("{arch_name}.rope.scaling.{k}");
+        match g.get_str(&key("type")) {
+            None | Some("none") => return Ok(None),
+            Some("yarn") => {}
+            Some(other) => return Err(err(format!("{} '{other}' is not supported", key("type")))),
+        }
+        let f = |k: &str| g.get_f32(&key(k));
+        let factor =
+            f("factor").map(f64::from).ok_or_else(|| err(format!("YaRN scaling without {}", key("factor"))))?;
+        let original_max = g
+            .get_usize(&key("original_context_length"))
+            .ok_or_else(|| err(format!("YaRN scaling without {}", key("original_context_length"))))?
+            as f64;
+        if !(factor.is_finite() && factor > 0.0 && original_max >= 1.0) {
+            return Err(err(format!("YaRN factor {factor}, original context {original_max}")));
+        }
+        if let Some(ext) = f("yarn_ext_factor").filter(|&e| e != 1.0) {
+            return Err(err(format!("{} = {ext} is not supported (only 1)", key("yarn_ext_factor"))));
+        }
+        // Divided in f32 as llama.cpp does, so that 0.1f / 0.1f is exactly 1.
+        let mscale_all_dim = f("yarn_log_multiplier").map_or(0.0, |m| f64::from(m / 0.1));
+        let attention_factor = match f("yarn_attn_factor") {
+            // Only written when HF's config had `attention_factor`, which HF then uses as is.
+            Some(a) => f64::from(a),
+            None if mscale_all_dim != 0.0 => 1.0,
+            None => yarn_mscale(factor, 1.0),
+        } * f64::from(f("attn_factor").unwrap_or(1.0));
+        Ok(Some(Self {
+            factor,
+            original_max,
+            beta_fast: f("yarn_beta_fast").map(f64::from).filter(|&b| b != 0.0).unwrap_or(32.0),
+            beta_slow: f("yarn_beta_slow").map(f64::from).filter(|&b| b != 0.0).unwrap_or(1.0),
+            attention_factor,
+            mscale_all_dim,
+            truncate: true,
+        }))
     }
 
     /// Inverse frequencies over `dim` rotary values with base `theta`: interpolated (divided by
@@ -255,12 +311,7 @@ impl FamilyConfig {
                 };
                 moe.n_group = int("n_group").unwrap_or(1).max(1);
                 moe.topk_group = int("topk_group").unwrap_or(1).max(1);
-                if moe.n_experts % moe.n_group != 0 || moe.topk_group > moe.n_group {
-                    return Err(err(format!(
-                        "{} experts in {} groups, {} kept",
-                        moe.n_experts, moe.n_group, moe.topk_group
-                    )));
-                }
+                moe.check_groups().map_err(err)?;
                 moe.score_bias = moe.scoring == MoeScoring::Sigmoid;
                 moe.routed_scaling = f32_of(v.get("routed_scaling_factor")).unwrap_or(1.0);
                 moe.shared_ff = int("n_shared_experts").unwrap_or(0) * moe.expert_ff;
@@ -366,8 +417,82 @@ impl FamilyConfig {
                 let norm = g.get_bool(&key("expert_weights_norm")).unwrap_or(true);
                 f.moe = Some(MoeConfig::softmax(n_experts, top_k, expert_ff, norm, sparse.collect()));
             }
+            DecoderArch::DeepseekV3 => return Self::deepseek_from_gguf(g, arch_name, n_layers, file),
             _ => {}
         }
+        Ok(f)
+    }
+
+    /// DeepSeek-V2/V3 (`deepseek2`) as llama.cpp's converter writes it. Its MLA is described as
+    /// MQA over the latent (`attention.key_length` = `kv_lora_rank + rope`), so the per-head
+    /// sizes come from the `_mla` keys (older files without them give them in `key_length` /
+    /// `value_length`); `rope.dimension_count` is the RoPE part. llama.cpp rotates adjacent pairs
+    /// (its `NORM` RoPE) on unpermuted rows for this architecture, which is HF's
+    /// `rope_interleave`. Routing follows llama.cpp's defaults for keys the converter leaves out:
+    /// softmax scores without `expert_gating_func`, no renormalisation without
+    /// `expert_weights_norm`, no scaling without `expert_weights_scale`, one group without
+    /// `expert_group_count`; the score bias is used when the file has `exp_probs_b`.
+    fn deepseek_from_gguf(g: &GgufFile, arch_name: &str, n_layers: usize, file: &str) -> Result<Self> {
+        let err = |detail: String| EngineError::Config { file: file.into(), detail };
+        let key = |k: &str| format!("{arch_name}.{k}");
+        let opt = |k: &str| g.get_usize(&key(k));
+        let need = |k: &str| {
+            opt(k).filter(|&x| x > 0 && x <= 1 << 16).ok_or_else(|| err(format!("missing or out-of-range {}", key(k))))
+        };
+        let kv_lora_rank = need("attention.kv_lora_rank")?;
+        let qk_rope = need("rope.dimension_count")?;
+        let (qk, qk_key) = match opt("attention.key_length_mla") {
+            Some(x) => (x, "attention.key_length_mla"),
+            None => (need("attention.key_length")?, "attention.key_length"),
+        };
+        let v_head = opt("attention.value_length_mla").map_or_else(|| need("attention.value_length"), Ok)?;
+        if qk <= qk_rope || !qk_rope.is_multiple_of(2) || v_head == 0 || v_head > 1 << 16 {
+            return Err(err(format!(
+                "{} = {qk} with rope.dimension_count {qk_rope} and value length {v_head}: no room for the \
+                 no-RoPE part, or an odd RoPE part",
+                key(qk_key)
+            )));
+        }
+        let mla = MlaConfig {
+            q_lora_rank: opt("attention.q_lora_rank").filter(|&x| x > 0),
+            kv_lora_rank,
+            qk_nope: qk - qk_rope,
+            qk_rope,
+            v_head,
+            rope_interleave: true,
+        };
+        if opt("nextn_predict_layers").unwrap_or(0) > 0 {
+            log::info!("{file}: the multi-token-prediction layers are not used; decoding is one token at a time");
+        }
+        let mut f = FamilyConfig { rotary_dim: Some(qk_rope), mla: Some(mla), ..FamilyConfig::default() };
+        f.yarn = Yarn::from_gguf(g, arch_name, &err)?;
+        let (n_experts, top_k, expert_ff) =
+            (need("expert_count")?, need("expert_used_count")?, need("expert_feed_forward_length")?);
+        if top_k > n_experts {
+            return Err(err(format!("{top_k} experts per token of {n_experts}")));
+        }
+        let first_dense = opt("leading_dense_block_count").unwrap_or(0);
+        let mut moe = MoeConfig::softmax(
+            n_experts,
+            top_k,
+            expert_ff,
+            g.get_bool(&key("expert_weights_norm")).unwrap_or(false),
+            (0..n_layers).map(|i| i >= first_dense).collect(),
+        );
+        // llama.cpp's `llama_expert_gating_func_type`.
+        moe.scoring = match opt("expert_gating_func") {
+            None | Some(1) => MoeScoring::Softmax,
+            Some(2) => MoeScoring::Sigmoid,
+            Some(other) => return Err(err(format!("{} = {other} is not supported", key("expert_gating_func")))),
+        };
+        moe.n_group = opt("expert_group_count").unwrap_or(1).max(1);
+        moe.topk_group = opt("expert_group_used_count").unwrap_or(moe.n_group).max(1);
+        moe.check_groups().map_err(err)?;
+        moe.score_bias =
+            (first_dense..n_layers).next().is_some_and(|i| g.tensor(&format!("blk.{i}.exp_probs_b.bias")).is_some());
+        moe.routed_scaling = g.get_f32(&key("expert_weights_scale")).unwrap_or(1.0);
+        moe.shared_ff = opt("expert_shared_count").unwrap_or(0) * expert_ff;
+        f.moe = Some(moe);
         Ok(f)
     }
 

@@ -11,10 +11,10 @@
 
 use govbox_drivers::{Backend, KvCache, PagedAttn, Rope, RopeStyle, SeqAttn, Tensor};
 
-use super::names::{Names, Part};
-use crate::Result;
+use super::names::{MlaPart, Names, Part};
 use crate::family::MlaConfig;
 use crate::weights::WeightMap;
+use crate::{EngineError, Result};
 
 /// One layer's MLA weights.
 pub(crate) struct Mla {
@@ -53,7 +53,10 @@ impl Mla {
         cfg.qk_rope + cfg.kv_lora_rank
     }
 
-    /// Loads layer `i` (HF naming).
+    /// Loads layer `i` (HF or GGUF naming). GGUF files from llama.cpp's converter carry
+    /// `kv_b_proj` split per head into `attn_k_b` (already `W_UKᵀ`) and `attn_v_b` (`W_UV`),
+    /// which upload as they are; HF folders and older GGUF files have the whole `kv_b_proj`,
+    /// which is split here.
     pub fn load(
         w: &WeightMap,
         b: &dyn Backend,
@@ -63,43 +66,52 @@ impl Mla {
         h: usize,
         nh: usize,
     ) -> Result<Self> {
-        let pre = |p: &str| names.hf_layer(i, &format!("self_attn.{p}"));
+        let n = |p: MlaPart| names.mla(i, p);
         let (rank, nope, rope, vh) = (cfg.kv_lora_rank, cfg.qk_nope, cfg.qk_rope, cfg.v_head);
         let qk = nope + rope;
         let (q_a, q_b) = match cfg.q_lora_rank {
             Some(qr) => (
-                Some((
-                    w.upload(b, &pre("q_a_proj.weight"), &[qr, h])?,
-                    w.upload(b, &pre("q_a_layernorm.weight"), &[qr])?,
-                )),
-                w.upload(b, &pre("q_b_proj.weight"), &[nh * qk, qr])?,
+                Some((w.upload(b, &n(MlaPart::QA), &[qr, h])?, w.upload(b, &n(MlaPart::QANorm), &[qr])?)),
+                w.upload(b, &n(MlaPart::QB), &[nh * qk, qr])?,
             ),
             None => (None, w.upload(b, &format!("{}.weight", names.layer(i, Part::Q)), &[nh * qk, h])?),
         };
-        let kv_a = pre("kv_a_proj_with_mqa.weight");
-        let kv_a_vals = w.read_f32(&kv_a, &[rank + rope, h])?;
-        let kv_a_latent = b.upload_f32(&kv_a_vals[..rank * h], &[rank, h])?;
-        let kv_a_rope = b.upload_f32(&kv_a_vals[rank * h..], &[rope, h])?;
-        let kv_b = w.read_f32(&pre("kv_b_proj.weight"), &[nh * (nope + vh), rank])?;
+        let kv_a = n(MlaPart::KvA);
+        let (kv_a_latent, kv_a_rope) = (
+            upload_rows(w, b, &kv_a, [rank + rope, h], 0, rank)?,
+            upload_rows(w, b, &kv_a, [rank + rope, h], rank, rope)?,
+        );
         let (mut uk, mut uv) = (Vec::with_capacity(nh), Vec::with_capacity(nh));
-        for head in 0..nh {
-            let rows = &kv_b[head * (nope + vh) * rank..(head + 1) * (nope + vh) * rank];
-            // W_UK rows are [nope, rank]; the matmul wants its transpose [rank, nope].
-            let mut t = vec![0f32; rank * nope];
-            for n in 0..nope {
-                for r in 0..rank {
-                    t[r * nope + n] = rows[n * rank + r];
-                }
+        let (k_b, v_b, kv_b) = (n(MlaPart::KB), n(MlaPart::VB), n(MlaPart::KvB));
+        if names.gguf && w.contains(&k_b) {
+            for head in 0..nh {
+                uk.push(w.upload_part(b, &k_b, &[nh, rank, nope], head)?);
+                uv.push(w.upload_part(b, &v_b, &[nh, vh, rank], head)?);
             }
-            uk.push(b.upload_f32(&t, &[rank, nope])?);
-            uv.push(b.upload_f32(&rows[nope * rank..], &[vh, rank])?);
+        } else if w.contains(&kv_b) {
+            let kv_b = w.read_f32(&kv_b, &[nh * (nope + vh), rank])?;
+            for head in 0..nh {
+                let rows = &kv_b[head * (nope + vh) * rank..(head + 1) * (nope + vh) * rank];
+                // W_UK rows are [nope, rank]; the matmul wants its transpose [rank, nope].
+                let mut t = vec![0f32; rank * nope];
+                for n in 0..nope {
+                    for r in 0..rank {
+                        t[r * nope + n] = rows[n * rank + r];
+                    }
+                }
+                uk.push(b.upload_f32(&t, &[rank, nope])?);
+                uv.push(b.upload_f32(&rows[nope * rank..], &[vh, rank])?);
+            }
+        } else {
+            let tensor = if names.gguf { format!("{k_b} (or {kv_b})") } else { kv_b };
+            return Err(EngineError::MissingTensor { file: w.source().into(), tensor });
         }
         Ok(Self {
             q_a,
             q_b,
             kv_a_latent,
             kv_a_rope,
-            kv_a_norm: w.upload(b, &pre("kv_a_layernorm.weight"), &[rank])?,
+            kv_a_norm: w.upload(b, &n(MlaPart::KvANorm), &[rank])?,
             uk,
             uv,
             o: w.upload(b, &format!("{}.weight", names.layer(i, Part::O)), &[h, nh * vh])?,
@@ -154,4 +166,22 @@ impl Mla {
         }
         Ok(b.matmul(&b.concat_cols(&heads.iter().collect::<Vec<_>>())?, &self.o)?)
     }
+}
+
+/// Rows `start..start + n` of the matrix `name` of `shape`, uploaded in its own dtype without
+/// copying on backends that keep host bytes (the latent and RoPE-key parts of `kv_a_proj`).
+fn upload_rows(
+    w: &WeightMap,
+    b: &dyn Backend,
+    name: &str,
+    shape: [usize; 2],
+    start: usize,
+    n: usize,
+) -> Result<Tensor> {
+    let t = w.get_shaped(name, &shape)?;
+    let bad = |detail: String| EngineError::Tensor { file: t.file.clone(), tensor: name.into(), detail };
+    let row = t.dtype.row_bytes(shape[1]).filter(|r| r * shape[0] == t.data.len());
+    let row = row.ok_or_else(|| bad(format!("{} data of {} bytes for {shape:?}", t.dtype.name(), t.data.len())))?;
+    let data = t.data.slice(start * row, n * row).ok_or_else(|| bad(format!("rows {start}..{} outside", start + n)))?;
+    b.upload(data, t.dtype, &[n, shape[1]]).map_err(|e| bad(e.to_string()))
 }

@@ -27,6 +27,25 @@ pub(crate) enum Part {
     Router,
 }
 
+/// The parts of a multi-head latent attention layer (DeepSeek) besides `Q` and `O`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MlaPart {
+    /// Query compression and its norm.
+    QA,
+    QANorm,
+    /// Query expansion from the compressed query.
+    QB,
+    /// The latent and the RoPE key, in one matrix (`kv_a_proj_with_mqa`).
+    KvA,
+    KvANorm,
+    /// Per-head keys and values from the latent, in one matrix (HF, older GGUF files).
+    KvB,
+    /// `KvB`'s key part, per head and transposed (`[heads, rank, nope]`), and its value part
+    /// (`[heads, v_head, rank]`): what llama.cpp's converter writes now.
+    KB,
+    VB,
+}
+
 /// A naming scheme: HF (per family) or GGUF.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Names {
@@ -103,6 +122,21 @@ impl Names {
             Part::Router => "mlp.gate",
         };
         self.hf_layer(i, p)
+    }
+
+    /// Layer `i`'s MLA tensor `part` (`.weight` included). HF has no split `KB`/`VB`.
+    pub fn mla(self, i: usize, part: MlaPart) -> String {
+        let (gguf, hf) = match part {
+            MlaPart::QA => ("attn_q_a", "q_a_proj"),
+            MlaPart::QANorm => ("attn_q_a_norm", "q_a_layernorm"),
+            MlaPart::QB => ("attn_q_b", "q_b_proj"),
+            MlaPart::KvA => ("attn_kv_a_mqa", "kv_a_proj_with_mqa"),
+            MlaPart::KvANorm => ("attn_kv_a_norm", "kv_a_layernorm"),
+            MlaPart::KvB => ("attn_kv_b", "kv_b_proj"),
+            MlaPart::KB => ("attn_k_b", "k_b_proj"),
+            MlaPart::VB => ("attn_v_b", "v_b_proj"),
+        };
+        if self.gguf { format!("blk.{i}.{gguf}.weight") } else { self.hf_layer(i, &format!("self_attn.{hf}.weight")) }
     }
 
     /// Expert `e`'s projection (`Gate`, `Up` or `Down`) of layer `i`, HF naming; GGUF stacks the

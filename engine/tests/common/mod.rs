@@ -108,3 +108,76 @@ pub fn kv_cache_for(
     };
     model.backend().new_kv_cache(spec).unwrap()
 }
+
+/// How [`check_q8_against_llama_cpp`] compares errors with llama.cpp's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Q8Rule {
+    /// Per case: our largest error at most 1.25x llama.cpp's (dense models).
+    PerCase,
+    /// Over all positions of all cases: our mean per-position error and our largest error each at
+    /// most 1.25x llama.cpp's (MoE models, where rounding flips near-tied routing choices at a
+    /// few positions, not the same ones in two implementations).
+    Aggregate,
+}
+
+/// The Q8_0 rule against llama.cpp on the same file: for fixture `name`, our error against HF's
+/// f32 logits is at most 1.25x llama.cpp's (`llama_cpp_logits`, every position) as `rule` says,
+/// and our argmax agreement with HF, summed over the cases, is at least llama.cpp's minus 2 % of
+/// the positions. The KV-cache path must also agree with the batch path.
+pub fn check_q8_against_llama_cpp(engine: &Engine, name: &str, llama_cpp_logits: &str, rule: Q8Rule) {
+    let exp = json(&format!("{name}/expected.json"));
+    let exact = load_tensors(&format!("{name}/expected_logits.safetensors"));
+    let lcpp = load_tensors(llama_cpp_logits);
+    let vocab = engine.decoder_model().unwrap().config().vocab_size;
+    let (mut ours_agree, mut theirs_agree, mut positions) = (0usize, 0usize, 0usize);
+    // Over all positions: the sum and the largest of each position's max abs error.
+    let (mut ours_sum, mut theirs_sum, mut ours_max, mut theirs_max) = (0f64, 0f64, 0f32, 0f32);
+    for (i, case) in exp["cases"].as_array().unwrap().iter().enumerate() {
+        let ids = ids(&case["input_ids"]);
+        let want = &exact[&format!("case{i}.logits")].1;
+        let theirs = &lcpp[&format!("case{i}.logits")].1;
+        let ours = engine.logits(&ids, true).unwrap();
+        let (e_ours, e_theirs) = (max_abs(&ours, want), max_abs(theirs, want));
+        eprintln!("{name} case {i}: q8_0 max abs error ours {e_ours:.5}, llama.cpp {e_theirs:.5}");
+        if rule == Q8Rule::PerCase {
+            assert!(e_ours <= 1.25 * e_theirs, "{name} case {i}: our error {e_ours} > 1.25 x llama.cpp's {e_theirs}");
+        }
+        for ((o, t), w) in ours.chunks_exact(vocab).zip(theirs.chunks_exact(vocab)).zip(want.chunks_exact(vocab)) {
+            let (eo, et) = (max_abs(o, w), max_abs(t, w));
+            (ours_sum, theirs_sum) = (ours_sum + f64::from(eo), theirs_sum + f64::from(et));
+            (ours_max, theirs_max) = (ours_max.max(eo), theirs_max.max(et));
+        }
+        let a_want = argmax_rows(want, vocab);
+        ours_agree += argmax_rows(&ours, vocab).iter().zip(&a_want).filter(|(a, b)| a == b).count();
+        theirs_agree += argmax_rows(theirs, vocab).iter().zip(&a_want).filter(|(a, b)| a == b).count();
+        positions += ids.len();
+        // The KV-cache path agrees with the batch path.
+        let inc = engine.logits(&ids, false).unwrap();
+        // The prefill pass goes through the panel kernel (x86 with AVX-512 VNNI), whose float
+        // sums run in another order than the decode kernel's: a last-bit difference that lands
+        // an activation on the other side of an 8-bit rounding step moves some logits by up to
+        // about 1 % of the largest (0.025 of 3.5 seen). A KV-cache fault moves them far more.
+        let scale = ours.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let d = max_abs(&inc, &ours);
+        assert!(
+            d <= 1e-4f32.max(0.02 * scale),
+            "{name} case {i}: incremental vs prefill differ by {d} (scale {scale})"
+        );
+    }
+    let (ours_mean, theirs_mean) = (ours_sum / positions as f64, theirs_sum / positions as f64);
+    eprintln!("{name}: argmax agreement ours {ours_agree}/{positions}, llama.cpp {theirs_agree}/{positions}");
+    eprintln!(
+        "{name}: mean error ours {ours_mean:.5}, llama.cpp {theirs_mean:.5}; largest {ours_max:.5}, {theirs_max:.5}"
+    );
+    if rule == Q8Rule::Aggregate {
+        assert!(
+            ours_mean <= 1.25 * theirs_mean,
+            "{name}: our mean error {ours_mean} > 1.25 x llama.cpp's {theirs_mean}"
+        );
+        assert!(
+            ours_max <= 1.25 * theirs_max,
+            "{name}: our largest error {ours_max} > 1.25 x llama.cpp's {theirs_max}"
+        );
+    }
+    assert!(ours_agree as f64 >= theirs_agree as f64 - 0.02 * positions as f64);
+}
