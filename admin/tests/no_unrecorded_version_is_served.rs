@@ -10,13 +10,13 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
 use govbox_admin::ops::models::{ModelLoadError, ModelOps, Serving};
+use govbox_admin::ops::policies::{PolicyLoadError, PolicyOps, PolicyServing};
 use govbox_admin::ops::{Gate, Switch};
-use govbox_admin::protocol::{ModelImported, ModelSwitched};
+use govbox_admin::protocol::{ModelImported, ModelSwitched, PolicyImported};
 use govbox_audit::AuditError;
 use govbox_engine::Engine;
-use govbox_images::corpus::CorpusKeys;
-use govbox_images::{ActiveModel, ModelKind, ModelMeta, PackageBuilder};
-use govbox_provisioning::StatePaths;
+use govbox_images::{ActiveModel, ModelKind, ModelMeta, ModelStore, PackageBuilder, PolicyInfo};
+use govbox_provisioning::{Role, SigningKey, StatePaths, TrustRoot};
 
 /// A host that "loads" a version as its name and records what it serves.
 #[derive(Default)]
@@ -54,17 +54,31 @@ impl Serving for Recorder {
     }
 }
 
+/// A host that counts its reloads of the policy store.
+#[derive(Default)]
+struct Reloads(RefCell<usize>);
+
+impl PolicyServing for Reloads {
+    fn reload(&self) -> Result<(), PolicyLoadError> {
+        *self.0.borrow_mut() += 1;
+        Ok(())
+    }
+}
+
 struct Box_ {
     _tmp: tempfile::TempDir,
     state: PathBuf,
     packages: Vec<PathBuf>,
+    policies: Vec<PathBuf>,
 }
 
-/// A state folder with a trust root, and packages `syn` 1.0.0, 1.1.0 and 1.2.0 signed for it.
+/// A state folder with a trust root, packages `syn` 1.0.0, 1.1.0 and 1.2.0 and policy packages
+/// `lib` 1 and 2 signed for it.
 fn setup() -> Box_ {
     let tmp = tempfile::tempdir().unwrap();
-    let keys = CorpusKeys::generate().unwrap();
-    let root = keys.trust_root(time::OffsetDateTime::now_utc() + time::Duration::days(30)).unwrap();
+    let key = SigningKey::generate().unwrap();
+    let expires = time::OffsetDateTime::now_utc() + time::Duration::days(30);
+    let root = TrustRoot::build(&[(Role::ALL.to_vec(), key.public_key())], &[], expires).unwrap();
     let state = tmp.path().join("state");
     let paths = StatePaths::new(&state);
     std::fs::create_dir_all(paths.root_json().parent().unwrap()).unwrap();
@@ -80,11 +94,30 @@ fn setup() -> Box_ {
         .map(|v| {
             let file = tmp.path().join(format!("syn-{v}.gbx"));
             let mut b = PackageBuilder::model("syn", v, &model, meta.clone()).unwrap();
-            b.write(&file, &[&keys.models[0], &keys.models[1]], &mut |_, _| {}).unwrap();
+            b.write(&file, &[&key], &mut |_, _| {}).unwrap();
             file
         })
         .collect();
-    Box_ { _tmp: tmp, state, packages }
+    let lib = tmp.path().join("library");
+    std::fs::create_dir_all(lib.join("lists")).unwrap();
+    std::fs::write(
+        lib.join("policy.toml"),
+        "format = \"govbox-policy/1\"\nname = \"lib\"\nversion = \"1\"\n[[category]]\nid = \"v\"\n\
+         action = \"refuse\"\nrefusal = \"no\"\nkeywords = [\"lists/v.txt\"]\n",
+    )
+    .unwrap();
+    std::fs::write(lib.join("lists/v.txt"), "炸药\n").unwrap();
+    let info = PolicyInfo { format: "govbox-policy/1".into(), categories: vec!["v".into()], keywords: 1 };
+    let policies = ["1.0.0", "2.0.0"]
+        .iter()
+        .map(|v| {
+            let file = tmp.path().join(format!("lib-{v}.gbp"));
+            let mut b = PackageBuilder::policy("lib", v, &lib, info.clone()).unwrap();
+            b.write(&file, &[&key], &mut |_, _| {}).unwrap();
+            file
+        })
+        .collect();
+    Box_ { _tmp: tmp, state, packages, policies }
 }
 
 fn ops(state: &Path) -> ModelOps<Recorder> {
@@ -169,4 +202,47 @@ fn a_change_whose_entry_cannot_be_written_changes_nothing() {
     assert_eq!(*ops.host().served.borrow(), vec!["1.0.0".to_string()]);
     let versions: Vec<String> = ops.store().list().unwrap()[0].versions.iter().map(|v| v.version.clone()).collect();
     assert_eq!(versions, ["1.0.0", "1.1.0"], "the refused import's version must not stay stored");
+}
+
+/// The active policy version in the store's record.
+fn active_policy(state: &Path) -> Option<String> {
+    let store = ModelStore::open_policies(&StatePaths::new(state)).unwrap();
+    store.active_models().unwrap().into_iter().find(|a| a.name == "lib").map(|a| a.version)
+}
+
+#[test]
+fn a_policy_change_is_recorded_before_it_is_made() {
+    let b = setup();
+    let ops = PolicyOps::open(StatePaths::new(&b.state), Reloads::default()).unwrap();
+    let log: RefCell<Vec<String>> = RefCell::default();
+    ops.import(&b.policies[0], false, &|_: &PolicyImported| Ok(())).unwrap();
+    assert_eq!(active_policy(&b.state).as_deref(), Some("1.0.0"));
+    let served = *ops_reloads(&ops);
+
+    let crash = |a: &PolicyImported| -> Result<(), AuditError> {
+        log.borrow_mut().push(format!("imported {} active {}", a.version, a.active));
+        panic!("crash between the entry and the record")
+    };
+    assert!(catch_unwind(AssertUnwindSafe(|| ops.import(&b.policies[1], true, &crash))).is_err());
+    assert_eq!(log.borrow().last().map(String::as_str), Some("imported 2.0.0 active true"));
+    assert_eq!(active_policy(&b.state).as_deref(), Some("1.0.0"), "an unrecorded library was made active");
+
+    let crash = |a: &ModelSwitched| -> Result<(), AuditError> {
+        log.borrow_mut().push(format!("switched to {}", a.version));
+        panic!("crash between the entry and the record")
+    };
+    assert!(catch_unwind(AssertUnwindSafe(|| ops.switch("lib", Switch::Activate(Some("2.0.0")), &crash))).is_err());
+    assert_eq!(log.borrow().last().map(String::as_str), Some("switched to 2.0.0"));
+    assert_eq!(active_policy(&b.state).as_deref(), Some("1.0.0"), "an unrecorded activation was made");
+
+    let e = ops.switch("lib", Switch::Activate(Some("2.0.0")), &unwritable).unwrap_err();
+    assert_eq!(e.code(), "audit_unavailable", "{e}");
+    assert_eq!(active_policy(&b.state).as_deref(), Some("1.0.0"));
+    assert_eq!(*ops_reloads(&ops), served, "nothing new may be served");
+    ops.switch("lib", Switch::Activate(Some("2.0.0")), &|_: &ModelSwitched| Ok(())).unwrap();
+    assert_eq!(active_policy(&b.state).as_deref(), Some("2.0.0"));
+}
+
+fn ops_reloads(ops: &PolicyOps<Reloads>) -> std::cell::Ref<'_, usize> {
+    ops.host().0.borrow()
 }

@@ -235,8 +235,7 @@ impl ModelStore {
         opts: &ImportOptions,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Imported> {
-        let file = File::open(path).map_err(|e| PackageError::io("opening package", path, e))?;
-        self.import(file, &file_label(path), root, opts, progress)
+        self.import_path(path, root, opts, false, progress)
     }
 
     /// [`ModelStore::import_file`] for a caller that records the change before it takes effect
@@ -251,8 +250,28 @@ impl ModelStore {
         opts: &ImportOptions,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Imported> {
+        self.import_path(path, root, opts, true, progress)
+    }
+
+    /// Makes the version that [`ModelStore::import_file_held`] stored active, when it is to be
+    /// ([`Imported::pending_activation`]); otherwise changes nothing.
+    pub fn activate_held(&self, imported: &Imported) -> Result<()> {
+        if imported.pending_activation {
+            self.activate(&imported.name, Some(&imported.version))?;
+        }
+        Ok(())
+    }
+
+    fn import_path(
+        &self,
+        path: &Path,
+        root: &TrustRoot,
+        opts: &ImportOptions,
+        held: bool,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Imported> {
         let file = File::open(path).map_err(|e| PackageError::io("opening package", path, e))?;
-        self.import_as(file, &file_label(path), root, opts, true, progress)
+        self.import_as(file, &file_label(path), root, opts, held, progress)
     }
 
     /// Verifies a package against the store's role of `root` (`models`, or `policy` for the

@@ -266,9 +266,7 @@ impl<S: Serving> ModelOps<S> {
             let what = format!("importing model '{} {}'", imported.name, imported.version);
             return Err(ModelOpsError::Unrecorded { what, source });
         }
-        if imported.pending_activation {
-            self.store.activate(&imported.name, Some(&imported.version))?;
-        }
+        self.store.activate_held(&imported)?;
         if active_now
             && !disabled
             && self.host.serves()

@@ -101,6 +101,11 @@ impl<H: PolicyServing> PolicyOps<H> {
         Ok(PolicyOps { store: ModelStore::open_policies(&paths)?, paths, host })
     }
 
+    /// The host.
+    pub fn host(&self) -> &H {
+        &self.host
+    }
+
     /// `policy_import`: verifies and stores a package (inactive), compiles it, writes its entries
     /// through `gate`, and only then makes it active (when asked, or the first of its name) and
     /// serves it. A version that does not compile is taken out again; so is a new one whose
@@ -138,9 +143,7 @@ impl<H: PolicyServing> PolicyOps<H> {
             let what = format!("importing policy '{} {}'", imported.name, imported.version);
             return Err(PolicyAdminError::Unrecorded { what, source });
         }
-        if imported.pending_activation {
-            self.store.activate(&imported.name, Some(&imported.version))?;
-        }
+        self.store.activate_held(&imported)?;
         self.host.reload()?;
         Ok(answer)
     }
