@@ -38,6 +38,17 @@ pub fn failed(actor: &str, cmd: &str, code: &str, message: &str) -> Event {
     admin(actor, &format!("{cmd}_failed"), format!("{code}: {message}"))
 }
 
+/// The entry of a package import (model or policy library) that was refused, by govboxd or by
+/// `govbox` on a stopped box: `code` is the refusal's stable code.
+pub fn refused(actor: &str, file: &std::path::Path, code: &str, reason: &dyn std::fmt::Display) -> Event {
+    Event::PackageRefused {
+        actor: actor.to_string(),
+        file: file.display().to_string(),
+        code: code.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
 /// The hex of a digest label (`sha256-<hex>`, `sm3-<hex>`): entries name packages by their hex.
 fn bare(digest: &str) -> String {
     govbox_provisioning::HashAlgorithm::strip_label(digest).to_string()

@@ -8,9 +8,13 @@
 //! - [`roles`]: who may send which request (operators, auditors), from the peer's credentials.
 //! - [`events`]: the audit entries a successful admin action makes, so that an action made through
 //!   govboxd and the same action made by `govbox` on a stopped box leave the same entries.
+//! - [`ops`]: the one implementation of each model and policy operation (import with its
+//!   self-test, activation, rollback, removal, disable, list), which govboxd runs with its serving
+//!   swap and `govbox` runs on a stopped box.
 #![forbid(unsafe_code)]
 
 pub mod events;
+pub mod ops;
 pub mod protocol;
 pub mod roles;
 pub mod socket;

@@ -4,12 +4,17 @@
 //! CLI makes the change itself and records the same entries, with `uid N` as the actor, in the
 //! same log: through govbox-auditd's socket when it runs (the packaged layout), else the state
 //! folder's own store. The log is opened before the change, so that a change that could not be
-//! recorded is refused instead of made (fail-closed, like inference).
+//! recorded is refused instead of made (fail-closed, like inference). The model and policy
+//! changes are `govbox_admin::ops`' (govboxd's own), given a gate that writes their entries
+//! before their record changes.
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use std::cell::Cell;
+
 use govbox_admin::events::{Audited, failed};
+use govbox_admin::ops::Gate;
 use govbox_audit::{AuditHandle, AuditOptions, Event};
 use govbox_provisioning::StatePaths;
 
@@ -38,6 +43,17 @@ impl OfflineAudit {
     /// decides first (refusing the action when they cannot be written), those of its outcome
     /// after, and a `…_failed` entry when it fails after a first entry was written.
     pub fn act<C: Audited>(&self, req: &C, action: impl FnOnce() -> Result<C::Answer>) -> Result<C::Answer> {
+        self.act_gated(req, |_| action())
+    }
+
+    /// [`OfflineAudit::act`] for an operation of `govbox_admin::ops`, which writes the entries of
+    /// its outcome through the [`Gate`] it is given, after its checks and before its change: they
+    /// are written after its success only when it did not.
+    pub fn act_gated<C: Audited>(
+        &self,
+        req: &C,
+        action: impl FnOnce(&Gate<'_, C::Answer>) -> Result<C::Answer>,
+    ) -> Result<C::Answer> {
         let before = req.before(&self.actor);
         let wrote = !before.is_empty();
         for ev in before {
@@ -45,15 +61,24 @@ impl OfflineAudit {
                 .append_blocking(ev)
                 .with_context(|| format!("{}: refused, its audit entry cannot be written", C::CMD))?;
         }
-        match action() {
+        let gated = Cell::new(false);
+        let gate = |answer: &C::Answer| {
+            gated.set(true);
+            req.events(&self.actor, answer).into_iter().try_for_each(|ev| self.log.append_blocking(ev).map(drop))
+        };
+        match action(&gate) {
             Ok(a) => {
-                for ev in req.events(&self.actor, &a) {
-                    self.append(ev)?;
+                if !gated.get() {
+                    for ev in req.events(&self.actor, &a) {
+                        self.append(ev)?;
+                    }
                 }
                 Ok(a)
             }
             Err(e) => {
-                if wrote && let Err(w) = self.append(failed(&self.actor, C::CMD, "failed", &format!("{e:#}"))) {
+                if (wrote || gated.get())
+                    && let Err(w) = self.append(failed(&self.actor, C::CMD, "failed", &format!("{e:#}")))
+                {
                     eprintln!("warning: the failure could not be recorded in the audit log: {w:#}");
                 }
                 Err(e)

@@ -2,17 +2,14 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use govbox_drivers::Backend;
-use govbox_drivers::cpu::CpuBackend;
+use govbox_engine::MappedFile;
 use govbox_engine::embed::EmbeddingModel;
 use govbox_engine::gguf::parse_gguf;
 use govbox_engine::rerank::RerankModel;
-use govbox_engine::{Engine, EngineOptions, MappedFile};
 use govbox_images::{ModelKind, ModelMeta, PackageBuilder, Policy, SelfTest, SelfTestOutput, read_head, verify_file};
 use govbox_provisioning::{PublicKey, Role, SigningKey, StatePaths, TrustRoot};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -271,16 +268,9 @@ fn detect(model: &Path) -> Result<ModelMeta> {
     Ok(ModelMeta { kind: ModelKind::Chat, architecture: arch, context_length, dtype })
 }
 
-/// How a model of `kind` is loaded: a `rerank` model may be a causal LM, scored by its yes/no
-/// logits, which only the kind tells from a chat model.
-pub fn load_as(kind: Option<ModelKind>) -> govbox_engine::LoadAs {
-    if kind == Some(ModelKind::Rerank) { govbox_engine::LoadAs::Reranker } else { govbox_engine::LoadAs::Detected }
-}
-
 /// Runs the model on the CPU backend and records its self-test.
 fn record_selftest(model: &Path, kind: ModelKind, threads: usize, tolerance: f32) -> Result<SelfTest> {
-    let backend: Arc<dyn Backend> = Arc::new(CpuBackend::new(threads)?);
-    let engine = Engine::load_as(model, backend, &EngineOptions::self_test(), load_as(Some(kind)))
+    let engine = govbox_admin::ops::models::cpu_engine(model, Some(kind), threads)
         .with_context(|| format!("loading {} for the self-test", model.display()))?;
     match kind {
         ModelKind::Chat => {
@@ -394,8 +384,7 @@ mod tests {
         let SelfTest::Chat(c) = &test else { panic!("{test:?}") };
         assert_eq!((c.token_ids.len(), c.top_k.len()), (SELFTEST_TOKENS, SELFTEST_TOP_K));
         // The box may run the prompt through the KV cache one token at a time; that must pass too.
-        let backend: Arc<dyn Backend> = Arc::new(CpuBackend::new(2).unwrap());
-        let engine = Engine::load(&model, backend, &EngineOptions::self_test()).unwrap();
+        let engine = govbox_admin::ops::models::cpu_engine(&model, Some(ModelKind::Chat), 2).unwrap();
         let all = engine.logits(&c.token_ids, false).unwrap();
         let vocab = all.len() / c.token_ids.len();
         test.compare(&SelfTestOutput::Logits(&all[all.len() - vocab..])).unwrap();

@@ -4,28 +4,32 @@
 //! `build` compiles a library folder (so that a library that does not compile is never signed)
 //! and signs it; `verify` checks a package offline. `import`, `activate`, `rollback` and `list`
 //! go through govboxd's admin socket while it runs, so that the served library changes at once
-//! for new requests; when it does not run they work on `STATE/policies` directly. Every step is
+//! for new requests; when it does not run they work on `STATE/policies` directly, with govboxd's
+//! own operations (`govbox_admin::ops::policies`). Every step is
 //! recorded in the audit log, and so is a refused import. `eval` and `eval-verify` (the test
 //! banks through the API, and their signed reports) live in `policy_eval`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
+use govbox_admin::events::Audited;
+use govbox_admin::ops::models::Offline;
+use govbox_admin::ops::policies::PolicyOps;
+use govbox_admin::ops::{Gate, Switch};
 use govbox_admin::protocol::{
     ModelSwitched, PolicyActivate, PolicyImport, PolicyImported, PolicyList, PolicyListAnswer, PolicyRollback,
 };
-use govbox_audit::Event;
-use govbox_images::{ImportOptions, ModelStore, PackageBuilder, PackageError, PolicyInfo};
+use govbox_images::{PackageBuilder, PolicyInfo};
 use govbox_policy::Policy;
-use govbox_provisioning::{SigningKey, StatePaths, TrustRoot};
+use govbox_provisioning::SigningKey;
 
 use crate::admin::AdminClient;
 use crate::offline::OfflineAudit;
 use crate::package::{RoleArg, VerifyArgs, byte_bar, flat};
 use crate::provision::state_dir;
-use crate::store::split_spec;
+use crate::store::{provisioned, split_spec};
 
 /// `govbox policy build`.
 #[derive(Args, Debug)]
@@ -107,13 +111,22 @@ pub fn run(state: Option<&Path>, socket: &Path, audit_socket: Option<&Path>, cmd
             Err(_) => None,
         },
     };
-    let offline = |req: &dyn Fn(&ModelStore, &StatePaths, &OfflineAudit) -> Result<()>| -> Result<()> {
-        let (paths, store) = open_store(&dir)?;
-        let audit = OfflineAudit::open(&dir, auditd.as_deref())?;
-        let r = req(&store, &paths, &audit);
+    let ops = || -> Result<PolicyOps<Offline>> { Ok(PolicyOps::open(provisioned(&dir)?, Offline)?) };
+    // A change on the state folder with govboxd's operation, recorded as govboxd would: the audit
+    // log is opened first, so that a change that could not be recorded is refused, not made.
+    fn offline<C: Audited>(
+        ops: PolicyOps<Offline>,
+        audit: OfflineAudit,
+        req: &C,
+        change: impl FnOnce(&PolicyOps<Offline>, &OfflineAudit, &Gate<'_, C::Answer>) -> Result<C::Answer>,
+    ) -> Result<C::Answer> {
+        let r = audit.act_gated(req, |gate| change(&ops, &audit, gate));
         let closed = audit.close();
-        r.and(closed)
-    };
+        let a = r?;
+        closed?;
+        Ok(a)
+    }
+    let audit = || OfflineAudit::open(&dir, auditd.as_deref());
     match cmd {
         PolicyCommand::Import { file, activate } => {
             let abs = std::path::absolute(&file).with_context(|| format!("resolving {}", file.display()))?;
@@ -130,30 +143,22 @@ pub fn run(state: Option<&Path>, socket: &Path, audit_socket: Option<&Path>, cmd
             };
             match conn.as_mut() {
                 Some(c) => print(&c.call(req)?),
-                None => offline(&|store, paths, audit| {
-                    let a = import_offline(store, paths, &file, activate);
+                None => print(&offline(ops()?, audit()?, &req, |ops, audit, gate| {
+                    let a = ops.import(&file, activate, gate);
                     if let Err(e) = &a {
-                        let code = e.chain().find_map(|c| c.downcast_ref::<PackageError>().map(PackageError::code));
-                        let refused = Event::PackageRefused {
-                            actor: audit.actor().to_string(),
-                            file: file.display().to_string(),
-                            code: code.unwrap_or("policy_invalid").to_string(),
-                            reason: format!("{e:#}"),
-                        };
+                        let refused = govbox_admin::events::refused(audit.actor(), &file, e.code(), e);
                         if let Err(w) = audit.append(refused) {
                             eprintln!("warning: the refused import could not be recorded in the audit log: {w:#}");
                         }
                     }
-                    let a = audit.act(&req, || a)?;
-                    print(&a);
-                    Ok(())
-                })?,
+                    Ok(a?)
+                })?),
             }
         }
         PolicyCommand::List { json } => {
             let a = match conn.as_mut() {
                 Some(c) => c.call(PolicyList {})?,
-                None => PolicyListAnswer { policies: open_store(&dir)?.1.list_labelled()? },
+                None => ops()?.list()?,
             };
             match json {
                 true => println!("{}", serde_json::to_string_pretty(&a)?),
@@ -165,28 +170,18 @@ pub fn run(state: Option<&Path>, socket: &Path, audit_socket: Option<&Path>, cmd
             let req = PolicyActivate { name: name.to_string(), version: version.map(str::to_string) };
             match conn.as_mut() {
                 Some(c) => print_switched(&c.call(req)?),
-                None => offline(&|store, _, audit| {
-                    let a = audit.act(&req, || {
-                        let v = store.activate(&req.name, req.version.as_deref())?;
-                        switched(store, &req.name, v)
-                    })?;
-                    print_switched(&a);
-                    Ok(())
-                })?,
+                None => print_switched(&offline(ops()?, audit()?, &req, |ops, _, gate| {
+                    Ok(ops.switch(&req.name, Switch::Activate(req.version.as_deref()), gate)?)
+                })?),
             }
         }
         PolicyCommand::Rollback { name } => {
             let req = PolicyRollback { name };
             match conn.as_mut() {
                 Some(c) => print_switched(&c.call(req)?),
-                None => offline(&|store, _, audit| {
-                    let a = audit.act(&req, || {
-                        let v = store.rollback(&req.name)?;
-                        switched(store, &req.name, v)
-                    })?;
-                    print_switched(&a);
-                    Ok(())
-                })?,
+                None => print_switched(&offline(ops()?, audit()?, &req, |ops, _, gate| {
+                    Ok(ops.switch(&req.name, Switch::Rollback, gate)?)
+                })?),
             }
         }
         PolicyCommand::Build(_)
@@ -262,50 +257,6 @@ fn render_list(a: &PolicyListAnswer) -> String {
         }
     }
     out
-}
-
-/// The state folder's policy store (govboxd is stopped).
-fn open_store(state: &Path) -> Result<(StatePaths, ModelStore)> {
-    let paths = StatePaths::new(state);
-    if !paths.root_json().exists() {
-        bail!(
-            "{} is not a provisioned state folder (no trust/root.json); run `govbox provision` first",
-            state.display()
-        );
-    }
-    let store = ModelStore::open_policies(&paths)?;
-    Ok((paths, store))
-}
-
-fn import_offline(store: &ModelStore, paths: &StatePaths, file: &Path, activate: bool) -> Result<PolicyImported> {
-    let root = TrustRoot::load(&paths.root_json())?;
-    let imported = store.import_file(file, &root, &ImportOptions { activate }, &mut |_, _| {})?;
-    // Compiled here as govboxd compiles it, so that a library it could not serve is refused now.
-    let library = match Policy::load_dir(&imported.load_path) {
-        Ok(l) => l,
-        Err(e) => {
-            store.discard(&imported.digest).context("undoing the import of a library that does not compile")?;
-            bail!(
-                "package '{} {}': the library does not compile: {e}; the version was removed",
-                imported.name,
-                imported.version
-            );
-        }
-    };
-    Ok(PolicyImported {
-        digest: imported.digest_label(),
-        name: imported.name,
-        version: imported.version,
-        keywords: library.keyword_count(),
-        active: imported.activated,
-        already_present: imported.already_present,
-    })
-}
-
-fn switched(store: &ModelStore, name: &str, version: String) -> Result<ModelSwitched> {
-    let digest =
-        store.active_models()?.into_iter().find(|a| a.name == name).map(|a| a.digest_label()).unwrap_or_default();
-    Ok(ModelSwitched { name: name.to_string(), version, previous: None, digest })
 }
 
 #[cfg(test)]

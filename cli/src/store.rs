@@ -2,25 +2,23 @@
 //!
 //! While govboxd runs, each command goes through its admin socket, so that activation swaps the
 //! served model at once. When the socket does not answer, the command works on `STATE/models`
-//! directly (the store has its own lock); an offline import runs the package's self-test on the
-//! CPU backend before the version can be served.
+//! directly (the store has its own lock), with govboxd's own operations (`govbox_admin::ops`):
+//! an offline import runs the package's self-test on the CPU backend before the version can be
+//! served.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Subcommand;
 use govbox_admin::events::Audited;
+use govbox_admin::ops::models::{ModelOps, ModelOpsError, Offline};
+use govbox_admin::ops::{Gate, Switch};
 use govbox_admin::protocol::{
     ModelActivate, ModelDisable, ModelEnable, ModelImport, ModelImported, ModelList, ModelListAnswer, ModelRemove,
-    ModelRemoved, ModelRollback, ModelSwitched, ModelToggled, SelfTestPassed, StoredModel,
+    ModelRollback, ModelSwitched,
 };
-use govbox_audit::Event;
-use govbox_drivers::cpu::CpuBackend;
-use govbox_engine::{Engine, EngineOptions};
-use govbox_images::{ImportOptions, ModelRecord, ModelStore, PackageError, SelfTest, SelfTestOutput};
-use govbox_provisioning::{StatePaths, TrustRoot};
+use govbox_provisioning::StatePaths;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::admin::AdminClient;
@@ -121,12 +119,15 @@ impl Box_ {
                         s.finish_and_clear();
                         r?
                     }
-                    None => self.change(&req, |store, paths, audit| {
-                        let r = import_offline(store, paths, &file, activate);
+                    None => self.change(&req, |ops, audit, gate| {
+                        let r = import_offline(ops, &file, activate, gate);
                         if let Err(e) = &r {
-                            record_refusal(audit, &file, e);
+                            let refused = govbox_admin::events::refused(audit.actor(), &file, e.code(), e);
+                            if let Err(w) = audit.append(refused) {
+                                eprintln!("warning: the refused import could not be recorded in the audit log: {w:#}");
+                            }
                         }
-                        r
+                        Ok(r?)
                     })?,
                 };
                 print_imported(&a);
@@ -134,12 +135,7 @@ impl Box_ {
             StoreCommand::List { json } => {
                 let a = match self.conn.as_mut() {
                     Some(conn) => conn.call(ModelList {})?,
-                    None => {
-                        let models = self.store()?.1.list_labelled()?;
-                        ModelListAnswer {
-                            models: models.into_iter().map(|record| StoredModel::new(record, None)).collect(),
-                        }
-                    }
+                    None => self.ops()?.list()?,
                 };
                 match json {
                     true => println!("{}", serde_json::to_string_pretty(&a)?),
@@ -151,10 +147,8 @@ impl Box_ {
                 let req = ModelActivate { name: name.to_string(), version: version.map(str::to_string) };
                 let a = match self.conn.as_mut() {
                     Some(conn) => conn.call(req)?,
-                    None => self.change(&req, |store, _, _| {
-                        let before = active_version(store, &req.name)?;
-                        let v = store.activate(&req.name, req.version.as_deref())?;
-                        activated(store, &req.name, v, before)
+                    None => self.change(&req, |ops, _, gate| {
+                        Ok(ops.switch(&req.name, Switch::Activate(req.version.as_deref()), gate)?)
                     })?,
                 };
                 print_switched(&a);
@@ -163,11 +157,7 @@ impl Box_ {
                 let req = ModelRollback { name };
                 let a = match self.conn.as_mut() {
                     Some(conn) => conn.call(req)?,
-                    None => self.change(&req, |store, _, _| {
-                        let before = active_version(store, &req.name)?;
-                        let v = store.rollback(&req.name)?;
-                        activated(store, &req.name, v, before)
-                    })?,
+                    None => self.change(&req, |ops, _, gate| Ok(ops.switch(&req.name, Switch::Rollback, gate)?))?,
                 };
                 print_switched(&a);
             }
@@ -177,10 +167,7 @@ impl Box_ {
                 let req = ModelRemove { name: name.to_string(), version: version.to_string() };
                 let a = match self.conn.as_mut() {
                     Some(conn) => conn.call(req)?,
-                    None => self.change(&req, |store, _, _| {
-                        let digest = store.remove(&req.name, &req.version)?;
-                        Ok(ModelRemoved { name: req.name.clone(), version: req.version.clone(), digest })
-                    })?,
+                    None => self.change(&req, |ops, _, gate| Ok(ops.remove(&req.name, &req.version, gate)?))?,
                 };
                 println!("removed {}@{}", a.name, a.version);
             }
@@ -188,7 +175,7 @@ impl Box_ {
                 let req = ModelDisable { name };
                 let a = match self.conn.as_mut() {
                     Some(conn) => conn.call(req)?,
-                    None => self.change(&req, |store, _, _| toggled(store.set_disabled(&req.name, true)?))?,
+                    None => self.change(&req, |ops, _, _| Ok(ops.set_disabled(&req.name, true)?))?,
                 };
                 println!(
                     "{}: disabled; requests for it are answered 404 until `govbox model enable {}`",
@@ -199,7 +186,7 @@ impl Box_ {
                 let req = ModelEnable { name };
                 let a = match self.conn.as_mut() {
                     Some(conn) => conn.call(req)?,
-                    None => self.change(&req, |store, _, _| toggled(store.set_disabled(&req.name, false)?))?,
+                    None => self.change(&req, |ops, _, _| Ok(ops.set_disabled(&req.name, false)?))?,
                 };
                 println!("{}: enabled; serving version {}", a.name, a.active.as_deref().unwrap_or("(none active)"));
             }
@@ -207,29 +194,22 @@ impl Box_ {
         Ok(())
     }
 
-    /// The state folder's model store (govboxd is stopped).
-    fn store(&self) -> Result<(StatePaths, ModelStore)> {
-        let paths = StatePaths::new(&self.state);
-        if !paths.root_json().exists() {
-            bail!(
-                "{} is not a provisioned state folder (no trust/root.json); run `govbox provision` first",
-                self.state.display()
-            );
-        }
-        let store = ModelStore::open(&paths)?;
-        Ok((paths, store))
+    /// The state folder's model operations (govboxd is stopped).
+    fn ops(&self) -> Result<ModelOps<Offline>> {
+        Ok(ModelOps::open(provisioned(&self.state)?, Offline)?)
     }
 
-    /// Makes a change on the state folder and records it as govboxd would. The audit log is
-    /// opened first: a change that could not be recorded is refused, not made.
+    /// Makes a change on the state folder with govboxd's operation and records it as govboxd
+    /// would. The audit log is opened first: a change that could not be recorded is refused, not
+    /// made.
     fn change<C: Audited>(
         &self,
         req: &C,
-        change: impl FnOnce(&ModelStore, &StatePaths, &OfflineAudit) -> Result<C::Answer>,
+        change: impl FnOnce(&ModelOps<Offline>, &OfflineAudit, &Gate<'_, C::Answer>) -> Result<C::Answer>,
     ) -> Result<C::Answer> {
-        let (paths, store) = self.store()?;
+        let ops = self.ops()?;
         let audit = OfflineAudit::open(&self.state, self.auditd.as_deref())?;
-        let r = audit.act(req, || change(&store, &paths, &audit));
+        let r = audit.act_gated(req, |gate| change(&ops, &audit, gate));
         let closed = audit.close();
         let a = r?;
         closed?;
@@ -282,118 +262,42 @@ fn render_list(a: &ModelListAnswer) -> String {
     out
 }
 
-/// Records a refused import in the audit log, as govboxd records one refused through its socket.
-/// The import has failed either way: a record that cannot be written is reported beside it.
-fn record_refusal(audit: &OfflineAudit, file: &Path, e: &anyhow::Error) {
-    // The codes govboxd gives the same refusals.
-    let code = e
-        .chain()
-        .find_map(|c| {
-            c.downcast_ref::<PackageError>()
-                .map(PackageError::code)
-                .or_else(|| c.downcast_ref::<govbox_engine::EngineError>().map(|_| "model_load_failed"))
-        })
-        .unwrap_or("refused");
-    let refused = Event::PackageRefused {
-        actor: audit.actor().to_string(),
-        file: file.display().to_string(),
-        code: code.to_string(),
-        reason: format!("{e:#}"),
-    };
-    if let Err(a) = audit.append(refused) {
-        eprintln!("warning: the refused import could not be recorded in the audit log: {a:#}");
+/// The paths of `state`, once it is known to be a provisioned state folder.
+pub(crate) fn provisioned(state: &Path) -> Result<StatePaths> {
+    let paths = StatePaths::new(state);
+    if !paths.root_json().exists() {
+        bail!(
+            "{} is not a provisioned state folder (no trust/root.json); run `govbox provision` first",
+            state.display()
+        );
     }
+    Ok(paths)
 }
 
-fn toggled(r: ModelRecord) -> Result<ModelToggled> {
-    Ok(ModelToggled { name: r.name, disabled: r.disabled, active: r.active })
-}
-
-fn active_version(store: &ModelStore, name: &str) -> Result<Option<String>> {
-    Ok(store.list()?.into_iter().find(|m| m.name == name).and_then(|m| m.active))
-}
-
-fn activated(store: &ModelStore, name: &str, version: String, previous: Option<String>) -> Result<ModelSwitched> {
-    let digest =
-        store.active_models()?.into_iter().find(|a| a.name == name).map(|a| a.digest_label()).unwrap_or_default();
-    Ok(ModelSwitched { name: name.to_string(), version, previous, digest })
-}
-
-fn import_offline(store: &ModelStore, paths: &StatePaths, file: &Path, activate: bool) -> Result<ModelImported> {
-    let root = TrustRoot::load(&paths.root_json())?;
-    let total = std::fs::metadata(file).with_context(|| format!("reading {}", file.display()))?.len();
-    let bar = ProgressBar::new(total);
+/// `model import` on a stopped box, with a progress bar.
+fn import_offline(
+    ops: &ModelOps<Offline>,
+    file: &Path,
+    activate: bool,
+    gate: &Gate<'_, ModelImported>,
+) -> Result<ModelImported, ModelOpsError> {
+    let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_message("verifying and importing");
-    let t = Instant::now();
-    let imported = store.import_file(file, &root, &ImportOptions { activate }, &mut |done, _| bar.set_position(done));
+    let r = ops.import(
+        file,
+        activate,
+        &mut |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        },
+        gate,
+    );
     bar.finish_and_clear();
-    let imported = imported?;
-    let secs = t.elapsed().as_secs_f64();
-    // Loaded here as govboxd loads it, so that a model it could not serve (an architecture it does
-    // not implement, a missing tensor) is refused now rather than at its next start.
-    let kind = imported.manifest.model.as_ref().map(|m| m.kind);
-    let engine = match load_cpu(&imported.load_path, kind) {
-        Ok(e) => e,
-        Err(e) => {
-            store.discard(&imported.digest).context("undoing the import of a model that does not load")?;
-            return Err(e.context(format!(
-                "package '{} {}': the model cannot be loaded; the version was removed from the store",
-                imported.name, imported.version
-            )));
-        }
-    };
-    let mut selftest = None;
-    if let Some(test) = imported.manifest.model.as_ref().and_then(|m| m.selftest.as_ref()) {
-        match check_selftest(&engine, test) {
-            Ok(v) => selftest = Some(v),
-            Err(e) => {
-                store.discard(&imported.digest).context("undoing the import after the failed self-test")?;
-                bail!(
-                    "package '{} {}': self-test failed on the CPU backend: {e:#}; the version was not activated and was removed from the store",
-                    imported.name,
-                    imported.version
-                );
-            }
-        }
-    }
-    let active =
-        store.list()?.iter().any(|m| m.name == imported.name && m.active.as_deref() == Some(&imported.version));
-    Ok(ModelImported {
-        digest: imported.digest_label(),
-        name: imported.name,
-        version: imported.version,
-        size: imported.size,
-        active,
-        secs,
-        mb_per_s: imported.size as f64 / 1e6 / secs.max(1e-9),
-        selftest,
-    })
-}
-
-/// Loads a package's model as its manifest's kind says (a `rerank` causal LM is a yes/no reranker).
-fn load_cpu(load_path: &Path, kind: Option<govbox_images::ModelKind>) -> Result<Engine> {
-    let backend = Arc::new(CpuBackend::new(0)?);
-    let what = crate::package::load_as(kind);
-    Ok(Engine::load_as(load_path, backend, &EngineOptions::self_test(), what)?)
-}
-
-fn check_selftest(engine: &Engine, test: &SelfTest) -> Result<SelfTestPassed> {
-    let report = match test {
-        SelfTest::Chat(c) => test.compare(&SelfTestOutput::Logits(&engine.last_logits(&c.token_ids)?)),
-        SelfTest::Embedding(e) => {
-            let texts: Vec<&str> = e.texts.iter().map(String::as_str).collect();
-            test.compare(&SelfTestOutput::Embeddings(&engine.embed(&texts)?.vectors))
-        }
-        SelfTest::Rerank(r) => {
-            let docs: Vec<&str> = r.documents.iter().map(String::as_str).collect();
-            test.compare(&SelfTestOutput::RerankLogits(&engine.rerank(&r.query, &docs, true)?.logits))
-        }
-    }?;
-    Ok(SelfTestPassed { checked: report.checked, max_abs_diff: report.max_abs_diff })
+    r
 }
 
 #[cfg(test)]

@@ -126,21 +126,8 @@ impl ModelTable {
     }
 }
 
-/// Why a model could not be loaded.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ModelLoadError {
-    /// The engine refused the model files.
-    #[error("loading model '{name}' from {}: {source}", path.display())]
-    Engine {
-        /// The configured name.
-        name: String,
-        /// The path.
-        path: PathBuf,
-        /// The engine's error.
-        source: govbox_engine::EngineError,
-    },
-}
+/// Why a model could not be loaded (the admin operations' type, which govboxd's loader gives).
+pub use govbox_admin::ops::models::ModelLoadError;
 
 /// What loading a model needs from the daemon: the backend it runs on and the engine options of
 /// `[serving]`.

@@ -37,24 +37,8 @@ pub struct ServedPolicy {
     pub policy: Arc<Policy>,
 }
 
-/// Why the libraries could not be loaded.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum PolicyLoadError {
-    /// The policy store could not be read.
-    #[error("policy store: {0}")]
-    Store(#[from] govbox_images::PackageError),
-    /// An active library does not compile.
-    #[error("policy library '{name} {version}': {source}")]
-    Compile {
-        /// Its name.
-        name: String,
-        /// Its version.
-        version: String,
-        /// Why.
-        source: govbox_policy::PolicyError,
-    },
-}
+/// Why the libraries could not be loaded (the admin operations' type, which reloads give).
+pub use govbox_admin::ops::policies::PolicyLoadError;
 
 /// The served libraries by name, swapped whole. When the store could not be loaded, every
 /// filtered request is refused (never served unfiltered) until a reload succeeds.
@@ -158,156 +142,38 @@ pub async fn start(policies: &Arc<PolicyTable>, state_dir: PathBuf, default: &st
     crate::auditing::record(audit, event).await;
 }
 
-/// `policy_import`, `policy_activate`, `policy_rollback`, `policy_list` on the admin socket:
-/// the store change, then the served libraries are compiled again and swapped in, so that new
-/// requests get the new version at once. A library that does not compile is taken out again.
+/// `policy_import`, `policy_activate`, `policy_rollback`, `policy_list` on the admin socket: the
+/// commands are `govbox_admin::ops::policies`' (which `govbox` runs on a stopped box too); govboxd
+/// adds [`admin::Reload`], which compiles the active libraries again and swaps them in, so that
+/// new requests get the new version at once.
 pub mod admin {
-    use std::path::Path;
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
 
-    use govbox_images::{ImportOptions, ModelStore, PackageError, TrustRoot};
-    use govbox_provisioning::{ProvisionError, StatePaths};
+    use govbox_admin::ops::policies::{PolicyLoadError, PolicyOps, PolicyServing};
+    use govbox_provisioning::StatePaths;
 
-    use govbox_admin::protocol::{ModelSwitched, PolicyImported, PolicyListAnswer};
+    pub use govbox_admin::ops::policies::PolicyAdminError;
 
-    use super::{PolicyLoadError, PolicyTable};
-    use crate::auditing::Gate;
+    use super::PolicyTable;
 
-    /// Why a policy command failed.
-    #[derive(Debug, thiserror::Error)]
-    #[non_exhaustive]
-    pub enum PolicyAdminError {
-        /// The store or the package refused.
-        #[error(transparent)]
-        Package(#[from] PackageError),
-        /// The trust root could not be read.
-        #[error(transparent)]
-        Trust(#[from] ProvisionError),
-        /// The imported version does not compile; it was removed again.
-        #[error("package '{name} {version}': {source}; the version was removed")]
-        Invalid {
-            /// The library.
-            name: String,
-            /// The version.
-            version: String,
-            /// Why it does not compile.
-            source: govbox_policy::PolicyError,
-        },
-        /// The active libraries could not be compiled again.
-        #[error(transparent)]
-        Reload(#[from] PolicyLoadError),
-        /// The change's audit entry could not be written, so it was undone (fail-closed).
-        #[error("{what}: not done, since its audit entry cannot be written ({source})")]
-        Unrecorded {
-            /// What was asked.
-            what: String,
-            /// Why the entry was not written.
-            source: govbox_audit::AuditError,
-        },
+    /// govboxd as the policy commands' host: a change is served by reloading `policies` from
+    /// the state folder.
+    #[derive(Debug)]
+    pub struct Reload {
+        policies: Arc<PolicyTable>,
+        state_dir: PathBuf,
     }
 
-    impl PolicyAdminError {
-        /// A stable short code.
-        pub fn code(&self) -> &'static str {
-            match self {
-                PolicyAdminError::Package(e) => e.code(),
-                PolicyAdminError::Trust(e) => e.code(),
-                PolicyAdminError::Invalid { .. } | PolicyAdminError::Reload(_) => "policy_invalid",
-                PolicyAdminError::Unrecorded { .. } => "audit_unavailable",
-            }
+    impl PolicyServing for Reload {
+        fn reload(&self) -> Result<(), PolicyLoadError> {
+            self.policies.reload(&self.state_dir).map(|_| ())
         }
     }
 
-    fn store(state_dir: &Path) -> Result<ModelStore, PackageError> {
-        ModelStore::open_policies(&StatePaths::new(state_dir))
-    }
-
-    fn reload(policies: &PolicyTable, state_dir: &Path) -> Result<(), PolicyLoadError> {
-        policies.reload(state_dir).map(|_| ())
-    }
-
-    /// Verifies and imports a policy package into `state_dir`'s store, compiles it, records it
-    /// through `gate` (taking a new version out again when that fails), and serves it through
-    /// `policies` when it is active.
-    pub fn import(
-        policies: &PolicyTable,
-        state_dir: &Path,
-        path: &Path,
-        activate: bool,
-        gate: &Gate<'_, PolicyImported>,
-    ) -> Result<PolicyImported, PolicyAdminError> {
-        let paths = StatePaths::new(state_dir);
-        let root = TrustRoot::load(&paths.root_json())?;
-        let store = store(state_dir)?;
-        let imported = store.import_file(path, &root, &ImportOptions { activate }, &mut |_, _| {})?;
-        let library = match govbox_policy::Policy::load_dir(&imported.load_path) {
-            Ok(l) => l,
-            Err(source) => {
-                store.discard(&imported.digest)?;
-                return Err(PolicyAdminError::Invalid { name: imported.name, version: imported.version, source });
-            }
-        };
-        let answer = PolicyImported {
-            name: imported.name.clone(),
-            version: imported.version.clone(),
-            digest: imported.digest_label(),
-            keywords: library.keyword_count(),
-            active: imported.activated,
-            already_present: imported.already_present,
-        };
-        if let Err(source) = gate(&answer) {
-            // A version that was stored before is left as it was; a new one is taken out again.
-            if !imported.already_present {
-                store.discard(&imported.digest)?;
-            }
-            let what = format!("importing policy '{} {}'", imported.name, imported.version);
-            return Err(PolicyAdminError::Unrecorded { what, source });
-        }
-        reload(policies, state_dir)?;
-        Ok(answer)
-    }
-
-    /// Serves another version (`Some`: that one; `None`: the previous one), once it compiles
-    /// and `gate` has recorded it; otherwise the previous version stays active.
-    pub fn switch(
-        policies: &PolicyTable,
-        state_dir: &Path,
-        name: &str,
-        version: Option<Option<&str>>,
-        gate: &Gate<'_, ModelSwitched>,
-    ) -> Result<ModelSwitched, PolicyAdminError> {
-        let store = store(state_dir)?;
-        let v = match version {
-            Some(v) => store.activate(name, v),
-            None => store.rollback(name),
-        }?;
-        // Go back on any failure below, so that the box keeps filtering with what it had.
-        let undo = |e: PolicyAdminError| {
-            let _ = store.rollback(name);
-            let _ = reload(policies, state_dir);
-            e
-        };
-        let active = store.active_models()?.into_iter().find(|a| a.name == name);
-        if let Some(a) = &active
-            && let Err(source) = govbox_policy::Policy::load_dir(&a.load_path)
-        {
-            let (name, version) = (a.name.clone(), a.version.clone());
-            return Err(undo(PolicyLoadError::Compile { name, version, source }.into()));
-        }
-        let answer = ModelSwitched {
-            name: name.to_string(),
-            version: v,
-            previous: None,
-            digest: active.map(|a| a.digest_label()).unwrap_or_default(),
-        };
-        if let Err(source) = gate(&answer) {
-            return Err(undo(PolicyAdminError::Unrecorded { what: format!("switching policy '{name}'"), source }));
-        }
-        reload(policies, state_dir).map_err(|e| undo(e.into()))?;
-        Ok(answer)
-    }
-
-    /// Every stored library version of `state_dir`.
-    pub fn list(state_dir: &Path) -> Result<PolicyListAnswer, PolicyAdminError> {
-        Ok(PolicyListAnswer { policies: store(state_dir)?.list_labelled()? })
+    /// The policy commands on `state_dir`'s store, served through `policies`.
+    pub fn ops(policies: &Arc<PolicyTable>, state_dir: &Path) -> Result<PolicyOps<Reload>, PolicyAdminError> {
+        let host = Reload { policies: policies.clone(), state_dir: state_dir.to_path_buf() };
+        PolicyOps::open(StatePaths::new(state_dir), host)
     }
 }

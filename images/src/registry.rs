@@ -107,6 +107,16 @@ impl Registry {
     /// Adds a version; activates it when asked or when the name has no active version.
     /// Returns whether it was activated.
     pub(crate) fn add(&mut self, name: &str, rec: VersionRecord, activate: bool) -> bool {
+        self.add_as(name, rec, activate, false)
+    }
+
+    /// Adds a version without activating it; returns whether [`Registry::add`] would have (it
+    /// was asked to, or the name has no active version).
+    pub(crate) fn add_held(&mut self, name: &str, rec: VersionRecord, activate: bool) -> bool {
+        self.add_as(name, rec, activate, true)
+    }
+
+    fn add_as(&mut self, name: &str, rec: VersionRecord, activate: bool, held: bool) -> bool {
         if self.get(name).is_none() {
             self.models.push(ModelRecord {
                 name: name.into(),
@@ -122,7 +132,7 @@ impl Registry {
         m.versions.push(rec);
         m.versions.sort_by_key(|v| semver(&v.version));
         let activate = activate || m.active.is_none();
-        if activate {
+        if activate && !held {
             set_active(m, version);
         }
         activate

@@ -65,6 +65,10 @@ pub struct Imported {
     pub activated: bool,
     /// Whether the same package was already in the store (nothing changed then).
     pub already_present: bool,
+    /// Set only by [`ModelStore::import_file_held`]: the version was stored inactive and is to
+    /// become active (it was asked to, or it is the first of its name) once its caller has
+    /// recorded the change, with [`ModelStore::activate`].
+    pub pending_activation: bool,
     /// Key ids whose signatures counted.
     pub signers: Vec<String>,
 }
@@ -231,8 +235,43 @@ impl ModelStore {
         opts: &ImportOptions,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Imported> {
+        self.import_path(path, root, opts, false, progress)
+    }
+
+    /// [`ModelStore::import_file`] for a caller that records the change before it takes effect
+    /// (the admin operations, `govbox_admin::ops`): the version is stored but never made active
+    /// here, not even as the first of its name; [`Imported::pending_activation`] says whether it
+    /// is to be. A crash before the caller activates it leaves a stored, inactive version, which
+    /// nothing serves.
+    pub fn import_file_held(
+        &self,
+        path: &Path,
+        root: &TrustRoot,
+        opts: &ImportOptions,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Imported> {
+        self.import_path(path, root, opts, true, progress)
+    }
+
+    /// Makes the version that [`ModelStore::import_file_held`] stored active, when it is to be
+    /// ([`Imported::pending_activation`]); otherwise changes nothing.
+    pub fn activate_held(&self, imported: &Imported) -> Result<()> {
+        if imported.pending_activation {
+            self.activate(&imported.name, Some(&imported.version))?;
+        }
+        Ok(())
+    }
+
+    fn import_path(
+        &self,
+        path: &Path,
+        root: &TrustRoot,
+        opts: &ImportOptions,
+        held: bool,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Imported> {
         let file = File::open(path).map_err(|e| PackageError::io("opening package", path, e))?;
-        self.import(file, &file_label(path), root, opts, progress)
+        self.import_as(file, &file_label(path), root, opts, held, progress)
     }
 
     /// Verifies a package against the store's role of `root` (`models`, or `policy` for the
@@ -249,6 +288,18 @@ impl ModelStore {
         label: &str,
         root: &TrustRoot,
         opts: &ImportOptions,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Imported> {
+        self.import_as(reader, label, root, opts, false, progress)
+    }
+
+    fn import_as<R: Read + Send>(
+        &self,
+        reader: R,
+        label: &str,
+        root: &TrustRoot,
+        opts: &ImportOptions,
+        held: bool,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Imported> {
         let start = std::time::Instant::now();
@@ -272,7 +323,7 @@ impl ModelStore {
         {
             staging.commit_to(&target)?;
         }
-        let mut activated = false;
+        let (mut activated, mut pending_activation) = (false, false);
         if reg.by_digest(&head.digest).is_none() {
             let imported = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
             let rec = VersionRecord {
@@ -281,7 +332,10 @@ impl ModelStore {
                 size: m.payload_bytes(),
                 imported,
             };
-            activated = reg.add(&m.name, rec, opts.activate);
+            match held {
+                true => pending_activation = reg.add_held(&m.name, rec, opts.activate),
+                false => activated = reg.add(&m.name, rec, opts.activate),
+            }
             if let Err(e) = self.save(&reg) {
                 if !already_present {
                     let _ = fs::remove_dir_all(&target);
@@ -300,6 +354,7 @@ impl ModelStore {
             secs: start.elapsed().as_secs_f64(),
             activated,
             already_present,
+            pending_activation,
             signers: verified.signature_check.signers.clone(),
         })
     }
@@ -322,6 +377,44 @@ impl ModelStore {
     /// Activates `version` of `name`, or its highest version when `None`; returns the version.
     pub fn activate(&self, name: &str, version: Option<&str>) -> Result<String> {
         self.mutate(|r| r.activate(name, version))
+    }
+
+    /// What [`ModelStore::activate`] would make active, changing nothing: the version, ready to
+    /// load, so that a caller can check and record it before the change.
+    pub fn plan_activate(&self, name: &str, version: Option<&str>) -> Result<ActiveModel> {
+        self.plan(name, |r| r.activate(name, version))
+    }
+
+    /// What [`ModelStore::rollback`] would make active, changing nothing.
+    pub fn plan_rollback(&self, name: &str) -> Result<ActiveModel> {
+        self.plan(name, |r| r.rollback(name))
+    }
+
+    fn plan(&self, name: &str, change: impl FnOnce(&mut Registry) -> Result<String>) -> Result<ActiveModel> {
+        let mut reg = self.registry()?;
+        let version = change(&mut reg)?;
+        let digest = reg
+            .models
+            .iter()
+            .find(|m| m.name == name)
+            .and_then(|m| m.versions.iter().find(|v| v.version == version))
+            .map(|v| v.digest.clone())
+            .ok_or_else(|| PackageError::NotFound {
+                action: format!("activating model '{name}'"),
+                what: format!("version {version} of '{name}'"),
+            })?;
+        self.active_model(name, &version, &digest)
+    }
+
+    fn active_model(&self, name: &str, version: &str, digest: &str) -> Result<ActiveModel> {
+        let (manifest, _) = self.read_manifest(digest)?;
+        Ok(ActiveModel {
+            name: name.to_string(),
+            version: version.to_string(),
+            digest: digest.to_string(),
+            load_path: self.load_path(digest, &manifest),
+            manifest,
+        })
     }
 
     /// Takes `name` out of service, or puts it back (`disabled` false); returns its record. The
@@ -390,14 +483,7 @@ impl ModelStore {
         for m in &reg.models {
             let Some(active) = &m.active else { continue };
             let Some(v) = m.versions.iter().find(|v| &v.version == active) else { continue };
-            let (manifest, _) = self.read_manifest(&v.digest)?;
-            out.push(ActiveModel {
-                name: m.name.clone(),
-                version: active.clone(),
-                digest: v.digest.clone(),
-                load_path: self.load_path(&v.digest, &manifest),
-                manifest,
-            });
+            out.push(self.active_model(&m.name, active, &v.digest)?);
         }
         Ok(out)
     }

@@ -65,13 +65,7 @@ pub fn actor(uid: &str) -> String {
 /// Records a refused package import (model or policy library) as its own entry, best effort: the
 /// refusal is answered whether or not the entry could be written.
 fn record_refused(state: &AppState, uid: &str, path: &std::path::Path, code: &str, reason: &dyn std::fmt::Display) {
-    let refused = Event::PackageRefused {
-        actor: actor(uid),
-        file: path.display().to_string(),
-        code: code.to_string(),
-        reason: reason.to_string(),
-    };
-    crate::auditing::record_blocking(&state.audit, refused);
+    crate::auditing::record_blocking(&state.audit, govbox_admin::events::refused(&actor(uid), path, code, reason));
 }
 
 /// Runs `run` for `req` with its audit entries (see `govbox_admin::events`), as
@@ -209,20 +203,19 @@ pub fn execute(state: &Arc<AppState>, req: AdminRequest, uid: &str) -> Result<Va
         AdminRequest::ModelEnable(r) => serve(st, uid, r, |r| Ok(state.packages.set_disabled(&r.name, false)?)),
         AdminRequest::PolicyImport(r) => serve_gated(st, uid, r, |r, gate| {
             let path = std::path::PathBuf::from(&r.path);
-            let result = crate::policy::admin::import(&state.policies, &state.state_dir, &path, r.activate, gate);
+            let result = policies(state).and_then(|ops| ops.import(&path, r.activate, gate));
             if let Err(e) = &result {
                 record_refused(state, uid, &path, e.code(), e);
             }
             Ok(result?)
         }),
-        AdminRequest::PolicyList(r) => serve(st, uid, r, |_| Ok(crate::policy::admin::list(&state.state_dir)?)),
+        AdminRequest::PolicyList(r) => serve(st, uid, r, |_| Ok(policies(state)?.list()?)),
         AdminRequest::PolicyActivate(r) => serve_gated(st, uid, r, |r, gate| {
-            let version = Some(r.version.as_deref());
-            Ok(crate::policy::admin::switch(&state.policies, &state.state_dir, &r.name, version, gate)?)
+            Ok(policies(state)?.switch(&r.name, Switch::Activate(r.version.as_deref()), gate)?)
         }),
-        AdminRequest::PolicyRollback(r) => serve_gated(st, uid, r, |r, gate| {
-            Ok(crate::policy::admin::switch(&state.policies, &state.state_dir, &r.name, None, gate)?)
-        }),
+        AdminRequest::PolicyRollback(r) => {
+            serve_gated(st, uid, r, |r, gate| Ok(policies(state)?.switch(&r.name, Switch::Rollback, gate)?))
+        }
         AdminRequest::AuditExport(r) => serve(st, uid, r, |r| {
             let since = r.since.as_deref().map(|s| time_arg("since", s)).transpose()?;
             // Everything refused until now is in the export, and so is the export itself: it is
@@ -304,6 +297,13 @@ pub fn execute(state: &Arc<AppState>, req: AdminRequest, uid: &str) -> Result<Va
         #[allow(unreachable_patterns)]
         other => Err(AdminFailure { code: "bad_request", message: format!("'{}' is not served here", other.name()) }),
     }
+}
+
+/// The policy commands on the box's store, served through its libraries.
+fn policies(
+    state: &AppState,
+) -> Result<govbox_admin::ops::policies::PolicyOps<crate::policy::admin::Reload>, PolicyAdminError> {
+    crate::policy::admin::ops(&state.policies, &state.state_dir)
 }
 
 /// `audit_hmac` queries one caller may make per [`HMAC_WINDOW`].
