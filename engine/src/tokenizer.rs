@@ -148,27 +148,14 @@ impl Tokenizer {
 
     /// Builds the tokenizer that a GGUF file's metadata describes.
     ///
-    /// Only `tokenizer.ggml.model = gpt2` (byte-level BPE) is supported. The pre-tokenizer
-    /// follows `tokenizer.ggml.pre`: `smollm` splits digits one by one before the GPT-2 split,
-    /// `qwen2` and `llama-bpe` use their own splits, and anything else (`gpt-2`, `default`, ...)
-    /// the GPT-2 split. Control tokens become special added tokens, user-defined ones plain added
-    /// tokens, so both are matched verbatim in text.
+    /// `tokenizer.ggml.model = gpt2` is byte-level BPE; its pre-tokenizer follows
+    /// `tokenizer.ggml.pre`: `smollm` splits digits one by one before the GPT-2 split, `qwen2` and
+    /// `llama-bpe` use their own splits, and anything else (`gpt-2`, `default`, ...) the GPT-2
+    /// split. `llama` is a SentencePiece vocabulary with scores (Llama 2, Gemma 3): see
+    /// [`sentencepiece_bpe`]. Control tokens become special added tokens, user-defined ones plain
+    /// added tokens, so both are matched verbatim in text.
     pub fn from_gguf(g: &GgufFile) -> Result<Self> {
         let bad = |detail: String| EngineError::Tokenizer(format!("GGUF metadata: {detail}"));
-        match g.get_str("tokenizer.ggml.model") {
-            Some("gpt2") => {}
-            Some("llama") => {
-                return Err(bad("tokenizer.ggml.model 'llama' (SentencePiece) is not supported yet; \
-                     use the model's HuggingFace folder, or a GGUF with a gpt2 (BPE) tokenizer"
-                    .into()));
-            }
-            Some(other) => {
-                return Err(bad(format!(
-                    "tokenizer.ggml.model '{other}' is not supported (only gpt2, byte-level BPE)"
-                )));
-            }
-            None => return Err(bad("no tokenizer.ggml.model: the file carries no tokenizer".into())),
-        }
         let tokens = g
             .get_str_array("tokenizer.ggml.tokens")
             .ok_or_else(|| bad("tokenizer.ggml.tokens is missing or not a string array".into()))?;
@@ -183,29 +170,16 @@ impl Tokenizer {
                 .filter(|t| t.len() == n)
                 .ok_or_else(|| bad(format!("tokenizer.ggml.token_type is not an integer array of {n} entries")))?,
         };
-        let merges = g
-            .get_str_array("tokenizer.ggml.merges")
-            .ok_or_else(|| bad("tokenizer.ggml.merges is missing or not a string array".into()))?;
-        let merges = merges
-            .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                m.split_once(' ')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-                    .ok_or_else(|| bad(format!("merge #{i} is not two tokens separated by a space")))
-            })
-            .collect::<Result<Vec<_>>>()?;
-
-        let mut vocab = Vocab::default();
-        for (id, t) in tokens.iter().enumerate() {
-            // Ids are below MAX_VOCAB, so they fit u32. A repeated string keeps its first id,
-            // as llama.cpp's lookup does.
-            vocab.entry((*t).to_string()).or_insert(id as u32);
-        }
-        let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(tok_err("building the BPE model"))?;
-        let mut inner = tokenizers::Tokenizer::new(bpe);
-        inner.with_pre_tokenizer(Some(pre_tokenizer_for(g.get_str("tokenizer.ggml.pre").unwrap_or("default"))?));
-        inner.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::new(false, true, true))));
+        let mut inner = match g.get_str("tokenizer.ggml.model") {
+            Some("gpt2") => byte_level_bpe(g, &tokens)?,
+            Some("llama") => sentencepiece_bpe(g, &tokens)?,
+            Some(other) => {
+                return Err(bad(format!(
+                    "tokenizer.ggml.model '{other}' is not supported (gpt2: byte-level BPE; llama: SentencePiece)"
+                )));
+            }
+            None => return Err(bad("no tokenizer.ggml.model: the file carries no tokenizer".into())),
+        };
 
         let mut added = Vec::new();
         for (t, &ty) in tokens.iter().zip(&types) {
@@ -375,6 +349,127 @@ impl Tokenizer {
     pub fn incremental(&self) -> IncrementalDecoder<&Self> {
         IncrementalDecoder::new(self)
     }
+}
+
+/// The first id of each token string: a repeated string keeps its first id, as llama.cpp's
+/// lookup does. Ids are below [`MAX_VOCAB`], so they fit u32.
+fn vocab_of(tokens: &[&str]) -> Vocab {
+    let mut vocab = Vocab::default();
+    for (id, t) in tokens.iter().enumerate() {
+        vocab.entry((*t).to_string()).or_insert(id as u32);
+    }
+    vocab
+}
+
+/// `tokenizer.ggml.model = gpt2`: byte-level BPE with the file's merges.
+fn byte_level_bpe(g: &GgufFile, tokens: &[&str]) -> Result<tokenizers::Tokenizer> {
+    let bad = |detail: String| EngineError::Tokenizer(format!("GGUF metadata: {detail}"));
+    let merges = g
+        .get_str_array("tokenizer.ggml.merges")
+        .ok_or_else(|| bad("tokenizer.ggml.merges is missing or not a string array".into()))?;
+    let merges = merges
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| bad(format!("merge #{i} is not two tokens separated by a space")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bpe =
+        BPE::builder().vocab_and_merges(vocab_of(tokens), merges).build().map_err(tok_err("building the BPE model"))?;
+    let mut inner = tokenizers::Tokenizer::new(bpe);
+    inner.with_pre_tokenizer(Some(pre_tokenizer_for(g.get_str("tokenizer.ggml.pre").unwrap_or("default"))?));
+    inner.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::new(false, true, true))));
+    Ok(inner)
+}
+
+/// SentencePiece's word boundary, which stands for a space in the pieces.
+const SPM_SPACE: &str = "\u{2581}";
+
+/// `tokenizer.ggml.model = llama`: a SentencePiece BPE vocabulary with a score per piece, as
+/// llama.cpp's converter writes Llama 2's and Gemma's. llama.cpp tokenizes it by repeatedly
+/// joining the adjacent pair that makes the highest-scoring piece; transformers' converter
+/// expresses the same as BPE merges ranked by that score, which is what is built here: every
+/// split of a piece into two pieces is a merge, ranked by the piece's score (higher first), then
+/// longer left and right parts first, then by id. Spaces become `▁`, a `▁` is put in front unless
+/// `tokenizer.ggml.add_space_prefix` is false (Gemma), and characters no piece covers fall back
+/// to the `<0xXX>` byte pieces.
+fn sentencepiece_bpe(g: &GgufFile, tokens: &[&str]) -> Result<tokenizers::Tokenizer> {
+    use tokenizers::decoders::byte_fallback::ByteFallback;
+    use tokenizers::decoders::fuse::Fuse;
+    use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+    use tokenizers::decoders::strip::Strip;
+    use tokenizers::normalizers::{NormalizerWrapper, Prepend, Replace, Sequence as NormalizerSequence};
+
+    let bad = |detail: String| EngineError::Tokenizer(format!("GGUF metadata: {detail}"));
+    let n = tokens.len();
+    let scores = g
+        .get_f32_array("tokenizer.ggml.scores")
+        .filter(|s| s.len() == n)
+        .ok_or_else(|| bad(format!("tokenizer.ggml.scores is not a float array of {n} entries")))?;
+    if scores.iter().any(|s| !s.is_finite()) {
+        return Err(bad("tokenizer.ggml.scores holds a value that is not finite".into()));
+    }
+    let vocab = vocab_of(tokens);
+    struct Merge {
+        score: f32,
+        left_chars: usize,
+        right_chars: usize,
+        ids: (u32, u32, u32),
+    }
+    let mut ranked = Vec::new();
+    for (id, piece) in tokens.iter().enumerate() {
+        let mut left_chars = 0;
+        for (at, _) in piece.char_indices().skip(1) {
+            left_chars += 1;
+            let (l, r) = piece.split_at(at);
+            if let (Some(&lid), Some(&rid)) = (vocab.get(l), vocab.get(r)) {
+                ranked.push(Merge {
+                    score: scores[id],
+                    left_chars,
+                    right_chars: r.chars().count(),
+                    ids: (id as u32, lid, rid),
+                });
+            }
+        }
+    }
+    ranked.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then(b.left_chars.cmp(&a.left_chars))
+            .then(b.right_chars.cmp(&a.right_chars))
+            .then(a.ids.cmp(&b.ids))
+    });
+    let merges =
+        ranked.iter().map(|m| (tokens[m.ids.1 as usize].to_string(), tokens[m.ids.2 as usize].to_string())).collect();
+    let mut builder = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true).fuse_unk(true);
+    if let Some(unk) = g.get_u32("tokenizer.ggml.unknown_token_id") {
+        let t = tokens
+            .get(unk as usize)
+            .ok_or_else(|| bad(format!("tokenizer.ggml.unknown_token_id {unk} is not below {n}")))?;
+        builder = builder.unk_token((*t).to_string());
+    }
+    let bpe = builder.build().map_err(tok_err("building the SentencePiece model"))?;
+    let mut inner = tokenizers::Tokenizer::new(bpe);
+    let prefix = g.get_bool("tokenizer.ggml.add_space_prefix").unwrap_or(true);
+    let space = Replace::new(" ", SPM_SPACE).map_err(tok_err("the space normalizer"))?;
+    let mut normalizers = Vec::new();
+    if prefix {
+        normalizers.push(NormalizerWrapper::Prepend(Prepend::new(SPM_SPACE.into())));
+    }
+    normalizers.push(NormalizerWrapper::Replace(space));
+    inner.with_normalizer(Some(NormalizerWrapper::Sequence(NormalizerSequence::new(normalizers))));
+    let mut decoders = vec![
+        DecoderWrapper::Replace(Replace::new(SPM_SPACE, " ").map_err(tok_err("the space decoder"))?),
+        DecoderWrapper::ByteFallback(ByteFallback::new()),
+        DecoderWrapper::Fuse(Fuse::new()),
+    ];
+    if prefix {
+        decoders.push(DecoderWrapper::Strip(Strip::new(' ', 1, 0)));
+    }
+    inner.with_decoder(Some(DecoderWrapper::Sequence(DecoderSequence::new(decoders))));
+    Ok(inner)
 }
 
 fn pre_tokenizer_for(pre: &str) -> Result<PreTokenizerWrapper> {
