@@ -420,9 +420,7 @@ fn sentencepiece_bpe(g: &GgufFile, tokens: &[&str]) -> Result<tokenizers::Tokeni
     }
     let mut ranked = Vec::new();
     for (id, piece) in tokens.iter().enumerate() {
-        let mut left_chars = 0;
-        for (at, _) in piece.char_indices().skip(1) {
-            left_chars += 1;
+        for (left_chars, (at, _)) in piece.char_indices().enumerate().skip(1) {
             let (l, r) = piece.split_at(at);
             if let (Some(&lid), Some(&rid)) = (vocab.get(l), vocab.get(r)) {
                 ranked.push(Merge {
