@@ -43,6 +43,11 @@ const QWEN2_SPLIT: &str =
 /// Llama 3's split: as Qwen2's, but digits in runs of up to three.
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// Tokens that end a chat turn whatever the file's EOS id says; llama.cpp's vocabulary loader
+/// stops on them by their text too (with more: this is the part that ends turns in the templates
+/// of the families govbox runs): Gemma, ChatML (Qwen) and Llama 3.
+const END_OF_TURN: [&str; 4] = ["<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|eom_id|>"];
+
 /// GGUF `tokenizer.ggml.token_type` values (llama.cpp's `llama_token_type`).
 mod token_type {
     /// A control token (BOS, EOS, `<|im_start|>`): special, never produced by plain text.
@@ -206,6 +211,9 @@ impl Tokenizer {
         for key in ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
             eos_ids.extend(id_of(key)?);
         }
+        // The converter writes one EOS id (Gemma 3: `<eos>`), while the model ends its turns with
+        // another (`<end_of_turn>`); llama.cpp stops on these by their text, and so does govbox.
+        eos_ids.extend(tokens.iter().enumerate().filter(|(_, t)| END_OF_TURN.contains(t)).map(|(id, _)| id as u32));
         dedup_in_order(&mut eos_ids);
         let add_bos = g.get_bool("tokenizer.ggml.add_bos_token").unwrap_or(false);
         if add_bos && bos_id.is_none() {

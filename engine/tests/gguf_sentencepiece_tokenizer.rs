@@ -73,10 +73,10 @@ fn gemma_like(template: &str) -> Vec<u8> {
         types.push(6);
         scores.push(0.0);
     }
-    // Scored pieces: higher scores merge first ("▁he" + "llo" beats "▁hel" + "lo").
+    // Scored pieces, in falling score order.
     let pieces = [
         "▁", "h", "e", "l", "o", "w", "r", "d", "\n", "▁h", "he", "ll", "lo", "llo", "▁he", "▁hel", "▁hello", "▁w",
-        "or",
+        "or", "a", "b", "c", "ab", "bc",
     ];
     for (i, p) in pieces.iter().enumerate() {
         tokens.push(p.to_string());
@@ -146,12 +146,15 @@ fn gemma3_gguf_spm_tokenizer_and_template() {
     assert_eq!(tok.encode("hello").unwrap(), vec![tok.token_to_id("he").unwrap(), tok.token_to_id("llo").unwrap()]);
     assert_eq!(tok.encode(" hello").unwrap(), vec![tok.token_to_id("▁hello").unwrap()]);
     assert_eq!(tok.encode("x").unwrap(), vec![tok.token_to_id("<0x78>").unwrap()]);
+    // "ab" scores above "bc".
+    assert_eq!(tok.encode("abc").unwrap(), vec![tok.token_to_id("ab").unwrap(), tok.token_to_id("c").unwrap()]);
     let turn = tok.encode("<start_of_turn>hello<end_of_turn>").unwrap();
     assert_eq!(turn.first(), Some(&4));
     assert_eq!(turn.last(), Some(&5));
     assert!(tok.is_special(4) && tok.is_special(1));
     assert_eq!(tok.decode(&tok.encode(" hello world\nx").unwrap(), false).unwrap(), " hello world\nx");
-    assert_eq!((tok.bos_id(), tok.eos_ids()), (Some(2), &[1u32][..]));
+    // <eos> from the metadata, and <end_of_turn>, which ends Gemma's turns, by its text.
+    assert_eq!((tok.bos_id(), tok.eos_ids()), (Some(2), &[1u32, 5][..]));
     render_cases(&tok, "gemma3", &cases);
     assert!(cases.len() >= 3);
 }
