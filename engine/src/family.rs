@@ -466,9 +466,10 @@ fn glm4_rotary_from_gguf(g: &GgufFile, arch_name: &str, err: &dyn Fn(String) -> 
 /// - the window is `attention.sliding_window` (none: every layer is global);
 /// - which layers slide: `attention.sliding_window_pattern`, an array of one flag per layer or
 ///   a period `n` (layer `i` slides unless `i % n == n - 1`), else llama.cpp's default period 6;
-/// - the global layers' RoPE base is `rope.freq_base` (with a linear `rope.scaling.factor` when
-///   `rope.scaling.type` is `linear`), the sliding layers' `rope.freq_base_swa`, else 10,000
-///   (llama.cpp's default, and every released Gemma 3's);
+/// - the global layers' RoPE base is `rope.freq_base`, scaled by `rope.scaling.factor` (linear
+///   unless `rope.scaling.type` says otherwise; Gemma 3 4B and larger have 8), the sliding
+///   layers' base `rope.freq_base_swa`, else 10,000 (llama.cpp's default, and every released
+///   Gemma 3's), unscaled;
 /// - the converter does not write `query_pre_attn_scalar`: llama.cpp scales scores by
 ///   `key_length^-0.5`, except for the 62-layer 27B model, whose scalar is width / heads (as its
 ///   HF config says), and so does this;
@@ -514,16 +515,17 @@ fn gemma3_from_gguf(
         (Some(_), None) => (0..n_layers).map(|i| i % 6 < 5).collect(),
     };
     f.local_rope_theta = Some(g.get_f32(&key("rope.freq_base_swa")).unwrap_or(10_000.0));
-    f.rope_linear_factor = match g.get_str(&key("rope.scaling.type")) {
-        None | Some("none") => None,
-        Some("linear") => {
-            let factor = g
-                .get_f32(&key("rope.scaling.factor"))
-                .filter(|x| x.is_finite() && *x > 0.0)
-                .ok_or_else(|| err(format!("linear RoPE scaling without a positive {}", key("rope.scaling.factor"))))?;
-            (factor != 1.0).then_some(factor)
-        }
-        Some(other) => return Err(err(format!("{} '{other}' is not supported for Gemma 3", key("rope.scaling.type")))),
+    // llama.cpp: the type defaults to linear, the factor may be under its old key, and it scales
+    // the global layers only.
+    let factor = g.get_f32(&key("rope.scaling.factor")).or_else(|| g.get_f32(&key("rope.scale_linear")));
+    f.rope_linear_factor = match g.get_str(&key("rope.scaling.type")).unwrap_or("linear") {
+        "none" => None,
+        "linear" => match factor {
+            None => None,
+            Some(x) if x.is_finite() && x > 0.0 => (x != 1.0).then_some(x),
+            Some(x) => return Err(err(format!("{} = {x} is not a positive factor", key("rope.scaling.factor")))),
+        },
+        other => return Err(err(format!("{} '{other}' is not supported for Gemma 3", key("rope.scaling.type")))),
     };
     Ok(())
 }
@@ -608,6 +610,8 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(linear.rope_linear_factor, Some(8.0));
+        let untyped = gemma(&[("rope.scaling.factor", GgufValue::F32(4.0))]).unwrap();
+        assert_eq!(untyped.rope_linear_factor, Some(4.0));
         let e = gemma(&[("rope.scaling.type", GgufValue::String("yarn".into()))]).unwrap_err().to_string();
         assert!(e.contains("gemma3.rope.scaling.type 'yarn'"), "{e}");
         let e = gemma(&[window, ("attention.sliding_window_pattern", GgufValue::Array(GgufArray::Bool(vec![true])))])
