@@ -108,3 +108,43 @@ pub fn kv_cache_for(
     };
     model.backend().new_kv_cache(spec).unwrap()
 }
+
+/// `tests/fixtures/gguf/{name}-q8_0.gguf` against llama.cpp on the same file
+/// (`{name}-q8_0.llamacpp_logits.safetensors`): per case our error against the exact answer is
+/// at most 1.25x llama.cpp's, and our argmax agreement, summed over the cases, is at least
+/// llama.cpp's minus 2 % of the positions.
+pub fn q8_0_vs_llama_cpp(backend: Arc<dyn Backend>, name: &str) {
+    let engine = load_on(&fixture(&format!("gguf/{name}-q8_0.gguf")), backend);
+    let exp = json(&format!("{name}/expected.json"));
+    let exact = load_tensors(&format!("{name}/expected_logits.safetensors"));
+    let lcpp = load_tensors(&format!("gguf/{name}-q8_0.llamacpp_logits.safetensors"));
+    let vocab = engine.decoder_model().unwrap().config().vocab_size;
+    let (mut ours_agree, mut theirs_agree, mut positions) = (0usize, 0usize, 0usize);
+    for (i, case) in exp["cases"].as_array().unwrap().iter().enumerate() {
+        let ids = ids(&case["input_ids"]);
+        let want = &exact[&format!("case{i}.logits")].1;
+        let theirs = &lcpp[&format!("case{i}.logits")].1;
+        let ours = engine.logits(&ids, true).unwrap();
+        let (e_ours, e_theirs) = (max_abs(&ours, want), max_abs(theirs, want));
+        eprintln!("{name} case {i}: q8_0 max abs error ours {e_ours:.5}, llama.cpp {e_theirs:.5}");
+        assert!(e_ours <= 1.25 * e_theirs, "{name} case {i}: our error {e_ours} > 1.25 x llama.cpp's {e_theirs}");
+        let a_want = argmax_rows(want, vocab);
+        ours_agree += argmax_rows(&ours, vocab).iter().zip(&a_want).filter(|(a, b)| a == b).count();
+        theirs_agree += argmax_rows(theirs, vocab).iter().zip(&a_want).filter(|(a, b)| a == b).count();
+        positions += ids.len();
+        // The KV-cache path agrees with the batch path.
+        let inc = engine.logits(&ids, false).unwrap();
+        // The prefill pass goes through the panel kernel (x86 with AVX-512 VNNI), whose float
+        // sums run in another order than the decode kernel's: a last-bit difference that lands
+        // an activation on the other side of an 8-bit rounding step moves some logits by up to
+        // about 1 % of the largest (0.025 of 3.5 seen). A KV-cache fault moves them far more.
+        let scale = ours.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let d = max_abs(&inc, &ours);
+        assert!(
+            d <= 1e-4f32.max(0.02 * scale),
+            "{name} case {i}: incremental vs prefill differ by {d} (scale {scale})"
+        );
+    }
+    eprintln!("{name}: argmax agreement ours {ours_agree}/{positions}, llama.cpp {theirs_agree}/{positions}");
+    assert!(ours_agree as f64 >= theirs_agree as f64 - 0.02 * positions as f64);
+}
