@@ -250,9 +250,12 @@ impl DecoderConfig {
             "qwen3" => DecoderArch::Qwen3,
             "qwen3moe" => DecoderArch::Qwen3Moe,
             "deepseek2" => DecoderArch::DeepseekV3,
+            "gemma3" => DecoderArch::Gemma3,
+            "glm4" => DecoderArch::Glm4,
             other => return Err(EngineError::UnknownArchitecture(other.into())),
         };
         let key = |k: &str| format!("{arch_name}.{k}");
+        let n_layers = main_layers(g, arch_name, int_of(g, &key("block_count"), file)?, file)?;
         let int = |k: &str| g.get_usize(&key(k)).ok_or_else(|| err(format!("missing metadata {}", key(k))));
         let hidden_size = int("embedding_length")?;
         let n_heads = int("attention.head_count")?;
@@ -272,6 +275,10 @@ impl DecoderConfig {
         if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
             return Err(err(format!("{n_heads} attention heads cannot share {n_kv_heads} KV heads")));
         }
+        let towers = g.tensors.iter().filter(|t| t.name.starts_with("v.") || t.name.starts_with("mm.")).count();
+        if towers > 0 {
+            log::info!("{file}: {towers} vision-tower tensors (v.*, mm.*) are not used; running the language model");
+        }
         let embd = g
             .tensor("token_embd.weight")
             .ok_or_else(|| EngineError::MissingTensor { file: file.into(), tensor: "token_embd.weight".into() })?;
@@ -286,7 +293,7 @@ impl DecoderConfig {
                     .filter(|_| matches!(arch, DecoderArch::Qwen3Moe | DecoderArch::DeepseekV3))
                     .ok_or(e)
             })?,
-            n_layers: int("block_count")?,
+            n_layers,
             n_heads,
             n_kv_heads,
             head_dim,
@@ -298,7 +305,7 @@ impl DecoderConfig {
             attention_bias: g.tensor("blk.0.attn_q.bias").is_some(),
             eos_token_ids: g.get_usize("tokenizer.ggml.eos_token_id").map(|x| vec![x as u32]).unwrap_or_default(),
             bos_token_id: g.get_usize("tokenizer.ggml.bos_token_id").map(|x| x as u32),
-            family: FamilyConfig::from_gguf(g, arch, arch_name, int("block_count")?, file)?,
+            family: FamilyConfig::from_gguf(g, arch, arch_name, n_layers, file)?,
         };
         cfg.validate(file)?;
         Ok(cfg)
@@ -366,4 +373,26 @@ impl DecoderConfig {
             })
             .collect()
     }
+}
+
+fn int_of(g: &GgufFile, key: &str, file: &str) -> Result<usize> {
+    g.get_usize(key).ok_or_else(|| EngineError::Config { file: file.into(), detail: format!("missing metadata {key}") })
+}
+
+/// The decoder layers a GGUF file runs: llama.cpp's converter counts a model's multi-token-
+/// prediction layers (`{arch}.nextn_predict_layers`, GLM-4.x and DeepSeek) in `block_count` and
+/// puts them last; they are not used here, so they are left out (with a log line).
+fn main_layers(g: &GgufFile, arch_name: &str, block_count: usize, file: &str) -> Result<usize> {
+    let nextn = g.get_usize(&format!("{arch_name}.nextn_predict_layers")).unwrap_or(0);
+    if nextn == 0 {
+        return Ok(block_count);
+    }
+    if nextn >= block_count {
+        return Err(EngineError::Config {
+            file: file.into(),
+            detail: format!("{arch_name}.nextn_predict_layers {nextn} leaves none of {block_count} blocks"),
+        });
+    }
+    log::info!("{file}: the last {nextn} of {block_count} blocks are multi-token-prediction layers; they are not used");
+    Ok(block_count - nextn)
 }

@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use crate::config::DecoderArch;
-use crate::gguf::GgufFile;
+use crate::gguf::{GgufArray, GgufFile, GgufValue};
 use crate::{EngineError, Result};
 
 /// How router logits become expert scores.
@@ -396,7 +396,8 @@ impl FamilyConfig {
     /// Reads the family parts from GGUF metadata (`{arch_name}.*` keys) the way llama.cpp's
     /// converter writes them: Qwen3 has q/k norms; a Qwen3-MoE layer is sparse when it has a
     /// router (`blk.N.ffn_gate_inp.weight`), and its top-k weights are renormalised unless
-    /// `{arch}.expert_weights_norm` says otherwise (llama.cpp always renormalises them).
+    /// `{arch}.expert_weights_norm` says otherwise (llama.cpp always renormalises them). GLM-4
+    /// and Gemma 3: see [`glm4_rotary_from_gguf`] and [`gemma3_from_gguf`].
     pub fn from_gguf(g: &GgufFile, arch: DecoderArch, arch_name: &str, n_layers: usize, file: &str) -> Result<Self> {
         let err = |detail: String| EngineError::Config { file: file.into(), detail };
         let key = |k: &str| format!("{arch_name}.{k}");
@@ -418,6 +419,8 @@ impl FamilyConfig {
                 f.moe = Some(MoeConfig::softmax(n_experts, top_k, expert_ff, norm, sparse.collect()));
             }
             DecoderArch::DeepseekV3 => return Self::deepseek_from_gguf(g, arch_name, n_layers, file),
+            DecoderArch::Glm4 => f.rotary_dim = glm4_rotary_from_gguf(g, arch_name, &err)?,
+            DecoderArch::Gemma3 => gemma3_from_gguf(g, arch_name, n_layers, &mut f, &err)?,
             _ => {}
         }
         Ok(f)
@@ -461,9 +464,6 @@ impl FamilyConfig {
             v_head,
             rope_interleave: true,
         };
-        if opt("nextn_predict_layers").unwrap_or(0) > 0 {
-            log::info!("{file}: the multi-token-prediction layers are not used; decoding is one token at a time");
-        }
         let mut f = FamilyConfig { rotary_dim: Some(qk_rope), mla: Some(mla), ..FamilyConfig::default() };
         f.yarn = Yarn::from_gguf(g, arch_name, &err)?;
         let (n_experts, top_k, expert_ff) =
@@ -555,6 +555,103 @@ impl FamilyConfig {
     }
 }
 
+/// The head width a GGUF file declares (`attention.key_length`, else width / heads).
+fn gguf_head_dim(g: &GgufFile, arch_name: &str, err: &dyn Fn(String) -> EngineError) -> Result<usize> {
+    let key = |k: &str| format!("{arch_name}.{k}");
+    if let Some(h) = g.get_usize(&key("attention.key_length")) {
+        return Ok(h);
+    }
+    match (g.get_usize(&key("embedding_length")), g.get_usize(&key("attention.head_count"))) {
+        (Some(w), Some(n)) if n > 0 => Ok(w / n),
+        _ => Err(err(format!("missing metadata {}", key("attention.key_length")))),
+    }
+}
+
+/// GLM-4's partial rotary: llama.cpp's converter writes the rotating values per head as
+/// `glm4.rope.dimension_count` (`head_dim × partial_rotary_factor`) and keeps HF's q/k layout,
+/// which llama.cpp rotates as adjacent pairs ("normal" RoPE) like HF's GLM-4. Without the key the
+/// whole head rotates.
+fn glm4_rotary_from_gguf(g: &GgufFile, arch_name: &str, err: &dyn Fn(String) -> EngineError) -> Result<Option<usize>> {
+    let head_dim = gguf_head_dim(g, arch_name, err)?;
+    let key = format!("{arch_name}.rope.dimension_count");
+    let Some(dim) = g.get_usize(&key) else { return Ok(None) };
+    if dim == 0 || dim > head_dim || !dim.is_multiple_of(2) {
+        return Err(err(format!("{key} = {dim}: not an even count of at most the head's {head_dim} values")));
+    }
+    if g.get(&format!("{arch_name}.rope.dimension_sections")).is_some() {
+        return Err(err(format!("{arch_name}.rope.dimension_sections: multimodal (M-RoPE) GLM-4 is not supported")));
+    }
+    Ok((dim != head_dim).then_some(dim))
+}
+
+/// Gemma 3's text model as llama.cpp's converter writes it (`gemma3.*`) and llama.cpp reads it:
+/// - the window is `attention.sliding_window` (none: every layer is global);
+/// - which layers slide: `attention.sliding_window_pattern`, an array of one flag per layer or
+///   a period `n` (layer `i` slides unless `i % n == n - 1`), else llama.cpp's default period 6;
+/// - the global layers' RoPE base is `rope.freq_base`, scaled by `rope.scaling.factor` (linear
+///   unless `rope.scaling.type` says otherwise; Gemma 3 4B and larger have 8), the sliding
+///   layers' base `rope.freq_base_swa`, else 10,000 (llama.cpp's default, and every released
+///   Gemma 3's), unscaled;
+/// - the converter does not write `query_pre_attn_scalar`: llama.cpp scales scores by
+///   `key_length^-0.5`, except for the 62-layer 27B model, whose scalar is width / heads (as its
+///   HF config says), and so does this;
+/// - the converter has already added Gemma's `1 +` to every norm weight and dropped the
+///   embedding rows past the vocabulary (the loader knows; nothing to do here).
+fn gemma3_from_gguf(
+    g: &GgufFile,
+    arch_name: &str,
+    n_layers: usize,
+    f: &mut FamilyConfig,
+    err: &dyn Fn(String) -> EngineError,
+) -> Result<()> {
+    let key = |k: &str| format!("{arch_name}.{k}");
+    if let Some(cap) = g.get_f32(&key("final_logit_softcapping")).filter(|&c| c != 0.0) {
+        return Err(err(format!("{} = {cap}: Gemma 3 soft-capping is not supported", key("final_logit_softcapping"))));
+    }
+    f.qk_norm = true;
+    let head_dim = gguf_head_dim(g, arch_name, err)?;
+    let scalar = match (n_layers, g.get_usize(&key("embedding_length")), g.get_usize(&key("attention.head_count"))) {
+        (62, Some(w), Some(n)) if n > 0 => w / n,
+        _ => head_dim,
+    };
+    f.query_pre_attn_scalar = Some(scalar as f32);
+    f.sliding_window = g.get_usize(&key("attention.sliding_window")).filter(|&w| w > 0);
+    f.sliding_layers = match (f.sliding_window, g.get(&key("attention.sliding_window_pattern"))) {
+        (None, _) => vec![false; n_layers],
+        (Some(_), Some(GgufValue::Array(GgufArray::Bool(flags)))) => {
+            if flags.len() < n_layers {
+                return Err(err(format!(
+                    "{} has {} flags for {n_layers} layers",
+                    key("attention.sliding_window_pattern"),
+                    flags.len()
+                )));
+            }
+            flags[..n_layers].to_vec()
+        }
+        (Some(_), Some(v)) => {
+            let n = v.as_u64().filter(|&n| n > 0).ok_or_else(|| {
+                err(format!("{} is neither a period nor one flag per layer", key("attention.sliding_window_pattern")))
+            })? as usize;
+            (0..n_layers).map(|i| i % n < n - 1).collect()
+        }
+        (Some(_), None) => (0..n_layers).map(|i| i % 6 < 5).collect(),
+    };
+    f.local_rope_theta = Some(g.get_f32(&key("rope.freq_base_swa")).unwrap_or(10_000.0));
+    // llama.cpp: the type defaults to linear, the factor may be under its old key, and it scales
+    // the global layers only.
+    let factor = g.get_f32(&key("rope.scaling.factor")).or_else(|| g.get_f32(&key("rope.scale_linear")));
+    f.rope_linear_factor = match g.get_str(&key("rope.scaling.type")).unwrap_or("linear") {
+        "none" => None,
+        "linear" => match factor {
+            None => None,
+            Some(x) if x.is_finite() && x > 0.0 => (x != 1.0).then_some(x),
+            Some(x) => return Err(err(format!("{} = {x} is not a positive factor", key("rope.scaling.factor")))),
+        },
+        other => return Err(err(format!("{} '{other}' is not supported for Gemma 3", key("rope.scaling.type")))),
+    };
+    Ok(())
+}
+
 fn moe_from_hf(v: &Value, n_layers: usize, file: &str) -> Result<MoeConfig> {
     let err = |detail: String| EngineError::Config { file: file.into(), detail };
     let int = |k: &str| v.get(k).and_then(|x| x.as_u64()).map(|x| x as usize);
@@ -576,4 +673,84 @@ fn moe_from_hf(v: &Value, n_layers: usize, file: &str) -> Result<MoeConfig> {
     let sparse_layers = (0..n_layers).map(|i| !dense.contains(&i) && step > 0 && (i + 1) % step == 0).collect();
     let norm = v.get("norm_topk_prob").and_then(|x| x.as_bool()).unwrap_or(false);
     Ok(MoeConfig::softmax(n_experts, top_k, expert_ff, norm, sparse_layers))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::parse_gguf;
+    use crate::gguf::writer::GgufWriter;
+
+    /// A `gemma3` or `glm4` file's metadata: 12 layers of 4 heads of 16 over a width of 64, plus
+    /// `extra`.
+    fn family(arch: DecoderArch, name: &str, extra: &[(&str, GgufValue)]) -> Result<FamilyConfig> {
+        let mut w = GgufWriter::new();
+        w.kv("general.architecture", GgufValue::String(name.into()))
+            .kv(&format!("{name}.embedding_length"), GgufValue::U32(64))
+            .kv(&format!("{name}.attention.head_count"), GgufValue::U32(4))
+            .kv(&format!("{name}.attention.key_length"), GgufValue::U32(16));
+        for (k, v) in extra {
+            w.kv(&format!("{name}.{k}"), v.clone());
+        }
+        let g = parse_gguf(&w.to_bytes()).unwrap();
+        FamilyConfig::from_gguf(&g, arch, name, 12, "test.gguf")
+    }
+
+    fn gemma(extra: &[(&str, GgufValue)]) -> Result<FamilyConfig> {
+        family(DecoderArch::Gemma3, "gemma3", extra)
+    }
+
+    #[test]
+    fn gemma3_layers_slide_as_llama_cpp_reads_the_file() {
+        let window = ("attention.sliding_window", GgufValue::U32(512));
+        // No pattern: llama.cpp's default period of 6, every sixth layer global.
+        let f = gemma(std::slice::from_ref(&window)).unwrap();
+        let globals: Vec<usize> = (0..12).filter(|&i| !f.sliding_layers[i]).collect();
+        assert_eq!(globals, [5, 11]);
+        assert_eq!(
+            (f.sliding_window, f.local_rope_theta, f.query_pre_attn_scalar),
+            (Some(512), Some(10_000.0), Some(16.0))
+        );
+        // A period.
+        let f = gemma(&[window.clone(), ("attention.sliding_window_pattern", GgufValue::U32(3))]).unwrap();
+        assert_eq!((0..12).filter(|&i| !f.sliding_layers[i]).collect::<Vec<_>>(), [2, 5, 8, 11]);
+        // One flag per layer, and the sliding layers' own base.
+        let flags: Vec<bool> = (0..12).map(|i| i != 0).collect();
+        let f = gemma(&[
+            window.clone(),
+            ("attention.sliding_window_pattern", GgufValue::Array(GgufArray::Bool(flags.clone()))),
+            ("rope.freq_base_swa", GgufValue::F32(5_000.0)),
+        ])
+        .unwrap();
+        assert_eq!((f.sliding_layers, f.local_rope_theta), (flags, Some(5_000.0)));
+        // No window: every layer global.
+        assert!(gemma(&[]).unwrap().sliding_layers.iter().all(|&s| !s));
+        // Linear scaling of the global layers; other kinds are refused by name.
+        let linear = gemma(&[
+            ("rope.scaling.type", GgufValue::String("linear".into())),
+            ("rope.scaling.factor", GgufValue::F32(8.0)),
+        ])
+        .unwrap();
+        assert_eq!(linear.rope_linear_factor, Some(8.0));
+        let untyped = gemma(&[("rope.scaling.factor", GgufValue::F32(4.0))]).unwrap();
+        assert_eq!(untyped.rope_linear_factor, Some(4.0));
+        let e = gemma(&[("rope.scaling.type", GgufValue::String("yarn".into()))]).unwrap_err().to_string();
+        assert!(e.contains("gemma3.rope.scaling.type 'yarn'"), "{e}");
+        let e = gemma(&[window, ("attention.sliding_window_pattern", GgufValue::Array(GgufArray::Bool(vec![true])))])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("1 flags for 12 layers"), "{e}");
+    }
+
+    #[test]
+    fn glm4_rotates_the_dimension_count_the_converter_writes() {
+        let glm = |extra: &[(&str, GgufValue)]| family(DecoderArch::Glm4, "glm4", extra);
+        assert_eq!(glm(&[("rope.dimension_count", GgufValue::U32(8))]).unwrap().rotary_dim, Some(8));
+        assert_eq!(glm(&[("rope.dimension_count", GgufValue::U32(16))]).unwrap().rotary_dim, None);
+        assert_eq!(glm(&[]).unwrap().rotary_dim, None);
+        for bad in [0, 7, 18] {
+            let e = glm(&[("rope.dimension_count", GgufValue::U32(bad))]).unwrap_err().to_string();
+            assert!(e.contains("glm4.rope.dimension_count"), "{e}");
+        }
+    }
 }

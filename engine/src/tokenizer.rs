@@ -43,6 +43,11 @@ const QWEN2_SPLIT: &str =
 /// Llama 3's split: as Qwen2's, but digits in runs of up to three.
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// Tokens that end a chat turn whatever the file's EOS id says; llama.cpp's vocabulary loader
+/// stops on them by their text too (with more: this is the part that ends turns in the templates
+/// of the families govbox runs): Gemma, ChatML (Qwen) and Llama 3.
+const END_OF_TURN: [&str; 4] = ["<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|eom_id|>"];
+
 /// GGUF `tokenizer.ggml.token_type` values (llama.cpp's `llama_token_type`).
 mod token_type {
     /// A control token (BOS, EOS, `<|im_start|>`): special, never produced by plain text.
@@ -148,27 +153,14 @@ impl Tokenizer {
 
     /// Builds the tokenizer that a GGUF file's metadata describes.
     ///
-    /// Only `tokenizer.ggml.model = gpt2` (byte-level BPE) is supported. The pre-tokenizer
-    /// follows `tokenizer.ggml.pre`: `smollm` splits digits one by one before the GPT-2 split,
-    /// `qwen2` and `llama-bpe` use their own splits, and anything else (`gpt-2`, `default`, ...)
-    /// the GPT-2 split. Control tokens become special added tokens, user-defined ones plain added
-    /// tokens, so both are matched verbatim in text.
+    /// `tokenizer.ggml.model = gpt2` is byte-level BPE; its pre-tokenizer follows
+    /// `tokenizer.ggml.pre`: `smollm` splits digits one by one before the GPT-2 split, `qwen2` and
+    /// `llama-bpe` use their own splits, and anything else (`gpt-2`, `default`, ...) the GPT-2
+    /// split. `llama` is a SentencePiece vocabulary with scores (Llama 2, Gemma 3): see
+    /// [`sentencepiece_bpe`]. Control tokens become special added tokens, user-defined ones plain
+    /// added tokens, so both are matched verbatim in text.
     pub fn from_gguf(g: &GgufFile) -> Result<Self> {
         let bad = |detail: String| EngineError::Tokenizer(format!("GGUF metadata: {detail}"));
-        match g.get_str("tokenizer.ggml.model") {
-            Some("gpt2") => {}
-            Some("llama") => {
-                return Err(bad("tokenizer.ggml.model 'llama' (SentencePiece) is not supported yet; \
-                     use the model's HuggingFace folder, or a GGUF with a gpt2 (BPE) tokenizer"
-                    .into()));
-            }
-            Some(other) => {
-                return Err(bad(format!(
-                    "tokenizer.ggml.model '{other}' is not supported (only gpt2, byte-level BPE)"
-                )));
-            }
-            None => return Err(bad("no tokenizer.ggml.model: the file carries no tokenizer".into())),
-        }
         let tokens = g
             .get_str_array("tokenizer.ggml.tokens")
             .ok_or_else(|| bad("tokenizer.ggml.tokens is missing or not a string array".into()))?;
@@ -183,29 +175,16 @@ impl Tokenizer {
                 .filter(|t| t.len() == n)
                 .ok_or_else(|| bad(format!("tokenizer.ggml.token_type is not an integer array of {n} entries")))?,
         };
-        let merges = g
-            .get_str_array("tokenizer.ggml.merges")
-            .ok_or_else(|| bad("tokenizer.ggml.merges is missing or not a string array".into()))?;
-        let merges = merges
-            .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                m.split_once(' ')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-                    .ok_or_else(|| bad(format!("merge #{i} is not two tokens separated by a space")))
-            })
-            .collect::<Result<Vec<_>>>()?;
-
-        let mut vocab = Vocab::default();
-        for (id, t) in tokens.iter().enumerate() {
-            // Ids are below MAX_VOCAB, so they fit u32. A repeated string keeps its first id,
-            // as llama.cpp's lookup does.
-            vocab.entry((*t).to_string()).or_insert(id as u32);
-        }
-        let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(tok_err("building the BPE model"))?;
-        let mut inner = tokenizers::Tokenizer::new(bpe);
-        inner.with_pre_tokenizer(Some(pre_tokenizer_for(g.get_str("tokenizer.ggml.pre").unwrap_or("default"))?));
-        inner.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::new(false, true, true))));
+        let mut inner = match g.get_str("tokenizer.ggml.model") {
+            Some("gpt2") => byte_level_bpe(g, &tokens)?,
+            Some("llama") => sentencepiece_bpe(g, &tokens)?,
+            Some(other) => {
+                return Err(bad(format!(
+                    "tokenizer.ggml.model '{other}' is not supported (gpt2: byte-level BPE; llama: SentencePiece)"
+                )));
+            }
+            None => return Err(bad("no tokenizer.ggml.model: the file carries no tokenizer".into())),
+        };
 
         let mut added = Vec::new();
         for (t, &ty) in tokens.iter().zip(&types) {
@@ -232,6 +211,9 @@ impl Tokenizer {
         for key in ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
             eos_ids.extend(id_of(key)?);
         }
+        // The converter writes one EOS id (Gemma 3: `<eos>`), while the model ends its turns with
+        // another (`<end_of_turn>`); llama.cpp stops on these by their text, and so does govbox.
+        eos_ids.extend(tokens.iter().enumerate().filter(|(_, t)| END_OF_TURN.contains(t)).map(|(id, _)| id as u32));
         dedup_in_order(&mut eos_ids);
         let add_bos = g.get_bool("tokenizer.ggml.add_bos_token").unwrap_or(false);
         if add_bos && bos_id.is_none() {
@@ -375,6 +357,125 @@ impl Tokenizer {
     pub fn incremental(&self) -> IncrementalDecoder<&Self> {
         IncrementalDecoder::new(self)
     }
+}
+
+/// The first id of each token string: a repeated string keeps its first id, as llama.cpp's
+/// lookup does. Ids are below [`MAX_VOCAB`], so they fit u32.
+fn vocab_of(tokens: &[&str]) -> Vocab {
+    let mut vocab = Vocab::default();
+    for (id, t) in tokens.iter().enumerate() {
+        vocab.entry((*t).to_string()).or_insert(id as u32);
+    }
+    vocab
+}
+
+/// `tokenizer.ggml.model = gpt2`: byte-level BPE with the file's merges.
+fn byte_level_bpe(g: &GgufFile, tokens: &[&str]) -> Result<tokenizers::Tokenizer> {
+    let bad = |detail: String| EngineError::Tokenizer(format!("GGUF metadata: {detail}"));
+    let merges = g
+        .get_str_array("tokenizer.ggml.merges")
+        .ok_or_else(|| bad("tokenizer.ggml.merges is missing or not a string array".into()))?;
+    let merges = merges
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| bad(format!("merge #{i} is not two tokens separated by a space")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bpe =
+        BPE::builder().vocab_and_merges(vocab_of(tokens), merges).build().map_err(tok_err("building the BPE model"))?;
+    let mut inner = tokenizers::Tokenizer::new(bpe);
+    inner.with_pre_tokenizer(Some(pre_tokenizer_for(g.get_str("tokenizer.ggml.pre").unwrap_or("default"))?));
+    inner.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::new(false, true, true))));
+    Ok(inner)
+}
+
+/// SentencePiece's word boundary, which stands for a space in the pieces.
+const SPM_SPACE: &str = "\u{2581}";
+
+/// `tokenizer.ggml.model = llama`: a SentencePiece BPE vocabulary with a score per piece, as
+/// llama.cpp's converter writes Llama 2's and Gemma's. llama.cpp tokenizes it by repeatedly
+/// joining the adjacent pair that makes the highest-scoring piece; transformers' converter
+/// expresses the same as BPE merges ranked by that score, which is what is built here: every
+/// split of a piece into two pieces is a merge, ranked by the piece's score (higher first), then
+/// longer left and right parts first, then by id. Spaces become `▁`, a `▁` is put in front unless
+/// `tokenizer.ggml.add_space_prefix` is false (Gemma), and characters no piece covers fall back
+/// to the `<0xXX>` byte pieces.
+fn sentencepiece_bpe(g: &GgufFile, tokens: &[&str]) -> Result<tokenizers::Tokenizer> {
+    use tokenizers::decoders::byte_fallback::ByteFallback;
+    use tokenizers::decoders::fuse::Fuse;
+    use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+    use tokenizers::decoders::strip::Strip;
+    use tokenizers::normalizers::{NormalizerWrapper, Prepend, Replace, Sequence as NormalizerSequence};
+
+    let bad = |detail: String| EngineError::Tokenizer(format!("GGUF metadata: {detail}"));
+    let n = tokens.len();
+    let scores = g
+        .get_f32_array("tokenizer.ggml.scores")
+        .filter(|s| s.len() == n)
+        .ok_or_else(|| bad(format!("tokenizer.ggml.scores is not a float array of {n} entries")))?;
+    if scores.iter().any(|s| !s.is_finite()) {
+        return Err(bad("tokenizer.ggml.scores holds a value that is not finite".into()));
+    }
+    let vocab = vocab_of(tokens);
+    struct Merge {
+        score: f32,
+        left_chars: usize,
+        right_chars: usize,
+        ids: (u32, u32, u32),
+    }
+    let mut ranked = Vec::new();
+    for (id, piece) in tokens.iter().enumerate() {
+        for (left_chars, (at, _)) in piece.char_indices().enumerate().skip(1) {
+            let (l, r) = piece.split_at(at);
+            if let (Some(&lid), Some(&rid)) = (vocab.get(l), vocab.get(r)) {
+                ranked.push(Merge {
+                    score: scores[id],
+                    left_chars,
+                    right_chars: r.chars().count(),
+                    ids: (id as u32, lid, rid),
+                });
+            }
+        }
+    }
+    ranked.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then(b.left_chars.cmp(&a.left_chars))
+            .then(b.right_chars.cmp(&a.right_chars))
+            .then(a.ids.cmp(&b.ids))
+    });
+    let merges =
+        ranked.iter().map(|m| (tokens[m.ids.1 as usize].to_string(), tokens[m.ids.2 as usize].to_string())).collect();
+    let mut builder = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true).fuse_unk(true);
+    if let Some(unk) = g.get_u32("tokenizer.ggml.unknown_token_id") {
+        let t = tokens
+            .get(unk as usize)
+            .ok_or_else(|| bad(format!("tokenizer.ggml.unknown_token_id {unk} is not below {n}")))?;
+        builder = builder.unk_token((*t).to_string());
+    }
+    let bpe = builder.build().map_err(tok_err("building the SentencePiece model"))?;
+    let mut inner = tokenizers::Tokenizer::new(bpe);
+    let prefix = g.get_bool("tokenizer.ggml.add_space_prefix").unwrap_or(true);
+    let space = Replace::new(" ", SPM_SPACE).map_err(tok_err("the space normalizer"))?;
+    let mut normalizers = Vec::new();
+    if prefix {
+        normalizers.push(NormalizerWrapper::Prepend(Prepend::new(SPM_SPACE.into())));
+    }
+    normalizers.push(NormalizerWrapper::Replace(space));
+    inner.with_normalizer(Some(NormalizerWrapper::Sequence(NormalizerSequence::new(normalizers))));
+    let mut decoders = vec![
+        DecoderWrapper::Replace(Replace::new(SPM_SPACE, " ").map_err(tok_err("the space decoder"))?),
+        DecoderWrapper::ByteFallback(ByteFallback::new()),
+        DecoderWrapper::Fuse(Fuse::new()),
+    ];
+    if prefix {
+        decoders.push(DecoderWrapper::Strip(Strip::new(' ', 1, 0)));
+    }
+    inner.with_decoder(Some(DecoderWrapper::Sequence(DecoderSequence::new(decoders))));
+    Ok(inner)
 }
 
 fn pre_tokenizer_for(pre: &str) -> Result<PreTokenizerWrapper> {
@@ -543,8 +644,9 @@ mod tests {
 
     #[test]
     fn gguf_tokenizer_refuses_other_models() {
+        // SentencePiece needs its piece scores.
         let e = Tokenizer::from_gguf(&tiny_gguf("llama", "default")).unwrap_err().to_string();
-        assert!(e.contains("SentencePiece") && e.contains("not supported"), "{e}");
+        assert!(e.contains("tokenizer.ggml.scores is not a float array of"), "{e}");
         let e = Tokenizer::from_gguf(&tiny_gguf("bert", "default")).unwrap_err().to_string();
         assert!(e.contains("'bert' is not supported"), "{e}");
     }

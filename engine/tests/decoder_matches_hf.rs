@@ -82,16 +82,9 @@ test_device!(tiny_qwen2_greedy_generation_matches_hf, |b| check_greedy(b, "tiny-
 
 test_device!(tiny_llama_greedy_generation_matches_hf, |b| check_greedy(b, "tiny-llama"));
 
-/// Q8_0: at least as accurate as llama.cpp on the same file ([`check_q8_against_llama_cpp`]).
-fn check_q8(backend: Arc<dyn Backend>, name: &str) {
-    let engine = load_on(&fixture(&format!("gguf/{name}-q8_0.gguf")), backend);
-    let logits = format!("gguf/{name}-q8_0.llamacpp_logits.safetensors");
-    check_q8_against_llama_cpp(&engine, name, &logits, Q8Rule::PerCase);
-}
+test_device!(tiny_qwen2_q8_0_gguf_is_at_least_as_accurate_as_llama_cpp, |b| q8_0_vs_llama_cpp(b, "tiny-qwen2"));
 
-test_device!(tiny_qwen2_q8_0_gguf_is_at_least_as_accurate_as_llama_cpp, |b| check_q8(b, "tiny-qwen2"));
-
-test_device!(tiny_llama_q8_0_gguf_is_at_least_as_accurate_as_llama_cpp, |b| check_q8(b, "tiny-llama"));
+test_device!(tiny_llama_q8_0_gguf_is_at_least_as_accurate_as_llama_cpp, |b| q8_0_vs_llama_cpp(b, "tiny-llama"));
 
 // The newer families (issue 23): fixtures from shared/tools/make_arch_fixtures.py (HF 5.25, f32).
 test_device!(tiny_qwen3_safetensors_logits_match_hf, |b| check_exact(b, &fixture("tiny-qwen3"), "tiny-qwen3"));

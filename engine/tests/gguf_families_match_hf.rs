@@ -1,8 +1,20 @@
-//! Qwen3 and Qwen3-MoE GGUF files (F32) compute HF's logits. The files are written here from the
-//! HF fixtures with llama.cpp's converter's names and metadata for these architectures (`qwen3`,
-//! `qwen3moe`: `attn_q_norm`/`attn_k_norm`, the router `ffn_gate_inp`, the experts stacked in
-//! `ffn_{gate,up,down}_exps`, `expert_count`/`expert_used_count`/`expert_feed_forward_length`,
-//! byte-level BPE tokenizer metadata), since llama.cpp itself is not part of the build.
+//! Qwen3, Qwen3-MoE, GLM-4 and Gemma 3 GGUF files (F32) compute HF's logits. The files are
+//! written here from the HF fixtures with llama.cpp's converter's names, metadata and tensor
+//! changes for these architectures, since llama.cpp itself is not part of the build:
+//! - `qwen3`, `qwen3moe`: `attn_q_norm`/`attn_k_norm`, the router `ffn_gate_inp`, the experts
+//!   stacked in `ffn_{gate,up,down}_exps`, `expert_count`/`expert_used_count`/
+//!   `expert_feed_forward_length`;
+//! - `glm4` (`conversion/glm.py`): `rope.dimension_count` = head_dim × partial_rotary_factor,
+//!   q/k/v biases, HF's q/k rows unpermuted, the fused `gate_up_proj` as `ffn_up`,
+//!   `post_attention_norm`/`post_ffw_norm`;
+//! - `gemma3` (`conversion/gemma.py`): 1 added to every norm weight, `attention.sliding_window`,
+//!   `rope.freq_base` (global) and `rope.freq_base_swa`, `post_attention_norm`/`ffn_norm`/
+//!   `post_ffw_norm`, no `query_pre_attn_scalar`. The converter leaves the layer pattern to
+//!   llama.cpp's default (every sixth layer global); the fixture's three layers are
+//!   sliding, sliding, global, so the file carries llama.cpp's per-layer
+//!   `attention.sliding_window_pattern` flags as `tests/fixtures/gguf/make_family_ggufs.sh` adds
+//!   them;
+//! - byte-level BPE tokenizer metadata.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod common;
@@ -10,9 +22,10 @@ use common::*;
 
 use std::sync::Arc;
 
-use govbox_drivers::Backend;
+use govbox_drivers::{Backend, KvDType};
 use govbox_engine::gguf::writer::GgufWriter;
 use govbox_engine::gguf::{GgufArray, GgufValue};
+use govbox_engine::{Engine, EngineOptions};
 
 const TOL: f32 = 1e-4;
 
@@ -75,21 +88,36 @@ fn tokenizer_kvs(w: &mut GgufWriter, name: &str, eos: u32) {
         })
         .collect();
     w.kv("tokenizer.ggml.model", GgufValue::String("gpt2".into()))
-        .kv("tokenizer.ggml.pre", GgufValue::String("qwen2".into()))
+        // The fixtures' tokenizers split as GPT-2 does (not as the real models' do), which is what
+        // the converter writes for them (bench/get-llama-cpp.sh).
+        .kv("tokenizer.ggml.pre", GgufValue::String("gpt-2".into()))
         .kv("tokenizer.ggml.tokens", strs(tokens.iter().map(|t| t.1.clone()).collect()))
         .kv("tokenizer.ggml.token_type", GgufValue::Array(GgufArray::I32(tokens.iter().map(|t| t.2).collect())))
         .kv("tokenizer.ggml.merges", strs(merges))
         .kv("tokenizer.ggml.eos_token_id", GgufValue::U32(eos));
 }
 
-/// Writes fixture `name` (Qwen3 or Qwen3-MoE) as an F32 GGUF file and returns its path.
+fn f32_of(v: &serde_json::Value) -> GgufValue {
+    GgufValue::F32(v.as_f64().unwrap_or_else(|| panic!("{v} is not a number")) as f32)
+}
+
+/// Writes fixture `name` (Qwen3, Qwen3-MoE, GLM-4 or Gemma 3) as an F32 GGUF file and returns its
+/// path.
 fn convert(name: &str) -> std::path::PathBuf {
     let hf = Hf::load(name);
-    let moe = hf.cfg["architectures"][0] == "Qwen3MoeForCausalLM";
-    let arch = if moe { "qwen3moe" } else { "qwen3" };
+    let arch = match hf.cfg["architectures"][0].as_str().unwrap() {
+        "Qwen3MoeForCausalLM" => "qwen3moe",
+        "Qwen3ForCausalLM" => "qwen3",
+        "Glm4ForCausalLM" => "glm4",
+        "Gemma3ForCausalLM" => "gemma3",
+        other => panic!("no GGUF conversion for {other}"),
+    };
+    let (moe, gemma, glm) = (arch == "qwen3moe", arch == "gemma3", arch == "glm4");
     let mut w = GgufWriter::new();
     let u32v = |x: u64| GgufValue::U32(x as u32);
     let key = |k: &str| format!("{arch}.{k}");
+    let rope = &hf.cfg["rope_parameters"];
+    let global_rope = if gemma { &rope["full_attention"] } else { rope };
     w.kv("general.architecture", GgufValue::String(arch.into()))
         .kv(&key("block_count"), u32v(hf.int("num_hidden_layers")))
         .kv(&key("context_length"), u32v(hf.int("max_position_embeddings")))
@@ -99,8 +127,18 @@ fn convert(name: &str) -> std::path::PathBuf {
         .kv(&key("attention.head_count_kv"), u32v(hf.int("num_key_value_heads")))
         .kv(&key("attention.key_length"), u32v(hf.int("head_dim")))
         .kv(&key("attention.value_length"), u32v(hf.int("head_dim")))
-        .kv(&key("attention.layer_norm_rms_epsilon"), GgufValue::F32(hf.cfg["rms_norm_eps"].as_f64().unwrap() as f32))
-        .kv(&key("rope.freq_base"), GgufValue::F32(hf.cfg["rope_parameters"]["rope_theta"].as_f64().unwrap() as f32));
+        .kv(&key("attention.layer_norm_rms_epsilon"), f32_of(&hf.cfg["rms_norm_eps"]))
+        .kv(&key("rope.freq_base"), f32_of(&global_rope["rope_theta"]));
+    if glm {
+        let factor = rope["partial_rotary_factor"].as_f64().unwrap();
+        w.kv(&key("rope.dimension_count"), u32v((hf.int("head_dim") as f64 * factor) as u64));
+    }
+    if gemma {
+        let flags = hf.cfg["layer_types"].as_array().unwrap().iter().map(|t| t == "sliding_attention").collect();
+        w.kv(&key("rope.freq_base_swa"), f32_of(&rope["sliding_attention"]["rope_theta"]))
+            .kv(&key("attention.sliding_window"), u32v(hf.int("sliding_window")))
+            .kv(&key("attention.sliding_window_pattern"), GgufValue::Array(GgufArray::Bool(flags)));
+    }
     let n_experts = hf.cfg["num_experts"].as_u64().or(hf.cfg["num_local_experts"].as_u64()).unwrap_or(0);
     if moe {
         w.kv(&key("expert_count"), u32v(n_experts))
@@ -112,7 +150,14 @@ fn convert(name: &str) -> std::path::PathBuf {
     }
     tokenizer_kvs(&mut w, name, hf.int("eos_token_id") as u32);
     let put = |w: &mut GgufWriter, gguf: &str, hf_name: &str| {
-        let (data, dims) = hf.tensor(hf_name);
+        let (mut data, dims) = hf.tensor(hf_name);
+        // Gemma3Model.modify_tensors: "Gemma3RMSNorm adds 1.0 to the norm value".
+        if gemma && hf_name.ends_with("norm.weight") {
+            for x in data.chunks_exact_mut(4) {
+                let v = f32::from_le_bytes((&*x).try_into().unwrap()) + 1.0;
+                x.copy_from_slice(&v.to_le_bytes());
+            }
+        }
         w.tensor(gguf, &dims, 0, data);
     };
     put(&mut w, "token_embd.weight", "model.embed_tokens.weight");
@@ -122,19 +167,43 @@ fn convert(name: &str) -> std::path::PathBuf {
     }
     for i in 0..hf.int("num_hidden_layers") {
         let l = |p: &str| format!("model.layers.{i}.{p}.weight");
-        for (g, h) in [
+        let mut parts = vec![
             ("attn_norm", "input_layernorm"),
             ("attn_q", "self_attn.q_proj"),
             ("attn_k", "self_attn.k_proj"),
             ("attn_v", "self_attn.v_proj"),
             ("attn_output", "self_attn.o_proj"),
-            ("attn_q_norm", "self_attn.q_norm"),
-            ("attn_k_norm", "self_attn.k_norm"),
-            ("ffn_norm", "post_attention_layernorm"),
-        ] {
+        ];
+        parts.extend(match arch {
+            "glm4" => vec![
+                ("post_attention_norm", "post_self_attn_layernorm"),
+                ("ffn_norm", "post_attention_layernorm"),
+                ("post_ffw_norm", "post_mlp_layernorm"),
+            ],
+            "gemma3" => vec![
+                ("attn_q_norm", "self_attn.q_norm"),
+                ("attn_k_norm", "self_attn.k_norm"),
+                ("post_attention_norm", "post_attention_layernorm"),
+                ("ffn_norm", "pre_feedforward_layernorm"),
+                ("post_ffw_norm", "post_feedforward_layernorm"),
+            ],
+            _ => vec![
+                ("attn_q_norm", "self_attn.q_norm"),
+                ("attn_k_norm", "self_attn.k_norm"),
+                ("ffn_norm", "post_attention_layernorm"),
+            ],
+        });
+        for (g, h) in parts {
             put(&mut w, &format!("blk.{i}.{g}.weight"), &l(h));
         }
-        if hf.has(&l("mlp.gate")) {
+        if glm {
+            for p in ["q", "k", "v"] {
+                let b = format!("model.layers.{i}.self_attn.{p}_proj.bias");
+                put(&mut w, &format!("blk.{i}.attn_{p}.bias"), &b);
+            }
+            put(&mut w, &format!("blk.{i}.ffn_up.weight"), &l("mlp.gate_up_proj"));
+            put(&mut w, &format!("blk.{i}.ffn_down.weight"), &l("mlp.down_proj"));
+        } else if hf.has(&l("mlp.gate")) {
             put(&mut w, &format!("blk.{i}.ffn_gate_inp.weight"), &l("mlp.gate"));
             for part in ["gate", "up", "down"] {
                 let mut data = Vec::new();
@@ -163,7 +232,9 @@ fn convert(name: &str) -> std::path::PathBuf {
 
 fn check(backend: Arc<dyn Backend>, name: &str) {
     let path = convert(name);
-    let engine = load_on(&path, backend);
+    // The 1e-4 comparison is against f32 references: the KV pool stays f32 whatever the default.
+    let opts = EngineOptions { kv_dtype: KvDType::F32, ..EngineOptions::default() };
+    let engine = Engine::load(&path, backend, &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
     let exp = json(&format!("{name}/expected.json"));
     let refs = load_tensors(&format!("{name}/expected_logits.safetensors"));
     for (i, case) in exp["cases"].as_array().unwrap().iter().enumerate() {
@@ -175,8 +246,10 @@ fn check(backend: Arc<dyn Backend>, name: &str) {
         }
     }
     // The tokenizer came from the file: the fixture's prompts encode to the same ids.
-    if let Some(p) = exp["cases"][0]["prompt"].as_str() {
-        assert_eq!(engine.tokenizer().encode(p).unwrap(), ids(&exp["cases"][0]["input_ids"]));
+    for (i, case) in exp["cases"].as_array().unwrap().iter().enumerate() {
+        if let Some(p) = case["prompt"].as_str() {
+            assert_eq!(engine.tokenizer().encode(p).unwrap(), ids(&case["input_ids"]), "{name} case {i}: ids");
+        }
     }
     let _ = std::fs::remove_file(&path);
 }
@@ -187,3 +260,9 @@ test_device!(qwen3_moe_f32_gguf_logits_match_hf, |b| check(b, "tiny-qwen3-moe"))
 
 // norm_topk_prob off (expert_weights_norm false) and dense layers among the sparse ones.
 test_device!(qwen3_moe_mixed_f32_gguf_logits_match_hf, |b| check(b, "tiny-qwen3-moe-mixed"));
+
+test_device!(glm4_f32_gguf_logits_match_hf, |b| check(b, "tiny-glm4"));
+
+// Norm weights with the 1 already added, the window crossed by the 268-token case, and the two
+// RoPE bases.
+test_device!(gemma3_f32_gguf_logits_match_hf, |b| check(b, "tiny-gemma3"));

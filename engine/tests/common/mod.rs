@@ -109,6 +109,15 @@ pub fn kv_cache_for(
     model.backend().new_kv_cache(spec).unwrap()
 }
 
+/// `tests/fixtures/gguf/{name}-q8_0.gguf` against llama.cpp on the same file
+/// (`{name}-q8_0.llamacpp_logits.safetensors`), by the per-case rule of
+/// [`check_q8_against_llama_cpp`].
+pub fn q8_0_vs_llama_cpp(backend: Arc<dyn Backend>, name: &str) {
+    let engine = load_on(&fixture(&format!("gguf/{name}-q8_0.gguf")), backend);
+    let logits = format!("gguf/{name}-q8_0.llamacpp_logits.safetensors");
+    check_q8_against_llama_cpp(&engine, name, &logits, Q8Rule::PerCase);
+}
+
 /// How [`check_q8_against_llama_cpp`] compares errors with llama.cpp's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Q8Rule {
