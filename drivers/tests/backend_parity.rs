@@ -332,8 +332,11 @@ fn paged_attention_matches_cpu(d: &Dev) {
             let mut gk = match d.b.new_kv_cache(spec) {
                 Ok(c) => c,
                 Err(DriverError::KvDType { dtype: refused, backend, .. }) => {
-                    // A pool type the device does not store is refused by name, before any allocation.
+                    // A pool type the device does not store is refused by name, before any
+                    // allocation. Only CUDA's q8_0 is: the simulator stores all three types, so
+                    // its q8_0 must match the CPU's below, not be skipped.
                     assert_eq!((refused, backend), (dtype, d.name));
+                    assert!(d.name == "cuda" && dtype == KvDType::Q8_0, "{} refused a {dtype} pool", d.name);
                     continue;
                 }
                 Err(e) => panic!("{} {dtype} pool: {e}", d.name),
