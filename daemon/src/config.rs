@@ -686,9 +686,9 @@ mod tests {
         let (c, _) = parse("[serving]\nprefix_cache = \"shared\"\n").unwrap();
         assert_eq!(c.serving.prefix_cache, PrefixCacheMode::Shared);
         assert!(parse("[serving]\nprefix_cache = \"global\"\n").unwrap_err().to_string().contains("per_client"));
-        assert_eq!(Config::default().serving.engine_options().kv_dtype, KvDType::F32);
-        let (c, _) = parse("[serving]\nkv_dtype = \"f16\"\n").unwrap();
-        assert_eq!(c.serving.engine_options().kv_dtype, KvDType::F16);
+        assert_eq!(Config::default().serving.engine_options().kv_dtype, KvDType::F16);
+        let (c, _) = parse("[serving]\nkv_dtype = \"f32\"\n").unwrap();
+        assert_eq!(c.serving.engine_options().kv_dtype, KvDType::F32);
         let (c, _) = parse("device = \"cuda:1\"\nlog_level = \"debug\"\n").unwrap();
         assert_eq!((c.device, c.log_level.0), (DeviceSpec::Cuda(1), log::LevelFilter::Debug));
         for (bad, says) in [("device = \"gpu\"", "device"), ("log_level = \"DEBUG\"", "log_level")] {

@@ -210,6 +210,21 @@ impl KvSpec {
         self.values_per_layer().and_then(|v| self.dtype.bytes_for(v)).and_then(|b| b.checked_mul(2 * self.n_layers))
     }
 
+    /// An error naming `head_dim` when a head is not whole blocks of the stored type (`q8_0`
+    /// stores 32 values per block; a pool of any backend keeps each head's values in whole
+    /// blocks, so that a position's row is whole blocks too).
+    pub(crate) fn check_whole_blocks(&self) -> Result<()> {
+        if !self.head_dim.is_multiple_of(self.dtype.block_len()) {
+            return Err(DriverError::KvCache(format!(
+                "kv_dtype {} stores blocks of {} values: head_dim {} is not a multiple of it",
+                self.dtype,
+                self.dtype.block_len(),
+                self.head_dim
+            )));
+        }
+        Ok(())
+    }
+
     /// The pool slot of position `pos` of a sequence whose blocks are `table`: an error when
     /// the table has no block for it, or names one outside the pool.
     pub(crate) fn slot(&self, table: &[u32], pos: usize) -> Result<usize> {

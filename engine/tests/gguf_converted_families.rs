@@ -13,17 +13,15 @@ use common::*;
 
 use std::sync::Arc;
 
-use govbox_drivers::{Backend, KvDType};
+use govbox_drivers::Backend;
 use govbox_engine::chat::ChatMessage;
-use govbox_engine::{Engine, EngineOptions};
 
 const TOL: f32 = 1e-4;
 
 fn check_f32(backend: Arc<dyn Backend>, name: &str) {
     let path = fixture(&format!("gguf/{name}-f32.gguf"));
     // Against f32 references: the KV pool stays f32 whatever the default is.
-    let opts = EngineOptions { kv_dtype: KvDType::F32, ..EngineOptions::default() };
-    let engine = Engine::load(&path, backend, &opts).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let engine = load_f32_on(&path, backend);
     let exp = json(&format!("{name}/expected.json"));
     let refs = load_tensors(&format!("{name}/expected_logits.safetensors"));
     let (mut prompts, mut chats) = (0, 0);

@@ -11,7 +11,7 @@
 mod common;
 use common::*;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use govbox_drivers::{Backend, KvDType};
@@ -20,12 +20,6 @@ use govbox_engine::gguf::{GgufFile, GgufValue, parse_gguf};
 use govbox_engine::{Engine, EngineOptions};
 
 const TOL: f32 = 1e-4;
-
-/// Loads with an f32 KV pool: the 1e-4 comparisons must not depend on the engine's default.
-fn load_f32(path: &Path, backend: Arc<dyn Backend>) -> Engine {
-    let opts = EngineOptions { kv_dtype: KvDType::F32, ..EngineOptions::default() };
-    Engine::load(path, backend, &opts).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
 
 /// Every position's logits of every case, incremental and prefill, within `TOL` of `refs`.
 fn check_logits(engine: &Engine, what: &str, cases: &str, refs: &str) {
@@ -167,7 +161,7 @@ fn f32_file() -> PathBuf {
 }
 
 fn check_f32(backend: Arc<dyn Backend>) {
-    let engine = load_f32(&f32_file(), backend);
+    let engine = load_f32_on(&f32_file(), backend);
     check_logits(
         &engine,
         "tiny-deepseek-v3 f32 gguf",
@@ -185,7 +179,7 @@ fn config(name: &str) -> serde_json::Value {
 /// The older `attn_kv_b` layout, without and with YaRN.
 fn check_older_layout(backend: Arc<dyn Backend>, name: &str) {
     let path = older_layout(&config(name));
-    let engine = load_f32(&path, backend);
+    let engine = load_f32_on(&path, backend);
     check_logits(
         &engine,
         &format!("{name} (whole attn_kv_b) gguf"),
@@ -202,7 +196,7 @@ test_device!(deepseek_v3_yarn_gguf_keys_match_hf, |b| check_older_layout(b, "tin
 /// The converter's YaRN keys (`yarn_log_multiplier` = 0.1 · mscale_all_dim, no attention factor):
 /// HF's logits for the -yarn config with mscale = mscale_all_dim (see make_deepseek_ggufs.sh).
 fn check_yarn(backend: Arc<dyn Backend>) {
-    let engine = load_f32(&fixture("gguf/tiny-deepseek-v3-yarn-f32.gguf"), backend);
+    let engine = load_f32_on(&fixture("gguf/tiny-deepseek-v3-yarn-f32.gguf"), backend);
     check_logits(
         &engine,
         "tiny-deepseek-v3-yarn f32 gguf",
@@ -216,8 +210,8 @@ test_device!(deepseek_v3_yarn_f32_gguf_logits_match_hf, check_yarn);
 /// The KV pool holds one "head" of `qk_rope + kv_lora_rank` values per token and layer (the RoPE
 /// key and the compressed latent), as for the HF folder, not per-head keys and values.
 fn check_latent_cache(backend: Arc<dyn Backend>) {
-    let gguf = load_f32(&f32_file(), backend.clone()).kv_spec().unwrap();
-    let hf = load_f32(&fixture("tiny-deepseek-v3"), backend).kv_spec().unwrap();
+    let gguf = load_f32_on(&f32_file(), backend.clone()).kv_spec().unwrap();
+    let hf = load_f32_on(&fixture("tiny-deepseek-v3"), backend).kv_spec().unwrap();
     let c = config("tiny-deepseek-v3");
     let width = (c["qk_rope_head_dim"].as_u64().unwrap() + c["kv_lora_rank"].as_u64().unwrap()) as usize;
     assert_eq!((gguf.n_kv_heads, gguf.head_dim, gguf.n_layers), (1, width, 3));
@@ -231,7 +225,7 @@ test_device!(deepseek_v3_gguf_caches_the_latent, check_latent_cache);
 /// in routing at a few positions (llama.cpp's own Q8_0 run flips 28 of 530 positions here, by up
 /// to 1.9), and which positions flip differs between two correct implementations.
 fn check_q8(backend: Arc<dyn Backend>) {
-    let engine = load_f32(&fixture("gguf/tiny-deepseek-v3-q8_0.gguf"), backend);
+    let engine = load_f32_on(&fixture("gguf/tiny-deepseek-v3-q8_0.gguf"), backend);
     let logits = "gguf/tiny-deepseek-v3-q8_0.llamacpp_logits.safetensors";
     check_q8_against_llama_cpp(&engine, "tiny-deepseek-v3", logits, Q8Rule::Aggregate);
 }
@@ -241,7 +235,7 @@ test_device!(deepseek_v3_q8_0_gguf_is_at_least_as_accurate_as_llama_cpp, check_q
 /// The tokenizer the converter wrote gives HF's ids for every fixture prompt.
 #[test]
 fn deepseek_v3_gguf_tokenizer_matches_hf() {
-    let engine = load_f32(&f32_file(), backend());
+    let engine = load_f32_on(&f32_file(), backend());
     let exp = json("tiny-deepseek-v3/expected.json");
     let mut checked = 0;
     for (i, case) in exp["cases"].as_array().unwrap().iter().enumerate() {

@@ -43,7 +43,8 @@ fn split_into_shards(tag: &str, drop_from_shard: Option<&str>) -> std::path::Pat
 fn sharded_model_matches_hf_logits() {
     let dir = split_into_shards("ok", None);
     assert!(!dir.join("model.safetensors").exists());
-    let engine = load(&dir);
+    // An f32 KV pool: the default f16 one moves logits by up to ~3e-3, past the 1e-4 here.
+    let engine = load_f32(&dir);
     let exp = json("tiny-llama/expected.json");
     let refs = load_tensors("tiny-llama/expected_logits.safetensors");
     let case = &exp["cases"][0];

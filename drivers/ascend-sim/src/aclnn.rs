@@ -251,6 +251,7 @@ launch_fn!(aclnnInplaceCopy);
 launch_fn!(aclnnEmbedding);
 launch_fn!(aclnnIndexSelect);
 launch_fn!(aclnnArgMax);
+launch_fn!(aclnnDynamicQuant);
 
 fn check_cube(cube: i8) -> SimResult<()> {
     if !(0..=3).contains(&cube) {
@@ -940,5 +941,46 @@ pub unsafe extern "C" fn aclnnArgMaxGetWorkspaceSize(
         }
         expect_shape(&o, "out", &want, if keepdim { "self with dim = 1" } else { "self without dim" })?;
         Ok(Kernel::ArgMax { x, dim: d, out: o })
+    })
+}
+
+/// Builds per-token symmetric int8 quantisation: for each row r of x's last dim,
+/// scaleOut[r] = row_max(abs(x[r])) / 127 and yOut[r] = round(x[r] / scaleOut[r]) (CANN's
+/// documented formula; the simulator rounds half away from zero). x is 2-D to 8-D; yOut int8 of
+/// x's shape; scaleOut f32 of x's shape without its last dim. Real hardware takes x in
+/// f16/bf16 only and wants yOut and scaleOut contiguous; the simulator also takes f32 x (as
+/// for aclnnWeightQuantBatchMatmulV2) and any strides. smoothScalesOptional is refused.
+///
+/// # Safety
+/// Handles are looked up, never dereferenced; `workspaceSize` and `executor` are writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn aclnnDynamicQuantGetWorkspaceSize(
+    x: *const aclTensor,
+    smoothScalesOptional: *const aclTensor,
+    yOut: *const aclTensor,
+    scaleOut: *const aclTensor,
+    workspaceSize: *mut u64,
+    executor: *mut *mut aclOpExecutor,
+) -> aclnnStatus {
+    build("aclnnDynamicQuantGetWorkspaceSize", "aclnnDynamicQuant", workspaceSize, executor, |st, dev| {
+        let xv = tensor(st, x, "x", dev)?;
+        let y = tensor(st, yOut, "yOut", dev)?;
+        let s = tensor(st, scaleOut, "scaleOut", dev)?;
+        if !smoothScalesOptional.is_null() {
+            bail!(INVALID, "smoothScalesOptional is not supported by the simulator; pass NULL");
+        }
+        float(&xv, "x")?;
+        if !(2..=8).contains(&xv.rank()) {
+            bail!(INVALID, "x {} must be 2-D to 8-D", xv.shape());
+        }
+        if y.dtype != DType::I8 {
+            bail!(INVALID, "yOut has dtype {}; this op writes ACL_INT8", y.dtype.name());
+        }
+        if s.dtype != DType::F32 {
+            bail!(INVALID, "scaleOut has dtype {}; this op writes ACL_FLOAT", s.dtype.name());
+        }
+        expect_shape(&y, "yOut", &xv.dims, "the shape of x")?;
+        expect_shape(&s, "scaleOut", &xv.dims[..xv.rank() - 1], "x's shape without its last dim")?;
+        Ok(Kernel::DynamicQuant { x: xv, y, scale: s })
     })
 }

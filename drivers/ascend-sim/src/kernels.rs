@@ -112,6 +112,12 @@ pub(crate) enum Kernel {
         dim: usize,
         out: View,
     },
+    /// Per row of x's last dim: scale[r] = max |x[r]| / 127, y[r] = round(x[r] / scale[r]).
+    DynamicQuant {
+        x: View,
+        y: View,
+        scale: View,
+    },
 }
 
 fn align512(n: usize) -> usize {
@@ -151,6 +157,7 @@ impl Kernel {
             Kernel::Convert { src, dst } => v.extend([(src, false), (dst, true)]),
             Kernel::Embedding { weight, indices, out } => v.extend([(weight, false), (indices, false), (out, true)]),
             Kernel::IndexSelect { x, index, out, .. } => v.extend([(x, false), (index, false), (out, true)]),
+            Kernel::DynamicQuant { x, y, scale } => v.extend([(x, false), (y, true), (scale, true)]),
         }
         v
     }
@@ -359,6 +366,10 @@ impl Kernel {
                 out.scatter_raw(&buf);
                 Ok(())
             }
+            Kernel::DynamicQuant { x, y, scale } => {
+                run_dynamic_quant(x, y, scale);
+                Ok(())
+            }
             Kernel::ArgMax { x, dim, out } => {
                 let xs = x.gather_f64();
                 let (outer, len, inner) = split(&x.dims, *dim);
@@ -564,6 +575,30 @@ fn dot(x: &[f32], y: &[f32]) -> f32 {
         s += a * b;
     }
     s
+}
+
+/// aclnnDynamicQuant without smooth scales, as CANN documents it: `scaleOut = row_max(abs(x)) /
+/// 127`, `yOut = round(x / scaleOut)`. Computed in f32 (scaleOut's type), the division as
+/// written, `round` half away from zero (C's `roundf`); a row of zeros gets scale 0 and zeros.
+fn run_dynamic_quant(x: &View, y: &View, scale: &View) {
+    let xs = x.gather_f32();
+    let n = x.dims.last().copied().unwrap_or(0);
+    let mut q = vec![0i64; xs.len()];
+    // One scale per row, rows of zero length included (their scale is 0).
+    let scales: Vec<f32> = (0..scale.numel())
+        .map(|r| {
+            let (row, out) = (&xs[r * n..(r + 1) * n], &mut q[r * n..(r + 1) * n]);
+            let s = row.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+            if s > 0.0 {
+                for (o, &v) in out.iter_mut().zip(row) {
+                    *o = (v / s).round().clamp(-127.0, 127.0) as i64;
+                }
+            }
+            s
+        })
+        .collect();
+    y.scatter_i64(&q);
+    scale.scatter_f64(|i| f64::from(scales[i]));
 }
 
 #[cfg(test)]

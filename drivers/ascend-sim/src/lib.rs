@@ -69,6 +69,9 @@
 //! - Int64 values go through f64 in arithmetic ops and casts between different dtypes (exact up to
 //!   2^53); copies between equal dtypes are bit-exact.
 //! - `aclnnRmsNorm` accepts a NULL `rstdOut`.
+//! - `aclnnDynamicQuant` accepts x in f32 (real hardware: f16/bf16) and strided `yOut`/`scaleOut`,
+//!   rounds `x / scale` half away from zero (CANN documents only `round`), and refuses
+//!   `smoothScalesOptional`.
 
 #![allow(non_camel_case_types, non_snake_case)]
 

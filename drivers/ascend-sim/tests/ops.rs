@@ -506,3 +506,39 @@ fn rope_on_a_partial_strided_view_leaves_the_rest() {
     // cos 0, sin 1: [a, b] -> [-b, a]
     assert_eq!(download::<f32>(&o), vec![-2.0, 1.0, -1.0, -1.0, -6.0, 5.0, -1.0, -1.0]);
 }
+
+#[test]
+fn dynamic_quant_per_row_scale_and_rounding() {
+    init();
+    // Row 0: max |x| 2.54, scale 2.54 / 127: 1.25 / scale is 62.5 exactly in f32, which rounds
+    // away from zero to 63 (half to even would give 62); row 1 is zeros (scale 0, values 0);
+    // row 2's largest value is negative.
+    let x: Vec<f32> = vec![2.54, -1.0, 0.3, 1.25, 0.0, 0.0, 0.0, 0.0, -4.0, 1.0, 0.5, -0.01];
+    let xb = upload(&x);
+    let (y, s) = (zeros::<i8>(12), zeros::<f32>(3));
+    let (tx, ty, ts) = (tensor(&xb, &[3, 4]), tensor(&y, &[3, 4]), tensor(&s, &[3]));
+    let none: *const aclTensor = std::ptr::null();
+    assert_eq!(run!(aclnnDynamicQuant, aclnnDynamicQuantGetWorkspaceSize(tx, none, ty, ts)), 0, "{}", msg());
+    let scales: Vec<f32> = x.chunks(4).map(|r| r.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0).collect();
+    assert_eq!(download::<f32>(&s), scales);
+    let want: Vec<i8> = x
+        .chunks(4)
+        .zip(&scales)
+        .flat_map(|(r, &d)| r.iter().map(move |&v| if d == 0.0 { 0 } else { (v / d).round() as i8 }))
+        .collect();
+    assert_eq!(download::<i8>(&y), want);
+    assert_eq!(&download::<i8>(&y)[..4], &[127, -50, 15, 63]);
+    assert_eq!(&download::<i8>(&y)[8..], &[-127, 32, 16, 0]);
+
+    // yOut must be int8 and scaleOut x's shape without its last dim.
+    let bad = zeros::<f32>(12);
+    let tb = tensor(&bad, &[3, 4]);
+    let (mut ws, mut ex) = (0u64, std::ptr::null_mut());
+    // SAFETY: live handles; writable outputs.
+    assert_ne!(unsafe { aclnnDynamicQuantGetWorkspaceSize(tx, none, tb, ts, &mut ws, &mut ex) }, 0);
+    assert!(msg().contains("ACL_INT8"), "{}", msg());
+    let ts4 = tensor(&s, &[1, 3]);
+    // SAFETY: as above.
+    assert_ne!(unsafe { aclnnDynamicQuantGetWorkspaceSize(tx, none, ty, ts4, &mut ws, &mut ex) }, 0);
+    assert!(msg().contains("scaleOut"), "{}", msg());
+}

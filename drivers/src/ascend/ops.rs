@@ -1,21 +1,20 @@
-//! The backend's ops as aclnn calls on device views, and the paged KV cache.
+//! The backend's ops as aclnn calls on device views, attention over the paged KV cache (`kv.rs`) included.
 
-use std::any::Any;
 use std::sync::Arc;
 
 use super::runtime::{DevMem, Device, Launch, View, aclnn};
 use super::{Store, f32_mem, store, sys};
-use crate::{DType, DenseAttn, DriverError, KvCache, KvDType, KvSpec, PagedAttn, Result, Rope, RopeStyle, Tensor};
+use crate::{DType, DenseAttn, DriverError, KvCache, PagedAttn, Result, Rope, RopeStyle, Tensor};
 
-const F32: sys::aclDataType = sys::aclDataType_ACL_FLOAT;
-const F16: sys::aclDataType = sys::aclDataType_ACL_FLOAT16;
-const I8: sys::aclDataType = sys::aclDataType_ACL_INT8;
+pub(super) const F32: sys::aclDataType = sys::aclDataType_ACL_FLOAT;
+pub(super) const F16: sys::aclDataType = sys::aclDataType_ACL_FLOAT16;
+pub(super) const I8: sys::aclDataType = sys::aclDataType_ACL_INT8;
 const I64: sys::aclDataType = sys::aclDataType_ACL_INT64;
 
 /// The additive mask value for positions that get no weight (finite, so no `inf - inf`).
 const MASKED: f32 = -1e30;
 
-fn vf(m: &DevMem, dims: &[usize]) -> View {
+pub(super) fn vf(m: &DevMem, dims: &[usize]) -> View {
     View::contiguous(m, F32, 4, dims)
 }
 
@@ -41,7 +40,7 @@ fn upload_f32(dev: &Arc<Device>, v: &[f32]) -> Result<DevMem> {
 }
 
 /// `out = src` over two views of equal shape.
-fn copy(l: &mut Launch<'_>, dst: &View, src: &View) -> Result<()> {
+pub(super) fn copy(l: &mut Launch<'_>, dst: &View, src: &View) -> Result<()> {
     let (d, s) = (l.tensor(dst)?, l.tensor(src)?);
     aclnn!(l, aclnnInplaceCopy, aclnnInplaceCopyGetWorkspaceSize(d, s));
     Ok(())
@@ -66,7 +65,7 @@ fn add(l: &mut Launch<'_>, a: &View, b: &View, out: &View) -> Result<()> {
     Ok(())
 }
 
-fn mul(l: &mut Launch<'_>, a: &View, b: &View, out: &View) -> Result<()> {
+pub(super) fn mul(l: &mut Launch<'_>, a: &View, b: &View, out: &View) -> Result<()> {
     let (a, b, o) = (l.tensor(a)?, l.tensor(b)?, l.tensor(out)?);
     aclnn!(l, aclnnMul, aclnnMulGetWorkspaceSize(a, b, o));
     Ok(())
@@ -79,7 +78,7 @@ fn softmax_last(l: &mut Launch<'_>, x: &View, out: &View) -> Result<()> {
     Ok(())
 }
 
-fn index_select(l: &mut Launch<'_>, x: &View, idx: &View, out: &View) -> Result<()> {
+pub(super) fn index_select(l: &mut Launch<'_>, x: &View, idx: &View, out: &View) -> Result<()> {
     let (x, i, o) = (l.tensor(x)?, l.tensor(idx)?, l.tensor(out)?);
     aclnn!(l, aclnnIndexSelect, aclnnIndexSelectGetWorkspaceSize(x, 0, i, o));
     Ok(())
@@ -335,69 +334,6 @@ pub(super) fn gather_rows(dev: &Arc<Device>, x: &Tensor, rows: &[usize]) -> Resu
     Ok(out)
 }
 
-/// A paged KV pool in device memory: per layer, K and V `[n_blocks * block_size, n_kv_heads *
-/// head_dim]` of the spec's [`KvDType`] (`aclnnInplaceCopy` rounds new rows to it; attention
-/// gathers a sequence's rows in that type and widens only those to `f32`).
-#[derive(Debug)]
-pub(crate) struct AscendKvCache {
-    spec: KvSpec,
-    k: Vec<DevMem>,
-    v: Vec<DevMem>,
-}
-
-impl AscendKvCache {
-    pub(super) fn new(dev: &Arc<Device>, spec: KvSpec) -> Result<Self> {
-        if spec.block_size == 0 {
-            return Err(DriverError::KvCache("block size 0".into()));
-        }
-        if spec.dtype == KvDType::Q8_0 {
-            return Err(DriverError::KvDType { dtype: spec.dtype, backend: "ascend", supported: "f32, f16" });
-        }
-        let bytes = spec
-            .values_per_layer()
-            .and_then(|a| spec.dtype.bytes_for(a))
-            .ok_or_else(|| DriverError::KvCache(format!("{spec:?} overflows")))?;
-        let mut k = Vec::with_capacity(spec.n_layers);
-        let mut v = Vec::with_capacity(spec.n_layers);
-        for _ in 0..spec.n_layers {
-            for pool in [&mut k, &mut v] {
-                let m = dev.alloc(bytes)?;
-                dev.memset(&m, 0)?;
-                pool.push(m);
-            }
-        }
-        Ok(Self { spec, k, v })
-    }
-
-    fn width(&self) -> usize {
-        self.spec.n_kv_heads * self.spec.head_dim
-    }
-
-    /// The stored type as aclnn names it, and its size.
-    fn acl_dtype(&self) -> (sys::aclDataType, usize) {
-        match self.spec.dtype {
-            KvDType::F16 => (F16, 2),
-            // `new` refuses the block types.
-            KvDType::F32 | KvDType::Q8_0 => (F32, 4),
-        }
-    }
-
-    fn pool_view(&self, m: &DevMem) -> View {
-        let (dt, es) = self.acl_dtype();
-        View::contiguous(m, dt, es, &[self.spec.n_blocks * self.spec.block_size, self.width()])
-    }
-}
-
-impl KvCache for AscendKvCache {
-    fn spec(&self) -> KvSpec {
-        self.spec
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
-}
-
 pub(super) fn paged_attention(
     dev: &Arc<Device>,
     q: &Tensor,
@@ -410,7 +346,7 @@ pub(super) fn paged_attention(
     let (qm, km, vm) = (check_f32(q, "attention")?, check_f32(k, "attention")?, check_f32(v, "attention")?);
     let cache = cache
         .as_any_mut()
-        .downcast_mut::<AscendKvCache>()
+        .downcast_mut::<super::kv::AscendKvCache>()
         .ok_or(DriverError::ForeignTensor { op: "attention (kv cache)" })?;
     let spec = cache.spec;
     let rows = a.check(&spec, q, k, v)?;
@@ -424,8 +360,6 @@ pub(super) fn paged_attention(
         .collect::<Result<_>>()?;
     let (w, qw, group) = (nkv * hd, nh * hd, nh / nkv);
     let out = dev.alloc(rows * qw * 4)?;
-    let (kp, vp) = (cache.pool_view(&cache.k[a.layer]), cache.pool_view(&cache.v[a.layer]));
-    let (kv_new, vv_new) = (vf(km, &[rows.max(1), w]), vf(vm, &[rows.max(1), w]));
     let qv = vf(qm, &[rows.max(1), qw]);
     let ov = vf(&out, &[rows.max(1), qw]);
     let mut row0 = 0;
@@ -439,29 +373,13 @@ pub(super) fn paged_attention(
         // mask below); without one every row starts at 0.
         let lo = window.map_or(0, |w| (s.start_pos + 1).saturating_sub(w.max(1)));
         let total = end - lo;
-        // 1. Write the new rows, one copy per run of consecutive slots.
-        {
-            let mut l = dev.launch()?;
-            let mut i = 0;
-            while i < n {
-                let first = slots[s.start_pos + i];
-                let mut run = 1;
-                while i + run < n && slots[s.start_pos + i + run] == first + run {
-                    run += 1;
-                }
-                let at = |v: &View, off: usize| v.strided(&[run, w], &[w, 1], off * w);
-                copy(&mut l, &at(&kp, first), &at(&kv_new, row0 + i))?;
-                copy(&mut l, &at(&vp, first), &at(&vv_new, row0 + i))?;
-                i += run;
-            }
-        }
-        // 2. Gather this sequence's keys and values [total, w], in the stored type, then
-        // widened to f32 when that is narrower (only this sequence's rows, never the pool).
+        // 1. Write the new rows in the stored type.
+        cache.store(dev, a.layer, (km, vm), row0, &slots[s.start_pos..end])?;
+        // 2. Gather this sequence's keys and values [total, w], widened to f32 (only this
+        // sequence's rows, never the pool).
         let idx = upload_i64(dev, slots[lo..].iter().copied())?;
         let (kc, vc) = (dev.alloc(total * w * 4)?, dev.alloc(total * w * 4)?);
-        let (kv_dt, kv_es) = cache.acl_dtype();
-        let narrow =
-            if kv_dt == F32 { None } else { Some((dev.alloc(total * w * kv_es)?, dev.alloc(total * w * kv_es)?)) };
+        cache.load(dev, a.layer, &View::contiguous(&idx, I64, 8, &[total]), total, &kc, &vc)?;
         let scores = dev.alloc(nh * n * total * 4)?;
         let scaled = dev.alloc(nh * n * total * 4)?;
         let probs = dev.alloc(nh * n * total * 4)?;
@@ -481,20 +399,6 @@ pub(super) fn paged_attention(
             None
         };
         let mut l = dev.launch()?;
-        let iv = View::contiguous(&idx, I64, 8, &[total]);
-        match &narrow {
-            None => {
-                index_select(&mut l, &kp, &iv, &vf(&kc, &[total, w]))?;
-                index_select(&mut l, &vp, &iv, &vf(&vc, &[total, w]))?;
-            }
-            Some((kn, vn)) => {
-                for (pool, n, wide) in [(&kp, kn, &kc), (&vp, vn, &vc)] {
-                    let nv = View::contiguous(n, kv_dt, kv_es, &[total, w]);
-                    index_select(&mut l, pool, &iv, &nv)?;
-                    copy(&mut l, &vf(wide, &[total, w]), &nv)?;
-                }
-            }
-        }
         // 3. Scores per head: q_h [n, hd] · k_gᵀ [hd, total].
         let (kcv, vcv, sv) = (vf(&kc, &[total, w]), vf(&vc, &[total, w]), vf(&scores, &[nh * n, total]));
         for h in 0..nh {

@@ -760,6 +760,26 @@ pub struct OpApi {
         ) -> aclnnStatus,
         ::libloading::Error,
     >,
+    pub aclnnDynamicQuantGetWorkspaceSize: Result<
+        unsafe extern "C" fn(
+            x: *const aclTensor,
+            smoothScalesOptional: *const aclTensor,
+            yOut: *const aclTensor,
+            scaleOut: *const aclTensor,
+            workspaceSize: *mut u64,
+            executor: *mut *mut aclOpExecutor,
+        ) -> aclnnStatus,
+        ::libloading::Error,
+    >,
+    pub aclnnDynamicQuant: Result<
+        unsafe extern "C" fn(
+            workspace: *mut ::core::ffi::c_void,
+            workspaceSize: u64,
+            executor: *mut aclOpExecutor,
+            stream: aclrtStream,
+        ) -> aclnnStatus,
+        ::libloading::Error,
+    >,
 }
 impl OpApi {
     pub unsafe fn new<P>(path: P) -> Result<Self, ::libloading::Error>
@@ -813,6 +833,8 @@ impl OpApi {
         let aclnnIndexSelect = __library.get(b"aclnnIndexSelect\0").map(|sym| *sym);
         let aclnnArgMaxGetWorkspaceSize = __library.get(b"aclnnArgMaxGetWorkspaceSize\0").map(|sym| *sym);
         let aclnnArgMax = __library.get(b"aclnnArgMax\0").map(|sym| *sym);
+        let aclnnDynamicQuantGetWorkspaceSize = __library.get(b"aclnnDynamicQuantGetWorkspaceSize\0").map(|sym| *sym);
+        let aclnnDynamicQuant = __library.get(b"aclnnDynamicQuant\0").map(|sym| *sym);
         Ok(OpApi {
             __library,
             aclnnMmGetWorkspaceSize,
@@ -851,6 +873,8 @@ impl OpApi {
             aclnnIndexSelect,
             aclnnArgMaxGetWorkspaceSize,
             aclnnArgMax,
+            aclnnDynamicQuantGetWorkspaceSize,
+            aclnnDynamicQuant,
         })
     }
     pub unsafe fn aclnnMmGetWorkspaceSize(
@@ -1366,6 +1390,38 @@ impl OpApi {
         stream: aclrtStream,
     ) -> aclnnStatus {
         (self.aclnnArgMax.as_ref().expect("Expected function, got error."))(workspace, workspaceSize, executor, stream)
+    }
+    pub unsafe fn aclnnDynamicQuantGetWorkspaceSize(
+        &self,
+        x: *const aclTensor,
+        smoothScalesOptional: *const aclTensor,
+        yOut: *const aclTensor,
+        scaleOut: *const aclTensor,
+        workspaceSize: *mut u64,
+        executor: *mut *mut aclOpExecutor,
+    ) -> aclnnStatus {
+        (self.aclnnDynamicQuantGetWorkspaceSize.as_ref().expect("Expected function, got error."))(
+            x,
+            smoothScalesOptional,
+            yOut,
+            scaleOut,
+            workspaceSize,
+            executor,
+        )
+    }
+    pub unsafe fn aclnnDynamicQuant(
+        &self,
+        workspace: *mut ::core::ffi::c_void,
+        workspaceSize: u64,
+        executor: *mut aclOpExecutor,
+        stream: aclrtStream,
+    ) -> aclnnStatus {
+        (self.aclnnDynamicQuant.as_ref().expect("Expected function, got error."))(
+            workspace,
+            workspaceSize,
+            executor,
+            stream,
+        )
     }
 }
 

@@ -28,14 +28,7 @@ impl CpuKvCache {
         if spec.block_size == 0 {
             return Err(DriverError::KvCache("block size 0".into()));
         }
-        if !spec.head_dim.is_multiple_of(spec.dtype.block_len()) {
-            return Err(DriverError::KvCache(format!(
-                "kv_dtype {} stores blocks of {} values: head_dim {} is not a multiple of it",
-                spec.dtype,
-                spec.dtype.block_len(),
-                spec.head_dim
-            )));
-        }
+        spec.check_whole_blocks()?;
         debug_assert!(spec.dtype.block_len() <= Q8_BLOCK);
         Ok(Self {
             spec,

@@ -24,7 +24,9 @@ pub(super) const NAMES: &[&str] = &[
     "matvec",
     "dequant_rows",
     "kv_write",
+    "kv_write_f16",
     "paged_attention",
+    "paged_attention_f16",
     "dense_attention",
 ];
 
@@ -55,6 +57,18 @@ __device__ __forceinline__ float f16_to_f32(u16 h) {
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
     return f;
 }
+
+__device__ __forceinline__ u16 f32_to_f16(float f) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+// A KV value as f32, whichever type the pool stores (f32, or f16 bits).
+__device__ __forceinline__ float kv_load(float x) { return x; }
+__device__ __forceinline__ float kv_load(u16 h) { return f16_to_f32(h); }
+__device__ __forceinline__ void kv_store(float* p, float x) { *p = x; }
+__device__ __forceinline__ void kv_store(u16* p, float x) { *p = f32_to_f16(x); }
 
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -319,17 +333,29 @@ extern "C" __global__ void dequant_rows(const u8* w, int dt, float* out, long ro
 }
 
 // Writes rows of k and v ([rows, width]) into the cache at slot slots[row] of layer `layer`
-// (layer_off = layer * n_blocks * block_size slots; slots checked by the host).
-extern "C" __global__ void kv_write(float* kc, float* vc, const float* k, const float* v, const u32* slots, long rows,
-                                   int width, long layer_off) {
+// (layer_off = layer * n_blocks * block_size slots; slots checked by the host), rounded to the
+// pool's type T (f16: to nearest even, as the CPU's `half`).
+template <class T>
+__device__ void kv_write_t(T* kc, T* vc, const float* k, const float* v, const u32* slots, long rows, int width,
+                           long layer_off) {
     long total = rows * width;
     for (long e = blockIdx.x * (long)blockDim.x + threadIdx.x; e < total; e += (long)gridDim.x * blockDim.x) {
         long r = e / width;
         int c = (int)(e % width);
         long dst = (layer_off + (long)slots[r]) * width + c;
-        kc[dst] = k[e];
-        vc[dst] = v[e];
+        kv_store(kc + dst, k[e]);
+        kv_store(vc + dst, v[e]);
     }
+}
+
+extern "C" __global__ void kv_write(float* kc, float* vc, const float* k, const float* v, const u32* slots, long rows,
+                                   int width, long layer_off) {
+    kv_write_t(kc, vc, k, v, slots, rows, width, layer_off);
+}
+
+extern "C" __global__ void kv_write_f16(u16* kc, u16* vc, const float* k, const float* v, const u32* slots, long rows,
+                                       int width, long layer_off) {
+    kv_write_t(kc, vc, k, v, slots, rows, width, layer_off);
 }
 
 // Keys of one paged-attention query: positions 0 ..= pos through the sequence's block table.
@@ -364,8 +390,8 @@ struct DenseKeys {
 // Attention of one query head over n_keys keys with an online softmax: each warp takes every
 // ATT_WARPS-th key, keeping its running max, sum and weighted values (head_dim <= 256: 8 values
 // per lane); the warps are then combined. A query with no keys gets zeros.
-template <class Keys>
-__device__ void attend(const float* qh, const float* kc, const float* vc, float* oh, int hd, float scale, long n_keys,
+template <class Keys, class T>
+__device__ void attend(const float* qh, const T* kc, const T* vc, float* oh, int hd, float scale, long n_keys,
                        Keys keys) {
     __shared__ float sm[ATT_WARPS], sl[ATT_WARPS];
     __shared__ float so[ATT_WARPS][ATT_PER_LANE * 32];
@@ -385,7 +411,7 @@ __device__ void attend(const float* qh, const float* kc, const float* vc, float*
 #pragma unroll
         for (int i = 0; i < ATT_PER_LANE; i++) {
             int d = lane + 32 * i;
-            if (d < hd) s += q[i] * kc[base + d];
+            if (d < hd) s += q[i] * kv_load(kc[base + d]);
         }
         s = warp_sum(s) * scale;
         float mn = fmaxf(m, s);
@@ -395,7 +421,7 @@ __device__ void attend(const float* qh, const float* kc, const float* vc, float*
 #pragma unroll
         for (int i = 0; i < ATT_PER_LANE; i++) {
             int d = lane + 32 * i;
-            if (d < hd) o[i] = o[i] * corr + e * vc[base + d];
+            if (d < hd) o[i] = o[i] * corr + e * kv_load(vc[base + d]);
         }
         m = mn;
     }
@@ -424,11 +450,12 @@ __device__ void attend(const float* qh, const float* kc, const float* vc, float*
     }
 }
 
-// Causal attention over the paged cache, one block per (row, head): row r attends to positions
-// 0 ..= row_pos[r] of the block table starting at tables[row_table_off[r]].
-extern "C" __global__ void paged_attention(const float* q, const float* kc, const float* vc, float* out,
-                                          const u32* tables, const u32* row_table_off, const u32* row_pos, int nh,
-                                          int nkv, int hd, int bs, long layer_off, float scale) {
+// Causal attention over the paged cache of type T, one block per (row, head): row r attends to
+// positions 0 ..= row_pos[r] of the block table starting at tables[row_table_off[r]].
+template <class T>
+__device__ void paged_attention_t(const float* q, const T* kc, const T* vc, float* out, const u32* tables,
+                                  const u32* row_table_off, const u32* row_pos, int nh, int nkv, int hd, int bs,
+                                  long layer_off, float scale) {
     long row = blockIdx.x / nh;
     int h = blockIdx.x % nh;
     PagedKeys keys;
@@ -440,6 +467,18 @@ extern "C" __global__ void paged_attention(const float* q, const float* kc, cons
     keys.hd = hd;
     long off = (row * nh + h) * (long)hd;
     attend(q + off, kc, vc, out + off, hd, scale, (long)row_pos[row] + 1, keys);
+}
+
+extern "C" __global__ void paged_attention(const float* q, const float* kc, const float* vc, float* out,
+                                          const u32* tables, const u32* row_table_off, const u32* row_pos, int nh,
+                                          int nkv, int hd, int bs, long layer_off, float scale) {
+    paged_attention_t(q, kc, vc, out, tables, row_table_off, row_pos, nh, nkv, hd, bs, layer_off, scale);
+}
+
+extern "C" __global__ void paged_attention_f16(const float* q, const u16* kc, const u16* vc, float* out,
+                                              const u32* tables, const u32* row_table_off, const u32* row_pos, int nh,
+                                              int nkv, int hd, int bs, long layer_off, float scale) {
+    paged_attention_t(q, kc, vc, out, tables, row_table_off, row_pos, nh, nkv, hd, bs, layer_off, scale);
 }
 
 // Bidirectional attention over a padded batch, one block per (row, head); padding queries get

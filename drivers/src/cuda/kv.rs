@@ -10,8 +10,11 @@ use super::{CudaBackend, drv, elementwise_cfg, kernels, to_i32};
 use crate::{DType, DenseAttn, DriverError, KvCache, KvDType, KvSpec, PagedAttn, Result, SeqAttn, Tensor};
 
 /// A paged KV pool in device memory: K and V each one allocation of
-/// `[n_layers, n_blocks, block_size, n_kv_heads, head_dim]` f32 values, the CPU cache's layout
-/// per layer.
+/// `[n_layers, n_blocks, block_size, n_kv_heads, head_dim]` values of the spec's type (`f32`, or
+/// `f16` rounded to nearest even on write and widened as attention reads it), the CPU cache's
+/// layout per layer. No GPU was at hand when the `f16` kernels were written: NVRTC 13.2 compiled
+/// the source (`--gpu-architecture=compute_90`, no device needed), but they have not run; CI
+/// checks only the Rust around them.
 pub struct CudaKvCache {
     spec: KvSpec,
     k: CudaSlice<u8>,
@@ -32,17 +35,16 @@ impl CudaKvCache {
         if spec.block_size == 0 {
             return Err(DriverError::KvCache("block size 0".into()));
         }
-        // The kernels (kernels.rs) read and write f32 slots; an f16 pool needs their f16 twins,
-        // which have not run on a GPU yet. Refused here, before any allocation.
-        if spec.dtype != KvDType::F32 {
-            return Err(DriverError::KvDType { dtype: spec.dtype, backend: "cuda", supported: "f32" });
+        // The kernels (kernels.rs) store f32 or f16 slots; q8_0 blocks have no kernels yet.
+        // Refused here, before any allocation.
+        if spec.dtype == KvDType::Q8_0 {
+            return Err(DriverError::KvDType { dtype: spec.dtype, backend: "cuda", supported: "f32, f16" });
         }
         let slots = spec.n_blocks.checked_mul(spec.block_size);
-        let bytes = slots
-            .and_then(|a| a.checked_mul(spec.n_kv_heads))
-            .and_then(|a| a.checked_mul(spec.head_dim))
+        let bytes = spec
+            .values_per_layer()
             .and_then(|a| a.checked_mul(spec.n_layers))
-            .and_then(|a| a.checked_mul(4))
+            .and_then(|a| spec.dtype.bytes_for(a))
             .ok_or_else(|| DriverError::KvCache(format!("{spec:?} overflows")))?;
         // Slot numbers travel to the kernels as u32.
         if slots.is_none_or(|s| s > u32::MAX as usize) {
@@ -161,11 +163,12 @@ pub(super) fn paged(
     let slots_d = be.htod_u32(&slots)?;
     {
         let (r, w) = (rows as i64, to_i32(width, "attention", "kv width")?);
-        let f = be.func("kv_write")?;
+        let f = be.func(if spec.dtype == KvDType::F16 { "kv_write_f16" } else { "kv_write" })?;
         let mut l = be.stream.launch_builder(f);
         l.arg(&mut cache.k).arg(&mut cache.v).arg(kb).arg(vb).arg(&slots_d).arg(&r).arg(&w).arg(&layer_off);
         // SAFETY: k and v hold rows * width f32 values; every slot is below n_blocks *
-        // block_size (checked above), so writes stay inside layer `layer` of the pool.
+        // block_size (checked above), so writes stay inside layer `layer` of the pool, whose
+        // elements are of the kernel's type (f16 for kv_write_f16, `new` refuses the others).
         unsafe { l.launch(elementwise_cfg(rows * width)) }.map_err(drv("cuLaunchKernel(kv_write)"))?;
     }
     // 2. Attention of every (row, head).
@@ -183,7 +186,7 @@ pub(super) fn paged(
         hd as i32,
         to_i32(bs, "attention", "block size")?,
     );
-    let f = be.func("paged_attention")?;
+    let f = be.func(if spec.dtype == KvDType::F16 { "paged_attention_f16" } else { "paged_attention" })?;
     let mut l = be.stream.launch_builder(f);
     l.arg(qb)
         .arg(&cache.k)
@@ -200,7 +203,8 @@ pub(super) fn paged(
         .arg(&a.scale);
     let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (kernels::ATT_THREADS, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: q and out hold rows * nh * hd f32 values; each row's table covers positions
-    // 0 ..= row_pos (checked above) with blocks of the pool; hd <= 256 as the kernel needs.
+    // 0 ..= row_pos (checked above) with blocks of the pool, whose elements are of the
+    // kernel's type (f16 for paged_attention_f16); hd <= 256 as the kernel needs.
     unsafe { l.launch(cfg) }.map_err(drv("cuLaunchKernel(paged_attention)"))?;
     Ok(be.wrap(out, rows * nh * hd * 4, DType::F32, vec![rows, nh * hd]))
 }

@@ -20,7 +20,7 @@
 //!   price of the conversion pass and f32 rather than tensor-core BF16 GEMM throughput.
 //! - Small weights used as rows (norm weights, biases, the second operand of `add`/`mul`) are
 //!   converted to f32 once, on first use, and the copy is kept with the tensor.
-//! - The KV cache is f32 on the device (see [`kv`]).
+//! - The KV cache is f32 or f16 on the device (see [`kv`]; the f16 kernels have not run on a GPU).
 //!
 //! Files: [`probe`] finds the libraries and devices, `matmul` and `ops` hold the op bodies,
 //! `kv` the cache and attention, `kernels` the CUDA C source; this file holds the backend's

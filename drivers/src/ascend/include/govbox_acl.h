@@ -207,6 +207,13 @@ aclnnStatus aclnnArgMaxGetWorkspaceSize(const aclTensor *self, int64_t dim, bool
                                         uint64_t *workspaceSize, aclOpExecutor **executor);
 aclnnStatus aclnnArgMax(void *workspace, uint64_t workspaceSize, aclOpExecutor *executor, aclrtStream stream);
 
+/* per-token symmetric int8: scaleOut = row_max(abs(x)) / 127, yOut = round(x / scaleOut) */
+aclnnStatus aclnnDynamicQuantGetWorkspaceSize(const aclTensor *x, const aclTensor *smoothScalesOptional,
+                                              const aclTensor *yOut, const aclTensor *scaleOut,
+                                              uint64_t *workspaceSize, aclOpExecutor **executor);
+aclnnStatus aclnnDynamicQuant(void *workspace, uint64_t workspaceSize, aclOpExecutor *executor,
+                              aclrtStream stream);
+
 /* ---------------------------------------------------------------- libdcmi.so */
 
 int dcmi_init(void);
