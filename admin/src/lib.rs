@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod events;
+#[cfg(feature = "ops")]
 pub mod ops;
 pub mod protocol;
 pub mod roles;
