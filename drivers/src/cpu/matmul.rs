@@ -684,13 +684,15 @@ mod tests {
     }
 
     /// Q4_K and Q5_K weights with the batch-invariant option (tiles in the panels' order for
-    /// decode where the CPU has AVX-512 VNNI): the same. The bytes are arbitrary but for each
-    /// super-block's two `f16` scales, kept small and finite.
+    /// decode where the CPU has AVX-512 VNNI): the same; and Q4_K, Q5_K and Q6_K weights packed
+    /// (where this CPU packs them), with or without the option. The bytes are arbitrary but for
+    /// each super-block's `f16` scales, kept small and finite.
     #[test]
     fn k_quant_rows_are_the_same_in_any_batch() {
         for (n, k) in [(100, 512), (70, 768)] {
             let mut weights = Vec::new();
-            for (dt, bb) in [(DType::Q4K, 144), (DType::Q5K, 176)] {
+            let mut packed = Vec::new();
+            for (dt, bb) in [(DType::Q4K, 144), (DType::Q5K, 176), (DType::Q6K, 210)] {
                 let mut state = 0x2545_f491_4f6c_dd1du64;
                 let mut bytes: Vec<u8> = (0..n * k / 256 * bb)
                     .map(|_| {
@@ -701,11 +703,23 @@ mod tests {
                 for (i, blk) in bytes.chunks_exact_mut(bb).enumerate() {
                     let d = half::f16::from_f32(0.01 + (i % 7) as f32 / 500.0).to_le_bytes();
                     let dmin = half::f16::from_f32(0.005 + (i % 5) as f32 / 900.0).to_le_bytes();
-                    blk[..4].copy_from_slice(&[d[0], d[1], dmin[0], dmin[1]]);
+                    if dt == DType::Q6K {
+                        blk[208..].copy_from_slice(&d);
+                    } else {
+                        blk[..4].copy_from_slice(&[d[0], d[1], dmin[0], dmin[1]]);
+                    }
                 }
-                weights.push((format!("{dt}, k {k}"), stored(dt, bytes, n, k)));
+                if let Some(p) = crate::quant::PackedWeights::pack(dt, &bytes, n, k) {
+                    let buf = std::sync::Arc::new(super::super::CpuBuffer { data: CpuData::Packed(p) });
+                    packed.push((format!("{dt} packed, k {k}"), Tensor::from_buffer(buf, dt, vec![n, k])));
+                }
+                if dt != DType::Q6K {
+                    weights.push((format!("{dt}, k {k}"), stored(dt, bytes, n, k)));
+                }
             }
             check_rows_alone(&weights, n, k, true);
+            check_rows_alone(&packed, n, k, false);
+            check_rows_alone(&packed, n, k, true);
         }
     }
 

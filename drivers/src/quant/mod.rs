@@ -31,6 +31,7 @@ mod kquants;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 mod packed;
+mod packed_k;
 mod quantize;
 mod scalar;
 #[cfg(test)]
