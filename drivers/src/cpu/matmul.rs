@@ -8,13 +8,14 @@
 //!   buffer and multiplied, in parallel over panels: with AVX-512 by `cpu::panel` (activations
 //!   read in place, nothing packed), elsewhere with the `gemm` crate.
 //!
-//! Weights of the simple quantised formats (Q8_0, Q4_0/1, Q5_0/1) are packed once at upload
-//! where the CPU has AVX-512 VNNI (`quant::packed`): they go through `packed_path` for any
-//! number of rows, 32 weight rows per panel, and a row's result is the same whatever else
-//! shares its pass.
+//! Weights of the quantised formats with 8-bit-activation kernels (Q8_0, Q4_0/1, Q5_0/1, Q4_K,
+//! Q5_K, Q6_K) are packed once at upload where the CPU has AVX-512 VNNI (`quant::packed`): they
+//! go through `packed_path` for any number of rows, 32 weight rows per panel, and a row's result
+//! is the same whatever else shares its pass.
 //!
-//! The other quantised formats with 8-bit-activation kernels (`quant::int8_supported`) take the
-//! first path for any number of rows: the activations are quantised once per call, and
+//! Unpacked, those formats (`quant::int8_supported`: on other CPUs, or weights that did not come
+//! through upload) take the first path for any number of rows: the activations are quantised
+//! once per call, and
 //! `quant::matmul_q8` works through each chunk of weight rows in tiles of four weight rows by
 //! up to four activation rows (with AVX-512 VNNI), decoding each weight block once per tile;
 //! from `quant::PANEL_MIN_M` rows on (prefill) it re-lays each chunk out in panels of 32 rows
