@@ -8,13 +8,14 @@
 //!   buffer and multiplied, in parallel over panels: with AVX-512 by `cpu::panel` (activations
 //!   read in place, nothing packed), elsewhere with the `gemm` crate.
 //!
-//! Weights of the simple quantised formats (Q8_0, Q4_0/1, Q5_0/1) are packed once at upload
-//! where the CPU has AVX-512 VNNI (`quant::packed`): they go through `packed_path` for any
-//! number of rows, 32 weight rows per panel, and a row's result is the same whatever else
-//! shares its pass.
+//! Weights of the quantised formats with 8-bit-activation kernels (Q8_0, Q4_0/1, Q5_0/1, Q4_K,
+//! Q5_K, Q6_K) are packed once at upload where the CPU has AVX-512 VNNI (`quant::packed`): they
+//! go through `packed_path` for any number of rows, 32 weight rows per panel, and a row's result
+//! is the same whatever else shares its pass.
 //!
-//! The other quantised formats with 8-bit-activation kernels (`quant::int8_supported`) take the
-//! first path for any number of rows: the activations are quantised once per call, and
+//! Unpacked, those formats (`quant::int8_supported`: on other CPUs, or weights that did not come
+//! through upload) take the first path for any number of rows: the activations are quantised
+//! once per call, and
 //! `quant::matmul_q8` works through each chunk of weight rows in tiles of four weight rows by
 //! up to four activation rows (with AVX-512 VNNI), decoding each weight block once per tile;
 //! from `quant::PANEL_MIN_M` rows on (prefill) it re-lays each chunk out in panels of 32 rows
@@ -684,13 +685,15 @@ mod tests {
     }
 
     /// Q4_K and Q5_K weights with the batch-invariant option (tiles in the panels' order for
-    /// decode where the CPU has AVX-512 VNNI): the same. The bytes are arbitrary but for each
-    /// super-block's two `f16` scales, kept small and finite.
+    /// decode where the CPU has AVX-512 VNNI): the same; and Q4_K, Q5_K and Q6_K weights packed
+    /// (where this CPU packs them), with or without the option. The bytes are arbitrary but for
+    /// each super-block's `f16` scales, kept small and finite.
     #[test]
     fn k_quant_rows_are_the_same_in_any_batch() {
         for (n, k) in [(100, 512), (70, 768)] {
             let mut weights = Vec::new();
-            for (dt, bb) in [(DType::Q4K, 144), (DType::Q5K, 176)] {
+            let mut packed = Vec::new();
+            for (dt, bb) in [(DType::Q4K, 144), (DType::Q5K, 176), (DType::Q6K, 210)] {
                 let mut state = 0x2545_f491_4f6c_dd1du64;
                 let mut bytes: Vec<u8> = (0..n * k / 256 * bb)
                     .map(|_| {
@@ -701,11 +704,23 @@ mod tests {
                 for (i, blk) in bytes.chunks_exact_mut(bb).enumerate() {
                     let d = half::f16::from_f32(0.01 + (i % 7) as f32 / 500.0).to_le_bytes();
                     let dmin = half::f16::from_f32(0.005 + (i % 5) as f32 / 900.0).to_le_bytes();
-                    blk[..4].copy_from_slice(&[d[0], d[1], dmin[0], dmin[1]]);
+                    if dt == DType::Q6K {
+                        blk[208..].copy_from_slice(&d);
+                    } else {
+                        blk[..4].copy_from_slice(&[d[0], d[1], dmin[0], dmin[1]]);
+                    }
                 }
-                weights.push((format!("{dt}, k {k}"), stored(dt, bytes, n, k)));
+                if let Some(p) = crate::quant::PackedWeights::pack(dt, &bytes, n, k) {
+                    let buf = std::sync::Arc::new(super::super::CpuBuffer { data: CpuData::Packed(p) });
+                    packed.push((format!("{dt} packed, k {k}"), Tensor::from_buffer(buf, dt, vec![n, k])));
+                }
+                if dt != DType::Q6K {
+                    weights.push((format!("{dt}, k {k}"), stored(dt, bytes, n, k)));
+                }
             }
             check_rows_alone(&weights, n, k, true);
+            check_rows_alone(&packed, n, k, false);
+            check_rows_alone(&packed, n, k, true);
         }
     }
 

@@ -11,7 +11,7 @@
 //! de-quantised to `f32` and then multiplied with the `f32` activations, accumulating in `f32`;
 //! only the order of the additions (and fused multiply-adds) differs from the naive loop.
 //! The CPU backend's matmul, however, uses [`matmul_packed`] (weights re-laid out at load, with
-//! AVX-512 VNNI, for Q8_0, Q4_0/1 and Q5_0/1) or [`matmul_q8`] (tiles of weight rows by activation
+//! AVX-512 VNNI, for Q8_0, Q4_0/1, Q5_0/1, Q4_K, Q5_K and Q6_K) or [`matmul_q8`] (tiles of weight rows by activation
 //! rows with AVX-512 VNNI, else [`vec_dot_q8`] row by row) for the formats of
 //! [`int8_supported`] (Q8_0, Q4_0/1, Q5_0/1, Q4_K, Q5_K, Q6_K), like llama.cpp: the
 //! activations are quantised to 8 bits once per matmul (blocks of 32 with an `f32` scale,
@@ -31,6 +31,7 @@ mod kquants;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 mod packed;
+mod packed_k;
 mod quantize;
 mod scalar;
 #[cfg(test)]
@@ -339,9 +340,10 @@ pub fn matmul_q8(dtype: DType, w: &[u8], acts: &Q8Acts, out: &mut [f32], invaria
 }
 
 /// The formats [`matmul_q8`] gives to the panel kernel from [`PANEL_MIN_M`] rows on: Q4_K and
-/// Q5_K. The simple formats are packed at upload where this kernel exists (`packed`), so they
-/// reach [`matmul_q8`] unpacked only on CPUs without it or as unpackable shapes; the tile kernel
-/// then takes every number of rows, and their rows stay the same in any batch.
+/// Q5_K. Every 8-bit-activation format is packed at upload where this kernel exists (`packed`),
+/// so weights reach [`matmul_q8`] unpacked only on CPUs without it, as unpackable shapes or from
+/// callers that do not upload; for the simple formats and Q6_K the tile kernel then takes every
+/// number of rows, and their rows stay the same in any batch.
 #[cfg(target_arch = "x86_64")]
 fn panel_formats(dtype: DType) -> bool {
     matches!(dtype, DType::Q4K | DType::Q5K)

@@ -1,5 +1,6 @@
 //! Weights re-laid out once, when a model is loaded, for the 8-bit-activation kernel of the
-//! simple formats (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) on CPUs with AVX-512 VNNI.
+//! simple formats (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) and the K formats (Q4_K, Q5_K, Q6_K) on CPUs
+//! with AVX-512 VNNI.
 //!
 //! As stored in GGUF, a block holds 32 values of one weight row, so one `vpdpbusd` can only
 //! multiply values of one weight row with values of one activation row: every 64 products then
@@ -21,6 +22,10 @@
 //! for value `4t + l` of panel row `16h + r`; scales and minimums are the file's `f16` bits,
 //! 32 per record in row order. Rows past the tensor's end (its last panel) are zeros.
 //!
+//! The K formats have one record per super-block of 256 values, laid out the same way block by
+//! block, with the 6-bit (Q4_K, Q5_K) or 8-bit (Q6_K) sub-block scales after the values:
+//! `packed_k` has their table.
+//!
 //! The kernel (`x86::packed`) works each activation row through the same operations whatever
 //! other rows share the call, so a row's result does not depend on the batch: decode passes
 //! and prefill passes give each row the same bits.
@@ -30,6 +35,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::Q8Acts;
+use super::packed_k::{self, klayout};
 use crate::DType;
 
 /// Weight rows per panel.
@@ -77,6 +83,16 @@ pub(super) const fn layout(dtype: DType) -> Option<Layout> {
     })
 }
 
+/// Bytes and values of one record of `dtype` (a block of 32 values for the simple formats, a
+/// super-block of 256 for the K formats), or `None` for a format that is not packed.
+fn record(dtype: DType) -> Option<(usize, usize)> {
+    match (layout(dtype), klayout(dtype)) {
+        (Some(l), _) => Some((l.size, QK)),
+        (_, Some(l)) => Some((l.size, packed_k::QK_K)),
+        _ => None,
+    }
+}
+
 /// Where a stored block keeps its parts: the scale, the minimum (if any), the fifth bits (if
 /// any) and the values.
 struct Stored {
@@ -98,7 +114,7 @@ fn stored(dtype: DType) -> Stored {
 pub fn packable(dtype: DType) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        layout(dtype).is_some() && super::tile_level()
+        record(dtype).is_some() && super::tile_level()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -127,13 +143,12 @@ impl PackedWeights {
 
     /// [`Self::pack_releasing`] without the CPU check (for tests of the layout on any CPU).
     fn pack_any_cpu(dtype: DType, w: &[u8], n: usize, k: usize, mut done: impl FnMut(Range<usize>)) -> Option<Self> {
-        let l = layout(dtype)?;
+        let (size, values) = record(dtype)?;
         let rb = dtype.row_bytes(k)?;
         if k == 0 || n == 0 || n.checked_mul(rb)? != w.len() {
             return None;
         }
-        let nb = k / QK;
-        let panel_bytes = nb * l.size;
+        let panel_bytes = k / values * size;
         let panels = n.div_ceil(PACK_ROWS);
         let mut bytes = vec![0u8; panels * panel_bytes];
         advise_huge_pages(&mut bytes);
@@ -146,7 +161,12 @@ impl PackedWeights {
                 let rows = (n - p * PACK_ROWS).min(PACK_ROWS);
                 for j in 0..rows {
                     let r = p * PACK_ROWS + j;
-                    pack_row(dtype, &l, &w[r * rb..(r + 1) * rb], j, panel);
+                    let row = &w[r * rb..(r + 1) * rb];
+                    match (layout(dtype), klayout(dtype)) {
+                        (Some(l), _) => pack_row(dtype, &l, row, j, panel),
+                        (_, Some(l)) => packed_k::pack_row(dtype, &l, row, j, panel),
+                        _ => unreachable!("`record` found a layout"),
+                    }
                 }
             });
             let r1 = ((p0 + group) * PACK_ROWS).min(n);
@@ -181,16 +201,14 @@ impl PackedWeights {
     }
 
     fn panel_bytes(&self) -> usize {
-        layout(self.dtype).map_or(0, |l| l.size) * (self.k / QK)
+        record(self.dtype).map_or(0, |(size, values)| self.k / values * size)
     }
 
     /// Writes row `r` as the file stored it (`dtype.row_bytes(k)` bytes) into `out`.
     ///
     /// Panics when `r` is out of range or `out` has another length.
     pub fn stored_row(&self, r: usize, out: &mut [u8]) {
-        let (Some(l), Some(rb)) = (layout(self.dtype), self.dtype.row_bytes(self.k)) else {
-            unreachable!("a packed weight always has a packed format")
-        };
+        let rb = self.dtype.row_bytes(self.k).unwrap_or(0);
         assert!(
             r < self.n && out.len() == rb,
             "quant::PackedWeights::stored_row: row {r} of {} into {}",
@@ -199,7 +217,12 @@ impl PackedWeights {
         );
         let pb = self.panel_bytes();
         let p = r / PACK_ROWS;
-        unpack_row(self.dtype, &l, &self.bytes[p * pb..(p + 1) * pb], r % PACK_ROWS, out);
+        let panel = &self.bytes[p * pb..(p + 1) * pb];
+        match (layout(self.dtype), klayout(self.dtype)) {
+            (Some(l), _) => unpack_row(self.dtype, &l, panel, r % PACK_ROWS, out),
+            (_, Some(l)) => packed_k::unpack_row(self.dtype, &l, panel, r % PACK_ROWS, out),
+            _ => unreachable!("a packed weight always has a packed format"),
+        }
     }
 
     /// De-quantises row `r` into `out` (`k` values), bitwise as `dequantize_row` of the stored
@@ -356,7 +379,8 @@ mod tests {
     use super::*;
     use crate::quant::testutil::random_row;
 
-    const SIMPLE: [DType; 5] = [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1];
+    const PACKED: [DType; 8] =
+        [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q4K, DType::Q5K, DType::Q6K];
 
     /// Packing keeps every byte: each row reads back as stored, for tensors whose rows end
     /// mid-panel, and the packed size is the stored size rounded up to whole panels.
@@ -364,8 +388,9 @@ mod tests {
     fn packed_rows_read_back_as_stored() {
         let mut rng = StdRng::seed_from_u64(11);
         let mut done: Vec<Range<usize>> = Vec::new();
-        for dtype in SIMPLE {
-            for (n, k) in [(1, 32), (31, 64), (32, 96), (70, 320)] {
+        for dtype in PACKED {
+            let bl = dtype.block_len();
+            for (n, k) in [(1, bl), (31, 2 * bl), (32, 3 * bl), (70, 10 * bl)] {
                 let rb = dtype.row_bytes(k).unwrap();
                 let w: Vec<u8> = (0..n).flat_map(|_| random_row(dtype, k, &mut rng)).collect();
                 let p = PackedWeights::pack_any_cpu(dtype, &w, n, k, |r| done.push(r)).unwrap();
@@ -380,7 +405,11 @@ mod tests {
                 }
             }
         }
-        assert!(PackedWeights::pack_any_cpu(DType::Q6K, &[0; 210], 1, 256, |_| {}).is_none());
+        assert!(PackedWeights::pack_any_cpu(DType::F16, &[0; 64], 1, 32, |_| {}).is_none(), "an unpacked format");
+        assert!(
+            PackedWeights::pack_any_cpu(DType::Q4K, &[0; 144], 1, 256 + 32, |_| {}).is_none(),
+            "a part super-block"
+        );
         assert!(PackedWeights::pack_any_cpu(DType::Q8_0, &[0; 33], 1, 32, |_| {}).is_none(), "a short tensor");
     }
 }

@@ -79,6 +79,7 @@ pub(super) mod int8;
 mod kquants;
 pub(super) mod ktile;
 pub(super) mod packed;
+mod packed_k;
 pub(super) mod panel;
 mod simple;
 pub(super) mod tile;

@@ -58,6 +58,7 @@ pub(in crate::quant) unsafe fn rows(dtype: DType, w: &[u8], nb: usize, n: usize,
             DType::Q4_1 => rows_f::<Q4_1>(w, nb, n, acts, out),
             DType::Q5_0 => rows_f::<Q5_0>(w, nb, n, acts, out),
             DType::Q5_1 => rows_f::<Q5_1>(w, nb, n, acts, out),
+            DType::Q4K | DType::Q5K | DType::Q6K => super::packed_k::rows(dtype, w, nb, n, acts, out),
             _ => panic!("quant::packed: {dtype} is not a packed format"),
         }
     }

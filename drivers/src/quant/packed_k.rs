@@ -1,0 +1,202 @@
+//! The packed records of the 256-value K formats (Q4_K, Q5_K, Q6_K): one record per panel of
+//! 32 weight rows and super-block, exactly 32 times the format's super-block size, so a packed
+//! weight again takes the bytes the file's did. Part of `packed` (see the table there); the
+//! kernel is `x86::packed_k`.
+//!
+//! A record holds the super-block's 8 blocks of 32 values, `blk` bytes each, then the scales:
+//!
+//! | format | `blk` | values of block `b` (step `t` = values `4t..4t + 4`) | top bits | scales | `d` | `dmin` |
+//! |---|---|---|---|---|---|---|
+//! | Q4_K | 512 | `b · 512 + t · 64 + 4r + l`, nibble `h` | | 4096 | 4480 | 4544 |
+//! | Q5_K | 640 | as Q4_K | fifth: `b · 640 + 512 + t · 16 + h · 8`, bit `4r + l` | 5120 | 5504 | 5568 |
+//! | Q6_K | 768 | as Q4_K | fifth and sixth: `b · 768 + 512 + (2 · (t / 4) + h) · 64 + 4r + l`, bits `2 · (t % 4)..` | 6144 | 6656 | |
+//!
+//! for value `4t + l` of block `b` of panel row `16h + r`; `d` and `dmin` are the file's `f16`
+//! bits, 32 in row order. Scales of Q4_K and Q5_K (6 bits, one scale `sc` and one minimum `m`
+//! per block) take 48 bytes per block `b` at `scales + 48b`: byte `r` of the first 16 holds the
+//! low 4 bits of `sc` of row `r` (low nibble) and of row `16 + r` (high nibble), the next 16
+//! the same for `m`, and byte `r` of the last 16 the top 2 bits of `sc` of rows `r` and
+//! `16 + r` (bits 0–1, 2–3) and of `m` (bits 4–5, 6–7). Q6_K's `i8` scales (one per 16
+//! values) take 64 bytes per block `b` at `scales + 64b`: those of values `0..16`, 32 in row
+//! order, then those of values `16..32`. Rows past the tensor's end are zeros.
+
+use super::kquants::scale_min_k4;
+use crate::DType;
+
+/// Values per super-block.
+pub(super) const QK_K: usize = 256;
+
+/// Byte offsets within a K record: bytes per block of values, scales, `d`, `dmin`, and the
+/// record's size. The one description of the layout, used by the packing here and by the
+/// kernel (`x86::packed_k`).
+#[derive(Clone, Copy)]
+pub(super) struct KLayout {
+    pub(super) blk: usize,
+    pub(super) sc: usize,
+    pub(super) d: usize,
+    pub(super) m: usize,
+    pub(super) size: usize,
+}
+
+/// The record layout of K format `dtype`, or `None` for any other format.
+pub(super) const fn klayout(dtype: DType) -> Option<KLayout> {
+    Some(match dtype {
+        DType::Q4K => KLayout { blk: 512, sc: 4096, d: 4480, m: 4544, size: 4608 },
+        DType::Q5K => KLayout { blk: 640, sc: 5120, d: 5504, m: 5568, size: 5632 },
+        DType::Q6K => KLayout { blk: 768, sc: 6144, d: 6656, m: 0, size: 6720 },
+        _ => return None,
+    })
+}
+
+/// A stored super-block taken apart: its 256 unsigned values, its scales (Q6_K: 16 `i8` as
+/// bytes; Q4_K/Q5_K: 8 six-bit scales) and minimums (Q4_K/Q5_K), and its `d`/`dmin` bits.
+struct Super {
+    u: [u8; QK_K],
+    sc: [u8; 16],
+    m: [u8; 8],
+    d: [u8; 2],
+    dmin: [u8; 2],
+}
+
+/// Takes the stored super-block `blk` of `dtype` apart.
+fn read_super(dtype: DType, blk: &[u8]) -> Super {
+    let mut s = Super { u: [0; QK_K], sc: [0; 16], m: [0; 8], d: [0; 2], dmin: [0; 2] };
+    if dtype == DType::Q6K {
+        for (i, u) in s.u.iter_mut().enumerate() {
+            let (half, t4, l) = (i / 128, i % 128 / 32, i % 32);
+            let low = blk[64 * half + 32 * (t4 & 1) + l];
+            let low = if t4 < 2 { low & 15 } else { low >> 4 };
+            *u = low | ((blk[128 + 32 * half + l] >> (2 * t4)) & 3) << 4;
+        }
+        s.sc.copy_from_slice(&blk[192..208]);
+        s.d.copy_from_slice(&blk[208..210]);
+        return s;
+    }
+    let qs = if dtype == DType::Q5K { 48 } else { 16 };
+    for (i, u) in s.u.iter_mut().enumerate() {
+        let (j, l) = (i / 32, i % 32);
+        let q = blk[qs + 32 * (j / 2) + l];
+        let nib = if j % 2 == 0 { q & 15 } else { q >> 4 };
+        let fifth = if dtype == DType::Q5K { ((blk[16 + l] >> j) & 1) << 4 } else { 0 };
+        *u = nib | fifth;
+    }
+    for j in 0..8 {
+        (s.sc[j], s.m[j]) = scale_min_k4(j, &blk[4..16]);
+    }
+    s.d.copy_from_slice(&blk[0..2]);
+    s.dmin.copy_from_slice(&blk[2..4]);
+    s
+}
+
+/// Writes `s` as a stored super-block of `dtype` into `blk` (the inverse of [`read_super`]).
+fn write_super(dtype: DType, s: &Super, blk: &mut [u8]) {
+    blk.fill(0);
+    if dtype == DType::Q6K {
+        for (i, &u) in s.u.iter().enumerate() {
+            let (half, t4, l) = (i / 128, i % 128 / 32, i % 32);
+            blk[64 * half + 32 * (t4 & 1) + l] |= if t4 < 2 { u & 15 } else { (u & 15) << 4 };
+            blk[128 + 32 * half + l] |= (u >> 4) << (2 * t4);
+        }
+        blk[192..208].copy_from_slice(&s.sc);
+        blk[208..210].copy_from_slice(&s.d);
+        return;
+    }
+    let qs = if dtype == DType::Q5K { 48 } else { 16 };
+    for (i, &u) in s.u.iter().enumerate() {
+        let (j, l) = (i / 32, i % 32);
+        blk[qs + 32 * (j / 2) + l] |= if j % 2 == 0 { u & 15 } else { (u & 15) << 4 };
+        if dtype == DType::Q5K {
+            blk[16 + l] |= (u >> 4 & 1) << j;
+        }
+    }
+    // The inverse of `scale_min_k4`.
+    let (sc, m) = (&s.sc, &s.m);
+    for j in 0..4 {
+        blk[4 + j] = sc[j] | (sc[j + 4] >> 4) << 6;
+        blk[8 + j] = m[j] | (m[j + 4] >> 4) << 6;
+        blk[12 + j] = (sc[j + 4] & 15) | (m[j + 4] & 15) << 4;
+    }
+    blk[0..2].copy_from_slice(&s.d);
+    blk[2..4].copy_from_slice(&s.dmin);
+}
+
+/// Where value `v` (0..32) of block `b` of panel row `j` lives in a record: the byte of its
+/// low nibble and the nibble's shift, the fifth bit's index from `blk · b + 512` (Q5_K), and
+/// the top two bits' byte from there and their shift (Q6_K).
+fn place(l: &KLayout, b: usize, j: usize, v: usize) -> (usize, u32, usize, usize, u32) {
+    let (h, r, t) = (j / 16, j % 16, v / 4);
+    let lane = 4 * r + v % 4;
+    let base = b * l.blk;
+    (
+        base + t * 64 + lane,
+        4 * h as u32,
+        t * 128 + h * 64 + lane,
+        base + 512 + (2 * (t / 4) + h) * 64 + lane,
+        2 * (t % 4) as u32,
+    )
+}
+
+/// Writes the stored row `row` as row `j` of the packed `panel` (records of `l.size` bytes).
+pub(super) fn pack_row(dtype: DType, l: &KLayout, row: &[u8], j: usize, panel: &mut [u8]) {
+    let (h, r) = (j / 16, j % 16);
+    for (sb, blk) in row.chunks_exact(dtype.block_bytes()).enumerate() {
+        let s = read_super(dtype, blk);
+        let rec = &mut panel[sb * l.size..(sb + 1) * l.size];
+        for (i, &u) in s.u.iter().enumerate() {
+            let (lo, shift, fifth, top, top_shift) = place(l, i / 32, j, i % 32);
+            rec[lo] |= (u & 15) << shift;
+            match dtype {
+                DType::Q5K if u & 16 != 0 => rec[(i / 32) * l.blk + 512 + fifth / 8] |= 1 << (fifth % 8),
+                DType::Q6K => rec[top] |= (u >> 4) << top_shift,
+                _ => {}
+            }
+        }
+        rec[l.d + 2 * j..l.d + 2 * j + 2].copy_from_slice(&s.d);
+        if dtype == DType::Q6K {
+            for (q, &sc) in s.sc.iter().enumerate() {
+                rec[l.sc + 64 * (q / 2) + 32 * (q % 2) + j] = sc;
+            }
+            continue;
+        }
+        rec[l.m + 2 * j..l.m + 2 * j + 2].copy_from_slice(&s.dmin);
+        for b in 0..8 {
+            let at = l.sc + 48 * b + r;
+            rec[at] |= (s.sc[b] & 15) << (4 * h);
+            rec[at + 16] |= (s.m[b] & 15) << (4 * h);
+            rec[at + 32] |= (s.sc[b] >> 4) << (2 * h) | (s.m[b] >> 4) << (4 + 2 * h);
+        }
+    }
+}
+
+/// Reads row `j` of the packed `panel` back into its stored form `out`.
+pub(super) fn unpack_row(dtype: DType, l: &KLayout, panel: &[u8], j: usize, out: &mut [u8]) {
+    let (h, r) = (j / 16, j % 16);
+    for (sb, blk) in out.chunks_exact_mut(dtype.block_bytes()).enumerate() {
+        let rec = &panel[sb * l.size..(sb + 1) * l.size];
+        let mut s = Super { u: [0; QK_K], sc: [0; 16], m: [0; 8], d: [0; 2], dmin: [0; 2] };
+        for (i, u) in s.u.iter_mut().enumerate() {
+            let (lo, shift, fifth, top, top_shift) = place(l, i / 32, j, i % 32);
+            *u = rec[lo] >> shift & 15;
+            match dtype {
+                DType::Q5K => *u |= (rec[(i / 32) * l.blk + 512 + fifth / 8] >> (fifth % 8) & 1) << 4,
+                DType::Q6K => *u |= (rec[top] >> top_shift & 3) << 4,
+                _ => {}
+            }
+        }
+        s.d.copy_from_slice(&rec[l.d + 2 * j..l.d + 2 * j + 2]);
+        if dtype == DType::Q6K {
+            for (q, sc) in s.sc.iter_mut().enumerate() {
+                *sc = rec[l.sc + 64 * (q / 2) + 32 * (q % 2) + j];
+            }
+        } else {
+            s.dmin.copy_from_slice(&rec[l.m + 2 * j..l.m + 2 * j + 2]);
+            for b in 0..8 {
+                let at = l.sc + 48 * b + r;
+                let top = rec[at + 32];
+                s.sc[b] = (rec[at] >> (4 * h) & 15) | (top >> (2 * h) & 3) << 4;
+                s.m[b] = (rec[at + 16] >> (4 * h) & 15) | (top >> (4 + 2 * h) & 3) << 4;
+            }
+        }
+        write_super(dtype, &s, blk);
+    }
+}
