@@ -2,10 +2,9 @@
 //! converter writes for Llama 2 and Gemma 3) tokenize as llama.cpp does, and a family's chat
 //! template in `tokenizer.chat_template` renders as transformers renders it.
 //!
-//! - `tests/fixtures/gguf/ggml-vocab-llama-spm.gguf` with its `.inp`/`.out` pairs is llama.cpp's
-//!   own tokenizer test (`models/` of llama.cpp; `tests/test-tokenizer-0.cpp` reads the same
-//!   files: inputs separated by `\n__ggml_vocab_test__\n`, one line of ids per input, no BOS,
-//!   special tokens not parsed).
+//! - `tests/fixtures/gguf/ggml-vocab-llama-spm.gguf` (llama.cpp's Llama SentencePiece vocabulary
+//!   file) against our own 40 cases in `llama-spm-cases.json`, whose ids are llama.cpp's
+//!   tokenisation (no BOS, special tokens not parsed), made by `make_spm_cases.py` beside it.
 //! - Gemma 3's real template and GLM-4's, put in a file's metadata as the converter puts them,
 //!   give the strings `tests/fixtures/chat-templates/expected.json` holds from
 //!   `transformers.apply_chat_template`.
@@ -27,23 +26,19 @@ fn tokenizer_of(bytes: &[u8]) -> Tokenizer {
 fn llama_spm_vocab_tokenizes_as_llama_cpp() {
     let dir = fixture("gguf");
     let tok = tokenizer_of(&std::fs::read(dir.join("ggml-vocab-llama-spm.gguf")).unwrap());
-    let inputs = std::fs::read_to_string(dir.join("ggml-vocab-llama-spm.gguf.inp")).unwrap();
-    let outputs = std::fs::read_to_string(dir.join("ggml-vocab-llama-spm.gguf.out")).unwrap();
-    // As test-tokenizer-0.cpp reads it: a separator at the very end starts no case.
-    let sep = "\n__ggml_vocab_test__\n";
-    let inputs: Vec<&str> = inputs.strip_suffix(sep).unwrap_or(&inputs).split(sep).collect();
-    let outputs: Vec<&str> = outputs.lines().collect();
-    assert_eq!(inputs.len(), outputs.len(), "llama.cpp's test files disagree on the number of cases");
+    let cases = json("gguf/llama-spm-cases.json");
+    let cases = cases["cases"].as_array().unwrap();
     let mut failures = Vec::new();
-    for (text, want) in inputs.iter().zip(&outputs) {
-        let want: Vec<u32> = want.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        let want = ids(&case["ids"]);
         let got = tok.encode_plain(text).unwrap();
         if got != want {
             failures.push(format!("{text:?}: llama.cpp {want:?}, govbox {got:?}"));
         }
     }
-    assert!(inputs.len() >= 30, "only {} cases", inputs.len());
-    assert!(failures.is_empty(), "{} of {} differ:\n{}", failures.len(), inputs.len(), failures.join("\n"));
+    assert!(cases.len() >= 30, "only {} cases", cases.len());
+    assert!(failures.is_empty(), "{} of {} differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
     // Pieces, byte fallback and the space prefix undo on decoding.
     for text in ["Hello world", "Äpfel ½ 🦙 and  two spaces", "\tTab\nnewline"] {
         let ids = tok.encode_plain(text).unwrap();
