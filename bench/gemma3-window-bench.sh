@@ -27,17 +27,13 @@ while [ $# -gt 0 ]; do
   esac
 done
 case $ctx$rounds$threads in *[!0-9]*) echo "gemma3-window-bench.sh: options take whole numbers" >&2; exit 2 ;; esac
-govbox=$repo/target/release/govbox
-[ -x "$govbox" ] || { echo "gemma3-window-bench.sh: $govbox is missing: cargo build --release -p govbox-cli" >&2; exit 1; }
-[ -x /usr/bin/time ] || { echo "gemma3-window-bench.sh: /usr/bin/time is needed (apt-get install -y time)" >&2; exit 1; }
-mkdir -p "$work"
-"$here/get-llama-cpp.sh" "$work/llama" >/dev/null
-bin=$work/llama/llama.cpp/build/bin
-py=$work/llama/venv/bin/python
+# shellcheck source=bench/peer-lib.sh
+. "$here/peer-lib.sh"
+peer_setup gemma3-window-bench.sh
 export PYTHONPATH=$work/llama/llama.cpp/gguf-py
 
 shape=gemma3-1b
-window=$work/$shape-q8_0.gguf dense=$work/$shape-dense-q8_0.gguf
+window=$work/$shape-q8_0.gguf dense=$work/$shape-window$((2 * ctx))-q8_0.gguf
 if [ ! -f "$window" ]; then
   hf=$work/$shape-hf f16=$work/$shape-f16.gguf
   if [ ! -f "$hf/config.json" ]; then

@@ -28,13 +28,9 @@ while [ $# -gt 0 ]; do
   esac
 done
 case $rounds$threads in *[!0-9]*) echo "moe-bench.sh: --rounds and --threads take whole numbers" >&2; exit 2 ;; esac
-govbox=$repo/target/release/govbox
-[ -x "$govbox" ] || { echo "moe-bench.sh: $govbox is missing: cargo build --release -p govbox-cli" >&2; exit 1; }
-[ -x /usr/bin/time ] || { echo "moe-bench.sh: /usr/bin/time is needed (apt-get install -y time)" >&2; exit 1; }
-mkdir -p "$work"
-"$here/get-llama-cpp.sh" "$work/llama" >/dev/null
-bin=$work/llama/llama.cpp/build/bin
-py=$work/llama/venv/bin/python
+# shellcheck source=bench/peer-lib.sh
+. "$here/peer-lib.sh"
+peer_setup moe-bench.sh
 
 shape=qwen3-moe-3b-a0.6b
 files=()
