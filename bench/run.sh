@@ -19,8 +19,10 @@
 #   roofline Q8_0 decode tokens/s as a share of (triad bandwidth / weight bytes read per token).
 # The servers run one after the other, never together, and are stopped on any exit.
 # --quick: one repetition, Q8_0 and SmolLM2 only for speed, 64-token streams, fewer triad passes.
-# --large: also the Qwen2.5-1.5B-shaped Q8_0 and Q4_K_M files (bench/make-models.sh --large) in the
-#          speed rows, and long contexts on the 1.5B Q8_0 file: for each prompt length of --ctx
+# --large: also the Qwen2.5-1.5B- and 7B-shaped Q8_0 and Q4_K_M files (bench/make-models.sh --large)
+#          in the speed rows (rooflines too); govboxd's start to ready on a signed package of the
+#          7B Q4_K_M file against `cat` of it, cold and warm, with its peak RSS
+#          (bench/start-to-ready.sh); and long contexts on the 1.5B Q8_0 file: for each prompt length of --ctx
 #          (default 8192,32768) and each KV type (f16, q8_0 on both sides, llama.cpp with -fa on),
 #          prefill of that many tokens, decode of 32 tokens at that depth, and each process's peak
 #          RSS (/usr/bin/time). At 32k on 2 cores this part alone takes hours: --ctx 8192 to leave
@@ -106,9 +108,9 @@ log "models (bench/make-models.sh)"
 large_args=()
 [ "$large" = 1 ] && large_args=(--large)
 mapfile -t models < <("$here/make-models.sh" "$work" "${large_args[@]}")
-[ "${#models[@]}" = $((4 + 3 * large)) ] || die "bench/make-models.sh gave ${#models[@]} paths, expected $((4 + 3 * large))"
+[ "${#models[@]}" = $((4 + 5 * large)) ] || die "bench/make-models.sh gave ${#models[@]} paths, expected $((4 + 5 * large))"
 f16=${models[0]}; q8=${models[1]}; q4km=${models[2]}; smol=${models[3]}
-if [ "$large" = 1 ]; then q8_large=${models[5]}; q4km_large=${models[6]}; fi
+if [ "$large" = 1 ]; then q8_large=${models[5]}; q4km_large=${models[6]}; q8_7b=${models[7]}; q4km_7b=${models[8]}; fi
 
 t_build=$(date +%s)
 if [ "$build" = 1 ]; then
@@ -164,7 +166,7 @@ log "GGUF facts (tensor types, bytes read per token)"
 PYTHONPATH=$gguf_py "$py" "$here/gguf_facts.py" "${models[@]}" > "$run/gguf.jsonl" || die "bench/gguf_facts.py failed"
 
 if [ "$quick" = 1 ]; then speed_models=("$q8" "$smol"); else speed_models=("$q8" "$q4km" "$f16" "$smol"); fi
-[ "$large" = 1 ] && speed_models+=("$q8_large" "$q4km_large")
+[ "$large" = 1 ] && speed_models+=("$q8_large" "$q4km_large" "$q8_7b" "$q4km_7b")
 : > "$run/speed.jsonl"
 for m in "${speed_models[@]}"; do
   name=$(basename "$m" .gguf)
@@ -253,6 +255,12 @@ PY
       tail -1 "$run/longctx.jsonl" >&2
     done
   done
+fi
+
+if [ "$large" = 1 ]; then
+  log "govboxd start to ready on a signed package of $(basename "$q4km_7b") (bench/start-to-ready.sh)"
+  "$here/start-to-ready.sh" "$q4km_7b" "$run/start-to-ready.json" --govbox "$govbox" --govboxd "$govboxd" \
+      --threads "$threads" --kv-tokens 4096 --kv-dtype f16 || die "bench/start-to-ready.sh failed"
 fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }

@@ -161,10 +161,38 @@ impl Packages {
                 ]);
             }
         };
-        let r = self.ops.store().reverify(&a.digest, trust, full_payload, &mut progress)?;
+        // The signatures first, always: nothing of a package whose manifest is not signed by a
+        // trusted key is read further.
+        let signed = self.ops.store().reverify(&a.digest, trust, false, &mut progress)?;
+        if !full_payload {
+            log::info!(
+                "model '{}' {} {}: signed by {} key(s); payload not re-hashed (verify_payload_on_start = false)",
+                a.name,
+                a.version,
+                short(&a.digest_label()),
+                signed.signers.len()
+            );
+            return self.ops.load(a);
+        }
+        // Then the payload hash and the load side by side, so that start-up takes about the
+        // longer of the two instead of their sum (hashing is one sequential SHA-256/SM3 stream
+        // per file, on one core; loading maps the same file and packs its weights on the others).
+        // The loaded model is returned only when every byte has hashed to what the signed
+        // manifest says; otherwise it is dropped unserved. The load therefore parses a file
+        // whose bytes are not yet re-checked: the same bounded, fuzzed parser that refuses
+        // malformed files, on a file that passed the same check at import and that only root can
+        // change in the store.
+        let (hashed, loaded) = std::thread::scope(|s| {
+            let loading = s.spawn(|| self.ops.load(a));
+            let hashed = self.ops.store().reverify(&a.digest, trust, true, &mut progress);
+            (hashed, loading.join())
+        });
+        // A payload that does not hash right is refused as such, however its load ended.
+        let r = hashed?;
+        let loaded = loaded.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         let secs = t.elapsed().as_secs_f64();
         log::info!(
-            "model '{}' {} {}: signed by {} key(s); {} files, {:.1} MB hashed in {secs:.1} s",
+            "model '{}' {} {}: signed by {} key(s); {} files, {:.1} MB hashed and loaded in {secs:.1} s",
             a.name,
             a.version,
             short(&a.digest_label()),
@@ -172,7 +200,7 @@ impl Packages {
             r.files_checked,
             r.bytes_hashed as f64 / 1e6
         );
-        self.ops.load(a)
+        loaded
     }
 
     /// `model_import`: verifies, stores and self-tests a package, records it through `gate`, and

@@ -189,3 +189,51 @@ fn activation_and_rollback_under_streaming_load_fail_no_request() {
     let list = govbox(&b.state, &["model", "list"]);
     assert!(!list.lines().any(|l| l.starts_with("tiny-qwen2 ") && l.contains(" 1.0.0 ")), "{list}");
 }
+
+/// `verify_payload_on_start`: govboxd hashes every payload byte while the model loads, and a
+/// byte changed in the store after import keeps the version out of service even though the
+/// changed file still loads (the second start, with the check off, serves it: only the hash
+/// refused it). The changed byte is in the last tensor's data, so the file still parses.
+#[test]
+fn a_payload_byte_changed_in_the_store_is_not_served_after_a_restart() {
+    use std::os::unix::fs::PermissionsExt;
+    let b = TestBox::provisioned("changed");
+    let pkg = b.build_package(&repo().join("tests/fixtures/tiny-qwen2"), "tiny-qwen2", "1.0.0", false);
+    b.import(&pkg);
+    {
+        let _d = b.start();
+        assert_eq!(chat(&b, false).0, "200", "the untouched package must be served");
+    }
+    let mut stored = Vec::new();
+    let mut stack = vec![b.state.join("models")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else if e.file_name() == "model.safetensors" {
+                stored.push(e.path());
+            }
+        }
+    }
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let file = &stored[0];
+    let mode = std::fs::metadata(file).unwrap().permissions().mode();
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut bytes = std::fs::read(file).unwrap();
+    let last = bytes.len() - 2;
+    bytes[last] ^= 0x01;
+    std::fs::write(file, &bytes).unwrap();
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode)).unwrap();
+
+    let d = b.start();
+    let (code, body) = chat(&b, false);
+    let log = d.log_text();
+    assert_ne!(code, "200", "a changed payload was served: {body}\n{log}");
+    assert!(log.contains("sha256 mismatch") && log.contains("model.safetensors"), "{log}");
+    drop(d);
+
+    let config = std::fs::read_to_string(&b.config).unwrap();
+    std::fs::write(&b.config, format!("verify_payload_on_start = false\n{config}")).unwrap();
+    let _d = b.start();
+    assert_eq!(chat(&b, false).0, "200", "with the check off the changed file loads and is served");
+}

@@ -58,37 +58,7 @@ struct Super {
     dmin: [u8; 2],
 }
 
-/// Takes the stored super-block `blk` of `dtype` apart.
-fn read_super(dtype: DType, blk: &[u8]) -> Super {
-    let mut s = Super { u: [0; QK_K], sc: [0; 16], m: [0; 8], d: [0; 2], dmin: [0; 2] };
-    if dtype == DType::Q6K {
-        for (i, u) in s.u.iter_mut().enumerate() {
-            let (half, t4, l) = (i / 128, i % 128 / 32, i % 32);
-            let low = blk[64 * half + 32 * (t4 & 1) + l];
-            let low = if t4 < 2 { low & 15 } else { low >> 4 };
-            *u = low | ((blk[128 + 32 * half + l] >> (2 * t4)) & 3) << 4;
-        }
-        s.sc.copy_from_slice(&blk[192..208]);
-        s.d.copy_from_slice(&blk[208..210]);
-        return s;
-    }
-    let qs = if dtype == DType::Q5K { 48 } else { 16 };
-    for (i, u) in s.u.iter_mut().enumerate() {
-        let (j, l) = (i / 32, i % 32);
-        let q = blk[qs + 32 * (j / 2) + l];
-        let nib = if j % 2 == 0 { q & 15 } else { q >> 4 };
-        let fifth = if dtype == DType::Q5K { ((blk[16 + l] >> j) & 1) << 4 } else { 0 };
-        *u = nib | fifth;
-    }
-    for j in 0..8 {
-        (s.sc[j], s.m[j]) = scale_min_k4(j, &blk[4..16]);
-    }
-    s.d.copy_from_slice(&blk[0..2]);
-    s.dmin.copy_from_slice(&blk[2..4]);
-    s
-}
-
-/// Writes `s` as a stored super-block of `dtype` into `blk` (the inverse of [`read_super`]).
+/// Writes `s` as a stored super-block of `dtype` into `blk` (what [`pack_row`] reads).
 fn write_super(dtype: DType, s: &Super, blk: &mut [u8]) {
     blk.fill(0);
     if dtype == DType::Q6K {
@@ -136,35 +106,120 @@ fn place(l: &KLayout, b: usize, j: usize, v: usize) -> (usize, u32, usize, usize
     )
 }
 
+/// The little-endian `u32` at byte `at` of `b`.
+#[inline(always)]
+fn word<const N: usize>(b: &[u8; N], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// ORs `x` into the little-endian `u32` at byte `at` of `b`.
+#[inline(always)]
+fn or_word<const N: usize>(b: &mut [u8; N], at: usize, x: u32) {
+    let w = word(b, at) | x;
+    b[at..at + 4].copy_from_slice(&w.to_le_bytes());
+}
+
+/// The low nibble of each byte of a word.
+const LOW: u32 = 0x0F0F_0F0F;
+
 /// Writes the stored row `row` as row `j` of the packed `panel` (records of `l.size` bytes).
+///
+/// Four values at a time: values `4t..4t + 4` of a block are four consecutive bytes of the
+/// stored `qs` (`ql` for Q6_K) and land in four consecutive bytes of the record (the table
+/// above), so each step is one word read, masked or shifted, and one word ORed in. This runs
+/// over every K-format weight at load time (4.7 GB for a 7B Q4_K_M file), so it is written for
+/// speed: one function per format on fixed-size arrays, whose indices the compiler can see are
+/// in bounds. `unpack_row` is the plain value-by-value inverse the tests read it back with.
 pub(super) fn pack_row(dtype: DType, l: &KLayout, row: &[u8], j: usize, panel: &mut [u8]) {
-    let (h, r) = (j / 16, j % 16);
-    for (sb, blk) in row.chunks_exact(dtype.block_bytes()).enumerate() {
-        let s = read_super(dtype, blk);
-        let rec = &mut panel[sb * l.size..(sb + 1) * l.size];
-        for (i, &u) in s.u.iter().enumerate() {
-            let (lo, shift, fifth, top, top_shift) = place(l, i / 32, j, i % 32);
-            rec[lo] |= (u & 15) << shift;
-            match dtype {
-                DType::Q5K if u & 16 != 0 => rec[(i / 32) * l.blk + 512 + fifth / 8] |= 1 << (fifth % 8),
-                DType::Q6K => rec[top] |= (u >> 4) << top_shift,
-                _ => {}
+    let (h, r) = ((j >> 4) & 1, j & 15);
+    let records = panel.chunks_exact_mut(l.size);
+    match dtype {
+        DType::Q4K => row.chunks_exact(144).zip(records).for_each(|(b, rec)| {
+            if let (Ok(b), Ok(rec)) = (b.try_into(), rec.try_into()) {
+                pack_q45::<144, 4608, 512, 16>(b, rec, h, r, j)
             }
-        }
-        rec[l.d + 2 * j..l.d + 2 * j + 2].copy_from_slice(&s.d);
-        if dtype == DType::Q6K {
-            for (q, &sc) in s.sc.iter().enumerate() {
-                rec[l.sc + 64 * (q / 2) + 32 * (q % 2) + j] = sc;
+        }),
+        DType::Q5K => row.chunks_exact(176).zip(records).for_each(|(b, rec)| {
+            if let (Ok(b), Ok(rec)) = (b.try_into(), rec.try_into()) {
+                pack_q45::<176, 5632, 640, 48>(b, rec, h, r, j)
             }
-            continue;
+        }),
+        DType::Q6K => row.chunks_exact(210).zip(records).for_each(|(b, rec)| {
+            if let (Ok(b), Ok(rec)) = (b.try_into(), rec.try_into()) {
+                pack_q6(b, rec, h, r, j)
+            }
+        }),
+        _ => {}
+    }
+}
+
+/// `pack_q45` and `pack_q6` spell the offsets of [`klayout`] as constants so that the compiler
+/// sees every index is in bounds; this holds them to the one description.
+const _: () = {
+    const fn check(dtype: DType, blk: usize, size: usize, m: bool) {
+        let Some(l) = klayout(dtype) else { panic!("a K format") };
+        assert!(l.blk == blk && l.sc == 8 * blk && l.size == size);
+        assert!(l.d == l.sc + if m { 384 } else { 512 } && (!m || l.m == l.d + 64));
+    }
+    check(DType::Q4K, 512, 4608, true);
+    check(DType::Q5K, 640, 5632, true);
+    check(DType::Q6K, 768, 6720, false);
+};
+
+/// One Q4_K (`BLK` 512, `QS` 16) or Q5_K (640, 48) super-block `b` as row `j = 16h + r` of
+/// its record (`S` bytes: scales at `8 · BLK`, `d` and `dmin` after them).
+#[inline(always)]
+fn pack_q45<const B: usize, const S: usize, const BLK: usize, const QS: usize>(
+    b: &[u8; B],
+    rec: &mut [u8; S],
+    h: usize,
+    r: usize,
+    j: usize,
+) {
+    for blk in 0..8 {
+        let base = blk * BLK;
+        for t in 0..8 {
+            if QS == 48 {
+                // Q5_K: the four fifth bits, one per byte of `x`, gathered into a nibble.
+                let x = word(b, 16 + 4 * t) >> blk & 0x0101_0101;
+                let f = (x | x >> 7 | x >> 14 | x >> 21) & 15;
+                rec[base + 512 + t * 16 + h * 8 + r / 2] |= (f as u8) << (4 * (r % 2));
+            }
+            let q = word(b, QS + 32 * (blk / 2) + 4 * t);
+            let nib = if blk % 2 == 0 { q & LOW } else { q >> 4 & LOW };
+            or_word(rec, base + t * 64 + 4 * r, nib << (4 * h));
         }
-        rec[l.m + 2 * j..l.m + 2 * j + 2].copy_from_slice(&s.dmin);
-        for b in 0..8 {
-            let at = l.sc + 48 * b + r;
-            rec[at] |= (s.sc[b] & 15) << (4 * h);
-            rec[at + 16] |= (s.m[b] & 15) << (4 * h);
-            rec[at + 32] |= (s.sc[b] >> 4) << (2 * h) | (s.m[b] >> 4) << (4 + 2 * h);
+    }
+    let (sc0, d) = (8 * BLK, 8 * BLK + 384);
+    let j = j & 31;
+    rec[d + 2 * j..d + 2 * j + 2].copy_from_slice(&b[0..2]);
+    rec[d + 64 + 2 * j..d + 64 + 2 * j + 2].copy_from_slice(&b[2..4]);
+    for blk in 0..8 {
+        let (sc, m) = scale_min_k4(blk, &b[4..16]);
+        let at = sc0 + 48 * blk + r;
+        rec[at] |= (sc & 15) << (4 * h);
+        rec[at + 16] |= (m & 15) << (4 * h);
+        rec[at + 32] |= (sc >> 4) << (2 * h) | (m >> 4) << (4 + 2 * h);
+    }
+}
+
+/// One Q6_K super-block `b` as row `j = 16h + r` of its record.
+#[inline(always)]
+fn pack_q6(b: &[u8; 210], rec: &mut [u8; 6720], h: usize, r: usize, j: usize) {
+    for blk in 0..8 {
+        let (base, half, t4) = (blk * 768, blk / 4, blk % 4);
+        for t in 0..8 {
+            let low = word(b, 64 * half + 32 * (t4 & 1) + 4 * t);
+            let top = word(b, 128 + 32 * half + 4 * t) >> (2 * t4) & 0x0303_0303;
+            or_word(rec, base + 512 + (2 * (t / 4) + h) * 64 + 4 * r, top << (2 * (t % 4)));
+            let nib = if t4 < 2 { low & LOW } else { low >> 4 & LOW };
+            or_word(rec, base + t * 64 + 4 * r, nib << (4 * h));
         }
+    }
+    let j = j & 31;
+    rec[6656 + 2 * j..6656 + 2 * j + 2].copy_from_slice(&b[208..210]);
+    for (q, &sc) in b[192..208].iter().enumerate() {
+        rec[6144 + 64 * (q / 2) + 32 * (q % 2) + j] = sc;
     }
 }
 

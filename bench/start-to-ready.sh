@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# How long govboxd takes from start to ready on a large signed package, against the time to read
+# the same file once, and its peak memory against file + KV cache.
+#
+#   bench/start-to-ready.sh MODEL.gguf OUT.json [--govbox BIN] [--govboxd BIN] [--threads N]
+#                                               [--kv-tokens N] [--kv-dtype f16|q8_0|f32] [--runs N]
+#
+# Provisions a fresh state folder under bench/work/start-state, signs a package of MODEL and
+# imports it (import time recorded), then for a cold page cache (`echo 3 > drop_caches`, root
+# only; skipped otherwise) and a warm one, best of --runs (default 2) each:
+#   cat    `cat PAYLOAD > /dev/null` of the stored payload file
+#   ready  govboxd with verify_payload_on_start = true (the default: every payload byte is hashed
+#          again and the signatures re-checked) from exec to the first 200 from /readyz, polled
+#          every 20 ms; its VmHWM at ready and after one 16-token answer
+# The KV cache's size comes from `govbox model info` with the same kv_tokens and kv_dtype. Writes one JSON object to OUT.
+# The state folder and the package are removed at the end (the store's copy is as big as MODEL).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/.." && pwd)
+model=${1:?usage: start-to-ready.sh MODEL.gguf OUT.json [options]}
+out=${2:?usage: start-to-ready.sh MODEL.gguf OUT.json [options]}
+shift 2
+govbox=$repo/target/release/govbox
+govboxd=$repo/target/release/govboxd
+threads=2
+kv_tokens=4096
+kv_dtype=f16
+runs=2
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --govbox) govbox=$2; shift 2 ;;
+    --govboxd) govboxd=$2; shift 2 ;;
+    --threads) threads=$2; shift 2 ;;
+    --kv-tokens) kv_tokens=$2; shift 2 ;;
+    --kv-dtype) kv_dtype=$2; shift 2 ;;
+    --runs) runs=$2; shift 2 ;;
+    *) echo "start-to-ready.sh: unknown option '$1'" >&2; exit 2 ;;
+  esac
+done
+die() { echo "start-to-ready.sh: $*" >&2; exit 1; }
+log() { echo "== $(date -u +%H:%M:%S) $*" >&2; }
+now() { date +%s.%N; }
+[ -f "$model" ] || die "no model file $model"
+for b in "$govbox" "$govboxd"; do [ -x "$b" ] || die "$b is missing (cargo build --release)"; done
+
+work=$here/work
+state=$work/start-state
+pkg=$work/start-package.gbx
+pid=
+stop() {
+  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=; fi
+}
+trap 'stop; rm -rf "$state" "$pkg"' EXIT
+rm -rf "$state" "$pkg"
+mkdir -p "$state/vendor"
+chmod 700 "$state" "$state/vendor"
+
+log "signing and importing a package of $(basename "$model") ($(( $(stat -c %s "$model") / 1048576 )) MiB)"
+"$govbox" keygen --out "$state/vendor/v.key" --pub "$state/vendor/v.pub" >/dev/null
+"$govbox" --state "$state" provision --hostname start-bench --trust-key "$state/vendor/v.pub" >/dev/null
+"$govbox" package build --model "$model" --name big --version 1.0.0 --sign "$state/vendor/v.key" -o "$pkg" >/dev/null
+t0=$(date +%s.%N)
+"$govbox" --state "$state" model import "$pkg" > "$work/start-import.log" 2>&1 || { tail "$work/start-import.log" >&2; die "import failed"; }
+import_s=$(awk -v a="$(now)" -v b="$t0" 'BEGIN { printf "%.3f", a - b }')
+rm -f "$pkg"
+payload=$(find "$state" -type f -name "$(basename "$model")" -size +1M | head -n1)
+[ -n "$payload" ] || die "cannot find the stored payload of $(basename "$model") under $state"
+token=$("$govbox" --state "$state" client add bench --models all --token --rpm 1000000 --cert-out "$state/clients/bench" |
+  grep -o 'gbx_[A-Za-z0-9_-]*' | head -n1) || true
+[ -n "$token" ] || die "no bearer token from 'govbox client add'"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+cat > "$state/govbox.toml" <<TOML
+config_version = 2
+listen = "127.0.0.1:$port"
+threads = $threads
+device = "cpu"
+verify_payload_on_start = true
+
+[serving]
+kv_tokens = $kv_tokens
+kv_dtype = "$kv_dtype"
+TOML
+
+# The KV cache govboxd allocates for this model and [serving] (the same sizing as model info's).
+kv_line=$("$govbox" model info --model "$model" --device cpu --threads "$threads" --kv-tokens "$kv_tokens" \
+    --kv-dtype "$kv_dtype" 2>/dev/null | sed -n 's/^kv cache: *//p')
+[ -n "$kv_line" ] || die "govbox model info printed no kv cache line for $model"
+kv_bytes=$(printf '%s' "$kv_line" | sed -n 's/.*(\([0-9.]*\) MiB)$/\1/p' | awk '{ printf "%d", $1 * 1048576 }')
+[ -n "$kv_bytes" ] || die "cannot read the KV cache size from '$kv_line'"
+log "KV cache: $kv_line"
+
+can_drop=0
+if [ -w /proc/sys/vm/drop_caches ]; then can_drop=1; fi
+drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+hwm() { awk '/VmHWM/ { print $2 }' "/proc/$pid/status"; }
+
+# One cat: prints seconds.
+time_cat() {
+  local t; t=$(now); cat "$payload" > /dev/null; awk -v a="$(now)" -v b="$t" 'BEGIN { printf "%.3f", a - b }'
+}
+# One start: prints "seconds hwm_ready_kb hwm_after_kb".
+time_start() {
+  local t code=000 a b
+  t=$(now)
+  MALLOC_ARENA_MAX=2 "$govboxd" --state "$state" --config "$state/govbox.toml" > "$work/start-govboxd.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 30000); do
+    code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$state/tls/ca.crt" "https://127.0.0.1:$port/readyz" || true)
+    [ "$code" = 200 ] && break
+    kill -0 "$pid" 2>/dev/null || { tail -20 "$work/start-govboxd.log" >&2; die "govboxd exited before it was ready"; }
+    sleep 0.02
+  done
+  [ "$code" = 200 ] || die "govboxd was not ready within 10 minutes"
+  local secs; secs=$(awk -v a="$(now)" -v b="$t" 'BEGIN { printf "%.3f", a - b }')
+  a=$(hwm)
+  curl -sf --cacert "$state/tls/ca.crt" -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+      -d '{"model":"big","messages":[{"role":"user","content":"hello"}],"max_tokens":16}' \
+      "https://127.0.0.1:$port/v1/chat/completions" > /dev/null || die "the request after start failed"
+  b=$(hwm)
+  stop
+  echo "$secs $a $b"
+}
+
+results=()
+modes=(warm)
+[ "$can_drop" = 1 ] && modes=(cold warm)
+[ "$can_drop" = 1 ] || log "not root: no cold-cache runs (cannot write /proc/sys/vm/drop_caches)"
+for mode in "${modes[@]}"; do
+  best_cat= best_start=
+  for r in $(seq 1 "$runs"); do
+    if [ "$mode" = cold ]; then drop; else cat "$payload" > /dev/null; fi
+    c=$(time_cat)
+    if [ "$mode" = cold ]; then drop; fi
+    read -r s a b < <(time_start)
+    log "$mode run $r: cat $c s, start to ready $s s, VmHWM at ready $((a / 1024)) MiB, after a request $((b / 1024)) MiB"
+    results+=("{\"mode\": \"$mode\", \"cat_s\": $c, \"ready_s\": $s, \"hwm_ready_kb\": $a, \"hwm_after_kb\": $b}")
+  done
+done
+hashed=$(grep -m1 -o '[0-9.]* MB hashed in [0-9.]* s' "$work/start-govboxd.log" || true)
+{
+  echo "{\"model\": \"$(basename "$model")\", \"file_bytes\": $(stat -c %s "$payload"), \"import_s\": $import_s,"
+  echo " \"threads\": $threads, \"kv_tokens\": $kv_tokens, \"kv_dtype\": \"$kv_dtype\","
+  echo " \"kv_info\": \"$kv_line\", \"kv_bytes\": $kv_bytes,"
+  echo " \"hashed_log\": \"$hashed\","
+  echo " \"runs\": [$(IFS=,; echo "${results[*]}")]}"
+} > "$out"
+python3 -c 'import json,sys; json.load(open(sys.argv[1]))' "$out" || die "$out is not valid JSON"
+cat "$out" >&2
