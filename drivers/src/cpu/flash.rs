@@ -5,8 +5,10 @@
 //!
 //! A job is a run of up to [`ROW_BLOCK`] query rows of one sequence and one KV head with all the
 //! query heads that share it (grouped-query attention): each tile's keys and values are read
-//! from the pool once, in its stored type, widened into a small `f32` scratch, and used by every
-//! query of the job while in cache. A decode step is a job of one row.
+//! from the pool once, in its stored type, widened into a small `f32` scratch (the keys also
+//! transposed, so that a query's scores for the whole tile are one run of vector multiply-adds
+//! over the dimensions), and used by every query of the job while in cache. A decode step is a
+//! job of one row.
 //!
 //! Determinism: tiles are aligned to absolute positions (tile `t` holds positions
 //! `t·TILE..(t+1)·TILE`, cut to the row's own range), and every operation on a query (each
@@ -75,6 +77,8 @@ impl Rows<'_> {
 #[derive(Default)]
 pub(super) struct Scratch {
     keys: Vec<f32>,
+    /// The tile's keys transposed: dimension `d` of the key at tile index `j` at `d · TILE + j`.
+    keys_t: Vec<f32>,
     values: Vec<f32>,
     scores: Vec<f32>,
     max: Vec<f32>,
@@ -94,6 +98,7 @@ simd_kernel! {
         }
         let s = scratch;
         s.keys.resize(TILE * hd, 0.0);
+        s.keys_t.resize(TILE * hd, 0.0);
         s.values.resize(TILE * hd, 0.0);
         s.scores.resize(TILE, 0.0);
         s.sets.resize(2 * hd, 0.0);
@@ -111,6 +116,9 @@ simd_kernel! {
                 let (at, i) = (kv.at(p), (p - t0) * hd);
                 kv.k.read(at, &mut s.keys[i..i + hd]);
                 kv.v.read(at, &mut s.values[i..i + hd]);
+                for (d, &k) in s.keys[i..i + hd].iter().enumerate() {
+                    s.keys_t[d * TILE + p - t0] = k;
+                }
             }
             // 2. Every query whose range meets the tile.
             for r in 0..rows.n {
@@ -119,13 +127,14 @@ simd_kernel! {
                 if a >= b {
                     continue;
                 }
-                let (keys, values) = (&s.keys[(a - t0) * hd..(b - t0) * hd], &s.values[(a - t0) * hd..(b - t0) * hd]);
+                let values = &s.values[(a - t0) * hd..(b - t0) * hd];
                 for h in 0..rows.heads {
                     let qi = r * rows.heads + h;
                     let q = &rows.q[r * rows.q_stride + h * hd..][..hd];
                     let scores = &mut s.scores[..b - a];
-                    for (sc, k) in scores.iter_mut().zip(keys.chunks_exact(hd)) {
-                        *sc = dot(q, k) * rows.scale;
+                    let dots = dots(q, &s.keys_t);
+                    for (sc, &d) in scores.iter_mut().zip(&dots[a - t0..b - t0]) {
+                        *sc = d * rows.scale;
                     }
                     let tile_max = max(scores);
                     let m = if tile_max > s.max[qi] { tile_max } else { s.max[qi] };
@@ -138,8 +147,9 @@ simd_kernel! {
                     s.sum[qi] = s.sum[qi].mul_add(c, simd::sum(scores));
                     let acc = &mut out[qi * hd..(qi + 1) * hd];
                     match hd {
-                        64 => values_held::<4>(scores, values, c, acc),
-                        128 => values_held::<8>(scores, values, c, acc),
+                        64 => values_held::<64>(scores, values, c, acc),
+                        128 => values_held::<128>(scores, values, c, acc),
+                        256 => values_held::<256>(scores, values, c, acc),
                         _ => values_in_memory(scores, values, c, acc, &mut s.sets),
                     }
                 }
@@ -152,27 +162,20 @@ simd_kernel! {
     }
 }
 
-/// `q · k`: sixteen partial sums (lane `i` takes dimensions `i, i + 16, …` in order, one fused
-/// multiply-add each), then added pairwise (lane `i` with `i + 8`, `i + 4`, `i + 2`, `i + 1`).
+/// `q · k` for every key of a tile, from the transposed keys `kt` (`q.len()` rows of [`TILE`]):
+/// for each key one chain of multiply-adds over the dimensions in order, the keys side by side
+/// in vector lanes (contiguous loads; a key per lane of a gather was the slow way). Lanes of
+/// positions outside the row's range hold whatever the scratch held and are not used. A key's
+/// score depends only on `q` and that key: the same in a prefill and a decode step.
 #[inline(always)]
-fn dot(q: &[f32], k: &[f32]) -> f32 {
-    let mut a = [0f32; 16];
-    let (qc, qt) = q.as_chunks::<16>();
-    let (kc, kt) = k.as_chunks::<16>();
-    for (x, y) in qc.iter().zip(kc) {
-        for i in 0..16 {
-            a[i] = x[i].mul_add(y[i], a[i]);
+fn dots(q: &[f32], kt: &[f32]) -> [f32; TILE] {
+    let mut acc = [0f32; TILE];
+    for (&x, row) in q.iter().zip(kt.chunks_exact(TILE)) {
+        for j in 0..TILE {
+            acc[j] = x.mul_add(row[j], acc[j]);
         }
     }
-    for (i, (x, y)) in qt.iter().zip(kt).enumerate() {
-        a[i] = x.mul_add(*y, a[i]);
-    }
-    for half in [8, 4, 2, 1] {
-        for i in 0..half {
-            a[i] += a[i + half];
-        }
-    }
-    a[0]
+    acc
 }
 
 /// The largest of `x` (not empty), lane by lane over sixteen lanes (a select per lane
@@ -193,36 +196,31 @@ fn max(x: &[f32]) -> f32 {
     m
 }
 
-/// `a += p · v` for a value row of `16 · C` values held in registers.
-#[inline(always)]
-fn add_value<const C: usize>(a: &mut [[f32; 16]; C], v: &[f32], p: f32) {
-    let v = &v[..16 * C];
-    for c in 0..C {
-        for i in 0..16 {
-            a[c][i] = p.mul_add(v[16 * c + i], a[c][i]);
-        }
-    }
-}
-
 /// `acc = acc · c + Σ_j p_j · v_j` over a tile (`values` the tile's rows, `p` their weights),
-/// for a head of `16 · C` values: the sum in two sets of registers (even and odd positions, so
-/// that twice as many multiply-adds are in flight), added, then fused with the rescaled `acc`.
+/// for a head of `HD` values: the sum in two sets of registers (even and odd positions, so that
+/// twice as many multiply-adds are in flight), added, then fused with the rescaled `acc`.
+/// Each lane runs over the positions in order, with the dimensions side by side in vector
+/// lanes (fixed-size arrays, so the compiler keeps the sets in registers).
 #[inline(always)]
-fn values_held<const C: usize>(p: &[f32], values: &[f32], c: f32, acc: &mut [f32]) {
-    let hd = 16 * C;
-    let (mut a0, mut a1) = ([[0f32; 16]; C], [[0f32; 16]; C]);
+fn values_held<const HD: usize>(p: &[f32], values: &[f32], c: f32, acc: &mut [f32]) {
+    let (mut a0, mut a1) = ([0f32; HD], [0f32; HD]);
     let (pairs, last) = p.as_chunks::<2>();
-    for (j, p2) in pairs.iter().enumerate() {
-        add_value(&mut a0, &values[2 * j * hd..], p2[0]);
-        add_value(&mut a1, &values[(2 * j + 1) * hd..], p2[1]);
-    }
-    if let [x] = last {
-        add_value(&mut a0, &values[(p.len() - 1) * hd..], *x);
-    }
-    for (k, o) in acc.chunks_exact_mut(16).enumerate() {
-        for i in 0..16 {
-            o[i] = o[i].mul_add(c, a0[k][i] + a1[k][i]);
+    let (rows, _) = values.as_chunks::<HD>();
+    for (p2, v) in pairs.iter().zip(rows.chunks_exact(2)) {
+        for d in 0..HD {
+            a0[d] = p2[0].mul_add(v[0][d], a0[d]);
         }
+        for d in 0..HD {
+            a1[d] = p2[1].mul_add(v[1][d], a1[d]);
+        }
+    }
+    if let ([x], Some(v)) = (last, rows.get(p.len() - 1)) {
+        for d in 0..HD {
+            a0[d] = x.mul_add(v[d], a0[d]);
+        }
+    }
+    for (d, o) in acc[..HD].iter_mut().enumerate() {
+        *o = o.mul_add(c, a0[d] + a1[d]);
     }
 }
 

@@ -319,7 +319,7 @@ unsafe fn packed_kernel(
 }
 
 /// The packed kernel of every 8-bit-activation format against the reference, for panels cut
-/// every way (weight rows not a multiple of 32, 1 to 9 activation rows, odd block and
+/// every way (weight rows not a multiple of 32, 1 to 17 activation rows, odd block and
 /// super-block counts), and each result equal bitwise to the same row computed alone: decode
 /// and prefill rows agree.
 #[test]
@@ -327,7 +327,7 @@ fn packed_kernels_match_reference_and_do_not_depend_on_the_batch() {
     if !have_tile() {
         return;
     }
-    let shapes = [(1, 1), (33, 5), (32, 4), (70, 9), (5, 2), (3, 3)];
+    let shapes = [(1, 1), (33, 5), (32, 4), (70, 9), (5, 2), (3, 3), (40, 17)];
     let declined = check_matmul_kernel("packed", packed_kernel, &shapes, 8, true);
     assert!(declined.is_empty(), "the packed kernel declined {declined:?}");
 }
