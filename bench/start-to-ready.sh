@@ -136,7 +136,7 @@ for mode in "${modes[@]}"; do
     results+=("{\"mode\": \"$mode\", \"cat_s\": $c, \"ready_s\": $s, \"hwm_ready_kb\": $a, \"hwm_after_kb\": $b}")
   done
 done
-hashed=$(grep -m1 -o '[0-9.]* MB hashed in [0-9.]* s' "$work/start-govboxd.log" || true)
+hashed=$(grep -m1 -o '[0-9.]* MB hashed[a-z ]* in [0-9.]* s' "$work/start-govboxd.log" || true)
 {
   echo "{\"model\": \"$(basename "$model")\", \"file_bytes\": $(stat -c %s "$payload"), \"import_s\": $import_s,"
   echo " \"threads\": $threads, \"kv_tokens\": $kv_tokens, \"kv_dtype\": \"$kv_dtype\","
