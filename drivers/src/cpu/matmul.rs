@@ -275,22 +275,26 @@ unsafe fn full_tile(xp: *const f32, wp: *const f32, i0: usize, j0: usize, m: usi
 }
 
 /// `x · wᵀ` for a packed weight (`quant::packed`), any number of rows: the activations are
-/// quantised once, and the panels are shared out between the threads.
+/// quantised once, and the panels are shared out between the threads. Each thread's kernel
+/// writes its weight rows' results row-major into a buffer of its own, copied into its columns
+/// of the `[m, n]` output a row at a time: no transpose afterwards.
 fn packed_path(x: &[f32], w: &crate::quant::PackedWeights, m: usize) -> Vec<f32> {
     let (n, k) = (w.rows(), w.row_len());
     let acts = crate::quant::Q8Acts::quantize(x, k);
-    let mut t = vec![0f32; n * m];
+    let mut out = vec![0f32; m * n];
     let chunk_panels = (n / (rayon::current_num_threads() * 8)).clamp(16, 512).div_ceil(crate::quant::PACK_ROWS);
-    let rows = chunk_panels * crate::quant::PACK_ROWS;
-    t.par_chunks_mut(rows * m).enumerate().for_each(|(ci, tc)| {
+    let cols = OutCols::split(&mut out, m, n, chunk_panels * crate::quant::PACK_ROWS);
+    cols.into_par_iter().enumerate().for_each_init(Vec::new, |buf, (ci, mut oc)| {
         let p0 = ci * chunk_panels;
         let p1 = (p0 + chunk_panels).min(w.panels());
-        crate::quant::matmul_packed(w, p0..p1, &acts, tc);
+        let width = oc.width();
+        buf.resize(m * width, 0.0);
+        crate::quant::matmul_packed(w, p0..p1, &acts, buf);
+        for (i, row) in buf.chunks_exact(width).enumerate() {
+            oc.write(i, 0, row);
+        }
     });
-    if m == 1 {
-        return t;
-    }
-    transpose(&t, n, m)
+    out
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -330,10 +330,10 @@ fn unpack_row(dtype: DType, l: &Layout, panel: &[u8], j: usize, out: &mut [u8]) 
     }
 }
 
-/// `out[j · m + i] =` weight row `rows.start + j` of `w` dotted with activation row `i` of
-/// `acts` (`m` rows), for the rows of panels `panels`: the transposed product of that slice
-/// of `w`, as `matmul_q8` gives it. `out` holds one value per real row of those panels (the
-/// last panel's padding has none).
+/// `out[i · n + j] =` weight row `r0 + j` of `w` dotted with activation row `i` of `acts`
+/// (`m` rows), where `r0..r0 + n` are the real rows of panels `panels` (the last panel's padding
+/// has none): the product of that slice of `w`, row-major `[m, n]`, so that each activation
+/// row's results are written side by side (`matmul_q8` gives the transposed `[n, m]`).
 ///
 /// Panics when the panels are out of range or the sizes do not match.
 pub fn matmul_packed(w: &PackedWeights, panels: Range<usize>, acts: &Q8Acts, out: &mut [f32]) {

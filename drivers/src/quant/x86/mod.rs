@@ -38,13 +38,33 @@ macro_rules! by_format {
 /// The panel kernels' loop over activation rows (`panel`, `packed`): for each group of up to 4
 /// rows, `$call` with `$quad` bound to the group as an array (its length picks the micro-kernel),
 /// `$res` to a zeroed `[[f32; 32]; 4]` it fills as `res[i][j]` (activation `i`, panel row `j`)
-/// and `$first` to whether this is the first group (the one that reads the panel first); then the first `$nr` panel rows of `$res` go to `$out[(j0 + j) · m + i]`.
+/// and `$first` to whether this is the first group (the one that reads the panel first); then the first `$nr` panel rows of `$res` go to `$out[(j0 + j) · m + i]`
+/// (the transposed `[n, m]` layout), or, in the `rows:` form, to `$out[i · ld + j0 + j]` (row-major
+/// `[m, ld]`: each activation row's results side by side, copied as one run).
 macro_rules! by_quads {
     ($acts:expr, $out:expr, $m:expr, $j0:expr, $nr:expr, |$quad:ident, $res:ident, $first:ident| $call:expr) => {
-        for (q, group) in $acts.chunks(4).enumerate() {
+        by_quads!(@groups $acts, |$quad, $res, $first| $call, |i0, group, res| {
+            for j in 0..$nr {
+                let o = &mut $out[($j0 + j) * $m + i0..($j0 + j) * $m + i0 + group.len()];
+                for (i, v) in o.iter_mut().enumerate() {
+                    *v = res[i][j];
+                }
+            }
+        });
+    };
+    (rows: $acts:expr, $out:expr, $ld:expr, $j0:expr, $nr:expr, |$quad:ident, $res:ident, $first:ident| $call:expr) => {
+        by_quads!(@groups $acts, |$quad, $res, $first| $call, |i0, group, res| {
+            for (i, r) in res.iter().enumerate().take(group.len()) {
+                let at = (i0 + i) * $ld + $j0;
+                $out[at..at + $nr].copy_from_slice(&r[..$nr]);
+            }
+        });
+    };
+    (@groups $acts:expr, |$quad:ident, $res:ident, $first:ident| $call:expr, |$i0:ident, $group:ident, $r:ident| $store:block) => {
+        for (q, $group) in $acts.chunks(4).enumerate() {
             let mut $res = [[0f32; 32]; 4];
             let $first = q == 0;
-            match group {
+            match $group {
                 [a] => {
                     let $quad = [*a];
                     $call
@@ -63,13 +83,9 @@ macro_rules! by_quads {
                 }
                 _ => {}
             }
-            let i0 = q * 4;
-            for j in 0..$nr {
-                let o = &mut $out[($j0 + j) * $m + i0..($j0 + j) * $m + i0 + group.len()];
-                for (i, v) in o.iter_mut().enumerate() {
-                    *v = $res[i][j];
-                }
-            }
+            let $i0 = q * 4;
+            let $r = &$res;
+            $store
         }
     };
 }

@@ -42,7 +42,7 @@ const fn record(f: u8) -> Layout {
     }
 }
 
-/// `out[j · m + i] =` row `j` (of the first `n` rows) of the packed panels `w` (`nb` blocks per
+/// `out[i · n + j] =` row `j` (of the first `n` rows) of the packed panels `w` (`nb` blocks per
 /// row) dotted with activation row `i` of `acts` (`m` rows).
 ///
 /// # Safety
@@ -84,7 +84,7 @@ fn rows_f<const F: u8>(w: &[u8], nb: usize, n: usize, acts: &[ActRow<'_>], out: 
             break;
         }
         let nr = (n - j0).min(ROWS);
-        by_quads!(acts, out, m, j0, nr, |quad, res, first| micro::<F, _>(panel, nb, quad, &mut res, first));
+        by_quads!(rows: acts, out, n, j0, nr, |quad, res, first| micro::<F, _>(panel, nb, quad, &mut res, first));
     }
 }
 

@@ -53,7 +53,7 @@ struct KAct<'a> {
     halves: &'a [[i32; 2]],
 }
 
-/// `out[j · m + i] =` row `j` (of the first `n` rows) of the packed K panels `w` (`nb` blocks
+/// `out[i · n + j] =` row `j` (of the first `n` rows) of the packed K panels `w` (`nb` blocks
 /// of 32 values per row) dotted with activation row `i` of `acts` (`m` rows).
 ///
 /// # Safety
@@ -100,7 +100,7 @@ fn rows_f<const F: u8>(w: &[u8], nb: usize, n: usize, acts: &[ActRow<'_>], out: 
             break;
         }
         let nr = (n - j0).min(ROWS);
-        by_quads!(kacts, out, m, j0, nr, |quad, res, first| micro::<F, _>(panel, nb, quad, &mut res, first));
+        by_quads!(rows: kacts, out, n, j0, nr, |quad, res, first| micro::<F, _>(panel, nb, quad, &mut res, first));
     }
 }
 

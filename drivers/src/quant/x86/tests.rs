@@ -305,8 +305,16 @@ unsafe fn packed_kernel(
 ) -> bool {
     let (n, nb) = (w.len() / rb, acts[0].qs.len());
     let Some(p) = crate::quant::PackedWeights::pack(dtype, w, n, nb * 32) else { return false };
+    // The packed kernel writes row-major `[m, n]`; the check takes `[n, m]`.
+    let m = acts.len();
+    let mut by_act = vec![f32::NAN; n * m];
     // SAFETY: as the caller guarantees.
-    unsafe { super::packed::rows(dtype, &p.bytes, nb, n, acts, out) };
+    unsafe { super::packed::rows(dtype, &p.bytes, nb, n, acts, &mut by_act) };
+    for (i, row) in by_act.chunks_exact(n).enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            out[j * m + i] = v;
+        }
+    }
     if matches!(dtype, DType::Q4K | DType::Q5K) {
         let mut panel = vec![f32::NAN; out.len()];
         // SAFETY: as above.
