@@ -160,17 +160,28 @@ fn f32_file() -> PathBuf {
     fixture("gguf/tiny-deepseek-v3-f32.gguf")
 }
 
-fn check_f32(backend: Arc<dyn Backend>) {
-    let engine = load_f32_on(&f32_file(), backend);
-    check_logits(
-        &engine,
-        "tiny-deepseek-v3 f32 gguf",
-        "tiny-deepseek-v3/expected.json",
-        "tiny-deepseek-v3/expected_logits.safetensors",
-    );
+/// The converter's file `gguf/{file}` (F32, KV pool f32) against `refs` for the cases of fixture
+/// `name`.
+fn check_converted(backend: Arc<dyn Backend>, file: &str, name: &str, refs: &str) {
+    let engine = load_f32_on(&fixture(&format!("gguf/{file}")), backend);
+    check_logits(&engine, file, &format!("{name}/expected.json"), refs);
 }
 
-test_device!(deepseek_v3_f32_gguf_logits_match_hf, check_f32);
+test_device!(deepseek_v3_f32_gguf_logits_match_hf, |b| check_converted(
+    b,
+    "tiny-deepseek-v3-f32.gguf",
+    "tiny-deepseek-v3",
+    "tiny-deepseek-v3/expected_logits.safetensors"
+));
+
+// The converter's `blk.N.exp_probs_b.bias` from tiny-deepseek-v3-bias (non-zero
+// `e_score_correction_bias`, which changes most routes; the base fixture's is all zeros).
+test_device!(deepseek_v3_routing_bias_f32_gguf_logits_match_hf, |b| check_converted(
+    b,
+    "tiny-deepseek-v3-bias-f32.gguf",
+    "tiny-deepseek-v3-bias",
+    "tiny-deepseek-v3-bias/expected_logits.safetensors"
+));
 
 fn config(name: &str) -> serde_json::Value {
     json(&format!("{name}/config.json"))
@@ -193,19 +204,14 @@ test_device!(deepseek_v3_older_kv_b_layout_matches_hf, |b| check_older_layout(b,
 
 test_device!(deepseek_v3_yarn_gguf_keys_match_hf, |b| check_older_layout(b, "tiny-deepseek-v3-yarn"));
 
-/// The converter's YaRN keys (`yarn_log_multiplier` = 0.1 · mscale_all_dim, no attention factor):
-/// HF's logits for the -yarn config with mscale = mscale_all_dim (see make_deepseek_ggufs.sh).
-fn check_yarn(backend: Arc<dyn Backend>) {
-    let engine = load_f32_on(&fixture("gguf/tiny-deepseek-v3-yarn-f32.gguf"), backend);
-    check_logits(
-        &engine,
-        "tiny-deepseek-v3-yarn f32 gguf",
-        "tiny-deepseek-v3-yarn/expected.json",
-        "gguf/tiny-deepseek-v3-yarn.hf_logits.safetensors",
-    );
-}
-
-test_device!(deepseek_v3_yarn_f32_gguf_logits_match_hf, check_yarn);
+// The converter's YaRN keys (`yarn_log_multiplier` = 0.1 · mscale_all_dim, no attention factor):
+// HF's logits for the -yarn config with mscale = mscale_all_dim (see make_deepseek_ggufs.sh).
+test_device!(deepseek_v3_yarn_f32_gguf_logits_match_hf, |b| check_converted(
+    b,
+    "tiny-deepseek-v3-yarn-f32.gguf",
+    "tiny-deepseek-v3-yarn",
+    "gguf/tiny-deepseek-v3-yarn.hf_logits.safetensors"
+));
 
 /// The KV pool holds one "head" of `qk_rope + kv_lora_rank` values per token and layer (the RoPE
 /// key and the compressed latent), as for the HF folder, not per-head keys and values.

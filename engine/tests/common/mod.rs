@@ -144,6 +144,56 @@ pub enum Q8Rule {
     Aggregate,
 }
 
+/// llama.cpp's distance from HF's f32 logits on one case (all positions).
+#[derive(Clone, Copy, Debug)]
+pub struct CaseDistance {
+    /// The largest |llama.cpp - HF| over the case.
+    pub max_abs: f32,
+    /// The mean over positions of each position's largest |llama.cpp - HF|.
+    pub row_max_abs_mean: f64,
+    /// Positions whose argmax is HF's.
+    pub argmax_agree: usize,
+    pub positions: usize,
+}
+
+impl CaseDistance {
+    /// The distance of `logits` ([positions, vocab]) from `want`.
+    pub fn of(logits: &[f32], want: &[f32], vocab: usize) -> Self {
+        let rows: Vec<f32> =
+            logits.chunks_exact(vocab).zip(want.chunks_exact(vocab)).map(|(a, b)| max_abs(a, b)).collect();
+        let a_want = argmax_rows(want, vocab);
+        let argmax_agree = argmax_rows(logits, vocab).iter().zip(&a_want).filter(|(a, b)| a == b).count();
+        Self {
+            max_abs: rows.iter().fold(0f32, |m, &x| m.max(x)),
+            row_max_abs_mean: rows.iter().map(|&x| f64::from(x)).sum::<f64>() / rows.len() as f64,
+            argmax_agree,
+            positions: rows.len(),
+        }
+    }
+}
+
+/// llama.cpp's distances from HF for every case of the GGUF fixture `file` (e.g.
+/// `tiny-glm4-q4_k_m.gguf`), from `tests/fixtures/gguf/llamacpp_distances.json`
+/// (`llamacpp_distances.py`), and the HF fixture they were measured against.
+pub fn llama_cpp_distances(file: &str) -> (String, Vec<CaseDistance>) {
+    let doc = json("gguf/llamacpp_distances.json");
+    let entry = &doc["files"][file];
+    let fixture = entry["fixture"].as_str().unwrap_or_else(|| panic!("llamacpp_distances.json has no {file}"));
+    let num = |c: &serde_json::Value, k: &str| c[k].as_f64().unwrap_or_else(|| panic!("{file}: a case has no {k}"));
+    let cases = entry["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| CaseDistance {
+            max_abs: num(c, "max_abs") as f32,
+            row_max_abs_mean: num(c, "row_max_abs_mean"),
+            argmax_agree: num(c, "argmax_agree") as usize,
+            positions: num(c, "positions") as usize,
+        })
+        .collect();
+    (fixture.to_string(), cases)
+}
+
 /// The Q8_0 rule against llama.cpp on the same file: for fixture `name`, our error against HF's
 /// f32 logits is at most 1.25x llama.cpp's (`llama_cpp_logits`, every position) as `rule` says,
 /// and our argmax agreement with HF, summed over the cases, is at least llama.cpp's minus 2 % of
@@ -153,27 +203,42 @@ pub fn check_q8_against_llama_cpp(engine: &Engine, name: &str, llama_cpp_logits:
     let exact = load_tensors(&format!("{name}/expected_logits.safetensors"));
     let lcpp = load_tensors(llama_cpp_logits);
     let vocab = engine.decoder_model().unwrap().config().vocab_size;
+    let theirs: Vec<CaseDistance> = (0..exp["cases"].as_array().unwrap().len())
+        .map(|i| CaseDistance::of(&lcpp[&format!("case{i}.logits")].1, &exact[&format!("case{i}.logits")].1, vocab))
+        .collect();
+    check_against_llama_cpp(engine, &format!("{name} q8_0"), name, &theirs, rule);
+}
+
+/// The rule against llama.cpp's distance from HF on the same file (`theirs`, one per case of
+/// fixture `name`): our error against HF's f32 logits is at most 1.25x llama.cpp's as `rule`
+/// says, and our argmax agreement with HF, summed over the cases, is at least llama.cpp's minus
+/// 2 % of the positions. The KV-cache path must also agree with the batch path. `what` names the
+/// file in messages.
+pub fn check_against_llama_cpp(engine: &Engine, what: &str, name: &str, theirs: &[CaseDistance], rule: Q8Rule) {
+    let exp = json(&format!("{name}/expected.json"));
+    let exact = load_tensors(&format!("{name}/expected_logits.safetensors"));
+    let vocab = engine.decoder_model().unwrap().config().vocab_size;
+    let cases = exp["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), theirs.len(), "{what}: llama.cpp's distances are for another set of cases");
     let (mut ours_agree, mut theirs_agree, mut positions) = (0usize, 0usize, 0usize);
     // Over all positions: the sum and the largest of each position's max abs error.
     let (mut ours_sum, mut theirs_sum, mut ours_max, mut theirs_max) = (0f64, 0f64, 0f32, 0f32);
-    for (i, case) in exp["cases"].as_array().unwrap().iter().enumerate() {
+    for (i, (case, t)) in cases.iter().zip(theirs).enumerate() {
         let ids = ids(&case["input_ids"]);
+        assert_eq!(t.positions, ids.len(), "{what} case {i}: llama.cpp's distance is for another case");
         let want = &exact[&format!("case{i}.logits")].1;
-        let theirs = &lcpp[&format!("case{i}.logits")].1;
         let ours = engine.logits(&ids, true).unwrap();
-        let (e_ours, e_theirs) = (max_abs(&ours, want), max_abs(theirs, want));
-        eprintln!("{name} case {i}: q8_0 max abs error ours {e_ours:.5}, llama.cpp {e_theirs:.5}");
+        let o = CaseDistance::of(&ours, want, vocab);
+        let (e_ours, e_theirs) = (o.max_abs, t.max_abs);
+        eprintln!("{what} case {i}: max abs error ours {e_ours:.5}, llama.cpp {e_theirs:.5}");
         if rule == Q8Rule::PerCase {
-            assert!(e_ours <= 1.25 * e_theirs, "{name} case {i}: our error {e_ours} > 1.25 x llama.cpp's {e_theirs}");
+            assert!(e_ours <= 1.25 * e_theirs, "{what} case {i}: our error {e_ours} > 1.25 x llama.cpp's {e_theirs}");
         }
-        for ((o, t), w) in ours.chunks_exact(vocab).zip(theirs.chunks_exact(vocab)).zip(want.chunks_exact(vocab)) {
-            let (eo, et) = (max_abs(o, w), max_abs(t, w));
-            (ours_sum, theirs_sum) = (ours_sum + f64::from(eo), theirs_sum + f64::from(et));
-            (ours_max, theirs_max) = (ours_max.max(eo), theirs_max.max(et));
-        }
-        let a_want = argmax_rows(want, vocab);
-        ours_agree += argmax_rows(&ours, vocab).iter().zip(&a_want).filter(|(a, b)| a == b).count();
-        theirs_agree += argmax_rows(theirs, vocab).iter().zip(&a_want).filter(|(a, b)| a == b).count();
+        ours_sum += o.row_max_abs_mean * o.positions as f64;
+        theirs_sum += t.row_max_abs_mean * t.positions as f64;
+        (ours_max, theirs_max) = (ours_max.max(e_ours), theirs_max.max(e_theirs));
+        ours_agree += o.argmax_agree;
+        theirs_agree += t.argmax_agree;
         positions += ids.len();
         // The KV-cache path agrees with the batch path.
         let inc = engine.logits(&ids, false).unwrap();
@@ -194,30 +259,33 @@ pub fn check_q8_against_llama_cpp(engine: &Engine, name: &str, llama_cpp_logits:
         let allowed = if rule == Q8Rule::Aggregate { (ids.len() / 50).max(1) } else { 0 };
         assert!(
             apart <= allowed,
-            "{name} case {i}: incremental vs prefill differ by up to {d} (scale {scale}) at {apart} of {} positions",
+            "{what} case {i}: incremental vs prefill differ by up to {d} (scale {scale}) at {apart} of {} positions",
             ids.len()
         );
         if apart > 0 {
             eprintln!(
-                "{name} case {i}: incremental vs prefill apart at {apart} of {} positions (up to {d})",
+                "{what} case {i}: incremental vs prefill apart at {apart} of {} positions (up to {d})",
                 ids.len()
             );
         }
     }
     let (ours_mean, theirs_mean) = (ours_sum / positions as f64, theirs_sum / positions as f64);
-    eprintln!("{name}: argmax agreement ours {ours_agree}/{positions}, llama.cpp {theirs_agree}/{positions}");
+    eprintln!("{what}: argmax agreement ours {ours_agree}/{positions}, llama.cpp {theirs_agree}/{positions}");
     eprintln!(
-        "{name}: mean error ours {ours_mean:.5}, llama.cpp {theirs_mean:.5}; largest {ours_max:.5}, {theirs_max:.5}"
+        "{what}: mean error ours {ours_mean:.5}, llama.cpp {theirs_mean:.5}; largest {ours_max:.5}, {theirs_max:.5}"
     );
     if rule == Q8Rule::Aggregate {
         assert!(
             ours_mean <= 1.25 * theirs_mean,
-            "{name}: our mean error {ours_mean} > 1.25 x llama.cpp's {theirs_mean}"
+            "{what}: our mean error {ours_mean} > 1.25 x llama.cpp's {theirs_mean}"
         );
         assert!(
             ours_max <= 1.25 * theirs_max,
-            "{name}: our largest error {ours_max} > 1.25 x llama.cpp's {theirs_max}"
+            "{what}: our largest error {ours_max} > 1.25 x llama.cpp's {theirs_max}"
         );
     }
-    assert!(ours_agree as f64 >= theirs_agree as f64 - 0.02 * positions as f64);
+    assert!(
+        ours_agree as f64 >= theirs_agree as f64 - 0.02 * positions as f64,
+        "{what}: argmax agreement with HF ours {ours_agree}/{positions}, llama.cpp {theirs_agree}/{positions}"
+    );
 }
