@@ -10,8 +10,11 @@
 # (decode of 128 tokens, then prefill of 512 in a separate process: a second prefill in one process
 # would be served by the prefix cache), each under /usr/bin/time for its peak RSS. Alternating the
 # two sides every round lets both see the same machine load; the load average is printed at the
-# start and the end. Files are kept under bench/work (git-ignored); making them needs about 15 GB of
-# free disk for a while (the HF folder and the F16 GGUF are removed once the quantised files exist).
+# start and the end. Both sides hold a KV cache of 768 tokens: llama-bench sizes its context to
+# the prompt plus the generated tokens (512 + 128), which llama.cpp rounds up to a multiple of 256
+# (llama-context.cpp), and govbox gets --kv-tokens 768. Files are kept under bench/work
+# (git-ignored); making them needs about 15 GB of free disk for a while (the HF folder and the
+# F16 GGUF are removed once the quantised files exist).
 # govbox comes from target/release (cargo build --release -p govbox-cli first).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -23,7 +26,7 @@ while [ $# -gt 0 ]; do
   case $1 in
     --rounds) rounds=${2:?--rounds needs a number}; shift 2 ;;
     --threads) threads=${2:?--threads needs a number}; shift 2 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "moe-bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -63,9 +66,9 @@ for r in $(seq "$rounds"); do
     /usr/bin/time -f '%M' -o "$run/llama-$name-$r.rss" "$bin/llama-bench" -m "$m" -t "$threads" -p 512 -n 128 -r 1 \
         -o json > "$run/llama-$name-$r.json" 2>> "$run/llama.log"
     /usr/bin/time -f '%M' -o "$run/govbox-tg-$name-$r.rss" "$govbox" model bench --model "$m" --device cpu \
-        --threads "$threads" -p 0 -n 128 -r 1 --kv-tokens 1024 > "$run/govbox-tg-$name-$r.json" 2>> "$run/govbox.log"
+        --threads "$threads" -p 0 -n 128 -r 1 --kv-tokens 768 > "$run/govbox-tg-$name-$r.json" 2>> "$run/govbox.log"
     /usr/bin/time -f '%M' -o "$run/govbox-pp-$name-$r.rss" "$govbox" model bench --model "$m" --device cpu \
-        --threads "$threads" -p 512 -n 0 -r 1 --kv-tokens 1024 > "$run/govbox-pp-$name-$r.json" 2>> "$run/govbox.log"
+        --threads "$threads" -p 512 -n 0 -r 1 --kv-tokens 768 > "$run/govbox-pp-$name-$r.json" 2>> "$run/govbox.log"
   done
 done
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
