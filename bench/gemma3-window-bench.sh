@@ -64,7 +64,8 @@ fi
 
 run=$work/gemma3-run
 rm -rf "$run"; mkdir -p "$run"
-echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+cut -d' ' -f1-3 /proc/loadavg > "$run/load-start"
+echo "load average at start: $(cat "$run/load-start")"
 for r in $(seq "$rounds"); do
   for m in "$window" "$dense"; do
     name=$(basename "$m" .gguf)
@@ -75,13 +76,14 @@ for r in $(seq "$rounds"); do
         2>> "$run/govbox.log"
   done
 done
-echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+cut -d' ' -f1-3 /proc/loadavg > "$run/load-end"
+echo "load average at end: $(cat "$run/load-end")"
 "$py" - "$run" "$rounds" "$ctx" "$window" "$dense" <<'PY'
 import json, os, sys
 run, rounds, ctx, files = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
 def rss(p):
     return int(open(p).read().split()[-1]) * 1024 / 1e6
-rows = {}
+rows, summary = {}, []
 print(f"| file | govbox KV MiB ({ctx} tokens, f16) | decode at depth {ctx}, govbox | llama.cpp | ratio "
       "| peak RSS govbox MB | llama.cpp MB |")
 print("|---|---:|---:|---:|---:|---:|---:|")
@@ -95,6 +97,11 @@ for f in files:
     lr = max(rss(f"{run}/llama-{n}-{r}.rss") for r in range(1, rounds + 1))
     rows[n] = (g[0]["kv_bytes"], gt)
     print(f"| {n} | {g[0]['kv_bytes'] / 2**20:.1f} | {gt:.2f} | {lt:.2f} | {gt / lt:.2f} | {gr:.0f} | {lr:.0f} |")
+    summary.append({"file": n, "govbox_kv_bytes": g[0]["kv_bytes"], "govbox_tg": gt, "llama_tg": lt,
+                    "govbox_rss_mb": gr, "llama_rss_mb": lr})
 (wk, wt), (dk, dt) = rows.values()
 print(f"\nwindowed / dense: KV bytes {wk / dk:.2f}x, decode speed {wt / dt:.2f}x")
+json.dump({"ctx": int(ctx), "rounds": rounds, "load_start": open(f"{run}/load-start").read().strip(),
+           "load_end": open(f"{run}/load-end").read().strip(), "windowed": summary[0], "dense": summary[1]},
+          open(f"{run}/summary.json", "w"))
 PY

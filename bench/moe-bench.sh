@@ -59,7 +59,8 @@ done
 
 run=$work/moe-run
 rm -rf "$run"; mkdir -p "$run"
-echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+cut -d' ' -f1-3 /proc/loadavg > "$run/load-start"
+echo "load average at start: $(cat "$run/load-start")"
 for r in $(seq "$rounds"); do
   for m in "${files[@]}"; do
     name=$(basename "$m" .gguf)
@@ -71,7 +72,8 @@ for r in $(seq "$rounds"); do
         --threads "$threads" -p 512 -n 0 -r 1 --kv-tokens 768 > "$run/govbox-pp-$name-$r.json" 2>> "$run/govbox.log"
   done
 done
-echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+cut -d' ' -f1-3 /proc/loadavg > "$run/load-end"
+echo "load average at end: $(cat "$run/load-end")"
 "$py" - "$run" "$rounds" "${files[@]}" <<'PY'
 import json, os, sys
 run, rounds, files = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
@@ -82,6 +84,7 @@ def mean(xs):
 print(f"| file | MB | tg128 llama.cpp | tg128 govbox | ratio | pp512 llama.cpp | pp512 govbox | ratio "
       f"| peak RSS llama.cpp MB | peak RSS govbox MB |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+summary = []
 for f in files:
     n = os.path.basename(f)[:-5]
     lt, lp, gt, gp, lr, gr = [], [], [], [], [], []
@@ -94,4 +97,8 @@ for f in files:
         gr.append(max(rss(f"{run}/govbox-tg-{n}-{r}.rss"), rss(f"{run}/govbox-pp-{n}-{r}.rss")))
     print(f"| {n} | {os.path.getsize(f) / 1e6:.0f} | {mean(lt):.1f} | {mean(gt):.1f} | {mean(gt) / mean(lt):.2f} "
           f"| {mean(lp):.1f} | {mean(gp):.1f} | {mean(gp) / mean(lp):.2f} | {max(lr):.0f} | {max(gr):.0f} |")
+    summary.append({"file": n, "mb": os.path.getsize(f) / 1e6, "llama_tg": mean(lt), "govbox_tg": mean(gt),
+                    "llama_pp": mean(lp), "govbox_pp": mean(gp), "llama_rss_mb": max(lr), "govbox_rss_mb": max(gr)})
+json.dump({"rounds": rounds, "load_start": open(f"{run}/load-start").read().strip(),
+           "load_end": open(f"{run}/load-end").read().strip(), "files": summary}, open(f"{run}/summary.json", "w"))
 PY

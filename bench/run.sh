@@ -2,7 +2,7 @@
 # One command that benchmarks govbox against llama.cpp side by side on this machine and writes
 # bench/RESULTS.md (absolute figures, ratios against the targets, each marked met or missed).
 #
-#   bench/run.sh [--quick] [--large [--ctx N,N]] [--threads N] [--no-build] [--nice N] [--out FILE]
+#   bench/run.sh [--quick] [--large [--ctx N,N]] [--families] [--threads N] [--no-build] [--nice N] [--out FILE]
 #
 # Both sides run with the same thread count (2 unless --threads) on the same GGUF files:
 #   models   bench/make-models.sh: random weights of Qwen2.5-0.5B's shapes as F16, Q8_0 and
@@ -27,6 +27,12 @@
 #          prefill of that many tokens, decode of 32 tokens at that depth, and each process's peak
 #          RSS (/usr/bin/time). At 32k on 2 cores this part alone takes hours: --ctx 8192 to leave
 #          32k out.
+# --families: also the model families of issue 23, each side by side with llama.cpp on the same
+#          files: a Qwen3-MoE of 3.16 B parameters (0.6 B active) as Q8_0 and Q4_K_M
+#          (bench/moe-bench.sh: tg128, pp512, peak RSS), and a Gemma-3-1B shape at a 4k context,
+#          windowed against its dense twin (bench/gemma3-window-bench.sh: KV bytes, decode at depth,
+#          peak RSS). About 10 min on an idle 2-core machine once the files exist (making them
+#          takes about 15 min more and 15 GB of disk for a while).
 # Everything is built and kept under bench/work (git-ignored); this run's raw JSON is in
 # bench/work/run/. Measured on the 2-core dev machine at a load average of 5-9 (other builds):
 # full 37 min, --quick 6-10 min, both without the cargo build; an idle machine should need well
@@ -46,17 +52,19 @@ build=1
 out=$here/RESULTS.md
 nice_n=0
 large=0
+families=0
 ctx_list=8192,32768
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) quick=1; shift ;;
     --large) large=1; shift ;;
+    --families) families=1; shift ;;
     --ctx) ctx_list=${2:?--ctx needs a list of prompt lengths}; shift 2 ;;
     --threads) threads=${2:?--threads needs a number}; shift 2 ;;
     --no-build) build=0; shift ;;
     --out) out=${2:?--out needs a file}; shift 2 ;;
     --nice) nice_n=${2:?--nice needs a number}; shift 2 ;;
-    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,43p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -261,6 +269,17 @@ if [ "$large" = 1 ]; then
   log "govboxd start to ready on a signed package of $(basename "$q4km_7b") (bench/start-to-ready.sh)"
   "$here/start-to-ready.sh" "$q4km_7b" "$run/start-to-ready.json" --govbox "$govbox" --govboxd "$govboxd" \
       --threads "$threads" --kv-tokens 4096 --kv-dtype f16 || die "bench/start-to-ready.sh failed"
+fi
+
+if [ "$families" = 1 ]; then
+  log "Qwen3-MoE against llama.cpp (bench/moe-bench.sh)"
+  GOVBOX=$govbox "${nice_cmd[@]}" "$here/moe-bench.sh" --rounds "$((3 - 2 * quick))" --threads "$threads" >&2 ||
+    die "bench/moe-bench.sh failed"
+  cp "$work/moe-run/summary.json" "$run/families-moe.json"
+  log "Gemma 3 sliding window against its dense twin (bench/gemma3-window-bench.sh)"
+  GOVBOX=$govbox "${nice_cmd[@]}" "$here/gemma3-window-bench.sh" --ctx 4096 --rounds 1 --threads "$threads" >&2 ||
+    die "bench/gemma3-window-bench.sh failed"
+  cp "$work/gemma3-run/summary.json" "$run/families-gemma3.json"
 fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }

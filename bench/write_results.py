@@ -54,6 +54,8 @@ def main():
         srv[s] = {k: load(run, f"{s}-{k}.json") for k in ("1", "8", "prefix")}
     idle = load(run, "govboxd-idle.json", required=False) or {}
     hwm = load(run, "govboxd-hwm.json", required=False) or {}
+    moe = load(run, "families-moe.json", required=False)
+    gemma = load(run, "families-gemma3.json", required=False)
 
     q8, q4, f16 = "qwen2.5-0.5b-q8_0", "qwen2.5-0.5b-q4_k_m", "qwen2.5-0.5b-f16"
     q8_large, q4_large = "qwen2.5-1.5b-q8_0", "qwen2.5-1.5b-q4_k_m"
@@ -99,7 +101,8 @@ def main():
     w("## Commands")
     w("")
     w("```")
-    w(f"bench/run.sh{' --quick' if quick else ''}          # all of the below, then this file")
+    flags = (" --quick" if quick else "") + (" --large" if m.get("large") else "") + (" --families" if moe or gemma else "")
+    w(f"bench/run.sh{flags}          # all of the below, then this file")
     w(f"OMP_NUM_THREADS={m['threads']} bench/work/bin/triad {triad['mib_per_array']} {triad['passes']}"
       "   # gcc -O3 -march=native -fopenmp bench/triad.c")
     w(f"llama-bench -m M -t {m['threads']} -p 512 -n 128 -r {m['reps']} -o json")
@@ -111,6 +114,8 @@ def main():
       "signed package of the same Q8_0 file, HTTPS + bearer token; MALLOC_ARENA_MAX=2 as dist/govboxd.service sets)")
     w(f"bench/serve_client.py streams -c 1|8 -n {m['stream_tokens']}   and   "
       f"bench/serve_client.py prefix --prefix-tokens {m['prefix_tokens']}")
+    if moe or gemma:
+        w("bench/moe-bench.sh --rounds N   and   bench/gemma3-window-bench.sh --ctx 4096   # --families")
     w("```")
     w("")
     w("## Models")
@@ -174,6 +179,35 @@ def main():
             w(f"| {r['ctx']} | {r['kv']} | {r['llama_pp']:.1f} | {r['govbox_pp']:.1f} | {r['govbox_pp'] / r['llama_pp']:.2f} "
               f"| {r['llama_tg']:.2f} | {r['govbox_tg']:.2f} | {r['govbox_tg'] / r['llama_tg']:.2f} "
               f"| {r['llama_rss_kb'] * 1024 / 1e6:.0f} | {r['govbox_rss_kb'] * 1024 / 1e6:.0f} |")
+        w("")
+    if moe:
+        w("## Qwen3-MoE (bench/moe-bench.sh; 3.16 B parameters, 8 of 48 experts per token)")
+        w("")
+        w(f"{moe['rounds']} rounds, alternating sides; load average {moe['load_start']} at the start, "
+          f"{moe['load_end']} at the end. Both sides hold 768 tokens of KV (llama-bench's 512 + 128, rounded up "
+          "by llama.cpp); govbox's RSS is the larger of its decode and prefill processes'.")
+        w("")
+        w("| file | MB | tg128 llama.cpp | tg128 govbox | ratio | pp512 llama.cpp | pp512 govbox | ratio "
+          "| peak RSS llama.cpp (MB) | peak RSS govbox (MB) |")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for r in moe["files"]:
+            w(f"| {r['file']} | {r['mb']:.0f} | {r['llama_tg']:.1f} | {r['govbox_tg']:.1f} "
+              f"| {r['govbox_tg'] / r['llama_tg']:.2f} | {r['llama_pp']:.1f} | {r['govbox_pp']:.1f} "
+              f"| {r['govbox_pp'] / r['llama_pp']:.2f} | {r['llama_rss_mb']:.0f} | {r['govbox_rss_mb']:.0f} |")
+        w("")
+    if gemma:
+        win, dense = gemma["windowed"], gemma["dense"]
+        w(f"## Gemma 3 sliding window at {gemma['ctx']} tokens (bench/gemma3-window-bench.sh)")
+        w("")
+        w(f"A Gemma-3-1B-shaped Q8_0 (five of six layers with a 512-token window) against its dense twin; "
+          f"load average {gemma['load_start']} at the start, {gemma['load_end']} at the end.")
+        w("")
+        w("| file | govbox KV (MiB) | decode at depth govbox | llama.cpp | ratio | peak RSS govbox (MB) "
+          "| llama.cpp (MB) |")
+        w("|---|---:|---:|---:|---:|---:|---:|")
+        for r in (win, dense):
+            w(f"| {r['file']} | {mib(r['govbox_kv_bytes']):.1f} | {r['govbox_tg']:.2f} | {r['llama_tg']:.2f} "
+              f"| {r['govbox_tg'] / r['llama_tg']:.2f} | {r['govbox_rss_mb']:.0f} | {r['llama_rss_mb']:.0f} |")
         w("")
     # serving
     w(f"## Serving (Q8_0, loopback, streams of {m['stream_tokens']} tokens)")
@@ -286,6 +320,18 @@ def main():
             hwm_mb = max(r["hwm_after_kb"] for r in start["runs"]) * 1024 / 1e6
             target(f"govboxd peak RSS, {start['model']} (MB)", hwm_mb, lambda x: x <= start_bound / 1e6,
                    f"<= {start_bound / 1e6:.0f} MB", ".0f")
+    for r in (moe or {}).get("files", []):
+        f = r["file"]
+        target(f"decode tg128 govbox / llama.cpp, {f}", r["govbox_tg"] / r["llama_tg"], lambda x: x >= 1.0, ">= 1.0")
+        target(f"prefill pp512 govbox / llama.cpp, {f}", r["govbox_pp"] / r["llama_pp"], lambda x: x >= 1.0, ">= 1.0")
+        target(f"peak RSS govbox / llama.cpp, {f}", r["govbox_rss_mb"] / r["llama_rss_mb"], lambda x: x <= 1.0,
+               "<= 1.0")
+    if gemma:
+        win, dense = gemma["windowed"], gemma["dense"]
+        target("Gemma 3 KV bytes, windowed / dense", win["govbox_kv_bytes"] / dense["govbox_kv_bytes"],
+               lambda x: x < 1.0, "< 1.0")
+        target("Gemma 3 decode at depth, windowed / dense (speed)", win["govbox_tg"] / dense["govbox_tg"],
+               lambda x: x > 1.0, "> 1.0")
     gd, ls = srv["govboxd"], srv["llama-server"]
     target("govboxd 8 streams / 1 stream (aggregate tokens/s)", gd["8"]["aggregate_tps"] / gd["1"]["aggregate_tps"],
            lambda x: x >= 3.0, ">= 3.0")
