@@ -157,6 +157,10 @@ impl PackedWeights {
         for (g, chunk) in bytes.chunks_mut(group * panel_bytes).enumerate() {
             let p0 = g * group;
             chunk.par_chunks_mut(panel_bytes).enumerate().for_each(|(i, panel)| {
+                // Written before the rows are ORed in: a first touch that reads would map the
+                // shared zero page, and the write after it would copy it and flush every CPU's
+                // TLB for that page (the kernel's cost of a 7B load, not the packing's).
+                panel.fill(0);
                 let p = p0 + i;
                 let rows = (n - p * PACK_ROWS).min(PACK_ROWS);
                 for j in 0..rows {
