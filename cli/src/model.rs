@@ -173,7 +173,8 @@ fn load_as(m: &ModelArgs, what: LoadAs) -> Result<(Arc<Engine>, Arc<dyn Backend>
             .with_context(|| format!("opening device {} (--device)", m.device))?
             .backend
     };
-    let opts = EngineOptions { kv_tokens: m.kv_tokens, kv_dtype: m.kv_dtype };
+    // One request at a time: a sliding-window pool needs room for one sequence's window.
+    let opts = EngineOptions { kv_tokens: m.kv_tokens, kv_dtype: m.kv_dtype, max_sequences: 1 };
     let engine = Engine::load_as(&m.model, backend.clone(), &opts, what)
         .with_context(|| format!("loading {}", m.model.display()))?;
     Ok((Arc::new(engine), backend))

@@ -343,7 +343,8 @@ impl Default for Limits {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Serving {
-    /// Requests that run on the engine at once (generation and embedding).
+    /// Requests that run on the engine at once (generation and embedding); also the sequences a
+    /// sliding-window KV pool is sized for (`EngineOptions::max_sequences`).
     pub max_concurrent: usize,
     /// Requests that may wait for a free slot; more give 503.
     pub queue_depth: usize,
@@ -388,7 +389,12 @@ pub enum PrefixCacheMode {
 impl Serving {
     /// What the engine of each chat model is loaded with.
     pub fn engine_options(&self) -> govbox_engine::EngineOptions {
-        govbox_engine::EngineOptions { kv_tokens: self.kv_tokens, kv_dtype: self.kv_dtype }
+        govbox_engine::EngineOptions {
+            kv_tokens: self.kv_tokens,
+            kv_dtype: self.kv_dtype,
+            // The requests that run at once: what a sliding-window pool is sized for.
+            max_sequences: self.max_concurrent,
+        }
     }
 }
 

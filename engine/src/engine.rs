@@ -33,6 +33,13 @@ pub struct EngineOptions {
     /// to about 3e-3. `f32` is exact (within 1e-4 of the f32 references); `q8_0` takes 27 % of
     /// `f32`'s memory.
     pub kv_dtype: KvDType,
+    /// Sequences expected to run at once (govboxd: `[serving] max_concurrent`). It sizes the KV
+    /// pool of a model's sliding-window layers (Gemma 3): room for this many windows and
+    /// prefill chunks, which is the most a running sequence holds there, and never more than
+    /// the full pool. Sequences beyond it still run side by side while their windows fit (a
+    /// short one reserves only its length); the others wait in the engine's queue for one to
+    /// end. Models without sliding-window layers ignore it.
+    pub max_sequences: usize,
 }
 
 impl EngineOptions {
@@ -47,7 +54,7 @@ impl EngineOptions {
     /// are reproducible on any box. The self-test checks the weights and the arithmetic, not
     /// the operator's choice of cache type.
     pub fn self_test() -> Self {
-        Self { kv_tokens: 1024, kv_dtype: KvDType::F32 }
+        Self { kv_tokens: 1024, kv_dtype: KvDType::F32, ..Self::default() }
     }
 }
 
@@ -74,6 +81,8 @@ impl Default for EngineOptions {
             // cache invariance stay; logits move by up to ~3e-3 against f32 references, which
             // is why the reference tests pin "f32" (exact, within 1e-4) explicitly.
             kv_dtype: KvDType::F16,
+            // 8: govboxd's default `[serving] max_concurrent`, the requests it runs at once.
+            max_sequences: 8,
         }
     }
 }
@@ -181,6 +190,14 @@ impl Engine {
     /// Loads a model as `what` says: [`LoadAs::Reranker`] takes a cross-encoder folder, or a HF
     /// causal-LM folder scored Qwen3-Reranker's way, and refuses anything else.
     pub fn load_as(path: &Path, backend: Arc<dyn Backend>, opts: &EngineOptions, what: LoadAs) -> Result<Self> {
+        let loaded = Self::load_model(path, backend, opts, what);
+        // The load's temporaries (parsed metadata, tokenizer build, staging copies) are freed by
+        // now, scattered between live blocks: hand their pages back (drivers' `allocator`).
+        govbox_drivers::cpu::give_back_freed_memory();
+        loaded
+    }
+
+    fn load_model(path: &Path, backend: Arc<dyn Backend>, opts: &EngineOptions, what: LoadAs) -> Result<Self> {
         if what == LoadAs::Reranker {
             if !path.is_dir() || crate::embed::EmbeddingModel::is_embedding_dir(path) {
                 return Err(EngineError::Request(format!(
@@ -248,7 +265,7 @@ impl Engine {
             n_blocks,
             dtype: opts.kv_dtype,
         };
-        let (cache, window) = windowed_kv(&model, spec)?;
+        let (cache, window) = windowed_kv(&model, spec, opts.max_sequences)?;
         let kv = Arc::new(Mutex::new(KvState { cache, alloc: BlockAllocator::new(n_blocks), window }));
         let mut eos: Vec<u32> = c.eos_token_ids.iter().chain(tokenizer.eos_ids()).copied().collect();
         eos.sort_unstable();

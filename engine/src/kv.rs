@@ -385,20 +385,20 @@ impl KvCache for SplitKv {
 
 /// The KV pool of `model` for the shape `spec` (all layers): one pool, or for a model with
 /// both sliding-window and full-attention layers a [`SplitKv`] and its [`WindowBlocks`]. The
-/// sliding-window pool has half the blocks of the full one, and at least one sequence's
-/// window and prefill chunk: no sequence holds more than that there, however long it is.
+/// sliding-window pool holds what can be in flight there: a window and a prefill chunk for each
+/// of `sequences` running sequences ([`WindowBlocks::pool_blocks`]), since no sequence holds more
+/// there however long it is.
 pub(crate) fn windowed_kv(
     model: &crate::models::decoder::DecoderModel,
     spec: KvSpec,
+    sequences: usize,
 ) -> Result<(Box<dyn KvCache>, Option<WindowBlocks>)> {
     let backend = model.backend();
     let Some(window) = model.split_window() else {
         return Ok((backend.new_kv_cache(spec)?, None));
     };
     let (global, local) = model.layer_counts();
-    let blocks =
-        (spec.n_blocks / 2).max(WindowBlocks::blocks_for(window, crate::scheduler::PREFILL_CHUNK)).min(spec.n_blocks)
-            + 1;
+    let blocks = WindowBlocks::pool_blocks(window, crate::scheduler::PREFILL_CHUNK, sequences, spec.n_blocks);
     let split = SplitKv {
         global: backend.new_kv_cache(KvSpec { n_layers: global, ..spec })?,
         local: backend.new_kv_cache(KvSpec { n_layers: local, n_blocks: blocks, ..spec })?,
@@ -444,6 +444,14 @@ impl WindowBlocks {
     /// and end inside a block.
     pub fn blocks_for(window: usize, rows: usize) -> usize {
         (window.saturating_sub(1) + rows).div_ceil(BLOCK_SIZE) + 1
+    }
+
+    /// Blocks of a sliding-window pool for `sequences` sequences run at once, each bringing at
+    /// most `rows` positions a pass, when the full-attention pool has `full` blocks: each
+    /// sequence's [`WindowBlocks::blocks_for`], never more than the full pool (no sequence holds
+    /// more blocks here than there), and the scratch block.
+    pub fn pool_blocks(window: usize, rows: usize, sequences: usize, full: usize) -> usize {
+        sequences.max(1).saturating_mul(Self::blocks_for(window, rows)).min(full) + 1
     }
 
     /// Blocks a sequence of at most `tokens` positions, run at most `rows` positions per pass,
@@ -570,6 +578,19 @@ mod tests {
         w.alloc.check().unwrap();
         // A short sequence reserves only its length.
         assert_eq!(w.cap(20, 512), 2);
+    }
+
+    /// The sliding-window pool grows with the window and the sequences run at once, up to the
+    /// full pool: Gemma-3-1B's window of 512 and a 512-token chunk take 65 blocks a sequence.
+    #[test]
+    fn window_pool_follows_window_and_sequences() {
+        assert_eq!(WindowBlocks::blocks_for(512, 512), 65);
+        assert_eq!(WindowBlocks::pool_blocks(512, 512, 1, 260), 66);
+        assert_eq!(WindowBlocks::pool_blocks(512, 512, 2, 260), 131);
+        assert_eq!(WindowBlocks::pool_blocks(512, 512, 4, 260), 261, "never more than the full pool");
+        assert_eq!(WindowBlocks::pool_blocks(1024, 512, 1, 260), 98);
+        assert_eq!(WindowBlocks::pool_blocks(4096, 512, 1, 260), 261);
+        assert_eq!(WindowBlocks::pool_blocks(512, 512, 0, 260), 66, "at least one sequence");
     }
 
     #[test]

@@ -26,7 +26,7 @@ const F16_TOL: f32 = 4e-3;
 const Q8_TOL: f32 = 0.08;
 
 fn load(path: &std::path::Path, backend: Arc<dyn Backend>, kv_dtype: KvDType) -> Engine {
-    Engine::load(path, backend, &EngineOptions { kv_tokens: 4096, kv_dtype }).unwrap()
+    Engine::load(path, backend, &EngineOptions { kv_tokens: 4096, kv_dtype, ..Default::default() }).unwrap()
 }
 
 fn greedy(engine: &Engine, prompt: &[u32], n: usize) -> String {
@@ -103,7 +103,7 @@ test_device!(tiny_qwen3_q8_0, |b| check_dtype(b, "tiny-qwen3", KvDType::Q8_0, Q8
 /// A head dimension that is not whole `Q8_0` blocks is refused when the model loads, naming it.
 #[test]
 fn q8_0_refuses_a_head_dimension_of_16() {
-    let opts = EngineOptions { kv_tokens: 64, kv_dtype: KvDType::Q8_0 };
+    let opts = EngineOptions { kv_tokens: 64, kv_dtype: KvDType::Q8_0, ..Default::default() };
     let Err(e) = Engine::load(&fixture("tiny-llama"), common::devices::cpu(), &opts) else {
         panic!("tiny-llama (head_dim 16) loaded with a q8_0 cache");
     };

@@ -25,7 +25,7 @@ use govbox_engine::sampler::SamplingParams;
 use govbox_engine::{Engine, EngineOptions, FinishReason, GenerateRequest, Prompt};
 
 fn engine(path: &Path, backend: Arc<dyn Backend>) -> Engine {
-    Engine::load(path, backend, &EngineOptions { kv_tokens: 8192, kv_dtype: kv_dtype() }).unwrap()
+    Engine::load(path, backend, &EngineOptions { kv_tokens: 8192, kv_dtype: kv_dtype(), ..Default::default() }).unwrap()
 }
 
 /// Greedy requests and seeded sampling ones (each its own seed) for `prompts`.

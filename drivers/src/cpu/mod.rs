@@ -11,6 +11,8 @@ mod norm;
 mod panel;
 mod simd;
 
+pub use allocator::give_back_freed_memory;
+
 use std::any::Any;
 use std::borrow::Cow;
 use std::sync::Arc;
