@@ -31,8 +31,9 @@
 #          files: a Qwen3-MoE of 3.16 B parameters (0.6 B active) as Q8_0 and Q4_K_M
 #          (bench/moe-bench.sh: tg128, pp512, peak RSS), and a Gemma-3-1B shape at a 4k context,
 #          windowed against its dense twin (bench/gemma3-window-bench.sh: KV bytes, decode at depth,
-#          peak RSS). About 10 min on an idle 2-core machine once the files exist (making them
-#          takes about 15 min more and 15 GB of disk for a while).
+#          peak RSS). On the idle 2-core dev machine, with the files made, moe-bench.sh took 2.5 min
+#          for 2 rounds and the Gemma run 3 min (making the files takes about 15 min more and 15 GB
+#          of disk for a while).
 # Everything is built and kept under bench/work (git-ignored); this run's raw JSON is in
 # bench/work/run/. Measured on the 2-core dev machine at a load average of 5-9 (other builds):
 # full 37 min, --quick 6-10 min, both without the cargo build; an idle machine should need well
@@ -64,7 +65,7 @@ while [ $# -gt 0 ]; do
     --no-build) build=0; shift ;;
     --out) out=${2:?--out needs a file}; shift 2 ;;
     --nice) nice_n=${2:?--nice needs a number}; shift 2 ;;
-    -h|--help) sed -n '2,43p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,44p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
