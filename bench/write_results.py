@@ -77,9 +77,13 @@ def main():
           "its figures are indicative only. The full run is `bench/run.sh` without `--quick`.")
         w("")
     loads = [float(m["load_start"].split()[0]), float(end["load_end"].split()[0])]
-    if max(loads) > 1.0:
+    # At the start nothing of the run is running yet; at the end the last measurement's own threads
+    # (`threads` of them, busy until a second before) are in the 1-minute average, so only load
+    # beyond them counts as other work.
+    if loads[0] > 1.0 or loads[1] > m["threads"] + 0.5:
         w(f"> **The machine was busy during this run** (1-minute load average {loads[0]:.2f} at the start, "
-          f"{loads[1]:.2f} at the end, on {m['cores']} cores). Competing work slows llama.cpp, whose thread "
+          f"{loads[1]:.2f} at the end, on {m['cores']} cores, of which up to {m['threads']} is this run's own "
+          "threads at the end). Competing work slows llama.cpp, whose thread "
           "pool spins and waits for every thread at each step, far more than govbox, so the govbox / llama.cpp "
           "ratios below overstate govbox. Only a run on an idle machine gives valid ratios.")
         w("")
@@ -95,7 +99,8 @@ def main():
       "sdist by bench/get-llama-cpp.sh, GGML_NATIVE=ON)")
     w(f"- Threads: {m['threads']} on both sides; repetitions: {m['reps']}"
       + (f"; every measured process at nice {m['nice']}" if m.get("nice") else ""))
-    w(f"- Load average (1, 5, 15 min) at start: {m['load_start']}; at end: {end['load_end']}. "
+    w(f"- Load average (1, 5, 15 min) at start: {m['load_start']}; at end: {end['load_end']} (the run's own "
+      f"{m['threads']} threads were busy until the end, so up to {m['threads']} of that is the run itself). "
       "Other work on the machine lowers every figure; compare runs only at a low load.")
     w("")
     w("## Commands")
