@@ -202,7 +202,7 @@ fn micro<const F: u8, const N: usize>(
     res: &mut [[f32; ROWS]; A],
     prefetch: bool,
 ) {
-    let KLayout { blk, d: doff, m: moff, size, .. } = record(F);
+    let KLayout { vals: v0, blk, d: doff, m: moff, size, .. } = record(F);
     let nsb = nb / BLOCKS;
     assert!(
         panel.len() >= nsb * size
@@ -229,9 +229,10 @@ fn micro<const F: u8, const N: usize>(
             let dmin = if F == Q6K { d } else { [half(moff), half(moff + 32)] };
             for b in 0..BLOCKS {
                 let ab = BLOCKS * sb + b;
-                let vals = rec.add(b * blk);
+                let vals = rec.add(v0 + b * blk);
                 let mut s = [[[zero; 2]; N]; 2];
-                for t in 0..8 {
+                // Step `t` into chain `e`.
+                let mut go = |t: usize, e: usize| {
                     // The first pass over a panel reads it from memory: the record ahead, a
                     // 64th per step. A prefetch never faults, so an address past the panel is
                     // harmless.
@@ -243,17 +244,26 @@ fn micro<const F: u8, const N: usize>(
                         }
                     }
                     let (w0, w1) = step::<F>(vals, t);
-                    let e = match (F == Q6K, split) {
-                        (true, _) => t / 4,
-                        (false, true) => t & 1,
-                        _ => 0,
-                    };
                     for i in 0..N {
                         let x = _mm512_set1_epi32(acts[i].a.qs.as_ptr().add(ab).cast::<i32>().add(t).read_unaligned());
                         s[e][i][0] = _mm512_dpbusd_epi32(s[e][i][0], w0, x);
                         s[e][i][1] = _mm512_dpbusd_epi32(s[e][i][1], w1, x);
                     }
-                }
+                };
+                // The chains are Q6_K's two halves (steps 0..4 and 4..8), else the even and the
+                // odd steps when split, else one. Spelled out so that `t` and `e` are constants:
+                // a loop over `t` that the compiler kept as a loop put Q6_K's chains (`e = t / 4`)
+                // on the stack. Integer sums: the order of the steps does not change them.
+                let (ta, tb) = if F == Q6K { ([0, 1, 2, 3], [4, 5, 6, 7]) } else { ([0, 2, 4, 6], [1, 3, 5, 7]) };
+                let eb = usize::from(split);
+                go(ta[0], 0);
+                go(tb[0], eb);
+                go(ta[1], 0);
+                go(tb[1], eb);
+                go(ta[2], 0);
+                go(tb[2], eb);
+                go(ta[3], 0);
+                go(tb[3], eb);
                 let [ds0, ds1] = scales::<F>(rec, b, d, dmin);
                 for i in 0..N {
                     let dx = _mm512_set1_ps(*acts[i].a.d.as_ptr().add(ab));
