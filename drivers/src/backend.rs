@@ -515,6 +515,13 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn run_within(&self, f: &mut (dyn FnMut() + Send)) {
         f()
     }
+
+    /// Whether operations may be called from several threads at once inside [`Backend::run_within`]
+    /// (the CPU backend's own pool, where an operation's parallel loop nests in the caller's).
+    /// The default is no: a device backend's calls go one after another.
+    fn concurrent_calls(&self) -> bool {
+        false
+    }
 }
 
 /// GELU with the tanh approximation, `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`, computed

@@ -272,6 +272,10 @@ impl Backend for CpuBackend {
         self.pool.install(f)
     }
 
+    fn concurrent_calls(&self) -> bool {
+        true
+    }
+
     fn upload(&self, data: HostBytes, dtype: DType, shape: &[usize]) -> Result<Tensor> {
         crate::backend::check_upload(dtype, shape, data.len())?;
         // The weight matrices of the simple quantised formats are re-laid out once for the packed

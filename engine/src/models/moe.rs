@@ -94,12 +94,30 @@ impl MoeBlock {
         }
         let h = self.hidden;
         let mut out = vec![0f32; rows * h];
-        for (ex, (rs, wts)) in self.experts.iter().zip(&groups) {
-            if rs.is_empty() {
-                continue;
-            }
+        let active: Vec<(&Expert, &[usize], &[f32])> = self
+            .experts
+            .iter()
+            .zip(&groups)
+            .filter(|(_, (rs, _))| !rs.is_empty())
+            .map(|(ex, (rs, wts))| (ex, rs.as_slice(), wts.as_slice()))
+            .collect();
+        let run = |&(ex, rs, _): &(&Expert, &[usize], &[f32])| -> Result<Vec<f32>> {
             let xe = if rs.len() == rows { x.clone() } else { b.gather_rows(x, rs)? };
-            let y = b.download_f32(&ex.forward(b, &xe)?)?;
+            Ok(b.download_f32(&ex.forward(b, &xe)?)?)
+        };
+        // The chosen experts side by side where the backend takes concurrent calls (the CPU's
+        // pool: each expert's small matmuls were a parallel region of their own, one after
+        // another, and a decode step of a MoE model spent a tenth of its time handing work
+        // between threads). Each expert's result is the same either way, and they are summed
+        // below in expert order, so the output does not depend on which ran where.
+        let ys: Vec<Result<Vec<f32>>> = if b.concurrent_calls() && active.len() > 1 {
+            use rayon::prelude::*;
+            active.par_iter().map(run).collect()
+        } else {
+            active.iter().map(run).collect()
+        };
+        for (&(_, rs, wts), y) in active.iter().zip(ys) {
+            let y = y?;
             for (j, (&r, &wt)) in rs.iter().zip(wts).enumerate() {
                 for (o, &v) in out[r * h..(r + 1) * h].iter_mut().zip(&y[j * h..(j + 1) * h]) {
                     *o += v * wt;
