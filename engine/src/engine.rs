@@ -246,10 +246,10 @@ impl Engine {
         let cfg = DecoderConfig::from_gguf(&g, file.name())?;
         let tokenizer = Tokenizer::from_gguf(&g)?;
         let model = DecoderModel::from_gguf(cfg, &g, &file, backend)?;
-        // The file's mapping goes before the KV cache is allocated: the pages of the weights a
-        // backend copied or packed were handed back as it went, but what it left (small tensors,
-        // the ends of pages; 120 MB of a 7B Q4_K_M file) stays mapped until the mapping is
-        // dropped, and on top of the KV cache that made the peak resident size file + KV + that.
+        // The file's mapping goes before the KV cache is allocated. A backend hands back the
+        // pages of the weights it packed as it goes, but not every page: 120 MB of a 7B Q4_K_M
+        // file stayed mapped until the mapping was dropped, and with the KV cache allocated
+        // first they came on top of it in the peak resident size.
         drop(g);
         drop(file);
         Self::decoder(model, tokenizer, path, "gguf", opts)
