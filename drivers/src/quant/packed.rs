@@ -157,20 +157,18 @@ impl PackedWeights {
         for (g, chunk) in bytes.chunks_mut(group * panel_bytes).enumerate() {
             let p0 = g * group;
             chunk.par_chunks_mut(panel_bytes).enumerate().for_each(|(i, panel)| {
-                // Written before the rows are ORed in: a first touch that reads would map the
+                // Written before the rows are ORed in (the K formats' records are written
+                // whole, the others' rows ORed in): a first touch that reads would map the
                 // shared zero page, and the write after it would copy it and flush every CPU's
                 // TLB for that page (the kernel's cost of a 7B load, not the packing's).
                 panel.fill(0);
                 let p = p0 + i;
-                let rows = (n - p * PACK_ROWS).min(PACK_ROWS);
-                for j in 0..rows {
-                    let r = p * PACK_ROWS + j;
-                    let row = &w[r * rb..(r + 1) * rb];
-                    match (layout(dtype), klayout(dtype)) {
-                        (Some(l), _) => pack_row(dtype, &l, row, j, panel),
-                        (_, Some(l)) => packed_k::pack_row(dtype, &l, row, j, panel),
-                        _ => unreachable!("`record` found a layout"),
-                    }
+                let r0 = p * PACK_ROWS;
+                let rows: Vec<&[u8]> = w[r0 * rb..(n.min(r0 + PACK_ROWS)) * rb].chunks_exact(rb).collect();
+                match (layout(dtype), klayout(dtype)) {
+                    (Some(l), _) => rows.iter().enumerate().for_each(|(j, row)| pack_row(dtype, &l, row, j, panel)),
+                    (_, Some(l)) => packed_k::pack_panel(dtype, &l, &rows, panel),
+                    _ => unreachable!("`record` found a layout"),
                 }
             });
             let r1 = ((p0 + group) * PACK_ROWS).min(n);

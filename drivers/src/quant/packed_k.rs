@@ -67,7 +67,7 @@ struct Super {
     dmin: [u8; 2],
 }
 
-/// Writes `s` as a stored super-block of `dtype` into `blk` (what [`pack_row`] reads).
+/// Writes `s` as a stored super-block of `dtype` into `blk` (what [`pack_panel`] reads).
 fn write_super(dtype: DType, s: &Super, blk: &mut [u8]) {
     blk.fill(0);
     if dtype == DType::Q6K {
@@ -121,44 +121,59 @@ fn word<const N: usize>(b: &[u8; N], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-/// ORs `x` into the little-endian `u32` at byte `at` of `b`.
-#[inline(always)]
-fn or_word<const N: usize>(b: &mut [u8; N], at: usize, x: u32) {
-    let w = word(b, at) | x;
-    b[at..at + 4].copy_from_slice(&w.to_le_bytes());
-}
-
 /// The low nibble of each byte of a word.
 const LOW: u32 = 0x0F0F_0F0F;
 
-/// Writes the stored row `row` as row `j` of the packed `panel` (records of `l.size` bytes).
+/// Writes the little-endian `u32` `x` at byte `at` of `b`.
+#[inline(always)]
+fn put_word<const N: usize>(b: &mut [u8; N], at: usize, x: u32) {
+    b[at..at + 4].copy_from_slice(&x.to_le_bytes());
+}
+
+/// Writes the stored rows `rows` (at most 32, each a whole row of `dtype`) as the packed
+/// `panel` (records of `l.size` bytes); row `j` of the panel is `rows[j]`, and rows past
+/// `rows.len()` are zeros. Every byte of the panel is written.
 ///
-/// Four values at a time: values `4t..4t + 4` of a block are four consecutive bytes of the
-/// stored `qs` (`ql` for Q6_K) and land in four consecutive bytes of the record (the table
-/// above), so each step is one word read, masked or shifted, and one word ORed in. This runs
-/// over every K-format weight at load time (4.7 GB for a 7B Q4_K_M file), so it is written for
-/// speed: one function per format on fixed-size arrays, whose indices the compiler can see are
-/// in bounds. `unpack_row` is the plain value-by-value inverse the tests read it back with.
-pub(super) fn pack_row(dtype: DType, l: &KLayout, row: &[u8], j: usize, panel: &mut [u8]) {
-    let (h, r) = ((j >> 4) & 1, j & 15);
-    let records = panel.chunks_exact_mut(l.size);
+/// One record at a time, all 32 rows together: values `4t..4t + 4` of a block are four
+/// consecutive bytes of the stored `qs` (`ql` for Q6_K), and rows `r` and `16 + r` share the
+/// four bytes of the record that hold them (low and high nibbles), so each word of the record
+/// is computed from two word reads and written once. This runs over every K-format weight at
+/// load time (4.7 GB for a 7B Q4_K_M file), so it is written for speed: one function per
+/// format on fixed-size arrays, whose indices the compiler can see are in bounds, and a record
+/// (4.5 to 6.6 KiB) stays in the L1 cache while it is written. `unpack_row` is the plain
+/// value-by-value inverse the tests read it back with.
+pub(super) fn pack_panel(dtype: DType, l: &KLayout, rows: &[&[u8]], panel: &mut [u8]) {
     match dtype {
-        DType::Q4K => row.chunks_exact(144).zip(records).for_each(|(b, rec)| {
-            if let (Ok(b), Ok(rec)) = (b.try_into(), rec.try_into()) {
-                pack_q45::<144, 4608, 512, 16>(b, rec, h, r, j)
-            }
-        }),
-        DType::Q5K => row.chunks_exact(176).zip(records).for_each(|(b, rec)| {
-            if let (Ok(b), Ok(rec)) = (b.try_into(), rec.try_into()) {
-                pack_q45::<176, 5632, 640, 48>(b, rec, h, r, j)
-            }
-        }),
-        DType::Q6K => row.chunks_exact(210).zip(records).for_each(|(b, rec)| {
-            if let (Ok(b), Ok(rec)) = (b.try_into(), rec.try_into()) {
-                pack_q6(b, rec, h, r, j)
-            }
-        }),
+        DType::Q4K => records::<144, 4608>(rows, panel, l, pack_q45::<144, 4608, 512, 16>),
+        DType::Q5K => records::<176, 5632>(rows, panel, l, pack_q45::<176, 5632, 640, 48>),
+        DType::Q6K => records::<210, 6720>(rows, panel, l, pack_q6),
         _ => {}
+    }
+}
+
+/// Calls `pack` for each record of `panel` with the 32 stored super-blocks (`B` bytes each)
+/// it holds: block `sb` of each of `rows`, then zeros.
+#[inline(always)]
+fn records<const B: usize, const S: usize>(
+    rows: &[&[u8]],
+    panel: &mut [u8],
+    l: &KLayout,
+    pack: fn(&[&[u8; B]; 32], &mut [u8; S]),
+) {
+    const { assert!(B <= 256) };
+    static ZERO: [u8; 256] = [0; 256];
+    let zero: &[u8; B] = match ZERO[..B].try_into() {
+        Ok(z) => z,
+        Err(_) => return,
+    };
+    debug_assert!(rows.len() <= 32 && l.size == S);
+    for (sb, rec) in panel.chunks_exact_mut(S).enumerate() {
+        let blocks: [&[u8; B]; 32] = std::array::from_fn(|j| {
+            rows.get(j).and_then(|row| row.get(sb * B..(sb + 1) * B)).and_then(|b| b.try_into().ok()).unwrap_or(zero)
+        });
+        if let Ok(rec) = rec.try_into() {
+            pack(&blocks, rec);
+        }
     }
 }
 
@@ -176,60 +191,89 @@ const _: () = {
     check(DType::Q6K, 768, 6720, false);
 };
 
-/// One Q4_K (`BLK` 512, `QS` 16) or Q5_K (640, 48) super-block `b` as row `j = 16h + r` of
-/// its record (`S` bytes: `d` at 0, `dmin` at 64, scales at 128, values from 512).
+/// 32 stored Q4_K (`BLK` 512, `QS` 16) or Q5_K (640, 48) super-blocks, one per panel row, as
+/// one record (`S` bytes: `d` at 0, `dmin` at 64, scales at 128, values from 512).
 #[inline(always)]
-fn pack_q45<const B: usize, const S: usize, const BLK: usize, const QS: usize>(
-    b: &[u8; B],
-    rec: &mut [u8; S],
-    h: usize,
-    r: usize,
-    j: usize,
-) {
-    for blk in 0..8 {
-        let base = 512 + blk * BLK;
+fn pack_q45<const B: usize, const S: usize, const BLK: usize, const QS: usize>(b: &[&[u8; B]; 32], rec: &mut [u8; S]) {
+    // Blocks 2p and 2p + 1 are the low and high nibbles of the same 32 stored bytes.
+    for p in 0..4 {
+        let (even, odd) = (512 + 2 * p * BLK, 512 + (2 * p + 1) * BLK);
         for t in 0..8 {
-            if QS == 48 {
-                // Q5_K: the four fifth bits, one per byte of `x`, gathered into a nibble.
-                let x = word(b, 16 + 4 * t) >> blk & 0x0101_0101;
-                let f = (x | x >> 7 | x >> 14 | x >> 21) & 15;
-                rec[base + 512 + t * 16 + h * 8 + r / 2] |= (f as u8) << (4 * (r % 2));
+            for r in 0..16 {
+                let lo = word(b[r], QS + 32 * p + 4 * t);
+                let hi = word(b[16 + r], QS + 32 * p + 4 * t);
+                put_word(rec, even + t * 64 + 4 * r, (lo & LOW) | (hi & LOW) << 4);
+                put_word(rec, odd + t * 64 + 4 * r, (lo >> 4 & LOW) | (hi & !LOW));
             }
-            let q = word(b, QS + 32 * (blk / 2) + 4 * t);
-            let nib = if blk % 2 == 0 { q & LOW } else { q >> 4 & LOW };
-            or_word(rec, base + t * 64 + 4 * r, nib << (4 * h));
         }
     }
-    let (sc0, d) = (128, 0);
-    let j = j & 31;
-    rec[d + 2 * j..d + 2 * j + 2].copy_from_slice(&b[0..2]);
-    rec[d + 64 + 2 * j..d + 64 + 2 * j + 2].copy_from_slice(&b[2..4]);
-    for blk in 0..8 {
-        let (sc, m) = scale_min_k4(blk, &b[4..16]);
-        let at = sc0 + 48 * blk + r;
-        rec[at] |= (sc & 15) << (4 * h);
-        rec[at + 16] |= (m & 15) << (4 * h);
-        rec[at + 32] |= (sc >> 4) << (2 * h) | (m >> 4) << (4 + 2 * h);
+    if QS == 48 {
+        // Q5_K: the fifth bits of values 4t..4t + 4 of block `blk` are bit `blk` of the four
+        // stored bytes `16 + 4t..`, gathered into a nibble; rows 2i and 2i + 1 share a byte.
+        for t in 0..8 {
+            for h in 0..2 {
+                for i in 0..8 {
+                    let x0 = word(b[16 * h + 2 * i], 16 + 4 * t);
+                    let x1 = word(b[16 * h + 2 * i + 1], 16 + 4 * t);
+                    for blk in 0..8 {
+                        let f = |x: u32| {
+                            let x = x >> blk & 0x0101_0101;
+                            ((x | x >> 7 | x >> 14 | x >> 21) & 15) as u8
+                        };
+                        rec[512 + blk * BLK + 512 + t * 16 + h * 8 + i] = f(x0) | f(x1) << 4;
+                    }
+                }
+            }
+        }
+    }
+    for (j, blk) in b.iter().enumerate() {
+        rec[2 * j..2 * j + 2].copy_from_slice(&blk[0..2]);
+        rec[64 + 2 * j..64 + 2 * j + 2].copy_from_slice(&blk[2..4]);
+    }
+    for r in 0..16 {
+        for blk in 0..8 {
+            let (sc0, m0) = scale_min_k4(blk, &b[r][4..16]);
+            let (sc1, m1) = scale_min_k4(blk, &b[16 + r][4..16]);
+            let at = 128 + 48 * blk + r;
+            rec[at] = (sc0 & 15) | (sc1 & 15) << 4;
+            rec[at + 16] = (m0 & 15) | (m1 & 15) << 4;
+            rec[at + 32] = (sc0 >> 4) | (sc1 >> 4) << 2 | (m0 >> 4) << 4 | (m1 >> 4) << 6;
+        }
     }
 }
 
-/// One Q6_K super-block `b` as row `j = 16h + r` of its record.
+/// 32 stored Q6_K super-blocks, one per panel row, as one record.
 #[inline(always)]
-fn pack_q6(b: &[u8; 210], rec: &mut [u8; 6720], h: usize, r: usize, j: usize) {
+fn pack_q6(b: &[&[u8; 210]; 32], rec: &mut [u8; 6720]) {
     for blk in 0..8 {
         let (base, half, t4) = (576 + blk * 768, blk / 4, blk % 4);
+        let (ql, qh) = (64 * half + 32 * (t4 & 1), 128 + 32 * half);
         for t in 0..8 {
-            let low = word(b, 64 * half + 32 * (t4 & 1) + 4 * t);
-            let top = word(b, 128 + 32 * half + 4 * t) >> (2 * t4) & 0x0303_0303;
-            or_word(rec, base + 512 + (2 * (t / 4) + h) * 64 + 4 * r, top << (2 * (t % 4)));
-            let nib = if t4 < 2 { low & LOW } else { low >> 4 & LOW };
-            or_word(rec, base + t * 64 + 4 * r, nib << (4 * h));
+            for r in 0..16 {
+                let (lo, hi) = (word(b[r], ql + 4 * t), word(b[16 + r], ql + 4 * t));
+                let w = if t4 < 2 { (lo & LOW) | (hi & LOW) << 4 } else { (lo >> 4 & LOW) | (hi & !LOW) };
+                put_word(rec, base + t * 64 + 4 * r, w);
+            }
+        }
+        // The top two bits of values 4t..4t + 4, for t = 4g..4g + 4, share a word per row.
+        for g in 0..2 {
+            for h in 0..2 {
+                for r in 0..16 {
+                    let mut acc = 0;
+                    for tt in 0..4 {
+                        let top = word(b[16 * h + r], qh + 4 * (4 * g + tt)) >> (2 * t4) & 0x0303_0303;
+                        acc |= top << (2 * tt);
+                    }
+                    put_word(rec, base + 512 + (2 * g + h) * 64 + 4 * r, acc);
+                }
+            }
         }
     }
-    let j = j & 31;
-    rec[2 * j..2 * j + 2].copy_from_slice(&b[208..210]);
-    for (q, &sc) in b[192..208].iter().enumerate() {
-        rec[64 + 64 * (q / 2) + 32 * (q % 2) + j] = sc;
+    for (j, blk) in b.iter().enumerate() {
+        rec[2 * j..2 * j + 2].copy_from_slice(&blk[208..210]);
+        for (q, &sc) in blk[192..208].iter().enumerate() {
+            rec[64 + 64 * (q / 2) + 32 * (q % 2) + j] = sc;
+        }
     }
 }
 
