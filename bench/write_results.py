@@ -269,7 +269,8 @@ def main():
         w("")
         w(f"`bench/start-to-ready.sh`: the package imported in {start['import_s']:.1f} s (verify, store, self-test). "
           "Then govboxd with `verify_payload_on_start = true` (signatures re-checked, every payload byte hashed "
-          "again while the model loads) from exec to the first 200 from /readyz, against `cat` of the stored "
+          "again while the model loads) from exec to its READY=1 (systemd's readiness notice; /readyz answers 200 "
+          "then), against `cat` of the stored "
           "file; cold = after `echo 3 > /proc/sys/vm/drop_caches` before each of the two, warm = the file in "
           f"the page cache. KV cache {start['kv_tokens']} tokens {start['kv_dtype']} = {kv_bytes / 1e6:.0f} MB; "
           f"bound = file {start['file_bytes'] / 1e6:.0f} MB + KV + 200 MB = **{start_bound / 1e6:.0f} MB**. "
