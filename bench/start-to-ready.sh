@@ -51,7 +51,7 @@ pid=
 stop() {
   if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=; fi
 }
-trap 'stop; rm -rf "$state" "$pkg" "$work/start-notify.sock" "$work/start-notify.sock.bound"' EXIT
+trap 'stop; rm -rf "$state" "$pkg" "$work/start-notify.sock" "$work/start-notify.sock.bound" "$work/start-ready.txt"' EXIT
 rm -rf "$state" "$pkg"
 mkdir -p "$state/vendor"
 chmod 700 "$state" "$state/vendor"
@@ -108,7 +108,7 @@ time_start() {
   local t code a b ready sock=$work/start-notify.sock
   rm -f "$sock" "$sock.bound" "$work/start-ready.txt"
   python3 - "$sock" > "$work/start-ready.txt" <<'PY' &
-import os, socket, sys, time
+import socket, sys, time
 path = sys.argv[1]
 s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 s.bind(path)

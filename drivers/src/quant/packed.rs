@@ -167,7 +167,7 @@ impl PackedWeights {
                 let rows: Vec<&[u8]> = w[r0 * rb..(n.min(r0 + PACK_ROWS)) * rb].chunks_exact(rb).collect();
                 match (layout(dtype), klayout(dtype)) {
                     (Some(l), _) => rows.iter().enumerate().for_each(|(j, row)| pack_row(dtype, &l, row, j, panel)),
-                    (_, Some(l)) => packed_k::pack_panel(dtype, &l, &rows, panel),
+                    (_, Some(_)) => packed_k::pack_panel(dtype, &rows, panel),
                     _ => unreachable!("`record` found a layout"),
                 }
             });

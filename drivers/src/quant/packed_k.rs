@@ -131,7 +131,7 @@ fn put_word<const N: usize>(b: &mut [u8; N], at: usize, x: u32) {
 }
 
 /// Writes the stored rows `rows` (at most 32, each a whole row of `dtype`) as the packed
-/// `panel` (records of `l.size` bytes); row `j` of the panel is `rows[j]`, and rows past
+/// `panel` (records of [`klayout`]'s `size` bytes); row `j` of the panel is `rows[j]`, and rows past
 /// `rows.len()` are zeros. Every byte of the panel is written.
 ///
 /// One record at a time, all 32 rows together: values `4t..4t + 4` of a block are four
@@ -142,11 +142,11 @@ fn put_word<const N: usize>(b: &mut [u8; N], at: usize, x: u32) {
 /// format on fixed-size arrays, whose indices the compiler can see are in bounds, and a record
 /// (4.5 to 6.6 KiB) stays in the L1 cache while it is written. `unpack_row` is the plain
 /// value-by-value inverse the tests read it back with.
-pub(super) fn pack_panel(dtype: DType, l: &KLayout, rows: &[&[u8]], panel: &mut [u8]) {
+pub(super) fn pack_panel(dtype: DType, rows: &[&[u8]], panel: &mut [u8]) {
     match dtype {
-        DType::Q4K => records::<144, 4608>(rows, panel, l, pack_q45::<144, 4608, 512, 16>),
-        DType::Q5K => records::<176, 5632>(rows, panel, l, pack_q45::<176, 5632, 640, 48>),
-        DType::Q6K => records::<210, 6720>(rows, panel, l, pack_q6),
+        DType::Q4K => records::<144, 4608>(rows, panel, pack_q45::<144, 4608, 512, 16>),
+        DType::Q5K => records::<176, 5632>(rows, panel, pack_q45::<176, 5632, 640, 48>),
+        DType::Q6K => records::<210, 6720>(rows, panel, pack_q6),
         _ => {}
     }
 }
@@ -154,19 +154,14 @@ pub(super) fn pack_panel(dtype: DType, l: &KLayout, rows: &[&[u8]], panel: &mut 
 /// Calls `pack` for each record of `panel` with the 32 stored super-blocks (`B` bytes each)
 /// it holds: block `sb` of each of `rows`, then zeros.
 #[inline(always)]
-fn records<const B: usize, const S: usize>(
-    rows: &[&[u8]],
-    panel: &mut [u8],
-    l: &KLayout,
-    pack: fn(&[&[u8; B]; 32], &mut [u8; S]),
-) {
+fn records<const B: usize, const S: usize>(rows: &[&[u8]], panel: &mut [u8], pack: fn(&[&[u8; B]; 32], &mut [u8; S])) {
     const { assert!(B <= 256) };
     static ZERO: [u8; 256] = [0; 256];
     let zero: &[u8; B] = match ZERO[..B].try_into() {
         Ok(z) => z,
         Err(_) => return,
     };
-    debug_assert!(rows.len() <= 32 && l.size == S);
+    debug_assert!(rows.len() <= 32);
     for (sb, rec) in panel.chunks_exact_mut(S).enumerate() {
         let blocks: [&[u8; B]; 32] = std::array::from_fn(|j| {
             rows.get(j).and_then(|row| row.get(sb * B..(sb + 1) * B)).and_then(|b| b.try_into().ok()).unwrap_or(zero)
