@@ -284,8 +284,8 @@ impl Backend for CpuBackend {
         // can read it as &[f32]. Small tensors of a file mapping (norms, biases) are copied too:
         // the page cache may hold the file in 2 MiB folios, and the first read of a few KiB there
         // maps the whole folio into the process (a Qwen2.5-0.5B Q8_0 server grew 66 MB of
-        // file-backed RSS on its first request, 2 MiB per layer's norms). Everything else is kept
-        // where it is.
+        // file-backed RSS on its first request, 2 MiB per layer's norms). The other weight
+        // matrices are copied onto huge pages (below); everything else is kept where it is.
         let copy = data.is_file_backed() && data.len() <= COPY_BELOW_BYTES;
         let packed = match shape {
             [n, k] if crate::quant::packable(dtype) => {
@@ -303,6 +303,23 @@ impl Backend for CpuBackend {
             CpuBuffer { data: CpuData::F32(v) }
         } else if copy {
             CpuBuffer { data: CpuData::Host(HostBytes::from_vec(data.as_slice().to_vec())) }
+        } else if data.is_file_backed() && shape.len() == 2 {
+            // A weight matrix kept in its own format (F16, BF16, F32, the formats with no packed
+            // kernel) is read whole on every decode step: copied once into memory on huge pages
+            // (see `quant::HugeBuf`) rather than read from the page cache's small pages.
+            // A few MiB at a time, each piece's file pages given back once copied, so that the
+            // copy and the mapping are not both resident.
+            const PIECE: usize = 4 << 20;
+            let mut h = crate::quant::HugeBuf::zeroed(data.len());
+            for (i, piece) in h.chunks_mut(PIECE).enumerate() {
+                let at = i * PIECE;
+                piece.copy_from_slice(&data.as_slice()[at..at + piece.len()]);
+                data.release_pages_in(at..at + piece.len());
+            }
+            let len = h.len();
+            let owned = HostBytes::new(Arc::new(h), 0, len)
+                .ok_or(DriverError::Shape { op: "upload", detail: format!("{len} bytes copied for {shape:?}") })?;
+            CpuBuffer { data: CpuData::Host(owned) }
         } else {
             CpuBuffer { data: CpuData::Host(data) }
         };

@@ -26,6 +26,7 @@
 //! builds panic on a `debug_assert!`, release builds return zeros (or `0.0`) so that a bug can
 //! never read out of bounds. [`quantize_row`] returns an error for them instead.
 
+mod hugebuf;
 mod int8;
 mod kquants;
 #[cfg(target_arch = "aarch64")]
@@ -43,6 +44,7 @@ use std::sync::OnceLock;
 
 use crate::DType;
 
+pub(crate) use hugebuf::HugeBuf;
 pub use int8::{Q8Acts, supports as int8_supported};
 pub use packed::{PACK_ROWS, PackedWeights, matmul_packed, packable};
 pub use quantize::quantize_row;

@@ -52,7 +52,7 @@ pub struct PackedWeights {
     dtype: DType,
     n: usize,
     k: usize,
-    pub(super) bytes: Vec<u8>,
+    pub(super) bytes: super::hugebuf::HugeBuf,
 }
 
 impl std::fmt::Debug for PackedWeights {
@@ -150,8 +150,8 @@ impl PackedWeights {
         }
         let panel_bytes = k / values * size;
         let panels = n.div_ceil(PACK_ROWS);
-        let mut bytes = vec![0u8; panels * panel_bytes];
-        advise_huge_pages(&mut bytes);
+        // Huge pages from the first byte (see `hugebuf`): a decode step streams all of it.
+        let mut bytes = super::hugebuf::HugeBuf::zeroed(panels * panel_bytes);
         // Groups of about 4 MiB of panels, each packed in parallel and then handed to `done`.
         let group = (RELEASE_BYTES / panel_bytes).max(1);
         for (g, chunk) in bytes.chunks_mut(group * panel_bytes).enumerate() {
@@ -234,27 +234,6 @@ impl PackedWeights {
         self.stored_row(r, &mut row);
         super::dequantize_row(self.dtype, &row, out);
     }
-}
-
-/// Asks the kernel to back `buf` with transparent huge pages where it can (Linux with THP in
-/// `madvise` mode): a decode step streams every packed weight once, and 2 MiB pages take most
-/// of the TLB misses out of that stream. Called before `buf` is first written, so the pages are
-/// huge from their first fault. A hint: where it is refused, nothing changes.
-fn advise_huge_pages(buf: &mut [u8]) {
-    #[cfg(target_os = "linux")]
-    {
-        const HUGE: usize = 2 << 20;
-        let p = buf.as_mut_ptr() as usize;
-        let first = p.next_multiple_of(HUGE);
-        let end = (p + buf.len()) / HUGE * HUGE;
-        if end > first {
-            // SAFETY: `[first, end)` lies inside `buf`, memory this function borrows mutably;
-            // MADV_HUGEPAGE changes only how the kernel backs those pages, never their bytes.
-            unsafe { libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_HUGEPAGE) };
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = buf;
 }
 
 /// Bit `i` of the little-endian bytes `b`.
