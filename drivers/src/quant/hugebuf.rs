@@ -4,8 +4,8 @@
 //! A decode step streams every packed weight once, so what each 4 KiB page costs in TLB misses
 //! is paid on every byte of the model. On a virtual machine a TLB miss walks two page tables
 //! (the guest's and the host's), and it shows: on the 2-core Firecracker VM the benchmarks run
-//! on, two threads summing a 1.6 GB buffer read 29 GB/s from 4 KiB pages and 33–44 GB/s from
-//! 2 MiB pages (a C loop of AVX-512 loads, `madvise(MADV_HUGEPAGE)` or not).
+//! on, `bench/readbw.c` read a 1.6 GB buffer at 20.5 GB/s from 4 KiB pages and 28.5 GB/s from
+//! 2 MiB pages with one thread, 27.4–29.9 against 30.7–32.8 GB/s with two.
 //!
 //! A `Vec<u8>` from malloc gets huge pages only on the 2 MiB-aligned middle of its own mapping,
 //! and none where malloc hands back heap memory that an earlier, freed allocation had already
