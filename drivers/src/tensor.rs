@@ -60,8 +60,13 @@ impl HostBytes {
 
     /// Owned bytes.
     pub fn from_vec(v: Vec<u8>) -> Self {
-        let len = v.len();
-        Self { owner: Arc::new(v), start: 0, len, file_backed: false }
+        Self::from_owned(v)
+    }
+
+    /// All the bytes of `owner`, which this view then owns.
+    pub(crate) fn from_owned(owner: impl AsRef<[u8]> + Send + Sync + 'static) -> Self {
+        let len = owner.as_ref().len();
+        Self { owner: Arc::new(owner), start: 0, len, file_backed: false }
     }
 
     /// Tells the kernel these bytes will not be read soon. For a view of a file mapping the

@@ -306,9 +306,9 @@ impl Backend for CpuBackend {
         } else if data.is_file_backed() && shape.len() == 2 {
             // A weight matrix kept in its own format (F16, BF16, F32, the formats with no packed
             // kernel) is read whole on every decode step: copied once into memory on huge pages
-            // (see `quant::HugeBuf`) rather than read from the page cache's small pages.
-            // A few MiB at a time, each piece's file pages given back once copied, so that the
-            // copy and the mapping are not both resident.
+            // (see `quant::HugeBuf`) rather than read from the page cache's small pages; a few
+            // MiB at a time, each piece's file pages given back once copied, so that the copy
+            // and the mapping are not both resident.
             const PIECE: usize = 4 << 20;
             let mut h = crate::quant::HugeBuf::zeroed(data.len());
             for (i, piece) in h.chunks_mut(PIECE).enumerate() {
@@ -316,10 +316,7 @@ impl Backend for CpuBackend {
                 piece.copy_from_slice(&data.as_slice()[at..at + piece.len()]);
                 data.release_pages_in(at..at + piece.len());
             }
-            let len = h.len();
-            let owned = HostBytes::new(Arc::new(h), 0, len)
-                .ok_or(DriverError::Shape { op: "upload", detail: format!("{len} bytes copied for {shape:?}") })?;
-            CpuBuffer { data: CpuData::Host(owned) }
+            CpuBuffer { data: CpuData::Host(HostBytes::from_owned(h)) }
         } else {
             CpuBuffer { data: CpuData::Host(data) }
         };

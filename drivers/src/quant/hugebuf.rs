@@ -1,7 +1,7 @@
-//! Zeroed byte buffers for packed weights, backed by transparent huge pages from their first
-//! byte to their last.
+//! Zeroed byte buffers for the CPU backend's weights (packed, or copied out of the file in their
+//! own format), backed by transparent huge pages from their first byte to their last.
 //!
-//! A decode step streams every packed weight once, so what each 4 KiB page costs in TLB misses
+//! A decode step streams every weight matrix once, so what each 4 KiB page costs in TLB misses
 //! is paid on every byte of the model. On a virtual machine a TLB miss walks two page tables
 //! (the guest's and the host's), and it shows: on the 2-core Firecracker VM the benchmarks run
 //! on, `bench/readbw.c` read a 1.6 GB buffer at 20.5 GB/s from 4 KiB pages and 28.5 GB/s from
