@@ -71,6 +71,11 @@ pub struct BuildArgs {
     /// `sha256`, or `sm3` (国密).
     #[arg(long, value_name = "sha256|sm3", default_value = "sha256")]
     hash: govbox_provisioning::HashAlgorithm,
+    /// Also sign the digest of every piece of this many MiB (a power of two, 1 to 1024) of each
+    /// larger file, so that a box checks a large model on all its cores at start; 0 signs
+    /// whole-file digests only, for boxes whose govbox predates piece digests (it refuses them).
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    chunk_mib: u64,
     /// The package file to write (atomically).
     #[arg(short = 'o', long = "out", value_name = "FILE")]
     out: PathBuf,
@@ -149,7 +154,7 @@ pub fn flat(e: govbox_images::PackageError) -> anyhow::Error {
     anyhow::anyhow!("{e}")
 }
 
-fn update(bar: &ProgressBar) -> impl FnMut(u64, u64) + '_ {
+pub(crate) fn update(bar: &ProgressBar) -> impl FnMut(u64, u64) + '_ {
     move |done, total| {
         bar.set_length(total);
         bar.set_position(done);
@@ -174,7 +179,12 @@ fn build(a: BuildArgs) -> Result<()> {
     meta.context_length = a.context_length.unwrap_or(meta.context_length);
     meta.dtype = a.dtype.unwrap_or(meta.dtype);
     let kind = meta.kind;
-    let mut b = PackageBuilder::model(&a.name, &a.version, &a.model, meta.clone()).map_err(flat)?.with_hash(a.hash);
+    let chunk = (a.chunk_mib > 0).then(|| a.chunk_mib.saturating_mul(1 << 20));
+    let mut b = PackageBuilder::model(&a.name, &a.version, &a.model, meta.clone())
+        .map_err(flat)?
+        .with_hash(a.hash)
+        .with_chunk_size(chunk)
+        .map_err(flat)?;
     if a.selftest {
         let test = record_selftest(&a.model, kind, a.threads, a.selftest_tolerance)?;
         b = b.with_selftest(test);

@@ -70,6 +70,14 @@ pub enum StoreCommand {
         /// The model name.
         name: String,
     },
+    /// Check stored versions at rest as govboxd does at start: the signatures against the box's
+    /// trust root, then every payload byte against the signed digests (piece digests on every
+    /// core where the package has them). Reads only; works while govboxd runs. Exits non-zero if
+    /// a version fails.
+    Verify {
+        /// NAME or NAME@VERSION [default: every stored version].
+        spec: Option<String>,
+    },
 }
 
 /// `NAME@VERSION` or `NAME`.
@@ -190,6 +198,55 @@ impl Box_ {
                 };
                 println!("{}: enabled; serving version {}", a.name, a.active.as_deref().unwrap_or("(none active)"));
             }
+            StoreCommand::Verify { spec } => self.verify(spec.as_deref())?,
+        }
+        Ok(())
+    }
+
+    /// `govbox model verify`: re-checks the chosen stored versions, one line each.
+    fn verify(&self, spec: Option<&str>) -> Result<()> {
+        let ops = self.ops()?;
+        let trust = ops.trust()?;
+        let (name, version) = spec.map_or((None, None), |s| {
+            let (n, v) = split_spec(s);
+            (Some(n), v)
+        });
+        let mut chosen = Vec::new();
+        for m in ops.store().list()? {
+            for v in &m.versions {
+                if name.is_none_or(|n| n == m.name) && version.is_none_or(|want| want == v.version) {
+                    chosen.push((m.name.clone(), v.clone()));
+                }
+            }
+        }
+        if chosen.is_empty() {
+            bail!("no stored version matches '{}'", spec.unwrap_or("*"));
+        }
+        let mut failed = 0;
+        for (name, v) in chosen {
+            let label = ops.store().digest_label(&v.digest);
+            let bar = crate::package::byte_bar("hashing");
+            let t = std::time::Instant::now();
+            let r = ops.store().reverify(&v.digest, &trust, true, &mut crate::package::update(&bar));
+            bar.finish_and_clear();
+            let secs = t.elapsed().as_secs_f64();
+            match r {
+                Ok(r) => println!(
+                    "ok      {name} {} {label}: signed by {} key(s); {} files, {:.1} MB hashed in {secs:.1} s ({:.2} GB/s)",
+                    v.version,
+                    r.signers.len(),
+                    r.files_checked,
+                    r.bytes_hashed as f64 / 1e6,
+                    r.bytes_hashed as f64 / 1e9 / secs.max(1e-9)
+                ),
+                Err(e) => {
+                    failed += 1;
+                    println!("FAILED  {name} {} {label}: {e}", v.version);
+                }
+            }
+        }
+        if failed > 0 {
+            bail!("{failed} stored version(s) failed the check; govboxd does not serve a version that fails it");
         }
         Ok(())
     }

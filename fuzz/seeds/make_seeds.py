@@ -98,6 +98,13 @@ for gbx in ("good.gbx", "update_as_model.gbx"):
         manifest = t.extractfile(names[0]).read()
         sigs = t.extractfile(names[1]).read()
     put("package_manifest", gbx.replace(".gbx", ""), manifest + b"\0" + sigs)
+    if gbx == "good.gbx":
+        # The same manifest with piece digests on its first file (3 MiB in pieces of 1 MiB).
+        m = json.loads(manifest)
+        m["files"][0]["size"] = 3 << 20
+        m["files"][0]["chunks"] = {"size": 1 << 20, "digests": [f"{i:02x}" * 32 for i in range(3)]}
+        chunked = json.dumps(m, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        put("package_manifest", "good_with_pieces", chunked + b"\0" + sigs)
 for gbx in ("good.gbx", "unsigned.gbx", "symlink.gbx", "trailing_garbage.gbx", "update_as_model.gbx"):
     put("package_tar", gbx.replace(".gbx", ""), read("packages", gbx))
 

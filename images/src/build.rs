@@ -1,9 +1,12 @@
 //! [`PackageBuilder`]: makes a signed package from a model folder, a `.gguf` file, or an update
 //! payload, in constant memory.
 //!
-//! Pass 1 hashes the files (in parallel across files). Pass 2 writes the archive, hashing each
-//! file again as it is copied, so that a file that changed between the passes fails the build
-//! instead of producing a package that would fail verification.
+//! Pass 1 hashes the files, and each file larger than one piece (64 MiB by default) in pieces as
+//! well ([`ChunkDigests`]), all in parallel. Pass 2 writes the archive, hashing each file again
+//! as it is copied, so that a file that changed between the passes fails the build instead of
+//! producing a package that would fail verification. (A file that changes during pass 1 and
+//! changes back before pass 2 can leave piece digests that disagree with its whole digest; the
+//! box checks both at import and refuses such a package.)
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
@@ -14,9 +17,10 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::error::{PackageError, Result};
-use crate::fsutil::{self, AtomicFile};
+use crate::fsutil::{self, AtomicFile, Piece};
 use crate::manifest::{
-    FORMAT, FileEntry, Manifest, ModelInfo, ModelKind, PackageKind, PolicyInfo, UpdateInfo, check_name,
+    CHUNK_SIZE_RANGE, ChunkDigests, FORMAT, FileEntry, Manifest, ModelInfo, ModelKind, PackageKind, PolicyInfo,
+    UpdateInfo, check_name,
 };
 use crate::path::PackagePath;
 use crate::selftest::SelfTest;
@@ -26,6 +30,10 @@ use crate::version::Version;
 
 /// Copy size of pass 2.
 const COPY_CHUNK: usize = 4 << 20;
+
+/// The piece size of [`ChunkDigests`] unless the vendor asks for another: 75 pieces for a 5 GB
+/// model, 6 KB of manifest, and enough pieces to keep 16 cores busy.
+pub const DEFAULT_CHUNK_SIZE: u64 = 64 << 20;
 
 /// What the vendor says about a model (the builder adds `load` and the self-test).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +54,7 @@ struct Source {
     file: PathBuf,
     size: u64,
     sha256: Option<String>,
+    chunks: Option<Vec<String>>,
 }
 
 /// Builds one package; see the module documentation.
@@ -60,6 +69,8 @@ pub struct PackageBuilder {
     policy: Option<PolicyInfo>,
     /// The hash of the payload files' digests, named in the manifest.
     hash: HashAlgorithm,
+    /// The piece size of files' [`ChunkDigests`], or `None` for whole-file digests only.
+    chunk_size: Option<u64>,
 }
 
 /// A package written by [`PackageBuilder::write`].
@@ -123,7 +134,7 @@ impl PackageBuilder {
         } else if meta.is_file() {
             let name = source.file_name().and_then(|n| n.to_str()).unwrap_or_default();
             let path = PackagePath::new(name).map_err(|e| err(format!("{}: {e}", source.display())))?;
-            sources.push(Source { path, file: source.to_path_buf(), size: meta.len(), sha256: None });
+            sources.push(Source { path, file: source.to_path_buf(), size: meta.len(), sha256: None, chunks: None });
         } else {
             return Err(err(format!("{} is not a regular file or folder", source.display())));
         }
@@ -141,6 +152,7 @@ impl PackageBuilder {
             update: None,
             policy: None,
             hash: HashAlgorithm::Sha256,
+            chunk_size: Some(DEFAULT_CHUNK_SIZE),
         })
     }
 
@@ -152,10 +164,34 @@ impl PackageBuilder {
     /// the manifest names.
     pub fn with_hash(mut self, hash: HashAlgorithm) -> Self {
         self.hash = hash;
+        self.forget_digests();
+        self
+    }
+
+    /// Cuts files larger than `size` bytes into pieces of that size and signs each piece's
+    /// digest too, so that a box checks them on all its cores ([`ChunkDigests`]); `None` signs
+    /// whole-file digests only, which govbox versions before piece digests also read. `size`
+    /// must be a power of two from 1 MiB to 1 GiB.
+    pub fn with_chunk_size(mut self, size: Option<u64>) -> Result<Self> {
+        if let Some(n) = size
+            && (!n.is_power_of_two() || !CHUNK_SIZE_RANGE.contains(&n))
+        {
+            return Err(self.err(format!(
+                "the piece size {n} must be a power of two from {} MiB to {} MiB",
+                CHUNK_SIZE_RANGE.start() >> 20,
+                CHUNK_SIZE_RANGE.end() >> 20
+            )));
+        }
+        self.chunk_size = size;
+        self.forget_digests();
+        Ok(self)
+    }
+
+    fn forget_digests(&mut self) {
         for s in &mut self.sources {
             s.sha256 = None;
+            s.chunks = None;
         }
-        self
     }
 
     /// Records a self-test (model packages only).
@@ -187,14 +223,43 @@ impl PackageBuilder {
         self.sources.iter().map(|s| s.size).sum()
     }
 
-    /// Pass 1: hashes every file, in parallel across files.
+    /// Pass 1: hashes every file, and the pieces of every file larger than one piece, all in
+    /// parallel; `progress` counts every byte hashed (so a chunked file's bytes twice).
     pub fn hash(&mut self, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
         let paths: Vec<PathBuf> = self.sources.iter().map(|s| s.file.clone()).collect();
-        let results = fsutil::hash_files(self.hash, &paths, self.payload_bytes(), fsutil::hash_threads(), progress);
-        for (s, r) in self.sources.iter_mut().zip(results) {
+        let mut pieces: Vec<Piece> = (0..paths.len()).map(Piece::whole).collect();
+        let mut total = self.payload_bytes();
+        for (i, s) in self.sources.iter().enumerate() {
+            if let Some(c) = self.chunk_size.filter(|&c| s.size > c) {
+                pieces.extend(Piece::chunks(i, s.size, c));
+                total += s.size;
+            }
+        }
+        let results = fsutil::hash_pieces(self.hash, &paths, &pieces, total, fsutil::hash_threads(), progress);
+        let mut results = pieces.iter().zip(results);
+        for (s, (_, r)) in self.sources.iter_mut().zip(results.by_ref()) {
             let (size, digest) = r.map_err(|e| PackageError::io("hashing", &s.file, e))?;
-            s.size = size;
+            if size != s.size {
+                let file = s.file.display();
+                return Err(PackageError::Build {
+                    package: format!("{} {}", self.name, self.version),
+                    reason: format!("{file} changed size while the package was built"),
+                });
+            }
             s.sha256 = Some(digest);
+            s.chunks = None;
+        }
+        for (piece, r) in results {
+            let s = &mut self.sources[piece.file];
+            let (size, digest) = r.map_err(|e| PackageError::io("hashing", &s.file, e))?;
+            if piece.offset + size != s.size && piece.len != Some(size) {
+                let file = s.file.display();
+                return Err(PackageError::Build {
+                    package: format!("{} {}", self.name, self.version),
+                    reason: format!("{file} changed size while the package was built"),
+                });
+            }
+            s.chunks.get_or_insert_with(Vec::new).push(digest);
         }
         Ok(())
     }
@@ -204,7 +269,11 @@ impl PackageBuilder {
         let mut files = Vec::with_capacity(self.sources.len());
         for s in &self.sources {
             let sha256 = s.sha256.clone().ok_or_else(|| self.err("the files are not hashed yet".into()))?;
-            files.push(FileEntry { path: s.path.clone(), size: s.size, sha256 });
+            let chunks = match (&s.chunks, self.chunk_size) {
+                (Some(d), Some(size)) => Some(ChunkDigests { size, digests: d.clone() }),
+                _ => None,
+            };
+            files.push(FileEntry { path: s.path.clone(), size: s.size, sha256, chunks });
         }
         let m = Manifest {
             format: FORMAT.into(),
@@ -319,7 +388,7 @@ fn collect_dir(dir: &Path, prefix: &str, out: &mut Vec<Source>) -> std::result::
         } else if meta.is_file() {
             let path = PackagePath::new(&rel).map_err(|e| format!("{}: {e}", file.display()))?;
             header_block(rel.as_bytes(), meta.len(), b'0').map_err(|e| format!("{}: {e}", file.display()))?;
-            out.push(Source { path, file, size: meta.len(), sha256: None });
+            out.push(Source { path, file, size: meta.len(), sha256: None, chunks: None });
         } else {
             return Err(format!("{}: not a regular file; a package holds regular files only", file.display()));
         }

@@ -1,7 +1,7 @@
 //! File helpers: atomic replacement, folder fsync, capped reads, random names, parallel hashing.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -111,6 +111,32 @@ pub(crate) fn read_capped(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>
 /// Size and hex digest (SHA-256 or SM3, the manifest's `hash`) of a file.
 pub(crate) type FileDigest = (u64, String);
 
+/// A byte range of one of the files given to [`hash_pieces`]: `len` bytes from `offset`, or
+/// everything from `offset` to the end of the file when `len` is `None`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Piece {
+    /// Index into the files.
+    pub(crate) file: usize,
+    /// First byte.
+    pub(crate) offset: u64,
+    /// Bytes, or `None` for the rest of the file.
+    pub(crate) len: Option<u64>,
+}
+
+impl Piece {
+    /// The whole of file `file`.
+    pub(crate) fn whole(file: usize) -> Self {
+        Piece { file, offset: 0, len: None }
+    }
+
+    /// File `file` of `size` bytes in pieces of `chunk` bytes; the last runs to the end of the
+    /// file, so that bytes beyond `size` change its digest and its length.
+    pub(crate) fn chunks(file: usize, size: u64, chunk: u64) -> impl Iterator<Item = Piece> {
+        let n = size.div_ceil(chunk.max(1));
+        (0..n).map(move |i| Piece { file, offset: i * chunk, len: (i + 1 < n).then_some(chunk) })
+    }
+}
+
 /// Hashes `files` on up to `threads` threads, calling `progress(done, total)` on this thread,
 /// where `total` is the sum of `expected_total`. Results come back in input order.
 pub(crate) fn hash_files(
@@ -120,10 +146,27 @@ pub(crate) fn hash_files(
     threads: usize,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Vec<io::Result<FileDigest>> {
+    let pieces: Vec<Piece> = (0..files.len()).map(Piece::whole).collect();
+    hash_pieces(hash, files, &pieces, expected_total, threads, progress)
+}
+
+/// Hashes `pieces` of `files` on up to `threads` threads, each taking the next piece as it
+/// finishes one and reading it through a handle of its own (so that the kernel's read-ahead
+/// follows each reader), and calls `progress(done, expected_total)` on this thread. Each result
+/// is the bytes read (fewer than asked where the file ends early) and their digest, in input
+/// order.
+pub(crate) fn hash_pieces(
+    hash: HashAlgorithm,
+    files: &[PathBuf],
+    pieces: &[Piece],
+    expected_total: u64,
+    threads: usize,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Vec<io::Result<FileDigest>> {
     let next = AtomicUsize::new(0);
-    let workers = threads.clamp(1, files.len().max(1));
+    let workers = threads.clamp(1, pieces.len().max(1));
     let (tx, rx) = mpsc::channel::<u64>();
-    let mut results: Vec<Option<io::Result<FileDigest>>> = (0..files.len()).map(|_| None).collect();
+    let mut results: Vec<Option<io::Result<FileDigest>>> = (0..pieces.len()).map(|_| None).collect();
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
@@ -134,8 +177,12 @@ pub(crate) fn hash_files(
                     let mut buf = vec![0u8; HASH_CHUNK];
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(path) = files.get(i) else { break };
-                        out.push((i, hash_one(hash, path, &mut buf, &tx)));
+                        let Some(piece) = pieces.get(i) else { break };
+                        let r = match files.get(piece.file) {
+                            Some(path) => hash_piece(hash, path, *piece, &mut buf, &tx),
+                            None => Err(io::Error::other("internal: a piece names no file")),
+                        };
+                        out.push((i, r));
                     }
                     out
                 })
@@ -149,7 +196,7 @@ pub(crate) fn hash_files(
             progress(done, expected_total);
         }
         for h in handles {
-            // A worker only panics on a bug; its files then count as failed reads.
+            // A worker only panics on a bug; its pieces then count as failed reads.
             for (i, r) in h.join().unwrap_or_default() {
                 results[i] = Some(r);
             }
@@ -158,12 +205,26 @@ pub(crate) fn hash_files(
     results.into_iter().map(|r| r.unwrap_or_else(|| Err(io::Error::other("the hashing thread failed")))).collect()
 }
 
-fn hash_one(hash: HashAlgorithm, path: &Path, buf: &mut [u8], tx: &mpsc::Sender<u64>) -> io::Result<FileDigest> {
+fn hash_piece(
+    hash: HashAlgorithm,
+    path: &Path,
+    piece: Piece,
+    buf: &mut [u8],
+    tx: &mpsc::Sender<u64>,
+) -> io::Result<FileDigest> {
     let mut f = File::open(path)?;
+    if piece.offset > 0 {
+        f.seek(SeekFrom::Start(piece.offset))?;
+    }
     let mut ctx = hash.hasher();
     let mut size = 0u64;
     loop {
-        let n = match f.read(buf) {
+        let want =
+            piece.len.map_or(buf.len(), |len| usize::try_from(len - size).map_or(buf.len(), |l| l.min(buf.len())));
+        if want == 0 {
+            break;
+        }
+        let n = match f.read(&mut buf[..want]) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -203,6 +264,29 @@ mod tests {
         assert_eq!(r[2].as_ref().unwrap(), &(5_000_000, want));
         assert_eq!(r[0].as_ref().unwrap().0, 0);
         assert!(r[3].is_err());
+    }
+
+    #[test]
+    fn pieces_cover_the_file_and_the_last_runs_to_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let bytes: Vec<u8> = (0..10_000_000u32).map(|i| (i % 251) as u8).collect();
+        fs::write(&p, &bytes).unwrap();
+        let chunk = 3_000_000;
+        let pieces: Vec<Piece> = Piece::chunks(0, 9_500_000, chunk).collect();
+        assert_eq!(pieces.len(), 4);
+        assert_eq!(pieces[3], Piece { file: 0, offset: 9_000_000, len: None });
+        let mut last = (0, 0);
+        let r = hash_pieces(HashAlgorithm::Sm3, std::slice::from_ref(&p), &pieces, 10_000_000, 2, &mut |d, t| {
+            last = (d, t)
+        });
+        assert_eq!(last, (10_000_000, 10_000_000));
+        let sm3 = |b: &[u8]| hex(&HashAlgorithm::Sm3.digest(b));
+        for (i, r) in r.iter().enumerate() {
+            let from = i * chunk as usize;
+            let to = if i == 3 { bytes.len() } else { from + chunk as usize };
+            assert_eq!(r.as_ref().unwrap(), &((to - from) as u64, sm3(&bytes[from..to])), "piece {i}");
+        }
     }
 
     #[test]

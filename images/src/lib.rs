@@ -28,6 +28,13 @@
 //!   `"hash":"sm3"`) over the manifest bytes ([`Manifest::digest`]); the store keeps it in
 //!   `models/sha256-<digest>/` or `models/sm3-<digest>/`, so a `gm` package never has a SHA-256
 //!   identity. Update bundles choose their `hash` the same way (`BundleSpec::hash`).
+//! - A file entry may also list piece digests ([`ChunkDigests`]: the digest of each piece of a
+//!   power-of-two size from 1 MiB to 1 GiB), which the builder writes for files larger than
+//!   [`DEFAULT_CHUNK_SIZE`] unless asked not to. Import checks them as well as the whole-file
+//!   digest; the check of a stored version ([`ModelStore::reverify`]) checks only the pieces,
+//!   in parallel, since they are signed with the rest and prove the same bytes. One whole-file
+//!   digest is a sequential stream, so without pieces a large file's check takes as long as
+//!   one core hashes, however many cores the box has.
 //! - Member sizes of 8 GiB and more use the base-256 size field (GNU tar, libarchive and Go
 //!   read it); names up to 255 bytes use the ustar `prefix` field. Only zero padding up to one
 //!   10 KiB tar record may follow the end-of-archive marker.
@@ -57,11 +64,11 @@ mod verify;
 mod version;
 mod writer;
 
-pub use build::{Built, ModelMeta, PackageBuilder};
+pub use build::{Built, DEFAULT_CHUNK_SIZE, ModelMeta, PackageBuilder};
 pub use error::{PackageError, Result};
 pub use manifest::{
-    FORMAT, FileEntry, MANIFEST_LIMIT, Manifest, ModelInfo, ModelKind, PackageKind, PolicyInfo, SIGNATURES_LIMIT,
-    UpdateInfo, check_name,
+    CHUNK_SIZE_RANGE, ChunkDigests, FORMAT, FileEntry, MANIFEST_LIMIT, Manifest, ModelInfo, ModelKind, PackageKind,
+    PolicyInfo, SIGNATURES_LIMIT, UpdateInfo, check_name,
 };
 pub use path::{MANIFEST_NAME, MAX_PATH_LEN, PackagePath, SIGNATURES_NAME};
 pub use registry::{ModelRecord, VersionRecord};

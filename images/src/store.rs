@@ -22,7 +22,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::error::{PackageError, Result};
-use crate::fsutil::{self, read_capped, write_atomic};
+use crate::fsutil::{self, Piece, read_capped, write_atomic};
 use crate::manifest::{MANIFEST_LIMIT, Manifest, SIGNATURES_LIMIT};
 use crate::path::{MANIFEST_NAME, SIGNATURES_NAME};
 use crate::registry::{ModelRecord, Registry, VersionRecord};
@@ -510,29 +510,43 @@ impl ModelStore {
         }
         let payload = self.package_dir(digest).join(PAYLOAD_DIR);
         let files: Vec<PathBuf> = manifest.files.iter().map(|f| payload.join(f.path.as_str())).collect();
-        let results =
-            fsutil::hash_files(manifest.hash, &files, manifest.payload_bytes(), fsutil::hash_threads(), progress);
-        for (entry, r) in manifest.files.iter().zip(results) {
+        // A file with signed piece digests is checked piece by piece, on every hashing thread at
+        // once; others as one stream each, in parallel across files.
+        let mut pieces = Vec::new();
+        for (i, f) in manifest.files.iter().enumerate() {
+            match &f.chunks {
+                Some(c) => pieces.extend(Piece::chunks(i, f.size, c.size)),
+                None => pieces.push(Piece::whole(i)),
+            }
+        }
+        let total = manifest.payload_bytes();
+        let results = fsutil::hash_pieces(manifest.hash, &files, &pieces, total, fsutil::hash_threads(), progress);
+        let mut index_in_file = 0;
+        for (k, (piece, r)) in pieces.iter().zip(results).enumerate() {
+            let entry = &manifest.files[piece.file];
+            index_in_file = if k > 0 && pieces[k - 1].file == piece.file { index_in_file + 1 } else { 0 };
             let member = entry.path.to_string();
             let (size, sha) = r.map_err(|e| PackageError::MissingMember {
                 package: package.clone(),
                 member: member.clone(),
                 found: format!("cannot read the stored file: {e}"),
             })?;
-            if size != entry.size {
-                return Err(PackageError::SizeMismatch { package, member, expected: entry.size, actual: size });
+            let want_len = piece.len.unwrap_or(entry.size.saturating_sub(piece.offset));
+            if size != want_len {
+                let actual = piece.offset + size;
+                return Err(PackageError::SizeMismatch { package, member, expected: entry.size, actual });
             }
-            if sha != entry.sha256 {
-                return Err(PackageError::DigestMismatch {
-                    package,
-                    member,
-                    expected: entry.sha256.clone(),
-                    actual: sha,
-                });
+            // A parsed manifest lists exactly as many piece digests as `Piece::chunks` cuts.
+            let (expected, member) = match entry.chunks.as_ref().and_then(|c| c.digests.get(index_in_file)) {
+                Some(d) => (d, entry.piece_label(index_in_file)),
+                None => (&entry.sha256, member),
+            };
+            if &sha != expected {
+                return Err(PackageError::DigestMismatch { package, member, expected: expected.clone(), actual: sha });
             }
-            out.files_checked += 1;
             out.bytes_hashed += size;
         }
+        out.files_checked = manifest.files.len();
         let listed: BTreeSet<String> = manifest.files.iter().map(|f| f.path.to_string()).collect();
         if let Some(extra) = walk_files(&payload, "")?.into_iter().find(|p| !listed.contains(p)) {
             return Err(PackageError::UnexpectedMember { package, member: extra });

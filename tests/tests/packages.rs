@@ -204,17 +204,8 @@ fn a_payload_byte_changed_in_the_store_is_not_served_after_a_restart() {
         let _d = b.start();
         assert_eq!(chat(&b, false).0, "200", "the untouched package must be served");
     }
-    let mut stored = Vec::new();
-    let mut stack = vec![b.state.join("models")];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            if e.file_type().unwrap().is_dir() {
-                stack.push(e.path());
-            } else if e.file_name() == "model.safetensors" {
-                stored.push(e.path());
-            }
-        }
-    }
+    let stored: Vec<_> =
+        walk_files(&b.state.join("models")).into_iter().filter(|p| p.ends_with("model.safetensors")).collect();
     assert_eq!(stored.len(), 1, "{stored:?}");
     let file = &stored[0];
     let mode = std::fs::metadata(file).unwrap().permissions().mode();
@@ -236,4 +227,56 @@ fn a_payload_byte_changed_in_the_store_is_not_served_after_a_restart() {
     std::fs::write(&b.config, format!("verify_payload_on_start = false\n{config}")).unwrap();
     let _d = b.start();
     assert_eq!(chat(&b, false).0, "200", "with the check off the changed file loads and is served");
+}
+
+/// Piece digests (`govbox package build --chunk-mib`): a box checks a large file piece by piece,
+/// on every core, and names the piece that changed, at start and in `govbox model verify`.
+/// `expected_logits.safetensors` (1.09 MB) is two pieces of 1 MiB.
+#[test]
+fn a_changed_piece_is_named_by_model_verify_and_not_served() {
+    use std::os::unix::fs::PermissionsExt;
+    let b = TestBox::provisioned("pieces");
+    let model = repo().join("tests/fixtures/tiny-qwen2");
+    let pkg = b.build_package_with(&model, "tiny-qwen2", "1.0.0", false, &["--chunk-mib", "1"]);
+    b.import(&pkg);
+    let ok = govbox(&b.state, &["model", "verify"]);
+    assert!(ok.starts_with("ok      tiny-qwen2 1.0.0 ") && ok.contains("7 files"), "{ok}");
+
+    let file = walk_files(&b.state.join("models")).into_iter().find(|p| p.ends_with("expected_logits.safetensors"));
+    let file = file.unwrap();
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&file, &bytes).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+
+    let o = Command::new(bin("govbox")).arg("--state").arg(&b.state).args(["model", "verify", "tiny-qwen2"]).output();
+    let o = o.unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(!o.status.success(), "{out}");
+    let piece = format!("expected_logits.safetensors (piece 2 of 2, bytes 1048576..{})", bytes.len());
+    assert!(out.starts_with("FAILED  tiny-qwen2 1.0.0 ") && out.contains(&piece), "{out}");
+
+    let d = b.start();
+    let (code, body) = chat(&b, false);
+    let log = d.log_text();
+    assert_ne!(code, "200", "a changed payload was served: {body}\n{log}");
+    assert!(log.contains("sha256 mismatch") && log.contains(&piece), "{log}");
+}
+
+fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
 }
