@@ -135,6 +135,8 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STA
 /// sled's page cache for the content store (sled's default is 1 GiB). Records are written once
 /// and read back rarely (admin `content_read`, hourly expiry), so a small cache suffices and keeps
 /// govboxd's memory bounded however much content is retained (tests/RELIABILITY.md, caches).
+/// How long opening waits for a lock that sled is about to release.
+const CONTENT_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 const CONTENT_CACHE_BYTES: u64 = 8 << 20;
 
 /// Why content could not be stored, read or expired.
@@ -363,7 +365,10 @@ impl ContentStore {
         fs::create_dir_all(dir).map_err(io("creating", dir))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io("setting the mode of", dir))?;
         let store = |source| ContentError::Store { path: dir.to_path_buf(), source };
-        let db = sled::Config::new().path(dir).cache_capacity(CONTENT_CACHE_BYTES).open().map_err(store)?;
+        // A lock held only briefly (sled lets go of it shortly after the last handle, as when the
+        // store was just closed) is waited for before it is reported.
+        let config = sled::Config::new().path(dir).cache_capacity(CONTENT_CACHE_BYTES);
+        let db = govbox_provisioning::open_sled(&config, CONTENT_LOCK_WAIT).map_err(store)?;
         let records = db.open_tree("records").map_err(store)?;
         let by_time = db.open_tree("by_time").map_err(store)?;
         let key = SealKey::new(cipher, raw).ok_or_else(|| ContentError::BadKey {
@@ -541,6 +546,18 @@ mod tests {
         // Reopening uses the same key.
         let s = ContentStore::open(tmp.path(), false).unwrap().unwrap();
         assert_eq!(s.get(ID, Kind::Prompt).unwrap().unwrap().plaintext, b"the secret prompt");
+    }
+
+    #[test]
+    fn opening_waits_for_a_lock_that_is_about_to_be_released() {
+        let (tmp, s) = store_of(Suite::Intl);
+        let holder = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(s);
+        });
+        let again = ContentStore::open(tmp.path(), false).unwrap().unwrap();
+        assert!(again.get(ID, Kind::Prompt).unwrap().is_none());
+        holder.join().unwrap();
     }
 
     #[test]

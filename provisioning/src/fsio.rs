@@ -283,6 +283,27 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     out
 }
 
+/// Whether `e` is sled's refusal to open a database whose file lock another handle holds.
+pub fn is_sled_lock_error(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
+/// Opens the sled database `config` describes. sled releases its file lock from a background
+/// thread a moment after the last handle of a previous opener (another process that just
+/// exited, or this one) goes away, so a lock held only briefly is waited for, up to `wait`; after
+/// that the lock error is returned ([`is_sled_lock_error`]).
+pub fn open_sled(config: &sled::Config, wait: std::time::Duration) -> std::result::Result<sled::Db, sled::Error> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match config.open() {
+            Err(e) if is_sled_lock_error(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -42,8 +42,8 @@ pub use clients::{
 };
 pub use error::{ProvisionError, Result};
 pub use fsio::{
-    HexCase, Overwrite, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, PUBLIC_FILE_MODE, hex, read_unfollowed, unhex, unhex_vec,
-    write_file,
+    HexCase, Overwrite, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, PUBLIC_FILE_MODE, hex, is_sled_lock_error, open_sled,
+    read_unfollowed, unhex, unhex_vec, write_file,
 };
 pub use keys::{KEY_DER_LIMIT, KeyAlgorithm, PublicKey, SigningKey};
 pub use paths::{DEFAULT_STATE_DIR, StatePaths};

@@ -202,28 +202,15 @@ impl ClientStore {
     pub(crate) fn open_at(paths: StatePaths) -> Result<Self> {
         fsio::ensure_dir(&paths.state_dir(), PRIVATE_DIR_MODE)?;
         let db_path = paths.db();
-        // sled releases its file lock from a background thread a moment after the last handle of
-        // a previous opener (another process that just exited, or this one) goes away, so a lock
-        // held only briefly is waited for, up to LOCK_WAIT, before it is reported.
-        let deadline = std::time::Instant::now() + LOCK_WAIT;
-        let db = loop {
-            match sled::Config::new().path(&db_path).cache_capacity(CACHE_BYTES).open() {
-                Ok(db) => break db,
-                Err(sled::Error::Io(ref io)) if io.to_string().contains("could not acquire lock") => {
-                    if std::time::Instant::now() >= deadline {
-                        return Err(ProvisionError::StoreLocked { path: db_path.clone() });
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                Err(source) => {
-                    return Err(ProvisionError::Store {
-                        action: "opening the state store".to_string(),
-                        path: db_path.clone(),
-                        source,
-                    });
-                }
+        // A lock held only briefly (sled lets go of it shortly after the last handle) is waited
+        // for, up to LOCK_WAIT, before it is reported.
+        let config = sled::Config::new().path(&db_path).cache_capacity(CACHE_BYTES);
+        let db = fsio::open_sled(&config, LOCK_WAIT).map_err(|source| match fsio::is_sled_lock_error(&source) {
+            true => ProvisionError::StoreLocked { path: db_path.clone() },
+            false => {
+                ProvisionError::Store { action: "opening the state store".to_string(), path: db_path.clone(), source }
             }
-        };
+        })?;
         let store_err = |source| ProvisionError::Store {
             action: "opening the clients tree".to_string(),
             path: db_path.clone(),
