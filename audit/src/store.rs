@@ -12,7 +12,7 @@
 //! `checkpoints` and `meta.frontier` in one. Nothing is ever half there.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use govbox_provisioning::{HexCase, unhex};
 use serde::{Deserialize, Serialize};
@@ -80,21 +80,14 @@ pub(crate) struct Store {
 impl Store {
     /// Opens (or creates) the database folder `path`, whose tree is hashed with `hash`.
     pub fn open(path: &Path, hash: HashAlgorithm) -> Result<Self> {
-        let deadline = Instant::now() + LOCK_WAIT;
-        let db = loop {
-            match sled::Config::new().path(path).cache_capacity(CACHE_BYTES).open() {
-                Ok(db) => break db,
-                Err(sled::Error::Io(ref io)) if io.to_string().contains("could not acquire lock") => {
-                    if Instant::now() >= deadline {
-                        return Err(AuditError::Locked { path: path.to_path_buf() });
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(source) => {
-                    return Err(AuditError::Store { action: "opening".into(), path: path.to_path_buf(), source });
-                }
+        let config = sled::Config::new().path(path).cache_capacity(CACHE_BYTES);
+        let db = govbox_provisioning::open_sled(&config, LOCK_WAIT).map_err(|source| {
+            if govbox_provisioning::is_sled_lock_error(&source) {
+                AuditError::Locked { path: path.to_path_buf() }
+            } else {
+                AuditError::Store { action: "opening".into(), path: path.to_path_buf(), source }
             }
-        };
+        })?;
         let tree = |name: &str| {
             db.open_tree(name).map_err(|source| AuditError::Store {
                 action: format!("opening tree '{name}'"),

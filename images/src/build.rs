@@ -173,9 +173,7 @@ impl PackageBuilder {
     /// whole-file digests only, which govbox versions before piece digests also read. `size`
     /// must be a power of two from 1 MiB to 1 GiB.
     pub fn with_chunk_size(mut self, size: Option<u64>) -> Result<Self> {
-        if let Some(n) = size
-            && (!n.is_power_of_two() || !CHUNK_SIZE_RANGE.contains(&n))
-        {
+        if let Some(n) = size.filter(|&n| !ChunkDigests::is_valid_size(n)) {
             return Err(self.err(format!(
                 "the piece size {n} must be a power of two from {} MiB to {} MiB",
                 CHUNK_SIZE_RANGE.start() >> 20,
@@ -236,15 +234,16 @@ impl PackageBuilder {
             }
         }
         let results = fsutil::hash_pieces(self.hash, &paths, &pieces, total, fsutil::hash_threads(), progress);
+        let package = format!("{} {}", self.name, self.version);
+        let changed = |file: &Path| PackageError::Build {
+            package: package.clone(),
+            reason: format!("{} changed size while the package was built", file.display()),
+        };
         let mut results = pieces.iter().zip(results);
         for (s, (_, r)) in self.sources.iter_mut().zip(results.by_ref()) {
             let (size, digest) = r.map_err(|e| PackageError::io("hashing", &s.file, e))?;
             if size != s.size {
-                let file = s.file.display();
-                return Err(PackageError::Build {
-                    package: format!("{} {}", self.name, self.version),
-                    reason: format!("{file} changed size while the package was built"),
-                });
+                return Err(changed(&s.file));
             }
             s.sha256 = Some(digest);
             s.chunks = None;
@@ -253,11 +252,7 @@ impl PackageBuilder {
             let s = &mut self.sources[piece.file];
             let (size, digest) = r.map_err(|e| PackageError::io("hashing", &s.file, e))?;
             if piece.offset + size != s.size && piece.len != Some(size) {
-                let file = s.file.display();
-                return Err(PackageError::Build {
-                    package: format!("{} {}", self.name, self.version),
-                    reason: format!("{file} changed size while the package was built"),
-                });
+                return Err(changed(&s.file));
             }
             s.chunks.get_or_insert_with(Vec::new).push(digest);
         }

@@ -112,8 +112,13 @@ impl ChunkDigests {
         file_size.div_ceil(size.max(1))
     }
 
+    /// Whether `size` may be a piece size: a power of two in [`CHUNK_SIZE_RANGE`].
+    pub fn is_valid_size(size: u64) -> bool {
+        size.is_power_of_two() && CHUNK_SIZE_RANGE.contains(&size)
+    }
+
     fn validate(&self, file_size: u64) -> std::result::Result<(), String> {
-        if !self.size.is_power_of_two() || !CHUNK_SIZE_RANGE.contains(&self.size) {
+        if !Self::is_valid_size(self.size) {
             return Err(format!(
                 "chunks.size {} must be a power of two from {} to {} bytes",
                 self.size,
