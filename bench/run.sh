@@ -23,10 +23,10 @@
 #          in the speed rows (rooflines too); govboxd's start to ready on a signed package of the
 #          7B Q4_K_M file against `cat` of it, cold and warm, with its peak RSS
 #          (bench/start-to-ready.sh); and long contexts on the 1.5B Q8_0 file: for each prompt length of --ctx
-#          (default 8192,32768) and each KV type (f16, q8_0 on both sides, llama.cpp with -fa on),
-#          prefill of that many tokens, decode of 32 tokens at that depth, and each process's peak
-#          RSS (/usr/bin/time). At 32k on 2 cores this part alone takes hours: --ctx 8192 to leave
-#          32k out.
+#          (default 8192,32736: a prompt and its 32 tokens fill the 32k context) and each KV type (f16, q8_0 on both sides, llama.cpp with -fa on),
+#          prefill of that many tokens and decode of 32 tokens at that depth, from one prefill per
+#          side, and each process's peak RSS (bench/longctx-bench.sh). At 32k on 2 cores this part
+#          alone takes hours: --ctx 8192 to leave 32k out.
 # --families: also the model families of issue 23, each side by side with llama.cpp on the same
 #          files: a Qwen3-MoE of 3.16 B parameters (0.6 B active) as Q8_0 and Q4_K_M
 #          (bench/moe-bench.sh: tg128, pp512, peak RSS), and a Gemma-3-1B shape at a 4k context,
@@ -54,7 +54,7 @@ out=$here/RESULTS.md
 nice_n=0
 large=0
 families=0
-ctx_list=8192,32768
+ctx_list=8192,32736
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) quick=1; shift ;;
@@ -220,50 +220,12 @@ print("   tg128 llama %.1f govbox %.1f   pp512 llama %.1f govbox %.1f tokens/s" 
       g["tg"]["mean_tps"], r["llama_pp"]["avg_ts"], g["pp"]["mean_tps"]))' >&2
 done
 
-# peak_kb FILE CMD...: runs CMD (at --nice) and writes its peak RSS in KiB to FILE.
-peak_kb() {
-  local rss=$1; shift
-  /usr/bin/time -f '%M' -o "$rss" "${nice_cmd[@]}" "$@"
-}
-
 if [ "$large" = 1 ]; then
   [ -x /usr/bin/time ] || die "/usr/bin/time is needed for --large (apt-get install -y time)"
   : > "$run/longctx.jsonl"
-  lname=$(basename "$q8_large" .gguf)
-  for ctx in ${ctx_list//,/ }; do
-    for kv in f16 q8_0; do
-      tag=$lname-$ctx-$kv
-      log "$lname: $ctx-token prompt and 32 tokens at that depth, KV $kv: llama-bench -fa on, then govbox model bench"
-      peak_kb "$run/llama-pp-$tag.rss" "$bin/llama-bench" -m "$q8_large" -t "$threads" -fa on -ctk "$kv" -ctv "$kv" \
-          -p "$ctx" -n 0 -r 1 -o json > "$run/llama-pp-$tag.json" 2>> "$run/llama-long.log" ||
-        die "llama-bench failed; see $run/llama-long.log"
-      peak_kb "$run/llama-tg-$tag.rss" "$bin/llama-bench" -m "$q8_large" -t "$threads" -fa on -ctk "$kv" -ctv "$kv" \
-          -p 0 -n 32 -d "$ctx" -r 1 -o json > "$run/llama-tg-$tag.json" 2>> "$run/llama-long.log" ||
-        die "llama-bench failed; see $run/llama-long.log"
-      peak_kb "$run/govbox-pp-$tag.rss" "$govbox" model bench --model "$q8_large" --device cpu --threads "$threads" \
-          -p "$ctx" -n 0 -r 1 --kv-tokens $((ctx + 64)) --kv-dtype "$kv" > "$run/govbox-pp-$tag.json" 2>> "$run/govbox-long.log" ||
-        die "govbox model bench failed; see $run/govbox-long.log"
-      peak_kb "$run/govbox-tg-$tag.rss" "$govbox" model bench --model "$q8_large" --device cpu --threads "$threads" \
-          -p 0 -n 32 -d "$ctx" -r 1 --kv-tokens $((ctx + 64)) --kv-dtype "$kv" > "$run/govbox-tg-$tag.json" 2>> "$run/govbox-long.log" ||
-        die "govbox model bench failed; see $run/govbox-long.log"
-      "$py" - "$run" "$tag" "$ctx" "$kv" >> "$run/longctx.jsonl" <<'PY'
-import json, sys
-run, tag, ctx, kv = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-def rss(name):
-    return int(open(f"{run}/{name}-{tag}.rss").read().split()[-1])
-lpp = json.loads(open(f"{run}/llama-pp-{tag}.json").read())[0]
-ltg = json.loads(open(f"{run}/llama-tg-{tag}.json").read())[0]
-gpp = json.loads(open(f"{run}/govbox-pp-{tag}.json").read())
-gtg = json.loads(open(f"{run}/govbox-tg-{tag}.json").read())
-print(json.dumps({"ctx": ctx, "kv": kv,
-                  "llama_pp": lpp["avg_ts"], "llama_tg": ltg["avg_ts"], "govbox_pp": gpp["pp"]["mean_tps"],
-                  "govbox_tg": gtg["tg"]["mean_tps"],
-                  "llama_rss_kb": max(rss("llama-pp"), rss("llama-tg")),
-                  "govbox_rss_kb": max(rss("govbox-pp"), rss("govbox-tg"))}))
-PY
-      tail -1 "$run/longctx.jsonl" >&2
-    done
-  done
+  log "$(basename "$q8_large" .gguf): prompts of $ctx_list tokens, KV f16 and q8_0 (bench/longctx-bench.sh)"
+  GOVBOX=$govbox "${nice_cmd[@]}" "$here/longctx-bench.sh" "$q8_large" --ctx "$ctx_list" --kv f16,q8_0 \
+      --threads "$threads" --out "$run/longctx.jsonl" || die "bench/longctx-bench.sh failed"
 fi
 
 if [ "$large" = 1 ]; then

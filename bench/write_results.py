@@ -172,10 +172,18 @@ def main():
         w("")
     roof = roofs.get(q8)
     if longctx:
-        w(f"## Long contexts ({q8_large}; llama-bench with -fa on and -ctk/-ctv as the KV type)")
-        w("")
-        w("Prefill of the whole prompt in one process, then decode of 32 tokens at that depth in another; "
-          "peak RSS is the larger of the two processes' (/usr/bin/time), the weights' mapped pages included.")
+        if all(r.get("method") == "one prefill per side" for r in longctx):
+            w(f"## Long contexts ({q8_large}; bench/longctx-bench.sh: llama-batched-bench with -fa on and "
+              "-ctk/-ctv as the KV type)")
+            w("")
+            w("One process per side, prompt length and KV type: the prefill of the whole prompt, then decode "
+              "of 32 tokens at that depth; peak RSS of that process (/usr/bin/time), the weights' mapped "
+              "pages included.")
+        else:
+            w(f"## Long contexts ({q8_large}; llama-bench with -fa on and -ctk/-ctv as the KV type)")
+            w("")
+            w("Prefill of the whole prompt in one process, then decode of 32 tokens at that depth in another; "
+              "peak RSS is the larger of the two processes' (/usr/bin/time), the weights' mapped pages included.")
         w("")
         w("| prompt tokens | KV | prefill llama.cpp | prefill govbox | ratio | decode at depth llama.cpp | "
           "decode govbox | ratio | peak RSS llama.cpp (MB) | peak RSS govbox (MB) |")

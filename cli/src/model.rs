@@ -378,20 +378,28 @@ fn bench(m: &ModelArgs, pp: usize, tg: usize, reps: usize, depth: usize) -> Resu
         results.insert("tg".into(), rate(tg, &times));
     } else if tg > 1 {
         // After a fresh prompt of `depth` tokens: the clock starts at the first event (the
-        // prefill's token) and stops at the end, so it times the tg - 1 decode steps alone.
-        let mut times = Vec::new();
+        // prefill's token) and stops at the end, so it times the tg - 1 decode steps alone. The
+        // time to that first event is the prefill of the `depth` tokens, reported beside it, so
+        // one process (one long prefill) gives both figures at a depth.
+        let (mut times, mut prefills) = (Vec::new(), Vec::new());
         for _ in 0..reps {
             let ids: Vec<u32> = (0..depth).map(|_| next()).collect();
             let req = GenerateRequest { ignore_eos: true, ..GenerateRequest::new(Prompt::Tokens(ids), tg) };
+            let start = Instant::now();
             let mut first = None;
             engine.generate(&req, &mut |_| {
                 first.get_or_insert_with(Instant::now);
                 true
             })?;
-            times.push(first.map_or(0.0, |t| t.elapsed().as_secs_f64()));
+            let first = first.context("the generation at depth produced no token")?;
+            prefills.push(first.duration_since(start).as_secs_f64());
+            times.push(first.elapsed().as_secs_f64());
         }
         results.insert("tg".into(), rate(tg - 1, &times));
         results.insert("depth".into(), depth.into());
+        if depth > 0 {
+            results.insert("depth_prefill".into(), rate(depth, &prefills));
+        }
     }
     let info = backend.info();
     results.insert("device".into(), govbox_drivers::device::kind_name(info.kind).into());
