@@ -226,7 +226,9 @@ impl KvSpec {
     }
 
     /// The pool slot of position `pos` of a sequence whose blocks are `table`: an error when
-    /// the table has no block for it, or names one outside the pool.
+    /// the table has no block for it, or names one outside the pool. (Only the Ascend backend
+    /// looks slots up one by one, so without it the function is not built.)
+    #[cfg(feature = "ascend")]
     pub(crate) fn slot(&self, table: &[u32], pos: usize) -> Result<usize> {
         let bs = self.block_size;
         let b = *table.get(pos / bs).ok_or_else(|| DriverError::KvCache(format!("position {pos} has no block")))?;
