@@ -22,11 +22,12 @@
 # --large: also the Qwen2.5-1.5B- and 7B-shaped Q8_0 and Q4_K_M files (bench/make-models.sh --large)
 #          in the speed rows (rooflines too); govboxd's start to ready on a signed package of the
 #          7B Q4_K_M file against `cat` of it, cold and warm, with its peak RSS
-#          (bench/start-to-ready.sh); and long contexts on the 1.5B Q8_0 file: for each prompt length of --ctx
-#          (default 8192,32736: a prompt and its 32 tokens fill the 32k context) and each KV type (f16, q8_0 on both sides, llama.cpp with -fa on),
-#          prefill of that many tokens and decode of 32 tokens at that depth, from one prefill per
-#          side, and each process's peak RSS (bench/longctx-bench.sh). At 32k on 2 cores this part
-#          alone takes hours: --ctx 8192 to leave 32k out.
+#          (bench/start-to-ready.sh); and long contexts on the 1.5B Q8_0 file: for each prompt
+#          length of --ctx (default 8192,32736: a prompt and its 32 tokens fill the 32k context)
+#          and each KV type (f16, q8_0 on both sides, llama.cpp with -fa on), prefill of that many
+#          tokens and decode of 32 tokens at that depth, from one prefill per side, and each
+#          process's peak RSS (bench/longctx-bench.sh). At 32k on 2 cores this part alone takes
+#          hours: --ctx 8192 to leave 32k out.
 # --families: also the model families of issue 23, each side by side with llama.cpp on the same
 #          files: a Qwen3-MoE of 3.16 B parameters (0.6 B active) as Q8_0 and Q4_K_M
 #          (bench/moe-bench.sh: tg128, pp512, peak RSS), and a Gemma-3-1B shape at a 4k context,

@@ -151,7 +151,8 @@ pub enum ModelCommand {
         #[arg(short = 'r', long, default_value_t = 3)]
         reps: usize,
         /// Prompt tokens already in the KV cache when the generated tokens are timed (llama-bench's
-        /// `-d`): decode speed at that context depth. 0 times from a one-token prompt.
+        /// `-d`): decode speed at that context depth, and the prefill of those tokens as
+        /// `depth_prefill`. 0 times from a one-token prompt.
         #[arg(short = 'd', long, default_value_t = 0)]
         depth: usize,
     },
