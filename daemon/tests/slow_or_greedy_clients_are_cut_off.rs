@@ -75,8 +75,19 @@ async fn connections_over_the_limit_are_closed() {
     let b = Box_::provision();
     let prom = b.add_metrics_client("prometheus");
     let d = Daemon::ready(&b, &b.config(&[("tiny", &tiny_qwen2())], "[limits]\nmax_connections = 2\n")).await;
-    let a = connect_to(d.addr, &d.ca_pem, None).await.unwrap();
-    let c = connect_to(d.addr, &d.ca_pem, None).await.unwrap();
+    // The server may still count the connection that found it ready for a moment after the
+    // client dropped it (seen once in a clean-clone run: the second handshake was refused), so
+    // the two allowed connections retry their handshake for a while; a third is then refused.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut open = Vec::new();
+    while open.len() < 2 {
+        match connect_to(d.addr, &d.ca_pem, None).await {
+            Ok(conn) => open.push(conn),
+            Err(e) => assert!(Instant::now() < deadline, "an allowed connection was refused: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (a, c) = (open.pop(), open.pop());
     assert!(d.get(&Creds::none(), "/healthz").await.is_err(), "a third connection was served");
     drop((a, c));
     // Once the two close, connections are served again.
