@@ -152,6 +152,7 @@ log "machine facts"
   echo "\"kernel\": \"$(uname -r)\","
   echo "\"govbox_commit\": \"$(cd "$repo" && git rev-parse --short HEAD)$(cd "$repo" && git diff --quiet HEAD -- engine drivers daemon cli || echo '+uncommitted changes')\","
   echo "\"llama_cpp\": $("$bin/llama-server" --version 2>&1 | grep -m1 -i version | "$py" -c 'import json,sys; print(json.dumps(sys.stdin.read().strip()))'),"
+  echo "\"llama_amx_off\": $(grep -q '^CMAKE_CXX_FLAGS:STRING=.*-mno-amx-int8' "$bin/../CMakeCache.txt" 2>/dev/null && echo true || echo false),"
   echo "\"nice\": $nice_n, \"build_s\": $(( $(date +%s) - t_build )),"
   echo "\"threads\": $threads, \"quick\": $([ "$quick" = 1 ] && echo true || echo false), \"reps\": $reps,"
   echo "\"large\": $([ "$large" = 1 ] && echo true || echo false), \"ctx\": [$ctx_list],"
@@ -182,7 +183,13 @@ for m in "${speed_models[@]}"; do
   name=$(basename "$m" .gguf)
   log "$name: llama-bench -t $threads -p 512 -n 128 -r $reps"
   "${nice_cmd[@]}" "$bin/llama-bench" -m "$m" -t "$threads" -p 512 -n 128 -r "$reps" -o json > "$run/llama-bench-$name.json" \
-      2> "$run/llama-bench-$name.log" || die "llama-bench failed on $m; see $run/llama-bench-$name.log"
+      2> "$run/llama-bench-$name.log" || {
+    rc=$?
+    [ "$rc" = 132 ] && grep -q amx_int8 /proc/cpuinfo &&
+      echo "run.sh: llama-bench died with SIGILL on a CPU that lists AMX: rebuild llama.cpp without it" \
+        "(rm -rf $work/llama/llama.cpp/build; LLAMA_AMX=off bench/get-llama-cpp.sh $work/llama)" >&2
+    die "llama-bench failed on $m (exit $rc); see $run/llama-bench-$name.log"
+  }
   # Decode: one process, R repetitions. Prefill: R processes of one repetition each, because the
   # engine's prefix cache would serve a repeated prompt within one process from the cache.
   log "$name: govbox model bench --device cpu --threads $threads -p 0 -n 128 -r $reps, then $reps x -p 512 -n 0 -r 1"

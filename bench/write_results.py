@@ -96,7 +96,9 @@ def main():
     build = f" (of which {m['build_s']} s cargo build)" if m.get("build_s") else ""
     w(f"- Date (UTC): {m['date_utc']}; whole run {end['elapsed_s'] // 60} min {end['elapsed_s'] % 60} s{build}")
     w(f"- govbox commit {m['govbox_commit']}; llama.cpp {m['llama_cpp']} (built from the llama-cpp-python "
-      "sdist by bench/get-llama-cpp.sh, GGML_NATIVE=ON)")
+      "sdist by bench/get-llama-cpp.sh, GGML_NATIVE=ON"
+      + (", without AMX: LLAMA_AMX=off, as its AMX kernels died with SIGILL on this machine)"
+         if m.get("llama_amx_off") else ")"))
     w(f"- Threads: {m['threads']} on both sides; repetitions: {m['reps']}"
       + (f"; every measured process at nice {m['nice']}" if m.get("nice") else ""))
     w(f"- Load average (1, 5, 15 min) at start: {m['load_start']}; at end: {end['load_end']} (the run's own "
