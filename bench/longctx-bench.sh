@@ -64,7 +64,7 @@ for ctx in ${ctx_list//,/ }; do
     log "$name: $ctx-token prompt, then 32 tokens at that depth, KV $kv: llama-batched-bench -fa on"
     /usr/bin/time -f '%M' -o "$raw/llama-$tag.rss" "$bin/llama-batched-bench" -m "$file" \
         -t "$threads" -fa on -ctk "$kv" -ctv "$kv" -c $((ctx + 64)) -npp "$ctx" -ntg 32 -npl 1 \
-        --output-format jsonl > "$raw/llama-$tag.json" 2> "$raw/llama-$tag.log" ||
+        --output-format jsonl -v > "$raw/llama-$tag.json" 2> "$raw/llama-$tag.log" ||
       { tail -20 "$raw/llama-$tag.log" >&2; echo "longctx-bench.sh: llama-batched-bench failed" >&2; exit 1; }
     log "$name: the same with govbox model bench"
     /usr/bin/time -f '%M' -o "$raw/govbox-$tag.rss" "$govbox" model bench --model "$file" \
@@ -72,20 +72,25 @@ for ctx in ${ctx_list//,/ }; do
         --kv-dtype "$kv" > "$raw/govbox-$tag.json" 2> "$raw/govbox-$tag.log" ||
       { tail -20 "$raw/govbox-$tag.log" >&2; echo "longctx-bench.sh: govbox model bench failed" >&2; exit 1; }
     "$py" - "$raw" "$tag" "$ctx" "$kv" <<'PY' | tee -a "$out" >&2
-import json, sys
-raw, tag, ctx, kv = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+import json, re, sys
+raw, tag, ctx, kv_type = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 def rss(side):
     return int(open(f"{raw}/{side}-{tag}.rss").read().split()[-1])
 rows = [json.loads(l) for l in open(f"{raw}/llama-{tag}.json") if l.startswith("{")]
 if len(rows) != 1 or rows[0]["pp"] != ctx:
     sys.exit(f"llama-batched-bench gave no row for a {ctx}-token prompt")
+# llama.cpp's own account of its KV cache (-v logs it): "llama_kv_cache: size = 231.00 MiB (...)"
+kv = re.findall(r"llama_kv_cache: size = +([0-9.]+) MiB", open(f"{raw}/llama-{tag}.log").read())
+if len(kv) != 1:
+    sys.exit(f"llama-batched-bench -v logged {len(kv)} KV cache sizes, not 1; see {raw}/llama-{tag}.log")
 g = json.load(open(f"{raw}/govbox-{tag}.json"))
 if g.get("depth") != ctx or "depth_prefill" not in g:
     sys.exit(f"govbox model bench gave no prefill at depth {ctx}")
-print(json.dumps({"ctx": ctx, "kv": kv, "method": "one prefill per side",
+print(json.dumps({"ctx": ctx, "kv": kv_type, "method": "one prefill per side",
                   "llama_pp": rows[0]["speed_pp"], "llama_tg": rows[0]["speed_tg"],
                   "govbox_pp": g["depth_prefill"]["mean_tps"], "govbox_tg": g["tg"]["mean_tps"],
-                  "llama_rss_kb": rss("llama"), "govbox_rss_kb": rss("govbox")}))
+                  "llama_rss_kb": rss("llama"), "govbox_rss_kb": rss("govbox"),
+                  "llama_kv_bytes": round(float(kv[0]) * 1048576), "govbox_kv_bytes": g["kv_bytes"]}))
 PY
   done
 done

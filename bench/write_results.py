@@ -36,6 +36,11 @@ def mib(b):
     return b / 2**20
 
 
+def kv_mib(row, key):
+    """A long-context row's KV bytes of one side in MiB, or n/a for rows written before they were kept."""
+    return f"{mib(row[key]):.1f}" if key in row else "n/a"
+
+
 def fmt(x, spec=".1f"):
     return "–" if x is None else format(x, spec)
 
@@ -180,7 +185,9 @@ def main():
             w("")
             w("One process per side, prompt length and KV type: the prefill of the whole prompt, then decode "
               "of 32 tokens at that depth; peak RSS of that process (/usr/bin/time), the weights' mapped "
-              "pages included.")
+              "pages included. KV MiB: each side's own account of its cache (llama.cpp's `llama_kv_cache: size` "
+              "line with -v, govbox's kv_bytes), sized for the prompt + 64 tokens (llama.cpp rounds the cells "
+              "up to a multiple of 256).")
         else:
             w(f"## Long contexts ({q8_large}; llama-bench with -fa on and -ctk/-ctv as the KV type)")
             w("")
@@ -188,12 +195,14 @@ def main():
               "peak RSS is the larger of the two processes' (/usr/bin/time), the weights' mapped pages included.")
         w("")
         w("| prompt tokens | KV | prefill llama.cpp | prefill govbox | ratio | decode at depth llama.cpp | "
-          "decode govbox | ratio | peak RSS llama.cpp (MB) | peak RSS govbox (MB) |")
-        w("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "decode govbox | ratio | peak RSS llama.cpp (MB) | peak RSS govbox (MB) | KV llama.cpp (MiB) | "
+          "KV govbox (MiB) |")
+        w("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in longctx:
             w(f"| {r['ctx']} | {r['kv']} | {r['llama_pp']:.1f} | {r['govbox_pp']:.1f} | {r['govbox_pp'] / r['llama_pp']:.2f} "
               f"| {r['llama_tg']:.2f} | {r['govbox_tg']:.2f} | {r['govbox_tg'] / r['llama_tg']:.2f} "
-              f"| {r['llama_rss_kb'] * 1024 / 1e6:.0f} | {r['govbox_rss_kb'] * 1024 / 1e6:.0f} |")
+              f"| {r['llama_rss_kb'] * 1024 / 1e6:.0f} | {r['govbox_rss_kb'] * 1024 / 1e6:.0f} "
+              f"| {kv_mib(r, 'llama_kv_bytes')} | {kv_mib(r, 'govbox_kv_bytes')} |")
         w("")
     if moe:
         w("## Qwen3-MoE (bench/moe-bench.sh; 3.16 B parameters, 8 of 48 experts per token)")
@@ -327,7 +336,10 @@ def main():
             target(f"decode at depth govbox / llama.cpp, {at}", r["govbox_tg"] / r["llama_tg"], lambda x: x >= 1.0,
                    ">= 1.0")
             target(f"peak RSS govbox / llama.cpp, {at}", r["govbox_rss_kb"] / r["llama_rss_kb"], lambda x: x <= 1.0,
-                   "<= 1.0")
+                   "<= 1.0", ".3f")
+            if "llama_kv_bytes" in r:
+                target(f"KV cache bytes govbox / llama.cpp, {at}", r["govbox_kv_bytes"] / r["llama_kv_bytes"],
+                       lambda x: x <= 1.0, "<= 1.0", ".3f")
         if start:
             for r in start["runs"]:
                 if r is min((x for x in start["runs"] if x["mode"] == r["mode"]), key=lambda x: x["ready_s"]):
@@ -341,7 +353,7 @@ def main():
         target(f"decode tg128 govbox / llama.cpp, {f}", r["govbox_tg"] / r["llama_tg"], lambda x: x >= 1.0, ">= 1.0")
         target(f"prefill pp512 govbox / llama.cpp, {f}", r["govbox_pp"] / r["llama_pp"], lambda x: x >= 1.0, ">= 1.0")
         target(f"peak RSS govbox / llama.cpp, {f}", r["govbox_rss_mb"] / r["llama_rss_mb"], lambda x: x <= 1.0,
-               "<= 1.0")
+               "<= 1.0", ".3f")
     if gemma:
         win, dense = gemma["windowed"], gemma["dense"]
         target("Gemma 3 KV bytes, windowed / dense", win["govbox_kv_bytes"] / dense["govbox_kv_bytes"],
