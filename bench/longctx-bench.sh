@@ -1,26 +1,27 @@
 #!/usr/bin/env bash
 # Long prompts, govbox against llama.cpp on the same GGUF file: for each prompt length and each KV
-# type, the prefill of the whole prompt, the decode of 32 tokens at that depth, and each side's
-# peak RSS (/usr/bin/time, the weights' mapped pages included).
+# type, the prefill of the whole prompt, the decode of 32 tokens at that depth, each side's peak
+# RSS (/usr/bin/time, the weights' mapped pages included) and each side's own account of its KV
+# cache's bytes (llama.cpp's `llama_kv_cache: size` line, logged with -v; govbox's kv_bytes).
 #
 #   bench/longctx-bench.sh FILE [--ctx N,N] [--kv f16,q8_0] [--threads N] [--out JSONL]
 #
 # One process per side, prompt length and KV type, so each side prefills the long prompt once and
 # both figures come from that one prefill:
-#   llama.cpp  llama-batched-bench -fa on -ctk KV -ctv KV -c CTX+64 -npp CTX -ntg 32 -npl 1
+#   llama.cpp  llama-batched-bench -fa on -ctk KV -ctv KV -c CTX+64 -npp CTX -ntg 32 -npl 1 -v
 #              (its S_PP and S_TG: the prompt in batches of 2048, ubatches of 512, llama-bench's
 #              defaults too, then 32 single-token decodes);
 #   govbox     govbox model bench -p 0 -n 32 -d CTX -r 1 --kv-tokens CTX+64 --kv-dtype KV (its
 #              depth_prefill: the time to the first token of the CTX-token prompt; its tg: the 31
 #              decode steps after it).
-# Timing a prefill and the decode after it in separate processes (llama-bench -p CTX, then
-# -n 32 -d CTX) prefills twice; at 32k tokens on 2 cores one f16 prefill took 33 minutes in
-# llama.cpp and 23 in govbox, which is why this script uses one. A prompt and its 32 tokens must fit the model's context (govbox
-# refuses a prompt that leaves no room): for the Qwen2.5 shapes' 32,768 that makes "32k" a prompt
-# of 32,736 tokens. The defaults are bench/run.sh --large's: 8192 and 32736 tokens, f16 and q8_0.
-# Rows go to --out (JSON lines, appended) and to stderr as they finish, each side's raw output and
-# log to bench/work/longctx/ (kept: one side's figures survive the other's failure); the load
-# average is printed at the start and the end. govbox comes from $GOVBOX or target/release.
+# Timing a prefill and the decode after it in separate processes (llama-bench -p CTX, then -n 32 -d
+# CTX) prefills twice; at 32k tokens on 2 cores one f16 prefill took 33 minutes in llama.cpp and 23
+# in govbox, which is why this script uses one. A prompt and its 32 tokens must fit the model's
+# context (govbox refuses a prompt that leaves no room): for the Qwen2.5 shapes' 32,768 that makes
+# "32k" a prompt of 32,736 tokens. The defaults are bench/run.sh --large's: 8192 and 32736 tokens,
+# f16 and q8_0. Rows go to --out (JSON lines, appended) and to stderr as they finish, each side's
+# raw output and log to bench/work/longctx/ (kept: one side's figures survive the other's failure);
+# the load average is printed at the start and the end. govbox comes from $GOVBOX or target/release.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
