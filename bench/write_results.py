@@ -102,7 +102,7 @@ def main():
     w(f"- Date (UTC): {m['date_utc']}; whole run {end['elapsed_s'] // 60} min {end['elapsed_s'] % 60} s{build}")
     w(f"- govbox commit {m['govbox_commit']}; llama.cpp {m['llama_cpp']} (built from the llama-cpp-python "
       "sdist by bench/get-llama-cpp.sh, GGML_NATIVE=ON"
-      + (", without AMX: LLAMA_AMX=off, as its AMX kernels died with SIGILL on this machine)"
+      + (", built without AMX: LLAMA_AMX=off, see bench/README.md)"
          if m.get("llama_amx_off") else ")"))
     w(f"- Threads: {m['threads']} on both sides; repetitions: {m['reps']}"
       + (f"; every measured process at nice {m['nice']}" if m.get("nice") else ""))
