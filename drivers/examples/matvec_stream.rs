@@ -3,11 +3,13 @@
 //! one decode step of a model shape (every layer's projections, then the output head), which adds
 //! the cost of starting and finishing each product on the worker threads.
 //!
-//!   cargo run --release -p govbox-drivers --example matvec_stream -- [DTYPE] [THREADS] [SECONDS]
+//!   cargo run --release -p govbox-drivers --example matvec_stream -- [DTYPE] [THREADS] [SECONDS] [SHAPE]
 //!
-//! DTYPE is f16 (default), bf16 or f32; the shape is Qwen2.5-0.5B's (hidden 896, intermediate
-//! 4864, 14 query and 2 KV heads of 64, 24 layers, vocabulary 151,936 with the head read as its
-//! own matrix). Weights are random; only the bytes read matter. Compare the figures with a
+//! DTYPE is f16 (default), bf16, f32, q8_0, q4_k or q6_k; SHAPE is 0.5b (default: Qwen2.5-0.5B,
+//! hidden 896, intermediate 4864, 14 query and 2 KV heads of 64, 24 layers) or 1.5b
+//! (Qwen2.5-1.5B: 1536, 8960, 12 and 2 heads of 128, 28 layers; the K formats need it, their
+//! rows being whole super-blocks of 256), both with a vocabulary of 151,936 and the head read as
+//! its own matrix. Weights are random; only the bytes read matter. Compare the figures with a
 //! memory benchmark of the same machine (bench/triad.c) and with a whole model's decode
 //! (`govbox model bench`): the gap between the two rows here is the per-product overhead.
 
@@ -16,11 +18,6 @@ use std::time::{Duration, Instant};
 use govbox_drivers::cpu::CpuBackend;
 use govbox_drivers::{Backend, DType, HostBytes, Tensor};
 
-const HIDDEN: usize = 896;
-const FFN: usize = 4864;
-const Q: usize = 14 * 64;
-const KV: usize = 2 * 64;
-const LAYERS: usize = 24;
 const VOCAB: usize = 151_936;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -29,10 +26,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "f16" => DType::F16,
         "bf16" => DType::BF16,
         "f32" => DType::F32,
-        other => return Err(format!("DTYPE must be f16, bf16 or f32, not '{other}'").into()),
+        "q8_0" => DType::Q8_0,
+        "q4_k" => DType::Q4K,
+        "q6_k" => DType::Q6K,
+        other => return Err(format!("DTYPE must be f16, bf16, f32, q8_0, q4_k or q6_k, not '{other}'").into()),
     };
     let threads: usize = args.get(1).map_or(Ok(2), |s| s.parse())?;
     let seconds: f64 = args.get(2).map_or(Ok(5.0), |s| s.parse())?;
+    // hidden, intermediate, query and KV widths, layers
+    let (hidden, ffn, q, kv, layers_n) = match args.get(3).map_or("0.5b", String::as_str) {
+        "0.5b" => (896, 4864, 14 * 64, 2 * 64, 24),
+        "1.5b" => (1536, 8960, 12 * 128, 2 * 128, 28),
+        other => return Err(format!("SHAPE must be 0.5b or 1.5b, not '{other}'").into()),
+    };
     let backend = CpuBackend::new(threads)?;
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     let mut matrix = |rows: usize, cols: usize| -> Result<Tensor, Box<dyn std::error::Error>> {
@@ -48,21 +54,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Ok(backend.upload(HostBytes::from_vec(v), dtype, &[rows, cols])?)
     };
-    let head = matrix(VOCAB, HIDDEN)?;
+    let head = matrix(VOCAB, hidden)?;
     let mut layers = Vec::new();
-    for _ in 0..LAYERS {
+    for _ in 0..layers_n {
         layers.push([
-            matrix(Q, HIDDEN)?,
-            matrix(KV, HIDDEN)?,
-            matrix(KV, HIDDEN)?,
-            matrix(HIDDEN, Q)?,
-            matrix(FFN, HIDDEN)?,
-            matrix(FFN, HIDDEN)?,
-            matrix(HIDDEN, FFN)?,
+            matrix(q, hidden)?,
+            matrix(kv, hidden)?,
+            matrix(kv, hidden)?,
+            matrix(hidden, q)?,
+            matrix(ffn, hidden)?,
+            matrix(ffn, hidden)?,
+            matrix(hidden, ffn)?,
         ]);
     }
-    let x_hidden = backend.upload_f32(&vec![0.01; HIDDEN], &[1, HIDDEN])?;
-    let x_ffn = backend.upload_f32(&vec![0.01; FFN], &[1, FFN])?;
+    let x_hidden = backend.upload_f32(&vec![0.01; hidden], &[1, hidden])?;
+    let x_ffn = backend.upload_f32(&vec![0.01; ffn], &[1, ffn])?;
     let bytes = |t: &Tensor| dtype.row_bytes(t.last_dim()).unwrap_or(0) * t.rows();
     let step_bytes: usize = bytes(&head) + layers.iter().flatten().map(bytes).sum::<usize>();
 
@@ -92,7 +98,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("{dtype}, {threads} threads, {:.0} MB per decode step", step_bytes as f64 / 1e6);
     for (name, run, b) in [
         ("output head alone", &head_only as &dyn Fn() -> govbox_drivers::Result<()>, bytes(&head)),
-        ("whole step (169 products)", &whole_step, step_bytes),
+        ("whole step (every layer's products and the head)", &whole_step, step_bytes),
     ] {
         run()?;
         let (mut n, mut best) = (0u32, Duration::MAX);

@@ -144,12 +144,13 @@ fn micro<const F: u8, const N: usize>(
             let mut s = [[[zero; 2]; N]; 2];
             for t in 0..8 {
                 // The first pass over a panel reads it from memory: lines of the record
-                // PF_RECORDS ahead, an eighth per step. A prefetch is a hint that never faults,
-                // so an address past the panel (from its last records) is harmless.
+                // PF_RECORDS ahead, an eighth per step, into the L2 cache (`T1`: see
+                // `packed_k`). A prefetch is a hint that never faults, so an address past the
+                // panel (from its last records) is harmless.
                 if prefetch {
                     let ahead = rec.wrapping_add(PF_RECORDS * size);
                     for l in (t * size.div_ceil(64)) / 8..((t + 1) * size.div_ceil(64)) / 8 {
-                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * l).cast());
+                        _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(64 * l).cast());
                     }
                 }
                 let (w0, w1) = step::<F>(rec, t);
