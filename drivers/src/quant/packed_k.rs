@@ -14,10 +14,11 @@
 //!
 //! for value `4t + l` of block `b` of panel row `16h + r`; `d` and `dmin` are the file's `f16`
 //! bits, 32 in row order. Scales of Q4_K and Q5_K (6 bits, one scale `sc` and one minimum `m`
-//! per block) take 48 bytes per block `b` at `scales + 48b`: byte `r` of the first 16 holds the
-//! low 4 bits of `sc` of row `r` (low nibble) and of row `16 + r` (high nibble), the next 16
-//! the same for `m`, and byte `r` of the last 16 the top 2 bits of `sc` of rows `r` and
-//! `16 + r` (bits 0–1, 2–3) and of `m` (bits 4–5, 6–7). Q6_K's `i8` scales (one per 16
+//! per block) take three runs of 128 bytes, 16 per block `b`: byte `scales + 16b + r` holds the
+//! low 4 bits of `sc` of row `r` (low nibble) and of row `16 + r` (high nibble), byte
+//! `scales + 128 + 16b + r` the same for `m`, and byte `scales + 256 + 16b + r` the top 2 bits
+//! of `sc` of rows `r` and `16 + r` (bits 0–1, 2–3) and of `m` (bits 4–5, 6–7); the kernel
+//! takes four blocks' scales apart per 64-byte operation. Q6_K's `i8` scales (one per 16
 //! values) take 64 bytes per block `b` at `scales + 64b`: those of values `0..16`, 32 in row
 //! order, then those of values `16..32`. Rows past the tensor's end are zeros.
 //!
@@ -229,10 +230,10 @@ fn pack_q45<const B: usize, const S: usize, const BLK: usize, const QS: usize>(b
         for blk in 0..8 {
             let (sc0, m0) = scale_min_k4(blk, &b[r][4..16]);
             let (sc1, m1) = scale_min_k4(blk, &b[16 + r][4..16]);
-            let at = 128 + 48 * blk + r;
+            let at = 128 + 16 * blk + r;
             rec[at] = (sc0 & 15) | (sc1 & 15) << 4;
-            rec[at + 16] = (m0 & 15) | (m1 & 15) << 4;
-            rec[at + 32] = (sc0 >> 4) | (sc1 >> 4) << 2 | (m0 >> 4) << 4 | (m1 >> 4) << 6;
+            rec[at + 128] = (m0 & 15) | (m1 & 15) << 4;
+            rec[at + 256] = (sc0 >> 4) | (sc1 >> 4) << 2 | (m0 >> 4) << 4 | (m1 >> 4) << 6;
         }
     }
 }
@@ -295,10 +296,10 @@ pub(super) fn unpack_row(dtype: DType, l: &KLayout, panel: &[u8], j: usize, out:
         } else {
             s.dmin.copy_from_slice(&rec[l.m + 2 * j..l.m + 2 * j + 2]);
             for b in 0..8 {
-                let at = l.sc + 48 * b + r;
-                let top = rec[at + 32];
+                let at = l.sc + 16 * b + r;
+                let top = rec[at + 256];
                 s.sc[b] = (rec[at] >> (4 * h) & 15) | (top >> (2 * h) & 3) << 4;
-                s.m[b] = (rec[at + 16] >> (4 * h) & 15) | (top >> (4 + 2 * h) & 3) << 4;
+                s.m[b] = (rec[at + 128] >> (4 * h) & 15) | (top >> (4 + 2 * h) & 3) << 4;
             }
         }
         write_super(dtype, &s, blk);

@@ -105,7 +105,7 @@ fn rows_f<const F: u8>(w: &[u8], nb: usize, n: usize, acts: &[ActRow<'_>], out: 
 }
 
 /// The 64 values of step `t` of block `vals` (its `blk` bytes in a record): rows 0..16 and
-/// rows 16..32, as unsigned bytes.
+/// rows 16..32, as unsigned bytes (Q4_K's rows 16..32 as 16 times their values).
 ///
 /// # Safety
 /// `vals` must point to a whole block of a record of format `F`, and `t < 8`.
@@ -117,6 +117,11 @@ unsafe fn step<const F: u8>(vals: *const u8, t: usize) -> (__m512i, __m512i) {
         let low4 = _mm512_set1_epi8(15);
         let p = _mm512_loadu_si512(vals.add(t * 64).cast());
         let w0 = _mm512_and_si512(p, low4);
+        if F == Q4K {
+            // Rows 16..32 as 16 times their values, the high nibbles where they are: one
+            // operation fewer per step; the block's sum is divided by 16 exactly (`micro`).
+            return (w0, _mm512_andnot_si512(low4, p));
+        }
         let w1 = _mm512_and_si512(_mm512_srli_epi16::<4>(p), low4);
         if F == Q5K {
             let hb = vals.add(512 + t * 16);
@@ -147,48 +152,72 @@ unsafe fn step<const F: u8>(vals: *const u8, t: usize) -> (__m512i, __m512i) {
     }
 }
 
-/// The scales of block `b` of the record `rec`, given its `d` and `dmin` as `f32`, each for
-/// rows 0..16 and 16..32: `[d · sc, -dmin · m]` for Q4_K/Q5_K, and for Q6_K `d · sc` of the
-/// block's values 0..16 and then of its values 16..32.
+/// The 6-bit scales and minimums of a Q4_K/Q5_K record's 8 blocks as bytes, from its scale
+/// bytes at `sc` (`quant::packed_k`): `sc` of rows 0..16, `sc` of rows 16..32, `m` of rows
+/// 0..16 and `m` of rows 16..32, 16 bytes per block in each. Four blocks per 64-byte operation,
+/// once per record, where the bytes of each block had been widened to 32 bits first.
 ///
 /// # Safety
-/// `rec` must point to a whole record of format `F`, and `b < 8`.
+/// `sc` must point to the 384 scale bytes of a record.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,avx2,fma,f16c")]
-unsafe fn scales<const F: u8>(rec: *const u8, b: usize, d: [__m512; 2], dmin: [__m512; 2]) -> [[__m512; 2]; 2] {
-    let KLayout { sc, .. } = record(F);
-    // SAFETY: by the contract the scale bytes of block `b` are inside the record.
-    unsafe {
-        let bytes = |at: usize| _mm512_cvtepu8_epi32(_mm_loadu_si128(rec.add(at).cast()));
-        if F == Q6K {
-            let at = sc + 64 * b;
-            let s = |o: usize| _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(rec.add(at + o).cast())));
-            // [half of the block][half of the rows]
-            return [
-                [_mm512_mul_ps(d[0], s(0)), _mm512_mul_ps(d[1], s(16))],
-                [_mm512_mul_ps(d[0], s(32)), _mm512_mul_ps(d[1], s(48))],
+unsafe fn six_bit(sc: *const u8) -> [[u8; 128]; 4] {
+    let mut out = [[0u8; 128]; 4];
+    let (low4, top) = (_mm512_set1_epi8(15), _mm512_set1_epi8(0x30));
+    // `(low & 15) | (high & 0x30)`: the 16-bit shifts move bits between bytes only where the
+    // masks drop them.
+    let six = |low: __m512i, high: __m512i| _mm512_or_si512(_mm512_and_si512(low, low4), _mm512_and_si512(high, top));
+    for g in 0..2 {
+        // SAFETY: by the contract the three 128-byte runs are inside the record, and `out`'s
+        // rows have 128 bytes.
+        unsafe {
+            let lo = _mm512_loadu_si512(sc.add(64 * g).cast());
+            let mlo = _mm512_loadu_si512(sc.add(128 + 64 * g).cast());
+            let hi = _mm512_loadu_si512(sc.add(256 + 64 * g).cast());
+            let v = [
+                six(lo, _mm512_slli_epi16::<4>(hi)),
+                six(_mm512_srli_epi16::<4>(lo), _mm512_slli_epi16::<2>(hi)),
+                six(mlo, hi),
+                six(_mm512_srli_epi16::<4>(mlo), _mm512_srli_epi16::<2>(hi)),
             ];
+            for (o, v) in out.iter_mut().zip(v) {
+                _mm512_storeu_si512(o.as_mut_ptr().add(64 * g).cast(), v);
+            }
         }
-        let at = sc + 48 * b;
-        let (lo, mlo, hi) = (bytes(at), bytes(at + 16), bytes(at + 32));
-        let (f, three) = (_mm512_set1_epi32(15), _mm512_set1_epi32(3));
-        let six = |low: __m512i, top: __m512i| {
-            _mm512_cvtepi32_ps(_mm512_or_si512(
-                _mm512_and_si512(low, f),
-                _mm512_slli_epi32::<4>(_mm512_and_si512(top, three)),
-            ))
-        };
-        let sc0 = six(lo, hi);
-        let sc1 = six(_mm512_srli_epi32::<4>(lo), _mm512_srli_epi32::<2>(hi));
-        let m0 = six(mlo, _mm512_srli_epi32::<4>(hi));
-        let m1 = six(_mm512_srli_epi32::<4>(mlo), _mm512_srli_epi32::<6>(hi));
-        // `-dmin · m`: the sign flipped exactly, as `-dmin * m` in the panel kernel.
-        let neg = _mm512_set1_ps(-0.0);
-        [
-            [_mm512_mul_ps(d[0], sc0), _mm512_mul_ps(d[1], sc1)],
-            [_mm512_xor_ps(_mm512_mul_ps(dmin[0], m0), neg), _mm512_xor_ps(_mm512_mul_ps(dmin[1], m1), neg)],
-        ]
     }
+    out
+}
+
+/// The scales of block `b` (`b < 8`) of a Q4_K/Q5_K record, given its scale bytes from
+/// [`six_bit`] and its `d` and `dmin` as `f32`, each for rows 0..16 and 16..32:
+/// `[d · sc, dmin · m]`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,avx2,fma,f16c")]
+fn scales_q45(six: &[[u8; 128]; 4], b: usize, d: [__m512; 2], dmin: [__m512; 2]) -> [[__m512; 2]; 2] {
+    let f = |k: usize| {
+        let bytes: &[u8; 16] = six[k][16 * b..16 * b + 16].try_into().unwrap_or(&[0; 16]);
+        // SAFETY: `bytes` is 16 readable bytes.
+        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(bytes.as_ptr().cast()) }))
+    };
+    [
+        [_mm512_mul_ps(d[0], f(0)), _mm512_mul_ps(d[1], f(1))],
+        [_mm512_mul_ps(dmin[0], f(2)), _mm512_mul_ps(dmin[1], f(3))],
+    ]
+}
+
+/// The scales of block `b` of the Q6_K record `rec`, given its `d` as `f32` for rows 0..16 and
+/// 16..32: `d · sc` of the block's values 0..16 and then of its values 16..32.
+///
+/// # Safety
+/// `rec` must point to a whole Q6_K record, and `b < 8`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,avx2,fma,f16c")]
+unsafe fn scales_q6(rec: *const u8, b: usize, d: [__m512; 2]) -> [[__m512; 2]; 2] {
+    let at = record(Q6K).sc + 64 * b;
+    // SAFETY: by the contract the scale bytes of block `b` are inside the record.
+    let s = |o: usize| unsafe { _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(rec.add(at + o).cast()))) };
+    // [half of the block][half of the rows]
+    [[_mm512_mul_ps(d[0], s(0)), _mm512_mul_ps(d[1], s(16))], [_mm512_mul_ps(d[0], s(32)), _mm512_mul_ps(d[1], s(48))]]
 }
 
 /// The 32 rows of `panel` (`nb / 8` records) against the `N` activation rows `acts`, into
@@ -202,7 +231,7 @@ fn micro<const F: u8, const N: usize>(
     res: &mut [[f32; ROWS]; A],
     prefetch: bool,
 ) {
-    let KLayout { vals: v0, blk, d: doff, m: moff, size, .. } = record(F);
+    let KLayout { vals: v0, blk, sc: scoff, d: doff, m: moff, size } = record(F);
     let nsb = nb / BLOCKS;
     assert!(
         panel.len() >= nsb * size
@@ -227,6 +256,7 @@ fn micro<const F: u8, const N: usize>(
             let half = |off: usize| _mm512_cvtph_ps(_mm256_loadu_si256(rec.add(off).cast()));
             let d = [half(doff), half(doff + 32)];
             let dmin = if F == Q6K { d } else { [half(moff), half(moff + 32)] };
+            let six = if F == Q6K { [[0; 128]; 4] } else { six_bit(rec.add(scoff)) };
             for b in 0..BLOCKS {
                 let ab = BLOCKS * sb + b;
                 let vals = rec.add(v0 + b * blk);
@@ -267,7 +297,7 @@ fn micro<const F: u8, const N: usize>(
                 go(tb[2], eb);
                 go(ta[3], 0);
                 go(tb[3], eb);
-                let [ds0, ds1] = scales::<F>(rec, b, d, dmin);
+                let [ds0, ds1] = if F == Q6K { scales_q6(rec, b, d) } else { scales_q45(&six, b, d, dmin) };
                 for i in 0..N {
                     let dx = _mm512_set1_ps(*acts[i].a.d.as_ptr().add(ab));
                     if F == Q6K {
@@ -285,8 +315,12 @@ fn micro<const F: u8, const N: usize>(
                     let sx = _mm512_set1_ps(*acts[i].a.s.as_ptr().add(ab));
                     for h in 0..2 {
                         let si = if split { _mm512_add_epi32(s[0][i][h], s[1][i][h]) } else { s[0][i][h] };
+                        // Q4_K's rows 16..32 were summed as 16 times their values (`step`).
+                        let si = if F == Q4K && h == 1 { _mm512_srai_epi32::<4>(si) } else { si };
                         let v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(si), _mm512_mul_ps(ds0[h], dx), acc[i][h]);
-                        acc[i][h] = _mm512_fmadd_ps(ds1[h], sx, v);
+                        // `v - (dmin · m) · s` rounded once: the panel kernel's
+                        // `fma(-dmin * m, s, v)` (the negation is exact).
+                        acc[i][h] = _mm512_fnmadd_ps(ds1[h], sx, v);
                     }
                 }
             }
