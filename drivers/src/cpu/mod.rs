@@ -10,6 +10,7 @@ mod matmul;
 mod norm;
 mod panel;
 mod simd;
+mod warm;
 
 pub use allocator::give_back_freed_memory;
 
@@ -269,7 +270,7 @@ impl Backend for CpuBackend {
     }
 
     fn run_within(&self, f: &mut (dyn FnMut() + Send)) {
-        self.pool.install(f)
+        self.pool.install(|| warm::with_workers_polling(self.threads, f))
     }
 
     fn concurrent_calls(&self) -> bool {
