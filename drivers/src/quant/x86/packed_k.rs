@@ -205,6 +205,33 @@ fn scales_q45(six: &[[u8; 128]; 4], b: usize, d: [__m512; 2], dmin: [__m512; 2])
     ]
 }
 
+/// As [`scales_q45`], from the record's scale bytes at `sc` directly: block `b`'s three runs of
+/// 16 bytes widened to 32-bit lanes and taken apart there. With three or four activation rows
+/// (prefill) this was the faster way (1.5B Q4_K_M pp512 3.5 % ahead of `six_bit`, whose
+/// stores the first block's loads then wait for); with one or two (decode) `six_bit` is.
+///
+/// # Safety
+/// `sc` must point to the 384 scale bytes of a record, and `b < 8`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,avx2,fma,f16c")]
+unsafe fn scales_q45_block(sc: *const u8, b: usize, d: [__m512; 2], dmin: [__m512; 2]) -> [[__m512; 2]; 2] {
+    // SAFETY: by the contract the three runs of block `b` are inside the record.
+    let bytes = |at: usize| unsafe { _mm512_cvtepu8_epi32(_mm_loadu_si128(sc.add(at + 16 * b).cast())) };
+    let (lo, mlo, hi) = (bytes(0), bytes(128), bytes(256));
+    let (f, three) = (_mm512_set1_epi32(15), _mm512_set1_epi32(3));
+    let six = |low: __m512i, top: __m512i| {
+        _mm512_cvtepi32_ps(_mm512_or_si512(
+            _mm512_and_si512(low, f),
+            _mm512_slli_epi32::<4>(_mm512_and_si512(top, three)),
+        ))
+    };
+    let sc0 = six(lo, hi);
+    let sc1 = six(_mm512_srli_epi32::<4>(lo), _mm512_srli_epi32::<2>(hi));
+    let m0 = six(mlo, _mm512_srli_epi32::<4>(hi));
+    let m1 = six(_mm512_srli_epi32::<4>(mlo), _mm512_srli_epi32::<6>(hi));
+    [[_mm512_mul_ps(d[0], sc0), _mm512_mul_ps(d[1], sc1)], [_mm512_mul_ps(dmin[0], m0), _mm512_mul_ps(dmin[1], m1)]]
+}
+
 /// The scales of block `b` of the Q6_K record `rec`, given its `d` as `f32` for rows 0..16 and
 /// 16..32: `d · sc` of the block's values 0..16 and then of its values 16..32.
 ///
@@ -256,7 +283,9 @@ fn micro<const F: u8, const N: usize>(
             let half = |off: usize| _mm512_cvtph_ps(_mm256_loadu_si256(rec.add(off).cast()));
             let d = [half(doff), half(doff + 32)];
             let dmin = if F == Q6K { d } else { [half(moff), half(moff + 32)] };
-            let six = if F == Q6K { [[0; 128]; 4] } else { six_bit(rec.add(scoff)) };
+            // The 6-bit scales taken apart once per record for decode (see `scales_q45_block`).
+            let whole = F != Q6K && N <= 2;
+            let six = if whole { six_bit(rec.add(scoff)) } else { [[0; 128]; 4] };
             for b in 0..BLOCKS {
                 let ab = BLOCKS * sb + b;
                 let vals = rec.add(v0 + b * blk);
@@ -297,7 +326,13 @@ fn micro<const F: u8, const N: usize>(
                 go(tb[2], eb);
                 go(ta[3], 0);
                 go(tb[3], eb);
-                let [ds0, ds1] = if F == Q6K { scales_q6(rec, b, d) } else { scales_q45(&six, b, d, dmin) };
+                let [ds0, ds1] = if F == Q6K {
+                    scales_q6(rec, b, d)
+                } else if whole {
+                    scales_q45(&six, b, d, dmin)
+                } else {
+                    scales_q45_block(rec.add(scoff), b, d, dmin)
+                };
                 for i in 0..N {
                     let dx = _mm512_set1_ps(*acts[i].a.d.as_ptr().add(ab));
                     if F == Q6K {
