@@ -154,8 +154,9 @@ unsafe fn step<const F: u8>(vals: *const u8, t: usize) -> (__m512i, __m512i) {
 
 /// The 6-bit scales and minimums of a Q4_K/Q5_K record's 8 blocks as bytes, from its scale
 /// bytes at `sc` (`quant::packed_k`): `sc` of rows 0..16, `sc` of rows 16..32, `m` of rows
-/// 0..16 and `m` of rows 16..32, 16 bytes per block in each. Four blocks per 64-byte operation,
-/// once per record, where the bytes of each block had been widened to 32 bits first.
+/// 0..16 and `m` of rows 16..32, 16 bytes per block in each: four blocks per 64-byte operation,
+/// once per record (decode; prefill uses [`scales_q45_block`], which widens each block's bytes
+/// to 32-bit lanes).
 ///
 /// # Safety
 /// `sc` must point to the 384 scale bytes of a record.
