@@ -77,6 +77,31 @@ impl HostBytes {
         self.release_pages_in(0..self.len);
     }
 
+    /// Maps every page of this view of a file mapping into the process now (Linux's
+    /// `MADV_POPULATE_READ`, reading from the file what is not yet in the page cache), for a
+    /// backend that keeps the bytes where they are: the model files are mapped without
+    /// `MAP_POPULATE`, and without this the process would grow as rarely read parts (an
+    /// embedding table's rows of tokens not yet seen) are first touched, long after the load.
+    /// For any other owner, or where the kernel refuses it (before Linux 5.14), it does nothing:
+    /// the pages are then mapped when first read, as before.
+    pub fn populate(&self) {
+        #[cfg(target_os = "linux")]
+        if self.file_backed {
+            // SAFETY: sysconf has no preconditions.
+            let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(0);
+            if page == 0 || self.len == 0 {
+                return;
+            }
+            let p = self.as_slice().as_ptr() as usize;
+            let first = p / page * page;
+            // SAFETY: `[first, p + len)` is the pages that hold this view, all inside the
+            // mapping (a mapping starts on a page and covers its last page whole).
+            // MADV_POPULATE_READ only faults them in for reading, as a read of each would; it
+            // changes no byte. A failure leaves them to be faulted in when read.
+            unsafe { libc::madvise(first as *mut libc::c_void, p + self.len - first, libc::MADV_POPULATE_READ) };
+        }
+    }
+
     /// [`HostBytes::release_pages`] for the bytes `range` of this view only (clamped to it).
     pub fn release_pages_in(&self, range: std::ops::Range<usize>) {
         let end = range.end.min(self.len);
@@ -185,5 +210,47 @@ impl Tensor {
             return None;
         }
         Some(Self { buf: self.buf.clone(), dtype: self.dtype, shape: shape.to_vec() })
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The resident kB of this process's mapping that starts at `base` (its `Rss:` in
+    /// /proc/self/smaps): pages of the file mapped into the process, not the page cache.
+    fn mapped_kb(base: usize) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&format!("{base:x}-")));
+        assert!(lines.next().is_some(), "no mapping at {base:x} in /proc/self/smaps");
+        let rss = lines.find(|l| l.starts_with("Rss:")).unwrap();
+        rss.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// `populate` maps a file view's pages into the process at once (the model files are mapped
+    /// without `MAP_POPULATE`), and `release_pages` takes them out again.
+    #[test]
+    fn populate_maps_a_views_pages_and_release_unmaps_them() {
+        let mut f = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut f, &vec![7u8; 8 << 20]).unwrap();
+        // SAFETY: a read-only mapping of the test's own temporary file, which nothing writes
+        // while it is mapped.
+        let map = Arc::new(unsafe { memmap2::Mmap::map(&f) }.unwrap());
+        let base = map.as_ptr() as usize;
+        // SAFETY: as above: a private read-only mapping of a file that is not modified.
+        let view = unsafe { HostBytes::file_mapping(map, 1 << 20, 4 << 20) }.unwrap();
+        assert_eq!(mapped_kb(base), 0, "a fresh mapping has no page mapped yet");
+        view.populate();
+        // The page cache may hold the file in large folios, which are mapped whole: up to the
+        // 2 MiB around each end of the view come with it.
+        let kb = mapped_kb(base);
+        assert!((4096..=8192).contains(&kb), "populate mapped {kb} kB of a 4096 kB view");
+        // Released: at least the view's pages go (a huge mapping of a folio at an end goes whole).
+        view.release_pages();
+        let left = mapped_kb(base);
+        assert!(left <= kb - 4096, "release_pages left {left} of {kb} kB mapped");
+        // Owned bytes: nothing to map, and nothing happens.
+        HostBytes::from_vec(vec![1; 1 << 20]).populate();
     }
 }

@@ -319,6 +319,7 @@ impl Backend for CpuBackend {
             }
             CpuBuffer { data: CpuData::Host(HostBytes::from_owned(h)) }
         } else {
+            data.populate();
             CpuBuffer { data: CpuData::Host(data) }
         };
         Ok(Tensor::from_buffer(Arc::new(buf), dtype, shape.to_vec()))
