@@ -395,6 +395,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn rope(&self, x: &Tensor, rope: &Rope<'_>) -> Result<Tensor>;
     /// `silu(gate) * up`.
     fn swiglu(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor>;
+    /// [`Backend::swiglu`], the same values, written over `gate`'s memory where the backend can
+    /// and no other tensor holds it (the CPU backend does), so that a prefill chunk's widest
+    /// activations are held twice at a time, not three times.
+    fn swiglu_into(&self, gate: Tensor, up: &Tensor) -> Result<Tensor> {
+        self.swiglu(&gate, up)
+    }
     /// Exact (erf) GELU.
     fn gelu(&self, x: &Tensor) -> Result<Tensor>;
     /// `a + b`; `b` may be one row, broadcast over `a`'s rows.

@@ -153,6 +153,11 @@ impl fmt::Debug for HostBytes {
 pub trait Buffer: Send + Sync + fmt::Debug {
     /// For the owning backend to downcast.
     fn as_any(&self) -> &dyn Any;
+    /// For the owning backend to write into a buffer that only one tensor holds
+    /// ([`Tensor::buffer_mut`]); `None` where the backend never does.
+    fn as_any_mut(&mut self) -> Option<&mut dyn Any> {
+        None
+    }
     /// Size in bytes.
     fn size_bytes(&self) -> usize;
 }
@@ -177,6 +182,11 @@ impl Tensor {
     /// The buffer, for the owning backend to downcast.
     pub fn buffer(&self) -> &dyn Buffer {
         self.buf.as_ref()
+    }
+
+    /// The buffer, for the owning backend to write into, when no other tensor shares it.
+    pub fn buffer_mut(&mut self) -> Option<&mut (dyn Buffer + 'static)> {
+        Arc::get_mut(&mut self.buf)
     }
 
     /// Storage type.

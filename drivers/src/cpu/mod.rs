@@ -52,6 +52,9 @@ impl Buffer for CpuBuffer {
     fn as_any(&self) -> &dyn Any {
         self
     }
+    fn as_any_mut(&mut self) -> Option<&mut dyn Any> {
+        Some(self)
+    }
     fn size_bytes(&self) -> usize {
         match &self.data {
             CpuData::F32(v) => v.len() * 4,
@@ -189,6 +192,11 @@ fn check_f32(t: &Tensor, op: &'static str) -> Result<()> {
         return Err(DriverError::DType { op, dtype: t.dtype() });
     }
     Ok(())
+}
+
+/// SwiGLU's `silu(g) · u`, one formula for [`Backend::swiglu`] and [`Backend::swiglu_into`].
+fn silu_times(g: f32, u: f32) -> f32 {
+    g / (1.0 + (-g).exp()) * u
 }
 
 /// Applies `f` elementwise to `a` and `b`, where `b` is either the same shape or one row.
@@ -352,7 +360,21 @@ impl Backend for CpuBackend {
     }
 
     fn swiglu(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-        self.run(|| binary(gate, up, "swiglu", |g, u| g / (1.0 + (-g).exp()) * u))
+        self.run(|| binary(gate, up, "swiglu", silu_times))
+    }
+
+    fn swiglu_into(&self, mut gate: Tensor, up: &Tensor) -> Result<Tensor> {
+        if gate.dtype() == DType::F32 && gate.shape() == up.shape() {
+            let u = f32_values(up, "swiglu")?;
+            let own = gate.buffer_mut().and_then(|b| b.as_any_mut()).and_then(|a| a.downcast_mut::<CpuBuffer>());
+            if let Some(CpuBuffer { data: CpuData::F32(g) }) = own
+                && g.len() == u.len()
+            {
+                self.run(|| g.par_iter_mut().zip(u.par_iter()).for_each(|(g, &u)| *g = silu_times(*g, u)));
+                return Ok(gate);
+            }
+        }
+        self.swiglu(&gate, up)
     }
 
     fn gelu(&self, x: &Tensor) -> Result<Tensor> {
@@ -446,5 +468,41 @@ impl Backend for CpuBackend {
 
     fn add_layer_norm(&self, a: &Tensor, b: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
         self.run(|| norm::add_layer_norm(a, b, weight, bias, eps))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn data_ptr(t: &Tensor) -> *const f32 {
+        match &cpu_buf(t, "test").unwrap().data {
+            CpuData::F32(v) => v.as_ptr(),
+            _ => panic!("not an f32 activation"),
+        }
+    }
+
+    /// `swiglu_into` gives `swiglu`'s bits, in the gate's own memory when nothing else holds
+    /// it, and leaves a gate that another tensor shares as it was.
+    #[test]
+    fn swiglu_into_reuses_a_gate_it_owns_and_matches_swiglu() {
+        let b = CpuBackend::new(2).unwrap();
+        let g: Vec<f32> = (0..3 * 1000).map(|i| (i as f32 * 0.37).sin() * 6.0).collect();
+        let u: Vec<f32> = (0..3 * 1000).map(|i| (i as f32 * 0.11).cos() * 2.0).collect();
+        let (gate, up) = (b.upload_f32(&g, &[3, 1000]).unwrap(), b.upload_f32(&u, &[3, 1000]).unwrap());
+        let want = b.download_f32(&b.swiglu(&gate, &up).unwrap()).unwrap();
+
+        let at = data_ptr(&gate);
+        let got = b.swiglu_into(gate, &up).unwrap();
+        assert_eq!(data_ptr(&got), at, "an owned gate was not written in place");
+        assert!(b.download_f32(&got).unwrap().iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()));
+
+        let gate = b.upload_f32(&g, &[3, 1000]).unwrap();
+        let shared = gate.clone();
+        let got = b.swiglu_into(gate, &up).unwrap();
+        assert_ne!(data_ptr(&got), data_ptr(&shared), "a shared gate was written over");
+        assert_eq!(b.download_f32(&shared).unwrap(), g);
+        assert!(b.download_f32(&got).unwrap().iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()));
     }
 }

@@ -464,7 +464,7 @@ impl DecoderModel {
                 Mlp::Dense { gate, up, down } => {
                     let act = {
                         let (g, u) = (b.matmul(&hn, gate)?, b.matmul(&hn, up)?);
-                        if c.arch == DecoderArch::Gemma3 { b.geglu_tanh(&g, &u)? } else { b.swiglu(&g, &u)? }
+                        if c.arch == DecoderArch::Gemma3 { b.geglu_tanh(&g, &u)? } else { b.swiglu_into(g, &u)? }
                     };
                     b.matmul(&act, down)?
                 }

@@ -134,7 +134,7 @@ impl MoeBlock {
 
 impl Expert {
     fn forward(&self, b: &dyn Backend, x: &Tensor) -> Result<Tensor> {
-        let act = b.swiglu(&b.matmul(x, &self.gate)?, &b.matmul(x, &self.up)?)?;
+        let act = b.swiglu_into(b.matmul(x, &self.gate)?, &b.matmul(x, &self.up)?)?;
         Ok(b.matmul(&act, &self.down)?)
     }
 }
