@@ -37,13 +37,14 @@ pub struct MappedFile {
 
 impl MappedFile {
     /// Maps `path` read-only and starts reading the whole file into the page cache on a thread
-    /// of its own, front to back (see [`read_ahead`]), so that the disk read overlaps the load:
+    /// of its own, front to back (see `read_ahead`), so that the disk read overlaps the load:
     /// the loader packs the first tensors while later ones are still being read. Until December
     /// 2026 the mapping was made with `MAP_POPULATE`, which mapped every page of the file into
     /// the process before the first tensor was packed: loading the 7B Q4_K_M benchmark file
     /// (4.7 GB, `govbox model bench -p 0 -n 0`, 2 threads) took 8.2-12.2 s from a cold page cache
-    /// and 3.8-4.1 s from a warm one that way, 3.7-5.3 s and 1.7-1.8 s this way, most of the
-    /// difference in the kernel (mapping, then unmapping, pages already packed). Pages are now
+    /// and 3.8-4.1 s from a warm one that way, 3.7-5.3 s and 1.7-1.8 s with read-ahead (in
+    /// requests of 32 MiB then, of which the kernel read only part: see `READ_AHEAD_STEP`), most
+    /// of the difference in the kernel (mapping, then unmapping, pages already packed). Pages are now
     /// mapped as the loader reads them; a backend that keeps a tensor in the mapping instead of
     /// copying it maps that tensor's pages at once (`HostBytes::populate`), so that a daemon's
     /// resident size is still flat from the start.
