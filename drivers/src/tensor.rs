@@ -87,8 +87,7 @@ impl HostBytes {
     pub fn populate(&self) {
         #[cfg(target_os = "linux")]
         if self.file_backed {
-            // SAFETY: sysconf has no preconditions.
-            let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(0);
+            let page = page_size();
             if page == 0 || self.len == 0 {
                 return;
             }
@@ -108,8 +107,7 @@ impl HostBytes {
         let start = range.start.min(end);
         #[cfg(unix)]
         if self.file_backed {
-            // SAFETY: sysconf has no preconditions.
-            let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(0);
+            let page = page_size();
             let p = self.as_slice()[start..end].as_ptr() as usize;
             if page == 0 {
                 return;
@@ -221,6 +219,13 @@ impl Tensor {
         }
         Some(Self { buf: self.buf.clone(), dtype: self.dtype, shape: shape.to_vec() })
     }
+}
+
+/// The system's page size in bytes, 0 when it cannot be read (callers then leave pages alone).
+#[cfg(unix)]
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(0)
 }
 
 #[cfg(all(test, target_os = "linux"))]

@@ -61,7 +61,7 @@ impl MappedFile {
         // SAFETY: the mapping is read-only and private to this process. Model files are
         // immutable once imported (the package store writes them once and never modifies them
         // in place), so no other writer truncates or changes the bytes while they are mapped.
-        // Files that may change (development folders) are copied instead, above.
+        // Files that may change (development folders) are copied instead (`open`).
         // Every read through the mapping is bounds-checked against its length.
         let map =
             unsafe { MmapOptions::new().map(file) }.map_err(|source| EngineError::Io { path: path.into(), source })?;
