@@ -4,6 +4,7 @@
 #
 #   bench/start-to-ready.sh MODEL.gguf OUT.json [--govbox BIN] [--govboxd BIN] [--threads N]
 #                                               [--kv-tokens N] [--kv-dtype f16|q8_0|f32] [--runs N]
+#                                               [--settle SECONDS]
 #
 # Provisions a fresh state folder under bench/work/start-state, signs a package of MODEL and
 # imports it (import time recorded), then for a cold page cache (`echo 3 > drop_caches`, root
@@ -14,6 +15,12 @@
 #          Type=notify readiness), after which /readyz must answer 200; its VmHWM at ready and
 #          after one 16-token answer
 # The KV cache's size comes from `govbox model info` with the same kv_tokens and kv_dtype. Writes one JSON object to OUT.
+# --settle waits that long before each timed cat and each timed start. On a virtual machine whose
+# balloon reports freed memory to the host (free-page reporting), memory freed a moment before
+# (a drop_caches, the previous run's exit) is still backed and fast to use, and memory freed
+# seconds earlier has to be backed by the host again when touched, which on the Intel Xeon VM of
+# bench/RESULTS.md costs more than the disk: without the wait each timed step meets whichever
+# state the step before it left (bench/README.md, "Loading a large file").
 # The state folder and the package are removed at the end (the store's copy is as big as MODEL).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -27,6 +34,7 @@ threads=2
 kv_tokens=4096
 kv_dtype=f16
 runs=2
+settle=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --govbox) govbox=$2; shift 2 ;;
@@ -35,6 +43,7 @@ while [ $# -gt 0 ]; do
     --kv-tokens) kv_tokens=$2; shift 2 ;;
     --kv-dtype) kv_dtype=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
+    --settle) settle=$2; shift 2 ;;
     *) echo "start-to-ready.sh: unknown option '$1'" >&2; exit 2 ;;
   esac
 done
@@ -152,8 +161,10 @@ for mode in "${modes[@]}"; do
   best_cat= best_start=
   for r in $(seq 1 "$runs"); do
     if [ "$mode" = cold ]; then drop; else cat "$payload" > /dev/null; fi
+    sleep "$settle"
     c=$(time_cat)
     if [ "$mode" = cold ]; then drop; fi
+    sleep "$settle"
     read -r s a b < <(time_start)
     log "$mode run $r: cat $c s, start to ready $s s, VmHWM at ready $((a / 1024)) MiB, after a request $((b / 1024)) MiB"
     results+=("{\"mode\": \"$mode\", \"cat_s\": $c, \"ready_s\": $s, \"hwm_ready_kb\": $a, \"hwm_after_kb\": $b}")
@@ -162,7 +173,7 @@ done
 hashed=$(grep -m1 -o '[0-9.]* MB hashed[a-z ]* in [0-9.]* s' "$work/start-govboxd.log" || true)
 {
   echo "{\"model\": \"$(basename "$model")\", \"file_bytes\": $(stat -c %s "$payload"), \"import_s\": $import_s,"
-  echo " \"threads\": $threads, \"kv_tokens\": $kv_tokens, \"kv_dtype\": \"$kv_dtype\","
+  echo " \"threads\": $threads, \"kv_tokens\": $kv_tokens, \"kv_dtype\": \"$kv_dtype\", \"settle_s\": $settle,"
   echo " \"kv_info\": \"$kv_line\", \"kv_bytes\": $kv_bytes,"
   echo " \"hashed_log\": \"$hashed\","
   echo " \"runs\": [$(IFS=,; echo "${results[*]}")]}"
