@@ -16,7 +16,9 @@
 #            loopback with the same KV budget: 1 and 8 concurrent streams of 128 tokens
 #            (bench/serve_client.py), TTFT of a request sharing a ~1,000-token system prompt with
 #            the one before it, and govboxd's peak VmRSS while serving;
-#   roofline Q8_0 decode tokens/s as a share of (triad bandwidth / weight bytes read per token).
+#   roofline Q8_0 decode tokens/s as a share of (triad bandwidth / weight bytes read per token),
+#            the triad run again just before each file's govbox decode (the host's bandwidth
+#            moves during a long run: 28.6 to 30.2 GB/s within minutes on the Intel Xeon VM).
 # The servers run one after the other, never together, and are stopped on any exit.
 # --quick: one repetition, Q8_0 and SmolLM2 only for speed, 64-token streams, fewer triad passes.
 # --large: also the Qwen2.5-1.5B- and 7B-shaped Q8_0 and Q4_K_M files (bench/make-models.sh --large)
@@ -190,6 +192,10 @@ for m in "${speed_models[@]}"; do
         "(rm -rf $work/llama/llama.cpp/build; LLAMA_AMX=off bench/get-llama-cpp.sh $work/llama)" >&2
     die "llama-bench failed on $m (exit $rc); see $run/llama-bench-$name.log"
   }
+  # The bandwidth now, for this file's roofline (write_results.py; the run's first triad where
+  # this one is missing).
+  OMP_NUM_THREADS=$threads OMP_PROC_BIND=spread "${nice_cmd[@]}" "$work/bin/triad" "$triad_mib" "$triad_passes" \
+      > "$run/triad-$name.json" || die "the triad before $name failed: $(cat "$run/triad-$name.json")"
   # Decode: one process, R repetitions. Prefill: R processes of one repetition each, because the
   # engine's prefix cache would serve a repeated prompt within one process from the cache.
   log "$name: govbox model bench --device cpu --threads $threads -p 0 -n 128 -r $reps, then $reps x -p 512 -n 0 -r 1"
