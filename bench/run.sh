@@ -171,8 +171,12 @@ gcc -O3 -march=native -fopenmp "$here/triad.c" -o "$work/bin/triad" || die "cann
 l3_mib=$(lscpu -B 2>/dev/null | sed -n 's/^L3 cache: *\([0-9]*\).*/\1/p' | head -1)
 l3_mib=$(( ${l3_mib:-0} / 1048576 ))
 triad_mib=$(( 2 * l3_mib > 512 ? 2 * l3_mib : 512 ))
-OMP_NUM_THREADS=$threads OMP_PROC_BIND=spread "${nice_cmd[@]}" "$work/bin/triad" "$triad_mib" "$triad_passes" > "$run/triad.json" ||
-  die "the triad failed: $(cat "$run/triad.json")"
+# One triad into the JSON file $1 (the run's first, and one before each file's decode below).
+triad_into() {
+  OMP_NUM_THREADS=$threads OMP_PROC_BIND=spread "${nice_cmd[@]}" "$work/bin/triad" "$triad_mib" "$triad_passes" > "$1" ||
+    die "the triad failed: $(cat "$1")"
+}
+triad_into "$run/triad.json"
 cat "$run/triad.json" >&2
 
 log "GGUF facts (tensor types, bytes read per token)"
@@ -194,8 +198,7 @@ for m in "${speed_models[@]}"; do
   }
   # The bandwidth now, for this file's roofline (write_results.py; the run's first triad where
   # this one is missing).
-  OMP_NUM_THREADS=$threads OMP_PROC_BIND=spread "${nice_cmd[@]}" "$work/bin/triad" "$triad_mib" "$triad_passes" \
-      > "$run/triad-$name.json" || die "the triad before $name failed: $(cat "$run/triad-$name.json")"
+  triad_into "$run/triad-$name.json"
   # Decode: one process, R repetitions. Prefill: R processes of one repetition each, because the
   # engine's prefix cache would serve a repeated prompt within one process from the cache.
   log "$name: govbox model bench --device cpu --threads $threads -p 0 -n 128 -r $reps, then $reps x -p 512 -n 0 -r 1"

@@ -20,7 +20,7 @@
 # (a drop_caches, the previous run's exit) is still backed and fast to use, and memory freed
 # seconds earlier has to be backed by the host again when touched, which on the Intel Xeon VM of
 # bench/RESULTS.md costs more than the disk: without the wait each timed step meets whichever
-# state the step before it left (bench/README.md, "Loading a large file").
+# state the step before it left (bench/README.md, "What fresh memory costs on this VM").
 # The state folder and the package are removed at the end (the store's copy is as big as MODEL).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
