@@ -66,18 +66,28 @@ fn owned_bytes_are_left_alone() {
     assert!(view.as_slice() == bytes.as_slice(), "releasing owned memory must not change (zero) it");
 }
 
+/// `values` written to a temporary file and mapped read-only (every page faulted in with
+/// `populate`): the file, which must outlive the mapping's use, the mapping, and its address.
+fn mapped_f32(values: &[f32], populate: bool) -> (tempfile::NamedTempFile, Arc<dyn AsRef<[u8]> + Send + Sync>, usize) {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(bytemuck::cast_slice(values)).unwrap();
+    f.flush().unwrap();
+    let mut options = memmap2::MmapOptions::new();
+    if populate {
+        options.populate();
+    }
+    // SAFETY: a private read-only mapping of a temporary file that nothing else writes.
+    let map = unsafe { options.map(f.as_file()) }.unwrap();
+    let addr = map.as_ptr() as usize;
+    (f, Arc::new(map), addr)
+}
+
 #[test]
 fn a_small_tensor_of_a_file_mapping_is_read_from_a_copy() {
     use govbox_drivers::cpu::CpuBackend;
     use govbox_drivers::{Backend, DType};
-    let mut f = tempfile::NamedTempFile::new().unwrap();
     let values: Vec<f32> = (0..2u32 << 20).map(|i| i as f32 * 0.5).collect();
-    f.write_all(bytemuck::cast_slice(&values)).unwrap();
-    f.flush().unwrap();
-    // SAFETY: a private read-only mapping of a temporary file that nothing else writes.
-    let map = unsafe { memmap2::MmapOptions::new().map(f.as_file()) }.unwrap();
-    let addr = map.as_ptr() as usize;
-    let map: Arc<dyn AsRef<[u8]> + Send + Sync> = Arc::new(map);
+    let (_file, map, addr) = mapped_f32(&values, false);
     // SAFETY: as above.
     let whole = |start, len| unsafe { HostBytes::file_mapping(map.clone(), start, len) }.unwrap();
     // A norm-sized tensor (1024 values) in the middle of the file, and a large one (4 MiB).
@@ -100,4 +110,31 @@ fn a_small_tensor_of_a_file_mapping_is_read_from_a_copy() {
     );
     assert_eq!(after_small, before, "the small tensor was read from the file mapping");
     assert!(after_large >= before + 4 * 1024 - 64, "the large tensor is expected in place: {after_large} KiB");
+}
+
+/// Copying a small tensor reads it through the mapping, which maps the page cache's folio
+/// around it whole (2 MiB on ext4 with large folios): the CPU backend gives back the whole
+/// 2 MiB span around the tensor once it is copied, its neighbours' pages included, so that
+/// the folios of a model's norms and biases do not stay mapped until the load ends.
+#[test]
+fn copying_a_small_tensor_gives_back_the_span_around_it() {
+    use govbox_drivers::cpu::CpuBackend;
+    use govbox_drivers::{Backend, DType};
+    let values: Vec<f32> = (0..2u32 << 20).map(|i| i as f32 * 0.25).collect();
+    let (_file, map, addr) = mapped_f32(&values, true);
+    let Some(before) = mapping_rss_kib(addr) else {
+        eprintln!("skipping: /proc/self/smaps has no entry for the mapping");
+        return;
+    };
+    assert!(before >= 8 * 1024 - 64, "MAP_POPULATE should fault the whole file in: {before} KiB");
+    // A norm-sized tensor (1,536 values) 100 values past 3 MiB: its span is 2..4 MiB.
+    let at = (3 << 20) + 400;
+    // SAFETY: as above: the mapping is private and read-only, and its file is not modified.
+    let view = unsafe { HostBytes::file_mapping(map.clone(), at, 1536 * 4) }.unwrap();
+    let cpu = CpuBackend::new(1).unwrap();
+    let norm = cpu.upload(view, DType::F32, &[1536]).unwrap();
+    let after = mapping_rss_kib(addr).unwrap();
+    eprintln!("mapping RSS: {before} KiB, {after} KiB after copying the small tensor");
+    assert_eq!(after, before - 2048, "the 2 MiB around the copied tensor, and no more, leave the process");
+    assert_eq!(cpu.download_f32(&norm).unwrap(), values[at / 4..at / 4 + 1536]);
 }
