@@ -17,8 +17,13 @@ pub struct HostBytes {
     owner: Arc<dyn AsRef<[u8]> + Send + Sync>,
     start: usize,
     len: usize,
-    /// Whether `owner` is a read-only private mapping of a file (see [`HostBytes::file_mapping`]).
+    /// Whether `owner` is a read-only private mapping of a file (see [`HostBytes::file_mapping`])
+    /// or a private copy of one whose copied pages may be given back
+    /// ([`HostBytes::discardable_copy`]).
     file_backed: bool,
+    /// Whether a page given back reads back with the same bytes (a mapping of a file), rather
+    /// than as zeros (a discardable copy): only then may a view give back other views' pages.
+    reads_back: bool,
 }
 
 impl HostBytes {
@@ -28,7 +33,7 @@ impl HostBytes {
         if end > (*owner).as_ref().len() {
             return None;
         }
-        Some(Self { owner, start, len, file_backed: false })
+        Some(Self { owner, start, len, file_backed: false, reads_back: false })
     }
 
     /// As [`HostBytes::new`], for a view of a file mapping: [`HostBytes::release_pages`] may
@@ -40,6 +45,24 @@ impl HostBytes {
     /// it is mapped, so that a page dropped from memory reads back from the file with the same
     /// bytes the next time it is touched.
     pub unsafe fn file_mapping(owner: Arc<dyn AsRef<[u8]> + Send + Sync>, start: usize, len: usize) -> Option<Self> {
+        Self::new(owner, start, len).map(|h| Self { file_backed: true, reads_back: true, ..h })
+    }
+
+    /// As [`HostBytes::file_mapping`], for a view of a file's bytes copied into private anonymous
+    /// memory (the engine's copy of a file that may change while it is read): a backend treats
+    /// it as a file mapping, copying what it keeps and then giving back the pages of what it
+    /// copied ([`HostBytes::release_pages`]), which then read as zeros.
+    /// [`HostBytes::release_pages_around`] gives back only the view's own pages here.
+    ///
+    /// # Safety
+    ///
+    /// `owner` must be a read-only private anonymous mapping, and no view of its bytes may be
+    /// read again once a view holding them has been released.
+    pub unsafe fn discardable_copy(
+        owner: Arc<dyn AsRef<[u8]> + Send + Sync>,
+        start: usize,
+        len: usize,
+    ) -> Option<Self> {
         Self::new(owner, start, len).map(|h| Self { file_backed: true, ..h })
     }
 
@@ -50,7 +73,7 @@ impl HostBytes {
         if end > self.len {
             return None;
         }
-        Some(Self { owner: self.owner.clone(), start: self.start + start, len, file_backed: self.file_backed })
+        Some(Self { start: self.start + start, len, ..self.clone() })
     }
 
     /// Whether this is a view of a file mapping ([`HostBytes::file_mapping`]).
@@ -66,7 +89,7 @@ impl HostBytes {
     /// All the bytes of `owner`, which this view then owns.
     pub(crate) fn from_owned(owner: impl AsRef<[u8]> + Send + Sync + 'static) -> Self {
         let len = owner.as_ref().len();
-        Self { owner: Arc::new(owner), start: 0, len, file_backed: false }
+        Self { owner: Arc::new(owner), start: 0, len, file_backed: false, reads_back: false }
     }
 
     /// Tells the kernel these bytes will not be read soon. For a view of a file mapping the
@@ -131,8 +154,12 @@ impl HostBytes {
     /// and read back unchanged when next touched. For a small view of a file that the page cache
     /// holds in large folios, where reading a few bytes maps a whole folio into the process (2 MiB
     /// on Linux 6.18 with ext4, aligned in the file) and dropping the view's own pages leaves the
-    /// rest of the folio mapped. `align` must be a power of two; anything else does nothing.
+    /// rest of the folio mapped. `align` must be a power of two; anything else does nothing. For
+    /// a discardable copy ([`HostBytes::discardable_copy`]) it is [`HostBytes::release_pages`].
     pub fn release_pages_around(&self, align: usize) {
+        if !self.reads_back {
+            return self.release_pages();
+        }
         #[cfg(unix)]
         if self.file_backed && align.is_power_of_two() && self.len > 0 {
             let page = page_size();

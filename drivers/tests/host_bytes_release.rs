@@ -138,3 +138,23 @@ fn copying_a_small_tensor_gives_back_the_span_around_it() {
     assert_eq!(after, before - 2048, "the 2 MiB around the copied tensor, and no more, leave the process");
     assert_eq!(cpu.download_f32(&norm).unwrap(), values[at / 4..at / 4 + 1536]);
 }
+
+/// A discardable copy (the engine's copy of a development folder's file, in anonymous memory)
+/// reads as zeros where a page is given back: `release_pages_around` gives back only the view's
+/// own pages there, so the tensors beside a copied small one keep their bytes.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_discardable_copy_gives_back_only_a_views_own_pages() {
+    let mut anon = memmap2::MmapMut::map_anon(8 << 20).unwrap();
+    anon.iter_mut().enumerate().for_each(|(i, b)| *b = (i % 251) as u8 + 1);
+    let map: Arc<dyn AsRef<[u8]> + Send + Sync> = Arc::new(anon.make_read_only().unwrap());
+    // SAFETY: a private anonymous mapping made read-only; the released view is not read again.
+    let view = |start, len| unsafe { HostBytes::discardable_copy(map.clone(), start, len) }.unwrap();
+    let (small, beside) = (view((3 << 20) + 8192, 8192), view(3 << 20, 8192));
+    small.release_pages_around(2 << 20);
+    assert!(
+        beside.as_slice().iter().enumerate().all(|(i, &b)| b == (((3 << 20) + i) % 251) as u8 + 1),
+        "a neighbour of the released view lost its bytes"
+    );
+    assert!(small.as_slice().iter().all(|&b| b == 0), "the view's own pages were given back");
+}

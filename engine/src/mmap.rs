@@ -33,6 +33,9 @@ use crate::{EngineError, Result};
 pub struct MappedFile {
     map: Arc<Mmap>,
     name: String,
+    /// Whether `map` is a private copy of the file ([`copy_model_files`]) rather than a mapping
+    /// of it: a page given back then reads as zeros, not from the file.
+    copied: bool,
 }
 
 impl MappedFile {
@@ -67,7 +70,7 @@ impl MappedFile {
             unsafe { MmapOptions::new().map(file) }.map_err(|source| EngineError::Io { path: path.into(), source })?;
         let map = Arc::new(map);
         read_ahead(&map);
-        Ok(Self { map, name: path.display().to_string() })
+        Ok(Self { map, name: path.display().to_string(), copied: false })
     }
 
     /// Reads the whole file into an anonymous private mapping, which no other process can
@@ -95,7 +98,7 @@ impl MappedFile {
             return Err(changed());
         }
         let map = anon.make_read_only().map_err(io)?;
-        Ok(Self { map: Arc::new(map), name: path.display().to_string() })
+        Ok(Self { map: Arc::new(map), name: path.display().to_string(), copied: true })
     }
 
     /// The file's bytes.
@@ -110,6 +113,12 @@ impl MappedFile {
 
     /// A zero-copy view of `len` bytes at `start`, or `None` when out of bounds.
     pub fn slice(&self, start: usize, len: usize) -> Option<HostBytes> {
+        if self.copied {
+            // SAFETY: the copy is a private anonymous mapping made read-only (`copy`), and a
+            // backend gives back only pages it has copied and does not read again (each tensor
+            // is uploaded once; a tied head shares the embedding's upload).
+            return unsafe { HostBytes::discardable_copy(self.map.clone(), start, len) };
+        }
         // SAFETY: the mapping is read-only and private, and its file is not modified while it is
         // mapped (see `open`), which is `file_mapping`'s contract.
         unsafe { HostBytes::file_mapping(self.map.clone(), start, len) }
