@@ -89,8 +89,6 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // Before any thread starts: one malloc arena for all of them (see the function).
-    govbox_drivers::cpu::tune_malloc();
     let cli = Cli::parse();
     let socket = admin::socket_path(cli.admin_socket.as_deref(), cli.state.as_deref());
     let done = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);

@@ -33,8 +33,6 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    // Before any thread starts: one malloc arena for all of them (see the function).
-    govbox_drivers::cpu::tune_malloc();
     // clap exits with status 2 on a usage error, like a bad config does below.
     let args = Args::parse();
     match run(Options {

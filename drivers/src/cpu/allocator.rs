@@ -17,23 +17,8 @@
 //! file's `govbox model bench` peak fell by about 16 MB in one pair of runs, and `malloc_trim` took back 20-40 MB
 //! from a 1.5B Q8_0 run (probed with gdb on a running process).
 //!
-//! Every thread allocates from one arena, the main heap (`M_ARENA_MAX` = 1). glibc gives a thread
-//! that meets a locked arena one of its own, up to 8 per core, and keeps what is freed in each
-//! arena for that arena: the backend's workers allocate each operation's activations, so every
-//! worker's arena grows to the most it has held, and none can use what another has freed. In a
-//! 1.5B Q8_0 `govbox model bench` of an 8k prompt (q8_0 KV, 2 threads), the two workers' arenas
-//! held 36 and 45 MB at the end, and the process ended at 1,815,520-1,858,480 KB resident (three
-//! runs) against 1,773,448 KB with one arena. Decode did not change: tg128 of the 1.5B Q4_K_M
-//! file 21.32-22.75 tokens/s with up to 8 arenas and 21.31-22.41 with one, 21.92 on average
-//! either way (four alternating pairs, 2026-12-07; an earlier pair of runs had one arena 2 %
-//! slower, within this spread). The limit holds only for arenas made after it is set, so the
-//! binaries call [`tune_malloc`] before they start any thread.
-//!
-//! An operator who sets one of glibc's malloc tunables keeps it: `MALLOC_MMAP_THRESHOLD_` or
-//! `MALLOC_TRIM_THRESHOLD_` leaves both thresholds alone, `MALLOC_ARENA_MAX` the arenas, and
-//! `GLIBC_TUNABLES=glibc.malloc.*` all three. `dist/govboxd.service` sets `MALLOC_ARENA_MAX=2`,
-//! the setting its reliability soak measured (`tests/RELIABILITY.md`), so govboxd under systemd
-//! runs with two arenas until the soak is run again with one.
+//! An operator who sets glibc's malloc tunables (`GLIBC_TUNABLES=glibc.malloc.*`,
+//! `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`) keeps them: the tuning is then skipped.
 
 /// Allocations from this size on get their own mapping (and go back to the system when freed).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -42,27 +27,23 @@ const MMAP_THRESHOLD: libc::c_int = 32 << 20;
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const TRIM_THRESHOLD: libc::c_int = 64 << 20;
 
-/// Applies the tuning once per process (later calls do nothing); a binary calls it first thing
-/// in `main`, and the CPU backend calls it again when it is made. Elsewhere than glibc on Linux
-/// it does nothing, and what the operator has set is kept (see the module documentation).
-pub fn tune_malloc() {
+/// Applies the tuning once per process (later calls do nothing). Elsewhere than glibc on Linux,
+/// or when the operator has set malloc tunables, it does nothing.
+pub(super) fn tune() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
         {
-            let tunables = std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc."));
-            let set = |name: &str| tunables || std::env::var_os(name).is_some();
-            if !set("MALLOC_MMAP_THRESHOLD_") && !set("MALLOC_TRIM_THRESHOLD_") {
+            let chosen = std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some()
+                || std::env::var_os("MALLOC_TRIM_THRESHOLD_").is_some()
+                || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc."));
+            if !chosen {
                 // SAFETY: mallopt only sets allocator parameters; it is thread-safe and has no
                 // memory-safety preconditions. A refused value leaves glibc's default in place.
                 unsafe {
                     libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
                     libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
                 }
-            }
-            if !set("MALLOC_ARENA_MAX") {
-                // SAFETY: as above.
-                unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
             }
         }
     });

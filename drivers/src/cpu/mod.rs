@@ -12,7 +12,7 @@ mod panel;
 mod simd;
 mod warm;
 
-pub use allocator::{give_back_freed_memory, tune_malloc};
+pub use allocator::give_back_freed_memory;
 
 use std::any::Any;
 use std::borrow::Cow;
@@ -108,7 +108,7 @@ impl CpuBackend {
                     .into(),
             });
         }
-        allocator::tune_malloc();
+        allocator::tune();
         let threads = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
         let mut builder =
             rayon::ThreadPoolBuilder::new().num_threads(threads).thread_name(|i| format!("govbox-cpu-{i}"));
