@@ -295,9 +295,11 @@ pub fn vec_dot_q8(dtype: DType, row: &[u8], acts: &Q8Acts, out: &mut [f32]) {
 /// the formats of [`int8_supported`].
 ///
 /// With AVX-512 VNNI the rows go through tiles of four weight rows by up to four activation rows
-/// (`x86::tile`), decoding each weight block once for all of them; elsewhere each row goes
-/// through [`vec_dot_q8`]. Either way a result depends only on its own weight row and
-/// activation row, so it is the same whatever other rows come with them. The one exception:
+/// (`x86::tile`), decoding each weight block once for all of them; with AVX2 alone, Q8_0 goes
+/// through tiles of four weight rows by up to two activation rows (`x86::tile_avx2`) from two
+/// activation rows on, whose sums are those of [`vec_dot_q8`] bitwise; elsewhere each row goes
+/// through [`vec_dot_q8`]. Either way a result depends only on its own weight row
+/// and activation row, so it is the same whatever other rows come with them. The one exception:
 /// Q4_K and Q5_K weights with AVX-512 VNNI and at least [`PANEL_MIN_M`] activation rows
 /// (prefill) are re-laid out in panels of 32 rows (`x86::panel`, about three times the prefill
 /// speed), whose sums run in another order: those results agree with the tile kernel's within
@@ -329,6 +331,17 @@ pub fn matmul_q8(dtype: DType, w: &[u8], acts: &Q8Acts, out: &mut [f32], invaria
         }
         // SAFETY: as above.
         if unsafe { x86::tile::rows(dtype, w, rb, &rows, out) } {
+            return;
+        }
+    }
+    // (One activation row, a decode step's, goes through the row kernel below: it streams the
+    // weights from memory faster than the tiles do, and sums Q8_0 in the tiles' order.)
+    #[cfg(target_arch = "x86_64")]
+    if int8_level() == Int8Level::Avx2 && m > 1 {
+        let rows: Vec<_> = (0..m).map(|i| acts.row(i)).collect();
+        // SAFETY: `int8_level()` reports `Avx2` only after detecting AVX2, FMA and F16C, the
+        // features of this kernel.
+        if unsafe { x86::tile_avx2::rows(dtype, w, rb, &rows, out) } {
             return;
         }
     }

@@ -96,19 +96,22 @@ macro_rules! int8_kernels {
                 _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(scale), acc)
             }
 
+            /// One accumulator, fed the blocks in order: the AVX2 build's sums are then those of
+            /// the AVX2 tile kernel (`tile_avx2`), bitwise, so a decode row (which takes this
+            /// kernel) gets the same result as in a batch (which takes the tiles).
             #[target_feature(enable = $feat)]
             fn q8_0(row: &[u8], a: ActRow<'_>) -> f32 {
                 let blocks = row.as_chunks::<34>().0;
-                let mut acc = [_mm256_setzero_ps(); 2];
+                let mut acc = _mm256_setzero_ps();
                 for ((bs, qx), dx) in blocks.chunks(8).zip(a.qs.chunks(8)).zip(a.d.chunks(8)) {
                     let sc = mul8(&scales8(bs, 0), dx);
                     for (i, (b, q)) in bs.iter().zip(qx).enumerate() {
                         let w = load_u8x32(&b[2..]);
                         let p = $dp(_mm256_sign_epi8(w, w), _mm256_sign_epi8(load_x(q), w));
-                        acc[i & 1] = fuse(acc[i & 1], p, sc[i]);
+                        acc = fuse(acc, p, sc[i]);
                     }
                 }
-                hsum(_mm256_add_ps(acc[0], acc[1]))
+                hsum(acc)
             }
 
             /// Q4_0, Q4_1, Q5_0 and Q5_1: `B` bytes a block with the nibbles at `QS`, the fifth

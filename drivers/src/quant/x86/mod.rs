@@ -99,6 +99,7 @@ mod packed_k;
 pub(super) mod panel;
 mod simple;
 pub(super) mod tile;
+pub(super) mod tile_avx2;
 
 use std::arch::x86_64::*;
 

@@ -290,6 +290,54 @@ fn tile_kernels_match_reference_and_do_not_depend_on_the_batch() {
     assert!(declined.is_empty(), "the tile kernel declined {declined:?}");
 }
 
+/// The AVX2 tile kernel (Q8_0 only) against the reference, for tiles cut every way (weight
+/// rows not a multiple of 4, odd numbers of activation rows and of blocks), each result equal
+/// bitwise to the same row computed alone; it declines every other format.
+#[test]
+fn avx2_tile_kernel_matches_reference_and_does_not_depend_on_the_batch() {
+    if !have_avx2() {
+        return;
+    }
+    let shapes = [(1, 1), (3, 2), (4, 4), (5, 9), (9, 3), (6, 7), (8, 70)];
+    let declined = check_matmul_kernel("tile_avx2", super::tile_avx2::rows, &shapes, 11, true);
+    let others: Vec<DType> = INT8_FORMATS.iter().copied().filter(|&d| d != DType::Q8_0).collect();
+    assert_eq!(declined, others, "the AVX2 tile kernel takes Q8_0 alone");
+}
+
+/// The AVX2 tile kernel's Q8_0 results are bitwise those of the AVX2 row kernel, which
+/// `matmul_q8` takes for a single activation row: a decode row gets the same result alone as in
+/// a batch.
+#[test]
+fn avx2_tile_kernel_sums_as_the_row_kernel() {
+    if !have_avx2() {
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(12);
+    let dtype = DType::Q8_0;
+    for k in lengths(dtype) {
+        let rb = dtype.row_bytes(k).unwrap();
+        let (n, m) = (7, 5);
+        let w: Vec<u8> = (0..n).flat_map(|_| random_row(dtype, k, &mut rng)).collect();
+        let acts = crate::quant::Q8Acts::quantize(&random_x(m * k, &mut rng), k);
+        let rows: Vec<_> = (0..m).map(|i| acts.row(i)).collect();
+        let mut out = vec![f32::NAN; n * m];
+        // SAFETY: AVX2, FMA and F16C were detected above.
+        assert!(unsafe { super::tile_avx2::rows(dtype, &w, rb, &rows, &mut out) });
+        for (j, row) in w.chunks_exact(rb).enumerate() {
+            for (i, &a) in rows.iter().enumerate() {
+                // SAFETY: as above.
+                let one = unsafe { super::int8::avx2::dot(dtype, row, a) }.unwrap();
+                assert_eq!(
+                    one.to_bits(),
+                    out[j * m + i].to_bits(),
+                    "k={k}: row {j} act {i}: {one} vs {}",
+                    out[j * m + i]
+                );
+            }
+        }
+    }
+}
+
 /// The packed kernel in the signature of `check_matmul_kernel`: packs `w` (declining the
 /// formats `PackedWeights` does not take) and runs the kernel on every panel. Q4_K and Q5_K
 /// results are also checked bitwise against the panel kernel's (and so the K tiles').
