@@ -222,11 +222,9 @@ test_device!(tiny_llama_gguf_q8_0_logits_every_way, |b| {
 /// that has them, a refusal fails the test.
 fn invariant_cpu() -> Option<Arc<dyn Backend>> {
     #[cfg(target_arch = "x86_64")]
-    let avx512 = ["avx512f", "avx512bw", "avx512vl"].iter().all(|f| match *f {
-        "avx512f" => std::arch::is_x86_feature_detected!("avx512f"),
-        "avx512bw" => std::arch::is_x86_feature_detected!("avx512bw"),
-        _ => std::arch::is_x86_feature_detected!("avx512vl"),
-    });
+    let avx512 = std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vl");
     #[cfg(not(target_arch = "x86_64"))]
     let avx512 = false;
     if !avx512 {

@@ -1,4 +1,5 @@
-//! Run-time selection of AVX-512 code generation for the element-wise and attention kernels.
+//! Run-time selection of AVX-512 or AVX2 code generation for the element-wise and attention
+//! kernels.
 //!
 //! The crate is built for baseline x86-64, where the auto-vectoriser may use SSE2 only and
 //! `f32::mul_add` is a call to the C library's `fmaf`. [`simd_kernel!`] compiles a kernel body
@@ -45,7 +46,8 @@ pub(crate) fn avx2_fma() -> bool {
 }
 
 /// Defines `fn name(args) -> ret { body }` that runs `body` compiled for AVX-512 when the CPU
-/// has it, and as plain code otherwise. The body must be safe code; it is inlined into both.
+/// has it, else for AVX2 and FMA when it has those, and as plain code otherwise. The body must be
+/// safe code; it is inlined into all three.
 macro_rules! simd_kernel {
     ($(#[$m:meta])* $vis:vis fn $name:ident($($a:ident : $t:ty),* $(,)?) $(-> $r:ty)? $body:block) => {
         $(#[$m])*

@@ -20,7 +20,7 @@ use crate::quant::scalar::f16_at;
 /// Loads the 32 activation bytes of a block.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn load_x(q: &[i8; QK]) -> __m256i {
+pub(super) fn load_x(q: &[i8; QK]) -> __m256i {
     // SAFETY: `q` is 32 readable bytes; the load has no alignment requirement.
     unsafe { _mm256_loadu_si256(q.as_ptr().cast()) }
 }

@@ -25,9 +25,10 @@
 
 use std::arch::x86_64::*;
 
+use super::int8::load_x;
 use super::{hsum, load_u8x32, scales8};
 use crate::DType;
-use crate::quant::int8::{ActRow, QK};
+use crate::quant::int8::ActRow;
 
 /// Weight rows per tile.
 const R: usize = 4;
@@ -125,12 +126,4 @@ fn tile<const N: usize>(
             *o = hsum(v);
         }
     }
-}
-
-/// Loads the 32 activation bytes of a block.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn load_x(q: &[i8; QK]) -> __m256i {
-    // SAFETY: `q` is 32 readable bytes; the load has no alignment requirement.
-    unsafe { _mm256_loadu_si256(q.as_ptr().cast()) }
 }
